@@ -1,0 +1,223 @@
+"""Billing periods computed from an anchor, in the customer's time zone, never by repeated "+1 month".
+
+Contract:
+- A ``Period`` is a half-open interval ``[start, end)`` of aware UTC instants with ``start < end``.
+- Period boundaries are a pure function of (anchor, interval, month index): boundary k is the anchor's
+  day of month (clamped to the month's length) at the anchor's wall-clock time in the anchor's zone.
+  Consecutive periods therefore share their boundary exactly (no gap, no overlap) and the anchor never
+  drifts: anchor 31 gives Jan 31, Feb 28/29, Mar 31, Apr 30, ...
+- Wall-clock times that do not exist (spring-forward gap) or exist twice (fall-back) are resolved with
+  ``fold=0`` (see ``_local_instant``), so the same inputs always give the same boundary.
+"""
+
+from __future__ import annotations
+
+import calendar as _stdlib_calendar
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, time, timedelta
+from enum import StrEnum
+from fractions import Fraction
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from shared.domain.errors import CalendarError, InvalidValueError, NaiveDatetimeError
+
+
+class Interval(StrEnum):
+    MONTH = "month"
+    YEAR = "year"
+
+    @property
+    def months(self) -> int:
+        return 1 if self is Interval.MONTH else 12
+
+
+def ensure_utc(at: datetime, what: str = "instant") -> datetime:
+    """Return ``at`` in UTC; naive datetimes are refused because their instant is unknown."""
+    if not isinstance(at, datetime):
+        raise TypeError(f"{what} must be a datetime, got {type(at).__name__}")
+    if at.tzinfo is None or at.utcoffset() is None:
+        raise NaiveDatetimeError(f"{what} must be timezone-aware, got naive {at.isoformat()}")
+    return at.astimezone(UTC)
+
+
+def zone(name: str) -> ZoneInfo:
+    """The IANA zone ``name``; an unknown name is a ``CalendarError`` rather than a KeyError."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise CalendarError(f"unknown IANA time zone {name!r}") from None
+
+
+def whole_seconds(delta: timedelta) -> int:
+    """Whole seconds in ``delta``, dropping sub-second precision (we prorate to the second)."""
+    return delta.days * 86_400 + delta.seconds
+
+
+def _days_in_month(year: int, month: int) -> int:
+    return _stdlib_calendar.monthrange(year, month)[1]
+
+
+def _local_instant(year: int, month: int, day: int, at_time: time, tz: ZoneInfo) -> datetime:
+    """The UTC instant of a local wall-clock time, the day clamped to the month's length.
+
+    # NOTE: ``fold=0`` means: a wall-clock time skipped by a spring-forward transition is read with the
+    # offset in force before the jump (02:30 on a US spring-forward day becomes 03:30 daylight time),
+    # and an ambiguous fall-back time is its first occurrence. Deterministic and monotonic.
+    """
+    clamped_day = min(day, _days_in_month(year, month))
+    local = datetime(
+        year,
+        month,
+        clamped_day,
+        at_time.hour,
+        at_time.minute,
+        at_time.second,
+        tzinfo=tz,
+        fold=0,
+    )
+    return local.astimezone(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    """A half-open span ``[start, end)`` of aware UTC instants."""
+
+    start: datetime
+    end: datetime
+
+    def __post_init__(self) -> None:
+        start = ensure_utc(self.start, "period start")
+        end = ensure_utc(self.end, "period end")
+        if not start < end:
+            raise InvalidValueError(f"period must end after it starts: {start}..{end}")
+        object.__setattr__(self, "start", start)
+        object.__setattr__(self, "end", end)
+
+    def contains(self, at: datetime) -> bool:
+        instant = ensure_utc(at)
+        return self.start <= instant < self.end
+
+    def duration_seconds(self) -> int:
+        return whole_seconds(self.end - self.start)
+
+    def remaining_fraction(self, at: datetime) -> Fraction:
+        """Share of the period still ahead at ``at``, to the second (1 before the start, 0 from the end)."""
+        instant = ensure_utc(at)
+        if instant <= self.start:
+            return Fraction(1)
+        if instant >= self.end:
+            return Fraction(0)
+        remaining = whole_seconds(self.end - instant.replace(microsecond=0))
+        return Fraction(min(remaining, self.duration_seconds()), self.duration_seconds())
+
+    def elapsed_fraction(self, at: datetime) -> Fraction:
+        return 1 - self.remaining_fraction(at)
+
+    def overlaps(self, other: Period) -> bool:
+        return self.start < other.end and other.start < self.end
+
+    def __str__(self) -> str:
+        return f"[{self.start.isoformat()}, {self.end.isoformat()})"
+
+
+@dataclass(frozen=True, slots=True)
+class BillingAnchor:
+    """Where billing periods start: a day of month at a wall-clock time in an IANA zone.
+
+    ``month`` is the month of year used by yearly intervals only (ignored for monthly ones).
+    """
+
+    day: int
+    time_of_day: time = field(default_factory=lambda: time(0, 0))
+    tz: str = "UTC"
+    month: int = 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.day, bool) or not isinstance(self.day, int) or not 1 <= self.day <= 31:
+            raise InvalidValueError(f"anchor day must be an int in 1..31, got {self.day!r}")
+        if isinstance(self.month, bool) or not isinstance(self.month, int) or not 1 <= self.month <= 12:
+            raise InvalidValueError(f"anchor month must be an int in 1..12, got {self.month!r}")
+        if not isinstance(self.time_of_day, time) or self.time_of_day.tzinfo is not None:
+            raise InvalidValueError("anchor time_of_day must be a naive wall-clock time (the zone is tz)")
+        if self.time_of_day.microsecond:
+            object.__setattr__(self, "time_of_day", self.time_of_day.replace(microsecond=0))
+        zone(self.tz)
+
+    @classmethod
+    def from_instant(cls, at: datetime, tz: str = "UTC") -> BillingAnchor:
+        """The anchor a subscription starting at ``at`` gets: its local day, time and month."""
+        local = ensure_utc(at).astimezone(zone(tz))
+        return cls(day=local.day, time_of_day=local.time().replace(microsecond=0), tz=tz, month=local.month)
+
+    def boundary(self, month_index: int) -> datetime:
+        """The start instant of the period beginning in month ``month_index`` (= year * 12 + month - 1)."""
+        year, month_zero = divmod(month_index, 12)
+        return _local_instant(year, month_zero + 1, self.day, self.time_of_day, zone(self.tz))
+
+
+def _aligned_index(anchor: BillingAnchor, interval: Interval, month_index: int) -> int:
+    """Largest boundary month index <= ``month_index`` that the interval allows."""
+    if interval is Interval.MONTH:
+        return month_index
+    offset = (month_index - (anchor.month - 1)) % 12
+    return month_index - offset
+
+
+def _index_of_period_containing(anchor: BillingAnchor, interval: Interval, at: datetime) -> int:
+    instant = ensure_utc(at)
+    local = instant.astimezone(zone(anchor.tz))
+    step = interval.months
+    index = _aligned_index(anchor, interval, local.year * 12 + local.month - 1)
+    while anchor.boundary(index) > instant:
+        index -= step
+    while anchor.boundary(index + step) <= instant:
+        index += step
+    return index
+
+
+def _period_at_index(anchor: BillingAnchor, interval: Interval, index: int) -> Period:
+    return Period(anchor.boundary(index), anchor.boundary(index + interval.months))
+
+
+def period_containing(anchor: BillingAnchor, interval: Interval, at: datetime) -> Period:
+    """The anchored period that contains ``at``."""
+    return _period_at_index(anchor, interval, _index_of_period_containing(anchor, interval, at))
+
+
+def period_after(period: Period, anchor: BillingAnchor, interval: Interval) -> Period:
+    """The period that starts where ``period`` ends and runs to the next anchored boundary.
+
+    For an anchored period this is simply the next one; after a stub (e.g. a trial ending between two
+    boundaries) it is the stub up to the next boundary, so periods never overlap or leave a gap.
+    """
+    index = _index_of_period_containing(anchor, interval, period.end)
+    boundary = anchor.boundary(index)
+    if boundary == period.end:
+        return _period_at_index(anchor, interval, index)
+    return Period(period.end, anchor.boundary(index + interval.months))
+
+
+def nth_period(anchor: BillingAnchor, interval: Interval, first_start: datetime, n: int) -> Period:
+    """Period number ``n`` (0-based) counting from the anchored period containing ``first_start``.
+
+    Computed directly from the anchor, so period 36 is as exact as period 1.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise InvalidValueError(f"n must be a non-negative int, got {n!r}")
+    first = _index_of_period_containing(anchor, interval, first_start)
+    return _period_at_index(anchor, interval, first + n * interval.months)
+
+
+def calendar_month(at: datetime, tz: str = "UTC") -> Period:
+    """The calendar month containing ``at`` in zone ``tz``: the 1st 00:00 local to the next 1st."""
+    return period_containing(BillingAnchor(day=1, tz=tz), Interval.MONTH, at)
+
+
+def trial_window(start: datetime, days: int, tz: str = "UTC") -> Period:
+    """``days`` calendar days from ``start`` in zone ``tz`` (wall clock, so a DST change keeps the hour)."""
+    if isinstance(days, bool) or not isinstance(days, int) or days <= 0:
+        raise InvalidValueError(f"trial days must be a positive int, got {days!r}")
+    tzinfo = zone(tz)
+    local_start = ensure_utc(start, "trial start").astimezone(tzinfo)
+    local_end = (local_start.replace(tzinfo=None) + timedelta(days=days)).replace(tzinfo=tzinfo, fold=0)
+    return Period(local_start, local_end.astimezone(UTC))
