@@ -1,0 +1,50 @@
+# Every target bootstraps the virtualenv from pyproject.toml on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-unit bench lint up down status venv system-deps clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# PostgreSQL server binaries come from Debian; install them when missing (needs root).
+system-deps:
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { \
+	  echo "installing PostgreSQL server binaries from Debian"; \
+	  apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; }
+
+demo: venv system-deps
+	$(BIN)/billing demo
+
+test: venv system-deps
+	$(BIN)/pytest -q
+
+test-unit: venv
+	$(BIN)/pytest -q -m unit
+
+bench: venv system-deps
+	$(BIN)/python -m bench.run
+
+lint: venv
+	$(BIN)/ruff check shared services tests bench deploy
+	$(BIN)/mypy shared services
+	$(BIN)/lint-imports
+
+up: venv system-deps
+	$(BIN)/python deploy/stack.py up
+
+down:
+	$(PYTHON) deploy/stack.py down
+
+status:
+	$(PYTHON) deploy/stack.py status
+
+clean: down
+	rm -rf var/stack

@@ -1,0 +1,107 @@
+"""Settings: one frozen object per process, read from `BILLING_*` environment variables.
+
+Built once in each service's composition root (`bootstrap.py`) and passed down; nothing reads the
+environment anywhere else. This is also the only place that renders librdkafka configuration.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BILLING_", frozen=True, extra="ignore")
+
+    # --- infrastructure
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    database_url: str = "postgresql+psycopg://billing:billing@127.0.0.1:15432/billing"
+    database_schema: str | None = Field(
+        default=None, description="PostgreSQL schema (search_path); tests use one schema per module")
+    database_pool_size: int = 20
+    topic_prefix: str = Field(default="", description="prefix for every topic name; tests use a uuid")
+
+    # --- stripe
+    stripe_api_key: SecretStr = SecretStr("sk_test_123")
+    stripe_api_base: str = "http://127.0.0.1:12111"
+    stripe_webhook_secret: SecretStr = SecretStr("whsec_local_dev_secret")
+    payment_gateway: Literal["stripe", "simulated"] = "simulated"
+
+    # --- time
+    clock: Literal["real", "simulated"] = "real"
+    simulated_clock_start: str = "2026-01-01T00:00:00+00:00"
+
+    # --- edge
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    admin_api_key: SecretStr = SecretStr("admin-dev-key-change-me")
+    command_wait_seconds: float = 3.0
+    max_request_bytes: int = 1_048_576
+    max_batch_events: int = 1000
+
+    # --- worker
+    consumer_group: str = "billing-worker"
+    worker_batch_max: int = 5000
+    worker_batch_timeout_s: float = 0.2
+    scheduler_interval_s: float = 1.0
+
+    # --- dunning / notifications
+    notifier: Literal["log", "webhook", "smtp"] = "log"
+    notify_webhook_url: str | None = None
+    notify_webhook_secret: SecretStr = SecretStr("notify-dev-secret")
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 8025
+    smtp_sender: str = "billing@localhost"
+
+    # --- catalog
+    catalog_dir: Path = REPO_ROOT / "shared" / "catalogs"
+
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    def topic(self, name: str) -> str:
+        """The physical topic name for a logical one (e.g. `usage.v1`)."""
+        return f"{self.topic_prefix}{name}"
+
+    @cached_property
+    def sqlalchemy_connect_args(self) -> dict[str, Any]:
+        if self.database_schema:
+            return {"options": f"-csearch_path={self.database_schema}"}
+        return {}
+
+    def kafka_producer_config(self, **overrides: Any) -> dict[str, Any]:
+        """Idempotent producer: no duplicates or reordering per partition on retry, acks from all ISRs."""
+        return {
+            "bootstrap.servers": self.kafka_bootstrap,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "compression.type": "lz4",
+            "batch.size": 262144,
+            "message.timeout.ms": 30000,
+            **overrides,
+        }
+
+    def kafka_consumer_config(self, group_id: str, **overrides: Any) -> dict[str, Any]:
+        """Offsets are stored in PostgreSQL with the effects, so Kafka auto-commit stays off."""
+        return {
+            "bootstrap.servers": self.kafka_bootstrap,
+            "group.id": group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            "partition.assignment.strategy": "cooperative-sticky",
+            "fetch.min.bytes": 1,
+            "max.partition.fetch.bytes": 4_194_304,
+            **overrides,
+        }
+
+    def kafka_admin_config(self) -> dict[str, Any]:
+        return {"bootstrap.servers": self.kafka_bootstrap}
