@@ -209,9 +209,7 @@ def test_trial_counts_across_a_month_boundary() -> None:
     state = used(trial_org(), 6, TRIAL_START + timedelta(days=1))  # March
     state = used(state, 4, datetime(2025, 4, 2, tzinfo=UTC))  # April
 
-    assert decide(state, "u1", datetime(2025, 4, 3, tzinfo=UTC)).reason is (
-        QuotaDenialReason.TRIAL_EXHAUSTED
-    )
+    assert decide(state, "u1", datetime(2025, 4, 3, tzinfo=UTC)).reason is (QuotaDenialReason.TRIAL_EXHAUSTED)
 
 
 def test_trial_refuses_after_fourteen_days_even_with_reports_left() -> None:
@@ -219,9 +217,7 @@ def test_trial_refuses_after_fourteen_days_even_with_reports_left() -> None:
 
     last_moment = TRIAL_START + timedelta(days=14) - timedelta(microseconds=1)
     assert decide(state, "u1", last_moment).allowed
-    assert decide(state, "u1", TRIAL_START + timedelta(days=14)).reason is (
-        QuotaDenialReason.TRIAL_EXPIRED
-    )
+    assert decide(state, "u1", TRIAL_START + timedelta(days=14)).reason is (QuotaDenialReason.TRIAL_EXPIRED)
 
 
 def test_top_up_does_not_extend_a_trial() -> None:
@@ -328,7 +324,8 @@ def test_forecast_waits_for_a_minimum_of_use() -> None:
     # 50 reports are >= 5 but below 10 % of 1000
     assert not forecast_limit(50, 1000, april, one_hour_in).on_track_to_hit_limit
     assert forecast_limit(100, 1000, april, one_hour_in).on_track_to_hit_limit
-    assert forecast_limit(50, 1000, april, one_hour_in, ForecastRule(min_share_percent=5)).on_track_to_hit_limit
+    lenient = ForecastRule(min_share_percent=5)
+    assert forecast_limit(50, 1000, april, one_hour_in, lenient).on_track_to_hit_limit
 
 
 def test_org_that_already_hit_its_limit_is_not_on_track_but_reached() -> None:
