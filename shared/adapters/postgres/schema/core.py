@@ -28,3 +28,52 @@ billing_clock = sa.Table(
     sa.Column("now", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
 )
+
+# Customers are written by the edge at onboarding (not subscription state) and read by the worker
+# (Stripe customer id, default payment method) and the dunning service (who to notify).
+customers = sa.Table(
+    "customers", metadata,
+    sa.Column("customer_id", sa.Text, primary_key=True),
+    sa.Column("external_id", sa.Text, nullable=False, unique=True),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("email", sa.Text, nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("timezone", sa.Text, nullable=False, server_default="UTC"),
+    sa.Column("tax_rate_bps", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("stripe_customer_id", sa.Text, unique=True),
+    sa.Column("default_payment_method_id", sa.Text),
+    created_at(),
+    sa.CheckConstraint("kind IN ('user', 'org')", name="kind"),
+    sa.CheckConstraint("tax_rate_bps BETWEEN 0 AND 10000", name="tax_rate_bps"),
+)
+
+# Other ids a producer may use for the same customer (Metronome's "ingest aliases").
+customer_aliases = sa.Table(
+    "customer_aliases", metadata,
+    sa.Column("alias", sa.Text, primary_key=True),
+    sa.Column("customer_id", sa.Text, sa.ForeignKey("customers.customer_id"), nullable=False, index=True),
+)
+
+org_members = sa.Table(
+    "org_members", metadata,
+    sa.Column("customer_id", sa.Text, sa.ForeignKey("customers.customer_id"), primary_key=True),
+    sa.Column("user_id", sa.Text, primary_key=True),
+    sa.Column("email", sa.Text),
+    sa.Column("role", sa.Text, nullable=False, server_default="member"),
+)
+
+# The worker's answer to each command (keyed by the command's envelope event_id), so the edge can answer
+# synchronously (200 with the subscription, 409 with the domain's reason) or let the client poll.
+command_outcomes = sa.Table(
+    "command_outcomes", metadata,
+    sa.Column("command_id", UUID(as_uuid=True), primary_key=True),
+    sa.Column("subscription_id", sa.Text, nullable=False, index=True),
+    sa.Column("command_type", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("error_code", sa.Text),
+    sa.Column("error_detail", sa.Text),
+    sa.Column("result", JSONB),
+    created_at(),
+    sa.CheckConstraint("status IN ('applied', 'rejected', 'ignored')", name="status"),
+)

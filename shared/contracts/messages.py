@@ -1,0 +1,260 @@
+"""Wire payloads per message type (envelope `type` -> pydantic model), version 1.
+
+Every topic is keyed by subscription_id. Commands are imperative (`subscription.change_plan`), events are
+past tense (`invoice.finalized`). Commands carry what the worker needs to apply them deterministically on
+replay (a snapshot of the customer's currency, timezone and tax rate at subscribe time), so re-reading a
+topic from the beginning gives the same state whatever the customer table says today.
+
+Money on the wire is integer minor units plus an ISO 4217 currency (`*_minor`, `currency`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from shared.contracts.envelope import Envelope, EnvelopeError
+
+
+class Payload(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# ----------------------------------------------------------------------------------- usage.v1
+
+
+class UsageRecorded(Payload):
+    """One usage event after the edge resolved customer -> subscription. Metronome's ingest field names."""
+
+    transaction_id: str = Field(min_length=1, max_length=128)
+    customer_id: str
+    subscription_id: str
+    event_type: str = Field(min_length=1, max_length=100)
+    timestamp: AwareDatetime
+    properties: dict[str, Any] = Field(default_factory=dict)
+    received_at: AwareDatetime = Field(description="when the edge accepted it (visibility latency)")
+
+
+# ----------------------------------------------------------------------------------- commands.v1
+
+
+class SubscriptionCommand(Payload):
+    subscription_id: str
+    customer_id: str
+
+
+class CreateSubscription(SubscriptionCommand):
+    plan_id: str
+    seats: int = Field(default=1, ge=1, le=100_000)
+    trial_days: int | None = Field(default=None, ge=0, le=730, description="None: the plan's default")
+    coupon_id: str | None = None
+    anchor_day: int | None = Field(default=None, ge=1, le=31, description="None: the start instant's day")
+    payment_method_id: str | None = None
+    currency: str = Field(min_length=3, max_length=3)
+    timezone: str = "UTC"
+    tax_rate_bps: int = Field(default=0, ge=0, le=10_000)
+    start_at: AwareDatetime | None = Field(default=None, description="None: the billing clock's now")
+
+
+class ChangePlan(SubscriptionCommand):
+    plan_id: str
+    timing: Literal["auto", "immediate", "period_end"] = "auto"
+
+
+class ChangeSeats(SubscriptionCommand):
+    seats: int = Field(ge=1, le=100_000)
+
+
+class CancelSubscription(SubscriptionCommand):
+    at_period_end: bool = False
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class PauseSubscription(SubscriptionCommand):
+    pass
+
+
+class ResumeSubscription(SubscriptionCommand):
+    pass
+
+
+class ClosePeriod(SubscriptionCommand):
+    """Emitted by the scheduler when the billing clock passes a period end. Idempotent: a close for a
+    period that is not the subscription's current one is acknowledged and ignored."""
+
+    period_end: AwareDatetime
+
+
+class EndTrial(SubscriptionCommand):
+    trial_end: AwareDatetime
+
+
+class ExpireCredits(SubscriptionCommand):
+    at: AwareDatetime
+
+
+class GrantCredits(SubscriptionCommand):
+    grant_id: str
+    meter_id: str
+    amount_minor: int | None = Field(default=None, ge=1, description="money credits (minor units)")
+    units: Decimal | None = Field(default=None, gt=0, description="unit credits (e.g. reports)")
+    currency: str | None = None
+    source: Literal["plan_included", "top_up", "promotional", "trial", "refund"] = "promotional"
+    expires_at: AwareDatetime | None = None
+    priority: int = 100
+
+
+class RetryPayment(SubscriptionCommand):
+    """Dunning decides, the worker acts: charge this open invoice again."""
+
+    invoice_id: str
+    attempt_no: int = Field(ge=1)
+    reason: Literal["scheduled", "payment_method_updated", "manual"] = "scheduled"
+
+
+class UpdatePaymentMethod(SubscriptionCommand):
+    payment_method_id: str = Field(pattern=r"^pm_[A-Za-z0-9_]+$")
+
+
+class GiveUpDunning(SubscriptionCommand):
+    """Dunning gave up: the invoice becomes UNCOLLECTIBLE and the subscription CANCELLED."""
+
+    invoice_id: str
+
+
+# ----------------------------------------------------------------------------------- payments.v1
+
+
+class PaymentSucceeded(Payload):
+    subscription_id: str
+    invoice_id: str
+    attempt_id: str | None = None
+    provider_ref: str | None = Field(default=None, description="e.g. the Stripe PaymentIntent id")
+    amount_minor: int = Field(ge=0)
+    currency: str
+    source: Literal["executor", "webhook", "manual", "reconciliation"] = "executor"
+    paid_at: AwareDatetime
+
+
+class PaymentFailed(Payload):
+    subscription_id: str
+    invoice_id: str
+    attempt_id: str | None = None
+    provider_ref: str | None = None
+    amount_minor: int = Field(ge=0)
+    currency: str
+    decline_code: str | None = None
+    hard_decline: bool = False
+    message: str | None = Field(default=None, max_length=500)
+    source: Literal["executor", "webhook", "reconciliation"] = "executor"
+    failed_at: AwareDatetime
+
+
+# ----------------------------------------------------------------------------------- billing-events.v1
+
+
+class InvoiceEvent(Payload):
+    """invoice.finalized / invoice.paid / invoice.voided / invoice.uncollectible / invoice.payment_failed"""
+
+    invoice_id: str
+    subscription_id: str
+    customer_id: str
+    number: str | None = None
+    status: str
+    total_minor: int
+    currency: str
+    period_start: AwareDatetime | None = None
+    period_end: AwareDatetime | None = None
+    decline_code: str | None = None
+    hard_decline: bool = False
+    attempt_no: int | None = None
+
+
+class SubscriptionStatusChanged(Payload):
+    subscription_id: str
+    customer_id: str
+    old_status: str | None
+    new_status: str
+    plan_id: str
+    reason: str | None = None
+
+
+class CreditsChanged(Payload):
+    """credits.granted / credits.expired"""
+
+    subscription_id: str
+    customer_id: str
+    meter_id: str
+    amount_minor: int | None = None
+    units: Decimal | None = None
+    currency: str | None = None
+    source: str | None = None
+    expires_at: datetime | None = None
+
+
+class QuotaAlert(Payload):
+    """quota.threshold_reached / quota.limit_reached / quota.on_track_to_exceed"""
+
+    org_id: str
+    user_id: str | None = None
+    period_start: AwareDatetime
+    threshold_percent: int | None = None
+    used: int
+    allotment: int
+    reason: str
+
+
+class PaymentMethodUpdated(Payload):
+    subscription_id: str
+    customer_id: str
+    payment_method_id: str
+
+
+PAYLOADS: dict[str, type[Payload]] = {
+    "usage.recorded": UsageRecorded,
+    "subscription.create": CreateSubscription,
+    "subscription.change_plan": ChangePlan,
+    "subscription.change_seats": ChangeSeats,
+    "subscription.cancel": CancelSubscription,
+    "subscription.pause": PauseSubscription,
+    "subscription.resume": ResumeSubscription,
+    "period.close": ClosePeriod,
+    "trial.end": EndTrial,
+    "credits.expire": ExpireCredits,
+    "credits.grant": GrantCredits,
+    "payment.retry": RetryPayment,
+    "payment_method.update": UpdatePaymentMethod,
+    "dunning.give_up": GiveUpDunning,
+    "payment.succeeded": PaymentSucceeded,
+    "payment.failed": PaymentFailed,
+    "invoice.finalized": InvoiceEvent,
+    "invoice.paid": InvoiceEvent,
+    "invoice.voided": InvoiceEvent,
+    "invoice.uncollectible": InvoiceEvent,
+    "invoice.payment_failed": InvoiceEvent,
+    "subscription.status_changed": SubscriptionStatusChanged,
+    "credits.granted": CreditsChanged,
+    "credits.expired": CreditsChanged,
+    "quota.threshold_reached": QuotaAlert,
+    "quota.limit_reached": QuotaAlert,
+    "quota.on_track_to_exceed": QuotaAlert,
+    "payment_method.updated": PaymentMethodUpdated,
+}
+
+TYPE_OF: dict[type[Payload], str] = {}
+for _name, _model in PAYLOADS.items():
+    TYPE_OF.setdefault(_model, _name)
+
+
+def parse_payload(env: Envelope) -> Payload:
+    """The typed payload of an envelope; unknown types and invalid payloads are EnvelopeError (DLQ)."""
+    model = PAYLOADS.get(env.type)
+    if model is None:
+        raise EnvelopeError(f"unknown message type {env.type!r}")
+    try:
+        return model.model_validate(env.payload)
+    except ValueError as exc:
+        raise EnvelopeError(f"invalid {env.type} payload: {exc}") from exc
