@@ -1,6 +1,6 @@
 """All tables, registered on one MetaData (the Alembic baseline creates them)."""
 
-from . import billing, core, dunning, edge, quota  # noqa: F401  (registers the tables)
+from . import billing, core, dunning, edge, quota, usage  # noqa: F401  (registers the tables)
 from .base import metadata
 
 __all__ = ["metadata"]
