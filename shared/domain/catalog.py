@@ -1,0 +1,631 @@
+"""The plan catalog as data: meters, plans and coupons parsed from a plain dict and validated at start.
+
+The file format (YAML in ``shared/catalogs/``) is read by ``shared.adapters.catalog_file``; this module
+only sees dicts, lists, strings, ints and bools. Every problem is reported as a ``CatalogError`` naming
+the path of the offending field (``plans[pro].meters.inference.unit_price: ...``).
+
+Decimal amounts must be written as strings or ints (``"9.00"``, ``20``): a YAML float such as ``9.99``
+is refused, because it is already a binary approximation by the time we see it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from decimal import Decimal, InvalidOperation
+from enum import StrEnum
+from fractions import Fraction
+from types import MappingProxyType
+from typing import NewType, TypeVar
+
+from shared.domain.calendar import Interval, ensure_utc
+from shared.domain.coupons import Coupon, CouponDuration, CouponId, CouponScope, DiscountType
+from shared.domain.errors import CatalogError, DomainError, UnknownPlanError
+from shared.domain.money import Money, UnitPrice, minor_units
+
+PlanId = NewType("PlanId", str)
+MeterId = NewType("MeterId", str)
+
+#: What an included credit or a ledger grant is measured in: money, or units of the meter.
+CreditAmount = Money | Decimal
+
+_E = TypeVar("_E", bound=StrEnum)
+
+
+class Aggregation(StrEnum):
+    """How usage events become a meter quantity."""
+
+    SUM = "sum"  # sum of a numeric property of the events
+    COUNT = "count"  # number of events
+
+
+class OveragePolicy(StrEnum):
+    BILL = "bill"  # usage beyond included credits is billed in arrears at the meter's unit price
+    BLOCK = "block"  # usage beyond included credits is refused at the edge and never billed
+
+
+class Pooling(StrEnum):
+    ORG = "org"  # one amount for the whole subscription
+    PER_SEAT = "per_seat"  # amount x seats, pooled across the organisation
+
+
+class ChangeTiming(StrEnum):
+    PERIOD_END = "period_end"
+    IMMEDIATE = "immediate"
+
+
+class TrialEndBehaviour(StrEnum):
+    """What happens when a trial ends and no payment method is on file."""
+
+    PAST_DUE = "past_due"
+    CANCEL = "cancel"
+
+
+class QuotaWindow(StrEnum):
+    CALENDAR_MONTH = "calendar_month"  # resets on the 1st at 00:00 in the customer's zone
+    TRIAL = "trial"  # one allowance over the trial window, then nothing until a plan is set
+
+
+@dataclass(frozen=True, slots=True)
+class Meter:
+    """A billable metric: which usage events feed it and in what unit it counts.
+
+    ``value_property`` names the numeric property summed for SUM meters (None for COUNT meters).
+    """
+
+    id: MeterId
+    name: str
+    unit: str
+    event_type: str
+    aggregation: Aggregation
+    value_property: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IncludedCredit:
+    """Credits granted each period for one meter: money (``amount``) or meter units (``units``)."""
+
+    pooling: Pooling
+    amount: Money | None = None
+    units: Decimal | None = None
+
+    def __post_init__(self) -> None:
+        if (self.amount is None) == (self.units is None):
+            raise CatalogError("an included credit needs exactly one of amount or units")
+
+    def for_seats(self, seats: int) -> CreditAmount:
+        """The credit for a subscription with ``seats`` seats (per-seat credits are pooled)."""
+        multiplier = seats if self.pooling is Pooling.PER_SEAT else 1
+        if self.amount is not None:
+            return self.amount * multiplier
+        if self.units is not None:
+            return self.units * multiplier
+        raise CatalogError("an included credit needs exactly one of amount or units")
+
+
+@dataclass(frozen=True, slots=True)
+class MeterPricing:
+    """How a plan prices one meter: included credit, then bill or block beyond it."""
+
+    meter_id: MeterId
+    overage: OveragePolicy
+    unit_price: UnitPrice | None = None
+    included: IncludedCredit | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """A hard allowance of a counted meter (reports) per window; the edge enforces it atomically."""
+
+    meter_id: MeterId
+    limit: int
+    window: QuotaWindow
+    window_days: int | None = None
+    per_user_limit: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A sellable plan. The recurring fee per interval is ``price + seat_price x seats``."""
+
+    id: PlanId
+    name: str
+    family: str
+    interval: Interval
+    price: Money
+    seat_price: Money | None = None
+    trial_days: int = 0
+    features: frozenset[str] = field(default_factory=frozenset)
+    entitlements: Mapping[str, int | bool | str] = field(default_factory=lambda: MappingProxyType({}))
+    meters: Mapping[MeterId, MeterPricing] = field(default_factory=lambda: MappingProxyType({}))
+    change_timing: ChangeTiming = ChangeTiming.PERIOD_END
+    trial_end_without_payment_method: TrialEndBehaviour = TrialEndBehaviour.PAST_DUE
+    quota: Quota | None = None
+    example_prices: bool = False
+
+    @property
+    def currency(self) -> str:
+        return self.price.currency
+
+    @property
+    def per_seat(self) -> bool:
+        return self.seat_price is not None
+
+    def fee(self, seats: int) -> Money:
+        """The recurring fee for one full period with ``seats`` seats."""
+        if self.seat_price is None:
+            return self.price
+        return self.price + self.seat_price * seats
+
+    def monthly_equivalent(self, seats: int) -> Fraction:
+        """The fee per month in minor units, exact, to compare plans of different intervals."""
+        return Fraction(self.fee(seats).amount_minor, self.interval.months)
+
+    def pricing_for(self, meter_id: str) -> MeterPricing | None:
+        return self.meters.get(MeterId(meter_id))
+
+    def is_upgrade_from(self, current: Plan, seats: int) -> bool:
+        """True when moving from ``current`` to this plan costs more per month (ties count as upgrades).
+
+        # NOTE: upgrades apply at once, so a same-price switch (e.g. to a plan with other features) is
+        # treated like one: the customer gets what they asked for now and the proration nets to zero.
+        """
+        if current.currency != self.currency:
+            raise CatalogError(f"cannot compare plans in {current.currency} and {self.currency}")
+        return self.monthly_equivalent(seats) >= current.monthly_equivalent(seats)
+
+
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    """Every meter, plan and coupon known to the engine, validated and cross-referenced."""
+
+    meters: Mapping[MeterId, Meter]
+    plans: Mapping[PlanId, Plan]
+    coupons: Mapping[CouponId, Coupon]
+
+    def plan(self, plan_id: str) -> Plan:
+        try:
+            return self.plans[PlanId(plan_id)]
+        except KeyError:
+            raise UnknownPlanError(f"unknown plan {plan_id!r}") from None
+
+    def meter(self, meter_id: str) -> Meter:
+        try:
+            return self.meters[MeterId(meter_id)]
+        except KeyError:
+            raise CatalogError(f"unknown meter {meter_id!r}") from None
+
+    def coupon(self, coupon_id: str) -> Coupon:
+        try:
+            return self.coupons[CouponId(coupon_id)]
+        except KeyError:
+            raise CatalogError(f"unknown coupon {coupon_id!r}") from None
+
+    def meters_for_event_type(self, event_type: str) -> list[Meter]:
+        return [meter for meter in self.meters.values() if meter.event_type == event_type]
+
+    def plans_in_family(self, family: str) -> list[Plan]:
+        return [plan for plan in self.plans.values() if plan.family == family]
+
+    @classmethod
+    def from_dict(cls, data: object) -> Catalog:
+        """Parse and validate one catalog document (see the files in ``shared/catalogs/``)."""
+        return _parse_catalog(data, "catalog")
+
+    @classmethod
+    def merge(cls, catalogs: Iterable[Catalog]) -> Catalog:
+        """One catalog from several documents; an id defined twice is an error, not an override."""
+        meters: dict[MeterId, Meter] = {}
+        plans: dict[PlanId, Plan] = {}
+        coupons: dict[CouponId, Coupon] = {}
+        for catalog in catalogs:
+            _merge_unique(meters, catalog.meters, "meter")
+            _merge_unique(plans, catalog.plans, "plan")
+            _merge_unique(coupons, catalog.coupons, "coupon")
+        for plan in plans.values():
+            _check_plan_meters(plan, meters, f"plans[{plan.id}]")
+        return cls(MappingProxyType(meters), MappingProxyType(plans), MappingProxyType(coupons))
+
+
+_K = TypeVar("_K", bound=str)
+_V = TypeVar("_V")
+
+
+def _merge_unique(target: dict[_K, _V], source: Mapping[_K, _V], kind: str) -> None:
+    for key, value in source.items():
+        if key in target:
+            raise CatalogError(f"{kind} {key!r} is defined in more than one catalog document")
+        target[key] = value
+
+
+# --- parsing helpers -------------------------------------------------------------------------------
+
+
+def _fail(path: str, message: str) -> CatalogError:
+    return CatalogError(f"{path}: {message}")
+
+
+def _mapping(value: object, path: str) -> Mapping[str, object]:
+    if not isinstance(value, Mapping):
+        raise _fail(path, f"expected a mapping, got {type(value).__name__}")
+    for key in value:
+        if not isinstance(key, str):
+            raise _fail(path, f"keys must be strings, got {key!r}")
+    return value
+
+
+def _only_keys(data: Mapping[str, object], allowed: set[str], path: str) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise _fail(path, f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+
+
+def _required(data: Mapping[str, object], key: str, path: str) -> object:
+    if key not in data or data[key] is None:
+        raise _fail(f"{path}.{key}", "is required")
+    return data[key]
+
+
+def _str(value: object, path: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _fail(path, f"expected a non-empty string, got {value!r}")
+    return value
+
+
+def _identifier(value: object, path: str) -> str:
+    text = _str(value, path)
+    if not all(ch.isalnum() or ch in "_-." for ch in text):
+        raise _fail(path, f"{text!r} is not a valid id (letters, digits, _ - . only)")
+    return text
+
+
+def _int(value: object, path: str, *, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(path, f"expected an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise _fail(path, f"must be >= {minimum}, got {value}")
+    return value
+
+
+def _bool(value: object, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(path, f"expected true or false, got {value!r}")
+    return value
+
+
+def _decimal(value: object, path: str) -> Decimal:
+    if isinstance(value, float):
+        raise _fail(path, f"write decimal amounts as quoted strings (\"{value}\"), floats are inexact")
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise _fail(path, f"expected a decimal string or an integer, got {value!r}")
+    try:
+        result = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise _fail(path, f"{value!r} is not a decimal number") from None
+    if not result.is_finite():
+        raise _fail(path, f"must be finite, got {value!r}")
+    return result
+
+
+def _money(value: object, currency: str, path: str) -> Money:
+    amount = _decimal(value, path)
+    if amount != amount.quantize(Decimal(1).scaleb(-minor_units(currency))):
+        raise _fail(path, f"{amount} has more decimals than {currency} allows ({minor_units(currency)})")
+    return Money.of(amount, currency)
+
+
+def _enum(enum_type: type[_E], value: object, path: str) -> _E:
+    allowed = ", ".join(member.value for member in enum_type)
+    if not isinstance(value, str):
+        raise _fail(path, f"expected one of {allowed}, got {value!r}")
+    try:
+        return enum_type(value)
+    except ValueError:
+        raise _fail(path, f"expected one of {allowed}, got {value!r}") from None
+
+
+def _list(value: object, path: str) -> list[object]:
+    if not isinstance(value, list):
+        raise _fail(path, f"expected a list, got {type(value).__name__}")
+    return value
+
+
+def _instant(value: object, path: str) -> datetime:
+    if isinstance(value, datetime):
+        instant = value
+    elif isinstance(value, date):
+        # NOTE: a bare date is read as 00:00 UTC of that day: the coupon can no longer be redeemed
+        # from that date on. Write a full instant for anything else.
+        instant = datetime(value.year, value.month, value.day, tzinfo=UTC)
+    elif isinstance(value, str):
+        try:
+            instant = datetime.fromisoformat(value)
+        except ValueError:
+            raise _fail(path, f"{value!r} is not an ISO 8601 instant") from None
+    else:
+        raise _fail(path, f"expected an ISO 8601 instant, got {value!r}")
+    try:
+        return ensure_utc(instant, path)
+    except DomainError as error:
+        raise _fail(path, "instants must carry a UTC offset (e.g. 2030-01-01T00:00:00Z)") from error
+
+
+# --- documents -------------------------------------------------------------------------------------
+
+
+_CATALOG_KEYS = {"version", "description", "currency", "meters", "plans", "coupons"}
+_METER_KEYS = {"id", "name", "unit", "event_type", "aggregation", "value_property", "description"}
+_PLAN_KEYS = {
+    "id", "name", "family", "interval", "currency", "price", "seat_price", "trial_days", "features",
+    "entitlements", "meters", "change_timing", "trial_end_without_payment_method", "quota",
+    "example_prices", "description",
+}
+_PRICING_KEYS = {"unit_price", "overage", "included"}
+_INCLUDED_KEYS = {"amount", "units", "pooling"}
+_QUOTA_KEYS = {"meter", "limit", "window", "window_days", "per_user_limit"}
+_COUPON_KEYS = {
+    "id", "name", "percent_off", "amount_off", "currency", "duration", "duration_periods",
+    "max_redemptions", "redeem_by", "applies_to", "plans", "description",
+}
+
+
+def _parse_catalog(data: object, path: str) -> Catalog:
+    document = _mapping(data, path)
+    _only_keys(document, _CATALOG_KEYS, path)
+    version = _int(_required(document, "version", path), f"{path}.version")
+    if version != 1:
+        raise _fail(f"{path}.version", f"unsupported catalog version {version} (this engine reads 1)")
+    default_currency = document.get("currency")
+    if default_currency is not None:
+        _currency(default_currency, f"{path}.currency")
+
+    meters: dict[MeterId, Meter] = {}
+    for index, raw in enumerate(_list(document.get("meters", []), f"{path}.meters")):
+        meter = _parse_meter(raw, f"{path}.meters[{index}]")
+        if meter.id in meters:
+            raise _fail(f"{path}.meters[{index}].id", f"duplicate meter id {meter.id!r}")
+        meters[meter.id] = meter
+
+    plans: dict[PlanId, Plan] = {}
+    for index, raw in enumerate(_list(document.get("plans", []), f"{path}.plans")):
+        plan = _parse_plan(raw, f"{path}.plans[{index}]", default_currency)
+        if plan.id in plans:
+            raise _fail(f"{path}.plans[{index}].id", f"duplicate plan id {plan.id!r}")
+        plans[plan.id] = plan
+
+    coupons: dict[CouponId, Coupon] = {}
+    for index, raw in enumerate(_list(document.get("coupons", []), f"{path}.coupons")):
+        coupon = _parse_coupon(raw, f"{path}.coupons[{index}]", default_currency)
+        if coupon.id in coupons:
+            raise _fail(f"{path}.coupons[{index}].id", f"duplicate coupon id {coupon.id!r}")
+        coupons[coupon.id] = coupon
+
+    catalog = Catalog(MappingProxyType(meters), MappingProxyType(plans), MappingProxyType(coupons))
+    # NOTE: each document is self-contained: it defines every meter its plans use, so a document can
+    # be validated alone and documents can be merged in any order.
+    for plan in plans.values():
+        _check_plan_meters(plan, meters, f"{path}.plans[{plan.id}]")
+    for coupon in coupons.values():
+        for plan_id in sorted(coupon.plan_ids):
+            if PlanId(plan_id) not in plans:
+                raise _fail(f"{path}.coupons[{coupon.id}].plans", f"unknown plan {plan_id!r}")
+    return catalog
+
+
+def _currency(value: object, path: str) -> str:
+    code = _str(value, path)
+    try:
+        minor_units(code)
+    except DomainError:
+        raise _fail(path, f"unknown ISO 4217 currency {code!r}") from None
+    return code
+
+
+def _parse_meter(raw: object, path: str) -> Meter:
+    data = _mapping(raw, path)
+    _only_keys(data, _METER_KEYS, path)
+    meter_id = MeterId(_identifier(_required(data, "id", path), f"{path}.id"))
+    path = f"{path.rsplit('[', 1)[0]}[{meter_id}]"
+    aggregation = _enum(Aggregation, _required(data, "aggregation", path), f"{path}.aggregation")
+    value_property = data.get("value_property")
+    if aggregation is Aggregation.SUM:
+        value_property = _str(_required(data, "value_property", path), f"{path}.value_property")
+    elif value_property is not None:
+        raise _fail(f"{path}.value_property", "only sum meters read a value property")
+    return Meter(
+        id=meter_id,
+        name=_str(data.get("name", meter_id), f"{path}.name"),
+        unit=_identifier(_required(data, "unit", path), f"{path}.unit"),
+        event_type=_identifier(_required(data, "event_type", path), f"{path}.event_type"),
+        aggregation=aggregation,
+        value_property=value_property,
+    )
+
+
+def _parse_plan(raw: object, path: str, default_currency: object) -> Plan:
+    data = _mapping(raw, path)
+    _only_keys(data, _PLAN_KEYS, path)
+    plan_id = PlanId(_identifier(_required(data, "id", path), f"{path}.id"))
+    path = f"{path.rsplit('[', 1)[0]}[{plan_id}]"
+    currency_value = data.get("currency", default_currency)
+    if currency_value is None:
+        raise _fail(f"{path}.currency", "is required (or set a catalog-wide currency)")
+    currency = _currency(currency_value, f"{path}.currency")
+
+    seat_price = None
+    if data.get("seat_price") is not None:
+        seat_price = _money(data["seat_price"], currency, f"{path}.seat_price")
+        if seat_price.is_negative():
+            raise _fail(f"{path}.seat_price", "must not be negative")
+    price = _money(data.get("price", 0), currency, f"{path}.price")
+    if price.is_negative():
+        raise _fail(f"{path}.price", "must not be negative")
+
+    features: set[str] = set()
+    for index, feature in enumerate(_list(data.get("features", []), f"{path}.features")):
+        features.add(_identifier(feature, f"{path}.features[{index}]"))
+
+    entitlements: dict[str, int | bool | str] = {}
+    for key, value in _mapping(data.get("entitlements", {}), f"{path}.entitlements").items():
+        if isinstance(value, float) or not isinstance(value, int | bool | str):
+            raise _fail(f"{path}.entitlements.{key}", f"expected an int, bool or string, got {value!r}")
+        entitlements[_identifier(key, f"{path}.entitlements")] = value
+
+    meters: dict[MeterId, MeterPricing] = {}
+    for meter_key, pricing in _mapping(data.get("meters", {}), f"{path}.meters").items():
+        meter_id = MeterId(_identifier(meter_key, f"{path}.meters"))
+        meters[meter_id] = _parse_pricing(meter_id, pricing, currency, f"{path}.meters.{meter_id}")
+
+    quota = None
+    if data.get("quota") is not None:
+        quota = _parse_quota(data["quota"], f"{path}.quota")
+
+    return Plan(
+        id=plan_id,
+        name=_str(_required(data, "name", path), f"{path}.name"),
+        family=_identifier(_required(data, "family", path), f"{path}.family"),
+        interval=_enum(Interval, _required(data, "interval", path), f"{path}.interval"),
+        price=price,
+        seat_price=seat_price,
+        trial_days=_int(data.get("trial_days", 0), f"{path}.trial_days", minimum=0),
+        features=frozenset(features),
+        entitlements=MappingProxyType(entitlements),
+        meters=MappingProxyType(meters),
+        change_timing=_enum(
+            ChangeTiming, data.get("change_timing", ChangeTiming.PERIOD_END.value), f"{path}.change_timing"
+        ),
+        trial_end_without_payment_method=_enum(
+            TrialEndBehaviour,
+            data.get("trial_end_without_payment_method", TrialEndBehaviour.PAST_DUE.value),
+            f"{path}.trial_end_without_payment_method",
+        ),
+        quota=quota,
+        example_prices=_bool(data.get("example_prices", False), f"{path}.example_prices"),
+    )
+
+
+def _parse_pricing(meter_id: MeterId, raw: object, currency: str, path: str) -> MeterPricing:
+    data = _mapping(raw, path)
+    _only_keys(data, _PRICING_KEYS, path)
+    overage = _enum(OveragePolicy, _required(data, "overage", path), f"{path}.overage")
+    unit_price = None
+    if data.get("unit_price") is not None:
+        amount = _decimal(data["unit_price"], f"{path}.unit_price")
+        if amount < 0:
+            raise _fail(f"{path}.unit_price", "must not be negative")
+        unit_price = UnitPrice(amount, currency)
+    if overage is OveragePolicy.BILL and unit_price is None:
+        raise _fail(f"{path}.unit_price", "is required when overage is bill")
+    included = None
+    if data.get("included") is not None:
+        included = _parse_included(data["included"], currency, f"{path}.included")
+        if included.amount is not None and unit_price is None:
+            raise _fail(f"{path}.unit_price", "is required to consume money credits (usage needs a price)")
+    return MeterPricing(meter_id=meter_id, overage=overage, unit_price=unit_price, included=included)
+
+
+def _parse_included(raw: object, currency: str, path: str) -> IncludedCredit:
+    data = _mapping(raw, path)
+    _only_keys(data, _INCLUDED_KEYS, path)
+    pooling = _enum(Pooling, data.get("pooling", Pooling.ORG.value), f"{path}.pooling")
+    has_amount = data.get("amount") is not None
+    has_units = data.get("units") is not None
+    if has_amount == has_units:
+        raise _fail(path, "give exactly one of amount (money) or units")
+    if has_amount:
+        amount = _money(data["amount"], currency, f"{path}.amount")
+        if amount.is_negative():
+            raise _fail(f"{path}.amount", "must not be negative")
+        return IncludedCredit(pooling=pooling, amount=amount)
+    units = _decimal(data["units"], f"{path}.units")
+    if units < 0:
+        raise _fail(f"{path}.units", "must not be negative")
+    return IncludedCredit(pooling=pooling, units=units)
+
+
+def _parse_quota(raw: object, path: str) -> Quota:
+    data = _mapping(raw, path)
+    _only_keys(data, _QUOTA_KEYS, path)
+    window = _enum(QuotaWindow, _required(data, "window", path), f"{path}.window")
+    window_days = None
+    if window is QuotaWindow.TRIAL:
+        window_days = _int(_required(data, "window_days", path), f"{path}.window_days", minimum=1)
+    elif data.get("window_days") is not None:
+        raise _fail(f"{path}.window_days", "only a trial window has a length in days")
+    per_user_limit = None
+    if data.get("per_user_limit") is not None:
+        per_user_limit = _int(data["per_user_limit"], f"{path}.per_user_limit", minimum=1)
+    return Quota(
+        meter_id=MeterId(_identifier(_required(data, "meter", path), f"{path}.meter")),
+        limit=_int(_required(data, "limit", path), f"{path}.limit", minimum=0),
+        window=window,
+        window_days=window_days,
+        per_user_limit=per_user_limit,
+    )
+
+
+def _parse_coupon(raw: object, path: str, default_currency: object) -> Coupon:
+    data = _mapping(raw, path)
+    _only_keys(data, _COUPON_KEYS, path)
+    coupon_id = CouponId(_identifier(_required(data, "id", path), f"{path}.id"))
+    path = f"{path.rsplit('[', 1)[0]}[{coupon_id}]"
+    has_percent = data.get("percent_off") is not None
+    has_amount = data.get("amount_off") is not None
+    if has_percent == has_amount:
+        raise _fail(path, "give exactly one of percent_off or amount_off")
+    percent_off = None
+    amount_off = None
+    if has_percent:
+        percent_off = _decimal(data["percent_off"], f"{path}.percent_off")
+        discount_type = DiscountType.PERCENT
+    else:
+        currency_value = data.get("currency", default_currency)
+        if currency_value is None:
+            raise _fail(f"{path}.currency", "is required for an amount_off coupon")
+        currency = _currency(currency_value, f"{path}.currency")
+        amount_off = _money(data["amount_off"], currency, f"{path}.amount_off")
+        discount_type = DiscountType.FIXED_AMOUNT
+    duration_periods = None
+    if data.get("duration_periods") is not None:
+        duration_periods = _int(data["duration_periods"], f"{path}.duration_periods", minimum=1)
+    max_redemptions = None
+    if data.get("max_redemptions") is not None:
+        max_redemptions = _int(data["max_redemptions"], f"{path}.max_redemptions", minimum=1)
+    redeem_by = None
+    if data.get("redeem_by") is not None:
+        redeem_by = _instant(data["redeem_by"], f"{path}.redeem_by")
+    plan_ids = frozenset(
+        _identifier(plan, f"{path}.plans[{index}]")
+        for index, plan in enumerate(_list(data.get("plans", []), f"{path}.plans"))
+    )
+    try:
+        return Coupon(
+            id=coupon_id,
+            name=_str(data.get("name", coupon_id), f"{path}.name"),
+            discount_type=discount_type,
+            duration=_enum(CouponDuration, _required(data, "duration", path), f"{path}.duration"),
+            percent_off=percent_off,
+            amount_off=amount_off,
+            duration_periods=duration_periods,
+            max_redemptions=max_redemptions,
+            redeem_by=redeem_by,
+            applies_to=_enum(
+                CouponScope, data.get("applies_to", CouponScope.FEE.value), f"{path}.applies_to"
+            ),
+            plan_ids=plan_ids,
+        )
+    except DomainError as error:
+        raise _fail(path, str(error)) from error
+
+
+def _check_plan_meters(plan: Plan, meters: Mapping[MeterId, Meter], path: str) -> None:
+    for meter_id in plan.meters:
+        if meter_id not in meters:
+            raise _fail(f"{path}.meters.{meter_id}", f"unknown meter {meter_id!r} (define it under meters)")
+    if plan.quota is not None:
+        quota_meter = meters.get(plan.quota.meter_id)
+        if quota_meter is None:
+            raise _fail(f"{path}.quota.meter", f"unknown meter {plan.quota.meter_id!r}")
+        if quota_meter.aggregation is not Aggregation.COUNT:
+            raise _fail(f"{path}.quota.meter", f"quota meter {quota_meter.id!r} must count events")
