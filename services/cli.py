@@ -1,0 +1,200 @@
+"""`billing`: the operator CLI (the demo uses it too).
+
+    billing up | down | status          the local stack (Kafka, PostgreSQL, stripe-mock)
+    billing migrate                     apply migrations and create the declared topics
+    billing ingest | worker | dunning   run one service in the foreground
+    billing clock now | advance 1d      the simulated billing clock
+    billing customers | subscriptions | invoices   look around (read-only SQL)
+    billing demo                        the simulated billing month (see services/demo)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+REPO = Path(__file__).resolve().parent.parent
+STACK = REPO / "deploy" / "stack.py"
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, rich_markup_mode=None)
+clock_app = typer.Typer(help="The billing clock (simulated clocks only move forward).", no_args_is_help=True)
+app.add_typer(clock_app, name="clock")
+console = Console()
+
+
+def _settings():  # type: ignore[no-untyped-def]
+    from shared.config import Settings
+
+    return Settings()
+
+
+def _stack(*args: str) -> int:
+    return subprocess.call([sys.executable, str(STACK), *args])
+
+
+@app.command()
+def up(only: Annotated[str, typer.Option(help="components: kafka,postgres,stripe")] = "kafka,postgres,stripe"
+       ) -> None:
+    """Start the local stack (reuses healthy components; safe to run twice)."""
+    raise typer.Exit(_stack("up", "--only", only))
+
+
+@app.command()
+def down() -> None:
+    """Stop exactly the stack processes `up` started."""
+    raise typer.Exit(_stack("down"))
+
+
+@app.command()
+def status() -> None:
+    """Health of each stack component, with its port and log file."""
+    raise typer.Exit(_stack("status"))
+
+
+@app.command()
+def migrate() -> None:
+    """Apply the database migrations and create the topics of deploy/topics.yaml."""
+    sys.path.insert(0, str(REPO / "deploy"))
+    from stack import create_topics  # type: ignore[import-not-found]
+
+    from shared.adapters.postgres.migrate import upgrade
+
+    s = _settings()
+    upgrade(s.database_url, s.database_schema)
+    created = create_topics(s.kafka_bootstrap, prefix=s.topic_prefix)
+    console.print(f"migrations applied; {len(created)} topics present")
+
+
+@app.command()
+def ingest() -> None:
+    """Run the HTTP edge (uvicorn) in the foreground."""
+    from services.ingest.__main__ import main
+
+    main()
+
+
+@app.command()
+def worker() -> None:
+    """Run a billing worker (consumer, scheduler, payment executor, outbox relay)."""
+    from services.billing_worker.__main__ import main
+
+    main()
+
+
+@app.command()
+def dunning() -> None:
+    """Run the dunning service (faust-streaming)."""
+    from services.dunning.__main__ import main
+
+    main()
+
+
+_DURATION = re.compile(r"^(\d+)([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_duration(text: str) -> timedelta:
+    """`90s`, `15m`, `12h`, `1d`, `2w` -> timedelta."""
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise typer.BadParameter(f"{text!r} is not a duration like 30m, 12h, 1d or 2w")
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
+@clock_app.command("now")
+def clock_now() -> None:
+    """Print the billing clock."""
+    from shared.adapters.clock import DatabaseClock, SystemClock
+    from shared.adapters.postgres.engine import make_engine
+
+    s = _settings()
+    if s.clock == "real":
+        console.print(SystemClock().now().isoformat())
+        return
+    from datetime import datetime
+
+    clock = DatabaseClock(make_engine(s, pool_size=1), datetime.fromisoformat(s.simulated_clock_start))
+    console.print(clock.now().isoformat())
+
+
+@clock_app.command("advance")
+def clock_advance(
+    duration: Annotated[str, typer.Argument(help="how far: 30m, 12h, 1d, 2w")],
+    url: Annotated[str, typer.Option(help="the edge's base URL")] = "http://127.0.0.1:8080",
+) -> None:
+    """Advance the simulated billing clock through the edge (admin key from BILLING_ADMIN_API_KEY)."""
+    import httpx
+
+    s = _settings()
+    delta = parse_duration(duration)
+    resp = httpx.post(f"{url}/v1/clock/advance", json={"seconds": int(delta.total_seconds())},
+                      headers={"Authorization": f"Bearer {s.admin_api_key.get_secret_value()}"}, timeout=30)
+    if resp.status_code >= 400:
+        console.print(f"[red]{resp.status_code}[/red] {resp.text}")
+        raise typer.Exit(1)
+    console.print(resp.json())
+
+
+def _print_rows(title: str, sql: str, params: dict[str, object]) -> None:
+    import sqlalchemy as sa
+
+    from shared.adapters.postgres.engine import make_engine
+
+    engine = make_engine(_settings(), pool_size=1)
+    with engine.connect() as conn:
+        result = conn.execute(sa.text(sql), params)
+        table = Table(title=title)
+        for col in result.keys():
+            table.add_column(col)
+        for row in result:
+            table.add_row(*[json.dumps(v, default=str) if isinstance(v, dict | list) else str(v) for v in row])
+    console.print(table)
+
+
+@app.command()
+def customers(limit: int = 20) -> None:
+    """The most recently onboarded customers."""
+    _print_rows("customers", "SELECT customer_id, external_id, kind, name, email, currency, created_at "
+                "FROM customers ORDER BY created_at DESC LIMIT :limit", {"limit": limit})
+
+
+@app.command()
+def subscriptions(limit: int = 20, status_filter: Annotated[str | None, typer.Option("--status")] = None) -> None:
+    """Subscriptions, optionally of one status (ACTIVE, PAST_DUE, ...)."""
+    where = "WHERE status = :status" if status_filter else ""
+    _print_rows("subscriptions", f"SELECT subscription_id, customer_id, plan_id, status, seats, "
+                f"current_period_start, current_period_end FROM subscriptions {where} "
+                "ORDER BY current_period_end LIMIT :limit", {"limit": limit, "status": status_filter})
+
+
+@app.command()
+def invoices(limit: int = 20, status_filter: Annotated[str | None, typer.Option("--status")] = None) -> None:
+    """Invoices, newest first, optionally of one status (OPEN, PAID, UNCOLLECTIBLE, ...)."""
+    where = "WHERE status = :status" if status_filter else ""
+    _print_rows("invoices", f"SELECT invoice_id, number, subscription_id, status, total_minor, currency "
+                f"FROM invoices {where} ORDER BY created_at DESC LIMIT :limit",
+                {"limit": limit, "status": status_filter})
+
+
+@app.command()
+def demo(
+    keep_stack: Annotated[bool, typer.Option(help="leave the local stack running afterwards")] = False,
+    customers_count: Annotated[int, typer.Option("--customers", help="how many customers to onboard")] = 600,
+) -> None:
+    """Bill a realistic simulated month end to end and audit the result (writes var/demo/)."""
+    from services.demo import run_demo
+
+    raise typer.Exit(run_demo(customers=customers_count, keep_stack=keep_stack))
+
+
+if __name__ == "__main__":
+    app()
