@@ -1,0 +1,84 @@
+"""The FastAPI application of the ingest edge: `create_app(container)`.
+
+Middleware order (outermost first): metrics, body-size limit (413), Idempotency-Key (POST), then the
+routes. Errors are problem+json (`services.ingest.problems`). The Kafka producer's delivery thread is
+started with the app and the producer is flushed when it stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from services.ingest.auth import Authenticator
+from services.ingest.container import Container
+from services.ingest.idempotency import IdempotencyMiddleware, IdempotencyStore
+from services.ingest.limits import BodyLimitMiddleware
+from services.ingest.metrics import EdgeMetrics, MetricsMiddleware
+from services.ingest.problems import install_problem_handlers
+from services.ingest.routes import health
+from services.ingest.routes import quota as quota_routes
+
+_log = logging.getLogger("services.ingest")
+WEBHOOK_PATH = "/v1/webhooks/stripe"
+PURGE_INTERVAL_SECONDS = 3600.0
+
+DESCRIPTION = """\
+The HTTP edge of the billing engine. It authenticates and validates, publishes usage and lifecycle
+commands to Kafka (acknowledged only after Kafka acknowledged), and answers reads from PostgreSQL.
+
+* **Authentication**: `Authorization: Bearer <api key>` (or `X-API-Key`). Scopes: `ingest`, `read`, `admin`.
+* **Errors**: `application/problem+json` with `type`, `title`, `status`, `detail` and `errors[{field, reason}]`.
+* **Idempotency**: send `Idempotency-Key` on any POST; a retry with the same key and body replays the first
+  response, a different body gets 422, a retry while the first is in flight gets 409. Kept >= 24 h.
+* **Pagination**: list endpoints take `limit` and `cursor` and return `next_cursor` (null on the last page).
+"""
+
+
+def create_app(container: Container) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        container.producer.start()
+        purger = asyncio.create_task(_purge_idempotency_keys(store))
+        try:
+            yield
+        finally:
+            purger.cancel()
+            await run_in_threadpool(container.producer.flush, 10.0)
+
+    app = FastAPI(title="Billing engine: ingest edge", version="1.0.0", description=DESCRIPTION,
+                  lifespan=lifespan, docs_url="/docs", redoc_url="/redoc", openapi_url="/openapi.json")
+    app.state.container = container
+    app.state.authenticator = Authenticator(container.engine, container.settings.admin_api_key.get_secret_value())
+    app.state.metrics = EdgeMetrics()
+    store = IdempotencyStore(container.engine)
+    install_problem_handlers(app)
+
+    for module in _route_modules():
+        app.include_router(module.router)
+
+    # add_middleware wraps: the last added is the outermost.
+    app.add_middleware(IdempotencyMiddleware, store=store, exempt_paths=frozenset({WEBHOOK_PATH}))
+    app.add_middleware(BodyLimitMiddleware, max_bytes=container.settings.max_request_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    return app
+
+
+def _route_modules() -> list:  # type: ignore[type-arg]
+    return [health, quota_routes]
+
+
+async def _purge_idempotency_keys(store: IdempotencyStore) -> None:
+    while True:
+        try:
+            purged = await run_in_threadpool(store.purge_expired)
+            if purged:
+                _log.info("purged expired idempotency keys", extra={"count": purged})
+        except Exception:  # a failed purge is retried next hour; serving goes on
+            _log.warning("idempotency key purge failed", exc_info=True)
+        await asyncio.sleep(PURGE_INTERVAL_SECONDS)

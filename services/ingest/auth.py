@@ -1,0 +1,202 @@
+"""API keys and authorisation for the edge.
+
+How to use (for route authors, e.g. the quota routes)::
+
+    from fastapi import APIRouter, Depends
+    from services.ingest.auth import Principal, Scope, require, resolve_org
+    from services.ingest.container import Container, get_container
+    from services.ingest.problems import FieldError, ProblemError
+
+    @router.post("/v1/orgs/{org_id}/reports")
+    async def use_report(org_id: str, principal: Principal = Depends(require(Scope.INGEST)),
+                         container: Container = Depends(get_container)) -> ...:
+        org = resolve_org(principal, org_id)   # 403 if an org-bound key names another org
+        ...
+
+- `require(*scopes)` is a dependency: 401 (problem+json, `WWW-Authenticate: Bearer`) when the key is
+  missing, unknown or revoked; 403 when the key has none of `scopes`. `admin` satisfies every scope.
+- `resolve_org(principal, requested)` is the only way to obtain the org a request acts on: for an
+  org-bound key it is the key's org (a different `requested` org -> 403); an admin key or a producer key
+  must name one (`requested`, from the path or query, never trusted for org-bound keys).
+- `principal.key_id` identifies the caller (idempotency scope, audit trail `actor_key_id`).
+- Keys are presented as `Authorization: Bearer <token>` or `X-API-Key: <token>`.
+
+Storage: only `sha256(token)` is stored. The token carries 256 random bits, so a slow password hash would
+add latency to every request without making a brute-force search any more feasible than it already is not;
+a leaked table reveals no usable key. The bootstrap admin key comes from `settings.admin_api_key`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import sqlalchemy as sa
+from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
+
+from services.ingest.container import Container, get_container
+from services.ingest.problems import ProblemError
+from shared.adapters.postgres.schema.edge import api_keys
+
+TOKEN_PREFIX = "bk_"
+BOOTSTRAP_ADMIN_KEY_ID = "admin-bootstrap"
+# NOTE: authentication results are cached this long per process; a revoked key stops working within it.
+CACHE_TTL_SECONDS = 5.0
+
+
+class Scope(StrEnum):
+    INGEST = "ingest"  # usage only; bound to one org or to a producer identity
+    READ = "read"  # reads of one org
+    ADMIN = "admin"  # everything, any org
+
+
+@dataclass(frozen=True)
+class Principal:
+    key_id: str
+    scopes: frozenset[Scope]
+    org_id: str | None = None
+    producer: str | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return Scope.ADMIN in self.scopes
+
+    def has_any(self, scopes: Iterable[Scope]) -> bool:
+        return self.is_admin or any(s in self.scopes for s in scopes)
+
+    def may_act_for(self, customer_id: str) -> bool:
+        """Admin keys and producer ingest keys act for any customer; org-bound keys only for their own."""
+        if self.is_admin:
+            return True
+        if self.org_id is not None:
+            return self.org_id == customer_id
+        return self.producer is not None and Scope.INGEST in self.scopes
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token() -> tuple[str, str]:
+    """A fresh (key_id, token); the token is shown once to its creator and never stored."""
+    key_id = f"key_{secrets.token_hex(8)}"
+    return key_id, f"{TOKEN_PREFIX}{secrets.token_urlsafe(32)}"
+
+
+def forbidden(detail: str) -> ProblemError:
+    return ProblemError(403, "Forbidden", detail, slug="forbidden")
+
+
+def unauthorized(detail: str) -> ProblemError:
+    return ProblemError(401, "Unauthorized", detail, slug="unauthorized", headers={"WWW-Authenticate": "Bearer"})
+
+
+def resolve_org(principal: Principal, requested: str | None) -> str:
+    """The org (customer id) a request acts on: an org-bound key's own org, never one from the body."""
+    if principal.org_id is not None and not principal.is_admin:
+        if requested is not None and requested != principal.org_id:
+            raise forbidden("this API key belongs to another organisation")
+        return principal.org_id
+    if requested is None:
+        raise ProblemError(422, "Organisation required", "this key is not bound to an organisation: name one",
+                           slug="org-required")
+    return requested
+
+
+def authorize_customer(principal: Principal, customer_id: str) -> None:
+    """403 unless the principal may act for (or read) this customer."""
+    if not principal.may_act_for(customer_id):
+        raise forbidden("this API key belongs to another organisation")
+
+
+@dataclass
+class Authenticator:
+    """Resolves presented tokens to principals (bootstrap admin key, then the `api_keys` table)."""
+
+    engine: sa.Engine
+    admin_token: str
+    _cache: dict[str, tuple[float, Principal | None]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def authenticate(self, token: str) -> Principal | None:
+        if self.admin_token and hmac.compare_digest(token.encode(), self.admin_token.encode()):
+            return Principal(BOOTSTRAP_ADMIN_KEY_ID, frozenset({Scope.ADMIN}))
+        digest = hash_token(token)
+        now = time.monotonic()
+        with self._lock:
+            cached = self._cache.get(digest)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(api_keys).where(api_keys.c.key_hash == digest,
+                                                         api_keys.c.revoked_at.is_(None))).one_or_none()
+        principal = None if row is None else Principal(row.key_id, frozenset(Scope(s) for s in row.scopes),
+                                                       row.org_id, row.producer)
+        with self._lock:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[digest] = (now + CACHE_TTL_SECONDS, principal)
+        return principal
+
+    def forget(self) -> None:
+        """Drop cached results (after a revocation in this process)."""
+        with self._lock:
+            self._cache.clear()
+
+
+def presented_token(request: Request) -> str | None:
+    return presented_token_of(request.headers)
+
+
+def presented_token_of(headers: Mapping[str, str]) -> str | None:
+    """The token of `Authorization: Bearer <token>` or `X-API-Key: <token>`, if any."""
+    header = headers.get("authorization")
+    if header:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+        return None
+    return headers.get("x-api-key") or None
+
+
+def authenticator_of(container: Container, request: Request) -> Authenticator:
+    """The app's authenticator (created by `create_app`; one per app so its cache is shared)."""
+    existing: Authenticator | None = getattr(request.app.state, "authenticator", None)
+    if existing is None:
+        existing = Authenticator(container.engine, container.settings.admin_api_key.get_secret_value())
+        request.app.state.authenticator = existing
+    return existing
+
+
+async def authenticate(request: Request, container: Container = Depends(get_container)) -> Principal:
+    """Dependency: the caller's principal, or 401. Cached on the request (the idempotency layer uses it)."""
+    cached: Principal | None = getattr(request.state, "principal", None)
+    if cached is not None:
+        return cached
+    token = presented_token(request)
+    if token is None:
+        raise unauthorized("missing API key (Authorization: Bearer <key>)")
+    principal = await run_in_threadpool(authenticator_of(container, request).authenticate, token)
+    if principal is None:
+        raise unauthorized("invalid or revoked API key")
+    request.state.principal = principal
+    return principal
+
+
+def require(*scopes: Scope) -> Callable[..., Awaitable[Principal]]:
+    """Dependency factory: the authenticated principal, 403 unless it holds one of `scopes` (or admin)."""
+    wanted = frozenset(scopes)
+
+    async def dependency(principal: Principal = Depends(authenticate)) -> Principal:
+        if not principal.has_any(wanted):
+            raise forbidden(f"this API key lacks the scope: {' or '.join(sorted(wanted))}")
+        return principal
+
+    return dependency

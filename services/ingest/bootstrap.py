@@ -1,0 +1,40 @@
+"""Composition root of the ingest edge: settings, engine, Kafka producer, Stripe client, clock, catalog.
+
+Built once per process by `build_container`; nothing here runs at import time, and building connects to
+nothing yet (the engine's pool connects lazily; the producer's delivery thread starts with the app).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import stripe
+
+from services.ingest.container import Container
+from shared.adapters.catalog_file import load_catalog
+from shared.adapters.clock import DatabaseClock, SystemClock
+from shared.adapters.kafka.producer import KafkaProducer
+from shared.adapters.postgres.engine import make_engine
+from shared.config import Settings
+from shared.domain.clock import Clock
+
+PRODUCER_NAME = "ingest"
+
+
+def build_stripe_client(settings: Settings) -> stripe.StripeClient:
+    return stripe.StripeClient(settings.stripe_api_key.get_secret_value(),
+                               base_addresses={"api": settings.stripe_api_base}, max_network_retries=2)
+
+
+def build_container(settings: Settings | None = None) -> Container:
+    settings = settings or Settings()
+    engine = make_engine(settings)
+    clock: Clock
+    if settings.clock == "simulated":
+        clock = DatabaseClock(engine, datetime.fromisoformat(settings.simulated_clock_start))
+    else:
+        clock = SystemClock()
+    catalog = load_catalog(sorted(settings.catalog_dir.glob("*.yaml")))
+    producer = KafkaProducer(settings, client_id=PRODUCER_NAME)
+    return Container(settings=settings, engine=engine, producer=producer, stripe=build_stripe_client(settings),
+                     clock=clock, catalog=catalog)

@@ -1,0 +1,129 @@
+"""Errors as RFC 9457 problem details (`application/problem+json`).
+
+Every error the edge returns has `type`, `title`, `status`, `detail` and `errors: [{field, reason}]`.
+Routes raise `ProblemError(status, title, detail, errors=[FieldError(...)])`; `install_problem_handlers`
+turns it, FastAPI's request validation errors (422 with one entry per field), Starlette's HTTP errors
+(404, 405) and unexpected failures (500, without internals) into that shape.
+
+Validation errors never echo the submitted value: a body may carry data that must not be reflected or
+logged (see `services.ingest.pan`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from shared.errors import InfrastructureError
+
+PROBLEM_JSON = "application/problem+json"
+_log = logging.getLogger("services.ingest.problems")
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="dotted path of the offending field, e.g. `events.3.timestamp`")
+    reason: str
+
+
+class Problem(BaseModel):
+    """The body of every error response (RFC 9457)."""
+
+    type: str = Field(default="about:blank", description="URI reference naming the kind of problem")
+    title: str
+    status: int
+    detail: str | None = None
+    errors: list[FieldError] = Field(default_factory=list)
+
+
+def problem_type(slug: str) -> str:
+    """The `type` URI of one of our problem kinds (a relative reference, documented in the API docs)."""
+    return f"/problems/{slug}"
+
+
+class ProblemError(Exception):
+    """Raise from a route or dependency to answer with a problem document."""
+
+    def __init__(self, status: int, title: str, detail: str | None = None, *, slug: str | None = None,
+                 errors: Sequence[FieldError] = (), headers: dict[str, str] | None = None) -> None:
+        super().__init__(f"{status} {title}: {detail}")
+        self.problem = Problem(type=problem_type(slug) if slug else "about:blank", title=title, status=status,
+                               detail=detail, errors=list(errors))
+        self.headers = headers or {}
+
+
+def problem_response(problem: Problem, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(problem.model_dump(mode="json")), status_code=problem.status,
+                    media_type=PROBLEM_JSON, headers=headers)
+
+
+def _field_path(loc: Sequence[Any]) -> str:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("body", "query", "path", "header"):
+        parts = parts[1:] if len(parts) > 1 else parts
+    return ".".join(parts) or "body"
+
+
+def field_errors_of(errors: Sequence[Any]) -> list[FieldError]:
+    """Field errors from pydantic's `errors()` list, without the offending input values."""
+    return [FieldError(field=_field_path(e.get("loc", ())), reason=str(e.get("msg", "invalid")))
+            for e in errors]
+
+
+async def _on_problem(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ProblemError)
+    return problem_response(exc.problem, exc.headers)
+
+
+async def _on_validation(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    return problem_response(Problem(type=problem_type("validation"), title="Request validation failed",
+                                    status=422, detail="one or more fields are invalid",
+                                    errors=field_errors_of(exc.errors())))
+
+
+async def _on_http(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    return problem_response(Problem(title=_TITLES.get(exc.status_code, "HTTP error"), status=exc.status_code,
+                                    detail=str(exc.detail) if exc.detail else None),
+                            dict(exc.headers or {}))
+
+
+async def _on_infrastructure(request: Request, exc: Exception) -> Response:
+    _log.warning("dependency unavailable", extra={"path": request.url.path, "error": type(exc).__name__})
+    return problem_response(Problem(type=problem_type("unavailable"), title="Service unavailable", status=503,
+                                    detail="a dependency (Kafka or PostgreSQL) did not answer; retry with "
+                                           "the same Idempotency-Key"), {"Retry-After": "1"})
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> Response:
+    _log.exception("unhandled error", extra={"path": request.url.path})
+    return problem_response(Problem(title="Internal server error", status=500))
+
+
+_TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found",
+           405: "Method not allowed", 409: "Conflict", 413: "Payload too large", 415: "Unsupported media type",
+           422: "Unprocessable content", 503: "Service unavailable"}
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ProblemError, _on_problem)
+    app.add_exception_handler(RequestValidationError, _on_validation)
+    app.add_exception_handler(StarletteHTTPException, _on_http)
+    app.add_exception_handler(InfrastructureError, _on_infrastructure)
+    app.add_exception_handler(Exception, _on_unexpected)
+
+
+# Ready-made responses for the OpenAPI document of each route.
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": Problem, "description": title, "content": {PROBLEM_JSON: {}}}
+    for status, title in ((401, "Missing or invalid API key"), (403, "Wrong scope or another organisation"),
+                          (409, "Conflict"), (413, "Request too large"), (422, "Validation failed"))
+}
