@@ -1,0 +1,202 @@
+"""The dispatch seam of the billing worker: message type -> handler, run inside the batch transaction.
+
+Contract for handler modules (worker-billing's ``services/billing_worker/commands.py``):
+
+    from services.billing_worker.processor import HandlerContext, HandlerRegistry, MessageRejected, WorkerDeps
+
+    def register(registry: HandlerRegistry, deps: WorkerDeps) -> None:
+        registry.register("subscription.create", handle_create)       # one handler per message type
+        registry.register("payment.succeeded", handle_payment_succeeded)
+        registry.add_background(PaymentExecutor(deps))                # optional: start()/stop() services
+
+    def handle_create(conn: sa.Connection, envelope: Envelope, payload: CreateSubscription,
+                      ctx: HandlerContext) -> None:
+        ...                                                   # read/write state through `conn`
+        ctx.emit("subscription.status_changed", {...}, key=payload.subscription_id)   # -> outbox row
+        ctx.record_outcome("applied", result={...})          # -> command_outcomes (commands only)
+
+The composition root (``bootstrap.py``) calls ``commands.register(registry, deps)`` once at start.
+
+What the engine guarantees to a handler:
+- It runs inside the batch's single PostgreSQL transaction, under a SAVEPOINT of its own: everything it
+  writes through ``conn`` (state, outbox rows, the outcome) commits together with the consumer offset, or
+  not at all. It must not commit, roll back or open other connections for state it owns.
+- Messages of one partition reach it in offset order; ``payload`` is already validated against
+  ``shared.contracts.messages.PAYLOADS[envelope.type]``. Usage (``usage.recorded``) is not dispatched
+  here; the usage materialiser (``usage.py``) applies it in bulk before the batch's commands.
+- ``ctx.now`` is the billing-clock instant read once per batch (real or simulated clock): pass it to
+  the domain, never read the wall clock.
+- A replay (after a crash before commit, or an operator re-reading the topic) calls it again with the
+  same envelope: handlers stay idempotent through unique constraints (rule 3), and ``record_outcome``
+  and ``emit(event_id=...)`` are no-ops the second time.
+
+What a handler signals back:
+- Return normally: applied (or deliberately ignored: record ``status="ignored"``). A business refusal
+  of a command (e.g. cancel an already cancelled subscription) is a normal return with
+  ``ctx.record_outcome("rejected", error_code=..., error_detail=...)``: the edge answers 409.
+- Raise ``MessageRejected`` (or any exception whose class has ``retryable = False``, e.g. a
+  ``DomainError``, or any other non-infrastructure exception): the message is terminal. Its savepoint is
+  rolled back, it goes to ``<topic>.dlq`` with its reason, a ``rejected`` outcome is stored for commands,
+  and the partition moves on.
+- Raise an ``InfrastructureError`` (or let a SQLAlchemy connection error escape): transient. The whole
+  batch is rolled back and retried with backoff; no message is skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, ClassVar, Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert
+
+from shared.adapters.postgres.schema.core import command_outcomes, outbox
+from shared.config import Settings
+from shared.contracts import topics
+from shared.contracts.envelope import Envelope, new_envelope
+from shared.contracts.messages import Payload
+from shared.domain.clock import Clock
+from shared.errors import FencedError, InfrastructureError
+
+PRODUCER_NAME = "billing-worker"
+
+Handler = Callable[[sa.Connection, Envelope, Any, "HandlerContext"], None]
+
+
+class MessageRejected(Exception):
+    """A handler refuses this message for good (it cannot be applied, whatever the retries): DLQ."""
+
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, reason: str, *, code: str = "rejected") -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+class BackgroundTask(Protocol):
+    """A service that runs beside the consumer loop in the worker process (executor, scheduler)."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class WorkerDeps:
+    """What the composition root hands to handler modules when they register."""
+
+    settings: Settings
+    engine: sa.Engine
+    clock: Clock
+    catalog: Any  # shared.domain.catalog.Catalog
+
+
+def is_retryable(error: BaseException) -> bool:
+    """Transient (retry the batch with backoff) or terminal (DLQ the message)?
+
+    Infrastructure errors and database connectivity, serialization and deadlock failures are transient;
+    everything else, including domain errors and unexpected exceptions, is terminal for the message.
+    """
+    if isinstance(error, FencedError):
+        return False
+    if isinstance(error, InfrastructureError):
+        return True
+    if isinstance(error, sa.exc.OperationalError | sa.exc.InterfaceError | sa.exc.TimeoutError):
+        return True
+    if isinstance(error, sa.exc.DBAPIError):
+        if error.connection_invalidated:
+            return True
+        code = getattr(getattr(error, "orig", None), "sqlstate", None)
+        return code in {"40001", "40P01", "55P03", "57P01", "57P02", "57P03", "53300"}
+    return bool(getattr(type(error), "retryable", False))
+
+
+def outbox_row(envelope: Envelope, *, key: str, topic: str = topics.BILLING_EVENTS) -> dict[str, Any]:
+    return {"topic": topic, "message_key": key, "event_id": envelope.event_id, "event_type": envelope.type,
+            "envelope": envelope.model_dump(mode="json")}
+
+
+def add_outbox(conn: sa.Connection, envelope: Envelope, *, key: str, topic: str = topics.BILLING_EVENTS) -> None:
+    """Write one outbox row in the caller's transaction; a second row with the same event_id is a no-op."""
+    conn.execute(insert(outbox).values(**outbox_row(envelope, key=key, topic=topic))
+                 .on_conflict_do_nothing(index_elements=["event_id"]))
+
+
+def record_command_outcome(conn: sa.Connection, command: Envelope, *, subscription_id: str, status: str,
+                           error_code: str | None = None, error_detail: str | None = None,
+                           result: Mapping[str, Any] | None = None) -> None:
+    """Store the worker's answer to a command (keyed by its event_id) so the edge can answer or be polled.
+
+    status is 'applied', 'rejected' or 'ignored'. The first outcome stored for a command wins (replays
+    keep it).
+    """
+    conn.execute(insert(command_outcomes).values(
+        command_id=command.event_id, subscription_id=subscription_id, command_type=command.type,
+        status=status, error_code=error_code, error_detail=error_detail,
+        result=dict(result) if result is not None else None,
+    ).on_conflict_do_nothing(index_elements=["command_id"]))
+
+
+@dataclass
+class HandlerContext:
+    """Per-message context: the billing instant, Kafka coordinates, and the transactional side effects."""
+
+    conn: sa.Connection
+    envelope: Envelope
+    now: datetime
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    log: logging.LoggerAdapter  # type: ignore[type-arg]
+    emitted: list[Envelope] = field(default_factory=list)
+
+    def emit(self, type_: str, payload: Payload | Mapping[str, Any], *, key: str,
+             topic: str = topics.BILLING_EVENTS, event_id: uuid.UUID | None = None,
+             occurred_at: datetime | None = None) -> Envelope:
+        """Add an outgoing event to the outbox, in this transaction. Give a deterministic `event_id`
+        (e.g. uuid5 of the invoice id and the event type) when a replay must not emit a second copy."""
+        body = payload.model_dump(mode="json") if isinstance(payload, Payload) else dict(payload)
+        envelope = new_envelope(type_, body, producer=PRODUCER_NAME, occurred_at=occurred_at or self.now,
+                                correlation_id=str(self.envelope.event_id), event_id=event_id)
+        add_outbox(self.conn, envelope, key=key, topic=topic)
+        self.emitted.append(envelope)
+        return envelope
+
+    def record_outcome(self, status: str, *, subscription_id: str | None = None,
+                       error_code: str | None = None, error_detail: str | None = None,
+                       result: Mapping[str, Any] | None = None) -> None:
+        """Store this command's outcome (subscription_id defaults to the payload's, else the key)."""
+        sub = subscription_id or str(self.envelope.payload.get("subscription_id") or self.key or "")
+        record_command_outcome(self.conn, self.envelope, subscription_id=sub, status=status,
+                               error_code=error_code, error_detail=error_detail, result=result)
+
+
+class HandlerRegistry:
+    """message type -> handler (exactly one per type), plus background tasks to run in the worker."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, Handler] = {}
+        self._background: list[BackgroundTask] = []
+
+    def register(self, message_type: str, handler: Handler) -> None:
+        if message_type in self._handlers:
+            raise ValueError(f"a handler for {message_type!r} is already registered")
+        self._handlers[message_type] = handler
+
+    def handler_for(self, message_type: str) -> Handler | None:
+        return self._handlers.get(message_type)
+
+    def handled_types(self) -> frozenset[str]:
+        return frozenset(self._handlers)
+
+    def add_background(self, task: BackgroundTask) -> None:
+        self._background.append(task)
+
+    @property
+    def background(self) -> tuple[BackgroundTask, ...]:
+        return tuple(self._background)
