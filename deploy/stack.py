@@ -448,8 +448,9 @@ class StripeMock:
             raise StackError(f"stripe: port {self.cfg.stripe_port} is taken by another process")
         self.build()
         log(f"stripe: starting stripe-mock on 127.0.0.1:{self.cfg.stripe_port}")
-        spawn([str(self.binary), "-http-addr", f"127.0.0.1:{self.cfg.stripe_port}"], self.log_file,
-              self.pid_file, self.dir)
+        # stripe-mock always opens an HTTPS listener too (default :12112); pin it next to the HTTP port.
+        spawn([str(self.binary), "-http-addr", f"127.0.0.1:{self.cfg.stripe_port}",
+               "-https-addr", f"127.0.0.1:{self.cfg.stripe_port + 1}"], self.log_file, self.pid_file, self.dir)
         wait_for("stripe-mock", self.healthy, 30, self.log_file)
 
     def down(self) -> None:

@@ -25,7 +25,8 @@ from rich.table import Table
 REPO = Path(__file__).resolve().parent.parent
 STACK = REPO / "deploy" / "stack.py"
 
-app = typer.Typer(help=__doc__, no_args_is_help=True, rich_markup_mode=None)
+app = typer.Typer(help="Operator CLI of the billing engine: the local stack, the three services, the billing "
+                  "clock and read-only views of customers, subscriptions and invoices.", no_args_is_help=True)
 clock_app = typer.Typer(help="The billing clock (simulated clocks only move forward).", no_args_is_help=True)
 app.add_typer(clock_app, name="clock")
 console = Console()
