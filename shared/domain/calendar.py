@@ -184,17 +184,31 @@ def period_containing(anchor: BillingAnchor, interval: Interval, at: datetime) -
     return _period_at_index(anchor, interval, _index_of_period_containing(anchor, interval, at))
 
 
+def period_from(anchor: BillingAnchor, interval: Interval, start: datetime) -> Period:
+    """The period that starts at ``start`` and runs to the first anchored boundary after it.
+
+    When ``start`` is a boundary this is a full anchored period; otherwise it is a stub (a first
+    period starting between two boundaries), which callers prorate.
+    """
+    instant = ensure_utc(start, "period start")
+    index = _index_of_period_containing(anchor, interval, instant)
+    if anchor.boundary(index) == instant:
+        return _period_at_index(anchor, interval, index)
+    return Period(instant, anchor.boundary(index + interval.months))
+
+
 def period_after(period: Period, anchor: BillingAnchor, interval: Interval) -> Period:
     """The period that starts where ``period`` ends and runs to the next anchored boundary.
 
     For an anchored period this is simply the next one; after a stub (e.g. a trial ending between two
     boundaries) it is the stub up to the next boundary, so periods never overlap or leave a gap.
     """
-    index = _index_of_period_containing(anchor, interval, period.end)
-    boundary = anchor.boundary(index)
-    if boundary == period.end:
-        return _period_at_index(anchor, interval, index)
-    return Period(period.end, anchor.boundary(index + interval.months))
+    return period_from(anchor, interval, period.end)
+
+
+def is_full_period(period: Period, anchor: BillingAnchor, interval: Interval) -> bool:
+    """True when ``period`` is exactly one anchored period (not a stub)."""
+    return period_containing(anchor, interval, period.start) == period
 
 
 def nth_period(anchor: BillingAnchor, interval: Interval, first_start: datetime, n: int) -> Period:

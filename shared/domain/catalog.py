@@ -296,7 +296,7 @@ def _bool(value: object, path: str) -> bool:
 
 def _decimal(value: object, path: str) -> Decimal:
     if isinstance(value, float):
-        raise _fail(path, f"write decimal amounts as quoted strings (\"{value}\"), floats are inexact")
+        raise _fail(path, f'write decimal amounts as quoted strings ("{value}"), floats are inexact')
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise _fail(path, f"expected a decimal string or an integer, got {value!r}")
     try:
@@ -357,16 +357,39 @@ def _instant(value: object, path: str) -> datetime:
 _CATALOG_KEYS = {"version", "description", "currency", "meters", "plans", "coupons"}
 _METER_KEYS = {"id", "name", "unit", "event_type", "aggregation", "value_property", "description"}
 _PLAN_KEYS = {
-    "id", "name", "family", "interval", "currency", "price", "seat_price", "trial_days", "features",
-    "entitlements", "meters", "change_timing", "trial_end_without_payment_method", "quota",
-    "example_prices", "description",
+    "id",
+    "name",
+    "family",
+    "interval",
+    "currency",
+    "price",
+    "seat_price",
+    "trial_days",
+    "features",
+    "entitlements",
+    "meters",
+    "change_timing",
+    "trial_end_without_payment_method",
+    "quota",
+    "example_prices",
+    "description",
 }
 _PRICING_KEYS = {"unit_price", "overage", "included"}
 _INCLUDED_KEYS = {"amount", "units", "pooling"}
 _QUOTA_KEYS = {"meter", "limit", "window", "window_days", "per_user_limit"}
 _COUPON_KEYS = {
-    "id", "name", "percent_off", "amount_off", "currency", "duration", "duration_periods",
-    "max_redemptions", "redeem_by", "applies_to", "plans", "description",
+    "id",
+    "name",
+    "percent_off",
+    "amount_off",
+    "currency",
+    "duration",
+    "duration_periods",
+    "max_redemptions",
+    "redeem_by",
+    "applies_to",
+    "plans",
+    "description",
 }
 
 
@@ -610,9 +633,7 @@ def _parse_coupon(raw: object, path: str, default_currency: object) -> Coupon:
             duration_periods=duration_periods,
             max_redemptions=max_redemptions,
             redeem_by=redeem_by,
-            applies_to=_enum(
-                CouponScope, data.get("applies_to", CouponScope.FEE.value), f"{path}.applies_to"
-            ),
+            applies_to=_enum(CouponScope, data.get("applies_to", CouponScope.FEE.value), f"{path}.applies_to"),
             plan_ids=plan_ids,
         )
     except DomainError as error:

@@ -27,9 +27,7 @@ ROUNDING: Final = ROUND_HALF_UP
 # Enough precision that quantity x unit price is exact before the single quantize step.
 _EXACT: Final = Context(prec=80, rounding=ROUNDING)
 
-_ZERO_DECIMALS = (
-    "BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX UYI VND VUV XAF XOF XPF"
-)
+_ZERO_DECIMALS = "BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX UYI VND VUV XAF XOF XPF"
 _THREE_DECIMALS = "BHD IQD JOD KWD LYD OMR TND"
 _FOUR_DECIMALS = "CLF UYW"
 _TWO_DECIMALS = (

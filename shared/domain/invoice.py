@@ -1,0 +1,354 @@
+"""The invoice aggregate: lines of rounded money, tax on the taxable lines, and a small state machine.
+
+Contract:
+- Every line amount is already rounded (``Money``); the total is the plain sum of the lines, so what
+  the customer sees adds up to the cent (or yen, or fils).
+- Tax is one line: ``rate_bps`` basis points of the sum of the taxable lines, rounded once.
+- DRAFT -> OPEN (finalised and numbered) -> PAID | VOID | UNCOLLECTIBLE; UNCOLLECTIBLE -> PAID | VOID.
+  Lines can only change while DRAFT.
+- The number is assigned at finalisation from a sequence the caller supplies. Gapless numbering per
+  issuer is the adapter's job: it takes the next value from a per-issuer counter row
+  (``UPDATE ... SET next = next + 1 RETURNING``) in the same transaction that stores the finalised
+  invoice, so a rolled-back finalisation also rolls back the counter and no number is skipped.
+- An invoice is identified by its ``InvoiceKey`` (subscription, reason, period); storing it under a
+  unique constraint on that key makes "build the same invoice twice" a no-op.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from fractions import Fraction
+from types import MappingProxyType
+
+from shared.domain.calendar import Period, ensure_utc
+from shared.domain.errors import InvalidTransitionError, InvalidValueError, InvoiceError
+from shared.domain.events import (
+    DomainEvent,
+    InvoiceFinalized,
+    InvoiceMarkedUncollectible,
+    InvoicePaid,
+    InvoiceVoided,
+)
+from shared.domain.ids import CustomerId, InvoiceId, SubscriptionId
+from shared.domain.money import Money, UnitPrice, minor_units, sum_money
+
+BASIS_POINTS = 10_000
+
+
+class InvoiceStatus(StrEnum):
+    DRAFT = "draft"
+    OPEN = "open"
+    PAID = "paid"
+    VOID = "void"
+    UNCOLLECTIBLE = "uncollectible"
+
+
+# NOTE: an uncollectible invoice may still be paid later (the customer comes back) or voided
+# (written off for good); paid and void are final.
+INVOICE_TRANSITIONS: Mapping[InvoiceStatus, frozenset[InvoiceStatus]] = MappingProxyType(
+    {
+        InvoiceStatus.DRAFT: frozenset({InvoiceStatus.OPEN}),
+        InvoiceStatus.OPEN: frozenset({InvoiceStatus.PAID, InvoiceStatus.VOID, InvoiceStatus.UNCOLLECTIBLE}),
+        InvoiceStatus.UNCOLLECTIBLE: frozenset({InvoiceStatus.PAID, InvoiceStatus.VOID}),
+        InvoiceStatus.PAID: frozenset(),
+        InvoiceStatus.VOID: frozenset(),
+    }
+)
+
+
+class LineKind(StrEnum):
+    FEE = "fee"  # recurring subscription fee, billed in advance
+    USAGE = "usage"  # metered usage, billed in arrears
+    PRORATION = "proration"  # credit for unused / charge for remaining time after a change
+    DISCOUNT = "discount"  # coupon
+    CREDIT = "credit"  # included or granted credits applied against usage
+    TAX = "tax"
+    ADJUSTMENT = "adjustment"  # late usage, carried-forward balances, manual corrections
+
+
+class InvoiceReason(StrEnum):
+    SUBSCRIPTION_START = "subscription_start"  # first period's fee, in advance
+    PERIOD_CLOSE = "period_close"  # closed period's usage + next period's fee
+    SUBSCRIPTION_CHANGE = "subscription_change"  # immediate proration of a plan/seat/interval change
+    MANUAL = "manual"
+
+
+@dataclass(frozen=True, slots=True)
+class InvoiceKey:
+    """The business identity of an invoice; unique per (subscription, reason, period)."""
+
+    subscription_id: SubscriptionId
+    reason: InvoiceReason
+    period: Period
+
+    def __str__(self) -> str:
+        return (
+            f"{self.subscription_id}|{self.reason.value}|{self.period.start.isoformat()}|{self.period.end.isoformat()}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class InvoiceLine:
+    """One rounded amount on an invoice.
+
+    ``taxable`` defaults by kind: tax lines never are; everything else is, so discounts and credits
+    reduce the tax base like the charges they offset.
+    """
+
+    kind: LineKind
+    description: str
+    amount: Money
+    quantity: Decimal = Decimal(1)
+    unit_price: UnitPrice | None = None
+    period: Period | None = None
+    proration: bool = False
+    meter_id: str | None = None
+    taxable: bool | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.amount, Money):
+            raise TypeError(f"line amount must be Money, got {type(self.amount).__name__}")
+        if isinstance(self.quantity, float) or not isinstance(self.quantity, Decimal):
+            raise TypeError("line quantity must be a Decimal")
+        if self.unit_price is not None and self.unit_price.currency != self.amount.currency:
+            raise InvalidValueError("line unit price and amount must share a currency")
+        if self.kind is LineKind.TAX and self.taxable:
+            raise InvalidValueError("a tax line cannot itself be taxable")
+        if self.kind is LineKind.PRORATION and not self.proration:
+            object.__setattr__(self, "proration", True)
+        if self.taxable is None:
+            object.__setattr__(self, "taxable", self.kind is not LineKind.TAX)
+
+    @property
+    def is_taxable(self) -> bool:
+        return bool(self.taxable)
+
+
+def tax_amount(taxable_base: Money, rate_bps: int) -> Money:
+    """``rate_bps`` basis points of ``taxable_base``, rounded once (half away from zero)."""
+    if isinstance(rate_bps, bool) or not isinstance(rate_bps, int) or not 0 <= rate_bps <= BASIS_POINTS:
+        raise InvalidValueError(f"tax rate must be an int in 0..{BASIS_POINTS} basis points, got {rate_bps!r}")
+    return taxable_base.scale(Fraction(rate_bps, BASIS_POINTS))
+
+
+def format_invoice_number(prefix: str, sequence: int) -> str:
+    """``OLB-2024-000042`` style numbers: an issuer prefix and a zero-padded sequence value."""
+    if isinstance(sequence, bool) or not isinstance(sequence, int) or sequence < 1:
+        raise InvalidValueError(f"invoice sequence must be a positive int, got {sequence!r}")
+    if not prefix or not prefix.replace("-", "").isalnum():
+        raise InvalidValueError(f"invoice prefix must be letters, digits and '-', got {prefix!r}")
+    return f"{prefix}-{sequence:06d}"
+
+
+@dataclass(eq=False, kw_only=True)
+class Invoice:
+    """An invoice under construction (DRAFT) or issued (OPEN and after).
+
+    Build with ``Invoice.draft``; repositories may rehydrate with the constructor.
+    """
+
+    id: InvoiceId
+    key: InvoiceKey
+    customer_id: CustomerId
+    currency: str
+    created_at: datetime
+    status: InvoiceStatus = InvoiceStatus.DRAFT
+    lines: tuple[InvoiceLine, ...] = ()
+    tax_rate_bps: int = 0
+    number: str | None = None
+    finalized_at: datetime | None = None
+    paid_at: datetime | None = None
+    closed_at: datetime | None = None
+    version: int = 0
+    pending_events: list[DomainEvent] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        minor_units(self.currency)
+        self.created_at = ensure_utc(self.created_at, "created_at")
+
+    @classmethod
+    def draft(
+        cls,
+        *,
+        invoice_id: InvoiceId,
+        key: InvoiceKey,
+        customer_id: CustomerId,
+        currency: str,
+        at: datetime,
+        lines: Iterable[InvoiceLine] = (),
+    ) -> Invoice:
+        invoice = cls(id=invoice_id, key=key, customer_id=customer_id, currency=currency, created_at=at)
+        invoice.add_lines(lines)
+        return invoice
+
+    # --- reading ----------------------------------------------------------------------------------
+
+    @property
+    def subscription_id(self) -> SubscriptionId:
+        return self.key.subscription_id
+
+    @property
+    def period(self) -> Period:
+        return self.key.period
+
+    def lines_of(self, *kinds: LineKind) -> tuple[InvoiceLine, ...]:
+        return tuple(line for line in self.lines if line.kind in kinds)
+
+    @property
+    def subtotal(self) -> Money:
+        """Everything except tax."""
+        return sum_money((line.amount for line in self.lines if line.kind is not LineKind.TAX), self.currency)
+
+    @property
+    def taxable_base(self) -> Money:
+        return sum_money((line.amount for line in self.lines if line.is_taxable), self.currency)
+
+    @property
+    def tax(self) -> Money:
+        return sum_money((line.amount for line in self.lines_of(LineKind.TAX)), self.currency)
+
+    @property
+    def total(self) -> Money:
+        """The sum of the rounded lines, nothing else."""
+        return sum_money((line.amount for line in self.lines), self.currency)
+
+    @property
+    def amount_due(self) -> Money:
+        """What to collect: the total, or zero when proration credits exceed the charges."""
+        return self.total.max(Money.zero(self.currency))
+
+    @property
+    def credit_to_carry_forward(self) -> Money:
+        """A negative total (credits beyond charges) that the next invoice should deduct, as a positive amount.
+
+        # NOTE: we never pay out a negative invoice; the caller adds this as an ADJUSTMENT line on the
+        # subscription's next invoice (Stripe keeps such amounts as a customer balance).
+        """
+        return (-self.total).max(Money.zero(self.currency))
+
+    # --- building (DRAFT only) -------------------------------------------------------------------
+
+    def _require_draft(self, action: str) -> None:
+        if self.status is not InvoiceStatus.DRAFT:
+            raise InvoiceError(f"cannot {action} invoice {self.id}: it is {self.status.value}, not draft")
+
+    def add_line(self, line: InvoiceLine) -> None:
+        self._require_draft("add a line to")
+        if line.amount.currency != self.currency:
+            raise InvoiceError(f"line in {line.amount.currency} cannot go on invoice {self.id} in {self.currency}")
+        if line.kind is LineKind.TAX:
+            raise InvoiceError("tax lines are computed by apply_tax, not added by hand")
+        self.lines = (*self.lines, line)
+        if self.tax_rate_bps:
+            self.apply_tax(self.tax_rate_bps)
+
+    def add_lines(self, lines: Iterable[InvoiceLine]) -> None:
+        for line in lines:
+            self.add_line(line)
+
+    def apply_tax(self, rate_bps: int, description: str | None = None) -> None:
+        """(Re)compute the single tax line from the taxable lines; rate 0 removes it."""
+        self._require_draft("tax")
+        amount = tax_amount(self.taxable_base, rate_bps)
+        self.tax_rate_bps = rate_bps
+        untaxed = tuple(line for line in self.lines if line.kind is not LineKind.TAX)
+        if rate_bps == 0:
+            self.lines = untaxed
+            return
+        percent = Decimal(rate_bps) / 100
+        tax_line = InvoiceLine(
+            kind=LineKind.TAX,
+            description=description or f"Tax {percent.normalize():f}%",
+            amount=amount,
+            taxable=False,
+        )
+        self.lines = (*untaxed, tax_line)
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def _transition(self, target: InvoiceStatus) -> InvoiceStatus:
+        current = self.status
+        if target not in INVOICE_TRANSITIONS[current]:
+            raise InvalidTransitionError("invoice", current.value, target.value)
+        self.status = target
+        self.version += 1
+        return current
+
+    def finalize(self, *, number: str, at: datetime) -> None:
+        """Freeze the lines and give the invoice its number (DRAFT -> OPEN).
+
+        # NOTE: an invoice with nothing to collect (zero or negative total) is settled at once
+        # (OPEN -> PAID at the same instant): there is nothing to charge and dunning must not start.
+        """
+        instant = ensure_utc(at)
+        if not number:
+            raise InvalidValueError("an invoice number is required to finalise")
+        self._transition(InvoiceStatus.OPEN)
+        self.number = number
+        self.finalized_at = instant
+        self.pending_events.append(
+            InvoiceFinalized(
+                subscription_id=self.subscription_id,
+                version=self.version,
+                occurred_at=instant,
+                invoice_id=self.id,
+                number=number,
+                total=self.total,
+                amount_due=self.amount_due,
+            )
+        )
+        if self.amount_due.is_zero():
+            self.mark_paid(at=instant, payment_reference=None)
+
+    def mark_paid(self, *, at: datetime, payment_reference: str | None) -> None:
+        instant = ensure_utc(at)
+        self._transition(InvoiceStatus.PAID)
+        self.paid_at = instant
+        self.closed_at = instant
+        self.pending_events.append(
+            InvoicePaid(
+                subscription_id=self.subscription_id,
+                version=self.version,
+                occurred_at=instant,
+                invoice_id=self.id,
+                amount_paid=self.amount_due,
+                payment_reference=payment_reference,
+            )
+        )
+
+    def void(self, *, at: datetime, reason: str) -> None:
+        instant = ensure_utc(at)
+        self._transition(InvoiceStatus.VOID)
+        self.closed_at = instant
+        self.pending_events.append(
+            InvoiceVoided(
+                subscription_id=self.subscription_id,
+                version=self.version,
+                occurred_at=instant,
+                invoice_id=self.id,
+                reason=reason,
+            )
+        )
+
+    def mark_uncollectible(self, *, at: datetime, reason: str) -> None:
+        instant = ensure_utc(at)
+        self._transition(InvoiceStatus.UNCOLLECTIBLE)
+        self.closed_at = instant
+        self.pending_events.append(
+            InvoiceMarkedUncollectible(
+                subscription_id=self.subscription_id,
+                version=self.version,
+                occurred_at=instant,
+                invoice_id=self.id,
+                reason=reason,
+            )
+        )
+
+    def pull_events(self) -> list[DomainEvent]:
+        """Hand the recorded events to the unit of work (and forget them here)."""
+        events, self.pending_events = self.pending_events, []
+        return events

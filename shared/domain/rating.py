@@ -1,0 +1,480 @@
+"""Rating: turn a subscription, its plan and the period's usage into an invoice draft.
+
+``close_period`` is what the billing worker calls when a period ends. It is a domain service: it reads
+the plan and usage, consumes credits through the ``CreditSource`` port, advances the subscription
+(recording its events) and returns a draft invoice plus everything the worker must persist in the same
+transaction (credit consumptions, the next period's included-credit grants, the coupon redemption).
+
+Invoice layout of a period close (each line rounded once, total = sum of lines):
+- usage of the closed period, in arrears, per meter (sorted by meter id), followed by a CREDIT line
+  for the money credits consumed against it;
+- late usage of earlier periods as ADJUSTMENT lines (rated the same way, credits as of that period);
+- proration lines accrued since the last invoice;
+- the fee for the NEXT period, in advance (none when cancelling, paused, or trialing);
+- one DISCOUNT line for the subscription's coupon, capped so the invoice never goes negative;
+- one TAX line on the taxable lines.
+
+# NOTE: meters whose overage policy is BLOCK (free tier compute, report quotas) are neither consumed nor
+# billed here: their credits are consumed as usage is authorised at the edge, which is what makes the
+# block possible. Rating only bills meters with overage BILL. Usage reported for a meter the plan does
+# not price is returned in ``unbilled`` instead of failing the close.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Protocol
+
+from shared.domain.calendar import Period, ensure_utc, is_full_period, period_after, period_containing
+from shared.domain.catalog import CreditAmount, MeterId, MeterPricing, OveragePolicy, Plan
+from shared.domain.coupons import Coupon, CouponRedemption, apply_coupon
+from shared.domain.errors import RatingError
+from shared.domain.ids import InvoiceId
+from shared.domain.invoice import Invoice, InvoiceKey, InvoiceLine, InvoiceReason, LineKind
+from shared.domain.money import Money, UnitPrice, line_amount, sum_money
+from shared.domain.proration import charge_remaining_time
+from shared.domain.subscription import Subscription, SubscriptionStatus
+
+_LAST_SECOND = timedelta(seconds=1)
+
+
+class ConsumedCredit(Protocol):
+    """What a ``CreditSource`` reports back: how much of the request it covered."""
+
+    @property
+    def covered(self) -> CreditAmount: ...
+
+
+class CreditSource(Protocol):
+    """The port rating consumes credits through; ``shared.domain.ledger.CreditLedger`` implements it.
+
+    ``consume`` draws up to ``amount`` of the credit usable for ``meter`` at instant ``at`` and reports
+    ``covered``: the same kind as ``amount`` (``Money`` in the same currency for meters whose credits
+    are money, ``Decimal`` meter units otherwise), never negative and never more than ``amount``.
+    ``reference`` is unique per consumption (rating derives it from the invoice key and the meter), so
+    a replayed period close cannot draw twice. The implementation records its own append-only entries.
+    """
+
+    def consume(self, meter: str, amount: CreditAmount, at: datetime, *, reference: str) -> ConsumedCredit: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LateUsage:
+    """Usage of an already closed period that arrived after its close."""
+
+    meter_id: MeterId
+    period: Period
+    quantity: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class CreditConsumption:
+    meter_id: MeterId
+    amount: CreditAmount
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class IncludedCreditGrant:
+    """Plan-included credit to grant for a period; ``key`` is unique per subscription, meter and period."""
+
+    subscription_id: str
+    meter_id: MeterId
+    amount: CreditAmount
+    effective_at: datetime
+    expires_at: datetime
+    source: str = "plan_included"
+
+    @property
+    def key(self) -> str:
+        return f"{self.subscription_id}|{self.meter_id}|{self.effective_at.isoformat()}"
+
+
+@dataclass(frozen=True, slots=True)
+class UnbilledUsage:
+    meter_id: MeterId
+    period: Period
+    quantity: Decimal
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RatingResult:
+    """A draft invoice and what the worker must persist with it, in one transaction."""
+
+    invoice: Invoice
+    credits_consumed: tuple[CreditConsumption, ...]
+    grants: tuple[IncludedCreditGrant, ...]
+    coupon_redemption: CouponRedemption | None
+    unbilled: tuple[UnbilledUsage, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodCloseResult(RatingResult):
+    closed_period: Period
+    next_period: Period | None
+
+
+# --- usage -----------------------------------------------------------------------------------------
+
+
+def _quantity_text(quantity: Decimal) -> str:
+    return f"{quantity.normalize():f}"
+
+
+def _consume_money(credits: CreditSource, meter_id: MeterId, wanted: Money, at: datetime, reference: str) -> Money:
+    got = credits.consume(meter_id, wanted, at, reference=reference).covered
+    if not isinstance(got, Money) or got.currency != wanted.currency:
+        raise RatingError(f"credit source returned {got!r} for money credits on meter {meter_id}")
+    if not Money.zero(wanted.currency) <= got <= wanted:
+        raise RatingError(f"credit source consumed {got} on meter {meter_id}, outside 0..{wanted}")
+    return got
+
+
+def _consume_units(credits: CreditSource, meter_id: MeterId, wanted: Decimal, at: datetime, reference: str) -> Decimal:
+    got = credits.consume(meter_id, wanted, at, reference=reference).covered
+    if not isinstance(got, Decimal):
+        raise RatingError(f"credit source returned {got!r} for unit credits on meter {meter_id}")
+    if not Decimal(0) <= got <= wanted:
+        raise RatingError(f"credit source consumed {got} on meter {meter_id}, outside 0..{wanted}")
+    return got
+
+
+def _rate_meter(
+    *,
+    meter_id: MeterId,
+    pricing: MeterPricing,
+    quantity: Decimal,
+    period: Period,
+    credits: CreditSource,
+    usage_kind: LineKind,
+    label: str,
+    reference: str,
+) -> tuple[list[InvoiceLine], CreditConsumption | None]:
+    """Lines for one meter's billable usage after credits; the credit kind follows the plan's included
+    credit (units when it is in units, money otherwise)."""
+    unit_price = pricing.unit_price
+    if unit_price is None:
+        raise RatingError(f"meter {meter_id} is billed but has no unit price")
+    usage_at = period.end - _LAST_SECOND
+    in_units = pricing.included is not None and pricing.included.units is not None
+    if in_units:
+        consumed_units = _consume_units(credits, meter_id, quantity, usage_at, reference)
+        billable = quantity - consumed_units
+        text = f"{label}: {_quantity_text(quantity)} {meter_id}"
+        if consumed_units:
+            text += f", {_quantity_text(consumed_units)} covered by credits"
+        line = InvoiceLine(
+            kind=usage_kind,
+            description=text,
+            amount=line_amount(billable, unit_price),
+            quantity=billable,
+            unit_price=unit_price,
+            period=period,
+            meter_id=meter_id,
+        )
+        consumption = CreditConsumption(meter_id, consumed_units, usage_at) if consumed_units else None
+        return [line], consumption
+    gross = line_amount(quantity, unit_price)
+    lines = [
+        InvoiceLine(
+            kind=usage_kind,
+            description=f"{label}: {_quantity_text(quantity)} {meter_id}",
+            amount=gross,
+            quantity=quantity,
+            unit_price=unit_price,
+            period=period,
+            meter_id=meter_id,
+        )
+    ]
+    if not gross.is_positive():
+        return lines, None
+    consumed = _consume_money(credits, meter_id, gross, usage_at, reference)
+    if consumed.is_zero():
+        return lines, None
+    lines.append(
+        InvoiceLine(
+            kind=LineKind.CREDIT,
+            description=f"Credits applied to {meter_id}",
+            amount=-consumed,
+            period=period,
+            meter_id=meter_id,
+        )
+    )
+    return lines, CreditConsumption(meter_id, consumed, usage_at)
+
+
+def _rate_usage(
+    *,
+    plan: Plan,
+    usage: Sequence[tuple[MeterId, Period, Decimal]],
+    credits: CreditSource,
+    usage_kind: LineKind,
+    label: str,
+    reference_prefix: str,
+) -> tuple[list[InvoiceLine], list[CreditConsumption], list[UnbilledUsage]]:
+    lines: list[InvoiceLine] = []
+    consumptions: list[CreditConsumption] = []
+    unbilled: list[UnbilledUsage] = []
+    for index, (meter_id, period, quantity) in enumerate(usage):
+        if isinstance(quantity, float) or not isinstance(quantity, Decimal | int):
+            raise TypeError(f"usage quantity for {meter_id} must be Decimal or int, got {type(quantity).__name__}")
+        quantity = Decimal(quantity)
+        if quantity < 0:
+            raise RatingError(f"negative usage {quantity} for meter {meter_id}")
+        if quantity == 0:
+            continue
+        pricing = plan.pricing_for(meter_id)
+        if pricing is None:
+            unbilled.append(UnbilledUsage(meter_id, period, quantity, f"plan {plan.id} does not price it"))
+            continue
+        if pricing.overage is OveragePolicy.BLOCK:
+            continue
+        meter_lines, consumption = _rate_meter(
+            meter_id=meter_id,
+            pricing=pricing,
+            quantity=quantity,
+            period=period,
+            credits=credits,
+            usage_kind=usage_kind,
+            label=label,
+            reference=f"{reference_prefix}|{usage_kind.value}|{index}|{meter_id}|{period.start.isoformat()}",
+        )
+        lines.extend(meter_lines)
+        if consumption is not None:
+            consumptions.append(consumption)
+    return lines, consumptions, unbilled
+
+
+# --- fees, grants, coupon, tax ---------------------------------------------------------------------
+
+
+def _fee_line(plan: Plan, seats: int, period: Period) -> InvoiceLine:
+    seat_text = f" x {seats} seat{'s' if seats != 1 else ''}" if plan.per_seat else ""
+    unit = plan.seat_price if plan.seat_price is not None and plan.price.is_zero() else None
+    return InvoiceLine(
+        kind=LineKind.FEE,
+        description=f"{plan.name}{seat_text} ({period.start.date().isoformat()} - {period.end.date().isoformat()})",
+        amount=plan.fee(seats),
+        quantity=Decimal(seats) if plan.per_seat else Decimal(1),
+        unit_price=UnitPrice.from_money(unit) if unit is not None else None,
+        period=period,
+    )
+
+
+def included_grants(subscription_id: str, plan: Plan, seats: int, period: Period) -> tuple[IncludedCreditGrant, ...]:
+    """The plan-included credits for ``period``: effective at its start, expiring at its end."""
+    grants = []
+    for meter_id in sorted(plan.meters):
+        included = plan.meters[meter_id].included
+        if included is None:
+            continue
+        grants.append(
+            IncludedCreditGrant(
+                subscription_id=subscription_id,
+                meter_id=meter_id,
+                amount=included.for_seats(seats),
+                effective_at=period.start,
+                expires_at=period.end,
+            )
+        )
+    return tuple(grants)
+
+
+def _discount(subscription: Subscription, coupon: Coupon | None, invoice: Invoice) -> CouponRedemption | None:
+    if coupon is None or subscription.coupon is None:
+        if coupon is not None:
+            raise RatingError(f"coupon {coupon.id} given but subscription {subscription.id} has none")
+        return None
+    if coupon.id != subscription.coupon.coupon_id:
+        raise RatingError(f"coupon {coupon.id} given for subscription coupon {subscription.coupon.coupon_id}")
+    currency = invoice.currency
+    fees = sum_money((line.amount for line in invoice.lines_of(LineKind.FEE)), currency)
+    usage = sum_money((line.amount for line in invoice.lines if line.meter_id is not None), currency)
+    redemption = apply_coupon(
+        coupon,
+        subscription.coupon,
+        invoice_key=str(invoice.key),
+        fee_amount=fees,
+        usage_amount=usage,
+        invoice_subtotal=invoice.subtotal,
+    )
+    if redemption is not None:
+        invoice.add_line(
+            InvoiceLine(kind=LineKind.DISCOUNT, description=f"Discount ({coupon.name})", amount=-redemption.amount)
+        )
+    return redemption
+
+
+def _check_inputs(subscription: Subscription, plan: Plan, tax_rate_bps: int) -> None:
+    if plan.id != subscription.plan_id:
+        raise RatingError(f"subscription {subscription.id} is on plan {subscription.plan_id}, not {plan.id}")
+    if isinstance(tax_rate_bps, bool) or not isinstance(tax_rate_bps, int):
+        raise TypeError("tax_rate_bps must be an int")
+
+
+# --- entry points ----------------------------------------------------------------------------------
+
+
+def close_period(
+    *,
+    subscription: Subscription,
+    plan: Plan,
+    usage_totals_by_meter: Mapping[MeterId, Decimal],
+    credits: CreditSource,
+    coupon: Coupon | None,
+    tax_rate_bps: int,
+    at: datetime,
+    invoice_id: InvoiceId,
+    next_plan: Plan | None = None,
+    pending_proration_lines: Sequence[InvoiceLine] = (),
+    late_usage: Sequence[LateUsage] = (),
+) -> PeriodCloseResult:
+    """Close ``subscription.current_period`` at ``at`` (>= its end) and draft its invoice.
+
+    ``next_plan`` is required when a downgrade is pending (the next period's fee is on that plan).
+    Mutates ``subscription`` (period advanced, coupon redemption counted, events recorded) and, through
+    ``credits``, the credit ledger. The invoice key is (subscription, period_close, closed period), so
+    a retried close produces the same key and the store's unique constraint rejects the duplicate.
+    """
+    instant = ensure_utc(at)
+    _check_inputs(subscription, plan, tax_rate_bps)
+    if subscription.status in (SubscriptionStatus.TRIALING, SubscriptionStatus.CANCELLED):
+        raise RatingError(f"cannot close a period of a {subscription.status.value} subscription")
+    closed = subscription.current_period
+    if instant < closed.end:
+        raise RatingError(f"period {closed} is still running at {instant.isoformat()}")
+    upcoming_plan = plan
+    if subscription.pending_plan_id is not None:
+        if next_plan is None or next_plan.id != subscription.pending_plan_id:
+            raise RatingError(f"next_plan {subscription.pending_plan_id} is required to bill the next period")
+        upcoming_plan = next_plan
+
+    invoice = Invoice.draft(
+        invoice_id=invoice_id,
+        key=InvoiceKey(subscription.id, InvoiceReason.PERIOD_CLOSE, closed),
+        customer_id=subscription.customer_id,
+        currency=plan.currency,
+        at=instant,
+    )
+    usage = [(meter_id, closed, usage_totals_by_meter[meter_id]) for meter_id in sorted(usage_totals_by_meter)]
+    lines, consumptions, unbilled = _rate_usage(
+        plan=plan,
+        usage=usage,
+        credits=credits,
+        usage_kind=LineKind.USAGE,
+        label="Usage",
+        reference_prefix=str(invoice.key),
+    )
+    late = [(item.meter_id, item.period, item.quantity) for item in late_usage]
+    late_lines, late_consumptions, late_unbilled = _rate_usage(
+        plan=plan,
+        usage=late,
+        credits=credits,
+        usage_kind=LineKind.ADJUSTMENT,
+        label="Late usage",
+        reference_prefix=str(invoice.key),
+    )
+    invoice.add_lines(lines)
+    invoice.add_lines(late_lines)
+    invoice.add_lines(pending_proration_lines)
+
+    billable_next = subscription.is_billable
+    next_seats = subscription.next_seats
+    next_period = (
+        None if subscription.cancel_at_period_end else period_after(closed, subscription.anchor, subscription.interval)
+    )
+    grants: tuple[IncludedCreditGrant, ...] = ()
+    if billable_next and next_period is not None:
+        invoice.add_line(_fee_line(upcoming_plan, next_seats, next_period))
+        grants = included_grants(subscription.id, upcoming_plan, next_seats, next_period)
+
+    redemption = _discount(subscription, coupon, invoice)
+    invoice.apply_tax(tax_rate_bps)
+
+    subscription.advance_period(at=instant)
+    if redemption is not None:
+        subscription.record_coupon_redemption(redemption, at=instant)
+    return PeriodCloseResult(
+        invoice=invoice,
+        credits_consumed=tuple(consumptions + late_consumptions),
+        grants=grants,
+        coupon_redemption=redemption,
+        unbilled=tuple(unbilled + late_unbilled),
+        closed_period=closed,
+        next_period=next_period if subscription.status is not SubscriptionStatus.CANCELLED else None,
+    )
+
+
+def start_invoice(
+    *,
+    subscription: Subscription,
+    plan: Plan,
+    coupon: Coupon | None,
+    tax_rate_bps: int,
+    at: datetime,
+    invoice_id: InvoiceId,
+) -> RatingResult:
+    """The in-advance invoice for the first paid period (at subscribe without trial, or at trial end).
+
+    A stub first period (starting between two anchored boundaries) is charged pro rata as a proration
+    line; a full one is charged the plan fee. Also returns the period's included-credit grants.
+    """
+    instant = ensure_utc(at)
+    _check_inputs(subscription, plan, tax_rate_bps)
+    if subscription.status not in (SubscriptionStatus.ACTIVE, SubscriptionStatus.PAST_DUE):
+        raise RatingError(f"no first-period invoice for a {subscription.status.value} subscription")
+    period = subscription.current_period
+    invoice = Invoice.draft(
+        invoice_id=invoice_id,
+        key=InvoiceKey(subscription.id, InvoiceReason.SUBSCRIPTION_START, period),
+        customer_id=subscription.customer_id,
+        currency=plan.currency,
+        at=instant,
+    )
+    if is_full_period(period, subscription.anchor, subscription.interval):
+        invoice.add_line(_fee_line(plan, subscription.seats, period))
+    else:
+        anchored = period_containing(subscription.anchor, subscription.interval, period.start)
+        invoice.add_lines(charge_remaining_time(plan=plan, seats=subscription.seats, period=anchored, at=period.start))
+    redemption = _discount(subscription, coupon, invoice)
+    invoice.apply_tax(tax_rate_bps)
+    if redemption is not None:
+        subscription.record_coupon_redemption(redemption, at=instant)
+    return RatingResult(
+        invoice=invoice,
+        credits_consumed=(),
+        grants=included_grants(subscription.id, plan, subscription.seats, period),
+        coupon_redemption=redemption,
+        unbilled=(),
+    )
+
+
+def change_invoice(
+    *,
+    subscription: Subscription,
+    lines: Sequence[InvoiceLine],
+    invoice_period: Period,
+    currency: str,
+    tax_rate_bps: int,
+    at: datetime,
+    invoice_id: InvoiceId,
+) -> Invoice:
+    """The immediate invoice for a plan, seat or interval change (its proration and fee lines).
+
+    # NOTE: coupons are not applied to proration: they discount the recurring fee of each period, and a
+    # proration is a correction of a fee already discounted (or not) on its own invoice.
+    """
+    invoice = Invoice.draft(
+        invoice_id=invoice_id,
+        key=InvoiceKey(subscription.id, InvoiceReason.SUBSCRIPTION_CHANGE, invoice_period),
+        customer_id=subscription.customer_id,
+        currency=currency,
+        at=at,
+        lines=lines,
+    )
+    invoice.apply_tax(tax_rate_bps)
+    return invoice
