@@ -5,8 +5,8 @@ Contract:
   meters (inference cost in USD), or meter units (``Decimal``, e.g. GB-months or reports) for unit
   meters. This is the catalog's ``CreditAmount``; one meter never mixes the two.
 - Every change is an append-only ``LedgerEntry`` with a deterministic id (``grant:<grant>``,
-  ``consumption:<reference>:<grant>``, ``expiry:<grant>``), so the adapter can store entries under a
-  unique constraint and a replayed operation cannot be written twice.
+  ``consume:<reference>:<grant>``, ``expire:<grant>``, ``reverse:<reference>:<grant>``), so the
+  adapter can store entries under a unique constraint and a replayed operation cannot be written twice.
 - A grant's remaining credit is the sum of its entries and never goes below zero: consumption takes at
   most what is left and reports the rest as ``uncovered``. For a blocking meter the caller refuses the
   uncovered part; for a billed meter it becomes pay-as-you-go overage. The ledger itself is never in debt.
@@ -75,8 +75,9 @@ DEFAULT_PRIORITY: Final[Mapping[GrantSource, int]] = MappingProxyType(
 
 class EntryKind(StrEnum):
     GRANT = "grant"
-    CONSUMPTION = "consumption"
-    EXPIRY = "expiry"
+    CONSUME = "consume"
+    EXPIRE = "expire"
+    REVERSE = "reverse"
 
 
 # --- amounts -------------------------------------------------------------------------------------------
@@ -232,6 +233,17 @@ class Consumption:
     @property
     def fully_covered(self) -> bool:
         return not _is_positive(self.uncovered)
+
+
+@dataclass(frozen=True, slots=True)
+class Reversal:
+    """The outcome of undoing a consumption: ``restored`` went back to its grants; ``forfeited`` was drawn
+    from grants that have expired since and is not given back."""
+
+    reference: str
+    restored: CreditAmount
+    forfeited: CreditAmount
+    entries: tuple[LedgerEntry, ...] = ()
 
 
 # --- the ledger -------------------------------------------------------------------------------------------
@@ -403,11 +415,11 @@ class CreditLedger:
                 break
             take = _smaller(account.remaining, left)
             entry = LedgerEntry(
-                entry_id=f"consumption:{reference}:{account.grant.grant_id}",
+                entry_id=f"consume:{reference}:{account.grant.grant_id}",
                 account_id=self.account_id,
                 meter=meter,
                 grant_id=account.grant.grant_id,
-                kind=EntryKind.CONSUMPTION,
+                kind=EntryKind.CONSUME,
                 amount=_negate(take),
                 at=instant,
                 reference=reference,
@@ -417,6 +429,45 @@ class CreditLedger:
             left = _add(left, _negate(take))
         covered = _add(wanted, _negate(left))
         return Consumption(meter, reference, wanted, covered, left, tuple(written))
+
+    def reverse(self, meter: str, reference: str, at: datetime) -> Reversal:
+        """Give back what consumption ``reference`` drew (an invoice voided, a usage event retracted).
+
+        A correction is new entries (``reverse:<reference>:<grant>``), never an edit. Reversing twice
+        raises ``DuplicateLedgerEntryError``; a reference that drew nothing gives an empty reversal.
+
+        # NOTE: credit drawn from a grant that has expired since is forfeited, not restored: giving it
+        # back would revive credit past its expiry (and break "balance is the sum of entries").
+        """
+        instant = ensure_utc(at)
+        zero = self._meter(meter).zero()
+        restored, forfeited = zero, zero
+        drawn = [
+            entry
+            for entry in self._entries
+            if entry.kind is EntryKind.CONSUME and entry.reference == reference and entry.meter == meter
+        ]
+        written: list[LedgerEntry] = []
+        for consumed in drawn:
+            account = self._grants[consumed.grant_id]
+            amount = _negate(consumed.amount)
+            if account.expired or account.grant.has_expired(instant):
+                forfeited = _add(forfeited, amount)
+                continue
+            entry = LedgerEntry(
+                entry_id=f"reverse:{reference}:{consumed.grant_id}",
+                account_id=self.account_id,
+                meter=meter,
+                grant_id=consumed.grant_id,
+                kind=EntryKind.REVERSE,
+                amount=amount,
+                at=instant,
+                reference=reference,
+            )
+            self._append(entry, account)
+            written.append(entry)
+            restored = _add(restored, amount)
+        return Reversal(reference, restored, forfeited, tuple(written))
 
     def expire(self, at: datetime) -> list[LedgerEntry]:
         """Write off what is left of every grant that expired by ``at``; idempotent.
@@ -435,11 +486,11 @@ class CreditLedger:
             if expires_at is None:  # has_expired() is only true with an expiry; this narrows the type
                 continue
             entry = LedgerEntry(
-                entry_id=f"expiry:{account.grant.grant_id}",
+                entry_id=f"expire:{account.grant.grant_id}",
                 account_id=self.account_id,
                 meter=account.grant.meter,
                 grant_id=account.grant.grant_id,
-                kind=EntryKind.EXPIRY,
+                kind=EntryKind.EXPIRE,
                 amount=_negate(account.remaining),
                 at=expires_at,
             )
@@ -472,8 +523,10 @@ class CreditLedger:
         remaining = _add(account.remaining, self._meter(entry.meter).accept(entry.amount))
         if _is_negative(remaining):
             raise LedgerError(f"entry {entry.entry_id} would overdraw grant {entry.grant_id}")
+        if entry.kind is EntryKind.REVERSE and account.expired:
+            raise LedgerError(f"entry {entry.entry_id} would revive expired grant {entry.grant_id}")
         account.remaining = remaining
-        if entry.kind is EntryKind.EXPIRY:
+        if entry.kind is EntryKind.EXPIRE:
             account.expired = True
         self._entry_ids.add(entry.entry_id)
         if entry.reference is not None:

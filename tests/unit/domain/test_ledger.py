@@ -199,11 +199,11 @@ def test_expiry_writes_an_entry_for_what_was_left_dated_at_the_expiry() -> None:
 
     assert written == [
         LedgerEntry(
-            entry_id="expiry:t",
+            entry_id="expire:t",
             account_id="org-1",
             meter="reports",
             grant_id="t",
-            kind=EntryKind.EXPIRY,
+            kind=EntryKind.EXPIRE,
             amount=Decimal(-15),
             at=JULY,
         )
@@ -235,6 +235,52 @@ def test_late_usage_dated_before_a_written_expiry_cannot_use_the_expired_grant()
     assert ledger.consume("reports", 1, hours(1), reference="late").uncovered == Decimal(1)
 
 
+# --- corrections -----------------------------------------------------------------------------------------
+
+
+def test_reversal_gives_the_credit_back_to_the_grants_it_came_from() -> None:
+    ledger = new_ledger()
+    ledger.grant(grant_id="a", meter="reports", amount=3, source=GrantSource.PROMOTIONAL, effective_at=T0)
+    ledger.grant(grant_id="b", meter="reports", amount=5, source=GrantSource.TOP_UP, effective_at=T0)
+    ledger.consume("reports", 6, hours(1), reference="inv-1")
+
+    reversal = ledger.reverse("reports", "inv-1", hours(2))
+
+    assert reversal.restored == Decimal(6)
+    assert reversal.forfeited == Decimal(0)
+    assert [(e.entry_id, e.amount) for e in reversal.entries] == [
+        ("reverse:inv-1:a", Decimal(3)),
+        ("reverse:inv-1:b", Decimal(3)),
+    ]
+    assert ledger.remaining("a") == Decimal(3)
+    assert ledger.balance("reports", hours(2)) == Decimal(8)
+
+
+def test_reversal_forfeits_credit_whose_grant_expired_since() -> None:
+    ledger = new_ledger()
+    ledger.grant(grant_id="t", meter="reports", amount=3, source=GrantSource.TOP_UP, effective_at=T0)
+    ledger.grant(grant_id="p", meter="reports", amount=3, source=GrantSource.REFUND, effective_at=T0, priority=99)
+    ledger.consume("reports", 5, hours(1), reference="inv-1")
+    ledger.expire(JULY)
+
+    reversal = ledger.reverse("reports", "inv-1", JULY + timedelta(days=1))
+
+    assert reversal.restored == Decimal(2)
+    assert reversal.forfeited == Decimal(3)
+    assert ledger.remaining("t") == Decimal(0)
+
+
+def test_reversing_twice_is_refused_and_an_unknown_reference_reverses_nothing() -> None:
+    ledger = new_ledger()
+    ledger.grant(grant_id="a", meter="reports", amount=3, source=GrantSource.PROMOTIONAL, effective_at=T0)
+    ledger.consume("reports", 1, T0, reference="inv-1")
+    ledger.reverse("reports", "inv-1", T0)
+
+    with pytest.raises(DuplicateLedgerEntryError):
+        ledger.reverse("reports", "inv-1", T0)
+    assert ledger.reverse("reports", "nothing", T0).entries == ()
+
+
 # --- idempotency, units and rebuilding -------------------------------------------------------------------
 
 
@@ -246,7 +292,7 @@ def test_entry_ids_are_deterministic_for_the_adapters_unique_constraint() -> Non
     consumption = ledger.consume("reports", 1, T0, reference="evt-9")
 
     assert grant_entry.entry_id == "grant:g1"
-    assert consumption.entries[0].entry_id == "consumption:evt-9:g1"
+    assert consumption.entries[0].entry_id == "consume:evt-9:g1"
 
 
 def test_replayed_grant_or_consumption_is_refused() -> None:
@@ -310,7 +356,7 @@ def test_ledger_rebuilt_from_stored_grants_and_entries_continues_where_it_left_o
 def test_rebuilding_refuses_an_entry_that_would_overdraw_its_grant() -> None:
     ledger = new_ledger()
     ledger.grant(grant_id="a", meter="reports", amount=1, source=GrantSource.TOP_UP, effective_at=T0)
-    forged = LedgerEntry("consumption:x:a", "org-1", "reports", "a", EntryKind.CONSUMPTION, Decimal(-2), T0, "x")
+    forged = LedgerEntry("consume:x:a", "org-1", "reports", "a", EntryKind.CONSUME, Decimal(-2), T0, "x")
 
     with pytest.raises(LedgerError):
         CreditLedger.open(
@@ -330,6 +376,7 @@ operations = st.lists(
         ),
         st.tuples(st.just("consume"), st.integers(min_value=0, max_value=700), st.just(None), st.just(None)),
         st.tuples(st.just("expire"), st.just(0), st.just(None), st.just(None)),
+        st.tuples(st.just("reverse"), st.integers(min_value=0, max_value=59), st.just(None), st.just(None)),
         st.tuples(st.just("wait"), st.integers(min_value=1, max_value=30), st.just(None), st.just(None)),
     ),
     max_size=60,
@@ -354,6 +401,7 @@ def test_balance_is_the_sum_of_entries_and_never_negative(
     ledger = new_ledger()
     now = T0
     granted_ids = 0
+    reversible: set[str] = set()
     for index, (kind, value, source, expiry_hours) in enumerate(operations):
         if kind == "grant":
             assert source is not None
@@ -376,8 +424,15 @@ def test_balance_is_the_sum_of_entries_and_never_negative(
             assert covered + uncovered == value
             assert covered == (0 if blocking and before < value else min(before, value))
             assert quantity(ledger.balance(meter, now)) == before - covered
+            reversible.add(f"c{index}")
         elif kind == "expire":
             ledger.expire(now)
+        elif kind == "reverse":
+            if f"c{value}" in reversible:
+                reversible.remove(f"c{value}")
+                before = quantity(ledger.balance(meter, now))
+                reversal = ledger.reverse(meter, f"c{value}", now)
+                assert quantity(ledger.balance(meter, now)) == before + quantity(reversal.restored)
         else:
             now += timedelta(hours=value)
 
