@@ -77,3 +77,17 @@ command_outcomes = sa.Table(
     created_at(),
     sa.CheckConstraint("status IN ('applied', 'rejected', 'ignored')", name="status"),
 )
+
+# Exactly-once consumers keep their position here, in the same transaction as their effects (rule 2).
+# `epoch` is bumped by each new owner on assignment; a commit must match the epoch it was assigned with,
+# so a revoked or paused instance cannot commit late (its UPDATE hits no row and it rolls back).
+consumer_offsets = sa.Table(
+    "consumer_offsets", metadata,
+    sa.Column("group_id", sa.Text, primary_key=True),
+    sa.Column("topic", sa.Text, primary_key=True),
+    sa.Column("partition", sa.Integer, primary_key=True),
+    sa.Column("next_offset", sa.BigInteger, comment="NULL: nothing consumed yet (start at the beginning)"),
+    sa.Column("epoch", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("owner", sa.Text),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+)
