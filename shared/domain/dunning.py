@@ -291,9 +291,7 @@ class DunningCase:
 
     def _require_open(self, what: str) -> None:
         if self.status is not DunningStatus.OPEN:
-            raise DunningCaseClosedError(
-                f"cannot {what} on dunning case {self.case_id}: it is {self.status.value}"
-            )
+            raise DunningCaseClosedError(f"cannot {what} on dunning case {self.case_id}: it is {self.status.value}")
 
     def carried_out_since(self, prefix: str, since: datetime) -> bool:
         """Whether an action whose key starts with ``prefix`` was carried out at or after ``since``."""
@@ -343,9 +341,7 @@ def due_actions(case: DunningCase, now: datetime) -> list[DunningAction]:
 
 def _due_retry(case: DunningCase, day: int) -> RetryPayment | None:
     if case.payment_method_updates:
-        after_update = RetryPayment(
-            day, RetryTrigger.PAYMENT_METHOD_UPDATED, len(case.payment_method_updates)
-        )
+        after_update = RetryPayment(day, RetryTrigger.PAYMENT_METHOD_UPDATED, len(case.payment_method_updates))
         if not case.is_done(after_update.key):
             return after_update
     if case.retries_suspended:
@@ -362,9 +358,7 @@ def _due_retry(case: DunningCase, day: int) -> RetryPayment | None:
 def _due_notice(case: DunningCase, day: int) -> Notify | None:
     if case.hard_declines:
         last_hard = next(failure for failure in reversed(case.failures) if failure.hard)
-        hard_notice = Notify(
-            NotificationKind.PAYMENT_METHOD_REQUIRED, case.day_of(last_hard.at), case.hard_declines
-        )
+        hard_notice = Notify(NotificationKind.PAYMENT_METHOD_REQUIRED, case.day_of(last_hard.at), case.hard_declines)
         if not case.is_done(hard_notice.key):
             return hard_notice
     notify_day = _latest_due(case.policy.notify_offsets_days, day)
@@ -377,12 +371,15 @@ def _due_notice(case: DunningCase, day: int) -> Notify | None:
 
 
 def next_wake_at(case: DunningCase, now: datetime) -> datetime | None:
-    """The next instant after ``now`` at which ``due_actions`` may offer something new, for the timer.
+    """When the timer should look at the case again: ``now`` if something is due, else the next schedule
+    day after ``now``, or ``None`` once the case is closed and nothing is left to do.
 
-    ``None`` when the case is closed and nothing is pending. Facts recorded later (a payment-method
-    update, a hard decline) make actions due at once; the caller re-evaluates after recording them.
+    Facts recorded later (a payment-method update, a hard decline) make actions due at once; the caller
+    re-evaluates after recording them.
     """
     instant = ensure_utc(now)
+    if due_actions(case, instant):
+        return instant
     if case.status is not DunningStatus.OPEN:
         return None
     days = [*case.policy.notify_offsets_days, case.policy.give_up_after_days]

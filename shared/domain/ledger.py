@@ -40,7 +40,7 @@ class LedgerError(DomainError):
 
 
 class DuplicateLedgerEntryError(LedgerError):
-    """A grant id or consumption reference was used twice: the operation was already applied."""
+    """A grant id, consumption reference or entry id was reused for a different operation."""
 
 
 class CreditUnitMismatchError(LedgerError):
@@ -344,13 +344,14 @@ class CreditLedger:
     ) -> LedgerEntry:
         """Add credit and return its grant entry (dated ``effective_at``).
 
+        Replaying an identical grant returns its original entry; reusing a grant id with other terms
+        raises ``DuplicateLedgerEntryError``.
+
         # NOTE: a top-up without an explicit expiry expires at the end of the calendar month it takes
         # effect in, in the account's time zone (top-ups are "for this month"). Other sources without an
         # expiry never expire; plan-included credits should be given their period's end.
         """
         credit = self._meter(meter).accept(amount)
-        if grant_id in self._grants:
-            raise DuplicateLedgerEntryError(f"grant {grant_id} was already applied")
         if expires_at is None and source is GrantSource.TOP_UP:
             expires_at = calendar_month(effective_at, self.timezone).end
         grant = CreditGrant(
@@ -362,6 +363,11 @@ class CreditLedger:
             expires_at=expires_at,
             priority=DEFAULT_PRIORITY[source] if priority is None else priority,
         )
+        existing = self._grants.get(grant_id)
+        if existing is not None:
+            if existing.grant != grant:
+                raise DuplicateLedgerEntryError(f"grant {grant_id} was already applied with other terms")
+            return next(entry for entry in self._entries if entry.entry_id == f"grant:{grant_id}")
         account = _GrantAccount(grant, self._meter(meter).zero())
         entry = LedgerEntry(
             entry_id=f"grant:{grant_id}",
@@ -387,10 +393,12 @@ class CreditLedger:
     ) -> Consumption:
         """Draw ``amount`` from the grants active at ``at``, in consumption order.
 
-        ``reference`` (the usage event or request id) makes the entry ids; using it twice raises
-        ``DuplicateLedgerEntryError``. With ``all_or_nothing`` nothing is drawn unless the whole amount is
-        covered (for a synchronous authorisation); otherwise what is covered is drawn and the rest is
-        returned as ``uncovered``.
+        ``reference`` (the usage event or request id) makes the entry ids. Replaying a reference that
+        drew credit returns the original outcome and draws nothing (a replay must carry the same
+        amount; a smaller one, or another meter, raises ``DuplicateLedgerEntryError``). A consumption that
+        drew nothing leaves no trace, so across restarts the adapter's inbox is what dedupes it.
+        With ``all_or_nothing`` nothing is drawn unless the whole amount is covered (for a synchronous
+        authorisation); otherwise what is covered is drawn and the rest is returned as ``uncovered``.
         """
         wanted = self._meter(meter).accept(amount)
         instant = ensure_utc(at)
@@ -399,7 +407,7 @@ class CreditLedger:
         if not reference:
             raise InvalidValueError("a consumption needs a reference")
         if reference in self._references:
-            raise DuplicateLedgerEntryError(f"consumption {reference} was already applied")
+            return self._replayed_consumption(meter, reference, wanted)
         zero = self._meter(meter).zero()
         usable = sorted(self._usable(meter, instant), key=lambda account: account.grant.consumption_order())
         if all_or_nothing:
@@ -499,6 +507,19 @@ class CreditLedger:
         return written
 
     # --- internals -------------------------------------------------------------------------------------
+
+    def _replayed_consumption(self, meter: str, reference: str, wanted: CreditAmount) -> Consumption:
+        """The original outcome of consumption ``reference``, rebuilt from its entries."""
+        drawn = tuple(e for e in self._entries if e.kind is EntryKind.CONSUME and e.reference == reference)
+        covered = self._meter(meter).zero()
+        for entry in drawn:
+            if entry.meter != meter:
+                raise DuplicateLedgerEntryError(f"consumption {reference} was applied to meter {entry.meter}")
+            covered = _add(covered, _negate(entry.amount))
+        uncovered = _add(wanted, _negate(covered))
+        if _is_negative(uncovered):
+            raise DuplicateLedgerEntryError(f"consumption {reference} was applied with a larger amount")
+        return Consumption(meter, reference, wanted, covered, uncovered, drawn)
 
     def _meter(self, meter: str) -> MeterCredit:
         try:

@@ -302,13 +302,30 @@ def test_naive_instants_are_refused() -> None:
         due_actions(new_case(), datetime(2025, 5, 21))
 
 
-def test_next_wake_is_the_next_schedule_day() -> None:
+def test_next_wake_is_the_next_schedule_day_once_due_actions_are_done() -> None:
     case = new_case()
-
     assert next_wake_at(case, FIRST_FAILURE) == day(1)
-    assert next_wake_at(case, day(3)) == day(5)
+
+    assert next_wake_at(case, day(3.5)) == day(3.5)  # retry 3 and the day-3 reminder are overdue
+    case, _ = run_schedule(case, until=day(3.5))
+    assert next_wake_at(case, day(3.5)) == day(5)
+
+    case, _ = run_schedule(case, until=day(13))
     assert next_wake_at(case, day(13)) == day(14)
-    assert next_wake_at(new_case(hard=True), day(3)) == day(7)
+
+    hard, _ = carry_out(new_case(hard=True), FIRST_FAILURE)
+    hard, _ = carry_out(hard, day(3))
+    assert next_wake_at(hard, day(3)) == day(7)
+
+
+def test_next_wake_is_now_while_something_is_due_and_none_once_closed() -> None:
+    overdue = new_case()
+    assert next_wake_at(overdue, day(20)) == day(20)
+
+    given_up = overdue.record_done(GiveUp(14), day(20))
+    assert next_wake_at(given_up, day(20)) == day(20)  # the final notice is still due
+    finished = given_up.record_done(Notify(NotificationKind.SUBSCRIPTION_CANCELLED, 14), day(20))
+    assert next_wake_at(finished, day(20)) is None
 
 
 # --- properties --------------------------------------------------------------------------------------

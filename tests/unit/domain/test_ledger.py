@@ -295,16 +295,38 @@ def test_entry_ids_are_deterministic_for_the_adapters_unique_constraint() -> Non
     assert consumption.entries[0].entry_id == "consume:evt-9:g1"
 
 
-def test_replayed_grant_or_consumption_is_refused() -> None:
+def test_replayed_grant_or_consumption_returns_the_original_outcome_and_draws_nothing() -> None:
+    ledger = new_ledger()
+    first_grant = ledger.grant(
+        grant_id="g1", meter="reports", amount=3, source=GrantSource.PROMOTIONAL, effective_at=T0
+    )
+    first = ledger.consume("reports", 5, T0, reference="evt-1")
+
+    replayed_grant = ledger.grant(
+        grant_id="g1", meter="reports", amount=3, source=GrantSource.PROMOTIONAL, effective_at=T0
+    )
+    replayed = ledger.consume("reports", 5, T0, reference="evt-1")
+
+    assert replayed_grant == first_grant
+    assert replayed == first
+    assert replayed.covered == Decimal(3)
+    assert replayed.uncovered == Decimal(2)
+    assert ledger.balance("reports", T0) == Decimal(0)
+    assert len(ledger.entries) == 2
+
+
+def test_conflicting_replay_of_a_grant_or_consumption_is_refused() -> None:
     ledger = new_ledger()
     ledger.grant(grant_id="g1", meter="reports", amount=3, source=GrantSource.PROMOTIONAL, effective_at=T0)
-    ledger.consume("reports", 1, T0, reference="evt-1")
+    ledger.consume("reports", 2, T0, reference="evt-1")
 
     with pytest.raises(DuplicateLedgerEntryError):
-        ledger.grant(grant_id="g1", meter="reports", amount=3, source=GrantSource.PROMOTIONAL, effective_at=T0)
+        ledger.grant(grant_id="g1", meter="reports", amount=4, source=GrantSource.PROMOTIONAL, effective_at=T0)
     with pytest.raises(DuplicateLedgerEntryError):
         ledger.consume("reports", 1, T0, reference="evt-1")
-    assert ledger.balance("reports", T0) == Decimal(2)
+    with pytest.raises(DuplicateLedgerEntryError):
+        ledger.consume("storage", 2, T0, reference="evt-1")
+    assert ledger.balance("reports", T0) == Decimal(1)
 
 
 def test_money_meter_refuses_units_and_other_currencies() -> None:
@@ -349,8 +371,8 @@ def test_ledger_rebuilt_from_stored_grants_and_entries_continues_where_it_left_o
 
     assert rebuilt.balance("reports", hours(2)) == Decimal(3)
     assert rebuilt.remaining("b") == Decimal(0)
-    with pytest.raises(DuplicateLedgerEntryError):
-        rebuilt.consume("reports", 1, hours(2), reference="r1")
+    assert rebuilt.consume("reports", 7, hours(2), reference="r1").covered == Decimal(7)
+    assert rebuilt.balance("reports", hours(2)) == Decimal(3)
 
 
 def test_rebuilding_refuses_an_entry_that_would_overdraw_its_grant() -> None:
