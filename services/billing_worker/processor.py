@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Protocol
@@ -54,13 +54,15 @@ from typing import Any, ClassVar, Protocol
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 
+from shared.adapters.kafka.dlq import DeadLetter
 from shared.adapters.postgres.schema.core import command_outcomes, outbox
 from shared.config import Settings
 from shared.contracts import topics
-from shared.contracts.envelope import Envelope, new_envelope
-from shared.contracts.messages import Payload
+from shared.contracts.envelope import Envelope, EnvelopeError, new_envelope
+from shared.contracts.messages import Payload, parse_payload
 from shared.domain.clock import Clock
 from shared.errors import FencedError, InfrastructureError
+from shared.observability import bound, kv
 
 PRODUCER_NAME = "billing-worker"
 
@@ -200,3 +202,95 @@ class HandlerRegistry:
     @property
     def background(self) -> tuple[BackgroundTask, ...]:
         return tuple(self._background)
+
+
+class BatchProcessor:
+    """Applies one consumed batch inside the batch transaction: usage in bulk first, then every other
+    message in partition order through its registered handler, each under a SAVEPOINT.
+
+    Returns the dead letters (undecodable or refused messages); a transient error propagates so the
+    consumer rolls the whole batch back and retries it.
+    """
+
+    def __init__(self, registry: HandlerRegistry, materializer: Any, clock: Clock) -> None:
+        self._registry = registry
+        self._usage = materializer  # services.billing_worker.usage.UsageMaterializer
+        self._clock = clock
+        self._log = logging.getLogger("billing_worker.processor")
+
+    def __call__(self, conn: sa.Connection, records: Sequence[Any]) -> list[DeadLetter]:
+        dead: list[DeadLetter] = []
+        usage = [r for r in records if r.topic == topics.USAGE]
+        others = [r for r in records if r.topic != topics.USAGE]
+        if usage:
+            self._apply_usage(conn, usage, dead)
+        if others:
+            now = self._clock.now()
+            for record in others:
+                self._apply_one(conn, record, now, dead)
+        return dead
+
+    def _apply_usage(self, conn: sa.Connection, records: Sequence[Any], dead: list[DeadLetter]) -> None:
+        decoded = []
+        for r in records:
+            try:
+                decoded.append((r, self._usage.decode(r.value)))
+            except EnvelopeError as error:
+                dead.append(DeadLetter.of(r.topic, r.partition, r.offset, r.key, r.value, error))
+        if not decoded:
+            return
+        try:
+            with conn.begin_nested():
+                self._usage.apply(conn, [item for _, item in decoded])
+            return
+        except Exception as error:
+            if is_retryable(error):
+                raise
+            self._log.warning("bulk usage apply refused, isolating the message at fault",
+                              extra=kv(error=str(error)[:300], records=len(decoded)))
+        # Slow path: one savepoint per event isolates the poison; the rest of the batch is kept.
+        for r, item in decoded:
+            try:
+                with conn.begin_nested():
+                    self._usage.apply(conn, [item])
+            except Exception as error:
+                if is_retryable(error):
+                    raise
+                dead.append(DeadLetter.of(r.topic, r.partition, r.offset, r.key, r.value, error))
+
+    def _apply_one(self, conn: sa.Connection, record: Any, now: datetime, dead: list[DeadLetter]) -> None:
+        log = bound(self._log, topic=record.topic, partition=record.partition, offset=record.offset,
+                    key=record.key.decode(errors="replace") if record.key else None)
+        try:
+            envelope = Envelope.from_bytes(record.value)
+            payload = parse_payload(envelope)
+        except EnvelopeError as error:
+            dead.append(DeadLetter.of(record.topic, record.partition, record.offset, record.key, record.value,
+                                      error))
+            return
+        handler = self._registry.handler_for(envelope.type)
+        if handler is None:
+            error = MessageRejected(f"no handler for message type {envelope.type!r} on {record.topic}",
+                                    code="unknown_type")
+            self._dead(conn, record, envelope, error, dead)
+            return
+        ctx = HandlerContext(conn, envelope, now, record.topic, record.partition, record.offset,
+                             record.key.decode(errors="replace") if record.key else None,
+                             bound(log, type=envelope.type, event_id=str(envelope.event_id)))
+        try:
+            with conn.begin_nested():
+                handler(conn, envelope, payload, ctx)
+        except Exception as error:
+            if is_retryable(error):
+                raise
+            self._dead(conn, record, envelope, error, dead)
+
+    def _dead(self, conn: sa.Connection, record: Any, envelope: Envelope, error: BaseException,
+              dead: list[DeadLetter]) -> None:
+        dead.append(DeadLetter.of(record.topic, record.partition, record.offset, record.key, record.value, error))
+        if record.topic == topics.COMMANDS:
+            # The edge may be waiting for this command: tell it, rather than let it time out.
+            record_command_outcome(
+                conn, envelope, subscription_id=str(envelope.payload.get("subscription_id") or ""),
+                status="rejected", error_code=getattr(error, "code", None) or "unprocessable",
+                error_detail=f"{type(error).__name__}: {error}"[:1000])

@@ -1,0 +1,102 @@
+"""Composition root of the billing worker: settings in, a runnable Worker out. Nothing connects at import.
+
+The worker process runs the exactly-once consumer loop on the main thread and, beside it, the outbox
+relay and the background tasks handler modules register (payment executor, scheduler). Handler modules:
+`services.billing_worker.commands.register(registry, deps)` (see processor.py for the contract).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import os
+import socket
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+
+from services.billing_worker.consumer import ExactlyOnceConsumer
+from services.billing_worker.processor import BatchProcessor, HandlerRegistry, WorkerDeps
+from services.billing_worker.relay import OutboxRelay
+from services.billing_worker.usage import MeterMap, UsageMaterializer
+from shared.adapters.catalog_file import load_catalog
+from shared.adapters.clock import DatabaseClock, SystemClock
+from shared.adapters.kafka.dlq import DeadLetterPublisher
+from shared.adapters.kafka.producer import KafkaProducer
+from shared.adapters.postgres.engine import make_engine
+from shared.config import Settings
+from shared.contracts import topics
+from shared.domain.clock import Clock
+from shared.observability import kv
+
+log = logging.getLogger("billing_worker")
+
+CONSUMED_TOPICS = (topics.COMMANDS, topics.USAGE, topics.PAYMENTS)
+HANDLER_MODULES = ("services.billing_worker.commands",)
+
+
+def make_clock(settings: Settings, engine: sa.Engine) -> Clock:
+    if settings.clock == "simulated":
+        clock = DatabaseClock(engine, datetime.fromisoformat(settings.simulated_clock_start))
+        clock.ensure()
+        return clock
+    return SystemClock()
+
+
+def instance_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class Worker:
+    settings: Settings
+    engine: sa.Engine
+    consumer: ExactlyOnceConsumer
+    relay: OutboxRelay | None
+    registry: HandlerRegistry
+    materializer: UsageMaterializer
+    instance: str
+
+    def run(self, stop: threading.Event) -> None:
+        """Run until `stop` is set: the current batch finishes or rolls back, then everything closes."""
+        log.info("billing worker starting", extra=kv(instance=self.instance, group=self.settings.consumer_group,
+                                                     handled=sorted(self.registry.handled_types())))
+        if self.relay is not None:
+            self.relay.start()
+        for task in self.registry.background:
+            task.start()
+        try:
+            self.consumer.run(stop)
+        finally:
+            for task in reversed(self.registry.background):
+                task.stop()
+            if self.relay is not None:
+                self.relay.stop()
+            self.engine.dispose()
+            log.info("billing worker stopped", extra=kv(instance=self.instance, **vars(self.consumer.stats)))
+
+
+def build_worker(settings: Settings, *, handler_modules: tuple[str, ...] = HANDLER_MODULES,
+                 relay: bool = True) -> Worker:
+    engine = make_engine(settings)
+    clock = make_clock(settings, engine)
+    catalog = load_catalog(sorted(settings.catalog_dir.glob("*.yaml")))
+    registry = HandlerRegistry()
+    deps = WorkerDeps(settings=settings, engine=engine, clock=clock, catalog=catalog)
+    for name in handler_modules:
+        if importlib.util.find_spec(name) is None:
+            log.warning("handler module not found; its message types will be dead-lettered", extra=kv(module=name))
+            continue
+        importlib.import_module(name).register(registry, deps)
+    materializer = UsageMaterializer(MeterMap.from_catalog(catalog))
+    me = instance_id()
+    dlq = DeadLetterPublisher(KafkaProducer(settings, client_id=f"{me}-dlq"))
+    consumer = ExactlyOnceConsumer(settings, engine, BatchProcessor(registry, materializer, clock), dlq,
+                                   topics=CONSUMED_TOPICS, instance_id=me)
+    outbox_relay = OutboxRelay(engine, KafkaProducer(settings, client_id=f"{me}-relay")) if relay else None
+    return Worker(settings, engine, consumer, outbox_relay, registry, materializer, me)
+

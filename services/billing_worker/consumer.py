@@ -1,0 +1,285 @@
+"""The exactly-once consumer: Kafka in, PostgreSQL effects and offsets out, in one transaction per batch.
+
+Kafka's exactly-once stops at Kafka; ours stops at the PostgreSQL commit (DESIGN rule 2):
+
+- Kafka auto-commit is off and Kafka offsets are never committed. The position of each partition is
+  `consumer_offsets.next_offset`, written in the same transaction as the batch's effects.
+- On assignment (cooperative-sticky, incremental callbacks) the new owner bumps the partition's `epoch`
+  in PostgreSQL and seeks to the stored offset. The bump waits for a commit in flight by the previous
+  owner (row lock), so it always reads the final offset.
+- Each batch ends with `UPDATE consumer_offsets SET next_offset = ... WHERE epoch = <mine>`. If a
+  partition was taken over meanwhile (this instance was paused, revoked or lost its session), the
+  update misses, FencedError is raised and the whole transaction rolls back: a stale owner never
+  commits. Its fenced partitions are paused until Kafka assigns them again.
+- Poison (undecodable, or refused by its handler) is sent to `<topic>.dlq` and acknowledged *before*
+  the transaction that moves the offset past it commits; the rest of the batch is kept.
+- Transient failures (database, broker) roll the batch back and retry it with capped exponential
+  backoff; a message is never skipped. A batch-level error that is not transient stops the worker
+  (a bug must not be dead-lettered wholesale); a restart resumes from the stored offsets.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from sqlalchemy.dialects.postgresql import insert
+
+from services.billing_worker.processor import is_retryable
+from shared.adapters.kafka.dlq import DeadLetter, DeadLetterPublisher
+from shared.adapters.postgres.schema.core import consumer_offsets
+from shared.config import Settings
+from shared.errors import FencedError
+from shared.observability import kv
+
+log = logging.getLogger("billing_worker.consumer")
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One consumed message, with its logical topic name (the settings' prefix removed)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+# apply(conn, records) -> dead letters; runs inside the batch transaction.
+BatchApply = Callable[[sa.Connection, Sequence[Record]], list[DeadLetter]]
+
+
+class PartitionsFenced(FencedError):
+    def __init__(self, partitions: set[tuple[str, int]]) -> None:
+        super().__init__(f"fenced on {sorted(partitions)}")
+        self.partitions = partitions
+
+
+@dataclass
+class ConsumerStats:
+    batches: int = 0
+    records: int = 0
+    dead_letters: int = 0
+    retries: int = 0
+    fenced: int = 0
+
+
+class ExactlyOnceConsumer:
+    def __init__(self, settings: Settings, engine: sa.Engine, apply: BatchApply, dead_letters: DeadLetterPublisher,
+                 *, topics: Sequence[str], instance_id: str, group_id: str | None = None,
+                 max_backoff_s: float = 5.0, consumer_overrides: dict[str, object] | None = None) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._apply = apply
+        self._dlq = dead_letters
+        self._logical = {settings.topic(t): t for t in topics}
+        self._group = group_id or settings.consumer_group
+        self._instance = instance_id
+        self._max_backoff = max_backoff_s
+        self._epochs: dict[tuple[str, int], int] = {}  # owned (logical topic, partition) -> epoch
+        self._consumer = Consumer(settings.kafka_consumer_config(
+            self._group, **{"client.id": instance_id, **(consumer_overrides or {})}))
+        self.stats = ConsumerStats()
+        self._closed = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def subscribe(self) -> None:
+        self._consumer.subscribe(list(self._logical), on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                 on_lost=self._on_lost)
+
+    def run(self, stop: threading.Event) -> None:
+        """Consume until `stop` is set; the batch in progress is finished (or rolled back) first."""
+        self.subscribe()
+        try:
+            while not stop.is_set():
+                self.poll_once(stop)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._consumer.close()
+
+    def owned(self) -> dict[tuple[str, int], int]:
+        return dict(self._epochs)
+
+    # ------------------------------------------------------------------ the loop
+
+    def poll_once(self, stop: threading.Event | None = None) -> int:
+        """Consume one batch and apply it exactly once; returns the number of records committed."""
+        messages = self._consumer.consume(self._settings.worker_batch_max, self._settings.worker_batch_timeout_s)
+        records = self._records(messages)
+        if not records:
+            return 0
+        return self._process_with_retry(records, stop)
+
+    def _records(self, messages: Sequence[Message]) -> list[Record]:
+        out: list[Record] = []
+        for m in messages:
+            err = m.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consumer error", extra=kv(error=str(err), topic=m.topic(), partition=m.partition()))
+                continue
+            topic = self._logical.get(m.topic() or "")
+            if topic is None or (topic, m.partition()) not in self._epochs:
+                continue  # a partition we no longer own (fenced, revoked): never processed
+            out.append(Record(topic, m.partition(), m.offset(), m.key(), m.value()))
+        return out
+
+    def _process_with_retry(self, records: list[Record], stop: threading.Event | None) -> int:
+        attempt = 0
+        while True:
+            records = [r for r in records if (r.topic, r.partition) in self._epochs]
+            if not records:
+                return 0
+            try:
+                self._process_once(records)
+            except PartitionsFenced as fenced:
+                self._after_fenced(records, fenced.partitions)
+                return 0
+            except Exception as error:
+                if not is_retryable(error):
+                    raise
+                attempt += 1
+                self.stats.retries += 1
+                delay = min(self._max_backoff, 0.05 * 2 ** min(attempt, 10))
+                first = records[0]
+                log.warning("batch failed, retrying", extra=kv(
+                    error=str(error)[:500], error_class=type(error).__name__, attempt=attempt, delay_s=delay,
+                    topic=first.topic, partition=first.partition, offset=first.offset, records=len(records)))
+                if stop is not None and stop.is_set():
+                    self._rewind(records)  # shutting down: nothing committed, the next owner redoes it
+                    return 0
+                time.sleep(delay)
+                continue
+            self.stats.batches += 1
+            self.stats.records += len(records)
+            return len(records)
+
+    def _process_once(self, records: Sequence[Record]) -> None:
+        next_offsets: dict[tuple[str, int], int] = {}
+        for r in records:
+            next_offsets[(r.topic, r.partition)] = r.offset + 1
+        with self._engine.connect() as conn, conn.begin():
+            dead = self._apply(conn, records)
+            if dead:
+                for letter in dead:
+                    log.error("message dead-lettered", extra=kv(
+                        topic=letter.topic, partition=letter.partition, offset=letter.offset,
+                        error=letter.error[:500], error_class=letter.error_class))
+                self._dlq.publish(dead)  # acknowledged before the offset moves past them
+            self._commit_offsets(conn, next_offsets)
+        self.stats.dead_letters += len(dead)
+
+    def _commit_offsets(self, conn: sa.Connection, next_offsets: dict[tuple[str, int], int]) -> None:
+        keys = sorted(next_offsets)
+        rows = conn.execute(sa.text("""
+            UPDATE consumer_offsets o
+               SET next_offset = v.next_offset, updated_at = now()
+              FROM unnest(CAST(:topics AS text[]), CAST(:parts AS int[]), CAST(:offs AS bigint[]),
+                          CAST(:epochs AS bigint[])) AS v(topic, partition, next_offset, epoch)
+             WHERE o.group_id = :group AND o.topic = v.topic AND o.partition = v.partition
+               AND o.epoch = v.epoch
+            RETURNING o.topic, o.partition"""), {
+            "topics": [k[0] for k in keys], "parts": [k[1] for k in keys],
+            "offs": [next_offsets[k] for k in keys], "epochs": [self._epochs[k] for k in keys],
+            "group": self._group}).all()
+        missed = set(keys) - {(t, p) for t, p in rows}
+        if missed:
+            raise PartitionsFenced(missed)
+
+    def _after_fenced(self, records: Sequence[Record], partitions: set[tuple[str, int]]) -> None:
+        self.stats.fenced += 1
+        log.warning("fenced: another instance owns these partitions now; batch discarded",
+                    extra=kv(partitions=sorted(partitions), instance=self._instance))
+        for key in partitions:
+            self._epochs.pop(key, None)
+        self._safe_pause([TopicPartition(self._settings.topic(t), p) for t, p in partitions])
+        self._rewind([r for r in records if (r.topic, r.partition) not in partitions])
+
+    def _rewind(self, records: Sequence[Record]) -> None:
+        """Seek still-owned partitions back to the first record of an aborted batch."""
+        first: dict[tuple[str, int], int] = {}
+        for r in records:
+            first.setdefault((r.topic, r.partition), r.offset)
+        for (topic, partition), offset in first.items():
+            if (topic, partition) in self._epochs:
+                try:
+                    self._consumer.seek(TopicPartition(self._settings.topic(topic), partition, offset))
+                except KafkaException as error:
+                    # Seeking can fail while a partition is being (re)assigned; reassignment seeks anyway.
+                    log.warning("seek failed", extra=kv(topic=topic, partition=partition, offset=offset,
+                                                        error=str(error)))
+
+    def _safe_pause(self, partitions: list[TopicPartition]) -> None:
+        try:
+            self._consumer.pause(partitions)
+        except KafkaException as error:
+            log.warning("pause failed", extra=kv(error=str(error)))
+
+    # ------------------------------------------------------------------ rebalance callbacks
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if not partitions:
+            consumer.incremental_assign([])
+            return
+        keys = sorted((self._logical[tp.topic], tp.partition) for tp in partitions)
+        claimed = self._claim(keys)
+        assigned = []
+        for (topic, partition), (epoch, next_offset) in claimed.items():
+            self._epochs[(topic, partition)] = epoch
+            offset = next_offset if next_offset is not None else OFFSET_BEGINNING
+            assigned.append(TopicPartition(self._settings.topic(topic), partition, offset))
+            log.info("partition assigned", extra=kv(topic=topic, partition=partition, epoch=epoch,
+                                                    offset=next_offset, instance=self._instance))
+        consumer.incremental_assign(assigned)
+        # A partition paused after being fenced and now assigned again must fetch again.
+        consumer.resume(assigned)
+
+    def _claim(self, keys: list[tuple[str, int]]) -> dict[tuple[str, int], tuple[int, int | None]]:
+        attempt = 0
+        while True:
+            try:
+                out: dict[tuple[str, int], tuple[int, int | None]] = {}
+                with self._engine.begin() as conn:
+                    for topic, partition in keys:
+                        stmt = insert(consumer_offsets).values(
+                            group_id=self._group, topic=topic, partition=partition, epoch=1, owner=self._instance)
+                        row = conn.execute(stmt.on_conflict_do_update(
+                            index_elements=["group_id", "topic", "partition"],
+                            set_={"epoch": consumer_offsets.c.epoch + 1, "owner": stmt.excluded.owner,
+                                  "updated_at": sa.func.now()})
+                            .returning(consumer_offsets.c.epoch, consumer_offsets.c.next_offset)).one()
+                        out[(topic, partition)] = (row.epoch, row.next_offset)
+                return out
+            except Exception as error:
+                if not is_retryable(error):
+                    raise
+                attempt += 1
+                log.warning("claiming partitions failed, retrying", extra=kv(error=str(error)[:300]))
+                time.sleep(min(self._max_backoff, 0.05 * 2 ** min(attempt, 10)))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._forget(partitions, "revoked")
+        consumer.incremental_unassign(partitions)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._forget(partitions, "lost")
+        consumer.incremental_unassign(partitions)
+
+    def _forget(self, partitions: list[TopicPartition], why: str) -> None:
+        for tp in partitions:
+            topic = self._logical.get(tp.topic)
+            if topic is not None:
+                self._epochs.pop((topic, tp.partition), None)
+                log.info(f"partition {why}", extra=kv(topic=topic, partition=tp.partition, instance=self._instance))
+

@@ -1,0 +1,90 @@
+"""Outbox relay: publishes the outbox rows the worker's transactions wrote, in id order, at least once.
+
+One round: take the relay lock (a transaction-scoped advisory lock per database schema, so only one
+instance publishes at a time and per-key order holds across instances), read up to `batch` unpublished
+rows in id order, send them all with the idempotent producer, wait for every acknowledgement, then mark
+them published in the same transaction. A crash between the acknowledgement and the commit publishes
+those rows again: consumers dedupe on the envelope's event_id. If any send fails, nothing is marked and
+the round is retried, so a later row of a key is never marked while an earlier one is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import orjson
+import sqlalchemy as sa
+
+from services.billing_worker.processor import is_retryable
+from shared.adapters.kafka.producer import KafkaProducer, OutgoingMessage
+from shared.adapters.postgres.schema.core import outbox
+from shared.observability import kv
+
+log = logging.getLogger("billing_worker.relay")
+
+_LOCK = sa.text("SELECT pg_try_advisory_xact_lock(hashtext(current_schema() || ':outbox-relay'))")
+
+
+class OutboxRelay:
+    def __init__(self, engine: sa.Engine, producer: KafkaProducer, *, batch: int = 2000,
+                 idle_s: float = 0.1, max_backoff_s: float = 5.0) -> None:
+        self._engine = engine
+        self._producer = producer
+        self._batch = batch
+        self._idle = idle_s
+        self._max_backoff = max_backoff_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.published = 0
+
+    def publish_round(self) -> int:
+        """Publish up to one batch; returns how many rows were published (0: nothing to do or not leader)."""
+        with self._engine.begin() as conn:
+            if not conn.execute(_LOCK).scalar_one():
+                return 0
+            rows = conn.execute(
+                sa.select(outbox.c.id, outbox.c.topic, outbox.c.message_key, outbox.c.event_id,
+                          outbox.c.event_type, outbox.c.envelope)
+                .where(outbox.c.published_at.is_(None)).order_by(outbox.c.id).limit(self._batch)).all()
+            if not rows:
+                return 0
+            self._producer.send_and_wait([
+                OutgoingMessage(r.topic, r.message_key, orjson.dumps(r.envelope),
+                                (("type", r.event_type.encode()), ("event_id", str(r.event_id).encode())))
+                for r in rows])
+            conn.execute(sa.update(outbox).where(outbox.c.id.in_([r.id for r in rows]))
+                         .values(published_at=sa.func.now()))
+        self.published += len(rows)
+        return len(rows)
+
+    def run(self) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                sent = self.publish_round()
+                attempt = 0
+            except Exception as error:
+                if not is_retryable(error):
+                    log.exception("outbox relay stopped on a non-retryable error")
+                    raise
+                attempt += 1
+                delay = min(self._max_backoff, 0.05 * 2 ** min(attempt, 10))
+                log.warning("outbox relay round failed, retrying", extra=kv(error=str(error)[:300], delay_s=delay))
+                self._stop.wait(delay)
+                continue
+            if sent < self._batch:
+                self._stop.wait(self._idle)
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self.run, name="outbox-relay", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        started = time.monotonic()
+        self._producer.close(max(0.0, timeout - (time.monotonic() - started)))

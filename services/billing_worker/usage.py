@@ -1,0 +1,512 @@
+"""Usage materialisation (the worker's hot path), period-close usage totals, and the edge's read.
+
+Ingest (``UsageMaterializer.apply``), once per consumed batch, inside the batch transaction:
+  decode raw bytes in one pass (pydantic-core TypeAdapter on the JSON bytes) -> map event_type and
+  properties to a meter quantity with the catalog -> drop in-batch duplicates -> COPY into a temporary
+  table -> one statement inserts the events ``ON CONFLICT DO NOTHING`` on (customer_id, transaction_id)
+  and upserts the hourly aggregates of the rows really inserted, once per (subscription, meter, hour).
+  Duplicates (in the batch or already stored) are counted, not errors.
+
+Period close (``close_usage``), called by the period-close handler in its own transaction:
+
+# NOTE: late-event policy. Usage is bucketed by the *event's* timestamp (UTC hour). Each bucket keeps
+# what closes already billed from it (billed_quantity). Closing [period_start, period_end) bills every
+# unbilled quantity with a timestamp before period_end:
+#   - the part with timestamp in [period_start, period_end) is the period's usage (``totals``);
+#   - the part with timestamp before period_start arrived after the period it belongs to was closed:
+#     it is returned as a late adjustment (``late``), billed on this invoice as an adjustment line at
+#     the current period's prices, and never silently dropped nor billed twice.
+# Events with a timestamp at or after period_end stay for the next close. Partial hours at the period
+# edges are resolved from the event rows, so periods need not start on the hour. Because "billed" is
+# recorded per bucket under a row lock, usage committed concurrently with a close (another instance
+# owning the usage partition) is either in this close or in the next one, never in both nor in neither.
+# A repeated close of the same (subscription, period_end) returns the stored answer (idempotent).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from uuid import UUID
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert
+
+from shared.adapters.postgres.schema.usage import (
+    usage_aggregates,
+    usage_closes,
+    usage_events,
+    usage_watermarks,
+)
+from shared.contracts.envelope import Envelope, EnvelopeError
+from shared.contracts.messages import UsageRecorded, parse_payload
+
+log = logging.getLogger("billing_worker.usage")
+
+USAGE_TYPE = "usage.recorded"
+BUCKET = timedelta(hours=1)
+_MAX_QUANTITY = Decimal("1e20")
+
+# ----------------------------------------------------------------------------------------------- meters
+
+
+@dataclass(frozen=True, slots=True)
+class MeterRule:
+    meter_id: str
+    value_property: str | None  # None: COUNT (each event counts 1)
+
+
+class MeterMap:
+    """event_type -> the meter it feeds and how it is measured, from the catalog.
+
+    # NOTE: one event type feeds at most one meter, so each stored event row carries a single
+    # (meter, quantity) and every invoice line traces to whole events. A catalog that maps one event
+    # type to two meters is refused at start.
+    """
+
+    def __init__(self, rules: Mapping[str, MeterRule]) -> None:
+        self._rules = dict(rules)
+
+    @classmethod
+    def from_catalog(cls, catalog: Any) -> MeterMap:
+        rules: dict[str, MeterRule] = {}
+        for meter in catalog.meters.values():
+            if meter.event_type in rules:
+                raise ValueError(f"event type {meter.event_type!r} feeds two meters "
+                                 f"({rules[meter.event_type].meter_id}, {meter.id}); one is allowed")
+            prop = meter.value_property if str(meter.aggregation) == "sum" else None
+            rules[meter.event_type] = MeterRule(str(meter.id), prop)
+        return cls(rules)
+
+    def rule_for(self, event_type: str) -> MeterRule | None:
+        return self._rules.get(event_type)
+
+
+def quantity_of(rule: MeterRule, properties: Mapping[str, Any]) -> Decimal:
+    """The meter quantity of one event; a missing or non-numeric value makes the event terminal."""
+    if rule.value_property is None:
+        return Decimal(1)
+    raw = properties.get(rule.value_property)
+    if isinstance(raw, bool) or raw is None:
+        raise EnvelopeError(f"meter {rule.meter_id} needs a numeric properties.{rule.value_property}, "
+                            f"got {raw!r}")
+    if isinstance(raw, int):
+        value = Decimal(raw)
+    elif isinstance(raw, str):
+        try:
+            value = Decimal(raw)
+        except InvalidOperation:
+            raise EnvelopeError(f"properties.{rule.value_property}={raw!r} is not a decimal") from None
+    elif isinstance(raw, float):
+        # NOTE: a JSON float is read through its shortest repr (0.1 -> "0.1"), the value its producer
+        # wrote; producers that need exactness send a decimal string.
+        if not math.isfinite(raw):
+            raise EnvelopeError(f"properties.{rule.value_property} must be finite")
+        value = Decimal(repr(raw))
+    else:
+        raise EnvelopeError(f"properties.{rule.value_property} must be a number, got {type(raw).__name__}")
+    if not value.is_finite() or abs(value) >= _MAX_QUANTITY:
+        raise EnvelopeError(f"properties.{rule.value_property}={raw!r} is out of range")
+    return value
+
+
+# ----------------------------------------------------------------------------------------------- decode
+
+_ENVELOPE_KEYS = frozenset({"event_id", "type", "schema_version", "occurred_at", "producer", "correlation_id",
+                            "payload"})
+_ENVELOPE_REQUIRED = _ENVELOPE_KEYS - {"correlation_id", "event_id"}
+_PAYLOAD_KEYS = frozenset(UsageRecorded.model_fields)
+_PAYLOAD_REQUIRED = frozenset(name for name, f in UsageRecorded.model_fields.items() if f.is_required())
+
+
+def _text(value: object, max_length: int) -> bool:
+    return type(value) is str and 0 < len(value) <= max_length and "\x00" not in value
+
+
+def _instant(value: object) -> datetime | None:
+    if type(value) is not str:
+        return None
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return at if at.tzinfo is not None else None
+
+
+def _fast_fields(raw: bytes) -> tuple[Mapping[str, Any], datetime, datetime] | None:
+    """Conservative one-pass check of a v1 usage envelope (orjson + plain checks).
+
+    Returns the payload and its two instants when the message is certainly valid against the
+    ``Envelope`` + ``UsageRecorded`` models, else None (the caller then runs the models themselves, which
+    accept or explain). It never accepts what the models refuse.
+    """
+    try:
+        env = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if type(env) is not dict or not _ENVELOPE_REQUIRED <= env.keys() <= _ENVELOPE_KEYS:
+        return None
+    if env["type"] != USAGE_TYPE or env["schema_version"] != 1 or type(env["schema_version"]) is not int:
+        return None
+    event_id = env.get("event_id")
+    if event_id is not None:
+        if type(event_id) is not str:
+            return None
+        try:
+            UUID(event_id)
+        except ValueError:
+            return None
+    corr = env.get("correlation_id")
+    if not _text(env["producer"], 100) or (corr is not None and (type(corr) is not str or len(corr) > 200)):
+        return None
+    if _instant(env["occurred_at"]) is None:
+        return None
+    p = env["payload"]
+    if type(p) is not dict or not _PAYLOAD_REQUIRED <= p.keys() <= _PAYLOAD_KEYS:
+        return None
+    if not (_text(p["transaction_id"], 128) and _text(p["customer_id"], 200) and _text(p["subscription_id"], 200)
+            and _text(p["event_type"], 100)):
+        return None
+    props = p.get("properties", {})
+    if type(props) is not dict:
+        return None
+    timestamp, received_at = _instant(p["timestamp"]), _instant(p["received_at"])
+    if timestamp is None or received_at is None:
+        return None
+    return p, timestamp, received_at
+
+
+@dataclass(frozen=True, slots=True)
+class UsageItem:
+    """One decoded usage event, ready to store."""
+
+    customer_id: str
+    transaction_id: str
+    subscription_id: str
+    event_type: str
+    meter_id: str | None
+    quantity: Decimal
+    occurred_at: datetime
+    received_at: datetime
+
+
+def decode_usage(raw: bytes | None, meters: MeterMap) -> UsageItem:
+    """Raw Kafka value -> UsageItem.
+
+    A conservative one-pass check (orjson) accepts the common case; anything it does not certainly accept
+    (another schema version, an invalid message) goes through the models (``Envelope.from_bytes``, which
+    applies upcasters, and ``UsageRecorded``); what they refuse raises EnvelopeError (terminal: DLQ).
+    """
+    if raw is None:
+        raise EnvelopeError("empty message value")
+    fast = _fast_fields(raw)
+    if fast is None:
+        return _decode_general(raw, meters)
+    p, timestamp, received_at = fast
+    return _item(p["customer_id"], p["transaction_id"], p["subscription_id"], p["event_type"],
+                 p.get("properties") or {}, timestamp, received_at, meters)
+
+
+def _decode_general(raw: bytes, meters: MeterMap) -> UsageItem:
+    envelope = Envelope.from_bytes(raw)
+    if envelope.type != USAGE_TYPE:
+        raise EnvelopeError(f"unexpected message type {envelope.type!r} on the usage topic")
+    p = parse_payload(envelope)
+    if not isinstance(p, UsageRecorded):
+        raise EnvelopeError(f"unexpected payload {type(p).__name__}")
+    if "\x00" in p.customer_id + p.transaction_id + p.subscription_id + p.event_type:
+        raise EnvelopeError("identifiers must not contain NUL characters")
+    return _item(p.customer_id, p.transaction_id, p.subscription_id, p.event_type, p.properties,
+                 p.timestamp, p.received_at, meters)
+
+
+def _item(customer_id: str, transaction_id: str, subscription_id: str, event_type: str,
+          properties: Mapping[str, Any], timestamp: datetime, received_at: datetime,
+          meters: MeterMap) -> UsageItem:
+    rule = meters.rule_for(event_type)
+    quantity = quantity_of(rule, properties) if rule is not None else Decimal(0)
+    return UsageItem(customer_id, transaction_id, subscription_id, event_type,
+                     rule.meter_id if rule is not None else None, quantity,
+                     timestamp.astimezone(UTC), received_at.astimezone(UTC))
+
+
+# ----------------------------------------------------------------------------------------------- apply
+
+
+@dataclass
+class UsageStats:
+    """Counters of one applied batch (and, summed, of a process: exported as metrics)."""
+
+    received: int = 0
+    inserted: int = 0
+    duplicates: int = 0
+    unmetered: int = 0
+    aggregate_upserts: int = 0
+
+    def add(self, other: UsageStats) -> None:
+        self.received += other.received
+        self.inserted += other.inserted
+        self.duplicates += other.duplicates
+        self.unmetered += other.unmetered
+        self.aggregate_upserts += other.aggregate_upserts
+
+
+_TEMP_TABLE = "usage_incoming"
+_CREATE_TEMP = sa.text(f"""
+CREATE TEMP TABLE IF NOT EXISTS {_TEMP_TABLE} (
+    customer_id text, transaction_id text, subscription_id text, event_type text, meter_id text,
+    quantity numeric, occurred_at timestamptz, received_at timestamptz
+) ON COMMIT DELETE ROWS""")
+
+# One round trip: insert new events (duplicates skipped by the primary key), then upsert one aggregate
+# row per (subscription, meter, hour) from the rows actually inserted.
+_MATERIALIZE = sa.text(f"""
+WITH ins AS (
+    INSERT INTO usage_events (customer_id, transaction_id, subscription_id, event_type, meter_id,
+                              quantity, occurred_at, received_at)
+    SELECT customer_id, transaction_id, subscription_id, event_type, meter_id, quantity, occurred_at,
+           received_at
+    FROM {_TEMP_TABLE}
+    ON CONFLICT DO NOTHING
+    RETURNING subscription_id, meter_id, quantity, occurred_at
+), agg AS (
+    SELECT subscription_id, meter_id, date_trunc('hour', occurred_at, 'UTC') AS bucket_start,
+           sum(quantity) AS quantity, count(*) AS events
+    FROM ins WHERE meter_id IS NOT NULL
+    GROUP BY 1, 2, 3
+), up AS (
+    INSERT INTO usage_aggregates (subscription_id, meter_id, bucket_start, quantity, event_count)
+    SELECT subscription_id, meter_id, bucket_start, quantity, events FROM agg
+    ORDER BY 1, 2, 3
+    ON CONFLICT (subscription_id, meter_id, bucket_start) DO UPDATE
+       SET quantity = usage_aggregates.quantity + excluded.quantity,
+           event_count = usage_aggregates.event_count + excluded.event_count,
+           updated_at = now()
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM ins) AS inserted, (SELECT count(*) FROM up) AS upserts""")
+
+
+def _copy_rows(conn: sa.Connection, items: Sequence[UsageItem]) -> None:
+    dbapi = conn.connection.dbapi_connection
+    assert dbapi is not None
+    with dbapi.cursor() as cur, cur.copy(
+            f"COPY {_TEMP_TABLE} (customer_id, transaction_id, subscription_id, event_type, meter_id, "
+            "quantity, occurred_at, received_at) FROM STDIN") as copy:
+        for it in items:
+            copy.write_row((it.customer_id, it.transaction_id, it.subscription_id, it.event_type,
+                            it.meter_id, it.quantity, it.occurred_at, it.received_at))
+
+
+class UsageMaterializer:
+    """Applies decoded usage to PostgreSQL in the caller's transaction (exactly once with the offsets)."""
+
+    def __init__(self, meters: MeterMap) -> None:
+        self.meters = meters
+        self.totals = UsageStats()
+
+    def decode(self, raw: bytes | None) -> UsageItem:
+        return decode_usage(raw, self.meters)
+
+    def apply(self, conn: sa.Connection, items: Sequence[UsageItem]) -> UsageStats:
+        stats = UsageStats(received=len(items))
+        if not items:
+            return stats
+        unique: dict[tuple[str, str], UsageItem] = {}
+        for it in items:
+            unique.setdefault((it.customer_id, it.transaction_id), it)
+        stats.unmetered = sum(1 for it in unique.values() if it.meter_id is None)
+        conn.execute(_CREATE_TEMP)
+        _copy_rows(conn, list(unique.values()))
+        row = conn.execute(_MATERIALIZE).one()
+        # ON COMMIT DELETE ROWS only fires at commit; a savepoint-level retry needs an empty table now.
+        conn.execute(sa.text(f"TRUNCATE {_TEMP_TABLE}"))
+        stats.inserted = int(row.inserted)
+        stats.aggregate_upserts = int(row.upserts)
+        stats.duplicates = stats.received - stats.inserted
+        return stats
+
+
+# ----------------------------------------------------------------------------------------------- close
+
+
+@dataclass(frozen=True)
+class LateAdjustment:
+    meter_id: str
+    bucket_start: datetime  # the UTC hour the late events belong to
+    quantity: Decimal
+
+
+@dataclass(frozen=True)
+class UsageClose:
+    """What a period close bills: usage of the period per meter, and late usage of earlier periods."""
+
+    period_start: datetime
+    period_end: datetime
+    totals: Mapping[str, Decimal]
+    late: tuple[LateAdjustment, ...] = ()
+
+    def late_by_meter(self) -> dict[str, Decimal]:
+        out: dict[str, Decimal] = {}
+        for adj in self.late:
+            out[adj.meter_id] = out.get(adj.meter_id, Decimal(0)) + adj.quantity
+        return out
+
+
+def _floor_hour(at: datetime) -> datetime:
+    at = at.astimezone(UTC)
+    return at.replace(minute=0, second=0, microsecond=0)
+
+
+def _event_sums(conn: sa.Connection, subscription_id: str, lo: datetime, hi: datetime) -> dict[str, Decimal]:
+    if lo >= hi:
+        return {}
+    rows = conn.execute(
+        sa.select(usage_events.c.meter_id, sa.func.sum(usage_events.c.quantity))
+        .where(usage_events.c.subscription_id == subscription_id, usage_events.c.meter_id.is_not(None),
+               usage_events.c.occurred_at >= lo, usage_events.c.occurred_at < hi)
+        .group_by(usage_events.c.meter_id)).all()
+    return {m: Decimal(q) for m, q in rows}
+
+
+def close_usage(conn: sa.Connection, subscription_id: str, period_start: datetime,
+                period_end: datetime) -> UsageClose:
+    """Bill the usage of [period_start, period_end) plus late usage of earlier closed periods.
+
+    Call it inside the period-close transaction (its writes commit or roll back with the invoice). See
+    the module docstring for the policy. Idempotent per (subscription_id, period_end).
+    """
+    lo, hi = period_start.astimezone(UTC), period_end.astimezone(UTC)
+    if lo >= hi:
+        raise ValueError(f"empty period [{lo}, {hi})")
+    stored = conn.execute(sa.select(usage_closes).where(usage_closes.c.subscription_id == subscription_id,
+                                                       usage_closes.c.period_end == hi)).first()
+    if stored is not None:
+        return _from_stored(stored)
+
+    # Serialises closes of one subscription and records the watermark.
+    conn.execute(insert(usage_watermarks).values(subscription_id=subscription_id, closed_through=hi)
+                 .on_conflict_do_update(index_elements=["subscription_id"],
+                                        set_={"closed_through": sa.func.greatest(
+                                            usage_watermarks.c.closed_through, hi),
+                                            "updated_at": sa.func.now()}))
+
+    agg = usage_aggregates.c
+    hi_bucket = _floor_hour(hi)
+    # Lock every bucket this close may bill; concurrent usage for them waits until we commit.
+    locked = conn.execute(
+        sa.select(agg.meter_id, agg.bucket_start, agg.quantity, agg.event_count, agg.billed_quantity,
+                  agg.billed_events)
+        .where(agg.subscription_id == subscription_id, agg.bucket_start <= hi_bucket,
+               sa.or_(agg.quantity != agg.billed_quantity, agg.bucket_start == hi_bucket))
+        .order_by(agg.meter_id, agg.bucket_start)
+        .with_for_update()).all()
+
+    totals: dict[str, Decimal] = {}
+    late: list[LateAdjustment] = []
+    lo_bucket = _floor_hour(lo)
+    regular_in_lo_bucket = (_event_sums(conn, subscription_id, lo, min(lo_bucket + BUCKET, hi))
+                            if lo != lo_bucket else {})
+    partial_hi = hi != hi_bucket
+    billed_in_hi_bucket = _event_sums(conn, subscription_id, hi_bucket, hi) if partial_hi else {}
+    regular_in_hi_bucket = (_event_sums(conn, subscription_id, max(lo, hi_bucket), hi)
+                            if partial_hi and hi_bucket != lo_bucket else regular_in_lo_bucket)
+    updates: list[dict[str, Any]] = []
+    for r in locked:
+        meter, start = r.meter_id, r.bucket_start.astimezone(UTC)
+        if start == hi_bucket:
+            if not partial_hi:
+                continue  # the bucket starts at period_end: next period
+            new_billed = billed_in_hi_bucket.get(meter, Decimal(0))
+            regular = regular_in_hi_bucket.get(meter, Decimal(0))
+            # NOTE: billed_events of a partial bucket stays an upper bound until the bucket is whole.
+            new_events = r.billed_events
+        else:
+            new_billed = Decimal(r.quantity)
+            new_events = r.event_count
+            if start >= lo:
+                regular = new_billed - Decimal(r.billed_quantity)
+            elif start == lo_bucket:
+                regular = regular_in_lo_bucket.get(meter, Decimal(0))
+            else:
+                regular = Decimal(0)
+        increment = new_billed - Decimal(r.billed_quantity)
+        if increment == 0 and regular == 0:
+            continue
+        if regular:
+            totals[meter] = totals.get(meter, Decimal(0)) + regular
+        if increment - regular:
+            late.append(LateAdjustment(meter, start, increment - regular))
+        updates.append({"s": subscription_id, "m": meter, "b": r.bucket_start, "q": new_billed,
+                        "n": new_events})
+    if updates:
+        conn.execute(sa.update(usage_aggregates)
+                     .where(agg.subscription_id == sa.bindparam("s"), agg.meter_id == sa.bindparam("m"),
+                            agg.bucket_start == sa.bindparam("b"))
+                     .values(billed_quantity=sa.bindparam("q"), billed_events=sa.bindparam("n")), updates)
+    result = UsageClose(lo, hi, totals, tuple(late))
+    conn.execute(usage_closes.insert().values(
+        subscription_id=subscription_id, period_start=lo, period_end=hi,
+        totals={m: str(q) for m, q in totals.items()},
+        late=[{"meter_id": a.meter_id, "bucket_start": a.bucket_start.isoformat(), "quantity": str(a.quantity)}
+              for a in late]))
+    return result
+
+
+def _from_stored(row: Any) -> UsageClose:
+    return UsageClose(row.period_start.astimezone(UTC), row.period_end.astimezone(UTC),
+                      {m: Decimal(q) for m, q in row.totals.items()},
+                      tuple(LateAdjustment(a["meter_id"], datetime.fromisoformat(a["bucket_start"]),
+                                           Decimal(a["quantity"])) for a in row.late))
+
+
+# ----------------------------------------------------------------------------------------------- read
+
+
+@dataclass(frozen=True)
+class UsageSoFar:
+    """Usage of a subscription's current period per meter, and late usage waiting for the next close."""
+
+    subscription_id: str
+    period_start: datetime
+    totals: Mapping[str, Decimal]
+    pending_late: Mapping[str, Decimal] = field(default_factory=dict)
+
+
+def usage_so_far(conn: sa.Connection, subscription_id: str, period_start: datetime) -> UsageSoFar:
+    """For the edge: per-meter usage with timestamp >= period_start (the current period's start), and
+    unbilled usage from before it (billed as late adjustments at the next close)."""
+    lo = period_start.astimezone(UTC)
+    lo_bucket = _floor_hour(lo)
+    agg = usage_aggregates.c
+    full_from = lo_bucket if lo == lo_bucket else lo_bucket + BUCKET
+    rows = conn.execute(
+        sa.select(agg.meter_id, sa.func.sum(agg.quantity))
+        .where(agg.subscription_id == subscription_id, agg.bucket_start >= full_from)
+        .group_by(agg.meter_id)).all()
+    totals = {m: Decimal(q) for m, q in rows}
+    if lo != lo_bucket:
+        for m, q in _event_sums(conn, subscription_id, lo, full_from).items():
+            totals[m] = totals.get(m, Decimal(0)) + q
+    pending = conn.execute(
+        sa.select(agg.meter_id, sa.func.sum(agg.quantity - agg.billed_quantity))
+        .where(agg.subscription_id == subscription_id, agg.bucket_start < lo_bucket,
+               agg.quantity != agg.billed_quantity)
+        .group_by(agg.meter_id)).all()
+    return UsageSoFar(subscription_id, lo, totals, {m: Decimal(q) for m, q in pending if q})
+
+
+def trace_events(conn: sa.Connection, subscription_id: str, meter_id: str, start: datetime,
+                 end: datetime) -> Iterable[Any]:
+    """The event rows behind an invoice line: one meter of one subscription, timestamps in [start, end)."""
+    e = usage_events.c
+    return conn.execute(sa.select(e.customer_id, e.transaction_id, e.quantity, e.occurred_at, e.ingested_at)
+                        .where(e.subscription_id == subscription_id, e.meter_id == meter_id,
+                               e.occurred_at >= start, e.occurred_at < end)
+                        .order_by(e.occurred_at)).all()

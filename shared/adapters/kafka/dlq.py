@@ -1,0 +1,55 @@
+"""Dead-letter queue: a message that cannot be decoded or applied goes to `<topic>.dlq`, never dropped.
+
+The DLQ copy keeps the original key and bytes and says why in its headers (error, error_class, and the
+original topic/partition/offset), so an operator can inspect it and replay it after a fix. Publishing is
+synchronous: the consumer moves its offset past a poison message only after the DLQ acknowledged it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from shared.adapters.kafka.producer import KafkaProducer, OutgoingMessage
+from shared.contracts.topics import dlq
+
+_MAX_ERROR_BYTES = 4000
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    topic: str  # logical name of the topic the message came from
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    error: str
+    error_class: str
+
+    @classmethod
+    def of(cls, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
+           error: BaseException) -> DeadLetter:
+        return cls(topic, partition, offset, key, value, str(error) or repr(error), type(error).__name__)
+
+    def to_outgoing(self) -> OutgoingMessage:
+        headers = (
+            ("error", self.error.encode()[:_MAX_ERROR_BYTES]),
+            ("error_class", self.error_class.encode()),
+            ("original_topic", self.topic.encode()),
+            ("original_partition", str(self.partition).encode()),
+            ("original_offset", str(self.offset).encode()),
+            ("original_value_null", b"true" if self.value is None else b"false"),
+        )
+        key = self.key.decode("utf-8", errors="replace") if self.key is not None else ""
+        return OutgoingMessage(dlq(self.topic), key, self.value or b"", headers)
+
+
+class DeadLetterPublisher:
+    """Sends dead letters and waits for Kafka's acknowledgement (raises DeliveryError otherwise)."""
+
+    def __init__(self, producer: KafkaProducer) -> None:
+        self._producer = producer
+
+    def publish(self, letters: Sequence[DeadLetter], timeout: float = 30.0) -> None:
+        if letters:
+            self._producer.send_and_wait([letter.to_outgoing() for letter in letters], timeout=timeout)
