@@ -1,6 +1,7 @@
 """The FastAPI application of the ingest edge: `create_app(container)`.
 
-Middleware order (outermost first): metrics, body-size limit (413), Idempotency-Key (POST), then the
+Middleware order (outermost first): metrics, body-size limit (413), card-number guard (422),
+Idempotency-Key (POST), then the
 routes. Errors are problem+json (`services.ingest.problems`). The Kafka producer's delivery thread is
 started with the app and the producer is flushed when it stops.
 """
@@ -11,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
@@ -20,12 +22,15 @@ from services.ingest.container import Container
 from services.ingest.idempotency import IdempotencyMiddleware, IdempotencyStore
 from services.ingest.limits import BodyLimitMiddleware
 from services.ingest.metrics import EdgeMetrics, MetricsMiddleware
+from services.ingest.pan import PanGuardMiddleware
 from services.ingest.problems import install_problem_handlers
-from services.ingest.routes import health
+from services.ingest.routes import api_keys, clock, customers, health, ingest, reads, subscriptions, webhooks
 from services.ingest.routes import quota as quota_routes
+from shared.sdk.events import UsageEvent
 
 _log = logging.getLogger("services.ingest")
 WEBHOOK_PATH = "/v1/webhooks/stripe"
+INGEST_PATH = "/v1/ingest"
 PURGE_INTERVAL_SECONDS = 3600.0
 
 DESCRIPTION = """\
@@ -62,15 +67,32 @@ def create_app(container: Container) -> FastAPI:
     for module in _route_modules():
         app.include_router(module.router)
 
+    _document_raw_bodies(app)
+
     # add_middleware wraps: the last added is the outermost.
     app.add_middleware(IdempotencyMiddleware, store=store, exempt_paths=frozenset({WEBHOOK_PATH}))
+    app.add_middleware(PanGuardMiddleware, exempt_paths=frozenset({WEBHOOK_PATH, INGEST_PATH}))
     app.add_middleware(BodyLimitMiddleware, max_bytes=container.settings.max_request_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app
 
 
 def _route_modules() -> list:  # type: ignore[type-arg]
-    return [health, quota_routes]
+    return [health, api_keys, customers, subscriptions, reads, ingest, webhooks, clock, quota_routes]
+
+
+def _document_raw_bodies(app: FastAPI) -> None:
+    """Routes that parse their body themselves (per-event results) reference schemas FastAPI cannot see."""
+    default = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = default()
+            schema.setdefault("components", {}).setdefault("schemas", {})["UsageEvent"] = \
+                UsageEvent.model_json_schema(ref_template="#/components/schemas/{model}")
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 async def _purge_idempotency_keys(store: IdempotencyStore) -> None:

@@ -1,0 +1,36 @@
+"""Cursor pagination for list endpoints: `?limit=&cursor=` in, `{data, next_cursor}` out.
+
+Cursors are opaque (base64url of the last item's sort key); `next_cursor` is null on the last page.
+Keyset pagination stays correct while rows are appended, unlike offsets.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Generic, TypeVar
+
+from pydantic import BaseModel
+
+from services.ingest.problems import FieldError, ProblemError
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    data: list[T]
+    next_cursor: str | None = None
+
+
+def encode_cursor(key: str) -> str:
+    return base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> str | None:
+    if cursor is None:
+        return None
+    try:
+        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise ProblemError(422, "Invalid cursor", "pass back a next_cursor value unchanged", slug="cursor",
+                           errors=[FieldError(field="cursor", reason="not a cursor of this API")]) from exc

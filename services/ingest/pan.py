@@ -1,0 +1,107 @@
+"""Refuse anything that looks like a payment card number (PAN) before it is parsed, logged or stored.
+
+PCI scope stays with Stripe: clients send payment method tokens (`pm_...`), never card numbers. A run of
+13 to 19 digits (spaces or dashes allowed between them) that passes the Luhn check, anywhere in a request
+body, gets 422 naming the field but never echoing the value; the body is then dropped.
+
+# NOTE: usage ingest (`/v1/ingest`) and Stripe webhooks are exempt. Usage carries machine identifiers
+# (snowflake ids, millisecond timestamps of 13 digits) of which one in ten passes Luhn by chance, and has no
+# field where a card number belongs; Stripe's own payloads contain no PAN.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.ingest.problems import PROBLEM_JSON, FieldError, Problem, problem_type
+
+_CANDIDATE = re.compile(rb"(?<![0-9])[0-9](?:[ -]?[0-9]){12,18}(?![0-9])")
+
+
+def luhn_valid(digits: str) -> bool:
+    total = 0
+    for position, char in enumerate(reversed(digits)):
+        value = ord(char) - 48
+        if position % 2 == 1:
+            value *= 2
+            if value > 9:
+                value -= 9
+        total += value
+    return total % 10 == 0
+
+
+def contains_pan(text: bytes) -> bool:
+    for match in _CANDIDATE.finditer(text):
+        digits = re.sub(rb"[ -]", b"", match.group()).decode()
+        if 13 <= len(digits) <= 19 and luhn_valid(digits):
+            return True
+    return False
+
+
+def _paths(value: Any, path: str) -> Iterator[str]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _paths(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _paths(item, f"{path}.{index}" if path else str(index))
+    elif isinstance(value, str | int) and not isinstance(value, bool) and contains_pan(str(value).encode()):
+        yield path or "body"
+
+
+def pan_fields(body: bytes) -> list[str]:
+    """The dotted paths of fields holding a card-number lookalike ('body' if the body is not JSON)."""
+    if not contains_pan(body):
+        return []
+    try:
+        return list(_paths(orjson.loads(body), "")) or ["body"]
+    except orjson.JSONDecodeError:
+        return ["body"]
+
+
+class PanGuardMiddleware:
+    def __init__(self, app: ASGIApp, *, exempt_paths: frozenset[str]) -> None:
+        self.app = app
+        self.exempt_paths = exempt_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH")
+                or scope["path"] in self.exempt_paths):
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        fields = pan_fields(body)
+        if fields:
+            del body, chunks
+            problem = Problem(type=problem_type("card-number-refused"), title="Card number refused", status=422,
+                              detail="send a Stripe payment method token (pm_...), never a card number",
+                              errors=[FieldError(field=f, reason="looks like a payment card number") for f in fields])
+            payload = orjson.dumps(problem.model_dump(mode="json"))
+            await send({"type": "http.response.start", "status": 422,
+                        "headers": [(b"content-type", PROBLEM_JSON.encode()),
+                                    (b"content-length", str(len(payload)).encode())]})
+            await send({"type": "http.response.body", "body": payload})
+            return
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)

@@ -1,0 +1,297 @@
+"""`POST /v1/ingest`: usage events in Metronome's shape, 1..1000 per request, one result per event.
+
+Accepted events are acknowledged only after Kafka acknowledged them (acks=all, idempotent producer) on
+`usage.v1`, keyed by subscription_id. The envelope's event_id derives from (customer, transaction_id), so a
+re-sent batch carries the same ids and the worker's dedupe on (customer, transaction_id) drops repeats.
+
+Unknown customers: # NOTE: events whose customer_id is neither a customer id nor an alias are *parked*, not
+refused: they are stored in `unmatched_usage` (and copied to `usage.unmatched.v1` for stream consumers),
+listed by `GET /v1/usage/unmatched` and replayed by `POST /v1/usage/unmatched/replay` once the customer
+exists. A producer racing onboarding therefore loses nothing. Org-bound keys cannot park: their events must
+name their own organisation (403 otherwise).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, Field, ValidationError
+from sqlalchemy.dialects.postgresql import insert
+from starlette.concurrency import run_in_threadpool
+
+from services.ingest.auth import Principal, Scope, authorize_customer, forbidden, require
+from services.ingest.container import Container, get_container
+from services.ingest.directory import USAGE_STATUSES, CustomerDirectory, Route
+from services.ingest.pagination import Page, decode_cursor, encode_cursor
+from services.ingest.problems import PROBLEM_RESPONSES, FieldError, ProblemError, field_errors_of
+from shared.adapters.kafka.producer import OutgoingMessage
+from shared.adapters.postgres.schema.edge import unmatched_usage
+from shared.contracts import topics
+from shared.domain.catalog import Aggregation, Catalog
+from shared.errors import DeliveryError
+from shared.sdk.envelopes import usage_message
+from shared.sdk.events import UsageEvent, check_event, numeric_value
+
+router = APIRouter(tags=["usage"])
+
+
+class EventResult(BaseModel):
+    index: int
+    transaction_id: str | None = None
+    status: str = Field(description="accepted | rejected | parked")
+    reason: str | None = Field(default=None, description="a stable code, e.g. timestamp_too_old")
+    errors: list[FieldError] = Field(default_factory=list)
+
+
+class IngestResult(BaseModel):
+    accepted: int
+    rejected: int
+    parked: int
+    results: list[EventResult]
+
+
+@dataclass(frozen=True)
+class _Accepted:
+    index: int
+    event: UsageEvent
+    route: Route
+
+
+def directory_of(request: Request, container: Container = Depends(get_container)) -> CustomerDirectory:
+    directory: CustomerDirectory | None = getattr(request.app.state, "directory", None)
+    if directory is None:
+        directory = CustomerDirectory(container.engine)
+        request.app.state.directory = directory
+    return directory
+
+
+def _plan_problem(catalog: Catalog, route: Route, event: UsageEvent) -> tuple[str, FieldError] | None:
+    """Is the event type metered by the customer's plan, with the numeric value its meters sum?"""
+    plan = catalog.plans.get(route.plan_id) if route.plan_id else None  # type: ignore[call-overload]
+    if plan is None:
+        return "unknown_plan", FieldError(field="customer_id", reason="the subscription's plan is not in the catalog")
+    meters = [catalog.meters[m] for m in plan.meters if catalog.meters[m].event_type == event.event_type]
+    if not meters:
+        return "unknown_event_type", FieldError(
+            field="event_type", reason=f"plan {plan.id} meters no event type {event.event_type!r}")
+    for meter in meters:
+        if meter.aggregation is Aggregation.SUM and meter.value_property:
+            if numeric_value(event.properties.get(meter.value_property)) is None:
+                return "missing_property", FieldError(
+                    field=f"properties.{meter.value_property}", reason=f"meter {meter.id} needs a number here")
+    return None
+
+
+def _parse_batch(raw: bytes, max_events: int) -> list[Any]:
+    try:
+        items = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ProblemError(400, "Malformed JSON", "the body is not valid JSON", slug="malformed-json") from exc
+    if not isinstance(items, list):
+        raise ProblemError(422, "Request validation failed", "the body must be a JSON array of events",
+                           slug="validation", errors=[FieldError(field="body", reason="expected an array")])
+    if not 1 <= len(items) <= max_events:
+        raise ProblemError(422, "Batch size out of range", f"send 1 to {max_events} events per request",
+                           slug="batch-size", errors=[FieldError(field="body",
+                                                                 reason=f"{len(items)} events; 1..{max_events}")])
+    return items
+
+
+_BATCH_SCHEMA = {"type": "array", "minItems": 1, "maxItems": 1000,
+                 "items": {"$ref": "#/components/schemas/UsageEvent"}}
+
+
+@router.post("/v1/ingest", response_model=IngestResult, responses=PROBLEM_RESPONSES,
+             summary="Ingest usage events (1..1000, Metronome's shape)",
+             openapi_extra={"requestBody": {"required": True,
+                                            "content": {"application/json": {"schema": _BATCH_SCHEMA}}}})
+async def ingest(request: Request, principal: Principal = Depends(require(Scope.INGEST)),
+                 container: Container = Depends(get_container),
+                 directory: CustomerDirectory = Depends(directory_of)) -> IngestResult:
+    items = _parse_batch(await request.body(), container.settings.max_batch_events)
+    now = await run_in_threadpool(container.clock.now)
+    results: list[EventResult | None] = [None] * len(items)
+    valid: list[tuple[int, UsageEvent]] = []
+    for index, item in enumerate(items):
+        try:
+            event = UsageEvent.model_validate(item)
+        except ValidationError as exc:
+            tx = item.get("transaction_id") if isinstance(item, dict) else None
+            results[index] = EventResult(index=index, transaction_id=tx if isinstance(tx, str) else None,
+                                         status="rejected", reason="invalid_event",
+                                         errors=field_errors_of(exc.errors()))
+            continue
+        problem = check_event(event, now)
+        if problem is not None:
+            results[index] = EventResult(index=index, transaction_id=event.transaction_id, status="rejected",
+                                         reason=problem.code,
+                                         errors=[FieldError(field=problem.field, reason=problem.reason)])
+            continue
+        valid.append((index, event))
+
+    routes = await run_in_threadpool(directory.resolve, {e.customer_id for _, e in valid}) if valid else {}
+    if not principal.is_admin and principal.org_id is not None:
+        for _, event in valid:
+            if routes[event.customer_id].customer_id != principal.org_id:
+                raise forbidden("an event names a customer outside this API key's organisation")
+
+    accepted: list[_Accepted] = []
+    parked: list[tuple[int, UsageEvent]] = []
+    for index, event in valid:
+        route = routes[event.customer_id]
+        if route.customer_id is None:
+            parked.append((index, event))
+            continue
+        authorize_customer(principal, route.customer_id)
+        if route.subscription_id is None or route.status not in USAGE_STATUSES:
+            reason = "subscription_paused" if route.status == "paused" else "no_active_subscription"
+            results[index] = EventResult(index=index, transaction_id=event.transaction_id, status="rejected",
+                                         reason=reason, errors=[FieldError(
+                                             field="customer_id", reason="the customer has no subscription "
+                                                                         "that accepts usage")])
+            continue
+        plan_problem = _plan_problem(container.catalog, route, event)
+        if plan_problem is not None:
+            results[index] = EventResult(index=index, transaction_id=event.transaction_id, status="rejected",
+                                         reason=plan_problem[0], errors=[plan_problem[1]])
+            continue
+        accepted.append(_Accepted(index, event, route))
+
+    correlation = request.headers.get("x-request-id")
+    messages = [usage_message(a.event, customer_id=a.route.customer_id or "", subscription_id=a.route.subscription_id
+                              or "", received_at=now, producer="ingest", correlation_id=correlation)
+                for a in accepted]
+    if parked:
+        await run_in_threadpool(_park, container.engine, parked, principal.key_id)
+        messages += [OutgoingMessage(topics.USAGE_UNMATCHED, e.customer_id, orjson.dumps(e.model_dump(mode="json")),
+                                     (("type", b"usage.unmatched"),)) for _, e in parked]
+    started = time.perf_counter()
+    try:
+        await container.producer.send_async(messages)
+    except DeliveryError:
+        request.app.state.metrics.usage_events.labels("failed", "kafka_unavailable").inc(len(accepted))
+        raise
+    request.app.state.metrics.produce_seconds.labels(topics.USAGE).observe(time.perf_counter() - started)
+
+    for a in accepted:
+        results[a.index] = EventResult(index=a.index, transaction_id=a.event.transaction_id, status="accepted")
+    for index, event in parked:
+        results[index] = EventResult(index=index, transaction_id=event.transaction_id, status="parked",
+                                     reason="unknown_customer")
+    final = [r for r in results if r is not None]
+    counter = request.app.state.metrics.usage_events
+    counter.labels("accepted", "").inc(len(accepted))
+    if parked:
+        counter.labels("parked", "unknown_customer").inc(len(parked))
+    for r in final:
+        if r.status == "rejected":
+            counter.labels("rejected", r.reason or "").inc()
+    return IngestResult(accepted=len(accepted), rejected=sum(r.status == "rejected" for r in final),
+                        parked=len(parked), results=final)
+
+
+def _park(engine: sa.Engine, parked: list[tuple[int, UsageEvent]], key_id: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(insert(unmatched_usage).on_conflict_do_nothing(), [
+            {"customer_ref": e.customer_id, "transaction_id": e.transaction_id,
+             "event": e.model_dump(mode="json"), "submitted_by": key_id} for _, e in parked])
+
+
+# ------------------------------------------------------------------------------------ unmatched usage
+
+
+class UnmatchedEvent(BaseModel):
+    id: int
+    customer_ref: str
+    transaction_id: str
+    event: dict[str, Any]
+    submitted_by: str
+    created_at: datetime
+    replayed_at: datetime | None
+
+
+class ReplayRequest(BaseModel):
+    customer_ref: str = Field(min_length=1, description="the id the producer used (now a customer id or alias)")
+
+
+@router.get("/v1/usage/unmatched", response_model=Page[UnmatchedEvent], responses=PROBLEM_RESPONSES,
+            summary="Usage parked because its customer was unknown (admin)")
+async def list_unmatched(customer_ref: str | None = None, include_replayed: bool = False,
+                         limit: int = Query(50, ge=1, le=500), cursor: str | None = None,
+                         _: Principal = Depends(require(Scope.ADMIN)),
+                         container: Container = Depends(get_container)) -> Page[UnmatchedEvent]:
+    after = decode_cursor(cursor)
+
+    def load() -> list[sa.Row[Any]]:
+        query = sa.select(unmatched_usage).order_by(unmatched_usage.c.id).limit(limit + 1)
+        if after is not None:
+            query = query.where(unmatched_usage.c.id > int(after))
+        if customer_ref is not None:
+            query = query.where(unmatched_usage.c.customer_ref == customer_ref)
+        if not include_replayed:
+            query = query.where(unmatched_usage.c.replayed_at.is_(None))
+        with container.engine.connect() as conn:
+            return list(conn.execute(query))
+
+    rows = await run_in_threadpool(load)
+    items = [UnmatchedEvent.model_validate(r._mapping) for r in rows[:limit]]
+    return Page(data=items, next_cursor=encode_cursor(str(items[-1].id)) if len(rows) > limit else None)
+
+
+class ReplayResult(BaseModel):
+    replayed: int
+    still_rejected: list[EventResult]
+
+
+@router.post("/v1/usage/unmatched/replay", response_model=ReplayResult, responses=PROBLEM_RESPONSES,
+             summary="Replay parked usage of a customer that now exists (admin)")
+async def replay_unmatched(body: ReplayRequest, request: Request, _: Principal = Depends(require(Scope.ADMIN)),
+                           container: Container = Depends(get_container),
+                           directory: CustomerDirectory = Depends(directory_of)) -> ReplayResult:
+    directory.forget(body.customer_ref)
+    route = (await run_in_threadpool(directory.resolve, [body.customer_ref]))[body.customer_ref]
+    if route.customer_id is None:
+        raise ProblemError(409, "Customer still unknown", f"no customer or alias {body.customer_ref!r} yet",
+                           slug="customer-unknown")
+    if route.subscription_id is None or route.status not in USAGE_STATUSES:
+        raise ProblemError(409, "No subscription accepts usage", "subscribe the customer first",
+                           slug="no-active-subscription")
+
+    def load() -> list[sa.Row[Any]]:
+        with container.engine.connect() as conn:
+            return list(conn.execute(sa.select(unmatched_usage).where(
+                unmatched_usage.c.customer_ref == body.customer_ref, unmatched_usage.c.replayed_at.is_(None))
+                .order_by(unmatched_usage.c.id)))
+
+    rows = await run_in_threadpool(load)
+    now = await run_in_threadpool(container.clock.now)
+    messages: list[OutgoingMessage] = []
+    rejected: list[EventResult] = []
+    for row in rows:
+        event = UsageEvent.model_validate(row.event)
+        problem = _plan_problem(container.catalog, route, event)
+        # NOTE: the age limit is not re-applied: the event was on time when it arrived; the worker decides
+        # whether its period is still open.
+        if problem is not None:
+            rejected.append(EventResult(index=row.id, transaction_id=event.transaction_id, status="rejected",
+                                        reason=problem[0], errors=[problem[1]]))
+            continue
+        messages.append(usage_message(event, customer_id=route.customer_id, subscription_id=route.subscription_id,
+                                      received_at=now, producer="ingest.replay",
+                                      correlation_id=request.headers.get("x-request-id")))
+    await container.producer.send_async(messages)
+
+    def mark() -> None:
+        with container.engine.begin() as conn:
+            conn.execute(sa.update(unmatched_usage).where(unmatched_usage.c.id.in_([r.id for r in rows]))
+                         .values(replayed_at=sa.func.now()))
+
+    await run_in_threadpool(mark)
+    return ReplayResult(replayed=len(messages), still_rejected=rejected)
+

@@ -1,0 +1,132 @@
+"""Response models of the reads, built from the worker's read model and the edge's own tables."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+class _View(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class SubscriptionView(_View):
+    subscription_id: str
+    customer_id: str
+    plan_id: str
+    status: str
+    seats: int
+    pending_plan_id: str | None = None
+    pending_seats: int | None = None
+    currency: str
+    current_period_start: datetime
+    current_period_end: datetime
+    trial_end: datetime | None = None
+    cancel_at_period_end: bool
+    cancelled_at: datetime | None = None
+    paused_at: datetime | None = None
+    payment_method_id: str | None = None
+    coupon_id: str | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+class CommandView(BaseModel):
+    command_id: str
+    subscription_id: str
+    command_type: str | None = None
+    status: str
+    error_code: str | None = None
+    error_detail: str | None = None
+    poll_url: str
+    subscription: SubscriptionView | None = None
+
+
+class InvoiceLineView(_View):
+    line_no: int
+    kind: str
+    description: str
+    amount_minor: int
+    currency: str
+    quantity: Decimal | None = None
+    unit_price: Decimal | None = None
+    meter_id: str | None = None
+    plan_id: str | None = None
+    period_start: datetime | None = None
+    period_end: datetime | None = None
+    proration: bool
+
+
+class InvoiceView(_View):
+    invoice_id: str
+    subscription_id: str
+    customer_id: str
+    kind: str
+    number: str | None = None
+    status: str
+    currency: str
+    period_start: datetime
+    period_end: datetime
+    subtotal_minor: int
+    discount_minor: int
+    credits_applied_minor: int
+    tax_minor: int
+    total_minor: int
+    amount_paid_minor: int
+    issued_at: datetime | None = None
+    due_at: datetime | None = None
+    paid_at: datetime | None = None
+    lines: list[InvoiceLineView] = []
+
+
+class PaymentAttemptView(_View):
+    attempt_id: str
+    invoice_id: str
+    attempt_no: int
+    subscription_id: str
+    amount_minor: int
+    currency: str
+    status: str
+    reason: str
+    provider_ref: str | None = None
+    decline_code: str | None = None
+    hard_decline: bool
+    requested_at: datetime
+    completed_at: datetime | None = None
+
+
+class CreditBalanceView(BaseModel):
+    grant_id: str
+    meter_id: str
+    source: str
+    currency: str | None = None
+    granted_minor: int | None = None
+    remaining_minor: int | None = None
+    granted_units: Decimal | None = None
+    remaining_units: Decimal | None = None
+    effective_at: datetime
+    expires_at: datetime | None = None
+
+
+class LedgerEntryView(_View):
+    entry_id: str
+    grant_id: str
+    kind: str
+    amount_minor: int | None = None
+    units: Decimal | None = None
+    invoice_id: str | None = None
+    occurred_at: datetime
+
+
+class AuditEntryView(_View):
+    id: int
+    at: datetime
+    actor_key_id: str
+    action: str
+    customer_id: str | None = None
+    subscription_id: str | None = None
+    request_id: str | None = None
+    details: dict[str, Any]
