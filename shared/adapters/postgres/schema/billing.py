@@ -16,21 +16,23 @@ columns are also the edge's read model, so their names are plain (`subscriptions
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 
 from .base import created_at, metadata
 
 
-def _updated_at() -> sa.Column[object]:
+def _updated_at() -> sa.Column[Any]:
     return sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now())
 
 
-def _ts(name: str, *, nullable: bool = True, comment: str | None = None) -> sa.Column[object]:
+def _ts(name: str, *, nullable: bool = True, comment: str | None = None) -> sa.Column[Any]:
     return sa.Column(name, sa.DateTime(timezone=True), nullable=nullable, comment=comment)
 
 
-def _currency(nullable: bool = False) -> sa.Column[object]:
+def _currency(nullable: bool = False) -> sa.Column[Any]:
     return sa.Column("currency", sa.String(3), nullable=nullable)
 
 
@@ -331,6 +333,32 @@ sa.Index("uq_payment_attempts_one_success", payment_attempts.c.invoice_id, uniqu
 sa.Index("ix_payment_attempts_workable", payment_attempts.c.status, payment_attempts.c.lease_until,
          postgresql_where=payment_attempts.c.status.in_(("pending", "in_flight", "unknown")))
 
+# The *simulated provider's* own books (shared/adapters/payments/simulated.py), kept in PostgreSQL so that
+# they outlive a killed worker like a real provider's would. The engine never reads them; crash tests do,
+# to count the charges the provider actually made.
+simulated_gateway_charges = sa.Table(
+    "simulated_gateway_charges", metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("idempotency_key", sa.Text, nullable=False, unique=True),
+    sa.Column("invoice_id", sa.Text, nullable=False, index=True),
+    sa.Column("customer_id", sa.Text, nullable=False),
+    sa.Column("payment_method_id", sa.Text, nullable=False),
+    sa.Column("provider_ref", sa.Text, nullable=False, index=True),
+    sa.Column("succeeded", sa.Boolean, nullable=False),
+    sa.Column("amount_minor", sa.BigInteger, nullable=False),
+    _currency(),
+    sa.Column("decline_code", sa.Text),
+    sa.Column("hard_decline", sa.Boolean, nullable=False, server_default=sa.false()),
+    created_at(),
+)
+
+# Per-customer scripts of the simulated provider (the demo sets them): behave like this payment method.
+simulated_gateway_scripts = sa.Table(
+    "simulated_gateway_scripts", metadata,
+    sa.Column("customer_id", sa.Text, primary_key=True),
+    sa.Column("payment_method_id", sa.Text, nullable=False),
+)
+
 # ------------------------------------------------------------------------------------------- scheduler
 
 # What the scheduler already put on commands.v1 (one row per subscription, kind and due instant), so a
@@ -369,7 +397,8 @@ sa.Index("ix_billing_audit_log_subscription", billing_audit_log.c.subscription_i
 
 # ---------------------------------------------------------------------------------- append-only triggers
 
-_FORBID_CHANGES = sa.DDL("""
+_FORBID_CHANGES = sa.DDL(  # type: ignore[no-untyped-call]
+    """
 CREATE OR REPLACE FUNCTION billing_forbid_update_delete() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
   RAISE EXCEPTION 'table %% is append-only (%% refused)', TG_TABLE_NAME, TG_OP
@@ -379,6 +408,6 @@ END $$;
 
 for _table in (credit_entries, billing_audit_log, subscription_history):
     sa.event.listen(_table, "after_create", _FORBID_CHANGES)
-    sa.event.listen(_table, "after_create", sa.DDL(
+    sa.event.listen(_table, "after_create", sa.DDL(  # type: ignore[no-untyped-call]
         f"CREATE TRIGGER {_table.name}_append_only BEFORE UPDATE OR DELETE ON {_table.name} "
         "FOR EACH ROW EXECUTE FUNCTION billing_forbid_update_delete()"))

@@ -1,0 +1,102 @@
+"""The PaymentGateway port: charge a saved payment method for one invoice, and look a charge up.
+
+Contract (DESIGN.md rules 3 and 4):
+- The caller writes a payment-attempt row *before* calling `charge`, and passes an idempotency key derived
+  from that attempt. A gateway must treat a repeated key as the same request: it never moves money twice
+  for one key, and answers with the first outcome.
+- `charge` does not raise for business outcomes: it returns SUCCEEDED, DECLINED (with the provider's
+  decline code and whether it is hard) or UNKNOWN (timeout, connection error, provider 5xx: the request may
+  or may not have taken effect). It raises `PaymentGatewayError` only when the request certainly did not
+  reach the provider in a usable form (misconfiguration), which is retryable later.
+- An UNKNOWN outcome is reconciled with `lookup` before any retry; `lookup` returns None when the provider
+  has no record of a charge for that key (then, and only then, the same request may be sent again).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import ClassVar, Protocol
+
+from shared.domain.money import Money
+from shared.errors import InfrastructureError
+
+
+class ChargeStatus(StrEnum):
+    SUCCEEDED = "succeeded"
+    DECLINED = "declined"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeRequest:
+    """One charge of one invoice with the customer's saved payment method (off-session).
+
+    `provider_ref` is the provider object of an earlier attempt on the same invoice (Stripe: the
+    PaymentIntent), so every attempt of an invoice confirms the same PaymentIntent.
+    """
+
+    invoice_id: str
+    amount: Money
+    customer_id: str
+    payment_method_id: str
+    idempotency_key: str
+    provider_customer_id: str | None = None
+    provider_ref: str | None = None
+    description: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.amount.is_positive():
+            raise ValueError(f"a charge needs a positive amount, got {self.amount}")
+        if not self.idempotency_key:
+            raise ValueError("a charge needs an idempotency key")
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeOutcome:
+    status: ChargeStatus
+    provider_ref: str | None = None
+    decline_code: str | None = None
+    hard_decline: bool = False
+    message: str | None = None
+    amount_minor: int | None = None
+    currency: str | None = None
+
+    @classmethod
+    def succeeded(cls, provider_ref: str, amount: Money | None = None) -> ChargeOutcome:
+        return cls(ChargeStatus.SUCCEEDED, provider_ref, amount_minor=amount.amount_minor if amount else None,
+                   currency=amount.currency if amount else None)
+
+    @classmethod
+    def declined(cls, code: str, *, hard: bool, provider_ref: str | None = None,
+                 message: str | None = None) -> ChargeOutcome:
+        return cls(ChargeStatus.DECLINED, provider_ref, decline_code=code, hard_decline=hard, message=message)
+
+    @classmethod
+    def unknown(cls, message: str, provider_ref: str | None = None) -> ChargeOutcome:
+        return cls(ChargeStatus.UNKNOWN, provider_ref, message=message[:500])
+
+    @property
+    def is_final(self) -> bool:
+        return self.status is not ChargeStatus.UNKNOWN
+
+
+class PaymentGatewayError(InfrastructureError):
+    """The gateway could not be used at all (bad credentials, misconfiguration); nothing was charged."""
+
+    retryable: ClassVar[bool] = True
+
+
+class PaymentGateway(Protocol):
+    name: str
+
+    def charge(self, request: ChargeRequest) -> ChargeOutcome:
+        """Charge `request.amount` off-session; idempotent per `request.idempotency_key`."""
+        ...
+
+    def lookup(self, *, idempotency_key: str, invoice_id: str,
+               provider_ref: str | None = None) -> ChargeOutcome | None:
+        """What the provider knows about the charge sent with this key for this invoice (or about this
+        provider object); None when it has no record of a charge."""
+        ...

@@ -1,0 +1,288 @@
+"""A simulated payment provider behind the PaymentGateway port, for the demo, the fault tests and benches.
+
+It behaves like a provider, not like a mock: it keeps its own record of every charge keyed by the
+idempotency key (a repeated key replays the first answer and never charges twice), and `lookup` answers
+from that record. The record lives in memory (`InMemoryProviderRecord`, one process) or in PostgreSQL
+(`PostgresProviderRecord`), which survives a `kill -9` of the worker exactly like Stripe would, so crash
+tests can count the charges the "provider" actually made.
+
+Outcomes are scripted by the payment method id, using Stripe's test payment-method names, so a demo or a
+test scripts a customer simply by saving such a method (or with `script_customer`, which wins):
+
+    pm_card_visa, pm_card_mastercard, any other pm_card_* / pm_* .... succeeds
+    pm_card_chargeDeclined ........................................... declined generic_decline (soft)
+    pm_card_chargeDeclinedInsufficientFunds .......................... declined insufficient_funds (soft)
+    pm_card_chargeDeclinedIncorrectCvc ............................... declined incorrect_cvc (soft)
+    pm_card_chargeDeclinedProcessingError ............................ declined processing_error (soft)
+    pm_card_chargeDeclinedExpiredCard ................................ declined expired_card (hard)
+    pm_card_chargeDeclinedFraudulent ................................. declined fraudulent (hard)
+    pm_card_chargeDeclinedLostCard / ...StolenCard ................... declined lost_card / stolen_card (hard)
+    pm_sim_timeout_after_success ..................................... charged, but the caller sees a timeout
+    pm_sim_server_error .............................................. provider error, nothing charged
+    pm_sim_decline_then_succeed ...................................... first attempt of an invoice declined
+                                                                       (insufficient_funds), later ones succeed
+    pm_sim_missing ................................................... no such payment method (hard)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert
+
+from shared.adapters.payments.port import ChargeOutcome, ChargeRequest
+from shared.adapters.postgres.schema.billing import simulated_gateway_charges, simulated_gateway_scripts
+from shared.domain.dunning import DEFAULT_HARD_DECLINE_CODES
+from shared.domain.money import Money
+
+
+class Behaviour(StrEnum):
+    SUCCEED = "succeed"
+    DECLINE = "decline"
+    TIMEOUT_AFTER_SUCCESS = "timeout_after_success"
+    SERVER_ERROR = "server_error"
+    DECLINE_THEN_SUCCEED = "decline_then_succeed"
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    behaviour: Behaviour
+    decline_code: str | None = None
+
+
+_DECLINES: Mapping[str, str] = {
+    "pm_card_chargeDeclined": "generic_decline",
+    "pm_card_chargeDeclinedInsufficientFunds": "insufficient_funds",
+    "pm_card_chargeDeclinedIncorrectCvc": "incorrect_cvc",
+    "pm_card_chargeDeclinedProcessingError": "processing_error",
+    "pm_card_chargeDeclinedExpiredCard": "expired_card",
+    "pm_card_chargeDeclinedFraudulent": "fraudulent",
+    "pm_card_chargeDeclinedLostCard": "lost_card",
+    "pm_card_chargeDeclinedStolenCard": "stolen_card",
+    "pm_sim_missing": "resource_missing",
+}
+
+
+def script_of(payment_method_id: str) -> Script:
+    """The scripted behaviour a payment method id stands for (see the module docstring)."""
+    if payment_method_id in _DECLINES:
+        return Script(Behaviour.DECLINE, _DECLINES[payment_method_id])
+    if payment_method_id == "pm_sim_timeout_after_success":
+        return Script(Behaviour.TIMEOUT_AFTER_SUCCESS)
+    if payment_method_id == "pm_sim_server_error":
+        return Script(Behaviour.SERVER_ERROR)
+    if payment_method_id == "pm_sim_decline_then_succeed":
+        return Script(Behaviour.DECLINE_THEN_SUCCEED, "insufficient_funds")
+    return Script(Behaviour.SUCCEED)
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderCharge:
+    """The provider's own record of one request (one idempotency key)."""
+
+    idempotency_key: str
+    invoice_id: str
+    customer_id: str
+    payment_method_id: str
+    provider_ref: str
+    succeeded: bool
+    amount_minor: int
+    currency: str
+    decline_code: str | None = None
+    hard_decline: bool = False
+
+
+class ProviderRecord(Protocol):
+    def record(self, charge: ProviderCharge) -> ProviderCharge:
+        """Store `charge` unless its key is known; return what is stored for the key (first wins)."""
+        ...
+
+    def by_key(self, idempotency_key: str) -> ProviderCharge | None: ...
+
+    def latest_for_ref(self, provider_ref: str) -> ProviderCharge | None: ...
+
+    def declines_for_invoice(self, invoice_id: str) -> int: ...
+
+    def script_for_customer(self, customer_id: str) -> str | None: ...
+
+    def script_customer(self, customer_id: str, payment_method_id: str | None) -> None: ...
+
+
+class InMemoryProviderRecord:
+    """The provider's record in this process (unit tests, benchmarks, single-process demos)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_key: dict[str, ProviderCharge] = {}
+        self._by_ref: dict[str, ProviderCharge] = {}
+        self._declines: dict[str, int] = {}
+        self._scripts: dict[str, str] = {}
+
+    def record(self, charge: ProviderCharge) -> ProviderCharge:
+        with self._lock:
+            existing = self._by_key.get(charge.idempotency_key)
+            if existing is not None:
+                return existing
+            self._by_key[charge.idempotency_key] = charge
+            self._by_ref[charge.provider_ref] = charge
+            if not charge.succeeded:
+                self._declines[charge.invoice_id] = self._declines.get(charge.invoice_id, 0) + 1
+            return charge
+
+    def by_key(self, idempotency_key: str) -> ProviderCharge | None:
+        with self._lock:
+            return self._by_key.get(idempotency_key)
+
+    def latest_for_ref(self, provider_ref: str) -> ProviderCharge | None:
+        with self._lock:
+            return self._by_ref.get(provider_ref)
+
+    def declines_for_invoice(self, invoice_id: str) -> int:
+        with self._lock:
+            return self._declines.get(invoice_id, 0)
+
+    def script_for_customer(self, customer_id: str) -> str | None:
+        with self._lock:
+            return self._scripts.get(customer_id)
+
+    def script_customer(self, customer_id: str, payment_method_id: str | None) -> None:
+        with self._lock:
+            if payment_method_id is None:
+                self._scripts.pop(customer_id, None)
+            else:
+                self._scripts[customer_id] = payment_method_id
+
+    def charges(self) -> list[ProviderCharge]:
+        with self._lock:
+            return list(self._by_key.values())
+
+
+class PostgresProviderRecord:
+    """The provider's record in PostgreSQL: it outlives the worker process, like a real provider."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self._engine = engine
+        self._t = simulated_gateway_charges
+
+    def record(self, charge: ProviderCharge) -> ProviderCharge:
+        values = {
+            "idempotency_key": charge.idempotency_key, "invoice_id": charge.invoice_id,
+            "customer_id": charge.customer_id, "payment_method_id": charge.payment_method_id,
+            "provider_ref": charge.provider_ref, "succeeded": charge.succeeded,
+            "amount_minor": charge.amount_minor, "currency": charge.currency,
+            "decline_code": charge.decline_code, "hard_decline": charge.hard_decline,
+        }
+        with self._engine.begin() as conn:
+            conn.execute(insert(self._t).values(**values).on_conflict_do_nothing(
+                index_elements=["idempotency_key"]))
+            row = conn.execute(sa.select(self._t).where(self._t.c.idempotency_key == charge.idempotency_key)
+                               ).one()
+        return _charge_of(row)
+
+    def by_key(self, idempotency_key: str) -> ProviderCharge | None:
+        with self._engine.connect() as conn:
+            row = conn.execute(sa.select(self._t).where(self._t.c.idempotency_key == idempotency_key)
+                               ).one_or_none()
+        return _charge_of(row) if row is not None else None
+
+    def latest_for_ref(self, provider_ref: str) -> ProviderCharge | None:
+        with self._engine.connect() as conn:
+            row = conn.execute(sa.select(self._t).where(self._t.c.provider_ref == provider_ref)
+                               .order_by(self._t.c.id.desc()).limit(1)).one_or_none()
+        return _charge_of(row) if row is not None else None
+
+    def declines_for_invoice(self, invoice_id: str) -> int:
+        with self._engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(self._t).where(
+                self._t.c.invoice_id == invoice_id, self._t.c.succeeded.is_(False))).scalar_one())
+
+    def script_for_customer(self, customer_id: str) -> str | None:
+        s = simulated_gateway_scripts
+        with self._engine.connect() as conn:
+            return conn.execute(sa.select(s.c.payment_method_id).where(s.c.customer_id == customer_id)
+                                ).scalar_one_or_none()
+
+    def script_customer(self, customer_id: str, payment_method_id: str | None) -> None:
+        s = simulated_gateway_scripts
+        with self._engine.begin() as conn:
+            if payment_method_id is None:
+                conn.execute(sa.delete(s).where(s.c.customer_id == customer_id))
+            else:
+                conn.execute(insert(s).values(customer_id=customer_id, payment_method_id=payment_method_id)
+                             .on_conflict_do_update(index_elements=["customer_id"],
+                                                    set_={"payment_method_id": payment_method_id}))
+
+
+def _charge_of(row: sa.Row[Any]) -> ProviderCharge:
+    m = row._mapping
+    return ProviderCharge(m["idempotency_key"], m["invoice_id"], m["customer_id"], m["payment_method_id"],
+                          m["provider_ref"], m["succeeded"], m["amount_minor"], m["currency"],
+                          m["decline_code"], m["hard_decline"])
+
+
+class SimulatedGateway:
+    """Deterministic scripted provider; see the module docstring for the scripts."""
+
+    name = "simulated"
+
+    def __init__(self, record: ProviderRecord | None = None,
+                 hard_decline_codes: frozenset[str] = DEFAULT_HARD_DECLINE_CODES) -> None:
+        self.record: ProviderRecord = record if record is not None else InMemoryProviderRecord()
+        self._hard = hard_decline_codes | {"resource_missing"}
+
+    def script_customer(self, customer_id: str, payment_method_id: str | None) -> None:
+        """Make every charge of `customer_id` behave like `payment_method_id` (None: back to the method)."""
+        self.record.script_customer(customer_id, payment_method_id)
+
+    def charge(self, request: ChargeRequest) -> ChargeOutcome:
+        known = self.record.by_key(request.idempotency_key)
+        if known is not None:
+            return _outcome(known)
+        method = self.record.script_for_customer(request.customer_id) or request.payment_method_id
+        script = script_of(method)
+        ref = request.provider_ref or intent_ref(request.invoice_id)
+        if script.behaviour is Behaviour.SERVER_ERROR:
+            return ChargeOutcome.unknown("simulated provider error (HTTP 500): nothing was charged", ref)
+        declined_code: str | None = None
+        if script.behaviour is Behaviour.DECLINE:
+            declined_code = script.decline_code
+        elif (script.behaviour is Behaviour.DECLINE_THEN_SUCCEED
+              and self.record.declines_for_invoice(request.invoice_id) == 0):
+            declined_code = script.decline_code
+        stored = self.record.record(ProviderCharge(
+            idempotency_key=request.idempotency_key, invoice_id=request.invoice_id,
+            customer_id=request.customer_id, payment_method_id=request.payment_method_id, provider_ref=ref,
+            succeeded=declined_code is None, amount_minor=request.amount.amount_minor,
+            currency=request.amount.currency, decline_code=declined_code,
+            hard_decline=declined_code is not None and declined_code in self._hard))
+        if script.behaviour is Behaviour.TIMEOUT_AFTER_SUCCESS:
+            return ChargeOutcome.unknown("simulated timeout: the provider charged, the answer was lost", ref)
+        return _outcome(stored)
+
+    def lookup(self, *, idempotency_key: str, invoice_id: str,
+               provider_ref: str | None = None) -> ChargeOutcome | None:
+        known = self.record.by_key(idempotency_key)
+        if known is None and provider_ref is not None:
+            known = self.record.latest_for_ref(provider_ref)
+            if known is not None and known.invoice_id != invoice_id:
+                known = None
+        return _outcome(known) if known is not None else None
+
+
+def intent_ref(invoice_id: str) -> str:
+    """The simulated PaymentIntent id of an invoice (one per invoice, like the Stripe adapter)."""
+    return "pi_sim_" + hashlib.sha256(invoice_id.encode()).hexdigest()[:24]
+
+
+def _outcome(charge: ProviderCharge) -> ChargeOutcome:
+    if charge.succeeded:
+        return ChargeOutcome.succeeded(charge.provider_ref, Money(charge.amount_minor, charge.currency))
+    return ChargeOutcome.declined(charge.decline_code or "generic_decline", hard=charge.hard_decline,
+                                  provider_ref=charge.provider_ref,
+                                  message=f"simulated decline: {charge.decline_code}")
