@@ -21,6 +21,7 @@ from shared.domain.events import (
     SubscriptionCancelled,
     SubscriptionStarted,
     TrialEnded,
+    event_payload,
 )
 from shared.domain.ids import CustomerId, SubscriptionId
 from shared.domain.money import Money
@@ -316,3 +317,25 @@ def test_pause_and_resume_record_events_and_keep_the_anchor():
     subscription.resume(at=HALFWAY + timedelta(days=2))
     assert subscription.status is S.ACTIVE and subscription.anchor.day == 1
     assert [event.version for event in subscription.pull_events()] == [1, 2, 3]
+
+
+def test_events_serialise_to_json_ready_primitives_for_the_outbox():
+    subscription = subscribe("premium_monthly")
+    subscription.change_plan(
+        new_plan=CATALOG.plan("basic_monthly"), current_plan=CATALOG.plan("premium_monthly"), at=HALFWAY
+    )
+    subscription.cancel_scheduled_change(at=HALFWAY)
+    started, scheduled, dropped = subscription.pull_events()
+    assert event_payload(started)["period"] == {
+        "start": "2024-01-01T00:00:00+00:00",
+        "end": "2024-02-01T00:00:00+00:00",
+    }
+    assert event_payload(scheduled)["effective_at"] == "2024-02-01T00:00:00+00:00"
+    assert event_payload(dropped) == {
+        "subscription_id": "sub_1",
+        "version": 3,
+        "occurred_at": "2024-01-16T12:00:00+00:00",
+        "pending_plan_id": "basic_monthly",
+        "pending_seats": None,
+    }
+    assert subscription.pull_events() == []
