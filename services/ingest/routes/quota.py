@@ -1,5 +1,291 @@
-"""Placeholder: the quota routes are written by the quota area (this file is replaced)."""
+"""Report-credit endpoints (issue 7). Thin: validate, resolve the org from the key, call ``QuotaService``.
 
-from fastapi import APIRouter
+| method + path | scope | what |
+|---|---|---|
+| `PUT /v1/quota/orgs/{org_id}/plan` | admin | put the org on Ultimate / Enterprise / Basic / Lite (effective at once) |
+| `POST /v1/quota/orgs/{org_id}/trial` | admin | start the org's trial (10 reports within 14 days) |
+| `PUT /v1/quota/orgs/{org_id}/user-limit` | admin | per-user monthly limit (`null` removes it) |
+| `PUT /v1/quota/orgs/{org_id}/alert-thresholds` | admin | alert percentages (default 80, 100) |
+| `POST /v1/quota/orgs/{org_id}/top-ups` | admin | add reports for the current month (expire at its end) |
+| `POST /v1/quota/orgs/{org_id}/report-credits` | ingest | use one credit for an enquiry |
+| `GET /v1/quota/orgs/{org_id}` | read | plan, allotment, used, remaining, trial, user balance |
 
-router = APIRouter()
+Use a credit answers 200 with the remaining org and user balances, or a problem document whose `reason`
+names why: 402 `org_limit_reached`, `trial_exhausted`, `trial_expired`, `no_plan` (buy or upgrade a plan);
+429 `user_limit_reached` with `Retry-After` until the month's end (the org still has credits). A retried
+enquiry id gets the first answer back (same body, header `Idempotent-Replayed: true`) and never consumes
+twice; the enquiry id is the idempotency key, so no `Idempotency-Key` header is needed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Annotated
+
+import orjson
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from pydantic import BaseModel, Field
+from starlette.responses import Response
+
+from services.ingest.auth import Principal, Scope, require, resolve_org
+from services.ingest.problems import PROBLEM_JSON, PROBLEM_RESPONSES, Problem, ProblemError, problem_type
+from services.ingest.quota_service import CreditAnswer, QuotaRequestError, QuotaService, QuotaView
+from shared.domain.quota import QuotaDenialReason
+
+IDENTIFIER = r"^[A-Za-z0-9_.:@-]{1,200}$"
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Open the quota service's pool with the app (unless a test or bootstrap installed a service)."""
+    if getattr(app.state, "quota", None) is not None:
+        yield
+        return
+    from services.ingest.quota_wiring import build_quota_service
+
+    service, close = await build_quota_service(app.state.container)
+    app.state.quota = service
+    try:
+        yield
+    finally:
+        app.state.quota = None
+        await close()
+
+
+router = APIRouter(prefix="/v1/quota", tags=["report credits"], lifespan=_lifespan)
+
+
+def get_quota(request: Request) -> QuotaService:
+    service: QuotaService = request.app.state.quota
+    return service
+
+
+class SetPlan(BaseModel):
+    plan: str = Field(description="Ultimate, Enterprise, Basic or Lite (or the catalog id, e.g. reports_basic)")
+    timezone: str | None = Field(default=None, description="IANA zone of the org's calendar months; kept if "
+                                                           "omitted, UTC for a new org")
+    subscription_id: str | None = Field(default=None, description="key of the org's usage events")
+
+
+class StartTrial(BaseModel):
+    timezone: str | None = None
+
+
+class SetUserLimit(BaseModel):
+    limit: int | None = Field(ge=0, le=1_000_000, description="reports per user per month; null: no limit")
+
+
+class SetThresholds(BaseModel):
+    thresholds_percent: list[int] = Field(min_length=1, max_length=10)
+
+
+class TopUp(BaseModel):
+    reports: int = Field(ge=1, le=1_000_000)
+    top_up_id: str | None = Field(default=None, pattern=IDENTIFIER,
+                                  description="idempotency key of the top-up (a retry adds nothing)")
+
+
+class UseCredit(BaseModel):
+    user_id: str = Field(pattern=IDENTIFIER)
+    enquiry_id: str = Field(pattern=IDENTIFIER)
+
+
+class QuotaState(BaseModel):
+    org_id: str
+    plan_id: str | None
+    plan_name: str | None
+    plan_monthly_reports: int | None
+    timezone: str
+    month_start: datetime
+    month_end: datetime
+    top_ups: int
+    allotment: int
+    used: int
+    remaining: int
+    per_user_monthly_limit: int | None
+    alert_thresholds_percent: list[int]
+    on_trial: bool
+    trial_started_at: datetime | None
+    trial_ends_at: datetime | None
+    trial_reports: int
+    trial_used: int
+    user_id: str | None = None
+    user_used: int | None = None
+    user_remaining: int | None = None
+
+    @classmethod
+    def of(cls, view: QuotaView) -> QuotaState:
+        return cls(
+            org_id=view.org_id, plan_id=view.plan_id, plan_name=view.plan_name,
+            plan_monthly_reports=view.plan_monthly_reports, timezone=view.timezone,
+            month_start=view.month.start, month_end=view.month.end, top_ups=view.top_ups,
+            allotment=view.allotment, used=view.used, remaining=view.remaining,
+            per_user_monthly_limit=view.per_user_monthly_limit,
+            alert_thresholds_percent=list(view.alert_thresholds_percent), on_trial=view.on_trial,
+            trial_started_at=view.trial_started_at, trial_ends_at=view.trial_ends_at,
+            trial_reports=view.trial_reports, trial_used=view.trial_used, user_id=view.user_id,
+            user_used=view.user_used, user_remaining=view.user_remaining)
+
+
+class TopUpResult(BaseModel):
+    applied: bool = Field(description="false when this top_up_id was applied before (nothing added now)")
+    expires_at: datetime
+    state: QuotaState
+
+
+class CreditGranted(BaseModel):
+    org_id: str
+    enquiry_id: str
+    user_id: str
+    allowed: bool
+    reason: None = None
+    month_start: datetime
+    month_end: datetime
+    org_allotment: int
+    org_remaining: int
+    user_limit: int | None
+    user_remaining: int | None
+    on_trial: bool
+
+
+class QuotaProblem(Problem):
+    """A refused report: `reason` is one of org_limit_reached, user_limit_reached, trial_exhausted,
+    trial_expired, no_plan."""
+
+    reason: QuotaDenialReason
+    org_id: str
+    enquiry_id: str
+    user_id: str
+    org_remaining: int
+    user_remaining: int | None
+
+
+_DENIAL_STATUS = {QuotaDenialReason.USER_LIMIT_REACHED: 429}
+_DENIAL_TITLE = {
+    QuotaDenialReason.ORG_LIMIT_REACHED: "The organisation has used all its reports this month",
+    QuotaDenialReason.USER_LIMIT_REACHED: "This user has used all their reports this month",
+    QuotaDenialReason.TRIAL_EXHAUSTED: "The trial's reports are used up",
+    QuotaDenialReason.TRIAL_EXPIRED: "The trial has ended",
+    QuotaDenialReason.NO_PLAN: "The organisation has no report plan",
+}
+
+
+def _problem(error: QuotaRequestError) -> ProblemError:
+    return ProblemError(error.status, error.slug.replace("-", " ").capitalize(), error.detail, slug=error.slug)
+
+
+def _credit_response(answer: CreditAnswer, now: datetime) -> Response:
+    headers = {"Idempotent-Replayed": "true"} if answer.replayed else {}
+    if answer.allowed:
+        return Response(orjson.dumps(answer.body()), status_code=200, media_type="application/json",
+                        headers=headers)
+    reason = answer.reason or QuotaDenialReason.NO_PLAN
+    status = _DENIAL_STATUS.get(reason, 402)
+    if status == 429:
+        headers["Retry-After"] = str(max(1, math.ceil((answer.month.end - now).total_seconds())))
+    problem = QuotaProblem(
+        type=problem_type(f"quota/{reason.value}"), title=_DENIAL_TITLE[reason], status=status,
+        detail=f"report refused: {reason.value}", reason=reason, org_id=answer.org_id,
+        enquiry_id=answer.enquiry_id, user_id=answer.user_id, org_remaining=answer.org_remaining,
+        user_remaining=answer.user_remaining)
+    return Response(orjson.dumps(problem.model_dump(mode="json")), status_code=status, media_type=PROBLEM_JSON,
+                    headers=headers)
+
+
+_CREDIT_RESPONSES: dict[int | str, dict[str, object]] = {
+    200: {"model": CreditGranted, "description": "Admitted (or the replayed first answer of this enquiry)"},
+    402: {"model": QuotaProblem, "description": "Refused: org_limit_reached, trial_exhausted, trial_expired "
+                                                "or no_plan", "content": {PROBLEM_JSON: {}}},
+    429: {"model": QuotaProblem, "description": "Refused: user_limit_reached (Retry-After: until the month "
+                                                "ends)", "content": {PROBLEM_JSON: {}}},
+    **PROBLEM_RESPONSES,
+}
+
+
+@router.post("/orgs/{org_id}/report-credits", responses=_CREDIT_RESPONSES, response_class=Response,
+             summary="Use one report credit for an enquiry")
+async def use_report_credit(org_id: str, body: UseCredit,
+                            principal: Annotated[Principal, Depends(require(Scope.INGEST))],
+                            quota: Annotated[QuotaService, Depends(get_quota)]) -> Response:
+    org = resolve_org(principal, org_id)
+    answer = await quota.use_credit(org, body.user_id, body.enquiry_id)
+    if answer.user_id != body.user_id:
+        raise ProblemError(409, "Enquiry already used", f"enquiry {body.enquiry_id!r} was run by another user",
+                           slug="quota/enquiry-conflict")
+    return _credit_response(answer, await quota.now() if answer.reason is QuotaDenialReason.USER_LIMIT_REACHED
+                            else answer.month.start)
+
+
+@router.put("/orgs/{org_id}/plan", response_model=QuotaState, responses=PROBLEM_RESPONSES,
+            summary="Set the org's report plan")
+async def set_plan(org_id: str, body: SetPlan, principal: Annotated[Principal, Depends(require(Scope.ADMIN))],
+                   quota: Annotated[QuotaService, Depends(get_quota)]) -> QuotaState:
+    try:
+        view = await quota.set_plan(resolve_org(principal, org_id), body.plan, timezone=body.timezone,
+                                    subscription_id=body.subscription_id)
+    except QuotaRequestError as error:
+        raise _problem(error) from error
+    return QuotaState.of(view)
+
+
+@router.post("/orgs/{org_id}/trial", response_model=QuotaState, responses=PROBLEM_RESPONSES,
+             summary="Start the org's trial")
+async def start_trial(org_id: str, body: StartTrial,
+                      principal: Annotated[Principal, Depends(require(Scope.ADMIN))],
+                      quota: Annotated[QuotaService, Depends(get_quota)]) -> QuotaState:
+    try:
+        view = await quota.start_trial(resolve_org(principal, org_id), timezone=body.timezone)
+    except QuotaRequestError as error:
+        raise _problem(error) from error
+    return QuotaState.of(view)
+
+
+@router.put("/orgs/{org_id}/user-limit", response_model=QuotaState, responses=PROBLEM_RESPONSES,
+            summary="Set the per-user monthly limit")
+async def set_user_limit(org_id: str, body: SetUserLimit,
+                         principal: Annotated[Principal, Depends(require(Scope.ADMIN))],
+                         quota: Annotated[QuotaService, Depends(get_quota)]) -> QuotaState:
+    try:
+        view = await quota.set_user_limit(resolve_org(principal, org_id), body.limit)
+    except QuotaRequestError as error:
+        raise _problem(error) from error
+    return QuotaState.of(view)
+
+
+@router.put("/orgs/{org_id}/alert-thresholds", response_model=QuotaState, responses=PROBLEM_RESPONSES,
+            summary="Set the alert thresholds (percent of the month's allotment)")
+async def set_alert_thresholds(org_id: str, body: SetThresholds,
+                               principal: Annotated[Principal, Depends(require(Scope.ADMIN))],
+                               quota: Annotated[QuotaService, Depends(get_quota)]) -> QuotaState:
+    try:
+        view = await quota.set_alert_thresholds(resolve_org(principal, org_id), body.thresholds_percent)
+    except QuotaRequestError as error:
+        raise _problem(error) from error
+    return QuotaState.of(view)
+
+
+@router.post("/orgs/{org_id}/top-ups", response_model=TopUpResult, responses=PROBLEM_RESPONSES,
+             summary="Top up the org's reports for the current month (admin only)")
+async def top_up(org_id: str, body: TopUp, principal: Annotated[Principal, Depends(require(Scope.ADMIN))],
+                 quota: Annotated[QuotaService, Depends(get_quota)]) -> TopUpResult:
+    try:
+        view, applied, expires_at = await quota.top_up(resolve_org(principal, org_id), body.reports,
+                                                       top_up_id=body.top_up_id, granted_by=principal.key_id)
+    except QuotaRequestError as error:
+        raise _problem(error) from error
+    return TopUpResult(applied=applied, expires_at=expires_at, state=QuotaState.of(view))
+
+
+@router.get("/orgs/{org_id}", response_model=QuotaState, responses=PROBLEM_RESPONSES,
+            summary="Read the org's quota state (and one user's balance)")
+async def read_quota(org_id: str, principal: Annotated[Principal, Depends(require(Scope.READ))],
+                     quota: Annotated[QuotaService, Depends(get_quota)],
+                     user_id: Annotated[str | None, Query(pattern=IDENTIFIER)] = None) -> QuotaState:
+    try:
+        view = await quota.view(resolve_org(principal, org_id), user_id)
+    except QuotaRequestError as error:
+        raise _problem(error) from error
+    return QuotaState.of(view)

@@ -1,3 +1,171 @@
-"""Tables of the quota area (owned by that area; registered on the shared metadata)."""
+"""Tables of the quota area: report credits (hard monthly quotas) and usage-tier spend caps.
 
-from .base import metadata  # noqa: F401
+The counters are keyed by (org, calendar month start in the org's zone), so a month rolls over without any
+job: the first request of a month simply finds no row for it. Every admission is one conditional write
+(see ``shared.adapters.postgres.quota_repository``); the CHECK constraints below are the backstop that makes
+an over-admission impossible even if that write were wrong.
+"""
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY, UUID
+
+from .base import created_at, metadata
+
+# One row per org on a report plan or trial. `version` is bumped by every write that changes what the
+# quota rule would decide (a consumption, a plan, limit, threshold or time-zone change, a top-up): the
+# consumption write is conditional on it, so a decision is only committed on the state it was made on.
+quota_orgs = sa.Table(
+    "quota_orgs", metadata,
+    sa.Column("org_id", sa.Text, primary_key=True),
+    sa.Column("plan_id", sa.Text, comment="catalog plan id (reports_basic, ...); NULL: trial or nothing"),
+    sa.Column("plan_monthly_reports", sa.Integer),
+    sa.Column("per_user_monthly_limit", sa.Integer),
+    sa.Column("timezone", sa.Text, nullable=False, server_default="UTC"),
+    sa.Column("trial_started_at", sa.DateTime(timezone=True)),
+    sa.Column("trial_reports", sa.Integer, nullable=False, server_default="10"),
+    sa.Column("trial_days", sa.Integer, nullable=False, server_default="14"),
+    sa.Column("trial_used", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("alert_thresholds", ARRAY(sa.Integer), nullable=False, server_default="{80,100}"),
+    sa.Column("subscription_id", sa.Text, comment="message key of its usage events; the org id if unset"),
+    sa.Column("version", sa.BigInteger, nullable=False, server_default="0"),
+    created_at(),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.CheckConstraint("plan_monthly_reports IS NULL OR plan_monthly_reports >= 0", name="plan_reports"),
+    sa.CheckConstraint("(plan_id IS NULL) = (plan_monthly_reports IS NULL)", name="plan_pair"),
+    sa.CheckConstraint("per_user_monthly_limit IS NULL OR per_user_monthly_limit >= 0", name="user_limit"),
+    sa.CheckConstraint("trial_used >= 0 AND trial_used <= trial_reports", name="trial_used"),
+)
+
+# The org's counter for one calendar month. `carried_over` is the count already used when the plan last
+# changed this month: a downgrade below it leaves nothing to run, but the reports already run stay legal.
+quota_org_months = sa.Table(
+    "quota_org_months", metadata,
+    sa.Column("org_id", sa.Text, sa.ForeignKey("quota_orgs.org_id"), primary_key=True),
+    sa.Column("month_start", sa.DateTime(timezone=True), primary_key=True),
+    sa.Column("month_end", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("plan_monthly_reports", sa.Integer, comment="the plan's allotment this month; NULL on trial"),
+    sa.Column("top_ups", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("used", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("carried_over", sa.Integer, nullable=False, server_default="0"),
+    sa.CheckConstraint("used >= 0 AND top_ups >= 0 AND carried_over >= 0", name="counts"),
+    sa.CheckConstraint("plan_monthly_reports IS NULL "
+                       "OR used <= GREATEST(plan_monthly_reports + top_ups, carried_over)", name="allotment"),
+)
+
+# One row per user and month. `limit_at_last_use` is the per-user limit the last admission was checked
+# against, written by that same admission, so the CHECK holds the limit without a cross-table constraint.
+quota_user_months = sa.Table(
+    "quota_user_months", metadata,
+    sa.Column("org_id", sa.Text, primary_key=True),
+    sa.Column("month_start", sa.DateTime(timezone=True), primary_key=True),
+    sa.Column("user_id", sa.Text, primary_key=True),
+    sa.Column("used", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("limit_at_last_use", sa.Integer),
+    sa.CheckConstraint("used >= 0", name="used"),
+    sa.CheckConstraint("limit_at_last_use IS NULL OR used <= limit_at_last_use", name="user_limit"),
+)
+
+# One row per admitted report: the idempotency record (a retried enquiry id finds it and gets the same
+# answer) and the audit of who used what. Denials are not stored: a denied enquiry may be retried later.
+quota_consumptions = sa.Table(
+    "quota_consumptions", metadata,
+    sa.Column("org_id", sa.Text, primary_key=True),
+    sa.Column("enquiry_id", sa.Text, primary_key=True),
+    sa.Column("user_id", sa.Text, nullable=False),
+    sa.Column("month_start", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("month_end", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("consumed_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("org_allotment", sa.Integer, nullable=False),
+    sa.Column("org_remaining", sa.Integer, nullable=False),
+    sa.Column("user_limit", sa.Integer),
+    sa.Column("user_remaining", sa.Integer),
+    sa.Column("on_trial", sa.Boolean, nullable=False),
+    sa.Column("event_id", UUID(as_uuid=True), nullable=False, unique=True),
+    created_at(),
+)
+
+# Append-only history of discretionary top-ups; the month row holds their sum. They expire with the month.
+quota_top_ups = sa.Table(
+    "quota_top_ups", metadata,
+    sa.Column("top_up_id", sa.Text, primary_key=True),
+    sa.Column("org_id", sa.Text, sa.ForeignKey("quota_orgs.org_id"), nullable=False, index=True),
+    sa.Column("month_start", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("reports", sa.Integer, nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("granted_by", sa.Text, nullable=False),
+    sa.Column("granted_at", sa.DateTime(timezone=True), nullable=False),
+    sa.CheckConstraint("reports > 0", name="reports"),
+)
+
+# Alerts sent, at most one per (org, period, kind, threshold, user): the unique key is what makes an alert
+# exactly-once across retries, concurrent edges and restarts. `threshold_percent` is 0 and `user_id` is ''
+# where they do not apply (NULLs would not collide in a unique constraint).
+quota_alerts = sa.Table(
+    "quota_alerts", metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("org_id", sa.Text, nullable=False),
+    sa.Column("period_start", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("threshold_percent", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("user_id", sa.Text, nullable=False, server_default=""),
+    sa.Column("used", sa.Integer, nullable=False),
+    sa.Column("allotment", sa.Integer, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("event_id", UUID(as_uuid=True), nullable=False, unique=True),
+    sa.Column("fired_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("org_id", "period_start", "kind", "threshold_percent", "user_id"),
+    sa.CheckConstraint("kind IN ('quota.threshold_reached', 'quota.limit_reached', "
+                       "'quota.on_track_to_exceed')", name="kind"),
+)
+
+# --- usage tiers: included credits in money and a monthly spend cap -----------------------------------
+
+# An org's usage tier as the hard-limit path sees it (plan, seats, cap). `version` plays the same role as
+# on quota_orgs.
+tier_accounts = sa.Table(
+    "tier_accounts", metadata,
+    sa.Column("org_id", sa.Text, primary_key=True),
+    sa.Column("plan_id", sa.Text, nullable=False),
+    sa.Column("seats", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("timezone", sa.Text, nullable=False, server_default="UTC"),
+    sa.Column("spend_cap_minor", sa.BigInteger, comment="pay-as-you-go spend allowed per month; NULL: none"),
+    sa.Column("subscription_id", sa.Text),
+    sa.Column("version", sa.BigInteger, nullable=False, server_default="0"),
+    created_at(),
+    sa.CheckConstraint("seats >= 1", name="seats"),
+    sa.CheckConstraint("spend_cap_minor IS NULL OR spend_cap_minor >= 0", name="spend_cap"),
+)
+
+# Money used per org and calendar month. `authorised_minor` is admitted synchronously (hard guarantee);
+# `recorded_minor` is usage that arrived through Kafka and was counted afterwards (may overshoot a cap by
+# the pipeline's visibility latency). The CHECK holds the synchronous path to included credits + cap.
+tier_months = sa.Table(
+    "tier_months", metadata,
+    sa.Column("org_id", sa.Text, sa.ForeignKey("tier_accounts.org_id"), primary_key=True),
+    sa.Column("month_start", sa.DateTime(timezone=True), primary_key=True),
+    sa.Column("month_end", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("included_minor", sa.BigInteger, nullable=False),
+    sa.Column("limit_minor", sa.BigInteger, comment="included + cap (or included when blocked); NULL: none"),
+    sa.Column("authorised_minor", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("recorded_minor", sa.BigInteger, nullable=False, server_default="0"),
+    sa.CheckConstraint("authorised_minor >= 0 AND recorded_minor >= 0 AND included_minor >= 0", name="amounts"),
+    sa.CheckConstraint("limit_minor IS NULL OR authorised_minor <= limit_minor", name="limit"),
+)
+
+# One row per synchronous authorisation (idempotency key) and per recorded Kafka-path usage event.
+tier_charges = sa.Table(
+    "tier_charges", metadata,
+    sa.Column("org_id", sa.Text, primary_key=True),
+    sa.Column("charge_id", sa.Text, primary_key=True),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("meter_id", sa.Text, nullable=False),
+    sa.Column("amount_minor", sa.BigInteger, nullable=False),
+    sa.Column("month_start", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("remaining_included_minor", sa.BigInteger, nullable=False),
+    sa.Column("spend_minor", sa.BigInteger, nullable=False),
+    sa.Column("event_id", UUID(as_uuid=True)),
+    created_at(),
+    sa.CheckConstraint("path IN ('authorised', 'recorded')", name="path"),
+    sa.CheckConstraint("amount_minor >= 0", name="amount"),
+)

@@ -1,0 +1,32 @@
+"""Builds the quota service from the edge's container (called by the quota router's lifespan).
+
+The quota hot path uses its own async psycopg pool: a decision is one read and one conditional write per
+batch, and an async driver keeps those off the thread pool the rest of the edge uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from services.ingest.container import Container
+from services.ingest.quota_service import QuotaService
+from shared.adapters.notify.factory import build_notifier
+from shared.adapters.postgres.quota_repository import QuotaRepository, make_pool
+
+POOL_MIN = 2
+POOL_MAX = 16
+
+
+async def build_quota_service(container: Container) -> tuple[QuotaService, Callable[[], Awaitable[None]]]:
+    """An opened quota service and the coroutine function that closes it."""
+    pool = make_pool(container.settings, min_size=POOL_MIN, max_size=POOL_MAX)
+    await pool.open(wait=True)
+    notifier = build_notifier(container.settings)
+    service = QuotaService(QuotaRepository(pool), container.clock, container.catalog, notifier)
+
+    async def close() -> None:
+        await service.aclose()
+        await notifier.aclose()
+        await pool.close()
+
+    return service, close
