@@ -1,7 +1,14 @@
-"""`python -m services.billing_worker`: run one billing-worker instance until SIGTERM / SIGINT."""
+"""`python -m services.billing_worker`: run one billing-worker instance until SIGTERM / SIGINT.
+
+Configuration comes from BILLING_* (shared.config.Settings). Options of this one process:
+  --member-id ID          Kafka static membership: a restart with the same id resumes its partitions at once
+  --session-timeout-ms N  how soon a silent instance loses its partitions (default: librdkafka's 45 s)
+  --no-relay              do not run the outbox relay in this process
+"""
 
 from __future__ import annotations
 
+import argparse
 import signal
 import threading
 
@@ -10,7 +17,13 @@ from shared.config import Settings
 from shared.observability import configure_logging
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m services.billing_worker")
+    parser.add_argument("--member-id", default=None)
+    parser.add_argument("--session-timeout-ms", type=int, default=None)
+    parser.add_argument("--no-relay", action="store_true")
+    args = parser.parse_args(argv)
+
     settings = Settings()
     configure_logging(settings.log_level, settings.log_json)
     stop = threading.Event()
@@ -20,7 +33,9 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    build_worker(settings).run(stop)
+    worker = build_worker(settings, relay=not args.no_relay, static_member_id=args.member_id,
+                          session_timeout_ms=args.session_timeout_ms)
+    worker.run(stop)
 
 
 if __name__ == "__main__":

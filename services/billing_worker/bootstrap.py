@@ -81,7 +81,10 @@ class Worker:
 
 
 def build_worker(settings: Settings, *, handler_modules: tuple[str, ...] = HANDLER_MODULES,
-                 relay: bool = True) -> Worker:
+                 relay: bool = True, static_member_id: str | None = None,
+                 session_timeout_ms: int | None = None) -> Worker:
+    """Build a worker. `static_member_id` sets Kafka static membership (group.instance.id): a restarted
+    instance with the same id takes its partitions back at once instead of waiting for a rebalance."""
     engine = make_engine(settings)
     clock = make_clock(settings, engine)
     catalog = load_catalog(sorted(settings.catalog_dir.glob("*.yaml")))
@@ -95,8 +98,14 @@ def build_worker(settings: Settings, *, handler_modules: tuple[str, ...] = HANDL
     materializer = UsageMaterializer(MeterMap.from_catalog(catalog))
     me = instance_id()
     dlq = DeadLetterPublisher(KafkaProducer(settings, client_id=f"{me}-dlq"))
+    overrides: dict[str, object] = {}
+    if static_member_id:
+        overrides["group.instance.id"] = static_member_id
+    if session_timeout_ms:
+        overrides["session.timeout.ms"] = session_timeout_ms
+        overrides["heartbeat.interval.ms"] = max(100, session_timeout_ms // 5)
     consumer = ExactlyOnceConsumer(settings, engine, BatchProcessor(registry, materializer, clock), dlq,
-                                   topics=CONSUMED_TOPICS, instance_id=me)
+                                   topics=CONSUMED_TOPICS, instance_id=me, consumer_overrides=overrides)
     outbox_relay = OutboxRelay(engine, KafkaProducer(settings, client_id=f"{me}-relay")) if relay else None
     return Worker(settings, engine, consumer, outbox_relay, registry, materializer, me)
 

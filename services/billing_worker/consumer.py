@@ -178,6 +178,9 @@ class ExactlyOnceConsumer:
                         error=letter.error[:500], error_class=letter.error_class))
                 self._dlq.publish(dead)  # acknowledged before the offset moves past them
             self._commit_offsets(conn, next_offsets)
+        on_commit = getattr(self._apply, "on_commit", None)
+        if on_commit is not None:
+            on_commit()
         self.stats.dead_letters += len(dead)
 
     def _commit_offsets(self, conn: sa.Connection, next_offsets: dict[tuple[str, int], int]) -> None:

@@ -217,8 +217,16 @@ class BatchProcessor:
         self._usage = materializer  # services.billing_worker.usage.UsageMaterializer
         self._clock = clock
         self._log = logging.getLogger("billing_worker.processor")
+        self._pending: list[Any] = []
+
+    def on_commit(self) -> None:
+        """Count the usage statistics of the batch that just committed (rolled-back work is not counted)."""
+        for stats in self._pending:
+            self._usage.totals.add(stats)
+        self._pending = []
 
     def __call__(self, conn: sa.Connection, records: Sequence[Any]) -> list[DeadLetter]:
+        self._pending = []
         dead: list[DeadLetter] = []
         usage = [r for r in records if r.topic == topics.USAGE]
         others = [r for r in records if r.topic != topics.USAGE]
@@ -241,7 +249,7 @@ class BatchProcessor:
             return
         try:
             with conn.begin_nested():
-                self._usage.apply(conn, [item for _, item in decoded])
+                self._pending.append(self._usage.apply(conn, [item for _, item in decoded]))
             return
         except Exception as error:
             if is_retryable(error):
@@ -252,7 +260,7 @@ class BatchProcessor:
         for r, item in decoded:
             try:
                 with conn.begin_nested():
-                    self._usage.apply(conn, [item])
+                    self._pending.append(self._usage.apply(conn, [item]))
             except Exception as error:
                 if is_retryable(error):
                     raise
