@@ -38,7 +38,8 @@ def _currency(nullable: bool = False) -> sa.Column[Any]:
 
 SUBSCRIPTION_STATUSES = ("trialing", "active", "past_due", "paused", "cancelled")
 INVOICE_STATUSES = ("draft", "open", "paid", "void", "uncollectible")
-INVOICE_KINDS = ("period", "proration", "final")
+# The reason an invoice exists (shared.domain.invoice.InvoiceReason); part of its identity.
+INVOICE_KINDS = ("subscription_start", "period_close", "subscription_change", "manual")
 ATTEMPT_STATUSES = ("pending", "in_flight", "succeeded", "declined", "unknown", "cancelled")
 
 
@@ -57,6 +58,7 @@ subscriptions = sa.Table(
     sa.Column("plan_id", sa.Text, nullable=False),
     sa.Column("status", sa.Text, nullable=False),
     sa.Column("seats", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("interval", sa.Text, nullable=False, server_default="month"),
     sa.Column("pending_plan_id", sa.Text, comment="a downgrade waiting for the period end"),
     sa.Column("pending_seats", sa.Integer, comment="a seat decrease waiting for the period end"),
     _currency(),
@@ -67,7 +69,7 @@ subscriptions = sa.Table(
     sa.Column("anchor_time", sa.Time, nullable=False, server_default="00:00:00"),
     _ts("current_period_start", nullable=False),
     _ts("current_period_end", nullable=False),
-    _ts("trial_start"),
+    _ts("started_at", nullable=False),
     _ts("trial_end"),
     sa.Column("cancel_at_period_end", sa.Boolean, nullable=False, server_default=sa.false()),
     _ts("cancelled_at"),
@@ -76,12 +78,10 @@ subscriptions = sa.Table(
     sa.Column("payment_method_id", sa.Text),
     sa.Column("coupon_id", sa.Text),
     _ts("coupon_redeemed_at"),
-    sa.Column("coupon_invoices_discounted", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("accrued_proration_minor", sa.BigInteger, nullable=False, server_default="0",
-              comment="proration not invoiced at once (e.g. an immediate downgrade credit), "
-                      "carried to the next period invoice"),
-    sa.Column("aggregate", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb"),
-              comment="domain state that has no column of its own (serialised by the repository)"),
+    sa.Column("coupon_invoice_keys", JSONB, nullable=False, server_default=sa.text("'[]'::jsonb"),
+              comment="the invoices the coupon already discounted (its duration counts them)"),
+    sa.Column("carried_credit_minor", sa.BigInteger, nullable=False, server_default="0",
+              comment="credit of a negative invoice (e.g. an immediate downgrade), deducted on the next one"),
     sa.Column("version", sa.BigInteger, nullable=False, server_default="1"),
     created_at(),
     _updated_at(),
@@ -90,9 +90,10 @@ subscriptions = sa.Table(
     sa.CheckConstraint("pending_seats IS NULL OR pending_seats >= 1", name="pending_seats"),
     sa.CheckConstraint("current_period_start < current_period_end", name="period"),
     sa.CheckConstraint("anchor_day BETWEEN 1 AND 31", name="anchor_day"),
+    sa.CheckConstraint("interval IN ('month', 'year')", name="interval"),
     sa.CheckConstraint("anchor_month BETWEEN 1 AND 12", name="anchor_month"),
     sa.CheckConstraint("tax_rate_bps BETWEEN 0 AND 10000", name="tax_rate_bps"),
-    sa.CheckConstraint("coupon_invoices_discounted >= 0", name="coupon_invoices_discounted"),
+    sa.CheckConstraint("carried_credit_minor >= 0", name="carried_credit"),
 )
 # The scheduler's scans: due period ends and due trial ends among live subscriptions.
 sa.Index("ix_subscriptions_due_period_end", subscriptions.c.current_period_end,
