@@ -491,15 +491,24 @@ def usage_so_far(conn: sa.Connection, subscription_id: str, period_start: dateti
         .where(agg.subscription_id == subscription_id, agg.bucket_start >= full_from)
         .group_by(agg.meter_id)).all()
     totals = {m: Decimal(q) for m, q in rows}
-    if lo != lo_bucket:
-        for m, q in _event_sums(conn, subscription_id, lo, full_from).items():
-            totals[m] = totals.get(m, Decimal(0)) + q
-    pending = conn.execute(
+    pending = {m: Decimal(q) for m, q in conn.execute(
         sa.select(agg.meter_id, sa.func.sum(agg.quantity - agg.billed_quantity))
         .where(agg.subscription_id == subscription_id, agg.bucket_start < lo_bucket,
                agg.quantity != agg.billed_quantity)
-        .group_by(agg.meter_id)).all()
-    return UsageSoFar(subscription_id, lo, totals, {m: Decimal(q) for m, q in pending if q})
+        .group_by(agg.meter_id)).all()}
+    if lo != lo_bucket:
+        # The hour that straddles period_start: its events from period_start on are current usage; the
+        # rest of its unbilled quantity is late usage of the previous period.
+        current_in_edge = _event_sums(conn, subscription_id, lo, full_from)
+        unbilled_in_edge = dict(conn.execute(
+            sa.select(agg.meter_id, agg.quantity - agg.billed_quantity)
+            .where(agg.subscription_id == subscription_id, agg.bucket_start == lo_bucket)).all())
+        for m in set(current_in_edge) | set(unbilled_in_edge):
+            current = current_in_edge.get(m, Decimal(0))
+            totals[m] = totals.get(m, Decimal(0)) + current
+            pending[m] = pending.get(m, Decimal(0)) + Decimal(unbilled_in_edge.get(m, 0)) - current
+    return UsageSoFar(subscription_id, lo, {m: q for m, q in totals.items() if q},
+                      {m: q for m, q in pending.items() if q})
 
 
 def trace_events(conn: sa.Connection, subscription_id: str, meter_id: str, start: datetime,
