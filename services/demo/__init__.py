@@ -1,0 +1,465 @@
+"""`make demo` / `billing demo`: a realistic simulated billing month on the real local stack.
+
+1. starts the local stack, a fresh schema and topic prefix, and the three services as separate processes
+   (simulated billing clock from 2026-01-01, simulated payment gateway scripted by Stripe test cards);
+2. onboards the population (usage tiers, report-quota orgs, coupons, trials, failing cards) over HTTP;
+3. drives a month of usage, half through the SDK straight to Kafka and half over HTTP, plus report
+   credits, with upgrades, downgrades, seat changes, top-ups and cancellations mid-month;
+4. advances the clock through month end and 15 days of dunning (some customers replace their card);
+5. audits invariants in PostgreSQL, writes var/demo/summary.json and the invoices as HTML, and exits
+   non-zero if an invariant fails. It stops the services it started, and the stack unless asked not to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from services.demo.audit import run_invariants, summarise
+from services.demo.population import REPLACEMENT_CARD, DemoCustomer, build_population
+from services.demo.processes import Quiescence, ServiceProcess, free_port, wait_http_ready
+from services.demo.render import render_invoices
+from shared.adapters.kafka.producer import KafkaProducer
+from shared.adapters.postgres.engine import make_engine
+from shared.adapters.postgres.migrate import upgrade
+from shared.config import Settings
+from shared.domain.money import Money
+from shared.sdk.envelopes import usage_message
+from shared.sdk.events import UsageEvent
+
+REPO = Path(__file__).resolve().parent.parent.parent
+OUT = REPO / "var" / "demo"
+START = datetime(2026, 1, 1, tzinfo=UTC)
+ADMIN_KEY = "demo-admin-" + uuid.uuid4().hex
+WEBHOOK_SECRET = "whsec_demo_" + uuid.uuid4().hex
+console = Console()
+
+
+class Counters:
+    def __init__(self) -> None:
+        self.c: Counter[str] = Counter()
+
+    def add(self, key: str, n: int = 1) -> None:
+        self.c[key] += n
+
+
+# ------------------------------------------------------------------------------------------- setup
+
+
+def _stack_up() -> dict[str, str]:
+    out = subprocess.run([sys.executable, str(REPO / "deploy" / "stack.py"), "up", "--json"],
+                         capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        console.print(out.stderr)
+        raise SystemExit(2)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _prepare(endpoints: dict[str, str], run_id: str) -> tuple[Settings, dict[str, str]]:
+    sys.path.insert(0, str(REPO / "deploy"))
+    from stack import create_topics  # type: ignore[import-not-found]
+
+    schema, prefix = f"demo_{run_id}", f"demo{run_id}."
+    upgrade(endpoints["BILLING_DATABASE_URL"], schema)
+    create_topics(endpoints["BILLING_KAFKA_BOOTSTRAP"], prefix=prefix, partitions=6)
+    env = {
+        "BILLING_KAFKA_BOOTSTRAP": endpoints["BILLING_KAFKA_BOOTSTRAP"],
+        "BILLING_DATABASE_URL": endpoints["BILLING_DATABASE_URL"],
+        "BILLING_STRIPE_API_BASE": endpoints["BILLING_STRIPE_API_BASE"],
+        "BILLING_DATABASE_SCHEMA": schema,
+        "BILLING_TOPIC_PREFIX": prefix,
+        "BILLING_CONSUMER_GROUP": f"billing-worker-{run_id}",
+        "BILLING_CLOCK": "simulated",
+        "BILLING_SIMULATED_CLOCK_START": START.isoformat(),
+        "BILLING_PAYMENT_GATEWAY": "simulated",
+        "BILLING_ADMIN_API_KEY": ADMIN_KEY,
+        "BILLING_STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "BILLING_HTTP_PORT": str(free_port()),
+        "BILLING_LOG_LEVEL": "INFO",
+        "BILLING_SCHEDULER_INTERVAL_S": "0.5",
+    }
+    settings = Settings(**{k.removeprefix("BILLING_").lower(): v for k, v in env.items()})  # type: ignore[arg-type]
+    return settings, env
+
+
+# ------------------------------------------------------------------------------------------- HTTP helpers
+
+
+class Edge:
+    def __init__(self, base_url: str, counters: Counters) -> None:
+        self.http = httpx.AsyncClient(base_url=base_url, timeout=60,
+                                      headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+                                      limits=httpx.Limits(max_connections=32))
+        self.counters = counters
+
+    async def call(self, method: str, path: str, body: Any = None, *, expect: tuple[int, ...] = (200, 201, 202),
+                   idempotent: bool = True) -> httpx.Response:
+        headers = {"Idempotency-Key": str(uuid.uuid4())} if method == "POST" and idempotent else {}
+        for attempt in range(5):
+            resp = await self.http.request(method, path, json=body, headers=headers)
+            if resp.status_code in (503, 409) and "in flight" in resp.text.lower():
+                await asyncio.sleep(0.2 * (attempt + 1))
+                continue
+            break
+        self.counters.add(f"http_{resp.status_code}")
+        if resp.status_code not in expect:
+            self.counters.add("http_unexpected")
+            if self.counters.c["http_unexpected"] <= 10:
+                console.print(f"[yellow]{method} {path} -> {resp.status_code}[/yellow] {resp.text[:300]}")
+        return resp
+
+    async def advance(self, **delta: int) -> datetime:
+        resp = await self.call("POST", "/v1/clock/advance", delta)
+        resp.raise_for_status()
+        return datetime.fromisoformat(resp.json()["now"])
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+
+async def _gather_limited(coros: list[Any], limit: int = 24) -> list[Any]:
+    sem = asyncio.Semaphore(limit)
+
+    async def run(c: Any) -> Any:
+        async with sem:
+            return await c
+
+    return await asyncio.gather(*(run(c) for c in coros))
+
+
+# ------------------------------------------------------------------------------------------- phases
+
+
+async def onboard(edge: Edge, people: list[DemoCustomer], progress: Progress) -> None:
+    task = progress.add_task("onboarding customers", total=len(people))
+
+    async def one(c: DemoCustomer) -> None:
+        body = {"external_id": c.external_id, "kind": c.kind, "name": c.name, "email": c.email,
+                "currency": c.currency, "timezone": c.timezone, "tax_rate_bps": c.tax_rate_bps,
+                "members": [{"user_id": m} for m in c.members], "aliases": [f"alias-{c.external_id}"]}
+        if c.payment_method:
+            body["payment_method_id"] = c.payment_method
+        resp = await edge.call("POST", "/v1/customers", body)
+        if resp.status_code in (200, 201):
+            c.customer_id = resp.json()["customer_id"]
+            await subscribe(edge, c)
+        progress.advance(task)
+
+    await _gather_limited([one(c) for c in people], limit=16)
+
+
+async def subscribe(edge: Edge, c: DemoCustomer) -> None:
+    plan = c.plan_id or "reports_trial"
+    body: dict[str, Any] = {"customer_id": c.customer_id, "plan_id": plan, "seats": c.seats,
+                            "trial_days": c.trial_days, "coupon_id": c.coupon_id}
+    if c.payment_method:
+        body["payment_method_id"] = c.payment_method
+    resp = await edge.call("POST", "/v1/subscriptions", body)
+    if resp.status_code in (200, 201, 202):
+        c.subscription_id = resp.json()["subscription_id"]
+    if c.segment == "reports":
+        quota = f"/v1/quota/orgs/{c.customer_id}"
+        if c.plan_id:
+            await edge.call("PUT", f"{quota}/plan", {"plan": c.plan_id, "subscription_id": c.subscription_id or None})
+        else:
+            await edge.call("POST", f"{quota}/trial", {})
+        if c.user_limit:
+            await edge.call("PUT", f"{quota}/user-limit", {"limit": c.user_limit})
+
+
+def usage_for_day(c: DemoCustomer, day_start: datetime, rng: random.Random, until: datetime) -> list[UsageEvent]:
+    """Inference calls priced in micro-dollars (mostly small, some large) and a daily storage sample."""
+    if c.segment != "usage" or not c.subscription_id:
+        return []
+    span = int((until - day_start).total_seconds())
+    calls = max(0, int(rng.gauss(6, 3) * c.usage_intensity * (c.seats if c.kind == "org" else 1) ** 0.5))
+    events = []
+    for n in range(calls):
+        at = day_start + timedelta(seconds=rng.randrange(span))
+        cost = int(rng.lognormvariate(8.5, 1.3))  # ~USD 0.005 median, long tail
+        events.append(UsageEvent(transaction_id=f"{c.external_id}-{day_start:%m%d}-inf-{n}", customer_id=c.customer_id,
+                                 event_type="inference", timestamp=at,
+                                 properties={"model": rng.choice(("llama-3-8b", "mixtral-8x7b", "flux-dev")),
+                                             "cost_usd_micros": cost}))
+    stored_gb = 20 * c.usage_intensity * (c.seats if c.kind == "org" else 1)
+    events.append(UsageEvent(transaction_id=f"{c.external_id}-{day_start:%m%d}-sto", customer_id=c.customer_id,
+                             event_type="storage_usage", timestamp=day_start + timedelta(hours=12),
+                             properties={"gb_months": f"{stored_gb / 31:.6f}"}))
+    return events
+
+
+async def send_usage(edge: Edge, producer: KafkaProducer, events: list[tuple[DemoCustomer, UsageEvent]],
+                     rng: random.Random, counters: Counters, received_at: datetime) -> None:
+    """Half the events over HTTP (batches of up to 1000), half through the SDK straight to Kafka; a few
+    duplicates and invalid events on purpose, to show dedupe and per-event rejection."""
+    http_batch: list[dict[str, Any]] = []
+    kafka_batch = []
+    for c, e in events:
+        if rng.random() < 0.5:
+            http_batch.append(orjson.loads(e.model_dump_json()))
+        else:
+            kafka_batch.append(usage_message(e, customer_id=c.customer_id, subscription_id=c.subscription_id,
+                                             received_at=received_at, producer="demo-sdk"))
+    # duplicates (a producer retrying) and a few bad events (clock skew, unknown customer, negative value)
+    http_batch += [dict(ev) for ev in rng.sample(http_batch, min(len(http_batch), max(1, len(http_batch) // 50)))]
+    if http_batch:
+        bad = dict(http_batch[0], transaction_id=f"bad-{uuid.uuid4().hex[:8]}")
+        http_batch += [dict(bad, timestamp="2025-01-01T00:00:00Z"),
+                       dict(bad, transaction_id=bad["transaction_id"] + "-u", customer_id="nobody-knows-me"),
+                       dict(bad, transaction_id=bad["transaction_id"] + "-n", properties={"cost_usd_micros": -5})]
+    if kafka_batch:
+        await producer.send_async(kafka_batch)
+        counters.add("usage_sent_kafka", len(kafka_batch))
+    for i in range(0, len(http_batch), 1000):
+        resp = await edge.call("POST", "/v1/ingest", http_batch[i:i + 1000], idempotent=False)
+        if resp.status_code == 200:
+            body = resp.json()
+            counters.add("usage_http_accepted", body["accepted"])
+            counters.add("usage_http_rejected", body["rejected"])
+            counters.add("usage_http_parked", body["parked"])
+
+
+async def use_report_credits(edge: Edge, reporters: list[DemoCustomer], day: int, rng: random.Random,
+                             counters: Counters) -> None:
+    calls = []
+    for c in reporters:
+        monthly = {"reports_ultimate": 900, "reports_enterprise": 480, "reports_basic": 110,
+                   "reports_lite": 25}.get(c.plan_id or "", 12)
+        for n in range(max(0, int(rng.gauss(monthly / 31, monthly / 80) * c.usage_intensity ** 0.5))):
+            calls.append((c, f"enq-{c.external_id}-{day}-{n}", rng.choice(c.members)))
+
+    async def one(c: DemoCustomer, enquiry: str, user: str) -> None:
+        resp = await edge.call("POST", f"/v1/quota/orgs/{c.customer_id}/report-credits",
+                               {"user_id": user, "enquiry_id": enquiry}, expect=(200, 201, 402, 429))
+        counters.add("reports_allowed" if resp.status_code in (200, 201) else "reports_denied")
+        if resp.status_code in (402, 429):
+            counters.add(f"reports_denied_{resp.json().get('reason', resp.json().get('slug', 'other'))}")
+
+    await _gather_limited([one(*c) for c in calls], limit=24)
+
+
+async def mid_month_changes(edge: Edge, people: list[DemoCustomer], rng: random.Random, counters: Counters) -> None:
+    subs = [c for c in people if c.subscription_id and c.segment == "usage"]
+    by_plan: dict[str, list[DemoCustomer]] = {}
+    for c in subs:
+        by_plan.setdefault(c.plan_id or "", []).append(c)
+    ops: list[tuple[str, DemoCustomer, str, dict[str, Any]]] = []
+    for c in rng.sample(by_plan.get("free", []), min(25, len(by_plan.get("free", [])))):
+        ops.append(("upgrade", c, "change-plan", {"plan_id": "pro"}))
+    for c in rng.sample(by_plan.get("pro", []), min(10, len(by_plan.get("pro", [])))):
+        ops.append(("downgrade", c, "change-plan", {"plan_id": "free"}))
+    for c in rng.sample(by_plan.get("team", []), min(8, len(by_plan.get("team", [])))):
+        ops.append(("upgrade", c, "change-plan", {"plan_id": "enterprise"}))
+    for c in rng.sample(by_plan.get("enterprise", []), min(4, len(by_plan.get("enterprise", [])))):
+        ops.append(("downgrade", c, "change-plan", {"plan_id": "team"}))
+    orgs = by_plan.get("team", []) + by_plan.get("enterprise", [])
+    for c in rng.sample(orgs, min(20, len(orgs))):
+        ops.append(("seats", c, "seats", {"seats": max(1, c.seats + rng.choice((-2, -1, 2, 3, 5)))}))
+    for c in rng.sample(subs, min(12, len(subs))):
+        ops.append(("cancel", c, "cancel", {"at_period_end": rng.random() < 0.6, "reason": "demo churn"}))
+    done: set[str] = set()
+
+    async def one(kind: str, c: DemoCustomer, action: str, body: dict[str, Any]) -> None:
+        if c.external_id in done:
+            return
+        done.add(c.external_id)
+        resp = await edge.call("POST", f"/v1/subscriptions/{c.subscription_id}/{action}", body,
+                               expect=(200, 202, 409))
+        counters.add(f"change_{kind}_{'ok' if resp.status_code in (200, 202) else 'refused'}")
+        if resp.status_code in (200, 202) and action == "change-plan":
+            c.plan_id = body["plan_id"]
+
+    await _gather_limited([one(*op) for op in ops], limit=8)
+    reporters = [c for c in people if c.segment == "reports" and c.plan_id]
+    for c in rng.sample(reporters, min(15, len(reporters))):
+        resp = await edge.call("POST", f"/v1/quota/orgs/{c.customer_id}/top-ups",
+                               {"reports": rng.choice((10, 25, 50)), "top_up_id": f"topup-{c.external_id}"})
+        counters.add("top_ups" if resp.status_code == 200 else "top_ups_failed")
+
+
+def stripe_signature(payload: bytes, secret: str, at: int) -> str:
+    mac = hmac.new(secret.encode(), f"{at}.".encode() + payload, hashlib.sha256).hexdigest()
+    return f"t={at},v1={mac}"
+
+
+async def replace_cards(edge: Edge, people: list[DemoCustomer], counters: Counters) -> None:
+    """Stripe tells us a customer attached a new card (payment_method.attached): dunning retries at once."""
+    for c in people:
+        if not (c.fixes_card_during_dunning and c.customer_id):
+            continue
+        resp = await edge.http.get(f"/v1/customers/{c.customer_id}")
+        stripe_id = resp.json().get("stripe_customer_id")
+        if not stripe_id:
+            continue
+        event = {"id": f"evt_demo_{uuid.uuid4().hex[:16]}", "object": "event", "type": "payment_method.attached",
+                 "created": int(time.time()), "data": {"object": {"id": REPLACEMENT_CARD, "object": "payment_method",
+                                                                  "customer": stripe_id}}}
+        payload = orjson.dumps(event)
+        r = await edge.http.post("/v1/webhooks/stripe", content=payload, headers={
+            "Stripe-Signature": stripe_signature(payload, WEBHOOK_SECRET, int(time.time())),
+            "Content-Type": "application/json"})
+        counters.add("cards_replaced" if r.status_code == 200 else "card_replace_failed")
+
+
+# ------------------------------------------------------------------------------------------- the month
+
+
+async def simulate(settings: Settings, base_url: str, people: list[DemoCustomer], quiet: Quiescence,
+                   counters: Counters) -> dict[str, float]:
+    rng = random.Random(7)
+    edge = Edge(base_url, counters)
+    producer = KafkaProducer(settings, client_id="demo-sdk")
+    producer.start()
+    timings: dict[str, float] = {}
+    try:
+        with Progress(TextColumn("{task.description:<32}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=False) as progress:
+            t0 = time.perf_counter()
+            await onboard(edge, people, progress)
+            quiet.wait()
+            timings["onboarding_s"] = time.perf_counter() - t0
+            reporters = [c for c in people if c.segment == "reports" and c.customer_id]
+            month = progress.add_task("January: usage, reports, changes", total=31)
+            t0 = time.perf_counter()
+            day_start = START
+            for day in range(1, 32):
+                now = await edge.advance(hours=23)
+                events = [(c, e) for c in people for e in usage_for_day(c, day_start, rng, now)]
+                counters.add("usage_generated", len(events))
+                await send_usage(edge, producer, events, rng, counters, now)
+                await use_report_credits(edge, reporters, day, rng, counters)
+                if day == 12:
+                    await mid_month_changes(edge, people, rng, counters)
+                quiet.wait()
+                await edge.advance(hours=1)
+                day_start += timedelta(days=1)
+                progress.advance(month)
+            timings["month_s"] = time.perf_counter() - t0
+            close = progress.add_task("February: period close + dunning", total=16)
+            t0 = time.perf_counter()
+            for day in range(16):
+                quiet.wait(timeout=300)
+                if day == 2:
+                    await replace_cards(edge, people, counters)
+                    quiet.wait(timeout=300)
+                await edge.advance(days=1)
+                progress.advance(close)
+            quiet.wait(timeout=300)
+            timings["close_and_dunning_s"] = time.perf_counter() - t0
+    finally:
+        producer.close()
+        await edge.close()
+    return timings
+
+
+# ------------------------------------------------------------------------------------------- entry point
+
+
+def run_demo(customers: int = 600, keep_stack: bool = False) -> int:
+    started = time.perf_counter()
+    if OUT.exists():
+        shutil.rmtree(OUT)
+    (OUT / "logs").mkdir(parents=True)
+    run_id = uuid.uuid4().hex[:8]
+    console.rule("[bold]OpenLedger Billing demo: a simulated month")
+    endpoints = _stack_up()
+    settings, env = _prepare(endpoints, run_id)
+    base_url = f"http://127.0.0.1:{env['BILLING_HTTP_PORT']}"
+    services = [ServiceProcess(name, [name], env, OUT / "logs" / f"{name}.log")
+                for name in ("ingest", "worker", "dunning")]
+    engine = make_engine(settings, pool_size=4)
+    counters = Counters()
+    people = build_population(customers)
+    code = 1
+    try:
+        for s in services:
+            s.start()
+        wait_http_ready(base_url, services[0])
+        console.print(f"services up: edge {base_url}, schema {settings.database_schema}, "
+                      f"logs in {OUT / 'logs'}")
+        quiet = Quiescence(settings, engine, dunning_group=f"{settings.topic_prefix}dunning")
+        timings = asyncio.run(simulate(settings, base_url, people, quiet, counters))
+        quiet.close()
+        for s in services:
+            if not s.alive():
+                raise RuntimeError(f"{s.name} died during the demo; see {s.log_path}")
+        code = report(engine, counters, timings, time.perf_counter() - started)
+    finally:
+        for s in services:
+            s.stop()
+        engine.dispose()
+        if not keep_stack:
+            subprocess.call([sys.executable, str(REPO / "deploy" / "stack.py"), "down"])
+    return code
+
+
+def report(engine: Any, counters: Counters, timings: dict[str, float], wall_s: float) -> int:
+    invariants = run_invariants(engine)
+    summary = summarise(engine)
+    c = counters.c
+    accepted = c["usage_http_accepted"] + c["usage_sent_kafka"]
+    stored = summary["usage_stored"]["events"]
+    summary["usage_events"] = {
+        "generated": c["usage_generated"], "sent_http_accepted": c["usage_http_accepted"],
+        "sent_sdk_kafka": c["usage_sent_kafka"], "rejected": c["usage_http_rejected"],
+        "parked_unmatched": c["usage_http_parked"], "stored": stored, "deduped": max(0, accepted - stored),
+        "by_meter": summary["usage_stored"]["by_meter"],
+    }
+    summary["reports"] = {k: v for k, v in c.items() if k.startswith("reports_") or k.startswith("top_ups")}
+    summary["changes"] = {k: v for k, v in c.items() if k.startswith("change_") or k.startswith("card")}
+    summary["dunning"]["cards_replaced"] = c["cards_replaced"]
+    summary["throughput"] = {"usage_events_per_s_during_month": round(accepted / max(timings["month_s"], 1e-9), 1),
+                             **{k: round(v, 1) for k, v in timings.items()}, "wall_s": round(wall_s, 1)}
+    summary["http"] = {k: v for k, v in c.items() if k.startswith("http_")}
+    summary["invariants"] = invariants
+    n = render_invoices(engine, OUT / "invoices")
+    summary["invoices_rendered"] = n
+    (OUT / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    _print_summary(summary)
+    failed = [k for k, v in invariants.items() if v is not True]
+    if failed:
+        console.print(f"[bold red]invariants FAILED: {failed}[/bold red]")
+        return 1
+    console.print(f"[bold green]all {len(invariants)} invariants hold[/bold green]; summary: {OUT / 'summary.json'}; "
+                  f"invoices: {OUT / 'invoices' / 'index.html'}")
+    return 0
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    t = Table(title="Demo summary", show_header=False)
+    t.add_row("customers", json.dumps(s["customers"]))
+    t.add_row("subscriptions", json.dumps(s["subscriptions"]["by_status"]))
+    t.add_row("invoices", f"{s['invoices_total']} {json.dumps(s['invoices_by_status'])}")
+    for cur, r in s["revenue"].items():
+        t.add_row(f"revenue {cur}", ", ".join(f"{k} {Money(v, cur).format()}" for k, v in r.items()))
+    t.add_row("usage events", json.dumps({k: v for k, v in s["usage_events"].items() if k != "by_meter"}))
+    t.add_row("reports", json.dumps(s["reports"]))
+    t.add_row("dunning", json.dumps(s["dunning"]))
+    t.add_row("throughput", json.dumps(s["throughput"]))
+    for name, ok in s["invariants"].items():
+        t.add_row(name, "[green]true[/green]" if ok is True else f"[red]{ok} violations[/red]")
+    console.print(t)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("BILLING_LOG_JSON", "true")
+    sys.exit(run_demo())

@@ -1,0 +1,154 @@
+"""The invariant audit and the summary figures, computed with SQL against PostgreSQL.
+
+Each invariant query counts violations; 0 means the invariant holds. They read the tables the services
+wrote, never the demo's own bookkeeping, so a bug anywhere in the pipeline shows up here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+INVARIANTS: dict[str, str] = {
+    # Identity of an invoice is (subscription, period, kind); the unique constraint should make this 0.
+    "no_duplicate_invoice_per_subscription_and_period": """
+        SELECT count(*) FROM (
+          SELECT 1 FROM invoices GROUP BY subscription_id, period_start, period_end, kind HAVING count(*) > 1
+        ) d""",
+    "every_invoice_total_equals_sum_of_lines": """
+        SELECT count(*) FROM invoices i
+        LEFT JOIN (SELECT invoice_id, sum(amount_minor) AS s FROM invoice_lines GROUP BY invoice_id) l
+          ON l.invoice_id = i.invoice_id
+        WHERE i.status <> 'draft' AND i.total_minor <> coalesce(l.s, 0)""",
+    "every_invoice_line_in_invoice_currency": """
+        SELECT count(*) FROM invoice_lines l JOIN invoices i USING (invoice_id) WHERE l.currency <> i.currency""",
+    "finalised_invoice_numbers_are_gapless_per_issuer": """
+        SELECT count(*) FROM (
+          SELECT issuer, max(number_seq) - count(*) AS gap FROM invoices
+          WHERE number_seq IS NOT NULL GROUP BY issuer
+        ) g WHERE gap <> 0""",
+    # The ledger's balance is never stored: it is the sum of entries. Each grant's opening entry must equal
+    # the grant, and no grant may be overdrawn.
+    "every_ledger_balance_equals_sum_of_entries": """
+        SELECT count(*) FROM credit_grants g
+        LEFT JOIN credit_entries e ON e.grant_id = g.grant_id AND e.kind = 'grant'
+        WHERE coalesce(e.amount_minor, 0) <> coalesce(g.amount_minor, 0)
+           OR coalesce(e.units, 0) <> coalesce(g.units, 0)""",
+    "no_ledger_balance_below_zero": """
+        SELECT count(*) FROM (
+          SELECT grant_id FROM credit_entries GROUP BY grant_id
+          HAVING coalesce(sum(amount_minor), 0) < 0 OR coalesce(sum(units), 0) < 0
+        ) n""",
+    "every_successful_charge_belongs_to_exactly_one_invoice": """
+        SELECT
+          (SELECT count(*) FROM (SELECT invoice_id FROM payment_attempts WHERE status = 'succeeded'
+                                 GROUP BY invoice_id HAVING count(*) > 1) a)
+        + (SELECT count(*) FROM (SELECT invoice_id FROM simulated_gateway_charges WHERE succeeded
+                                 GROUP BY invoice_id HAVING count(*) > 1) b)
+        + (SELECT count(*) FROM simulated_gateway_charges c
+           WHERE c.succeeded AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.invoice_id = c.invoice_id))""",
+    "every_paid_invoice_is_paid_in_full_once": """
+        SELECT count(*) FROM invoices i
+        WHERE i.status = 'paid' AND (i.amount_paid_minor <> i.total_minor OR (i.total_minor > 0 AND NOT EXISTS (
+          SELECT 1 FROM payment_attempts p WHERE p.invoice_id = i.invoice_id AND p.status = 'succeeded')))""",
+    "no_usage_event_counted_twice": """
+        SELECT count(*) FROM (
+          SELECT a.subscription_id, a.meter_id FROM usage_aggregates a
+          GROUP BY a.subscription_id, a.meter_id
+          HAVING sum(a.event_count) <> (SELECT count(*) FROM usage_events e
+                                         WHERE e.subscription_id = a.subscription_id
+                                           AND e.meter_id = a.meter_id)
+        ) d""",
+}
+
+# Hard quotas: no org month, trial or user went past what it was allowed, and the counters agree with the
+# admitted reports (one row per enquiry), so nothing was admitted off the books.
+INVARIANTS["no_quota_overspend"] = """
+    SELECT
+      (SELECT count(*) FROM quota_org_months m WHERE m.plan_monthly_reports IS NOT NULL
+         AND m.used > GREATEST(m.plan_monthly_reports + m.top_ups, m.carried_over))
+    + (SELECT count(*) FROM quota_orgs o WHERE o.trial_used > o.trial_reports)
+    + (SELECT count(*) FROM quota_user_months u WHERE u.limit_at_last_use IS NOT NULL AND u.used > u.limit_at_last_use)
+    + (SELECT count(*) FROM tier_months t WHERE t.limit_minor IS NOT NULL AND t.authorised_minor > t.limit_minor)"""
+INVARIANTS["quota_counters_equal_admitted_reports"] = """
+    SELECT count(*) FROM quota_org_months m
+    WHERE m.used <> (SELECT count(*) FROM quota_consumptions c
+                     WHERE c.org_id = m.org_id AND c.month_start = m.month_start)"""
+
+
+def _table_exists(conn: sa.Connection, name: str) -> bool:
+    return bool(conn.execute(sa.text("SELECT to_regclass(:n) IS NOT NULL"), {"n": name}).scalar())
+
+
+def run_invariants(engine: sa.Engine) -> dict[str, bool | int]:
+    """Invariant name -> True when it holds, else the number of violations."""
+    results: dict[str, bool | int] = {}
+    with engine.connect() as conn:
+        for name, sql in INVARIANTS.items():
+            violations = int(conn.execute(sa.text(sql)).scalar_one())
+            results[name] = True if violations == 0 else violations
+    return results
+
+
+def _scalar(conn: sa.Connection, sql: str, **params: Any) -> Any:
+    return conn.execute(sa.text(sql), params).scalar()
+
+
+def summarise(engine: sa.Engine) -> dict[str, Any]:
+    """Business figures for the summary (all from PostgreSQL)."""
+    with engine.connect() as conn:
+        customers = dict(conn.execute(sa.text("SELECT kind, count(*) FROM customers GROUP BY kind")).all())
+        subs = dict(conn.execute(sa.text("SELECT status, count(*) FROM subscriptions GROUP BY status")).all())
+        plans = dict(conn.execute(sa.text(
+            "SELECT plan_id, count(*) FROM subscriptions GROUP BY plan_id ORDER BY 2 DESC")).all())
+        by_status = dict(conn.execute(sa.text("SELECT status, count(*) FROM invoices GROUP BY status")).all())
+        by_kind = dict(conn.execute(sa.text("SELECT kind, count(*) FROM invoices GROUP BY kind")).all())
+        revenue_rows = conn.execute(sa.text("""
+            SELECT currency,
+                   sum(total_minor) FILTER (WHERE status IN ('open', 'paid', 'uncollectible')) AS invoiced,
+                   sum(amount_paid_minor) FILTER (WHERE status = 'paid') AS collected,
+                   sum(total_minor) FILTER (WHERE status = 'open') AS outstanding,
+                   sum(total_minor) FILTER (WHERE status = 'uncollectible') AS written_off,
+                   sum(discount_minor) AS discounts, sum(tax_minor) AS tax,
+                   sum(credits_applied_minor) AS credits_applied
+            FROM invoices GROUP BY currency""")).mappings().all()
+        credits = conn.execute(sa.text("""
+            SELECT g.meter_id, g.currency,
+                   sum(e.amount_minor) FILTER (WHERE e.kind = 'grant') AS granted_minor,
+                   -sum(e.amount_minor) FILTER (WHERE e.kind = 'consume') AS consumed_minor,
+                   -sum(e.amount_minor) FILTER (WHERE e.kind = 'expire') AS expired_minor,
+                   sum(e.units) FILTER (WHERE e.kind = 'grant') AS granted_units,
+                   -sum(e.units) FILTER (WHERE e.kind = 'consume') AS consumed_units
+            FROM credit_entries e JOIN credit_grants g USING (grant_id)
+            GROUP BY g.meter_id, g.currency ORDER BY 1""")).mappings().all()
+        usage_stored = _scalar(conn, "SELECT count(*) FROM usage_events")
+        usage_by_meter = dict(conn.execute(sa.text(
+            "SELECT coalesce(meter_id, '(no meter)'), count(*) FROM usage_events GROUP BY 1")).all())
+        attempts = dict(conn.execute(sa.text(
+            "SELECT status, count(*) FROM payment_attempts GROUP BY status")).all())
+        dunning: dict[str, Any] = {}
+        if _table_exists(conn, "dunning_cases"):
+            dunning["cases_by_status"] = dict(conn.execute(sa.text(
+                "SELECT status, count(*) FROM dunning_cases GROUP BY status")).all())
+        if _table_exists(conn, "dunning_notifications"):
+            dunning["notifications_by_kind"] = dict(conn.execute(sa.text(
+                "SELECT kind, count(*) FROM dunning_notifications GROUP BY kind")).all())
+        dunning["retries_requested"] = _scalar(
+            conn, "SELECT count(*) FROM payment_attempts WHERE reason <> 'initial'")
+        dlq_like = _scalar(conn, "SELECT count(*) FROM command_outcomes WHERE status = 'rejected'")
+    return {
+        "customers": {"total": sum(customers.values()), "by_kind": customers},
+        "subscriptions": {"by_status": subs, "by_plan": plans},
+        "invoices_total": sum(by_status.values()),
+        "invoices_by_status": by_status,
+        "invoices_by_kind": by_kind,
+        "revenue": {r["currency"]: {k: int(v or 0) for k, v in r.items() if k != "currency"}
+                    for r in revenue_rows},
+        "credits": [{k: (str(v) if v is not None and k.endswith("units") else v) for k, v in r.items()}
+                    for r in credits],
+        "usage_stored": {"events": usage_stored, "by_meter": usage_by_meter},
+        "payments": {"attempts_by_status": attempts},
+        "dunning": dunning,
+        "commands_rejected": dlq_like,
+    }
