@@ -11,7 +11,8 @@ from services.billing_worker.usage import MeterMap, MeterRule, UsageItem, UsageM
 
 pytestmark = pytest.mark.integration
 
-METERS = MeterMap({"inference": MeterRule("inference", "cost_usd_micros"), "report_generated": MeterRule("reports", None)})
+METERS = MeterMap({"inference": MeterRule("inference", "cost_usd_micros"),
+                   "report_generated": MeterRule("reports", None)})
 START = datetime(2026, 1, 15, 10, 37, 12, tzinfo=UTC)  # periods anchored mid-hour on purpose
 END = datetime(2026, 2, 15, 10, 37, 12, tzinfo=UTC)
 NEXT_END = datetime(2026, 3, 15, 10, 37, 12, tzinfo=UTC)
