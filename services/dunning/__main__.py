@@ -1,0 +1,23 @@
+"""`python -m services.dunning`: run the dunning service (faust worker) with settings from BILLING_*."""
+
+from __future__ import annotations
+
+import faust
+
+from shared.config import Settings
+from shared.observability import configure_logging
+
+from .app import create_app
+from .bootstrap import bootstrap
+
+
+def main() -> None:
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_json)
+    app = create_app(bootstrap(settings))
+    worker = faust.Worker(app, loglevel=settings.log_level, override_logging=False, quiet=True)
+    worker.execute_from_commandline()
+
+
+if __name__ == "__main__":
+    main()

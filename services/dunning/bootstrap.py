@@ -1,0 +1,67 @@
+"""Composition root of the dunning service: settings in, wired objects out. Nothing connects here;
+connections open when the faust worker starts and the first transaction runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+
+from shared.adapters.clock import DatabaseClock, SystemClock
+from shared.adapters.notify.factory import build_notifier
+from shared.adapters.notify.port import Notifier
+from shared.adapters.payments.port import PaymentGateway
+from shared.adapters.payments.simulated import PostgresProviderRecord, SimulatedGateway
+from shared.adapters.payments.stripe_gateway import StripeGateway, make_stripe_client
+from shared.adapters.postgres.engine import make_engine
+from shared.config import Settings
+from shared.domain.clock import Clock
+from shared.domain.dunning import DunningPolicy
+
+from .dispatch import NotificationDispatcher
+from .handlers import DunningHandlers
+from .reconciliation import PaymentAttemptReader, PaymentReconciler
+from .repository import PostgresDunningStore, PostgresNotificationQueue
+
+
+@dataclass(frozen=True)
+class DunningContainer:
+    settings: Settings
+    engine: sa.Engine
+    clock: Clock
+    handlers: DunningHandlers
+    dispatcher: NotificationDispatcher
+    reconciler: PaymentReconciler
+    notifier: Notifier
+
+
+def build_clock(settings: Settings, engine: sa.Engine) -> Clock:
+    """The billing clock: the simulated one shared through PostgreSQL, or the system clock."""
+    if settings.clock == "simulated":
+        return DatabaseClock(engine, datetime.fromisoformat(settings.simulated_clock_start))
+    return SystemClock()
+
+
+def build_gateway(settings: Settings, engine: sa.Engine) -> PaymentGateway:
+    if settings.payment_gateway == "stripe":
+        return StripeGateway(make_stripe_client(settings.stripe_api_key.get_secret_value(),
+                                                settings.stripe_api_base))
+    return SimulatedGateway(PostgresProviderRecord(engine))
+
+
+def bootstrap(settings: Settings, *, policy: DunningPolicy | None = None, clock: Clock | None = None,
+              notifier: Notifier | None = None, gateway: PaymentGateway | None = None) -> DunningContainer:
+    # NOTE: the policy is the domain's default (retries on days 3/5/7, reminders 1/3/7, give up on day 14)
+    # until the catalog or the settings carry one; callers may pass another.
+    policy = policy or DunningPolicy()
+    engine = make_engine(settings, pool_size=5)
+    clock = clock or build_clock(settings, engine)
+    notifier = notifier or build_notifier(settings)
+    reader = PaymentAttemptReader()
+    handlers = DunningHandlers(PostgresDunningStore(engine, policy, reader), clock, policy=policy,
+                               channel=notifier.channel)
+    dispatcher = NotificationDispatcher(PostgresNotificationQueue(engine), notifier)
+    reconciler = PaymentReconciler(engine, gateway or build_gateway(settings, engine), clock, reader)
+    return DunningContainer(settings=settings, engine=engine, clock=clock, handlers=handlers,
+                            dispatcher=dispatcher, reconciler=reconciler, notifier=notifier)
