@@ -37,7 +37,7 @@ import logging
 import uuid
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from shared.adapters.notify.port import Notification, Notifier
@@ -272,7 +272,7 @@ class QuotaService:
             except DuplicateEnquiry:
                 continue
             self._notify([alert for alert in write.alerts if alert.event_id in set(inserted)], org_id, at)
-            return [answers[item.enquiry_id] for item in batch]
+            return _per_request(answers, batch)
         raise QuotaContentionError(f"org {org_id}: the quota state kept changing; retry")
 
     def _decide(self, snapshot: OrgSnapshot, month: Period, at: datetime,
@@ -557,3 +557,16 @@ class QuotaService:
     async def aclose(self) -> None:
         for task in list(self._background):
             task.cancel()
+
+
+def _per_request(answers: dict[str, CreditAnswer], batch: Sequence[_Pending]) -> list[CreditAnswer]:
+    """One answer per request; a second request for an enquiry in the same batch is a replay of the first."""
+    seen: set[str] = set()
+    results = []
+    for item in batch:
+        answer = answers[item.enquiry_id]
+        if item.enquiry_id in seen and answer.allowed:
+            answer = replace(answer, replayed=True)
+        seen.add(item.enquiry_id)
+        results.append(answer)
+    return results

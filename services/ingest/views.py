@@ -75,6 +75,7 @@ class InvoiceView(_View):
     credits_applied_minor: int
     tax_minor: int
     total_minor: int
+    amount_due_minor: int | None = None
     amount_paid_minor: int
     issued_at: datetime | None = None
     due_at: datetime | None = None

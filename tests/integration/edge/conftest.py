@@ -69,7 +69,8 @@ class StandInWorker:
                 conn.execute(subscriptions.insert().values(
                     subscription_id=sid, customer_id=p["customer_id"], plan_id=p["plan_id"],
                     status="trialing" if trial else "active", seats=p["seats"], currency=p["currency"],
-                    anchor_day=START.day, current_period_start=START, current_period_end=START + timedelta(days=31),
+                    anchor_day=START.day, started_at=START, current_period_start=START,
+                    current_period_end=START + timedelta(days=31),
                     payment_method_id=p.get("payment_method_id")))
             elif current is None:
                 status, code = "rejected", "unknown_subscription"
@@ -86,7 +87,8 @@ class StandInWorker:
                     "payment_method.update": {"payment_method_id": p.get("payment_method_id")},
                 }.get(env.type, {})
                 if values:
-                    conn.execute(sa.update(subscriptions).where(subscriptions.c.subscription_id == sid).values(**values))
+                    conn.execute(sa.update(subscriptions)
+                                 .where(subscriptions.c.subscription_id == sid).values(**values))
             conn.execute(command_outcomes.insert().values(
                 command_id=env.event_id, subscription_id=sid, command_type=env.type, status=status,
                 error_code=code, error_detail=f"cannot {env.type} from the current status" if code else None))
