@@ -88,7 +88,7 @@ def worker() -> None:
     """Run a billing worker (consumer, scheduler, payment executor, outbox relay)."""
     from services.billing_worker.__main__ import main
 
-    main()
+    main([])
 
 
 @app.command()

@@ -13,7 +13,8 @@ REPLACEMENT_CARD = "pm_card_mastercard"
 
 USAGE_TIERS = ("free", "pro", "team", "enterprise")
 REPORT_PLANS = ("reports_ultimate", "reports_enterprise", "reports_basic", "reports_lite")
-CURRENCY_TAX = (("USD", 0), ("USD", 725), ("EUR", 2000), ("GBP", 2000))
+# Plans in the shipped catalogs are priced in USD; tax rates vary by customer (0%, 7.25%, 19%, 20%).
+CURRENCY_TAX = (("USD", 0), ("USD", 725), ("USD", 1900), ("USD", 2000))
 ZONES = ("UTC", "America/New_York", "Europe/Berlin", "Asia/Tokyo", "Europe/London")
 
 
