@@ -1,0 +1,514 @@
+"""Persistence of the billing aggregates: rows <-> domain objects, in batches, inside the caller's transaction.
+
+Every function takes the open connection of the batch transaction (worker-core's processor) and never
+commits. Reads and writes are set-based (one statement per table per batch) because a billing run closes
+tens of thousands of periods at once. Identity is held by constraints (schema/billing.py): an insert that
+hits an existing identity is a no-op or an error, never a second row.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert
+
+from shared.adapters.postgres.schema.billing import (
+    billing_audit_log,
+    coupon_attachments,
+    coupon_redemptions,
+    credit_entries,
+    credit_grants,
+    invoice_lines,
+    invoice_number_sequences,
+    invoices,
+    payment_attempts,
+    subscription_history,
+    subscription_periods,
+    subscriptions,
+)
+from shared.domain.calendar import BillingAnchor, Interval, Period
+from shared.domain.catalog import Catalog, PlanId
+from shared.domain.coupons import AppliedCoupon, CouponId, CouponRedemption
+from shared.domain.events import DomainEvent, event_payload
+from shared.domain.ids import CustomerId, InvoiceId, SubscriptionId
+from shared.domain.invoice import (
+    Invoice,
+    InvoiceKey,
+    InvoiceLine,
+    InvoiceReason,
+    InvoiceStatus,
+    LineKind,
+    format_invoice_number,
+)
+from shared.domain.ledger import CreditGrant, CreditLedger, EntryKind, GrantSource, LedgerEntry, MeterCredit
+from shared.domain.money import Money, UnitPrice, sum_money
+from shared.domain.subscription import Subscription, SubscriptionStatus
+
+#: Namespace of every id this module derives (invoices, attempts, events): same input, same id.
+IDS = uuid.UUID("6f1c2b0e-9a57-4d8e-b3f1-2c7d5a9e8b41")
+
+DEFAULT_ISSUER = "default"
+DEFAULT_INVOICE_PREFIX = "OLB"
+
+
+def derived_id(prefix: str, *parts: object) -> str:
+    """A deterministic id such as ``in_3f2a...`` from its identity parts (replays derive the same id)."""
+    return f"{prefix}_{uuid.uuid5(IDS, '|'.join(str(p) for p in parts)).hex[:24]}"
+
+
+def invoice_id_for(key: InvoiceKey) -> InvoiceId:
+    return InvoiceId(derived_id("in", key))
+
+
+def attempt_id_for(invoice_id: str, attempt_no: int) -> str:
+    return derived_id("pa", invoice_id, attempt_no)
+
+
+def event_uuid(*parts: object) -> uuid.UUID:
+    return uuid.uuid5(IDS, "|".join(str(p) for p in parts))
+
+
+# ----------------------------------------------------------------------------------------- subscriptions
+
+
+@dataclass
+class SubscriptionState:
+    """The subscription aggregate plus what the worker keeps beside it (billing snapshot, payment method)."""
+
+    subscription: Subscription
+    currency: str
+    timezone: str
+    tax_rate_bps: int
+    payment_method_id: str | None = None
+    carried_credit_minor: int = 0
+    paused_at: datetime | None = None
+    cancel_reason: str | None = None
+    stored_version: int | None = None  # None: not stored yet
+
+    @property
+    def id(self) -> str:
+        return self.subscription.id
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    return value.astimezone(UTC) if value is not None else None
+
+
+def _state_of(row: Any) -> SubscriptionState:
+    keys = row.coupon_invoice_keys or []
+    coupon = None
+    if row.coupon_id is not None:
+        coupon = AppliedCoupon(coupon_id=CouponId(row.coupon_id), redeemed_at=row.coupon_redeemed_at,
+                               invoice_keys=frozenset(keys))
+    sub = Subscription(
+        id=SubscriptionId(row.subscription_id), customer_id=CustomerId(row.customer_id),
+        plan_id=PlanId(row.plan_id), status=SubscriptionStatus(row.status), seats=row.seats,
+        interval=Interval(row.interval),
+        anchor=BillingAnchor(day=row.anchor_day, time_of_day=row.anchor_time, tz=row.timezone,
+                             month=row.anchor_month),
+        current_period=Period(row.current_period_start, row.current_period_end),
+        started_at=row.started_at.astimezone(UTC), trial_end=_utc(row.trial_end),
+        cancel_at_period_end=row.cancel_at_period_end,
+        pending_plan_id=PlanId(row.pending_plan_id) if row.pending_plan_id else None,
+        pending_seats=row.pending_seats, coupon=coupon, cancelled_at=_utc(row.cancelled_at), version=row.version)
+    return SubscriptionState(sub, row.currency, row.timezone, row.tax_rate_bps, row.payment_method_id,
+                             row.carried_credit_minor, _utc(row.paused_at), row.cancel_reason, row.version)
+
+
+def _row_of(state: SubscriptionState) -> dict[str, Any]:
+    sub = state.subscription
+    return {
+        "subscription_id": sub.id, "customer_id": sub.customer_id, "plan_id": sub.plan_id,
+        "status": sub.status.value, "seats": sub.seats, "interval": sub.interval.value,
+        "pending_plan_id": sub.pending_plan_id, "pending_seats": sub.pending_seats,
+        "currency": state.currency, "timezone": state.timezone, "tax_rate_bps": state.tax_rate_bps,
+        "anchor_day": sub.anchor.day, "anchor_month": sub.anchor.month, "anchor_time": sub.anchor.time_of_day,
+        "current_period_start": sub.current_period.start, "current_period_end": sub.current_period.end,
+        "started_at": sub.started_at, "trial_end": sub.trial_end,
+        "cancel_at_period_end": sub.cancel_at_period_end, "cancelled_at": sub.cancelled_at,
+        "cancel_reason": state.cancel_reason, "paused_at": state.paused_at,
+        "payment_method_id": state.payment_method_id,
+        "coupon_id": sub.coupon.coupon_id if sub.coupon else None,
+        "coupon_redeemed_at": sub.coupon.redeemed_at if sub.coupon else None,
+        "coupon_invoice_keys": sorted(sub.coupon.invoice_keys) if sub.coupon else [],
+        "carried_credit_minor": state.carried_credit_minor, "version": sub.version,
+    }
+
+
+def load_subscriptions(conn: sa.Connection, ids: Iterable[str]) -> dict[str, SubscriptionState]:
+    wanted = sorted(set(ids))
+    if not wanted:
+        return {}
+    rows = conn.execute(sa.select(subscriptions).where(subscriptions.c.subscription_id.in_(wanted))).all()
+    return {row.subscription_id: _state_of(row) for row in rows}
+
+
+def load_subscription(conn: sa.Connection, subscription_id: str) -> SubscriptionState | None:
+    return load_subscriptions(conn, [subscription_id]).get(subscription_id)
+
+
+def save_subscriptions(conn: sa.Connection, states: Sequence[SubscriptionState]) -> None:
+    """Insert the new subscriptions and update the others (one statement each for the whole batch)."""
+    new = [_row_of(s) for s in states if s.stored_version is None]
+    stored = [_row_of(s) for s in states if s.stored_version is not None]
+    if new:
+        conn.execute(insert(subscriptions), new)
+    if stored:
+        columns = [c for c in stored[0] if c != "subscription_id"]
+        conn.execute(sa.update(subscriptions)
+                     .where(subscriptions.c.subscription_id == sa.bindparam("b_id"))
+                     .values({c: sa.bindparam(f"v_{c}") for c in columns} | {"updated_at": sa.func.now()}),
+                     [{"b_id": row["subscription_id"], **{f"v_{c}": row[c] for c in columns}} for row in stored])
+    for s in states:
+        s.stored_version = s.subscription.version
+
+
+# ----------------------------------------------------------------------------------------- credit ledger
+
+
+def credit_kinds(catalog: Catalog) -> dict[str, bool]:
+    """meter id -> True when its credits are meter units (some plan includes units of it), else money."""
+    units: dict[str, bool] = {m: False for m in catalog.meters}
+    for plan in catalog.plans.values():
+        for meter_id, pricing in plan.meters.items():
+            if pricing.included is not None and pricing.included.units is not None:
+                units[meter_id] = True
+    return units
+
+
+@dataclass
+class LedgerState:
+    ledger: CreditLedger
+    stored_entries: int
+    stored_grants: set[str] = field(default_factory=set)
+
+
+def _grant_of(row: Any) -> CreditGrant:
+    amount: Money | Decimal = (Money(row.amount_minor, row.currency) if row.amount_minor is not None
+                               else Decimal(row.units))
+    return CreditGrant(grant_id=row.grant_id, meter=row.meter_id, amount=amount, source=GrantSource(row.source),
+                       effective_at=row.effective_at, expires_at=_utc(row.expires_at), priority=row.priority)
+
+
+def _entry_of(row: Any, currency_of: Mapping[str, str | None], meter_of: Mapping[str, str]) -> LedgerEntry:
+    currency = currency_of.get(row.grant_id)
+    amount: Money | Decimal = (Money(row.amount_minor, currency or "USD") if row.amount_minor is not None
+                               else Decimal(row.units))
+    return LedgerEntry(entry_id=row.entry_id, account_id=row.subscription_id, meter=meter_of[row.grant_id],
+                       grant_id=row.grant_id, kind=EntryKind(row.kind), amount=amount,
+                       at=row.occurred_at.astimezone(UTC), reference=row.reference)
+
+
+def load_ledgers(conn: sa.Connection, states: Sequence[SubscriptionState],
+                 kinds: Mapping[str, bool]) -> dict[str, LedgerState]:
+    """The credit ledger of each subscription, replayed from its stored grants and entries."""
+    by_id = {s.id: s for s in states}
+    if not by_id:
+        return {}
+    grants = conn.execute(sa.select(credit_grants).where(credit_grants.c.subscription_id.in_(list(by_id)))
+                          .order_by(credit_grants.c.subscription_id, credit_grants.c.granted_at,
+                                    credit_grants.c.grant_id)).all()
+    entries = conn.execute(sa.select(credit_entries).where(credit_entries.c.subscription_id.in_(list(by_id)))
+                           .order_by(credit_entries.c.seq)).all() if grants else []
+    grants_of: dict[str, list[Any]] = {}
+    for g in grants:
+        grants_of.setdefault(g.subscription_id, []).append(g)
+    entries_of: dict[str, list[Any]] = {}
+    for e in entries:
+        entries_of.setdefault(e.subscription_id, []).append(e)
+    out: dict[str, LedgerState] = {}
+    for sub_id, state in by_id.items():
+        meters = [MeterCredit(m, None if is_units else state.currency) for m, is_units in kinds.items()]
+        rows = grants_of.get(sub_id, [])
+        currency_of = {g.grant_id: g.currency for g in rows}
+        meter_of = {g.grant_id: g.meter_id for g in rows}
+        # Replayed in write order, which is the order the ledger applied them in.
+        stored = [_entry_of(e, currency_of, meter_of) for e in entries_of.get(sub_id, [])]
+        ledger = CreditLedger.open(sub_id, meters, state.timezone, [_grant_of(g) for g in rows], stored)
+        out[sub_id] = LedgerState(ledger, len(stored), {g.grant_id for g in rows})
+    return out
+
+
+def ledger_rows(states: Mapping[str, LedgerState], customer_of: Mapping[str, str], at: datetime,
+                invoice_of_key: Mapping[str, str] | None = None) -> tuple[list[dict[str, Any]],
+                                                                          list[dict[str, Any]]]:
+    """The grant and entry rows the ledgers appended since they were loaded (and mark them stored).
+
+    `invoice_of_key` maps an invoice key (str) to its invoice id: rating's consumption references start
+    with the invoice key, so each consumption entry is linked to the invoice that drew it.
+    """
+    grant_rows: list[dict[str, Any]] = []
+    entry_rows: list[dict[str, Any]] = []
+    for sub_id, state in states.items():
+        ledger = state.ledger
+        entries = ledger.entries
+        new_entries = entries[state.stored_entries:]
+        if not new_entries:
+            continue
+        for entry in new_entries:
+            if entry.kind is EntryKind.GRANT and entry.grant_id not in state.stored_grants:
+                grant = next(g for g in ledger.grants(entry.meter) if g.grant_id == entry.grant_id)
+                grant_rows.append(_grant_row(sub_id, customer_of[sub_id], grant, at))
+                state.stored_grants.add(grant.grant_id)
+            invoice_id = None
+            if invoice_of_key and entry.reference:
+                invoice_id = invoice_of_key.get(entry.reference.split("|usage|")[0].split("|adjustment|")[0])
+            entry_rows.append({
+                "entry_id": entry.entry_id, "grant_id": entry.grant_id, "subscription_id": sub_id,
+                "kind": entry.kind.value,
+                "amount_minor": entry.amount.amount_minor if isinstance(entry.amount, Money) else None,
+                "units": entry.amount if isinstance(entry.amount, Decimal) else None,
+                "invoice_id": invoice_id, "reference": entry.reference, "occurred_at": entry.at})
+        state.stored_entries = len(entries)
+    return grant_rows, entry_rows
+
+
+def _grant_row(sub_id: str, customer_id: str, grant: CreditGrant, at: datetime) -> dict[str, Any]:
+    money = grant.amount if isinstance(grant.amount, Money) else None
+    return {"grant_id": grant.grant_id, "subscription_id": sub_id, "customer_id": customer_id,
+            "meter_id": grant.meter, "source": grant.source.value,
+            "amount_minor": money.amount_minor if money else None, "currency": money.currency if money else None,
+            "units": grant.amount if isinstance(grant.amount, Decimal) else None, "priority": grant.priority,
+            "effective_at": grant.effective_at, "expires_at": grant.expires_at, "granted_at": at}
+
+
+def save_ledger_rows(conn: sa.Connection, grant_rows: list[dict[str, Any]],
+                     entry_rows: list[dict[str, Any]]) -> None:
+    if grant_rows:
+        conn.execute(insert(credit_grants), grant_rows)
+    if entry_rows:
+        conn.execute(insert(credit_entries), entry_rows)
+
+
+# ---------------------------------------------------------------------------------------------- invoices
+
+
+def allocate_invoice_numbers(conn: sa.Connection, count: int, *, issuer: str = DEFAULT_ISSUER,
+                             prefix: str = DEFAULT_INVOICE_PREFIX) -> list[str]:
+    """`count` consecutive numbers of `issuer`, taken from its counter row in this transaction.
+
+    Gapless: the counter moves only if the transaction commits, and the row lock it takes serialises
+    concurrent finalisations of the same issuer until then.
+    """
+    if count <= 0:
+        return []
+    conn.execute(insert(invoice_number_sequences).values(issuer=issuer, prefix=prefix, next_number=1)
+                 .on_conflict_do_nothing(index_elements=["issuer"]))
+    row = conn.execute(sa.update(invoice_number_sequences).where(invoice_number_sequences.c.issuer == issuer)
+                       .values(next_number=invoice_number_sequences.c.next_number + count,
+                               updated_at=sa.func.now())
+                       .returning(invoice_number_sequences.c.next_number, invoice_number_sequences.c.prefix)).one()
+    first = row.next_number - count
+    return [format_invoice_number(row.prefix, first + i) for i in range(count)]
+
+
+def _line_row(invoice: Invoice, line_no: int, line: InvoiceLine, plan_id: str | None) -> dict[str, Any]:
+    return {"invoice_id": invoice.id, "line_no": line_no, "kind": line.kind.value,
+            "description": line.description, "amount_minor": line.amount.amount_minor,
+            "currency": line.amount.currency, "quantity": line.quantity,
+            "unit_price": line.unit_price.amount if line.unit_price else None, "meter_id": line.meter_id,
+            "plan_id": plan_id if line.kind in (LineKind.FEE, LineKind.PRORATION) else None,
+            "period_start": line.period.start if line.period else None,
+            "period_end": line.period.end if line.period else None, "proration": line.proration,
+            "taxable": line.is_taxable, "source": None}
+
+
+@dataclass(frozen=True)
+class InvoiceToStore:
+    invoice: Invoice
+    plan_id: str | None
+    payment_method_id: str | None
+    issuer: str = DEFAULT_ISSUER
+
+
+def _sum_kind(invoice: Invoice, kind: LineKind) -> int:
+    return sum_money((line.amount for line in invoice.lines_of(kind)), invoice.currency).amount_minor
+
+
+def invoice_row(item: InvoiceToStore) -> dict[str, Any]:
+    inv = item.invoice
+    return {
+        "invoice_id": inv.id, "subscription_id": inv.subscription_id, "customer_id": inv.customer_id,
+        "kind": inv.key.reason.value, "period_start": inv.period.start, "period_end": inv.period.end,
+        "status": inv.status.value, "issuer": item.issuer, "number": inv.number,
+        "number_seq": int(inv.number.rsplit("-", 1)[1]) if inv.number else None, "currency": inv.currency,
+        "subtotal_minor": inv.subtotal.amount_minor, "discount_minor": -_sum_kind(inv, LineKind.DISCOUNT),
+        "credits_applied_minor": -_sum_kind(inv, LineKind.CREDIT), "tax_minor": inv.tax.amount_minor,
+        "total_minor": inv.total.amount_minor, "amount_due_minor": inv.amount_due.amount_minor,
+        "amount_paid_minor": inv.amount_due.amount_minor if inv.status is InvoiceStatus.PAID else 0,
+        "tax_rate_bps": inv.tax_rate_bps, "plan_id": item.plan_id, "payment_method_id": item.payment_method_id,
+        "issued_at": inv.finalized_at, "due_at": inv.finalized_at, "paid_at": inv.paid_at,
+    }
+
+
+def insert_invoices(conn: sa.Connection, items: Sequence[InvoiceToStore]) -> set[str]:
+    """Store finalised invoices with their lines; returns the ids really inserted (an invoice whose
+    identity already exists is not stored twice)."""
+    if not items:
+        return set()
+    inserted = set(conn.execute(
+        insert(invoices).on_conflict_do_nothing(constraint="uq_invoices_identity").returning(invoices.c.invoice_id),
+        [invoice_row(i) for i in items]).scalars().all())
+    lines = [_line_row(i.invoice, n, line, i.plan_id) for i in items if i.invoice.id in inserted
+             for n, line in enumerate(i.invoice.lines, start=1)]
+    if lines:
+        conn.execute(insert(invoice_lines), lines)
+    return inserted
+
+
+def load_invoice(conn: sa.Connection, invoice_id: str) -> tuple[Invoice, Any] | None:
+    """The invoice as a domain object (with its lines) and its row."""
+    row = conn.execute(sa.select(invoices).where(invoices.c.invoice_id == invoice_id)).one_or_none()
+    if row is None:
+        return None
+    line_rows = conn.execute(sa.select(invoice_lines).where(invoice_lines.c.invoice_id == invoice_id)
+                             .order_by(invoice_lines.c.line_no)).all()
+    lines = tuple(InvoiceLine(
+        kind=LineKind(r.kind), description=r.description, amount=Money(r.amount_minor, r.currency),
+        quantity=Decimal(r.quantity) if r.quantity is not None else Decimal(1),
+        unit_price=UnitPrice(Decimal(r.unit_price), r.currency) if r.unit_price is not None else None,
+        period=Period(r.period_start, r.period_end) if r.period_start and r.period_end else None,
+        proration=r.proration, meter_id=r.meter_id, taxable=r.taxable) for r in line_rows)
+    invoice = Invoice(
+        id=InvoiceId(row.invoice_id),
+        key=InvoiceKey(SubscriptionId(row.subscription_id), InvoiceReason(row.kind),
+                       Period(row.period_start, row.period_end)),
+        customer_id=CustomerId(row.customer_id), currency=row.currency,
+        created_at=row.issued_at or row.created_at, status=InvoiceStatus(row.status), lines=lines,
+        tax_rate_bps=row.tax_rate_bps, number=row.number, finalized_at=_utc(row.issued_at),
+        paid_at=_utc(row.paid_at), version=1)
+    return invoice, row
+
+
+def save_invoice_status(conn: sa.Connection, invoice: Invoice, *, provider_ref: str | None = None,
+                        at: datetime | None = None) -> None:
+    values: dict[str, Any] = {"status": invoice.status.value, "updated_at": sa.func.now()}
+    if invoice.status is InvoiceStatus.PAID:
+        values |= {"paid_at": invoice.paid_at, "amount_paid_minor": invoice.amount_due.amount_minor}
+        if provider_ref:
+            values["provider_ref"] = provider_ref
+    elif invoice.status is InvoiceStatus.VOID:
+        values["voided_at"] = at
+    elif invoice.status is InvoiceStatus.UNCOLLECTIBLE:
+        values["marked_uncollectible_at"] = at
+    conn.execute(sa.update(invoices).where(invoices.c.invoice_id == invoice.id).values(values))
+
+
+def open_invoices_of(conn: sa.Connection, subscription_id: str) -> list[str]:
+    return list(conn.execute(sa.select(invoices.c.invoice_id).where(
+        invoices.c.subscription_id == subscription_id,
+        invoices.c.status.in_(("open", "uncollectible")))).scalars().all())
+
+
+def audit_invoice_totals(conn: sa.Connection) -> list[str]:
+    """Invoices whose stored total differs from the sum of their lines (should always be empty)."""
+    line_sum = (sa.select(invoice_lines.c.invoice_id, sa.func.sum(invoice_lines.c.amount_minor).label("s"))
+                .group_by(invoice_lines.c.invoice_id).subquery())
+    return list(conn.execute(
+        sa.select(invoices.c.invoice_id).select_from(invoices.outerjoin(
+            line_sum, line_sum.c.invoice_id == invoices.c.invoice_id))
+        .where(sa.func.coalesce(line_sum.c.s, 0) != invoices.c.total_minor)).scalars().all())
+
+
+# ---------------------------------------------------------------------------------------------- payments
+
+
+@dataclass(frozen=True)
+class AttemptToCreate:
+    invoice_id: str
+    attempt_no: int
+    subscription_id: str
+    customer_id: str
+    amount: Money
+    payment_method_id: str | None
+    requested_at: datetime
+    reason: str = "initial"
+
+    @property
+    def attempt_id(self) -> str:
+        return attempt_id_for(self.invoice_id, self.attempt_no)
+
+
+def insert_payment_attempts(conn: sa.Connection, attempts: Sequence[AttemptToCreate]) -> int:
+    """Write attempts *before* any provider call; the idempotency key is the attempt id. Returns how
+    many were new (an attempt already written is left as it is)."""
+    if not attempts:
+        return 0
+    rows = [{"attempt_id": a.attempt_id, "invoice_id": a.invoice_id, "attempt_no": a.attempt_no,
+             "subscription_id": a.subscription_id, "customer_id": a.customer_id,
+             "amount_minor": a.amount.amount_minor, "currency": a.amount.currency,
+             "payment_method_id": a.payment_method_id, "idempotency_key": a.attempt_id, "status": "pending",
+             "reason": a.reason, "requested_at": a.requested_at} for a in attempts]
+    result = conn.execute(insert(payment_attempts).on_conflict_do_nothing().returning(
+        payment_attempts.c.attempt_id), rows)
+    return len(result.scalars().all())
+
+
+# ------------------------------------------------------------------------------- coupons, periods, history
+
+
+def coupon_times_redeemed(conn: sa.Connection, coupon_id: str) -> int:
+    return int(conn.execute(sa.select(sa.func.count()).select_from(coupon_attachments)
+                            .where(coupon_attachments.c.coupon_id == coupon_id)).scalar_one())
+
+
+def attach_coupon(conn: sa.Connection, coupon_id: str, subscription_id: str, at: datetime) -> None:
+    conn.execute(insert(coupon_attachments).values(coupon_id=coupon_id, subscription_id=subscription_id,
+                                                   attached_at=at).on_conflict_do_nothing())
+
+
+def insert_redemptions(conn: sa.Connection, rows: Sequence[tuple[CouponRedemption, str, str, datetime]]) -> None:
+    """(redemption, subscription id, invoice id, at): counted once per key, whatever the replays."""
+    if rows:
+        conn.execute(insert(coupon_redemptions).on_conflict_do_nothing(), [
+            {"redemption_key": r.key, "coupon_id": r.coupon_id, "subscription_id": sub, "invoice_id": inv,
+             "amount_minor": r.amount.amount_minor, "currency": r.amount.currency, "redeemed_at": at}
+            for r, sub, inv, at in rows])
+
+
+def record_periods(conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """Upsert subscription periods: (subscription_id, period_start, period_end, plan_id, seats[, invoice_id,
+    closed_at])."""
+    if not rows:
+        return
+    full = [{"invoice_id": None, "closed_at": None, **r} for r in rows]
+    stmt = insert(subscription_periods)
+    conn.execute(stmt.on_conflict_do_update(
+        index_elements=["subscription_id", "period_start"],
+        set_={"invoice_id": sa.func.coalesce(stmt.excluded.invoice_id, subscription_periods.c.invoice_id),
+              "closed_at": sa.func.coalesce(stmt.excluded.closed_at, subscription_periods.c.closed_at),
+              "period_end": stmt.excluded.period_end}), full)
+
+
+def history_rows(events: Iterable[DomainEvent], command_id: str | None) -> list[dict[str, Any]]:
+    rows = []
+    for event in events:
+        payload = event_payload(event)
+        rows.append({
+            "subscription_id": event.subscription_id,
+            "event_id": str(event_uuid(event.subscription_id, "history", event.version, event.name,
+                                       payload.get("invoice_id", ""))),
+            "event_type": event.name, "occurred_at": event.occurred_at,
+            "old_status": payload.get("from_status"), "new_status": payload.get("to_status") or payload.get("status"),
+            "plan_id": payload.get("plan_id") or payload.get("to_plan_id"),
+            "seats": payload.get("seats") or payload.get("to_seats"), "detail": payload, "command_id": command_id})
+    return rows
+
+
+def append_history(conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        conn.execute(insert(subscription_history).on_conflict_do_nothing(index_elements=["event_id"]), rows)
+
+
+def append_audit(conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """Rows of (occurred_at, actor, action, entity_type, entity_id, subscription_id, customer_id,
+    command_id, detail); append-only."""
+    if rows:
+        conn.execute(insert(billing_audit_log), [{"detail": {}, "subscription_id": None, "customer_id": None,
+                                                  "command_id": None, **r} for r in rows])
