@@ -64,15 +64,15 @@ def create_app(container: DunningContainer) -> faust.App:
         async for event in stream.events():
             await consumer.consume(event)
 
-    @app.timer(interval=settings.scheduler_interval_s, name="dunning-schedule")
+    @app.timer(interval=settings.scheduler_interval_s, name="dunning-schedule")  # type: ignore[untyped-decorator]
     async def run_schedule() -> None:
         await _periodic("schedule", lambda: asyncio.to_thread(container.handlers.run_due))
 
-    @app.timer(interval=settings.scheduler_interval_s, name="dunning-notifications")
+    @app.timer(interval=settings.scheduler_interval_s, name="dunning-notifications")  # type: ignore[untyped-decorator]
     async def deliver_notifications() -> None:
         await _periodic("notifications", container.dispatcher.deliver_due)
 
-    @app.timer(interval=max(settings.scheduler_interval_s, 5.0), name="dunning-reconciliation")
+    @app.timer(interval=max(settings.scheduler_interval_s, 5.0), name="dunning-reconciliation")  # type: ignore[untyped-decorator]
     async def reconcile_payments() -> None:
         await _periodic("reconciliation", lambda: asyncio.to_thread(container.reconciler.run_once))
 

@@ -206,7 +206,7 @@ class PostgresNotificationQueue:
                 n.update().where(n.c.notification_id.in_(due))
                 .values(next_attempt_at=sa.func.now() + lease, attempts=n.c.attempts + 1)
                 .returning(n)).all()
-        rows.sort(key=lambda row: row.seq)
+        rows = sorted(rows, key=lambda row: row.seq)
         return [ClaimedNotification(
             Notification(notification_id=row.notification_id, kind=row.kind, customer_id=row.customer_id,
                          recipient=row.recipient, subject=row.subject, body=row.body,

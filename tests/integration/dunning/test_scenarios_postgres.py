@@ -12,7 +12,7 @@ from services.dunning.handlers import DunningHandlers
 from services.dunning.reconciliation import PaymentAttemptReader
 from services.dunning.repository import PostgresDunningStore
 from shared.adapters.clock import ManualClock
-from shared.adapters.postgres.schema.billing import invoices, payment_attempts
+from shared.adapters.postgres.schema.billing import INVOICE_KINDS, invoices, payment_attempts
 from shared.adapters.postgres.schema.core import customers, outbox
 from shared.adapters.postgres.schema.dunning import dunning_cases, dunning_notifications
 from shared.contracts import topics
@@ -57,8 +57,9 @@ class PostgresProbe:
                 return
             conn.execute(invoices.insert().values(
                 invoice_id=invoice_id, subscription_id=self._subscription_id, customer_id=self._customer_id,
-                kind="period", period_start=FIRST_FAILURE - timedelta(days=30), period_end=FIRST_FAILURE,
-                status="open", number=f"N-{invoice_id}", currency="USD", total_minor=2000))
+                kind=INVOICE_KINDS[0], period_start=FIRST_FAILURE - timedelta(days=30), period_end=FIRST_FAILURE,
+                status="open", number=f"N-{invoice_id}", currency="USD", total_minor=2000,
+                amount_due_minor=2000))
             conn.execute(payment_attempts.insert().values(
                 attempt_id=f"{invoice_id}-a9", invoice_id=invoice_id, attempt_no=9,
                 subscription_id=self._subscription_id, customer_id=self._customer_id, amount_minor=2000,
