@@ -141,8 +141,9 @@ def _write_customer(engine: sa.Engine, body: OnboardRequest, principal: Principa
         if body.aliases:
             conn.execute(insert(customer_aliases).on_conflict_do_nothing(),
                          [{"alias": a, "customer_id": customer_id} for a in body.aliases])
-            owners = dict(conn.execute(sa.select(customer_aliases.c.alias, customer_aliases.c.customer_id)
-                                       .where(customer_aliases.c.alias.in_(body.aliases))).all())
+            owners: dict[str, str] = {r.alias: r.customer_id for r in conn.execute(
+                sa.select(customer_aliases.c.alias, customer_aliases.c.customer_id)
+                .where(customer_aliases.c.alias.in_(body.aliases)))}
             taken = [a for a in body.aliases if owners.get(a) != customer_id]
             if taken:
                 raise ProblemError(409, "Alias taken", "an alias belongs to another customer", slug="alias-taken",

@@ -52,7 +52,7 @@ def _page(container: Container, query: sa.Select[Any], key: sa.ColumnElement[Any
         rows = list(conn.execute(query.order_by(key).limit(limit + 1)))
     more = len(rows) > limit
     rows = rows[:limit]
-    return rows, encode_cursor(str(getattr(rows[-1], key.key))) if more and rows else None
+    return rows, encode_cursor(str(rows[-1]._mapping[key])) if more and rows else None
 
 
 async def _subscription_owner(container: Container, principal: Principal, subscription_id: str) -> str:
