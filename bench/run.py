@@ -27,7 +27,6 @@ import sqlalchemy as sa
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "var" / "bench"
-sys.path.insert(0, str(REPO / "deploy"))
 
 from shared.adapters.postgres.engine import make_engine  # noqa: E402
 from shared.adapters.postgres.migrate import drop_schema, upgrade  # noqa: E402
@@ -62,7 +61,7 @@ _SCHEMAS: list[tuple[str, str]] = []
 
 
 def _context(endpoints: dict[str, str], name: str, partitions: int = 6) -> BenchContext:
-    from stack import create_topics  # type: ignore[import-not-found]
+    from shared.adapters.kafka.admin import create_topics
 
     schema = f"bench_{name}_{uuid.uuid4().hex[:6]}"
     upgrade(endpoints["BILLING_DATABASE_URL"], schema)

@@ -32,7 +32,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 KAFKA_POM = REPO / "deploy" / "kafka" / "pom.xml"
-TOPICS_FILE = REPO / "deploy" / "topics.yaml"
 STRIPE_MOCK_MODULE = "github.com/stripe/stripe-mock@v0.203.0"
 PG_BIN_CANDIDATES = [Path("/usr/lib/postgresql") / v / "bin" for v in ("17", "16", "15")]
 
@@ -270,34 +269,14 @@ class Kafka:
 
 
 def create_topics(bootstrap: str, prefix: str = "", partitions: int | None = None) -> list[str]:
-    """Create the topics of deploy/topics.yaml (and their DLQs) that do not exist yet."""
-    import yaml
-    from confluent_kafka.admin import AdminClient, NewTopic
+    """Create the declared topics (deploy/topics.yaml); the logic lives in shared.adapters.kafka.admin."""
+    sys.path.insert(0, str(REPO))
+    from shared.adapters.kafka.admin import create_topics as create
 
-    spec = yaml.safe_load(TOPICS_FILE.read_text())
-    defaults = spec["defaults"]
-    wanted: dict[str, NewTopic] = {}
-    for t in spec["topics"]:
-        n = partitions or t.get("partitions", defaults["partitions"])
-        cfg = {k: str(v) for k, v in (t.get("config") or {}).items()}
-        wanted[prefix + t["name"]] = NewTopic(prefix + t["name"], n, defaults["replication_factor"], config=cfg)
-        if t.get("dlq"):
-            dlq = spec["dlq"]
-            name = prefix + t["name"] + dlq["suffix"]
-            dlq_cfg = {k: str(v) for k, v in (dlq.get("config") or {}).items()}
-            wanted[name] = NewTopic(name, partitions or dlq["partitions"], defaults["replication_factor"],
-                                    config=dlq_cfg)
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    existing = set(admin.list_topics(timeout=10).topics)
-    missing = [t for name, t in wanted.items() if name not in existing]
-    if missing:
-        for name, fut in admin.create_topics(missing, operation_timeout=30).items():
-            try:
-                fut.result()
-            except Exception as exc:
-                if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                    raise StackError(f"kafka: could not create topic {name}: {exc}") from exc
-    return list(wanted)
+    try:
+        return create(bootstrap, prefix=prefix, partitions=partitions)
+    except Exception as exc:
+        raise StackError(f"kafka: {exc}") from exc
 
 
 # --------------------------------------------------------------------------- PostgreSQL

@@ -64,9 +64,7 @@ def status() -> None:
 @app.command()
 def migrate() -> None:
     """Apply the database migrations and create the topics of deploy/topics.yaml."""
-    sys.path.insert(0, str(REPO / "deploy"))
-    from stack import create_topics  # type: ignore[import-not-found]
-
+    from shared.adapters.kafka.admin import create_topics
     from shared.adapters.postgres.migrate import upgrade
 
     s = _settings()

@@ -56,7 +56,6 @@ def _from_testcontainers(stack: list[object]) -> Endpoints:
         c.start()
         stack.append(c)
     bootstrap = kafka.get_bootstrap_server()
-    sys.path.insert(0, str(REPO / "deploy"))
     return Endpoints(bootstrap, pg.get_connection_url(),
                      f"http://{stripe.get_container_host_ip()}:{stripe.get_exposed_port(12111)}", "testcontainers")
 
@@ -118,8 +117,7 @@ def db_schema(database_url: str) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def topic_prefix(kafka_bootstrap: str) -> str:
     """A uuid prefix with every declared topic (and DLQ) created, 3 partitions each."""
-    sys.path.insert(0, str(REPO / "deploy"))
-    from stack import create_topics  # type: ignore[import-not-found]
+    from shared.adapters.kafka.admin import create_topics
 
     prefix = f"t{uuid.uuid4().hex[:10]}."
     create_topics(kafka_bootstrap, prefix=prefix, partitions=3)

@@ -75,8 +75,7 @@ def _stack_up() -> dict[str, str]:
 
 
 def _prepare(endpoints: dict[str, str], run_id: str) -> tuple[Settings, dict[str, str]]:
-    sys.path.insert(0, str(REPO / "deploy"))
-    from stack import create_topics  # type: ignore[import-not-found]
+    from shared.adapters.kafka.admin import create_topics
 
     schema, prefix = f"demo_{run_id}", f"demo{run_id}."
     upgrade(endpoints["BILLING_DATABASE_URL"], schema)

@@ -1,0 +1,53 @@
+"""Create the topics declared in deploy/topics.yaml (and their DLQs) that do not exist yet.
+
+Used by the local provisioner, `billing migrate` (the Kubernetes migrate job), the test fixtures (with a
+uuid prefix and fewer partitions) and the benchmarks.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from shared.config import REPO_ROOT
+from shared.errors import InfrastructureError
+
+TOPICS_FILE = Path(os.environ.get("BILLING_TOPICS_FILE", REPO_ROOT / "deploy" / "topics.yaml"))
+
+
+def declared_topics(prefix: str = "", partitions: int | None = None, path: Path = TOPICS_FILE
+                    ) -> dict[str, dict[str, Any]]:
+    """Physical topic name -> {partitions, replication_factor, config}, DLQs included."""
+    spec = yaml.safe_load(path.read_text())
+    defaults, dlq = spec["defaults"], spec["dlq"]
+    out: dict[str, dict[str, Any]] = {}
+    for t in spec["topics"]:
+        out[prefix + t["name"]] = {
+            "partitions": partitions or t.get("partitions", defaults["partitions"]),
+            "replication_factor": defaults["replication_factor"],
+            "config": {k: str(v) for k, v in (t.get("config") or {}).items()}}
+        if t.get("dlq"):
+            out[prefix + t["name"] + dlq["suffix"]] = {
+                "partitions": partitions or dlq["partitions"], "replication_factor": defaults["replication_factor"],
+                "config": {k: str(v) for k, v in (dlq.get("config") or {}).items()}}
+    return out
+
+
+def create_topics(bootstrap: str, prefix: str = "", partitions: int | None = None) -> list[str]:
+    wanted = declared_topics(prefix, partitions)
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    existing = set(admin.list_topics(timeout=10).topics)
+    missing = [NewTopic(name, t["partitions"], t["replication_factor"], config=t["config"])
+               for name, t in wanted.items() if name not in existing]
+    if missing:
+        for name, fut in admin.create_topics(missing, operation_timeout=30).items():
+            try:
+                fut.result()
+            except Exception as exc:
+                if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                    raise InfrastructureError(f"could not create topic {name}: {exc}") from exc
+    return list(wanted)
