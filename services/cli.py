@@ -22,6 +22,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from shared.config import Settings
+
 REPO = Path(__file__).resolve().parent.parent
 STACK = REPO / "deploy" / "stack.py"
 
@@ -32,9 +34,7 @@ app.add_typer(clock_app, name="clock")
 console = Console()
 
 
-def _settings():  # type: ignore[no-untyped-def]
-    from shared.config import Settings
-
+def _settings() -> Settings:
     return Settings()
 
 

@@ -71,7 +71,8 @@ def _stack_up() -> dict[str, str]:
     if out.returncode != 0:
         console.print(out.stderr)
         raise SystemExit(2)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    endpoints: dict[str, str] = json.loads(out.stdout.strip().splitlines()[-1])
+    return endpoints
 
 
 def _prepare(endpoints: dict[str, str], run_id: str) -> tuple[Settings, dict[str, str]]:

@@ -91,6 +91,10 @@ def run_invariants(engine: sa.Engine) -> dict[str, bool | int]:
     return results
 
 
+def _pairs(conn: sa.Connection, sql: str) -> dict[Any, Any]:
+    return {row[0]: row[1] for row in conn.execute(sa.text(sql))}
+
+
 def _scalar(conn: sa.Connection, sql: str, **params: Any) -> Any:
     return conn.execute(sa.text(sql), params).scalar()
 
@@ -98,12 +102,11 @@ def _scalar(conn: sa.Connection, sql: str, **params: Any) -> Any:
 def summarise(engine: sa.Engine) -> dict[str, Any]:
     """Business figures for the summary (all from PostgreSQL)."""
     with engine.connect() as conn:
-        customers = dict(conn.execute(sa.text("SELECT kind, count(*) FROM customers GROUP BY kind")).all())
-        subs = dict(conn.execute(sa.text("SELECT status, count(*) FROM subscriptions GROUP BY status")).all())
-        plans = dict(conn.execute(sa.text(
-            "SELECT plan_id, count(*) FROM subscriptions GROUP BY plan_id ORDER BY 2 DESC")).all())
-        by_status = dict(conn.execute(sa.text("SELECT status, count(*) FROM invoices GROUP BY status")).all())
-        by_kind = dict(conn.execute(sa.text("SELECT kind, count(*) FROM invoices GROUP BY kind")).all())
+        customers = _pairs(conn, "SELECT kind, count(*) FROM customers GROUP BY kind")
+        subs = _pairs(conn, "SELECT status, count(*) FROM subscriptions GROUP BY status")
+        plans = _pairs(conn, "SELECT plan_id, count(*) FROM subscriptions GROUP BY plan_id ORDER BY 2 DESC")
+        by_status = _pairs(conn, "SELECT status, count(*) FROM invoices GROUP BY status")
+        by_kind = _pairs(conn, "SELECT kind, count(*) FROM invoices GROUP BY kind")
         revenue_rows = conn.execute(sa.text("""
             SELECT currency,
                    sum(total_minor) FILTER (WHERE status IN ('open', 'paid', 'uncollectible')) AS invoiced,
@@ -123,17 +126,14 @@ def summarise(engine: sa.Engine) -> dict[str, Any]:
             FROM credit_entries e JOIN credit_grants g USING (grant_id)
             GROUP BY g.meter_id, g.currency ORDER BY 1""")).mappings().all()
         usage_stored = _scalar(conn, "SELECT count(*) FROM usage_events")
-        usage_by_meter = dict(conn.execute(sa.text(
-            "SELECT coalesce(meter_id, '(no meter)'), count(*) FROM usage_events GROUP BY 1")).all())
-        attempts = dict(conn.execute(sa.text(
-            "SELECT status, count(*) FROM payment_attempts GROUP BY status")).all())
+        usage_by_meter = _pairs(conn, "SELECT coalesce(meter_id, '(no meter)'), count(*) FROM usage_events GROUP BY 1")
+        attempts = _pairs(conn, "SELECT status, count(*) FROM payment_attempts GROUP BY status")
         dunning: dict[str, Any] = {}
         if _table_exists(conn, "dunning_cases"):
-            dunning["cases_by_status"] = dict(conn.execute(sa.text(
-                "SELECT status, count(*) FROM dunning_cases GROUP BY status")).all())
+            dunning["cases_by_status"] = _pairs(conn, "SELECT status, count(*) FROM dunning_cases GROUP BY status")
         if _table_exists(conn, "dunning_notifications"):
-            dunning["notifications_by_kind"] = dict(conn.execute(sa.text(
-                "SELECT kind, count(*) FROM dunning_notifications GROUP BY kind")).all())
+            dunning["notifications_by_kind"] = _pairs(
+                conn, "SELECT kind, count(*) FROM dunning_notifications GROUP BY kind")
         dunning["retries_requested"] = _scalar(
             conn, "SELECT count(*) FROM payment_attempts WHERE reason <> 'initial'")
         dlq_like = _scalar(conn, "SELECT count(*) FROM command_outcomes WHERE status = 'rejected'")

@@ -113,14 +113,15 @@ def render_invoices(engine: sa.Engine, out_dir: Path, *, limit: int | None = Non
             "ORDER BY i.number_seq NULLS LAST, i.invoice_id" + (f" LIMIT {int(limit)}" if limit else ""))
         ).mappings().all()
         lines_by_invoice: dict[str, list[dict[str, Any]]] = {}
-        for line in conn.execute(sa.text(
+        for stored in conn.execute(sa.text(
                 "SELECT * FROM invoice_lines WHERE invoice_id = ANY(:ids) ORDER BY invoice_id, line_no"),
                 {"ids": [i["invoice_id"] for i in invoices]}).mappings():
-            lines_by_invoice.setdefault(line["invoice_id"], []).append(dict(line))
+            lines_by_invoice.setdefault(stored["invoice_id"], []).append(dict(stored))
     index_rows = []
-    for inv in invoices:
+    for row in invoices:
+        inv: dict[str, Any] = dict(row)
         cur = inv["currency"]
-        view = dict(inv)
+        view: dict[str, Any] = dict(inv)
         view.update(
             issued_at_fmt=_day(inv["issued_at"]), due_at_fmt=_day(inv["due_at"]),
             period_fmt=f"{_day(inv['period_start'])} – {_day(inv['period_end'])}",

@@ -60,14 +60,18 @@ class DatabaseClock:
         with self._engine.begin() as conn:
             conn.execute(insert(billing_clock).values(clock_id=self._id, now=self._start)
                          .on_conflict_do_nothing(index_elements=["clock_id"]))
-            return conn.execute(sa.select(billing_clock.c.now).where(billing_clock.c.clock_id == self._id)
-                                ).scalar_one()
+            now: datetime = conn.execute(sa.select(billing_clock.c.now)
+                                         .where(billing_clock.c.clock_id == self._id)).scalar_one()
+            return now
 
     def now(self) -> datetime:
         with self._engine.connect() as conn:
             value = conn.execute(sa.select(billing_clock.c.now)
                                  .where(billing_clock.c.clock_id == self._id)).scalar_one_or_none()
-        return value.astimezone(UTC) if value is not None else self.ensure()
+        if value is None:
+            return self.ensure()
+        now: datetime = value.astimezone(UTC)
+        return now
 
     def advance(self, delta: timedelta) -> datetime:
         if delta <= timedelta(0):

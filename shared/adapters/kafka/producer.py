@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, Message, Producer
@@ -38,6 +38,10 @@ class Delivered:
     partition: int
     offset: int
 
+    @classmethod
+    def of(cls, msg: Message) -> Delivered:
+        return cls(msg.topic() or "", msg.partition() or 0, msg.offset() or 0)
+
 
 class KafkaProducer:
     def __init__(self, settings: Settings, *, client_id: str, **overrides: object) -> None:
@@ -54,7 +58,7 @@ class KafkaProducer:
 
         def report(i: int):  # type: ignore[no-untyped-def]
             def cb(err: KafkaError | None, msg: Message) -> None:
-                results[i] = err if err is not None else Delivered(msg.topic(), msg.partition(), msg.offset())
+                results[i] = err if err is not None else Delivered.of(msg)
             return cb
 
         for i, m in enumerate(messages):
@@ -66,7 +70,7 @@ class KafkaProducer:
                                 f"{[str(f) for f in failures[:3]]}")
         return [r for r in results if isinstance(r, Delivered)]
 
-    def _produce(self, m: OutgoingMessage, cb: object) -> None:
+    def _produce(self, m: OutgoingMessage, cb: Callable[[KafkaError | None, Message], None]) -> None:
         while True:
             try:
                 self._producer.produce(self._settings.topic(m.topic), key=m.key.encode(), value=m.value,
@@ -112,7 +116,7 @@ class KafkaProducer:
                 if err is not None:
                     loop.call_soon_threadsafe(settle_error, err)
                     return
-                results[i] = Delivered(msg.topic(), msg.partition(), msg.offset())
+                results[i] = Delivered.of(msg)
                 with lock:
                     pending[0] -= 1
                     done = pending[0] == 0

@@ -10,7 +10,7 @@ from shared.adapters.postgres.schema import metadata
 config = context.config
 schema = config.attributes.get("schema")
 connect_args = {"options": f"-csearch_path={schema}"} if schema else {}
-engine = sa.create_engine(config.get_main_option("sqlalchemy.url"), connect_args=connect_args,
+engine = sa.create_engine(config.get_main_option("sqlalchemy.url") or "", connect_args=connect_args,
                           poolclass=sa.pool.NullPool)
 
 with engine.connect() as connection:

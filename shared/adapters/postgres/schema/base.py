@@ -1,5 +1,7 @@
 """The one SQLAlchemy MetaData; table modules per bounded area register on it."""
 
+from typing import Any
+
 import sqlalchemy as sa
 
 NAMING = {
@@ -13,5 +15,5 @@ NAMING = {
 metadata = sa.MetaData(naming_convention=NAMING)
 
 
-def created_at() -> sa.Column[object]:
+def created_at() -> sa.Column[Any]:
     return sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now())
