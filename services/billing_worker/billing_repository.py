@@ -173,13 +173,11 @@ def save_subscriptions(conn: sa.Connection, states: Sequence[SubscriptionState])
 
 
 def credit_kinds(catalog: Catalog) -> dict[str, bool]:
-    """meter id -> True when its credits are meter units (some plan includes units of it), else money."""
-    units: dict[str, bool] = {m: False for m in catalog.meters}
-    for plan in catalog.plans.values():
-        for meter_id, pricing in plan.meters.items():
-            if pricing.included is not None and pricing.included.units is not None:
-                units[meter_id] = True
-    return units
+    """meter id -> True when its credits are meter units, False when money: money when some plan includes
+    money credits of it, units otherwise (unit inclusions, or none at all, e.g. report top-ups)."""
+    money = {meter_id for plan in catalog.plans.values() for meter_id, pricing in plan.meters.items()
+             if pricing.included is not None and pricing.included.amount is not None}
+    return {m: m not in money for m in catalog.meters}
 
 
 @dataclass
@@ -279,11 +277,18 @@ def _grant_row(sub_id: str, customer_id: str, grant: CreditGrant, at: datetime) 
 
 
 def save_ledger_rows(conn: sa.Connection, grant_rows: list[dict[str, Any]],
-                     entry_rows: list[dict[str, Any]]) -> None:
+                     entry_rows: list[dict[str, Any]], settled: Sequence[tuple[str, datetime]] = ()) -> None:
+    """Insert new grants and entries; `settled` (subscription, instant) marks every grant of the
+    subscription that expired by then as settled (its expiry was written off, or nothing was left)."""
     if grant_rows:
         conn.execute(insert(credit_grants), grant_rows)
     if entry_rows:
         conn.execute(insert(credit_entries), entry_rows)
+    if settled:
+        g = credit_grants.c
+        conn.execute(sa.update(credit_grants).where(
+            g.subscription_id == sa.bindparam("s"), g.expires_at <= sa.bindparam("at"), g.settled_at.is_(None))
+            .values(settled_at=sa.bindparam("at")), [{"s": s, "at": at} for s, at in settled])
 
 
 # ---------------------------------------------------------------------------------------------- invoices
@@ -398,6 +403,11 @@ def save_invoice_status(conn: sa.Connection, invoice: Invoice, *, provider_ref: 
     elif invoice.status is InvoiceStatus.UNCOLLECTIBLE:
         values["marked_uncollectible_at"] = at
     conn.execute(sa.update(invoices).where(invoices.c.invoice_id == invoice.id).values(values))
+
+
+def record_failed_attempt(conn: sa.Connection, invoice_id: str, decline_code: str | None) -> None:
+    conn.execute(sa.update(invoices).where(invoices.c.invoice_id == invoice_id).values(
+        attempt_count=invoices.c.attempt_count + 1, last_decline_code=decline_code, updated_at=sa.func.now()))
 
 
 def open_invoices_of(conn: sa.Connection, subscription_id: str) -> list[str]:

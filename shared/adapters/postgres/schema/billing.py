@@ -240,6 +240,7 @@ credit_grants = sa.Table(
     _ts("effective_at", nullable=False),
     _ts("expires_at"),
     _ts("granted_at", nullable=False),
+    _ts("settled_at", comment="set once the grant expired and what was left was written off (or nothing was)"),
     created_at(),
     sa.CheckConstraint(_in("source", GRANT_SOURCES), name="source"),
     sa.CheckConstraint("(amount_minor IS NULL) <> (units IS NULL)", name="money_or_units"),
@@ -249,8 +250,9 @@ credit_grants = sa.Table(
     sa.CheckConstraint("expires_at IS NULL OR effective_at < expires_at", name="window"),
 )
 sa.Index("ix_credit_grants_subscription", credit_grants.c.subscription_id, credit_grants.c.meter_id)
-sa.Index("ix_credit_grants_expiry", credit_grants.c.expires_at,
-         postgresql_where=credit_grants.c.expires_at.is_not(None))
+# The scheduler's scan: grants past their expiry that nothing settled yet.
+sa.Index("ix_credit_grants_unsettled_expiry", credit_grants.c.expires_at,
+         postgresql_where=sa.and_(credit_grants.c.expires_at.is_not(None), credit_grants.c.settled_at.is_(None)))
 
 ENTRY_KINDS = ("grant", "consume", "expire", "reverse")
 

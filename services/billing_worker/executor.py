@@ -1,0 +1,314 @@
+"""The payment executor: charges finalised invoices through the PaymentGateway port, beside the consumer.
+
+Attempts are written by the command handlers, in the transaction that finalises the invoice (or handles
+`payment.retry`), *before* any provider call (rule 3). The executor:
+
+1. claims due attempts with `FOR UPDATE SKIP LOCKED` (several executors never take the same one), marking
+   them `in_flight` with a lease and counting the dispatch, in one short transaction;
+2. calls the provider from a thread pool, so many charges are in flight and partition processing never
+   waits for a provider (the consumer thread does not call it);
+3. records each outcome on its attempt and, in the same transaction, an outbox row on `payments.v1`
+   (`payment.succeeded` / `payment.failed`), which the worker applies to the invoice and subscription in
+   partition order.
+
+Unknown outcomes (timeout, connection error, provider 5xx) are never retried blind (rule 4): the attempt
+becomes `unknown` with a back-off; when it is claimed again, the executor first looks the charge up and
+only if the provider has no record of it sends the same request again (same idempotency key). After
+`max_dispatches` such rounds the attempt is reported failed (`processing_error`, a soft decline that
+dunning retries later). An attempt claimed by an executor that died mid-call is found the same way:
+its lease expires, and the next claim looks it up before anything else.
+
+Guards: an attempt is only charged while its invoice is open and no other attempt of the invoice is in
+flight, unknown or succeeded; attempts of invoices paid or voided meanwhile are cancelled.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from services.billing_worker.billing_repository import IDS
+from services.billing_worker.processor import PRODUCER_NAME, add_outbox
+from shared.adapters.payments.port import (
+    ChargeOutcome,
+    ChargeRequest,
+    ChargeStatus,
+    PaymentGateway,
+    PaymentGatewayError,
+)
+from shared.adapters.postgres.schema.billing import billing_audit_log, payment_attempts
+from shared.contracts import topics
+from shared.contracts.envelope import new_envelope
+from shared.contracts.messages import PaymentFailed, PaymentSucceeded
+from shared.domain.clock import Clock
+from shared.domain.money import Money
+from shared.observability import kv
+
+log = logging.getLogger("billing_worker.executor")
+
+_CLAIM = sa.text("""
+WITH due AS (
+    SELECT a.attempt_id
+    FROM payment_attempts a
+    JOIN invoices i ON i.invoice_id = a.invoice_id
+    WHERE i.status = 'open'
+      AND (a.status = 'pending' AND (a.lease_until IS NULL OR a.lease_until < now())
+           OR a.status IN ('in_flight', 'unknown') AND a.lease_until < now())
+      AND NOT EXISTS (SELECT 1 FROM payment_attempts b
+                      WHERE b.invoice_id = a.invoice_id AND b.attempt_id <> a.attempt_id
+                        AND b.status IN ('succeeded', 'in_flight', 'unknown'))
+    ORDER BY a.created_at
+    LIMIT :limit
+    FOR UPDATE OF a SKIP LOCKED
+)
+UPDATE payment_attempts AS p
+SET status = 'in_flight', claimed_by = :me, lease_until = now() + make_interval(secs => :lease),
+    dispatch_count = p.dispatch_count + 1, dispatched_at = coalesce(p.dispatched_at, now())
+FROM due
+WHERE p.attempt_id = due.attempt_id
+RETURNING p.attempt_id, p.invoice_id, p.attempt_no, p.subscription_id, p.customer_id, p.amount_minor, p.currency,
+          p.payment_method_id, p.idempotency_key, p.dispatch_count, p.provider_ref,
+          (SELECT c.stripe_customer_id FROM customers c WHERE c.customer_id = p.customer_id) AS provider_customer_id,
+          (SELECT b.provider_ref FROM payment_attempts b WHERE b.invoice_id = p.invoice_id
+             AND b.provider_ref IS NOT NULL ORDER BY b.attempt_no DESC LIMIT 1) AS invoice_provider_ref
+""")
+
+_CANCEL_STALE = sa.text("""
+UPDATE payment_attempts a SET status = 'cancelled', completed_at = now(), lease_until = NULL
+FROM invoices i
+WHERE i.invoice_id = a.invoice_id AND a.status = 'pending' AND i.status IN ('paid', 'void')
+""")
+
+
+@dataclass(frozen=True)
+class ClaimedAttempt:
+    attempt_id: str
+    invoice_id: str
+    attempt_no: int
+    subscription_id: str
+    customer_id: str
+    amount: Money
+    payment_method_id: str | None
+    idempotency_key: str
+    dispatch_count: int
+    provider_ref: str | None
+    provider_customer_id: str | None
+
+    @classmethod
+    def of(cls, row: Any) -> ClaimedAttempt:
+        return cls(row.attempt_id, row.invoice_id, row.attempt_no, row.subscription_id, row.customer_id,
+                   Money(row.amount_minor, row.currency), row.payment_method_id, row.idempotency_key,
+                   row.dispatch_count, row.provider_ref or row.invoice_provider_ref, row.provider_customer_id)
+
+
+@dataclass(frozen=True)
+class Settled:
+    attempt: ClaimedAttempt
+    outcome: ChargeOutcome | None  # None: the gateway could not be used; nothing was charged
+    error: str | None = None
+
+
+class PaymentExecutor:
+    """Background task of the worker process (start/stop); `run_once` drives it synchronously in tests."""
+
+    def __init__(self, engine: sa.Engine, gateway: PaymentGateway, clock: Clock, *, concurrency: int = 32,
+                 claim_batch: int = 500, lease_s: float = 60.0, poll_s: float = 0.2, max_dispatches: int = 5,
+                 unknown_backoff_s: float = 2.0, instance: str | None = None) -> None:
+        self._engine = engine
+        self._gateway = gateway
+        self._clock = clock
+        self._concurrency = concurrency
+        self._claim_batch = claim_batch
+        self._lease_s = lease_s
+        self._poll_s = poll_s
+        self._max_dispatches = max_dispatches
+        self._unknown_backoff_s = unknown_backoff_s
+        self._me = instance or f"executor-{uuid.uuid4().hex[:8]}"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._done: queue.Queue[Settled] = queue.Queue()
+        self._in_flight = 0
+
+    # --- lifecycle
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._pool = ThreadPoolExecutor(self._concurrency, thread_name_prefix="charge")
+        self._thread = threading.Thread(target=self._loop, name="payment-executor", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        self._record(self._drain())
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                worked = self._round()
+            except Exception:
+                log.exception("payment executor round failed; retrying")
+                worked = False
+            if not worked:
+                self._stop.wait(self._poll_s)
+
+    def _round(self) -> bool:
+        assert self._pool is not None
+        settled = self._drain()
+        self._record(settled)
+        free = self._concurrency * 4 - self._in_flight
+        claimed = self.claim(min(free, self._claim_batch)) if free > 0 else []
+        for attempt in claimed:
+            self._in_flight += 1
+            self._pool.submit(self._execute_into_queue, attempt)
+        return bool(claimed or settled)
+
+    def _execute_into_queue(self, attempt: ClaimedAttempt) -> None:
+        try:
+            self._done.put(self.execute(attempt))
+        except Exception as error:  # a bug in a gateway must not lose the attempt: it is looked up later
+            log.exception("charge crashed", extra=kv(attempt_id=attempt.attempt_id))
+            self._done.put(Settled(attempt, ChargeOutcome.unknown(f"executor error: {error}")))
+
+    def _drain(self) -> list[Settled]:
+        out: list[Settled] = []
+        while True:
+            try:
+                out.append(self._done.get_nowait())
+            except queue.Empty:
+                break
+        self._in_flight -= len(out)
+        return out
+
+    def run_once(self, limit: int = 500) -> list[Settled]:
+        """Claim, charge (sequentially) and record one round; returns what was settled."""
+        settled = [self.execute(a) for a in self.claim(limit)]
+        self._record(settled)
+        return settled
+
+    # --- the three steps
+
+    def claim(self, limit: int) -> list[ClaimedAttempt]:
+        with self._engine.begin() as conn:
+            conn.execute(_CANCEL_STALE)
+            rows = conn.execute(_CLAIM, {"limit": limit, "me": self._me, "lease": self._lease_s}).all()
+        return [ClaimedAttempt.of(r) for r in rows]
+
+    def execute(self, attempt: ClaimedAttempt) -> Settled:
+        """Charge one attempt, looking it up first when it may already have reached the provider."""
+        if attempt.payment_method_id is None:
+            return Settled(attempt, ChargeOutcome.declined(
+                "payment_method_missing", hard=False, message="no payment method on file"))
+        try:
+            if attempt.dispatch_count > 1:
+                found = self._gateway.lookup(idempotency_key=attempt.idempotency_key,
+                                             invoice_id=attempt.invoice_id, provider_ref=attempt.provider_ref)
+                if found is not None:
+                    return Settled(attempt, found)
+                if attempt.dispatch_count > self._max_dispatches:
+                    return Settled(attempt, ChargeOutcome.declined(
+                        "processing_error", hard=False, provider_ref=attempt.provider_ref,
+                        message=f"the provider never confirmed the charge in {self._max_dispatches} tries"))
+            outcome = self._gateway.charge(ChargeRequest(
+                invoice_id=attempt.invoice_id, amount=attempt.amount, customer_id=attempt.customer_id,
+                payment_method_id=attempt.payment_method_id, idempotency_key=attempt.idempotency_key,
+                provider_customer_id=attempt.provider_customer_id, provider_ref=attempt.provider_ref,
+                metadata={"attempt_id": attempt.attempt_id, "subscription_id": attempt.subscription_id}))
+            return Settled(attempt, outcome)
+        except PaymentGatewayError as error:
+            return Settled(attempt, None, str(error))
+
+    def _record(self, settled: list[Settled]) -> None:
+        if not settled:
+            return
+        now = self._clock.now()
+        with self._engine.begin() as conn:
+            for item in settled:
+                try:
+                    with conn.begin_nested():
+                        self._record_one(conn, item, now)
+                except sa.exc.IntegrityError:
+                    self._second_success(conn, item, now)
+        for item in settled:
+            log.info("payment attempt settled", extra=kv(
+                attempt_id=item.attempt.attempt_id, invoice_id=item.attempt.invoice_id,
+                subscription_id=item.attempt.subscription_id,
+                outcome=item.outcome.status.value if item.outcome else "gateway_error",
+                decline_code=item.outcome.decline_code if item.outcome else None))
+
+    def _second_success(self, conn: sa.Connection, item: Settled, now: datetime) -> None:
+        """Another attempt of the invoice already succeeded: the provider charged twice. The claim guard
+        makes this unreachable through one executor; if it happens anyway it is made loud, never silent."""
+        log.error("second successful charge of one invoice: refund required",
+                  extra=kv(attempt_id=item.attempt.attempt_id, invoice_id=item.attempt.invoice_id))
+        conn.execute(sa.update(payment_attempts).where(payment_attempts.c.attempt_id == item.attempt.attempt_id)
+                     .values(status="cancelled", completed_at=now, lease_until=None,
+                             error_message="charged although another attempt had succeeded: refund required"))
+        conn.execute(sa.insert(billing_audit_log).values(
+            occurred_at=now, actor=self._me, action="payment.duplicate_charge", entity_type="payment_attempt",
+            entity_id=item.attempt.attempt_id, subscription_id=item.attempt.subscription_id,
+            customer_id=item.attempt.customer_id,
+            detail={"invoice_id": item.attempt.invoice_id,
+                    "provider_ref": item.outcome.provider_ref if item.outcome else None}))
+
+    def _record_one(self, conn: sa.Connection, item: Settled, now: datetime) -> None:
+        a = payment_attempts.c
+        attempt, outcome = item.attempt, item.outcome
+        mine = sa.and_(a.attempt_id == attempt.attempt_id, a.claimed_by == self._me, a.status == "in_flight")
+        if outcome is None:
+            conn.execute(sa.update(payment_attempts).where(mine).values(
+                status="pending", dispatch_count=a.dispatch_count - 1, error_message=item.error,
+                lease_until=sa.func.now() + sa.text(f"interval '{int(self._unknown_backoff_s * 5)} seconds'")))
+            return
+        if outcome.status is ChargeStatus.UNKNOWN:
+            backoff = self._unknown_backoff_s * (2 ** min(attempt.dispatch_count - 1, 6))
+            conn.execute(sa.update(payment_attempts).where(mine).values(
+                status="unknown", error_message=outcome.message,
+                provider_ref=sa.func.coalesce(outcome.provider_ref, a.provider_ref),
+                lease_until=sa.func.now() + sa.text(f"interval '{backoff:.3f} seconds'")))
+            return
+        status = "succeeded" if outcome.status is ChargeStatus.SUCCEEDED else "declined"
+        updated = conn.execute(sa.update(payment_attempts).where(mine).values(
+            status=status, provider_ref=sa.func.coalesce(outcome.provider_ref, a.provider_ref),
+            decline_code=outcome.decline_code, hard_decline=outcome.hard_decline, error_message=outcome.message,
+            completed_at=now, lease_until=None))
+        if updated.rowcount != 1:
+            log.warning("attempt no longer ours; outcome left to reconciliation",
+                        extra=kv(attempt_id=attempt.attempt_id, outcome=status))
+            return
+        payload: PaymentSucceeded | PaymentFailed
+        if status == "succeeded":
+            payload = PaymentSucceeded(
+                subscription_id=attempt.subscription_id, invoice_id=attempt.invoice_id,
+                attempt_id=attempt.attempt_id, provider_ref=outcome.provider_ref,
+                amount_minor=outcome.amount_minor if outcome.amount_minor is not None else attempt.amount.amount_minor,
+                currency=outcome.currency or attempt.amount.currency, source="executor", paid_at=now)
+            type_ = "payment.succeeded"
+        else:
+            payload = PaymentFailed(
+                subscription_id=attempt.subscription_id, invoice_id=attempt.invoice_id,
+                attempt_id=attempt.attempt_id, provider_ref=outcome.provider_ref,
+                amount_minor=attempt.amount.amount_minor, currency=attempt.amount.currency,
+                decline_code=outcome.decline_code, hard_decline=outcome.hard_decline,
+                message=(outcome.message or "")[:500] or None, source="executor", failed_at=now)
+            type_ = "payment.failed"
+        envelope = new_envelope(type_, payload.model_dump(mode="json"), producer=PRODUCER_NAME, occurred_at=now,
+                                event_id=uuid.uuid5(IDS, f"{attempt.attempt_id}|{type_}"),
+                                correlation_id=attempt.attempt_id)
+        add_outbox(conn, envelope, key=attempt.subscription_id, topic=topics.PAYMENTS)

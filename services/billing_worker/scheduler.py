@@ -1,0 +1,222 @@
+"""The billing scheduler: turns the billing clock into commands, so time is just another message.
+
+Each tick reads the billing clock (the simulated `DatabaseClock`, or the system clock) and, set-based,
+finds what fell due: period ends of live subscriptions, trial ends, and expiries of credit grants that
+nothing has expired yet. Each becomes one command on `commands.v1` keyed by subscription_id
+(`period.close`, `trial.end`, `credits.expire`), carrying the instant it is about, so the worker applies
+it in the subscription's order like any other command.
+
+Exactly one scheduler is active per database schema: it holds a session-level PostgreSQL advisory lock on
+a connection of its own; the others wait for it (a crashed holder's session ends and frees the lock).
+
+Idempotent: a command's event id is derived from (subscription, kind, due instant), and what was produced is
+remembered in `scheduled_commands` after the broker acknowledged it. A crash between the two re-produces
+the same event ids, which the worker treats as the same command (a close of a period that is no longer
+current is ignored). Cost per tick: three indexed queries, one batched produce, one insert per batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert
+
+from services.billing_worker.billing_repository import IDS
+from shared.adapters.kafka.producer import KafkaProducer, OutgoingMessage
+from shared.adapters.postgres.schema.billing import scheduled_commands
+from shared.config import Settings
+from shared.contracts import topics
+from shared.contracts.envelope import new_envelope
+from shared.contracts.messages import ClosePeriod, EndTrial, ExpireCredits, Payload
+from shared.domain.clock import Clock
+from shared.observability import kv
+
+log = logging.getLogger("billing_worker.scheduler")
+
+PRODUCER_NAME = "billing-scheduler"
+
+_DUE_PERIOD_ENDS = sa.text("""
+SELECT s.subscription_id, s.customer_id, s.current_period_end AS due_at
+FROM subscriptions s
+WHERE s.status IN ('active', 'past_due', 'paused') AND s.current_period_end <= :now
+  AND NOT EXISTS (SELECT 1 FROM scheduled_commands c WHERE c.subscription_id = s.subscription_id
+                  AND c.kind = 'period.close' AND c.due_at = s.current_period_end)
+ORDER BY s.current_period_end, s.subscription_id
+LIMIT :limit
+""")
+
+_DUE_TRIAL_ENDS = sa.text("""
+SELECT s.subscription_id, s.customer_id, s.trial_end AS due_at
+FROM subscriptions s
+WHERE s.status = 'trialing' AND s.trial_end <= :now
+  AND NOT EXISTS (SELECT 1 FROM scheduled_commands c WHERE c.subscription_id = s.subscription_id
+                  AND c.kind = 'trial.end' AND c.due_at = s.trial_end)
+ORDER BY s.trial_end, s.subscription_id
+LIMIT :limit
+""")
+
+# Grants past their expiry that the worker has not settled yet (a period close settles the included credits
+# of the period it closes, so in practice these are top-ups and promotional credits).
+_DUE_EXPIRIES = sa.text("""
+SELECT g.subscription_id, min(g.customer_id) AS customer_id, g.expires_at AS due_at
+FROM credit_grants g
+WHERE g.expires_at <= :now AND g.settled_at IS NULL
+  AND NOT EXISTS (SELECT 1 FROM scheduled_commands c WHERE c.subscription_id = g.subscription_id
+                  AND c.kind = 'credits.expire' AND c.due_at = g.expires_at)
+GROUP BY g.subscription_id, g.expires_at
+ORDER BY g.expires_at, g.subscription_id
+LIMIT :limit
+""")
+
+
+@dataclass(frozen=True)
+class Due:
+    kind: str
+    subscription_id: str
+    customer_id: str
+    due_at: datetime
+
+    @property
+    def event_id(self) -> uuid.UUID:
+        return uuid.uuid5(IDS, f"{self.subscription_id}|{self.kind}|{self.due_at.isoformat()}")
+
+    def payload(self) -> Payload:
+        if self.kind == "period.close":
+            return ClosePeriod(subscription_id=self.subscription_id, customer_id=self.customer_id,
+                               period_end=self.due_at)
+        if self.kind == "trial.end":
+            return EndTrial(subscription_id=self.subscription_id, customer_id=self.customer_id,
+                            trial_end=self.due_at)
+        return ExpireCredits(subscription_id=self.subscription_id, customer_id=self.customer_id, at=self.due_at)
+
+
+def lock_key(settings: Settings) -> int:
+    """The advisory lock id of this environment's scheduler (one per database schema)."""
+    digest = hashlib.blake2b(f"billing-scheduler|{settings.database_schema or 'public'}".encode(),
+                             digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+class Scheduler:
+    """Background task of the worker process; only the instance holding the advisory lock ticks."""
+
+    def __init__(self, settings: Settings, engine: sa.Engine, clock: Clock, *,
+                 producer: KafkaProducer | None = None, batch: int = 20_000,
+                 interval_s: float | None = None) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._clock = clock
+        self._producer = producer
+        self._batch = batch
+        self._interval_s = settings.scheduler_interval_s if interval_s is None else interval_s
+        self._key = lock_key(settings)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock_conn: sa.Connection | None = None
+
+    # --- lifecycle
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, name="billing-scheduler", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(30)
+            self._thread = None
+        self._release()
+        if self._producer is not None:
+            self._producer.close()
+            self._producer = None
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if self.acquire():
+                    while self.tick() >= self._batch and not self._stop.is_set():
+                        pass  # a backlog: keep going without waiting
+            except Exception:
+                log.exception("scheduler tick failed; retrying")
+                self._release()
+            self._stop.wait(self._interval_s)
+
+    # --- leadership
+
+    def acquire(self) -> bool:
+        """True while this instance holds the scheduler lock (taken on a dedicated session)."""
+        if self._lock_conn is not None:
+            try:
+                self._lock_conn.execute(sa.text("SELECT 1"))
+                return True
+            except sa.exc.DBAPIError:
+                self._release()
+        conn = self._engine.connect()
+        got = bool(conn.execute(sa.select(sa.func.pg_try_advisory_lock(self._key))).scalar_one())
+        conn.commit()
+        if not got:
+            conn.close()
+            return False
+        self._lock_conn = conn
+        log.info("scheduler lock acquired", extra=kv(lock_key=self._key))
+        return True
+
+    def _release(self) -> None:
+        if self._lock_conn is not None:
+            try:
+                self._lock_conn.execute(sa.select(sa.func.pg_advisory_unlock(self._key)))
+                self._lock_conn.commit()
+            except sa.exc.DBAPIError:
+                pass
+            finally:
+                self._lock_conn.close()
+                self._lock_conn = None
+
+    # --- work
+
+    def due(self, now: datetime, limit: int) -> list[Due]:
+        with self._engine.connect() as conn:
+            found = [Due("period.close", r.subscription_id, r.customer_id, r.due_at)
+                     for r in conn.execute(_DUE_PERIOD_ENDS, {"now": now, "limit": limit})]
+            found += [Due("trial.end", r.subscription_id, r.customer_id, r.due_at)
+                      for r in conn.execute(_DUE_TRIAL_ENDS, {"now": now, "limit": limit})]
+            found += [Due("credits.expire", r.subscription_id, r.customer_id, r.due_at)
+                      for r in conn.execute(_DUE_EXPIRIES, {"now": now, "limit": limit})]
+        return found
+
+    def tick(self, now: datetime | None = None) -> int:
+        """Produce the commands due at the billing clock's now; returns how many were produced."""
+        instant = now or self._clock.now()
+        due = self.due(instant, self._batch)
+        if not due:
+            return 0
+        self.emit(due, instant)
+        log.info("scheduler emitted commands", extra=kv(
+            count=len(due), period_close=sum(d.kind == "period.close" for d in due),
+            trial_end=sum(d.kind == "trial.end" for d in due),
+            credits_expire=sum(d.kind == "credits.expire" for d in due), clock=instant.isoformat()))
+        return len(due)
+
+    def emit(self, due: Sequence[Due], now: datetime) -> None:
+        if self._producer is None:
+            self._producer = KafkaProducer(self._settings, client_id=PRODUCER_NAME)
+        messages = []
+        for d in due:
+            envelope = new_envelope(d.kind, d.payload().model_dump(mode="json"), producer=PRODUCER_NAME,
+                                    occurred_at=now, event_id=d.event_id)
+            messages.append(OutgoingMessage.of(topics.COMMANDS, d.subscription_id, envelope))
+        self._producer.send_and_wait(messages, timeout=120)
+        rows: list[dict[str, Any]] = [{"subscription_id": d.subscription_id, "kind": d.kind, "due_at": d.due_at,
+                                       "event_id": d.event_id, "emitted_at": now} for d in due]
+        with self._engine.begin() as conn:
+            conn.execute(insert(scheduled_commands).on_conflict_do_nothing(), rows)
