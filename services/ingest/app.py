@@ -24,7 +24,17 @@ from services.ingest.limits import BodyLimitMiddleware
 from services.ingest.metrics import EdgeMetrics, MetricsMiddleware
 from services.ingest.pan import PanGuardMiddleware
 from services.ingest.problems import install_problem_handlers
-from services.ingest.routes import api_keys, clock, customers, health, ingest, reads, subscriptions, webhooks
+from services.ingest.routes import (
+    api_keys,
+    clock,
+    customers,
+    health,
+    ingest,
+    notifications,
+    reads,
+    subscriptions,
+    webhooks,
+)
 from services.ingest.routes import quota as quota_routes
 from shared.sdk.events import UsageEvent
 
@@ -78,7 +88,8 @@ def create_app(container: Container) -> FastAPI:
 
 
 def _route_modules() -> list:  # type: ignore[type-arg]
-    return [health, api_keys, customers, subscriptions, reads, ingest, webhooks, clock, quota_routes]
+    return [health, api_keys, customers, subscriptions, reads, notifications, ingest, webhooks, clock,
+            quota_routes]
 
 
 def _document_raw_bodies(app: FastAPI) -> None:

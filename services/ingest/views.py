@@ -131,3 +131,56 @@ class AuditEntryView(_View):
     subscription_id: str | None = None
     request_id: str | None = None
     details: dict[str, Any]
+
+
+class MeterUsageView(BaseModel):
+    """One meter of the running period: usage, the credits that will cover it, and what is left to pay."""
+
+    meter_id: str
+    unit: str | None = None
+    quantity: Decimal
+    late_quantity: Decimal = Decimal(0)
+    treatment: str  # bill | block | unpriced
+    unit_price: Decimal | None = None
+    gross_minor: int | None = None
+    credit_remaining_minor: int | None = None
+    credit_remaining_units: Decimal | None = None
+    credit_applied_minor: int | None = None
+    credit_applied_units: Decimal | None = None
+    billable_quantity: Decimal
+    estimated_charge_minor: int
+
+
+class UsageSoFarView(BaseModel):
+    """Usage of the current period per meter, the credits left, and the usage charge the close will bill
+    (before coupon and tax; the recurring fee is separate). `late_quantity` is usage of earlier periods
+    that arrived after their close: the next close bills it as an adjustment line."""
+
+    subscription_id: str
+    customer_id: str
+    plan_id: str
+    status: str
+    currency: str
+    period_start: datetime
+    period_end: datetime
+    as_of: datetime
+    meters: list[MeterUsageView]
+    estimated_usage_charge_minor: int
+    credits: list[CreditBalanceView]
+
+
+class NotificationView(BaseModel):
+    notification_id: str
+    customer_id: str
+    subscription_id: str
+    invoice_id: str
+    kind: str
+    channel: str
+    recipient: str | None = None
+    subject: str
+    decided_at: datetime
+    status: str
+    attempts: int
+    delivered_at: datetime | None = None
+    last_error: str | None = None
+    data: dict[str, Any]

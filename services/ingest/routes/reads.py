@@ -1,8 +1,9 @@
 """Billing history reads from the worker's read model: subscriptions, invoices with lines, payments,
-credit balances and the ledger, and the edge's audit trail. Org-bound `read` keys see only their org."""
+credit balances and the ledger, usage so far, and the edge's audit trail. Org-bound `read` keys see only their org."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -15,27 +16,31 @@ from services.ingest.container import Container, get_container
 from services.ingest.pagination import Page, decode_cursor, encode_cursor
 from services.ingest.problems import PROBLEM_RESPONSES, ProblemError
 from services.ingest.routes.subscriptions import owner_of
+from services.ingest.usage_estimate import estimate_usage
 from services.ingest.views import (
     AuditEntryView,
     CreditBalanceView,
     InvoiceLineView,
     InvoiceView,
     LedgerEntryView,
+    MeterUsageView,
     PaymentAttemptView,
     SubscriptionView,
+    UsageSoFarView,
 )
 from shared.adapters.postgres.schema.billing import (
     credit_entries,
-    credit_grants,
     invoice_lines,
     invoices,
     payment_attempts,
     subscriptions,
 )
 from shared.adapters.postgres.schema.edge import audit_log
+from shared.adapters.postgres.usage_reads import GrantBalance, PeriodUsage, grant_balances, usage_since
 
 router = APIRouter(tags=["reads"])
 Limit = Query(50, ge=1, le=500)
+LAST_SECOND = timedelta(seconds=1)  # rating draws credits at the last second of the period
 
 
 def _not_found(what: str, ident: str) -> ProblemError:
@@ -145,28 +150,74 @@ async def customer_payments(customer_id: str, limit: int = Limit, cursor: str | 
     return Page(data=[PaymentAttemptView.model_validate(r._mapping) for r in rows], next_cursor=nxt)
 
 
+def _credit_view(g: GrantBalance) -> CreditBalanceView:
+    return CreditBalanceView(grant_id=g.grant_id, meter_id=g.meter_id, source=g.source, currency=g.currency,
+                             granted_minor=g.granted_minor, remaining_minor=g.remaining_minor,
+                             granted_units=g.granted_units, remaining_units=g.remaining_units,
+                             effective_at=g.effective_at, expires_at=g.expires_at)
+
+
 @router.get("/v1/subscriptions/{subscription_id}/credits", response_model=list[CreditBalanceView],
             responses=PROBLEM_RESPONSES, summary="Credit grants and their remaining balances")
 async def credit_balances(subscription_id: str, principal: Principal = Depends(require(Scope.READ)),
                           container: Container = Depends(get_container)) -> list[CreditBalanceView]:
     await _subscription_owner(container, principal, subscription_id)
 
-    def load() -> list[CreditBalanceView]:
-        money = sa.func.coalesce(sa.func.sum(credit_entries.c.amount_minor), 0)
-        units = sa.func.coalesce(sa.func.sum(credit_entries.c.units), 0)
-        query = (sa.select(credit_grants, money.label("balance_minor"), units.label("balance_units"))
-                 .outerjoin(credit_entries, credit_entries.c.grant_id == credit_grants.c.grant_id)
-                 .where(credit_grants.c.subscription_id == subscription_id)
-                 .group_by(*credit_grants.c).order_by(credit_grants.c.effective_at, credit_grants.c.grant_id))
+    def load() -> list[GrantBalance]:
         with container.engine.connect() as conn:
-            rows = conn.execute(query).all()
-        return [CreditBalanceView(
-            grant_id=r.grant_id, meter_id=r.meter_id, source=r.source, currency=r.currency,
-            granted_minor=r.amount_minor, remaining_minor=int(r.balance_minor) if r.amount_minor is not None else None,
-            granted_units=r.units, remaining_units=Decimal(r.balance_units) if r.units is not None else None,
-            effective_at=r.effective_at, expires_at=r.expires_at) for r in rows]
+            return grant_balances(conn, subscription_id)
 
-    return await run_in_threadpool(load)
+    return [_credit_view(g) for g in await run_in_threadpool(load)]
+
+
+@router.get("/v1/subscriptions/{subscription_id}/usage", response_model=UsageSoFarView,
+            responses=PROBLEM_RESPONSES, summary="Usage so far in the current period, credits left, charge")
+async def usage_so_far(subscription_id: str, principal: Principal = Depends(require(Scope.READ)),
+                       container: Container = Depends(get_container)) -> UsageSoFarView:
+    """Usage per meter since the current period started (as materialised by the worker), the credits the
+    period close will draw from (grants usable at the period's last second), and the resulting charge."""
+    await _subscription_owner(container, principal, subscription_id)
+    now = await run_in_threadpool(container.clock.now)
+
+    def load() -> tuple[Any, PeriodUsage, list[GrantBalance]]:
+        with container.engine.connect() as conn:
+            sub = conn.execute(sa.select(subscriptions).where(subscriptions.c.subscription_id == subscription_id)
+                               ).one()
+            usage = usage_since(conn, subscription_id, sub.current_period_start)
+            grants = grant_balances(conn, subscription_id, usable_at=sub.current_period_end - LAST_SECOND)
+        return sub, usage, grants
+
+    sub, usage, grants = await run_in_threadpool(load)
+    plan = container.catalog.plans.get(sub.plan_id)
+    if plan is None:
+        raise ProblemError(409, "Plan not in the catalog", f"plan {sub.plan_id!r} is unknown to this edge",
+                           slug="unknown-plan")
+    money_left: dict[str, int] = {}
+    units_left: dict[str, Decimal] = {}
+    for g in grants:
+        if g.remaining_minor is not None and g.currency == plan.currency:
+            money_left[g.meter_id] = money_left.get(g.meter_id, 0) + g.remaining_minor
+        elif g.remaining_units is not None:
+            units_left[g.meter_id] = units_left.get(g.meter_id, Decimal(0)) + g.remaining_units
+    estimates = estimate_usage(plan, usage.totals, money_left, units_left)
+    meters = []
+    for e in estimates:
+        pricing = plan.pricing_for(e.meter_id)
+        meter = container.catalog.meters.get(e.meter_id)  # type: ignore[call-overload]
+        meters.append(MeterUsageView(
+            meter_id=e.meter_id, unit=meter.unit if meter is not None else None, quantity=e.quantity,
+            late_quantity=usage.pending_late.get(e.meter_id, Decimal(0)), treatment=e.treatment.value,
+            unit_price=pricing.unit_price.amount if pricing is not None and pricing.unit_price else None,
+            gross_minor=e.gross.amount_minor if e.gross is not None else None,
+            credit_remaining_minor=money_left.get(e.meter_id), credit_remaining_units=units_left.get(e.meter_id),
+            credit_applied_minor=e.credit_applied.amount_minor if e.credit_applied is not None else None,
+            credit_applied_units=e.credit_units_applied if e.credit_units_applied else None,
+            billable_quantity=e.billable_quantity, estimated_charge_minor=e.charge.amount_minor))
+    return UsageSoFarView(
+        subscription_id=subscription_id, customer_id=sub.customer_id, plan_id=sub.plan_id, status=sub.status,
+        currency=plan.currency, period_start=sub.current_period_start, period_end=sub.current_period_end,
+        as_of=now, meters=meters, estimated_usage_charge_minor=sum(e.charge.amount_minor for e in estimates),
+        credits=[_credit_view(g) for g in grants])
 
 
 @router.get("/v1/subscriptions/{subscription_id}/ledger", response_model=Page[LedgerEntryView],
