@@ -1,0 +1,143 @@
+"""The payment executor against real PostgreSQL and the simulated provider's durable record: attempts are
+claimed once, outcomes go to payments.v1 through the outbox, unknown outcomes are looked up before any
+retry, and no invoice is charged twice."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+import sqlalchemy as sa
+
+from services.billing_worker.executor import PaymentExecutor
+from shared.adapters.clock import ManualClock
+from shared.adapters.payments.simulated import PostgresProviderRecord, SimulatedGateway
+from shared.adapters.postgres.schema.billing import payment_attempts, simulated_gateway_charges
+from shared.adapters.postgres.schema.core import outbox
+from shared.contracts.messages import CreateSubscription
+from tests.integration.worker.billing_support import Billing
+
+pytestmark = pytest.mark.integration
+
+JAN_1 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def billing(engine) -> Billing:  # type: ignore[no-untyped-def]
+    return Billing(engine)
+
+
+def invoice_for(billing: Billing, payment_method: str | None) -> tuple[str, str]:
+    suffix = uuid.uuid4().hex[:10]
+    sub = f"sub_{suffix}"
+    billing.send(CreateSubscription(subscription_id=sub, customer_id=f"cus_{suffix}", plan_id="pro",
+                                    currency="USD", payment_method_id=payment_method), JAN_1)
+    return sub, billing.invoices(sub)[0].invoice_id
+
+
+def executor(engine: sa.Engine, **options: float) -> PaymentExecutor:
+    return PaymentExecutor(engine, SimulatedGateway(PostgresProviderRecord(engine)), ManualClock(JAN_1),
+                           lease_s=options.get("lease_s", 60), unknown_backoff_s=options.get("backoff", 0.05))
+
+
+def attempt_of(engine: sa.Engine, invoice_id: str) -> sa.Row:  # type: ignore[type-arg]
+    with engine.connect() as conn:
+        return conn.execute(sa.select(payment_attempts).where(payment_attempts.c.invoice_id == invoice_id)).one()
+
+
+def outcomes_of(engine: sa.Engine, sub: str) -> list[str]:
+    with engine.connect() as conn:
+        return list(conn.execute(sa.select(outbox.c.event_type).where(
+            outbox.c.topic == "payments.v1", outbox.c.message_key == sub)).scalars().all())
+
+
+def charges_of(engine: sa.Engine, invoice_id: str) -> list[bool]:
+    with engine.connect() as conn:
+        return list(conn.execute(sa.select(simulated_gateway_charges.c.succeeded).where(
+            simulated_gateway_charges.c.invoice_id == invoice_id)).scalars().all())
+
+
+def test_a_finalised_invoice_is_charged_and_the_success_goes_to_payments_v1(billing: Billing, engine) -> None:  # type: ignore[no-untyped-def]
+    sub, invoice_id = invoice_for(billing, "pm_card_visa")
+    executor(engine).run_once()
+    attempt = attempt_of(engine, invoice_id)
+    assert (attempt.status, attempt.dispatch_count, attempt.provider_ref.startswith("pi_sim_")) == (
+        "succeeded", 1, True)
+    assert outcomes_of(engine, sub) == ["payment.succeeded"]
+    assert charges_of(engine, invoice_id) == [True]
+
+
+def test_a_hard_decline_is_reported_as_a_failed_payment_with_its_code(billing: Billing, engine) -> None:  # type: ignore[no-untyped-def]
+    sub, invoice_id = invoice_for(billing, "pm_card_chargeDeclinedStolenCard")
+    executor(engine).run_once()
+    attempt = attempt_of(engine, invoice_id)
+    assert (attempt.status, attempt.decline_code, attempt.hard_decline) == ("declined", "stolen_card", True)
+    assert outcomes_of(engine, sub) == ["payment.failed"]
+
+
+def test_without_a_payment_method_the_attempt_fails_without_calling_the_provider(billing: Billing,
+                                                                                 engine) -> None:  # type: ignore[no-untyped-def]
+    sub, invoice_id = invoice_for(billing, None)
+    executor(engine).run_once()
+    assert attempt_of(engine, invoice_id).decline_code == "payment_method_missing"
+    assert charges_of(engine, invoice_id) == []
+    assert outcomes_of(engine, sub) == ["payment.failed"]
+
+
+def test_a_timeout_after_the_provider_charged_is_reconciled_to_one_success_not_charged_again(
+        billing: Billing, engine) -> None:  # type: ignore[no-untyped-def]
+    sub, invoice_id = invoice_for(billing, "pm_sim_timeout_after_success")
+    run = executor(engine, backoff=0.01)
+    run.run_once()
+    assert attempt_of(engine, invoice_id).status == "unknown"
+    assert outcomes_of(engine, sub) == []
+    time.sleep(0.1)
+    run.run_once()
+    attempt = attempt_of(engine, invoice_id)
+    assert (attempt.status, attempt.dispatch_count) == ("succeeded", 2)
+    assert charges_of(engine, invoice_id) == [True]
+    assert outcomes_of(engine, sub) == ["payment.succeeded"]
+
+
+def test_an_executor_that_died_mid_call_leaves_the_attempt_to_be_looked_up_after_its_lease(
+        billing: Billing, engine) -> None:  # type: ignore[no-untyped-def]
+    sub, invoice_id = invoice_for(billing, "pm_card_visa")
+    dead = executor(engine, lease_s=0.2)
+    [claimed] = [a for a in dead.claim(500) if a.invoice_id == invoice_id]
+    dead.execute(claimed)  # the provider charged; the executor dies before recording it
+    executor(engine).run_once()
+    assert attempt_of(engine, invoice_id).status == "in_flight"  # its lease still holds: nobody touches it
+    time.sleep(0.3)
+    executor(engine).run_once()
+    attempt = attempt_of(engine, invoice_id)
+    assert (attempt.status, attempt.dispatch_count) == ("succeeded", 2)
+    assert charges_of(engine, invoice_id) == [True]
+    assert outcomes_of(engine, sub) == ["payment.succeeded"]
+
+
+def test_a_provider_that_keeps_failing_with_server_errors_is_given_up_as_a_soft_processing_error(
+        billing: Billing, engine) -> None:  # type: ignore[no-untyped-def]
+    sub, invoice_id = invoice_for(billing, "pm_sim_server_error")
+    run = executor(engine, backoff=0.001)
+    for _ in range(8):
+        run.run_once()
+        time.sleep(0.15)
+    attempt = attempt_of(engine, invoice_id)
+    assert (attempt.status, attempt.decline_code, attempt.hard_decline) == ("declined", "processing_error", False)
+    assert charges_of(engine, invoice_id) == []
+    assert outcomes_of(engine, sub) == ["payment.failed"]
+
+
+def test_many_charges_run_in_flight_at_once_on_the_background_thread(billing: Billing, engine) -> None:  # type: ignore[no-untyped-def]
+    invoices = [invoice_for(billing, "pm_card_visa")[1] for _ in range(20)]
+    background = executor(engine)
+    background.start()
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(attempt_of(engine, i).status != "succeeded" for i in invoices):
+            time.sleep(0.1)
+    finally:
+        background.stop()
+    assert [attempt_of(engine, i).status for i in invoices] == ["succeeded"] * 20
