@@ -11,11 +11,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time
 from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
+from psycopg.types.json import Jsonb
 from sqlalchemy.dialects.postgresql import insert
 
 from shared.adapters.postgres.schema.billing import (
@@ -55,6 +56,41 @@ IDS = uuid.UUID("6f1c2b0e-9a57-4d8e-b3f1-2c7d5a9e8b41")
 
 DEFAULT_ISSUER = "default"
 DEFAULT_INVOICE_PREFIX = "OLB"
+
+
+# ---------------------------------------------------------------------------------------- bulk writes
+
+
+def _copy_value(value: Any) -> Any:
+    if isinstance(value, dict | list):
+        return Jsonb(value)
+    if isinstance(value, uuid.UUID | time):
+        return str(value)
+    return value
+
+
+def bulk_insert(conn: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]], *,
+                conflict: str = "", returning: str = "") -> list[Any]:
+    """Insert many rows with COPY into a temporary table and one INSERT ... SELECT (optionally
+    `ON CONFLICT ...` and `RETURNING ...`): a few round trips for any number of rows."""
+    if not rows:
+        return []
+    columns = list(rows[0])
+    temp = f"_bulk_{table.name}_{uuid.uuid5(IDS, ','.join(columns)).hex[:8]}"
+    column_list = ", ".join(f'"{c}"' for c in columns)
+    conn.execute(sa.text(f"CREATE TEMP TABLE IF NOT EXISTS {temp} ON COMMIT DROP AS "
+                         f"SELECT {column_list} FROM {table.name} WITH NO DATA"))
+    dbapi = conn.connection.dbapi_connection
+    assert dbapi is not None
+    with dbapi.cursor() as cur, cur.copy(f"COPY {temp} ({column_list}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row([_copy_value(row[c]) for c in columns])
+    result = conn.execute(sa.text(
+        f"INSERT INTO {table.name} ({column_list}) SELECT {column_list} FROM {temp} {conflict} "
+        + (f"RETURNING {returning}" if returning else "")))
+    out = list(result.scalars().all()) if returning else []
+    conn.execute(sa.text(f"TRUNCATE {temp}"))
+    return out
 
 
 def derived_id(prefix: str, *parts: object) -> str:
@@ -158,7 +194,7 @@ def save_subscriptions(conn: sa.Connection, states: Sequence[SubscriptionState])
     new = [_row_of(s) for s in states if s.stored_version is None]
     stored = [_row_of(s) for s in states if s.stored_version is not None]
     if new:
-        conn.execute(insert(subscriptions), new)
+        bulk_insert(conn, subscriptions, new)
     if stored:
         columns = [c for c in stored[0] if c != "subscription_id"]
         conn.execute(sa.update(subscriptions)
@@ -281,14 +317,15 @@ def save_ledger_rows(conn: sa.Connection, grant_rows: list[dict[str, Any]],
     """Insert new grants and entries; `settled` (subscription, instant) marks every grant of the
     subscription that expired by then as settled (its expiry was written off, or nothing was left)."""
     if grant_rows:
-        conn.execute(insert(credit_grants), grant_rows)
+        bulk_insert(conn, credit_grants, grant_rows)
     if entry_rows:
-        conn.execute(insert(credit_entries), entry_rows)
+        bulk_insert(conn, credit_entries, entry_rows)
     if settled:
-        g = credit_grants.c
-        conn.execute(sa.update(credit_grants).where(
-            g.subscription_id == sa.bindparam("s"), g.expires_at <= sa.bindparam("at"), g.settled_at.is_(None))
-            .values(settled_at=sa.bindparam("at")), [{"s": s, "at": at} for s, at in settled])
+        conn.execute(sa.text(
+            "UPDATE credit_grants g SET settled_at = v.at "
+            "FROM unnest(CAST(:subs AS text[]), CAST(:ats AS timestamptz[])) AS v(s, at) "
+            "WHERE g.subscription_id = v.s AND g.expires_at <= v.at AND g.settled_at IS NULL"),
+            {"subs": [s for s, _ in settled], "ats": [at for _, at in settled]})
 
 
 # ---------------------------------------------------------------------------------------------- invoices
@@ -357,13 +394,12 @@ def insert_invoices(conn: sa.Connection, items: Sequence[InvoiceToStore]) -> set
     identity already exists is not stored twice)."""
     if not items:
         return set()
-    inserted = set(conn.execute(
-        insert(invoices).on_conflict_do_nothing(constraint="uq_invoices_identity").returning(invoices.c.invoice_id),
-        [invoice_row(i) for i in items]).scalars().all())
+    inserted = set(bulk_insert(conn, invoices, [invoice_row(i) for i in items],
+                               conflict="ON CONFLICT ON CONSTRAINT uq_invoices_identity DO NOTHING",
+                               returning="invoice_id"))
     lines = [_line_row(i.invoice, n, line, i.plan_id) for i in items if i.invoice.id in inserted
              for n, line in enumerate(i.invoice.lines, start=1)]
-    if lines:
-        conn.execute(insert(invoice_lines), lines)
+    bulk_insert(conn, invoice_lines, lines)
     return inserted
 
 
@@ -455,9 +491,8 @@ def insert_payment_attempts(conn: sa.Connection, attempts: Sequence[AttemptToCre
              "amount_minor": a.amount.amount_minor, "currency": a.amount.currency,
              "payment_method_id": a.payment_method_id, "idempotency_key": a.attempt_id, "status": "pending",
              "reason": a.reason, "requested_at": a.requested_at} for a in attempts]
-    result = conn.execute(insert(payment_attempts).on_conflict_do_nothing().returning(
-        payment_attempts.c.attempt_id), rows)
-    return len(result.scalars().all())
+    return len(bulk_insert(conn, payment_attempts, rows, conflict="ON CONFLICT DO NOTHING",
+                           returning="attempt_id"))
 
 
 # ------------------------------------------------------------------------------- coupons, periods, history
@@ -512,13 +547,11 @@ def history_rows(events: Iterable[DomainEvent], command_id: str | None) -> list[
 
 
 def append_history(conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> None:
-    if rows:
-        conn.execute(insert(subscription_history).on_conflict_do_nothing(index_elements=["event_id"]), rows)
+    bulk_insert(conn, subscription_history, rows, conflict="ON CONFLICT (event_id) DO NOTHING")
 
 
 def append_audit(conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> None:
     """Rows of (occurred_at, actor, action, entity_type, entity_id, subscription_id, customer_id,
     command_id, detail); append-only."""
-    if rows:
-        conn.execute(insert(billing_audit_log), [{"detail": {}, "subscription_id": None, "customer_id": None,
-                                                  "command_id": None, **r} for r in rows])
+    bulk_insert(conn, billing_audit_log, [{"detail": {}, "subscription_id": None, "customer_id": None,
+                                           "command_id": None, **r} for r in rows])

@@ -24,7 +24,6 @@ from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert
 
 from services.billing_worker import billing_repository as repo
 from services.billing_worker.billing_repository import (
@@ -259,11 +258,8 @@ class BillingWork:
         repo.record_periods(conn, self.periods)
         repo.append_history(conn, self.history)
         repo.append_audit(conn, self.audit)
-        if self.outbox_rows:
-            conn.execute(insert(outbox).on_conflict_do_nothing(index_elements=["event_id"]), self.outbox_rows)
-        if self.outcomes:
-            conn.execute(insert(command_outcomes).on_conflict_do_nothing(index_elements=["command_id"]),
-                         self.outcomes)
+        repo.bulk_insert(conn, outbox, self.outbox_rows, conflict="ON CONFLICT (event_id) DO NOTHING")
+        repo.bulk_insert(conn, command_outcomes, self.outcomes, conflict="ON CONFLICT (command_id) DO NOTHING")
 
     def _finalise(self) -> None:
         if not self.issued:
@@ -377,6 +373,8 @@ class BillingCommands:
                 with conn.begin_nested():
                     work = self.work(conn, now)
                     work.load([str(p.subscription_id) for _, p in items])
+                    if apply == self.close:
+                        work.load_ledgers(list(work.states.values()))
                     for envelope, payload in items:
                         result = apply(work, envelope, payload, now)
                         if is_command:
