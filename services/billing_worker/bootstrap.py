@@ -92,7 +92,8 @@ def build_worker(settings: Settings, *, handler_modules: tuple[str, ...] = HANDL
     deps = WorkerDeps(settings=settings, engine=engine, clock=clock, catalog=catalog)
     for name in handler_modules:
         if importlib.util.find_spec(name) is None:
-            log.warning("handler module not found; its message types will be dead-lettered", extra=kv(handler_module=name))
+            log.warning("handler module not found; its message types will be dead-lettered",
+                        extra=kv(handler_module=name))
             continue
         importlib.import_module(name).register(registry, deps)
     materializer = UsageMaterializer(MeterMap.from_catalog(catalog))

@@ -24,7 +24,8 @@ from shared.observability import kv
 
 log = logging.getLogger("billing_worker.relay")
 
-_LOCK = sa.text("SELECT pg_try_advisory_xact_lock(hashtext(current_schema() || ':outbox-relay'))")
+_LOCK = sa.text("SELECT pg_try_advisory_xact_lock(hashtext(current_schema() || :name))").bindparams(
+    name="/outbox-relay")
 
 
 class OutboxRelay:

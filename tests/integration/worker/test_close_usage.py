@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+import sqlalchemy as sa
 
 from services.billing_worker.usage import MeterMap, MeterRule, UsageItem, UsageMaterializer, close_usage, usage_so_far
 
@@ -83,3 +84,11 @@ def test_closing_the_same_period_twice_returns_the_same_answer(engine):
     with engine.begin() as conn:
         again = close_usage(conn, sub, START, END)
     assert again == first
+
+
+def test_identifiers_with_tabs_backslashes_and_newlines_are_stored_verbatim(engine):
+    odd = "tx\twith\\odd\nchars\r!"
+    ingest(engine, [event("sub_odd", odd, START, 1)])
+    with engine.connect() as conn:
+        stored = conn.execute(sa.text("SELECT transaction_id FROM usage_events WHERE subscription_id = 'sub_odd'"))
+        assert stored.scalar_one() == odd
