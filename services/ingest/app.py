@@ -1,9 +1,9 @@
 """The FastAPI application of the ingest edge: `create_app(container)`.
 
-Middleware order (outermost first): metrics, body-size limit (413), card-number guard (422),
-Idempotency-Key (POST), then the
-routes. Errors are problem+json (`services.ingest.problems`). The Kafka producer's delivery thread is
-started with the app and the producer is flushed when it stops.
+Middleware order (outermost first): metrics, body-size limit (413), NUL-character guard (422),
+card-number guard (422), Idempotency-Key (POST), then the routes. Errors are problem+json
+(`services.ingest.problems`). The Kafka producer's delivery thread is started with the app and the
+producer is flushed when it stops.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from services.ingest.container import Container
 from services.ingest.idempotency import IdempotencyMiddleware, IdempotencyStore
 from services.ingest.limits import BodyLimitMiddleware
 from services.ingest.metrics import EdgeMetrics, MetricsMiddleware
+from services.ingest.nul import NulGuardMiddleware
 from services.ingest.pan import PanGuardMiddleware
 from services.ingest.problems import install_problem_handlers
 from services.ingest.routes import (
@@ -82,6 +83,7 @@ def create_app(container: Container) -> FastAPI:
     # add_middleware wraps: the last added is the outermost.
     app.add_middleware(IdempotencyMiddleware, store=store, exempt_paths=frozenset({WEBHOOK_PATH}))
     app.add_middleware(PanGuardMiddleware, exempt_paths=frozenset({WEBHOOK_PATH, INGEST_PATH}))
+    app.add_middleware(NulGuardMiddleware, exempt_paths=frozenset({WEBHOOK_PATH, INGEST_PATH}))
     app.add_middleware(BodyLimitMiddleware, max_bytes=container.settings.max_request_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app

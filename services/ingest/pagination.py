@@ -26,11 +26,28 @@ def encode_cursor(key: str) -> str:
     return base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
 
 
+def _invalid_cursor() -> ProblemError:
+    return ProblemError(422, "Invalid cursor", "pass back a next_cursor value unchanged", slug="cursor",
+                        errors=[FieldError(field="cursor", reason="not a cursor of this API")])
+
+
 def decode_cursor(cursor: str | None) -> str | None:
     if cursor is None:
         return None
     try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        key = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-        raise ProblemError(422, "Invalid cursor", "pass back a next_cursor value unchanged", slug="cursor",
-                           errors=[FieldError(field="cursor", reason="not a cursor of this API")]) from exc
+        raise _invalid_cursor() from exc
+    if "\x00" in key:  # never produced by encode_cursor; PostgreSQL text cannot hold it
+        raise _invalid_cursor()
+    return key
+
+
+def decode_int_cursor(cursor: str | None) -> int | None:
+    """A cursor over an integer key (identity columns)."""
+    key = decode_cursor(cursor)
+    if key is None:
+        return None
+    if not key.isascii() or not key.isdigit() or len(key) > 18:
+        raise _invalid_cursor()
+    return int(key)

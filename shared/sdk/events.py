@@ -24,6 +24,8 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 MAX_EVENT_AGE = timedelta(days=34)
 MAX_EVENT_LEAD = timedelta(minutes=5)
 MAX_BATCH_EVENTS = 1000
+# PostgreSQL text and JSONB cannot hold U+0000; an identifier carrying one could never be stored.
+NO_NUL = r"^[^\x00]*$"
 
 
 class UsageEvent(BaseModel):
@@ -31,9 +33,11 @@ class UsageEvent(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    transaction_id: str = Field(min_length=1, max_length=128, description="the producer's unique id (dedupe key)")
-    customer_id: str = Field(min_length=1, max_length=128, description="our customer id or an ingest alias")
-    event_type: str = Field(min_length=1, max_length=100)
+    transaction_id: str = Field(min_length=1, max_length=128, pattern=NO_NUL,
+                                description="the producer's unique id (dedupe key)")
+    customer_id: str = Field(min_length=1, max_length=128, pattern=NO_NUL,
+                             description="our customer id or an ingest alias")
+    event_type: str = Field(min_length=1, max_length=100, pattern=NO_NUL)
     timestamp: AwareDatetime = Field(description="RFC 3339 with a UTC offset")
     properties: dict[str, Any] = Field(default_factory=dict)
 
@@ -68,6 +72,8 @@ def check_event(event: UsageEvent, now: datetime) -> EventProblem | None:
     if event.timestamp > now + MAX_EVENT_LEAD:
         return EventProblem("timestamp", "more than 5 minutes in the future", "timestamp_in_future")
     for name, value in event.properties.items():
+        if "\x00" in name or _holds_nul(value):
+            return EventProblem(f"properties.{name}", "must not contain U+0000", "invalid_property")
         number = numeric_value(value)
         if number is None:
             continue
@@ -76,3 +82,13 @@ def check_event(event: UsageEvent, now: datetime) -> EventProblem | None:
         if number < 0:
             return EventProblem(f"properties.{name}", "must not be negative", "invalid_property")
     return None
+
+
+def _holds_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any("\x00" in str(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    return False

@@ -2,7 +2,8 @@
 
 Onboarding is idempotent by `external_id` (with or without an Idempotency-Key):
 1. the customer row is written first (its id derives from the external id), with aliases and members;
-2. the Stripe customer is created with an idempotency key derived from the external id, then recorded;
+2. the Stripe customer is created with an idempotency key derived from the customer id (itself derived
+   from the external id), then recorded;
 3. the payment method token (`pm_...`) is attached, then recorded as the default.
 A retry after a failure at any step resumes where it stopped; a retry of a finished onboarding with the
 same data answers 200 with the customer, with different data 409. Stripe keeps idempotency keys for 24 h;
@@ -183,7 +184,9 @@ def _ensure_stripe(container: Container, view: CustomerView, body: OnboardReques
         created = _stripe_call(lambda: client.v1.customers.create(
             params={"email": view.email, "name": view.name,
                     "metadata": {"customer_id": view.customer_id, "external_id": view.external_id}},
-            options={"idempotency_key": f"onboard-customer:{view.external_id}"}))
+            # The customer id derives from the external id (same key on every retry) and, unlike the
+            # external id, is ASCII: HTTP headers cannot carry arbitrary Unicode.
+            options={"idempotency_key": f"onboard-customer:{view.customer_id}"}))
         stripe_id = changes["stripe_customer_id"] = created.id
     if body.payment_method_id and body.payment_method_id != view.default_payment_method_id:
         pm_id = body.payment_method_id

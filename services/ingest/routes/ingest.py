@@ -28,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from services.ingest.auth import Principal, Scope, authorize_customer, forbidden, require
 from services.ingest.container import Container, get_container
 from services.ingest.directory import USAGE_STATUSES, CustomerDirectory, Route
-from services.ingest.pagination import Page, decode_cursor, encode_cursor
+from services.ingest.pagination import Page, decode_int_cursor, encode_cursor
 from services.ingest.problems import PROBLEM_RESPONSES, FieldError, ProblemError, field_errors_of
 from shared.adapters.kafka.producer import OutgoingMessage
 from shared.adapters.postgres.schema.edge import unmatched_usage
@@ -226,12 +226,12 @@ async def list_unmatched(customer_ref: str | None = None, include_replayed: bool
                          limit: int = Query(50, ge=1, le=500), cursor: str | None = None,
                          _: Principal = Depends(require(Scope.ADMIN)),
                          container: Container = Depends(get_container)) -> Page[UnmatchedEvent]:
-    after = decode_cursor(cursor)
+    after = decode_int_cursor(cursor)
 
     def load() -> list[sa.Row[Any]]:
         query = sa.select(unmatched_usage).order_by(unmatched_usage.c.id).limit(limit + 1)
         if after is not None:
-            query = query.where(unmatched_usage.c.id > int(after))
+            query = query.where(unmatched_usage.c.id > after)
         if customer_ref is not None:
             query = query.where(unmatched_usage.c.customer_ref == customer_ref)
         if not include_replayed:

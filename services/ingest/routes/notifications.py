@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from services.ingest.auth import Principal, Scope, forbidden, require, resolve_org
 from services.ingest.container import Container, get_container
-from services.ingest.pagination import Page, decode_cursor, encode_cursor
+from services.ingest.pagination import Page, decode_int_cursor, encode_cursor
 from services.ingest.problems import PROBLEM_RESPONSES, FieldError, ProblemError
 from services.ingest.views import NotificationView
 from shared.adapters.notify.history import MAX_PAGE, InvalidCursorError, NotificationPage, list_notifications
@@ -31,11 +31,12 @@ async def notifications(customer_id: str | None = None, limit: int = Query(50, g
         scope = resolve_org(principal, customer_id)
     else:
         raise forbidden("only admin keys and organisation read keys may list notifications")
-    after = decode_cursor(cursor)
+    after = decode_int_cursor(cursor)
 
     def load() -> NotificationPage:
         with container.engine.connect() as conn:
-            return list_notifications(conn, customer_id=scope, cursor=after, limit=limit)
+            return list_notifications(conn, customer_id=scope, cursor=None if after is None else str(after),
+                                      limit=limit)
 
     try:
         page = await run_in_threadpool(load)

@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from services.ingest.auth import Principal, Scope, authorize_customer, require
 from services.ingest.container import Container, get_container
-from services.ingest.pagination import Page, decode_cursor, encode_cursor
+from services.ingest.pagination import Page, decode_cursor, decode_int_cursor, encode_cursor
 from services.ingest.problems import PROBLEM_RESPONSES, ProblemError
 from services.ingest.routes.subscriptions import owner_of
 from services.ingest.usage_estimate import estimate_usage
@@ -237,14 +237,12 @@ async def audit_trail(customer_id: str, limit: int = Limit, cursor: str | None =
                       principal: Principal = Depends(require(Scope.READ)),
                       container: Container = Depends(get_container)) -> Page[AuditEntryView]:
     authorize_customer(principal, customer_id)
-    after = decode_cursor(cursor)
-    if after is not None and not after.isdigit():
-        raise ProblemError(422, "Invalid cursor", slug="cursor")
+    after = decode_int_cursor(cursor)
 
     def load() -> list[Any]:
         query = sa.select(audit_log).where(audit_log.c.customer_id == customer_id)
         if after is not None:
-            query = query.where(audit_log.c.id > int(after))
+            query = query.where(audit_log.c.id > after)
         with container.engine.connect() as conn:
             return list(conn.execute(query.order_by(audit_log.c.id).limit(limit + 1)))
 
