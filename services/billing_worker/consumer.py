@@ -129,10 +129,10 @@ class ExactlyOnceConsumer:
                 if err.code() != KafkaError._PARTITION_EOF:
                     log.warning("consumer error", extra=kv(error=str(err), topic=m.topic(), partition=m.partition()))
                 continue
-            topic = self._logical.get(m.topic() or "")
-            if topic is None or (topic, m.partition()) not in self._epochs:
+            topic, partition, offset = self._logical.get(m.topic() or ""), m.partition(), m.offset()
+            if topic is None or partition is None or offset is None or (topic, partition) not in self._epochs:
                 continue  # a partition we no longer own (fenced, revoked): never processed
-            out.append(Record(topic, m.partition(), m.offset(), m.key(), m.value()))
+            out.append(Record(topic, partition, offset, m.key(), m.value()))
         return out
 
     def _process_with_retry(self, records: list[Record], stop: threading.Event | None) -> int:

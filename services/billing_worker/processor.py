@@ -267,8 +267,7 @@ class BatchProcessor:
                 dead.append(DeadLetter.of(r.topic, r.partition, r.offset, r.key, r.value, error))
 
     def _apply_one(self, conn: sa.Connection, record: Any, now: datetime, dead: list[DeadLetter]) -> None:
-        log = bound(self._log, topic=record.topic, partition=record.partition, offset=record.offset,
-                    key=record.key.decode(errors="replace") if record.key else None)
+        key = record.key.decode(errors="replace") if record.key else None
         try:
             envelope = Envelope.from_bytes(record.value)
             payload = parse_payload(envelope)
@@ -278,13 +277,14 @@ class BatchProcessor:
             return
         handler = self._registry.handler_for(envelope.type)
         if handler is None:
-            error = MessageRejected(f"no handler for message type {envelope.type!r} on {record.topic}",
-                                    code="unknown_type")
-            self._dead(conn, record, envelope, error, dead)
+            unknown = MessageRejected(f"no handler for message type {envelope.type!r} on {record.topic}",
+                                      code="unknown_type")
+            self._dead(conn, record, envelope, unknown, dead)
             return
-        ctx = HandlerContext(conn, envelope, now, record.topic, record.partition, record.offset,
-                             record.key.decode(errors="replace") if record.key else None,
-                             bound(log, type=envelope.type, event_id=str(envelope.event_id)))
+        ctx = HandlerContext(conn, envelope, now, record.topic, record.partition, record.offset, key,
+                             bound(self._log, topic=record.topic, partition=record.partition,
+                                   offset=record.offset, key=key, type=envelope.type,
+                                   event_id=str(envelope.event_id)))
         try:
             with conn.begin_nested():
                 handler(conn, envelope, payload, ctx)

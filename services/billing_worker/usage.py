@@ -311,7 +311,7 @@ def _copy_rows(conn: sa.Connection, items: Iterable[UsageItem]) -> None:
     dbapi = conn.connection.dbapi_connection
     if dbapi is None:
         raise RuntimeError("the connection is closed")
-    with dbapi.cursor() as cur, cur.copy(
+    with dbapi.cursor() as cur, cur.copy(  # type: ignore[attr-defined]  # psycopg 3 cursor
             f"COPY {_TEMP_TABLE} (customer_id, transaction_id, subscription_id, event_type, meter_id, "
             "quantity, occurred_at, received_at) FROM STDIN") as copy:
         copy.write("".join(lines).encode())
@@ -513,9 +513,9 @@ def usage_so_far(conn: sa.Connection, subscription_id: str, period_start: dateti
         # The hour that straddles period_start: its events from period_start on are current usage; the
         # rest of its unbilled quantity is late usage of the previous period.
         current_in_edge = _event_sums(conn, subscription_id, lo, full_from)
-        unbilled_in_edge = dict(conn.execute(
+        unbilled_in_edge: dict[str, Decimal] = {m: Decimal(q) for m, q in conn.execute(
             sa.select(agg.meter_id, agg.quantity - agg.billed_quantity)
-            .where(agg.subscription_id == subscription_id, agg.bucket_start == lo_bucket)).all())
+            .where(agg.subscription_id == subscription_id, agg.bucket_start == lo_bucket)).all()}
         for m in set(current_in_edge) | set(unbilled_in_edge):
             current = current_in_edge.get(m, Decimal(0))
             totals[m] = totals.get(m, Decimal(0)) + current
