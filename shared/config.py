@@ -50,6 +50,12 @@ class Settings(BaseSettings):
     worker_batch_max: int = 5000
     worker_batch_timeout_s: float = 0.2
     scheduler_interval_s: float = 1.0
+    worker_member_id: str | None = Field(
+        default=None, description="Kafka static membership (group.instance.id), e.g. the pod name: a restart "
+                                  "with the same id resumes its partitions without a rebalance")
+    worker_session_timeout_ms: int | None = Field(
+        default=None, description="how soon a silent worker loses its partitions (librdkafka default 45 s)")
+    worker_relay: bool = Field(default=True, description="run the outbox relay in this worker process")
 
     # --- dunning / notifications
     notifier: Literal["log", "webhook", "smtp"] = "log"

@@ -33,8 +33,10 @@ def main(argv: list[str] | None = None) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    worker = build_worker(settings, relay=not args.no_relay, static_member_id=args.member_id,
-                          session_timeout_ms=args.session_timeout_ms)
+    # Flags override the BILLING_WORKER_* settings (handy for running several instances from one shell).
+    worker = build_worker(settings, relay=settings.worker_relay and not args.no_relay,
+                          static_member_id=args.member_id or settings.worker_member_id,
+                          session_timeout_ms=args.session_timeout_ms or settings.worker_session_timeout_ms)
     worker.run(stop)
 
 
