@@ -72,7 +72,13 @@ def check_event(event: UsageEvent, now: datetime) -> EventProblem | None:
     if event.timestamp > now + MAX_EVENT_LEAD:
         return EventProblem("timestamp", "more than 5 minutes in the future", "timestamp_in_future")
     for name, value in event.properties.items():
-        if "\x00" in name or _holds_nul(value):
+        if "\x00" in name:
+            return EventProblem(f"properties.{name}", "must not contain U+0000", "invalid_property")
+        if type(value) is int:  # the common case, without a Decimal
+            if value < 0:
+                return EventProblem(f"properties.{name}", "must not be negative", "invalid_property")
+            continue
+        if _holds_nul(value):
             return EventProblem(f"properties.{name}", "must not contain U+0000", "invalid_property")
         number = numeric_value(value)
         if number is None:

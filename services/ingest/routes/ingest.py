@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.dialects.postgresql import insert
 from starlette.concurrency import run_in_threadpool
@@ -33,7 +34,7 @@ from services.ingest.problems import PROBLEM_RESPONSES, FieldError, ProblemError
 from shared.adapters.kafka.producer import OutgoingMessage
 from shared.adapters.postgres.schema.edge import unmatched_usage
 from shared.contracts import topics
-from shared.domain.catalog import Aggregation, Catalog
+from shared.domain.catalog import Aggregation, Catalog, Meter
 from shared.errors import DeliveryError
 from shared.sdk.envelopes import usage_message
 from shared.sdk.events import UsageEvent, check_event, numeric_value
@@ -71,15 +72,25 @@ def directory_of(request: Request, container: Container = Depends(get_container)
     return directory
 
 
-def _plan_problem(catalog: Catalog, route: Route, event: UsageEvent) -> tuple[str, FieldError] | None:
-    """Is the event type metered by the customer's plan, with the numeric value its meters sum?"""
-    plan = catalog.plans.get(route.plan_id) if route.plan_id else None  # type: ignore[call-overload]
-    if plan is None:
+_Meters = dict[tuple[str | None, str], list[Meter] | None]
+
+
+def _plan_problem(catalog: Catalog, route: Route, event: UsageEvent,
+                  memo: _Meters | None = None) -> tuple[str, FieldError] | None:
+    """Is the event type metered by the customer's plan, with the numeric value its meters sum?
+    `memo` caches the meters per (plan, event type) for the length of one request."""
+    memo = {} if memo is None else memo
+    key = (route.plan_id, event.event_type)
+    if key not in memo:
+        plan = catalog.plans.get(route.plan_id) if route.plan_id else None  # type: ignore[call-overload]
+        memo[key] = None if plan is None else [
+            catalog.meters[m] for m in plan.meters if catalog.meters[m].event_type == event.event_type]
+    meters = memo[key]
+    if meters is None:
         return "unknown_plan", FieldError(field="customer_id", reason="the subscription's plan is not in the catalog")
-    meters = [catalog.meters[m] for m in plan.meters if catalog.meters[m].event_type == event.event_type]
     if not meters:
         return "unknown_event_type", FieldError(
-            field="event_type", reason=f"plan {plan.id} meters no event type {event.event_type!r}")
+            field="event_type", reason=f"plan {route.plan_id} meters no event type {event.event_type!r}")
     for meter in meters:
         if meter.aggregation is Aggregation.SUM and meter.value_property:
             if numeric_value(event.properties.get(meter.value_property)) is None:
@@ -113,7 +124,7 @@ _BATCH_SCHEMA = {"type": "array", "minItems": 1, "maxItems": 1000,
                                             "content": {"application/json": {"schema": _BATCH_SCHEMA}}}})
 async def ingest(request: Request, principal: Principal = Depends(require(Scope.INGEST)),
                  container: Container = Depends(get_container),
-                 directory: CustomerDirectory = Depends(directory_of)) -> IngestResult:
+                 directory: CustomerDirectory = Depends(directory_of)) -> Response:
     items = _parse_batch(await request.body(), container.settings.max_batch_events)
     now = await run_in_threadpool(container.clock.now)
     results: list[EventResult | None] = [None] * len(items)
@@ -143,6 +154,7 @@ async def ingest(request: Request, principal: Principal = Depends(require(Scope.
 
     accepted: list[_Accepted] = []
     parked: list[tuple[int, UsageEvent]] = []
+    meters_memo: _Meters = {}
     for index, event in valid:
         route = routes[event.customer_id]
         if route.customer_id is None:
@@ -156,7 +168,7 @@ async def ingest(request: Request, principal: Principal = Depends(require(Scope.
                                              field="customer_id", reason="the customer has no subscription "
                                                                          "that accepts usage")])
             continue
-        plan_problem = _plan_problem(container.catalog, route, event)
+        plan_problem = _plan_problem(container.catalog, route, event, meters_memo)
         if plan_problem is not None:
             results[index] = EventResult(index=index, transaction_id=event.transaction_id, status="rejected",
                                          reason=plan_problem[0], errors=[plan_problem[1]])
@@ -179,21 +191,24 @@ async def ingest(request: Request, principal: Principal = Depends(require(Scope.
         raise
     request.app.state.metrics.produce_seconds.labels(topics.USAGE).observe(time.perf_counter() - started)
 
+    # NOTE: hot path: accepted results are plain dicts and the body is written with orjson (the
+    # response_model documents the shape; validating 1000 results again would cost more than producing).
+    body: list[dict[str, Any] | None] = [None if r is None else r.model_dump(mode="json") for r in results]
     for a in accepted:
-        results[a.index] = EventResult(index=a.index, transaction_id=a.event.transaction_id, status="accepted")
+        body[a.index] = {"index": a.index, "transaction_id": a.event.transaction_id, "status": "accepted",
+                         "reason": None, "errors": []}
     for index, event in parked:
-        results[index] = EventResult(index=index, transaction_id=event.transaction_id, status="parked",
-                                     reason="unknown_customer")
-    final = [r for r in results if r is not None]
+        body[index] = EventResult(index=index, transaction_id=event.transaction_id, status="parked",
+                                  reason="unknown_customer").model_dump(mode="json")
     counter = request.app.state.metrics.usage_events
     counter.labels("accepted", "").inc(len(accepted))
     if parked:
         counter.labels("parked", "unknown_customer").inc(len(parked))
-    for r in final:
-        if r.status == "rejected":
-            counter.labels("rejected", r.reason or "").inc()
-    return IngestResult(accepted=len(accepted), rejected=sum(r.status == "rejected" for r in final),
-                        parked=len(parked), results=final)
+    rejected = [r for r in results if r is not None]
+    for r in rejected:
+        counter.labels("rejected", r.reason or "").inc()
+    return Response(orjson.dumps({"accepted": len(accepted), "rejected": len(rejected), "parked": len(parked),
+                                  "results": body}), media_type="application/json")
 
 
 def _park(engine: sa.Engine, parked: list[tuple[int, UsageEvent]], key_id: str) -> None:

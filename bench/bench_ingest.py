@@ -1,0 +1,302 @@
+"""Ingest benchmarks: HTTP edge throughput, SDK-to-Kafka throughput, and usage visibility latency.
+
+- `ingest_http_events_per_s`: batches of 1000 events POSTed to the edge (`python -m services.ingest`,
+  one uvicorn process, a subprocess) by a load generator in its own process (asyncio + httpx, a fixed
+  number of requests in flight), sustained for BENCH_INGEST_SECONDS (default 20) after a warm-up;
+  counted are the events the edge answered `accepted`, i.e. acknowledged by Kafka (acks=all).
+- `ingest_sdk_events_per_s`: the SDK's `KafkaUsageProducer` (validation, envelope, idempotent producer)
+  straight to Kafka, until every delivery report came back.
+- `usage_visible_p99_ms`: with the real billing worker (`python -m services.billing_worker`) consuming,
+  and background load at half the sustained HTTP rate, a probe event is POSTed every so often and
+  `GET /v1/subscriptions/{id}/usage` is polled (every 5 ms) until the probe's usage shows: the time from
+  the edge's acknowledgement to visibility, p50 and p99 over BENCH_INGEST_PROBES probes (default 200).
+
+Baselines: `raw_produce_events_per_s` (bench/run.py: plain confluent-kafka, same event size).
+The customers and subscriptions are seeded as onboarding and the worker's subscribe leave them.
+Run the load generator alone with `python -m bench.bench_ingest <mode> '<json args>'`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import sqlalchemy as sa
+
+REPO = Path(__file__).resolve().parent.parent
+ADMIN_KEY = "bench-ingest-admin-key"
+BATCH = 1000
+CUSTOMERS = 1000
+SECONDS = float(os.environ.get("BENCH_INGEST_SECONDS", "20"))
+WARMUP_SECONDS = 3.0
+IN_FLIGHT = int(os.environ.get("BENCH_INGEST_IN_FLIGHT", "6"))
+PROBES = int(os.environ.get("BENCH_INGEST_PROBES", "200"))
+SDK_EVENTS = int(os.environ.get("BENCH_INGEST_SDK_EVENTS", "200000"))
+PROBE_CUSTOMER, PROBE_SUBSCRIPTION = "cust_bench_probe", "sub_bench_probe"
+
+
+# ------------------------------------------------------------------------------------ load generator
+
+
+def _customer(i: int) -> str:
+    return f"cust_bench_{i:05d}"
+
+
+def batch_body(run: str, start: int, count: int, rng: random.Random) -> bytes:
+    """`count` inference events (~190 bytes each) with unique transaction ids, timestamped a minute ago."""
+    at = (datetime.now(UTC) - timedelta(minutes=1)).isoformat().replace("+00:00", "Z")
+    events = ",".join(
+        f'{{"transaction_id":"{run}-{start + n}","customer_id":"{_customer(rng.randrange(CUSTOMERS))}",'
+        f'"event_type":"inference","timestamp":"{at}","properties":{{"cost_usd_micros":{rng.randint(1, 9999)},'
+        f'"model":"llama-3-8b"}}}}' for n in range(count))
+    return f"[{events}]".encode()
+
+
+def _headers() -> dict[str, str]:
+    return {"Authorization": f"Bearer {ADMIN_KEY}", "Content-Type": "application/json"}
+
+
+async def saturate(url: str, seconds: float, warmup: float, in_flight: int) -> dict[str, Any]:
+    """Keep `in_flight` batch requests outstanding; count accepted events after the warm-up."""
+    rng = random.Random(1)
+    run = uuid.uuid4().hex[:8]
+    counter = [0]
+    started = time.perf_counter()
+    measure_from, measure_to = started + warmup, started + warmup + seconds
+    accepted, requests, failures, latencies = [0], [0], [0], []
+
+    async def worker(http: httpx.AsyncClient) -> None:
+        while time.perf_counter() < measure_to:
+            counter[0] += BATCH
+            body = batch_body(run, counter[0], BATCH, rng)
+            sent = time.perf_counter()
+            response = await http.post("/v1/ingest", content=body)
+            done = time.perf_counter()
+            if response.status_code != 200:
+                failures[0] += 1
+                continue
+            if measure_from <= done <= measure_to:
+                accepted[0] += response.json()["accepted"]
+                requests[0] += 1
+                latencies.append(done - sent)
+
+    limits = httpx.Limits(max_connections=in_flight, max_keepalive_connections=in_flight)
+    async with httpx.AsyncClient(base_url=url, headers=_headers(), timeout=60, limits=limits) as http:
+        await asyncio.gather(*(worker(http) for _ in range(in_flight)))
+    latencies.sort()
+    return {"accepted": accepted[0], "seconds": seconds, "requests": requests[0], "failures": failures[0],
+            "p50_ms": 1000 * latencies[len(latencies) // 2] if latencies else None,
+            "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)] if latencies else None}
+
+
+async def _probe_quantity(http: httpx.AsyncClient) -> int:
+    body = (await http.get(f"/v1/subscriptions/{PROBE_SUBSCRIPTION}/usage")).json()
+    return sum(int(m["quantity"]) for m in body["meters"] if m["meter_id"] == "inference")
+
+
+async def visibility(url: str, rate: float, probes: int, timeout: float = 30.0) -> dict[str, Any]:
+    """Background load at `rate` events/s; probes measure acknowledgement -> visible through the read API."""
+    rng = random.Random(2)
+    run = uuid.uuid4().hex[:8]
+    stop = asyncio.Event()
+    sent_events = [0]
+    load_started = time.perf_counter()
+
+    async def load(http: httpx.AsyncClient) -> None:
+        interval = BATCH / rate
+        next_at = time.perf_counter()
+        outstanding: set[asyncio.Task[Any]] = set()
+        n = 0
+        while not stop.is_set():
+            next_at += interval
+            await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+            if len(outstanding) >= 16:  # the edge is not keeping up: do not pile up requests
+                continue
+            n += BATCH
+            task = asyncio.create_task(http.post("/v1/ingest", content=batch_body(run, n, BATCH, rng)))
+            sent_events[0] += BATCH
+            outstanding.add(task)
+            task.add_done_callback(outstanding.discard)
+        await asyncio.gather(*outstanding, return_exceptions=True)
+
+    latencies: list[float] = []
+    limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
+    async with httpx.AsyncClient(base_url=url, headers=_headers(), timeout=60, limits=limits) as http:
+        loader = asyncio.create_task(load(http))
+        expected = await _probe_quantity(http)
+        await asyncio.sleep(2.0)  # the load reaches its pace first
+        for n in range(probes):
+            at = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+            event = {"transaction_id": f"probe-{run}-{n}", "customer_id": PROBE_CUSTOMER, "event_type": "inference",
+                     "timestamp": at, "properties": {"cost_usd_micros": 1}}
+            response = await http.post("/v1/ingest", content=orjson.dumps([event]))
+            acknowledged = time.perf_counter()
+            if response.json()["accepted"] != 1:
+                raise RuntimeError(f"probe refused: {response.text}")
+            expected += 1
+            while await _probe_quantity(http) < expected:
+                if time.perf_counter() - acknowledged > timeout:
+                    raise RuntimeError(f"probe {n} not visible after {timeout} s")
+                await asyncio.sleep(0.005)
+            latencies.append(time.perf_counter() - acknowledged)
+            await asyncio.sleep(0.05)
+        stop.set()
+        await loader
+    elapsed = time.perf_counter() - load_started
+    latencies.sort()
+    return {"probes": len(latencies), "p50_ms": 1000 * latencies[len(latencies) // 2],
+            "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+            "max_ms": 1000 * latencies[-1], "offered_events_per_s": sent_events[0] / elapsed}
+
+
+def main(argv: list[str]) -> None:
+    mode, args = argv[1], json.loads(argv[2])
+    result = asyncio.run(saturate(**args) if mode == "saturate" else visibility(**args))
+    print(json.dumps(result), flush=True)
+
+
+# ------------------------------------------------------------------------------------ orchestration
+
+
+def _seed(engine: sa.Engine) -> None:
+    from shared.adapters.postgres.schema.billing import subscriptions
+    from shared.adapters.postgres.schema.core import customers
+
+    now = datetime.now(UTC)
+    ids = [(_customer(i), f"sub_bench_{i:05d}") for i in range(CUSTOMERS)] + [(PROBE_CUSTOMER, PROBE_SUBSCRIPTION)]
+    with engine.begin() as conn:
+        conn.execute(customers.insert(), [{"customer_id": c, "external_id": c, "kind": "org", "name": c,
+                                           "email": f"{c}@bench.test", "currency": "USD"} for c, _ in ids])
+        conn.execute(subscriptions.insert(), [{
+            "subscription_id": s, "customer_id": c, "plan_id": "pro", "status": "active", "seats": 1,
+            "currency": "USD", "anchor_day": (now - timedelta(days=1)).day, "started_at": now - timedelta(days=1),
+            "current_period_start": now - timedelta(days=1), "current_period_end": now + timedelta(days=29)}
+            for c, s in ids])
+
+
+def _env(settings: Any, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    for name, value in settings.model_dump().items():
+        if value is not None:
+            env[f"BILLING_{name.upper()}"] = str(value.get_secret_value() if hasattr(value, "get_secret_value")
+                                                 else value)
+    env.update(extra)
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start_edge(settings: Any) -> tuple[subprocess.Popen[bytes], str]:
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "services.ingest"], cwd=REPO, stdout=subprocess.DEVNULL,
+                            env=_env(settings, BILLING_HTTP_PORT=str(port), BILLING_ADMIN_API_KEY=ADMIN_KEY,
+                                     BILLING_LOG_LEVEL="WARNING"))
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("the edge exited at start")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("the edge did not answer within 60 s")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def _loadgen(mode: str, **args: Any) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, "-m", "bench.bench_ingest", mode, json.dumps(args)], cwd=REPO,
+                         capture_output=True, text=True, check=False, timeout=900)
+    if out.returncode != 0:
+        raise RuntimeError(f"load generator failed:\n{out.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _sdk_rate(settings: Any) -> float:
+    from shared.sdk.client import KafkaUsageProducer
+
+    rng = random.Random(3)
+    at = datetime.now(UTC) - timedelta(minutes=1)
+    events = [{"transaction_id": f"sdk-{n}", "customer_id": _customer(n % CUSTOMERS), "event_type": "inference",
+               "timestamp": at, "properties": {"cost_usd_micros": rng.randint(1, 9999), "model": "llama-3-8b"}}
+              for n in range(SDK_EVENTS)]
+    producer = KafkaUsageProducer(settings, producer_name="bench-sdk")
+    started = time.perf_counter()
+    for n, event in enumerate(events):
+        producer.emit(event, subscription_id=f"sub_bench_{n % CUSTOMERS:05d}", now=at)
+    producer.close(120)
+    return SDK_EVENTS / (time.perf_counter() - started)
+
+
+def run(ctx: Any) -> dict[str, dict[str, Any]]:
+    from shared.adapters.kafka.admin import create_topics
+
+    settings = ctx.settings
+    _seed(ctx.engine)
+
+    edge, url = _start_edge(settings)
+    try:
+        saturated = _loadgen("saturate", url=url, seconds=SECONDS, warmup=WARMUP_SECONDS, in_flight=IN_FLIGHT)
+    finally:
+        _stop(edge)
+    http_rate = saturated["accepted"] / saturated["seconds"]
+    print(f"[bench] ingest over HTTP: {saturated}", flush=True)
+
+    sdk_rate = _sdk_rate(settings)
+
+    # The visibility run gets topics of its own, so the worker does not first chew through the backlog.
+    prefix = f"{settings.topic_prefix}vis."
+    create_topics(settings.kafka_bootstrap, prefix=prefix, partitions=6)
+    live = settings.model_copy(update={"topic_prefix": prefix, "consumer_group": f"{settings.consumer_group}-vis"})
+    worker = subprocess.Popen([sys.executable, "-m", "services.billing_worker", "--no-relay"], cwd=REPO,
+                              env=_env(live), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    edge, url = _start_edge(live)
+    try:
+        seen = _loadgen("visibility", url=url, rate=http_rate / 2, probes=PROBES)
+    finally:
+        _stop(edge)
+        _stop(worker)
+    print(f"[bench] usage visibility at half load: {seen}", flush=True)
+
+    return {
+        "ingest_http_events_per_s": {"value": round(http_rate), "unit": "events/s",
+                                     "baseline": "raw_produce_events_per_s"},
+        "ingest_http_batch_p99_ms": {"value": round(saturated["p99_ms"] or 0, 1), "unit": "ms", "baseline": None},
+        "ingest_sdk_events_per_s": {"value": round(sdk_rate), "unit": "events/s",
+                                    "baseline": "raw_produce_events_per_s"},
+        "usage_visible_p50_ms": {"value": round(seen["p50_ms"], 1), "unit": "ms", "baseline": None},
+        "usage_visible_p99_ms": {"value": round(seen["p99_ms"], 1), "unit": "ms", "baseline": None},
+        "usage_visible_offered_events_per_s": {"value": round(seen["offered_events_per_s"]), "unit": "events/s",
+                                               "baseline": "ingest_http_events_per_s"},
+    }
+
+
+if __name__ == "__main__":
+    main(sys.argv)
