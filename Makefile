@@ -14,11 +14,16 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# PostgreSQL server binaries come from Debian; install them when missing (needs root).
+# From Debian when missing (needs root): PostgreSQL server binaries; kcat, the plain Kafka client the
+# tests use to show that any producer can write our usage messages.
 system-deps:
-	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { \
-	  echo "installing PostgreSQL server binaries from Debian"; \
-	  apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; }
+	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v kcat >/dev/null 2>&1 || missing="$$missing kcat"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing from Debian:$$missing"; \
+	  apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; \
+	fi
 
 demo: venv system-deps
 	$(BIN)/billing demo
