@@ -63,12 +63,12 @@ ORDER BY s.trial_end, s.subscription_id
 LIMIT :limit
 """)
 
-# Grants past their expiry that the worker has not settled yet (a period close settles the included credits
-# of the period it closes, so in practice these are top-ups and promotional credits).
+# Grants past their expiry that the worker has not settled yet. Plan-included credits are left out: they
+# expire with their period, and the period close settles them in its own transaction.
 _DUE_EXPIRIES = sa.text("""
 SELECT g.subscription_id, min(g.customer_id) AS customer_id, g.expires_at AS due_at
 FROM credit_grants g
-WHERE g.expires_at <= :now AND g.settled_at IS NULL
+WHERE g.expires_at <= :now AND g.settled_at IS NULL AND g.source <> 'plan_included'
   AND NOT EXISTS (SELECT 1 FROM scheduled_commands c WHERE c.subscription_id = g.subscription_id
                   AND c.kind = 'credits.expire' AND c.due_at = g.expires_at)
 GROUP BY g.subscription_id, g.expires_at

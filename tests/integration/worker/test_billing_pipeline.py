@@ -37,21 +37,13 @@ def simulated(settings: Settings) -> Settings:
 
 @pytest.fixture(scope="module")
 def running_worker(simulated: Settings) -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        # TODO(worker-core): relay._LOCK's literal ':outbox-relay' is parsed as a bind parameter by sa.text;
-        # until relay.py escapes it, the test runs the relay with the escaped statement.
-        from services.billing_worker import relay
-
-        if ":outbox-relay" in str(relay._LOCK) and "\\:" not in str(relay._LOCK):
-            patch.setattr(relay, "_LOCK", sa.text(
-                "SELECT pg_try_advisory_xact_lock(hashtext(current_schema() || '\\:outbox-relay'))"))
-        worker = build_worker(simulated, session_timeout_ms=6000)
-        stop = threading.Event()
-        thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
-        thread.start()
-        yield
-        stop.set()
-        thread.join(60)
+    worker = build_worker(simulated, session_timeout_ms=6000)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    yield
+    stop.set()
+    thread.join(60)
 
 
 def send(settings: Settings, *payloads: CreateSubscription) -> None:
