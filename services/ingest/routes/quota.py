@@ -58,7 +58,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 router = APIRouter(prefix="/v1/quota", tags=["report credits"], lifespan=_lifespan)
 
 
-def get_quota(request: Request) -> QuotaService:
+async def get_quota(request: Request) -> QuotaService:
+    """Async on purpose: FastAPI runs a plain-def dependency in the thread pool (one hop per request)."""
     service: QuotaService = request.app.state.quota
     return service
 
@@ -177,14 +178,15 @@ def _problem(error: QuotaRequestError) -> ProblemError:
     return ProblemError(error.status, error.slug.replace("-", " ").capitalize(), error.detail, slug=error.slug)
 
 
-def _credit_response(answer: CreditAnswer, now: datetime) -> Response:
+def _credit_response(answer: CreditAnswer, now: datetime | None) -> Response:
+    """200 with the balances, or the problem document of the refusal (``now`` sets 429's Retry-After)."""
     headers = {"Idempotent-Replayed": "true"} if answer.replayed else {}
     if answer.allowed:
         return Response(orjson.dumps(answer.body()), status_code=200, media_type="application/json",
                         headers=headers)
     reason = answer.reason or QuotaDenialReason.NO_PLAN
     status = _DENIAL_STATUS.get(reason, 402)
-    if status == 429:
+    if status == 429 and now is not None:
         headers["Retry-After"] = str(max(1, math.ceil((answer.month.end - now).total_seconds())))
     problem = QuotaProblem(
         type=problem_type(f"quota/{reason.value}"), title=_DENIAL_TITLE[reason], status=status,
@@ -215,8 +217,8 @@ async def use_report_credit(org_id: str, body: UseCredit,
     if answer.user_id != body.user_id:
         raise ProblemError(409, "Enquiry already used", f"enquiry {body.enquiry_id!r} was run by another user",
                            slug="quota/enquiry-conflict")
-    return _credit_response(answer, await quota.now() if answer.reason is QuotaDenialReason.USER_LIMIT_REACHED
-                            else answer.month.start)
+    user_refused = answer.reason is QuotaDenialReason.USER_LIMIT_REACHED
+    return _credit_response(answer, await quota.now() if user_refused else None)
 
 
 @router.put("/orgs/{org_id}/plan", response_model=QuotaState, responses=PROBLEM_RESPONSES,

@@ -1,4 +1,4 @@
-"""Tables of the quota area: report credits (hard monthly quotas) and usage-tier spend caps.
+"""Tables of the quota area: report credits (hard monthly quotas per org and per user).
 
 The counters are keyed by (org, calendar month start in the org's zone), so a month rolls over without any
 job: the first request of a month simply finds no row for it. Every admission is one conditional write
@@ -116,56 +116,4 @@ quota_alerts = sa.Table(
     sa.UniqueConstraint("org_id", "period_start", "kind", "threshold_percent", "user_id"),
     sa.CheckConstraint("kind IN ('quota.threshold_reached', 'quota.limit_reached', "
                        "'quota.on_track_to_exceed')", name="kind"),
-)
-
-# --- usage tiers: included credits in money and a monthly spend cap -----------------------------------
-
-# An org's usage tier as the hard-limit path sees it (plan, seats, cap). `version` plays the same role as
-# on quota_orgs.
-tier_accounts = sa.Table(
-    "tier_accounts", metadata,
-    sa.Column("org_id", sa.Text, primary_key=True),
-    sa.Column("plan_id", sa.Text, nullable=False),
-    sa.Column("seats", sa.Integer, nullable=False, server_default="1"),
-    sa.Column("currency", sa.String(3), nullable=False),
-    sa.Column("timezone", sa.Text, nullable=False, server_default="UTC"),
-    sa.Column("spend_cap_minor", sa.BigInteger, comment="pay-as-you-go spend allowed per month; NULL: none"),
-    sa.Column("subscription_id", sa.Text),
-    sa.Column("version", sa.BigInteger, nullable=False, server_default="0"),
-    created_at(),
-    sa.CheckConstraint("seats >= 1", name="seats"),
-    sa.CheckConstraint("spend_cap_minor IS NULL OR spend_cap_minor >= 0", name="spend_cap"),
-)
-
-# Money used per org and calendar month. `authorised_minor` is admitted synchronously (hard guarantee);
-# `recorded_minor` is usage that arrived through Kafka and was counted afterwards (may overshoot a cap by
-# the pipeline's visibility latency). The CHECK holds the synchronous path to included credits + cap.
-tier_months = sa.Table(
-    "tier_months", metadata,
-    sa.Column("org_id", sa.Text, sa.ForeignKey("tier_accounts.org_id"), primary_key=True),
-    sa.Column("month_start", sa.DateTime(timezone=True), primary_key=True),
-    sa.Column("month_end", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("included_minor", sa.BigInteger, nullable=False),
-    sa.Column("limit_minor", sa.BigInteger, comment="included + cap (or included when blocked); NULL: none"),
-    sa.Column("authorised_minor", sa.BigInteger, nullable=False, server_default="0"),
-    sa.Column("recorded_minor", sa.BigInteger, nullable=False, server_default="0"),
-    sa.CheckConstraint("authorised_minor >= 0 AND recorded_minor >= 0 AND included_minor >= 0", name="amounts"),
-    sa.CheckConstraint("limit_minor IS NULL OR authorised_minor <= limit_minor", name="limit"),
-)
-
-# One row per synchronous authorisation (idempotency key) and per recorded Kafka-path usage event.
-tier_charges = sa.Table(
-    "tier_charges", metadata,
-    sa.Column("org_id", sa.Text, primary_key=True),
-    sa.Column("charge_id", sa.Text, primary_key=True),
-    sa.Column("path", sa.Text, nullable=False),
-    sa.Column("meter_id", sa.Text, nullable=False),
-    sa.Column("amount_minor", sa.BigInteger, nullable=False),
-    sa.Column("month_start", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("remaining_included_minor", sa.BigInteger, nullable=False),
-    sa.Column("spend_minor", sa.BigInteger, nullable=False),
-    sa.Column("event_id", UUID(as_uuid=True)),
-    created_at(),
-    sa.CheckConstraint("path IN ('authorised', 'recorded')", name="path"),
-    sa.CheckConstraint("amount_minor >= 0", name="amount"),
 )

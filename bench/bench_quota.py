@@ -1,0 +1,384 @@
+"""Report-credit decisions over HTTP: latency at a fixed rate, hot-org throughput, and overspend.
+
+Setup: the real edge (`python -m services.ingest`, uvicorn, one worker) in a child process on a fresh
+schema; the load generator is a raw asyncio HTTP/1.1 keep-alive client (no httpx: its connection pool, not
+the server, becomes the bottleneck) running in ANOTHER child process, so it never shares an interpreter
+with the server. The machine's cores are shared by server, generator and PostgreSQL: the figures are a
+lower bound for a machine where they are not.
+
+Metrics:
+- `quota_http_p99_ms`: open loop at 1,000 requests/s spread over 50 orgs; latency counted from each
+  request's scheduled send time (so queueing behind a slow response is included, no coordinated omission).
+- `quota_hot_org_decisions_per_s`: closed loop, 64 connections, one org, 1,000 users, everything admitted.
+- `quota_overspend`: 2,000 requests through 200 connections against an org with 100 reports left;
+  reports admitted beyond the allotment (API answers and PostgreSQL rows, whichever is larger).
+- `naive_quota_*`: the same two runs against a read-then-write implementation (SELECT the counter, decide
+  in Python, UPDATE used = used + 1) behind an equally thin HTTP server, measured in the same run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+REPO = Path(__file__).resolve().parent.parent
+ADMIN_KEY = "bench-quota-admin-key"
+P99_RATE = 1000
+P99_SECONDS = 6
+P99_ORGS = 50
+HOT_SECONDS = 6
+HOT_CONNECTIONS = 64
+HOT_USERS = 1000
+BURST_REQUESTS = 2000
+BURST_CONNECTIONS = 200
+BURST_ALLOTMENT = 100
+
+
+# --- the load generator (runs in its own process) ---------------------------------------------------
+
+
+class _Connection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    async def request(self, raw: bytes) -> int:
+        self.writer.write(raw)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        if length:
+            await self.reader.readexactly(length)
+        return status
+
+
+def _raw_post(host: str, path: str, body: bytes, token: str) -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+async def _connect(port: int) -> _Connection:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+    writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return _Connection(reader, writer)
+
+
+async def _closed_loop(port: int, requests: list[bytes], connections: int) -> dict[str, Any]:
+    """Send every request as fast as `connections` keep-alive connections allow."""
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    for raw in requests:
+        queue.put_nowait(raw)
+    statuses: list[int] = []
+    latencies: list[float] = []
+
+    async def worker() -> None:
+        conn = await _connect(port)
+        while not queue.empty():
+            raw = queue.get_nowait()
+            started = time.perf_counter()
+            statuses.append(await conn.request(raw))
+            latencies.append(time.perf_counter() - started)
+        conn.writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    return {"elapsed": time.perf_counter() - started, "statuses": statuses, "latencies": latencies}
+
+
+async def _open_loop(port: int, requests: list[bytes], rate: int, pool_size: int = 256) -> dict[str, Any]:
+    """Send request i at start + i / rate; latency is measured from that scheduled instant."""
+    pool: asyncio.Queue[_Connection] = asyncio.Queue()
+    for conn in await asyncio.gather(*(_connect(port) for _ in range(pool_size))):
+        pool.put_nowait(conn)
+    statuses: list[int] = []
+    latencies: list[float] = []
+    start = time.perf_counter() + 0.2
+
+    async def one(index: int, raw: bytes) -> None:
+        scheduled = start + index / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        conn = await pool.get()
+        try:
+            statuses.append(await conn.request(raw))
+        finally:
+            pool.put_nowait(conn)
+        latencies.append(time.perf_counter() - scheduled)
+
+    await asyncio.gather(*(one(i, raw) for i, raw in enumerate(requests)))
+    return {"elapsed": time.perf_counter() - start, "statuses": statuses, "latencies": latencies}
+
+
+def _generator_main(mode: str, port: int, requests: list[bytes], parameter: int, out: Any) -> None:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    if mode == "closed":
+        result = asyncio.run(_closed_loop(port, requests, parameter))
+    else:
+        result = asyncio.run(_open_loop(port, requests, parameter))
+    out.send(result)
+    out.close()
+
+
+def generate_load(mode: str, port: int, requests: list[bytes], parameter: int) -> dict[str, Any]:
+    """Run the generator in a separate process (spawned: no state shared with this one)."""
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=_generator_main, args=(mode, port, requests, parameter, sender))
+    process.start()
+    result: dict[str, Any] = receiver.recv()
+    process.join()
+    return result
+
+
+def _percentile(values: list[float], percent: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * percent / 100))]
+
+
+# --- servers -------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _settings_env(settings: Any) -> dict[str, str]:
+    env = {}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        env[f"BILLING_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    return env
+
+
+class _ChildServer:
+    def __init__(self, argv: list[str], env: dict[str, str], port: int) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self._process = subprocess.Popen(argv, cwd=REPO, env={**os.environ, **env},
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while True:
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{argv} did not start")
+            try:
+                httpx.get(f"{self.url}/healthz", timeout=1)
+                return
+            except httpx.TransportError:
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        self._process.send_signal(signal.SIGTERM)
+        try:
+            self._process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+
+def _edge(settings: Any) -> _ChildServer:
+    port = _free_port()
+    env = {**_settings_env(settings), "BILLING_ADMIN_API_KEY": ADMIN_KEY, "BILLING_HTTP_PORT": str(port),
+           "BILLING_HTTP_HOST": "127.0.0.1", "BILLING_LOG_LEVEL": "WARNING", "BILLING_CLOCK": "real"}
+    return _ChildServer([sys.executable, "-m", "services.ingest"], env, port)
+
+
+def _naive(settings: Any) -> _ChildServer:
+    port = _free_port()
+    env = {**_settings_env(settings), "BILLING_LOG_LEVEL": "WARNING"}
+    return _ChildServer([sys.executable, "-m", "uvicorn", "bench.bench_quota:naive_app", "--factory",
+                         "--port", str(port), "--log-level", "warning", "--no-access-log"], env, port)
+
+
+# --- the naive baseline: read, decide, write (two statements, no lock, no condition) --------------------
+
+
+def naive_app() -> Any:
+    """A read-then-write quota behind FastAPI: the race the real implementation is built to avoid."""
+    from fastapi import FastAPI
+    from starlette.responses import Response
+
+    from shared.adapters.postgres.quota_repository import make_pool
+    from shared.config import Settings
+
+    pool = make_pool(Settings(), min_size=4, max_size=16)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> Any:
+        await pool.open(wait=True)
+        async with pool.connection() as conn:
+            await conn.execute("CREATE TABLE IF NOT EXISTS bench_naive_quota (org_id text PRIMARY KEY, "
+                               "allotment int NOT NULL, used int NOT NULL DEFAULT 0)")
+        yield
+        await pool.close()
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.put("/naive/{org_id}")
+    async def reset(org_id: str, allotment: int) -> dict[str, int]:
+        async with pool.connection() as conn:
+            await conn.execute("INSERT INTO bench_naive_quota VALUES (%s, %s, 0) ON CONFLICT (org_id) DO UPDATE "
+                               "SET allotment = excluded.allotment, used = 0", (org_id, allotment))
+        return {"allotment": allotment}
+
+    @app.get("/naive/{org_id}")
+    async def used(org_id: str) -> dict[str, int]:
+        async with pool.connection() as conn:
+            row = await (await conn.execute("SELECT used FROM bench_naive_quota WHERE org_id = %s",
+                                            (org_id,))).fetchone()
+        return {"used": row[0] if row else 0}
+
+    @app.post("/v1/quota/orgs/{org_id}/report-credits")
+    async def use_credit(org_id: str) -> Response:
+        async with pool.connection() as conn:
+            row = await (await conn.execute("SELECT used, allotment FROM bench_naive_quota WHERE org_id = %s",
+                                            (org_id,))).fetchone()
+            if row is None or row[0] >= row[1]:
+                return Response(b'{"reason":"org_limit_reached"}', status_code=402)
+            await conn.execute("UPDATE bench_naive_quota SET used = used + 1 WHERE org_id = %s", (org_id,))
+        return Response(orjson.dumps({"org_remaining": row[1] - row[0] - 1}), status_code=200)
+
+    return app
+
+
+# --- runs ----------------------------------------------------------------------------------------------
+
+
+def _credit_requests(org_ids: list[str], count: int, users: int, run: str, token: str) -> list[bytes]:
+    requests = []
+    for i in range(count):
+        org = org_ids[i % len(org_ids)]
+        body = orjson.dumps({"user_id": f"user-{i % users}", "enquiry_id": f"{run}-{i}"})
+        requests.append(_raw_post("127.0.0.1", f"/v1/quota/orgs/{org}/report-credits", body, token))
+    return requests
+
+
+def _setup_org(url: str, org: str, plan: str, top_up: int = 0) -> None:
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    httpx.put(f"{url}/v1/quota/orgs/{org}/plan", json={"plan": plan}, headers=headers, timeout=30
+              ).raise_for_status()
+    if top_up:
+        httpx.post(f"{url}/v1/quota/orgs/{org}/top-ups", json={"reports": top_up}, headers=headers, timeout=30
+                   ).raise_for_status()
+
+
+def _db_used(engine: Any, org: str) -> int:
+    import sqlalchemy as sa
+
+    with engine.connect() as conn:
+        return int(conn.execute(sa.text("SELECT coalesce(sum(used), 0) FROM quota_org_months WHERE org_id = :o"),
+                                {"o": org}).scalar_one())
+
+
+def _measure_edge(settings: Any, engine: Any) -> dict[str, float]:
+    edge = _edge(settings)
+    try:
+        run = uuid.uuid4().hex[:6]
+        orgs = [f"p99-{run}-{i}" for i in range(P99_ORGS)]
+        for org in orgs:
+            _setup_org(edge.url, org, "Ultimate", top_up=10_000)
+        warm = generate_load("closed", edge.port, _credit_requests(orgs, 2000, 100, f"w{run}", ADMIN_KEY), 32)
+        p99 = generate_load("open", edge.port,
+                            _credit_requests(orgs, P99_RATE * P99_SECONDS, 100, f"p{run}", ADMIN_KEY), P99_RATE)
+
+        hot_org = f"hot-{run}"
+        _setup_org(edge.url, hot_org, "Ultimate", top_up=1_000_000)
+        hot = generate_load("closed", edge.port,
+                            _credit_requests([hot_org], 4000 * HOT_SECONDS, HOT_USERS, f"h{run}", ADMIN_KEY),
+                            HOT_CONNECTIONS)
+
+        burst_org = f"burst-{run}"
+        _setup_org(edge.url, burst_org, "Basic")
+        burst = generate_load("closed", edge.port,
+                              _credit_requests([burst_org], BURST_REQUESTS, 50, f"b{run}", ADMIN_KEY),
+                              BURST_CONNECTIONS)
+        admitted = sum(status == 200 for status in burst["statuses"])
+        overspend = max(admitted, _db_used(engine, burst_org)) - BURST_ALLOTMENT
+    finally:
+        edge.stop()
+    return {
+        "p99_ms": _percentile(p99["latencies"], 99) * 1000,
+        "p50_ms": _percentile(p99["latencies"], 50) * 1000,
+        "p99_achieved_rate": len(p99["statuses"]) / p99["elapsed"],
+        "p99_errors": sum(s >= 500 for s in p99["statuses"]) + sum(s >= 500 for s in warm["statuses"]),
+        "hot_per_s": len(hot["statuses"]) / hot["elapsed"],
+        "hot_admitted": sum(s == 200 for s in hot["statuses"]),
+        "overspend": max(0, overspend),
+    }
+
+
+def _measure_naive(settings: Any) -> dict[str, float]:
+    naive = _naive(settings)
+    try:
+        run = uuid.uuid4().hex[:6]
+        hot_org, burst_org = f"hot-{run}", f"burst-{run}"
+        httpx.put(f"{naive.url}/naive/{hot_org}", params={"allotment": 10_000_000}, timeout=30).raise_for_status()
+        generate_load("closed", naive.port, _credit_requests([hot_org], 2000, 100, f"w{run}", "-"), 32)
+        hot = generate_load("closed", naive.port,
+                            _credit_requests([hot_org], 4000 * HOT_SECONDS, HOT_USERS, f"h{run}", "-"),
+                            HOT_CONNECTIONS)
+        httpx.put(f"{naive.url}/naive/{burst_org}", params={"allotment": BURST_ALLOTMENT}, timeout=30
+                  ).raise_for_status()
+        burst = generate_load("closed", naive.port,
+                              _credit_requests([burst_org], BURST_REQUESTS, 50, f"b{run}", "-"), BURST_CONNECTIONS)
+        used = httpx.get(f"{naive.url}/naive/{burst_org}", timeout=30).json()["used"]
+        admitted = sum(status == 200 for status in burst["statuses"])
+    finally:
+        naive.stop()
+    return {"hot_per_s": len(hot["statuses"]) / hot["elapsed"],
+            "overspend": max(0, max(admitted, used) - BURST_ALLOTMENT)}
+
+
+def run(ctx: Any) -> dict[str, dict[str, Any]]:
+    edge = _measure_edge(ctx.settings, ctx.engine)
+    naive = _measure_naive(ctx.settings)
+    return {
+        "quota_http_p99_ms": {"value": round(edge["p99_ms"], 2), "unit": "ms", "baseline": None},
+        "quota_http_p50_ms": {"value": round(edge["p50_ms"], 2), "unit": "ms", "baseline": None},
+        "quota_http_achieved_rate": {"value": round(edge["p99_achieved_rate"], 1), "unit": "req/s",
+                                     "baseline": None},
+        "quota_http_5xx": {"value": edge["p99_errors"], "unit": "responses", "baseline": None},
+        "quota_hot_org_decisions_per_s": {"value": round(edge["hot_per_s"], 1), "unit": "decisions/s",
+                                          "baseline": "naive_quota_decisions_per_s"},
+        "quota_overspend": {"value": edge["overspend"], "unit": "reports", "baseline": "naive_quota_overspend"},
+        "naive_quota_decisions_per_s": {"value": round(naive["hot_per_s"], 1), "unit": "decisions/s",
+                                        "baseline": None},
+        "naive_quota_overspend": {"value": naive["overspend"], "unit": "reports", "baseline": None},
+    }
+
+
+if __name__ == "__main__":
+    from bench.run import _context
+
+    context = _context(__import__("bench.run", fromlist=["_endpoints"])._endpoints(), "quota")
+    for name, metric in run(context).items():
+        print(f"{name:34} {metric['value']:>12} {metric['unit']}")
