@@ -107,9 +107,9 @@ class Quiescence:
             out["payments_in_flight"] = int(conn.execute(sa.text(
                 "SELECT count(*) FROM payment_attempts WHERE status IN ('pending', 'in_flight', 'unknown')"))
                 .scalar_one())
+        # The worker stores offsets under the logical topic name (the prefix is deployment detail).
         for topic in self.WORKER_TOPICS:
-            name = self._settings.topic(topic)
-            out[topic] = sum(max(0, high - stored.get((name, p), 0)) for p, high in self._high(topic).items())
+            out[topic] = sum(max(0, high - stored.get((topic, p), 0)) for p, high in self._high(topic).items())
         high = self._high(topics.BILLING_EVENTS)
         name = self._settings.topic(topics.BILLING_EVENTS)
         committed = self._admin.list_consumer_group_offsets(
