@@ -263,7 +263,10 @@ async def mid_month_changes(edge: Edge, people: list[DemoCustomer], rng: random.
     for c in subs:
         by_plan.setdefault(c.plan_id or "", []).append(c)
     ops: list[tuple[str, DemoCustomer, str, dict[str, Any]]] = []
-    for c in rng.sample(by_plan.get("free", []), min(25, len(by_plan.get("free", [])))):
+    # NOTE: like Stripe's default (allow_incomplete), the engine accepts an upgrade without a card and lets
+    # dunning chase the invoice; the demo's users upgrade only once they have a card on file.
+    free_with_card = [c for c in by_plan.get("free", []) if c.payment_method]
+    for c in rng.sample(free_with_card, min(25, len(free_with_card))):
         ops.append(("upgrade", c, "change-plan", {"plan_id": "pro"}))
     for c in rng.sample(by_plan.get("pro", []), min(10, len(by_plan.get("pro", [])))):
         ops.append(("downgrade", c, "change-plan", {"plan_id": "free"}))
@@ -347,6 +350,10 @@ async def simulate(settings: Settings, base_url: str, people: list[DemoCustomer]
                 counters.add("usage_generated", len(events))
                 await send_usage(edge, producer, events, rng, counters, now)
                 await use_report_credits(edge, reporters, day, rng, counters)
+                if day == 3:
+                    # Subscriptions are charged in advance, so failing cards entered dunning on day 1;
+                    # some of those customers now attach a new card.
+                    await replace_cards(edge, people, counters)
                 if day == 12:
                     await mid_month_changes(edge, people, rng, counters)
                 quiet.wait()
@@ -356,11 +363,8 @@ async def simulate(settings: Settings, base_url: str, people: list[DemoCustomer]
             timings["month_s"] = time.perf_counter() - t0
             close = progress.add_task("February: period close + dunning", total=16)
             t0 = time.perf_counter()
-            for day in range(16):
+            for _day in range(16):
                 quiet.wait(timeout=300)
-                if day == 2:
-                    await replace_cards(edge, people, counters)
-                    quiet.wait(timeout=300)
                 await edge.advance(days=1)
                 progress.advance(close)
             quiet.wait(timeout=300)
