@@ -10,11 +10,27 @@
 | `POST /v1/quota/orgs/{org_id}/report-credits` | ingest | use one credit for an enquiry |
 | `GET /v1/quota/orgs/{org_id}` | read | plan, allotment, used, remaining, trial, user balance |
 
+| `GET /v1/quota/orgs/{org_id}/spend` | read | usage tiers: included credits left, spend so far, the cap |
+| `PUT /v1/quota/orgs/{org_id}/spend-cap` | admin | cap the org's pay-as-you-go spend per billing period |
+| `POST /v1/quota/orgs/{org_id}/spend/authorisations` | ingest | reserve compute spend atomically |
+
 Use a credit answers 200 with the remaining org and user balances, or a problem document whose `reason`
 names why: 402 `org_limit_reached`, `trial_exhausted`, `trial_expired`, `no_plan` (buy or upgrade a plan);
 429 `user_limit_reached` with `Retry-After` until the month's end (the org still has credits). A retried
 enquiry id gets the first answer back (same body, header `Idempotent-Replayed: true`) and never consumes
 twice; the enquiry id is the idempotency key, so no `Idempotency-Key` header is needed.
+
+Usage tiers (compute, the `inference` meter, quantity = USD micros; ``services.ingest.quota_spend``):
+the period's included credits (USD 0.10 free, USD 2 pro, USD 2 per seat pooled for team / enterprise,
+plus promotional or paid grants) are consumed first; beyond them the free tier is refused
+(`included_credits_exhausted`) and paid tiers are billed pay as you go, in arrears, up to the org's cap
+(`spend_cap_reached`). An authorisation answers 200 with what is left, or 402 with the reason; it is one
+atomic conditional write, idempotent on `request_id` (a retry gets the first answer, header
+`Idempotent-Replayed: true`), and it is itself the usage event (billed once; the same transaction id sent
+later through `/v1/ingest` is deduplicated by the worker). Usage sent through `POST /v1/ingest` or straight
+to Kafka is checked against the spend the edge can *see* (materialised by the worker, authorised here, or
+accepted by this process in the last second): such a burst can pass a limit by what is accepted during
+one visibility latency; callers that need a hard limit authorise first.
 """
 
 from __future__ import annotations
@@ -33,6 +49,8 @@ from starlette.responses import Response
 from services.ingest.auth import Principal, Scope, require, resolve_org
 from services.ingest.problems import PROBLEM_JSON, PROBLEM_RESPONSES, Problem, ProblemError, problem_type
 from services.ingest.quota_service import CreditAnswer, QuotaRequestError, QuotaService, QuotaView
+from services.ingest.quota_spend import OrgSpend, SpendAnswer, SpendRequestError, SpendService, spend_service_of
+from services.ingest.quota_spend_rules import SpendDenialReason, SpendSummary
 from shared.domain.quota import QuotaDenialReason
 
 IDENTIFIER = r"^[A-Za-z0-9_.:@-]{1,200}$"
@@ -291,3 +309,173 @@ async def read_quota(org_id: str, principal: Annotated[Principal, Depends(requir
     except QuotaRequestError as error:
         raise _problem(error) from error
     return QuotaState.of(view)
+
+
+# --- usage tiers: balance, cap, authorise --------------------------------------------------------------
+
+
+async def get_spend(request: Request) -> SpendService:
+    return spend_service_of(request.app.state, request.app.state.container)
+
+
+def _spend_problem(error: SpendRequestError) -> ProblemError:
+    return ProblemError(error.status, error.slug.replace("-", " ").capitalize(), error.detail,
+                        slug=f"quota/{error.slug}")
+
+
+class SpendBalance(BaseModel):
+    """Money in integer minor units of `currency`; quantities in the meter's unit (USD micros)."""
+
+    org_id: str
+    subscription_id: str
+    plan_id: str
+    meter_id: str
+    overage: str = Field(description="block: refused beyond the credits; bill: pay as you go up to the cap")
+    currency: str
+    period_start: datetime
+    period_end: datetime
+    included_credits_minor: int
+    included_remaining_minor: int
+    usage_cost_minor: int = Field(description="all priced usage of the period so far, rounded once")
+    spend_minor: int = Field(description="pay as you go so far: priced usage beyond the included credits")
+    cap_minor: int | None
+    cap_remaining_minor: int | None
+    used_quantity: int = Field(description="visible usage: materialised by the worker + authorised here")
+    authorised_quantity: int
+    limit_quantity: int | None = Field(description="usage the period may reach; null: no limit")
+    remaining_quantity: int | None
+    blocked: bool
+    reason: SpendDenialReason | None
+
+    @classmethod
+    def of(cls, spend: OrgSpend, summary: SpendSummary | None = None) -> SpendBalance:
+        summary = summary or spend.summary()
+        return cls(
+            org_id=spend.org_id, subscription_id=spend.subscription_id, plan_id=spend.plan_id,
+            meter_id=spend.limits.meter_id, overage=spend.limits.overage.value,
+            currency=spend.limits.unit_price.currency, period_start=spend.period.start,
+            period_end=spend.period.end, included_credits_minor=summary.included.amount_minor,
+            included_remaining_minor=summary.included_remaining.amount_minor,
+            usage_cost_minor=summary.usage_cost.amount_minor, spend_minor=summary.spend.amount_minor,
+            cap_minor=summary.cap.amount_minor if summary.cap is not None else None,
+            cap_remaining_minor=summary.cap_remaining.amount_minor if summary.cap_remaining is not None else None,
+            used_quantity=spend.visible_quantity, authorised_quantity=spend.usage.reserved,
+            limit_quantity=summary.limit_quantity, remaining_quantity=summary.remaining_quantity,
+            blocked=summary.blocked, reason=summary.reason)
+
+
+class SetSpendCap(BaseModel):
+    amount_minor: int | None = Field(ge=0, le=10**15, description="cap per billing period in minor units of "
+                                                                   "the org's currency; null removes it")
+    currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$", description="checked when given")
+
+
+class Authorise(BaseModel):
+    request_id: str = Field(pattern=IDENTIFIER, description="idempotency key; also the usage's transaction_id")
+    quantity: int = Field(gt=0, le=10**15, description="compute to reserve, in USD micros")
+    properties: dict[str, str | int | bool] = Field(default_factory=dict, max_length=20,
+                                                    description="copied onto the usage event")
+
+
+class SpendAuthorised(BaseModel):
+    org_id: str
+    request_id: str
+    allowed: bool
+    reason: None = None
+    quantity: int
+    period_start: datetime
+    period_end: datetime
+    currency: str
+    limit_quantity: int | None
+    remaining_quantity: int | None
+    included_remaining_minor: int
+    spend_minor: int
+    cap_minor: int | None
+
+
+class SpendProblem(Problem):
+    """Refused: `reason` is included_credits_exhausted (free tier) or spend_cap_reached."""
+
+    reason: SpendDenialReason
+    org_id: str
+    request_id: str
+    quantity: int
+    remaining_quantity: int | None
+
+
+def _spend_body(answer: SpendAnswer) -> dict[str, object]:
+    summary = answer.summary
+    return {
+        "org_id": answer.org_id, "request_id": answer.request_id, "allowed": answer.allowed, "reason": None,
+        "quantity": answer.quantity, "period_start": answer.period.start.isoformat(),
+        "period_end": answer.period.end.isoformat(), "currency": summary.usage_cost.currency,
+        "limit_quantity": answer.limit_quantity,
+        "remaining_quantity": (None if answer.limit_quantity is None
+                               else max(0, answer.limit_quantity - answer.spent_quantity)),
+        "included_remaining_minor": summary.included_remaining.amount_minor,
+        "spend_minor": summary.spend.amount_minor,
+        "cap_minor": summary.cap.amount_minor if summary.cap is not None else None,
+    }
+
+
+_SPEND_TITLE = {
+    SpendDenialReason.INCLUDED_CREDITS_EXHAUSTED: "The included credits of this period are used up",
+    SpendDenialReason.SPEND_CAP_REACHED: "The organisation's spending cap is reached",
+}
+
+_AUTHORISE_RESPONSES: dict[int | str, dict[str, object]] = {
+    200: {"model": SpendAuthorised, "description": "Reserved (or the replayed first answer of this request)"},
+    402: {"model": SpendProblem, "description": "Refused: included_credits_exhausted or spend_cap_reached",
+          "content": {PROBLEM_JSON: {}}},
+    **PROBLEM_RESPONSES,
+}
+
+
+@router.get("/orgs/{org_id}/spend", response_model=SpendBalance, responses=PROBLEM_RESPONSES,
+            summary="Usage-tier balance: included credits left, spend so far, the cap")
+async def read_spend(org_id: str, principal: Annotated[Principal, Depends(require(Scope.READ))],
+                     spend: Annotated[SpendService, Depends(get_spend)]) -> SpendBalance:
+    try:
+        return SpendBalance.of(await spend.balance(resolve_org(principal, org_id)))
+    except SpendRequestError as error:
+        raise _spend_problem(error) from error
+
+
+@router.put("/orgs/{org_id}/spend-cap", response_model=SpendBalance, responses=PROBLEM_RESPONSES,
+            summary="Cap the org's pay-as-you-go spend per billing period (admin)")
+async def set_spend_cap(org_id: str, body: SetSpendCap,
+                        principal: Annotated[Principal, Depends(require(Scope.ADMIN))],
+                        spend: Annotated[SpendService, Depends(get_spend)]) -> SpendBalance:
+    try:
+        return SpendBalance.of(await spend.set_cap(resolve_org(principal, org_id), body.amount_minor,
+                                                   body.currency))
+    except SpendRequestError as error:
+        raise _spend_problem(error) from error
+
+
+@router.post("/orgs/{org_id}/spend/authorisations", responses=_AUTHORISE_RESPONSES, response_class=Response,
+             summary="Reserve compute spend against the included credits and the cap (atomic)")
+async def authorise_spend(org_id: str, body: Authorise,
+                          principal: Annotated[Principal, Depends(require(Scope.INGEST))],
+                          spend: Annotated[SpendService, Depends(get_spend)]) -> Response:
+    try:
+        answer = await spend.authorise(resolve_org(principal, org_id), body.request_id, body.quantity,
+                                       body.properties)
+    except SpendRequestError as error:
+        raise _spend_problem(error) from error
+    if answer.allowed and answer.quantity != body.quantity:
+        raise ProblemError(409, "Request already authorised",
+                           f"request {body.request_id!r} reserved {answer.quantity}, not {body.quantity}",
+                           slug="quota/request-conflict")
+    headers = {"Idempotent-Replayed": "true"} if answer.replayed else {}
+    if answer.allowed:
+        return Response(orjson.dumps(_spend_body(answer)), status_code=200, media_type="application/json",
+                        headers=headers)
+    reason = answer.reason or SpendDenialReason.SPEND_CAP_REACHED
+    problem = SpendProblem(
+        type=problem_type(f"quota/{reason.value}"), title=_SPEND_TITLE[reason], status=402,
+        detail=f"spend refused: {reason.value}", reason=reason, org_id=answer.org_id,
+        request_id=answer.request_id, quantity=answer.quantity,
+        remaining_quantity=(None if answer.limit_quantity is None
+                            else max(0, answer.limit_quantity - answer.spent_quantity)))
+    return Response(orjson.dumps(problem.model_dump(mode="json")), status_code=402, media_type=PROBLEM_JSON)

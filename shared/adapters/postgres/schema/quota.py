@@ -117,3 +117,62 @@ quota_alerts = sa.Table(
     sa.CheckConstraint("kind IN ('quota.threshold_reached', 'quota.limit_reached', "
                        "'quota.on_track_to_exceed')", name="kind"),
 )
+
+
+# --- usage tiers: included credits in money and spend caps (compute, the `inference` meter) -------------
+#
+# The spend counters are in the meter's quantity (inference: USD micros), so every comparison is an
+# integer one; money appears only where the rule converts a limit to a quantity or a quantity to money.
+
+# One row per org that set a cap or authorised spend. `version` is bumped by every write that changes
+# what an authorisation would decide (a cap change, an authorisation): the authorise write is conditional
+# on it, like the report-credit write on `quota_orgs.version`.
+spend_accounts = sa.Table(
+    "spend_accounts", metadata,
+    sa.Column("org_id", sa.Text, primary_key=True),
+    sa.Column("monthly_cap_minor", sa.BigInteger, comment="cap on pay-as-you-go spend per period; NULL: none"),
+    sa.Column("currency", sa.Text, comment="currency of the cap"),
+    sa.Column("version", sa.BigInteger, nullable=False, server_default="0"),
+    created_at(),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.CheckConstraint("monthly_cap_minor IS NULL OR monthly_cap_minor >= 0", name="cap"),
+    sa.CheckConstraint("(monthly_cap_minor IS NULL) = (currency IS NULL)", name="cap_currency"),
+)
+
+# The authorised spend of one org in one billing period. `observed_quantity` is the usage that reached
+# the worker through Kafka (not authorised here) as last seen by an authorisation, `limit_quantity` the
+# limit that authorisation was checked against: the CHECK holds every authorisation to its limit without
+# a cross-table constraint (the backstop of the conditional write).
+spend_periods = sa.Table(
+    "spend_periods", metadata,
+    sa.Column("org_id", sa.Text, sa.ForeignKey("spend_accounts.org_id"), primary_key=True),
+    sa.Column("period_start", sa.DateTime(timezone=True), primary_key=True),
+    sa.Column("period_end", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("reserved_quantity", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("observed_quantity", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("limit_quantity", sa.BigInteger, comment="limit of the last authorisation; NULL: unlimited"),
+    sa.CheckConstraint("reserved_quantity >= 0 AND observed_quantity >= 0", name="counts"),
+    sa.CheckConstraint("limit_quantity IS NULL OR reserved_quantity + observed_quantity <= limit_quantity",
+                       name="limit"),
+)
+
+# One row per authorisation: the idempotency record (a retried request id gets the same answer) and the
+# link to its usage event (`transaction_id`), which tells whether the worker has materialised it yet.
+spend_reservations = sa.Table(
+    "spend_reservations", metadata,
+    sa.Column("org_id", sa.Text, primary_key=True),
+    sa.Column("request_id", sa.Text, primary_key=True),
+    sa.Column("transaction_id", sa.Text, nullable=False),
+    sa.Column("subscription_id", sa.Text, nullable=False),
+    sa.Column("period_start", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("period_end", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("quantity", sa.BigInteger, nullable=False),
+    sa.Column("limit_quantity", sa.BigInteger),
+    sa.Column("spent_quantity", sa.BigInteger, nullable=False, comment="visible spend after this one"),
+    sa.Column("reserved_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("event_id", UUID(as_uuid=True), nullable=False, unique=True),
+    created_at(),
+    sa.CheckConstraint("quantity > 0", name="quantity"),
+    sa.CheckConstraint("limit_quantity IS NULL OR spent_quantity <= limit_quantity", name="limit"),
+)
+sa.Index("ix_spend_reservations_period", spend_reservations.c.org_id, spend_reservations.c.period_start)

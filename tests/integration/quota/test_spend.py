@@ -1,0 +1,212 @@
+"""Usage tiers over HTTP against the real edge and PostgreSQL: included credits in money, the free tier
+blocked when they are gone, pay as you go up to an org's spending cap, the balance, and the synchronous
+authorisation (atomic, idempotent, exact under concurrency).
+
+The subscription and the usage rows belong to the billing worker: each test writes them as the worker
+would leave them (a subscription in its current period, hourly aggregates of materialised events);
+tests/integration/edge/test_pipeline.py shows the same rows written by the real worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from shared.adapters.postgres.schema.billing import subscriptions
+from shared.adapters.postgres.schema.core import customers
+from shared.adapters.postgres.schema.usage import usage_events
+from tests.integration.quota.conftest import ADMIN, START, EdgeServer, admin, client, new_org
+
+pytestmark = pytest.mark.integration
+
+PERIOD_START = START - timedelta(days=5)
+PERIOD_END = PERIOD_START + timedelta(days=31)
+
+
+def _org_on(engine: sa.Engine, plan: str, seats: int = 1) -> str:
+    """A customer with a live usage-tier subscription in its current period (the worker's read model)."""
+    org = new_org()
+    with engine.begin() as conn:
+        conn.execute(customers.insert().values(customer_id=org, external_id=f"ext-{org}", kind="org", name=org,
+                                               email=f"{org}@example.test", currency="USD"))
+        conn.execute(subscriptions.insert().values(
+            subscription_id=f"sub_{org}", customer_id=org, plan_id=plan, status="active", seats=seats,
+            currency="USD", anchor_day=PERIOD_START.day, anchor_time=PERIOD_START.time(), started_at=PERIOD_START,
+            current_period_start=PERIOD_START, current_period_end=PERIOD_END))
+    return org
+
+
+def _materialised(engine: sa.Engine, org: str, micros: int, transaction_id: str | None = None,
+                  at: datetime = START - timedelta(hours=2)) -> None:
+    """One inference event and its hourly aggregate, as the worker's materialiser leaves them."""
+    sid = f"sub_{org}"
+    bucket = at.replace(minute=0, second=0, microsecond=0)
+    with engine.begin() as conn:
+        conn.execute(usage_events.insert().values(
+            customer_id=org, transaction_id=transaction_id or uuid.uuid4().hex, subscription_id=sid,
+            event_type="inference", meter_id="inference", quantity=Decimal(micros), occurred_at=at, received_at=at))
+        conn.execute(sa.text(
+            "INSERT INTO usage_aggregates AS a (subscription_id, meter_id, bucket_start, quantity, event_count)"
+            " VALUES (:s, 'inference', :b, :q, 1) ON CONFLICT (subscription_id, meter_id, bucket_start)"
+            " DO UPDATE SET quantity = a.quantity + excluded.quantity, event_count = a.event_count + 1"),
+            {"s": sid, "b": bucket, "q": Decimal(micros)})
+
+
+async def _authorise(base_url: str, org: str, requests: list[tuple[str, int]]) -> list[Any]:
+    async with client(base_url, max(2, len(requests))) as http:
+        return list(await asyncio.gather(*(
+            http.post(f"/v1/quota/orgs/{org}/spend/authorisations", headers=ADMIN,
+                      json={"request_id": request_id, "quantity": quantity})
+            for request_id, quantity in requests)))
+
+
+async def _balance(edge: EdgeServer, org: str) -> dict[str, Any]:
+    response = await admin(edge.url, "GET", f"/v1/quota/orgs/{org}/spend")
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def _ingest(edge: EdgeServer, org: str, micros: list[int]) -> list[dict[str, Any]]:
+    events = [{"transaction_id": uuid.uuid4().hex, "customer_id": org, "event_type": "inference",
+               "timestamp": START.isoformat(), "properties": {"cost_usd_micros": m}} for m in micros]
+    async with client(edge.url, 2) as http:
+        response = await http.post("/v1/ingest", headers=ADMIN, json=events)
+    assert response.status_code == 200, response.text
+    results: list[dict[str, Any]] = response.json()["results"]
+    return results
+
+
+async def test_the_free_tier_spends_its_ten_cents_of_credits_then_is_refused(edge, engine):
+    org = _org_on(engine, "free")
+    assert (await _balance(edge, org))["included_credits_minor"] == 10
+
+    first, too_much, rest = [(await _authorise(edge.url, org, [(rid, q)]))[0]
+                             for rid, q in (("r1", 60_000), ("r2", 50_000), ("r3", 40_000))]
+
+    assert first.status_code == 200 and first.json()["remaining_quantity"] == 40_000
+    assert too_much.status_code == 402
+    assert too_much.headers["content-type"] == "application/problem+json"
+    assert too_much.json()["reason"] == "included_credits_exhausted"
+    assert rest.status_code == 200 and rest.json()["remaining_quantity"] == 0
+    balance = await _balance(edge, org)
+    assert (balance["included_remaining_minor"], balance["spend_minor"], balance["blocked"]) == (0, 0, True)
+    assert balance["reason"] == "included_credits_exhausted"
+
+
+async def test_included_credits_are_two_dollars_per_seat_pooled_for_a_team(edge, engine):
+    org = _org_on(engine, "team", seats=3)
+    _materialised(engine, org, 5_000_000)
+
+    balance = await _balance(edge, org)
+
+    assert balance["included_credits_minor"] == 600
+    assert (balance["usage_cost_minor"], balance["included_remaining_minor"]) == (500, 100)
+    assert (balance["spend_minor"], balance["cap_minor"], balance["limit_quantity"]) == (0, None, None)
+
+
+async def test_a_paid_tier_pays_as_it_goes_until_the_cap_its_admin_set(edge, engine):
+    org = _org_on(engine, "pro")
+    _materialised(engine, org, 2_500_000)  # USD 2.50: USD 2 included, USD 0.50 pay as you go
+    assert (await _authorise(edge.url, org, [("uncapped", 1_000_000)]))[0].status_code == 200
+
+    capped = await admin(edge.url, "PUT", f"/v1/quota/orgs/{org}/spend-cap", {"amount_minor": 200})
+
+    assert capped.status_code == 200, capped.text
+    body = capped.json()
+    assert (body["spend_minor"], body["cap_minor"], body["cap_remaining_minor"]) == (150, 200, 50)
+    assert body["limit_quantity"] == 4_000_000 and body["remaining_quantity"] == 500_000
+    over = (await _authorise(edge.url, org, [("over", 500_001)]))[0]
+    assert over.status_code == 402 and over.json()["reason"] == "spend_cap_reached"
+    assert (await _authorise(edge.url, org, [("fits", 500_000)]))[0].status_code == 200
+    assert (await _balance(edge, org))["reason"] == "spend_cap_reached"
+
+    lifted = await admin(edge.url, "PUT", f"/v1/quota/orgs/{org}/spend-cap", {"amount_minor": None})
+    assert lifted.json()["cap_minor"] is None
+    assert (await _authorise(edge.url, org, [("after-lift", 9_000_000)]))[0].status_code == 200
+
+
+async def test_a_cap_in_another_currency_is_refused(edge, engine):
+    org = _org_on(engine, "pro")
+    response = await admin(edge.url, "PUT", f"/v1/quota/orgs/{org}/spend-cap",
+                           {"amount_minor": 100, "currency": "EUR"})
+    assert response.status_code == 422
+    assert response.json()["type"].endswith("quota/currency-mismatch")
+
+
+async def test_two_hundred_concurrent_authorisations_admit_exactly_what_the_cap_leaves(edge, engine):
+    org = _org_on(engine, "pro")
+    assert (await admin(edge.url, "PUT", f"/v1/quota/orgs/{org}/spend-cap", {"amount_minor": 100})
+            ).status_code == 200
+    _materialised(engine, org, 2_900_000)  # limit 3,000,000: 100,000 left
+
+    responses = await _authorise(edge.url, org, [(f"race-{i}", 20_000) for i in range(200)])
+
+    assert Counter(r.status_code for r in responses) == {200: 5, 402: 195}
+    assert sorted(r.json()["remaining_quantity"] for r in responses if r.status_code == 200) == [
+        0, 20_000, 40_000, 60_000, 80_000]
+    with engine.connect() as conn:
+        reserved = conn.execute(sa.text("SELECT reserved_quantity, observed_quantity, limit_quantity"
+                                        " FROM spend_periods WHERE org_id = :o"), {"o": org}).one()
+        events = conn.execute(sa.text("SELECT count(*) FROM outbox WHERE topic = 'usage.v1'"
+                                      " AND envelope->'payload'->>'customer_id' = :o"), {"o": org}).scalar_one()
+    assert tuple(reserved) == (100_000, 2_900_000, 3_000_000)
+    assert events == 5
+
+
+async def test_fifty_concurrent_retries_of_one_authorisation_reserve_once_with_identical_answers(edge, engine):
+    org = _org_on(engine, "free")
+
+    responses = await _authorise(edge.url, org, [("same-request", 30_000)] * 50)
+
+    assert {r.status_code for r in responses} == {200}
+    assert len({r.content for r in responses}) == 1
+    assert sum(r.headers.get("idempotent-replayed") == "true" for r in responses) == 49
+    balance = await _balance(edge, org)
+    assert (balance["used_quantity"], balance["authorised_quantity"]) == (30_000, 30_000)
+
+
+async def test_an_authorisation_is_counted_once_after_the_worker_materialised_its_usage(edge, engine):
+    org = _org_on(engine, "free")
+    assert (await _authorise(edge.url, org, [("seen-twice", 30_000)]))[0].status_code == 200
+    with engine.connect() as conn:
+        envelope = conn.execute(sa.text("SELECT envelope FROM outbox WHERE topic = 'usage.v1'"
+                                        " AND envelope->'payload'->>'customer_id' = :o"), {"o": org}).scalar_one()
+    payload = envelope["payload"]
+    assert (payload["transaction_id"], payload["properties"]["cost_usd_micros"]) == ("seen-twice", 30_000)
+
+    _materialised(engine, org, 30_000, transaction_id="seen-twice", at=START)
+    _materialised(engine, org, 10_000)
+
+    balance = await _balance(edge, org)
+    assert (balance["used_quantity"], balance["remaining_quantity"]) == (40_000, 60_000)
+
+
+async def test_ingest_refuses_events_of_a_free_org_past_its_credits_and_of_a_capped_org_past_its_cap(edge, engine):
+    free = _org_on(engine, "free")
+    _materialised(engine, free, 90_000)
+    capped = _org_on(engine, "pro")
+    assert (await admin(edge.url, "PUT", f"/v1/quota/orgs/{capped}/spend-cap", {"amount_minor": 0})
+            ).status_code == 200
+    _materialised(engine, capped, 2_000_000)
+    uncapped = _org_on(engine, "pro")
+    _materialised(engine, uncapped, 50_000_000)
+
+    free_results = await _ingest(edge, free, [4_000, 4_000, 4_000])
+    capped_results = await _ingest(edge, capped, [1])
+    uncapped_results = await _ingest(edge, uncapped, [1_000_000])
+
+    assert [r["status"] for r in free_results] == ["accepted", "accepted", "rejected"]
+    assert free_results[2]["reason"] == "included_credits_exhausted"
+    assert free_results[2]["errors"][0]["field"] == "properties.cost_usd_micros"
+    assert [(r["status"], r["reason"]) for r in capped_results] == [("rejected", "spend_cap_reached")]
+    assert [r["status"] for r in uncapped_results] == ["accepted"]
+    # what this process accepted counts at once: the free org's next small event no longer fits
+    assert [r["status"] for r in await _ingest(edge, free, [2_001])] == ["rejected"]
