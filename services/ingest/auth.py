@@ -4,7 +4,7 @@ How to use (for route authors, e.g. the quota routes)::
 
     from fastapi import APIRouter, Depends
     from services.ingest.auth import Principal, Scope, require, resolve_org
-    from services.ingest.container import Container, get_container
+    from services.ingest.container import Container
     from services.ingest.problems import FieldError, ProblemError
 
     @router.post("/v1/orgs/{org_id}/reports")
@@ -41,7 +41,7 @@ import sqlalchemy as sa
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
-from services.ingest.container import Container, get_container
+from services.ingest.container import Container
 from services.ingest.problems import ProblemError
 from shared.adapters.postgres.schema.edge import api_keys
 
@@ -78,6 +78,9 @@ class Principal:
         if self.org_id is not None:
             return self.org_id == customer_id
         return self.producer is not None and Scope.INGEST in self.scopes
+
+
+_BOOTSTRAP_ADMIN = Principal(BOOTSTRAP_ADMIN_KEY_ID, frozenset({Scope.ADMIN}))
 
 
 def hash_token(token: str) -> str:
@@ -125,9 +128,20 @@ class Authenticator:
     _cache: dict[str, tuple[float, Principal | None]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def known(self, token: str) -> tuple[bool, Principal | None]:
+        """(True, principal) when the answer is known without a query (bootstrap key or a fresh cache
+        entry); (False, None) when the table must be asked (``authenticate``, in a worker thread)."""
+        if self.admin_token and hmac.compare_digest(token.encode(), self.admin_token.encode()):
+            return True, _BOOTSTRAP_ADMIN
+        with self._lock:
+            cached = self._cache.get(hash_token(token))
+        if cached is not None and cached[0] > time.monotonic():
+            return True, cached[1]
+        return False, None
+
     def authenticate(self, token: str) -> Principal | None:
         if self.admin_token and hmac.compare_digest(token.encode(), self.admin_token.encode()):
-            return Principal(BOOTSTRAP_ADMIN_KEY_ID, frozenset({Scope.ADMIN}))
+            return _BOOTSTRAP_ADMIN
         digest = hash_token(token)
         now = time.monotonic()
         with self._lock:
@@ -175,15 +189,22 @@ def authenticator_of(container: Container, request: Request) -> Authenticator:
     return existing
 
 
-async def authenticate(request: Request, container: Container = Depends(get_container)) -> Principal:
-    """Dependency: the caller's principal, or 401. Cached on the request (the idempotency layer uses it)."""
+async def authenticate(request: Request) -> Principal:
+    """Dependency: the caller's principal, or 401. Cached on the request (the idempotency layer uses it).
+
+    The bootstrap key and cached keys are resolved on the event loop; only a cache miss queries the table
+    in a worker thread (a thread hop per request costs more than the lookup itself).
+    """
     cached: Principal | None = getattr(request.state, "principal", None)
     if cached is not None:
         return cached
     token = presented_token(request)
     if token is None:
         raise unauthorized("missing API key (Authorization: Bearer <key>)")
-    principal = await run_in_threadpool(authenticator_of(container, request).authenticate, token)
+    authenticator = authenticator_of(request.app.state.container, request)
+    hit, principal = authenticator.known(token)
+    if not hit:
+        principal = await run_in_threadpool(authenticator.authenticate, token)
     if principal is None:
         raise unauthorized("invalid or revoked API key")
     request.state.principal = principal
