@@ -121,12 +121,18 @@ def render_invoices(engine: sa.Engine, out_dir: Path, *, limit: int | None = Non
     for row in invoices:
         inv: dict[str, Any] = dict(row)
         cur = inv["currency"]
+        # The summary is computed from the lines themselves, so what the customer reads always adds up to the
+        # total (which the audit checks against the stored invoice).
+        by_kind: dict[str, int] = {}
+        for line in lines_by_invoice.get(inv["invoice_id"], []):
+            by_kind[line["kind"]] = by_kind.get(line["kind"], 0) + line["amount_minor"]
+        charges = sum(v for k, v in by_kind.items() if k in ("fee", "usage", "proration", "adjustment"))
         view: dict[str, Any] = dict(inv)
         view.update(
             issued_at_fmt=_day(inv["issued_at"]), due_at_fmt=_day(inv["due_at"]),
             period_fmt=f"{_day(inv['period_start'])} – {_day(inv['period_end'])}",
-            subtotal_fmt=_money(inv["subtotal_minor"], cur), discount_fmt=_money(-abs(inv["discount_minor"]), cur),
-            credits_fmt=_money(-abs(inv["credits_applied_minor"]), cur), tax_fmt=_money(inv["tax_minor"], cur),
+            subtotal_fmt=_money(charges, cur), discount_fmt=_money(by_kind.get("discount", 0), cur),
+            credits_fmt=_money(by_kind.get("credit", 0), cur), tax_fmt=_money(by_kind.get("tax", 0), cur),
             tax_rate_fmt=f"{Decimal(inv['tax_rate_bps']) / 100:.2f}%", total_fmt=_money(inv["total_minor"], cur),
             paid_fmt=_money(inv["amount_paid_minor"], cur),
             due_fmt=_money(inv["total_minor"] - inv["amount_paid_minor"] if inv["status"] == "open" else 0, cur),
@@ -136,7 +142,7 @@ def render_invoices(engine: sa.Engine, out_dir: Path, *, limit: int | None = Non
             unit = line["unit_price"]
             lines.append({
                 **line,
-                "quantity_fmt": _quantity(line["quantity"]),
+                "quantity_fmt": _quantity(line["quantity"]) if line["kind"] in ("fee", "usage", "proration") else "",
                 "unit_price_fmt": f"{unit.normalize():f} {cur}" if unit is not None else "",
                 "amount_fmt": _money(line["amount_minor"], cur),
                 "negative": line["amount_minor"] < 0,

@@ -112,6 +112,8 @@ class MeterPricing:
     overage: OveragePolicy
     unit_price: UnitPrice | None = None
     included: IncludedCredit | None = None
+    meter_name: str | None = None  # the catalog meter's name and unit, for invoice lines people can read
+    meter_unit: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -412,7 +414,7 @@ def _parse_catalog(data: object, path: str) -> Catalog:
 
     plans: dict[PlanId, Plan] = {}
     for index, raw in enumerate(_list(document.get("plans", []), f"{path}.plans")):
-        plan = _parse_plan(raw, f"{path}.plans[{index}]", default_currency)
+        plan = _parse_plan(raw, f"{path}.plans[{index}]", default_currency, meters)
         if plan.id in plans:
             raise _fail(f"{path}.plans[{index}].id", f"duplicate plan id {plan.id!r}")
         plans[plan.id] = plan
@@ -466,7 +468,7 @@ def _parse_meter(raw: object, path: str) -> Meter:
     )
 
 
-def _parse_plan(raw: object, path: str, default_currency: object) -> Plan:
+def _parse_plan(raw: object, path: str, default_currency: object, known_meters: Mapping[MeterId, Meter]) -> Plan:
     data = _mapping(raw, path)
     _only_keys(data, _PLAN_KEYS, path)
     plan_id = PlanId(_identifier(_required(data, "id", path), f"{path}.id"))
@@ -498,7 +500,8 @@ def _parse_plan(raw: object, path: str, default_currency: object) -> Plan:
     meters: dict[MeterId, MeterPricing] = {}
     for meter_key, pricing in _mapping(data.get("meters", {}), f"{path}.meters").items():
         meter_id = MeterId(_identifier(meter_key, f"{path}.meters"))
-        meters[meter_id] = _parse_pricing(meter_id, pricing, currency, f"{path}.meters.{meter_id}")
+        meters[meter_id] = _parse_pricing(meter_id, pricing, currency, f"{path}.meters.{meter_id}",
+                                          known_meters.get(meter_id))
 
     quota = None
     if data.get("quota") is not None:
@@ -528,7 +531,7 @@ def _parse_plan(raw: object, path: str, default_currency: object) -> Plan:
     )
 
 
-def _parse_pricing(meter_id: MeterId, raw: object, currency: str, path: str) -> MeterPricing:
+def _parse_pricing(meter_id: MeterId, raw: object, currency: str, path: str, meter: Meter | None) -> MeterPricing:
     data = _mapping(raw, path)
     _only_keys(data, _PRICING_KEYS, path)
     overage = _enum(OveragePolicy, _required(data, "overage", path), f"{path}.overage")
@@ -545,7 +548,8 @@ def _parse_pricing(meter_id: MeterId, raw: object, currency: str, path: str) -> 
         included = _parse_included(data["included"], currency, f"{path}.included")
         if included.amount is not None and unit_price is None:
             raise _fail(f"{path}.unit_price", "is required to consume money credits (usage needs a price)")
-    return MeterPricing(meter_id=meter_id, overage=overage, unit_price=unit_price, included=included)
+    return MeterPricing(meter_id=meter_id, overage=overage, unit_price=unit_price, included=included,
+                        meter_name=meter.name if meter else None, meter_unit=meter.unit if meter else None)
 
 
 def _parse_included(raw: object, currency: str, path: str) -> IncludedCredit:

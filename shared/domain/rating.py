@@ -121,8 +121,23 @@ class PeriodCloseResult(RatingResult):
 # --- usage -----------------------------------------------------------------------------------------
 
 
-def _quantity_text(quantity: Decimal) -> str:
-    return f"{quantity.normalize():f}"
+# How a meter's unit reads on an invoice (the catalog's `unit`); unknown units are shown as they are.
+_UNIT_WORDS = {"usd_micro": "micro-USD", "gb_month": "GB-months", "report": "reports", "request": "requests"}
+
+
+def _readable_quantity(quantity: Decimal) -> str:
+    q = quantity.normalize()
+    if q == q.to_integral():
+        return f"{int(q):,}"
+    return f"{q.quantize(Decimal('0.01')) if abs(q) >= 1 else q:,f}"
+
+
+def _usage_text(label: str, pricing: MeterPricing, quantity: Decimal) -> str:
+    """E.g. "Inference compute: 1,603,716 micro-USD" (or "Usage: 12 inference" without catalog names)."""
+    name = pricing.meter_name or str(pricing.meter_id)
+    unit = _UNIT_WORDS.get(pricing.meter_unit or "", pricing.meter_unit or "")
+    head = name if label == "Usage" else f"{label}: {name}"
+    return f"{head}: {_readable_quantity(quantity)} {unit}".rstrip()
 
 
 def _consume_money(credits: CreditSource, meter_id: MeterId, wanted: Money, at: datetime, reference: str) -> Money:
@@ -164,9 +179,9 @@ def _rate_meter(
     if in_units:
         consumed_units = _consume_units(credits, meter_id, quantity, usage_at, reference)
         billable = quantity - consumed_units
-        text = f"{label}: {_quantity_text(quantity)} {meter_id}"
+        text = _usage_text(label, pricing, quantity)
         if consumed_units:
-            text += f", {_quantity_text(consumed_units)} covered by credits"
+            text += f", {_readable_quantity(consumed_units)} covered by included credits"
         line = InvoiceLine(
             kind=usage_kind,
             description=text,
@@ -182,7 +197,7 @@ def _rate_meter(
     lines = [
         InvoiceLine(
             kind=usage_kind,
-            description=f"{label}: {_quantity_text(quantity)} {meter_id}",
+            description=_usage_text(label, pricing, quantity),
             amount=gross,
             quantity=quantity,
             unit_price=unit_price,
@@ -198,7 +213,7 @@ def _rate_meter(
     lines.append(
         InvoiceLine(
             kind=LineKind.CREDIT,
-            description=f"Credits applied to {meter_id}",
+            description=f"Included credits applied to {pricing.meter_name or meter_id}",
             amount=-consumed,
             period=period,
             meter_id=meter_id,

@@ -232,3 +232,15 @@ def test_first_invoice_of_a_full_period_charges_the_fee_with_the_once_coupon():
         coupon=CATALOG.coupon("WELCOME20"),
     )
     assert amounts(second) == [(LineKind.FEE, usd("10.00"))]
+
+
+def test_usage_lines_read_in_the_meters_own_name_and_unit():
+    subscription = subscribe("pro")
+    ledger = ledger_with_included_credits(CATALOG.plan("pro"), 1)
+    result = close(subscription, {INFERENCE: Decimal(3_500_000), STORAGE: Decimal("1500.5")}, ledger)
+    descriptions = [line.description for line in result.invoice.lines if line.kind is not LineKind.FEE]
+    assert descriptions == [
+        "Inference compute: 3,500,000 micro-USD",
+        "Included credits applied to Inference compute",
+        "Private storage: 1,500.50 GB-months, 1,000 covered by included credits",
+    ]
