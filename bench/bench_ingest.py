@@ -1,11 +1,14 @@
 """Ingest benchmarks: HTTP edge throughput, SDK-to-Kafka throughput, and usage visibility latency.
 
-- `ingest_http_events_per_s`: batches of 1000 events POSTed to the edge (`python -m services.ingest`,
-  one uvicorn process, a subprocess) by a load generator in its own process (asyncio + httpx, a fixed
-  number of requests in flight), sustained for BENCH_INGEST_SECONDS (default 20) after a warm-up;
-  counted are the events the edge answered `accepted`, i.e. acknowledged by Kafka (acks=all).
-- `ingest_sdk_events_per_s`: the SDK's `KafkaUsageProducer` (validation, envelope, idempotent producer)
-  straight to Kafka, until every delivery report came back.
+- `ingest_http_events_per_s`: batches of 1000 events POSTed to the edge (`python -m services.ingest`
+  with BENCH_INGEST_HTTP_WORKERS uvicorn processes, default 2 = one per core here, a subprocess) by a load
+  generator in its own process (asyncio + httpx, a fixed number of requests in flight), sustained for
+  BENCH_INGEST_SECONDS (default 20) after a warm-up; counted are the events the edge answered
+  `accepted`, i.e. acknowledged by Kafka (acks=all). The load generator reports the CPU it used
+  (`loadgen_cpu_share`, of one core), to show it is not the bottleneck.
+- `ingest_sdk_events_per_s`: the SDK's `KafkaUsageProducer.emit_many` (validation, envelope, idempotent
+  producer) in lists of 1000, straight to Kafka, until `close()` saw every acknowledgement;
+  `ingest_sdk_emit_events_per_s` the same with one `emit()` call per event.
 - `usage_visible_p99_ms`: with the real billing worker (`python -m services.billing_worker`) consuming,
   and background load at half the sustained HTTP rate, a probe event is POSTed every so often and
   `GET /v1/subscriptions/{id}/usage` is polled (every 5 ms) until the probe's usage shows: the time from
@@ -42,7 +45,8 @@ BATCH = 1000
 CUSTOMERS = 1000
 SECONDS = float(os.environ.get("BENCH_INGEST_SECONDS", "20"))
 WARMUP_SECONDS = 3.0
-IN_FLIGHT = int(os.environ.get("BENCH_INGEST_IN_FLIGHT", "6"))
+IN_FLIGHT = int(os.environ.get("BENCH_INGEST_IN_FLIGHT", "8"))
+HTTP_WORKERS = int(os.environ.get("BENCH_INGEST_HTTP_WORKERS", "2"))
 PROBES = int(os.environ.get("BENCH_INGEST_PROBES", "200"))
 SDK_EVENTS = int(os.environ.get("BENCH_INGEST_SDK_EVENTS", "200000"))
 PROBE_CUSTOMER, PROBE_SUBSCRIPTION = "cust_bench_probe", "sub_bench_probe"
@@ -55,14 +59,28 @@ def _customer(i: int) -> str:
     return f"cust_bench_{i:05d}"
 
 
+class Bodies:
+    """Request bodies of `count` inference events (~190 bytes each): unique transaction ids, timestamped a
+    minute ago, random customers and costs. The random part of each event is drawn once up front, so the
+    load generator spends its CPU on HTTP, not on making JSON."""
+
+    def __init__(self, run: str, rng: random.Random, variety: int = 4096) -> None:
+        self.run = run
+        self.tails = ['","customer_id":"' + _customer(rng.randrange(CUSTOMERS)) + '","event_type":"inference",'
+                      '"timestamp":"@AT@","properties":{"cost_usd_micros":' + str(rng.randint(1, 9999)) +
+                      ',"model":"llama-3-8b"}}' for _ in range(variety)]
+        self.rng = rng
+
+    def body(self, start: int, count: int) -> bytes:
+        at = (datetime.now(UTC) - timedelta(minutes=1)).isoformat().replace("+00:00", "Z")
+        tails = self.rng.sample(self.tails, min(count, len(self.tails)))
+        events = ",".join(f'{{"transaction_id":"{self.run}-{start + n}{tails[n % len(tails)]}' for n in range(count))
+        return f"[{events}]".replace("@AT@", at).encode()
+
+
 def batch_body(run: str, start: int, count: int, rng: random.Random) -> bytes:
-    """`count` inference events (~190 bytes each) with unique transaction ids, timestamped a minute ago."""
-    at = (datetime.now(UTC) - timedelta(minutes=1)).isoformat().replace("+00:00", "Z")
-    events = ",".join(
-        f'{{"transaction_id":"{run}-{start + n}","customer_id":"{_customer(rng.randrange(CUSTOMERS))}",'
-        f'"event_type":"inference","timestamp":"{at}","properties":{{"cost_usd_micros":{rng.randint(1, 9999)},'
-        f'"model":"llama-3-8b"}}}}' for n in range(count))
-    return f"[{events}]".encode()
+    """One body of `count` events (see Bodies)."""
+    return Bodies(run, rng, variety=count).body(start, count)
 
 
 def _headers() -> dict[str, str]:
@@ -71,33 +89,37 @@ def _headers() -> dict[str, str]:
 
 async def saturate(url: str, seconds: float, warmup: float, in_flight: int) -> dict[str, Any]:
     """Keep `in_flight` batch requests outstanding; count accepted events after the warm-up."""
-    rng = random.Random(1)
-    run = uuid.uuid4().hex[:8]
+    bodies = Bodies(uuid.uuid4().hex[:8], random.Random(1))
     counter = [0]
+    cpu_started = time.process_time()
     started = time.perf_counter()
     measure_from, measure_to = started + warmup, started + warmup + seconds
-    accepted, requests, failures, latencies = [0], [0], [0], []
+    accepted, requests, failures, latencies, total = [0], [0], [0], [], [0]
 
     async def worker(http: httpx.AsyncClient) -> None:
         while time.perf_counter() < measure_to:
             counter[0] += BATCH
-            body = batch_body(run, counter[0], BATCH, rng)
+            body = bodies.body(counter[0], BATCH)
             sent = time.perf_counter()
             response = await http.post("/v1/ingest", content=body)
             done = time.perf_counter()
             if response.status_code != 200:
                 failures[0] += 1
                 continue
+            answered = orjson.loads(response.content)["accepted"]
+            total[0] += answered
             if measure_from <= done <= measure_to:
-                accepted[0] += response.json()["accepted"]
+                accepted[0] += answered
                 requests[0] += 1
                 latencies.append(done - sent)
 
     limits = httpx.Limits(max_connections=in_flight, max_keepalive_connections=in_flight)
     async with httpx.AsyncClient(base_url=url, headers=_headers(), timeout=60, limits=limits) as http:
         await asyncio.gather(*(worker(http) for _ in range(in_flight)))
+    cpu_share = (time.process_time() - cpu_started) / (time.perf_counter() - started)
     latencies.sort()
     return {"accepted": accepted[0], "seconds": seconds, "requests": requests[0], "failures": failures[0],
+            "accepted_with_warmup": total[0], "loadgen_cpu_share": round(cpu_share, 3),
             "p50_ms": 1000 * latencies[len(latencies) // 2] if latencies else None,
             "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)] if latencies else None}
 
@@ -207,7 +229,7 @@ def _start_edge(settings: Any) -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "services.ingest"], cwd=REPO, stdout=subprocess.DEVNULL,
                             env=_env(settings, BILLING_HTTP_PORT=str(port), BILLING_ADMIN_API_KEY=ADMIN_KEY,
-                                     BILLING_LOG_LEVEL="WARNING"))
+                                     BILLING_LOG_LEVEL="WARNING", BILLING_HTTP_WORKERS=str(HTTP_WORKERS)))
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -239,20 +261,29 @@ def _loadgen(mode: str, **args: Any) -> dict[str, Any]:
     return result
 
 
-def _sdk_rate(settings: Any) -> float:
+def _sdk_rate(settings: Any, *, one_by_one: bool) -> float:
     from shared.sdk.client import KafkaUsageProducer
 
     rng = random.Random(3)
     at = datetime.now(UTC) - timedelta(minutes=1)
-    events = [{"transaction_id": f"sdk-{n}", "customer_id": _customer(n % CUSTOMERS), "event_type": "inference",
-               "timestamp": at, "properties": {"cost_usd_micros": rng.randint(1, 9999), "model": "llama-3-8b"}}
-              for n in range(SDK_EVENTS)]
+    events: list[dict[str, Any]] = [
+        {"transaction_id": f"sdk-{n}", "customer_id": _customer(n % CUSTOMERS), "event_type": "inference",
+         "timestamp": at, "properties": {"cost_usd_micros": rng.randint(1, 9999), "model": "llama-3-8b"}}
+        for n in range(SDK_EVENTS)]
+    subscription_of = {_customer(n): f"sub_bench_{n:05d}" for n in range(CUSTOMERS)}
     producer = KafkaUsageProducer(settings, producer_name="bench-sdk")
     started = time.perf_counter()
-    for n, event in enumerate(events):
-        producer.emit(event, subscription_id=f"sub_bench_{n % CUSTOMERS:05d}", now=at)
+    if one_by_one:
+        for event in events:
+            producer.emit(event, subscription_id=subscription_of[event["customer_id"]], now=at)
+    else:
+        for start in range(0, SDK_EVENTS, BATCH):
+            producer.emit_many(events[start:start + BATCH], subscription_of=subscription_of, now=at)
     producer.close(120)
-    return SDK_EVENTS / (time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    if producer.delivered != SDK_EVENTS:
+        raise RuntimeError(f"the SDK delivered {producer.delivered} of {SDK_EVENTS}")
+    return SDK_EVENTS / elapsed
 
 
 def run(ctx: Any) -> dict[str, dict[str, Any]]:
@@ -269,7 +300,9 @@ def run(ctx: Any) -> dict[str, dict[str, Any]]:
     http_rate = saturated["accepted"] / saturated["seconds"]
     print(f"[bench] ingest over HTTP: {saturated}", flush=True)
 
-    sdk_rate = _sdk_rate(settings)
+    sdk_rate = _sdk_rate(settings, one_by_one=False)
+    sdk_emit_rate = _sdk_rate(settings, one_by_one=True)
+    print(f"[bench] SDK straight to Kafka: emit_many {sdk_rate:.0f}/s, emit {sdk_emit_rate:.0f}/s", flush=True)
 
     # The visibility run gets topics of its own, so the worker does not first chew through the backlog.
     prefix = f"{settings.topic_prefix}vis."
@@ -291,6 +324,10 @@ def run(ctx: Any) -> dict[str, dict[str, Any]]:
         "ingest_http_batch_p99_ms": {"value": round(saturated["p99_ms"] or 0, 1), "unit": "ms", "baseline": None},
         "ingest_sdk_events_per_s": {"value": round(sdk_rate), "unit": "events/s",
                                     "baseline": "raw_produce_events_per_s"},
+        "ingest_sdk_emit_events_per_s": {"value": round(sdk_emit_rate), "unit": "events/s",
+                                         "baseline": "raw_produce_events_per_s"},
+        "ingest_http_loadgen_cpu_share": {"value": saturated["loadgen_cpu_share"], "unit": "cores",
+                                          "baseline": None},
         "usage_visible_p50_ms": {"value": round(seen["p50_ms"], 1), "unit": "ms", "baseline": None},
         "usage_visible_p99_ms": {"value": round(seen["p99_ms"], 1), "unit": "ms", "baseline": None},
         "usage_visible_offered_events_per_s": {"value": round(seen["offered_events_per_s"]), "unit": "events/s",

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     # --- edge
     http_host: str = "127.0.0.1"
     http_port: int = 8080
+    http_workers: int = Field(
+        default=1, ge=1, description="edge processes sharing the port (uvicorn workers); one per core on a "
+                                     "machine of its own, 1 in a pod scaled by replicas")
     admin_api_key: SecretStr = SecretStr("admin-dev-key-change-me")
     command_wait_seconds: float = 3.0
     max_request_bytes: int = 1_048_576

@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from services.ingest.auth import Authenticator
+from services.ingest.bootstrap import build_container
 from services.ingest.container import Container
 from services.ingest.idempotency import IdempotencyMiddleware, IdempotencyStore
 from services.ingest.limits import BodyLimitMiddleware
@@ -37,6 +38,8 @@ from services.ingest.routes import (
     webhooks,
 )
 from services.ingest.routes import quota as quota_routes
+from shared.config import Settings
+from shared.observability import configure_logging
 from shared.sdk.events import UsageEvent
 
 _log = logging.getLogger("services.ingest")
@@ -60,12 +63,14 @@ def create_app(container: Container) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         container.producer.start()
+        container.usage_producer.start()
         purger = asyncio.create_task(_purge_idempotency_keys(store))
         try:
             yield
         finally:
             purger.cancel()
             await run_in_threadpool(container.producer.flush, 10.0)
+            await run_in_threadpool(container.usage_producer.close, 10.0)
 
     app = FastAPI(title="Billing engine: ingest edge", version="1.0.0", description=DESCRIPTION,
                   lifespan=lifespan, docs_url="/docs", redoc_url="/redoc", openapi_url="/openapi.json")
@@ -87,6 +92,13 @@ def create_app(container: Container) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=container.settings.max_request_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one uvicorn worker process (`BILLING_HTTP_WORKERS` > 1): settings from the environment."""
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_json)
+    return create_app(build_container(settings))
 
 
 def _route_modules() -> list:  # type: ignore[type-arg]

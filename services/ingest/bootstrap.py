@@ -1,7 +1,9 @@
 """Composition root of the ingest edge: settings, engine, Kafka producer, Stripe client, clock, catalog.
 
 Built once per process by `build_container`; nothing here runs at import time, and building connects to
-nothing yet (the engine's pool connects lazily; the producer's delivery thread starts with the app).
+nothing yet (the engine's pool connects lazily; the producers' delivery threads start with the app).
+Usage batches have a producer of their own (`shared.sdk.kafka.BatchProducer`: one librdkafka call and
+one delivery tracker per batch); commands, webhooks and replays go through `KafkaProducer`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from shared.adapters.kafka.producer import KafkaProducer
 from shared.adapters.postgres.engine import make_engine
 from shared.config import Settings
 from shared.domain.clock import Clock
+from shared.sdk.kafka import BatchProducer
 
 PRODUCER_NAME = "ingest"
 
@@ -36,5 +39,6 @@ def build_container(settings: Settings | None = None) -> Container:
         clock = SystemClock()
     catalog = load_catalog(sorted(settings.catalog_dir.glob("*.yaml")))
     producer = KafkaProducer(settings, client_id=PRODUCER_NAME)
-    return Container(settings=settings, engine=engine, producer=producer, stripe=build_stripe_client(settings),
-                     clock=clock, catalog=catalog)
+    usage_producer = BatchProducer(settings.kafka_producer_config(**{"client.id": f"{PRODUCER_NAME}-usage"}))
+    return Container(settings=settings, engine=engine, producer=producer, usage_producer=usage_producer,
+                     stripe=build_stripe_client(settings), clock=clock, catalog=catalog)

@@ -16,13 +16,15 @@ from shared.adapters.kafka.producer import KafkaProducer
 from shared.config import Settings
 from shared.domain.catalog import Catalog
 from shared.domain.clock import Clock
+from shared.sdk.kafka import BatchProducer
 
 
 @dataclass(frozen=True)
 class Container:
     settings: Settings
     engine: sa.Engine
-    producer: KafkaProducer
+    producer: KafkaProducer  # commands, webhooks, replays
+    usage_producer: BatchProducer  # the hot path: POST /v1/ingest batches
     stripe: stripe.StripeClient
     clock: Clock
     catalog: Catalog

@@ -8,9 +8,14 @@ Both apply the same local checks as the edge (`shared.sdk.events.check_event`) b
   Retries: connection errors, 409 (in flight), 429 and 5xx, with exponential backoff.
 - `KafkaUsageProducer` is for trusted producers inside the cluster that already know the subscription
   id (e.g. from the subscribe response). It resolves nothing: it writes the same `usage.recorded`
-  envelope the edge writes, keyed by subscription_id, with an idempotent librdkafka producer (acks=all),
-  batching and a delivery callback per message; `flush()`/`close()` raise if any message was not
+  envelope the edge writes, keyed by subscription_id, with an idempotent librdkafka producer (acks=all)
+  that batches in librdkafka (`linger.ms`). `emit` hands one event to librdkafka at once; `emit_many`
+  hands a whole list in one call (cheaper per event). `flush()`/`close()` raise if any message was not
   acknowledged.
+
+# NOTE: the direct producer asks librdkafka for delivery reports of failures only
+# (`delivery.report.only.error`): a message is acknowledged when `flush()` has nothing left outstanding
+# and no failure was reported for it, so a success needs no Python callback at all.
 """
 
 from __future__ import annotations
@@ -24,12 +29,22 @@ from typing import Any
 
 import httpx
 import orjson
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, Message
 
 from shared.config import Settings
+from shared.contracts import topics
 from shared.errors import DeliveryError
-from shared.sdk.envelopes import usage_message
-from shared.sdk.events import MAX_BATCH_EVENTS, UsageEvent, check_event
+from shared.sdk.envelopes import usage_value
+from shared.sdk.events import (
+    MAX_BATCH_EVENTS,
+    EventWindow,
+    UsageEvent,
+    ValidEvent,
+    check_event,
+    utc_text,
+    validated_event,
+)
+from shared.sdk.kafka import BatchProducer, KafkaMessage
 
 RETRYABLE_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
 
@@ -38,15 +53,17 @@ class UsageRejectedError(ValueError):
     """An event failed the local checks; nothing was sent."""
 
 
-def _validated(events: Iterable[UsageEvent | Mapping[str, Any]], now: datetime) -> list[UsageEvent]:
-    out: list[UsageEvent] = []
-    for raw in events:
-        event = raw if isinstance(raw, UsageEvent) else UsageEvent.model_validate(raw)
-        problem = check_event(event, now)
-        if problem is not None:
-            raise UsageRejectedError(f"{event.transaction_id}: {problem.field}: {problem.reason}")
-        out.append(event)
-    return out
+def _checked(raw: UsageEvent | Mapping[str, Any], window: EventWindow) -> ValidEvent:
+    event = validated_event(raw)  # pydantic.ValidationError (a ValueError) for a malformed event
+    problem = check_event(event, window)
+    if problem is not None:
+        raise UsageRejectedError(f"{event.transaction_id}: {problem.field}: {problem.reason}")
+    return event
+
+
+def _validated(events: Iterable[UsageEvent | Mapping[str, Any]], now: datetime) -> list[ValidEvent]:
+    window = EventWindow.at(now)
+    return [_checked(raw, window) for raw in events]
 
 
 class HttpUsageClient:
@@ -63,7 +80,7 @@ class HttpUsageClient:
         results: list[dict[str, Any]] = []
         for start in range(0, len(checked), MAX_BATCH_EVENTS):
             batch = checked[start:start + MAX_BATCH_EVENTS]
-            body = orjson.dumps([e.model_dump(mode="json") for e in batch])
+            body = orjson.dumps([e.as_json() for e in batch])
             answer = self._post(body)
             results += [{**r, "index": r["index"] + start} for r in answer["results"]]
         return results
@@ -88,42 +105,94 @@ class HttpUsageClient:
         self._http.close()
 
 
-class KafkaUsageProducer:
-    def __init__(self, settings: Settings, *, producer_name: str, **overrides: Any) -> None:
-        self._settings = settings
-        self._name = producer_name
-        self._producer = Producer(settings.kafka_producer_config(**{"client.id": producer_name, **overrides}))
-        self._failures: list[str] = []
-        self._lock = threading.Lock()
-        self.delivered = 0
+_POLL_EVERY = 10_000  # events between two polls serving failure reports
 
-    def _on_delivery(self, err: KafkaError | None, _: Message) -> None:
+
+class KafkaUsageProducer:
+    """Usage events straight to `usage.v1` (see the module docstring); not thread-safe."""
+
+    def __init__(self, settings: Settings, *, producer_name: str, **overrides: Any) -> None:
+        self._name = producer_name
+        self._topic = settings.topic(topics.USAGE)
+        self._kafka = BatchProducer(settings.kafka_producer_config(**{
+            "client.id": producer_name, "delivery.report.only.error": True, **overrides}))
+        self._failures: list[str] = []
+        self._failed = 0
+        self._lock = threading.Lock()
+        self._produced = 0
+        self._since_poll = 0
+        self._keys: dict[str, bytes] = {}
+        self._instant: tuple[datetime, EventWindow, str] | None = None
+
+    @property
+    def delivered(self) -> int:
+        """Events acknowledged by Kafka so far (exact after `flush()`)."""
         with self._lock:
-            if err is not None:
+            failed = self._failed
+        return self._produced - failed - self._kafka.outstanding()
+
+    def _on_failure(self, err: KafkaError | None, _: Message | None = None) -> None:
+        if err is not None:
+            with self._lock:
                 self._failures.append(str(err))
-            else:
-                self.delivered += 1
+                self._failed += 1
+
+    def _at(self, now: datetime | None) -> tuple[EventWindow, str]:
+        """The check window and received_at text of an instant (reused while callers pass the same one)."""
+        at = now or datetime.now(UTC)
+        last = self._instant
+        if last is None or last[0] is not at:
+            last = self._instant = (at, EventWindow.at(at), utc_text(at))
+        return last[1], last[2]
+
+    def _key(self, subscription_id: str) -> bytes:
+        key = self._keys.get(subscription_id)
+        if key is None:
+            if len(self._keys) > 100_000:
+                self._keys.clear()
+            key = self._keys[subscription_id] = subscription_id.encode()
+        return key
+
+    def _served(self, count: int) -> None:
+        self._produced += count
+        self._since_poll += count
+        if self._since_poll >= _POLL_EVERY:  # serve failure reports now and then, not per event
+            self._since_poll = 0
+            self._kafka.poll(0)
 
     def emit(self, event: UsageEvent | Mapping[str, Any], *, subscription_id: str, customer_id: str | None = None,
              now: datetime | None = None) -> None:
-        """Queue one event (validated locally); `customer_id` defaults to the event's own."""
-        [checked] = _validated([event], now or datetime.now(UTC))
-        message = usage_message(checked, customer_id=customer_id or checked.customer_id,
-                                subscription_id=subscription_id, received_at=now or datetime.now(UTC),
-                                producer=self._name)
-        while True:
-            try:
-                self._producer.produce(self._settings.topic(message.topic), key=message.key.encode(),
-                                       value=message.value, headers=list(message.headers),
-                                       on_delivery=self._on_delivery)
-                break
-            except BufferError:
-                self._producer.poll(0.05)  # local queue full: serve delivery reports, then retry
-        self._producer.poll(0)
+        """Queue one event (validated locally; UsageRejectedError or pydantic.ValidationError, nothing
+        queued); `customer_id` defaults to the event's own."""
+        window, received_at = self._at(now)
+        checked = _checked(event, window)
+        value = usage_value(checked, customer_id=customer_id or checked.customer_id, subscription_id=subscription_id,
+                            received_at_utc=received_at, producer=self._name)
+        self._kafka.produce_one(self._topic, self._key(subscription_id), value, self._on_failure)
+        self._served(1)
+
+    def emit_many(self, events: Iterable[UsageEvent | Mapping[str, Any]], *, subscription_id: str | None = None,
+                  subscription_of: Mapping[str, str] | None = None, now: datetime | None = None) -> None:
+        """Queue many events in one call to librdkafka, each to `subscription_id` or, given the mapping,
+        to `subscription_of[event.customer_id]`. All are checked before any is queued: one invalid event
+        (UsageRejectedError / pydantic.ValidationError) queues none."""
+        window, received_at = self._at(now)
+        batch: list[KafkaMessage] = []
+        for raw in events:
+            event = _checked(raw, window)
+            subscription = subscription_id if subscription_of is None else subscription_of.get(event.customer_id)
+            if subscription is None:
+                raise UsageRejectedError(f"{event.transaction_id}: no subscription for {event.customer_id!r}")
+            batch.append({"key": self._key(subscription), "value": usage_value(
+                event, customer_id=event.customer_id, subscription_id=subscription, received_at_utc=received_at,
+                producer=self._name)})
+        count = len(batch)
+        self._kafka.produce(self._topic, batch, self._on_failure)
+        self._served(count)
 
     def flush(self, timeout: float = 30.0) -> None:
         """Block until every queued event is acknowledged; raise DeliveryError if any failed."""
-        remaining = self._producer.flush(timeout)
+        remaining = self._kafka.flush(timeout)
         with self._lock:
             failures, self._failures = self._failures, []
         if remaining or failures:

@@ -6,26 +6,32 @@ orjson directly because this is the hottest path of the edge and the SDK.
 
 `event_id` is derived from (customer_id, transaction_id): a re-sent event carries the same id, so any
 consumer deduplicating on the envelope id or on (customer, transaction_id) drops the repeat.
+
+# NOTE: usage messages carry no Kafka headers: the envelope is self-describing (`type`, `event_id`), no
+# consumer reads headers of `usage.v1`, messages produced by other clients (kcat) have none, and two
+# headers per message cost more CPU in the producer than building the envelope itself.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Final
 
 import orjson
 
 from shared.adapters.kafka.producer import OutgoingMessage
 from shared.contracts import topics
-from shared.sdk.events import UsageEvent
+from shared.sdk.events import UsageEvent, ValidEvent, utc_text
 
 USAGE_TYPE: Final = "usage.recorded"
 _USAGE_NAMESPACE: Final = uuid.UUID("6f1c6a3e-3b0e-4f57-9d4c-9a61a2f1b0d7")
-_NAMESPACE_BYTES: Final = _USAGE_NAMESPACE.bytes
-_TYPE_HEADER: Final = USAGE_TYPE.encode()
+_NAMESPACE_SHA1: Final = hashlib.sha1(_USAGE_NAMESPACE.bytes, usedforsecurity=False)
+# uuid5: clear the version and variant bits of the first 128 bits of the digest, then set version 5
+# and the RFC 4122 variant.
+_UUID5_KEEP: Final = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
+_UUID5_SET: Final = (0x5000 << 64) | (0x8000 << 48)
 
 
 def usage_event_id(customer_id: str, transaction_id: str) -> uuid.UUID:
@@ -34,27 +40,19 @@ def usage_event_id(customer_id: str, transaction_id: str) -> uuid.UUID:
 
 def usage_event_id_text(customer_id: str, transaction_id: str) -> str:
     """`str(usage_event_id(...))` without building UUID objects (the hot path: one per event)."""
-    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + f"{customer_id}\x1f{transaction_id}".encode(),
-                                    usedforsecurity=False).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
-    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
-    x = digest.hex()
+    digest = _NAMESPACE_SHA1.copy()
+    digest.update(f"{customer_id}\x1f{transaction_id}".encode())
+    x = "%032x" % ((int.from_bytes(digest.digest()[:16]) & _UUID5_KEEP) | _UUID5_SET)
     return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
-@functools.lru_cache(maxsize=4096)
-def _iso(at: datetime) -> str:
-    # Cached: a batch shares one received_at, and producers' timestamps repeat (second resolution).
-    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def usage_message(event: UsageEvent, *, customer_id: str, subscription_id: str, received_at: datetime,
-                  producer: str, correlation_id: str | None = None) -> OutgoingMessage:
-    """The `usage.recorded` message for an event whose customer and subscription are resolved."""
-    event_id = usage_event_id_text(customer_id, event.transaction_id)
-    timestamp = _iso(event.timestamp)
-    value = orjson.dumps({
-        "event_id": event_id,
+def usage_value(event: ValidEvent, *, customer_id: str, subscription_id: str, received_at_utc: str,
+                producer: str, correlation_id: str | None = None) -> bytes:
+    """The value of the `usage.recorded` message (JSON bytes) for an event whose customer and
+    subscription are resolved; `received_at_utc` is `utc_text(received_at)`, computed once per batch."""
+    timestamp = event.timestamp_utc
+    return orjson.dumps({
+        "event_id": usage_event_id_text(customer_id, event.transaction_id),
         "type": USAGE_TYPE,
         "schema_version": 1,
         "occurred_at": timestamp,
@@ -67,8 +65,15 @@ def usage_message(event: UsageEvent, *, customer_id: str, subscription_id: str, 
             "event_type": event.event_type,
             "timestamp": timestamp,
             "properties": event.properties,
-            "received_at": _iso(received_at),
+            "received_at": received_at_utc,
         },
     })
-    return OutgoingMessage(topics.USAGE, subscription_id, value,
-                           (("type", _TYPE_HEADER), ("event_id", event_id.encode())))
+
+
+def usage_message(event: UsageEvent | ValidEvent, *, customer_id: str, subscription_id: str,
+                  received_at: datetime, producer: str, correlation_id: str | None = None) -> OutgoingMessage:
+    """The `usage.recorded` message for an event whose customer and subscription are resolved."""
+    valid = event if isinstance(event, ValidEvent) else ValidEvent.of(event)
+    return OutgoingMessage(topics.USAGE, subscription_id, usage_value(
+        valid, customer_id=customer_id, subscription_id=subscription_id, received_at_utc=utc_text(received_at),
+        producer=producer, correlation_id=correlation_id))

@@ -14,7 +14,6 @@ name their own organisation (403 otherwise).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -36,8 +35,9 @@ from shared.adapters.postgres.schema.edge import unmatched_usage
 from shared.contracts import topics
 from shared.domain.catalog import Aggregation, Catalog, Meter
 from shared.errors import DeliveryError
-from shared.sdk.envelopes import usage_message
-from shared.sdk.events import UsageEvent, check_event, numeric_value
+from shared.sdk.envelopes import usage_message, usage_value
+from shared.sdk.events import EventWindow, UsageEvent, ValidEvent, check_event, fast_event, numeric_value, utc_text
+from shared.sdk.kafka import KafkaMessage
 
 router = APIRouter(tags=["usage"])
 
@@ -57,13 +57,6 @@ class IngestResult(BaseModel):
     results: list[EventResult]
 
 
-@dataclass(frozen=True)
-class _Accepted:
-    index: int
-    event: UsageEvent
-    route: Route
-
-
 def directory_of(request: Request, container: Container = Depends(get_container)) -> CustomerDirectory:
     directory: CustomerDirectory | None = getattr(request.app.state, "directory", None)
     if directory is None:
@@ -75,7 +68,7 @@ def directory_of(request: Request, container: Container = Depends(get_container)
 _Meters = dict[tuple[str | None, str], list[Meter] | None]
 
 
-def _plan_problem(catalog: Catalog, route: Route, event: UsageEvent,
+def _plan_problem(catalog: Catalog, route: Route, event: UsageEvent | ValidEvent,
                   memo: _Meters | None = None) -> tuple[str, FieldError] | None:
     """Is the event type metered by the customer's plan, with the numeric value its meters sum?
     `memo` caches the meters per (plan, event type) for the length of one request."""
@@ -93,10 +86,18 @@ def _plan_problem(catalog: Catalog, route: Route, event: UsageEvent,
             field="event_type", reason=f"plan {route.plan_id} meters no event type {event.event_type!r}")
     for meter in meters:
         if meter.aggregation is Aggregation.SUM and meter.value_property:
-            if numeric_value(event.properties.get(meter.value_property)) is None:
+            value = event.properties.get(meter.value_property)
+            if type(value) is not int and numeric_value(value) is None:  # ints: the common case, no Decimal
                 return "missing_property", FieldError(
                     field=f"properties.{meter.value_property}", reason=f"meter {meter.id} needs a number here")
     return None
+
+
+def _result(index: int, transaction_id: str | None, status: str, reason: str | None = None,
+            errors: list[FieldError] | None = None) -> dict[str, Any]:
+    """One event's result, shaped as `EventResult` (plain dicts on the hot path, written with orjson)."""
+    return {"index": index, "transaction_id": transaction_id, "status": status, "reason": reason,
+            "errors": [{"field": e.field, "reason": e.reason} for e in errors or ()]}
 
 
 def _parse_batch(raw: bytes, max_events: int) -> list[Any]:
@@ -125,24 +126,30 @@ _BATCH_SCHEMA = {"type": "array", "minItems": 1, "maxItems": 1000,
 async def ingest(request: Request, principal: Principal = Depends(require(Scope.INGEST)),
                  container: Container = Depends(get_container),
                  directory: CustomerDirectory = Depends(directory_of)) -> Response:
+    # NOTE: hot path. The body is parsed once with orjson; each event is checked with UsageEvent's rules
+    # (`fast_event` for the common exact shape, UsageEvent itself otherwise, for its precise errors);
+    # results are plain dicts written with orjson; accepted events become JSON bytes handed to librdkafka
+    # in one call per request, and the answer waits for every acknowledgement.
     items = _parse_batch(await request.body(), container.settings.max_batch_events)
     now = await run_in_threadpool(container.clock.now)
-    results: list[EventResult | None] = [None] * len(items)
-    valid: list[tuple[int, UsageEvent]] = []
+    window = EventWindow.at(now)
+    results: list[dict[str, Any] | None] = [None] * len(items)
+    reasons: dict[str, int] = {}
+    valid: list[tuple[int, ValidEvent]] = []
     for index, item in enumerate(items):
-        try:
-            event = UsageEvent.model_validate(item)
-        except ValidationError as exc:
-            tx = item.get("transaction_id") if isinstance(item, dict) else None
-            results[index] = EventResult(index=index, transaction_id=tx if isinstance(tx, str) else None,
-                                         status="rejected", reason="invalid_event",
-                                         errors=field_errors_of(exc.errors()))
-            continue
-        problem = check_event(event, now)
+        event = fast_event(item)
+        if event is None:
+            try:
+                event = ValidEvent.of(UsageEvent.model_validate(item))
+            except ValidationError as exc:
+                tx = item.get("transaction_id") if isinstance(item, dict) else None
+                results[index] = _result(index, tx if isinstance(tx, str) else None, "rejected", "invalid_event",
+                                         field_errors_of(exc.errors()))
+                continue
+        problem = check_event(event, window)
         if problem is not None:
-            results[index] = EventResult(index=index, transaction_id=event.transaction_id, status="rejected",
-                                         reason=problem.code,
-                                         errors=[FieldError(field=problem.field, reason=problem.reason)])
+            results[index] = _result(index, event.transaction_id, "rejected", problem.code,
+                                     [FieldError(field=problem.field, reason=problem.reason)])
             continue
         valid.append((index, event))
 
@@ -151,71 +158,77 @@ async def ingest(request: Request, principal: Principal = Depends(require(Scope.
         for _, event in valid:
             if routes[event.customer_id].customer_id != principal.org_id:
                 raise forbidden("an event names a customer outside this API key's organisation")
+    for route in {r.customer_id: r for r in routes.values() if r.customer_id is not None}.values():
+        authorize_customer(principal, route.customer_id or "")
 
-    accepted: list[_Accepted] = []
-    parked: list[tuple[int, UsageEvent]] = []
+    correlation = request.headers.get("x-request-id")
+    received_at = utc_text(now)
+    keys: dict[str, bytes] = {}
+    usage: list[KafkaMessage] = []
+    accepted: list[tuple[int, str]] = []
+    parked: list[tuple[int, ValidEvent]] = []
     meters_memo: _Meters = {}
     for index, event in valid:
         route = routes[event.customer_id]
-        if route.customer_id is None:
+        customer_id, subscription_id = route.customer_id, route.subscription_id
+        if customer_id is None:
             parked.append((index, event))
             continue
-        authorize_customer(principal, route.customer_id)
-        if route.subscription_id is None or route.status not in USAGE_STATUSES:
+        if subscription_id is None or route.status not in USAGE_STATUSES:
             reason = "subscription_paused" if route.status == "paused" else "no_active_subscription"
-            results[index] = EventResult(index=index, transaction_id=event.transaction_id, status="rejected",
-                                         reason=reason, errors=[FieldError(
-                                             field="customer_id", reason="the customer has no subscription "
-                                                                         "that accepts usage")])
+            results[index] = _result(index, event.transaction_id, "rejected", reason, [FieldError(
+                field="customer_id", reason="the customer has no subscription that accepts usage")])
             continue
         plan_problem = _plan_problem(container.catalog, route, event, meters_memo)
         if plan_problem is not None:
-            results[index] = EventResult(index=index, transaction_id=event.transaction_id, status="rejected",
-                                         reason=plan_problem[0], errors=[plan_problem[1]])
+            results[index] = _result(index, event.transaction_id, "rejected", plan_problem[0], [plan_problem[1]])
             continue
-        accepted.append(_Accepted(index, event, route))
+        key = keys.get(subscription_id)
+        if key is None:
+            key = keys[subscription_id] = subscription_id.encode()
+        usage.append({"key": key, "value": usage_value(
+            event, customer_id=customer_id, subscription_id=subscription_id, received_at_utc=received_at,
+            producer="ingest", correlation_id=correlation)})
+        accepted.append((index, event.transaction_id))
 
-    correlation = request.headers.get("x-request-id")
-    messages = [usage_message(a.event, customer_id=a.route.customer_id or "", subscription_id=a.route.subscription_id
-                              or "", received_at=now, producer="ingest", correlation_id=correlation)
-                for a in accepted]
     if parked:
         await run_in_threadpool(_park, container.engine, parked, principal.key_id)
-        messages += [OutgoingMessage(topics.USAGE_UNMATCHED, e.customer_id, orjson.dumps(e.model_dump(mode="json")),
-                                     (("type", b"usage.unmatched"),)) for _, e in parked]
     started = time.perf_counter()
     try:
-        await container.producer.send_async(messages)
+        if parked:
+            await container.producer.send_async([
+                OutgoingMessage(topics.USAGE_UNMATCHED, e.customer_id, orjson.dumps(e.as_json()),
+                                (("type", b"usage.unmatched"),)) for _, e in parked])
+        await container.usage_producer.send(container.settings.topic(topics.USAGE), usage)
     except DeliveryError:
         request.app.state.metrics.usage_events.labels("failed", "kafka_unavailable").inc(len(accepted))
         raise
     request.app.state.metrics.produce_seconds.labels(topics.USAGE).observe(time.perf_counter() - started)
 
-    # NOTE: hot path: accepted results are plain dicts and the body is written with orjson (the
-    # response_model documents the shape; validating 1000 results again would cost more than producing).
-    body: list[dict[str, Any] | None] = [None if r is None else r.model_dump(mode="json") for r in results]
-    for a in accepted:
-        body[a.index] = {"index": a.index, "transaction_id": a.event.transaction_id, "status": "accepted",
-                         "reason": None, "errors": []}
+    for index, tx in accepted:
+        results[index] = {"index": index, "transaction_id": tx, "status": "accepted", "reason": None, "errors": []}
     for index, event in parked:
-        body[index] = EventResult(index=index, transaction_id=event.transaction_id, status="parked",
-                                  reason="unknown_customer").model_dump(mode="json")
+        results[index] = _result(index, event.transaction_id, "parked", "unknown_customer")
+    rejected = len(items) - len(accepted) - len(parked)
     counter = request.app.state.metrics.usage_events
     counter.labels("accepted", "").inc(len(accepted))
     if parked:
         counter.labels("parked", "unknown_customer").inc(len(parked))
-    rejected = [r for r in results if r is not None]
-    for r in rejected:
-        counter.labels("rejected", r.reason or "").inc()
-    return Response(orjson.dumps({"accepted": len(accepted), "rejected": len(rejected), "parked": len(parked),
-                                  "results": body}), media_type="application/json")
+    if rejected:
+        for r in results:
+            if r is not None and r["status"] == "rejected":
+                reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+        for reason, count in reasons.items():
+            counter.labels("rejected", reason).inc(count)
+    return Response(orjson.dumps({"accepted": len(accepted), "rejected": rejected, "parked": len(parked),
+                                  "results": results}), media_type="application/json")
 
 
-def _park(engine: sa.Engine, parked: list[tuple[int, UsageEvent]], key_id: str) -> None:
+def _park(engine: sa.Engine, parked: list[tuple[int, ValidEvent]], key_id: str) -> None:
     with engine.begin() as conn:
         conn.execute(insert(unmatched_usage).on_conflict_do_nothing(), [
             {"customer_ref": e.customer_id, "transaction_id": e.transaction_id,
-             "event": e.model_dump(mode="json"), "submitted_by": key_id} for _, e in parked])
+             "event": e.as_json(), "submitted_by": key_id} for _, e in parked])
 
 
 # ------------------------------------------------------------------------------------ unmatched usage
