@@ -258,8 +258,8 @@ class BillingWork:
         repo.record_periods(conn, self.periods)
         repo.append_history(conn, self.history)
         repo.append_audit(conn, self.audit)
-        repo.bulk_insert(conn, outbox, self.outbox_rows, conflict="ON CONFLICT (event_id) DO NOTHING")
-        repo.bulk_insert(conn, command_outcomes, self.outcomes, conflict="ON CONFLICT (command_id) DO NOTHING")
+        repo.bulk_insert(conn, outbox, self.outbox_rows, ignore_conflicts_on=["event_id"])
+        repo.bulk_insert(conn, command_outcomes, self.outcomes, ignore_conflicts_on=["command_id"])
 
     def _finalise(self) -> None:
         if not self.issued:
