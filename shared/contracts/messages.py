@@ -153,6 +153,17 @@ class PaymentFailed(Payload):
     failed_at: AwareDatetime
 
 
+class CustomerDeleted(Payload):
+    """The payment provider deleted the customer (Stripe `customer.deleted`): its stored payment methods
+    are gone, so no charge of this subscription can succeed until a new customer is attached. One message
+    per live subscription of the customer, keyed by it."""
+
+    subscription_id: str
+    customer_id: str
+    stripe_customer_id: str
+    deleted_at: AwareDatetime
+
+
 # ----------------------------------------------------------------------------------- billing-events.v1
 
 
@@ -230,6 +241,7 @@ PAYLOADS: dict[str, type[Payload]] = {
     "dunning.give_up": GiveUpDunning,
     "payment.succeeded": PaymentSucceeded,
     "payment.failed": PaymentFailed,
+    "payment.customer_deleted": CustomerDeleted,
     "invoice.finalized": InvoiceEvent,
     "invoice.paid": InvoiceEvent,
     "invoice.voided": InvoiceEvent,

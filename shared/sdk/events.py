@@ -137,7 +137,11 @@ def fast_event(raw: object) -> ValidEvent | None:
     for name in properties:
         if type(name) is not str:
             return None
-    return ValidEvent(transaction_id, customer_id, event_type, timestamp[0], timestamp[1], properties)
+    # tuple.__new__ directly: the NamedTuple constructor is a Python-level function, one call per event.
+    return _new_tuple(ValidEvent, (transaction_id, customer_id, event_type, timestamp[0], timestamp[1], properties))
+
+
+_new_tuple: Final = tuple.__new__
 
 
 def validated_event(raw: object) -> ValidEvent:
@@ -158,6 +162,19 @@ class EventProblem:
 # underscores, whitespace, and the letters of Infinity / NaN / sNaN): a string with any other ASCII
 # character is certainly not a number, and skipping Decimal spares a raised exception per event.
 _MAYBE_DECIMAL: Final = re.compile(r"[\s0-9+\-._eEiInNfFtTyYaAsS]*")
+# How a decimal string can start (after whitespace, which Decimal and str.strip skip): a digit, a sign,
+# a point, an underscore (Decimal reads "_1" as 1), or the first letter of Infinity / NaN / sNaN. Any
+# other ASCII first character rules a number out at once.
+_DECIMAL_STARTS: Final = frozenset("0123456789+-._iInNsS")
+
+
+def _may_be_decimal(text: str) -> bool:
+    if not text:
+        return False
+    first = text[0]
+    if first.isascii() and first not in _DECIMAL_STARTS and not first.isspace():
+        return False
+    return not text.isascii() or _MAYBE_DECIMAL.fullmatch(text) is not None
 
 
 def numeric_value(value: object) -> Decimal | None:
@@ -169,7 +186,7 @@ def numeric_value(value: object) -> Decimal | None:
     if isinstance(value, float):
         return Decimal(value) if math.isfinite(value) else Decimal("NaN")
     if isinstance(value, str):
-        if value.isascii() and _MAYBE_DECIMAL.fullmatch(value) is None:
+        if not _may_be_decimal(value):
             return None
         try:
             return Decimal(value.strip())
@@ -212,6 +229,8 @@ def check_event(event: UsageEvent | ValidEvent, now: datetime | EventWindow) -> 
             if value < 0:
                 return EventProblem(f"properties.{name}", "must not be negative", "invalid_property")
             continue
+        if kind is str and "\x00" not in value and not _may_be_decimal(value):
+            continue  # text such as a model name
         if _holds_nul(value):
             return EventProblem(f"properties.{name}", "must not contain U+0000", "invalid_property")
         number = numeric_value(value)

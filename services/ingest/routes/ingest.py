@@ -14,8 +14,9 @@ name their own organisation (403 otherwise).
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 import orjson
 import sqlalchemy as sa
@@ -33,7 +34,7 @@ from services.ingest.problems import PROBLEM_RESPONSES, FieldError, ProblemError
 from shared.adapters.kafka.producer import OutgoingMessage
 from shared.adapters.postgres.schema.edge import unmatched_usage
 from shared.contracts import topics
-from shared.domain.catalog import Aggregation, Catalog, Meter
+from shared.domain.catalog import Aggregation, Catalog
 from shared.errors import DeliveryError
 from shared.sdk.envelopes import usage_message, usage_value
 from shared.sdk.events import EventWindow, UsageEvent, ValidEvent, check_event, fast_event, numeric_value, utc_text
@@ -65,31 +66,47 @@ def directory_of(request: Request, container: Container = Depends(get_container)
     return directory
 
 
-_Meters = dict[tuple[str | None, str], list[Meter] | None]
+@dataclass(frozen=True)
+class _Metering:
+    """What a plan needs of one event type: the properties that must hold a number, with their meter."""
+
+    numeric_properties: tuple[tuple[str, str], ...]  # (property, meter id)
+
+
+_Meters = dict[tuple[str | None, str], _Metering | None]  # None: the plan meters nothing of this type
+_UNKNOWN_PLAN: Final = _Metering(())
+
+
+def _metering(catalog: Catalog, plan_id: str | None, event_type: str) -> _Metering | None:
+    plan = catalog.plans.get(plan_id) if plan_id else None  # type: ignore[call-overload]
+    if plan is None:
+        return _UNKNOWN_PLAN
+    meters = [catalog.meters[m] for m in plan.meters if catalog.meters[m].event_type == event_type]
+    if not meters:
+        return None
+    return _Metering(tuple((m.value_property, m.id) for m in meters
+                           if m.aggregation is Aggregation.SUM and m.value_property))
 
 
 def _plan_problem(catalog: Catalog, route: Route, event: UsageEvent | ValidEvent,
                   memo: _Meters | None = None) -> tuple[str, FieldError] | None:
     """Is the event type metered by the customer's plan, with the numeric value its meters sum?
-    `memo` caches the meters per (plan, event type) for the length of one request."""
-    memo = {} if memo is None else memo
+    `memo` caches the metering per (plan, event type) for the length of one request."""
     key = (route.plan_id, event.event_type)
-    if key not in memo:
-        plan = catalog.plans.get(route.plan_id) if route.plan_id else None  # type: ignore[call-overload]
-        memo[key] = None if plan is None else [
-            catalog.meters[m] for m in plan.meters if catalog.meters[m].event_type == event.event_type]
-    meters = memo[key]
-    if meters is None:
+    if memo is None:
+        metering = _metering(catalog, *key)
+    else:
+        metering = memo[key] if key in memo else memo.setdefault(key, _metering(catalog, *key))
+    if metering is _UNKNOWN_PLAN:
         return "unknown_plan", FieldError(field="customer_id", reason="the subscription's plan is not in the catalog")
-    if not meters:
+    if metering is None:
         return "unknown_event_type", FieldError(
             field="event_type", reason=f"plan {route.plan_id} meters no event type {event.event_type!r}")
-    for meter in meters:
-        if meter.aggregation is Aggregation.SUM and meter.value_property:
-            value = event.properties.get(meter.value_property)
-            if type(value) is not int and numeric_value(value) is None:  # ints: the common case, no Decimal
-                return "missing_property", FieldError(
-                    field=f"properties.{meter.value_property}", reason=f"meter {meter.id} needs a number here")
+    for name, meter_id in metering.numeric_properties:
+        value = event.properties.get(name)
+        if type(value) is not int and numeric_value(value) is None:  # ints: the common case, no Decimal
+            return "missing_property", FieldError(
+                field=f"properties.{name}", reason=f"meter {meter_id} needs a number here")
     return None
 
 

@@ -11,8 +11,10 @@
   -> `payment.succeeded` / `payment.failed` on payments.v1, keyed by the subscription id our payment
   executor put in the object's metadata (objects without it are not ours: acknowledged, not translated).
 - `payment_method.attached` -> `payment_method.update` on commands.v1 for each live subscription of the
-  customer. Other types (including `customer.deleted`, which needs a worker-side decision first) are
-  acknowledged and recorded only.
+  customer.
+- `customer.deleted` -> `payment.customer_deleted` on payments.v1 for each live subscription of the
+  customer (keyed by it): the worker decides what a subscription without a payment customer becomes.
+- Other types are acknowledged and recorded only.
 """
 
 from __future__ import annotations
@@ -38,7 +40,14 @@ from shared.adapters.postgres.schema.core import customers
 from shared.adapters.postgres.schema.edge import stripe_webhook_events
 from shared.contracts import topics
 from shared.contracts.envelope import new_envelope
-from shared.contracts.messages import TYPE_OF, Payload, PaymentFailed, PaymentSucceeded, UpdatePaymentMethod
+from shared.contracts.messages import (
+    TYPE_OF,
+    CustomerDeleted,
+    Payload,
+    PaymentFailed,
+    PaymentSucceeded,
+    UpdatePaymentMethod,
+)
 from shared.domain.dunning import DEFAULT_HARD_DECLINE_CODES
 
 router = APIRouter(tags=["webhooks"])
@@ -121,16 +130,24 @@ def translate(event: dict[str, Any], engine: sa.Engine) -> list[tuple[str, str, 
             provider_ref=ref, amount_minor=int(amount or 0), currency=currency, decline_code=code,
             hard_decline=code in DEFAULT_HARD_DECLINE_CODES, message=message, source="webhook", failed_at=at))]
     if kind == "payment_method.attached" and obj.get("customer") and obj.get("id"):
-        with engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(subscriptions.c.subscription_id, subscriptions.c.customer_id)
-                .join(customers, customers.c.customer_id == subscriptions.c.customer_id)
-                .where(customers.c.stripe_customer_id == obj["customer"], subscriptions.c.status != "cancelled")
-            ).all()
         return [(topics.COMMANDS, r.subscription_id, UpdatePaymentMethod(
             subscription_id=r.subscription_id, customer_id=r.customer_id, payment_method_id=obj["id"]))
-            for r in rows]
+            for r in _live_subscriptions(engine, str(obj["customer"]))]
+    if kind == "customer.deleted" and obj.get("id"):
+        return [(topics.PAYMENTS, r.subscription_id, CustomerDeleted(
+            subscription_id=r.subscription_id, customer_id=r.customer_id, stripe_customer_id=obj["id"],
+            deleted_at=at)) for r in _live_subscriptions(engine, str(obj["id"]))]
     return []
+
+
+def _live_subscriptions(engine: sa.Engine, stripe_customer_id: str) -> list[sa.Row[tuple[str, str]]]:
+    """(subscription_id, customer_id) of every subscription not cancelled of a Stripe customer."""
+    with engine.connect() as conn:
+        return list(conn.execute(
+            sa.select(subscriptions.c.subscription_id, subscriptions.c.customer_id)
+            .join(customers, customers.c.customer_id == subscriptions.c.customer_id)
+            .where(customers.c.stripe_customer_id == stripe_customer_id, subscriptions.c.status != "cancelled")
+            .order_by(subscriptions.c.subscription_id)).all())
 
 
 @router.post("/v1/webhooks/stripe", response_model=WebhookAck, responses=PROBLEM_RESPONSES,

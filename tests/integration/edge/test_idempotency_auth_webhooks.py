@@ -19,7 +19,7 @@ from services.ingest.idempotency import IdempotencyStore, fingerprint
 from shared.adapters.postgres.schema.billing import invoice_lines, invoices
 from shared.contracts import topics
 from shared.contracts.envelope import Envelope
-from shared.contracts.messages import PaymentFailed, PaymentSucceeded, parse_payload
+from shared.contracts.messages import CustomerDeleted, PaymentFailed, PaymentSucceeded, parse_payload
 
 from .conftest import ADMIN, START, bearer, consume, new_key, onboard, subscribe
 
@@ -172,6 +172,32 @@ async def test_a_signed_payment_webhook_becomes_a_payment_message_once(client, c
     succeeded, payment_failed = mine
     assert isinstance(succeeded, PaymentSucceeded) and succeeded.amount_minor == 900 and succeeded.currency == "USD"
     assert isinstance(payment_failed, PaymentFailed) and payment_failed.hard_decline
+
+
+async def test_a_deleted_stripe_customer_becomes_a_payments_message_per_live_subscription(
+        client, worker, container, edge_settings):
+    deleted, other = await onboard(client), await onboard(client)
+    first = await subscribe(client, deleted["customer_id"], "pro")
+    second = await subscribe(client, deleted["customer_id"], "team", seats=2)
+    untouched = await subscribe(client, other["customer_id"], "pro")
+    payload = _stripe_event("customer.deleted", {"id": deleted["stripe_customer_id"], "object": "customer",
+                                                 "deleted": True})
+    secret = container.settings.stripe_webhook_secret.get_secret_value()
+
+    response = await client.post("/v1/webhooks/stripe", content=payload,
+                                 headers=_signed(payload, secret, int(time.time())))
+
+    assert response.json() == {"received": True, "status": "published", "messages": 2}
+    ours = {first["subscription_id"], second["subscription_id"], untouched["subscription_id"]}
+    messages = [m for m in consume(edge_settings, topics.PAYMENTS, 200, 5) if m.key().decode() in ours]
+    envelopes = [Envelope.from_bytes(m.value()) for m in messages]
+    assert {e.type for e in envelopes} == {"payment.customer_deleted"}
+    payloads = [parse_payload(e) for e in envelopes]
+    assert all(isinstance(p, CustomerDeleted) for p in payloads)
+    assert {(m.key().decode(), p.subscription_id, p.customer_id, p.stripe_customer_id)  # type: ignore[attr-defined]
+            for m, p in zip(messages, payloads, strict=True)} == {
+        (sub["subscription_id"], sub["subscription_id"], deleted["customer_id"], deleted["stripe_customer_id"])
+        for sub in (first, second)}
 
 
 @pytest.mark.parametrize(("secret", "skew"), [("whsec_wrong", 0), (None, -600), (None, 600)],

@@ -97,3 +97,18 @@ def test_a_message_built_from_the_model_or_the_fast_event_is_the_same_bytes():
     assert from_model == from_fast
     assert b'"timestamp":"2026-03-10T10:00:00Z"' in from_fast.value
     assert b'"received_at":"2026-03-10T10:00:01Z"' in from_fast.value
+
+
+def test_the_numeric_prefilter_agrees_with_decimal_for_every_ascii_character_in_front():
+    disagreements = []
+    for first in map(chr, range(128)):
+        for rest in ("", "1", "nf", "an", "NaN", "_1", "e3", ".5", " 7", "x"):
+            text = first + rest
+            try:
+                expected: Decimal | None = Decimal(text.strip())
+            except InvalidOperation:
+                expected = None
+            if (numeric_value(text) is None) != (expected is None):
+                disagreements.append(text)
+
+    assert disagreements == []
