@@ -71,8 +71,9 @@ QUOTA_OVERSPEND_PARTS: dict[str, str] = {
     "quota_orgs": "SELECT count(*) FROM quota_orgs o WHERE o.trial_used > o.trial_reports",
     "quota_user_months": """SELECT count(*) FROM quota_user_months u
                              WHERE u.limit_at_last_use IS NOT NULL AND u.used > u.limit_at_last_use""",
-    "tier_months": """SELECT count(*) FROM tier_months t
-                       WHERE t.limit_minor IS NOT NULL AND t.authorised_minor > t.limit_minor""",
+    # Synchronously authorised spend never passed the limit it was checked against.
+    "spend_periods": """SELECT count(*) FROM spend_periods p WHERE p.limit_quantity IS NOT NULL
+                         AND p.reserved_quantity + p.observed_quantity > p.limit_quantity""",
 }
 INVARIANTS["quota_counters_equal_admitted_reports"] = """
     SELECT count(*) FROM quota_org_months m
