@@ -60,7 +60,10 @@ class Settings(BaseSettings):
         default=None, description="how soon a silent worker loses its partitions (librdkafka default 45 s)")
     worker_relay: bool = Field(default=True, description="run the outbox relay in this worker process")
 
-    # --- dunning / notifications
+    # --- dunning / notifications (days after the first failed payment)
+    dunning_retry_days: tuple[int, ...] = (3, 5, 7)
+    dunning_notify_days: tuple[int, ...] = (1, 3, 7)
+    dunning_give_up_day: int = 14
     notifier: Literal["log", "webhook", "smtp"] = "log"
     notify_webhook_url: str | None = None
     notify_webhook_secret: SecretStr = SecretStr("notify-dev-secret")

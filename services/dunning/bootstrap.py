@@ -50,11 +50,18 @@ def build_gateway(settings: Settings, engine: sa.Engine) -> PaymentGateway:
     return SimulatedGateway(PostgresProviderRecord(engine))
 
 
+def policy_from_settings(settings: Settings) -> DunningPolicy:
+    """The campaign schedule from BILLING_DUNNING_* (the domain validates it: offsets before the give-up day)."""
+    return DunningPolicy(retry_offsets_days=settings.dunning_retry_days,
+                         notify_offsets_days=settings.dunning_notify_days,
+                         give_up_after_days=settings.dunning_give_up_day)
+
+
 def bootstrap(settings: Settings, *, policy: DunningPolicy | None = None, clock: Clock | None = None,
               notifier: Notifier | None = None, gateway: PaymentGateway | None = None) -> DunningContainer:
     # NOTE: the policy is the domain's default (retries on days 3/5/7, reminders 1/3/7, give up on day 14)
     # until the catalog or the settings carry one; callers may pass another.
-    policy = policy or DunningPolicy()
+    policy = policy or policy_from_settings(settings)
     engine = make_engine(settings, pool_size=5)
     clock = clock or build_clock(settings, engine)
     notifier = notifier or build_notifier(settings)
