@@ -19,6 +19,7 @@ Metrics:
 from __future__ import annotations
 
 import asyncio
+import json
 import multiprocessing
 import os
 import signal
@@ -172,7 +173,10 @@ def _settings_env(settings: Any) -> dict[str, str]:
             continue
         if hasattr(value, "get_secret_value"):
             value = value.get_secret_value()
-        env[f"BILLING_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+        if isinstance(value, tuple | list | dict):
+            env[f"BILLING_{name.upper()}"] = json.dumps(value)  # complex settings are JSON in the environment
+        else:
+            env[f"BILLING_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
     return env
 
 

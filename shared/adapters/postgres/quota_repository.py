@@ -176,6 +176,7 @@ class BatchWrite:
     usage_topic: str
     alert_topic: str
     message_key: str
+    refused_enquiries: Sequence[str] = ()
     granted: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -211,11 +212,15 @@ SELECT o.org_id, o.plan_id, o.plan_monthly_reports, o.per_user_monthly_limit, o.
 """
 
 # Every write below depends on `cas`: if the org's version moved since the read, nothing is written.
+# Nor is anything written when an enquiry the batch refused was in fact admitted before (a retry decided
+# on remembered state, which holds no enquiries): the batch is then re-read and the retry replayed.
 _COMMIT_SQL = """
 WITH cas AS (
     UPDATE quota_orgs
        SET version = version + 1, trial_used = trial_used + %(trial_delta)s, updated_at = now()
      WHERE org_id = %(org_id)s AND version = %(seen_version)s
+       AND NOT EXISTS (SELECT 1 FROM quota_consumptions c
+                        WHERE c.org_id = %(org_id)s AND c.enquiry_id = ANY(%(refused)s::text[]))
     RETURNING version
 ), month AS (
     INSERT INTO quota_org_months AS m (org_id, month_start, month_end, plan_monthly_reports, used)
@@ -359,8 +364,9 @@ class QuotaRepository:
         prior = {item["enquiry_id"]: _consumption(item) for item in row["prior"]}
         return OrgSnapshot(_org_row(row), month, dict(row["user_used"]), prior, alerts)
 
-    async def commit_batch(self, write: BatchWrite) -> tuple[bool, list[uuid.UUID]]:
-        """Apply ``write`` if the org is still at ``seen_version``: (committed, ids of alerts inserted).
+    async def commit_batch(self, write: BatchWrite) -> tuple[int | None, list[uuid.UUID]]:
+        """Apply ``write`` if the org is still at ``seen_version``: (the org's new version, ids of alerts
+        inserted), or (None, []) when nothing was written because the org moved on.
 
         ``DuplicateEnquiry`` when another writer admitted one of the enquiries in the meantime (nothing
         was written); a CHECK violation is raised as ``QuotaStoreError`` (nothing was written either).
@@ -380,7 +386,8 @@ class QuotaRepository:
             "c_trial": [c.on_trial for c in consumptions], "c_event": [c.event_id for c in consumptions],
             "c_envelope": [c.envelope_json for c in consumptions],
             "usage_topic": write.usage_topic, "alert_topic": write.alert_topic,
-            "message_key": write.message_key, **_alert_params(write.alerts),
+            "message_key": write.message_key, "refused": list(write.refused_enquiries),
+            **_alert_params(write.alerts),
         }
         try:
             async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
@@ -394,8 +401,8 @@ class QuotaRepository:
             raise DatabaseUnavailableError(str(error)) from error
         assert row is not None
         if row["version"] is None:
-            return False, []
-        return True, list(row["alerts_inserted"])
+            return None, []
+        return int(row["version"]), list(row["alerts_inserted"])
 
     async def record_alerts(self, org_id: str, at: datetime, alerts: Sequence[NewAlert], alert_topic: str,
                             message_key: str) -> list[uuid.UUID]:

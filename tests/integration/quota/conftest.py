@@ -8,6 +8,7 @@ the other in the test's loop and could not show a race.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -87,7 +88,10 @@ def settings_env(settings: Any) -> dict[str, str]:
             continue
         if hasattr(value, "get_secret_value"):
             value = value.get_secret_value()
-        env[f"BILLING_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+        if isinstance(value, tuple | list | dict):
+            env[f"BILLING_{name.upper()}"] = json.dumps(value)  # complex settings are JSON in the environment
+        else:
+            env[f"BILLING_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
     return env
 
 
