@@ -31,6 +31,7 @@ from services.ingest.container import Container, get_container
 from services.ingest.directory import USAGE_STATUSES, CustomerDirectory, Route
 from services.ingest.pagination import Page, decode_int_cursor, encode_cursor
 from services.ingest.problems import PROBLEM_RESPONSES, FieldError, ProblemError, field_errors_of
+from services.ingest.quota_spend import check_spend
 from shared.adapters.kafka.producer import OutgoingMessage
 from shared.adapters.postgres.schema.edge import unmatched_usage
 from shared.contracts import topics
@@ -178,6 +179,7 @@ async def ingest(request: Request, principal: Principal = Depends(require(Scope.
     for route in {r.customer_id: r for r in routes.values() if r.customer_id is not None}.values():
         authorize_customer(principal, route.customer_id or "")
 
+    spend = await check_spend(request, routes, now)  # usage tiers: free tier / spend caps (issue 7)
     correlation = request.headers.get("x-request-id")
     received_at = utc_text(now)
     keys: dict[str, bytes] = {}
@@ -196,7 +198,7 @@ async def ingest(request: Request, principal: Principal = Depends(require(Scope.
             results[index] = _result(index, event.transaction_id, "rejected", reason, [FieldError(
                 field="customer_id", reason="the customer has no subscription that accepts usage")])
             continue
-        plan_problem = _plan_problem(container.catalog, route, event, meters_memo)
+        plan_problem = _plan_problem(container.catalog, route, event, meters_memo) or spend.refuse(route, event)
         if plan_problem is not None:
             results[index] = _result(index, event.transaction_id, "rejected", plan_problem[0], [plan_problem[1]])
             continue
