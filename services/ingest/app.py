@@ -63,7 +63,6 @@ def create_app(container: Container) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         container.producer.start()
-        container.usage_producer.start()
         purger = asyncio.create_task(_purge_idempotency_keys(store))
         try:
             yield

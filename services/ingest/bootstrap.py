@@ -1,7 +1,7 @@
 """Composition root of the ingest edge: settings, engine, Kafka producer, Stripe client, clock, catalog.
 
 Built once per process by `build_container`; nothing here runs at import time, and building connects to
-nothing yet (the engine's pool connects lazily; the producers' delivery threads start with the app).
+nothing yet (the engine's pool connects lazily; the producers connect on first use).
 Usage batches have a producer of their own (`shared.sdk.kafka.BatchProducer`: one librdkafka call and
 one delivery tracker per batch); commands, webhooks and replays go through `KafkaProducer`.
 """

@@ -25,11 +25,12 @@ from shared.errors import DeliveryError
 KafkaMessage = dict[str, Any]  # {"key": bytes, "value": bytes}, as produce_batch takes them
 DeliveryReport = Callable[[KafkaError | None, Message | None], None]
 _QUEUE_FULL_WAIT_S = 0.05
+SERVE_INTERVAL_S = 0.002  # how often a waiting send serves delivery reports (librdkafka lingers 5 ms)
 
 
 class BatchTracker:
     """Counts one batch's delivery reports; `on_done(failures)` runs once, when every message is settled
-    (from the thread serving delivery reports)."""
+    (on whichever thread served the last report)."""
 
     __slots__ = ("_failures", "_lock", "_on_done", "_pending")
 
@@ -57,8 +58,8 @@ class BatchProducer:
 
     def __init__(self, config: dict[str, Any]) -> None:
         self._producer = Producer(config)
-        self._poller: threading.Thread | None = None
-        self._closing = threading.Event()
+        self._waiting = 0  # sends awaiting their acknowledgements
+        self._server: asyncio.Task[None] | None = None
 
     def produce(self, topic: str, messages: list[KafkaMessage], report: DeliveryReport) -> None:
         """Queue every message (waiting for room while the local queue is full); `report` gets each
@@ -101,44 +102,46 @@ class BatchProducer:
         """Wait for every delivery report (up to `timeout`); the number of messages still outstanding."""
         return int(self._producer.flush(timeout))
 
-    # ---- asyncio: a background thread serves the delivery reports
-
-    def start(self) -> None:
-        if self._poller is None:
-            self._closing.clear()
-            self._poller = threading.Thread(target=self._poll_loop, name="usage-producer-poll", daemon=True)
-            self._poller.start()
-
-    def _poll_loop(self) -> None:
-        while not self._closing.is_set():
-            self._producer.poll(0.05)
+    # ---- asyncio: the event loop itself serves the delivery reports
 
     async def send(self, topic: str, messages: list[KafkaMessage]) -> None:
         """Produce a batch and wait until Kafka acknowledged all of it; DeliveryError if any failed.
-        Starts the thread serving delivery reports if `start()` was not called yet."""
-        if self._poller is None:
-            self.start()
+
+        # NOTE: delivery reports are served by a task on the event loop (`poll(0)` every
+        # `SERVE_INTERVAL_S` while a send waits), not by a thread: a thread would take the GIL from the
+        # loop once per message to run its callback, and those hand-overs cost more than the callbacks."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[list[str]] = loop.create_future()
+        loop_thread = threading.get_ident()
 
         def settle(failures: list[str]) -> None:
             if not done.done():
                 done.set_result(failures)
 
-        def settled(failures: list[str]) -> None:  # on the delivery thread
-            loop.call_soon_threadsafe(settle, failures)
+        def settled(failures: list[str]) -> None:
+            if threading.get_ident() == loop_thread:
+                settle(failures)
+            else:  # a flush() on another thread served the report
+                loop.call_soon_threadsafe(settle, failures)
 
         count = len(messages)
         tracker = BatchTracker(count, settled)
         self.produce(topic, messages, tracker.report)
-        failures = await done
+        self._waiting += 1
+        try:
+            if self._server is None or self._server.done() or self._server.get_loop() is not loop:
+                self._server = loop.create_task(self._serve())
+            failures = await done
+        finally:
+            self._waiting -= 1
         if failures:
             raise DeliveryError(f"{len(failures)} of {count} messages not acknowledged: {failures[:3]}")
 
+    async def _serve(self) -> None:
+        while self._waiting:
+            self._producer.poll(0)
+            await asyncio.sleep(SERVE_INTERVAL_S)
+
     def close(self, timeout: float = 10.0) -> int:
-        """Stop the delivery thread and flush; the number of messages left unacknowledged."""
-        self._closing.set()
-        if self._poller is not None:
-            self._poller.join(timeout=2)
-            self._poller = None
+        """Flush; the number of messages left unacknowledged."""
         return self.flush(timeout)

@@ -110,7 +110,6 @@ def edge_settings(settings):  # type: ignore[no-untyped-def]
 def container(edge_settings) -> Iterator[Container]:  # type: ignore[no-untyped-def]
     built = build_container(edge_settings)
     built.producer.start()
-    built.usage_producer.start()
     yield built
     built.producer.close()
     built.usage_producer.close()
