@@ -95,8 +95,7 @@ def bulk_insert(conn: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str
     column_list = ", ".join(f'"{c}"' for c in columns)
     conn.execute(sa.text(f"CREATE TEMP TABLE IF NOT EXISTS {temp} ON COMMIT DROP AS "
                          f"SELECT {column_list} FROM {table.name} WITH NO DATA"))
-    dbapi = conn.connection.dbapi_connection
-    assert dbapi is not None
+    dbapi: Any = conn.connection.dbapi_connection  # psycopg 3: COPY is not in the DB-API
     with dbapi.cursor() as cur, cur.copy(f"COPY {temp} ({column_list}) FROM STDIN") as copy:
         for row in rows:
             copy.write_row([_copy_value(row[c]) for c in columns])

@@ -27,7 +27,7 @@ from shared.config import Settings
 from shared.contracts import topics
 from shared.contracts.envelope import new_envelope
 from shared.contracts.messages import CreateSubscription
-from tests.integration.worker.harness import WorkerProcess, usage_envelope, wait_until
+from tests.integration.worker.harness import WorkerProcess, committed_offsets, usage_envelope, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -46,8 +46,10 @@ def count(engine: sa.Engine, query: sa.Select) -> int:  # type: ignore[type-arg]
 
 def test_a_billing_run_survives_twenty_kill_nines_with_one_invoice_per_period_and_one_charge_per_invoice(
         settings: Settings, engine: sa.Engine, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Small batches, so that a worker killed every few seconds still commits some of its work in between.
     simulated = settings.model_copy(update={"clock": "simulated", "simulated_clock_start": JAN_1.isoformat(),
-                                            "scheduler_interval_s": 0.2, "payment_gateway": "simulated"})
+                                            "scheduler_interval_s": 0.2, "payment_gateway": "simulated",
+                                            "worker_batch_max": 100})
     rng = random.Random(7)
     run = uuid.uuid4().hex[:6]
     subs = [(f"sub_{run}_{i:05d}", f"cus_{run}_{i:05d}", METHODS[i % len(METHODS)]) for i in range(SUBSCRIPTIONS)]
@@ -73,8 +75,12 @@ def test_a_billing_run_survives_twenty_kill_nines_with_one_invoice_per_period_an
     clock_moved = False
     kills_during_run = 0
     for _ in range(KILLS):
+        before = sum(committed_offsets(engine, simulated.consumer_group).values())
         worker.start()
-        time.sleep(rng.uniform(1.5, 4.0))
+        # Kill once it demonstrably works (offsets moving), at a random moment after that.
+        wait_until(lambda b=before: sum(committed_offsets(engine, simulated.consumer_group).values()) > b, 120,
+                   interval=0.05, what="the worker to commit a batch")
+        time.sleep(rng.uniform(0.0, 1.5))
         with engine.connect() as conn:
             created = conn.execute(sa.select(sa.func.count()).select_from(subscriptions)).scalar_one()
         if not clock_moved and created >= SUBSCRIPTIONS // 2:
