@@ -6,6 +6,7 @@ environment anywhere else. This is also the only place that renders librdkafka c
 
 from __future__ import annotations
 
+import json
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -76,6 +77,24 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
     log_json: bool = True
+
+    def to_env(self) -> dict[str, str]:
+        """The BILLING_* environment that rebuilds these settings in a child process (secrets included;
+        sequences and mappings as JSON, which is how pydantic-settings reads complex values)."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            if isinstance(value, list | tuple | dict):
+                text = json.dumps(value)
+            elif isinstance(value, bool):
+                text = str(value).lower()
+            else:
+                text = str(value)
+            env[f"BILLING_{name.upper()}"] = text
+        return env
 
     def topic(self, name: str) -> str:
         """The physical topic name for a logical one (e.g. `usage.v1`)."""

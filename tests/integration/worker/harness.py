@@ -35,14 +35,7 @@ REPO = Path(__file__).resolve().parents[3]
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The BILLING_* environment that rebuilds `settings` in a child process."""
-    env = {}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        env[f"BILLING_{name.upper()}"] = str(value)
-    return env
+    return settings.to_env()
 
 
 class WorkerProcess:

@@ -1,0 +1,17 @@
+"""Settings survive the trip through a child process's environment."""
+
+import pytest
+
+from shared.config import Settings
+
+pytestmark = pytest.mark.unit
+
+
+def test_settings_rendered_as_environment_rebuild_the_same_settings(monkeypatch):
+    original = Settings(topic_prefix="t1.", database_schema="s1", dunning_retry_days=(2, 4), log_json=False,
+                        admin_api_key="secret-key")
+    for key, value in original.to_env().items():
+        monkeypatch.setenv(key, value)
+    rebuilt = Settings()
+    assert rebuilt.model_dump() == original.model_dump()
+    assert rebuilt.admin_api_key.get_secret_value() == "secret-key"
