@@ -37,6 +37,7 @@ log = logging.getLogger("billing_worker")
 
 CONSUMED_TOPICS = (topics.COMMANDS, topics.USAGE, topics.PAYMENTS)
 HANDLER_MODULES = ("services.billing_worker.commands",)
+COMMIT_LANES = 3
 
 
 def make_clock(settings: Settings, engine: sa.Engine) -> Clock:
@@ -82,7 +83,7 @@ class Worker:
 
 def build_worker(settings: Settings, *, handler_modules: tuple[str, ...] = HANDLER_MODULES,
                  relay: bool = True, static_member_id: str | None = None,
-                 session_timeout_ms: int | None = None) -> Worker:
+                 session_timeout_ms: int | None = None, commit_lanes: int = COMMIT_LANES) -> Worker:
     """Build a worker. `static_member_id` sets Kafka static membership (group.instance.id): a restarted
     instance with the same id takes its partitions back at once instead of waiting for a rebalance."""
     engine = make_engine(settings)
@@ -106,7 +107,8 @@ def build_worker(settings: Settings, *, handler_modules: tuple[str, ...] = HANDL
         overrides["session.timeout.ms"] = session_timeout_ms
         overrides["heartbeat.interval.ms"] = max(100, session_timeout_ms // 5)
     consumer = ExactlyOnceConsumer(settings, engine, BatchProcessor(registry, materializer, clock), dlq,
-                                   topics=CONSUMED_TOPICS, instance_id=me, consumer_overrides=overrides)
+                                   topics=CONSUMED_TOPICS, instance_id=me, consumer_overrides=overrides,
+                                   commit_lanes=commit_lanes)
     outbox_relay = OutboxRelay(engine, KafkaProducer(settings, client_id=f"{me}-relay")) if relay else None
     return Worker(settings, engine, consumer, outbox_relay, registry, materializer, me)
 

@@ -16,6 +16,15 @@ Kafka's exactly-once stops at Kafka; ours stops at the PostgreSQL commit (DESIGN
 - Transient failures (database, broker) roll the batch back and retry it with capped exponential
   backoff; a message is never skipped. A batch-level error that is not transient stops the worker
   (a bug must not be dead-lettered wholesale); a restart resumes from the stored offsets.
+- Pipelining (``run``, when the apply callable offers ``prepare`` / ``apply_prepared``): while a
+  committer thread applies and commits batch N, the polling thread fetches and prepares (decodes)
+  batch N+1. With ``commit_lanes`` > 1 the usage partitions are split over that many lanes (a partition
+  always in the same lane), each with its own committer and PostgreSQL connection, so PostgreSQL works
+  on several batches at once. Within a lane batches commit one at a time, in order, each with its own
+  partitions' offsets, so nothing above changes: a lane's N+1 is submitted only after its N committed;
+  if N rolled back for good (fenced), N+1 is discarded and the lane's partitions are rewound to N's
+  first records; a rebalance callback first waits for every batch in flight, so partitions only change
+  hands between batches, as without pipelining.
 """
 
 from __future__ import annotations
@@ -24,7 +33,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for_futures
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -34,6 +46,7 @@ from services.billing_worker.processor import is_retryable
 from shared.adapters.kafka.dlq import DeadLetter, DeadLetterPublisher
 from shared.adapters.postgres.schema.core import consumer_offsets
 from shared.config import Settings
+from shared.contracts.topics import USAGE as USAGE_TOPIC
 from shared.errors import FencedError
 from shared.observability import kv
 
@@ -62,6 +75,26 @@ class PartitionsFenced(FencedError):
 
 
 @dataclass
+class _Lane:
+    """One commit lane of the pipelined loop: consumed records waiting, the next batch prepared ahead, and
+    the batch its committer is applying."""
+
+    buffer: list[Record] = field(default_factory=list)
+    ready: tuple[list[Record], Any] | None = None
+    in_flight: tuple[list[Record], Future[_Outcome]] | None = None
+
+    def discard(self) -> list[Record]:
+        """Everything consumed but not submitted, in consumption order (to be rewound)."""
+        out = [*(self.ready[0] if self.ready is not None else ()), *self.buffer]
+        self.ready, self.buffer = None, []
+        return out
+
+
+# What became of a batch handed to the committer thread.
+_Outcome = Literal["committed", "aborted"] | PartitionsFenced
+
+
+@dataclass
 class ConsumerStats:
     batches: int = 0
     records: int = 0
@@ -73,7 +106,8 @@ class ConsumerStats:
 class ExactlyOnceConsumer:
     def __init__(self, settings: Settings, engine: sa.Engine, apply: BatchApply, dead_letters: DeadLetterPublisher,
                  *, topics: Sequence[str], instance_id: str, group_id: str | None = None,
-                 max_backoff_s: float = 5.0, consumer_overrides: dict[str, object] | None = None) -> None:
+                 max_backoff_s: float = 5.0, consumer_overrides: dict[str, object] | None = None,
+                 commit_lanes: int = 1) -> None:
         self._settings = settings
         self._engine = engine
         self._apply = apply
@@ -87,6 +121,8 @@ class ExactlyOnceConsumer:
             self._group, **{"client.id": instance_id, **(consumer_overrides or {})}))
         self.stats = ConsumerStats()
         self._closed = False
+        self._lane_states = [_Lane() for _ in range(max(1, commit_lanes))]  # pipelined mode only
+        self._counters = threading.Lock()  # stats and DLQ publishing, shared by the lanes
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -95,11 +131,18 @@ class ExactlyOnceConsumer:
                                  on_lost=self._on_lost)
 
     def run(self, stop: threading.Event) -> None:
-        """Consume until `stop` is set; the batch in progress is finished (or rolled back) first."""
+        """Consume until `stop` is set; the batch in progress is finished (or rolled back) first.
+
+        Pipelined (see the module docstring) when the apply callable has ``prepare`` and
+        ``apply_prepared``; otherwise one batch at a time, as ``poll_once``.
+        """
         self.subscribe()
         try:
-            while not stop.is_set():
-                self.poll_once(stop)
+            if hasattr(self._apply, "prepare") and hasattr(self._apply, "apply_prepared"):
+                self._run_pipelined(stop)
+            else:
+                while not stop.is_set():
+                    self.poll_once(stop)
         finally:
             self.close()
 
@@ -120,6 +163,116 @@ class ExactlyOnceConsumer:
         if not records:
             return 0
         return self._process_with_retry(records, stop)
+
+    # ------------------------------------------------------------------ the pipelined loop
+
+    def _lane_of(self, topic: str, partition: int) -> int:
+        # NOTE: only usage spreads over lanes; commands and payments stay in lane 0, so their handlers
+        # never run concurrently with each other (usage shares no state with them, only rows under locks).
+        return partition % len(self._lane_states) if topic == USAGE_TOPIC else 0
+
+    def _run_pipelined(self, stop: threading.Event) -> None:
+        batch_max = self._settings.worker_batch_max
+        lanes = self._lane_states
+        with ThreadPoolExecutor(len(lanes), thread_name_prefix="batch-commit") as committers:
+            try:
+                while not stop.is_set():
+                    waiting = any(lane.buffer or lane.ready for lane in lanes)
+                    if sum(len(lane.buffer) for lane in lanes) < 2 * batch_max * len(lanes):
+                        # While records wait for a busy lane, poll briefly so a freed lane gets work at once.
+                        timeout = 0.005 if waiting else self._settings.worker_batch_timeout_s
+                        for r in self._records(self._consumer.consume(batch_max, timeout)):
+                            lanes[self._lane_of(r.topic, r.partition)].buffer.append(r)
+                    else:  # enough buffered: wait for a lane to free up instead of fetching more
+                        wait_for_futures([lane.in_flight[1] for lane in lanes if lane.in_flight is not None],
+                                         timeout=self._settings.worker_batch_timeout_s, return_when=FIRST_COMPLETED)
+                    for index in range(len(lanes)):
+                        self._advance(index, committers, stop)
+            finally:
+                for index in range(len(lanes)):
+                    self._settle(index, block=True)
+
+    def _advance(self, index: int, committers: ThreadPoolExecutor, stop: threading.Event) -> None:
+        """Move one lane on: collect its finished batch, submit the next one (prepared ahead if possible)."""
+        lane = self._lane_states[index]
+        batch_max = self._settings.worker_batch_max
+        if lane.in_flight is not None and not lane.in_flight[1].done():
+            if lane.ready is None and len(lane.buffer) >= batch_max:
+                lane.ready = self._take(lane)  # decode the next batch while PostgreSQL works on this one
+            return
+        if not self._settle(index, block=True):
+            return
+        if lane.ready is None and lane.buffer:
+            lane.ready = self._take(lane)
+        if lane.ready is not None:
+            records, prepared = lane.ready
+            lane.ready = None
+            # Rebalance callbacks purge what they take away: every record here is still owned.
+            epochs = {(r.topic, r.partition): self._epochs[(r.topic, r.partition)] for r in records}
+            lane.in_flight = (records, committers.submit(self._commit_prepared, records, prepared, epochs, stop))
+
+    def _take(self, lane: _Lane) -> tuple[list[Record], Any]:
+        batch_max = self._settings.worker_batch_max
+        records, lane.buffer = lane.buffer[:batch_max], lane.buffer[batch_max:]
+        return records, self._apply.prepare(records)  # type: ignore[attr-defined]
+
+    def _settle(self, index: int, *, block: bool) -> bool:
+        """Collect the lane's batch in flight (waiting for it when `block`). Returns False when it rolled back
+        for good; then the lane's records consumed after it (prepared or not) are discarded and its
+        partitions rewound. A non-transient failure of the batch is re-raised here, stopping the worker."""
+        lane = self._lane_states[index]
+        if lane.in_flight is None:
+            return True
+        records, future = lane.in_flight
+        if not block and not future.done():
+            return True
+        lane.in_flight = None
+        outcome = future.result()
+        if outcome == "committed":
+            return True
+        following = lane.discard()
+        if isinstance(outcome, PartitionsFenced):
+            self._after_fenced([*records, *following], outcome.partitions)
+        else:  # aborted while shutting down
+            self._rewind([*records, *following])
+        return False
+
+    def _wait_in_flight(self) -> None:
+        """Let the batches in flight finish (commit or roll back) before partitions change hands."""
+        futures = [lane.in_flight[1] for lane in self._lane_states if lane.in_flight is not None]
+        if futures:
+            wait_for_futures(futures)
+
+    def _purge(self, partitions: set[tuple[str, int]]) -> None:
+        """Drop consumed, not yet submitted records of partitions this instance no longer owns."""
+        for lane in self._lane_states:
+            if lane.ready is not None and any((r.topic, r.partition) in partitions for r in lane.ready[0]):
+                lane.buffer = [*lane.ready[0], *lane.buffer]  # re-prepared without them
+                lane.ready = None
+            lane.buffer = [r for r in lane.buffer if (r.topic, r.partition) not in partitions]
+
+    def _commit_prepared(self, records: list[Record], prepared: Any, epochs: dict[tuple[str, int], int],
+                         stop: threading.Event) -> _Outcome:
+        """Committer thread: apply one prepared batch and commit it with its offsets, retrying transient
+        failures with backoff (never skipping a message)."""
+        apply_prepared = self._apply.apply_prepared  # type: ignore[attr-defined]
+        attempt = 0
+        while True:
+            try:
+                self._transaction(records, lambda conn: apply_prepared(conn, prepared), epochs)
+            except PartitionsFenced as fenced:
+                return fenced
+            except Exception as error:
+                if not is_retryable(error):
+                    raise
+                attempt += 1
+                if not self._backoff(error, attempt, records, stop):
+                    return "aborted"
+                continue
+            with self._counters:
+                self.stats.batches += 1
+                self.stats.records += len(records)
+            return "committed"
 
     def _records(self, messages: Sequence[Message]) -> list[Record]:
         out: list[Record] = []
@@ -150,41 +303,60 @@ class ExactlyOnceConsumer:
                 if not is_retryable(error):
                     raise
                 attempt += 1
-                self.stats.retries += 1
-                delay = min(self._max_backoff, 0.05 * 2 ** min(attempt, 10))
-                first = records[0]
-                log.warning("batch failed, retrying", extra=kv(
-                    error=str(error)[:500], error_class=type(error).__name__, attempt=attempt, delay_s=delay,
-                    topic=first.topic, partition=first.partition, offset=first.offset, records=len(records)))
-                if stop is not None and stop.is_set():
+                if not self._backoff(error, attempt, records, stop):
                     self._rewind(records)  # shutting down: nothing committed, the next owner redoes it
                     return 0
-                time.sleep(delay)
                 continue
             self.stats.batches += 1
             self.stats.records += len(records)
             return len(records)
 
+    def _backoff(self, error: Exception, attempt: int, records: Sequence[Record],
+                 stop: threading.Event | None) -> bool:
+        """Log a transient batch failure and sleep before the next attempt; False when shutting down."""
+        with self._counters:
+            self.stats.retries += 1
+        delay = min(self._max_backoff, 0.05 * 2 ** min(attempt, 10))
+        first = records[0]
+        log.warning("batch failed, retrying", extra=kv(
+            error=str(error)[:500], error_class=type(error).__name__, attempt=attempt, delay_s=delay,
+            topic=first.topic, partition=first.partition, offset=first.offset, records=len(records)))
+        if stop is not None and stop.is_set():
+            return False
+        time.sleep(delay)
+        return True
+
     def _process_once(self, records: Sequence[Record]) -> None:
+        self._transaction(records, lambda conn: self._apply(conn, records), dict(self._epochs))
+
+    def _transaction(self, records: Sequence[Record], apply: Callable[[sa.Connection], list[DeadLetter]],
+                     epochs: dict[tuple[str, int], int]) -> None:
+        """One batch, one transaction: its effects, its dead letters acknowledged, its offsets (fenced by
+        the epochs the batch was consumed under), then the commit."""
         next_offsets: dict[tuple[str, int], int] = {}
         for r in records:
             next_offsets[(r.topic, r.partition)] = r.offset + 1
         with self._engine.connect() as conn, conn.begin():
-            dead = self._apply(conn, records)
+            dead = apply(conn)
             if dead:
                 for letter in dead:
                     log.error("message dead-lettered", extra=kv(
                         topic=letter.topic, partition=letter.partition, offset=letter.offset,
                         error=letter.error[:500], error_class=letter.error_class))
-                self._dlq.publish(dead)  # acknowledged before the offset moves past them
-            self._commit_offsets(conn, next_offsets)
+                with self._counters:
+                    self._dlq.publish(dead)  # acknowledged before the offset moves past them
+            self._commit_offsets(conn, next_offsets, epochs)
         on_commit = getattr(self._apply, "on_commit", None)
         if on_commit is not None:
             on_commit()
-        self.stats.dead_letters += len(dead)
+        with self._counters:
+            self.stats.dead_letters += len(dead)
 
-    def _commit_offsets(self, conn: sa.Connection, next_offsets: dict[tuple[str, int], int]) -> None:
+    def _commit_offsets(self, conn: sa.Connection, next_offsets: dict[tuple[str, int], int],
+                        epochs: dict[tuple[str, int], int]) -> None:
         keys = sorted(next_offsets)
+        if any(k not in epochs for k in keys):
+            raise PartitionsFenced({k for k in keys if k not in epochs})
         rows = conn.execute(sa.text("""
             UPDATE consumer_offsets o
                SET next_offset = v.next_offset, updated_at = now()
@@ -194,7 +366,7 @@ class ExactlyOnceConsumer:
                AND o.epoch = v.epoch
             RETURNING o.topic, o.partition"""), {
             "topics": [k[0] for k in keys], "parts": [k[1] for k in keys],
-            "offs": [next_offsets[k] for k in keys], "epochs": [self._epochs[k] for k in keys],
+            "offs": [next_offsets[k] for k in keys], "epochs": [epochs[k] for k in keys],
             "group": self._group}).all()
         missed = set(keys) - {(t, p) for t, p in rows}
         if missed:
@@ -232,6 +404,7 @@ class ExactlyOnceConsumer:
     # ------------------------------------------------------------------ rebalance callbacks
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._wait_in_flight()
         if not partitions:
             consumer.incremental_assign([])
             return
@@ -272,14 +445,17 @@ class ExactlyOnceConsumer:
                 time.sleep(min(self._max_backoff, 0.05 * 2 ** min(attempt, 10)))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._wait_in_flight()
         self._forget(partitions, "revoked")
         consumer.incremental_unassign(partitions)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._wait_in_flight()
         self._forget(partitions, "lost")
         consumer.incremental_unassign(partitions)
 
     def _forget(self, partitions: list[TopicPartition], why: str) -> None:
+        self._purge({(self._logical[tp.topic], tp.partition) for tp in partitions if tp.topic in self._logical})
         for tp in partitions:
             topic = self._logical.get(tp.topic)
             if topic is not None:

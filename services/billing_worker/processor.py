@@ -45,6 +45,7 @@ What a handler signals back:
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -204,6 +205,16 @@ class HandlerRegistry:
         return tuple(self._background)
 
 
+@dataclass(frozen=True)
+class PreparedBatch:
+    """A consumed batch after ``BatchProcessor.prepare``: usage records and their decoded rows
+    (``services.billing_worker.usage.PreparedUsage``), and the other records, still raw."""
+
+    usage: Sequence[Any]
+    usage_prepared: Any
+    others: Sequence[Any]
+
+
 class BatchProcessor:
     """Applies one consumed batch inside the batch transaction: usage in bulk first, then every other
     message in partition order through its registered handler, each under a SAVEPOINT.
@@ -217,50 +228,71 @@ class BatchProcessor:
         self._usage = materializer  # services.billing_worker.usage.UsageMaterializer
         self._clock = clock
         self._log = logging.getLogger("billing_worker.processor")
-        self._pending: list[Any] = []
+        # Usage statistics of the batch in progress, per thread: the consumer's commit lanes apply
+        # batches concurrently, each calling on_commit in the thread that applied its batch.
+        self._local = threading.local()
+        self._totals_lock = threading.Lock()
+
+    @property
+    def _pending(self) -> list[Any]:
+        pending: list[Any] | None = getattr(self._local, "pending", None)
+        if pending is None:
+            pending = self._local.pending = []
+        return pending
 
     def on_commit(self) -> None:
         """Count the usage statistics of the batch that just committed (rolled-back work is not counted)."""
-        for stats in self._pending:
-            self._usage.totals.add(stats)
-        self._pending = []
+        with self._totals_lock:
+            for stats in self._pending:
+                self._usage.totals.add(stats)
+        self._pending.clear()
 
     def __call__(self, conn: sa.Connection, records: Sequence[Any]) -> list[DeadLetter]:
-        self._pending = []
-        dead: list[DeadLetter] = []
+        return self.apply_prepared(conn, self.prepare(records))
+
+    def prepare(self, records: Sequence[Any]) -> PreparedBatch:
+        """The connection-free part of a batch (decoding and rendering usage): the consumer runs it for the
+        next batch while PostgreSQL works on the current one. Deterministic: re-preparing gives the same."""
         usage = [r for r in records if r.topic == topics.USAGE]
         others = [r for r in records if r.topic != topics.USAGE]
-        if usage:
-            self._apply_usage(conn, usage, dead)
-        if others:
+        prepared = self._usage.prepare([r.value for r in usage]) if usage else None
+        return PreparedBatch(usage, prepared, others)
+
+    def apply_prepared(self, conn: sa.Connection, batch: PreparedBatch) -> list[DeadLetter]:
+        """Apply a prepared batch in the caller's transaction; returns its dead letters. Safe to call from
+        several threads at once for batches of different partitions."""
+        self._pending.clear()
+        dead: list[DeadLetter] = []
+        if batch.usage_prepared is not None:
+            self._apply_usage(conn, batch.usage, batch.usage_prepared, dead)
+        if batch.others:
             now = self._clock.now()
-            for record in others:
+            for record in batch.others:
                 self._apply_one(conn, record, now, dead)
         return dead
 
-    def _apply_usage(self, conn: sa.Connection, records: Sequence[Any], dead: list[DeadLetter]) -> None:
-        decoded = []
-        for r in records:
-            try:
-                decoded.append((r, self._usage.decode(r.value)))
-            except EnvelopeError as error:
-                dead.append(DeadLetter.of(r.topic, r.partition, r.offset, r.key, r.value, error))
-        if not decoded:
+    def _apply_usage(self, conn: sa.Connection, records: Sequence[Any], prepared: Any,
+                     dead: list[DeadLetter]) -> None:
+        for index, error in prepared.refused:
+            r = records[index]
+            dead.append(DeadLetter.of(r.topic, r.partition, r.offset, r.key, r.value, error))
+        if not prepared.lines:
             return
         try:
             with conn.begin_nested():
-                self._pending.append(self._usage.apply(conn, [item for _, item in decoded]))
+                self._pending.append(self._usage.apply_lines(conn, prepared.lines))
             return
         except Exception as error:
             if is_retryable(error):
                 raise
             self._log.warning("bulk usage apply refused, isolating the message at fault",
-                              extra=kv(error=str(error)[:300], records=len(decoded)))
+                              extra=kv(error=str(error)[:300], records=len(prepared.lines)))
         # Slow path: one savepoint per event isolates the poison; the rest of the batch is kept.
-        for r, item in decoded:
+        for index, line in zip(prepared.accepted, prepared.lines, strict=True):
+            r = records[index]
             try:
                 with conn.begin_nested():
-                    self._pending.append(self._usage.apply(conn, [item]))
+                    self._pending.append(self._usage.apply_lines(conn, [line]))
             except Exception as error:
                 if is_retryable(error):
                     raise

@@ -87,6 +87,10 @@ class MeterMap:
     def rule_for(self, event_type: str) -> MeterRule | None:
         return self._rules.get(event_type)
 
+    def rules(self) -> dict[str, MeterRule]:
+        """event_type -> rule, for every metered event type."""
+        return dict(self._rules)
+
 
 def quantity_of(rule: MeterRule, properties: Mapping[str, Any]) -> Decimal:
     """The meter quantity of one event; a missing or non-numeric value makes the event terminal."""
@@ -123,31 +127,41 @@ _ENVELOPE_KEYS = frozenset({"event_id", "type", "schema_version", "occurred_at",
 _ENVELOPE_REQUIRED = _ENVELOPE_KEYS - {"correlation_id", "event_id"}
 _PAYLOAD_KEYS = frozenset(UsageRecorded.model_fields)
 _PAYLOAD_REQUIRED = frozenset(name for name, f in UsageRecorded.model_fields.items() if f.is_required())
-
+_EMPTY: Mapping[str, Any] = {}
 
 _CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+# RFC 3339 with an explicit offset: the form our producers write, read identically by pydantic,
+# datetime.fromisoformat and PostgreSQL (other forms the models may accept take the careful path).
+_RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?(?:Z|[+-]\d\d:\d\d)")
+_INT_LIMIT = 10**20  # == _MAX_QUANTITY
 
 
-def _text(value: object, max_length: int) -> bool:
-    return type(value) is str and 0 < len(value) <= max_length and "\x00" not in value
-
-
-def _instant(value: object) -> datetime | None:
-    if type(value) is not str:
+def _utc_text(value: object) -> str | None:
+    """An aware RFC 3339 instant as text PostgreSQL reads as the same instant; None unless certainly valid."""
+    if type(value) is not str or _RFC3339.fullmatch(value) is None:
         return None
     try:
-        at = datetime.fromisoformat(value)
+        at = datetime.fromisoformat(value)  # the calendar check (no Feb 30, no 24:00, no leap second)
     except ValueError:
         return None
-    return at if at.tzinfo is not None else None
+    if value.endswith("+00:00") or value.endswith("Z"):
+        return value
+    return at.astimezone(UTC).isoformat()  # PostgreSQL caps offsets at 15:59; UTC is always in range
 
 
-def _fast_fields(raw: bytes) -> tuple[Mapping[str, Any], datetime, datetime] | None:
+# (customer_id, transaction_id, subscription_id, event_type, properties, timestamp, received_at, escaped):
+# the identifiers, and both instants as UTC-safe RFC 3339 text; `escaped` is False when the raw JSON has
+# no backslash at all, so no decoded string can hold a NUL, tab, newline, carriage return or backslash
+# (JSON forbids raw control characters in strings; orjson enforces it).
+_Checked = tuple[str, str, str, str, Mapping[str, Any], str, str, bool]
+
+
+def _checked(raw: bytes) -> _Checked | None:
     """Conservative one-pass check of a v1 usage envelope (orjson + plain checks).
 
-    Returns the payload and its two instants when the message is certainly valid against the
-    ``Envelope`` + ``UsageRecorded`` models, else None (the caller then runs the models themselves, which
-    accept or explain). It never accepts what the models refuse.
+    Returns its fields when the message is certainly valid against the ``Envelope`` + ``UsageRecorded``
+    models and carries no NUL in an identifier, else None (the caller then runs the models themselves,
+    which accept or explain). It never accepts what the models refuse.
     """
     try:
         env = orjson.loads(raw)
@@ -155,30 +169,36 @@ def _fast_fields(raw: bytes) -> tuple[Mapping[str, Any], datetime, datetime] | N
         return None
     if type(env) is not dict or not _ENVELOPE_REQUIRED <= env.keys() <= _ENVELOPE_KEYS:
         return None
-    if env["type"] != USAGE_TYPE or env["schema_version"] != 1 or type(env["schema_version"]) is not int:
+    version = env["schema_version"]
+    if env["type"] != USAGE_TYPE or type(version) is not int or version != 1:
         return None
-    event_id = env.get("event_id")
-    if event_id is not None:
+    if "event_id" in env:
+        event_id = env["event_id"]
         if type(event_id) is not str or _CANONICAL_UUID.fullmatch(event_id) is None:
             return None
     corr = env.get("correlation_id")
-    if not _text(env["producer"], 100) or (corr is not None and (type(corr) is not str or len(corr) > 200)):
+    if corr is not None and (type(corr) is not str or len(corr) > 200):
         return None
-    if _instant(env["occurred_at"]) is None:
+    producer = env["producer"]
+    if type(producer) is not str or not 0 < len(producer) <= 100 or _utc_text(env["occurred_at"]) is None:
         return None
     p = env["payload"]
     if type(p) is not dict or not _PAYLOAD_REQUIRED <= p.keys() <= _PAYLOAD_KEYS:
         return None
-    if not (_text(p["transaction_id"], 128) and _text(p["customer_id"], 200) and _text(p["subscription_id"], 200)
-            and _text(p["event_type"], 100)):
+    customer, tx, sub, event_type = p["customer_id"], p["transaction_id"], p["subscription_id"], p["event_type"]
+    if not (type(customer) is str and type(tx) is str and type(sub) is str and type(event_type) is str
+            and 0 < len(tx) <= 128 and 0 < len(event_type) <= 100):
         return None
-    props = p.get("properties", {})
+    props = p.get("properties", _EMPTY)
     if type(props) is not dict:
         return None
-    timestamp, received_at = _instant(p["timestamp"]), _instant(p["received_at"])
+    timestamp, received_at = _utc_text(p["timestamp"]), _utc_text(p["received_at"])
     if timestamp is None or received_at is None:
         return None
-    return p, timestamp, received_at
+    escaped = b"\\" in raw
+    if escaped and "\x00" in customer + tx + sub + event_type:
+        return None  # the careful path refuses it with its reason
+    return customer, tx, sub, event_type, props, timestamp, received_at, escaped
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,15 +224,15 @@ def decode_usage(raw: bytes | None, meters: MeterMap) -> UsageItem:
     """
     if raw is None:
         raise EnvelopeError("empty message value")
-    fast = _fast_fields(raw)
-    if fast is None:
+    fields = _checked(raw)
+    if fields is None:
         return _decode_general(raw, meters)
-    p, timestamp, received_at = fast
-    return _item(p["customer_id"], p["transaction_id"], p["subscription_id"], p["event_type"],
-                 p.get("properties") or {}, timestamp, received_at, meters)
+    customer, tx, sub, event_type, props, timestamp, received_at, _ = fields
+    return _item(customer, tx, sub, event_type, props, datetime.fromisoformat(timestamp),
+                 datetime.fromisoformat(received_at), meters)
 
 
-def _decode_general(raw: bytes, meters: MeterMap) -> UsageItem:
+def _decode_general(raw: bytes | None, meters: MeterMap) -> UsageItem:
     envelope = Envelope.from_bytes(raw)
     if envelope.type != USAGE_TYPE:
         raise EnvelopeError(f"unexpected message type {envelope.type!r} on the usage topic")
@@ -233,6 +253,53 @@ def _item(customer_id: str, transaction_id: str, subscription_id: str, event_typ
     return UsageItem(customer_id, transaction_id, subscription_id, event_type,
                      rule.meter_id if rule is not None else None, quantity,
                      timestamp.astimezone(UTC), received_at.astimezone(UTC))
+
+
+# ----------------------------------------------------------------------------------------------- COPY rows
+# A batch reaches PostgreSQL as COPY text lines (tab-separated, \N for NULL) of the temporary table's
+# columns: customer_id, transaction_id, subscription_id, event_type, meter_id, quantity, occurred_at,
+# received_at. The hot path renders them straight from the checked JSON (no per-event objects).
+
+_NULL = "\\N"
+
+
+def _copy_text(value: str) -> str:
+    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
+        return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return value
+
+
+def _item_line(it: UsageItem) -> str:
+    return (f"{_copy_text(it.customer_id)}\t{_copy_text(it.transaction_id)}\t{_copy_text(it.subscription_id)}\t"
+            f"{_copy_text(it.event_type)}\t{_copy_text(it.meter_id) if it.meter_id is not None else _NULL}\t"
+            f"{it.quantity}\t{it.occurred_at.isoformat()}\t{it.received_at.isoformat()}\n")
+
+
+def _fast_line(raw: bytes, rules: Mapping[str, tuple[str, MeterRule]]) -> str | None:
+    """The COPY line of a usage message the one-pass check certainly accepts, else None."""
+    fields = _checked(raw)
+    if fields is None:
+        return None
+    customer, tx, sub, event_type, props, timestamp, received_at, escaped = fields
+    meter = rules.get(event_type)
+    if meter is None:
+        meter_text, quantity = _NULL, "0"
+    else:
+        meter_text, rule = meter
+        if rule.value_property is None:
+            quantity = "1"
+        else:
+            value = props.get(rule.value_property)
+            if type(value) is int and -_INT_LIMIT < value < _INT_LIMIT:
+                quantity = str(value)
+            else:
+                try:
+                    quantity = str(quantity_of(rule, props))
+                except EnvelopeError:
+                    return None  # the careful path refuses it with the same reason
+    if escaped:
+        customer, tx, sub, event_type = _copy_text(customer), _copy_text(tx), _copy_text(sub), _copy_text(event_type)
+    return f"{customer}\t{tx}\t{sub}\t{event_type}\t{meter_text}\t{quantity}\t{timestamp}\t{received_at}\n"
 
 
 # ----------------------------------------------------------------------------------------------- apply
@@ -256,15 +323,27 @@ class UsageStats:
         self.aggregate_upserts += other.aggregate_upserts
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedUsage:
+    """A batch of usage values rendered for COPY (``lines[k]`` comes from ``values[accepted[k]]``), and the
+    values refused with their reason (``(index, error)``): terminal, for the DLQ."""
+
+    lines: list[str]
+    accepted: list[int]
+    refused: list[tuple[int, EnvelopeError]]
+
+
 _TEMP_TABLE = "usage_incoming"
 _CREATE_TEMP = sa.text(f"""
 CREATE TEMP TABLE IF NOT EXISTS {_TEMP_TABLE} (
     customer_id text, transaction_id text, subscription_id text, event_type text, meter_id text,
     quantity numeric, occurred_at timestamptz, received_at timestamptz
 ) ON COMMIT DELETE ROWS""")
+_COPY = (f"COPY {_TEMP_TABLE} (customer_id, transaction_id, subscription_id, event_type, meter_id, quantity, "
+         "occurred_at, received_at) FROM STDIN")
 
-# One round trip: insert new events (duplicates skipped by the primary key), then upsert one aggregate
-# row per (subscription, meter, hour) from the rows actually inserted.
+# One round trip: insert new events (duplicates, in the batch or stored, skipped by the primary key), then
+# upsert one aggregate row per (subscription, meter, hour) from the rows actually inserted.
 _MATERIALIZE = sa.text(f"""
 WITH ins AS (
     INSERT INTO usage_events (customer_id, transaction_id, subscription_id, event_type, meter_id,
@@ -289,58 +368,67 @@ WITH ins AS (
            updated_at = now()
     RETURNING 1
 )
-SELECT (SELECT count(*) FROM ins) AS inserted, (SELECT count(*) FROM up) AS upserts""")
+SELECT (SELECT count(*) FROM ins) AS inserted, (SELECT count(*) FROM ins WHERE meter_id IS NULL) AS unmetered,
+       (SELECT count(*) FROM up) AS upserts""")
+_EMPTY_TEMP = sa.text(f"TRUNCATE {_TEMP_TABLE}")
 
 
-_NULL = "\\N"
-
-
-def _copy_text(value: str) -> str:
-    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
-        return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-    return value
-
-
-def _copy_rows(conn: sa.Connection, items: Iterable[UsageItem]) -> None:
-    """COPY the batch into the temporary table as one pre-rendered text buffer (no per-row driver calls)."""
-    lines = [
-        f"{_copy_text(it.customer_id)}\t{_copy_text(it.transaction_id)}\t{_copy_text(it.subscription_id)}\t"
-        f"{_copy_text(it.event_type)}\t{_copy_text(it.meter_id) if it.meter_id is not None else _NULL}\t"
-        f"{it.quantity}\t{it.occurred_at.isoformat()}\t{it.received_at.isoformat()}\n"
-        for it in items]
+def _copy_lines(conn: sa.Connection, lines: Sequence[str]) -> None:
+    """COPY the batch into the temporary table as one text buffer (no per-row driver calls)."""
     dbapi = conn.connection.dbapi_connection
     if dbapi is None:
         raise RuntimeError("the connection is closed")
-    with dbapi.cursor() as cur, cur.copy(  # type: ignore[attr-defined]  # psycopg 3 cursor
-            f"COPY {_TEMP_TABLE} (customer_id, transaction_id, subscription_id, event_type, meter_id, "
-            "quantity, occurred_at, received_at) FROM STDIN") as copy:
+    with dbapi.cursor() as cur, cur.copy(_COPY) as copy:  # type: ignore[attr-defined]  # psycopg 3 cursor
         copy.write("".join(lines).encode())
 
 
 class UsageMaterializer:
-    """Applies decoded usage to PostgreSQL in the caller's transaction (exactly once with the offsets)."""
+    """Applies usage to PostgreSQL in the caller's transaction (exactly once with the offsets).
+
+    Hot path: ``prepare(values)`` (pure CPU, no connection: the consumer runs it for the next batch while
+    PostgreSQL works on the current one), then ``apply_lines(conn, prepared.lines)`` in the transaction.
+    """
 
     def __init__(self, meters: MeterMap) -> None:
         self.meters = meters
         self.totals = UsageStats()
+        self._rules = {event_type: (_copy_text(rule.meter_id), rule)
+                       for event_type, rule in meters.rules().items()}
 
     def decode(self, raw: bytes | None) -> UsageItem:
         return decode_usage(raw, self.meters)
 
+    def prepare(self, values: Sequence[bytes | None]) -> PreparedUsage:
+        lines: list[str] = []
+        accepted: list[int] = []
+        refused: list[tuple[int, EnvelopeError]] = []
+        rules = self._rules
+        for index, raw in enumerate(values):
+            line = _fast_line(raw, rules) if raw is not None else None
+            if line is None:
+                try:
+                    line = _item_line(_decode_general(raw, self.meters))
+                except EnvelopeError as error:
+                    refused.append((index, error))
+                    continue
+            lines.append(line)
+            accepted.append(index)
+        return PreparedUsage(lines, accepted, refused)
+
     def apply(self, conn: sa.Connection, items: Sequence[UsageItem]) -> UsageStats:
-        stats = UsageStats(received=len(items))
-        if not items:
+        return self.apply_lines(conn, [_item_line(it) for it in items])
+
+    def apply_lines(self, conn: sa.Connection, lines: Sequence[str]) -> UsageStats:
+        stats = UsageStats(received=len(lines))
+        if not lines:
             return stats
-        unique: dict[tuple[str, str], UsageItem] = {}
-        for it in items:
-            unique.setdefault((it.customer_id, it.transaction_id), it)
-        stats.unmetered = sum(1 for it in unique.values() if it.meter_id is None)
         conn.execute(_CREATE_TEMP)
-        _copy_rows(conn, unique.values())
+        _copy_lines(conn, lines)
         row = conn.execute(_MATERIALIZE).one()
         # ON COMMIT DELETE ROWS only fires at commit; a savepoint-level retry needs an empty table now.
-        conn.execute(sa.text(f"TRUNCATE {_TEMP_TABLE}"))
+        conn.execute(_EMPTY_TEMP)
         stats.inserted = int(row.inserted)
+        stats.unmetered = int(row.unmetered)
         stats.aggregate_upserts = int(row.upserts)
         stats.duplicates = stats.received - stats.inserted
         return stats
