@@ -69,14 +69,22 @@ from shared.contracts.messages import (
     UpdatePaymentMethod,
 )
 from shared.domain.calendar import BillingAnchor, Period, ensure_utc, zone
-from shared.domain.catalog import Catalog, MeterId, Plan
+from shared.domain.catalog import Catalog, ChangeTiming, MeterId, Plan
 from shared.domain.errors import DomainError, InvalidTransitionError
 from shared.domain.events import DomainEvent, SubscriptionStarted, event_payload
 from shared.domain.ids import CustomerId, SubscriptionId
 from shared.domain.invoice import Invoice, InvoiceKey, InvoiceLine, InvoiceReason, InvoiceStatus, LineKind
 from shared.domain.ledger import CreditLedger, GrantSource, MeterCredit
 from shared.domain.money import Money
-from shared.domain.rating import LateUsage, RatingResult, change_invoice, close_period, start_invoice
+from shared.domain.rating import (
+    IncludedCreditGrant,
+    LateUsage,
+    RatingResult,
+    change_invoice,
+    close_period,
+    start_invoice,
+    trial_credit_grants,
+)
 from shared.domain.subscription import Subscription, SubscriptionStatus
 
 log = logging.getLogger("billing_worker.commands")
@@ -217,17 +225,25 @@ class BillingWork:
     def rating(self, result: RatingResult, state: SubscriptionState, plan_id: str, command: Envelope,
                at: datetime) -> None:
         self.issue(result.invoice, state, plan_id, command)
+        self.grant_included(result.grants, state, command, at)
+        if result.coupon_redemption is not None:
+            self.redemptions.append((result.coupon_redemption, state.id, result.invoice.id, at))
+
+    def grant_included(self, grants: Sequence[IncludedCreditGrant], state: SubscriptionState, command: Envelope,
+                       at: datetime) -> None:
+        """Write the domain's included-credit grants (period, trial, upgrade) to the ledger and announce them."""
+        if not grants:
+            return
         ledger = self.ledger(state).ledger
-        for grant in result.grants:
+        for grant in grants:
             ledger.grant(grant_id=f"incl|{grant.key}", meter=grant.meter_id, amount=grant.amount,
-                         source=GrantSource.PLAN_INCLUDED, effective_at=grant.effective_at,
+                         source=GrantSource(grant.source), effective_at=grant.effective_at,
                          expires_at=grant.expires_at)
-            self.emit("credits.granted", _credits_payload(state, grant.meter_id, grant.amount, "plan_included",
+            self.emit("credits.granted", _credits_payload(state, grant.meter_id, grant.amount, grant.source,
                                                           grant.expires_at),
                       key=state.id, event_id=event_uuid(state.id, "credits.granted", grant.key), at=at,
                       correlation=command)
-        if result.coupon_redemption is not None:
-            self.redemptions.append((result.coupon_redemption, state.id, result.invoice.id, at))
+        self.touch(state)
 
     def expire_credits(self, state: SubscriptionState, at: datetime, command: Envelope) -> int:
         """Write off what is left of the grants that expired by `at` (the ledger decides) and announce it."""
@@ -439,6 +455,7 @@ class BillingCommands:
         invoice_id = None
         if sub.status in (SubscriptionStatus.ACTIVE, SubscriptionStatus.PAST_DUE):
             invoice_id = self._start_invoice(work, env, state, plan, coupon, at)
+        work.grant_included(trial_credit_grants(subscription=sub, plan=plan), state, env, at)
         work.subscription_events(state, env)
         return {"invoice_id": invoice_id}
 
@@ -456,11 +473,10 @@ class BillingCommands:
     def change_plan(self, work: BillingWork, env: Envelope, p: ChangePlan, now: datetime) -> dict[str, Any]:
         state = work.state(p.subscription_id)
         sub = state.subscription
-        # NOTE: `timing` other than "auto" is not honoured yet: the domain decides (upgrades now, downgrades
-        # at the period end unless the plan says otherwise).
         change = sub.change_plan(new_plan=self.catalog.plan(p.plan_id), current_plan=self.catalog.plan(sub.plan_id),
-                                 at=now)
+                                 at=now, timing=None if p.timing == "auto" else ChangeTiming(p.timing))
         invoice_id = self._change_invoice(work, env, state, change.lines, change.invoice_period, now)
+        work.grant_included(change.grants, state, env, now)
         work.subscription_events(state, env)
         return {"change": change.kind.value, "timing": change.timing.value, "invoice_id": invoice_id}
 
@@ -469,6 +485,7 @@ class BillingCommands:
         sub = state.subscription
         change = sub.change_seats(seats=p.seats, plan=self.catalog.plan(sub.plan_id), at=now)
         invoice_id = self._change_invoice(work, env, state, change.lines, change.invoice_period, now)
+        work.grant_included(change.grants, state, env, now)
         work.subscription_events(state, env)
         return {"change": change.kind.value, "timing": change.timing.value, "invoice_id": invoice_id}
 

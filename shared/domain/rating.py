@@ -33,6 +33,9 @@ from shared.domain.catalog import CreditAmount, MeterId, MeterPricing, OveragePo
 from shared.domain.coupons import Coupon, CouponRedemption, apply_coupon
 from shared.domain.errors import RatingError
 from shared.domain.ids import InvoiceId
+from shared.domain.included_credits import IncludedCreditGrant as IncludedCreditGrant
+from shared.domain.included_credits import included_grants as included_grants
+from shared.domain.included_credits import trial_grants
 from shared.domain.invoice import Invoice, InvoiceKey, InvoiceLine, InvoiceReason, LineKind
 from shared.domain.money import Money, UnitPrice, line_amount, sum_money
 from shared.domain.proration import charge_remaining_time
@@ -75,22 +78,6 @@ class CreditConsumption:
     meter_id: MeterId
     amount: CreditAmount
     at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class IncludedCreditGrant:
-    """Plan-included credit to grant for a period; ``key`` is unique per subscription, meter and period."""
-
-    subscription_id: str
-    meter_id: MeterId
-    amount: CreditAmount
-    effective_at: datetime
-    expires_at: datetime
-    source: str = "plan_included"
-
-    @property
-    def key(self) -> str:
-        return f"{self.subscription_id}|{self.meter_id}|{self.effective_at.isoformat()}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,25 +267,6 @@ def _fee_line(plan: Plan, seats: int, period: Period) -> InvoiceLine:
     )
 
 
-def included_grants(subscription_id: str, plan: Plan, seats: int, period: Period) -> tuple[IncludedCreditGrant, ...]:
-    """The plan-included credits for ``period``: effective at its start, expiring at its end."""
-    grants = []
-    for meter_id in sorted(plan.meters):
-        included = plan.meters[meter_id].included
-        if included is None:
-            continue
-        grants.append(
-            IncludedCreditGrant(
-                subscription_id=subscription_id,
-                meter_id=meter_id,
-                amount=included.for_seats(seats),
-                effective_at=period.start,
-                expires_at=period.end,
-            )
-        )
-    return tuple(grants)
-
-
 def _discount(subscription: Subscription, coupon: Coupon | None, invoice: Invoice) -> CouponRedemption | None:
     if coupon is None or subscription.coupon is None:
         if coupon is not None:
@@ -466,6 +434,17 @@ def start_invoice(
         coupon_redemption=redemption,
         unbilled=(),
     )
+
+
+def trial_credit_grants(*, subscription: Subscription, plan: Plan) -> tuple[IncludedCreditGrant, ...]:
+    """The included credits of a trialing subscription's trial window (none unless it is trialing).
+
+    See ``included_credits.trial_grants`` for why a trial gets them in full.
+    """
+    _check_inputs(subscription, plan, 0)
+    if subscription.status is not SubscriptionStatus.TRIALING:
+        return ()
+    return trial_grants(subscription.id, plan, subscription.seats, subscription.current_period)
 
 
 def change_invoice(

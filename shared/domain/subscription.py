@@ -53,6 +53,7 @@ from shared.domain.events import (
     TrialEnded,
 )
 from shared.domain.ids import CustomerId, SubscriptionId
+from shared.domain.included_credits import IncludedCreditGrant, change_grants
 from shared.domain.invoice import InvoiceLine, InvoiceReason, LineKind
 from shared.domain.proration import credit_unused_time, prorate_plan_change, prorate_seat_change
 
@@ -94,7 +95,9 @@ class ChangeOutcome:
 
     ``timing`` IMMEDIATE means the change is in force now and ``lines`` (proration, and for an
     interval change the new period's fee) belong on an immediate invoice keyed by ``invoice_reason``
-    and ``invoice_period``; PERIOD_END means it is scheduled and ``lines`` is empty.
+    and ``invoice_period``; PERIOD_END means it is scheduled and ``lines`` is empty. ``grants`` are the
+    included credits an immediate upgrade or seat increase adds for the rest of the period (see
+    ``included_credits.change_grants``); the caller writes them to the credit ledger.
     """
 
     kind: ChangeKind
@@ -103,6 +106,7 @@ class ChangeOutcome:
     lines: tuple[InvoiceLine, ...] = ()
     invoice_period: Period | None = None
     invoice_reason: InvoiceReason = InvoiceReason.SUBSCRIPTION_CHANGE
+    grants: tuple[IncludedCreditGrant, ...] = ()
 
 
 def _require_seats(seats: int) -> int:
@@ -237,15 +241,24 @@ class Subscription:
 
     # --- plan, seats and interval ----------------------------------------------------------------
 
-    def change_plan(self, *, new_plan: Plan, current_plan: Plan, at: datetime) -> ChangeOutcome:
+    def change_plan(
+        self, *, new_plan: Plan, current_plan: Plan, at: datetime, timing: ChangeTiming | None = None
+    ) -> ChangeOutcome:
         """Move to ``new_plan``.
 
-        Upgrades (a higher monthly fee, or equal) apply at once with proration lines; downgrades wait
-        for the period end (``pending_plan_id``) unless the current plan's ``change_timing`` is
-        IMMEDIATE. A different interval re-anchors (see ``_change_interval``). While TRIALING the
-        switch is immediate and free: nothing has been billed yet.
+        Without ``timing`` the catalog decides: upgrades (a higher monthly fee, or equal) apply at once
+        with proration lines; downgrades wait for the period end (``pending_plan_id``) unless the
+        current plan's ``change_timing`` is IMMEDIATE. An explicit ``timing`` overrides that default
+        either way: IMMEDIATE prorates a downgrade now, PERIOD_END schedules an upgrade. A change applied
+        now also returns the included credits it adds for the rest of the period (``grants``).
+
+        A different interval re-anchors at once (see ``_change_interval``); asking for it at the period
+        end is refused. While TRIALING the switch is immediate and free (nothing has been billed yet),
+        so PERIOD_END is refused there too.
         """
         instant = ensure_utc(at).replace(microsecond=0)
+        if timing is not None and not isinstance(timing, ChangeTiming):
+            raise InvalidValueError(f"timing must be a ChangeTiming or None, got {timing!r}")
         self._require_plan(current_plan)
         self._require_changeable("change the plan of")
         if new_plan.currency != current_plan.currency:
@@ -254,13 +267,20 @@ class Subscription:
             raise SubscriptionError(f"subscription {self.id} is already on plan {new_plan.id}")
         new_seats = _seats_for(new_plan, self.seats)
         if new_plan.interval != current_plan.interval:
+            if timing is ChangeTiming.PERIOD_END:
+                raise SubscriptionError("a change of billing interval re-anchors at once, not at the period end")
             return self._change_interval(new_plan, current_plan, new_seats, instant)
         upgrade = new_plan.is_upgrade_from(current_plan, self.seats)
         kind = ChangeKind.UPGRADE if upgrade else ChangeKind.DOWNGRADE
         if self.status is _S.TRIALING:
+            if timing is ChangeTiming.PERIOD_END:
+                raise SubscriptionError("a plan change during a trial applies at once; nothing is billed until it ends")
+            grants = self._change_grants(current_plan, new_plan, new_seats, instant)
             self._apply_plan(new_plan, new_seats, instant, prorated=False)
-            return ChangeOutcome(kind=kind, timing=ChangeTiming.IMMEDIATE, effective_at=instant)
-        if upgrade or current_plan.change_timing is ChangeTiming.IMMEDIATE:
+            return ChangeOutcome(kind=kind, timing=ChangeTiming.IMMEDIATE, effective_at=instant, grants=grants)
+        if timing is None:
+            timing = ChangeTiming.IMMEDIATE if upgrade else current_plan.change_timing
+        if timing is ChangeTiming.IMMEDIATE:
             lines = prorate_plan_change(
                 old_plan=current_plan,
                 new_plan=new_plan,
@@ -269,6 +289,7 @@ class Subscription:
                 period=self.current_period,
                 at=instant,
             )
+            grants = self._change_grants(current_plan, new_plan, new_seats, instant)
             self._apply_plan(new_plan, new_seats, instant, prorated=True)
             return ChangeOutcome(
                 kind=kind,
@@ -276,6 +297,7 @@ class Subscription:
                 effective_at=instant,
                 lines=lines,
                 invoice_period=Period(instant, self.current_period.end),
+                grants=grants,
             )
         self.pending_plan_id = new_plan.id
         self.pending_seats = new_seats if new_seats != self.seats else None
@@ -287,6 +309,19 @@ class Subscription:
             effective_at=self.current_period.end,
         )
         return ChangeOutcome(kind=kind, timing=ChangeTiming.PERIOD_END, effective_at=self.current_period.end)
+
+    def _change_grants(
+        self, old_plan: Plan, new_plan: Plan, new_seats: int, at: datetime
+    ) -> tuple[IncludedCreditGrant, ...]:
+        return change_grants(
+            subscription_id=self.id,
+            old_plan=old_plan,
+            old_seats=self.seats,
+            new_plan=new_plan,
+            new_seats=new_seats,
+            period=self.current_period,
+            at=at,
+        )
 
     def _apply_plan(self, new_plan: Plan, new_seats: int, at: datetime, *, prorated: bool) -> None:
         from_plan, from_seats = self.plan_id, self.seats
@@ -349,8 +384,9 @@ class Subscription:
         )
 
     def change_seats(self, *, seats: int, plan: Plan, at: datetime) -> ChangeOutcome:
-        """Change the seat count of a per-seat plan: more seats at once with proration; fewer seats
-        at the period end unless the plan's ``change_timing`` is IMMEDIATE (then prorated too)."""
+        """Change the seat count of a per-seat plan: more seats at once with proration (and the per-seat
+        included credits for the rest of the period in ``grants``); fewer seats at the period end unless
+        the plan's ``change_timing`` is IMMEDIATE (then prorated too, no credit taken back)."""
         instant = ensure_utc(at).replace(microsecond=0)
         new_seats = _require_seats(seats)
         self._require_plan(plan)
@@ -361,12 +397,16 @@ class Subscription:
             raise SubscriptionError(f"subscription {self.id} already has {new_seats} seats")
         increase = new_seats > self.seats
         if self.status is _S.TRIALING:
+            grants = self._change_grants(plan, plan, new_seats, instant)
             self._apply_seats(new_seats, instant, prorated=False)
-            return ChangeOutcome(kind=ChangeKind.SEATS, timing=ChangeTiming.IMMEDIATE, effective_at=instant)
+            return ChangeOutcome(
+                kind=ChangeKind.SEATS, timing=ChangeTiming.IMMEDIATE, effective_at=instant, grants=grants
+            )
         if increase or plan.change_timing is ChangeTiming.IMMEDIATE:
             lines = prorate_seat_change(
                 plan=plan, old_seats=self.seats, new_seats=new_seats, period=self.current_period, at=instant
             )
+            grants = self._change_grants(plan, plan, new_seats, instant)
             self._apply_seats(new_seats, instant, prorated=True)
             return ChangeOutcome(
                 kind=ChangeKind.SEATS,
@@ -374,6 +414,7 @@ class Subscription:
                 effective_at=instant,
                 lines=lines,
                 invoice_period=Period(instant, self.current_period.end),
+                grants=grants,
             )
         self.pending_seats = new_seats
         self._record(
