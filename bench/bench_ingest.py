@@ -212,16 +212,7 @@ def _seed(engine: sa.Engine) -> None:
 
 
 def _env(settings: Any, **extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        # Complex settings (lists, tuples, mappings) are read from the environment as JSON.
-        env[f"BILLING_{name.upper()}"] = json.dumps(value) if isinstance(value, list | tuple | dict) else str(value)
-    env.update(extra)
-    return env
+    return {**os.environ, **settings.to_env(), **extra}
 
 
 def _free_port() -> int:

@@ -12,7 +12,6 @@ its area); this module runs on the real clock, so that the SDK's local time chec
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -78,15 +77,7 @@ def edge_url(container) -> Iterator[str]:  # type: ignore[no-untyped-def]
 
 def worker_env(settings: Any) -> dict[str, str]:
     """BILLING_* for a worker process bound to the same schema, topics and consumer group."""
-    env = dict(os.environ)
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        # Complex settings (lists, tuples, mappings) are read from the environment as JSON.
-        env[f"BILLING_{name.upper()}"] = json.dumps(value) if isinstance(value, list | tuple | dict) else str(value)
-    return env
+    return {**os.environ, **settings.to_env()}
 
 
 @pytest.fixture(scope="module")
