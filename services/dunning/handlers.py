@@ -276,10 +276,8 @@ class DunningHandlers:
     def _close_without_collecting(self, tx: DunningTransaction, record: CaseRecord, now: datetime, *,
                                   reason: str) -> None:
         # NOTE: the invoice was voided or the subscription cancelled by someone else: nothing is left to
-        # collect, so the case stops without a give-up command or a final notice. The domain has no
-        # transition for this yet (request: ``DunningCase.abandon(at, reason)``), so the adapter side sets
-        # the closed status here.
-        closed = replace(record.case, status=DunningStatus.GIVEN_UP, closed_at=now)
+        # collect, so the case stops without a give-up command or a final notice (the domain's abandon).
+        closed = record.case.abandon(now, reason)
         tx.update_case(replace(record, case=closed, closed_reason=reason), None)
 
 

@@ -195,6 +195,7 @@ class DunningCase:
     completed: tuple[CompletedAction, ...] = ()
     retries_suspended: bool = False
     closed_at: datetime | None = None
+    abandon_reason: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "opened_at", ensure_utc(self.opened_at, "opened_at"))
@@ -244,6 +245,25 @@ class DunningCase:
         self._require_open("record a successful payment")
         return replace(self, status=DunningStatus.RECOVERED, closed_at=ensure_utc(at))
 
+    def abandon(self, at: datetime, reason: str) -> DunningCase:
+        """Stop the case because nothing is left to collect: its invoice was voided, or the subscription was
+        cancelled by someone else (an operator, the customer, another rule).
+
+        # NOTE: an abandoned case is closed as GIVEN_UP (collection stopped for good; the stored status
+        # vocabulary is open / recovered / given_up) but without the give-up action: no give-up command
+        # (the invoice and subscription were already settled elsewhere) and no final notice (the customer
+        # owes nothing). ``is_abandoned`` tells it apart from a give-up, also after reloading from storage,
+        # and ``due_actions`` offers it nothing, even past the give-up day.
+
+        Idempotent on a closed case (recovered, given up or abandoned): there is nothing left to stop.
+        """
+        if not isinstance(reason, str) or not reason.strip():
+            raise InvalidValueError(f"abandoning a dunning case needs a reason, got {reason!r}")
+        instant = ensure_utc(at)
+        if self.status is not DunningStatus.OPEN:
+            return self
+        return replace(self, status=DunningStatus.GIVEN_UP, closed_at=instant, abandon_reason=reason)
+
     def payment_method_updated(self, at: datetime) -> DunningCase:
         """The customer added a payment method: an immediate retry becomes due and retries resume.
 
@@ -277,6 +297,11 @@ class DunningCase:
     @property
     def hard_declines(self) -> int:
         return sum(1 for failure in self.failures if failure.hard)
+
+    @property
+    def is_abandoned(self) -> bool:
+        """Closed by ``abandon``: stopped without the give-up action (a real give-up records it)."""
+        return self.status is DunningStatus.GIVEN_UP and not self.is_done(GiveUp(self.policy.give_up_after_days).key)
 
     def is_done(self, key: str) -> bool:
         return any(done.key == key for done in self.completed)
@@ -320,7 +345,7 @@ def due_actions(case: DunningCase, now: datetime) -> list[DunningAction]:
     instant = ensure_utc(now)
     day = case.day_of(instant)
     policy = case.policy
-    if day < 0:
+    if day < 0 or case.is_abandoned:
         return []
 
     if day >= policy.give_up_after_days:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Final
@@ -304,10 +304,16 @@ class ForecastRule:
 @dataclass(frozen=True, slots=True)
 class LimitForecast:
     """``projected_exhaustion_at`` is when the month-to-date rate reaches the allotment (``None`` when
-    nothing has been used); ``on_track_to_hit_limit`` is the alert-worthy verdict."""
+    nothing has been used, or when that instant lies beyond year 9999); ``on_track_to_hit_limit`` is the
+    alert-worthy verdict."""
 
     on_track_to_hit_limit: bool
     projected_exhaustion_at: datetime | None
+
+
+def _latest_offset_microseconds(start: datetime) -> int:
+    """Microseconds from ``start`` to the last instant ``datetime`` can represent."""
+    return (datetime.max.replace(tzinfo=UTC) - start) // _ONE_MICROSECOND
 
 
 def forecast_limit(
@@ -335,7 +341,11 @@ def forecast_limit(
     length = (month.end - month.start) // _ONE_MICROSECOND
     # ceil(elapsed * allotment / used) microseconds after the month's start
     offset = -(-elapsed * allotment // used)
-    exhaustion_at = month.start + timedelta(microseconds=offset)
+    # NOTE: a huge allotment against a handful of uses projects exhaustion past the last representable
+    # instant (year 9999); that is "never" for any caller, so it is reported as None, not an overflow.
+    exhaustion_at = (
+        month.start + timedelta(microseconds=offset) if offset <= _latest_offset_microseconds(month.start) else None
+    )
     enough_use = used >= rule.min_reports and used * 100 >= rule.min_share_percent * allotment
     on_track = enough_use and used < allotment and elapsed * allotment <= used * length
     return LimitForecast(on_track_to_hit_limit=on_track, projected_exhaustion_at=exhaustion_at)

@@ -377,3 +377,66 @@ def test_no_action_is_ever_offered_twice_or_left_due_after_being_recorded(
     assert len(carried_out) == len(set(carried_out))
     scheduled = [key for key in carried_out if key.startswith("retry:") and "payment_method" not in key]
     assert len(scheduled) <= len(case.policy.retry_offsets_days)
+
+
+# --- abandoning a case that has nothing left to collect ------------------------------------------------
+
+
+def test_abandoning_an_open_case_closes_it_without_a_give_up_or_final_notice() -> None:
+    case, _ = run_schedule(new_case(), until=day(4))
+    abandoned = case.abandon(day(4.5), "invoice_voided")
+    assert (abandoned.status, abandoned.closed_at, abandoned.abandon_reason) == (
+        DunningStatus.GIVEN_UP,
+        day(4.5),
+        "invoice_voided",
+    )
+    assert abandoned.is_abandoned
+    assert not abandoned.is_done("give_up")
+    for later in (day(5), day(7), day(14), day(30)):
+        assert due_actions(abandoned, later) == []
+        assert next_wake_at(abandoned, later) is None
+
+
+def test_an_abandoned_case_stays_abandoned_when_rebuilt_from_storage_without_its_reason() -> None:
+    abandoned = new_case().abandon(day(2), "subscription_cancelled")
+    reloaded = DunningCase(
+        case_id=abandoned.case_id,
+        invoice_id=abandoned.invoice_id,
+        subscription_id=abandoned.subscription_id,
+        opened_at=abandoned.opened_at,
+        status=abandoned.status,
+        failures=abandoned.failures,
+        completed=abandoned.completed,
+        closed_at=abandoned.closed_at,
+    )
+    assert reloaded.is_abandoned
+    assert due_actions(reloaded, day(14)) == []
+
+
+def test_a_case_that_gave_up_on_schedule_is_not_abandoned_and_still_sends_its_final_notice() -> None:
+    case = new_case()
+    given_up = case.record_done(GiveUp(14), day(14))
+    assert given_up.status is DunningStatus.GIVEN_UP and not given_up.is_abandoned
+    assert [action.key for action in due_actions(given_up, day(14))] == ["notify:final"]
+
+
+def test_abandoning_a_closed_case_changes_nothing() -> None:
+    recovered = new_case().record_success(day(3))
+    assert recovered.abandon(day(4), "invoice_voided") is recovered
+    given_up, _ = run_schedule(new_case(), until=day(14))
+    assert given_up.abandon(day(15), "invoice_voided") is given_up
+    abandoned = new_case().abandon(day(1), "invoice_voided")
+    assert abandoned.abandon(day(2), "subscription_cancelled") is abandoned
+
+
+def test_an_abandoned_case_refuses_new_failures() -> None:
+    abandoned = new_case().abandon(day(1), "invoice_voided")
+    with pytest.raises(DunningCaseClosedError):
+        abandoned.record_failure(hard=False, at=day(2))
+
+
+def test_abandoning_needs_a_reason_and_an_aware_instant() -> None:
+    with pytest.raises(InvalidValueError):
+        new_case().abandon(day(1), " ")
+    with pytest.raises(NaiveDatetimeError):
+        new_case().abandon(datetime(2025, 5, 21), "invoice_voided")

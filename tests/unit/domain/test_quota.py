@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from fractions import Fraction
 
 import pytest
 from hypothesis import given, settings
@@ -362,6 +363,38 @@ def test_on_track_exactly_when_the_projected_exhaustion_is_within_the_month(
     assert forecast.projected_exhaustion_at is not None
     within_month = forecast.projected_exhaustion_at <= april.end
     assert forecast.on_track_to_hit_limit == (within_month and used_count < allotment)
+
+
+def test_a_huge_allotment_against_a_handful_of_uses_projects_no_exhaustion_instead_of_overflowing() -> None:
+    april = calendar_month(datetime(2025, 4, 15, tzinfo=UTC))
+    late_in_april = april.end - timedelta(seconds=1)
+
+    forecast = forecast_limit(used=3, allotment=10**15, month=april, at=late_in_april)
+
+    assert forecast == forecast.__class__(on_track_to_hit_limit=False, projected_exhaustion_at=None)
+
+
+@given(
+    allotment=st.integers(min_value=1, max_value=10**18),
+    used_count=st.integers(min_value=1, max_value=10**6),
+    elapsed_seconds=st.integers(min_value=0, max_value=30 * 86_400 - 1),
+)
+def test_the_forecast_never_overflows_and_projects_no_earlier_than_the_exact_rate(
+    allotment: int, used_count: int, elapsed_seconds: int
+) -> None:
+    april = calendar_month(datetime(2025, 4, 15, tzinfo=UTC))
+    at = april.start + timedelta(seconds=elapsed_seconds)
+
+    forecast = forecast_limit(used_count, allotment, april, at, ForecastRule(min_share_percent=0, min_reports=0))
+
+    exact_offset_us = Fraction(elapsed_seconds * 1_000_000 * allotment, used_count)
+    representable_us = (datetime.max.replace(tzinfo=UTC) - april.start) // timedelta(microseconds=1)
+    if forecast.projected_exhaustion_at is None:
+        assert exact_offset_us > representable_us
+        assert not forecast.on_track_to_hit_limit
+    else:
+        offset_us = (forecast.projected_exhaustion_at - april.start) // timedelta(microseconds=1)
+        assert exact_offset_us <= offset_us < exact_offset_us + 1
 
 
 # --- properties: never beyond the limits ---------------------------------------------------------------
