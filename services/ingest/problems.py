@@ -19,6 +19,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -118,6 +119,11 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http)
     app.add_exception_handler(InfrastructureError, _on_infrastructure)
+    # PostgreSQL unreachable (refused connection, pool exhausted, connection dropped mid-query) is a
+    # dependency outage, not a bug: 503 with Retry-After, like a Kafka outage.
+    app.add_exception_handler(sa_exc.OperationalError, _on_infrastructure)
+    app.add_exception_handler(sa_exc.TimeoutError, _on_infrastructure)
+    app.add_exception_handler(sa_exc.InterfaceError, _on_infrastructure)
     app.add_exception_handler(Exception, _on_unexpected)
 
 
