@@ -24,7 +24,7 @@ Driver errors become ``shared.errors`` families: a unique violation on an enquir
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
@@ -192,14 +192,14 @@ SELECT o.org_id, o.plan_id, o.plan_monthly_reports, o.per_user_monthly_limit, o.
        m.month_start AS m_start, m.month_end AS m_end, m.plan_monthly_reports AS m_plan,
        m.top_ups AS m_top_ups, m.used AS m_used,
        (SELECT coalesce(jsonb_object_agg(u.user_id, u.used), '{}'::jsonb) FROM quota_user_months u
-         WHERE u.org_id = o.org_id AND u.month_start = %(month_start)s AND u.user_id = ANY(%(users)s))
+         WHERE u.org_id = o.org_id AND u.month_start = %(month_start)s AND u.user_id = ANY(%(users)b::text[]))
          AS user_used,
        (SELECT coalesce(jsonb_agg(jsonb_build_object(
                  'enquiry_id', c.enquiry_id, 'user_id', c.user_id, 'month_start', c.month_start,
                  'month_end', c.month_end, 'consumed_at', c.consumed_at, 'org_allotment', c.org_allotment,
                  'org_remaining', c.org_remaining, 'user_limit', c.user_limit,
                  'user_remaining', c.user_remaining, 'on_trial', c.on_trial)), '[]'::jsonb)
-          FROM quota_consumptions c WHERE c.org_id = o.org_id AND c.enquiry_id = ANY(%(enquiries)s))
+          FROM quota_consumptions c WHERE c.org_id = o.org_id AND c.enquiry_id = ANY(%(enquiries)b::text[]))
          AS prior,
        (SELECT coalesce(jsonb_agg(jsonb_build_array(a.kind, a.period_start, a.threshold_percent, a.user_id)),
                         '[]'::jsonb)
@@ -211,6 +211,8 @@ SELECT o.org_id, o.plan_id, o.plan_monthly_reports, o.per_user_monthly_limit, o.
  WHERE o.org_id = %(org_id)s
 """
 
+# Array parameters are sent in binary (`%(name)b`): the text form escapes every element with a regex,
+# which for a batch's envelopes costs more than the statement itself.
 # Every write below depends on `cas`: if the org's version moved since the read, nothing is written.
 # Nor is anything written when an enquiry the batch refused was in fact admitted before (a retry decided
 # on remembered state, which holds no enquiries): the batch is then re-read and the retry replayed.
@@ -220,7 +222,7 @@ WITH cas AS (
        SET version = version + 1, trial_used = trial_used + %(trial_delta)s, updated_at = now()
      WHERE org_id = %(org_id)s AND version = %(seen_version)s
        AND NOT EXISTS (SELECT 1 FROM quota_consumptions c
-                        WHERE c.org_id = %(org_id)s AND c.enquiry_id = ANY(%(refused)s::text[]))
+                        WHERE c.org_id = %(org_id)s AND c.enquiry_id = ANY(%(refused)b::text[]))
     RETURNING version
 ), month AS (
     INSERT INTO quota_org_months AS m (org_id, month_start, month_end, plan_monthly_reports, used)
@@ -231,7 +233,7 @@ WITH cas AS (
 ), users AS (
     INSERT INTO quota_user_months AS u (org_id, month_start, user_id, used, limit_at_last_use)
     SELECT %(org_id)s, %(month_start)s, g.user_id, g.n, %(user_limit)s
-      FROM unnest(%(grant_users)s::text[], %(grant_counts)s::int[]) AS g(user_id, n), cas
+      FROM unnest(%(grant_users)b::text[], %(grant_counts)b::int[]) AS g(user_id, n), cas
     ON CONFLICT (org_id, month_start, user_id)
        DO UPDATE SET used = u.used + excluded.used, limit_at_last_use = excluded.limit_at_last_use
     RETURNING 1
@@ -240,30 +242,30 @@ WITH cas AS (
                                     org_remaining, user_limit, user_remaining, on_trial, event_id)
     SELECT %(org_id)s, c.enquiry_id, c.user_id, %(month_start)s, %(month_end)s, %(consumed_at)s, c.org_allotment,
            c.org_remaining, c.user_limit, c.user_remaining, c.on_trial, c.event_id
-      FROM unnest(%(c_enquiry)s::text[], %(c_user)s::text[], %(c_allotment)s::int[], %(c_org_rem)s::int[],
-                  %(c_user_limit)s::int[], %(c_user_rem)s::int[], %(c_trial)s::bool[], %(c_event)s::uuid[])
+      FROM unnest(%(c_enquiry)b::text[], %(c_user)b::text[], %(c_allotment)b::int[], %(c_org_rem)b::int[],
+                  %(c_user_limit)b::int[], %(c_user_rem)b::int[], %(c_trial)b::bool[], %(c_event)b::uuid[])
            AS c(enquiry_id, user_id, org_allotment, org_remaining, user_limit, user_remaining, on_trial,
                 event_id), cas
     RETURNING event_id
 ), usage_events AS (
     INSERT INTO outbox (topic, message_key, event_id, event_type, envelope)
     SELECT %(usage_topic)s, %(message_key)s, e.event_id, 'usage.recorded', e.envelope::jsonb
-      FROM unnest(%(c_event)s::uuid[], %(c_envelope)s::text[]) AS e(event_id, envelope), cas
+      FROM unnest(%(c_event)b::uuid[], %(c_envelope)b::text[]) AS e(event_id, envelope), cas
     RETURNING 1
 ), alerts AS (
     INSERT INTO quota_alerts (org_id, period_start, kind, threshold_percent, user_id, used, allotment, reason,
                               event_id, fired_at)
     SELECT %(org_id)s, a.period_start, a.kind, a.threshold, a.user_id, a.used, a.allotment, a.reason,
            a.event_id, %(consumed_at)s
-      FROM unnest(%(a_period)s::timestamptz[], %(a_kind)s::text[], %(a_threshold)s::int[], %(a_user)s::text[],
-                  %(a_used)s::int[], %(a_allotment)s::int[], %(a_reason)s::text[], %(a_event)s::uuid[])
+      FROM unnest(%(a_period)b::timestamptz[], %(a_kind)b::text[], %(a_threshold)b::int[], %(a_user)b::text[],
+                  %(a_used)b::int[], %(a_allotment)b::int[], %(a_reason)b::text[], %(a_event)b::uuid[])
            AS a(period_start, kind, threshold, user_id, used, allotment, reason, event_id), cas
     ON CONFLICT (org_id, period_start, kind, threshold_percent, user_id) DO NOTHING
     RETURNING event_id, kind
 ), alert_events AS (
     INSERT INTO outbox (topic, message_key, event_id, event_type, envelope)
     SELECT %(alert_topic)s, %(message_key)s, a.event_id, a.kind, e.envelope::jsonb
-      FROM alerts a JOIN unnest(%(a_event)s::uuid[], %(a_envelope)s::text[]) AS e(event_id, envelope)
+      FROM alerts a JOIN unnest(%(a_event)b::uuid[], %(a_envelope)b::text[]) AS e(event_id, envelope)
         ON e.event_id = a.event_id
     RETURNING 1
 )
@@ -284,15 +286,15 @@ WITH alerts AS (
                               event_id, fired_at)
     SELECT %(org_id)s, a.period_start, a.kind, a.threshold, a.user_id, a.used, a.allotment, a.reason,
            a.event_id, %(consumed_at)s
-      FROM unnest(%(a_period)s::timestamptz[], %(a_kind)s::text[], %(a_threshold)s::int[], %(a_user)s::text[],
-                  %(a_used)s::int[], %(a_allotment)s::int[], %(a_reason)s::text[], %(a_event)s::uuid[])
+      FROM unnest(%(a_period)b::timestamptz[], %(a_kind)b::text[], %(a_threshold)b::int[], %(a_user)b::text[],
+                  %(a_used)b::int[], %(a_allotment)b::int[], %(a_reason)b::text[], %(a_event)b::uuid[])
            AS a(period_start, kind, threshold, user_id, used, allotment, reason, event_id)
     ON CONFLICT (org_id, period_start, kind, threshold_percent, user_id) DO NOTHING
     RETURNING event_id, kind
 ), alert_events AS (
     INSERT INTO outbox (topic, message_key, event_id, event_type, envelope)
     SELECT %(alert_topic)s, %(message_key)s, a.event_id, a.kind, e.envelope::jsonb
-      FROM alerts a JOIN unnest(%(a_event)s::uuid[], %(a_envelope)s::text[]) AS e(event_id, envelope)
+      FROM alerts a JOIN unnest(%(a_event)b::uuid[], %(a_envelope)b::text[]) AS e(event_id, envelope)
         ON e.event_id = a.event_id
     RETURNING 1
 )
@@ -313,6 +315,37 @@ def _alert_params(alerts: Sequence[NewAlert]) -> dict[str, Any]:
         "a_event": [a.event_id for a in alerts],
         "a_envelope": [a.envelope_json for a in alerts],
     }
+
+
+def _commit_params(write: BatchWrite) -> dict[str, Any]:
+    consumptions = write.consumptions
+    return {
+        "org_id": write.org_id, "seen_version": write.seen_version, "trial_delta": write.trial_delta,
+        "month_start": write.month_start, "month_end": write.month_end,
+        "month_plan": write.month_plan_reports, "granted": write.granted,
+        "consumed_at": write.consumed_at, "user_limit": write.user_limit,
+        "grant_users": list(write.user_grants), "grant_counts": list(write.user_grants.values()),
+        "c_enquiry": [c.enquiry_id for c in consumptions], "c_user": [c.user_id for c in consumptions],
+        "c_allotment": [c.org_allotment for c in consumptions],
+        "c_org_rem": [c.org_remaining for c in consumptions],
+        "c_user_limit": [c.user_limit for c in consumptions],
+        "c_user_rem": [c.user_remaining for c in consumptions],
+        "c_trial": [c.on_trial for c in consumptions], "c_event": [c.event_id for c in consumptions],
+        "c_envelope": [c.envelope_json for c in consumptions],
+        "usage_topic": write.usage_topic, "alert_topic": write.alert_topic,
+        "message_key": write.message_key, "refused": list(write.refused_enquiries),
+        **_alert_params(write.alerts),
+    }
+
+
+def _snapshot(row: dict[str, Any]) -> OrgSnapshot:
+    month = None
+    if row["m_start"] is not None:
+        month = MonthRow(row["m_start"], row["m_end"], row["m_plan"], row["m_top_ups"], row["m_used"])
+    alerts = frozenset(AlertKey(kind, datetime.fromisoformat(period), threshold, user)
+                       for kind, period, threshold, user in row["alerts"])
+    prior = {item["enquiry_id"]: _consumption(item) for item in row["prior"]}
+    return OrgSnapshot(_org_row(row), month, dict(row["user_used"]), prior, alerts)
 
 
 def _org_row(row: dict[str, Any]) -> OrgRow:
@@ -356,13 +389,51 @@ class QuotaRepository:
             raise DatabaseUnavailableError(str(error)) from error
         if row is None:
             raise UnknownOrg(org_id)
-        month = None
-        if row["m_start"] is not None:
-            month = MonthRow(row["m_start"], row["m_end"], row["m_plan"], row["m_top_ups"], row["m_used"])
-        alerts = frozenset(AlertKey(kind, datetime.fromisoformat(period), threshold, user)
-                           for kind, period, threshold, user in row["alerts"])
-        prior = {item["enquiry_id"]: _consumption(item) for item in row["prior"]}
-        return OrgSnapshot(_org_row(row), month, dict(row["user_used"]), prior, alerts)
+        return _snapshot(row)
+
+    async def decide_locked(self, org_id: str, month_start: datetime, users: Sequence[str],
+                            enquiries: Sequence[str], decide: Callable[[OrgSnapshot], BatchWrite]
+                            ) -> tuple[OrgSnapshot, BatchWrite, int, list[uuid.UUID]]:
+        """Read the org with its row locked (``FOR UPDATE``), let ``decide`` build the write, apply it and
+        commit: (snapshot, write, the org's version after, ids of alerts inserted).
+
+        The path under contention, when optimistic writes keep losing to other edge processes: holding
+        the lock from the read to the write makes progress certain (the other processes' writes wait on
+        it, then miss on the version). The write is the same conditional statement as ``commit_batch``.
+        Exceptions raised by ``decide`` roll the transaction back and propagate.
+        """
+        params = {"org_id": org_id, "month_start": month_start, "users": list(users),
+                  "enquiries": list(enquiries)}
+        try:
+            async with self._pool.connection() as conn, conn.transaction(), \
+                    conn.cursor(row_factory=dict_row) as cur:
+                await cur.execute(_LOAD_SQL + " FOR UPDATE OF o", params)
+                row = await cur.fetchone()
+                if row is None:
+                    raise UnknownOrg(org_id)
+                snapshot = _snapshot(row)
+                write = decide(snapshot)
+                version, inserted = snapshot.org.version, []
+                if write.consumptions:
+                    await cur.execute(_COMMIT_SQL, _commit_params(write))
+                    done = await cur.fetchone()
+                    assert done is not None
+                    assert done["version"] is not None  # the row lock is ours: the version cannot move
+                    version, inserted = int(done["version"]), list(done["alerts_inserted"])
+                elif write.alerts:
+                    await cur.execute(_ALERTS_ONLY_SQL, {
+                        "org_id": org_id, "consumed_at": write.consumed_at, "alert_topic": write.alert_topic,
+                        "message_key": write.message_key, **_alert_params(write.alerts)})
+                    done = await cur.fetchone()
+                    assert done is not None
+                    inserted = list(done["alerts_inserted"])
+        except psycopg.errors.UniqueViolation as error:
+            raise DuplicateEnquiry(str(error)) from error
+        except psycopg.errors.CheckViolation as error:
+            raise QuotaStoreError(f"quota backstop refused the write: {error}") from error
+        except psycopg.OperationalError as error:
+            raise DatabaseUnavailableError(str(error)) from error
+        return snapshot, write, version, inserted
 
     async def commit_batch(self, write: BatchWrite) -> tuple[int | None, list[uuid.UUID]]:
         """Apply ``write`` if the org is still at ``seen_version``: (the org's new version, ids of alerts
@@ -371,24 +442,7 @@ class QuotaRepository:
         ``DuplicateEnquiry`` when another writer admitted one of the enquiries in the meantime (nothing
         was written); a CHECK violation is raised as ``QuotaStoreError`` (nothing was written either).
         """
-        consumptions = write.consumptions
-        params: dict[str, Any] = {
-            "org_id": write.org_id, "seen_version": write.seen_version, "trial_delta": write.trial_delta,
-            "month_start": write.month_start, "month_end": write.month_end,
-            "month_plan": write.month_plan_reports, "granted": write.granted,
-            "consumed_at": write.consumed_at, "user_limit": write.user_limit,
-            "grant_users": list(write.user_grants), "grant_counts": list(write.user_grants.values()),
-            "c_enquiry": [c.enquiry_id for c in consumptions], "c_user": [c.user_id for c in consumptions],
-            "c_allotment": [c.org_allotment for c in consumptions],
-            "c_org_rem": [c.org_remaining for c in consumptions],
-            "c_user_limit": [c.user_limit for c in consumptions],
-            "c_user_rem": [c.user_remaining for c in consumptions],
-            "c_trial": [c.on_trial for c in consumptions], "c_event": [c.event_id for c in consumptions],
-            "c_envelope": [c.envelope_json for c in consumptions],
-            "usage_topic": write.usage_topic, "alert_topic": write.alert_topic,
-            "message_key": write.message_key, "refused": list(write.refused_enquiries),
-            **_alert_params(write.alerts),
-        }
+        params = _commit_params(write)
         try:
             async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
                 await cur.execute(_COMMIT_SQL, params)
