@@ -126,7 +126,8 @@ def digest(cases: list[Case], results: list[object]) -> str:
         for line in invoice.lines:
             h.update(repr((line.kind, line.description, line.amount, line.quantity, line.unit_price, line.period,
                            line.proration, line.meter_id, line.taxable)).encode())
-        h.update(repr((result.credits_consumed, result.grants, result.coupon_redemption, result.unbilled,
+        grants = [(g.key, g.meter_id, g.amount, g.effective_at, g.expires_at, g.source) for g in result.grants]
+        h.update(repr((result.credits_consumed, grants, result.coupon_redemption, result.unbilled,
                        result.closed_period, result.next_period)).encode())
         h.update(repr(case.ledger.entries).encode())
         h.update(repr(expired).encode())

@@ -22,10 +22,12 @@ Invoice layout of a period close (each line rounded once, total = sum of lines):
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from enum import StrEnum
+from functools import partial
 from typing import Protocol
 
 from shared.domain.calendar import Period, ensure_utc, is_full_period, period_after, period_containing
@@ -145,6 +147,30 @@ def _consume_units(credits: CreditSource, meter_id: MeterId, wanted: Decimal, at
     return got
 
 
+def _rate_quantity(
+    pricing: MeterPricing, quantity: Decimal, consume: Callable[[CreditAmount], CreditAmount]
+) -> tuple[UnitPrice, Money, Decimal, CreditAmount | None]:
+    """The arithmetic of one billed meter, shared by the close and the preview.
+
+    Returns the unit price, the usage line's amount, the billable quantity and the credit ``consume``
+    covered (``None`` when nothing was asked). Credits in units reduce the quantity before pricing;
+    credits in money are drawn against the rounded gross amount and go on their own CREDIT line.
+    """
+    unit_price = pricing.unit_price
+    if unit_price is None:
+        raise RatingError(f"meter {pricing.meter_id} is billed but has no unit price")
+    if pricing.included is not None and pricing.included.units is not None:
+        covered_units = consume(quantity)
+        if not isinstance(covered_units, Decimal):
+            raise RatingError(f"credit source returned {covered_units!r} for unit credits on {pricing.meter_id}")
+        billable = quantity - covered_units
+        return unit_price, line_amount(billable, unit_price), billable, covered_units
+    gross = line_amount(quantity, unit_price)
+    if not gross.is_positive():
+        return unit_price, gross, quantity, None
+    return unit_price, gross, quantity, consume(gross)
+
+
 def _rate_meter(
     *,
     meter_id: MeterId,
@@ -158,55 +184,60 @@ def _rate_meter(
 ) -> tuple[list[InvoiceLine], CreditConsumption | None]:
     """Lines for one meter's billable usage after credits; the credit kind follows the plan's included
     credit (units when it is in units, money otherwise)."""
-    unit_price = pricing.unit_price
-    if unit_price is None:
-        raise RatingError(f"meter {meter_id} is billed but has no unit price")
     usage_at = period.end - _LAST_SECOND
-    in_units = pricing.included is not None and pricing.included.units is not None
-    if in_units:
-        consumed_units = _consume_units(credits, meter_id, quantity, usage_at, reference)
-        billable = quantity - consumed_units
-        text = _usage_text(label, pricing, quantity)
-        if consumed_units:
-            text += f", {_readable_quantity(consumed_units)} covered by included credits"
+
+    def consume(wanted: CreditAmount) -> CreditAmount:
+        if isinstance(wanted, Money):
+            return _consume_money(credits, meter_id, wanted, usage_at, reference)
+        return _consume_units(credits, meter_id, wanted, usage_at, reference)
+
+    unit_price, amount, billable, covered = _rate_quantity(pricing, quantity, consume)
+    text = _usage_text(label, pricing, quantity)
+    if isinstance(covered, Decimal):
+        if covered:
+            text += f", {_readable_quantity(covered)} covered by included credits"
         line = InvoiceLine(
             kind=usage_kind,
             description=text,
-            amount=line_amount(billable, unit_price),
+            amount=amount,
             quantity=billable,
             unit_price=unit_price,
             period=period,
             meter_id=meter_id,
         )
-        consumption = CreditConsumption(meter_id, consumed_units, usage_at) if consumed_units else None
-        return [line], consumption
-    gross = line_amount(quantity, unit_price)
+        return [line], (CreditConsumption(meter_id, covered, usage_at) if covered else None)
     lines = [
         InvoiceLine(
             kind=usage_kind,
-            description=_usage_text(label, pricing, quantity),
-            amount=gross,
+            description=text,
+            amount=amount,
             quantity=quantity,
             unit_price=unit_price,
             period=period,
             meter_id=meter_id,
         )
     ]
-    if not gross.is_positive():
-        return lines, None
-    consumed = _consume_money(credits, meter_id, gross, usage_at, reference)
-    if consumed.is_zero():
+    if covered is None or covered.is_zero():
         return lines, None
     lines.append(
         InvoiceLine(
             kind=LineKind.CREDIT,
             description=f"Included credits applied to {pricing.meter_name or meter_id}",
-            amount=-consumed,
+            amount=-covered,
             period=period,
             meter_id=meter_id,
         )
     )
-    return lines, CreditConsumption(meter_id, consumed, usage_at)
+    return lines, CreditConsumption(meter_id, covered, usage_at)
+
+
+def _checked_quantity(meter_id: str, quantity: object) -> Decimal:
+    if isinstance(quantity, float) or not isinstance(quantity, Decimal | int):
+        raise TypeError(f"usage quantity for {meter_id} must be Decimal or int, got {type(quantity).__name__}")
+    checked = Decimal(quantity)
+    if checked < 0:
+        raise RatingError(f"negative usage {checked} for meter {meter_id}")
+    return checked
 
 
 def _rate_usage(
@@ -221,12 +252,8 @@ def _rate_usage(
     lines: list[InvoiceLine] = []
     consumptions: list[CreditConsumption] = []
     unbilled: list[UnbilledUsage] = []
-    for index, (meter_id, period, quantity) in enumerate(usage):
-        if isinstance(quantity, float) or not isinstance(quantity, Decimal | int):
-            raise TypeError(f"usage quantity for {meter_id} must be Decimal or int, got {type(quantity).__name__}")
-        quantity = Decimal(quantity)
-        if quantity < 0:
-            raise RatingError(f"negative usage {quantity} for meter {meter_id}")
+    for index, (meter_id, period, raw_quantity) in enumerate(usage):
+        quantity = _checked_quantity(meter_id, raw_quantity)
         if quantity == 0:
             continue
         pricing = plan.pricing_for(meter_id)
@@ -249,6 +276,87 @@ def _rate_usage(
         if consumption is not None:
             consumptions.append(consumption)
     return lines, consumptions, unbilled
+
+
+# --- preview ---------------------------------------------------------------------------------------
+
+
+class MeterTreatment(StrEnum):
+    BILL = "bill"  # billed in arrears beyond the credits
+    BLOCK = "block"  # refused beyond the credits at the edge, never billed
+    UNPRICED = "unpriced"  # the plan does not price this meter: the close reports it as unbilled
+
+
+@dataclass(frozen=True, slots=True)
+class UsageChargeEstimate:
+    """What the close would bill for one meter, given its usage so far and the credit left.
+
+    ``gross`` is quantity x unit price before any credit (``None`` for meters that are not billed);
+    unit credits show in ``credit_units_applied`` and ``billable_quantity``, money credits in
+    ``credit_applied``; ``charge`` is the meter's amount before coupon and tax.
+    """
+
+    meter_id: str
+    quantity: Decimal
+    treatment: MeterTreatment
+    gross: Money | None
+    credit_units_applied: Decimal
+    credit_applied: Money | None
+    billable_quantity: Decimal
+    charge: Money
+
+
+def _covered_by(balance: CreditAmount | None, wanted: CreditAmount) -> CreditAmount:
+    """What a balance covers of ``wanted`` without drawing it: the ledger's rule, never below zero."""
+    if isinstance(wanted, Money):
+        if not isinstance(balance, Money) or balance.currency != wanted.currency:
+            return Money.zero(wanted.currency)
+        return Money(max(0, min(balance.amount_minor, wanted.amount_minor)), wanted.currency)
+    if not isinstance(balance, Decimal):
+        return Decimal(0)
+    return max(Decimal(0), min(balance, wanted))
+
+
+def preview_usage_charges(
+    plan: Plan,
+    usage_totals_by_meter: Mapping[str, Decimal],
+    credit_balances: Mapping[str, CreditAmount],
+) -> tuple[UsageChargeEstimate, ...]:
+    """Rate usage so far the way ``close_period`` will, against ``credit_balances``, consuming nothing.
+
+    One estimate per meter the plan prices or the usage names, sorted by meter id. ``credit_balances``
+    holds the credit usable per meter (``Money`` for money meters, ``Decimal`` units otherwise); a
+    missing or negative balance covers nothing. The arithmetic is the close's own (``_rate_quantity``).
+
+    # NOTE: a preview, not a promise: coupons, tax, late-usage adjustments and the next period's fee
+    # are applied by the close itself, and credits may be drawn by other usage before it runs.
+    """
+    zero = Money.zero(plan.currency)
+    estimates = []
+    for raw_meter_id in sorted(set(plan.meters) | set(usage_totals_by_meter)):
+        meter_id = MeterId(raw_meter_id)
+        quantity = _checked_quantity(meter_id, usage_totals_by_meter.get(meter_id, Decimal(0)))
+        pricing = plan.pricing_for(meter_id)
+        if pricing is None or pricing.overage is OveragePolicy.BLOCK:
+            treatment = MeterTreatment.UNPRICED if pricing is None else MeterTreatment.BLOCK
+            estimates.append(
+                UsageChargeEstimate(meter_id, quantity, treatment, None, Decimal(0), None, Decimal(0), zero)
+            )
+            continue
+        covering = partial(_covered_by, credit_balances.get(meter_id))
+        unit_price, amount, billable, covered = _rate_quantity(pricing, quantity, covering)
+        if isinstance(covered, Decimal):
+            gross = line_amount(quantity, unit_price)
+            estimate = UsageChargeEstimate(
+                meter_id, quantity, MeterTreatment.BILL, gross, covered, None, billable, amount
+            )
+        else:
+            credit = covered if covered is not None else zero
+            estimate = UsageChargeEstimate(
+                meter_id, quantity, MeterTreatment.BILL, amount, Decimal(0), credit, billable, amount - credit
+            )
+        estimates.append(estimate)
+    return tuple(estimates)
 
 
 # --- fees, grants, coupon, tax ---------------------------------------------------------------------
