@@ -7,7 +7,8 @@ Ingest (``UsageMaterializer.apply``), once per consumed batch, inside the batch 
   and upserts the hourly aggregates of the rows really inserted, once per (subscription, meter, hour).
   Duplicates (in the batch or already stored) are counted, not errors.
 
-Period close (``close_usage``), called by the period-close handler in its own transaction:
+Period close (``close_usage``; ``close_usages`` for a whole billing run in a few statements), called by the
+period-close handler in its transaction:
 
 # NOTE: late-event policy. Usage is bucketed by the *event's* timestamp (UTC hour). Each bucket keeps
 # what closes already billed from it (billed_quantity). Closing [period_start, period_end) bills every
@@ -36,13 +37,10 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert
 
 from shared.adapters.postgres.schema.usage import (
     usage_aggregates,
-    usage_closes,
     usage_events,
-    usage_watermarks,
 )
 from shared.contracts.envelope import Envelope, EnvelopeError
 from shared.contracts.messages import UsageRecorded, parse_payload
@@ -483,49 +481,143 @@ def close_usage(conn: sa.Connection, subscription_id: str, period_start: datetim
     Call it inside the period-close transaction (its writes commit or roll back with the invoice). See
     the module docstring for the policy. Idempotent per (subscription_id, period_end).
     """
-    lo, hi = period_start.astimezone(UTC), period_end.astimezone(UTC)
-    if lo >= hi:
-        raise ValueError(f"empty period [{lo}, {hi})")
-    stored = conn.execute(sa.select(usage_closes).where(usage_closes.c.subscription_id == subscription_id,
-                                                       usage_closes.c.period_end == hi)).first()
-    if stored is not None:
-        return _from_stored(stored)
+    return close_usages(conn, [(subscription_id, period_start, period_end)])[subscription_id]
 
+
+# A billing run closes tens of thousands of subscriptions in one batch: every step below is one statement
+# for all of them (arrays unnested server-side), so a close costs a few index probes, not round trips.
+_STORED_CLOSES = sa.text("""
+SELECT c.* FROM unnest(CAST(:subs AS text[]), CAST(:his AS timestamptz[])) AS v(s, hi)
+JOIN usage_closes c ON c.subscription_id = v.s AND c.period_end = v.hi""")
+_RAISE_WATERMARKS = sa.text("""
+INSERT INTO usage_watermarks (subscription_id, closed_through)
+SELECT s, hi FROM unnest(CAST(:subs AS text[]), CAST(:his AS timestamptz[])) AS v(s, hi) ORDER BY s
+ON CONFLICT (subscription_id) DO UPDATE
+   SET closed_through = greatest(usage_watermarks.closed_through, excluded.closed_through), updated_at = now()""")
+# Every bucket a close may bill, locked: usage committed concurrently for them waits until we commit.
+_LOCK_BUCKETS = sa.text("""
+SELECT a.subscription_id, a.meter_id, a.bucket_start, a.quantity, a.event_count, a.billed_quantity,
+       a.billed_events
+FROM unnest(CAST(:subs AS text[]), CAST(:hbs AS timestamptz[])) AS v(s, hb)
+JOIN usage_aggregates a ON a.subscription_id = v.s AND a.bucket_start <= v.hb
+                       AND (a.quantity <> a.billed_quantity OR a.bucket_start = v.hb)
+ORDER BY a.subscription_id, a.meter_id, a.bucket_start
+FOR UPDATE OF a""")
+_EDGE_SUMS = sa.text("""
+SELECT v.k, e.meter_id, sum(e.quantity) AS quantity
+FROM unnest(CAST(:keys AS int[]), CAST(:subs AS text[]), CAST(:los AS timestamptz[]),
+            CAST(:his AS timestamptz[])) AS v(k, s, lo, hi)
+JOIN usage_events e ON e.subscription_id = v.s AND e.occurred_at >= v.lo AND e.occurred_at < v.hi
+WHERE e.meter_id IS NOT NULL
+GROUP BY v.k, e.meter_id""")
+_MARK_BILLED = sa.text("""
+UPDATE usage_aggregates a SET billed_quantity = v.q, billed_events = v.n
+FROM unnest(CAST(:subs AS text[]), CAST(:meters AS text[]), CAST(:buckets AS timestamptz[]),
+            CAST(:qs AS numeric[]), CAST(:ns AS bigint[])) AS v(s, m, b, q, n)
+WHERE a.subscription_id = v.s AND a.meter_id = v.m AND a.bucket_start = v.b""")
+_STORE_CLOSES = sa.text("""
+INSERT INTO usage_closes (subscription_id, period_start, period_end, totals, late)
+SELECT s, lo, hi, CAST(t AS jsonb), CAST(l AS jsonb)
+FROM unnest(CAST(:subs AS text[]), CAST(:los AS timestamptz[]), CAST(:his AS timestamptz[]),
+            CAST(:totals AS text[]), CAST(:lates AS text[])) AS v(s, lo, hi, t, l)""")
+
+
+@dataclass
+class _Edges:
+    """The event sums a close needs where its period starts or ends inside an hour bucket."""
+
+    regular_in_lo_bucket: dict[str, Decimal] = field(default_factory=dict)
+    billed_in_hi_bucket: dict[str, Decimal] = field(default_factory=dict)
+    regular_in_hi_bucket: dict[str, Decimal] = field(default_factory=dict)
+
+
+def close_usages(conn: sa.Connection, requests: Sequence[tuple[str, datetime, datetime]]) -> dict[str, UsageClose]:
+    """``close_usage`` for many subscriptions at once, in a constant number of statements.
+
+    ``requests`` are (subscription_id, period_start, period_end), one per subscription; the answer maps each
+    subscription_id to exactly what ``close_usage`` would return for it (same policy, same idempotency).
+    """
+    spans: dict[str, tuple[datetime, datetime]] = {}
+    for sub, start, end in requests:
+        lo, hi = start.astimezone(UTC), end.astimezone(UTC)
+        if lo >= hi:
+            raise ValueError(f"empty period [{lo}, {hi})")
+        if sub in spans:
+            raise ValueError(f"subscription {sub} appears twice in one usage close")
+        spans[sub] = (lo, hi)
+    if not spans:
+        return {}
+    out: dict[str, UsageClose] = {}
+    subs = sorted(spans)
+    for row in conn.execute(_STORED_CLOSES, {"subs": subs, "his": [spans[s][1] for s in subs]}):
+        out[row.subscription_id] = _from_stored(row)
+    todo = [s for s in subs if s not in out]
+    if not todo:
+        return out
     # Serialises closes of one subscription and records the watermark.
-    conn.execute(insert(usage_watermarks).values(subscription_id=subscription_id, closed_through=hi)
-                 .on_conflict_do_update(index_elements=["subscription_id"],
-                                        set_={"closed_through": sa.func.greatest(
-                                            usage_watermarks.c.closed_through, hi),
-                                            "updated_at": sa.func.now()}))
+    conn.execute(_RAISE_WATERMARKS, {"subs": todo, "his": [spans[s][1] for s in todo]})
+    locked: dict[str, list[Any]] = {}
+    for r in conn.execute(_LOCK_BUCKETS, {"subs": todo, "hbs": [_floor_hour(spans[s][1]) for s in todo]}):
+        locked.setdefault(r.subscription_id, []).append(r)
+    edges = _edge_sums(conn, {s: spans[s] for s in todo})
 
-    agg = usage_aggregates.c
-    hi_bucket = _floor_hour(hi)
-    # Lock every bucket this close may bill; concurrent usage for them waits until we commit.
-    locked = conn.execute(
-        sa.select(agg.meter_id, agg.bucket_start, agg.quantity, agg.event_count, agg.billed_quantity,
-                  agg.billed_events)
-        .where(agg.subscription_id == subscription_id, agg.bucket_start <= hi_bucket,
-               sa.or_(agg.quantity != agg.billed_quantity, agg.bucket_start == hi_bucket))
-        .order_by(agg.meter_id, agg.bucket_start)
-        .with_for_update()).all()
+    updates: list[tuple[str, str, datetime, Decimal, int]] = []
+    stored: list[tuple[str, datetime, datetime, str, str]] = []
+    for sub in todo:
+        lo, hi = spans[sub]
+        result = _close_one(sub, lo, hi, locked.get(sub, ()), edges.get(sub) or _Edges(), updates)
+        out[sub] = result
+        stored.append((sub, lo, hi, orjson.dumps({m: str(q) for m, q in result.totals.items()}).decode(),
+                       orjson.dumps([{"meter_id": a.meter_id, "bucket_start": a.bucket_start.isoformat(),
+                                      "quantity": str(a.quantity)} for a in result.late]).decode()))
+    if updates:
+        conn.execute(_MARK_BILLED, {"subs": [u[0] for u in updates], "meters": [u[1] for u in updates],
+                                    "buckets": [u[2] for u in updates], "qs": [u[3] for u in updates],
+                                    "ns": [u[4] for u in updates]})
+    conn.execute(_STORE_CLOSES, {"subs": [r[0] for r in stored], "los": [r[1] for r in stored],
+                                 "his": [r[2] for r in stored], "totals": [r[3] for r in stored],
+                                 "lates": [r[4] for r in stored]})
+    return out
 
+
+def _edge_sums(conn: sa.Connection, spans: Mapping[str, tuple[datetime, datetime]]) -> dict[str, _Edges]:
+    """Event sums of the partial hours at the edges of the periods that need them, in one query."""
+    ranges: list[tuple[str, str, datetime, datetime]] = []  # (subscription, which edge sum, lo, hi)
+    for sub, (lo, hi) in spans.items():
+        lo_bucket, hi_bucket = _floor_hour(lo), _floor_hour(hi)
+        if lo != lo_bucket:
+            ranges.append((sub, "regular_in_lo_bucket", lo, min(lo_bucket + BUCKET, hi)))
+        if hi != hi_bucket:
+            ranges.append((sub, "billed_in_hi_bucket", hi_bucket, hi))
+            ranges.append((sub, "regular_in_hi_bucket", max(lo, hi_bucket), hi))
+    if not ranges:
+        return {}
+    found = conn.execute(_EDGE_SUMS, {"keys": list(range(len(ranges))), "subs": [r[0] for r in ranges],
+                                      "los": [r[2] for r in ranges], "his": [r[3] for r in ranges]}).all()
+    out: dict[str, _Edges] = {}
+    for sub, _, _, _ in ranges:
+        out.setdefault(sub, _Edges())
+    for key, meter, quantity in found:
+        sub, which, _, _ = ranges[key]
+        getattr(out[sub], which)[meter] = Decimal(quantity)
+    return out
+
+
+def _close_one(sub: str, lo: datetime, hi: datetime, locked: Iterable[Any], edges: _Edges,
+               updates: list[tuple[str, str, datetime, Decimal, int]]) -> UsageClose:
+    """One subscription's close from its locked buckets (see the module docstring's policy); appends the
+    billed marks to write to `updates`."""
+    hi_bucket, lo_bucket = _floor_hour(hi), _floor_hour(lo)
+    partial_hi = hi != hi_bucket
     totals: dict[str, Decimal] = {}
     late: list[LateAdjustment] = []
-    lo_bucket = _floor_hour(lo)
-    regular_in_lo_bucket = (_event_sums(conn, subscription_id, lo, min(lo_bucket + BUCKET, hi))
-                            if lo != lo_bucket else {})
-    partial_hi = hi != hi_bucket
-    billed_in_hi_bucket = _event_sums(conn, subscription_id, hi_bucket, hi) if partial_hi else {}
-    regular_in_hi_bucket = (_event_sums(conn, subscription_id, max(lo, hi_bucket), hi)
-                            if partial_hi and hi_bucket != lo_bucket else regular_in_lo_bucket)
-    updates: list[dict[str, Any]] = []
     for r in locked:
         meter, start = r.meter_id, r.bucket_start.astimezone(UTC)
         if start == hi_bucket:
             if not partial_hi:
                 continue  # the bucket starts at period_end: next period
-            new_billed = billed_in_hi_bucket.get(meter, Decimal(0))
-            regular = regular_in_hi_bucket.get(meter, Decimal(0))
+            new_billed = edges.billed_in_hi_bucket.get(meter, Decimal(0))
+            regular = edges.regular_in_hi_bucket.get(meter, Decimal(0))
             # NOTE: billed_events of a partial bucket stays an upper bound until the bucket is whole.
             new_events = r.billed_events
         else:
@@ -534,7 +626,7 @@ def close_usage(conn: sa.Connection, subscription_id: str, period_start: datetim
             if start >= lo:
                 regular = new_billed - Decimal(r.billed_quantity)
             elif start == lo_bucket:
-                regular = regular_in_lo_bucket.get(meter, Decimal(0))
+                regular = edges.regular_in_lo_bucket.get(meter, Decimal(0))
             else:
                 regular = Decimal(0)
         increment = new_billed - Decimal(r.billed_quantity)
@@ -544,20 +636,8 @@ def close_usage(conn: sa.Connection, subscription_id: str, period_start: datetim
             totals[meter] = totals.get(meter, Decimal(0)) + regular
         if increment - regular:
             late.append(LateAdjustment(meter, start, increment - regular))
-        updates.append({"s": subscription_id, "m": meter, "b": r.bucket_start, "q": new_billed,
-                        "n": new_events})
-    if updates:
-        conn.execute(sa.update(usage_aggregates)
-                     .where(agg.subscription_id == sa.bindparam("s"), agg.meter_id == sa.bindparam("m"),
-                            agg.bucket_start == sa.bindparam("b"))
-                     .values(billed_quantity=sa.bindparam("q"), billed_events=sa.bindparam("n")), updates)
-    result = UsageClose(lo, hi, totals, tuple(late))
-    conn.execute(usage_closes.insert().values(
-        subscription_id=subscription_id, period_start=lo, period_end=hi,
-        totals={m: str(q) for m, q in totals.items()},
-        late=[{"meter_id": a.meter_id, "bucket_start": a.bucket_start.isoformat(), "quantity": str(a.quantity)}
-              for a in late]))
-    return result
+        updates.append((sub, meter, r.bucket_start, new_billed, new_events))
+    return UsageClose(lo, hi, totals, tuple(late))
 
 
 def _from_stored(row: Any) -> UsageClose:
