@@ -6,7 +6,10 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+import sqlalchemy as sa
 
+from shared.contracts.envelope import Envelope
+from shared.contracts.messages import UsageRecorded, parse_payload
 from tests.integration.quota.conftest import EdgeServer, admin, counters, new_org, use_credits
 
 pytestmark = pytest.mark.integration
@@ -68,6 +71,14 @@ async def test_fifty_concurrent_retries_of_one_enquiry_consume_once_and_get_iden
     state = counters(engine, org)
     assert [m[1] for m in state["months"]] == [1]
     assert state["consumptions"] == 1 and state["usage_events"] == 1
+    with engine.connect() as conn:
+        stored = conn.execute(sa.text("SELECT envelope FROM outbox WHERE topic = 'usage.v1'"
+                                      " AND envelope->'payload'->>'customer_id' = :o"), {"o": org}).scalar_one()
+    envelope = Envelope.model_validate(stored)
+    usage = parse_payload(envelope)
+    assert isinstance(usage, UsageRecorded)
+    assert (envelope.type, usage.transaction_id, usage.properties["user_id"]) == (
+        "usage.recorded", "report:enquiry-42", "alice")
 
     later = await use_credits(edge.url, org, [("alice", "enquiry-42")])
     assert later[0].content == responses[0].content
