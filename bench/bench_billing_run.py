@@ -32,7 +32,7 @@ import sqlalchemy as sa
 from services.billing_worker.billing_repository import derived_id
 from services.billing_worker.bootstrap import build_worker
 from services.billing_worker.commands import BillingCommands
-from services.billing_worker.usage import MeterMap, UsageMaterializer, close_usage
+from services.billing_worker.usage import MeterMap, UsageMaterializer, close_usages
 from shared.adapters.catalog_file import load_default_catalog
 from shared.adapters.clock import DatabaseClock
 from shared.adapters.payments.port import ChargeRequest
@@ -54,7 +54,7 @@ def _subscriptions(n: int) -> list[tuple[str, str]]:
 
 def seed(engine: sa.Engine, n: int) -> None:
     catalog = load_default_catalog()
-    commands = BillingCommands(catalog, close_usage)
+    commands = BillingCommands(catalog, close_usages)
     usage = UsageMaterializer(MeterMap.from_catalog(catalog))
     subs = _subscriptions(n)
     for start in range(0, n, SEED_BATCH):

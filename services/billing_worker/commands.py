@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from decimal import Decimal
@@ -89,8 +89,14 @@ from shared.domain.subscription import Subscription, SubscriptionStatus
 
 log = logging.getLogger("billing_worker.commands")
 
-CloseUsage = Callable[[sa.Connection, str, datetime, datetime], Any]
+# close_usages(conn, [(subscription_id, period_start, period_end), ...]) -> {subscription_id: UsageClose}
+CloseUsages = Callable[[sa.Connection, Sequence[tuple[str, datetime, datetime]]], Mapping[str, Any]]
 Apply = Callable[["BillingWork", Envelope, Any, datetime], "dict[str, Any] | None"]
+BatchHandler = Callable[[sa.Connection, Sequence[tuple[Envelope, Any]], datetime], None]
+
+#: Message types that report a payment outcome (payments.v1): no command outcome is stored for them, and a
+#: domain refusal dead-letters them.
+PAYMENT_OUTCOMES = frozenset({"payment.succeeded", "payment.failed"})
 
 
 class Refused(DomainError):
@@ -160,6 +166,7 @@ class BillingWork:
     outbox_rows: list[dict[str, Any]] = field(default_factory=list)
     outcomes: list[dict[str, Any]] = field(default_factory=list)
     settled_grants: list[tuple[str, datetime]] = field(default_factory=list)
+    usage_closes: dict[str, Any] = field(default_factory=dict)  # prefetched for a billing run, by subscription
 
     # --- loading
 
@@ -362,10 +369,12 @@ def _credits_payload(state: SubscriptionState, meter_id: str, amount: Money | De
 class BillingCommands:
     """One method per message type; `register` wires them into the worker's registry."""
 
-    def __init__(self, catalog: Catalog, close_usage: CloseUsage) -> None:
+    def __init__(self, catalog: Catalog, close_usages: CloseUsages) -> None:
         self.catalog = catalog
         self.credit_kinds = repo.credit_kinds(catalog)
-        self._close_usage = close_usage
+        self._close_usages = close_usages
+        self._prechecks: dict[Apply, Callable[[BillingWork, Any, datetime], None]] = {
+            self.close: self._closable, self.end_trial: self._trial_endable}
 
     def work(self, conn: sa.Connection, now: datetime) -> BillingWork:
         return BillingWork(conn, self.catalog, self.credit_kinds, now)
@@ -374,35 +383,76 @@ class BillingCommands:
 
     def handler(self, apply: Apply) -> Callable[[sa.Connection, Envelope, Any, HandlerContext], None]:
         def handle(conn: sa.Connection, envelope: Envelope, payload: Any, ctx: HandlerContext) -> None:
-            self.run(conn, [(envelope, payload)], ctx.now, apply, is_command=ctx.topic == topics.COMMANDS)
+            self.run(conn, [(envelope, payload)], ctx.now, apply, is_command=envelope.type not in PAYMENT_OUTCOMES)
+        return handle
+
+    def batch_handler(self, apply: Apply, *, is_command: bool) -> BatchHandler:
+        def handle(conn: sa.Connection, items: Sequence[tuple[Envelope, Any]], now: datetime) -> None:
+            self.run(conn, items, now, apply, is_command=is_command)
         return handle
 
     def run(self, conn: sa.Connection, items: Sequence[tuple[Envelope, Any]], now: datetime, apply: Apply, *,
             is_command: bool = True) -> None:
-        """Apply `items` in order through one unit of work, then flush it.
+        """Apply `items` in order through one unit of work, then flush it (one savepoint for all of them).
 
-        Several items are tried together; if any of them is refused or ignored, the batch's savepoint is
-        rolled back and the items are applied one by one, so each refusal undoes exactly its own effects.
+        A command that no longer applies or is refused before it changed anything (a close of a period that
+        is not the current one, not due yet, ...) only gets its outcome. One refused or ignored midway
+        rolls the savepoint back; then the items before it are applied together again, it alone (its
+        outcome, nothing else), and the rest together: each item is applied at most twice, and the number
+        of savepoints grows with the refusals, not with the items.
         """
-        if len(items) > 1:
-            try:
-                with conn.begin_nested():
-                    work = self.work(conn, now)
-                    work.load([str(p.subscription_id) for _, p in items])
-                    if apply == self.close:
-                        work.load_ledgers(list(work.states.values()))
-                    for envelope, payload in items:
-                        result = apply(work, envelope, payload, now)
-                        if is_command:
-                            work.outcome(envelope, str(payload.subscription_id), "applied",
-                                         result=_applied(work, str(payload.subscription_id), result))
-                    work.flush()
+        pending = list(items)
+        while pending:
+            if len(pending) == 1:
+                self._run_one(conn, *pending[0], now, apply, is_command=is_command)
                 return
-            except (Ignored, DomainError):
-                log.info("a batch item was refused or ignored; applying the batch one by one",
-                         extra={"items": len(items)})
-        for envelope, payload in items:
-            self._run_one(conn, envelope, payload, now, apply, is_command=is_command)
+            refused = self._run_together(conn, pending, now, apply, is_command)
+            if refused is None:
+                return
+            log.info("a batch item was refused or ignored midway; applying around it",
+                     extra={"items": len(pending), "refused": refused})
+            if refused:
+                self.run(conn, pending[:refused], now, apply, is_command=is_command)
+            self._run_one(conn, *pending[refused], now, apply, is_command=is_command)
+            pending = pending[refused + 1:]
+
+    def _run_together(self, conn: sa.Connection, items: Sequence[tuple[Envelope, Any]], now: datetime,
+                      apply: Apply, is_command: bool) -> int | None:
+        """Apply and flush `items` under one savepoint; None when done, else the index of the item that was
+        refused or ignored after it changed something (the savepoint is then rolled back)."""
+        precheck = self._prechecks.get(apply) if is_command else None
+        refused: int | None = None
+        try:
+            with conn.begin_nested():
+                work = self.work(conn, now)
+                work.load([str(p.subscription_id) for _, p in items])
+                if apply == self.close:
+                    work.load_ledgers(list(work.states.values()))
+                    self._prefetch_usage(work, items, now)
+                for index, (envelope, payload) in enumerate(items):
+                    sub_id = str(payload.subscription_id)
+                    if precheck is not None:
+                        try:
+                            precheck(work, payload, now)
+                        except Ignored as why:
+                            work.outcome(envelope, sub_id, "ignored", detail=str(why))
+                            continue
+                        except DomainError as error:
+                            work.outcome(envelope, sub_id, "rejected", code=error_code(error), detail=str(error))
+                            continue
+                    try:
+                        result = apply(work, envelope, payload, now)
+                    except (Ignored, DomainError):
+                        refused = index
+                        raise
+                    if is_command:
+                        work.outcome(envelope, sub_id, "applied", result=_applied(work, sub_id, result))
+                work.flush()
+        except (Ignored, DomainError):
+            if refused is None:
+                raise  # refused while flushing: not one item's doing (the processor isolates the culprit)
+            return refused
+        return None
 
     def _run_one(self, conn: sa.Connection, envelope: Envelope, payload: Any, now: datetime, apply: Apply, *,
                  is_command: bool) -> None:
@@ -410,6 +460,8 @@ class BillingCommands:
         work = self.work(conn, now)
         try:
             with conn.begin_nested():
+                if apply == self.close:
+                    self._prefetch_usage(work, [(envelope, payload)], now)
                 result = apply(work, envelope, payload, now)
                 if is_command:
                     work.outcome(envelope, sub_id, "applied", result=_applied(work, sub_id, result))
@@ -519,11 +571,15 @@ class BillingCommands:
         state.paused_at = None
         work.subscription_events(state, env)
 
-    def end_trial(self, work: BillingWork, env: Envelope, p: EndTrial, now: datetime) -> dict[str, Any]:
-        state = work.state(p.subscription_id)
-        sub = state.subscription
+    def _trial_endable(self, work: BillingWork, p: EndTrial, now: datetime) -> None:
+        sub = work.state(p.subscription_id).subscription
         if sub.status is not SubscriptionStatus.TRIALING or sub.trial_end != ensure_utc(p.trial_end):
             raise Ignored(f"trial ending {p.trial_end.isoformat()} is not the subscription's open trial")
+
+    def end_trial(self, work: BillingWork, env: Envelope, p: EndTrial, now: datetime) -> dict[str, Any]:
+        self._trial_endable(work, p, now)
+        state = work.state(p.subscription_id)
+        sub = state.subscription
         plan = self.catalog.plan(sub.plan_id)
         at = ensure_utc(p.trial_end)
         sub.end_trial(at=at, has_payment_method=state.payment_method_id is not None, plan=plan)
@@ -536,9 +592,9 @@ class BillingCommands:
 
     # --- period close (the billing run)
 
-    def close(self, work: BillingWork, env: Envelope, p: ClosePeriod, now: datetime) -> dict[str, Any]:
-        state = work.state(p.subscription_id)
-        sub = state.subscription
+    def _closable(self, work: BillingWork, p: ClosePeriod, now: datetime) -> None:
+        """Raise Ignored or Refused when this close does not apply (changes nothing)."""
+        sub = work.state(p.subscription_id).subscription
         period_end = ensure_utc(p.period_end)
         if sub.status in (SubscriptionStatus.TRIALING, SubscriptionStatus.CANCELLED):
             raise Ignored(f"a {sub.status.value} subscription has no period to close")
@@ -547,11 +603,34 @@ class BillingCommands:
                           f"(ends {sub.current_period.end.isoformat()})")
         if now < period_end:
             raise Refused("not_due", f"period ends {period_end.isoformat()}, the billing clock says {now.isoformat()}")
+
+    def _prefetch_usage(self, work: BillingWork, items: Sequence[tuple[Envelope, Any]], now: datetime) -> None:
+        """Close the usage of every applicable period close of `items` in one set-based call."""
+        wanted: dict[str, tuple[str, datetime, datetime]] = {}
+        for _, p in items:
+            if p.subscription_id in wanted:
+                continue
+            try:
+                self._closable(work, p, now)
+            except (Ignored, DomainError):
+                continue
+            period = work.states[p.subscription_id].subscription.current_period
+            wanted[p.subscription_id] = (p.subscription_id, period.start, period.end)
+        if wanted:
+            work.usage_closes.update(self._close_usages(work.conn, list(wanted.values())))
+
+    def close(self, work: BillingWork, env: Envelope, p: ClosePeriod, now: datetime) -> dict[str, Any]:
+        self._closable(work, p, now)
+        state = work.state(p.subscription_id)
+        sub = state.subscription
+        period_end = ensure_utc(p.period_end)
         closed = sub.current_period
         plan = self.catalog.plan(sub.plan_id)
         next_plan = self.catalog.plan(sub.pending_plan_id) if sub.pending_plan_id else None
         coupon = self.catalog.coupon(sub.coupon.coupon_id) if sub.coupon else None
-        usage = self._close_usage(work.conn, sub.id, closed.start, closed.end)
+        usage = work.usage_closes.pop(sub.id, None)
+        if usage is None or usage.period_end != closed.end:
+            usage = self._close_usages(work.conn, [(sub.id, closed.start, closed.end)])[sub.id]
         ledger = work.ledger(state)
         carried = ([InvoiceLine(kind=LineKind.ADJUSTMENT, description="Credit carried forward",
                                 amount=Money(-state.carried_credit_minor, state.currency))]
@@ -786,15 +865,18 @@ def register(registry: HandlerRegistry, deps: WorkerDeps) -> None:
     """Wire every command and payment handler, the payment executor and the scheduler into the worker."""
     from services.billing_worker.executor import PaymentExecutor
     from services.billing_worker.scheduler import Scheduler
-    from services.billing_worker.usage import close_usage
+    from services.billing_worker.usage import close_usages
     from shared.adapters.payments import make_gateway
 
-    commands = BillingCommands(deps.catalog, close_usage)
+    commands = BillingCommands(deps.catalog, close_usages)
+    register_batch = getattr(registry, "register_batch", None)
     for message_type, apply in commands.table().items():
         registry.register(message_type, commands.handler(apply))
-    register_batch = getattr(registry, "register_batch", None)
-    if callable(register_batch):
-        register_batch("period.close", lambda conn, items, now: commands.close_periods(conn, items, now))
+        if callable(register_batch):
+            # A run of consecutive messages of one type goes through one unit of work (a billing run's
+            # thousands of period closes: a few statements in all).
+            register_batch(message_type, commands.batch_handler(apply,
+                                                                is_command=message_type not in PAYMENT_OUTCOMES))
     registry.add_background(PaymentExecutor(deps.engine, make_gateway(deps.settings, deps.engine), deps.clock))
     registry.add_background(Scheduler(deps.settings, deps.engine, deps.clock))
 

@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from services.billing_worker.commands import BillingCommands
-from services.billing_worker.usage import MeterMap, UsageMaterializer, close_usage
+from services.billing_worker.usage import MeterMap, UsageMaterializer, close_usages
 from shared.adapters.catalog_file import load_default_catalog
 from shared.adapters.postgres.schema.billing import invoice_lines, invoices, subscriptions
 from shared.adapters.postgres.schema.core import command_outcomes
@@ -25,7 +25,7 @@ class Billing:
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
         self.catalog = load_default_catalog()
-        self.commands = BillingCommands(self.catalog, close_usage)
+        self.commands = BillingCommands(self.catalog, close_usages)
         self.usage = UsageMaterializer(MeterMap.from_catalog(self.catalog))
         self._tx = 0
 
