@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 from enum import StrEnum
 from fractions import Fraction
+from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from shared.domain.errors import CalendarError, InvalidValueError, NaiveDatetimeError
@@ -33,6 +34,8 @@ class Interval(StrEnum):
 
 def ensure_utc(at: datetime, what: str = "instant") -> datetime:
     """Return ``at`` in UTC; naive datetimes are refused because their instant is unknown."""
+    if type(at) is datetime and at.tzinfo is UTC:
+        return at  # already an aware UTC instant (the common case): nothing to convert
     if not isinstance(at, datetime):
         raise TypeError(f"{what} must be a datetime, got {type(at).__name__}")
     if at.tzinfo is None or at.utcoffset() is None:
@@ -40,12 +43,21 @@ def ensure_utc(at: datetime, what: str = "instant") -> datetime:
     return at.astimezone(UTC)
 
 
+_ZONES: dict[str, ZoneInfo] = {}
+
+
 def zone(name: str) -> ZoneInfo:
     """The IANA zone ``name``; an unknown name is a ``CalendarError`` rather than a KeyError."""
+    found = _ZONES.get(name) if type(name) is str else None
+    if found is not None:
+        return found
     try:
-        return ZoneInfo(name)
+        found = ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
         raise CalendarError(f"unknown IANA time zone {name!r}") from None
+    if len(_ZONES) < 4096:
+        _ZONES[name] = found
+    return found
 
 
 def whole_seconds(delta: timedelta) -> int:
@@ -90,8 +102,10 @@ class Period:
         end = ensure_utc(self.end, "period end")
         if not start < end:
             raise InvalidValueError(f"period must end after it starts: {start}..{end}")
-        object.__setattr__(self, "start", start)
-        object.__setattr__(self, "end", end)
+        if start is not self.start:
+            object.__setattr__(self, "start", start)
+        if end is not self.end:
+            object.__setattr__(self, "end", end)
 
     def contains(self, at: datetime) -> bool:
         instant = ensure_utc(at)
@@ -151,8 +165,16 @@ class BillingAnchor:
 
     def boundary(self, month_index: int) -> datetime:
         """The start instant of the period beginning in month ``month_index`` (= year * 12 + month - 1)."""
-        year, month_zero = divmod(month_index, 12)
-        return _local_instant(year, month_zero + 1, self.day, self.time_of_day, zone(self.tz))
+        return _boundary(self.day, self.time_of_day, self.tz, month_index)
+
+
+# NOTE: boundaries and periods are pure functions of immutable inputs, and a billing run asks for the
+# same few thousand of them (one per anchor day, zone and month) for every subscription: they are
+# memoised. Zone rules only change with a new tzdata, which means a new process.
+@lru_cache(maxsize=65_536)
+def _boundary(day: int, time_of_day: time, tz: str, month_index: int) -> datetime:
+    year, month_zero = divmod(month_index, 12)
+    return _local_instant(year, month_zero + 1, day, time_of_day, zone(tz))
 
 
 def _aligned_index(anchor: BillingAnchor, interval: Interval, month_index: int) -> int:
@@ -190,7 +212,11 @@ def period_from(anchor: BillingAnchor, interval: Interval, start: datetime) -> P
     When ``start`` is a boundary this is a full anchored period; otherwise it is a stub (a first
     period starting between two boundaries), which callers prorate.
     """
-    instant = ensure_utc(start, "period start")
+    return _period_from(anchor, interval, ensure_utc(start, "period start"))
+
+
+@lru_cache(maxsize=65_536)
+def _period_from(anchor: BillingAnchor, interval: Interval, instant: datetime) -> Period:
     index = _index_of_period_containing(anchor, interval, instant)
     if anchor.boundary(index) == instant:
         return _period_at_index(anchor, interval, index)

@@ -11,11 +11,12 @@ Contract:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 from fractions import Fraction
+from functools import lru_cache
 from typing import NewType
 
 from shared.domain.calendar import ensure_utc
@@ -116,10 +117,16 @@ class Coupon:
         if not eligible.is_positive():
             return Money.zero(eligible.currency)
         if self.percent_off is not None:
-            return eligible.scale(Fraction(self.percent_off) / 100).min(eligible)
+            return eligible.scale(_percent(self.percent_off)).min(eligible)
         if self.amount_off is not None:
             return self.amount_off.min(eligible)
         raise CouponError(f"coupon {self.id} has neither percent_off nor amount_off")
+
+
+@lru_cache(maxsize=1024)
+def _percent(percent_off: Decimal) -> Fraction:
+    """``percent_off`` / 100 as an exact fraction (memoised: a billing run applies a few coupons many times)."""
+    return Fraction(percent_off) / 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +171,7 @@ class AppliedCoupon:
             raise CouponError(f"redemption of {redemption.coupon_id} recorded on coupon {self.coupon_id}")
         if redemption.invoice_key in self.invoice_keys:
             return self
-        return replace(self, invoice_keys=self.invoice_keys | {redemption.invoice_key})
+        return AppliedCoupon(self.coupon_id, self.redeemed_at, self.invoice_keys | {redemption.invoice_key})
 
     def _same(self, coupon: Coupon) -> None:
         if coupon.id != self.coupon_id:

@@ -22,6 +22,7 @@ from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 from fractions import Fraction
+from functools import lru_cache
 from types import MappingProxyType
 
 from shared.domain.calendar import Period, ensure_utc
@@ -132,7 +133,18 @@ def tax_amount(taxable_base: Money, rate_bps: int) -> Money:
     """``rate_bps`` basis points of ``taxable_base``, rounded once (half away from zero)."""
     if isinstance(rate_bps, bool) or not isinstance(rate_bps, int) or not 0 <= rate_bps <= BASIS_POINTS:
         raise InvalidValueError(f"tax rate must be an int in 0..{BASIS_POINTS} basis points, got {rate_bps!r}")
-    return taxable_base.scale(Fraction(rate_bps, BASIS_POINTS))
+    return taxable_base.scale(_rate(rate_bps))
+
+
+@lru_cache(maxsize=1024)
+def _rate(rate_bps: int) -> Fraction:
+    return Fraction(rate_bps, BASIS_POINTS)
+
+
+@lru_cache(maxsize=1024)
+def _tax_description(rate_bps: int) -> str:
+    percent = Decimal(rate_bps) / 100
+    return f"Tax {percent.normalize():f}%"
 
 
 def format_invoice_number(prefix: str, sequence: int) -> str:
@@ -259,10 +271,9 @@ class Invoice:
         if rate_bps == 0:
             self.lines = untaxed
             return
-        percent = Decimal(rate_bps) / 100
         tax_line = InvoiceLine(
             kind=LineKind.TAX,
-            description=description or f"Tax {percent.normalize():f}%",
+            description=description or _tax_description(rate_bps),
             amount=amount,
             taxable=False,
         )

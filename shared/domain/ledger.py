@@ -400,7 +400,8 @@ class CreditLedger:
         With ``all_or_nothing`` nothing is drawn unless the whole amount is covered (for a synchronous
         authorisation); otherwise what is covered is drawn and the rest is returned as ``uncovered``.
         """
-        wanted = self._meter(meter).accept(amount)
+        declared = self._meter(meter)
+        wanted = declared.accept(amount)
         instant = ensure_utc(at)
         if _is_negative(wanted):
             raise InvalidValueError(f"cannot consume a negative amount {wanted}")
@@ -408,8 +409,10 @@ class CreditLedger:
             raise InvalidValueError("a consumption needs a reference")
         if reference in self._references:
             return self._replayed_consumption(meter, reference, wanted)
-        zero = self._meter(meter).zero()
-        usable = sorted(self._usable(meter, instant), key=lambda account: account.grant.consumption_order())
+        zero = declared.zero()
+        usable = self._usable(meter, instant)
+        if len(usable) > 1:
+            usable.sort(key=lambda account: account.grant.consumption_order())
         if all_or_nothing:
             available = zero
             for account in usable:
@@ -529,12 +532,14 @@ class CreditLedger:
 
     def _usable(self, meter: str, at: datetime) -> list[_GrantAccount]:
         self._meter(meter)
+        instant = ensure_utc(at)
         return [
             account
             for account in self._grants.values()
             if account.grant.meter == meter
             and not account.expired
-            and account.grant.is_active(at)
+            and account.grant.effective_at <= instant
+            and (account.grant.expires_at is None or instant < account.grant.expires_at)
             and _is_positive(account.remaining)
         ]
 

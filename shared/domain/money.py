@@ -47,6 +47,9 @@ MINOR_UNITS: Final[dict[str, int]] = {
     **{code: 4 for code in _FOUR_DECIMALS.split()},
 }
 
+# One immutable zero per currency (``Money.zero`` is called on every sum and comparison).
+_ZEROS: Final[dict[str, Money]] = {}
+
 
 def minor_units(currency: str) -> int:
     """Decimal places of ``currency``'s minor unit (JPY 0, USD 2, BHD 3); raises for unknown codes."""
@@ -91,17 +94,26 @@ def _to_decimal(value: object, what: str) -> Decimal:
     return result
 
 
+_QUANTA: Final[dict[str, Decimal]] = {code: Decimal(1).scaleb(-digits) for code, digits in MINOR_UNITS.items()}
+
+
 def _quantum(currency: str) -> Decimal:
-    return Decimal(1).scaleb(-minor_units(currency))
+    quantum = _QUANTA.get(currency) if type(currency) is str else None
+    return quantum if quantum is not None else Decimal(1).scaleb(-minor_units(currency))
 
 
 def _round_fraction(value: Fraction) -> int:
     """Round a rational to the nearest integer, halves away from zero (same mode as ``ROUNDING``)."""
-    magnitude = abs(value)
-    whole, remainder = divmod(magnitude.numerator, magnitude.denominator)
-    if 2 * remainder >= magnitude.denominator:
+    return _round_ratio(value.numerator, value.denominator)
+
+
+def _round_ratio(numerator: int, denominator: int) -> int:
+    """``numerator / denominator`` (denominator > 0) rounded to an integer, halves away from zero, in
+    integer arithmetic (exact, and much cheaper than building a ``Fraction``)."""
+    whole, remainder = divmod(abs(numerator), denominator)
+    if 2 * remainder >= denominator:
         whole += 1
-    return whole if value >= 0 else -whole
+    return whole if numerator >= 0 else -whole
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +124,10 @@ class Money:
     currency: str
 
     def __post_init__(self) -> None:
+        # NOTE: the exact-type check is the common case and costs two lookups; anything else (bool, an int
+        # subclass, an unknown or non-str currency) takes the full checks and their precise errors.
+        if type(self.amount_minor) is int and type(self.currency) is str and self.currency in MINOR_UNITS:
+            return
         _require_int(self.amount_minor, "amount_minor")
         _require_currency(self.currency)
 
@@ -119,6 +135,11 @@ class Money:
 
     @classmethod
     def zero(cls, currency: str) -> Money:
+        if cls is Money and type(currency) is str:
+            zero = _ZEROS.get(currency)
+            if zero is None:
+                zero = _ZEROS[currency] = cls(0, currency)
+            return zero
         return cls(0, currency)
 
     @classmethod
@@ -137,11 +158,13 @@ class Money:
             raise CurrencyMismatchError(self.currency, other.currency)
 
     def __add__(self, other: Money) -> Money:
-        self._same_currency(other)
+        if type(other) is not Money or other.currency != self.currency:
+            self._same_currency(other)
         return Money(self.amount_minor + other.amount_minor, self.currency)
 
     def __sub__(self, other: Money) -> Money:
-        self._same_currency(other)
+        if type(other) is not Money or other.currency != self.currency:
+            self._same_currency(other)
         return Money(self.amount_minor - other.amount_minor, self.currency)
 
     def __neg__(self) -> Money:
@@ -166,7 +189,10 @@ class Money:
             raise InvalidValueError(f"factor must be finite, got {factor!r}")
         if not isinstance(factor, Fraction | Decimal | int):
             raise TypeError(f"factor must be Fraction, Decimal or int, got {type(factor).__name__}")
-        return Money(_round_fraction(Fraction(self.amount_minor) * Fraction(factor)), self.currency)
+        if isinstance(factor, int):
+            return Money(self.amount_minor * factor, self.currency)
+        numerator, denominator = factor.as_integer_ratio()
+        return Money(_round_ratio(self.amount_minor * numerator, denominator), self.currency)
 
     def allocate(self, ratios: Sequence[int]) -> list[Money]:
         """Split by integer ratios without losing a minor unit (largest remainder method).
@@ -247,9 +273,12 @@ class Money:
 def sum_money(amounts: Iterable[Money], currency: str) -> Money:
     """Sum amounts of one currency; an empty iterable gives zero in ``currency``."""
     total = Money.zero(currency)
+    minor = 0
     for amount in amounts:
-        total = total + amount
-    return total
+        if type(amount) is not Money or amount.currency != currency:
+            total._same_currency(amount)  # raises the precise error
+        minor += amount.amount_minor
+    return Money(minor, currency) if minor else total
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,6 +293,9 @@ class UnitPrice:
     currency: str
 
     def __post_init__(self) -> None:
+        if type(self.amount) is Decimal and type(self.currency) is str and self.currency in MINOR_UNITS:
+            if self.amount.is_finite():
+                return
         if isinstance(self.amount, float) or not isinstance(self.amount, Decimal):
             raise TypeError(f"UnitPrice.amount must be a Decimal, got {type(self.amount).__name__}")
         if not self.amount.is_finite():
@@ -284,5 +316,11 @@ class UnitPrice:
 
 def line_amount(quantity: Decimal | int, unit_price: UnitPrice) -> Money:
     """quantity x unit price, exact, then rounded once to the currency's minor unit with ``ROUNDING``."""
-    exact = _EXACT.multiply(_to_decimal(quantity, "quantity"), unit_price.amount)
-    return Money.of(exact, unit_price.currency)
+    exact = _EXACT.multiply(
+        quantity if type(quantity) is Decimal else _to_decimal(quantity, "quantity"), unit_price.amount
+    )
+    if not exact.is_finite():
+        raise InvalidValueError(f"amount must be finite, got {exact!r}")
+    currency = unit_price.currency
+    quantized = exact.quantize(_quantum(currency), rounding=ROUNDING, context=_EXACT)
+    return Money(int(quantized.scaleb(minor_units(currency), context=_EXACT)), currency)

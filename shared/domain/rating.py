@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
-from functools import partial
+from functools import lru_cache, partial
 from typing import Protocol
 
 from shared.domain.calendar import Period, ensure_utc, is_full_period, period_after, period_containing
@@ -252,6 +252,7 @@ def _rate_usage(
     lines: list[InvoiceLine] = []
     consumptions: list[CreditConsumption] = []
     unbilled: list[UnbilledUsage] = []
+    period_texts: dict[datetime, str] = {}
     for index, (meter_id, period, raw_quantity) in enumerate(usage):
         quantity = _checked_quantity(meter_id, raw_quantity)
         if quantity == 0:
@@ -262,6 +263,9 @@ def _rate_usage(
             continue
         if pricing.overage is OveragePolicy.BLOCK:
             continue
+        period_start_text = period_texts.get(period.start)
+        if period_start_text is None:
+            period_start_text = period_texts[period.start] = period.start.isoformat()
         meter_lines, consumption = _rate_meter(
             meter_id=meter_id,
             pricing=pricing,
@@ -270,7 +274,7 @@ def _rate_usage(
             credits=credits,
             usage_kind=usage_kind,
             label=label,
-            reference=f"{reference_prefix}|{usage_kind.value}|{index}|{meter_id}|{period.start.isoformat()}",
+            reference=f"{reference_prefix}|{usage_kind.value}|{index}|{meter_id}|{period_start_text}",
         )
         lines.extend(meter_lines)
         if consumption is not None:
@@ -362,6 +366,11 @@ def preview_usage_charges(
 # --- fees, grants, coupon, tax ---------------------------------------------------------------------
 
 
+@lru_cache(maxsize=1024)
+def _unit_price_of(money: Money) -> UnitPrice:
+    return UnitPrice.from_money(money)
+
+
 def _fee_line(plan: Plan, seats: int, period: Period) -> InvoiceLine:
     seat_text = f" x {seats} seat{'s' if seats != 1 else ''}" if plan.per_seat else ""
     unit = plan.seat_price if plan.seat_price is not None and plan.price.is_zero() else None
@@ -370,12 +379,14 @@ def _fee_line(plan: Plan, seats: int, period: Period) -> InvoiceLine:
         description=f"{plan.name}{seat_text} ({period.start.date().isoformat()} - {period.end.date().isoformat()})",
         amount=plan.fee(seats),
         quantity=Decimal(seats) if plan.per_seat else Decimal(1),
-        unit_price=UnitPrice.from_money(unit) if unit is not None else None,
+        unit_price=_unit_price_of(unit) if unit is not None else None,
         period=period,
     )
 
 
-def _discount(subscription: Subscription, coupon: Coupon | None, invoice: Invoice) -> CouponRedemption | None:
+def _discount(
+    subscription: Subscription, coupon: Coupon | None, invoice: Invoice, invoice_key: str
+) -> CouponRedemption | None:
     if coupon is None or subscription.coupon is None:
         if coupon is not None:
             raise RatingError(f"coupon {coupon.id} given but subscription {subscription.id} has none")
@@ -388,7 +399,7 @@ def _discount(subscription: Subscription, coupon: Coupon | None, invoice: Invoic
     redemption = apply_coupon(
         coupon,
         subscription.coupon,
-        invoice_key=str(invoice.key),
+        invoice_key=invoice_key,
         fee_amount=fees,
         usage_amount=usage,
         invoice_subtotal=invoice.subtotal,
@@ -451,6 +462,7 @@ def close_period(
         currency=plan.currency,
         at=instant,
     )
+    invoice_key = str(invoice.key)
     usage = [(meter_id, closed, usage_totals_by_meter[meter_id]) for meter_id in sorted(usage_totals_by_meter)]
     lines, consumptions, unbilled = _rate_usage(
         plan=plan,
@@ -458,7 +470,7 @@ def close_period(
         credits=credits,
         usage_kind=LineKind.USAGE,
         label="Usage",
-        reference_prefix=str(invoice.key),
+        reference_prefix=invoice_key,
     )
     late = [(item.meter_id, item.period, item.quantity) for item in late_usage]
     late_lines, late_consumptions, late_unbilled = _rate_usage(
@@ -467,7 +479,7 @@ def close_period(
         credits=credits,
         usage_kind=LineKind.ADJUSTMENT,
         label="Late usage",
-        reference_prefix=str(invoice.key),
+        reference_prefix=invoice_key,
     )
     invoice.add_lines(lines)
     invoice.add_lines(late_lines)
@@ -483,7 +495,7 @@ def close_period(
         invoice.add_line(_fee_line(upcoming_plan, next_seats, next_period))
         grants = included_grants(subscription.id, upcoming_plan, next_seats, next_period)
 
-    redemption = _discount(subscription, coupon, invoice)
+    redemption = _discount(subscription, coupon, invoice, invoice_key)
     invoice.apply_tax(tax_rate_bps)
 
     subscription.advance_period(at=instant)
@@ -531,7 +543,7 @@ def start_invoice(
     else:
         anchored = period_containing(subscription.anchor, subscription.interval, period.start)
         invoice.add_lines(charge_remaining_time(plan=plan, seats=subscription.seats, period=anchored, at=period.start))
-    redemption = _discount(subscription, coupon, invoice)
+    redemption = _discount(subscription, coupon, invoice, str(invoice.key))
     invoice.apply_tax(tax_rate_bps)
     if redemption is not None:
         subscription.record_coupon_redemption(redemption, at=instant)
