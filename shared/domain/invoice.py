@@ -111,6 +111,17 @@ class InvoiceLine:
     taxable: bool | None = None
 
     def __post_init__(self) -> None:
+        if (
+            type(self.amount) is Money
+            and type(self.quantity) is Decimal
+            and (self.unit_price is None or self.unit_price.currency == self.amount.currency)
+            and self.taxable is None
+            and self.kind is not LineKind.PRORATION
+            and self.kind is not LineKind.TAX
+        ):
+            # the common case (a charge, credit or discount line): only the taxable default to set
+            object.__setattr__(self, "taxable", True)
+            return
         if not isinstance(self.amount, Money):
             raise TypeError(f"line amount must be Money, got {type(self.amount).__name__}")
         if isinstance(self.quantity, float) or not isinstance(self.quantity, Decimal):
@@ -217,7 +228,7 @@ class Invoice:
 
     @property
     def taxable_base(self) -> Money:
-        return sum_money((line.amount for line in self.lines if line.is_taxable), self.currency)
+        return sum_money([line.amount for line in self.lines if line.taxable], self.currency)
 
     @property
     def tax(self) -> Money:

@@ -546,7 +546,15 @@ class CreditLedger:
     def _append(self, entry: LedgerEntry, account: _GrantAccount) -> None:
         if entry.entry_id in self._entry_ids:
             raise DuplicateLedgerEntryError(f"ledger entry {entry.entry_id} was already written")
-        remaining = _add(account.remaining, self._meter(entry.meter).accept(entry.amount))
+        change = entry.amount
+        kind_of_grant = type(account.remaining)
+        if (
+            entry.meter != account.grant.meter
+            or type(change) is not kind_of_grant
+            or (kind_of_grant is Decimal and not change.is_finite())  # type: ignore[union-attr]
+        ):
+            change = self._meter(entry.meter).accept(change)  # the full check and its precise error
+        remaining = _add(account.remaining, change)
         if _is_negative(remaining):
             raise LedgerError(f"entry {entry.entry_id} would overdraw grant {entry.grant_id}")
         if entry.kind is EntryKind.REVERSE and account.expired:
