@@ -43,6 +43,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+from prometheus_client import CollectorRegistry, Histogram
 
 from shared.adapters.clock import SystemClock
 from shared.adapters.notify.port import Notification, Notifier
@@ -258,7 +259,7 @@ class QuotaService:
     """Report-credit plans, per-user limits, trial, top-ups, alerts; see the module docstring."""
 
     def __init__(self, repository: QuotaRepository, clock: Clock, catalog: Catalog,
-                 notifier: Notifier | None = None) -> None:
+                 notifier: Notifier | None = None, registry: CollectorRegistry | None = None) -> None:
         self._repository = repository
         self._clock = clock
         self._plans, trial_plan = report_plans(catalog)
@@ -274,6 +275,11 @@ class QuotaService:
         self._contended: dict[str, float] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._clock_blocks = not isinstance(clock, SystemClock)
+        registry = registry or CollectorRegistry()
+        self._batch_size = Histogram("edge_quota_batch_requests", "report-credit requests decided per batch",
+                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=registry)
+        self._batch_seconds = Histogram("edge_quota_batch_seconds", "time to decide and write one batch",
+                                        ["path"], registry=registry)
 
     async def now(self) -> datetime:
         """The billing clock's instant (the simulated clock reads PostgreSQL, so off the event loop; the
@@ -301,6 +307,7 @@ class QuotaService:
         try:
             while lane.pending:
                 batch, lane.pending = lane.pending[:MAX_BATCH], lane.pending[MAX_BATCH:]
+                self._batch_size.observe(len(batch))
                 try:
                     answers = await self._decide_batch(org_id, batch)
                 except Exception as error:  # every waiter gets the failure; the lane goes on
@@ -325,6 +332,7 @@ class QuotaService:
             known = None if fresh else self._known.get(org_id)
             tz = known.snapshot.org.timezone if known is not None else self._timezones.get(org_id, "UTC")
             month = calendar_month(at, tz)
+            started = time.perf_counter()
             if fresh or self._contended.get(org_id, 0.0) > time.monotonic():
                 try:
                     snapshot, write, version, inserted, answers = await self._decide_locked(
@@ -337,6 +345,7 @@ class QuotaService:
                     return [self._no_plan_answer(org_id, item, month) for item in batch]
                 except DuplicateEnquiry:
                     continue
+                self._batch_seconds.labels("locked").observe(time.perf_counter() - started)
                 return self._settle(org_id, snapshot, month, at, users, write, version, inserted, answers,
                                     batch, known)
             if known is not None and known.month_start == month.start and known.covers(users):
@@ -378,6 +387,8 @@ class QuotaService:
                     raise
                 fresh = True
                 continue
+            self._batch_seconds.labels("remembered" if remembered else "read").observe(
+                time.perf_counter() - started)
             return self._settle(org_id, snapshot, month, at, users, write, version, inserted, answers, batch,
                                 known)
         self._known.pop(org_id, None)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+from prometheus_client import CollectorRegistry
+
 from services.ingest.container import Container
 from services.ingest.quota_service import QuotaService
 from shared.adapters.notify.factory import build_notifier
@@ -17,12 +19,13 @@ POOL_MIN = 2
 POOL_MAX = 16
 
 
-async def build_quota_service(container: Container) -> tuple[QuotaService, Callable[[], Awaitable[None]]]:
-    """An opened quota service and the coroutine function that closes it."""
+async def build_quota_service(container: Container, registry: CollectorRegistry | None = None
+                              ) -> tuple[QuotaService, Callable[[], Awaitable[None]]]:
+    """An opened quota service and the coroutine function that closes it (metrics on ``registry``)."""
     pool = make_pool(container.settings, min_size=POOL_MIN, max_size=POOL_MAX)
     await pool.open(wait=True)
     notifier = build_notifier(container.settings)
-    service = QuotaService(QuotaRepository(pool), container.clock, container.catalog, notifier)
+    service = QuotaService(QuotaRepository(pool), container.clock, container.catalog, notifier, registry)
 
     async def close() -> None:
         await service.aclose()

@@ -66,7 +66,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         return
     from services.ingest.quota_wiring import build_quota_service
 
-    service, close = await build_quota_service(app.state.container)
+    metrics = getattr(app.state, "metrics", None)
+    service, close = await build_quota_service(app.state.container, metrics.registry if metrics else None)
     app.state.quota = service
     try:
         yield
