@@ -3,17 +3,22 @@
 How one "use a report credit" request is decided
 ------------------------------------------------
 1. Requests for the same org that arrive while a decision for that org is in flight are queued and
-   decided together as one *batch* (``_OrgLane``): one read, one write, one commit for up to
-   ``MAX_BATCH`` requests. A hot org therefore costs one PostgreSQL round trip pair per batch instead of
-   one per request, and the row lock on the org is held once per batch.
-2. The batch reads the org (``QuotaRepository.load``), builds the domain's ``OrgQuotaState`` and asks the
-   domain, request by request in arrival order, ``shared.domain.quota.consume``: the rules (allotment,
-   top-ups, per-user limit, trial, reasons) live only there.
+   decided together as one *batch* (``_OrgLane``), up to ``MAX_BATCH`` requests, so a hot org costs one
+   write per batch instead of one per request.
+2. The batch is decided on the org's state: the state this process remembers from its last read or write
+   (``_Known``, valid while its version is current), else a fresh read (``QuotaRepository.load``). The
+   domain decides, request by request in arrival order (``shared.domain.quota.decide`` on the counters
+   the previous request left): the rules (allotment, top-ups, per-user limit, trial, reasons) live only
+   there. A batch decided on remembered state that would refuse everything is decided again on a fresh
+   read: refusals are only ever given on state read now.
 3. The outcome is committed by ONE conditional statement (compare-and-set on the org's ``version``): the
    counters, one row per admitted enquiry, a ``usage.recorded`` outbox row per admission and any new alert
    rows with their ``billing-events.v1`` outbox rows. If another edge process, a top-up or a plan change
-   wrote in between, nothing is written and the batch is decided again on fresh state. CHECK constraints
-   (used <= allotment, user used <= limit, trial used <= trial reports) are the backstop.
+   wrote in between (or an enquiry the batch refused had been admitted before), nothing is written and
+   the batch is decided again on fresh state; after a loss to another process the org is decided under
+   its row lock (``QuotaRepository.decide_locked``) for ``CONTENTION_SECONDS``, so processes sharing a hot
+   org serialise instead of invalidating each other. CHECK constraints (used <= allotment, user used <=
+   limit, trial used <= trial reports) are the backstop.
 4. Idempotency: an enquiry id already admitted gets its stored answer back (body identical to the first
    answer). Duplicates inside one batch share one decision; a duplicate committed concurrently by another
    process makes the statement fail on the (org, enquiry) primary key and the batch is re-decided, where
