@@ -114,8 +114,17 @@ class Edge:
     async def call(self, method: str, path: str, body: Any = None, *, expect: tuple[int, ...] = (200, 201, 202),
                    idempotent: bool = True) -> httpx.Response:
         headers = {"Idempotency-Key": str(uuid.uuid4())} if method == "POST" and idempotent else {}
-        for attempt in range(5):
-            resp = await self.http.request(method, path, json=body, headers=headers)
+        # Every call here is safe to repeat (same Idempotency-Key, enquiry ids, usage deduplicated on
+        # transaction id), so a connection the server closed under us (keep-alive race) is simply retried.
+        for attempt in range(6):
+            try:
+                resp = await self.http.request(method, path, json=body, headers=headers)
+            except httpx.TransportError:
+                if attempt == 5:
+                    raise
+                self.counters.add("http_transport_retries")
+                await asyncio.sleep(0.2 * (attempt + 1))
+                continue
             if resp.status_code in (503, 409) and "in flight" in resp.text.lower():
                 await asyncio.sleep(0.2 * (attempt + 1))
                 continue
