@@ -10,8 +10,10 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import sqlalchemy as sa
 
 from shared.adapters.clock import DatabaseClock
+from shared.config import Settings
 from tests.integration.quota.conftest import EdgeServer, admin, counters, new_org, use_credits
 
 pytestmark = pytest.mark.integration
@@ -32,7 +34,8 @@ async def _use(edge: EdgeServer, org: str, count: int, prefix: str, user: str = 
     return [r.status_code for r in await use_credits(edge.url, org, [(user, f"{prefix}-{i}") for i in range(count)])]
 
 
-async def test_the_month_resets_at_local_midnight_on_the_first_without_any_job(edge, billing_clock, engine):
+async def test_the_month_resets_at_local_midnight_on_the_first_without_any_job(
+        edge: EdgeServer, billing_clock: DatabaseClock, engine: sa.Engine) -> None:
     utc_org = await _org_on(edge, "Lite")
     berlin_org = await _org_on(edge, "Lite", timezone="Europe/Berlin")
 
@@ -51,7 +54,8 @@ async def test_the_month_resets_at_local_midnight_on_the_first_without_any_job(e
     assert [(m[0].month, m[1]) for m in counters(engine, utc_org)["months"]] == [(1, 20), (2, 1)]
 
 
-async def test_top_ups_add_to_this_month_only_and_expire_when_it_ends(edge, billing_clock, engine):
+async def test_top_ups_add_to_this_month_only_and_expire_when_it_ends(
+        edge: EdgeServer, billing_clock: DatabaseClock, engine: sa.Engine) -> None:
     org = await _org_on(edge, "Lite")
     move_clock_to(billing_clock, datetime(2026, 2, 27, 12, tzinfo=UTC))
     assert Counter(await _use(edge, org, 20, "a")) == {200: 20}
@@ -71,7 +75,8 @@ async def test_top_ups_add_to_this_month_only_and_expire_when_it_ends(edge, bill
     assert Counter(await _use(edge, org, 21, "c")) == {200: 20, 402: 1}
 
 
-async def test_a_trial_gives_ten_reports_for_fourteen_days_then_nothing_until_a_plan(edge, billing_clock, engine):
+async def test_a_trial_gives_ten_reports_for_fourteen_days_then_nothing_until_a_plan(
+        edge: EdgeServer, billing_clock: DatabaseClock, engine: sa.Engine) -> None:
     move_clock_to(billing_clock, datetime(2026, 3, 2, 9, tzinfo=UTC))
     exhausted, expiring = new_org(), new_org()
     for org in (exhausted, expiring):
@@ -97,7 +102,8 @@ async def test_a_trial_gives_ten_reports_for_fourteen_days_then_nothing_until_a_
     assert trial_alerts == [("quota.limit_reached", 0, "")]
 
 
-async def test_a_plan_change_mid_month_keeps_the_months_used_count(edge, billing_clock):
+async def test_a_plan_change_mid_month_keeps_the_months_used_count(
+        edge: EdgeServer, billing_clock: DatabaseClock) -> None:
     org = await _org_on(edge, "Basic")
     assert Counter(await _use(edge, org, 90, "a")) == {200: 90}
     await admin(edge.url, "PUT", f"/v1/quota/orgs/{org}/plan", {"plan": "Lite"})
@@ -107,8 +113,8 @@ async def test_a_plan_change_mid_month_keeps_the_months_used_count(edge, billing
     assert (upgraded["allotment"], upgraded["used"], upgraded["remaining"]) == (500, 90, 410)
 
 
-async def test_alerts_fire_exactly_once_per_threshold_and_period_across_restarts(quota_settings, billing_clock,
-                                                                                 engine):
+async def test_alerts_fire_exactly_once_per_threshold_and_period_across_restarts(
+        quota_settings: Settings, billing_clock: DatabaseClock, engine: sa.Engine) -> None:
     move_clock_to(billing_clock, datetime(2026, 3, 16, 12, tzinfo=UTC))  # half of March gone
     server = EdgeServer(quota_settings).start()
     try:

@@ -8,6 +8,7 @@ from collections import Counter
 import pytest
 import sqlalchemy as sa
 
+from shared.config import Settings
 from shared.contracts.envelope import Envelope
 from shared.contracts.messages import UsageRecorded, parse_payload
 from tests.integration.quota.conftest import EdgeServer, admin, counters, new_org, use_credits
@@ -24,7 +25,8 @@ async def _org_on(edge: EdgeServer, plan: str, user_limit: int | None = None) ->
     return org
 
 
-async def test_two_hundred_concurrent_requests_for_the_last_credit_admit_exactly_one(edge, engine):
+async def test_two_hundred_concurrent_requests_for_the_last_credit_admit_exactly_one(
+        edge: EdgeServer, engine: sa.Engine) -> None:
     org = await _org_on(edge, "Lite")
     warm_up = await use_credits(edge.url, org, [(f"u{i}", f"warm-{i}") for i in range(19)])
     assert [r.status_code for r in warm_up] == [200] * 19
@@ -43,7 +45,8 @@ async def test_two_hundred_concurrent_requests_for_the_last_credit_admit_exactly
     assert state["consumptions"] == 20 and state["usage_events"] == 20
 
 
-async def test_a_thousand_concurrent_requests_against_a_hundred_remaining_admit_exactly_a_hundred(edge, engine):
+async def test_a_thousand_concurrent_requests_against_a_hundred_remaining_admit_exactly_a_hundred(
+        edge: EdgeServer, engine: sa.Engine) -> None:
     org = await _org_on(edge, "Basic")
 
     responses = await use_credits(edge.url, org, [(f"user-{i % 50}", f"enq-{i}") for i in range(1000)])
@@ -58,7 +61,8 @@ async def test_a_thousand_concurrent_requests_against_a_hundred_remaining_admit_
     assert state["consumptions"] == 100 and state["usage_events"] == 100
 
 
-async def test_fifty_concurrent_retries_of_one_enquiry_consume_once_and_get_identical_answers(edge, engine):
+async def test_fifty_concurrent_retries_of_one_enquiry_consume_once_and_get_identical_answers(
+        edge: EdgeServer, engine: sa.Engine) -> None:
     org = await _org_on(edge, "Basic", user_limit=10)
 
     responses = await use_credits(edge.url, org, [("alice", "enquiry-42")] * 50)
@@ -84,7 +88,8 @@ async def test_fifty_concurrent_retries_of_one_enquiry_consume_once_and_get_iden
     assert later[0].content == responses[0].content
 
 
-async def test_the_per_user_limit_holds_under_concurrency_while_other_users_keep_running(edge, engine):
+async def test_the_per_user_limit_holds_under_concurrency_while_other_users_keep_running(
+        edge: EdgeServer, engine: sa.Engine) -> None:
     org = await _org_on(edge, "Enterprise", user_limit=5)
 
     requests = [("greedy", f"g-{i}") for i in range(150)] + [(f"other-{i}", f"o-{i}") for i in range(30)]
@@ -100,7 +105,8 @@ async def test_the_per_user_limit_holds_under_concurrency_while_other_users_keep
     assert [m[1] for m in state["months"]] == [35]
 
 
-async def test_balances_never_go_negative_however_hard_an_exhausted_org_is_hit(edge, engine):
+async def test_balances_never_go_negative_however_hard_an_exhausted_org_is_hit(
+        edge: EdgeServer, engine: sa.Engine) -> None:
     org = await _org_on(edge, "Lite", user_limit=3)
     for round_no in range(3):
         responses = await use_credits(edge.url, org, [(f"u{i % 9}", f"r{round_no}-{i}") for i in range(150)])
@@ -113,7 +119,8 @@ async def test_balances_never_go_negative_however_hard_an_exhausted_org_is_hit(e
     assert counters(engine, org)["consumptions"] == 20
 
 
-async def test_two_edge_processes_sharing_one_org_still_admit_exactly_the_allotment(edge, quota_settings, engine):
+async def test_two_edge_processes_sharing_one_org_still_admit_exactly_the_allotment(
+        edge: EdgeServer, quota_settings: Settings, engine: sa.Engine) -> None:
     org = await _org_on(edge, "Basic")
     second = EdgeServer(quota_settings).start()
     try:

@@ -84,7 +84,8 @@ async def _ingest(edge: EdgeServer, org: str, micros: list[int]) -> list[dict[st
     return results
 
 
-async def test_the_free_tier_spends_its_ten_cents_of_credits_then_is_refused(edge, engine):
+async def test_the_free_tier_spends_its_ten_cents_of_credits_then_is_refused(
+        edge: EdgeServer, engine: sa.Engine) -> None:
     org = _org_on(engine, "free")
     assert (await _balance(edge, org))["included_credits_minor"] == 10
 
@@ -101,7 +102,7 @@ async def test_the_free_tier_spends_its_ten_cents_of_credits_then_is_refused(edg
     assert balance["reason"] == "included_credits_exhausted"
 
 
-async def test_included_credits_are_two_dollars_per_seat_pooled_for_a_team(edge, engine):
+async def test_included_credits_are_two_dollars_per_seat_pooled_for_a_team(edge: EdgeServer, engine: sa.Engine) -> None:
     org = _org_on(engine, "team", seats=3)
     _materialised(engine, org, 5_000_000)
 
@@ -112,7 +113,7 @@ async def test_included_credits_are_two_dollars_per_seat_pooled_for_a_team(edge,
     assert (balance["spend_minor"], balance["cap_minor"], balance["limit_quantity"]) == (0, None, None)
 
 
-async def test_a_paid_tier_pays_as_it_goes_until_the_cap_its_admin_set(edge, engine):
+async def test_a_paid_tier_pays_as_it_goes_until_the_cap_its_admin_set(edge: EdgeServer, engine: sa.Engine) -> None:
     org = _org_on(engine, "pro")
     _materialised(engine, org, 2_500_000)  # USD 2.50: USD 2 included, USD 0.50 pay as you go
     assert (await _authorise(edge.url, org, [("uncapped", 1_000_000)]))[0].status_code == 200
@@ -133,7 +134,7 @@ async def test_a_paid_tier_pays_as_it_goes_until_the_cap_its_admin_set(edge, eng
     assert (await _authorise(edge.url, org, [("after-lift", 9_000_000)]))[0].status_code == 200
 
 
-async def test_a_cap_in_another_currency_is_refused(edge, engine):
+async def test_a_cap_in_another_currency_is_refused(edge: EdgeServer, engine: sa.Engine) -> None:
     org = _org_on(engine, "pro")
     response = await admin(edge.url, "PUT", f"/v1/quota/orgs/{org}/spend-cap",
                            {"amount_minor": 100, "currency": "EUR"})
@@ -141,7 +142,8 @@ async def test_a_cap_in_another_currency_is_refused(edge, engine):
     assert response.json()["type"].endswith("quota/currency-mismatch")
 
 
-async def test_two_hundred_concurrent_authorisations_admit_exactly_what_the_cap_leaves(edge, engine):
+async def test_two_hundred_concurrent_authorisations_admit_exactly_what_the_cap_leaves(
+        edge: EdgeServer, engine: sa.Engine) -> None:
     org = _org_on(engine, "pro")
     assert (await admin(edge.url, "PUT", f"/v1/quota/orgs/{org}/spend-cap", {"amount_minor": 100})
             ).status_code == 200
@@ -161,7 +163,8 @@ async def test_two_hundred_concurrent_authorisations_admit_exactly_what_the_cap_
     assert events == 5
 
 
-async def test_fifty_concurrent_retries_of_one_authorisation_reserve_once_with_identical_answers(edge, engine):
+async def test_fifty_concurrent_retries_of_one_authorisation_reserve_once_with_identical_answers(
+        edge: EdgeServer, engine: sa.Engine) -> None:
     org = _org_on(engine, "free")
 
     responses = await _authorise(edge.url, org, [("same-request", 30_000)] * 50)
@@ -173,7 +176,8 @@ async def test_fifty_concurrent_retries_of_one_authorisation_reserve_once_with_i
     assert (balance["used_quantity"], balance["authorised_quantity"]) == (30_000, 30_000)
 
 
-async def test_an_authorisation_is_counted_once_after_the_worker_materialised_its_usage(edge, engine):
+async def test_an_authorisation_is_counted_once_after_the_worker_materialised_its_usage(
+        edge: EdgeServer, engine: sa.Engine) -> None:
     org = _org_on(engine, "free")
     assert (await _authorise(edge.url, org, [("seen-twice", 30_000)]))[0].status_code == 200
     with engine.connect() as conn:
@@ -189,7 +193,8 @@ async def test_an_authorisation_is_counted_once_after_the_worker_materialised_it
     assert (balance["used_quantity"], balance["remaining_quantity"]) == (40_000, 60_000)
 
 
-async def test_ingest_refuses_events_of_a_free_org_past_its_credits_and_of_a_capped_org_past_its_cap(edge, engine):
+async def test_ingest_refuses_events_of_a_free_org_past_its_credits_and_of_a_capped_org_past_its_cap(
+        edge: EdgeServer, engine: sa.Engine) -> None:
     free = _org_on(engine, "free")
     _materialised(engine, free, 90_000)
     capped = _org_on(engine, "pro")
