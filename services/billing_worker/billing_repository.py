@@ -33,6 +33,7 @@ from shared.adapters.postgres.schema.billing import (
     subscription_periods,
     subscriptions,
 )
+from shared.adapters.postgres.schema.core import command_outcomes
 from shared.domain.calendar import BillingAnchor, Interval, Period
 from shared.domain.catalog import Catalog, PlanId
 from shared.domain.coupons import AppliedCoupon, CouponId, CouponRedemption
@@ -500,6 +501,14 @@ class AttemptToCreate:
         return attempt_id_for(self.invoice_id, self.attempt_no)
 
 
+def detach_pending_payment_method(conn: sa.Connection, subscription_id: str) -> int:
+    """Drop the payment method of the subscription's attempts not dispatched yet; returns how many."""
+    a = payment_attempts.c
+    return conn.execute(sa.update(payment_attempts).where(
+        a.subscription_id == subscription_id, a.status == "pending", a.payment_method_id.is_not(None))
+        .values(payment_method_id=None)).rowcount
+
+
 def insert_payment_attempts(conn: sa.Connection, attempts: Sequence[AttemptToCreate]) -> int:
     """Write attempts *before* any provider call; the idempotency key is the attempt id. Returns how
     many were new (an attempt already written is left as it is)."""
@@ -562,6 +571,14 @@ def history_rows(events: Iterable[DomainEvent], command_id: str | None) -> list[
             "plan_id": payload.get("plan_id") or payload.get("to_plan_id"),
             "seats": payload.get("seats") or payload.get("to_seats"), "detail": payload, "command_id": command_id})
     return rows
+
+
+def answered_commands(conn: sa.Connection, command_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    """The commands among `command_ids` whose outcome is already stored."""
+    if not command_ids:
+        return set()
+    return set(conn.execute(sa.select(command_outcomes.c.command_id)
+                            .where(command_outcomes.c.command_id.in_(list(command_ids)))).scalars().all())
 
 
 def append_history(conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> None:

@@ -53,6 +53,7 @@ from shared.contracts.messages import (
     ClosePeriod,
     CreateSubscription,
     CreditsChanged,
+    CustomerDeleted,
     EndTrial,
     ExpireCredits,
     GiveUpDunning,
@@ -61,6 +62,7 @@ from shared.contracts.messages import (
     PauseSubscription,
     Payload,
     PaymentFailed,
+    PaymentMethodRemoved,
     PaymentMethodUpdated,
     PaymentSucceeded,
     ResumeSubscription,
@@ -401,7 +403,7 @@ class BillingCommands:
         outcome, nothing else), and the rest together: each item is applied at most twice, and the number
         of savepoints grows with the refusals, not with the items.
         """
-        pending = list(items)
+        pending = self._unanswered(conn, items) if is_command else list(items)
         while pending:
             if len(pending) == 1:
                 self._run_one(conn, *pending[0], now, apply, is_command=is_command)
@@ -415,6 +417,20 @@ class BillingCommands:
                 self.run(conn, pending[:refused], now, apply, is_command=is_command)
             self._run_one(conn, *pending[refused], now, apply, is_command=is_command)
             pending = pending[refused + 1:]
+
+    @staticmethod
+    def _unanswered(conn: sa.Connection, items: Sequence[tuple[Envelope, Any]]) -> list[tuple[Envelope, Any]]:
+        """The commands not applied yet: a command whose outcome is stored was applied (or refused) before,
+        e.g. the topic is read again from the start, or the scheduler re-emitted it; it is not applied twice."""
+        answered = repo.answered_commands(conn, [envelope.event_id for envelope, _ in items])
+        out, seen = [], set(answered)
+        for envelope, payload in items:
+            if envelope.event_id not in seen:
+                seen.add(envelope.event_id)
+                out.append((envelope, payload))
+        if len(out) < len(items):
+            log.info("commands already answered are not applied again", extra={"skipped": len(items) - len(out)})
+        return out
 
     def _run_together(self, conn: sa.Connection, items: Sequence[tuple[Envelope, Any]], now: datetime,
                       apply: Apply, is_command: bool) -> int | None:
@@ -699,6 +715,34 @@ class BillingCommands:
             at=now, correlation=env)
         work.touch(state)
 
+    def customer_deleted(self, work: BillingWork, env: Envelope, p: CustomerDeleted, now: datetime) -> dict[str, Any]:
+        """The provider deleted the customer, and its saved payment methods with it: forget the subscription's
+        method, so its next charge fails with `payment_method_missing` and dunning asks for a new card."""
+        state = work.state(p.subscription_id)
+        if state.subscription.customer_id != p.customer_id:
+            raise Refused("customer_mismatch", f"subscription {state.id} belongs to {state.subscription.customer_id}, "
+                                               f"not {p.customer_id}")
+        previous = state.payment_method_id
+        if previous is None:
+            raise Ignored(f"subscription {state.id} has no payment method on file")
+        state.payment_method_id = None
+        # Charges not dispatched yet would use the deleted method: they fail as missing a method instead.
+        # (Attempts already in flight or unknown keep theirs: they are reconciled, never re-sent blindly.)
+        detached = repo.detach_pending_payment_method(work.conn, state.id)
+        work.audit.append({"occurred_at": now, "actor": PRODUCER_NAME, "action": "payment_method.removed",
+                           "entity_type": "subscription", "entity_id": state.id, "subscription_id": state.id,
+                           "customer_id": state.subscription.customer_id, "command_id": str(env.event_id),
+                           "detail": {"reason": "customer_deleted", "payment_method_id": previous,
+                                      "stripe_customer_id": p.stripe_customer_id,
+                                      "deleted_at": ensure_utc(p.deleted_at).isoformat(),
+                                      "pending_attempts_detached": detached}})
+        work.emit("payment_method.removed", PaymentMethodRemoved(
+            subscription_id=state.id, customer_id=state.subscription.customer_id,
+            previous_payment_method_id=previous, reason="customer_deleted"),
+            key=state.id, event_id=event_uuid(env.event_id, "pm_removed"), at=now, correlation=env)
+        work.touch(state)
+        return {"previous_payment_method_id": previous, "pending_attempts_detached": detached}
+
     def retry_payment(self, work: BillingWork, env: Envelope, p: RetryPayment, now: datetime) -> dict[str, Any]:
         state = work.state(p.subscription_id)
         found = repo.load_invoice(work.conn, p.invoice_id)
@@ -824,6 +868,7 @@ class BillingCommands:
             "credits.grant": self.grant_credits,
             "payment.retry": self.retry_payment,
             "payment_method.update": self.update_payment_method,
+            "payment.customer_deleted": self.customer_deleted,
             "dunning.give_up": self.give_up,
             "payment.succeeded": self.payment_succeeded,
             "payment.failed": self.payment_failed,

@@ -224,6 +224,16 @@ class PaymentMethodUpdated(Payload):
     payment_method_id: str
 
 
+class PaymentMethodRemoved(Payload):
+    """The subscription has no payment method any more (its provider customer was deleted): the next charge
+    fails with `payment_method_missing` until a new method is attached."""
+
+    subscription_id: str
+    customer_id: str
+    previous_payment_method_id: str | None
+    reason: str
+
+
 PAYLOADS: dict[str, type[Payload]] = {
     "usage.recorded": UsageRecorded,
     "subscription.create": CreateSubscription,
@@ -254,6 +264,7 @@ PAYLOADS: dict[str, type[Payload]] = {
     "quota.limit_reached": QuotaAlert,
     "quota.on_track_to_exceed": QuotaAlert,
     "payment_method.updated": PaymentMethodUpdated,
+    "payment_method.removed": PaymentMethodRemoved,
 }
 
 TYPE_OF: dict[type[Payload], str] = {}

@@ -8,12 +8,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from services.billing_worker.commands import BillingCommands
+from services.billing_worker.commands import PAYMENT_OUTCOMES, BillingCommands
 from services.billing_worker.usage import MeterMap, UsageMaterializer, close_usages
 from shared.adapters.catalog_file import load_default_catalog
 from shared.adapters.postgres.schema.billing import invoice_lines, invoices, subscriptions
 from shared.adapters.postgres.schema.core import command_outcomes
-from shared.contracts import topics
 from shared.contracts.envelope import Envelope, new_envelope
 from shared.contracts.messages import TYPE_OF, Payload
 from tests.integration.worker.harness import usage_envelope
@@ -29,12 +28,13 @@ class Billing:
         self.usage = UsageMaterializer(MeterMap.from_catalog(self.catalog))
         self._tx = 0
 
-    def send(self, payload: Payload, at: datetime, *, topic: str = topics.COMMANDS) -> Envelope:
+    def send(self, payload: Payload, at: datetime) -> Envelope:
+        """Apply one message as the worker does (payment outcomes store no command outcome)."""
         type_ = TYPE_OF[type(payload)]
         envelope = new_envelope(type_, payload.model_dump(mode="json"), producer="test", occurred_at=at)
         with self.engine.begin() as conn:
             self.commands.run(conn, [(envelope, payload)], at, self.commands.table()[type_],
-                              is_command=topic == topics.COMMANDS)
+                              is_command=type_ not in PAYMENT_OUTCOMES)
         return envelope
 
     def send_batch(self, payloads: list[Payload], at: datetime) -> list[Envelope]:

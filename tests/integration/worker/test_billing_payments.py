@@ -14,9 +14,10 @@ import sqlalchemy as sa
 from services.billing_worker.executor import PaymentExecutor
 from shared.adapters.clock import ManualClock
 from shared.adapters.payments.simulated import PostgresProviderRecord, SimulatedGateway
-from shared.adapters.postgres.schema.billing import payment_attempts, simulated_gateway_charges
+from shared.adapters.postgres.schema.billing import billing_audit_log, payment_attempts, simulated_gateway_charges
 from shared.adapters.postgres.schema.core import outbox
-from shared.contracts.messages import CreateSubscription
+from shared.contracts import topics
+from shared.contracts.messages import CreateSubscription, CustomerDeleted, UpdatePaymentMethod
 from tests.integration.worker.billing_support import Billing
 
 pytestmark = pytest.mark.integration
@@ -141,3 +142,44 @@ def test_many_charges_run_in_flight_at_once_on_the_background_thread(billing: Bi
     finally:
         background.stop()
     assert [attempt_of(engine, i).status for i in invoices] == ["succeeded"] * 20
+
+
+def test_a_deleted_provider_customer_leaves_the_subscription_without_a_method_so_its_next_charge_asks_for_one(
+        billing: Billing, engine) -> None:  # type: ignore[no-untyped-def]
+    sub, invoice_id = invoice_for(billing, "pm_card_visa")
+    deleted = CustomerDeleted(subscription_id=sub, customer_id=billing.subscription(sub).customer_id,
+                              stripe_customer_id="cus_stripe_gone", deleted_at=JAN_1)
+
+    envelope = billing.send(deleted, JAN_1)
+
+    assert billing.subscription(sub).payment_method_id is None
+    assert (billing.outcome(envelope).status, billing.outcome(envelope).result["previous_payment_method_id"]) == (
+        "applied", "pm_card_visa")
+    with engine.connect() as conn:
+        audit = conn.execute(sa.select(billing_audit_log.c.action, billing_audit_log.c.detail).where(
+            billing_audit_log.c.subscription_id == sub, billing_audit_log.c.action == "payment_method.removed")).one()
+        announced = conn.execute(sa.select(outbox.c.event_type).where(
+            outbox.c.topic == topics.BILLING_EVENTS, outbox.c.message_key == sub,
+            outbox.c.event_type == "payment_method.removed")).scalars().all()
+    assert (audit.detail["reason"], audit.detail["stripe_customer_id"]) == ("customer_deleted", "cus_stripe_gone")
+    assert announced == ["payment_method.removed"]
+    # The start invoice's charge had not been dispatched: it fails for the missing method, the provider untouched.
+    executor(engine).run_once()
+    assert attempt_of(engine, invoice_id).decline_code == "payment_method_missing"
+    assert charges_of(engine, invoice_id) == []
+    assert outcomes_of(engine, sub) == ["payment.failed"]
+
+
+def test_the_same_customer_deletion_read_again_does_not_remove_a_card_attached_since(billing: Billing) -> None:
+    sub, _ = invoice_for(billing, "pm_card_visa")
+    deleted = CustomerDeleted(subscription_id=sub, customer_id=billing.subscription(sub).customer_id,
+                              stripe_customer_id="cus_stripe_gone", deleted_at=JAN_1)
+    envelope = billing.send(deleted, JAN_1)
+    billing.send(UpdatePaymentMethod(subscription_id=sub, customer_id=deleted.customer_id,
+                                     payment_method_id="pm_card_mastercard"), JAN_1)
+
+    with billing.engine.begin() as conn:  # the topic read again from the start: the same envelope
+        billing.commands.run(conn, [(envelope, deleted)], JAN_1, billing.commands.table()[envelope.type])
+
+    assert billing.subscription(sub).payment_method_id == "pm_card_mastercard"
+    assert billing.outcome(envelope).status == "applied"
