@@ -57,8 +57,9 @@ def test_a_billing_run_survives_twenty_kill_nines_with_one_invoice_per_period_an
     producer = KafkaProducer(simulated, client_id="billing-crash-test")
     messages = []
     for sub, cus, method in subs:
+        # Started on Jan 1 explicitly: a create applied after the clock moved must still open January.
         create = CreateSubscription(subscription_id=sub, customer_id=cus, plan_id="pro", currency="USD",
-                                    payment_method_id=method, tax_rate_bps=500)
+                                    payment_method_id=method, tax_rate_bps=500, start_at=JAN_1)
         messages.append(OutgoingMessage.of(topics.COMMANDS, sub, new_envelope(
             "subscription.create", create.model_dump(mode="json"), producer="test", occurred_at=JAN_1)))
         usage_micros[sub] = 0
@@ -83,12 +84,15 @@ def test_a_billing_run_survives_twenty_kill_nines_with_one_invoice_per_period_an
         time.sleep(rng.uniform(0.0, 1.5))
         with engine.connect() as conn:
             created = conn.execute(sa.select(sa.func.count()).select_from(subscriptions)).scalar_one()
-        if not clock_moved and created >= SUBSCRIPTIONS // 2:
+        # The month ends once subscriptions exist: from then on creations, closes and charges interleave, and
+        # the kills land in the billing run itself.
+        if not clock_moved and created > 0:
             DatabaseClock(engine, JAN_1).advance(FEB_1 - JAN_1 + timedelta(seconds=1))
             clock_moved = True
-        closed = count(engine, sa.select(sa.func.count()).select_from(invoices)
-                       .where(invoices.c.kind == "period_close", invoices.c.status == "paid"))
-        kills_during_run += closed < SUBSCRIPTIONS * 8 // 10
+        elif clock_moved:
+            paid_closes = count(engine, sa.select(sa.func.count()).select_from(invoices)
+                                .where(invoices.c.kind == "period_close", invoices.c.status == "paid"))
+            kills_during_run += paid_closes < SUBSCRIPTIONS * 8 // 10
         worker.kill()
     if not clock_moved:
         DatabaseClock(engine, JAN_1).advance(FEB_1 - JAN_1 + timedelta(seconds=1))
