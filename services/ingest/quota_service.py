@@ -764,13 +764,5 @@ def _per_request(answers: dict[str, CreditAnswer], batch: Sequence[_Pending]) ->
 
 
 def _on_track(used: int, allotment: int, month: Period, at: datetime) -> bool:
-    """The domain's forecast verdict.
-
-    # NOTE: ``forecast_limit`` computes the projected exhaustion instant even when it lies beyond year
-    # 9999 (a huge top-up, a handful of reports), and ``datetime`` overflows. Such an org is plainly not
-    # on track to hit its limit. Reported to the domain's owner; remove this guard once it is fixed there.
-    """
-    try:
-        return forecast_limit(used, allotment, month, at).on_track_to_hit_limit
-    except OverflowError:
-        return False
+    """The domain's forecast verdict (a projection beyond year 9999 is reported as not on track)."""
+    return forecast_limit(used, allotment, month, at).on_track_to_hit_limit
