@@ -15,11 +15,12 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 # From Debian when missing (needs root): PostgreSQL server binaries; kcat, the plain Kafka client the
-# tests use to show that any producer can write our usage messages.
+# tests use to show that any producer can write our usage messages; wrk, the quota benchmark's load generator.
 system-deps:
 	@missing=""; \
 	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v kcat >/dev/null 2>&1 || missing="$$missing kcat"; \
+	command -v wrk >/dev/null 2>&1 || missing="$$missing wrk"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing from Debian:$$missing"; \
 	  apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; \
