@@ -430,11 +430,14 @@ def report(engine: Any, counters: Counters, timings: dict[str, float], wall_s: f
     summary = summarise(engine)
     c = counters.c
     accepted = c["usage_http_accepted"] + c["usage_sent_kafka"]
+    # Every admitted report is also a usage event (the quota path's outbox), so it is stored too.
     stored = summary["usage_stored"]["events"]
+    expected_stored = accepted + c["reports_allowed"]
     summary["usage_events"] = {
         "generated": c["usage_generated"], "sent_http_accepted": c["usage_http_accepted"],
         "sent_sdk_kafka": c["usage_sent_kafka"], "rejected": c["usage_http_rejected"],
-        "parked_unmatched": c["usage_http_parked"], "stored": stored, "deduped": max(0, accepted - stored),
+        "parked_unmatched": c["usage_http_parked"], "report_credit_events": c["reports_allowed"], "stored": stored,
+        "deduped": max(0, expected_stored - stored),
         "by_meter": summary["usage_stored"]["by_meter"],
     }
     summary["reports"] = {k: v for k, v in c.items() if k.startswith("reports_") or k.startswith("top_ups")}
