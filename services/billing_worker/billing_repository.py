@@ -425,26 +425,39 @@ def insert_invoices(conn: sa.Connection, items: Sequence[InvoiceToStore]) -> set
 
 def load_invoice(conn: sa.Connection, invoice_id: str) -> tuple[Invoice, Any] | None:
     """The invoice as a domain object (with its lines) and its row."""
-    row = conn.execute(sa.select(invoices).where(invoices.c.invoice_id == invoice_id)).one_or_none()
-    if row is None:
-        return None
-    line_rows = conn.execute(sa.select(invoice_lines).where(invoice_lines.c.invoice_id == invoice_id)
-                             .order_by(invoice_lines.c.line_no)).all()
-    lines = tuple(InvoiceLine(
-        kind=LineKind(r.kind), description=r.description, amount=Money(r.amount_minor, r.currency),
-        quantity=Decimal(r.quantity) if r.quantity is not None else Decimal(1),
-        unit_price=UnitPrice(Decimal(r.unit_price), r.currency) if r.unit_price is not None else None,
-        period=Period(r.period_start, r.period_end) if r.period_start and r.period_end else None,
-        proration=r.proration, meter_id=r.meter_id, taxable=r.taxable) for r in line_rows)
-    invoice = Invoice(
-        id=InvoiceId(row.invoice_id),
-        key=InvoiceKey(SubscriptionId(row.subscription_id), InvoiceReason(row.kind),
-                       Period(row.period_start, row.period_end)),
-        customer_id=CustomerId(row.customer_id), currency=row.currency,
-        created_at=row.issued_at or row.created_at, status=InvoiceStatus(row.status), lines=lines,
-        tax_rate_bps=row.tax_rate_bps, number=row.number, finalized_at=_utc(row.issued_at),
-        paid_at=_utc(row.paid_at), version=1)
-    return invoice, row
+    return load_invoices(conn, [invoice_id]).get(invoice_id)
+
+
+def load_invoices(conn: sa.Connection, invoice_ids: Iterable[str]) -> dict[str, tuple[Invoice, Any]]:
+    """Many invoices (domain object with its lines, and row) in two queries, by invoice id."""
+    wanted = sorted(set(invoice_ids))
+    if not wanted:
+        return {}
+    rows = conn.execute(sa.select(invoices).where(invoices.c.invoice_id.in_(wanted))).all()
+    if not rows:
+        return {}
+    lines_of: dict[str, list[InvoiceLine]] = {}
+    found = [row.invoice_id for row in rows]
+    for r in conn.execute(sa.select(invoice_lines).where(invoice_lines.c.invoice_id.in_(found))
+                          .order_by(invoice_lines.c.invoice_id, invoice_lines.c.line_no)):
+        lines_of.setdefault(r.invoice_id, []).append(InvoiceLine(
+            kind=LineKind(r.kind), description=r.description, amount=Money(r.amount_minor, r.currency),
+            quantity=Decimal(r.quantity) if r.quantity is not None else Decimal(1),
+            unit_price=UnitPrice(Decimal(r.unit_price), r.currency) if r.unit_price is not None else None,
+            period=Period(r.period_start, r.period_end) if r.period_start and r.period_end else None,
+            proration=r.proration, meter_id=r.meter_id, taxable=r.taxable))
+    out: dict[str, tuple[Invoice, Any]] = {}
+    for row in rows:
+        invoice = Invoice(
+            id=InvoiceId(row.invoice_id),
+            key=InvoiceKey(SubscriptionId(row.subscription_id), InvoiceReason(row.kind),
+                           Period(row.period_start, row.period_end)),
+            customer_id=CustomerId(row.customer_id), currency=row.currency,
+            created_at=row.issued_at or row.created_at, status=InvoiceStatus(row.status),
+            lines=tuple(lines_of.get(row.invoice_id, ())), tax_rate_bps=row.tax_rate_bps, number=row.number,
+            finalized_at=_utc(row.issued_at), paid_at=_utc(row.paid_at), version=1)
+        out[row.invoice_id] = (invoice, row)
+    return out
 
 
 def save_invoice_status(conn: sa.Connection, invoice: Invoice, *, provider_ref: str | None = None,

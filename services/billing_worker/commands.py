@@ -169,6 +169,8 @@ class BillingWork:
     outcomes: list[dict[str, Any]] = field(default_factory=list)
     settled_grants: list[tuple[str, datetime]] = field(default_factory=list)
     usage_closes: dict[str, Any] = field(default_factory=dict)  # prefetched for a billing run, by subscription
+    invoices: dict[str, tuple[Invoice, Any]] = field(default_factory=dict)  # loaded, by invoice id
+    paid_refs: dict[str, str | None] = field(default_factory=dict)  # provider refs of invoices paid in this work
 
     # --- loading
 
@@ -190,6 +192,12 @@ class BillingWork:
             else:
                 self.ledgers.update(repo.load_ledgers(self.conn, [state], self.credit_kinds))
         return self.ledgers[state.id]
+
+    def invoice(self, invoice_id: str) -> tuple[Invoice, Any] | None:
+        """The invoice and its stored row (loaded once per unit of work; the domain object is the live one)."""
+        if invoice_id not in self.invoices:
+            self.invoices.update(repo.load_invoices(self.conn, [invoice_id]))
+        return self.invoices.get(invoice_id)
 
     def load_ledgers(self, states: Sequence[SubscriptionState]) -> None:
         wanted = [s for s in states if s.id not in self.ledgers and s.stored_version is not None]
@@ -377,6 +385,8 @@ class BillingCommands:
         self._close_usages = close_usages
         self._prechecks: dict[Apply, Callable[[BillingWork, Any, datetime], None]] = {
             self.close: self._closable, self.end_trial: self._trial_endable}
+        self._invoice_handlers: frozenset[Apply] = frozenset({
+            self.payment_succeeded, self.payment_failed, self.retry_payment, self.give_up})
 
     def work(self, conn: sa.Connection, now: datetime) -> BillingWork:
         return BillingWork(conn, self.catalog, self.credit_kinds, now)
@@ -445,6 +455,8 @@ class BillingCommands:
                 if apply == self.close:
                     work.load_ledgers(list(work.states.values()))
                     self._prefetch_usage(work, items, now)
+                elif apply in self._invoice_handlers:
+                    work.invoices.update(repo.load_invoices(conn, [str(p.invoice_id) for _, p in items]))
                 for index, (envelope, payload) in enumerate(items):
                     sub_id = str(payload.subscription_id)
                     if precheck is not None:
@@ -745,7 +757,7 @@ class BillingCommands:
 
     def retry_payment(self, work: BillingWork, env: Envelope, p: RetryPayment, now: datetime) -> dict[str, Any]:
         state = work.state(p.subscription_id)
-        found = repo.load_invoice(work.conn, p.invoice_id)
+        found = work.invoice(p.invoice_id)
         if found is None:
             raise Refused("not_found", f"invoice {p.invoice_id} does not exist")
         invoice, row = found
@@ -762,7 +774,7 @@ class BillingCommands:
 
     def give_up(self, work: BillingWork, env: Envelope, p: GiveUpDunning, now: datetime) -> dict[str, Any]:
         state = work.state(p.subscription_id)
-        found = repo.load_invoice(work.conn, p.invoice_id)
+        found = work.invoice(p.invoice_id)
         if found is None:
             raise Refused("not_found", f"invoice {p.invoice_id} does not exist")
         invoice, _ = found
@@ -784,19 +796,20 @@ class BillingCommands:
 
     def payment_succeeded(self, work: BillingWork, env: Envelope, p: PaymentSucceeded, now: datetime) -> None:
         state = work.state(p.subscription_id)
-        found = repo.load_invoice(work.conn, p.invoice_id)
+        found = work.invoice(p.invoice_id)
         if found is None:
             raise MessageRejected(f"payment for unknown invoice {p.invoice_id}", code="unknown_invoice")
         invoice, row = found
         if p.attempt_id:
             self._settle_attempt(work.conn, p.attempt_id, "succeeded", p.provider_ref, None, False, now)
         if invoice.status is InvoiceStatus.PAID:
-            if p.provider_ref and row.provider_ref and p.provider_ref != row.provider_ref:
+            paid_ref = work.paid_refs.get(invoice.id, row.provider_ref)
+            if p.provider_ref and paid_ref and p.provider_ref != paid_ref:
                 # NOTE: a second successful charge of one invoice must never be silent: it is audited
                 # for a refund (the constraints make it impossible through our own executor).
                 work.audit.append({"occurred_at": now, "actor": PRODUCER_NAME, "action": "payment.duplicate",
                                    "entity_type": "invoice", "entity_id": invoice.id, "subscription_id": state.id,
-                                   "detail": {"provider_ref": p.provider_ref, "paid_ref": row.provider_ref}})
+                                   "detail": {"provider_ref": p.provider_ref, "paid_ref": paid_ref}})
             raise Ignored(f"invoice {invoice.id} is already paid")
         if invoice.status not in (InvoiceStatus.OPEN, InvoiceStatus.UNCOLLECTIBLE):
             raise Ignored(f"invoice {invoice.id} is {invoice.status.value}")
@@ -804,6 +817,7 @@ class BillingCommands:
         invoice.mark_paid(at=paid_at, payment_reference=p.provider_ref)
         invoice.pull_events()
         repo.save_invoice_status(work.conn, invoice, provider_ref=p.provider_ref, at=paid_at)
+        work.paid_refs[invoice.id] = p.provider_ref
         work.emit("invoice.paid", invoice_event(invoice, state), key=state.id,
                   event_id=event_uuid(invoice.id, "invoice.paid"), at=paid_at, correlation=env)
         sub = state.subscription
@@ -814,7 +828,7 @@ class BillingCommands:
 
     def payment_failed(self, work: BillingWork, env: Envelope, p: PaymentFailed, now: datetime) -> None:
         state = work.state(p.subscription_id)
-        found = repo.load_invoice(work.conn, p.invoice_id)
+        found = work.invoice(p.invoice_id)
         if found is None:
             raise MessageRejected(f"payment failure for unknown invoice {p.invoice_id}", code="unknown_invoice")
         invoice, _ = found
