@@ -29,8 +29,16 @@ def upgrade(database_url: str, schema: str | None = None, revision: str = "head"
     command.upgrade(alembic_config(database_url, schema), revision)
 
 
-def drop_schema(database_url: str, schema: str) -> None:
+def drop_schema(database_url: str, schema: str, lock_timeout: str = "20s") -> bool:
+    """Drop a (test or benchmark) schema; gives up after `lock_timeout` if a leaked connection still holds a
+    lock in it, so a teardown can never hang a run (a leftover uniquely named schema is harmless)."""
     engine = sa.create_engine(database_url)
-    with engine.begin() as conn:
-        conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-    engine.dispose()
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"SET LOCAL lock_timeout = '{lock_timeout}'"))
+            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        return True
+    except sa.exc.OperationalError:
+        return False
+    finally:
+        engine.dispose()

@@ -77,7 +77,8 @@ async def test_a_decided_notification_is_delivered_once_and_marked_sent(engine: 
     await dispatcher.deliver_due()
     await dispatcher.deliver_due()
 
-    page = list_notifications(engine.connect(), customer_id=customer_id)
+    with engine.connect() as conn:
+        page = list_notifications(conn, customer_id=customer_id)
     [sent] = page.items
     assert seen == [str(sent.notification_id)]
     assert (sent.status, sent.attempts, sent.kind, sent.channel) == ("sent", 1, "payment_method_required", "webhook")
