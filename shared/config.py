@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     # --- worker
     consumer_group: str = "billing-worker"
     worker_batch_max: int = 5000
-    worker_batch_timeout_s: float = 0.2
+    worker_batch_timeout_s: float = 0.05
     scheduler_interval_s: float = 1.0
     worker_member_id: str | None = Field(
         default=None, description="Kafka static membership (group.instance.id), e.g. the pod name: a restart "
