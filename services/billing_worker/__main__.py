@@ -12,12 +12,22 @@ import argparse
 import signal
 import threading
 
-from services.billing_worker.bootstrap import build_worker
-from shared.config import Settings
-from shared.observability import configure_logging
-
 
 def main(argv: list[str] | None = None) -> None:
+    # Handlers first: a SIGTERM that arrives while the heavy modules below are still importing (a rollout
+    # that stops a pod at once) must end the process cleanly, not kill it with the default action.
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    from services.billing_worker.bootstrap import build_worker
+    from shared.config import Settings
+    from shared.observability import configure_logging
+
     parser = argparse.ArgumentParser(prog="python -m services.billing_worker")
     parser.add_argument("--member-id", default=None)
     parser.add_argument("--session-timeout-ms", type=int, default=None)
@@ -26,13 +36,8 @@ def main(argv: list[str] | None = None) -> None:
 
     settings = Settings()
     configure_logging(settings.log_level, settings.log_json)
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    if stop.is_set():
+        return
     # Flags override the BILLING_WORKER_* settings (handy for running several instances from one shell).
     worker = build_worker(settings, relay=settings.worker_relay and not args.no_relay,
                           static_member_id=args.member_id or settings.worker_member_id,
