@@ -78,12 +78,7 @@ def _committed(engine: sa.Engine, group: str) -> int:
 
 
 def _env(settings: Any) -> dict[str, str]:
-    env = dict(os.environ)
-    for name, value in settings.model_dump().items():
-        if value is not None:
-            value = value.get_secret_value() if hasattr(value, "get_secret_value") else value
-            env[f"BILLING_{name.upper()}"] = str(value)
-    return env
+    return {**os.environ, **settings.to_env()}
 
 
 def _peak_rss_mb(pid: int) -> float:

@@ -38,6 +38,7 @@ log = logging.getLogger("billing_worker")
 CONSUMED_TOPICS = (topics.COMMANDS, topics.USAGE, topics.PAYMENTS)
 HANDLER_MODULES = ("services.billing_worker.commands",)
 COMMIT_LANES = 3
+PREFETCH_KBYTES = 16384
 
 
 def make_clock(settings: Settings, engine: sa.Engine) -> Clock:
@@ -100,7 +101,9 @@ def build_worker(settings: Settings, *, handler_modules: tuple[str, ...] = HANDL
     materializer = UsageMaterializer(MeterMap.from_catalog(catalog))
     me = instance_id()
     dlq = DeadLetterPublisher(KafkaProducer(settings, client_id=f"{me}-dlq"))
-    overrides: dict[str, object] = {}
+    # NOTE: librdkafka prefetches up to 64 MB by default; 16 MB is over half a second of usage at 50,000
+    # events/s, enough to keep the commit lanes fed, and it is most of the worker's resident memory saved.
+    overrides: dict[str, object] = {"queued.max.messages.kbytes": PREFETCH_KBYTES}
     if static_member_id:
         overrides["group.instance.id"] = static_member_id
     if session_timeout_ms:

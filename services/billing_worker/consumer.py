@@ -178,7 +178,7 @@ class ExactlyOnceConsumer:
             try:
                 while not stop.is_set():
                     waiting = any(lane.buffer or lane.ready for lane in lanes)
-                    if sum(len(lane.buffer) for lane in lanes) < 2 * batch_max * len(lanes):
+                    if sum(len(lane.buffer) for lane in lanes) < batch_max * len(lanes):
                         # While records wait for a busy lane, poll briefly so a freed lane gets work at once.
                         timeout = 0.005 if waiting else self._settings.worker_batch_timeout_s
                         for r in self._records(self._consumer.consume(batch_max, timeout)):

@@ -9,17 +9,23 @@ from sqlalchemy.dialects.postgresql import JSONB
 
 from .base import metadata
 
+# NOTE: the identifier columns that key the hot-path indexes compare bytewise (COLLATE "C"): the same
+# equality as any deterministic collation, so dedupe and lookups are unchanged, but index maintenance
+# skips the locale's strcoll (about a fifth of PostgreSQL's CPU per materialised event under C.UTF-8).
+# Only their sort order differs, and nothing orders these identifiers for people.
+KEY_TEXT = sa.Text(collation="C")
+
 # One row per accepted usage event. The primary key is the dedupe constraint: a (customer, transaction_id)
 # pair is counted once for as long as its row exists (kept >= 34 days, and until the period it falls in
 # is closed). The row keeps what traces an invoice line back to its events: subscription, meter,
 # quantity and the event's own timestamp.
 usage_events = sa.Table(
     "usage_events", metadata,
-    sa.Column("customer_id", sa.Text, primary_key=True),
-    sa.Column("transaction_id", sa.Text, primary_key=True),
-    sa.Column("subscription_id", sa.Text, nullable=False),
+    sa.Column("customer_id", KEY_TEXT, primary_key=True),
+    sa.Column("transaction_id", KEY_TEXT, primary_key=True),
+    sa.Column("subscription_id", KEY_TEXT, nullable=False),
     sa.Column("event_type", sa.Text, nullable=False),
-    sa.Column("meter_id", sa.Text, comment="NULL: the event type feeds no meter of the catalog"),
+    sa.Column("meter_id", KEY_TEXT, comment="NULL: the event type feeds no meter of the catalog"),
     sa.Column("quantity", sa.Numeric, nullable=False),
     sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=False, comment="the event's timestamp"),
     sa.Column("received_at", sa.DateTime(timezone=True), nullable=False, comment="accepted by the edge"),
@@ -32,8 +38,8 @@ sa.Index("ix_usage_events_subscription_time", usage_events.c.subscription_id, us
 # event raises quantity above billed_quantity and the next close bills the difference as an adjustment.
 usage_aggregates = sa.Table(
     "usage_aggregates", metadata,
-    sa.Column("subscription_id", sa.Text, primary_key=True),
-    sa.Column("meter_id", sa.Text, primary_key=True),
+    sa.Column("subscription_id", KEY_TEXT, primary_key=True),
+    sa.Column("meter_id", KEY_TEXT, primary_key=True),
     sa.Column("bucket_start", sa.DateTime(timezone=True), primary_key=True),
     sa.Column("quantity", sa.Numeric, nullable=False),
     sa.Column("event_count", sa.BigInteger, nullable=False),
