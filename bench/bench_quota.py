@@ -22,7 +22,6 @@ Metrics:
 from __future__ import annotations
 
 import asyncio
-import json
 import multiprocessing
 import os
 import shutil
@@ -215,17 +214,8 @@ def _free_port() -> int:
 
 
 def _settings_env(settings: Any) -> dict[str, str]:
-    env = {}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        if isinstance(value, tuple | list | dict):
-            env[f"BILLING_{name.upper()}"] = json.dumps(value)  # complex settings are JSON in the environment
-        else:
-            env[f"BILLING_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
-    return env
+    """BILLING_* variables that rebuild ``settings`` in a child process."""
+    return dict(settings.to_env())
 
 
 class _ChildServer:

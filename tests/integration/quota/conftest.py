@@ -8,7 +8,6 @@ the other in the test's loop and could not show a race.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import socket
@@ -82,17 +81,7 @@ class EdgeServer:
 
 def settings_env(settings: Any) -> dict[str, str]:
     """BILLING_* variables that rebuild ``settings`` in a child process."""
-    env = {}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        if isinstance(value, tuple | list | dict):
-            env[f"BILLING_{name.upper()}"] = json.dumps(value)  # complex settings are JSON in the environment
-        else:
-            env[f"BILLING_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
-    return env
+    return dict(settings.to_env())
 
 
 @pytest.fixture(scope="module")
