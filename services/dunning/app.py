@@ -1,7 +1,8 @@
 """The faust-streaming app of the dunning service, built by a factory (nothing connects at import).
 
 Agents are thin: decode the envelope, call ``DunningHandlers.handle`` in a worker thread, done. Timers run
-the schedule on the billing clock, deliver decided notifications and reconcile unknown payment outcomes.
+the schedule on the billing clock, deliver decided notifications and reconcile with the provider (unknown
+payment outcomes, then open invoices it may have been paid for).
 Faust tables are not used: all state is in PostgreSQL (see the package docstring for the guarantees).
 """
 
@@ -74,7 +75,8 @@ def create_app(container: DunningContainer) -> faust.App:
 
     @app.timer(interval=max(settings.scheduler_interval_s, 5.0), name="dunning-reconciliation")  # type: ignore[untyped-decorator]
     async def reconcile_payments() -> None:
-        await _periodic("reconciliation", lambda: asyncio.to_thread(container.reconciler.run_once))
+        # Unknown attempts first (a retry waits on them), then open invoices paid without our hearing.
+        await _periodic("reconciliation", lambda: asyncio.to_thread(container.reconciler.run))
 
     return app
 

@@ -7,22 +7,30 @@ dunning retry of that invoice waiting; this job looks the attempt up through the
 and reports what the provider knows as a ``payments.v1`` outcome (source ``reconciliation``) through the
 outbox. The billing worker stays the single writer of attempts and invoices: it applies the outcome, and
 its ``invoice.paid`` / ``invoice.payment_failed`` event then closes or advances the dunning case.
+
+A second pass (``reconcile_open_invoices``) catches payments we never heard of: an open invoice whose
+PaymentIntent succeeded at the provider (the customer paid on the hosted page, the provider's own retry
+worked, the ``invoice.paid`` webhook was lost). It only reads the provider, never charges; when the
+PaymentIntent succeeded for this invoice, for its amount and currency, it reports a ``PaymentSucceeded``
+(source ``reconciliation``) for the worker to apply, which then closes the dunning case.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 
-from shared.adapters.payments.port import ChargeOutcome, ChargeStatus, PaymentGateway
-from shared.adapters.postgres.schema.billing import payment_attempts
+from shared.adapters.payments.port import ChargeOutcome, ChargeStatus, PaymentGateway, PaymentGatewayError
+from shared.adapters.postgres.schema.billing import invoices, payment_attempts
 from shared.adapters.postgres.schema.core import outbox
+from shared.adapters.postgres.schema.dunning import dunning_cases
 from shared.contracts import topics
 from shared.contracts.envelope import new_envelope
 from shared.contracts.messages import TYPE_OF, Payload, PaymentFailed, PaymentSucceeded
@@ -55,6 +63,111 @@ class PaymentAttemptReader:
             .order_by(a.c.created_at).limit(limit)).all())
 
 
+    def open_invoices_to_check(self, conn: sa.Connection, limit: int,
+                               after: tuple[datetime, str] | None = None) -> list[OpenInvoice]:
+        """Open invoices with something left to pay that the provider may have been paid for: charged at
+        least once (an attempt or the invoice carries a provider object) or in an open dunning case. Left
+        out: invoices with an attempt not settled yet (the first pass owns them) or already succeeded (its
+        outcome is on its way to the worker). Oldest first, after the keyset ``after`` (created_at, id)."""
+        i, a, c = invoices, payment_attempts, dunning_cases
+        latest_ref = (sa.select(a.c.provider_ref)
+                      .where(a.c.invoice_id == i.c.invoice_id, a.c.provider_ref.is_not(None))
+                      .order_by(a.c.attempt_no.desc()).limit(1).scalar_subquery())
+        charged = sa.exists().where(a.c.invoice_id == i.c.invoice_id, a.c.provider_ref.is_not(None))
+        in_dunning = sa.exists().where(c.c.invoice_id == i.c.invoice_id, c.c.status == "open")
+        busy = sa.exists().where(a.c.invoice_id == i.c.invoice_id, a.c.status.in_((*UNSETTLED, "succeeded")))
+        query = (sa.select(i.c.invoice_id, i.c.subscription_id, i.c.customer_id, i.c.currency, i.c.created_at,
+                           (i.c.amount_due_minor - i.c.amount_paid_minor).label("due_minor"),
+                           sa.func.coalesce(latest_ref, i.c.provider_ref).label("provider_ref"),
+                           in_dunning.label("in_dunning"))
+                 .where(i.c.status == "open", i.c.amount_due_minor > i.c.amount_paid_minor,
+                        sa.or_(charged, i.c.provider_ref.is_not(None), in_dunning), ~busy)
+                 .order_by(i.c.created_at, i.c.invoice_id).limit(limit))
+        if after is not None:
+            query = query.where(sa.tuple_(i.c.created_at, i.c.invoice_id)
+                                 > sa.tuple_(sa.literal(after[0]), sa.literal(after[1])))
+        return [OpenInvoice(invoice_id=row.invoice_id, subscription_id=row.subscription_id,
+                            customer_id=row.customer_id, due_minor=int(row.due_minor), currency=row.currency,
+                            provider_ref=row.provider_ref, in_dunning=bool(row.in_dunning),
+                            created_at=row.created_at)
+                for row in conn.execute(query)]
+
+
+@dataclass(frozen=True, slots=True)
+class OpenInvoice:
+    """An open invoice as the open-invoice pass sees it: what is left to pay and its provider object."""
+
+    invoice_id: str
+    subscription_id: str
+    customer_id: str
+    due_minor: int
+    currency: str
+    provider_ref: str | None
+    in_dunning: bool = False
+    created_at: datetime | None = None
+
+
+class InvoiceVerdict(StrEnum):
+    PAID = "paid"
+    """The provider took the payment for this invoice: reported to the worker."""
+    MISMATCH = "mismatch"
+    """The provider says succeeded, but for another invoice, PaymentIntent, amount or currency: refused."""
+    DECLINED = "declined"
+    UNKNOWN = "unknown"
+    NO_RECORD = "no_record"
+
+
+def judge_provider_answer(invoice: OpenInvoice, outcome: ChargeOutcome | None) -> tuple[InvoiceVerdict, str]:
+    """What the provider's answer about an open invoice's PaymentIntent means for that invoice.
+
+    Only a success that is provably this invoice's (same invoice id in the provider object, the same
+    PaymentIntent we charged, the amount still due in the invoice's currency) counts as paid; anything
+    else that says "succeeded" is a mismatch for a human, never a payment of this invoice.
+    """
+    if outcome is None:
+        return InvoiceVerdict.NO_RECORD, "the provider has no payment intent for this invoice"
+    if outcome.status is ChargeStatus.DECLINED:
+        return InvoiceVerdict.DECLINED, f"the payment intent is not paid ({outcome.decline_code})"
+    if outcome.status is not ChargeStatus.SUCCEEDED:
+        return InvoiceVerdict.UNKNOWN, outcome.message or "the payment intent is still processing"
+    if outcome.invoice_id != invoice.invoice_id:
+        return InvoiceVerdict.MISMATCH, f"the payment intent belongs to invoice {outcome.invoice_id!r}"
+    if invoice.provider_ref is not None and outcome.provider_ref != invoice.provider_ref:
+        return InvoiceVerdict.MISMATCH, (f"the provider answered for {outcome.provider_ref!r}, "
+                                         f"not for {invoice.provider_ref!r}")
+    if outcome.amount_minor is None or outcome.currency is None:
+        return InvoiceVerdict.MISMATCH, "the provider did not say how much was paid"
+    if outcome.currency.upper() != invoice.currency.upper() or outcome.amount_minor != invoice.due_minor:
+        return InvoiceVerdict.MISMATCH, (f"paid {outcome.amount_minor} {outcome.currency.upper()}, "
+                                         f"due {invoice.due_minor} {invoice.currency.upper()}")
+    return InvoiceVerdict.PAID, "the payment intent succeeded for the amount due"
+
+
+@dataclass(frozen=True, slots=True)
+class InvoiceSettlement:
+    invoice_id: str
+    subscription_id: str
+    verdict: InvoiceVerdict
+    provider_ref: str | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReconciliationRun:
+    """What one tick of the reconciliation timer did: both passes, for logs, metrics and tests."""
+
+    attempts: list[Settlement] = field(default_factory=list)
+    invoices: list[InvoiceSettlement] = field(default_factory=list)
+
+    @property
+    def invoices_paid(self) -> int:
+        return sum(1 for s in self.invoices if s.verdict is InvoiceVerdict.PAID)
+
+    @property
+    def invoices_refused(self) -> int:
+        return sum(1 for s in self.invoices if s.verdict is InvoiceVerdict.MISMATCH)
+
+
 @dataclass(frozen=True, slots=True)
 class Settlement:
     attempt_id: str
@@ -70,6 +183,64 @@ class PaymentReconciler:
         self._gateway = gateway
         self._clock = clock
         self._reader = reader or PaymentAttemptReader()
+        self._after: tuple[datetime, str] | None = None
+
+    def run(self, limit: int = 50) -> ReconciliationRun:
+        """One tick: settle unknown attempts first, then look at open invoices (both bounded by ``limit``)."""
+        result = ReconciliationRun(self.run_once(limit), self.reconcile_open_invoices(limit))
+        if result.invoices_paid or result.invoices_refused or result.attempts:
+            log.info("reconciliation run", extra=kv(attempts_settled=len(result.attempts),
+                                                    invoices_checked=len(result.invoices),
+                                                    invoices_paid=result.invoices_paid,
+                                                    invoices_refused=result.invoices_refused))
+        return result
+
+    def reconcile_open_invoices(self, limit: int = 50) -> list[InvoiceSettlement]:
+        """Ask the provider about at most ``limit`` open invoices and report those it was paid for.
+
+        A cursor walks the open invoices oldest first and wraps around, so with N candidates each one is
+        looked at every ceil(N / limit) runs. Read-only at the provider: this never charges. A report's
+        event id derives from (invoice, PaymentIntent), so a run repeated before the worker applied it
+        publishes nothing new. A provider error ends the run (retried next tick) after moving past the
+        invoice that failed, so one bad invoice cannot stall the others.
+        """
+        with self._engine.connect() as conn:
+            candidates = self._reader.open_invoices_to_check(conn, limit, self._after)
+        self._after = None if len(candidates) < limit else _keyset(candidates[-1])
+        settled = []
+        for invoice in candidates:
+            try:
+                outcome = self._gateway.lookup(invoice_id=invoice.invoice_id, provider_ref=invoice.provider_ref)
+            except PaymentGatewayError:
+                self._after = _keyset(invoice)
+                raise
+            settled.append(self._settle_invoice(invoice, outcome))
+        return settled
+
+    def _settle_invoice(self, invoice: OpenInvoice, outcome: ChargeOutcome | None) -> InvoiceSettlement:
+        verdict, reason = judge_provider_answer(invoice, outcome)
+        ref = outcome.provider_ref if outcome is not None and outcome.provider_ref else invoice.provider_ref
+        context = kv(invoice_id=invoice.invoice_id, subscription_id=invoice.subscription_id,
+                     customer_id=invoice.customer_id, provider_ref=ref, verdict=verdict.value, reason=reason,
+                     due_minor=invoice.due_minor, currency=invoice.currency, in_dunning=invoice.in_dunning)
+        if verdict is InvoiceVerdict.MISMATCH:
+            # NOTE: money taken at the provider that does not match the invoice is a case for a human
+            # (refund or manual settlement); marking the invoice paid would hide it.
+            log.error("provider reports a payment that does not match the open invoice; not marked paid",
+                      extra=context)
+        elif verdict is InvoiceVerdict.PAID:
+            now = self._clock.now()
+            # NOTE: the provider's payment instant is not in the port's answer; the invoice is dated paid
+            # at the billing clock's now, when we learned of it.
+            payload = PaymentSucceeded(subscription_id=invoice.subscription_id, invoice_id=invoice.invoice_id,
+                                       attempt_id=None, provider_ref=ref, amount_minor=invoice.due_minor,
+                                       currency=invoice.currency, source="reconciliation", paid_at=now)
+            self._publish(invoice.subscription_id, payload,
+                          uuid.uuid5(_IDS, f"invoice/{invoice.invoice_id}/paid/{ref}"), now)
+            log.info("open invoice found paid at the provider; reported to the worker", extra=context)
+        else:
+            log.debug("open invoice not paid at the provider", extra=context)
+        return InvoiceSettlement(invoice.invoice_id, invoice.subscription_id, verdict, ref, reason)
 
     def run_once(self, limit: int = 50) -> list[Settlement]:
         """Look up every attempt needing it and publish what the provider knows; idempotent per outcome."""
@@ -124,3 +295,7 @@ class PaymentReconciler:
             conn.execute(insert(outbox).values(topic=topics.PAYMENTS, message_key=key, event_id=envelope.event_id,
                                                event_type=envelope.type, envelope=envelope.model_dump(mode="json"))
                          .on_conflict_do_nothing(index_elements=[outbox.c.event_id]))
+
+
+def _keyset(invoice: OpenInvoice) -> tuple[datetime, str] | None:
+    return (invoice.created_at, invoice.invoice_id) if invoice.created_at is not None else None

@@ -10,6 +10,9 @@ Contract (DESIGN.md rules 3 and 4):
   reach the provider in a usable form (misconfiguration), which is retryable later.
 - An UNKNOWN outcome is reconciled with `lookup` before any retry; `lookup` returns None when the provider
   has no record of a charge for that key (then, and only then, the same request may be sent again).
+- `lookup` without a key answers what the provider knows about the invoice's PaymentIntent now (by
+  `provider_ref`, else by a search on the invoice id), whoever moved it: the open-invoice reconciliation
+  uses it to find payments made out of band (a lost webhook, Stripe's own retry, the hosted page).
 """
 
 from __future__ import annotations
@@ -62,11 +65,14 @@ class ChargeOutcome:
     message: str | None = None
     amount_minor: int | None = None
     currency: str | None = None
+    invoice_id: str | None = None
+    """The invoice the provider object was created for (Stripe: the PaymentIntent's metadata), when known."""
 
     @classmethod
-    def succeeded(cls, provider_ref: str, amount: Money | None = None) -> ChargeOutcome:
+    def succeeded(cls, provider_ref: str, amount: Money | None = None, *,
+                  invoice_id: str | None = None) -> ChargeOutcome:
         return cls(ChargeStatus.SUCCEEDED, provider_ref, amount_minor=amount.amount_minor if amount else None,
-                   currency=amount.currency if amount else None)
+                   currency=amount.currency if amount else None, invoice_id=invoice_id)
 
     @classmethod
     def declined(cls, code: str, *, hard: bool, provider_ref: str | None = None,
@@ -95,8 +101,10 @@ class PaymentGateway(Protocol):
         """Charge `request.amount` off-session; idempotent per `request.idempotency_key`."""
         ...
 
-    def lookup(self, *, idempotency_key: str, invoice_id: str,
+    def lookup(self, *, idempotency_key: str | None = None, invoice_id: str,
                provider_ref: str | None = None) -> ChargeOutcome | None:
         """What the provider knows about the charge sent with this key for this invoice (or about this
-        provider object); None when it has no record of a charge."""
+        provider object); None when it has no record of a charge. Without a key: the current state of the
+        invoice's provider object (by `provider_ref`, else found by the invoice id), which the caller must
+        check against the invoice (`ChargeOutcome.invoice_id`, amount, currency) before trusting it."""
         ...

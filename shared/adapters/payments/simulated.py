@@ -22,6 +22,11 @@ test scripts a customer simply by saving such a method (or with `script_customer
     pm_sim_decline_then_succeed ...................................... first attempt of an invoice declined
                                                                        (insufficient_funds), later ones succeed
     pm_sim_missing ................................................... no such payment method (hard)
+
+Like Stripe, one PaymentIntent per invoice (`intent_ref`) carries every attempt, and once it succeeded it
+cannot be confirmed again (a later charge on it is refused with `payment_intent_unexpected_state`).
+`pay_out_of_band` models a payment we never heard of: the customer paid the invoice's PaymentIntent on the
+provider's side (hosted page, the provider's own retry) and the webhook was lost; only `lookup` sees it.
 """
 
 from __future__ import annotations
@@ -244,9 +249,14 @@ class SimulatedGateway:
         known = self.record.by_key(request.idempotency_key)
         if known is not None:
             return _outcome(known)
+        ref = request.provider_ref or intent_ref(request.invoice_id)
+        latest = self.record.latest_for_ref(ref) if request.provider_ref is not None else None
+        if latest is not None and latest.succeeded:
+            # Stripe refuses to confirm a PaymentIntent that already succeeded: nothing is taken twice.
+            return ChargeOutcome.declined("payment_intent_unexpected_state", hard=True, provider_ref=ref,
+                                          message=f"payment intent {ref} has already succeeded")
         method = self.record.script_for_customer(request.customer_id) or request.payment_method_id
         script = script_of(method)
-        ref = request.provider_ref or intent_ref(request.invoice_id)
         if script.behaviour is Behaviour.SERVER_ERROR:
             return ChargeOutcome.unknown("simulated provider error (HTTP 500): nothing was charged", ref)
         declined_code: str | None = None
@@ -265,14 +275,34 @@ class SimulatedGateway:
             return ChargeOutcome.unknown("simulated timeout: the provider charged, the answer was lost", ref)
         return _outcome(stored)
 
-    def lookup(self, *, idempotency_key: str, invoice_id: str,
+    def lookup(self, *, idempotency_key: str | None = None, invoice_id: str,
                provider_ref: str | None = None) -> ChargeOutcome | None:
+        if idempotency_key is None:
+            # The PaymentIntent as it stands now, like Stripe's retrieve (by id) or search (by invoice):
+            # returned whatever invoice it belongs to; the caller checks `invoice_id` on the outcome.
+            intent = self.record.latest_for_ref(provider_ref or intent_ref(invoice_id))
+            return _outcome(intent) if intent is not None else None
         known = self.record.by_key(idempotency_key)
         if known is None and provider_ref is not None:
             known = self.record.latest_for_ref(provider_ref)
             if known is not None and known.invoice_id != invoice_id:
                 known = None
         return _outcome(known) if known is not None else None
+
+    def pay_out_of_band(self, provider_ref: str, *, payment_method_id: str = "pm_card_visa") -> ChargeOutcome:
+        """The customer pays the PaymentIntent `provider_ref` on the provider's side, for its amount, and
+        no webhook reaches us. Only PaymentIntents an earlier charge created can be paid, and only once
+        (ValueError otherwise, as Stripe refuses to confirm an unknown or succeeded PaymentIntent)."""
+        latest = self.record.latest_for_ref(provider_ref)
+        if latest is None:
+            raise ValueError(f"no such payment intent: {provider_ref}")
+        if latest.succeeded:
+            raise ValueError(f"payment intent {provider_ref} has already succeeded")
+        stored = self.record.record(ProviderCharge(
+            idempotency_key=f"out_of_band:{provider_ref}", invoice_id=latest.invoice_id,
+            customer_id=latest.customer_id, payment_method_id=payment_method_id, provider_ref=provider_ref,
+            succeeded=True, amount_minor=latest.amount_minor, currency=latest.currency))
+        return _outcome(stored)
 
 
 def intent_ref(invoice_id: str) -> str:
@@ -282,7 +312,8 @@ def intent_ref(invoice_id: str) -> str:
 
 def _outcome(charge: ProviderCharge) -> ChargeOutcome:
     if charge.succeeded:
-        return ChargeOutcome.succeeded(charge.provider_ref, Money(charge.amount_minor, charge.currency))
+        return ChargeOutcome.succeeded(charge.provider_ref, Money(charge.amount_minor, charge.currency),
+                                       invoice_id=charge.invoice_id)
     return ChargeOutcome.declined(charge.decline_code or "generic_decline", hard=charge.hard_decline,
                                   provider_ref=charge.provider_ref,
                                   message=f"simulated decline: {charge.decline_code}")

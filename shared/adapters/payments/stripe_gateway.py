@@ -101,9 +101,10 @@ class StripeGateway:
 
     # ------------------------------------------------------------------------------------------ lookup
 
-    def lookup(self, *, idempotency_key: str, invoice_id: str,
+    def lookup(self, *, idempotency_key: str | None = None, invoice_id: str,
                provider_ref: str | None = None) -> ChargeOutcome | None:
-        """Retrieve the invoice's PaymentIntent (by id, else by a metadata search on the invoice id).
+        """Retrieve the invoice's PaymentIntent (by id, else by a metadata search on the invoice id). The key
+        is not needed: a PaymentIntent carries every confirmation of the invoice, so its status is the answer.
 
         # NOTE: Stripe's search is eventually consistent (new objects can take about a minute to appear),
         # so "not found" right after a lost create is possible; the retry that follows reuses the same
@@ -131,7 +132,7 @@ class StripeGateway:
         status = intent.status
         amount = _money(intent)
         if status == "succeeded":
-            return ChargeOutcome.succeeded(intent.id, amount)
+            return ChargeOutcome.succeeded(intent.id, amount, invoice_id=_invoice_of(intent))
         if status in ("processing", "requires_capture"):
             return ChargeOutcome(ChargeStatus.UNKNOWN, intent.id, message=f"payment intent {status}")
         error = intent.last_payment_error
@@ -154,6 +155,13 @@ def _get(obj: Any, key: str) -> Any:
         return obj.get(key) if hasattr(obj, "get") else getattr(obj, key, None)
     except (KeyError, AttributeError):
         return None
+
+
+def _invoice_of(intent: Any) -> str | None:
+    """The invoice id we put in the PaymentIntent's metadata at creation (None on a foreign intent)."""
+    metadata = getattr(intent, "metadata", None)
+    value = _get(metadata, "invoice_id") if metadata is not None else None
+    return str(value) if value else None
 
 
 def _money(intent: Any) -> Money | None:
