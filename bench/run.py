@@ -58,6 +58,7 @@ def _endpoints() -> dict[str, str]:
 
 
 _SCHEMAS: list[tuple[str, str]] = []
+_TOPIC_PREFIXES: list[tuple[str, str]] = []
 
 
 def _context(endpoints: dict[str, str], name: str, partitions: int = 6) -> BenchContext:
@@ -68,6 +69,7 @@ def _context(endpoints: dict[str, str], name: str, partitions: int = 6) -> Bench
     _SCHEMAS.append((endpoints["BILLING_DATABASE_URL"], schema))
     prefix = f"bench{uuid.uuid4().hex[:6]}."
     create_topics(endpoints["BILLING_KAFKA_BOOTSTRAP"], prefix=prefix, partitions=partitions)
+    _TOPIC_PREFIXES.append((endpoints["BILLING_KAFKA_BOOTSTRAP"], prefix))
     settings = Settings(kafka_bootstrap=endpoints["BILLING_KAFKA_BOOTSTRAP"],
                         database_url=endpoints["BILLING_DATABASE_URL"], database_schema=schema,
                         topic_prefix=prefix, stripe_api_base=endpoints["BILLING_STRIPE_API_BASE"],
@@ -194,8 +196,12 @@ def main(argv: list[str]) -> int:
             finally:
                 ctx.engine.dispose()
     finally:
+        from shared.adapters.kafka.admin import delete_topics
+
         for url, schema in _SCHEMAS:
             drop_schema(url, schema)
+        for bootstrap, prefix in _TOPIC_PREFIXES:
+            delete_topics(bootstrap, prefix)
 
     for m in metrics.values():
         base = metrics.get(m.get("baseline") or "")

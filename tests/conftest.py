@@ -115,13 +115,18 @@ def db_schema(database_url: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def topic_prefix(kafka_bootstrap: str) -> str:
-    """A uuid prefix with every declared topic (and DLQ) created, 3 partitions each."""
-    from shared.adapters.kafka.admin import create_topics
+def topic_prefix(kafka_bootstrap: str) -> Iterator[str]:
+    """A uuid prefix with every declared topic (and DLQ) created, 3 partitions each; deleted afterwards.
+
+    Deleting matters on a reused local broker: ~18,000 leftover partitions made its next start-up take
+    longer than the provisioner's health timeout.
+    """
+    from shared.adapters.kafka.admin import create_topics, delete_topics
 
     prefix = f"t{uuid.uuid4().hex[:10]}."
     create_topics(kafka_bootstrap, prefix=prefix, partitions=3)
-    return prefix
+    yield prefix
+    delete_topics(kafka_bootstrap, prefix)
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,12 @@ class EdgeMetrics:
                                          ["topic"], registry=self.registry)
         self.usage_events = Counter("edge_usage_events_total", "usage events by outcome and reason",
                                     ["outcome", "reason"], registry=self.registry)
+        # NOTE: the quota service's metrics live here, once per app, and not in the service: the service is
+        # rebuilt by every lifespan (a test client runs one per request), and a registry takes a name once.
+        self.quota_batch_size = Histogram("edge_quota_batch_requests", "report-credit requests decided per batch",
+                                          buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=self.registry)
+        self.quota_batch_seconds = Histogram("edge_quota_batch_seconds", "time to decide and write one batch",
+                                             ["path"], registry=self.registry)
 
 
 class MetricsMiddleware:

@@ -48,8 +48,8 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from prometheus_client import CollectorRegistry, Histogram
 
+from services.ingest.metrics import EdgeMetrics
 from shared.adapters.clock import SystemClock
 from shared.adapters.notify.port import Notification, Notifier
 from shared.adapters.postgres.quota_repository import (
@@ -264,7 +264,7 @@ class QuotaService:
     """Report-credit plans, per-user limits, trial, top-ups, alerts; see the module docstring."""
 
     def __init__(self, repository: QuotaRepository, clock: Clock, catalog: Catalog,
-                 notifier: Notifier | None = None, registry: CollectorRegistry | None = None) -> None:
+                 notifier: Notifier | None = None, metrics: EdgeMetrics | None = None) -> None:
         self._repository = repository
         self._clock = clock
         self._plans, trial_plan = report_plans(catalog)
@@ -280,11 +280,9 @@ class QuotaService:
         self._contended: dict[str, float] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._clock_blocks = not isinstance(clock, SystemClock)
-        registry = registry or CollectorRegistry()
-        self._batch_size = Histogram("edge_quota_batch_requests", "report-credit requests decided per batch",
-                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=registry)
-        self._batch_seconds = Histogram("edge_quota_batch_seconds", "time to decide and write one batch",
-                                        ["path"], registry=registry)
+        metrics = metrics or EdgeMetrics()
+        self._batch_size = metrics.quota_batch_size
+        self._batch_seconds = metrics.quota_batch_seconds
 
     async def now(self) -> datetime:
         """The billing clock's instant (the simulated clock reads PostgreSQL, so off the event loop; the

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from prometheus_client import CollectorRegistry
-
 from services.ingest.container import Container
+from services.ingest.metrics import EdgeMetrics
 from services.ingest.quota_service import QuotaService
 from shared.adapters.notify.factory import build_notifier
 from shared.adapters.postgres.quota_repository import QuotaRepository, make_pool
@@ -19,13 +18,22 @@ POOL_MIN = 2
 POOL_MAX = 16
 
 
-async def build_quota_service(container: Container, registry: CollectorRegistry | None = None
+async def build_quota_service(container: Container, metrics: EdgeMetrics | None = None
                               ) -> tuple[QuotaService, Callable[[], Awaitable[None]]]:
-    """An opened quota service and the coroutine function that closes it (metrics on ``registry``)."""
-    pool = make_pool(container.settings, min_size=POOL_MIN, max_size=POOL_MAX)
-    await pool.open(wait=True)
+    """An opened quota service and the coroutine function that closes it (metrics recorded on ``metrics``).
+
+    Nothing stays open when building fails half-way: an exception after the pool opened closes it again
+    (a lifespan that fails never runs its shutdown, so the caller could not).
+    """
     notifier = build_notifier(container.settings)
-    service = QuotaService(QuotaRepository(pool), container.clock, container.catalog, notifier, registry)
+    pool = make_pool(container.settings, min_size=POOL_MIN, max_size=POOL_MAX)
+    try:
+        await pool.open(wait=True)
+        service = QuotaService(QuotaRepository(pool), container.clock, container.catalog, notifier, metrics)
+    except BaseException:
+        await pool.close()
+        await notifier.aclose()
+        raise
 
     async def close() -> None:
         await service.aclose()

@@ -66,8 +66,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         return
     from services.ingest.quota_wiring import build_quota_service
 
-    metrics = getattr(app.state, "metrics", None)
-    service, close = await build_quota_service(app.state.container, metrics.registry if metrics else None)
+    service, close = await build_quota_service(app.state.container, getattr(app.state, "metrics", None))
     app.state.quota = service
     try:
         yield

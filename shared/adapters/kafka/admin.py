@@ -51,3 +51,22 @@ def create_topics(bootstrap: str, prefix: str = "", partitions: int | None = Non
                 if "TOPIC_ALREADY_EXISTS" not in str(exc):
                     raise InfrastructureError(f"could not create topic {name}: {exc}") from exc
     return list(wanted)
+
+
+def delete_topics(bootstrap: str, prefix: str) -> list[str]:
+    """Delete every topic whose name starts with ``prefix`` (a test's or benchmark's private namespace).
+
+    Refuses an empty prefix: this is for throw-away namespaces, never for the deployment's own topics.
+    """
+    if not prefix:
+        raise ValueError("refusing to delete topics without a prefix")
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    doomed = [name for name in admin.list_topics(timeout=10).topics if name.startswith(prefix)]
+    if doomed:
+        for name, fut in admin.delete_topics(doomed, operation_timeout=30).items():
+            try:
+                fut.result()
+            except Exception as exc:
+                if "UNKNOWN_TOPIC_OR_PART" not in str(exc):
+                    raise InfrastructureError(f"could not delete topic {name}: {exc}") from exc
+    return doomed
