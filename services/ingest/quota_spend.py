@@ -1,7 +1,7 @@
 """Usage tiers at the edge: included credits in money, spending caps, and the two ways spend is limited.
 
 The meter is compute (``inference``, quantity = USD micros, priced per micro-dollar in
-``shared/catalogs/usage_tiers.yaml``); the rule is ``services.ingest.quota_spend_rules``. The window is
+``shared/catalogs/usage_tiers.yaml``); the rule is ``shared.domain.spend``. The window is
 the subscription's current billing period (the month its included credits and its invoice cover).
 
 Two paths, two guarantees:
@@ -39,15 +39,6 @@ from starlette.concurrency import run_in_threadpool
 from services.ingest.container import Container
 from services.ingest.directory import Route
 from services.ingest.problems import FieldError
-from services.ingest.quota_spend_rules import (
-    SpendDecision,
-    SpendDenialReason,
-    SpendLimits,
-    SpendSummary,
-    decide_spend,
-    quantity_of,
-    summarise_spend,
-)
 from shared.adapters.postgres.quota_repository import (
     Authorisation,
     DuplicateEnquiry,
@@ -62,6 +53,15 @@ from shared.domain.calendar import BillingAnchor, Interval, Period, period_conta
 from shared.domain.catalog import Catalog, MeterPricing, OveragePolicy
 from shared.domain.clock import Clock
 from shared.domain.money import Money
+from shared.domain.spend import (
+    SpendDecision,
+    SpendDenialReason,
+    SpendLimits,
+    SpendSummary,
+    decide_spend,
+    quantity_of,
+    summarise_spend,
+)
 from shared.observability import kv
 
 _log = logging.getLogger("services.ingest.quota.spend")

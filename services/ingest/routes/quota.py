@@ -52,8 +52,8 @@ from services.ingest.auth import Principal, Scope, authenticate, forbidden, requ
 from services.ingest.problems import PROBLEM_JSON, PROBLEM_RESPONSES, Problem, ProblemError, problem_type
 from services.ingest.quota_service import CreditAnswer, QuotaRequestError, QuotaService, QuotaView
 from services.ingest.quota_spend import OrgSpend, SpendAnswer, SpendRequestError, SpendService, spend_service_of
-from services.ingest.quota_spend_rules import SpendDenialReason, SpendSummary
 from shared.domain.quota import QuotaDenialReason
+from shared.domain.spend import SpendDenialReason, SpendSummary
 
 IDENTIFIER = r"^[A-Za-z0-9_.:@-]{1,200}$"
 

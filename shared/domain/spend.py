@@ -1,7 +1,7 @@
 """The spend rule of the usage tiers: included credits in money, pay-as-you-go, a spending cap.
 
-# NOTE: this is a pure rule (stdlib + shared.domain only) and belongs in ``shared.domain.quota`` next to
-# the report-quota rule; it lives here until the domain's owner moves it (requested in the quota report).
+Pure (the edge's ``services.ingest.quota_spend`` applies it inside one conditional write; the report-credit
+rule of the other quota plans is ``shared.domain.quota``).
 
 Contract:
 - Priced usage of one meter (compute: ``inference``, whose quantity is USD micros) first consumes the
