@@ -253,8 +253,8 @@ class Subscription:
         now also returns the included credits it adds for the rest of the period (``grants``).
 
         A different interval re-anchors at once (see ``_change_interval``); asking for it at the period
-        end is refused. While TRIALING the switch is immediate and free (nothing has been billed yet),
-        so PERIOD_END is refused there too.
+        end is refused, and so is any interval change of a metered plan outside its trial. While TRIALING
+        the switch is immediate and free (nothing has been billed yet), so PERIOD_END is refused there too.
         """
         instant = ensure_utc(at).replace(microsecond=0)
         if timing is not None and not isinstance(timing, ChangeTiming):
@@ -269,6 +269,13 @@ class Subscription:
         if new_plan.interval != current_plan.interval:
             if timing is ChangeTiming.PERIOD_END:
                 raise SubscriptionError("a change of billing interval re-anchors at once, not at the period end")
+            if (current_plan.meters or new_plan.meters) and self.status is not _S.TRIALING:
+                # NOTE: re-anchoring cuts the current period short, and the usage metered in it so far
+                # would belong to no period's close (nor would the new period get its included credits).
+                # Until a change invoice closes partial-period usage, metered plans change interval the
+                # way Stripe recommends for usage prices: cancel at the period end, then subscribe anew.
+                raise SubscriptionError("a change of billing interval is not offered for metered plans: cancel "
+                                        "at the period end and subscribe to the new plan")
             return self._change_interval(new_plan, current_plan, new_seats, instant)
         upgrade = new_plan.is_upgrade_from(current_plan, self.seats)
         kind = ChangeKind.UPGRADE if upgrade else ChangeKind.DOWNGRADE

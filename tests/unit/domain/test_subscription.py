@@ -269,6 +269,17 @@ def test_monthly_to_yearly_re_anchors_and_credits_the_unused_month():
     assert isinstance(subscription.pull_events()[-1], BillingIntervalChanged)
 
 
+def test_a_metered_plan_cannot_change_interval_because_its_partial_period_usage_would_go_unbilled():
+    from dataclasses import replace
+
+    monthly = CATALOG.plan("pro")
+    yearly = replace(monthly, id=PlanId("pro_yearly"), interval=Interval.YEAR)
+    subscription = subscribe("pro")
+    with pytest.raises(SubscriptionError, match="metered"):
+        subscription.change_plan(new_plan=yearly, current_plan=monthly, at=HALFWAY)
+    assert subscription.interval is Interval.MONTH and subscription.plan_id == "pro"
+
+
 def test_plan_changes_are_refused_while_past_due():
     subscription = in_status(S.PAST_DUE)
     with pytest.raises(SubscriptionError):
