@@ -186,8 +186,18 @@ class PaymentReconciler:
         self._after: tuple[datetime, str] | None = None
 
     def run(self, limit: int = 50) -> ReconciliationRun:
-        """One tick: settle unknown attempts first, then look at open invoices (both bounded by ``limit``)."""
-        result = ReconciliationRun(self.run_once(limit), self.reconcile_open_invoices(limit))
+        """One tick: settle unknown attempts first, then look at open invoices (both bounded by ``limit``).
+
+        A provider error in the first pass (which has no cursor: an attempt whose lookup keeps failing comes
+        first again next tick) still lets the open-invoice pass run, since it never looks at an invoice with
+        an unsettled attempt; the error is raised afterwards for the timer to log.
+        """
+        try:
+            attempts = self.run_once(limit)
+        except PaymentGatewayError:
+            self.reconcile_open_invoices(limit)
+            raise
+        result = ReconciliationRun(attempts, self.reconcile_open_invoices(limit))
         if result.invoices_paid or result.invoices_refused or result.attempts:
             log.info("reconciliation run", extra=kv(attempts_settled=len(result.attempts),
                                                     invoices_checked=len(result.invoices),

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from services.dunning.reconciliation import InvoiceVerdict, PaymentAttemptReader, PaymentReconciler
 from shared.adapters.clock import ManualClock
-from shared.adapters.payments.port import ChargeRequest, ChargeStatus
+from shared.adapters.payments.port import ChargeOutcome, ChargeRequest, ChargeStatus, PaymentGatewayError
 from shared.adapters.payments.simulated import PostgresProviderRecord, SimulatedGateway
 from shared.adapters.payments.stripe_gateway import StripeGateway, make_stripe_client
 from shared.adapters.postgres.schema.billing import INVOICE_KINDS, invoices, payment_attempts
@@ -135,13 +135,47 @@ def test_invoices_with_an_attempt_still_unsettled_or_already_succeeded_are_not_l
         engine: sa.Engine, gateway: SimulatedGateway) -> None:
     unknown, _, unknown_intent = declined_invoice(engine, gateway, attempt_status="unknown")
     succeeded, _, succeeded_intent = declined_invoice(engine, gateway, attempt_status="succeeded")
-    for intent in (unknown_intent, succeeded_intent):
+    settled, _, settled_intent = declined_invoice(engine, gateway)  # the control: its attempt is settled
+    for intent in (unknown_intent, succeeded_intent, settled_intent):
         gateway.pay_out_of_band(intent)
     reconciler = PaymentReconciler(engine, gateway, ManualClock(NOW))
 
     looked_at = {s.invoice_id for s in reconciler.reconcile_open_invoices(limit=500)}
 
+    assert settled in looked_at
     assert not looked_at & {unknown, succeeded}
+
+
+class ProviderFailingLookupsOf(SimulatedGateway):
+    """The simulated provider, except that every lookup about one invoice fails (a persistent provider error)."""
+
+    def __init__(self, record: PostgresProviderRecord, invoice_id: str) -> None:
+        super().__init__(record)
+        self.failing_invoice_id = invoice_id
+
+    def lookup(self, *, idempotency_key: str | None = None, invoice_id: str,
+               provider_ref: str | None = None) -> ChargeOutcome | None:
+        if invoice_id == self.failing_invoice_id:
+            raise PaymentGatewayError(f"the provider refuses every lookup about {invoice_id}")
+        return super().lookup(idempotency_key=idempotency_key, invoice_id=invoice_id, provider_ref=provider_ref)
+
+
+def test_an_attempt_whose_lookup_keeps_failing_does_not_keep_the_open_invoice_pass_from_running(
+        engine: sa.Engine) -> None:
+    record = PostgresProviderRecord(engine)
+    stuck, _, _ = declined_invoice(engine, SimulatedGateway(record), attempt_status="unknown")
+    with engine.begin() as conn:  # the oldest unknown attempt: the first pass looks it up first, every tick
+        conn.execute(payment_attempts.update().where(payment_attempts.c.invoice_id == stuck)
+                     .values(created_at=NOW - timedelta(days=3650)))
+    gateway = ProviderFailingLookupsOf(record, stuck)
+    paid_invoice, subscription_id, intent = declined_invoice(engine, gateway)
+    gateway.pay_out_of_band(intent)
+
+    with pytest.raises(PaymentGatewayError):
+        PaymentReconciler(engine, gateway, ManualClock(NOW)).run(limit=500)
+
+    assert [(e.type, e.payload["invoice_id"]) for e in published(engine, subscription_id)] == [
+        ("payment.succeeded", paid_invoice)]
 
 
 def test_each_run_looks_at_a_bounded_page_and_successive_runs_cover_every_open_invoice(
