@@ -33,6 +33,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.ingest.auth import Authenticator, presented_token_of
+from services.ingest.body_guard import read_body, replaying
 from services.ingest.problems import Problem, problem_type
 from shared.adapters.postgres.schema.edge import idempotency_keys
 
@@ -162,7 +163,7 @@ class IdempotencyMiddleware:
             await self.app(scope, receive, send)
             return
 
-        body = await _read_body(receive)
+        body = await read_body(receive)
         print_ = fingerprint(scope["method"], scope["path"], scope.get("query_string", b"").decode(), body)
         begun = await run_in_threadpool(self.store.begin, caller, key, print_)
         if begun.decision is Decision.MISMATCH:
@@ -182,7 +183,8 @@ class IdempotencyMiddleware:
 
         captured = _Capture()
         try:
-            await self.app(scope, _replaying(body), captured.send)
+            # The app's answer is captured for the key's record; the app is kept off the client's channel.
+            await self.app(scope, replaying(body, None), captured.send)
         except BaseException:
             await run_in_threadpool(self.store.release, caller, key)
             raise
@@ -200,31 +202,6 @@ class IdempotencyMiddleware:
             return None
         principal = await run_in_threadpool(authenticator.authenticate, token)
         return principal.key_id if principal is not None else None
-
-
-async def _read_body(receive: Receive) -> bytes:
-    chunks: list[bytes] = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            break
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
-
-
-def _replaying(body: bytes) -> Receive:
-    sent = False
-
-    async def receive() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return {"type": "http.disconnect"}
-
-    return receive
 
 
 class _Capture:

@@ -8,30 +8,20 @@ event); Stripe webhooks are exempt because the signature must be checked on the 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
 import orjson
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from services.ingest.problems import PROBLEM_JSON, FieldError, Problem, problem_type
+from services.ingest.body_guard import BODY_METHODS, flagged_paths, read_body, replaying, send_problem
+from services.ingest.problems import FieldError, Problem, problem_type
 
 _ESCAPED_NUL = b"\\u0000"
 
 
-def _paths_with_nul(value: Any, path: str) -> Iterator[str]:
-    if isinstance(value, dict):
-        for key, item in value.items():
-            here = f"{path}.{key}" if path else str(key)
-            if "\x00" in key:
-                yield here
-            yield from _paths_with_nul(item, here)
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from _paths_with_nul(item, f"{path}.{index}" if path else str(index))
-    elif isinstance(value, str) and "\x00" in value:
-        yield path or "body"
+def _holds_nul(value: Any) -> bool:
+    return isinstance(value, str) and "\x00" in value
 
 
 def nul_fields(body: bytes) -> list[str]:
@@ -39,19 +29,16 @@ def nul_fields(body: bytes) -> list[str]:
     if b"\x00" not in body and _ESCAPED_NUL not in body:
         return []
     try:
-        return list(_paths_with_nul(orjson.loads(body), ""))
+        return list(flagged_paths(orjson.loads(body), _holds_nul, _holds_nul))
     except orjson.JSONDecodeError:
         return ["body"] if b"\x00" in body else []
 
 
 async def _refuse(send: Send, fields: list[str]) -> None:
-    problem = Problem(type=problem_type("nul-character"), title="NUL character refused", status=422,
-                      detail="text values must not contain the NUL character (U+0000)",
-                      errors=[FieldError(field=f, reason="contains U+0000") for f in fields])
-    payload = orjson.dumps(problem.model_dump(mode="json"))
-    await send({"type": "http.response.start", "status": 422,
-                "headers": [(b"content-type", PROBLEM_JSON.encode()), (b"content-length", str(len(payload)).encode())]})
-    await send({"type": "http.response.body", "body": payload})
+    await send_problem(send, Problem(
+        type=problem_type("nul-character"), title="NUL character refused", status=422,
+        detail="text values must not contain the NUL character (U+0000)",
+        errors=[FieldError(field=f, reason="contains U+0000") for f in fields]))
 
 
 class NulGuardMiddleware:
@@ -69,29 +56,12 @@ class NulGuardMiddleware:
         if b"\x00" in unquote_to_bytes(scope.get("query_string", b"")):
             await _refuse(send, ["query"])
             return
-        if scope["method"] not in ("POST", "PUT", "PATCH"):
+        if scope["method"] not in BODY_METHODS:
             await self.app(scope, receive, send)
             return
-        chunks: list[bytes] = []
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
+        body = await read_body(receive)
         fields = nul_fields(body)
         if fields:
             await _refuse(send, fields)
             return
-        sent = False
-
-        async def replay() -> Message:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replaying(body, receive), send)

@@ -12,13 +12,13 @@ body, gets 422 naming the field but never echoing the value; the body is then dr
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from services.ingest.problems import PROBLEM_JSON, FieldError, Problem, problem_type
+from services.ingest.body_guard import BODY_METHODS, flagged_paths, read_body, replaying, send_problem
+from services.ingest.problems import FieldError, Problem, problem_type
 
 _CANDIDATE = re.compile(rb"(?<![0-9])[0-9](?:[ -]?[0-9]){12,18}(?![0-9])")
 
@@ -43,15 +43,12 @@ def contains_pan(text: bytes) -> bool:
     return False
 
 
-def _paths(value: Any, path: str) -> Iterator[str]:
-    if isinstance(value, dict):
-        for key, item in value.items():
-            yield from _paths(item, f"{path}.{key}" if path else str(key))
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from _paths(item, f"{path}.{index}" if path else str(index))
-    elif isinstance(value, str | int) and not isinstance(value, bool) and contains_pan(str(value).encode()):
-        yield path or "body"
+def _no_key(_: str) -> bool:
+    return False
+
+
+def _holds_pan(value: Any) -> bool:
+    return isinstance(value, str | int) and not isinstance(value, bool) and contains_pan(str(value).encode())
 
 
 def pan_fields(body: bytes) -> list[str]:
@@ -59,7 +56,7 @@ def pan_fields(body: bytes) -> list[str]:
     if not contains_pan(body):
         return []
     try:
-        return list(_paths(orjson.loads(body), "")) or ["body"]
+        return list(flagged_paths(orjson.loads(body), _no_key, _holds_pan)) or ["body"]
     except orjson.JSONDecodeError:
         return ["body"]
 
@@ -70,38 +67,16 @@ class PanGuardMiddleware:
         self.exempt_paths = exempt_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH")
-                or scope["path"] in self.exempt_paths):
+        if scope["type"] != "http" or scope["method"] not in BODY_METHODS or scope["path"] in self.exempt_paths:
             await self.app(scope, receive, send)
             return
-        chunks: list[bytes] = []
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
+        body = await read_body(receive)
         fields = pan_fields(body)
         if fields:
-            del body, chunks
-            problem = Problem(type=problem_type("card-number-refused"), title="Card number refused", status=422,
-                              detail="send a Stripe payment method token (pm_...), never a card number",
-                              errors=[FieldError(field=f, reason="looks like a payment card number") for f in fields])
-            payload = orjson.dumps(problem.model_dump(mode="json"))
-            await send({"type": "http.response.start", "status": 422,
-                        "headers": [(b"content-type", PROBLEM_JSON.encode()),
-                                    (b"content-length", str(len(payload)).encode())]})
-            await send({"type": "http.response.body", "body": payload})
+            del body  # never logged, never stored: the card number goes no further than this check
+            await send_problem(send, Problem(
+                type=problem_type("card-number-refused"), title="Card number refused", status=422,
+                detail="send a Stripe payment method token (pm_...), never a card number",
+                errors=[FieldError(field=f, reason="looks like a payment card number") for f in fields]))
             return
-        sent = False
-
-        async def replay() -> Message:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replaying(body, receive), send)
