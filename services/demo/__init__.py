@@ -5,7 +5,9 @@
 2. onboards the population (usage tiers, report-quota orgs, coupons, trials, failing cards) over HTTP;
 3. drives a month of usage, half through the SDK straight to Kafka and half over HTTP, plus report
    credits, with upgrades, downgrades, seat changes, top-ups and cancellations mid-month;
-4. advances the clock through month end and 15 days of dunning (some customers replace their card);
+4. advances the clock through month end and 15 days of dunning (some customers replace their card, a few
+   pay on the provider's hosted page and the webhook is lost: the dunning service's reconciliation finds
+   those payments, and the demo waits for it);
 5. audits invariants in PostgreSQL, writes var/demo/summary.json and the invoices as HTML, and exits
    non-zero if an invariant fails. It stops the services it started, and the stack unless asked not to.
 """
@@ -30,11 +32,13 @@ from typing import Any
 
 import httpx
 import orjson
+import sqlalchemy as sa
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from services.demo.audit import run_invariants, summarise
+from services.demo.paid_at_provider import pay_on_hosted_page
 from services.demo.population import REPLACEMENT_CARD, DemoCustomer, build_population
 from services.demo.processes import Quiescence, ServiceProcess, free_port, wait_http_ready
 from services.demo.render import render_invoices
@@ -335,8 +339,8 @@ async def replace_cards(edge: Edge, people: list[DemoCustomer], counters: Counte
 # ------------------------------------------------------------------------------------------- the month
 
 
-async def simulate(settings: Settings, base_url: str, people: list[DemoCustomer], quiet: Quiescence,
-                   counters: Counters) -> dict[str, float]:
+async def simulate(settings: Settings, engine: sa.Engine, base_url: str, people: list[DemoCustomer],
+                   quiet: Quiescence, counters: Counters) -> dict[str, float]:
     rng = random.Random(7)
     edge = Edge(base_url, counters)
     producer = KafkaProducer(settings, client_id="demo-sdk")
@@ -363,6 +367,14 @@ async def simulate(settings: Settings, base_url: str, people: list[DemoCustomer]
                     # Subscriptions are charged in advance, so failing cards entered dunning on day 1;
                     # some of those customers now attach a new card.
                     await replace_cards(edge, people, counters)
+                if day == 6:
+                    # After the day-3 reminder and a second declined retry, a few customers pay on the
+                    # provider's hosted page (once today's retries are through); its webhook never reaches
+                    # the edge. The next wait lasts until the dunning service's reconciliation has found
+                    # those payments and the worker applied them.
+                    quiet.wait()
+                    paid = pay_on_hosted_page(engine, people)
+                    counters.add("paid_at_provider_without_webhook", len(paid))
                 if day == 12:
                     await mid_month_changes(edge, people, rng, counters)
                 quiet.wait()
@@ -410,7 +422,7 @@ def run_demo(customers: int = 600, keep_stack: bool = False) -> int:
         console.print(f"services up: edge {base_url}, schema {settings.database_schema}, "
                       f"logs in {OUT / 'logs'}")
         quiet = Quiescence(settings, engine, dunning_group=f"{settings.topic_prefix}dunning")
-        timings = asyncio.run(simulate(settings, base_url, people, quiet, counters))
+        timings = asyncio.run(simulate(settings, engine, base_url, people, quiet, counters))
         quiet.close()
         for s in services:
             if not s.alive():
@@ -443,6 +455,7 @@ def report(engine: Any, counters: Counters, timings: dict[str, float], wall_s: f
     summary["reports"] = {k: v for k, v in c.items() if k.startswith("reports_") or k.startswith("top_ups")}
     summary["changes"] = {k: v for k, v in c.items() if k.startswith("change_") or k.startswith("card")}
     summary["dunning"]["cards_replaced"] = c["cards_replaced"]
+    summary["dunning"]["paid_at_provider_without_webhook"] = c["paid_at_provider_without_webhook"]
     summary["throughput"] = {"usage_events_per_s_during_month": round(accepted / max(timings["month_s"], 1e-9), 1),
                              **{k: round(v, 1) for k, v in timings.items()}, "wall_s": round(wall_s, 1)}
     summary["http"] = {k: v for k, v in c.items() if k.startswith("http_")}
@@ -470,6 +483,10 @@ def _print_summary(s: dict[str, Any]) -> None:
     t.add_row("usage events", json.dumps({k: v for k, v in s["usage_events"].items() if k != "by_meter"}))
     t.add_row("reports", json.dumps(s["reports"]))
     t.add_row("dunning", json.dumps(s["dunning"]))
+    d = s["dunning"]
+    t.add_row("recovered by reconciliation",
+              f"{d['invoices_recovered_by_reconciliation']} invoices found paid at the provider and settled "
+              f"({d['paid_at_provider_without_webhook']} paid on the hosted page, webhook lost)")
     t.add_row("throughput", json.dumps(s["throughput"]))
     for name, ok in s["invariants"].items():
         t.add_row(name, "[green]true[/green]" if ok is True else f"[red]{ok} violations[/red]")

@@ -48,10 +48,25 @@ INVARIANTS: dict[str, str] = {
                                  GROUP BY invoice_id HAVING count(*) > 1) b)
         + (SELECT count(*) FROM simulated_gateway_charges c
            WHERE c.succeeded AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.invoice_id = c.invoice_id))""",
+    # Paid in full, and by a payment we can name: exactly one succeeded attempt (our executor charged it), or,
+    # when no attempt succeeded, the provider's payment reference recorded on the invoice (a payment we learned
+    # of from the provider, through a webhook or the dunning service's reconciliation, has no attempt). An
+    # invoice with nothing to pay is paid at finalisation without either.
     "every_paid_invoice_is_paid_in_full_once": """
         SELECT count(*) FROM invoices i
-        WHERE i.status = 'paid' AND (i.amount_paid_minor <> i.total_minor OR (i.total_minor > 0 AND NOT EXISTS (
-          SELECT 1 FROM payment_attempts p WHERE p.invoice_id = i.invoice_id AND p.status = 'succeeded')))""",
+        LEFT JOIN (SELECT invoice_id, count(*) AS n FROM payment_attempts WHERE status = 'succeeded'
+                   GROUP BY invoice_id) s ON s.invoice_id = i.invoice_id
+        WHERE i.status = 'paid' AND (i.amount_paid_minor <> i.total_minor OR (i.total_minor > 0 AND NOT (
+          coalesce(s.n, 0) = 1 OR (coalesce(s.n, 0) = 0 AND i.provider_ref IS NOT NULL))))""",
+    # The converse, from the provider's record: every payment the (simulated) provider took is on its
+    # invoice, paid, under that PaymentIntent, for that amount and currency. A payment made at the provider
+    # whose webhook was lost stays a violation until the reconciliation reports it and the worker applies it.
+    "every_payment_taken_at_the_provider_is_on_its_invoice": """
+        SELECT count(*) FROM simulated_gateway_charges c
+        LEFT JOIN invoices i ON i.invoice_id = c.invoice_id
+        WHERE c.succeeded AND (i.invoice_id IS NULL OR i.status <> 'paid'
+                               OR i.provider_ref IS DISTINCT FROM c.provider_ref
+                               OR i.amount_paid_minor <> c.amount_minor OR upper(i.currency) <> upper(c.currency))""",
     "no_usage_event_counted_twice": """
         SELECT count(*) FROM (
           SELECT a.subscription_id, a.meter_id FROM usage_aggregates a
@@ -85,17 +100,39 @@ def _table_exists(conn: sa.Connection, name: str) -> bool:
     return bool(conn.execute(sa.text("SELECT to_regclass(:n) IS NOT NULL"), {"n": name}).scalar())
 
 
+def count_violations(conn: sa.Connection, name: str) -> int:
+    """How many rows break the invariant `name` of ``INVARIANTS`` (0: it holds)."""
+    return int(conn.execute(sa.text(INVARIANTS[name])).scalar_one())
+
+
 def run_invariants(engine: sa.Engine) -> dict[str, bool | int]:
     """Invariant name -> True when it holds, else the number of violations."""
     results: dict[str, bool | int] = {}
     with engine.connect() as conn:
-        for name, sql in INVARIANTS.items():
-            violations = int(conn.execute(sa.text(sql)).scalar_one())
+        for name in INVARIANTS:
+            violations = count_violations(conn, name)
             results[name] = True if violations == 0 else violations
         overspend = sum(int(conn.execute(sa.text(sql)).scalar_one())
                         for table, sql in QUOTA_OVERSPEND_PARTS.items() if _table_exists(conn, table))
         results["no_quota_overspend"] = True if overspend == 0 else overspend
     return results
+
+
+# Paid invoices we learned were paid only from the dunning service's reconciliation: no attempt of ours
+# succeeded, and the payment report the worker applied came from the open-invoice pass (a payment made at
+# the provider whose webhook was lost).
+RECOVERED_BY_RECONCILIATION = """
+    SELECT count(*) FROM invoices i
+    WHERE i.status = 'paid'
+      AND NOT EXISTS (SELECT 1 FROM payment_attempts p WHERE p.invoice_id = i.invoice_id AND p.status = 'succeeded')
+      AND EXISTS (SELECT 1 FROM outbox o WHERE o.event_type = 'payment.succeeded'
+                  AND o.envelope -> 'payload' ->> 'source' = 'reconciliation'
+                  AND o.envelope -> 'payload' ->> 'invoice_id' = i.invoice_id
+                  AND o.envelope -> 'payload' ->> 'provider_ref' = i.provider_ref)"""
+
+
+def invoices_recovered_by_reconciliation(conn: sa.Connection) -> int:
+    return int(conn.execute(sa.text(RECOVERED_BY_RECONCILIATION)).scalar_one())
 
 
 def _pairs(conn: sa.Connection, sql: str) -> dict[Any, Any]:
@@ -143,6 +180,7 @@ def summarise(engine: sa.Engine) -> dict[str, Any]:
                 conn, "SELECT kind, count(*) FROM dunning_notifications GROUP BY kind")
         dunning["retries_requested"] = _scalar(
             conn, "SELECT count(*) FROM payment_attempts WHERE reason <> 'initial'")
+        dunning["invoices_recovered_by_reconciliation"] = invoices_recovered_by_reconciliation(conn)
         dlq_like = _scalar(conn, "SELECT count(*) FROM command_outcomes WHERE status = 'rejected'")
     return {
         "customers": {"total": sum(customers.values()), "by_kind": customers},

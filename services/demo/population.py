@@ -36,6 +36,8 @@ class DemoCustomer:
     members: list[str] = field(default_factory=list)
     user_limit: int | None = None
     fixes_card_during_dunning: bool = False
+    pays_at_provider_during_dunning: bool = False
+    """Pays the declined invoice on the provider's hosted page; the webhook that would tell us is lost."""
     # filled in while the demo runs
     customer_id: str = ""
     subscription_id: str = ""
@@ -51,9 +53,15 @@ ORG_WORDS = ("Acme", "Globex", "Initech", "Umbrella", "Hooli", "Vandelay", "Star
 ORG_SUFFIX = ("Labs", "AI", "Research", "Analytics", "Systems", "Robotics", "Health", "Capital", "Media")
 
 
+# How many customers in dunning pay their invoice at the provider instead (the webhook is lost).
+PAYERS_AT_PROVIDER = 3
+
+
 def build_population(total: int, seed: int = 20260101) -> list[DemoCustomer]:
     """~45% usage-tier users, ~25% usage-tier orgs, ~30% report-plan orgs; about 8% of paying customers
-    have a card that fails (a fifth of those hard-decline), 10% start with a coupon, 8% in a trial."""
+    have a card that fails (a fifth of those hard-decline), 10% start with a coupon, 8% in a trial.
+    Of the soft-declined customers who keep their card and were charged on day 1 (no trial), the first
+    ``PAYERS_AT_PROVIDER`` pay their invoice on the provider's hosted page during dunning instead."""
     rng = random.Random(seed)
     people: list[DemoCustomer] = []
     for i in range(total):
@@ -99,4 +107,10 @@ def build_population(total: int, seed: int = 20260101) -> list[DemoCustomer]:
             c.payment_method = GOOD_CARD if rng.random() < 0.5 else None
         c.usage_intensity = rng.lognormvariate(0, 0.9)
         people.append(c)
+    # NOTE: chosen after the draw, without the random stream, so the rest of the population (and every
+    # figure that depends on it) is the same as without them.
+    stuck = [c for c in people if c.payment_method == SOFT_DECLINE and not c.fixes_card_during_dunning
+             and not c.trial_days]
+    for c in stuck[:PAYERS_AT_PROVIDER]:
+        c.pays_at_provider_during_dunning = True
     return people

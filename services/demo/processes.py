@@ -1,5 +1,6 @@
 """Start the three services as separate operator-style processes (`billing ingest|worker|dunning`) and wait
-until the pipeline is quiet (every consumed topic caught up, outbox drained, no charge in flight)."""
+until the pipeline is quiet (every consumed topic caught up, outbox drained, no charge in flight, every
+payment the provider took on its invoice)."""
 
 from __future__ import annotations
 
@@ -74,7 +75,9 @@ def wait_http_ready(base_url: str, service: ServiceProcess, timeout: float = 60.
 class Quiescence:
     """Knows when everything sent so far has been processed: the worker's stored offsets (PostgreSQL)
     reached the high watermarks of its topics, the dunning group committed the end of billing-events,
-    the outbox is drained and no payment is pending."""
+    the outbox is drained, no payment is pending, and every payment the (simulated) provider took is on
+    its invoice. The last one is what waits for the dunning service's reconciliation timer to find a
+    payment made at the provider whose webhook was lost."""
 
     WORKER_TOPICS = (topics.COMMANDS, topics.USAGE, topics.PAYMENTS)
 
@@ -107,6 +110,9 @@ class Quiescence:
             out["payments_in_flight"] = int(conn.execute(sa.text(
                 "SELECT count(*) FROM payment_attempts WHERE status IN ('pending', 'in_flight', 'unknown')"))
                 .scalar_one())
+            out["provider_payments_not_on_invoice"] = int(conn.execute(sa.text(
+                "SELECT count(*) FROM simulated_gateway_charges c WHERE c.succeeded AND NOT EXISTS ("
+                "SELECT 1 FROM invoices i WHERE i.invoice_id = c.invoice_id AND i.status = 'paid')")).scalar_one())
         # The worker stores offsets under the logical topic name (the prefix is deployment detail).
         for topic in self.WORKER_TOPICS:
             out[topic] = sum(max(0, high - stored.get((topic, p), 0)) for p, high in self._high(topic).items())

@@ -71,8 +71,9 @@ TEMPLATE = """<!doctype html>
  <tr><td>Amount paid</td><td class="num">{{ inv.paid_fmt }}</td></tr>
  <tr><td><strong>Amount due</strong></td><td class="num"><strong>{{ inv.due_fmt }}</strong></td></tr>
 </table>
-<footer class="muted">All amounts in {{ inv.currency }}. Generated from the billing database; the total is the sum
- of the rounded lines above. Invoice id {{ inv.invoice_id }}.</footer>
+<footer class="muted">{% if inv.paid_at_fmt %}Paid on {{ inv.paid_at_fmt }}{% if inv.provider_ref %} (payment
+ {{ inv.provider_ref }}){% endif %}. {% endif %}All amounts in {{ inv.currency }}. Generated from the billing
+ database; the total is the sum of the rounded lines above. Invoice id {{ inv.invoice_id }}.</footer>
 </body></html>
 """
 
@@ -130,6 +131,7 @@ def render_invoices(engine: sa.Engine, out_dir: Path, *, limit: int | None = Non
         view: dict[str, Any] = dict(inv)
         view.update(
             issued_at_fmt=_day(inv["issued_at"]), due_at_fmt=_day(inv["due_at"]),
+            paid_at_fmt=_day(inv["paid_at"]) if inv["status"] == "paid" else "",
             period_fmt=f"{_day(inv['period_start'])} – {_day(inv['period_end'])}",
             subtotal_fmt=_money(charges, cur), discount_fmt=_money(by_kind.get("discount", 0), cur),
             credits_fmt=_money(by_kind.get("credit", 0), cur), tax_fmt=_money(by_kind.get("tax", 0), cur),
