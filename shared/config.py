@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     dunning_retry_days: tuple[int, ...] = (3, 5, 7)
     dunning_notify_days: tuple[int, ...] = (1, 3, 7)
     dunning_give_up_day: int = 14
+    dunning_reconcile_uncollectible_days: int = Field(default=30, ge=0)
     notifier: Literal["log", "webhook", "smtp"] = "log"
     notify_webhook_url: str | None = None
     notify_webhook_secret: SecretStr = SecretStr("notify-dev-secret")

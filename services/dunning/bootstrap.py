@@ -4,7 +4,7 @@ connections open when the faust worker starts and the first transaction runs."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
@@ -69,6 +69,7 @@ def bootstrap(settings: Settings, *, policy: DunningPolicy | None = None, clock:
     handlers = DunningHandlers(PostgresDunningStore(engine, policy, reader), clock, policy=policy,
                                channel=notifier.channel)
     dispatcher = NotificationDispatcher(PostgresNotificationQueue(engine), notifier)
-    reconciler = PaymentReconciler(engine, gateway or build_gateway(settings, engine), clock, reader)
+    reconciler = PaymentReconciler(engine, gateway or build_gateway(settings, engine), clock, reader,
+                                   timedelta(days=settings.dunning_reconcile_uncollectible_days))
     return DunningContainer(settings=settings, engine=engine, clock=clock, handlers=handlers,
                             dispatcher=dispatcher, reconciler=reconciler, notifier=notifier)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Final
 
@@ -40,6 +40,9 @@ from shared.observability import kv
 log = logging.getLogger("billing.dunning.reconciliation")
 
 UNSETTLED: Final = ("pending", "in_flight", "unknown")
+# NOTE: how long after dunning gave up an invoice is still compared with the provider. A payment taken
+# later than that is found by the provider's own reports, not by this job (it would scan forever).
+DEFAULT_UNCOLLECTIBLE_WINDOW: Final = timedelta(days=30)
 _IDS: Final = uuid.UUID("0c6b7d8e-52a1-4f0e-8d7c-3f5e9a1b2c4d")
 
 
@@ -64,11 +67,15 @@ class PaymentAttemptReader:
 
 
     def open_invoices_to_check(self, conn: sa.Connection, limit: int,
-                               after: tuple[datetime, str] | None = None) -> list[OpenInvoice]:
+                               after: tuple[datetime, str] | None = None,
+                               uncollectible_since: datetime | None = None) -> list[OpenInvoice]:
         """Open invoices with something left to pay that the provider may have been paid for: charged at
         least once (an attempt or the invoice carries a provider object) or in an open dunning case. Left
         out: invoices with an attempt not settled yet (the first pass owns them) or already succeeded (its
-        outcome is on its way to the worker). Oldest first, after the keyset ``after`` (created_at, id)."""
+        outcome is on its way to the worker). Oldest first, after the keyset ``after`` (created_at, id).
+
+        With ``uncollectible_since``, invoices dunning gave up on at or after that instant are included too:
+        a customer may still pay one at the provider (a late 3-D Secure confirmation, a hosted page)."""
         i, a, c = invoices, payment_attempts, dunning_cases
         latest_ref = (sa.select(a.c.provider_ref)
                       .where(a.c.invoice_id == i.c.invoice_id, a.c.provider_ref.is_not(None))
@@ -76,11 +83,15 @@ class PaymentAttemptReader:
         charged = sa.exists().where(a.c.invoice_id == i.c.invoice_id, a.c.provider_ref.is_not(None))
         in_dunning = sa.exists().where(c.c.invoice_id == i.c.invoice_id, c.c.status == "open")
         busy = sa.exists().where(a.c.invoice_id == i.c.invoice_id, a.c.status.in_((*UNSETTLED, "succeeded")))
+        status_wanted: sa.ColumnElement[bool] = i.c.status == "open"
+        if uncollectible_since is not None:
+            status_wanted = sa.or_(status_wanted, sa.and_(i.c.status == "uncollectible",
+                                                          i.c.marked_uncollectible_at >= uncollectible_since))
         query = (sa.select(i.c.invoice_id, i.c.subscription_id, i.c.customer_id, i.c.currency, i.c.created_at,
                            (i.c.amount_due_minor - i.c.amount_paid_minor).label("due_minor"),
                            sa.func.coalesce(latest_ref, i.c.provider_ref).label("provider_ref"),
                            in_dunning.label("in_dunning"))
-                 .where(i.c.status == "open", i.c.amount_due_minor > i.c.amount_paid_minor,
+                 .where(status_wanted, i.c.amount_due_minor > i.c.amount_paid_minor,
                         sa.or_(charged, i.c.provider_ref.is_not(None), in_dunning), ~busy)
                  .order_by(i.c.created_at, i.c.invoice_id).limit(limit))
         if after is not None:
@@ -178,11 +189,13 @@ class Settlement:
 
 class PaymentReconciler:
     def __init__(self, engine: sa.Engine, gateway: PaymentGateway, clock: Clock,
-                 reader: PaymentAttemptReader | None = None) -> None:
+                 reader: PaymentAttemptReader | None = None,
+                 uncollectible_window: timedelta = DEFAULT_UNCOLLECTIBLE_WINDOW) -> None:
         self._engine = engine
         self._gateway = gateway
         self._clock = clock
         self._reader = reader or PaymentAttemptReader()
+        self._uncollectible_window = uncollectible_window
         self._after: tuple[datetime, str] | None = None
 
     def run(self, limit: int = 50) -> ReconciliationRun:
@@ -206,7 +219,8 @@ class PaymentReconciler:
         return result
 
     def reconcile_open_invoices(self, limit: int = 50) -> list[InvoiceSettlement]:
-        """Ask the provider about at most ``limit`` open invoices and report those it was paid for.
+        """Ask the provider about at most ``limit`` open invoices (and invoices given up on within the
+        uncollectible window) and report those it was paid for.
 
         A cursor walks the open invoices oldest first and wraps around, so with N candidates each one is
         looked at every ceil(N / limit) runs. Read-only at the provider: this never charges. A report's
@@ -215,7 +229,8 @@ class PaymentReconciler:
         invoice that failed, so one bad invoice cannot stall the others.
         """
         with self._engine.connect() as conn:
-            candidates = self._reader.open_invoices_to_check(conn, limit, self._after)
+            candidates = self._reader.open_invoices_to_check(
+                conn, limit, self._after, uncollectible_since=self._clock.now() - self._uncollectible_window)
         self._after = None if len(candidates) < limit else _keyset(candidates[-1])
         settled = []
         for invoice in candidates:

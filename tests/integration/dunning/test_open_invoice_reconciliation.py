@@ -209,3 +209,23 @@ def test_the_stripe_adapter_ignores_search_results_that_are_not_the_invoices(str
 
     # stripe-mock's search returns its canned PaymentIntent, whose metadata names no invoice.
     assert gateway.lookup(invoice_id=f"in_{uuid.uuid4().hex[:8]}") is None
+
+
+def test_an_invoice_given_up_on_is_still_found_paid_within_the_window_and_not_after(
+        engine: sa.Engine, gateway: SimulatedGateway) -> None:
+    recent, recent_sub, recent_intent = declined_invoice(engine, gateway, open_case=False)
+    stale, _, stale_intent = declined_invoice(engine, gateway, open_case=False)
+    with engine.begin() as conn:
+        for invoice_id, given_up in ((recent, NOW - timedelta(days=29)), (stale, NOW - timedelta(days=31))):
+            conn.execute(sa.update(invoices).where(invoices.c.invoice_id == invoice_id)
+                         .values(status="uncollectible", marked_uncollectible_at=given_up))
+    gateway.pay_out_of_band(recent_intent)  # e.g. a late 3-D Secure confirmation on the hosted page
+    gateway.pay_out_of_band(stale_intent)
+    reconciler = PaymentReconciler(engine, gateway, ManualClock(NOW), uncollectible_window=timedelta(days=30))
+
+    looked_at = {s.invoice_id: s.verdict for s in reconciler.reconcile_open_invoices(limit=500)}
+
+    assert looked_at.get(recent) is InvoiceVerdict.PAID
+    assert stale not in looked_at  # past the window: found by the provider's own reports, not by this scan
+    [report] = published(engine, recent_sub)
+    assert report.type == "payment.succeeded" and report.payload["invoice_id"] == recent
