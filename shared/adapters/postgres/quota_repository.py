@@ -30,6 +30,7 @@ from datetime import datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
+import orjson
 import psycopg
 import sqlalchemy as sa
 from psycopg.rows import dict_row
@@ -192,14 +193,14 @@ SELECT o.org_id, o.plan_id, o.plan_monthly_reports, o.per_user_monthly_limit, o.
        m.month_start AS m_start, m.month_end AS m_end, m.plan_monthly_reports AS m_plan,
        m.top_ups AS m_top_ups, m.used AS m_used,
        (SELECT coalesce(jsonb_object_agg(u.user_id, u.used), '{}'::jsonb) FROM quota_user_months u
-         WHERE u.org_id = o.org_id AND u.month_start = %(month_start)s AND u.user_id = ANY(%(users)b::text[]))
+         WHERE u.org_id = o.org_id AND u.month_start = %(month_start)s AND u.user_id = ANY(ARRAY(SELECT jsonb_array_elements_text(%(users)s::jsonb))))
          AS user_used,
        (SELECT coalesce(jsonb_agg(jsonb_build_object(
                  'enquiry_id', c.enquiry_id, 'user_id', c.user_id, 'month_start', c.month_start,
                  'month_end', c.month_end, 'consumed_at', c.consumed_at, 'org_allotment', c.org_allotment,
                  'org_remaining', c.org_remaining, 'user_limit', c.user_limit,
                  'user_remaining', c.user_remaining, 'on_trial', c.on_trial)), '[]'::jsonb)
-          FROM quota_consumptions c WHERE c.org_id = o.org_id AND c.enquiry_id = ANY(%(enquiries)b::text[]))
+          FROM quota_consumptions c WHERE c.org_id = o.org_id AND c.enquiry_id = ANY(ARRAY(SELECT jsonb_array_elements_text(%(enquiries)s::jsonb))))
          AS prior,
        (SELECT coalesce(jsonb_agg(jsonb_build_array(a.kind, a.period_start, a.threshold_percent, a.user_id)),
                         '[]'::jsonb)
@@ -211,8 +212,10 @@ SELECT o.org_id, o.plan_id, o.plan_monthly_reports, o.per_user_monthly_limit, o.
  WHERE o.org_id = %(org_id)s
 """
 
-# Array parameters are sent in binary (`%(name)b`): the text form escapes every element with a regex,
-# which for a batch's envelopes costs more than the statement itself.
+# NOTE: a batch's rows travel as ONE JSON text parameter per kind (consumptions, user grants, alerts),
+# unpacked in SQL with jsonb_to_recordset, not as one array parameter per column: psycopg adapts arrays
+# element by element in Python, which cost more CPU than the statement itself (about 0.5 ms of a report
+# credit's ~1.7 ms, measured in-process), while orjson writes the whole batch in microseconds.
 # Every write below depends on `cas`: if the org's version moved since the read, nothing is written.
 # Nor is anything written when an enquiry the batch refused was in fact admitted before (a retry decided
 # on remembered state, which holds no enquiries): the batch is then re-read and the retry replayed.
@@ -222,8 +225,13 @@ WITH cas AS (
        SET version = version + 1, trial_used = trial_used + %(trial_delta)s, updated_at = now()
      WHERE org_id = %(org_id)s AND version = %(seen_version)s
        AND NOT EXISTS (SELECT 1 FROM quota_consumptions c
-                        WHERE c.org_id = %(org_id)s AND c.enquiry_id = ANY(%(refused)b::text[]))
+                        WHERE c.org_id = %(org_id)s
+                          AND c.enquiry_id = ANY(ARRAY(SELECT jsonb_array_elements_text(%(refused)s::jsonb))))
     RETURNING version
+), batch AS (
+    SELECT c.* FROM jsonb_to_recordset(%(consumptions)s::jsonb)
+           AS c(enquiry_id text, user_id text, org_allotment int, org_remaining int, user_limit int,
+                user_remaining int, on_trial bool, event_id uuid, envelope jsonb), cas
 ), month AS (
     INSERT INTO quota_org_months AS m (org_id, month_start, month_end, plan_monthly_reports, used)
     SELECT %(org_id)s, %(month_start)s, %(month_end)s, %(month_plan)s, %(granted)s FROM cas
@@ -232,41 +240,38 @@ WITH cas AS (
     RETURNING m.used
 ), users AS (
     INSERT INTO quota_user_months AS u (org_id, month_start, user_id, used, limit_at_last_use)
-    SELECT %(org_id)s, %(month_start)s, g.user_id, g.n, %(user_limit)s
-      FROM unnest(%(grant_users)b::text[], %(grant_counts)b::int[]) AS g(user_id, n), cas
+    SELECT %(org_id)s, %(month_start)s, g.key, g.value::int, %(user_limit)s
+      FROM jsonb_each_text(%(user_grants)s::jsonb) AS g, cas
     ON CONFLICT (org_id, month_start, user_id)
        DO UPDATE SET used = u.used + excluded.used, limit_at_last_use = excluded.limit_at_last_use
     RETURNING 1
 ), admitted AS (
     INSERT INTO quota_consumptions (org_id, enquiry_id, user_id, month_start, month_end, consumed_at, org_allotment,
                                     org_remaining, user_limit, user_remaining, on_trial, event_id)
-    SELECT %(org_id)s, c.enquiry_id, c.user_id, %(month_start)s, %(month_end)s, %(consumed_at)s, c.org_allotment,
-           c.org_remaining, c.user_limit, c.user_remaining, c.on_trial, c.event_id
-      FROM unnest(%(c_enquiry)b::text[], %(c_user)b::text[], %(c_allotment)b::int[], %(c_org_rem)b::int[],
-                  %(c_user_limit)b::int[], %(c_user_rem)b::int[], %(c_trial)b::bool[], %(c_event)b::uuid[])
-           AS c(enquiry_id, user_id, org_allotment, org_remaining, user_limit, user_remaining, on_trial,
-                event_id), cas
+    SELECT %(org_id)s, b.enquiry_id, b.user_id, %(month_start)s, %(month_end)s, %(consumed_at)s, b.org_allotment,
+           b.org_remaining, b.user_limit, b.user_remaining, b.on_trial, b.event_id
+      FROM batch b
     RETURNING event_id
 ), usage_events AS (
     INSERT INTO outbox (topic, message_key, event_id, event_type, envelope)
-    SELECT %(usage_topic)s, %(message_key)s, e.event_id, 'usage.recorded', e.envelope::jsonb
-      FROM unnest(%(c_event)b::uuid[], %(c_envelope)b::text[]) AS e(event_id, envelope), cas
+    SELECT %(usage_topic)s, %(message_key)s, b.event_id, 'usage.recorded', b.envelope FROM batch b
     RETURNING 1
+), alert_batch AS (
+    SELECT a.* FROM jsonb_to_recordset(%(alerts)s::jsonb)
+           AS a(period_start timestamptz, kind text, threshold int, user_id text, used int, allotment int,
+                reason text, event_id uuid, envelope jsonb), cas
 ), alerts AS (
     INSERT INTO quota_alerts (org_id, period_start, kind, threshold_percent, user_id, used, allotment, reason,
                               event_id, fired_at)
     SELECT %(org_id)s, a.period_start, a.kind, a.threshold, a.user_id, a.used, a.allotment, a.reason,
            a.event_id, %(consumed_at)s
-      FROM unnest(%(a_period)b::timestamptz[], %(a_kind)b::text[], %(a_threshold)b::int[], %(a_user)b::text[],
-                  %(a_used)b::int[], %(a_allotment)b::int[], %(a_reason)b::text[], %(a_event)b::uuid[])
-           AS a(period_start, kind, threshold, user_id, used, allotment, reason, event_id), cas
+      FROM alert_batch a
     ON CONFLICT (org_id, period_start, kind, threshold_percent, user_id) DO NOTHING
     RETURNING event_id, kind
 ), alert_events AS (
     INSERT INTO outbox (topic, message_key, event_id, event_type, envelope)
-    SELECT %(alert_topic)s, %(message_key)s, a.event_id, a.kind, e.envelope::jsonb
-      FROM alerts a JOIN unnest(%(a_event)b::uuid[], %(a_envelope)b::text[]) AS e(event_id, envelope)
-        ON e.event_id = a.event_id
+    SELECT %(alert_topic)s, %(message_key)s, a.event_id, a.kind, b.envelope
+      FROM alerts a JOIN alert_batch b ON b.event_id = a.event_id
     RETURNING 1
 )
 SELECT (SELECT version FROM cas) AS version,
@@ -281,21 +286,22 @@ SELECT (SELECT version FROM cas) AS version,
 # Alerts noticed by a batch that admitted nothing (e.g. every request hit the limit): no counter moves,
 # so no compare-and-set is needed; the unique key keeps each alert once.
 _ALERTS_ONLY_SQL = """
-WITH alerts AS (
+WITH alert_batch AS (
+    SELECT a.* FROM jsonb_to_recordset(%(alerts)s::jsonb)
+           AS a(period_start timestamptz, kind text, threshold int, user_id text, used int, allotment int,
+                reason text, event_id uuid, envelope jsonb)
+), alerts AS (
     INSERT INTO quota_alerts (org_id, period_start, kind, threshold_percent, user_id, used, allotment, reason,
                               event_id, fired_at)
     SELECT %(org_id)s, a.period_start, a.kind, a.threshold, a.user_id, a.used, a.allotment, a.reason,
            a.event_id, %(consumed_at)s
-      FROM unnest(%(a_period)b::timestamptz[], %(a_kind)b::text[], %(a_threshold)b::int[], %(a_user)b::text[],
-                  %(a_used)b::int[], %(a_allotment)b::int[], %(a_reason)b::text[], %(a_event)b::uuid[])
-           AS a(period_start, kind, threshold, user_id, used, allotment, reason, event_id)
+      FROM alert_batch a
     ON CONFLICT (org_id, period_start, kind, threshold_percent, user_id) DO NOTHING
     RETURNING event_id, kind
 ), alert_events AS (
     INSERT INTO outbox (topic, message_key, event_id, event_type, envelope)
-    SELECT %(alert_topic)s, %(message_key)s, a.event_id, a.kind, e.envelope::jsonb
-      FROM alerts a JOIN unnest(%(a_event)b::uuid[], %(a_envelope)b::text[]) AS e(event_id, envelope)
-        ON e.event_id = a.event_id
+    SELECT %(alert_topic)s, %(message_key)s, a.event_id, a.kind, b.envelope
+      FROM alerts a JOIN alert_batch b ON b.event_id = a.event_id
     RETURNING 1
 )
 SELECT (SELECT coalesce(array_agg(event_id), '{}') FROM alerts) AS alerts_inserted,
@@ -304,38 +310,32 @@ SELECT (SELECT coalesce(array_agg(event_id), '{}') FROM alerts) AS alerts_insert
 
 
 def _alert_params(alerts: Sequence[NewAlert]) -> dict[str, Any]:
-    return {
-        "a_period": [a.key.period_start for a in alerts],
-        "a_kind": [a.key.kind for a in alerts],
-        "a_threshold": [a.key.threshold_percent for a in alerts],
-        "a_user": [a.key.user_id for a in alerts],
-        "a_used": [a.used for a in alerts],
-        "a_allotment": [a.allotment for a in alerts],
-        "a_reason": [a.reason for a in alerts],
-        "a_event": [a.event_id for a in alerts],
-        "a_envelope": [a.envelope_json for a in alerts],
-    }
+    return {"alerts": _json([{
+        "period_start": a.key.period_start, "kind": a.key.kind, "threshold": a.key.threshold_percent,
+        "user_id": a.key.user_id, "used": a.used, "allotment": a.allotment, "reason": a.reason,
+        "event_id": a.event_id, "envelope": orjson.Fragment(a.envelope_json)} for a in alerts])}
 
 
 def _commit_params(write: BatchWrite) -> dict[str, Any]:
-    consumptions = write.consumptions
     return {
         "org_id": write.org_id, "seen_version": write.seen_version, "trial_delta": write.trial_delta,
         "month_start": write.month_start, "month_end": write.month_end,
         "month_plan": write.month_plan_reports, "granted": write.granted,
         "consumed_at": write.consumed_at, "user_limit": write.user_limit,
-        "grant_users": list(write.user_grants), "grant_counts": list(write.user_grants.values()),
-        "c_enquiry": [c.enquiry_id for c in consumptions], "c_user": [c.user_id for c in consumptions],
-        "c_allotment": [c.org_allotment for c in consumptions],
-        "c_org_rem": [c.org_remaining for c in consumptions],
-        "c_user_limit": [c.user_limit for c in consumptions],
-        "c_user_rem": [c.user_remaining for c in consumptions],
-        "c_trial": [c.on_trial for c in consumptions], "c_event": [c.event_id for c in consumptions],
-        "c_envelope": [c.envelope_json for c in consumptions],
+        "user_grants": _json(write.user_grants),
+        "consumptions": _json([{
+            "enquiry_id": c.enquiry_id, "user_id": c.user_id, "org_allotment": c.org_allotment,
+            "org_remaining": c.org_remaining, "user_limit": c.user_limit, "user_remaining": c.user_remaining,
+            "on_trial": c.on_trial, "event_id": c.event_id, "envelope": orjson.Fragment(c.envelope_json),
+        } for c in write.consumptions]),
         "usage_topic": write.usage_topic, "alert_topic": write.alert_topic,
-        "message_key": write.message_key, "refused": list(write.refused_enquiries),
+        "message_key": write.message_key, "refused": _json(list(write.refused_enquiries)),
         **_alert_params(write.alerts),
     }
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
 
 
 def _snapshot(row: dict[str, Any]) -> OrgSnapshot:
@@ -379,8 +379,8 @@ class QuotaRepository:
     async def load(self, org_id: str, month_start: datetime, users: Sequence[str],
                    enquiries: Sequence[str]) -> OrgSnapshot:
         """Everything the rule needs for one batch; ``UnknownOrg`` when the org was never configured."""
-        params = {"org_id": org_id, "month_start": month_start, "users": list(users),
-                  "enquiries": list(enquiries)}
+        params = {"org_id": org_id, "month_start": month_start, "users": _json(list(users)),
+                  "enquiries": _json(list(enquiries))}
         try:
             async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
                 await cur.execute(_LOAD_SQL, params)
@@ -402,8 +402,8 @@ class QuotaRepository:
         it, then miss on the version). The write is the same conditional statement as ``commit_batch``.
         Exceptions raised by ``decide`` roll the transaction back and propagate.
         """
-        params = {"org_id": org_id, "month_start": month_start, "users": list(users),
-                  "enquiries": list(enquiries)}
+        params = {"org_id": org_id, "month_start": month_start, "users": _json(list(users)),
+                  "enquiries": _json(list(enquiries))}
         try:
             async with self._pool.connection() as conn, conn.transaction(), \
                     conn.cursor(row_factory=dict_row) as cur:
