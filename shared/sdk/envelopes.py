@@ -27,11 +27,10 @@ from shared.sdk.events import UsageEvent, ValidEvent, utc_text
 
 USAGE_TYPE: Final = "usage.recorded"
 _USAGE_NAMESPACE: Final = uuid.UUID("6f1c6a3e-3b0e-4f57-9d4c-9a61a2f1b0d7")
-_NAMESPACE_SHA1: Final = hashlib.sha1(_USAGE_NAMESPACE.bytes, usedforsecurity=False)
-# uuid5: clear the version and variant bits of the first 128 bits of the digest, then set version 5
-# and the RFC 4122 variant.
-_UUID5_KEEP: Final = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
-_UUID5_SET: Final = (0x5000 << 64) | (0x8000 << 48)
+_NAMESPACE_BYTES: Final = _USAGE_NAMESPACE.bytes
+# uuid5 = the first 128 bits of SHA-1(namespace + name) with the version nibble set to 5 and the two top
+# bits of the variant nibble set to 10: in hex, character 12 becomes "5" and character 16 one of "89ab".
+_VARIANT_HEX: Final = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
 
 def usage_event_id(customer_id: str, transaction_id: str) -> uuid.UUID:
@@ -40,10 +39,9 @@ def usage_event_id(customer_id: str, transaction_id: str) -> uuid.UUID:
 
 def usage_event_id_text(customer_id: str, transaction_id: str) -> str:
     """`str(usage_event_id(...))` without building UUID objects (the hot path: one per event)."""
-    digest = _NAMESPACE_SHA1.copy()
-    digest.update(f"{customer_id}\x1f{transaction_id}".encode())
-    x = "%032x" % ((int.from_bytes(digest.digest()[:16]) & _UUID5_KEEP) | _UUID5_SET)
-    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+    name = f"{customer_id}\x1f{transaction_id}".encode()
+    h = hashlib.sha1(_NAMESPACE_BYTES + name, usedforsecurity=False).hexdigest()
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT_HEX[h[16]]}{h[17:20]}-{h[20:32]}"
 
 
 def usage_value(event: ValidEvent, *, customer_id: str, subscription_id: str, received_at_utc: str,
