@@ -193,14 +193,17 @@ SELECT o.org_id, o.plan_id, o.plan_monthly_reports, o.per_user_monthly_limit, o.
        m.month_start AS m_start, m.month_end AS m_end, m.plan_monthly_reports AS m_plan,
        m.top_ups AS m_top_ups, m.used AS m_used,
        (SELECT coalesce(jsonb_object_agg(u.user_id, u.used), '{}'::jsonb) FROM quota_user_months u
-         WHERE u.org_id = o.org_id AND u.month_start = %(month_start)s AND u.user_id = ANY(ARRAY(SELECT jsonb_array_elements_text(%(users)s::jsonb))))
+         WHERE u.org_id = o.org_id AND u.month_start = %(month_start)s
+           AND u.user_id = ANY(ARRAY(SELECT jsonb_array_elements_text(%(users)s::jsonb))))
          AS user_used,
        (SELECT coalesce(jsonb_agg(jsonb_build_object(
                  'enquiry_id', c.enquiry_id, 'user_id', c.user_id, 'month_start', c.month_start,
                  'month_end', c.month_end, 'consumed_at', c.consumed_at, 'org_allotment', c.org_allotment,
                  'org_remaining', c.org_remaining, 'user_limit', c.user_limit,
                  'user_remaining', c.user_remaining, 'on_trial', c.on_trial)), '[]'::jsonb)
-          FROM quota_consumptions c WHERE c.org_id = o.org_id AND c.enquiry_id = ANY(ARRAY(SELECT jsonb_array_elements_text(%(enquiries)s::jsonb))))
+          FROM quota_consumptions c
+         WHERE c.org_id = o.org_id
+           AND c.enquiry_id = ANY(ARRAY(SELECT jsonb_array_elements_text(%(enquiries)s::jsonb))))
          AS prior,
        (SELECT coalesce(jsonb_agg(jsonb_build_array(a.kind, a.period_start, a.threshold_percent, a.user_id)),
                         '[]'::jsonb)
