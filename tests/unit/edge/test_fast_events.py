@@ -6,7 +6,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 
+import hypothesis.strategies as st
 import pytest
+from hypothesis import given
 from pydantic import ValidationError
 
 from shared.sdk.envelopes import usage_event_id, usage_event_id_text, usage_message
@@ -85,6 +87,12 @@ def test_the_numeric_prefilter_agrees_with_decimal(text):
 def test_the_event_id_is_the_uuid5_of_customer_and_transaction():
     for customer, transaction in [("cust_1", "tx-9"), ("ü", "€"), ("a" * 128, "b" * 128)]:
         assert usage_event_id_text(customer, transaction) == str(usage_event_id(customer, transaction))
+
+
+@given(customer=st.text(), transaction=st.text())
+def test_the_event_id_text_is_the_uuid5_for_any_customer_and_transaction(customer: str, transaction: str) -> None:
+    # The text is assembled from a SHA-1 hexdigest with the version and variant characters set by hand.
+    assert usage_event_id_text(customer, transaction) == str(usage_event_id(customer, transaction))
 
 
 def test_a_message_built_from_the_model_or_the_fast_event_is_the_same_bytes():
