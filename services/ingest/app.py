@@ -30,6 +30,7 @@ from services.ingest.routes import (
     api_keys,
     clock,
     customers,
+    documents,
     health,
     ingest,
     notifications,
@@ -103,8 +104,8 @@ def app_from_environment() -> FastAPI:
 def _route_modules() -> list:  # type: ignore[type-arg]
     # NOTE: the hot paths first (usage ingest, report credits): routing tries the routers in this order,
     # and matching through every other router cost ~30 % of a report-credit request's CPU.
-    return [ingest, quota_routes, health, api_keys, customers, subscriptions, reads, notifications, webhooks,
-            clock]
+    return [ingest, quota_routes, health, api_keys, customers, subscriptions, reads, documents, notifications,
+            webhooks, clock]
 
 
 def _document_raw_bodies(app: FastAPI) -> None:
