@@ -57,13 +57,18 @@ class PaymentAttemptReader:
         ).scalar_one()
         return count
 
-    def needing_lookup(self, conn: sa.Connection, limit: int) -> list[sa.Row[Any]]:
-        """Unknown outcomes, and in-flight attempts whose executor lease expired (it died mid-call)."""
+    def needing_lookup(self, conn: sa.Connection, limit: int,
+                       after: tuple[datetime, str] | None = None) -> list[sa.Row[Any]]:
+        """Unknown outcomes, and in-flight attempts whose executor lease expired (it died mid-call). Oldest
+        first, after the keyset ``after`` (created_at, attempt id)."""
         a = payment_attempts
-        return list(conn.execute(
-            sa.select(a).where(sa.or_(a.c.status == "unknown",
-                                      sa.and_(a.c.status == "in_flight", a.c.lease_until < sa.func.now())))
-            .order_by(a.c.created_at).limit(limit)).all())
+        query = (sa.select(a).where(sa.or_(a.c.status == "unknown",
+                                           sa.and_(a.c.status == "in_flight", a.c.lease_until < sa.func.now())))
+                 .order_by(a.c.created_at, a.c.attempt_id).limit(limit))
+        if after is not None:
+            query = query.where(sa.tuple_(a.c.created_at, a.c.attempt_id)
+                                > sa.tuple_(sa.literal(after[0]), sa.literal(after[1])))
+        return list(conn.execute(query).all())
 
 
     def open_invoices_to_check(self, conn: sa.Connection, limit: int,
@@ -197,13 +202,13 @@ class PaymentReconciler:
         self._reader = reader or PaymentAttemptReader()
         self._uncollectible_window = uncollectible_window
         self._after: tuple[datetime, str] | None = None
+        self._attempts_after: tuple[datetime, str] | None = None
 
     def run(self, limit: int = 50) -> ReconciliationRun:
         """One tick: settle unknown attempts first, then look at open invoices (both bounded by ``limit``).
 
-        A provider error in the first pass (which has no cursor: an attempt whose lookup keeps failing comes
-        first again next tick) still lets the open-invoice pass run, since it never looks at an invoice with
-        an unsettled attempt; the error is raised afterwards for the timer to log.
+        A provider error in the first pass still lets the open-invoice pass run, since that one never looks
+        at an invoice with an unsettled attempt; the error is raised afterwards for the timer to log.
         """
         try:
             attempts = self.run_once(limit)
@@ -268,13 +273,21 @@ class PaymentReconciler:
         return InvoiceSettlement(invoice.invoice_id, invoice.subscription_id, verdict, ref, reason)
 
     def run_once(self, limit: int = 50) -> list[Settlement]:
-        """Look up every attempt needing it and publish what the provider knows; idempotent per outcome."""
+        """Look up at most ``limit`` attempts needing it and publish what the provider knows; idempotent per
+        outcome. Like the open-invoice pass, a cursor walks them oldest first and wraps around, and a
+        provider error ends the run after moving past the attempt that failed: one attempt whose lookup
+        keeps failing cannot keep the others (and their invoices' retries) waiting."""
         with self._engine.connect() as conn:
-            attempts = self._reader.needing_lookup(conn, limit)
+            attempts = self._reader.needing_lookup(conn, limit, self._attempts_after)
+        self._attempts_after = None if len(attempts) < limit else _attempt_keyset(attempts[-1])
         settled = []
         for attempt in attempts:
-            outcome = self._gateway.lookup(idempotency_key=attempt.idempotency_key, invoice_id=attempt.invoice_id,
-                                           provider_ref=attempt.provider_ref)
+            try:
+                outcome = self._gateway.lookup(idempotency_key=attempt.idempotency_key,
+                                               invoice_id=attempt.invoice_id, provider_ref=attempt.provider_ref)
+            except PaymentGatewayError:
+                self._attempts_after = _attempt_keyset(attempt)
+                raise
             settled.append(self._settle(attempt, outcome))
         return settled
 
@@ -324,3 +337,7 @@ class PaymentReconciler:
 
 def _keyset(invoice: OpenInvoice) -> tuple[datetime, str] | None:
     return (invoice.created_at, invoice.invoice_id) if invoice.created_at is not None else None
+
+
+def _attempt_keyset(attempt: sa.Row[Any]) -> tuple[datetime, str]:
+    return attempt.created_at, attempt.attempt_id

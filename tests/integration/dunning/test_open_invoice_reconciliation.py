@@ -229,3 +229,21 @@ def test_an_invoice_given_up_on_is_still_found_paid_within_the_window_and_not_af
     assert stale not in looked_at  # past the window: found by the provider's own reports, not by this scan
     [report] = published(engine, recent_sub)
     assert report.type == "payment.succeeded" and report.payload["invoice_id"] == recent
+
+
+def test_an_attempt_whose_lookup_keeps_failing_does_not_keep_other_unknown_attempts_waiting(
+        engine: sa.Engine) -> None:
+    record = PostgresProviderRecord(engine)
+    stuck, _, _ = declined_invoice(engine, SimulatedGateway(record), attempt_status="unknown")
+    waiting, waiting_sub, _ = declined_invoice(engine, SimulatedGateway(record), attempt_status="unknown")
+    with engine.begin() as conn:  # the stuck attempt is the oldest: without a cursor it came first every tick
+        conn.execute(payment_attempts.update().where(payment_attempts.c.invoice_id == stuck)
+                     .values(created_at=NOW - timedelta(days=3650)))
+    reconciler = PaymentReconciler(engine, ProviderFailingLookupsOf(record, stuck), ManualClock(NOW))
+
+    with pytest.raises(PaymentGatewayError):
+        reconciler.run_once(limit=500)
+    reconciler.run_once(limit=500)  # the next tick starts after the attempt that failed
+
+    assert [(e.type, e.payload["invoice_id"]) for e in published(engine, waiting_sub)] == [
+        ("payment.failed", waiting)]  # its lookup: the provider declined that attempt
