@@ -198,10 +198,15 @@ def main(argv: list[str]) -> int:
     finally:
         from shared.adapters.kafka.admin import delete_topics
 
-        for url, schema in _SCHEMAS:
-            drop_schema(url, schema)
-        for bootstrap, prefix in _TOPIC_PREFIXES:
-            delete_topics(bootstrap, prefix)
+        # Best effort, each on its own: a failed clean-up must neither skip the others nor hide the run's
+        # own exception.
+        cleanups = [(drop_schema, url, schema) for url, schema in _SCHEMAS]
+        cleanups += [(delete_topics, bootstrap, prefix) for bootstrap, prefix in _TOPIC_PREFIXES]
+        for cleanup, where, name in cleanups:
+            try:
+                cleanup(where, name)
+            except Exception as exc:
+                print(f"[bench] clean-up {cleanup.__name__}({name!r}) failed: {exc}", file=sys.stderr, flush=True)
 
     for m in metrics.values():
         base = metrics.get(m.get("baseline") or "")

@@ -70,7 +70,6 @@ class PaymentAttemptReader:
                                 > sa.tuple_(sa.literal(after[0]), sa.literal(after[1])))
         return list(conn.execute(query).all())
 
-
     def open_invoices_to_check(self, conn: sa.Connection, limit: int,
                                after: tuple[datetime, str] | None = None,
                                uncollectible_since: datetime | None = None) -> list[OpenInvoice]:

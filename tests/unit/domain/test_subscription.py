@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -270,8 +271,6 @@ def test_monthly_to_yearly_re_anchors_and_credits_the_unused_month():
 
 
 def test_a_metered_plan_cannot_change_interval_because_its_partial_period_usage_would_go_unbilled():
-    from dataclasses import replace
-
     monthly = CATALOG.plan("pro")
     yearly = replace(monthly, id=PlanId("pro_yearly"), interval=Interval.YEAR)
     subscription = subscribe("pro")
