@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     dunning_retry_days: tuple[int, ...] = (3, 5, 7)
     dunning_notify_days: tuple[int, ...] = (1, 3, 7)
     dunning_give_up_day: int = 14
+    invoice_issuer_name: str = Field(default="OpenLedger Billing", min_length=1, max_length=200)
     dunning_reconcile_uncollectible_days: int = Field(default=30, ge=0)
     notifier: Literal["log", "webhook", "smtp"] = "log"
     notify_webhook_url: str | None = None

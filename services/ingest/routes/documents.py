@@ -97,7 +97,7 @@ async def invoice_document(
 
     def load() -> InvoiceDocument | None:
         with container.engine.connect() as conn:
-            return load_invoice_document(conn, invoice_id)
+            return load_invoice_document(conn, invoice_id, issuer_name=container.settings.invoice_issuer_name)
 
     document = await run_in_threadpool(load)
     if document is None:

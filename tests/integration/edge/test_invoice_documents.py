@@ -75,7 +75,8 @@ async def test_html_is_served_when_asked_by_query_or_by_accept_header(client, co
     assert by_query.headers["content-disposition"] == f'inline; filename="{number}.html"'
     assert "default-src 'none'" in by_query.headers["content-security-policy"]
     assert by_accept.text == by_query.text
-    for expected in (number, "Acme Pages", "Paid on 11 Apr 2026", "Coupon LAUNCH", "USD 71.77"):
+    for expected in (number, "Acme Pages", "Paid on 11 Apr 2026", "Coupon LAUNCH", "USD 71.77",
+                     container.settings.invoice_issuer_name):  # the seller from BILLING_INVOICE_ISSUER_NAME
         assert expected in by_query.text, expected
     assert pdf_by_query.headers["content-type"] == "application/pdf"  # the query parameter wins
 
