@@ -23,6 +23,7 @@ from shared.adapters.postgres.schema.billing import (
     simulated_gateway_charges,
     subscriptions,
 )
+from shared.adapters.postgres.schema.usage import usage_aggregates, usage_events
 from shared.config import Settings
 from shared.contracts import topics
 from shared.contracts.envelope import new_envelope
@@ -69,6 +70,7 @@ def test_a_billing_run_survives_twenty_kill_nines_with_one_invoice_per_period_an
             messages.append(OutgoingMessage(topics.USAGE, sub, usage_envelope(
                 customer_id=cus, subscription_id=sub, transaction_id=f"{sub}-{k}", event_type="inference",
                 properties={"cost_usd_micros": micros}, timestamp=JAN_1 + timedelta(days=3, hours=k))))
+    usage_messages = sum(1 for m in messages if m.topic == topics.USAGE)
     producer.send_and_wait(messages, timeout=120)
     producer.close()
 
@@ -107,6 +109,8 @@ def test_a_billing_run_survives_twenty_kill_nines_with_one_invoice_per_period_an
         expected_paid = sum(1 for _, _, m in subs if m != "pm_card_chargeDeclined") * 2
         paid = sa.select(sa.func.count()).select_from(invoices).where(invoices.c.status == "paid")
         wait_until(lambda: count(engine, paid) == expected_paid, 300, interval=1.0, what="payments applied")
+        stored = sa.select(sa.func.count()).select_from(usage_events)
+        wait_until(lambda: count(engine, stored) == usage_messages, 300, interval=1.0, what="usage stored")
     finally:
         assert worker.stop() == 0
 
@@ -124,11 +128,26 @@ def test_a_billing_run_survives_twenty_kill_nines_with_one_invoice_per_period_an
             .select_from(invoices.join(invoice_lines, invoice_lines.c.invoice_id == invoices.c.invoice_id))
             .where(invoice_lines.c.kind == "usage", invoice_lines.c.meter_id == "inference")
             .group_by(invoices.c.subscription_id)).all()
+        a = usage_aggregates
+        pending_usage = dict(conn.execute(
+            sa.select(a.c.subscription_id, sa.func.sum(a.c.quantity - a.c.billed_quantity))
+            .where(a.c.meter_id == "inference").group_by(a.c.subscription_id)
+            .having(sa.func.sum(a.c.quantity - a.c.billed_quantity) != 0)).all())
+        billed_usage = dict(conn.execute(
+            sa.select(a.c.subscription_id, sa.func.sum(a.c.billed_quantity))
+            .where(a.c.meter_id == "inference").group_by(a.c.subscription_id)).all())
         totals_off = audit_invoice_totals(conn)
     assert sorted({(kind, n) for _, kind, n in per_period}) == [("period_close", 1), ("subscription_start", 1)]
     assert len(per_period) == 2 * SUBSCRIPTIONS
     assert max(n for _, n in charges) == 1
     assert len(charges) == sum(1 for _, _, m in subs if m != "pm_card_chargeDeclined") * 2
     assert numbers == list(range(1, 2 * SUBSCRIPTIONS + 1))
-    assert {s: Decimal(q) for s, q in usage_lines} == {s: Decimal(m) for s, m in usage_micros.items()}
+    # Usage billed exactly once: every produced unit is either on an invoice line or still unbilled. A close
+    # that ran before the subscription's usage was consumed (the backlog is produced before the worker starts,
+    # and the clock moves at once) leaves it for the next close as a late adjustment (the late-event
+    # policy): pending, never dropped, never billed twice.
+    invoiced = {s: Decimal(q) for s, q in usage_lines}
+    assert {s: q for s, q in invoiced.items() if q} == {s: Decimal(q) for s, q in billed_usage.items() if q}
+    accounted = {s: invoiced.get(s, Decimal(0)) + Decimal(pending_usage.get(s, 0)) for s in usage_micros}
+    assert accounted == {s: Decimal(m) for s, m in usage_micros.items()}
     assert totals_off == []
