@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     worker_batch_max: int = 5000
     worker_batch_timeout_s: float = 0.05
     scheduler_interval_s: float = 1.0
+    period_close_grace_s: float = Field(default=0.0, ge=0)
     worker_member_id: str | None = Field(
         default=None, description="Kafka static membership (group.instance.id), e.g. the pod name: a restart "
                                   "with the same id resumes its partitions without a rebalance")

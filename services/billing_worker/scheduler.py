@@ -1,8 +1,9 @@
 """The billing scheduler: turns the billing clock into commands, so time is just another message.
 
 Each tick reads the billing clock (the simulated `DatabaseClock`, or the system clock) and, set-based,
-finds what fell due: period ends of live subscriptions, trial ends, and expiries of credit grants that
-nothing has expired yet. Each becomes one command on `commands.v1` keyed by subscription_id
+finds what fell due: period ends of live subscriptions (after `BILLING_PERIOD_CLOSE_GRACE_S`, so usage
+still in the Kafka backlog at the period end reaches its own invoice), trial ends, and expiries of credit
+grants that nothing has expired yet. Each becomes one command on `commands.v1` keyed by subscription_id
 (`period.close`, `trial.end`, `credits.expire`), carrying the instant it is about, so the worker applies
 it in the subscription's order like any other command.
 
@@ -23,7 +24,7 @@ import threading
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -46,7 +47,7 @@ PRODUCER_NAME = "billing-scheduler"
 _DUE_PERIOD_ENDS = sa.text("""
 SELECT s.subscription_id, s.customer_id, s.current_period_end AS due_at
 FROM subscriptions s
-WHERE s.status IN ('active', 'past_due', 'paused') AND s.current_period_end <= :now
+WHERE s.status IN ('active', 'past_due', 'paused') AND s.current_period_end <= :close_before
   AND NOT EXISTS (SELECT 1 FROM scheduled_commands c WHERE c.subscription_id = s.subscription_id
                   AND c.kind = 'period.close' AND c.due_at = s.current_period_end)
 ORDER BY s.current_period_end, s.subscription_id
@@ -117,6 +118,7 @@ class Scheduler:
         self._producer = producer
         self._batch = batch
         self._interval_s = settings.scheduler_interval_s if interval_s is None else interval_s
+        self._close_grace = timedelta(seconds=settings.period_close_grace_s)
         self._key = lock_key(settings)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -187,7 +189,8 @@ class Scheduler:
     def due(self, now: datetime, limit: int) -> list[Due]:
         with self._engine.connect() as conn:
             found = [Due("period.close", r.subscription_id, r.customer_id, r.due_at)
-                     for r in conn.execute(_DUE_PERIOD_ENDS, {"now": now, "limit": limit})]
+                     for r in conn.execute(_DUE_PERIOD_ENDS,
+                                           {"close_before": now - self._close_grace, "limit": limit})]
             found += [Due("trial.end", r.subscription_id, r.customer_id, r.due_at)
                       for r in conn.execute(_DUE_TRIAL_ENDS, {"now": now, "limit": limit})]
             found += [Due("credits.expire", r.subscription_id, r.customer_id, r.due_at)

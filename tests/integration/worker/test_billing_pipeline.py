@@ -115,3 +115,24 @@ def test_one_scheduler_holds_the_lock_and_a_second_one_waits(simulated: Settings
     finally:
         first.stop()
         second.stop()
+
+
+def test_a_period_close_waits_for_the_grace_period_so_backlogged_usage_reaches_its_own_invoice(
+        simulated: Settings, engine: sa.Engine) -> None:
+    sub = f"sub_grace_{uuid.uuid4().hex[:8]}"
+    period_end = datetime(2030, 1, 20, tzinfo=UTC)  # beyond the running worker's clock: only due() sees it
+    with engine.begin() as conn:
+        conn.execute(subscriptions.insert().values(
+            subscription_id=sub, customer_id=f"cus_{sub}", plan_id="pro", status="active", seats=1,
+            currency="USD", anchor_day=20, started_at=period_end - timedelta(days=31),
+            current_period_start=period_end - timedelta(days=31), current_period_end=period_end))
+    graceful = simulated.model_copy(update={"period_close_grace_s": 3600.0})
+    scheduler, prompt = Scheduler(graceful, engine, DatabaseClock(engine, JAN_1)), Scheduler(
+        simulated, engine, DatabaseClock(engine, JAN_1))
+
+    def closes(s: Scheduler, at: datetime) -> list[str]:
+        return [d.subscription_id for d in s.due(at, 10_000) if d.kind == "period.close" and d.subscription_id == sub]
+
+    assert closes(prompt, period_end) == [sub]  # no grace (the default): due at the period end
+    assert closes(scheduler, period_end + timedelta(minutes=59)) == []
+    assert closes(scheduler, period_end + timedelta(minutes=60)) == [sub]
