@@ -142,6 +142,9 @@ class Quiescence:
 
     def close(self) -> None:
         self._watermarks.close()
+        # An AdminClient has no close(): dropping the last reference destroys its handle now, before the
+        # demo stops the broker (otherwise it outlives the broker and logs the disconnection).
+        del self._admin
 
 
 def _group_request(group: str, partitions: list[TopicPartition]):  # type: ignore[no-untyped-def]
