@@ -17,13 +17,15 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from shared.domain.invoice import LineKind
 from shared.domain.money import Money, minor_units
 
-CHARGE_KINDS = frozenset({"fee", "usage", "proration", "adjustment"})
+_K = LineKind
+CHARGE_KINDS = frozenset({_K.FEE, _K.USAGE, _K.PRORATION, _K.ADJUSTMENT})
 # Line kinds that count units; the others (discount, credit, tax, adjustment) are plain amounts.
-METERED_KINDS = frozenset({"fee", "usage", "proration"})
+METERED_KINDS = frozenset({_K.FEE, _K.USAGE, _K.PRORATION})
 # Kinds tagged next to the description so that a reader tells a deduction from a charge.
-TAGGED_KINDS = frozenset({"discount", "credit", "tax", "adjustment"})
+TAGGED_KINDS = frozenset({_K.DISCOUNT, _K.CREDIT, _K.TAX, _K.ADJUSTMENT})
 
 DEFAULT_ISSUER_NAME = "OpenLedger Billing"
 

@@ -44,12 +44,7 @@ def create_topics(bootstrap: str, prefix: str = "", partitions: int | None = Non
     missing = [NewTopic(name, t["partitions"], t["replication_factor"], config=t["config"])
                for name, t in wanted.items() if name not in existing]
     if missing:
-        for name, fut in admin.create_topics(missing, operation_timeout=30).items():
-            try:
-                fut.result()
-            except Exception as exc:
-                if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                    raise InfrastructureError(f"could not create topic {name}: {exc}") from exc
+        _settle(admin.create_topics(missing, operation_timeout=30), "create", tolerated="TOPIC_ALREADY_EXISTS")
     return list(wanted)
 
 
@@ -63,10 +58,15 @@ def delete_topics(bootstrap: str, prefix: str) -> list[str]:
     admin = AdminClient({"bootstrap.servers": bootstrap})
     doomed = [name for name in admin.list_topics(timeout=10).topics if name.startswith(prefix)]
     if doomed:
-        for name, fut in admin.delete_topics(doomed, operation_timeout=30).items():
-            try:
-                fut.result()
-            except Exception as exc:
-                if "UNKNOWN_TOPIC_OR_PART" not in str(exc):
-                    raise InfrastructureError(f"could not delete topic {name}: {exc}") from exc
+        _settle(admin.delete_topics(doomed, operation_timeout=30), "delete", tolerated="UNKNOWN_TOPIC_OR_PART")
     return doomed
+
+
+def _settle(futures: dict[str, Any], verb: str, *, tolerated: str) -> None:
+    """Wait for every topic operation; the error code ``tolerated`` means it is already done."""
+    for name, fut in futures.items():
+        try:
+            fut.result()
+        except Exception as exc:
+            if tolerated not in str(exc):
+                raise InfrastructureError(f"could not {verb} topic {name}: {exc}") from exc

@@ -13,14 +13,12 @@ import pytest
 import sqlalchemy as sa
 
 from services.demo.audit import count_violations, invoices_recovered_by_reconciliation
-from shared.adapters.postgres.engine import make_engine
 from shared.adapters.postgres.schema.billing import (
     invoices,
     payment_attempts,
     simulated_gateway_charges,
 )
 from shared.adapters.postgres.schema.core import outbox
-from shared.config import Settings
 from shared.contracts import topics
 
 pytestmark = pytest.mark.integration
@@ -30,16 +28,9 @@ ON_ITS_INVOICE = "every_payment_taken_at_the_provider_is_on_its_invoice"
 JAN_6 = datetime(2026, 1, 6, 23, 0, tzinfo=UTC)
 
 
-@pytest.fixture(scope="module")
-def audit_engine(database_url: str, db_schema: str) -> Iterator[sa.Engine]:
-    engine = make_engine(Settings(database_url=database_url, database_schema=db_schema), pool_size=2)
-    yield engine
-    engine.dispose()
-
-
 @pytest.fixture
-def conn(audit_engine: sa.Engine) -> Iterator[sa.Connection]:
-    with audit_engine.connect() as connection:
+def conn(demo_engine: sa.Engine) -> Iterator[sa.Connection]:
+    with demo_engine.connect() as connection:
         transaction = connection.begin()
         yield connection
         transaction.rollback()

@@ -5,7 +5,6 @@ that), and until then the audit counts a payment the provider took that is not o
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -18,22 +17,13 @@ from services.dunning.reconciliation import InvoiceVerdict, PaymentReconciler
 from shared.adapters.clock import ManualClock
 from shared.adapters.payments.port import ChargeRequest, ChargeStatus
 from shared.adapters.payments.simulated import PostgresProviderRecord, SimulatedGateway
-from shared.adapters.postgres.engine import make_engine
 from shared.adapters.postgres.schema.billing import invoices, payment_attempts
 from shared.adapters.postgres.schema.dunning import dunning_cases
-from shared.config import Settings
 from shared.domain.money import Money
 
 pytestmark = pytest.mark.integration
 
 JAN_6 = datetime(2026, 1, 6, 23, 0, tzinfo=UTC)
-
-
-@pytest.fixture(scope="module")
-def demo_engine(database_url: str, db_schema: str) -> Iterator[sa.Engine]:
-    engine = make_engine(Settings(database_url=database_url, database_schema=db_schema), pool_size=2)
-    yield engine
-    engine.dispose()
 
 
 def customer_in_dunning(engine: sa.Engine, *, pays_at_provider: bool, open_case: bool = True) -> DemoCustomer:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,7 +19,6 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from services.billing_worker.bootstrap import build_worker
 from services.dunning.reconciliation import PaymentReconciler
 from shared.adapters.clock import DatabaseClock
 from shared.adapters.kafka.producer import KafkaProducer, OutgoingMessage
@@ -37,6 +35,7 @@ from shared.config import Settings
 from shared.contracts import topics
 from shared.contracts.envelope import new_envelope
 from shared.contracts.messages import CreateSubscription
+from tests.integration.worker.harness import worker_thread
 
 pytestmark = pytest.mark.integration
 
@@ -53,13 +52,8 @@ def simulated(settings: Settings) -> Settings:
 
 @pytest.fixture(scope="module")
 def running_worker(simulated: Settings) -> Iterator[None]:
-    worker = build_worker(simulated, session_timeout_ms=6000)
-    stop = threading.Event()
-    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
-    thread.start()
-    yield
-    stop.set()
-    thread.join(60)
+    with worker_thread(simulated):
+        yield
 
 
 @pytest.fixture(scope="module")

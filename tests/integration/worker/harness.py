@@ -12,10 +12,12 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -83,6 +85,22 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 self.kill()
         return self.proc.returncode
+
+
+@contextmanager
+def worker_thread(settings: Settings) -> Iterator[None]:
+    """The real billing worker, in a thread of this process, for the length of the block."""
+    from services.billing_worker.bootstrap import build_worker
+
+    worker = build_worker(settings, session_timeout_ms=6000)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(60)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.25, what: str = "") -> None:

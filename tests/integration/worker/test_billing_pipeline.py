@@ -4,7 +4,6 @@ period close, and every invoice ends up paid through payments.v1."""
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -13,7 +12,6 @@ import pytest
 import sqlalchemy as sa
 from confluent_kafka import Consumer
 
-from services.billing_worker.bootstrap import build_worker
 from services.billing_worker.scheduler import Scheduler
 from shared.adapters.clock import DatabaseClock
 from shared.adapters.kafka.producer import KafkaProducer, OutgoingMessage
@@ -22,7 +20,7 @@ from shared.config import Settings
 from shared.contracts import topics
 from shared.contracts.envelope import Envelope, new_envelope
 from shared.contracts.messages import CreateSubscription
-from tests.integration.worker.harness import wait_until
+from tests.integration.worker.harness import wait_until, worker_thread
 
 pytestmark = pytest.mark.integration
 
@@ -37,13 +35,8 @@ def simulated(settings: Settings) -> Settings:
 
 @pytest.fixture(scope="module")
 def running_worker(simulated: Settings) -> Iterator[None]:
-    worker = build_worker(simulated, session_timeout_ms=6000)
-    stop = threading.Event()
-    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
-    thread.start()
-    yield
-    stop.set()
-    thread.join(60)
+    with worker_thread(simulated):
+        yield
 
 
 def send(settings: Settings, *payloads: CreateSubscription) -> None:
