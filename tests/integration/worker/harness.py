@@ -50,6 +50,7 @@ class WorkerProcess:
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self._log_offset = 0
 
     def start(self) -> WorkerProcess:
         args = [sys.executable, "-m", "services.billing_worker", "--session-timeout-ms",
@@ -60,9 +61,28 @@ class WorkerProcess:
             args.append("--no-relay")
         env = {**os.environ, **settings_env(self.settings), "PYTHONUNBUFFERED": "1"}
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        self._log_offset = self.log_path.stat().st_size if self.log_path and self.log_path.exists() else 0
         self.proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=out, stderr=out)
         self.starts += 1
         return self
+
+    def wait_running(self, timeout: float = 60.0) -> None:
+        """Until this start's process logged that it runs, so its SIGTERM handler is installed.
+
+        A SIGTERM in the interpreter's first milliseconds (before `main` installs the handler) ends the
+        process with the default action (-15) however correct the worker is; a test that expects a
+        graceful exit must not race its own start."""
+        if self.proc is None or self.log_path is None:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            with open(self.log_path, "rb") as log:
+                log.seek(self._log_offset)
+                if b"billing worker starting" in log.read():
+                    return
+            time.sleep(0.05)
+        if self.proc.poll() is None:
+            raise AssertionError(f"the worker did not log its start within {timeout} s")
 
     @property
     def running(self) -> bool:
@@ -78,6 +98,7 @@ class WorkerProcess:
         """SIGTERM and wait for a graceful exit (falls back to kill -9 after `timeout`)."""
         if self.proc is None:
             return None
+        self.wait_running()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
