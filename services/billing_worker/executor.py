@@ -16,7 +16,9 @@ becomes `unknown` with a back-off; when it is claimed again, the executor first 
 only if the provider has no record of it sends the same request again (same idempotency key). After
 `max_dispatches` such rounds the attempt is reported failed (`processing_error`, a soft decline that
 dunning retries later). An attempt claimed by an executor that died mid-call is found the same way:
-its lease expires, and the next claim looks it up before anything else.
+its lease expires, and the next claim looks it up before anything else. A charge the provider refuses
+because the invoice's PaymentIntent is no longer confirmable is looked up too: paid out of band, it settles
+the attempt as a success instead of a hard decline.
 
 Guards: an attempt is only charged while its invoice is open and no other attempt of the invoice is in
 flight, unknown or succeeded; attempts of invoices paid or voided meanwhile are cancelled.
@@ -24,6 +26,7 @@ flight, unknown or succeeded; attempts of invoices paid or voided meanwhile are 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -38,6 +41,7 @@ import sqlalchemy as sa
 from services.billing_worker.billing_repository import IDS
 from services.billing_worker.processor import PRODUCER_NAME, add_outbox
 from shared.adapters.payments.port import (
+    INTENT_NOT_CONFIRMABLE,
     ChargeOutcome,
     ChargeRequest,
     ChargeStatus,
@@ -230,9 +234,35 @@ class PaymentExecutor:
                 payment_method_id=attempt.payment_method_id, idempotency_key=attempt.idempotency_key,
                 provider_customer_id=attempt.provider_customer_id, provider_ref=attempt.provider_ref,
                 metadata={"attempt_id": attempt.attempt_id, "subscription_id": attempt.subscription_id}))
+            if outcome.status is ChargeStatus.DECLINED and outcome.decline_code == INTENT_NOT_CONFIRMABLE:
+                outcome = self._settled_elsewhere(attempt, outcome)
             return Settled(attempt, outcome)
         except PaymentGatewayError as error:
             return Settled(attempt, None, str(error))
+
+    def _settled_elsewhere(self, attempt: ClaimedAttempt, refusal: ChargeOutcome) -> ChargeOutcome:
+        """The provider refused to confirm the invoice's PaymentIntent, typically because the customer paid it
+        meanwhile where we did not see it (the hosted page, with the webhook lost). Recorded as a hard decline,
+        that would ask the customer for a new card for an invoice already paid; so look the PaymentIntent up:
+        a success that is provably this invoice's, for the amount this attempt wanted, settles the attempt
+        as paid (nothing was charged twice: the provider took one payment), a PaymentIntent still processing
+        is looked up again later, anything else stays the refusal."""
+        ref = refusal.provider_ref or attempt.provider_ref
+        try:
+            found = self._gateway.lookup(invoice_id=attempt.invoice_id, provider_ref=ref)
+        except PaymentGatewayError as error:
+            return ChargeOutcome.unknown(f"payment intent not confirmable and its lookup failed: {error}", ref)
+        if found is None or found.status is ChargeStatus.DECLINED:
+            return refusal
+        if found.status is ChargeStatus.UNKNOWN:
+            return found
+        mismatch = found.mismatch_for(invoice_id=attempt.invoice_id, provider_ref=ref,
+                                      due_minor=attempt.amount.amount_minor, currency=attempt.amount.currency)
+        if mismatch is not None:
+            log.error("the invoice's payment intent succeeded, but not as this invoice's payment",
+                      extra=kv(attempt_id=attempt.attempt_id, invoice_id=attempt.invoice_id, reason=mismatch))
+            return refusal
+        return dataclasses.replace(found, message="paid at the provider outside this attempt")
 
     def _record(self, settled: list[Settled]) -> None:
         if not settled:

@@ -145,16 +145,10 @@ def judge_provider_answer(invoice: OpenInvoice, outcome: ChargeOutcome | None) -
         return InvoiceVerdict.DECLINED, f"the payment intent is not paid ({outcome.decline_code})"
     if outcome.status is not ChargeStatus.SUCCEEDED:
         return InvoiceVerdict.UNKNOWN, outcome.message or "the payment intent is still processing"
-    if outcome.invoice_id != invoice.invoice_id:
-        return InvoiceVerdict.MISMATCH, f"the payment intent belongs to invoice {outcome.invoice_id!r}"
-    if invoice.provider_ref is not None and outcome.provider_ref != invoice.provider_ref:
-        return InvoiceVerdict.MISMATCH, (f"the provider answered for {outcome.provider_ref!r}, "
-                                         f"not for {invoice.provider_ref!r}")
-    if outcome.amount_minor is None or outcome.currency is None:
-        return InvoiceVerdict.MISMATCH, "the provider did not say how much was paid"
-    if outcome.currency.upper() != invoice.currency.upper() or outcome.amount_minor != invoice.due_minor:
-        return InvoiceVerdict.MISMATCH, (f"paid {outcome.amount_minor} {outcome.currency.upper()}, "
-                                         f"due {invoice.due_minor} {invoice.currency.upper()}")
+    mismatch = outcome.mismatch_for(invoice_id=invoice.invoice_id, provider_ref=invoice.provider_ref,
+                                    due_minor=invoice.due_minor, currency=invoice.currency)
+    if mismatch is not None:
+        return InvoiceVerdict.MISMATCH, mismatch
     return InvoiceVerdict.PAID, "the payment intent succeeded for the amount due"
 
 

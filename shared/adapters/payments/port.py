@@ -87,6 +87,29 @@ class ChargeOutcome:
     def is_final(self) -> bool:
         return self.status is not ChargeStatus.UNKNOWN
 
+    def mismatch_for(self, *, invoice_id: str, provider_ref: str | None, due_minor: int, currency: str) -> str | None:
+        """Why this success is not provably the payment of `due_minor` `currency` on `invoice_id` (under
+        `provider_ref`, when we know which PaymentIntent we charged), or None when it is.
+
+        The one rule for a success we did not see happen (a lookup after the fact): the provider object names
+        the invoice, is ours, and took exactly what is due in the invoice's currency."""
+        if self.status is not ChargeStatus.SUCCEEDED:
+            return f"not a success ({self.status.value})"
+        if self.invoice_id != invoice_id:
+            return f"the payment intent belongs to invoice {self.invoice_id!r}"
+        if provider_ref is not None and self.provider_ref != provider_ref:
+            return f"the provider answered for {self.provider_ref!r}, not for {provider_ref!r}"
+        if self.amount_minor is None or self.currency is None:
+            return "the provider did not say how much was paid"
+        if self.currency.upper() != currency.upper() or self.amount_minor != due_minor:
+            return f"paid {self.amount_minor} {self.currency.upper()}, due {due_minor} {currency.upper()}"
+        return None
+
+
+# The provider refuses to confirm a PaymentIntent that is no longer confirmable (Stripe: it already succeeded,
+# was cancelled, or is processing); what it means for the invoice takes a lookup.
+INTENT_NOT_CONFIRMABLE = "payment_intent_unexpected_state"
+
 
 class PaymentGatewayError(InfrastructureError):
     """The gateway could not be used at all (bad credentials, misconfiguration); nothing was charged."""

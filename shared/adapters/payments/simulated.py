@@ -41,7 +41,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 
-from shared.adapters.payments.port import ChargeOutcome, ChargeRequest
+from shared.adapters.payments.port import INTENT_NOT_CONFIRMABLE, ChargeOutcome, ChargeRequest
 from shared.adapters.postgres.schema.billing import simulated_gateway_charges, simulated_gateway_scripts
 from shared.domain.dunning import DEFAULT_HARD_DECLINE_CODES
 from shared.domain.money import Money
@@ -253,7 +253,7 @@ class SimulatedGateway:
         latest = self.record.latest_for_ref(ref) if request.provider_ref is not None else None
         if latest is not None and latest.succeeded:
             # Stripe refuses to confirm a PaymentIntent that already succeeded: nothing is taken twice.
-            return ChargeOutcome.declined("payment_intent_unexpected_state", hard=True, provider_ref=ref,
+            return ChargeOutcome.declined(INTENT_NOT_CONFIRMABLE, hard=True, provider_ref=ref,
                                           message=f"payment intent {ref} has already succeeded")
         method = self.record.script_for_customer(request.customer_id) or request.payment_method_id
         script = script_of(method)

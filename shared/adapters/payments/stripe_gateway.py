@@ -19,7 +19,13 @@ from typing import Any
 
 import stripe
 
-from shared.adapters.payments.port import ChargeOutcome, ChargeRequest, ChargeStatus, PaymentGatewayError
+from shared.adapters.payments.port import (
+    INTENT_NOT_CONFIRMABLE,
+    ChargeOutcome,
+    ChargeRequest,
+    ChargeStatus,
+    PaymentGatewayError,
+)
 from shared.domain.dunning import DEFAULT_HARD_DECLINE_CODES
 from shared.domain.money import Money
 
@@ -27,7 +33,7 @@ log = logging.getLogger(__name__)
 
 # Codes Stripe puts in `error.code` (not `decline_code`) that also mean the method cannot be charged again.
 _HARD_ERROR_CODES = frozenset({"expired_card", "incorrect_number", "invalid_number", "resource_missing",
-                               "payment_method_unactivated", "payment_intent_unexpected_state"})
+                               "payment_method_unactivated", INTENT_NOT_CONFIRMABLE})
 
 
 def make_stripe_client(api_key: str, api_base: str, *, timeout_s: float = 20.0,

@@ -6,18 +6,19 @@ from __future__ import annotations
 
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
 
 from services.billing_worker.executor import PaymentExecutor
 from shared.adapters.clock import ManualClock
+from shared.adapters.payments.port import PaymentGatewayError
 from shared.adapters.payments.simulated import PostgresProviderRecord, SimulatedGateway
 from shared.adapters.postgres.schema.billing import billing_audit_log, payment_attempts, simulated_gateway_charges
 from shared.adapters.postgres.schema.core import outbox
 from shared.contracts import topics
-from shared.contracts.messages import CreateSubscription, CustomerDeleted, UpdatePaymentMethod
+from shared.contracts.messages import CreateSubscription, CustomerDeleted, RetryPayment, UpdatePaymentMethod
 from tests.integration.worker.billing_support import Billing
 
 pytestmark = pytest.mark.integration
@@ -51,7 +52,7 @@ def attempt_of(engine: sa.Engine, invoice_id: str) -> sa.Row:  # type: ignore[ty
 def outcomes_of(engine: sa.Engine, sub: str) -> list[str]:
     with engine.connect() as conn:
         return list(conn.execute(sa.select(outbox.c.event_type).where(
-            outbox.c.topic == "payments.v1", outbox.c.message_key == sub)).scalars().all())
+            outbox.c.topic == "payments.v1", outbox.c.message_key == sub).order_by(outbox.c.id)).scalars().all())
 
 
 def charges_of(engine: sa.Engine, invoice_id: str) -> list[bool]:
@@ -183,3 +184,56 @@ def test_the_same_customer_deletion_read_again_does_not_remove_a_card_attached_s
 
     assert billing.subscription(sub).payment_method_id == "pm_card_mastercard"
     assert billing.outcome(envelope).status == "applied"
+
+
+def paid_out_of_band_then_retried(billing: Billing, engine: sa.Engine, gateway: SimulatedGateway) -> tuple[str, str]:
+    """A soft decline, then the customer pays the invoice's PaymentIntent on the provider's page (no webhook
+    reaches us), then dunning's scheduled retry arrives: the situation the executor must not misread."""
+    sub, invoice_id = invoice_for(billing, "pm_card_chargeDeclined")
+    PaymentExecutor(engine, gateway, ManualClock(JAN_1)).run_once()
+    first = attempt_of(engine, invoice_id)
+    assert first.status == "declined"
+    gateway.pay_out_of_band(first.provider_ref)
+    billing.send(RetryPayment(subscription_id=sub, customer_id="cus_" + sub.removeprefix("sub_"), invoice_id=invoice_id,
+                              attempt_no=2), JAN_1 + timedelta(days=3))
+    return sub, invoice_id
+
+
+def test_a_retry_of_an_invoice_paid_out_of_band_settles_as_that_payment_not_as_a_hard_decline(
+        billing: Billing, engine) -> None:  # type: ignore[no-untyped-def]
+    gateway = SimulatedGateway(PostgresProviderRecord(engine))
+    sub, invoice_id = paid_out_of_band_then_retried(billing, engine, gateway)
+    PaymentExecutor(engine, gateway, ManualClock(JAN_1 + timedelta(days=3))).run_once()
+    with engine.connect() as conn:
+        attempts = conn.execute(sa.select(payment_attempts.c.status, payment_attempts.c.hard_decline,
+                                          payment_attempts.c.provider_ref)
+                                .where(payment_attempts.c.invoice_id == invoice_id)
+                                .order_by(payment_attempts.c.attempt_no)).all()
+    assert [(a.status, a.hard_decline) for a in attempts] == [("declined", False), ("succeeded", False)]
+    assert attempts[0].provider_ref == attempts[1].provider_ref
+    assert outcomes_of(engine, sub) == ["payment.failed", "payment.succeeded"]
+    assert charges_of(engine, invoice_id) == [False, True]  # the provider took one payment, the customer's own
+
+
+class LookupDown(SimulatedGateway):
+    def lookup(self, **_: object) -> None:
+        raise PaymentGatewayError("provider unreachable")
+
+
+def test_when_the_lookup_after_a_refused_confirmation_fails_the_attempt_is_unknown_and_looked_up_later(
+        billing: Billing, engine) -> None:  # type: ignore[no-untyped-def]
+    record = PostgresProviderRecord(engine)
+    sub, invoice_id = paid_out_of_band_then_retried(billing, engine, SimulatedGateway(record))
+    PaymentExecutor(engine, LookupDown(record), ManualClock(JAN_1), unknown_backoff_s=0.01).run_once()
+    assert [a.status for a in attempts_of(engine, invoice_id)] == ["declined", "unknown"]
+    assert outcomes_of(engine, sub) == ["payment.failed"]  # no hard decline was reported
+    time.sleep(0.1)
+    PaymentExecutor(engine, SimulatedGateway(record), ManualClock(JAN_1), unknown_backoff_s=0.01).run_once()
+    assert [a.status for a in attempts_of(engine, invoice_id)] == ["declined", "succeeded"]
+    assert outcomes_of(engine, sub) == ["payment.failed", "payment.succeeded"]
+
+
+def attempts_of(engine: sa.Engine, invoice_id: str) -> list[sa.Row]:  # type: ignore[type-arg]
+    with engine.connect() as conn:
+        return list(conn.execute(sa.select(payment_attempts).where(payment_attempts.c.invoice_id == invoice_id)
+                                 .order_by(payment_attempts.c.attempt_no)).all())
