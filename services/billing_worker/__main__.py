@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     from services.billing_worker.bootstrap import build_worker
     from shared.config import Settings
     from shared.observability import configure_logging
+    from shared.runtime import freeze_startup_heap
 
     parser = argparse.ArgumentParser(prog="python -m services.billing_worker")
     parser.add_argument("--member-id", default=None)
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     worker = build_worker(settings, relay=settings.worker_relay and not args.no_relay,
                           static_member_id=args.member_id or settings.worker_member_id,
                           session_timeout_ms=args.session_timeout_ms or settings.worker_session_timeout_ms)
+    freeze_startup_heap()
     worker.run(stop)
 
 

@@ -6,6 +6,7 @@ import faust
 
 from shared.config import Settings
 from shared.observability import configure_logging
+from shared.runtime import freeze_startup_heap
 
 from .app import create_app
 from .bootstrap import bootstrap
@@ -16,6 +17,7 @@ def main() -> None:
     configure_logging(settings.log_level, settings.log_json)
     app = create_app(bootstrap(settings))
     worker = faust.Worker(app, loglevel=settings.log_level, override_logging=False, quiet=True)
+    freeze_startup_heap()
     worker.execute_from_commandline()
 
 

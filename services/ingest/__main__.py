@@ -16,6 +16,7 @@ from services.ingest.app import create_app
 from services.ingest.bootstrap import build_container
 from shared.config import Settings
 from shared.observability import configure_logging
+from shared.runtime import freeze_startup_heap
 
 
 def main() -> None:
@@ -25,9 +26,9 @@ def main() -> None:
         uvicorn.run("services.ingest.app:app_from_environment", factory=True, workers=settings.http_workers,
                     host=settings.http_host, port=settings.http_port, log_config=None, access_log=False)
         return
-    container = build_container(settings)
-    uvicorn.run(create_app(container), host=settings.http_host, port=settings.http_port,
-                log_config=None, access_log=False)
+    app = create_app(build_container(settings))
+    freeze_startup_heap()
+    uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_config=None, access_log=False)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ from services.ingest.routes import (
 from services.ingest.routes import quota as quota_routes
 from shared.config import Settings
 from shared.observability import configure_logging
+from shared.runtime import freeze_startup_heap
 from shared.sdk.events import UsageEvent
 
 _log = logging.getLogger("services.ingest")
@@ -95,10 +96,13 @@ def create_app(container: Container) -> FastAPI:
 
 
 def app_from_environment() -> FastAPI:
-    """The app of one uvicorn worker process (`BILLING_HTTP_WORKERS` > 1): settings from the environment."""
+    """The app of one uvicorn worker process (`BILLING_HTTP_WORKERS` > 1): settings from the environment.
+    Only `python -m services.ingest` calls it, once per worker process, so it may freeze the startup heap."""
     settings = Settings()
     configure_logging(settings.log_level, settings.log_json)
-    return create_app(build_container(settings))
+    app = create_app(build_container(settings))
+    freeze_startup_heap()
+    return app
 
 
 def _route_modules() -> list:  # type: ignore[type-arg]
