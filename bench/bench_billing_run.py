@@ -20,6 +20,7 @@ then scaled linearly and says so in its unit).
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 import time
@@ -92,6 +93,8 @@ def billing_run(settings: Any, engine: sa.Engine, n: int) -> dict[str, float]:
     simulated = settings.model_copy(update={"clock": "simulated", "simulated_clock_start": JAN_1.isoformat(),
                                             "payment_gateway": "simulated", "scheduler_interval_s": 0.2})
     worker = build_worker(simulated, session_timeout_ms=10_000)
+    gc.collect()
+    gc.freeze()  # as `python -m services.billing_worker` does once the worker is built (shared/runtime.py)
     stop = threading.Event()
     thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
     thread.start()
@@ -111,6 +114,7 @@ def billing_run(settings: Any, engine: sa.Engine, n: int) -> dict[str, float]:
     finally:
         stop.set()
         thread.join(120)
+        gc.unfreeze()
     if invoiced is None or paid is None:
         raise RuntimeError(f"billing run incomplete: {_count(engine)} of {n} invoices stored, "
                            f"{_count(engine, status='paid')} paid")
