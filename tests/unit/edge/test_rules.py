@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -23,6 +24,21 @@ def test_known_test_card_numbers_are_detected(text):
                                   b"order-2026-03-10"])
 def test_numbers_that_are_not_card_shaped_pass(text):
     assert not contains_pan(text)
+
+
+@pytest.mark.parametrize("text", [b"pan_4242424242424242", b"card: 4242 4242 4242 4242", b"x=4242424242424242;",
+                                  b'"4000-0566-5566-5556"'])
+def test_a_card_number_next_to_punctuation_is_still_detected(text):
+    assert contains_pan(text)
+
+
+def test_our_own_hex_ids_are_never_taken_for_card_numbers():
+    # These hold a Luhn-valid 16-digit run between hex letters (as about one id in 450 does by chance).
+    assert luhn_valid("4242424242424242")
+    assert not contains_pan(b"sub_a4242424242424242b0123456789abcd")
+    assert not contains_pan(b"cust_f4242424242424242e0123")
+    ids = [f"sub_{uuid.uuid4().hex}".encode() for _ in range(20_000)]
+    assert [i for i in ids if contains_pan(i)] == []  # about 45 of them were refused before
 
 
 def test_the_field_holding_a_card_number_is_named():
