@@ -95,7 +95,8 @@ class WorkerProcess:
             self.proc.wait(10)
 
     def stop(self, timeout: float = 30.0) -> int | None:
-        """SIGTERM and wait for a graceful exit (falls back to kill -9 after `timeout`)."""
+        """SIGTERM once the process runs (`wait_running`), then wait for a graceful exit (falls back to
+        kill -9 after `timeout`)."""
         if self.proc is None:
             return None
         self.wait_running()
