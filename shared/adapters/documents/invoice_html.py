@@ -70,9 +70,9 @@ INVOICE_TEMPLATE = """<!doctype html>
  <tr><td>Amount paid</td><td class="num">{{ inv.amount_paid }}</td></tr>
  <tr><td><strong>Amount due</strong></td><td class="num"><strong>{{ inv.amount_due }}</strong></td></tr>
 </table>
-<footer class="muted">{% if inv.paid_on %}Paid on {{ inv.paid_on }}{% if inv.provider_ref %} (payment
- {{ inv.provider_ref }}){% endif %}. {% endif %}All amounts in {{ inv.currency }}. Generated from the billing
- database; the total is the sum of the rounded lines above. Invoice id {{ inv.invoice_id }}.</footer>
+<footer class="muted">{% if inv.paid_note %}{{ inv.paid_note }} {% endif %}All amounts in {{ inv.currency }}.
+ Generated from the billing database; the total is the sum of the rounded lines above.
+ Invoice id {{ inv.invoice_id }}.</footer>
 </body></html>
 """
 

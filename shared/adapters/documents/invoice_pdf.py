@@ -121,9 +121,7 @@ def _totals(doc: InvoiceDocument) -> Table:
 
 
 def _footer(doc: InvoiceDocument) -> Paragraph:
-    paid = ""
-    if doc.paid_on:
-        paid = f"Paid on {doc.paid_on}" + (f" (payment {doc.provider_ref})" if doc.provider_ref else "") + ". "
+    paid = f"{doc.paid_note} " if doc.paid_note else ""
     return Paragraph(_text(f"{paid}All amounts in {doc.currency}. The total is the sum of the rounded lines "
                            f"above. Invoice id {doc.invoice_id}."), _SMALL)
 

@@ -100,6 +100,13 @@ class InvoiceDocument:
         return self.status.capitalize()
 
     @property
+    def paid_note(self) -> str:
+        """``Paid on 12 Mar 2026 (payment pi_...).`` for a paid invoice, else empty (the footer's first words)."""
+        if not self.paid_on:
+            return ""
+        return f"Paid on {self.paid_on}" + (f" (payment {self.provider_ref})" if self.provider_ref else "") + "."
+
+    @property
     def file_stem(self) -> str:
         """A file name without extension: the number (or id) with anything but letters, digits, ``.``,
         ``_`` and ``-`` replaced, safe in a path and in a ``Content-Disposition`` header."""

@@ -215,6 +215,28 @@ SELECT o.org_id, o.plan_id, o.plan_monthly_reports, o.per_user_monthly_limit, o.
  WHERE o.org_id = %(org_id)s
 """
 
+# The alert writes shared by both statements below: `{gate}` joins the compare-and-set when there is one
+# (nothing is written if it missed), or is empty.
+_ALERT_WRITES = """
+alert_batch AS (
+    SELECT a.* FROM jsonb_to_recordset(%(alerts)s::jsonb)
+           AS a(period_start timestamptz, kind text, threshold int, user_id text, used int, allotment int,
+                reason text, event_id uuid, envelope jsonb){gate}
+), alerts AS (
+    INSERT INTO quota_alerts (org_id, period_start, kind, threshold_percent, user_id, used, allotment, reason,
+                              event_id, fired_at)
+    SELECT %(org_id)s, a.period_start, a.kind, a.threshold, a.user_id, a.used, a.allotment, a.reason,
+           a.event_id, %(consumed_at)s
+      FROM alert_batch a
+    ON CONFLICT (org_id, period_start, kind, threshold_percent, user_id) DO NOTHING
+    RETURNING event_id, kind
+), alert_events AS (
+    INSERT INTO outbox (topic, message_key, event_id, event_type, envelope)
+    SELECT %(alert_topic)s, %(message_key)s, a.event_id, a.kind, b.envelope
+      FROM alerts a JOIN alert_batch b ON b.event_id = a.event_id
+    RETURNING 1
+)"""
+
 # NOTE: a batch's rows travel as ONE JSON text parameter per kind (consumptions, user grants, alerts),
 # unpacked in SQL with jsonb_to_recordset, not as one array parameter per column: psycopg adapts arrays
 # element by element in Python (under cProfile the largest server-side cost of a report credit), while
@@ -259,24 +281,7 @@ WITH cas AS (
     INSERT INTO outbox (topic, message_key, event_id, event_type, envelope)
     SELECT %(usage_topic)s, %(message_key)s, b.event_id, 'usage.recorded', b.envelope FROM batch b
     RETURNING 1
-), alert_batch AS (
-    SELECT a.* FROM jsonb_to_recordset(%(alerts)s::jsonb)
-           AS a(period_start timestamptz, kind text, threshold int, user_id text, used int, allotment int,
-                reason text, event_id uuid, envelope jsonb), cas
-), alerts AS (
-    INSERT INTO quota_alerts (org_id, period_start, kind, threshold_percent, user_id, used, allotment, reason,
-                              event_id, fired_at)
-    SELECT %(org_id)s, a.period_start, a.kind, a.threshold, a.user_id, a.used, a.allotment, a.reason,
-           a.event_id, %(consumed_at)s
-      FROM alert_batch a
-    ON CONFLICT (org_id, period_start, kind, threshold_percent, user_id) DO NOTHING
-    RETURNING event_id, kind
-), alert_events AS (
-    INSERT INTO outbox (topic, message_key, event_id, event_type, envelope)
-    SELECT %(alert_topic)s, %(message_key)s, a.event_id, a.kind, b.envelope
-      FROM alerts a JOIN alert_batch b ON b.event_id = a.event_id
-    RETURNING 1
-)
+),""" + _ALERT_WRITES.format(gate=", cas") + """
 SELECT (SELECT version FROM cas) AS version,
        (SELECT count(*) FROM admitted) AS admitted,
        (SELECT count(*) FROM usage_events) AS usage_events,
@@ -288,25 +293,7 @@ SELECT (SELECT version FROM cas) AS version,
 
 # Alerts noticed by a batch that admitted nothing (e.g. every request hit the limit): no counter moves,
 # so no compare-and-set is needed; the unique key keeps each alert once.
-_ALERTS_ONLY_SQL = """
-WITH alert_batch AS (
-    SELECT a.* FROM jsonb_to_recordset(%(alerts)s::jsonb)
-           AS a(period_start timestamptz, kind text, threshold int, user_id text, used int, allotment int,
-                reason text, event_id uuid, envelope jsonb)
-), alerts AS (
-    INSERT INTO quota_alerts (org_id, period_start, kind, threshold_percent, user_id, used, allotment, reason,
-                              event_id, fired_at)
-    SELECT %(org_id)s, a.period_start, a.kind, a.threshold, a.user_id, a.used, a.allotment, a.reason,
-           a.event_id, %(consumed_at)s
-      FROM alert_batch a
-    ON CONFLICT (org_id, period_start, kind, threshold_percent, user_id) DO NOTHING
-    RETURNING event_id, kind
-), alert_events AS (
-    INSERT INTO outbox (topic, message_key, event_id, event_type, envelope)
-    SELECT %(alert_topic)s, %(message_key)s, a.event_id, a.kind, b.envelope
-      FROM alerts a JOIN alert_batch b ON b.event_id = a.event_id
-    RETURNING 1
-)
+_ALERTS_ONLY_SQL = "WITH" + _ALERT_WRITES.format(gate="") + """
 SELECT (SELECT coalesce(array_agg(event_id), '{}') FROM alerts) AS alerts_inserted,
        (SELECT count(*) FROM alert_events) AS alert_events
 """
@@ -339,6 +326,11 @@ def _commit_params(write: BatchWrite) -> dict[str, Any]:
 
 def _json(value: Any) -> str:
     return orjson.dumps(value).decode()
+
+
+def _load_params(org_id: str, month_start: datetime, users: Sequence[str], enquiries: Sequence[str]) -> dict[str, Any]:
+    return {"org_id": org_id, "month_start": month_start, "users": _json(list(users)),
+            "enquiries": _json(list(enquiries))}
 
 
 def _snapshot(row: dict[str, Any]) -> OrgSnapshot:
@@ -382,8 +374,7 @@ class QuotaRepository:
     async def load(self, org_id: str, month_start: datetime, users: Sequence[str],
                    enquiries: Sequence[str]) -> OrgSnapshot:
         """Everything the rule needs for one batch; ``UnknownOrg`` when the org was never configured."""
-        params = {"org_id": org_id, "month_start": month_start, "users": _json(list(users)),
-                  "enquiries": _json(list(enquiries))}
+        params = _load_params(org_id, month_start, users, enquiries)
         try:
             async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
                 await cur.execute(_LOAD_SQL, params)
@@ -405,8 +396,7 @@ class QuotaRepository:
         it, then miss on the version). The write is the same conditional statement as ``commit_batch``.
         Exceptions raised by ``decide`` roll the transaction back and propagate.
         """
-        params = {"org_id": org_id, "month_start": month_start, "users": _json(list(users)),
-                  "enquiries": _json(list(enquiries))}
+        params = _load_params(org_id, month_start, users, enquiries)
         try:
             async with self._pool.connection() as conn, conn.transaction(), \
                     conn.cursor(row_factory=dict_row) as cur:
