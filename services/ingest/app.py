@@ -1,6 +1,6 @@
 """The FastAPI application of the ingest edge: `create_app(container)`.
 
-Middleware order (outermost first): metrics, body-size limit (413), NUL-character guard (422),
+Middleware order (outermost first): metrics, body-size limit (413), JSON depth guard (422), NUL-character guard (422),
 card-number guard (422), Idempotency-Key (POST), then the routes. Errors are problem+json
 (`services.ingest.problems`). The Kafka producer's delivery thread is started with the app and the
 producer is flushed when it stops.
@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from services.ingest.auth import Authenticator
+from services.ingest.body_guard import MAX_JSON_DEPTH, DepthGuardMiddleware
 from services.ingest.bootstrap import build_container
 from services.ingest.container import Container
 from services.ingest.idempotency import IdempotencyMiddleware, IdempotencyStore
@@ -88,8 +89,10 @@ def create_app(container: Container) -> FastAPI:
 
     # add_middleware wraps: the last added is the outermost.
     app.add_middleware(IdempotencyMiddleware, store=store, exempt_paths=frozenset({WEBHOOK_PATH}))
-    app.add_middleware(PanGuardMiddleware, exempt_paths=frozenset({WEBHOOK_PATH, INGEST_PATH}))
-    app.add_middleware(NulGuardMiddleware, exempt_paths=frozenset({WEBHOOK_PATH, INGEST_PATH}))
+    raw_bodies = frozenset({WEBHOOK_PATH, INGEST_PATH})  # answered per event / verified on the raw bytes
+    app.add_middleware(PanGuardMiddleware, exempt_paths=raw_bodies)
+    app.add_middleware(NulGuardMiddleware, exempt_paths=raw_bodies)
+    app.add_middleware(DepthGuardMiddleware, max_depth=MAX_JSON_DEPTH, exempt_paths=raw_bodies)
     app.add_middleware(BodyLimitMiddleware, max_bytes=container.settings.max_request_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app

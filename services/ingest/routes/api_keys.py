@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from services.ingest.audit import record
 from services.ingest.auth import Principal, Scope, hash_token, new_token, require
 from services.ingest.container import Container, get_container
+from services.ingest.ids import BodyId, PathId
 from services.ingest.pagination import Page, decode_cursor, encode_cursor
 from services.ingest.problems import PROBLEM_RESPONSES, FieldError, ProblemError
 from shared.adapters.postgres.schema.core import customers
@@ -25,7 +26,7 @@ class CreateKeyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=200)
     scopes: list[Scope] = Field(min_length=1)
-    org_id: str | None = Field(default=None, description="the customer an ingest/read key is bound to")
+    org_id: BodyId | None = Field(default=None, description="the customer an ingest/read key is bound to")
     producer: str | None = Field(default=None, max_length=100,
                                  description="a producer identity (ingest keys reporting for any customer)")
 
@@ -107,7 +108,7 @@ async def list_keys(limit: int = Query(50, ge=1, le=500), cursor: str | None = N
 
 @router.post("/v1/api-keys/{key_id}/revoke", response_model=KeyView, responses=PROBLEM_RESPONSES,
              summary="Revoke an API key (admin); effective within seconds on every edge instance")
-async def revoke_key(key_id: str, request: Request, principal: Principal = Depends(require(Scope.ADMIN)),
+async def revoke_key(key_id: PathId, request: Request, principal: Principal = Depends(require(Scope.ADMIN)),
                      container: Container = Depends(get_container)) -> KeyView:
     def revoke() -> KeyView:
         with container.engine.begin() as conn:

@@ -29,6 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from services.ingest.audit import record
 from services.ingest.auth import Principal, Scope, authorize_customer, require
 from services.ingest.container import Container, get_container
+from services.ingest.ids import PathId
 from services.ingest.pagination import Page, decode_cursor, encode_cursor
 from services.ingest.problems import PROBLEM_RESPONSES, FieldError, ProblemError
 from shared.adapters.postgres.schema.core import customer_aliases, customers, org_members
@@ -236,7 +237,7 @@ async def list_customers(limit: int = Query(50, ge=1, le=500), cursor: str | Non
 
 @router.get("/v1/customers/{customer_id}", response_model=CustomerView, responses=PROBLEM_RESPONSES,
             summary="One customer")
-async def get_customer(customer_id: str, principal: Principal = Depends(require(Scope.READ)),
+async def get_customer(customer_id: PathId, principal: Principal = Depends(require(Scope.READ)),
                        container: Container = Depends(get_container)) -> CustomerView:
     authorize_customer(principal, customer_id)
 

@@ -15,6 +15,7 @@ from starlette.responses import Response
 
 from services.ingest.auth import Principal, Scope, authorize_customer, require
 from services.ingest.container import Container, get_container
+from services.ingest.ids import PathId
 from services.ingest.problems import PROBLEM_JSON, PROBLEM_RESPONSES, Problem, ProblemError
 from shared.adapters.documents import InvoiceDocument, load_invoice_document, render_invoice_html, render_invoice_pdf
 
@@ -84,7 +85,7 @@ def _content_disposition(document: InvoiceDocument, fmt: DocumentFormat) -> str:
     },
 )
 async def invoice_document(
-    request: Request, invoice_id: str,
+    request: Request, invoice_id: PathId,
     format: DocumentFormat | None = Query(
         None, description="`pdf` or `html`; when absent, the `Accept` header decides (PDF by default)"),
     principal: Principal = Depends(require(Scope.READ)),

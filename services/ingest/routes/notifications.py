@@ -7,11 +7,14 @@ read side (`shared.adapters.notify.history`); the edge only authorises and pages
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter, Depends, Query
 from starlette.concurrency import run_in_threadpool
 
 from services.ingest.auth import Principal, Scope, forbidden, require, resolve_org
 from services.ingest.container import Container, get_container
+from services.ingest.ids import MAX_ID_LENGTH
 from services.ingest.pagination import Page, decode_int_cursor, encode_cursor
 from services.ingest.problems import PROBLEM_RESPONSES, FieldError, ProblemError
 from services.ingest.views import NotificationView
@@ -22,7 +25,8 @@ router = APIRouter(tags=["reads"])
 
 @router.get("/v1/notifications", response_model=Page[NotificationView], responses=PROBLEM_RESPONSES,
             summary="Notifications sent to customers (dunning notices), newest first")
-async def notifications(customer_id: str | None = None, limit: int = Query(50, ge=1, le=MAX_PAGE),
+async def notifications(customer_id: Annotated[str | None, Query(max_length=MAX_ID_LENGTH)] = None,
+                        limit: int = Query(50, ge=1, le=MAX_PAGE),
                         cursor: str | None = None, principal: Principal = Depends(require(Scope.READ)),
                         container: Container = Depends(get_container)) -> Page[NotificationView]:
     if principal.is_admin:

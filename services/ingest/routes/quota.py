@@ -49,6 +49,7 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.responses import Response
 
 from services.ingest.auth import Principal, Scope, authenticate, forbidden, require, resolve_org
+from services.ingest.ids import BodyId, PathId, check_path_id
 from services.ingest.problems import PROBLEM_JSON, PROBLEM_RESPONSES, Problem, ProblemError, problem_type
 from services.ingest.quota_service import CreditAnswer, QuotaRequestError, QuotaService, QuotaView
 from services.ingest.quota_spend import OrgSpend, SpendAnswer, SpendRequestError, SpendService, spend_service_of
@@ -88,7 +89,7 @@ class SetPlan(BaseModel):
     plan: str = Field(description="Ultimate, Enterprise, Basic or Lite (or the catalog id, e.g. reports_basic)")
     timezone: str | None = Field(default=None, description="IANA zone of the org's calendar months; kept if "
                                                            "omitted, UTC for a new org")
-    subscription_id: str | None = Field(default=None, description="key of the org's usage events")
+    subscription_id: BodyId | None = Field(default=None, description="key of the org's usage events")
 
 
 class StartTrial(BaseModel):
@@ -251,6 +252,7 @@ async def use_report_credit(org_id: str, request: Request) -> Response:
     # NOTE: hot path (issue 7's benchmarks). Authentication, scope check and body validation are the
     # same as the other routes' `require(...)` and pydantic body, done inline, and the route is served
     # by `_DirectRoute`: FastAPI's dependency solving costs more per request than the whole decision.
+    check_path_id("org_id", org_id)
     principal = await authenticate(request)
     if not principal.has_any(_CREDIT_SCOPES):
         raise forbidden("this API key lacks the scope: ingest")
@@ -275,7 +277,7 @@ router.add_api_route("/orgs/{org_id}/report-credits", use_report_credit, methods
 
 @router.put("/orgs/{org_id}/plan", response_model=QuotaState, responses=PROBLEM_RESPONSES,
             summary="Set the org's report plan")
-async def set_plan(org_id: str, body: SetPlan, principal: Annotated[Principal, Depends(require(Scope.ADMIN))],
+async def set_plan(org_id: PathId, body: SetPlan, principal: Annotated[Principal, Depends(require(Scope.ADMIN))],
                    quota: Annotated[QuotaService, Depends(get_quota)]) -> QuotaState:
     try:
         view = await quota.set_plan(resolve_org(principal, org_id), body.plan, timezone=body.timezone,
@@ -287,7 +289,7 @@ async def set_plan(org_id: str, body: SetPlan, principal: Annotated[Principal, D
 
 @router.post("/orgs/{org_id}/trial", response_model=QuotaState, responses=PROBLEM_RESPONSES,
              summary="Start the org's trial")
-async def start_trial(org_id: str, body: StartTrial,
+async def start_trial(org_id: PathId, body: StartTrial,
                       principal: Annotated[Principal, Depends(require(Scope.ADMIN))],
                       quota: Annotated[QuotaService, Depends(get_quota)]) -> QuotaState:
     try:
@@ -299,7 +301,7 @@ async def start_trial(org_id: str, body: StartTrial,
 
 @router.put("/orgs/{org_id}/user-limit", response_model=QuotaState, responses=PROBLEM_RESPONSES,
             summary="Set the per-user monthly limit")
-async def set_user_limit(org_id: str, body: SetUserLimit,
+async def set_user_limit(org_id: PathId, body: SetUserLimit,
                          principal: Annotated[Principal, Depends(require(Scope.ADMIN))],
                          quota: Annotated[QuotaService, Depends(get_quota)]) -> QuotaState:
     try:
@@ -311,7 +313,7 @@ async def set_user_limit(org_id: str, body: SetUserLimit,
 
 @router.put("/orgs/{org_id}/alert-thresholds", response_model=QuotaState, responses=PROBLEM_RESPONSES,
             summary="Set the alert thresholds (percent of the month's allotment)")
-async def set_alert_thresholds(org_id: str, body: SetThresholds,
+async def set_alert_thresholds(org_id: PathId, body: SetThresholds,
                                principal: Annotated[Principal, Depends(require(Scope.ADMIN))],
                                quota: Annotated[QuotaService, Depends(get_quota)]) -> QuotaState:
     try:
@@ -323,7 +325,7 @@ async def set_alert_thresholds(org_id: str, body: SetThresholds,
 
 @router.post("/orgs/{org_id}/top-ups", response_model=TopUpResult, responses=PROBLEM_RESPONSES,
              summary="Top up the org's reports for the current month (admin only)")
-async def top_up(org_id: str, body: TopUp, principal: Annotated[Principal, Depends(require(Scope.ADMIN))],
+async def top_up(org_id: PathId, body: TopUp, principal: Annotated[Principal, Depends(require(Scope.ADMIN))],
                  quota: Annotated[QuotaService, Depends(get_quota)]) -> TopUpResult:
     try:
         view, applied, expires_at = await quota.top_up(resolve_org(principal, org_id), body.reports,
@@ -335,7 +337,7 @@ async def top_up(org_id: str, body: TopUp, principal: Annotated[Principal, Depen
 
 @router.get("/orgs/{org_id}", response_model=QuotaState, responses=PROBLEM_RESPONSES,
             summary="Read the org's quota state (and one user's balance)")
-async def read_quota(org_id: str, principal: Annotated[Principal, Depends(require(Scope.READ))],
+async def read_quota(org_id: PathId, principal: Annotated[Principal, Depends(require(Scope.READ))],
                      quota: Annotated[QuotaService, Depends(get_quota)],
                      user_id: Annotated[str | None, Query(pattern=IDENTIFIER)] = None) -> QuotaState:
     try:
@@ -467,7 +469,7 @@ _AUTHORISE_RESPONSES: dict[int | str, dict[str, object]] = {
 
 @router.get("/orgs/{org_id}/spend", response_model=SpendBalance, responses=PROBLEM_RESPONSES,
             summary="Usage-tier balance: included credits left, spend so far, the cap")
-async def read_spend(org_id: str, principal: Annotated[Principal, Depends(require(Scope.READ))],
+async def read_spend(org_id: PathId, principal: Annotated[Principal, Depends(require(Scope.READ))],
                      spend: Annotated[SpendService, Depends(get_spend)]) -> SpendBalance:
     try:
         return SpendBalance.of(await spend.balance(resolve_org(principal, org_id)))
@@ -477,7 +479,7 @@ async def read_spend(org_id: str, principal: Annotated[Principal, Depends(requir
 
 @router.put("/orgs/{org_id}/spend-cap", response_model=SpendBalance, responses=PROBLEM_RESPONSES,
             summary="Cap the org's pay-as-you-go spend per billing period (admin)")
-async def set_spend_cap(org_id: str, body: SetSpendCap,
+async def set_spend_cap(org_id: PathId, body: SetSpendCap,
                         principal: Annotated[Principal, Depends(require(Scope.ADMIN))],
                         spend: Annotated[SpendService, Depends(get_spend)]) -> SpendBalance:
     try:
@@ -489,7 +491,7 @@ async def set_spend_cap(org_id: str, body: SetSpendCap,
 
 @router.post("/orgs/{org_id}/spend/authorisations", responses=_AUTHORISE_RESPONSES, response_class=Response,
              summary="Reserve compute spend against the included credits and the cap (atomic)")
-async def authorise_spend(org_id: str, body: Authorise,
+async def authorise_spend(org_id: PathId, body: Authorise,
                           principal: Annotated[Principal, Depends(require(Scope.INGEST))],
                           spend: Annotated[SpendService, Depends(get_spend)]) -> Response:
     try:

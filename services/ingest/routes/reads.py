@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from services.ingest.auth import Principal, Scope, authorize_customer, require
 from services.ingest.container import Container, get_container
+from services.ingest.ids import PathId
 from services.ingest.pagination import Page, decode_cursor, decode_int_cursor, encode_cursor
 from services.ingest.problems import PROBLEM_RESPONSES, ProblemError
 from services.ingest.routes.subscriptions import owner_of
@@ -70,7 +71,7 @@ async def _subscription_owner(container: Container, principal: Principal, subscr
 
 @router.get("/v1/customers/{customer_id}/subscriptions", response_model=Page[SubscriptionView],
             responses=PROBLEM_RESPONSES, summary="A customer's subscriptions")
-async def customer_subscriptions(customer_id: str, limit: int = Limit, cursor: str | None = None,
+async def customer_subscriptions(customer_id: PathId, limit: int = Limit, cursor: str | None = None,
                                  principal: Principal = Depends(require(Scope.READ)),
                                  container: Container = Depends(get_container)) -> Page[SubscriptionView]:
     authorize_customer(principal, customer_id)
@@ -81,7 +82,7 @@ async def customer_subscriptions(customer_id: str, limit: int = Limit, cursor: s
 
 @router.get("/v1/subscriptions/{subscription_id}", response_model=SubscriptionView, responses=PROBLEM_RESPONSES,
             summary="One subscription as the worker has it")
-async def get_subscription(subscription_id: str, principal: Principal = Depends(require(Scope.READ)),
+async def get_subscription(subscription_id: PathId, principal: Principal = Depends(require(Scope.READ)),
                            container: Container = Depends(get_container)) -> SubscriptionView:
     await _subscription_owner(container, principal, subscription_id)
 
@@ -108,7 +109,7 @@ def _with_lines(conn: sa.Connection, rows: list[Any]) -> list[InvoiceView]:
 
 @router.get("/v1/customers/{customer_id}/invoices", response_model=Page[InvoiceView], responses=PROBLEM_RESPONSES,
             summary="A customer's invoices, with lines")
-async def customer_invoices(customer_id: str, limit: int = Limit, cursor: str | None = None,
+async def customer_invoices(customer_id: PathId, limit: int = Limit, cursor: str | None = None,
                             principal: Principal = Depends(require(Scope.READ)),
                             container: Container = Depends(get_container)) -> Page[InvoiceView]:
     authorize_customer(principal, customer_id)
@@ -125,7 +126,7 @@ async def customer_invoices(customer_id: str, limit: int = Limit, cursor: str | 
 
 @router.get("/v1/invoices/{invoice_id}", response_model=InvoiceView, responses=PROBLEM_RESPONSES,
             summary="One invoice with its lines")
-async def get_invoice(invoice_id: str, principal: Principal = Depends(require(Scope.READ)),
+async def get_invoice(invoice_id: PathId, principal: Principal = Depends(require(Scope.READ)),
                       container: Container = Depends(get_container)) -> InvoiceView:
     def load() -> InvoiceView | None:
         with container.engine.connect() as conn:
@@ -141,7 +142,7 @@ async def get_invoice(invoice_id: str, principal: Principal = Depends(require(Sc
 
 @router.get("/v1/customers/{customer_id}/payments", response_model=Page[PaymentAttemptView],
             responses=PROBLEM_RESPONSES, summary="Payment attempts of a customer's invoices")
-async def customer_payments(customer_id: str, limit: int = Limit, cursor: str | None = None,
+async def customer_payments(customer_id: PathId, limit: int = Limit, cursor: str | None = None,
                             principal: Principal = Depends(require(Scope.READ)),
                             container: Container = Depends(get_container)) -> Page[PaymentAttemptView]:
     authorize_customer(principal, customer_id)
@@ -159,7 +160,7 @@ def _credit_view(g: GrantBalance) -> CreditBalanceView:
 
 @router.get("/v1/subscriptions/{subscription_id}/credits", response_model=list[CreditBalanceView],
             responses=PROBLEM_RESPONSES, summary="Credit grants and their remaining balances")
-async def credit_balances(subscription_id: str, principal: Principal = Depends(require(Scope.READ)),
+async def credit_balances(subscription_id: PathId, principal: Principal = Depends(require(Scope.READ)),
                           container: Container = Depends(get_container)) -> list[CreditBalanceView]:
     await _subscription_owner(container, principal, subscription_id)
 
@@ -172,7 +173,7 @@ async def credit_balances(subscription_id: str, principal: Principal = Depends(r
 
 @router.get("/v1/subscriptions/{subscription_id}/usage", response_model=UsageSoFarView,
             responses=PROBLEM_RESPONSES, summary="Usage so far in the current period, credits left, charge")
-async def usage_so_far(subscription_id: str, principal: Principal = Depends(require(Scope.READ)),
+async def usage_so_far(subscription_id: PathId, principal: Principal = Depends(require(Scope.READ)),
                        container: Container = Depends(get_container)) -> UsageSoFarView:
     """Usage per meter since the current period started (as materialised by the worker), the credits the
     period close will draw from (grants usable at the period's last second), and the resulting charge."""
@@ -222,7 +223,7 @@ async def usage_so_far(subscription_id: str, principal: Principal = Depends(requ
 
 @router.get("/v1/subscriptions/{subscription_id}/ledger", response_model=Page[LedgerEntryView],
             responses=PROBLEM_RESPONSES, summary="The credit ledger (append-only entries)")
-async def ledger(subscription_id: str, limit: int = Limit, cursor: str | None = None,
+async def ledger(subscription_id: PathId, limit: int = Limit, cursor: str | None = None,
                  principal: Principal = Depends(require(Scope.READ)),
                  container: Container = Depends(get_container)) -> Page[LedgerEntryView]:
     await _subscription_owner(container, principal, subscription_id)
@@ -233,7 +234,7 @@ async def ledger(subscription_id: str, limit: int = Limit, cursor: str | None = 
 
 @router.get("/v1/customers/{customer_id}/audit", response_model=Page[AuditEntryView], responses=PROBLEM_RESPONSES,
             summary="Audit trail: who did what, when, with which key")
-async def audit_trail(customer_id: str, limit: int = Limit, cursor: str | None = None,
+async def audit_trail(customer_id: PathId, limit: int = Limit, cursor: str | None = None,
                       principal: Principal = Depends(require(Scope.READ)),
                       container: Container = Depends(get_container)) -> Page[AuditEntryView]:
     authorize_customer(principal, customer_id)

@@ -20,6 +20,7 @@ from services.ingest.audit import record
 from services.ingest.auth import Principal, Scope, authorize_customer, require
 from services.ingest.commands import Outcome, publish_command, read_outcome, wait_for_outcome
 from services.ingest.container import Container, get_container
+from services.ingest.ids import BodyId, PathId
 from services.ingest.problems import PROBLEM_RESPONSES, FieldError, ProblemError
 from services.ingest.views import CommandView, SubscriptionView
 from shared.adapters.postgres.schema.billing import subscriptions
@@ -50,17 +51,17 @@ class _Body(BaseModel):
 
 
 class SubscribeRequest(_Body):
-    customer_id: str = Field(min_length=1)
-    plan_id: str = Field(min_length=1)
+    customer_id: BodyId
+    plan_id: BodyId
     seats: int = Field(default=1, ge=1, le=100_000)
     trial_days: int | None = Field(default=None, ge=0, le=730, description="null: the plan's default")
-    coupon_id: str | None = None
+    coupon_id: BodyId | None = None
     anchor_day: int | None = Field(default=None, ge=1, le=31, description="null: the start day")
     payment_method_id: str | None = Field(default=None, pattern=r"^pm_[A-Za-z0-9_]+$")
 
 
 class ChangePlanRequest(_Body):
-    plan_id: str = Field(min_length=1)
+    plan_id: BodyId
     timing: Literal["auto", "immediate", "period_end"] = "auto"
 
 
@@ -188,7 +189,7 @@ async def _command(request: Request, container: Container, principal: Principal,
 
 @router.post("/v1/subscriptions/{subscription_id}/change-plan", response_model=SubscriptionView,
              responses=COMMAND_RESPONSES, summary="Upgrade or downgrade (proration per the plan's rules)")
-async def change_plan(subscription_id: str, body: ChangePlanRequest, request: Request,
+async def change_plan(subscription_id: PathId, body: ChangePlanRequest, request: Request,
                       principal: Principal = Depends(require(Scope.ADMIN)),
                       container: Container = Depends(get_container)) -> JSONResponse:
     if body.plan_id not in container.catalog.plans:
@@ -202,7 +203,7 @@ async def change_plan(subscription_id: str, body: ChangePlanRequest, request: Re
 
 @router.post("/v1/subscriptions/{subscription_id}/seats", response_model=SubscriptionView,
              responses=COMMAND_RESPONSES, summary="Change the number of seats")
-async def change_seats(subscription_id: str, body: ChangeSeatsRequest, request: Request,
+async def change_seats(subscription_id: PathId, body: ChangeSeatsRequest, request: Request,
                        principal: Principal = Depends(require(Scope.ADMIN)),
                        container: Container = Depends(get_container)) -> JSONResponse:
     return await _command(request, container, principal, subscription_id,
@@ -213,7 +214,7 @@ async def change_seats(subscription_id: str, body: ChangeSeatsRequest, request: 
 
 @router.post("/v1/subscriptions/{subscription_id}/cancel", response_model=SubscriptionView,
              responses=COMMAND_RESPONSES, summary="Cancel now or at the period end")
-async def cancel(subscription_id: str, body: CancelRequest, request: Request,
+async def cancel(subscription_id: PathId, body: CancelRequest, request: Request,
                  principal: Principal = Depends(require(Scope.ADMIN)),
                  container: Container = Depends(get_container)) -> JSONResponse:
     return await _command(request, container, principal, subscription_id,
@@ -225,7 +226,7 @@ async def cancel(subscription_id: str, body: CancelRequest, request: Request,
 
 @router.post("/v1/subscriptions/{subscription_id}/pause", response_model=SubscriptionView,
              responses=COMMAND_RESPONSES, summary="Pause")
-async def pause(subscription_id: str, request: Request, principal: Principal = Depends(require(Scope.ADMIN)),
+async def pause(subscription_id: PathId, request: Request, principal: Principal = Depends(require(Scope.ADMIN)),
                 container: Container = Depends(get_container)) -> JSONResponse:
     return await _command(request, container, principal, subscription_id,
                           lambda customer_id: PauseSubscription(subscription_id=subscription_id,
@@ -235,7 +236,7 @@ async def pause(subscription_id: str, request: Request, principal: Principal = D
 
 @router.post("/v1/subscriptions/{subscription_id}/resume", response_model=SubscriptionView,
              responses=COMMAND_RESPONSES, summary="Resume a paused subscription")
-async def resume(subscription_id: str, request: Request, principal: Principal = Depends(require(Scope.ADMIN)),
+async def resume(subscription_id: PathId, request: Request, principal: Principal = Depends(require(Scope.ADMIN)),
                  container: Container = Depends(get_container)) -> JSONResponse:
     return await _command(request, container, principal, subscription_id,
                           lambda customer_id: ResumeSubscription(subscription_id=subscription_id,
