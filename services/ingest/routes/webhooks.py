@@ -5,8 +5,10 @@
   must be within 5 minutes of now in either direction (the SDK checks only the past). Failure: 400, nothing
   produced.
 - Dedupe on the Stripe event id (`stripe_webhook_events`); Stripe retries on any non-2xx, so a repeat of
-  an already published event answers 200 and produces nothing. Messages carry an event_id derived from
-  the Stripe event id, so a re-publication after a crash is deduplicated downstream as well.
+  an already published event answers 200 `duplicate` and produces nothing. The event's row stays locked
+  until its messages are acknowledged, so identical deliveries racing it wait and answer `duplicate` too.
+  Messages carry an event_id derived from the Stripe event id, so a re-publication after a crash is
+  deduplicated downstream as well.
 - `payment_intent.succeeded`, `payment_intent.payment_failed`, `invoice.paid`, `invoice.payment_failed`
   -> `payment.succeeded` / `payment.failed` on payments.v1, keyed by the subscription id our payment
   executor put in the object's metadata (objects without it are not ours: acknowledged, not translated).
@@ -158,29 +160,47 @@ async def stripe_webhook(request: Request, container: Container = Depends(get_co
     event = verify(payload, request.headers.get("stripe-signature"), secrets, time.time())
     event_id, kind = event["id"], str(event["type"])
 
-    def claim() -> bool:
-        with container.engine.begin() as conn:
-            inserted = conn.execute(insert(stripe_webhook_events).values(stripe_event_id=event_id, event_type=kind)
-                                    .on_conflict_do_nothing().returning(stripe_webhook_events.c.stripe_event_id)
-                                    ).first()
-            if inserted is not None:
-                return True
-            return not conn.execute(sa.select(stripe_webhook_events.c.published)
-                                    .where(stripe_webhook_events.c.stripe_event_id == event_id)).scalar_one()
-
-    if not await run_in_threadpool(claim):
+    claim = await run_in_threadpool(_claim, container.engine, event_id, kind)
+    if claim is None:
         return WebhookAck(status="duplicate")
-    produced = await run_in_threadpool(translate, event, container.engine)
-    at = datetime.fromtimestamp(int(event.get("created") or time.time()), UTC)
-    messages = [OutgoingMessage.of(topic, key, new_envelope(
-        TYPE_OF[type(payload_)], payload_.model_dump(mode="json"), producer=PRODUCER, occurred_at=at,
-        correlation_id=event_id, event_id=_message_id(event_id, key))) for topic, key, payload_ in produced]
-    await container.producer.send_async(messages)
-
-    def mark() -> None:
-        with container.engine.begin() as conn:
-            conn.execute(sa.update(stripe_webhook_events).where(stripe_webhook_events.c.stripe_event_id == event_id)
-                         .values(published=True))
-
-    await run_in_threadpool(mark)
+    try:
+        produced = await run_in_threadpool(translate, event, container.engine)
+        at = datetime.fromtimestamp(int(event.get("created") or time.time()), UTC)
+        messages = [OutgoingMessage.of(topic, key, new_envelope(
+            TYPE_OF[type(payload_)], payload_.model_dump(mode="json"), producer=PRODUCER, occurred_at=at,
+            correlation_id=event_id, event_id=_message_id(event_id, key))) for topic, key, payload_ in produced]
+        await container.producer.send_async(messages)
+        await run_in_threadpool(_mark_published, claim, event_id)
+    finally:
+        await run_in_threadpool(claim.close)  # rolls back unless marked: a failed delivery frees the claim
     return WebhookAck(status="published" if messages else "ignored", messages=len(messages))
+
+
+def _claim(engine: sa.Engine, event_id: str, kind: str) -> sa.Connection | None:
+    """A connection holding the event's row locked in an open transaction, or None if it was published.
+
+    # NOTE: the row lock is held until the messages are acknowledged and the row is marked, so identical
+    # deliveries arriving meanwhile wait on it and then answer `duplicate` (each used to publish too). A
+    # failure rolls the claim back, so Stripe's retry publishes again.
+    """
+    conn = engine.connect()
+    try:
+        conn.begin()
+        conn.execute(insert(stripe_webhook_events).values(stripe_event_id=event_id, event_type=kind)
+                     .on_conflict_do_nothing())
+        published = conn.execute(sa.select(stripe_webhook_events.c.published)
+                                 .where(stripe_webhook_events.c.stripe_event_id == event_id)
+                                 .with_for_update()).scalar_one()
+    except BaseException:
+        conn.close()
+        raise
+    if published:
+        conn.close()
+        return None
+    return conn
+
+
+def _mark_published(conn: sa.Connection, event_id: str) -> None:
+    conn.execute(sa.update(stripe_webhook_events).where(stripe_webhook_events.c.stripe_event_id == event_id)
+                 .values(published=True))
+    conn.commit()
