@@ -5,8 +5,10 @@ that an event refused by one path is refused by all. Checks that need the custom
 its plan meter this event type) are the edge's and the worker's.
 
 Shape: `{"transaction_id", "customer_id", "event_type", "timestamp" (RFC 3339 with offset),
-"properties": {...}}`. Numeric properties (JSON numbers, or strings holding a decimal number, which is
-how fractional quantities such as `gb_months` should be sent to stay exact) must be finite and >= 0.
+"properties": {...}}`. The bounds (identifiers, time window, numeric properties, property shape, card
+numbers) are `shared.contracts.usage_rules`, which the worker applies too: numeric properties (JSON numbers,
+or strings holding a decimal number, which is how fractional quantities such as `gb_months` should be sent
+to stay exact) must be finite, >= 0, < 10^19, with at most 9 decimal places.
 
 Hot path: `validated_event` checks the common exact shape (plain dict, str fields, RFC 3339 string or
 aware datetime) without building a pydantic model, and hands anything else to `UsageEvent` itself, so
@@ -18,22 +20,31 @@ written on the wire.
 from __future__ import annotations
 
 import functools
-import math
 import re
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from datetime import UTC, datetime
 from typing import Any, Final, NamedTuple
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
-# NOTE: 34 days covers a calendar month closed a few days late; older events would land in a period
-# that is already invoiced. Five minutes ahead tolerates producer clock skew, not future-dated usage.
-MAX_EVENT_AGE = timedelta(days=34)
-MAX_EVENT_LEAD = timedelta(minutes=5)
+from shared.contracts.usage_rules import (
+    MAX_EVENT_AGE,
+    MAX_EVENT_LEAD,
+    MAX_EVENT_TYPE_LENGTH,
+    MAX_ID_LENGTH,
+    EventWindow,
+    UsageProblem,
+    as_utc,
+    properties_problem,
+)
+from shared.contracts.usage_rules import number_of as numeric_value
+
 MAX_BATCH_EVENTS = 1000
 # PostgreSQL text and JSONB cannot hold U+0000; an identifier carrying one could never be stored.
 NO_NUL = r"^[^\x00]*$"
+# The problem `check_event` reports (the rules module's type, under the name the edge has always used).
+EventProblem = UsageProblem
+__all__ = ["MAX_BATCH_EVENTS", "MAX_EVENT_AGE", "MAX_EVENT_LEAD", "EventProblem", "EventWindow", "UsageEvent",
+           "ValidEvent", "check_event", "fast_event", "numeric_value", "utc_text", "validated_event"]
 
 
 class UsageEvent(BaseModel):
@@ -41,13 +52,20 @@ class UsageEvent(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    transaction_id: str = Field(min_length=1, max_length=128, pattern=NO_NUL,
+    transaction_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=NO_NUL,
                                 description="the producer's unique id (dedupe key)")
-    customer_id: str = Field(min_length=1, max_length=128, pattern=NO_NUL,
+    customer_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=NO_NUL,
                              description="our customer id or an ingest alias")
-    event_type: str = Field(min_length=1, max_length=100, pattern=NO_NUL)
+    event_type: str = Field(min_length=1, max_length=MAX_EVENT_TYPE_LENGTH, pattern=NO_NUL)
     timestamp: AwareDatetime = Field(description="RFC 3339 with a UTC offset")
     properties: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("timestamp")
+    @classmethod
+    def _has_utc_equivalent(cls, value: datetime) -> datetime:
+        if as_utc(value) is None:
+            raise ValueError("has no UTC equivalent (outside years 1 to 9999 once its offset is applied)")
+        return value
 
 
 class ValidEvent(NamedTuple):
@@ -75,8 +93,14 @@ class ValidEvent(NamedTuple):
 
 
 def utc_text(at: datetime) -> str:
-    """RFC 3339 in UTC with `Z`, as every timestamp on the wire is written."""
+    """RFC 3339 in UTC with `Z`, as every timestamp on the wire is written (OverflowError when `at` has no
+    UTC equivalent: UsageEvent refuses such timestamps)."""
     return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _utc_text_or_none(at: datetime) -> str | None:
+    utc = as_utc(at)
+    return None if utc is None else utc.isoformat().replace("+00:00", "Z")
 
 
 _FIELDS: Final = frozenset({"transaction_id", "customer_id", "event_type", "timestamp", "properties"})
@@ -96,12 +120,14 @@ def _timestamp_of_text(text: str) -> tuple[datetime, str] | None:
         at = datetime.fromisoformat(text)
     except ValueError:  # e.g. February 30th, hour 24: UsageEvent says what is wrong
         return None
-    return at, utc_text(at)
+    utc = _utc_text_or_none(at)  # None: no UTC equivalent, UsageEvent says so
+    return None if utc is None else (at, utc)
 
 
 @functools.lru_cache(maxsize=8192)
-def _timestamp_of_datetime(at: datetime) -> tuple[datetime, str]:
-    return at, utc_text(at)
+def _timestamp_of_datetime(at: datetime) -> tuple[datetime, str] | None:
+    utc = _utc_text_or_none(at)
+    return None if utc is None else (at, utc)
 
 
 def _timestamp_of(value: object) -> tuple[datetime, str] | None:
@@ -126,7 +152,8 @@ def fast_event(raw: object) -> ValidEvent | None:
     if not (keys <= _FIELDS and keys >= _REQUIRED):
         return None
     transaction_id, customer_id, event_type = raw["transaction_id"], raw["customer_id"], raw["event_type"]
-    if not (_text_ok(transaction_id, 128) and _text_ok(customer_id, 128) and _text_ok(event_type, 100)):
+    if not (_text_ok(transaction_id, MAX_ID_LENGTH) and _text_ok(customer_id, MAX_ID_LENGTH)
+            and _text_ok(event_type, MAX_EVENT_TYPE_LENGTH)):
         return None
     timestamp = _timestamp_of(raw["timestamp"])
     if timestamp is None:
@@ -151,103 +178,9 @@ def validated_event(raw: object) -> ValidEvent:
     return fast_event(raw) or ValidEvent.of(UsageEvent.model_validate(raw))
 
 
-@dataclass(frozen=True)
-class EventProblem:
-    field: str
-    reason: str
-    code: str
-
-
-# Every character an ASCII string can hold and still be read by Decimal (digits, sign, point, exponent,
-# underscores, whitespace, and the letters of Infinity / NaN / sNaN): a string with any other ASCII
-# character is certainly not a number, and skipping Decimal spares a raised exception per event.
-_MAYBE_DECIMAL: Final = re.compile(r"[\s0-9+\-._eEiInNfFtTyYaAsS]*")
-# How a decimal string can start (after whitespace, which Decimal and str.strip skip): a digit, a sign,
-# a point, an underscore (Decimal reads "_1" as 1), or the first letter of Infinity / NaN / sNaN. Any
-# other ASCII first character rules a number out at once.
-_DECIMAL_STARTS: Final = frozenset("0123456789+-._iInNsS")
-
-
-def _may_be_decimal(text: str) -> bool:
-    if not text:
-        return False
-    first = text[0]
-    if first.isascii() and first not in _DECIMAL_STARTS and not first.isspace():
-        return False
-    return not text.isascii() or _MAYBE_DECIMAL.fullmatch(text) is not None
-
-
-def numeric_value(value: object) -> Decimal | None:
-    """The number a property holds (JSON number or decimal string), or None when it is not numeric."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return Decimal(value)
-    if isinstance(value, float):
-        return Decimal(value) if math.isfinite(value) else Decimal("NaN")
-    if isinstance(value, str):
-        if not _may_be_decimal(value):
-            return None
-        try:
-            return Decimal(value.strip())
-        except InvalidOperation:
-            return None
-    return None
-
-
-@dataclass(frozen=True)
-class EventWindow:
-    """The accepted timestamps at one instant: [now - MAX_EVENT_AGE, now + MAX_EVENT_LEAD]."""
-
-    oldest: datetime
-    latest: datetime
-
-    @classmethod
-    def at(cls, now: datetime) -> EventWindow:
-        return cls(now - MAX_EVENT_AGE, now + MAX_EVENT_LEAD)
-
-
 def check_event(event: UsageEvent | ValidEvent, now: datetime | EventWindow) -> EventProblem | None:
-    """The first problem with an event that needs no lookup (time window, property values), or None.
-    Pass an EventWindow to check many events at one instant."""
+    """The first problem with an event that needs no lookup (time window, property values and shape, card
+    numbers: `shared.contracts.usage_rules`), or None. Pass an EventWindow to check many events at one
+    instant."""
     window = now if isinstance(now, EventWindow) else EventWindow.at(now)
-    if event.timestamp < window.oldest:
-        return EventProblem("timestamp", f"older than {MAX_EVENT_AGE.days} days", "timestamp_too_old")
-    if event.timestamp > window.latest:
-        return EventProblem("timestamp", "more than 5 minutes in the future", "timestamp_in_future")
-    for name, value in event.properties.items():
-        if "\x00" in name:
-            return EventProblem(f"properties.{name}", "must not contain U+0000", "invalid_property")
-        kind = type(value)
-        if kind is int:  # the common cases first, without a Decimal
-            if value < 0:
-                return EventProblem(f"properties.{name}", "must not be negative", "invalid_property")
-            continue
-        if kind is float:
-            if not math.isfinite(value):
-                return EventProblem(f"properties.{name}", "must be a finite number", "invalid_property")
-            if value < 0:
-                return EventProblem(f"properties.{name}", "must not be negative", "invalid_property")
-            continue
-        if kind is str and "\x00" not in value and not _may_be_decimal(value):
-            continue  # text such as a model name
-        if _holds_nul(value):
-            return EventProblem(f"properties.{name}", "must not contain U+0000", "invalid_property")
-        number = numeric_value(value)
-        if number is None:
-            continue
-        if not number.is_finite():
-            return EventProblem(f"properties.{name}", "must be a finite number", "invalid_property")
-        if number < 0:
-            return EventProblem(f"properties.{name}", "must not be negative", "invalid_property")
-    return None
-
-
-def _holds_nul(value: object) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any("\x00" in str(k) or _holds_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_holds_nul(v) for v in value)
-    return False
+    return window.problem(event.timestamp) or properties_problem(event.properties)
