@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     worker_session_timeout_ms: int | None = Field(
         default=None, description="how soon a silent worker loses its partitions (librdkafka default 45 s)")
     worker_relay: bool = Field(default=True, description="run the outbox relay in this worker process")
+    worker_attempts_before_parking: int = Field(
+        default=5, ge=1, description="failed attempts of a batch (transient error, database answering) before "
+                                     "the message at fault is parked in the DLQ as retries_exhausted")
+    worker_health_port: int | None = Field(
+        default=None, description="serve /healthz and /readyz on this port in the worker process (off: None)")
+    worker_health_host: str = "127.0.0.1"
 
     # --- dunning / notifications (days after the first failed payment)
     dunning_retry_days: tuple[int, ...] = (3, 5, 7)
@@ -68,6 +74,8 @@ class Settings(BaseSettings):
     dunning_give_up_day: int = 14
     invoice_issuer_name: str = Field(default="OpenLedger Billing", min_length=1, max_length=200)
     dunning_reconcile_uncollectible_days: int = Field(default=30, ge=0)
+    dunning_web_port: int | None = Field(
+        default=None, description="serve the dunning service's readiness (GET /readyz) on this port; off when unset")
     notifier: Literal["log", "webhook", "smtp"] = "log"
     notify_webhook_url: str | None = None
     notify_webhook_secret: SecretStr = SecretStr("notify-dev-secret")

@@ -19,10 +19,11 @@ from faust.types import EventT, StreamT
 
 from shared.contracts import topics
 from shared.contracts.envelope import Envelope, EnvelopeError
-from shared.errors import InfrastructureError
+from shared.errors import DeliveryError
 from shared.observability import kv
 
 from .bootstrap import DunningContainer
+from .outages import OutageMonitor, is_outage
 
 log = logging.getLogger("billing.dunning.app")
 
@@ -43,7 +44,10 @@ def create_app(container: DunningContainer) -> faust.App:
         broker=faust_broker_url(settings.kafka_bootstrap),
         store="memory://",
         autodiscover=False,
-        web_enabled=False,
+        # The web server is for readiness probes (/readyz), so it runs only when a port is configured.
+        web_enabled=settings.dunning_web_port is not None,
+        web_port=settings.dunning_web_port or 6066,
+        web_bind="0.0.0.0",  # a probe comes from outside the pod
         topic_allow_declare=False,  # topics are provisioned (deploy/topics.yaml), never auto-created
         topic_disable_leader=True,  # no leader election needed: timers share work through row locks
         consumer_auto_offset_reset="earliest",
@@ -58,7 +62,8 @@ def create_app(container: DunningContainer) -> faust.App:
                                value_serializer="raw")
     dead_letters = app.topic(settings.topic(topics.dlq(topics.BILLING_EVENTS)), key_serializer="raw",
                              value_serializer="raw")
-    consumer = _EventConsumer(container, dead_letters)
+    monitor = OutageMonitor()
+    consumer = _EventConsumer(container, dead_letters, monitor)
 
     @app.agent(billing_events, name="dunning-billing-events")
     async def on_billing_event(stream: StreamT[Any]) -> None:
@@ -67,70 +72,105 @@ def create_app(container: DunningContainer) -> faust.App:
 
     @app.timer(interval=settings.scheduler_interval_s, name="dunning-schedule")  # type: ignore[untyped-decorator]
     async def run_schedule() -> None:
-        await _periodic("schedule", lambda: asyncio.to_thread(container.handlers.run_due))
+        await _periodic(monitor, "schedule", lambda: asyncio.to_thread(container.handlers.run_due))
 
     @app.timer(interval=settings.scheduler_interval_s, name="dunning-notifications")  # type: ignore[untyped-decorator]
     async def deliver_notifications() -> None:
-        await _periodic("notifications", container.dispatcher.deliver_due)
+        await _periodic(monitor, "notifications", container.dispatcher.deliver_due)
 
     @app.timer(interval=max(settings.scheduler_interval_s, 5.0), name="dunning-reconciliation")  # type: ignore[untyped-decorator]
     async def reconcile_payments() -> None:
         # Unknown attempts first (a retry waits on them), then open invoices paid without our hearing.
-        await _periodic("reconciliation", lambda: asyncio.to_thread(container.reconciler.run))
+        await _periodic(monitor, "reconciliation", lambda: asyncio.to_thread(container.reconciler.run))
+
+    if settings.dunning_web_port is not None:
+        @app.page("/readyz")
+        async def readyz(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+            return _readiness(web, monitor)
 
     return app
 
 
-async def _periodic(name: str, job: Any) -> None:
-    """Run one tick; a retryable failure (database or provider down) waits for the next tick."""
+def _readiness(web: faust.web.View, monitor: OutageMonitor) -> faust.web.Response:
+    """200 while every job works; 503 naming each job that waits out an outage or keeps failing."""
+    troubles = monitor.troubles()
+    if troubles:
+        return web.json({"status": "unavailable", "jobs": troubles}, status=503)
+    return web.json({"status": "ready"})
+
+
+async def _periodic(monitor: OutageMonitor, name: str, job: Any) -> None:
+    """Run one tick. A failure never ends the timer (faust would crash the whole app): the job is retried
+    with backoff, outages quietly (one line when it starts, one when it is over), anything else loudly.
+    Every job is idempotent (row locks, unique action keys, leases), so a retried tick repeats nothing."""
+    if not monitor.may_run(name):
+        return
     try:
         await job()
-    except InfrastructureError as exc:
-        log.warning("periodic job failed; retrying on the next tick", extra=kv(job=name, error=str(exc)))
+    except Exception as exc:
+        monitor.failed(name, exc)
+    else:
+        monitor.succeeded(name)
 
 
 class _EventConsumer:
-    """Decode -> handle -> done, with the error policy: retryable errors retry the same event (the offset
-    does not move), terminal ones go to the DLQ with the reason in headers, nothing is dropped."""
+    """Decode -> handle -> done, with the error policy: an outage (database or broker down) retries the same
+    event with backoff for as long as it lasts (the offset does not move: nothing acknowledged is lost);
+    terminal errors go to the DLQ with the reason in headers; an unclassified error is retried a few times,
+    then dead-lettered. Nothing is dropped."""
 
-    def __init__(self, container: DunningContainer, dead_letters: faust.TopicT) -> None:
+    JOB: Final = "billing-events"
+
+    def __init__(self, container: DunningContainer, dead_letters: faust.TopicT, monitor: OutageMonitor) -> None:
         self._handlers = container.handlers
         self._dead_letters = dead_letters
+        self._monitor = monitor
 
     async def consume(self, event: EventT[Any]) -> None:
         message = event.message
         source = f"{message.topic}/{message.partition}/{message.offset}"
         unclassified_failures = 0
-        backoff = 0.2
         while True:
             try:
                 envelope = Envelope.from_bytes(event.value)
                 await asyncio.to_thread(self._handlers.handle, envelope, source=source)
+                self._monitor.succeeded(self.JOB)
                 return
             except EnvelopeError as exc:
                 await self._dead_letter(event, source, exc)
                 return
             except Exception as exc:
-                retryable = getattr(exc, "retryable", None)
-                if retryable is False:
+                if is_outage(exc):
+                    await asyncio.sleep(self._monitor.failed(self.JOB, exc))
+                    continue
+                if getattr(exc, "retryable", None) is False:
                     await self._dead_letter(event, source, exc)
                     return
-                if retryable is None:
-                    unclassified_failures += 1
-                    if unclassified_failures >= MAX_ATTEMPTS_FOR_UNCLASSIFIED_ERRORS:
-                        log.exception("event keeps failing; dead-lettered", extra=kv(source=source))
-                        await self._dead_letter(event, source, exc)
-                        return
+                unclassified_failures += 1
+                if unclassified_failures >= MAX_ATTEMPTS_FOR_UNCLASSIFIED_ERRORS:
+                    log.exception("event keeps failing; dead-lettered", extra=kv(source=source))
+                    await self._dead_letter(event, source, exc)
+                    return
+                backoff = min(MAX_BACKOFF_S, 0.2 * 2 ** unclassified_failures)
                 log.warning("event failed; retrying", extra=kv(source=source, error=f"{type(exc).__name__}: {exc}",
                                                                backoff_s=backoff))
                 await asyncio.sleep(backoff)
-                backoff = min(MAX_BACKOFF_S, backoff * 2)
 
     async def _dead_letter(self, event: EventT[Any], source: str, error: BaseException) -> None:
+        """Park the event in the DLQ; the offset moves on only once Kafka has it (retried through a broker
+        outage, since acknowledging an event that is in neither place would lose it)."""
         message = event.message
         headers = [*(message.headers or []),
                    ("dlq.error", f"{type(error).__name__}: {error}"[:1000].encode()),
                    ("dlq.source", source.encode()), ("dlq.consumer", b"dunning")]
-        log.error("dead-lettered", extra=kv(source=source, error=str(error)[:500]))
-        delivery = await self._dead_letters.send(key=message.key, value=event.value, headers=headers)
-        await delivery
+        while True:
+            try:
+                delivery = await self._dead_letters.send(key=message.key, value=event.value, headers=headers)
+                await delivery
+            except Exception as exc:
+                await asyncio.sleep(self._monitor.failed(
+                    "dead-letters", DeliveryError(f"Kafka did not take the dead letter: {exc}")))
+                continue
+            self._monitor.succeeded("dead-letters")
+            log.error("dead-lettered", extra=kv(source=source, error=str(error)[:500]))
+            return

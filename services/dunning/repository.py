@@ -1,6 +1,6 @@
 """PostgreSQL adapters of the dunning service: the case store and the notification delivery queue.
 
-Driver errors that a retry can cure (connection lost, serialisation failure) are translated into
+Driver errors that a retry can cure (an outage: connection lost, serialisation failure) are translated into
 ``DatabaseUnavailableError`` here, so the consumer knows to retry the same event rather than dead-letter it.
 """
 
@@ -27,6 +27,7 @@ from shared.adapters.postgres.schema.dunning import (
 from shared.domain.dunning import CompletedAction, DunningCase, DunningPolicy, DunningStatus, PaymentFailure
 from shared.errors import DatabaseUnavailableError
 
+from .outages import is_outage
 from .ports import ActionKind, CaseRecord, NoticeRecord, OutgoingCommand
 from .reconciliation import PaymentAttemptReader
 
@@ -35,11 +36,11 @@ from .reconciliation import PaymentAttemptReader
 def _translated_errors() -> Iterator[None]:
     try:
         yield
-    except sa.exc.OperationalError as exc:
-        raise DatabaseUnavailableError(f"PostgreSQL unavailable: {exc.orig or exc}") from exc
     except sa.exc.DBAPIError as exc:
-        if exc.connection_invalidated:
-            raise DatabaseUnavailableError(f"PostgreSQL connection lost: {exc.orig or exc}") from exc
+        # NOTE: only outages become retryable; a data error (value too long, index row too large: also an
+        # OperationalError to the driver) must reach the DLQ instead of being retried forever.
+        if is_outage(exc):
+            raise DatabaseUnavailableError(f"PostgreSQL unavailable: {exc.orig or exc}") from exc
         raise
 
 
