@@ -25,3 +25,16 @@ class FencedError(Exception):
     """This consumer instance no longer owns the partition; its work must be discarded, not committed."""
 
     retryable: ClassVar[bool] = False
+
+
+class DataRejectedError(Exception):
+    """The database refused this data for good (too large for an index, value too long, constraint, NUL
+    byte...): retrying the same message cannot succeed. `code` is machine-readable (the SQLSTATE's condition
+    name, e.g. ``program_limit_exceeded``)."""
+
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, message: str, *, code: str, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.sqlstate = sqlstate

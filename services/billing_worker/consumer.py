@@ -14,8 +14,14 @@ Kafka's exactly-once stops at Kafka; ours stops at the PostgreSQL commit (DESIGN
 - Poison (undecodable, or refused by its handler) is sent to `<topic>.dlq` and acknowledged *before*
   the transaction that moves the offset past it commits; the rest of the batch is kept.
 - Transient failures (database, broker) roll the batch back and retry it with capped exponential
-  backoff; a message is never skipped. A batch-level error that is not transient stops the worker
-  (a bug must not be dead-lettered wholesale); a restart resumes from the stored offsets.
+  backoff; while the database or the broker does not answer, a message is never skipped. A batch-level
+  error that is not transient stops the worker (a bug must not be dead-lettered wholesale); a restart
+  resumes from the stored offsets.
+- The bound: after `worker_attempts_before_parking` failed attempts with a transient error that is not an
+  outage, a probe on a fresh connection asks whether PostgreSQL answers. If it does, the batch is at fault,
+  not the database: it is applied again as a suspect batch (``processor.Suspicion``), whose halving search
+  parks the message at fault in the DLQ (reason ``retries_exhausted``) and applies the rest. Otherwise the
+  retries go on, with backoff capped at `max_backoff_s`.
 - Pipelining (``run``, when the apply callable offers ``prepare`` / ``apply_prepared``): while a
   committer thread applies and commits batch N, the polling thread fetches and prepares (decodes)
   batch N+1. With ``commit_lanes`` > 1 the usage partitions are split over that many lanes (a partition
@@ -29,6 +35,7 @@ Kafka's exactly-once stops at Kafka; ours stops at the PostgreSQL commit (DESIGN
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -42,8 +49,10 @@ import sqlalchemy as sa
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 from sqlalchemy.dialects.postgresql import insert
 
-from services.billing_worker.processor import is_retryable
+from services.billing_worker.processor import Suspicion, is_outage, is_retryable
 from shared.adapters.kafka.dlq import DeadLetter, DeadLetterPublisher
+from shared.adapters.postgres.errors import describe
+from shared.adapters.postgres.health import DatabaseProbe
 from shared.adapters.postgres.schema.core import consumer_offsets
 from shared.config import Settings
 from shared.contracts.topics import USAGE as USAGE_TOPIC
@@ -101,6 +110,7 @@ class ConsumerStats:
     dead_letters: int = 0
     retries: int = 0
     fenced: int = 0
+    suspect_batches: int = 0
 
 
 class ExactlyOnceConsumer:
@@ -123,6 +133,8 @@ class ExactlyOnceConsumer:
         self._closed = False
         self._lane_states = [_Lane() for _ in range(max(1, commit_lanes))]  # pipelined mode only
         self._counters = threading.Lock()  # stats and DLQ publishing, shared by the lanes
+        self._attempts_before_parking = settings.worker_attempts_before_parking
+        self._database = DatabaseProbe(engine.url)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -150,6 +162,7 @@ class ExactlyOnceConsumer:
         if not self._closed:
             self._closed = True
             self._consumer.close()
+            self._database.close()
 
     def owned(self) -> dict[tuple[str, int], int]:
         return dict(self._epochs)
@@ -257,15 +270,18 @@ class ExactlyOnceConsumer:
         failures with backoff (never skipping a message)."""
         apply_prepared = self._apply.apply_prepared  # type: ignore[attr-defined]
         attempt = 0
+        suspect: Suspicion | None = None
         while True:
             try:
-                self._transaction(records, lambda conn: apply_prepared(conn, prepared), epochs)
+                self._transaction(records, functools.partial(apply_prepared, batch=prepared, suspect=suspect),
+                                  epochs)
             except PartitionsFenced as fenced:
                 return fenced
             except Exception as error:
                 if not is_retryable(error):
                     raise
                 attempt += 1
+                suspect = self._suspicion(error, attempt, records, suspect)
                 if not self._backoff(error, attempt, records, stop):
                     return "aborted"
                 continue
@@ -290,12 +306,13 @@ class ExactlyOnceConsumer:
 
     def _process_with_retry(self, records: list[Record], stop: threading.Event | None) -> int:
         attempt = 0
+        suspect: Suspicion | None = None
         while True:
             records = [r for r in records if (r.topic, r.partition) in self._epochs]
             if not records:
                 return 0
             try:
-                self._process_once(records)
+                self._process_once(records, suspect)
             except PartitionsFenced as fenced:
                 self._after_fenced(records, fenced.partitions)
                 return 0
@@ -303,6 +320,7 @@ class ExactlyOnceConsumer:
                 if not is_retryable(error):
                     raise
                 attempt += 1
+                suspect = self._suspicion(error, attempt, records, suspect)
                 if not self._backoff(error, attempt, records, stop):
                     self._rewind(records)  # shutting down: nothing committed, the next owner redoes it
                     return 0
@@ -310,6 +328,27 @@ class ExactlyOnceConsumer:
             self.stats.batches += 1
             self.stats.records += len(records)
             return len(records)
+
+    def _suspicion(self, error: Exception, attempt: int, records: Sequence[Record],
+                   suspect: Suspicion | None) -> Suspicion | None:
+        """After a failed attempt: is the batch itself at fault (apply the next attempt as a suspect)?
+
+        Only when the apply callable can search a suspect batch, the error is not an outage, the attempts
+        reached the bound and PostgreSQL answers a probe on a fresh connection. Once suspect, the batch
+        stays suspect (the next attempts search it again, after an outage too)."""
+        if suspect is not None:
+            return Suspicion(attempt, error)
+        if (not hasattr(self._apply, "apply_prepared") or is_outage(error)
+                or attempt < self._attempts_before_parking or not self._database.answers()):
+            return None
+        first = records[0]
+        log.warning("batch keeps failing while the database answers: searching it for the message at fault",
+                    extra=kv(error=describe(error)[:500], error_class=type(error).__name__, attempt=attempt,
+                             topic=first.topic, partition=first.partition, offset=first.offset,
+                             records=len(records)))
+        with self._counters:
+            self.stats.suspect_batches += 1
+        return Suspicion(attempt, error)
 
     def _backoff(self, error: Exception, attempt: int, records: Sequence[Record],
                  stop: threading.Event | None) -> bool:
@@ -319,15 +358,19 @@ class ExactlyOnceConsumer:
         delay = min(self._max_backoff, 0.05 * 2 ** min(attempt, 10))
         first = records[0]
         log.warning("batch failed, retrying", extra=kv(
-            error=str(error)[:500], error_class=type(error).__name__, attempt=attempt, delay_s=delay,
+            error=describe(error)[:500], error_class=type(error).__name__, attempt=attempt, delay_s=delay,
             topic=first.topic, partition=first.partition, offset=first.offset, records=len(records)))
         if stop is not None and stop.is_set():
             return False
         time.sleep(delay)
         return True
 
-    def _process_once(self, records: Sequence[Record]) -> None:
-        self._transaction(records, lambda conn: self._apply(conn, records), dict(self._epochs))
+    def _process_once(self, records: Sequence[Record], suspect: Suspicion | None = None) -> None:
+        if suspect is None:
+            self._transaction(records, lambda conn: self._apply(conn, records), dict(self._epochs))
+        else:  # only an apply callable with apply_prepared (the BatchProcessor) is ever made suspect
+            apply = functools.partial(self._apply, records=records, suspect=suspect)  # type: ignore[call-arg]
+            self._transaction(records, apply, dict(self._epochs))
 
     def _transaction(self, records: Sequence[Record], apply: Callable[[sa.Connection], list[DeadLetter]],
                      epochs: dict[tuple[str, int], int]) -> None:
@@ -342,7 +385,8 @@ class ExactlyOnceConsumer:
                 for letter in dead:
                     log.error("message dead-lettered", extra=kv(
                         topic=letter.topic, partition=letter.partition, offset=letter.offset,
-                        error=letter.error[:500], error_class=letter.error_class))
+                        key=letter.key.decode(errors="replace")[:200] if letter.key else None,
+                        reason=letter.reason, error=letter.error[:500], error_class=letter.error_class))
                 with self._counters:
                     self._dlq.publish(dead)  # acknowledged before the offset moves past them
             self._commit_offsets(conn, next_offsets, epochs)

@@ -50,8 +50,15 @@ What a handler signals back:
 # that, every snapshot of every session reads pg_subtrans and a batch of thousands of messages slowed to
 # ~24 ms each. Messages run under one savepoint per batch (plus one per unit of work in the handlers); the
 # search for a poison message costs about three times the batch, once, and only when one is there.
-- Raise an ``InfrastructureError`` (or let a SQLAlchemy connection error escape): transient. The whole
-  batch is rolled back and retried with backoff; no message is skipped.
+- Raise an ``InfrastructureError`` (or let a database outage error escape): transient. The whole
+  batch is rolled back and retried with backoff; no message is skipped while the database is out. Database
+  errors are classified by SQLSTATE (``shared.adapters.postgres.errors``): a refusal of the data (too large
+  for an index, value too long, a constraint) is terminal like ``MessageRejected``, whatever the driver's
+  exception class.
+- The bound: when a batch keeps failing with a transient error although the database answers, the consumer
+  applies it once more as a *suspect* batch (``apply_prepared(..., suspect=...)``): the same halving search
+  treats such an error as the message's fault, and the message at fault is parked in the DLQ with the
+  reason ``retries_exhausted`` and the last error (an alert is logged); the rest of the batch applies.
 """
 
 from __future__ import annotations
@@ -68,13 +75,14 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 
 from shared.adapters.kafka.dlq import DeadLetter
+from shared.adapters.postgres import errors as pg_errors
 from shared.adapters.postgres.schema.core import command_outcomes, outbox
 from shared.config import Settings
 from shared.contracts import topics
 from shared.contracts.envelope import Envelope, EnvelopeError, new_envelope
 from shared.contracts.messages import Payload, parse_payload
 from shared.domain.clock import Clock
-from shared.errors import FencedError, InfrastructureError
+from shared.errors import DatabaseUnavailableError, DeliveryError, FencedError, InfrastructureError
 from shared.observability import bound, kv
 
 PRODUCER_NAME = "billing-worker"
@@ -113,23 +121,59 @@ class WorkerDeps:
 
 
 def is_retryable(error: BaseException) -> bool:
-    """Transient (retry the batch with backoff) or terminal (DLQ the message)?
+    """Transient (retry the batch with backoff) or terminal (DLQ the message)? The worker's one rule.
 
-    Infrastructure errors and database connectivity, serialization and deadlock failures are transient;
-    everything else, including domain errors and unexpected exceptions, is terminal for the message.
+    Infrastructure errors (broker, provider) and the database's outage states are transient; a database
+    error is classified by its SQLSTATE (``shared.adapters.postgres.errors.is_transient``), never by the
+    driver's exception class. Everything else, including domain errors, data the database refuses and
+    unexpected exceptions, is terminal for the message.
     """
     if isinstance(error, FencedError):
         return False
     if isinstance(error, InfrastructureError):
         return True
-    if isinstance(error, sa.exc.OperationalError | sa.exc.InterfaceError | sa.exc.TimeoutError):
-        return True
-    if isinstance(error, sa.exc.DBAPIError):
-        if error.connection_invalidated:
-            return True
-        code = getattr(getattr(error, "orig", None), "sqlstate", None)
-        return code in {"40001", "40P01", "55P03", "57P01", "57P02", "57P03", "53300"}
+    if pg_errors.is_database_error(error):
+        return pg_errors.is_transient(error)
     return bool(getattr(type(error), "retryable", False))
+
+
+def is_outage(error: BaseException) -> bool:
+    """No answer at all from the database or the broker: retried for as long as it lasts, never charged to
+    a message (see ``RetriesExhausted``)."""
+    return (isinstance(error, DeliveryError | DatabaseUnavailableError)
+            or pg_errors.is_connection_error(error))
+
+
+@dataclass(frozen=True)
+class Suspicion:
+    """A batch failed `attempts` times with a transient error although the database answered."""
+
+    attempts: int
+    last_error: BaseException
+
+
+class RetriesExhausted(MessageRejected):
+    """Parked: this message kept failing with a 'transient' error while the database answered."""
+
+    def __init__(self, suspicion: Suspicion, error: BaseException) -> None:
+        super().__init__(f"retries_exhausted after {suspicion.attempts} attempts while the database answered; "
+                         f"last error: {type(pg_errors.driver_error(error) or error).__name__}: "
+                         f"{pg_errors.describe(error)}",
+                         code="retries_exhausted")
+
+
+def _is_fault(error: BaseException, suspect: Suspicion | None) -> bool:
+    """Is `error` the fault of the messages being applied (search for them), rather than an outage?"""
+    if not is_retryable(error):
+        return True
+    return suspect is not None and not is_outage(error)
+
+
+def _as_refusal(error: BaseException, suspect: Suspicion | None) -> BaseException:
+    """What the DLQ and the command outcome say about a message at fault."""
+    if suspect is not None and is_retryable(error):
+        return RetriesExhausted(suspect, error)
+    return pg_errors.translate(error)
 
 
 def outbox_row(envelope: Envelope, *, key: str, topic: str = topics.BILLING_EVENTS) -> dict[str, Any]:
@@ -281,8 +325,9 @@ class BatchProcessor:
                 self._usage.totals.add(stats)
         self._pending.clear()
 
-    def __call__(self, conn: sa.Connection, records: Sequence[Any]) -> list[DeadLetter]:
-        return self.apply_prepared(conn, self.prepare(records))
+    def __call__(self, conn: sa.Connection, records: Sequence[Any], *,
+                 suspect: Suspicion | None = None) -> list[DeadLetter]:
+        return self.apply_prepared(conn, self.prepare(records), suspect=suspect)
 
     def prepare(self, records: Sequence[Any]) -> PreparedBatch:
         """The connection-free part of a batch (decoding and rendering usage): the consumer runs it for the
@@ -292,13 +337,15 @@ class BatchProcessor:
         prepared = self._usage.prepare([r.value for r in usage]) if usage else None
         return PreparedBatch(usage, prepared, others)
 
-    def apply_prepared(self, conn: sa.Connection, batch: PreparedBatch) -> list[DeadLetter]:
+    def apply_prepared(self, conn: sa.Connection, batch: PreparedBatch, *,
+                       suspect: Suspicion | None = None) -> list[DeadLetter]:
         """Apply a prepared batch in the caller's transaction; returns its dead letters. Safe to call from
-        several threads at once for batches of different partitions."""
+        several threads at once for batches of different partitions. With `suspect`, a transient error
+        that is not an outage is charged to the message that raised it (parked as ``RetriesExhausted``)."""
         self._pending.clear()
         dead: list[DeadLetter] = []
         if batch.usage_prepared is not None:
-            self._apply_usage(conn, batch.usage, batch.usage_prepared, dead)
+            self._apply_usage(conn, batch.usage, batch.usage_prepared, dead, suspect)
         if batch.others:
             now = self._clock.now()
             messages = self._decode(conn, batch.others, dead)
@@ -307,16 +354,16 @@ class BatchProcessor:
                     with conn.begin_nested():
                         self._run(conn, messages, now)
                 except Exception as error:
-                    if is_retryable(error):
+                    if not _is_fault(error, suspect):
                         raise
                     self._log.warning("a message of the batch was refused; isolating it",
-                                      extra=kv(error=str(error)[:300], error_class=type(error).__name__,
-                                               messages=len(messages)))
-                    self._isolate(conn, messages, now, dead)
+                                      extra=kv(error=pg_errors.describe(error)[:300],
+                                               error_class=type(error).__name__, messages=len(messages)))
+                    self._isolate(conn, messages, now, dead, suspect)
         return dead
 
     def _apply_usage(self, conn: sa.Connection, records: Sequence[Any], prepared: Any,
-                     dead: list[DeadLetter]) -> None:
+                     dead: list[DeadLetter], suspect: Suspicion | None) -> None:
         for index, error in prepared.refused:
             r = records[index]
             dead.append(DeadLetter.of(r.topic, r.partition, r.offset, r.key, r.value, error))
@@ -327,10 +374,10 @@ class BatchProcessor:
                 self._pending.append(self._usage.apply_lines(conn, prepared.lines))
             return
         except Exception as error:
-            if is_retryable(error):
+            if not _is_fault(error, suspect):
                 raise
             self._log.warning("bulk usage apply refused, isolating the message at fault",
-                              extra=kv(error=str(error)[:300], records=len(prepared.lines)))
+                              extra=kv(error=pg_errors.describe(error)[:300], records=len(prepared.lines)))
         # Slow path: one savepoint per event isolates the poison; the rest of the batch is kept.
         for index, line in zip(prepared.accepted, prepared.lines, strict=True):
             r = records[index]
@@ -338,9 +385,11 @@ class BatchProcessor:
                 with conn.begin_nested():
                     self._pending.append(self._usage.apply_lines(conn, [line]))
             except Exception as error:
-                if is_retryable(error):
+                if not _is_fault(error, suspect):
                     raise
-                dead.append(DeadLetter.of(r.topic, r.partition, r.offset, r.key, r.value, error))
+                self._park_alert(r, None, error, suspect)
+                dead.append(DeadLetter.of(r.topic, r.partition, r.offset, r.key, r.value,
+                                          _as_refusal(error, suspect)))
 
     def _decode(self, conn: sa.Connection, records: Sequence[Any], dead: list[DeadLetter]) -> list[_Decoded]:
         """Decode and validate; undecodable messages and types nobody handles are dead letters at once."""
@@ -400,7 +449,7 @@ class BatchProcessor:
                 handler(conn, m.envelope, m.payload, ctx)
 
     def _isolate(self, conn: sa.Connection, messages: Sequence[_Decoded], now: datetime,
-                 dead: list[DeadLetter]) -> None:
+                 dead: list[DeadLetter], suspect: Suspicion | None = None) -> None:
         """Apply `messages` in halves, each under a savepoint, recursing into a half that fails, down to the
         single messages at fault (dead letters). Halves keep the consumed order, so each key's order holds."""
         if len(messages) == 1:
@@ -409,9 +458,10 @@ class BatchProcessor:
                 with conn.begin_nested():
                     self._run(conn, messages, now)
             except Exception as error:
-                if is_retryable(error):
+                if not _is_fault(error, suspect):
                     raise
-                self._dead(conn, m.record, m.envelope, error, dead)
+                self._park_alert(m.record, m.envelope, error, suspect)
+                self._dead(conn, m.record, m.envelope, _as_refusal(error, suspect), dead)
             return
         middle = len(messages) // 2
         for half in (messages[:middle], messages[middle:]):
@@ -419,9 +469,21 @@ class BatchProcessor:
                 with conn.begin_nested():
                     self._run(conn, half, now)
             except Exception as error:
-                if is_retryable(error):
+                if not _is_fault(error, suspect):
                     raise
-                self._isolate(conn, half, now, dead)
+                self._isolate(conn, half, now, dead, suspect)
+
+    def _park_alert(self, record: Any, envelope: Envelope | None, error: BaseException,
+                    suspect: Suspicion | None) -> None:
+        """An alert for a human when a message is parked for a transient error rather than refused."""
+        if suspect is None or not is_retryable(error):
+            return
+        self._log.error("message parked: it kept failing while the database answered (retries_exhausted)", extra=kv(
+            topic=record.topic, partition=record.partition, offset=record.offset,
+            key=record.key.decode(errors="replace") if record.key else None,
+            type=envelope.type if envelope else None, event_id=str(envelope.event_id) if envelope else None,
+            subscription_id=envelope.payload.get("subscription_id") if envelope else None,
+            attempts=suspect.attempts, error_class=type(error).__name__, error=pg_errors.describe(error)[:500]))
 
     def _dead(self, conn: sa.Connection, record: Any, envelope: Envelope, error: BaseException,
               dead: list[DeadLetter]) -> None:

@@ -1,7 +1,9 @@
 """Dead-letter queue: a message that cannot be decoded or applied goes to `<topic>.dlq`, never dropped.
 
-The DLQ copy keeps the original key and bytes and says why in its headers (error, error_class, and the
-original topic/partition/offset), so an operator can inspect it and replay it after a fix. Publishing is
+The DLQ copy keeps the original key and bytes and says why in its headers (`reason`, a machine-readable code
+such as `invalid_envelope`, `program_limit_exceeded` or `retries_exhausted`; `error`, the human-readable
+message; `error_class`; and the original topic/partition/offset), so an operator can inspect it and replay it
+after a fix. Publishing is
 synchronous: the consumer moves its offset past a poison message only after the DLQ acknowledged it.
 """
 
@@ -11,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from shared.adapters.kafka.producer import KafkaProducer, OutgoingMessage
+from shared.contracts.envelope import EnvelopeError
 from shared.contracts.topics import dlq
 
 _MAX_ERROR_BYTES = 4000
@@ -25,14 +28,21 @@ class DeadLetter:
     value: bytes | None
     error: str
     error_class: str
+    reason: str = "unprocessable"
 
     @classmethod
     def of(cls, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
            error: BaseException) -> DeadLetter:
-        return cls(topic, partition, offset, key, value, str(error) or repr(error), type(error).__name__)
+        """The error's `code` attribute is the reason when it has one (``MessageRejected``,
+        ``DataRejectedError``); an undecodable envelope is ``invalid_envelope``."""
+        code = getattr(error, "code", None)
+        if not isinstance(code, str) or not code:
+            code = "invalid_envelope" if isinstance(error, EnvelopeError) else "unprocessable"
+        return cls(topic, partition, offset, key, value, str(error) or repr(error), type(error).__name__, code)
 
     def to_outgoing(self) -> OutgoingMessage:
         headers = (
+            ("reason", self.reason.encode()),
             ("error", self.error.encode()[:_MAX_ERROR_BYTES]),
             ("error_class", self.error_class.encode()),
             ("original_topic", self.topic.encode()),

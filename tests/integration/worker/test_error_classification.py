@@ -1,0 +1,109 @@
+"""A message PostgreSQL refuses for a data reason is dead-lettered, not retried forever; a message that keeps
+failing with a 'transient' error while the database answers is parked after a bounded number of attempts.
+Either way the other subscriptions' commands apply (issue 12, defect 2)."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+import sqlalchemy as sa
+
+from services.billing_worker.bootstrap import build_worker
+from shared.adapters.kafka.producer import KafkaProducer, OutgoingMessage
+from shared.adapters.postgres.schema.core import command_outcomes
+from shared.contracts import topics
+from shared.contracts.envelope import Envelope, new_envelope
+from shared.contracts.messages import CreateSubscription
+from tests.integration.worker.harness import wait_until, worker_thread
+from tests.integration.worker.test_poison import read_dlq
+
+pytestmark = pytest.mark.integration
+
+AT = datetime(2026, 1, 10, 12, tzinfo=UTC)
+
+
+def create_command(sub: str, customer_id: str) -> Envelope:
+    payload = CreateSubscription(subscription_id=sub, customer_id=customer_id, plan_id="pro", currency="USD",
+                                 payment_method_id="pm_card_visa")
+    return new_envelope("subscription.create", payload.model_dump(mode="json"), producer="kcat",
+                        occurred_at=AT)
+
+
+def produce(settings, envelopes: list[tuple[str, Envelope]]) -> None:  # type: ignore[no-untyped-def]
+    producer = KafkaProducer(settings, client_id="error-classification-test")
+    producer.send_and_wait([OutgoingMessage.of(topics.COMMANDS, key, env) for key, env in envelopes])
+    producer.close()
+
+
+def outcomes(engine: sa.Engine, *envelopes: Envelope) -> dict[uuid.UUID, tuple[str, str | None]]:
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(command_outcomes.c.command_id, command_outcomes.c.status,
+                                      command_outcomes.c.error_code)
+                            .where(command_outcomes.c.command_id.in_([e.event_id for e in envelopes]))).all()
+    return {r.command_id: (r.status, r.error_code) for r in rows}
+
+
+def test_an_id_too_large_for_its_index_is_dead_lettered_and_another_subscriptions_command_applies(
+        settings, engine):  # type: ignore[no-untyped-def]
+    bad_sub, good_sub = f"sub_{uuid.uuid4().hex}", f"sub_{uuid.uuid4().hex}"
+    # 10,000 random characters do not compress under the btree's 2,704-byte limit: SQLSTATE 54000.
+    huge_customer = "cus_" + "".join(uuid.uuid4().hex for _ in range(313))[:10_000]
+    bad = create_command(bad_sub, huge_customer)
+    good = create_command(good_sub, f"cus_{uuid.uuid4().hex[:10]}")
+    produce(settings, [(bad_sub, bad), (good_sub, good)])
+
+    with worker_thread(settings):
+        wait_until(lambda: len(outcomes(engine, bad, good)) == 2, timeout=60,
+                   what="both commands to have an outcome")
+
+    found = outcomes(engine, bad, good)
+    assert found[good.event_id] == ("applied", None)
+    assert found[bad.event_id] == ("rejected", "program_limit_exceeded")
+    [letter] = read_dlq(settings, topics.COMMANDS, 1)
+    headers = dict(letter.headers())
+    assert letter.value() == bad.to_bytes()
+    assert headers["reason"] == b"program_limit_exceeded"
+    assert b"index row" in headers["error"] and b"SQLSTATE 54000" in headers["error"]
+
+
+def test_a_message_that_keeps_failing_while_the_database_answers_is_parked_and_the_next_applies(
+        settings, engine):  # type: ignore[no-untyped-def]
+    stuck_sub, other_sub = f"sub_{uuid.uuid4().hex}", f"sub_{uuid.uuid4().hex}"
+
+    def pause(conn, envelope, payload, ctx):  # type: ignore[no-untyped-def]
+        if payload.subscription_id == stuck_sub:
+            # A real 'transient' error (57014 query_canceled) that this message raises on every attempt.
+            conn.execute(sa.text("SET LOCAL statement_timeout = '1ms'"))
+            conn.execute(sa.text("SELECT pg_sleep(0.05)"))
+        ctx.record_outcome("applied")
+
+    stuck = new_envelope("subscription.pause", {"subscription_id": stuck_sub, "customer_id": "cus_1"},
+                         producer="kcat", occurred_at=AT)
+    other = new_envelope("subscription.pause", {"subscription_id": other_sub, "customer_id": "cus_2"},
+                         producer="kcat", occurred_at=AT)
+    produce(settings, [(stuck_sub, stuck), (other_sub, other)])
+
+    worker = build_worker(settings.model_copy(update={"worker_attempts_before_parking": 3}), relay=False,
+                          handler_modules=(), session_timeout_ms=6000)
+    worker.registry.register("subscription.pause", pause)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: len(outcomes(engine, stuck, other)) == 2, timeout=60,
+                   what="both commands to have an outcome")
+    finally:
+        stop.set()
+        thread.join(60)
+
+    found = outcomes(engine, stuck, other)
+    assert found[other.event_id] == ("applied", None)
+    assert found[stuck.event_id] == ("rejected", "retries_exhausted")
+    assert worker.consumer.stats.suspect_batches >= 1
+    letters = [m for m in read_dlq(settings, topics.COMMANDS, 2) if m.value() == stuck.to_bytes()]
+    headers = dict(letters[0].headers())
+    assert headers["reason"] == b"retries_exhausted"
+    assert b"statement timeout" in headers["error"] and b"QueryCanceled" in headers["error"]
