@@ -20,14 +20,17 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from services.billing_worker.consumer import ExactlyOnceConsumer
+from services.billing_worker.health import HealthServer
 from services.billing_worker.processor import BatchProcessor, HandlerRegistry, WorkerDeps
 from services.billing_worker.relay import OutboxRelay
 from services.billing_worker.usage import MeterMap, UsageMaterializer
 from shared.adapters.catalog_file import load_catalog
 from shared.adapters.clock import DatabaseClock, SystemClock
 from shared.adapters.kafka.dlq import DeadLetterPublisher
+from shared.adapters.kafka.health import KafkaProbe
 from shared.adapters.kafka.producer import KafkaProducer
 from shared.adapters.postgres.engine import make_engine
+from shared.adapters.postgres.health import DatabaseProbe
 from shared.config import Settings
 from shared.contracts import topics
 from shared.domain.clock import Clock
@@ -62,11 +65,14 @@ class Worker:
     registry: HandlerRegistry
     materializer: UsageMaterializer
     instance: str
+    health: HealthServer | None = None
 
     def run(self, stop: threading.Event) -> None:
         """Run until `stop` is set: the current batch finishes or rolls back, then everything closes."""
         log.info("billing worker starting", extra=kv(instance=self.instance, group=self.settings.consumer_group,
                                                      handled=sorted(self.registry.handled_types())))
+        if self.health is not None:
+            self.health.start()
         if self.relay is not None:
             self.relay.start()
         for task in self.registry.background:
@@ -78,6 +84,8 @@ class Worker:
                 task.stop()
             if self.relay is not None:
                 self.relay.stop()
+            if self.health is not None:
+                self.health.stop()
             self.engine.dispose()
             log.info("billing worker stopped", extra=kv(instance=self.instance, **vars(self.consumer.stats)))
 
@@ -98,7 +106,7 @@ def build_worker(settings: Settings, *, handler_modules: tuple[str, ...] = HANDL
                         extra=kv(handler_module=name))
             continue
         importlib.import_module(name).register(registry, deps)
-    materializer = UsageMaterializer(MeterMap.from_catalog(catalog))
+    materializer = UsageMaterializer(MeterMap.from_catalog(catalog), clock)
     me = instance_id()
     dlq = DeadLetterPublisher(KafkaProducer(settings, client_id=f"{me}-dlq"))
     # NOTE: librdkafka prefetches up to 64 MB by default; 16 MB is over half a second of usage at 50,000
@@ -113,5 +121,15 @@ def build_worker(settings: Settings, *, handler_modules: tuple[str, ...] = HANDL
                                    topics=CONSUMED_TOPICS, instance_id=me, consumer_overrides=overrides,
                                    commit_lanes=commit_lanes)
     outbox_relay = OutboxRelay(engine, KafkaProducer(settings, client_id=f"{me}-relay")) if relay else None
-    return Worker(settings, engine, consumer, outbox_relay, registry, materializer, me)
+    return Worker(settings, engine, consumer, outbox_relay, registry, materializer, me, build_health(settings))
+
+
+def build_health(settings: Settings) -> HealthServer | None:
+    """The /healthz and /readyz endpoint when BILLING_WORKER_HEALTH_PORT is set (0: any free port)."""
+    if settings.worker_health_port is None:
+        return None
+    database = DatabaseProbe(settings.database_url, timeout_s=2.0)
+    kafka = KafkaProbe(settings, timeout_s=2.0)
+    return HealthServer(settings.worker_health_host, settings.worker_health_port,
+                        {"postgres": database.answers, "kafka": kafka.answers}, on_close=database.close)
 
