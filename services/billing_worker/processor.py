@@ -334,7 +334,7 @@ class BatchProcessor:
         next batch while PostgreSQL works on the current one. Deterministic: re-preparing gives the same."""
         usage = [r for r in records if r.topic == topics.USAGE]
         others = [r for r in records if r.topic != topics.USAGE]
-        prepared = self._usage.prepare([r.value for r in usage]) if usage else None
+        prepared = self._usage.prepare([r.value for r in usage], [r.key for r in usage]) if usage else None
         return PreparedBatch(usage, prepared, others)
 
     def apply_prepared(self, conn: sa.Connection, batch: PreparedBatch, *,

@@ -27,12 +27,11 @@ period-close handler in its transaction:
 from __future__ import annotations
 
 import logging
-import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -44,12 +43,34 @@ from shared.adapters.postgres.schema.usage import (
 )
 from shared.contracts.envelope import Envelope, EnvelopeError
 from shared.contracts.messages import UsageRecorded, parse_payload
+from shared.contracts.usage_rules import (
+    MAX_ID_LENGTH,
+    MAX_QUANTITY,
+    EventWindow,
+    UsageProblem,
+    as_utc,
+    identifier_problem,
+    key_problem,
+    number_of,
+    properties_problem,
+    quantity_problem,
+    received_at_problem,
+)
+from shared.domain.clock import Clock
 
 log = logging.getLogger("billing_worker.usage")
 
 USAGE_TYPE = "usage.recorded"
 BUCKET = timedelta(hours=1)
-_MAX_QUANTITY = Decimal("1e20")
+
+
+class UsageRefused(EnvelopeError):
+    """A usage message that breaks a usage rule (``shared.contracts.usage_rules``): terminal, for the DLQ,
+    whose ``error`` header starts with the rule's code (``key_mismatch: key: ...``)."""
+
+    def __init__(self, problem: UsageProblem) -> None:
+        super().__init__(str(problem))
+        self.problem = problem
 
 # ----------------------------------------------------------------------------------------------- meters
 
@@ -91,31 +112,17 @@ class MeterMap:
 
 
 def quantity_of(rule: MeterRule, properties: Mapping[str, Any]) -> Decimal:
-    """The meter quantity of one event; a missing or non-numeric value makes the event terminal."""
+    """The meter quantity of one event; a missing, non-numeric or out-of-bounds value is UsageRefused."""
     if rule.value_property is None:
         return Decimal(1)
-    raw = properties.get(rule.value_property)
-    if isinstance(raw, bool) or raw is None:
-        raise EnvelopeError(f"meter {rule.meter_id} needs a numeric properties.{rule.value_property}, "
-                            f"got {raw!r}")
-    if isinstance(raw, int):
-        value = Decimal(raw)
-    elif isinstance(raw, str):
-        try:
-            value = Decimal(raw)
-        except InvalidOperation:
-            raise EnvelopeError(f"properties.{rule.value_property}={raw!r} is not a decimal") from None
-    elif isinstance(raw, float):
-        # NOTE: a JSON float is read through its shortest repr (0.1 -> "0.1"), the value its producer
-        # wrote; producers that need exactness send a decimal string.
-        if not math.isfinite(raw):
-            raise EnvelopeError(f"properties.{rule.value_property} must be finite")
-        value = Decimal(repr(raw))
-    else:
-        raise EnvelopeError(f"properties.{rule.value_property} must be a number, got {type(raw).__name__}")
-    if not value.is_finite() or abs(value) >= _MAX_QUANTITY:
-        raise EnvelopeError(f"properties.{rule.value_property}={raw!r} is out of range")
-    return value
+    field = f"properties.{rule.value_property}"
+    number = number_of(properties.get(rule.value_property))
+    if number is None:
+        raise UsageRefused(UsageProblem(field, f"meter {rule.meter_id} needs a number here", "missing_property"))
+    problem = quantity_problem(number, field)
+    if problem is not None:
+        raise UsageRefused(problem)
+    return number
 
 
 # ----------------------------------------------------------------------------------------------- decode
@@ -131,11 +138,11 @@ _CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9
 # RFC 3339 with an explicit offset: the form our producers write, read identically by pydantic,
 # datetime.fromisoformat and PostgreSQL (other forms the models may accept take the careful path).
 _RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?(?:Z|[+-]\d\d:\d\d)")
-_INT_LIMIT = 10**20  # == _MAX_QUANTITY
 
 
-def _utc_text(value: object) -> str | None:
-    """An aware RFC 3339 instant as text PostgreSQL reads as the same instant; None unless certainly valid."""
+def _utc_instant(value: object) -> tuple[str, datetime] | None:
+    """An aware RFC 3339 instant as (text PostgreSQL reads as the same instant, the instant); None unless
+    certainly valid (None too for an instant with no UTC equivalent, e.g. 9999-12-31T23:59:59-01:00)."""
     if type(value) is not str or _RFC3339.fullmatch(value) is None:
         return None
     try:
@@ -143,23 +150,26 @@ def _utc_text(value: object) -> str | None:
     except ValueError:
         return None
     if value.endswith("+00:00") or value.endswith("Z"):
-        return value
-    return at.astimezone(UTC).isoformat()  # PostgreSQL caps offsets at 15:59; UTC is always in range
+        return value, at
+    utc = as_utc(at)  # PostgreSQL caps offsets at 15:59; UTC is, once it exists
+    return None if utc is None else (utc.isoformat(), utc)
 
 
-# (customer_id, transaction_id, subscription_id, event_type, properties, timestamp, received_at, escaped):
-# the identifiers, and both instants as UTC-safe RFC 3339 text; `escaped` is False when the raw JSON has
-# no backslash at all, so no decoded string can hold a NUL, tab, newline, carriage return or backslash
-# (JSON forbids raw control characters in strings; orjson enforces it).
-_Checked = tuple[str, str, str, str, Mapping[str, Any], str, str, bool]
+# (customer_id, transaction_id, subscription_id, event_type, properties, timestamp, received_at, escaped,
+# timestamp instant, received_at instant): the identifiers, both instants as UTC-safe RFC 3339 text and as
+# datetimes; `escaped` is False when the raw JSON has no backslash at all, so no decoded string can hold a
+# NUL, tab, newline, carriage return or backslash (JSON forbids raw control characters in strings; orjson
+# enforces it).
+_Checked = tuple[str, str, str, str, Mapping[str, Any], str, str, bool, datetime, datetime]
 
 
 def _checked(raw: bytes) -> _Checked | None:
-    """Conservative one-pass check of a v1 usage envelope (orjson + plain checks).
+    """Conservative one-pass check of a v1 usage envelope's shape (orjson + plain checks).
 
     Returns its fields when the message is certainly valid against the ``Envelope`` + ``UsageRecorded``
     models and carries no NUL in an identifier, else None (the caller then runs the models themselves,
-    which accept or explain). It never accepts what the models refuse.
+    which accept or explain). It never accepts what the models refuse. The usage rules (``_Rules``) are
+    checked by the caller on either path.
     """
     try:
         env = orjson.loads(raw)
@@ -178,25 +188,81 @@ def _checked(raw: bytes) -> _Checked | None:
     if corr is not None and (type(corr) is not str or len(corr) > 200):
         return None
     producer = env["producer"]
-    if type(producer) is not str or not 0 < len(producer) <= 100 or _utc_text(env["occurred_at"]) is None:
+    if type(producer) is not str or not 0 < len(producer) <= 100 or _utc_instant(env["occurred_at"]) is None:
         return None
     p = env["payload"]
     if type(p) is not dict or not _PAYLOAD_REQUIRED <= p.keys() <= _PAYLOAD_KEYS:
         return None
     customer, tx, sub, event_type = p["customer_id"], p["transaction_id"], p["subscription_id"], p["event_type"]
     if not (type(customer) is str and type(tx) is str and type(sub) is str and type(event_type) is str
-            and 0 < len(tx) <= 128 and 0 < len(event_type) <= 100):
+            and 0 < len(tx) <= MAX_ID_LENGTH and 0 < len(event_type) <= 100
+            and 0 < len(customer) <= MAX_ID_LENGTH and 0 < len(sub) <= MAX_ID_LENGTH):
         return None
     props = p.get("properties", _EMPTY)
     if type(props) is not dict:
         return None
-    timestamp, received_at = _utc_text(p["timestamp"]), _utc_text(p["received_at"])
+    timestamp, received_at = _utc_instant(p["timestamp"]), _utc_instant(p["received_at"])
     if timestamp is None or received_at is None:
         return None
     escaped = b"\\" in raw
     if escaped and "\x00" in customer + tx + sub + event_type:
         return None  # the careful path refuses it with its reason
-    return customer, tx, sub, event_type, props, timestamp, received_at, escaped
+    return (customer, tx, sub, event_type, props, timestamp[0], received_at[0], escaped, timestamp[1],
+            received_at[1])
+
+
+class _NoKey:
+    """The Kafka key of a value decoded on its own (``decode``): the key rule is not checked."""
+
+
+NO_KEY = _NoKey()
+_MessageKey = bytes | None | _NoKey
+
+
+class _Rules:
+    """The usage rules beyond the message's shape (``shared.contracts.usage_rules``): key = subscription,
+    ``received_at`` not after the billing clock, the time window at ``received_at``, the properties.
+
+    # NOTE: the billing clock only moves forward, so a ``received_at`` the last reading already allows is
+    # allowed now: the clock is read again only for a message stamped after the last reading (the first
+    # batch, a batch after a clock advance, or a message claiming a future reception). ``DatabaseClock``
+    # reads PostgreSQL; while it is unreachable the rule is skipped (logged): such a batch cannot commit
+    # anyway (the clock lives in the database the batch commits to), and its re-prepared retry checks it.
+    """
+
+    def __init__(self, clock: Clock | None) -> None:
+        self._clock = clock
+        self._now: datetime | None = None
+        self._windows: dict[datetime, EventWindow] = {}
+
+    def problem(self, key: _MessageKey, subscription_id: str, properties: Mapping[str, Any], timestamp: datetime,
+                received_at: datetime) -> UsageProblem | None:
+        if not isinstance(key, _NoKey):
+            problem = key_problem(key, subscription_id)
+            if problem is not None:
+                return problem
+        problem = self._received_problem(received_at)
+        if problem is not None:
+            return problem
+        window = self._windows.get(received_at)
+        if window is None:
+            if len(self._windows) > 4096:
+                self._windows.clear()
+            window = self._windows[received_at] = EventWindow.at(received_at)
+        return window.problem(timestamp) or properties_problem(properties)
+
+    def _received_problem(self, received_at: datetime) -> UsageProblem | None:
+        if self._clock is None:
+            return None
+        if self._now is not None and received_at_problem(received_at, self._now) is None:
+            return None
+        try:
+            self._now = self._clock.now()
+        except sa.exc.SQLAlchemyError as error:
+            log.warning("billing clock unreadable; received_at not checked in this batch",
+                        extra={"error": str(error)[:300]})
+            return None
+        return received_at_problem(received_at, self._now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,32 +279,48 @@ class UsageItem:
     received_at: datetime
 
 
-def decode_usage(raw: bytes | None, meters: MeterMap) -> UsageItem:
-    """Raw Kafka value -> UsageItem.
+def decode_usage(raw: bytes | None, meters: MeterMap, *, key: _MessageKey = NO_KEY,
+                 clock: Clock | None = None) -> UsageItem:
+    """Raw Kafka value (and its key, when known) -> UsageItem.
 
-    A conservative one-pass check (orjson) accepts the common case; anything it does not certainly accept
-    (another schema version, an invalid message) goes through the models (``Envelope.from_bytes``, which
-    applies upcasters, and ``UsageRecorded``); what they refuse raises EnvelopeError (terminal: DLQ).
+    A conservative one-pass check (orjson) accepts the common shape; anything else (another schema version,
+    an invalid message) goes through the models (``Envelope.from_bytes``, which applies upcasters, and
+    ``UsageRecorded``). Either way the usage rules follow. What is refused raises EnvelopeError (terminal:
+    the DLQ), UsageRefused when a usage rule says why.
     """
+    return _decode(raw, meters, key, _Rules(clock))
+
+
+def _decode(raw: bytes | None, meters: MeterMap, key: _MessageKey, rules: _Rules) -> UsageItem:
     if raw is None:
         raise EnvelopeError("empty message value")
     fields = _checked(raw)
     if fields is None:
-        return _decode_general(raw, meters)
-    customer, tx, sub, event_type, props, timestamp, received_at, _ = fields
-    return _item(customer, tx, sub, event_type, props, datetime.fromisoformat(timestamp),
-                 datetime.fromisoformat(received_at), meters)
+        return _decode_general(raw, meters, key, rules)
+    customer, tx, sub, event_type, props, _, _, _, timestamp, received_at = fields
+    problem = rules.problem(key, sub, props, timestamp, received_at)
+    if problem is not None:
+        raise UsageRefused(problem)
+    return _item(customer, tx, sub, event_type, props, timestamp, received_at, meters)
 
 
-def _decode_general(raw: bytes | None, meters: MeterMap) -> UsageItem:
-    envelope = Envelope.from_bytes(raw)
+def _decode_general(raw: bytes, meters: MeterMap, key: _MessageKey, rules: _Rules) -> UsageItem:
+    try:
+        envelope = Envelope.from_bytes(raw)
+    except OverflowError as error:  # an occurred_at with no UTC equivalent (Envelope converts it)
+        raise EnvelopeError(f"invalid envelope: occurred_at has no UTC equivalent ({error})") from error
     if envelope.type != USAGE_TYPE:
         raise EnvelopeError(f"unexpected message type {envelope.type!r} on the usage topic")
     p = parse_payload(envelope)
     if not isinstance(p, UsageRecorded):
         raise EnvelopeError(f"unexpected payload {type(p).__name__}")
-    if "\x00" in p.customer_id + p.transaction_id + p.subscription_id + p.event_type:
-        raise EnvelopeError("identifiers must not contain NUL characters")
+    problem = (identifier_problem("customer_id", p.customer_id)
+               or identifier_problem("subscription_id", p.subscription_id)
+               or identifier_problem("transaction_id", p.transaction_id)
+               or identifier_problem("event_type", p.event_type, 100)
+               or rules.problem(key, p.subscription_id, p.properties, p.timestamp, p.received_at))
+    if problem is not None:
+        raise UsageRefused(problem)
     return _item(p.customer_id, p.transaction_id, p.subscription_id, p.event_type, p.properties,
                  p.timestamp, p.received_at, meters)
 
@@ -246,6 +328,7 @@ def _decode_general(raw: bytes | None, meters: MeterMap) -> UsageItem:
 def _item(customer_id: str, transaction_id: str, subscription_id: str, event_type: str,
           properties: Mapping[str, Any], timestamp: datetime, received_at: datetime,
           meters: MeterMap) -> UsageItem:
+    """The item of a message that met every rule (both instants have a UTC equivalent)."""
     rule = meters.rule_for(event_type)
     quantity = quantity_of(rule, properties) if rule is not None else Decimal(0)
     return UsageItem(customer_id, transaction_id, subscription_id, event_type,
@@ -273,13 +356,18 @@ def _item_line(it: UsageItem) -> str:
             f"{it.quantity}\t{it.occurred_at.isoformat()}\t{it.received_at.isoformat()}\n")
 
 
-def _fast_line(raw: bytes, rules: Mapping[str, tuple[str, MeterRule]]) -> str | None:
-    """The COPY line of a usage message the one-pass check certainly accepts, else None."""
+def _fast_line(raw: bytes, meters: Mapping[str, tuple[str, MeterRule]], key: _MessageKey,
+               rules: _Rules) -> str | None:
+    """The COPY line of a usage message whose shape the one-pass check certainly accepts, else None (the
+    careful path decides); UsageRefused when it breaks a usage rule."""
     fields = _checked(raw)
     if fields is None:
         return None
-    customer, tx, sub, event_type, props, timestamp, received_at, escaped = fields
-    meter = rules.get(event_type)
+    customer, tx, sub, event_type, props, timestamp, received_at, escaped, timestamp_at, received_at_at = fields
+    problem = rules.problem(key, sub, props, timestamp_at, received_at_at)
+    if problem is not None:
+        raise UsageRefused(problem)
+    meter = meters.get(event_type)
     if meter is None:
         meter_text, quantity = _NULL, "0"
     else:
@@ -288,13 +376,10 @@ def _fast_line(raw: bytes, rules: Mapping[str, tuple[str, MeterRule]]) -> str | 
             quantity = "1"
         else:
             value = props.get(rule.value_property)
-            if type(value) is int and -_INT_LIMIT < value < _INT_LIMIT:
+            if type(value) is int and 0 <= value < MAX_QUANTITY:
                 quantity = str(value)
             else:
-                try:
-                    quantity = str(quantity_of(rule, props))
-                except EnvelopeError:
-                    return None  # the careful path refuses it with the same reason
+                quantity = str(quantity_of(rule, props))
     if escaped:
         customer, tx, sub, event_type = _copy_text(customer), _copy_text(tx), _copy_text(sub), _copy_text(event_type)
     return f"{customer}\t{tx}\t{sub}\t{event_type}\t{meter_text}\t{quantity}\t{timestamp}\t{received_at}\n"
@@ -383,32 +468,48 @@ def _copy_lines(conn: sa.Connection, lines: Sequence[str]) -> None:
 class UsageMaterializer:
     """Applies usage to PostgreSQL in the caller's transaction (exactly once with the offsets).
 
-    Hot path: ``prepare(values)`` (pure CPU, no connection: the consumer runs it for the next batch while
-    PostgreSQL works on the current one), then ``apply_lines(conn, prepared.lines)`` in the transaction.
+    Hot path: ``prepare(values, keys)`` (CPU only; it reads the billing clock only when a message is stamped
+    after the last reading: the consumer runs it for the next batch while PostgreSQL works on the current
+    one), then ``apply_lines(conn, prepared.lines)`` in the transaction. Without a clock (tools, tests
+    that apply usage by hand) the received_at rule is not checked.
     """
 
-    def __init__(self, meters: MeterMap) -> None:
+    def __init__(self, meters: MeterMap, clock: Clock | None = None) -> None:
         self.meters = meters
         self.totals = UsageStats()
-        self._rules = {event_type: (_copy_text(rule.meter_id), rule)
-                       for event_type, rule in meters.rules().items()}
+        self._meters = {event_type: (_copy_text(rule.meter_id), rule)
+                        for event_type, rule in meters.rules().items()}
+        self._rules = _Rules(clock)
 
-    def decode(self, raw: bytes | None) -> UsageItem:
-        return decode_usage(raw, self.meters)
+    def decode(self, raw: bytes | None, key: _MessageKey = NO_KEY) -> UsageItem:
+        return _decode(raw, self.meters, key, self._rules)
 
-    def prepare(self, values: Sequence[bytes | None]) -> PreparedUsage:
+    def prepare(self, values: Sequence[bytes | None], keys: Sequence[bytes | None] | None = None) -> PreparedUsage:
+        """Decode a batch: ``values[i]`` with its Kafka key ``keys[i]`` (None: keys are not checked).
+
+        Total: every value becomes a COPY line or a refusal with its reason; nothing it raises stops the
+        batch."""
         lines: list[str] = []
         accepted: list[int] = []
         refused: list[tuple[int, EnvelopeError]] = []
-        rules = self._rules
+        meters, rules = self._meters, self._rules
         for index, raw in enumerate(values):
-            line = _fast_line(raw, rules) if raw is not None else None
-            if line is None:
-                try:
-                    line = _item_line(_decode_general(raw, self.meters))
-                except EnvelopeError as error:
-                    refused.append((index, error))
-                    continue
+            key = NO_KEY if keys is None else keys[index]
+            try:
+                line = _fast_line(raw, meters, key, rules) if raw is not None else None
+                if line is None:
+                    line = _item_line(_decode(raw, self.meters, key, rules))
+            except EnvelopeError as error:
+                refused.append((index, error))
+                continue
+            except Exception as error:
+                # NOTE: decoding is CPU only (the clock's outage is handled in _Rules), so whatever else it
+                # raises (a RecursionError, a bug of ours) is about these bytes and would recur on every
+                # retry: the message is refused, the partition goes on.
+                log.exception("usage decoding failed unexpectedly; the message is dead-lettered")
+                refused.append((index, EnvelopeError(f"undecodable usage message: {type(error).__name__}: "
+                                                     f"{str(error)[:300]}")))
+                continue
             lines.append(line)
             accepted.append(index)
         return PreparedUsage(lines, accepted, refused)

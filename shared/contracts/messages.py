@@ -14,9 +14,10 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from shared.contracts.envelope import Envelope, EnvelopeError
+from shared.contracts.usage_rules import MAX_EVENT_TYPE_LENGTH, MAX_ID_LENGTH, as_utc
 
 
 class Payload(BaseModel):
@@ -27,15 +28,25 @@ class Payload(BaseModel):
 
 
 class UsageRecorded(Payload):
-    """One usage event after the edge resolved customer -> subscription. Metronome's ingest field names."""
+    """One usage event after the edge resolved customer -> subscription. Metronome's ingest field names.
 
-    transaction_id: str = Field(min_length=1, max_length=128)
-    customer_id: str
-    subscription_id: str
-    event_type: str = Field(min_length=1, max_length=100)
+    The shape only; the rules every usage event must also meet (time window, quantities, properties, key =
+    subscription_id) are ``shared.contracts.usage_rules``, applied by the edge, the SDK and the worker."""
+
+    transaction_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
+    customer_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
+    subscription_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
+    event_type: str = Field(min_length=1, max_length=MAX_EVENT_TYPE_LENGTH)
     timestamp: AwareDatetime
     properties: dict[str, Any] = Field(default_factory=dict)
     received_at: AwareDatetime = Field(description="when the edge accepted it (visibility latency)")
+
+    @field_validator("timestamp", "received_at")
+    @classmethod
+    def _has_utc_equivalent(cls, value: datetime) -> datetime:
+        if as_utc(value) is None:
+            raise ValueError("has no UTC equivalent (outside years 1 to 9999 once its offset is applied)")
+        return value
 
 
 # ----------------------------------------------------------------------------------- commands.v1
