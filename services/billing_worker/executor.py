@@ -39,7 +39,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from services.billing_worker.billing_repository import IDS
-from services.billing_worker.processor import PRODUCER_NAME, add_outbox
+from services.billing_worker.processor import PRODUCER_NAME, add_outbox, is_retryable
 from shared.adapters.payments.port import (
     INTENT_NOT_CONFIRMABLE,
     ChargeOutcome,
@@ -48,6 +48,7 @@ from shared.adapters.payments.port import (
     PaymentGateway,
     PaymentGatewayError,
 )
+from shared.adapters.postgres.errors import describe
 from shared.adapters.postgres.schema.billing import billing_audit_log, payment_attempts
 from shared.contracts import topics
 from shared.contracts.envelope import new_envelope
@@ -141,6 +142,7 @@ class PaymentExecutor:
         self._pool: ThreadPoolExecutor | None = None
         self._done: queue.Queue[Settled] = queue.Queue()
         self._in_flight = 0
+        self._unrecorded: list[Settled] = []  # charged, outcome not yet stored (the database was out)
 
     # --- lifecycle
 
@@ -160,22 +162,40 @@ class PaymentExecutor:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
-        self._record(self._drain())
+        try:
+            self._record([*self._unrecorded, *self._drain()])
+            self._unrecorded = []
+        except Exception as error:  # the attempts stay in flight; their leases expire and they are looked up
+            log.warning("payment outcomes not recorded at stop; the attempts will be looked up",
+                        extra=kv(attempts=len(self._unrecorded), error=str(error)[:300]))
 
     def _loop(self) -> None:
+        failures = 0
         while not self._stop.is_set():
             try:
                 worked = self._round()
-            except Exception:
-                log.exception("payment executor round failed; retrying")
-                worked = False
+            except Exception as error:
+                failures += 1
+                if not is_retryable(error):
+                    log.exception("payment executor round failed; retrying")
+                elif failures == 1:  # an outage: said once when it starts and once when it ends
+                    log.warning("payment executor waiting for the database or the broker",
+                                extra=kv(error=describe(error)[:300], error_class=type(error).__name__))
+                self._stop.wait(min(5.0, self._poll_s * 2 ** min(failures, 5)))
+                continue
+            if failures:
+                log.info("payment executor running again", extra=kv(failed_rounds=failures))
+                failures = 0
             if not worked:
                 self._stop.wait(self._poll_s)
 
     def _round(self) -> bool:
         assert self._pool is not None
-        settled = self._drain()
+        # Outcomes whose recording failed (database out) are kept and recorded first, not dropped.
+        self._unrecorded = [*self._unrecorded, *self._drain()]
+        settled = self._unrecorded
         self._record(settled)
+        self._unrecorded = []
         free = self._concurrency * 4 - self._in_flight
         claimed = self.claim(min(free, self._claim_batch)) if free > 0 else []
         for attempt in claimed:
