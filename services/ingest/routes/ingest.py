@@ -47,7 +47,8 @@ router = APIRouter(tags=["usage"])
 class EventResult(BaseModel):
     index: int
     transaction_id: str | None = None
-    status: str = Field(description="accepted | rejected | parked")
+    status: str = Field(description="accepted | rejected | parked | duplicate (an earlier event of the same "
+                                    "request has this customer and transaction_id; it is not sent again)")
     reason: str | None = Field(default=None, description="a stable code, e.g. timestamp_too_old")
     errors: list[FieldError] = Field(default_factory=list)
 
@@ -56,6 +57,7 @@ class IngestResult(BaseModel):
     accepted: int
     rejected: int
     parked: int
+    duplicates: int = 0
     results: list[EventResult]
 
 
@@ -186,12 +188,22 @@ async def ingest(request: Request, principal: Principal = Depends(require(Scope.
     usage: list[KafkaMessage] = []
     accepted: list[tuple[int, str]] = []
     parked: list[tuple[int, ValidEvent]] = []
+    duplicates: list[tuple[int, str]] = []
+    # (customer, transaction_id) of the events this request accepts or parks (the worker's dedupe key; the
+    # producer's id for a parked one, unknown by definition): a repeat in the same request is reported
+    # `duplicate` instead of `accepted` twice, and only the first is sent.
+    taken: set[tuple[str, str]] = set()
     meters_memo: _Meters = {}
     for index, event in valid:
         route = routes[event.customer_id]
         customer_id, subscription_id = route.customer_id, route.subscription_id
+        dedupe_key = (customer_id or event.customer_id, event.transaction_id)
+        if dedupe_key in taken:
+            duplicates.append((index, event.transaction_id))
+            continue
         if customer_id is None:
             parked.append((index, event))
+            taken.add(dedupe_key)
             continue
         if subscription_id is None or route.status not in USAGE_STATUSES:
             reason = "subscription_paused" if route.status == "paused" else "no_active_subscription"
@@ -209,6 +221,7 @@ async def ingest(request: Request, principal: Principal = Depends(require(Scope.
             event, customer_id=customer_id, subscription_id=subscription_id, received_at_utc=received_at,
             producer="ingest", correlation_id=correlation)})
         accepted.append((index, event.transaction_id))
+        taken.add(dedupe_key)
 
     if parked:
         await run_in_threadpool(_park, container.engine, parked, principal.key_id)
@@ -228,11 +241,15 @@ async def ingest(request: Request, principal: Principal = Depends(require(Scope.
         results[index] = {"index": index, "transaction_id": tx, "status": "accepted", "reason": None, "errors": []}
     for index, event in parked:
         results[index] = _result(index, event.transaction_id, "parked", "unknown_customer")
-    rejected = len(items) - len(accepted) - len(parked)
+    for index, tx in duplicates:
+        results[index] = _result(index, tx, "duplicate", "duplicate_in_request")
+    rejected = len(items) - len(accepted) - len(parked) - len(duplicates)
     counter = request.app.state.metrics.usage_events
     counter.labels("accepted", "").inc(len(accepted))
     if parked:
         counter.labels("parked", "unknown_customer").inc(len(parked))
+    if duplicates:
+        counter.labels("duplicate", "duplicate_in_request").inc(len(duplicates))
     if rejected:
         for r in results:
             if r is not None and r["status"] == "rejected":
@@ -240,7 +257,8 @@ async def ingest(request: Request, principal: Principal = Depends(require(Scope.
         for reason, count in reasons.items():
             counter.labels("rejected", reason).inc(count)
     return Response(orjson.dumps({"accepted": len(accepted), "rejected": rejected, "parked": len(parked),
-                                  "results": results}), media_type="application/json")
+                                  "duplicates": len(duplicates), "results": results}),
+                    media_type="application/json")
 
 
 def _park(engine: sa.Engine, parked: list[tuple[int, ValidEvent]], key_id: str) -> None:
@@ -318,13 +336,17 @@ async def replay_unmatched(body: ReplayRequest, request: Request, _: Principal =
 
     rows = await run_in_threadpool(load)
     now = await run_in_threadpool(container.clock.now)
+    window = EventWindow.at(now)
     messages: list[OutgoingMessage] = []
     rejected: list[EventResult] = []
     for row in rows:
         event = UsageEvent.model_validate(row.event)
-        problem = _plan_problem(container.catalog, route, event)
-        # NOTE: the age limit is not re-applied: the event was on time when it arrived; the worker decides
-        # whether its period is still open.
+        # NOTE: a replay is a reception at `now`, and the worker holds every usage message to the window at
+        # its received_at (shared.contracts.usage_rules): an event parked more than 34 days ago is refused
+        # here (timestamp_too_old, as its period is invoiced) rather than sent and dead-lettered.
+        rule = check_event(event, window)
+        problem = ((rule.code, FieldError(field=rule.field, reason=rule.reason)) if rule is not None
+                   else _plan_problem(container.catalog, route, event))
         if problem is not None:
             rejected.append(EventResult(index=row.id, transaction_id=event.transaction_id, status="rejected",
                                         reason=problem[0], errors=[problem[1]]))
