@@ -1,6 +1,9 @@
 """The producer SDK: report usage over HTTP (`HttpUsageClient`) or straight to Kafka (`KafkaUsageProducer`).
 
-Both apply the same local checks as the edge (`shared.sdk.events.check_event`) before sending.
+Both apply the same local checks as the edge (`shared.sdk.events.check_event`, the usage rules of
+`shared.contracts.usage_rules`, which the worker applies too) before sending: an event the SDK sends is an
+event the worker stores, and one it refuses raises `UsageRejectedError` (or pydantic.ValidationError for a
+malformed event) with the rule's code, and nothing is sent.
 
 - `HttpUsageClient` goes through the edge, which resolves the customer (id or alias) to its subscription
   and checks the plan. Batches of up to 1000 events; each batch carries an Idempotency-Key derived from
@@ -11,7 +14,9 @@ Both apply the same local checks as the edge (`shared.sdk.events.check_event`) b
   envelope the edge writes, keyed by subscription_id, with an idempotent librdkafka producer (acks=all)
   that batches in librdkafka (`linger.ms`). `emit` hands one event to librdkafka at once; `emit_many`
   hands a whole list in one call (cheaper per event). `flush()`/`close()` raise if any message was not
-  acknowledged.
+  acknowledged. Its `now` (the reception instant written as `received_at`, which the time window is
+  checked at) defaults to the wall clock: against a simulated billing clock pass the billing clock's now,
+  since the worker refuses a `received_at` later than its billing clock (`received_in_future`).
 
 # NOTE: the direct producer asks librdkafka for delivery reports of failures only
 # (`delivery.report.only.error`): a message is acknowledged when `flush()` has nothing left outstanding
@@ -33,6 +38,7 @@ from confluent_kafka import KafkaError, Message
 
 from shared.config import Settings
 from shared.contracts import topics
+from shared.contracts.usage_rules import identifier_problem
 from shared.errors import DeliveryError
 from shared.sdk.envelopes import usage_value
 from shared.sdk.events import (
@@ -50,15 +56,35 @@ RETRYABLE_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
 
 
 class UsageRejectedError(ValueError):
-    """An event failed the local checks; nothing was sent."""
+    """An event failed the local checks; nothing was sent. `code` is the rule's machine-readable code."""
+
+    def __init__(self, message: str, code: str = "invalid_event") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def _checked(raw: UsageEvent | Mapping[str, Any], window: EventWindow) -> ValidEvent:
     event = validated_event(raw)  # pydantic.ValidationError (a ValueError) for a malformed event
     problem = check_event(event, window)
     if problem is not None:
-        raise UsageRejectedError(f"{event.transaction_id}: {problem.field}: {problem.reason}")
+        raise UsageRejectedError(f"{event.transaction_id}: {problem.code}: {problem.field}: {problem.reason}",
+                                 problem.code)
     return event
+
+
+def _encoded(event: ValidEvent, *, customer_id: str, subscription_id: str, received_at_utc: str,
+             producer: str) -> bytes:
+    """The message value; bad ids and an event JSON cannot carry (a lone surrogate in a string) are
+    UsageRejectedError."""
+    problem = (identifier_problem("subscription_id", subscription_id)
+               or identifier_problem("customer_id", customer_id))
+    if problem is not None:
+        raise UsageRejectedError(f"{event.transaction_id}: {problem}", problem.code)
+    try:
+        return usage_value(event, customer_id=customer_id, subscription_id=subscription_id,
+                           received_at_utc=received_at_utc, producer=producer)
+    except TypeError as error:  # orjson.JSONEncodeError
+        raise UsageRejectedError(f"{event.transaction_id}: not encodable as JSON: {error}") from error
 
 
 def _validated(events: Iterable[UsageEvent | Mapping[str, Any]], now: datetime) -> list[ValidEvent]:
@@ -80,7 +106,10 @@ class HttpUsageClient:
         results: list[dict[str, Any]] = []
         for start in range(0, len(checked), MAX_BATCH_EVENTS):
             batch = checked[start:start + MAX_BATCH_EVENTS]
-            body = orjson.dumps([e.as_json() for e in batch])
+            try:
+                body = orjson.dumps([e.as_json() for e in batch])
+            except TypeError as error:  # orjson.JSONEncodeError: a lone surrogate in a string
+                raise UsageRejectedError(f"a batch is not encodable as JSON: {error}") from error
             answer = self._post(body)
             results += [{**r, "index": r["index"] + start} for r in answer["results"]]
         return results
@@ -166,8 +195,8 @@ class KafkaUsageProducer:
         queued); `customer_id` defaults to the event's own."""
         window, received_at = self._at(now)
         checked = _checked(event, window)
-        value = usage_value(checked, customer_id=customer_id or checked.customer_id, subscription_id=subscription_id,
-                            received_at_utc=received_at, producer=self._name)
+        value = _encoded(checked, customer_id=customer_id or checked.customer_id, subscription_id=subscription_id,
+                         received_at_utc=received_at, producer=self._name)
         self._kafka.produce_one(self._topic, self._key(subscription_id), value, self._on_failure)
         self._served(1)
 
@@ -183,7 +212,7 @@ class KafkaUsageProducer:
             subscription = subscription_id if subscription_of is None else subscription_of.get(event.customer_id)
             if subscription is None:
                 raise UsageRejectedError(f"{event.transaction_id}: no subscription for {event.customer_id!r}")
-            batch.append({"key": self._key(subscription), "value": usage_value(
+            batch.append({"key": self._key(subscription), "value": _encoded(
                 event, customer_id=event.customer_id, subscription_id=subscription, received_at_utc=received_at,
                 producer=self._name)})
         count = len(batch)
