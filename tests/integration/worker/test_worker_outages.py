@@ -1,9 +1,9 @@
-"""The worker rides out a PostgreSQL outage with no manual action: its consumer, commit lanes, outbox relay,
-payment executor and scheduler keep retrying while the database is stopped, /readyz says 503 naming
-PostgreSQL meanwhile, and afterwards everything produced is applied exactly once and readiness is back.
+"""The worker rides out a PostgreSQL or Kafka outage with no manual action: its consumer, commit lanes, outbox
+relay, payment executor and scheduler keep retrying while the dependency is stopped, /readyz says 503 naming it
+meanwhile, and afterwards everything produced is applied exactly once and readiness is back.
 
-The database is a private instance (tests/outage_support.py); the shared stack is never stopped. The outage
-here lasts a few seconds; the 60 s version belongs to `make chaos`.
+The stopped component is a private instance (tests/outage_support.py); the shared stack is never stopped. The
+outage here lasts a few seconds; the 60 s version belongs to `make chaos`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from shared.contracts import topics
 from shared.contracts.envelope import Envelope, new_envelope
 from shared.contracts.messages import CreateSubscription
 from tests.integration.worker.harness import UsageLedger, caught_up, materialised, wait_until, worker_thread
-from tests.outage_support import PrivatePostgres, free_port, private_postgres
+from tests.outage_support import PrivateKafka, PrivatePostgres, free_port, private_kafka, private_postgres
 
 pytestmark = pytest.mark.integration
 
@@ -113,6 +113,75 @@ def test_the_worker_rides_out_a_postgres_outage_and_applies_everything_exactly_o
     assert (503, {"status": "unavailable", "checks": {"postgres": "unreachable", "kafka": "ok"}}) in seen_during
     quantity, events, rows = materialised(engine)
     assert quantity == ledger.expected_quantity  # every unit once: nothing lost, no duplicate counted
+    assert events == ledger.expected_events and rows == ledger.produced
+    with engine.connect() as conn:
+        statuses = dict(conn.execute(sa.select(command_outcomes.c.command_id, command_outcomes.c.status)).all())
+        start_invoices = conn.execute(sa.select(invoices.c.subscription_id, sa.func.count())
+                                      .group_by(invoices.c.subscription_id)).all()
+        charged_twice = conn.execute(sa.select(payment_attempts.c.invoice_id)
+                                     .where(payment_attempts.c.status == "succeeded")
+                                     .group_by(payment_attempts.c.invoice_id).having(sa.func.count() > 1)).all()
+    engine.dispose()
+    assert {statuses.get(e.event_id) for e in creates} == {"applied"}
+    assert sorted(n for _, n in start_invoices) == [1] * len(creates)
+    assert charged_twice == []
+
+
+@pytest.fixture(scope="module")
+def kafka() -> Iterator[PrivateKafka]:
+    with private_kafka() as kafka:
+        yield kafka
+
+
+def test_the_worker_rides_out_a_kafka_outage_and_applies_everything_exactly_once(
+        endpoints, database_url: str, db_schema: str, kafka: PrivateKafka) -> None:  # type: ignore[no-untyped-def]
+    prefix = f"t{uuid.uuid4().hex[:10]}."
+    kafka.create_topics(prefix)
+    settings = Settings(kafka_bootstrap=kafka.bootstrap, database_url=database_url, database_schema=db_schema,
+                        topic_prefix=prefix, stripe_api_base=endpoints.stripe_api_base,
+                        consumer_group=f"g-{uuid.uuid4().hex[:8]}", log_json=False, worker_health_port=free_port())
+    engine = make_engine(settings, pool_size=2)
+    ledger = UsageLedger(settings, subscriptions=40)
+    commands = KafkaProducer(settings, client_id="outage-test-commands")
+    creates: list[Envelope] = []
+
+    def create_subscriptions(count: int) -> None:
+        batch = [subscribe(f"sub_{uuid.uuid4().hex[:12]}") for _ in range(count)]
+        commands.send_and_wait([OutgoingMessage.of(topics.COMMANDS, e.payload["subscription_id"], e) for e in batch])
+        creates.extend(batch)
+
+    seen_during: list[tuple[int, dict[str, object]]] = []
+    try:
+        with worker_thread(settings):
+            ledger.produce(1500)
+            create_subscriptions(5)  # their invoices are charged and announced while the broker is down
+            stop_polling = threading.Event()
+
+            def poll_readiness() -> None:
+                while not stop_polling.wait(0.3):
+                    seen_during.append(readiness(settings))
+
+            poller = threading.Thread(target=poll_readiness, daemon=True)
+            with kafka.outage(seconds=OUTAGE_S):
+                poller.start()
+            stop_polling.set()
+            poller.join(10)
+            ledger.produce(1500)
+            create_subscriptions(5)
+
+            wait_until(lambda: caught_up(settings, engine, CONSUMED), timeout=120, what="catch-up after the outage")
+            wait_until(lambda: readiness(settings)[0] == 200, timeout=30, what="/readyz 200 after the outage")
+            with engine.connect() as conn:
+                wait_until(lambda: conn.execute(sa.select(sa.func.count()).select_from(outbox)
+                                                .where(outbox.c.published_at.is_(None))).scalar_one() == 0,
+                           timeout=60, what="the relay to publish every outbox row")
+    finally:
+        ledger.close()
+        commands.close()
+
+    assert (503, {"status": "unavailable", "checks": {"postgres": "ok", "kafka": "unreachable"}}) in seen_during
+    quantity, events, rows = materialised(engine)
+    assert quantity == ledger.expected_quantity
     assert events == ledger.expected_events and rows == ledger.produced
     with engine.connect() as conn:
         statuses = dict(conn.execute(sa.select(command_outcomes.c.command_id, command_outcomes.c.status)).all())
