@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from services.billing_worker.processor import is_retryable
 from shared.adapters.kafka.producer import KafkaProducer, OutgoingMessage
+from shared.adapters.postgres.errors import describe
 from shared.adapters.postgres.schema.core import outbox
 from shared.observability import kv
 
@@ -61,20 +62,26 @@ class OutboxRelay:
         return len(rows)
 
     def run(self) -> None:
+        """Publish until stopped. A failed round is retried with capped backoff, never the end of the loop: a
+        relay thread that died would silently stop every outgoing event while the worker looks healthy."""
         attempt = 0
         while not self._stop.is_set():
             try:
                 sent = self.publish_round()
-                attempt = 0
             except Exception as error:
-                if not is_retryable(error):
-                    log.exception("outbox relay stopped on a non-retryable error")
-                    raise
                 attempt += 1
                 delay = min(self._max_backoff, 0.05 * 2 ** min(attempt, 10))
-                log.warning("outbox relay round failed, retrying", extra=kv(error=str(error)[:300], delay_s=delay))
+                if not is_retryable(error):
+                    log.exception("outbox relay round failed on an unexpected error; retrying",
+                                  extra=kv(attempt=attempt, delay_s=delay))
+                elif attempt == 1:  # an outage: said when it starts and when it ends, not every round
+                    log.warning("outbox relay waiting for the database or the broker",
+                                extra=kv(error=describe(error)[:300], error_class=type(error).__name__))
                 self._stop.wait(delay)
                 continue
+            if attempt:
+                log.info("outbox relay publishing again", extra=kv(failed_rounds=attempt))
+                attempt = 0
             if sent < self._batch:
                 self._stop.wait(self._idle)
 
