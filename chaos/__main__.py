@@ -35,7 +35,9 @@ from chaos.scenarios import (
 from shared.adapters.kafka.admin import delete_topics
 
 OUT = REPO / "var" / "chaos"
-SCENARIOS = ("poison", "kill", "kafka", "postgres", "openapi")
+# The corpus runs last: a poison message that crash-loops the worker would otherwise stall every later
+# scenario, and they would report the corpus's defect instead of their own fault.
+SCENARIOS = ("kill", "kafka", "postgres", "poison", "openapi")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -69,6 +71,8 @@ def run_scenario(name: str, body: Callable[[], ScenarioResult]) -> ScenarioResul
     result.wall_s = time.monotonic() - started
     console.print(f"{name}: {'pass' if result.passed else 'FAIL ' + str(result.failed_checks())} "
                   f"in {result.wall_s:.0f} s")
+    for note in result.notes:
+        console.print(f"  {note}", highlight=False, markup=False)
     return result
 
 

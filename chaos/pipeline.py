@@ -31,15 +31,9 @@ ADMIN_KEY = "chaos-admin-" + uuid.uuid4().hex
 SERVICES = ("ingest", "worker", "dunning")
 
 
-def prepare(endpoints: dict[str, str], run_id: str, partitions: int = 6) -> tuple[Settings, dict[str, str]]:
-    """A private schema (migrated) and topic prefix (created) for this run, and the services' environment."""
-    schema, prefix = f"chaos_{run_id}", f"chaos{run_id}."
-    upgrade(endpoints["BILLING_DATABASE_URL"], schema)
-    create_topics(endpoints["BILLING_KAFKA_BOOTSTRAP"], prefix=prefix, partitions=partitions)
-    env = {
-        **endpoints,
-        "BILLING_DATABASE_SCHEMA": schema,
-        "BILLING_TOPIC_PREFIX": prefix,
+def service_overrides(run_id: str) -> dict[str, str]:
+    """The BILLING_* settings every chaos run gives its services, on top of the stack's endpoints."""
+    return {
         "BILLING_CONSUMER_GROUP": f"billing-worker-{run_id}",
         "BILLING_CLOCK": "simulated",
         "BILLING_SIMULATED_CLOCK_START": CLOCK_START.isoformat(),
@@ -55,8 +49,22 @@ def prepare(endpoints: dict[str, str], run_id: str, partitions: int = 6) -> tupl
         "BILLING_WORKER_MEMBER_ID": f"chaos-worker-{run_id}",
         "BILLING_WORKER_SESSION_TIMEOUT_MS": "10000",
     }
-    settings = Settings(**{k.removeprefix("BILLING_").lower(): v for k, v in env.items()})  # type: ignore[arg-type]
-    return settings, env
+
+
+def settings_of(env: dict[str, str]) -> Settings:
+    """The Settings the services build from `env` (what this process uses to look at the same system)."""
+    return Settings(**{k.removeprefix("BILLING_").lower(): v for k, v in env.items()  # type: ignore[arg-type]
+                       if k.startswith("BILLING_")})
+
+
+def prepare(endpoints: dict[str, str], run_id: str, partitions: int = 6) -> tuple[Settings, dict[str, str]]:
+    """A private schema (migrated) and topic prefix (created) for this run, and the services' environment."""
+    schema, prefix = f"chaos_{run_id}", f"chaos{run_id}."
+    upgrade(endpoints["BILLING_DATABASE_URL"], schema)
+    create_topics(endpoints["BILLING_KAFKA_BOOTSTRAP"], prefix=prefix, partitions=partitions)
+    env = {**endpoints, "BILLING_DATABASE_SCHEMA": schema, "BILLING_TOPIC_PREFIX": prefix,
+           **service_overrides(run_id)}
+    return settings_of(env), env
 
 
 @dataclass

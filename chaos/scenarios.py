@@ -229,7 +229,7 @@ def _server_error_check(world: World, result: ScenarioResult, before: dict[str, 
 # ------------------------------------------------------------------------------------------ scenarios
 
 
-def poison_corpus(world: World, generated_per_topic: int) -> ScenarioResult:
+def poison_corpus(world: World, generated_per_topic: int, settle_timeout: float = 180.0) -> ScenarioResult:
     """Every case of the corpus produced straight to its topic; afterwards a valid event must still be
     stored, every REFUSED case must be in its topic's DLQ, and the worker and dunning must be alive."""
     result = ScenarioResult("poison corpus")
@@ -241,7 +241,7 @@ def poison_corpus(world: World, generated_per_topic: int) -> ScenarioResult:
     result.notes.append(f"{len(cases)} poison messages produced: "
                         + ", ".join(f"{t} {len(c)}" for t, c in by_topic(cases).items()))
     after = _probe_usage(world, p.clock_now())
-    settle(world, result, timeout=180)
+    settle(world, result, timeout=settle_timeout)
     result.checks["a valid event after the corpus is stored"] = bool(_stored(world, after))
     result.dead_lettered = _delta(dlq_counts(p.settings), dlq_before)
     _refused_cases_check(world, result, cases)
@@ -275,7 +275,8 @@ def _refused_usage_stored(world: World, cases: list[PoisonCase]) -> list[str]:
         return sorted(by_tx[tx] for tx in stored_transactions(conn, list(by_tx)) if tx in by_tx)
 
 
-def kill_worker_during_billing_run(world: World, subscriptions: int, kills: int) -> ScenarioResult:
+def kill_worker_during_billing_run(world: World, subscriptions: int, kills: int,
+                                   settle_timeout: float = 300.0) -> ScenarioResult:
     """Subscriptions and usage straight to Kafka, the clock moved past the period end, and the worker
     killed with SIGKILL `kills` times while the period closes and charges are under way."""
     result = ScenarioResult(f"kill -9 worker x{kills} during a billing run")
@@ -283,7 +284,7 @@ def kill_worker_during_billing_run(world: World, subscriptions: int, kills: int)
     p = world.pipeline
     run = uuid.uuid4().hex[:6]
     bulk = _produce_subscriptions_with_usage(world, run, subscriptions)
-    p.quiescence().wait(timeout=240)
+    p.quiescence().wait(timeout=settle_timeout)
     total = subscriptions + len(world.customers)
     p.advance_clock(days=31)
     closes = "SELECT count(*) FROM invoices WHERE kind = 'period_close'"
@@ -298,7 +299,7 @@ def kill_worker_during_billing_run(world: World, subscriptions: int, kills: int)
         p.kill_worker()
         result.notes.append(f"kill {n + 1}: {at_kill}/{total} period closes done")
         p.start_again("worker")
-    settle(world, result, timeout=300)
+    settle(world, result, timeout=settle_timeout)
     missing = p.scalar(
         "SELECT count(*) FROM subscriptions s WHERE (s.subscription_id LIKE :bulk OR s.subscription_id = ANY(:ours)) "
         "AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.subscription_id = s.subscription_id "
