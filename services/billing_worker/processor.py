@@ -489,8 +489,18 @@ class BatchProcessor:
               dead: list[DeadLetter]) -> None:
         dead.append(DeadLetter.of(record.topic, record.partition, record.offset, record.key, record.value, error))
         if record.topic == topics.COMMANDS:
-            # The edge may be waiting for this command: tell it, rather than let it time out.
-            record_command_outcome(
-                conn, envelope, subscription_id=str(envelope.payload.get("subscription_id") or ""),
-                status="rejected", error_code=getattr(error, "code", None) or "unprocessable",
-                error_detail=f"{type(error).__name__}: {error}"[:1000])
+            # The edge may be waiting for this command: tell it, rather than let it time out. The outcome is
+            # keyed by the payload's subscription id, which may be the very value the database refused: then
+            # the dead letter alone says why (an error here must not fail the batch and stop the worker).
+            try:
+                with conn.begin_nested():
+                    record_command_outcome(
+                        conn, envelope, subscription_id=str(envelope.payload.get("subscription_id") or ""),
+                        status="rejected", error_code=getattr(error, "code", None) or "unprocessable",
+                        error_detail=f"{type(error).__name__}: {error}"[:1000])
+            except Exception as outcome_error:
+                if is_retryable(outcome_error):
+                    raise
+                self._log.warning("the rejected outcome of a dead-lettered command cannot be stored", extra=kv(
+                    topic=record.topic, partition=record.partition, offset=record.offset,
+                    event_id=str(envelope.event_id), error=pg_errors.describe(outcome_error)[:300]))

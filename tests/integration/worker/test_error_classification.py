@@ -107,3 +107,20 @@ def test_a_message_that_keeps_failing_while_the_database_answers_is_parked_and_t
     headers = dict(letters[0].headers())
     assert headers["reason"] == b"retries_exhausted"
     assert b"statement timeout" in headers["error"] and b"QueryCanceled" in headers["error"]
+
+
+def test_a_subscription_id_too_large_to_store_even_as_an_outcome_is_dead_lettered_and_the_worker_goes_on(
+        settings, engine):  # type: ignore[no-untyped-def]
+    # The rejected outcome is keyed by the subscription id too: storing it fails like the command did.
+    huge_sub = "sub_" + "".join(uuid.uuid4().hex for _ in range(313))[:10_000]
+    good_sub = f"sub_{uuid.uuid4().hex}"
+    bad = create_command(huge_sub, f"cus_{uuid.uuid4().hex[:10]}")
+    good = create_command(good_sub, f"cus_{uuid.uuid4().hex[:10]}")
+    produce(settings, [(good_sub, bad), (good_sub, good)])  # same key: the good one waits behind the bad one
+
+    with worker_thread(settings):
+        wait_until(lambda: good.event_id in outcomes(engine, good), timeout=60, what="the good command's outcome")
+
+    assert outcomes(engine, bad, good) == {good.event_id: ("applied", None)}
+    letters = [m for m in read_dlq(settings, topics.COMMANDS, 3) if m.value() == bad.to_bytes()]
+    assert dict(letters[0].headers())["reason"] == b"program_limit_exceeded"
