@@ -14,7 +14,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Final, TypeVar
 
@@ -41,6 +41,7 @@ from shared.domain.dunning import (
     Notify,
     RetryPayment,
     RetryTrigger,
+    awaiting_retry_outcome,
     due_actions,
     next_wake_at,
 )
@@ -56,6 +57,10 @@ PRODUCER: Final = "dunning"
 # Ids derived from (case, action key) are the same on every run, so a command or a notification decided
 # twice (which the unique keys already prevent) would still be one message to its receivers.
 _IDS: Final = uuid.UUID("6f1d3c52-0b8e-4e57-9a3c-2b51d7e0c9a4")
+
+# NOTE: wall-clock time, not billing time: how long a retry's outcome may take to come back through the
+# worker, the executor and the provider before the schedule stops waiting for it.
+DEFAULT_RETRY_OUTCOME_TIMEOUT: Final = timedelta(minutes=15)
 
 _P = TypeVar("_P", bound=Payload)
 EventHandler = Callable[["DunningTransaction", Envelope, Payload, datetime], "Outcome"]
@@ -86,9 +91,12 @@ class DunningHandlers:
     """The dunning service layer. ``handle`` for each consumed event, ``run_due`` from the timer."""
 
     def __init__(self, store: DunningStore, clock: Clock, *, policy: DunningPolicy | None = None,
-                 channel: str = "log") -> None:
+                 channel: str = "log", retry_outcome_timeout: timedelta = DEFAULT_RETRY_OUTCOME_TIMEOUT,
+                 wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self._store = store
         self._clock = clock
+        self._retry_outcome_timeout = retry_outcome_timeout
+        self._wall_clock = wall_clock
         self._policy = policy or DunningPolicy()
         self._channel = channel
         self._handlers: dict[str, EventHandler] = {
@@ -126,17 +134,23 @@ class DunningHandlers:
         return outcome
 
     def run_due(self, *, batch_size: int = 100) -> int:
-        """Carry out every action due at the billing clock's now; returns how many cases were visited."""
+        """Carry out every action due at the billing clock's now; returns how many cases were visited.
+
+        Cases are taken in (wake-up, case id) order behind a cursor, so a run ends even when cases stay
+        due (a case awaiting a retry's outcome keeps its wake-up instant)."""
         now = self._clock.now()
         visited = 0
+        after: tuple[datetime, str] | None = None
         while True:
             with self._store.transaction() as tx:
-                records = tx.lock_due_cases(now, batch_size)
+                records = tx.lock_due_cases(now, batch_size, after)
                 for record in records:
                     self._carry_out_and_save(tx, record, now)
             visited += len(records)
             if len(records) < batch_size:
                 return visited
+            last = records[-1]
+            after = (last.next_wake_at or now, last.case.case_id)
 
     # --- event handlers ----------------------------------------------------------------------------------
 
@@ -148,12 +162,17 @@ class DunningHandlers:
         # NOTE: failures are dated by the billing clock when dunning learns of them, not by the producer's
         # wall clock: with a simulated clock the two differ, and the schedule must follow billing time.
         if record is None:
+            # NOTE: a case opens at the billing instant the failed charge was decided (the close that issued
+            # the invoice), not later when the news arrives: after a clock jump the whole schedule, and the
+            # period closes held back behind it, keep their billing-time order.
+            requested = tx.failure_instant(event.invoice_id, event.attempt_no)
+            failed_at = min(now, requested) if requested is not None else now
             case = DunningCase.open(case_id=case_id_for(event.invoice_id), invoice_id=event.invoice_id,
-                                    subscription_id=event.subscription_id, failed_at=now, hard=hard,
+                                    subscription_id=event.subscription_id, failed_at=failed_at, hard=hard,
                                     decline_code=event.decline_code, policy=self._policy)
             record = CaseRecord(case=case, customer_id=event.customer_id, amount_minor=event.total_minor,
                                 currency=event.currency, attempt_numbers=_attempts(event.attempt_no),
-                                failure_attempt_nos=(event.attempt_no,))
+                                failure_attempt_nos=(event.attempt_no,), next_wake_at=failed_at)
             tx.insert_case(record)
         else:
             if record.case.status is not DunningStatus.OPEN:
@@ -165,7 +184,7 @@ class DunningHandlers:
                 return Outcome.IGNORED
             record = replace(
                 record,
-                case=record.case.record_failure(hard, now, event.decline_code),
+                case=record.case.record_failure(hard, record.position(now), event.decline_code),
                 attempt_numbers=record.attempt_numbers | _attempts(event.attempt_no),
                 failure_attempt_nos=(*record.failure_attempt_nos, event.attempt_no),
             )
@@ -179,7 +198,7 @@ class DunningHandlers:
         if record is None or record.case.status is DunningStatus.RECOVERED:
             return Outcome.IGNORED
         try:
-            case = record.case.record_success(now)
+            case = record.case.record_success(record.position(now))
         except DunningCaseClosedError:
             log.warning("invoice paid after dunning gave up; the worker settles it",
                         extra=kv(case_id=record.case.case_id, invoice_id=event.invoice_id))
@@ -211,24 +230,56 @@ class DunningHandlers:
         event = _expect(payload, PaymentMethodUpdated)
         records = tx.open_cases_of_subscription(event.subscription_id)
         for record in records:
-            self._carry_out_and_save(tx, replace(record, case=record.case.payment_method_updated(now)), now)
+            updated = record.case.payment_method_updated(record.position(now))
+            self._carry_out_and_save(tx, replace(record, case=updated), now)
         return Outcome.APPLIED if records else Outcome.IGNORED
 
     # --- carrying out the schedule ------------------------------------------------------------------------
 
     def _carry_out_and_save(self, tx: DunningTransaction, record: CaseRecord, now: datetime) -> None:
+        """Play the case's schedule from its position up to ``now``, one wake-up instant at a time, and save
+        where it stopped.
+
+        Each step carries out what is due at that instant, dated at it. The case stops (and keeps its
+        position as wake-up instant, so the timer looks again) while a retry cannot run yet: the previous
+        retry's outcome is not in, or an attempt's outcome is unknown. So a clock jump of any size plays
+        day 3, then 5, then 7, then the give-up, each retry after the previous one's outcome, and the
+        position tells the scheduler what dunning has not done yet (see ``scheduler.py``).
+        """
+        at = record.position(now)
         case = record.case
-        retry_waits = False
-        for action in due_actions(case, now):
-            if isinstance(action, RetryPayment) and tx.unsettled_payment_attempts(case.invoice_id):
-                # NOTE: an attempt with an unknown outcome may have charged the customer; reconciliation
-                # settles it first, and the retry stays due until then.
-                retry_waits = True
-                continue
-            self._carry_out(tx, record, action, now)
-            case = case.record_done(action, now)
-        wake = now if retry_waits else next_wake_at(case, now)
+        while True:
+            if self._awaiting_retry_outcome(replace(record, case=case)):
+                wake: datetime | None = at
+                break
+            retry_waits = False
+            for action in due_actions(case, at):
+                if isinstance(action, RetryPayment) and tx.unsettled_payment_attempts(case.invoice_id):
+                    # NOTE: an attempt with an unknown outcome may have charged the customer; reconciliation
+                    # settles it first, and the retry stays due until then.
+                    retry_waits = True
+                    continue
+                self._carry_out(tx, replace(record, case=case), action, at)
+                case = case.record_done(action, at)
+            wake = next_wake_at(case, at)
+            if retry_waits or wake is None or wake > now or wake <= at:
+                wake = at if retry_waits else wake
+                break
+            at = wake
         tx.update_case(replace(record, case=case), wake)
+
+    def _awaiting_retry_outcome(self, record: CaseRecord) -> bool:
+        if not awaiting_retry_outcome(record.case):
+            return False
+        decided = record.last_retry_decided_at
+        if decided is not None and self._wall_clock() - decided > self._retry_outcome_timeout:
+            # NOTE: a retry whose outcome never comes (the worker refused or dead-lettered the command) must
+            # not hold the case forever; after this wall-clock bound the schedule goes on without it.
+            log.warning("no outcome for a payment retry; the schedule goes on without it",
+                        extra=kv(case_id=record.case.case_id, invoice_id=record.case.invoice_id,
+                                 decided_at=decided.isoformat()))
+            return False
+        return True
 
     def _carry_out(self, tx: DunningTransaction, record: CaseRecord, action: DunningAction,
                    now: datetime) -> None:
@@ -277,7 +328,7 @@ class DunningHandlers:
                                   reason: str) -> None:
         # NOTE: the invoice was voided or the subscription cancelled by someone else: nothing is left to
         # collect, so the case stops without a give-up command or a final notice (the domain's abandon).
-        closed = record.case.abandon(now, reason)
+        closed = record.case.abandon(record.position(now), reason)
         tx.update_case(replace(record, case=closed, closed_reason=reason), None)
 
 

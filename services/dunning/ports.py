@@ -40,6 +40,15 @@ class CaseRecord:
     failure_attempt_nos: tuple[int | None, ...] = ()
     """attempt_no of each of ``case.failures``, in the same order (for storage)."""
     closed_reason: str | None = None
+    next_wake_at: datetime | None = None
+    """The case's position in billing time: the earliest instant it has something left to do (as stored)."""
+    last_retry_decided_at: datetime | None = None
+    """Wall-clock instant the latest retry was decided (how long its outcome has been awaited)."""
+
+    def position(self, now: datetime) -> datetime:
+        """The billing instant the case acts at: its next wake-up while the clock is past it, else ``now``.
+        Facts and actions are dated here, so a case replays its schedule in order after a clock jump."""
+        return min(now, self.next_wake_at) if self.next_wake_at is not None else now
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +86,14 @@ class DunningTransaction(Protocol):
 
     def open_cases_of_subscription(self, subscription_id: str) -> list[CaseRecord]: ...
 
-    def lock_due_cases(self, now: datetime, limit: int) -> list[CaseRecord]:
-        """Open cases whose wake-up instant is at or before ``now``, oldest first."""
+    def lock_due_cases(self, now: datetime, limit: int,
+                       after: tuple[datetime, str] | None = None) -> list[CaseRecord]:
+        """Open cases whose wake-up instant is at or before ``now``, oldest first by (wake-up, case id),
+        after the keyset ``after`` (so one run moves past cases that stay due, e.g. awaiting an outcome)."""
+        ...
+
+    def failure_instant(self, invoice_id: str, attempt_no: int | None) -> datetime | None:
+        """The billing instant the failed charge was decided (its payment attempt's ``requested_at``), if known."""
         ...
 
     def insert_case(self, record: CaseRecord) -> None: ...

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 
 from shared.adapters.notify.port import Notification
+from shared.adapters.postgres.schema.billing import payment_attempts
 from shared.adapters.postgres.schema.core import customers, outbox
 from shared.adapters.postgres.schema.dunning import (
     dunning_actions,
@@ -79,10 +80,23 @@ class PostgresDunningTransaction:
         return self._locked_cases(sa.and_(dunning_cases.c.subscription_id == subscription_id,
                                           dunning_cases.c.status == DunningStatus.OPEN.value))
 
-    def lock_due_cases(self, now: datetime, limit: int) -> list[CaseRecord]:
-        return self._locked_cases(
-            sa.and_(dunning_cases.c.status == DunningStatus.OPEN.value, dunning_cases.c.next_wake_at <= now),
-            order_by=dunning_cases.c.next_wake_at, limit=limit, skip_locked=True)
+    def lock_due_cases(self, now: datetime, limit: int,
+                       after: tuple[datetime, str] | None = None) -> list[CaseRecord]:
+        c = dunning_cases
+        where = sa.and_(c.c.status == DunningStatus.OPEN.value, c.c.next_wake_at <= now)
+        if after is not None:
+            where = sa.and_(where, sa.tuple_(c.c.next_wake_at, c.c.case_id)
+                            > sa.tuple_(sa.literal(after[0], sa.DateTime(timezone=True)), sa.literal(after[1])))
+        return self._locked_cases(where, order_by=(c.c.next_wake_at, c.c.case_id), limit=limit, skip_locked=True)
+
+    def failure_instant(self, invoice_id: str, attempt_no: int | None) -> datetime | None:
+        if attempt_no is None:
+            return None
+        a = payment_attempts
+        at: datetime | None = self._conn.execute(
+            sa.select(a.c.requested_at).where(a.c.invoice_id == invoice_id, a.c.attempt_no == attempt_no)
+        ).scalar_one_or_none()
+        return at
 
     def insert_case(self, record: CaseRecord) -> None:
         case = record.case
@@ -130,24 +144,29 @@ class PostgresDunningTransaction:
 
     # --- loading -----------------------------------------------------------------------------------------
 
-    def _locked_cases(self, where: sa.ColumnElement[bool], *, order_by: Any = None, limit: int | None = None,
-                      skip_locked: bool = False) -> list[CaseRecord]:
+    def _locked_cases(self, where: sa.ColumnElement[bool], *, order_by: tuple[Any, ...] | None = None,
+                      limit: int | None = None, skip_locked: bool = False) -> list[CaseRecord]:
         query = sa.select(dunning_cases).where(where).with_for_update(skip_locked=skip_locked)
         if order_by is not None:
-            query = query.order_by(order_by)
+            query = query.order_by(*order_by)
         if limit is not None:
             query = query.limit(limit)
         rows = self._conn.execute(query).all()
         if not rows:
             return []
         done: dict[str, list[CompletedAction]] = {row.case_id: [] for row in rows}
+        retried: dict[str, datetime] = {}
+        a = dunning_actions
         for action in self._conn.execute(
-                sa.select(dunning_actions.c.case_id, dunning_actions.c.action_key, dunning_actions.c.carried_out_at)
-                .where(dunning_actions.c.case_id.in_(list(done))).order_by(dunning_actions.c.id)):
+                sa.select(a.c.case_id, a.c.action_key, a.c.carried_out_at, a.c.kind, a.c.created_at)
+                .where(a.c.case_id.in_(list(done))).order_by(a.c.id)):
             done[action.case_id].append(CompletedAction(action.action_key, action.carried_out_at))
-        return [self._record(row, done[row.case_id]) for row in rows]
+            if action.kind == "retry":
+                retried[action.case_id] = action.created_at
+        return [self._record(row, done[row.case_id], retried.get(row.case_id)) for row in rows]
 
-    def _record(self, row: sa.Row[Any], completed: Sequence[CompletedAction]) -> CaseRecord:
+    def _record(self, row: sa.Row[Any], completed: Sequence[CompletedAction],
+                last_retry_decided_at: datetime | None) -> CaseRecord:
         failures = tuple(PaymentFailure(at=datetime.fromisoformat(f["at"]), hard=f["hard"],
                                         decline_code=f["decline_code"]) for f in row.failures)
         attempt_nos = tuple(f.get("attempt_no") for f in row.failures)
@@ -159,7 +178,8 @@ class PostgresDunningTransaction:
         return CaseRecord(case=case, customer_id=row.customer_id, amount_minor=row.amount_minor,
                           currency=row.currency,
                           attempt_numbers=frozenset(n for n in attempt_nos if n is not None),
-                          failure_attempt_nos=attempt_nos, closed_reason=row.closed_reason)
+                          failure_attempt_nos=attempt_nos, closed_reason=row.closed_reason,
+                          next_wake_at=row.next_wake_at, last_retry_decided_at=last_retry_decided_at)
 
 
 def _mutable_columns(record: CaseRecord, next_wake_at: datetime | None) -> dict[str, Any]:

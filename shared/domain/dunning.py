@@ -339,8 +339,10 @@ def due_actions(case: DunningCase, now: datetime) -> list[DunningAction]:
     - After a hard decline its notice is due at once; otherwise the latest reminder day reached is due,
       unless a notification was already sent since that day began.
 
-    # NOTE: only the *latest* slot reached is offered. A service that was down on days 3 and 5 retries
-    # once on day 6, not twice in a row, and sends one reminder, not a burst of missed ones.
+    # NOTE: only the *latest* slot reached at ``now`` is offered. The dunning service asks at each of a
+    # case's wake-up instants in turn (``next_wake_at``), not at the clock's now, so after a clock jump or
+    # an outage the schedule is replayed slot by slot in billing-time order, each retry after the previous
+    # one's outcome (``awaiting_retry_outcome``): a give-up never comes before the retries due earlier.
     """
     instant = ensure_utc(now)
     day = case.day_of(instant)
@@ -393,6 +395,20 @@ def _due_notice(case: DunningCase, day: int) -> Notify | None:
     if case.is_done(reminder.key) or case.carried_out_since("notify:", case.slot_start(notify_day)):
         return None
     return reminder
+
+
+def awaiting_retry_outcome(case: DunningCase) -> bool:
+    """Whether a retry was carried out whose outcome is not recorded yet.
+
+    Every retry ends in exactly one recorded failure or in a success, which closes the case; so on an open
+    case, as many retries as failures (the first failure opened the case) means the last retry is still in
+    flight. The later slots of the schedule wait for it: another retry must not be sent beside it, and the
+    give-up must never overtake a retry that may still collect the invoice.
+    """
+    if case.status is not DunningStatus.OPEN:
+        return False
+    retries = sum(1 for done in case.completed if done.key.startswith("retry:"))
+    return retries >= len(case.failures)
 
 
 def next_wake_at(case: DunningCase, now: datetime) -> datetime | None:

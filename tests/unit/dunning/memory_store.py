@@ -66,9 +66,11 @@ class InMemoryTransaction:
         return [self._loaded(r) for r in self._state.cases.values()
                 if r.case.subscription_id == subscription_id and r.case.status is DunningStatus.OPEN]
 
-    def lock_due_cases(self, now: datetime, limit: int) -> list[CaseRecord]:
+    def lock_due_cases(self, now: datetime, limit: int,
+                       after: tuple[datetime, str] | None = None) -> list[CaseRecord]:
         due = [(wake, case_id) for case_id, wake in self._state.wake.items()
-               if wake is not None and wake <= now and self._state.cases[case_id].case.status is DunningStatus.OPEN]
+               if wake is not None and wake <= now and self._state.cases[case_id].case.status is DunningStatus.OPEN
+               and (after is None or (wake, case_id) > after)]
         return [self._loaded(self._state.cases[case_id]) for _, case_id in sorted(due)[:limit]]
 
     def insert_case(self, record: CaseRecord) -> None:
@@ -102,7 +104,11 @@ class InMemoryTransaction:
     def unsettled_payment_attempts(self, invoice_id: str) -> int:
         return self._store.unsettled_attempts.get(invoice_id, 0)
 
+    def failure_instant(self, invoice_id: str, attempt_no: int | None) -> datetime | None:
+        return None
+
     def _loaded(self, record: CaseRecord) -> CaseRecord:
         completed = tuple(CompletedAction(key, at) for (case_id, key), (_, at) in self._state.actions.items()
                           if case_id == record.case.case_id)
-        return replace(record, case=replace(record.case, completed=completed))
+        return replace(record, case=replace(record.case, completed=completed),
+                       next_wake_at=self._state.wake.get(record.case.case_id))

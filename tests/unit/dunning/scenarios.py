@@ -210,12 +210,16 @@ class DunningScenarios:
         assert len(before[0]) == 1
         assert len(before[1]) == 2
 
-    def test_a_service_down_for_days_catches_up_with_one_retry_and_one_reminder(self, world: World) -> None:
+    def test_a_service_down_for_days_replays_the_missed_slots_in_order_each_retry_after_the_last_outcome(
+            self, world: World) -> None:
         world.payment_failed(attempt_no=1)
         world.clock.set(world.day(6))
         world.handlers.run_due()
-        assert [(c.payload["attempt_no"], c.occurred_at) for c in world.retries()] == [(2, world.day(6))]
-        assert [key for key, _, _ in world.probe.notices()] == ["notify:3"]
+        assert [(c.payload["attempt_no"], c.occurred_at) for c in world.retries()] == [(2, world.day(3))]
+        assert [key for key, _, _ in world.probe.notices()] == ["notify:1", "notify:3"]
+        world.answer_retries(succeed=False)
+        assert [(c.payload["attempt_no"], c.occurred_at) for c in world.retries()] == [
+            (2, world.day(3)), (3, world.day(5))]
 
     # --- closing a case -------------------------------------------------------------------------------------
 
@@ -260,8 +264,8 @@ class DunningScenarios:
         world.probe.set_unsettled_attempt(world.invoice_id, False)
         world.clock.set(world.day(4) + timedelta(minutes=1))
         world.handlers.run_due()
-        assert [(r.payload["attempt_no"], r.occurred_at) for r in world.retries()] == [
-            (2, world.day(4) + timedelta(minutes=1))]
+        # Dated at its slot: the case stayed on day 3 until the retry could run.
+        assert [(r.payload["attempt_no"], r.occurred_at) for r in world.retries()] == [(2, world.day(3))]
 
     def test_events_of_other_types_are_not_dunnings_business(self, world: World) -> None:
         outcome = world.publish("", {}, world.invoice_event("invoice.finalized"))
