@@ -1,7 +1,8 @@
 """The FastAPI application of the ingest edge: `create_app(container)`.
 
-Middleware order (outermost first): metrics, body-size limit (413), JSON depth guard (422), NUL-character guard (422),
-card-number guard (422), Idempotency-Key (POST), then the routes. Errors are problem+json
+Middleware order (outermost first): metrics, outage answers (503 for an outage a middleware hit),
+body-size limit (413), JSON depth guard (422), NUL-character guard (422), card-number guard (422),
+Idempotency-Key (POST), then the routes. Errors are problem+json
 (`services.ingest.problems`). The Kafka producer's delivery thread is started with the app and the
 producer is flushed when it stops.
 """
@@ -26,7 +27,7 @@ from services.ingest.limits import BodyLimitMiddleware
 from services.ingest.metrics import EdgeMetrics, MetricsMiddleware
 from services.ingest.nul import NulGuardMiddleware
 from services.ingest.pan import PanGuardMiddleware
-from services.ingest.problems import install_problem_handlers
+from services.ingest.problems import OutageMiddleware, install_problem_handlers
 from services.ingest.routes import (
     api_keys,
     clock,
@@ -94,6 +95,7 @@ def create_app(container: Container) -> FastAPI:
     app.add_middleware(NulGuardMiddleware, exempt_paths=raw_bodies)
     app.add_middleware(DepthGuardMiddleware, max_depth=MAX_JSON_DEPTH, exempt_paths=raw_bodies)
     app.add_middleware(BodyLimitMiddleware, max_bytes=container.settings.max_request_bytes)
+    app.add_middleware(OutageMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app
 

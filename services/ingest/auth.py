@@ -5,6 +5,7 @@ How to use (for route authors, e.g. the quota routes)::
     from fastapi import APIRouter, Depends
     from services.ingest.auth import Principal, Scope, require, resolve_org
     from services.ingest.container import Container
+from services.ingest.last_known import LastKnownCache
     from services.ingest.problems import FieldError, ProblemError
 
     @router.post("/v1/orgs/{org_id}/reports")
@@ -31,8 +32,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import threading
-import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -42,6 +41,7 @@ from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from services.ingest.container import Container
+from services.ingest.last_known import LastKnownCache
 from services.ingest.problems import ProblemError
 from shared.adapters.postgres.schema.edge import api_keys
 
@@ -121,48 +121,40 @@ def authorize_customer(principal: Principal, customer_id: str) -> None:
 
 @dataclass
 class Authenticator:
-    """Resolves presented tokens to principals (bootstrap admin key, then the `api_keys` table)."""
+    """Resolves presented tokens to principals (bootstrap admin key, then the `api_keys` table).
+
+    Answers are cached per process (`CACHE_TTL_SECONDS`); while PostgreSQL is down, keys read in the last
+    `last_known.STALE_FOR_SECONDS` keep working (`services.ingest.last_known`), so known producers keep
+    sending usage through an outage."""
 
     engine: sa.Engine
     admin_token: str
-    _cache: dict[str, tuple[float, Principal | None]] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _cache: LastKnownCache[str, Principal | None] = field(
+        default_factory=lambda: LastKnownCache("api-keys", CACHE_TTL_SECONDS, max_entries=10_000))
 
     def known(self, token: str) -> tuple[bool, Principal | None]:
         """(True, principal) when the answer is known without a query (bootstrap key or a fresh cache
         entry); (False, None) when the table must be asked (``authenticate``, in a worker thread)."""
         if self.admin_token and hmac.compare_digest(token.encode(), self.admin_token.encode()):
             return True, _BOOTSTRAP_ADMIN
-        with self._lock:
-            cached = self._cache.get(hash_token(token))
-        if cached is not None and cached[0] > time.monotonic():
-            return True, cached[1]
-        return False, None
+        return self._cache.fresh(hash_token(token))
 
     def authenticate(self, token: str) -> Principal | None:
         if self.admin_token and hmac.compare_digest(token.encode(), self.admin_token.encode()):
             return _BOOTSTRAP_ADMIN
         digest = hash_token(token)
-        now = time.monotonic()
-        with self._lock:
-            cached = self._cache.get(digest)
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        return self._cache.get_many((digest,), self._load)[digest]
+
+    def _load(self, digests: set[str]) -> dict[str, Principal | None]:
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(api_keys).where(api_keys.c.key_hash == digest,
-                                                         api_keys.c.revoked_at.is_(None))).one_or_none()
-        principal = None if row is None else Principal(row.key_id, frozenset(Scope(s) for s in row.scopes),
-                                                       row.org_id, row.producer)
-        with self._lock:
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            self._cache[digest] = (now + CACHE_TTL_SECONDS, principal)
-        return principal
+            rows = {row.key_hash: row for row in conn.execute(
+                sa.select(api_keys).where(api_keys.c.key_hash.in_(digests), api_keys.c.revoked_at.is_(None)))}
+        return {digest: None if (row := rows.get(digest)) is None else Principal(
+            row.key_id, frozenset(Scope(s) for s in row.scopes), row.org_id, row.producer) for digest in digests}
 
     def forget(self) -> None:
         """Drop cached results (after a revocation in this process)."""
-        with self._lock:
-            self._cache.clear()
+        self._cache.forget()
 
 
 def presented_token(request: Request) -> str | None:

@@ -1,19 +1,19 @@
 """Customer resolution for usage: our id or an ingest alias -> customer -> the subscription usage goes to.
 
 Reads the edge's `customers`/`customer_aliases` and the worker's `subscriptions` read model; results are
-cached briefly per process, because a batch of 1000 events usually names a handful of customers.
+cached briefly per process, because a batch of 1000 events usually names a handful of customers, and the
+last answers keep being served while PostgreSQL is down (`services.ingest.last_known`).
 """
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
 import sqlalchemy as sa
 
+from services.ingest.last_known import LastKnownCache
 from shared.adapters.postgres.schema.billing import subscriptions
 from shared.adapters.postgres.schema.core import customer_aliases, customers
 
@@ -33,35 +33,19 @@ class Route:
 
 
 class CustomerDirectory:
+    """Resolves customer references, cached per process (`LastKnownCache`: while PostgreSQL is down, routes
+    read in the last `STALE_FOR_SECONDS` are still served; an unknown reference is then an outage error)."""
+
     def __init__(self, engine: sa.Engine) -> None:
         self._engine = engine
-        self._cache: dict[str, tuple[float, Route]] = {}
-        self._lock = threading.Lock()
+        self._cache: LastKnownCache[str, Route] = LastKnownCache("customer-directory", CACHE_TTL_SECONDS)
 
     def resolve(self, refs: Iterable[str]) -> dict[str, Route]:
-        now = time.monotonic()
-        wanted = set(refs)
-        found: dict[str, Route] = {}
-        with self._lock:
-            for ref in wanted:
-                hit = self._cache.get(ref)
-                if hit is not None and hit[0] > now:
-                    found[ref] = hit[1]
-        missing = wanted - found.keys()
-        if missing:
-            fresh = self._load(missing)
-            with self._lock:
-                if len(self._cache) > 100_000:
-                    self._cache.clear()
-                for ref, route in fresh.items():
-                    self._cache[ref] = (now + CACHE_TTL_SECONDS, route)
-            found.update(fresh)
-        return found
+        return self._cache.get_many(refs, self._load)
 
     def forget(self, *refs: str) -> None:
-        with self._lock:
-            for ref in refs:
-                self._cache.pop(ref, None)
+        if refs:
+            self._cache.forget(*refs)
 
     def _load(self, refs: set[str]) -> dict[str, Route]:
         with self._engine.connect() as conn:

@@ -16,12 +16,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.errors import InfrastructureError
 
@@ -97,11 +99,72 @@ async def _on_http(_: Request, exc: Exception) -> Response:
                             dict(exc.headers or {}))
 
 
+# PostgreSQL unreachable (refused connection, pool exhausted, connection dropped mid-query) or Kafka not
+# acknowledging is a dependency outage, not a bug: 503 with Retry-After.
+OUTAGE_ERRORS: tuple[type[Exception], ...] = (
+    InfrastructureError, sa_exc.OperationalError, sa_exc.TimeoutError, sa_exc.InterfaceError,
+    psycopg.OperationalError, psycopg.InterfaceError)
+# NOTE: psycopg files these under OperationalError too, but they are the value's fault, not an outage: an
+# index entry or a value too large (class 54, "program limit exceeded") and data exceptions (class 22).
+# Retrying cannot help, so they are a 422 (the routes bound what they can; this is the backstop).
+_VALUE_REFUSED_SQLSTATE_CLASSES = ("22", "54")
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    while exc is not None:
+        code = getattr(exc, "sqlstate", None)
+        if isinstance(code, str):
+            return code
+        exc = getattr(exc, "orig", None) or exc.__cause__  # type: ignore[assignment]
+    return None
+
+
+def outage_problem(exc: BaseException) -> tuple[Problem, dict[str, str]]:
+    """The answer to an error of `OUTAGE_ERRORS`: 503 with Retry-After, or 422 when PostgreSQL refused the
+    value itself."""
+    code = _sqlstate(exc)
+    if code is not None and code[:2] in _VALUE_REFUSED_SQLSTATE_CLASSES:
+        return Problem(type=problem_type("value-refused"), title="Value refused by the database", status=422,
+                       detail="a value is too large or malformed for storage",
+                       errors=[FieldError(field="body", reason=f"refused by PostgreSQL (SQLSTATE {code})")]), {}
+    return Problem(type=problem_type("unavailable"), title="Service unavailable", status=503,
+                   detail="a dependency (Kafka or PostgreSQL) did not answer; retry with the same "
+                          "Idempotency-Key"), {"Retry-After": "1"}
+
+
 async def _on_infrastructure(request: Request, exc: Exception) -> Response:
     _log.warning("dependency unavailable", extra={"path": request.url.path, "error": type(exc).__name__})
-    return problem_response(Problem(type=problem_type("unavailable"), title="Service unavailable", status=503,
-                                    detail="a dependency (Kafka or PostgreSQL) did not answer; retry with "
-                                           "the same Idempotency-Key"), {"Retry-After": "1"})
+    return problem_response(*outage_problem(exc))
+
+
+class OutageMiddleware:
+    """Answers outage errors raised by the other middlewares (idempotency keys, authentication of the
+    idempotency scope) like the routes' handler does: exception handlers only cover the routes, so a
+    PostgreSQL outage seen by a middleware was a 500. Sits just inside the metrics middleware."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except OUTAGE_ERRORS as exc:
+            if started:
+                raise
+            _log.warning("dependency unavailable", extra={"path": scope.get("path"), "error": type(exc).__name__})
+            problem, headers = outage_problem(exc)
+            response = problem_response(problem, headers)
+            await response(scope, receive, send)
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
@@ -118,12 +181,8 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ProblemError, _on_problem)
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http)
-    app.add_exception_handler(InfrastructureError, _on_infrastructure)
-    # PostgreSQL unreachable (refused connection, pool exhausted, connection dropped mid-query) is a
-    # dependency outage, not a bug: 503 with Retry-After, like a Kafka outage.
-    app.add_exception_handler(sa_exc.OperationalError, _on_infrastructure)
-    app.add_exception_handler(sa_exc.TimeoutError, _on_infrastructure)
-    app.add_exception_handler(sa_exc.InterfaceError, _on_infrastructure)
+    for outage in OUTAGE_ERRORS:
+        app.add_exception_handler(outage, _on_infrastructure)
     app.add_exception_handler(Exception, _on_unexpected)
 
 

@@ -38,7 +38,7 @@ from starlette.concurrency import run_in_threadpool
 
 from services.ingest.container import Container
 from services.ingest.directory import Route
-from services.ingest.problems import FieldError
+from services.ingest.problems import OUTAGE_ERRORS, FieldError
 from shared.adapters.postgres.quota_repository import (
     Authorisation,
     DuplicateEnquiry,
@@ -73,6 +73,7 @@ MAX_ATTEMPTS = 20
 # adds to the visibility latency in the overshoot bound; one second keeps the check off PostgreSQL for
 # nearly every batch of a busy org.
 GATE_TTL_SECONDS = 1.0
+OUTAGE_RETRY_SECONDS = 1.0
 _EVENT_NAMESPACE = uuid.UUID("0b3f1f5e-2d8c-4e6a-9c1b-7a5d3e9f2c40")
 
 
@@ -383,6 +384,23 @@ class SpendGate:
 
     def _refresh(self, unknown_caps: list[str], stale: list[str], candidates: Mapping[str, bool], now: datetime,
                  clock: float) -> None:
+        try:
+            self._read(unknown_caps, stale, candidates, now, clock)
+        except OUTAGE_ERRORS:
+            # NOTE: PostgreSQL is down. The check is best effort (the hard guarantee is the authorise
+            # endpoint, which answers 503 meanwhile): an org keeps the state last read, and what this
+            # process accepts keeps counting against it, so an org that was near its limit is still cut
+            # off; an org never read (or whose cap was never read) is not refused. Asked again after
+            # OUTAGE_RETRY_SECONDS, so an outage costs a batch no connection attempt.
+            _log.warning("spend state unavailable (PostgreSQL down): using what was last read", exc_info=True)
+            retry_at = clock + OUTAGE_RETRY_SECONDS
+            for org in unknown_caps:
+                self._caps[org] = (retry_at, self._caps.get(org, (0.0, False))[1])
+            for org in stale:
+                self._expiry[org] = retry_at
+
+    def _read(self, unknown_caps: list[str], stale: list[str], candidates: Mapping[str, bool], now: datetime,
+              clock: float) -> None:
         expires = clock + GATE_TTL_SECONDS
         with self._service._engine.connect() as conn:
             if unknown_caps:

@@ -1,12 +1,17 @@
 """Builds the quota service from the edge's container (called by the quota router's lifespan).
 
 The quota hot path uses its own async psycopg pool: a decision is one read and one conditional write per
-batch, and an async driver keeps those off the thread pool the rest of the edge uses.
+batch, and an async driver keeps those off the thread pool the rest of the edge uses. Connections the
+server ended (a PostgreSQL restart) are dropped at checkout, so the pool recovers with the server.
 """
 
 from __future__ import annotations
 
+import select
 from collections.abc import Awaitable, Callable
+from typing import Any
+
+import psycopg
 
 from services.ingest.container import Container
 from services.ingest.metrics import EdgeMetrics
@@ -16,6 +21,23 @@ from shared.adapters.postgres.quota_repository import QuotaRepository, make_pool
 
 POOL_MIN = 2
 POOL_MAX = 16
+# NOTE: while PostgreSQL is down the pool has no connection to give; a request waits this long for one
+# and is then answered 503 (psycopg_pool's default, 30 s, held every quota request that long).
+POOL_WAIT_SECONDS = 3.0
+
+
+async def drop_if_closed_by_server(conn: psycopg.AsyncConnection[Any]) -> None:
+    """The pool's checkout check: refuse an idle connection the server has already closed or written to.
+
+    # NOTE: after a PostgreSQL restart every pooled connection is dead, and each used to fail one request
+    # with a 503 before the pool dropped it. An idle connection has nothing to read unless the server ended
+    # it (a fast shutdown sends 57P01, then EOF), so a zero-timeout poll of its socket finds those without
+    # the round trip of psycopg_pool's own `check_connection` on the hot path.
+    """
+    if not conn.closed and not conn.broken and not select.select([conn.pgconn.socket], [], [], 0)[0]:
+        return
+    await conn.close()  # closed, it is discarded when the pool takes it back (an open one would be reused)
+    raise psycopg.OperationalError("the server ended this idle connection")
 
 
 async def build_quota_service(container: Container, metrics: EdgeMetrics | None = None
@@ -26,7 +48,8 @@ async def build_quota_service(container: Container, metrics: EdgeMetrics | None 
     (a lifespan that fails never runs its shutdown, so the caller could not).
     """
     notifier = build_notifier(container.settings)
-    pool = make_pool(container.settings, min_size=POOL_MIN, max_size=POOL_MAX)
+    pool = make_pool(container.settings, min_size=POOL_MIN, max_size=POOL_MAX, timeout=POOL_WAIT_SECONDS,
+                     check=drop_if_closed_by_server)
     try:
         await pool.open(wait=True)
         service = QuotaService(QuotaRepository(pool), container.clock, container.catalog, notifier, metrics)

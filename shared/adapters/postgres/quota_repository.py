@@ -24,7 +24,7 @@ Driver errors become ``shared.errors`` families: a unique violation on an enquir
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
@@ -63,10 +63,13 @@ def psycopg_conninfo(settings: Settings) -> tuple[str, dict[str, Any]]:
     return url, kwargs
 
 
-def make_pool(settings: Settings, *, min_size: int = 2, max_size: int = 10) -> AsyncConnectionPool:
-    """An unopened async pool (``await pool.open()`` in the app's lifespan; nothing connects at import)."""
+def make_pool(settings: Settings, *, min_size: int = 2, max_size: int = 10, timeout: float = 30.0,
+              check: Callable[[Any], Awaitable[None]] | None = None) -> AsyncConnectionPool:
+    """An unopened async pool (``await pool.open()`` in the app's lifespan; nothing connects at import);
+    ``timeout``: the longest wait for a connection; ``check`` runs on every checkout (psycopg_pool)."""
     conninfo, kwargs = psycopg_conninfo(settings)
-    return AsyncConnectionPool(conninfo, kwargs=kwargs, min_size=min_size, max_size=max_size, open=False)
+    return AsyncConnectionPool(conninfo, kwargs=kwargs, min_size=min_size, max_size=max_size, open=False,
+                               timeout=timeout, check=check)
 
 
 # --- rows -----------------------------------------------------------------------------------------------
