@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
-
 import secrets
 from collections.abc import AsyncIterator
 
 import httpx
+import pytest
 
 from services.ingest.ids import MAX_ID_LENGTH
 
