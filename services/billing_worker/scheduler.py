@@ -44,12 +44,31 @@ log = logging.getLogger("billing_worker.scheduler")
 
 PRODUCER_NAME = "billing-scheduler"
 
+# A period close is held back while something due at an earlier billing instant has not taken effect for
+# that subscription (time order: dunning's give-up on day 14 must cancel a subscription before the close on
+# day 31 bills it again, whatever the size of a clock jump). Read-only and narrow, on purpose:
+#   - a payment attempt decided before the period end is still unsettled (the charge is in flight or its
+#     outcome unknown), or failed on an invoice still open that dunning has no case for yet;
+#   - dunning has an open case whose position (`dunning_cases.next_wake_at`, the earliest billing instant
+#     it has something left to do, maintained by dunning) is at or before the instant of the close;
+#   - a command dunning decided for the subscription (a retry, the give-up) is still in the outbox: it
+#     must reach commands.v1 before the close does, so the worker applies it first.
+# A normal month pays none of this: with nothing in dunning the three anti-joins find nothing.
 _DUE_PERIOD_ENDS = sa.text("""
 SELECT s.subscription_id, s.customer_id, s.current_period_end AS due_at
 FROM subscriptions s
 WHERE s.status IN ('active', 'past_due', 'paused') AND s.current_period_end <= :close_before
   AND NOT EXISTS (SELECT 1 FROM scheduled_commands c WHERE c.subscription_id = s.subscription_id
                   AND c.kind = 'period.close' AND c.due_at = s.current_period_end)
+  AND NOT EXISTS (SELECT 1 FROM payment_attempts a JOIN invoices i ON i.invoice_id = a.invoice_id
+                  WHERE a.subscription_id = s.subscription_id AND a.requested_at <= s.current_period_end
+                    AND (a.status IN ('pending', 'in_flight', 'unknown')
+                         OR (a.status = 'declined' AND i.status = 'open'
+                             AND NOT EXISTS (SELECT 1 FROM dunning_cases d0 WHERE d0.invoice_id = a.invoice_id))))
+  AND NOT EXISTS (SELECT 1 FROM dunning_cases d WHERE d.subscription_id = s.subscription_id
+                  AND d.status = 'open' AND d.next_wake_at <= s.current_period_end + :grace)
+  AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.published_at IS NULL AND o.message_key = s.subscription_id
+                  AND o.topic = :commands_topic AND o.event_type IN ('payment.retry', 'dunning.give_up'))
 ORDER BY s.current_period_end, s.subscription_id
 LIMIT :limit
 """)
@@ -190,7 +209,8 @@ class Scheduler:
         with self._engine.connect() as conn:
             found = [Due("period.close", r.subscription_id, r.customer_id, r.due_at)
                      for r in conn.execute(_DUE_PERIOD_ENDS,
-                                           {"close_before": now - self._close_grace, "limit": limit})]
+                                           {"close_before": now - self._close_grace, "grace": self._close_grace,
+                                            "commands_topic": topics.COMMANDS, "limit": limit})]
             found += [Due("trial.end", r.subscription_id, r.customer_id, r.due_at)
                       for r in conn.execute(_DUE_TRIAL_ENDS, {"now": now, "limit": limit})]
             found += [Due("credits.expire", r.subscription_id, r.customer_id, r.due_at)
