@@ -31,7 +31,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import Context, Decimal, localcontext
 from typing import Any
 
 import orjson
@@ -62,6 +62,10 @@ log = logging.getLogger("billing_worker.usage")
 
 USAGE_TYPE = "usage.recorded"
 BUCKET = timedelta(hours=1)
+# NOTE: sums and differences of bucket quantities are computed exactly: Decimal's default context keeps 28
+# significant digits, and two quantities of the largest the rules accept (< 10^19, 9 decimals) already
+# sum to 29.
+_EXACT_SUMS = Context(prec=80)
 
 
 class UsageRefused(EnvelopeError):
@@ -554,8 +558,9 @@ class UsageClose:
 
     def late_by_meter(self) -> dict[str, Decimal]:
         out: dict[str, Decimal] = {}
-        for adj in self.late:
-            out[adj.meter_id] = out.get(adj.meter_id, Decimal(0)) + adj.quantity
+        with localcontext(_EXACT_SUMS):
+            for adj in self.late:
+                out[adj.meter_id] = out.get(adj.meter_id, Decimal(0)) + adj.quantity
         return out
 
 
@@ -666,7 +671,8 @@ def close_usages(conn: sa.Connection, requests: Sequence[tuple[str, datetime, da
     stored: list[tuple[str, datetime, datetime, str, str]] = []
     for sub in todo:
         lo, hi = spans[sub]
-        result = _close_one(sub, lo, hi, locked.get(sub, ()), edges.get(sub) or _Edges(), updates)
+        with localcontext(_EXACT_SUMS):
+            result = _close_one(sub, lo, hi, locked.get(sub, ()), edges.get(sub) or _Edges(), updates)
         out[sub] = result
         stored.append((sub, lo, hi, orjson.dumps({m: str(q) for m, q in result.totals.items()}).decode(),
                        orjson.dumps([{"meter_id": a.meter_id, "bucket_start": a.bucket_start.isoformat(),
