@@ -49,6 +49,7 @@ class PoisonCase:
     key: bytes | None
     value: bytes | None
     expect: Expect
+    transaction_id: str | None = None  # usage cases: the id under which a wrongly stored row would show
 
 
 def _envelope(type_: str, payload: dict[str, Any], **overrides: Any) -> dict[str, Any]:
@@ -76,7 +77,10 @@ def usage_payload(tx: str, **overrides: Any) -> dict[str, Any]:
 def _case(name: str, topic: str, envelope: dict[str, Any] | bytes | None, expect: Expect,
           key: str | bytes | None = POISON_SUB) -> PoisonCase:
     value = envelope if isinstance(envelope, bytes) or envelope is None else _dump(envelope)
-    return PoisonCase(name, topic, key.encode() if isinstance(key, str) else key, value, expect)
+    payload = envelope.get("payload") if isinstance(envelope, dict) else None
+    tx = payload.get("transaction_id") if isinstance(payload, dict) and topic == topics.USAGE else None
+    return PoisonCase(name, topic, key.encode() if isinstance(key, str) else key, value, expect,
+                      tx if isinstance(tx, str) else None)
 
 
 def _undecodable(topic: str) -> list[PoisonCase]:
@@ -126,7 +130,7 @@ def usage_cases() -> list[PoisonCase]:
         cost("cost '1e309' (string, infinite)", "1e309"),
         cost("cost 10**30 (integer)", 10**30),
         cost("cost 'NaN'", "NaN"),
-        cost("cost 1e-30 (below a micro)", 1e-30),
+        usage("cost 1e-30 (below a micro)", Expect.HANDLED, properties={"cost_usd_micros": 1e-30}),
         usage("key is not payload.subscription_id", key="sub_poison_other"),
         usage("property nested 990 levels deep", Expect.HANDLED, properties={"cost_usd_micros": 1,
                                                                             "deep": _DEEP}),

@@ -8,7 +8,6 @@ only so that the scenarios after it can run, and the row says it died.
 
 from __future__ import annotations
 
-import json
 import random
 import time
 import uuid
@@ -38,6 +37,7 @@ from shared.sdk.envelopes import usage_message
 from shared.sdk.events import UsageEvent
 
 RECOVERY_LIMIT_S = 30.0
+UNSETTLED_ATTEMPTS = "SELECT count(*) FROM payment_attempts WHERE status IN ('pending', 'in_flight', 'unknown')"
 OUTAGE_S = 60.0
 
 
@@ -265,12 +265,7 @@ def _refused_cases_check(world: World, result: ScenarioResult, cases: list[Poiso
 
 
 def _refused_usage_stored(world: World, cases: list[PoisonCase]) -> list[str]:
-    by_tx: dict[str, str] = {}
-    for case in cases:
-        try:
-            by_tx[str(json.loads(case.value or b"")["payload"]["transaction_id"])[:300]] = case.name
-        except (ValueError, KeyError, TypeError):
-            continue
+    by_tx = {case.transaction_id: case.name for case in cases if case.transaction_id}
     with world.pipeline.engine.connect() as conn:
         return sorted(by_tx[tx] for tx in stored_transactions(conn, list(by_tx)) if tx in by_tx)
 
@@ -288,6 +283,7 @@ def kill_worker_during_billing_run(world: World, subscriptions: int, kills: int,
     total = subscriptions + len(world.customers)
     p.advance_clock(days=31)
     closes = "SELECT count(*) FROM invoices WHERE kind = 'period_close'"
+    landed_mid_run: list[bool] = []
     for n in range(kills):
         target = total * (n + 1) // (kills + 2)
 
@@ -295,10 +291,12 @@ def kill_worker_during_billing_run(world: World, subscriptions: int, kills: int,
             return p.scalar(closes) >= t
 
         wait_for(reached, 120, interval=0.05)
-        at_kill = p.scalar(closes)
+        at_kill, charging = p.scalar(closes), p.scalar(UNSETTLED_ATTEMPTS)
         p.kill_worker()
-        result.notes.append(f"kill {n + 1}: {at_kill}/{total} period closes done")
+        landed_mid_run.append(at_kill < total or charging > 0)
+        result.notes.append(f"kill {n + 1}: {at_kill}/{total} period closes done, {charging} charges unsettled")
         p.start_again("worker")
+    result.checks["every kill landed while the run was under way (closes or charges pending)"] = all(landed_mid_run)
     settle(world, result, timeout=settle_timeout)
     missing = p.scalar(
         "SELECT count(*) FROM subscriptions s WHERE (s.subscription_id LIKE :bulk OR s.subscription_id = ANY(:ours)) "
