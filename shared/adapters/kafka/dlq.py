@@ -17,6 +17,11 @@ from shared.contracts.envelope import EnvelopeError
 from shared.contracts.topics import dlq
 
 _MAX_ERROR_BYTES = 4000
+# NOTE: librdkafka refuses to produce a message over 1,000,000 bytes (message.max.bytes) while the broker takes
+# up to 1 MiB, so a message near the limit consumed from another producer would not fit back with its headers:
+# the produce call raised and the worker stopped on it, again after every restart. Such a copy keeps the first
+# 900,000 bytes; the header original_value_bytes says it was cut, and the original stays at its offset.
+MAX_VALUE_BYTES = 900_000
 
 
 @dataclass(frozen=True)
@@ -49,9 +54,10 @@ class DeadLetter:
             ("original_partition", str(self.partition).encode()),
             ("original_offset", str(self.offset).encode()),
             ("original_value_null", b"true" if self.value is None else b"false"),
+            ("original_value_bytes", str(len(self.value or b"")).encode()),
         )
-        key = self.key.decode("utf-8", errors="replace") if self.key is not None else ""
-        return OutgoingMessage(dlq(self.topic), key, self.value or b"", headers)
+        key = self.key.decode("utf-8", errors="replace")[:10_000] if self.key is not None else ""
+        return OutgoingMessage(dlq(self.topic), key, (self.value or b"")[:MAX_VALUE_BYTES], headers)
 
 
 class DeadLetterPublisher:

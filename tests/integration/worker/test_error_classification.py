@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
+from confluent_kafka import Consumer
 
 from services.billing_worker.bootstrap import build_worker
 from shared.adapters.kafka.producer import KafkaProducer, OutgoingMessage
@@ -18,7 +19,6 @@ from shared.contracts import topics
 from shared.contracts.envelope import Envelope, new_envelope
 from shared.contracts.messages import CreateSubscription
 from tests.integration.worker.harness import wait_until, worker_thread
-from tests.integration.worker.test_poison import read_dlq
 
 pytestmark = pytest.mark.integration
 
@@ -36,6 +36,20 @@ def produce(settings, envelopes: list[tuple[str, Envelope]]) -> None:  # type: i
     producer = KafkaProducer(settings, client_id="error-classification-test")
     producer.send_and_wait([OutgoingMessage.of(topics.COMMANDS, key, env) for key, env in envelopes])
     producer.close()
+
+
+def dead_letter(settings, logical: str, value_starts: bytes):  # type: ignore[no-untyped-def]
+    """The first dead letter of `logical` whose value starts with `value_starts` (reads from the beginning)."""
+    consumer = Consumer(settings.kafka_consumer_config(f"dlq-{uuid.uuid4().hex}"))
+    consumer.subscribe([settings.topic(topics.dlq(logical))])
+    try:
+        for _ in range(120):
+            msg = consumer.poll(0.5)
+            if msg is not None and msg.error() is None and (msg.value() or b"").startswith(value_starts):
+                return msg
+    finally:
+        consumer.close()
+    raise AssertionError(f"no dead letter starting with {value_starts[:40]!r} on {logical}")
 
 
 def outcomes(engine: sa.Engine, *envelopes: Envelope) -> dict[uuid.UUID, tuple[str, str | None]]:
@@ -62,7 +76,7 @@ def test_an_id_too_large_for_its_index_is_dead_lettered_and_another_subscription
     found = outcomes(engine, bad, good)
     assert found[good.event_id] == ("applied", None)
     assert found[bad.event_id] == ("rejected", "program_limit_exceeded")
-    [letter] = read_dlq(settings, topics.COMMANDS, 1)
+    letter = dead_letter(settings, topics.COMMANDS, bad.to_bytes())
     headers = dict(letter.headers())
     assert letter.value() == bad.to_bytes()
     assert headers["reason"] == b"program_limit_exceeded"
@@ -103,8 +117,7 @@ def test_a_message_that_keeps_failing_while_the_database_answers_is_parked_and_t
     assert found[other.event_id] == ("applied", None)
     assert found[stuck.event_id] == ("rejected", "retries_exhausted")
     assert worker.consumer.stats.suspect_batches >= 1
-    letters = [m for m in read_dlq(settings, topics.COMMANDS, 2) if m.value() == stuck.to_bytes()]
-    headers = dict(letters[0].headers())
+    headers = dict(dead_letter(settings, topics.COMMANDS, stuck.to_bytes()).headers())
     assert headers["reason"] == b"retries_exhausted"
     assert b"statement timeout" in headers["error"] and b"QueryCanceled" in headers["error"]
 
@@ -122,5 +135,29 @@ def test_a_subscription_id_too_large_to_store_even_as_an_outcome_is_dead_lettere
         wait_until(lambda: good.event_id in outcomes(engine, good), timeout=60, what="the good command's outcome")
 
     assert outcomes(engine, bad, good) == {good.event_id: ("applied", None)}
-    letters = [m for m in read_dlq(settings, topics.COMMANDS, 3) if m.value() == bad.to_bytes()]
-    assert dict(letters[0].headers())["reason"] == b"program_limit_exceeded"
+    assert dict(dead_letter(settings, topics.COMMANDS, bad.to_bytes()).headers())["reason"] == \
+        b"program_limit_exceeded"
+
+
+def test_a_message_too_large_to_dead_letter_with_its_headers_is_dead_lettered_truncated_and_the_worker_goes_on(
+        settings, engine):  # type: ignore[no-untyped-def]
+    good_sub = f"sub_{uuid.uuid4().hex}"
+    # Undecodable, and over librdkafka's default 1,000,000-byte message limit, under the broker's 1 MiB (a
+    # Java producer's max.request.size).
+    huge = b"\xff" + b"x" * 1_040_000
+    good = create_command(good_sub, f"cus_{uuid.uuid4().hex[:10]}")
+    producer = KafkaProducer(settings, client_id="error-classification-test",
+                             **{"message.max.bytes": 1_048_576, "compression.type": "none"})
+    producer.send_and_wait([OutgoingMessage(topics.COMMANDS, good_sub, huge),
+                            OutgoingMessage.of(topics.COMMANDS, good_sub, good)])
+    producer.close()
+
+    with worker_thread(settings):
+        wait_until(lambda: good.event_id in outcomes(engine, good), timeout=60, what="the good command's outcome")
+
+    assert outcomes(engine, good) == {good.event_id: ("applied", None)}
+    letter = dead_letter(settings, topics.COMMANDS, b"\xffxxx")
+    headers = dict(letter.headers())
+    assert headers["reason"] == b"invalid_envelope"
+    assert headers["original_value_bytes"] == str(len(huge)).encode()
+    assert letter.value() == huge[:len(letter.value())] and len(letter.value()) < len(huge)
