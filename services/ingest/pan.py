@@ -3,16 +3,17 @@
 PCI scope stays with Stripe: clients send payment method tokens (`pm_...`), never card numbers. A run of
 13 to 19 digits (spaces or dashes allowed between them, no letter or digit glued to either end) that passes
 the Luhn check, anywhere in a request body, gets 422 naming the field but never echoing the value; the body
-is then dropped.
+is then dropped. The detector itself (`contains_pan`, Luhn) is `shared.contracts.card_numbers`, shared with
+the usage rules.
 
 # NOTE: usage ingest (`/v1/ingest`) and Stripe webhooks are exempt. Usage carries machine identifiers
-# (snowflake ids, millisecond timestamps of 13 digits) of which one in ten passes Luhn by chance, and has no
-# field where a card number belongs; Stripe's own payloads contain no PAN.
+# (snowflake ids, millisecond timestamps of 13 digits) of which one in ten passes Luhn by chance; the usage
+# rules refuse, per event, a property that is a card number written as such
+# (`shared.contracts.card_numbers.is_card_number`). Stripe's own payloads contain no PAN.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import orjson
@@ -20,32 +21,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.ingest.body_guard import BODY_METHODS, flagged_paths, read_body, replaying, send_problem
 from services.ingest.problems import FieldError, Problem, problem_type
+from shared.contracts.card_numbers import contains_pan, luhn_valid
 
-# NOTE: a run glued to a letter or digit on either side is part of a longer token, not a card number typed
-# or pasted into a field: our own ids are hex (`sub_<32 hex>`, `cust_<24 hex>`), and about one in 450 of them
-# holds a Luhn-valid run of 13-19 digits between two hex letters. Without these boundaries the guard refused
-# requests naming such a subscription or customer.
-_CANDIDATE = re.compile(rb"(?<![0-9A-Za-z])[0-9](?:[ -]?[0-9]){12,18}(?![0-9A-Za-z])")
-
-
-def luhn_valid(digits: str) -> bool:
-    total = 0
-    for position, char in enumerate(reversed(digits)):
-        value = ord(char) - 48
-        if position % 2 == 1:
-            value *= 2
-            if value > 9:
-                value -= 9
-        total += value
-    return total % 10 == 0
-
-
-def contains_pan(text: bytes) -> bool:
-    for match in _CANDIDATE.finditer(text):
-        digits = re.sub(rb"[ -]", b"", match.group()).decode()
-        if 13 <= len(digits) <= 19 and luhn_valid(digits):
-            return True
-    return False
+__all__ = ["PanGuardMiddleware", "contains_pan", "luhn_valid", "pan_fields"]
 
 
 def _no_key(_: str) -> bool:
