@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    from services.billing_worker.bootstrap import build_worker
+    from services.billing_worker.bootstrap import build_worker_when_reachable
     from shared.config import Settings
     from shared.observability import configure_logging
     from shared.runtime import freeze_startup_heap
@@ -40,9 +40,12 @@ def main(argv: list[str] | None = None) -> None:
     if stop.is_set():
         return
     # Flags override the BILLING_WORKER_* settings (handy for running several instances from one shell).
-    worker = build_worker(settings, relay=settings.worker_relay and not args.no_relay,
-                          static_member_id=args.member_id or settings.worker_member_id,
-                          session_timeout_ms=args.session_timeout_ms or settings.worker_session_timeout_ms)
+    worker = build_worker_when_reachable(
+        settings, stop, relay=settings.worker_relay and not args.no_relay,
+        static_member_id=args.member_id or settings.worker_member_id,
+        session_timeout_ms=args.session_timeout_ms or settings.worker_session_timeout_ms)
+    if worker is None:  # stopped while waiting for the database
+        return
     freeze_startup_heap()
     worker.run(stop)
 

@@ -16,12 +16,13 @@ import threading
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 
 from services.billing_worker.consumer import ExactlyOnceConsumer
 from services.billing_worker.health import HealthServer
-from services.billing_worker.processor import BatchProcessor, HandlerRegistry, WorkerDeps
+from services.billing_worker.processor import BatchProcessor, HandlerRegistry, WorkerDeps, is_retryable
 from services.billing_worker.relay import OutboxRelay
 from services.billing_worker.usage import MeterMap, UsageMaterializer
 from shared.adapters.catalog_file import load_catalog
@@ -30,6 +31,7 @@ from shared.adapters.kafka.dlq import DeadLetterPublisher
 from shared.adapters.kafka.health import KafkaProbe
 from shared.adapters.kafka.producer import KafkaProducer
 from shared.adapters.postgres.engine import make_engine
+from shared.adapters.postgres.errors import describe
 from shared.adapters.postgres.health import DatabaseProbe
 from shared.config import Settings
 from shared.contracts import topics
@@ -122,6 +124,25 @@ def build_worker(settings: Settings, *, handler_modules: tuple[str, ...] = HANDL
                                    commit_lanes=commit_lanes)
     outbox_relay = OutboxRelay(engine, KafkaProducer(settings, client_id=f"{me}-relay")) if relay else None
     return Worker(settings, engine, consumer, outbox_relay, registry, materializer, me, build_health(settings))
+
+
+def build_worker_when_reachable(settings: Settings, stop: threading.Event, **options: Any) -> Worker | None:
+    """`build_worker`, waiting (capped backoff) while PostgreSQL is out: building reads the simulated clock,
+    and a worker started during an outage must come up by itself when the database does. None if `stop` is
+    set meanwhile."""
+    attempt = 0
+    while not stop.is_set():
+        try:
+            return build_worker(settings, **options)
+        except Exception as error:
+            if not is_retryable(error):
+                raise
+            attempt += 1
+            delay = min(5.0, 0.25 * 2 ** min(attempt, 5))
+            log.warning("waiting for the database to start the worker", extra=kv(
+                error=describe(error)[:300], error_class=type(error).__name__, attempt=attempt, delay_s=delay))
+            stop.wait(delay)
+    return None
 
 
 def build_health(settings: Settings) -> HealthServer | None:

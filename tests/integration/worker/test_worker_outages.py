@@ -27,7 +27,14 @@ from shared.config import Settings
 from shared.contracts import topics
 from shared.contracts.envelope import Envelope, new_envelope
 from shared.contracts.messages import CreateSubscription
-from tests.integration.worker.harness import UsageLedger, caught_up, materialised, wait_until, worker_thread
+from tests.integration.worker.harness import (
+    UsageLedger,
+    WorkerProcess,
+    caught_up,
+    materialised,
+    wait_until,
+    worker_thread,
+)
 from tests.outage_support import PrivateKafka, PrivatePostgres, free_port, private_kafka, private_postgres
 
 pytestmark = pytest.mark.integration
@@ -194,3 +201,30 @@ def test_the_worker_rides_out_a_kafka_outage_and_applies_everything_exactly_once
     assert {statuses.get(e.event_id) for e in creates} == {"applied"}
     assert sorted(n for _, n in start_invoices) == [1] * len(creates)
     assert charged_twice == []
+
+
+def test_a_worker_started_while_postgres_is_down_waits_for_it_and_then_runs(
+        outage_settings: Settings, pg: PrivatePostgres, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # The simulated clock is read while the worker is built: before, the process exited at once.
+    settings = outage_settings.model_copy(update={
+        "database_schema": pg.migrate(), "clock": "simulated", "consumer_group": f"g-{uuid.uuid4().hex[:8]}",
+        "worker_health_port": None})
+    command = subscribe(f"sub_{uuid.uuid4().hex[:12]}")
+    producer = KafkaProducer(settings, client_id="outage-test-commands")
+    producer.send_and_wait([OutgoingMessage.of(topics.COMMANDS, command.payload["subscription_id"], command)])
+    producer.close()
+    worker = WorkerProcess(settings, log_path=tmp_path / "worker.log")
+    try:
+        with pg.outage(seconds=OUTAGE_S):
+            worker.start()
+            wait_until(lambda: b"waiting for the database" in (tmp_path / "worker.log").read_bytes()
+                       or not worker.running, timeout=60, what="the worker to wait or exit")
+            assert worker.running, (tmp_path / "worker.log").read_text()[-3000:]
+        engine = make_engine(settings, pool_size=1)
+        with engine.connect() as conn:
+            wait_until(lambda: conn.execute(sa.select(command_outcomes.c.status).where(
+                command_outcomes.c.command_id == command.event_id)).scalar_one_or_none() == "applied",
+                timeout=90, what="the command to apply once the database is back")
+        engine.dispose()
+    finally:
+        assert worker.stop() == 0
