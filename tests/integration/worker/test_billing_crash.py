@@ -65,11 +65,13 @@ def test_a_billing_run_survives_twenty_kill_nines_with_one_invoice_per_period_an
             "subscription.create", create.model_dump(mode="json"), producer="test", occurred_at=JAN_1)))
         usage_micros[sub] = 0
         for k in range(rng.randint(1, 3)):
+            # Received (and dated) at the clock's start: the worker refuses a received_at after its billing
+            # clock (+5 min), and the whole backlog is produced before the clock moves.
             micros = rng.randint(100_000, 3_000_000)
             usage_micros[sub] += micros
             messages.append(OutgoingMessage(topics.USAGE, sub, usage_envelope(
                 customer_id=cus, subscription_id=sub, transaction_id=f"{sub}-{k}", event_type="inference",
-                properties={"cost_usd_micros": micros}, timestamp=JAN_1 + timedelta(days=3, hours=k))))
+                properties={"cost_usd_micros": micros}, timestamp=JAN_1 + timedelta(minutes=k))))
     usage_messages = sum(1 for m in messages if m.topic == topics.USAGE)
     producer.send_and_wait(messages, timeout=120)
     producer.close()
