@@ -24,6 +24,8 @@ from shared.config import Settings
 from shared.sdk.envelopes import usage_message
 from shared.sdk.events import UsageEvent
 
+# librdkafka logs every failed reconnect (every 50-100 ms) to stderr; an outage is expected here.
+QUIET_DURING_OUTAGES = {"log_level": 2}
 GOOD_CARD = "pm_card_visa"
 DECLINING_CARD = "pm_card_chargeDeclinedInsufficientFunds"
 
@@ -125,15 +127,15 @@ class LoadThread(threading.Thread):
         super().__init__(name=name, daemon=True)
         self._step = step
         self._pause_s = pause_s
-        self._stop = threading.Event()
+        self._stopping = threading.Event()  # not `_stop`: threading.Thread has a method of that name
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._stopping.is_set():
             self._step()
-            self._stop.wait(self._pause_s)
+            self._stopping.wait(self._pause_s)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
         self.join(60)
 
 
@@ -174,7 +176,7 @@ def kafka_usage_step(settings: Settings, ledger: Acknowledged, users: list[Custo
                      batch: int = 20, seed: int = 2) -> Callable[[], None]:
     """Usage straight to Kafka as the SDK writes it; acknowledged when Kafka acknowledged (acks=all)."""
     rng = random.Random(seed)
-    producer = KafkaProducer(settings, client_id="chaos-sdk", **{"message.timeout.ms": 5000})
+    producer = KafkaProducer(settings, client_id="chaos-sdk", **QUIET_DURING_OUTAGES, **{"message.timeout.ms": 5000})
 
     def step() -> None:
         events = _usage_events(rng, users, now, batch, "sdk")

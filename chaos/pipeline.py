@@ -91,10 +91,14 @@ class Pipeline:
     def stop(self) -> None:
         for service in self.services.values():
             service.stop()
+        self.forget_observer()
+        self.engine.dispose()
+
+    def forget_observer(self) -> None:
+        """Drop the quiescence observer (and its Kafka clients); the next use builds a new one."""
         if self._quiescence is not None:
             self._quiescence.close()
             self._quiescence = None
-        self.engine.dispose()
 
     def alive(self) -> dict[str, bool]:
         return {name: service.alive() for name, service in self.services.items()}

@@ -21,6 +21,7 @@ from chaos.audit import AuditFigures, audit, stored_transactions
 from chaos.corpus import Expect, PoisonCase, by_topic, corpus
 from chaos.kafka_tools import dlq_counts, produce_raw, read_dead_letters
 from chaos.load import (
+    QUIET_DURING_OUTAGES,
     Acknowledged,
     Customer,
     LoadThread,
@@ -162,7 +163,8 @@ def _probe_usage(world: World, now: datetime) -> str:
     event = UsageEvent(transaction_id=f"chaos-probe-{uuid.uuid4().hex}", customer_id=c.customer_id,
                        event_type="inference", timestamp=now - timedelta(seconds=5),
                        properties={"cost_usd_micros": 1})
-    producer = KafkaProducer(world.pipeline.settings, client_id="chaos-probe", **{"message.timeout.ms": 60000})
+    producer = KafkaProducer(world.pipeline.settings, client_id="chaos-probe", **QUIET_DURING_OUTAGES,
+                             **{"message.timeout.ms": 60000})
     producer.send_and_wait([usage_message(event, customer_id=c.customer_id, subscription_id=c.subscription_id,
                                           received_at=now, producer="chaos-probe")], timeout=90)
     producer.close()
@@ -176,7 +178,8 @@ def _probe_dunning(world: World, now: datetime) -> None:
     and commits the offset, which shows its consumer and its database path both work again."""
     payload = {"invoice_id": f"inv_probe_{uuid.uuid4().hex[:8]}", "subscription_id": "sub_probe",
                "customer_id": "cus_probe", "status": "paid", "total_minor": 0, "currency": "USD"}
-    producer = KafkaProducer(world.pipeline.settings, client_id="chaos-probe", **{"message.timeout.ms": 60000})
+    producer = KafkaProducer(world.pipeline.settings, client_id="chaos-probe", **QUIET_DURING_OUTAGES,
+                             **{"message.timeout.ms": 60000})
     producer.send_and_wait([OutgoingMessage.of(topics.BILLING_EVENTS, "sub_probe", new_envelope(
         "invoice.paid", payload, producer="chaos-probe", occurred_at=now))], timeout=90)
     producer.close()
@@ -352,6 +355,7 @@ def outage(world: World, name: str, component: Component, *,
     steps = ingest_load(world, now) + (extra_load(now) if extra_load else [])
     with load(world, *steps):
         time.sleep(8)
+        p.forget_observer()  # its Kafka clients would log every failed reconnect for the whole outage
         component.down()
         time.sleep(outage_s)
         component.up()
