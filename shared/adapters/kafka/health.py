@@ -10,8 +10,10 @@ from shared.config import Settings
 
 class KafkaProbe:
     def __init__(self, settings: Settings, *, timeout_s: float = 3.0) -> None:
+        # Slower reconnects than librdkafka's 100 ms: a probe need not hammer (and log) a broker that is down.
         self._admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap,
-                                   "client.id": "billing-health-probe"})
+                                   "client.id": "billing-health-probe",
+                                   "reconnect.backoff.ms": 500, "reconnect.backoff.max.ms": 2000})
         self._timeout = timeout_s
 
     def answers(self) -> bool:
