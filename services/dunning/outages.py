@@ -5,14 +5,10 @@ connection refused or lost, the server shutting down, too many connections, a se
 deadlock. Anything else (a payload that does not validate, a constraint or value error, a bug) is not cured
 by waiting; the caller dead-letters the event or reports the job as failing.
 
-Classification is by SQLSTATE class, as the worker does: ``08xxx`` (connection exception), ``53xxx``
-(insufficient resources), ``57P01``-``57P03`` (admin/crash shutdown, cannot connect now), ``40001`` and
-``40P01`` (serialisation failure, deadlock), plus any error after which SQLAlchemy invalidated the
-connection and a psycopg ``OperationalError`` without a SQLSTATE (the connection attempt itself failed).
-Our own ``InfrastructureError`` family says so itself (``retryable``).
-
-# NOTE: a local copy of the rule: the worker's classification (``shared/errors.py`` /
-# ``shared/adapters/postgres/errors.py``, written at the same time) should replace ``is_outage``'s SQL part.
+Database errors are classified by ``shared.adapters.postgres.errors.is_transient`` (by SQLSTATE, the rule the
+worker uses: connection exceptions, insufficient resources, operator intervention, serialisation failures
+and deadlocks, an invalidated connection); our own ``InfrastructureError`` family says so itself
+(``retryable``).
 """
 
 from __future__ import annotations
@@ -26,22 +22,17 @@ import psycopg
 import sqlalchemy as sa
 
 from shared.adapters.payments.port import PaymentGatewayError
+from shared.adapters.postgres.errors import is_database_error, is_transient
 from shared.errors import DeliveryError, InfrastructureError
 from shared.observability import kv
 
 log = logging.getLogger("billing.dunning.outages")
 
-OUTAGE_SQLSTATE_CLASSES: Final = frozenset({"08", "53"})
-OUTAGE_SQLSTATES: Final = frozenset({"57P01", "57P02", "57P03", "40001", "40P01"})
 FIRST_BACKOFF_S: Final = 0.5
 MAX_OUTAGE_BACKOFF_S: Final = 5.0
 """Short enough that every job is back within seconds of the outage ending."""
 MAX_FAILURE_BACKOFF_S: Final = 60.0
 """A job failing for another reason (a bug, bad data) is retried slowly: it needs a human."""
-
-
-def _sqlstate_is_outage(sqlstate: str | None) -> bool:
-    return sqlstate is not None and (sqlstate[:2] in OUTAGE_SQLSTATE_CLASSES or sqlstate in OUTAGE_SQLSTATES)
 
 
 def is_outage(error: BaseException) -> bool:
@@ -52,15 +43,9 @@ def is_outage(error: BaseException) -> bool:
         seen.add(id(current))
         if isinstance(current, InfrastructureError):
             return current.retryable
-        if isinstance(current, sa.exc.DBAPIError) and current.connection_invalidated:
-            return True
-        if isinstance(current, psycopg.Error):
-            if _sqlstate_is_outage(current.sqlstate):
-                return True
-            if isinstance(current, psycopg.OperationalError) and current.sqlstate is None:
-                return True  # the connection attempt failed: refused, reset, shutting down
-            return False
-        current = current.__cause__ or current.__context__ or getattr(current, "orig", None)
+        if is_database_error(current):
+            return is_transient(current)
+        current = current.__cause__ or current.__context__
     return False
 
 

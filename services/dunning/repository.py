@@ -1,7 +1,8 @@
 """PostgreSQL adapters of the dunning service: the case store and the notification delivery queue.
 
-Driver errors that a retry can cure (an outage: connection lost, serialisation failure) are translated into
-``DatabaseUnavailableError`` here, so the consumer knows to retry the same event rather than dead-letter it.
+Driver errors are translated here (``shared.adapters.postgres.errors.translate``): those a retry can cure (an
+outage: connection lost, serialisation failure) into ``DatabaseUnavailableError``, so the consumer retries the
+same event; a refusal of the data into ``DataRejectedError``, which the consumer dead-letters.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 
 from shared.adapters.notify.port import Notification
+from shared.adapters.postgres.errors import translate
 from shared.adapters.postgres.schema.billing import payment_attempts
 from shared.adapters.postgres.schema.core import customers, outbox
 from shared.adapters.postgres.schema.dunning import (
@@ -26,9 +28,7 @@ from shared.adapters.postgres.schema.dunning import (
     dunning_notifications,
 )
 from shared.domain.dunning import CompletedAction, DunningCase, DunningPolicy, DunningStatus, PaymentFailure
-from shared.errors import DatabaseUnavailableError
 
-from .outages import is_outage
 from .ports import ActionKind, CaseRecord, NoticeRecord, OutgoingCommand
 from .reconciliation import PaymentAttemptReader
 
@@ -38,11 +38,10 @@ def _translated_errors() -> Iterator[None]:
     try:
         yield
     except sa.exc.DBAPIError as exc:
-        # NOTE: only outages become retryable; a data error (value too long, index row too large: also an
-        # OperationalError to the driver) must reach the DLQ instead of being retried forever.
-        if is_outage(exc):
-            raise DatabaseUnavailableError(f"PostgreSQL unavailable: {exc.orig or exc}") from exc
-        raise
+        # NOTE: by SQLSTATE, not by the driver's class: an outage becomes DatabaseUnavailableError (retried),
+        # a refusal of the data (value too long, index row too large: also an OperationalError to psycopg)
+        # DataRejectedError (dead-lettered), never retried forever.
+        raise translate(exc) from exc
 
 
 class PostgresDunningStore:

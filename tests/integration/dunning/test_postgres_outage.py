@@ -155,7 +155,8 @@ def test_a_postgres_outage_is_ridden_out_without_losing_or_repeating_anything(
     assert readiness() == (200, {"status": "ready"})
     for worker in (before, during):
         assert [(c.type, c.payload["attempt_no"]) for c in worker.commands()] == [("payment.retry", 2)]
-        assert [(row.action_key, row.status) for row in worker.notifications()] == [("notify:3", "sent")]
+        assert [(row.action_key, row.status) for row in worker.notifications()] == [
+            ("notify:1", "sent"), ("notify:3", "sent")]
     with engine.connect() as conn:
         applied = conn.execute(sa.select(sa.func.count()).select_from(dunning_inbox)
                                .where(dunning_inbox.c.event_id == arrived.event_id)).scalar_one()
