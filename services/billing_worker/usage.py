@@ -237,36 +237,38 @@ class _Rules:
     def __init__(self, clock: Clock | None) -> None:
         self._clock = clock
         self._now: datetime | None = None
-        self._windows: dict[datetime, EventWindow] = {}
+        self._received_by: datetime | None = None  # the latest received_at the last clock reading allows
+        self._window: tuple[datetime, EventWindow] | None = None  # (received_at, its window): batches share one
 
     def problem(self, key: _MessageKey, subscription_id: str, properties: Mapping[str, Any], timestamp: datetime,
                 received_at: datetime) -> UsageProblem | None:
-        if not isinstance(key, _NoKey):
-            problem = key_problem(key, subscription_id)
+        # Hot path: the common case is decided by comparisons; the rule functions say what is wrong.
+        if key is not NO_KEY and key != subscription_id.encode():
+            return key_problem(key, subscription_id)  # type: ignore[arg-type]
+        if self._clock is not None and (self._received_by is None or received_at > self._received_by):
+            problem = self._received_problem(received_at)
             if problem is not None:
                 return problem
-        problem = self._received_problem(received_at)
-        if problem is not None:
-            return problem
-        window = self._windows.get(received_at)
-        if window is None:
-            if len(self._windows) > 4096:
-                self._windows.clear()
-            window = self._windows[received_at] = EventWindow.at(received_at)
-        return window.problem(timestamp) or properties_problem(properties)
+        last = self._window
+        if last is not None and last[0] == received_at:
+            window = last[1]
+        else:
+            window = EventWindow.at(received_at)
+            self._window = (received_at, window)
+        if not window.oldest <= timestamp <= window.latest:
+            return window.problem(timestamp)
+        return properties_problem(properties)
 
     def _received_problem(self, received_at: datetime) -> UsageProblem | None:
-        if self._clock is None:
-            return None
-        if self._now is not None and received_at_problem(received_at, self._now) is None:
-            return None
+        assert self._clock is not None
         try:
-            self._now = self._clock.now()
+            now = self._clock.now()
         except sa.exc.SQLAlchemyError as error:
             log.warning("billing clock unreadable; received_at not checked in this batch",
                         extra={"error": str(error)[:300]})
             return None
-        return received_at_problem(received_at, self._now)
+        self._now, self._received_by = now, EventWindow.at(now).latest
+        return received_at_problem(received_at, now)
 
 
 @dataclass(frozen=True, slots=True)

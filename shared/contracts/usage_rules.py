@@ -235,15 +235,18 @@ def properties_problem(properties: Mapping[str, Any]) -> UsageProblem | None:
     if len(properties) > MAX_PROPERTY_VALUES:
         return UsageProblem("properties", f"more than {MAX_PROPERTY_VALUES} values", "properties_too_large")
     nested: list[tuple[str, object]] | None = None
-    for name, value in properties.items():
+    largest = MAX_QUANTITY
+    for name, value in properties.items():  # names are str: JSON object keys, or UsageEvent's dict[str, Any]
         kind = type(value)
         if kind is int:  # the common cases first, without a Decimal
-            if value < 0 or value >= MAX_QUANTITY:
+            if value < 0 or value >= largest:
                 return _int_problem(value, f"properties.{name}")
         elif kind is str:
             if len(value) >= 13 and is_card_number(value):
                 return _card(f"properties.{name}")
-            if may_be_decimal(value):
+            # most strings are names (a model, a region): their first character rules a number out
+            if value and (value[0] in _DECIMAL_STARTS or not value[0].isascii() or value[0].isspace()) \
+                    and may_be_decimal(value):
                 number = number_of(value)
                 if number is not None:
                     problem = quantity_problem(number, f"properties.{name}")
@@ -261,8 +264,6 @@ def properties_problem(properties: Mapping[str, Any]) -> UsageProblem | None:
             nested.append((name, value))
         elif value is not None and kind is not bool:
             return _not_json(f"properties.{name}", value)
-        if type(name) is not str:
-            return UsageProblem("properties", "property names must be strings", "invalid_property")
         if "\x00" in name:
             return _nul(f"properties.{name}")
     if nested is not None:

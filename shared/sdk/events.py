@@ -183,4 +183,6 @@ def check_event(event: UsageEvent | ValidEvent, now: datetime | EventWindow) -> 
     numbers: `shared.contracts.usage_rules`), or None. Pass an EventWindow to check many events at one
     instant."""
     window = now if isinstance(now, EventWindow) else EventWindow.at(now)
-    return window.problem(event.timestamp) or properties_problem(event.properties)
+    if not window.oldest <= event.timestamp <= window.latest:
+        return window.problem(event.timestamp)
+    return properties_problem(event.properties)
