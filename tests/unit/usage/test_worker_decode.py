@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
+import sqlalchemy
 import pytest
 
 from services.billing_worker.usage import MeterMap, MeterRule, UsageMaterializer
@@ -88,3 +89,14 @@ def test_a_reception_claimed_after_the_billing_clock_is_refused_and_the_clock_re
         "received_in_future"]
     clock.advance(timedelta(hours=2))
     assert materializer.prepare([late], [SUB.encode()]).refused == []
+
+
+class _UnreachableClock:
+    def now(self) -> datetime:
+        raise sqlalchemy.exc.OperationalError("SELECT now", {}, Exception("connection refused"))
+
+
+def test_an_unreadable_billing_clock_does_not_stop_the_batch():
+    # The batch cannot commit while the clock's database is down; its retry is prepared again.
+    prepared = UsageMaterializer(METERS, _UnreachableClock()).prepare([message()], [SUB.encode()])
+    assert (len(prepared.lines), prepared.refused) == (1, [])
