@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-import sqlalchemy
 import pytest
+import sqlalchemy
 
 from services.billing_worker.usage import MeterMap, MeterRule, UsageMaterializer
 from shared.adapters.clock import ManualClock
