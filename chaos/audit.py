@@ -90,7 +90,7 @@ def audit(engine: sa.Engine, ledger: Acknowledged) -> AuditFigures:
                 conn, "SELECT count(*) FROM subscriptions WHERE subscription_id = ANY(:ids)", ids=list(subscriptions)),
             "cancels": len(cancels) - _count(
                 conn, "SELECT count(*) FROM subscriptions WHERE subscription_id = ANY(:ids) "
-                      "AND (cancel_at_period_end OR status = 'canceled')", ids=list(cancels)),
+                      "AND (cancel_at_period_end OR status = 'cancelled')", ids=list(cancels)),
             "report_credits": len(enquiries) - _count(
                 conn, "SELECT count(*) FROM quota_consumptions WHERE (org_id || '/' || enquiry_id) = ANY(:ids)",
                 ids=[f"{org}/{enquiry}" for org, enquiry in enquiries]),

@@ -57,6 +57,7 @@ class ScenarioResult:
     dead_lettered: dict[str, int] = field(default_factory=dict)
     recovery_s: dict[str, float | None] = field(default_factory=dict)
     server_errors: dict[str, int] = field(default_factory=dict)
+    answers: dict[str, int] = field(default_factory=dict)  # every HTTP status (and client-side failure) seen
     checks: dict[str, bool] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     wall_s: float = 0.0
@@ -73,7 +74,8 @@ class ScenarioResult:
         return {"name": self.name, "passed": self.passed, "skipped": self.skipped, "checks": self.checks,
                 "notes": self.notes, "figures": self.figures.as_dict() if self.figures else None,
                 "dead_lettered": self.dead_lettered,
-                "recovery_s": self.recovery_s, "server_errors": self.server_errors, "wall_s": round(self.wall_s, 1)}
+                "recovery_s": self.recovery_s, "server_errors": self.server_errors, "answers": self.answers,
+                "wall_s": round(self.wall_s, 1)}
 
 
 @dataclass
@@ -123,6 +125,8 @@ def _money_checks(result: ScenarioResult) -> None:
         result.notes.append(f"{len(f.lost_usage)} acknowledged usage events not stored, e.g. {f.lost_usage[:3]}")
     if f.failed_invariants:
         result.notes.append(f"invariants violated: {f.failed_invariants}")
+    if any(f.lost_commands.values()):
+        result.notes.append(f"acknowledged but not applied: {f.lost_commands}")
 
 
 def _liveness_check(world: World, result: ScenarioResult) -> None:
@@ -223,8 +227,9 @@ def _recovery_check(result: ScenarioResult) -> None:
         result.notes.append(f"not recovered within {RECOVERY_LIMIT_S:.0f} s: {slow}")
 
 
-def _server_error_check(world: World, result: ScenarioResult, before: dict[str, int]) -> None:
-    result.server_errors = {k: v for k, v in _delta(dict(world.ledger.server_errors()), before).items() if v}
+def _server_error_check(world: World, result: ScenarioResult, answers_before: dict[str, int]) -> None:
+    result.answers = {k: v for k, v in _delta(dict(world.ledger.answers), answers_before).items() if v}
+    result.server_errors = {k: v for k, v in result.answers.items() if k.isdigit() and int(k) >= 500}
     others = {k: v for k, v in result.server_errors.items() if k != "503"}
     result.checks["no 5xx other than 503 (unavailable, retry)"] = not others
 
@@ -350,7 +355,7 @@ def outage(world: World, name: str, component: Component, *,
     if before_outage is not None:
         before_outage()
     now = p.clock_now()
-    errors_before = dict(world.ledger.server_errors())
+    answers_before = dict(world.ledger.answers)
     dlq_before = dlq_counts(p.settings)
     steps = ingest_load(world, now) + (extra_load(now) if extra_load else [])
     with load(world, *steps):
@@ -362,7 +367,7 @@ def outage(world: World, name: str, component: Component, *,
         result.recovery_s = measure_recovery(world, now)
         time.sleep(5)
     _recovery_check(result)
-    _server_error_check(world, result, errors_before)
+    _server_error_check(world, result, answers_before)
     settle(world, result, timeout=300)
     result.dead_lettered = _delta(dlq_counts(p.settings), dlq_before)
     result.wall_s = time.monotonic() - started
