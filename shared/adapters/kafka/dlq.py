@@ -2,8 +2,8 @@
 
 The DLQ copy keeps the original key and bytes and says why in its headers (`reason`, a machine-readable code
 such as `invalid_envelope`, `program_limit_exceeded` or `retries_exhausted`; `error`, the human-readable
-message; `error_class`; and the original topic/partition/offset), so an operator can inspect it and replay it
-after a fix. Publishing is
+message; `error_class`; the original topic/partition/offset and `original_value_bytes`), so an operator can
+inspect it and replay it after a fix. Publishing is
 synchronous: the consumer moves its offset past a poison message only after the DLQ acknowledged it.
 """
 
