@@ -311,10 +311,7 @@ def _decode(raw: bytes | None, meters: MeterMap, key: _MessageKey, rules: _Rules
 
 
 def _decode_general(raw: bytes, meters: MeterMap, key: _MessageKey, rules: _Rules) -> UsageItem:
-    try:
-        envelope = Envelope.from_bytes(raw)
-    except OverflowError as error:  # an occurred_at with no UTC equivalent (Envelope converts it)
-        raise EnvelopeError(f"invalid envelope: occurred_at has no UTC equivalent ({error})") from error
+    envelope = Envelope.from_bytes(raw)
     if envelope.type != USAGE_TYPE:
         raise EnvelopeError(f"unexpected message type {envelope.type!r} on the usage topic")
     p = parse_payload(envelope)

@@ -34,7 +34,10 @@ class Envelope(BaseModel):
     @field_validator("occurred_at")
     @classmethod
     def _utc(cls, v: datetime) -> datetime:
-        return v.astimezone(UTC)
+        try:
+            return v.astimezone(UTC)
+        except OverflowError:  # 9999-12-31T23:59:59-01:00: a ValueError makes it a validation error (DLQ)
+            raise ValueError("has no UTC equivalent (outside years 1 to 9999 once its offset is applied)") from None
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(self.model_dump(mode="json"))

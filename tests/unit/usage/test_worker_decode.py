@@ -12,6 +12,7 @@ import sqlalchemy
 
 from services.billing_worker.usage import MeterMap, MeterRule, UsageMaterializer
 from shared.adapters.clock import ManualClock
+from shared.contracts.envelope import Envelope, EnvelopeError
 
 pytestmark = pytest.mark.unit
 
@@ -100,3 +101,10 @@ def test_an_unreadable_billing_clock_does_not_stop_the_batch():
     # The batch cannot commit while the clock's database is down; its retry is prepared again.
     prepared = UsageMaterializer(METERS, _UnreachableClock()).prepare([message()], [SUB.encode()])
     assert (len(prepared.lines), prepared.refused) == (1, [])
+
+
+def test_an_envelope_whose_occurred_at_has_no_utc_equivalent_is_an_envelope_error_on_every_topic():
+    raw = orjson.dumps({"type": "subscription.pause", "occurred_at": "9999-12-31T23:59:59-01:00", "producer": "kcat",
+                        "payload": {}})
+    with pytest.raises(EnvelopeError, match="no UTC equivalent"):
+        Envelope.from_bytes(raw)
