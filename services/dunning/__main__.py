@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import faust
 
 from shared.config import Settings
@@ -10,11 +12,14 @@ from shared.runtime import freeze_startup_heap
 
 from .app import create_app
 from .bootstrap import bootstrap
+from .outages import RepeatedClientErrors
 
 
 def main() -> None:
     settings = Settings()
     configure_logging(settings.log_level, settings.log_json)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RepeatedClientErrors())  # a broker outage is one line a minute, not thousands
     app = create_app(bootstrap(settings))
     worker = faust.Worker(app, loglevel=settings.log_level, override_logging=False, quiet=True)
     freeze_startup_heap()

@@ -118,3 +118,29 @@ class OutageMonitor:
         """Jobs not working right now: since when (epoch seconds), the last error, outage or failure."""
         return {job: {"since": t.since_wall, "error": t.error, "outage": t.outage, "failures": t.failures}
                 for job, t in self._troubles.items()}
+
+
+class RepeatedClientErrors(logging.Filter):
+    """Lets one record per message template and minute through from the Kafka client's loggers.
+
+    While the broker is down, aiokafka logs every failed connect, metadata refresh, fetch and heartbeat
+    (~2,000 ERROR lines in 30 s); they say one thing, "Kafka is unreachable", which once a minute says as
+    well. Records of other loggers pass untouched.
+    """
+
+    def __init__(self, prefixes: tuple[str, ...] = ("aiokafka",), every_s: float = 60.0) -> None:
+        super().__init__()
+        self._prefixes = prefixes
+        self._every_s = every_s
+        self._last: dict[tuple[str, str], float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self._prefixes) or record.levelno >= logging.CRITICAL:
+            return True
+        key = (record.name, str(record.msg))
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self._every_s:
+            return False
+        self._last[key] = now
+        return True

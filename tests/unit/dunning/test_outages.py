@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 from psycopg import errors as pg_errors
 
-from services.dunning.outages import OutageMonitor, is_outage
+from services.dunning.outages import OutageMonitor, RepeatedClientErrors, is_outage
 from shared.adapters.payments.port import PaymentGatewayError
 from shared.errors import DatabaseUnavailableError
 
@@ -77,3 +77,15 @@ def test_a_failure_that_is_not_an_outage_is_logged_every_time_it_is_retried(
         monitor.failed("reconciliation", ValueError("a bug"))
     assert [r.levelname for r in caplog.records] == ["ERROR"] * 3
     assert monitor.troubles()["reconciliation"]["outage"] is False
+
+
+def test_the_kafka_clients_repeated_errors_pass_once_a_minute_and_other_loggers_untouched() -> None:
+    noise = RepeatedClientErrors(every_s=60.0)
+
+    def record(name: str, msg: str, *args: object) -> logging.LogRecord:
+        return logging.LogRecord(name, logging.ERROR, __file__, 1, msg, args, None)
+
+    passed = [noise.filter(record("aiokafka", "Unable connect to node with id %s: %s", 1, n)) for n in range(50)]
+    assert passed == [True] + [False] * 49
+    assert noise.filter(record("aiokafka.consumer.fetcher", "Failed fetch messages from %s: %s", 1, "x"))
+    assert all(noise.filter(record("billing.dunning", "event failed; retrying")) for _ in range(3))
