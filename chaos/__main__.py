@@ -98,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     console.rule(f"fault suite {run_id}: private stack in {OUT / 'stack'}, logs in {log_dir}")
     stack = PrivateStack()
     stack.up()
-    settings, env = prepare(stack.endpoints(), run_id)
-    pipeline = Pipeline(settings, env, log_dir)
+    settings = prepare(stack.endpoints(), run_id)
+    pipeline = Pipeline(settings, log_dir)
     results: list[ScenarioResult] = []
     try:
         pipeline.start()

@@ -41,6 +41,8 @@ class AuditFigures:
 
 
 def stored_transactions(conn: sa.Connection, transaction_ids: list[str]) -> set[str]:
+    """Which of these transaction ids have a usage row (an id PostgreSQL cannot hold has none)."""
+    transaction_ids = [t for t in transaction_ids if "\x00" not in t]
     found: set[str] = set()
     for i in range(0, len(transaction_ids), _CHUNK):
         found |= set(conn.execute(sa.text(

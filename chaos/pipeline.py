@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import sqlalchemy as sa
+from pydantic import SecretStr
 
 from services.demo.processes import Quiescence, ServiceProcess, free_port, wait_http_ready
 from shared.adapters.kafka.admin import create_topics
@@ -31,55 +32,53 @@ ADMIN_KEY = "chaos-admin-" + uuid.uuid4().hex
 SERVICES = ("ingest", "worker", "dunning")
 
 
-def service_overrides(run_id: str) -> dict[str, str]:
-    """The BILLING_* settings every chaos run gives its services, on top of the stack's endpoints."""
-    return {
-        "BILLING_CONSUMER_GROUP": f"billing-worker-{run_id}",
-        "BILLING_CLOCK": "simulated",
-        "BILLING_SIMULATED_CLOCK_START": CLOCK_START.isoformat(),
-        "BILLING_PAYMENT_GATEWAY": "simulated",
-        "BILLING_ADMIN_API_KEY": ADMIN_KEY,
-        "BILLING_HTTP_PORT": str(free_port()),
-        "BILLING_LOG_LEVEL": "INFO",
-        "BILLING_LOG_JSON": "true",
-        "BILLING_SCHEDULER_INTERVAL_S": "0.5",
+def with_chaos_options(base: Settings, run_id: str) -> Settings:
+    """`base` (endpoints, schema, topic prefix) with what every chaos run gives its services."""
+    return base.model_copy(update={
+        "consumer_group": f"billing-worker-{run_id}",
+        "clock": "simulated",
+        "simulated_clock_start": CLOCK_START.isoformat(),
+        "payment_gateway": "simulated",
+        "admin_api_key": SecretStr(ADMIN_KEY),
+        "http_port": free_port(),
+        "log_level": "INFO",
+        "log_json": True,
+        "scheduler_interval_s": 0.5,
         # Small batches, so a kill -9 lands between commits of one billing run, not after it.
-        "BILLING_WORKER_BATCH_MAX": "200",
+        "worker_batch_max": 200,
         # Static membership: a restarted worker takes its partitions back at once, without a rebalance.
-        "BILLING_WORKER_MEMBER_ID": f"chaos-worker-{run_id}",
-        "BILLING_WORKER_SESSION_TIMEOUT_MS": "10000",
-    }
+        "worker_member_id": f"chaos-worker-{run_id}",
+        "worker_session_timeout_ms": 10000,
+    })
 
 
-def settings_of(env: dict[str, str]) -> Settings:
-    """The Settings the services build from `env` (what this process uses to look at the same system)."""
-    return Settings(**{k.removeprefix("BILLING_").lower(): v for k, v in env.items()  # type: ignore[arg-type]
-                       if k.startswith("BILLING_")})
-
-
-def prepare(endpoints: dict[str, str], run_id: str, partitions: int = 6) -> tuple[Settings, dict[str, str]]:
-    """A private schema (migrated) and topic prefix (created) for this run, and the services' environment."""
+def prepare(endpoints: dict[str, str], run_id: str, partitions: int = 6) -> Settings:
+    """A private schema (migrated) and topic prefix (created) for this run, and the services' settings."""
     schema, prefix = f"chaos_{run_id}", f"chaos{run_id}."
     upgrade(endpoints["BILLING_DATABASE_URL"], schema)
     create_topics(endpoints["BILLING_KAFKA_BOOTSTRAP"], prefix=prefix, partitions=partitions)
-    env = {**endpoints, "BILLING_DATABASE_SCHEMA": schema, "BILLING_TOPIC_PREFIX": prefix,
-           **service_overrides(run_id)}
-    return settings_of(env), env
+    base = Settings(kafka_bootstrap=endpoints["BILLING_KAFKA_BOOTSTRAP"],
+                    database_url=endpoints["BILLING_DATABASE_URL"],
+                    stripe_api_base=endpoints["BILLING_STRIPE_API_BASE"], database_schema=schema,
+                    topic_prefix=prefix)
+    return with_chaos_options(base, run_id)
 
 
 @dataclass
 class Pipeline:
+    """The services run with exactly `settings` (rendered as BILLING_* variables)."""
+
     settings: Settings
-    env: dict[str, str]
     log_dir: Path
     services: dict[str, ServiceProcess] = field(default_factory=dict)
     worker_kills: int = 0
 
     def __post_init__(self) -> None:
-        self.services = {name: ServiceProcess(name, [name], self.env, self.log_dir / f"{name}.log")
+        env = self.settings.to_env()
+        self.services = {name: ServiceProcess(name, [name], env, self.log_dir / f"{name}.log")
                          for name in SERVICES}
         self.engine = make_engine(self.settings, pool_size=4)
-        self.base_url = f"http://127.0.0.1:{self.env['BILLING_HTTP_PORT']}"
+        self.base_url = f"http://127.0.0.1:{self.settings.http_port}"
         self.dunning_group = f"{self.settings.topic_prefix}dunning"
         self._quiescence: Quiescence | None = None
 

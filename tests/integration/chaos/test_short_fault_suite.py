@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 
 from chaos.load import Acknowledged, onboard
-from chaos.pipeline import ADMIN_KEY, Pipeline, service_overrides, settings_of
+from chaos.pipeline import ADMIN_KEY, Pipeline, with_chaos_options
 from chaos.scenarios import ScenarioResult, World, kill_worker_during_billing_run, poison_corpus
 from shared.config import Settings
 
@@ -26,9 +26,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 @pytest.fixture(scope="module")
 def world(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    run_id = uuid.uuid4().hex[:8]
-    env = {**settings.to_env(), **service_overrides(run_id)}
-    pipeline = Pipeline(settings_of(env), env, tmp_path_factory.mktemp("chaos-logs"))
+    pipeline = Pipeline(with_chaos_options(settings, uuid.uuid4().hex[:8]), tmp_path_factory.mktemp("chaos-logs"))
     pipeline.start()
     try:
         ledger = Acknowledged()
