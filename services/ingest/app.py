@@ -18,6 +18,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from services.ingest import openapi as api_document
 from services.ingest.auth import Authenticator
 from services.ingest.body_guard import MAX_JSON_DEPTH, DepthGuardMiddleware
 from services.ingest.bootstrap import build_container
@@ -118,7 +119,8 @@ def _route_modules() -> list:  # type: ignore[type-arg]
 
 
 def _document_raw_bodies(app: FastAPI) -> None:
-    """Routes that parse their body themselves (per-event results) reference schemas FastAPI cannot see."""
+    """Routes that parse their body themselves (per-event results) reference schemas FastAPI cannot see;
+    the statuses every operation can answer are declared by `services.ingest.openapi`."""
     default = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -126,6 +128,7 @@ def _document_raw_bodies(app: FastAPI) -> None:
             schema = default()
             schema.setdefault("components", {}).setdefault("schemas", {})["UsageEvent"] = \
                 UsageEvent.model_json_schema(ref_template="#/components/schemas/{model}")
+            api_document.complete(schema)
         return app.openapi_schema  # type: ignore[return-value]
 
     app.openapi = openapi  # type: ignore[method-assign]

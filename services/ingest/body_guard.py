@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.ingest.problems import PROBLEM_JSON, FieldError, Problem, problem_type
+from services.ingest.problems import PROBLEM_JSON, FieldError, Problem, problem_bytes, problem_type
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # NOTE: our request bodies nest three or four levels at most; 32 leaves room and stays far from Python's
@@ -115,7 +115,7 @@ class DepthGuardMiddleware:
 
 
 async def send_problem(send: Send, problem: Problem) -> None:
-    payload = orjson.dumps(problem.model_dump(mode="json"))
+    payload = problem_bytes(problem)
     await send({"type": "http.response.start", "status": problem.status,
                 "headers": [(b"content-type", PROBLEM_JSON.encode()), (b"content-length", str(len(payload)).encode())]})
     await send({"type": "http.response.body", "body": payload})

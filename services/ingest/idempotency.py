@@ -25,7 +25,6 @@ from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 from starlette.concurrency import run_in_threadpool
@@ -34,7 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.ingest.auth import Authenticator, presented_token_of
 from services.ingest.body_guard import read_body, replaying
-from services.ingest.problems import Problem, problem_type
+from services.ingest.problems import Problem, problem_bytes, problem_type
 from shared.adapters.postgres.schema.edge import idempotency_keys
 
 HEADER = "idempotency-key"
@@ -126,7 +125,7 @@ class IdempotencyStore:
 
 
 async def _send_problem(send: Send, problem: Problem, extra: dict[str, str] | None = None) -> None:
-    body = orjson.dumps(problem.model_dump(mode="json"))
+    body = problem_bytes(problem)
     headers = [(b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.encode(), v.encode()) for k, v in (extra or {}).items()]
     await send({"type": "http.response.start", "status": problem.status, "headers": headers})

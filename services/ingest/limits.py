@@ -6,11 +6,10 @@ Batch-size limits (events per request) are validation rules of the routes themse
 
 from __future__ import annotations
 
-import orjson
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.ingest.problems import PROBLEM_JSON, Problem, problem_type
+from services.ingest.problems import PROBLEM_JSON, Problem, problem_bytes, problem_type
 
 
 class _TooLargeError(Exception):
@@ -18,8 +17,8 @@ class _TooLargeError(Exception):
 
 
 def _too_large(limit: int) -> tuple[dict[str, object], dict[str, object]]:
-    body = orjson.dumps(Problem(type=problem_type("request-too-large"), title="Payload too large", status=413,
-                                detail=f"request bodies are limited to {limit} bytes").model_dump(mode="json"))
+    body = problem_bytes(Problem(type=problem_type("request-too-large"), title="Payload too large", status=413,
+                                 detail=f"request bodies are limited to {limit} bytes"))
     return ({"type": "http.response.start", "status": 413,
              "headers": [(b"content-type", PROBLEM_JSON.encode()), (b"content-length", str(len(body)).encode())]},
             {"type": "http.response.body", "body": body})

@@ -11,11 +11,11 @@ logged (see `services.ingest.pan`).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
 import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -62,9 +62,18 @@ class ProblemError(Exception):
         self.headers = headers or {}
 
 
+def problem_bytes(problem: Problem) -> bytes:
+    """The body of a problem response: JSON in ASCII only (non-ASCII escaped as \\uXXXX).
+
+    # NOTE: `application/problem+json` has no charset parameter, and clients that guess a charset for
+    # types they do not know (python-requests does) garbled details naming a non-ASCII id into invalid
+    # JSON; escaped, the body reads the same in any ASCII-compatible charset. Errors only: not a hot path.
+    """
+    return json.dumps(problem.model_dump(mode="json"), ensure_ascii=True, separators=(",", ":")).encode()
+
+
 def problem_response(problem: Problem, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(problem.model_dump(mode="json")), status_code=problem.status,
-                    media_type=PROBLEM_JSON, headers=headers)
+    return Response(problem_bytes(problem), status_code=problem.status, media_type=PROBLEM_JSON, headers=headers)
 
 
 def _field_path(loc: Sequence[Any]) -> str:

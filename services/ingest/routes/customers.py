@@ -204,7 +204,13 @@ def _ensure_stripe(container: Container, view: CustomerView, body: OnboardReques
     return fresh
 
 
-@router.post("/v1/customers", response_model=CustomerView, status_code=201, responses=PROBLEM_RESPONSES,
+_ONBOARD_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": CustomerView, "description": "Already onboarded with the same data: the customer as it is"},
+    **PROBLEM_RESPONSES,
+}
+
+
+@router.post("/v1/customers", response_model=CustomerView, status_code=201, responses=_ONBOARD_RESPONSES,
              summary="Onboard a user or an organisation (creates the Stripe customer)")
 async def onboard(body: OnboardRequest, request: Request, principal: Principal = Depends(require(Scope.ADMIN)),
                   container: Container = Depends(get_container)) -> JSONResponse:

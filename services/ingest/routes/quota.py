@@ -50,7 +50,7 @@ from starlette.responses import Response
 
 from services.ingest.auth import Principal, Scope, authenticate, forbidden, require, resolve_org
 from services.ingest.ids import BodyId, PathId, check_path_id
-from services.ingest.problems import PROBLEM_JSON, PROBLEM_RESPONSES, Problem, ProblemError, problem_type
+from services.ingest.problems import PROBLEM_JSON, PROBLEM_RESPONSES, Problem, ProblemError, problem_bytes, problem_type
 from services.ingest.quota_service import CreditAnswer, QuotaRequestError, QuotaService, QuotaView
 from services.ingest.quota_spend import OrgSpend, SpendAnswer, SpendRequestError, SpendService, spend_service_of
 from shared.domain.quota import QuotaDenialReason
@@ -214,7 +214,7 @@ def _credit_response(answer: CreditAnswer, now: datetime | None) -> Response:
         detail=f"report refused: {reason.value}", reason=reason, org_id=answer.org_id,
         enquiry_id=answer.enquiry_id, user_id=answer.user_id, org_remaining=answer.org_remaining,
         user_remaining=answer.user_remaining)
-    return Response(orjson.dumps(problem.model_dump(mode="json")), status_code=status, media_type=PROBLEM_JSON,
+    return Response(problem_bytes(problem), status_code=status, media_type=PROBLEM_JSON,
                     headers=headers)
 
 
@@ -514,4 +514,4 @@ async def authorise_spend(org_id: PathId, body: Authorise,
         request_id=answer.request_id, quantity=answer.quantity,
         remaining_quantity=(None if answer.limit_quantity is None
                             else max(0, answer.limit_quantity - answer.spent_quantity)))
-    return Response(orjson.dumps(problem.model_dump(mode="json")), status_code=402, media_type=PROBLEM_JSON)
+    return Response(problem_bytes(problem), status_code=402, media_type=PROBLEM_JSON)

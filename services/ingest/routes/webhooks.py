@@ -35,7 +35,7 @@ from sqlalchemy.dialects.postgresql import insert
 from starlette.concurrency import run_in_threadpool
 
 from services.ingest.container import Container, get_container
-from services.ingest.problems import PROBLEM_RESPONSES, ProblemError
+from services.ingest.problems import Problem, ProblemError
 from shared.adapters.kafka.producer import OutgoingMessage
 from shared.adapters.postgres.schema.billing import subscriptions
 from shared.adapters.postgres.schema.core import customers
@@ -152,7 +152,8 @@ def _live_subscriptions(engine: sa.Engine, stripe_customer_id: str) -> list[sa.R
             .order_by(subscriptions.c.subscription_id)).all())
 
 
-@router.post("/v1/webhooks/stripe", response_model=WebhookAck, responses=PROBLEM_RESPONSES,
+@router.post("/v1/webhooks/stripe", response_model=WebhookAck, responses={
+                 400: {"model": Problem, "description": "Missing, stale or invalid signature, or a malformed event"}},
              summary="Stripe webhook endpoint (signature-verified, deduplicated)")
 async def stripe_webhook(request: Request, container: Container = Depends(get_container)) -> WebhookAck:
     payload = await request.body()
