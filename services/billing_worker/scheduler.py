@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,12 +33,14 @@ from sqlalchemy.dialects.postgresql import insert
 
 from services.billing_worker.billing_repository import IDS
 from shared.adapters.kafka.producer import KafkaProducer, OutgoingMessage
+from shared.adapters.postgres.errors import is_database_error, is_transient
 from shared.adapters.postgres.schema.billing import scheduled_commands
 from shared.config import Settings
 from shared.contracts import topics
 from shared.contracts.envelope import new_envelope
 from shared.contracts.messages import ClosePeriod, EndTrial, ExpireCredits, Payload
 from shared.domain.clock import Clock
+from shared.errors import InfrastructureError
 from shared.observability import kv
 
 log = logging.getLogger("billing_worker.scheduler")
@@ -47,24 +50,26 @@ PRODUCER_NAME = "billing-scheduler"
 # A period close is held back while something due at an earlier billing instant has not taken effect for
 # that subscription (time order: dunning's give-up on day 14 must cancel a subscription before the close on
 # day 31 bills it again, whatever the size of a clock jump). Read-only and narrow, on purpose:
-#   - a payment attempt decided before the period end is still unsettled (the charge is in flight or its
-#     outcome unknown), or failed on an invoice still open that dunning has no case for yet;
+#   - an open invoice has a payment attempt decided before the period end that is still unsettled (the
+#     charge is in flight or its outcome unknown), or declined while dunning has no case for it yet;
 #   - dunning has an open case whose position (`dunning_cases.next_wake_at`, the earliest billing instant
 #     it has something left to do, maintained by dunning) is at or before the instant of the close;
 #   - a command dunning decided for the subscription (a retry, the give-up) is still in the outbox: it
 #     must reach commands.v1 before the close does, so the worker applies it first.
-# A normal month pays none of this: with nothing in dunning the three anti-joins find nothing.
+# Only subscriptions already due are looked at, each through indexes (open invoices by subscription, attempts
+# and cases by invoice, cases by subscription); a normal month's close finds nothing in any of them.
 _DUE_PERIOD_ENDS = sa.text("""
 SELECT s.subscription_id, s.customer_id, s.current_period_end AS due_at
 FROM subscriptions s
 WHERE s.status IN ('active', 'past_due', 'paused') AND s.current_period_end <= :close_before
   AND NOT EXISTS (SELECT 1 FROM scheduled_commands c WHERE c.subscription_id = s.subscription_id
                   AND c.kind = 'period.close' AND c.due_at = s.current_period_end)
-  AND NOT EXISTS (SELECT 1 FROM payment_attempts a JOIN invoices i ON i.invoice_id = a.invoice_id
-                  WHERE a.subscription_id = s.subscription_id AND a.requested_at <= s.current_period_end
+  AND NOT EXISTS (SELECT 1 FROM invoices i JOIN payment_attempts a ON a.invoice_id = i.invoice_id
+                  WHERE i.subscription_id = s.subscription_id AND i.status = 'open'
+                    AND a.requested_at <= s.current_period_end
                     AND (a.status IN ('pending', 'in_flight', 'unknown')
-                         OR (a.status = 'declined' AND i.status = 'open'
-                             AND NOT EXISTS (SELECT 1 FROM dunning_cases d0 WHERE d0.invoice_id = a.invoice_id))))
+                         OR (a.status = 'declined'
+                             AND NOT EXISTS (SELECT 1 FROM dunning_cases d0 WHERE d0.invoice_id = i.invoice_id))))
   AND NOT EXISTS (SELECT 1 FROM dunning_cases d WHERE d.subscription_id = s.subscription_id
                   AND d.status = 'open' AND d.next_wake_at <= s.current_period_end + :grace)
   AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.published_at IS NULL AND o.message_key = s.subscription_id
@@ -118,6 +123,11 @@ class Due:
         return ExpireCredits(subscription_id=self.subscription_id, customer_id=self.customer_id, at=self.due_at)
 
 
+def _is_outage(error: BaseException) -> bool:
+    """PostgreSQL unreachable (by SQLSTATE, the worker's rule) or Kafka not acknowledging: the next tick retries."""
+    return isinstance(error, InfrastructureError) or (is_database_error(error) and is_transient(error))
+
+
 def lock_key(settings: Settings) -> int:
     """The advisory lock id of this environment's scheduler (one per database schema)."""
     digest = hashlib.blake2b(f"billing-scheduler|{settings.database_schema or 'public'}".encode(),
@@ -162,14 +172,24 @@ class Scheduler:
             self._producer = None
 
     def _loop(self) -> None:
+        down_since: float | None = None
         while not self._stop.is_set():
             try:
                 if self.acquire():
                     while self.tick() >= self._batch and not self._stop.is_set():
                         pass  # a backlog: keep going without waiting
-            except Exception:
-                log.exception("scheduler tick failed; retrying")
+            except Exception as exc:
                 self._release()
+                if not _is_outage(exc):
+                    log.exception("scheduler tick failed; retrying")
+                elif down_since is None:  # an outage: one line when it starts, one when it is over
+                    down_since = time.monotonic()
+                    log.warning("scheduler waits for PostgreSQL/Kafka",
+                                extra=kv(error=f"{type(exc).__name__}: {exc}"[:500]))
+            else:
+                if down_since is not None:
+                    log.warning("scheduler back", extra=kv(down_s=round(time.monotonic() - down_since, 1)))
+                    down_since = None
             self._stop.wait(self._interval_s)
 
     # --- leadership

@@ -9,6 +9,7 @@ was billed another month, while dunning gave up on day 31 without a single retry
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import uuid
@@ -125,3 +126,22 @@ def test_after_one_jump_a_day_three_retry_that_succeeds_lets_the_period_close_bi
     assert "dunning.give_up" not in dunning_commands(engine, sub)
     assert case_status(engine, sub) == "recovered"
     assert status_of(engine, sub) != "cancelled"
+
+
+def test_the_scheduler_logs_a_database_outage_once_not_once_per_tick(
+        settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    from services.billing_worker.scheduler import Scheduler
+    from shared.adapters.postgres.engine import make_engine
+    from tests.outage_support import free_port
+
+    unreachable = settings.model_copy(update={
+        "database_url": f"postgresql+psycopg://billing:billing@127.0.0.1:{free_port()}/billing"})
+    engine = make_engine(unreachable, pool_size=1)
+    scheduler = Scheduler(unreachable, engine, DatabaseClock(engine, JAN_1), interval_s=0.05)
+    caplog.set_level(logging.INFO, logger="billing_worker.scheduler")
+    scheduler.start()
+    wait_until(lambda: "scheduler waits for PostgreSQL/Kafka" in caplog.text, 30, what="the outage logged")
+    time.sleep(1.0)  # ~20 more ticks against the dead database
+    scheduler.stop()
+    engine.dispose()
+    assert [r.getMessage() for r in caplog.records] == ["scheduler waits for PostgreSQL/Kafka"]
