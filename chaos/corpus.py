@@ -202,10 +202,12 @@ def billing_event_cases() -> list[PoisonCase]:
 
     return [
         *_undecodable(b),
+        # billing-events.v1 is written by our own relay; dunning reads only some fields of it, so what it
+        # cannot use must not stop it (HANDLED), and what it would store must fit its columns (REFUSED).
         event("payment failed for an unknown invoice"),
         event("total 10**30", Expect.REFUSED, total_minor=10**30),
-        event("period_start overflowing UTC", Expect.REFUSED, period_start=OVERFLOW_EARLY),
-        event("customer_id of 10,000 characters", Expect.REFUSED, customer_id=HUGE_ID),
+        event("period_start overflowing UTC", period_start=OVERFLOW_EARLY),
+        event("customer_id of 10,000 characters", customer_id=HUGE_ID),
         event("attempt_no -1", attempt_no=-1),
     ]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,23 +17,35 @@ from shared.contracts import topics
 CONSUMED_TOPICS = (topics.USAGE, topics.COMMANDS, topics.PAYMENTS, topics.BILLING_EVENTS)
 
 
-def produce_raw(settings: Settings, cases: list[PoisonCase], timeout: float = 60.0) -> int:
-    """Write each case's key and bytes as they are, like kcat would; returns how many Kafka acknowledged."""
+@dataclass(frozen=True)
+class Produced:
+    case: PoisonCase
+    partition: int
+    offset: int
+
+
+def produce_raw(settings: Settings, cases: list[PoisonCase], timeout: float = 60.0) -> list[Produced]:
+    """Write each case's key and bytes as they are, like kcat would; returns where each one landed."""
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "enable.idempotence": True,
                          "acks": "all", "message.max.bytes": 2_000_000})
+    landed: list[Produced] = []
     failures: list[str] = []
 
-    def report(err: KafkaError | None, _msg: Message) -> None:
-        if err is not None:
-            failures.append(str(err))
+    def report(case: PoisonCase) -> Callable[[KafkaError | None, Message], None]:
+        def delivered(err: KafkaError | None, msg: Message) -> None:
+            if err is not None:
+                failures.append(f"{case.name}: {err}")
+            else:
+                landed.append(Produced(case, int(msg.partition() or 0), int(msg.offset() or 0)))
+        return delivered
 
     for case in cases:
-        producer.produce(settings.topic(case.topic), key=case.key, value=case.value, on_delivery=report)
+        producer.produce(settings.topic(case.topic), key=case.key, value=case.value, on_delivery=report(case))
         producer.poll(0)
     left = producer.flush(timeout)
     if left or failures:
         raise RuntimeError(f"poison corpus not fully produced: {left} unsent, failures {failures[:3]}")
-    return len(cases)
+    return landed
 
 
 def _partitions(consumer: Consumer, name: str) -> list[int]:
@@ -62,6 +75,17 @@ def dlq_counts(settings: Settings) -> dict[str, int]:
 class DeadLetter:
     value: bytes | None
     headers: dict[str, bytes]
+
+    @property
+    def origin(self) -> tuple[int, int] | None:
+        """(partition, offset) of the original message: the worker's headers, or dunning's `dlq.source`."""
+        h = self.headers
+        if "original_partition" in h and "original_offset" in h:
+            return int(h["original_partition"]), int(h["original_offset"])
+        if "dlq.source" in h:
+            _, partition, offset = h["dlq.source"].decode().rsplit("/", 2)
+            return int(partition), int(offset)
+        return None
 
     @property
     def reason(self) -> str:
