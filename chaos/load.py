@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -46,11 +47,13 @@ class Acknowledged:
     cancels: set[str] = field(default_factory=set)
     enquiries: set[tuple[str, str]] = field(default_factory=set)  # (org, enquiry id) admitted
     answers: Counter[str] = field(default_factory=Counter)
+    slowest_answer_s: dict[str, float] = field(default_factory=dict)  # per status: how long a client waited
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def answer(self, status: int | str) -> None:
+    def answer(self, status: int | str, waited_s: float = 0.0) -> None:
         with self.lock:
             self.answers[str(status)] += 1
+            self.slowest_answer_s[str(status)] = max(waited_s, self.slowest_answer_s.get(str(status), 0.0))
 
 
 
@@ -63,12 +66,13 @@ def _client(base_url: str, admin_key: str) -> httpx.Client:
 def _call(http: httpx.Client, ledger: Acknowledged, method: str, path: str, body: Any,
           idempotency_key: str | None = None) -> httpx.Response | None:
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+    started = time.monotonic()
     try:
         resp = http.request(method, path, json=body, headers=headers)
     except httpx.TransportError:
-        ledger.answer("transport_error")
+        ledger.answer("transport_error", time.monotonic() - started)
         return None
-    ledger.answer(resp.status_code)
+    ledger.answer(resp.status_code, time.monotonic() - started)
     return resp
 
 
