@@ -52,9 +52,17 @@ def shared_statuses(path: str, method: str) -> list[int]:
     return sorted(statuses)
 
 
+SECURITY_SCHEMES: Final = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "`Authorization: Bearer <api key>`"},
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+}
+
+
 def complete(schema: dict[str, Any]) -> dict[str, Any]:
-    """Add the shared statuses to every operation and make every error response problem+json."""
-    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    """Add the shared statuses to every operation, make every error response problem+json, and declare
+    the API key on every operation that needs one."""
+    schema.setdefault("components", {}).setdefault("securitySchemes", {}).update(SECURITY_SCHEMES)
+    components = schema["components"].setdefault("schemas", {})
     for name, definition in Problem.model_json_schema(ref_template="#/components/schemas/{model}").pop(
             "$defs", {}).items():
         components.setdefault(name, definition)
@@ -62,6 +70,8 @@ def complete(schema: dict[str, Any]) -> dict[str, Any]:
         ref_template="#/components/schemas/{model}").items() if k != "$defs"})
     for path, item in schema.get("paths", {}).items():
         for method, operation in item.items():
+            if path not in PUBLIC_PATHS:
+                operation["security"] = [{name: []} for name in SECURITY_SCHEMES]
             responses: dict[str, Any] = operation.setdefault("responses", {})
             for shared in shared_statuses(path, method):
                 responses.setdefault(str(shared), {"description": _DESCRIPTIONS[shared]})

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import sqlalchemy as sa
 from confluent_kafka.admin import AdminClient
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from services.ingest.container import Container, get_container
@@ -36,7 +39,13 @@ def _kafka_answers(admin: AdminClient) -> bool:
         return False
 
 
-@router.get("/readyz", summary="Readiness: Kafka and PostgreSQL reachable")
+class Readiness(BaseModel):
+    status: Literal["ready", "not_ready"]
+    checks: dict[str, bool] = Field(description="each dependency: true when it answers (postgres, kafka)")
+
+
+@router.get("/readyz", summary="Readiness: Kafka and PostgreSQL reachable", response_model=Readiness,
+            responses={503: {"model": Readiness, "description": "A dependency is down: `checks` names which"}})
 async def readyz(request: Request, container: Container = Depends(get_container)) -> JSONResponse:
     admin: AdminClient | None = getattr(request.app.state, "kafka_admin", None)
     if admin is None:
