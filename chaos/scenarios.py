@@ -368,7 +368,9 @@ def outage(world: World, name: str, component: Component, *,
     if before_outage is not None:
         before_outage()
     now = p.clock_now()
-    answers_before = dict(world.ledger.answers)
+    with world.ledger.lock:
+        answers_before = dict(world.ledger.answers)
+        world.ledger.slowest_answer_s.clear()
     dlq_before = dlq_counts(p.settings)
     steps = ingest_load(world, now) + (extra_load(now) if extra_load else [])
     with load(world, *steps):
