@@ -1,9 +1,12 @@
 """Usage materialisation (the worker's hot path), period-close usage totals, and the edge's read.
 
-Ingest (``UsageMaterializer.apply``), once per consumed batch, inside the batch transaction:
-  decode raw bytes in one pass (pydantic-core TypeAdapter on the JSON bytes) -> map event_type and
-  properties to a meter quantity with the catalog -> drop in-batch duplicates -> COPY into a temporary
-  table -> one statement inserts the events ``ON CONFLICT DO NOTHING`` on (customer_id, transaction_id)
+Ingest (``UsageMaterializer.prepare`` then ``apply_lines``), once per consumed batch:
+  decode raw bytes in one pass (orjson and plain checks; the models when in doubt) and apply the usage
+  rules the edge and the SDK apply (``shared.contracts.usage_rules``: key = subscription_id, received_at not
+  after the billing clock, the time window at received_at, quantity bounds, property shape, card numbers;
+  what breaks one is refused with its code, for the DLQ: decoding is total) -> map event_type and
+  properties to a meter quantity with the catalog -> COPY into a temporary table, inside the batch
+  transaction -> one statement inserts the events ``ON CONFLICT DO NOTHING`` on (customer_id, transaction_id)
   and upserts the hourly aggregates of the rows really inserted, once per (subscription, meter, hour).
   Duplicates (in the batch or already stored) are counted, not errors.
 
