@@ -47,11 +47,17 @@ log = logging.getLogger("billing_worker.scheduler")
 
 PRODUCER_NAME = "billing-scheduler"
 
+# NOTE: wall-clock time; how long a declined charge may wait for dunning to open its case (dunning's
+# consumer lag) before the period close goes ahead without it.
+DUNNING_PICKUP = timedelta(seconds=60)
+
 # A period close is held back while something due at an earlier billing instant has not taken effect for
 # that subscription (time order: dunning's give-up on day 14 must cancel a subscription before the close on
 # day 31 bills it again, whatever the size of a clock jump). Read-only and narrow, on purpose:
 #   - an open invoice has a payment attempt decided before the period end that is still unsettled (the
-#     charge is in flight or its outcome unknown), or declined while dunning has no case for it yet;
+#     charge is in flight or its outcome unknown), or declined while dunning has no case for it yet (for
+#     at most DUNNING_PICKUP of wall-clock time after the charge was sent: dunning opens the case within
+#     seconds, and a dunning service that is down or not deployed must not stop billing);
 #   - dunning has an open case whose position (`dunning_cases.next_wake_at`, the earliest billing instant
 #     it has something left to do, maintained by dunning) is at or before the instant of the close;
 #   - a command dunning decided for the subscription (a retry, the give-up) is still in the outbox: it
@@ -69,6 +75,7 @@ WHERE s.status IN ('active', 'past_due', 'paused') AND s.current_period_end <= :
                     AND a.requested_at <= s.current_period_end
                     AND (a.status IN ('pending', 'in_flight', 'unknown')
                          OR (a.status = 'declined'
+                             AND coalesce(a.dispatched_at, a.created_at) > now() - :dunning_pickup
                              AND NOT EXISTS (SELECT 1 FROM dunning_cases d0 WHERE d0.invoice_id = i.invoice_id))))
   AND NOT EXISTS (SELECT 1 FROM dunning_cases d WHERE d.subscription_id = s.subscription_id
                   AND d.status = 'open' AND d.next_wake_at <= s.current_period_end + :grace)
@@ -230,7 +237,8 @@ class Scheduler:
             found = [Due("period.close", r.subscription_id, r.customer_id, r.due_at)
                      for r in conn.execute(_DUE_PERIOD_ENDS,
                                            {"close_before": now - self._close_grace, "grace": self._close_grace,
-                                            "commands_topic": topics.COMMANDS, "limit": limit})]
+                                            "dunning_pickup": DUNNING_PICKUP, "commands_topic": topics.COMMANDS,
+                                            "limit": limit})]
             found += [Due("trial.end", r.subscription_id, r.customer_id, r.due_at)
                       for r in conn.execute(_DUE_TRIAL_ENDS, {"now": now, "limit": limit})]
             found += [Due("credits.expire", r.subscription_id, r.customer_id, r.due_at)
