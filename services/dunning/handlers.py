@@ -159,12 +159,11 @@ class DunningHandlers:
         event = _expect(payload, InvoiceEvent)
         hard = event.hard_decline or self._policy.is_hard_decline(event.decline_code)
         record = tx.case_for_invoice(event.invoice_id)
-        # NOTE: failures are dated by the billing clock when dunning learns of them, not by the producer's
-        # wall clock: with a simulated clock the two differ, and the schedule must follow billing time.
+        # NOTE: failures are dated in billing time, never by the producer's wall clock. A case opens at the
+        # billing instant the failed charge was decided (the close that issued the invoice; the clock's now
+        # when unknown), not later when the news arrives; a later failure is dated at the case's position.
+        # So after a clock jump the schedule, and the period closes held back behind it, keep their order.
         if record is None:
-            # NOTE: a case opens at the billing instant the failed charge was decided (the close that issued
-            # the invoice), not later when the news arrives: after a clock jump the whole schedule, and the
-            # period closes held back behind it, keep their billing-time order.
             requested = tx.failure_instant(event.invoice_id, event.attempt_no)
             failed_at = min(now, requested) if requested is not None else now
             case = DunningCase.open(case_id=case_id_for(event.invoice_id), invoice_id=event.invoice_id,
