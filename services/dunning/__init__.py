@@ -29,8 +29,16 @@ decision. Notifications are delivered after commit by the dispatcher (an email c
 delivery is at-least-once with the notification id as the webhook's ``Billing-Event-Id`` and the email's
 Message-ID, so receivers drop the rare resend after a crash between sending and recording it.
 
-Time comes from the billing clock (``DatabaseClock`` when ``BILLING_CLOCK=simulated``): the timer asks the
-domain for due actions at the clock's now, so 14 simulated days pass in seconds. Retries wait while the
-invoice has a payment attempt with an unknown outcome; the reconciliation job asks the provider and
-reports the answer on ``payments.v1`` for the worker to apply.
+Time comes from the billing clock (``DatabaseClock`` when ``BILLING_CLOCK=simulated``), so 14 simulated days
+pass in seconds. The timer asks the domain for due actions at each of a case's wake-up instants in turn, up
+to the clock's now, never straight at the now: a clock jump (or an outage) replays the schedule in
+billing-time order, each retry after the previous one's outcome, the give-up last; and ``next_wake_at`` is
+the case's position, which the worker's scheduler reads to hold a period close behind what dunning has not
+done yet. Retries also wait while the invoice has a payment attempt with an unknown outcome; the
+reconciliation job asks the provider and reports the answer on ``payments.v1`` for the worker to apply.
+
+Outages (``outages.py``): every timer and the event agent wait out a PostgreSQL, Kafka or provider outage
+with capped backoff, logging it once when it starts and once when it ends; an event is acknowledged only
+after its transaction committed, so nothing is lost; ``GET /readyz`` (with ``BILLING_DUNNING_WEB_PORT``)
+answers 503 naming the jobs that wait.
 """
