@@ -68,6 +68,7 @@ class Worker:
     materializer: UsageMaterializer
     instance: str
     health: HealthServer | None = None
+    dead_letters: DeadLetterPublisher | None = None
 
     def run(self, stop: threading.Event) -> None:
         """Run until `stop` is set: the current batch finishes or rolls back, then everything closes."""
@@ -88,6 +89,8 @@ class Worker:
                 self.relay.stop()
             if self.health is not None:
                 self.health.stop()
+            if self.dead_letters is not None:  # its librdkafka threads would keep calling a gone broker
+                self.dead_letters.close()
             self.engine.dispose()
             log.info("billing worker stopped", extra=kv(instance=self.instance, **vars(self.consumer.stats)))
 
@@ -123,7 +126,7 @@ def build_worker(settings: Settings, *, handler_modules: tuple[str, ...] = HANDL
                                    topics=CONSUMED_TOPICS, instance_id=me, consumer_overrides=overrides,
                                    commit_lanes=commit_lanes)
     outbox_relay = OutboxRelay(engine, KafkaProducer(settings, client_id=f"{me}-relay")) if relay else None
-    return Worker(settings, engine, consumer, outbox_relay, registry, materializer, me, build_health(settings))
+    return Worker(settings, engine, consumer, outbox_relay, registry, materializer, me, build_health(settings), dlq)
 
 
 def build_worker_when_reachable(settings: Settings, stop: threading.Event, **options: Any) -> Worker | None:

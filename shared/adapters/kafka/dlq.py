@@ -69,3 +69,6 @@ class DeadLetterPublisher:
     def publish(self, letters: Sequence[DeadLetter], timeout: float = 30.0) -> None:
         if letters:
             self._producer.send_and_wait([letter.to_outgoing() for letter in letters], timeout=timeout)
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._producer.close(timeout)
