@@ -13,8 +13,9 @@ from datetime import datetime
 import stripe
 
 from services.ingest.container import Container
+from services.ingest.last_known import LastKnownDatabaseClock
 from shared.adapters.catalog_file import load_catalog
-from shared.adapters.clock import DatabaseClock, SystemClock
+from shared.adapters.clock import SystemClock
 from shared.adapters.kafka.producer import KafkaProducer
 from shared.adapters.postgres.engine import make_engine
 from shared.config import Settings
@@ -34,7 +35,7 @@ def build_container(settings: Settings | None = None) -> Container:
     engine = make_engine(settings)
     clock: Clock
     if settings.clock == "simulated":
-        clock = DatabaseClock(engine, datetime.fromisoformat(settings.simulated_clock_start))
+        clock = LastKnownDatabaseClock(engine, datetime.fromisoformat(settings.simulated_clock_start))
     else:
         clock = SystemClock()
     catalog = load_catalog(sorted(settings.catalog_dir.glob("*.yaml")))

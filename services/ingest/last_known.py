@@ -17,9 +17,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable
+from datetime import datetime, timedelta
 from typing import Final, Generic, TypeVar
 
+import sqlalchemy as sa
+
 from services.ingest.problems import OUTAGE_ERRORS
+from shared.adapters.clock import DatabaseClock
 from shared.errors import DatabaseUnavailableError
 
 # NOTE: how long after it was read an answer may still be served while PostgreSQL is down (15 minutes
@@ -104,3 +108,32 @@ class LastKnownCache(Generic[K, V]):
             _log.warning("PostgreSQL unavailable: serving what was last read", extra={
                 "cache": self._name, "entries": len(served), "error": type(error).__name__})
         return served
+
+
+class LastKnownDatabaseClock(DatabaseClock):
+    """The simulated billing clock, read from PostgreSQL on every call as before; while PostgreSQL is down,
+    the instant last read (for up to `STALE_FOR_SECONDS`). That is exact, not an approximation: the
+    simulated clock only moves when advanced, and advancing needs PostgreSQL too. Without it usage ingest
+    on a simulated clock (the demo, the fault suite) answered 503 through every outage."""
+
+    def __init__(self, engine: sa.Engine, start: datetime, clock_id: str = "default",
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(engine, start, clock_id)
+        self._monotonic = monotonic
+        self._last: tuple[float, datetime] | None = None
+
+    def now(self) -> datetime:
+        try:
+            value = super().now()
+        except OUTAGE_ERRORS:
+            last = self._last
+            if last is None or last[0] + STALE_FOR_SECONDS <= self._monotonic():
+                raise
+            return last[1]
+        self._last = (self._monotonic(), value)
+        return value
+
+    def advance(self, delta: timedelta) -> datetime:
+        value = super().advance(delta)
+        self._last = (self._monotonic(), value)
+        return value

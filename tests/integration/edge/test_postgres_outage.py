@@ -44,8 +44,10 @@ def pg() -> Iterator[PrivatePostgres]:
 
 @pytest.fixture(scope="module")
 def edge_settings(settings, pg):  # type: ignore[no-untyped-def]
+    # The simulated clock, as in the demo and the fault suite: it lives in PostgreSQL too.
     return settings.model_copy(update={"database_url": pg.url, "database_schema": pg.migrate(),
-                                       "admin_api_key": SecretStr(ADMIN_KEY), "database_pool_size": 5})
+                                       "admin_api_key": SecretStr(ADMIN_KEY), "database_pool_size": 5,
+                                       "clock": "simulated", "simulated_clock_start": datetime.now(UTC).isoformat()})
 
 
 @pytest.fixture(scope="module")
