@@ -21,6 +21,8 @@ _DESCRIPTION = f"an identifier, 1 to {MAX_ID_LENGTH} characters"
 
 PathId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH, description=_DESCRIPTION)]
 BodyId = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH, description=_DESCRIPTION)]
+# A Stripe payment method token (never card data): stored with the customer and sent to Stripe.
+PaymentMethodId = Annotated[str, Field(pattern=r"^pm_[A-Za-z0-9_]+$", max_length=MAX_ID_LENGTH)]
 
 
 def check_path_id(name: str, value: str) -> str:

@@ -29,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from services.ingest.audit import record
 from services.ingest.auth import Principal, Scope, authorize_customer, require
 from services.ingest.container import Container, get_container
-from services.ingest.ids import PathId
+from services.ingest.ids import PathId, PaymentMethodId
 from services.ingest.pagination import Page, decode_cursor, encode_cursor
 from services.ingest.problems import PROBLEM_RESPONSES, FieldError, ProblemError
 from shared.adapters.postgres.schema.core import customer_aliases, customers, org_members
@@ -58,8 +58,8 @@ class OnboardRequest(BaseModel):
     tax_rate_bps: int = Field(default=0, ge=0, le=10_000, description="tax rate in basis points (2000 = 20%)")
     members: list[MemberIn] = Field(default_factory=list, max_length=10_000)
     aliases: list[str] = Field(default_factory=list, max_length=100, description="ingest aliases")
-    payment_method_id: str | None = Field(default=None, pattern=r"^pm_[A-Za-z0-9_]+$",
-                                          description="a Stripe payment method token; never card data")
+    payment_method_id: PaymentMethodId | None = Field(default=None,
+                                                      description="a Stripe payment method token; never card data")
 
     @field_validator("timezone")
     @classmethod

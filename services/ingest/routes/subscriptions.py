@@ -20,7 +20,7 @@ from services.ingest.audit import record
 from services.ingest.auth import Principal, Scope, authorize_customer, require
 from services.ingest.commands import Outcome, publish_command, read_outcome, wait_for_outcome
 from services.ingest.container import Container, get_container
-from services.ingest.ids import BodyId, PathId
+from services.ingest.ids import BodyId, PathId, PaymentMethodId
 from services.ingest.problems import PROBLEM_RESPONSES, FieldError, ProblemError
 from services.ingest.views import CommandView, SubscriptionView
 from shared.adapters.postgres.schema.billing import subscriptions
@@ -57,7 +57,7 @@ class SubscribeRequest(_Body):
     trial_days: int | None = Field(default=None, ge=0, le=730, description="null: the plan's default")
     coupon_id: BodyId | None = None
     anchor_day: int | None = Field(default=None, ge=1, le=31, description="null: the start day")
-    payment_method_id: str | None = Field(default=None, pattern=r"^pm_[A-Za-z0-9_]+$")
+    payment_method_id: PaymentMethodId | None = None
 
 
 class ChangePlanRequest(_Body):

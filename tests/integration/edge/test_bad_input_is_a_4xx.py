@@ -70,6 +70,8 @@ async def test_every_path_id_longer_than_the_shared_bound_is_a_422(client, metho
 @pytest.mark.parametrize(("path", "body", "field"), [
     ("/v1/api-keys", {"name": "k", "scopes": ["read"], "org_id": "o" * 10_000}, "org_id"),
     ("/v1/subscriptions", {"customer_id": "c" * 10_000, "plan_id": "pro"}, "customer_id"),
+    ("/v1/subscriptions", {"customer_id": "c", "plan_id": "pro", "payment_method_id": "pm_" + "1" * 10_000},
+     "payment_method_id"),
 ])
 async def test_body_ids_longer_than_the_shared_bound_are_a_422_naming_the_field(client, path, body, field):
     response = await client.post(path, json=body, headers=ADMIN)
