@@ -8,6 +8,7 @@ acknowledged is exactly what a correct pipeline must have stored.
 from __future__ import annotations
 
 import random
+import re
 import threading
 import time
 import uuid
@@ -47,14 +48,21 @@ class Acknowledged:
     cancels: set[str] = field(default_factory=set)
     enquiries: set[tuple[str, str]] = field(default_factory=set)  # (org, enquiry id) admitted
     answers: Counter[str] = field(default_factory=Counter)
+    answers_by_route: Counter[str] = field(default_factory=Counter)  # "POST /v1/ingest 503"
     slowest_answer_s: dict[str, float] = field(default_factory=dict)  # per status: how long a client waited
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def answer(self, status: int | str, waited_s: float = 0.0) -> None:
+    def answer(self, status: int | str, waited_s: float = 0.0, route: str = "") -> None:
         with self.lock:
             self.answers[str(status)] += 1
+            if route:
+                self.answers_by_route[f"{route} {status}"] += 1
             self.slowest_answer_s[str(status)] = max(waited_s, self.slowest_answer_s.get(str(status), 0.0))
 
+
+
+# Ids in paths (cus_<hex>, sub_<hex>, an org's customer id) are one route for the counts.
+_ID_SEGMENT = re.compile(r"/[a-z]+_[0-9a-zA-Z]{6,}")
 
 
 def _client(base_url: str, admin_key: str) -> httpx.Client:
@@ -66,13 +74,14 @@ def _client(base_url: str, admin_key: str) -> httpx.Client:
 def _call(http: httpx.Client, ledger: Acknowledged, method: str, path: str, body: Any,
           idempotency_key: str | None = None) -> httpx.Response | None:
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+    route = f"{method} {_ID_SEGMENT.sub('/{id}', path)}"
     started = time.monotonic()
     try:
         resp = http.request(method, path, json=body, headers=headers)
     except httpx.TransportError:
-        ledger.answer("transport_error", time.monotonic() - started)
+        ledger.answer("transport_error", time.monotonic() - started, route)
         return None
-    ledger.answer(resp.status_code, time.monotonic() - started)
+    ledger.answer(resp.status_code, time.monotonic() - started, route)
     return resp
 
 

@@ -59,6 +59,7 @@ class ScenarioResult:
     server_errors: dict[str, int] = field(default_factory=dict)
     answers: dict[str, int] = field(default_factory=dict)  # every HTTP status (and client-side failure) seen
     slowest_answer_s: dict[str, float] = field(default_factory=dict)
+    answers_by_route: dict[str, int] = field(default_factory=dict)
     checks: dict[str, bool] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     wall_s: float = 0.0
@@ -76,7 +77,7 @@ class ScenarioResult:
                 "notes": self.notes, "figures": self.figures.as_dict() if self.figures else None,
                 "dead_lettered": self.dead_lettered,
                 "recovery_s": self.recovery_s, "server_errors": self.server_errors, "answers": self.answers,
-                "slowest_answer_s": self.slowest_answer_s,
+                "slowest_answer_s": self.slowest_answer_s, "answers_by_route": self.answers_by_route,
                 "wall_s": round(self.wall_s, 1)}
 
 
@@ -231,7 +232,9 @@ def _recovery_check(result: ScenarioResult) -> None:
 
 def _server_error_check(world: World, result: ScenarioResult, answers_before: dict[str, int]) -> None:
     result.answers = {k: v for k, v in _delta(dict(world.ledger.answers), answers_before).items() if v}
-    result.slowest_answer_s = {k: round(v, 2) for k, v in world.ledger.slowest_answer_s.items() if k in result.answers}
+    with world.ledger.lock:
+        result.slowest_answer_s = {k: round(v, 2) for k, v in world.ledger.slowest_answer_s.items()}
+        result.answers_by_route = dict(world.ledger.answers_by_route)
     result.server_errors = {k: v for k, v in result.answers.items() if k.isdigit() and int(k) >= 500}
     others = {k: v for k, v in result.server_errors.items() if k != "503"}
     result.checks["no 5xx other than 503 (unavailable, retry)"] = not others
@@ -371,6 +374,7 @@ def outage(world: World, name: str, component: Component, *,
     with world.ledger.lock:
         answers_before = dict(world.ledger.answers)
         world.ledger.slowest_answer_s.clear()
+        world.ledger.answers_by_route.clear()
     dlq_before = dlq_counts(p.settings)
     steps = ingest_load(world, now) + (extra_load(now) if extra_load else [])
     with load(world, *steps):
