@@ -23,7 +23,7 @@ import sqlalchemy as sa
 
 from shared.adapters.payments.port import PaymentGatewayError
 from shared.adapters.postgres.errors import is_database_error, is_transient
-from shared.errors import DeliveryError, InfrastructureError
+from shared.errors import DatabaseUnavailableError, DeliveryError, InfrastructureError
 from shared.observability import kv
 
 log = logging.getLogger("billing.dunning.outages")
@@ -55,7 +55,7 @@ def describe(error: BaseException) -> str:
         return "payment provider unreachable"
     if isinstance(error, DeliveryError):
         return "Kafka unreachable"
-    if isinstance(error, (sa.exc.SQLAlchemyError, psycopg.Error)) or "PostgreSQL" in str(error):
+    if isinstance(error, (DatabaseUnavailableError, sa.exc.SQLAlchemyError, psycopg.Error)):
         return "PostgreSQL unreachable"
     return f"{type(error).__name__}"
 

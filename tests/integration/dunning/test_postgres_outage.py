@@ -38,7 +38,7 @@ from tests.outage_support import PrivatePostgres, free_port, private_postgres
 
 pytestmark = pytest.mark.integration
 
-OUTAGE_S = 6.0
+OUTAGE_S = float(os.environ.get("BILLING_TEST_OUTAGE_S", "6"))  # make chaos-length runs: 60
 WEB_PORT = free_port()
 READYZ = f"http://127.0.0.1:{WEB_PORT}/readyz"
 

@@ -64,8 +64,10 @@ def test_an_outage_is_logged_once_when_it_begins_and_once_when_it_ends(caplog: p
     monitor.succeeded("schedule")
     assert monitor.may_run("schedule") and monitor.troubles() == {}
     assert delays == sorted(delays) and delays[-1] == 5.0
+    monitor.failed("notifications", DatabaseUnavailableError("PostgreSQL unavailable: connection refused"))
     assert [r.getMessage() for r in caplog.records] == [
-        "PostgreSQL unreachable; schedule waits for it", caplog.records[1].getMessage()]
+        "PostgreSQL unreachable; schedule waits for it", caplog.records[1].getMessage(),
+        "PostgreSQL unreachable; notifications waits for it"]
     assert caplog.records[1].getMessage().startswith("schedule back after ")
 
 
