@@ -1,4 +1,9 @@
-"""`POST /v1/clock/advance`: move the simulated billing clock forward (admin; 409 on a real clock)."""
+"""`POST /v1/clock/advance`: move the simulated billing clock forward (admin; 409 on a real clock).
+
+The advance is one UPDATE and returns at once, whatever its size. What fell due in between takes effect in
+billing-time order all the same: dunning replays each case's schedule instant by instant, and the worker's
+scheduler holds a subscription's period close back while something due earlier (a charge in flight, a
+dunning retry or give-up) has not taken effect (see services/billing_worker/scheduler.py)."""
 
 from __future__ import annotations
 
@@ -46,7 +51,9 @@ async def read_clock(_: Principal = Depends(require(Scope.READ)),
 
 
 @router.post("/v1/clock/advance", response_model=ClockView, responses=PROBLEM_RESPONSES,
-             summary="Advance the simulated billing clock (admin)")
+             summary="Advance the simulated billing clock (admin)",
+             description="Returns at once. Whatever the jump, what fell due in between takes effect in "
+                         "billing-time order (dunning's retries and give-up before a later period close).")
 async def advance(body: AdvanceRequest, request: Request, principal: Principal = Depends(require(Scope.ADMIN)),
                   container: Container = Depends(get_container)) -> ClockView:
     clock = container.clock
