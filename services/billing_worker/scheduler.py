@@ -207,7 +207,7 @@ class Scheduler:
             try:
                 self._lock_conn.execute(sa.text("SELECT 1"))
                 return True
-            except sa.exc.DBAPIError:
+            except sa.exc.SQLAlchemyError:
                 self._release()
         conn = self._engine.connect()
         got = bool(conn.execute(sa.select(sa.func.pg_try_advisory_lock(self._key))).scalar_one())
@@ -224,8 +224,8 @@ class Scheduler:
             try:
                 self._lock_conn.execute(sa.select(sa.func.pg_advisory_unlock(self._key)))
                 self._lock_conn.commit()
-            except sa.exc.DBAPIError:
-                pass
+            except sa.exc.SQLAlchemyError:
+                pass  # the session is gone (an outage ends it, and the lock with it): nothing to release
             finally:
                 self._lock_conn.close()
                 self._lock_conn = None
