@@ -10,6 +10,7 @@ After it: every endpoint works again by itself, without a restart.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -32,6 +33,8 @@ from .conftest import ADMIN, ADMIN_KEY, bearer, consume
 
 pytestmark = pytest.mark.integration
 
+# Seconds PostgreSQL stays down before the requests (EDGE_PG_OUTAGE_S=60 for the 60 s outage).
+OUTAGE_S = float(os.environ.get("EDGE_PG_OUTAGE_S", "0"))
 CUSTOMER = "cust_outage_known"
 SUBSCRIPTION = "sub_outage_known"
 
@@ -107,6 +110,7 @@ async def test_known_customers_usage_flows_and_everything_else_is_503_during_a_p
 
     pg.stop()
     try:
+        await asyncio.sleep(OUTAGE_S)  # the requests below come at the end of the outage
         during = _event(CUSTOMER)
         usage = await client.post("/v1/ingest", json=[during], headers=producer)
         unknown = await client.post("/v1/ingest", json=[_event("cust_never_seen")], headers=producer)
@@ -117,13 +121,16 @@ async def test_known_customers_usage_flows_and_everything_else_is_503_during_a_p
                                   json={"external_id": "x", "kind": "org", "name": "n", "email": "a@b.test",
                                         "currency": "USD"})
         quota = await client.get(f"/v1/quota/orgs/{CUSTOMER}", headers=ADMIN)
+        credit = await client.post(f"/v1/quota/orgs/{CUSTOMER}/report-credits", headers=ADMIN,
+                                   json={"user_id": "u1", "enquiry_id": uuid.uuid4().hex})
         ready = await client.get("/readyz")
     finally:
         pg.start()
+    restarted = time.monotonic()
 
     assert usage.status_code == 200 and usage.json()["accepted"] == 1, usage.text
-    assert all(_is_unavailable(r) for r in (unknown, keyed, read, write, quota)), \
-        [(r.status_code, r.text) for r in (unknown, keyed, read, write, quota)]
+    assert all(_is_unavailable(r) for r in (unknown, keyed, read, write, quota, credit)), \
+        [(r.status_code, r.text) for r in (unknown, keyed, read, write, quota, credit)]
     assert ready.status_code == 503 and ready.json()["checks"] == {"postgres": False, "kafka": True}
     delivered = [m for m in consume(edge_settings, topics.USAGE, 2, 30)
                  if during["transaction_id"].encode() in m.value()]
@@ -132,6 +139,7 @@ async def test_known_customers_usage_flows_and_everything_else_is_503_during_a_p
     assert (await _eventually(lambda: client.get("/readyz"), 200)).status_code == 200
     assert (await _eventually(lambda: client.get(f"/v1/customers/{CUSTOMER}", headers=ADMIN), 200)).status_code == 200
     assert (await client.get(f"/v1/quota/orgs/{CUSTOMER}", headers=ADMIN)).status_code == 404
+    print(f"edge answering again {time.monotonic() - restarted:.2f} s after PostgreSQL accepted connections")
     again = await client.post("/v1/ingest", json=[_event(CUSTOMER)],
                               headers={**producer, "Idempotency-Key": uuid.uuid4().hex})
     assert again.json()["accepted"] == 1, again.text
