@@ -114,25 +114,28 @@ OUTAGE_ERRORS: tuple[type[Exception], ...] = (
     InfrastructureError, sa_exc.OperationalError, sa_exc.TimeoutError, sa_exc.InterfaceError,
     psycopg.OperationalError, psycopg.InterfaceError)
 # NOTE: psycopg files these under OperationalError too, but they are the value's fault, not an outage: an
-# index entry or a value too large (class 54, "program limit exceeded") and data exceptions (class 22).
-# Retrying cannot help, so they are a 422 (the routes bound what they can; this is the backstop).
+# index entry or a value too large (class 54, "program limit exceeded") and data exceptions (class 22,
+# which also arrive as DataError: too long for a column, out of range, not in the encoding). Retrying cannot
+# help, so they are a 422 (the routes bound what they can; this is the backstop), never a 503 or a 500.
 _VALUE_REFUSED_SQLSTATE_CLASSES = ("22", "54")
+VALUE_REFUSED_ERRORS: tuple[type[Exception], ...] = (sa_exc.DataError, psycopg.DataError)
 
 
-def _sqlstate(exc: BaseException) -> str | None:
+def _sqlstate(exc: BaseException | None) -> str | None:
+    """The SQLSTATE of a psycopg error, also when wrapped (SQLAlchemy's `orig`, or a `raise ... from`)."""
     while exc is not None:
         code = getattr(exc, "sqlstate", None)
         if isinstance(code, str):
             return code
-        exc = getattr(exc, "orig", None) or exc.__cause__  # type: ignore[assignment]
+        exc = getattr(exc, "orig", None) or exc.__cause__
     return None
 
 
-def outage_problem(exc: BaseException) -> tuple[Problem, dict[str, str]]:
-    """The answer to an error of `OUTAGE_ERRORS`: 503 with Retry-After, or 422 when PostgreSQL refused the
-    value itself."""
+def dependency_problem(exc: BaseException) -> tuple[Problem, dict[str, str]]:
+    """The answer to a database or broker error: 422 when PostgreSQL refused the value itself, else 503
+    with Retry-After (the dependency is down or failed transiently)."""
     code = _sqlstate(exc)
-    if code is not None and code[:2] in _VALUE_REFUSED_SQLSTATE_CLASSES:
+    if isinstance(exc, VALUE_REFUSED_ERRORS) or (code is not None and code[:2] in _VALUE_REFUSED_SQLSTATE_CLASSES):
         return Problem(type=problem_type("value-refused"), title="Value refused by the database", status=422,
                        detail="a value is too large or malformed for storage",
                        errors=[FieldError(field="body", reason=f"refused by PostgreSQL (SQLSTATE {code})")]), {}
@@ -141,9 +144,9 @@ def outage_problem(exc: BaseException) -> tuple[Problem, dict[str, str]]:
                           "Idempotency-Key"), {"Retry-After": "1"}
 
 
-async def _on_infrastructure(request: Request, exc: Exception) -> Response:
+async def _on_dependency_error(request: Request, exc: Exception) -> Response:
     _log.warning("dependency unavailable", extra={"path": request.url.path, "error": type(exc).__name__})
-    return problem_response(*outage_problem(exc))
+    return problem_response(*dependency_problem(exc))
 
 
 class OutageMiddleware:
@@ -167,11 +170,11 @@ class OutageMiddleware:
 
         try:
             await self.app(scope, receive, tracking_send)
-        except OUTAGE_ERRORS as exc:
+        except OUTAGE_ERRORS + VALUE_REFUSED_ERRORS as exc:
             if started:
                 raise
             _log.warning("dependency unavailable", extra={"path": scope.get("path"), "error": type(exc).__name__})
-            problem, headers = outage_problem(exc)
+            problem, headers = dependency_problem(exc)
             response = problem_response(problem, headers)
             await response(scope, receive, send)
 
@@ -190,8 +193,8 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ProblemError, _on_problem)
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http)
-    for outage in OUTAGE_ERRORS:
-        app.add_exception_handler(outage, _on_infrastructure)
+    for outage in OUTAGE_ERRORS + VALUE_REFUSED_ERRORS:
+        app.add_exception_handler(outage, _on_dependency_error)
     app.add_exception_handler(Exception, _on_unexpected)
 
 

@@ -118,3 +118,16 @@ def test_a_value_postgresql_refuses_as_too_large_is_a_422_not_an_outage():
     response = TestClient(app, raise_server_exceptions=False).get("/boom")
 
     assert response.status_code == 422 and response.json()["type"] == "/problems/value-refused"
+
+
+def test_a_value_too_long_for_its_column_is_a_422_not_a_500():
+    import psycopg
+
+    app = FastAPI()
+    install_problem_handlers(app)
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise sa.exc.DataError("INSERT", {}, psycopg.errors.StringDataRightTruncation("value too long"))
+
+    assert TestClient(app, raise_server_exceptions=False).get("/boom").status_code == 422
