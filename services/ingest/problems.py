@@ -25,7 +25,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.errors import InfrastructureError
+from shared.adapters.postgres.errors import driver_error, is_database_error, translate
+from shared.errors import DataRejectedError, InfrastructureError
 
 PROBLEM_JSON = "application/problem+json"
 _log = logging.getLogger("services.ingest.problems")
@@ -113,32 +114,35 @@ async def _on_http(_: Request, exc: Exception) -> Response:
 OUTAGE_ERRORS: tuple[type[Exception], ...] = (
     InfrastructureError, sa_exc.OperationalError, sa_exc.TimeoutError, sa_exc.InterfaceError,
     psycopg.OperationalError, psycopg.InterfaceError)
-# NOTE: psycopg files these under OperationalError too, but they are the value's fault, not an outage: an
-# index entry or a value too large (class 54, "program limit exceeded") and data exceptions (class 22,
-# which also arrive as DataError: too long for a column, out of range, not in the encoding). Retrying cannot
-# help, so they are a 422 (the routes bound what they can; this is the backstop), never a 503 or a 500.
-_VALUE_REFUSED_SQLSTATE_CLASSES = ("22", "54")
-VALUE_REFUSED_ERRORS: tuple[type[Exception], ...] = (sa_exc.DataError, psycopg.DataError)
+# NOTE: a database error is an outage or a refusal by the SQLSTATE, with the rule of
+# `shared.adapters.postgres.errors` (psycopg files "index row size exceeds maximum", 54000, under
+# OperationalError, the class of a lost connection: a 10,000-character id was answered 503 "retry"). A
+# refusal of the data (too large, too long, malformed) cannot succeed on a retry: 422 with its code. The
+# routes bound what they can; this is the backstop, so such a value is never a 503 or a 500.
+VALUE_REFUSED_ERRORS: tuple[type[Exception], ...] = (sa_exc.DataError, psycopg.DataError, DataRejectedError)
 
 
-def _sqlstate(exc: BaseException | None) -> str | None:
-    """The SQLSTATE of a psycopg error, also when wrapped (SQLAlchemy's `orig`, or a `raise ... from`)."""
-    while exc is not None:
-        code = getattr(exc, "sqlstate", None)
-        if isinstance(code, str):
-            return code
-        exc = getattr(exc, "orig", None) or exc.__cause__
+def _database_error(exc: BaseException) -> BaseException | None:
+    """The database error behind `exc` (itself, or what an adapter re-raised it as: `raise ... from`)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if is_database_error(seen) or isinstance(seen, DataRejectedError):
+            return seen
+        seen = seen.__cause__
     return None
 
 
 def dependency_problem(exc: BaseException) -> tuple[Problem, dict[str, str]]:
-    """The answer to a database or broker error: 422 when PostgreSQL refused the value itself, else 503
-    with Retry-After (the dependency is down or failed transiently)."""
-    code = _sqlstate(exc)
-    if isinstance(exc, VALUE_REFUSED_ERRORS) or (code is not None and code[:2] in _VALUE_REFUSED_SQLSTATE_CLASSES):
+    """The answer to a database or broker error: 422 when PostgreSQL (or its driver) refused the value
+    itself, else 503 with Retry-After (the dependency is down or failed transiently, or the error names no
+    driver error to tell)."""
+    database = _database_error(exc)
+    refused = database if isinstance(database, DataRejectedError) else \
+        translate(database) if database is not None and driver_error(database) is not None else None
+    if isinstance(refused, DataRejectedError):
         return Problem(type=problem_type("value-refused"), title="Value refused by the database", status=422,
                        detail="a value is too large or malformed for storage",
-                       errors=[FieldError(field="body", reason=f"refused by PostgreSQL (SQLSTATE {code})")]), {}
+                       errors=[FieldError(field="body", reason=f"refused by PostgreSQL: {refused.code}")]), {}
     return Problem(type=problem_type("unavailable"), title="Service unavailable", status=503,
                    detail="a dependency (Kafka or PostgreSQL) did not answer; retry with the same "
                           "Idempotency-Key"), {"Retry-After": "1"}
