@@ -22,7 +22,7 @@ from typing import Final, Generic, TypeVar
 
 import sqlalchemy as sa
 
-from services.ingest.problems import OUTAGE_ERRORS
+from services.ingest.problems import OUTAGE_ERRORS, is_outage
 from shared.adapters.clock import DatabaseClock
 from shared.errors import DatabaseUnavailableError
 
@@ -77,6 +77,8 @@ class LastKnownCache(Generic[K, V]):
         try:
             loaded = load(missing)
         except OUTAGE_ERRORS as error:
+            if not is_outage(error):
+                raise
             self._failed_until = now + RETRY_AFTER_FAILURE_SECONDS
             return found | self._stale(missing, now, error)
         with self._lock:
@@ -125,9 +127,9 @@ class LastKnownDatabaseClock(DatabaseClock):
     def now(self) -> datetime:
         try:
             value = super().now()
-        except OUTAGE_ERRORS:
+        except OUTAGE_ERRORS as error:
             last = self._last
-            if last is None or last[0] + STALE_FOR_SECONDS <= self._monotonic():
+            if not is_outage(error) or last is None or last[0] + STALE_FOR_SECONDS <= self._monotonic():
                 raise
             return last[1]
         self._last = (self._monotonic(), value)

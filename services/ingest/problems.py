@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.adapters.postgres.errors import driver_error, is_database_error, translate
+from shared.adapters.postgres.errors import driver_error, is_database_error, is_transient, reason_code
 from shared.errors import DataRejectedError, InfrastructureError
 
 PROBLEM_JSON = "application/problem+json"
@@ -132,20 +132,28 @@ def _database_error(exc: BaseException) -> BaseException | None:
     return None
 
 
-def dependency_problem(exc: BaseException) -> tuple[Problem, dict[str, str]]:
-    """The answer to a database or broker error: 422 when PostgreSQL (or its driver) refused the value
-    itself, else 503 with Retry-After (the dependency is down or failed transiently, or the error names no
-    driver error to tell)."""
+def is_outage(exc: BaseException) -> bool:
+    """Is this error a dependency that is down or failed transiently (not data PostgreSQL refused)?"""
+    if isinstance(exc, DataRejectedError):
+        return False
     database = _database_error(exc)
-    refused = database if isinstance(database, DataRejectedError) else \
-        translate(database) if database is not None and driver_error(database) is not None else None
-    if isinstance(refused, DataRejectedError):
-        return Problem(type=problem_type("value-refused"), title="Value refused by the database", status=422,
-                       detail="a value is too large or malformed for storage",
-                       errors=[FieldError(field="body", reason=f"refused by PostgreSQL: {refused.code}")]), {}
-    return Problem(type=problem_type("unavailable"), title="Service unavailable", status=503,
-                   detail="a dependency (Kafka or PostgreSQL) did not answer; retry with the same "
-                          "Idempotency-Key"), {"Retry-After": "1"}
+    if database is None or driver_error(database) is None:
+        return isinstance(exc, OUTAGE_ERRORS)  # no driver error to tell: the class decides
+    return is_transient(database)
+
+
+def dependency_problem(exc: BaseException) -> tuple[Problem, dict[str, str]]:
+    """The answer to a database or broker error: 503 with Retry-After for an outage (`is_outage`), else
+    422: PostgreSQL (or its driver) refused the value itself."""
+    if is_outage(exc):
+        return Problem(type=problem_type("unavailable"), title="Service unavailable", status=503,
+                       detail="a dependency (Kafka or PostgreSQL) did not answer; retry with the same "
+                              "Idempotency-Key"), {"Retry-After": "1"}
+    database = _database_error(exc)
+    code = database.code if isinstance(database, DataRejectedError) else reason_code(database or exc)
+    return Problem(type=problem_type("value-refused"), title="Value refused by the database", status=422,
+                   detail="a value is too large or malformed for storage",
+                   errors=[FieldError(field="body", reason=f"refused by PostgreSQL: {code}")]), {}
 
 
 async def _on_dependency_error(request: Request, exc: Exception) -> Response:

@@ -38,7 +38,7 @@ from starlette.concurrency import run_in_threadpool
 
 from services.ingest.container import Container
 from services.ingest.directory import Route
-from services.ingest.problems import OUTAGE_ERRORS, FieldError
+from services.ingest.problems import OUTAGE_ERRORS, FieldError, is_outage
 from shared.adapters.postgres.quota_repository import (
     Authorisation,
     DuplicateEnquiry,
@@ -386,7 +386,9 @@ class SpendGate:
                  clock: float) -> None:
         try:
             self._read(unknown_caps, stale, candidates, now, clock)
-        except OUTAGE_ERRORS:
+        except OUTAGE_ERRORS as error:
+            if not is_outage(error):
+                raise
             # NOTE: PostgreSQL is down. The check is best effort (the hard guarantee is the authorise
             # endpoint, which answers 503 meanwhile): an org keeps the state last read, and what this
             # process accepts keeps counting against it, so an org that was near its limit is still cut
