@@ -326,7 +326,18 @@ def kill_worker_during_billing_run(world: World, subscriptions: int, kills: int,
         "AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.subscription_id = s.subscription_id "
         "AND i.kind = 'period_close' AND i.period_start = :jan)", **ours)
     cancelled = p.scalar(f"SELECT count(*) FROM subscriptions s WHERE {mine} AND s.status = 'cancelled'", **ours)
+    # Their first charge declined on Jan 1, so dunning's give-up was due on day 14, before the period end:
+    # the give-up must take effect first and the period must not be billed (issue 12, defect 8).
+    billed_after_give_up = p.scalar(
+        f"SELECT count(*) FROM subscriptions s WHERE {mine} AND EXISTS (SELECT 1 FROM invoices f "
+        "WHERE f.subscription_id = s.subscription_id AND f.kind = 'subscription_start' "
+        "AND f.status = 'uncollectible') AND EXISTS (SELECT 1 FROM invoices i "
+        "WHERE i.subscription_id = s.subscription_id AND i.kind = 'period_close')", **ours)
     result.checks["every subscription not cancelled has its January invoice"] = missing == 0
+    result.checks["no period billed after dunning's earlier give-up (due events act in order)"] = (
+        billed_after_give_up == 0)
+    if billed_after_give_up:
+        result.notes.append(f"{billed_after_give_up} subscriptions billed for a period after their give-up was due")
     result.notes.append(f"{cancelled} subscriptions cancelled before the close (dunning gave up)")
     if missing:
         result.notes.append(f"{missing} live subscriptions without a January period-close invoice")
