@@ -45,7 +45,7 @@ import orjson
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 from starlette.responses import Response
 
 from services.ingest.auth import Principal, Scope, authenticate, forbidden, require, resolve_org
@@ -53,6 +53,7 @@ from services.ingest.ids import BodyId, PathId, check_path_id
 from services.ingest.problems import PROBLEM_JSON, PROBLEM_RESPONSES, Problem, ProblemError, problem_bytes, problem_type
 from services.ingest.quota_service import CreditAnswer, QuotaRequestError, QuotaService, QuotaView
 from services.ingest.quota_spend import OrgSpend, SpendAnswer, SpendRequestError, SpendService, spend_service_of
+from shared.contracts.usage_rules import properties_problem
 from shared.domain.quota import QuotaDenialReason
 from shared.domain.spend import SpendDenialReason, SpendSummary
 
@@ -411,6 +412,16 @@ class Authorise(BaseModel):
     quantity: int = Field(gt=0, le=10**15, description="compute to reserve, in USD micros")
     properties: dict[str, str | int | bool] = Field(default_factory=dict, max_length=20,
                                                     description="copied onto the usage event")
+
+    @field_validator("properties")
+    @classmethod
+    def _usage_rules(cls, properties: dict[str, str | int | bool]) -> dict[str, str | int | bool]:
+        # The authorisation *is* the usage event: what the worker would dead-letter must be refused here,
+        # or the reserved spend is never billed.
+        problem = properties_problem(properties)
+        if problem is not None:
+            raise ValueError(f"{problem.field}: {problem.reason} ({problem.code})")
+        return properties
 
 
 class SpendAuthorised(BaseModel):

@@ -215,3 +215,23 @@ async def test_ingest_refuses_events_of_a_free_org_past_its_credits_and_of_a_cap
     assert [r["status"] for r in uncapped_results] == ["accepted"]
     # what this process accepted counts at once: the free org's next small event no longer fits
     assert [r["status"] for r in await _ingest(edge, free, [2_001])] == ["rejected"]
+
+
+async def test_an_authorisation_whose_properties_the_worker_would_refuse_is_a_422_and_reserves_nothing(
+        edge: EdgeServer, engine: sa.Engine) -> None:
+    # The authorisation is the usage event: a card number or a negative quantity copied onto it would be
+    # dead-lettered by the worker and the reserved spend never billed.
+    org = _org_on(engine, "pro")
+    async with client(edge.url, 2) as http:
+        answers = [await http.post(f"/v1/quota/orgs/{org}/spend/authorisations", headers=ADMIN,
+                                   json={"request_id": request_id, "quantity": 1_000, "properties": properties})
+                   for request_id, properties in (("card", {"card": "4242 4242 4242 4242"}),
+                                                  ("negative", {"tokens": -5}))]
+    for answer in answers:
+        assert answer.status_code == 422, answer.text
+        assert "4242" not in answer.text
+    assert "invalid_property" in answers[1].text  # the card number is already refused by the body guard
+    assert (await _balance(edge, org))["spend_minor"] == 0
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM spend_reservations WHERE org_id = :org"),
+                            {"org": org}).scalar_one() == 0
