@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     database_schema: str | None = Field(
         default=None, description="PostgreSQL schema (search_path); tests use one schema per module")
     database_pool_size: int = 20
+    # A host that stops answering (rather than refusing) would otherwise hold a connection attempt for the
+    # OS's TCP timeout (about 2 minutes): every outage path waits this long at most per attempt instead.
+    database_connect_timeout_s: int = Field(default=5, ge=1, le=300)
     topic_prefix: str = Field(default="", description="prefix for every topic name; tests use a uuid")
 
     # --- stripe
@@ -113,9 +116,10 @@ class Settings(BaseSettings):
 
     @cached_property
     def sqlalchemy_connect_args(self) -> dict[str, Any]:
+        args: dict[str, Any] = {"connect_timeout": self.database_connect_timeout_s}
         if self.database_schema:
-            return {"options": f"-csearch_path={self.database_schema}"}
-        return {}
+            args["options"] = f"-csearch_path={self.database_schema}"
+        return args
 
     def kafka_producer_config(self, **overrides: Any) -> dict[str, Any]:
         """Idempotent producer: no duplicates or reordering per partition on retry, acks from all ISRs."""

@@ -15,3 +15,12 @@ def test_settings_rendered_as_environment_rebuild_the_same_settings(monkeypatch)
     rebuilt = Settings()
     assert rebuilt.model_dump() == original.model_dump()
     assert rebuilt.admin_api_key.get_secret_value() == "secret-key"
+
+
+def test_every_postgresql_connection_path_bounds_its_connect_wait():
+    # A host that stops answering must fail as an outage within seconds, not after the OS's TCP timeout.
+    from shared.adapters.postgres.quota_repository import psycopg_conninfo
+
+    settings = Settings(database_schema="s1", database_connect_timeout_s=7)
+    assert settings.sqlalchemy_connect_args == {"connect_timeout": 7, "options": "-csearch_path=s1"}
+    assert psycopg_conninfo(settings)[1]["connect_timeout"] == 7
