@@ -53,7 +53,8 @@ def zone(name: str) -> ZoneInfo:
         return found
     try:
         found = ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        # OSError: a folder of the zone database ("America") or a name too long for a file name
         raise CalendarError(f"unknown IANA time zone {name!r}") from None
     if len(_ZONES) < 4096:
         _ZONES[name] = found

@@ -53,6 +53,7 @@ from services.ingest.ids import BodyId, PathId, check_path_id
 from services.ingest.problems import PROBLEM_JSON, PROBLEM_RESPONSES, Problem, ProblemError, problem_bytes, problem_type
 from services.ingest.quota_service import CreditAnswer, QuotaRequestError, QuotaService, QuotaView
 from services.ingest.quota_spend import OrgSpend, SpendAnswer, SpendRequestError, SpendService, spend_service_of
+from services.ingest.time_zones import TimeZoneName
 from shared.contracts.usage_rules import properties_problem
 from shared.domain.quota import QuotaDenialReason
 from shared.domain.spend import SpendDenialReason, SpendSummary
@@ -88,13 +89,13 @@ async def get_quota(request: Request) -> QuotaService:
 
 class SetPlan(BaseModel):
     plan: str = Field(description="Ultimate, Enterprise, Basic or Lite (or the catalog id, e.g. reports_basic)")
-    timezone: str | None = Field(default=None, description="IANA zone of the org's calendar months; kept if "
-                                                           "omitted, UTC for a new org")
+    timezone: TimeZoneName | None = Field(default=None, description="IANA zone of the org's calendar months; "
+                                                                    "kept if omitted, UTC for a new org")
     subscription_id: BodyId | None = Field(default=None, description="key of the org's usage events")
 
 
 class StartTrial(BaseModel):
-    timezone: str | None = None
+    timezone: TimeZoneName | None = None
 
 
 class SetUserLimit(BaseModel):

@@ -78,3 +78,22 @@ async def test_body_ids_longer_than_the_shared_bound_are_a_422_naming_the_field(
 
     assert response.status_code == 422, response.text
     assert field in [e["field"] for e in response.json()["errors"]]
+
+
+# A folder of the zone database ("America") or a name too long for a file name made ZoneInfo raise an
+# OSError, which nothing caught (500): found by schemathesis in `make chaos`.
+@pytest.mark.parametrize("zone", ["America", "0" * 27 + "\u0080" * 300])
+@pytest.mark.parametrize(("method", "path", "body"), [
+    ("POST", "/v1/quota/orgs/{org}/trial", {}),
+    ("PUT", "/v1/quota/orgs/{org}/plan", {"plan": "Basic"}),
+    ("POST", "/v1/customers", {"external_id": "{org}", "kind": "org", "name": "n", "email": "a@b.test",
+                               "currency": "USD"}),
+])
+async def test_a_time_zone_that_is_not_a_zone_file_is_a_422_naming_the_timezone(client, zone, method, path, body):
+    org = f"org_tz_{secrets.token_hex(4)}"
+    payload = {k: v.format(org=org) if isinstance(v, str) else v for k, v in body.items()} | {"timezone": zone}
+
+    response = await client.request(method, path.format(org=org), json=payload, headers=ADMIN)
+
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"][0]["field"].endswith("timezone")

@@ -149,3 +149,12 @@ def test_every_instant_belongs_to_exactly_one_anchored_period(day, tz, at_time, 
     following = period_after(period, anchor, interval)
     assert following.start == period.end
     assert period_containing(anchor, interval, following.start) == following
+
+
+@pytest.mark.parametrize("name", ["America", "0" * 300, "", "../etc"])
+def test_a_name_that_is_not_a_zone_file_is_a_calendar_error_not_an_os_error(name):
+    from shared.domain.calendar import zone
+    from shared.domain.errors import CalendarError
+
+    with pytest.raises(CalendarError):
+        zone(name)
