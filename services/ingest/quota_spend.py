@@ -345,6 +345,7 @@ class SpendGate:
         self._states: dict[str, _GateState | None] = {}
         self._expiry: dict[str, float] = {}
         self._blocking_plans: dict[str, bool | None] = {}
+        self._down_since: float | None = None  # monotonic instant the current outage was first seen
 
     def forget(self, org_id: str) -> None:
         self._caps.pop(org_id, None)
@@ -386,6 +387,9 @@ class SpendGate:
                  clock: float) -> None:
         try:
             self._read(unknown_caps, stale, candidates, now, clock)
+            if self._down_since is not None:
+                _log.warning("spend state readable again", extra=kv(down_s=round(clock - self._down_since, 1)))
+                self._down_since = None
         except OUTAGE_ERRORS as error:
             if not is_outage(error):
                 raise
@@ -394,7 +398,10 @@ class SpendGate:
             # process accepts keeps counting against it, so an org that was near its limit is still cut
             # off; an org never read (or whose cap was never read) is not refused. Asked again after
             # OUTAGE_RETRY_SECONDS, so an outage costs a batch no connection attempt.
-            _log.warning("spend state unavailable (PostgreSQL down): using what was last read", exc_info=True)
+            if self._down_since is None:  # one line per outage, not one traceback per request
+                self._down_since = clock
+                _log.warning("spend state unavailable (PostgreSQL down): using what was last read",
+                             extra=kv(error=f"{type(error).__name__}: {error}"[:300]))
             retry_at = clock + OUTAGE_RETRY_SECONDS
             for org in unknown_caps:
                 self._caps[org] = (retry_at, self._caps.get(org, (0.0, False))[1])
