@@ -44,8 +44,8 @@ chaos: venv system-deps
 	$(BIN)/python -m chaos
 
 lint: venv
-	$(BIN)/ruff check shared services tests bench deploy
-	$(BIN)/mypy shared services
+	$(BIN)/ruff check shared services tests bench deploy chaos
+	$(BIN)/mypy shared services chaos
 	$(BIN)/lint-imports
 
 up: venv system-deps
