@@ -138,10 +138,11 @@ def is_retryable(error: BaseException) -> bool:
 
 
 def is_outage(error: BaseException) -> bool:
-    """No answer at all from the database or the broker: retried for as long as it lasts, never charged to
-    a message (see ``RetriesExhausted``)."""
+    """The database or the broker cannot do the work at all (no answer, out of resources, read-only after a
+    failover, a schema the code does not expect): retried for as long as it lasts, never charged to a message
+    (see ``RetriesExhausted``)."""
     return (isinstance(error, DeliveryError | DatabaseUnavailableError)
-            or pg_errors.is_connection_error(error))
+            or pg_errors.is_environment_error(error))
 
 
 @dataclass(frozen=True)
@@ -153,13 +154,16 @@ class Suspicion:
 
 
 class RetriesExhausted(MessageRejected):
-    """Parked: this message kept failing with a 'transient' error while the database answered."""
+    """Parked: this message kept failing with a 'transient' error while the database answered, and others of
+    its batch applied."""
+
+    CODE: ClassVar[str] = "retries_exhausted"
 
     def __init__(self, suspicion: Suspicion, error: BaseException) -> None:
         super().__init__(f"retries_exhausted after {suspicion.attempts} attempts while the database answered; "
                          f"last error: {type(pg_errors.driver_error(error) or error).__name__}: "
                          f"{pg_errors.describe(error)}",
-                         code="retries_exhausted")
+                         code=self.CODE)
 
 
 def _is_fault(error: BaseException, suspect: Suspicion | None) -> bool:
@@ -346,6 +350,7 @@ class BatchProcessor:
         dead: list[DeadLetter] = []
         if batch.usage_prepared is not None:
             self._apply_usage(conn, batch.usage, batch.usage_prepared, dead, suspect)
+        messages: list[_Decoded] = []
         if batch.others:
             now = self._clock.now()
             messages = self._decode(conn, batch.others, dead)
@@ -360,6 +365,14 @@ class BatchProcessor:
                                       extra=kv(error=pg_errors.describe(error)[:300],
                                                error_class=type(error).__name__, messages=len(messages)))
                     self._isolate(conn, messages, now, dead, suspect)
+        if suspect is not None:
+            applicable = len(messages) + (len(batch.usage_prepared.lines) if batch.usage_prepared is not None else 0)
+            parked = sum(1 for letter in dead if letter.reason == RetriesExhausted.CODE)
+            if applicable > 1 and parked == applicable:
+                # NOTE: every message failed on its own: the cause is around the batch (a lock held by a
+                # migration, a timeout set on the role), not in it. Parking would empty the stream into the
+                # DLQ; retry the batch instead (the transaction rolls back) and keep logging.
+                raise suspect.last_error
         return dead
 
     def _apply_usage(self, conn: sa.Connection, records: Sequence[Any], prepared: Any,

@@ -4,8 +4,8 @@ The rule is the SQLSTATE, not the driver's exception class: psycopg maps SQLSTAT
 (program_limit_exceeded, e.g. "index row size exceeds maximum" for a 10,000-character id) to
 ``OperationalError``, the same class as a lost connection, and a consumer that retried every
 ``OperationalError`` retried that message forever. Only the states below can succeed on a retry of the same
-input; every other SQLSTATE (class 22 data exception, 23 integrity constraint violation, 42 syntax or
-undefined object, 54 program limit, ...) and the driver's own refusals (a NUL byte in text, a value it cannot
+input; every other SQLSTATE (class 22 data exception, 23 integrity constraint violation, 54 program limit,
+...) and the driver's own refusals (a NUL byte in text, a value it cannot
 adapt) are terminal for the message.
 """
 
@@ -21,7 +21,13 @@ from shared.errors import DatabaseUnavailableError, DataRejectedError
 # Classes: 08 connection exception, 53 insufficient resources (disk full, out of memory, too many
 # connections), 57 operator intervention (admin/crash shutdown, cannot connect now, statement timeout),
 # 58 system error (I/O), XX internal error. A failover to a read-only standby is 25006.
-TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "53", "57", "58", "XX"})
+# NOTE: 42 (undefined table or column, insufficient privilege, syntax) and 0A (feature not supported) are
+# never caused by a message's data (every value is a bound parameter): they mean the code and the schema
+# disagree (a deploy ahead of its migration, a revoked grant). Dead-lettering would park every message;
+# retrying waits for the fix, with an error logged on every attempt.
+ENVIRONMENT_SQLSTATE_CLASSES = frozenset({"08", "53", "58", "XX", "42", "0A"})
+ENVIRONMENT_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "25006"})
+TRANSIENT_SQLSTATE_CLASSES = frozenset({"57"}) | ENVIRONMENT_SQLSTATE_CLASSES
 TRANSIENT_SQLSTATES = frozenset({
     "40001",  # serialization_failure
     "40P01",  # deadlock_detected
@@ -57,6 +63,16 @@ def is_connection_error(error: BaseException) -> bool:
     if state is None:  # the driver's own error: only a lost or refused connection has no SQLSTATE then
         return isinstance(orig, psycopg.OperationalError | psycopg.InterfaceError)
     return state.startswith("08") or state in {"57P01", "57P02", "57P03"}
+
+
+def is_environment_error(error: BaseException) -> bool:
+    """The database as a whole cannot do the work (gone, out of resources, read-only, or not the schema the
+    code expects): never the fault of the message being applied, whatever the number of attempts."""
+    if is_connection_error(error):
+        return True
+    orig = driver_error(error)
+    state = orig.sqlstate if orig is not None else None
+    return state is not None and (state[:2] in ENVIRONMENT_SQLSTATE_CLASSES or state in ENVIRONMENT_SQLSTATES)
 
 
 def is_transient(error: BaseException) -> bool:

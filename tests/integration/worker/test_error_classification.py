@@ -161,3 +161,41 @@ def test_a_message_too_large_to_dead_letter_with_its_headers_is_dead_lettered_tr
     assert headers["reason"] == b"invalid_envelope"
     assert headers["original_value_bytes"] == str(len(huge)).encode()
     assert letter.value() == huge[:len(letter.value())] and len(letter.value()) < len(huge)
+
+
+def test_when_every_message_of_a_batch_keeps_failing_none_is_parked_and_all_apply_once_the_cause_is_gone(
+        settings, engine):  # type: ignore[no-untyped-def]
+    # A cause around the batch (a lock held by a migration, a timeout set on the role) fails every message
+    # alike while the database answers: parking would empty the stream into the DLQ.
+    sub = f"sub_{uuid.uuid4().hex}"
+    cause_gone = threading.Event()
+
+    def pause(conn, envelope, payload, ctx):  # type: ignore[no-untyped-def]
+        if not cause_gone.is_set():
+            conn.execute(sa.text("SET LOCAL statement_timeout = '1ms'"))
+            conn.execute(sa.text("SELECT pg_sleep(0.05)"))
+        ctx.record_outcome("applied")
+
+    first, second = (new_envelope("subscription.pause", {"subscription_id": sub, "customer_id": "cus_1"},
+                                  producer="kcat", occurred_at=AT) for _ in range(2))
+    produce(settings, [(sub, first), (sub, second)])
+
+    worker = build_worker(settings.model_copy(update={"worker_attempts_before_parking": 2}), relay=False,
+                          handler_modules=(), session_timeout_ms=6000)
+    worker.registry.register("subscription.pause", pause)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: worker.consumer.stats.suspect_batches >= 1 and worker.consumer.stats.retries >= 4,
+                   timeout=60, what="the batch to be searched as a suspect and retried")
+        assert outcomes(engine, first, second) == {}  # nothing parked meanwhile
+        cause_gone.set()
+        wait_until(lambda: len(outcomes(engine, first, second)) == 2, timeout=60,
+                   what="both commands to have an outcome")
+    finally:
+        stop.set()
+        thread.join(60)
+
+    # A parked command would have kept its first outcome, "rejected" (retries_exhausted).
+    assert outcomes(engine, first, second) == {first.event_id: ("applied", None), second.event_id: ("applied", None)}

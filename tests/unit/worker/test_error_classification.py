@@ -37,11 +37,12 @@ DATA_REFUSALS = {
     "23505": "unique_violation",
     "23514": "check_violation",
     "23502": "not_null_violation",
-    "42703": "undefined_column",
 }
 
 OUTAGES = ["08006", "08001", "57P01", "57P02", "57P03", "53300", "53100", "53200", "40001", "40P01", "55P03",
-           "57014", "58030", "25006"]
+           "57014", "58030", "25006", "42703", "42P01", "42501", "0A000"]
+# The database as a whole cannot do the work: never charged to a message by the parking bound.
+ENVIRONMENT = ["08006", "57P01", "53100", "58030", "XX000", "25006", "42703", "42P01", "42501", "0A000"]
 
 
 @pytest.mark.parametrize(("sqlstate", "code"), sorted(DATA_REFUSALS.items()))
@@ -118,3 +119,11 @@ def test_dead_letters_carry_a_machine_readable_reason() -> None:
     assert reason(ValueError("bug")) == "unprocessable"
     headers = dict(DeadLetter.of("commands.v1", 0, 1, b"k", b"v", parked).to_outgoing().headers)
     assert headers["reason"] == b"retries_exhausted"
+
+
+@pytest.mark.parametrize("sqlstate", ENVIRONMENT)
+def test_a_database_that_cannot_do_the_work_is_an_outage_and_never_parks_a_message(sqlstate: str) -> None:
+    # A failover to a read-only standby, a full disk, or a deploy ahead of its migration (undefined column)
+    # fails every message alike: parking would empty the stream into the DLQ.
+    for error in (server_error(sqlstate), wrapped(server_error(sqlstate))):
+        assert is_retryable(error) and is_outage(error)
