@@ -18,6 +18,11 @@ BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 MAX_JSON_DEPTH = 32
 
 
+def is_guarded(scope: Scope, exempt_paths: frozenset[str]) -> bool:
+    """Does a body guard look at this request (an HTTP call with a body, on a path not exempt)?"""
+    return scope["type"] == "http" and scope["method"] in BODY_METHODS and scope["path"] not in exempt_paths
+
+
 async def read_body(receive: Receive) -> bytes:
     chunks: list[bytes] = []
     while True:
@@ -101,7 +106,7 @@ class DepthGuardMiddleware:
         self.exempt_paths = exempt_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in BODY_METHODS or scope["path"] in self.exempt_paths:
+        if not is_guarded(scope, self.exempt_paths):
             await self.app(scope, receive, send)
             return
         body = await read_body(receive)

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from services.ingest.body_guard import BODY_METHODS, flagged_paths, read_body, replaying, send_problem
+from services.ingest.body_guard import flagged_paths, is_guarded, read_body, replaying, send_problem
 from services.ingest.problems import FieldError, Problem, problem_type
 from shared.contracts.card_numbers import contains_pan, luhn_valid
 
@@ -50,7 +50,7 @@ class PanGuardMiddleware:
         self.exempt_paths = exempt_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in BODY_METHODS or scope["path"] in self.exempt_paths:
+        if not is_guarded(scope, self.exempt_paths):
             await self.app(scope, receive, send)
             return
         body = await read_body(receive)
