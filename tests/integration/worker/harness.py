@@ -116,13 +116,24 @@ def worker_thread(settings: Settings) -> Iterator[None]:
 
     worker = build_worker(settings, session_timeout_ms=6000)
     stop = threading.Event()
-    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    died: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            worker.run(stop)
+        except BaseException as error:  # in a process this would exit it; here the test must hear of it
+            died.append(error)
+            raise
+
+    thread = threading.Thread(target=run, daemon=True, name="billing-worker")
     thread.start()
     try:
         yield
     finally:
         stop.set()
         thread.join(60)
+        if died:
+            raise RuntimeError(f"the worker thread died: {died[0]!r}") from died[0]
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.25, what: str = "") -> None:
