@@ -30,10 +30,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from services.billing_worker.billing_repository import derived_id
+from services.billing_worker.adapters.billing_repository import derived_id
+from services.billing_worker.adapters.usage import MeterMap, UsageMaterializer, close_usages
 from services.billing_worker.bootstrap import build_worker
-from services.billing_worker.commands import BillingCommands
-from services.billing_worker.usage import MeterMap, UsageMaterializer, close_usages
+from services.billing_worker.service_layer.commands import BillingCommands
 from shared.adapters.catalog_file import load_default_catalog
 from shared.adapters.clock import DatabaseClock
 from shared.adapters.payments.port import ChargeRequest

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from confluent_kafka import Consumer, TopicPartition
 from sqlalchemy.dialects.postgresql import insert
 
-from services.billing_worker.usage import MeterMap, decode_usage
+from services.billing_worker.adapters.usage import MeterMap, decode_usage
 from shared.adapters.catalog_file import load_default_catalog
 from shared.adapters.kafka.producer import KafkaProducer, OutgoingMessage
 from shared.adapters.postgres.schema.core import consumer_offsets

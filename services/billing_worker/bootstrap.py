@@ -2,7 +2,7 @@
 
 The worker process runs the exactly-once consumer loop on the main thread and, beside it, the outbox
 relay and the background tasks handler modules register (payment executor, scheduler). Handler modules:
-`services.billing_worker.commands.register(registry, deps)` (see processor.py for the contract).
+`services.billing_worker.service_layer.commands.register(registry, deps)` (see processor.py for the contract).
 """
 
 from __future__ import annotations
@@ -20,19 +20,20 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from services.billing_worker.consumer import ExactlyOnceConsumer
-from services.billing_worker.health import HealthServer
-from services.billing_worker.processor import BatchProcessor, HandlerRegistry, WorkerDeps, is_retryable
-from services.billing_worker.relay import OutboxRelay
-from services.billing_worker.usage import MeterMap, UsageMaterializer
+from services.billing_worker.adapters.usage import MeterMap, UsageMaterializer
+from services.billing_worker.entrypoints.consumer import ExactlyOnceConsumer
+from services.billing_worker.entrypoints.health import HealthServer
+from services.billing_worker.service_layer.messagebus import BatchProcessor, HandlerRegistry, WorkerDeps
 from shared.adapters.catalog_file import load_catalog
 from shared.adapters.clock import DatabaseClock, SystemClock
 from shared.adapters.kafka.dlq import DeadLetterPublisher
 from shared.adapters.kafka.health import KafkaProbe
+from shared.adapters.kafka.outbox_relay import OutboxRelay
 from shared.adapters.kafka.producer import KafkaProducer
 from shared.adapters.postgres.engine import make_engine
 from shared.adapters.postgres.errors import describe
 from shared.adapters.postgres.health import DatabaseProbe
+from shared.adapters.retry_policy import is_retryable
 from shared.config import Settings
 from shared.contracts import topics
 from shared.domain.clock import Clock
@@ -41,7 +42,7 @@ from shared.observability import kv
 log = logging.getLogger("billing_worker")
 
 CONSUMED_TOPICS = (topics.COMMANDS, topics.USAGE, topics.PAYMENTS)
-HANDLER_MODULES = ("services.billing_worker.commands",)
+HANDLER_MODULES = ("services.billing_worker.service_layer.commands",)
 COMMIT_LANES = 3
 PREFETCH_KBYTES = 16384
 

@@ -3,7 +3,7 @@
 The advance is one UPDATE and returns at once, whatever its size. What fell due in between takes effect in
 billing-time order all the same: dunning replays each case's schedule instant by instant, and the worker's
 scheduler holds a subscription's period close back while something due earlier (a charge in flight, a
-dunning retry or give-up) has not taken effect (see services/billing_worker/scheduler.py)."""
+dunning retry or give-up) has not taken effect (see services/billing_worker/entrypoints/scheduler.py)."""
 
 from __future__ import annotations
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from services.billing_worker.commands import PAYMENT_OUTCOMES, BillingCommands
-from services.billing_worker.usage import MeterMap, UsageMaterializer, close_usages
+from services.billing_worker.adapters.usage import MeterMap, UsageMaterializer, close_usages
+from services.billing_worker.service_layer.commands import PAYMENT_OUTCOMES, BillingCommands
 from shared.adapters.catalog_file import load_default_catalog
 from shared.adapters.postgres.schema.billing import invoice_lines, invoices, subscriptions
 from shared.adapters.postgres.schema.core import command_outcomes

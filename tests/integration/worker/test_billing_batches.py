@@ -10,9 +10,14 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from services.billing_worker.consumer import Record
-from services.billing_worker.processor import BatchProcessor, HandlerContext, HandlerRegistry, MessageRejected
-from services.billing_worker.usage import MeterMap, UsageMaterializer
+from services.billing_worker.adapters.usage import MeterMap, UsageMaterializer
+from services.billing_worker.entrypoints.consumer import Record
+from services.billing_worker.service_layer.messagebus import (
+    BatchProcessor,
+    HandlerContext,
+    HandlerRegistry,
+    MessageRejected,
+)
 from shared.adapters.clock import ManualClock
 from shared.adapters.postgres.schema.core import command_outcomes
 from shared.contracts import topics

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 import sqlalchemy as sa
 
-from services.billing_worker.billing_repository import audit_invoice_totals
+from services.billing_worker.adapters.billing_repository import audit_invoice_totals
 from shared.adapters.postgres.schema.billing import (
     coupon_redemptions,
     credit_entries,

@@ -13,7 +13,7 @@ from decimal import Decimal
 import pytest
 import sqlalchemy as sa
 
-from services.billing_worker.billing_repository import audit_invoice_totals
+from services.billing_worker.adapters.billing_repository import audit_invoice_totals
 from shared.adapters.clock import DatabaseClock
 from shared.adapters.kafka.producer import KafkaProducer, OutgoingMessage
 from shared.adapters.postgres.schema.billing import (

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from services.billing_worker.executor import PaymentExecutor
+from services.billing_worker.entrypoints.executor import PaymentExecutor
 from shared.adapters.clock import ManualClock
 from shared.adapters.payments.port import PaymentGatewayError
 from shared.adapters.payments.simulated import PostgresProviderRecord, SimulatedGateway

@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 from confluent_kafka import Consumer
 
-from services.billing_worker.scheduler import Scheduler
+from services.billing_worker.entrypoints.scheduler import Scheduler
 from shared.adapters.clock import DatabaseClock
 from shared.adapters.kafka.producer import KafkaProducer, OutgoingMessage
 from shared.adapters.postgres.schema.billing import invoices, subscriptions

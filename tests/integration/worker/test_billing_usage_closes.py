@@ -10,7 +10,7 @@ from decimal import Decimal
 import pytest
 import sqlalchemy as sa
 
-from services.billing_worker.usage import (
+from services.billing_worker.adapters.usage import (
     MeterMap,
     MeterRule,
     UsageItem,

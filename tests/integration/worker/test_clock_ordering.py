@@ -130,7 +130,7 @@ def test_after_one_jump_a_day_three_retry_that_succeeds_lets_the_period_close_bi
 
 def test_the_scheduler_logs_a_database_outage_once_not_once_per_tick(
         settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
-    from services.billing_worker.scheduler import Scheduler
+    from services.billing_worker.entrypoints.scheduler import Scheduler
     from shared.adapters.postgres.engine import make_engine
     from tests.outage_support import free_port
 

@@ -8,7 +8,14 @@ from decimal import Decimal
 import pytest
 import sqlalchemy as sa
 
-from services.billing_worker.usage import MeterMap, MeterRule, UsageItem, UsageMaterializer, close_usage, usage_so_far
+from services.billing_worker.adapters.usage import (
+    MeterMap,
+    MeterRule,
+    UsageItem,
+    UsageMaterializer,
+    close_usage,
+    usage_so_far,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -8,10 +8,10 @@ from decimal import Decimal
 import pytest
 import sqlalchemy as sa
 
+from services.billing_worker.adapters.usage import MeterMap, UsageMaterializer
 from services.billing_worker.bootstrap import make_clock
-from services.billing_worker.consumer import ExactlyOnceConsumer
-from services.billing_worker.processor import BatchProcessor, HandlerRegistry
-from services.billing_worker.usage import MeterMap, UsageMaterializer
+from services.billing_worker.entrypoints.consumer import ExactlyOnceConsumer
+from services.billing_worker.service_layer.messagebus import BatchProcessor, HandlerRegistry
 from shared.adapters.catalog_file import load_default_catalog
 from shared.adapters.kafka.dlq import DeadLetterPublisher
 from shared.adapters.kafka.producer import KafkaProducer

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from confluent_kafka import Consumer
 
 from services.billing_worker.bootstrap import build_worker
-from services.billing_worker.processor import MessageRejected
+from services.billing_worker.service_layer.messagebus import MessageRejected
 from shared.adapters.kafka.producer import KafkaProducer, OutgoingMessage
 from shared.adapters.postgres.schema.core import command_outcomes, outbox
 from shared.contracts import topics

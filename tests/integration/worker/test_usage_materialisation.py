@@ -8,8 +8,8 @@ from decimal import Decimal
 import pytest
 import sqlalchemy as sa
 
+from services.billing_worker.adapters.usage import usage_so_far
 from services.billing_worker.bootstrap import build_worker
-from services.billing_worker.usage import usage_so_far
 from tests.integration.worker.harness import UsageLedger, drain, materialised
 
 pytestmark = pytest.mark.integration

@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 import pytest
 
+from services.billing_worker.adapters.usage import close_usage
 from services.billing_worker.bootstrap import build_worker
-from services.billing_worker.usage import close_usage
 from shared.adapters.kafka.producer import KafkaProducer, OutgoingMessage
 from shared.contracts import topics
 from tests.integration.worker.harness import drain, materialised

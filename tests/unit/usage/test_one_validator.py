@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from pydantic import ValidationError
 
-from services.billing_worker.usage import (
+from services.billing_worker.adapters.usage import (
     NO_KEY,
     MeterMap,
     MeterRule,

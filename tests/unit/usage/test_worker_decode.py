@@ -10,7 +10,7 @@ import orjson
 import pytest
 import sqlalchemy
 
-from services.billing_worker.usage import MeterMap, MeterRule, UsageMaterializer
+from services.billing_worker.adapters.usage import MeterMap, MeterRule, UsageMaterializer
 from shared.adapters.clock import ManualClock
 from shared.contracts.envelope import Envelope, EnvelopeError
 

@@ -8,9 +8,10 @@ import psycopg.errors
 import pytest
 import sqlalchemy as sa
 
-from services.billing_worker.processor import MessageRejected, RetriesExhausted, Suspicion, is_outage, is_retryable
+from services.billing_worker.service_layer.messagebus import MessageRejected, RetriesExhausted, Suspicion
 from shared.adapters.kafka.dlq import DeadLetter
 from shared.adapters.postgres import errors as pg_errors
+from shared.adapters.retry_policy import is_outage, is_retryable
 from shared.contracts.envelope import EnvelopeError
 from shared.domain.errors import DomainError
 from shared.errors import DatabaseUnavailableError, DataRejectedError, DeliveryError, FencedError

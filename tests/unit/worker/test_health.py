@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from services.billing_worker.health import HealthServer
+from services.billing_worker.entrypoints.health import HealthServer
 
 pytestmark = pytest.mark.unit
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from services.billing_worker.relay import OutboxRelay
+from shared.adapters.kafka.outbox_relay import OutboxRelay
 from shared.errors import DeliveryError
 
 pytestmark = pytest.mark.unit

@@ -1,6 +1,6 @@
 """Tables of the usage area: deduplicated events, hourly aggregates, and what each period close billed.
 
-Written only by the billing worker that owns the subscription's partition (services/billing_worker/usage.py
+Written only by the billing worker that owns the subscription's partition (services/billing_worker/adapters/usage.py
 documents the late-event policy); read by the edge for "usage so far".
 """
 

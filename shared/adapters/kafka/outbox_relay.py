@@ -17,10 +17,10 @@ import time
 import orjson
 import sqlalchemy as sa
 
-from services.billing_worker.processor import is_retryable
 from shared.adapters.kafka.producer import KafkaProducer, OutgoingMessage
 from shared.adapters.postgres.errors import describe
 from shared.adapters.postgres.schema.core import outbox
+from shared.adapters.retry_policy import is_retryable
 from shared.observability import kv
 
 log = logging.getLogger("billing_worker.relay")

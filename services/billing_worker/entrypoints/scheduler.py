@@ -31,7 +31,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 
-from services.billing_worker.billing_repository import IDS
+from services.billing_worker.adapters.billing_repository import IDS
 from shared.adapters.kafka.producer import KafkaProducer, OutgoingMessage
 from shared.adapters.postgres.errors import is_database_error, is_transient
 from shared.adapters.postgres.schema.billing import scheduled_commands

@@ -1,8 +1,9 @@
 """The dispatch seam of the billing worker: message type -> handler, run inside the batch transaction.
 
-Contract for handler modules (worker-billing's ``services/billing_worker/commands.py``):
+Contract for handler modules (worker-billing's ``services/billing_worker/service_layer/commands.py``):
 
-    from services.billing_worker.processor import HandlerContext, HandlerRegistry, MessageRejected, WorkerDeps
+    from services.billing_worker.service_layer.messagebus import (
+        HandlerContext, HandlerRegistry, MessageRejected, WorkerDeps)
 
     def register(registry: HandlerRegistry, deps: WorkerDeps) -> None:
         registry.register("subscription.create", handle_create)       # one handler per message type
@@ -77,12 +78,12 @@ from sqlalchemy.dialects.postgresql import insert
 from shared.adapters.kafka.dlq import DeadLetter
 from shared.adapters.postgres import errors as pg_errors
 from shared.adapters.postgres.schema.core import command_outcomes, outbox
+from shared.adapters.retry_policy import is_outage, is_retryable
 from shared.config import Settings
 from shared.contracts import topics
 from shared.contracts.envelope import Envelope, EnvelopeError, new_envelope
 from shared.contracts.messages import Payload, parse_payload
 from shared.domain.clock import Clock
-from shared.errors import DatabaseUnavailableError, DeliveryError, FencedError, InfrastructureError
 from shared.observability import bound, kv
 
 PRODUCER_NAME = "billing-worker"
@@ -118,31 +119,6 @@ class WorkerDeps:
     engine: sa.Engine
     clock: Clock
     catalog: Any  # shared.domain.catalog.Catalog
-
-
-def is_retryable(error: BaseException) -> bool:
-    """Transient (retry the batch with backoff) or terminal (DLQ the message)? The worker's one rule.
-
-    Infrastructure errors (broker, provider) and the database's outage states are transient; a database
-    error is classified by its SQLSTATE (``shared.adapters.postgres.errors.is_transient``), never by the
-    driver's exception class. Everything else, including domain errors, data the database refuses and
-    unexpected exceptions, is terminal for the message.
-    """
-    if isinstance(error, FencedError):
-        return False
-    if isinstance(error, InfrastructureError):
-        return True
-    if pg_errors.is_database_error(error):
-        return pg_errors.is_transient(error)
-    return bool(getattr(type(error), "retryable", False))
-
-
-def is_outage(error: BaseException) -> bool:
-    """The database or the broker cannot do the work at all (no answer, out of resources, read-only after a
-    failover, a schema the code does not expect): retried for as long as it lasts, never charged to a message
-    (see ``RetriesExhausted``)."""
-    return (isinstance(error, DeliveryError | DatabaseUnavailableError)
-            or pg_errors.is_environment_error(error))
 
 
 @dataclass(frozen=True)
@@ -280,7 +256,7 @@ class HandlerRegistry:
 @dataclass(frozen=True)
 class PreparedBatch:
     """A consumed batch after ``BatchProcessor.prepare``: usage records and their decoded rows
-    (``services.billing_worker.usage.PreparedUsage``), and the other records, still raw."""
+    (``services.billing_worker.adapters.usage.PreparedUsage``), and the other records, still raw."""
 
     usage: Sequence[Any]
     usage_prepared: Any
@@ -307,7 +283,7 @@ class BatchProcessor:
 
     def __init__(self, registry: HandlerRegistry, materializer: Any, clock: Clock) -> None:
         self._registry = registry
-        self._usage = materializer  # services.billing_worker.usage.UsageMaterializer
+        self._usage = materializer  # services.billing_worker.adapters.usage.UsageMaterializer
         self._clock = clock
         self._log = logging.getLogger("billing_worker.processor")
         # Usage statistics of the batch in progress, per thread: the consumer's commit lanes apply

@@ -49,11 +49,12 @@ import sqlalchemy as sa
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 from sqlalchemy.dialects.postgresql import insert
 
-from services.billing_worker.processor import Suspicion, is_outage, is_retryable
+from services.billing_worker.service_layer.messagebus import Suspicion
 from shared.adapters.kafka.dlq import DeadLetter, DeadLetterPublisher
 from shared.adapters.postgres.errors import describe
 from shared.adapters.postgres.health import DatabaseProbe
 from shared.adapters.postgres.schema.core import consumer_offsets
+from shared.adapters.retry_policy import is_outage, is_retryable
 from shared.config import Settings
 from shared.contracts.topics import USAGE as USAGE_TOPIC
 from shared.errors import FencedError

@@ -25,8 +25,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from services.billing_worker import billing_repository as repo
-from services.billing_worker.billing_repository import (
+from services.billing_worker.adapters import billing_repository as repo
+from services.billing_worker.adapters.billing_repository import (
     AttemptToCreate,
     InvoiceToStore,
     LedgerState,
@@ -34,7 +34,7 @@ from services.billing_worker.billing_repository import (
     event_uuid,
     invoice_id_for,
 )
-from services.billing_worker.processor import (
+from services.billing_worker.service_layer.messagebus import (
     PRODUCER_NAME,
     HandlerContext,
     HandlerRegistry,
@@ -922,9 +922,9 @@ def _late_usage(late: Sequence[Any]) -> list[LateUsage]:
 
 def register(registry: HandlerRegistry, deps: WorkerDeps) -> None:
     """Wire every command and payment handler, the payment executor and the scheduler into the worker."""
-    from services.billing_worker.executor import PaymentExecutor
-    from services.billing_worker.scheduler import Scheduler
-    from services.billing_worker.usage import close_usages
+    from services.billing_worker.adapters.usage import close_usages
+    from services.billing_worker.entrypoints.executor import PaymentExecutor
+    from services.billing_worker.entrypoints.scheduler import Scheduler
     from shared.adapters.payments import make_gateway
 
     commands = BillingCommands(deps.catalog, close_usages)

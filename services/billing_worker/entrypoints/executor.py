@@ -38,8 +38,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from services.billing_worker.billing_repository import IDS
-from services.billing_worker.processor import PRODUCER_NAME, add_outbox, is_retryable
+from services.billing_worker.adapters.billing_repository import IDS
+from services.billing_worker.service_layer.messagebus import PRODUCER_NAME, add_outbox
 from shared.adapters.payments.port import (
     INTENT_NOT_CONFIRMABLE,
     ChargeOutcome,
@@ -50,6 +50,7 @@ from shared.adapters.payments.port import (
 )
 from shared.adapters.postgres.errors import describe
 from shared.adapters.postgres.schema.billing import billing_audit_log, payment_attempts
+from shared.adapters.retry_policy import is_retryable
 from shared.contracts import topics
 from shared.contracts.envelope import new_envelope
 from shared.contracts.messages import PaymentFailed, PaymentSucceeded
