@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from typing import Final
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from services.ingest.last_known import LastKnownCache
 from shared.adapters.postgres.schema.billing import subscriptions
 from shared.adapters.postgres.schema.core import customer_aliases, customers
+from shared.adapters.postgres.subscription_reads import newest_live_subscription
 
 # NOTE: a plan change or a new subscription reaches usage routing within this many seconds.
 CACHE_TTL_SECONDS = 2.0
@@ -55,15 +57,14 @@ class CustomerDirectory:
 
 # One round trip for a whole batch's references, with the array as one parameter (an expanding IN of
 # hundreds of values costs more to compile than to run). An alias wins over a customer id of the same
-# text; the newest live (not cancelled) subscription is the one usage goes to.
-_RESOLVE: Final = sa.text(f"""
-    SELECT r.ref, COALESCE(a.customer_id, c.customer_id) AS customer_id,
-           s.subscription_id, s.plan_id, s.status
-    FROM unnest(CAST(:refs AS text[])) AS r(ref)
-    LEFT JOIN {customers.name} c ON c.customer_id = r.ref
-    LEFT JOIN {customer_aliases.name} a ON a.alias = r.ref
-    LEFT JOIN LATERAL (
-        SELECT subscription_id, plan_id, status FROM {subscriptions.name}
-        WHERE customer_id = COALESCE(a.customer_id, c.customer_id) AND status <> 'cancelled'
-        ORDER BY created_at DESC LIMIT 1) s ON true
-""")
+# text; usage goes to the customer's newest live subscription (`subscription_reads`, the one definition).
+_REFS: Final = sa.func.unnest(sa.bindparam("refs", type_=ARRAY(sa.Text))).table_valued("ref").render_derived("r")
+_OWNER: Final = sa.func.coalesce(customer_aliases.c.customer_id, customers.c.customer_id)
+_NEWEST: Final = newest_live_subscription(
+    _OWNER, subscriptions.c.subscription_id, subscriptions.c.plan_id, subscriptions.c.status).lateral("s")
+_RESOLVE: Final = (
+    sa.select(_REFS.c.ref, _OWNER.label("customer_id"), _NEWEST.c.subscription_id, _NEWEST.c.plan_id,
+              _NEWEST.c.status)
+    .select_from(_REFS.outerjoin(customers, customers.c.customer_id == _REFS.c.ref)
+                 .outerjoin(customer_aliases, customer_aliases.c.alias == _REFS.c.ref)
+                 .outerjoin(_NEWEST, sa.true())))

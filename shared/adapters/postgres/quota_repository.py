@@ -37,6 +37,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from shared.adapters.postgres.schema.billing import subscriptions
+from shared.adapters.postgres.subscription_reads import newest_live_subscription
 from shared.adapters.postgres.usage_reads import grant_balances, usage_since
 from shared.config import Settings
 from shared.errors import DatabaseUnavailableError
@@ -733,11 +734,9 @@ class SpendRepository:
     @staticmethod
     def live_subscription(conn: sa.Connection, org_id: str) -> LiveSubscriptionRow | None:
         s = subscriptions.c
-        row = conn.execute(sa.select(
-            s.subscription_id, s.plan_id, s.status, s.seats, s.interval, s.timezone, s.anchor_day, s.anchor_month,
-            s.anchor_time, s.current_period_start, s.current_period_end)
-            .where(s.customer_id == org_id, s.status != "cancelled")
-            .order_by(s.created_at.desc()).limit(1)).one_or_none()
+        row = conn.execute(newest_live_subscription(
+            org_id, s.subscription_id, s.plan_id, s.status, s.seats, s.interval, s.timezone, s.anchor_day,
+            s.anchor_month, s.anchor_time, s.current_period_start, s.current_period_end)).one_or_none()
         return None if row is None else LiveSubscriptionRow(**row._asdict())
 
     @staticmethod
