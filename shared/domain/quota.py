@@ -16,7 +16,7 @@ Contract:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -170,9 +170,9 @@ class OrgQuotaState:
 
     def with_use(self, user_id: str, at: datetime) -> OrgQuotaState:
         """The state after one report by ``user_id`` at ``at`` (whether it was allowed is not checked)."""
-        month = self.month_usage(at)
-        trial_used = self.trial_used + 1 if self.is_on_trial(at) else self.trial_used
-        return replace(self, usage=month.with_use(user_id), trial_used=trial_used)
+        tally = _Tally.of(self, at)
+        tally.add_use(user_id)
+        return tally.state(self, tally.user_used)
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,14 +213,20 @@ def decide(state: OrgQuotaState, user_id: str, at: datetime) -> QuotaDecision:
     """
     instant = ensure_utc(at)
     month = state.month_usage(instant)
-    user_used = month.used_by(user_id)
+    return _check(state, month.month, month.org_used, month.top_ups, state.trial_used, month.used_by(user_id),
+                  instant)
+
+
+def _check(state: OrgQuotaState, month: Period, org_used: int, top_ups: int, trial_used: int, user_used: int,
+           instant: datetime) -> QuotaDecision:
+    """``decide`` on counters given apart from ``state`` (a batch carries them from request to request)."""
     user_limit = state.per_user_monthly_limit
 
     def answer(reason: QuotaDenialReason | None, allotment: int, used: int) -> QuotaDecision:
         return QuotaDecision(
             allowed=reason is None,
             reason=reason,
-            month=month.month,
+            month=month,
             org_allotment=allotment,
             org_used=used,
             user_limit=user_limit,
@@ -228,26 +234,92 @@ def decide(state: OrgQuotaState, user_id: str, at: datetime) -> QuotaDecision:
         )
 
     if state.plan_monthly_reports is not None:
-        allotment = effective_allotment(state.plan_monthly_reports, month.top_ups)
-        org_used = month.org_used
-        if org_used >= allotment:
-            return answer(QuotaDenialReason.ORG_LIMIT_REACHED, allotment, org_used)
+        allotment = effective_allotment(state.plan_monthly_reports, top_ups)
+        used = org_used
+        if used >= allotment:
+            return answer(QuotaDenialReason.ORG_LIMIT_REACHED, allotment, used)
     else:
         allotment = state.trial.reports
-        org_used = state.trial_used
+        used = trial_used
         if state.trial_started_at is None:
-            return answer(QuotaDenialReason.NO_PLAN, 0, month.org_used)
+            return answer(QuotaDenialReason.NO_PLAN, 0, org_used)
         window = state.trial.window(state.trial_started_at, state.timezone)
         # NOTE: a request before the recorded trial start is treated like one after it: the trial
         # window is the only time an org without a plan may run anything.
         if not window.contains(instant):
-            return answer(QuotaDenialReason.TRIAL_EXPIRED, allotment, org_used)
-        if org_used >= allotment:
-            return answer(QuotaDenialReason.TRIAL_EXHAUSTED, allotment, org_used)
+            return answer(QuotaDenialReason.TRIAL_EXPIRED, allotment, used)
+        if used >= allotment:
+            return answer(QuotaDenialReason.TRIAL_EXHAUSTED, allotment, used)
 
     if user_limit is not None and user_used >= user_limit:
-        return answer(QuotaDenialReason.USER_LIMIT_REACHED, allotment, org_used)
-    return answer(None, allotment, org_used)
+        return answer(QuotaDenialReason.USER_LIMIT_REACHED, allotment, used)
+    return answer(None, allotment, used)
+
+
+@dataclass(slots=True)
+class _Tally:
+    """The counters one admission moves, carried from request to request of a batch.
+
+    ``add_use`` is the only place the increments are written: the org's month count and the user's count
+    go up by one, and the trial's count too while the org is on trial.
+    """
+
+    month: Period
+    org_used: int
+    top_ups: int
+    trial_used: int
+    user_used: dict[str, int]
+    on_trial: bool
+
+    @classmethod
+    def of(cls, state: OrgQuotaState, at: datetime) -> _Tally:
+        usage = state.month_usage(at)
+        return cls(usage.month, usage.org_used, usage.top_ups, state.trial_used, dict(usage.user_used),
+                   state.is_on_trial(at))
+
+    def add_use(self, user_id: str) -> None:
+        self.org_used += 1
+        self.user_used[user_id] = self.user_used.get(user_id, 0) + 1
+        if self.on_trial:
+            self.trial_used += 1
+
+    def state(self, before: OrgQuotaState, user_used: Mapping[str, int]) -> OrgQuotaState:
+        return replace(before, trial_used=self.trial_used, usage=MonthlyUsage(
+            month=self.month, org_used=self.org_used, user_used=user_used, top_ups=self.top_ups))
+
+
+@dataclass(frozen=True, slots=True)
+class BatchDecision:
+    """The decisions of requests decided in arrival order, and the state the admitted ones leave.
+
+    ``state.usage.user_used`` holds the users of the batch only (the counts the alerts look at).
+    """
+
+    decisions: tuple[QuotaDecision, ...]
+    state: OrgQuotaState
+
+    @property
+    def admitted(self) -> int:
+        return sum(1 for decision in self.decisions if decision.allowed)
+
+
+def decide_in_order(state: OrgQuotaState, user_ids: Sequence[str], at: datetime) -> BatchDecision:
+    """``consume`` for each of ``user_ids`` in turn, each decided on the counters the previous one left.
+
+    The month, the trial verdict and the counters are worked out once for the batch, not once per
+    request: this is the edge's hot path (one call per batch of report-credit requests of one org).
+    """
+    instant = ensure_utc(at)
+    tally = _Tally.of(state, instant)
+    decisions: list[QuotaDecision] = []
+    for user_id in user_ids:
+        decision = _check(state, tally.month, tally.org_used, tally.top_ups, tally.trial_used,
+                          tally.user_used.get(user_id, 0), instant)
+        decisions.append(decision)
+        if decision.allowed:
+            tally.add_use(user_id)
+    users = {user_id: tally.user_used.get(user_id, 0) for user_id in user_ids}
+    return BatchDecision(tuple(decisions), tally.state(state, users))
 
 
 def consume(state: OrgQuotaState, user_id: str, at: datetime) -> tuple[QuotaDecision, OrgQuotaState]:
@@ -349,3 +421,64 @@ def forecast_limit(
     enough_use = used >= rule.min_reports and used * 100 >= rule.min_share_percent * allotment
     on_track = enough_use and used < allotment and elapsed * allotment <= used * length
     return LimitForecast(on_track_to_hit_limit=on_track, projected_exhaustion_at=exhaustion_at)
+
+
+# --- which alerts a state calls for ------------------------------------------------------------------
+
+
+class QuotaAlertKind(StrEnum):
+    """The kinds of quota alert; each value is also the event type of the alert on billing-events.v1."""
+
+    THRESHOLD_REACHED = "quota.threshold_reached"
+    LIMIT_REACHED = "quota.limit_reached"
+    ON_TRACK_TO_EXCEED = "quota.on_track_to_exceed"
+
+
+@dataclass(frozen=True, slots=True)
+class AlertDue:
+    """One alert a state calls for. (kind, period_start, threshold_percent, user_id) names it: it is sent
+    once per name (``threshold_percent`` 0 and ``user_id`` "" when the kind has none)."""
+
+    kind: QuotaAlertKind
+    period_start: datetime
+    used: int
+    allotment: int
+    reason: str
+    threshold_percent: int = 0
+    user_id: str = ""
+
+
+def alerts_due(state: OrgQuotaState, at: datetime, users: Iterable[str],
+               thresholds_percent: tuple[int, ...] = ()) -> list[AlertDue]:
+    """Every alert the state calls for at ``at`` (level-triggered: the caller drops those already sent).
+
+    An org on a plan: each threshold (percent of the month's allotment; ``DEFAULT_ALERT_THRESHOLDS_PERCENT``
+    when none is configured) reached, the allotment used up, and on track to use it up before the month
+    ends (``forecast_limit``). An org on trial: its trial reports used up (keyed by the trial's start).
+    With a per-user limit, each of ``users`` that reached it.
+    """
+    wanted: list[AlertDue] = []
+    usage = state.month_usage(at)
+    month = usage.month
+    if state.plan_monthly_reports is not None:
+        allotment = effective_allotment(state.plan_monthly_reports, usage.top_ups)
+        used = usage.org_used
+        for threshold in crossed_thresholds(0, used, allotment, thresholds_percent or DEFAULT_ALERT_THRESHOLDS_PERCENT):
+            wanted.append(AlertDue(QuotaAlertKind.THRESHOLD_REACHED, month.start, used, allotment,
+                                   f"{threshold}% of the monthly allotment used", threshold_percent=threshold))
+        if allotment > 0 and used >= allotment:
+            wanted.append(AlertDue(QuotaAlertKind.LIMIT_REACHED, month.start, used, allotment,
+                                   QuotaDenialReason.ORG_LIMIT_REACHED.value))
+        if allotment > 0 and forecast_limit(used, allotment, month, at).on_track_to_hit_limit:
+            wanted.append(AlertDue(QuotaAlertKind.ON_TRACK_TO_EXCEED, month.start, used, allotment,
+                                   "on track to hit the monthly limit before the month ends"))
+    elif state.trial_started_at is not None and state.trial_used >= state.trial.reports > 0:
+        wanted.append(AlertDue(QuotaAlertKind.LIMIT_REACHED, state.trial_started_at, state.trial_used,
+                               state.trial.reports, QuotaDenialReason.TRIAL_EXHAUSTED.value))
+    limit = state.per_user_monthly_limit
+    if limit:
+        for user_id in sorted(users):
+            if usage.used_by(user_id) >= limit:
+                wanted.append(AlertDue(QuotaAlertKind.LIMIT_REACHED, month.start, usage.used_by(user_id), limit,
+                                       QuotaDenialReason.USER_LIMIT_REACHED.value, user_id=user_id))
+    return wanted

@@ -1,6 +1,6 @@
 """The spend rule of the usage tiers: included credits in money, pay-as-you-go, a spending cap.
 
-Pure (the edge's ``services.ingest.quota_spend`` applies it inside one conditional write; the report-credit
+Pure (the edge's ``services.ingest.service_layer.spend`` applies it inside one conditional write; the report-credit
 rule of the other quota plans is ``shared.domain.quota``).
 
 Contract:
@@ -73,6 +73,34 @@ class SpendLimits:
         if budget.amount_minor <= 0:
             return 0
         return int((budget.to_decimal() / self.unit_price.amount).to_integral_value(rounding=ROUND_FLOOR))
+
+
+@dataclass(frozen=True, slots=True)
+class SpendUsage:
+    """The period's usage of one meter as the edge can see it.
+
+    ``materialised``: what the worker has aggregated (every path, authorisations included once their usage
+    event arrived); ``reserved``: what the edge authorised; ``reserved_materialised``: the part of
+    ``reserved`` already inside ``materialised``; ``other_credit_minor``: money left on grants that are not
+    the plan's included credit (promotional, refunds, paid top-ups).
+
+    # NOTE: visible spend = materialised - reserved_materialised + reserved: each authorisation counted
+    # once, whether the worker has seen its usage event yet or not.
+    """
+
+    materialised: Decimal
+    reserved: int
+    reserved_materialised: int
+    other_credit_minor: int
+
+    @property
+    def observed(self) -> int:
+        """Usage that did not come through an authorisation (Kafka path), rounded up to whole units."""
+        return max(0, int(self.materialised.to_integral_value(rounding=ROUND_CEILING)) - self.reserved_materialised)
+
+    @property
+    def visible(self) -> int:
+        return self.observed + self.reserved
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,14 @@ from hypothesis import strategies as st
 
 from shared.domain.catalog import OveragePolicy
 from shared.domain.money import Money, UnitPrice, line_amount
-from shared.domain.spend import SpendDenialReason, SpendLimits, decide_spend, quantity_of, summarise_spend
+from shared.domain.spend import (
+    SpendDenialReason,
+    SpendLimits,
+    SpendUsage,
+    decide_spend,
+    quantity_of,
+    summarise_spend,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -117,3 +124,16 @@ def test_whatever_is_admitted_never_costs_more_than_credits_plus_cap(
     summary = summarise_spend(limits, used)
     assert summary.spend.amount_minor <= (cap.amount_minor if cap else 0)
     assert summary.usage_cost == line_amount(used, price)
+
+
+def test_visible_spend_counts_each_authorisation_once_whether_materialised_or_not() -> None:
+    # 1,000.4 units materialised, of which 300 came from authorisations; 500 authorised in all
+    usage = SpendUsage(materialised=Decimal("1000.4"), reserved=500, reserved_materialised=300,
+                       other_credit_minor=0)
+    assert usage.observed == 701  # a fraction of a unit is never free
+    assert usage.visible == 1201
+
+
+def test_visible_spend_is_never_negative_when_the_worker_lags_behind_the_reservations() -> None:
+    usage = SpendUsage(materialised=Decimal(0), reserved=10, reserved_materialised=20, other_credit_minor=0)
+    assert (usage.observed, usage.visible) == (0, 10)
