@@ -21,7 +21,7 @@ from typing import NewType, TypeVar
 
 from shared.domain.calendar import Interval, ensure_utc
 from shared.domain.coupons import Coupon, CouponDuration, CouponId, CouponScope, DiscountType
-from shared.domain.errors import CatalogError, DomainError, UnknownPlanError
+from shared.domain.errors import CatalogError, CurrencyMismatchError, DomainError, UnknownPlanError
 from shared.domain.money import Money, UnitPrice, minor_units
 
 PlanId = NewType("PlanId", str)
@@ -166,6 +166,17 @@ class Plan:
 
     def pricing_for(self, meter_id: str) -> MeterPricing | None:
         return self.meters.get(MeterId(meter_id))
+
+    def require_sold_in(self, currency: str) -> None:
+        """Refuse a subscription billed in ``currency`` unless this plan is sold in it.
+
+        # NOTE: a subscription bills in its customer's currency, and every amount of its invoices mixes the
+        # plan's prices with that currency: the edge checks this before accepting a subscribe, the worker
+        # again when it applies one (the command may come from elsewhere).
+        Raises ``CurrencyMismatchError`` (code ``currency_mismatch``): ``left`` the plan's, ``right`` ``currency``.
+        """
+        if self.currency != currency:
+            raise CurrencyMismatchError(self.currency, currency)
 
     def is_upgrade_from(self, current: Plan, seats: int) -> bool:
         """True when moving from ``current`` to this plan costs more per month (ties count as upgrades).
