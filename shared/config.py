@@ -14,7 +14,10 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.domain.dunning import DunningPolicy
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
+_DUNNING_DEFAULTS = DunningPolicy()
 
 
 class Settings(BaseSettings):
@@ -71,10 +74,10 @@ class Settings(BaseSettings):
         default=None, description="serve /healthz and /readyz on this port in the worker process (off: None)")
     worker_health_host: str = "127.0.0.1"
 
-    # --- dunning / notifications (days after the first failed payment)
-    dunning_retry_days: tuple[int, ...] = (3, 5, 7)
-    dunning_notify_days: tuple[int, ...] = (1, 3, 7)
-    dunning_give_up_day: int = 14
+    # --- dunning / notifications (days after the first failed payment); the defaults are the domain's
+    dunning_retry_days: tuple[int, ...] = _DUNNING_DEFAULTS.retry_offsets_days
+    dunning_notify_days: tuple[int, ...] = _DUNNING_DEFAULTS.notify_offsets_days
+    dunning_give_up_day: int = _DUNNING_DEFAULTS.give_up_after_days
     invoice_issuer_name: str = Field(default="OpenLedger Billing", min_length=1, max_length=200)
     dunning_reconcile_uncollectible_days: int = Field(default=30, ge=0)
     dunning_web_port: int | None = Field(

@@ -4,17 +4,13 @@ connections open when the faust worker starts and the first transaction runs."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import sqlalchemy as sa
 
-from shared.adapters.clock import DatabaseClock, SystemClock
-from shared.adapters.notify.factory import build_notifier
 from shared.adapters.notify.port import Notifier
 from shared.adapters.payments.port import PaymentGateway
-from shared.adapters.payments.simulated import PostgresProviderRecord, SimulatedGateway
-from shared.adapters.payments.stripe_gateway import StripeGateway, make_stripe_client
-from shared.adapters.postgres.engine import make_engine
+from shared.bootstrap import build_clock, build_engine, build_gateway, build_notifier
 from shared.config import Settings
 from shared.domain.clock import Clock
 from shared.domain.dunning import DunningPolicy
@@ -36,20 +32,6 @@ class DunningContainer:
     notifier: Notifier
 
 
-def build_clock(settings: Settings, engine: sa.Engine) -> Clock:
-    """The billing clock: the simulated one shared through PostgreSQL, or the system clock."""
-    if settings.clock == "simulated":
-        return DatabaseClock(engine, datetime.fromisoformat(settings.simulated_clock_start))
-    return SystemClock()
-
-
-def build_gateway(settings: Settings, engine: sa.Engine) -> PaymentGateway:
-    if settings.payment_gateway == "stripe":
-        return StripeGateway(make_stripe_client(settings.stripe_api_key.get_secret_value(),
-                                                settings.stripe_api_base))
-    return SimulatedGateway(PostgresProviderRecord(engine))
-
-
 def policy_from_settings(settings: Settings) -> DunningPolicy:
     """The campaign schedule from BILLING_DUNNING_* (the domain validates it: offsets before the give-up day)."""
     return DunningPolicy(retry_offsets_days=settings.dunning_retry_days,
@@ -62,7 +44,7 @@ def bootstrap(settings: Settings, *, policy: DunningPolicy | None = None, clock:
     # NOTE: the policy is the domain's default (retries on days 3/5/7, reminders 1/3/7, give up on day 14)
     # until the catalog or the settings carry one; callers may pass another.
     policy = policy or policy_from_settings(settings)
-    engine = make_engine(settings, pool_size=5)
+    engine = build_engine(settings, pool_size=5)
     clock = clock or build_clock(settings, engine)
     notifier = notifier or build_notifier(settings)
     reader = PaymentAttemptReader()

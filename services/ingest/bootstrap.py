@@ -8,18 +8,14 @@ one delivery tracker per batch); commands, webhooks and replays go through `Kafk
 
 from __future__ import annotations
 
-from datetime import datetime
-
 import stripe
 
 from services.ingest.container import Container
 from services.ingest.last_known import LastKnownDatabaseClock
 from shared.adapters.catalog_file import load_catalog
-from shared.adapters.clock import SystemClock
 from shared.adapters.kafka.producer import KafkaProducer
-from shared.adapters.postgres.engine import make_engine
+from shared.bootstrap import build_clock, build_engine
 from shared.config import Settings
-from shared.domain.clock import Clock
 from shared.sdk.kafka import BatchProducer
 
 PRODUCER_NAME = "ingest"
@@ -32,12 +28,10 @@ def build_stripe_client(settings: Settings) -> stripe.StripeClient:
 
 def build_container(settings: Settings | None = None) -> Container:
     settings = settings or Settings()
-    engine = make_engine(settings)
-    clock: Clock
-    if settings.clock == "simulated":
-        clock = LastKnownDatabaseClock(engine, datetime.fromisoformat(settings.simulated_clock_start))
-    else:
-        clock = SystemClock()
+    engine = build_engine(settings)
+    # NOTE: the edge's simulated clock serves its last reading through a PostgreSQL outage (usage ingest
+    # keeps answering); the other services read the row each time.
+    clock = build_clock(settings, engine, simulated=LastKnownDatabaseClock)
     catalog = load_catalog(sorted(settings.catalog_dir.glob("*.yaml")))
     producer = KafkaProducer(settings, client_id=PRODUCER_NAME)
     usage_producer = BatchProducer(settings.kafka_producer_config(**{"client.id": f"{PRODUCER_NAME}-usage"}))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sqlalchemy as sa
+from typing import TYPE_CHECKING
 
 from shared.adapters.payments.port import (
     ChargeOutcome,
@@ -13,22 +13,15 @@ from shared.adapters.payments.port import (
 )
 from shared.config import Settings
 
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+
 __all__ = ["ChargeOutcome", "ChargeRequest", "ChargeStatus", "PaymentGateway", "PaymentGatewayError",
            "make_gateway"]
 
 
 def make_gateway(settings: Settings, engine: sa.Engine | None = None) -> PaymentGateway:
-    """The gateway the settings ask for. The simulated one keeps its record in PostgreSQL when an engine
-    is given (it then outlives the process, like a real provider), else in memory."""
-    if settings.payment_gateway == "stripe":
-        from shared.adapters.payments.stripe_gateway import StripeGateway, make_stripe_client
+    """Kept for callers not yet moved: the one gateway factory is `shared.bootstrap.build_gateway`."""
+    from shared.bootstrap import build_gateway  # composition imports the adapters, not the other way round
 
-        return StripeGateway(make_stripe_client(settings.stripe_api_key.get_secret_value(),
-                                                settings.stripe_api_base))
-    from shared.adapters.payments.simulated import (
-        InMemoryProviderRecord,
-        PostgresProviderRecord,
-        SimulatedGateway,
-    )
-
-    return SimulatedGateway(PostgresProviderRecord(engine) if engine is not None else InMemoryProviderRecord())
+    return build_gateway(settings, engine)
