@@ -15,7 +15,6 @@ import socket
 import threading
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -25,7 +24,6 @@ from services.billing_worker.entrypoints.consumer import ExactlyOnceConsumer
 from services.billing_worker.entrypoints.health import HealthServer
 from services.billing_worker.service_layer.messagebus import BatchProcessor, HandlerRegistry, WorkerDeps
 from shared.adapters.catalog_file import load_catalog
-from shared.adapters.clock import DatabaseClock, SystemClock
 from shared.adapters.kafka.dlq import DeadLetterPublisher
 from shared.adapters.kafka.health import KafkaProbe
 from shared.adapters.kafka.outbox_relay import OutboxRelay
@@ -34,6 +32,7 @@ from shared.adapters.postgres.engine import make_engine
 from shared.adapters.postgres.errors import describe
 from shared.adapters.postgres.health import DatabaseProbe
 from shared.adapters.retry_policy import is_retryable
+from shared.bootstrap import build_clock
 from shared.config import Settings
 from shared.contracts import topics
 from shared.domain.clock import Clock
@@ -48,11 +47,7 @@ PREFETCH_KBYTES = 16384
 
 
 def make_clock(settings: Settings, engine: sa.Engine) -> Clock:
-    if settings.clock == "simulated":
-        clock = DatabaseClock(engine, datetime.fromisoformat(settings.simulated_clock_start))
-        clock.ensure()
-        return clock
-    return SystemClock()
+    return build_clock(settings, engine, ensure=True)
 
 
 def instance_id() -> str:
