@@ -23,35 +23,13 @@ from typing import Final
 
 from shared.domain.calendar import ensure_utc
 from shared.domain.errors import InvalidValueError, LifecycleError
+from shared.domain.payment_attempt import HARD_DECLINE_CODES, is_hard_decline
 
 _ONE_DAY: Final = timedelta(days=1)
 
-# Stripe decline codes (``decline_code`` on a card error) that mean the card itself can no longer be
-# charged: retrying the same card cannot succeed and card networks penalise retries of such declines.
-# Stripe has no ``account_closed`` code: a closed account is reported as ``invalid_account``.
-# Soft declines such as ``insufficient_funds``, ``do_not_honor``, ``generic_decline``,
-# ``try_again_later`` or ``processing_error`` are retried on the schedule.
-DEFAULT_HARD_DECLINE_CODES: Final[frozenset[str]] = frozenset(
-    {
-        "stolen_card",
-        "lost_card",
-        "pickup_card",
-        "fraudulent",
-        "merchant_blacklist",
-        "restricted_card",
-        "invalid_account",
-        "expired_card",
-        "incorrect_number",
-        "card_not_supported",
-        "currency_not_supported",
-        "do_not_try_again",
-        "revocation_of_authorization",
-        "revocation_of_all_authorizations",
-        "stop_payment_order",
-        "security_violation",
-        "new_account_information_available",
-    }
-)
+# NOTE: the classification of declines is the payment attempts' (one rule for the gateways, the webhook
+# translation and dunning); the old name stays for its importers.
+DEFAULT_HARD_DECLINE_CODES: Final[frozenset[str]] = HARD_DECLINE_CODES
 
 
 class DunningCaseClosedError(LifecycleError):
@@ -89,7 +67,7 @@ class DunningPolicy:
 
     def is_hard_decline(self, decline_code: str | None) -> bool:
         """True when the provider's decline code says the payment method cannot be charged again."""
-        return decline_code is not None and decline_code in self.hard_decline_codes
+        return is_hard_decline(decline_code, self.hard_decline_codes)
 
 
 class DunningStatus(StrEnum):

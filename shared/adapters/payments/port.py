@@ -22,6 +22,7 @@ from enum import StrEnum
 from typing import ClassVar, Protocol
 
 from shared.domain.money import Money
+from shared.domain.payment_attempt import INTENT_NOT_CONFIRMABLE as INTENT_NOT_CONFIRMABLE  # re-exported
 from shared.errors import InfrastructureError
 
 
@@ -104,11 +105,6 @@ class ChargeOutcome:
         if self.currency.upper() != currency.upper() or self.amount_minor != due_minor:
             return f"paid {self.amount_minor} {self.currency.upper()}, due {due_minor} {currency.upper()}"
         return None
-
-
-# The provider refuses to confirm a PaymentIntent that is no longer confirmable (Stripe: it already succeeded,
-# was cancelled, or is processing); what it means for the invoice takes a lookup.
-INTENT_NOT_CONFIRMABLE = "payment_intent_unexpected_state"
 
 
 class PaymentGatewayError(InfrastructureError):

@@ -43,8 +43,8 @@ from sqlalchemy.dialects.postgresql import insert
 
 from shared.adapters.payments.port import INTENT_NOT_CONFIRMABLE, ChargeOutcome, ChargeRequest
 from shared.adapters.postgres.schema.billing import simulated_gateway_charges, simulated_gateway_scripts
-from shared.domain.dunning import DEFAULT_HARD_DECLINE_CODES
 from shared.domain.money import Money
+from shared.domain.payment_attempt import is_hard_decline
 
 
 class Behaviour(StrEnum):
@@ -236,10 +236,8 @@ class SimulatedGateway:
 
     name = "simulated"
 
-    def __init__(self, record: ProviderRecord | None = None,
-                 hard_decline_codes: frozenset[str] = DEFAULT_HARD_DECLINE_CODES) -> None:
+    def __init__(self, record: ProviderRecord | None = None) -> None:
         self.record: ProviderRecord = record if record is not None else InMemoryProviderRecord()
-        self._hard = hard_decline_codes | {"resource_missing"}
 
     def script_customer(self, customer_id: str, payment_method_id: str | None) -> None:
         """Make every charge of `customer_id` behave like `payment_method_id` (None: back to the method)."""
@@ -270,7 +268,7 @@ class SimulatedGateway:
             customer_id=request.customer_id, payment_method_id=request.payment_method_id, provider_ref=ref,
             succeeded=declined_code is None, amount_minor=request.amount.amount_minor,
             currency=request.amount.currency, decline_code=declined_code,
-            hard_decline=declined_code is not None and declined_code in self._hard))
+            hard_decline=is_hard_decline(declined_code)))
         if script.behaviour is Behaviour.TIMEOUT_AFTER_SUCCESS:
             return ChargeOutcome.unknown("simulated timeout: the provider charged, the answer was lost", ref)
         return _outcome(stored)

@@ -20,21 +20,15 @@ from typing import Any
 import stripe
 
 from shared.adapters.payments.port import (
-    INTENT_NOT_CONFIRMABLE,
     ChargeOutcome,
     ChargeRequest,
     ChargeStatus,
     PaymentGatewayError,
 )
-from shared.domain.dunning import DEFAULT_HARD_DECLINE_CODES
 from shared.domain.money import Money
+from shared.domain.payment_attempt import is_hard_decline
 
 log = logging.getLogger(__name__)
-
-# Codes Stripe puts in `error.code` (not `decline_code`) that also mean the method cannot be charged again.
-_HARD_ERROR_CODES = frozenset({"expired_card", "incorrect_number", "invalid_number", "resource_missing",
-                               "payment_method_unactivated", INTENT_NOT_CONFIRMABLE})
-
 
 def make_stripe_client(api_key: str, api_base: str, *, timeout_s: float = 20.0,
                        http_client: stripe.HTTPClient | None = None) -> stripe.StripeClient:
@@ -48,10 +42,8 @@ def make_stripe_client(api_key: str, api_base: str, *, timeout_s: float = 20.0,
 class StripeGateway:
     name = "stripe"
 
-    def __init__(self, client: stripe.StripeClient,
-                 hard_decline_codes: frozenset[str] = DEFAULT_HARD_DECLINE_CODES) -> None:
+    def __init__(self, client: stripe.StripeClient) -> None:
         self._intents = client.v1.payment_intents
-        self._hard = hard_decline_codes | _HARD_ERROR_CODES
 
     # ------------------------------------------------------------------------------------------ charge
 
@@ -102,7 +94,7 @@ class StripeGateway:
         code = body.get("decline_code") or error.code or "card_declined"
         intent = body.get("payment_intent") or {}
         ref = intent.get("id") if isinstance(intent, Mapping) else None
-        return ChargeOutcome.declined(code, hard=code in self._hard, provider_ref=ref or intent_id,
+        return ChargeOutcome.declined(code, hard=is_hard_decline(code), provider_ref=ref or intent_id,
                                       message=_message(error))
 
     # ------------------------------------------------------------------------------------------ lookup
@@ -150,7 +142,7 @@ class StripeGateway:
         if status == "requires_payment_method" and (error or after_confirm):
             code = (_get(error, "decline_code") or _get(error, "code") or "payment_failed") if error else \
                 "payment_failed"
-            return ChargeOutcome.declined(str(code), hard=code in self._hard, provider_ref=intent.id,
+            return ChargeOutcome.declined(str(code), hard=is_hard_decline(code), provider_ref=intent.id,
                                           message=_get(error, "message") if error else None)
         # requires_payment_method / requires_confirmation without any error: never confirmed, no charge.
         return None
