@@ -1,16 +1,19 @@
-"""One error root for the domain, with a family per concept.
+"""The domain's errors, with a family per concept, under the project's root (``shared.errors``).
 
-Every domain error is terminal (``retryable`` is False): retrying the same input gives the same answer.
-Adapters translate driver errors into their own families; callers may catch ``DomainError`` to map any
-rule violation to a rejected command or a dead-lettered message.
+Every domain error is terminal (a ``TerminalError``: ``retryable`` is False): retrying the same input gives
+the same answer. Adapters translate driver errors into their own families; callers may catch ``DomainError``
+to map any rule violation to a rejected command or a dead-lettered message, with the machine-readable code
+``shared.errors.refusal_code`` gives it (``InvalidTransitionError`` -> ``invalid_transition``).
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
 
+from shared.errors import TerminalError
 
-class DomainError(Exception):
+
+class DomainError(TerminalError):
     """Root of every error raised by ``shared.domain``."""
 
     retryable: ClassVar[bool] = False
