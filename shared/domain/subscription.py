@@ -68,6 +68,10 @@ class SubscriptionStatus(StrEnum):
 
 _S = SubscriptionStatus
 
+#: The statuses whose current period a period close bills and advances (a paused one closes without a fee);
+#: a trial ends instead, a cancelled subscription has no period left. The scheduler's SQL reads this set.
+CLOSABLE_STATUSES: frozenset[SubscriptionStatus] = frozenset({_S.ACTIVE, _S.PAST_DUE, _S.PAUSED})
+
 #: Exactly the transitions the product allows (issue 3, point 4).
 ALLOWED_TRANSITIONS: Mapping[SubscriptionStatus, frozenset[SubscriptionStatus]] = MappingProxyType(
     {
@@ -559,7 +563,7 @@ class Subscription:
         plan/seat change, then moves to the next anchored period.
         """
         instant = ensure_utc(at)
-        if self.status in (_S.TRIALING, _S.CANCELLED):
+        if self.status not in CLOSABLE_STATUSES:
             raise SubscriptionError(f"cannot advance the period of a {self.status.value} subscription")
         closed = self.current_period
         if instant < closed.end:

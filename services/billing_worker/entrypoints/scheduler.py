@@ -40,6 +40,7 @@ from shared.contracts import topics
 from shared.contracts.envelope import new_envelope
 from shared.contracts.messages import ClosePeriod, EndTrial, ExpireCredits, Payload
 from shared.domain.clock import Clock
+from shared.domain.subscription import CLOSABLE_STATUSES
 from shared.errors import InfrastructureError
 from shared.observability import kv
 
@@ -51,6 +52,7 @@ PRODUCER_NAME = "billing-scheduler"
 # consumer lag) before the period close goes ahead without it.
 DUNNING_PICKUP = timedelta(seconds=60)
 
+# Which subscriptions a close is due for: the domain's CLOSABLE_STATUSES (bound to :closable).
 # A period close is held back while something due at an earlier billing instant has not taken effect for
 # that subscription (time order: dunning's give-up on day 14 must cancel a subscription before the close on
 # day 31 bills it again, whatever the size of a clock jump). Read-only and narrow, on purpose:
@@ -67,7 +69,7 @@ DUNNING_PICKUP = timedelta(seconds=60)
 _DUE_PERIOD_ENDS = sa.text("""
 SELECT s.subscription_id, s.customer_id, s.current_period_end AS due_at
 FROM subscriptions s
-WHERE s.status IN ('active', 'past_due', 'paused') AND s.current_period_end <= :close_before
+WHERE s.status IN :closable AND s.current_period_end <= :close_before
   AND NOT EXISTS (SELECT 1 FROM scheduled_commands c WHERE c.subscription_id = s.subscription_id
                   AND c.kind = 'period.close' AND c.due_at = s.current_period_end)
   AND NOT EXISTS (SELECT 1 FROM invoices i JOIN payment_attempts a ON a.invoice_id = i.invoice_id
@@ -83,7 +85,7 @@ WHERE s.status IN ('active', 'past_due', 'paused') AND s.current_period_end <= :
                   AND o.topic = :commands_topic AND o.event_type IN ('payment.retry', 'dunning.give_up'))
 ORDER BY s.current_period_end, s.subscription_id
 LIMIT :limit
-""")
+""").bindparams(sa.bindparam("closable", [status.value for status in sorted(CLOSABLE_STATUSES)], expanding=True))
 
 _DUE_TRIAL_ENDS = sa.text("""
 SELECT s.subscription_id, s.customer_id, s.trial_end AS due_at
