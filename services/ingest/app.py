@@ -29,6 +29,7 @@ from services.ingest.metrics import EdgeMetrics, MetricsMiddleware
 from services.ingest.nul import NulGuardMiddleware
 from services.ingest.pan import PanGuardMiddleware
 from services.ingest.problems import OutageMiddleware, install_problem_handlers
+from services.ingest.relay import build_relay
 from services.ingest.routes import (
     api_keys,
     clock,
@@ -68,11 +69,14 @@ def create_app(container: Container) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         container.producer.start()
+        relay = build_relay(container)
+        relay.start()
         purger = asyncio.create_task(_purge_idempotency_keys(store))
         try:
             yield
         finally:
             purger.cancel()
+            await run_in_threadpool(relay.stop)
             await run_in_threadpool(container.producer.flush, 10.0)
             await run_in_threadpool(container.usage_producer.close, 10.0)
 

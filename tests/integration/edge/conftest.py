@@ -24,6 +24,7 @@ from pydantic import SecretStr
 from services.ingest.app import create_app
 from services.ingest.bootstrap import build_container
 from services.ingest.container import Container
+from services.ingest.relay import build_relay
 from shared.adapters.postgres.schema.billing import subscriptions
 from shared.adapters.postgres.schema.core import command_outcomes
 from shared.contracts import topics
@@ -110,7 +111,10 @@ def edge_settings(settings):  # type: ignore[no-untyped-def]
 def container(edge_settings) -> Iterator[Container]:  # type: ignore[no-untyped-def]
     built = build_container(edge_settings)
     built.producer.start()
+    relay = build_relay(built)  # the app's lifespan starts one; ASGITransport does not run the lifespan
+    relay.start()
     yield built
+    relay.stop()
     built.producer.close()
     built.usage_producer.close()
     built.engine.dispose()

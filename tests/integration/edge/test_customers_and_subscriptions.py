@@ -9,7 +9,7 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from shared.adapters.postgres.schema.core import customer_aliases, customers, org_members
+from shared.adapters.postgres.schema.core import customer_aliases, customers, org_members, outbox
 from shared.adapters.postgres.schema.edge import audit_log
 
 from .conftest import ADMIN, onboard, subscribe
@@ -154,3 +154,36 @@ async def test_subscribing_to_an_unknown_plan_or_customer_is_refused_before_anyt
     assert unknown_plan.status_code == 422
     assert unknown_plan.json()["errors"][0]["field"] == "plan_id"
     assert unknown_customer.status_code == 404
+
+
+async def test_subscribing_to_a_plan_sold_in_another_currency_is_refused_and_nothing_is_sent(client, container):
+    customer = await onboard(client, currency="EUR")
+
+    response = await client.post("/v1/subscriptions", headers=ADMIN,
+                                 json={"customer_id": customer["customer_id"], "plan_id": "pro"})
+
+    assert response.status_code == 422
+    problem = response.json()
+    assert problem["type"] == "/problems/currency-mismatch" and problem["errors"][0]["field"] == "plan_id"
+    assert problem["detail"] == "plan pro bills in USD, the customer in EUR"
+    with container.engine.connect() as conn:
+        assert conn.execute(sa.select(audit_log.c.action).where(
+            audit_log.c.customer_id == customer["customer_id"])).scalars().all() == ["customer.onboard"]
+        assert conn.execute(sa.select(sa.func.count()).select_from(outbox).where(
+            outbox.c.envelope["payload"]["customer_id"].astext == customer["customer_id"])).scalar() == 0
+
+
+async def test_an_accepted_command_is_in_the_outbox_with_its_audit_row(client, worker, container):
+    customer = await onboard(client)
+    created = await subscribe(client, customer["customer_id"])
+
+    with container.engine.connect() as conn:
+        row = conn.execute(sa.select(outbox.c.topic, outbox.c.message_key, outbox.c.event_type)
+                           .where(outbox.c.message_key == created["subscription_id"])).one()
+        audited = conn.execute(sa.select(audit_log.c.details["command_id"].astext).where(
+            audit_log.c.subscription_id == created["subscription_id"])).scalar_one()
+        command_id = conn.execute(sa.select(outbox.c.event_id).where(
+            outbox.c.message_key == created["subscription_id"])).scalar_one()
+
+    assert tuple(row) == ("commands.v1", created["subscription_id"], "subscription.create")
+    assert audited == str(command_id)

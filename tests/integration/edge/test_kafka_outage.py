@@ -1,9 +1,12 @@
 """The edge during a Kafka outage (issue 12, defect 7), on a PRIVATE broker that the test stops and starts (the
 shared stack is never touched), with the shared PostgreSQL.
 
-During the outage nothing is acknowledged that Kafka did not acknowledge: usage and commands answer 503
-problem+json with Retry-After once the producer gives up (`message.timeout.ms`, shortened here), reads keep
-working (PostgreSQL), /readyz names Kafka. After it, the same producers deliver again: no restart.
+During the outage nothing is acknowledged that Kafka did not acknowledge: usage answers 503 problem+json
+with Retry-After once the producer gives up (`message.timeout.ms`, shortened here), reads keep working
+(PostgreSQL), /readyz names Kafka. After it, the same producers deliver again: no restart.
+A lifecycle command is different: it is accepted into the outbox with its audit row (202, pending: the worker
+cannot see it yet) and reaches commands.v1 once the broker is back. Before the outbox, the audit row was
+committed and the request then failed with 503: the command was lost although the audit trail recorded it.
 """
 
 from __future__ import annotations
@@ -25,10 +28,12 @@ from services.ingest.container import Container
 from shared.adapters.kafka.producer import KafkaProducer
 from shared.adapters.postgres.schema.billing import subscriptions
 from shared.adapters.postgres.schema.core import customers
+from shared.contracts import topics
+from shared.contracts.envelope import Envelope
 from shared.sdk.kafka import BatchProducer
 from tests.outage_support import PrivateKafka, private_kafka
 
-from .conftest import ADMIN, ADMIN_KEY
+from .conftest import ADMIN, ADMIN_KEY, consume
 
 pytestmark = pytest.mark.integration
 
@@ -92,7 +97,8 @@ def _is_unavailable(response: httpx.Response) -> bool:
             and int(response.headers["retry-after"]) >= 1)
 
 
-async def test_usage_and_commands_are_503_reads_work_and_delivery_resumes_after_a_kafka_outage(client, broker):
+async def test_usage_is_503_commands_wait_in_the_outbox_reads_work_and_delivery_resumes_after_a_kafka_outage(
+        client, broker, edge_settings):
     warm = await client.post("/v1/ingest", json=_event(), headers=ADMIN)
     assert warm.status_code == 200 and warm.json()["accepted"] == 1, warm.text
 
@@ -106,7 +112,7 @@ async def test_usage_and_commands_are_503_reads_work_and_delivery_resumes_after_
         broker.start()
 
     assert _is_unavailable(usage), (usage.status_code, usage.text)
-    assert _is_unavailable(command), (command.status_code, command.text)
+    assert command.status_code == 202 and command.json()["status"] == "pending", (command.status_code, command.text)
     assert read.status_code == 200
     assert ready.status_code == 503 and ready.json()["checks"] == {"postgres": True, "kafka": False}
 
@@ -118,3 +124,10 @@ async def test_usage_and_commands_are_503_reads_work_and_delivery_resumes_after_
         await asyncio.sleep(0.5)
     assert again.status_code == 200 and again.json()["accepted"] == 1, again.text
     assert (await client.get("/readyz")).status_code == 200
+
+    command_id = command.json()["command_id"]
+    delivered: list[Envelope] = []
+    while not delivered and time.monotonic() < deadline:  # the outbox relay publishes it once Kafka is back
+        found = await asyncio.to_thread(consume, edge_settings, topics.COMMANDS, 1, 2.0)
+        delivered = [e for e in map(Envelope.from_bytes, (m.value() for m in found)) if str(e.event_id) == command_id]
+    assert [(e.type, e.payload["subscription_id"]) for e in delivered] == [("subscription.pause", "sub_kafka_outage")]

@@ -1,0 +1,32 @@
+"""Writing to the transactional outbox: one row per message, in the caller's transaction.
+
+A message that must reach Kafka together with PostgreSQL rows is written here, in the same transaction as
+those rows; the relay (`shared.adapters.kafka.outbox_relay`) publishes it in id order once the transaction
+committed. Nothing is produced to Kafka for a transaction that rolled back, and nothing committed is lost
+when Kafka is down at that instant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert
+
+from shared.adapters.postgres.schema.core import outbox
+from shared.contracts.envelope import Envelope
+
+
+def outbox_row(envelope: Envelope, *, key: str, topic: str) -> dict[str, Any]:
+    """The row of one message; `topic` is the logical name (the relay applies the settings' prefix)."""
+    return {"topic": topic, "message_key": key, "event_id": envelope.event_id, "event_type": envelope.type,
+            "envelope": envelope.model_dump(mode="json")}
+
+
+def add_to_outbox(conn: sa.Connection, messages: Iterable[tuple[str, str, Envelope]]) -> None:
+    """Write (topic, key, envelope) rows in the caller's transaction; a row whose event_id is already in the
+    outbox is a no-op, so a retried request that derives its ids deterministically writes each message once."""
+    rows = [outbox_row(envelope, key=key, topic=topic) for topic, key, envelope in messages]
+    if rows:
+        conn.execute(insert(outbox).on_conflict_do_nothing(index_elements=["event_id"]), rows)
