@@ -73,6 +73,9 @@ _S = AttemptStatus
 # Not settled yet: no answer of the provider is recorded. A dunning retry of the invoice waits for these.
 UNSETTLED: Final[frozenset[AttemptStatus]] = frozenset({_S.PENDING, _S.IN_FLIGHT, _S.UNKNOWN})
 FINAL: Final[frozenset[AttemptStatus]] = frozenset({_S.SUCCEEDED, _S.CANCELLED})
+# NOTE: an attempt in one of these keeps every other attempt of its invoice from being claimed: one charge of
+# an invoice at the provider at a time, and none once one succeeded.
+HOLDS_ITS_INVOICE: Final[frozenset[AttemptStatus]] = frozenset({_S.IN_FLIGHT, _S.UNKNOWN, _S.SUCCEEDED})
 
 TRANSITIONS: Final[Mapping[Transition, Move]] = MappingProxyType({
     # NOTE: IN_FLIGHT and UNKNOWN are claimed again only once their lease expired (the adapter checks it);
@@ -174,7 +177,7 @@ class PaymentAttempt:
         self._move(Transition.CLAIM)
         self.dispatch_count += 1
 
-    def release(self, error: str) -> None:
+    def release(self, error: str | None) -> None:
         """The gateway could not be used (nothing reached the provider): back to PENDING, and the
         dispatch just counted is given back."""
         self._move(Transition.RELEASE)

@@ -34,11 +34,12 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import sqlalchemy as sa
 
+from services.billing_worker.adapters import payment_attempts as attempts
 from services.billing_worker.adapters.billing_repository import IDS
+from services.billing_worker.adapters.payment_attempts import ClaimedAttempt
 from services.billing_worker.service_layer.messagebus import PRODUCER_NAME, add_outbox
 from shared.adapters.payments.port import (
     INTENT_NOT_CONFIRMABLE,
@@ -49,71 +50,16 @@ from shared.adapters.payments.port import (
     PaymentGatewayError,
 )
 from shared.adapters.postgres.errors import describe
-from shared.adapters.postgres.schema.billing import billing_audit_log, payment_attempts
+from shared.adapters.postgres.schema.billing import billing_audit_log
 from shared.adapters.retry_policy import is_retryable
 from shared.contracts import topics
 from shared.contracts.envelope import new_envelope
 from shared.contracts.messages import PaymentFailed, PaymentSucceeded
 from shared.domain.clock import Clock
-from shared.domain.money import Money
+from shared.domain.payment_attempt import AttemptStatus
 from shared.observability import kv
 
 log = logging.getLogger("billing_worker.executor")
-
-_CLAIM = sa.text("""
-WITH due AS (
-    SELECT a.attempt_id
-    FROM payment_attempts a
-    JOIN invoices i ON i.invoice_id = a.invoice_id
-    WHERE i.status = 'open'
-      AND (a.status = 'pending' AND (a.lease_until IS NULL OR a.lease_until < now())
-           OR a.status IN ('in_flight', 'unknown') AND a.lease_until < now())
-      AND NOT EXISTS (SELECT 1 FROM payment_attempts b
-                      WHERE b.invoice_id = a.invoice_id AND b.attempt_id <> a.attempt_id
-                        AND b.status IN ('succeeded', 'in_flight', 'unknown'))
-    ORDER BY a.created_at
-    LIMIT :limit
-    FOR UPDATE OF a SKIP LOCKED
-)
-UPDATE payment_attempts AS p
-SET status = 'in_flight', claimed_by = :me, lease_until = now() + make_interval(secs => :lease),
-    dispatch_count = p.dispatch_count + 1, dispatched_at = coalesce(p.dispatched_at, now())
-FROM due
-WHERE p.attempt_id = due.attempt_id
-RETURNING p.attempt_id, p.invoice_id, p.attempt_no, p.subscription_id, p.customer_id, p.amount_minor, p.currency,
-          p.payment_method_id, p.idempotency_key, p.dispatch_count, p.provider_ref,
-          (SELECT c.stripe_customer_id FROM customers c WHERE c.customer_id = p.customer_id) AS provider_customer_id,
-          (SELECT b.provider_ref FROM payment_attempts b WHERE b.invoice_id = p.invoice_id
-             AND b.provider_ref IS NOT NULL ORDER BY b.attempt_no DESC LIMIT 1) AS invoice_provider_ref
-""")
-
-_CANCEL_STALE = sa.text("""
-UPDATE payment_attempts a SET status = 'cancelled', completed_at = now(), lease_until = NULL
-FROM invoices i
-WHERE i.invoice_id = a.invoice_id AND a.status = 'pending' AND i.status IN ('paid', 'void')
-""")
-
-
-@dataclass(frozen=True)
-class ClaimedAttempt:
-    attempt_id: str
-    invoice_id: str
-    attempt_no: int
-    subscription_id: str
-    customer_id: str
-    amount: Money
-    payment_method_id: str | None
-    idempotency_key: str
-    dispatch_count: int
-    provider_ref: str | None
-    provider_customer_id: str | None
-
-    @classmethod
-    def of(cls, row: Any) -> ClaimedAttempt:
-        return cls(row.attempt_id, row.invoice_id, row.attempt_no, row.subscription_id, row.customer_id,
-                   Money(row.amount_minor, row.currency), row.payment_method_id, row.idempotency_key,
-                   row.dispatch_count, row.provider_ref or row.invoice_provider_ref, row.provider_customer_id)
-
 
 @dataclass(frozen=True)
 class Settled:
@@ -231,9 +177,8 @@ class PaymentExecutor:
 
     def claim(self, limit: int) -> list[ClaimedAttempt]:
         with self._engine.begin() as conn:
-            conn.execute(_CANCEL_STALE)
-            rows = conn.execute(_CLAIM, {"limit": limit, "me": self._me, "lease": self._lease_s}).all()
-        return [ClaimedAttempt.of(r) for r in rows]
+            attempts.withdraw_attempts_of_closed_invoices(conn)
+            return attempts.claim_due(conn, limit=limit, claimant=self._me, lease_s=self._lease_s)
 
     def execute(self, attempt: ClaimedAttempt) -> Settled:
         """Charge one attempt, looking it up first when it may already have reached the provider."""
@@ -319,9 +264,9 @@ class PaymentExecutor:
         makes this unreachable through one executor; if it happens anyway it is made loud, never silent."""
         log.error("second successful charge of one invoice: refund required",
                   extra=kv(attempt_id=item.attempt.attempt_id, invoice_id=item.attempt.invoice_id))
-        conn.execute(sa.update(payment_attempts).where(payment_attempts.c.attempt_id == item.attempt.attempt_id)
-                     .values(status="cancelled", completed_at=now, lease_until=None,
-                             error_message="charged although another attempt had succeeded: refund required"))
+        duplicate = item.attempt.as_attempt()
+        duplicate.cancel_duplicate_charge(at=now)
+        attempts.cancel_duplicate_charge(conn, duplicate)
         conn.execute(sa.insert(billing_audit_log).values(
             occurred_at=now, actor=self._me, action="payment.duplicate_charge", entity_type="payment_attempt",
             entity_id=item.attempt.attempt_id, subscription_id=item.attempt.subscription_id,
@@ -330,47 +275,44 @@ class PaymentExecutor:
                     "provider_ref": item.outcome.provider_ref if item.outcome else None}))
 
     def _record_one(self, conn: sa.Connection, item: Settled, now: datetime) -> None:
-        a = payment_attempts.c
-        attempt, outcome = item.attempt, item.outcome
-        mine = sa.and_(a.attempt_id == attempt.attempt_id, a.claimed_by == self._me, a.status == "in_flight")
+        claimed, outcome = item.attempt, item.outcome
+        attempt = claimed.as_attempt()
         if outcome is None:
-            conn.execute(sa.update(payment_attempts).where(mine).values(
-                status="pending", dispatch_count=a.dispatch_count - 1, error_message=item.error,
-                lease_until=sa.func.now() + sa.text(f"interval '{int(self._unknown_backoff_s * 5)} seconds'")))
+            attempt.release(item.error)
+            attempts.record_claimed(conn, attempt, claimant=self._me,
+                                    lease_s=float(int(self._unknown_backoff_s * 5)))
             return
         if outcome.status is ChargeStatus.UNKNOWN:
-            backoff = self._unknown_backoff_s * (2 ** min(attempt.dispatch_count - 1, 6))
-            conn.execute(sa.update(payment_attempts).where(mine).values(
-                status="unknown", error_message=outcome.message,
-                provider_ref=sa.func.coalesce(outcome.provider_ref, a.provider_ref),
-                lease_until=sa.func.now() + sa.text(f"interval '{backoff:.3f} seconds'")))
+            attempt.lose_answer(outcome.message, outcome.provider_ref)
+            backoff = self._unknown_backoff_s * (2 ** min(claimed.dispatch_count - 1, 6))
+            attempts.record_claimed(conn, attempt, claimant=self._me, lease_s=backoff)
             return
-        status = "succeeded" if outcome.status is ChargeStatus.SUCCEEDED else "declined"
-        updated = conn.execute(sa.update(payment_attempts).where(mine).values(
-            status=status, provider_ref=sa.func.coalesce(outcome.provider_ref, a.provider_ref),
-            decline_code=outcome.decline_code, hard_decline=outcome.hard_decline, error_message=outcome.message,
-            completed_at=now, lease_until=None))
-        if updated.rowcount != 1:
+        if outcome.status is ChargeStatus.SUCCEEDED:
+            attempt.succeed(at=now, provider_ref=outcome.provider_ref, message=outcome.message)
+        else:
+            attempt.decline(at=now, code=outcome.decline_code, hard=outcome.hard_decline,
+                            provider_ref=outcome.provider_ref, message=outcome.message)
+        if not attempts.record_claimed(conn, attempt, claimant=self._me):
             log.warning("attempt no longer ours; outcome left to reconciliation",
-                        extra=kv(attempt_id=attempt.attempt_id, outcome=status))
+                        extra=kv(attempt_id=claimed.attempt_id, outcome=attempt.status.value))
             return
         payload: PaymentSucceeded | PaymentFailed
-        if status == "succeeded":
+        if attempt.status is AttemptStatus.SUCCEEDED:
             payload = PaymentSucceeded(
-                subscription_id=attempt.subscription_id, invoice_id=attempt.invoice_id,
-                attempt_id=attempt.attempt_id, provider_ref=outcome.provider_ref,
-                amount_minor=outcome.amount_minor if outcome.amount_minor is not None else attempt.amount.amount_minor,
-                currency=outcome.currency or attempt.amount.currency, source="executor", paid_at=now)
+                subscription_id=claimed.subscription_id, invoice_id=claimed.invoice_id,
+                attempt_id=claimed.attempt_id, provider_ref=outcome.provider_ref,
+                amount_minor=outcome.amount_minor if outcome.amount_minor is not None else claimed.amount.amount_minor,
+                currency=outcome.currency or claimed.amount.currency, source="executor", paid_at=now)
             type_ = "payment.succeeded"
         else:
             payload = PaymentFailed(
-                subscription_id=attempt.subscription_id, invoice_id=attempt.invoice_id,
-                attempt_id=attempt.attempt_id, provider_ref=outcome.provider_ref,
-                amount_minor=attempt.amount.amount_minor, currency=attempt.amount.currency,
+                subscription_id=claimed.subscription_id, invoice_id=claimed.invoice_id,
+                attempt_id=claimed.attempt_id, provider_ref=outcome.provider_ref,
+                amount_minor=claimed.amount.amount_minor, currency=claimed.amount.currency,
                 decline_code=outcome.decline_code, hard_decline=outcome.hard_decline,
                 message=(outcome.message or "")[:500] or None, source="executor", failed_at=now)
             type_ = "payment.failed"
         envelope = new_envelope(type_, payload.model_dump(mode="json"), producer=PRODUCER_NAME, occurred_at=now,
-                                event_id=uuid.uuid5(IDS, f"{attempt.attempt_id}|{type_}"),
-                                correlation_id=attempt.attempt_id)
-        add_outbox(conn, envelope, key=attempt.subscription_id, topic=topics.PAYMENTS)
+                                event_id=uuid.uuid5(IDS, f"{claimed.attempt_id}|{type_}"),
+                                correlation_id=claimed.attempt_id)
+        add_outbox(conn, envelope, key=claimed.subscription_id, topic=topics.PAYMENTS)

@@ -1,0 +1,282 @@
+"""The one place the billing worker writes ``payment_attempts``: each statement stores a move of the domain's
+``PaymentAttempt`` state machine, and takes its status condition from the domain's ``TRANSITIONS``.
+
+Two shapes, for speed:
+- moves of one attempt the caller holds as a domain object (the executor's outcome on its own claim):
+  ``record_claimed`` stores ``attempt.last_transition`` with a compare-and-set on the attempt's status and
+  its claimant, so an attempt taken over by another executor (its lease expired) is left to that one;
+- moves decided without loading the attempt, one statement for one or many rows (a claim round, the
+  withdrawal of attempts whose invoice closed, an outcome reported by a webhook or the reconciliation job):
+  the same table gives their ``WHERE status IN (...)``.
+
+Leases are measured on the database's clock (``now()``), like the claim that set them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+
+from services.billing_worker.adapters.billing_repository import bulk_insert
+from shared.adapters.postgres.schema.billing import payment_attempts
+from shared.domain.money import Money
+from shared.domain.payment_attempt import (
+    HOLDS_ITS_INVOICE,
+    AttemptStatus,
+    PaymentAttempt,
+    Transition,
+    sources_of,
+)
+
+
+def _sql_in(statuses: frozenset[AttemptStatus]) -> str:
+    return "(" + ", ".join(f"'{s.value}'" for s in sorted(statuses)) + ")"
+
+
+_RETAKEN = sources_of(Transition.CLAIM) - {AttemptStatus.PENDING}
+
+# NOTE: a pending attempt carries a lease only after a release (its gateway could not be used): it waits
+# that long. An in-flight or unknown one is taken again only once its lease expired, and then looked up first.
+_CLAIM = sa.text(f"""
+WITH due AS (
+    SELECT a.attempt_id
+    FROM payment_attempts a
+    JOIN invoices i ON i.invoice_id = a.invoice_id
+    WHERE i.status = 'open'
+      AND (a.status = '{AttemptStatus.PENDING.value}' AND (a.lease_until IS NULL OR a.lease_until < now())
+           OR a.status IN {_sql_in(_RETAKEN)} AND a.lease_until < now())
+      AND NOT EXISTS (SELECT 1 FROM payment_attempts b
+                      WHERE b.invoice_id = a.invoice_id AND b.attempt_id <> a.attempt_id
+                        AND b.status IN {_sql_in(HOLDS_ITS_INVOICE)})
+    ORDER BY a.created_at
+    LIMIT :limit
+    FOR UPDATE OF a SKIP LOCKED
+)
+UPDATE payment_attempts AS p
+SET status = '{AttemptStatus.IN_FLIGHT.value}', claimed_by = :me,
+    lease_until = now() + make_interval(secs => :lease),
+    dispatch_count = p.dispatch_count + 1, dispatched_at = coalesce(p.dispatched_at, now())
+FROM due
+WHERE p.attempt_id = due.attempt_id
+RETURNING p.attempt_id, p.invoice_id, p.attempt_no, p.subscription_id, p.customer_id, p.amount_minor, p.currency,
+          p.payment_method_id, p.idempotency_key, p.dispatch_count, p.provider_ref, p.requested_at, p.reason,
+          (SELECT c.stripe_customer_id FROM customers c WHERE c.customer_id = p.customer_id) AS provider_customer_id,
+          (SELECT b.provider_ref FROM payment_attempts b WHERE b.invoice_id = p.invoice_id
+             AND b.provider_ref IS NOT NULL ORDER BY b.attempt_no DESC LIMIT 1) AS invoice_provider_ref
+""")
+
+_WITHDRAW_OF_CLOSED_INVOICES = sa.text(f"""
+UPDATE payment_attempts a SET status = '{AttemptStatus.CANCELLED.value}', completed_at = now(), lease_until = NULL
+FROM invoices i
+WHERE i.invoice_id = a.invoice_id AND a.status IN {_sql_in(sources_of(Transition.WITHDRAW))}
+  AND i.status IN ('paid', 'void')
+""")
+
+
+@dataclass(frozen=True)
+class ClaimedAttempt:
+    """An attempt this executor just claimed, with what the provider call needs beside it.
+
+    ``provider_ref`` is the provider object to confirm: the attempt's own, else the latest one of its
+    invoice (every attempt of an invoice confirms the same PaymentIntent); ``own_provider_ref`` is the
+    attempt's alone."""
+
+    attempt_id: str
+    invoice_id: str
+    attempt_no: int
+    subscription_id: str
+    customer_id: str
+    amount: Money
+    payment_method_id: str | None
+    idempotency_key: str
+    dispatch_count: int
+    provider_ref: str | None
+    provider_customer_id: str | None
+    own_provider_ref: str | None
+    requested_at: datetime
+    reason: str
+
+    @classmethod
+    def of(cls, row: Any) -> ClaimedAttempt:
+        return cls(row.attempt_id, row.invoice_id, row.attempt_no, row.subscription_id, row.customer_id,
+                   Money(row.amount_minor, row.currency), row.payment_method_id, row.idempotency_key,
+                   row.dispatch_count, row.provider_ref or row.invoice_provider_ref, row.provider_customer_id,
+                   row.provider_ref, row.requested_at, row.reason)
+
+    def as_attempt(self) -> PaymentAttempt:
+        """The domain's view of the claimed row: IN_FLIGHT, with the dispatch just counted."""
+        return PaymentAttempt(
+            attempt_id=self.attempt_id, invoice_id=self.invoice_id, attempt_no=self.attempt_no,
+            subscription_id=self.subscription_id, customer_id=self.customer_id, amount=self.amount,
+            payment_method_id=self.payment_method_id, idempotency_key=self.idempotency_key,
+            requested_at=self.requested_at, reason=self.reason,
+            status=AttemptStatus.IN_FLIGHT, dispatch_count=self.dispatch_count, provider_ref=self.own_provider_ref)
+
+
+# ------------------------------------------------------------------------------------------- requests
+
+
+class RequestedAttempt(Protocol):
+    """What a new attempt row is made of (``PaymentAttempt.request`` gives one, as does the worker's
+    ``AttemptToCreate``)."""
+
+    @property
+    def attempt_id(self) -> str: ...
+    @property
+    def invoice_id(self) -> str: ...
+    @property
+    def attempt_no(self) -> int: ...
+    @property
+    def subscription_id(self) -> str: ...
+    @property
+    def customer_id(self) -> str: ...
+    @property
+    def amount(self) -> Money: ...
+    @property
+    def payment_method_id(self) -> str | None: ...
+    @property
+    def requested_at(self) -> datetime: ...
+    @property
+    def reason(self) -> str: ...
+
+
+def insert_requested(conn: sa.Connection, attempts: Sequence[RequestedAttempt]) -> int:
+    """Write attempts PENDING *before* any provider call; the idempotency key is the attempt id. Returns how
+    many were new (an attempt already written is left as it is)."""
+    if not attempts:
+        return 0
+    rows = [{"attempt_id": a.attempt_id, "invoice_id": a.invoice_id, "attempt_no": a.attempt_no,
+             "subscription_id": a.subscription_id, "customer_id": a.customer_id,
+             "amount_minor": a.amount.amount_minor, "currency": a.amount.currency,
+             "payment_method_id": a.payment_method_id, "idempotency_key": a.attempt_id,
+             "status": AttemptStatus.PENDING.value, "reason": a.reason, "requested_at": a.requested_at}
+            for a in attempts]
+    return len(bulk_insert(conn, payment_attempts, rows, ignore_conflicts_on=(), returning="attempt_id"))
+
+
+def detach_pending_payment_method(conn: sa.Connection, subscription_id: str) -> int:
+    """Drop the payment method of the subscription's attempts not sent yet (``forget_payment_method``: only
+    PENDING ones); returns how many."""
+    a = payment_attempts.c
+    return conn.execute(sa.update(payment_attempts).where(
+        a.subscription_id == subscription_id, a.status == AttemptStatus.PENDING.value,
+        a.payment_method_id.is_not(None)).values(payment_method_id=None)).rowcount
+
+
+# ------------------------------------------------------------------------------------ the executor's moves
+
+
+def claim_due(conn: sa.Connection, *, limit: int, claimant: str, lease_s: float) -> list[ClaimedAttempt]:
+    """Claim up to `limit` due attempts of open invoices for `claimant` (``PaymentAttempt.claim`` on each,
+    ``FOR UPDATE SKIP LOCKED``: several executors never take the same one), under a lease of `lease_s`."""
+    rows = conn.execute(_CLAIM, {"limit": limit, "me": claimant, "lease": lease_s}).all()
+    return [ClaimedAttempt.of(r) for r in rows]
+
+
+def withdraw_attempts_of_closed_invoices(conn: sa.Connection) -> int:
+    """Withdraw the PENDING attempts whose invoice was paid or voided meanwhile; returns how many."""
+    return conn.execute(_WITHDRAW_OF_CLOSED_INVOICES).rowcount
+
+
+def record_claimed(conn: sa.Connection, attempt: PaymentAttempt, *, claimant: str,
+                   lease_s: float | None = None) -> bool:
+    """Store the move `claimant` just made on the attempt it claimed (release, lost answer, success,
+    decline). Compare-and-set: the row must still be `claimant`'s and in a status the move starts from.
+    `lease_s` is how long a released or unknown attempt waits before it is claimed again. False when the
+    row was not ours any more (its lease expired and another executor took it)."""
+    a = payment_attempts.c
+    transition = _last_transition(attempt)
+    mine = sa.and_(a.attempt_id == attempt.attempt_id, a.claimed_by == claimant,
+                   a.status.in_([s.value for s in sources_of(transition)]))
+    return bool(conn.execute(sa.update(payment_attempts).where(mine).values(
+        _values_of(attempt, transition, lease_s))).rowcount)
+
+
+def cancel_duplicate_charge(conn: sa.Connection, attempt: PaymentAttempt) -> bool:
+    """Store ``PaymentAttempt.cancel_duplicate_charge``: the provider charged an invoice another attempt had
+    already paid (the caller audits it for a refund)."""
+    a = payment_attempts.c
+    transition = _last_transition(attempt)
+    if transition is not Transition.CANCEL_DUPLICATE_CHARGE:
+        raise ValueError(f"cancel_duplicate_charge stores that move only, not {transition.value}")
+    return bool(conn.execute(sa.update(payment_attempts).where(
+        a.attempt_id == attempt.attempt_id, a.status.in_([s.value for s in sources_of(transition)]))
+        .values(_values_of(attempt, transition, None))).rowcount)
+
+
+def _last_transition(attempt: PaymentAttempt) -> Transition:
+    if attempt.last_transition is None:
+        raise ValueError(f"payment attempt {attempt.attempt_id} has made no move to store")
+    return attempt.last_transition
+
+
+def _lease(seconds: float) -> sa.ColumnElement[Any]:
+    return sa.func.now() + sa.text(f"interval '{seconds:.3f} seconds'")
+
+
+def _values_of(attempt: PaymentAttempt, transition: Transition, lease_s: float | None) -> dict[str, Any]:
+    """The columns a move changes (relative where a concurrent re-claim by the same executor could
+    have moved them: the dispatch count)."""
+    a = payment_attempts.c
+    status = attempt.status.value
+    if transition is Transition.RELEASE:
+        return {"status": status, "dispatch_count": a.dispatch_count - 1, "error_message": attempt.error_message,
+                "lease_until": _lease(lease_s or 0.0)}
+    if transition is Transition.LOSE_ANSWER:
+        return {"status": status, "error_message": attempt.error_message,
+                "provider_ref": sa.func.coalesce(attempt.provider_ref, a.provider_ref),
+                "lease_until": _lease(lease_s or 0.0)}
+    if transition in (Transition.SUCCEED, Transition.DECLINE):
+        return {"status": status, "provider_ref": sa.func.coalesce(attempt.provider_ref, a.provider_ref),
+                "decline_code": attempt.decline_code, "hard_decline": attempt.hard_decline,
+                "error_message": attempt.error_message, "completed_at": attempt.completed_at, "lease_until": None}
+    if transition is Transition.CANCEL_DUPLICATE_CHARGE:
+        return {"status": status, "completed_at": attempt.completed_at, "lease_until": None,
+                "error_message": attempt.error_message}
+    raise ValueError(f"{transition.value} is not a move of the attempt's claimant")
+
+
+# ------------------------------------------------------------------------------- the command handlers' moves
+
+
+def accept_reported_outcome(conn: sa.Connection, attempt_id: str, *, succeeded: bool, provider_ref: str | None,
+                            decline_code: str | None = None, hard_decline: bool = False,
+                            at: datetime) -> bool:
+    """Record an outcome someone else reported (webhook, reconciliation) on an attempt not settled yet
+    (``accept_reported_success`` / ``accept_reported_failure``). A success is refused while another attempt
+    of the invoice succeeded (one success per invoice). False when the attempt was already settled."""
+    a = payment_attempts.c
+    transition = Transition.ACCEPT_REPORTED_SUCCESS if succeeded else Transition.ACCEPT_REPORTED_FAILURE
+    condition: sa.ColumnElement[bool] = a.status.in_([s.value for s in sources_of(transition)])
+    if succeeded:
+        others = sa.select(a.attempt_id).where(
+            a.invoice_id == sa.select(a.invoice_id).where(a.attempt_id == attempt_id).scalar_subquery(),
+            a.status == AttemptStatus.SUCCEEDED.value)
+        condition = sa.and_(condition, ~sa.exists(others))
+    done = conn.execute(sa.update(payment_attempts).where(a.attempt_id == attempt_id, condition).values(
+        status=AttemptStatus.SUCCEEDED.value if succeeded else AttemptStatus.DECLINED.value,
+        provider_ref=sa.func.coalesce(provider_ref, a.provider_ref),
+        decline_code=None if succeeded else decline_code, hard_decline=False if succeeded else hard_decline,
+        completed_at=at))
+    return bool(done.rowcount)
+
+
+def withdraw_pending_of_invoice(conn: sa.Connection, invoice_id: str, at: datetime) -> int:
+    """Withdraw the invoice's attempts not sent yet (dunning gave up on it); returns how many."""
+    a = payment_attempts.c
+    return conn.execute(sa.update(payment_attempts).where(
+        a.invoice_id == invoice_id, a.status.in_([s.value for s in sources_of(Transition.WITHDRAW)]))
+        .values(status=AttemptStatus.CANCELLED.value, completed_at=at)).rowcount
+
+
+def attempt_no_of(conn: sa.Connection, attempt_id: str | None) -> int | None:
+    """The attempt's number within its invoice (None when unknown)."""
+    if attempt_id is None:
+        return None
+    value = conn.execute(sa.select(payment_attempts.c.attempt_no)
+                         .where(payment_attempts.c.attempt_id == attempt_id)).scalar_one_or_none()
+    return int(value) if value is not None else None

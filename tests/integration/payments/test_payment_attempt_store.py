@@ -1,0 +1,162 @@
+"""The worker's payment-attempt adapter against real PostgreSQL: every statement stores a move of the domain's
+state machine, with a compare-and-set on the statuses that move may start from."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+import sqlalchemy as sa
+
+from services.billing_worker.adapters import payment_attempts as store
+from services.billing_worker.adapters.billing_repository import attempt_id_for
+from shared.adapters.postgres.schema.billing import invoices, payment_attempts
+from shared.contracts.messages import CreateSubscription
+from shared.domain.money import Money
+from shared.domain.payment_attempt import PaymentAttempt
+from tests.integration.worker.billing_support import Billing
+
+pytestmark = pytest.mark.integration
+
+JAN_1 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def billing(engine) -> Billing:  # type: ignore[no-untyped-def]
+    return Billing(engine)
+
+
+def new_invoice(billing: Billing, payment_method: str | None = "pm_card_visa") -> str:
+    """A finalised invoice with its first attempt written PENDING (by the real subscription handler)."""
+    suffix = uuid.uuid4().hex[:10]
+    billing.send(CreateSubscription(subscription_id=f"sub_{suffix}", customer_id=f"cus_{suffix}", plan_id="pro",
+                                    currency="USD", payment_method_id=payment_method), JAN_1)
+    return str(billing.invoices(f"sub_{suffix}")[0].invoice_id)
+
+
+def row(engine: sa.Engine, attempt_id: str) -> sa.Row:  # type: ignore[type-arg]
+    with engine.connect() as conn:
+        return conn.execute(sa.select(payment_attempts).where(payment_attempts.c.attempt_id == attempt_id)).one()
+
+
+def claim(engine: sa.Engine, invoice_id: str, claimant: str, lease_s: float = 60) -> list[store.ClaimedAttempt]:
+    with engine.begin() as conn:
+        return [a for a in store.claim_due(conn, limit=10_000, claimant=claimant, lease_s=lease_s)
+                if a.invoice_id == invoice_id]
+
+
+def second_attempt(invoice_id: str, first: sa.Row) -> PaymentAttempt:  # type: ignore[type-arg]
+    return PaymentAttempt.request(
+        attempt_id=attempt_id_for(invoice_id, 2), invoice_id=invoice_id, attempt_no=2,
+        subscription_id=first.subscription_id, customer_id=first.customer_id,
+        amount=Money(first.amount_minor, first.currency), payment_method_id="pm_card_visa", requested_at=JAN_1,
+        reason="retry")
+
+
+def test_a_due_attempt_is_claimed_once_with_its_dispatch_counted(billing: Billing, engine) -> None:  # type: ignore[no-untyped-def]
+    invoice_id = new_invoice(billing)
+    [claimed] = claim(engine, invoice_id, "executor-a")
+    assert claim(engine, invoice_id, "executor-b") == []  # the lease holds
+    stored = row(engine, claimed.attempt_id)
+    assert (stored.status, stored.claimed_by, stored.dispatch_count) == ("in_flight", "executor-a", 1)
+    assert claimed.as_attempt().status.value == "in_flight" and claimed.idempotency_key == claimed.attempt_id
+
+
+def test_only_the_claimant_records_the_outcome_of_its_claim(billing: Billing, engine) -> None:  # type: ignore[no-untyped-def]
+    invoice_id = new_invoice(billing)
+    [claimed] = claim(engine, invoice_id, "executor-a")
+    outcome = claimed.as_attempt()
+    outcome.succeed(at=JAN_1, provider_ref="pi_1")
+    with engine.begin() as conn:
+        assert not store.record_claimed(conn, outcome, claimant="executor-b")
+    assert row(engine, claimed.attempt_id).status == "in_flight"
+    with engine.begin() as conn:
+        assert store.record_claimed(conn, outcome, claimant="executor-a")
+        assert not store.record_claimed(conn, outcome, claimant="executor-a")  # stored once
+    stored = row(engine, claimed.attempt_id)
+    assert (stored.status, stored.provider_ref, stored.completed_at, stored.lease_until) == (
+        "succeeded", "pi_1", JAN_1, None)
+
+
+def test_a_release_gives_the_dispatch_back_and_waits_its_lease(billing: Billing, engine) -> None:  # type: ignore[no-untyped-def]
+    invoice_id = new_invoice(billing)
+    [claimed] = claim(engine, invoice_id, "executor-a")
+    released = claimed.as_attempt()
+    released.release("bad credentials")
+    with engine.begin() as conn:
+        assert store.record_claimed(conn, released, claimant="executor-a", lease_s=60)
+    stored = row(engine, claimed.attempt_id)
+    assert (stored.status, stored.dispatch_count, stored.error_message) == ("pending", 0, "bad credentials")
+    assert claim(engine, invoice_id, "executor-a") == []  # not before its lease ran out
+
+
+def test_a_lost_answer_keeps_the_provider_object_and_holds_the_invoice(billing: Billing, engine) -> None:  # type: ignore[no-untyped-def]
+    invoice_id = new_invoice(billing)
+    [claimed] = claim(engine, invoice_id, "executor-a")
+    lost = claimed.as_attempt()
+    lost.lose_answer("timeout", "pi_lost")
+    first = row(engine, claimed.attempt_id)
+    with engine.begin() as conn:
+        assert store.record_claimed(conn, lost, claimant="executor-a", lease_s=0)
+        store.insert_requested(conn, [second_attempt(invoice_id, first)])
+    assert (row(engine, claimed.attempt_id).status, row(engine, claimed.attempt_id).provider_ref) == (
+        "unknown", "pi_lost")
+    # the unknown attempt is taken again (to be looked up); the second one waits while the first holds the invoice
+    [again] = claim(engine, invoice_id, "executor-b")
+    assert (again.attempt_id, again.dispatch_count, again.as_attempt().needs_lookup) == (
+        claimed.attempt_id, 2, True)
+
+
+def test_a_reported_success_replaces_a_decline_but_never_makes_a_second_success(billing: Billing, engine) -> None:  # type: ignore[no-untyped-def]
+    invoice_id = new_invoice(billing)
+    first = row(engine, attempt_id_for(invoice_id, 1))
+    with engine.begin() as conn:
+        assert store.accept_reported_outcome(conn, first.attempt_id, succeeded=False, provider_ref="pi_1",
+                                             decline_code="insufficient_funds", hard_decline=False, at=JAN_1)
+        assert not store.accept_reported_outcome(conn, first.attempt_id, succeeded=False, provider_ref="pi_1",
+                                                 decline_code="stolen_card", hard_decline=True, at=JAN_1)
+        store.insert_requested(conn, [second_attempt(invoice_id, first)])
+        assert store.accept_reported_outcome(conn, first.attempt_id, succeeded=True, provider_ref=None, at=JAN_1)
+        assert not store.accept_reported_outcome(conn, attempt_id_for(invoice_id, 2), succeeded=True,
+                                                 provider_ref="pi_2", at=JAN_1)
+    settled = row(engine, first.attempt_id)
+    assert (settled.status, settled.provider_ref, settled.decline_code, settled.hard_decline) == (
+        "succeeded", "pi_1", None, False)
+    assert row(engine, attempt_id_for(invoice_id, 2)).status == "pending"
+
+
+def test_pending_attempts_are_withdrawn_when_their_invoice_no_longer_needs_them(billing: Billing, engine) -> None:  # type: ignore[no-untyped-def]
+    given_up, paid = new_invoice(billing), new_invoice(billing)
+    with engine.begin() as conn:
+        assert store.withdraw_pending_of_invoice(conn, given_up, JAN_1) == 1
+        assert store.withdraw_pending_of_invoice(conn, given_up, JAN_1) == 0
+        conn.execute(sa.update(invoices).where(invoices.c.invoice_id == paid).values(status="paid", paid_at=JAN_1))
+        assert store.withdraw_attempts_of_closed_invoices(conn) >= 1
+    assert row(engine, attempt_id_for(given_up, 1)).status == "cancelled"
+    assert row(engine, attempt_id_for(paid, 1)).status == "cancelled"
+
+
+def test_only_attempts_not_sent_yet_lose_a_payment_method(billing: Billing, engine) -> None:  # type: ignore[no-untyped-def]
+    sent = new_invoice(billing)
+    claim(engine, sent, "executor-a")  # (a claim round takes every due attempt: the second invoice comes after)
+    waiting = new_invoice(billing)
+    with engine.begin() as conn:
+        for invoice_id in (sent, waiting):
+            sub = conn.execute(sa.select(invoices.c.subscription_id)
+                               .where(invoices.c.invoice_id == invoice_id)).scalar_one()
+            store.detach_pending_payment_method(conn, sub)
+    assert row(engine, attempt_id_for(sent, 1)).payment_method_id == "pm_card_visa"
+    assert row(engine, attempt_id_for(waiting, 1)).payment_method_id is None
+
+
+def test_an_attempt_written_twice_is_written_once(billing: Billing, engine) -> None:  # type: ignore[no-untyped-def]
+    invoice_id = new_invoice(billing)
+    first = row(engine, attempt_id_for(invoice_id, 1))
+    with engine.begin() as conn:
+        assert store.insert_requested(conn, [second_attempt(invoice_id, first)]) == 1
+        assert store.insert_requested(conn, [second_attempt(invoice_id, first)]) == 0
+        assert store.attempt_no_of(conn, attempt_id_for(invoice_id, 2)) == 2
+        assert store.attempt_no_of(conn, None) is None
+    stored = row(engine, attempt_id_for(invoice_id, 2))
+    assert (stored.status, stored.idempotency_key, stored.reason) == ("pending", stored.attempt_id, "retry")
