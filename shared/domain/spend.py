@@ -22,6 +22,7 @@ from enum import StrEnum
 
 from shared.domain.catalog import OveragePolicy
 from shared.domain.money import Money, UnitPrice, line_amount
+from shared.domain.quantity import number_of
 
 
 class SpendDenialReason(StrEnum):
@@ -165,10 +166,7 @@ def quantity_of(value: object) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    try:
-        number = Decimal(str(value))
-    except ArithmeticError:
-        return None
-    if not number.is_finite():
+    number = number_of(value)
+    if number is None or not number.is_finite():
         return None
     return int(number.to_integral_value(rounding=ROUND_CEILING))
