@@ -31,9 +31,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from services.billing_worker.adapters.billing_repository import derived_id
-from services.billing_worker.adapters.usage import MeterMap, UsageMaterializer, close_usages
-from services.billing_worker.bootstrap import build_worker
-from services.billing_worker.service_layer.commands import BillingCommands
+from services.billing_worker.adapters.usage import MeterMap, UsageMaterializer
+from services.billing_worker.bootstrap import billing_handlers, build_worker, message_bus, sql_unit_of_work
 from shared.adapters.catalog_file import load_default_catalog
 from shared.adapters.clock import DatabaseClock
 from shared.adapters.payments.port import ChargeRequest
@@ -55,7 +54,7 @@ def _subscriptions(n: int) -> list[tuple[str, str]]:
 
 def seed(engine: sa.Engine, n: int) -> None:
     catalog = load_default_catalog()
-    commands = BillingCommands(catalog, close_usages)
+    bus, unit_of_work = message_bus(billing_handlers()), sql_unit_of_work(catalog)
     usage = UsageMaterializer(MeterMap.from_catalog(catalog))
     subs = _subscriptions(n)
     for start in range(0, n, SEED_BATCH):
@@ -71,7 +70,7 @@ def seed(engine: sa.Engine, n: int) -> None:
             "received_at": (JAN_1 + timedelta(days=9)).isoformat()}, producer="bench",
             occurred_at=JAN_1).to_bytes()) for s, c in chunk]
         with engine.begin() as conn:
-            commands.run(conn, items, JAN_1, commands.create)
+            bus.handle(unit_of_work(conn), items, JAN_1)
             usage.apply(conn, events)
     with engine.begin() as conn:
         # The first invoices are not what this benchmark measures: settle them so the executor charges

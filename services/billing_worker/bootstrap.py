@@ -1,28 +1,32 @@
 """Composition root of the billing worker: settings in, a runnable Worker out. Nothing connects at import.
 
 The worker process runs the exactly-once consumer loop on the main thread and, beside it, the outbox
-relay and the background tasks handler modules register (payment executor, scheduler). Handler modules:
-`services.billing_worker.service_layer.commands.register(registry, deps)` (see processor.py for the contract).
+relay and the background tasks (payment executor, scheduler). The handler table (message type -> use case) is
+written out below, `billing_handlers`: a type without a handler is a dead letter, and a table naming a type
+the contracts do not know fails at start.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import logging
 import os
 import socket
 import threading
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 
-from services.billing_worker.adapters.usage import MeterMap, UsageMaterializer
+from services.billing_worker.adapters.sql_unit_of_work import SqlBillingUnitOfWork
+from services.billing_worker.adapters.usage import MeterMap, UsageMaterializer, close_usages
 from services.billing_worker.entrypoints.consumer import ExactlyOnceConsumer
+from services.billing_worker.entrypoints.executor import PaymentExecutor
 from services.billing_worker.entrypoints.health import HealthServer
-from services.billing_worker.service_layer.messagebus import BatchProcessor, HandlerRegistry, WorkerDeps
+from services.billing_worker.entrypoints.scheduler import Scheduler
+from services.billing_worker.service_layer.handlers import Handler, credits, customers, payments, periods, subscriptions
+from services.billing_worker.service_layer.messagebus import BatchProcessor, MessageBus, UnitOfWorkFactory
 from shared.adapters.catalog_file import load_catalog
 from shared.adapters.kafka.dlq import DeadLetterPublisher
 from shared.adapters.kafka.health import KafkaProbe
@@ -32,18 +36,64 @@ from shared.adapters.postgres.engine import make_engine
 from shared.adapters.postgres.errors import describe
 from shared.adapters.postgres.health import DatabaseProbe
 from shared.adapters.retry_policy import is_retryable
-from shared.bootstrap import build_clock
+from shared.bootstrap import build_clock, build_gateway
 from shared.config import Settings
 from shared.contracts import topics
+from shared.contracts.messages import PAYLOADS
+from shared.domain.catalog import Catalog
 from shared.domain.clock import Clock
 from shared.observability import kv
 
 log = logging.getLogger("billing_worker")
 
 CONSUMED_TOPICS = (topics.COMMANDS, topics.USAGE, topics.PAYMENTS)
-HANDLER_MODULES = ("services.billing_worker.service_layer.commands",)
 COMMIT_LANES = 3
 PREFETCH_KBYTES = 16384
+
+
+def billing_handlers() -> dict[str, Handler]:
+    """Every command (commands.v1) and payment outcome (payments.v1) the worker applies, and its use case."""
+    return {
+        "subscription.create": subscriptions.CREATE,
+        "subscription.change_plan": subscriptions.CHANGE_PLAN,
+        "subscription.change_seats": subscriptions.CHANGE_SEATS,
+        "subscription.cancel": subscriptions.CANCEL,
+        "subscription.pause": subscriptions.PAUSE,
+        "subscription.resume": subscriptions.RESUME,
+        "trial.end": subscriptions.END_TRIAL,
+        "period.close": periods.CLOSE_PERIOD,
+        "credits.expire": credits.EXPIRE,
+        "credits.grant": credits.GRANT,
+        "payment.retry": payments.RETRY,
+        "payment_method.update": payments.UPDATE_PAYMENT_METHOD,
+        "dunning.give_up": payments.GIVE_UP,
+        "payment.succeeded": payments.SUCCEEDED,
+        "payment.failed": payments.FAILED,
+        "payment.customer_deleted": customers.CUSTOMER_DELETED,
+    }
+
+
+def message_bus(handlers: Mapping[str, Handler]) -> MessageBus:
+    """The bus over `handlers`; a type the contracts do not define (a typo) fails here, at start."""
+    unknown = sorted(set(handlers) - set(PAYLOADS))
+    if unknown:
+        raise ValueError(f"handlers for message types the contracts do not define: {unknown}")
+    return MessageBus(handlers)
+
+
+def sql_unit_of_work(catalog: Catalog) -> UnitOfWorkFactory:
+    """A unit of work over the batch's connection, for each batch the consumer applies."""
+    def start(conn: sa.Connection) -> SqlBillingUnitOfWork:
+        return SqlBillingUnitOfWork(conn, catalog, close_usages)
+    return start
+
+
+class BackgroundTask(Protocol):
+    """A service that runs beside the consumer loop in the worker process (executor, scheduler)."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 def make_clock(settings: Settings, engine: sa.Engine) -> Clock:
@@ -60,7 +110,8 @@ class Worker:
     engine: sa.Engine
     consumer: ExactlyOnceConsumer
     relay: OutboxRelay | None
-    registry: HandlerRegistry
+    bus: MessageBus
+    background: Sequence[BackgroundTask]
     materializer: UsageMaterializer
     instance: str
     health: HealthServer | None = None
@@ -69,17 +120,17 @@ class Worker:
     def run(self, stop: threading.Event) -> None:
         """Run until `stop` is set: the current batch finishes or rolls back, then everything closes."""
         log.info("billing worker starting", extra=kv(instance=self.instance, group=self.settings.consumer_group,
-                                                     handled=sorted(self.registry.handled_types())))
+                                                     handled=sorted(self.bus.handled_types())))
         if self.health is not None:
             self.health.start()
         if self.relay is not None:
             self.relay.start()
-        for task in self.registry.background:
+        for task in self.background:
             task.start()
         try:
             self.consumer.run(stop)
         finally:
-            for task in reversed(self.registry.background):
+            for task in reversed(self.background):
                 task.stop()
             if self.relay is not None:
                 self.relay.stop()
@@ -91,22 +142,20 @@ class Worker:
             log.info("billing worker stopped", extra=kv(instance=self.instance, **vars(self.consumer.stats)))
 
 
-def build_worker(settings: Settings, *, handler_modules: tuple[str, ...] = HANDLER_MODULES,
-                 relay: bool = True, static_member_id: str | None = None,
+def build_worker(settings: Settings, *, handlers: Mapping[str, Handler] | None = None,
+                 background: bool = True, relay: bool = True, static_member_id: str | None = None,
                  session_timeout_ms: int | None = None, commit_lanes: int = COMMIT_LANES) -> Worker:
-    """Build a worker. `static_member_id` sets Kafka static membership (group.instance.id): a restarted
-    instance with the same id takes its partitions back at once instead of waiting for a rebalance."""
+    """Build a worker. `handlers` replaces the billing handler table (tests: `{}` applies usage only);
+    `background=False` runs no payment executor and no scheduler. `static_member_id` sets Kafka static
+    membership (group.instance.id): a restarted instance with the same id takes its partitions back at once
+    instead of waiting for a rebalance."""
     engine = make_engine(settings)
     clock = make_clock(settings, engine)
     catalog = load_catalog(sorted(settings.catalog_dir.glob("*.yaml")))
-    registry = HandlerRegistry()
-    deps = WorkerDeps(settings=settings, engine=engine, clock=clock, catalog=catalog)
-    for name in handler_modules:
-        if importlib.util.find_spec(name) is None:
-            log.warning("handler module not found; its message types will be dead-lettered",
-                        extra=kv(handler_module=name))
-            continue
-        importlib.import_module(name).register(registry, deps)
+    bus = message_bus(billing_handlers() if handlers is None else handlers)
+    tasks: list[BackgroundTask] = []
+    if background:
+        tasks = [PaymentExecutor(engine, build_gateway(settings, engine), clock), Scheduler(settings, engine, clock)]
     materializer = UsageMaterializer(MeterMap.from_catalog(catalog), clock)
     me = instance_id()
     dlq = DeadLetterPublisher(KafkaProducer(settings, client_id=f"{me}-dlq"))
@@ -118,11 +167,13 @@ def build_worker(settings: Settings, *, handler_modules: tuple[str, ...] = HANDL
     if session_timeout_ms:
         overrides["session.timeout.ms"] = session_timeout_ms
         overrides["heartbeat.interval.ms"] = max(100, session_timeout_ms // 5)
-    consumer = ExactlyOnceConsumer(settings, engine, BatchProcessor(registry, materializer, clock), dlq,
+    processor = BatchProcessor(bus, sql_unit_of_work(catalog), materializer, clock)
+    consumer = ExactlyOnceConsumer(settings, engine, processor, dlq,
                                    topics=CONSUMED_TOPICS, instance_id=me, consumer_overrides=overrides,
                                    commit_lanes=commit_lanes)
     outbox_relay = OutboxRelay(engine, KafkaProducer(settings, client_id=f"{me}-relay")) if relay else None
-    return Worker(settings, engine, consumer, outbox_relay, registry, materializer, me, build_health(settings), dlq)
+    return Worker(settings, engine, consumer, outbox_relay, bus, tasks, materializer, me, build_health(settings),
+                  dlq)
 
 
 def build_worker_when_reachable(settings: Settings, stop: threading.Event, **options: Any) -> Worker | None:

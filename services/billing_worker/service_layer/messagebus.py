@@ -1,61 +1,46 @@
-"""The dispatch seam of the billing worker: message type -> handler, run inside the batch transaction.
+"""The billing worker's message bus: message type -> `Handler`, run inside the batch transaction.
 
-Contract for handler modules (worker-billing's ``services/billing_worker/service_layer/commands.py``):
+Two parts, one dispatch path:
 
-    from services.billing_worker.service_layer.messagebus import (
-        HandlerContext, HandlerRegistry, MessageRejected, WorkerDeps)
+- `MessageBus.handle(uow, messages, at)` runs a run of messages of one type through one unit of work: the
+  handler's prefetch for the whole run, then its use case per message in order, one outcome per command, one
+  `commit()` (set-based writes), all under one savepoint. A command refused or ignored midway rolls that
+  savepoint back; the messages before it are applied again together, it alone (its outcome, nothing else),
+  and the rest together: each message is applied at most twice, and the savepoints grow with the refusals,
+  not with the messages. A command whose outcome is stored already is not applied again (a replay).
+- `BatchProcessor` applies one consumed batch: usage in bulk first (the usage materialiser), then the other
+  messages in each key's order, runs of one type handed to the bus, under one SAVEPOINT; after a terminal
+  failure, again in halves to isolate the message at fault.
 
-    def register(registry: HandlerRegistry, deps: WorkerDeps) -> None:
-        registry.register("subscription.create", handle_create)       # one handler per message type
-        registry.register("payment.succeeded", handle_payment_succeeded)
-        registry.register_batch("period.close", close_periods)       # optional: many messages in one call
-        registry.add_background(PaymentExecutor(deps))                # optional: start()/stop() services
+The handler table is built explicitly in ``bootstrap.py`` (`billing_handlers`); the use cases and the
+`Handler` contract are in ``handlers/``.
 
-    def handle_create(conn: sa.Connection, envelope: Envelope, payload: CreateSubscription,
-                      ctx: HandlerContext) -> None:
-        ...                                                   # read/write state through `conn`
-        ctx.emit("subscription.status_changed", {...}, key=payload.subscription_id)   # -> outbox row
-        ctx.record_outcome("applied", result={...})          # -> command_outcomes (commands only)
-
-    def close_periods(conn: sa.Connection, items: Sequence[tuple[Envelope, ClosePeriod]], now: datetime) -> None:
-        ...                                                   # same contract, for all of `items` at once
-
-The composition root (``bootstrap.py``) calls ``commands.register(registry, deps)`` once at start.
-
-What the engine guarantees to a handler:
-- It runs inside the batch's single PostgreSQL transaction: everything it writes through ``conn`` (state,
-  outbox rows, the outcome) commits together with the consumer offset, or not at all. It must not commit,
-  roll back or open other connections for state it owns. If it fails, its effects are rolled back.
-- A batch handler receives runs of messages of its type: as many as the batch holds, taken out of the
-  consumed order only past messages of other keys, so each key's messages keep their order.
+What the bus guarantees to a use case:
+- It runs inside the batch's single PostgreSQL transaction: everything the unit of work writes (state, outbox
+  rows, the outcome) commits together with the consumer offset, or not at all.
 - Messages of one partition reach it in offset order; ``payload`` is already validated against
-  ``shared.contracts.messages.PAYLOADS[envelope.type]``. Usage (``usage.recorded``) is not dispatched
-  here; the usage materialiser (``usage.py``) applies it in bulk before the batch's commands.
-- ``ctx.now`` is the billing-clock instant read once per batch (real or simulated clock): pass it to
-  the domain, never read the wall clock.
-- A replay (after a crash before commit, or an operator re-reading the topic) calls it again with the
-  same envelope: handlers stay idempotent through unique constraints (rule 3), and ``record_outcome``
-  and ``emit(event_id=...)`` are no-ops the second time.
+  ``shared.contracts.messages.PAYLOADS[envelope.type]``. Usage (``usage.recorded``) is not dispatched here.
+- ``at`` is the billing-clock instant read once per batch (real or simulated clock): pass it to the domain,
+  never read the wall clock.
 
-What a handler signals back:
-- Return normally: applied (or deliberately ignored: record ``status="ignored"``). A business refusal
-  of a command (e.g. cancel an already cancelled subscription) is a normal return with
-  ``ctx.record_outcome("rejected", error_code=..., error_detail=...)``: the edge answers 409.
-- Raise ``MessageRejected`` (or any exception whose class has ``retryable = False``, e.g. a
-  ``DomainError``, or any other non-infrastructure exception): the message is terminal. The batch's
+What a use case signals back:
+- Return normally: applied (commands get an `applied` outcome with the subscription's snapshot).
+- Raise ``Ignored``: the command no longer applies (stored `ignored`); a payment outcome is acknowledged.
+- Raise ``Refused`` or a ``DomainError``: a command is stored `rejected` with the error's code (the edge
+  answers 409); a payment outcome is dead-lettered.
+- Raise ``MessageRejected`` (or any other non-infrastructure exception): the message is terminal. The batch's
   messages are rolled back and applied again in halves, each under a savepoint, down to the single message
   at fault; it goes to ``<topic>.dlq`` with its reason, a ``rejected`` outcome is stored for commands, and
-  the partition moves on. A batch handler that raises has all of its items go through that search.
+  the partition moves on.
 
 # NOTE: no savepoint per message. PostgreSQL keeps 64 subtransactions per backend in shared memory; past
 # that, every snapshot of every session reads pg_subtrans and a batch of thousands of messages slowed to
-# ~24 ms each. Messages run under one savepoint per batch (plus one per unit of work in the handlers); the
-# search for a poison message costs about three times the batch, once, and only when one is there.
-- Raise an ``InfrastructureError`` (or let a database outage error escape): transient. The whole
-  batch is rolled back and retried with backoff; no message is skipped while the database is out. Database
-  errors are classified by SQLSTATE (``shared.adapters.postgres.errors``): a refusal of the data (too large
-  for an index, value too long, a constraint) is terminal like ``MessageRejected``, whatever the driver's
-  exception class.
+# ~24 ms each. Messages run under one savepoint per batch (plus one per run of one type); the search for a
+# poison message costs about three times the batch, once, and only when one is there.
+- Let a database outage error escape: transient. The whole batch is rolled back and retried with backoff; no
+  message is skipped while the database is out. Database errors are classified by SQLSTATE
+  (``shared.adapters.postgres.errors``): a refusal of the data (too large for an index, value too long, a
+  constraint) is terminal like ``MessageRejected``, whatever the driver's exception class.
 - The bound: when a batch keeps failing with a transient error although the database answers, the consumer
   applies it once more as a *suspect* batch (``apply_prepared(..., suspect=...)``): the same halving search
   treats such an error as the message's fault, and the message at fault is parked in the DLQ with the
@@ -66,59 +51,34 @@ from __future__ import annotations
 
 import logging
 import threading
-import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert
 
+from services.billing_worker.adapters.outbox import add_outbox
+from services.billing_worker.service_layer.errors import Ignored, MessageRejected, error_code
+from services.billing_worker.service_layer.handlers import Handler
+from services.billing_worker.service_layer.unit_of_work import PRODUCER_NAME, BillingUnitOfWork
 from shared.adapters.kafka.dlq import DeadLetter
 from shared.adapters.postgres import errors as pg_errors
-from shared.adapters.postgres.schema.core import command_outcomes, outbox
 from shared.adapters.retry_policy import is_outage, is_retryable
-from shared.config import Settings
 from shared.contracts import topics
-from shared.contracts.envelope import Envelope, EnvelopeError, new_envelope
-from shared.contracts.messages import Payload, parse_payload
+from shared.contracts.envelope import Envelope, EnvelopeError
+from shared.contracts.messages import parse_payload
 from shared.domain.clock import Clock
-from shared.observability import bound, kv
+from shared.domain.errors import DomainError
+from shared.observability import kv
 
-PRODUCER_NAME = "billing-worker"
+__all__ = ["PRODUCER_NAME", "BatchProcessor", "MessageBus", "MessageRejected", "RetriesExhausted", "Suspicion",
+           "add_outbox"]
 
-Handler = Callable[[sa.Connection, Envelope, Any, "HandlerContext"], None]
-# (conn, [(envelope, payload), ...] in order, the batch's billing instant)
-BatchHandler = Callable[[sa.Connection, Sequence[tuple[Envelope, Any]], datetime], None]
+log = logging.getLogger("billing_worker.commands")
 
-
-class MessageRejected(Exception):
-    """A handler refuses this message for good (it cannot be applied, whatever the retries): DLQ."""
-
-    retryable: ClassVar[bool] = False
-
-    def __init__(self, reason: str, *, code: str = "rejected") -> None:
-        super().__init__(reason)
-        self.code = code
-
-
-class BackgroundTask(Protocol):
-    """A service that runs beside the consumer loop in the worker process (executor, scheduler)."""
-
-    def start(self) -> None: ...
-
-    def stop(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class WorkerDeps:
-    """What the composition root hands to handler modules when they register."""
-
-    settings: Settings
-    engine: sa.Engine
-    clock: Clock
-    catalog: Any  # shared.domain.catalog.Catalog
+Messages = Sequence[tuple[Envelope, Any]]
+UnitOfWorkFactory = Callable[[sa.Connection], BillingUnitOfWork]
 
 
 @dataclass(frozen=True)
@@ -156,101 +116,117 @@ def _as_refusal(error: BaseException, suspect: Suspicion | None) -> BaseExceptio
     return pg_errors.translate(error)
 
 
-def outbox_row(envelope: Envelope, *, key: str, topic: str = topics.BILLING_EVENTS) -> dict[str, Any]:
-    return {"topic": topic, "message_key": key, "event_id": envelope.event_id, "event_type": envelope.type,
-            "envelope": envelope.model_dump(mode="json")}
+class MessageBus:
+    """message type -> its `Handler` (exactly one per type); runs of messages through a unit of work."""
 
+    def __init__(self, handlers: Mapping[str, Handler]) -> None:
+        self._handlers = dict(handlers)
 
-def add_outbox(conn: sa.Connection, envelope: Envelope, *, key: str, topic: str = topics.BILLING_EVENTS) -> None:
-    """Write one outbox row in the caller's transaction; a second row with the same event_id is a no-op."""
-    conn.execute(insert(outbox).values(**outbox_row(envelope, key=key, topic=topic))
-                 .on_conflict_do_nothing(index_elements=["event_id"]))
-
-
-def record_command_outcome(conn: sa.Connection, command: Envelope, *, subscription_id: str, status: str,
-                           error_code: str | None = None, error_detail: str | None = None,
-                           result: Mapping[str, Any] | None = None) -> None:
-    """Store the worker's answer to a command (keyed by its event_id) so the edge can answer or be polled.
-
-    status is 'applied', 'rejected' or 'ignored'. The first outcome stored for a command wins (replays
-    keep it).
-    """
-    conn.execute(insert(command_outcomes).values(
-        command_id=command.event_id, subscription_id=subscription_id, command_type=command.type,
-        status=status, error_code=error_code, error_detail=error_detail,
-        result=dict(result) if result is not None else None,
-    ).on_conflict_do_nothing(index_elements=["command_id"]))
-
-
-@dataclass
-class HandlerContext:
-    """Per-message context: the billing instant, Kafka coordinates, and the transactional side effects."""
-
-    conn: sa.Connection
-    envelope: Envelope
-    now: datetime
-    topic: str
-    partition: int
-    offset: int
-    key: str | None
-    log: logging.LoggerAdapter  # type: ignore[type-arg]
-    emitted: list[Envelope] = field(default_factory=list)
-
-    def emit(self, type_: str, payload: Payload | Mapping[str, Any], *, key: str,
-             topic: str = topics.BILLING_EVENTS, event_id: uuid.UUID | None = None,
-             occurred_at: datetime | None = None) -> Envelope:
-        """Add an outgoing event to the outbox, in this transaction. Give a deterministic `event_id`
-        (e.g. uuid5 of the invoice id and the event type) when a replay must not emit a second copy."""
-        body = payload.model_dump(mode="json") if isinstance(payload, Payload) else dict(payload)
-        envelope = new_envelope(type_, body, producer=PRODUCER_NAME, occurred_at=occurred_at or self.now,
-                                correlation_id=str(self.envelope.event_id), event_id=event_id)
-        add_outbox(self.conn, envelope, key=key, topic=topic)
-        self.emitted.append(envelope)
-        return envelope
-
-    def record_outcome(self, status: str, *, subscription_id: str | None = None,
-                       error_code: str | None = None, error_detail: str | None = None,
-                       result: Mapping[str, Any] | None = None) -> None:
-        """Store this command's outcome (subscription_id defaults to the payload's, else the key)."""
-        sub = subscription_id or str(self.envelope.payload.get("subscription_id") or self.key or "")
-        record_command_outcome(self.conn, self.envelope, subscription_id=sub, status=status,
-                               error_code=error_code, error_detail=error_detail, result=result)
-
-
-class HandlerRegistry:
-    """message type -> handler (exactly one per type), plus background tasks to run in the worker."""
-
-    def __init__(self) -> None:
-        self._handlers: dict[str, Handler] = {}
-        self._batch_handlers: dict[str, BatchHandler] = {}
-        self._background: list[BackgroundTask] = []
-
-    def register(self, message_type: str, handler: Handler) -> None:
-        if message_type in self._handlers:
-            raise ValueError(f"a handler for {message_type!r} is already registered")
-        self._handlers[message_type] = handler
-
-    def register_batch(self, message_type: str, handler: BatchHandler) -> None:
-        """Apply runs of `message_type` messages in one call (preferred over the per-message handler)."""
-        if message_type in self._batch_handlers:
-            raise ValueError(f"a batch handler for {message_type!r} is already registered")
-        self._batch_handlers[message_type] = handler
-
-    def handler_for(self, message_type: str) -> Handler | None:
-        return self._handlers.get(message_type)
-
-    def batch_handler_for(self, message_type: str) -> BatchHandler | None:
-        return self._batch_handlers.get(message_type)
+    def handles(self, message_type: str) -> bool:
+        return message_type in self._handlers
 
     def handled_types(self) -> frozenset[str]:
-        return frozenset(self._handlers) | frozenset(self._batch_handlers)
+        return frozenset(self._handlers)
 
-    def add_background(self, task: BackgroundTask) -> None:
-        self._background.append(task)
+    def handle(self, uow: BillingUnitOfWork, messages: Messages, at: datetime) -> None:
+        """Apply `messages` (all of one type, in order) through `uow`, then commit it (see the module docstring)."""
+        message_type = messages[0][0].type
+        handler = self._handlers.get(message_type)
+        if handler is None:  # the processor dead-letters these first; kept terminal should that ever change
+            raise MessageRejected(f"no handler for message type {message_type!r}", code="unknown_type")
+        pending = self._unanswered(uow, messages) if handler.answers else list(messages)
+        while pending:
+            if len(pending) == 1:
+                self._run_one(uow, *pending[0], at, handler)
+                return
+            refused = self._run_together(uow, pending, at, handler)
+            if refused is None:
+                return
+            log.info("a batch item was refused or ignored midway; applying around it",
+                     extra={"items": len(pending), "refused": refused})
+            if refused:
+                self.handle(uow, pending[:refused], at)
+            self._run_one(uow, *pending[refused], at, handler)
+            pending = pending[refused + 1:]
 
-    @property
-    def background(self) -> tuple[BackgroundTask, ...]:
-        return tuple(self._background)
+    @staticmethod
+    def _unanswered(uow: BillingUnitOfWork, messages: Messages) -> list[tuple[Envelope, Any]]:
+        """The commands not applied yet: a command whose outcome is stored was applied (or refused) before,
+        e.g. the topic is read again from the start, or the scheduler re-emitted it; it is not applied twice."""
+        answered = uow.answered_commands([envelope.event_id for envelope, _ in messages])
+        out, seen = [], set(answered)
+        for envelope, payload in messages:
+            if envelope.event_id not in seen:
+                seen.add(envelope.event_id)
+                out.append((envelope, payload))
+        if len(out) < len(messages):
+            log.info("commands already answered are not applied again", extra={"skipped": len(messages) - len(out)})
+        return out
+
+    @staticmethod
+    def _run_together(uow: BillingUnitOfWork, messages: Messages, at: datetime, handler: Handler) -> int | None:
+        """Apply and commit `messages` under one savepoint; None when done, else the index of the message that
+        was refused or ignored after it changed something (the savepoint is then rolled back)."""
+        precheck = handler.precheck if handler.answers else None
+        refused: int | None = None
+        try:
+            with uow.savepoint():
+                uow.begin(at)
+                uow.load([str(p.subscription_id) for _, p in messages])
+                if handler.prefetch is not None:
+                    handler.prefetch(uow, messages, at)
+                for index, (envelope, payload) in enumerate(messages):
+                    sub_id = str(payload.subscription_id)
+                    if precheck is not None:
+                        try:
+                            precheck(uow, payload, at)
+                        except Ignored as why:
+                            uow.outcome(envelope, sub_id, "ignored", detail=str(why))
+                            continue
+                        except DomainError as error:
+                            uow.outcome(envelope, sub_id, "rejected", code=error_code(error), detail=str(error))
+                            continue
+                    try:
+                        result = handler.apply(uow, envelope, payload, at)
+                    except (Ignored, DomainError):
+                        refused = index
+                        raise
+                    if handler.answers:
+                        uow.outcome(envelope, sub_id, "applied", result=uow.applied(sub_id, result))
+                uow.commit()
+        except (Ignored, DomainError):
+            if refused is None:
+                raise  # refused while committing: not one message's doing (the processor isolates the culprit)
+            return refused
+        return None
+
+    @staticmethod
+    def _run_one(uow: BillingUnitOfWork, envelope: Envelope, payload: Any, at: datetime, handler: Handler) -> None:
+        sub_id = str(payload.subscription_id)
+        uow.begin(at)
+        try:
+            with uow.savepoint():
+                if handler.prefetch is not None:
+                    handler.prefetch(uow, [(envelope, payload)], at)
+                result = handler.apply(uow, envelope, payload, at)
+                if handler.answers:
+                    uow.outcome(envelope, sub_id, "applied", result=uow.applied(sub_id, result))
+                uow.commit()
+            return
+        except Ignored as why:
+            if not handler.answers:
+                log.info("payment outcome ignored", extra={"subscription_id": sub_id, "reason": str(why)})
+                return
+            status, code, detail = "ignored", None, str(why)
+        except DomainError as error:
+            if not handler.answers:
+                raise MessageRejected(f"{type(error).__name__}: {error}", code=error_code(error)) from error
+            log.info("command rejected", extra={"subscription_id": sub_id, "type": envelope.type,
+                                                "code": error_code(error), "reason": str(error)[:300]})
+            status, code, detail = "rejected", error_code(error), str(error)
+        uow.begin(at)
+        uow.outcome(envelope, sub_id, status, code=code, detail=detail)
+        uow.commit()
 
 
 @dataclass(frozen=True)
@@ -274,15 +250,16 @@ class _Decoded:
 
 class BatchProcessor:
     """Applies one consumed batch inside the batch transaction: usage in bulk first, then the other messages
-    in each key's order through their handlers (runs of one type through its batch handler), under one
-    SAVEPOINT; after a terminal failure, again in halves to isolate the message at fault.
+    in each key's order, runs of one type through the message bus, under one SAVEPOINT; after a terminal failure,
+    again in halves to isolate the message at fault.
 
     Returns the dead letters (undecodable or refused messages); a transient error propagates so the
     consumer rolls the whole batch back and retries it.
     """
 
-    def __init__(self, registry: HandlerRegistry, materializer: Any, clock: Clock) -> None:
-        self._registry = registry
+    def __init__(self, bus: MessageBus, unit_of_work: UnitOfWorkFactory, materializer: Any, clock: Clock) -> None:
+        self._bus = bus
+        self._unit_of_work = unit_of_work
         self._usage = materializer  # services.billing_worker.adapters.usage.UsageMaterializer
         self._clock = clock
         self._log = logging.getLogger("billing_worker.processor")
@@ -329,18 +306,19 @@ class BatchProcessor:
         messages: list[_Decoded] = []
         if batch.others:
             now = self._clock.now()
-            messages = self._decode(conn, batch.others, dead)
+            uow = self._unit_of_work(conn)
+            messages = self._decode(uow, batch.others, now, dead)
             if messages:
                 try:
-                    with conn.begin_nested():
-                        self._run(conn, messages, now)
+                    with uow.savepoint():
+                        self._run(uow, messages, now)
                 except Exception as error:
                     if not _is_fault(error, suspect):
                         raise
                     self._log.warning("a message of the batch was refused; isolating it",
                                       extra=kv(error=pg_errors.describe(error)[:300],
                                                error_class=type(error).__name__, messages=len(messages)))
-                    self._isolate(conn, messages, now, dead, suspect)
+                    self._isolate(uow, messages, now, dead, suspect)
         if suspect is not None:
             applicable = len(messages) + (len(batch.usage_prepared.lines) if batch.usage_prepared is not None else 0)
             parked = sum(1 for letter in dead if letter.reason == RetriesExhausted.CODE)
@@ -380,7 +358,8 @@ class BatchProcessor:
                 dead.append(DeadLetter.of(r.topic, r.partition, r.offset, r.key, r.value,
                                           _as_refusal(error, suspect)))
 
-    def _decode(self, conn: sa.Connection, records: Sequence[Any], dead: list[DeadLetter]) -> list[_Decoded]:
+    def _decode(self, uow: BillingUnitOfWork, records: Sequence[Any], now: datetime,
+                dead: list[DeadLetter]) -> list[_Decoded]:
         """Decode and validate; undecodable messages and types nobody handles are dead letters at once."""
         out: list[_Decoded] = []
         for record in records:
@@ -391,18 +370,17 @@ class BatchProcessor:
                 dead.append(DeadLetter.of(record.topic, record.partition, record.offset, record.key,
                                           record.value, error))
                 continue
-            if (self._registry.batch_handler_for(envelope.type) is None
-                    and self._registry.handler_for(envelope.type) is None):
+            if not self._bus.handles(envelope.type):
                 unknown = MessageRejected(f"no handler for message type {envelope.type!r} on {record.topic}",
                                           code="unknown_type")
-                self._dead(conn, record, envelope, unknown, dead)
+                self._dead(uow, record, envelope, unknown, now, dead)
                 continue
             out.append(_Decoded(record, envelope, payload))
         return out
 
     def _steps(self, messages: Sequence[_Decoded]) -> list[list[_Decoded]]:
-        """Messages in the order to apply them: each message joins the latest run of its (topic, type) when
-        its batch handler exists and no later step holds a message of its key, else starts a new step."""
+        """Messages in the order to apply them: each message joins the latest run of its (topic, type) when no
+        later step holds a message of its key, else starts a new step."""
         steps: list[list[_Decoded]] = []
         open_run: dict[tuple[str, str], int] = {}
         last_step_of_key: dict[bytes | None, int] = {}
@@ -414,53 +392,38 @@ class BatchProcessor:
                 steps[index].append(m)
             else:
                 steps.append([m])
-                index = len(steps) - 1
-                if self._registry.batch_handler_for(m.envelope.type) is not None:
-                    open_run[kind] = index
+                index = open_run[kind] = len(steps) - 1
             last_step_of_key[key] = max(index, last_step_of_key.get(key, -1))
         return steps
 
-    def _run(self, conn: sa.Connection, messages: Sequence[_Decoded], now: datetime) -> None:
+    def _run(self, uow: BillingUnitOfWork, messages: Sequence[_Decoded], now: datetime) -> None:
         for step in self._steps(messages):
-            batch_handler = self._registry.batch_handler_for(step[0].envelope.type)
-            if batch_handler is not None:
-                batch_handler(conn, [(m.envelope, m.payload) for m in step], now)
-                continue
-            for m in step:
-                handler = self._registry.handler_for(m.envelope.type)
-                if handler is None:  # _decode dead-letters these; kept terminal should that ever change
-                    raise MessageRejected(f"no handler for message type {m.envelope.type!r}", code="unknown_type")
-                r = m.record
-                key = r.key.decode(errors="replace") if r.key else None
-                ctx = HandlerContext(conn, m.envelope, now, r.topic, r.partition, r.offset, key,
-                                     bound(self._log, topic=r.topic, partition=r.partition, offset=r.offset,
-                                           key=key, type=m.envelope.type, event_id=str(m.envelope.event_id)))
-                handler(conn, m.envelope, m.payload, ctx)
+            self._bus.handle(uow, [(m.envelope, m.payload) for m in step], now)
 
-    def _isolate(self, conn: sa.Connection, messages: Sequence[_Decoded], now: datetime,
+    def _isolate(self, uow: BillingUnitOfWork, messages: Sequence[_Decoded], now: datetime,
                  dead: list[DeadLetter], suspect: Suspicion | None = None) -> None:
         """Apply `messages` in halves, each under a savepoint, recursing into a half that fails, down to the
         single messages at fault (dead letters). Halves keep the consumed order, so each key's order holds."""
         if len(messages) == 1:
             m = messages[0]
             try:
-                with conn.begin_nested():
-                    self._run(conn, messages, now)
+                with uow.savepoint():
+                    self._run(uow, messages, now)
             except Exception as error:
                 if not _is_fault(error, suspect):
                     raise
                 self._park_alert(m.record, m.envelope, error, suspect)
-                self._dead(conn, m.record, m.envelope, _as_refusal(error, suspect), dead)
+                self._dead(uow, m.record, m.envelope, _as_refusal(error, suspect), now, dead)
             return
         middle = len(messages) // 2
         for half in (messages[:middle], messages[middle:]):
             try:
-                with conn.begin_nested():
-                    self._run(conn, half, now)
+                with uow.savepoint():
+                    self._run(uow, half, now)
             except Exception as error:
                 if not _is_fault(error, suspect):
                     raise
-                self._isolate(conn, half, now, dead, suspect)
+                self._isolate(uow, half, now, dead, suspect)
 
     def _park_alert(self, record: Any, envelope: Envelope | None, error: BaseException,
                     suspect: Suspicion | None) -> None:
@@ -474,7 +437,7 @@ class BatchProcessor:
             subscription_id=envelope.payload.get("subscription_id") if envelope else None,
             attempts=suspect.attempts, error_class=type(error).__name__, error=pg_errors.describe(error)[:500]))
 
-    def _dead(self, conn: sa.Connection, record: Any, envelope: Envelope, error: BaseException,
+    def _dead(self, uow: BillingUnitOfWork, record: Any, envelope: Envelope, error: BaseException, now: datetime,
               dead: list[DeadLetter]) -> None:
         dead.append(DeadLetter.of(record.topic, record.partition, record.offset, record.key, record.value, error))
         if record.topic == topics.COMMANDS:
@@ -482,11 +445,12 @@ class BatchProcessor:
             # keyed by the payload's subscription id, which may be the very value the database refused: then
             # the dead letter alone says why (an error here must not fail the batch and stop the worker).
             try:
-                with conn.begin_nested():
-                    record_command_outcome(
-                        conn, envelope, subscription_id=str(envelope.payload.get("subscription_id") or ""),
-                        status="rejected", error_code=getattr(error, "code", None) or "unprocessable",
-                        error_detail=f"{type(error).__name__}: {error}"[:1000])
+                with uow.savepoint():
+                    uow.begin(now)
+                    uow.outcome(envelope, str(envelope.payload.get("subscription_id") or ""), "rejected",
+                                code=getattr(error, "code", None) or "unprocessable",
+                                detail=f"{type(error).__name__}: {error}")
+                    uow.commit()
             except Exception as outcome_error:
                 if is_retryable(outcome_error):
                     raise

@@ -8,8 +8,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from services.billing_worker.adapters.usage import MeterMap, UsageMaterializer, close_usages
-from services.billing_worker.service_layer.commands import PAYMENT_OUTCOMES, BillingCommands
+from services.billing_worker.adapters.usage import MeterMap, UsageMaterializer
+from services.billing_worker.bootstrap import billing_handlers, message_bus, sql_unit_of_work
 from shared.adapters.catalog_file import load_default_catalog
 from shared.adapters.postgres.schema.billing import invoice_lines, invoices, subscriptions
 from shared.adapters.postgres.schema.core import command_outcomes
@@ -19,12 +19,13 @@ from tests.integration.worker.harness import usage_envelope
 
 
 class Billing:
-    """The billing handlers bound to one engine, fed one message at a time."""
+    """The billing handlers (the real bootstrap's table) bound to one engine, fed one message at a time."""
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
         self.catalog = load_default_catalog()
-        self.commands = BillingCommands(self.catalog, close_usages)
+        self.bus = message_bus(billing_handlers())
+        self.unit_of_work = sql_unit_of_work(self.catalog)
         self.usage = UsageMaterializer(MeterMap.from_catalog(self.catalog))
         self._tx = 0
 
@@ -33,16 +34,14 @@ class Billing:
         type_ = TYPE_OF[type(payload)]
         envelope = new_envelope(type_, payload.model_dump(mode="json"), producer="test", occurred_at=at)
         with self.engine.begin() as conn:
-            self.commands.run(conn, [(envelope, payload)], at, self.commands.table()[type_],
-                              is_command=type_ not in PAYMENT_OUTCOMES)
+            self.bus.handle(self.unit_of_work(conn), [(envelope, payload)], at)
         return envelope
 
     def send_batch(self, payloads: list[Payload], at: datetime) -> list[Envelope]:
         envelopes = [new_envelope(TYPE_OF[type(p)], p.model_dump(mode="json"), producer="test", occurred_at=at)
                      for p in payloads]
         with self.engine.begin() as conn:
-            self.commands.run(conn, list(zip(envelopes, payloads, strict=True)), at,
-                              self.commands.table()[envelopes[0].type])
+            self.bus.handle(self.unit_of_work(conn), list(zip(envelopes, payloads, strict=True)), at)
         return envelopes
 
     def record_usage(self, subscription_id: str, customer_id: str, event_type: str, properties: dict[str, Any],

@@ -180,7 +180,7 @@ def test_the_same_customer_deletion_read_again_does_not_remove_a_card_attached_s
                                      payment_method_id="pm_card_mastercard"), JAN_1)
 
     with billing.engine.begin() as conn:  # the topic read again from the start: the same envelope
-        billing.commands.run(conn, [(envelope, deleted)], JAN_1, billing.commands.table()[envelope.type])
+        billing.bus.handle(billing.unit_of_work(conn), [(envelope, deleted)], JAN_1)
 
     assert billing.subscription(sub).payment_method_id == "pm_card_mastercard"
     assert billing.outcome(envelope).status == "applied"

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from confluent_kafka import Consumer
 
 from services.billing_worker.bootstrap import build_worker
+from services.billing_worker.service_layer.handlers import Handler
 from shared.adapters.kafka.producer import KafkaProducer, OutgoingMessage
 from shared.adapters.postgres.schema.core import command_outcomes
 from shared.contracts import topics
@@ -87,12 +88,12 @@ def test_a_message_that_keeps_failing_while_the_database_answers_is_parked_and_t
         settings, engine):  # type: ignore[no-untyped-def]
     stuck_sub, other_sub = f"sub_{uuid.uuid4().hex}", f"sub_{uuid.uuid4().hex}"
 
-    def pause(conn, envelope, payload, ctx):  # type: ignore[no-untyped-def]
+    def pause(uow, envelope, payload, at):  # type: ignore[no-untyped-def]
         if payload.subscription_id == stuck_sub:
             # A real 'transient' error (57014 query_canceled) that this message raises on every attempt.
-            conn.execute(sa.text("SET LOCAL statement_timeout = '1ms'"))
-            conn.execute(sa.text("SELECT pg_sleep(0.05)"))
-        ctx.record_outcome("applied")
+            uow.conn.execute(sa.text("SET LOCAL statement_timeout = '1ms'"))
+            uow.conn.execute(sa.text("SELECT pg_sleep(0.05)"))
+        # returning normally: the bus stores the `applied` outcome
 
     stuck = new_envelope("subscription.pause", {"subscription_id": stuck_sub, "customer_id": "cus_1"},
                          producer="kcat", occurred_at=AT)
@@ -101,8 +102,8 @@ def test_a_message_that_keeps_failing_while_the_database_answers_is_parked_and_t
     produce(settings, [(stuck_sub, stuck), (other_sub, other)])
 
     worker = build_worker(settings.model_copy(update={"worker_attempts_before_parking": 3}), relay=False,
-                          handler_modules=(), session_timeout_ms=6000)
-    worker.registry.register("subscription.pause", pause)
+                          handlers={"subscription.pause": Handler(pause)}, background=False,
+                          session_timeout_ms=6000)
     stop = threading.Event()
     thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
     thread.start()
@@ -170,19 +171,19 @@ def test_when_every_message_of_a_batch_keeps_failing_none_is_parked_and_all_appl
     sub = f"sub_{uuid.uuid4().hex}"
     cause_gone = threading.Event()
 
-    def pause(conn, envelope, payload, ctx):  # type: ignore[no-untyped-def]
+    def pause(uow, envelope, payload, at):  # type: ignore[no-untyped-def]
         if not cause_gone.is_set():
-            conn.execute(sa.text("SET LOCAL statement_timeout = '1ms'"))
-            conn.execute(sa.text("SELECT pg_sleep(0.05)"))
-        ctx.record_outcome("applied")
+            uow.conn.execute(sa.text("SET LOCAL statement_timeout = '1ms'"))
+            uow.conn.execute(sa.text("SELECT pg_sleep(0.05)"))
+        # returning normally: the bus stores the `applied` outcome
 
     first, second = (new_envelope("subscription.pause", {"subscription_id": sub, "customer_id": "cus_1"},
                                   producer="kcat", occurred_at=AT) for _ in range(2))
     produce(settings, [(sub, first), (sub, second)])
 
     worker = build_worker(settings.model_copy(update={"worker_attempts_before_parking": 2}), relay=False,
-                          handler_modules=(), session_timeout_ms=6000)
-    worker.registry.register("subscription.pause", pause)
+                          handlers={"subscription.pause": Handler(pause)}, background=False,
+                          session_timeout_ms=6000)
     stop = threading.Event()
     thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
     thread.start()

@@ -9,9 +9,9 @@ import pytest
 import sqlalchemy as sa
 
 from services.billing_worker.adapters.usage import MeterMap, UsageMaterializer
-from services.billing_worker.bootstrap import make_clock
+from services.billing_worker.bootstrap import make_clock, message_bus, sql_unit_of_work
 from services.billing_worker.entrypoints.consumer import ExactlyOnceConsumer
-from services.billing_worker.service_layer.messagebus import BatchProcessor, HandlerRegistry
+from services.billing_worker.service_layer.messagebus import BatchProcessor
 from shared.adapters.catalog_file import load_default_catalog
 from shared.adapters.kafka.dlq import DeadLetterPublisher
 from shared.adapters.kafka.producer import KafkaProducer
@@ -25,8 +25,9 @@ QUICK_GROUP_EXIT = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000, "
 
 
 def make_consumer(settings, engine, name, apply_wrapper=None):
-    processor = BatchProcessor(HandlerRegistry(), UsageMaterializer(MeterMap.from_catalog(load_default_catalog())),
-                               make_clock(settings, engine))
+    catalog = load_default_catalog()
+    processor = BatchProcessor(message_bus({}), sql_unit_of_work(catalog),
+                               UsageMaterializer(MeterMap.from_catalog(catalog)), make_clock(settings, engine))
     apply = apply_wrapper(processor) if apply_wrapper else processor
     return ExactlyOnceConsumer(settings, engine, apply, DeadLetterPublisher(KafkaProducer(settings, client_id=name)),
                                topics=CONSUMED, instance_id=name, consumer_overrides=QUICK_GROUP_EXIT)

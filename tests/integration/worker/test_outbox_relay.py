@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 from confluent_kafka import Consumer
 
-from services.billing_worker.service_layer.messagebus import add_outbox
+from services.billing_worker.adapters.outbox import add_outbox
 from shared.adapters.kafka.outbox_relay import OutboxRelay
 from shared.adapters.kafka.producer import KafkaProducer
 from shared.adapters.postgres.schema.core import outbox

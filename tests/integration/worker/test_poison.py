@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from confluent_kafka import Consumer
 
 from services.billing_worker.bootstrap import build_worker
+from services.billing_worker.service_layer.handlers import Handler
 from services.billing_worker.service_layer.messagebus import MessageRejected
 from shared.adapters.kafka.producer import KafkaProducer, OutgoingMessage
 from shared.adapters.postgres.schema.core import command_outcomes, outbox
@@ -64,17 +65,18 @@ def run(settings, engine):
     ])
     producer.close()
 
-    def refuse(conn, envelope, payload, ctx):
-        ctx.emit("subscription.status_changed", {"subscription_id": sub}, key=sub)  # rolled back with it
+    def refuse(uow, envelope, payload, at):
+        uow.emit("subscription.status_changed", {"subscription_id": sub}, key=sub, event_id=None, at=at,
+                 correlation=envelope)  # rolled back with it
         raise MessageRejected("cannot pause a subscription that does not exist", code="unknown_subscription")
 
-    def accept(conn, envelope, payload, ctx):
-        ctx.emit("subscription.status_changed", {"subscription_id": sub, "new_status": "active"}, key=sub)
-        ctx.record_outcome("applied", result={"status": "active"})
+    def accept(uow, envelope, payload, at):
+        uow.emit("subscription.status_changed", {"subscription_id": sub, "new_status": "active"}, key=sub,
+                 event_id=None, at=at, correlation=envelope)
+        return {"status": "active"}  # the `applied` outcome's result
 
-    worker = build_worker(settings, relay=False, handler_modules=())
-    worker.registry.register("subscription.pause", refuse)
-    worker.registry.register("subscription.resume", accept)
+    worker = build_worker(settings, relay=False, background=False,
+                          handlers={"subscription.pause": Handler(refuse), "subscription.resume": Handler(accept)})
     try:
         drain(worker, engine)
     finally:

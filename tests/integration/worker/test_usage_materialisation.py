@@ -20,7 +20,7 @@ def first_run(settings, engine):
     ledger = UsageLedger(settings, subscriptions=50, duplicate_rate=0.3)
     ledger.produce(3000)
     ledger.close()
-    worker = build_worker(settings, relay=False, handler_modules=())
+    worker = build_worker(settings, relay=False, handlers={}, background=False)
     try:
         drain(worker, engine)
     finally:
@@ -54,7 +54,7 @@ def test_replaying_the_topics_from_the_beginning_changes_nothing(first_run, sett
     before = materialised(engine)
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE consumer_offsets SET next_offset = NULL"))
-    replay = build_worker(settings, relay=False, handler_modules=())
+    replay = build_worker(settings, relay=False, handlers={}, background=False)
     try:
         drain(replay, engine)
     finally:

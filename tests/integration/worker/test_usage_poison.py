@@ -63,7 +63,7 @@ def run(settings, engine):  # type: ignore[no-untyped-def]
     producer = KafkaProducer(settings, client_id="usage-poison-test")
     producer.send_and_wait([OutgoingMessage(topics.USAGE, key, raw) for key, raw in ordered])
     producer.close()
-    worker = build_worker(settings, relay=False, handler_modules=())
+    worker = build_worker(settings, relay=False, handlers={}, background=False)
     try:
         drain(worker, engine)
     finally:

@@ -1,0 +1,125 @@
+"""`BillingUnitOfWork` over the batch's PostgreSQL connection (the consumer owns the transaction).
+
+Reads load aggregates through `billing_repository`; `commit()` writes what the run collected in a few
+set-based statements (COPY for a billing run's thousands of rows); `savepoint()` is a SAVEPOINT.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from services.billing_worker.adapters import billing_repository as repo
+from services.billing_worker.adapters.billing_repository import InvoiceToStore, LedgerState, SubscriptionState
+from services.billing_worker.adapters.outbox import outbox_row
+from services.billing_worker.service_layer.unit_of_work import BillingUnitOfWork, UsageClose
+from shared.adapters.postgres.schema.billing import payment_attempts
+from shared.adapters.postgres.schema.core import command_outcomes, outbox
+from shared.domain.catalog import Catalog
+from shared.domain.invoice import Invoice
+
+# close_usages(conn, [(subscription_id, period_start, period_end), ...]) -> {subscription_id: UsageClose}
+CloseUsages = Callable[[sa.Connection, Sequence[tuple[str, datetime, datetime]]], Mapping[str, UsageClose]]
+
+
+class SqlBillingUnitOfWork(BillingUnitOfWork):
+    def __init__(self, conn: sa.Connection, catalog: Catalog, close_usages: CloseUsages) -> None:
+        self.conn = conn
+        self._close_usages = close_usages
+        super().__init__(catalog)
+
+    def savepoint(self) -> AbstractContextManager[Any]:
+        return self.conn.begin_nested()
+
+    # --- reads
+
+    def _load_subscriptions(self, ids: Sequence[str]) -> dict[str, SubscriptionState]:
+        return repo.load_subscriptions(self.conn, ids)
+
+    def _load_ledgers(self, states: Sequence[SubscriptionState]) -> dict[str, LedgerState]:
+        return repo.load_ledgers(self.conn, states, self.credit_kinds)
+
+    def _load_invoices(self, invoice_ids: Sequence[str]) -> dict[str, tuple[Invoice, Any]]:
+        return repo.load_invoices(self.conn, invoice_ids)
+
+    def answered_commands(self, command_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        return repo.answered_commands(self.conn, command_ids)
+
+    def close_usages(self, requests: Sequence[tuple[str, datetime, datetime]]) -> Mapping[str, UsageClose]:
+        return self._close_usages(self.conn, requests)
+
+    def coupon_times_redeemed(self, coupon_id: str) -> int:
+        return repo.coupon_times_redeemed(self.conn, coupon_id)
+
+    def open_invoices_of(self, subscription_id: str) -> list[str]:
+        return repo.open_invoices_of(self.conn, subscription_id)
+
+    # --- immediate writes
+
+    def attach_coupon(self, coupon_id: str, subscription_id: str, at: datetime) -> None:
+        repo.attach_coupon(self.conn, coupon_id, subscription_id, at)
+
+    def save_invoice_status(self, invoice: Invoice, *, provider_ref: str | None = None,
+                            at: datetime | None = None) -> None:
+        repo.save_invoice_status(self.conn, invoice, provider_ref=provider_ref, at=at)
+
+    def settle_attempt(self, attempt_id: str, status: str, provider_ref: str | None, decline_code: str | None,
+                       hard: bool, at: datetime) -> bool:
+        a = payment_attempts.c
+        condition: sa.ColumnElement[bool] = a.status.in_(("pending", "in_flight", "unknown"))
+        if status == "succeeded":
+            others = sa.select(payment_attempts.c.attempt_id).where(
+                a.invoice_id == sa.select(a.invoice_id).where(a.attempt_id == attempt_id).scalar_subquery(),
+                a.status == "succeeded")
+            condition = sa.and_(sa.or_(condition, a.status == "declined"), ~sa.exists(others))
+        done = self.conn.execute(sa.update(payment_attempts).where(a.attempt_id == attempt_id, condition).values(
+            status=status, provider_ref=sa.func.coalesce(provider_ref, a.provider_ref), decline_code=decline_code,
+            hard_decline=hard, completed_at=at))
+        return bool(done.rowcount)
+
+    def attempt_no(self, attempt_id: str | None) -> int | None:
+        if attempt_id is None:
+            return None
+        value = self.conn.execute(sa.select(payment_attempts.c.attempt_no)
+                                  .where(payment_attempts.c.attempt_id == attempt_id)).scalar_one_or_none()
+        return int(value) if value is not None else None
+
+    def record_failed_attempt(self, invoice_id: str, decline_code: str | None) -> None:
+        repo.record_failed_attempt(self.conn, invoice_id, decline_code)
+
+    def cancel_pending_attempts(self, invoice_id: str, at: datetime) -> None:
+        self.conn.execute(sa.update(payment_attempts).where(payment_attempts.c.invoice_id == invoice_id,
+                                                            payment_attempts.c.status == "pending")
+                          .values(status="cancelled", completed_at=at))
+
+    def detach_pending_payment_method(self, subscription_id: str) -> int:
+        return repo.detach_pending_payment_method(self.conn, subscription_id)
+
+    # --- commit
+
+    def _allocate_invoice_numbers(self, count: int) -> list[str]:
+        return repo.allocate_invoice_numbers(self.conn, count)
+
+    def _insert_invoices(self, items: Sequence[InvoiceToStore]) -> set[str]:
+        return repo.insert_invoices(self.conn, items)
+
+    def _write(self) -> None:
+        conn = self.conn
+        repo.save_subscriptions(conn, list(self.touched.values()))
+        customer_of = {sid: s.subscription.customer_id for sid, s in self.states.items()}
+        grants, entries = repo.ledger_rows(self.ledgers, customer_of, self.now, self.invoice_of_key)
+        repo.save_ledger_rows(conn, grants, entries, self.settled_grants)
+        repo.insert_redemptions(conn, self.redemptions)
+        repo.insert_payment_attempts(conn, self.attempts)
+        repo.record_periods(conn, self.periods)
+        repo.append_history(conn, [row for events, command_id in self.history
+                                   for row in repo.history_rows(events, command_id)])
+        repo.append_audit(conn, self.audit)
+        repo.bulk_insert(conn, outbox, [outbox_row(o.envelope, key=o.key, topic=o.topic) for o in self.outgoing],
+                         ignore_conflicts_on=["event_id"])
+        repo.bulk_insert(conn, command_outcomes, self.outcomes, ignore_conflicts_on=["command_id"])

@@ -1,0 +1,139 @@
+"""Payments: outcomes reported on payments.v1 (succeeded, failed), dunning's retry and give-up, and the
+payment method on file. Payment attempt rows are written *before* the executor calls the provider."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from services.billing_worker.adapters.billing_repository import AttemptToCreate, event_uuid
+from services.billing_worker.service_layer.announcements import invoice_event
+from services.billing_worker.service_layer.errors import Ignored, MessageRejected, Refused
+from services.billing_worker.service_layer.handlers import Handler, load_invoices_of
+from services.billing_worker.service_layer.unit_of_work import BillingUnitOfWork
+from shared.contracts.envelope import Envelope
+from shared.contracts.messages import (
+    GiveUpDunning,
+    PaymentFailed,
+    PaymentMethodUpdated,
+    PaymentSucceeded,
+    RetryPayment,
+    UpdatePaymentMethod,
+)
+from shared.domain.calendar import ensure_utc
+from shared.domain.invoice import InvoiceStatus
+from shared.domain.money import Money
+from shared.domain.subscription import SubscriptionStatus
+
+
+def update_payment_method(uow: BillingUnitOfWork, env: Envelope, p: UpdatePaymentMethod, now: datetime) -> None:
+    state = uow.subscription(p.subscription_id)
+    state.payment_method_id = p.payment_method_id
+    uow.emit("payment_method.updated", PaymentMethodUpdated(
+        subscription_id=state.id, customer_id=state.subscription.customer_id,
+        payment_method_id=p.payment_method_id), key=state.id, event_id=event_uuid(env.event_id, "pm"),
+        at=now, correlation=env)
+    uow.touch(state)
+
+
+def retry_payment(uow: BillingUnitOfWork, env: Envelope, p: RetryPayment, now: datetime) -> dict[str, Any]:
+    state = uow.subscription(p.subscription_id)
+    found = uow.invoice(p.invoice_id)
+    if found is None:
+        raise Refused("not_found", f"invoice {p.invoice_id} does not exist")
+    invoice, row = found
+    if invoice.status not in (InvoiceStatus.OPEN, InvoiceStatus.UNCOLLECTIBLE):
+        raise Ignored(f"invoice {invoice.id} is {invoice.status.value}: nothing to collect")
+    due = invoice.amount_due.amount_minor - row.amount_paid_minor
+    if due <= 0:
+        raise Ignored(f"invoice {invoice.id} has nothing left to collect")
+    uow.add_attempt(AttemptToCreate(
+        invoice_id=invoice.id, attempt_no=p.attempt_no, subscription_id=state.id,
+        customer_id=state.subscription.customer_id, amount=Money(due, invoice.currency),
+        payment_method_id=state.payment_method_id, requested_at=now, reason=p.reason))
+    return {"invoice_id": invoice.id, "attempt_no": p.attempt_no}
+
+
+def give_up(uow: BillingUnitOfWork, env: Envelope, p: GiveUpDunning, now: datetime) -> dict[str, Any]:
+    state = uow.subscription(p.subscription_id)
+    found = uow.invoice(p.invoice_id)
+    if found is None:
+        raise Refused("not_found", f"invoice {p.invoice_id} does not exist")
+    invoice, _ = found
+    if invoice.status is not InvoiceStatus.OPEN:
+        raise Ignored(f"invoice {invoice.id} is {invoice.status.value}")
+    invoice.mark_uncollectible(at=now, reason="dunning_gave_up")
+    invoice.pull_events()
+    uow.save_invoice_status(invoice, at=now)
+    uow.cancel_pending_attempts(invoice.id, now)
+    uow.emit("invoice.uncollectible", invoice_event(invoice, state), key=state.id,
+             event_id=event_uuid(invoice.id, "invoice.uncollectible"), at=now, correlation=env)
+    if state.subscription.status is not SubscriptionStatus.CANCELLED:
+        state.subscription.cancel(at=now, reason="dunning_gave_up")
+        state.cancel_reason = "dunning_gave_up"
+    uow.subscription_events(state, env)
+    return {"invoice_id": invoice.id}
+
+
+def payment_succeeded(uow: BillingUnitOfWork, env: Envelope, p: PaymentSucceeded, now: datetime) -> None:
+    state = uow.subscription(p.subscription_id)
+    found = uow.invoice(p.invoice_id)
+    if found is None:
+        raise MessageRejected(f"payment for unknown invoice {p.invoice_id}", code="unknown_invoice")
+    invoice, row = found
+    if p.attempt_id:
+        uow.settle_attempt(p.attempt_id, "succeeded", p.provider_ref, None, False, now)
+    if invoice.status is InvoiceStatus.PAID:
+        paid_ref = uow.paid_refs.get(invoice.id, row.provider_ref)
+        if p.provider_ref and paid_ref and p.provider_ref != paid_ref:
+            # NOTE: a second successful charge of one invoice must never be silent: it is audited
+            # for a refund (the constraints make it impossible through our own executor).
+            uow.add_audit(occurred_at=now, action="payment.duplicate", entity_type="invoice", entity_id=invoice.id,
+                          subscription_id=state.id, detail={"provider_ref": p.provider_ref, "paid_ref": paid_ref})
+        raise Ignored(f"invoice {invoice.id} is already paid")
+    if invoice.status not in (InvoiceStatus.OPEN, InvoiceStatus.UNCOLLECTIBLE):
+        raise Ignored(f"invoice {invoice.id} is {invoice.status.value}")
+    paid_at = ensure_utc(p.paid_at)
+    invoice.mark_paid(at=paid_at, payment_reference=p.provider_ref)
+    invoice.pull_events()
+    uow.save_invoice_status(invoice, provider_ref=p.provider_ref, at=paid_at)
+    uow.paid_refs[invoice.id] = p.provider_ref
+    uow.emit("invoice.paid", invoice_event(invoice, state), key=state.id,
+             event_id=event_uuid(invoice.id, "invoice.paid"), at=paid_at, correlation=env)
+    sub = state.subscription
+    if sub.status is SubscriptionStatus.PAST_DUE and not [
+            i for i in uow.open_invoices_of(sub.id) if i != invoice.id]:
+        sub.reactivate(at=paid_at)
+    uow.subscription_events(state, env)
+
+
+def payment_failed(uow: BillingUnitOfWork, env: Envelope, p: PaymentFailed, now: datetime) -> None:
+    state = uow.subscription(p.subscription_id)
+    found = uow.invoice(p.invoice_id)
+    if found is None:
+        raise MessageRejected(f"payment failure for unknown invoice {p.invoice_id}", code="unknown_invoice")
+    invoice, _ = found
+    if p.attempt_id and not uow.settle_attempt(p.attempt_id, "declined", p.provider_ref, p.decline_code,
+                                               p.hard_decline, now):
+        if p.source == "reconciliation":
+            raise Ignored(f"attempt {p.attempt_id} was already settled")
+    if invoice.status is not InvoiceStatus.OPEN:
+        raise Ignored(f"invoice {invoice.id} is {invoice.status.value}")
+    failed_at = ensure_utc(p.failed_at)
+    attempt_no = uow.attempt_no(p.attempt_id)
+    uow.record_failed_attempt(invoice.id, p.decline_code)
+    uow.emit("invoice.payment_failed", invoice_event(
+        invoice, state, decline_code=p.decline_code, hard_decline=p.hard_decline, attempt_no=attempt_no),
+        key=state.id, event_id=event_uuid(invoice.id, "invoice.payment_failed", p.attempt_id or env.event_id),
+        at=failed_at, correlation=env)
+    sub = state.subscription
+    if sub.status in (SubscriptionStatus.ACTIVE, SubscriptionStatus.TRIALING):
+        sub.mark_past_due(at=failed_at, reason="payment_failed")
+    uow.subscription_events(state, env)
+
+
+UPDATE_PAYMENT_METHOD = Handler(update_payment_method)
+RETRY = Handler(retry_payment, prefetch=load_invoices_of)
+GIVE_UP = Handler(give_up, prefetch=load_invoices_of)
+SUCCEEDED = Handler(payment_succeeded, prefetch=load_invoices_of, answers=False)
+FAILED = Handler(payment_failed, prefetch=load_invoices_of, answers=False)

@@ -1,0 +1,108 @@
+"""Closing a period (the billing run): rate usage against included credits and prices, apply coupons and
+carried proration, issue the invoice, advance the period. A run of thousands of closes is one unit of work."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from services.billing_worker.adapters.billing_repository import invoice_id_for
+from services.billing_worker.service_layer.errors import Ignored, Refused
+from services.billing_worker.service_layer.handlers import Handler
+from services.billing_worker.service_layer.handlers.subscriptions import period_row
+from services.billing_worker.service_layer.unit_of_work import BillingUnitOfWork
+from shared.contracts.envelope import Envelope
+from shared.contracts.messages import ClosePeriod
+from shared.domain.calendar import Period, ensure_utc
+from shared.domain.catalog import MeterId
+from shared.domain.errors import DomainError
+from shared.domain.invoice import InvoiceKey, InvoiceLine, InvoiceReason, LineKind
+from shared.domain.money import Money
+from shared.domain.rating import LateUsage
+from shared.domain.rating import close_period as rate_closed_period
+from shared.domain.subscription import SubscriptionStatus
+
+
+def closable(uow: BillingUnitOfWork, p: ClosePeriod, now: datetime) -> None:
+    """Raise Ignored or Refused when this close does not apply (changes nothing)."""
+    sub = uow.subscription(p.subscription_id).subscription
+    period_end = ensure_utc(p.period_end)
+    if sub.status in (SubscriptionStatus.TRIALING, SubscriptionStatus.CANCELLED):
+        raise Ignored(f"a {sub.status.value} subscription has no period to close")
+    if sub.current_period.end != period_end:
+        raise Ignored(f"period ending {period_end.isoformat()} is not the current one "
+                      f"(ends {sub.current_period.end.isoformat()})")
+    if now < period_end:
+        raise Refused("not_due", f"period ends {period_end.isoformat()}, the billing clock says {now.isoformat()}")
+
+
+def prefetch_closes(uow: BillingUnitOfWork, messages: Sequence[tuple[Envelope, Any]], now: datetime) -> None:
+    """The ledgers of the run's subscriptions, and the usage of every applicable close, in a few set-based
+    reads (a billing run closes tens of thousands of periods at once)."""
+    uow.load_ledgers(list(uow.states.values()))
+    wanted: dict[str, tuple[str, datetime, datetime]] = {}
+    for _, p in messages:
+        if p.subscription_id in wanted:
+            continue
+        try:
+            closable(uow, p, now)
+        except (Ignored, DomainError):
+            continue
+        period = uow.states[p.subscription_id].subscription.current_period
+        wanted[p.subscription_id] = (p.subscription_id, period.start, period.end)
+    if wanted:
+        uow.usage_closes.update(uow.close_usages(list(wanted.values())))
+
+
+def close_period(uow: BillingUnitOfWork, env: Envelope, p: ClosePeriod, now: datetime) -> dict[str, Any]:
+    closable(uow, p, now)
+    state = uow.subscription(p.subscription_id)
+    sub = state.subscription
+    period_end = ensure_utc(p.period_end)
+    closed = sub.current_period
+    plan = uow.catalog.plan(sub.plan_id)
+    next_plan = uow.catalog.plan(sub.pending_plan_id) if sub.pending_plan_id else None
+    coupon = uow.catalog.coupon(sub.coupon.coupon_id) if sub.coupon else None
+    usage = uow.usage_closes.pop(sub.id, None)
+    if usage is None or usage.period_end != closed.end:
+        usage = uow.close_usages([(sub.id, closed.start, closed.end)])[sub.id]
+    ledger = uow.ledger(state)
+    carried = ([InvoiceLine(kind=LineKind.ADJUSTMENT, description="Credit carried forward",
+                            amount=Money(-state.carried_credit_minor, state.currency))]
+               if state.carried_credit_minor else [])
+    key = InvoiceKey(sub.id, InvoiceReason.PERIOD_CLOSE, closed)
+    # NOTE: the billing instant of a close is the period end itself, so a close applied late (worker
+    # down, backlog) rates exactly like one applied on time.
+    result = rate_closed_period(
+        subscription=sub, plan=plan, usage_totals_by_meter={MeterId(m): Decimal(q) for m, q in usage.totals.items()},
+        credits=ledger.ledger, coupon=coupon, tax_rate_bps=state.tax_rate_bps, at=period_end,
+        invoice_id=invoice_id_for(key), next_plan=next_plan, pending_proration_lines=carried,
+        late_usage=_late_usage(usage.late))
+    state.carried_credit_minor = 0
+    uow.rating(result, state, plan.id, env, period_end)
+    # The closed period's included credits expire with it (a ledger rule); settle them now rather than
+    # through a separate credits.expire command per subscription.
+    uow.expire_credits(state, period_end, env)
+    uow.periods.append({"subscription_id": sub.id, "period_start": closed.start, "period_end": closed.end,
+                        "plan_id": plan.id, "seats": sub.seats, "invoice_id": result.invoice.id,
+                        "closed_at": period_end})
+    if result.next_period is not None:
+        uow.periods.append(period_row(sub))
+    uow.subscription_events(state, env)
+    return {"invoice_id": result.invoice.id}
+
+
+def _late_usage(late: Sequence[Any]) -> list[LateUsage]:
+    """Late usage grouped per meter, over the span of hours it came from."""
+    spans: dict[str, tuple[datetime, datetime, Decimal]] = {}
+    for item in late:
+        start = item.bucket_start
+        lo, hi, q = spans.get(item.meter_id, (start, start, Decimal(0)))
+        spans[item.meter_id] = (min(lo, start), max(hi, start), q + Decimal(item.quantity))
+    return [LateUsage(MeterId(m), Period(lo, hi + timedelta(hours=1)), q)
+            for m, (lo, hi, q) in sorted(spans.items()) if q]
+
+
+CLOSE_PERIOD = Handler(close_period, prefetch=prefetch_closes, precheck=closable)

@@ -1,0 +1,164 @@
+"""Subscription lifecycle: create, change plan, change seats, cancel, pause, resume, end trial."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, time
+from typing import Any
+
+from services.billing_worker.adapters.billing_repository import SubscriptionState, invoice_id_for
+from services.billing_worker.service_layer.errors import Ignored, Refused
+from services.billing_worker.service_layer.handlers import Handler
+from services.billing_worker.service_layer.unit_of_work import BillingUnitOfWork
+from shared.contracts.envelope import Envelope
+from shared.contracts.messages import (
+    CancelSubscription,
+    ChangePlan,
+    ChangeSeats,
+    CreateSubscription,
+    EndTrial,
+    PauseSubscription,
+    ResumeSubscription,
+)
+from shared.domain.calendar import BillingAnchor, Period, ensure_utc, zone
+from shared.domain.catalog import ChangeTiming, Plan
+from shared.domain.coupons import Coupon
+from shared.domain.ids import CustomerId, SubscriptionId
+from shared.domain.invoice import InvoiceKey, InvoiceLine, InvoiceReason
+from shared.domain.rating import change_invoice, start_invoice, trial_credit_grants
+from shared.domain.subscription import Subscription, SubscriptionStatus
+
+
+def period_row(sub: Subscription) -> dict[str, Any]:
+    """The subscription's current period, as recorded in its period history."""
+    return {"subscription_id": sub.id, "period_start": sub.current_period.start,
+            "period_end": sub.current_period.end, "plan_id": sub.plan_id, "seats": sub.seats}
+
+
+def create_subscription(uow: BillingUnitOfWork, env: Envelope, p: CreateSubscription,
+                        now: datetime) -> dict[str, Any]:
+    if p.subscription_id in uow.states:
+        raise Refused("already_exists", f"subscription {p.subscription_id} already exists")
+    plan = uow.catalog.plan(p.plan_id)
+    if plan.currency != p.currency:
+        raise Refused("currency_mismatch", f"plan {plan.id} is sold in {plan.currency}, not {p.currency}")
+    at = ensure_utc(p.start_at or now)
+    coupon = uow.catalog.coupon(p.coupon_id) if p.coupon_id else None
+    times = uow.coupon_times_redeemed(coupon.id) if coupon else 0
+    anchor = (BillingAnchor(day=p.anchor_day, time_of_day=time(0, 0), tz=p.timezone,
+                            month=at.astimezone(zone(p.timezone)).month) if p.anchor_day else None)
+    sub = Subscription.start(subscription_id=SubscriptionId(p.subscription_id),
+                             customer_id=CustomerId(p.customer_id), plan=plan, at=at, seats=p.seats,
+                             trial_days=p.trial_days, anchor=anchor, tz=p.timezone, coupon=coupon,
+                             coupon_times_redeemed=times)
+    state = SubscriptionState(sub, p.currency, p.timezone, p.tax_rate_bps, p.payment_method_id)
+    uow.states[state.id] = state
+    if coupon is not None:
+        uow.attach_coupon(coupon.id, state.id, at)
+    uow.periods.append(period_row(sub))
+    invoice_id = None
+    if sub.status in (SubscriptionStatus.ACTIVE, SubscriptionStatus.PAST_DUE):
+        invoice_id = start_first_invoice(uow, env, state, plan, coupon, at)
+    uow.grant_included(trial_credit_grants(subscription=sub, plan=plan), state, env, at)
+    uow.subscription_events(state, env)
+    return {"invoice_id": invoice_id}
+
+
+def start_first_invoice(uow: BillingUnitOfWork, env: Envelope, state: SubscriptionState, plan: Plan,
+                        coupon: Coupon | None, at: datetime) -> str:
+    """The invoice a paid period starts with (at creation, or when a trial ends)."""
+    sub = state.subscription
+    if coupon is None and sub.coupon is not None:
+        coupon = uow.catalog.coupon(sub.coupon.coupon_id)
+    key = InvoiceKey(sub.id, InvoiceReason.SUBSCRIPTION_START, sub.current_period)
+    result = start_invoice(subscription=sub, plan=plan, coupon=coupon, tax_rate_bps=state.tax_rate_bps, at=at,
+                           invoice_id=invoice_id_for(key))
+    uow.rating(result, state, plan.id, env, at)
+    return result.invoice.id
+
+
+def change_plan(uow: BillingUnitOfWork, env: Envelope, p: ChangePlan, now: datetime) -> dict[str, Any]:
+    state = uow.subscription(p.subscription_id)
+    sub = state.subscription
+    change = sub.change_plan(new_plan=uow.catalog.plan(p.plan_id), current_plan=uow.catalog.plan(sub.plan_id),
+                             at=now, timing=None if p.timing == "auto" else ChangeTiming(p.timing))
+    invoice_id = _change_invoice(uow, env, state, change.lines, change.invoice_period, now)
+    uow.grant_included(change.grants, state, env, now)
+    uow.subscription_events(state, env)
+    return {"change": change.kind.value, "timing": change.timing.value, "invoice_id": invoice_id}
+
+
+def change_seats(uow: BillingUnitOfWork, env: Envelope, p: ChangeSeats, now: datetime) -> dict[str, Any]:
+    state = uow.subscription(p.subscription_id)
+    sub = state.subscription
+    change = sub.change_seats(seats=p.seats, plan=uow.catalog.plan(sub.plan_id), at=now)
+    invoice_id = _change_invoice(uow, env, state, change.lines, change.invoice_period, now)
+    uow.grant_included(change.grants, state, env, now)
+    uow.subscription_events(state, env)
+    return {"change": change.kind.value, "timing": change.timing.value, "invoice_id": invoice_id}
+
+
+def _change_invoice(uow: BillingUnitOfWork, env: Envelope, state: SubscriptionState,
+                    lines: Sequence[InvoiceLine], period: Period | None, at: datetime) -> str | None:
+    """The proration invoice of an immediate change (none when the change is deferred or costs nothing)."""
+    if not lines or period is None:
+        return None
+    sub = state.subscription
+    key = InvoiceKey(sub.id, InvoiceReason.SUBSCRIPTION_CHANGE, period)
+    invoice = change_invoice(subscription=sub, lines=lines, invoice_period=period, currency=state.currency,
+                             tax_rate_bps=state.tax_rate_bps, at=at, invoice_id=invoice_id_for(key))
+    uow.issue(invoice, state, sub.plan_id, env)
+    return invoice.id
+
+
+def cancel(uow: BillingUnitOfWork, env: Envelope, p: CancelSubscription, now: datetime) -> None:
+    state = uow.subscription(p.subscription_id)
+    state.subscription.cancel(at=now, at_period_end=p.at_period_end, reason=p.reason or "requested")
+    if not p.at_period_end:
+        state.cancel_reason = p.reason or "requested"
+    uow.subscription_events(state, env)
+
+
+def pause(uow: BillingUnitOfWork, env: Envelope, p: PauseSubscription, now: datetime) -> None:
+    state = uow.subscription(p.subscription_id)
+    state.subscription.pause(at=now)
+    state.paused_at = now
+    uow.subscription_events(state, env)
+
+
+def resume(uow: BillingUnitOfWork, env: Envelope, p: ResumeSubscription, now: datetime) -> None:
+    state = uow.subscription(p.subscription_id)
+    state.subscription.resume(at=now)
+    state.paused_at = None
+    uow.subscription_events(state, env)
+
+
+def trial_endable(uow: BillingUnitOfWork, p: EndTrial, now: datetime) -> None:
+    """Raise Ignored unless this is the end of the subscription's open trial (a stale or replayed tick)."""
+    sub = uow.subscription(p.subscription_id).subscription
+    if sub.status is not SubscriptionStatus.TRIALING or sub.trial_end != ensure_utc(p.trial_end):
+        raise Ignored(f"trial ending {p.trial_end.isoformat()} is not the subscription's open trial")
+
+
+def end_trial(uow: BillingUnitOfWork, env: Envelope, p: EndTrial, now: datetime) -> dict[str, Any]:
+    trial_endable(uow, p, now)
+    state = uow.subscription(p.subscription_id)
+    sub = state.subscription
+    plan = uow.catalog.plan(sub.plan_id)
+    at = ensure_utc(p.trial_end)
+    sub.end_trial(at=at, has_payment_method=state.payment_method_id is not None, plan=plan)
+    invoice_id = None
+    if sub.status in (SubscriptionStatus.ACTIVE, SubscriptionStatus.PAST_DUE):
+        uow.periods.append(period_row(sub))
+        invoice_id = start_first_invoice(uow, env, state, plan, None, at)
+    uow.subscription_events(state, env)
+    return {"invoice_id": invoice_id}
+
+
+CREATE = Handler(create_subscription)
+CHANGE_PLAN = Handler(change_plan)
+CHANGE_SEATS = Handler(change_seats)
+CANCEL = Handler(cancel)
+PAUSE = Handler(pause)
+RESUME = Handler(resume)
+END_TRIAL = Handler(end_trial, precheck=trial_endable)

@@ -1,0 +1,359 @@
+"""The billing worker's unit of work: what one run of messages reads and changes, written at `commit()`.
+
+`BillingUnitOfWork` is the port the handlers see. It tracks the aggregates a run loaded (subscriptions with
+their billing snapshot, credit ledgers, invoices) and collects every change (subscriptions touched, invoices to
+finalise, payment attempts, coupon redemptions, periods, history, audit, outbox events, command outcomes);
+`commit()` finalises the issued invoices (numbered in one counter update for the run) and hands everything to
+the adapter, which writes it set-based: the same code closes one period or ten thousand.
+
+It works inside a transaction its caller owns (the consumer's batch transaction): `commit()` writes, it never
+commits PostgreSQL; `savepoint()` brackets a part that may have to be rolled back. The adapter over PostgreSQL
+is `services.billing_worker.adapters.sql_unit_of_work`; unit tests use `tests/unit/worker/fakes.py`.
+
+A few writes are immediate rather than collected (invoice status, payment attempt updates, coupon attachment):
+they are the adapter's methods below, called by the use cases where today's order of effects needs them.
+"""
+
+from __future__ import annotations
+
+import abc
+import uuid
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from services.billing_worker.adapters.billing_repository import (
+    AttemptToCreate,
+    InvoiceToStore,
+    LedgerState,
+    SubscriptionState,
+    credit_kinds,
+    event_uuid,
+)
+from services.billing_worker.service_layer.announcements import (
+    credits_payload,
+    invoice_event,
+    status_change,
+    status_snapshot,
+)
+from services.billing_worker.service_layer.errors import MessageRejected, Refused
+from shared.contracts import topics
+from shared.contracts.envelope import Envelope, new_envelope
+from shared.contracts.messages import Payload, SubscriptionStatusChanged
+from shared.domain.catalog import Catalog
+from shared.domain.coupons import CouponRedemption
+from shared.domain.events import DomainEvent
+from shared.domain.invoice import Invoice, InvoiceStatus
+from shared.domain.ledger import CreditLedger, GrantSource, MeterCredit
+from shared.domain.rating import IncludedCreditGrant, RatingResult
+
+PRODUCER_NAME = "billing-worker"
+
+
+class UsageClose(Protocol):
+    """What closing a period's usage answers (services.billing_worker.adapters.usage.UsageClose)."""
+
+    @property
+    def period_end(self) -> datetime: ...
+
+    @property
+    def totals(self) -> Mapping[str, Any]: ...  # meter id -> quantity
+
+    @property
+    def late(self) -> Sequence[Any]: ...  # items with bucket_start, meter_id, quantity
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """An event for the outbox: written in the same transaction as the state it announces."""
+
+    envelope: Envelope
+    key: str
+    topic: str
+
+
+@dataclass
+class IssuedInvoice:
+    """A draft waiting for its number: finalised at commit, in one counter update for the run."""
+
+    invoice: Invoice
+    state: SubscriptionState
+    plan_id: str
+    command_id: str
+
+
+class BillingUnitOfWork(abc.ABC):
+    """What one run of messages changes (see the module docstring). Call `begin(at)` to start a run (it
+    forgets what the previous one loaded and collected), then the use cases, then `commit()`."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self.credit_kinds = credit_kinds(catalog)
+        self.begin(datetime.min.replace(tzinfo=UTC))  # nothing loaded or collected yet
+
+    def begin(self, at: datetime) -> None:
+        self.now = at
+        self.states: dict[str, SubscriptionState] = {}
+        self.touched: dict[str, SubscriptionState] = {}
+        self.ledgers: dict[str, LedgerState] = {}
+        self.issued: list[IssuedInvoice] = []
+        self.invoice_of_key: dict[str, str] = {}
+        self.attempts: list[AttemptToCreate] = []
+        self.redemptions: list[tuple[CouponRedemption, str, str, datetime]] = []
+        self.periods: list[dict[str, Any]] = []
+        self.history: list[tuple[list[DomainEvent], str | None]] = []
+        self.audit: list[dict[str, Any]] = []
+        self.outgoing: list[Outgoing] = []
+        self.outcomes: list[dict[str, Any]] = []
+        self.settled_grants: list[tuple[str, datetime]] = []
+        self.usage_closes: dict[str, UsageClose] = {}  # prefetched for a billing run, by subscription
+        self.invoices: dict[str, tuple[Invoice, Any]] = {}  # loaded, by invoice id (row: amount_paid_minor...)
+        self.paid_refs: dict[str, str | None] = {}  # provider refs of invoices paid in this run
+
+    # --- the adapter's side: reads
+
+    @abc.abstractmethod
+    def savepoint(self) -> AbstractContextManager[Any]:
+        """A nested transaction: what is written inside is undone if the block raises."""
+
+    @abc.abstractmethod
+    def _load_subscriptions(self, ids: Sequence[str]) -> dict[str, SubscriptionState]: ...
+
+    @abc.abstractmethod
+    def _load_ledgers(self, states: Sequence[SubscriptionState]) -> dict[str, LedgerState]: ...
+
+    @abc.abstractmethod
+    def _load_invoices(self, invoice_ids: Sequence[str]) -> dict[str, tuple[Invoice, Any]]: ...
+
+    @abc.abstractmethod
+    def answered_commands(self, command_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        """The commands among `command_ids` whose outcome is already stored."""
+
+    @abc.abstractmethod
+    def close_usages(self, requests: Sequence[tuple[str, datetime, datetime]]) -> Mapping[str, UsageClose]:
+        """Close the usage of (subscription_id, period_start, period_end) periods: what each bills, marked
+        billed (so a replay bills nothing twice)."""
+
+    @abc.abstractmethod
+    def coupon_times_redeemed(self, coupon_id: str) -> int: ...
+
+    @abc.abstractmethod
+    def open_invoices_of(self, subscription_id: str) -> list[str]:
+        """Ids of the subscription's invoices still to collect (open or uncollectible)."""
+
+    # --- the adapter's side: immediate writes
+
+    @abc.abstractmethod
+    def attach_coupon(self, coupon_id: str, subscription_id: str, at: datetime) -> None: ...
+
+    @abc.abstractmethod
+    def save_invoice_status(self, invoice: Invoice, *, provider_ref: str | None = None,
+                            at: datetime | None = None) -> None: ...
+
+    @abc.abstractmethod
+    def settle_attempt(self, attempt_id: str, status: str, provider_ref: str | None, decline_code: str | None,
+                       hard: bool, at: datetime) -> bool:
+        """Record an outcome reported by someone else (webhook, reconciliation) on a still open attempt;
+        False when the attempt was settled already."""
+
+    @abc.abstractmethod
+    def attempt_no(self, attempt_id: str | None) -> int | None: ...
+
+    @abc.abstractmethod
+    def record_failed_attempt(self, invoice_id: str, decline_code: str | None) -> None:
+        """Count a failed charge on the invoice (attempt count, last decline code)."""
+
+    @abc.abstractmethod
+    def cancel_pending_attempts(self, invoice_id: str, at: datetime) -> None:
+        """Cancel the invoice's attempts not dispatched yet."""
+
+    @abc.abstractmethod
+    def detach_pending_payment_method(self, subscription_id: str) -> int:
+        """Drop the payment method of the subscription's attempts not dispatched yet; returns how many."""
+
+    # --- the adapter's side: commit
+
+    @abc.abstractmethod
+    def _allocate_invoice_numbers(self, count: int) -> list[str]: ...
+
+    @abc.abstractmethod
+    def _insert_invoices(self, items: Sequence[InvoiceToStore]) -> set[str]:
+        """Store finalised invoices; returns the ids really inserted (an existing identity is not)."""
+
+    @abc.abstractmethod
+    def _write(self) -> None:
+        """Write what the run collected (subscriptions, ledgers, attempts, ..., outbox, outcomes)."""
+
+    # --- loading
+
+    def load(self, ids: Sequence[str]) -> None:
+        missing = [i for i in ids if i not in self.states]
+        self.states.update(self._load_subscriptions(missing))
+
+    def subscription(self, subscription_id: str) -> SubscriptionState:
+        self.load([subscription_id])
+        state = self.states.get(subscription_id)
+        if state is None:
+            raise Refused("not_found", f"subscription {subscription_id} does not exist")
+        return state
+
+    def ledger(self, state: SubscriptionState) -> LedgerState:
+        if state.id not in self.ledgers:
+            if state.stored_version is None:
+                meters = [MeterCredit(m, None if units else state.currency) for m, units in self.credit_kinds.items()]
+                self.ledgers[state.id] = LedgerState(CreditLedger.open(state.id, meters, state.timezone), 0)
+            else:
+                self.ledgers.update(self._load_ledgers([state]))
+        return self.ledgers[state.id]
+
+    def load_ledgers(self, states: Sequence[SubscriptionState]) -> None:
+        wanted = [s for s in states if s.id not in self.ledgers and s.stored_version is not None]
+        self.ledgers.update(self._load_ledgers(wanted))
+
+    def invoice(self, invoice_id: str) -> tuple[Invoice, Any] | None:
+        """The invoice and its stored row (loaded once per run; the domain object is the live one)."""
+        if invoice_id not in self.invoices:
+            self.invoices.update(self._load_invoices([invoice_id]))
+        return self.invoices.get(invoice_id)
+
+    def load_invoices(self, invoice_ids: Sequence[str]) -> None:
+        self.invoices.update(self._load_invoices(invoice_ids))
+
+    # --- recording
+
+    def touch(self, state: SubscriptionState) -> None:
+        self.states[state.id] = state
+        self.touched[state.id] = state
+
+    def emit(self, type_: str, payload: Payload | Mapping[str, Any], *, key: str, event_id: uuid.UUID | None,
+             at: datetime, correlation: Envelope | None, topic: str = topics.BILLING_EVENTS) -> None:
+        """Queue an outgoing event for the outbox. Give a deterministic `event_id` when a replay must not
+        emit a second copy."""
+        body = payload.model_dump(mode="json") if isinstance(payload, Payload) else dict(payload)
+        envelope = new_envelope(type_, body, producer=PRODUCER_NAME, occurred_at=at,
+                                correlation_id=str(correlation.event_id) if correlation else None,
+                                event_id=event_id)
+        self.outgoing.append(Outgoing(envelope, key, topic))
+
+    def subscription_events(self, state: SubscriptionState, command: Envelope | None) -> None:
+        """History rows and status-change events for what the aggregate recorded."""
+        events = state.subscription.pull_events()
+        self.history.append((events, str(command.event_id) if command else None))
+        for event in events:
+            change = status_change(event)
+            if change is None:
+                continue
+            old, new, reason = change
+            self.emit("subscription.status_changed",
+                      SubscriptionStatusChanged(subscription_id=state.id, customer_id=state.subscription.customer_id,
+                                                old_status=old, new_status=new, plan_id=state.subscription.plan_id,
+                                                reason=reason),
+                      key=state.id, event_id=event_uuid(state.id, "status", event.version, new),
+                      at=event.occurred_at, correlation=command)
+        self.touch(state)
+
+    def issue(self, invoice: Invoice, state: SubscriptionState, plan_id: str, command: Envelope) -> None:
+        """Queue a draft for finalisation (numbered at commit, in one counter update for the run)."""
+        self.issued.append(IssuedInvoice(invoice, state, plan_id, str(command.event_id)))
+        self.invoice_of_key[str(invoice.key)] = invoice.id
+
+    def rating(self, result: RatingResult, state: SubscriptionState, plan_id: str, command: Envelope,
+               at: datetime) -> None:
+        self.issue(result.invoice, state, plan_id, command)
+        self.grant_included(result.grants, state, command, at)
+        if result.coupon_redemption is not None:
+            self.redemptions.append((result.coupon_redemption, state.id, result.invoice.id, at))
+
+    def grant_included(self, grants: Sequence[IncludedCreditGrant], state: SubscriptionState, command: Envelope,
+                       at: datetime) -> None:
+        """Write the domain's included-credit grants (period, trial, upgrade) to the ledger and announce them."""
+        if not grants:
+            return
+        ledger = self.ledger(state).ledger
+        for grant in grants:
+            ledger.grant(grant_id=f"incl|{grant.key}", meter=grant.meter_id, amount=grant.amount,
+                         source=GrantSource(grant.source), effective_at=grant.effective_at,
+                         expires_at=grant.expires_at)
+            self.emit("credits.granted", credits_payload(state, grant.meter_id, grant.amount, grant.source,
+                                                         grant.expires_at),
+                      key=state.id, event_id=event_uuid(state.id, "credits.granted", grant.key), at=at,
+                      correlation=command)
+        self.touch(state)
+
+    def expire_credits(self, state: SubscriptionState, at: datetime, command: Envelope) -> int:
+        """Write off what is left of the grants that expired by `at` (the ledger decides) and announce it."""
+        expired = self.ledger(state).ledger.expire(at)
+        for entry in expired:
+            self.emit("credits.expired", credits_payload(state, entry.meter, entry.amount, None, entry.at),
+                      key=state.id, event_id=event_uuid(entry.entry_id), at=entry.at, correlation=command)
+        self.settled_grants.append((state.id, at))
+        return len(expired)
+
+    def outcome(self, command: Envelope, subscription_id: str, status: str, *, code: str | None = None,
+                detail: str | None = None, result: dict[str, Any] | None = None) -> None:
+        """The worker's answer to a command ('applied', 'rejected' or 'ignored'); the first stored wins."""
+        self.outcomes.append({"command_id": command.event_id, "subscription_id": subscription_id,
+                              "command_type": command.type, "status": status, "error_code": code,
+                              "error_detail": detail[:1000] if detail else None, "result": result})
+
+    def applied(self, subscription_id: str, result: dict[str, Any] | None) -> dict[str, Any]:
+        """An `applied` outcome's result: the subscription's snapshot, plus what the use case returned."""
+        state = self.states.get(subscription_id)
+        return {**(status_snapshot(state) if state else {}), **(result or {})}
+
+    def add_attempt(self, attempt: AttemptToCreate) -> None:
+        """A payment attempt to write *before* the executor calls the provider."""
+        self.attempts.append(attempt)
+
+    def add_audit(self, **row: Any) -> None:
+        self.audit.append({"actor": PRODUCER_NAME, **row})
+
+    # --- commit
+
+    def commit(self) -> None:
+        """Finalise the issued invoices, then write everything collected (inside the caller's transaction)."""
+        self._finalise()
+        self._write()
+
+    def _finalise(self) -> None:
+        if not self.issued:
+            return
+        numbers = self._allocate_invoice_numbers(len(self.issued))
+        to_store: list[InvoiceToStore] = []
+        for item, number in zip(self.issued, numbers, strict=True):
+            invoice, state = item.invoice, item.state
+            at = invoice.created_at
+            invoice.finalize(number=number, at=at)
+            to_store.append(InvoiceToStore(invoice, item.plan_id, state.payment_method_id))
+            carried = invoice.credit_to_carry_forward
+            if carried.is_positive():
+                state.carried_credit_minor += carried.amount_minor
+                self.touch(state)
+            self._invoice_events(invoice, state, at)
+            if invoice.status is InvoiceStatus.OPEN and invoice.amount_due.is_positive():
+                self.attempts.append(AttemptToCreate(
+                    invoice_id=invoice.id, attempt_no=1, subscription_id=state.id,
+                    customer_id=state.subscription.customer_id, amount=invoice.amount_due,
+                    payment_method_id=state.payment_method_id, requested_at=at))
+            self.add_audit(occurred_at=at, action="invoice.finalized", entity_type="invoice", entity_id=invoice.id,
+                           subscription_id=state.id, customer_id=state.subscription.customer_id,
+                           command_id=item.command_id,
+                           detail={"number": number, "total_minor": invoice.total.amount_minor,
+                                   "currency": invoice.currency, "reason": invoice.key.reason.value})
+        inserted = self._insert_invoices(to_store)
+        if len(inserted) != len(to_store):
+            duplicates = sorted({i.invoice.id for i in to_store} - inserted)
+            # NOTE: an invoice identity that already exists means this close or change was applied before
+            # while the subscription says otherwise: refuse the batch rather than bill twice.
+            raise MessageRejected(f"invoices already exist for {duplicates[:5]}", code="duplicate_invoice")
+
+    def _invoice_events(self, invoice: Invoice, state: SubscriptionState, at: datetime) -> None:
+        for event in invoice.pull_events():
+            type_ = {"InvoiceFinalized": "invoice.finalized", "InvoicePaid": "invoice.paid"}.get(event.name)
+            if type_ is None:
+                continue
+            self.emit(type_, invoice_event(invoice, state), key=state.id,
+                      event_id=event_uuid(invoice.id, type_), at=at, correlation=None)
+
