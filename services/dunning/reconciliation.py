@@ -35,11 +35,13 @@ from shared.contracts import topics
 from shared.contracts.envelope import new_envelope
 from shared.contracts.messages import TYPE_OF, Payload, PaymentFailed, PaymentSucceeded
 from shared.domain.clock import Clock
+from shared.domain.payment_attempt import UNSETTLED as UNSETTLED_STATUSES
+from shared.domain.payment_attempt import AttemptStatus
 from shared.observability import kv
 
 log = logging.getLogger("billing.dunning.reconciliation")
 
-UNSETTLED: Final = ("pending", "in_flight", "unknown")
+UNSETTLED: Final = tuple(sorted(s.value for s in UNSETTLED_STATUSES))  # the domain's: no answer recorded yet
 # NOTE: how long after dunning gave up an invoice is still compared with the provider. A payment taken
 # later than that is found by the provider's own reports, not by this job (it would scan forever).
 DEFAULT_UNCOLLECTIBLE_WINDOW: Final = timedelta(days=30)
@@ -57,13 +59,22 @@ class PaymentAttemptReader:
         ).scalar_one()
         return count
 
+    def requested_at(self, conn: sa.Connection, invoice_id: str, attempt_no: int) -> datetime | None:
+        """The billing instant the charge of attempt `attempt_no` of the invoice was decided, if written."""
+        a = payment_attempts
+        at: datetime | None = conn.execute(
+            sa.select(a.c.requested_at).where(a.c.invoice_id == invoice_id, a.c.attempt_no == attempt_no)
+        ).scalar_one_or_none()
+        return at
+
     def needing_lookup(self, conn: sa.Connection, limit: int,
                        after: tuple[datetime, str] | None = None) -> list[sa.Row[Any]]:
         """Unknown outcomes, and in-flight attempts whose executor lease expired (it died mid-call). Oldest
         first, after the keyset ``after`` (created_at, attempt id)."""
         a = payment_attempts
-        query = (sa.select(a).where(sa.or_(a.c.status == "unknown",
-                                           sa.and_(a.c.status == "in_flight", a.c.lease_until < sa.func.now())))
+        query = (sa.select(a).where(sa.or_(a.c.status == AttemptStatus.UNKNOWN.value,
+                                           sa.and_(a.c.status == AttemptStatus.IN_FLIGHT.value,
+                                                   a.c.lease_until < sa.func.now())))
                  .order_by(a.c.created_at, a.c.attempt_id).limit(limit))
         if after is not None:
             query = query.where(sa.tuple_(a.c.created_at, a.c.attempt_id)
@@ -86,7 +97,8 @@ class PaymentAttemptReader:
                       .order_by(a.c.attempt_no.desc()).limit(1).scalar_subquery())
         charged = sa.exists().where(a.c.invoice_id == i.c.invoice_id, a.c.provider_ref.is_not(None))
         in_dunning = sa.exists().where(c.c.invoice_id == i.c.invoice_id, c.c.status == "open")
-        busy = sa.exists().where(a.c.invoice_id == i.c.invoice_id, a.c.status.in_((*UNSETTLED, "succeeded")))
+        busy = sa.exists().where(a.c.invoice_id == i.c.invoice_id,
+                                 a.c.status.in_((*UNSETTLED, AttemptStatus.SUCCEEDED.value)))
         status_wanted: sa.ColumnElement[bool] = i.c.status == "open"
         if uncollectible_since is not None:
             status_wanted = sa.or_(status_wanted, sa.and_(i.c.status == "uncollectible",

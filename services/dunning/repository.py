@@ -19,7 +19,6 @@ from sqlalchemy.dialects.postgresql import insert
 
 from shared.adapters.notify.port import Notification
 from shared.adapters.postgres.errors import translate
-from shared.adapters.postgres.schema.billing import payment_attempts
 from shared.adapters.postgres.schema.core import customers, outbox
 from shared.adapters.postgres.schema.dunning import (
     dunning_actions,
@@ -91,11 +90,7 @@ class PostgresDunningTransaction:
     def failure_instant(self, invoice_id: str, attempt_no: int | None) -> datetime | None:
         if attempt_no is None:
             return None
-        a = payment_attempts
-        at: datetime | None = self._conn.execute(
-            sa.select(a.c.requested_at).where(a.c.invoice_id == invoice_id, a.c.attempt_no == attempt_no)
-        ).scalar_one_or_none()
-        return at
+        return self._attempts.requested_at(self._conn, invoice_id, attempt_no)
 
     def insert_case(self, record: CaseRecord) -> None:
         case = record.case
