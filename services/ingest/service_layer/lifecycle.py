@@ -25,6 +25,7 @@ from shared.contracts.envelope import Envelope, new_envelope
 from shared.contracts.messages import TYPE_OF, CreateSubscription, SubscriptionCommand
 from shared.domain.catalog import Catalog
 from shared.domain.errors import DomainError
+from shared.errors import RefusedError
 
 PRODUCER = "ingest"
 POLL_INTERVAL_SECONDS = 0.05
@@ -33,13 +34,13 @@ __all__ = ["Accepted", "Outcome", "Subscribe", "UnknownCatalogEntry", "UnknownCu
            "new_subscription_id", "send_command", "subscribe", "wait_for_outcome"]
 
 
-class LifecycleRefusal(Exception):
+class LifecycleRefusal(RefusedError):
     """A command the edge refuses before sending it; `code` is machine-readable, `field` names the input."""
 
     code = "refused"
 
     def __init__(self, detail: str, *, field: str | None = None) -> None:
-        super().__init__(detail)
+        super().__init__(detail, code=type(self).code)
         self.detail = detail
         self.field = field
 

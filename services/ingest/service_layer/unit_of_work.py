@@ -16,13 +16,15 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert
 
 from services.ingest.audit import record
 from services.ingest.auth import Principal
 from shared.adapters.postgres.outbox import add_to_outbox
 from shared.adapters.postgres.schema.billing import subscriptions
 from shared.adapters.postgres.schema.core import command_outcomes, customers
-from shared.adapters.postgres.schema.edge import subscription_routes
+from shared.adapters.postgres.schema.edge import stripe_webhook_events, subscription_routes
+from shared.adapters.postgres.subscription_reads import live_subscriptions_of_stripe_customer
 from shared.contracts.envelope import Envelope
 
 
@@ -70,6 +72,15 @@ class UnitOfWork(Protocol):
 
     def publish(self, topic: str, key: str, envelope: Envelope) -> None:
         """Send `envelope` to `topic` once this unit of work commits (an outbox row; nothing if it rolls back)."""
+
+    def claim_stripe_event(self, stripe_event_id: str, event_type: str) -> bool:
+        """Record a Stripe event and lock its row until this unit of work ends; True if it was already
+        published (a concurrent identical delivery waits here for the first one's commit)."""
+
+    def mark_stripe_event_published(self, stripe_event_id: str) -> None: ...
+
+    def live_subscriptions_of_stripe_customer(self, stripe_customer_id: str) -> list[tuple[str, str]]:
+        """(subscription_id, customer_id) of every live subscription of a Stripe customer."""
 
 
 UnitOfWorkFactory = Callable[[], AbstractContextManager[UnitOfWork]]
@@ -122,6 +133,21 @@ class SqlUnitOfWork:
 
     def publish(self, topic: str, key: str, envelope: Envelope) -> None:
         add_to_outbox(self.conn, [(topic, key, envelope)])
+
+    def claim_stripe_event(self, stripe_event_id: str, event_type: str) -> bool:
+        self.conn.execute(insert(stripe_webhook_events).values(stripe_event_id=stripe_event_id,
+                                                               event_type=event_type).on_conflict_do_nothing())
+        published: bool = self.conn.execute(
+            sa.select(stripe_webhook_events.c.published)
+            .where(stripe_webhook_events.c.stripe_event_id == stripe_event_id).with_for_update()).scalar_one()
+        return published
+
+    def mark_stripe_event_published(self, stripe_event_id: str) -> None:
+        self.conn.execute(sa.update(stripe_webhook_events)
+                          .where(stripe_webhook_events.c.stripe_event_id == stripe_event_id).values(published=True))
+
+    def live_subscriptions_of_stripe_customer(self, stripe_customer_id: str) -> list[tuple[str, str]]:
+        return live_subscriptions_of_stripe_customer(self.conn, stripe_customer_id)
 
 
 def sql_unit_of_work(engine: sa.Engine) -> UnitOfWorkFactory:

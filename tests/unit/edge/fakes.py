@@ -24,6 +24,8 @@ class EdgeState:
     outcomes: dict[uuid.UUID, Outcome] = field(default_factory=dict)
     audit: list[dict[str, Any]] = field(default_factory=list)
     outbox: list[tuple[str, str, Envelope]] = field(default_factory=list)
+    stripe_events: dict[str, bool] = field(default_factory=dict)  # Stripe event id -> published
+    stripe_customers: dict[str, str] = field(default_factory=dict)  # our customer id -> Stripe customer id
 
 
 class FakeUnitOfWork:
@@ -60,6 +62,17 @@ class FakeUnitOfWork:
 
     def publish(self, topic: str, key: str, envelope: Envelope) -> None:
         self.state.outbox.append((topic, key, envelope))
+
+    def claim_stripe_event(self, stripe_event_id: str, event_type: str) -> bool:
+        return self.state.stripe_events.setdefault(stripe_event_id, False)
+
+    def mark_stripe_event_published(self, stripe_event_id: str) -> None:
+        self.state.stripe_events[stripe_event_id] = True
+
+    def live_subscriptions_of_stripe_customer(self, stripe_customer_id: str) -> list[tuple[str, str]]:
+        return sorted((sid, row["customer_id"]) for sid, row in self.state.subscriptions.items()
+                      if self.state.stripe_customers.get(row["customer_id"]) == stripe_customer_id
+                      and row["status"] != "cancelled")
 
 
 class FakeDatabase:
