@@ -1,0 +1,237 @@
+"""In-memory stand-ins for the billing worker's ports: a `FakeUnitOfWork` over a `FakeBillingStore`.
+
+The store keeps what PostgreSQL would (subscriptions, ledgers, invoices, payment attempts, usage buckets,
+outbox, command outcomes, history, audit) as copies, so a use case only changes it through the unit of work's
+commit or its immediate writes, and `savepoint()` puts everything back when its block raises, as a SAVEPOINT
+does.
+"""
+
+from __future__ import annotations
+
+import copy
+import copyreg
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from types import MappingProxyType, SimpleNamespace
+from typing import Any
+
+from services.billing_worker.adapters.billing_repository import (
+    AttemptToCreate,
+    InvoiceToStore,
+    LedgerState,
+    SubscriptionState,
+)
+from services.billing_worker.service_layer.unit_of_work import BillingUnitOfWork, Outgoing
+from shared.domain.catalog import Catalog
+from shared.domain.events import DomainEvent
+from shared.domain.invoice import Invoice, InvoiceStatus
+
+# The store keeps copies; a credit ledger's meters are a read-only mapping, copied as one.
+copyreg.pickle(MappingProxyType, lambda proxy: (MappingProxyType, (dict(proxy),)))
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """Usage of one meter in one UTC hour (what the usage materialiser aggregates)."""
+
+    subscription_id: str
+    meter_id: str
+    bucket_start: datetime
+    quantity: Decimal
+
+
+@dataclass(frozen=True)
+class UsageClose:
+    period_end: datetime
+    totals: Mapping[str, Decimal]
+    late: tuple[Bucket, ...] = ()
+
+
+@dataclass
+class FakeBillingStore:
+    subscriptions: dict[str, SubscriptionState] = field(default_factory=dict)
+    ledgers: dict[str, LedgerState] = field(default_factory=dict)
+    invoices: dict[str, tuple[Invoice, SimpleNamespace]] = field(default_factory=dict)
+    attempts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    usage: list[Bucket] = field(default_factory=list)
+    billed: set[int] = field(default_factory=set)  # indexes into `usage`
+    coupon_attachments: set[tuple[str, str]] = field(default_factory=set)
+    redemptions: dict[str, Any] = field(default_factory=dict)
+    periods: dict[tuple[str, datetime], dict[str, Any]] = field(default_factory=dict)
+    history: list[DomainEvent] = field(default_factory=list)
+    audit: list[dict[str, Any]] = field(default_factory=list)
+    outbox: dict[uuid.UUID, Outgoing] = field(default_factory=dict)
+    outcomes: dict[uuid.UUID, dict[str, Any]] = field(default_factory=dict)
+    next_invoice_number: int = 1
+    commits: int = 0
+
+    def record_usage(self, subscription_id: str, meter_id: str, quantity: int | str, at: datetime) -> None:
+        hour = at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+        self.usage.append(Bucket(subscription_id, meter_id, hour, Decimal(quantity)))
+
+    def events(self, type_: str | None = None) -> list[Any]:
+        """Envelopes in the outbox, in the order they were written (of one type if given)."""
+        return [o.envelope for o in self.outbox.values() if type_ is None or o.envelope.type == type_]
+
+    def invoices_of(self, subscription_id: str) -> list[Invoice]:
+        return sorted((i for i, _ in self.invoices.values() if i.subscription_id == subscription_id),
+                      key=lambda i: i.number or "")
+
+    def lines(self, invoice: Invoice) -> list[tuple[str, int]]:
+        return [(line.kind.value, line.amount.amount_minor) for line in invoice.lines]
+
+
+class FakeUnitOfWork(BillingUnitOfWork):
+    def __init__(self, catalog: Catalog, store: FakeBillingStore | None = None) -> None:
+        self.store = store if store is not None else FakeBillingStore()
+        super().__init__(catalog)
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        saved = copy.deepcopy(self.store.__dict__)
+        try:
+            yield
+        except BaseException:
+            self.store.__dict__.update(saved)
+            raise
+
+    # --- reads
+
+    def _load_subscriptions(self, ids: Sequence[str]) -> dict[str, SubscriptionState]:
+        return {i: copy.deepcopy(self.store.subscriptions[i]) for i in ids if i in self.store.subscriptions}
+
+    def _load_ledgers(self, states: Sequence[SubscriptionState]) -> dict[str, LedgerState]:
+        return {s.id: copy.deepcopy(self.store.ledgers[s.id]) for s in states if s.id in self.store.ledgers}
+
+    def _load_invoices(self, invoice_ids: Sequence[str]) -> dict[str, tuple[Invoice, Any]]:
+        return {i: copy.deepcopy(self.store.invoices[i]) for i in invoice_ids if i in self.store.invoices}
+
+    def answered_commands(self, command_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        return {c for c in command_ids if c in self.store.outcomes}
+
+    def close_usages(self, requests: Sequence[tuple[str, datetime, datetime]]) -> Mapping[str, UsageClose]:
+        out: dict[str, UsageClose] = {}
+        for sub, start, end in requests:
+            totals: dict[str, Decimal] = {}
+            late: list[Bucket] = []
+            for index, bucket in enumerate(self.store.usage):
+                if bucket.subscription_id != sub or index in self.store.billed or bucket.bucket_start >= end:
+                    continue
+                self.store.billed.add(index)
+                if bucket.bucket_start >= start:
+                    totals[bucket.meter_id] = totals.get(bucket.meter_id, Decimal(0)) + bucket.quantity
+                else:
+                    late.append(bucket)
+            out[sub] = UsageClose(end, totals, tuple(late))
+        return out
+
+    def coupon_times_redeemed(self, coupon_id: str) -> int:
+        return sum(1 for coupon, _ in self.store.coupon_attachments if coupon == coupon_id)
+
+    def open_invoices_of(self, subscription_id: str) -> list[str]:
+        return [i.id for i, _ in self.store.invoices.values() if i.subscription_id == subscription_id
+                and i.status in (InvoiceStatus.OPEN, InvoiceStatus.UNCOLLECTIBLE)]
+
+    # --- immediate writes
+
+    def attach_coupon(self, coupon_id: str, subscription_id: str, at: datetime) -> None:
+        self.store.coupon_attachments.add((coupon_id, subscription_id))
+
+    def save_invoice_status(self, invoice: Invoice, *, provider_ref: str | None = None,
+                            at: datetime | None = None) -> None:
+        _, row = self.store.invoices[invoice.id]
+        if invoice.status is InvoiceStatus.PAID:
+            row.amount_paid_minor = invoice.amount_due.amount_minor
+            row.provider_ref = provider_ref or row.provider_ref
+        self.store.invoices[invoice.id] = (copy.deepcopy(invoice), row)
+
+    def settle_attempt(self, attempt_id: str, status: str, provider_ref: str | None, decline_code: str | None,
+                       hard: bool, at: datetime) -> bool:
+        attempt = self.store.attempts.get(attempt_id)
+        if attempt is None:
+            return False
+        open_statuses = {"pending", "in_flight", "unknown"}
+        if status == "succeeded":
+            if any(a["status"] == "succeeded" for a in self.store.attempts.values()
+                   if a["invoice_id"] == attempt["invoice_id"]):
+                return False
+            open_statuses.add("declined")
+        if attempt["status"] not in open_statuses:
+            return False
+        attempt.update(status=status, provider_ref=provider_ref or attempt.get("provider_ref"),
+                       decline_code=decline_code, hard_decline=hard, completed_at=at)
+        return True
+
+    def attempt_no(self, attempt_id: str | None) -> int | None:
+        attempt = self.store.attempts.get(attempt_id) if attempt_id else None
+        return int(attempt["attempt_no"]) if attempt else None
+
+    def record_failed_attempt(self, invoice_id: str, decline_code: str | None) -> None:
+        _, row = self.store.invoices[invoice_id]
+        row.attempt_count += 1
+        row.last_decline_code = decline_code
+
+    def cancel_pending_attempts(self, invoice_id: str, at: datetime) -> None:
+        for attempt in self.store.attempts.values():
+            if attempt["invoice_id"] == invoice_id and attempt["status"] == "pending":
+                attempt.update(status="cancelled", completed_at=at)
+
+    def detach_pending_payment_method(self, subscription_id: str) -> int:
+        detached = [a for a in self.store.attempts.values() if a["subscription_id"] == subscription_id
+                    and a["status"] == "pending" and a["payment_method_id"] is not None]
+        for attempt in detached:
+            attempt["payment_method_id"] = None
+        return len(detached)
+
+    # --- commit
+
+    def _allocate_invoice_numbers(self, count: int) -> list[str]:
+        first = self.store.next_invoice_number
+        self.store.next_invoice_number += count
+        return [f"FAKE-{n:06d}" for n in range(first, first + count)]
+
+    def _insert_invoices(self, items: Sequence[InvoiceToStore]) -> set[str]:
+        inserted: set[str] = set()
+        for item in items:
+            if item.invoice.id in self.store.invoices:
+                continue
+            row = SimpleNamespace(amount_paid_minor=0, provider_ref=None, attempt_count=0, last_decline_code=None,
+                                  plan_id=item.plan_id, payment_method_id=item.payment_method_id)
+            self.store.invoices[item.invoice.id] = (copy.deepcopy(item.invoice), row)
+            inserted.add(item.invoice.id)
+        return inserted
+
+    def _write(self) -> None:
+        store = self.store
+        for state in self.touched.values():
+            state.stored_version = state.subscription.version
+            store.subscriptions[state.id] = copy.deepcopy(state)
+        for sub_id, ledger in self.ledgers.items():
+            store.ledgers[sub_id] = copy.deepcopy(ledger)
+        for redemption, sub_id, invoice_id, at in self.redemptions:
+            store.redemptions.setdefault(redemption.key, (redemption, sub_id, invoice_id, at))
+        for attempt in self.attempts:
+            store.attempts.setdefault(attempt.attempt_id, _attempt_row(attempt))
+        for period in self.periods:
+            key = (period["subscription_id"], period["period_start"])
+            merged = {**store.periods.get(key, {}), **{k: v for k, v in period.items() if v is not None}}
+            store.periods[key] = merged
+        for events, _command_id in self.history:
+            store.history.extend(events)
+        store.audit.extend(self.audit)
+        for outgoing in self.outgoing:
+            store.outbox.setdefault(outgoing.envelope.event_id, outgoing)
+        for outcome in self.outcomes:
+            store.outcomes.setdefault(outcome["command_id"], outcome)
+        store.commits += 1
+
+
+def _attempt_row(attempt: AttemptToCreate) -> dict[str, Any]:
+    return {"attempt_id": attempt.attempt_id, "invoice_id": attempt.invoice_id, "attempt_no": attempt.attempt_no,
+            "subscription_id": attempt.subscription_id, "amount_minor": attempt.amount.amount_minor,
+            "payment_method_id": attempt.payment_method_id, "status": "pending", "reason": attempt.reason,
+            "requested_at": attempt.requested_at}
