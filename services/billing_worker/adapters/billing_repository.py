@@ -28,7 +28,6 @@ from shared.adapters.postgres.schema.billing import (
     invoice_lines,
     invoice_number_sequences,
     invoices,
-    payment_attempts,
     subscription_history,
     subscription_periods,
     subscriptions,
@@ -512,27 +511,6 @@ class AttemptToCreate:
     @property
     def attempt_id(self) -> str:
         return attempt_id_for(self.invoice_id, self.attempt_no)
-
-
-def detach_pending_payment_method(conn: sa.Connection, subscription_id: str) -> int:
-    """Drop the payment method of the subscription's attempts not dispatched yet; returns how many."""
-    a = payment_attempts.c
-    return conn.execute(sa.update(payment_attempts).where(
-        a.subscription_id == subscription_id, a.status == "pending", a.payment_method_id.is_not(None))
-        .values(payment_method_id=None)).rowcount
-
-
-def insert_payment_attempts(conn: sa.Connection, attempts: Sequence[AttemptToCreate]) -> int:
-    """Write attempts *before* any provider call; the idempotency key is the attempt id. Returns how
-    many were new (an attempt already written is left as it is)."""
-    if not attempts:
-        return 0
-    rows = [{"attempt_id": a.attempt_id, "invoice_id": a.invoice_id, "attempt_no": a.attempt_no,
-             "subscription_id": a.subscription_id, "customer_id": a.customer_id,
-             "amount_minor": a.amount.amount_minor, "currency": a.amount.currency,
-             "payment_method_id": a.payment_method_id, "idempotency_key": a.attempt_id, "status": "pending",
-             "reason": a.reason, "requested_at": a.requested_at} for a in attempts]
-    return len(bulk_insert(conn, payment_attempts, rows, ignore_conflicts_on=(), returning="attempt_id"))
 
 
 # ------------------------------------------------------------------------------- coupons, periods, history

@@ -15,10 +15,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from services.billing_worker.adapters import billing_repository as repo
+from services.billing_worker.adapters import payment_attempts as attempts
 from services.billing_worker.adapters.billing_repository import InvoiceToStore, LedgerState, SubscriptionState
 from services.billing_worker.adapters.outbox import outbox_row
 from services.billing_worker.service_layer.unit_of_work import BillingUnitOfWork, UsageClose
-from shared.adapters.postgres.schema.billing import payment_attempts
 from shared.adapters.postgres.schema.core import command_outcomes, outbox
 from shared.domain.catalog import Catalog
 from shared.domain.invoice import Invoice
@@ -70,35 +70,21 @@ class SqlBillingUnitOfWork(BillingUnitOfWork):
 
     def settle_attempt(self, attempt_id: str, status: str, provider_ref: str | None, decline_code: str | None,
                        hard: bool, at: datetime) -> bool:
-        a = payment_attempts.c
-        condition: sa.ColumnElement[bool] = a.status.in_(("pending", "in_flight", "unknown"))
-        if status == "succeeded":
-            others = sa.select(payment_attempts.c.attempt_id).where(
-                a.invoice_id == sa.select(a.invoice_id).where(a.attempt_id == attempt_id).scalar_subquery(),
-                a.status == "succeeded")
-            condition = sa.and_(sa.or_(condition, a.status == "declined"), ~sa.exists(others))
-        done = self.conn.execute(sa.update(payment_attempts).where(a.attempt_id == attempt_id, condition).values(
-            status=status, provider_ref=sa.func.coalesce(provider_ref, a.provider_ref), decline_code=decline_code,
-            hard_decline=hard, completed_at=at))
-        return bool(done.rowcount)
+        return attempts.accept_reported_outcome(self.conn, attempt_id, succeeded=status == "succeeded",
+                                                provider_ref=provider_ref, decline_code=decline_code,
+                                                hard_decline=hard, at=at)
 
     def attempt_no(self, attempt_id: str | None) -> int | None:
-        if attempt_id is None:
-            return None
-        value = self.conn.execute(sa.select(payment_attempts.c.attempt_no)
-                                  .where(payment_attempts.c.attempt_id == attempt_id)).scalar_one_or_none()
-        return int(value) if value is not None else None
+        return attempts.attempt_no_of(self.conn, attempt_id)
 
     def record_failed_attempt(self, invoice_id: str, decline_code: str | None) -> None:
         repo.record_failed_attempt(self.conn, invoice_id, decline_code)
 
     def cancel_pending_attempts(self, invoice_id: str, at: datetime) -> None:
-        self.conn.execute(sa.update(payment_attempts).where(payment_attempts.c.invoice_id == invoice_id,
-                                                            payment_attempts.c.status == "pending")
-                          .values(status="cancelled", completed_at=at))
+        attempts.withdraw_pending_of_invoice(self.conn, invoice_id, at)
 
     def detach_pending_payment_method(self, subscription_id: str) -> int:
-        return repo.detach_pending_payment_method(self.conn, subscription_id)
+        return attempts.detach_pending_payment_method(self.conn, subscription_id)
 
     # --- commit
 
@@ -115,7 +101,7 @@ class SqlBillingUnitOfWork(BillingUnitOfWork):
         grants, entries = repo.ledger_rows(self.ledgers, customer_of, self.now, self.invoice_of_key)
         repo.save_ledger_rows(conn, grants, entries, self.settled_grants)
         repo.insert_redemptions(conn, self.redemptions)
-        repo.insert_payment_attempts(conn, self.attempts)
+        attempts.insert_requested(conn, self.attempts)
         repo.record_periods(conn, self.periods)
         repo.append_history(conn, [row for events, command_id in self.history
                                    for row in repo.history_rows(events, command_id)])
