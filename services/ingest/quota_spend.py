@@ -1,453 +1,52 @@
-"""Usage tiers at the edge: included credits in money, spending caps, and the two ways spend is limited.
-
-The meter is compute (``inference``, quantity = USD micros, priced per micro-dollar in
-``shared/catalogs/usage_tiers.yaml``); the rule is ``shared.domain.spend``. The window is
-the subscription's current billing period (the month its included credits and its invoice cover).
-
-Two paths, two guarantees:
-
-- **Authorise** (``SpendService.authorise``, ``POST /v1/quota/orgs/{org}/spend/authorisations``): a hard
-  guarantee. One conditional write, like a report credit: compare-and-set on ``spend_accounts.version``
-  that adds the quantity to the period's reserved spend, stores the reservation (primary key (org,
-  request id): a retry gets the first answer back and never reserves twice) and its ``usage.recorded``
-  outbox event, with a CHECK (reserved + observed <= limit) as the backstop. The authorisation *is* the
-  usage: the worker bills it like any other event, and the same transaction id sent later through
-  ``/v1/ingest`` is dropped by the worker's dedupe on (customer, transaction_id).
-- **Kafka path** (``check_spend``, called by ``POST /v1/ingest`` once per batch): best effort. The edge
-  refuses an event of a blocked (free) or capped org when the *visible* spend plus the event would pass
-  the limit. Visible spend = usage the worker has materialised + authorisations not yet materialised +
-  what this process accepted since its last look (cached for ``GATE_TTL_SECONDS``). Events accepted
-  elsewhere and still in flight are not visible: a burst can pass a limit by at most what all producers
-  get accepted during one visibility latency (documented in docs/architecture.md, "Quotas and spend caps").
-"""
+"""Glue between the HTTP edge and the usage-tier spend use cases (``services.ingest.service_layer.spend``):
+the app's one ``SpendService`` and the spend check ``POST /v1/ingest`` runs once per batch, answered in the
+route's terms (a reason and a ``FieldError``)."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import time
-import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
-import sqlalchemy as sa
 from fastapi import Request
-from starlette.concurrency import run_in_threadpool
 
 from services.ingest.container import Container
 from services.ingest.directory import Route
 from services.ingest.problems import OUTAGE_ERRORS, FieldError, is_outage
-from shared.adapters.postgres.quota_repository import (
-    Authorisation,
-    DuplicateEnquiry,
-    LiveSubscriptionRow,
-    SpendRepository,
-    SpendUsage,
-)
-from shared.contracts import topics
-from shared.contracts.envelope import new_envelope
-from shared.contracts.messages import UsageRecorded
-from shared.domain.calendar import BillingAnchor, Interval, Period, period_containing
-from shared.domain.catalog import Catalog, MeterPricing, OveragePolicy
-from shared.domain.clock import Clock
-from shared.domain.money import Money
-from shared.domain.spend import (
-    SpendDecision,
-    SpendDenialReason,
-    SpendLimits,
-    SpendSummary,
-    decide_spend,
-    quantity_of,
-    summarise_spend,
-)
-from shared.observability import kv
-
-_log = logging.getLogger("services.ingest.quota.spend")
-
-SPEND_METER = "inference"
-PRODUCER = "ingest"
-MAX_ATTEMPTS = 20
-# NOTE: how long the /v1/ingest check trusts what it read about an org (its cap, its visible spend). It
-# adds to the visibility latency in the overshoot bound; one second keeps the check off PostgreSQL for
-# nearly every batch of a busy org.
-GATE_TTL_SECONDS = 1.0
-OUTAGE_RETRY_SECONDS = 1.0
-_EVENT_NAMESPACE = uuid.UUID("0b3f1f5e-2d8c-4e6a-9c1b-7a5d3e9f2c40")
+from services.ingest.service_layer.spend import SpendCheck, SpendService
 
 
-class SpendRequestError(Exception):
-    """A spend request refused whatever the balance (no usage-tier subscription, bad value): a 4xx."""
-
-    def __init__(self, status: int, slug: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.slug = slug
-        self.detail = detail
-
-
-@dataclass(frozen=True, slots=True)
-class OrgSpend:
-    """One consistent look at an org's spend in its current period."""
-
-    org_id: str
-    subscription_id: str
-    plan_id: str
-    period: Period
-    limits: SpendLimits
-    usage: SpendUsage
-    account_version: int
-
-    @property
-    def visible_quantity(self) -> int:
-        return self.usage.visible
-
-    def summary(self) -> SpendSummary:
-        return summarise_spend(self.limits, self.visible_quantity)
-
-
-@dataclass(frozen=True, slots=True)
-class SpendAnswer:
-    """The answer to one authorisation (the same for every retry of its request id)."""
-
-    org_id: str
-    request_id: str
-    allowed: bool
-    reason: SpendDenialReason | None
-    quantity: int
-    period: Period
-    limit_quantity: int | None
-    spent_quantity: int
-    summary: SpendSummary
-    replayed: bool = False
-
-
-def period_of(subscription: LiveSubscriptionRow, at: datetime) -> Period:
-    """The subscription's billing period containing ``at`` (the read model's, unless the worker has not
-    rolled it over yet, in which case the anchored period that contains ``at``)."""
-    current = Period(subscription.current_period_start, subscription.current_period_end)
-    if current.contains(at):
-        return current
-    anchor = BillingAnchor(day=subscription.anchor_day, time_of_day=subscription.anchor_time,
-                           tz=subscription.timezone, month=subscription.anchor_month)
-    return period_containing(anchor, Interval(subscription.interval), at)
-
-
-def spend_pricing(catalog: Catalog, plan_id: str) -> MeterPricing | None:
-    """How the plan prices compute, when it does with a unit price (otherwise spend is not limited here)."""
-    plan = catalog.plans.get(plan_id)  # type: ignore[call-overload]
-    pricing: MeterPricing | None = plan.pricing_for(SPEND_METER) if plan is not None else None
-    return pricing if pricing is not None and pricing.unit_price is not None else None
-
-
-class SpendService:
-    """Balance, cap and authorisation of usage-tier spend (see the module docstring)."""
-
-    def __init__(self, engine: sa.Engine, clock: Clock, catalog: Catalog) -> None:
-        self._engine = engine
-        self._clock = clock
-        self._catalog = catalog
-        self._repository = SpendRepository()
-        self._locks: dict[str, asyncio.Lock] = {}
-        meter = catalog.meter(SPEND_METER)
-        self.event_type = meter.event_type
-        self.value_property = meter.value_property or "quantity"
-        self.gate = SpendGate(self)
-
-    # --- reads ----------------------------------------------------------------------------------------
-
-    def load(self, conn: sa.Connection, org_id: str, at: datetime) -> OrgSpend:
-        """The org's spend now, on ``conn`` (run in a worker thread)."""
-        subscription = self._repository.live_subscription(conn, org_id)
-        if subscription is None:
-            raise SpendRequestError(409, "no-subscription", f"org {org_id!r} has no live subscription")
-        plan = self._catalog.plans.get(subscription.plan_id)  # type: ignore[call-overload]
-        pricing = spend_pricing(self._catalog, subscription.plan_id)
-        if plan is None or pricing is None or pricing.unit_price is None:
-            raise SpendRequestError(409, "no-usage-tier",
-                                    f"plan {subscription.plan_id!r} does not price {SPEND_METER} usage")
-        period = period_of(subscription, at)
-        # The version is read before the reservations: an authorisation committed in between makes the
-        # reservations look larger (safe) and moves the version, so a decision on this look cannot commit.
-        account = self._repository.account(conn, org_id)
-        usage = self._repository.usage(conn, org_id, subscription.subscription_id, SPEND_METER, period.start,
-                                       period.end)
-        included = Money.zero(plan.currency)
-        if pricing.included is not None and pricing.included.amount is not None:
-            credit = pricing.included.for_seats(subscription.seats)
-            included = credit if isinstance(credit, Money) else included
-        included = included + Money(usage.other_credit_minor, plan.currency)
-        cap = None
-        if account is not None and account.monthly_cap_minor is not None and account.currency == plan.currency:
-            cap = Money(account.monthly_cap_minor, plan.currency)
-        limits = SpendLimits(SPEND_METER, pricing.unit_price, included, pricing.overage, cap)
-        return OrgSpend(org_id, subscription.subscription_id, subscription.plan_id, period, limits, usage,
-                        account.version if account is not None else 0)
-
-    async def now(self) -> datetime:
-        return await run_in_threadpool(self._clock.now)
-
-    async def balance(self, org_id: str) -> OrgSpend:
-        at = await self.now()
-
-        def read() -> OrgSpend:
-            with self._engine.connect() as conn:
-                return self.load(conn, org_id, at)
-
-        return await run_in_threadpool(read)
-
-    async def set_cap(self, org_id: str, cap_minor: int | None, currency: str | None) -> OrgSpend:
-        """Cap the org's pay-as-you-go spend per period (None removes the cap); effective at once."""
-        if cap_minor is not None and cap_minor < 0:
-            raise SpendRequestError(422, "invalid-cap", "the cap must not be negative")
-        at = await self.now()
-
-        def write() -> OrgSpend:
-            with self._engine.begin() as conn:
-                current = self.load(conn, org_id, at)
-                plan_currency = current.limits.unit_price.currency
-                if cap_minor is not None and currency is not None and currency != plan_currency:
-                    raise SpendRequestError(422, "currency-mismatch",
-                                            f"the org is billed in {plan_currency}, not {currency}")
-                self._repository.set_cap(conn, org_id, cap_minor, plan_currency if cap_minor is not None else None)
-                return self.load(conn, org_id, at)
-
-        spend = await run_in_threadpool(write)
-        self.gate.forget(org_id)
-        return spend
-
-    # --- authorise ------------------------------------------------------------------------------------
-
-    async def authorise(self, org_id: str, request_id: str, quantity: int,
-                        properties: Mapping[str, Any] | None = None) -> SpendAnswer:
-        """Reserve ``quantity`` of the period's spend for ``request_id``, atomically, or refuse it."""
-        if quantity <= 0:
-            raise SpendRequestError(422, "invalid-quantity", "the quantity must be positive")
-        lock = self._locks.get(org_id)
-        if lock is None:
-            lock = self._locks[org_id] = asyncio.Lock()
-        # NOTE: one authorisation per org at a time in this process (no compare-and-set thrash between
-        # our own requests); other edge processes are serialised by the version check.
-        async with lock:
-            at = await self.now()
-            answer = await run_in_threadpool(self._authorise, org_id, request_id, quantity,
-                                             dict(properties or {}), at)
-        if answer.allowed and not answer.replayed:
-            self.gate.forget(org_id)
-        return answer
-
-    def _authorise(self, org_id: str, request_id: str, quantity: int, properties: dict[str, Any],
-                   at: datetime) -> SpendAnswer:
-        with self._engine.begin() as conn:
-            self._repository.ensure_account(conn, org_id)
-        for _attempt in range(MAX_ATTEMPTS):
-            with self._engine.connect() as conn:
-                prior = self._repository.reservation(conn, org_id, request_id)
-                spend = self.load(conn, org_id, at if prior is None else prior.reserved_at)
-            if prior is not None:
-                return SpendAnswer(org_id, request_id, True, None, prior.quantity,
-                                   Period(prior.period_start, prior.period_end), prior.limit_quantity,
-                                   prior.spent_quantity, summarise_spend(spend.limits, prior.spent_quantity),
-                                   replayed=True)
-            decision = decide_spend(spend.limits, spend.visible_quantity, quantity)
-            if not decision.allowed:
-                return self._answer(spend, request_id, quantity, decision)
-            write = self._authorisation(spend, request_id, quantity, properties, decision, at)
-            try:
-                with self._engine.begin() as conn:
-                    committed = self._repository.authorise(conn, write)
-            except DuplicateEnquiry:
-                continue
-            if committed:
-                return self._answer(spend, request_id, quantity, decision)
-        raise SpendRequestError(503, "contention", f"org {org_id}: the spend state kept changing; retry")
-
-    @staticmethod
-    def _answer(spend: OrgSpend, request_id: str, quantity: int, decision: SpendDecision) -> SpendAnswer:
-        return SpendAnswer(spend.org_id, request_id, decision.allowed, decision.reason, quantity, spend.period,
-                           decision.limit_quantity, decision.used_quantity,
-                           summarise_spend(spend.limits, decision.used_quantity))
-
-    def _authorisation(self, spend: OrgSpend, request_id: str, quantity: int, properties: dict[str, Any],
-                       decision: SpendDecision, at: datetime) -> Authorisation:
-        event_id = uuid.uuid5(_EVENT_NAMESPACE, f"{spend.org_id}|{request_id}")
-        payload = UsageRecorded(
-            transaction_id=request_id, customer_id=spend.org_id, subscription_id=spend.subscription_id,
-            event_type=self.event_type, timestamp=at,
-            properties={**properties, self.value_property: quantity, "authorised": True}, received_at=at)
-        envelope = new_envelope("usage.recorded", payload.model_dump(mode="json"), producer=PRODUCER,
-                                occurred_at=at, correlation_id=request_id, event_id=event_id)
-        return Authorisation(
-            org_id=spend.org_id, seen_version=spend.account_version, request_id=request_id,
-            transaction_id=request_id, subscription_id=spend.subscription_id, period_start=spend.period.start,
-            period_end=spend.period.end, quantity=quantity, observed_quantity=spend.usage.observed,
-            limit_quantity=decision.limit_quantity, spent_quantity=decision.used_quantity, reserved_at=at,
-            event_id=event_id, envelope_json=envelope.model_dump_json(), usage_topic=topics.USAGE)
-
-
-# --- the Kafka path: POST /v1/ingest --------------------------------------------------------------------
-
-
-class _Event(Protocol):
-    @property
-    def event_type(self) -> str: ...
-
-    @property
-    def properties(self) -> Mapping[str, Any]: ...
-
-
-@dataclass
-class _GateState:
-    """What the gate knows of one limited org: the limit, the visible spend, what it accepted since."""
-
-    expires: float
-    limit: int | None
-    visible: int
-    reason: SpendDenialReason
-    accepted_since: int = 0
-
-
-@dataclass
-class SpendCheck:
-    """The verdicts for one /v1/ingest batch: ``refuse(route, event)`` per event, in batch order."""
-
-    event_type: str
-    value_property: str
-    states: dict[str, _GateState] = field(default_factory=dict)
-
-    def refuse(self, route: Route, event: _Event) -> tuple[str, FieldError] | None:
-        """(reason, field error) when the event would take the org past its limit; otherwise None, and
-        the event's quantity counts against the org from now on in this process."""
-        if not self.states or event.event_type != self.event_type or route.customer_id is None:
-            return None
-        state = self.states.get(route.customer_id)
-        if state is None or state.limit is None:
-            return None
-        quantity = quantity_of(event.properties.get(self.value_property))
-        if quantity is None or quantity <= 0:
-            return None
-        if state.visible + state.accepted_since + quantity > state.limit:
-            what = ("the included credits are used up" if state.reason is SpendDenialReason.INCLUDED_CREDITS_EXHAUSTED
-                    else "the organisation's spending cap is reached")
-            return state.reason.value, FieldError(field=f"properties.{self.value_property}",
-                                                  reason=f"{what} for this billing period")
-        state.accepted_since += quantity
-        return None
-
-
-class SpendGate:
-    """Per-process view of which orgs are spend-limited and how much they have visibly spent."""
-
-    def __init__(self, service: SpendService) -> None:
-        self._service = service
-        self._caps: dict[str, tuple[float, bool]] = {}
-        self._states: dict[str, _GateState | None] = {}
-        self._expiry: dict[str, float] = {}
-        self._blocking_plans: dict[str, bool | None] = {}
-        self._down_since: float | None = None  # monotonic instant the current outage was first seen
-
-    def forget(self, org_id: str) -> None:
-        self._caps.pop(org_id, None)
-        self._states.pop(org_id, None)
-        self._expiry.pop(org_id, None)
-
-    def _plan_kind(self, plan_id: str) -> bool | None:
-        """True: the plan blocks compute beyond its credits; False: bills it; None: does not price it."""
-        if plan_id not in self._blocking_plans:
-            pricing = spend_pricing(self._service._catalog, plan_id)
-            self._blocking_plans[plan_id] = None if pricing is None else pricing.overage is OveragePolicy.BLOCK
-        return self._blocking_plans[plan_id]
-
-    async def check(self, routes: Mapping[str, Route], now: datetime) -> SpendCheck:
-        service = self._service
-        check = SpendCheck(service.event_type, service.value_property)
-        clock = time.monotonic()
-        candidates: dict[str, bool] = {}
-        for route in routes.values():
-            if route.customer_id is None or route.subscription_id is None or route.plan_id is None:
-                continue
-            kind = self._plan_kind(route.plan_id)
-            if kind is not None:
-                candidates[route.customer_id] = kind
-        if not candidates:
-            return check
-        unknown_caps = [org for org, blocking in candidates.items() if not blocking
-                        and (org not in self._caps or self._caps[org][0] <= clock)]
-        stale = [org for org in candidates if self._expiry.get(org, 0.0) <= clock]
-        if unknown_caps or stale:
-            await run_in_threadpool(self._refresh, unknown_caps, stale, candidates, now, clock)
-        for org in candidates:
-            state = self._states.get(org)
-            if state is not None:
-                check.states[org] = state
-        return check
-
-    def _refresh(self, unknown_caps: list[str], stale: list[str], candidates: Mapping[str, bool], now: datetime,
-                 clock: float) -> None:
-        try:
-            self._read(unknown_caps, stale, candidates, now, clock)
-            if self._down_since is not None:
-                _log.warning("spend state readable again", extra=kv(down_s=round(clock - self._down_since, 1)))
-                self._down_since = None
-        except OUTAGE_ERRORS as error:
-            if not is_outage(error):
-                raise
-            # NOTE: PostgreSQL is down. The check is best effort (the hard guarantee is the authorise
-            # endpoint, which answers 503 meanwhile): an org keeps the state last read, and what this
-            # process accepts keeps counting against it, so an org that was near its limit is still cut
-            # off; an org never read (or whose cap was never read) is not refused. Asked again after
-            # OUTAGE_RETRY_SECONDS, so an outage costs a batch no connection attempt.
-            if self._down_since is None:  # one line per outage, not one traceback per request
-                self._down_since = clock
-                _log.warning("spend state unavailable (PostgreSQL down): using what was last read",
-                             extra=kv(error=f"{type(error).__name__}: {error}"[:300]))
-            retry_at = clock + OUTAGE_RETRY_SECONDS
-            for org in unknown_caps:
-                self._caps[org] = (retry_at, self._caps.get(org, (0.0, False))[1])
-            for org in stale:
-                self._expiry[org] = retry_at
-
-    def _read(self, unknown_caps: list[str], stale: list[str], candidates: Mapping[str, bool], now: datetime,
-              clock: float) -> None:
-        expires = clock + GATE_TTL_SECONDS
-        with self._service._engine.connect() as conn:
-            if unknown_caps:
-                capped = SpendRepository.caps(conn, unknown_caps)
-                for org in unknown_caps:
-                    self._caps[org] = (expires, org in capped)
-            for org in stale:
-                limited = candidates[org] or self._caps.get(org, (0.0, False))[1]
-                self._expiry[org] = expires
-                if not limited:
-                    self._states[org] = None
-                    continue
-                try:
-                    spend = self._service.load(conn, org, now)
-                except Exception:
-                    # NOTE: the check is best effort (the hard guarantee is the authorise endpoint): an
-                    # org whose spend cannot be read now is not refused; the next refresh tries again.
-                    _log.warning("spend state unavailable", exc_info=True, extra=kv(customer_id=org))
-                    self._states[org] = None
-                    continue
-                self._states[org] = _GateState(expires, spend.limits.quantity_limit(), spend.visible_quantity,
-                                               spend.limits.refusal)
-        if len(self._expiry) > 100_000:
-            self._caps.clear()
-            self._states.clear()
-            self._expiry.clear()
+def _is_outage(error: BaseException) -> bool:
+    """The edge's outage rule, for the errors it answers 503 (anything else is raised)."""
+    return isinstance(error, OUTAGE_ERRORS) and is_outage(error)
 
 
 def spend_service_of(app_state: Any, container: Container) -> SpendService:
     """The app's spend service (one per app, so the gate's cache is shared by every request)."""
     service: SpendService | None = getattr(app_state, "spend", None)
     if service is None:
-        service = SpendService(container.engine, container.clock, container.catalog)
+        service = SpendService(container.engine, container.clock, container.catalog, _is_outage)
         app_state.spend = service
     return service
 
 
-async def check_spend(request: Request, routes: Mapping[str, Route], now: datetime) -> SpendCheck:
+@dataclass(frozen=True, slots=True)
+class SpendVerdicts:
+    """``refuse(route, event)``: (reason, field error) when the event would take its org past its limit."""
+
+    check: SpendCheck
+
+    def refuse(self, route: Route, event: Any) -> tuple[str, FieldError] | None:
+        if not self.check.states:
+            return None  # no limited org in the batch: the common case, per event of /v1/ingest
+        refusal = self.check.refuse(route.customer_id, event)
+        if refusal is None:
+            return None
+        return refusal.reason.value, FieldError(field=refusal.field, reason=refusal.detail)
+
+
+async def check_spend(request: Request, routes: Mapping[str, Route], now: datetime) -> SpendVerdicts:
     """For ``POST /v1/ingest``: the per-event spend verdicts of one batch (see ``SpendCheck.refuse``)."""
     container: Container = request.app.state.container
-    return await spend_service_of(request.app.state, container).gate.check(routes, now)
+    return SpendVerdicts(await spend_service_of(request.app.state, container).gate.check(routes.values(), now))

@@ -1,4 +1,4 @@
-"""Builds the quota service from the edge's container (called by the quota router's lifespan).
+"""Builds the report-quota use cases from the edge's container (called by the quota router's lifespan).
 
 The quota hot path uses its own async psycopg pool: a decision is one read and one conditional write per
 batch, and an async driver keeps those off the thread pool the rest of the edge uses. Connections the
@@ -15,9 +15,15 @@ import psycopg
 
 from services.ingest.container import Container
 from services.ingest.metrics import EdgeMetrics
-from services.ingest.quota_service import QuotaService
+from services.ingest.service_layer.quota_admin import QuotaAdmin, QuotaService
+from services.ingest.service_layer.quota_admission import QuotaAdmission
+from services.ingest.service_layer.quota_alerts import AlertNotifications
+from services.ingest.service_layer.quota_commit import BatchCommitter, EventLoopClock
 from shared.adapters.notify.factory import build_notifier
-from shared.adapters.postgres.quota_repository import QuotaRepository, make_pool
+from shared.adapters.postgres.pool import make_pool
+from shared.adapters.postgres.quota_store import QuotaStore
+
+REPORT_METER = "reports"
 
 POOL_MIN = 2
 POOL_MAX = 16
@@ -42,7 +48,7 @@ async def drop_if_closed_by_server(conn: psycopg.AsyncConnection[Any]) -> None:
 
 async def build_quota_service(container: Container, metrics: EdgeMetrics | None = None
                               ) -> tuple[QuotaService, Callable[[], Awaitable[None]]]:
-    """An opened quota service and the coroutine function that closes it (metrics recorded on ``metrics``).
+    """The opened quota use cases and the coroutine function that closes them (metrics recorded on ``metrics``).
 
     Nothing stays open when building fails half-way: an exception after the pool opened closes it again
     (a lifespan that fails never runs its shutdown, so the caller could not).
@@ -52,15 +58,26 @@ async def build_quota_service(container: Container, metrics: EdgeMetrics | None 
                      check=drop_if_closed_by_server)
     try:
         await pool.open(wait=True)
-        service = QuotaService(QuotaRepository(pool), container.clock, container.catalog, notifier, metrics)
+        service = quota_service(QuotaStore(pool), container, AlertNotifications(notifier), metrics)
     except BaseException:
         await pool.close()
         await notifier.aclose()
         raise
 
     async def close() -> None:
-        await service.aclose()
+        await service.admission.aclose()
         await notifier.aclose()
         await pool.close()
 
     return service, close
+
+
+def quota_service(store: QuotaStore, container: Container, alerts: AlertNotifications,
+                  metrics: EdgeMetrics | None = None) -> QuotaService:
+    metrics = metrics or EdgeMetrics()
+    clock = EventLoopClock(container.clock)
+    batch_seconds = metrics.quota_batch_seconds
+    committer = BatchCommitter(store, clock, lambda path, seconds: batch_seconds.labels(path).observe(seconds))
+    admission = QuotaAdmission(committer, clock, alerts, container.catalog.meter(REPORT_METER).event_type,
+                               metrics.quota_batch_size.observe)
+    return QuotaService(admission, QuotaAdmin(store, clock, container.catalog, committer))

@@ -1,4 +1,6 @@
-"""Report-credit endpoints (issue 7). Thin: validate, resolve the org from the key, call ``QuotaService``.
+"""Report-credit endpoints (issue 7). Thin: decode and validate, resolve the org from the key, call the use
+case (``services.ingest.service_layer.quota_admission`` / ``quota_admin`` / ``spend``), encode its answer or
+map its refusal code to a problem document (``_REFUSALS``: the only place quota refusals meet HTTP).
 
 | method + path | scope | what |
 |---|---|---|
@@ -20,7 +22,7 @@ names why: 402 `org_limit_reached`, `trial_exhausted`, `trial_expired`, `no_plan
 enquiry id gets the first answer back (same body, header `Idempotent-Replayed: true`) and never consumes
 twice; the enquiry id is the idempotency key, so no `Idempotency-Key` header is needed.
 
-Usage tiers (compute, the `inference` meter, quantity = USD micros; ``services.ingest.quota_spend``):
+Usage tiers (compute, the `inference` meter, quantity = USD micros; ``services.ingest.service_layer.spend``):
 the period's included credits (USD 0.10 free, USD 2 pro, USD 2 per seat pooled for team / enterprise,
 plus promotional or paid grants) are consumed first; beyond them the free tier is refused
 (`included_credits_exhausted`) and paid tiers are billed pay as you go, in arrears, up to the org's cap
@@ -51,8 +53,11 @@ from starlette.responses import Response
 from services.ingest.auth import Principal, Scope, authenticate, forbidden, require, resolve_org
 from services.ingest.ids import BodyId, PathId, check_path_id
 from services.ingest.problems import PROBLEM_JSON, PROBLEM_RESPONSES, Problem, ProblemError, problem_bytes, problem_type
-from services.ingest.quota_service import CreditAnswer, QuotaRequestError, QuotaService, QuotaView
-from services.ingest.quota_spend import OrgSpend, SpendAnswer, SpendRequestError, SpendService, spend_service_of
+from services.ingest.quota_spend import spend_service_of
+from services.ingest.service_layer.quota_admin import QuotaService, QuotaView
+from services.ingest.service_layer.quota_admission import CreditAnswer
+from services.ingest.service_layer.quota_errors import QuotaRefusalCode, QuotaRefused
+from services.ingest.service_layer.spend import OrgSpend, SpendAnswer, SpendService
 from services.ingest.time_zones import TimeZoneName
 from shared.contracts.usage_rules import properties_problem
 from shared.domain.quota import QuotaDenialReason
@@ -197,8 +202,29 @@ _DENIAL_TITLE = {
 }
 
 
-def _problem(error: QuotaRequestError) -> ProblemError:
-    return ProblemError(error.status, error.slug.replace("-", " ").capitalize(), error.detail, slug=error.slug)
+# The HTTP answer of each refusal code: (status, problem type slug, title).
+_REFUSALS: dict[QuotaRefusalCode, tuple[int, str, str]] = {
+    QuotaRefusalCode.UNKNOWN_PLAN: (422, "unknown-plan", "Unknown plan"),
+    QuotaRefusalCode.PLAN_ALREADY_SET: (409, "plan-already-set", "Plan already set"),
+    QuotaRefusalCode.UNKNOWN_ORG: (404, "unknown-org", "Unknown org"),
+    QuotaRefusalCode.INVALID_TIMEZONE: (422, "invalid-timezone", "Invalid timezone"),
+    QuotaRefusalCode.INVALID_LIMIT: (422, "invalid-limit", "Invalid limit"),
+    QuotaRefusalCode.INVALID_THRESHOLDS: (422, "invalid-thresholds", "Invalid thresholds"),
+    QuotaRefusalCode.INVALID_TOP_UP: (422, "invalid-top-up", "Invalid top up"),
+    QuotaRefusalCode.ENQUIRY_CONFLICT: (409, "quota/enquiry-conflict", "Enquiry already used"),
+    QuotaRefusalCode.NO_SUBSCRIPTION: (409, "quota/no-subscription", "No subscription"),
+    QuotaRefusalCode.NO_USAGE_TIER: (409, "quota/no-usage-tier", "No usage tier"),
+    QuotaRefusalCode.INVALID_CAP: (422, "quota/invalid-cap", "Invalid cap"),
+    QuotaRefusalCode.CURRENCY_MISMATCH: (422, "quota/currency-mismatch", "Currency mismatch"),
+    QuotaRefusalCode.INVALID_QUANTITY: (422, "quota/invalid-quantity", "Invalid quantity"),
+    QuotaRefusalCode.REQUEST_CONFLICT: (409, "quota/request-conflict", "Request already authorised"),
+    QuotaRefusalCode.CONTENTION: (503, "quota/contention", "Contention"),
+}
+
+
+def _problem(error: QuotaRefused) -> ProblemError:
+    status, slug, title = _REFUSALS[error.code]
+    return ProblemError(status, title, error.detail, slug=slug)
 
 
 def _credit_response(answer: CreditAnswer, now: datetime | None) -> Response:
@@ -263,13 +289,13 @@ async def use_report_credit(org_id: str, request: Request) -> Response:
     except ValidationError as error:
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in error.errors()]) from error
     org = resolve_org(principal, org_id)
-    quota: QuotaService = request.app.state.quota
-    answer = await quota.use_credit(org, body.user_id, body.enquiry_id)
-    if answer.user_id != body.user_id:
-        raise ProblemError(409, "Enquiry already used", f"enquiry {body.enquiry_id!r} was run by another user",
-                           slug="quota/enquiry-conflict")
+    admission = request.app.state.quota.admission
+    try:
+        answer = await admission.use_credit(org, body.user_id, body.enquiry_id)
+    except QuotaRefused as error:
+        raise _problem(error) from error
     user_refused = answer.reason is QuotaDenialReason.USER_LIMIT_REACHED
-    return _credit_response(answer, await quota.now() if user_refused else None)
+    return _credit_response(answer, await admission.now() if user_refused else None)
 
 
 router.add_api_route("/orgs/{org_id}/report-credits", use_report_credit, methods=["POST"],
@@ -282,9 +308,9 @@ router.add_api_route("/orgs/{org_id}/report-credits", use_report_credit, methods
 async def set_plan(org_id: PathId, body: SetPlan, principal: Annotated[Principal, Depends(require(Scope.ADMIN))],
                    quota: Annotated[QuotaService, Depends(get_quota)]) -> QuotaState:
     try:
-        view = await quota.set_plan(resolve_org(principal, org_id), body.plan, timezone=body.timezone,
+        view = await quota.admin.set_plan(resolve_org(principal, org_id), body.plan, timezone=body.timezone,
                                     subscription_id=body.subscription_id)
-    except QuotaRequestError as error:
+    except QuotaRefused as error:
         raise _problem(error) from error
     return QuotaState.of(view)
 
@@ -295,8 +321,8 @@ async def start_trial(org_id: PathId, body: StartTrial,
                       principal: Annotated[Principal, Depends(require(Scope.ADMIN))],
                       quota: Annotated[QuotaService, Depends(get_quota)]) -> QuotaState:
     try:
-        view = await quota.start_trial(resolve_org(principal, org_id), timezone=body.timezone)
-    except QuotaRequestError as error:
+        view = await quota.admin.start_trial(resolve_org(principal, org_id), timezone=body.timezone)
+    except QuotaRefused as error:
         raise _problem(error) from error
     return QuotaState.of(view)
 
@@ -307,8 +333,8 @@ async def set_user_limit(org_id: PathId, body: SetUserLimit,
                          principal: Annotated[Principal, Depends(require(Scope.ADMIN))],
                          quota: Annotated[QuotaService, Depends(get_quota)]) -> QuotaState:
     try:
-        view = await quota.set_user_limit(resolve_org(principal, org_id), body.limit)
-    except QuotaRequestError as error:
+        view = await quota.admin.set_user_limit(resolve_org(principal, org_id), body.limit)
+    except QuotaRefused as error:
         raise _problem(error) from error
     return QuotaState.of(view)
 
@@ -319,8 +345,8 @@ async def set_alert_thresholds(org_id: PathId, body: SetThresholds,
                                principal: Annotated[Principal, Depends(require(Scope.ADMIN))],
                                quota: Annotated[QuotaService, Depends(get_quota)]) -> QuotaState:
     try:
-        view = await quota.set_alert_thresholds(resolve_org(principal, org_id), body.thresholds_percent)
-    except QuotaRequestError as error:
+        view = await quota.admin.set_alert_thresholds(resolve_org(principal, org_id), body.thresholds_percent)
+    except QuotaRefused as error:
         raise _problem(error) from error
     return QuotaState.of(view)
 
@@ -330,9 +356,9 @@ async def set_alert_thresholds(org_id: PathId, body: SetThresholds,
 async def top_up(org_id: PathId, body: TopUp, principal: Annotated[Principal, Depends(require(Scope.ADMIN))],
                  quota: Annotated[QuotaService, Depends(get_quota)]) -> TopUpResult:
     try:
-        view, applied, expires_at = await quota.top_up(resolve_org(principal, org_id), body.reports,
+        view, applied, expires_at = await quota.admin.top_up(resolve_org(principal, org_id), body.reports,
                                                        top_up_id=body.top_up_id, granted_by=principal.key_id)
-    except QuotaRequestError as error:
+    except QuotaRefused as error:
         raise _problem(error) from error
     return TopUpResult(applied=applied, expires_at=expires_at, state=QuotaState.of(view))
 
@@ -343,8 +369,8 @@ async def read_quota(org_id: PathId, principal: Annotated[Principal, Depends(req
                      quota: Annotated[QuotaService, Depends(get_quota)],
                      user_id: Annotated[str | None, Query(pattern=IDENTIFIER)] = None) -> QuotaState:
     try:
-        view = await quota.view(resolve_org(principal, org_id), user_id)
-    except QuotaRequestError as error:
+        view = await quota.admin.view(resolve_org(principal, org_id), user_id)
+    except QuotaRefused as error:
         raise _problem(error) from error
     return QuotaState.of(view)
 
@@ -354,11 +380,6 @@ async def read_quota(org_id: PathId, principal: Annotated[Principal, Depends(req
 
 async def get_spend(request: Request) -> SpendService:
     return spend_service_of(request.app.state, request.app.state.container)
-
-
-def _spend_problem(error: SpendRequestError) -> ProblemError:
-    return ProblemError(error.status, error.slug.replace("-", " ").capitalize(), error.detail,
-                        slug=f"quota/{error.slug}")
 
 
 class SpendBalance(BaseModel):
@@ -485,8 +506,8 @@ async def read_spend(org_id: PathId, principal: Annotated[Principal, Depends(req
                      spend: Annotated[SpendService, Depends(get_spend)]) -> SpendBalance:
     try:
         return SpendBalance.of(await spend.balance(resolve_org(principal, org_id)))
-    except SpendRequestError as error:
-        raise _spend_problem(error) from error
+    except QuotaRefused as error:
+        raise _problem(error) from error
 
 
 @router.put("/orgs/{org_id}/spend-cap", response_model=SpendBalance, responses=PROBLEM_RESPONSES,
@@ -497,8 +518,8 @@ async def set_spend_cap(org_id: PathId, body: SetSpendCap,
     try:
         return SpendBalance.of(await spend.set_cap(resolve_org(principal, org_id), body.amount_minor,
                                                    body.currency))
-    except SpendRequestError as error:
-        raise _spend_problem(error) from error
+    except QuotaRefused as error:
+        raise _problem(error) from error
 
 
 @router.post("/orgs/{org_id}/spend/authorisations", responses=_AUTHORISE_RESPONSES, response_class=Response,
@@ -509,12 +530,8 @@ async def authorise_spend(org_id: PathId, body: Authorise,
     try:
         answer = await spend.authorise(resolve_org(principal, org_id), body.request_id, body.quantity,
                                        body.properties)
-    except SpendRequestError as error:
-        raise _spend_problem(error) from error
-    if answer.allowed and answer.quantity != body.quantity:
-        raise ProblemError(409, "Request already authorised",
-                           f"request {body.request_id!r} reserved {answer.quantity}, not {body.quantity}",
-                           slug="quota/request-conflict")
+    except QuotaRefused as error:
+        raise _problem(error) from error
     headers = {"Idempotent-Replayed": "true"} if answer.replayed else {}
     if answer.allowed:
         return Response(orjson.dumps(_spend_body(answer)), status_code=200, media_type="application/json",

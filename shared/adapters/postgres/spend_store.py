@@ -1,0 +1,222 @@
+"""The usage-tier spend store: spend caps, authorisations and the worker's usage (sync SQLAlchemy: the
+worker's read helpers it reuses are sync). The edge's spend use cases run it in worker threads
+(``services.ingest.service_layer.spend``); the visible-spend rule is the domain's ``SpendUsage``."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+import sqlalchemy as sa
+
+from shared.adapters.postgres.schema.billing import subscriptions
+from shared.adapters.postgres.subscription_reads import newest_live_subscription
+from shared.adapters.postgres.usage_reads import grant_balances, usage_since
+from shared.domain.spend import SpendUsage
+from shared.errors import DatabaseUnavailableError
+
+
+class SpendStoreError(Exception):
+    """Family: the spend store refused a write for a reason the caller must handle."""
+
+
+class DuplicateAuthorisation(SpendStoreError):
+    """Another writer stored the same request id concurrently; re-read and replay it."""
+
+
+
+@dataclass(frozen=True, slots=True)
+class SpendAccountRow:
+    org_id: str
+    monthly_cap_minor: int | None
+    currency: str | None
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class LiveSubscriptionRow:
+    """The org's newest subscription that is not cancelled (the one its usage is billed to)."""
+
+    subscription_id: str
+    plan_id: str
+    status: str
+    seats: int
+    interval: str
+    timezone: str
+    anchor_day: int
+    anchor_month: int
+    anchor_time: Any
+    current_period_start: datetime
+    current_period_end: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationRow:
+    """A stored authorisation (what a retry of its request id gets back)."""
+
+    request_id: str
+    transaction_id: str
+    period_start: datetime
+    period_end: datetime
+    quantity: int
+    limit_quantity: int | None
+    spent_quantity: int
+    reserved_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Authorisation:
+    """One authorisation to commit: conditional on the account's version (compare-and-set)."""
+
+    org_id: str
+    seen_version: int
+    request_id: str
+    transaction_id: str
+    subscription_id: str
+    period_start: datetime
+    period_end: datetime
+    quantity: int
+    observed_quantity: int
+    limit_quantity: int | None
+    spent_quantity: int
+    reserved_at: datetime
+    event_id: uuid.UUID
+    envelope_json: str
+    usage_topic: str
+
+
+_AUTHORISE_SQL = sa.text("""
+WITH cas AS (
+    UPDATE spend_accounts SET version = version + 1, updated_at = now()
+     WHERE org_id = :org_id AND version = :seen_version
+    RETURNING version
+), period AS (
+    INSERT INTO spend_periods AS p (org_id, period_start, period_end, reserved_quantity, observed_quantity,
+                                    limit_quantity)
+    SELECT :org_id, :period_start, :period_end, :quantity, :observed, :limit FROM cas
+    ON CONFLICT (org_id, period_start) DO UPDATE
+       SET reserved_quantity = p.reserved_quantity + excluded.reserved_quantity,
+           observed_quantity = GREATEST(p.observed_quantity, excluded.observed_quantity),
+           limit_quantity = excluded.limit_quantity
+    RETURNING 1
+), reservation AS (
+    INSERT INTO spend_reservations (org_id, request_id, transaction_id, subscription_id, period_start, period_end,
+                                    quantity, limit_quantity, spent_quantity, reserved_at, event_id)
+    SELECT :org_id, :request_id, :transaction_id, :subscription_id, :period_start, :period_end, :quantity,
+           :limit, :spent, :reserved_at, :event_id FROM cas
+    RETURNING 1
+), usage_event AS (
+    INSERT INTO outbox (topic, message_key, event_id, event_type, envelope)
+    SELECT :usage_topic, :subscription_id, :event_id, 'usage.recorded', CAST(:envelope AS jsonb) FROM cas
+    RETURNING 1
+)
+SELECT (SELECT version FROM cas) AS version, (SELECT count(*) FROM period) AS periods,
+       (SELECT count(*) FROM reservation) AS reservations, (SELECT count(*) FROM usage_event) AS events
+""")
+
+_RESERVED_SQL = sa.text("""
+SELECT coalesce(sum(r.quantity), 0) AS reserved,
+       coalesce(sum(r.quantity) FILTER (WHERE e.transaction_id IS NOT NULL), 0) AS materialised
+  FROM spend_reservations r
+  LEFT JOIN usage_events e ON e.customer_id = r.org_id AND e.transaction_id = r.transaction_id
+ WHERE r.org_id = :org_id AND r.period_start = :period_start
+""")
+
+
+class SpendStore:
+    """Spend caps, authorised spend and the worker's usage, read and written with one sync engine.
+
+    Every method takes an open connection so that a caller (a thread of the edge) can read a whole
+    snapshot on one connection; ``authorise`` must run inside a transaction (``engine.begin()``).
+    """
+
+    @staticmethod
+    def ensure_account(conn: sa.Connection, org_id: str) -> None:
+        conn.execute(sa.text("INSERT INTO spend_accounts (org_id) VALUES (:o) ON CONFLICT (org_id) DO NOTHING"),
+                     {"o": org_id})
+
+    @staticmethod
+    def account(conn: sa.Connection, org_id: str) -> SpendAccountRow | None:
+        row = conn.execute(sa.text("SELECT org_id, monthly_cap_minor, currency, version FROM spend_accounts"
+                                   " WHERE org_id = :o"), {"o": org_id}).one_or_none()
+        return None if row is None else SpendAccountRow(row.org_id, row.monthly_cap_minor, row.currency,
+                                                         row.version)
+
+    @staticmethod
+    def caps(conn: sa.Connection, org_ids: Sequence[str]) -> dict[str, tuple[int, str]]:
+        """The caps of those of ``org_ids`` that set one: {org: (cap minor units, currency)}."""
+        rows = conn.execute(sa.text("SELECT org_id, monthly_cap_minor, currency FROM spend_accounts"
+                                    " WHERE org_id = ANY(:orgs) AND monthly_cap_minor IS NOT NULL"),
+                            {"orgs": list(org_ids)})
+        return {row.org_id: (int(row.monthly_cap_minor), row.currency) for row in rows}
+
+    @staticmethod
+    def set_cap(conn: sa.Connection, org_id: str, cap_minor: int | None, currency: str | None) -> SpendAccountRow:
+        """Set (or with None remove) the org's cap and bump its version, so in-flight decisions re-run."""
+        row = conn.execute(sa.text(
+            "INSERT INTO spend_accounts AS a (org_id, monthly_cap_minor, currency, version)"
+            " VALUES (:o, :cap, :cur, 1) ON CONFLICT (org_id) DO UPDATE"
+            " SET monthly_cap_minor = excluded.monthly_cap_minor, currency = excluded.currency,"
+            " version = a.version + 1, updated_at = now()"
+            " RETURNING org_id, monthly_cap_minor, currency, version"),
+            {"o": org_id, "cap": cap_minor, "cur": currency}).one()
+        return SpendAccountRow(row.org_id, row.monthly_cap_minor, row.currency, row.version)
+
+    @staticmethod
+    def live_subscription(conn: sa.Connection, org_id: str) -> LiveSubscriptionRow | None:
+        s = subscriptions.c
+        row = conn.execute(newest_live_subscription(
+            org_id, s.subscription_id, s.plan_id, s.status, s.seats, s.interval, s.timezone, s.anchor_day,
+            s.anchor_month, s.anchor_time, s.current_period_start, s.current_period_end)).one_or_none()
+        return None if row is None else LiveSubscriptionRow(**row._asdict())
+
+    @staticmethod
+    def usage(conn: sa.Connection, org_id: str, subscription_id: str, meter_id: str, period_start: datetime,
+              period_end: datetime) -> SpendUsage:
+        """The meter's usage of the period (worker's aggregates + this edge's authorisations) and the money
+        left on grants other than the plan's included credit (promotional, refunds, paid top-ups)."""
+        period = usage_since(conn, subscription_id, period_start)
+        reserved = conn.execute(_RESERVED_SQL, {"org_id": org_id, "period_start": period_start}).one()
+        other = sum(g.remaining_minor or 0 for g in grant_balances(
+            conn, subscription_id, usable_at=period_end - timedelta(seconds=1))
+            if g.meter_id == meter_id and g.source != "plan_included" and g.remaining_minor is not None)
+        return SpendUsage(materialised=period.totals.get(meter_id, Decimal(0)), reserved=int(reserved.reserved),
+                          reserved_materialised=int(reserved.materialised), other_credit_minor=max(0, other))
+
+    @staticmethod
+    def reservation(conn: sa.Connection, org_id: str, request_id: str) -> ReservationRow | None:
+        row = conn.execute(sa.text(
+            "SELECT request_id, transaction_id, period_start, period_end, quantity, limit_quantity, spent_quantity,"
+            " reserved_at FROM spend_reservations WHERE org_id = :o AND request_id = :r"),
+            {"o": org_id, "r": request_id}).one_or_none()
+        return None if row is None else ReservationRow(**row._asdict())
+
+    @staticmethod
+    def authorise(conn: sa.Connection, write: Authorisation) -> bool:
+        """Commit ``write`` if the account is still at ``seen_version``; False: nothing written, re-decide.
+
+        ``DuplicateAuthorisation`` when another writer stored the same request id in the meantime; a CHECK
+        violation (the limit backstop) is ``SpendStoreError``. Either way nothing was written.
+        """
+        params = {
+            "org_id": write.org_id, "seen_version": write.seen_version, "request_id": write.request_id,
+            "transaction_id": write.transaction_id, "subscription_id": write.subscription_id,
+            "period_start": write.period_start, "period_end": write.period_end, "quantity": write.quantity,
+            "observed": write.observed_quantity, "limit": write.limit_quantity, "spent": write.spent_quantity,
+            "reserved_at": write.reserved_at, "event_id": write.event_id, "envelope": write.envelope_json,
+            "usage_topic": write.usage_topic,
+        }
+        try:
+            row = conn.execute(_AUTHORISE_SQL, params).one()
+        except sa.exc.IntegrityError as error:
+            if isinstance(error.orig, psycopg.errors.UniqueViolation):
+                raise DuplicateAuthorisation(str(error.orig)) from error
+            raise SpendStoreError(f"spend backstop refused the write: {error.orig}") from error
+        except sa.exc.OperationalError as error:
+            raise DatabaseUnavailableError(str(error.orig)) from error
+        return row.version is not None
