@@ -27,10 +27,6 @@ from shared.domain.payment_attempt import HARD_DECLINE_CODES, is_hard_decline
 
 _ONE_DAY: Final = timedelta(days=1)
 
-# NOTE: the classification of declines is the payment attempts' (one rule for the gateways, the webhook
-# translation and dunning); the old name stays for its importers.
-DEFAULT_HARD_DECLINE_CODES: Final[frozenset[str]] = HARD_DECLINE_CODES
-
 
 class DunningCaseClosedError(LifecycleError):
     """A failure or success was recorded on a case that already recovered or gave up."""
@@ -53,7 +49,8 @@ class DunningPolicy:
     retry_offsets_days: tuple[int, ...] = (3, 5, 7)
     notify_offsets_days: tuple[int, ...] = (1, 3, 7)
     give_up_after_days: int = 14
-    hard_decline_codes: frozenset[str] = DEFAULT_HARD_DECLINE_CODES
+    # NOTE: which declines are hard is the payment attempts' one classification (gateways, webhooks, dunning).
+    hard_decline_codes: frozenset[str] = HARD_DECLINE_CODES
 
     def __post_init__(self) -> None:
         days = self.give_up_after_days

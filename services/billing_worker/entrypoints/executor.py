@@ -39,8 +39,9 @@ import sqlalchemy as sa
 
 from services.billing_worker.adapters import payment_attempts as attempts
 from services.billing_worker.adapters.billing_repository import IDS
+from services.billing_worker.adapters.outbox import add_outbox
 from services.billing_worker.adapters.payment_attempts import ClaimedAttempt
-from services.billing_worker.service_layer.messagebus import PRODUCER_NAME, add_outbox
+from services.billing_worker.service_layer.unit_of_work import PRODUCER_NAME
 from shared.adapters.payments.port import (
     INTENT_NOT_CONFIRMABLE,
     ChargeOutcome,

@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from shared.domain.dunning import DEFAULT_HARD_DECLINE_CODES, DunningPolicy
+from shared.domain.dunning import DunningPolicy
 from shared.domain.errors import InvalidTransitionError, InvalidValueError, LifecycleError, NaiveDatetimeError
 from shared.domain.money import Money
 from shared.domain.payment_attempt import (
@@ -198,4 +198,4 @@ def test_soft_declines_are_retried_on_the_schedule(code: str | None) -> None:
 
 
 def test_dunning_and_the_gateways_share_one_set_of_hard_codes() -> None:
-    assert DunningPolicy().hard_decline_codes == DEFAULT_HARD_DECLINE_CODES == HARD_DECLINE_CODES
+    assert DunningPolicy().hard_decline_codes == HARD_DECLINE_CODES
