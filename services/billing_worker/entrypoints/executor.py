@@ -22,6 +22,10 @@ the attempt as a success instead of a hard decline.
 
 Guards: an attempt is only charged while its invoice is open and no other attempt of the invoice is in
 flight, unknown or succeeded; attempts of invoices paid or voided meanwhile are cancelled.
+
+Every status change is a move of the domain's `PaymentAttempt` (shared/domain/payment_attempt.py: which
+move may start from which status), stored by `adapters/payment_attempts.py`; this module holds no SQL of
+payment attempts, only the order of the steps and the provider calls.
 """
 
 from __future__ import annotations
