@@ -146,6 +146,11 @@ class Subscription:
     cancelled_at: datetime | None = None
     version: int = 0
     pending_events: list[DomainEvent] = field(default_factory=list)
+    # What the subscription keeps for billing beside its status (no events of their own):
+    payment_method_id: str | None = None  # the provider's saved method its charges use; None: none on file
+    carried_credit_minor: int = 0  # credit of a negative invoice (an immediate downgrade), for the next one
+    paused_at: datetime | None = None
+    cancel_reason: str | None = None  # why it was cancelled at once (a cancel command, dunning's give-up)
 
     # --- construction ----------------------------------------------------------------------------
 
@@ -163,6 +168,7 @@ class Subscription:
         tz: str = "UTC",
         coupon: Coupon | None = None,
         coupon_times_redeemed: int = 0,
+        payment_method_id: str | None = None,
     ) -> Subscription:
         """Subscribe at ``at``. With trial days (the plan's unless given) the subscription is TRIALING
         until the trial ends and the billing anchor defaults to the trial end; otherwise it is ACTIVE
@@ -199,6 +205,7 @@ class Subscription:
             started_at=instant,
             trial_end=trial_end,
             coupon=applied,
+            payment_method_id=payment_method_id,
         )
         subscription._record(
             SubscriptionStarted,
@@ -473,6 +480,7 @@ class Subscription:
             self._record(CancellationScheduled, instant, effective_at=self.current_period.end)
             return
         self._cancel_now(instant, reason)
+        self.cancel_reason = reason
 
     def _cancel_now(self, at: datetime, reason: str) -> None:
         previous = self._transition(_S.CANCELLED)
@@ -492,6 +500,7 @@ class Subscription:
         """ACTIVE -> PAUSED. While paused, period closes bill no fee and grant no credits."""
         instant = ensure_utc(at)
         previous = self._transition(_S.PAUSED)
+        self.paused_at = instant
         self._record(SubscriptionPaused, instant, from_status=previous.value, to_status=_S.PAUSED.value)
 
     def resume(self, *, at: datetime) -> None:
@@ -500,7 +509,30 @@ class Subscription:
         if self.status is not _S.PAUSED:
             raise InvalidTransitionError("subscription", self.status.value, f"{_S.ACTIVE.value} (resume)")
         previous = self._transition(_S.ACTIVE)
+        self.paused_at = None
         self._record(SubscriptionResumed, instant, from_status=previous.value, to_status=_S.ACTIVE.value)
+
+    # --- payment method and carried credit ----------------------------------------------------------
+
+    def use_payment_method(self, payment_method_id: str) -> None:
+        """Charge this saved method from now on (the customer attached a new one)."""
+        self.payment_method_id = payment_method_id
+
+    def forget_payment_method(self) -> str | None:
+        """The provider deleted the saved method (with its customer): returns the method forgotten."""
+        previous, self.payment_method_id = self.payment_method_id, None
+        return previous
+
+    def carry_credit(self, amount_minor: int) -> None:
+        """Keep a credit (minor units of the subscription's currency) for the next invoice."""
+        if isinstance(amount_minor, bool) or not isinstance(amount_minor, int) or amount_minor < 0:
+            raise InvalidValueError(f"a carried credit is a non-negative int of minor units, got {amount_minor!r}")
+        self.carried_credit_minor += amount_minor
+
+    def take_carried_credit(self) -> int:
+        """The credit carried so far, now applied to an invoice: it is no longer carried."""
+        taken, self.carried_credit_minor = self.carried_credit_minor, 0
+        return taken
 
     def end_trial(self, *, at: datetime, has_payment_method: bool, plan: Plan) -> None:
         """End the trial at ``at``.

@@ -135,16 +135,13 @@ def event_uuid(*parts: object) -> uuid.UUID:
 
 @dataclass
 class SubscriptionState:
-    """The subscription aggregate plus what the worker keeps beside it (billing snapshot, payment method)."""
+    """The subscription aggregate plus the billing snapshot the worker keeps beside it (currency, time zone,
+    tax rate) and the version it was stored at."""
 
     subscription: Subscription
     currency: str
     timezone: str
     tax_rate_bps: int
-    payment_method_id: str | None = None
-    carried_credit_minor: int = 0
-    paused_at: datetime | None = None
-    cancel_reason: str | None = None
     stored_version: int | None = None  # None: not stored yet
 
     @property
@@ -172,9 +169,10 @@ def _state_of(row: Any) -> SubscriptionState:
         started_at=row.started_at.astimezone(UTC), trial_end=_utc(row.trial_end),
         cancel_at_period_end=row.cancel_at_period_end,
         pending_plan_id=PlanId(row.pending_plan_id) if row.pending_plan_id else None,
-        pending_seats=row.pending_seats, coupon=coupon, cancelled_at=_utc(row.cancelled_at), version=row.version)
-    return SubscriptionState(sub, row.currency, row.timezone, row.tax_rate_bps, row.payment_method_id,
-                             row.carried_credit_minor, _utc(row.paused_at), row.cancel_reason, row.version)
+        pending_seats=row.pending_seats, coupon=coupon, cancelled_at=_utc(row.cancelled_at), version=row.version,
+        payment_method_id=row.payment_method_id, carried_credit_minor=row.carried_credit_minor,
+        paused_at=_utc(row.paused_at), cancel_reason=row.cancel_reason)
+    return SubscriptionState(sub, row.currency, row.timezone, row.tax_rate_bps, row.version)
 
 
 def _row_of(state: SubscriptionState) -> dict[str, Any]:
@@ -188,12 +186,12 @@ def _row_of(state: SubscriptionState) -> dict[str, Any]:
         "current_period_start": sub.current_period.start, "current_period_end": sub.current_period.end,
         "started_at": sub.started_at, "trial_end": sub.trial_end,
         "cancel_at_period_end": sub.cancel_at_period_end, "cancelled_at": sub.cancelled_at,
-        "cancel_reason": state.cancel_reason, "paused_at": state.paused_at,
-        "payment_method_id": state.payment_method_id,
+        "cancel_reason": sub.cancel_reason, "paused_at": sub.paused_at,
+        "payment_method_id": sub.payment_method_id,
         "coupon_id": sub.coupon.coupon_id if sub.coupon else None,
         "coupon_redeemed_at": sub.coupon.redeemed_at if sub.coupon else None,
         "coupon_invoice_keys": sorted(sub.coupon.invoice_keys) if sub.coupon else [],
-        "carried_credit_minor": state.carried_credit_minor, "version": sub.version,
+        "carried_credit_minor": sub.carried_credit_minor, "version": sub.version,
     }
 
 

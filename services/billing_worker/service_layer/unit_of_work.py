@@ -326,17 +326,17 @@ class BillingUnitOfWork(abc.ABC):
             invoice, state = item.invoice, item.state
             at = invoice.created_at
             invoice.finalize(number=number, at=at)
-            to_store.append(InvoiceToStore(invoice, item.plan_id, state.payment_method_id))
+            to_store.append(InvoiceToStore(invoice, item.plan_id, state.subscription.payment_method_id))
             carried = invoice.credit_to_carry_forward
             if carried.is_positive():
-                state.carried_credit_minor += carried.amount_minor
+                state.subscription.carry_credit(carried.amount_minor)
                 self.touch(state)
             self._invoice_events(invoice, state, at)
             if invoice.status is InvoiceStatus.OPEN and invoice.amount_due.is_positive():
                 self.attempts.append(AttemptToCreate(
                     invoice_id=invoice.id, attempt_no=1, subscription_id=state.id,
                     customer_id=state.subscription.customer_id, amount=invoice.amount_due,
-                    payment_method_id=state.payment_method_id, requested_at=at))
+                    payment_method_id=state.subscription.payment_method_id, requested_at=at))
             self.add_audit(occurred_at=at, action="invoice.finalized", entity_type="invoice", entity_id=invoice.id,
                            subscription_id=state.id, customer_id=state.subscription.customer_id,
                            command_id=item.command_id,

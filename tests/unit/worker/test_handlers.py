@@ -139,7 +139,7 @@ def test_a_run_with_a_refused_command_midway_applies_the_others_and_answers_each
 
     assert [worker.outcome(e) for e in envelopes] == [
         ("applied", None), ("applied", None), ("rejected", "invalid_transition"), ("applied", None)]
-    assert [worker.store.subscriptions[s].cancel_reason for s in subs] == ["#0", "#1", "#3"]
+    assert [worker.store.subscriptions[s].subscription.cancel_reason for s in subs] == ["#0", "#1", "#3"]
     # the two before the refusal together again, the refusal alone (its outcome), the rest together
     assert worker.store.commits == commits + 3
 
@@ -164,8 +164,8 @@ def test_cancelling_now_cancels_with_its_reason_and_cancelling_again_is_rejected
 
     assert worker.outcome(first) == ("applied", None)
     assert worker.outcome(second) == ("rejected", "invalid_transition")
-    state = worker.store.subscriptions[sub]
-    assert (state.subscription.status, state.cancel_reason) == (SubscriptionStatus.CANCELLED, "too expensive")
+    state = worker.store.subscriptions[sub].subscription
+    assert (state.status, state.cancel_reason) == (SubscriptionStatus.CANCELLED, "too expensive")
 
 
 def test_cancelling_at_period_end_keeps_the_subscription_active_until_then(worker: Worker) -> None:
@@ -176,7 +176,7 @@ def test_cancelling_at_period_end_keeps_the_subscription_active_until_then(worke
 
     assert worker.result(envelope)["cancel_at_period_end"] is True
     state = worker.store.subscriptions[sub]
-    assert (state.subscription.status, state.cancel_reason) == (SubscriptionStatus.ACTIVE, None)
+    assert (state.subscription.status, state.subscription.cancel_reason) == (SubscriptionStatus.ACTIVE, None)
 
 
 def test_pause_then_resume_records_when_it_was_paused_and_forgets_it_on_resume(worker: Worker) -> None:
@@ -186,9 +186,9 @@ def test_pause_then_resume_records_when_it_was_paused_and_forgets_it_on_resume(w
     paused = worker.store.subscriptions[sub]
     worker.send(ResumeSubscription(subscription_id=sub, customer_id=f"cus_{sub}"), JAN_16 + timedelta(days=2))
 
-    assert (paused.subscription.status, paused.paused_at) == (SubscriptionStatus.PAUSED, JAN_16)
+    assert (paused.subscription.status, paused.subscription.paused_at) == (SubscriptionStatus.PAUSED, JAN_16)
     resumed = worker.store.subscriptions[sub]
-    assert (resumed.subscription.status, resumed.paused_at) == (SubscriptionStatus.ACTIVE, None)
+    assert (resumed.subscription.status, resumed.subscription.paused_at) == (SubscriptionStatus.ACTIVE, None)
     assert [e.payload["new_status"] for e in worker.store.events("subscription.status_changed")] == [
         "active", "paused", "active"]
 
@@ -398,8 +398,8 @@ def test_dunning_giving_up_makes_the_invoice_uncollectible_cancels_the_subscript
 
     assert worker.outcome(envelope) == ("applied", None)
     assert first_invoice(worker, sub).status is InvoiceStatus.UNCOLLECTIBLE
-    state = worker.store.subscriptions[sub]
-    assert (state.subscription.status, state.cancel_reason) == (SubscriptionStatus.CANCELLED, "dunning_gave_up")
+    state = worker.store.subscriptions[sub].subscription
+    assert (state.status, state.cancel_reason) == (SubscriptionStatus.CANCELLED, "dunning_gave_up")
     assert [a["status"] for a in worker.attempts(invoice.id)] == ["cancelled"]
 
 
@@ -430,7 +430,7 @@ def test_a_deleted_customer_loses_its_payment_method_and_pending_charges_their_m
     result = worker.result(envelope)
     assert (result["previous_payment_method_id"], result["pending_attempts_detached"]) == ("pm_card_visa", 1)
     assert worker.outcome(again)[0] == "ignored"
-    assert worker.store.subscriptions[sub].payment_method_id is None
+    assert worker.store.subscriptions[sub].subscription.payment_method_id is None
     assert worker.attempts(invoice.id)[0]["payment_method_id"] is None
     assert [e.payload["reason"] for e in worker.store.events("payment_method.removed")] == ["customer_deleted"]
 
@@ -441,7 +441,7 @@ def test_a_new_payment_method_is_kept_and_announced(worker: Worker) -> None:
     worker.send(UpdatePaymentMethod(subscription_id=sub, customer_id=f"cus_{sub}", payment_method_id="pm_card_new"),
                 JAN_16)
 
-    assert worker.store.subscriptions[sub].payment_method_id == "pm_card_new"
+    assert worker.store.subscriptions[sub].subscription.payment_method_id == "pm_card_new"
     assert [e.payload["payment_method_id"] for e in worker.store.events("payment_method.updated")] == ["pm_card_new"]
 
 

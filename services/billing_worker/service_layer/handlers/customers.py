@@ -21,10 +21,9 @@ def customer_deleted(uow: BillingUnitOfWork, env: Envelope, p: CustomerDeleted, 
     if state.subscription.customer_id != p.customer_id:
         raise Refused("customer_mismatch", f"subscription {state.id} belongs to {state.subscription.customer_id}, "
                                            f"not {p.customer_id}")
-    previous = state.payment_method_id
-    if previous is None:
+    if state.subscription.payment_method_id is None:
         raise Ignored(f"subscription {state.id} has no payment method on file")
-    state.payment_method_id = None
+    previous = state.subscription.forget_payment_method()
     # Charges not dispatched yet would use the deleted method: they fail as missing a method instead.
     # (Attempts already in flight or unknown keep theirs: they are reconciled, never re-sent blindly.)
     detached = uow.detach_pending_payment_method(state.id)

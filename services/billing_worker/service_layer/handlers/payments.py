@@ -28,7 +28,7 @@ from shared.domain.subscription import SubscriptionStatus
 
 def update_payment_method(uow: BillingUnitOfWork, env: Envelope, p: UpdatePaymentMethod, now: datetime) -> None:
     state = uow.subscription(p.subscription_id)
-    state.payment_method_id = p.payment_method_id
+    state.subscription.use_payment_method(p.payment_method_id)
     uow.emit("payment_method.updated", PaymentMethodUpdated(
         subscription_id=state.id, customer_id=state.subscription.customer_id,
         payment_method_id=p.payment_method_id), key=state.id, event_id=event_uuid(env.event_id, "pm"),
@@ -50,7 +50,7 @@ def retry_payment(uow: BillingUnitOfWork, env: Envelope, p: RetryPayment, now: d
     uow.add_attempt(AttemptToCreate(
         invoice_id=invoice.id, attempt_no=p.attempt_no, subscription_id=state.id,
         customer_id=state.subscription.customer_id, amount=Money(due, invoice.currency),
-        payment_method_id=state.payment_method_id, requested_at=now, reason=p.reason))
+        payment_method_id=state.subscription.payment_method_id, requested_at=now, reason=p.reason))
     return {"invoice_id": invoice.id, "attempt_no": p.attempt_no}
 
 
@@ -70,7 +70,6 @@ def give_up(uow: BillingUnitOfWork, env: Envelope, p: GiveUpDunning, now: dateti
              event_id=event_uuid(invoice.id, "invoice.uncollectible"), at=now, correlation=env)
     if state.subscription.status is not SubscriptionStatus.CANCELLED:
         state.subscription.cancel(at=now, reason="dunning_gave_up")
-        state.cancel_reason = "dunning_gave_up"
     uow.subscription_events(state, env)
     return {"invoice_id": invoice.id}
 

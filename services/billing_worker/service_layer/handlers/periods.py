@@ -70,8 +70,8 @@ def close_period(uow: BillingUnitOfWork, env: Envelope, p: ClosePeriod, now: dat
         usage = uow.close_usages([(sub.id, closed.start, closed.end)])[sub.id]
     ledger = uow.ledger(state)
     carried = ([InvoiceLine(kind=LineKind.ADJUSTMENT, description="Credit carried forward",
-                            amount=Money(-state.carried_credit_minor, state.currency))]
-               if state.carried_credit_minor else [])
+                            amount=Money(-sub.carried_credit_minor, state.currency))]
+               if sub.carried_credit_minor else [])
     key = InvoiceKey(sub.id, InvoiceReason.PERIOD_CLOSE, closed)
     # NOTE: the billing instant of a close is the period end itself, so a close applied late (worker
     # down, backlog) rates exactly like one applied on time.
@@ -80,7 +80,7 @@ def close_period(uow: BillingUnitOfWork, env: Envelope, p: ClosePeriod, now: dat
         credits=ledger.ledger, coupon=coupon, tax_rate_bps=state.tax_rate_bps, at=period_end,
         invoice_id=invoice_id_for(key), next_plan=next_plan, pending_proration_lines=carried,
         late_usage=_late_usage(usage.late))
-    state.carried_credit_minor = 0
+    sub.take_carried_credit()  # now on this invoice
     uow.rating(result, state, plan.id, env, period_end)
     # The closed period's included credits expire with it (a ledger rule); settle them now rather than
     # through a separate credits.expire command per subscription.

@@ -50,8 +50,8 @@ def create_subscription(uow: BillingUnitOfWork, env: Envelope, p: CreateSubscrip
     sub = Subscription.start(subscription_id=SubscriptionId(p.subscription_id),
                              customer_id=CustomerId(p.customer_id), plan=plan, at=at, seats=p.seats,
                              trial_days=p.trial_days, anchor=anchor, tz=p.timezone, coupon=coupon,
-                             coupon_times_redeemed=times)
-    state = SubscriptionState(sub, p.currency, p.timezone, p.tax_rate_bps, p.payment_method_id)
+                             coupon_times_redeemed=times, payment_method_id=p.payment_method_id)
+    state = SubscriptionState(sub, p.currency, p.timezone, p.tax_rate_bps)
     uow.states[state.id] = state
     if coupon is not None:
         uow.attach_coupon(coupon.id, state.id, at)
@@ -114,22 +114,18 @@ def _change_invoice(uow: BillingUnitOfWork, env: Envelope, state: SubscriptionSt
 def cancel(uow: BillingUnitOfWork, env: Envelope, p: CancelSubscription, now: datetime) -> None:
     state = uow.subscription(p.subscription_id)
     state.subscription.cancel(at=now, at_period_end=p.at_period_end, reason=p.reason or "requested")
-    if not p.at_period_end:
-        state.cancel_reason = p.reason or "requested"
     uow.subscription_events(state, env)
 
 
 def pause(uow: BillingUnitOfWork, env: Envelope, p: PauseSubscription, now: datetime) -> None:
     state = uow.subscription(p.subscription_id)
     state.subscription.pause(at=now)
-    state.paused_at = now
     uow.subscription_events(state, env)
 
 
 def resume(uow: BillingUnitOfWork, env: Envelope, p: ResumeSubscription, now: datetime) -> None:
     state = uow.subscription(p.subscription_id)
     state.subscription.resume(at=now)
-    state.paused_at = None
     uow.subscription_events(state, env)
 
 
@@ -146,7 +142,7 @@ def end_trial(uow: BillingUnitOfWork, env: Envelope, p: EndTrial, now: datetime)
     sub = state.subscription
     plan = uow.catalog.plan(sub.plan_id)
     at = ensure_utc(p.trial_end)
-    sub.end_trial(at=at, has_payment_method=state.payment_method_id is not None, plan=plan)
+    sub.end_trial(at=at, has_payment_method=sub.payment_method_id is not None, plan=plan)
     invoice_id = None
     if sub.status in (SubscriptionStatus.ACTIVE, SubscriptionStatus.PAST_DUE):
         uow.periods.append(period_row(sub))
