@@ -21,7 +21,6 @@ from shared.adapters.postgres.subscription_reads import newest_live_subscription
 
 # NOTE: a plan change or a new subscription reaches usage routing within this many seconds.
 CACHE_TTL_SECONDS = 2.0
-USAGE_STATUSES = ("trialing", "active", "past_due")
 
 
 @dataclass(frozen=True)

@@ -10,20 +10,20 @@ Unit tests give the use cases a fake with the same methods (tests/unit/edge/fake
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field, fields
+from typing import Any, Final, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 
 from services.ingest.audit import record
 from services.ingest.auth import Principal
-from shared.adapters.postgres.outbox import add_to_outbox
+from shared.adapters.postgres.outbox import add_documents_to_outbox, add_to_outbox
 from shared.adapters.postgres.schema.billing import subscriptions
-from shared.adapters.postgres.schema.core import command_outcomes, customers
-from shared.adapters.postgres.schema.edge import stripe_webhook_events, subscription_routes
+from shared.adapters.postgres.schema.core import command_outcomes, customer_aliases, customers, org_members
+from shared.adapters.postgres.schema.edge import stripe_webhook_events, subscription_routes, unmatched_usage
 from shared.adapters.postgres.subscription_reads import live_subscriptions_of_stripe_customer
 from shared.contracts.envelope import Envelope
 
@@ -37,6 +37,34 @@ class CustomerTerms:
     timezone: str
     tax_rate_bps: int
     default_payment_method_id: str | None
+
+
+@dataclass(frozen=True)
+class Member:
+    user_id: str
+    email: str | None = None
+    role: str = "member"
+
+
+@dataclass(frozen=True)
+class CustomerRecord:
+    """A customer as onboarded, with its ingest aliases and (organisations) members."""
+
+    customer_id: str
+    external_id: str
+    kind: str
+    name: str
+    email: str
+    currency: str
+    timezone: str
+    tax_rate_bps: int
+    stripe_customer_id: str | None = None
+    default_payment_method_id: str | None = None
+    aliases: list[str] = field(default_factory=list)
+    members: list[Member] = field(default_factory=list)
+
+
+_CUSTOMER_FIELDS: Final = frozenset(f.name for f in fields(CustomerRecord)) - {"aliases", "members"}
 
 
 @dataclass(frozen=True)
@@ -72,6 +100,39 @@ class UnitOfWork(Protocol):
 
     def publish(self, topic: str, key: str, envelope: Envelope) -> None:
         """Send `envelope` to `topic` once this unit of work commits (an outbox row; nothing if it rolls back)."""
+
+    def publish_document(self, topic: str, key: str, event_id: uuid.UUID, event_type: str, body: Any) -> None:
+        """`publish` for a message whose value is `body` (JSON) rather than an envelope."""
+
+    def park_usage(self, events: list[tuple[str, str, dict[str, Any]]], submitted_by: str) -> None:
+        """Store (customer reference, transaction_id, event JSON) of unknown customers; a repeat is ignored."""
+
+    def unmatched_to_replay(self, customer_ref: str) -> list[tuple[int, dict[str, Any]]]:
+        """(row id, event JSON) of the reference's parked usage not replayed yet, in arrival order, locked."""
+
+    def mark_replayed(self, row_ids: list[int]) -> None: ...
+
+    def unmatched_page(self, *, customer_ref: str | None, include_replayed: bool, after: int | None,
+                       limit: int) -> list[dict[str, Any]]:
+        """Parked usage rows by id, after `after`, at most `limit`."""
+
+    def insert_customer(self, values: dict[str, Any]) -> bool:
+        """Insert a customer row unless one has its external_id; True if inserted."""
+
+    def customer_by_external_id(self, external_id: str) -> dict[str, Any]:
+        """The customer row of an external id, locked until the end of the unit of work."""
+
+    def add_aliases(self, customer_id: str, aliases: Sequence[str]) -> dict[str, str]:
+        """Add the aliases not taken yet; returns the owner of each of `aliases` afterwards."""
+
+    def add_members(self, customer_id: str, members: Sequence[Member]) -> None: ...
+
+    def update_customer(self, customer_id: str, changes: dict[str, Any]) -> None: ...
+
+    def customer(self, customer_id: str) -> CustomerRecord | None:
+        """A customer with its aliases and members."""
+
+    def customer_ids(self, after: str | None, limit: int) -> list[str]: ...
 
     def claim_stripe_event(self, stripe_event_id: str, event_type: str) -> bool:
         """Record a Stripe event and lock its row until this unit of work ends; True if it was already
@@ -133,6 +194,78 @@ class SqlUnitOfWork:
 
     def publish(self, topic: str, key: str, envelope: Envelope) -> None:
         add_to_outbox(self.conn, [(topic, key, envelope)])
+
+    def publish_document(self, topic: str, key: str, event_id: uuid.UUID, event_type: str, body: Any) -> None:
+        add_documents_to_outbox(self.conn, [(topic, key, event_id, event_type, body)])
+
+    def park_usage(self, events: list[tuple[str, str, dict[str, Any]]], submitted_by: str) -> None:
+        if events:
+            self.conn.execute(insert(unmatched_usage).on_conflict_do_nothing(), [
+                {"customer_ref": ref, "transaction_id": tx, "event": body, "submitted_by": submitted_by}
+                for ref, tx, body in events])
+
+    def unmatched_to_replay(self, customer_ref: str) -> list[tuple[int, dict[str, Any]]]:
+        rows = self.conn.execute(sa.select(unmatched_usage.c.id, unmatched_usage.c.event).where(
+            unmatched_usage.c.customer_ref == customer_ref, unmatched_usage.c.replayed_at.is_(None))
+            .order_by(unmatched_usage.c.id).with_for_update()).all()
+        return [(row.id, row.event) for row in rows]
+
+    def mark_replayed(self, row_ids: list[int]) -> None:
+        self.conn.execute(sa.update(unmatched_usage).where(unmatched_usage.c.id.in_(row_ids))
+                          .values(replayed_at=sa.func.now()))
+
+    def unmatched_page(self, *, customer_ref: str | None, include_replayed: bool, after: int | None,
+                       limit: int) -> list[dict[str, Any]]:
+        query = sa.select(unmatched_usage).order_by(unmatched_usage.c.id).limit(limit)
+        if after is not None:
+            query = query.where(unmatched_usage.c.id > after)
+        if customer_ref is not None:
+            query = query.where(unmatched_usage.c.customer_ref == customer_ref)
+        if not include_replayed:
+            query = query.where(unmatched_usage.c.replayed_at.is_(None))
+        return [dict(row._mapping) for row in self.conn.execute(query)]
+
+    def insert_customer(self, values: dict[str, Any]) -> bool:
+        inserted = self.conn.execute(insert(customers).values(**values).on_conflict_do_nothing(
+            index_elements=["external_id"]).returning(customers.c.customer_id)).first()
+        return inserted is not None
+
+    def customer_by_external_id(self, external_id: str) -> dict[str, Any]:
+        return dict(self.conn.execute(sa.select(customers).where(customers.c.external_id == external_id)
+                                      .with_for_update()).one()._mapping)
+
+    def add_aliases(self, customer_id: str, aliases: Sequence[str]) -> dict[str, str]:
+        self.conn.execute(insert(customer_aliases).on_conflict_do_nothing(),
+                          [{"alias": a, "customer_id": customer_id} for a in aliases])
+        return {r.alias: r.customer_id for r in self.conn.execute(
+            sa.select(customer_aliases.c.alias, customer_aliases.c.customer_id)
+            .where(customer_aliases.c.alias.in_(aliases)))}
+
+    def add_members(self, customer_id: str, members: Sequence[Member]) -> None:
+        self.conn.execute(insert(org_members).on_conflict_do_nothing(), [
+            {"customer_id": customer_id, "user_id": m.user_id, "email": m.email, "role": m.role} for m in members])
+
+    def update_customer(self, customer_id: str, changes: dict[str, Any]) -> None:
+        self.conn.execute(sa.update(customers).where(customers.c.customer_id == customer_id).values(**changes))
+
+    def customer(self, customer_id: str) -> CustomerRecord | None:
+        row = self.conn.execute(sa.select(customers).where(customers.c.customer_id == customer_id)).one_or_none()
+        if row is None:
+            return None
+        aliases = self.conn.execute(sa.select(customer_aliases.c.alias)
+                                    .where(customer_aliases.c.customer_id == customer_id)
+                                    .order_by(customer_aliases.c.alias)).scalars().all()
+        members = self.conn.execute(sa.select(org_members).where(org_members.c.customer_id == customer_id)
+                                    .order_by(org_members.c.user_id)).all()
+        return CustomerRecord(**{k: v for k, v in row._mapping.items() if k in _CUSTOMER_FIELDS},
+                              aliases=list(aliases),
+                              members=[Member(user_id=m.user_id, email=m.email, role=m.role) for m in members])
+
+    def customer_ids(self, after: str | None, limit: int) -> list[str]:
+        query = sa.select(customers.c.customer_id).order_by(customers.c.customer_id).limit(limit)
+        if after is not None:
+            query = query.where(customers.c.customer_id > after)
+        return list(self.conn.execute(query).scalars().all())
 
     def claim_stripe_event(self, stripe_event_id: str, event_type: str) -> bool:
         self.conn.execute(insert(stripe_webhook_events).values(stripe_event_id=stripe_event_id,

@@ -8,6 +8,7 @@ when Kafka is down at that instant.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -28,5 +29,14 @@ def add_to_outbox(conn: sa.Connection, messages: Iterable[tuple[str, str, Envelo
     """Write (topic, key, envelope) rows in the caller's transaction; a row whose event_id is already in the
     outbox is a no-op, so a retried request that derives its ids deterministically writes each message once."""
     rows = [outbox_row(envelope, key=key, topic=topic) for topic, key, envelope in messages]
+    if rows:
+        conn.execute(insert(outbox).on_conflict_do_nothing(index_elements=["event_id"]), rows)
+
+
+def add_documents_to_outbox(conn: sa.Connection, messages: Iterable[tuple[str, str, uuid.UUID, str, Any]]) -> None:
+    """Like `add_to_outbox` for messages whose value is a JSON document but not an envelope (the relay sends
+    the document as the value): (topic, key, event_id, event_type, document)."""
+    rows = [{"topic": topic, "message_key": key, "event_id": event_id, "event_type": event_type,
+             "envelope": document} for topic, key, event_id, event_type, document in messages]
     if rows:
         conn.execute(insert(outbox).on_conflict_do_nothing(index_elements=["event_id"]), rows)

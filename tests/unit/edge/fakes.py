@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from copy import deepcopy
 from dataclasses import dataclass, field
 from typing import Any
 
 from services.ingest.auth import Principal
-from services.ingest.service_layer.unit_of_work import CustomerTerms, Outcome, UnitOfWork
+from services.ingest.service_layer.unit_of_work import CustomerRecord, CustomerTerms, Member, Outcome, UnitOfWork
 from shared.contracts.envelope import Envelope
 
 
@@ -26,6 +26,11 @@ class EdgeState:
     outbox: list[tuple[str, str, Envelope]] = field(default_factory=list)
     stripe_events: dict[str, bool] = field(default_factory=dict)  # Stripe event id -> published
     stripe_customers: dict[str, str] = field(default_factory=dict)  # our customer id -> Stripe customer id
+    documents: list[tuple[str, str, uuid.UUID, str, Any]] = field(default_factory=list)  # outbox, not envelopes
+    unmatched: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (ref, tx) -> row
+    customer_rows: dict[str, dict[str, Any]] = field(default_factory=dict)  # onboarded customers by id
+    aliases: dict[str, str] = field(default_factory=dict)  # alias -> customer id
+    members: dict[str, dict[str, Member]] = field(default_factory=dict)  # customer id -> user id -> member
 
 
 class FakeUnitOfWork:
@@ -62,6 +67,63 @@ class FakeUnitOfWork:
 
     def publish(self, topic: str, key: str, envelope: Envelope) -> None:
         self.state.outbox.append((topic, key, envelope))
+
+    def publish_document(self, topic: str, key: str, event_id: uuid.UUID, event_type: str, body: Any) -> None:
+        if all(d[2] != event_id for d in self.state.documents):
+            self.state.documents.append((topic, key, event_id, event_type, body))
+
+    def park_usage(self, events: list[tuple[str, str, dict[str, Any]]], submitted_by: str) -> None:
+        for ref, tx, body in events:
+            self.state.unmatched.setdefault((ref, tx), {
+                "id": len(self.state.unmatched) + 1, "customer_ref": ref, "transaction_id": tx, "event": body,
+                "submitted_by": submitted_by, "replayed": False})
+
+    def unmatched_to_replay(self, customer_ref: str) -> list[tuple[int, dict[str, Any]]]:
+        return sorted((r["id"], r["event"]) for r in self.state.unmatched.values()
+                      if r["customer_ref"] == customer_ref and not r["replayed"])
+
+    def mark_replayed(self, row_ids: list[int]) -> None:
+        for row in self.state.unmatched.values():
+            row["replayed"] = row["replayed"] or row["id"] in row_ids
+
+    def unmatched_page(self, *, customer_ref: str | None, include_replayed: bool, after: int | None,
+                       limit: int) -> list[dict[str, Any]]:
+        rows = sorted(self.state.unmatched.values(), key=lambda r: r["id"])
+        return [r for r in rows if (customer_ref is None or r["customer_ref"] == customer_ref)
+                and (include_replayed or not r["replayed"]) and (after is None or r["id"] > after)][:limit]
+
+    def insert_customer(self, values: dict[str, Any]) -> bool:
+        if any(r["external_id"] == values["external_id"] for r in self.state.customer_rows.values()):
+            return False
+        self.state.customer_rows[values["customer_id"]] = {
+            **values, "stripe_customer_id": None, "default_payment_method_id": None}
+        return True
+
+    def customer_by_external_id(self, external_id: str) -> dict[str, Any]:
+        return next(r for r in self.state.customer_rows.values() if r["external_id"] == external_id)
+
+    def add_aliases(self, customer_id: str, aliases: Sequence[str]) -> dict[str, str]:
+        for alias in aliases:
+            self.state.aliases.setdefault(alias, customer_id)
+        return {a: self.state.aliases[a] for a in aliases}
+
+    def add_members(self, customer_id: str, members: Sequence[Member]) -> None:
+        for member in members:
+            self.state.members.setdefault(customer_id, {}).setdefault(member.user_id, member)
+
+    def update_customer(self, customer_id: str, changes: dict[str, Any]) -> None:
+        self.state.customer_rows[customer_id].update(changes)
+
+    def customer(self, customer_id: str) -> CustomerRecord | None:
+        row = self.state.customer_rows.get(customer_id)
+        if row is None:
+            return None
+        members = self.state.members.get(customer_id, {})
+        return CustomerRecord(**row, aliases=sorted(a for a, c in self.state.aliases.items() if c == customer_id),
+                              members=[members[u] for u in sorted(members)])
+
+    def customer_ids(self, after: str | None, limit: int) -> list[str]:
+        return sorted(i for i in self.state.customer_rows if after is None or i > after)[:limit]
 
     def claim_stripe_event(self, stripe_event_id: str, event_type: str) -> bool:
         return self.state.stripe_events.setdefault(stripe_event_id, False)

@@ -1,0 +1,198 @@
+"""Customer onboarding (users and organisations) and customer reads.
+
+Onboarding is idempotent by `external_id` (with or without an Idempotency-Key):
+1. the customer row is written first (its id derives from the external id), with aliases and members;
+2. the payment provider's customer is created with an idempotency key derived from the customer id (itself
+   derived from the external id), then recorded;
+3. the payment method token (`pm_...`) is attached, then recorded as the default.
+A retry after a failure at any step resumes where it stopped; a retry of a finished onboarding with the
+same data answers the customer as it is (`created` False), with different data `AlreadyOnboarded`. Stripe
+keeps idempotency keys for 24 h; since our row exists before the Stripe call and records the Stripe id right
+after, a second Stripe customer can only appear if a crash between those two statements is followed by a
+retry more than 24 h later.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import stripe
+
+from services.ingest.auth import Principal
+from services.ingest.service_layer.unit_of_work import CustomerRecord, Member, UnitOfWorkFactory
+from shared.errors import InfrastructureError, RefusedError
+
+_CUSTOMER_NAMESPACE = uuid.UUID("0b7f3c52-2f0d-4d1e-8c55-6a0f5f7e9a11")
+#: What must match for a repeated onboarding of an external id to be the same one.
+SAME_FIELDS = ("kind", "name", "email", "currency", "timezone", "tax_rate_bps")
+
+
+def customer_id_for(external_id: str) -> str:
+    return f"cust_{uuid.uuid5(_CUSTOMER_NAMESPACE, external_id).hex[:24]}"
+
+
+@dataclass(frozen=True)
+class Onboard:
+    external_id: str
+    kind: str  # user | org
+    name: str
+    email: str
+    currency: str
+    timezone: str = "UTC"
+    tax_rate_bps: int = 0
+    members: Sequence[Member] = ()
+    aliases: Sequence[str] = ()
+    payment_method_id: str | None = None
+
+
+class OnboardingRefused(RefusedError):
+    def __init__(self, message: str, *, code: str, fields: Sequence[tuple[str, str]] = ()) -> None:
+        super().__init__(message, code=code)
+        self.fields = list(fields)  # (field, reason)
+
+
+class MembersForOrganisationsOnly(OnboardingRefused):
+    def __init__(self) -> None:
+        super().__init__("Members are for organisations", code="validation",
+                         fields=[("members", "a user has no members")])
+
+
+class AlreadyOnboarded(OnboardingRefused):
+    def __init__(self, differing: Sequence[str]) -> None:
+        super().__init__("this external_id was onboarded with other data", code="already_onboarded",
+                         fields=[(f, "differs from the onboarded customer") for f in differing])
+
+
+class AliasTaken(OnboardingRefused):
+    def __init__(self, taken: Sequence[str]) -> None:
+        super().__init__("an alias belongs to another customer", code="alias_taken",
+                         fields=[("aliases", f"{a!r} is taken") for a in taken])
+
+
+class PaymentProviderRefused(OnboardingRefused):
+    def __init__(self, message: str, provider_code: str | None) -> None:
+        super().__init__(message, code="payment_provider", fields=[("payment_method_id", provider_code or "refused")])
+
+
+class PaymentCustomers(Protocol):
+    """The payment provider's customers (Stripe in production)."""
+
+    def create_customer(self, customer: CustomerRecord, *, idempotency_key: str) -> str:
+        """The provider's id of a new customer for `customer`."""
+
+    def attach_payment_method(self, payment_method_id: str, provider_customer_id: str, *,
+                              idempotency_key: str) -> None: ...
+
+
+_T = TypeVar("_T")
+
+
+def _stripe_call(call: Callable[[], _T]) -> _T:
+    """Run a Stripe call; its errors become ours (a refusal `PaymentProviderRefused`, an outage retryable)."""
+    try:
+        return call()
+    except (stripe.APIConnectionError, stripe.RateLimitError) as exc:
+        raise InfrastructureError(f"stripe unavailable: {type(exc).__name__}") from exc
+    except stripe.StripeError as exc:
+        if exc.http_status is not None and exc.http_status >= 500:
+            raise InfrastructureError(f"stripe error {exc.http_status}") from exc
+        raise PaymentProviderRefused(exc.user_message or "request refused", getattr(exc, "code", None)) from exc
+
+
+class StripeCustomers:
+    """`PaymentCustomers` over the Stripe SDK's client."""
+
+    def __init__(self, client: stripe.StripeClient) -> None:
+        self._client = client
+
+    def create_customer(self, customer: CustomerRecord, *, idempotency_key: str) -> str:
+        created = _stripe_call(lambda: self._client.v1.customers.create(
+            params={"email": customer.email, "name": customer.name,
+                    "metadata": {"customer_id": customer.customer_id, "external_id": customer.external_id}},
+            options={"idempotency_key": idempotency_key}))
+        return str(created.id)
+
+    def attach_payment_method(self, payment_method_id: str, provider_customer_id: str, *,
+                              idempotency_key: str) -> None:
+        _stripe_call(lambda: self._client.v1.payment_methods.attach(
+            payment_method_id, params={"customer": provider_customer_id},
+            options={"idempotency_key": idempotency_key}))
+
+
+def _write_customer(uow: UnitOfWorkFactory, request: Onboard, principal: Principal,
+                    request_id: str | None) -> tuple[CustomerRecord, bool]:
+    customer_id = customer_id_for(request.external_id)
+    if request.kind == "user" and request.members:
+        raise MembersForOrganisationsOnly()
+    with uow() as work:
+        values = {"customer_id": customer_id, "external_id": request.external_id, "kind": request.kind,
+                  "name": request.name, "email": request.email, "currency": request.currency,
+                  "timezone": request.timezone, "tax_rate_bps": request.tax_rate_bps}
+        created = work.insert_customer(values)
+        if not created:
+            existing = work.customer_by_external_id(request.external_id)
+            differing = [f for f in SAME_FIELDS if existing[f] != values[f]]
+            if differing:
+                raise AlreadyOnboarded(differing)
+        if request.aliases:
+            owners = work.add_aliases(customer_id, request.aliases)
+            taken = [a for a in request.aliases if owners.get(a) != customer_id]
+            if taken:
+                raise AliasTaken(taken)
+        if request.members:
+            work.add_members(customer_id, request.members)
+        if created:
+            work.audit(principal, "customer.onboard", customer_id=customer_id, request_id=request_id,
+                       external_id=request.external_id, kind=request.kind)
+        record = work.customer(customer_id)
+    assert record is not None  # written in this transaction
+    return record, created
+
+
+def _ensure_payment_customer(uow: UnitOfWorkFactory, payments: PaymentCustomers, record: CustomerRecord,
+                             payment_method_id: str | None) -> CustomerRecord:
+    changes: dict[str, str] = {}
+    provider_id = record.stripe_customer_id
+    if provider_id is None:
+        # The customer id derives from the external id (same key on every retry) and, unlike the external
+        # id, is ASCII: HTTP headers cannot carry arbitrary Unicode.
+        provider_id = changes["stripe_customer_id"] = payments.create_customer(
+            record, idempotency_key=f"onboard-customer:{record.customer_id}")
+    if payment_method_id and payment_method_id != record.default_payment_method_id:
+        payments.attach_payment_method(payment_method_id, provider_id,
+                                       idempotency_key=f"attach-pm:{record.customer_id}:{payment_method_id}")
+        changes["default_payment_method_id"] = payment_method_id
+    if not changes:
+        return record
+    with uow() as work:
+        work.update_customer(record.customer_id, changes)
+        fresh = work.customer(record.customer_id)
+    assert fresh is not None
+    return fresh
+
+
+def onboard(uow: UnitOfWorkFactory, payments: PaymentCustomers, request: Onboard, *, principal: Principal,
+            request_id: str | None) -> tuple[CustomerRecord, bool]:
+    """Onboard (or resume onboarding) a customer; True if this call created it (see the module docstring)."""
+    record, created = _write_customer(uow, request, principal, request_id)
+    return _ensure_payment_customer(uow, payments, record, request.payment_method_id), created
+
+
+def customer(uow: UnitOfWorkFactory, customer_id: str) -> CustomerRecord | None:
+    with uow() as work:
+        return work.customer(customer_id)
+
+
+def customers_page(uow: UnitOfWorkFactory, after: str | None, limit: int) -> tuple[list[CustomerRecord], bool]:
+    """Up to `limit` customers by id after `after`, and whether more follow."""
+    with uow() as work:
+        ids = work.customer_ids(after, limit + 1)
+        records = [work.customer(i) for i in ids[:limit]]
+    return [r for r in records if r is not None], len(ids) > limit
+
+
+def as_dict(record: CustomerRecord) -> dict[str, Any]:
+    return {**record.__dict__, "members": [m.__dict__ for m in record.members]}
