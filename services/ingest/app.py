@@ -19,13 +19,12 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from services.ingest import openapi as api_document
-from services.ingest.auth import Authenticator
 from services.ingest.body_guard import MAX_JSON_DEPTH, DepthGuardMiddleware
-from services.ingest.bootstrap import build_container
+from services.ingest.bootstrap import build_container, build_edge_services
 from services.ingest.container import Container
 from services.ingest.idempotency import IdempotencyMiddleware, IdempotencyStore
 from services.ingest.limits import BodyLimitMiddleware
-from services.ingest.metrics import EdgeMetrics, MetricsMiddleware
+from services.ingest.metrics import MetricsMiddleware
 from services.ingest.nul import NulGuardMiddleware
 from services.ingest.pan import PanGuardMiddleware
 from services.ingest.problems import OutageMiddleware, install_problem_handlers
@@ -82,10 +81,13 @@ def create_app(container: Container) -> FastAPI:
 
     app = FastAPI(title="Billing engine: ingest edge", version="1.0.0", description=DESCRIPTION,
                   lifespan=lifespan, docs_url="/docs", redoc_url="/redoc", openapi_url="/openapi.json")
+    edge = build_edge_services(container)
+    store = edge.idempotency
+    # Routes and middlewares find these on app.state (one per app, built by the composition root).
     app.state.container = container
-    app.state.authenticator = Authenticator(container.engine, container.settings.admin_api_key.get_secret_value())
-    app.state.metrics = EdgeMetrics()
-    store = IdempotencyStore(container.engine)
+    app.state.authenticator = edge.authenticator
+    app.state.metrics = edge.metrics
+    app.state.directory = edge.directory
     install_problem_handlers(app)
 
     for module in _route_modules():

@@ -1,17 +1,26 @@
-"""Composition root of the ingest edge: settings, engine, Kafka producer, Stripe client, clock, catalog.
+"""Composition root of the ingest edge: settings, engine, Kafka producer, Stripe client, clock, catalog
+(`build_container`, once per process), and the services one app shares between its requests
+(`build_edge_services`, once per app: authentication, idempotency keys, metrics, the customer directory).
 
-Built once per process by `build_container`; nothing here runs at import time, and building connects to
-nothing yet (the engine's pool connects lazily; the producers connect on first use).
+Nothing here runs at import time, and building connects to nothing yet (the engine's pool connects lazily;
+the producers connect on first use). The clock, gateway, notifier and engine factories are the ones every
+service shares (`shared.bootstrap`).
 Usage batches have a producer of their own (`shared.sdk.kafka.BatchProducer`: one librdkafka call and
 one delivery tracker per batch); commands, webhooks and replays go through `KafkaProducer`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import stripe
 
+from services.ingest.auth import Authenticator
 from services.ingest.container import Container
+from services.ingest.directory import CustomerDirectory
+from services.ingest.idempotency import IdempotencyStore
 from services.ingest.last_known import LastKnownDatabaseClock
+from services.ingest.metrics import EdgeMetrics
 from shared.adapters.catalog_file import load_catalog
 from shared.adapters.kafka.producer import KafkaProducer
 from shared.bootstrap import build_clock, build_engine
@@ -37,3 +46,20 @@ def build_container(settings: Settings | None = None) -> Container:
     usage_producer = BatchProducer(settings.kafka_producer_config(**{"client.id": f"{PRODUCER_NAME}-usage"}))
     return Container(settings=settings, engine=engine, producer=producer, usage_producer=usage_producer,
                      stripe=build_stripe_client(settings), clock=clock, catalog=catalog)
+
+
+@dataclass(frozen=True)
+class EdgeServices:
+    """What one app holds for all its requests (their caches are shared by every request of the app)."""
+
+    authenticator: Authenticator  # API keys, cached; last known keys served through a PostgreSQL outage
+    idempotency: IdempotencyStore
+    metrics: EdgeMetrics
+    directory: CustomerDirectory  # customer id or alias -> subscription, cached like the keys
+
+
+def build_edge_services(container: Container) -> EdgeServices:
+    return EdgeServices(
+        authenticator=Authenticator(container.engine, container.settings.admin_api_key.get_secret_value()),
+        idempotency=IdempotencyStore(container.engine), metrics=EdgeMetrics(),
+        directory=CustomerDirectory(container.engine))
