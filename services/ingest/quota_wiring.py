@@ -19,9 +19,12 @@ from services.ingest.service_layer.quota_admin import QuotaAdmin, QuotaService
 from services.ingest.service_layer.quota_admission import QuotaAdmission
 from services.ingest.service_layer.quota_alerts import AlertNotifications
 from services.ingest.service_layer.quota_commit import BatchCommitter, EventLoopClock
+from services.ingest.service_layer.quota_ports import QuotaStorePort
 from shared.adapters.notify.factory import build_notifier
 from shared.adapters.postgres.pool import make_pool
 from shared.adapters.postgres.quota_store import QuotaStore
+from shared.domain.catalog import Catalog
+from shared.domain.clock import Clock
 
 REPORT_METER = "reports"
 
@@ -58,7 +61,8 @@ async def build_quota_service(container: Container, metrics: EdgeMetrics | None 
                      check=drop_if_closed_by_server)
     try:
         await pool.open(wait=True)
-        service = quota_service(QuotaStore(pool), container, AlertNotifications(notifier), metrics)
+        service = quota_service(QuotaStore(pool), container.clock, container.catalog, AlertNotifications(notifier),
+                                metrics)
     except BaseException:
         await pool.close()
         await notifier.aclose()
@@ -72,12 +76,14 @@ async def build_quota_service(container: Container, metrics: EdgeMetrics | None 
     return service, close
 
 
-def quota_service(store: QuotaStore, container: Container, alerts: AlertNotifications,
+def quota_service(store: QuotaStorePort, clock: Clock, catalog: Catalog, alerts: AlertNotifications,
                   metrics: EdgeMetrics | None = None) -> QuotaService:
+    """The report quota's use cases over ``store`` (the unit tests pass an in-memory store)."""
     metrics = metrics or EdgeMetrics()
-    clock = EventLoopClock(container.clock)
+    loop_clock = EventLoopClock(clock)
     batch_seconds = metrics.quota_batch_seconds
-    committer = BatchCommitter(store, clock, lambda path, seconds: batch_seconds.labels(path).observe(seconds))
-    admission = QuotaAdmission(committer, clock, alerts, container.catalog.meter(REPORT_METER).event_type,
+    committer = BatchCommitter(store, loop_clock,
+                               lambda path, seconds: batch_seconds.labels(path).observe(seconds))
+    admission = QuotaAdmission(committer, loop_clock, alerts, catalog.meter(REPORT_METER).event_type,
                                metrics.quota_batch_size.observe)
-    return QuotaService(admission, QuotaAdmin(store, clock, container.catalog, committer))
+    return QuotaService(admission, QuotaAdmin(store, loop_clock, catalog, committer))

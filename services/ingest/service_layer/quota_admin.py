@@ -16,7 +16,8 @@ from datetime import datetime
 from services.ingest.service_layer.quota_admission import QuotaAdmission, quota_state_of
 from services.ingest.service_layer.quota_commit import BatchCommitter, EventLoopClock
 from services.ingest.service_layer.quota_errors import QuotaRefusalCode, QuotaRefused
-from shared.adapters.postgres.quota_store import OrgRow, QuotaStore, UnknownOrg
+from services.ingest.service_layer.quota_ports import OrgConfigStore
+from shared.adapters.postgres.quota_store import OrgRow, UnknownOrg
 from shared.domain.calendar import Period, calendar_month, zone
 from shared.domain.catalog import Catalog, Plan, QuotaWindow
 from shared.domain.errors import DomainError
@@ -69,7 +70,8 @@ def report_plans(catalog: Catalog) -> tuple[dict[str, Plan], Plan | None]:
 class QuotaAdmin:
     """The administrative use cases of the report quota and the read of an org's state."""
 
-    def __init__(self, store: QuotaStore, clock: EventLoopClock, catalog: Catalog, committer: BatchCommitter) -> None:
+    def __init__(self, store: OrgConfigStore, clock: EventLoopClock, catalog: Catalog,
+                 committer: BatchCommitter) -> None:
         self._store = store
         self._clock = clock
         self._committer = committer

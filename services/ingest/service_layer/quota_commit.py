@@ -26,13 +26,13 @@ from datetime import datetime
 from typing import Generic, TypeVar
 
 from services.ingest.service_layer.quota_errors import QuotaContentionError
+from services.ingest.service_layer.quota_ports import OrgBatchStore
 from shared.adapters.clock import SystemClock
 from shared.adapters.postgres.quota_store import (
     BatchWrite,
     DuplicateEnquiry,
     MonthRow,
     OrgSnapshot,
-    QuotaStore,
     QuotaStoreError,
     UnknownOrg,
 )
@@ -141,7 +141,7 @@ class _Known:
 class BatchCommitter:
     """Decides (through the given ``decide``) and commits batches of one org; see the module docstring."""
 
-    def __init__(self, store: QuotaStore, clock: EventLoopClock,
+    def __init__(self, store: OrgBatchStore, clock: EventLoopClock,
                  observe_seconds: Callable[[str, float], None] | None = None) -> None:
         self._store = store
         self._clock = clock
