@@ -5,10 +5,9 @@ connection refused or lost, the server shutting down, too many connections, a se
 deadlock. Anything else (a payload that does not validate, a constraint or value error, a bug) is not cured
 by waiting; the caller dead-letters the event or reports the job as failing.
 
-Database errors are classified by ``shared.adapters.postgres.errors.is_transient`` (by SQLSTATE, the rule the
-worker uses: connection exceptions, insufficient resources, operator intervention, serialisation failures
-and deadlocks, an invalidated connection); our own ``InfrastructureError`` family says so itself
-(``retryable``).
+Database errors are classified by SQLSTATE with the rule the worker uses (``shared.adapters.retry_policy``:
+connection exceptions, insufficient resources, operator intervention, serialisation failures and deadlocks,
+an invalidated connection); our own ``InfrastructureError`` family is retryable by definition.
 """
 
 from __future__ import annotations
@@ -22,7 +21,8 @@ import psycopg
 import sqlalchemy as sa
 
 from shared.adapters.payments.port import PaymentGatewayError
-from shared.adapters.postgres.errors import is_database_error, is_transient
+from shared.adapters.postgres.errors import is_database_error
+from shared.adapters.retry_policy import is_retryable
 from shared.errors import DatabaseUnavailableError, DeliveryError, InfrastructureError
 from shared.observability import kv
 
@@ -36,15 +36,15 @@ MAX_FAILURE_BACKOFF_S: Final = 60.0
 
 
 def is_outage(error: BaseException) -> bool:
-    """True when retrying the same work later can succeed because what failed was the infrastructure."""
+    """True when retrying the same work later can succeed because what failed was the infrastructure: the
+    first infrastructure or database error in the chain of causes decides, by the services' one rule
+    (``shared.adapters.retry_policy.is_retryable``)."""
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, InfrastructureError):
-            return current.retryable
-        if is_database_error(current):
-            return is_transient(current)
+        if isinstance(current, InfrastructureError) or is_database_error(current):
+            return is_retryable(current)
         current = current.__cause__ or current.__context__
     return False
 
