@@ -112,17 +112,10 @@ def parse_duration(text: str) -> timedelta:
 @clock_app.command("now")
 def clock_now() -> None:
     """Print the billing clock."""
-    from shared.adapters.clock import DatabaseClock, SystemClock
-    from shared.adapters.postgres.engine import make_engine
+    from shared.bootstrap import build_clock, build_engine
 
     s = _settings()
-    if s.clock == "real":
-        console.print(SystemClock().now().isoformat())
-        return
-    from datetime import datetime
-
-    clock = DatabaseClock(make_engine(s, pool_size=1), datetime.fromisoformat(s.simulated_clock_start))
-    console.print(clock.now().isoformat())
+    console.print(build_clock(s, build_engine(s, pool_size=1)).now().isoformat())
 
 
 @clock_app.command("advance")
