@@ -61,12 +61,10 @@ def test_the_stripe_gateway_is_chosen_by_the_settings(engine):
     assert isinstance(build_gateway(Settings(payment_gateway="stripe"), engine), StripeGateway)
 
 
-def test_the_old_gateway_and_notifier_factory_names_are_the_shared_ones(engine):
+def test_the_old_notifier_factory_name_is_the_shared_one():
     from shared.adapters.notify.factory import build_notifier as old_notifier
-    from shared.adapters.payments import make_gateway
 
     assert old_notifier is build_notifier
-    assert isinstance(make_gateway(Settings(payment_gateway="stripe"), engine), StripeGateway)
 
 
 def test_the_notifier_is_chosen_by_the_settings():
