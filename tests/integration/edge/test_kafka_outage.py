@@ -5,13 +5,17 @@ During the outage nothing is acknowledged that Kafka did not acknowledge: usage 
 with Retry-After once the producer gives up (`message.timeout.ms`, shortened here), reads keep working
 (PostgreSQL), /readyz names Kafka. After it, the same producers deliver again: no restart.
 A lifecycle command is different: it is accepted into the outbox with its audit row (202, pending: the worker
-cannot see it yet) and reaches commands.v1 once the broker is back. Before the outbox, the audit row was
-committed and the request then failed with 503: the command was lost although the audit trail recorded it.
+cannot see it yet) and reaches commands.v1 once the broker is back; so is a Stripe webhook's translation
+(200 published, on payments.v1 once the broker is back; it was a 503 and Stripe's retry). Before the outbox,
+a command's audit row was committed and the request then failed with 503: the command was lost although the
+audit trail recorded it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -19,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from pydantic import SecretStr
 
@@ -97,8 +102,28 @@ def _is_unavailable(response: httpx.Response) -> bool:
             and int(response.headers["retry-after"]) >= 1)
 
 
+def _paid_webhook(secret: str) -> tuple[bytes, dict[str, str]]:
+    payload = orjson.dumps({"id": f"evt_{uuid.uuid4().hex[:16]}", "type": "invoice.paid", "created": int(time.time()),
+                            "data": {"object": {"id": "in_x", "payment_intent": "pi_x", "amount_paid": 900,
+                                                "currency": "usd", "metadata": {"subscription_id": "sub_kafka_outage",
+                                                                                "invoice_id": "in_outage"}}}})
+    at = int(time.time())
+    signature = hmac.new(secret.encode(), f"{at}.".encode() + payload, hashlib.sha256).hexdigest()
+    return payload, {"Stripe-Signature": f"t={at},v1={signature}", "content-type": "application/json"}
+
+
+async def _delivered(settings: Any, topic: str, wanted: Any, deadline: float) -> list[Envelope]:
+    """The envelopes on `topic` that `wanted` selects, read again until one shows or the deadline passed."""
+    found: list[Envelope] = []
+    while not found and time.monotonic() < deadline:  # the outbox relay publishes once Kafka is back
+        messages = await asyncio.to_thread(consume, settings, topic, 10, 2.0)
+        found = [e for e in map(Envelope.from_bytes, (m.value() for m in messages)) if wanted(e)]
+    return found
+
+
 async def test_usage_is_503_commands_wait_in_the_outbox_reads_work_and_delivery_resumes_after_a_kafka_outage(
         client, broker, edge_settings):
+    webhook, signed = _paid_webhook(edge_settings.stripe_webhook_secret.get_secret_value().split(",")[0].strip())
     warm = await client.post("/v1/ingest", json=_event(), headers=ADMIN)
     assert warm.status_code == 200 and warm.json()["accepted"] == 1, warm.text
 
@@ -106,6 +131,7 @@ async def test_usage_is_503_commands_wait_in_the_outbox_reads_work_and_delivery_
     try:
         usage = await client.post("/v1/ingest", json=_event(), headers=ADMIN)
         command = await client.post("/v1/subscriptions/sub_kafka_outage/pause", headers=ADMIN)
+        payment = await client.post("/v1/webhooks/stripe", content=webhook, headers=signed)
         read = await client.get(f"/v1/customers/{CUSTOMER}", headers=ADMIN)
         ready = await client.get("/readyz")
     finally:
@@ -113,6 +139,7 @@ async def test_usage_is_503_commands_wait_in_the_outbox_reads_work_and_delivery_
 
     assert _is_unavailable(usage), (usage.status_code, usage.text)
     assert command.status_code == 202 and command.json()["status"] == "pending", (command.status_code, command.text)
+    assert payment.status_code == 200 and payment.json()["status"] == "published", payment.text
     assert read.status_code == 200
     assert ready.status_code == 503 and ready.json()["checks"] == {"postgres": True, "kafka": False}
 
@@ -126,8 +153,8 @@ async def test_usage_is_503_commands_wait_in_the_outbox_reads_work_and_delivery_
     assert (await client.get("/readyz")).status_code == 200
 
     command_id = command.json()["command_id"]
-    delivered: list[Envelope] = []
-    while not delivered and time.monotonic() < deadline:  # the outbox relay publishes it once Kafka is back
-        found = await asyncio.to_thread(consume, edge_settings, topics.COMMANDS, 1, 2.0)
-        delivered = [e for e in map(Envelope.from_bytes, (m.value() for m in found)) if str(e.event_id) == command_id]
-    assert [(e.type, e.payload["subscription_id"]) for e in delivered] == [("subscription.pause", "sub_kafka_outage")]
+    commands = await _delivered(edge_settings, topics.COMMANDS, lambda e: str(e.event_id) == command_id, deadline)
+    assert [(e.type, e.payload["subscription_id"]) for e in commands] == [("subscription.pause", "sub_kafka_outage")]
+    payments = await _delivered(edge_settings, topics.PAYMENTS, lambda e: e.payload["invoice_id"] == "in_outage",
+                                deadline)
+    assert [(e.type, e.payload["amount_minor"]) for e in payments] == [("payment.succeeded", 900)]
