@@ -17,8 +17,9 @@ from services.ingest.ids import PathId, PaymentMethodId
 from services.ingest.pagination import Page, decode_cursor, encode_cursor
 from services.ingest.problems import PROBLEM_RESPONSES, FieldError, ProblemError
 from services.ingest.service_layer import customers as onboarding
-from services.ingest.service_layer.customers import OnboardingRefused, StripeCustomers, customer_id_for
+from services.ingest.service_layer.customers import OnboardingRefused, customer_id_for
 from services.ingest.service_layer.unit_of_work import CustomerRecord, Member, UnitOfWorkFactory, sql_unit_of_work
+from services.ingest.stripe_customers import StripeCustomers
 from services.ingest.time_zones import TimeZoneName
 
 __all__ = ["CustomerView", "customer_id_for", "router"]

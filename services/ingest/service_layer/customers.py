@@ -15,15 +15,13 @@ retry more than 24 h later.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
-
-import stripe
+from typing import Any, Protocol
 
 from services.ingest.auth import Principal
 from services.ingest.service_layer.unit_of_work import CustomerRecord, Member, UnitOfWorkFactory
-from shared.errors import InfrastructureError, RefusedError
+from shared.errors import RefusedError
 
 _CUSTOMER_NAMESPACE = uuid.UUID("0b7f3c52-2f0d-4d1e-8c55-6a0f5f7e9a11")
 #: What must match for a repeated onboarding of an external id to be the same one.
@@ -78,48 +76,14 @@ class PaymentProviderRefused(OnboardingRefused):
 
 
 class PaymentCustomers(Protocol):
-    """The payment provider's customers (Stripe in production)."""
+    """The payment provider's customers (Stripe in production: `services.ingest.stripe_customers`). A refusal
+    is a `PaymentProviderRefused`, an outage an `InfrastructureError`."""
 
     def create_customer(self, customer: CustomerRecord, *, idempotency_key: str) -> str:
         """The provider's id of a new customer for `customer`."""
 
     def attach_payment_method(self, payment_method_id: str, provider_customer_id: str, *,
                               idempotency_key: str) -> None: ...
-
-
-_T = TypeVar("_T")
-
-
-def _stripe_call(call: Callable[[], _T]) -> _T:
-    """Run a Stripe call; its errors become ours (a refusal `PaymentProviderRefused`, an outage retryable)."""
-    try:
-        return call()
-    except (stripe.APIConnectionError, stripe.RateLimitError) as exc:
-        raise InfrastructureError(f"stripe unavailable: {type(exc).__name__}") from exc
-    except stripe.StripeError as exc:
-        if exc.http_status is not None and exc.http_status >= 500:
-            raise InfrastructureError(f"stripe error {exc.http_status}") from exc
-        raise PaymentProviderRefused(exc.user_message or "request refused", getattr(exc, "code", None)) from exc
-
-
-class StripeCustomers:
-    """`PaymentCustomers` over the Stripe SDK's client."""
-
-    def __init__(self, client: stripe.StripeClient) -> None:
-        self._client = client
-
-    def create_customer(self, customer: CustomerRecord, *, idempotency_key: str) -> str:
-        created = _stripe_call(lambda: self._client.v1.customers.create(
-            params={"email": customer.email, "name": customer.name,
-                    "metadata": {"customer_id": customer.customer_id, "external_id": customer.external_id}},
-            options={"idempotency_key": idempotency_key}))
-        return str(created.id)
-
-    def attach_payment_method(self, payment_method_id: str, provider_customer_id: str, *,
-                              idempotency_key: str) -> None:
-        _stripe_call(lambda: self._client.v1.payment_methods.attach(
-            payment_method_id, params={"customer": provider_customer_id},
-            options={"idempotency_key": idempotency_key}))
 
 
 def _write_customer(uow: UnitOfWorkFactory, request: Onboard, principal: Principal,
