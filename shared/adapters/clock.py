@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 
 from shared.adapters.postgres.schema.core import billing_clock
+from shared.errors import TerminalError
 
 
 class SystemClock:
@@ -40,7 +41,7 @@ class ManualClock:
             self._now = at.astimezone(UTC)
 
 
-class ClockRefusedError(Exception):
+class ClockRefusedError(TerminalError):
     """The clock cannot be moved (it is real, or the move goes backwards)."""
 
 

@@ -15,8 +15,10 @@ from typing import Any
 import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from shared.errors import TerminalError
 
-class EnvelopeError(ValueError):
+
+class EnvelopeError(TerminalError, ValueError):
     """Bytes that are not a valid envelope: terminal for the message (it goes to the DLQ)."""
 
 

@@ -65,3 +65,17 @@ def test_the_code_of_a_refusal_is_its_own_else_its_class_name():
     assert refusal_code(RefusedError("no", code="not_due")) == "not_due"
     assert refusal_code(InvalidTransitionError("subscription", "cancelled", "active")) == "invalid_transition"
     assert refusal_code(CurrencyMismatchError("EUR", "USD")) == "currency_mismatch"
+
+
+def test_the_refusals_of_adapters_and_contracts_are_terminal_and_keep_their_python_families():
+    from shared.adapters.clock import ClockRefusedError
+    from shared.adapters.kafka.dlq import DeadLetter
+    from shared.adapters.notify.port import NotificationRejectedError
+    from shared.contracts.envelope import EnvelopeError
+
+    for family in (ClockRefusedError, NotificationRejectedError, EnvelopeError):
+        assert issubclass(family, TerminalError)
+        assert not is_retryable(family("refused"))
+    assert issubclass(EnvelopeError, ValueError)
+    # no code of its own: its dead letter's reason is still the one the DLQ gives an undecodable envelope
+    assert DeadLetter.of("usage.v1", 0, 1, None, b"{", EnvelopeError("not json")).reason == "invalid_envelope"

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Protocol
 
-from shared.errors import InfrastructureError
+from shared.errors import InfrastructureError, TerminalError
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +49,7 @@ class NotificationDeliveryError(InfrastructureError):
     """The channel did not take the notification now; the same notification may be sent again later."""
 
 
-class NotificationRejectedError(Exception):
+class NotificationRejectedError(TerminalError):
     """The notification can never be delivered as it is (no recipient, refused by the receiver)."""
 
     retryable: ClassVar[bool] = False
