@@ -41,8 +41,8 @@ def policy_from_settings(settings: Settings) -> DunningPolicy:
 
 def bootstrap(settings: Settings, *, policy: DunningPolicy | None = None, clock: Clock | None = None,
               notifier: Notifier | None = None, gateway: PaymentGateway | None = None) -> DunningContainer:
-    # NOTE: the policy is the domain's default (retries on days 3/5/7, reminders 1/3/7, give up on day 14)
-    # until the catalog or the settings carry one; callers may pass another.
+    # NOTE: the schedule comes from BILLING_DUNNING_*, whose defaults are the domain's DunningPolicy
+    # (retries on days 3/5/7, reminders 1/3/7, give up on day 14); tests may pass another.
     policy = policy or policy_from_settings(settings)
     engine = build_engine(settings, pool_size=5)
     clock = clock or build_clock(settings, engine)
