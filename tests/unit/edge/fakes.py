@@ -18,7 +18,6 @@ from shared.contracts.envelope import Envelope
 class EdgeState:
     """What the fake unit of work commits to: the rows the SQL one would write."""
 
-    customers: dict[str, CustomerTerms] = field(default_factory=dict)
     subscriptions: dict[str, dict[str, Any]] = field(default_factory=dict)
     routes: dict[str, tuple[str, uuid.UUID]] = field(default_factory=dict)  # subscription -> (customer, command)
     outcomes: dict[uuid.UUID, Outcome] = field(default_factory=dict)
@@ -40,7 +39,9 @@ class FakeUnitOfWork:
         self.state = state
 
     def customer_terms(self, customer_id: str) -> CustomerTerms | None:
-        return self.state.customers.get(customer_id)
+        row = self.state.customer_rows.get(customer_id)
+        return None if row is None else CustomerTerms(customer_id, row["currency"], row["timezone"],
+                                                      row["tax_rate_bps"], row["default_payment_method_id"])
 
     def owner_of(self, subscription_id: str) -> str | None:
         route = self.state.routes.get(subscription_id)

@@ -10,7 +10,6 @@ import pytest
 
 from services.ingest.auth import Principal, Scope
 from services.ingest.service_layer import lifecycle
-from services.ingest.service_layer.unit_of_work import CustomerTerms
 from shared.adapters.catalog_file import load_default_catalog
 from shared.contracts import topics
 from shared.contracts.messages import PauseSubscription
@@ -27,7 +26,10 @@ CATALOG = load_default_catalog()
 
 def _database(currency: str = "USD") -> FakeDatabase:
     db = FakeDatabase()
-    db.state.customers["cust_1"] = CustomerTerms("cust_1", currency, "Europe/Paris", 2000, "pm_default")
+    db.state.customer_rows["cust_1"] = {
+        "customer_id": "cust_1", "external_id": "acme", "kind": "org", "name": "Acme", "email": "b@acme.test",
+        "currency": currency, "timezone": "Europe/Paris", "tax_rate_bps": 2000, "stripe_customer_id": "cus_1",
+        "default_payment_method_id": "pm_default"}
     return db
 
 
