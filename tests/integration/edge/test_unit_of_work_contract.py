@@ -39,7 +39,7 @@ def backend(request: pytest.FixtureRequest, engine: sa.Engine) -> Backend:
 
     def published() -> list[tuple[str, str, str]]:
         with engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(  # type: ignore[misc]
+            return [tuple(r) for r in conn.execute(
                 sa.select(outbox.c.topic, outbox.c.message_key, outbox.c.event_type)
                 .where(outbox.c.message_key.like(f"%{marker}%")).order_by(outbox.c.id))]
     backend = Backend(sql_unit_of_work(engine), published)
