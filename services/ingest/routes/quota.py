@@ -56,7 +56,7 @@ from services.ingest.problems import PROBLEM_JSON, PROBLEM_RESPONSES, Problem, P
 from services.ingest.quota_spend import spend_service_of
 from services.ingest.service_layer.quota_admin import QuotaService, QuotaView
 from services.ingest.service_layer.quota_admission import CreditAnswer
-from services.ingest.service_layer.quota_errors import QuotaRefusalCode, QuotaRefused
+from services.ingest.service_layer.quota_errors import QuotaRefusalCode, QuotaRefused, SpendContentionError
 from services.ingest.service_layer.spend import OrgSpend, SpendAnswer, SpendService
 from services.ingest.time_zones import TimeZoneName
 from shared.contracts.usage_rules import properties_problem
@@ -222,7 +222,7 @@ _REFUSALS: dict[QuotaRefusalCode, tuple[int, str, str]] = {
 }
 
 
-def _problem(error: QuotaRefused) -> ProblemError:
+def _problem(error: QuotaRefused | SpendContentionError) -> ProblemError:
     status, slug, title = _REFUSALS[error.code]
     return ProblemError(status, title, error.detail, slug=slug)
 
@@ -530,7 +530,7 @@ async def authorise_spend(org_id: PathId, body: Authorise,
     try:
         answer = await spend.authorise(resolve_org(principal, org_id), body.request_id, body.quantity,
                                        body.properties)
-    except QuotaRefused as error:
+    except (QuotaRefused, SpendContentionError) as error:
         raise _problem(error) from error
     headers = {"Idempotent-Replayed": "true"} if answer.replayed else {}
     if answer.allowed:

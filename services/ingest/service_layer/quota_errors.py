@@ -5,7 +5,8 @@ document; a new code without a mapping there fails the route's unit test."""
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import ClassVar
+
+from shared.errors import RefusedError, RetryableError
 
 
 class QuotaRefusalCode(StrEnum):
@@ -29,28 +30,30 @@ class QuotaRefusalCode(StrEnum):
     CONTENTION = "contention"
 
 
-class QuotaRefused(Exception):
+class QuotaRefused(RefusedError):
     """A quota or spend request refused whatever the state (unknown plan, bad value, conflict): terminal."""
 
-    retryable: ClassVar[bool] = False
+    code: QuotaRefusalCode
 
     def __init__(self, code: QuotaRefusalCode, detail: str, *, field: str | None = None) -> None:
-        super().__init__(detail)
-        self.code = code
+        super().__init__(detail, code=code)
         self.detail = detail
         self.field = field
 
 
-class SpendContentionError(QuotaRefused):
+class SpendContentionError(RetryableError):
     """The spend state kept changing under an authorisation (``MAX_ATTEMPTS`` lost compare-and-sets): retry."""
 
-    retryable: ClassVar[bool] = True
+    code = QuotaRefusalCode.CONTENTION
 
     def __init__(self, detail: str) -> None:
-        super().__init__(QuotaRefusalCode.CONTENTION, detail)
+        super().__init__(detail)
+        self.detail = detail
 
 
-class QuotaContentionError(Exception):
-    """A report-credit batch lost the compare-and-set ``MAX_ATTEMPTS`` times in a row: retry."""
+class QuotaContentionError(RetryableError):
+    """A report-credit batch lost the compare-and-set ``MAX_ATTEMPTS`` times in a row: retry.
 
-    retryable: ClassVar[bool] = True
+    # NOTE: not mapped by the routes, so still answered 500 as before the refactor (the row-locked path
+    # makes it practically unreachable); mapping it to 503 like ``SpendContentionError`` would be a change.
+    """
