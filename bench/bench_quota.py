@@ -266,7 +266,7 @@ def naive_app() -> Any:
     from fastapi import FastAPI
     from starlette.responses import Response
 
-    from shared.adapters.postgres.quota_repository import make_pool
+    from shared.adapters.postgres.pool import make_pool
     from shared.config import Settings
 
     pool = make_pool(Settings(), min_size=4, max_size=16)

@@ -19,7 +19,7 @@ def test_settings_rendered_as_environment_rebuild_the_same_settings(monkeypatch)
 
 def test_every_postgresql_connection_path_bounds_its_connect_wait():
     # A host that stops answering must fail as an outage within seconds, not after the OS's TCP timeout.
-    from shared.adapters.postgres.quota_repository import psycopg_conninfo
+    from shared.adapters.postgres.pool import psycopg_conninfo
 
     settings = Settings(database_schema="s1", database_connect_timeout_s=7)
     assert settings.sqlalchemy_connect_args == {"connect_timeout": 7, "options": "-csearch_path=s1"}

@@ -2,7 +2,7 @@
 
 The counters are keyed by (org, calendar month start in the org's zone), so a month rolls over without any
 job: the first request of a month simply finds no row for it. Every admission is one conditional write
-(see ``shared.adapters.postgres.quota_repository``); the CHECK constraints below are the backstop that makes
+(see ``shared.adapters.postgres.quota_store``); the CHECK constraints below are the backstop that makes
 an over-admission impossible even if that write were wrong.
 """
 
