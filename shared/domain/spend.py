@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from enum import StrEnum
 
-from shared.domain.catalog import OveragePolicy
+from shared.domain.catalog import MeterPricing, OveragePolicy
 from shared.domain.money import Money, UnitPrice, line_amount
 from shared.domain.quantity import number_of
 
@@ -49,6 +49,25 @@ class SpendLimits:
             raise ValueError(f"the cap must be in {self.unit_price.currency}")
         if self.unit_price.amount <= 0:
             raise ValueError("a spend-limited meter needs a positive unit price")
+
+    @classmethod
+    def of(cls, pricing: MeterPricing, currency: str, *, seats: int, other_credit_minor: int = 0,
+           cap_minor: int | None = None, cap_currency: str | None = None) -> SpendLimits:
+        """The limits of a subscription on ``pricing`` (a meter priced per unit) in a period.
+
+        Included = the plan's included credit for ``seats`` (pooled when per seat) plus money left on the
+        subscription's other grants. # NOTE: a cap set in another currency than the plan's is ignored (the
+        edge refuses to set one; a plan change to another currency leaves the org uncapped, not blocked).
+        """
+        if pricing.unit_price is None:
+            raise ValueError(f"{pricing.meter_id} has no unit price: spend is not limited by quantity")
+        included = Money.zero(currency)
+        if pricing.included is not None and pricing.included.amount is not None:
+            credit = pricing.included.for_seats(seats)
+            included = credit if isinstance(credit, Money) else included
+        included = included + Money(other_credit_minor, currency)
+        cap = Money(cap_minor, currency) if cap_minor is not None and cap_currency == currency else None
+        return cls(pricing.meter_id, pricing.unit_price, included, pricing.overage, cap)
 
     @property
     def limited(self) -> bool:

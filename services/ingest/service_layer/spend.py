@@ -45,7 +45,6 @@ from shared.contracts.messages import UsageRecorded
 from shared.domain.calendar import BillingAnchor, Interval, Period, period_containing
 from shared.domain.catalog import Catalog, MeterPricing, OveragePolicy
 from shared.domain.clock import Clock
-from shared.domain.money import Money
 from shared.domain.spend import (
     SpendDecision,
     SpendDenialReason,
@@ -167,15 +166,10 @@ class SpendService:
         account = self._repository.account(conn, org_id)
         usage = self._repository.usage(conn, org_id, subscription.subscription_id, SPEND_METER, period.start,
                                        period.end)
-        included = Money.zero(plan.currency)
-        if pricing.included is not None and pricing.included.amount is not None:
-            credit = pricing.included.for_seats(subscription.seats)
-            included = credit if isinstance(credit, Money) else included
-        included = included + Money(usage.other_credit_minor, plan.currency)
-        cap = None
-        if account is not None and account.monthly_cap_minor is not None and account.currency == plan.currency:
-            cap = Money(account.monthly_cap_minor, plan.currency)
-        limits = SpendLimits(SPEND_METER, pricing.unit_price, included, pricing.overage, cap)
+        limits = SpendLimits.of(
+            pricing, plan.currency, seats=subscription.seats, other_credit_minor=usage.other_credit_minor,
+            cap_minor=account.monthly_cap_minor if account is not None else None,
+            cap_currency=account.currency if account is not None else None)
         return OrgSpend(org_id, subscription.subscription_id, subscription.plan_id, period, limits, usage,
                         account.version if account is not None else 0)
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.domain.catalog import OveragePolicy
+from shared.domain.catalog import IncludedCredit, MeterId, MeterPricing, OveragePolicy, Pooling
 from shared.domain.money import Money, UnitPrice, line_amount
 from shared.domain.spend import (
     SpendDenialReason,
@@ -137,3 +137,16 @@ def test_visible_spend_counts_each_authorisation_once_whether_materialised_or_no
 def test_visible_spend_is_never_negative_when_the_worker_lags_behind_the_reservations() -> None:
     usage = SpendUsage(materialised=Decimal(0), reserved=10, reserved_materialised=20, other_credit_minor=0)
     assert (usage.observed, usage.visible) == (0, 10)
+
+
+def test_a_teams_included_credit_is_pooled_per_seat_and_adds_the_other_grants() -> None:
+    pricing = MeterPricing(MeterId("inference"), OveragePolicy.BILL, MICRO,
+                           IncludedCredit(Pooling.PER_SEAT, amount=usd("2.00")))
+    limits = SpendLimits.of(pricing, "USD", seats=3, other_credit_minor=50, cap_minor=1000, cap_currency="USD")
+    assert (limits.included, limits.cap, limits.overage) == (usd("6.50"), usd("10.00"), OveragePolicy.BILL)
+
+
+def test_a_cap_in_another_currency_than_the_plans_is_ignored() -> None:
+    pricing = MeterPricing(MeterId("inference"), OveragePolicy.BILL, MICRO,
+                           IncludedCredit(Pooling.ORG, amount=usd("2.00")))
+    assert SpendLimits.of(pricing, "USD", seats=1, cap_minor=1000, cap_currency="EUR").cap is None
