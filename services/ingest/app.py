@@ -3,8 +3,10 @@
 Middleware order (outermost first): metrics, outage answers (503 for an outage a middleware hit),
 body-size limit (413), JSON depth guard (422), NUL-character guard (422), card-number guard (422),
 Idempotency-Key (POST), then the routes. Errors are problem+json
-(`services.ingest.problems`). The Kafka producer's delivery thread is started with the app and the
-producer is flushed when it stops.
+(`services.ingest.problems`). The Kafka producer's delivery thread, the edge's outbox relay and the
+report-quota service (its async PostgreSQL pool) start with the app; they are flushed and closed when it
+stops. The services one app shares between requests are built once, by the composition root
+(`services.ingest.bootstrap`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI
@@ -28,6 +30,8 @@ from services.ingest.metrics import MetricsMiddleware
 from services.ingest.nul import NulGuardMiddleware
 from services.ingest.pan import PanGuardMiddleware
 from services.ingest.problems import OutageMiddleware, install_problem_handlers
+from services.ingest.quota_spend import spend_service_of
+from services.ingest.quota_wiring import build_quota_service
 from services.ingest.relay import build_relay
 from services.ingest.routes import (
     api_keys,
@@ -71,9 +75,16 @@ def create_app(container: Container) -> FastAPI:
         relay = build_relay(container)
         relay.start()
         purger = asyncio.create_task(_purge_idempotency_keys(store))
+        close_quota: Callable[[], Awaitable[None]] | None = None
         try:
+            if getattr(app.state, "quota", None) is None:  # unless a test installed one
+                # opened with the app: its async pool belongs to the event loop that serves the requests
+                app.state.quota, close_quota = await build_quota_service(container, edge.metrics)
             yield
         finally:
+            if close_quota is not None:
+                app.state.quota = None
+                await close_quota()
             purger.cancel()
             await run_in_threadpool(relay.stop)
             await run_in_threadpool(container.producer.flush, 10.0)
@@ -88,6 +99,7 @@ def create_app(container: Container) -> FastAPI:
     app.state.authenticator = edge.authenticator
     app.state.metrics = edge.metrics
     app.state.directory = edge.directory
+    spend_service_of(app.state, container)  # one spend service (and spend gate cache) per app, built now
     install_problem_handlers(app)
 
     for module in _route_modules():
