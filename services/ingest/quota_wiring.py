@@ -20,9 +20,9 @@ from services.ingest.service_layer.quota_admission import QuotaAdmission
 from services.ingest.service_layer.quota_alerts import AlertNotifications
 from services.ingest.service_layer.quota_commit import BatchCommitter, EventLoopClock
 from services.ingest.service_layer.quota_ports import QuotaStorePort
-from shared.adapters.notify.factory import build_notifier
 from shared.adapters.postgres.pool import make_pool
 from shared.adapters.postgres.quota_store import QuotaStore
+from shared.bootstrap import build_notifier
 from shared.domain.catalog import Catalog
 from shared.domain.clock import Clock
 

@@ -61,12 +61,6 @@ def test_the_stripe_gateway_is_chosen_by_the_settings(engine):
     assert isinstance(build_gateway(Settings(payment_gateway="stripe"), engine), StripeGateway)
 
 
-def test_the_old_notifier_factory_name_is_the_shared_one():
-    from shared.adapters.notify.factory import build_notifier as old_notifier
-
-    assert old_notifier is build_notifier
-
-
 def test_the_notifier_is_chosen_by_the_settings():
     assert isinstance(build_notifier(Settings()), LogNotifier)
     assert isinstance(build_notifier(Settings(notifier="smtp")), SmtpNotifier)
