@@ -5,7 +5,6 @@ import pytest
 from shared.domain.catalog import Catalog
 from shared.domain.errors import CurrencyMismatchError
 
-
 pytestmark = pytest.mark.unit
 
 MINIMAL = {"version": 1, "currency": "USD", "meters": [], "plans": [
