@@ -41,7 +41,7 @@ from shared.domain.included_credits import trial_grants
 from shared.domain.invoice import Invoice, InvoiceKey, InvoiceLine, InvoiceReason, LineKind
 from shared.domain.money import Money, UnitPrice, line_amount, sum_money
 from shared.domain.proration import charge_remaining_time
-from shared.domain.subscription import Subscription, SubscriptionStatus
+from shared.domain.subscription import CLOSABLE_STATUSES, Subscription, SubscriptionStatus
 
 _LAST_SECOND = timedelta(seconds=1)
 
@@ -444,7 +444,7 @@ def close_period(
     """
     instant = ensure_utc(at)
     _check_inputs(subscription, plan, tax_rate_bps)
-    if subscription.status in (SubscriptionStatus.TRIALING, SubscriptionStatus.CANCELLED):
+    if subscription.status not in CLOSABLE_STATUSES:
         raise RatingError(f"cannot close a period of a {subscription.status.value} subscription")
     closed = subscription.current_period
     if instant < closed.end:

@@ -22,14 +22,14 @@ from shared.domain.invoice import InvoiceKey, InvoiceLine, InvoiceReason, LineKi
 from shared.domain.money import Money
 from shared.domain.rating import LateUsage
 from shared.domain.rating import close_period as rate_closed_period
-from shared.domain.subscription import SubscriptionStatus
+from shared.domain.subscription import CLOSABLE_STATUSES
 
 
 def closable(uow: BillingUnitOfWork, p: ClosePeriod, now: datetime) -> None:
     """Raise Ignored or Refused when this close does not apply (changes nothing)."""
     sub = uow.subscription(p.subscription_id).subscription
     period_end = ensure_utc(p.period_end)
-    if sub.status in (SubscriptionStatus.TRIALING, SubscriptionStatus.CANCELLED):
+    if sub.status not in CLOSABLE_STATUSES:
         raise Ignored(f"a {sub.status.value} subscription has no period to close")
     if sub.current_period.end != period_end:
         raise Ignored(f"period ending {period_end.isoformat()} is not the current one "
