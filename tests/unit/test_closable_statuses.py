@@ -16,7 +16,12 @@ def test_a_close_applies_to_live_subscriptions_paused_included_never_to_trials_o
 
 
 def test_the_scheduler_asks_for_the_period_ends_of_exactly_the_domains_closable_statuses():
+    from shared.adapters.postgres.schema.billing import subscriptions
+
+    index = next(i for i in subscriptions.indexes if i.name == "ix_subscriptions_due_period_end")
+    assert set(index.dialect_options["postgresql"]["where"].right.value) == \
+        {status.value for status in CLOSABLE_STATUSES}  # the partial index the scan needs covers the same set
     bound = scheduler._DUE_PERIOD_ENDS.compile().binds["closable"]
-    assert bound.expanding
+    assert bound.expanding and bound.literal_execute  # literals, as the partial index's predicate is written
     assert set(bound.value) == {status.value for status in CLOSABLE_STATUSES}
     assert "'active'" not in str(scheduler._DUE_PERIOD_ENDS)  # no second copy of the list in the SQL

@@ -52,7 +52,9 @@ PRODUCER_NAME = "billing-scheduler"
 # consumer lag) before the period close goes ahead without it.
 DUNNING_PICKUP = timedelta(seconds=60)
 
-# Which subscriptions a close is due for: the domain's CLOSABLE_STATUSES (bound to :closable).
+# Which subscriptions a close is due for: the domain's CLOSABLE_STATUSES, rendered into the statement as
+# literals (`literal_execute`): the same text as a written-out list, so PostgreSQL can still use the partial
+# index ix_subscriptions_due_period_end (its predicate is that list) in a prepared, generic plan.
 # A period close is held back while something due at an earlier billing instant has not taken effect for
 # that subscription (time order: dunning's give-up on day 14 must cancel a subscription before the close on
 # day 31 bills it again, whatever the size of a clock jump). Read-only and narrow, on purpose:
@@ -85,7 +87,8 @@ WHERE s.status IN :closable AND s.current_period_end <= :close_before
                   AND o.topic = :commands_topic AND o.event_type IN ('payment.retry', 'dunning.give_up'))
 ORDER BY s.current_period_end, s.subscription_id
 LIMIT :limit
-""").bindparams(sa.bindparam("closable", [status.value for status in sorted(CLOSABLE_STATUSES)], expanding=True))
+""").bindparams(sa.bindparam("closable", [status.value for status in sorted(CLOSABLE_STATUSES)], expanding=True,
+                             literal_execute=True))
 
 _DUE_TRIAL_ENDS = sa.text("""
 SELECT s.subscription_id, s.customer_id, s.trial_end AS due_at
