@@ -59,6 +59,7 @@ class FakeBillingStore:
     attempts: dict[str, dict[str, Any]] = field(default_factory=dict)
     usage: list[Bucket] = field(default_factory=list)
     billed: set[int] = field(default_factory=set)  # indexes into `usage`
+    usage_closes: dict[tuple[str, datetime], UsageClose] = field(default_factory=dict)  # by (sub, period end)
     coupon_attachments: set[tuple[str, str]] = field(default_factory=set)
     redemptions: dict[str, Any] = field(default_factory=dict)
     periods: dict[tuple[str, datetime], dict[str, Any]] = field(default_factory=dict)
@@ -116,6 +117,10 @@ class FakeUnitOfWork(BillingUnitOfWork):
     def close_usages(self, requests: Sequence[tuple[str, datetime, datetime]]) -> Mapping[str, UsageClose]:
         out: dict[str, UsageClose] = {}
         for sub, start, end in requests:
+            stored = self.store.usage_closes.get((sub, end))
+            if stored is not None:  # idempotent per (subscription, period end), as the real one
+                out[sub] = stored
+                continue
             totals: dict[str, Decimal] = {}
             late: list[Bucket] = []
             for index, bucket in enumerate(self.store.usage):
@@ -126,7 +131,7 @@ class FakeUnitOfWork(BillingUnitOfWork):
                     totals[bucket.meter_id] = totals.get(bucket.meter_id, Decimal(0)) + bucket.quantity
                 else:
                     late.append(bucket)
-            out[sub] = UsageClose(end, totals, tuple(late))
+            out[sub] = self.store.usage_closes[(sub, end)] = UsageClose(end, totals, tuple(late))
         return out
 
     def coupon_times_redeemed(self, coupon_id: str) -> int:
