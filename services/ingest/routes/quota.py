@@ -37,14 +37,13 @@ one visibility latency; callers that need a hard limit authorise first.
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from datetime import datetime
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field, ValidationError, field_validator
@@ -66,28 +65,12 @@ from shared.domain.spend import SpendDenialReason, SpendSummary
 IDENTIFIER = r"^[A-Za-z0-9_.:@-]{1,200}$"
 
 
-@contextlib.asynccontextmanager
-async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Open the quota service's pool with the app (unless a test or bootstrap installed a service)."""
-    if getattr(app.state, "quota", None) is not None:
-        yield
-        return
-    from services.ingest.quota_wiring import build_quota_service
-
-    service, close = await build_quota_service(app.state.container, getattr(app.state, "metrics", None))
-    app.state.quota = service
-    try:
-        yield
-    finally:
-        app.state.quota = None
-        await close()
-
-
-router = APIRouter(prefix="/v1/quota", tags=["report credits"], lifespan=_lifespan)
+router = APIRouter(prefix="/v1/quota", tags=["report credits"])
 
 
 async def get_quota(request: Request) -> QuotaService:
-    """Async on purpose: FastAPI runs a plain-def dependency in the thread pool (one hop per request)."""
+    """The report quota's use cases the app's root opened (``services.ingest.app``). Async on purpose:
+    FastAPI runs a plain-def dependency in the thread pool (one hop per request)."""
     service: QuotaService = request.app.state.quota
     return service
 
