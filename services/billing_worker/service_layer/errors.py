@@ -1,26 +1,26 @@
 """How a use case says no: refused for good (`Refused`, any `DomainError`), no longer applies (`Ignored`), or
-cannot be applied at all, whatever the retries (`MessageRejected`: the message goes to the DLQ)."""
+cannot be applied at all, whatever the retries (`MessageRejected`: the message goes to the DLQ). The refusals
+are terminal errors under the project's root (`shared.errors`); their machine-readable code is
+`shared.errors.refusal_code`'s."""
 
 from __future__ import annotations
 
 import re
-from typing import ClassVar
 
 from shared.domain.errors import DomainError
+from shared.errors import RefusedError, refusal_code
 
 
-class MessageRejected(Exception):
+class MessageRejected(RefusedError):
     """A handler refuses this message for good (it cannot be applied, whatever the retries): DLQ."""
 
-    retryable: ClassVar[bool] = False
-
     def __init__(self, reason: str, *, code: str = "rejected") -> None:
-        super().__init__(reason)
-        self.code = code
+        super().__init__(reason, code=code)
 
 
 class Refused(DomainError):
-    """A command that cannot apply for a reason outside the aggregates (unknown subscription, ...)."""
+    """A command that cannot apply for a reason outside the aggregates (unknown subscription, ...): stored
+    `rejected` with its code, like a domain refusal."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
@@ -36,8 +36,5 @@ def snake_case(name: str) -> str:
 
 
 def error_code(error: BaseException) -> str:
-    """A stable snake_case code for a domain refusal (`InvalidTransitionError` -> `invalid_transition`)."""
-    code = getattr(error, "code", None)
-    if isinstance(code, str) and code:
-        return code
-    return snake_case(type(error).__name__.removesuffix("Error"))
+    """A stable snake_case code for a refusal (`InvalidTransitionError` -> `invalid_transition`)."""
+    return refusal_code(error)
