@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 
+from services.billing_worker.adapters.billing_repository import credit_kinds
 from services.billing_worker.adapters.sql_unit_of_work import SqlBillingUnitOfWork
 from services.billing_worker.adapters.usage import MeterMap, UsageMaterializer, close_usages
 from services.billing_worker.entrypoints.consumer import ExactlyOnceConsumer
@@ -83,8 +84,10 @@ def message_bus(handlers: Mapping[str, Handler]) -> MessageBus:
 
 def sql_unit_of_work(catalog: Catalog) -> UnitOfWorkFactory:
     """A unit of work over the batch's connection, for each batch the consumer applies."""
+    kinds = credit_kinds(catalog)
+
     def start(conn: sa.Connection) -> SqlBillingUnitOfWork:
-        return SqlBillingUnitOfWork(conn, catalog, close_usages)
+        return SqlBillingUnitOfWork(conn, catalog, close_usages, kinds)
     return start
 
 

@@ -28,10 +28,11 @@ CloseUsages = Callable[[sa.Connection, Sequence[tuple[str, datetime, datetime]]]
 
 
 class SqlBillingUnitOfWork(BillingUnitOfWork):
-    def __init__(self, conn: sa.Connection, catalog: Catalog, close_usages: CloseUsages) -> None:
+    def __init__(self, conn: sa.Connection, catalog: Catalog, close_usages: CloseUsages,
+                 kinds: Mapping[str, bool] | None = None) -> None:
         self.conn = conn
         self._close_usages = close_usages
-        super().__init__(catalog)
+        super().__init__(catalog, kinds)
 
     def savepoint(self) -> AbstractContextManager[Any]:
         return self.conn.begin_nested()

@@ -88,9 +88,10 @@ class BillingUnitOfWork(abc.ABC):
     """What one run of messages changes (see the module docstring). Call `begin(at)` to start a run (it
     forgets what the previous one loaded and collected), then the use cases, then `commit()`."""
 
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(self, catalog: Catalog, kinds: Mapping[str, bool] | None = None) -> None:
+        """`kinds`: `credit_kinds(catalog)` computed once by the caller (a unit of work is made per batch)."""
         self.catalog = catalog
-        self.credit_kinds = credit_kinds(catalog)
+        self.credit_kinds = dict(kinds) if kinds is not None else credit_kinds(catalog)
         self.begin(datetime.min.replace(tzinfo=UTC))  # nothing loaded or collected yet
 
     def begin(self, at: datetime) -> None:
