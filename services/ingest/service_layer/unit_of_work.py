@@ -20,7 +20,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from services.ingest.audit import record
 from services.ingest.auth import Principal
-from shared.adapters.postgres.outbox import add_documents_to_outbox, add_to_outbox
+from shared.adapters.postgres.outbox import add_documents_to_outbox, add_to_outbox, rows_committed
 from shared.adapters.postgres.schema.billing import subscriptions
 from shared.adapters.postgres.schema.core import command_outcomes, customer_aliases, customers, org_members
 from shared.adapters.postgres.schema.edge import stripe_webhook_events, subscription_routes, unmatched_usage
@@ -152,6 +152,7 @@ class SqlUnitOfWork:
 
     def __init__(self, conn: sa.Connection) -> None:
         self.conn = conn
+        self.published = False  # outbox rows written: the relay is woken once they are committed
 
     def customer_terms(self, customer_id: str) -> CustomerTerms | None:
         row = self.conn.execute(sa.select(customers.c.customer_id, customers.c.currency, customers.c.timezone,
@@ -194,9 +195,11 @@ class SqlUnitOfWork:
 
     def publish(self, topic: str, key: str, envelope: Envelope) -> None:
         add_to_outbox(self.conn, [(topic, key, envelope)])
+        self.published = True
 
     def publish_document(self, topic: str, key: str, event_id: uuid.UUID, event_type: str, body: Any) -> None:
         add_documents_to_outbox(self.conn, [(topic, key, event_id, event_type, body)])
+        self.published = True
 
     def park_usage(self, events: list[tuple[str, str, dict[str, Any]]], submitted_by: str) -> None:
         if events:
@@ -289,6 +292,9 @@ def sql_unit_of_work(engine: sa.Engine) -> UnitOfWorkFactory:
     @contextmanager
     def begin() -> Iterator[UnitOfWork]:
         with engine.begin() as conn:
-            yield SqlUnitOfWork(conn)
+            work = SqlUnitOfWork(conn)
+            yield work
+        if work.published:
+            rows_committed()
 
     return begin

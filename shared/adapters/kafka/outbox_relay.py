@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from shared.adapters.kafka.producer import KafkaProducer, OutgoingMessage
 from shared.adapters.postgres.errors import describe
+from shared.adapters.postgres.outbox import ROWS_COMMITTED
 from shared.adapters.postgres.schema.core import outbox
 from shared.adapters.retry_policy import is_retryable
 from shared.observability import kv
@@ -66,6 +67,7 @@ class OutboxRelay:
         relay thread that died would silently stop every outgoing event while the worker looks healthy."""
         attempt = 0
         while not self._stop.is_set():
+            ROWS_COMMITTED.clear()  # before the round: rows committed from here on are read by it or wake the next
             try:
                 sent = self.publish_round()
             except Exception as error:
@@ -83,7 +85,7 @@ class OutboxRelay:
                 log.info("outbox relay publishing again", extra=kv(failed_rounds=attempt))
                 attempt = 0
             if sent < self._batch:
-                self._stop.wait(self._idle)
+                ROWS_COMMITTED.wait(self._idle)
 
     def start(self) -> None:
         if self._thread is None:
@@ -92,6 +94,7 @@ class OutboxRelay:
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
+        ROWS_COMMITTED.set()
         if self._thread is not None:
             self._thread.join(timeout)
         started = time.monotonic()

@@ -8,6 +8,7 @@ when Kafka is down at that instant.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterable
 from typing import Any
@@ -17,6 +18,16 @@ from sqlalchemy.dialects.postgresql import insert
 
 from shared.adapters.postgres.schema.core import outbox
 from shared.contracts.envelope import Envelope
+
+# Set after a transaction of this process committed outbox rows (`rows_committed`): the relay of the same
+# process (shared/adapters/kafka/outbox_relay.py) publishes at once instead of at its next idle poll, since a
+# command's caller waits for its outcome behind it. Rows committed by other processes wait for that poll.
+ROWS_COMMITTED = threading.Event()
+
+
+def rows_committed() -> None:
+    """Tell this process's outbox relay that outbox rows were just committed."""
+    ROWS_COMMITTED.set()
 
 
 def outbox_row(envelope: Envelope, *, key: str, topic: str) -> dict[str, Any]:
