@@ -58,10 +58,9 @@ from typing import Any, ClassVar
 
 import sqlalchemy as sa
 
-from services.billing_worker.adapters.outbox import add_outbox
 from services.billing_worker.service_layer.errors import Ignored, MessageRejected, error_code
 from services.billing_worker.service_layer.handlers import Handler
-from services.billing_worker.service_layer.unit_of_work import PRODUCER_NAME, BillingUnitOfWork
+from services.billing_worker.service_layer.unit_of_work import BillingUnitOfWork
 from shared.adapters.kafka.dlq import DeadLetter
 from shared.adapters.postgres import errors as pg_errors
 from shared.adapters.retry_policy import is_outage, is_retryable
@@ -72,8 +71,7 @@ from shared.domain.clock import Clock
 from shared.domain.errors import DomainError
 from shared.observability import kv
 
-__all__ = ["PRODUCER_NAME", "BatchProcessor", "MessageBus", "MessageRejected", "RetriesExhausted", "Suspicion",
-           "add_outbox"]
+__all__ = ["BatchProcessor", "MessageBus", "MessageRejected", "RetriesExhausted", "Suspicion"]
 
 log = logging.getLogger("billing_worker.commands")
 
