@@ -120,6 +120,7 @@ def test_a_subscription_in_a_currency_its_plan_is_not_sold_in_is_rejected_and_no
                                               currency="EUR"), JAN_1)
 
     assert worker.outcome(envelope) == ("rejected", "currency_mismatch")
+    assert worker.store.outcomes[envelope.event_id]["error_detail"] == "plan pro is sold in USD, not EUR"
     assert worker.store.subscriptions == {} and worker.store.invoices == {} and worker.store.outbox == {}
 
 

@@ -7,7 +7,7 @@ from datetime import datetime, time
 from typing import Any
 
 from services.billing_worker.adapters.billing_repository import SubscriptionState, invoice_id_for
-from services.billing_worker.service_layer.errors import Ignored, Refused
+from services.billing_worker.service_layer.errors import Ignored, Refused, error_code
 from services.billing_worker.service_layer.handlers import Handler
 from services.billing_worker.service_layer.unit_of_work import BillingUnitOfWork
 from shared.contracts.envelope import Envelope
@@ -23,6 +23,7 @@ from shared.contracts.messages import (
 from shared.domain.calendar import BillingAnchor, Period, ensure_utc, zone
 from shared.domain.catalog import ChangeTiming, Plan
 from shared.domain.coupons import Coupon
+from shared.domain.errors import CurrencyMismatchError
 from shared.domain.ids import CustomerId, SubscriptionId
 from shared.domain.invoice import InvoiceKey, InvoiceLine, InvoiceReason
 from shared.domain.rating import change_invoice, start_invoice, trial_credit_grants
@@ -40,8 +41,12 @@ def create_subscription(uow: BillingUnitOfWork, env: Envelope, p: CreateSubscrip
     if p.subscription_id in uow.states:
         raise Refused("already_exists", f"subscription {p.subscription_id} already exists")
     plan = uow.catalog.plan(p.plan_id)
-    if plan.currency != p.currency:
-        raise Refused("currency_mismatch", f"plan {plan.id} is sold in {plan.currency}, not {p.currency}")
+    try:
+        plan.require_sold_in(p.currency)
+    except CurrencyMismatchError as mismatch:
+        # the domain's rule; the outcome keeps the worker's wording, which names the plan
+        raise Refused(error_code(mismatch),
+                      f"plan {plan.id} is sold in {mismatch.left}, not {mismatch.right}") from None
     at = ensure_utc(p.start_at or now)
     coupon = uow.catalog.coupon(p.coupon_id) if p.coupon_id else None
     times = uow.coupon_times_redeemed(coupon.id) if coupon else 0
