@@ -30,7 +30,6 @@ from services.ingest.metrics import MetricsMiddleware
 from services.ingest.nul import NulGuardMiddleware
 from services.ingest.pan import PanGuardMiddleware
 from services.ingest.problems import OutageMiddleware, install_problem_handlers
-from services.ingest.quota_spend import spend_service_of
 from services.ingest.quota_wiring import build_quota_service
 from services.ingest.relay import build_relay
 from services.ingest.routes import (
@@ -99,7 +98,7 @@ def create_app(container: Container) -> FastAPI:
     app.state.authenticator = edge.authenticator
     app.state.metrics = edge.metrics
     app.state.directory = edge.directory
-    spend_service_of(app.state, container)  # one spend service (and spend gate cache) per app, built now
+    app.state.spend = edge.spend
     install_problem_handlers(app)
 
     for module in _route_modules():

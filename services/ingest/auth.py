@@ -5,7 +5,6 @@ How to use (for route authors, e.g. the quota routes)::
     from fastapi import APIRouter, Depends
     from services.ingest.auth import Principal, Scope, require, resolve_org
     from services.ingest.container import Container
-from services.ingest.last_known import LastKnownCache
     from services.ingest.problems import FieldError, ProblemError
 
     @router.post("/v1/orgs/{org_id}/reports")
@@ -40,7 +39,6 @@ import sqlalchemy as sa
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
-from services.ingest.container import Container
 from services.ingest.last_known import LastKnownCache
 from services.ingest.problems import ProblemError
 from shared.adapters.postgres.schema.edge import api_keys
@@ -172,13 +170,10 @@ def presented_token_of(headers: Mapping[str, str]) -> str | None:
     return headers.get("x-api-key") or None
 
 
-def authenticator_of(container: Container, request: Request) -> Authenticator:
-    """The app's authenticator (created by `create_app`; one per app so its cache is shared)."""
-    existing: Authenticator | None = getattr(request.app.state, "authenticator", None)
-    if existing is None:
-        existing = Authenticator(container.engine, container.settings.admin_api_key.get_secret_value())
-        request.app.state.authenticator = existing
-    return existing
+def authenticator_of(request: Request) -> Authenticator:
+    """The app's authenticator (built by the composition root; one per app so its cache is shared)."""
+    authenticator: Authenticator = request.app.state.authenticator
+    return authenticator
 
 
 async def authenticate(request: Request) -> Principal:
@@ -193,7 +188,7 @@ async def authenticate(request: Request) -> Principal:
     token = presented_token(request)
     if token is None:
         raise unauthorized("missing API key (Authorization: Bearer <key>)")
-    authenticator = authenticator_of(request.app.state.container, request)
+    authenticator = authenticator_of(request)
     hit, principal = authenticator.known(token)
     if not hit:
         principal = await run_in_threadpool(authenticator.authenticate, token)

@@ -1,6 +1,8 @@
 """Composition root of the ingest edge: settings, engine, Kafka producer, Stripe client, clock, catalog
 (`build_container`, once per process), and the services one app shares between its requests
-(`build_edge_services`, once per app: authentication, idempotency keys, metrics, the customer directory).
+(`build_edge_services`, once per app: authentication, idempotency keys, metrics, the customer directory, the
+usage-tier spend service). `create_app` installs them on `app.state`; routes and middlewares only read them
+there (a missing one is a wiring error, never something a request builds).
 
 Nothing here runs at import time, and building connects to nothing yet (the engine's pool connects lazily;
 the producers connect on first use). The clock, gateway, notifier and engine factories are the ones every
@@ -21,6 +23,8 @@ from services.ingest.directory import CustomerDirectory
 from services.ingest.idempotency import IdempotencyStore
 from services.ingest.last_known import LastKnownDatabaseClock
 from services.ingest.metrics import EdgeMetrics
+from services.ingest.problems import is_dependency_outage
+from services.ingest.service_layer.spend import SpendService
 from shared.adapters.catalog_file import load_catalog
 from shared.adapters.kafka.producer import KafkaProducer
 from shared.bootstrap import build_clock, build_engine
@@ -56,10 +60,12 @@ class EdgeServices:
     idempotency: IdempotencyStore
     metrics: EdgeMetrics
     directory: CustomerDirectory  # customer id or alias -> subscription, cached like the keys
+    spend: SpendService  # usage tiers; its spend gate caches what it last read for every request
 
 
 def build_edge_services(container: Container) -> EdgeServices:
     return EdgeServices(
         authenticator=Authenticator(container.engine, container.settings.admin_api_key.get_secret_value()),
         idempotency=IdempotencyStore(container.engine), metrics=EdgeMetrics(),
-        directory=CustomerDirectory(container.engine))
+        directory=CustomerDirectory(container.engine),
+        spend=SpendService(container.engine, container.clock, container.catalog, is_dependency_outage))

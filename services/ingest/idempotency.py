@@ -195,9 +195,9 @@ class IdempotencyMiddleware:
         await _send_stored(send, response, replayed=False, all_headers=captured.headers)
 
     async def _caller(self, scope: Scope, headers: Headers) -> str | None:
-        authenticator: Authenticator | None = getattr(scope["app"].state, "authenticator", None)
+        authenticator: Authenticator = scope["app"].state.authenticator  # installed by the composition root
         token = presented_token_of(headers)
-        if authenticator is None or token is None:
+        if token is None:
             return None
         principal = await run_in_threadpool(authenticator.authenticate, token)
         return principal.key_id if principal is not None else None

@@ -142,6 +142,12 @@ def is_outage(exc: BaseException) -> bool:
     return is_transient(database)
 
 
+def is_dependency_outage(exc: BaseException) -> bool:
+    """The edge's outage rule for a service that must tell an outage from a failure to raise (the spend
+    gate serves what it last read through one): an error the edge answers 503."""
+    return isinstance(exc, OUTAGE_ERRORS) and is_outage(exc)
+
+
 def dependency_problem(exc: BaseException) -> tuple[Problem, dict[str, str]]:
     """The answer to a database or broker error: 503 with Retry-After for an outage (`is_outage`), else
     422: PostgreSQL (or its driver) refused the value itself."""

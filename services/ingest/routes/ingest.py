@@ -54,11 +54,9 @@ class IngestResult(BaseModel):
     results: list[EventResult]
 
 
-def directory_of(request: Request, container: Container = Depends(get_container)) -> CustomerDirectory:
-    directory: CustomerDirectory | None = getattr(request.app.state, "directory", None)
-    if directory is None:
-        directory = CustomerDirectory(container.engine)
-        request.app.state.directory = directory
+async def directory_of(request: Request) -> CustomerDirectory:
+    """The app's customer directory (built by the composition root; async: no thread hop per request)."""
+    directory: CustomerDirectory = request.app.state.directory
     return directory
 
 

@@ -362,7 +362,8 @@ async def read_quota(org_id: PathId, principal: Annotated[Principal, Depends(req
 
 
 async def get_spend(request: Request) -> SpendService:
-    return spend_service_of(request.app.state, request.app.state.container)
+    """The app's spend service (built by the root). Async for the same reason as ``get_quota``."""
+    return spend_service_of(request)
 
 
 class SpendBalance(BaseModel):
