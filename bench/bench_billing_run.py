@@ -30,7 +30,6 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from services.billing_worker.adapters.billing_repository import derived_id
 from services.billing_worker.adapters.usage import MeterMap, UsageMaterializer
 from services.billing_worker.bootstrap import billing_handlers, build_worker, message_bus, sql_unit_of_work
 from shared.adapters.catalog_file import load_default_catalog
@@ -40,6 +39,7 @@ from shared.adapters.payments.simulated import InMemoryProviderRecord, Simulated
 from shared.adapters.postgres.schema.billing import invoices, payment_attempts, subscriptions
 from shared.contracts.envelope import new_envelope
 from shared.contracts.messages import CreateSubscription
+from shared.domain.ids import derived_id
 from shared.domain.money import Money
 
 JAN_1 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -19,13 +19,13 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 
-from services.billing_worker.adapters.billing_repository import credit_kinds
 from services.billing_worker.adapters.sql_unit_of_work import SqlBillingUnitOfWork
 from services.billing_worker.adapters.usage import MeterMap, UsageMaterializer, close_usages
 from services.billing_worker.entrypoints.consumer import ExactlyOnceConsumer
 from services.billing_worker.entrypoints.executor import PaymentExecutor
 from services.billing_worker.entrypoints.health import HealthServer
 from services.billing_worker.entrypoints.scheduler import Scheduler
+from services.billing_worker.model import credit_kinds
 from services.billing_worker.service_layer.handlers import Handler, credits, customers, payments, periods, subscriptions
 from services.billing_worker.service_layer.messagebus import BatchProcessor, MessageBus, UnitOfWorkFactory
 from shared.adapters.catalog_file import load_catalog

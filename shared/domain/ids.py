@@ -1,9 +1,34 @@
-"""Typed identifiers shared by the aggregates (plain strings at runtime, distinct types for mypy)."""
+"""Identifiers shared by the aggregates: typed ids (plain strings at runtime, distinct types for mypy) and the
+deterministic ids the billing worker derives (same identity parts, same id: a replay derives the same one)."""
 
 from __future__ import annotations
 
-from typing import NewType
+import uuid
+from typing import TYPE_CHECKING, NewType
+
+if TYPE_CHECKING:
+    from shared.domain.invoice import InvoiceKey
 
 SubscriptionId = NewType("SubscriptionId", str)
 CustomerId = NewType("CustomerId", str)
 InvoiceId = NewType("InvoiceId", str)
+
+#: Namespace of every derived id (invoices, attempts, events, scheduled jobs): same input, same id.
+IDS = uuid.UUID("6f1c2b0e-9a57-4d8e-b3f1-2c7d5a9e8b41")
+
+
+def derived_id(prefix: str, *parts: object) -> str:
+    """A deterministic id such as ``in_3f2a...`` from its identity parts (replays derive the same id)."""
+    return f"{prefix}_{uuid.uuid5(IDS, '|'.join(str(p) for p in parts)).hex[:24]}"
+
+
+def invoice_id_for(key: InvoiceKey) -> InvoiceId:
+    return InvoiceId(derived_id("in", key))
+
+
+def attempt_id_for(invoice_id: str, attempt_no: int) -> str:
+    return derived_id("pa", invoice_id, attempt_no)
+
+
+def event_uuid(*parts: object) -> uuid.UUID:
+    return uuid.uuid5(IDS, "|".join(str(p) for p in parts))

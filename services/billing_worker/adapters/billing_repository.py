@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, time
 from decimal import Decimal
 from typing import Any
@@ -19,6 +18,7 @@ import sqlalchemy as sa
 from psycopg.types.json import Jsonb
 from sqlalchemy.dialects.postgresql import insert
 
+from services.billing_worker.model import DEFAULT_ISSUER, InvoiceToStore, LedgerState, SubscriptionState
 from shared.adapters.postgres.schema.billing import (
     billing_audit_log,
     coupon_attachments,
@@ -34,10 +34,10 @@ from shared.adapters.postgres.schema.billing import (
 )
 from shared.adapters.postgres.schema.core import command_outcomes
 from shared.domain.calendar import BillingAnchor, Interval, Period
-from shared.domain.catalog import Catalog, PlanId
+from shared.domain.catalog import PlanId
 from shared.domain.coupons import AppliedCoupon, CouponId, CouponRedemption
 from shared.domain.events import DomainEvent, event_payload
-from shared.domain.ids import CustomerId, InvoiceId, SubscriptionId
+from shared.domain.ids import IDS, CustomerId, InvoiceId, SubscriptionId, event_uuid
 from shared.domain.invoice import (
     Invoice,
     InvoiceKey,
@@ -51,10 +51,6 @@ from shared.domain.ledger import CreditGrant, CreditLedger, EntryKind, GrantSour
 from shared.domain.money import Money, UnitPrice, sum_money
 from shared.domain.subscription import Subscription, SubscriptionStatus
 
-#: Namespace of every id this module derives (invoices, attempts, events): same input, same id.
-IDS = uuid.UUID("6f1c2b0e-9a57-4d8e-b3f1-2c7d5a9e8b41")
-
-DEFAULT_ISSUER = "default"
 DEFAULT_INVOICE_PREFIX = "OLB"
 
 
@@ -113,40 +109,7 @@ def bulk_insert(conn: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str
     return out
 
 
-def derived_id(prefix: str, *parts: object) -> str:
-    """A deterministic id such as ``in_3f2a...`` from its identity parts (replays derive the same id)."""
-    return f"{prefix}_{uuid.uuid5(IDS, '|'.join(str(p) for p in parts)).hex[:24]}"
-
-
-def invoice_id_for(key: InvoiceKey) -> InvoiceId:
-    return InvoiceId(derived_id("in", key))
-
-
-def attempt_id_for(invoice_id: str, attempt_no: int) -> str:
-    return derived_id("pa", invoice_id, attempt_no)
-
-
-def event_uuid(*parts: object) -> uuid.UUID:
-    return uuid.uuid5(IDS, "|".join(str(p) for p in parts))
-
-
 # ----------------------------------------------------------------------------------------- subscriptions
-
-
-@dataclass
-class SubscriptionState:
-    """The subscription aggregate plus the billing snapshot the worker keeps beside it (currency, time zone,
-    tax rate) and the version it was stored at."""
-
-    subscription: Subscription
-    currency: str
-    timezone: str
-    tax_rate_bps: int
-    stored_version: int | None = None  # None: not stored yet
-
-    @property
-    def id(self) -> str:
-        return self.subscription.id
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -224,21 +187,6 @@ def save_subscriptions(conn: sa.Connection, states: Sequence[SubscriptionState])
 
 
 # ----------------------------------------------------------------------------------------- credit ledger
-
-
-def credit_kinds(catalog: Catalog) -> dict[str, bool]:
-    """meter id -> True when its credits are meter units, False when money: money when some plan includes
-    money credits of it, units otherwise (unit inclusions, or none at all, e.g. report top-ups)."""
-    money = {meter_id for plan in catalog.plans.values() for meter_id, pricing in plan.meters.items()
-             if pricing.included is not None and pricing.included.amount is not None}
-    return {m: m not in money for m in catalog.meters}
-
-
-@dataclass
-class LedgerState:
-    ledger: CreditLedger
-    stored_entries: int
-    stored_grants: set[str] = field(default_factory=set)
 
 
 def _grant_of(row: Any) -> CreditGrant:
@@ -379,14 +327,6 @@ def _line_row(invoice: Invoice, line_no: int, line: InvoiceLine, plan_id: str | 
             "taxable": line.is_taxable, "source": None}
 
 
-@dataclass(frozen=True)
-class InvoiceToStore:
-    invoice: Invoice
-    plan_id: str | None
-    payment_method_id: str | None
-    issuer: str = DEFAULT_ISSUER
-
-
 def _sum_kind(invoice: Invoice, kind: LineKind) -> int:
     return sum_money((line.amount for line in invoice.lines_of(kind)), invoice.currency).amount_minor
 
@@ -490,25 +430,6 @@ def audit_invoice_totals(conn: sa.Connection) -> list[str]:
         sa.select(invoices.c.invoice_id).select_from(invoices.outerjoin(
             line_sum, line_sum.c.invoice_id == invoices.c.invoice_id))
         .where(sa.func.coalesce(line_sum.c.s, 0) != invoices.c.total_minor)).scalars().all())
-
-
-# ---------------------------------------------------------------------------------------------- payments
-
-
-@dataclass(frozen=True)
-class AttemptToCreate:
-    invoice_id: str
-    attempt_no: int
-    subscription_id: str
-    customer_id: str
-    amount: Money
-    payment_method_id: str | None
-    requested_at: datetime
-    reason: str = "initial"
-
-    @property
-    def attempt_id(self) -> str:
-        return attempt_id_for(self.invoice_id, self.attempt_no)
 
 
 # ------------------------------------------------------------------------------- coupons, periods, history

@@ -121,8 +121,7 @@ class ClaimedAttempt:
 
 
 class RequestedAttempt(Protocol):
-    """What a new attempt row is made of (``PaymentAttempt.request`` gives one, as does the worker's
-    ``AttemptToCreate``)."""
+    """What a new attempt row is made of (``PaymentAttempt.request`` gives one)."""
 
     @property
     def attempt_id(self) -> str: ...

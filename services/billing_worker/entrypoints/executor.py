@@ -42,7 +42,6 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from services.billing_worker.adapters import payment_attempts as attempts
-from services.billing_worker.adapters.billing_repository import IDS
 from services.billing_worker.adapters.outbox import add_outbox
 from services.billing_worker.adapters.payment_attempts import ClaimedAttempt
 from services.billing_worker.service_layer.unit_of_work import PRODUCER_NAME
@@ -61,6 +60,7 @@ from shared.contracts import topics
 from shared.contracts.envelope import new_envelope
 from shared.contracts.messages import PaymentFailed, PaymentSucceeded
 from shared.domain.clock import Clock
+from shared.domain.ids import IDS
 from shared.domain.payment_attempt import AttemptStatus
 from shared.observability import kv
 

@@ -31,7 +31,6 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 
-from services.billing_worker.adapters.billing_repository import IDS
 from shared.adapters.kafka.producer import KafkaProducer, OutgoingMessage
 from shared.adapters.postgres.errors import is_database_error, is_transient
 from shared.adapters.postgres.schema.billing import scheduled_commands
@@ -40,6 +39,7 @@ from shared.contracts import topics
 from shared.contracts.envelope import new_envelope
 from shared.contracts.messages import ClosePeriod, EndTrial, ExpireCredits, Payload
 from shared.domain.clock import Clock
+from shared.domain.ids import IDS
 from shared.domain.subscription import CLOSABLE_STATUSES
 from shared.errors import InfrastructureError
 from shared.observability import kv

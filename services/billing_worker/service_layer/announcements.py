@@ -6,7 +6,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from services.billing_worker.adapters.billing_repository import SubscriptionState
+from services.billing_worker.model import SubscriptionState
 from services.billing_worker.service_layer.errors import snake_case
 from shared.contracts.messages import CreditsChanged, InvoiceEvent
 from shared.domain.events import DomainEvent, SubscriptionStarted, event_payload

@@ -24,14 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from services.billing_worker.adapters.billing_repository import (
-    AttemptToCreate,
-    InvoiceToStore,
-    LedgerState,
-    SubscriptionState,
-    credit_kinds,
-    event_uuid,
-)
+from services.billing_worker.model import InvoiceToStore, LedgerState, SubscriptionState, credit_kinds
 from services.billing_worker.service_layer.announcements import (
     credits_payload,
     invoice_event,
@@ -45,8 +38,10 @@ from shared.contracts.messages import Payload, SubscriptionStatusChanged
 from shared.domain.catalog import Catalog
 from shared.domain.coupons import CouponRedemption
 from shared.domain.events import DomainEvent
+from shared.domain.ids import attempt_id_for, event_uuid
 from shared.domain.invoice import Invoice, InvoiceStatus
 from shared.domain.ledger import CreditLedger, GrantSource, MeterCredit
+from shared.domain.payment_attempt import PaymentAttempt
 from shared.domain.rating import IncludedCreditGrant, RatingResult
 
 PRODUCER_NAME = "billing-worker"
@@ -101,7 +96,7 @@ class BillingUnitOfWork(abc.ABC):
         self.ledgers: dict[str, LedgerState] = {}
         self.issued: list[IssuedInvoice] = []
         self.invoice_of_key: dict[str, str] = {}
-        self.attempts: list[AttemptToCreate] = []
+        self.attempts: list[PaymentAttempt] = []
         self.redemptions: list[tuple[CouponRedemption, str, str, datetime]] = []
         self.periods: list[dict[str, Any]] = []
         self.history: list[tuple[list[DomainEvent], str | None]] = []
@@ -304,7 +299,7 @@ class BillingUnitOfWork(abc.ABC):
         state = self.states.get(subscription_id)
         return {**(status_snapshot(state) if state else {}), **(result or {})}
 
-    def add_attempt(self, attempt: AttemptToCreate) -> None:
+    def add_attempt(self, attempt: PaymentAttempt) -> None:
         """A payment attempt to write *before* the executor calls the provider."""
         self.attempts.append(attempt)
 
@@ -334,8 +329,9 @@ class BillingUnitOfWork(abc.ABC):
                 self.touch(state)
             self._invoice_events(invoice, state, at)
             if invoice.status is InvoiceStatus.OPEN and invoice.amount_due.is_positive():
-                self.attempts.append(AttemptToCreate(
-                    invoice_id=invoice.id, attempt_no=1, subscription_id=state.id,
+                self.attempts.append(PaymentAttempt.request(
+                    attempt_id=attempt_id_for(invoice.id, 1), invoice_id=invoice.id, attempt_no=1,
+                    subscription_id=state.id,
                     customer_id=state.subscription.customer_id, amount=invoice.amount_due,
                     payment_method_id=state.subscription.payment_method_id, requested_at=at))
             self.add_audit(occurred_at=at, action="invoice.finalized", entity_type="invoice", entity_id=invoice.id,

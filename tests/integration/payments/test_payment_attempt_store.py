@@ -10,9 +10,9 @@ import pytest
 import sqlalchemy as sa
 
 from services.billing_worker.adapters import payment_attempts as store
-from services.billing_worker.adapters.billing_repository import attempt_id_for
 from shared.adapters.postgres.schema.billing import invoices, payment_attempts
 from shared.contracts.messages import CreateSubscription
+from shared.domain.ids import attempt_id_for
 from shared.domain.money import Money
 from shared.domain.payment_attempt import PaymentAttempt
 from tests.integration.worker.billing_support import Billing

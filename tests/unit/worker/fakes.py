@@ -19,16 +19,12 @@ from decimal import Decimal
 from types import MappingProxyType, SimpleNamespace
 from typing import Any
 
-from services.billing_worker.adapters.billing_repository import (
-    AttemptToCreate,
-    InvoiceToStore,
-    LedgerState,
-    SubscriptionState,
-)
+from services.billing_worker.model import InvoiceToStore, LedgerState, SubscriptionState
 from services.billing_worker.service_layer.unit_of_work import BillingUnitOfWork, Outgoing
 from shared.domain.catalog import Catalog
 from shared.domain.events import DomainEvent
 from shared.domain.invoice import Invoice, InvoiceStatus
+from shared.domain.payment_attempt import PaymentAttempt
 
 # The store keeps copies; a credit ledger's meters are a read-only mapping, copied as one.
 copyreg.pickle(MappingProxyType, lambda proxy: (MappingProxyType, (dict(proxy),)))
@@ -235,7 +231,7 @@ class FakeUnitOfWork(BillingUnitOfWork):
         store.commits += 1
 
 
-def _attempt_row(attempt: AttemptToCreate) -> dict[str, Any]:
+def _attempt_row(attempt: PaymentAttempt) -> dict[str, Any]:
     return {"attempt_id": attempt.attempt_id, "invoice_id": attempt.invoice_id, "attempt_no": attempt.attempt_no,
             "subscription_id": attempt.subscription_id, "amount_minor": attempt.amount.amount_minor,
             "payment_method_id": attempt.payment_method_id, "status": "pending", "reason": attempt.reason,

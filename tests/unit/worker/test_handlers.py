@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from services.billing_worker.adapters.billing_repository import attempt_id_for
 from services.billing_worker.bootstrap import billing_handlers, message_bus
 from services.billing_worker.service_layer.messagebus import MessageRejected
 from shared.adapters.catalog_file import load_default_catalog
@@ -35,6 +34,7 @@ from shared.contracts.messages import (
     RetryPayment,
     UpdatePaymentMethod,
 )
+from shared.domain.ids import attempt_id_for
 from shared.domain.invoice import Invoice, InvoiceStatus
 from shared.domain.subscription import SubscriptionStatus
 from tests.unit.worker.fakes import FakeBillingStore, FakeUnitOfWork

@@ -14,13 +14,14 @@ from decimal import Decimal
 
 import pytest
 
-from services.billing_worker.adapters.billing_repository import AttemptToCreate, attempt_id_for
 from services.billing_worker.bootstrap import billing_handlers, message_bus
 from services.billing_worker.service_layer.unit_of_work import BillingUnitOfWork
 from shared.contracts.envelope import Envelope, new_envelope
 from shared.contracts.messages import TYPE_OF, CreateSubscription, Payload, PaymentSucceeded
+from shared.domain.ids import attempt_id_for
 from shared.domain.invoice import InvoiceStatus
 from shared.domain.money import Money
+from shared.domain.payment_attempt import PaymentAttempt
 
 JAN_1 = datetime(2026, 1, 1, tzinfo=UTC)
 JAN_16 = datetime(2026, 1, 16, tzinfo=UTC)
@@ -113,9 +114,10 @@ class UnitOfWorkContract:
         assert uow.settle_attempt(first, "succeeded", "pi_1", None, False, JAN_16) is True
 
         uow = self.started()
-        uow.add_attempt(AttemptToCreate(invoice_id=invoice_id, attempt_no=2, subscription_id=sub, customer_id=cus,
-                                        amount=Money(945, "USD"), payment_method_id="pm_card_visa",
-                                        requested_at=JAN_16))
+        uow.add_attempt(PaymentAttempt.request(attempt_id=attempt_id_for(invoice_id, 2), invoice_id=invoice_id,
+                                               attempt_no=2, subscription_id=sub, customer_id=cus,
+                                               amount=Money(945, "USD"), payment_method_id="pm_card_visa",
+                                               requested_at=JAN_16))
         uow.commit()
         assert self.started().settle_attempt(attempt_id_for(invoice_id, 2), "succeeded", "pi_2", None, False,
                                              JAN_16) is False

@@ -6,7 +6,6 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from services.billing_worker.adapters.billing_repository import event_uuid
 from services.billing_worker.service_layer.announcements import credits_payload
 from services.billing_worker.service_layer.errors import Refused
 from services.billing_worker.service_layer.handlers import Handler
@@ -14,6 +13,7 @@ from services.billing_worker.service_layer.unit_of_work import BillingUnitOfWork
 from shared.contracts.envelope import Envelope
 from shared.contracts.messages import ExpireCredits, GrantCredits
 from shared.domain.calendar import ensure_utc
+from shared.domain.ids import event_uuid
 from shared.domain.ledger import GrantSource
 from shared.domain.money import Money
 

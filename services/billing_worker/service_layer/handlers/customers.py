@@ -5,13 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from services.billing_worker.adapters.billing_repository import event_uuid
 from services.billing_worker.service_layer.errors import Ignored, Refused
 from services.billing_worker.service_layer.handlers import Handler
 from services.billing_worker.service_layer.unit_of_work import BillingUnitOfWork
 from shared.contracts.envelope import Envelope
 from shared.contracts.messages import CustomerDeleted, PaymentMethodRemoved
 from shared.domain.calendar import ensure_utc
+from shared.domain.ids import event_uuid
 
 
 def customer_deleted(uow: BillingUnitOfWork, env: Envelope, p: CustomerDeleted, now: datetime) -> dict[str, Any]:

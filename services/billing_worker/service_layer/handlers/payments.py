@@ -6,7 +6,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from services.billing_worker.adapters.billing_repository import AttemptToCreate, event_uuid
 from services.billing_worker.service_layer.announcements import invoice_event
 from services.billing_worker.service_layer.errors import Ignored, MessageRejected, Refused
 from services.billing_worker.service_layer.handlers import Handler, load_invoices_of
@@ -21,8 +20,10 @@ from shared.contracts.messages import (
     UpdatePaymentMethod,
 )
 from shared.domain.calendar import ensure_utc
+from shared.domain.ids import attempt_id_for, event_uuid
 from shared.domain.invoice import InvoiceStatus
 from shared.domain.money import Money
+from shared.domain.payment_attempt import PaymentAttempt
 from shared.domain.subscription import SubscriptionStatus
 
 
@@ -47,8 +48,9 @@ def retry_payment(uow: BillingUnitOfWork, env: Envelope, p: RetryPayment, now: d
     due = invoice.amount_due.amount_minor - row.amount_paid_minor
     if due <= 0:
         raise Ignored(f"invoice {invoice.id} has nothing left to collect")
-    uow.add_attempt(AttemptToCreate(
-        invoice_id=invoice.id, attempt_no=p.attempt_no, subscription_id=state.id,
+    uow.add_attempt(PaymentAttempt.request(
+        attempt_id=attempt_id_for(invoice.id, p.attempt_no), invoice_id=invoice.id, attempt_no=p.attempt_no,
+        subscription_id=state.id,
         customer_id=state.subscription.customer_id, amount=Money(due, invoice.currency),
         payment_method_id=state.subscription.payment_method_id, requested_at=now, reason=p.reason))
     return {"invoice_id": invoice.id, "attempt_no": p.attempt_no}

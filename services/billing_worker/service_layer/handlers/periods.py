@@ -8,7 +8,6 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from services.billing_worker.adapters.billing_repository import invoice_id_for
 from services.billing_worker.service_layer.errors import Ignored, Refused
 from services.billing_worker.service_layer.handlers import Handler
 from services.billing_worker.service_layer.handlers.subscriptions import period_row
@@ -18,6 +17,7 @@ from shared.contracts.messages import ClosePeriod
 from shared.domain.calendar import Period, ensure_utc
 from shared.domain.catalog import MeterId
 from shared.domain.errors import DomainError
+from shared.domain.ids import invoice_id_for
 from shared.domain.invoice import InvoiceKey, InvoiceLine, InvoiceReason, LineKind
 from shared.domain.money import Money
 from shared.domain.rating import LateUsage

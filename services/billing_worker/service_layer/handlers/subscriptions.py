@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime, time
 from typing import Any
 
-from services.billing_worker.adapters.billing_repository import SubscriptionState, invoice_id_for
+from services.billing_worker.model import SubscriptionState
 from services.billing_worker.service_layer.errors import Ignored, Refused, error_code
 from services.billing_worker.service_layer.handlers import Handler
 from services.billing_worker.service_layer.unit_of_work import BillingUnitOfWork
@@ -24,7 +24,7 @@ from shared.domain.calendar import BillingAnchor, Period, ensure_utc, zone
 from shared.domain.catalog import ChangeTiming, Plan
 from shared.domain.coupons import Coupon
 from shared.domain.errors import CurrencyMismatchError
-from shared.domain.ids import CustomerId, SubscriptionId
+from shared.domain.ids import CustomerId, SubscriptionId, invoice_id_for
 from shared.domain.invoice import InvoiceKey, InvoiceLine, InvoiceReason
 from shared.domain.rating import change_invoice, start_invoice, trial_credit_grants
 from shared.domain.subscription import Subscription, SubscriptionStatus
