@@ -6,6 +6,8 @@ are terminal errors under the project's root (`shared.errors`); their machine-re
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from shared.domain.errors import DomainError
 from shared.errors import RefusedError, refusal_code
@@ -28,7 +30,14 @@ class Refused(DomainError):
 
 
 class Ignored(Exception):
-    """The command no longer applies (already done, stale): acknowledged, stored `ignored`."""
+    """The command no longer applies (already done, stale): acknowledged, stored `ignored`.
+
+    `audit`: rows (the unit of work's ``add_audit`` arguments) that must outlive the refusal, e.g. a second
+    charge of a paid invoice: the message bus writes them after rolling back what the use case did."""
+
+    def __init__(self, reason: str, *, audit: Sequence[Mapping[str, Any]] = ()) -> None:
+        super().__init__(reason)
+        self.audit = tuple(dict(row) for row in audit)
 
 
 def snake_case(name: str) -> str:

@@ -26,6 +26,7 @@ What the bus guarantees to a use case:
 What a use case signals back:
 - Return normally: applied (commands get an `applied` outcome with the subscription's snapshot).
 - Raise ``Ignored``: the command no longer applies (stored `ignored`); a payment outcome is acknowledged.
+  What the use case wrote is rolled back, except the audit rows the ``Ignored`` carries (``audit=``).
 - Raise ``Refused`` or a ``DomainError``: a command is stored `rejected` with the error's code (the edge
   answers 409); a payment outcome is dead-lettered.
 - Raise ``MessageRejected`` (or any other non-infrastructure exception): the message is terminal. The batch's
@@ -212,8 +213,15 @@ class MessageBus:
                 uow.commit()
             return
         except Ignored as why:
+            # the rows an Ignored carries outlive the savepoint it rolled back (e.g. a duplicate charge's audit)
+            kept_audit = why.audit
             if not handler.answers:
                 log.info("payment outcome ignored", extra={"subscription_id": sub_id, "reason": str(why)})
+                if kept_audit:
+                    uow.begin(at)
+                    for row in kept_audit:
+                        uow.add_audit(**row)
+                    uow.commit()
                 return
             status, code, detail = "ignored", None, str(why)
         except DomainError as error:
@@ -222,8 +230,11 @@ class MessageBus:
             log.info("command rejected", extra={"subscription_id": sub_id, "type": envelope.type,
                                                 "code": error_code(error), "reason": str(error)[:300]})
             status, code, detail = "rejected", error_code(error), str(error)
+            kept_audit = ()
         uow.begin(at)
         uow.outcome(envelope, sub_id, status, code=code, detail=detail)
+        for row in kept_audit:
+            uow.add_audit(**row)
         uow.commit()
 
 

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from services.billing_worker.adapters.billing_repository import audit_invoice_totals
 from shared.adapters.postgres.schema.billing import (
+    billing_audit_log,
     coupon_redemptions,
     credit_entries,
     payment_attempts,
@@ -176,6 +177,20 @@ def test_a_failed_payment_makes_the_subscription_past_due_and_a_later_success_re
     assert types == ["credits.granted", "credits.granted", "subscription.status_changed", "invoice.finalized",
                      "invoice.payment_failed", "subscription.status_changed", "invoice.paid",
                      "subscription.status_changed"]
+
+
+def test_a_second_successful_charge_of_a_paid_invoice_is_kept_in_the_audit_log_for_a_refund(
+        billing: Billing, engine) -> None:  # type: ignore[no-untyped-def]
+    sub, _ = subscribe(billing)
+    [invoice] = billing.invoices(sub)
+    common = {"subscription_id": sub, "invoice_id": invoice.invoice_id, "amount_minor": 900, "currency": "USD"}
+    billing.send(PaymentSucceeded(**common, provider_ref="pi_first", paid_at=JAN_1), JAN_1)
+    billing.send(PaymentSucceeded(**common, provider_ref="pi_second", paid_at=JAN_16), JAN_16)
+    with engine.connect() as conn:
+        details = conn.execute(sa.select(billing_audit_log.c.detail).where(
+            billing_audit_log.c.action == "payment.duplicate",
+            billing_audit_log.c.entity_id == invoice.invoice_id)).scalars().all()
+    assert details == [{"provider_ref": "pi_second", "paid_ref": "pi_first"}]
 
 
 def test_a_coupon_discounts_each_invoice_once(billing: Billing, engine) -> None:  # type: ignore[no-untyped-def]

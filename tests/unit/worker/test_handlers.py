@@ -366,9 +366,6 @@ def test_a_second_successful_charge_of_a_paid_invoice_marks_it_paid_once(worker:
     assert worker.store.invoices[invoice.id][1].provider_ref == "pi_1"
 
 
-@pytest.mark.xfail(strict=True, reason="defect found in the refactor, kept as it is (behaviour unchanged): the "
-                   "payment.duplicate audit row is collected, then discarded with the unit of work when the use "
-                   "case raises Ignored (already paid)")
 def test_a_second_successful_charge_of_a_paid_invoice_is_audited_for_a_refund(worker: Worker) -> None:
     sub = worker.subscribe()
     invoice = first_invoice(worker, sub)

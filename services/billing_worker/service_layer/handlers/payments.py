@@ -86,12 +86,15 @@ def payment_succeeded(uow: BillingUnitOfWork, env: Envelope, p: PaymentSucceeded
         uow.settle_attempt(p.attempt_id, "succeeded", p.provider_ref, None, False, now)
     if invoice.status is InvoiceStatus.PAID:
         paid_ref = uow.paid_refs.get(invoice.id, row.provider_ref)
+        duplicate = []
         if p.provider_ref and paid_ref and p.provider_ref != paid_ref:
             # NOTE: a second successful charge of one invoice must never be silent: it is audited
-            # for a refund (the constraints make it impossible through our own executor).
-            uow.add_audit(occurred_at=now, action="payment.duplicate", entity_type="invoice", entity_id=invoice.id,
-                          subscription_id=state.id, detail={"provider_ref": p.provider_ref, "paid_ref": paid_ref})
-        raise Ignored(f"invoice {invoice.id} is already paid")
+            # for a refund (the constraints make it impossible through our own executor). The row rides on
+            # the refusal, which rolls back everything the use case wrote.
+            duplicate.append({"occurred_at": now, "action": "payment.duplicate", "entity_type": "invoice",
+                              "entity_id": invoice.id, "subscription_id": state.id,
+                              "detail": {"provider_ref": p.provider_ref, "paid_ref": paid_ref}})
+        raise Ignored(f"invoice {invoice.id} is already paid", audit=duplicate)
     if invoice.status not in (InvoiceStatus.OPEN, InvoiceStatus.UNCOLLECTIBLE):
         raise Ignored(f"invoice {invoice.id} is {invoice.status.value}")
     paid_at = ensure_utc(p.paid_at)
