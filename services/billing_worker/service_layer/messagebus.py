@@ -205,6 +205,9 @@ class MessageBus:
         uow.begin(at)
         try:
             with uow.savepoint():
+                # as in a run of many: its subscription is loaded before the use case runs (a use case such
+                # as create asks uow.states whether it exists)
+                uow.load([sub_id])
                 if handler.prefetch is not None:
                     handler.prefetch(uow, [(envelope, payload)], at)
                 result = handler.apply(uow, envelope, payload, at)

@@ -155,6 +155,14 @@ def test_pause_then_resume_moves_through_paused_and_back_with_history(billing: B
     assert kinds == ["SubscriptionStarted", "SubscriptionPaused", "SubscriptionResumed"]
 
 
+def test_a_repeated_create_alone_in_its_run_is_rejected_as_already_exists(billing: Billing) -> None:
+    sub, cus = subscribe(billing)
+    env = billing.send(CreateSubscription(subscription_id=sub, customer_id=cus, plan_id="pro", currency="USD",
+                                          payment_method_id="pm_card_visa"), JAN_16)
+    assert (billing.outcome(env).status, billing.outcome(env).error_code) == ("rejected", "already_exists")
+    assert len(billing.invoices(sub)) == 1
+
+
 def test_an_unknown_plan_is_rejected_with_its_code(billing: Billing) -> None:
     sub, cus = new_ids()
     env = billing.send(CreateSubscription(subscription_id=sub, customer_id=cus, plan_id="platinum", currency="USD"),

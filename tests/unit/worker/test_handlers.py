@@ -114,6 +114,22 @@ def test_a_new_subscription_is_stored_invoiced_with_a_pending_attempt_and_announ
     assert [e.payload["invoice_id"] for e in worker.store.events("invoice.finalized")] == [invoice.id]
 
 
+def test_a_repeated_create_alone_in_its_run_is_rejected_as_already_exists_like_one_in_a_batch(
+        worker: Worker) -> None:
+    sub = worker.subscribe()
+    again = CreateSubscription(subscription_id=sub, customer_id=f"cus_{sub}", plan_id="pro", currency="USD",
+                               payment_method_id="pm_card_visa")
+
+    alone = worker.send(again, JAN_16)
+    [in_a_batch, other] = worker.send_batch(
+        [again, CreateSubscription(subscription_id="sub_2", customer_id="cus_sub_2", plan_id="pro", currency="USD")],
+        JAN_16)
+
+    assert worker.outcome(alone) == worker.outcome(in_a_batch) == ("rejected", "already_exists")
+    assert worker.outcome(other) == ("applied", None)
+    assert len(worker.invoices(sub)) == 1
+
+
 def test_a_subscription_in_a_currency_its_plan_is_not_sold_in_is_rejected_and_nothing_is_stored(
         worker: Worker) -> None:
     envelope = worker.send(CreateSubscription(subscription_id="sub_1", customer_id="cus_1", plan_id="pro",
