@@ -25,9 +25,9 @@ from services.billing_worker.entrypoints.consumer import ExactlyOnceConsumer
 from services.billing_worker.entrypoints.executor import PaymentExecutor
 from services.billing_worker.entrypoints.health import HealthServer
 from services.billing_worker.entrypoints.scheduler import Scheduler
-from services.billing_worker.model import credit_kinds
 from services.billing_worker.service_layer.handlers import Handler, credits, customers, payments, periods, subscriptions
 from services.billing_worker.service_layer.messagebus import BatchProcessor, MessageBus, UnitOfWorkFactory
+from services.billing_worker.service_layer.model import credit_kinds
 from shared.adapters.catalog_file import load_catalog
 from shared.adapters.kafka.dlq import DeadLetterPublisher
 from shared.adapters.kafka.health import KafkaProbe

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from psycopg.types.json import Jsonb
 from sqlalchemy.dialects.postgresql import insert
 
-from services.billing_worker.model import DEFAULT_ISSUER, InvoiceToStore, LedgerState, SubscriptionState
+from services.billing_worker.service_layer.model import DEFAULT_ISSUER, InvoiceToStore, LedgerState, SubscriptionState
 from shared.adapters.postgres.schema.billing import (
     billing_audit_log,
     coupon_attachments,

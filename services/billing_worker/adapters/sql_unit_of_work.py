@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from services.billing_worker.adapters import billing_repository as repo
 from services.billing_worker.adapters import payment_attempts as attempts
 from services.billing_worker.adapters.outbox import outbox_row
-from services.billing_worker.model import InvoiceToStore, LedgerState, SubscriptionState
+from services.billing_worker.service_layer.model import InvoiceToStore, LedgerState, SubscriptionState
 from services.billing_worker.service_layer.unit_of_work import BillingUnitOfWork, UsageClose
 from shared.adapters.postgres.schema.core import command_outcomes, outbox
 from shared.domain.catalog import Catalog

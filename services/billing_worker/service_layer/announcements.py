@@ -6,8 +6,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from services.billing_worker.model import SubscriptionState
 from services.billing_worker.service_layer.errors import snake_case
+from services.billing_worker.service_layer.model import SubscriptionState
 from shared.contracts.messages import CreditsChanged, InvoiceEvent
 from shared.domain.events import DomainEvent, SubscriptionStarted, event_payload
 from shared.domain.invoice import Invoice

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from services.billing_worker.model import InvoiceToStore, LedgerState, SubscriptionState, credit_kinds
 from services.billing_worker.service_layer.announcements import (
     credits_payload,
     invoice_event,
@@ -32,6 +31,7 @@ from services.billing_worker.service_layer.announcements import (
     status_snapshot,
 )
 from services.billing_worker.service_layer.errors import MessageRejected, Refused
+from services.billing_worker.service_layer.model import InvoiceToStore, LedgerState, SubscriptionState, credit_kinds
 from shared.contracts import topics
 from shared.contracts.envelope import Envelope, new_envelope
 from shared.contracts.messages import Payload, SubscriptionStatusChanged

@@ -19,7 +19,7 @@ from decimal import Decimal
 from types import MappingProxyType, SimpleNamespace
 from typing import Any
 
-from services.billing_worker.model import InvoiceToStore, LedgerState, SubscriptionState
+from services.billing_worker.service_layer.model import InvoiceToStore, LedgerState, SubscriptionState
 from services.billing_worker.service_layer.unit_of_work import BillingUnitOfWork, Outgoing
 from shared.domain.catalog import Catalog
 from shared.domain.events import DomainEvent

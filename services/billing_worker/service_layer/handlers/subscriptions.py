@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from datetime import datetime, time
 from typing import Any
 
-from services.billing_worker.model import SubscriptionState
 from services.billing_worker.service_layer.errors import Ignored, Refused, error_code
 from services.billing_worker.service_layer.handlers import Handler
+from services.billing_worker.service_layer.model import SubscriptionState
 from services.billing_worker.service_layer.unit_of_work import BillingUnitOfWork
 from shared.contracts.envelope import Envelope
 from shared.contracts.messages import (
