@@ -1,9 +1,14 @@
 """Errors as RFC 9457 problem details (`application/problem+json`).
 
 Every error the edge returns has `type`, `title`, `status`, `detail` and `errors: [{field, reason}]`.
-Routes raise `ProblemError(status, title, detail, errors=[FieldError(...)])`; `install_problem_handlers`
-turns it, FastAPI's request validation errors (422 with one entry per field), Starlette's HTTP errors
-(404, 405) and unexpected failures (500, without internals) into that shape.
+Routes raise `ProblemError(status, title, detail, errors=[FieldError(...)])` for what they decode, and let
+the use cases' errors (`shared.errors` families) propagate; `install_problem_handlers` turns those, FastAPI's
+request validation errors (422 with one entry per field), Starlette's HTTP errors (404, 405) and unexpected
+failures (500, without internals) into that shape.
+
+This is the only place an error meets an HTTP status: `ANSWERS` maps each refusal (its family and `code`) to
+a status, problem type and title; a dependency outage or a value the database refused is answered by
+`dependency_problem`.
 
 Validation errors never echo the submitted value: a body may carry data that must not be reflected or
 logged (see `services.ingest.pan`).
@@ -13,7 +18,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -25,8 +31,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.ingest.service_layer.quota_errors import (
+    QuotaRefusalCode,
+    QuotaRefused,
+    SpendContentionError,
+)
+from services.ingest.service_layer.refusals import LifecycleRefusal, OnboardingRefused, ReplayRefused
+from shared.adapters.clock import ClockRefusedError
 from shared.adapters.postgres.errors import driver_error, is_database_error, is_transient, reason_code
-from shared.errors import DataRejectedError, InfrastructureError
+from shared.errors import BillingError, DataRejectedError, InfrastructureError, refusal_code
 
 PROBLEM_JSON = "application/problem+json"
 _log = logging.getLogger("services.ingest.problems")
@@ -197,6 +210,99 @@ class OutageMiddleware:
             await response(scope, receive, send)
 
 
+# --- the use cases' errors ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """How one refusal is answered: its status, problem type slug and title. The detail is the error's
+    message (none when ``detail`` is False: the title says it all); ``errors`` are the refusal's ``fields``
+    ((field, reason) pairs) when it has them."""
+
+    status: int
+    slug: str
+    title: str
+    detail: bool = True
+
+
+# Each family of use-case errors, then its codes. A family's codes are its own (``currency_mismatch`` is a
+# quota answer and a lifecycle answer), so the family is looked up first.
+ANSWERS: Mapping[type[BillingError], Mapping[str, Answer]] = {
+    QuotaRefused: {
+        QuotaRefusalCode.UNKNOWN_PLAN: Answer(422, "unknown-plan", "Unknown plan"),
+        QuotaRefusalCode.PLAN_ALREADY_SET: Answer(409, "plan-already-set", "Plan already set"),
+        QuotaRefusalCode.UNKNOWN_ORG: Answer(404, "unknown-org", "Unknown org"),
+        QuotaRefusalCode.INVALID_TIMEZONE: Answer(422, "invalid-timezone", "Invalid timezone"),
+        QuotaRefusalCode.INVALID_LIMIT: Answer(422, "invalid-limit", "Invalid limit"),
+        QuotaRefusalCode.INVALID_THRESHOLDS: Answer(422, "invalid-thresholds", "Invalid thresholds"),
+        QuotaRefusalCode.INVALID_TOP_UP: Answer(422, "invalid-top-up", "Invalid top up"),
+        QuotaRefusalCode.ENQUIRY_CONFLICT: Answer(409, "quota/enquiry-conflict", "Enquiry already used"),
+        QuotaRefusalCode.NO_SUBSCRIPTION: Answer(409, "quota/no-subscription", "No subscription"),
+        QuotaRefusalCode.NO_USAGE_TIER: Answer(409, "quota/no-usage-tier", "No usage tier"),
+        QuotaRefusalCode.INVALID_CAP: Answer(422, "quota/invalid-cap", "Invalid cap"),
+        QuotaRefusalCode.CURRENCY_MISMATCH: Answer(422, "quota/currency-mismatch", "Currency mismatch"),
+        QuotaRefusalCode.INVALID_QUANTITY: Answer(422, "quota/invalid-quantity", "Invalid quantity"),
+        QuotaRefusalCode.REQUEST_CONFLICT: Answer(409, "quota/request-conflict", "Request already authorised"),
+    },
+    # the spend state kept changing under the request
+    SpendContentionError: {QuotaRefusalCode.CONTENTION: Answer(503, "quota/contention", "Contention")},
+    OnboardingRefused: {
+        "validation": Answer(422, "validation", "Members are for organisations", detail=False),
+        "already_onboarded": Answer(409, "already-onboarded", "Already onboarded"),
+        "alias_taken": Answer(409, "alias-taken", "Alias taken"),
+        "payment_provider": Answer(422, "payment-provider", "Refused by the payment provider"),
+    },
+    LifecycleRefusal: {
+        "unknown_customer": Answer(404, "not-found", "Unknown customer"),
+        "unknown_subscription": Answer(404, "not-found", "Unknown subscription"),
+        "unknown_catalog_entry": Answer(422, "validation", "Unknown catalog entry"),
+        "currency_mismatch": Answer(422, "currency-mismatch", "Currency mismatch"),
+    },
+    ReplayRefused: {
+        "customer_unknown": Answer(409, "customer-unknown", "Customer still unknown"),
+        "no_active_subscription": Answer(409, "no-active-subscription", "No subscription accepts usage"),
+    },
+    ClockRefusedError: {"clock_refused": Answer(409, "clock-refused", "Clock refused")},
+}
+
+
+def answer_of(error: BaseException) -> Answer | None:
+    """The answer ``ANSWERS`` gives ``error`` (its nearest family, then its code), or None."""
+    for family in type(error).__mro__:
+        answers = ANSWERS.get(family)
+        if answers is not None:
+            return answers.get(refusal_code(error))
+    return None
+
+
+def use_case_problem(error: BillingError) -> tuple[Problem, dict[str, str]] | None:
+    """The problem document (and headers) answering a use case's error, or None when it has no answer
+    (then it is a bug: 500)."""
+    answer = answer_of(error)
+    if answer is None:
+        return None
+    fields: Sequence[tuple[str, str]] = getattr(error, "fields", ())
+    problem = Problem(type=problem_type(answer.slug), title=answer.title, status=answer.status,
+                      detail=str(error) if answer.detail else None,
+                      errors=[FieldError(field=field, reason=reason) for field, reason in fields])
+    return problem, {}
+
+
+def command_rejected(error_code: str | None, error_detail: str | None) -> ProblemError:
+    """The answer to a lifecycle command the billing worker rejected (its outcome's refusal code): 409."""
+    return ProblemError(409, "Command rejected", error_detail or error_code,
+                        slug=f"rejected/{error_code or 'invalid-transition'}",
+                        errors=[FieldError(field="subscription", reason=error_code or "rejected")])
+
+
+async def _on_use_case_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, BillingError)
+    answered = use_case_problem(exc)
+    if answered is None:
+        return await _on_unexpected(request, exc)
+    return problem_response(*answered)
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
     _log.exception("unhandled error", extra={"path": request.url.path})
     return problem_response(Problem(title="Internal server error", status=500))
@@ -211,6 +317,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ProblemError, _on_problem)
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http)
+    app.add_exception_handler(BillingError, _on_use_case_error)  # the most specific handler wins (by MRO)
     for outage in OUTAGE_ERRORS + VALUE_REFUSED_ERRORS:
         app.add_exception_handler(outage, _on_dependency_error)
     app.add_exception_handler(Exception, _on_unexpected)

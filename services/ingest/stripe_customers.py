@@ -8,7 +8,7 @@ from typing import TypeVar
 
 import stripe
 
-from services.ingest.service_layer.customers import PaymentProviderRefused
+from services.ingest.service_layer.refusals import PaymentProviderRefused
 from services.ingest.service_layer.unit_of_work import CustomerRecord
 from shared.errors import InfrastructureError
 

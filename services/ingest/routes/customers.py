@@ -15,9 +15,9 @@ from services.ingest.auth import Principal, Scope, authorize_customer, require
 from services.ingest.container import Container, get_container
 from services.ingest.ids import PathId, PaymentMethodId
 from services.ingest.pagination import Page, decode_cursor, encode_cursor
-from services.ingest.problems import PROBLEM_RESPONSES, FieldError, ProblemError
+from services.ingest.problems import PROBLEM_RESPONSES, ProblemError
 from services.ingest.service_layer import customers as onboarding
-from services.ingest.service_layer.customers import OnboardingRefused, customer_id_for
+from services.ingest.service_layer.customers import customer_id_for
 from services.ingest.service_layer.unit_of_work import CustomerRecord, Member, UnitOfWorkFactory, sql_unit_of_work
 from services.ingest.stripe_customers import StripeCustomers
 from services.ingest.time_zones import TimeZoneName
@@ -86,22 +86,6 @@ def unit_of_work(container: Container = Depends(get_container)) -> UnitOfWorkFac
     return sql_unit_of_work(container.engine)
 
 
-# (status, title, slug) of each onboarding refusal; the detail and field errors come with the refusal.
-_REFUSALS: dict[type[OnboardingRefused], tuple[int, str, str]] = {
-    onboarding.MembersForOrganisationsOnly: (422, "Members are for organisations", "validation"),
-    onboarding.AlreadyOnboarded: (409, "Already onboarded", "already-onboarded"),
-    onboarding.AliasTaken: (409, "Alias taken", "alias-taken"),
-    onboarding.PaymentProviderRefused: (422, "Refused by the payment provider", "payment-provider"),
-}
-
-
-def _problem(refusal: OnboardingRefused) -> ProblemError:
-    status, title, slug = _REFUSALS[type(refusal)]
-    detail = None if isinstance(refusal, onboarding.MembersForOrganisationsOnly) else str(refusal)
-    return ProblemError(status, title, detail, slug=slug,
-                        errors=[FieldError(field=f, reason=reason) for f, reason in refusal.fields])
-
-
 _ONBOARD_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"model": CustomerView, "description": "Already onboarded with the same data: the customer as it is"},
     **PROBLEM_RESPONSES,
@@ -118,12 +102,9 @@ async def onboard(body: OnboardRequest, request: Request, principal: Principal =
         currency=body.currency, timezone=body.timezone, tax_rate_bps=body.tax_rate_bps,
         members=[Member(m.user_id, str(m.email) if m.email else None, m.role) for m in body.members],
         aliases=body.aliases, payment_method_id=body.payment_method_id)
-    try:
-        record, created = await run_in_threadpool(
-            onboarding.onboard, uow, StripeCustomers(container.stripe), command, principal=principal,
-            request_id=request.headers.get("x-request-id"))
-    except OnboardingRefused as refusal:
-        raise _problem(refusal) from refusal
+    record, created = await run_in_threadpool(  # refusals: answered by the problem layer
+        onboarding.onboard, uow, StripeCustomers(container.stripe), command, principal=principal,
+        request_id=request.headers.get("x-request-id"))
     return JSONResponse(_view(record).model_dump(mode="json"), status_code=201 if created else 200,
                         headers={"Location": f"/v1/customers/{record.customer_id}"})
 

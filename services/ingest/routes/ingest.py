@@ -215,14 +215,9 @@ async def replay_unmatched(body: ReplayRequest, request: Request, _: Principal =
     directory.forget(body.customer_ref)
     route = (await run_in_threadpool(directory.resolve, [body.customer_ref]))[body.customer_ref]
     now = await run_in_threadpool(container.clock.now)
-    try:
-        replay = await run_in_threadpool(usage_intake.replay_unmatched, sql_unit_of_work(container.engine),
-                                         container.catalog, route, body.customer_ref, now,
-                                         request.headers.get("x-request-id"))
-    except usage_intake.CustomerStillUnknown as error:
-        raise ProblemError(409, "Customer still unknown", str(error), slug="customer-unknown") from error
-    except usage_intake.NoSubscriptionAcceptsUsage as error:
-        raise ProblemError(409, "No subscription accepts usage", str(error), slug="no-active-subscription") from error
+    replay = await run_in_threadpool(usage_intake.replay_unmatched, sql_unit_of_work(container.engine),
+                                     container.catalog, route, body.customer_ref, now,
+                                     request.headers.get("x-request-id"))  # refusals: 409 (problem layer)
     return ReplayResult(replayed=replay.replayed, still_rejected=[
         EventResult(index=row_id, transaction_id=tx, status=EventStatus.REJECTED, reason=why.code,
                     errors=[FieldError(field=why.field, reason=why.reason)])

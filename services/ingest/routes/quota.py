@@ -1,6 +1,6 @@
 """Report-credit endpoints (issue 7). Thin: decode and validate, resolve the org from the key, call the use
 case (``services.ingest.service_layer.quota_admission`` / ``quota_admin`` / ``spend``), encode its answer or
-map its refusal code to a problem document (``_REFUSALS``: the only place quota refusals meet HTTP).
+let its refusals propagate: the problem layer (``services.ingest.problems.ANSWERS``) answers each code.
 
 | method + path | scope | what |
 |---|---|---|
@@ -51,11 +51,10 @@ from starlette.responses import Response
 
 from services.ingest.auth import Principal, Scope, authenticate, forbidden, require, resolve_org
 from services.ingest.ids import BodyId, PathId, check_path_id
-from services.ingest.problems import PROBLEM_JSON, PROBLEM_RESPONSES, Problem, ProblemError, problem_bytes, problem_type
+from services.ingest.problems import PROBLEM_JSON, PROBLEM_RESPONSES, Problem, problem_bytes, problem_type
 from services.ingest.quota_spend import spend_service_of
 from services.ingest.service_layer.quota_admin import QuotaService, QuotaView
 from services.ingest.service_layer.quota_admission import CreditAnswer
-from services.ingest.service_layer.quota_errors import QuotaRefusalCode, QuotaRefused, SpendContentionError
 from services.ingest.service_layer.spend import OrgSpend, SpendAnswer, SpendService
 from services.ingest.time_zones import TimeZoneName
 from shared.contracts.usage_rules import properties_problem
@@ -185,30 +184,6 @@ _DENIAL_TITLE = {
 }
 
 
-# The HTTP answer of each refusal code: (status, problem type slug, title).
-_REFUSALS: dict[QuotaRefusalCode, tuple[int, str, str]] = {
-    QuotaRefusalCode.UNKNOWN_PLAN: (422, "unknown-plan", "Unknown plan"),
-    QuotaRefusalCode.PLAN_ALREADY_SET: (409, "plan-already-set", "Plan already set"),
-    QuotaRefusalCode.UNKNOWN_ORG: (404, "unknown-org", "Unknown org"),
-    QuotaRefusalCode.INVALID_TIMEZONE: (422, "invalid-timezone", "Invalid timezone"),
-    QuotaRefusalCode.INVALID_LIMIT: (422, "invalid-limit", "Invalid limit"),
-    QuotaRefusalCode.INVALID_THRESHOLDS: (422, "invalid-thresholds", "Invalid thresholds"),
-    QuotaRefusalCode.INVALID_TOP_UP: (422, "invalid-top-up", "Invalid top up"),
-    QuotaRefusalCode.ENQUIRY_CONFLICT: (409, "quota/enquiry-conflict", "Enquiry already used"),
-    QuotaRefusalCode.NO_SUBSCRIPTION: (409, "quota/no-subscription", "No subscription"),
-    QuotaRefusalCode.NO_USAGE_TIER: (409, "quota/no-usage-tier", "No usage tier"),
-    QuotaRefusalCode.INVALID_CAP: (422, "quota/invalid-cap", "Invalid cap"),
-    QuotaRefusalCode.CURRENCY_MISMATCH: (422, "quota/currency-mismatch", "Currency mismatch"),
-    QuotaRefusalCode.INVALID_QUANTITY: (422, "quota/invalid-quantity", "Invalid quantity"),
-    QuotaRefusalCode.REQUEST_CONFLICT: (409, "quota/request-conflict", "Request already authorised"),
-    QuotaRefusalCode.CONTENTION: (503, "quota/contention", "Contention"),
-}
-
-
-def _problem(error: QuotaRefused | SpendContentionError) -> ProblemError:
-    status, slug, title = _REFUSALS[error.code]
-    return ProblemError(status, title, error.detail, slug=slug)
-
 
 def _credit_response(answer: CreditAnswer, now: datetime | None) -> Response:
     """200 with the balances, or the problem document of the refusal (``now`` sets 429's Retry-After)."""
@@ -273,10 +248,7 @@ async def use_report_credit(org_id: str, request: Request) -> Response:
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in error.errors()]) from error
     org = resolve_org(principal, org_id)
     admission = request.app.state.quota.admission
-    try:
-        answer = await admission.use_credit(org, body.user_id, body.enquiry_id)
-    except QuotaRefused as error:
-        raise _problem(error) from error
+    answer = await admission.use_credit(org, body.user_id, body.enquiry_id)
     user_refused = answer.reason is QuotaDenialReason.USER_LIMIT_REACHED
     return _credit_response(answer, await admission.now() if user_refused else None)
 
@@ -290,11 +262,8 @@ router.add_api_route("/orgs/{org_id}/report-credits", use_report_credit, methods
             summary="Set the org's report plan")
 async def set_plan(org_id: PathId, body: SetPlan, principal: Annotated[Principal, Depends(require(Scope.ADMIN))],
                    quota: Annotated[QuotaService, Depends(get_quota)]) -> QuotaState:
-    try:
-        view = await quota.admin.set_plan(resolve_org(principal, org_id), body.plan, timezone=body.timezone,
-                                    subscription_id=body.subscription_id)
-    except QuotaRefused as error:
-        raise _problem(error) from error
+    view = await quota.admin.set_plan(resolve_org(principal, org_id), body.plan, timezone=body.timezone,
+                                      subscription_id=body.subscription_id)
     return QuotaState.of(view)
 
 
@@ -303,10 +272,7 @@ async def set_plan(org_id: PathId, body: SetPlan, principal: Annotated[Principal
 async def start_trial(org_id: PathId, body: StartTrial,
                       principal: Annotated[Principal, Depends(require(Scope.ADMIN))],
                       quota: Annotated[QuotaService, Depends(get_quota)]) -> QuotaState:
-    try:
-        view = await quota.admin.start_trial(resolve_org(principal, org_id), timezone=body.timezone)
-    except QuotaRefused as error:
-        raise _problem(error) from error
+    view = await quota.admin.start_trial(resolve_org(principal, org_id), timezone=body.timezone)
     return QuotaState.of(view)
 
 
@@ -315,10 +281,7 @@ async def start_trial(org_id: PathId, body: StartTrial,
 async def set_user_limit(org_id: PathId, body: SetUserLimit,
                          principal: Annotated[Principal, Depends(require(Scope.ADMIN))],
                          quota: Annotated[QuotaService, Depends(get_quota)]) -> QuotaState:
-    try:
-        view = await quota.admin.set_user_limit(resolve_org(principal, org_id), body.limit)
-    except QuotaRefused as error:
-        raise _problem(error) from error
+    view = await quota.admin.set_user_limit(resolve_org(principal, org_id), body.limit)
     return QuotaState.of(view)
 
 
@@ -327,10 +290,7 @@ async def set_user_limit(org_id: PathId, body: SetUserLimit,
 async def set_alert_thresholds(org_id: PathId, body: SetThresholds,
                                principal: Annotated[Principal, Depends(require(Scope.ADMIN))],
                                quota: Annotated[QuotaService, Depends(get_quota)]) -> QuotaState:
-    try:
-        view = await quota.admin.set_alert_thresholds(resolve_org(principal, org_id), body.thresholds_percent)
-    except QuotaRefused as error:
-        raise _problem(error) from error
+    view = await quota.admin.set_alert_thresholds(resolve_org(principal, org_id), body.thresholds_percent)
     return QuotaState.of(view)
 
 
@@ -338,11 +298,8 @@ async def set_alert_thresholds(org_id: PathId, body: SetThresholds,
              summary="Top up the org's reports for the current month (admin only)")
 async def top_up(org_id: PathId, body: TopUp, principal: Annotated[Principal, Depends(require(Scope.ADMIN))],
                  quota: Annotated[QuotaService, Depends(get_quota)]) -> TopUpResult:
-    try:
-        view, applied, expires_at = await quota.admin.top_up(resolve_org(principal, org_id), body.reports,
-                                                       top_up_id=body.top_up_id, granted_by=principal.key_id)
-    except QuotaRefused as error:
-        raise _problem(error) from error
+    view, applied, expires_at = await quota.admin.top_up(resolve_org(principal, org_id), body.reports,
+                                                         top_up_id=body.top_up_id, granted_by=principal.key_id)
     return TopUpResult(applied=applied, expires_at=expires_at, state=QuotaState.of(view))
 
 
@@ -351,10 +308,7 @@ async def top_up(org_id: PathId, body: TopUp, principal: Annotated[Principal, De
 async def read_quota(org_id: PathId, principal: Annotated[Principal, Depends(require(Scope.READ))],
                      quota: Annotated[QuotaService, Depends(get_quota)],
                      user_id: Annotated[str | None, Query(pattern=IDENTIFIER)] = None) -> QuotaState:
-    try:
-        view = await quota.admin.view(resolve_org(principal, org_id), user_id)
-    except QuotaRefused as error:
-        raise _problem(error) from error
+    view = await quota.admin.view(resolve_org(principal, org_id), user_id)
     return QuotaState.of(view)
 
 
@@ -488,10 +442,7 @@ _AUTHORISE_RESPONSES: dict[int | str, dict[str, object]] = {
             summary="Usage-tier balance: included credits left, spend so far, the cap")
 async def read_spend(org_id: PathId, principal: Annotated[Principal, Depends(require(Scope.READ))],
                      spend: Annotated[SpendService, Depends(get_spend)]) -> SpendBalance:
-    try:
-        return SpendBalance.of(await spend.balance(resolve_org(principal, org_id)))
-    except QuotaRefused as error:
-        raise _problem(error) from error
+    return SpendBalance.of(await spend.balance(resolve_org(principal, org_id)))
 
 
 @router.put("/orgs/{org_id}/spend-cap", response_model=SpendBalance, responses=PROBLEM_RESPONSES,
@@ -499,11 +450,8 @@ async def read_spend(org_id: PathId, principal: Annotated[Principal, Depends(req
 async def set_spend_cap(org_id: PathId, body: SetSpendCap,
                         principal: Annotated[Principal, Depends(require(Scope.ADMIN))],
                         spend: Annotated[SpendService, Depends(get_spend)]) -> SpendBalance:
-    try:
-        return SpendBalance.of(await spend.set_cap(resolve_org(principal, org_id), body.amount_minor,
-                                                   body.currency))
-    except QuotaRefused as error:
-        raise _problem(error) from error
+    return SpendBalance.of(await spend.set_cap(resolve_org(principal, org_id), body.amount_minor,
+                                               body.currency))
 
 
 @router.post("/orgs/{org_id}/spend/authorisations", responses=_AUTHORISE_RESPONSES, response_class=Response,
@@ -511,11 +459,8 @@ async def set_spend_cap(org_id: PathId, body: SetSpendCap,
 async def authorise_spend(org_id: PathId, body: Authorise,
                           principal: Annotated[Principal, Depends(require(Scope.INGEST))],
                           spend: Annotated[SpendService, Depends(get_spend)]) -> Response:
-    try:
-        answer = await spend.authorise(resolve_org(principal, org_id), body.request_id, body.quantity,
-                                       body.properties)
-    except (QuotaRefused, SpendContentionError) as error:
-        raise _problem(error) from error
+    answer = await spend.authorise(resolve_org(principal, org_id), body.request_id, body.quantity,
+                                   body.properties)
     headers = {"Idempotent-Replayed": "true"} if answer.replayed else {}
     if answer.allowed:
         return Response(orjson.dumps(_spend_body(answer)), status_code=200, media_type="application/json",

@@ -20,9 +20,9 @@ from starlette.concurrency import run_in_threadpool
 from services.ingest.auth import Principal, Scope, authorize_customer, require
 from services.ingest.container import Container, get_container
 from services.ingest.ids import BodyId, PathId, PaymentMethodId
-from services.ingest.problems import PROBLEM_RESPONSES, FieldError, ProblemError
+from services.ingest.problems import PROBLEM_RESPONSES, FieldError, ProblemError, command_rejected
 from services.ingest.service_layer import lifecycle
-from services.ingest.service_layer.lifecycle import Accepted, LifecycleRefusal, Outcome
+from services.ingest.service_layer.lifecycle import Accepted, Outcome
 from services.ingest.service_layer.unit_of_work import UnitOfWorkFactory, sql_unit_of_work
 from services.ingest.views import CommandView, SubscriptionView
 from shared.contracts.messages import (
@@ -32,7 +32,6 @@ from shared.contracts.messages import (
     PauseSubscription,
     ResumeSubscription,
 )
-from shared.domain.errors import CurrencyMismatchError
 
 router = APIRouter(tags=["subscriptions"])
 
@@ -84,21 +83,9 @@ def owner_of(engine: Any, subscription_id: str) -> str | None:
     return lifecycle.owner_of(sql_unit_of_work(engine), subscription_id)
 
 
-def _refused(error: LifecycleRefusal) -> ProblemError:
-    """The HTTP answer to a command the edge refuses before sending it."""
-    if isinstance(error, lifecycle.UnknownCustomer):
-        return ProblemError(404, "Unknown customer", error.detail, slug="not-found")
-    if isinstance(error, lifecycle.UnknownSubscription):
-        return ProblemError(404, "Unknown subscription", error.detail, slug="not-found")
-    return ProblemError(422, "Unknown catalog entry", error.detail, slug="validation",
-                        errors=[FieldError(field=error.field or "body", reason=error.detail)])
-
-
 async def _accept(call: Any, *args: Any, **kwargs: Any) -> Accepted:
-    try:
-        accepted: Accepted = await run_in_threadpool(call, *args, **kwargs)
-    except LifecycleRefusal as error:
-        raise _refused(error) from error
+    """Run a lifecycle use case; its refusals (`LifecycleRefusal`) are answered by the problem layer."""
+    accepted: Accepted = await run_in_threadpool(call, *args, **kwargs)
     return accepted
 
 
@@ -118,9 +105,7 @@ async def render_outcome(uow: UnitOfWorkFactory, outcome: Outcome | None, comman
                            poll_url=url)
         return JSONResponse(view.model_dump(mode="json"), status_code=202, headers={"Location": url})
     if outcome.status == "rejected":
-        raise ProblemError(409, "Command rejected", outcome.error_detail or outcome.error_code,
-                           slug=f"rejected/{outcome.error_code or 'invalid-transition'}",
-                           errors=[FieldError(field="subscription", reason=outcome.error_code or "rejected")])
+        raise command_rejected(outcome.error_code, outcome.error_detail)
     row = await run_in_threadpool(lifecycle.subscription_of, uow, subscription_id)
     body = (SubscriptionView.model_validate(row).model_dump(mode="json") if row is not None else
             CommandView(command_id=str(command_id), subscription_id=subscription_id, status=outcome.status,
@@ -136,16 +121,10 @@ async def subscribe(body: SubscribeRequest, request: Request, principal: Princip
                     uow: UnitOfWorkFactory = Depends(unit_of_work)) -> JSONResponse:
     authorize_customer(principal, body.customer_id)
     now = await run_in_threadpool(container.clock.now)
-    try:
-        accepted = await _accept(lifecycle.subscribe, uow, container.catalog, lifecycle.Subscribe(
-            customer_id=body.customer_id, plan_id=body.plan_id, seats=body.seats, trial_days=body.trial_days,
-            coupon_id=body.coupon_id, anchor_day=body.anchor_day, payment_method_id=body.payment_method_id),
-            principal=principal, now=now, request_id=request.headers.get("x-request-id"))
-    except CurrencyMismatchError as error:
-        raise ProblemError(422, "Currency mismatch", f"plan {body.plan_id} bills in {error.left}, the customer "
-                           f"in {error.right}", slug="currency-mismatch",
-                           errors=[FieldError(field="plan_id", reason="currency differs from the customer's")]
-                           ) from error
+    accepted = await _accept(lifecycle.subscribe, uow, container.catalog, lifecycle.Subscribe(
+        customer_id=body.customer_id, plan_id=body.plan_id, seats=body.seats, trial_days=body.trial_days,
+        coupon_id=body.coupon_id, anchor_day=body.anchor_day, payment_method_id=body.payment_method_id),
+        principal=principal, now=now, request_id=request.headers.get("x-request-id"))
     return await answer(container, uow, accepted, created=True)
 
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from services.ingest.auth import Principal
+from services.ingest.service_layer.refusals import AliasTaken, AlreadyOnboarded, MembersForOrganisationsOnly
 from services.ingest.service_layer.unit_of_work import CustomerRecord, Member, UnitOfWorkFactory
-from shared.errors import RefusedError
 
 _CUSTOMER_NAMESPACE = uuid.UUID("0b7f3c52-2f0d-4d1e-8c55-6a0f5f7e9a11")
 #: What must match for a repeated onboarding of an external id to be the same one.
@@ -44,35 +44,6 @@ class Onboard:
     members: Sequence[Member] = ()
     aliases: Sequence[str] = ()
     payment_method_id: str | None = None
-
-
-class OnboardingRefused(RefusedError):
-    def __init__(self, message: str, *, code: str, fields: Sequence[tuple[str, str]] = ()) -> None:
-        super().__init__(message, code=code)
-        self.fields = list(fields)  # (field, reason)
-
-
-class MembersForOrganisationsOnly(OnboardingRefused):
-    def __init__(self) -> None:
-        super().__init__("Members are for organisations", code="validation",
-                         fields=[("members", "a user has no members")])
-
-
-class AlreadyOnboarded(OnboardingRefused):
-    def __init__(self, differing: Sequence[str]) -> None:
-        super().__init__("this external_id was onboarded with other data", code="already_onboarded",
-                         fields=[(f, "differs from the onboarded customer") for f in differing])
-
-
-class AliasTaken(OnboardingRefused):
-    def __init__(self, taken: Sequence[str]) -> None:
-        super().__init__("an alias belongs to another customer", code="alias_taken",
-                         fields=[("aliases", f"{a!r} is taken") for a in taken])
-
-
-class PaymentProviderRefused(OnboardingRefused):
-    def __init__(self, message: str, provider_code: str | None) -> None:
-        super().__init__(message, code="payment_provider", fields=[("payment_method_id", provider_code or "refused")])
 
 
 class PaymentCustomers(Protocol):

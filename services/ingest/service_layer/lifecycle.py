@@ -19,42 +19,26 @@ from datetime import datetime
 from typing import Any
 
 from services.ingest.auth import Principal
+from services.ingest.service_layer.refusals import (
+    LifecycleRefusal,
+    PlanNotSoldInCurrency,
+    UnknownCatalogEntry,
+    UnknownCustomer,
+    UnknownSubscription,
+)
 from services.ingest.service_layer.unit_of_work import Outcome, UnitOfWorkFactory
 from shared.contracts import topics
 from shared.contracts.envelope import Envelope, new_envelope
 from shared.contracts.messages import TYPE_OF, CreateSubscription, SubscriptionCommand
 from shared.domain.catalog import Catalog
-from shared.domain.errors import DomainError
-from shared.errors import RefusedError
+from shared.domain.errors import CurrencyMismatchError, DomainError
 
 PRODUCER = "ingest"
 POLL_INTERVAL_SECONDS = 0.05
 
-__all__ = ["Accepted", "Outcome", "Subscribe", "UnknownCatalogEntry", "UnknownCustomer", "UnknownSubscription",
+__all__ = ["Accepted", "LifecycleRefusal", "Outcome", "PlanNotSoldInCurrency", "Subscribe", "UnknownCatalogEntry",
+           "UnknownCustomer", "UnknownSubscription",
            "new_subscription_id", "send_command", "subscribe", "wait_for_outcome"]
-
-
-class LifecycleRefusal(RefusedError):
-    """A command the edge refuses before sending it; `code` is machine-readable, `field` names the input."""
-
-    code = "refused"
-
-    def __init__(self, detail: str, *, field: str | None = None) -> None:
-        super().__init__(detail, code=type(self).code)
-        self.detail = detail
-        self.field = field
-
-
-class UnknownCustomer(LifecycleRefusal):
-    code = "unknown_customer"
-
-
-class UnknownSubscription(LifecycleRefusal):
-    code = "unknown_subscription"
-
-
-class UnknownCatalogEntry(LifecycleRefusal):
-    code = "unknown_catalog_entry"
 
 
 @dataclass(frozen=True)
@@ -92,7 +76,7 @@ def subscribe(uow: UnitOfWorkFactory, catalog: Catalog, request: Subscribe, *, p
     """Route a new subscription to its customer and send its create command.
 
     Refuses an unknown plan or coupon (`UnknownCatalogEntry`), an unknown customer (`UnknownCustomer`) and a
-    plan sold in another currency than the customer's (the domain's `CurrencyMismatchError`).
+    plan sold in another currency than the customer's (`PlanNotSoldInCurrency`, a `CurrencyMismatchError`).
     """
     try:
         plan = catalog.plan(request.plan_id)
@@ -106,7 +90,10 @@ def subscribe(uow: UnitOfWorkFactory, catalog: Catalog, request: Subscribe, *, p
         customer = work.customer_terms(request.customer_id)
         if customer is None:
             raise UnknownCustomer(f"no customer {request.customer_id!r}", field="customer_id")
-        plan.require_sold_in(customer.currency)
+        try:
+            plan.require_sold_in(customer.currency)
+        except CurrencyMismatchError as exc:
+            raise PlanNotSoldInCurrency(request.plan_id, exc.left, exc.right) from exc
         work.route_subscription(subscription_id, request.customer_id, command_id)
         work.audit(principal, "subscription.create", customer_id=request.customer_id,
                    subscription_id=subscription_id, request_id=request_id, command_id=str(command_id),

@@ -23,6 +23,7 @@ from typing import Any, Final, Protocol
 import orjson
 
 from services.ingest.directory import Route
+from services.ingest.service_layer.refusals import CustomerStillUnknown, NoSubscriptionAcceptsUsage
 from services.ingest.service_layer.unit_of_work import UnitOfWorkFactory
 from shared.contracts import topics
 from shared.contracts.usage_rules import UsageProblem
@@ -205,14 +206,6 @@ def unmatched_page(uow: UnitOfWorkFactory, *, customer_ref: str | None, include_
     with uow() as work:
         return work.unmatched_page(customer_ref=customer_ref, include_replayed=include_replayed, after=after,
                                    limit=limit)
-
-
-class CustomerStillUnknown(Exception):
-    code = "customer_unknown"
-
-
-class NoSubscriptionAcceptsUsage(Exception):
-    code = "no_active_subscription"
 
 
 @dataclass(frozen=True)

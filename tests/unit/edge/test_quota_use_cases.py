@@ -9,11 +9,11 @@ from datetime import UTC, datetime
 
 import pytest
 
+from services.ingest.problems import answer_of
 from services.ingest.quota_wiring import quota_service
-from services.ingest.routes.quota import _REFUSALS
 from services.ingest.service_layer.quota_admin import QuotaService
 from services.ingest.service_layer.quota_alerts import AlertNotifications
-from services.ingest.service_layer.quota_errors import QuotaRefusalCode, QuotaRefused
+from services.ingest.service_layer.quota_errors import QuotaRefusalCode, QuotaRefused, SpendContentionError
 from services.ingest.service_layer.quota_lanes import Lanes
 from shared.adapters.catalog_file import load_default_catalog
 from shared.adapters.clock import ManualClock
@@ -132,10 +132,16 @@ async def test_a_top_up_lifts_the_allotment_for_the_next_decision_at_once() -> N
 
 
 def test_every_refusal_code_has_an_http_answer() -> None:
-    assert set(_REFUSALS) == set(QuotaRefusalCode)
-    assert _REFUSALS[QuotaRefusalCode.UNKNOWN_ORG][:2] == (404, "unknown-org")
-    assert _REFUSALS[QuotaRefusalCode.PLAN_ALREADY_SET][:2] == (409, "plan-already-set")
-    assert _REFUSALS[QuotaRefusalCode.CONTENTION][:2] == (503, "quota/contention")
+    answers = {code: answer_of(QuotaRefused(code, "refused")) for code in QuotaRefusalCode
+               if code is not QuotaRefusalCode.CONTENTION}
+    answers[QuotaRefusalCode.CONTENTION] = answer_of(SpendContentionError("retry"))
+    assert None not in answers.values()
+    assert set(answers) == set(QuotaRefusalCode)
+    assert {code: (a.status, a.slug) for code, a in answers.items() if a is not None and code in (
+        QuotaRefusalCode.UNKNOWN_ORG, QuotaRefusalCode.PLAN_ALREADY_SET, QuotaRefusalCode.CONTENTION)} == {
+        QuotaRefusalCode.UNKNOWN_ORG: (404, "unknown-org"),
+        QuotaRefusalCode.PLAN_ALREADY_SET: (409, "plan-already-set"),
+        QuotaRefusalCode.CONTENTION: (503, "quota/contention")}
 
 
 async def test_a_failing_batch_fails_each_of_its_requests_and_the_lane_goes_on() -> None:

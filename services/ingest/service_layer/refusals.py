@@ -1,0 +1,110 @@
+"""Refusals of the edge's use cases (lifecycle commands, onboarding, replay of parked usage): each a
+`RefusedError` with a machine-readable `code` and the inputs at fault (`fields`: (field, reason) pairs), never
+an HTTP status. The problem layer (`services.ingest.problems`) answers each code; the quota and spend
+refusals are in `quota_errors`.
+
+Kept apart from their use cases so the problem layer can import them without the use cases' imports (the
+use cases import `services.ingest.auth`, which imports the problem layer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from shared.domain.errors import CurrencyMismatchError
+from shared.errors import RefusedError
+
+# --- lifecycle commands (`lifecycle`) -------------------------------------------------------------------
+
+
+class LifecycleRefusal(RefusedError):
+    """A command the edge refuses before sending it; `code` is machine-readable, `field` names the input."""
+
+    code = "refused"
+
+    def __init__(self, detail: str, *, field: str | None = None, fields: Sequence[tuple[str, str]] = ()) -> None:
+        super().__init__(detail, code=type(self).code)
+        self.detail = detail
+        self.field = field
+        self.fields = list(fields)  # (field, reason) the answer names
+
+
+class UnknownCustomer(LifecycleRefusal):
+    code = "unknown_customer"
+
+
+class UnknownSubscription(LifecycleRefusal):
+    code = "unknown_subscription"
+
+
+class UnknownCatalogEntry(LifecycleRefusal):
+    code = "unknown_catalog_entry"
+
+    def __init__(self, detail: str, *, field: str | None = None) -> None:
+        super().__init__(detail, field=field, fields=[(field or "body", detail)])
+
+
+class PlanNotSoldInCurrency(CurrencyMismatchError, LifecycleRefusal):
+    """The plan bills in another currency than the customer's: the domain's `CurrencyMismatchError` (what
+    callers that catch the domain's refusals see), naming the plan (what the answer says)."""
+
+    code = "currency_mismatch"
+
+    def __init__(self, plan_id: str, plan_currency: str, customer_currency: str) -> None:
+        super().__init__(plan_currency, customer_currency)  # left, right; then LifecycleRefusal's attributes
+        self.detail = f"plan {plan_id} bills in {plan_currency}, the customer in {customer_currency}"
+        self.args = (self.detail,)
+        self.field = "plan_id"
+        self.fields = [("plan_id", "currency differs from the customer's")]
+
+
+# --- onboarding (`customers`) ---------------------------------------------------------------------------
+
+
+class OnboardingRefused(RefusedError):
+    def __init__(self, message: str, *, code: str, fields: Sequence[tuple[str, str]] = ()) -> None:
+        super().__init__(message, code=code)
+        self.fields = list(fields)  # (field, reason)
+
+
+class MembersForOrganisationsOnly(OnboardingRefused):
+    def __init__(self) -> None:
+        super().__init__("Members are for organisations", code="validation",
+                         fields=[("members", "a user has no members")])
+
+
+class AlreadyOnboarded(OnboardingRefused):
+    def __init__(self, differing: Sequence[str]) -> None:
+        super().__init__("this external_id was onboarded with other data", code="already_onboarded",
+                         fields=[(f, "differs from the onboarded customer") for f in differing])
+
+
+class AliasTaken(OnboardingRefused):
+    def __init__(self, taken: Sequence[str]) -> None:
+        super().__init__("an alias belongs to another customer", code="alias_taken",
+                         fields=[("aliases", f"{a!r} is taken") for a in taken])
+
+
+class PaymentProviderRefused(OnboardingRefused):
+    def __init__(self, message: str, provider_code: str | None) -> None:
+        super().__init__(message, code="payment_provider", fields=[("payment_method_id", provider_code or "refused")])
+
+
+# --- replay of parked usage (`usage_intake`) ------------------------------------------------------------
+
+
+class ReplayRefused(RefusedError):
+    """Parked usage that cannot be replayed yet."""
+
+    code = "refused"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, code=type(self).code)
+
+
+class CustomerStillUnknown(ReplayRefused):
+    code = "customer_unknown"
+
+
+class NoSubscriptionAcceptsUsage(ReplayRefused):
+    code = "no_active_subscription"
