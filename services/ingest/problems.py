@@ -7,8 +7,8 @@ request validation errors (422 with one entry per field), Starlette's HTTP error
 failures (500, without internals) into that shape.
 
 This is the only place an error meets an HTTP status: `ANSWERS` maps each refusal (its family and `code`) to
-a status, problem type and title; a dependency outage or a value the database refused is answered by
-`dependency_problem`.
+a status, problem type and title; a retryable error is a 503 with `Retry-After`; a dependency outage or
+a value the database refused is answered by `dependency_problem`.
 
 Validation errors never echo the submitted value: a body may carry data that must not be reflected or
 logged (see `services.ingest.pan`).
@@ -32,9 +32,9 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.ingest.service_layer.quota_errors import (
+    ContentionError,
     QuotaRefusalCode,
     QuotaRefused,
-    SpendContentionError,
 )
 from services.ingest.service_layer.refusals import LifecycleRefusal, OnboardingRefused, ReplayRefused
 from shared.adapters.clock import ClockRefusedError
@@ -225,6 +225,8 @@ class Answer:
     detail: bool = True
 
 
+_RETRY_AFTER = {"Retry-After": "1"}
+
 # Each family of use-case errors, then its codes. A family's codes are its own (``currency_mismatch`` is a
 # quota answer and a lifecycle answer), so the family is looked up first.
 ANSWERS: Mapping[type[BillingError], Mapping[str, Answer]] = {
@@ -244,8 +246,8 @@ ANSWERS: Mapping[type[BillingError], Mapping[str, Answer]] = {
         QuotaRefusalCode.INVALID_QUANTITY: Answer(422, "quota/invalid-quantity", "Invalid quantity"),
         QuotaRefusalCode.REQUEST_CONFLICT: Answer(409, "quota/request-conflict", "Request already authorised"),
     },
-    # the spend state kept changing under the request
-    SpendContentionError: {QuotaRefusalCode.CONTENTION: Answer(503, "quota/contention", "Contention")},
+    # retryable (503 with Retry-After): the spend or quota state kept changing under the request
+    ContentionError: {QuotaRefusalCode.CONTENTION: Answer(503, "quota/contention", "Contention")},
     OnboardingRefused: {
         "validation": Answer(422, "validation", "Members are for organisations", detail=False),
         "already_onboarded": Answer(409, "already-onboarded", "Already onboarded"),
@@ -277,15 +279,20 @@ def answer_of(error: BaseException) -> Answer | None:
 
 def use_case_problem(error: BillingError) -> tuple[Problem, dict[str, str]] | None:
     """The problem document (and headers) answering a use case's error, or None when it has no answer
-    (then it is a bug: 500)."""
+    (then it is a bug: 500). A retryable error without an answer of its own is a 503 with Retry-After."""
     answer = answer_of(error)
     if answer is None:
+        if error.retryable:
+            return Problem(type=problem_type("unavailable"), title="Service unavailable", status=503,
+                           detail="a dependency failed transiently; retry with the same Idempotency-Key"), \
+                dict(_RETRY_AFTER)
         return None
     fields: Sequence[tuple[str, str]] = getattr(error, "fields", ())
     problem = Problem(type=problem_type(answer.slug), title=answer.title, status=answer.status,
                       detail=str(error) if answer.detail else None,
                       errors=[FieldError(field=field, reason=reason) for field, reason in fields])
-    return problem, {}
+    # NOTE: a retryable error may succeed at once: like an outage, it says when to retry
+    return problem, dict(_RETRY_AFTER) if error.retryable else {}
 
 
 def command_rejected(error_code: str | None, error_detail: str | None) -> ProblemError:

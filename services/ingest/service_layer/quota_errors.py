@@ -1,6 +1,6 @@
 """Refusals of the quota and spend use cases: a machine-readable ``code`` (and the request field at fault),
-never an HTTP status. The route layer (``services.ingest.routes.quota``) maps each code to its problem
-document; a new code without a mapping there fails the route's unit test."""
+never an HTTP status. The problem layer (``services.ingest.problems.ANSWERS``) maps each code to its problem
+document; a new code without an answer there fails its unit test."""
 
 from __future__ import annotations
 
@@ -41,8 +41,9 @@ class QuotaRefused(RefusedError):
         self.field = field
 
 
-class SpendContentionError(RetryableError):
-    """The spend state kept changing under an authorisation (``MAX_ATTEMPTS`` lost compare-and-sets): retry."""
+class ContentionError(RetryableError):
+    """The state kept changing under a request (``MAX_ATTEMPTS`` lost compare-and-sets in a row): the same
+    request may succeed at once, so it is retryable (the edge answers 503 with Retry-After)."""
 
     code = QuotaRefusalCode.CONTENTION
 
@@ -51,9 +52,10 @@ class SpendContentionError(RetryableError):
         self.detail = detail
 
 
-class QuotaContentionError(RetryableError):
-    """A report-credit batch lost the compare-and-set ``MAX_ATTEMPTS`` times in a row: retry.
+class SpendContentionError(ContentionError):
+    """The spend state kept changing under an authorisation: retry."""
 
-    # NOTE: not mapped by the routes, so still answered 500 as before the refactor (the row-locked path
-    # makes it practically unreachable); mapping it to 503 like ``SpendContentionError`` would be a change.
-    """
+
+class QuotaContentionError(ContentionError):
+    """A report-credit batch lost the compare-and-set ``MAX_ATTEMPTS`` times in a row: retry (the row-locked
+    path makes it rare)."""

@@ -12,9 +12,15 @@ from fastapi.testclient import TestClient
 
 from services.ingest.problems import command_rejected, install_problem_handlers
 from services.ingest.service_layer import customers, lifecycle, usage_intake
-from services.ingest.service_layer.quota_errors import QuotaRefusalCode, QuotaRefused, SpendContentionError
+from services.ingest.service_layer.quota_errors import (
+    QuotaContentionError,
+    QuotaRefusalCode,
+    QuotaRefused,
+    SpendContentionError,
+)
 from shared.adapters.clock import ClockRefusedError
 from shared.domain.errors import CurrencyMismatchError, InvalidValueError
+from shared.errors import RetryableError
 
 pytestmark = pytest.mark.unit
 
@@ -89,3 +95,22 @@ def test_a_command_the_worker_rejected_is_a_409_naming_its_refusal_code() -> Non
         "type": "/problems/rejected/invalid_transition", "title": "Command rejected", "status": 409,
         "detail": "cannot pause a cancelled subscription",
         "errors": [{"field": "subscription", "reason": "invalid_transition"}]}
+
+
+@pytest.mark.parametrize("error", [
+    QuotaContentionError("org o: the quota state kept changing; retry"),
+    SpendContentionError("org o: the spend state kept changing; retry"),
+])
+def test_a_retryable_contention_is_a_503_problem_with_retry_after(error: Exception) -> None:
+    status, body, headers = answer(error)
+    assert (status, body["type"], body["title"], body["detail"]) == (
+        503, "/problems/quota/contention", "Contention", str(error))
+    assert headers["retry-after"] == "1" and headers["content-type"] == "application/problem+json"
+
+
+def test_any_retryable_error_without_an_answer_of_its_own_is_a_503_with_retry_after() -> None:
+    class LockTimeout(RetryableError):
+        pass
+
+    status, body, headers = answer(LockTimeout("try again"))
+    assert (status, body["type"], headers["retry-after"]) == (503, "/problems/unavailable", "1")
