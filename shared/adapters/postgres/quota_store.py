@@ -18,7 +18,8 @@ The domain (``shared.domain.quota``) decides; this module makes the decision sti
   configuration cannot commit.
 
 Driver errors become ``shared.errors`` families: a unique violation on an enquiry is ``DuplicateEnquiry``
-(retry: the enquiry now exists), anything else on the connection is ``DatabaseUnavailableError``. The
+(retry: the enquiry now exists), a CHECK violation ``QuotaStoreError`` (both refusals with a code), anything
+else on the connection is ``DatabaseUnavailableError`` (retryable). The
 usage-tier spend store is ``shared.adapters.postgres.spend_store`` (sync SQLAlchemy, like the worker's reads).
 """
 
@@ -35,19 +36,34 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from shared.errors import DatabaseUnavailableError
+from shared.errors import DatabaseUnavailableError, RefusedError
 
 
-class QuotaStoreError(Exception):
-    """Family: the quota store refused a write for a reason the caller must handle."""
+class QuotaStoreError(RefusedError):
+    """Family: the quota store refused a write (or knows no such org) for a reason the caller must handle;
+    a refusal under the error root, with its machine-readable ``code``.
+
+    Raised as such when a CHECK constraint (the backstop: ``used`` past the allotment, a user past the limit)
+    refused the write (code ``quota_backstop``): nothing was written; the decision was taken on stale state.
+    # NOTE: not a ``DataRejectedError``: the request's data is not at fault, so an escaped one stays a 500.
+    """
+
+    code = "quota_backstop"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code=type(self).code)
 
 
 class DuplicateEnquiry(QuotaStoreError):
     """Another writer admitted one of the batch's enquiries concurrently; re-read and replay it."""
 
+    code = "duplicate_enquiry"
+
 
 class UnknownOrg(QuotaStoreError):
     """The org has no quota configuration (no plan was ever set and no trial started)."""
+
+    code = "unknown_org"
 
 
 # --- rows -----------------------------------------------------------------------------------------------

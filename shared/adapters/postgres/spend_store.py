@@ -18,15 +18,28 @@ from shared.adapters.postgres.schema.billing import subscriptions
 from shared.adapters.postgres.subscription_reads import newest_live_subscription
 from shared.adapters.postgres.usage_reads import grant_balances, usage_since
 from shared.domain.spend import SpendUsage
-from shared.errors import DatabaseUnavailableError
+from shared.errors import DatabaseUnavailableError, RefusedError
 
 
-class SpendStoreError(Exception):
-    """Family: the spend store refused a write for a reason the caller must handle."""
+class SpendStoreError(RefusedError):
+    """Family: the spend store refused a write for a reason the caller must handle; a refusal under the
+    error root, with its machine-readable ``code``.
+
+    Raised as such when the limit backstop (a CHECK constraint) refused the authorisation (code
+    ``spend_backstop``): nothing was written.
+    # NOTE: not a ``DataRejectedError``: the request's data is not at fault, so an escaped one stays a 500.
+    """
+
+    code = "spend_backstop"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code=type(self).code)
 
 
 class DuplicateAuthorisation(SpendStoreError):
     """Another writer stored the same request id concurrently; re-read and replay it."""
+
+    code = "duplicate_authorisation"
 
 
 
