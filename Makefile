@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-unit bench chaos lint up down status venv system-deps clean
+.PHONY: demo test test-unit test-e2e bench chaos lint up down status venv system-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ test: venv system-deps
 
 test-unit: venv
 	$(BIN)/pytest -q -m unit
+
+# Tests that run several services as processes (marker e2e): tests/e2e (the three services bill a month) and
+# the short fault suite (kill -9, poison corpus); on the stack `make up` runs.
+test-e2e: venv system-deps
+	$(BIN)/pytest -q -m e2e
 
 bench: venv system-deps
 	$(BIN)/python -m bench.run
