@@ -26,7 +26,8 @@ def encode_cursor(key: str) -> str:
     return base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
 
 
-def _invalid_cursor() -> ProblemError:
+def invalid_cursor() -> ProblemError:
+    """The answer to a cursor this API did not hand out (decoded here, or refused by a read adapter)."""
     return ProblemError(422, "Invalid cursor", "pass back a next_cursor value unchanged", slug="cursor",
                         errors=[FieldError(field="cursor", reason="not a cursor of this API")])
 
@@ -37,9 +38,9 @@ def decode_cursor(cursor: str | None) -> str | None:
     try:
         key = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-        raise _invalid_cursor() from exc
+        raise invalid_cursor() from exc
     if "\x00" in key:  # never produced by encode_cursor; PostgreSQL text cannot hold it
-        raise _invalid_cursor()
+        raise invalid_cursor()
     return key
 
 
@@ -49,5 +50,5 @@ def decode_int_cursor(cursor: str | None) -> int | None:
     if key is None:
         return None
     if not key.isascii() or not key.isdigit() or len(key) > 18:
-        raise _invalid_cursor()
+        raise invalid_cursor()
     return int(key)

@@ -15,8 +15,8 @@ from starlette.concurrency import run_in_threadpool
 from services.ingest.auth import Principal, Scope, forbidden, require, resolve_org
 from services.ingest.container import Container, get_container
 from services.ingest.ids import MAX_ID_LENGTH
-from services.ingest.pagination import Page, decode_int_cursor, encode_cursor
-from services.ingest.problems import PROBLEM_RESPONSES, FieldError, ProblemError
+from services.ingest.pagination import Page, decode_int_cursor, encode_cursor, invalid_cursor
+from services.ingest.problems import PROBLEM_RESPONSES
 from services.ingest.views import NotificationView
 from shared.adapters.notify.history import MAX_PAGE, InvalidCursorError, NotificationPage, list_notifications
 
@@ -45,8 +45,7 @@ async def notifications(customer_id: Annotated[str | None, Query(max_length=MAX_
     try:
         page = await run_in_threadpool(load)
     except InvalidCursorError as exc:
-        raise ProblemError(422, "Invalid cursor", "pass back a next_cursor value unchanged", slug="cursor",
-                           errors=[FieldError(field="cursor", reason="not a cursor of this API")]) from exc
+        raise invalid_cursor() from exc
     views = [NotificationView(notification_id=str(n.notification_id), customer_id=n.customer_id,
                               subscription_id=n.subscription_id, invoice_id=n.invoice_id, kind=n.kind,
                               channel=n.channel, recipient=n.recipient, subject=n.subject, decided_at=n.decided_at,
