@@ -25,11 +25,10 @@ from enum import StrEnum
 from typing import Any, Final
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert
 
 from shared.adapters.payments.port import ChargeOutcome, ChargeStatus, PaymentGateway, PaymentGatewayError
+from shared.adapters.postgres.outbox import add_to_outbox
 from shared.adapters.postgres.schema.billing import invoices, payment_attempts
-from shared.adapters.postgres.schema.core import outbox
 from shared.adapters.postgres.schema.dunning import dunning_cases
 from shared.contracts import topics
 from shared.contracts.envelope import new_envelope
@@ -335,9 +334,7 @@ class PaymentReconciler:
         envelope = new_envelope(TYPE_OF[type(payload)], payload.model_dump(mode="json"), producer="dunning",
                                 occurred_at=now, event_id=event_id)
         with self._engine.begin() as conn:
-            conn.execute(insert(outbox).values(topic=topics.PAYMENTS, message_key=key, event_id=envelope.event_id,
-                                               event_type=envelope.type, envelope=envelope.model_dump(mode="json"))
-                         .on_conflict_do_nothing(index_elements=[outbox.c.event_id]))
+            add_to_outbox(conn, [(topics.PAYMENTS, key, envelope)])
 
 
 def _keyset(invoice: OpenInvoice) -> tuple[datetime, str] | None:

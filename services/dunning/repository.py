@@ -19,7 +19,8 @@ from sqlalchemy.dialects.postgresql import insert
 
 from shared.adapters.notify.port import Notification
 from shared.adapters.postgres.errors import translate
-from shared.adapters.postgres.schema.core import customers, outbox
+from shared.adapters.postgres.outbox import add_to_outbox
+from shared.adapters.postgres.schema.core import customers
 from shared.adapters.postgres.schema.dunning import (
     dunning_actions,
     dunning_cases,
@@ -115,10 +116,7 @@ class PostgresDunningTransaction:
         if inserted is None:
             return False
         if command is not None:
-            envelope = command.envelope
-            self._conn.execute(outbox.insert().values(
-                topic=command.topic, message_key=command.key, event_id=envelope.event_id,
-                event_type=envelope.type, envelope=envelope.model_dump(mode="json")))
+            add_to_outbox(self._conn, [(command.topic, command.key, command.envelope)])
         if notice is not None:
             self._conn.execute(dunning_notifications.insert().values(
                 notification_id=notice.notification_id, case_id=notice.case_id, action_key=notice.action_key,
