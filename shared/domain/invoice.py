@@ -186,6 +186,7 @@ class Invoice:
     finalized_at: datetime | None = None
     paid_at: datetime | None = None
     closed_at: datetime | None = None
+    amount_paid_minor: int = 0  # collected so far, in minor units of `currency`
     version: int = 0
     pending_events: list[DomainEvent] = field(default_factory=list)
 
@@ -243,6 +244,15 @@ class Invoice:
     def amount_due(self) -> Money:
         """What to collect: the total, or zero when proration credits exceed the charges."""
         return self.total.max(Money.zero(self.currency))
+
+    @property
+    def amount_paid(self) -> Money:
+        return Money(self.amount_paid_minor, self.currency)
+
+    @property
+    def amount_remaining(self) -> Money:
+        """What is still to collect: the amount due less what was paid (never negative)."""
+        return (self.amount_due - self.amount_paid).max(Money.zero(self.currency))
 
     @property
     def credit_to_carry_forward(self) -> Money:
@@ -331,6 +341,7 @@ class Invoice:
         self._transition(InvoiceStatus.PAID)
         self.paid_at = instant
         self.closed_at = instant
+        self.amount_paid_minor = self.amount_due.amount_minor
         self.pending_events.append(
             InvoicePaid(
                 subscription_id=self.subscription_id,

@@ -341,7 +341,7 @@ def invoice_row(item: InvoiceToStore) -> dict[str, Any]:
         "subtotal_minor": inv.subtotal.amount_minor, "discount_minor": -_sum_kind(inv, LineKind.DISCOUNT),
         "credits_applied_minor": -_sum_kind(inv, LineKind.CREDIT), "tax_minor": inv.tax.amount_minor,
         "total_minor": inv.total.amount_minor, "amount_due_minor": inv.amount_due.amount_minor,
-        "amount_paid_minor": inv.amount_due.amount_minor if inv.status is InvoiceStatus.PAID else 0,
+        "amount_paid_minor": inv.amount_paid_minor,
         "tax_rate_bps": inv.tax_rate_bps, "plan_id": item.plan_id, "payment_method_id": item.payment_method_id,
         "issued_at": inv.finalized_at, "due_at": inv.finalized_at, "paid_at": inv.paid_at,
     }
@@ -392,7 +392,8 @@ def load_invoices(conn: sa.Connection, invoice_ids: Iterable[str]) -> dict[str, 
             customer_id=CustomerId(row.customer_id), currency=row.currency,
             created_at=row.issued_at or row.created_at, status=InvoiceStatus(row.status),
             lines=tuple(lines_of.get(row.invoice_id, ())), tax_rate_bps=row.tax_rate_bps, number=row.number,
-            finalized_at=_utc(row.issued_at), paid_at=_utc(row.paid_at), version=1)
+            finalized_at=_utc(row.issued_at), paid_at=_utc(row.paid_at), amount_paid_minor=row.amount_paid_minor,
+            version=1)
         out[row.invoice_id] = (invoice, row)
     return out
 
@@ -401,7 +402,7 @@ def save_invoice_status(conn: sa.Connection, invoice: Invoice, *, provider_ref: 
                         at: datetime | None = None) -> None:
     values: dict[str, Any] = {"status": invoice.status.value, "updated_at": sa.func.now()}
     if invoice.status is InvoiceStatus.PAID:
-        values |= {"paid_at": invoice.paid_at, "amount_paid_minor": invoice.amount_due.amount_minor}
+        values |= {"paid_at": invoice.paid_at, "amount_paid_minor": invoice.amount_paid_minor}
         if provider_ref:
             values["provider_ref"] = provider_ref
     elif invoice.status is InvoiceStatus.VOID:

@@ -109,6 +109,14 @@ def test_invoice_lifecycle_allows_only_its_transitions():
         invoice.void(at=AT, reason="too late")
 
 
+def test_the_invoice_knows_what_was_paid_and_what_is_left_to_collect():
+    invoice = draft(lines=(fee(1000),))
+    invoice.finalize(number="OLB-000001", at=AT)
+    assert (invoice.amount_paid, invoice.amount_remaining) == (Money(0, "USD"), Money(1000, "USD"))
+    invoice.mark_paid(at=AT, payment_reference="pi_1")
+    assert (invoice.amount_paid, invoice.amount_remaining) == (Money(1000, "USD"), Money(0, "USD"))
+
+
 def test_lines_in_another_currency_are_refused():
     with pytest.raises(InvoiceError):
         draft(lines=(fee(100, "EUR"),))

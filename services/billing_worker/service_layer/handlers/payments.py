@@ -42,10 +42,10 @@ def retry_payment(uow: BillingUnitOfWork, env: Envelope, p: RetryPayment, now: d
     found = uow.invoice(p.invoice_id)
     if found is None:
         raise Refused("not_found", f"invoice {p.invoice_id} does not exist")
-    invoice, row = found
+    invoice, _row = found
     if invoice.status not in (InvoiceStatus.OPEN, InvoiceStatus.UNCOLLECTIBLE):
         raise Ignored(f"invoice {invoice.id} is {invoice.status.value}: nothing to collect")
-    due = invoice.amount_due.amount_minor - row.amount_paid_minor
+    due = invoice.amount_remaining.amount_minor
     if due <= 0:
         raise Ignored(f"invoice {invoice.id} has nothing left to collect")
     uow.add_attempt(PaymentAttempt.request(
