@@ -1,4 +1,6 @@
-"""Response models of the reads, built from the worker's read model and the edge's own tables."""
+"""Response models of the reads (the HTTP shape), built from the worker's read model and the edge's own tables.
+
+The queries that fill them are the edge's read side, `services/ingest/service_layer/views.py`."""
 
 from __future__ import annotations
 
