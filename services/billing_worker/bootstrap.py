@@ -25,7 +25,15 @@ from services.billing_worker.entrypoints.consumer import ExactlyOnceConsumer
 from services.billing_worker.entrypoints.executor import PaymentExecutor
 from services.billing_worker.entrypoints.health import HealthServer
 from services.billing_worker.entrypoints.scheduler import Scheduler
-from services.billing_worker.service_layer.handlers import Handler, credits, customers, payments, periods, subscriptions
+from services.billing_worker.service_layer.handlers import (
+    Handler,
+    credits,
+    customers,
+    payments,
+    periods,
+    scheduled_changes,
+    subscriptions,
+)
 from services.billing_worker.service_layer.messagebus import BatchProcessor, MessageBus, UnitOfWorkFactory
 from services.billing_worker.service_layer.model import credit_kinds
 from shared.adapters.catalog_file import load_catalog
@@ -61,6 +69,8 @@ def billing_handlers() -> dict[str, Handler]:
         "subscription.cancel": subscriptions.CANCEL,
         "subscription.pause": subscriptions.PAUSE,
         "subscription.resume": subscriptions.RESUME,
+        "subscription.cancel_scheduled_change": scheduled_changes.CANCEL_SCHEDULED_CHANGE,
+        "subscription.revoke_cancellation": scheduled_changes.REVOKE_CANCELLATION,
         "trial.end": subscriptions.END_TRIAL,
         "period.close": periods.CLOSE_PERIOD,
         "credits.expire": credits.EXPIRE,

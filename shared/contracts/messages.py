@@ -92,6 +92,14 @@ class ResumeSubscription(SubscriptionCommand):
     pass
 
 
+class CancelScheduledChange(SubscriptionCommand):
+    """Undo the downgrade or seat reduction scheduled for the period end (refused `nothing_scheduled`)."""
+
+
+class RevokeCancellation(SubscriptionCommand):
+    """Keep renewing: undo a cancellation at the period end (refused `nothing_scheduled`)."""
+
+
 class ClosePeriod(SubscriptionCommand):
     """Emitted by the scheduler when the billing clock passes a period end. Idempotent: a close for a
     period that is not the subscription's current one is acknowledged and ignored."""
@@ -253,6 +261,8 @@ PAYLOADS: dict[str, type[Payload]] = {
     "subscription.cancel": CancelSubscription,
     "subscription.pause": PauseSubscription,
     "subscription.resume": ResumeSubscription,
+    "subscription.cancel_scheduled_change": CancelScheduledChange,
+    "subscription.revoke_cancellation": RevokeCancellation,
     "period.close": ClosePeriod,
     "trial.end": EndTrial,
     "credits.expire": ExpireCredits,

@@ -86,11 +86,19 @@ ALLOWED_TRANSITIONS: Mapping[SubscriptionStatus, frozenset[SubscriptionStatus]] 
 _CHANGEABLE = frozenset({_S.TRIALING, _S.ACTIVE})
 
 
+class NothingScheduledError(SubscriptionError):
+    """Undo asked of a subscription with nothing scheduled (no pending plan or seat change, no cancellation at
+    the period end). Its refusal code is ``nothing_scheduled``."""
+
+    code = "nothing_scheduled"
+
+
 class ChangeKind(StrEnum):
     UPGRADE = "upgrade"
     DOWNGRADE = "downgrade"
     SEATS = "seats"
     INTERVAL = "interval"
+    SCHEDULED_CHANGE_CANCELLED = "scheduled_change_cancelled"  # a change back to the current plan or seats
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,7 +283,10 @@ class Subscription:
         if new_plan.currency != current_plan.currency:
             raise SubscriptionError(f"cannot change currency from {current_plan.currency} to {new_plan.currency}")
         if new_plan.id == current_plan.id:
-            raise SubscriptionError(f"subscription {self.id} is already on plan {new_plan.id}")
+            if self.pending_plan_id is None and self.pending_seats is None:
+                raise SubscriptionError(f"subscription {self.id} is already on plan {new_plan.id}")
+            # back to the plan it is on while a change waits for the period end: the customer keeps it
+            return self._undo_scheduled_change(instant)
         new_seats = _seats_for(new_plan, self.seats)
         if new_plan.interval != current_plan.interval:
             if timing is ChangeTiming.PERIOD_END:
@@ -412,7 +423,10 @@ class Subscription:
         if not plan.per_seat:
             raise SubscriptionError(f"plan {plan.id} is not sold per seat")
         if new_seats == self.seats:
-            raise SubscriptionError(f"subscription {self.id} already has {new_seats} seats")
+            if self.pending_seats is None:
+                raise SubscriptionError(f"subscription {self.id} already has {new_seats} seats")
+            # back to the seats it has while a seat change waits for the period end: it keeps them
+            return self._undo_scheduled_change(instant)
         increase = new_seats > self.seats
         if self.status is _S.TRIALING:
             grants = self._change_grants(plan, plan, new_seats, instant)
@@ -446,6 +460,11 @@ class Subscription:
             kind=ChangeKind.SEATS, timing=ChangeTiming.PERIOD_END, effective_at=self.current_period.end
         )
 
+    def _undo_scheduled_change(self, at: datetime) -> ChangeOutcome:
+        """A change back to the current plan or seats: the scheduled change is cancelled, nothing is billed."""
+        self.cancel_scheduled_change(at=at)
+        return ChangeOutcome(kind=ChangeKind.SCHEDULED_CHANGE_CANCELLED, timing=ChangeTiming.IMMEDIATE, effective_at=at)
+
     def _apply_seats(self, new_seats: int, at: datetime, *, prorated: bool) -> None:
         from_seats = self.seats
         self.seats = new_seats
@@ -453,10 +472,10 @@ class Subscription:
         self._record(SeatsChanged, at, from_seats=from_seats, to_seats=new_seats, prorated=prorated)
 
     def cancel_scheduled_change(self, *, at: datetime) -> None:
-        """Drop a pending downgrade or seat reduction."""
+        """Drop a pending downgrade or seat reduction (``NothingScheduledError`` when there is none)."""
         instant = ensure_utc(at)
         if self.pending_plan_id is None and self.pending_seats is None:
-            raise SubscriptionError(f"subscription {self.id} has no scheduled change")
+            raise NothingScheduledError(f"subscription {self.id} has no scheduled change")
         pending_plan, pending_seats = self.pending_plan_id, self.pending_seats
         self.pending_plan_id = None
         self.pending_seats = None
@@ -492,7 +511,7 @@ class Subscription:
         """Keep renewing after all (undo ``cancel(at_period_end=True)``)."""
         instant = ensure_utc(at)
         if not self.cancel_at_period_end:
-            raise SubscriptionError(f"subscription {self.id} is not scheduled to cancel")
+            raise NothingScheduledError(f"subscription {self.id} is not scheduled to cancel")
         self.cancel_at_period_end = False
         self._record(CancellationRevoked, instant)
 

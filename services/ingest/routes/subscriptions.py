@@ -1,4 +1,5 @@
-"""Subscription lifecycle: subscribe, change plan, change seats, cancel, pause, resume (admin keys).
+"""Subscription lifecycle: subscribe, change plan, change seats, cancel, pause, resume, and undo what is scheduled
+for the period end (a plan or seat change, a cancellation) (admin keys).
 
 Each request becomes one command on `commands.v1` keyed by subscription_id, written to the outbox with its
 audit row (`services.ingest.service_layer.lifecycle` holds the use cases); the answer is the worker's:
@@ -26,11 +27,13 @@ from services.ingest.service_layer.lifecycle import Accepted, Outcome
 from services.ingest.service_layer.unit_of_work import UnitOfWorkFactory, sql_unit_of_work
 from services.ingest.views import CommandView, SubscriptionView
 from shared.contracts.messages import (
+    CancelScheduledChange,
     CancelSubscription,
     ChangePlan,
     ChangeSeats,
     PauseSubscription,
     ResumeSubscription,
+    RevokeCancellation,
 )
 
 router = APIRouter(tags=["subscriptions"])
@@ -197,6 +200,34 @@ async def resume(subscription_id: PathId, request: Request, principal: Principal
                           lambda customer_id: ResumeSubscription(subscription_id=subscription_id,
                                                                  customer_id=customer_id),
                           "subscription.resume")
+
+
+@router.delete("/v1/subscriptions/{subscription_id}/scheduled-change", response_model=SubscriptionView,
+               responses=COMMAND_RESPONSES,
+               summary="Cancel the downgrade or seat reduction scheduled for the period end",
+               description="409 `/problems/rejected/nothing_scheduled` when no plan or seat change is scheduled. "
+                           "A change-plan (or seats) back to the current plan (or seats) does the same.")
+async def cancel_scheduled_change(subscription_id: PathId, request: Request,
+                                  principal: Principal = Depends(require(Scope.ADMIN)),
+                                  container: Container = Depends(get_container),
+                                  uow: UnitOfWorkFactory = Depends(unit_of_work)) -> JSONResponse:
+    return await _command(request, container, uow, principal, subscription_id,
+                          lambda customer_id: CancelScheduledChange(subscription_id=subscription_id,
+                                                                    customer_id=customer_id),
+                          "subscription.cancel_scheduled_change")
+
+
+@router.post("/v1/subscriptions/{subscription_id}/cancel/revoke", response_model=SubscriptionView,
+             responses=COMMAND_RESPONSES, summary="Keep renewing: revoke a cancellation at the period end",
+             description="409 `/problems/rejected/nothing_scheduled` when no cancellation is scheduled.")
+async def revoke_cancellation(subscription_id: PathId, request: Request,
+                              principal: Principal = Depends(require(Scope.ADMIN)),
+                              container: Container = Depends(get_container),
+                              uow: UnitOfWorkFactory = Depends(unit_of_work)) -> JSONResponse:
+    return await _command(request, container, uow, principal, subscription_id,
+                          lambda customer_id: RevokeCancellation(subscription_id=subscription_id,
+                                                                 customer_id=customer_id),
+                          "subscription.revoke_cancellation")
 
 
 @router.get("/v1/commands/{command_id}", response_model=CommandView, responses=PROBLEM_RESPONSES,
