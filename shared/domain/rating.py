@@ -14,6 +14,9 @@ Invoice layout of a period close (each line rounded once, total = sum of lines):
 - one DISCOUNT line for the subscription's coupon, capped so the invoice never goes negative;
 - one TAX line on the taxable lines.
 
+``close_final_period`` is the same close cut short at an immediate cancellation (or dunning's give-up):
+the same lines over ``[period start, cancel instant)``, without a fee (nothing is billed in advance).
+
 # NOTE: meters whose overage policy is BLOCK (free tier compute, report quotas) are neither consumed nor
 # billed here: their credits are consumed as usage is authorised at the edge, which is what makes the
 # block possible. Rating only bills meters with overage BILL. Usage reported for a meter the plan does
@@ -418,6 +421,53 @@ def _check_inputs(subscription: Subscription, plan: Plan, tax_rate_bps: int) -> 
         raise TypeError("tax_rate_bps must be an int")
 
 
+def _rate_closed_usage(
+    *,
+    subscription: Subscription,
+    plan: Plan,
+    billed: Period,
+    usage_totals_by_meter: Mapping[MeterId, Decimal],
+    credits: CreditSource,
+    at: datetime,
+    invoice_id: InvoiceId,
+    pending_proration_lines: Sequence[InvoiceLine],
+    late_usage: Sequence[LateUsage],
+) -> tuple[Invoice, tuple[CreditConsumption, ...], tuple[UnbilledUsage, ...]]:
+    """The draft of a period close up to its fee: the usage of ``billed`` (credits drawn at its last
+    second), late usage of earlier periods as adjustments, then the proration lines carried to it. Shared
+    by the close at the period end and the final close of an immediate cancellation (one rating path)."""
+    invoice = Invoice.draft(
+        invoice_id=invoice_id,
+        key=InvoiceKey(subscription.id, InvoiceReason.PERIOD_CLOSE, billed),
+        customer_id=subscription.customer_id,
+        currency=plan.currency,
+        at=at,
+    )
+    invoice_key = str(invoice.key)
+    usage = [(meter_id, billed, usage_totals_by_meter[meter_id]) for meter_id in sorted(usage_totals_by_meter)]
+    lines, consumptions, unbilled = _rate_usage(
+        plan=plan,
+        usage=usage,
+        credits=credits,
+        usage_kind=LineKind.USAGE,
+        label="Usage",
+        reference_prefix=invoice_key,
+    )
+    late = [(item.meter_id, item.period, item.quantity) for item in late_usage]
+    late_lines, late_consumptions, late_unbilled = _rate_usage(
+        plan=plan,
+        usage=late,
+        credits=credits,
+        usage_kind=LineKind.ADJUSTMENT,
+        label="Late usage",
+        reference_prefix=invoice_key,
+    )
+    invoice.add_lines(lines)
+    invoice.add_lines(late_lines)
+    invoice.add_lines(pending_proration_lines)
+    return invoice, tuple(consumptions + late_consumptions), tuple(unbilled + late_unbilled)
+
+
 # --- entry points ----------------------------------------------------------------------------------
 
 
@@ -455,35 +505,18 @@ def close_period(
             raise RatingError(f"next_plan {subscription.pending_plan_id} is required to bill the next period")
         upcoming_plan = next_plan
 
-    invoice = Invoice.draft(
-        invoice_id=invoice_id,
-        key=InvoiceKey(subscription.id, InvoiceReason.PERIOD_CLOSE, closed),
-        customer_id=subscription.customer_id,
-        currency=plan.currency,
+    invoice, consumptions, unbilled = _rate_closed_usage(
+        subscription=subscription,
+        plan=plan,
+        billed=closed,
+        usage_totals_by_meter=usage_totals_by_meter,
+        credits=credits,
         at=instant,
+        invoice_id=invoice_id,
+        pending_proration_lines=pending_proration_lines,
+        late_usage=late_usage,
     )
     invoice_key = str(invoice.key)
-    usage = [(meter_id, closed, usage_totals_by_meter[meter_id]) for meter_id in sorted(usage_totals_by_meter)]
-    lines, consumptions, unbilled = _rate_usage(
-        plan=plan,
-        usage=usage,
-        credits=credits,
-        usage_kind=LineKind.USAGE,
-        label="Usage",
-        reference_prefix=invoice_key,
-    )
-    late = [(item.meter_id, item.period, item.quantity) for item in late_usage]
-    late_lines, late_consumptions, late_unbilled = _rate_usage(
-        plan=plan,
-        usage=late,
-        credits=credits,
-        usage_kind=LineKind.ADJUSTMENT,
-        label="Late usage",
-        reference_prefix=invoice_key,
-    )
-    invoice.add_lines(lines)
-    invoice.add_lines(late_lines)
-    invoice.add_lines(pending_proration_lines)
 
     billable_next = subscription.is_billable
     next_seats = subscription.next_seats
@@ -503,10 +536,10 @@ def close_period(
         subscription.record_coupon_redemption(redemption, at=instant)
     return PeriodCloseResult(
         invoice=invoice,
-        credits_consumed=tuple(consumptions + late_consumptions),
+        credits_consumed=consumptions,
         grants=grants,
         coupon_redemption=redemption,
-        unbilled=tuple(unbilled + late_unbilled),
+        unbilled=unbilled,
         closed_period=closed,
         next_period=next_period if subscription.status is not SubscriptionStatus.CANCELLED else None,
     )
@@ -592,3 +625,71 @@ def change_invoice(
     )
     invoice.apply_tax(tax_rate_bps)
     return invoice
+
+
+def close_final_period(
+    *,
+    subscription: Subscription,
+    plan: Plan,
+    usage_totals_by_meter: Mapping[MeterId, Decimal],
+    credits: CreditSource,
+    coupon: Coupon | None,
+    tax_rate_bps: int,
+    at: datetime,
+    invoice_id: InvoiceId,
+    pending_proration_lines: Sequence[InvoiceLine] = (),
+    late_usage: Sequence[LateUsage] = (),
+) -> PeriodCloseResult | None:
+    """The final invoice of a subscription that ends now (an immediate cancellation, dunning's give-up):
+    its current period closed early, at ``at``.
+
+    Rated exactly as ``close_period`` rates (``_rate_closed_usage``, the coupon, one tax line) over the
+    period cut short, ``[current_period.start, min(at, current_period.end))``, keyed (subscription,
+    period_close, that period); the included credits drawn are what the ledger holds at its last second
+    (the period's grants in full: a normal close does not prorate them either). Nothing is billed in
+    advance: there is no next period and no grant. Returns ``None`` when there is nothing to invoice (no
+    usage, late usage or carried lines) or the period has no length left (cancelled at its start).
+
+    Records the coupon redemption; the caller cancels the subscription (``Subscription.cancel``) after.
+
+    # NOTE: the unused part of the fee paid in advance for the current period is neither refunded nor
+    # credited (policy ``none``, today's behaviour and Stripe's default without ``prorate``); a per-plan
+    # policy (none / credit / refund) is a later part of issue 14.
+    # NOTE: an immediate cancellation applied after the period end but before that period's close ran
+    # bills the whole period here (without the next period's fee); usage after the period end is unbilled.
+    """
+    instant = ensure_utc(at)
+    _check_inputs(subscription, plan, tax_rate_bps)
+    if subscription.status not in CLOSABLE_STATUSES:
+        raise RatingError(f"no final invoice for a {subscription.status.value} subscription")
+    current = subscription.current_period
+    end = min(instant, current.end)
+    if end <= current.start:
+        return None
+    billed = Period(current.start, end)
+    invoice, consumptions, unbilled = _rate_closed_usage(
+        subscription=subscription,
+        plan=plan,
+        billed=billed,
+        usage_totals_by_meter=usage_totals_by_meter,
+        credits=credits,
+        at=instant,
+        invoice_id=invoice_id,
+        pending_proration_lines=pending_proration_lines,
+        late_usage=late_usage,
+    )
+    if not invoice.lines:
+        return None
+    redemption = _discount(subscription, coupon, invoice, str(invoice.key))
+    invoice.apply_tax(tax_rate_bps)
+    if redemption is not None:
+        subscription.record_coupon_redemption(redemption, at=instant)
+    return PeriodCloseResult(
+        invoice=invoice,
+        credits_consumed=consumptions,
+        grants=(),
+        coupon_redemption=redemption,
+        unbilled=unbilled,
+        closed_period=billed,
+        next_period=None,
+    )

@@ -9,6 +9,7 @@ from typing import Any
 from services.billing_worker.service_layer.announcements import invoice_event
 from services.billing_worker.service_layer.errors import Ignored, MessageRejected, Refused
 from services.billing_worker.service_layer.handlers import Handler, load_invoices_of
+from services.billing_worker.service_layer.handlers.periods import close_final
 from services.billing_worker.service_layer.unit_of_work import BillingUnitOfWork
 from shared.contracts.envelope import Envelope
 from shared.contracts.messages import (
@@ -70,10 +71,12 @@ def give_up(uow: BillingUnitOfWork, env: Envelope, p: GiveUpDunning, now: dateti
     uow.cancel_pending_attempts(invoice.id, now)
     uow.emit("invoice.uncollectible", invoice_event(invoice, state), key=state.id,
              event_id=event_uuid(invoice.id, "invoice.uncollectible"), at=now, correlation=env)
+    final_invoice_id = None
     if state.subscription.status is not SubscriptionStatus.CANCELLED:
-        state.subscription.cancel(at=now, reason="dunning_gave_up")
+        # Giving up ends the subscription like a cancellation now: its open period is closed and invoiced.
+        final_invoice_id = close_final(uow, env, state, now, "dunning_gave_up")
     uow.subscription_events(state, env)
-    return {"invoice_id": invoice.id}
+    return {"invoice_id": invoice.id, "final_invoice_id": final_invoice_id}
 
 
 def payment_succeeded(uow: BillingUnitOfWork, env: Envelope, p: PaymentSucceeded, now: datetime) -> None:

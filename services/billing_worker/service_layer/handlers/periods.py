@@ -10,7 +10,7 @@ from typing import Any
 
 from services.billing_worker.service_layer.errors import Ignored, Refused
 from services.billing_worker.service_layer.handlers import Handler
-from services.billing_worker.service_layer.handlers.subscriptions import period_row
+from services.billing_worker.service_layer.model import SubscriptionState
 from services.billing_worker.service_layer.unit_of_work import BillingUnitOfWork
 from shared.contracts.envelope import Envelope
 from shared.contracts.messages import ClosePeriod
@@ -20,9 +20,15 @@ from shared.domain.errors import DomainError
 from shared.domain.ids import invoice_id_for
 from shared.domain.invoice import InvoiceKey, InvoiceLine, InvoiceReason, LineKind
 from shared.domain.money import Money
-from shared.domain.rating import LateUsage
+from shared.domain.rating import LateUsage, close_final_period
 from shared.domain.rating import close_period as rate_closed_period
-from shared.domain.subscription import CLOSABLE_STATUSES
+from shared.domain.subscription import CLOSABLE_STATUSES, Subscription
+
+
+def period_row(sub: Subscription) -> dict[str, Any]:
+    """The subscription's current period, as recorded in its period history."""
+    return {"subscription_id": sub.id, "period_start": sub.current_period.start,
+            "period_end": sub.current_period.end, "plan_id": sub.plan_id, "seats": sub.seats}
 
 
 def closable(uow: BillingUnitOfWork, p: ClosePeriod, now: datetime) -> None:
@@ -69,9 +75,7 @@ def close_period(uow: BillingUnitOfWork, env: Envelope, p: ClosePeriod, now: dat
     if usage is None or usage.period_end != closed.end:
         usage = uow.close_usages([(sub.id, closed.start, closed.end)])[sub.id]
     ledger = uow.ledger(state)
-    carried = ([InvoiceLine(kind=LineKind.ADJUSTMENT, description="Credit carried forward",
-                            amount=Money(-sub.carried_credit_minor, state.currency))]
-               if sub.carried_credit_minor else [])
+    carried = _carried_lines(state)
     key = InvoiceKey(sub.id, InvoiceReason.PERIOD_CLOSE, closed)
     # NOTE: the billing instant of a close is the period end itself, so a close applied late (worker
     # down, backlog) rates exactly like one applied on time.
@@ -92,6 +96,49 @@ def close_period(uow: BillingUnitOfWork, env: Envelope, p: ClosePeriod, now: dat
         uow.periods.append(period_row(sub))
     uow.subscription_events(state, env)
     return {"invoice_id": result.invoice.id}
+
+
+def close_final(uow: BillingUnitOfWork, env: Envelope, state: SubscriptionState, at: datetime,
+                reason: str) -> str | None:
+    """End a subscription now (an immediate cancellation, dunning's give-up) with its final invoice: the
+    current period closed at `at` by the domain's `close_final_period` (the close's own rating: usage since
+    the last close, credits, late usage, carried credit, coupon, tax; no fee, no refund of the fee paid in
+    advance), issued, numbered and charged at commit like any period close. Returns its id, or None when
+    there was nothing to invoice (or the subscription had no open period: trialing)."""
+    sub = state.subscription
+    if sub.status not in CLOSABLE_STATUSES:
+        sub.cancel(at=at, reason=reason)  # refused as an invalid transition when already cancelled
+        return None
+    current = sub.current_period
+    end = min(ensure_utc(at), current.end)
+    invoice_id: str | None = None
+    if end > current.start:
+        plan = uow.catalog.plan(sub.plan_id)
+        coupon = uow.catalog.coupon(sub.coupon.coupon_id) if sub.coupon else None
+        usage = uow.close_usages([(sub.id, current.start, end)])[sub.id]
+        key = InvoiceKey(sub.id, InvoiceReason.PERIOD_CLOSE, Period(current.start, end))
+        result = close_final_period(
+            subscription=sub, plan=plan,
+            usage_totals_by_meter={MeterId(m): Decimal(q) for m, q in usage.totals.items()},
+            credits=uow.ledger(state).ledger, coupon=coupon, tax_rate_bps=state.tax_rate_bps, at=at,
+            invoice_id=invoice_id_for(key), pending_proration_lines=_carried_lines(state),
+            late_usage=_late_usage(usage.late))
+        if result is not None:
+            sub.take_carried_credit()  # now on this invoice
+            uow.rating(result, state, plan.id, env, at)
+            invoice_id = result.invoice.id
+        uow.periods.append({"subscription_id": sub.id, "period_start": current.start, "period_end": end,
+                            "plan_id": plan.id, "seats": sub.seats, "invoice_id": invoice_id, "closed_at": at})
+    sub.cancel(at=at, reason=reason)
+    return invoice_id
+
+
+def _carried_lines(state: SubscriptionState) -> list[InvoiceLine]:
+    """The credit a negative invoice left for the next one, as its line."""
+    sub = state.subscription
+    return ([InvoiceLine(kind=LineKind.ADJUSTMENT, description="Credit carried forward",
+                         amount=Money(-sub.carried_credit_minor, state.currency))]
+            if sub.carried_credit_minor else [])
 
 
 def _late_usage(late: Sequence[Any]) -> list[LateUsage]:

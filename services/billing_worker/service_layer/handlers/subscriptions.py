@@ -8,6 +8,7 @@ from typing import Any
 
 from services.billing_worker.service_layer.errors import Ignored, Refused, error_code
 from services.billing_worker.service_layer.handlers import Handler
+from services.billing_worker.service_layer.handlers.periods import close_final, period_row
 from services.billing_worker.service_layer.model import SubscriptionState
 from services.billing_worker.service_layer.unit_of_work import BillingUnitOfWork
 from shared.contracts.envelope import Envelope
@@ -28,12 +29,6 @@ from shared.domain.ids import CustomerId, SubscriptionId, invoice_id_for
 from shared.domain.invoice import InvoiceKey, InvoiceLine, InvoiceReason
 from shared.domain.rating import change_invoice, start_invoice, trial_credit_grants
 from shared.domain.subscription import Subscription, SubscriptionStatus
-
-
-def period_row(sub: Subscription) -> dict[str, Any]:
-    """The subscription's current period, as recorded in its period history."""
-    return {"subscription_id": sub.id, "period_start": sub.current_period.start,
-            "period_end": sub.current_period.end, "plan_id": sub.plan_id, "seats": sub.seats}
 
 
 def create_subscription(uow: BillingUnitOfWork, env: Envelope, p: CreateSubscription,
@@ -116,10 +111,17 @@ def _change_invoice(uow: BillingUnitOfWork, env: Envelope, state: SubscriptionSt
     return invoice.id
 
 
-def cancel(uow: BillingUnitOfWork, env: Envelope, p: CancelSubscription, now: datetime) -> None:
+def cancel(uow: BillingUnitOfWork, env: Envelope, p: CancelSubscription, now: datetime) -> dict[str, Any] | None:
     state = uow.subscription(p.subscription_id)
-    state.subscription.cancel(at=now, at_period_end=p.at_period_end, reason=p.reason or "requested")
+    reason = p.reason or "requested"
+    if p.at_period_end:
+        state.subscription.cancel(at=now, at_period_end=True, reason=reason)
+        uow.subscription_events(state, env)
+        return None
+    # Cancelling now closes the open period: the usage since the last close is rated and invoiced.
+    invoice_id = close_final(uow, env, state, now, reason)
     uow.subscription_events(state, env)
+    return {"invoice_id": invoice_id}
 
 
 def pause(uow: BillingUnitOfWork, env: Envelope, p: PauseSubscription, now: datetime) -> None:
