@@ -253,8 +253,9 @@ class Kafka:
                 self.java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)),
                 stdout=open(self.log_file, "ab"), stderr=subprocess.STDOUT,
             )
-            if rc != 0:
-                raise StackError(f"kafka: storage format failed; see {self.log_file}")
+            if rc != 0:  # the log's tail in the message: a test's private broker folder is removed after
+                tail = self.log_file.read_text(errors="replace")[-2000:] if self.log_file.exists() else ""
+                raise StackError(f"kafka: storage format failed; see {self.log_file}:\n{tail}")
         log(f"kafka: starting on 127.0.0.1:{self.cfg.kafka_port}")
         spawn(self.java("kafka.Kafka", str(props)), self.log_file, self.pid_file, self.dir)
         wait_for("kafka", self.healthy, 90, self.log_file)

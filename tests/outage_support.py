@@ -54,9 +54,19 @@ stack = _load_stack_module()
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports: every socket stays bound until all are chosen (two calls of a one-port
+    helper may return the same port, and a broker whose listener and controller share a port fails to format)."""
+    with contextlib.ExitStack() as held:
+        ports = []
+        for _ in range(count):
+            s = held.enter_context(socket.socket())
+            s.bind(("127.0.0.1", 0))
+            ports.append(int(s.getsockname()[1]))
+        return ports
 
 
 def _private_root(kind: str) -> Path:
@@ -199,7 +209,7 @@ class PrivateKafka:
 @contextlib.contextmanager
 def private_kafka() -> Iterator[PrivateKafka]:
     """A started private Kafka broker with the declared topics (no prefix) created, removed after."""
-    kafka = PrivateKafka(_private_root("kafka"), free_port(), free_port())
+    kafka = PrivateKafka(_private_root("kafka"), *free_ports(2))
     try:
         kafka.start()
         yield kafka
