@@ -1,4 +1,6 @@
-"""Lifecycle commands (subscribe, change plan, change seats, cancel, pause, resume): the edge's half.
+"""Lifecycle commands (subscribe, change plan, change seats, cancel, pause, resume, cancel a scheduled change,
+revoke a cancellation at the period end): the edge's half. Whether something is scheduled is the worker's to
+say (`nothing_scheduled`): the read model may not show a change still on its way to it.
 
 The billing worker is the single writer of subscription state; the edge checks what it can know, mints the
 ids, and hands the worker a command on `commands.v1`. The route row (new subscriptions), the audit row and the
