@@ -436,7 +436,26 @@ def audit_invoice_totals(conn: sa.Connection) -> list[str]:
 # ------------------------------------------------------------------------------- coupons, periods, history
 
 
-def coupon_times_redeemed(conn: sa.Connection, coupon_id: str) -> int:
+# A transaction-scoped advisory lock per (schema, coupon): two int4 keys, a key space apart from the one-bigint
+# locks of the outbox relay and the scheduler. A hash collision between two coupons only serialises them too.
+_COUPON_LOCK = sa.text("SELECT pg_advisory_xact_lock(hashtext(current_schema()), hashtext(:coupon_id))")
+
+
+def coupon_times_redeemed(conn: sa.Connection, coupon_id: str, *, lock: bool = True) -> int:
+    """How many subscriptions redeemed the coupon, counted under a lock on it that the caller's transaction
+    holds until it ends, so `max_redemptions` holds across workers (issue 14; it was count-then-insert).
+
+    Why it holds: the count and the attachment that takes the slot (`attach_coupon`, an immediate write of
+    the create) are in the same transaction, the batch's; a second transaction counting the same coupon waits
+    here until the first commits or rolls back, and since the worker's transactions are READ COMMITTED its
+    count, a statement started after the lock is granted, sees the first one's attachment. A refused create
+    rolls its savepoint back, attachment included. Two batches that lock two coupons in opposite orders
+    deadlock; PostgreSQL detects it and aborts one with 40P01, which `shared/adapters/postgres/errors.py`
+    classifies as transient, so that batch is retried. The price: the creates redeeming one limited coupon
+    run one transaction at a time across partitions. `lock=False` (a coupon without `max_redemptions`,
+    whose count decides nothing) takes no lock."""
+    if lock:
+        conn.execute(_COUPON_LOCK, {"coupon_id": coupon_id})
     return int(conn.execute(sa.select(sa.func.count()).select_from(coupon_attachments)
                             .where(coupon_attachments.c.coupon_id == coupon_id)).scalar_one())
 

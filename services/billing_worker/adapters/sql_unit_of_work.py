@@ -21,6 +21,7 @@ from services.billing_worker.service_layer.model import InvoiceToStore, LedgerSt
 from services.billing_worker.service_layer.unit_of_work import BillingUnitOfWork, UsageClose
 from shared.adapters.postgres.schema.core import command_outcomes, outbox
 from shared.domain.catalog import Catalog
+from shared.domain.coupons import CouponId
 from shared.domain.invoice import Invoice
 
 # close_usages(conn, [(subscription_id, period_start, period_end), ...]) -> {subscription_id: UsageClose}
@@ -55,7 +56,10 @@ class SqlBillingUnitOfWork(BillingUnitOfWork):
         return self._close_usages(self.conn, requests)
 
     def coupon_times_redeemed(self, coupon_id: str) -> int:
-        return repo.coupon_times_redeemed(self.conn, coupon_id)
+        # a coupon the catalog knows to be unlimited is not locked: its count decides nothing (see the repository)
+        coupon = self.catalog.coupons.get(CouponId(coupon_id))
+        unlimited = coupon is not None and coupon.max_redemptions is None
+        return repo.coupon_times_redeemed(self.conn, coupon_id, lock=not unlimited)
 
     def open_invoices_of(self, subscription_id: str) -> list[str]:
         return repo.open_invoices_of(self.conn, subscription_id)
