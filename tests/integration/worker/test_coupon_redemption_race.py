@@ -18,16 +18,18 @@ from datetime import UTC, datetime
 import pytest
 import sqlalchemy as sa
 
+from services.billing_worker.adapters.billing_repository import coupon_times_redeemed
 from services.billing_worker.bootstrap import billing_handlers, message_bus, sql_unit_of_work
 from shared.adapters.catalog_file import load_default_catalog
 from shared.adapters.postgres.engine import make_engine
+from shared.adapters.postgres.errors import driver_error, is_transient, translate
 from shared.adapters.postgres.schema.billing import coupon_attachments, coupon_redemptions, subscriptions
 from shared.adapters.postgres.schema.core import command_outcomes
 from shared.contracts.envelope import Envelope, new_envelope
 from shared.contracts.messages import TYPE_OF, CreateSubscription
 from shared.domain.catalog import Catalog
 from shared.domain.coupons import CouponId
-from shared.errors import refusal_code
+from shared.errors import RetryableError, refusal_code
 
 pytestmark = pytest.mark.integration
 
@@ -139,3 +141,41 @@ def test_a_limited_coupon_is_counted_under_a_lock_held_to_the_end_of_the_transac
             uow.coupon_times_redeemed(COUPON)
             assert advisory_locks_of(conn) == 1
         assert advisory_locks_of(conn) == 0  # released by the commit, not before
+
+
+def test_two_batches_locking_two_coupons_in_opposite_orders_deadlock_and_the_one_aborted_is_retried_as_transient(
+        wide_engine: sa.Engine) -> None:
+    first_locked, second_locked = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def first_batch() -> None:  # coupon A, then coupon B
+        try:
+            with wide_engine.begin() as conn:
+                coupon_times_redeemed(conn, "DEADLOCK_A")
+                first_locked.set()
+                second_locked.wait()
+                coupon_times_redeemed(conn, "DEADLOCK_B")
+        except BaseException as error:
+            errors.append(error)
+        finally:
+            first_locked.set()
+
+    thread = threading.Thread(target=first_batch)
+    thread.start()
+    try:  # the second batch: coupon B, then coupon A
+        first_locked.wait()
+        with wide_engine.begin() as conn:
+            coupon_times_redeemed(conn, "DEADLOCK_B")
+            second_locked.set()
+            coupon_times_redeemed(conn, "DEADLOCK_A")
+    except BaseException as error:
+        errors.append(error)
+    finally:
+        second_locked.set()
+        thread.join()
+
+    assert len(errors) == 1  # PostgreSQL aborted one of the two; the other went through
+    deadlock = driver_error(errors[0])
+    assert deadlock is not None and deadlock.sqlstate == "40P01"
+    assert is_transient(errors[0])
+    assert isinstance(translate(errors[0]), RetryableError)  # the consumer backs off and retries the batch
