@@ -5,26 +5,22 @@ and `subscription.revoke_cancellation`; then the period closes and shows what th
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
 import pytest
 
-from services.billing_worker.bootstrap import billing_handlers, message_bus
 from shared.adapters.catalog_file import load_default_catalog
-from shared.contracts.envelope import Envelope, new_envelope
+from shared.contracts.envelope import Envelope
 from shared.contracts.messages import (
-    TYPE_OF,
     CancelScheduledChange,
     CancelSubscription,
     ChangePlan,
     ChangeSeats,
     ClosePeriod,
     CreateSubscription,
-    Payload,
     RevokeCancellation,
 )
 from shared.domain.subscription import Subscription, SubscriptionStatus
-from tests.unit.worker.fakes import FakeBillingStore, FakeUnitOfWork
+from tests.unit.worker.test_handlers import Worker as HandlerWorker
 
 JAN_1 = datetime(2026, 1, 1, tzinfo=UTC)
 JAN_16 = datetime(2026, 1, 16, tzinfo=UTC)
@@ -34,23 +30,8 @@ MAR_1 = datetime(2026, 3, 1, tzinfo=UTC)
 CATALOG = load_default_catalog()
 
 
-class Worker:
-    def __init__(self) -> None:
-        self.store = FakeBillingStore()
-        self.bus = message_bus(billing_handlers())
-
-    def send(self, payload: Payload, at: datetime) -> Envelope:
-        envelope = new_envelope(TYPE_OF[type(payload)], payload.model_dump(mode="json"), producer="test",
-                                occurred_at=at)
-        self.bus.handle(FakeUnitOfWork(CATALOG, self.store), [(envelope, payload)], at)
-        return envelope
-
-    def outcome(self, envelope: Envelope) -> tuple[str, str | None]:
-        found = self.store.outcomes[envelope.event_id]
-        return found["status"], found["error_code"]
-
-    def result(self, envelope: Envelope) -> dict[str, Any]:
-        return dict(self.store.outcomes[envelope.event_id]["result"])
+class Worker(HandlerWorker):
+    """The handler tests' driver, with one subscription sub_1 of customer cus_1."""
 
     def subscribe(self, plan: str, seats: int = 1) -> str:
         envelope = self.send(CreateSubscription(subscription_id="sub_1", customer_id="cus_1", plan_id=plan,
