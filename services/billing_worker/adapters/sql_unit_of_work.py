@@ -19,9 +19,11 @@ from services.billing_worker.adapters import payment_attempts as attempts
 from services.billing_worker.adapters.outbox import outbox_row
 from services.billing_worker.service_layer.model import InvoiceToStore, LedgerState, SubscriptionState
 from services.billing_worker.service_layer.unit_of_work import BillingUnitOfWork, UsageClose
+from shared.adapters.postgres import customer_balance
 from shared.adapters.postgres.schema.core import command_outcomes, outbox
 from shared.domain.catalog import Catalog
 from shared.domain.coupons import CouponId
+from shared.domain.customer_balance import BalanceEntry
 from shared.domain.invoice import Invoice
 
 # close_usages(conn, [(subscription_id, period_start, period_end), ...]) -> {subscription_id: UsageClose}
@@ -90,6 +92,12 @@ class SqlBillingUnitOfWork(BillingUnitOfWork):
 
     def detach_pending_payment_method(self, subscription_id: str) -> int:
         return attempts.detach_pending_payment_method(self.conn, subscription_id)
+
+    def lock_customer_balances(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        return customer_balance.lock_balances(self.conn, pairs)
+
+    def _apply_balance_entry(self, entry: BalanceEntry) -> bool:
+        return customer_balance.apply_entry(self.conn, entry)
 
     # --- commit
 

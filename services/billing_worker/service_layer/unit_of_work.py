@@ -37,6 +37,7 @@ from shared.contracts.envelope import Envelope, new_envelope
 from shared.contracts.messages import Payload, SubscriptionStatusChanged
 from shared.domain.catalog import Catalog
 from shared.domain.coupons import CouponRedemption
+from shared.domain.customer_balance import BalanceEntry, BalanceEntryKind, balance_after
 from shared.domain.events import DomainEvent
 from shared.domain.ids import attempt_id_for, event_uuid
 from shared.domain.invoice import Invoice, InvoiceStatus
@@ -168,6 +169,15 @@ class BillingUnitOfWork(abc.ABC):
     @abc.abstractmethod
     def detach_pending_payment_method(self, subscription_id: str) -> int:
         """Drop the payment method of the subscription's attempts not dispatched yet; returns how many."""
+
+    @abc.abstractmethod
+    def lock_customer_balances(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """The balances of (customer_id, currency) pairs, locked until the batch transaction ends (taken in
+        (customer_id, currency) order, so two workers never deadlock on it); 0 for a customer with none."""
+
+    @abc.abstractmethod
+    def _apply_balance_entry(self, entry: BalanceEntry) -> bool:
+        """Append the entry and move its balance (immediate); False when the entry id was written before."""
 
     # --- the adapter's side: commit
 
@@ -305,6 +315,34 @@ class BillingUnitOfWork(abc.ABC):
 
     def add_audit(self, **row: Any) -> None:
         self.audit.append({"actor": PRODUCER_NAME, **row})
+
+    # --- the customer balance (immediate writes: shared/adapters/postgres/customer_balance.py)
+
+    def credit_customer_balance(self, customer_id: str, currency: str, amount_minor: int,
+                                kind: BalanceEntryKind | str, *, entry_id: str, invoice_id: str | None = None,
+                                credit_note_id: str | None = None, description: str, at: datetime) -> bool:
+        """Credit `amount_minor` (> 0) to the customer's balance in `currency` as one entry of `kind`
+        (credit_note, invoice_credit, adjustment, void_restore). `entry_id` is deterministic: a second
+        credit with the same id writes nothing and answers False."""
+        if isinstance(amount_minor, bool) or not isinstance(amount_minor, int) or amount_minor <= 0:
+            raise ValueError(f"a credit to the balance is a positive int of minor units, got {amount_minor!r}")
+        return self._apply_balance_entry(BalanceEntry(
+            entry_id=entry_id, customer_id=customer_id, currency=currency, amount_minor=amount_minor,
+            kind=BalanceEntryKind(kind), occurred_at=at, description=description, invoice_id=invoice_id,
+            credit_note_id=credit_note_id))
+
+    def debit_customer_balance(self, customer_id: str, currency: str, amount_minor: int,
+                               kind: BalanceEntryKind | str, *, entry_id: str, invoice_id: str | None = None,
+                               description: str, at: datetime) -> bool:
+        """Take `amount_minor` (> 0) from the balance; refused (``insufficient_balance``) below zero. The
+        row is locked first, so the figure checked is the one the write moves."""
+        if isinstance(amount_minor, bool) or not isinstance(amount_minor, int) or amount_minor <= 0:
+            raise ValueError(f"a debit of the balance is a positive int of minor units, got {amount_minor!r}")
+        held = self.lock_customer_balances([(customer_id, currency)])[(customer_id, currency)]
+        balance_after(customer_id, currency, held, -amount_minor)
+        return self._apply_balance_entry(BalanceEntry(
+            entry_id=entry_id, customer_id=customer_id, currency=currency, amount_minor=-amount_minor,
+            kind=BalanceEntryKind(kind), occurred_at=at, description=description, invoice_id=invoice_id))
 
     # --- commit
 

@@ -22,6 +22,7 @@ from typing import Any
 from services.billing_worker.service_layer.model import InvoiceToStore, LedgerState, SubscriptionState
 from services.billing_worker.service_layer.unit_of_work import BillingUnitOfWork, Outgoing
 from shared.domain.catalog import Catalog
+from shared.domain.customer_balance import BalanceEntry
 from shared.domain.events import DomainEvent
 from shared.domain.invoice import Invoice, InvoiceStatus
 from shared.domain.payment_attempt import PaymentAttempt
@@ -63,6 +64,8 @@ class FakeBillingStore:
     audit: list[dict[str, Any]] = field(default_factory=list)
     outbox: dict[uuid.UUID, Outgoing] = field(default_factory=dict)
     outcomes: dict[uuid.UUID, dict[str, Any]] = field(default_factory=dict)
+    balances: dict[tuple[str, str], int] = field(default_factory=dict)  # (customer, currency) -> minor units
+    balance_entries: dict[str, BalanceEntry] = field(default_factory=dict)  # by entry id, in write order
     next_invoice_number: int = 1
     commits: int = 0
 
@@ -187,6 +190,20 @@ class FakeUnitOfWork(BillingUnitOfWork):
         for attempt in detached:
             attempt["payment_method_id"] = None
         return len(detached)
+
+    def lock_customer_balances(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        return {pair: self.store.balances.get(pair, 0) for pair in sorted(set(pairs))}
+
+    def _apply_balance_entry(self, entry: BalanceEntry) -> bool:
+        if entry.entry_id in self.store.balance_entries:
+            return False
+        pair = (entry.customer_id, entry.currency)
+        after = self.store.balances.get(pair, 0) + entry.amount_minor
+        if after < 0:  # the CHECK (balance_minor >= 0) of the real table
+            raise AssertionError(f"balance of {pair} would become {after}")
+        self.store.balance_entries[entry.entry_id] = entry
+        self.store.balances[pair] = after
+        return True
 
     # --- commit
 

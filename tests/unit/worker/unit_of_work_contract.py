@@ -18,6 +18,7 @@ from services.billing_worker.bootstrap import billing_handlers, message_bus
 from services.billing_worker.service_layer.unit_of_work import BillingUnitOfWork
 from shared.contracts.envelope import Envelope, new_envelope
 from shared.contracts.messages import TYPE_OF, CreateSubscription, Payload, PaymentSucceeded
+from shared.domain.customer_balance import InsufficientBalanceError
 from shared.domain.ids import attempt_id_for
 from shared.domain.invoice import InvoiceStatus
 from shared.domain.money import Money
@@ -184,3 +185,21 @@ class UnitOfWorkContract:
         assert uow.coupon_times_redeemed(coupon) == 1
         uow.attach_coupon(coupon, "sub_b", JAN_1)
         assert uow.coupon_times_redeemed(coupon) == 2
+
+    def test_the_customer_balance_moves_once_per_entry_and_never_below_zero(self) -> None:
+        cus = f"cus_{uuid.uuid4().hex[:12]}"
+        uow = self.started()
+        assert uow.lock_customer_balances([(cus, "USD")]) == {(cus, "USD"): 0}
+
+        assert uow.credit_customer_balance(cus, "USD", 1_500, "adjustment", entry_id=f"e1-{cus}",
+                                           description="goodwill", at=JAN_1) is True
+        # the same entry id again (a replay) writes nothing
+        assert uow.credit_customer_balance(cus, "USD", 1_500, "adjustment", entry_id=f"e1-{cus}",
+                                           description="goodwill", at=JAN_1) is False
+        assert uow.debit_customer_balance(cus, "USD", 400, "invoice_draw", entry_id=f"e2-{cus}",
+                                          invoice_id="in_x", description="drawn", at=JAN_16) is True
+        with pytest.raises(InsufficientBalanceError):
+            uow.debit_customer_balance(cus, "USD", 1_101, "invoice_draw", entry_id=f"e3-{cus}",
+                                       description="too much", at=JAN_16)
+
+        assert uow.lock_customer_balances([(cus, "USD"), (cus, "EUR")]) == {(cus, "USD"): 1_100, (cus, "EUR"): 0}

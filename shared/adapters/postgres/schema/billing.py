@@ -158,6 +158,8 @@ invoices = sa.Table(
               comment="sum of the lines; negative when credits exceed charges (carried to the next invoice)"),
     sa.Column("amount_due_minor", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("amount_paid_minor", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("pre_payment_credit_minor", sa.BigInteger, nullable=False, server_default="0",
+              comment="what credit notes took off while it was owed (lowers amount_remaining)"),
     sa.Column("tax_rate_bps", sa.Integer, nullable=False, server_default="0"),
     sa.Column("plan_id", sa.Text),
     sa.Column("payment_method_id", sa.Text),
@@ -275,6 +277,43 @@ credit_entries = sa.Table(
     sa.CheckConstraint("(amount_minor IS NULL) <> (units IS NULL)", name="money_or_units"),
 )
 
+# ------------------------------------------------------------------------------------- customer balance
+
+BALANCE_ENTRY_KINDS = ("credit_note", "invoice_credit", "adjustment", "invoice_draw", "void_restore")
+
+# Money a customer holds with us per currency (shared/domain/customer_balance.py): the sum of its entries,
+# never negative. Written with `SET balance_minor = balance_minor + :delta` in the writer's transaction, so
+# the row lock serialises two writers of one customer (workers of different partitions, the edge).
+customer_balances = sa.Table(
+    "customer_balances", metadata,
+    sa.Column("customer_id", sa.Text, primary_key=True),
+    sa.Column("currency", sa.String(3), primary_key=True),
+    sa.Column("balance_minor", sa.BigInteger, nullable=False, server_default="0"),
+    _updated_at(),
+    sa.CheckConstraint("balance_minor >= 0", name="balance_not_negative"),
+)
+
+# Append-only movements of a balance: + credited to the customer, - drawn or debited. The entry id is
+# deterministic (a replay writes nothing twice) and only a newly written entry moves the balance.
+customer_balance_entries = sa.Table(
+    "customer_balance_entries", metadata,
+    sa.Column("entry_id", sa.Text, primary_key=True, comment="deterministic: replays hit the same key"),
+    sa.Column("seq", sa.BigInteger, sa.Identity(), nullable=False, unique=True, comment="write order"),
+    sa.Column("customer_id", sa.Text, nullable=False),
+    _currency(),
+    sa.Column("amount_minor", sa.BigInteger, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("invoice_id", sa.Text),
+    sa.Column("credit_note_id", sa.Text),
+    sa.Column("description", sa.Text, nullable=False, server_default=""),
+    _ts("occurred_at", nullable=False),
+    created_at(),
+    sa.CheckConstraint(_in("kind", BALANCE_ENTRY_KINDS), name="kind"),
+    sa.CheckConstraint("amount_minor <> 0", name="amount_not_zero"),
+)
+sa.Index("ix_customer_balance_entries_customer", customer_balance_entries.c.customer_id,
+         customer_balance_entries.c.currency, customer_balance_entries.c.seq)
+
 # ----------------------------------------------------------------------------------------------- coupons
 
 # Which subscriptions redeemed which coupon (max_redemptions counts these rows).
@@ -340,6 +379,94 @@ sa.Index("uq_payment_attempts_one_success", payment_attempts.c.invoice_id, uniqu
          postgresql_where=payment_attempts.c.status == "succeeded")
 sa.Index("ix_payment_attempts_workable", payment_attempts.c.status, payment_attempts.c.lease_until,
          postgresql_where=payment_attempts.c.status.in_(("pending", "in_flight", "unknown")))
+
+# ------------------------------------------------------------------------------------------ credit notes
+
+CREDIT_NOTE_REASONS = ("duplicate", "fraudulent", "order_change", "product_unsatisfactory")
+REFUND_STATUSES = ("pending", "in_flight", "succeeded", "failed", "unknown")
+
+# A credit note against a finalised invoice (shared/domain/credit_note.py), written by the worker that owns
+# the invoice's subscription. Numbers are gapless per issuer from the invoice counters' table under the
+# issuer key "<issuer>:credit_notes"; total = reduced + refunded + credited.
+credit_notes = sa.Table(
+    "credit_notes", metadata,
+    sa.Column("credit_note_id", sa.Text, primary_key=True, comment="derived from the issuing command"),
+    sa.Column("invoice_id", sa.Text, sa.ForeignKey("invoices.invoice_id"), nullable=False, index=True),
+    sa.Column("subscription_id", sa.Text, nullable=False),
+    sa.Column("customer_id", sa.Text, nullable=False, index=True),
+    sa.Column("issuer", sa.Text, nullable=False, server_default="default"),
+    sa.Column("number", sa.Text, nullable=False),
+    sa.Column("number_seq", sa.BigInteger, nullable=False),
+    _currency(),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("memo", sa.Text),
+    sa.Column("subtotal_minor", sa.BigInteger, nullable=False),
+    sa.Column("tax_minor", sa.BigInteger, nullable=False),
+    sa.Column("total_minor", sa.BigInteger, nullable=False),
+    sa.Column("reduced_minor", sa.BigInteger, nullable=False, comment="lowered what the invoice still owed"),
+    sa.Column("refunded_minor", sa.BigInteger, nullable=False, comment="given back through the gateway"),
+    sa.Column("credited_minor", sa.BigInteger, nullable=False, comment="to the customer balance"),
+    sa.Column("refund_status", sa.Text, comment="the refund's status (None: nothing refunded)"),
+    sa.Column("refund_ref", sa.Text, comment="the provider's refund id"),
+    _ts("issued_at", nullable=False),
+    created_at(),
+    sa.UniqueConstraint("issuer", "number", name="uq_credit_notes_issuer_number"),
+    sa.CheckConstraint(_in("reason", CREDIT_NOTE_REASONS), name="reason"),
+    sa.CheckConstraint("total_minor > 0 AND total_minor = subtotal_minor + tax_minor", name="total"),
+    sa.CheckConstraint("reduced_minor >= 0 AND refunded_minor >= 0 AND credited_minor >= 0", name="parts"),
+    sa.CheckConstraint("total_minor = reduced_minor + refunded_minor + credited_minor", name="split"),
+)
+
+credit_note_lines = sa.Table(
+    "credit_note_lines", metadata,
+    sa.Column("credit_note_id", sa.Text, sa.ForeignKey("credit_notes.credit_note_id"), nullable=False),
+    sa.Column("line_no", sa.SmallInteger, nullable=False),
+    sa.Column("invoice_line_no", sa.SmallInteger, comment="None: a part of a whole-invoice amount"),
+    sa.Column("description", sa.Text, nullable=False),
+    sa.Column("amount_minor", sa.BigInteger, nullable=False),
+    _currency(),
+    sa.PrimaryKeyConstraint("credit_note_id", "line_no"),
+)
+
+# A refund is written *before* the provider is called, in the transaction that issues its credit note; the
+# refund executor (services/billing_worker/entrypoints/refunds.py) claims pending rows and calls the gateway
+# with `idempotency_key` (derived from the credit note id), like payment attempts.
+refunds = sa.Table(
+    "refunds", metadata,
+    sa.Column("refund_id", sa.Text, primary_key=True),
+    sa.Column("credit_note_id", sa.Text, sa.ForeignKey("credit_notes.credit_note_id"), nullable=False,
+              unique=True),
+    sa.Column("invoice_id", sa.Text, nullable=False),
+    sa.Column("subscription_id", sa.Text, nullable=False),
+    sa.Column("customer_id", sa.Text, nullable=False),
+    sa.Column("amount_minor", sa.BigInteger, nullable=False),
+    _currency(),
+    sa.Column("payment_ref", sa.Text, comment="the paid invoice's provider object (Stripe: PaymentIntent)"),
+    sa.Column("idempotency_key", sa.Text, nullable=False, unique=True),
+    sa.Column("status", sa.Text, nullable=False, server_default="pending"),
+    sa.Column("provider_ref", sa.Text, comment="the provider's refund id"),
+    sa.Column("error_message", sa.Text),
+    sa.Column("dispatch_count", sa.Integer, nullable=False, server_default="0"),
+    _ts("requested_at", nullable=False),
+    _ts("lease_until"),
+    _ts("completed_at"),
+    created_at(),
+    sa.CheckConstraint(_in("status", REFUND_STATUSES), name="status"),
+    sa.CheckConstraint("amount_minor > 0", name="amount_positive"),
+)
+sa.Index("ix_refunds_workable", refunds.c.status, refunds.c.lease_until,
+         postgresql_where=refunds.c.status.in_(("pending", "in_flight", "unknown")))
+
+# The simulated provider's refunds (its own books, like its charges).
+simulated_gateway_refunds = sa.Table(
+    "simulated_gateway_refunds", metadata,
+    sa.Column("idempotency_key", sa.Text, primary_key=True),
+    sa.Column("payment_ref", sa.Text, nullable=False, index=True),
+    sa.Column("provider_ref", sa.Text, nullable=False),
+    sa.Column("amount_minor", sa.BigInteger, nullable=False),
+    _currency(),
+    created_at(),
+)
 
 # The *simulated provider's* own books (shared/adapters/payments/simulated.py), kept in PostgreSQL so that
 # they outlive a killed worker like a real provider's would. The engine never reads them; crash tests do,
@@ -414,7 +541,7 @@ BEGIN
 END $$;
 """)
 
-for _table in (credit_entries, billing_audit_log, subscription_history):
+for _table in (credit_entries, billing_audit_log, subscription_history, customer_balance_entries):
     sa.event.listen(_table, "after_create", _FORBID_CHANGES)
     sa.event.listen(_table, "after_create", sa.DDL(  # type: ignore[no-untyped-call]
         f"CREATE TRIGGER {_table.name}_append_only BEFORE UPDATE OR DELETE ON {_table.name} "

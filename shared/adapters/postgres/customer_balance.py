@@ -1,0 +1,88 @@
+"""The customer credit balance in PostgreSQL: one writer's SQL, used by the billing worker (finalisation draws,
+invoice credits, voids) and by the edge (manual adjustments), inside the caller's transaction.
+
+How two writers stay correct: `lock_balances` takes the balance rows FOR UPDATE (created at 0 if missing),
+always in (customer_id, currency) order so two transactions locking several rows cannot deadlock on the
+order; the amount is then decided from the locked figure (the domain's `draw_amount` / `balance_after`) and
+`apply_entry` inserts the entry under its deterministic primary key and, only when it was really inserted,
+moves the row with `SET balance_minor = balance_minor + :delta`. The CHECK (balance_minor >= 0) is the
+backstop: a debit that would overdraw fails the statement, it never commits a negative balance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert
+
+from shared.adapters.postgres.schema.billing import customer_balance_entries, customer_balances
+from shared.domain.customer_balance import BalanceEntry
+
+Pair = tuple[str, str]  # (customer_id, currency)
+
+
+def lock_balances(conn: sa.Connection, pairs: Iterable[Pair]) -> dict[Pair, int]:
+    """The balances of `pairs`, locked FOR UPDATE until the caller's transaction ends (in a stable order)."""
+    wanted = sorted(set(pairs))
+    if not wanted:
+        return {}
+    conn.execute(insert(customer_balances).values(
+        [{"customer_id": c, "currency": cur, "balance_minor": 0} for c, cur in wanted]).on_conflict_do_nothing())
+    out: dict[Pair, int] = {}
+    for customer_id, currency in wanted:  # one row at a time: the lock order is the list's order
+        out[(customer_id, currency)] = int(conn.execute(
+            sa.select(customer_balances.c.balance_minor)
+            .where(customer_balances.c.customer_id == customer_id, customer_balances.c.currency == currency)
+            .with_for_update()).scalar_one())
+    return out
+
+
+def apply_entry(conn: sa.Connection, entry: BalanceEntry) -> bool:
+    """Append `entry` and move its balance by its amount; False (nothing moved) when the entry id exists."""
+    written = conn.execute(insert(customer_balance_entries).values(
+        entry_id=entry.entry_id, customer_id=entry.customer_id, currency=entry.currency,
+        amount_minor=entry.amount_minor, kind=entry.kind.value, invoice_id=entry.invoice_id,
+        credit_note_id=entry.credit_note_id, description=entry.description, occurred_at=entry.occurred_at,
+    ).on_conflict_do_nothing(index_elements=["entry_id"]).returning(customer_balance_entries.c.entry_id)
+    ).scalar_one_or_none()
+    if written is None:
+        return False
+    # NOTE: not an upsert of the delta: the CHECK would judge the proposed row (a debit alone) before the
+    # conflict is seen; the row is made at 0, then moved.
+    conn.execute(insert(customer_balances).values(customer_id=entry.customer_id, currency=entry.currency,
+                                                  balance_minor=0).on_conflict_do_nothing())
+    conn.execute(sa.update(customer_balances)
+                 .where(customer_balances.c.customer_id == entry.customer_id,
+                        customer_balances.c.currency == entry.currency)
+                 .values(balance_minor=customer_balances.c.balance_minor + entry.amount_minor,
+                         updated_at=sa.func.now()))
+    return True
+
+
+def balances_of(conn: sa.Connection, customer_id: str) -> list[Any]:
+    """(currency, balance_minor, updated_at) rows of a customer, by currency (no lock)."""
+    return list(conn.execute(
+        sa.select(customer_balances.c.currency, customer_balances.c.balance_minor, customer_balances.c.updated_at)
+        .where(customer_balances.c.customer_id == customer_id).order_by(customer_balances.c.currency)).all())
+
+
+def entries_of(conn: sa.Connection, customer_id: str, *, after_seq: int | None, limit: int,
+               currency: str | None = None) -> Sequence[Any]:
+    """A page of a customer's entries in write order (keyset on `seq`)."""
+    e = customer_balance_entries
+    query = sa.select(e).where(e.c.customer_id == customer_id)
+    if currency is not None:
+        query = query.where(e.c.currency == currency)
+    if after_seq is not None:
+        query = query.where(e.c.seq > after_seq)
+    return list(conn.execute(query.order_by(e.c.seq).limit(limit)).all())
+
+
+def entry_exists(conn: sa.Connection, entry_id: str) -> datetime | None:
+    """When the entry was written, or None."""
+    value = conn.execute(sa.select(customer_balance_entries.c.created_at)
+                         .where(customer_balance_entries.c.entry_id == entry_id)).scalar_one_or_none()
+    return value if isinstance(value, datetime) else None
