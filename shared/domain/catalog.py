@@ -665,3 +665,12 @@ def _check_plan_meters(plan: Plan, meters: Mapping[MeterId, Meter], path: str) -
             raise _fail(f"{path}.quota.meter", f"unknown meter {plan.quota.meter_id!r}")
         if quota_meter.aggregation is not Aggregation.COUNT:
             raise _fail(f"{path}.quota.meter", f"quota meter {quota_meter.id!r} must count events")
+
+
+def credit_kinds(catalog: Catalog) -> dict[str, bool]:
+    """meter id -> True when its credits are meter units, False when money: money when some plan includes
+    money credits of it, units otherwise (unit inclusions, or none at all, e.g. report top-ups). The kind
+    each credit ledger declares per meter, for the worker and for the edge's previews alike."""
+    money = {meter_id for plan in catalog.plans.values() for meter_id, pricing in plan.meters.items()
+             if pricing.included is not None and pricing.included.amount is not None}
+    return {m: m not in money for m in catalog.meters}

@@ -19,6 +19,7 @@ from psycopg.types.json import Jsonb
 from sqlalchemy.dialects.postgresql import insert
 
 from services.billing_worker.service_layer.model import DEFAULT_ISSUER, InvoiceToStore, LedgerState, SubscriptionState
+from shared.adapters.postgres import billing_snapshots as snapshots
 from shared.adapters.postgres.schema.billing import (
     billing_audit_log,
     coupon_attachments,
@@ -33,9 +34,8 @@ from shared.adapters.postgres.schema.billing import (
     subscriptions,
 )
 from shared.adapters.postgres.schema.core import command_outcomes
-from shared.domain.calendar import BillingAnchor, Interval, Period
-from shared.domain.catalog import PlanId
-from shared.domain.coupons import AppliedCoupon, CouponId, CouponRedemption
+from shared.domain.calendar import Period
+from shared.domain.coupons import CouponRedemption
 from shared.domain.events import DomainEvent, event_payload
 from shared.domain.ids import IDS, CustomerId, InvoiceId, SubscriptionId, event_uuid
 from shared.domain.invoice import (
@@ -47,9 +47,8 @@ from shared.domain.invoice import (
     LineKind,
     format_invoice_number,
 )
-from shared.domain.ledger import CreditGrant, CreditLedger, EntryKind, GrantSource, LedgerEntry, MeterCredit
+from shared.domain.ledger import CreditGrant, EntryKind
 from shared.domain.money import Money, UnitPrice, sum_money
-from shared.domain.subscription import Subscription, SubscriptionStatus
 
 DEFAULT_INVOICE_PREFIX = "OLB"
 
@@ -117,25 +116,8 @@ def _utc(value: datetime | None) -> datetime | None:
 
 
 def _state_of(row: Any) -> SubscriptionState:
-    keys = row.coupon_invoice_keys or []
-    coupon = None
-    if row.coupon_id is not None:
-        coupon = AppliedCoupon(coupon_id=CouponId(row.coupon_id), redeemed_at=row.coupon_redeemed_at,
-                               invoice_keys=frozenset(keys))
-    sub = Subscription(
-        id=SubscriptionId(row.subscription_id), customer_id=CustomerId(row.customer_id),
-        plan_id=PlanId(row.plan_id), status=SubscriptionStatus(row.status), seats=row.seats,
-        interval=Interval(row.interval),
-        anchor=BillingAnchor(day=row.anchor_day, time_of_day=row.anchor_time, tz=row.timezone,
-                             month=row.anchor_month),
-        current_period=Period(row.current_period_start, row.current_period_end),
-        started_at=row.started_at.astimezone(UTC), trial_end=_utc(row.trial_end),
-        cancel_at_period_end=row.cancel_at_period_end,
-        pending_plan_id=PlanId(row.pending_plan_id) if row.pending_plan_id else None,
-        pending_seats=row.pending_seats, coupon=coupon, cancelled_at=_utc(row.cancelled_at), version=row.version,
-        payment_method_id=row.payment_method_id, carried_credit_minor=row.carried_credit_minor,
-        paused_at=_utc(row.paused_at), cancel_reason=row.cancel_reason)
-    return SubscriptionState(sub, row.currency, row.timezone, row.tax_rate_bps, row.version)
+    return SubscriptionState(snapshots.subscription_of_row(row), row.currency, row.timezone, row.tax_rate_bps,
+                             row.version)
 
 
 def _row_of(state: SubscriptionState) -> dict[str, Any]:
@@ -189,49 +171,18 @@ def save_subscriptions(conn: sa.Connection, states: Sequence[SubscriptionState])
 # ----------------------------------------------------------------------------------------- credit ledger
 
 
-def _grant_of(row: Any) -> CreditGrant:
-    amount: Money | Decimal = (Money(row.amount_minor, row.currency) if row.amount_minor is not None
-                               else Decimal(row.units))
-    return CreditGrant(grant_id=row.grant_id, meter=row.meter_id, amount=amount, source=GrantSource(row.source),
-                       effective_at=row.effective_at, expires_at=_utc(row.expires_at), priority=row.priority)
-
-
-def _entry_of(row: Any, currency_of: Mapping[str, str | None], meter_of: Mapping[str, str]) -> LedgerEntry:
-    currency = currency_of.get(row.grant_id)
-    amount: Money | Decimal = (Money(row.amount_minor, currency or "USD") if row.amount_minor is not None
-                               else Decimal(row.units))
-    return LedgerEntry(entry_id=row.entry_id, account_id=row.subscription_id, meter=meter_of[row.grant_id],
-                       grant_id=row.grant_id, kind=EntryKind(row.kind), amount=amount,
-                       at=row.occurred_at.astimezone(UTC), reference=row.reference)
-
-
 def load_ledgers(conn: sa.Connection, states: Sequence[SubscriptionState],
                  kinds: Mapping[str, bool]) -> dict[str, LedgerState]:
     """The credit ledger of each subscription, replayed from its stored grants and entries."""
     by_id = {s.id: s for s in states}
     if not by_id:
         return {}
-    grants = conn.execute(sa.select(credit_grants).where(credit_grants.c.subscription_id.in_(list(by_id)))
-                          .order_by(credit_grants.c.subscription_id, credit_grants.c.granted_at,
-                                    credit_grants.c.grant_id)).all()
-    entries = conn.execute(sa.select(credit_entries).where(credit_entries.c.subscription_id.in_(list(by_id)))
-                           .order_by(credit_entries.c.seq)).all() if grants else []
-    grants_of: dict[str, list[Any]] = {}
-    for g in grants:
-        grants_of.setdefault(g.subscription_id, []).append(g)
-    entries_of: dict[str, list[Any]] = {}
-    for e in entries:
-        entries_of.setdefault(e.subscription_id, []).append(e)
+    grants_of, entries_of = snapshots.ledger_rows(conn, by_id)
     out: dict[str, LedgerState] = {}
     for sub_id, state in by_id.items():
-        meters = [MeterCredit(m, None if is_units else state.currency) for m, is_units in kinds.items()]
-        rows = grants_of.get(sub_id, [])
-        currency_of = {g.grant_id: g.currency for g in rows}
-        meter_of = {g.grant_id: g.meter_id for g in rows}
-        # Replayed in write order, which is the order the ledger applied them in.
-        stored = [_entry_of(e, currency_of, meter_of) for e in entries_of.get(sub_id, [])]
-        ledger = CreditLedger.open(sub_id, meters, state.timezone, [_grant_of(g) for g in rows], stored)
-        out[sub_id] = LedgerState(ledger, len(stored), {g.grant_id for g in rows})
+        rows, entries = grants_of.get(sub_id, []), entries_of.get(sub_id, [])
+        ledger = snapshots.ledger_of_rows(sub_id, state.currency, state.timezone, kinds, rows, entries)
+        out[sub_id] = LedgerState(ledger, len(entries), {g.grant_id for g in rows})
     return out
 
 

@@ -1,6 +1,6 @@
 """The records the billing unit of work talks in (service_layer/unit_of_work.py is the port,
 adapters/sql_unit_of_work.py and tests/unit/worker/fakes.py implement it): an aggregate with what the
-worker stores beside it, and the catalog's credit kinds.
+worker stores beside it, and the catalog's credit kinds (`shared.domain.catalog.credit_kinds`, re-exported).
 
 # NOTE: outside the layers on purpose (like dunning's ports.py): the service layer and the adapters that
 # implement its port both import it, and it imports only the domain.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from shared.domain.catalog import Catalog
+from shared.domain.catalog import credit_kinds as credit_kinds  # the catalog's rule, re-exported
 from shared.domain.invoice import Invoice
 from shared.domain.ledger import CreditLedger
 from shared.domain.subscription import Subscription
@@ -47,11 +47,3 @@ class InvoiceToStore:
     plan_id: str | None
     payment_method_id: str | None
     issuer: str = DEFAULT_ISSUER
-
-
-def credit_kinds(catalog: Catalog) -> dict[str, bool]:
-    """meter id -> True when its credits are meter units, False when money: money when some plan includes
-    money credits of it, units otherwise (unit inclusions, or none at all, e.g. report top-ups)."""
-    money = {meter_id for plan in catalog.plans.values() for meter_id, pricing in plan.meters.items()
-             if pricing.included is not None and pricing.included.amount is not None}
-    return {m: m not in money for m in catalog.meters}

@@ -1,0 +1,176 @@
+"""Rows of the worker's read model -> the billing aggregates (``Subscription``, ``CreditLedger``), and a
+read-only snapshot of one subscription for previews.
+
+The billing worker (``services/billing_worker/adapters/billing_repository.py``) rehydrates its aggregates
+with these functions inside its batch transaction; the edge builds the same aggregates from the same rows to
+preview an invoice with the domain code that will bill it (``services/ingest/service_layer/previews.py``).
+One rehydration for both, so a preview cannot drift from what the worker loads. Services never import each
+other, hence shared here.
+
+Nothing here writes. The snapshot's usage is what a period close would bill as things stand (see
+``usage_reads``), read without the close's locks or marks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+
+from shared.adapters.postgres.schema.billing import credit_entries, credit_grants, subscriptions
+from shared.adapters.postgres.schema.usage import usage_aggregates
+from shared.adapters.postgres.usage_reads import BUCKET, usage_since
+from shared.domain.calendar import BillingAnchor, Interval, Period
+from shared.domain.catalog import MeterId, PlanId
+from shared.domain.coupons import AppliedCoupon, CouponId
+from shared.domain.ids import CustomerId, SubscriptionId
+from shared.domain.ledger import CreditGrant, CreditLedger, EntryKind, GrantSource, LedgerEntry, MeterCredit
+from shared.domain.money import Money
+from shared.domain.rating import LateUsage
+from shared.domain.subscription import Subscription, SubscriptionStatus
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    return value.astimezone(UTC) if value is not None else None
+
+
+# ----------------------------------------------------------------------------------------- subscriptions
+
+
+def subscription_of_row(row: Any) -> Subscription:
+    """The subscription aggregate stored in a ``subscriptions`` row (no pending events)."""
+    keys = row.coupon_invoice_keys or []
+    coupon = None
+    if row.coupon_id is not None:
+        coupon = AppliedCoupon(coupon_id=CouponId(row.coupon_id), redeemed_at=row.coupon_redeemed_at,
+                               invoice_keys=frozenset(keys))
+    return Subscription(
+        id=SubscriptionId(row.subscription_id), customer_id=CustomerId(row.customer_id),
+        plan_id=PlanId(row.plan_id), status=SubscriptionStatus(row.status), seats=row.seats,
+        interval=Interval(row.interval),
+        anchor=BillingAnchor(day=row.anchor_day, time_of_day=row.anchor_time, tz=row.timezone,
+                             month=row.anchor_month),
+        current_period=Period(row.current_period_start, row.current_period_end),
+        started_at=row.started_at.astimezone(UTC), trial_end=_utc(row.trial_end),
+        cancel_at_period_end=row.cancel_at_period_end,
+        pending_plan_id=PlanId(row.pending_plan_id) if row.pending_plan_id else None,
+        pending_seats=row.pending_seats, coupon=coupon, cancelled_at=_utc(row.cancelled_at), version=row.version,
+        payment_method_id=row.payment_method_id, carried_credit_minor=row.carried_credit_minor,
+        paused_at=_utc(row.paused_at), cancel_reason=row.cancel_reason)
+
+
+# ----------------------------------------------------------------------------------------- credit ledger
+
+
+def _grant_of(row: Any) -> CreditGrant:
+    amount: Money | Decimal = (Money(row.amount_minor, row.currency) if row.amount_minor is not None
+                               else Decimal(row.units))
+    return CreditGrant(grant_id=row.grant_id, meter=row.meter_id, amount=amount, source=GrantSource(row.source),
+                       effective_at=row.effective_at, expires_at=_utc(row.expires_at), priority=row.priority)
+
+
+def _entry_of(row: Any, currency_of: Mapping[str, str | None], meter_of: Mapping[str, str]) -> LedgerEntry:
+    currency = currency_of.get(row.grant_id)
+    amount: Money | Decimal = (Money(row.amount_minor, currency or "USD") if row.amount_minor is not None
+                               else Decimal(row.units))
+    return LedgerEntry(entry_id=row.entry_id, account_id=row.subscription_id, meter=meter_of[row.grant_id],
+                       grant_id=row.grant_id, kind=EntryKind(row.kind), amount=amount,
+                       at=row.occurred_at.astimezone(UTC), reference=row.reference)
+
+
+def ledger_rows(conn: sa.Connection, subscription_ids: Iterable[str]) -> tuple[dict[str, list[Any]],
+                                                                               dict[str, list[Any]]]:
+    """The stored grant rows and entry rows of each subscription (two queries), in the order the ledger
+    applied them: grants by grant time, entries by write order."""
+    wanted = sorted(set(subscription_ids))
+    grants_of: dict[str, list[Any]] = {}
+    entries_of: dict[str, list[Any]] = {}
+    if not wanted:
+        return grants_of, entries_of
+    grants = conn.execute(sa.select(credit_grants).where(credit_grants.c.subscription_id.in_(wanted))
+                          .order_by(credit_grants.c.subscription_id, credit_grants.c.granted_at,
+                                    credit_grants.c.grant_id)).all()
+    entries = conn.execute(sa.select(credit_entries).where(credit_entries.c.subscription_id.in_(wanted))
+                           .order_by(credit_entries.c.seq)).all() if grants else []
+    for g in grants:
+        grants_of.setdefault(g.subscription_id, []).append(g)
+    for e in entries:
+        entries_of.setdefault(e.subscription_id, []).append(e)
+    return grants_of, entries_of
+
+
+def ledger_of_rows(subscription_id: str, currency: str, timezone: str, kinds: Mapping[str, bool],
+                   grants: Sequence[Any], entries: Sequence[Any]) -> CreditLedger:
+    """The credit ledger replayed from its stored rows. ``kinds``: meter -> True when its credits are units
+    (``shared.domain.catalog.credit_kinds``)."""
+    meters = [MeterCredit(m, None if is_units else currency) for m, is_units in kinds.items()]
+    currency_of = {g.grant_id: g.currency for g in grants}
+    meter_of = {g.grant_id: g.meter_id for g in grants}
+    stored = [_entry_of(e, currency_of, meter_of) for e in entries]
+    return CreditLedger.open(subscription_id, meters, timezone, [_grant_of(g) for g in grants], stored)
+
+
+# ----------------------------------------------------------------------------------- snapshot for previews
+
+
+@dataclass
+class BillingSnapshot:
+    """One subscription as the worker stored it, rebuilt as aggregates (fresh objects: a preview may mutate
+    them), with the usage its next close would bill as things stand."""
+
+    subscription: Subscription
+    currency: str
+    timezone: str
+    tax_rate_bps: int
+    ledger: CreditLedger
+    usage_totals: dict[MeterId, Decimal]  # usage of the open period so far
+    late_usage: list[LateUsage]  # unbilled usage of closed periods, as the close groups it
+
+
+def _late_usage(conn: sa.Connection, subscription_id: str, period_start: datetime,
+                pending: Mapping[str, Decimal]) -> list[LateUsage]:
+    """Late usage per meter over the span of hours it came from (the grouping of the worker's close)."""
+    if not pending:
+        return []
+    agg = usage_aggregates.c
+    lo = period_start.astimezone(UTC)
+    spans = {meter: (first, last) for meter, first, last in conn.execute(
+        sa.select(agg.meter_id, sa.func.min(agg.bucket_start), sa.func.max(agg.bucket_start))
+        .where(agg.subscription_id == subscription_id, agg.bucket_start < lo,
+               agg.quantity != agg.billed_quantity)
+        .group_by(agg.meter_id))}
+    late = []
+    for meter, quantity in sorted(pending.items()):
+        if quantity <= 0 or meter not in spans:
+            continue
+        first, last = spans[meter]
+        late.append(LateUsage(MeterId(meter), Period(first.astimezone(UTC), last.astimezone(UTC) + BUCKET),
+                              quantity))
+    return late
+
+
+def load_snapshot(conn: sa.Connection, subscription_id: str, kinds: Mapping[str, bool]) -> BillingSnapshot | None:
+    """The subscription, its credit ledger and its usage so far, read in the caller's connection (use one
+    REPEATABLE READ transaction for a consistent view); None when the worker has no such subscription.
+
+    # NOTE: the usage is every event with a timestamp from the open period's start on (``usage_since``), as
+    # the worker's close would bill it if the period ended now; an event stamped after the period end would
+    # wait for the next close instead.
+    """
+    row = conn.execute(sa.select(subscriptions).where(subscriptions.c.subscription_id == subscription_id)
+                       ).one_or_none()
+    if row is None:
+        return None
+    sub = subscription_of_row(row)
+    grants, entries = ledger_rows(conn, [subscription_id])
+    ledger = ledger_of_rows(subscription_id, row.currency, row.timezone, kinds, grants.get(subscription_id, []),
+                            entries.get(subscription_id, []))
+    usage = usage_since(conn, subscription_id, sub.current_period.start)
+    return BillingSnapshot(
+        subscription=sub, currency=row.currency, timezone=row.timezone, tax_rate_bps=row.tax_rate_bps,
+        ledger=ledger, usage_totals={MeterId(m): Decimal(q) for m, q in usage.totals.items()},
+        late_usage=_late_usage(conn, subscription_id, sub.current_period.start, usage.pending_late))
