@@ -26,6 +26,7 @@ from functools import lru_cache
 from types import MappingProxyType
 
 from shared.domain.calendar import Period, ensure_utc
+from shared.domain.customer_balance import draw_amount
 from shared.domain.errors import InvalidTransitionError, InvalidValueError, InvoiceError
 from shared.domain.events import (
     DomainEvent,
@@ -187,6 +188,8 @@ class Invoice:
     paid_at: datetime | None = None
     closed_at: datetime | None = None
     amount_paid_minor: int = 0  # collected so far, in minor units of `currency`
+    balance_applied_minor: int = 0  # drawn from the customer's credit balance at finalisation (never negative)
+    pre_payment_credit_minor: int = 0  # what credit notes took off while it was owed (Stripe's pre-payment)
     version: int = 0
     pending_events: list[DomainEvent] = field(default_factory=list)
 
@@ -242,8 +245,9 @@ class Invoice:
 
     @property
     def amount_due(self) -> Money:
-        """What to collect: the total, or zero when proration credits exceed the charges."""
-        return self.total.max(Money.zero(self.currency))
+        """What to collect: the total (zero when credits exceed the charges) less what the customer's credit
+        balance covered at finalisation."""
+        return self.total.max(Money.zero(self.currency)) - Money(self.balance_applied_minor, self.currency)
 
     @property
     def amount_paid(self) -> Money:
@@ -251,8 +255,10 @@ class Invoice:
 
     @property
     def amount_remaining(self) -> Money:
-        """What is still to collect: the amount due less what was paid (never negative)."""
-        return (self.amount_due - self.amount_paid).max(Money.zero(self.currency))
+        """What is still to collect: the amount due less what was paid and what credit notes took off while it
+        was owed (never negative)."""
+        return (self.amount_due - self.amount_paid
+                - Money(self.pre_payment_credit_minor, self.currency)).max(Money.zero(self.currency))
 
     @property
     def credit_to_carry_forward(self) -> Money:
@@ -300,6 +306,16 @@ class Invoice:
         )
         self.lines = (*untaxed, tax_line)
 
+    def apply_balance(self, available_minor: int) -> int:
+        """Draw from the customer's credit balance holding `available_minor` what this invoice owes, up to
+        what it holds (``customer_balance.draw_amount``); returns what it drew. Before finalisation only:
+        the draw is part of settling the lines, and `finalize` then charges (or settles) what is left."""
+        self._require_draft("draw a balance for")
+        drawn = draw_amount(available_minor, self.total.max(Money.zero(self.currency)).amount_minor
+                            - self.balance_applied_minor)
+        self.balance_applied_minor += drawn
+        return drawn
+
     # --- lifecycle -------------------------------------------------------------------------------
 
     def _transition(self, target: InvoiceStatus) -> InvoiceStatus:
@@ -341,7 +357,7 @@ class Invoice:
         self._transition(InvoiceStatus.PAID)
         self.paid_at = instant
         self.closed_at = instant
-        self.amount_paid_minor = self.amount_due.amount_minor
+        self.amount_paid_minor = self.amount_due.amount_minor - self.pre_payment_credit_minor
         self.pending_events.append(
             InvoicePaid(
                 subscription_id=self.subscription_id,
@@ -352,6 +368,31 @@ class Invoice:
                 payment_reference=payment_reference,
             )
         )
+
+    def credit_before_payment(self, amount: Money, *, at: datetime) -> None:
+        """A credit note lowers what is still owed (open or uncollectible); when nothing is left the invoice is
+        settled (-> PAID at `at`, what was paid in cash unchanged), like Stripe's pre-payment credit notes."""
+        instant = ensure_utc(at)
+        if self.status not in (InvoiceStatus.OPEN, InvoiceStatus.UNCOLLECTIBLE):
+            raise InvoiceError(f"invoice {self.id} is {self.status.value}: nothing is owed to reduce")
+        if not amount.is_positive() or amount > self.amount_remaining:
+            raise InvoiceError(f"cannot reduce invoice {self.id} by {amount}: {self.amount_remaining} is owed")
+        self.pre_payment_credit_minor += amount.amount_minor
+        self.version += 1
+        if self.amount_remaining.is_zero():
+            self._transition(InvoiceStatus.PAID)
+            self.paid_at = instant
+            self.closed_at = instant
+            self.pending_events.append(
+                InvoicePaid(
+                    subscription_id=self.subscription_id,
+                    version=self.version,
+                    occurred_at=instant,
+                    invoice_id=self.id,
+                    amount_paid=self.amount_paid,
+                    payment_reference=None,
+                )
+            )
 
     def void(self, *, at: datetime, reason: str) -> None:
         instant = ensure_utc(at)
