@@ -10,6 +10,8 @@ Contract (DESIGN.md rules 3 and 4):
   reach the provider in a usable form (misconfiguration), which is retryable later.
 - An UNKNOWN outcome is reconciled with `lookup` before any retry; `lookup` returns None when the provider
   has no record of a charge for that key (then, and only then, the same request may be sent again).
+- `refund` gives money back on a payment (a credit note's refunded part), idempotent per key like `charge`:
+  the caller writes its refund row first; an UNKNOWN outcome is sent again with the same key.
 - `lookup` without a key answers what the provider knows about the invoice's PaymentIntent now (by
   `provider_ref`, else by a search on the invoice id), whoever moved it: the open-invoice reconciliation
   uses it to find payments made out of band (a lost webhook, Stripe's own retry, the hosted page).
@@ -127,3 +129,51 @@ class PaymentGateway(Protocol):
         invoice's provider object (by `provider_ref`, else found by the invoice id), which the caller must
         check against the invoice (`ChargeOutcome.invoice_id`, amount, currency) before trusting it."""
         ...
+
+    def refund(self, request: RefundRequest) -> RefundOutcome:
+        """Give `request.amount` back on the payment `request.payment_ref`; idempotent per key (a repeated key
+        is the same refund); never raises for a business outcome (PaymentGatewayError only when the provider
+        cannot be used at all: nothing was refunded)."""
+        ...
+
+
+# ------------------------------------------------------------------------------------------------ refunds
+
+
+class RefundStatus(StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class RefundRequest:
+    """Give `amount` back on the payment `payment_ref` (Stripe: the invoice's PaymentIntent).
+
+    Idempotent per `idempotency_key` (derived from the credit note): a repeated key is the same refund, never
+    a second one. The caller writes its refund row before calling, like a charge's attempt."""
+
+    credit_note_id: str
+    invoice_id: str
+    amount: Money
+    payment_ref: str | None
+    idempotency_key: str
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.amount.is_positive():
+            raise ValueError(f"a refund needs a positive amount, got {self.amount}")
+        if not self.idempotency_key:
+            raise ValueError("a refund needs an idempotency key")
+
+
+@dataclass(frozen=True, slots=True)
+class RefundOutcome:
+    """SUCCEEDED (the provider took the refund), FAILED (refused: nothing was given back; `code` says why) or
+    UNKNOWN (timeout, 5xx: it may have happened; the same request with the same key is safe to send again)."""
+
+    status: RefundStatus
+    provider_ref: str | None = None
+    code: str | None = None
+    message: str | None = None
+

@@ -41,8 +41,19 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 
-from shared.adapters.payments.port import INTENT_NOT_CONFIRMABLE, ChargeOutcome, ChargeRequest
-from shared.adapters.postgres.schema.billing import simulated_gateway_charges, simulated_gateway_scripts
+from shared.adapters.payments.port import (
+    INTENT_NOT_CONFIRMABLE,
+    ChargeOutcome,
+    ChargeRequest,
+    RefundOutcome,
+    RefundRequest,
+    RefundStatus,
+)
+from shared.adapters.postgres.schema.billing import (
+    simulated_gateway_charges,
+    simulated_gateway_refunds,
+    simulated_gateway_scripts,
+)
 from shared.domain.money import Money
 from shared.domain.payment_attempt import is_hard_decline
 
@@ -118,6 +129,23 @@ class ProviderRecord(Protocol):
 
     def script_customer(self, customer_id: str, payment_method_id: str | None) -> None: ...
 
+    def record_refund(self, refund: ProviderRefund) -> ProviderRefund:
+        """Store `refund` unless its key is known; return what is stored for the key (first wins)."""
+        ...
+
+    def refunds_of(self, payment_ref: str) -> list[ProviderRefund]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderRefund:
+    """The provider's own record of one refund (one idempotency key)."""
+
+    idempotency_key: str
+    payment_ref: str
+    provider_ref: str
+    amount_minor: int
+    currency: str
+
 
 class InMemoryProviderRecord:
     """The provider's record in this process (unit tests, benchmarks, single-process demos)."""
@@ -128,6 +156,15 @@ class InMemoryProviderRecord:
         self._by_ref: dict[str, ProviderCharge] = {}
         self._declines: dict[str, int] = {}
         self._scripts: dict[str, str] = {}
+        self._refunds: dict[str, ProviderRefund] = {}
+
+    def record_refund(self, refund: ProviderRefund) -> ProviderRefund:
+        with self._lock:
+            return self._refunds.setdefault(refund.idempotency_key, refund)
+
+    def refunds_of(self, payment_ref: str) -> list[ProviderRefund]:
+        with self._lock:
+            return [r for r in self._refunds.values() if r.payment_ref == payment_ref]
 
     def record(self, charge: ProviderCharge) -> ProviderCharge:
         with self._lock:
@@ -174,6 +211,23 @@ class PostgresProviderRecord:
     def __init__(self, engine: sa.Engine) -> None:
         self._engine = engine
         self._t = simulated_gateway_charges
+
+    def record_refund(self, refund: ProviderRefund) -> ProviderRefund:
+        r = simulated_gateway_refunds
+        with self._engine.begin() as conn:
+            conn.execute(insert(r).values(
+                idempotency_key=refund.idempotency_key, payment_ref=refund.payment_ref,
+                provider_ref=refund.provider_ref, amount_minor=refund.amount_minor, currency=refund.currency,
+            ).on_conflict_do_nothing(index_elements=["idempotency_key"]))
+            row = conn.execute(sa.select(r).where(r.c.idempotency_key == refund.idempotency_key)).one()
+        return ProviderRefund(row.idempotency_key, row.payment_ref, row.provider_ref, row.amount_minor, row.currency)
+
+    def refunds_of(self, payment_ref: str) -> list[ProviderRefund]:
+        r = simulated_gateway_refunds
+        with self._engine.connect() as conn:
+            rows = conn.execute(sa.select(r).where(r.c.payment_ref == payment_ref)).all()
+        return [ProviderRefund(x.idempotency_key, x.payment_ref, x.provider_ref, x.amount_minor, x.currency)
+                for x in rows]
 
     def record(self, charge: ProviderCharge) -> ProviderCharge:
         values = {
@@ -286,6 +340,28 @@ class SimulatedGateway:
             if known is not None and known.invoice_id != invoice_id:
                 known = None
         return _outcome(known) if known is not None else None
+
+    def refund(self, request: RefundRequest) -> RefundOutcome:
+        """Like a provider: a refund needs a succeeded payment, never gives back more than it took (over all
+        refunds of that payment), and a repeated key answers the first refund."""
+        known = [r for r in self.record.refunds_of(request.payment_ref or "")
+                 if r.idempotency_key == request.idempotency_key]
+        if known:
+            return RefundOutcome(RefundStatus.SUCCEEDED, known[0].provider_ref)
+        payment = self.record.latest_for_ref(request.payment_ref) if request.payment_ref else None
+        if payment is None or not payment.succeeded:
+            return RefundOutcome(RefundStatus.FAILED, code="charge_not_found",
+                                 message=f"no succeeded payment {request.payment_ref!r} to refund")
+        refunded = sum(r.amount_minor for r in self.record.refunds_of(payment.provider_ref))
+        if payment.currency != request.amount.currency or \
+                refunded + request.amount.amount_minor > payment.amount_minor:
+            return RefundOutcome(RefundStatus.FAILED, code="amount_too_large",
+                                 message=f"refund of {request.amount} exceeds what is left of {payment.amount_minor}")
+        stored = self.record.record_refund(ProviderRefund(
+            request.idempotency_key, payment.provider_ref,
+            "re_sim_" + hashlib.sha256(request.idempotency_key.encode()).hexdigest()[:24],
+            request.amount.amount_minor, request.amount.currency))
+        return RefundOutcome(RefundStatus.SUCCEEDED, stored.provider_ref)
 
     def pay_out_of_band(self, provider_ref: str, *, payment_method_id: str = "pm_card_visa") -> ChargeOutcome:
         """The customer pays the PaymentIntent `provider_ref` on the provider's side, for its amount, and

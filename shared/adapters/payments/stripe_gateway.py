@@ -24,6 +24,9 @@ from shared.adapters.payments.port import (
     ChargeRequest,
     ChargeStatus,
     PaymentGatewayError,
+    RefundOutcome,
+    RefundRequest,
+    RefundStatus,
 )
 from shared.domain.money import Money
 from shared.domain.payment_attempt import is_hard_decline
@@ -44,6 +47,7 @@ class StripeGateway:
 
     def __init__(self, client: stripe.StripeClient) -> None:
         self._intents = client.v1.payment_intents
+        self._refunds = client.v1.refunds
 
     # ------------------------------------------------------------------------------------------ charge
 
@@ -146,6 +150,40 @@ class StripeGateway:
                                           message=_get(error, "message") if error else None)
         # requires_payment_method / requires_confirmation without any error: never confirmed, no charge.
         return None
+
+
+    # ------------------------------------------------------------------------------------------ refund
+
+    def refund(self, request: RefundRequest) -> RefundOutcome:
+        """A Refund of the invoice's PaymentIntent for `amount` (idempotency key `<key>:refund`, so a resend
+        after a lost answer is the same refund). A refused request (no such payment, more than was paid) is
+        FAILED; a timeout, a 5xx or a rate limit is UNKNOWN and is sent again with the same key.
+
+        # NOTE: a refund Stripe answers `pending` (some payment methods settle refunds later) is recorded as
+        # succeeded: Stripe accepted it and will not give it back twice; a later failure arrives as a webhook.
+        """
+        if not request.payment_ref:
+            return RefundOutcome(RefundStatus.FAILED, code="charge_not_found",
+                                 message="the invoice has no provider payment to refund")
+        try:
+            refund = self._refunds.create(
+                params={"payment_intent": request.payment_ref, "amount": request.amount.amount_minor,
+                        "metadata": {**request.metadata, "credit_note_id": request.credit_note_id,
+                                     "invoice_id": request.invoice_id}},
+                options={"idempotency_key": f"{request.idempotency_key}:refund"})
+        except stripe.InvalidRequestError as error:
+            return RefundOutcome(RefundStatus.FAILED, code=error.code or "invalid_request", message=_message(error))
+        except stripe.AuthenticationError as error:
+            raise PaymentGatewayError(f"stripe refused the credentials: {_message(error)}") from error
+        except stripe.PermissionError as error:
+            raise PaymentGatewayError(f"stripe refused the request: {_message(error)}") from error
+        except stripe.StripeError as error:
+            return RefundOutcome(RefundStatus.UNKNOWN, message=f"{type(error).__name__}: {_message(error)}")
+        status = _get(refund, "status")
+        if status in ("succeeded", "pending", "requires_action"):
+            return RefundOutcome(RefundStatus.SUCCEEDED, refund.id, message=f"refund {status}")
+        return RefundOutcome(RefundStatus.FAILED, refund.id, code=str(_get(refund, "failure_reason") or status),
+                             message=f"refund {status}")
 
 
 def _get(obj: Any, key: str) -> Any:
