@@ -39,7 +39,9 @@ from services.ingest.routes import (
     documents,
     health,
     ingest,
+    invoice_lines,
     notifications,
+    previews,
     reads,
     subscriptions,
     webhooks,
@@ -132,7 +134,7 @@ def _route_modules() -> list:  # type: ignore[type-arg]
     # NOTE: the hot paths first (usage ingest, report credits): routing tries the routers in this order,
     # and matching through every other router cost ~30 % of a report-credit request's CPU.
     return [ingest, quota_routes, health, api_keys, customers, subscriptions, reads, documents, notifications,
-            webhooks, clock]
+            webhooks, clock, invoice_lines, previews]
 
 
 def _document_raw_bodies(app: FastAPI) -> None:

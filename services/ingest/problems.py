@@ -36,7 +36,12 @@ from services.ingest.service_layer.quota_errors import (
     QuotaRefusalCode,
     QuotaRefused,
 )
-from services.ingest.service_layer.refusals import LifecycleRefusal, OnboardingRefused, ReplayRefused
+from services.ingest.service_layer.refusals import (
+    LifecycleRefusal,
+    LineNotTraceable,
+    OnboardingRefused,
+    ReplayRefused,
+)
 from shared.adapters.clock import ClockRefusedError
 from shared.adapters.postgres.errors import driver_error, is_database_error, is_transient, reason_code
 from shared.errors import BillingError, DataRejectedError, InfrastructureError, refusal_code
@@ -259,12 +264,14 @@ ANSWERS: Mapping[type[BillingError], Mapping[str, Answer]] = {
         "unknown_subscription": Answer(404, "not-found", "Unknown subscription"),
         "unknown_catalog_entry": Answer(422, "validation", "Unknown catalog entry"),
         "currency_mismatch": Answer(422, "currency-mismatch", "Currency mismatch"),
+        "no_upcoming_invoice": Answer(409, "no-upcoming-invoice", "No upcoming invoice"),
     },
     ReplayRefused: {
         "customer_unknown": Answer(409, "customer-unknown", "Customer still unknown"),
         "no_active_subscription": Answer(409, "no-active-subscription", "No subscription accepts usage"),
     },
     ClockRefusedError: {"clock_refused": Answer(409, "clock-refused", "Clock refused")},
+    LineNotTraceable: {"line_not_traceable": Answer(409, "line-not-traceable", "The line bills no usage events")},
 }
 
 

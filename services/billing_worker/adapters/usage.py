@@ -547,6 +547,11 @@ class LateAdjustment:
     meter_id: str
     bucket_start: datetime  # the UTC hour the late events belong to
     quantity: Decimal
+    # The bucket's late events this close billed: ingested_at in (ingested_after, ingested_through]
+    # (ingested_after None: the bucket had never been billed). See usage_aggregates.billed_through.
+    # Bookkeeping of which events were billed, not what was billed: left out of equality.
+    ingested_after: datetime | None = field(default=None, compare=False)
+    ingested_through: datetime | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -605,7 +610,7 @@ ON CONFLICT (subscription_id) DO UPDATE
 # Every bucket a close may bill, locked: usage committed concurrently for them waits until we commit.
 _LOCK_BUCKETS = sa.text("""
 SELECT a.subscription_id, a.meter_id, a.bucket_start, a.quantity, a.event_count, a.billed_quantity,
-       a.billed_events
+       a.billed_events, a.updated_at, a.billed_through
 FROM unnest(CAST(:subs AS text[]), CAST(:hbs AS timestamptz[])) AS v(s, hb)
 JOIN usage_aggregates a ON a.subscription_id = v.s AND a.bucket_start <= v.hb
                        AND (a.quantity <> a.billed_quantity OR a.bucket_start = v.hb)
@@ -618,10 +623,13 @@ FROM unnest(CAST(:keys AS int[]), CAST(:subs AS text[]), CAST(:los AS timestampt
 JOIN usage_events e ON e.subscription_id = v.s AND e.occurred_at >= v.lo AND e.occurred_at < v.hi
 WHERE e.meter_id IS NOT NULL
 GROUP BY v.k, e.meter_id""")
+# NOTE (invoice line -> events): whatever bills a bucket (this close, or late usage billed onto a draft)
+# sets billed_through to the bucket's updated_at as locked, and a late bill records the previous and new
+# billed_through in usage_closes.late; services/ingest/service_layer/line_events.py reads them back.
 _MARK_BILLED = sa.text("""
-UPDATE usage_aggregates a SET billed_quantity = v.q, billed_events = v.n
+UPDATE usage_aggregates a SET billed_quantity = v.q, billed_events = v.n, billed_through = v.t
 FROM unnest(CAST(:subs AS text[]), CAST(:meters AS text[]), CAST(:buckets AS timestamptz[]),
-            CAST(:qs AS numeric[]), CAST(:ns AS bigint[])) AS v(s, m, b, q, n)
+            CAST(:qs AS numeric[]), CAST(:ns AS bigint[]), CAST(:ts AS timestamptz[])) AS v(s, m, b, q, n, t)
 WHERE a.subscription_id = v.s AND a.meter_id = v.m AND a.bucket_start = v.b""")
 _STORE_CLOSES = sa.text("""
 INSERT INTO usage_closes (subscription_id, period_start, period_end, totals, late)
@@ -669,7 +677,7 @@ def close_usages(conn: sa.Connection, requests: Sequence[tuple[str, datetime, da
         locked.setdefault(r.subscription_id, []).append(r)
     edges = _edge_sums(conn, {s: spans[s] for s in todo})
 
-    updates: list[tuple[str, str, datetime, Decimal, int]] = []
+    updates: list[tuple[str, str, datetime, Decimal, int, datetime]] = []
     stored: list[tuple[str, datetime, datetime, str, str]] = []
     for sub in todo:
         lo, hi = spans[sub]
@@ -678,11 +686,14 @@ def close_usages(conn: sa.Connection, requests: Sequence[tuple[str, datetime, da
         out[sub] = result
         stored.append((sub, lo, hi, orjson.dumps({m: str(q) for m, q in result.totals.items()}).decode(),
                        orjson.dumps([{"meter_id": a.meter_id, "bucket_start": a.bucket_start.isoformat(),
-                                      "quantity": str(a.quantity)} for a in result.late]).decode()))
+                                      "quantity": str(a.quantity),
+                                      "ingested_after": _iso(a.ingested_after),
+                                      "ingested_through": _iso(a.ingested_through)}
+                                     for a in result.late]).decode()))
     if updates:
         conn.execute(_MARK_BILLED, {"subs": [u[0] for u in updates], "meters": [u[1] for u in updates],
                                     "buckets": [u[2] for u in updates], "qs": [u[3] for u in updates],
-                                    "ns": [u[4] for u in updates]})
+                                    "ns": [u[4] for u in updates], "ts": [u[5] for u in updates]})
     conn.execute(_STORE_CLOSES, {"subs": [r[0] for r in stored], "los": [r[1] for r in stored],
                                  "his": [r[2] for r in stored], "totals": [r[3] for r in stored],
                                  "lates": [r[4] for r in stored]})
@@ -712,8 +723,12 @@ def _edge_sums(conn: sa.Connection, spans: Mapping[str, tuple[datetime, datetime
     return out
 
 
+def _iso(at: datetime | None) -> str | None:
+    return None if at is None else at.isoformat()
+
+
 def _close_one(sub: str, lo: datetime, hi: datetime, locked: Iterable[Any], edges: _Edges,
-               updates: list[tuple[str, str, datetime, Decimal, int]]) -> UsageClose:
+               updates: list[tuple[str, str, datetime, Decimal, int, datetime]]) -> UsageClose:
     """One subscription's close from its locked buckets (see the module docstring's policy); appends the
     billed marks to write to `updates`."""
     hi_bucket, lo_bucket = _floor_hour(hi), _floor_hour(lo)
@@ -744,8 +759,8 @@ def _close_one(sub: str, lo: datetime, hi: datetime, locked: Iterable[Any], edge
         if regular:
             totals[meter] = totals.get(meter, Decimal(0)) + regular
         if increment - regular:
-            late.append(LateAdjustment(meter, start, increment - regular))
-        updates.append((sub, meter, r.bucket_start, new_billed, new_events))
+            late.append(LateAdjustment(meter, start, increment - regular, r.billed_through, r.updated_at))
+        updates.append((sub, meter, r.bucket_start, new_billed, new_events, r.updated_at))
     return UsageClose(lo, hi, totals, tuple(late))
 
 
@@ -753,7 +768,12 @@ def _from_stored(row: Any) -> UsageClose:
     return UsageClose(row.period_start.astimezone(UTC), row.period_end.astimezone(UTC),
                       {m: Decimal(q) for m, q in row.totals.items()},
                       tuple(LateAdjustment(a["meter_id"], datetime.fromisoformat(a["bucket_start"]),
-                                           Decimal(a["quantity"])) for a in row.late))
+                                           Decimal(a["quantity"]), _instant(a.get("ingested_after")),
+                                           _instant(a.get("ingested_through"))) for a in row.late))
+
+
+def _instant(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
 
 
 # ----------------------------------------------------------------------------------------------- read

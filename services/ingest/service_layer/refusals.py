@@ -37,6 +37,12 @@ class UnknownSubscription(LifecycleRefusal):
     code = "unknown_subscription"
 
 
+class NoUpcomingInvoice(LifecycleRefusal):
+    """A preview asked of a subscription that will issue no further invoice (cancelled)."""
+
+    code = "no_upcoming_invoice"
+
+
 class UnknownCatalogEntry(LifecycleRefusal):
     code = "unknown_catalog_entry"
 
@@ -108,3 +114,15 @@ class CustomerStillUnknown(ReplayRefused):
 
 class NoSubscriptionAcceptsUsage(ReplayRefused):
     code = "no_active_subscription"
+
+
+# --- invoice line -> events (`line_events`) --------------------------------------------------------------
+
+
+class LineNotTraceable(RefusedError):
+    """The line bills no usage events (only usage lines and late-usage adjustments with a meter do)."""
+
+    code = "line_not_traceable"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, code=type(self).code)

@@ -45,7 +45,13 @@ usage_aggregates = sa.Table(
     sa.Column("event_count", sa.BigInteger, nullable=False),
     sa.Column("billed_quantity", sa.Numeric, nullable=False, server_default="0"),
     sa.Column("billed_events", sa.BigInteger, nullable=False, server_default="0"),
+    # NOTE: updated_at is written only by ingest (the batch transaction's now(), which is also every event
+    # row's ingested_at); billed_through copies it when a close bills the bucket. A subscription's usage
+    # batches commit one after another (one consumer per partition), so the bucket's events a close billed
+    # are exactly those with ingested_at <= the billed_through it wrote (invoice line -> events).
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("billed_through", sa.DateTime(timezone=True),
+              comment="ingested_at of the newest event billed from this bucket (updated_at when billed)"),
 )
 
 # Per subscription: the end of the last closed usage period (what "late" is measured against).
@@ -65,6 +71,8 @@ usage_closes = sa.Table(
     sa.Column("period_end", sa.DateTime(timezone=True), primary_key=True),
     sa.Column("period_start", sa.DateTime(timezone=True), nullable=False),
     sa.Column("totals", JSONB, nullable=False, comment="{meter_id: decimal string}"),
-    sa.Column("late", JSONB, nullable=False, comment="[{meter_id, bucket_start, quantity, events}]"),
+    sa.Column("late", JSONB, nullable=False,
+              comment="[{meter_id, bucket_start, quantity, ingested_after, ingested_through}]: the late "
+                      "events billed are the bucket's with ingested_at in (ingested_after, ingested_through]"),
     sa.Column("closed_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
 )
