@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     worker_batch_timeout_s: float = 0.05
     scheduler_interval_s: float = 1.0
     period_close_grace_s: float = Field(default=0.0, ge=0)
+    invoice_grace_seconds: int = Field(
+        default=0, ge=0, le=90 * 86_400,
+        description="how long a period-close invoice stays draft after its period ends (late usage of the period "
+                    "still lands on it); a customer's own setting overrides it; 0: finalised at the close")
     worker_member_id: str | None = Field(
         default=None, description="Kafka static membership (group.instance.id), e.g. the pod name: a restart "
                                   "with the same id resumes its partitions without a rebalance")

@@ -27,8 +27,10 @@ from services.billing_worker.entrypoints.health import HealthServer
 from services.billing_worker.entrypoints.scheduler import Scheduler
 from services.billing_worker.service_layer.handlers import (
     Handler,
+    credit_notes,
     credits,
     customers,
+    drafts,
     payments,
     periods,
     scheduled_changes,
@@ -73,6 +75,7 @@ def billing_handlers() -> dict[str, Handler]:
         "subscription.revoke_cancellation": scheduled_changes.REVOKE_CANCELLATION,
         "trial.end": subscriptions.END_TRIAL,
         "period.close": periods.CLOSE_PERIOD,
+        "invoice.finalize": drafts.FINALIZE_INVOICE,
         "credits.expire": credits.EXPIRE,
         "credits.grant": credits.GRANT,
         "payment.retry": payments.RETRY,
@@ -81,6 +84,7 @@ def billing_handlers() -> dict[str, Handler]:
         "payment.succeeded": payments.SUCCEEDED,
         "payment.failed": payments.FAILED,
         "payment.customer_deleted": customers.CUSTOMER_DELETED,
+        "credit_note.issue": credit_notes.ISSUE,
     }
 
 

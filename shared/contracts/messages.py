@@ -100,11 +100,39 @@ class RevokeCancellation(SubscriptionCommand):
     """Keep renewing: undo a cancellation at the period end (refused `nothing_scheduled`)."""
 
 
+class CreditNoteLineRequest(Payload):
+    line_no: int = Field(ge=1, le=32_767, description="the invoice line (1-based, as listed)")
+    amount_minor: int = Field(ge=1, description="pre-tax amount taken from the line (tax follows proportionally)")
+
+
+class IssueCreditNote(SubscriptionCommand):
+    """Issue a credit note against a finalised invoice of the subscription (shared/domain/credit_note.py):
+    per line or a whole-invoice amount (tax included), split into reduced / refunded / credited."""
+
+    invoice_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
+    lines: list[CreditNoteLineRequest] | None = Field(default=None, min_length=1, max_length=200)
+    amount_minor: int | None = Field(default=None, ge=1)
+    reason: Literal["duplicate", "fraudulent", "order_change", "product_unsatisfactory"]
+    memo: str | None = Field(default=None, max_length=500)
+    refund_minor: int | None = Field(default=None, ge=0)
+    credit_minor: int | None = Field(default=None, ge=0)
+
+
 class ClosePeriod(SubscriptionCommand):
     """Emitted by the scheduler when the billing clock passes a period end. Idempotent: a close for a
     period that is not the subscription's current one is acknowledged and ignored."""
 
     period_end: AwareDatetime
+    finalize_after_seconds: int | None = Field(
+        default=None, ge=0, description="the invoice's grace, a snapshot taken by the scheduler: > 0 stores it "
+                                        "draft until period end + this; None or 0: finalised at the close")
+
+
+class FinalizeInvoice(SubscriptionCommand):
+    """Finalise a draft invoice now (the scheduler when its grace ends, or `POST /v1/invoices/{id}/finalize`):
+    late usage of its period billed on it, then numbered and charged. A non-draft invoice is `ignored`."""
+
+    invoice_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
 
 
 class EndTrial(SubscriptionCommand):
@@ -264,6 +292,8 @@ PAYLOADS: dict[str, type[Payload]] = {
     "subscription.cancel_scheduled_change": CancelScheduledChange,
     "subscription.revoke_cancellation": RevokeCancellation,
     "period.close": ClosePeriod,
+    "credit_note.issue": IssueCreditNote,
+    "invoice.finalize": FinalizeInvoice,
     "trial.end": EndTrial,
     "credits.expire": ExpireCredits,
     "credits.grant": GrantCredits,

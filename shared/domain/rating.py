@@ -41,7 +41,7 @@ from shared.domain.ids import InvoiceId
 from shared.domain.included_credits import IncludedCreditGrant as IncludedCreditGrant
 from shared.domain.included_credits import included_grants as included_grants
 from shared.domain.included_credits import trial_grants
-from shared.domain.invoice import Invoice, InvoiceKey, InvoiceLine, InvoiceReason, LineKind
+from shared.domain.invoice import Invoice, InvoiceKey, InvoiceLine, InvoiceReason, InvoiceStatus, LineKind
 from shared.domain.money import Money, UnitPrice, line_amount, sum_money
 from shared.domain.proration import charge_remaining_time
 from shared.domain.subscription import CLOSABLE_STATUSES, Subscription, SubscriptionStatus
@@ -692,4 +692,139 @@ def close_final_period(
         unbilled=unbilled,
         closed_period=billed,
         next_period=None,
+    )
+
+
+# --- usage received during a draft's grace ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GraceUsage:
+    """Usage of a draft invoice's own period, per meter: what its close billed (``closed``) and what arrived
+    since, timestamped inside the period, before the draft was finalised (``added``)."""
+
+    closed: Mapping[MeterId, Decimal]
+    added: Mapping[MeterId, Decimal]
+
+
+@dataclass(frozen=True, slots=True)
+class _Covered:
+    covered: CreditAmount
+
+
+@dataclass(frozen=True, slots=True)
+class _AlreadyDrawn:
+    """A credit source that reports what the close already drew for one meter as covered, and draws only
+    the rest from ``credits``: the total covered is then what one draw of the whole quantity would be."""
+
+    credits: CreditSource
+    drawn: CreditAmount
+
+    def consume(self, meter: str, amount: CreditAmount, at: datetime, *, reference: str) -> ConsumedCredit:
+        if isinstance(amount, Money) and isinstance(self.drawn, Money):
+            more = amount - self.drawn
+            if not more.is_positive():
+                return _Covered(amount.min(self.drawn))
+            return _Covered(self.drawn + _consume_money(self.credits, MeterId(meter), more, at, reference))
+        if isinstance(amount, Decimal) and isinstance(self.drawn, Decimal):
+            if amount <= self.drawn:
+                return _Covered(min(amount, self.drawn))
+            return _Covered(self.drawn + _consume_units(self.credits, MeterId(meter), amount - self.drawn, at,
+                                                        reference))
+        raise RatingError(f"credit of meter {meter} drawn as {self.drawn!r}, asked {amount!r}")
+
+
+def _drawn_by_close(pricing: MeterPricing | None, lines: Sequence[InvoiceLine], closed: Decimal,
+                    currency: str) -> CreditAmount:
+    """What the close drew from the included credits for one meter, read back from its lines: money credits
+    are its CREDIT line; unit credits are the quantity it billed less the usage line's billable quantity."""
+    if pricing is not None and pricing.included is not None and pricing.included.units is not None:
+        usage = [line for line in lines if line.kind is LineKind.USAGE]
+        return closed - usage[0].quantity if usage else Decimal(0)
+    return -sum_money((line.amount for line in lines if line.kind is LineKind.CREDIT), currency)
+
+
+def rate_grace_usage(
+    *,
+    draft: Invoice,
+    subscription: Subscription,
+    plan: Plan,
+    usage: GraceUsage,
+    credits: CreditSource,
+    coupon: Coupon | None,
+) -> RatingResult:
+    """The draft of a period close re-rated with the usage of its period that arrived during its grace.
+
+    Each meter that received usage gets its usage (and CREDIT) line rated again over the whole quantity
+    (``closed + added``): one rounding, the same unit price, and the included credits the close drew
+    counted as drawn so only the difference is drawn now (at the period's last second, as the close drew),
+    so the line is exactly what the close would have written had the usage arrived before the period end.
+    Other lines (late usage of earlier periods, proration, the next period's fee) are kept; the coupon's
+    discount and the tax line are computed again over the new lines. Returns a new draft with the same
+    identity (``draft`` is left as it was), or ``draft`` itself when nothing arrived.
+
+    ``plan`` is the plan of the closed period (the invoice's plan). Records the coupon redemption on
+    ``subscription`` (a no-op when the close already recorded one for this invoice).
+    """
+    if draft.status is not InvoiceStatus.DRAFT:
+        raise RatingError(f"invoice {draft.id} is {draft.status.value}: only a draft takes more usage")
+    added = {meter: _checked_quantity(meter, quantity) for meter, quantity in usage.added.items()}
+    if not any(added.values()):
+        return RatingResult(invoice=draft, credits_consumed=(), grants=(), coupon_redemption=None, unbilled=())
+    period, key = draft.period, str(draft.key)
+    own = [i for i, line in enumerate(draft.lines)
+           if line.period == period and line.meter_id is not None and line.kind in (LineKind.USAGE, LineKind.CREDIT)]
+    own_of: dict[str, list[InvoiceLine]] = {}
+    for i in own:
+        own_of.setdefault(str(draft.lines[i].meter_id), []).append(draft.lines[i])
+    kept = [line for i, line in enumerate(draft.lines)
+            if i not in set(own) and line.kind not in (LineKind.DISCOUNT, LineKind.TAX)]
+    lines: list[InvoiceLine] = []
+    consumptions: list[CreditConsumption] = []
+    unbilled: list[UnbilledUsage] = []
+    for meter in sorted(set(own_of) | {m for m, q in added.items() if q}):
+        meter_id = MeterId(meter)
+        more = added.get(meter_id, Decimal(0))
+        if not more:
+            lines.extend(own_of[meter])
+            continue
+        closed = usage.closed.get(meter_id, Decimal(0))
+        drawn = _drawn_by_close(plan.pricing_for(meter_id), own_of.get(meter, []), closed, draft.currency)
+        meter_lines, meter_consumptions, meter_unbilled = _rate_usage(
+            plan=plan,
+            usage=[(meter_id, period, closed + more)],
+            credits=_AlreadyDrawn(credits, drawn),
+            usage_kind=LineKind.USAGE,
+            label="Usage",
+            reference_prefix=f"{key}|grace",
+        )
+        lines.extend(meter_lines)
+        consumptions.extend(meter_consumptions)
+        unbilled.extend(meter_unbilled)
+    invoice = Invoice.draft(
+        invoice_id=draft.id,
+        key=draft.key,
+        customer_id=draft.customer_id,
+        currency=draft.currency,
+        at=draft.created_at,
+        lines=[*lines, *kept],
+    )
+    applied = subscription.coupon
+    old_discount = draft.lines_of(LineKind.DISCOUNT)
+    redemption: CouponRedemption | None = None
+    if coupon is not None and applied is not None and applied.coupon_id == coupon.id and (
+        key in applied.invoice_keys or not old_discount
+    ):
+        redemption = _discount(subscription, coupon, invoice, key)
+    else:
+        invoice.add_lines(old_discount)  # the coupon is no longer the subscription's: the close's discount stands
+    invoice.apply_tax(draft.tax_rate_bps)
+    if redemption is not None:
+        subscription.record_coupon_redemption(redemption, at=draft.created_at)
+    return RatingResult(
+        invoice=invoice,
+        credits_consumed=tuple(consumptions),
+        grants=(),
+        coupon_redemption=redemption,
+        unbilled=tuple(unbilled),
     )

@@ -292,9 +292,11 @@ def invoice_row(item: InvoiceToStore) -> dict[str, Any]:
         "subtotal_minor": inv.subtotal.amount_minor, "discount_minor": -_sum_kind(inv, LineKind.DISCOUNT),
         "credits_applied_minor": -_sum_kind(inv, LineKind.CREDIT), "tax_minor": inv.tax.amount_minor,
         "total_minor": inv.total.amount_minor, "amount_due_minor": inv.amount_due.amount_minor,
+        "balance_applied_minor": inv.balance_applied_minor,
         "amount_paid_minor": inv.amount_paid_minor,
         "tax_rate_bps": inv.tax_rate_bps, "plan_id": item.plan_id, "payment_method_id": item.payment_method_id,
         "issued_at": inv.finalized_at, "due_at": inv.finalized_at, "paid_at": inv.paid_at,
+        "finalizes_at": item.finalizes_at,
     }
 
 
@@ -309,6 +311,26 @@ def insert_invoices(conn: sa.Connection, items: Sequence[InvoiceToStore]) -> set
              for n, line in enumerate(i.invoice.lines, start=1)]
     bulk_insert(conn, invoice_lines, lines)
     return inserted
+
+
+def store_finalised_drafts(conn: sa.Connection, items: Sequence[InvoiceToStore]) -> set[str]:
+    """Drafts stored earlier, now finalised: their rows and lines replaced; returns the ids really updated
+    (a row no longer draft is left alone, and the caller refuses the batch)."""
+    updated: set[str] = set()
+    for item in items:
+        values = {k: v for k, v in invoice_row(item).items()
+                  if k not in ("invoice_id", "subscription_id", "customer_id", "kind", "period_start", "period_end",
+                               "finalizes_at")}
+        found = conn.execute(sa.update(invoices).where(invoices.c.invoice_id == item.invoice.id,
+                                                       invoices.c.status == "draft")
+                             .values(**values, updated_at=sa.func.now()).returning(invoices.c.invoice_id)).first()
+        if found is None:
+            continue
+        updated.add(item.invoice.id)
+        conn.execute(sa.delete(invoice_lines).where(invoice_lines.c.invoice_id == item.invoice.id))
+        bulk_insert(conn, invoice_lines, [_line_row(item.invoice, n, line, item.plan_id)
+                                          for n, line in enumerate(item.invoice.lines, start=1)])
+    return updated
 
 
 def load_invoice(conn: sa.Connection, invoice_id: str) -> tuple[Invoice, Any] | None:
@@ -341,10 +363,13 @@ def load_invoices(conn: sa.Connection, invoice_ids: Iterable[str]) -> dict[str, 
             key=InvoiceKey(SubscriptionId(row.subscription_id), InvoiceReason(row.kind),
                            Period(row.period_start, row.period_end)),
             customer_id=CustomerId(row.customer_id), currency=row.currency,
-            created_at=row.issued_at or row.created_at, status=InvoiceStatus(row.status),
+            # a draft's instant is its close's: the end of the period it bills
+            created_at=row.issued_at or (row.period_end if row.status == "draft" else row.created_at),
+            status=InvoiceStatus(row.status),
             lines=tuple(lines_of.get(row.invoice_id, ())), tax_rate_bps=row.tax_rate_bps, number=row.number,
             finalized_at=_utc(row.issued_at), paid_at=_utc(row.paid_at), amount_paid_minor=row.amount_paid_minor,
             version=1)
+        invoice.balance_applied_minor = row.balance_applied_minor
         out[row.invoice_id] = (invoice, row)
     return out
 

@@ -15,7 +15,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from services.billing_worker.adapters import billing_repository as repo
+from services.billing_worker.adapters import credit_notes
 from services.billing_worker.adapters import payment_attempts as attempts
+from services.billing_worker.adapters.grace_usage import grace_usage
 from services.billing_worker.adapters.outbox import outbox_row
 from services.billing_worker.service_layer.model import InvoiceToStore, LedgerState, SubscriptionState
 from services.billing_worker.service_layer.unit_of_work import BillingUnitOfWork, UsageClose
@@ -23,8 +25,10 @@ from shared.adapters.postgres import customer_balance
 from shared.adapters.postgres.schema.core import command_outcomes, outbox
 from shared.domain.catalog import Catalog
 from shared.domain.coupons import CouponId
+from shared.domain.credit_note import CreditNote, EarlierNote
 from shared.domain.customer_balance import BalanceEntry
 from shared.domain.invoice import Invoice
+from shared.domain.rating import GraceUsage
 
 # close_usages(conn, [(subscription_id, period_start, period_end), ...]) -> {subscription_id: UsageClose}
 CloseUsages = Callable[[sa.Connection, Sequence[tuple[str, datetime, datetime]]], Mapping[str, UsageClose]]
@@ -93,6 +97,16 @@ class SqlBillingUnitOfWork(BillingUnitOfWork):
     def detach_pending_payment_method(self, subscription_id: str) -> int:
         return attempts.detach_pending_payment_method(self.conn, subscription_id)
 
+    def earlier_credit_notes(self, invoice_id: str) -> list[EarlierNote]:
+        return credit_notes.earlier_credit_notes(self.conn, invoice_id)
+
+    def store_credit_note(self, note: CreditNote, *, issuer: str, payment_ref: str | None) -> str:
+        return credit_notes.store_credit_note(self.conn, note, issuer=issuer, payment_ref=payment_ref)
+
+    def save_invoice_credit(self, invoice: Invoice, at: datetime) -> int:
+        credit_notes.save_invoice_credit(self.conn, invoice, at)
+        return attempts.withdraw_pending_of_invoice(self.conn, invoice.id, at)
+
     def lock_customer_balances(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
         return customer_balance.lock_balances(self.conn, pairs)
 
@@ -106,6 +120,12 @@ class SqlBillingUnitOfWork(BillingUnitOfWork):
 
     def _insert_invoices(self, items: Sequence[InvoiceToStore]) -> set[str]:
         return repo.insert_invoices(self.conn, items)
+
+    def _store_finalised_drafts(self, items: Sequence[InvoiceToStore]) -> set[str]:
+        return repo.store_finalised_drafts(self.conn, items)
+
+    def grace_usage(self, subscription_id: str, period_start: datetime, period_end: datetime) -> GraceUsage:
+        return grace_usage(self.conn, subscription_id, period_start, period_end)
 
     def _write(self) -> None:
         conn = self.conn

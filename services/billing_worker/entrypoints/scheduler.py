@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -34,12 +34,14 @@ from sqlalchemy.dialects.postgresql import insert
 from shared.adapters.kafka.producer import KafkaProducer, OutgoingMessage
 from shared.adapters.postgres.errors import is_database_error, is_transient
 from shared.adapters.postgres.schema.billing import scheduled_commands
+from shared.adapters.postgres.schema.core import customers
 from shared.config import Settings
 from shared.contracts import topics
 from shared.contracts.envelope import new_envelope
-from shared.contracts.messages import ClosePeriod, EndTrial, ExpireCredits, Payload
+from shared.contracts.messages import ClosePeriod, EndTrial, ExpireCredits, FinalizeInvoice, Payload
 from shared.domain.clock import Clock
 from shared.domain.ids import IDS
+from shared.domain.invoice_grace import invoice_grace_seconds
 from shared.domain.subscription import CLOSABLE_STATUSES
 from shared.errors import InfrastructureError
 from shared.observability import kv
@@ -114,12 +116,27 @@ LIMIT :limit
 """)
 
 
+# Drafts whose grace has ended (the worker stored `finalizes_at` with the draft: the grace is a snapshot
+# taken at the close). Few rows: only invoices in their grace, through the partial index on drafts.
+_DUE_DRAFTS = sa.text("""
+SELECT i.subscription_id, i.customer_id, i.finalizes_at AS due_at, i.invoice_id
+FROM invoices i
+WHERE i.status = 'draft' AND i.finalizes_at <= :now
+  AND NOT EXISTS (SELECT 1 FROM scheduled_commands c WHERE c.subscription_id = i.subscription_id
+                  AND c.kind = 'invoice.finalize' AND c.due_at = i.finalizes_at)
+ORDER BY i.finalizes_at, i.invoice_id
+LIMIT :limit
+""")
+
+
 @dataclass(frozen=True)
 class Due:
     kind: str
     subscription_id: str
     customer_id: str
     due_at: datetime
+    finalize_after_seconds: int | None = None  # period.close: the invoice's grace, a snapshot (None: none)
+    invoice_id: str | None = None  # invoice.finalize: the draft
 
     @property
     def event_id(self) -> uuid.UUID:
@@ -128,7 +145,10 @@ class Due:
     def payload(self) -> Payload:
         if self.kind == "period.close":
             return ClosePeriod(subscription_id=self.subscription_id, customer_id=self.customer_id,
-                               period_end=self.due_at)
+                               period_end=self.due_at, finalize_after_seconds=self.finalize_after_seconds)
+        if self.kind == "invoice.finalize":
+            return FinalizeInvoice(subscription_id=self.subscription_id, customer_id=self.customer_id,
+                                   invoice_id=str(self.invoice_id))
         if self.kind == "trial.end":
             return EndTrial(subscription_id=self.subscription_id, customer_id=self.customer_id,
                             trial_end=self.due_at)
@@ -160,6 +180,7 @@ class Scheduler:
         self._batch = batch
         self._interval_s = settings.scheduler_interval_s if interval_s is None else interval_s
         self._close_grace = timedelta(seconds=settings.period_close_grace_s)
+        self._invoice_grace = settings.invoice_grace_seconds
         self._key = lock_key(settings)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -244,11 +265,26 @@ class Scheduler:
                                            {"close_before": now - self._close_grace, "grace": self._close_grace,
                                             "dunning_pickup": DUNNING_PICKUP, "commands_topic": topics.COMMANDS,
                                             "limit": limit})]
+            found = self._with_invoice_grace(conn, found)
+            found += [Due("invoice.finalize", r.subscription_id, r.customer_id, r.due_at, invoice_id=r.invoice_id)
+                      for r in conn.execute(_DUE_DRAFTS, {"now": now, "limit": limit})]
             found += [Due("trial.end", r.subscription_id, r.customer_id, r.due_at)
                       for r in conn.execute(_DUE_TRIAL_ENDS, {"now": now, "limit": limit})]
             found += [Due("credits.expire", r.subscription_id, r.customer_id, r.due_at)
                       for r in conn.execute(_DUE_EXPIRIES, {"now": now, "limit": limit})]
         return found
+
+    def _with_invoice_grace(self, conn: sa.Connection, closes: list[Due]) -> list[Due]:
+        """The period closes, each carrying its invoice's grace: the customer's own setting, else the
+        issuer's (`invoice_grace_seconds`), by the domain's rule."""
+        if not closes:
+            return closes
+        c = customers.c
+        own: dict[str, int] = {r.customer_id: r.invoice_grace_seconds for r in conn.execute(
+            sa.select(c.customer_id, c.invoice_grace_seconds).where(
+                c.customer_id.in_(sorted({d.customer_id for d in closes})), c.invoice_grace_seconds.is_not(None)))}
+        return [replace(d, finalize_after_seconds=invoice_grace_seconds(own.get(d.customer_id), self._invoice_grace)
+                        or None) for d in closes]
 
     def tick(self, now: datetime | None = None) -> int:
         """Produce the commands due at the billing clock's now; returns how many were produced."""
@@ -260,6 +296,7 @@ class Scheduler:
         log.info("scheduler emitted commands", extra=kv(
             count=len(due), period_close=sum(d.kind == "period.close" for d in due),
             trial_end=sum(d.kind == "trial.end" for d in due),
+            invoice_finalize=sum(d.kind == "invoice.finalize" for d in due),
             credits_expire=sum(d.kind == "credits.expire" for d in due), clock=instant.isoformat()))
         return len(due)
 

@@ -9,6 +9,7 @@ worker stores beside it, and the catalog's credit kinds (`shared.domain.catalog.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from shared.domain.catalog import credit_kinds as credit_kinds  # the catalog's rule, re-exported
 from shared.domain.invoice import Invoice
@@ -47,3 +48,4 @@ class InvoiceToStore:
     plan_id: str | None
     payment_method_id: str | None
     issuer: str = DEFAULT_ISSUER
+    finalizes_at: datetime | None = None  # a draft: when its grace ends

@@ -37,13 +37,14 @@ from shared.contracts.envelope import Envelope, new_envelope
 from shared.contracts.messages import Payload, SubscriptionStatusChanged
 from shared.domain.catalog import Catalog
 from shared.domain.coupons import CouponRedemption
-from shared.domain.customer_balance import BalanceEntry, BalanceEntryKind, balance_after
+from shared.domain.credit_note import CreditNote, EarlierNote
+from shared.domain.customer_balance import BalanceEntry, BalanceEntryKind, balance_after, balance_entry_id
 from shared.domain.events import DomainEvent
 from shared.domain.ids import attempt_id_for, event_uuid
 from shared.domain.invoice import Invoice, InvoiceStatus
 from shared.domain.ledger import CreditLedger, GrantSource, MeterCredit
 from shared.domain.payment_attempt import PaymentAttempt
-from shared.domain.rating import IncludedCreditGrant, RatingResult
+from shared.domain.rating import GraceUsage, IncludedCreditGrant, RatingResult
 
 PRODUCER_NAME = "billing-worker"
 
@@ -78,6 +79,8 @@ class IssuedInvoice:
     state: SubscriptionState
     plan_id: str
     command_id: str
+    at: datetime | None = None  # the finalisation instant; None: the invoice's own (created_at)
+    stored_draft: bool = False  # a draft stored earlier (grace): its row is updated, not inserted
 
 
 class BillingUnitOfWork(abc.ABC):
@@ -96,6 +99,7 @@ class BillingUnitOfWork(abc.ABC):
         self.touched: dict[str, SubscriptionState] = {}
         self.ledgers: dict[str, LedgerState] = {}
         self.issued: list[IssuedInvoice] = []
+        self.drafts: list[tuple[IssuedInvoice, datetime]] = []  # stored DRAFT until the instant given
         self.invoice_of_key: dict[str, str] = {}
         self.attempts: list[PaymentAttempt] = []
         self.redemptions: list[tuple[CouponRedemption, str, str, datetime]] = []
@@ -170,6 +174,23 @@ class BillingUnitOfWork(abc.ABC):
     def detach_pending_payment_method(self, subscription_id: str) -> int:
         """Drop the payment method of the subscription's attempts not dispatched yet; returns how many."""
 
+    # --- credit notes (immediate writes: adapters/credit_notes.py)
+
+    @abc.abstractmethod
+    def earlier_credit_notes(self, invoice_id: str) -> list[EarlierNote]:
+        """What the invoice's credit notes took so far (the limits of the next one)."""
+
+    @abc.abstractmethod
+    def store_credit_note(self, note: CreditNote, *, issuer: str, payment_ref: str | None) -> str:
+        """Number `note` from the issuer's credit-note counter (gapless, in this transaction) and store it with
+        its lines; a refunded part also writes its refund row (status pending), which the refund executor sends
+        after the commit, like a charge. Returns the number."""
+
+    @abc.abstractmethod
+    def save_invoice_credit(self, invoice: Invoice, at: datetime) -> int:
+        """Store what credit notes took off the invoice while it was owed (and its status when that settled
+        it); withdraws its attempts not dispatched yet (they ask for the old amount) and returns how many."""
+
     @abc.abstractmethod
     def lock_customer_balances(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
         """The balances of (customer_id, currency) pairs, locked until the batch transaction ends (taken in
@@ -179,7 +200,17 @@ class BillingUnitOfWork(abc.ABC):
     def _apply_balance_entry(self, entry: BalanceEntry) -> bool:
         """Append the entry and move its balance (immediate); False when the entry id was written before."""
 
+    @abc.abstractmethod
+    def grace_usage(self, subscription_id: str, period_start: datetime, period_end: datetime) -> GraceUsage:
+        """Usage of a draft's period [period_start, period_end) that arrived after its close and is not
+        billed yet, marked billed (so the next close does not bill it as late usage again), with what the
+        close billed. Nothing when a later close already ran (it took that usage as late usage)."""
+
     # --- the adapter's side: commit
+
+    @abc.abstractmethod
+    def _store_finalised_drafts(self, items: Sequence[InvoiceToStore]) -> set[str]:
+        """Store stored drafts now finalised (row and lines); returns the ids really updated (still draft)."""
 
     @abc.abstractmethod
     def _allocate_invoice_numbers(self, count: int) -> list[str]: ...
@@ -260,14 +291,26 @@ class BillingUnitOfWork(abc.ABC):
                       at=event.occurred_at, correlation=command)
         self.touch(state)
 
-    def issue(self, invoice: Invoice, state: SubscriptionState, plan_id: str, command: Envelope) -> None:
-        """Queue a draft for finalisation (numbered at commit, in one counter update for the run)."""
-        self.issued.append(IssuedInvoice(invoice, state, plan_id, str(command.event_id)))
+    def issue(self, invoice: Invoice, state: SubscriptionState, plan_id: str, command: Envelope, *,
+              finalizes_at: datetime | None = None) -> None:
+        """Queue a draft for finalisation (numbered at commit, in one counter update for the run); with
+        `finalizes_at`, store it DRAFT until then instead (a grace: `handlers/drafts.py` finalises it)."""
+        if finalizes_at is not None:
+            self.drafts.append((IssuedInvoice(invoice, state, plan_id, str(command.event_id)), finalizes_at))
+        else:
+            self.issued.append(IssuedInvoice(invoice, state, plan_id, str(command.event_id)))
+        self.invoice_of_key[str(invoice.key)] = invoice.id
+
+    def finalise_draft(self, invoice: Invoice, state: SubscriptionState, plan_id: str, command: Envelope,
+                       at: datetime) -> None:
+        """Queue a stored draft for finalisation at `at`, through the same path as every invoice (numbered
+        with the run's others, balance, payment attempt, events); its stored row is updated at commit."""
+        self.issued.append(IssuedInvoice(invoice, state, plan_id, str(command.event_id), at=at, stored_draft=True))
         self.invoice_of_key[str(invoice.key)] = invoice.id
 
     def rating(self, result: RatingResult, state: SubscriptionState, plan_id: str, command: Envelope,
-               at: datetime) -> None:
-        self.issue(result.invoice, state, plan_id, command)
+               at: datetime, *, finalizes_at: datetime | None = None) -> None:
+        self.issue(result.invoice, state, plan_id, command, finalizes_at=finalizes_at)
         self.grant_included(result.grants, state, command, at)
         if result.coupon_redemption is not None:
             self.redemptions.append((result.coupon_redemption, state.id, result.invoice.id, at))
@@ -349,22 +392,40 @@ class BillingUnitOfWork(abc.ABC):
     def commit(self) -> None:
         """Finalise the issued invoices, then write everything collected (inside the caller's transaction)."""
         self._finalise()
+        self._store_drafts()
         self._write()
+
+    def _store_drafts(self) -> None:
+        """Store the invoices issued as drafts (no number, no payment attempt, no event: dunning never sees
+        them) with the instant their grace ends."""
+        if not self.drafts:
+            return
+        items = [InvoiceToStore(item.invoice, item.plan_id, item.state.subscription.payment_method_id,
+                                finalizes_at=until) for item, until in self.drafts]
+        inserted = self._insert_invoices(items)
+        if len(inserted) != len(items):
+            duplicates = sorted({i.invoice.id for i in items} - inserted)
+            raise MessageRejected(f"invoices already exist for {duplicates[:5]}", code="duplicate_invoice")
+        for item, until in self.drafts:
+            invoice = item.invoice
+            self.add_audit(occurred_at=invoice.created_at, action="invoice.drafted", entity_type="invoice",
+                           entity_id=invoice.id, subscription_id=item.state.id,
+                           customer_id=item.state.subscription.customer_id, command_id=item.command_id,
+                           detail={"total_minor": invoice.total.amount_minor, "currency": invoice.currency,
+                                   "finalizes_at": until.isoformat()})
 
     def _finalise(self) -> None:
         if not self.issued:
             return
         numbers = self._allocate_invoice_numbers(len(self.issued))
         to_store: list[InvoiceToStore] = []
+        available = self.lock_customer_balances([(i.invoice.customer_id, i.invoice.currency) for i in self.issued])
         for item, number in zip(self.issued, numbers, strict=True):
             invoice, state = item.invoice, item.state
-            at = invoice.created_at
+            at = item.at or invoice.created_at
+            self.settle_with_balance(invoice, available, at)
             invoice.finalize(number=number, at=at)
             to_store.append(InvoiceToStore(invoice, item.plan_id, state.subscription.payment_method_id))
-            carried = invoice.credit_to_carry_forward
-            if carried.is_positive():
-                state.subscription.carry_credit(carried.amount_minor)
-                self.touch(state)
             self._invoice_events(invoice, state, at)
             if invoice.status is InvoiceStatus.OPEN and invoice.amount_due.is_positive():
                 self.attempts.append(PaymentAttempt.request(
@@ -376,13 +437,43 @@ class BillingUnitOfWork(abc.ABC):
                            subscription_id=state.id, customer_id=state.subscription.customer_id,
                            command_id=item.command_id,
                            detail={"number": number, "total_minor": invoice.total.amount_minor,
-                                   "currency": invoice.currency, "reason": invoice.key.reason.value})
-        inserted = self._insert_invoices(to_store)
+                                   "currency": invoice.currency, "reason": invoice.key.reason.value,
+                                   "balance_applied_minor": invoice.balance_applied_minor})
+        stored_drafts = {item.invoice.id for item in self.issued if item.stored_draft}
+        inserted = self._insert_invoices([i for i in to_store if i.invoice.id not in stored_drafts])
+        if stored_drafts:
+            inserted |= self._store_finalised_drafts([i for i in to_store if i.invoice.id in stored_drafts])
         if len(inserted) != len(to_store):
             duplicates = sorted({i.invoice.id for i in to_store} - inserted)
             # NOTE: an invoice identity that already exists means this close or change was applied before
             # while the subscription says otherwise: refuse the batch rather than bill twice.
             raise MessageRejected(f"invoices already exist for {duplicates[:5]}", code="duplicate_invoice")
+
+    def settle_with_balance(self, invoice: Invoice, available: dict[tuple[str, str], int], at: datetime) -> None:
+        """The customer balance's part of finalising a DRAFT invoice; every finalisation goes through it,
+        right before `invoice.finalize`. A negative total is credited to the balance (an `invoice_credit`
+        entry: a downgrade's credit, no longer carried on the subscription) and the invoice settles at 0;
+        otherwise the invoice draws what it owes up to what the balance holds (an `invoice_draw` entry) and
+        only the rest is charged. `available` holds the balances `lock_customer_balances` locked for this
+        run (in a stable order), kept current here as entries are written."""
+        pair = (invoice.customer_id, invoice.currency)
+        credit = invoice.credit_to_carry_forward.amount_minor
+        if credit > 0:
+            self._apply_balance_entry(BalanceEntry(
+                entry_id=balance_entry_id(BalanceEntryKind.INVOICE_CREDIT, invoice.id),
+                customer_id=invoice.customer_id, currency=invoice.currency, amount_minor=credit,
+                kind=BalanceEntryKind.INVOICE_CREDIT, occurred_at=at, invoice_id=invoice.id,
+                description="Credit from an invoice whose credits exceeded its charges"))
+            available[pair] = available.get(pair, 0) + credit
+            return
+        drawn = invoice.apply_balance(available.get(pair, 0))
+        if drawn:
+            self._apply_balance_entry(BalanceEntry(
+                entry_id=balance_entry_id(BalanceEntryKind.INVOICE_DRAW, invoice.id),
+                customer_id=invoice.customer_id, currency=invoice.currency, amount_minor=-drawn,
+                kind=BalanceEntryKind.INVOICE_DRAW, occurred_at=at, invoice_id=invoice.id,
+                description="Applied to the invoice"))
+            available[pair] -= drawn
 
     def _invoice_events(self, invoice: Invoice, state: SubscriptionState, at: datetime) -> None:
         for event in invoice.pull_events():

@@ -21,11 +21,14 @@ from typing import Any
 
 from services.billing_worker.service_layer.model import InvoiceToStore, LedgerState, SubscriptionState
 from services.billing_worker.service_layer.unit_of_work import BillingUnitOfWork, Outgoing
-from shared.domain.catalog import Catalog
+from shared.domain.catalog import Catalog, MeterId
+from shared.domain.credit_note import CreditNote, EarlierNote
 from shared.domain.customer_balance import BalanceEntry
 from shared.domain.events import DomainEvent
 from shared.domain.invoice import Invoice, InvoiceStatus
+from shared.domain.ledger import CreditLedger, MeterCredit
 from shared.domain.payment_attempt import PaymentAttempt
+from shared.domain.rating import GraceUsage
 
 # The store keeps copies; a credit ledger's meters are a read-only mapping, copied as one.
 copyreg.pickle(MappingProxyType, lambda proxy: (MappingProxyType, (dict(proxy),)))
@@ -67,6 +70,9 @@ class FakeBillingStore:
     balances: dict[tuple[str, str], int] = field(default_factory=dict)  # (customer, currency) -> minor units
     balance_entries: dict[str, BalanceEntry] = field(default_factory=dict)  # by entry id, in write order
     next_invoice_number: int = 1
+    credit_notes: dict[str, tuple[CreditNote, str]] = field(default_factory=dict)  # id -> (note, number)
+    refunds: dict[str, dict[str, Any]] = field(default_factory=dict)  # by credit note id
+    next_credit_note_number: int = 1
     commits: int = 0
 
     def record_usage(self, subscription_id: str, meter_id: str, quantity: int | str, at: datetime) -> None:
@@ -105,7 +111,11 @@ class FakeUnitOfWork(BillingUnitOfWork):
         return {i: copy.deepcopy(self.store.subscriptions[i]) for i in ids if i in self.store.subscriptions}
 
     def _load_ledgers(self, states: Sequence[SubscriptionState]) -> dict[str, LedgerState]:
-        return {s.id: copy.deepcopy(self.store.ledgers[s.id]) for s in states if s.id in self.store.ledgers}
+        # a stored subscription whose ledger never had a grant has an empty one, as replayed by the real adapter
+        return {s.id: copy.deepcopy(self.store.ledgers[s.id]) if s.id in self.store.ledgers else
+                LedgerState(CreditLedger.open(s.id, [MeterCredit(m, None if units else s.currency)
+                                                     for m, units in self.credit_kinds.items()], s.timezone), 0)
+                for s in states}
 
     def _load_invoices(self, invoice_ids: Sequence[str]) -> dict[str, tuple[Invoice, Any]]:
         return {i: copy.deepcopy(self.store.invoices[i]) for i in invoice_ids if i in self.store.invoices}
@@ -191,6 +201,31 @@ class FakeUnitOfWork(BillingUnitOfWork):
             attempt["payment_method_id"] = None
         return len(detached)
 
+    def earlier_credit_notes(self, invoice_id: str) -> list[EarlierNote]:
+        return [EarlierNote(total_minor=n.total.amount_minor, tax_minor=n.tax.amount_minor,
+                            refunded_minor=n.refunded.amount_minor,
+                            lines=tuple((ln.line_no, ln.amount.amount_minor) for ln in n.lines
+                                        if ln.line_no is not None))
+                for n, _ in self.store.credit_notes.values() if n.invoice_id == invoice_id]
+
+    def store_credit_note(self, note: CreditNote, *, issuer: str, payment_ref: str | None) -> str:
+        number = f"CN-{self.store.next_credit_note_number:06d}"
+        self.store.next_credit_note_number += 1
+        self.store.credit_notes[note.id] = (note, number)
+        if note.refunded.is_positive():
+            self.store.refunds[note.id] = {"amount_minor": note.refunded.amount_minor, "payment_ref": payment_ref,
+                                           "status": "pending"}
+        return number
+
+    def save_invoice_credit(self, invoice: Invoice, at: datetime) -> int:
+        row = self.store.invoices[invoice.id][1]
+        self.store.invoices[invoice.id] = (copy.deepcopy(invoice), row)
+        withdrawn = [a for a in self.store.attempts.values()
+                     if a["invoice_id"] == invoice.id and a["status"] == "pending"]
+        for attempt in withdrawn:
+            attempt.update(status="cancelled", completed_at=at)
+        return len(withdrawn)
+
     def lock_customer_balances(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
         return {pair: self.store.balances.get(pair, 0) for pair in sorted(set(pairs))}
 
@@ -218,10 +253,38 @@ class FakeUnitOfWork(BillingUnitOfWork):
             if item.invoice.id in self.store.invoices:
                 continue
             row = SimpleNamespace(amount_paid_minor=0, provider_ref=None, attempt_count=0, last_decline_code=None,
-                                  plan_id=item.plan_id, payment_method_id=item.payment_method_id)
+                                  issuer="default",
+                                  plan_id=item.plan_id, payment_method_id=item.payment_method_id,
+                                  finalizes_at=item.finalizes_at)
             self.store.invoices[item.invoice.id] = (copy.deepcopy(item.invoice), row)
             inserted.add(item.invoice.id)
         return inserted
+
+    def _store_finalised_drafts(self, items: Sequence[InvoiceToStore]) -> set[str]:
+        updated: set[str] = set()
+        for item in items:
+            stored = self.store.invoices.get(item.invoice.id)
+            if stored is None or stored[0].status is not InvoiceStatus.DRAFT:
+                continue
+            self.store.invoices[item.invoice.id] = (copy.deepcopy(item.invoice), stored[1])
+            updated.add(item.invoice.id)
+        return updated
+
+    def grace_usage(self, subscription_id: str, period_start: datetime, period_end: datetime) -> GraceUsage:
+        stored = self.store.usage_closes.get((subscription_id, period_end))
+        closed = {MeterId(m): q for m, q in (stored.totals if stored else {}).items()}
+        later = any(sub == subscription_id and end > period_end for sub, end in self.store.usage_closes)
+        if stored is None or later:
+            return GraceUsage(closed=closed, added={})
+        added: dict[MeterId, Decimal] = {}
+        for index, bucket in enumerate(self.store.usage):
+            if (bucket.subscription_id == subscription_id and index not in self.store.billed
+                    and period_start <= bucket.bucket_start < period_end):
+                self.store.billed.add(index)
+                added[MeterId(bucket.meter_id)] = added.get(MeterId(bucket.meter_id), Decimal(0)) + bucket.quantity
+        totals = {str(m): closed.get(m, Decimal(0)) + added.get(m, Decimal(0)) for m in set(closed) | set(added)}
+        self.store.usage_closes[(subscription_id, period_end)] = UsageClose(period_end, totals, stored.late)
+        return GraceUsage(closed=closed, added=added)
 
     def _write(self) -> None:
         store = self.store

@@ -19,6 +19,7 @@ from shared.domain.catalog import MeterId
 from shared.domain.errors import DomainError
 from shared.domain.ids import invoice_id_for
 from shared.domain.invoice import InvoiceKey, InvoiceLine, InvoiceReason, LineKind
+from shared.domain.invoice_grace import finalizes_at
 from shared.domain.money import Money
 from shared.domain.rating import LateUsage, close_final_period
 from shared.domain.rating import close_period as rate_closed_period
@@ -85,10 +86,16 @@ def close_period(uow: BillingUnitOfWork, env: Envelope, p: ClosePeriod, now: dat
         invoice_id=invoice_id_for(key), next_plan=next_plan, pending_proration_lines=carried,
         late_usage=_late_usage(usage.late))
     sub.take_carried_credit()  # now on this invoice
-    uow.rating(result, state, plan.id, env, period_end)
+    # With a grace (a snapshot the scheduler put in the command), the invoice is stored DRAFT until it ends
+    # and finalised then by handlers/drafts.py, with the usage of this period that arrived meanwhile.
+    until = finalizes_at(period_end, p.finalize_after_seconds)
+    uow.rating(result, state, plan.id, env, period_end, finalizes_at=until)
     # The closed period's included credits expire with it (a ledger rule); settle them now rather than
     # through a separate credits.expire command per subscription.
-    uow.expire_credits(state, period_end, env)
+    # NOTE: a draft keeps them until it is finalised: usage of the period arriving during the grace draws
+    # them as it would have before the period end (drafts.finalize_invoice expires them then).
+    if until is None:
+        uow.expire_credits(state, period_end, env)
     uow.periods.append({"subscription_id": sub.id, "period_start": closed.start, "period_end": closed.end,
                         "plan_id": plan.id, "seats": sub.seats, "invoice_id": result.invoice.id,
                         "closed_at": period_end})

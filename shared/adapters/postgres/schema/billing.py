@@ -160,6 +160,8 @@ invoices = sa.Table(
     sa.Column("amount_paid_minor", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("pre_payment_credit_minor", sa.BigInteger, nullable=False, server_default="0",
               comment="what credit notes took off while it was owed (lowers amount_remaining)"),
+    sa.Column("balance_applied_minor", sa.BigInteger, nullable=False, server_default="0",
+              comment="drawn from the customer's credit balance at finalisation (customer_balance_entries)"),
     sa.Column("tax_rate_bps", sa.Integer, nullable=False, server_default="0"),
     sa.Column("plan_id", sa.Text),
     sa.Column("payment_method_id", sa.Text),
@@ -169,6 +171,7 @@ invoices = sa.Table(
     _ts("paid_at"),
     _ts("voided_at"),
     _ts("marked_uncollectible_at"),
+    _ts("finalizes_at", comment="a draft: when its grace ends and the scheduler has it finalised"),
     sa.Column("attempt_count", sa.Integer, nullable=False, server_default="0"),
     sa.Column("last_decline_code", sa.Text),
     created_at(),
@@ -179,12 +182,15 @@ invoices = sa.Table(
     sa.CheckConstraint(_in("status", INVOICE_STATUSES), name="status"),
     sa.CheckConstraint(_in("kind", INVOICE_KINDS), name="kind"),
     sa.CheckConstraint("(status = 'draft') = (number IS NULL)", name="numbered_when_final"),
-    sa.CheckConstraint("amount_due_minor = GREATEST(total_minor, 0)", name="amount_due"),
+    sa.CheckConstraint("amount_due_minor = GREATEST(total_minor, 0) - balance_applied_minor", name="amount_due"),
+    sa.CheckConstraint("balance_applied_minor BETWEEN 0 AND GREATEST(total_minor, 0)", name="balance_applied"),
     sa.CheckConstraint("amount_paid_minor BETWEEN 0 AND amount_due_minor", name="amount_paid"),
     sa.CheckConstraint("period_start < period_end", name="period"),
     sa.CheckConstraint("status <> 'paid' OR paid_at IS NOT NULL", name="paid_at"),
 )
 sa.Index("ix_invoices_subscription", invoices.c.subscription_id, invoices.c.period_start)
+# The scheduler's scan of drafts whose grace has ended (few rows: only invoices still in their grace).
+sa.Index("ix_invoices_drafts_due", invoices.c.finalizes_at, postgresql_where=sa.text("status = 'draft'"))
 sa.Index("ix_invoices_open", invoices.c.subscription_id, postgresql_where=invoices.c.status == "open")
 
 LINE_KINDS = ("fee", "usage", "proration", "discount", "credit", "tax", "adjustment")

@@ -43,8 +43,11 @@ customers = sa.Table(
     sa.Column("tax_rate_bps", sa.Integer, nullable=False, server_default="0"),
     sa.Column("stripe_customer_id", sa.Text, unique=True),
     sa.Column("default_payment_method_id", sa.Text),
+    sa.Column("invoice_grace_seconds", sa.Integer,
+              comment="how long this customer's period-close invoices stay draft; NULL: the issuer's default"),
     created_at(),
     sa.CheckConstraint("kind IN ('user', 'org')", name="kind"),
+    sa.CheckConstraint("invoice_grace_seconds BETWEEN 0 AND 7776000", name="invoice_grace_seconds"),
     sa.CheckConstraint("tax_rate_bps BETWEEN 0 AND 10000", name="tax_rate_bps"),
 )
 
