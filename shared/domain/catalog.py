@@ -185,7 +185,8 @@ class Plan:
         # treated like one: the customer gets what they asked for now and the proration nets to zero.
         """
         if current.currency != self.currency:
-            raise CatalogError(f"cannot compare plans in {current.currency} and {self.currency}")
+            raise CatalogError(f"cannot compare plans in {current.currency} and {self.currency}",
+                               code="currency_mismatch")
         return self.monthly_equivalent(seats) >= current.monthly_equivalent(seats)
 
 
@@ -207,13 +208,13 @@ class Catalog:
         try:
             return self.meters[MeterId(meter_id)]
         except KeyError:
-            raise CatalogError(f"unknown meter {meter_id!r}") from None
+            raise CatalogError(f"unknown meter {meter_id!r}", code="unknown_meter") from None
 
     def coupon(self, coupon_id: str) -> Coupon:
         try:
             return self.coupons[CouponId(coupon_id)]
         except KeyError:
-            raise CatalogError(f"unknown coupon {coupon_id!r}") from None
+            raise CatalogError(f"unknown coupon {coupon_id!r}", code="unknown_coupon") from None
 
     def meters_for_event_type(self, event_type: str) -> list[Meter]:
         return [meter for meter in self.meters.values() if meter.event_type == event_type]

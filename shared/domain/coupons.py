@@ -101,13 +101,15 @@ class Coupon:
         """Raise ``CouponNotRedeemableError`` unless a subscription to ``plan_id`` may redeem it at ``at``."""
         instant = ensure_utc(at)
         if self.redeem_by is not None and instant >= self.redeem_by:
-            raise CouponNotRedeemableError(f"coupon {self.id} expired at {self.redeem_by.isoformat()}")
+            raise CouponNotRedeemableError(f"coupon {self.id} expired at {self.redeem_by.isoformat()}",
+                                           code="coupon_expired")
         if self.max_redemptions is not None and times_redeemed >= self.max_redemptions:
             raise CouponNotRedeemableError(
-                f"coupon {self.id} reached its maximum of {self.max_redemptions} redemptions"
+                f"coupon {self.id} reached its maximum of {self.max_redemptions} redemptions", code="coupon_exhausted"
             )
         if self.plan_ids and plan_id not in self.plan_ids:
-            raise CouponNotRedeemableError(f"coupon {self.id} does not apply to plan {plan_id}")
+            raise CouponNotRedeemableError(f"coupon {self.id} does not apply to plan {plan_id}",
+                                           code="coupon_not_for_plan")
 
     def discount_for(self, eligible: Money) -> Money:
         """The discount (a non-negative amount) on ``eligible``; never more than ``eligible``.
@@ -172,6 +174,13 @@ class AppliedCoupon:
         if redemption.invoice_key in self.invoice_keys:
             return self
         return AppliedCoupon(self.coupon_id, self.redeemed_at, self.invoice_keys | {redemption.invoice_key})
+
+    def give_back(self, invoice_key: str) -> AppliedCoupon:
+        """Forget the redemption on ``invoice_key`` (that invoice was credited in full): a coupon limited to N
+        invoices then discounts one more. Not redeemed on that invoice: unchanged."""
+        if invoice_key not in self.invoice_keys:
+            return self
+        return AppliedCoupon(self.coupon_id, self.redeemed_at, self.invoice_keys - {invoice_key})
 
     def _same(self, coupon: Coupon) -> None:
         if coupon.id != self.coupon_id:

@@ -14,9 +14,19 @@ from shared.errors import TerminalError
 
 
 class DomainError(TerminalError):
-    """Root of every error raised by ``shared.domain``."""
+    """Root of every error raised by ``shared.domain``.
+
+    ``code`` names the refusal for machines (stored in a rejected command's outcome, returned by the edge):
+    a class attribute, or given where the rule is broken (``SubscriptionError(..., code="already_on_plan")``);
+    without one, ``refusal_code`` derives it from the class name.
+    """
 
     retryable: ClassVar[bool] = False
+
+    def __init__(self, *args: object, code: str | None = None) -> None:
+        super().__init__(*args)
+        if code is not None:
+            self.code = code
 
 
 class InvalidValueError(DomainError, ValueError):

@@ -186,7 +186,7 @@ class Subscription:
         instant = ensure_utc(at).replace(microsecond=0)
         seats = _require_seats(seats)
         if not plan.per_seat and seats != 1:
-            raise SubscriptionError(f"plan {plan.id} is not sold per seat; seats must be 1")
+            raise SubscriptionError(f"plan {plan.id} is not sold per seat; seats must be 1", code="not_sold_per_seat")
         applied = None
         if coupon is not None:
             coupon.check_redeemable(plan_id=plan.id, times_redeemed=coupon_times_redeemed, at=instant)
@@ -252,11 +252,13 @@ class Subscription:
 
     def _require_plan(self, plan: Plan) -> None:
         if plan.id != self.plan_id:
-            raise SubscriptionError(f"subscription {self.id} is on plan {self.plan_id}, not {plan.id}")
+            raise SubscriptionError(f"subscription {self.id} is on plan {self.plan_id}, not {plan.id}",
+                                    code="plan_mismatch")
 
     def _require_changeable(self, what: str) -> None:
         if self.status not in _CHANGEABLE:
-            raise SubscriptionError(f"cannot {what} subscription {self.id} while it is {self.status.value}")
+            raise SubscriptionError(f"cannot {what} subscription {self.id} while it is {self.status.value}",
+                                    code="not_changeable")
 
     # --- plan, seats and interval ----------------------------------------------------------------
 
@@ -281,29 +283,34 @@ class Subscription:
         self._require_plan(current_plan)
         self._require_changeable("change the plan of")
         if new_plan.currency != current_plan.currency:
-            raise SubscriptionError(f"cannot change currency from {current_plan.currency} to {new_plan.currency}")
+            raise SubscriptionError(f"cannot change currency from {current_plan.currency} to {new_plan.currency}",
+                                    code="currency_mismatch")
         if new_plan.id == current_plan.id:
             if self.pending_plan_id is None and self.pending_seats is None:
-                raise SubscriptionError(f"subscription {self.id} is already on plan {new_plan.id}")
+                raise SubscriptionError(f"subscription {self.id} is already on plan {new_plan.id}",
+                                        code="already_on_plan")
             # back to the plan it is on while a change waits for the period end: the customer keeps it
             return self._undo_scheduled_change(instant)
         new_seats = _seats_for(new_plan, self.seats)
         if new_plan.interval != current_plan.interval:
             if timing is ChangeTiming.PERIOD_END:
-                raise SubscriptionError("a change of billing interval re-anchors at once, not at the period end")
+                raise SubscriptionError("a change of billing interval re-anchors at once, not at the period end",
+                                        code="interval_change_is_immediate")
             if (current_plan.meters or new_plan.meters) and self.status is not _S.TRIALING:
                 # NOTE: re-anchoring cuts the current period short, and the usage metered in it so far
                 # would belong to no period's close (nor would the new period get its included credits).
                 # Until a change invoice closes partial-period usage, metered plans change interval the
                 # way Stripe recommends for usage prices: cancel at the period end, then subscribe anew.
                 raise SubscriptionError("a change of billing interval is not offered for metered plans: cancel "
-                                        "at the period end and subscribe to the new plan")
+                                        "at the period end and subscribe to the new plan",
+                                        code="interval_change_not_offered")
             return self._change_interval(new_plan, current_plan, new_seats, instant)
         upgrade = new_plan.is_upgrade_from(current_plan, self.seats)
         kind = ChangeKind.UPGRADE if upgrade else ChangeKind.DOWNGRADE
         if self.status is _S.TRIALING:
             if timing is ChangeTiming.PERIOD_END:
-                raise SubscriptionError("a plan change during a trial applies at once; nothing is billed until it ends")
+                raise SubscriptionError("a plan change during a trial applies at once; nothing is billed until it ends",
+                                        code="trial_change_is_immediate")
             grants = self._change_grants(current_plan, new_plan, new_seats, instant)
             self._apply_plan(new_plan, new_seats, instant, prorated=False)
             return ChangeOutcome(kind=kind, timing=ChangeTiming.IMMEDIATE, effective_at=instant, grants=grants)
@@ -421,10 +428,11 @@ class Subscription:
         self._require_plan(plan)
         self._require_changeable("change the seats of")
         if not plan.per_seat:
-            raise SubscriptionError(f"plan {plan.id} is not sold per seat")
+            raise SubscriptionError(f"plan {plan.id} is not sold per seat", code="not_sold_per_seat")
         if new_seats == self.seats:
             if self.pending_seats is None:
-                raise SubscriptionError(f"subscription {self.id} already has {new_seats} seats")
+                raise SubscriptionError(f"subscription {self.id} already has {new_seats} seats",
+                                        code="already_has_seats")
             # back to the seats it has while a seat change waits for the period end: it keeps them
             return self._undo_scheduled_change(instant)
         increase = new_seats > self.seats
@@ -567,7 +575,8 @@ class Subscription:
         trial_end = self.trial_end
         early = instant < trial_end
         if early and not has_payment_method:
-            raise SubscriptionError("a trial can only end early when a payment method is on file")
+            raise SubscriptionError("a trial can only end early when a payment method is on file",
+                                    code="no_payment_method")
         if has_payment_method:
             target = _S.ACTIVE
         elif plan.trial_end_without_payment_method is TrialEndBehaviour.CANCEL:
@@ -615,10 +624,11 @@ class Subscription:
         """
         instant = ensure_utc(at)
         if self.status not in CLOSABLE_STATUSES:
-            raise SubscriptionError(f"cannot advance the period of a {self.status.value} subscription")
+            raise SubscriptionError(f"cannot advance the period of a {self.status.value} subscription",
+                                    code="not_closable")
         closed = self.current_period
         if instant < closed.end:
-            raise SubscriptionError(f"period {closed} has not ended at {instant.isoformat()}")
+            raise SubscriptionError(f"period {closed} has not ended at {instant.isoformat()}", code="period_not_ended")
         if self.cancel_at_period_end:
             self._cancel_now(closed.end, "cancel_at_period_end")
             return closed
@@ -645,9 +655,11 @@ class Subscription:
         """Attach ``coupon`` to a subscription that has none."""
         instant = ensure_utc(at)
         if self.status is _S.CANCELLED:
-            raise SubscriptionError(f"cannot apply a coupon to cancelled subscription {self.id}")
+            raise SubscriptionError(f"cannot apply a coupon to cancelled subscription {self.id}",
+                                    code="subscription_cancelled")
         if self.coupon is not None:
-            raise SubscriptionError(f"subscription {self.id} already has coupon {self.coupon.coupon_id}")
+            raise SubscriptionError(f"subscription {self.id} already has coupon {self.coupon.coupon_id}",
+                                    code="coupon_already_applied")
         coupon.check_redeemable(plan_id=self.plan_id, times_redeemed=times_redeemed, at=instant)
         self.coupon = AppliedCoupon(coupon_id=coupon.id, redeemed_at=instant)
         self._record(CouponApplied, instant, coupon_id=coupon.id)
@@ -656,7 +668,7 @@ class Subscription:
         """Count a coupon's use on one invoice; the same invoice again is a no-op (no event)."""
         instant = ensure_utc(at)
         if self.coupon is None:
-            raise SubscriptionError(f"subscription {self.id} has no coupon")
+            raise SubscriptionError(f"subscription {self.id} has no coupon", code="no_coupon")
         updated = self.coupon.record(redemption)
         if updated is self.coupon:
             return
@@ -668,6 +680,18 @@ class Subscription:
             invoice_key=redemption.invoice_key,
             amount=redemption.amount,
         )
+
+    def give_back_coupon_redemption(self, invoice_key: str) -> bool:
+        """A credit note undid the invoice `invoice_key` in full: its coupon redemption no longer counts towards
+        the coupon's duration (``AppliedCoupon.give_back``). True when one was given back."""
+        if self.coupon is None:
+            return False
+        updated = self.coupon.give_back(invoice_key)
+        if updated is self.coupon:
+            return False
+        self.coupon = updated
+        self.version += 1
+        return True
 
     # --- reading ---------------------------------------------------------------------------------
 

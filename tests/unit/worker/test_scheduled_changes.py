@@ -79,7 +79,7 @@ def test_a_change_to_the_current_plan_with_nothing_scheduled_is_still_refused(wo
 
     same = worker.send(ChangePlan(subscription_id="sub_1", customer_id="cus_1", plan_id="pro"), JAN_16)
 
-    assert worker.outcome(same) == ("rejected", "subscription")
+    assert worker.outcome(same) == ("rejected", "already_on_plan")
     assert "already on plan pro" in worker.store.outcomes[same.event_id]["error_detail"]
 
 
