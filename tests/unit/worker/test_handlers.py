@@ -465,7 +465,7 @@ def test_every_message_type_the_worker_consumes_has_a_handler_in_the_bootstrap_t
                 "credits.expire", "credits.grant", "payment.retry", "payment_method.update", "dunning.give_up",
                 "payment.succeeded", "payment.failed", "payment.customer_deleted",
                 "subscription.cancel_scheduled_change", "subscription.revoke_cancellation"}
-    consumed |= {"credit_note.issue"}
-    assert set(billing_handlers()) - {"invoice.finalize"} == consumed
+    consumed |= {"credit_note.issue", "invoice.finalize"}
+    assert set(billing_handlers()) == consumed
     with pytest.raises(ValueError, match=r"subscription\.cancle"):
         message_bus({"subscription.cancle": billing_handlers()["subscription.cancel"]})
