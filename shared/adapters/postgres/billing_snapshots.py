@@ -21,7 +21,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from shared.adapters.postgres.schema.billing import credit_entries, credit_grants, subscriptions
+from shared.adapters.postgres.schema.billing import credit_entries, credit_grants, invoices, subscriptions
 from shared.adapters.postgres.schema.usage import usage_aggregates
 from shared.adapters.postgres.usage_reads import BUCKET, usage_since
 from shared.domain.calendar import BillingAnchor, Interval, Period
@@ -131,18 +131,38 @@ class BillingSnapshot:
     late_usage: list[LateUsage]  # unbilled usage of closed periods, as the close groups it
 
 
+def _drafts(conn: sa.Connection, subscription_id: str) -> list[Period]:
+    """The periods of the subscription's period-close invoices still DRAFT (in their grace)."""
+    inv = invoices.c
+    return [Period(lo.astimezone(UTC), hi.astimezone(UTC)) for lo, hi in conn.execute(
+        sa.select(inv.period_start, inv.period_end)
+        .where(inv.subscription_id == subscription_id, inv.status == "draft", inv.kind == "period_close"))]
+
+
 def _late_usage(conn: sa.Connection, subscription_id: str, period_start: datetime,
                 pending: Mapping[str, Decimal]) -> list[LateUsage]:
-    """Late usage per meter over the span of hours it came from (the grouping of the worker's close)."""
+    """Late usage per meter over the span of hours it came from (the grouping of the worker's close).
+
+    # NOTE: usage of a period whose invoice is still a DRAFT (in its grace) is the draft's: finalising it
+    # takes that usage (the worker's grace_usage), so it is not late usage of the next close. Counted by whole
+    # hours: a draft period that does not end on the hour leaves its last partial hour counted as late here.
+    """
     if not pending:
         return []
     agg = usage_aggregates.c
     lo = period_start.astimezone(UTC)
+    unbilled = [agg.subscription_id == subscription_id, agg.bucket_start < lo, agg.quantity != agg.billed_quantity]
+    for draft in _drafts(conn, subscription_id):
+        unbilled.append(sa.not_(sa.and_(agg.bucket_start >= _floor_hour(draft.start), agg.bucket_start < draft.end)))
+        owned: dict[str, Decimal] = {meter: Decimal(quantity or 0) for meter, quantity in conn.execute(
+            sa.select(agg.meter_id, sa.func.sum(agg.quantity - agg.billed_quantity))
+            .where(agg.subscription_id == subscription_id, agg.bucket_start >= _floor_hour(draft.start),
+                   agg.bucket_start < min(draft.end, lo))
+            .group_by(agg.meter_id))}
+        pending = {m: q - owned.get(m, Decimal(0)) for m, q in pending.items()}
     spans = {meter: (first, last) for meter, first, last in conn.execute(
         sa.select(agg.meter_id, sa.func.min(agg.bucket_start), sa.func.max(agg.bucket_start))
-        .where(agg.subscription_id == subscription_id, agg.bucket_start < lo,
-               agg.quantity != agg.billed_quantity)
-        .group_by(agg.meter_id))}
+        .where(*unbilled).group_by(agg.meter_id))}
     late = []
     for meter, quantity in sorted(pending.items()):
         if quantity <= 0 or meter not in spans:
@@ -151,6 +171,10 @@ def _late_usage(conn: sa.Connection, subscription_id: str, period_start: datetim
         late.append(LateUsage(MeterId(meter), Period(first.astimezone(UTC), last.astimezone(UTC) + BUCKET),
                               quantity))
     return late
+
+
+def _floor_hour(at: datetime) -> datetime:
+    return at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
 def load_snapshot(conn: sa.Connection, subscription_id: str, kinds: Mapping[str, bool]) -> BillingSnapshot | None:
