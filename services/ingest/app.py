@@ -35,8 +35,10 @@ from services.ingest.relay import build_relay
 from services.ingest.routes import (
     api_keys,
     clock,
+    credit_notes,
     customers,
     documents,
+    drafts,
     health,
     ingest,
     invoice_lines,
@@ -134,7 +136,7 @@ def _route_modules() -> list:  # type: ignore[type-arg]
     # NOTE: the hot paths first (usage ingest, report credits): routing tries the routers in this order,
     # and matching through every other router cost ~30 % of a report-credit request's CPU.
     return [ingest, quota_routes, health, api_keys, customers, subscriptions, reads, documents, notifications,
-            webhooks, clock, invoice_lines, previews]
+            webhooks, clock, invoice_lines, previews, drafts, credit_notes]
 
 
 def _document_raw_bodies(app: FastAPI) -> None:

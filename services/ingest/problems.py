@@ -265,6 +265,10 @@ ANSWERS: Mapping[type[BillingError], Mapping[str, Answer]] = {
         "unknown_catalog_entry": Answer(422, "validation", "Unknown catalog entry"),
         "currency_mismatch": Answer(422, "currency-mismatch", "Currency mismatch"),
         "no_upcoming_invoice": Answer(409, "no-upcoming-invoice", "No upcoming invoice"),
+        "unknown_invoice": Answer(404, "not-found", "Unknown invoice"),
+        "invoice_not_draft": Answer(409, "invoice-not-draft", "Invoice not draft"),
+        "invoice_not_creditable": Answer(409, "rejected/invoice_not_creditable", "Invoice not creditable"),
+        "unknown_credit_note": Answer(404, "not-found", "Unknown credit note"),
     },
     ReplayRefused: {
         "customer_unknown": Answer(409, "customer-unknown", "Customer still unknown"),

@@ -82,6 +82,7 @@ class InvoiceView(_View):
     issued_at: datetime | None = None
     due_at: datetime | None = None
     paid_at: datetime | None = None
+    finalizes_at: datetime | None = None  # a draft (no number yet): when its grace ends and it is finalised
     lines: list[InvoiceLineView] = []
 
 
@@ -186,3 +187,35 @@ class NotificationView(BaseModel):
     delivered_at: datetime | None = None
     last_error: str | None = None
     data: dict[str, Any]
+
+
+class CreditNoteLineView(_View):
+    line_no: int
+    invoice_line_no: int | None = None  # None: the pre-tax part of a whole-invoice amount
+    description: str
+    amount_minor: int
+    currency: str
+
+
+class CreditNoteView(_View):
+    """A credit note: total = reduced (off what the invoice still owed) + refunded (through the gateway)
+    + credited (to the customer balance)."""
+
+    credit_note_id: str
+    number: str
+    invoice_id: str
+    subscription_id: str
+    customer_id: str
+    currency: str
+    reason: str
+    memo: str | None = None
+    subtotal_minor: int
+    tax_minor: int
+    total_minor: int
+    reduced_minor: int
+    refunded_minor: int
+    credited_minor: int
+    refund_status: str | None = None
+    refund_ref: str | None = None
+    issued_at: datetime
+    lines: list[CreditNoteLineView] = []

@@ -21,11 +21,14 @@ from services.ingest.service_layer.customers import customer_id_for
 from services.ingest.service_layer.unit_of_work import CustomerRecord, Member, UnitOfWorkFactory, sql_unit_of_work
 from services.ingest.stripe_customers import StripeCustomers
 from services.ingest.time_zones import TimeZoneName
+from shared.domain.invoice_grace import MAX_GRACE_SECONDS
 
 __all__ = ["CustomerView", "customer_id_for", "router"]
 
 router = APIRouter(tags=["customers"])
 EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+GRACE_TEXT = ("seconds a period-close invoice stays draft (late usage of its period still lands on it) before it "
+              "is finalised; null: the issuer's default (BILLING_INVOICE_GRACE_SECONDS), 0: finalised at the close")
 
 
 class MemberIn(BaseModel):
@@ -48,6 +51,7 @@ class OnboardRequest(BaseModel):
     aliases: list[str] = Field(default_factory=list, max_length=100, description="ingest aliases")
     payment_method_id: PaymentMethodId | None = Field(default=None,
                                                       description="a Stripe payment method token; never card data")
+    invoice_grace_seconds: int | None = Field(default=None, ge=0, le=MAX_GRACE_SECONDS, description=GRACE_TEXT)
 
     @field_validator("aliases")
     @classmethod
@@ -74,6 +78,7 @@ class CustomerView(BaseModel):
     tax_rate_bps: int
     stripe_customer_id: str | None = None
     default_payment_method_id: str | None = None
+    invoice_grace_seconds: int | None = Field(default=None, description=GRACE_TEXT)
     aliases: list[str] = Field(default_factory=list)
     members: list[MemberView] = Field(default_factory=list)
 
@@ -101,7 +106,8 @@ async def onboard(body: OnboardRequest, request: Request, principal: Principal =
         external_id=body.external_id, kind=body.kind, name=body.name, email=str(body.email),
         currency=body.currency, timezone=body.timezone, tax_rate_bps=body.tax_rate_bps,
         members=[Member(m.user_id, str(m.email) if m.email else None, m.role) for m in body.members],
-        aliases=body.aliases, payment_method_id=body.payment_method_id)
+        aliases=body.aliases, payment_method_id=body.payment_method_id,
+        invoice_grace_seconds=body.invoice_grace_seconds)
     record, created = await run_in_threadpool(  # refusals: answered by the problem layer
         onboarding.onboard, uow, StripeCustomers(container.stripe), command, principal=principal,
         request_id=request.headers.get("x-request-id"))
@@ -127,4 +133,22 @@ async def get_customer(customer_id: PathId, principal: Principal = Depends(requi
     record = await run_in_threadpool(onboarding.customer, uow, customer_id)
     if record is None:
         raise ProblemError(404, "Unknown customer", f"no customer {customer_id!r}", slug="not-found")
+    return _view(record)
+
+
+class InvoiceSettingsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    invoice_grace_seconds: int | None = Field(ge=0, le=MAX_GRACE_SECONDS, description=GRACE_TEXT)
+
+
+@router.put("/v1/customers/{customer_id}/invoice-settings", response_model=CustomerView,
+            responses=PROBLEM_RESPONSES, summary="Set how long the customer's period-close invoices stay draft",
+            description="Applies to the periods closed from now on; a draft already stored keeps its "
+                        "`finalizes_at`.")
+async def put_invoice_settings(customer_id: PathId, body: InvoiceSettingsRequest, request: Request,
+                               principal: Principal = Depends(require(Scope.ADMIN)),
+                               uow: UnitOfWorkFactory = Depends(unit_of_work)) -> CustomerView:
+    authorize_customer(principal, customer_id)
+    record = await run_in_threadpool(onboarding.set_invoice_grace, uow, customer_id, body.invoice_grace_seconds,
+                                     principal=principal, request_id=request.headers.get("x-request-id"))
     return _view(record)

@@ -20,7 +20,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from services.ingest.auth import Principal
-from services.ingest.service_layer.refusals import AliasTaken, AlreadyOnboarded, MembersForOrganisationsOnly
+from services.ingest.service_layer.refusals import (
+    AliasTaken,
+    AlreadyOnboarded,
+    MembersForOrganisationsOnly,
+    UnknownCustomer,
+)
 from services.ingest.service_layer.unit_of_work import CustomerRecord, Member, UnitOfWorkFactory
 
 _CUSTOMER_NAMESPACE = uuid.UUID("0b7f3c52-2f0d-4d1e-8c55-6a0f5f7e9a11")
@@ -44,6 +49,7 @@ class Onboard:
     members: Sequence[Member] = ()
     aliases: Sequence[str] = ()
     payment_method_id: str | None = None
+    invoice_grace_seconds: int | None = None  # None: the issuer's default
 
 
 class PaymentCustomers(Protocol):
@@ -66,6 +72,8 @@ def _write_customer(uow: UnitOfWorkFactory, request: Onboard, principal: Princip
         values = {"customer_id": customer_id, "external_id": request.external_id, "kind": request.kind,
                   "name": request.name, "email": request.email, "currency": request.currency,
                   "timezone": request.timezone, "tax_rate_bps": request.tax_rate_bps}
+        if request.invoice_grace_seconds is not None:
+            values["invoice_grace_seconds"] = request.invoice_grace_seconds
         created = work.insert_customer(values)
         if not created:
             existing = work.customer_by_external_id(request.external_id)
@@ -114,6 +122,22 @@ def onboard(uow: UnitOfWorkFactory, payments: PaymentCustomers, request: Onboard
     """Onboard (or resume onboarding) a customer; True if this call created it (see the module docstring)."""
     record, created = _write_customer(uow, request, principal, request_id)
     return _ensure_payment_customer(uow, payments, record, request.payment_method_id), created
+
+
+def set_invoice_grace(uow: UnitOfWorkFactory, customer_id: str, seconds: int | None, *, principal: Principal,
+                      request_id: str | None) -> CustomerRecord:
+    """How long the customer's period-close invoices stay draft (None: the issuer's default, 0: finalised at
+    the close). Taken by the scheduler when it closes a period: a draft already stored keeps its grace."""
+    with uow() as work:
+        if work.customer_terms(customer_id) is None:
+            raise UnknownCustomer(f"no customer {customer_id!r}", field="customer_id")
+        work.update_customer(customer_id, {"invoice_grace_seconds": seconds})
+        work.audit(principal, "customer.invoice_settings", customer_id=customer_id, request_id=request_id,
+                   invoice_grace_seconds=seconds)
+        record = work.customer(customer_id)
+    if record is None:
+        raise UnknownCustomer(f"no customer {customer_id!r}", field="customer_id")
+    return record
 
 
 def customer(uow: UnitOfWorkFactory, customer_id: str) -> CustomerRecord | None:

@@ -37,6 +37,26 @@ class UnknownSubscription(LifecycleRefusal):
     code = "unknown_subscription"
 
 
+class UnknownInvoice(LifecycleRefusal):
+    code = "unknown_invoice"
+
+
+class InvoiceNotDraft(LifecycleRefusal):
+    """Finalising an invoice that can no longer be finalised (void)."""
+
+    code = "invoice_not_draft"
+
+
+class InvoiceNotCreditable(LifecycleRefusal):
+    """A credit note asked for a draft or void invoice (the read model says so; the worker refuses the same)."""
+
+    code = "invoice_not_creditable"
+
+
+class UnknownCreditNote(LifecycleRefusal):
+    code = "unknown_credit_note"
+
+
 class NoUpcomingInvoice(LifecycleRefusal):
     """A preview asked of a subscription that will issue no further invoice (cancelled)."""
 

@@ -60,6 +60,7 @@ class CustomerRecord:
     tax_rate_bps: int
     stripe_customer_id: str | None = None
     default_payment_method_id: str | None = None
+    invoice_grace_seconds: int | None = None  # None: the issuer's default (BILLING_INVOICE_GRACE_SECONDS)
     aliases: list[str] = field(default_factory=list)
     members: list[Member] = field(default_factory=list)
 
