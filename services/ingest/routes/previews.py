@@ -68,7 +68,10 @@ class InvoicePreviewView(BaseModel):
     tax_rate_bps: int
     tax_minor: int
     total_minor: int
-    amount_due_minor: int
+    balance_applied_minor: int = Field(description="drawn from the customer's credit balance at finalisation, "
+                                                   "as the balance stands now")
+    credited_to_balance_minor: int = Field(description="a negative total: credited to the customer's balance")
+    amount_due_minor: int = Field(description="max(total, 0) - balance_applied: what would be charged")
 
 
 class UpcomingInvoiceView(BaseModel):
@@ -128,6 +131,8 @@ def invoice_view(preview: previews.InvoicePreview) -> InvoicePreviewView:
         subtotal_minor=inv.subtotal.amount_minor, discount_minor=-_sum(inv, LineKind.DISCOUNT),
         credits_applied_minor=-_sum(inv, LineKind.CREDIT), tax_rate_bps=inv.tax_rate_bps,
         tax_minor=inv.tax.amount_minor, total_minor=inv.total.amount_minor,
+        balance_applied_minor=inv.balance_applied_minor,
+        credited_to_balance_minor=inv.credit_to_carry_forward.amount_minor,
         amount_due_minor=inv.amount_due.amount_minor)
 
 

@@ -115,11 +115,23 @@ def _load(snapshots: Snapshots, subscription_id: str) -> BillingSnapshot:
 
 
 def _carried_lines(snap: BillingSnapshot) -> list[InvoiceLine]:
-    """The credit a negative invoice left for the next one, as the worker's close puts it on that invoice
+    """Credit a negative invoice left on the subscription before the customer balance existed (now a negative
+    total is credited to the balance), as the worker's close still puts it on the next invoice
     (`billing_worker/service_layer/handlers/periods.py`, `_carried_lines`)."""
     carried = snap.subscription.carried_credit_minor
     return ([InvoiceLine(kind=LineKind.ADJUSTMENT, description="Credit carried forward",
                          amount=Money(-carried, snap.currency))] if carried else [])
+
+
+def _settle(invoice: Invoice, snap: BillingSnapshot) -> None:
+    """What finalisation does with the customer's credit balance (the worker's unit of work,
+    `settle_with_balance`): a negative total is credited to it; otherwise the invoice draws what it owes, up
+    to what the balance holds (`Invoice.apply_balance`)."""
+    credit = invoice.credit_to_carry_forward.amount_minor
+    if credit > 0:
+        snap.balance_minor += credit
+        return
+    snap.balance_minor -= invoice.apply_balance(snap.balance_minor)
 
 
 def next_invoice(snap: BillingSnapshot, catalog: Catalog, *, as_of: datetime) -> InvoicePreview | None:
@@ -137,6 +149,7 @@ def next_invoice(snap: BillingSnapshot, catalog: Catalog, *, as_of: datetime) ->
         key = InvoiceKey(sub.id, InvoiceReason.SUBSCRIPTION_START, sub.current_period)
         started = start_invoice(subscription=sub, plan=plan, coupon=coupon, tax_rate_bps=snap.tax_rate_bps, at=at,
                                 invoice_id=invoice_id_for(key))
+        _settle(started.invoice, snap)
         return InvoicePreview(started.invoice, plan.id, at, estimate=False)
     if sub.status not in CLOSABLE_STATUSES:
         return None
@@ -148,6 +161,7 @@ def next_invoice(snap: BillingSnapshot, catalog: Catalog, *, as_of: datetime) ->
         tax_rate_bps=snap.tax_rate_bps, at=closed.end, invoice_id=invoice_id_for(key),
         next_plan=catalog.plan(sub.pending_plan_id) if sub.pending_plan_id else None,
         pending_proration_lines=_carried_lines(snap), late_usage=snap.late_usage)
+    _settle(result.invoice, snap)
     return InvoicePreview(result.invoice, plan.id, closed.end, estimate=ensure_utc(as_of) < closed.end)
 
 
@@ -195,11 +209,8 @@ def preview_change(snapshots: Snapshots, catalog: Catalog, subscription_id: str,
         draft = change_invoice(subscription=sub, lines=change.lines, invoice_period=change.invoice_period,
                                currency=snap.currency, tax_rate_bps=snap.tax_rate_bps, at=at,
                                invoice_id=invoice_id_for(key))
+        _settle(draft, snap)
         now_invoice = InvoicePreview(draft, sub.plan_id, at, estimate=False)
-        # what the worker's finalisation does with a negative invoice (see its unit of work's `_finalise`)
-        carried = draft.credit_to_carry_forward
-        if carried.is_positive():
-            sub.carry_credit(carried.amount_minor)
     _grant(snap, change.grants)
     return ChangePreview(subscription_id=subscription_id, customer_id=sub.customer_id, at=at, kind=change.kind,
                          timing=change.timing, effective_at=change.effective_at, invoice_now=now_invoice,

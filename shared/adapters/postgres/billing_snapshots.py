@@ -21,7 +21,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from shared.adapters.postgres.schema.billing import credit_entries, credit_grants, invoices, subscriptions
+from shared.adapters.postgres.schema.billing import (
+    credit_entries,
+    credit_grants,
+    customer_balances,
+    invoices,
+    subscriptions,
+)
 from shared.adapters.postgres.schema.usage import usage_aggregates
 from shared.adapters.postgres.usage_reads import BUCKET, usage_since
 from shared.domain.calendar import BillingAnchor, Interval, Period
@@ -129,6 +135,21 @@ class BillingSnapshot:
     ledger: CreditLedger
     usage_totals: dict[MeterId, Decimal]  # usage of the open period so far
     late_usage: list[LateUsage]  # unbilled usage of closed periods, as the close groups it
+    balance_minor: int = 0  # the customer's credit balance in `currency` left for the next finalisations
+
+
+def _balance_left(conn: sa.Connection, customer_id: str, currency: str) -> int:
+    """The customer's balance in `currency` (no lock), less what its invoices still in DRAFT owe: they draw
+    from it when their grace ends, before the next invoice of an open period."""
+    held = conn.execute(sa.select(customer_balances.c.balance_minor).where(
+        customer_balances.c.customer_id == customer_id, customer_balances.c.currency == currency)
+    ).scalar_one_or_none()
+    if not held:
+        return 0
+    inv = invoices.c
+    owed = conn.execute(sa.select(sa.func.coalesce(sa.func.sum(sa.func.greatest(inv.total_minor, 0)), 0)).where(
+        inv.customer_id == customer_id, inv.currency == currency, inv.status == "draft")).scalar_one()
+    return max(0, int(held) - int(owed))
 
 
 def _drafts(conn: sa.Connection, subscription_id: str) -> list[Period]:
@@ -178,8 +199,9 @@ def _floor_hour(at: datetime) -> datetime:
 
 
 def load_snapshot(conn: sa.Connection, subscription_id: str, kinds: Mapping[str, bool]) -> BillingSnapshot | None:
-    """The subscription, its credit ledger and its usage so far, read in the caller's connection (use one
-    REPEATABLE READ transaction for a consistent view); None when the worker has no such subscription.
+    """The subscription, its credit ledger, its usage so far and the customer's balance, read in the caller's
+    connection (use one REPEATABLE READ transaction for a consistent view); None when the worker has no such
+    subscription.
 
     # NOTE: the usage is every event with a timestamp from the open period's start on (``usage_since``), as
     # the worker's close would bill it if the period ended now; an event stamped after the period end would
@@ -197,4 +219,5 @@ def load_snapshot(conn: sa.Connection, subscription_id: str, kinds: Mapping[str,
     return BillingSnapshot(
         subscription=sub, currency=row.currency, timezone=row.timezone, tax_rate_bps=row.tax_rate_bps,
         ledger=ledger, usage_totals={MeterId(m): Decimal(q) for m, q in usage.totals.items()},
-        late_usage=_late_usage(conn, subscription_id, sub.current_period.start, usage.pending_late))
+        late_usage=_late_usage(conn, subscription_id, sub.current_period.start, usage.pending_late),
+        balance_minor=_balance_left(conn, row.customer_id, row.currency))

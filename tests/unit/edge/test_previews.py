@@ -67,7 +67,8 @@ class FakeSnapshots:
                                 sum((b.quantity for b in bs), Decimal(0))) for m, bs in sorted(late.items())]
         return BillingSnapshot(subscription=sub, currency=state.currency, timezone=state.timezone,
                                tax_rate_bps=state.tax_rate_bps, ledger=ledger, usage_totals=totals,
-                               late_usage=late_usage)
+                               late_usage=late_usage,
+                               balance_minor=self.store.balances.get((sub.customer_id, state.currency), 0))
 
 
 class Worker(HandlerWorker):
@@ -105,8 +106,8 @@ def amounts(invoice: Invoice) -> list[tuple[str, int]]:
 def same(preview: Invoice, issued: Invoice) -> None:
     assert preview.id == issued.id
     assert lines(preview) == lines(issued)
-    assert (preview.subtotal, preview.tax, preview.total, preview.amount_due) == (
-        issued.subtotal, issued.tax, issued.total, issued.amount_due)
+    assert (preview.subtotal, preview.tax, preview.total, preview.balance_applied_minor, preview.amount_due) == (
+        issued.subtotal, issued.tax, issued.total, issued.balance_applied_minor, issued.amount_due)
 
 
 def usage(worker: Worker, micros: Iterable[tuple[int, datetime]]) -> None:
@@ -186,6 +187,27 @@ def test_a_downgrade_preview_says_deferred_with_nothing_billed_now_and_the_next_
     worker.send(ChangePlan(subscription_id="sub_1", customer_id="cus_1", plan_id="free"), JAN_16)
     close = worker.send(ClosePeriod(subscription_id="sub_1", customer_id="cus_1", period_end=FEB_1), FEB_1)
     same(preview.next_invoice.invoice, worker.issued(worker.result(close)["invoice_id"]))
+
+
+def test_an_immediate_downgrade_credits_the_balance_and_the_next_invoice_previews_drawing_it(
+        worker: Worker) -> None:
+    worker.subscribe_to("premium_monthly_immediate")
+
+    preview = previews.preview_change(FakeSnapshots(worker), CATALOG, "sub_1",
+                                      previews.ChangeRequest(plan_id="basic_monthly"), at=JAN_16, authorize=allow)
+
+    assert preview.invoice_now is not None and preview.next_invoice is not None
+    now, after = preview.invoice_now.invoice, preview.next_invoice.invoice
+    # Premium's unused 20.00 x 16/31 = -10.32, Basic's 10.00 x 16/31 = 5.16, tax 10% of -5.16 = -0.52: -5.68,
+    # credited to the customer's balance; February's Basic fee 10.00 + tax 1.00 = 11.00 draws it: 5.32 due
+    assert (amounts(now), now.credit_to_carry_forward.amount_minor, now.amount_due.amount_minor) == (
+        [("proration", -1032), ("proration", 516), ("tax", -52)], 568, 0)
+    assert (amounts(after), after.balance_applied_minor, after.amount_due.amount_minor) == (
+        [("fee", 1000), ("tax", 100)], 568, 532)
+    change = worker.send(ChangePlan(subscription_id="sub_1", customer_id="cus_1", plan_id="basic_monthly"), JAN_16)
+    same(now, worker.issued(worker.result(change)["invoice_id"]))
+    close = worker.send(ClosePeriod(subscription_id="sub_1", customer_id="cus_1", period_end=FEB_1), FEB_1)
+    same(after, worker.issued(worker.result(close)["invoice_id"]))
 
 
 def test_a_change_the_worker_refuses_is_refused_by_the_preview_with_the_same_code(worker: Worker) -> None:
