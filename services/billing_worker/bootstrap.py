@@ -24,6 +24,7 @@ from services.billing_worker.adapters.usage import MeterMap, UsageMaterializer, 
 from services.billing_worker.entrypoints.consumer import ExactlyOnceConsumer
 from services.billing_worker.entrypoints.executor import PaymentExecutor
 from services.billing_worker.entrypoints.health import HealthServer
+from services.billing_worker.entrypoints.refunds import RefundExecutor
 from services.billing_worker.entrypoints.scheduler import Scheduler
 from services.billing_worker.service_layer.handlers import (
     Handler,
@@ -172,7 +173,9 @@ def build_worker(settings: Settings, *, handlers: Mapping[str, Handler] | None =
     bus = message_bus(billing_handlers() if handlers is None else handlers)
     tasks: list[BackgroundTask] = []
     if background:
-        tasks = [PaymentExecutor(engine, build_gateway(settings, engine), clock), Scheduler(settings, engine, clock)]
+        gateway = build_gateway(settings, engine)
+        tasks = [PaymentExecutor(engine, gateway, clock), Scheduler(settings, engine, clock),
+                 RefundExecutor(engine, gateway, clock)]
     materializer = UsageMaterializer(MeterMap.from_catalog(catalog), clock)
     me = instance_id()
     dlq = DeadLetterPublisher(KafkaProducer(settings, client_id=f"{me}-dlq"))

@@ -12,7 +12,7 @@ from jinja2 import Environment, select_autoescape
 from shared.adapters.documents.model import InvoiceDocument
 
 INVOICE_TEMPLATE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Invoice {{ inv.number or inv.invoice_id }}</title>
+<html lang="en"><head><meta charset="utf-8"><title>{{ inv.document_title }} {{ inv.number or inv.invoice_id }}</title>
 <style>
  body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1d2430; margin: 40px auto;
         max-width: 820px; padding: 0 24px; }
@@ -35,7 +35,7 @@ INVOICE_TEMPLATE = """<!doctype html>
  .cols { display: flex; gap: 48px; margin-top: 20px; } footer { margin-top: 40px; font-size: 12px; }
 </style></head><body>
 <header>
- <div><h1>Invoice</h1><div class="muted">{{ inv.issuer_name }}</div></div>
+ <div><h1>{{ inv.document_title }}</h1><div class="muted">{{ inv.issuer_name }}</div></div>
  <div class="right"><div><strong>{{ inv.number or "draft" }}</strong></div>
   <div><span class="status {{ inv.status }}">{{ inv.status }}</span></div>
   <div class="muted">{{ inv.status_text }}</div>
@@ -72,7 +72,7 @@ INVOICE_TEMPLATE = """<!doctype html>
 </table>
 <footer class="muted">{% if inv.paid_note %}{{ inv.paid_note }} {% endif %}All amounts in {{ inv.currency }}.
  Generated from the billing database; the total is the sum of the rounded lines above.
- Invoice id {{ inv.invoice_id }}.</footer>
+ {{ inv.document_title }} id {{ inv.invoice_id }}.</footer>
 </body></html>
 """
 

@@ -54,7 +54,7 @@ def _muted(value: str) -> str:
 
 def _header(doc: InvoiceDocument) -> Table:
     colour = STATUS_COLOURS.get(doc.status, "#374151")
-    left = [Paragraph("Invoice", _TITLE), Paragraph(_text(doc.issuer_name), _SMALL)]
+    left = [Paragraph(_text(doc.document_title), _TITLE), Paragraph(_text(doc.issuer_name), _SMALL)]
     right = [Paragraph(_text(doc.title), _NUMBER),
              Paragraph(f'<font name="{BOLD}" color="{colour}">{_text(doc.status_text)}</font>', _RIGHT)]
     if doc.issued_on:
@@ -123,7 +123,7 @@ def _totals(doc: InvoiceDocument) -> Table:
 def _footer(doc: InvoiceDocument) -> Paragraph:
     paid = f"{doc.paid_note} " if doc.paid_note else ""
     return Paragraph(_text(f"{paid}All amounts in {doc.currency}. The total is the sum of the rounded lines "
-                           f"above. Invoice id {doc.invoice_id}."), _SMALL)
+                           f"above. {doc.document_title} id {doc.invoice_id}."), _SMALL)
 
 
 def _numbered_canvas(label: str) -> type[Canvas]:
@@ -154,10 +154,11 @@ def render_invoice_pdf(document: InvoiceDocument) -> bytes:
     """The invoice as a PDF document (A4, one or more pages)."""
     buffer = io.BytesIO()
     pdf = SimpleDocTemplate(buffer, pagesize=A4, leftMargin=MARGIN, rightMargin=MARGIN, topMargin=MARGIN,
-                            bottomMargin=MARGIN, title=f"Invoice {document.title}", author=document.issuer_name,
-                            subject=f"Invoice {document.title} for {document.customer_name}",
+                            bottomMargin=MARGIN, title=f"{document.document_title} {document.title}",
+                            author=document.issuer_name,
+                            subject=f"{document.document_title} {document.title} for {document.customer_name}",
                             creator=document.issuer_name)
     pdf.build([_header(document), Spacer(0, 6 * mm), _parties(document), Spacer(0, 6 * mm), _lines(document),
                Spacer(0, 3 * mm), _totals(document), Spacer(0, 8 * mm), _footer(document)],
-              canvasmaker=_numbered_canvas(f"Invoice {document.title}"))
+              canvasmaker=_numbered_canvas(f"{document.document_title} {document.title}"))
     return buffer.getvalue()

@@ -80,6 +80,7 @@ class InvoiceDocument:
     amount_paid: str
     amount_due: str
     lines: tuple[DocumentLine, ...]
+    document_title: str = "Invoice"  # "Credit note" for a credit note rendered by the same templates
 
     @property
     def is_final(self) -> bool:
