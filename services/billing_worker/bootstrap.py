@@ -32,6 +32,7 @@ from services.billing_worker.service_layer.handlers import (
     credits,
     customers,
     drafts,
+    invoices,
     payments,
     periods,
     scheduled_changes,
@@ -86,6 +87,9 @@ def billing_handlers() -> dict[str, Handler]:
         "payment.failed": payments.FAILED,
         "payment.customer_deleted": customers.CUSTOMER_DELETED,
         "credit_note.issue": credit_notes.ISSUE,
+        "invoice.void": invoices.VOID,
+        "invoice.mark_uncollectible": invoices.MARK_UNCOLLECTIBLE,
+        "invoice.create_one_off": invoices.CREATE_ONE_OFF,
     }
 
 

@@ -135,6 +135,38 @@ class FinalizeInvoice(SubscriptionCommand):
     invoice_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
 
 
+class VoidInvoice(SubscriptionCommand):
+    """Void a draft or open invoice (`POST /v1/invoices/{id}/void`): its pending attempts are cancelled, what it
+    drew from the customer balance goes back, its number stays used. Refused `invoice_not_voidable`."""
+
+    invoice_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class MarkInvoiceUncollectible(SubscriptionCommand):
+    """Write an open invoice off (`POST /v1/invoices/{id}/mark-uncollectible`): pending attempts cancelled,
+    dunning stops chasing it. Refused `invoice_not_open`."""
+
+    invoice_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class OneOffLineRequest(Payload):
+    description: str = Field(min_length=1, max_length=500)
+    amount_minor: int = Field(description="the line's amount (quantity x unit amount when given so)")
+    quantity: int = Field(default=1, ge=1, le=1_000_000)
+    unit_amount_minor: int | None = None
+
+
+class CreateOneOffInvoice(SubscriptionCommand):
+    """A one-off charge (`POST /v1/invoices`): a `manual` invoice on the subscription, in its currency, with
+    these lines (plus tax at `tax_rate_bps`, else the subscription's), finalised, balance-drawn and charged
+    like any other. The invoice id derives from this command's event id."""
+
+    lines: list[OneOffLineRequest] = Field(min_length=1, max_length=100)
+    tax_rate_bps: int | None = Field(default=None, ge=0, le=10_000)
+
+
 class EndTrial(SubscriptionCommand):
     trial_end: AwareDatetime
 
@@ -294,6 +326,9 @@ PAYLOADS: dict[str, type[Payload]] = {
     "period.close": ClosePeriod,
     "credit_note.issue": IssueCreditNote,
     "invoice.finalize": FinalizeInvoice,
+    "invoice.void": VoidInvoice,
+    "invoice.mark_uncollectible": MarkInvoiceUncollectible,
+    "invoice.create_one_off": CreateOneOffInvoice,
     "trial.end": EndTrial,
     "credits.expire": ExpireCredits,
     "credits.grant": GrantCredits,

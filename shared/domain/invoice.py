@@ -4,7 +4,8 @@ Contract:
 - Every line amount is already rounded (``Money``); the total is the plain sum of the lines, so what
   the customer sees adds up to the cent (or yen, or fils).
 - Tax is one line: ``rate_bps`` basis points of the sum of the taxable lines, rounded once.
-- DRAFT -> OPEN (finalised and numbered) -> PAID | VOID | UNCOLLECTIBLE; UNCOLLECTIBLE -> PAID | VOID.
+- DRAFT -> OPEN (finalised and numbered) -> PAID | VOID | UNCOLLECTIBLE; UNCOLLECTIBLE -> PAID | VOID;
+  DRAFT -> VOID (a draft voided before finalisation never gets a number).
   Lines can only change while DRAFT.
 - The number is assigned at finalisation from a sequence the caller supplies. Gapless numbering per
   issuer is the adapter's job: it takes the next value from a per-issuer counter row
@@ -53,7 +54,7 @@ class InvoiceStatus(StrEnum):
 # (written off for good); paid and void are final.
 INVOICE_TRANSITIONS: Mapping[InvoiceStatus, frozenset[InvoiceStatus]] = MappingProxyType(
     {
-        InvoiceStatus.DRAFT: frozenset({InvoiceStatus.OPEN}),
+        InvoiceStatus.DRAFT: frozenset({InvoiceStatus.OPEN, InvoiceStatus.VOID}),
         InvoiceStatus.OPEN: frozenset({InvoiceStatus.PAID, InvoiceStatus.VOID, InvoiceStatus.UNCOLLECTIBLE}),
         InvoiceStatus.UNCOLLECTIBLE: frozenset({InvoiceStatus.PAID, InvoiceStatus.VOID}),
         InvoiceStatus.PAID: frozenset(),

@@ -305,8 +305,10 @@ def insert_invoices(conn: sa.Connection, items: Sequence[InvoiceToStore]) -> set
     identity already exists is not stored twice)."""
     if not items:
         return set()
+    # NOTE: any conflict (no target): the identity is a partial unique index (manual invoices excluded), which
+    # ON CONFLICT ON CONSTRAINT cannot name; a row not inserted for any reason makes the caller refuse the batch.
     inserted = set(bulk_insert(conn, invoices, [invoice_row(i) for i in items],
-                               ignore_conflicts_on="uq_invoices_identity", returning="invoice_id"))
+                               ignore_conflicts_on=[], returning="invoice_id"))
     lines = [_line_row(i.invoice, n, line, i.plan_id) for i in items if i.invoice.id in inserted
              for n, line in enumerate(i.invoice.lines, start=1)]
     bulk_insert(conn, invoice_lines, lines)
@@ -442,9 +444,13 @@ def attach_coupon(conn: sa.Connection, coupon_id: str, subscription_id: str, at:
 
 
 def insert_redemptions(conn: sa.Connection, rows: Sequence[tuple[CouponRedemption, str, str, datetime]]) -> None:
-    """(redemption, subscription id, invoice id, at): counted once per key, whatever the replays."""
+    """(redemption, subscription id, invoice id, at): counted once per key, whatever the replays. A draft
+    re-rated at its finalisation (late usage in its grace) may change the amount of its invoice's redemption:
+    the amount is the one on the invoice, the first instant stays."""
     if rows:
-        conn.execute(insert(coupon_redemptions).on_conflict_do_nothing(), [
+        stmt = insert(coupon_redemptions)
+        conn.execute(stmt.on_conflict_do_update(index_elements=["redemption_key"],
+                                                set_={"amount_minor": stmt.excluded.amount_minor}), [
             {"redemption_key": r.key, "coupon_id": r.coupon_id, "subscription_id": sub, "invoice_id": inv,
              "amount_minor": r.amount.amount_minor, "currency": r.amount.currency, "redeemed_at": at}
             for r, sub, inv, at in rows])

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from shared.domain.calendar import Period
 from shared.domain.customer_balance import (
     BalanceEntry,
     BalanceEntryKind,
@@ -16,6 +17,9 @@ from shared.domain.customer_balance import (
     draw_amount,
 )
 from shared.domain.errors import InvalidValueError
+from shared.domain.ids import CustomerId, InvoiceId, SubscriptionId
+from shared.domain.invoice import Invoice, InvoiceKey, InvoiceLine, InvoiceReason, InvoiceStatus, LineKind
+from shared.domain.money import Money
 from shared.errors import refusal_code
 
 AT = datetime(2026, 1, 1, tzinfo=UTC)
@@ -60,3 +64,24 @@ def test_entry_ids_are_derived_from_what_the_entry_is_about() -> None:
     assert balance_entry_id("invoice_draw", "in_1") == balance_entry_id(BalanceEntryKind.INVOICE_DRAW, "in_1")
     assert balance_entry_id("invoice_draw", "in_1") != balance_entry_id("void_restore", "in_1")
     assert balance_entry_id("invoice_draw", "in_1").startswith("cbe_")
+
+
+def test_an_invoice_draws_the_balance_before_finalisation_and_owes_only_the_rest() -> None:
+    def invoice(amount: int) -> Invoice:
+        key = InvoiceKey(SubscriptionId("sub_1"), InvoiceReason.MANUAL, Period(AT, AT.replace(month=2)))
+        return Invoice.draft(invoice_id=InvoiceId("in_1"), key=key, customer_id=CustomerId("cus_1"), currency="USD",
+                             at=AT, lines=[InvoiceLine(kind=LineKind.FEE, description="fee",
+                                                       amount=Money(amount, "USD"))])
+
+    partly = invoice(1_000)
+    assert partly.apply_balance(400) == 400 and partly.amount_due == Money(600, "USD")
+    partly.finalize(number="OLB-000001", at=AT)
+    assert partly.status is InvoiceStatus.OPEN
+
+    covered = invoice(1_000)
+    assert covered.apply_balance(5_000) == 1_000
+    covered.finalize(number="OLB-000002", at=AT)
+    assert (covered.status, covered.amount_due, covered.amount_paid_minor) == (InvoiceStatus.PAID, Money(0, "USD"), 0)
+
+    negative = invoice(-300)
+    assert negative.apply_balance(5_000) == 0 and negative.credit_to_carry_forward == Money(300, "USD")

@@ -93,7 +93,7 @@ def test_credits_beyond_charges_are_carried_forward_not_collected():
 
 def test_invoice_lifecycle_allows_only_its_transitions():
     assert dict(INVOICE_TRANSITIONS) == {
-        InvoiceStatus.DRAFT: {InvoiceStatus.OPEN},
+        InvoiceStatus.DRAFT: {InvoiceStatus.OPEN, InvoiceStatus.VOID},  # a draft voided is never numbered
         InvoiceStatus.OPEN: {InvoiceStatus.PAID, InvoiceStatus.VOID, InvoiceStatus.UNCOLLECTIBLE},
         InvoiceStatus.UNCOLLECTIBLE: {InvoiceStatus.PAID, InvoiceStatus.VOID},
         InvoiceStatus.PAID: set(),

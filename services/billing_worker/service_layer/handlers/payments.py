@@ -98,6 +98,13 @@ def payment_succeeded(uow: BillingUnitOfWork, env: Envelope, p: PaymentSucceeded
                               "entity_id": invoice.id, "subscription_id": state.id,
                               "detail": {"provider_ref": p.provider_ref, "paid_ref": paid_ref}})
         raise Ignored(f"invoice {invoice.id} is already paid", audit=duplicate)
+    if invoice.status is InvoiceStatus.VOID:
+        # NOTE: a charge in flight when the invoice was voided succeeded afterwards: the money is not the
+        # void invoice's; audited for a refund, never accepted silently.
+        raise Ignored(f"invoice {invoice.id} is void: payment audited for a refund", audit=[
+            {"occurred_at": now, "action": "payment.on_void", "entity_type": "invoice", "entity_id": invoice.id,
+             "subscription_id": state.id, "customer_id": invoice.customer_id,
+             "detail": {"provider_ref": p.provider_ref, "attempt_id": p.attempt_id}}])
     if invoice.status not in (InvoiceStatus.OPEN, InvoiceStatus.UNCOLLECTIBLE):
         raise Ignored(f"invoice {invoice.id} is {invoice.status.value}")
     paid_at = ensure_utc(p.paid_at)

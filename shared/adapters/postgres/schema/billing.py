@@ -176,18 +176,21 @@ invoices = sa.Table(
     sa.Column("last_decline_code", sa.Text),
     created_at(),
     _updated_at(),
-    sa.UniqueConstraint("subscription_id", "period_start", "period_end", "kind",
-                        name="uq_invoices_identity"),
     sa.UniqueConstraint("issuer", "number", name="uq_invoices_issuer_number"),
     sa.CheckConstraint(_in("status", INVOICE_STATUSES), name="status"),
     sa.CheckConstraint(_in("kind", INVOICE_KINDS), name="kind"),
-    sa.CheckConstraint("(status = 'draft') = (number IS NULL)", name="numbered_when_final"),
+    # a voided draft never got a number; every other status but draft has one
+    sa.CheckConstraint("status = 'void' OR (status = 'draft') = (number IS NULL)", name="numbered_when_final"),
     sa.CheckConstraint("amount_due_minor = GREATEST(total_minor, 0) - balance_applied_minor", name="amount_due"),
     sa.CheckConstraint("balance_applied_minor BETWEEN 0 AND GREATEST(total_minor, 0)", name="balance_applied"),
     sa.CheckConstraint("amount_paid_minor BETWEEN 0 AND amount_due_minor", name="amount_paid"),
     sa.CheckConstraint("period_start < period_end", name="period"),
     sa.CheckConstraint("status <> 'paid' OR paid_at IS NOT NULL", name="paid_at"),
 )
+# The business identity of an invoice, except manual ones (one-off charges: several may share a billing instant;
+# their id derives from the command's event id, so the primary key makes a replay a no-op).
+sa.Index("uq_invoices_identity", invoices.c.subscription_id, invoices.c.period_start, invoices.c.period_end,
+         invoices.c.kind, unique=True, postgresql_where=invoices.c.kind != "manual")
 sa.Index("ix_invoices_subscription", invoices.c.subscription_id, invoices.c.period_start)
 # The scheduler's scan of drafts whose grace has ended (few rows: only invoices still in their grace).
 sa.Index("ix_invoices_drafts_due", invoices.c.finalizes_at, postgresql_where=sa.text("status = 'draft'"))
