@@ -264,6 +264,11 @@ class DunningHandlers:
             if retry_waits or wake is None or wake > now or wake <= at:
                 wake = at if retry_waits else wake
                 break
+            if self._awaiting_retry_outcome(replace(record, case=case)):
+                # NOTE: the case stays at the retry's slot until its outcome is in: the reminder of that slot
+                # waits for it (``due_actions``), and the outcome is dated there.
+                wake = at
+                break
             at = wake
         tx.update_case(replace(record, case=case), wake)
 

@@ -312,7 +312,8 @@ def due_actions(case: DunningCase, now: datetime) -> list[DunningAction]:
       that has been reached is due, unless retries are suspended by a hard decline or any retry was
       already carried out since that day began.
     - After a hard decline its notice is due at once; otherwise the latest reminder day reached is due,
-      unless a notification was already sent since that day began.
+      unless a notification was already sent since that day began, or a retry is due or awaiting its
+      outcome (the reminder follows a failed retry; a retry that succeeds closes the case without one).
 
     # NOTE: only the *latest* slot reached at ``now`` is offered. The dunning service asks at each of a
     # case's wake-up instants in turn (``next_wake_at``), not at the clock's now, so after a clock jump or
@@ -338,6 +339,13 @@ def due_actions(case: DunningCase, now: datetime) -> list[DunningAction]:
 
     due_retry = _due_retry(case, day)
     due_notice = _due_notice(case, day)
+    retrying = due_retry is not None or awaiting_retry_outcome(case)
+    if retrying and due_notice is not None and due_notice.kind is NotificationKind.PAYMENT_FAILED:
+        # NOTE: "your payment failed" is never sent beside a retry that may still collect the invoice: the
+        # reminder waits for the retry's outcome. A failed retry makes it due (dated at the failure), a paid
+        # invoice closes the case without it. A retry whose outcome never comes holds the reminders, not the
+        # later retries nor the give-up and its final notice.
+        due_notice = None
     return [action for action in (due_retry, due_notice) if action is not None]
 
 

@@ -149,6 +149,8 @@ def test_a_postgres_outage_is_ridden_out_without_losing_or_repeating_anything(
     clock.advance(timedelta(days=3))
     for worker in (before, during):
         wait_for("the day-3 retry", lambda w=worker: len(w.commands()) == 1, service)  # type: ignore[misc]
+        # the day-3 reminder follows the retry's failure (it never goes out beside a retry that may pay)
+        worker.publish("invoice.payment_failed", attempt_no=2, decline_code="insufficient_funds")
         wait_for("the day-3 reminder", lambda w=worker: w.delivered("notify:3"), service)  # type: ignore[misc]
     time.sleep(1.5)  # more ticks on the same instant
 

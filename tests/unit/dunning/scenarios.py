@@ -118,6 +118,18 @@ class DunningScenarios:
         assert world.probe.case_status(world.invoice_id) == "recovered"
         world.run_until(world.day(20))
         assert len(world.probe.commands()) == 1
+        # No "payment failed" on day 3: that reminder waits for the retry's outcome, and the retry succeeded
+        # (before: notify:3 went out at the same instant as the retry that collected the invoice).
+        assert [key for key, _, _ in world.probe.notices()] == ["notify:1"]
+
+    def test_the_day_three_reminder_follows_a_failed_retry_at_its_slot(self, world: World) -> None:
+        world.payment_failed(attempt_no=1)
+        world.clock.set(world.day(3))
+        world.handlers.run_due()
+        assert [key for key, _, _ in world.probe.notices()] == ["notify:1"]  # the retry is in flight
+
+        world.answer_retries(succeed=False)
+
         assert [key for key, _, _ in world.probe.notices()] == ["notify:1", "notify:3"]
 
     def test_four_failures_cancel_at_day_fourteen_with_reminders_on_days_1_3_7_and_a_final_notice(
@@ -216,8 +228,9 @@ class DunningScenarios:
         world.clock.set(world.day(6))
         world.handlers.run_due()
         assert [(c.payload["attempt_no"], c.occurred_at) for c in world.retries()] == [(2, world.day(3))]
-        assert [key for key, _, _ in world.probe.notices()] == ["notify:1", "notify:3"]
+        assert [key for key, _, _ in world.probe.notices()] == ["notify:1"]  # notify:3 waits for the retry
         world.answer_retries(succeed=False)
+        assert [key for key, _, _ in world.probe.notices()] == ["notify:1", "notify:3"]
         assert [(c.payload["attempt_no"], c.occurred_at) for c in world.retries()] == [
             (2, world.day(3)), (3, world.day(5))]
 
@@ -259,7 +272,8 @@ class DunningScenarios:
 
         world.run_until(world.day(4))
         assert world.retries() == []
-        assert [key for key, _, _ in world.probe.notices()] == ["notify:1", "notify:3"]
+        # The unknown attempt may have paid: "payment failed" waits with the retry.
+        assert [key for key, _, _ in world.probe.notices()] == ["notify:1"]
 
         world.probe.set_unsettled_attempt(world.invoice_id, False)
         world.clock.set(world.day(4) + timedelta(minutes=1))
