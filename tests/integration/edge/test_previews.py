@@ -178,7 +178,7 @@ async def test_the_period_close_is_issued_as_the_upcoming_invoice_showed_it(
     assert real_worker.poll() is None, "the worker exited"
 
 
-async def test_a_seat_change_preview_and_a_deferred_downgrade_preview(
+async def test_a_seat_change_preview_a_deferred_downgrade_preview_and_refusals(
         client: httpx.AsyncClient, real_worker: subprocess.Popen[bytes]) -> None:
     customer_id, team, created = await subscribe(client, "team", seats=2)
     start = datetime.fromisoformat(created["current_period_start"])
@@ -210,4 +210,11 @@ async def test_a_seat_change_preview_and_a_deferred_downgrade_preview(
     real = await command(client, "POST", f"/v1/subscriptions/{team}/change-plan", {"plan_id": "team"})
     assert (real.status_code, real.json()["type"]) == (409, same.json()["type"])
     assert flat.status_code == 422, flat.text
+
+    cancelled = await command(client, "POST", f"/v1/subscriptions/{team}/cancel", {"at_period_end": False})
+    assert cancelled.status_code == 200, cancelled.text
+    nothing = await client.get(f"/v1/subscriptions/{team}/upcoming-invoice", headers=ADMIN)
+    unknown = await client.get("/v1/subscriptions/sub_nope/upcoming-invoice", headers=ADMIN)
+    assert (nothing.status_code, nothing.json()["type"]) == (409, "/problems/no-upcoming-invoice"), nothing.text
+    assert unknown.status_code == 404, unknown.text
     assert real_worker.poll() is None, "the worker exited"
