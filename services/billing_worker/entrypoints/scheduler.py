@@ -5,7 +5,9 @@ finds what fell due: period ends of live subscriptions (after `BILLING_PERIOD_CL
 still in the Kafka backlog at the period end reaches its own invoice), trial ends, and expiries of credit
 grants that nothing has expired yet. Each becomes one command on `commands.v1` keyed by subscription_id
 (`period.close`, `trial.end`, `credits.expire`), carrying the instant it is about, so the worker applies
-it in the subscription's order like any other command.
+it in the subscription's order like any other command. A `period.close` also carries the invoice's grace (the
+customer's `invoice_grace_seconds`, else the issuer's; `shared.domain.invoice_grace`), and a draft invoice
+whose grace has ended becomes an `invoice.finalize`.
 
 Exactly one scheduler is active per database schema: it holds a session-level PostgreSQL advisory lock on
 a connection of its own; the others wait for it (a crashed holder's session ends and frees the lock).

@@ -2,6 +2,7 @@
 
 - `subscriptions.py`: create, change plan, change seats, cancel, pause, resume, end trial
 - `periods.py`: close a period (the billing run)
+- `drafts.py`: finalise a draft invoice (its grace ended, or asked now), with the usage received meanwhile
 - `credits.py`: grant and expire credits
 - `payments.py`: payment succeeded / failed, retry, dunning give-up, update payment method
 - `customers.py`: the provider deleted a customer
