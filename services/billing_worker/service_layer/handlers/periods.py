@@ -10,6 +10,7 @@ from typing import Any
 
 from services.billing_worker.service_layer.errors import Ignored, Refused
 from services.billing_worker.service_layer.handlers import Handler
+from services.billing_worker.service_layer.handlers.credit_notes import credit_unused_fee
 from services.billing_worker.service_layer.model import SubscriptionState
 from services.billing_worker.service_layer.unit_of_work import BillingUnitOfWork
 from shared.contracts.envelope import Envelope
@@ -89,7 +90,16 @@ def close_period(uow: BillingUnitOfWork, env: Envelope, p: ClosePeriod, now: dat
     # With a grace (a snapshot the scheduler put in the command), the invoice is stored DRAFT until it ends
     # and finalised then by handlers/drafts.py, with the usage of this period that arrived meanwhile.
     until = finalizes_at(period_end, p.finalize_after_seconds)
-    uow.rating(result, state, plan.id, env, period_end, finalizes_at=until)
+    invoice_id: str | None = result.invoice.id
+    if result.invoice.lines or until is not None:
+        uow.rating(result, state, plan.id, env, period_end, finalizes_at=until)
+    else:
+        # NOTE: nothing to bill (a cancellation at the period end with no usage, late usage or carried
+        # credit: no fee follows) issues no invoice, like a final close: a numbered 0.00 invoice with no
+        # lines told the customer nothing. The period is still closed and recorded (invoice_id NULL). A
+        # draft (grace > 0) is kept: usage of the period may still land on it.
+        invoice_id = None
+        uow.grant_included(result.grants, state, env, period_end)
     # The closed period's included credits expire with it (a ledger rule); settle them now rather than
     # through a separate credits.expire command per subscription.
     # NOTE: a draft keeps them until it is finalised: usage of the period arriving during the grace draws
@@ -97,12 +107,12 @@ def close_period(uow: BillingUnitOfWork, env: Envelope, p: ClosePeriod, now: dat
     if until is None:
         uow.expire_credits(state, period_end, env)
     uow.periods.append({"subscription_id": sub.id, "period_start": closed.start, "period_end": closed.end,
-                        "plan_id": plan.id, "seats": sub.seats, "invoice_id": result.invoice.id,
+                        "plan_id": plan.id, "seats": sub.seats, "invoice_id": invoice_id,
                         "closed_at": period_end})
     if result.next_period is not None:
         uow.periods.append(period_row(sub))
     uow.subscription_events(state, env)
-    return {"invoice_id": result.invoice.id}
+    return {"invoice_id": invoice_id}
 
 
 def close_final(uow: BillingUnitOfWork, env: Envelope, state: SubscriptionState, at: datetime,
@@ -136,6 +146,7 @@ def close_final(uow: BillingUnitOfWork, env: Envelope, state: SubscriptionState,
             invoice_id = result.invoice.id
         uow.periods.append({"subscription_id": sub.id, "period_start": current.start, "period_end": end,
                             "plan_id": plan.id, "seats": sub.seats, "invoice_id": invoice_id, "closed_at": at})
+        credit_unused_fee(uow, env, state, current, at)  # the plan's policy on the fee paid in advance
     sub.cancel(at=at, reason=reason)
     return invoice_id
 
