@@ -62,6 +62,15 @@ class TrialEndBehaviour(StrEnum):
     CANCEL = "cancel"
 
 
+class UnusedFeePolicy(StrEnum):
+    """What a cancel-now or a dunning give-up does with the unused part of the fee paid in advance (Stripe's
+    `prorate` on cancel): nothing, a credit note to the customer balance, or a credit note refunded."""
+
+    NONE = "none"
+    CREDIT = "credit"
+    REFUND = "refund"
+
+
 class QuotaWindow(StrEnum):
     CALENDAR_MONTH = "calendar_month"  # resets on the 1st at 00:00 in the customer's zone
     TRIAL = "trial"  # one allowance over the trial window, then nothing until a plan is set
@@ -145,6 +154,7 @@ class Plan:
     trial_end_without_payment_method: TrialEndBehaviour = TrialEndBehaviour.PAST_DUE
     quota: Quota | None = None
     example_prices: bool = False
+    unused_fee_policy: UnusedFeePolicy = UnusedFeePolicy.NONE
 
     @property
     def currency(self) -> str:
@@ -387,6 +397,7 @@ _PLAN_KEYS = {
     "quota",
     "example_prices",
     "description",
+    "unused_fee_policy",
 }
 _PRICING_KEYS = {"unit_price", "overage", "included"}
 _INCLUDED_KEYS = {"amount", "units", "pooling"}
@@ -540,6 +551,8 @@ def _parse_plan(raw: object, path: str, default_currency: object, known_meters: 
         ),
         quota=quota,
         example_prices=_bool(data.get("example_prices", False), f"{path}.example_prices"),
+        unused_fee_policy=_enum(UnusedFeePolicy, data.get("unused_fee_policy", UnusedFeePolicy.NONE.value),
+                                f"{path}.unused_fee_policy"),
     )
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from services.billing_worker.adapters.billing_repository import allocate_invoice_numbers
-from shared.adapters.postgres.schema.billing import credit_note_lines, credit_notes, invoices, refunds
+from shared.adapters.postgres.schema.billing import credit_note_lines, credit_notes, invoice_lines, invoices, refunds
 from shared.domain.credit_note import CREDIT_NOTE_PREFIX, CreditNote, EarlierNote, credit_note_issuer
 from shared.domain.ids import derived_id
 from shared.domain.invoice import Invoice, InvoiceStatus
@@ -69,6 +69,17 @@ def store_credit_note(conn: sa.Connection, note: CreditNote, *, issuer: str, pay
             amount_minor=note.refunded.amount_minor, currency=note.currency, payment_ref=payment_ref,
             idempotency_key=refund_key_for(note.id), status="pending", requested_at=note.issued_at))
     return number
+
+
+def fee_line_of(conn: sa.Connection, subscription_id: str, period_start: datetime,
+                period_end: datetime) -> tuple[str, int] | None:
+    i, ln = invoices.c, invoice_lines.c
+    row = conn.execute(sa.select(ln.invoice_id, ln.line_no).select_from(
+        invoice_lines.join(invoices, i.invoice_id == ln.invoice_id)).where(
+        i.subscription_id == subscription_id, i.status.in_(("open", "paid", "uncollectible")), ln.kind == "fee",
+        ln.period_start == period_start, ln.period_end == period_end,
+    ).order_by(i.issued_at.desc(), ln.line_no.desc()).limit(1)).one_or_none()
+    return (str(row.invoice_id), int(row.line_no)) if row is not None else None
 
 
 def save_invoice_credit(conn: sa.Connection, invoice: Invoice, at: datetime) -> None:

@@ -103,6 +103,10 @@ class SqlBillingUnitOfWork(BillingUnitOfWork):
     def store_credit_note(self, note: CreditNote, *, issuer: str, payment_ref: str | None) -> str:
         return credit_notes.store_credit_note(self.conn, note, issuer=issuer, payment_ref=payment_ref)
 
+    def fee_line_of(self, subscription_id: str, period_start: datetime, period_end: datetime
+                    ) -> tuple[str, int] | None:
+        return credit_notes.fee_line_of(self.conn, subscription_id, period_start, period_end)
+
     def save_invoice_credit(self, invoice: Invoice, at: datetime) -> int:
         credit_notes.save_invoice_credit(self.conn, invoice, at)
         return attempts.withdraw_pending_of_invoice(self.conn, invoice.id, at)

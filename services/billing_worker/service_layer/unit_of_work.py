@@ -187,6 +187,12 @@ class BillingUnitOfWork(abc.ABC):
         after the commit, like a charge. Returns the number."""
 
     @abc.abstractmethod
+    def fee_line_of(self, subscription_id: str, period_start: datetime, period_end: datetime
+                    ) -> tuple[str, int] | None:
+        """(invoice id, line number) of the fee line that charged the subscription's period [start, end) on a
+        finalised, not void invoice (the newest when several did), or None."""
+
+    @abc.abstractmethod
     def save_invoice_credit(self, invoice: Invoice, at: datetime) -> int:
         """Store what credit notes took off the invoice while it was owed (and its status when that settled
         it); withdraws its attempts not dispatched yet (they ask for the old amount) and returns how many."""

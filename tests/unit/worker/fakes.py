@@ -25,7 +25,7 @@ from shared.domain.catalog import Catalog, MeterId
 from shared.domain.credit_note import CreditNote, EarlierNote
 from shared.domain.customer_balance import BalanceEntry
 from shared.domain.events import DomainEvent
-from shared.domain.invoice import Invoice, InvoiceStatus
+from shared.domain.invoice import Invoice, InvoiceStatus, LineKind
 from shared.domain.ledger import CreditLedger, MeterCredit
 from shared.domain.payment_attempt import PaymentAttempt
 from shared.domain.rating import GraceUsage
@@ -216,6 +216,17 @@ class FakeUnitOfWork(BillingUnitOfWork):
             self.store.refunds[note.id] = {"amount_minor": note.refunded.amount_minor, "payment_ref": payment_ref,
                                            "status": "pending"}
         return number
+
+    def fee_line_of(self, subscription_id: str, period_start: datetime, period_end: datetime
+                    ) -> tuple[str, int] | None:
+        found = [(invoice.finalized_at, invoice.id, n)
+                 for invoice, _ in self.store.invoices.values()
+                 if invoice.subscription_id == subscription_id
+                 and invoice.status not in (InvoiceStatus.DRAFT, InvoiceStatus.VOID)
+                 for n, line in enumerate(invoice.lines, start=1)
+                 if line.kind is LineKind.FEE and line.period is not None
+                 and (line.period.start, line.period.end) == (period_start, period_end)]
+        return max(found, key=lambda f: (f[0] or datetime.min.replace(tzinfo=UTC), f[2]))[1:] if found else None
 
     def save_invoice_credit(self, invoice: Invoice, at: datetime) -> int:
         row = self.store.invoices[invoice.id][1]

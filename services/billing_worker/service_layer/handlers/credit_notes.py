@@ -16,13 +16,17 @@ from typing import Any
 from services.billing_worker.service_layer.announcements import invoice_event
 from services.billing_worker.service_layer.errors import Refused
 from services.billing_worker.service_layer.handlers import Handler
+from services.billing_worker.service_layer.model import SubscriptionState
 from services.billing_worker.service_layer.unit_of_work import BillingUnitOfWork
 from shared.contracts.envelope import Envelope
 from shared.contracts.messages import IssueCreditNote
-from shared.domain.credit_note import CreditNote, CreditNoteReason, issue_credit_note
+from shared.domain.calendar import Period
+from shared.domain.catalog import UnusedFeePolicy
+from shared.domain.credit_note import CREDITABLE_STATUSES, CreditNote, CreditNoteReason, issue_credit_note
 from shared.domain.ids import attempt_id_for, derived_id, event_uuid
 from shared.domain.invoice import Invoice, InvoiceStatus
 from shared.domain.payment_attempt import PaymentAttempt
+from shared.domain.proration import prorated
 
 # NOTE: attempts requested after a partial reduction are numbered from here, apart from dunning's retries
 # (1, 2, 3, ...), so the two never take the same (invoice, attempt_no).
@@ -88,6 +92,45 @@ def carry_out(uow: BillingUnitOfWork, note: CreditNote, invoice: Invoice, row: A
                   subscription_id=state.id, customer_id=note.customer_id, command_id=str(command.event_id),
                   detail={**result, "reason": note.reason.value})
     return result
+
+
+def credit_unused_fee(uow: BillingUnitOfWork, env: Envelope, state: SubscriptionState, period: Period,
+                      at: datetime) -> str | None:
+    """The plan's unused-fee policy on a cancel-now or a give-up at `at` inside `period` (whose fee was paid in
+    advance): the unused part of the fee, prorated to the second like a plan change (``proration.prorated``),
+    becomes a credit note (reason order_change) on the fee line of the invoice that charged `period`, capped
+    by what earlier notes left of that line; tax follows in proportion. `credit`: the domain's default split
+    (what the invoice still owes is reduced first, the rest goes to the balance); `refund`: what was paid in cash
+    is refunded, the rest reduces what is owed (a give-up's fee invoice was probably never paid). Returns the
+    credit note's id, or None (policy `none`, nothing unused, no fee invoice)."""
+    sub = state.subscription
+    plan = uow.catalog.plan(sub.plan_id)
+    if plan.unused_fee_policy is UnusedFeePolicy.NONE or not period.start <= at < period.end:
+        return None
+    found = uow.fee_line_of(sub.id, period.start, period.end)
+    loaded = uow.invoice(found[0]) if found is not None else None
+    if found is None or loaded is None:
+        return None
+    (invoice, row), line_no = loaded, found[1]
+    earlier = uow.earlier_credit_notes(invoice.id)
+    left = invoice.lines[line_no - 1].amount.amount_minor - sum(
+        amount for note in earlier for n, amount in note.lines if n == line_no)
+    unused = min(prorated(plan.fee(sub.seats), period, at).amount_minor, left)
+    if unused <= 0 or invoice.status not in CREDITABLE_STATUSES:
+        return None
+    note_id = derived_id("cn", env.event_id, "unused_fee")
+
+    def note(refund_minor: int | None) -> CreditNote:
+        return issue_credit_note(credit_note_id=note_id, invoice=invoice, earlier=earlier,
+                                 reason=CreditNoteReason.ORDER_CHANGE, at=at, lines=[(line_no, unused)],
+                                 refund_minor=refund_minor, memo=f"unused part of the {plan.name} fee "
+                                 f"({plan.unused_fee_policy.value} policy)")
+    issued = note(None)
+    if plan.unused_fee_policy is UnusedFeePolicy.REFUND:
+        refundable = invoice.amount_paid_minor - sum(n.refunded_minor for n in earlier)
+        issued = note(max(min(issued.total.amount_minor, refundable), 0))
+    carry_out(uow, issued, invoice, row, at, command=env)
+    return issued.id
 
 
 ISSUE = Handler(issue)
