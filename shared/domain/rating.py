@@ -796,7 +796,9 @@ def rate_grace_usage(
             credits=_AlreadyDrawn(credits, drawn),
             usage_kind=LineKind.USAGE,
             label="Usage",
-            reference_prefix=f"{key}|grace",
+            # NOTE: "<invoice key>|usage|..." like the close's own references (the store reads the invoice of a
+            # consumption from that prefix), with "grace" where the close has its index: never one of the close's.
+            reference_prefix=f"{key}|usage|grace",
         )
         lines.extend(meter_lines)
         consumptions.extend(meter_consumptions)

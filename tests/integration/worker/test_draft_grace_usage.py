@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
+from shared.adapters.postgres.schema.billing import credit_entries
 from shared.adapters.postgres.schema.usage import usage_closes
 from shared.contracts.messages import ClosePeriod, CreateSubscription, FinalizeInvoice
 from tests.integration.worker.billing_support import Billing
@@ -75,6 +76,11 @@ def test_usage_received_in_the_grace_is_taken_once_from_the_hours_cut_by_the_per
         totals = conn.execute(sa.select(usage_closes.c.totals).where(usage_closes.c.subscription_id == sub,
                                                                      usage_closes.c.period_end == END)).scalar_one()
     assert totals == {"inference": "2700000"}
+    with billing.engine.connect() as conn:
+        drawn = conn.execute(sa.select(credit_entries.c.invoice_id, credit_entries.c.amount_minor).where(
+            credit_entries.c.subscription_id == sub, credit_entries.c.kind == "consume")
+            .order_by(credit_entries.c.seq)).all()
+    assert [tuple(r) for r in drawn] == [(draft.invoice_id, -150), (draft.invoice_id, -50)]  # the close, the grace
 
     billing.send(ClosePeriod(subscription_id=sub, customer_id=cus, period_end=NEXT_END), NEXT_END)
     [march] = [i for i in billing.invoices(sub) if i.period_end == NEXT_END]
