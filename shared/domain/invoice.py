@@ -73,6 +73,10 @@ class LineKind(StrEnum):
     ADJUSTMENT = "adjustment"  # late usage, carried-forward balances, manual corrections
 
 
+# The line kinds an invoice's subtotal sums (the charges); discounts, credits and tax come after it.
+SUBTOTAL_KINDS = frozenset({LineKind.FEE, LineKind.USAGE, LineKind.PRORATION, LineKind.ADJUSTMENT})
+
+
 class InvoiceReason(StrEnum):
     SUBSCRIPTION_START = "subscription_start"  # first period's fee, in advance
     PERIOD_CLOSE = "period_close"  # closed period's usage + next period's fee
@@ -226,9 +230,32 @@ class Invoice:
     def lines_of(self, *kinds: LineKind) -> tuple[InvoiceLine, ...]:
         return tuple(line for line in self.lines if line.kind in kinds)
 
+    # NOTE: the invoice arithmetic, each column defined once (Stripe's meanings):
+    #   subtotal        = sum of the charge lines (fee, usage, proration, adjustment), before discounts,
+    #                     included credits and tax;
+    #   discount        = what coupons took off (a positive amount; the discount lines are negative);
+    #   credits_applied = what included credits covered (a positive amount; the credit lines are negative);
+    #   tax             = the tax lines;
+    #   total           = subtotal - discount - credits_applied + tax = the sum of all the lines.
     @property
     def subtotal(self) -> Money:
-        """Everything except tax."""
+        """The charge lines (fee, usage, proration, adjustment) before discounts, included credits and tax."""
+        return sum_money((line.amount for line in self.lines if line.kind in SUBTOTAL_KINDS), self.currency)
+
+    @property
+    def discount(self) -> Money:
+        """What coupons took off, as a positive amount."""
+        return -sum_money((line.amount for line in self.lines_of(LineKind.DISCOUNT)), self.currency)
+
+    @property
+    def credits_applied(self) -> Money:
+        """What included credits covered, as a positive amount."""
+        return -sum_money((line.amount for line in self.lines_of(LineKind.CREDIT)), self.currency)
+
+    @property
+    def pre_tax_total(self) -> Money:
+        """Every line but tax: subtotal - discount - credits_applied (what a coupon's percentage applies to
+        before its own line is added)."""
         return sum_money((line.amount for line in self.lines if line.kind is not LineKind.TAX), self.currency)
 
     @property

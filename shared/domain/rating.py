@@ -405,7 +405,7 @@ def _discount(
         invoice_key=invoice_key,
         fee_amount=fees,
         usage_amount=usage,
-        invoice_subtotal=invoice.subtotal,
+        invoice_subtotal=invoice.pre_tax_total,
     )
     if redemption is not None:
         invoice.add_line(

@@ -289,8 +289,8 @@ def invoice_row(item: InvoiceToStore) -> dict[str, Any]:
         "kind": inv.key.reason.value, "period_start": inv.period.start, "period_end": inv.period.end,
         "status": inv.status.value, "issuer": item.issuer, "number": inv.number,
         "number_seq": int(inv.number.rsplit("-", 1)[1]) if inv.number else None, "currency": inv.currency,
-        "subtotal_minor": inv.subtotal.amount_minor, "discount_minor": -_sum_kind(inv, LineKind.DISCOUNT),
-        "credits_applied_minor": -_sum_kind(inv, LineKind.CREDIT), "tax_minor": inv.tax.amount_minor,
+        "subtotal_minor": inv.subtotal.amount_minor, "discount_minor": inv.discount.amount_minor,
+        "credits_applied_minor": inv.credits_applied.amount_minor, "tax_minor": inv.tax.amount_minor,
         "total_minor": inv.total.amount_minor, "amount_due_minor": inv.amount_due.amount_minor,
         "balance_applied_minor": inv.balance_applied_minor,
         "amount_paid_minor": inv.amount_paid_minor,
@@ -372,6 +372,7 @@ def load_invoices(conn: sa.Connection, invoice_ids: Iterable[str]) -> dict[str, 
             finalized_at=_utc(row.issued_at), paid_at=_utc(row.paid_at), amount_paid_minor=row.amount_paid_minor,
             version=1)
         invoice.balance_applied_minor = row.balance_applied_minor
+        invoice.pre_payment_credit_minor = row.pre_payment_credit_minor
         out[row.invoice_id] = (invoice, row)
     return out
 

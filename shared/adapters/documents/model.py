@@ -17,11 +17,11 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from shared.domain.invoice import LineKind
+from shared.domain.invoice import SUBTOTAL_KINDS, LineKind
 from shared.domain.money import Money, minor_units
 
 _K = LineKind
-CHARGE_KINDS = frozenset({_K.FEE, _K.USAGE, _K.PRORATION, _K.ADJUSTMENT})
+CHARGE_KINDS = SUBTOTAL_KINDS  # the invoice's subtotal (shared.domain.invoice): the document adds up the same way
 # Line kinds that count units; the others (discount, credit, tax, adjustment) are plain amounts.
 METERED_KINDS = frozenset({_K.FEE, _K.USAGE, _K.PRORATION})
 # Kinds tagged next to the description so that a reader tells a deduction from a charge.

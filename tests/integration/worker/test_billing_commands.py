@@ -82,6 +82,11 @@ def test_pro_with_a_mid_period_upgrade_to_team_a_coupon_credits_and_overage_bill
         ("usage", 350), ("credit", -200), ("usage", 360), ("fee", 2000), ("discount", -251), ("tax", 226)])
     assert (period.total_minor, period.discount_minor, period.credits_applied_minor, period.tax_minor) == (
         2485, 251, 200, 226)
+    # subtotal = the charges before discount, credits and tax (before issue 14: after them, 2259 and 810):
+    # 3.50 + 3.60 + 20.00 = 27.10; 27.10 - 2.51 - 2.00 + 2.26 = 24.85.
+    assert (period.subtotal_minor, start.subtotal_minor, change.subtotal_minor) == (2710, 900, 567)
+    assert period.subtotal_minor - period.discount_minor - period.credits_applied_minor + period.tax_minor == (
+        period.total_minor)
     assert [i.number_seq for i in (start, change, period)] == sorted(i.number_seq for i in (start, change, period))
     row = billing.subscription(sub)
     assert (row.plan_id, row.status, row.current_period_start, row.current_period_end) == (
