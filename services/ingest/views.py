@@ -79,6 +79,7 @@ class InvoiceView(_View):
     total_minor: int
     amount_due_minor: int | None = None
     amount_paid_minor: int
+    pre_payment_credit_minor: int = 0  # what credit notes took off while it was owed
     issued_at: datetime | None = None
     due_at: datetime | None = None
     paid_at: datetime | None = None

@@ -176,7 +176,9 @@ def invoice_document(invoice: Mapping[str, Any], lines: Sequence[Mapping[str, An
     # NOTE: only an open invoice is owed; the amount due never goes below zero (a negative total is a
     # credit carried to the next invoice, not money owed to the customer on this document).
     due_minor = invoice.get("amount_due_minor")
-    owed = max(int(due_minor if due_minor is not None else max(total, 0)) - paid, 0) if status == "open" else 0
+    reduced = int(invoice.get("pre_payment_credit_minor") or 0)  # credit notes issued while it was owed
+    owed = max(int(due_minor if due_minor is not None else max(total, 0)) - paid - reduced, 0) \
+        if status == "open" else 0
     return InvoiceDocument(
         invoice_id=str(invoice["invoice_id"]), number=invoice.get("number"), status=status,
         kind=str(invoice["kind"]), issuer_name=issuer_name, currency=currency,
