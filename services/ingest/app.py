@@ -42,6 +42,7 @@ from services.ingest.routes import (
     health,
     ingest,
     invoice_lines,
+    invoices,
     notifications,
     previews,
     reads,
@@ -136,7 +137,7 @@ def _route_modules() -> list:  # type: ignore[type-arg]
     # NOTE: the hot paths first (usage ingest, report credits): routing tries the routers in this order,
     # and matching through every other router cost ~30 % of a report-credit request's CPU.
     return [ingest, quota_routes, health, api_keys, customers, subscriptions, reads, documents, notifications,
-            webhooks, clock, invoice_lines, previews, drafts, credit_notes]
+            webhooks, clock, invoice_lines, previews, drafts, credit_notes, invoices]
 
 
 def _document_raw_bodies(app: FastAPI) -> None:

@@ -44,6 +44,7 @@ from services.ingest.service_layer.refusals import (
 )
 from shared.adapters.clock import ClockRefusedError
 from shared.adapters.postgres.errors import driver_error, is_database_error, is_transient, reason_code
+from shared.domain.customer_balance import InsufficientBalanceError
 from shared.errors import BillingError, DataRejectedError, InfrastructureError, refusal_code
 
 PROBLEM_JSON = "application/problem+json"
@@ -265,6 +266,10 @@ ANSWERS: Mapping[type[BillingError], Mapping[str, Answer]] = {
         "unknown_catalog_entry": Answer(422, "validation", "Unknown catalog entry"),
         "currency_mismatch": Answer(422, "currency-mismatch", "Currency mismatch"),
         "no_upcoming_invoice": Answer(409, "no-upcoming-invoice", "No upcoming invoice"),
+        "invalid_charge": Answer(422, "invalid-charge", "A one-off charge must charge something"),
+        "subscription_cancelled": Answer(409, "subscription-cancelled", "Subscription cancelled"),
+        "invoice_not_voidable": Answer(409, "invoice-not-voidable", "Invoice not voidable"),
+        "invoice_not_open": Answer(409, "invoice-not-open", "Invoice not open"),
         "unknown_invoice": Answer(404, "not-found", "Unknown invoice"),
         "invoice_not_draft": Answer(409, "invoice-not-draft", "Invoice not draft"),
         "invoice_not_creditable": Answer(409, "rejected/invoice_not_creditable", "Invoice not creditable"),
@@ -275,6 +280,7 @@ ANSWERS: Mapping[type[BillingError], Mapping[str, Answer]] = {
         "no_active_subscription": Answer(409, "no-active-subscription", "No subscription accepts usage"),
     },
     ClockRefusedError: {"clock_refused": Answer(409, "clock-refused", "Clock refused")},
+    InsufficientBalanceError: {"insufficient_balance": Answer(409, "insufficient-balance", "Insufficient balance")},
     LineNotTraceable: {"line_not_traceable": Answer(409, "line-not-traceable", "The line bills no usage events")},
 }
 

@@ -80,6 +80,7 @@ class InvoiceView(_View):
     amount_due_minor: int | None = None
     amount_paid_minor: int
     pre_payment_credit_minor: int = 0  # what credit notes took off while it was owed
+    balance_applied_minor: int = 0  # drawn from the customer's credit balance at finalisation
     issued_at: datetime | None = None
     due_at: datetime | None = None
     paid_at: datetime | None = None

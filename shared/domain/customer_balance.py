@@ -52,6 +52,7 @@ class InsufficientBalanceError(DomainError):
         self.currency = currency
         self.balance_minor = balance_minor
         self.amount_minor = amount_minor
+        self.fields = [("amount_minor", "insufficient_balance")]  # (field, reason) the answer names
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -57,6 +57,30 @@ class UnknownCreditNote(LifecycleRefusal):
     code = "unknown_credit_note"
 
 
+class InvalidCharge(LifecycleRefusal):
+    """A one-off charge that charges nothing (its lines total zero or less: credits go through credit notes)."""
+
+    code = "invalid_charge"
+
+
+class SubscriptionCancelled(LifecycleRefusal):
+    """Nothing more can be charged on a cancelled subscription."""
+
+    code = "subscription_cancelled"
+
+
+class NoLongerVoidable(LifecycleRefusal):
+    """Voiding an invoice that is paid or void already."""
+
+    code = "invoice_not_voidable"
+
+
+class NotOpen(LifecycleRefusal):
+    """Marking uncollectible an invoice that is not open."""
+
+    code = "invoice_not_open"
+
+
 class NoUpcomingInvoice(LifecycleRefusal):
     """A preview asked of a subscription that will issue no further invoice (cancelled)."""
 

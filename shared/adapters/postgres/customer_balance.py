@@ -12,7 +12,6 @@ backstop: a debit that would overdraw fails the statement, it never commits a ne
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -81,8 +80,7 @@ def entries_of(conn: sa.Connection, customer_id: str, *, after_seq: int | None, 
     return list(conn.execute(query.order_by(e.c.seq).limit(limit)).all())
 
 
-def entry_exists(conn: sa.Connection, entry_id: str) -> datetime | None:
-    """When the entry was written, or None."""
-    value = conn.execute(sa.select(customer_balance_entries.c.created_at)
-                         .where(customer_balance_entries.c.entry_id == entry_id)).scalar_one_or_none()
-    return value if isinstance(value, datetime) else None
+def entry(conn: sa.Connection, entry_id: str) -> Any | None:
+    """The stored entry row, or None."""
+    return conn.execute(sa.select(customer_balance_entries)
+                        .where(customer_balance_entries.c.entry_id == entry_id)).one_or_none()
