@@ -221,3 +221,16 @@ def test_workers_drawing_one_customers_balance_at_once_never_overdraw_it(wide_en
             customer_balance_entries.c.kind == "invoice_draw")).scalar_one()
     assert applied == [1000, 1000, 1000, 500] + [0] * (CONCURRENT - 4)
     assert (left, drawn) == (0, -3_500)
+
+
+def test_a_draft_voided_during_its_grace_is_stored_void_without_a_number(billing: Billing) -> None:
+    sub, cus = subscribe(billing)
+    billing.send(ClosePeriod(subscription_id=sub, customer_id=cus, period_end=FEB_1,
+                             finalize_after_seconds=86_400), FEB_1)
+    [draft] = [i for i in billing.invoices(sub) if i.status == "draft"]
+
+    void = billing.send(VoidInvoice(subscription_id=sub, customer_id=cus, invoice_id=draft.invoice_id), FEB_1)
+
+    assert billing.outcome(void).status == "applied"
+    [voided] = [i for i in billing.invoices(sub) if i.invoice_id == draft.invoice_id]
+    assert (voided.status, voided.number, attempts(billing, draft.invoice_id)) == ("void", None, [])

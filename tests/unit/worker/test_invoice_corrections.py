@@ -5,9 +5,13 @@ basic_monthly: USD 10.00 a month in advance (trial_days=0 here).
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from shared.contracts.messages import (
     CancelSubscription,
+    ClosePeriod,
     CreateOneOffInvoice,
+    FinalizeInvoice,
     MarkInvoiceUncollectible,
     OneOffLineRequest,
     PaymentSucceeded,
@@ -121,3 +125,22 @@ def test_a_one_off_charge_is_refused_on_a_cancelled_subscription_and_when_it_cha
     assert worker.outcome(nothing) == ("rejected", "invalid_charge")
     assert worker.outcome(cancelled) == ("rejected", "subscription_cancelled")
     assert [i.key.reason for i in worker.invoices(sub)] == [InvoiceReason.SUBSCRIPTION_START]
+
+
+def test_a_draft_voided_during_its_grace_is_never_numbered_nor_finalised_later() -> None:
+    worker = Worker()
+    sub = worker.subscribe(plan="basic_monthly", trial_days=0)
+    worker.send(ClosePeriod(subscription_id=sub, customer_id=f"cus_{sub}", period_end=FEB_1,
+                            finalize_after_seconds=86_400), FEB_1)
+    [draft] = [i for i in worker.invoices(sub) if i.status is InvoiceStatus.DRAFT]
+    assert draft.number is None
+
+    void = worker.send(VoidInvoice(subscription_id=sub, customer_id=f"cus_{sub}", invoice_id=draft.id), FEB_1)
+    finalize = worker.send(FinalizeInvoice(subscription_id=sub, customer_id=f"cus_{sub}", invoice_id=draft.id),
+                           FEB_1 + timedelta(days=1))
+
+    assert worker.outcome(void) == ("applied", None)
+    voided = worker.store.invoices[draft.id][0]
+    assert (voided.status, voided.number, worker.attempts(draft.id)) == (InvoiceStatus.VOID, None, [])
+    assert worker.outcome(finalize)[0] in ("ignored", "rejected")
+    assert worker.store.invoices[draft.id][0].status is InvoiceStatus.VOID
