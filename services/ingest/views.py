@@ -8,7 +8,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _View(BaseModel):
@@ -62,6 +62,11 @@ class InvoiceLineView(_View):
     proration: bool
 
 
+class ServicePeriodView(BaseModel):
+    start: datetime
+    end: datetime
+
+
 class InvoiceView(_View):
     invoice_id: str
     subscription_id: str
@@ -86,6 +91,22 @@ class InvoiceView(_View):
     paid_at: datetime | None = None
     finalizes_at: datetime | None = None  # a draft (no number yet): when its grace ends and it is finalised
     lines: list[InvoiceLineView] = []
+    billing_period: ServicePeriodView | None = Field(
+        None, description="the period this invoice bills (period_start, period_end): for a period close, the "
+                          "closed period")
+    covers: ServicePeriodView | None = Field(
+        None, description="the span of its lines' own service periods (each line's period_start/period_end): a "
+                          "period close also bills the next period's fee in advance, so it covers more than "
+                          "its billing period; null when no line has a period")
+
+    @model_validator(mode="after")
+    def _label_periods(self) -> InvoiceView:
+        self.billing_period = ServicePeriodView(start=self.period_start, end=self.period_end)
+        spans = [(line.period_start, line.period_end) for line in self.lines
+                 if line.period_start is not None and line.period_end is not None]
+        self.covers = (ServicePeriodView(start=min(s for s, _ in spans), end=max(e for _, e in spans))
+                       if spans else None)
+        return self
 
 
 class PaymentAttemptView(_View):

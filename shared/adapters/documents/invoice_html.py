@@ -47,6 +47,7 @@ INVOICE_TEMPLATE = """<!doctype html>
  <div><div class="muted">Subscription</div>{{ inv.plan_id }}<br>
   <span class="muted">{{ inv.subscription_id }}</span></div>
  <div><div class="muted">Billing period</div>{{ inv.period }}<br>
+  {% if inv.covers %}<span class="muted">Lines cover {{ inv.covers }}</span><br>{% endif %}
   <span class="muted">{{ inv.kind }} invoice{% if inv.due_on %}, due {{ inv.due_on }}{% endif %}</span></div>
 </div>
 <table>

@@ -72,7 +72,8 @@ def _parties(doc: InvoiceDocument) -> Table:
         [_muted("Billed to"), f"<b>{_text(doc.customer_name)}</b>", _text(doc.customer_email),
          _muted(doc.customer_id)],
         [_muted("Subscription"), _text(doc.plan_id), _muted(doc.subscription_id)],
-        [_muted("Billing period"), _text(doc.period), _muted(f"{doc.kind} invoice{due}")],
+        [_muted("Billing period"), _text(doc.period),
+         _muted(f"Lines cover {doc.covers}") if doc.covers else "", _muted(f"{doc.kind} invoice{due}")],
     ]
     table = Table([[Paragraph("<br/>".join(c for c in cell if c), _BODY) for cell in cells]],
                   colWidths=(WIDTH * 0.36, WIDTH * 0.30, WIDTH * 0.34))

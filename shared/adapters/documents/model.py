@@ -81,6 +81,9 @@ class InvoiceDocument:
     amount_due: str
     lines: tuple[DocumentLine, ...]
     document_title: str = "Invoice"  # "Credit note" for a credit note rendered by the same templates
+    # The span of the lines' own service periods when it differs from the billing period (a period close
+    # bills the closed period's usage and the next period's fee in advance): empty otherwise.
+    covers: str = ""
 
     @property
     def is_final(self) -> bool:
@@ -125,6 +128,22 @@ def format_day(value: datetime | None) -> str:
 
 def format_period(start: datetime | None, end: datetime | None) -> str:
     return f"{format_day(start)} – {format_day(end)}" if start is not None and end is not None else ""
+
+
+def service_span(lines: Sequence[Mapping[str, Any]]) -> tuple[datetime, datetime] | None:
+    """The span of the lines' own service periods (earliest start, latest end), None when no line has one."""
+    periods = [(line["period_start"], line["period_end"]) for line in lines
+               if line.get("period_start") is not None and line.get("period_end") is not None]
+    if not periods:
+        return None
+    return min(start for start, _ in periods), max(end for _, end in periods)
+
+
+def _covers(invoice: Mapping[str, Any], lines: Sequence[Mapping[str, Any]]) -> str:
+    span = service_span(lines)
+    if span is None or span == (invoice["period_start"], invoice["period_end"]):
+        return ""
+    return format_period(*span)
 
 
 def format_quantity(quantity: Decimal | None) -> str:
@@ -197,4 +216,5 @@ def invoice_document(invoice: Mapping[str, Any], lines: Sequence[Mapping[str, An
         total=format_money(total, currency), amount_paid=format_money(paid, currency),
         amount_due=format_money(owed, currency),
         lines=tuple(document_line(line, currency) for line in lines),
+        covers=_covers(invoice, lines),
     )

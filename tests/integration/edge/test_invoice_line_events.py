@@ -122,3 +122,29 @@ async def test_lines_without_events_and_unknown_lines_are_refused(client: httpx.
 
     assert (not_usage.status_code, not_usage.json()["type"]) == (409, "/problems/line-not-traceable"), not_usage.text
     assert (no_line.status_code, no_invoice.status_code) == (404, 404)
+
+
+async def test_a_period_close_is_labelled_with_its_billing_period_and_the_span_its_lines_cover(
+        client: httpx.AsyncClient, billing: Billing) -> None:
+    """Issue 14, item 8: the close of January bills January's usage and February's fee in advance; before, the
+    invoice only said period January, as if the fee were January's."""
+    suffix = uuid.uuid4().hex[:10]
+    sub, cus = f"sub_{suffix}", f"cus_{suffix}"
+    billing.send(CreateSubscription(subscription_id=sub, customer_id=cus, plan_id="pro", currency="USD",
+                                    payment_method_id="pm_card_visa"), JAN_1)
+    billing.record_usage(sub, cus, "inference", {"cost_usd_micros": 3_000_000}, datetime(2026, 1, 5, tzinfo=UTC))
+    billing.send(ClosePeriod(subscription_id=sub, customer_id=cus, period_end=FEB_1), FEB_1)
+    _start, january = billing.invoices(sub)
+
+    view = (await client.get(f"/v1/invoices/{january.invoice_id}", headers=ADMIN)).json()
+
+    assert view["billing_period"] == {"start": "2026-01-01T00:00:00Z", "end": "2026-02-01T00:00:00Z"}
+    assert view["covers"] == {"start": "2026-01-01T00:00:00Z", "end": "2026-03-01T00:00:00Z"}
+    assert [(line["kind"], line["period_start"], line["period_end"]) for line in view["lines"]] == [
+        ("usage", "2026-01-01T00:00:00Z", "2026-02-01T00:00:00Z"),
+        ("credit", "2026-01-01T00:00:00Z", "2026-02-01T00:00:00Z"),
+        ("fee", "2026-02-01T00:00:00Z", "2026-03-01T00:00:00Z")]
+    document = await client.get(f"/v1/invoices/{january.invoice_id}/document", params={"format": "html"},
+                                headers=ADMIN)
+    assert document.status_code == 200, document.text
+    assert "Lines cover 01 Jan 2026 – 01 Mar 2026" in document.text
