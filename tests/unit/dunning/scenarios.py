@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+import pytest
+
 from services.dunning.handlers import DunningHandlers, Outcome
 from shared.adapters.clock import ManualClock
 from shared.contracts.envelope import Envelope, new_envelope
@@ -258,6 +260,19 @@ class DunningScenarios:
         assert world.probe.commands() == []
         assert world.probe.notices() == []
         assert world.probe.case_status(world.invoice_id) == "given_up"
+
+    @pytest.mark.parametrize(("type_", "status"), [("invoice.voided", "void"),
+                                                   ("invoice.uncollectible", "uncollectible")])
+    def test_an_invoice_voided_or_marked_uncollectible_by_an_operator_stops_the_case(
+            self, world: World, type_: str, status: str) -> None:
+        # issue 14: POST /v1/invoices/{id}/void and /mark-uncollectible announce invoice.voided / .uncollectible
+        world.payment_failed(attempt_no=1)
+        world.run_until(world.day(2))
+        assert world.publish("", {}, world.invoice_event(type_, status=status)) is Outcome.APPLIED
+        assert world.probe.case_status(world.invoice_id) not in (None, "open")
+        world.run_until(world.day(15))
+        assert world.probe.commands() == []  # no retry on day 3, no give-up on day 14
+        assert [key for key, _, _ in world.probe.notices()] == ["notify:1"]
 
     def test_failure_after_give_up_is_ignored(self, world: World) -> None:
         world.payment_failed(attempt_no=1)
