@@ -13,7 +13,7 @@ from typing import Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
@@ -24,7 +24,7 @@ from services.ingest.pagination import Page, decode_cursor, encode_cursor
 from services.ingest.problems import PROBLEM_JSON, PROBLEM_RESPONSES, Problem, ProblemError, command_rejected
 from services.ingest.routes.documents import HTML_POLICY, PDF, DocumentFormat, negotiate
 from services.ingest.routes.subscriptions import COMMAND_RESPONSES, poll_url, unit_of_work
-from services.ingest.service_layer import credit_notes, lifecycle
+from services.ingest.service_layer import credit_notes, lifecycle, views
 from services.ingest.service_layer.unit_of_work import UnitOfWorkFactory
 from services.ingest.views import CommandView, CreditNoteView
 from shared.adapters.documents import render_invoice_html, render_invoice_pdf
@@ -58,6 +58,12 @@ class CreditNoteRequest(BaseModel):
                                                                        "(<= paid in cash less earlier refunds)")
     credit_minor: int | None = Field(default=None, ge=0, description="to the customer balance; when given, the "
                                                                        "rest reduces what the invoice still owes")
+
+    @model_validator(mode="after")
+    def _lines_or_amount(self) -> CreditNoteRequest:
+        if (self.lines is None) == (self.amount_minor is None):
+            raise ValueError("give exactly one of lines and amount_minor")
+        return self
 
 
 @router.post(
@@ -114,9 +120,11 @@ async def get_credit_note(credit_note_id: PathId, principal: Principal = Depends
             responses=PROBLEM_RESPONSES, summary="The credit notes of one invoice, in number order")
 async def invoice_credit_notes(invoice_id: PathId, principal: Principal = Depends(require(Scope.READ)),
                                container: Container = Depends(get_container)) -> Page[CreditNoteView]:
+    invoice = await run_in_threadpool(views.invoice, container.engine, invoice_id)
+    if invoice is None:
+        raise ProblemError(404, "Unknown invoice", f"no invoice {invoice_id!r}", slug="not-found")
+    authorize_customer(principal, invoice.customer_id)
     notes = await run_in_threadpool(credit_notes.credit_notes_of_invoice, container.engine, invoice_id)
-    for note in notes:
-        authorize_customer(principal, note.customer_id)
     return Page(data=notes, next_cursor=None)
 
 

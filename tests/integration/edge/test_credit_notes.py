@@ -176,3 +176,19 @@ async def test_a_partial_credit_note_is_refunded_through_stripe_and_another_is_d
     assert [tuple(e) for e in entries] == [("credit_note", 220), ("invoice_draw", -220)]
     assert balance == 0
     assert real_worker.poll() is None, "the worker exited"
+
+
+async def test_the_edge_refuses_what_it_can_know_before_sending_anything(client: httpx.AsyncClient) -> None:
+    unknown = await client.post("/v1/invoices/in_nope/credit-notes", json={"amount_minor": 1, "reason": "duplicate"},
+                                headers=ADMIN)
+    both = await client.post("/v1/invoices/in_nope/credit-notes", headers=ADMIN, json={
+        "amount_minor": 1, "lines": [{"line_no": 1, "amount_minor": 1}], "reason": "duplicate"})
+    neither = await client.post("/v1/invoices/in_nope/credit-notes", json={"reason": "duplicate"}, headers=ADMIN)
+    bad_reason = await client.post("/v1/invoices/in_nope/credit-notes", json={"amount_minor": 1, "reason": "oops"},
+                                   headers=ADMIN)
+    listed = await client.get("/v1/invoices/in_nope/credit-notes", headers=ADMIN)
+    note = await client.get("/v1/credit-notes/cn_nope", headers=ADMIN)
+    document = await client.get("/v1/credit-notes/cn_nope/document", headers=ADMIN)
+    assert (unknown.status_code, unknown.json()["type"]) == (404, "/problems/not-found")
+    assert [r.status_code for r in (both, neither, bad_reason)] == [422, 422, 422]
+    assert [r.status_code for r in (listed, note, document)] == [404, 404, 404]
