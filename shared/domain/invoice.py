@@ -290,10 +290,12 @@ class Invoice:
 
     @property
     def credit_to_carry_forward(self) -> Money:
-        """A negative total (credits beyond charges) that the next invoice should deduct, as a positive amount.
+        """A negative total (credits beyond charges), as a positive amount.
 
-        # NOTE: we never pay out a negative invoice; the caller adds this as an ADJUSTMENT line on the
-        # subscription's next invoice (Stripe keeps such amounts as a customer balance).
+        # NOTE: we never pay out a negative invoice; at finalisation this amount is credited to the customer's
+        # credit balance (an `invoice_credit` entry, like Stripe's customer balance) and the next invoices draw
+        # from it (`apply_balance`). Before the balance existed it was carried on the subscription
+        # (`carried_credit_minor`); what a subscription still carries is billed as before on its next close.
         """
         return (-self.total).max(Money.zero(self.currency))
 
