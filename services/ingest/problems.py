@@ -57,13 +57,28 @@ class FieldError(BaseModel):
 
 
 class Problem(BaseModel):
-    """The body of every error response (RFC 9457)."""
+    """The body of every error response (RFC 9457), with `code`: the machine-readable name of the problem."""
 
     type: str = Field(default="about:blank", description="URI reference naming the kind of problem")
     title: str
     status: int
+    code: str = Field(default="", description="machine-readable snake_case name of the problem (the refusal's code, "
+                                              "e.g. `already_on_plan`, `invoice_not_voidable`, `validation`)")
     detail: str | None = None
     errors: list[FieldError] = Field(default_factory=list)
+
+    def model_post_init(self, _context: Any) -> None:
+        if not self.code:
+            self.code = problem_code(self.type, self.status)
+
+
+def problem_code(type_: str, status: int) -> str:
+    """The code a problem without one of its own gets: its type's last segment in snake_case
+    (`/problems/rejected/already_on_plan` -> `already_on_plan`, `/problems/invoice-not-voidable` ->
+    `invoice_not_voidable`), or the status's name for `about:blank` (404 -> `not_found`)."""
+    if type_ and type_ != "about:blank":
+        return type_.rstrip("/").rsplit("/", 1)[-1].replace("-", "_")
+    return _TITLES.get(status, "error").lower().replace(" ", "_")
 
 
 def problem_type(slug: str) -> str:
@@ -306,7 +321,7 @@ def use_case_problem(error: BillingError) -> tuple[Problem, dict[str, str]] | No
         return None
     fields: Sequence[tuple[str, str]] = getattr(error, "fields", ())
     problem = Problem(type=problem_type(answer.slug), title=answer.title, status=answer.status,
-                      detail=str(error) if answer.detail else None,
+                      code=refusal_code(error), detail=str(error) if answer.detail else None,
                       errors=[FieldError(field=field, reason=reason) for field, reason in fields])
     # NOTE: a retryable error may succeed at once: like an outage, it says when to retry
     return problem, dict(_RETRY_AFTER) if error.retryable else {}

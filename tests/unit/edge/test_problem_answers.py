@@ -20,6 +20,7 @@ from services.ingest.service_layer.quota_errors import (
 )
 from shared.adapters.clock import ClockRefusedError
 from shared.domain.errors import CurrencyMismatchError, InvalidValueError
+from shared.errors import refusal_code
 from shared.errors import RetryableError
 
 pytestmark = pytest.mark.unit
@@ -76,6 +77,7 @@ def answer(error: Exception) -> tuple[int, dict[str, Any], dict[str, str]]:
 def test_each_use_case_error_is_answered_as_the_routes_answered_it(error: Exception, status: int,
                                                                     body: dict[str, Any]) -> None:
     got_status, got_body, headers = answer(error)
+    assert got_body.pop("code") == refusal_code(error)  # the machine-readable name: the refusal's own code
     assert (got_status, got_body) == (status, {**body, "status": status})
     assert headers["content-type"] == "application/problem+json"
 
@@ -93,7 +95,7 @@ def test_a_command_the_worker_rejected_is_a_409_naming_its_refusal_code() -> Non
     problem = command_rejected("invalid_transition", "cannot pause a cancelled subscription").problem
     assert problem.model_dump() == {
         "type": "/problems/rejected/invalid_transition", "title": "Command rejected", "status": 409,
-        "detail": "cannot pause a cancelled subscription",
+        "code": "invalid_transition", "detail": "cannot pause a cancelled subscription",
         "errors": [{"field": "subscription", "reason": "invalid_transition"}]}
 
 
