@@ -20,8 +20,7 @@ from services.ingest.service_layer.quota_errors import (
 )
 from shared.adapters.clock import ClockRefusedError
 from shared.domain.errors import CurrencyMismatchError, InvalidValueError
-from shared.errors import refusal_code
-from shared.errors import RetryableError
+from shared.errors import RetryableError, refusal_code
 
 pytestmark = pytest.mark.unit
 
