@@ -110,10 +110,6 @@ class ChangePreviewView(BaseModel):
     next_invoice: InvoicePreviewView | None = Field(description="the next invoice after the change")
 
 
-def _sum(invoice: Any, kind: LineKind) -> int:
-    return sum(line.amount.amount_minor for line in invoice.lines_of(kind))
-
-
 def invoice_view(preview: previews.InvoicePreview) -> InvoicePreviewView:
     inv = preview.invoice
     return InvoicePreviewView(
@@ -128,8 +124,8 @@ def invoice_view(preview: previews.InvoicePreview) -> InvoicePreviewView:
             proration=line.proration, taxable=line.is_taxable,
             estimate=preview.estimate and (line.kind in _USAGE_DEPENDENT or line.meter_id is not None))
             for line in inv.lines],
-        subtotal_minor=inv.subtotal.amount_minor, discount_minor=-_sum(inv, LineKind.DISCOUNT),
-        credits_applied_minor=-_sum(inv, LineKind.CREDIT), tax_rate_bps=inv.tax_rate_bps,
+        subtotal_minor=inv.subtotal.amount_minor, discount_minor=inv.discount.amount_minor,
+        credits_applied_minor=inv.credits_applied.amount_minor, tax_rate_bps=inv.tax_rate_bps,
         tax_minor=inv.tax.amount_minor, total_minor=inv.total.amount_minor,
         balance_applied_minor=inv.balance_applied_minor,
         credited_to_balance_minor=inv.credit_to_carry_forward.amount_minor,

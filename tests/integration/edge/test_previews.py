@@ -166,7 +166,9 @@ async def test_the_period_close_is_issued_as_the_upcoming_invoice_showed_it(
     # usage 3.50, included credit -2.00, the next period's fee 9.00, PARTNER10 10% of the fee and the usage
     # after credits (9.00 + 1.50) = -1.05, tax 10% of 9.45 = 0.945 -> 0.95: total 10.40
     assert amounts(preview) == [("usage", 350), ("credit", -200), ("fee", 900), ("discount", -105), ("tax", 95)]
-    assert preview["total_minor"] == 1040
+    assert (preview["subtotal_minor"], preview["discount_minor"], preview["credits_applied_minor"],
+            preview["tax_minor"], preview["total_minor"], preview["amount_due_minor"]) == (
+        1250, 105, 200, 95, 1040, 1040)
 
     await advance(client, int((end - start).total_seconds()))  # past the period end: the scheduler closes it
 
