@@ -168,3 +168,18 @@ def test_cancelling_now_while_the_previous_invoice_is_a_draft_leaves_it_to_final
     assert worker.outcome(cancel) == ("applied", None)
     assert (final.status, final.total.amount_minor) == (InvoiceStatus.OPEN, 100 + 900)
     assert worker.store.lines(final) == [("usage", 300), ("credit", -200), ("fee", 900)]
+
+
+def test_a_draft_with_nothing_to_bill_is_voided_unnumbered_at_the_end_of_its_grace(worker: Worker) -> None:
+    # Cancelled at the period end with no usage: the close has nothing to bill; with a grace its draft is kept
+    # (usage may still land on it), and when none did it must not become a numbered 0.00 invoice.
+    sub = worker.subscribe()
+    worker.send(CancelSubscription(subscription_id=sub, customer_id=f"cus_{sub}", at_period_end=True), JAN_20)
+    draft = close(worker, sub, HOUR)
+    assert worker.store.lines(draft) == []
+
+    final = finalize(worker, sub, draft, FEB_1_0100)
+
+    assert (final.status, final.number) == (InvoiceStatus.VOID, None)
+    assert worker.attempts(final.id) == []
+    assert draft.id not in [e.payload["invoice_id"] for e in worker.store.events("invoice.finalized")]

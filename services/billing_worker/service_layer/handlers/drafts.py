@@ -56,10 +56,25 @@ def finalize_invoice(uow: BillingUnitOfWork, env: Envelope, p: FinalizeInvoice, 
         uow.redemptions.append((result.coupon_redemption, state.id, draft.id, at))
     uow.expire_credits(state, draft.period.end, env)  # the period's included credits, kept for the grace
     uow.subscription_events(state, env)
+    if not result.invoice.lines:
+        return _discard_empty(uow, env, result.invoice, state.id, at)
     uow.finalise_draft(result.invoice, state, plan_id, env, at)
     uow.invoices[draft.id] = (result.invoice, row)
     added = {m: str(q) for m, q in sorted(usage.added.items())}
     return {"invoice_id": draft.id, "usage_added": added}
+
+
+def _discard_empty(uow: BillingUnitOfWork, env: Envelope, draft: Invoice, subscription_id: str,
+                   at: datetime) -> dict[str, Any]:
+    """A draft that still bills nothing at the end of its grace (a close kept it in case usage landed on it) is
+    voided unnumbered: no 0.00 invoice takes a number, and the row stays as the trace of the close."""
+    draft.void(at=at, reason="nothing_to_bill")
+    draft.pull_events()  # never finalised: nobody was told of it, so no invoice.voided either
+    uow.save_invoice_status(draft, at=at)
+    uow.add_audit(occurred_at=at, action="invoice.discarded", entity_type="invoice", entity_id=draft.id,
+                  subscription_id=subscription_id, customer_id=draft.customer_id, command_id=str(env.event_id),
+                  detail={"reason": "nothing_to_bill"})
+    return {"invoice_id": draft.id, "invoice_status": draft.status.value}
 
 
 FINALIZE_INVOICE = Handler(finalize_invoice, precheck=finalizable)
