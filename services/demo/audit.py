@@ -14,7 +14,8 @@ INVARIANTS: dict[str, str] = {
     # Identity of an invoice is (subscription, period, kind); the unique constraint should make this 0.
     "no_duplicate_invoice_per_subscription_and_period": """
         SELECT count(*) FROM (
-          SELECT 1 FROM invoices GROUP BY subscription_id, period_start, period_end, kind HAVING count(*) > 1
+          SELECT 1 FROM invoices WHERE kind <> 'manual'  -- a one-off's identity is its command
+          GROUP BY subscription_id, period_start, period_end, kind HAVING count(*) > 1
         ) d""",
     "every_invoice_total_equals_sum_of_lines": """
         SELECT count(*) FROM invoices i
@@ -50,14 +51,19 @@ INVARIANTS: dict[str, str] = {
            WHERE c.succeeded AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.invoice_id = c.invoice_id))""",
     # Paid in full, and by a payment we can name: exactly one succeeded attempt (our executor charged it), or,
     # when no attempt succeeded, the provider's payment reference recorded on the invoice (a payment we learned
-    # of from the provider, through a webhook or the dunning service's reconciliation, has no attempt). An
-    # invoice with nothing to pay is paid at finalisation without either.
+    # of from the provider, through a webhook or the dunning service's reconciliation, has no attempt). In full:
+    # cash paid + what the customer balance covered + what credit notes took off while it was open = what it
+    # billed. An invoice with nothing left to pay in cash is paid at finalisation without either.
     "every_paid_invoice_is_paid_in_full_once": """
         SELECT count(*) FROM invoices i
         LEFT JOIN (SELECT invoice_id, count(*) AS n FROM payment_attempts WHERE status = 'succeeded'
                    GROUP BY invoice_id) s ON s.invoice_id = i.invoice_id
-        WHERE i.status = 'paid' AND (i.amount_paid_minor <> i.total_minor OR (i.total_minor > 0 AND NOT (
-          coalesce(s.n, 0) = 1 OR (coalesce(s.n, 0) = 0 AND i.provider_ref IS NOT NULL))))""",
+        LEFT JOIN (SELECT invoice_id, sum(reduced_minor) AS reduced FROM credit_notes GROUP BY invoice_id) n
+          ON n.invoice_id = i.invoice_id
+        WHERE i.status = 'paid' AND (
+          i.amount_paid_minor + i.balance_applied_minor + coalesce(n.reduced, 0) <> GREATEST(i.total_minor, 0)
+          OR (i.amount_paid_minor > 0 AND NOT (
+            coalesce(s.n, 0) = 1 OR (coalesce(s.n, 0) = 0 AND i.provider_ref IS NOT NULL))))""",
     # The converse, from the provider's record: every payment the (simulated) provider took is on its
     # invoice, paid, under that PaymentIntent, for that amount and currency. A payment made at the provider
     # whose webhook was lost stays a violation until the reconciliation reports it and the worker applies it.
@@ -76,6 +82,59 @@ INVARIANTS: dict[str, str] = {
                                            AND e.meter_id = a.meter_id)
         ) d""",
 }
+
+# Credit notes have their own gapless numbers per issuer, like invoices.
+INVARIANTS["credit_note_numbers_are_gapless_per_issuer"] = """
+    SELECT count(*) FROM (
+      SELECT issuer, max(number_seq) - count(*) AS gap FROM credit_notes GROUP BY issuer
+    ) g WHERE gap <> 0"""
+# The customer balance is the sum of its append-only entries, and never went below zero at any entry (a
+# customer's entries are written under its balance row's lock, so their seq order is their commit order).
+INVARIANTS["customer_balance_equals_sum_of_entries_never_negative"] = """
+    SELECT
+      (SELECT count(*) FROM customer_balances b
+       FULL JOIN (SELECT customer_id, currency, sum(amount_minor) AS s FROM customer_balance_entries
+                  GROUP BY customer_id, currency) e USING (customer_id, currency)
+       WHERE coalesce(b.balance_minor, 0) <> coalesce(e.s, 0))
+    + (SELECT count(*) FROM (
+         SELECT sum(amount_minor) OVER (PARTITION BY customer_id, currency ORDER BY seq) AS running
+         FROM customer_balance_entries) r WHERE r.running < 0)"""
+# Every finalised invoice settles: total - credit notes = (paid - refunded - credited to the balance)
+# + balance applied + written off + still owed. Each term comes from its own record: cash paid from the
+# invoice, refunds and reductions from the credit notes, the balance's part from the balance entries (draws
+# less what a void gave back), so a pipeline that moves money in one place and not the other shows up here.
+# A negative total is credited to the balance in full; a credit note never exceeds what was billed.
+INVARIANTS["every_invoice_settles_total_less_credit_notes"] = """
+    WITH notes AS (
+      SELECT invoice_id, sum(total_minor) AS total, sum(reduced_minor) AS reduced,
+             sum(refunded_minor) AS refunded, sum(credited_minor) AS credited
+      FROM credit_notes GROUP BY invoice_id),
+    entries AS (
+      SELECT invoice_id,
+             -sum(amount_minor) FILTER (WHERE kind IN ('invoice_draw', 'void_restore')) AS applied,
+             sum(amount_minor) FILTER (WHERE kind = 'credit_note') AS credited,
+             sum(amount_minor) FILTER (WHERE kind = 'invoice_credit') AS negative_total_credited
+      FROM customer_balance_entries WHERE invoice_id IS NOT NULL GROUP BY invoice_id),
+    settled AS (
+      SELECT i.invoice_id, i.status, i.total_minor, i.amount_paid_minor AS paid,
+             GREATEST(i.total_minor, 0) AS billed,
+             coalesce(n.total, 0) AS noted, coalesce(n.reduced, 0) AS reduced,
+             coalesce(n.refunded, 0) AS refunded, coalesce(e.credited, 0) AS credited,
+             coalesce(e.applied, 0) AS applied, coalesce(e.negative_total_credited, 0) AS negative_total_credited,
+             CASE i.status WHEN 'void' THEN GREATEST(i.total_minor, 0) - coalesce(n.reduced, 0) - i.amount_paid_minor
+                           WHEN 'uncollectible' THEN i.amount_due_minor - coalesce(n.reduced, 0) - i.amount_paid_minor
+                           ELSE 0 END AS written_off,
+             CASE WHEN i.status = 'open' THEN i.amount_due_minor - coalesce(n.reduced, 0) - i.amount_paid_minor
+                  ELSE 0 END AS owed
+      FROM invoices i
+      LEFT JOIN notes n ON n.invoice_id = i.invoice_id
+      LEFT JOIN entries e ON e.invoice_id = i.invoice_id
+      WHERE i.number IS NOT NULL)
+    SELECT count(*) FROM settled
+    WHERE billed - noted <> (paid - refunded - credited) + applied + written_off + owed
+       OR noted > billed OR refunded > paid
+       OR (total_minor < 0 AND negative_total_credited <> -total_minor)"""
+
 
 # Hard quotas: no org month, trial or user went past what it was allowed, and the counters agree with the
 # admitted reports (one row per enquiry), so nothing was admitted off the books. Each part names the table

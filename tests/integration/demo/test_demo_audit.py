@@ -14,6 +14,9 @@ import sqlalchemy as sa
 
 from services.demo.audit import count_violations, invoices_recovered_by_reconciliation
 from shared.adapters.postgres.schema.billing import (
+    credit_notes,
+    customer_balance_entries,
+    customer_balances,
     invoices,
     payment_attempts,
     simulated_gateway_charges,
@@ -25,6 +28,9 @@ pytestmark = pytest.mark.integration
 
 PAID_IN_FULL_ONCE = "every_paid_invoice_is_paid_in_full_once"
 ON_ITS_INVOICE = "every_payment_taken_at_the_provider_is_on_its_invoice"
+SETTLES = "every_invoice_settles_total_less_credit_notes"
+BALANCE = "customer_balance_equals_sum_of_entries_never_negative"
+NOTE_NUMBERS = "credit_note_numbers_are_gapless_per_issuer"
 JAN_6 = datetime(2026, 1, 6, 23, 0, tzinfo=UTC)
 
 
@@ -47,15 +53,39 @@ class Books:
         self.attempts = 0
 
     def invoice(self, *, status: str = "paid", total_minor: int = 2900, paid_minor: int | None = None,
-                provider_ref: str | None = None) -> Books:
+                provider_ref: str | None = None, balance_applied_minor: int = 0) -> Books:
         paid = status == "paid"
+        due = max(total_minor, 0) - balance_applied_minor
         self.conn.execute(invoices.insert().values(
             invoice_id=self.invoice_id, subscription_id=self.subscription_id, customer_id=self.customer_id,
             kind="subscription_start", period_start=JAN_6 - timedelta(days=6), period_end=JAN_6 + timedelta(days=25),
             status=status, number=f"INV-{self.invoice_id}", currency="USD", total_minor=total_minor,
-            amount_due_minor=max(total_minor, 0),
-            amount_paid_minor=(total_minor if paid_minor is None else paid_minor) if paid else 0,
+            balance_applied_minor=balance_applied_minor, amount_due_minor=due,
+            amount_paid_minor=(due if paid_minor is None else paid_minor) if paid else 0,
             provider_ref=provider_ref, paid_at=JAN_6 if paid else None))
+        return self
+
+    def balance_entry(self, kind: str, amount_minor: int, *, invoice: bool = True) -> Books:
+        """An entry of the customer's balance (and the balance row moved by it, as the one writer does)."""
+        self.conn.execute(customer_balance_entries.insert().values(
+            entry_id=f"{kind}:{uuid.uuid4().hex[:8]}", customer_id=self.customer_id, currency="USD",
+            amount_minor=amount_minor, kind=kind, invoice_id=self.invoice_id if invoice else None,
+            occurred_at=JAN_6))
+        return self
+
+    def balance(self, balance_minor: int) -> Books:
+        self.conn.execute(customer_balances.insert().values(customer_id=self.customer_id, currency="USD",
+                                                            balance_minor=balance_minor))
+        return self
+
+    def credit_note(self, *, seq: int, reduced: int = 0, refunded: int = 0, credited: int = 0) -> Books:
+        total = reduced + refunded + credited
+        self.conn.execute(credit_notes.insert().values(
+            credit_note_id=f"cn_{self.invoice_id}_{seq}", invoice_id=self.invoice_id,
+            subscription_id=self.subscription_id, customer_id=self.customer_id, issuer=f"audit-{self.invoice_id}",
+            number=f"CN-{seq:06d}", number_seq=seq, currency="USD", reason="product_unsatisfactory",
+            subtotal_minor=total, tax_minor=0, total_minor=total, reduced_minor=reduced, refunded_minor=refunded,
+            credited_minor=credited, issued_at=JAN_6))
         return self
 
     def attempt(self, status: str) -> Books:
@@ -137,3 +167,63 @@ def test_an_invoice_paid_by_our_own_charge_is_not_counted_as_recovered_by_reconc
     ours.invoice(provider_ref=ours.intent).attempt("succeeded").provider_charge(succeeded=True)
     ours.reconciliation_report()  # a late report of the same PaymentIntent: the worker ignored it
     assert invoices_recovered_by_reconciliation(conn) == 0
+
+
+# --- issue 14: the customer balance and credit notes ---------------------------------------------------------
+
+
+def test_an_invoice_partly_paid_by_the_balance_and_partly_in_cash_settles(conn: sa.Connection) -> None:
+    books = Books(conn)
+    books.invoice(balance_applied_minor=900).attempt("succeeded")  # 29.00: 9.00 from the balance, 20.00 charged
+    books.balance_entry("adjustment", 1500, invoice=False).balance_entry("invoice_draw", -900).balance(600)
+
+    assert [count_violations(conn, name) for name in (PAID_IN_FULL_ONCE, SETTLES, BALANCE)] == [0, 0, 0]
+
+
+def test_a_balance_draw_missing_from_the_entries_is_a_violation(conn: sa.Connection) -> None:
+    # The invoice says 9.00 came from the balance, the balance's own entries say nothing was drawn.
+    Books(conn).invoice(balance_applied_minor=900).attempt("succeeded")
+    assert count_violations(conn, SETTLES) == 1
+
+
+def test_a_credit_note_refunded_and_one_credited_to_the_balance_settle_a_paid_invoice(conn: sa.Connection) -> None:
+    books = Books(conn)
+    books.invoice().attempt("succeeded")  # 29.00 paid in cash
+    books.credit_note(seq=1, refunded=500).credit_note(seq=2, credited=400)
+    books.balance_entry("credit_note", 400).balance(400)
+
+    assert [count_violations(conn, name) for name in (SETTLES, BALANCE, NOTE_NUMBERS)] == [0, 0, 0]
+
+
+def test_a_credit_note_credited_without_its_balance_entry_or_refunding_more_than_was_paid_is_a_violation(
+        conn: sa.Connection) -> None:
+    Books(conn).invoice().attempt("succeeded").credit_note(seq=1, credited=400)  # no entry for the 4.00
+    Books(conn).invoice(status="open").credit_note(seq=1, refunded=500)  # refunds cash never paid
+    assert count_violations(conn, SETTLES) == 2
+
+
+def test_a_credit_note_reducing_an_open_invoice_leaves_the_rest_owed_and_then_paid(conn: sa.Connection) -> None:
+    books = Books(conn)
+    books.invoice(paid_minor=2400, provider_ref=books.intent).credit_note(seq=1, reduced=500)
+    assert [count_violations(conn, name) for name in (PAID_IN_FULL_ONCE, SETTLES)] == [0, 0]
+
+
+def test_a_negative_invoice_must_be_credited_to_the_balance_in_full(conn: sa.Connection) -> None:
+    credited = Books(conn)
+    credited.invoice(total_minor=-500, provider_ref=None).balance_entry("invoice_credit", 500).balance(500)
+    Books(conn).invoice(total_minor=-500, provider_ref=None)  # its credit went nowhere
+
+    assert count_violations(conn, SETTLES) == 1
+
+
+def test_a_balance_that_is_not_the_sum_of_its_entries_or_went_below_zero_is_a_violation(
+        conn: sa.Connection) -> None:
+    Books(conn).balance_entry("adjustment", 1000, invoice=False).balance(900)
+    Books(conn).balance_entry("adjustment", -300, invoice=False).balance_entry("adjustment", 300, invoice=False)
+
+    assert count_violations(conn, BALANCE) == 2
+
+
+def test_a_gap_in_credit_note_numbers_is_a_violation(conn: sa.Connection) -> None:
+    Books(conn).invoice().attempt("succeeded").credit_note(seq=1, refunded=100).credit_note(seq=3, refunded=100)
+    assert count_violations(conn, NOTE_NUMBERS) == 1
