@@ -23,6 +23,7 @@ from shared.domain.calendar import Interval, ensure_utc
 from shared.domain.coupons import Coupon, CouponDuration, CouponId, CouponScope, DiscountType
 from shared.domain.errors import CatalogError, CurrencyMismatchError, DomainError, UnknownPlanError
 from shared.domain.money import Money, UnitPrice, minor_units
+from shared.domain.pricing import PricingModel, Tier, UsagePrice, check_tiers
 
 PlanId = NewType("PlanId", str)
 MeterId = NewType("MeterId", str)
@@ -123,6 +124,8 @@ class MeterPricing:
     included: IncludedCredit | None = None
     meter_name: str | None = None  # the catalog meter's name and unit, for invoice lines people can read
     meter_unit: str | None = None
+    # A pricing model (package, graduated, volume, or per unit with a minimum); None: ``unit_price`` per unit.
+    price: UsagePrice | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,7 +402,9 @@ _PLAN_KEYS = {
     "description",
     "unused_fee_policy",
 }
-_PRICING_KEYS = {"unit_price", "overage", "included"}
+_PRICING_KEYS = {"unit_price", "overage", "included", "pricing"}
+_MODEL_KEYS = {"model", "unit_price", "package_size", "package_price", "tiers", "minimum"}
+_TIER_KEYS = {"up_to", "unit_price", "flat_fee"}
 _INCLUDED_KEYS = {"amount", "units", "pooling"}
 _QUOTA_KEYS = {"meter", "limit", "window", "window_days", "per_user_limit"}
 _COUPON_KEYS = {
@@ -566,15 +571,77 @@ def _parse_pricing(meter_id: MeterId, raw: object, currency: str, path: str, met
         if amount < 0:
             raise _fail(f"{path}.unit_price", "must not be negative")
         unit_price = UnitPrice(amount, currency)
-    if overage is OveragePolicy.BILL and unit_price is None:
-        raise _fail(f"{path}.unit_price", "is required when overage is bill")
+    price = None
+    if data.get("pricing") is not None:
+        if unit_price is not None:
+            raise _fail(f"{path}.unit_price", "give either unit_price or pricing, not both")
+        price = _parse_usage_price(data["pricing"], currency, f"{path}.pricing")
+        if price.model is PricingModel.PER_UNIT and price.unit_price is not None:
+            unit_price = UnitPrice(price.unit_price, currency)
+    if overage is OveragePolicy.BILL and unit_price is None and price is None:
+        raise _fail(f"{path}.unit_price", "is required when overage is bill (or give pricing)")
     included = None
     if data.get("included") is not None:
         included = _parse_included(data["included"], currency, f"{path}.included")
-        if included.amount is not None and unit_price is None:
+        if included.amount is not None and unit_price is None and price is None:
             raise _fail(f"{path}.unit_price", "is required to consume money credits (usage needs a price)")
     return MeterPricing(meter_id=meter_id, overage=overage, unit_price=unit_price, included=included,
-                        meter_name=meter.name if meter else None, meter_unit=meter.unit if meter else None)
+                        meter_name=meter.name if meter else None, meter_unit=meter.unit if meter else None,
+                        price=price)
+
+
+def _parse_usage_price(raw: object, currency: str, path: str) -> UsagePrice:
+    """A ``pricing`` block: ``model`` per_unit (``unit_price``), package (``package_size``, ``package_price``),
+    graduated or volume (``tiers``: ``up_to`` inclusive, null on the last, ``unit_price``, ``flat_fee``), each
+    with an optional ``minimum`` per period."""
+    data = _mapping(raw, path)
+    _only_keys(data, _MODEL_KEYS, path)
+    model = _enum(PricingModel, _required(data, "model", path), f"{path}.model")
+    wanted = {PricingModel.PER_UNIT: {"unit_price"}, PricingModel.PACKAGE: {"package_size", "package_price"},
+              PricingModel.GRADUATED: {"tiers"}, PricingModel.VOLUME: {"tiers"}}[model]
+    for key in sorted(_MODEL_KEYS - wanted - {"model", "minimum"}):
+        if data.get(key) is not None:
+            raise _fail(f"{path}.{key}", f"does not apply to a {model.value} price")
+    for key in sorted(wanted):
+        _required(data, key, path)
+    minimum = None
+    if data.get("minimum") is not None:
+        minimum = _money(data["minimum"], currency, f"{path}.minimum")
+        if minimum.is_negative():
+            raise _fail(f"{path}.minimum", "must not be negative")
+    unit_price = package_size = package_price = None
+    tiers: list[Tier] = []
+    if model is PricingModel.PER_UNIT:
+        unit_price = _non_negative(data["unit_price"], f"{path}.unit_price")
+    elif model is PricingModel.PACKAGE:
+        package_size = Decimal(_int(data["package_size"], f"{path}.package_size", minimum=1))
+        package_price = _non_negative(data["package_price"], f"{path}.package_price")
+    else:
+        for index, raw_tier in enumerate(_list(data["tiers"], f"{path}.tiers")):
+            tier_path = f"{path}.tiers[{index}]"
+            tier = _mapping(raw_tier, tier_path)
+            _only_keys(tier, _TIER_KEYS, tier_path)
+            if "up_to" not in tier:
+                raise _fail(f"{tier_path}.up_to", "is required (null on the last tier)")
+            up_to = None if tier["up_to"] is None else _decimal(tier["up_to"], f"{tier_path}.up_to")
+            tiers.append(Tier(up_to=up_to,
+                              unit_price=_non_negative(tier.get("unit_price", 0), f"{tier_path}.unit_price"),
+                              flat_fee=_non_negative(tier.get("flat_fee", 0), f"{tier_path}.flat_fee")))
+            if tier.get("flat_fee") is not None:
+                _money(tier["flat_fee"], currency, f"{tier_path}.flat_fee")
+        try:
+            check_tiers(tiers)
+        except CatalogError as error:
+            raise _fail(path, str(error)) from error
+    return UsagePrice(model=model, currency=currency, unit_price=unit_price, package_size=package_size,
+                      package_price=package_price, tiers=tuple(tiers), minimum=minimum)
+
+
+def _non_negative(value: object, path: str) -> Decimal:
+    amount = _decimal(value, path)
+    if amount < 0:
+        raise _fail(path, "must not be negative")
+    return amount
 
 
 def _parse_included(raw: object, currency: str, path: str) -> IncludedCredit:

@@ -43,6 +43,7 @@ from shared.domain.included_credits import included_grants as included_grants
 from shared.domain.included_credits import trial_grants
 from shared.domain.invoice import Invoice, InvoiceKey, InvoiceLine, InvoiceReason, InvoiceStatus, LineKind
 from shared.domain.money import Money, UnitPrice, line_amount, sum_money
+from shared.domain.pricing import UsagePrice
 from shared.domain.proration import charge_remaining_time
 from shared.domain.subscription import CLOSABLE_STATUSES, Subscription, SubscriptionStatus
 
@@ -76,6 +77,10 @@ class LateUsage:
     meter_id: MeterId
     period: Period
     quantity: Decimal
+    # What that period has already billed of the meter (all its units, and the included ones among them): a
+    # tiered price bills the late units at their marginal position after these (pricing.UsagePrice.marginal).
+    billed_quantity: Decimal = Decimal(0)
+    billed_included: Decimal = Decimal(0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,9 +189,11 @@ def _rate_meter(
     usage_kind: LineKind,
     label: str,
     reference: str,
+    before: tuple[Decimal, Decimal] = (Decimal(0), Decimal(0)),
 ) -> tuple[list[InvoiceLine], CreditConsumption | None]:
     """Lines for one meter's billable usage after credits; the credit kind follows the plan's included
-    credit (units when it is in units, money otherwise)."""
+    credit (units when it is in units, money otherwise). ``before`` is what the period already billed
+    (units, included units), for a pricing model's marginal price of late units."""
     usage_at = period.end - _LAST_SECOND
 
     def consume(wanted: CreditAmount) -> CreditAmount:
@@ -194,6 +201,10 @@ def _rate_meter(
             return _consume_money(credits, meter_id, wanted, usage_at, reference)
         return _consume_units(credits, meter_id, wanted, usage_at, reference)
 
+    if pricing.price is not None:
+        return _rate_priced_meter(meter_id=meter_id, pricing=pricing, price=pricing.price, quantity=quantity,
+                                  before=before, period=period, consume=consume, usage_kind=usage_kind,
+                                  label=label, usage_at=usage_at)
     unit_price, amount, billable, covered = _rate_quantity(pricing, quantity, consume)
     text = _usage_text(label, pricing, quantity)
     if isinstance(covered, Decimal):
@@ -234,6 +245,70 @@ def _rate_meter(
     return lines, CreditConsumption(meter_id, covered, usage_at)
 
 
+def _rate_priced_meter(
+    *,
+    meter_id: MeterId,
+    pricing: MeterPricing,
+    price: UsagePrice,
+    quantity: Decimal,
+    before: tuple[Decimal, Decimal],
+    period: Period,
+    consume: Callable[[CreditAmount], CreditAmount],
+    usage_kind: LineKind,
+    label: str,
+    usage_at: datetime,
+) -> tuple[list[InvoiceLine], CreditConsumption | None]:
+    """A meter with a pricing model (``shared.domain.pricing``): one line per priced part (a tier touched, its
+    flat fee, the packages, the minimum top-up), each rounded once; Σ lines is the meter's charge.
+
+    Included units are drawn first and are the period's first units (pricing's rule); money credits are drawn
+    against the usage parts (not the minimum top-up) and go on a CREDIT line as for a per-unit meter. With
+    ``before`` (late units of a period already billed) the parts are the marginal ones: the charge of the new
+    state less the charge of the billed one, part by part.
+    """
+    billed, billed_included = before
+    covered: CreditAmount | None = None
+    included = billed_included
+    if pricing.included is not None and pricing.included.units is not None:
+        covered = consume(quantity)
+        if not isinstance(covered, Decimal):
+            raise RatingError(f"credit source returned {covered!r} for unit credits on {pricing.meter_id}")
+        included += covered
+    after = (billed + quantity, included)
+    parts = price.marginal(before, after) if billed or billed_included else price.charge(*after)
+    name = pricing.meter_name or str(meter_id)
+    lines = []
+    for part in parts:
+        if part.unit_price is not None or part.key == "packages":
+            text = _usage_text(label, pricing, part.quantity) + (f", {part.label}" if part.label else "")
+        else:
+            text = f"{name if label == 'Usage' else f'{label}: {name}'}: {part.label}"
+        lines.append(InvoiceLine(kind=usage_kind, description=text, amount=part.amount, quantity=part.quantity,
+                                 unit_price=part.unit_price, period=period, meter_id=meter_id))
+    if isinstance(covered, Decimal):
+        if covered and not any(line.quantity for line in lines):
+            # everything covered: a zero line still says so (and its quantity 0 is what the grace reads back)
+            lines.insert(0, InvoiceLine(kind=usage_kind, description=_usage_text(label, pricing, Decimal(0)),
+                                        amount=Money.zero(price.currency), quantity=Decimal(0),
+                                        unit_price=None, period=period, meter_id=meter_id))
+        if covered and lines:
+            first = lines[0]
+            lines[0] = InvoiceLine(kind=first.kind, description=f"{first.description} "
+                                   f"({_readable_quantity(covered)} covered by included credits)",
+                                   amount=first.amount, quantity=first.quantity, unit_price=first.unit_price,
+                                   period=period, meter_id=meter_id)
+        return lines, (CreditConsumption(meter_id, covered, usage_at) if covered else None)
+    gross = sum_money((p.amount for p in parts if p.key != "minimum"), price.currency)
+    if pricing.included is None or not gross.is_positive():
+        return lines, None
+    credit = consume(gross)
+    if not isinstance(credit, Money) or credit.is_zero():
+        return lines, None
+    lines.append(InvoiceLine(kind=LineKind.CREDIT, description=f"Included credits applied to {name}",
+                             amount=-credit, period=period, meter_id=meter_id))
+    return lines, CreditConsumption(meter_id, credit, usage_at)
+
+
 def _checked_quantity(meter_id: str, quantity: object) -> Decimal:
     if isinstance(quantity, float) or not isinstance(quantity, Decimal | int):
         raise TypeError(f"usage quantity for {meter_id} must be Decimal or int, got {type(quantity).__name__}")
@@ -251,14 +326,17 @@ def _rate_usage(
     usage_kind: LineKind,
     label: str,
     reference_prefix: str,
+    billed_before: Sequence[tuple[Decimal, Decimal]] = (),
 ) -> tuple[list[InvoiceLine], list[CreditConsumption], list[UnbilledUsage]]:
+    """``billed_before`` (parallel to ``usage``, optional): what each item's period already billed of its
+    meter, (units, included units), for late usage priced at its marginal tier position."""
     lines: list[InvoiceLine] = []
     consumptions: list[CreditConsumption] = []
     unbilled: list[UnbilledUsage] = []
     period_texts: dict[datetime, str] = {}
     for index, (meter_id, period, raw_quantity) in enumerate(usage):
         quantity = _checked_quantity(meter_id, raw_quantity)
-        if quantity == 0:
+        if quantity == 0 and not _has_minimum(plan, meter_id):
             continue
         pricing = plan.pricing_for(meter_id)
         if pricing is None:
@@ -278,11 +356,17 @@ def _rate_usage(
             usage_kind=usage_kind,
             label=label,
             reference=f"{reference_prefix}|{usage_kind.value}|{index}|{meter_id}|{period_start_text}",
+            before=billed_before[index] if index < len(billed_before) else (Decimal(0), Decimal(0)),
         )
         lines.extend(meter_lines)
         if consumption is not None:
             consumptions.append(consumption)
     return lines, consumptions, unbilled
+
+
+def _has_minimum(plan: Plan, meter_id: str) -> bool:
+    pricing = plan.pricing_for(meter_id)
+    return pricing is not None and pricing.price is not None and pricing.price.minimum is not None
 
 
 # --- preview ---------------------------------------------------------------------------------------
@@ -351,6 +435,9 @@ def preview_usage_charges(
             )
             continue
         covering = partial(_covered_by, credit_balances.get(meter_id))
+        if pricing.price is not None:
+            estimates.append(_preview_priced(meter_id, pricing, pricing.price, quantity, covering))
+            continue
         unit_price, amount, billable, covered = _rate_quantity(pricing, quantity, covering)
         if isinstance(covered, Decimal):
             gross = line_amount(quantity, unit_price)
@@ -364,6 +451,27 @@ def preview_usage_charges(
             )
         estimates.append(estimate)
     return tuple(estimates)
+
+
+def _preview_priced(meter_id: str, pricing: MeterPricing, price: UsagePrice, quantity: Decimal,
+                    covering: Callable[[CreditAmount], CreditAmount]) -> UsageChargeEstimate:
+    """``preview_usage_charges`` for a meter with a pricing model: the close's rule (included units first,
+    money credits against the usage parts, not the minimum)."""
+    if pricing.included is not None and pricing.included.units is not None:
+        covered = covering(quantity)
+        units = covered if isinstance(covered, Decimal) else Decimal(0)
+        charge = price.total(quantity, units)
+        return UsageChargeEstimate(meter_id, quantity, MeterTreatment.BILL, price.total(quantity), units, None,
+                                   quantity - units, charge)
+    parts = price.charge(quantity)
+    gross = sum_money((p.amount for p in parts), price.currency)
+    usage_gross = sum_money((p.amount for p in parts if p.key != "minimum"), price.currency)
+    credit = Money.zero(price.currency)
+    if pricing.included is not None and usage_gross.is_positive():
+        drawn = covering(usage_gross)
+        credit = drawn if isinstance(drawn, Money) else credit
+    return UsageChargeEstimate(meter_id, quantity, MeterTreatment.BILL, gross, Decimal(0), credit, quantity,
+                               gross - credit)
 
 
 # --- fees, grants, coupon, tax ---------------------------------------------------------------------
@@ -444,7 +552,10 @@ def _rate_closed_usage(
         at=at,
     )
     invoice_key = str(invoice.key)
-    usage = [(meter_id, billed, usage_totals_by_meter[meter_id]) for meter_id in sorted(usage_totals_by_meter)]
+    # NOTE: a meter with a minimum per period is billed its minimum even when nothing was used.
+    totals = {**{m: Decimal(0) for m, p in plan.meters.items() if _has_minimum(plan, m)
+                 and p.overage is OveragePolicy.BILL}, **usage_totals_by_meter}
+    usage = [(meter_id, billed, totals[meter_id]) for meter_id in sorted(totals)]
     lines, consumptions, unbilled = _rate_usage(
         plan=plan,
         usage=usage,
@@ -461,6 +572,7 @@ def _rate_closed_usage(
         usage_kind=LineKind.ADJUSTMENT,
         label="Late usage",
         reference_prefix=invoice_key,
+        billed_before=[(item.billed_quantity, item.billed_included) for item in late_usage],
     )
     invoice.add_lines(lines)
     invoice.add_lines(late_lines)
@@ -740,7 +852,9 @@ def _drawn_by_close(pricing: MeterPricing | None, lines: Sequence[InvoiceLine], 
     are its CREDIT line; unit credits are the quantity it billed less the usage line's billable quantity."""
     if pricing is not None and pricing.included is not None and pricing.included.units is not None:
         usage = [line for line in lines if line.kind is LineKind.USAGE]
-        return closed - usage[0].quantity if usage else Decimal(0)
+        # NOTE: a pricing model writes one usage line per part; their quantities sum to the billable units
+        # (flat fees and the minimum price no units: quantity 0).
+        return closed - sum((line.quantity for line in usage), Decimal(0)) if usage else Decimal(0)
     return -sum_money((line.amount for line in lines if line.kind is LineKind.CREDIT), currency)
 
 
