@@ -2,7 +2,7 @@
 
     billing up | down | status          the local stack (Kafka, PostgreSQL, stripe-mock)
     billing migrate                     apply migrations and create the declared topics
-    billing ingest | worker | dunning   run one service in the foreground
+    billing ingest | worker | dunning | webhooks   run one service in the foreground
     billing clock now | advance 1d      the simulated billing clock
     billing customers | subscriptions | invoices   look around (read-only SQL)
     billing demo                        the simulated billing month (see services/demo)
@@ -93,6 +93,14 @@ def worker() -> None:
 def dunning() -> None:
     """Run the dunning service (faust-streaming)."""
     from services.dunning.__main__ import main
+
+    main()
+
+
+@app.command()
+def webhooks() -> None:
+    """Run the outgoing webhooks service (fan-out consumer of billing events and the delivery dispatcher)."""
+    from services.webhooks.__main__ import main
 
     main()
 

@@ -47,6 +47,7 @@ from services.ingest.routes import (
     previews,
     reads,
     subscriptions,
+    webhook_endpoints,
     webhooks,
 )
 from services.ingest.routes import quota as quota_routes
@@ -137,7 +138,8 @@ def _route_modules() -> list:  # type: ignore[type-arg]
     # NOTE: the hot paths first (usage ingest, report credits): routing tries the routers in this order,
     # and matching through every other router cost ~30 % of a report-credit request's CPU.
     return [ingest, quota_routes, health, api_keys, customers, subscriptions, reads, documents, notifications,
-            webhooks, clock, invoice_lines, previews, drafts, credit_notes, invoices]
+            webhooks, clock, invoice_lines, previews, drafts, credit_notes, invoices,
+            webhook_endpoints]
 
 
 def _document_raw_bodies(app: FastAPI) -> None:

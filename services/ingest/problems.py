@@ -42,6 +42,7 @@ from services.ingest.service_layer.refusals import (
     OnboardingRefused,
     ReplayRefused,
 )
+from services.ingest.service_layer.webhook_endpoints import WebhookRefusal
 from shared.adapters.clock import ClockRefusedError
 from shared.adapters.postgres.errors import driver_error, is_database_error, is_transient, reason_code
 from shared.domain.customer_balance import InsufficientBalanceError
@@ -297,6 +298,11 @@ ANSWERS: Mapping[type[BillingError], Mapping[str, Answer]] = {
     ClockRefusedError: {"clock_refused": Answer(409, "clock-refused", "Clock refused")},
     InsufficientBalanceError: {"insufficient_balance": Answer(409, "insufficient-balance", "Insufficient balance")},
     LineNotTraceable: {"line_not_traceable": Answer(409, "line-not-traceable", "The line bills no usage events")},
+    WebhookRefusal: {
+        "unknown_webhook_endpoint": Answer(404, "not-found", "Unknown webhook endpoint"),
+        "unknown_webhook_delivery": Answer(404, "not-found", "Unknown webhook delivery"),
+        "webhook_endpoint_disabled": Answer(409, "webhook-endpoint-disabled", "Webhook endpoint disabled"),
+    },
 }
 
 

@@ -1,6 +1,7 @@
 """All tables, registered on one MetaData (the Alembic baseline creates them)."""
 
 from . import billing, core, dunning, edge, quota, usage  # noqa: F401  (registers the tables)
+from . import webhooks  # noqa: F401  (outgoing webhooks' tables)
 from .base import metadata
 
 __all__ = ["metadata"]

@@ -1,0 +1,1 @@
+"""Processes' loops: the fan-out consumer and the dispatcher."""

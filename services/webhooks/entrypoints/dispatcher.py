@@ -1,0 +1,65 @@
+"""The dispatcher loop: a round of `dispatch_due` every `interval` seconds (at once again after a full one).
+
+Sending runs on a thread pool (`concurrency` per dispatcher); each HTTP call is bounded by the sender's
+timeout, so a slow or failing endpoint costs at most that per round and never holds a database transaction.
+Several dispatchers may run: the claim's SKIP LOCKED and leases keep each delivery to one of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from services.webhooks.service_layer.dispatch import dispatch_due
+from services.webhooks.service_layer.model import ClaimedDelivery
+from services.webhooks.service_layer.ports import DeliveryStoreFactory, Sender
+from shared.domain.clock import Clock
+
+_log = logging.getLogger("services.webhooks.dispatcher")
+T = TypeVar("T")
+
+
+class ThreadPool:
+    def __init__(self, workers: int) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="webhook-send")
+
+    def map(self, fn: Callable[[ClaimedDelivery], T], items: Sequence[ClaimedDelivery]) -> list[T]:
+        return list(self._executor.map(fn, items))
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+class Dispatcher:
+    def __init__(self, stores: DeliveryStoreFactory, sender: Sender, clock: Clock, *, concurrency: int = 8,
+                 batch_size: int = 100, lease_seconds: float = 60.0, interval: float = 1.0,
+                 jitter: Callable[[], float] = random.random) -> None:
+        self._stores = stores
+        self._sender = sender
+        self._clock = clock
+        self._pool = ThreadPool(concurrency)
+        self._batch_size = batch_size
+        self._lease_seconds = lease_seconds
+        self._interval = interval
+        self._jitter = jitter
+
+    def run_once(self) -> list[tuple[ClaimedDelivery, str]]:
+        return dispatch_due(self._stores, self._sender, self._pool, self._clock.now(), limit=self._batch_size,
+                            lease_seconds=self._lease_seconds, jitter=self._jitter)
+
+    def run(self, stop: threading.Event) -> None:
+        try:
+            while not stop.is_set():
+                try:
+                    done = self.run_once()
+                except Exception:
+                    _log.warning("dispatch round failed; tried again", exc_info=True)
+                    done = []
+                if len(done) < self._batch_size:
+                    stop.wait(self._interval)
+        finally:
+            self._pool.close()

@@ -1,0 +1,1 @@
+"""Outgoing webhooks: signing (and its verification, for receivers) and the HTTP sender."""
