@@ -241,6 +241,21 @@ def summarise(engine: sa.Engine) -> dict[str, Any]:
             conn, "SELECT count(*) FROM payment_attempts WHERE reason <> 'initial'")
         dunning["invoices_recovered_by_reconciliation"] = invoices_recovered_by_reconciliation(conn)
         dlq_like = _scalar(conn, "SELECT count(*) FROM command_outcomes WHERE status = 'rejected'")
+        corrections = conn.execute(sa.text("""
+            SELECT (SELECT count(*) FROM credit_notes) AS credit_notes,
+                   (SELECT coalesce(sum(refunded_minor), 0) FROM credit_notes) AS refunded_minor,
+                   (SELECT coalesce(sum(credited_minor), 0) FROM credit_notes) AS credited_to_balance_minor,
+                   (SELECT coalesce(sum(reduced_minor), 0) FROM credit_notes) AS reduced_minor,
+                   (SELECT count(*) FROM refunds WHERE status = 'succeeded') AS refunds_succeeded,
+                   (SELECT count(*) FROM invoices WHERE status = 'void') AS invoices_voided,
+                   (SELECT count(*) FROM invoices WHERE kind = 'manual') AS one_off_invoices,
+                   (SELECT coalesce(sum(balance_applied_minor), 0) FROM invoices) AS balance_applied_minor,
+                   (SELECT coalesce(sum(balance_minor), 0) FROM customer_balances) AS balances_held_minor,
+                   (SELECT count(*) FROM invoices i JOIN subscriptions s USING (subscription_id)
+                    WHERE i.kind = 'period_close' AND i.period_end = s.cancelled_at
+                      AND NOT s.cancel_at_period_end) AS final_invoices_on_cancel_now,
+                   (SELECT count(*) FROM invoice_lines WHERE kind = 'adjustment' AND meter_id IS NOT NULL)
+                     AS late_usage_adjustment_lines""")).mappings().one()
     return {
         "customers": {"total": sum(customers.values()), "by_kind": customers},
         "subscriptions": {"by_status": subs, "by_plan": plans},
@@ -255,4 +270,5 @@ def summarise(engine: sa.Engine) -> dict[str, Any]:
         "payments": {"attempts_by_status": attempts},
         "dunning": dunning,
         "commands_rejected": dlq_like,
+        "corrections_stored": {k: int(v) for k, v in corrections.items()},
     }

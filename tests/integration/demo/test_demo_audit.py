@@ -227,3 +227,19 @@ def test_a_balance_that_is_not_the_sum_of_its_entries_or_went_below_zero_is_a_vi
 def test_a_gap_in_credit_note_numbers_is_a_violation(conn: sa.Connection) -> None:
     Books(conn).invoice().attempt("succeeded").credit_note(seq=1, refunded=100).credit_note(seq=3, refunded=100)
     assert count_violations(conn, NOTE_NUMBERS) == 1
+
+
+def test_the_summary_counts_the_corrections_from_the_tables(demo_engine: sa.Engine) -> None:
+    from services.demo.audit import summarise
+
+    # Committed (the summary reads through the engine) and left in place: the ledgers are append-only, and these
+    # books break no invariant, so the other tests' counts are unchanged.
+    with demo_engine.begin() as conn:
+        books = Books(conn)
+        books.invoice().attempt("succeeded").credit_note(seq=1, refunded=500).credit_note(seq=2, credited=400)
+        books.balance_entry("credit_note", 400).balance(400)
+
+    corrections = summarise(demo_engine)["corrections_stored"]
+
+    assert (corrections["credit_notes"], corrections["refunded_minor"], corrections["credited_to_balance_minor"],
+            corrections["balances_held_minor"]) == (2, 500, 400, 400)
