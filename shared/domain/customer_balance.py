@@ -5,7 +5,8 @@ Contract:
   signed: positive credits the customer (a credit note, the negative part of an invoice, a manual credit, a
   voided invoice giving back what it drew), negative takes from it (an invoice drawing it, a manual debit).
 - An invoice draws at finalisation ``draw_amount(balance, owed)``: all it owes up to what the balance holds,
-  never more than either, never negative. What the balance does not cover is charged.
+  never more than either, never negative. What the balance does not cover is charged. A negative total is
+  credited to the balance instead (``settlement``: the one rule the worker records and a preview applies).
 - Every entry has a deterministic id (``balance_entry_id``) so a replay writes it once: its storage under a
   primary key makes the second write a no-op, and only a written entry moves the balance.
 """
@@ -91,6 +92,31 @@ def balance_entry_id(kind: BalanceEntryKind | str, *parts: object) -> str:
 def draw_amount(balance_minor: int, owed_minor: int) -> int:
     """What an invoice owing `owed_minor` takes from a balance of `balance_minor`: min of both, never negative."""
     return max(0, min(balance_minor, owed_minor))
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """What finalising an invoice does with the customer's balance: a negative total is credited to it
+    (``credited_minor``, an ``invoice_credit`` entry), otherwise the invoice draws from it (``drawn_minor``,
+    an ``invoice_draw`` entry); at most one of the two is non-zero."""
+
+    credited_minor: int = 0
+    drawn_minor: int = 0
+
+    @property
+    def balance_change_minor(self) -> int:
+        """How the balance moves: + what is credited, - what is drawn."""
+        return self.credited_minor - self.drawn_minor
+
+
+def settlement(total_minor: int, applied_minor: int, balance_minor: int) -> Settlement:
+    """The balance step of finalising an invoice of `total_minor` that already drew `applied_minor`, for a
+    balance holding `balance_minor`: a negative total is credited to the balance (we never pay out a
+    negative invoice), otherwise the invoice draws what it still owes up to what the balance holds
+    (``draw_amount``); what the balance does not cover is charged."""
+    if total_minor < 0:
+        return Settlement(credited_minor=-total_minor)
+    return Settlement(drawn_minor=draw_amount(balance_minor, total_minor - applied_minor))
 
 
 def balance_after(customer_id: str, currency: str, balance_minor: int, amount_minor: int) -> int:

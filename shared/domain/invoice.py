@@ -27,7 +27,7 @@ from functools import lru_cache
 from types import MappingProxyType
 
 from shared.domain.calendar import Period, ensure_utc
-from shared.domain.customer_balance import draw_amount
+from shared.domain.customer_balance import Settlement, settlement
 from shared.domain.errors import InvalidTransitionError, InvalidValueError, InvoiceError
 from shared.domain.events import (
     DomainEvent,
@@ -340,11 +340,17 @@ class Invoice:
         """Draw from the customer's credit balance holding `available_minor` what this invoice owes, up to
         what it holds (``customer_balance.draw_amount``); returns what it drew. Before finalisation only:
         the draw is part of settling the lines, and `finalize` then charges (or settles) what is left."""
-        self._require_draft("draw a balance for")
-        drawn = draw_amount(available_minor, self.total.max(Money.zero(self.currency)).amount_minor
-                            - self.balance_applied_minor)
-        self.balance_applied_minor += drawn
-        return drawn
+        return self.settle_balance(available_minor).drawn_minor
+
+    def settle_balance(self, available_minor: int) -> Settlement:
+        """The customer balance's part of finalising this invoice, with a balance holding `available_minor`
+        (``customer_balance.settlement``): a negative total is credited to the balance, otherwise the invoice
+        draws what it owes up to what the balance holds (recorded here as ``balance_applied_minor``). The
+        caller records the returned movement (the worker's entries) or applies it to its copy (a preview)."""
+        self._require_draft("settle a balance for")
+        settled = settlement(self.total.amount_minor, self.balance_applied_minor, available_minor)
+        self.balance_applied_minor += settled.drawn_minor
+        return settled
 
     # --- lifecycle -------------------------------------------------------------------------------
 

@@ -55,6 +55,7 @@ from shared.domain.events import (
 from shared.domain.ids import CustomerId, SubscriptionId
 from shared.domain.included_credits import IncludedCreditGrant, change_grants
 from shared.domain.invoice import InvoiceLine, InvoiceReason, LineKind
+from shared.domain.money import Money
 from shared.domain.proration import credit_unused_time, prorate_plan_change, prorate_seat_change
 
 
@@ -560,6 +561,16 @@ class Subscription:
         """The credit carried so far, now applied to an invoice: it is no longer carried."""
         taken, self.carried_credit_minor = self.carried_credit_minor, 0
         return taken
+
+    def carried_credit_lines(self, currency: str) -> list[InvoiceLine]:
+        """The credit carried so far, as the line the next close bills it by (none when nothing is carried).
+
+        # NOTE: only credit carried before the customer balance existed: a negative invoice total is now
+        # credited to the balance at finalisation, never carried here.
+        """
+        carried = self.carried_credit_minor
+        return ([InvoiceLine(kind=LineKind.ADJUSTMENT, description="Credit carried forward",
+                             amount=Money(-carried, currency))] if carried else [])
 
     def end_trial(self, *, at: datetime, has_payment_method: bool, plan: Plan) -> None:
         """End the trial at ``at``.

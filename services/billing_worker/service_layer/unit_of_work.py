@@ -457,29 +457,27 @@ class BillingUnitOfWork(abc.ABC):
 
     def settle_with_balance(self, invoice: Invoice, available: dict[tuple[str, str], int], at: datetime) -> None:
         """The customer balance's part of finalising a DRAFT invoice; every finalisation goes through it,
-        right before `invoice.finalize`. A negative total is credited to the balance (an `invoice_credit`
-        entry: a downgrade's credit, no longer carried on the subscription) and the invoice settles at 0;
-        otherwise the invoice draws what it owes up to what the balance holds (an `invoice_draw` entry) and
-        only the rest is charged. `available` holds the balances `lock_customer_balances` locked for this
-        run (in a stable order), kept current here as entries are written."""
+        right before `invoice.finalize`. The domain decides (`Invoice.settle_balance`: a negative total is
+        credited to the balance and the invoice settles at 0, otherwise it draws what it owes up to what the
+        balance holds and only the rest is charged); this records it: an `invoice_credit` entry (a
+        downgrade's credit, no longer carried on the subscription) or an `invoice_draw` entry. `available`
+        holds the balances `lock_customer_balances` locked for this run (in a stable order), kept current
+        here as entries are written."""
         pair = (invoice.customer_id, invoice.currency)
-        credit = invoice.credit_to_carry_forward.amount_minor
-        if credit > 0:
+        settled = invoice.settle_balance(available.get(pair, 0))
+        if settled.credited_minor:
             self._apply_balance_entry(BalanceEntry(
                 entry_id=balance_entry_id(BalanceEntryKind.INVOICE_CREDIT, invoice.id),
-                customer_id=invoice.customer_id, currency=invoice.currency, amount_minor=credit,
+                customer_id=invoice.customer_id, currency=invoice.currency, amount_minor=settled.credited_minor,
                 kind=BalanceEntryKind.INVOICE_CREDIT, occurred_at=at, invoice_id=invoice.id,
                 description="Credit from an invoice whose credits exceeded its charges"))
-            available[pair] = available.get(pair, 0) + credit
-            return
-        drawn = invoice.apply_balance(available.get(pair, 0))
-        if drawn:
+        if settled.drawn_minor:
             self._apply_balance_entry(BalanceEntry(
                 entry_id=balance_entry_id(BalanceEntryKind.INVOICE_DRAW, invoice.id),
-                customer_id=invoice.customer_id, currency=invoice.currency, amount_minor=-drawn,
+                customer_id=invoice.customer_id, currency=invoice.currency, amount_minor=-settled.drawn_minor,
                 kind=BalanceEntryKind.INVOICE_DRAW, occurred_at=at, invoice_id=invoice.id,
                 description="Applied to the invoice"))
-            available[pair] -= drawn
+        available[pair] = available.get(pair, 0) + settled.balance_change_minor
 
     def _invoice_events(self, invoice: Invoice, state: SubscriptionState, at: datetime) -> None:
         for event in invoice.pull_events():

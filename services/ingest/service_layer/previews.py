@@ -30,9 +30,8 @@ from shared.domain.calendar import ensure_utc
 from shared.domain.catalog import Catalog, ChangeTiming, credit_kinds
 from shared.domain.ids import invoice_id_for
 from shared.domain.included_credits import IncludedCreditGrant
-from shared.domain.invoice import Invoice, InvoiceKey, InvoiceLine, InvoiceReason, LineKind
+from shared.domain.invoice import Invoice, InvoiceKey, InvoiceReason
 from shared.domain.ledger import GrantSource
-from shared.domain.money import Money
 from shared.domain.rating import change_invoice, close_period, start_invoice
 from shared.domain.subscription import CLOSABLE_STATUSES, ChangeKind, SubscriptionStatus
 
@@ -114,24 +113,10 @@ def _load(snapshots: Snapshots, subscription_id: str) -> BillingSnapshot:
     return snap
 
 
-def _carried_lines(snap: BillingSnapshot) -> list[InvoiceLine]:
-    """Credit a negative invoice left on the subscription before the customer balance existed (now a negative
-    total is credited to the balance), as the worker's close still puts it on the next invoice
-    (`billing_worker/service_layer/handlers/periods.py`, `_carried_lines`)."""
-    carried = snap.subscription.carried_credit_minor
-    return ([InvoiceLine(kind=LineKind.ADJUSTMENT, description="Credit carried forward",
-                         amount=Money(-carried, snap.currency))] if carried else [])
-
-
 def _settle(invoice: Invoice, snap: BillingSnapshot) -> None:
-    """What finalisation does with the customer's credit balance (the worker's unit of work,
-    `settle_with_balance`): a negative total is credited to it; otherwise the invoice draws what it owes, up
-    to what the balance holds (`Invoice.apply_balance`)."""
-    credit = invoice.credit_to_carry_forward.amount_minor
-    if credit > 0:
-        snap.balance_minor += credit
-        return
-    snap.balance_minor -= invoice.apply_balance(snap.balance_minor)
+    """What finalisation does with the customer's credit balance (`Invoice.settle_balance`, which the
+    worker's unit of work records as entries), applied to the snapshot's copy of the balance."""
+    snap.balance_minor += invoice.settle_balance(snap.balance_minor).balance_change_minor
 
 
 def next_invoice(snap: BillingSnapshot, catalog: Catalog, *, as_of: datetime) -> InvoicePreview | None:
@@ -160,7 +145,7 @@ def next_invoice(snap: BillingSnapshot, catalog: Catalog, *, as_of: datetime) ->
         subscription=sub, plan=plan, usage_totals_by_meter=snap.usage_totals, credits=snap.ledger, coupon=coupon,
         tax_rate_bps=snap.tax_rate_bps, at=closed.end, invoice_id=invoice_id_for(key),
         next_plan=catalog.plan(sub.pending_plan_id) if sub.pending_plan_id else None,
-        pending_proration_lines=_carried_lines(snap), late_usage=snap.late_usage)
+        pending_proration_lines=sub.carried_credit_lines(snap.currency), late_usage=snap.late_usage)
     _settle(result.invoice, snap)
     return InvoicePreview(result.invoice, plan.id, closed.end, estimate=ensure_utc(as_of) < closed.end)
 

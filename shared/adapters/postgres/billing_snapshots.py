@@ -29,11 +29,12 @@ from shared.adapters.postgres.schema.billing import (
     subscriptions,
 )
 from shared.adapters.postgres.schema.usage import usage_aggregates
-from shared.adapters.postgres.usage_reads import BUCKET, usage_since
+from shared.adapters.postgres.usage_reads import usage_since
 from shared.domain.calendar import BillingAnchor, Interval, Period
 from shared.domain.catalog import MeterId, PlanId
 from shared.domain.coupons import AppliedCoupon, CouponId
 from shared.domain.ids import CustomerId, SubscriptionId
+from shared.domain.late_usage import group_late_usage
 from shared.domain.ledger import CreditGrant, CreditLedger, EntryKind, GrantSource, LedgerEntry, MeterCredit
 from shared.domain.money import Money
 from shared.domain.rating import LateUsage
@@ -162,7 +163,8 @@ def _drafts(conn: sa.Connection, subscription_id: str) -> list[Period]:
 
 def _late_usage(conn: sa.Connection, subscription_id: str, period_start: datetime,
                 pending: Mapping[str, Decimal]) -> list[LateUsage]:
-    """Late usage per meter over the span of hours it came from (the grouping of the worker's close).
+    """Late usage per meter over the span of hours it came from, grouped as the worker's close groups it
+    (``late_usage.group_late_usage``).
 
     # NOTE: usage of a period whose invoice is still a DRAFT (in its grace) is the draft's: finalising it
     # takes that usage (the worker's grace_usage), so it is not late usage of the next close. Counted by whole
@@ -184,14 +186,8 @@ def _late_usage(conn: sa.Connection, subscription_id: str, period_start: datetim
     spans = {meter: (first, last) for meter, first, last in conn.execute(
         sa.select(agg.meter_id, sa.func.min(agg.bucket_start), sa.func.max(agg.bucket_start))
         .where(*unbilled).group_by(agg.meter_id))}
-    late = []
-    for meter, quantity in sorted(pending.items()):
-        if quantity <= 0 or meter not in spans:
-            continue
-        first, last = spans[meter]
-        late.append(LateUsage(MeterId(meter), Period(first.astimezone(UTC), last.astimezone(UTC) + BUCKET),
-                              quantity))
-    return late
+    return group_late_usage((meter, spans[meter][0].astimezone(UTC), spans[meter][1].astimezone(UTC), quantity)
+                            for meter, quantity in pending.items() if quantity > 0 and meter in spans)
 
 
 def _floor_hour(at: datetime) -> datetime:

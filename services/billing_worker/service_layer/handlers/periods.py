@@ -4,7 +4,7 @@ carried proration, issue the invoice, advance the period. A run of thousands of 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -19,9 +19,9 @@ from shared.domain.calendar import Period, ensure_utc
 from shared.domain.catalog import MeterId
 from shared.domain.errors import DomainError
 from shared.domain.ids import invoice_id_for
-from shared.domain.invoice import InvoiceKey, InvoiceLine, InvoiceReason, LineKind
+from shared.domain.invoice import InvoiceKey, InvoiceReason
 from shared.domain.invoice_grace import finalizes_at
-from shared.domain.money import Money
+from shared.domain.late_usage import group_late_usage
 from shared.domain.rating import LateUsage, close_final_period
 from shared.domain.rating import close_period as rate_closed_period
 from shared.domain.subscription import CLOSABLE_STATUSES, Subscription
@@ -77,7 +77,7 @@ def close_period(uow: BillingUnitOfWork, env: Envelope, p: ClosePeriod, now: dat
     if usage is None or usage.period_end != closed.end:
         usage = uow.close_usages([(sub.id, closed.start, closed.end)])[sub.id]
     ledger = uow.ledger(state)
-    carried = _carried_lines(state)
+    carried = sub.carried_credit_lines(state.currency)
     key = InvoiceKey(sub.id, InvoiceReason.PERIOD_CLOSE, closed)
     # NOTE: the billing instant of a close is the period end itself, so a close applied late (worker
     # down, backlog) rates exactly like one applied on time.
@@ -138,7 +138,7 @@ def close_final(uow: BillingUnitOfWork, env: Envelope, state: SubscriptionState,
             subscription=sub, plan=plan,
             usage_totals_by_meter={MeterId(m): Decimal(q) for m, q in usage.totals.items()},
             credits=uow.ledger(state).ledger, coupon=coupon, tax_rate_bps=state.tax_rate_bps, at=at,
-            invoice_id=invoice_id_for(key), pending_proration_lines=_carried_lines(state),
+            invoice_id=invoice_id_for(key), pending_proration_lines=sub.carried_credit_lines(state.currency),
             late_usage=_late_usage(usage.late))
         if result is not None:
             sub.take_carried_credit()  # now on this invoice
@@ -151,23 +151,10 @@ def close_final(uow: BillingUnitOfWork, env: Envelope, state: SubscriptionState,
     return invoice_id
 
 
-def _carried_lines(state: SubscriptionState) -> list[InvoiceLine]:
-    """The credit a negative invoice left for the next one, as its line."""
-    sub = state.subscription
-    return ([InvoiceLine(kind=LineKind.ADJUSTMENT, description="Credit carried forward",
-                         amount=Money(-sub.carried_credit_minor, state.currency))]
-            if sub.carried_credit_minor else [])
-
-
 def _late_usage(late: Sequence[Any]) -> list[LateUsage]:
-    """Late usage grouped per meter, over the span of hours it came from."""
-    spans: dict[str, tuple[datetime, datetime, Decimal]] = {}
-    for item in late:
-        start = item.bucket_start
-        lo, hi, q = spans.get(item.meter_id, (start, start, Decimal(0)))
-        spans[item.meter_id] = (min(lo, start), max(hi, start), q + Decimal(item.quantity))
-    return [LateUsage(MeterId(m), Period(lo, hi + timedelta(hours=1)), q)
-            for m, (lo, hi, q) in sorted(spans.items()) if q]
+    """The close's late usage hour by hour (what it marks billed), grouped as the domain bills it."""
+    return group_late_usage((item.meter_id, item.bucket_start, item.bucket_start, Decimal(item.quantity))
+                            for item in late)
 
 
 CLOSE_PERIOD = Handler(close_period, prefetch=prefetch_closes, precheck=closable)
