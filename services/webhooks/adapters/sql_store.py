@@ -67,9 +67,10 @@ class SqlDeliveryStore:
         inserted = 0
         # NOTE: one row per statement keeps `seq` in the batch's (the partition's) order.
         for row in rows:
-            result = self.conn.execute(insert(webhook_deliveries).values(**row)
-                                       .on_conflict_do_nothing(index_elements=["endpoint_id", "event_id"]))
-            inserted += result.rowcount
+            added = self.conn.execute(insert(webhook_deliveries).values(**row)
+                                      .on_conflict_do_nothing(index_elements=["endpoint_id", "event_id"])
+                                      .returning(webhook_deliveries.c.delivery_id)).first()
+            inserted += added is not None
         return inserted
 
     def claim_due(self, now: datetime, limit: int, lease_seconds: float) -> list[ClaimedDelivery]:
