@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,6 +18,7 @@ import sqlalchemy as sa
 from services.billing_worker.adapters import billing_repository as repo
 from services.billing_worker.adapters import credit_notes
 from services.billing_worker.adapters import payment_attempts as attempts
+from services.billing_worker.adapters.billed_usage import billed_usage
 from services.billing_worker.adapters.grace_usage import grace_usage
 from services.billing_worker.adapters.outbox import outbox_row
 from services.billing_worker.service_layer.model import InvoiceToStore, LedgerState, SubscriptionState
@@ -60,6 +62,10 @@ class SqlBillingUnitOfWork(BillingUnitOfWork):
 
     def close_usages(self, requests: Sequence[tuple[str, datetime, datetime]]) -> Mapping[str, UsageClose]:
         return self._close_usages(self.conn, requests)
+
+    def billed_usage(self, subscription_id: str, meter_ids: Sequence[str], period_start: datetime,
+                     period_end: datetime) -> dict[str, Decimal]:
+        return billed_usage(self.conn, subscription_id, meter_ids, period_start, period_end)
 
     def coupon_times_redeemed(self, coupon_id: str) -> int:
         # a coupon the catalog knows to be unlimited is not locked: its count decides nothing (see the repository)

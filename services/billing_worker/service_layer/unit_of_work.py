@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, Protocol
 
 from services.billing_worker.service_layer.announcements import (
@@ -136,6 +137,12 @@ class BillingUnitOfWork(abc.ABC):
     def close_usages(self, requests: Sequence[tuple[str, datetime, datetime]]) -> Mapping[str, UsageClose]:
         """Close the usage of (subscription_id, period_start, period_end) periods: what each bills, marked
         billed (so a replay bills nothing twice)."""
+
+    @abc.abstractmethod
+    def billed_usage(self, subscription_id: str, meter_ids: Sequence[str], period_start: datetime,
+                     period_end: datetime) -> dict[str, Decimal]:
+        """Units of each meter with a timestamp in [period_start, period_end) billed so far, this transaction's
+        own marks included (the position late units of a tiered price start at, once the caller takes them off)."""
 
     @abc.abstractmethod
     def coupon_times_redeemed(self, coupon_id: str) -> int: ...

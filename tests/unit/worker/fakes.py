@@ -143,6 +143,15 @@ class FakeUnitOfWork(BillingUnitOfWork):
             out[sub] = self.store.usage_closes[(sub, end)] = UsageClose(end, totals, tuple(late))
         return out
 
+    def billed_usage(self, subscription_id: str, meter_ids: Sequence[str], period_start: datetime,
+                     period_end: datetime) -> dict[str, Decimal]:
+        out = {meter: Decimal(0) for meter in meter_ids}
+        for index, bucket in enumerate(self.store.usage):
+            if (index in self.store.billed and bucket.subscription_id == subscription_id
+                    and bucket.meter_id in out and period_start <= bucket.bucket_start < period_end):
+                out[bucket.meter_id] += bucket.quantity
+        return out
+
     def coupon_times_redeemed(self, coupon_id: str) -> int:
         return sum(1 for coupon, _ in self.store.coupon_attachments if coupon == coupon_id)
 

@@ -15,8 +15,8 @@ from services.billing_worker.service_layer.model import SubscriptionState
 from services.billing_worker.service_layer.unit_of_work import BillingUnitOfWork
 from shared.contracts.envelope import Envelope
 from shared.contracts.messages import ClosePeriod
-from shared.domain.calendar import Period, ensure_utc
-from shared.domain.catalog import MeterId
+from shared.domain.calendar import Period, ensure_utc, period_containing
+from shared.domain.catalog import MeterId, Plan
 from shared.domain.errors import DomainError
 from shared.domain.ids import invoice_id_for
 from shared.domain.invoice import InvoiceKey, InvoiceReason
@@ -85,7 +85,7 @@ def close_period(uow: BillingUnitOfWork, env: Envelope, p: ClosePeriod, now: dat
         subscription=sub, plan=plan, usage_totals_by_meter={MeterId(m): Decimal(q) for m, q in usage.totals.items()},
         credits=ledger.ledger, coupon=coupon, tax_rate_bps=state.tax_rate_bps, at=period_end,
         invoice_id=invoice_id_for(key), next_plan=next_plan, pending_proration_lines=carried,
-        late_usage=_late_usage(usage.late))
+        late_usage=_late_usage_as_rated(uow, sub, plan, usage.late))
     sub.take_carried_credit()  # now on this invoice
     # With a grace (a snapshot the scheduler put in the command), the invoice is stored DRAFT until it ends
     # and finalised then by handlers/drafts.py, with the usage of this period that arrived meanwhile.
@@ -139,7 +139,7 @@ def close_final(uow: BillingUnitOfWork, env: Envelope, state: SubscriptionState,
             usage_totals_by_meter={MeterId(m): Decimal(q) for m, q in usage.totals.items()},
             credits=uow.ledger(state).ledger, coupon=coupon, tax_rate_bps=state.tax_rate_bps, at=at,
             invoice_id=invoice_id_for(key), pending_proration_lines=sub.carried_credit_lines(state.currency),
-            late_usage=_late_usage(usage.late))
+            late_usage=_late_usage_as_rated(uow, sub, plan, usage.late))
         if result is not None:
             sub.take_carried_credit()  # now on this invoice
             uow.rating(result, state, plan.id, env, at)
@@ -155,6 +155,34 @@ def _late_usage(late: Sequence[Any]) -> list[LateUsage]:
     """The close's late usage hour by hour (what it marks billed), grouped as the domain bills it."""
     return group_late_usage((item.meter_id, item.bucket_start, item.bucket_start, Decimal(item.quantity))
                             for item in late)
+
+
+def _late_usage_as_rated(uow: BillingUnitOfWork, sub: Subscription, plan: Plan,
+                         late: Sequence[Any]) -> list[LateUsage]:
+    """Late usage as the close rates it: per unit meters grouped per meter over the hours it came from
+    (`_late_usage`); meters with a pricing model (tiers, packages, a minimum) per (meter, period it belongs to),
+    with what that period billed before, so rating prices the late units at their marginal position.
+
+    # NOTE: the period of a late hour is the anchored period containing it (a plan or interval change since may
+    # have cut it differently); the included units that period drew are taken as min(billed, the plan's
+    # included units), what its close drew when nothing else fed the meter's credits.
+    """
+    priced = {meter for meter, pricing in plan.meters.items() if pricing.price is not None}
+    out = _late_usage([item for item in late if item.meter_id not in priced])
+    groups: dict[tuple[str, Period], Decimal] = {}
+    for item in late:
+        if item.meter_id in priced:
+            key = (item.meter_id, period_containing(sub.anchor, sub.interval, item.bucket_start))
+            groups[key] = groups.get(key, Decimal(0)) + Decimal(item.quantity)
+    for (meter, period), quantity in groups.items():
+        if not quantity:
+            continue
+        billed = max(Decimal(0), uow.billed_usage(sub.id, [meter], period.start, period.end)[meter] - quantity)
+        included = plan.meters[MeterId(meter)].included
+        units = included.for_seats(sub.seats) if included is not None else None
+        out.append(LateUsage(MeterId(meter), period, quantity, billed_quantity=billed,
+                             billed_included=min(billed, units) if isinstance(units, Decimal) else Decimal(0)))
+    return sorted(out, key=lambda item: (item.meter_id, item.period.start))
 
 
 CLOSE_PERIOD = Handler(close_period, prefetch=prefetch_closes, precheck=closable)
