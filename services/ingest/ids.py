@@ -10,9 +10,10 @@ from __future__ import annotations
 from typing import Annotated, Final
 
 from fastapi import Path
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from services.ingest.problems import FieldError, ProblemError
+from shared.domain.money import MINOR_UNITS
 
 # NOTE: 200 characters (at most 800 bytes of UTF-8) is far below the index limit and above every id we
 # mint (`sub_<32 hex>`) or accept from callers (external ids, aliases and usage customer ids: 128).
@@ -23,6 +24,17 @@ PathId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH, description
 BodyId = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH, description=_DESCRIPTION)]
 # A Stripe payment method token (never card data): stored with the customer and sent to Stripe.
 PaymentMethodId = Annotated[str, Field(pattern=r"^pm_[A-Za-z0-9_]+$", max_length=MAX_ID_LENGTH)]
+
+
+def _known_currency(code: str) -> str:
+    if code not in MINOR_UNITS:
+        raise ValueError("not an ISO 4217 currency code this engine bills in")
+    return code
+
+
+# NOTE: the shape alone let `AAA` through to the money code, which refuses it as a bug would (a 500).
+CurrencyCode = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code, e.g. USD"),
+                         AfterValidator(_known_currency)]
 
 
 def check_path_id(name: str, value: str) -> str:

@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from services.ingest.auth import Principal, Scope, authorize_customer, require
 from services.ingest.container import Container, get_container
-from services.ingest.ids import PathId, PaymentMethodId
+from services.ingest.ids import CurrencyCode, PathId, PaymentMethodId
 from services.ingest.pagination import Page, decode_cursor, encode_cursor
 from services.ingest.problems import PROBLEM_RESPONSES, ProblemError
 from services.ingest.service_layer import customers as onboarding
@@ -44,7 +44,7 @@ class OnboardRequest(BaseModel):
     kind: Literal["user", "org"]
     name: str = Field(min_length=1, max_length=200)
     email: str = Field(pattern=EMAIL_PATTERN, max_length=254)
-    currency: str = Field(pattern=r"^[A-Z]{3}$")
+    currency: CurrencyCode
     timezone: TimeZoneName = "UTC"
     tax_rate_bps: int = Field(default=0, ge=0, le=10_000, description="tax rate in basis points (2000 = 20%)")
     members: list[MemberIn] = Field(default_factory=list, max_length=10_000)

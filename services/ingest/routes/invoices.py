@@ -9,6 +9,7 @@ decode, call and encode; the use cases are `services.ingest.service_layer.invoic
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -19,19 +20,18 @@ from starlette.concurrency import run_in_threadpool
 
 from services.ingest.auth import Principal, Scope, authorize_customer, require
 from services.ingest.container import Container, get_container
-from services.ingest.ids import BodyId, PathId
+from services.ingest.ids import BodyId, CurrencyCode, PathId
 from services.ingest.pagination import Page, decode_int_cursor, encode_cursor
-from services.ingest.problems import PROBLEM_RESPONSES, command_rejected
-from services.ingest.routes.subscriptions import COMMAND_RESPONSES, poll_url, unit_of_work
-from services.ingest.service_layer import customer_balance, invoices, lifecycle
+from services.ingest.problems import PROBLEM_RESPONSES
+from services.ingest.routes.subscriptions import COMMAND_RESPONSES, pending_answer, unit_of_work, worker_outcome
+from services.ingest.service_layer import customer_balance, invoices
 from services.ingest.service_layer.customer_balance import AdjustmentView, BalanceEntryView, CustomerBalancesView
 from services.ingest.service_layer.lifecycle import Accepted
 from services.ingest.service_layer.unit_of_work import UnitOfWorkFactory
-from services.ingest.views import CommandView, InvoiceView
+from services.ingest.views import InvoiceView
 
 router = APIRouter(tags=["invoices"])
 Limit = Query(50, ge=1, le=500)
-Currency = Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code, e.g. USD")
 INVOICE_RESPONSES: dict[int | str, dict[str, Any]] = COMMAND_RESPONSES | {
     404: COMMAND_RESPONSES[404] | {"description": "Unknown invoice"}}
 BALANCE_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -61,7 +61,7 @@ class OneOffChargeRequest(_Body):
 
 
 class AdjustmentRequest(_Body):
-    currency: str = Currency
+    currency: CurrencyCode
     amount_minor: int = Field(description="+ credits the customer, - debits (never below zero); not 0")
     description: str = Field(min_length=1, max_length=500)
 
@@ -76,19 +76,25 @@ class AdjustmentRequest(_Body):
 async def _answer_invoice(container: Container, uow: UnitOfWorkFactory, accepted: Accepted,
                           invoice_id: str | None, *, created: bool = False) -> JSONResponse:
     """The worker's outcome as an HTTP answer: the invoice as it now is, 409 refused, 202 still pending."""
-    outcome = await lifecycle.wait_for_outcome(uow, accepted.command_id, container.settings.command_wait_seconds,
-                                               run_in_threadpool)
+    outcome = await worker_outcome(container, uow, accepted)
     if outcome is None:
-        url = poll_url(accepted.command_id)
-        view = CommandView(command_id=str(accepted.command_id), subscription_id=accepted.subscription_id,
-                           status="pending", poll_url=url)
-        return JSONResponse(view.model_dump(mode="json"), status_code=202, headers={"Location": url})
-    if outcome.status == "rejected":
-        raise command_rejected(outcome.error_code, outcome.error_detail)
+        return pending_answer(accepted.command_id, accepted.subscription_id)
     invoice_id = invoice_id or str((outcome.result or {}).get("invoice_id"))
     invoice = await run_in_threadpool(invoices.current, container.engine, invoice_id, lambda _customer: None)
     return JSONResponse(invoice.model_dump(mode="json"), status_code=201 if created else 200,
                         headers={"Location": f"/v1/invoices/{invoice_id}", "X-Command-Id": str(accepted.command_id)})
+
+
+async def _correct(use_case: Callable[..., Accepted], invoice_id: str, body: CorrectionRequest | None,
+                   request: Request, principal: Principal, container: Container,
+                   uow: UnitOfWorkFactory) -> JSONResponse:
+    """A correction of an invoice (void, mark uncollectible) sent to the worker, and its answer."""
+    now = await run_in_threadpool(container.clock.now)
+    accepted = await run_in_threadpool(partial(
+        use_case, uow, container.engine, invoice_id, body.reason if body else None,
+        principal=principal, authorize=partial(authorize_customer, principal), now=now,
+        request_id=request.headers.get("x-request-id")))
+    return await _answer_invoice(container, uow, accepted, invoice_id)
 
 
 @router.post("/v1/invoices/{invoice_id}/void", response_model=InvoiceView, responses=INVOICE_RESPONSES,
@@ -100,12 +106,7 @@ async def void_invoice(invoice_id: PathId, request: Request, body: CorrectionReq
                        principal: Principal = Depends(require(Scope.ADMIN)),
                        container: Container = Depends(get_container),
                        uow: UnitOfWorkFactory = Depends(unit_of_work)) -> JSONResponse:
-    now = await run_in_threadpool(container.clock.now)
-    accepted = await run_in_threadpool(partial(
-        invoices.void_invoice, uow, container.engine, invoice_id, body.reason if body else None,
-        principal=principal, authorize=partial(authorize_customer, principal), now=now,
-        request_id=request.headers.get("x-request-id")))
-    return await _answer_invoice(container, uow, accepted, invoice_id)
+    return await _correct(invoices.void_invoice, invoice_id, body, request, principal, container, uow)
 
 
 @router.post("/v1/invoices/{invoice_id}/mark-uncollectible", response_model=InvoiceView,
@@ -116,12 +117,7 @@ async def mark_uncollectible(invoice_id: PathId, request: Request, body: Correct
                              principal: Principal = Depends(require(Scope.ADMIN)),
                              container: Container = Depends(get_container),
                              uow: UnitOfWorkFactory = Depends(unit_of_work)) -> JSONResponse:
-    now = await run_in_threadpool(container.clock.now)
-    accepted = await run_in_threadpool(partial(
-        invoices.mark_uncollectible, uow, container.engine, invoice_id, body.reason if body else None,
-        principal=principal, authorize=partial(authorize_customer, principal), now=now,
-        request_id=request.headers.get("x-request-id")))
-    return await _answer_invoice(container, uow, accepted, invoice_id)
+    return await _correct(invoices.mark_uncollectible, invoice_id, body, request, principal, container, uow)
 
 
 @router.post("/v1/invoices", status_code=201, response_model=InvoiceView,
