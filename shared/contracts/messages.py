@@ -263,6 +263,23 @@ class InvoiceEvent(Payload):
     attempt_no: int | None = None
 
 
+class CreditNoteCreated(Payload):
+    """credit_note.created: a credit note was issued against an invoice (its three parts: what it took off the
+    amount still owed, refunded through the gateway, and credited to the customer balance)."""
+
+    credit_note_id: str
+    number: str
+    invoice_id: str
+    subscription_id: str
+    customer_id: str
+    reason: str
+    currency: str
+    total_minor: int
+    reduced_minor: int
+    refunded_minor: int
+    credited_minor: int
+
+
 class SubscriptionStatusChanged(Payload):
     subscription_id: str
     customer_id: str
@@ -343,6 +360,7 @@ PAYLOADS: dict[str, type[Payload]] = {
     "invoice.voided": InvoiceEvent,
     "invoice.uncollectible": InvoiceEvent,
     "invoice.payment_failed": InvoiceEvent,
+    "credit_note.created": CreditNoteCreated,
     "subscription.status_changed": SubscriptionStatusChanged,
     "credits.granted": CreditsChanged,
     "credits.expired": CreditsChanged,

@@ -53,6 +53,9 @@ def test_a_paid_invoice_is_credited_to_the_customer_balance_by_default(worker: W
     assert (entry.kind.value, entry.amount_minor, entry.credit_note_id) == (
         "credit_note", 300, result["credit_note_id"])
     assert worker.store.refunds == {}
+    [event] = worker.store.events("credit_note.created")  # for outgoing webhooks and any other consumer
+    assert (event.payload["number"], event.payload["invoice_id"], event.payload["credited_minor"]) == (
+        "CN-000001", invoice.id, 300)
 
 
 def test_a_refund_is_a_pending_refund_row_on_the_invoices_payment_and_numbers_follow_each_other(

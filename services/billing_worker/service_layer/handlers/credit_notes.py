@@ -19,7 +19,7 @@ from services.billing_worker.service_layer.handlers import Handler
 from services.billing_worker.service_layer.model import SubscriptionState
 from services.billing_worker.service_layer.unit_of_work import BillingUnitOfWork
 from shared.contracts.envelope import Envelope
-from shared.contracts.messages import IssueCreditNote
+from shared.contracts.messages import CreditNoteCreated, IssueCreditNote
 from shared.domain.calendar import Period
 from shared.domain.catalog import UnusedFeePolicy
 from shared.domain.credit_note import CREDITABLE_STATUSES, CreditNote, CreditNoteReason, issue_credit_note
@@ -88,6 +88,12 @@ def carry_out(uow: BillingUnitOfWork, note: CreditNote, invoice: Invoice, row: A
               "reduced_minor": note.reduced.amount_minor, "refunded_minor": note.refunded.amount_minor,
               "credited_minor": note.credited.amount_minor, "currency": note.currency,
               "invoice_status": invoice.status.value, "coupon_redemption_given_back": coupon_given_back}
+    uow.emit("credit_note.created", CreditNoteCreated(
+        credit_note_id=note.id, number=number, invoice_id=invoice.id, subscription_id=state.id,
+        customer_id=note.customer_id, reason=note.reason.value, currency=note.currency,
+        total_minor=note.total.amount_minor, reduced_minor=note.reduced.amount_minor,
+        refunded_minor=note.refunded.amount_minor, credited_minor=note.credited.amount_minor),
+        key=state.id, event_id=event_uuid(note.id, "credit_note.created"), at=at, correlation=command)
     uow.add_audit(occurred_at=at, action="credit_note.issued", entity_type="credit_note", entity_id=note.id,
                   subscription_id=state.id, customer_id=note.customer_id, command_id=str(command.event_id),
                   detail={**result, "reason": note.reason.value})
