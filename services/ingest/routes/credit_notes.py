@@ -23,10 +23,10 @@ from services.ingest.ids import PathId
 from services.ingest.pagination import Page, decode_cursor, encode_cursor
 from services.ingest.problems import PROBLEM_JSON, PROBLEM_RESPONSES, Problem, ProblemError, command_rejected
 from services.ingest.routes.documents import HTML_POLICY, PDF, DocumentFormat, negotiate
-from services.ingest.routes.subscriptions import COMMAND_RESPONSES, poll_url, unit_of_work
-from services.ingest.service_layer import credit_notes, lifecycle, views
+from services.ingest.routes.subscriptions import COMMAND_RESPONSES, pending_answer, unit_of_work, worker_outcome
+from services.ingest.service_layer import credit_notes, views
 from services.ingest.service_layer.unit_of_work import UnitOfWorkFactory
-from services.ingest.views import CommandView, CreditNoteView
+from services.ingest.views import CreditNoteView
 from shared.adapters.documents import render_invoice_html, render_invoice_pdf
 
 router = APIRouter(tags=["credit notes"])
@@ -89,13 +89,9 @@ async def issue_credit_note(invoice_id: PathId, body: CreditNoteRequest, request
         amount_minor=body.amount_minor, reason=body.reason, memo=body.memo, refund_minor=body.refund_minor,
         credit_minor=body.credit_minor, principal=principal, authorize=authorize, now=now,
         request_id=request.headers.get("x-request-id")))
-    outcome = await lifecycle.wait_for_outcome(uow, accepted.command_id, container.settings.command_wait_seconds,
-                                               run_in_threadpool)
+    outcome = await worker_outcome(container, uow, accepted)
     if outcome is None:
-        url = poll_url(accepted.command_id)
-        view = CommandView(command_id=str(accepted.command_id), subscription_id=accepted.subscription_id,
-                           status="pending", poll_url=url)
-        return JSONResponse(view.model_dump(mode="json"), status_code=202, headers={"Location": url})
+        return pending_answer(accepted.command_id, accepted.subscription_id)
     if outcome.status != "applied" or not outcome.result:
         raise command_rejected(outcome.error_code, outcome.error_detail)
     note_id = str(outcome.result["credit_note_id"])

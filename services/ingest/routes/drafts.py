@@ -15,11 +15,10 @@ from starlette.concurrency import run_in_threadpool
 from services.ingest.auth import Principal, Scope, authorize_customer, require
 from services.ingest.container import Container, get_container
 from services.ingest.ids import PathId
-from services.ingest.problems import command_rejected
-from services.ingest.routes.subscriptions import COMMAND_RESPONSES, poll_url, unit_of_work
-from services.ingest.service_layer import drafts, lifecycle
+from services.ingest.routes.subscriptions import COMMAND_RESPONSES, pending_answer, unit_of_work, worker_outcome
+from services.ingest.service_layer import drafts
 from services.ingest.service_layer.unit_of_work import UnitOfWorkFactory
-from services.ingest.views import CommandView, InvoiceView
+from services.ingest.views import InvoiceView
 
 router = APIRouter(tags=["invoices"])
 
@@ -38,16 +37,8 @@ async def finalize_invoice(invoice_id: PathId, request: Request, principal: Prin
     accepted = await run_in_threadpool(drafts.finalize_invoice, uow, container.engine, invoice_id,
                                        principal=principal, authorize=authorize, now=now,
                                        request_id=request.headers.get("x-request-id"))
-    if accepted is not None:
-        outcome = await lifecycle.wait_for_outcome(uow, accepted.command_id, container.settings.command_wait_seconds,
-                                                   run_in_threadpool)
-        if outcome is None:
-            url = poll_url(accepted.command_id)
-            view = CommandView(command_id=str(accepted.command_id), subscription_id=accepted.subscription_id,
-                               status="pending", poll_url=url)
-            return JSONResponse(view.model_dump(mode="json"), status_code=202, headers={"Location": url})
-        if outcome.status == "rejected":
-            raise command_rejected(outcome.error_code, outcome.error_detail)
+    if accepted is not None and await worker_outcome(container, uow, accepted) is None:
+        return pending_answer(accepted.command_id, accepted.subscription_id)
     invoice = await run_in_threadpool(drafts.current, container.engine, invoice_id, authorize)
     return JSONResponse(invoice.model_dump(mode="json"), status_code=200,
                         headers={"Location": f"/v1/invoices/{invoice_id}"})

@@ -92,23 +92,35 @@ async def _accept(call: Any, *args: Any, **kwargs: Any) -> Accepted:
     return accepted
 
 
+async def worker_outcome(container: Container, uow: UnitOfWorkFactory, accepted: Accepted) -> Outcome | None:
+    """The worker's outcome of an accepted command within the configured wait (None: not answered yet, see
+    `pending_answer`); a refusal is raised as its problem (409 with the refusal's code)."""
+    outcome = await lifecycle.wait_for_outcome(uow, accepted.command_id, container.settings.command_wait_seconds,
+                                               run_in_threadpool)
+    if outcome is not None and outcome.status == "rejected":
+        raise command_rejected(outcome.error_code, outcome.error_detail)
+    return outcome
+
+
+def pending_answer(command_id: uuid.UUID, subscription_id: str) -> JSONResponse:
+    """202 with the command's poll URL: the worker has not answered within the wait."""
+    url = poll_url(command_id)
+    view = CommandView(command_id=str(command_id), subscription_id=subscription_id, status="pending", poll_url=url)
+    return JSONResponse(view.model_dump(mode="json"), status_code=202, headers={"Location": url})
+
+
 async def answer(container: Container, uow: UnitOfWorkFactory, accepted: Accepted, *,
                  created: bool = False) -> JSONResponse:
     """The HTTP answer for an accepted command (see the module docstring)."""
-    outcome = await lifecycle.wait_for_outcome(uow, accepted.command_id, container.settings.command_wait_seconds,
-                                               run_in_threadpool)
+    outcome = await worker_outcome(container, uow, accepted)
     return await render_outcome(uow, outcome, accepted.command_id, accepted.subscription_id, created=created)
 
 
 async def render_outcome(uow: UnitOfWorkFactory, outcome: Outcome | None, command_id: uuid.UUID,
                          subscription_id: str, *, created: bool = False) -> JSONResponse:
-    url = poll_url(command_id)
     if outcome is None:
-        view = CommandView(command_id=str(command_id), subscription_id=subscription_id, status="pending",
-                           poll_url=url)
-        return JSONResponse(view.model_dump(mode="json"), status_code=202, headers={"Location": url})
-    if outcome.status == "rejected":
-        raise command_rejected(outcome.error_code, outcome.error_detail)
+        return pending_answer(command_id, subscription_id)
+    url = poll_url(command_id)
     row = await run_in_threadpool(lifecycle.subscription_of, uow, subscription_id)
     body = (SubscriptionView.model_validate(row).model_dump(mode="json") if row is not None else
             CommandView(command_id=str(command_id), subscription_id=subscription_id, status=outcome.status,
