@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import asdict
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -84,9 +84,17 @@ class EndpointView(BaseModel):
     disabled_reason: str | None = Field(default=None, description="api, or failing (every attempt failed 3 days)")
     failing_since: datetime | None = None
     secret_rotated_at: datetime | None = None
+    previous_secret_expires_at: datetime | None = Field(
+        default=None, description="until then deliveries are signed with the previous secret too")
     created_by: str
     created_at: datetime
     updated_at: datetime
+
+
+class RotateSecretRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    expire_previous_in_seconds: int = Field(default=0, ge=0, le=86_400,
+                                            description="how long the old secret keeps signing (0: not at all)")
 
 
 class EndpointWithSecret(EndpointView):
@@ -186,12 +194,14 @@ async def disable_endpoint(endpoint_id: PathId, request: Request,
 
 @router.post("/v1/webhook-endpoints/{endpoint_id}/rotate-secret", response_model=EndpointWithSecret,
              responses=PROBLEM_RESPONSES, summary="Replace a webhook endpoint's signing secret (admin); shown once")
-async def rotate_secret(endpoint_id: PathId, request: Request, principal: Principal = Depends(require(Scope.ADMIN)),
+async def rotate_secret(endpoint_id: PathId, request: Request, body: RotateSecretRequest | None = None,
+                        principal: Principal = Depends(require(Scope.ADMIN)),
                         container: Container = Depends(get_container)) -> EndpointWithSecret:
+    grace = timedelta(seconds=body.expire_previous_in_seconds if body else 0)
     at = await run_in_threadpool(container.clock.now)
     updated, secret = await run_in_threadpool(use_cases.rotate_secret, sql_endpoint_store(container.engine),
                                               endpoint_id, actor=principal.key_id, at=at,
-                                              request_id=_request_id(request))
+                                              request_id=_request_id(request), expire_previous_after=grace)
     return EndpointWithSecret(**_view(updated).model_dump(), secret=secret)
 
 

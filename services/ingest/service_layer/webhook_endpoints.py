@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import sqlalchemy as sa
@@ -59,6 +59,7 @@ class Endpoint:
     disabled_reason: str | None
     failing_since: datetime | None
     secret_rotated_at: datetime | None
+    previous_secret_expires_at: datetime | None
     created_by: str
     created_at: datetime
     updated_at: datetime
@@ -111,6 +112,10 @@ class EndpointStore(Protocol):
 
     def update(self, endpoint_id: str, changes: dict[str, Any]) -> Endpoint | None:
         """Apply `changes` (columns) and bump updated_at; None if there is no such endpoint."""
+
+    def rotate(self, endpoint_id: str, secret: str, at: datetime,
+               previous_expires_at: datetime | None) -> Endpoint | None:
+        """Replace the secret; the one replaced keeps signing until `previous_expires_at` (None: not at all)."""
 
     def deliveries(self, endpoint_id: str, status: str | None, after_seq: int | None,
                    limit: int) -> list[Delivery]: ...
@@ -179,14 +184,18 @@ def disable_endpoint(stores: EndpointStoreFactory, endpoint_id: str, *, actor: s
 
 
 def rotate_secret(stores: EndpointStoreFactory, endpoint_id: str, *, actor: str, at: datetime,
-                  request_id: str | None) -> tuple[Endpoint, str]:
-    """A new signing secret, effective for every delivery sent from now on (the old one stops at once)."""
+                  request_id: str | None, expire_previous_after: timedelta = timedelta(0)) -> tuple[Endpoint, str]:
+    """A new signing secret for every delivery sent from now on. With `expire_previous_after` > 0 the old one
+    signs too (a second `v1=`) until then, so receivers can switch without refusing deliveries (Stripe's
+    "roll secret"); 0: it stops at once."""
     secret = new_secret()
+    expires = at + expire_previous_after if expire_previous_after > timedelta(0) else None
     with stores() as store:
-        updated = store.update(endpoint_id, {"secret": secret, "secret_rotated_at": at})
+        updated = store.rotate(endpoint_id, secret, at, expires)
         if updated is None:
             raise UnknownWebhookEndpoint(f"no webhook endpoint {endpoint_id!r}")
-        store.audit(actor, "webhook_endpoint.rotate_secret", request_id, endpoint_id=endpoint_id)
+        store.audit(actor, "webhook_endpoint.rotate_secret", request_id, endpoint_id=endpoint_id,
+                    previous_expires_at=expires.isoformat() if expires else None)
     return updated, secret
 
 
@@ -218,7 +227,7 @@ def redeliver(stores: EndpointStoreFactory, delivery_id: uuid.UUID, *, actor: st
 
 
 _ENDPOINT_COLUMNS = ("endpoint_id", "url", "events", "description", "enabled", "disabled_reason", "failing_since",
-                     "secret_rotated_at", "created_by", "created_at", "updated_at")
+                     "secret_rotated_at", "previous_secret_expires_at", "created_by", "created_at", "updated_at")
 _DELIVERY_COLUMNS = ("delivery_id", "seq", "endpoint_id", "event_id", "event_type", "status", "attempts",
                      "enqueued_at", "next_attempt_at", "last_attempt_at", "delivered_at", "last_status_code",
                      "last_error", "redeliver_requested_at")
@@ -253,6 +262,15 @@ class SqlEndpointStore:
         row = self.conn.execute(sa.update(webhook_endpoints).where(webhook_endpoints.c.endpoint_id == endpoint_id)
                                 .values(**changes, updated_at=sa.func.now())
                                 .returning(*_endpoint_columns())).one_or_none()
+        return None if row is None else _endpoint(row)
+
+    def rotate(self, endpoint_id: str, secret: str, at: datetime,
+               previous_expires_at: datetime | None) -> Endpoint | None:
+        t = webhook_endpoints
+        row = self.conn.execute(sa.update(t).where(t.c.endpoint_id == endpoint_id).values(
+            secret=secret, secret_rotated_at=at, updated_at=sa.func.now(),
+            previous_secret=t.c.secret if previous_expires_at is not None else None,
+            previous_secret_expires_at=previous_expires_at).returning(*_endpoint_columns())).one_or_none()
         return None if row is None else _endpoint(row)
 
     def deliveries(self, endpoint_id: str, status: str | None, after_seq: int | None,

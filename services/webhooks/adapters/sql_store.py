@@ -44,7 +44,9 @@ UPDATE webhook_deliveries d
    SET leased_until = now() + make_interval(secs => :lease)
   FROM due, webhook_endpoints e
  WHERE d.delivery_id = due.delivery_id AND e.endpoint_id = d.endpoint_id
-RETURNING d.delivery_id, d.seq, d.endpoint_id, e.url, e.secret, d.event_id, d.event_type, d.body, d.attempts,
+RETURNING d.delivery_id, d.seq, d.endpoint_id, e.url, e.secret,
+          CASE WHEN e.previous_secret_expires_at > :now THEN e.previous_secret END AS previous_secret,
+          d.event_id, d.event_type, d.body, d.attempts,
           d.first_attempt_at, d.redeliver_requested_at IS NOT NULL AS manual
 """)
 
@@ -75,7 +77,9 @@ class SqlDeliveryStore:
 
     def claim_due(self, now: datetime, limit: int, lease_seconds: float) -> list[ClaimedDelivery]:
         rows = self.conn.execute(_CLAIM, {"now": now, "limit": limit, "lease": lease_seconds}).all()
-        claimed = [ClaimedDelivery(r.delivery_id, r.seq, r.endpoint_id, r.url, r.secret, r.event_id, r.event_type,
+        claimed = [ClaimedDelivery(r.delivery_id, r.seq, r.endpoint_id, r.url,
+                                   (r.secret, r.previous_secret) if r.previous_secret else (r.secret,),
+                                   r.event_id, r.event_type,
                                    dict(r.body), r.attempts, r.first_attempt_at, r.manual) for r in rows]
         return sorted(claimed, key=lambda d: d.seq)
 

@@ -41,7 +41,7 @@ def claim(stores: DeliveryStoreFactory, now: datetime, limit: int, lease_seconds
 
 
 def send(sender: Sender, delivery: ClaimedDelivery) -> AttemptResult:
-    return sender.send(delivery.url, encode(delivery.body), delivery.secret)
+    return sender.send(delivery.url, encode(delivery.body), delivery.secrets)
 
 
 def settle(stores: DeliveryStoreFactory, delivery: ClaimedDelivery, result: AttemptResult, now: datetime,

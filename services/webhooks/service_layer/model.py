@@ -40,7 +40,7 @@ class ClaimedDelivery:
     seq: int
     endpoint_id: str
     url: str
-    secret: str
+    secrets: tuple[str, ...]  # the current secret first, then a rotated-out one still in its grace
     event_id: uuid.UUID
     event_type: str
     body: dict[str, Any]

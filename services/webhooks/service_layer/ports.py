@@ -52,6 +52,6 @@ DeliveryStoreFactory = Callable[[], AbstractContextManager[DeliveryStore]]
 
 
 class Sender(Protocol):
-    def send(self, url: str, body: bytes, secret: str) -> AttemptResult:
-        """POST the body signed with the secret; never raises for the receiver's failures."""
+    def send(self, url: str, body: bytes, secrets: Sequence[str]) -> AttemptResult:
+        """POST the body signed with each secret; never raises for the receiver's failures."""
 

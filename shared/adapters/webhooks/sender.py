@@ -8,7 +8,7 @@ URL it registered).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import httpx
@@ -35,10 +35,10 @@ class HttpSender:
                                     headers={"User-Agent": user_agent})
         self._wall_clock = wall_clock
 
-    def send(self, url: str, body: bytes, secret: str) -> SendResult:
+    def send(self, url: str, body: bytes, secrets: Sequence[str]) -> SendResult:
         # NOTE: signed with the wall clock, not the billing clock: receivers check the age against theirs.
         started = time.monotonic()
-        headers = {"Content-Type": "application/json", HEADER: sign(body, secret, int(self._wall_clock()))}
+        headers = {"Content-Type": "application/json", HEADER: sign(body, secrets, int(self._wall_clock()))}
         try:
             response = self._client.post(url, content=body, headers=headers)
         except httpx.HTTPError as exc:

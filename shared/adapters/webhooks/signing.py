@@ -3,7 +3,7 @@
 Header: ``OpenLedger-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<raw body>")>``.
 A receiver recomputes the HMAC over the raw bytes it received (never a re-serialised JSON), compares in
 constant time, and refuses a timestamp older than its tolerance (replay protection). Several ``v1=`` entries
-may appear; any one matching is enough (room for signing with an old and a new secret during a rotation).
+may appear; any one matching is enough (after a rotation with a grace, the new and the old secret both sign).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections.abc import Sequence
 from typing import Final
 
 HEADER: Final = "OpenLedger-Signature"
@@ -34,9 +35,11 @@ def compute_signature(payload: bytes, secret: str, timestamp: int) -> str:
     return hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
 
 
-def sign(payload: bytes, secret: str, timestamp: int) -> str:
-    """The header value for ``payload`` sent at ``timestamp`` (unix seconds, the wall clock)."""
-    return f"t={timestamp},{SCHEME}={compute_signature(payload, secret, timestamp)}"
+def sign(payload: bytes, secrets: str | Sequence[str], timestamp: int) -> str:
+    """The header value for ``payload`` sent at ``timestamp`` (unix seconds, the wall clock): one ``v1=`` per
+    secret (the current one first; after a rotation, the previous one too until it expires)."""
+    keys = [secrets] if isinstance(secrets, str) else list(secrets)
+    return ",".join([f"t={timestamp}", *(f"{SCHEME}={compute_signature(payload, key, timestamp)}" for key in keys)])
 
 
 def verify_signature(payload: bytes, header: str | None, secret: str,

@@ -72,7 +72,8 @@ class Receiver:
                 mode = receiver.modes.get(path, "up")
                 event = json.loads(body)
                 receiver.received.append({"path": path, "mode": mode, "id": event["id"], "type": event["type"],
-                                          "subscription_id": event["data"].get("subscription_id")})
+                                          "subscription_id": event["data"].get("subscription_id"),
+                                          "body": body, "signature": self.headers.get(HEADER)})
                 if mode == "drop":
                     self.close_connection = True
                     self.wfile.flush()
@@ -222,9 +223,12 @@ async def test_every_event_of_a_billing_month_reaches_each_endpoint_once_in_orde
         assert conn.execute(sa.select(sa.func.count()).select_from(webhook_deliveries)
                             .where(webhook_deliveries.c.endpoint_id == c["endpoint_id"])).scalar_one() == 0
 
-    # manual redelivery: the same event id again, signed with the rotated secret
-    rotated = await client.post(f"/v1/webhook-endpoints/{b['endpoint_id']}/rotate-secret", headers=ADMIN)
+    # manual redelivery: the same event id again, signed with the rotated secret and, for the hour of grace
+    # asked for, with the previous one too
+    rotated = await client.post(f"/v1/webhook-endpoints/{b['endpoint_id']}/rotate-secret",
+                                json={"expire_previous_in_seconds": 3600}, headers=ADMIN)
     assert rotated.status_code == 200 and rotated.json()["secret"] != b["secret"], rotated.text
+    assert rotated.json()["previous_secret_expires_at"] is not None
     receiver.secrets["/b"] = rotated.json()["secret"]
     b_log = (await client.get(f"/v1/webhook-endpoints/{b['endpoint_id']}/deliveries",
                               params={"status": "delivered", "limit": 2}, headers=ADMIN)).json()
@@ -234,8 +238,12 @@ async def test_every_event_of_a_billing_month_reaches_each_endpoint_once_in_orde
     again = await client.post(f"/v1/webhook-deliveries/{paid['delivery_id']}/redeliver", headers=ADMIN)
     assert again.status_code == 202, again.text
     await eventually(lambda: b_has(6), "the redelivery")
-    assert receiver.delivered("/b")[-1]["id"] == paid["event_id"] == receiver.delivered("/b")[-2]["id"]
+    redelivered = receiver.delivered("/b")[-1]
+    assert redelivered["id"] == paid["event_id"] == receiver.delivered("/b")[-2]["id"]
     assert receiver.bad_signatures == []
+    for secret in (rotated.json()["secret"], b["secret"]):  # both sign during the grace
+        verify_signature(redelivered["body"], redelivered["signature"], secret, 300)
+    assert redelivered["signature"].count("v1=") == 2
     log_b = (await client.get(f"/v1/webhook-endpoints/{b['endpoint_id']}/deliveries", headers=ADMIN)).json()
     redone = next(d for d in log_b["data"] if d["delivery_id"] == paid["delivery_id"])
     assert [x["manual"] for x in redone["attempt_log"]] == [False, True]

@@ -29,7 +29,7 @@ T0 = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 
 
 class Down:
-    def send(self, url: str, body: bytes, secret: str) -> AttemptResult:
+    def send(self, url: str, body: bytes, secrets: Sequence[str]) -> AttemptResult:
         return AttemptResult(False, 503, "HTTP 503", 1)
 
 

@@ -79,7 +79,7 @@ class FakeDeliveryStore:
 
     def _claimed(self, r: Row) -> ClaimedDelivery:
         e = self.endpoints[r.new.endpoint_id]
-        return ClaimedDelivery(r.new.delivery_id, r.seq, e.endpoint_id, e.url, e.secret, r.new.event_id,
+        return ClaimedDelivery(r.new.delivery_id, r.seq, e.endpoint_id, e.url, (e.secret,), r.new.event_id,
                                r.new.event_type, r.new.body, r.attempts, r.first_attempt_at, r.redeliver)
 
     def record_attempt(self, delivery: ClaimedDelivery, attempt_no: int, at: datetime,
@@ -141,7 +141,7 @@ class ScriptedSender:
     down: set[str] = field(default_factory=set)
     sent: list[tuple[str, bytes]] = field(default_factory=list)
 
-    def send(self, url: str, body: bytes, secret: str) -> AttemptResult:
+    def send(self, url: str, body: bytes, secrets: Sequence[str]) -> AttemptResult:
         self.sent.append((url, body))
         if url in self.down:
             return AttemptResult(False, 500, "HTTP 500", 3)

@@ -49,6 +49,15 @@ def test_a_missing_or_malformed_header_is_refused(header: str | None) -> None:
         verify_signature(BODY, header, SECRET, 300, now=1_700_000_000)
 
 
+def test_during_a_rotation_grace_both_secrets_sign_and_either_verifies() -> None:
+    header = sign(BODY, [SECRET, "whsec_old"], 1_700_000_000)
+    assert header.count("v1=") == 2
+    for secret in (SECRET, "whsec_old"):
+        assert verify_signature(BODY, header, secret, 300, now=1_700_000_000) == 1_700_000_000
+    with pytest.raises(SignatureVerificationError):
+        verify_signature(BODY, header, "whsec_other", 300, now=1_700_000_000)
+
+
 def test_secrets_are_whsec_prefixed_and_unique() -> None:
     a, b = new_secret(), new_secret()
     assert a.startswith("whsec_") and len(a) > 40 and a != b

@@ -26,6 +26,8 @@ webhook_endpoints = sa.Table(
     sa.Column("secret", sa.Text, nullable=False,
               comment="the HMAC key (whsec_...): kept in clear because signing needs it; shown once by the API"),
     sa.Column("secret_rotated_at", sa.DateTime(timezone=True)),
+    sa.Column("previous_secret", sa.Text, comment="still signs (beside the new one) until the instant below"),
+    sa.Column("previous_secret_expires_at", sa.DateTime(timezone=True), comment="billing-clock instant"),
     sa.Column("failing_since", sa.DateTime(timezone=True),
               comment="billing-clock instant of the first failed attempt since the last success"),
     sa.Column("created_by", sa.Text, nullable=False),
