@@ -11,7 +11,7 @@ is refused, because it is already a binary approximation by the time we see it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
@@ -90,6 +90,18 @@ class Meter:
     event_type: str
     aggregation: Aggregation
     value_property: str | None = None
+    # An event property whose value keys the price (e.g. ``model``): the usage of each value is aggregated
+    # as the meter "<meter id>/<value>" and priced by the plan's ``dimensions`` (``dimension_meter_id``).
+    dimension: str | None = None
+
+
+#: Separates a meter id from the value of its dimension in the meter id its usage is aggregated under.
+DIMENSION_SEPARATOR = "/"
+
+
+def dimension_meter_id(meter_id: str, value: str) -> str:
+    """The meter id the usage of one dimension value is aggregated and billed under: "inference/gpt-4o"."""
+    return f"{meter_id}{DIMENSION_SEPARATOR}{value}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +138,8 @@ class MeterPricing:
     meter_unit: str | None = None
     # A pricing model (package, graduated, volume, or per unit with a minimum); None: ``unit_price`` per unit.
     price: UsagePrice | None = None
+    # Prices per value of the meter's dimension; values not listed are priced as above (the default).
+    dimension_prices: Mapping[str, UsagePrice] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +192,25 @@ class Plan:
         return Fraction(self.fee(seats).amount_minor, self.interval.months)
 
     def pricing_for(self, meter_id: str) -> MeterPricing | None:
-        return self.meters.get(MeterId(meter_id))
+        """How the plan prices ``meter_id``: a catalog meter, or one value of a dimensional meter
+        ("inference/gpt-4o": its ``dimensions`` price, else the meter's own price), named after the value."""
+        pricing = self.meters.get(MeterId(meter_id))
+        if pricing is not None or DIMENSION_SEPARATOR not in meter_id:
+            return pricing
+        parent_id, value = meter_id.split(DIMENSION_SEPARATOR, 1)
+        parent = self.meters.get(MeterId(parent_id))
+        if parent is None:
+            return None
+        # NOTE: always a pricing model (the default per unit price as one): a value's usage draws no credits
+        # (the ledger holds them per catalog meter; a meter with a dimension includes none).
+        price = parent.dimension_prices.get(value, parent.price)
+        if price is None and parent.unit_price is not None:
+            price = UsagePrice(PricingModel.PER_UNIT, parent.unit_price.currency, unit_price=parent.unit_price.amount)
+        unit_price = (UnitPrice(price.unit_price, price.currency)
+                      if price is not None and price.model is PricingModel.PER_UNIT and price.unit_price is not None
+                      else None)
+        return replace(parent, meter_id=MeterId(meter_id), price=price, unit_price=unit_price,
+                       meter_name=f"{parent.meter_name or parent_id} ({value})", dimension_prices=MappingProxyType({}))
 
     def require_sold_in(self, currency: str) -> None:
         """Refuse a subscription billed in ``currency`` unless this plan is sold in it.
@@ -382,7 +414,7 @@ def _instant(value: object, path: str) -> datetime:
 
 
 _CATALOG_KEYS = {"version", "description", "currency", "meters", "plans", "coupons"}
-_METER_KEYS = {"id", "name", "unit", "event_type", "aggregation", "value_property", "description"}
+_METER_KEYS = {"id", "name", "unit", "event_type", "aggregation", "value_property", "description", "dimension"}
 _PLAN_KEYS = {
     "id",
     "name",
@@ -402,7 +434,7 @@ _PLAN_KEYS = {
     "description",
     "unused_fee_policy",
 }
-_PRICING_KEYS = {"unit_price", "overage", "included", "pricing"}
+_PRICING_KEYS = {"unit_price", "overage", "included", "pricing", "dimensions"}
 _MODEL_KEYS = {"model", "unit_price", "package_size", "package_price", "tiers", "minimum"}
 _TIER_KEYS = {"up_to", "unit_price", "flat_fee"}
 _INCLUDED_KEYS = {"amount", "units", "pooling"}
@@ -493,6 +525,7 @@ def _parse_meter(raw: object, path: str) -> Meter:
         event_type=_identifier(_required(data, "event_type", path), f"{path}.event_type"),
         aggregation=aggregation,
         value_property=value_property,
+        dimension=None if data.get("dimension") is None else _identifier(data["dimension"], f"{path}.dimension"),
     )
 
 
@@ -585,9 +618,23 @@ def _parse_pricing(meter_id: MeterId, raw: object, currency: str, path: str, met
         included = _parse_included(data["included"], currency, f"{path}.included")
         if included.amount is not None and unit_price is None and price is None:
             raise _fail(f"{path}.unit_price", "is required to consume money credits (usage needs a price)")
+    dimension_prices: dict[str, UsagePrice] = {}
+    if meter is not None and meter.dimension is not None and price is None and unit_price is not None:
+        # a meter with a dimension is priced by a model (its default per unit price as one): it draws no credits
+        price = UsagePrice(PricingModel.PER_UNIT, currency, unit_price=unit_price.amount)
+    if meter is not None and meter.dimension is not None and included is not None:
+        # NOTE: its usage is billed per value ("<meter>/<value>"), and credits are held per catalog meter.
+        raise _fail(f"{path}.included", "included credits are not drawn from a meter with a dimension")
+    if data.get("dimensions") is not None:
+        if meter is None or meter.dimension is None:
+            raise _fail(f"{path}.dimensions", "the meter has no dimension (set the meter's dimension property)")
+        for value, raw_price in _mapping(data["dimensions"], f"{path}.dimensions").items():
+            if not value.strip():
+                raise _fail(f"{path}.dimensions", f"{value!r} is not a dimension value")
+            dimension_prices[value] = _parse_usage_price(raw_price, currency, f"{path}.dimensions.{value}")
     return MeterPricing(meter_id=meter_id, overage=overage, unit_price=unit_price, included=included,
                         meter_name=meter.name if meter else None, meter_unit=meter.unit if meter else None,
-                        price=price)
+                        price=price, dimension_prices=MappingProxyType(dimension_prices))
 
 
 def _parse_usage_price(raw: object, currency: str, path: str) -> UsagePrice:

@@ -86,6 +86,23 @@ class UsageRefused(EnvelopeError):
 class MeterRule:
     meter_id: str
     value_property: str | None  # None: COUNT (each event counts 1)
+    dimension: str | None = None  # the property whose value keys the price (the meter "<meter id>/<value>")
+
+    def meter_of(self, properties: Mapping[str, Any]) -> str:
+        """The meter id an event's usage is aggregated under: per value of the dimension when it has one.
+
+        # NOTE: an event without a usable value (missing, not a string or an integer, too long) is billed at the
+        # meter's default price rather than refused: the edge accepted it, and usage is never dropped here.
+        """
+        if self.dimension is None:
+            return self.meter_id
+        value = properties.get(self.dimension)
+        if type(value) is int:
+            value = str(value)
+        if (not isinstance(value, str) or not value.strip() or len(value) > MAX_ID_LENGTH
+                or any(ord(ch) < 32 for ch in value)):
+            return self.meter_id
+        return f"{self.meter_id}/{value}"
 
 
 class MeterMap:
@@ -107,7 +124,7 @@ class MeterMap:
                 raise ValueError(f"event type {meter.event_type!r} feeds two meters "
                                  f"({rules[meter.event_type].meter_id}, {meter.id}); one is allowed")
             prop = meter.value_property if str(meter.aggregation) == "sum" else None
-            rules[meter.event_type] = MeterRule(str(meter.id), prop)
+            rules[meter.event_type] = MeterRule(str(meter.id), prop, getattr(meter, "dimension", None))
         return cls(rules)
 
     def rule_for(self, event_type: str) -> MeterRule | None:
@@ -338,7 +355,7 @@ def _item(customer_id: str, transaction_id: str, subscription_id: str, event_typ
     rule = meters.rule_for(event_type)
     quantity = quantity_of(rule, properties) if rule is not None else Decimal(0)
     return UsageItem(customer_id, transaction_id, subscription_id, event_type,
-                     rule.meter_id if rule is not None else None, quantity,
+                     rule.meter_of(properties) if rule is not None else None, quantity,
                      timestamp.astimezone(UTC), received_at.astimezone(UTC))
 
 
@@ -374,6 +391,8 @@ def _fast_line(raw: bytes, meters: Mapping[str, tuple[str, MeterRule]], key: _Me
     if problem is not None:
         raise UsageRefused(problem)
     meter = meters.get(event_type)
+    if meter is not None and meter[1].dimension is not None:
+        return None  # a dimensional meter's id depends on a property: the careful path builds it
     if meter is None:
         meter_text, quantity = _NULL, "0"
     else:

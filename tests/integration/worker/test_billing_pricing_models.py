@@ -112,3 +112,37 @@ def test_a_late_call_moving_a_volume_period_to_the_next_tier_reprices_all_its_ca
         ("fee", "API (volume) (2026-03-01 - 2026-04-01)", 1000),
     ]
     assert february.total_minor == 4008
+
+
+def test_tokens_are_aggregated_and_billed_per_model_each_at_its_price(billing: PricedBilling) -> None:
+    """llm_tokens (fee 0.00): gpt-4o at 0.00001 a token; meta-llama/Llama-3-70b graduated, 1,000,000 at
+    0.000001 then 0.0000005; any other model, or an event without one, at the default 0.000002."""
+    sub, cus = subscribe(billing, "llm_tokens")
+    for tokens, model, day in ((1_000_000, "gpt-4o", 3), (500_000, "gpt-4o", 4),
+                               (2_500_000, "meta-llama/Llama-3-70b", 5), (250_000, "mistral-large", 6),
+                               (100_000, None, 7)):
+        properties: dict[str, object] = {"tokens": tokens, **({"model": model} if model else {})}
+        billing.record_usage(sub, cus, "inference_tokens", properties, datetime(2026, 1, day, tzinfo=UTC))
+    billing.send(ClosePeriod(subscription_id=sub, customer_id=cus, period_end=FEB_1), FEB_1)
+    # 500,000 more llama tokens of January arrive late: after its 2,500,000, all in tier 2 (0.25, not 0.50)
+    billing.record_usage(sub, cus, "inference_tokens", {"tokens": 500_000, "model": "meta-llama/Llama-3-70b"},
+                         datetime(2026, 1, 30, tzinfo=UTC))
+    billing.send(ClosePeriod(subscription_id=sub, customer_id=cus, period_end=MAR_1), MAR_1)
+
+    _start, january, february = billing.invoices(sub)
+    # 100,000 x 0.000002 = 0.20; 1,500,000 x 0.00001 = 15.00; llama 1,000,000 x 0.000001 = 1.00 and
+    # 1,500,000 x 0.0000005 = 0.75; 250,000 x 0.000002 = 0.50: 17.45
+    assert billing.described_lines(january.invoice_id) == [
+        ("usage", "Inference tokens: 100,000 tokens", 20),
+        ("usage", "Inference tokens (gpt-4o): 1,500,000 tokens", 1500),
+        ("usage", "Inference tokens (meta-llama/Llama-3-70b): 1,000,000 tokens, tier 1 (1 - 1,000,000)", 100),
+        ("usage", "Inference tokens (meta-llama/Llama-3-70b): 1,500,000 tokens, tier 2 (above 1,000,000)", 75),
+        ("usage", "Inference tokens (mistral-large): 250,000 tokens", 50),
+        ("fee", "LLM tokens (priced per model) (2026-02-01 - 2026-03-01)", 0),
+    ]
+    assert january.total_minor == 1745
+    assert billing.described_lines(february.invoice_id) == [
+        ("adjustment", "Late usage: Inference tokens (meta-llama/Llama-3-70b): 500,000 tokens, tier 2 "
+                       "(above 1,000,000)", 25),
+        ("fee", "LLM tokens (priced per model) (2026-03-01 - 2026-04-01)", 0),
+    ]

@@ -80,3 +80,44 @@ def test_a_malformed_pricing_block_is_refused_naming_the_field(pricing: object, 
 def test_money_credits_need_a_price_which_a_pricing_block_gives() -> None:
     data = document(copy.deepcopy(GRADUATED), included={"amount": "2.00"})
     assert Catalog.from_dict(data).plan("api").meters["api_calls"].price is not None  # type: ignore[index]
+
+
+# --- dimensional prices --------------------------------------------------------------------------------
+
+
+def dimensional(pricing_extra: dict[str, Any], dimension: str | None = "model") -> dict[str, Any]:
+    data = document(None, unit_price="0.000002", **pricing_extra)
+    del data["plans"][0]["meters"]["api_calls"]["pricing"]
+    if dimension is not None:
+        data["meters"][0]["dimension"] = dimension
+    return data
+
+
+def test_a_meter_priced_per_dimension_value_falls_back_to_its_own_price_for_other_values() -> None:
+    plan = priced_catalog().plan("llm_tokens")
+    gpt = plan.pricing_for("tokens/gpt-4o")
+    llama = plan.pricing_for("tokens/meta-llama/Llama-3-70b")  # a value may hold the separator itself
+    other = plan.pricing_for("tokens/mistral-large")
+    assert gpt is not None and gpt.price is not None and gpt.unit_price is not None
+    assert (gpt.meter_id, gpt.meter_name, gpt.unit_price.amount) == (
+        "tokens/gpt-4o", "Inference tokens (gpt-4o)", Decimal("0.00001"))
+    assert llama is not None and llama.price is not None and llama.price.model is PricingModel.GRADUATED
+    assert llama.unit_price is None
+    assert other is not None and other.price is not None and other.price.model is PricingModel.PER_UNIT
+    assert other.unit_price is not None
+    assert other.unit_price.amount == Decimal("0.000002") and other.meter_name == "Inference tokens (mistral-large)"
+    assert plan.pricing_for("unknown/gpt-4o") is None
+
+
+@pytest.mark.parametrize(("extra", "dimension", "field"), [
+    ({"dimensions": {"gpt-4o": {"model": "per_unit", "unit_price": "0.00001"}}}, None,
+     "dimensions: the meter has no dimension"),
+    ({"dimensions": {"gpt-4o": {"model": "graduated"}}}, "model", "dimensions.gpt-4o.tiers: is required"),
+    ({"dimensions": {"gpt-4o": "0.00001"}}, "model", "dimensions.gpt-4o: expected a mapping"),
+    ({"included": {"units": 100}}, "model", "included: included credits are not drawn from a meter with a dimension"),
+])
+def test_a_malformed_dimension_price_is_refused_naming_the_field(extra: dict[str, Any], dimension: str | None,
+                                                                 field: str) -> None:
+    with pytest.raises(CatalogError) as refused:
+        Catalog.from_dict(dimensional(extra, dimension))
+    assert f"plans[api].meters.api_calls.{field}" in str(refused.value)

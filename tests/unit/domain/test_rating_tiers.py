@@ -147,3 +147,21 @@ def test_the_preview_prices_a_tiered_meter_as_the_close_does() -> None:
     assert (estimate.credit_units_applied, estimate.billable_quantity, estimate.charge) == (
         Decimal(500), Decimal(700), usd("91.00"))
     assert estimate.gross == usd("141.00")  # 1,000 x 0.10 + 5.00 + 200 x 0.08 + 20.00 without included units
+
+
+def test_a_dimensional_meter_bills_each_model_at_its_own_price() -> None:
+    """Tokens priced per model: gpt-4o per unit 0.00001; meta-llama/Llama-3-70b graduated (1,000,000 at 0.000001,
+    then 0.0000005); any other model, or no model, at the default 0.000002."""
+    usage = {MeterId("tokens"): Decimal(100_000), MeterId("tokens/gpt-4o"): Decimal(1_500_000),
+             MeterId("tokens/meta-llama/Llama-3-70b"): Decimal(3_000_000),
+             MeterId("tokens/mistral-large"): Decimal(250_000)}
+    result = close(subscribe("llm_tokens"), usage, ledger("llm_tokens"))
+    assert [(d, a) for _, d, _, a in lines(result.invoice)] == [
+        ("Inference tokens: 100,000 tokens", usd("0.20")),
+        ("Inference tokens (gpt-4o): 1,500,000 tokens", usd("15.00")),
+        ("Inference tokens (meta-llama/Llama-3-70b): 1,000,000 tokens, tier 1 (1 - 1,000,000)", usd("1.00")),
+        ("Inference tokens (meta-llama/Llama-3-70b): 2,000,000 tokens, tier 2 (above 1,000,000)", usd("1.00")),
+        ("Inference tokens (mistral-large): 250,000 tokens", usd("0.50")),
+        ("LLM tokens (priced per model) (2024-02-01 - 2024-03-01)", usd("0.00")),
+    ]
+    assert result.invoice.total == usd("17.70") and result.unbilled == ()

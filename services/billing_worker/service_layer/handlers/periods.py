@@ -167,7 +167,8 @@ def _late_usage_as_rated(uow: BillingUnitOfWork, sub: Subscription, plan: Plan,
     # have cut it differently); the included units that period drew are taken as min(billed, the plan's
     # included units), what its close drew when nothing else fed the meter's credits.
     """
-    priced = {meter for meter, pricing in plan.meters.items() if pricing.price is not None}
+    pricings = {item.meter_id: plan.pricing_for(item.meter_id) for item in late}  # "<meter>/<value>" too
+    priced = {meter for meter, pricing in pricings.items() if pricing is not None and pricing.price is not None}
     out = _late_usage([item for item in late if item.meter_id not in priced])
     groups: dict[tuple[str, Period], Decimal] = {}
     for item in late:
@@ -178,7 +179,8 @@ def _late_usage_as_rated(uow: BillingUnitOfWork, sub: Subscription, plan: Plan,
         if not quantity:
             continue
         billed = max(Decimal(0), uow.billed_usage(sub.id, [meter], period.start, period.end)[meter] - quantity)
-        included = plan.meters[MeterId(meter)].included
+        pricing = pricings[meter]
+        included = pricing.included if pricing is not None else None
         units = included.for_seats(sub.seats) if included is not None else None
         out.append(LateUsage(MeterId(meter), period, quantity, billed_quantity=billed,
                              billed_included=min(billed, units) if isinstance(units, Decimal) else Decimal(0)))
