@@ -19,7 +19,7 @@ CATALOG: Final[Mapping[str, str]] = {
     "invoice.payment_failed": "a payment attempt of an invoice failed",
     "invoice.voided": "an invoice was voided",
     "invoice.uncollectible": "an invoice was written off (manually or when dunning gave up)",
-    "credit_note.created": "a credit note was issued against an invoice (not produced yet)",
+    "credit_note.created": "a credit note was issued against an invoice (reduced / refunded / credited parts)",
     "subscription.created": "a subscription started (trialing or active)",
     "subscription.updated": "a subscription changed status (paused, resumed, past due, trial ended, ...)",
     "subscription.cancelled": "a subscription was cancelled",
@@ -32,8 +32,7 @@ CATALOG: Final[Mapping[str, str]] = {
     "quota.on_track_to_limit": "an org is on track to reach its monthly report limit",
 }
 ALL_EVENTS: Final = "*"
-NOT_PRODUCED_YET: Final = frozenset({"invoice.drafted", "credit_note.created", "credits.balance_low",
-                                     "alert.triggered"})
+NOT_PRODUCED_YET: Final = frozenset({"invoice.drafted", "credits.balance_low", "alert.triggered"})
 
 
 def _subscription_status(payload: Mapping[str, Any]) -> str:
@@ -57,7 +56,6 @@ PUBLIC_NAME_OF: Final[Mapping[str, Callable[[Mapping[str, Any]], str]]] = {
     "invoice.voided": _same("invoice.voided"),
     "invoice.uncollectible": _same("invoice.uncollectible"),
     "credit_note.created": _same("credit_note.created"),
-    "credit_note.issued": _same("credit_note.created"),
     "subscription.status_changed": _subscription_status,
     "credits.granted": _same("credits.granted"),
     "credits.expired": _same("credits.expired"),

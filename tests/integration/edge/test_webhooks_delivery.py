@@ -73,6 +73,7 @@ class Receiver:
                 event = json.loads(body)
                 receiver.received.append({"path": path, "mode": mode, "id": event["id"], "type": event["type"],
                                           "subscription_id": event["data"].get("subscription_id"),
+                                          "data": event["data"],
                                           "body": body, "signature": self.headers.get(HEADER)})
                 if mode == "drop":
                     self.close_connection = True
@@ -219,6 +220,17 @@ async def test_every_event_of_a_billing_month_reaches_each_endpoint_once_in_orde
     first = log["data"][-1]
     assert [(x["succeeded"], x["status_code"]) for x in first["attempt_log"]] == [
         (False, 500), (False, 500), (False, None), (False, None), (False, None), (True, 200)]
+    # a credit note of 1.00 on the paid first invoice: credit_note.created to A (B did not subscribe to it)
+    first_invoice = receiver.delivered("/a")[1]["data"]["invoice_id"]
+    note = await command(client, "POST", f"/v1/invoices/{first_invoice}/credit-notes",
+                         {"amount_minor": 100, "reason": "order_change"})
+    assert note.status_code == 201, note.text
+    await eventually(lambda: a_has(6), "credit_note.created at A")
+    created_note = receiver.delivered("/a")[5]
+    assert (created_note["type"], created_note["data"]["credit_note_id"], created_note["data"]["total_minor"]) == (
+        "credit_note.created", note.json()["credit_note_id"], 100)
+    assert len(receiver.delivered("/b")) == 5
+
     with container.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(webhook_deliveries)
                             .where(webhook_deliveries.c.endpoint_id == c["endpoint_id"])).scalar_one() == 0
