@@ -177,6 +177,24 @@ class UnitOfWorkContract:
         # and what a close billed is never billed again
         assert ({m: q for m, q in february.totals.items() if q}, list(february.late)) == ({}, [])
 
+    def test_billed_usage_counts_what_the_closes_billed_of_a_period(self) -> None:
+        """The position late units of a tiered price start at (issue 15, item 2)."""
+        sub, cus, _ = self.subscribe()
+        self.record_usage(sub, cus, 1_000_000, JAN_1 + timedelta(days=3))
+        self.record_usage(sub, cus, 500_000, JAN_16)
+        uow = self.started(FEB_1)
+        assert uow.billed_usage(sub, ["inference", "storage"], JAN_1, FEB_1) == {
+            "inference": Decimal(0), "storage": Decimal(0)}
+        uow.close_usages([(sub, JAN_1, FEB_1)])
+        assert uow.billed_usage(sub, ["inference"], JAN_1, FEB_1) == {"inference": Decimal(1_500_000)}
+        self.record_usage(sub, cus, 200_000, JAN_16 + timedelta(days=4))  # late: not billed until a close takes it
+        self.record_usage(sub, cus, 300_000, FEB_1 + timedelta(days=2))
+        uow = self.started(MAR_1)
+        assert uow.billed_usage(sub, ["inference"], JAN_1, FEB_1) == {"inference": Decimal(1_500_000)}
+        uow.close_usages([(sub, FEB_1, MAR_1)])
+        assert uow.billed_usage(sub, ["inference"], JAN_1, FEB_1) == {"inference": Decimal(1_700_000)}
+        assert uow.billed_usage(sub, ["inference"], FEB_1, MAR_1) == {"inference": Decimal(300_000)}
+
     def test_coupon_attachments_are_counted_per_subscription(self) -> None:
         coupon = f"TEST_{uuid.uuid4().hex[:8]}"
         uow = self.started()
