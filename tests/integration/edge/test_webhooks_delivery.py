@@ -292,9 +292,10 @@ async def test_endpoint_writes_are_validated_admin_only_idempotent_and_audited(
     listed = (await client.get("/v1/webhook-endpoints", headers=ADMIN)).json()["data"]
     assert endpoint_id in {e["endpoint_id"] for e in listed}
     unknown = await client.get("/v1/webhook-endpoints/we_nope", headers=ADMIN)
-    assert (unknown.status_code, unknown.json()["type"]) == (404, "/problems/not-found")
+    assert (unknown.status_code, unknown.json()["type"], unknown.json()["code"]) == (
+        404, "/problems/not-found", "unknown_webhook_endpoint")
     no_delivery = await client.post(f"/v1/webhook-deliveries/{uuid.uuid4()}/redeliver", headers=ADMIN)
-    assert no_delivery.status_code == 404, no_delivery.text
+    assert (no_delivery.status_code, no_delivery.json()["code"]) == (404, "unknown_webhook_delivery")
     bad_status = await client.get(f"/v1/webhook-endpoints/{endpoint_id}/deliveries?status=lost", headers=ADMIN)
     assert bad_status.status_code == 422
 
