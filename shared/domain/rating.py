@@ -552,8 +552,10 @@ def _rate_closed_usage(
         at=at,
     )
     invoice_key = str(invoice.key)
-    # NOTE: a meter with a minimum per period is billed its minimum even when nothing was used.
-    totals = {**{m: Decimal(0) for m, p in plan.meters.items() if _has_minimum(plan, m)
+    # NOTE: a meter with a minimum per period is billed its minimum even when nothing was used (not while the
+    # subscription is paused: it bills no fee either).
+    minimums = subscription.status is not SubscriptionStatus.PAUSED
+    totals = {**{m: Decimal(0) for m, p in plan.meters.items() if minimums and _has_minimum(plan, m)
                  and p.overage is OveragePolicy.BILL}, **usage_totals_by_meter}
     usage = [(meter_id, billed, totals[meter_id]) for meter_id in sorted(totals)]
     lines, consumptions, unbilled = _rate_usage(

@@ -109,6 +109,9 @@ def test_a_minimum_is_billed_without_usage_and_tops_up_a_small_charge() -> None:
         (LineKind.USAGE, "Emails: minimum commitment USD 10.00", Decimal(0), usd("6.00")),
     ]
     assert idle.invoice.total == used.invoice.total == usd("10.00")
+    paused = subscribe("emails_package")
+    paused.pause(at=JAN_1.replace(day=10))
+    assert not close(paused, {}, ledger("emails_package")).invoice.lines  # no fee, no minimum while paused
 
 
 def test_late_usage_is_priced_at_its_marginal_position_after_what_its_period_billed() -> None:
