@@ -12,7 +12,8 @@ The semantics follow Stripe's and Lago's documented ones:
 - package: a price per block of ``package_size`` units, a started block is a whole block (Stripe's
   ``transform_quantity`` with ``round: up``, Lago's package model);
 - minimum: when the meter's charge for a period is below ``minimum``, a "minimum commitment" part tops it up
-  to the minimum (Lago's spending minimum and its true-up fee), also when nothing was used.
+  to the minimum (Lago's spending minimum and its true-up fee), also when nothing was used; a period cut short
+  (a stub first period, a cancel-now) owes its share of it (``minimum_share``; Lago prorates it too).
 
 # NOTE: included units (the plan's unit credits) are the period's FIRST units: they take the first tier
 # positions of a graduated price (so the billable units start at the position after them), count in the
@@ -31,12 +32,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Context, Decimal
 from enum import StrEnum
+from fractions import Fraction
 
 from shared.domain.errors import CatalogError
 from shared.domain.money import Money, UnitPrice, line_amount, minor_units
 
 _EXACT = Context(prec=80)
 _ZERO = Decimal(0)
+_WHOLE = Fraction(1)
 
 
 class PricingModel(StrEnum):
@@ -98,26 +101,30 @@ class UsagePrice:
         if self.minimum is not None and (self.minimum.currency != self.currency or self.minimum.is_negative()):
             raise CatalogError(f"a minimum must be a non-negative amount in {self.currency}")
 
-    def charge(self, quantity: Decimal, included: Decimal = _ZERO) -> tuple[PricedPart, ...]:
+    def charge(self, quantity: Decimal, included: Decimal = _ZERO,
+               minimum_share: Fraction = _WHOLE) -> tuple[PricedPart, ...]:
         """The parts of the charge of a period's ``quantity`` units, the first ``included`` of them covered
-        by included units (see the module's NOTE). Parts with nothing to show are left out."""
+        by included units (see the module's NOTE); the minimum is ``minimum_share`` of the plan's (rounded
+        once). Parts with nothing to show are left out."""
         if quantity < 0 or included < 0:
             raise CatalogError(f"cannot price {quantity} units with {included} included")
         included = min(included, quantity)
         parts = [p for p in self._usage_parts(quantity, included) if p.quantity or p.amount.amount_minor]
         if self.minimum is not None:
+            minimum = self.minimum if minimum_share == _WHOLE else self.minimum.scale(minimum_share)
             charged = sum((p.amount.amount_minor for p in parts), 0)
-            if charged < self.minimum.amount_minor:
-                short = Money(self.minimum.amount_minor - charged, self.currency)
-                parts.append(PricedPart("minimum", f"minimum commitment {_amount_text(self.minimum)}",
+            if charged < minimum.amount_minor:
+                short = Money(minimum.amount_minor - charged, self.currency)
+                parts.append(PricedPart("minimum", f"minimum commitment {_amount_text(minimum)}",
                                         _ZERO, None, short))
         return tuple(parts)
 
-    def marginal(self, before: tuple[Decimal, Decimal], after: tuple[Decimal, Decimal]) -> tuple[PricedPart, ...]:
+    def marginal(self, before: tuple[Decimal, Decimal], after: tuple[Decimal, Decimal],
+                 minimum_share: Fraction = _WHOLE) -> tuple[PricedPart, ...]:
         """What moving a period from ``before`` to ``after`` (each ``(units, included units)``) adds: the
         difference of the two charges, part by part (a volume tier left behind shows as a negative part)."""
-        old = {p.key: p for p in self.charge(*before)}
-        new = self.charge(*after)
+        old = {p.key: p for p in self.charge(*before, minimum_share)}
+        new = self.charge(*after, minimum_share)
         out: list[PricedPart] = []
         for part in new:
             was = old.pop(part.key, None)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
+from fractions import Fraction
 from functools import lru_cache, partial
 from typing import Protocol
 
@@ -190,6 +191,7 @@ def _rate_meter(
     label: str,
     reference: str,
     before: tuple[Decimal, Decimal] = (Decimal(0), Decimal(0)),
+    minimum_share: Fraction = Fraction(1),
 ) -> tuple[list[InvoiceLine], CreditConsumption | None]:
     """Lines for one meter's billable usage after credits; the credit kind follows the plan's included
     credit (units when it is in units, money otherwise). ``before`` is what the period already billed
@@ -204,7 +206,7 @@ def _rate_meter(
     if pricing.price is not None:
         return _rate_priced_meter(meter_id=meter_id, pricing=pricing, price=pricing.price, quantity=quantity,
                                   before=before, period=period, consume=consume, usage_kind=usage_kind,
-                                  label=label, usage_at=usage_at)
+                                  label=label, usage_at=usage_at, minimum_share=minimum_share)
     unit_price, amount, billable, covered = _rate_quantity(pricing, quantity, consume)
     text = _usage_text(label, pricing, quantity)
     if isinstance(covered, Decimal):
@@ -257,6 +259,7 @@ def _rate_priced_meter(
     usage_kind: LineKind,
     label: str,
     usage_at: datetime,
+    minimum_share: Fraction = Fraction(1),
 ) -> tuple[list[InvoiceLine], CreditConsumption | None]:
     """A meter with a pricing model (``shared.domain.pricing``): one line per priced part (a tier touched, its
     flat fee, the packages, the minimum top-up), each rounded once; Σ lines is the meter's charge.
@@ -275,7 +278,8 @@ def _rate_priced_meter(
             raise RatingError(f"credit source returned {covered!r} for unit credits on {pricing.meter_id}")
         included += covered
     after = (billed + quantity, included)
-    parts = price.marginal(before, after) if billed or billed_included else price.charge(*after)
+    parts = (price.marginal(before, after, minimum_share) if billed or billed_included
+             else price.charge(*after, minimum_share))
     name = pricing.meter_name or str(meter_id)
     lines = []
     for part in parts:
@@ -327,9 +331,11 @@ def _rate_usage(
     label: str,
     reference_prefix: str,
     billed_before: Sequence[tuple[Decimal, Decimal]] = (),
+    minimum_share: Fraction = Fraction(1),
 ) -> tuple[list[InvoiceLine], list[CreditConsumption], list[UnbilledUsage]]:
     """``billed_before`` (parallel to ``usage``, optional): what each item's period already billed of its
-    meter, (units, included units), for late usage priced at its marginal tier position."""
+    meter, (units, included units), for late usage priced at its marginal tier position; ``minimum_share``:
+    the share of a meter's minimum its period owes (a period cut short)."""
     lines: list[InvoiceLine] = []
     consumptions: list[CreditConsumption] = []
     unbilled: list[UnbilledUsage] = []
@@ -357,11 +363,21 @@ def _rate_usage(
             label=label,
             reference=f"{reference_prefix}|{usage_kind.value}|{index}|{meter_id}|{period_start_text}",
             before=billed_before[index] if index < len(billed_before) else (Decimal(0), Decimal(0)),
+            minimum_share=minimum_share,
         )
         lines.extend(meter_lines)
         if consumption is not None:
             consumptions.append(consumption)
     return lines, consumptions, unbilled
+
+
+def _minimum_share(subscription: Subscription, period: Period) -> Fraction:
+    """The share of a period's minimum that ``period`` owes: 1 for a full anchored period, its length over
+    the anchored period's for one cut short (a stub first period, a cancel-now), to the second."""
+    if is_full_period(period, subscription.anchor, subscription.interval):
+        return Fraction(1)
+    anchored = period_containing(subscription.anchor, subscription.interval, period.start)
+    return Fraction(min(period.duration_seconds(), anchored.duration_seconds()), anchored.duration_seconds())
 
 
 def _has_minimum(plan: Plan, meter_id: str) -> bool:
@@ -565,6 +581,7 @@ def _rate_closed_usage(
         usage_kind=LineKind.USAGE,
         label="Usage",
         reference_prefix=invoice_key,
+        minimum_share=_minimum_share(subscription, billed) if minimums else Fraction(1),
     )
     late = [(item.meter_id, item.period, item.quantity) for item in late_usage]
     late_lines, late_consumptions, late_unbilled = _rate_usage(
@@ -915,6 +932,7 @@ def rate_grace_usage(
             # NOTE: "<invoice key>|usage|..." like the close's own references (the store reads the invoice of a
             # consumption from that prefix), with "grace" where the close has its index: never one of the close's.
             reference_prefix=f"{key}|usage|grace",
+            minimum_share=_minimum_share(subscription, period),
         )
         lines.extend(meter_lines)
         consumptions.extend(meter_consumptions)

@@ -20,6 +20,7 @@ from shared.domain.money import Money
 from shared.domain.rating import (
     GraceUsage,
     LateUsage,
+    close_final_period,
     close_period,
     included_grants,
     preview_usage_charges,
@@ -112,6 +113,20 @@ def test_a_minimum_is_billed_without_usage_and_tops_up_a_small_charge() -> None:
     paused = subscribe("emails_package")
     paused.pause(at=JAN_1.replace(day=10))
     assert not close(paused, {}, ledger("emails_package")).invoice.lines  # no fee, no minimum while paused
+
+
+def test_a_period_cut_short_owes_its_share_of_the_minimum() -> None:
+    # cancelled now on 11 January 00:00: 10 of January's 31 days, 10.00 x 10/31 = 3.2258... -> 3.23 (Lago
+    # prorates a spending minimum too); 1,001 emails (4.00) already meet it
+    result = close_final_period(subscription=subscribe("emails_package"), plan=CATALOG.plan("emails_package"),
+                                usage_totals_by_meter={}, credits=ledger("emails_package"), coupon=None,
+                                tax_rate_bps=0, at=JAN_1.replace(day=11), invoice_id=InvoiceId("inv_2"))
+    assert result is not None
+    assert lines(result.invoice) == [(LineKind.USAGE, "Emails: minimum commitment USD 3.23", Decimal(0), usd("3.23"))]
+    used = close_final_period(subscription=subscribe("emails_package"), plan=CATALOG.plan("emails_package"),
+                              usage_totals_by_meter={EMAILS: Decimal(1001)}, credits=ledger("emails_package"),
+                              coupon=None, tax_rate_bps=0, at=JAN_1.replace(day=11), invoice_id=InvoiceId("inv_3"))
+    assert used is not None and used.invoice.total == usd("4.00")
 
 
 def test_late_usage_is_priced_at_its_marginal_position_after_what_its_period_billed() -> None:
