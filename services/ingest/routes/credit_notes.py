@@ -22,12 +22,11 @@ from services.ingest.container import Container, get_container
 from services.ingest.ids import PathId
 from services.ingest.pagination import Page, decode_cursor, encode_cursor
 from services.ingest.problems import PROBLEM_JSON, PROBLEM_RESPONSES, Problem, ProblemError, command_rejected
-from services.ingest.routes.documents import HTML_POLICY, PDF, DocumentFormat, negotiate
+from services.ingest.routes.documents import PDF, DocumentFormat, document_format, document_response
 from services.ingest.routes.subscriptions import COMMAND_RESPONSES, pending_answer, unit_of_work, worker_outcome
 from services.ingest.service_layer import credit_notes, views
 from services.ingest.service_layer.unit_of_work import UnitOfWorkFactory
 from services.ingest.views import CreditNoteView
-from shared.adapters.documents import render_invoice_html, render_invoice_pdf
 
 router = APIRouter(tags=["credit notes"])
 Limit = Query(50, ge=1, le=500)
@@ -154,16 +153,8 @@ async def credit_note_document(
     principal: Principal = Depends(require(Scope.READ)),
     container: Container = Depends(get_container),
 ) -> Response:
-    chosen = format if format is not None else negotiate(request.headers.get("accept"))
-    if chosen is None:
-        raise ProblemError(406, "Not acceptable", "this document is served as application/pdf or text/html "
-                           "(or name one with ?format=pdf|html)", slug="not-acceptable")
+    chosen = document_format(format, request.headers.get("accept"))
     document = await run_in_threadpool(partial(credit_notes.document, container.engine, credit_note_id,
                                                issuer_name=container.settings.invoice_issuer_name))
     authorize_customer(principal, document.customer_id)
-    headers = {"Content-Disposition": f'inline; filename="{document.file_stem}.{chosen.value}"',
-               "Cache-Control": "private, no-cache", "Vary": "Accept", "X-Content-Type-Options": "nosniff"}
-    if chosen is DocumentFormat.PDF:
-        return Response(await run_in_threadpool(render_invoice_pdf, document), media_type=PDF, headers=headers)
-    headers["Content-Security-Policy"] = HTML_POLICY
-    return Response(render_invoice_html(document), media_type="text/html", headers=headers)
+    return await document_response(document, chosen)

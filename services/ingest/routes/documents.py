@@ -64,8 +64,24 @@ def negotiate(accept: str | None) -> DocumentFormat | None:
     return best[0] if best is not None and best[1][1] > 0 else None
 
 
-def _content_disposition(document: InvoiceDocument, fmt: DocumentFormat) -> str:
-    return f'inline; filename="{document.file_stem}.{fmt.value}"'
+def document_format(format: DocumentFormat | None, accept: str | None) -> DocumentFormat:
+    """The format asked for: `?format=` when given, else the `Accept` header; 406 when it names neither."""
+    chosen = format if format is not None else negotiate(accept)
+    if chosen is None:
+        raise ProblemError(406, "Not acceptable", "this document is served as application/pdf or text/html "
+                           "(or name one with ?format=pdf|html)", slug="not-acceptable")
+    return chosen
+
+
+async def document_response(document: InvoiceDocument, chosen: DocumentFormat) -> Response:
+    """The document (an invoice's or a credit note's) rendered as `chosen`, with the headers every document
+    is served with (the HTML page under `HTML_POLICY`)."""
+    headers = {"Content-Disposition": f'inline; filename="{document.file_stem}.{chosen.value}"',
+               "Cache-Control": "private, no-cache", "Vary": "Accept", "X-Content-Type-Options": "nosniff"}
+    if chosen is DocumentFormat.PDF:
+        return Response(await run_in_threadpool(render_invoice_pdf, document), media_type=PDF, headers=headers)
+    headers["Content-Security-Policy"] = HTML_POLICY
+    return Response(render_invoice_html(document), media_type=HTML, headers=headers)
 
 
 @router.get(
@@ -91,10 +107,7 @@ async def invoice_document(
     principal: Principal = Depends(require(Scope.READ)),
     container: Container = Depends(get_container),
 ) -> Response:
-    chosen = format if format is not None else negotiate(request.headers.get("accept"))
-    if chosen is None:
-        raise ProblemError(406, "Not acceptable", "this document is served as application/pdf or text/html "
-                           "(or name one with ?format=pdf|html)", slug="not-acceptable")
+    chosen = document_format(format, request.headers.get("accept"))
 
     def load() -> InvoiceDocument | None:
         with container.engine.connect() as conn:
@@ -107,9 +120,4 @@ async def invoice_document(
     if not document.is_final:
         raise ProblemError(409, "Invoice not final yet", f"invoice {invoice_id!r} is a draft: it has no number "
                            "and may still change", slug="invoice-not-final")
-    headers = {"Content-Disposition": _content_disposition(document, chosen), "Cache-Control": "private, no-cache",
-               "Vary": "Accept", "X-Content-Type-Options": "nosniff"}
-    if chosen is DocumentFormat.PDF:
-        return Response(await run_in_threadpool(render_invoice_pdf, document), media_type=PDF, headers=headers)
-    headers["Content-Security-Policy"] = HTML_POLICY
-    return Response(render_invoice_html(document), media_type=HTML, headers=headers)
+    return await document_response(document, chosen)
