@@ -16,9 +16,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from services.ingest.auth import Principal
-from services.ingest.service_layer import lifecycle, views
+from services.ingest.service_layer import lifecycle
+from services.ingest.service_layer.invoices import current as current_invoice
 from services.ingest.service_layer.lifecycle import Accepted
-from services.ingest.service_layer.refusals import InvoiceNotCreditable, UnknownCreditNote, UnknownInvoice
+from services.ingest.service_layer.refusals import InvoiceNotCreditable, UnknownCreditNote
 from services.ingest.service_layer.unit_of_work import UnitOfWorkFactory
 from services.ingest.views import CreditNoteLineView, CreditNoteView
 from shared.adapters.documents import InvoiceDocument
@@ -33,10 +34,7 @@ def issue(uow: UnitOfWorkFactory, engine: sa.Engine, invoice_id: str, *, lines: 
           credit_minor: int | None, principal: Principal, authorize: Callable[[str], None], now: datetime,
           request_id: str | None) -> Accepted:
     """Send `credit_note.issue` for a finalised invoice (see the module docstring)."""
-    found = views.invoice(engine, invoice_id)
-    if found is None:
-        raise UnknownInvoice(f"no invoice {invoice_id!r}", field="invoice_id")
-    authorize(found.customer_id)
+    found = current_invoice(engine, invoice_id, authorize)
     if found.status in ("draft", "void"):
         raise InvoiceNotCreditable(f"invoice {invoice_id} is {found.status}: only open, paid or uncollectible "
                                    "invoices can be credited", field="invoice_id")

@@ -16,9 +16,9 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from services.ingest.auth import Principal
-from services.ingest.service_layer import lifecycle, views
+from services.ingest.service_layer import invoices, lifecycle
 from services.ingest.service_layer.lifecycle import Accepted
-from services.ingest.service_layer.refusals import InvoiceNotDraft, UnknownInvoice
+from services.ingest.service_layer.refusals import InvoiceNotDraft
 from services.ingest.service_layer.unit_of_work import UnitOfWorkFactory
 from services.ingest.views import InvoiceView
 from shared.contracts.messages import FinalizeInvoice
@@ -41,10 +41,7 @@ def finalize_invoice(uow: UnitOfWorkFactory, engine: sa.Engine, invoice_id: str,
 
 def current(engine: sa.Engine, invoice_id: str, authorize: Callable[[str], None]) -> InvoiceView:
     """The invoice as the read model has it, the caller authorised for its customer; a void one is refused."""
-    found = views.invoice(engine, invoice_id)
-    if found is None:
-        raise UnknownInvoice(f"no invoice {invoice_id!r}", field="invoice_id")
-    authorize(found.customer_id)
+    found = invoices.current(engine, invoice_id, authorize)
     if found.status == "void":
         raise InvoiceNotDraft(f"invoice {invoice_id} is void: it cannot be finalised", field="invoice_id")
     return found
