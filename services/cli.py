@@ -6,6 +6,7 @@
     billing clock now | advance 1d      the simulated billing clock
     billing customers | subscriptions | invoices   look around (read-only SQL)
     billing demo                        the simulated billing month (see services/demo)
+    billing catalog import DIR | export  the catalog in PostgreSQL from / to YAML documents
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ app = typer.Typer(help="Operator CLI of the billing engine: the local stack, the
                   "clock and read-only views of customers, subscriptions and invoices.", no_args_is_help=True)
 clock_app = typer.Typer(help="The billing clock (simulated clocks only move forward).", no_args_is_help=True)
 app.add_typer(clock_app, name="clock")
+catalog_app = typer.Typer(help="The catalog stored in PostgreSQL and its YAML bootstrap files.", no_args_is_help=True)
+app.add_typer(catalog_app, name="catalog")
 console = Console()
 
 
@@ -194,6 +197,40 @@ def demo(
     from services.demo import run_demo
 
     raise typer.Exit(run_demo(customers=customers_count, keep_stack=keep_stack))
+
+
+@catalog_app.command("import")
+def catalog_import(directory: Annotated[Path, typer.Argument(help="a folder of catalog *.yaml files")]) -> None:
+    """Store the catalog documents of a folder (idempotent: unchanged entries add nothing; a changed plan
+    becomes its new current version; a meter or coupon may change only its name and description)."""
+    from shared.adapters.catalog_file import read_catalog_documents
+    from shared.adapters.postgres.catalog_store import import_documents
+    from shared.bootstrap import build_clock, build_engine
+
+    s = _settings()
+    engine = build_engine(s, pool_size=1)
+    documents = read_catalog_documents(sorted(directory.glob("*.yaml")))
+    with engine.begin() as conn:
+        changes = import_documents(conn, documents, build_clock(s, engine).now())
+    engine.dispose()
+    console.print(json.dumps({"changed": changes.changed, "meters_added": changes.meters_added,
+                              "meters_updated": changes.meters_updated, "plans_added": changes.plans_added,
+                              "versions_added": [f"{p}@{v}" for p, v in changes.versions_added],
+                              "coupons_added": changes.coupons_added, "coupons_updated": changes.coupons_updated}))
+
+
+@catalog_app.command("export")
+def catalog_export() -> None:
+    """Print the stored catalog as one YAML document (plans at their current version)."""
+    from shared.adapters.catalog_file import dump_catalog_document
+    from shared.adapters.postgres.catalog_store import export_document
+    from shared.bootstrap import build_engine
+
+    engine = build_engine(_settings(), pool_size=1)
+    with engine.connect() as conn:
+        document = export_document(conn)
+    engine.dispose()
+    sys.stdout.write(dump_catalog_document(document))
 
 
 if __name__ == "__main__":

@@ -40,3 +40,18 @@ def load_catalog(paths: Iterable[Path]) -> Catalog:
 def load_default_catalog() -> Catalog:
     """The catalogs shipped in ``shared/catalogs`` (usage tiers, report plans, classic plans)."""
     return load_catalog(CATALOG_DIR / name for name in DEFAULT_CATALOG_FILES)
+
+
+def read_catalog_documents(paths: Iterable[Path]) -> list[object]:
+    """The documents of these YAML files as plain data (for `billing catalog import`), each validated like
+    `load_catalog_file` validates it; errors name the file."""
+    documents: list[object] = []
+    for path in paths:
+        load_catalog_file(path)
+        documents.append(yaml.safe_load(path.read_text(encoding="utf-8")))
+    return documents
+
+
+def dump_catalog_document(document: object) -> str:
+    """A catalog document as YAML text (`billing catalog export`), readable by `load_catalog_file`."""
+    return yaml.safe_dump(document, sort_keys=False, allow_unicode=True)

@@ -802,3 +802,70 @@ def credit_kinds(catalog: Catalog) -> dict[str, bool]:
     money = {meter_id for plan in catalog.plans.values() for meter_id, pricing in plan.meters.items()
              if pricing.included is not None and pricing.included.amount is not None}
     return {m: m not in money for m in catalog.meters}
+
+
+# --- entries: a validated document split for storage (the catalog API and `billing catalog import`) ------
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogEntries:
+    """A validated catalog document split into its entries, each the mapping a document holds (in plain
+    JSON values: instants as ISO 8601 text), every plan and amount-off coupon carrying its currency, so
+    each can be stored alone and put back into a document (``catalog_document``) that validates the same."""
+
+    meters: Mapping[str, Mapping[str, object]]
+    plans: Mapping[str, Mapping[str, object]]
+    coupons: Mapping[str, Mapping[str, object]]
+
+
+def catalog_entries(data: object) -> CatalogEntries:
+    """Validate ``data`` with the rules of the YAML files (``Catalog.from_dict``) and split it into entries."""
+    Catalog.from_dict(data)  # NOTE: the one validation; what follows only reshapes what passed it
+    document = _mapping(data, "catalog")
+    default_currency = document.get("currency")
+
+    def entries(key: str, with_currency: bool) -> dict[str, Mapping[str, object]]:
+        found: dict[str, Mapping[str, object]] = {}
+        for raw in _list(document.get(key, []), f"catalog.{key}"):
+            entry = {name: _plain(value) for name, value in _mapping(raw, f"catalog.{key}").items()}
+            needs_currency = with_currency and (key == "plans" or entry.get("amount_off") is not None)
+            if needs_currency and entry.get("currency") is None:
+                entry["currency"] = default_currency
+            found[str(entry["id"])] = MappingProxyType(entry)
+        return found
+
+    return CatalogEntries(MappingProxyType(entries("meters", False)), MappingProxyType(entries("plans", True)),
+                          MappingProxyType(entries("coupons", True)))
+
+
+def catalog_document(meters: Iterable[Mapping[str, object]], plans: Iterable[Mapping[str, object]],
+                     coupons: Iterable[Mapping[str, object]]) -> dict[str, object]:
+    """The catalog document (version 1) holding these entries, as a YAML file would."""
+    return {"version": 1, "meters": [dict(m) for m in meters], "plans": [dict(p) for p in plans],
+            "coupons": [dict(c) for c in coupons]}
+
+
+def catalog_error_field(error: CatalogError) -> tuple[str, str]:
+    """(field, reason) of a validation error, the field relative to its entry: "catalog.plans[pro].price:
+    must not be negative" -> ("price", "must not be negative"); an error of the whole entry -> ("body", ...)."""
+    text = str(error)
+    path, separator, reason = text.partition(": ")
+    if not separator or " " in path:
+        return "body", text
+    _head, bracket, rest = path.partition("]")
+    field = rest.lstrip(".") if bracket else ""
+    return field or "body", reason
+
+
+def _plain(value: object) -> object:
+    """A YAML value as plain JSON: instants as ISO 8601 text, a bare date as its 00:00 UTC (as `_instant`
+    reads it)."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC).isoformat()
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
