@@ -74,6 +74,18 @@ def void_invoice(uow: BillingUnitOfWork, env: Envelope, p: VoidInvoice, now: dat
     return {"invoice_id": invoice.id, "invoice_status": invoice.status.value, "balance_restored_minor": restored}
 
 
+def write_off(uow: BillingUnitOfWork, env: Envelope, state: SubscriptionState, invoice: Invoice, reason: str,
+              now: datetime) -> None:
+    """Write an open invoice off as uncollectible: stored, its pending attempts cancelled, `invoice.uncollectible`
+    announced (dunning closes its case on it). The operator's mark-uncollectible and dunning's give-up."""
+    invoice.mark_uncollectible(at=now, reason=reason)
+    invoice.pull_events()
+    uow.save_invoice_status(invoice, at=now)
+    uow.cancel_pending_attempts(invoice.id, now)
+    uow.emit("invoice.uncollectible", invoice_event(invoice, state), key=state.id,
+             event_id=event_uuid(invoice.id, "invoice.uncollectible"), at=now, correlation=env)
+
+
 def mark_uncollectible(uow: BillingUnitOfWork, env: Envelope, p: MarkInvoiceUncollectible,
                        now: datetime) -> dict[str, Any]:
     state = uow.subscription(p.subscription_id)
@@ -81,12 +93,7 @@ def mark_uncollectible(uow: BillingUnitOfWork, env: Envelope, p: MarkInvoiceUnco
     if invoice.status is not InvoiceStatus.OPEN:
         raise Refused("invoice_not_open", f"invoice {invoice.id} is {invoice.status.value}: only an open invoice "
                                           "can be marked uncollectible")
-    invoice.mark_uncollectible(at=now, reason=p.reason or "marked_uncollectible")
-    invoice.pull_events()
-    uow.save_invoice_status(invoice, at=now)
-    uow.cancel_pending_attempts(invoice.id, now)
-    uow.emit("invoice.uncollectible", invoice_event(invoice, state), key=state.id,
-             event_id=event_uuid(invoice.id, "invoice.uncollectible"), at=now, correlation=env)
+    write_off(uow, env, state, invoice, p.reason or "marked_uncollectible", now)
     uow.add_audit(occurred_at=now, action="invoice.marked_uncollectible", entity_type="invoice",
                   entity_id=invoice.id, subscription_id=state.id, customer_id=invoice.customer_id,
                   command_id=str(env.event_id), detail={"number": invoice.number, "reason": p.reason})

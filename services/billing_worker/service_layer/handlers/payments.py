@@ -9,6 +9,7 @@ from typing import Any
 from services.billing_worker.service_layer.announcements import invoice_event
 from services.billing_worker.service_layer.errors import Ignored, MessageRejected, Refused
 from services.billing_worker.service_layer.handlers import Handler, load_invoices_of
+from services.billing_worker.service_layer.handlers.invoices import write_off
 from services.billing_worker.service_layer.handlers.periods import close_final
 from services.billing_worker.service_layer.unit_of_work import BillingUnitOfWork
 from shared.contracts.envelope import Envelope
@@ -65,12 +66,7 @@ def give_up(uow: BillingUnitOfWork, env: Envelope, p: GiveUpDunning, now: dateti
     invoice, _ = found
     if invoice.status is not InvoiceStatus.OPEN:
         raise Ignored(f"invoice {invoice.id} is {invoice.status.value}")
-    invoice.mark_uncollectible(at=now, reason="dunning_gave_up")
-    invoice.pull_events()
-    uow.save_invoice_status(invoice, at=now)
-    uow.cancel_pending_attempts(invoice.id, now)
-    uow.emit("invoice.uncollectible", invoice_event(invoice, state), key=state.id,
-             event_id=event_uuid(invoice.id, "invoice.uncollectible"), at=now, correlation=env)
+    write_off(uow, env, state, invoice, "dunning_gave_up", now)
     final_invoice_id = None
     if state.subscription.status is not SubscriptionStatus.CANCELLED:
         # Giving up ends the subscription like a cancellation now: its open period is closed and invoiced.
