@@ -15,7 +15,7 @@ from confluent_kafka import Consumer
 
 from services.webhooks.adapters.sender import SignedHttpSender
 from services.webhooks.adapters.sql_store import sql_delivery_store
-from services.webhooks.entrypoints.dispatcher import Dispatcher
+from services.webhooks.entrypoints.dispatcher import Dispatcher, lease_for
 from services.webhooks.entrypoints.fan_out_consumer import FanOutConsumer
 from shared.adapters.kafka.dlq import DeadLetterPublisher
 from shared.adapters.kafka.producer import KafkaProducer
@@ -28,6 +28,8 @@ from shared.domain.clock import Clock
 CONSUMER_GROUP = "webhooks-fan-out"
 HTTP_TIMEOUT_SECONDS = 10.0
 CONCURRENCY = 8
+BATCH_SIZE = 100
+PER_ENDPOINT = 25
 
 
 @dataclass
@@ -65,6 +67,7 @@ def build_webhooks(settings: Settings, *, clock: Clock | None = None, group_id: 
     dead_letters = DeadLetterPublisher(KafkaProducer(settings, client_id="webhooks-dlq"))
     fan_out = FanOutConsumer(consumer, settings.topic(topics.BILLING_EVENTS), stores, clock, dead_letters)
     sender = SignedHttpSender(HttpSender(http_timeout))
-    dispatcher = Dispatcher(stores, sender, clock, concurrency=concurrency, interval=dispatch_interval,
-                            lease_seconds=max(60.0, 3 * http_timeout))
+    dispatcher = Dispatcher(stores, sender, clock, concurrency=concurrency, batch_size=BATCH_SIZE,
+                            per_endpoint=PER_ENDPOINT, interval=dispatch_interval,
+                            lease_seconds=lease_for(http_timeout, BATCH_SIZE, concurrency))
     return WebhooksService(engine, clock, fan_out, dispatcher, sender, dead_letters)

@@ -1,9 +1,12 @@
 """`DeliveryStore` on PostgreSQL (schema: shared/adapters/postgres/schema/webhooks.py).
 
 The claim is one statement: the due heads under the ordering rule (no earlier pending delivery to the same
-endpoint with the same key) and the manual redeliveries, of enabled endpoints, not leased, locked with
-FOR UPDATE SKIP LOCKED so several dispatchers share the work, then leased (wall clock) so the HTTP call runs
-outside any transaction. A dispatcher that dies mid-send leaves a lease that simply expires.
+endpoint with the same key) and the manual redeliveries, of enabled endpoints, not leased, at most
+`per_endpoint` of one endpoint (so a slow endpoint with many due subscriptions cannot fill a round), locked
+with FOR UPDATE SKIP LOCKED so several dispatchers share the work, then leased (wall clock) so the HTTP call
+runs outside any transaction. A dispatcher that dies mid-send leaves a lease that simply expires. The
+conditions a concurrent settle changes (lease, status) are repeated in the locking query so PostgreSQL
+re-checks them on the row it locks.
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ from shared.adapters.postgres.schema.webhooks import (
 )
 
 _CLAIM = sa.text("""
-WITH due AS (
-    SELECT d.delivery_id
+WITH candidates AS (
+    SELECT d.delivery_id, row_number() OVER (PARTITION BY d.endpoint_id ORDER BY d.seq) AS nth
       FROM webhook_deliveries d
       JOIN webhook_endpoints e ON e.endpoint_id = d.endpoint_id AND e.enabled
      WHERE (d.leased_until IS NULL OR d.leased_until < now())
@@ -36,6 +39,13 @@ WITH due AS (
                               WHERE p.endpoint_id = d.endpoint_id AND p.ordering_key = d.ordering_key
                                 AND p.status = 'pending' AND p.seq < d.seq))
             OR d.redeliver_requested_at IS NOT NULL)
+), due AS (
+    SELECT d.delivery_id
+      FROM webhook_deliveries d
+      JOIN candidates c ON c.delivery_id = d.delivery_id
+     WHERE c.nth <= :per_endpoint
+       AND (d.leased_until IS NULL OR d.leased_until < now())
+       AND (d.status = 'pending' OR d.redeliver_requested_at IS NOT NULL)
      ORDER BY d.seq
      LIMIT :limit
        FOR UPDATE OF d SKIP LOCKED
@@ -75,8 +85,9 @@ class SqlDeliveryStore:
             inserted += added is not None
         return inserted
 
-    def claim_due(self, now: datetime, limit: int, lease_seconds: float) -> list[ClaimedDelivery]:
-        rows = self.conn.execute(_CLAIM, {"now": now, "limit": limit, "lease": lease_seconds}).all()
+    def claim_due(self, now: datetime, limit: int, lease_seconds: float, per_endpoint: int) -> list[ClaimedDelivery]:
+        rows = self.conn.execute(_CLAIM, {"now": now, "limit": limit, "lease": lease_seconds,
+                                          "per_endpoint": per_endpoint}).all()
         claimed = [ClaimedDelivery(r.delivery_id, r.seq, r.endpoint_id, r.url,
                                    (r.secret, r.previous_secret) if r.previous_secret else (r.secret,),
                                    r.event_id, r.event_type,

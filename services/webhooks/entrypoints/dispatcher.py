@@ -1,13 +1,16 @@
 """The dispatcher loop: a round of `dispatch_due` every `interval` seconds (at once again after a full one).
 
 Sending runs on a thread pool (`concurrency` per dispatcher); each HTTP call is bounded by the sender's
-timeout, so a slow or failing endpoint costs at most that per round and never holds a database transaction.
+timeout and a round takes at most `per_endpoint` deliveries of one endpoint, so a slow or failing endpoint
+costs a bounded share of a round and never holds a database transaction. The lease outlasts a whole round
+(`lease_for`), so no other dispatcher takes a delivery that is still being sent.
 Several dispatchers may run: the claim's SKIP LOCKED and leases keep each delivery to one of them.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 from collections.abc import Callable, Sequence
@@ -34,22 +37,28 @@ class ThreadPool:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
 
+def lease_for(http_timeout: float, batch_size: int, concurrency: int) -> float:
+    """Seconds a round may take at worst (every call timing out), with a margin."""
+    return 2 * http_timeout * math.ceil(batch_size / concurrency) + 30
+
+
 class Dispatcher:
     def __init__(self, stores: DeliveryStoreFactory, sender: Sender, clock: Clock, *, concurrency: int = 8,
-                 batch_size: int = 100, lease_seconds: float = 60.0, interval: float = 1.0,
-                 jitter: Callable[[], float] = random.random) -> None:
+                 batch_size: int = 100, per_endpoint: int = 25, lease_seconds: float = 60.0,
+                 interval: float = 1.0, jitter: Callable[[], float] = random.random) -> None:
         self._stores = stores
         self._sender = sender
         self._clock = clock
         self._pool = ThreadPool(concurrency)
         self._batch_size = batch_size
+        self._per_endpoint = per_endpoint
         self._lease_seconds = lease_seconds
         self._interval = interval
         self._jitter = jitter
 
     def run_once(self) -> list[tuple[ClaimedDelivery, str]]:
         return dispatch_due(self._stores, self._sender, self._pool, self._clock.now(), limit=self._batch_size,
-                            lease_seconds=self._lease_seconds, jitter=self._jitter)
+                            per_endpoint=self._per_endpoint, lease_seconds=self._lease_seconds, jitter=self._jitter)
 
     def run(self, stop: threading.Event) -> None:
         try:
@@ -59,7 +68,7 @@ class Dispatcher:
                 except Exception:
                     _log.warning("dispatch round failed; tried again", exc_info=True)
                     done = []
-                if len(done) < self._batch_size:
+                if not done:  # more may be due at once (a capped endpoint, a backlog): only idle rounds wait
                     stop.wait(self._interval)
         finally:
             self._pool.close()

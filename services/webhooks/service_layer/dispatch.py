@@ -35,9 +35,10 @@ def encode(body: object) -> bytes:
     return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
 
 
-def claim(stores: DeliveryStoreFactory, now: datetime, limit: int, lease_seconds: float) -> list[ClaimedDelivery]:
+def claim(stores: DeliveryStoreFactory, now: datetime, limit: int, lease_seconds: float,
+          per_endpoint: int) -> list[ClaimedDelivery]:
     with stores() as store:
-        return store.claim_due(now, limit, lease_seconds)
+        return store.claim_due(now, limit, lease_seconds, per_endpoint)
 
 
 def send(sender: Sender, delivery: ClaimedDelivery) -> AttemptResult:
@@ -81,10 +82,10 @@ def settle(stores: DeliveryStoreFactory, delivery: ClaimedDelivery, result: Atte
 
 
 def dispatch_due(stores: DeliveryStoreFactory, sender: Sender, pool: Pool, now: datetime, *,
-                 limit: int = 100, lease_seconds: float = 60.0,
+                 limit: int = 100, per_endpoint: int = 25, lease_seconds: float = 60.0,
                  jitter: Callable[[], float] = lambda: 0.5) -> list[tuple[ClaimedDelivery, str]]:
     """One round: claim, send concurrently, settle. Returns each delivery tried with its outcome."""
-    claimed = claim(stores, now, limit, lease_seconds)
+    claimed = claim(stores, now, limit, lease_seconds, per_endpoint)
     if not claimed:
         return []
     results = pool.map(lambda d: send(sender, d), claimed)

@@ -18,9 +18,10 @@ class DeliveryStore(Protocol):
         """Insert deliveries; one that exists (same endpoint and event) is left as it is. Returns how many
         were new."""
 
-    def claim_due(self, now: datetime, limit: int, lease_seconds: float) -> list[ClaimedDelivery]:
-        """Lease up to `limit` deliveries to send now: due pending ones under the ordering rule
-        (`ordering.py`) and manual redeliveries, of enabled endpoints, not leased by another dispatcher."""
+    def claim_due(self, now: datetime, limit: int, lease_seconds: float, per_endpoint: int) -> list[ClaimedDelivery]:
+        """Lease up to `limit` deliveries to send now, at most `per_endpoint` to one endpoint: due pending
+        ones under the ordering rule (`ordering.py`) and manual redeliveries, of enabled endpoints, not
+        leased by another dispatcher."""
 
     def record_attempt(self, delivery: ClaimedDelivery, attempt_no: int, at: datetime,
                        result: AttemptResult) -> None:

@@ -60,17 +60,27 @@ def test_replay_ordering_and_skip_locked_claims(engine: sa.Engine) -> None:
 
     with engine.connect() as first, engine.connect() as second:
         with first.begin():
-            claimed = SqlDeliveryStore(first).claim_due(T0, 10, 60)
+            claimed = SqlDeliveryStore(first).claim_due(T0, 10, 60, 25)
             # the heads of sub_1 and sub_2; sub_1's invoice.paid waits behind its invoice.finalized
             assert [(d.event_type, d.body["data"]["subscription_id"]) for d in claimed] == [
                 ("invoice.finalized", "sub_1"), ("invoice.finalized", "sub_2")]
             with second.begin():  # not blocked by the first's row locks, and given nothing of them
-                assert SqlDeliveryStore(second).claim_due(T0, 10, 60) == []
+                assert SqlDeliveryStore(second).claim_due(T0, 10, 60, 25) == []
         with second.begin():  # committed: leased, still not claimable
-            assert SqlDeliveryStore(second).claim_due(T0, 10, 60) == []
+            assert SqlDeliveryStore(second).claim_due(T0, 10, 60, 25) == []
     with engine.begin() as conn:
         conn.execute(sa.update(webhook_deliveries).where(webhook_deliveries.c.endpoint_id == endpoint_id)
-                     .values(leased_until=None))
+                     .values(status="delivered", leased_until=None))
+
+
+def test_a_claim_takes_at_most_per_endpoint_deliveries_of_one_endpoint(engine: sa.Engine) -> None:
+    busy = endpoint(engine, "http://127.0.0.1:9/busy")
+    stores = sql_delivery_store(engine)
+    with stores() as store:
+        fan_out(store, batch(*(("invoice.finalized", f"cap_{n}") for n in range(30))), T0)
+    with stores() as store:
+        claimed = store.claim_due(T0, 100, 60, 25)
+    assert len([d for d in claimed if d.endpoint_id == busy]) == 25
 
 
 def test_an_endpoint_failing_for_3_days_is_disabled_with_a_notice(engine: sa.Engine) -> None:
@@ -84,8 +94,8 @@ def test_an_endpoint_failing_for_3_days_is_disabled_with_a_notice(engine: sa.Eng
         outcomes += [o for d, o in dispatch_due(stores, Down(), Inline(), clock.now()) if d.endpoint_id == endpoint_id]
         with engine.begin() as conn:  # the next round may come before the lease ends (wall clock)
             conn.execute(sa.update(webhook_deliveries).values(leased_until=None))
-        clock.advance(timedelta(minutes=30))
-        assert clock.now() - T0 <= timedelta(days=3, hours=1)
+        clock.advance(timedelta(hours=1))
+        assert clock.now() - T0 <= timedelta(days=3, hours=2)
     with engine.connect() as conn:
         row = conn.execute(sa.select(webhook_endpoints).where(webhook_endpoints.c.endpoint_id == endpoint_id)).one()
         assert (row.enabled, row.disabled_reason) == (False, "failing")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -68,13 +69,17 @@ class FakeDeliveryStore:
             added += 1
         return added
 
-    def claim_due(self, now: datetime, limit: int, lease_seconds: float) -> list[ClaimedDelivery]:
+    def claim_due(self, now: datetime, limit: int, lease_seconds: float, per_endpoint: int) -> list[ClaimedDelivery]:
         enabled = {e for e, v in self.endpoints.items() if v.enabled}
         pending = [PendingRef(r.seq, r.new.endpoint_id, r.new.ordering_key, r.next_attempt_at or now)
                    for r in self.rows.values() if r.status == "pending"]
         seqs = {ref.seq for ref in due(pending, now)} | {r.seq for r in self.rows.values() if r.redeliver}
-        chosen = sorted((r for r in self.rows.values() if r.seq in seqs and r.new.endpoint_id in enabled),
-                        key=lambda r: r.seq)[:limit]
+        chosen, taken = [], Counter[str]()
+        for r in sorted(self.rows.values(), key=lambda r: r.seq):
+            if r.seq in seqs and r.new.endpoint_id in enabled and taken[r.new.endpoint_id] < per_endpoint:
+                taken[r.new.endpoint_id] += 1
+                chosen.append(r)
+        chosen = chosen[:limit]
         return [self._claimed(r) for r in chosen]
 
     def _claimed(self, r: Row) -> ClaimedDelivery:

@@ -4,6 +4,7 @@ it is back, one failing endpoint never holding back another, disable after 3 day
 from __future__ import annotations
 
 import json
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -96,3 +97,14 @@ def test_a_manual_redelivery_sends_the_same_event_id_again_once() -> None:
     first, second = (json.loads(body) for _, body in sender.sent)
     assert first == second and first["id"] == str(row.new.event_id)
     assert [(n, manual) for _, n, _, _, manual in store.attempts] == [(1, False), (2, True)]
+
+
+def test_a_round_takes_at_most_per_endpoint_deliveries_of_one_endpoint_so_others_still_go() -> None:
+    store, clock, sender = FakeDeliveryStore(), ManualClock(T0), ScriptedSender(down={DOWN})
+    store.add_endpoint("we_down", ["*"], DOWN)
+    for n in range(30):  # 30 subscriptions: 30 heads due at once at the failing endpoint
+        events(store, clock, "invoice.finalized", sub=f"sub_{n}")
+    store.add_endpoint("we_up", ["*"], UP)
+    events(store, clock, "invoice.paid", sub="sub_late")
+    done = dispatch_due(store, sender, InlinePool(), clock.now(), limit=100, per_endpoint=25)
+    assert Counter(d.endpoint_id for d, _ in done) == {"we_down": 25, "we_up": 1}
