@@ -45,6 +45,7 @@ from shared.adapters.kafka.dlq import DeadLetterPublisher
 from shared.adapters.kafka.health import KafkaProbe
 from shared.adapters.kafka.outbox_relay import OutboxRelay
 from shared.adapters.kafka.producer import KafkaProducer
+from shared.adapters.postgres.catalog_store import CatalogProvider
 from shared.adapters.postgres.engine import make_engine
 from shared.adapters.postgres.errors import describe
 from shared.adapters.postgres.health import DatabaseProbe
@@ -107,6 +108,23 @@ def sql_unit_of_work(catalog: Catalog) -> UnitOfWorkFactory:
 
     def start(conn: sa.Connection) -> SqlBillingUnitOfWork:
         return SqlBillingUnitOfWork(conn, catalog, close_usages, kinds)
+    return start
+
+
+def live_sql_unit_of_work(provider: CatalogProvider, materializer: UsageMaterializer) -> UnitOfWorkFactory:
+    """`sql_unit_of_work` over the stored catalog: each batch gets the provider's snapshot, compared with
+    the stored revision on the batch's own connection, so a plan or meter created through the API is known
+    to the next batch; the materializer decodes a new meter's events from then on."""
+    seen: dict[str, tuple[Catalog, dict[str, bool]]] = {}
+
+    def start(conn: sa.Connection) -> SqlBillingUnitOfWork:
+        catalog = provider.current(conn)
+        last = seen.get("catalog")
+        if last is None or last[0] is not catalog:
+            if last is not None:
+                materializer.use_meters(MeterMap.from_catalog(catalog))
+            last = seen["catalog"] = (catalog, credit_kinds(catalog))
+        return SqlBillingUnitOfWork(conn, catalog, close_usages, last[1])
     return start
 
 
@@ -191,7 +209,9 @@ def build_worker(settings: Settings, *, handlers: Mapping[str, Handler] | None =
     if session_timeout_ms:
         overrides["session.timeout.ms"] = session_timeout_ms
         overrides["heartbeat.interval.ms"] = max(100, session_timeout_ms // 5)
-    processor = BatchProcessor(bus, sql_unit_of_work(catalog), materializer, clock)
+    processor = BatchProcessor(bus, live_sql_unit_of_work(
+        CatalogProvider(engine, catalog, refresh_seconds=0), materializer),
+                               materializer, clock)
     consumer = ExactlyOnceConsumer(settings, engine, processor, dlq,
                                    topics=CONSUMED_TOPICS, instance_id=me, consumer_overrides=overrides,
                                    commit_lanes=commit_lanes)

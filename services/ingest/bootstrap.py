@@ -27,6 +27,7 @@ from services.ingest.problems import is_dependency_outage
 from services.ingest.service_layer.spend import SpendService
 from shared.adapters.catalog_file import load_catalog
 from shared.adapters.kafka.producer import KafkaProducer
+from shared.adapters.postgres.catalog_store import CatalogProvider
 from shared.bootstrap import build_clock, build_engine
 from shared.config import Settings
 from shared.sdk.kafka import BatchProducer
@@ -49,7 +50,8 @@ def build_container(settings: Settings | None = None) -> Container:
     producer = KafkaProducer(settings, client_id=PRODUCER_NAME)
     usage_producer = BatchProducer(settings.kafka_producer_config(**{"client.id": f"{PRODUCER_NAME}-usage"}))
     return Container(settings=settings, engine=engine, producer=producer, usage_producer=usage_producer,
-                     stripe=build_stripe_client(settings), clock=clock, catalog=catalog)
+                     stripe=build_stripe_client(settings), clock=clock, catalog=catalog,
+                     catalog_provider=CatalogProvider(engine, catalog))
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import stripe
 from fastapi import Request
 
 from shared.adapters.kafka.producer import KafkaProducer
+from shared.adapters.postgres.catalog_store import CatalogProvider
 from shared.config import Settings
 from shared.domain.catalog import Catalog
 from shared.domain.clock import Clock
@@ -27,7 +28,22 @@ class Container:
     usage_producer: BatchProducer  # the hot path: POST /v1/ingest batches
     stripe: stripe.StripeClient
     clock: Clock
-    catalog: Catalog
+    catalog: Catalog  # the YAML bootstrap (served until the catalog is stored in PostgreSQL)
+    catalog_provider: CatalogProvider | None = None  # the stored catalog (catalog API, `billing catalog import`)
+
+    def current_catalog(self, plan_id: str | None = None) -> Catalog:
+        """The catalog now: the provider's snapshot (reloaded at once when it lacks ``plan_id``: a plan just
+        created through the API), else the YAML one.
+
+        # NOTE: the snapshot's revision is compared at most every few seconds (one primary-key read), so a
+        # caller in the event loop blocks on PostgreSQL that rarely; a miss reloads at once.
+        """
+        if self.catalog_provider is None:
+            return self.catalog
+        catalog = self.catalog_provider.current()
+        if plan_id is not None and plan_id not in catalog.plans:
+            catalog = self.catalog_provider.refresh()
+        return catalog
 
 
 def get_container(request: Request) -> Container:

@@ -506,6 +506,11 @@ class UsageMaterializer:
                         for event_type, rule in meters.rules().items()}
         self._rules = _Rules(clock)
 
+    def use_meters(self, meters: MeterMap) -> None:
+        """Decode with these meters from the next batch on (the stored catalog changed: a meter was added)."""
+        self._meters = {event_type: (_copy_text(rule.meter_id), rule) for event_type, rule in meters.rules().items()}
+        self.meters = meters
+
     def decode(self, raw: bytes | None, key: _MessageKey = NO_KEY) -> UsageItem:
         return _decode(raw, self.meters, key, self._rules)
 

@@ -130,7 +130,7 @@ async def ingest(request: Request, principal: Principal = Depends(require(Scope.
         authorize_customer(principal, route.customer_id or "")
 
     spend = await check_spend(request, routes, now)  # usage tiers: free tier / spend caps (issue 7)
-    intake = usage_intake.sort_events(valid, routes, container.catalog, spend, received_at_utc=utc_text(now),
+    intake = usage_intake.sort_events(valid, routes, container.current_catalog(), spend, received_at_utc=utc_text(now),
                                       correlation_id=request.headers.get("x-request-id"))
     if intake.parked:
         await run_in_threadpool(usage_intake.park, sql_unit_of_work(container.engine),
@@ -216,7 +216,7 @@ async def replay_unmatched(body: ReplayRequest, request: Request, _: Principal =
     route = (await run_in_threadpool(directory.resolve, [body.customer_ref]))[body.customer_ref]
     now = await run_in_threadpool(container.clock.now)
     replay = await run_in_threadpool(usage_intake.replay_unmatched, sql_unit_of_work(container.engine),
-                                     container.catalog, route, body.customer_ref, now,
+                                     container.current_catalog(), route, body.customer_ref, now,
                                      request.headers.get("x-request-id"))  # refusals: 409 (problem layer)
     return ReplayResult(replayed=replay.replayed, still_rejected=[
         EventResult(index=row_id, transaction_id=tx, status=EventStatus.REJECTED, reason=why.code,

@@ -136,7 +136,8 @@ async def subscribe(body: SubscribeRequest, request: Request, principal: Princip
                     uow: UnitOfWorkFactory = Depends(unit_of_work)) -> JSONResponse:
     authorize_customer(principal, body.customer_id)
     now = await run_in_threadpool(container.clock.now)
-    accepted = await _accept(lifecycle.subscribe, uow, container.catalog, lifecycle.Subscribe(
+    catalog = await run_in_threadpool(container.current_catalog, body.plan_id)
+    accepted = await _accept(lifecycle.subscribe, uow, catalog, lifecycle.Subscribe(
         customer_id=body.customer_id, plan_id=body.plan_id, seats=body.seats, trial_days=body.trial_days,
         coupon_id=body.coupon_id, anchor_day=body.anchor_day, payment_method_id=body.payment_method_id),
         principal=principal, now=now, request_id=request.headers.get("x-request-id"))
@@ -158,7 +159,7 @@ async def change_plan(subscription_id: PathId, body: ChangePlanRequest, request:
                       principal: Principal = Depends(require(Scope.ADMIN)),
                       container: Container = Depends(get_container),
                       uow: UnitOfWorkFactory = Depends(unit_of_work)) -> JSONResponse:
-    if body.plan_id not in container.catalog.plans:
+    if body.plan_id not in (await run_in_threadpool(container.current_catalog, body.plan_id)).plans:
         raise ProblemError(422, "Unknown plan", f"unknown plan {body.plan_id!r}", slug="validation",
                            errors=[FieldError(field="plan_id", reason="not in the catalog")])
     return await _command(request, container, uow, principal, subscription_id,

@@ -286,20 +286,28 @@ class CatalogProvider:
         self._revision: int | None = None
         self._checked_at: float | None = None
 
-    def current(self) -> Catalog:
+    def current(self, conn: sa.Connection | None = None) -> Catalog:
+        """The snapshot, its revision compared first when ``refresh_seconds`` passed since the last check
+        (on ``conn`` when given: the worker checks on each batch's own connection)."""
         now = self._monotonic()
         if self._checked_at is None or now - self._checked_at >= self._refresh_seconds:
-            return self.refresh()
+            return self.refresh(conn)
         return self._catalog
 
-    def refresh(self) -> Catalog:
+    def refresh(self, conn: sa.Connection | None = None) -> Catalog:
         """Compare the revision now and reload the snapshot if it moved."""
         with self._lock:
-            with self._engine.connect() as conn:
-                revision = current_revision(conn)
-                if revision is not None and revision != self._revision:
-                    loaded = load_stored_catalog(conn)
-                    self._catalog = loaded if loaded is not None else self._fallback
-                    self._revision = revision
+            if conn is None:
+                with self._engine.connect() as own:
+                    self._reload_if_moved(own)
+            else:
+                self._reload_if_moved(conn)
             self._checked_at = self._monotonic()
             return self._catalog
+
+    def _reload_if_moved(self, conn: sa.Connection) -> None:
+        revision = current_revision(conn)
+        if revision is not None and revision != self._revision:
+            loaded = load_stored_catalog(conn)
+            self._catalog = loaded if loaded is not None else self._fallback
+            self._revision = revision
