@@ -19,6 +19,7 @@ from fractions import Fraction
 from shared.domain.calendar import Period, ensure_utc
 from shared.domain.catalog import CreditAmount, IncludedCredit, MeterId, Plan
 from shared.domain.errors import InvalidValueError
+from shared.domain.ledger import CreditLedger, GrantSource, LedgerEntry
 from shared.domain.money import Money, _round_fraction
 
 PLAN_INCLUDED = "plan_included"
@@ -46,6 +47,14 @@ class IncludedCreditGrant:
     def key(self) -> str:
         base = f"{self.subscription_id}|{self.meter_id}|{self.effective_at.isoformat()}"
         return f"{base}|{self.occasion}" if self.occasion else base
+
+    def grant_into(self, ledger: CreditLedger) -> LedgerEntry:
+        """Write this grant to the subscription's credit ledger, under its grant id (``incl|<key>``): the worker
+        writing it for good and a preview applying it to its copy grant the same ids, so credits are drawn
+        in the same order."""
+        return ledger.grant(grant_id=f"incl|{self.key}", meter=self.meter_id, amount=self.amount,
+                            source=GrantSource(self.source), effective_at=self.effective_at,
+                            expires_at=self.expires_at)
 
 
 def included_grants(subscription_id: str, plan: Plan, seats: int, period: Period) -> tuple[IncludedCreditGrant, ...]:

@@ -43,7 +43,7 @@ from shared.domain.customer_balance import BalanceEntry, BalanceEntryKind, balan
 from shared.domain.events import DomainEvent
 from shared.domain.ids import attempt_id_for, event_uuid
 from shared.domain.invoice import Invoice, InvoiceStatus
-from shared.domain.ledger import CreditLedger, GrantSource, MeterCredit
+from shared.domain.ledger import CreditLedger, MeterCredit
 from shared.domain.payment_attempt import PaymentAttempt
 from shared.domain.rating import GraceUsage, IncludedCreditGrant, RatingResult
 
@@ -335,9 +335,7 @@ class BillingUnitOfWork(abc.ABC):
             return
         ledger = self.ledger(state).ledger
         for grant in grants:
-            ledger.grant(grant_id=f"incl|{grant.key}", meter=grant.meter_id, amount=grant.amount,
-                         source=GrantSource(grant.source), effective_at=grant.effective_at,
-                         expires_at=grant.expires_at)
+            grant.grant_into(ledger)
             self.emit("credits.granted", credits_payload(state, grant.meter_id, grant.amount, grant.source,
                                                          grant.expires_at),
                       key=state.id, event_id=event_uuid(state.id, "credits.granted", grant.key), at=at,

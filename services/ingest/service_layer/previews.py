@@ -29,9 +29,7 @@ from shared.adapters.postgres.billing_snapshots import BillingSnapshot, load_sna
 from shared.domain.calendar import ensure_utc
 from shared.domain.catalog import Catalog, ChangeTiming, credit_kinds
 from shared.domain.ids import invoice_id_for
-from shared.domain.included_credits import IncludedCreditGrant
 from shared.domain.invoice import Invoice, InvoiceKey, InvoiceReason
-from shared.domain.ledger import GrantSource
 from shared.domain.rating import change_invoice, close_period, start_invoice
 from shared.domain.subscription import CLOSABLE_STATUSES, ChangeKind, SubscriptionStatus
 
@@ -163,15 +161,6 @@ def upcoming_invoice(snapshots: Snapshots, catalog: Catalog, subscription_id: st
     return UpcomingInvoice(subscription_id, snap.subscription.customer_id, now, preview)
 
 
-def _grant(snap: BillingSnapshot, grants: tuple[IncludedCreditGrant, ...]) -> None:
-    """The included credits a change adds, granted as the worker's unit of work grants them (`grant_included`:
-    same grant ids, so the consumption order is the same)."""
-    for grant in grants:
-        snap.ledger.grant(grant_id=f"incl|{grant.key}", meter=grant.meter_id, amount=grant.amount,
-                          source=GrantSource(grant.source), effective_at=grant.effective_at,
-                          expires_at=grant.expires_at)
-
-
 def preview_change(snapshots: Snapshots, catalog: Catalog, subscription_id: str, request: ChangeRequest, *,
                    at: datetime, authorize: Callable[[str], None]) -> ChangePreview:
     """The plan or seat change of `request` applied at `at` to a copy of the subscription, as the worker's
@@ -196,7 +185,8 @@ def preview_change(snapshots: Snapshots, catalog: Catalog, subscription_id: str,
                                invoice_id=invoice_id_for(key))
         _settle(draft, snap)
         now_invoice = InvoicePreview(draft, sub.plan_id, at, estimate=False)
-    _grant(snap, change.grants)
+    for grant in change.grants:  # the included credits the change adds, as the worker grants them
+        grant.grant_into(snap.ledger)
     return ChangePreview(subscription_id=subscription_id, customer_id=sub.customer_id, at=at, kind=change.kind,
                          timing=change.timing, effective_at=change.effective_at, invoice_now=now_invoice,
                          next_invoice=next_invoice(snap, catalog, as_of=at))

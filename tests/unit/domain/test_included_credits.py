@@ -287,3 +287,15 @@ def test_a_trial_plan_change_cannot_be_scheduled_for_the_period_end():
             at=APR_1 + timedelta(days=3),
             timing=ChangeTiming.PERIOD_END,
         )
+
+
+def test_an_included_grant_is_written_under_one_grant_id_and_a_replay_writes_nothing_more():
+    # the worker's unit of work and the edge's change preview both grant through `grant_into`: same ids,
+    # so the credits are drawn in the same order on both sides
+    ledger = CreditLedger.open("sub_1", [MeterCredit("inference", "USD"), MeterCredit("storage")])
+    [grant, *_] = included_grants("sub_1", CATALOG.plan("pro"), 1, APRIL)
+    entry = grant.grant_into(ledger)
+    assert entry.grant_id == f"incl|{grant.key}" == "incl|sub_1|inference|2024-04-01T00:00:00+00:00"
+    assert grant.grant_into(ledger) == entry
+    assert [g.grant_id for g in ledger.grants("inference")] == [entry.grant_id]
+    assert ledger.grants("inference")[0].source is GrantSource.PLAN_INCLUDED
