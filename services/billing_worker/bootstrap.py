@@ -81,6 +81,7 @@ def billing_handlers() -> dict[str, Handler]:
         "invoice.finalize": drafts.FINALIZE_INVOICE,
         "credits.expire": credits.EXPIRE,
         "credits.grant": credits.GRANT,
+        "credits.void_grant": credits.VOID_GRANT,
         "payment.retry": payments.RETRY,
         "payment_method.update": payments.UPDATE_PAYMENT_METHOD,
         "dunning.give_up": payments.GIVE_UP,

@@ -37,6 +37,7 @@ from services.ingest.service_layer.quota_errors import (
     QuotaRefused,
 )
 from services.ingest.service_layer.refusals import (
+    CatalogRefusal,
     LifecycleRefusal,
     LineNotTraceable,
     OnboardingRefused,
@@ -290,6 +291,8 @@ ANSWERS: Mapping[type[BillingError], Mapping[str, Answer]] = {
         "invoice_not_draft": Answer(409, "invoice-not-draft", "Invoice not draft"),
         "invoice_not_creditable": Answer(409, "rejected/invoice_not_creditable", "Invoice not creditable"),
         "unknown_credit_note": Answer(404, "not-found", "Unknown credit note"),
+        "unknown_credit_grant": Answer(404, "not-found", "Unknown credit grant"),
+        "invalid_credit_grant": Answer(422, "invalid-credit-grant", "Invalid credit grant"),
     },
     ReplayRefused: {
         "customer_unknown": Answer(409, "customer-unknown", "Customer still unknown"),
@@ -298,6 +301,17 @@ ANSWERS: Mapping[type[BillingError], Mapping[str, Answer]] = {
     ClockRefusedError: {"clock_refused": Answer(409, "clock-refused", "Clock refused")},
     InsufficientBalanceError: {"insufficient_balance": Answer(409, "insufficient-balance", "Insufficient balance")},
     LineNotTraceable: {"line_not_traceable": Answer(409, "line-not-traceable", "The line bills no usage events")},
+    CatalogRefusal: {
+        "invalid_catalog_entry": Answer(422, "validation", "Invalid catalog entry"),
+        "already_exists": Answer(409, "already-exists", "Already exists"),
+        "unknown_meter": Answer(404, "not-found", "Unknown meter"),
+        "unknown_plan": Answer(404, "not-found", "Unknown plan"),
+        "unknown_plan_version": Answer(404, "not-found", "Unknown plan version"),
+        "unknown_coupon": Answer(404, "not-found", "Unknown coupon"),
+        "in_use": Answer(409, "in-use", "In use: archive it instead"),
+        "meter_changed": Answer(409, "meter-changed", "A meter's aggregation cannot change"),
+        "coupon_changed": Answer(409, "coupon-changed", "A coupon's discount cannot change"),
+    },
     WebhookRefusal: {
         "unknown_webhook_endpoint": Answer(404, "not-found", "Unknown webhook endpoint"),
         "unknown_webhook_delivery": Answer(404, "not-found", "Unknown webhook delivery"),

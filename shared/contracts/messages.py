@@ -183,7 +183,19 @@ class GrantCredits(SubscriptionCommand):
     currency: str | None = None
     source: Literal["plan_included", "top_up", "promotional", "trial", "refund"] = "promotional"
     expires_at: AwareDatetime | None = None
-    priority: int = 100
+    # NOTE: None, not 100: a payload is written out whole on the wire, so a default number here became every
+    # grant's priority (promotions ranked after paid top-ups). None: the source's (shared/domain/ledger.py).
+    priority: int | None = Field(default=None, description="lower is consumed first; None: the source's")
+    effective_at: AwareDatetime | None = Field(default=None, description="None: when the worker applies it")
+    description: str | None = Field(default=None, max_length=500)
+
+
+class VoidCreditGrant(SubscriptionCommand):
+    """Void a grant (`POST /v1/credit-grants/{id}/void`): what is left of it is written off (a `void` ledger
+    entry); what was consumed stays consumed. `grant_id` is the stored id (`<subscription>|<grant>`)."""
+
+    grant_id: str = Field(min_length=1)
+    reason: str | None = Field(default=None, max_length=500)
 
 
 class RetryPayment(SubscriptionCommand):
@@ -349,6 +361,7 @@ PAYLOADS: dict[str, type[Payload]] = {
     "trial.end": EndTrial,
     "credits.expire": ExpireCredits,
     "credits.grant": GrantCredits,
+    "credits.void_grant": VoidCreditGrant,
     "payment.retry": RetryPayment,
     "payment_method.update": UpdatePaymentMethod,
     "dunning.give_up": GiveUpDunning,

@@ -78,6 +78,7 @@ class EntryKind(StrEnum):
     CONSUME = "consume"
     EXPIRE = "expire"
     REVERSE = "reverse"
+    VOID = "void"
 
 
 # --- amounts -------------------------------------------------------------------------------------------
@@ -480,6 +481,34 @@ class CreditLedger:
             restored = _add(restored, amount)
         return Reversal(reference, restored, forfeited, tuple(written))
 
+    def void(self, grant_id: str, at: datetime) -> LedgerEntry:
+        """Void a grant: write off what is left of it (``void:<grant>``, dated ``at``; zero when it was used
+        up) and never draw from it again. Idempotent: voiding twice returns the first entry.
+
+        # NOTE: consumed credit is never taken back (it paid for usage already billed); a consumption of it
+        # reversed later (an invoice voided) is forfeited like one drawn from an expired grant.
+        """
+        account = self._grants.get(grant_id)
+        if account is None:
+            raise LedgerError(f"unknown grant {grant_id}")
+        entry_id = f"void:{grant_id}"
+        if entry_id in self._entry_ids:
+            return next(entry for entry in self._entries if entry.entry_id == entry_id)
+        entry = LedgerEntry(
+            entry_id=entry_id,
+            account_id=self.account_id,
+            meter=account.grant.meter,
+            grant_id=grant_id,
+            kind=EntryKind.VOID,
+            amount=_negate(account.remaining),
+            at=ensure_utc(at),
+        )
+        self._append(entry, account)
+        return entry
+
+    def is_voided(self, grant_id: str) -> bool:
+        return f"void:{grant_id}" in self._entry_ids
+
     def expire(self, at: datetime) -> list[LedgerEntry]:
         """Write off what is left of every grant that expired by ``at``; idempotent.
 
@@ -560,7 +589,7 @@ class CreditLedger:
         if entry.kind is EntryKind.REVERSE and account.expired:
             raise LedgerError(f"entry {entry.entry_id} would revive expired grant {entry.grant_id}")
         account.remaining = remaining
-        if entry.kind is EntryKind.EXPIRE:
+        if entry.kind in (EntryKind.EXPIRE, EntryKind.VOID):
             account.expired = True
         self._entry_ids.add(entry.entry_id)
         if entry.reference is not None:

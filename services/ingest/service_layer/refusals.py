@@ -69,6 +69,17 @@ class SubscriptionCancelled(LifecycleRefusal):
     code = "subscription_cancelled"
 
 
+class UnknownCreditGrant(LifecycleRefusal):
+    code = "unknown_credit_grant"
+
+
+class InvalidCreditGrant(LifecycleRefusal):
+    """A credit grant or purchase the catalog cannot take: unknown meter, money for a unit meter (or units for
+    a money meter), a window that ends before it starts."""
+
+    code = "invalid_credit_grant"
+
+
 class NoLongerVoidable(LifecycleRefusal):
     """Voiding an invoice that is paid or void already."""
 
@@ -170,3 +181,18 @@ class LineNotTraceable(RefusedError):
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail, code=type(self).code)
+
+
+# --- the catalog API (`catalog`) -------------------------------------------------------------------------
+
+
+class CatalogRefusal(RefusedError):
+    """A catalog write refused: an invalid entry (``invalid_catalog_entry``, with the field at fault), an id
+    already taken, an unknown entry, or a plan still in use (``in_use``)."""
+
+    code = "invalid_catalog_entry"
+
+    def __init__(self, detail: str, *, code: str | None = None, fields: Sequence[tuple[str, str]] = ()) -> None:
+        super().__init__(detail, code=code or type(self).code)
+        self.detail = detail
+        self.fields = list(fields)

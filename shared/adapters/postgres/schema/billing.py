@@ -265,7 +265,10 @@ sa.Index("ix_credit_grants_subscription", credit_grants.c.subscription_id, credi
 sa.Index("ix_credit_grants_unsettled_expiry", credit_grants.c.expires_at,
          postgresql_where=sa.and_(credit_grants.c.expires_at.is_not(None), credit_grants.c.settled_at.is_(None)))
 
-ENTRY_KINDS = ("grant", "consume", "expire", "reverse")
+# The API's grant id (`cg_...`, stored as `<subscription>|cg_...`): `POST /v1/credit-grants/{id}/void` finds it.
+sa.Index("ix_credit_grants_api_id", sa.func.split_part(credit_grants.c.grant_id, "|", 2))
+
+ENTRY_KINDS = ("grant", "consume", "expire", "reverse", "void")
 
 # Append-only movements of a grant; a grant's balance is the sum of its entries (never stored).
 credit_entries = sa.Table(

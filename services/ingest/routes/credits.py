@@ -1,0 +1,127 @@
+"""Credits through the API (issue 15, item 3): grant, void, list grants, a customer's credits per meter.
+
+A grant and a void are commands to the worker (the only writer of the credit ledger), answered like lifecycle
+commands: 201/200 with the grant, 409 with the worker's refusal code, or 202 with a poll URL. These routes only
+decode, call and encode; the use cases are `services.ingest.service_layer.credits`.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from functools import partial
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.responses import JSONResponse
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from services.ingest.auth import Principal, Scope, authorize_customer, require
+from services.ingest.container import Container, get_container
+from services.ingest.ids import BodyId, PathId
+from services.ingest.problems import PROBLEM_RESPONSES
+from services.ingest.routes.subscriptions import COMMAND_RESPONSES, pending_answer, unit_of_work, worker_outcome
+from services.ingest.service_layer import credits
+from services.ingest.service_layer.credits import CreditGrantView, CustomerCreditsView
+from services.ingest.service_layer.lifecycle import Accepted
+from services.ingest.service_layer.unit_of_work import UnitOfWorkFactory
+
+router = APIRouter(tags=["credits"])
+GRANT_RESPONSES: dict[int | str, dict[str, Any]] = COMMAND_RESPONSES | {
+    404: COMMAND_RESPONSES[404] | {"description": "Unknown subscription or credit grant"},
+    422: PROBLEM_RESPONSES[422]}
+READ_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **PROBLEM_RESPONSES, 404: PROBLEM_RESPONSES[409] | {"description": "Unknown customer or subscription"}}
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GrantRequest(_Body):
+    meter_id: BodyId
+    amount_minor: int | None = Field(default=None, ge=1, le=10**15, description="money meters (minor units)")
+    units: Decimal | None = Field(default=None, gt=0, le=10**15, allow_inf_nan=False, description="unit meters")
+    source: Literal["promotional", "top_up"] = "promotional"
+    priority: int | None = Field(default=None, ge=0, le=1_000_000,
+                                 description="lower is consumed first; null: the source's (promotional 20, top_up 50)")
+    effective_at: AwareDatetime | None = Field(default=None, description="null: now")
+    expires_at: AwareDatetime | None = Field(default=None, description="null: never (a top_up: the month's end)")
+    description: str | None = Field(default=None, max_length=500)
+
+
+class VoidRequest(_Body):
+    reason: str | None = Field(default=None, max_length=500)
+
+
+def _grant_view(container: Container, subscription_id: str, grant_id: str) -> CreditGrantView | None:
+    found = [g for g in credits.grants_of(container.engine, subscription_id, lambda _owner: None)
+             if g.grant_id == grant_id]
+    return found[0] if found else None
+
+
+async def _answer(container: Container, uow: UnitOfWorkFactory, accepted: Accepted, grant_id: str, *,
+                  created: bool) -> JSONResponse:
+    outcome = await worker_outcome(container, uow, accepted)
+    if outcome is None:
+        return pending_answer(accepted.command_id, accepted.subscription_id)
+    view = await run_in_threadpool(_grant_view, container, accepted.subscription_id, grant_id)
+    body = view.model_dump(mode="json") if view is not None else {"grant_id": grant_id}
+    return JSONResponse(body, status_code=201 if created else 200,
+                        headers={"Location": f"/v1/subscriptions/{accepted.subscription_id}/credit-grants",
+                                 "X-Command-Id": str(accepted.command_id)})
+
+
+@router.post("/v1/subscriptions/{subscription_id}/credit-grants", status_code=201, response_model=CreditGrantView,
+             responses=GRANT_RESPONSES, summary="Grant promotional or paid credits on one meter",
+             description="`amount_minor` for a money meter, `units` for a unit meter. A grant applies to one "
+                         "meter. 422 `/problems/invalid-credit-grant` (code `invalid_credit_grant`) for an "
+                         "unknown meter, the wrong kind of amount or `expires_at` not after `effective_at`. "
+                         "Send an `Idempotency-Key`: the grant's id derives from it.")
+async def grant(subscription_id: PathId, body: GrantRequest, request: Request,
+                idempotency_key: str | None = Header(default=None, include_in_schema=False),
+                principal: Principal = Depends(require(Scope.ADMIN)),
+                container: Container = Depends(get_container),
+                uow: UnitOfWorkFactory = Depends(unit_of_work)) -> JSONResponse:
+    now = await run_in_threadpool(container.clock.now)
+    wanted = credits.GrantRequest(meter_id=body.meter_id, source=body.source, amount_minor=body.amount_minor,
+                                  units=body.units, priority=body.priority, effective_at=body.effective_at,
+                                  expires_at=body.expires_at, description=body.description)
+    accepted, grant_id = await run_in_threadpool(partial(
+        credits.grant, uow, container.catalog, subscription_id, wanted, idempotency_key=idempotency_key,
+        principal=principal, authorize=partial(authorize_customer, principal), now=now,
+        request_id=request.headers.get("x-request-id")))
+    return await _answer(container, uow, accepted, grant_id, created=True)
+
+
+@router.post("/v1/credit-grants/{grant_id}/void", response_model=CreditGrantView, responses=GRANT_RESPONSES,
+             summary="Void a credit grant: what is left of it is written off",
+             description="A `void` ledger entry removes the unused remainder; credit already consumed is never "
+                         "taken back. Voiding again changes nothing. 404 for an unknown grant.")
+async def void(grant_id: PathId, request: Request, body: VoidRequest | None = None,
+               principal: Principal = Depends(require(Scope.ADMIN)),
+               container: Container = Depends(get_container),
+               uow: UnitOfWorkFactory = Depends(unit_of_work)) -> JSONResponse:
+    now = await run_in_threadpool(container.clock.now)
+    accepted = await run_in_threadpool(partial(
+        credits.void, uow, container.engine, grant_id, body.reason if body else None, principal=principal,
+        authorize=partial(authorize_customer, principal), now=now, request_id=request.headers.get("x-request-id")))
+    return await _answer(container, uow, accepted, grant_id, created=False)
+
+
+@router.get("/v1/subscriptions/{subscription_id}/credit-grants", response_model=list[CreditGrantView],
+            responses=READ_RESPONSES, summary="The subscription's credit grants and what is left of each",
+            description="In consumption order (priority, soonest expiry, oldest).")
+async def grants(subscription_id: PathId, principal: Principal = Depends(require(Scope.READ)),
+                 container: Container = Depends(get_container)) -> list[CreditGrantView]:
+    return await run_in_threadpool(credits.grants_of, container.engine, subscription_id,
+                                   partial(authorize_customer, principal))
+
+
+@router.get("/v1/customers/{customer_id}/credits", response_model=CustomerCreditsView, responses=READ_RESPONSES,
+            summary="The customer's usable credits now, per meter, across its subscriptions")
+async def customer_credits(customer_id: PathId, principal: Principal = Depends(require(Scope.READ)),
+                           container: Container = Depends(get_container)) -> CustomerCreditsView:
+    authorize_customer(principal, customer_id)
+    now = await run_in_threadpool(container.clock.now)
+    return await run_in_threadpool(credits.credits_of_customer, container.engine, customer_id, now)
