@@ -28,6 +28,8 @@ from shared.adapters.postgres.schema.webhooks import (
     webhook_endpoints,
 )
 
+_INSERT_CHUNK = 500
+
 _CLAIM = sa.text("""
 WITH candidates AS (
     SELECT d.delivery_id, row_number() OVER (PARTITION BY d.endpoint_id ORDER BY d.seq) AS nth
@@ -77,12 +79,13 @@ class SqlDeliveryStore:
                  "event_type": d.event_type, "ordering_key": d.ordering_key, "body": d.body,
                  "enqueued_at": d.enqueued_at, "next_attempt_at": d.enqueued_at} for d in deliveries]
         inserted = 0
-        # NOTE: one row per statement keeps `seq` in the batch's (the partition's) order.
-        for row in rows:
-            added = self.conn.execute(insert(webhook_deliveries).values(**row)
+        # NOTE: a multi-row VALUES is inserted row by row in its order, so `seq` (an identity) follows the
+        # batch's (the partition's) order, which the ordering rule relies on.
+        for start in range(0, len(rows), _INSERT_CHUNK):
+            added = self.conn.execute(insert(webhook_deliveries).values(rows[start:start + _INSERT_CHUNK])
                                       .on_conflict_do_nothing(index_elements=["endpoint_id", "event_id"])
-                                      .returning(webhook_deliveries.c.delivery_id)).first()
-            inserted += added is not None
+                                      .returning(webhook_deliveries.c.delivery_id)).all()
+            inserted += len(added)
         return inserted
 
     def claim_due(self, now: datetime, limit: int, lease_seconds: float, per_endpoint: int) -> list[ClaimedDelivery]:

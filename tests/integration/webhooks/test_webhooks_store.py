@@ -107,3 +107,19 @@ def test_an_endpoint_failing_for_3_days_is_disabled_with_a_notice(engine: sa.Eng
         assert notice.kind == "endpoint_disabled" and notice.abandoned_deliveries == 1
     with stores() as store:  # a disabled endpoint gets no new deliveries
         assert endpoint_id not in {e.endpoint_id for e in store.enabled_endpoints()}
+
+
+def test_a_large_fan_out_keeps_the_batch_order_in_seq(engine: sa.Engine) -> None:
+    stores = sql_delivery_store(engine)
+    events = batch(*(("credits.granted", f"order_{n % 7}") for n in range(1200)))
+    with stores() as store:
+        added = fan_out(store, events, T0)
+    ids = [str(item.envelope.event_id) for item in events]
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(webhook_deliveries.c.endpoint_id, webhook_deliveries.c.event_id)
+                            .where(webhook_deliveries.c.event_type == "credits.granted")
+                            .order_by(webhook_deliveries.c.seq)).all()
+    per_endpoint: dict[str, list[str]] = {}
+    for endpoint_id, event_id in rows:
+        per_endpoint.setdefault(endpoint_id, []).append(str(event_id))
+    assert added == len(rows) and per_endpoint and all(got == ids for got in per_endpoint.values())
