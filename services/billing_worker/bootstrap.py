@@ -29,6 +29,7 @@ from services.billing_worker.entrypoints.scheduler import Scheduler
 from services.billing_worker.service_layer.handlers import (
     Handler,
     credit_notes,
+    credit_purchases,
     credits,
     customers,
     drafts,
@@ -82,6 +83,7 @@ def billing_handlers() -> dict[str, Handler]:
         "credits.expire": credits.EXPIRE,
         "credits.grant": credits.GRANT,
         "credits.void_grant": credits.VOID_GRANT,
+        "credits.purchase": credit_purchases.PURCHASE,
         "payment.retry": payments.RETRY,
         "payment_method.update": payments.UPDATE_PAYMENT_METHOD,
         "dunning.give_up": payments.GIVE_UP,
@@ -122,8 +124,7 @@ def live_sql_unit_of_work(provider: CatalogProvider, materializer: UsageMaterial
         catalog = provider.current(conn)
         last = seen.get("catalog")
         if last is None or last[0] is not catalog:
-            if last is not None:
-                materializer.use_meters(MeterMap.from_catalog(catalog))
+            materializer.use_meters(MeterMap.from_catalog(catalog))
             last = seen["catalog"] = (catalog, credit_kinds(catalog))
         return SqlBillingUnitOfWork(conn, catalog, close_usages, last[1])
     return start

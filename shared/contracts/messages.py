@@ -198,6 +198,17 @@ class VoidCreditGrant(SubscriptionCommand):
     reason: str | None = Field(default=None, max_length=500)
 
 
+class PurchaseCredits(SubscriptionCommand):
+    """Buy prepaid credit (`POST /v1/subscriptions/{id}/credit-purchases`): a MANUAL invoice for `price_minor`;
+    `amount_minor` of credit on `meter_id` is granted once it is paid (shared/domain/credit_purchase.py)."""
+
+    purchase_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
+    meter_id: str
+    amount_minor: int = Field(ge=1)
+    price_minor: int = Field(ge=1)
+    expires_at: AwareDatetime | None = None
+
+
 class RetryPayment(SubscriptionCommand):
     """Dunning decides, the worker acts: charge this open invoice again."""
 
@@ -362,6 +373,7 @@ PAYLOADS: dict[str, type[Payload]] = {
     "credits.expire": ExpireCredits,
     "credits.grant": GrantCredits,
     "credits.void_grant": VoidCreditGrant,
+    "credits.purchase": PurchaseCredits,
     "payment.retry": RetryPayment,
     "payment_method.update": UpdatePaymentMethod,
     "dunning.give_up": GiveUpDunning,

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from services.billing_worker.adapters import billing_repository as repo
 from services.billing_worker.adapters import credit_notes
+from services.billing_worker.adapters import credit_purchases as purchases
 from services.billing_worker.adapters import payment_attempts as attempts
 from services.billing_worker.adapters.billed_usage import billed_usage
 from services.billing_worker.adapters.grace_usage import grace_usage
@@ -28,6 +29,7 @@ from shared.adapters.postgres.schema.core import command_outcomes, outbox
 from shared.domain.catalog import Catalog
 from shared.domain.coupons import CouponId
 from shared.domain.credit_note import CreditNote, EarlierNote
+from shared.domain.credit_purchase import CreditPurchase
 from shared.domain.customer_balance import BalanceEntry
 from shared.domain.invoice import Invoice
 from shared.domain.rating import GraceUsage
@@ -122,6 +124,18 @@ class SqlBillingUnitOfWork(BillingUnitOfWork):
 
     def _apply_balance_entry(self, entry: BalanceEntry) -> bool:
         return customer_balance.apply_entry(self.conn, entry)
+
+    def credit_purchase(self, purchase_id: str) -> CreditPurchase | None:
+        return purchases.purchase(self.conn, purchase_id)
+
+    def credit_purchase_of_invoice(self, invoice_id: str) -> CreditPurchase | None:
+        return purchases.purchase_of_invoice(self.conn, invoice_id)
+
+    def add_credit_purchase(self, purchase: CreditPurchase) -> bool:
+        return purchases.add(self.conn, purchase)
+
+    def save_credit_purchase(self, purchase: CreditPurchase) -> None:
+        purchases.save(self.conn, purchase)
 
     # --- commit
 

@@ -39,10 +39,11 @@ from shared.contracts.messages import Payload, SubscriptionStatusChanged
 from shared.domain.catalog import Catalog
 from shared.domain.coupons import CouponRedemption
 from shared.domain.credit_note import CreditNote, EarlierNote
+from shared.domain.credit_purchase import CreditPurchase, PurchaseStatus
 from shared.domain.customer_balance import BalanceEntry, BalanceEntryKind, balance_after, balance_entry_id
 from shared.domain.events import DomainEvent
 from shared.domain.ids import attempt_id_for, event_uuid
-from shared.domain.invoice import Invoice, InvoiceStatus
+from shared.domain.invoice import Invoice, InvoiceReason, InvoiceStatus
 from shared.domain.ledger import CreditLedger, MeterCredit
 from shared.domain.payment_attempt import PaymentAttempt
 from shared.domain.rating import GraceUsage, IncludedCreditGrant, RatingResult
@@ -218,6 +219,46 @@ class BillingUnitOfWork(abc.ABC):
         """Usage of a draft's period [period_start, period_end) that arrived after its close and is not
         billed yet, marked billed (so the next close does not bill it as late usage again), with what the
         close billed. Nothing when a later close already ran (it took that usage as late usage)."""
+
+    # --- prepaid credit purchases (immediate reads and writes: adapters/credit_purchases.py)
+
+    @abc.abstractmethod
+    def credit_purchase(self, purchase_id: str) -> CreditPurchase | None: ...
+
+    @abc.abstractmethod
+    def credit_purchase_of_invoice(self, invoice_id: str) -> CreditPurchase | None: ...
+
+    @abc.abstractmethod
+    def add_credit_purchase(self, purchase: CreditPurchase) -> bool:
+        """Store a new purchase; False (nothing written) when its id exists or, for an auto-recharge, one is
+        already pending for its subscription and meter (the partial unique index decides, under concurrency)."""
+
+    @abc.abstractmethod
+    def save_credit_purchase(self, purchase: CreditPurchase) -> None:
+        """Store a purchase's new status (granted with its grant, or cancelled)."""
+
+    def grant_paid_purchase(self, invoice: Invoice, state: SubscriptionState, at: datetime,
+                            correlation: Envelope | None) -> str | None:
+        """The invoice was paid: grant the credit it sold, if it is a purchase's not granted yet (once)."""
+        purchase = self.credit_purchase_of_invoice(invoice.id)
+        if purchase is None or purchase.status is PurchaseStatus.GRANTED:
+            return None
+        purchase.grant_into(self.ledger(state).ledger, at)
+        self.save_credit_purchase(purchase)
+        self.emit("credits.granted", credits_payload(state, purchase.meter_id, purchase.amount, "top_up",
+                                                     purchase.expires_at),
+                  key=state.id, event_id=event_uuid(state.id, "credits.granted", purchase.purchase_id), at=at,
+                  correlation=correlation)
+        self.touch(state)
+        return purchase.purchase_id
+
+    def cancel_purchase_of(self, invoice: Invoice, at: datetime) -> str | None:
+        """The invoice will not be paid (voided, written off): its purchase, if any, grants nothing."""
+        purchase = self.credit_purchase_of_invoice(invoice.id)
+        if purchase is None or not purchase.cancel(at):
+            return None
+        self.save_credit_purchase(purchase)
+        return purchase.purchase_id
 
     # --- the adapter's side: commit
 
@@ -436,6 +477,8 @@ class BillingUnitOfWork(abc.ABC):
             at = item.at or invoice.created_at
             self.settle_with_balance(invoice, available, at)
             invoice.finalize(number=number, at=at)
+            if invoice.status is InvoiceStatus.PAID and invoice.key.reason is InvoiceReason.MANUAL:
+                self.grant_paid_purchase(invoice, state, at, None)  # a purchase the customer balance paid
             to_store.append(InvoiceToStore(invoice, item.plan_id, state.subscription.payment_method_id))
             self._invoice_events(invoice, state, at)
             if invoice.status is InvoiceStatus.OPEN and invoice.amount_due.is_positive():

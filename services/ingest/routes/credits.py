@@ -22,7 +22,7 @@ from services.ingest.ids import BodyId, PathId
 from services.ingest.problems import PROBLEM_RESPONSES
 from services.ingest.routes.subscriptions import COMMAND_RESPONSES, pending_answer, unit_of_work, worker_outcome
 from services.ingest.service_layer import credits
-from services.ingest.service_layer.credits import CreditGrantView, CustomerCreditsView
+from services.ingest.service_layer.credits import CreditGrantView, CreditPurchaseView, CustomerCreditsView
 from services.ingest.service_layer.lifecycle import Accepted
 from services.ingest.service_layer.unit_of_work import UnitOfWorkFactory
 
@@ -48,6 +48,13 @@ class GrantRequest(_Body):
     effective_at: AwareDatetime | None = Field(default=None, description="null: now")
     expires_at: AwareDatetime | None = Field(default=None, description="null: never (a top_up: the month's end)")
     description: str | None = Field(default=None, max_length=500)
+
+
+class PurchaseRequest(_Body):
+    meter_id: BodyId
+    amount_minor: int = Field(ge=1, le=10**12, description="credit bought (minor units of the meter's currency)")
+    price_minor: int | None = Field(default=None, ge=1, le=10**12, description="what is charged; null: the amount")
+    expires_at: AwareDatetime | None = Field(default=None, description="null: a year after it is paid")
 
 
 class VoidRequest(_Body):
@@ -125,3 +132,38 @@ async def customer_credits(customer_id: PathId, principal: Principal = Depends(r
     authorize_customer(principal, customer_id)
     now = await run_in_threadpool(container.clock.now)
     return await run_in_threadpool(credits.credits_of_customer, container.engine, customer_id, now)
+
+
+@router.post("/v1/subscriptions/{subscription_id}/credit-purchases", status_code=201,
+             response_model=CreditPurchaseView, responses=GRANT_RESPONSES,
+             summary="Buy prepaid credit: a manual invoice for the price; the credit is granted when it is paid",
+             description="The invoice (line \"Prepaid credits\") is charged like any invoice (the customer balance "
+                         "first, then the payment method); the credit (source `top_up`, paid-credit priority) is "
+                         "granted once it is paid; a voided invoice grants nothing. Money meters only: 422 "
+                         "`/problems/invalid-credit-grant` (code `invalid_credit_grant`).")
+async def purchase(subscription_id: PathId, body: PurchaseRequest, request: Request,
+                   idempotency_key: str | None = Header(default=None, include_in_schema=False),
+                   principal: Principal = Depends(require(Scope.ADMIN)),
+                   container: Container = Depends(get_container),
+                   uow: UnitOfWorkFactory = Depends(unit_of_work)) -> JSONResponse:
+    now = await run_in_threadpool(container.clock.now)
+    accepted, purchase_id = await run_in_threadpool(partial(
+        credits.purchase, uow, container.catalog, subscription_id, body.meter_id, body.amount_minor,
+        body.price_minor, body.expires_at, idempotency_key=idempotency_key, principal=principal,
+        authorize=partial(authorize_customer, principal), now=now, request_id=request.headers.get("x-request-id")))
+    outcome = await worker_outcome(container, uow, accepted)
+    if outcome is None:
+        return pending_answer(accepted.command_id, accepted.subscription_id)
+    found = [p for p in await run_in_threadpool(credits.purchases_of, container.engine, subscription_id,
+                                                lambda _owner: None) if p.purchase_id == purchase_id]
+    body_out = found[0].model_dump(mode="json") if found else {"purchase_id": purchase_id}
+    return JSONResponse(body_out, status_code=201, headers={
+        "Location": f"/v1/subscriptions/{subscription_id}/credit-purchases", "X-Command-Id": str(accepted.command_id)})
+
+
+@router.get("/v1/subscriptions/{subscription_id}/credit-purchases", response_model=list[CreditPurchaseView],
+            responses=READ_RESPONSES, summary="The subscription's prepaid credit purchases, newest first")
+async def purchases(subscription_id: PathId, principal: Principal = Depends(require(Scope.READ)),
+                    container: Container = Depends(get_container)) -> list[CreditPurchaseView]:
+    return await run_in_threadpool(credits.purchases_of, container.engine, subscription_id,
+                                   partial(authorize_customer, principal))

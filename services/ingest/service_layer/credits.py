@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Literal
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from pydantic import BaseModel
@@ -34,9 +34,9 @@ from services.ingest.service_layer.refusals import (
     UnknownSubscription,
 )
 from services.ingest.service_layer.unit_of_work import UnitOfWorkFactory
-from shared.adapters.postgres.schema.billing import credit_entries, credit_grants, subscriptions
+from shared.adapters.postgres.schema.billing import credit_entries, credit_grants, credit_purchases, subscriptions
 from shared.adapters.postgres.schema.core import customers
-from shared.contracts.messages import GrantCredits, VoidCreditGrant
+from shared.contracts.messages import GrantCredits, PurchaseCredits, VoidCreditGrant
 from shared.domain.catalog import Catalog, credit_kinds
 
 
@@ -82,11 +82,27 @@ class CustomerCreditsView(BaseModel):
     meters: list[MeterCreditsView]
 
 
-def new_grant_id(subscription_id: str, idempotency_key: str | None) -> str:
+class CreditPurchaseView(BaseModel):
+    purchase_id: str
+    subscription_id: str
+    meter_id: str
+    amount_minor: int
+    price_minor: int
+    currency: str
+    invoice_id: str
+    origin: str
+    status: str
+    grant_id: str | None = None
+    expires_at: datetime | None = None
+    created_at: datetime
+    settled_at: datetime | None = None
+
+
+def new_grant_id(subscription_id: str, idempotency_key: str | None, prefix: str = "cg") -> str:
     """`cg_<32 hex>`: derived from the subscription and the Idempotency-Key when one is sent, else random."""
     if idempotency_key is None:
-        return f"cg_{uuid.uuid4().hex}"
-    return "cg_" + hashlib.sha256(f"{subscription_id}|{idempotency_key}".encode()).hexdigest()[:32]
+        return f"{prefix}_{uuid.uuid4().hex}"
+    return f"{prefix}_" + hashlib.sha256(f"{subscription_id}|{idempotency_key}".encode()).hexdigest()[:32]
 
 
 def public_grant_id(stored_id: str, subscription_id: str) -> str:
@@ -215,3 +231,48 @@ def credits_of_customer(engine: sa.Engine, customer_id: str, now: datetime) -> C
                          remaining_units=units if currency is None else None)
         for (meter, currency), (minor, units, count) in sorted(totals.items(), key=lambda kv: (kv[0][0],
                                                                                              kv[0][1] or ""))])
+
+
+# --- prepaid credit purchases -----------------------------------------------------------------------------
+
+
+def purchase(uow: UnitOfWorkFactory, catalog: Catalog, subscription_id: str, meter_id: str, amount_minor: int,
+             price_minor: int | None, expires_at: datetime | None, *, idempotency_key: str | None,
+             principal: Principal, authorize: Callable[[str], None], now: datetime,
+             request_id: str | None) -> tuple[Accepted, str]:
+    """Send `credits.purchase`: the worker invoices `price_minor` (default: the amount) and grants the credit
+    when that invoice is paid. Only money meters sell credit (`invalid_credit_grant`)."""
+    check_meter_amount(catalog, meter_id, amount_minor, None)
+    if expires_at is not None and expires_at <= now:
+        raise InvalidCreditGrant("bought credit must expire in the future", fields=[("expires_at", "in_the_past")])
+    purchase_id = new_grant_id(subscription_id, idempotency_key, prefix="cp")
+    price = amount_minor if price_minor is None else price_minor
+
+    def build(customer_id: str) -> PurchaseCredits:
+        return PurchaseCredits(subscription_id=subscription_id, customer_id=customer_id, purchase_id=purchase_id,
+                               meter_id=meter_id, amount_minor=amount_minor, price_minor=price,
+                               expires_at=expires_at)
+
+    accepted = lifecycle.send_command(
+        uow, subscription_id, build, "credits.purchase", principal=principal, authorize=authorize, now=now,
+        request_id=request_id, purchase_id=purchase_id, meter_id=meter_id, amount_minor=amount_minor,
+        price_minor=price)
+    return accepted, purchase_id
+
+
+def _purchase_view(row: Any) -> CreditPurchaseView:
+    return CreditPurchaseView.model_validate(dict(row._mapping))
+
+
+def purchases_of(engine: sa.Engine, subscription_id: str, authorize: Callable[[str], None]
+                 ) -> list[CreditPurchaseView]:
+    """The subscription's credit purchases, newest first."""
+    with engine.connect() as conn:
+        owner = conn.execute(sa.select(subscriptions.c.customer_id)
+                             .where(subscriptions.c.subscription_id == subscription_id)).scalar()
+        if owner is None:
+            raise UnknownSubscription(f"no subscription {subscription_id!r}", field="subscription_id")
+        authorize(owner)
+        rows = conn.execute(sa.select(credit_purchases).where(credit_purchases.c.subscription_id == subscription_id)
+                            .order_by(credit_purchases.c.created_at.desc(), credit_purchases.c.purchase_id)).all()
+    return [_purchase_view(r) for r in rows]

@@ -23,6 +23,7 @@ from services.billing_worker.service_layer.model import InvoiceToStore, LedgerSt
 from services.billing_worker.service_layer.unit_of_work import BillingUnitOfWork, Outgoing
 from shared.domain.catalog import Catalog, MeterId
 from shared.domain.credit_note import CreditNote, EarlierNote
+from shared.domain.credit_purchase import CreditPurchase, PurchaseOrigin, PurchaseStatus
 from shared.domain.customer_balance import BalanceEntry
 from shared.domain.events import DomainEvent
 from shared.domain.invoice import Invoice, InvoiceStatus, LineKind
@@ -71,6 +72,7 @@ class FakeBillingStore:
     balance_entries: dict[str, BalanceEntry] = field(default_factory=dict)  # by entry id, in write order
     next_invoice_number: int = 1
     credit_notes: dict[str, tuple[CreditNote, str]] = field(default_factory=dict)  # id -> (note, number)
+    credit_purchases: dict[str, CreditPurchase] = field(default_factory=dict)
     refunds: dict[str, dict[str, Any]] = field(default_factory=dict)  # by credit note id
     next_credit_note_number: int = 1
     commits: int = 0
@@ -209,6 +211,28 @@ class FakeUnitOfWork(BillingUnitOfWork):
         for attempt in detached:
             attempt["payment_method_id"] = None
         return len(detached)
+
+    def credit_purchase(self, purchase_id: str) -> CreditPurchase | None:
+        return copy.deepcopy(self.store.credit_purchases.get(purchase_id))
+
+    def credit_purchase_of_invoice(self, invoice_id: str) -> CreditPurchase | None:
+        found = [p for p in self.store.credit_purchases.values() if p.invoice_id == invoice_id]
+        return copy.deepcopy(found[0]) if found else None
+
+    def add_credit_purchase(self, purchase: CreditPurchase) -> bool:
+        taken = purchase.purchase_id in self.store.credit_purchases or any(
+            p.invoice_id == purchase.invoice_id for p in self.store.credit_purchases.values())
+        pending_recharge = purchase.origin is PurchaseOrigin.AUTO_RECHARGE and any(
+            p.origin is PurchaseOrigin.AUTO_RECHARGE and p.status is PurchaseStatus.PENDING
+            and (p.subscription_id, p.meter_id) == (purchase.subscription_id, purchase.meter_id)
+            for p in self.store.credit_purchases.values())
+        if taken or pending_recharge:
+            return False
+        self.store.credit_purchases[purchase.purchase_id] = copy.deepcopy(purchase)
+        return True
+
+    def save_credit_purchase(self, purchase: CreditPurchase) -> None:
+        self.store.credit_purchases[purchase.purchase_id] = copy.deepcopy(purchase)
 
     def earlier_credit_notes(self, invoice_id: str) -> list[EarlierNote]:
         return [EarlierNote(total_minor=n.total.amount_minor, tax_minor=n.tax.amount_minor,

@@ -54,6 +54,7 @@ def void_invoice(uow: BillingUnitOfWork, env: Envelope, p: VoidInvoice, now: dat
     invoice.void(at=now, reason=p.reason or "voided")
     invoice.pull_events()
     uow.save_invoice_status(invoice, at=now)
+    uow.cancel_purchase_of(invoice, now)  # prepaid credit it sold is never granted
     uow.cancel_pending_attempts(invoice.id, now)
     restored = invoice.balance_applied_minor
     if restored > 0:
@@ -81,6 +82,7 @@ def write_off(uow: BillingUnitOfWork, env: Envelope, state: SubscriptionState, i
     invoice.mark_uncollectible(at=now, reason=reason)
     invoice.pull_events()
     uow.save_invoice_status(invoice, at=now)
+    uow.cancel_purchase_of(invoice, now)  # prepaid credit it sold is granted only if paid after all
     uow.cancel_pending_attempts(invoice.id, now)
     uow.emit("invoice.uncollectible", invoice_event(invoice, state), key=state.id,
              event_id=event_uuid(invoice.id, "invoice.uncollectible"), at=now, correlation=env)

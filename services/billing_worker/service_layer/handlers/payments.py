@@ -110,6 +110,9 @@ def payment_succeeded(uow: BillingUnitOfWork, env: Envelope, p: PaymentSucceeded
     uow.paid_refs[invoice.id] = p.provider_ref
     uow.emit("invoice.paid", invoice_event(invoice, state), key=state.id,
              event_id=event_uuid(invoice.id, "invoice.paid"), at=paid_at, correlation=env)
+    # Prepaid credit sold by this invoice, if any: usable from the worker's billing instant (the provider's paid_at
+    # is another clock's, e.g. a simulated billing clock's wall-clock webhook).
+    uow.grant_paid_purchase(invoice, state, now, env)
     sub = state.subscription
     if sub.status is SubscriptionStatus.PAST_DUE and not [
             i for i in uow.open_invoices_of(sub.id) if i != invoice.id]:

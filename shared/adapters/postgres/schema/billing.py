@@ -289,6 +289,53 @@ credit_entries = sa.Table(
     sa.CheckConstraint("(amount_minor IS NULL) <> (units IS NULL)", name="money_or_units"),
 )
 
+# ----------------------------------------------------------------------------- prepaid credit purchases
+
+PURCHASE_STATUSES = ("pending", "granted", "cancelled")
+PURCHASE_ORIGINS = ("manual", "auto_recharge")
+
+# A purchase of prepaid credit (shared/domain/credit_purchase.py): a MANUAL invoice for `price_minor`; the credit
+# (`amount_minor` on `meter_id`) is granted once that invoice is paid. Written by the subscription's worker.
+credit_purchases = sa.Table(
+    "credit_purchases", metadata,
+    sa.Column("purchase_id", sa.Text, primary_key=True, comment="cp_..., derived from the request"),
+    sa.Column("subscription_id", sa.Text, nullable=False, index=True),
+    sa.Column("customer_id", sa.Text, nullable=False),
+    sa.Column("meter_id", sa.Text, nullable=False),
+    sa.Column("amount_minor", sa.BigInteger, nullable=False, comment="credit bought"),
+    sa.Column("price_minor", sa.BigInteger, nullable=False, comment="what the invoice charges for it"),
+    _currency(),
+    sa.Column("invoice_id", sa.Text, nullable=False, unique=True),
+    sa.Column("origin", sa.Text, nullable=False, server_default="manual"),
+    sa.Column("status", sa.Text, nullable=False, server_default="pending"),
+    sa.Column("grant_id", sa.Text, comment="the credit_grants row once granted"),
+    _ts("expires_at"),
+    _ts("created_at", nullable=False),
+    _ts("settled_at", comment="granted or cancelled at"),
+    sa.CheckConstraint("amount_minor > 0 AND price_minor > 0", name="positive"),
+    sa.CheckConstraint(_in("status", PURCHASE_STATUSES), name="status"),
+    sa.CheckConstraint(_in("origin", PURCHASE_ORIGINS), name="origin"),
+    sa.CheckConstraint("(status = 'granted') = (grant_id IS NOT NULL)", name="granted_with_grant"),
+)
+# NOTE: one recharge pending per subscription and meter: concurrent usage batches that all see the balance
+# cross the threshold insert one purchase; the others' inserts conflict and are skipped.
+sa.Index("uq_credit_purchases_pending_recharge", credit_purchases.c.subscription_id, credit_purchases.c.meter_id,
+         unique=True, postgresql_where=sa.and_(credit_purchases.c.status == "pending",
+                                               credit_purchases.c.origin == "auto_recharge"))
+
+# Auto-recharge settings per subscription and meter (`PUT /v1/subscriptions/{id}/auto-recharge`).
+auto_recharges = sa.Table(
+    "auto_recharges", metadata,
+    sa.Column("subscription_id", sa.Text, primary_key=True),
+    sa.Column("meter_id", sa.Text, primary_key=True),
+    sa.Column("threshold_minor", sa.BigInteger, nullable=False),
+    sa.Column("target_minor", sa.BigInteger, nullable=False),
+    _currency(),
+    sa.Column("enabled", sa.Boolean, nullable=False, server_default=sa.true()),
+    _updated_at(),
+    sa.CheckConstraint("threshold_minor >= 0 AND target_minor > threshold_minor", name="levels"),
+)
+
 # ------------------------------------------------------------------------------------- customer balance
 
 BALANCE_ENTRY_KINDS = ("credit_note", "invoice_credit", "adjustment", "invoice_draw", "void_restore")

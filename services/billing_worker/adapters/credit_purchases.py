@@ -1,0 +1,48 @@
+"""Prepaid credit purchases in PostgreSQL (`credit_purchases`), read and written in the batch transaction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert
+
+from shared.adapters.postgres.schema.billing import credit_purchases
+from shared.domain.credit_purchase import CreditPurchase, PurchaseOrigin, PurchaseStatus
+from shared.domain.money import Money
+
+
+def _purchase(row: Any) -> CreditPurchase:
+    return CreditPurchase(
+        purchase_id=row.purchase_id, subscription_id=row.subscription_id, customer_id=row.customer_id,
+        meter_id=row.meter_id, amount=Money(row.amount_minor, row.currency), price=Money(row.price_minor, row.currency),
+        invoice_id=row.invoice_id, created_at=row.created_at, expires_at=row.expires_at,
+        origin=PurchaseOrigin(row.origin), status=PurchaseStatus(row.status), grant_id=row.grant_id,
+        settled_at=row.settled_at)
+
+
+def purchase(conn: sa.Connection, purchase_id: str) -> CreditPurchase | None:
+    row = conn.execute(sa.select(credit_purchases).where(credit_purchases.c.purchase_id == purchase_id)).first()
+    return _purchase(row) if row is not None else None
+
+
+def purchase_of_invoice(conn: sa.Connection, invoice_id: str) -> CreditPurchase | None:
+    row = conn.execute(sa.select(credit_purchases).where(credit_purchases.c.invoice_id == invoice_id)
+                       .with_for_update()).first()
+    return _purchase(row) if row is not None else None
+
+
+def add(conn: sa.Connection, p: CreditPurchase) -> bool:
+    """Insert; False when the id exists or a recharge is already pending for the subscription and meter."""
+    inserted = conn.execute(insert(credit_purchases).values(
+        purchase_id=p.purchase_id, subscription_id=p.subscription_id, customer_id=p.customer_id,
+        meter_id=p.meter_id, amount_minor=p.amount.amount_minor, price_minor=p.price.amount_minor,
+        currency=p.amount.currency, invoice_id=p.invoice_id, origin=p.origin.value, status=p.status.value,
+        grant_id=p.grant_id, expires_at=p.expires_at, created_at=p.created_at, settled_at=p.settled_at,
+    ).on_conflict_do_nothing().returning(credit_purchases.c.purchase_id)).first()
+    return inserted is not None
+
+
+def save(conn: sa.Connection, p: CreditPurchase) -> None:
+    conn.execute(sa.update(credit_purchases).where(credit_purchases.c.purchase_id == p.purchase_id)
+                 .values(status=p.status.value, grant_id=p.grant_id, settled_at=p.settled_at))
