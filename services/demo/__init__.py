@@ -7,7 +7,9 @@
    credits, with upgrades, downgrades, seat changes, top-ups and cancellations mid-month;
 4. advances the clock through month end and 15 days of dunning (some customers replace their card, a few
    pay on the provider's hosted page and the webhook is lost: the dunning service's reconciliation finds
-   those payments, and the demo waits for it);
+   those payments, and the demo waits for it); period-close invoices stay drafts for an hour (usage still in
+   flight lands on them); two days after the close an operator voids a few open invoices and issues credit
+   notes on paid ones (half refunded through the gateway, half credited to the customer's balance);
 5. audits invariants in PostgreSQL, writes var/demo/summary.json and the invoices as HTML, and exits
    non-zero if an invariant fails. It stops the services it started, and the stack unless asked not to.
 """
@@ -42,6 +44,7 @@ from services.demo.paid_at_provider import pay_on_hosted_page
 from services.demo.population import REPLACEMENT_CARD, DemoCustomer, build_population
 from services.demo.processes import Quiescence, ServiceProcess, free_port, wait_http_ready
 from services.demo.render import render_invoices
+from services.demo.webhook_receiver import WebhookReceiver
 from shared.adapters.kafka.producer import KafkaProducer
 from shared.adapters.postgres.engine import make_engine
 from shared.adapters.postgres.migrate import upgrade
@@ -100,6 +103,9 @@ def _prepare(endpoints: dict[str, str], run_id: str) -> tuple[Settings, dict[str
         "BILLING_HTTP_PORT": str(free_port()),
         "BILLING_LOG_LEVEL": "INFO",
         "BILLING_SCHEDULER_INTERVAL_S": "0.5",
+        # Period-close invoices stay drafts for an hour of the simulated clock: usage still in the Kafka
+        # backlog when January ends is billed on January's invoice, not as a late adjustment on March's.
+        "BILLING_INVOICE_GRACE_SECONDS": "3600",
     }
     settings = Settings(**{k.removeprefix("BILLING_").lower(): v for k, v in env.items()})  # type: ignore[arg-type]
     return settings, env
@@ -312,6 +318,40 @@ async def mid_month_changes(edge: Edge, people: list[DemoCustomer], rng: random.
         counters.add("top_ups" if resp.status_code == 200 else "top_ups_failed")
 
 
+async def corrections(edge: Edge, people: list[DemoCustomer], rng: random.Random, counters: Counters) -> None:
+    """An operator's corrections after the close: void a few invoices still open, and credit notes on paid
+    ones (half refunded through the gateway, half credited to the customer's balance, which their next invoice
+    draws from)."""
+    subscribers = [c for c in people if c.customer_id and c.subscription_id]
+    open_invoices: list[dict[str, Any]] = []
+    paid_invoices: list[dict[str, Any]] = []
+    for c in rng.sample(subscribers, min(160, len(subscribers))):
+        resp = await edge.call("GET", f"/v1/customers/{c.customer_id}/invoices")
+        for inv in resp.json().get("data", []) if resp.status_code == 200 else []:
+            if inv["status"] == "open" and inv["amount_paid_minor"] == 0:
+                open_invoices.append(inv)
+            elif inv["status"] == "paid" and inv["amount_paid_minor"] >= 200:
+                paid_invoices.append(inv)
+
+    async def void(inv: dict[str, Any]) -> None:
+        resp = await edge.call("POST", f"/v1/invoices/{inv['invoice_id']}/void", {"reason": "demo: billed in error"},
+                               expect=(200, 202))
+        counters.add("corrections_voided" if resp.status_code in (200, 202) else "corrections_void_failed")
+
+    async def credit(inv: dict[str, Any], refund: bool) -> None:
+        amount = inv["amount_paid_minor"] // 4
+        body = {"amount_minor": amount, "reason": "product_unsatisfactory", "memo": "demo: goodwill credit",
+                **({"refund_minor": amount} if refund else {"credit_minor": amount})}
+        resp = await edge.call("POST", f"/v1/invoices/{inv['invoice_id']}/credit-notes", body, expect=(200, 201, 202))
+        ok = resp.status_code in (200, 201, 202)
+        counters.add(f"corrections_credit_notes_{'refunded' if refund else 'to_balance'}" if ok
+                     else "corrections_credit_note_failed")
+
+    await _gather_limited([void(i) for i in open_invoices[:4]], limit=4)
+    chosen = paid_invoices[:12]
+    await _gather_limited([credit(inv, n % 2 == 0) for n, inv in enumerate(chosen)], limit=4)
+
+
 def stripe_signature(payload: bytes, secret: str, at: int) -> str:
     mac = hmac.new(secret.encode(), f"{at}.".encode() + payload, hashlib.sha256).hexdigest()
     return f"t={at},v1={mac}"
@@ -339,8 +379,29 @@ async def replace_cards(edge: Edge, people: list[DemoCustomer], counters: Counte
 # ------------------------------------------------------------------------------------------- the month
 
 
+async def register_webhook_endpoint(edge: Edge, receiver: WebhookReceiver) -> None:
+    """The operator subscribes an endpoint to every event; the secret is shown once, the receiver keeps it."""
+    resp = await edge.call("POST", "/v1/webhook-endpoints", {"url": receiver.url, "events": ["*"],
+                                                              "description": "demo receiver"})
+    resp.raise_for_status()
+    receiver.secret = resp.json()["secret"]
+
+
+def wait_for_deliveries(engine: sa.Engine, timeout_s: float = 180) -> int:
+    """Wait until the webhooks service has no delivery left to make (it follows billing events); returns how
+    many are still pending when it gives up."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with engine.connect() as conn:
+            pending = int(conn.execute(sa.text(
+                "SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'")).scalar_one())
+        if pending == 0 or time.monotonic() > deadline:
+            return pending
+        time.sleep(1)
+
+
 async def simulate(settings: Settings, engine: sa.Engine, base_url: str, people: list[DemoCustomer],
-                   quiet: Quiescence, counters: Counters) -> dict[str, float]:
+                   quiet: Quiescence, counters: Counters, receiver: WebhookReceiver) -> dict[str, float]:
     rng = random.Random(7)
     edge = Edge(base_url, counters)
     producer = KafkaProducer(settings, client_id="demo-sdk")
@@ -350,6 +411,7 @@ async def simulate(settings: Settings, engine: sa.Engine, base_url: str, people:
         with Progress(TextColumn("{task.description:<32}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console, transient=False) as progress:
             t0 = time.perf_counter()
+            await register_webhook_endpoint(edge, receiver)
             await onboard(edge, people, progress)
             quiet.wait()
             timings["onboarding_s"] = time.perf_counter() - t0
@@ -384,8 +446,10 @@ async def simulate(settings: Settings, engine: sa.Engine, base_url: str, people:
             timings["month_s"] = time.perf_counter() - t0
             close = progress.add_task("February: period close + dunning", total=16)
             t0 = time.perf_counter()
-            for _day in range(16):
+            for day in range(16):
                 quiet.wait(timeout=300)
+                if day == 2:
+                    await corrections(edge, people, rng, counters)
                 await edge.advance(days=1)
                 progress.advance(close)
             quiet.wait(timeout=300)
@@ -410,10 +474,12 @@ def run_demo(customers: int = 600, keep_stack: bool = False) -> int:
     settings, env = _prepare(endpoints, run_id)
     base_url = f"http://127.0.0.1:{env['BILLING_HTTP_PORT']}"
     services = [ServiceProcess(name, [name], env, OUT / "logs" / f"{name}.log")
-                for name in ("ingest", "worker", "dunning")]
+                for name in ("ingest", "worker", "dunning", "webhooks")]
     engine = make_engine(settings, pool_size=4)
     counters = Counters()
     people = build_population(customers)
+    receiver = WebhookReceiver()
+    receiver.start()
     code = 1
     try:
         for s in services:
@@ -422,13 +488,15 @@ def run_demo(customers: int = 600, keep_stack: bool = False) -> int:
         console.print(f"services up: edge {base_url}, schema {settings.database_schema}, "
                       f"logs in {OUT / 'logs'}")
         quiet = Quiescence(settings, engine, dunning_group=f"{settings.topic_prefix}dunning")
-        timings = asyncio.run(simulate(settings, engine, base_url, people, quiet, counters))
+        timings = asyncio.run(simulate(settings, engine, base_url, people, quiet, counters, receiver))
         quiet.close()
+        counters.add("webhook_deliveries_still_pending", wait_for_deliveries(engine))
         for s in services:
             if not s.alive():
                 raise RuntimeError(f"{s.name} died during the demo; see {s.log_path}")
-        code = report(engine, counters, timings, time.perf_counter() - started)
+        code = report(engine, counters, timings, time.perf_counter() - started, receiver.summary())
     finally:
+        receiver.stop()
         for s in services:
             s.stop()
         engine.dispose()
@@ -437,7 +505,8 @@ def run_demo(customers: int = 600, keep_stack: bool = False) -> int:
     return code
 
 
-def report(engine: Any, counters: Counters, timings: dict[str, float], wall_s: float) -> int:
+def report(engine: Any, counters: Counters, timings: dict[str, float], wall_s: float,
+           received: dict[str, Any]) -> int:
     invariants = run_invariants(engine)
     summary = summarise(engine)
     c = counters.c
@@ -454,11 +523,15 @@ def report(engine: Any, counters: Counters, timings: dict[str, float], wall_s: f
     }
     summary["reports"] = {k: v for k, v in c.items() if k.startswith("reports_") or k.startswith("top_ups")}
     summary["changes"] = {k: v for k, v in c.items() if k.startswith("change_") or k.startswith("card")}
+    summary["corrections"] = {**{k.removeprefix("corrections_"): v for k, v in c.items()
+                                 if k.startswith("corrections_")}, **summary.pop("corrections_stored", {})}
     summary["dunning"]["cards_replaced"] = c["cards_replaced"]
     summary["dunning"]["paid_at_provider_without_webhook"] = c["paid_at_provider_without_webhook"]
     summary["throughput"] = {"usage_events_per_s_during_month": round(accepted / max(timings["month_s"], 1e-9), 1),
                              **{k: round(v, 1) for k, v in timings.items()}, "wall_s": round(wall_s, 1)}
     summary["http"] = {k: v for k, v in c.items() if k.startswith("http_")}
+    summary["webhooks"] = {**summary.pop("webhook_deliveries", {}), "receiver": received,
+                           "still_pending": c["webhook_deliveries_still_pending"]}
     summary["invariants"] = invariants
     n = render_invoices(engine, OUT / "invoices")
     summary["invoices_rendered"] = n
@@ -487,6 +560,12 @@ def _print_summary(s: dict[str, Any]) -> None:
     t.add_row("recovered by reconciliation",
               f"{d['invoices_recovered_by_reconciliation']} invoices found paid at the provider and settled "
               f"({d['paid_at_provider_without_webhook']} paid on the hosted page, webhook lost)")
+    t.add_row("corrections", json.dumps(s["corrections"]))
+    w = s["webhooks"]
+    t.add_row("webhooks", f"deliveries {json.dumps(w.get('by_status', {}))}; receiver got "
+                          f"{w['receiver']['events_received']} events (signatures checked, "
+                          f"{w['receiver']['bad_signatures']} bad), answered 503 to the first "
+                          f"{w['receiver']['answered_503_while_down']} requests: retried")
     t.add_row("throughput", json.dumps(s["throughput"]))
     for name, ok in s["invariants"].items():
         t.add_row(name, "[green]true[/green]" if ok is True else f"[red]{ok} violations[/red]")

@@ -241,6 +241,11 @@ def summarise(engine: sa.Engine) -> dict[str, Any]:
             conn, "SELECT count(*) FROM payment_attempts WHERE reason <> 'initial'")
         dunning["invoices_recovered_by_reconciliation"] = invoices_recovered_by_reconciliation(conn)
         dlq_like = _scalar(conn, "SELECT count(*) FROM command_outcomes WHERE status = 'rejected'")
+        webhooks = {
+            "by_status": _pairs(conn, "SELECT status, count(*) FROM webhook_deliveries GROUP BY status"),
+            "attempts": _scalar(conn, "SELECT count(*) FROM webhook_delivery_attempts"),
+            "by_event": _pairs(conn, "SELECT event_type, count(*) FROM webhook_deliveries GROUP BY 1 ORDER BY 1"),
+        }
         corrections = conn.execute(sa.text("""
             SELECT (SELECT count(*) FROM credit_notes) AS credit_notes,
                    (SELECT coalesce(sum(refunded_minor), 0) FROM credit_notes) AS refunded_minor,
@@ -271,4 +276,5 @@ def summarise(engine: sa.Engine) -> dict[str, Any]:
         "dunning": dunning,
         "commands_rejected": dlq_like,
         "corrections_stored": {k: int(v) for k, v in corrections.items()},
+        "webhook_deliveries": webhooks,
     }
