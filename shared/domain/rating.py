@@ -26,7 +26,7 @@ the same lines over ``[period start, cancel instant)``, without a fee (nothing i
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
@@ -38,7 +38,7 @@ from shared.domain.calendar import Period, ensure_utc, is_full_period, period_af
 from shared.domain.catalog import CreditAmount, MeterId, MeterPricing, OveragePolicy, Plan
 from shared.domain.coupons import Coupon, CouponRedemption, apply_coupon
 from shared.domain.errors import RatingError
-from shared.domain.ids import InvoiceId
+from shared.domain.ids import InvoiceId, invoice_id_for
 from shared.domain.included_credits import IncludedCreditGrant as IncludedCreditGrant
 from shared.domain.included_credits import included_grants as included_grants
 from shared.domain.included_credits import trial_grants
@@ -569,8 +569,8 @@ def _rate_closed_usage(
     )
     invoice_key = str(invoice.key)
     # NOTE: a meter with a minimum per period is billed its minimum even when nothing was used (not while the
-    # subscription is paused: it bills no fee either).
-    minimums = subscription.status is not SubscriptionStatus.PAUSED
+    # subscription is paused: it bills no fee either; nor for a trial window, which is free).
+    minimums = subscription.status not in (SubscriptionStatus.PAUSED, SubscriptionStatus.TRIALING)
     totals = {**{m: Decimal(0) for m, p in plan.meters.items() if minimums and _has_minimum(plan, m)
                  and p.overage is OveragePolicy.BILL}, **usage_totals_by_meter}
     usage = [(meter_id, billed, totals[meter_id]) for meter_id in sorted(totals)]
@@ -684,11 +684,14 @@ def start_invoice(
     tax_rate_bps: int,
     at: datetime,
     invoice_id: InvoiceId,
+    trial_lines: Sequence[InvoiceLine] = (),
 ) -> RatingResult:
     """The in-advance invoice for the first paid period (at subscribe without trial, or at trial end).
 
     A stub first period (starting between two anchored boundaries) is charged pro rata as a proration
     line; a full one is charged the plan fee. Also returns the period's included-credit grants.
+    ``trial_lines``: the rated usage of the trial that just ended (``end_trial``), billed after the fee and
+    before the coupon and tax, which apply to them as to any line of this invoice.
     """
     instant = ensure_utc(at)
     _check_inputs(subscription, plan, tax_rate_bps)
@@ -707,6 +710,7 @@ def start_invoice(
     else:
         anchored = period_containing(subscription.anchor, subscription.interval, period.start)
         invoice.add_lines(charge_remaining_time(plan=plan, seats=subscription.seats, period=anchored, at=period.start))
+    invoice.add_lines(trial_lines)
     redemption = _discount(subscription, coupon, invoice, str(invoice.key))
     invoice.apply_tax(tax_rate_bps)
     if redemption is not None:
@@ -718,6 +722,94 @@ def start_invoice(
         coupon_redemption=redemption,
         unbilled=(),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class TrialEnd:
+    """What ending a trial bills: the trial window (closed: its usage is billed, the caller records it in
+    the period history) and the invoice that carries its usage, or None when nothing is invoiced."""
+
+    trial: Period
+    result: RatingResult | None
+
+
+def trial_window_at(subscription: Subscription, at: datetime) -> Period | None:
+    """The window a trial ending at ``at`` closes: from its start to ``at`` (an early conversion) or to its
+    end; None when it has no length (converted at the very instant it started)."""
+    current = subscription.current_period
+    end = min(ensure_utc(at).replace(microsecond=0), current.end)
+    return Period(current.start, end) if end > current.start else None
+
+
+def _trial_line(line: InvoiceLine) -> InvoiceLine:
+    """A trial usage or credit line as the customer reads it on the invoice it lands on."""
+    text = line.description.replace("Included credits", "Trial credits").replace("included credits", "trial credits")
+    return replace(line, description=f"Trial: {text}" if line.kind is LineKind.USAGE else text)
+
+
+def end_trial(
+    *,
+    subscription: Subscription,
+    plan: Plan,
+    usage_totals_by_meter: Mapping[MeterId, Decimal],
+    credits: CreditSource,
+    coupon: Coupon | None,
+    tax_rate_bps: int,
+    at: datetime,
+    has_payment_method: bool,
+    late_usage: Sequence[LateUsage] = (),
+) -> TrialEnd:
+    """End ``subscription``'s trial at ``at`` (``Subscription.end_trial``) and bill the trial window.
+
+    The window ``trial_window_at(at)`` is closed like a period: its usage rated by ``_rate_closed_usage``
+    (credits first, drawn at its last second, so the trial's own credits, which expire at its end, cover
+    it; one rounding per line; no minimum: a trial is free), keyed (subscription, period_close, window) for
+    the credit references. What it bills lands on the invoice issued at the trial end: the first paid
+    period's start invoice (``start_invoice`` with ``trial_lines``) when the subscription goes on (active,
+    or past due without a payment method), or a final invoice keyed (subscription, period_close, window)
+    when it is cancelled at its trial end; that one is not issued when nothing is owed (no usage beyond
+    the trial's credits). Coupon and tax follow the invoice the lines land on.
+
+    # NOTE: before this, the trial's usage was never closed: the first paid close found it as late usage
+    # of an earlier period and billed it in full as adjustments, after the trial's credits had expired.
+    """
+    instant = ensure_utc(at)
+    _check_inputs(subscription, plan, tax_rate_bps)
+    if subscription.status is not SubscriptionStatus.TRIALING:
+        raise RatingError(f"no trial to end for a {subscription.status.value} subscription")
+    trial = trial_window_at(subscription, instant)
+    lines: tuple[InvoiceLine, ...] = ()
+    consumptions: tuple[CreditConsumption, ...] = ()
+    unbilled: tuple[UnbilledUsage, ...] = ()
+    if trial is not None:
+        draft, consumptions, unbilled = _rate_closed_usage(
+            subscription=subscription, plan=plan, billed=trial, usage_totals_by_meter=usage_totals_by_meter,
+            credits=credits, at=instant, invoice_id=invoice_id_for(InvoiceKey(subscription.id,
+                                                                              InvoiceReason.PERIOD_CLOSE, trial)),
+            pending_proration_lines=(), late_usage=late_usage)
+        lines = tuple(_trial_line(line) for line in draft.lines)
+    subscription.end_trial(at=instant, has_payment_method=has_payment_method, plan=plan)
+    if subscription.status in (SubscriptionStatus.ACTIVE, SubscriptionStatus.PAST_DUE):
+        key = InvoiceKey(subscription.id, InvoiceReason.SUBSCRIPTION_START, subscription.current_period)
+        started = start_invoice(subscription=subscription, plan=plan, coupon=coupon, tax_rate_bps=tax_rate_bps,
+                                at=instant, invoice_id=invoice_id_for(key), trial_lines=lines)
+        return TrialEnd(trial or subscription.current_period,
+                        replace(started, credits_consumed=consumptions, unbilled=unbilled))
+    if trial is None:  # cancelled at the instant it started: nothing was used
+        return TrialEnd(subscription.current_period, None)
+    key = InvoiceKey(subscription.id, InvoiceReason.PERIOD_CLOSE, trial)
+    invoice = Invoice.draft(invoice_id=invoice_id_for(key), key=key, customer_id=subscription.customer_id,
+                            currency=plan.currency, at=instant, lines=lines)
+    if invoice.total.is_zero():
+        # NOTE: a trial cancelled at its end whose usage its credits covered owes nothing: no 0.00 invoice
+        # (the usage is still closed and the credits consumed).
+        return TrialEnd(trial, None)
+    redemption = _discount(subscription, coupon, invoice, str(key))
+    invoice.apply_tax(tax_rate_bps)
+    if redemption is not None:
+        subscription.record_coupon_redemption(redemption, at=instant)
+    return TrialEnd(trial, RatingResult(invoice=invoice, credits_consumed=consumptions, grants=(),
+                                        coupon_redemption=redemption, unbilled=unbilled))
 
 
 def trial_credit_grants(*, subscription: Subscription, plan: Plan) -> tuple[IncludedCreditGrant, ...]:

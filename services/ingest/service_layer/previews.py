@@ -6,7 +6,7 @@ subscription and its credit ledger rebuilt from the worker's rows (`shared.adapt
 billing_snapshots`, the worker's own rehydration) plus the usage so far. The upcoming invoice is the next
 period close (`rating.close_period` at the period end: the usage so far rated against the included credits,
 late usage, the next period's fee, the coupon, tax) or, during a trial, the first invoice at the trial end
-(`Subscription.end_trial`, `rating.start_invoice`). A change preview applies `Subscription.change_plan` /
+(`rating.end_trial`: the trial's usage so far and the first fee). A change preview applies `Subscription.change_plan` /
 `change_seats` at the instant asked, builds the immediate invoice with `rating.change_invoice` (or says the
 change waits for the period end) and then the next close of the changed subscription.
 
@@ -30,7 +30,7 @@ from shared.domain.calendar import ensure_utc
 from shared.domain.catalog import Catalog, ChangeTiming, credit_kinds
 from shared.domain.ids import invoice_id_for
 from shared.domain.invoice import Invoice, InvoiceKey, InvoiceReason
-from shared.domain.rating import change_invoice, close_period, start_invoice
+from shared.domain.rating import change_invoice, close_period, end_trial
 from shared.domain.subscription import CLOSABLE_STATUSES, ChangeKind, SubscriptionStatus
 
 Timing = Literal["auto", "immediate", "period_end"]
@@ -126,14 +126,14 @@ def next_invoice(snap: BillingSnapshot, catalog: Catalog, *, as_of: datetime) ->
     coupon = catalog.coupon(sub.coupon.coupon_id) if sub.coupon else None
     if sub.status is SubscriptionStatus.TRIALING and sub.trial_end is not None:
         at = sub.trial_end
-        sub.end_trial(at=at, has_payment_method=sub.payment_method_id is not None, plan=plan)
-        if sub.status not in (SubscriptionStatus.ACTIVE, SubscriptionStatus.PAST_DUE):
+        # the worker's end_trial: the trial's usage so far rated against its credits, on the invoice issued then
+        ended = end_trial(subscription=sub, plan=plan, usage_totals_by_meter=snap.usage_totals, credits=snap.ledger,
+                          coupon=coupon, tax_rate_bps=snap.tax_rate_bps, at=at,
+                          has_payment_method=sub.payment_method_id is not None, late_usage=snap.late_usage)
+        if ended.result is None:
             return None
-        key = InvoiceKey(sub.id, InvoiceReason.SUBSCRIPTION_START, sub.current_period)
-        started = start_invoice(subscription=sub, plan=plan, coupon=coupon, tax_rate_bps=snap.tax_rate_bps, at=at,
-                                invoice_id=invoice_id_for(key))
-        _settle(started.invoice, snap)
-        return InvoicePreview(started.invoice, plan.id, at, estimate=False)
+        _settle(ended.result.invoice, snap)
+        return InvoicePreview(ended.result.invoice, plan.id, at, estimate=ensure_utc(as_of) < at)
     if sub.status not in CLOSABLE_STATUSES:
         return None
     closed = sub.current_period

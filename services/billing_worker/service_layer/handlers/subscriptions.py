@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, time
+from decimal import Decimal
 from typing import Any
 
 from services.billing_worker.service_layer.errors import Ignored, Refused, error_code
 from services.billing_worker.service_layer.handlers import Handler
-from services.billing_worker.service_layer.handlers.periods import close_final, period_row
+from services.billing_worker.service_layer.handlers.periods import _late_usage_as_rated, close_final, period_row
 from services.billing_worker.service_layer.model import SubscriptionState
 from services.billing_worker.service_layer.unit_of_work import BillingUnitOfWork
 from shared.contracts.envelope import Envelope
@@ -22,12 +23,13 @@ from shared.contracts.messages import (
     ResumeSubscription,
 )
 from shared.domain.calendar import BillingAnchor, Period, ensure_utc, zone
-from shared.domain.catalog import ChangeTiming, Plan
+from shared.domain.catalog import ChangeTiming, MeterId, Plan
 from shared.domain.coupons import Coupon
 from shared.domain.errors import CurrencyMismatchError
 from shared.domain.ids import CustomerId, SubscriptionId, invoice_id_for
 from shared.domain.invoice import InvoiceKey, InvoiceLine, InvoiceReason
-from shared.domain.rating import change_invoice, start_invoice, trial_credit_grants
+from shared.domain.rating import change_invoice, start_invoice, trial_credit_grants, trial_window_at
+from shared.domain.rating import end_trial as rate_trial_end
 from shared.domain.subscription import Subscription, SubscriptionStatus
 
 
@@ -149,11 +151,29 @@ def end_trial(uow: BillingUnitOfWork, env: Envelope, p: EndTrial, now: datetime)
     sub = state.subscription
     plan = uow.catalog.plan(sub.plan_id)
     at = ensure_utc(p.trial_end)
-    sub.end_trial(at=at, has_payment_method=sub.payment_method_id is not None, plan=plan)
+    # The trial window is closed like a period: its usage rated against the trial's credits (before they
+    # expire) and billed on the invoice issued at the trial end (rating.end_trial), not left for the first
+    # paid close to find as late usage.
+    window = trial_window_at(sub, at)
+    usage = uow.close_usages([(sub.id, window.start, window.end)])[sub.id] if window else None
+    coupon = uow.catalog.coupon(sub.coupon.coupon_id) if sub.coupon else None
+    ended = rate_trial_end(
+        subscription=sub, plan=plan,
+        usage_totals_by_meter={MeterId(m): Decimal(q) for m, q in usage.totals.items()} if usage else {},
+        credits=uow.ledger(state).ledger, coupon=coupon, tax_rate_bps=state.tax_rate_bps, at=at,
+        has_payment_method=sub.payment_method_id is not None,
+        late_usage=_late_usage_as_rated(uow, sub, plan, usage.late) if usage else ())
     invoice_id = None
+    if ended.result is not None:
+        uow.rating(ended.result, state, plan.id, env, at)
+        invoice_id = ended.result.invoice.id
+    uow.expire_credits(state, at, env)  # the trial's credits end with it (early conversion: at their expiry)
+    uow.touch(state)
+    if window is not None:
+        uow.periods.append({"subscription_id": sub.id, "period_start": window.start, "period_end": window.end,
+                            "plan_id": plan.id, "seats": sub.seats, "invoice_id": invoice_id, "closed_at": at})
     if sub.status in (SubscriptionStatus.ACTIVE, SubscriptionStatus.PAST_DUE):
         uow.periods.append(period_row(sub))
-        invoice_id = start_first_invoice(uow, env, state, plan, None, at)
     uow.subscription_events(state, env)
     return {"invoice_id": invoice_id}
 
