@@ -801,7 +801,14 @@ def credit_kinds(catalog: Catalog) -> dict[str, bool]:
     each credit ledger declares per meter, for the worker and for the edge's previews alike."""
     money = {meter_id for plan in catalog.plans.values() for meter_id, pricing in plan.meters.items()
              if pricing.included is not None and pricing.included.amount is not None}
-    return {m: m not in money for m in catalog.meters}
+    units = {meter_id for plan in catalog.plans.values() for meter_id, pricing in plan.meters.items()
+             if pricing.included is not None and pricing.included.units is not None}
+    # NOTE: a meter billed without any included credit draws money credits (granted ones) against its gross
+    # amount at the close (`rating._rate_quantity`): its ledger holds money, or the close is refused
+    # (credit_unit_mismatch, seen with a plan created through the catalog API: 30 calls at 0.05, no credits).
+    billed = {meter_id for plan in catalog.plans.values() for meter_id, pricing in plan.meters.items()
+              if pricing.overage is OveragePolicy.BILL and pricing.included is None}
+    return {m: m not in money and (m in units or m not in billed) for m in catalog.meters}
 
 
 # --- entries: a validated document split for storage (the catalog API and `billing catalog import`) ------

@@ -117,11 +117,12 @@ async def usage_so_far(subscription_id: PathId, principal: Principal = Depends(r
     await _subscription_owner(container, principal, subscription_id)
     now = await run_in_threadpool(container.clock.now)
     reading = await run_in_threadpool(views.period_reading, container.engine, subscription_id)
-    plan = container.catalog.plans.get(PlanId(reading.plan_id))
+    catalog = await run_in_threadpool(container.current_catalog, reading.plan_id)
+    plan = catalog.plans.get(PlanId(reading.plan_id))
     if plan is None:
         raise ProblemError(409, "Plan not in the catalog", f"plan {reading.plan_id!r} is unknown to this edge",
                            slug="unknown-plan")
-    return views.usage_so_far(reading, plan, container.catalog.meters, now)
+    return views.usage_so_far(reading, plan, catalog.meters, now)
 
 
 @router.get("/v1/subscriptions/{subscription_id}/ledger", response_model=Page[LedgerEntryView],

@@ -52,3 +52,14 @@ def test_the_yaml_file_and_an_api_body_are_refused_by_the_same_rule(tmp_path: Pa
 ])
 def test_a_validation_error_names_the_field_of_its_entry(message: str, expected: tuple[str, str]) -> None:
     assert catalog_error_field(CatalogError(message)) == expected
+
+
+def test_a_meter_billed_without_included_credits_keeps_money_credits() -> None:
+    """Before: units, and the close of a plan billing 30 calls at 0.05 with no credits was refused
+    (credit_unit_mismatch: the rating draws money against the gross amount)."""
+    from shared.domain.catalog import credit_kinds
+
+    assert credit_kinds(Catalog.from_dict(DOCUMENT)) == {"calls": False}
+    blocked = {**DOCUMENT, "plans": [{**DOCUMENT["plans"][0], "meters": {"calls": {"unit_price": "0.002",
+                                                                                  "overage": "block"}}}]}
+    assert credit_kinds(Catalog.from_dict(blocked)) == {"calls": True}  # not billed: units, as before

@@ -1,0 +1,165 @@
+"""The catalog API through the edge and the REAL billing worker (a subprocess): a meter and a plan created
+through the API (no YAML) are subscribed, metered and invoiced at the API plan's prices; refusals name their
+field and code; a plan in use is never deleted.
+
+Hand-computed: plan api_starter, USD 20.00 a month, api_calls (count) at USD 0.05 per call, no credits.
+30 calls in the first period -> a usage line of 30 x 0.05 = USD 1.50 on the period close invoice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from .conftest import ADMIN, ADMIN_KEY, START, onboard
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[3]
+WAIT_SECONDS = 60.0  # the worker subprocess joins its consumer group first
+
+METER = {"id": "api_calls", "name": "API calls", "unit": "call", "event_type": "api_call", "aggregation": "count"}
+PLAN = {"id": "api_starter", "name": "API starter", "family": "api", "interval": "month", "currency": "USD",
+        "price": "20.00", "meters": {"api_calls": {"unit_price": "0.05", "overage": "bill"}}}
+
+
+@pytest.fixture(scope="module")
+def edge_settings(settings):  # type: ignore[no-untyped-def]
+    return settings.model_copy(update={"clock": "simulated", "simulated_clock_start": START.isoformat(),
+                                       "command_wait_seconds": WAIT_SECONDS, "admin_api_key": SecretStr(ADMIN_KEY),
+                                       "database_pool_size": 5, "scheduler_interval_s": 0.2})
+
+
+@pytest.fixture(scope="module")
+def real_worker(edge_settings, container) -> Iterator[subprocess.Popen[bytes]]:  # type: ignore[no-untyped-def]
+    proc = subprocess.Popen([sys.executable, "-m", "services.billing_worker", "--no-relay"], cwd=REPO,
+                            env={**os.environ, **edge_settings.to_env()}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    yield proc
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+async def call(client: httpx.AsyncClient, method: str, url: str, body: Any = None) -> httpx.Response:
+    response = await client.request(method, url, json=body, headers=ADMIN)
+    assert response.status_code != 202, f"the worker did not answer {url} in {WAIT_SECONDS} s"
+    return response
+
+
+async def until(probe: Any, what: str) -> Any:
+    deadline = time.monotonic() + WAIT_SECONDS
+    while True:
+        found = await probe()
+        if found:
+            return found
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.2)
+
+
+async def test_a_plan_created_through_the_api_is_subscribed_metered_and_invoiced_at_its_prices(
+        client: httpx.AsyncClient, real_worker: subprocess.Popen[bytes]) -> None:
+    meter = await call(client, "POST", "/v1/meters", METER)
+    assert meter.status_code == 201, meter.text
+    plan = await call(client, "POST", "/v1/plans", PLAN)
+    assert plan.status_code == 201, plan.text
+    assert (plan.json()["current_version"], [v["version"] for v in plan.json()["versions"]]) == (1, [1])
+
+    customer = await onboard(client, payment_method_id="pm_card_visa")
+    cid = customer["customer_id"]
+    created = await call(client, "POST", "/v1/subscriptions", {"customer_id": cid, "plan_id": "api_starter"})
+    assert created.status_code == 201, created.text
+    sid = created.json()["subscription_id"]
+
+    at = START + timedelta(days=2)
+    assert (await call(client, "POST", "/v1/clock/advance", {"seconds": 2 * 86_400})).status_code == 200
+    batch = [{"transaction_id": f"tx-{uuid.uuid4().hex[:12]}", "customer_id": cid, "event_type": "api_call",
+              "timestamp": at.isoformat(), "properties": {}} for _ in range(30)]
+    ingested = await call(client, "POST", "/v1/ingest", batch)
+    assert ingested.status_code == 200 and ingested.json()["accepted"] == 30, ingested.text
+
+    async def usage() -> bool:
+        body = (await call(client, "GET", f"/v1/subscriptions/{sid}/usage")).json()
+        found = next((m for m in body.get("meters", []) if m["meter_id"] == "api_calls"), None)
+        return found is not None and int(float(found["quantity"])) == 30
+    await until(usage, "30 api calls materialised")
+
+    moved = await call(client, "POST", "/v1/clock/advance", {"seconds": 30 * 86_400})
+    assert moved.status_code == 200, moved.text
+
+    async def usage_line() -> dict[str, Any] | None:
+        invoices = (await call(client, "GET", f"/v1/customers/{cid}/invoices")).json()["data"]
+        for invoice in invoices:
+            view = (await call(client, "GET", f"/v1/invoices/{invoice['invoice_id']}")).json()
+            for line in view.get("lines", []):
+                if line["kind"] == "usage":
+                    return dict(line)
+        return None
+    line = await until(usage_line, "the period close invoice with its usage line")
+    assert (line["quantity"], line["unit_price"], line["amount_minor"]) == ("30", "0.05", 150)
+
+    # the YAML plans are still sold (the first API write stored the bootstrap files first)
+    other = await onboard(client, payment_method_id="pm_card_visa")
+    pro = await call(client, "POST", "/v1/subscriptions", {"customer_id": other["customer_id"], "plan_id": "pro"})
+    assert pro.status_code == 201, pro.text
+
+    in_use = await call(client, "DELETE", "/v1/plans/api_starter")
+    assert (in_use.status_code, in_use.json()["code"]) == (409, "in_use"), in_use.text
+    archived = await call(client, "POST", "/v1/plans/api_starter/archive")
+    assert archived.status_code == 200 and archived.json()["archived_at"] is not None, archived.text
+    assert real_worker.poll() is None, "the worker exited"
+
+
+async def test_catalog_writes_are_refused_with_their_field_and_code(client: httpx.AsyncClient) -> None:
+    negative = await call(client, "POST", "/v1/plans", {**PLAN, "id": "bad_plan", "price": "-1.00"})
+    assert negative.status_code == 422, negative.text
+    assert (negative.json()["code"], negative.json()["errors"]) == (
+        "invalid_catalog_entry", [{"field": "price", "reason": "must not be negative"}])
+    unknown_meter = await call(client, "POST", "/v1/plans", {**PLAN, "id": "bad_meter", "meters": {
+        "nope": {"unit_price": "0.01", "overage": "bill"}}})
+    assert unknown_meter.status_code == 422 and unknown_meter.json()["errors"][0]["field"] == "meters.nope", \
+        unknown_meter.text
+    sum_without_property = await call(client, "POST", "/v1/meters", {**METER, "id": "bytes", "aggregation": "sum"})
+    assert sum_without_property.status_code == 422, sum_without_property.text
+    assert sum_without_property.json()["errors"][0]["field"] == "value_property"
+
+    first = await call(client, "POST", "/v1/meters", {**METER, "id": "uploads", "event_type": "upload"})
+    assert first.status_code == 201, first.text
+    again = await call(client, "POST", "/v1/meters", {**METER, "id": "uploads", "event_type": "upload"})
+    assert (again.status_code, again.json()["code"]) == (409, "already_exists"), again.text
+    renamed = await call(client, "PATCH", "/v1/meters/uploads", {"name": "Uploads", "archived": True})
+    assert renamed.status_code == 200, renamed.text
+    assert renamed.json()["definition"]["name"] == "Uploads" and renamed.json()["archived_at"] is not None
+    missing = await call(client, "GET", "/v1/plans/no_such_plan")
+    assert (missing.status_code, missing.json()["code"]) == (404, "unknown_plan"), missing.text
+
+
+async def test_a_new_version_is_current_and_the_old_one_is_kept(client: httpx.AsyncClient) -> None:
+    await call(client, "POST", "/v1/meters", {**METER, "id": "v_calls", "event_type": "v_call"})
+    plan = {**PLAN, "id": "versioned", "meters": {"v_calls": {"unit_price": "0.05", "overage": "bill"}}}
+    assert (await call(client, "POST", "/v1/plans", plan)).status_code == 201
+    definition = {k: v for k, v in plan.items() if k != "id"}
+    second = await call(client, "POST", "/v1/plans/versioned/versions", {**definition, "price": "25.00"})
+    assert second.status_code == 201, second.text
+    assert second.json()["current_version"] == 2 and second.json()["definition"]["price"] == "25.00"
+    assert [v["definition"]["price"] for v in second.json()["versions"]] == ["20.00", "25.00"]
+    same = await call(client, "POST", "/v1/plans/versioned/versions", {**definition, "price": "25.00"})
+    assert same.json()["current_version"] == 2  # the same definition adds no version
+    coupon = await call(client, "POST", "/v1/coupons", {"id": "API10", "percent_off": "10", "duration": "once",
+                                                         "plans": ["versioned"]})
+    assert coupon.status_code == 201, coupon.text
+    listed = (await call(client, "GET", "/v1/coupons")).json()["data"]
+    assert "API10" in [c["id"] for c in listed]
