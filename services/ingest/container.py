@@ -45,6 +45,10 @@ class Container:
             catalog = self.catalog_provider.refresh()
         return catalog
 
+    def archived(self, kind: str, entry_id: str) -> bool:
+        """Is this stored plan, coupon or meter archived (no new subscription may take it)?"""
+        return self.catalog_provider is not None and (kind, entry_id) in self.catalog_provider.archived
+
 
 def get_container(request: Request) -> Container:
     container: Container = request.app.state.container

@@ -309,6 +309,8 @@ ANSWERS: Mapping[type[BillingError], Mapping[str, Answer]] = {
         "unknown_plan_version": Answer(404, "not-found", "Unknown plan version"),
         "unknown_coupon": Answer(404, "not-found", "Unknown coupon"),
         "in_use": Answer(409, "in-use", "In use: archive it instead"),
+        "plan_archived": Answer(422, "plan-archived", "Plan archived"),
+        "coupon_archived": Answer(422, "coupon-archived", "Coupon archived"),
         "meter_changed": Answer(409, "meter-changed", "A meter's aggregation cannot change"),
         "coupon_changed": Answer(409, "coupon-changed", "A coupon's discount cannot change"),
     },

@@ -22,6 +22,7 @@ from services.ingest.auth import Principal, Scope, authorize_customer, require
 from services.ingest.container import Container, get_container
 from services.ingest.ids import BodyId, PathId, PaymentMethodId
 from services.ingest.problems import PROBLEM_RESPONSES, FieldError, ProblemError, command_rejected
+from services.ingest.service_layer import catalog as catalog_use_cases
 from services.ingest.service_layer import lifecycle
 from services.ingest.service_layer.lifecycle import Accepted, Outcome
 from services.ingest.service_layer.unit_of_work import UnitOfWorkFactory, sql_unit_of_work
@@ -137,6 +138,7 @@ async def subscribe(body: SubscribeRequest, request: Request, principal: Princip
     authorize_customer(principal, body.customer_id)
     now = await run_in_threadpool(container.clock.now)
     catalog = await run_in_threadpool(container.current_catalog, body.plan_id)
+    catalog_use_cases.refuse_archived(container.archived, body.plan_id, body.coupon_id)
     accepted = await _accept(lifecycle.subscribe, uow, catalog, lifecycle.Subscribe(
         customer_id=body.customer_id, plan_id=body.plan_id, seats=body.seats, trial_days=body.trial_days,
         coupon_id=body.coupon_id, anchor_day=body.anchor_day, payment_method_id=body.payment_method_id),
@@ -162,6 +164,7 @@ async def change_plan(subscription_id: PathId, body: ChangePlanRequest, request:
     if body.plan_id not in (await run_in_threadpool(container.current_catalog, body.plan_id)).plans:
         raise ProblemError(422, "Unknown plan", f"unknown plan {body.plan_id!r}", slug="validation",
                            errors=[FieldError(field="plan_id", reason="not in the catalog")])
+    catalog_use_cases.refuse_archived(container.archived, body.plan_id)
     return await _command(request, container, uow, principal, subscription_id,
                           lambda customer_id: ChangePlan(subscription_id=subscription_id, customer_id=customer_id,
                                                          plan_id=body.plan_id, timing=body.timing),

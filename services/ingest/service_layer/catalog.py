@@ -223,6 +223,20 @@ def _coupon(conn: sa.Connection, coupon_id: str) -> Entry:
     return Entry(row.coupon_id, dict(row.document), row.created_at, row.archived_at)
 
 
+# --- what new subscriptions may take -----------------------------------------------------------------------
+
+
+def refuse_archived(is_archived: Callable[[str, str], bool], plan_id: str, coupon_id: str | None = None) -> None:
+    """Refuse a subscribe or a plan change to an archived plan (``plan_archived``) or with an archived
+    coupon (``coupon_archived``): archived entries stay only for what already refers to them."""
+    if is_archived("plan", plan_id):
+        raise CatalogRefusal(f"plan {plan_id!r} is archived", code="plan_archived",
+                             fields=[("plan_id", "archived")])
+    if coupon_id is not None and is_archived("coupon", coupon_id):
+        raise CatalogRefusal(f"coupon {coupon_id!r} is archived", code="coupon_archived",
+                             fields=[("coupon_id", "archived")])
+
+
 # --- shared ---------------------------------------------------------------------------------------------
 
 

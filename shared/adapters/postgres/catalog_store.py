@@ -151,6 +151,18 @@ def load_plan_version(conn: sa.Connection, plan_id: str, version: int) -> Plan:
     return Catalog.from_dict(catalog_document(entries.meters.values(), [document], ())).plan(plan_id)
 
 
+def archived_entries(conn: sa.Connection) -> frozenset[tuple[str, str]]:
+    """("meter" | "plan" | "coupon", id) of every archived entry: kept for what refers to them, refused to
+    new subscriptions."""
+    found: set[tuple[str, str]] = set()
+    for kind, table, key in (("meter", catalog_meters, catalog_meters.c.meter_id),
+                             ("plan", catalog_plans, catalog_plans.c.plan_id),
+                             ("coupon", catalog_coupons, catalog_coupons.c.coupon_id)):
+        found.update((kind, entry_id) for entry_id in
+                     conn.execute(sa.select(key).where(table.c.archived_at.is_not(None))).scalars())
+    return frozenset(found)
+
+
 # --- writes ---------------------------------------------------------------------------------------------
 
 
@@ -285,6 +297,7 @@ class CatalogProvider:
         self._catalog = fallback
         self._revision: int | None = None
         self._checked_at: float | None = None
+        self.archived: frozenset[tuple[str, str]] = frozenset()  # ("plan" | "coupon" | "meter", id)
 
     def current(self, conn: sa.Connection | None = None) -> Catalog:
         """The snapshot, its revision compared first when ``refresh_seconds`` passed since the last check
@@ -310,4 +323,5 @@ class CatalogProvider:
         if revision is not None and revision != self._revision:
             loaded = load_stored_catalog(conn)
             self._catalog = loaded if loaded is not None else self._fallback
+            self.archived = archived_entries(conn)
             self._revision = revision

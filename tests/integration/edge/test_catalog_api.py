@@ -120,6 +120,11 @@ async def test_a_plan_created_through_the_api_is_subscribed_metered_and_invoiced
     assert (in_use.status_code, in_use.json()["code"]) == (409, "in_use"), in_use.text
     archived = await call(client, "POST", "/v1/plans/api_starter/archive")
     assert archived.status_code == 200 and archived.json()["archived_at"] is not None, archived.text
+    late = await onboard(client, payment_method_id="pm_card_visa")
+    refused = await call(client, "POST", "/v1/subscriptions", {"customer_id": late["customer_id"],
+                                                              "plan_id": "api_starter"})
+    assert (refused.status_code, refused.json()["code"]) == (422, "plan_archived"), refused.text
+    assert refused.json()["errors"] == [{"field": "plan_id", "reason": "archived"}]
     assert real_worker.poll() is None, "the worker exited"
 
 
