@@ -15,10 +15,12 @@ import threading
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 import sqlalchemy as sa
 
+from services.billing_worker.adapters.recharge_hints import recharge_hints
 from services.billing_worker.adapters.sql_unit_of_work import SqlBillingUnitOfWork
 from services.billing_worker.adapters.usage import MeterMap, UsageMaterializer, close_usages
 from services.billing_worker.entrypoints.consumer import ExactlyOnceConsumer
@@ -84,6 +86,7 @@ def billing_handlers() -> dict[str, Handler]:
         "credits.grant": credits.GRANT,
         "credits.void_grant": credits.VOID_GRANT,
         "credits.purchase": credit_purchases.PURCHASE,
+        "credits.check_recharge": credit_purchases.CHECK_RECHARGE,
         "payment.retry": payments.RETRY,
         "payment_method.update": payments.UPDATE_PAYMENT_METHOD,
         "dunning.give_up": payments.GIVE_UP,
@@ -211,9 +214,9 @@ def build_worker(settings: Settings, *, handlers: Mapping[str, Handler] | None =
     if session_timeout_ms:
         overrides["session.timeout.ms"] = session_timeout_ms
         overrides["heartbeat.interval.ms"] = max(100, session_timeout_ms // 5)
-    processor = BatchProcessor(bus, live_sql_unit_of_work(
-        CatalogProvider(engine, catalog, refresh_seconds=0), materializer),
-                               materializer, clock)
+    provider = CatalogProvider(engine, catalog, refresh_seconds=0)
+    processor = BatchProcessor(bus, live_sql_unit_of_work(provider, materializer),
+                               materializer, clock, after_usage=partial(recharge_hints, catalog_of=provider.current))
     consumer = ExactlyOnceConsumer(settings, engine, processor, dlq,
                                    topics=CONSUMED_TOPICS, instance_id=me, consumer_overrides=overrides,
                                    commit_lanes=commit_lanes)

@@ -209,6 +209,14 @@ class PurchaseCredits(SubscriptionCommand):
     expires_at: AwareDatetime | None = None
 
 
+class CheckAutoRecharge(SubscriptionCommand):
+    """The credit of `meter_id` may have fallen below its auto-recharge threshold (a usage batch saw it): the
+    worker checks under the subscription's single writer and buys `target - remaining` once per crossing."""
+
+    meter_id: str
+    seen_remaining_minor: int | None = None
+
+
 class RetryPayment(SubscriptionCommand):
     """Dunning decides, the worker acts: charge this open invoice again."""
 
@@ -374,6 +382,7 @@ PAYLOADS: dict[str, type[Payload]] = {
     "credits.grant": GrantCredits,
     "credits.void_grant": VoidCreditGrant,
     "credits.purchase": PurchaseCredits,
+    "credits.check_recharge": CheckAutoRecharge,
     "payment.retry": RetryPayment,
     "payment_method.update": UpdatePaymentMethod,
     "dunning.give_up": GiveUpDunning,

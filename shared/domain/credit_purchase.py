@@ -16,13 +16,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 from enum import StrEnum
 from typing import Final
 
 from shared.domain.calendar import ensure_utc
 from shared.domain.errors import InvalidValueError
 from shared.domain.ledger import CreditLedger, GrantSource, LedgerEntry
-from shared.domain.money import Money
+from shared.domain.money import Money, UnitPrice, line_amount
 
 # NOTE: a top-up granted without an expiry expires at its month's end (shared/domain/ledger.py): right for a
 # monthly allowance, wrong for credit the customer paid for. Paid credit lasts a year unless told otherwise.
@@ -115,3 +116,16 @@ class AutoRecharge:
         if not self.enabled or remaining.amount_minor >= self.threshold.amount_minor:
             return None
         return self.target - remaining
+
+
+def remaining_in_period(balance: Money, unbilled_quantity: Decimal, unit_price: UnitPrice | None) -> Money:
+    """Credit left on a money meter as the period goes: what its grants hold now less what the period's unbilled
+    usage will draw at the close, priced per unit and rounded once (the spend gate's rule; credits are only
+    consumed when the period is rated at its close).
+
+    # NOTE: a meter priced by a model (tiers, packages) has no unit price to spend ahead of rating: its
+    # remaining is what the grants hold, so its recharge is detected when the close consumes them.
+    """
+    if unit_price is None or unbilled_quantity <= 0:
+        return balance
+    return balance - line_amount(unbilled_quantity, unit_price)

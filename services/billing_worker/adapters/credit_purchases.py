@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.dialects.postgresql import ARRAY, insert
 
-from shared.adapters.postgres.schema.billing import credit_purchases
-from shared.domain.credit_purchase import CreditPurchase, PurchaseOrigin, PurchaseStatus
+from shared.adapters.postgres.schema.billing import auto_recharges, credit_purchases
+from shared.domain.credit_purchase import AutoRecharge, CreditPurchase, PurchaseOrigin, PurchaseStatus
 from shared.domain.money import Money
 
 
@@ -46,3 +47,16 @@ def add(conn: sa.Connection, p: CreditPurchase) -> bool:
 def save(conn: sa.Connection, p: CreditPurchase) -> None:
     conn.execute(sa.update(credit_purchases).where(credit_purchases.c.purchase_id == p.purchase_id)
                  .values(status=p.status.value, grant_id=p.grant_id, settled_at=p.settled_at))
+
+
+def enabled_recharges(conn: sa.Connection, subscription_ids: Sequence[str]) -> dict[str, list[AutoRecharge]]:
+    if not subscription_ids:
+        return {}
+    a = auto_recharges.c
+    out: dict[str, list[AutoRecharge]] = {}
+    for row in conn.execute(sa.select(auto_recharges).where(a.subscription_id == sa.any_(
+            sa.cast(list(subscription_ids), ARRAY(sa.Text))), a.enabled).order_by(a.subscription_id, a.meter_id)):
+        out.setdefault(row.subscription_id, []).append(AutoRecharge(
+            meter_id=row.meter_id, threshold=Money(row.threshold_minor, row.currency),
+            target=Money(row.target_minor, row.currency)))
+    return out

@@ -26,10 +26,11 @@ from services.billing_worker.service_layer.model import InvoiceToStore, LedgerSt
 from services.billing_worker.service_layer.unit_of_work import BillingUnitOfWork, UsageClose
 from shared.adapters.postgres import customer_balance
 from shared.adapters.postgres.schema.core import command_outcomes, outbox
+from shared.adapters.postgres.usage_reads import usage_since
 from shared.domain.catalog import Catalog
 from shared.domain.coupons import CouponId
 from shared.domain.credit_note import CreditNote, EarlierNote
-from shared.domain.credit_purchase import CreditPurchase
+from shared.domain.credit_purchase import AutoRecharge, CreditPurchase
 from shared.domain.customer_balance import BalanceEntry
 from shared.domain.invoice import Invoice
 from shared.domain.rating import GraceUsage
@@ -136,6 +137,13 @@ class SqlBillingUnitOfWork(BillingUnitOfWork):
 
     def save_credit_purchase(self, purchase: CreditPurchase) -> None:
         purchases.save(self.conn, purchase)
+
+    def _load_auto_recharges(self, subscription_ids: Sequence[str]) -> dict[str, list[AutoRecharge]]:
+        return purchases.enabled_recharges(self.conn, subscription_ids)
+
+    def unbilled_usage(self, subscription_id: str, meter_id: str, period_start: datetime) -> Decimal:
+        usage = usage_since(self.conn, subscription_id, period_start)
+        return usage.totals.get(meter_id, Decimal(0)) + usage.pending_late.get(meter_id, Decimal(0))
 
     # --- commit
 

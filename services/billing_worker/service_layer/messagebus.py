@@ -269,8 +269,11 @@ class BatchProcessor:
     consumer rolls the whole batch back and retries it.
     """
 
-    def __init__(self, bus: MessageBus, unit_of_work: UnitOfWorkFactory, materializer: Any, clock: Clock) -> None:
+    def __init__(self, bus: MessageBus, unit_of_work: UnitOfWorkFactory, materializer: Any, clock: Clock,
+                 after_usage: Callable[[sa.Connection, set[str], datetime], object] | None = None) -> None:
         self._bus = bus
+        # Once per batch that applied usage, with the batch's subscriptions (auto-recharge hints, issue 15).
+        self._after_usage = after_usage
         self._unit_of_work = unit_of_work
         self._usage = materializer  # services.billing_worker.adapters.usage.UsageMaterializer
         self._clock = clock
@@ -315,6 +318,8 @@ class BatchProcessor:
         dead: list[DeadLetter] = []
         if batch.usage_prepared is not None:
             self._apply_usage(conn, batch.usage, batch.usage_prepared, dead, suspect)
+            if self._after_usage is not None and batch.usage_prepared.lines:
+                self._after_usage(conn, {r.key.decode() for r in batch.usage if r.key}, self._clock.now())
         messages: list[_Decoded] = []
         if batch.others:
             now = self._clock.now()

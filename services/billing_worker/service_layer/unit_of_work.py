@@ -39,7 +39,7 @@ from shared.contracts.messages import Payload, SubscriptionStatusChanged
 from shared.domain.catalog import Catalog
 from shared.domain.coupons import CouponRedemption
 from shared.domain.credit_note import CreditNote, EarlierNote
-from shared.domain.credit_purchase import CreditPurchase, PurchaseStatus
+from shared.domain.credit_purchase import AutoRecharge, CreditPurchase, PurchaseStatus
 from shared.domain.customer_balance import BalanceEntry, BalanceEntryKind, balance_after, balance_entry_id
 from shared.domain.events import DomainEvent
 from shared.domain.ids import attempt_id_for, event_uuid
@@ -114,6 +114,7 @@ class BillingUnitOfWork(abc.ABC):
         self.usage_closes: dict[str, UsageClose] = {}  # prefetched for a billing run, by subscription
         self.invoices: dict[str, tuple[Invoice, Any]] = {}  # loaded, by invoice id (row: amount_paid_minor...)
         self.paid_refs: dict[str, str | None] = {}  # provider refs of invoices paid in this run
+        self._recharges_memo: dict[str, list[AutoRecharge]] = {}  # auto_recharges(), per run
 
     # --- the adapter's side: reads
 
@@ -236,6 +237,24 @@ class BillingUnitOfWork(abc.ABC):
     @abc.abstractmethod
     def save_credit_purchase(self, purchase: CreditPurchase) -> None:
         """Store a purchase's new status (granted with its grant, or cancelled)."""
+
+    @abc.abstractmethod
+    def _load_auto_recharges(self, subscription_ids: Sequence[str]) -> dict[str, list[AutoRecharge]]:
+        """The enabled auto-recharge settings of the subscriptions (absent: none)."""
+
+    @abc.abstractmethod
+    def unbilled_usage(self, subscription_id: str, meter_id: str, period_start: datetime) -> Decimal:
+        """Units of the meter not billed yet: the period's usage from `period_start` and late usage before it."""
+
+    def auto_recharges(self, subscription_id: str) -> list[AutoRecharge]:
+        """The subscription's enabled auto-recharges; loaded once per run for every subscription it loaded (a
+        billing run asks for each of its closes: one query, not one per close)."""
+        memo = self._recharges_memo
+        if subscription_id not in memo:
+            wanted = sorted({subscription_id, *self.states} - memo.keys())
+            loaded = self._load_auto_recharges(wanted)
+            memo.update({sid: loaded.get(sid, []) for sid in wanted})
+        return memo[subscription_id]
 
     def grant_paid_purchase(self, invoice: Invoice, state: SubscriptionState, at: datetime,
                             correlation: Envelope | None) -> str | None:

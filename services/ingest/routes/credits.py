@@ -22,7 +22,12 @@ from services.ingest.ids import BodyId, PathId
 from services.ingest.problems import PROBLEM_RESPONSES
 from services.ingest.routes.subscriptions import COMMAND_RESPONSES, pending_answer, unit_of_work, worker_outcome
 from services.ingest.service_layer import credits
-from services.ingest.service_layer.credits import CreditGrantView, CreditPurchaseView, CustomerCreditsView
+from services.ingest.service_layer.credits import (
+    AutoRechargeView,
+    CreditGrantView,
+    CreditPurchaseView,
+    CustomerCreditsView,
+)
 from services.ingest.service_layer.lifecycle import Accepted
 from services.ingest.service_layer.unit_of_work import UnitOfWorkFactory
 
@@ -55,6 +60,13 @@ class PurchaseRequest(_Body):
     amount_minor: int = Field(ge=1, le=10**12, description="credit bought (minor units of the meter's currency)")
     price_minor: int | None = Field(default=None, ge=1, le=10**12, description="what is charged; null: the amount")
     expires_at: AwareDatetime | None = Field(default=None, description="null: a year after it is paid")
+
+
+class AutoRechargeRequest(_Body):
+    meter_id: BodyId
+    threshold_minor: int = Field(ge=0, le=10**12, description="recharge when the credit left falls below this")
+    target_minor: int = Field(ge=1, le=10**12, description="buy up to this (target - remaining); above the threshold")
+    enabled: bool = True
 
 
 class VoidRequest(_Body):
@@ -166,4 +178,30 @@ async def purchase(subscription_id: PathId, body: PurchaseRequest, request: Requ
 async def purchases(subscription_id: PathId, principal: Principal = Depends(require(Scope.READ)),
                     container: Container = Depends(get_container)) -> list[CreditPurchaseView]:
     return await run_in_threadpool(credits.purchases_of, container.engine, subscription_id,
+                                   partial(authorize_customer, principal))
+
+
+@router.put("/v1/subscriptions/{subscription_id}/auto-recharge", response_model=AutoRechargeView,
+            responses=READ_RESPONSES | {422: PROBLEM_RESPONSES[422]},
+            summary="Keep a meter's prepaid credit topped up: below the threshold, buy up to the target",
+            description="When the credit left on the meter (its grants less the period's unbilled usage at the "
+                         "unit price, as usage is materialised; what is left after a close consumed credits) "
+                         "falls below `threshold_minor`, the worker buys `target_minor - remaining` as a prepaid "
+                         "purchase (an invoice charged like any other), once per crossing: one recharge pending "
+                         "per subscription and meter. 422 `/problems/invalid-credit-grant` for a unit meter or a "
+                         "target not above the threshold.")
+async def set_auto_recharge(subscription_id: PathId, body: AutoRechargeRequest, request: Request,
+                            principal: Principal = Depends(require(Scope.ADMIN)),
+                            container: Container = Depends(get_container)) -> AutoRechargeView:
+    return await run_in_threadpool(partial(
+        credits.set_auto_recharge, container.engine, container.catalog, subscription_id, body.meter_id,
+        body.threshold_minor, body.target_minor, body.enabled, principal=principal,
+        authorize=partial(authorize_customer, principal), request_id=request.headers.get("x-request-id")))
+
+
+@router.get("/v1/subscriptions/{subscription_id}/auto-recharge", response_model=list[AutoRechargeView],
+            responses=READ_RESPONSES, summary="The subscription's auto-recharge settings, per meter")
+async def auto_recharges(subscription_id: PathId, principal: Principal = Depends(require(Scope.READ)),
+                         container: Container = Depends(get_container)) -> list[AutoRechargeView]:
+    return await run_in_threadpool(credits.auto_recharges_of, container.engine, subscription_id,
                                    partial(authorize_customer, principal))

@@ -23,7 +23,9 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 from pydantic import BaseModel
+from sqlalchemy.dialects.postgresql import insert
 
+from services.ingest.audit import record
 from services.ingest.auth import Principal
 from services.ingest.service_layer import lifecycle
 from services.ingest.service_layer.lifecycle import Accepted
@@ -34,10 +36,19 @@ from services.ingest.service_layer.refusals import (
     UnknownSubscription,
 )
 from services.ingest.service_layer.unit_of_work import UnitOfWorkFactory
-from shared.adapters.postgres.schema.billing import credit_entries, credit_grants, credit_purchases, subscriptions
+from shared.adapters.postgres.schema.billing import (
+    auto_recharges,
+    credit_entries,
+    credit_grants,
+    credit_purchases,
+    subscriptions,
+)
 from shared.adapters.postgres.schema.core import customers
 from shared.contracts.messages import GrantCredits, PurchaseCredits, VoidCreditGrant
 from shared.domain.catalog import Catalog, credit_kinds
+from shared.domain.credit_purchase import AutoRecharge
+from shared.domain.errors import InvalidValueError
+from shared.domain.money import Money
 
 
 @dataclass(frozen=True)
@@ -276,3 +287,60 @@ def purchases_of(engine: sa.Engine, subscription_id: str, authorize: Callable[[s
         rows = conn.execute(sa.select(credit_purchases).where(credit_purchases.c.subscription_id == subscription_id)
                             .order_by(credit_purchases.c.created_at.desc(), credit_purchases.c.purchase_id)).all()
     return [_purchase_view(r) for r in rows]
+
+
+# --- auto-recharge -----------------------------------------------------------------------------------------
+
+
+class AutoRechargeView(BaseModel):
+    subscription_id: str
+    meter_id: str
+    threshold_minor: int
+    target_minor: int
+    currency: str
+    enabled: bool
+    updated_at: datetime | None = None
+
+
+def set_auto_recharge(engine: sa.Engine, catalog: Catalog, subscription_id: str, meter_id: str,
+                      threshold_minor: int, target_minor: int, enabled: bool, *, principal: Principal,
+                      authorize: Callable[[str], None], request_id: str | None) -> AutoRechargeView:
+    """Store the meter's auto-recharge (a setting the worker reads; no command: nothing is billed by storing it).
+
+    # NOTE: written by the edge, like invoice settings: the worker reads it when usage is materialised and at
+    # each close; the purchase it may trigger is the worker's, under the subscription's single writer.
+    """
+    check_meter_amount(catalog, meter_id, threshold_minor or 1, None)
+    with engine.begin() as conn:
+        found = conn.execute(sa.select(subscriptions.c.customer_id, subscriptions.c.currency)
+                             .where(subscriptions.c.subscription_id == subscription_id)).first()
+        if found is None:
+            raise UnknownSubscription(f"no subscription {subscription_id!r}", field="subscription_id")
+        authorize(found.customer_id)
+        try:
+            AutoRecharge(meter_id, Money(threshold_minor, found.currency), Money(target_minor, found.currency))
+        except InvalidValueError as exc:
+            raise InvalidCreditGrant(str(exc), fields=[("target_minor", "not_above_threshold")]) from exc
+        values = {"threshold_minor": threshold_minor, "target_minor": target_minor, "currency": found.currency,
+                  "enabled": enabled, "updated_at": sa.func.now()}
+        conn.execute(insert(auto_recharges).values(subscription_id=subscription_id, meter_id=meter_id, **values)
+                     .on_conflict_do_update(index_elements=["subscription_id", "meter_id"], set_=values))
+        record(conn, principal, "credits.auto_recharge", customer_id=found.customer_id,
+               subscription_id=subscription_id, request_id=request_id, meter_id=meter_id,
+               threshold_minor=threshold_minor, target_minor=target_minor, enabled=enabled)
+        row = conn.execute(sa.select(auto_recharges).where(auto_recharges.c.subscription_id == subscription_id,
+                                                           auto_recharges.c.meter_id == meter_id)).one()
+    return AutoRechargeView.model_validate(dict(row._mapping))
+
+
+def auto_recharges_of(engine: sa.Engine, subscription_id: str, authorize: Callable[[str], None]
+                      ) -> list[AutoRechargeView]:
+    with engine.connect() as conn:
+        owner = conn.execute(sa.select(subscriptions.c.customer_id)
+                             .where(subscriptions.c.subscription_id == subscription_id)).scalar()
+        if owner is None:
+            raise UnknownSubscription(f"no subscription {subscription_id!r}", field="subscription_id")
+        authorize(owner)
+        rows = conn.execute(sa.select(auto_recharges).where(auto_recharges.c.subscription_id == subscription_id)
+                            .order_by(auto_recharges.c.meter_id)).all()
+    return [AutoRechargeView.model_validate(dict(r._mapping)) for r in rows]

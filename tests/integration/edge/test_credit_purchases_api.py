@@ -196,3 +196,71 @@ async def test_prepaid_credit_bought_paid_through_stripe_then_drawn_by_usage_at_
                                 json={"meter_id": "storage", "amount_minor": 100})
     assert refused.status_code == 422 and refused.json()["code"] == "invalid_credit_grant", refused.text
     assert real_worker.poll() is None, "the worker exited"
+
+
+async def test_auto_recharge_fires_once_per_crossing_under_concurrent_usage_batches(
+        client: httpx.AsyncClient, container: Container, real_worker: subprocess.Popen[bytes]) -> None:
+    """Threshold 1.00, target 10.00 on inference (Pro includes 2.00). Two units (1.00) leave exactly 1.00: not
+    below, nothing bought. Then 4 concurrent batches of one unit (0.50 each): the credit left crosses 1.00 and
+    ends at -1.00 (2.00 - 3.00; the close bills the rest as overage). ONE recharge is bought, for
+    10.00 - (what was left when the worker decided): 0.50, 0.00, -0.50 or -1.00 left -> 9.50 .. 11.00."""
+    customer = await onboard(client, payment_method_id="pm_card_visa")
+    cid = customer["customer_id"]
+    created = await call(client, "POST", "/v1/subscriptions", {"customer_id": cid, "plan_id": "pro"})
+    assert created.status_code == 201, created.text
+    sid = created.json()["subscription_id"]
+    url = f"/v1/subscriptions/{sid}/auto-recharge"
+
+    bad = [({"meter_id": "storage", "threshold_minor": 100, "target_minor": 1000}, "amount_minor"),
+           ({"meter_id": "inference", "threshold_minor": 1000, "target_minor": 1000}, "target_minor")]
+    for body, field in bad:
+        refused = await client.put(url, json=body, headers=ADMIN)
+        assert refused.status_code == 422 and refused.json()["code"] == "invalid_credit_grant", refused.text
+        assert refused.json()["errors"][0]["field"] == field, refused.text
+    stored = await client.put(url, json={"meter_id": "inference", "threshold_minor": 100, "target_minor": 1000},
+                              headers=ADMIN)
+    assert stored.status_code == 200, stored.text
+    assert (stored.json()["currency"], stored.json()["enabled"]) == ("USD", True)
+    assert [s["target_minor"] for s in (await call(client, "GET", url)).json()] == [1000]
+
+    async def ingest(units: int) -> None:
+        at = (await call(client, "GET", "/v1/clock")).json()["now"]
+        batch = [{"transaction_id": f"tx-{uuid.uuid4().hex[:12]}", "customer_id": cid, "event_type": "inference",
+                  "timestamp": at, "properties": {"cost_usd_micros": UNIT}} for _ in range(units)]
+        answer = await call(client, "POST", "/v1/ingest", batch)
+        assert answer.status_code == 200 and answer.json()["accepted"] == units, answer.text
+
+    async def materialised(units: int) -> bool:
+        body = (await call(client, "GET", f"/v1/subscriptions/{sid}/usage")).json()
+        meter = next((m for m in body["meters"] if m["meter_id"] == "inference"), None)
+        return meter is not None and int(float(meter["quantity"])) == units * UNIT
+
+    async def recharges() -> list[dict[str, Any]]:
+        listed = (await call(client, "GET", f"/v1/subscriptions/{sid}/credit-purchases")).json()
+        return [p for p in listed if p["origin"] == "auto_recharge"]
+
+    await ingest(2)
+    await until(lambda: materialised(2), "1.00 of usage")
+    await asyncio.sleep(2)  # time for a (wrong) recharge to show
+    assert await recharges() == []  # 1.00 left is not below 1.00
+
+    await asyncio.gather(*(ingest(1) for _ in range(4)))
+    await until(lambda: materialised(6), "3.00 of usage")
+    [bought] = await until(recharges, "the recharge")
+    await asyncio.sleep(2)  # time for a second (wrong) one to show
+    assert len(await recharges()) == 1
+    assert bought["status"] == "pending" and bought["amount_minor"] in (950, 1000, 1050, 1100), bought
+    assert bought["price_minor"] == bought["amount_minor"]
+    sold = await invoice(client, bought["invoice_id"])
+    assert (sold["kind"], sold["total_minor"]) == ("manual", bought["amount_minor"])
+
+    # More usage while it is pending buys nothing more; paid, it is granted.
+    await ingest(1)
+    await until(lambda: materialised(7), "3.50 of usage")
+    await pay_on_stripe(client, container.settings.stripe_webhook_secret.get_secret_value(), sold)
+
+    async def granted() -> bool:
+        return [p["status"] for p in await recharges()] == ["granted"]
+    await until(granted, "the recharge granted")
+    assert len(await recharges()) == 1
+    assert real_worker.poll() is None, "the worker exited"

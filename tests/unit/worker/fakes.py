@@ -23,7 +23,7 @@ from services.billing_worker.service_layer.model import InvoiceToStore, LedgerSt
 from services.billing_worker.service_layer.unit_of_work import BillingUnitOfWork, Outgoing
 from shared.domain.catalog import Catalog, MeterId
 from shared.domain.credit_note import CreditNote, EarlierNote
-from shared.domain.credit_purchase import CreditPurchase, PurchaseOrigin, PurchaseStatus
+from shared.domain.credit_purchase import AutoRecharge, CreditPurchase, PurchaseOrigin, PurchaseStatus
 from shared.domain.customer_balance import BalanceEntry
 from shared.domain.events import DomainEvent
 from shared.domain.invoice import Invoice, InvoiceStatus, LineKind
@@ -73,6 +73,8 @@ class FakeBillingStore:
     next_invoice_number: int = 1
     credit_notes: dict[str, tuple[CreditNote, str]] = field(default_factory=dict)  # id -> (note, number)
     credit_purchases: dict[str, CreditPurchase] = field(default_factory=dict)
+    auto_recharges: dict[str, list[AutoRecharge]] = field(default_factory=dict)  # enabled, by subscription
+    unbilled: dict[tuple[str, str], Decimal] = field(default_factory=dict)  # (subscription, meter) -> units
     refunds: dict[str, dict[str, Any]] = field(default_factory=dict)  # by credit note id
     next_credit_note_number: int = 1
     commits: int = 0
@@ -233,6 +235,12 @@ class FakeUnitOfWork(BillingUnitOfWork):
 
     def save_credit_purchase(self, purchase: CreditPurchase) -> None:
         self.store.credit_purchases[purchase.purchase_id] = copy.deepcopy(purchase)
+
+    def _load_auto_recharges(self, subscription_ids: Sequence[str]) -> dict[str, list[AutoRecharge]]:
+        return {s: list(self.store.auto_recharges[s]) for s in subscription_ids if s in self.store.auto_recharges}
+
+    def unbilled_usage(self, subscription_id: str, meter_id: str, period_start: datetime) -> Decimal:
+        return self.store.unbilled.get((subscription_id, meter_id), Decimal(0))
 
     def earlier_credit_notes(self, invoice_id: str) -> list[EarlierNote]:
         return [EarlierNote(total_minor=n.total.amount_minor, tax_minor=n.tax.amount_minor,

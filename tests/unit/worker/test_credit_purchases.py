@@ -7,14 +7,15 @@ the 50.00 are granted (top_up, priority 50, a year from payment) when that invoi
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 
-from shared.contracts.messages import PaymentSucceeded, PurchaseCredits, VoidInvoice
-from shared.domain.credit_purchase import PurchaseStatus
+from shared.contracts.messages import CheckAutoRecharge, PaymentSucceeded, PurchaseCredits, VoidInvoice
+from shared.domain.credit_purchase import AutoRecharge, PurchaseOrigin, PurchaseStatus, remaining_in_period
 from shared.domain.ids import attempt_id_for
 from shared.domain.invoice import Invoice, InvoiceReason, InvoiceStatus
-from shared.domain.money import Money
+from shared.domain.money import Money, UnitPrice
 from tests.unit.worker.test_handlers import JAN_1, JAN_16, Worker
 
 JAN_3 = datetime(2026, 1, 3, tzinfo=UTC)
@@ -99,3 +100,60 @@ def test_credit_of_a_unit_meter_cannot_be_bought(worker: Worker) -> None:
     envelope = worker.send(PurchaseCredits(subscription_id=sub, customer_id=f"cus_{sub}", purchase_id="cp_s",
                                            meter_id="storage", amount_minor=100, price_minor=100), JAN_1)
     assert worker.outcome(envelope) == ("rejected", "invalid_credit_grant")
+
+
+# --- auto-recharge: threshold 1.00, target 5.00 on inference (Pro includes 2.00; 0.000001 a micro-USD) -------
+
+
+def recharge_setting(worker: Worker, sub: str) -> None:
+    worker.store.auto_recharges[sub] = [AutoRecharge("inference", Money(100, "USD"), Money(500, "USD"))]
+
+
+def check(sub: str) -> CheckAutoRecharge:
+    return CheckAutoRecharge(subscription_id=sub, customer_id=f"cus_{sub}", meter_id="inference")
+
+
+def recharges(worker: Worker) -> list[tuple[int, PurchaseStatus]]:
+    return [(p.amount.amount_minor, p.status) for p in worker.store.credit_purchases.values()
+            if p.origin is PurchaseOrigin.AUTO_RECHARGE]
+
+
+def test_a_crossing_seen_by_concurrent_batches_buys_once_up_to_the_target(worker: Worker) -> None:
+    sub = worker.subscribe()
+    recharge_setting(worker, sub)
+    worker.store.unbilled[(sub, "inference")] = Decimal(1_500_000)  # 1.50 of usage: 2.00 - 1.50 = 0.50 left
+
+    worker.send_batch([check(sub), check(sub)], JAN_16)  # two hints of one crossing, in one batch
+    worker.send(check(sub), JAN_16)  # and a third, later
+
+    assert recharges(worker) == [(450, PurchaseStatus.PENDING)]  # 5.00 - 0.50, once
+    [bought] = [p for p in worker.store.credit_purchases.values()]
+    [sold] = [i for i in worker.invoices(sub) if i.id == bought.invoice_id]
+    assert (sold.total.amount_minor, sold.key.reason) == (450, InvoiceReason.MANUAL)
+
+    pay(worker, sub, sold)
+    worker.send(check(sub), JAN_16)  # 2.00 + 4.50 - 1.50 = 5.00 left: above the threshold, nothing to buy
+    assert recharges(worker) == [(450, PurchaseStatus.GRANTED)]
+
+    worker.store.unbilled[(sub, "inference")] = Decimal(6_000_000)  # 6.50 - 6.00 = 0.50: the next crossing
+    worker.send(check(sub), JAN_16)
+    assert recharges(worker) == [(450, PurchaseStatus.GRANTED), (450, PurchaseStatus.PENDING)]
+
+
+def test_no_recharge_above_the_threshold_or_when_disabled(worker: Worker) -> None:
+    sub = worker.subscribe()
+    recharge_setting(worker, sub)
+    worker.store.unbilled[(sub, "inference")] = Decimal(1_000_000)  # 2.00 - 1.00 = 1.00: not below 1.00
+    worker.send(check(sub), JAN_16)
+    worker.store.auto_recharges.clear()  # disabled: the worker loads enabled settings only
+    worker.store.unbilled[(sub, "inference")] = Decimal(1_900_000)
+    worker.send(check(sub), JAN_16)
+    assert recharges(worker) == []
+
+
+def test_the_rule_spends_ahead_only_for_a_unit_price() -> None:
+    usd = Money(200, "USD")
+    assert remaining_in_period(usd, Decimal(1_500_000), UnitPrice.of("0.000001", "USD")) == Money(50, "USD")
+    assert remaining_in_period(usd, Decimal(1_500_000), None) == usd  # a tiered meter: detected at the close
+    assert AutoRecharge("inference", Money(100, "USD"), Money(500, "USD")).due(Money(-300, "USD")) == Money(
+        800, "USD")

@@ -467,7 +467,7 @@ def test_every_message_type_the_worker_consumes_has_a_handler_in_the_bootstrap_t
                 "subscription.cancel_scheduled_change", "subscription.revoke_cancellation"}
     consumed |= {"credit_note.issue", "invoice.finalize"}
     consumed |= {"invoice.void", "invoice.mark_uncollectible", "invoice.create_one_off"}
-    consumed |= {"credits.void_grant", "credits.purchase"}
+    consumed |= {"credits.void_grant", "credits.purchase", "credits.check_recharge"}
     assert set(billing_handlers()) == consumed
     with pytest.raises(ValueError, match=r"subscription\.cancle"):
         message_bus({"subscription.cancle": billing_handlers()["subscription.cancel"]})

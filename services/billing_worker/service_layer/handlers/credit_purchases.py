@@ -17,10 +17,18 @@ from services.billing_worker.service_layer.handlers import Handler
 from services.billing_worker.service_layer.model import SubscriptionState
 from services.billing_worker.service_layer.unit_of_work import BillingUnitOfWork
 from shared.contracts.envelope import Envelope
-from shared.contracts.messages import PurchaseCredits
-from shared.domain.credit_purchase import PRODUCT_LINE, CreditPurchase, PurchaseOrigin
+from shared.contracts.messages import CheckAutoRecharge, PurchaseCredits
+from shared.domain.catalog import MeterId
+from shared.domain.credit_purchase import (
+    PRODUCT_LINE,
+    AutoRecharge,
+    CreditPurchase,
+    PurchaseOrigin,
+    remaining_in_period,
+)
 from shared.domain.ids import InvoiceId, derived_id
 from shared.domain.invoice import Invoice, InvoiceKey, InvoiceLine, InvoiceReason, LineKind
+from shared.domain.ledger import as_money
 from shared.domain.money import Money, UnitPrice
 from shared.domain.subscription import SubscriptionStatus
 
@@ -68,4 +76,42 @@ def purchase_credits(uow: BillingUnitOfWork, env: Envelope, p: PurchaseCredits, 
     return {"purchase_id": found.purchase_id, "invoice_id": found.invoice_id, "replayed": opened is None}
 
 
+def remaining_credit(uow: BillingUnitOfWork, state: SubscriptionState, meter_id: str, now: datetime) -> Money:
+    """The meter's money credit left now (`remaining_in_period`: grants less the period's unbilled usage)."""
+    sub = state.subscription
+    balance = as_money(uow.ledger(state).ledger.balance(meter_id, now))
+    pricing = uow.catalog.plan(sub.plan_id).meters.get(MeterId(meter_id))
+    unit_price = pricing.unit_price if pricing is not None and pricing.price is None else None
+    unbilled = uow.unbilled_usage(sub.id, meter_id, sub.current_period.start) if unit_price is not None else Decimal(0)
+    return remaining_in_period(balance, unbilled, unit_price)
+
+
+def recharge_if_due(uow: BillingUnitOfWork, env: Envelope, state: SubscriptionState, recharge: AutoRecharge,
+                    now: datetime) -> CreditPurchase | None:
+    """Buy `target - remaining` when the meter's credit is below the threshold; at most one recharge pending per
+    subscription and meter (the second, a concurrent batch's, finds it and buys nothing)."""
+    if state.subscription.status is SubscriptionStatus.CANCELLED or uow.credit_kinds.get(recharge.meter_id, True):
+        return None
+    due = recharge.due(remaining_credit(uow, state, recharge.meter_id, now))
+    if due is None:
+        return None
+    purchase_id = derived_id("cp", "auto_recharge", state.id, recharge.meter_id, env.event_id)
+    return open_purchase(uow, env, state, purchase_id, recharge.meter_id, due.amount_minor, due.amount_minor, None,
+                         PurchaseOrigin.AUTO_RECHARGE, now)
+
+
+def check_recharge(uow: BillingUnitOfWork, env: Envelope, p: CheckAutoRecharge, now: datetime) -> dict[str, Any]:
+    state = uow.subscription(p.subscription_id)
+    bought = [recharge_if_due(uow, env, state, r, now) for r in uow.auto_recharges(state.id)
+              if r.meter_id == p.meter_id]
+    return {"purchase_ids": [b.purchase_id for b in bought if b is not None]}
+
+
+def recharge_after_close(uow: BillingUnitOfWork, env: Envelope, state: SubscriptionState, now: datetime) -> None:
+    """A close consumed credits: recharge the meters that fell below their threshold."""
+    for recharge in uow.auto_recharges(state.id):
+        recharge_if_due(uow, env, state, recharge, now)
+
+
 PURCHASE = Handler(purchase_credits)
+CHECK_RECHARGE = Handler(check_recharge)

@@ -11,6 +11,7 @@ from typing import Any
 from services.billing_worker.service_layer.errors import Ignored, Refused
 from services.billing_worker.service_layer.handlers import Handler
 from services.billing_worker.service_layer.handlers.credit_notes import credit_unused_fee
+from services.billing_worker.service_layer.handlers.credit_purchases import recharge_after_close
 from services.billing_worker.service_layer.model import SubscriptionState
 from services.billing_worker.service_layer.unit_of_work import BillingUnitOfWork
 from shared.contracts.envelope import Envelope
@@ -111,6 +112,7 @@ def close_period(uow: BillingUnitOfWork, env: Envelope, p: ClosePeriod, now: dat
                         "closed_at": period_end})
     if result.next_period is not None:
         uow.periods.append(period_row(sub))
+    recharge_after_close(uow, env, state, period_end)  # the close consumed credits: auto-recharge (issue 15)
     uow.subscription_events(state, env)
     return {"invoice_id": invoice_id}
 
