@@ -108,7 +108,7 @@ def traced_line(engine: sa.Engine, invoice_id: str, line_no: int) -> TracedLine 
     with engine.connect() as conn:
         row = conn.execute(
             sa.select(i.invoice_id, i.customer_id, i.subscription_id, i.period_start, i.period_end, ln.line_no,
-                      ln.kind, ln.meter_id)
+                      ln.kind, ln.meter_id, ln.period_start.label("line_start"), ln.period_end.label("line_end"))
             .select_from(invoices.join(invoice_lines, ln.invoice_id == i.invoice_id))
             .where(i.invoice_id == invoice_id, ln.line_no == line_no)).one_or_none()
     if row is None:
@@ -116,8 +116,12 @@ def traced_line(engine: sa.Engine, invoice_id: str, line_no: int) -> TracedLine 
     if row.kind not in TRACEABLE_KINDS or row.meter_id is None:
         raise LineNotTraceable(f"line {line_no} of invoice {invoice_id} is a {row.kind} line: it bills no usage "
                                "events (only usage lines and late-usage adjustments do)")
+    # NOTE: a usage line bills the close of its own period: the invoice's, except a trial's usage billed on
+    # the start invoice of the first paid period (its line carries the trial window, a close of its own).
+    start, end = ((row.line_start, row.line_end) if row.kind == "usage" and row.line_start is not None
+                  and row.line_end is not None else (row.period_start, row.period_end))
     return TracedLine(row.invoice_id, row.customer_id, row.subscription_id, row.line_no, row.kind, row.meter_id,
-                      row.period_start, row.period_end)
+                      start, end)
 
 
 def invoice_owner(engine: sa.Engine, invoice_id: str) -> str | None:

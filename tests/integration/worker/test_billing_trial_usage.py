@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import pytest
 import sqlalchemy as sa
 
+from services.ingest.service_layer.line_events import line_events, traced_line
 from shared.adapters.postgres.schema.billing import credit_entries, invoice_lines, subscription_periods
 from shared.contracts.messages import ClosePeriod, CreateSubscription, EndTrial, ExpireCredits
 from tests.integration.worker.billing_support import Billing
@@ -111,3 +113,22 @@ def test_a_trial_ending_without_a_payment_method_bills_its_overage_on_the_past_d
     assert billing.outcome(close).status == "applied"
     # the first paid close bills March's fee only: nothing of the trial again
     assert billing.lines(billing.outcome(close).result["invoice_id"]) == [("fee", 900), ("tax", 90)]
+
+
+def test_the_trial_usage_line_lists_the_trial_events_it_billed_not_the_paid_periods(billing: Billing) -> None:
+    sub, cus = trial(billing)
+    billing.record_usage(sub, cus, "inference", {"cost_usd_micros": 1_000_000}, datetime(2026, 1, 5, tzinfo=UTC))
+    billing.record_usage(sub, cus, "inference", {"cost_usd_micros": 500_000}, datetime(2026, 1, 14, tzinfo=UTC))
+    start_id = end_trial(billing, sub, cus)
+    billing.record_usage(sub, cus, "inference", {"cost_usd_micros": 700_000}, datetime(2026, 1, 20, tzinfo=UTC))
+    billing.send(ClosePeriod(subscription_id=sub, customer_id=cus, period_end=FEB_15), FEB_15)
+    with billing.engine.connect() as conn:
+        line_no = conn.execute(sa.select(invoice_lines.c.line_no).where(
+            invoice_lines.c.invoice_id == start_id, invoice_lines.c.kind == "usage")).scalar_one()
+
+    line = traced_line(billing.engine, start_id, line_no)
+    assert line is not None and (line.period_start, line.period_end) == (JAN_1, JAN_15)
+    events, more = line_events(billing.engine, line, None, 100)
+
+    # the trial's 1,000,000 + 500,000 = the line's 1,500,000; January 20th's 700,000 is the paid close's
+    assert (sorted(e.quantity for e in events), more) == ([Decimal(500_000), Decimal(1_000_000)], None)
