@@ -13,7 +13,7 @@ import stripe
 from fastapi import Request
 
 from shared.adapters.kafka.producer import KafkaProducer
-from shared.adapters.postgres.catalog_store import CatalogProvider
+from shared.adapters.postgres.catalog_store import CatalogProvider, base_plan_id, versioned_plan_id
 from shared.config import Settings
 from shared.domain.catalog import Catalog
 from shared.domain.clock import Clock
@@ -44,6 +44,13 @@ class Container:
         if plan_id is not None and plan_id not in catalog.plans:
             catalog = self.catalog_provider.refresh()
         return catalog
+
+    def current_plan_id(self, plan_id: str) -> str:
+        """The catalog id of the plan's current version (what a new subscription or a plan change gets):
+        "pro@v2" once "pro" has a second version; an id naming a version is kept."""
+        if self.catalog_provider is None or base_plan_id(plan_id)[1] != 1:
+            return plan_id
+        return versioned_plan_id(plan_id, self.catalog_provider.versions.get(plan_id, 1))
 
     def archived(self, kind: str, entry_id: str) -> bool:
         """Is this stored plan, coupon or meter archived (no new subscription may take it)?"""

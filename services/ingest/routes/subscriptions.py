@@ -25,6 +25,7 @@ from services.ingest.problems import PROBLEM_RESPONSES, FieldError, ProblemError
 from services.ingest.service_layer import catalog as catalog_use_cases
 from services.ingest.service_layer import lifecycle
 from services.ingest.service_layer.lifecycle import Accepted, Outcome
+from services.ingest.service_layer.refusals import CatalogRefusal, UnknownSubscription
 from services.ingest.service_layer.unit_of_work import UnitOfWorkFactory, sql_unit_of_work
 from services.ingest.views import CommandView, SubscriptionView
 from shared.contracts.messages import (
@@ -139,8 +140,9 @@ async def subscribe(body: SubscribeRequest, request: Request, principal: Princip
     now = await run_in_threadpool(container.clock.now)
     catalog = await run_in_threadpool(container.current_catalog, body.plan_id)
     catalog_use_cases.refuse_archived(container.archived, body.plan_id, body.coupon_id)
+    plan_id = container.current_plan_id(body.plan_id)  # a plan sold in versions: its current one, pinned
     accepted = await _accept(lifecycle.subscribe, uow, catalog, lifecycle.Subscribe(
-        customer_id=body.customer_id, plan_id=body.plan_id, seats=body.seats, trial_days=body.trial_days,
+        customer_id=body.customer_id, plan_id=plan_id, seats=body.seats, trial_days=body.trial_days,
         coupon_id=body.coupon_id, anchor_day=body.anchor_day, payment_method_id=body.payment_method_id),
         principal=principal, now=now, request_id=request.headers.get("x-request-id"))
     return await answer(container, uow, accepted, created=True)
@@ -165,10 +167,43 @@ async def change_plan(subscription_id: PathId, body: ChangePlanRequest, request:
         raise ProblemError(422, "Unknown plan", f"unknown plan {body.plan_id!r}", slug="validation",
                            errors=[FieldError(field="plan_id", reason="not in the catalog")])
     catalog_use_cases.refuse_archived(container.archived, body.plan_id)
+    plan_id = container.current_plan_id(body.plan_id)
     return await _command(request, container, uow, principal, subscription_id,
                           lambda customer_id: ChangePlan(subscription_id=subscription_id, customer_id=customer_id,
-                                                         plan_id=body.plan_id, timing=body.timing),
-                          "subscription.change_plan", plan_id=body.plan_id, timing=body.timing)
+                                                         plan_id=plan_id, timing=body.timing),
+                          "subscription.change_plan", plan_id=plan_id, timing=body.timing)
+
+
+class MigrateRequest(_Body):
+    version: int | None = Field(default=None, ge=1, description="the plan version to move to (default: current)")
+    at: Literal["period_end", "now"] = Field(
+        default="period_end", description="period_end: the period under way is billed at the version it was "
+                                          "sold; now: at once, prorated like a plan change")
+
+
+@router.post("/v1/subscriptions/{subscription_id}/migrate", response_model=SubscriptionView,
+             responses=COMMAND_RESPONSES, summary="Move a subscription to another version of its plan")
+async def migrate(subscription_id: PathId, request: Request, body: MigrateRequest | None = None,
+                  principal: Principal = Depends(require(Scope.ADMIN)),
+                  container: Container = Depends(get_container),
+                  uow: UnitOfWorkFactory = Depends(unit_of_work)) -> JSONResponse:
+    body = body or MigrateRequest()
+    current = await run_in_threadpool(catalog_use_cases.subscription_plan, container.engine, subscription_id)
+    if current is None:
+        raise UnknownSubscription(f"unknown subscription {subscription_id!r}")
+    versions: dict[str, int] = {}
+    if container.catalog_provider is not None:  # the newest versions (one just created through the API)
+        await run_in_threadpool(container.catalog_provider.refresh)
+        versions = container.catalog_provider.versions
+    target = catalog_use_cases.migration_target(current, body.version, versions)
+    if target not in (await run_in_threadpool(container.current_catalog, target)).plans:
+        raise CatalogRefusal(f"no version {body.version} of this plan", code="unknown_plan_version",
+                             fields=[("version", "not a version of the subscription's plan")])
+    timing = "period_end" if body.at == "period_end" else "immediate"
+    return await _command(request, container, uow, principal, subscription_id,
+                          lambda customer_id: ChangePlan(subscription_id=subscription_id, customer_id=customer_id,
+                                                         plan_id=target, timing=timing),
+                          "subscription.migrate", plan_id=target, timing=timing)
 
 
 @router.post("/v1/subscriptions/{subscription_id}/seats", response_model=SubscriptionView,

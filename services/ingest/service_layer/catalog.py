@@ -20,6 +20,7 @@ from services.ingest.audit import record
 from services.ingest.auth import Principal
 from services.ingest.service_layer.refusals import CatalogRefusal
 from shared.adapters.postgres import catalog_store
+from shared.adapters.postgres.schema.billing import subscriptions
 from shared.adapters.postgres.schema.catalog import (
     catalog_coupons,
     catalog_meters,
@@ -229,12 +230,26 @@ def _coupon(conn: sa.Connection, coupon_id: str) -> Entry:
 def refuse_archived(is_archived: Callable[[str, str], bool], plan_id: str, coupon_id: str | None = None) -> None:
     """Refuse a subscribe or a plan change to an archived plan (``plan_archived``) or with an archived
     coupon (``coupon_archived``): archived entries stay only for what already refers to them."""
-    if is_archived("plan", plan_id):
+    if is_archived("plan", catalog_store.base_plan_id(plan_id)[0]):
         raise CatalogRefusal(f"plan {plan_id!r} is archived", code="plan_archived",
                              fields=[("plan_id", "archived")])
     if coupon_id is not None and is_archived("coupon", coupon_id):
         raise CatalogRefusal(f"coupon {coupon_id!r} is archived", code="coupon_archived",
                              fields=[("coupon_id", "archived")])
+
+
+def migration_target(plan_id: str, version: int | None, current_versions: Mapping[str, int]) -> str:
+    """The catalog id a subscription on ``plan_id`` (any version) migrates to: ``version`` of its plan, or
+    the plan's current version."""
+    base, _ = catalog_store.base_plan_id(plan_id)
+    return catalog_store.versioned_plan_id(base, version or current_versions.get(base, 1))
+
+
+def subscription_plan(engine: sa.Engine, subscription_id: str) -> str | None:
+    """The plan id (naming its version) a subscription is billed on, from the read model; None: unknown."""
+    with engine.connect() as conn:
+        return conn.execute(sa.select(subscriptions.c.plan_id)
+                            .where(subscriptions.c.subscription_id == subscription_id)).scalar()
 
 
 # --- shared ---------------------------------------------------------------------------------------------

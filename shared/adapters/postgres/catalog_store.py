@@ -18,8 +18,9 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any
 
 import sqlalchemy as sa
@@ -33,7 +34,7 @@ from shared.adapters.postgres.schema.catalog import (
     catalog_plans,
     catalog_revision,
 )
-from shared.domain.catalog import Catalog, Plan, catalog_document, catalog_entries
+from shared.domain.catalog import Catalog, Plan, PlanId, catalog_document, catalog_entries
 from shared.domain.errors import CatalogError
 
 #: What may change on a meter or a coupon without making it another one.
@@ -126,12 +127,56 @@ def stored_entries(conn: sa.Connection) -> StoredEntries:
     )
 
 
+#: Separates a plan id from its version in the id a subscription pinned to a later version bills under.
+VERSION_SEPARATOR = "@v"
+
+
+def versioned_plan_id(plan_id: str, version: int) -> str:
+    """The catalog id of one version of a plan: the plan's own id for version 1 (every plan of the YAML
+    files, every subscription made before a price change), "<plan>@v<version>" for a later one."""
+    return plan_id if version == 1 else f"{plan_id}{VERSION_SEPARATOR}{version}"
+
+
+def base_plan_id(plan_id: str) -> tuple[str, int]:
+    """(plan id, version) of a catalog plan id: "pro@v2" -> ("pro", 2), "pro" -> ("pro", 1)."""
+    base, separator, version = plan_id.rpartition(VERSION_SEPARATOR)
+    if separator and version.isdigit():
+        return base, int(version)
+    return plan_id, 1
+
+
 def load_stored_catalog(conn: sa.Connection) -> Catalog | None:
-    """The stored catalog (every meter, every plan at its current version, every coupon; archived ones too:
-    subscriptions and invoices still refer to them), or None when nothing was ever stored."""
+    """The stored catalog, or None when nothing was ever stored: every meter and coupon (archived ones
+    too: subscriptions and invoices still refer to them) and every VERSION of every plan, version 1 under
+    the plan's id and version n > 1 under "<plan>@v<n>" (`versioned_plan_id`).
+
+    # NOTE: a subscription keeps the version it was sold (its plan id names it), so a price change never
+    # changes what a subscription is billed until it is migrated (a plan change to the new version's id,
+    # at the period end by default: the period under way is billed at the old version).
+    """
     if current_revision(conn) is None:
         return None
-    return Catalog.from_dict(stored_entries(conn).document())
+    entries = stored_entries(conn)
+    rows = conn.execute(sa.select(catalog_plan_versions).order_by(catalog_plan_versions.c.plan_id,
+                                                                  catalog_plan_versions.c.version)).all()
+    first = [dict(r.document) for r in rows if r.version == 1]
+    catalog = Catalog.from_dict(catalog_document(entries.meters.values(), first, entries.coupons.values()))
+    later = [r for r in rows if r.version > 1]
+    if not later:
+        return catalog
+    versions = Catalog.from_dict(catalog_document(
+        entries.meters.values(), [{**r.document, "id": f"{r.plan_id}.v{r.version}"} for r in later], ()))
+    plans = dict(catalog.plans)
+    for r in later:
+        versioned = PlanId(versioned_plan_id(r.plan_id, int(r.version)))
+        plans[versioned] = replace(versions.plan(f"{r.plan_id}.v{r.version}"), id=versioned)
+    return Catalog(catalog.meters, MappingProxyType(plans), catalog.coupons)
+
+
+def current_versions(conn: sa.Connection) -> dict[str, int]:
+    """plan id -> its current version (what new subscriptions get)."""
+    return {r.plan_id: int(r.current_version)
+            for r in conn.execute(sa.select(catalog_plans.c.plan_id, catalog_plans.c.current_version))}
 
 
 def plan_versions(conn: sa.Connection, plan_id: str) -> list[tuple[int, dict[str, Any], datetime]]:
@@ -298,6 +343,7 @@ class CatalogProvider:
         self._revision: int | None = None
         self._checked_at: float | None = None
         self.archived: frozenset[tuple[str, str]] = frozenset()  # ("plan" | "coupon" | "meter", id)
+        self.versions: dict[str, int] = {}  # plan id -> current version (empty: the YAML files, all version 1)
 
     def current(self, conn: sa.Connection | None = None) -> Catalog:
         """The snapshot, its revision compared first when ``refresh_seconds`` passed since the last check
@@ -324,4 +370,5 @@ class CatalogProvider:
             loaded = load_stored_catalog(conn)
             self._catalog = loaded if loaded is not None else self._fallback
             self.archived = archived_entries(conn)
+            self.versions = current_versions(conn)
             self._revision = revision

@@ -69,7 +69,10 @@ def test_a_changed_price_is_a_new_current_version_and_the_old_one_is_kept(engine
         catalog_store.import_documents(conn, documents, AT)
         changes = catalog_store.import_documents(conn, changed, AT)
         assert changes.versions_added == [("pro", 2)] and not changes.plans_added
-        assert catalog_store.load_stored_catalog(conn).plan("pro").price == Money.of("12.00", "USD")  # type: ignore[union-attr]
+        stored = catalog_store.load_stored_catalog(conn)
+        assert stored is not None  # version 1 keeps the plan's id (its subscriptions keep it), 2 is "pro@v2"
+        assert (stored.plan("pro").price, stored.plan("pro@v2").price) == (Money.of("9.00", "USD"),
+                                                                           Money.of("12.00", "USD"))
         assert catalog_store.load_plan_version(conn, "pro", 1).price == Money.of("9.00", "USD")
         assert [v for v, _, _ in catalog_store.plan_versions(conn, "pro")] == [1, 2]
         assert not catalog_store.import_documents(conn, changed, AT).changed
@@ -104,4 +107,5 @@ def test_the_provider_serves_the_yaml_until_something_is_stored_then_reloads_on_
     next(p for p in changed[0]["plans"] if p["id"] == "pro")["price"] = "15.00"
     with engine.begin() as conn:
         catalog_store.import_documents(conn, changed, AT)
-    assert provider.refresh().plan("pro").price == Money.of("15.00", "USD")
+    assert provider.refresh().plan("pro@v2").price == Money.of("15.00", "USD")
+    assert provider.versions["pro"] == 2

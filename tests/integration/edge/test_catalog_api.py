@@ -2,8 +2,11 @@
 through the API (no YAML) are subscribed, metered and invoiced at the API plan's prices; refusals name their
 field and code; a plan in use is never deleted.
 
-Hand-computed: plan api_starter, USD 20.00 a month, api_calls (count) at USD 0.05 per call, no credits.
+Hand-computed (1): plan api_starter, USD 20.00 a month, api_calls (count) at USD 0.05 per call, no credits.
 30 calls in the first period -> a usage line of 30 x 0.05 = USD 1.50 on the period close invoice.
+Hand-computed (2): plan metered v1 (20.00, 0.05 a call), subscribed; v2 (30.00, 0.10) created; 10 calls,
+then a migration at the period end: the first close bills 10 x 0.05 = 0.50 and the next period's fee at v2,
+30.00; 10 calls in the second period are billed 10 x 0.10 = 1.00.
 """
 
 from __future__ import annotations
@@ -168,3 +171,68 @@ async def test_a_new_version_is_current_and_the_old_one_is_kept(client: httpx.As
     assert coupon.status_code == 201, coupon.text
     listed = (await call(client, "GET", "/v1/coupons")).json()["data"]
     assert "API10" in [c["id"] for c in listed]
+
+
+async def _calls(client: httpx.AsyncClient, cid: str, sid: str, event_type: str, count: int) -> None:
+    now = (await call(client, "GET", "/v1/clock")).json()["now"]
+    batch = [{"transaction_id": f"tx-{uuid.uuid4().hex[:12]}", "customer_id": cid, "event_type": event_type,
+              "timestamp": now, "properties": {}} for _ in range(count)]
+    ingested = await call(client, "POST", "/v1/ingest", batch)
+    assert ingested.status_code == 200 and ingested.json()["accepted"] == count, ingested.text
+
+    async def seen() -> bool:
+        body = (await call(client, "GET", f"/v1/subscriptions/{sid}/usage")).json()
+        return any(int(float(m["quantity"])) == count for m in body.get("meters", []))
+    await until(seen, f"{count} calls materialised")
+
+
+async def _close_lines(client: httpx.AsyncClient, cid: str, closes: int) -> list[list[tuple[str, str, int]]]:
+    """(kind, plan or meter, amount) of the lines of each period close invoice, once there are ``closes``."""
+    async def found() -> list[list[tuple[str, str, int]]] | None:
+        invoices = (await call(client, "GET", f"/v1/customers/{cid}/invoices")).json()["data"]
+        views = [(await call(client, "GET", f"/v1/invoices/{i['invoice_id']}")).json() for i in invoices]
+        closing = sorted((v for v in views if v["kind"] != "subscription_start"), key=lambda v: v["period_start"])
+        if len(closing) < closes:
+            return None
+        return [[(line["kind"], line["plan_id"] or line["meter_id"], line["amount_minor"]) for line in v["lines"]]
+                for v in closing]
+    result: list[list[tuple[str, str, int]]] = await until(found, f"{closes} period close invoices")
+    return result
+
+
+async def test_a_price_change_migrated_at_the_period_end_bills_the_period_under_way_at_the_old_price(
+        client: httpx.AsyncClient, real_worker: subprocess.Popen[bytes]) -> None:
+    await call(client, "POST", "/v1/meters", {**METER, "id": "m_calls", "event_type": "m_call"})
+    v1 = {**PLAN, "id": "metered", "meters": {"m_calls": {"unit_price": "0.05", "overage": "bill"}}}
+    assert (await call(client, "POST", "/v1/plans", v1)).status_code == 201
+    customer = await onboard(client, payment_method_id="pm_card_visa")
+    cid = customer["customer_id"]
+    created = await call(client, "POST", "/v1/subscriptions", {"customer_id": cid, "plan_id": "metered"})
+    assert created.status_code == 201 and created.json()["plan_id"] == "metered", created.text
+    sid = created.json()["subscription_id"]
+
+    v2 = {k: v for k, v in v1.items() if k != "id"} | {"price": "30.00", "meters": {
+        "m_calls": {"unit_price": "0.10", "overage": "bill"}}}
+    assert (await call(client, "POST", "/v1/plans/metered/versions", v2)).json()["current_version"] == 2
+    await _calls(client, cid, sid, "m_call", 10)
+
+    migrated = await call(client, "POST", f"/v1/subscriptions/{sid}/migrate", {"at": "period_end"})
+    assert migrated.status_code == 200, migrated.text
+    assert (migrated.json()["plan_id"], migrated.json()["pending_plan_id"]) == ("metered", "metered@v2")
+    newcomer = await onboard(client, payment_method_id="pm_card_visa")
+    fresh = await call(client, "POST", "/v1/subscriptions", {"customer_id": newcomer["customer_id"],
+                                                            "plan_id": "metered"})
+    assert fresh.json()["plan_id"] == "metered@v2", fresh.text  # new subscriptions get the current version
+
+    assert (await call(client, "POST", "/v1/clock/advance", {"seconds": 32 * 86_400})).status_code == 200
+    [first] = await _close_lines(client, cid, 1)
+    # the period under way at v1's 0.05, the next period's fee (in advance) at v2's 30.00
+    assert sorted((kind, amount) for kind, _, amount in first) == [("fee", 3000), ("usage", 50)], first
+    after = (await call(client, "GET", f"/v1/subscriptions/{sid}")).json()
+    assert (after["plan_id"], after["pending_plan_id"]) == ("metered@v2", None)
+
+    await _calls(client, cid, sid, "m_call", 10)
+    assert (await call(client, "POST", "/v1/clock/advance", {"seconds": 32 * 86_400})).status_code == 200
+    _, second = await _close_lines(client, cid, 2)
+    assert ("usage", "m_calls", 100) in second
+    assert real_worker.poll() is None, "the worker exited"
