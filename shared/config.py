@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     worker_batch_max: int = 5000
     worker_batch_timeout_s: float = 0.05
     scheduler_interval_s: float = 1.0
+    # how stale the worker's set of subscriptions with an enabled auto-recharge may be (usage-path hints)
+    auto_recharge_refresh_s: float = Field(default=5.0, ge=0)
     period_close_grace_s: float = Field(default=0.0, ge=0)
     invoice_grace_seconds: int = Field(
         default=0, ge=0, le=90 * 86_400,

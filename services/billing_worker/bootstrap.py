@@ -15,12 +15,11 @@ import threading
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, Protocol
 
 import sqlalchemy as sa
 
-from services.billing_worker.adapters.recharge_hints import recharge_hints
+from services.billing_worker.adapters.recharge_hints import RechargeHints
 from services.billing_worker.adapters.sql_unit_of_work import SqlBillingUnitOfWork
 from services.billing_worker.adapters.usage import MeterMap, UsageMaterializer, close_usages
 from services.billing_worker.entrypoints.consumer import ExactlyOnceConsumer
@@ -216,7 +215,8 @@ def build_worker(settings: Settings, *, handlers: Mapping[str, Handler] | None =
         overrides["heartbeat.interval.ms"] = max(100, session_timeout_ms // 5)
     provider = CatalogProvider(engine, catalog, refresh_seconds=0)
     processor = BatchProcessor(bus, live_sql_unit_of_work(provider, materializer),
-                               materializer, clock, after_usage=partial(recharge_hints, catalog_of=provider.current))
+                               materializer, clock, after_usage=RechargeHints(
+                                   provider.current, refresh_seconds=settings.auto_recharge_refresh_s))
     consumer = ExactlyOnceConsumer(settings, engine, processor, dlq,
                                    topics=CONSUMED_TOPICS, instance_id=me, consumer_overrides=overrides,
                                    commit_lanes=commit_lanes)

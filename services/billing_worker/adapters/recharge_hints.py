@@ -11,10 +11,13 @@ derived from (subscription, meter, recharges so far, period), so the batches of 
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -38,6 +41,38 @@ _CANDIDATES = sa.text("""
       AND NOT EXISTS (SELECT 1 FROM credit_purchases p WHERE p.subscription_id = a.subscription_id
                         AND p.meter_id = a.meter_id AND p.status = 'pending' AND p.origin = 'auto_recharge')
 """)
+
+
+_ENABLED = sa.text("SELECT DISTINCT subscription_id FROM auto_recharges WHERE enabled")
+
+
+class RechargeHints:
+    """The usage path's hook: the subscriptions with an enabled auto-recharge are cached (refreshed every
+    `refresh_seconds`), so a batch of subscriptions without one costs a set lookup per record and no query.
+
+    # NOTE: a setting enabled a moment ago is seen by the next refresh (the close checks it regardless).
+    """
+
+    def __init__(self, catalog_of: Callable[[sa.Connection], Catalog], *, refresh_seconds: float = 5.0) -> None:
+        self._catalog_of = catalog_of
+        self._refresh_seconds = refresh_seconds
+        self._enabled: frozenset[bytes] = frozenset()
+        self._loaded_at = float("-inf")
+        self._lock = threading.Lock()
+
+    def __call__(self, conn: sa.Connection, records: Sequence[Any], now: datetime) -> int:
+        enabled = self._current(conn)
+        if not enabled:
+            return 0
+        touched = {r.key.decode() for r in records if r.key in enabled}
+        return recharge_hints(conn, touched, now, catalog_of=self._catalog_of) if touched else 0
+
+    def _current(self, conn: sa.Connection) -> frozenset[bytes]:
+        with self._lock:
+            if time.monotonic() - self._loaded_at >= self._refresh_seconds:
+                self._enabled = frozenset(s.encode() for s in conn.execute(_ENABLED).scalars())
+                self._loaded_at = time.monotonic()
+            return self._enabled
 
 
 def recharge_hints(conn: sa.Connection, subscription_ids: Collection[str], now: datetime, *,

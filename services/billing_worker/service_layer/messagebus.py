@@ -270,9 +270,9 @@ class BatchProcessor:
     """
 
     def __init__(self, bus: MessageBus, unit_of_work: UnitOfWorkFactory, materializer: Any, clock: Clock,
-                 after_usage: Callable[[sa.Connection, set[str], datetime], object] | None = None) -> None:
+                 after_usage: Callable[[sa.Connection, Sequence[Any], datetime], object] | None = None) -> None:
         self._bus = bus
-        # Once per batch that applied usage, with the batch's subscriptions (auto-recharge hints, issue 15).
+        # Once per batch that applied usage, with the batch's usage records (auto-recharge hints, issue 15).
         self._after_usage = after_usage
         self._unit_of_work = unit_of_work
         self._usage = materializer  # services.billing_worker.adapters.usage.UsageMaterializer
@@ -319,7 +319,7 @@ class BatchProcessor:
         if batch.usage_prepared is not None:
             self._apply_usage(conn, batch.usage, batch.usage_prepared, dead, suspect)
             if self._after_usage is not None and batch.usage_prepared.lines:
-                self._after_usage(conn, {r.key.decode() for r in batch.usage if r.key}, self._clock.now())
+                self._after_usage(conn, batch.usage, self._clock.now())
         messages: list[_Decoded] = []
         if batch.others:
             now = self._clock.now()

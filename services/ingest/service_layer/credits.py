@@ -233,6 +233,8 @@ def credits_of_customer(engine: sa.Engine, customer_id: str, now: datetime) -> C
                                          sa.or_(g.expires_at.is_(None), g.expires_at > now)))
     totals: dict[tuple[str, str | None], tuple[int, Decimal, int]] = {}
     for r in rows:
+        if r.voided:
+            continue
         minor, units, count = totals.get((r.meter_id, r.currency), (0, Decimal(0), 0))
         totals[(r.meter_id, r.currency)] = (minor + int(r.remaining_minor), units + Decimal(r.remaining_units),
                                             count + 1)

@@ -49,7 +49,8 @@ UNIT = 500_000  # micro-USD: USD 0.50
 def edge_settings(settings):  # type: ignore[no-untyped-def]
     return settings.model_copy(update={"clock": "simulated", "simulated_clock_start": START.isoformat(),
                                        "command_wait_seconds": ANSWER_WAIT_SECONDS, "payment_gateway": "stripe",
-                                       "admin_api_key": SecretStr(ADMIN_KEY), "database_pool_size": 5})
+                                       "auto_recharge_refresh_s": 0.0, "admin_api_key": SecretStr(ADMIN_KEY),
+                                       "database_pool_size": 5})
 
 
 @pytest.fixture(scope="module")
