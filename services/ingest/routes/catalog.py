@@ -239,6 +239,42 @@ async def delete_plan(plan_id: PathId, request: Request, principal: Principal = 
     return _plan(archived)
 
 
+class MigratePlanRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    from_version: int = Field(ge=1, description="the version whose subscriptions move")
+    to_version: int | None = Field(default=None, ge=1, description="default: the plan's current version")
+    at: Literal["period_end", "now"] = Field(default="period_end",
+                                             description="period_end: each period under way keeps its price")
+
+
+class MigrationCommand(BaseModel):
+    subscription_id: str
+    command_id: str = Field(description="poll GET /v1/commands/{id} for the worker's outcome")
+
+
+class PlanMigrationView(BaseModel):
+    plan_id: str
+    from_version: int
+    to_version: int
+    at: Literal["period_end", "now"]
+    commands: list[MigrationCommand]
+
+
+@router.post("/v1/plans/{plan_id}/migrate", response_model=PlanMigrationView, status_code=202,
+             responses=PROBLEM_RESPONSES,
+             summary="Move every subscription on one version of a plan to another (admin): one command each")
+async def migrate_plan(plan_id: PathId, body: MigratePlanRequest, request: Request,
+                       principal: Principal = Depends(require(Scope.ADMIN)),
+                       container: Container = Depends(get_container)) -> PlanMigrationView:
+    write = await _write(request, principal, container)
+    timing = "period_end" if body.at == "period_end" else "immediate"
+    sent = await run_in_threadpool(use_cases.migrate_plan, container.engine, plan_id, body.from_version,
+                                   body.to_version, timing, write)
+    return PlanMigrationView(plan_id=sent.plan_id, from_version=sent.from_version, to_version=sent.to_version,
+                             at=body.at, commands=[MigrationCommand(subscription_id=sid, command_id=str(cid))
+                                                   for sid, cid in sent.commands])
+
+
 # --- coupons --------------------------------------------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ refer to, and a plan in use is refused deletion (``in_use``).
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,8 +19,10 @@ import sqlalchemy as sa
 
 from services.ingest.audit import record
 from services.ingest.auth import Principal
+from services.ingest.service_layer.lifecycle import PRODUCER
 from services.ingest.service_layer.refusals import CatalogRefusal
 from shared.adapters.postgres import catalog_store
+from shared.adapters.postgres.outbox import add_to_outbox
 from shared.adapters.postgres.schema.billing import subscriptions
 from shared.adapters.postgres.schema.catalog import (
     catalog_coupons,
@@ -27,6 +30,9 @@ from shared.adapters.postgres.schema.catalog import (
     catalog_plan_versions,
     catalog_plans,
 )
+from shared.contracts import topics
+from shared.contracts.envelope import Envelope, new_envelope
+from shared.contracts.messages import TYPE_OF, ChangePlan
 from shared.domain.catalog import catalog_document, catalog_error_field
 from shared.domain.errors import CatalogError
 from shared.errors import refusal_code
@@ -250,6 +256,57 @@ def subscription_plan(engine: sa.Engine, subscription_id: str) -> str | None:
     with engine.connect() as conn:
         return conn.execute(sa.select(subscriptions.c.plan_id)
                             .where(subscriptions.c.subscription_id == subscription_id)).scalar()
+
+
+@dataclass(frozen=True)
+class BulkMigration:
+    """The plan changes a bulk migration sent: one command per live subscription on the source version."""
+
+    plan_id: str
+    from_version: int
+    to_version: int
+    timing: str
+    commands: list[tuple[str, uuid.UUID]]  # (subscription id, command id)
+
+
+def migrate_plan(engine: sa.Engine, plan_id: str, from_version: int, to_version: int | None, timing: str,
+                 write: Write) -> BulkMigration:
+    """Move every live subscription on version ``from_version`` of a plan to ``to_version`` (default: the
+    current one): one plan change per subscription, written to the outbox with the audit row.
+
+    # NOTE: each command id is derived from (source, target, timing, subscription), so sending the same
+    # migration again adds nothing to the outbox (its event id is unique) and the worker applies each once.
+    """
+    with engine.begin() as conn:
+        stored = _plan(conn, plan_id)
+        target_version = to_version or stored.current_version
+        known = {v.version for v in stored.versions}
+        for field, version in (("from_version", from_version), ("to_version", target_version)):
+            if version not in known:
+                raise CatalogRefusal(f"plan {plan_id!r} has no version {version}", code="unknown_plan_version",
+                                     fields=[(field, "not a version of this plan")])
+        if target_version == from_version:
+            raise CatalogRefusal("a migration moves to another version",
+                                 fields=[("to_version", "must differ from from_version")])
+        source = catalog_store.versioned_plan_id(plan_id, from_version)
+        target = catalog_store.versioned_plan_id(plan_id, target_version)
+        rows = conn.execute(sa.select(subscriptions.c.subscription_id, subscriptions.c.customer_id)
+                            .where(subscriptions.c.plan_id == source, subscriptions.c.status != "cancelled")
+                            .order_by(subscriptions.c.subscription_id)).all()
+        commands: list[tuple[str, uuid.UUID]] = []
+        messages: list[tuple[str, str, Envelope]] = []
+        for row in rows:
+            command_id = uuid.uuid5(uuid.NAMESPACE_URL, f"migrate:{source}:{target}:{timing}:{row.subscription_id}")
+            change = ChangePlan(subscription_id=row.subscription_id, customer_id=row.customer_id, plan_id=target,
+                                timing=timing)
+            messages.append((topics.COMMANDS, row.subscription_id, new_envelope(
+                TYPE_OF[ChangePlan], change.model_dump(mode="json"), producer=PRODUCER, occurred_at=write.at,
+                correlation_id=write.request_id, event_id=command_id)))
+            commands.append((row.subscription_id, command_id))
+        add_to_outbox(conn, messages)
+        record(conn, write.principal, "catalog.plan.migrate", request_id=write.request_id, plan_id=plan_id,
+               from_version=from_version, to_version=target_version, timing=timing, subscriptions=len(commands))
+        return BulkMigration(plan_id, from_version, target_version, timing, commands)
 
 
 # --- shared ---------------------------------------------------------------------------------------------

@@ -236,3 +236,40 @@ async def test_a_price_change_migrated_at_the_period_end_bills_the_period_under_
     _, second = await _close_lines(client, cid, 2)
     assert ("usage", "m_calls", 100) in second
     assert real_worker.poll() is None, "the worker exited"
+
+
+async def test_a_bulk_migration_sends_one_command_per_subscription_once(
+        client: httpx.AsyncClient, real_worker: subprocess.Popen[bytes], container) -> None:  # type: ignore[no-untyped-def]
+    import sqlalchemy as sa
+
+    from shared.adapters.postgres.schema.core import outbox
+
+    await call(client, "POST", "/v1/meters", {**METER, "id": "b_calls", "event_type": "b_call"})
+    v1 = {**PLAN, "id": "bulk", "meters": {"b_calls": {"unit_price": "0.05", "overage": "bill"}}}
+    assert (await call(client, "POST", "/v1/plans", v1)).status_code == 201
+    sids = []
+    for _ in range(2):
+        customer = await onboard(client, payment_method_id="pm_card_visa")
+        created = await call(client, "POST", "/v1/subscriptions", {"customer_id": customer["customer_id"],
+                                                                  "plan_id": "bulk"})
+        assert created.status_code == 201, created.text
+        sids.append(created.json()["subscription_id"])
+    v2 = {k: v for k, v in v1.items() if k != "id"} | {"price": "25.00"}
+    assert (await call(client, "POST", "/v1/plans/bulk/versions", v2)).status_code == 201
+
+    sent = await client.post("/v1/plans/bulk/migrate", json={"from_version": 1}, headers=ADMIN)
+    assert sent.status_code == 202, sent.text
+    assert sorted(c["subscription_id"] for c in sent.json()["commands"]) == sorted(sids)
+    again = await client.post("/v1/plans/bulk/migrate", json={"from_version": 1}, headers=ADMIN)
+    assert again.json()["commands"] == sent.json()["commands"]  # the same command ids: nothing sent twice
+    ids = [uuid.UUID(c["command_id"]) for c in sent.json()["commands"]]
+    with container.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(outbox)
+                            .where(outbox.c.event_id.in_(ids))).scalar_one() == 2
+
+    async def scheduled() -> bool:
+        views = [(await call(client, "GET", f"/v1/subscriptions/{sid}")).json() for sid in sids]
+        return all((v["plan_id"], v["pending_plan_id"]) == ("bulk", "bulk@v2") for v in views)
+    await until(scheduled, "both subscriptions scheduled to move to bulk@v2 at their period end")
+    same = await call(client, "POST", "/v1/plans/bulk/migrate", {"from_version": 2, "to_version": 2})
+    assert (same.status_code, same.json()["errors"][0]["field"]) == (422, "to_version"), same.text
