@@ -238,8 +238,8 @@ async def test_a_price_change_migrated_at_the_period_end_bills_the_period_under_
     assert real_worker.poll() is None, "the worker exited"
 
 
-async def test_a_bulk_migration_sends_one_command_per_subscription_once(
-        client: httpx.AsyncClient, real_worker: subprocess.Popen[bytes], container) -> None:  # type: ignore[no-untyped-def]
+async def test_a_bulk_migration_sends_one_command_per_subscription_once(  # type: ignore[no-untyped-def]
+        client: httpx.AsyncClient, real_worker: subprocess.Popen[bytes], container) -> None:
     import sqlalchemy as sa
 
     from shared.adapters.postgres.schema.core import outbox
