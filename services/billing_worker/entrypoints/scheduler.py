@@ -94,10 +94,11 @@ LIMIT :limit
 """).bindparams(sa.bindparam("closable", [status.value for status in sorted(CLOSABLE_STATUSES)], expanding=True,
                              literal_execute=True))
 
+# A trial end closes the trial's usage like a period close (rating.end_trial), so it waits the same grace.
 _DUE_TRIAL_ENDS = sa.text("""
 SELECT s.subscription_id, s.customer_id, s.trial_end AS due_at
 FROM subscriptions s
-WHERE s.status = 'trialing' AND s.trial_end <= :now
+WHERE s.status = 'trialing' AND s.trial_end <= :close_before
   AND NOT EXISTS (SELECT 1 FROM scheduled_commands c WHERE c.subscription_id = s.subscription_id
                   AND c.kind = 'trial.end' AND c.due_at = s.trial_end)
 ORDER BY s.trial_end, s.subscription_id
@@ -105,11 +106,15 @@ LIMIT :limit
 """)
 
 # Grants past their expiry that the worker has not settled yet. Plan-included credits are left out: they
-# expire with their period, and the period close settles them in its own transaction.
+# expire with their period, and the period close settles them in its own transaction. A trial's credits are
+# held back while the subscription is still trialing: its trial end rates the trial's usage against them
+# first (after the close grace) and settles them in its own transaction.
 _DUE_EXPIRIES = sa.text("""
 SELECT g.subscription_id, min(g.customer_id) AS customer_id, g.expires_at AS due_at
 FROM credit_grants g
 WHERE g.expires_at <= :now AND g.settled_at IS NULL AND g.source <> 'plan_included'
+  AND NOT (g.source = 'trial' AND EXISTS (SELECT 1 FROM subscriptions s
+                                          WHERE s.subscription_id = g.subscription_id AND s.status = 'trialing'))
   AND NOT EXISTS (SELECT 1 FROM scheduled_commands c WHERE c.subscription_id = g.subscription_id
                   AND c.kind = 'credits.expire' AND c.due_at = g.expires_at)
 GROUP BY g.subscription_id, g.expires_at
@@ -271,7 +276,8 @@ class Scheduler:
             found += [Due("invoice.finalize", r.subscription_id, r.customer_id, r.due_at, invoice_id=r.invoice_id)
                       for r in conn.execute(_DUE_DRAFTS, {"now": now, "limit": limit})]
             found += [Due("trial.end", r.subscription_id, r.customer_id, r.due_at)
-                      for r in conn.execute(_DUE_TRIAL_ENDS, {"now": now, "limit": limit})]
+                      for r in conn.execute(_DUE_TRIAL_ENDS, {"close_before": now - self._close_grace,
+                                                              "limit": limit})]
             found += [Due("credits.expire", r.subscription_id, r.customer_id, r.due_at)
                       for r in conn.execute(_DUE_EXPIRIES, {"now": now, "limit": limit})]
         return found
