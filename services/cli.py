@@ -1,7 +1,7 @@
 """`billing`: the operator CLI (the demo uses it too).
 
     billing up | down | status          the local stack (Kafka, PostgreSQL, stripe-mock)
-    billing migrate                     apply migrations and create the declared topics
+    billing migrate                     apply migrations, create the declared topics, store the YAML catalog
     billing ingest | worker | dunning | webhooks   run one service in the foreground
     billing clock now | advance 1d      the simulated billing clock
     billing customers | subscriptions | invoices   look around (read-only SQL)
@@ -67,13 +67,23 @@ def status() -> None:
 @app.command()
 def migrate() -> None:
     """Apply the database migrations and create the topics of deploy/topics.yaml."""
+    from shared.adapters.catalog_file import read_catalog_documents
     from shared.adapters.kafka.admin import create_topics
+    from shared.adapters.postgres.catalog_store import import_if_empty
     from shared.adapters.postgres.migrate import upgrade
+    from shared.bootstrap import build_clock, build_engine
 
     s = _settings()
     upgrade(s.database_url, s.database_schema)
     created = create_topics(s.kafka_bootstrap, prefix=s.topic_prefix)
-    console.print(f"migrations applied; {len(created)} topics present")
+    # NOTE: the YAML catalogs are the bootstrap of the catalog stored in PostgreSQL: imported once, when
+    # nothing is stored yet (later changes go through the catalog API or `billing catalog import`).
+    engine = build_engine(s, pool_size=1)
+    imported = import_if_empty(engine, lambda: read_catalog_documents(sorted(s.catalog_dir.glob("*.yaml"))),
+                               build_clock(s, engine).now())
+    engine.dispose()
+    console.print(f"migrations applied; {len(created)} topics present"
+                  + ("; catalog imported from the YAML files" if imported else ""))
 
 
 @app.command()

@@ -109,3 +109,34 @@ def test_the_provider_serves_the_yaml_until_something_is_stored_then_reloads_on_
         catalog_store.import_documents(conn, changed, AT)
     assert provider.refresh().plan("pro@v2").price == Money.of("15.00", "USD")
     assert provider.versions["pro"] == 2
+
+
+def test_the_bootstrap_is_imported_only_while_nothing_is_stored(engine: sa.Engine) -> None:
+    assert catalog_store.import_if_empty(engine, _documents, AT) is True
+    with engine.connect() as conn:
+        before = _counts(conn)
+    assert catalog_store.import_if_empty(engine, lambda: [{"version": 1, "plans": []}], AT) is False
+    with engine.connect() as conn:
+        assert _counts(conn) == before
+
+
+def test_billing_catalog_import_twice_changes_nothing_and_export_reads_back(
+        engine: sa.Engine, db_schema: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from services.cli import app
+
+    monkeypatch.setenv("BILLING_DATABASE_SCHEMA", db_schema)
+    monkeypatch.setenv("BILLING_CLOCK", "real")
+    runner = CliRunner()
+    first = runner.invoke(app, ["catalog", "import", str(CATALOG_DIR)])
+    assert first.exit_code == 0, first.output
+    assert json.loads(first.output)["changed"] is True
+    second = runner.invoke(app, ["catalog", "import", str(CATALOG_DIR)])
+    assert second.exit_code == 0 and json.loads(second.output)["changed"] is False, second.output
+    exported = runner.invoke(app, ["catalog", "export"])
+    assert exported.exit_code == 0, exported.output
+    document = yaml.safe_load(exported.output)
+    assert {p["id"] for p in document["plans"]} == {str(p) for p in load_default_catalog().plans}
