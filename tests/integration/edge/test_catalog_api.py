@@ -131,7 +131,8 @@ async def test_a_plan_created_through_the_api_is_subscribed_metered_and_invoiced
     assert real_worker.poll() is None, "the worker exited"
 
 
-async def test_catalog_writes_are_refused_with_their_field_and_code(client: httpx.AsyncClient) -> None:
+async def test_catalog_writes_are_refused_with_their_field_and_code(  # type: ignore[no-untyped-def]
+        client: httpx.AsyncClient, container) -> None:
     negative = await call(client, "POST", "/v1/plans", {**PLAN, "id": "bad_plan", "price": "-1.00"})
     assert negative.status_code == 422, negative.text
     assert (negative.json()["code"], negative.json()["errors"]) == (
@@ -151,8 +152,22 @@ async def test_catalog_writes_are_refused_with_their_field_and_code(client: http
     renamed = await call(client, "PATCH", "/v1/meters/uploads", {"name": "Uploads", "archived": True})
     assert renamed.status_code == 200, renamed.text
     assert renamed.json()["definition"]["name"] == "Uploads" and renamed.json()["archived_at"] is not None
+    key = {**ADMIN, "Idempotency-Key": f"k-{uuid.uuid4().hex}"}
+    body = {**METER, "id": "downloads", "event_type": "download"}
+    created, replayed = [await client.post("/v1/meters", json=body, headers=key) for _ in range(2)]
+    assert (created.status_code, replayed.status_code) == (201, 201), replayed.text  # replayed, not 409
+    assert replayed.json() == created.json()
     missing = await call(client, "GET", "/v1/plans/no_such_plan")
     assert (missing.status_code, missing.json()["code"]) == (404, "unknown_plan"), missing.text
+    import sqlalchemy as sa
+
+    from shared.adapters.postgres.schema.edge import audit_log
+    with container.engine.connect() as conn:
+        audited = conn.execute(sa.select(audit_log.c.action, audit_log.c.details)
+                               .where(audit_log.c.action.like("catalog.meter.%"))).all()
+    assert ("catalog.meter.create", {"meter_id": "uploads"}) in [tuple(a) for a in audited]
+    assert ["catalog.meter.create" for a in audited if a.details.get("meter_id") == "downloads"] == [
+        "catalog.meter.create"]  # the replay wrote nothing
 
 
 async def test_a_new_version_is_current_and_the_old_one_is_kept(client: httpx.AsyncClient) -> None:
