@@ -150,8 +150,9 @@ async def upcoming_invoice(subscription_id: PathId, principal: Principal = Depen
                            container: Container = Depends(get_container)) -> UpcomingInvoiceView:
     await _authorized(container, principal, subscription_id)
     now = await run_in_threadpool(container.clock.now)
+    catalog = await run_in_threadpool(container.current_catalog)  # the stored catalog (API plans, versions)
     upcoming = await run_in_threadpool(
-        previews.upcoming_invoice, previews.SqlSnapshots(container.engine, container.catalog), container.catalog,
+        previews.upcoming_invoice, previews.SqlSnapshots(container.engine, catalog), catalog,
         subscription_id, now=now, authorize=lambda customer_id: authorize_customer(principal, customer_id))
     return UpcomingInvoiceView(subscription_id=upcoming.subscription_id, customer_id=upcoming.customer_id,
                                as_of=upcoming.as_of, invoice=invoice_view(upcoming.invoice))
@@ -166,15 +167,17 @@ async def upcoming_invoice(subscription_id: PathId, principal: Principal = Depen
 async def preview_change(subscription_id: PathId, body: ChangePreviewRequest,
                          principal: Principal = Depends(require(Scope.READ)),
                          container: Container = Depends(get_container)) -> ChangePreviewView:
-    if body.plan_id is not None and body.plan_id not in container.catalog.plans:
+    catalog = await run_in_threadpool(container.current_catalog, body.plan_id)
+    if body.plan_id is not None and body.plan_id not in catalog.plans:
         raise ProblemError(422, "Unknown plan", f"unknown plan {body.plan_id!r}", slug="validation",
                            errors=[FieldError(field="plan_id", reason="not in the catalog")])
     await _authorized(container, principal, subscription_id)
     instant: datetime = body.at if body.at is not None else await run_in_threadpool(container.clock.now)
-    request = previews.ChangeRequest(plan_id=body.plan_id, seats=body.seats, timing=body.timing)
+    plan_id = container.current_plan_id(body.plan_id) if body.plan_id is not None else None  # as change-plan
+    request = previews.ChangeRequest(plan_id=plan_id, seats=body.seats, timing=body.timing)
     try:
         preview = await run_in_threadpool(
-            previews.preview_change, previews.SqlSnapshots(container.engine, container.catalog), container.catalog,
+            previews.preview_change, previews.SqlSnapshots(container.engine, catalog), catalog,
             subscription_id, request, at=instant,
             authorize=lambda customer_id: authorize_customer(principal, customer_id))
     except DomainError as refused:  # what the worker would store as the command's rejection

@@ -234,6 +234,10 @@ async def test_a_price_change_migrated_at_the_period_end_bills_the_period_under_
     migrated = await call(client, "POST", f"/v1/subscriptions/{sid}/migrate", {"at": "period_end"})
     assert migrated.status_code == 200, migrated.text
     assert (migrated.json()["plan_id"], migrated.json()["pending_plan_id"]) == ("metered", "metered@v2")
+    upcoming = await call(client, "GET", f"/v1/subscriptions/{sid}/upcoming-invoice")
+    assert upcoming.status_code == 200, upcoming.text  # the preview reads the stored catalog too
+    assert [(line["kind"], line["amount_minor"]) for line in upcoming.json()["invoice"]["lines"]
+            if line["kind"] == "usage"] == [("usage", 50)]
     newcomer = await onboard(client, payment_method_id="pm_card_visa")
     fresh = await call(client, "POST", "/v1/subscriptions", {"customer_id": newcomer["customer_id"],
                                                             "plan_id": "metered"})
