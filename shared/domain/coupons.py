@@ -25,6 +25,19 @@ from shared.domain.money import Money
 
 CouponId = NewType("CouponId", str)
 
+#: Separates a plan id from its version in the id of a later version ("pro@v2"); see the catalog store.
+PLAN_VERSION_SEPARATOR = "@v"
+
+
+def plan_family(plan_id: str) -> str:
+    """The plan a catalog plan id is a version of: "pro@v2" -> "pro", "pro" -> "pro".
+
+    A coupon restricted to a plan applies to every version of it (a price change must not silently end a
+    customer's discount).
+    """
+    base, separator, version = plan_id.rpartition(PLAN_VERSION_SEPARATOR)
+    return base if separator and version.isdigit() else plan_id
+
 
 class DiscountType(StrEnum):
     PERCENT = "percent"
@@ -107,7 +120,7 @@ class Coupon:
             raise CouponNotRedeemableError(
                 f"coupon {self.id} reached its maximum of {self.max_redemptions} redemptions", code="coupon_exhausted"
             )
-        if self.plan_ids and plan_id not in self.plan_ids:
+        if self.plan_ids and plan_family(plan_id) not in {plan_family(p) for p in self.plan_ids}:
             raise CouponNotRedeemableError(f"coupon {self.id} does not apply to plan {plan_id}",
                                            code="coupon_not_for_plan")
 

@@ -15,6 +15,7 @@ from shared.domain.coupons import (
     CouponScope,
     DiscountType,
     apply_coupon,
+    plan_family,
 )
 from shared.domain.errors import CouponNotRedeemableError, InvalidValueError
 from shared.domain.money import Money
@@ -119,6 +120,17 @@ def test_redemption_rules_expiry_max_redemptions_and_plans():
         coupon.check_redeemable(plan_id="pro", times_redeemed=2, at=AT)
     with pytest.raises(CouponNotRedeemableError, match="does not apply to plan team"):
         coupon.check_redeemable(plan_id="team", times_redeemed=0, at=AT)
+
+
+def test_a_plan_restriction_matches_every_version_of_the_plan():
+    coupon = percent("10", plan_ids=frozenset({"pro"}))
+    coupon.check_redeemable(plan_id="pro@v2", times_redeemed=0, at=AT)
+    coupon.check_redeemable(plan_id="pro@v12", times_redeemed=0, at=AT)
+    with pytest.raises(CouponNotRedeemableError, match="does not apply to plan pro-plus@v2"):
+        coupon.check_redeemable(plan_id="pro-plus@v2", times_redeemed=0, at=AT)
+    with pytest.raises(CouponNotRedeemableError, match="does not apply to plan pro@vx"):
+        coupon.check_redeemable(plan_id="pro@vx", times_redeemed=0, at=AT)
+    assert plan_family("pro@v2") == plan_family("pro") == "pro"
 
 
 def test_malformed_coupons_are_refused():
