@@ -278,7 +278,8 @@ class CustomerDeleted(Payload):
 
 
 class InvoiceEvent(Payload):
-    """invoice.finalized / invoice.paid / invoice.voided / invoice.uncollectible / invoice.payment_failed"""
+    """invoice.finalized / invoice.paid / invoice.voided / invoice.uncollectible / invoice.payment_failed /
+    invoice.drafted"""
 
     invoice_id: str
     subscription_id: str
@@ -292,6 +293,7 @@ class InvoiceEvent(Payload):
     decline_code: str | None = None
     hard_decline: bool = False
     attempt_no: int | None = None
+    finalizes_at: AwareDatetime | None = None  # invoice.drafted: when its grace ends
 
 
 class CreditNoteCreated(Payload):
@@ -394,6 +396,7 @@ PAYLOADS: dict[str, type[Payload]] = {
     "invoice.voided": InvoiceEvent,
     "invoice.uncollectible": InvoiceEvent,
     "invoice.payment_failed": InvoiceEvent,
+    "invoice.drafted": InvoiceEvent,
     "credit_note.created": CreditNoteCreated,
     "subscription.status_changed": SubscriptionStatusChanged,
     "credits.granted": CreditsChanged,

@@ -13,7 +13,7 @@ from typing import Any, Final
 # Every public name, with what it means. Names marked "not produced yet" are accepted in an endpoint's
 # subscription (so a receiver can subscribe ahead) but no service emits them today.
 CATALOG: Final[Mapping[str, str]] = {
-    "invoice.drafted": "a period-close invoice was stored as a draft during its grace (not produced yet)",
+    "invoice.drafted": "a period-close invoice was stored as a draft during its grace",
     "invoice.finalized": "an invoice was numbered and is owed (or settled at once by the balance)",
     "invoice.paid": "an invoice was paid in full",
     "invoice.payment_failed": "a payment attempt of an invoice failed",
@@ -32,7 +32,7 @@ CATALOG: Final[Mapping[str, str]] = {
     "quota.on_track_to_limit": "an org is on track to reach its monthly report limit",
 }
 ALL_EVENTS: Final = "*"
-NOT_PRODUCED_YET: Final = frozenset({"invoice.drafted", "credits.balance_low", "alert.triggered"})
+NOT_PRODUCED_YET: Final = frozenset({"credits.balance_low", "alert.triggered"})
 
 
 def _subscription_status(payload: Mapping[str, Any]) -> str:

@@ -467,8 +467,8 @@ class BillingUnitOfWork(abc.ABC):
         self._write()
 
     def _store_drafts(self) -> None:
-        """Store the invoices issued as drafts (no number, no payment attempt, no event: dunning never sees
-        them) with the instant their grace ends."""
+        """Store the invoices issued as drafts (no number, no payment attempt; dunning never sees them) with
+        the instant their grace ends, announced as `invoice.drafted` (issue 15: webhooks can show it)."""
         if not self.drafts:
             return
         items = [InvoiceToStore(item.invoice, item.plan_id, item.state.subscription.payment_method_id,
@@ -484,6 +484,8 @@ class BillingUnitOfWork(abc.ABC):
                            customer_id=item.state.subscription.customer_id, command_id=item.command_id,
                            detail={"total_minor": invoice.total.amount_minor, "currency": invoice.currency,
                                    "finalizes_at": until.isoformat()})
+            self.emit("invoice.drafted", invoice_event(invoice, item.state, finalizes_at=until), key=item.state.id,
+                      event_id=event_uuid(invoice.id, "invoice.drafted"), at=invoice.created_at, correlation=None)
 
     def _finalise(self) -> None:
         if not self.issued:
