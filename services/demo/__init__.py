@@ -29,6 +29,7 @@ import time
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ from rich.table import Table
 
 from services.demo.audit import run_invariants, summarise
 from services.demo.paid_at_provider import pay_on_hosted_page
-from services.demo.population import REPLACEMENT_CARD, DemoCustomer, build_population
+from services.demo.population import GOOD_CARD, REPLACEMENT_CARD, DemoCustomer, build_population
 from services.demo.processes import Quiescence, ServiceProcess, free_port, wait_http_ready
 from services.demo.render import render_invoices
 from services.demo.webhook_receiver import WebhookReceiver
@@ -318,6 +319,47 @@ async def mid_month_changes(edge: Edge, people: list[DemoCustomer], rng: random.
         counters.add("top_ups" if resp.status_code == 200 else "top_ups_failed")
 
 
+async def catalog_through_the_api(edge: Edge, counters: Counters) -> None:
+    """Part of the catalog is made through the API, not YAML: a launch coupon some customers subscribe with."""
+    resp = await edge.call("POST", "/v1/coupons", {
+        "id": "LAUNCH15", "name": "15% off the first three months", "percent_off": "15", "duration": "repeating",
+        "duration_periods": 3, "max_redemptions": 40}, expect=(200, 201))
+    counters.add("catalog_coupons_created" if resp.status_code in (200, 201) else "catalog_coupon_failed")
+
+
+async def price_change(edge: Edge, people: list[DemoCustomer], rng: random.Random, counters: Counters) -> None:
+    """Mid-month the pro fee goes up by USD 1 through the API: a new plan version that new subscribers get, while
+    six pro subscribers are migrated to it at their period end (January is still billed at the old price)."""
+    resp = await edge.call("GET", "/v1/plans/pro")
+    if resp.status_code != 200:
+        counters.add("catalog_price_change_failed")
+        return
+    definition = dict(resp.json()["definition"])
+    definition.pop("id", None)
+    definition["price"] = str(Decimal(definition["price"]) + 1)
+    created = await edge.call("POST", "/v1/plans/pro/versions", definition, expect=(200, 201))
+    if created.status_code not in (200, 201):
+        counters.add("catalog_price_change_failed")
+        return
+    counters.add("catalog_plan_versions_created")
+    pro = [c for c in people if c.subscription_id and c.plan_id == "pro"]
+    for c in rng.sample(pro, min(6, len(pro))):
+        moved = await edge.call("POST", f"/v1/subscriptions/{c.subscription_id}/migrate", {"at": "period_end"},
+                                expect=(200, 202, 409))
+        counters.add("catalog_migrations_scheduled" if moved.status_code in (200, 202) else "catalog_migration_refused")
+
+
+async def sell_prepaid_credits(edge: Edge, people: list[DemoCustomer], rng: random.Random,
+                               counters: Counters) -> None:
+    """Some pro customers with a working card buy USD 20 of inference credit: an invoice charged at once, the
+    credit granted when it is paid (and drawn at the close)."""
+    buyers = [c for c in people if c.subscription_id and c.plan_id == "pro" and c.payment_method == GOOD_CARD]
+    for c in rng.sample(buyers, min(10, len(buyers))):
+        resp = await edge.call("POST", f"/v1/subscriptions/{c.subscription_id}/credit-purchases",
+                               {"meter_id": "inference", "amount_minor": 2000}, expect=(200, 201, 202))
+        counters.add("credit_purchases_made" if resp.status_code in (200, 201, 202) else "credit_purchase_failed")
+
+
 async def corrections(edge: Edge, people: list[DemoCustomer], rng: random.Random, counters: Counters) -> None:
     """An operator's corrections after the close: void a few invoices still open, and credit notes on paid
     ones (half refunded through the gateway, half credited to the customer's balance, which their next invoice
@@ -412,6 +454,7 @@ async def simulate(settings: Settings, engine: sa.Engine, base_url: str, people:
                       console=console, transient=False) as progress:
             t0 = time.perf_counter()
             await register_webhook_endpoint(edge, receiver)
+            await catalog_through_the_api(edge, counters)
             await onboard(edge, people, progress)
             quiet.wait()
             timings["onboarding_s"] = time.perf_counter() - t0
@@ -437,6 +480,10 @@ async def simulate(settings: Settings, engine: sa.Engine, base_url: str, people:
                     quiet.wait()
                     paid = pay_on_hosted_page(engine, people)
                     counters.add("paid_at_provider_without_webhook", len(paid))
+                if day == 8:
+                    await sell_prepaid_credits(edge, people, rng, counters)
+                if day == 10:
+                    await price_change(edge, people, rng, counters)
                 if day == 12:
                     await mid_month_changes(edge, people, rng, counters)
                 quiet.wait()
@@ -523,6 +570,9 @@ def report(engine: Any, counters: Counters, timings: dict[str, float], wall_s: f
     }
     summary["reports"] = {k: v for k, v in c.items() if k.startswith("reports_") or k.startswith("top_ups")}
     summary["changes"] = {k: v for k, v in c.items() if k.startswith("change_") or k.startswith("card")}
+    summary["catalog_and_credits"] = {
+        **{k: v for k, v in c.items() if k.startswith(("catalog_", "credit_purchase"))},
+        **summary.pop("catalog_and_credits_stored", {})}
     summary["corrections"] = {**{k.removeprefix("corrections_"): v for k, v in c.items()
                                  if k.startswith("corrections_")}, **summary.pop("corrections_stored", {})}
     summary["dunning"]["cards_replaced"] = c["cards_replaced"]
@@ -560,6 +610,7 @@ def _print_summary(s: dict[str, Any]) -> None:
     t.add_row("recovered by reconciliation",
               f"{d['invoices_recovered_by_reconciliation']} invoices found paid at the provider and settled "
               f"({d['paid_at_provider_without_webhook']} paid on the hosted page, webhook lost)")
+    t.add_row("catalog and credits", json.dumps(s["catalog_and_credits"]))
     t.add_row("corrections", json.dumps(s["corrections"]))
     w = s["webhooks"]
     t.add_row("webhooks", f"deliveries {json.dumps(w.get('by_status', {}))}; receiver got "

@@ -241,6 +241,15 @@ def summarise(engine: sa.Engine) -> dict[str, Any]:
             conn, "SELECT count(*) FROM payment_attempts WHERE reason <> 'initial'")
         dunning["invoices_recovered_by_reconciliation"] = invoices_recovered_by_reconciliation(conn)
         dlq_like = _scalar(conn, "SELECT count(*) FROM command_outcomes WHERE status = 'rejected'")
+        catalog_and_credits = {
+            "plan_versions": _pairs(conn, "SELECT plan_id, count(*) FROM catalog_plan_versions GROUP BY 1 ORDER BY 1"),
+            "subscriptions_on_a_new_version": _pairs(
+                conn, "SELECT coalesce(pending_plan_id, plan_id), count(*) FROM subscriptions "
+                      "WHERE plan_id LIKE '%@v%' OR pending_plan_id LIKE '%@v%' GROUP BY 1"),
+            "credit_purchases_by_status": _pairs(conn, "SELECT status, count(*) FROM credit_purchases GROUP BY 1"),
+            "launch_coupon_redemptions": _scalar(
+                conn, "SELECT count(*) FROM coupon_attachments WHERE coupon_id = 'LAUNCH15'"),
+        }
         webhooks = {
             "by_status": _pairs(conn, "SELECT status, count(*) FROM webhook_deliveries GROUP BY status"),
             "attempts": _scalar(conn, "SELECT count(*) FROM webhook_delivery_attempts"),
@@ -277,4 +286,5 @@ def summarise(engine: sa.Engine) -> dict[str, Any]:
         "commands_rejected": dlq_like,
         "corrections_stored": {k: int(v) for k, v in corrections.items()},
         "webhook_deliveries": webhooks,
+        "catalog_and_credits_stored": catalog_and_credits,
     }

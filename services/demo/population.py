@@ -100,7 +100,8 @@ def build_population(total: int, seed: int = 20260101) -> list[DemoCustomer]:
                 c.payment_method = SOFT_DECLINE
                 c.fixes_card_during_dunning = rng.random() < 0.5
             if c.segment == "usage" and rng.random() < 0.10:
-                c.coupon_id = rng.choice(("WELCOME20", "FIVE_OFF", "PARTNER10"))
+                # LAUNCH15 is made through the catalog API when the demo starts; the others come from YAML
+                c.coupon_id = rng.choice(("WELCOME20", "FIVE_OFF", "PARTNER10", "LAUNCH15"))
             if c.segment == "usage" and c.plan_id == "pro" and rng.random() < 0.15:
                 c.trial_days = 14
         else:
