@@ -70,4 +70,5 @@ def build_edge_services(container: Container) -> EdgeServices:
         authenticator=Authenticator(container.engine, container.settings.admin_api_key.get_secret_value()),
         idempotency=IdempotencyStore(container.engine), metrics=EdgeMetrics(),
         directory=CustomerDirectory(container.engine),
-        spend=SpendService(container.engine, container.clock, container.catalog, is_dependency_outage))
+        spend=SpendService(container.engine, container.clock, container.catalog, is_dependency_outage,
+                           current_catalog=container.current_catalog))

@@ -62,7 +62,7 @@ async def build_quota_service(container: Container, metrics: EdgeMetrics | None 
     try:
         await pool.open(wait=True)
         service = quota_service(QuotaStore(pool), container.clock, container.catalog, AlertNotifications(notifier),
-                                metrics)
+                                metrics, current_catalog=container.current_catalog)
     except BaseException:
         await pool.close()
         await notifier.aclose()
@@ -77,7 +77,8 @@ async def build_quota_service(container: Container, metrics: EdgeMetrics | None 
 
 
 def quota_service(store: QuotaStorePort, clock: Clock, catalog: Catalog, alerts: AlertNotifications,
-                  metrics: EdgeMetrics | None = None) -> QuotaService:
+                  metrics: EdgeMetrics | None = None, *,
+                  current_catalog: Callable[[], Catalog] | None = None) -> QuotaService:
     """The report quota's use cases over ``store`` (the unit tests pass an in-memory store)."""
     metrics = metrics or EdgeMetrics()
     loop_clock = EventLoopClock(clock)
@@ -86,4 +87,4 @@ def quota_service(store: QuotaStorePort, clock: Clock, catalog: Catalog, alerts:
                                lambda path, seconds: batch_seconds.labels(path).observe(seconds))
     admission = QuotaAdmission(committer, loop_clock, alerts, catalog.meter(REPORT_METER).event_type,
                                metrics.quota_batch_size.observe)
-    return QuotaService(admission, QuotaAdmin(store, loop_clock, catalog, committer))
+    return QuotaService(admission, QuotaAdmin(store, loop_clock, catalog, committer, current_catalog))

@@ -107,7 +107,7 @@ async def grant(subscription_id: PathId, body: GrantRequest, request: Request,
                                   units=body.units, priority=body.priority, effective_at=body.effective_at,
                                   expires_at=body.expires_at, description=body.description)
     accepted, grant_id = await run_in_threadpool(partial(
-        credits.grant, uow, container.catalog, subscription_id, wanted, idempotency_key=idempotency_key,
+        credits.grant, uow, container.current_catalog(), subscription_id, wanted, idempotency_key=idempotency_key,
         principal=principal, authorize=partial(authorize_customer, principal), now=now,
         request_id=request.headers.get("x-request-id")))
     return await _answer(container, uow, accepted, grant_id, created=True)
@@ -160,7 +160,7 @@ async def purchase(subscription_id: PathId, body: PurchaseRequest, request: Requ
                    uow: UnitOfWorkFactory = Depends(unit_of_work)) -> JSONResponse:
     now = await run_in_threadpool(container.clock.now)
     accepted, purchase_id = await run_in_threadpool(partial(
-        credits.purchase, uow, container.catalog, subscription_id, body.meter_id, body.amount_minor,
+        credits.purchase, uow, container.current_catalog(), subscription_id, body.meter_id, body.amount_minor,
         body.price_minor, body.expires_at, idempotency_key=idempotency_key, principal=principal,
         authorize=partial(authorize_customer, principal), now=now, request_id=request.headers.get("x-request-id")))
     outcome = await worker_outcome(container, uow, accepted)
@@ -194,7 +194,7 @@ async def set_auto_recharge(subscription_id: PathId, body: AutoRechargeRequest, 
                             principal: Principal = Depends(require(Scope.ADMIN)),
                             container: Container = Depends(get_container)) -> AutoRechargeView:
     return await run_in_threadpool(partial(
-        credits.set_auto_recharge, container.engine, container.catalog, subscription_id, body.meter_id,
+        credits.set_auto_recharge, container.engine, container.current_catalog(), subscription_id, body.meter_id,
         body.threshold_minor, body.target_minor, body.enabled, principal=principal,
         authorize=partial(authorize_customer, principal), request_id=request.headers.get("x-request-id")))
 

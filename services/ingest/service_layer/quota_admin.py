@@ -9,7 +9,7 @@ remembered of the org.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -71,15 +71,39 @@ class QuotaAdmin:
     """The administrative use cases of the report quota and the read of an org's state."""
 
     def __init__(self, store: OrgConfigStore, clock: EventLoopClock, catalog: Catalog,
-                 committer: BatchCommitter) -> None:
+                 committer: BatchCommitter, current_catalog: Callable[[], Catalog] | None = None) -> None:
+        """``current_catalog``: the catalog now (the stored one: report plans created through the API);
+        ``catalog`` when not given. The report plans are derived again only when its snapshot changes."""
         self._store = store
         self._clock = clock
         self._committer = committer
-        self._plans, trial_plan = report_plans(catalog)
+        self._current_catalog = current_catalog
+        self._derived_from: Catalog | None = None
+        self._derive(catalog)
+
+    def _derive(self, catalog: Catalog) -> None:
+        self._derived_from = catalog
+        self._monthly, trial_plan = report_plans(catalog)
         if trial_plan is not None and trial_plan.quota is not None:
-            self._trial = TrialAllowance(trial_plan.quota.limit, trial_plan.quota.window_days or 14)
+            self._trial_allowance = TrialAllowance(trial_plan.quota.limit, trial_plan.quota.window_days or 14)
         else:
-            self._trial = TrialAllowance()
+            self._trial_allowance = TrialAllowance()
+
+    def _refreshed(self) -> None:
+        if self._current_catalog is not None:
+            catalog = self._current_catalog()
+            if catalog is not self._derived_from:
+                self._derive(catalog)
+
+    @property
+    def _plans(self) -> dict[str, Plan]:
+        self._refreshed()
+        return self._monthly
+
+    @property
+    def _trial(self) -> TrialAllowance:
+        self._refreshed()
+        return self._trial_allowance
 
     def plan(self, plan: str) -> Plan:
         found = self._plans.get(plan.strip().lower())
@@ -104,6 +128,13 @@ class QuotaAdmin:
                                     month_plan_reports=plan.quota.limit)
         self._committer.forget(org_id, timezone=tz)
         return await self.view(org_id)
+
+    async def subscription_of(self, org_id: str) -> str | None:
+        """The billing subscription the org's report plan is billed on (None: none known or no such org)."""
+        try:
+            return (await self._store.org(org_id)).subscription_id
+        except UnknownOrg:
+            return None
 
     async def start_trial(self, org_id: str, *, timezone: str | None = None) -> QuotaView:
         """Start the org's one trial now (a second call changes nothing); refused for an org on a plan."""

@@ -135,18 +135,25 @@ class SpendService:
     """Balance, cap and authorisation of usage-tier spend (see the module docstring)."""
 
     def __init__(self, engine: sa.Engine, clock: Clock, catalog: Catalog,
-                 is_outage: Callable[[BaseException], bool]) -> None:
+                 is_outage: Callable[[BaseException], bool],
+                 current_catalog: Callable[[str | None], Catalog] | None = None) -> None:
         """``is_outage``: whether an error reading PostgreSQL is an outage (the gate then serves what it
-        last read) rather than a failure to raise."""
+        last read) rather than a failure to raise. ``current_catalog``: the catalog now, given the plan id
+        wanted (the stored catalog: plans created through the API); ``catalog`` when not given."""
         self._engine = engine
         self._clock = clock
         self._catalog = catalog
+        self._current_catalog = current_catalog
         self._repository = SpendStore()
         self._locks: dict[str, asyncio.Lock] = {}
         meter = catalog.meter(SPEND_METER)
         self.event_type = meter.event_type
         self.value_property = meter.value_property or "quantity"
         self.gate = SpendGate(self, is_outage)
+
+    def catalog_for(self, plan_id: str) -> Catalog:
+        """The catalog that prices ``plan_id`` now (the stored one when wired, reloaded for a new plan)."""
+        return self._catalog if self._current_catalog is None else self._current_catalog(plan_id)
 
     # --- reads ----------------------------------------------------------------------------------------
 
@@ -155,8 +162,9 @@ class SpendService:
         subscription = self._repository.live_subscription(conn, org_id)
         if subscription is None:
             raise QuotaRefused(QuotaRefusalCode.NO_SUBSCRIPTION, f"org {org_id!r} has no live subscription")
-        plan = self._catalog.plans.get(subscription.plan_id)  # type: ignore[call-overload]
-        pricing = spend_pricing(self._catalog, subscription.plan_id)
+        catalog = self.catalog_for(subscription.plan_id)
+        plan = catalog.plans.get(subscription.plan_id)  # type: ignore[call-overload]
+        pricing = spend_pricing(catalog, subscription.plan_id)
         if plan is None or pricing is None or pricing.unit_price is None:
             raise QuotaRefused(QuotaRefusalCode.NO_USAGE_TIER,
                                f"plan {subscription.plan_id!r} does not price {SPEND_METER} usage")
@@ -368,7 +376,7 @@ class SpendGate:
     def _plan_kind(self, plan_id: str) -> bool | None:
         """True: the plan blocks compute beyond its credits; False: bills it; None: does not price it."""
         if plan_id not in self._blocking_plans:
-            pricing = spend_pricing(self._service._catalog, plan_id)
+            pricing = spend_pricing(self._service.catalog_for(plan_id), plan_id)
             self._blocking_plans[plan_id] = None if pricing is None else pricing.overage is OveragePolicy.BLOCK
         return self._blocking_plans[plan_id]
 

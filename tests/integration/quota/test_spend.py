@@ -235,3 +235,23 @@ async def test_an_authorisation_whose_properties_the_worker_would_refuse_is_a_42
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM spend_reservations WHERE org_id = :org"),
                             {"org": org}).scalar_one() == 0
+
+
+async def test_a_plan_created_through_the_catalog_api_is_priced_by_the_spend_gate(
+        edge: EdgeServer, engine: sa.Engine) -> None:
+    """The spend gate reads the stored catalog (not the YAML loaded at start): an API plan including
+    USD 0.20 of inference, blocked beyond, admits 150,000 + 50,000 micros and refuses 1 more."""
+    plan = {"id": "api_tier", "name": "API tier", "family": "usage_tiers", "interval": "month", "currency": "USD",
+            "price": "5.00", "meters": {"inference": {"unit_price": "0.000001", "overage": "block",
+                                                      "included": {"amount": "0.20", "pooling": "org"}}}}
+    created = await admin(edge.url, "POST", "/v1/plans", plan)
+    assert created.status_code == 201, created.text
+    org = _org_on(engine, "api_tier")
+
+    assert (await _balance(edge, org))["included_credits_minor"] == 20
+    first, rest, over = [(await _authorise(edge.url, org, [(rid, q)]))[0]
+                         for rid, q in (("a1", 150_000), ("a2", 50_000), ("a3", 1))]
+
+    assert first.status_code == 200 and first.json()["remaining_quantity"] == 50_000
+    assert rest.status_code == 200 and rest.json()["remaining_quantity"] == 0
+    assert over.status_code == 402 and over.json()["reason"] == "included_credits_exhausted"
