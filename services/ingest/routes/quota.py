@@ -47,15 +47,19 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field, ValidationError, field_validator
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from services.ingest.auth import Principal, Scope, authenticate, forbidden, require, resolve_org
+from services.ingest.container import Container, get_container
 from services.ingest.ids import BodyId, PathId, check_path_id
 from services.ingest.problems import PROBLEM_JSON, PROBLEM_RESPONSES, Problem, problem_bytes, problem_type
 from services.ingest.quota_spend import spend_service_of
 from services.ingest.service_layer.quota_admin import QuotaService, QuotaView
 from services.ingest.service_layer.quota_admission import CreditAnswer
+from services.ingest.service_layer.quota_subscription import follow_report_plan
 from services.ingest.service_layer.spend import OrgSpend, SpendAnswer, SpendService
+from services.ingest.service_layer.unit_of_work import sql_unit_of_work
 from services.ingest.time_zones import TimeZoneName
 from shared.contracts.usage_rules import properties_problem
 from shared.domain.quota import QuotaDenialReason
@@ -261,9 +265,19 @@ router.add_api_route("/orgs/{org_id}/report-credits", use_report_credit, methods
 @router.put("/orgs/{org_id}/plan", response_model=QuotaState, responses=PROBLEM_RESPONSES,
             summary="Set the org's report plan")
 async def set_plan(org_id: PathId, body: SetPlan, principal: Annotated[Principal, Depends(require(Scope.ADMIN))],
-                   quota: Annotated[QuotaService, Depends(get_quota)]) -> QuotaState:
-    view = await quota.admin.set_plan(resolve_org(principal, org_id), body.plan, timezone=body.timezone,
-                                      subscription_id=body.subscription_id)
+                   quota: Annotated[QuotaService, Depends(get_quota)], request: Request,
+                   container: Annotated[Container, Depends(get_container)]) -> QuotaState:
+    """Also creates or changes the org's billing subscription on the plan (`follow_report_plan`)."""
+    org = resolve_org(principal, org_id)
+    plan_id = container.current_plan_id(quota.admin.plan(body.plan).id)  # an unknown plan: refused first
+    known = body.subscription_id or await quota.admin.subscription_of(org)
+    catalog = await run_in_threadpool(container.current_catalog, plan_id)
+    followed = await run_in_threadpool(
+        follow_report_plan, sql_unit_of_work(container.engine), catalog, org, plan_id,
+        known, principal=principal, now=await run_in_threadpool(container.clock.now),
+        request_id=request.headers.get("x-request-id"))
+    view = await quota.admin.set_plan(org, body.plan, timezone=body.timezone,
+                                      subscription_id=followed.subscription_id or body.subscription_id)
     return QuotaState.of(view)
 
 

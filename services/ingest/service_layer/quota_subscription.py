@@ -1,0 +1,70 @@
+"""The billing subscription behind an org's report plan (issue 15, item 4: one subscription model).
+
+`PUT /v1/quota/orgs/{org}/plan` puts the org on a report plan of the catalog (``reports_basic`` ...); this
+use case makes its billing subscription follow, through the ordinary lifecycle commands (outbox ->
+`commands.v1` -> the worker, the only writer of subscriptions), so the invoice bills the plan whose allotment
+the quota admits:
+
+- the org's subscription (the one named in the request, else the one the quota store remembers) is changed
+  to the plan at once (``timing="immediate"``: the allotment changes at once too, so the fee is prorated
+  like any immediate upgrade or downgrade); nothing is sent when the read model already shows that plan;
+- an org that is a billing customer without such a subscription (or whose subscription ended) is
+  subscribed to the plan;
+- an org that is not a billing customer (a quota-only org) has no invoice: nothing is sent, as before.
+
+The quota's HTTP answer does not change: the command is committed to the outbox before the quota store is
+changed, so an accepted plan change always reaches the worker; its outcome is the worker's to record
+(`GET /v1/commands/{id}`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from services.ingest.auth import Principal
+from services.ingest.service_layer.lifecycle import Accepted, Subscribe, send_command, subscribe
+from services.ingest.service_layer.unit_of_work import UnitOfWorkFactory
+from shared.contracts.messages import ChangePlan
+from shared.domain.catalog import Catalog
+
+ENDED = frozenset({"cancelled"})
+
+
+@dataclass(frozen=True)
+class ReportSubscription:
+    """What the plan change did to billing: the subscription (None: a quota-only org) and the command sent
+    (None: nothing to change)."""
+
+    subscription_id: str | None
+    accepted: Accepted | None = None
+
+
+def follow_report_plan(uow: UnitOfWorkFactory, catalog: Catalog, org_id: str, plan_id: str,
+                       subscription_id: str | None, *, principal: Principal, now: datetime,
+                       request_id: str | None) -> ReportSubscription:
+    """Create or change the org's billing subscription so that it is on ``plan_id`` (see the module)."""
+    if subscription_id is not None:
+        with uow() as work:
+            owner = work.owner_of(subscription_id)
+            row = work.subscription(subscription_id)
+        if owner is None or owner != org_id:
+            return ReportSubscription(None)  # not a subscription of this org: the quota keeps its own key
+        if row is not None and row.get("status") in ENDED:
+            subscription_id = None  # ended: the org is subscribed anew below
+        elif row is not None and row.get("plan_id") == plan_id:
+            return ReportSubscription(subscription_id)
+    if subscription_id is not None:
+        accepted = send_command(
+            uow, subscription_id,
+            lambda customer_id: ChangePlan(subscription_id=subscription_id, customer_id=customer_id,
+                                           plan_id=plan_id, timing="immediate"),
+            "subscription.change_plan", principal=principal, authorize=lambda _customer_id: None, now=now,
+            request_id=request_id, plan_id=plan_id, timing="immediate", source="quota.set_plan")
+        return ReportSubscription(subscription_id, accepted)
+    with uow() as work:
+        if work.customer_terms(org_id) is None:
+            return ReportSubscription(None)
+    accepted = subscribe(uow, catalog, Subscribe(customer_id=org_id, plan_id=plan_id), principal=principal,
+                         now=now, request_id=request_id)
+    return ReportSubscription(accepted.subscription_id, accepted)

@@ -1,0 +1,156 @@
+"""One subscription model for report quotas (issue 15, item 4), through the API and the REAL billing worker (a
+subprocess running its consumer and scheduler on the edge's schema, topics and simulated clock).
+
+`PUT /v1/quota/orgs/{org}/plan` answers as before (the quota state) and now also subscribes the org (a billing
+customer) to the report plan the first time, and changes that subscription at once to the new plan later: the
+allotment comes from the plan in the catalog (Basic 100 reports, Ultimate 1000) and the next period-close
+invoice bills the Ultimate fee (USD 799.00 a month in advance, example prices of report_plans.yaml).
+A quota-only org (not a billing customer) gets no subscription, as before.
+
+Hand-computed: subscribed on Basic at 10 Mar 12:00 (invoice 99.00 for 10 Mar - 10 Apr), changed to Ultimate on
+15 Mar 12:00 with 26 of the period's 31 days left: proration -99.00 x 26/31 = -83.03 and +799.00 x 26/31 =
++670.13 (587.10); the close at 10 Apr bills Ultimate 799.00 for 10 Apr - 10 May.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from pydantic import SecretStr
+
+from services.ingest.quota_wiring import build_quota_service
+from shared.adapters.postgres.schema.billing import subscriptions
+
+from .conftest import ADMIN, ADMIN_KEY, START, onboard
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[3]
+ANSWER_WAIT_SECONDS = 60.0  # the worker subprocess joins its consumer group first
+
+
+@pytest.fixture(scope="module")
+def edge_settings(settings):  # type: ignore[no-untyped-def]
+    return settings.model_copy(update={"clock": "simulated", "simulated_clock_start": START.isoformat(),
+                                       "command_wait_seconds": ANSWER_WAIT_SECONDS,
+                                       "admin_api_key": SecretStr(ADMIN_KEY), "database_pool_size": 5,
+                                       "scheduler_interval_s": 0.2})
+
+
+@pytest.fixture(scope="module")
+def real_worker(edge_settings, container) -> Iterator[subprocess.Popen[bytes]]:  # type: ignore[no-untyped-def]
+    """The billing worker (consumer, scheduler, executor) as a process on the edge's schema and topics."""
+    proc = subprocess.Popen([sys.executable, "-m", "services.billing_worker", "--no-relay"], cwd=REPO,
+                            env={**os.environ, **edge_settings.to_env()}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    yield proc
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+async def call(client: httpx.AsyncClient, method: str, url: str, body: Any = None) -> httpx.Response:
+    response = await client.request(method, url, json=body, headers=ADMIN)
+    assert response.status_code != 202, f"the worker did not answer {url} in {ANSWER_WAIT_SECONDS} s"
+    return response
+
+
+async def until(probe: Any, what: str, timeout: float = ANSWER_WAIT_SECONDS) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = await probe()
+        if found:
+            return found
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.2)
+
+
+async def advance_to(client: httpx.AsyncClient, instant: datetime) -> None:
+    now = datetime.fromisoformat((await call(client, "GET", "/v1/clock")).json()["now"])
+    if instant > now:
+        moved = await call(client, "POST", "/v1/clock/advance", {"seconds": int((instant - now).total_seconds())})
+        assert moved.status_code == 200, moved.text
+
+
+def subscriptions_of(engine: sa.Engine, customer_id: str) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(
+            sa.select(subscriptions).where(subscriptions.c.customer_id == customer_id))]
+
+
+async def on_plan(engine: sa.Engine, customer_id: str, plan_id: str) -> dict[str, Any]:
+    async def probe() -> dict[str, Any] | None:
+        rows = subscriptions_of(engine, customer_id)
+        return rows[0] if len(rows) == 1 and rows[0]["plan_id"] == plan_id else None
+    found: dict[str, Any] = await until(probe, f"the subscription of {customer_id} on {plan_id}")
+    return found
+
+
+async def invoice_of(client: httpx.AsyncClient, customer_id: str, period_end: datetime) -> dict[str, Any]:
+    async def probe() -> dict[str, Any] | None:
+        page = (await call(client, "GET", f"/v1/customers/{customer_id}/invoices?limit=100")).json()["data"]
+        for invoice in page:
+            if invoice["kind"] == "period_close" and datetime.fromisoformat(invoice["period_end"]) == period_end:
+                return dict(invoice)
+        return None
+    found: dict[str, Any] = await until(probe, f"the invoice of the period ending {period_end}")
+    return found
+
+
+async def test_a_report_org_changed_from_basic_to_ultimate_gets_the_ultimate_allotment_and_invoice(
+        app: Any, container: Any, client: httpx.AsyncClient, real_worker: subprocess.Popen[bytes]) -> None:
+    service, close = await build_quota_service(container)
+    app.state.quota = service
+    try:
+        org = (await onboard(client, payment_method_id="pm_card_visa"))["customer_id"]
+        basic = await call(client, "PUT", f"/v1/quota/orgs/{org}/plan", {"plan": "Basic"})
+        assert basic.status_code == 200, basic.text
+        assert (basic.json()["plan_id"], basic.json()["allotment"]) == ("reports_basic", 100)
+        sub = await on_plan(container.engine, org, "reports_basic")  # created by the worker
+        assert sub["status"] == "active"
+
+        await advance_to(client, START + timedelta(days=5))
+        ultimate = await call(client, "PUT", f"/v1/quota/orgs/{org}/plan", {"plan": "Ultimate"})
+        assert ultimate.status_code == 200, ultimate.text
+        assert (ultimate.json()["plan_id"], ultimate.json()["allotment"]) == ("reports_ultimate", 1000)  # at once
+        read = (await call(client, "GET", f"/v1/quota/orgs/{org}")).json()
+        assert (read["plan_name"], read["allotment"], read["remaining"]) == ("Ultimate", 1000, 1000)
+        changed = await on_plan(container.engine, org, "reports_ultimate")  # the same subscription, changed
+        assert changed["subscription_id"] == sub["subscription_id"]
+
+        again = await call(client, "PUT", f"/v1/quota/orgs/{org}/plan", {"plan": "reports_ultimate"})
+        assert again.status_code == 200, again.text  # nothing to change: no command, one subscription
+        assert len(subscriptions_of(container.engine, org)) == 1
+
+        period_end = changed["current_period_end"]
+        await advance_to(client, period_end + timedelta(minutes=5))
+        invoice = await invoice_of(client, org, period_end)
+        fees = [(line["kind"], line["amount_minor"]) for line in invoice["lines"] if line["kind"] == "fee"]
+        change = next(i for i in (await call(client, "GET", f"/v1/customers/{org}/invoices?limit=100")).json()["data"]
+                      if i["kind"] == "subscription_change")
+        # 31-day period (10 Mar 12:00 - 10 Apr 12:00), changed on 15 Mar 12:00, 26 days left:
+        # Basic 99.00 x 26/31 = 83.03 back, Ultimate 799.00 x 26/31 = 670.13 due, net 587.10
+        assert [(line["kind"], line["amount_minor"]) for line in change["lines"]] == [
+            ("proration", -8_303), ("proration", 67_013)]
+        assert fees == [("fee", 79_900)], invoice["lines"]  # the next period of Ultimate, in advance
+
+        quota_only = f"org_{uuid.uuid4().hex[:10]}"  # not a billing customer: the quota alone, as before
+        alone = await call(client, "PUT", f"/v1/quota/orgs/{quota_only}/plan", {"plan": "Lite"})
+        assert (alone.status_code, alone.json()["allotment"]) == (200, 20), alone.text
+        assert subscriptions_of(container.engine, quota_only) == []
+    finally:
+        app.state.quota = None
+        await close()
