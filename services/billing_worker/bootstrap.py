@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 
+from services.billing_worker.adapters.alert_hints import AlertHints, chained
 from services.billing_worker.adapters.recharge_hints import RechargeHints
 from services.billing_worker.adapters.sql_unit_of_work import SqlBillingUnitOfWork
 from services.billing_worker.adapters.usage import MeterMap, UsageMaterializer, close_usages
@@ -215,8 +216,9 @@ def build_worker(settings: Settings, *, handlers: Mapping[str, Handler] | None =
         overrides["heartbeat.interval.ms"] = max(100, session_timeout_ms // 5)
     provider = CatalogProvider(engine, catalog, refresh_seconds=0)
     processor = BatchProcessor(bus, live_sql_unit_of_work(provider, materializer),
-                               materializer, clock, after_usage=RechargeHints(
-                                   provider.current, refresh_seconds=settings.auto_recharge_refresh_s))
+                               materializer, clock, after_usage=chained(RechargeHints(
+                                   provider.current, refresh_seconds=settings.auto_recharge_refresh_s),
+                                   AlertHints(provider.current, refresh_seconds=settings.auto_recharge_refresh_s)))
     consumer = ExactlyOnceConsumer(settings, engine, processor, dlq,
                                    topics=CONSUMED_TOPICS, instance_id=me, consumer_overrides=overrides,
                                    commit_lanes=commit_lanes)

@@ -33,6 +33,7 @@ from services.ingest.problems import OutageMiddleware, install_problem_handlers
 from services.ingest.quota_wiring import build_quota_service
 from services.ingest.relay import build_relay
 from services.ingest.routes import (
+    alerts,
     api_keys,
     catalog,
     clock,
@@ -141,7 +142,7 @@ def _route_modules() -> list:  # type: ignore[type-arg]
     # and matching through every other router cost ~30 % of a report-credit request's CPU.
     return [ingest, quota_routes, health, api_keys, customers, subscriptions, reads, documents, notifications,
             webhooks, clock, invoice_lines, previews, drafts, credit_notes, invoices,
-            webhook_endpoints, credits, catalog]
+            webhook_endpoints, credits, catalog, alerts]
 
 
 def _document_raw_bodies(app: FastAPI) -> None:

@@ -293,6 +293,7 @@ ANSWERS: Mapping[type[BillingError], Mapping[str, Answer]] = {
         "unknown_credit_note": Answer(404, "not-found", "Unknown credit note"),
         "unknown_credit_grant": Answer(404, "not-found", "Unknown credit grant"),
         "invalid_credit_grant": Answer(422, "invalid-credit-grant", "Invalid credit grant"),
+        "invalid_alert_settings": Answer(422, "invalid-alert-settings", "Invalid alert settings"),
     },
     ReplayRefused: {
         "customer_unknown": Answer(409, "customer-unknown", "Customer still unknown"),

@@ -347,6 +347,34 @@ class QuotaAlert(Payload):
     reason: str
 
 
+class AlertTriggered(Payload):
+    """alert.triggered: the subscription's usage spend in the period reached a configured threshold (once per
+    period and threshold)."""
+
+    subscription_id: str
+    customer_id: str
+    kind: str = "spend"
+    amount_minor: int  # the period's usage spend when it fired
+    threshold_minor: int
+    currency: str
+    period_start: AwareDatetime
+    period_end: AwareDatetime | None = None
+
+
+class CreditsBalanceLow(Payload):
+    """credits.balance_low: a meter's credit left fell below its configured threshold (once per period and
+    threshold)."""
+
+    subscription_id: str
+    customer_id: str
+    meter_id: str
+    remaining_minor: int
+    threshold_minor: int
+    currency: str
+    period_start: AwareDatetime
+    period_end: AwareDatetime | None = None
+
+
 class PaymentMethodUpdated(Payload):
     subscription_id: str
     customer_id: str
@@ -404,6 +432,8 @@ PAYLOADS: dict[str, type[Payload]] = {
     "quota.threshold_reached": QuotaAlert,
     "quota.limit_reached": QuotaAlert,
     "quota.on_track_to_exceed": QuotaAlert,
+    "alert.triggered": AlertTriggered,
+    "credits.balance_low": CreditsBalanceLow,
     "payment_method.updated": PaymentMethodUpdated,
     "payment_method.removed": PaymentMethodRemoved,
 }

@@ -25,14 +25,14 @@ CATALOG: Final[Mapping[str, str]] = {
     "subscription.cancelled": "a subscription was cancelled",
     "credits.granted": "credits were granted to a subscription",
     "credits.expired": "credits expired unused",
-    "credits.balance_low": "a credit balance fell below its threshold (not produced yet)",
-    "alert.triggered": "a spend or balance alert fired (not produced yet)",
+    "credits.balance_low": "a meter's credit left fell below its alert threshold (once per period and threshold)",
+    "alert.triggered": "the period's usage spend reached an alert threshold (once per period and threshold)",
     "quota.threshold_reached": "an org used a configured share of its report quota",
     "quota.limit_reached": "an org (or one of its users) reached its report limit",
     "quota.on_track_to_limit": "an org is on track to reach its monthly report limit",
 }
 ALL_EVENTS: Final = "*"
-NOT_PRODUCED_YET: Final = frozenset({"credits.balance_low", "alert.triggered"})
+NOT_PRODUCED_YET: Final[frozenset[str]] = frozenset()
 
 
 def _subscription_status(payload: Mapping[str, Any]) -> str:

@@ -80,6 +80,12 @@ class InvalidCreditGrant(LifecycleRefusal):
     code = "invalid_credit_grant"
 
 
+class InvalidAlertSettings(LifecycleRefusal):
+    """Alert settings that break their rules (a threshold not positive, repeated, a meter without money credit)."""
+
+    code = "invalid_alert_settings"
+
+
 class NoLongerVoidable(LifecycleRefusal):
     """Voiding an invoice that is paid or void already."""
 
