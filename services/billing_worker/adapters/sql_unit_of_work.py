@@ -19,12 +19,12 @@ from services.billing_worker.adapters import billing_repository as repo
 from services.billing_worker.adapters import credit_notes
 from services.billing_worker.adapters import credit_purchases as purchases
 from services.billing_worker.adapters import payment_attempts as attempts
-from services.billing_worker.adapters.billed_usage import billed_usage
 from services.billing_worker.adapters.grace_usage import grace_usage
 from services.billing_worker.adapters.outbox import outbox_row
 from services.billing_worker.service_layer.model import InvoiceToStore, LedgerState, SubscriptionState
 from services.billing_worker.service_layer.unit_of_work import BillingUnitOfWork, UsageClose
 from shared.adapters.postgres import customer_balance
+from shared.adapters.postgres.billed_usage import billed_usage
 from shared.adapters.postgres.schema.core import command_outcomes, outbox
 from shared.adapters.postgres.usage_reads import usage_since
 from shared.domain.catalog import Catalog

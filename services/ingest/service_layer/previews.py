@@ -27,10 +27,11 @@ import sqlalchemy as sa
 from services.ingest.service_layer.refusals import NoUpcomingInvoice, UnknownSubscription
 from shared.adapters.postgres.billing_snapshots import BillingSnapshot, load_snapshot
 from shared.domain.calendar import ensure_utc
-from shared.domain.catalog import Catalog, ChangeTiming, credit_kinds
+from shared.domain.catalog import Catalog, ChangeTiming, Plan, credit_kinds
 from shared.domain.ids import invoice_id_for
 from shared.domain.invoice import Invoice, InvoiceKey, InvoiceReason
-from shared.domain.rating import change_invoice, close_period, end_trial
+from shared.domain.late_usage import late_usage_as_rated
+from shared.domain.rating import LateUsage, change_invoice, close_period, end_trial
 from shared.domain.subscription import CLOSABLE_STATUSES, ChangeKind, SubscriptionStatus
 
 Timing = Literal["auto", "immediate", "period_end"]
@@ -117,6 +118,14 @@ def _settle(invoice: Invoice, snap: BillingSnapshot) -> None:
     snap.balance_minor += invoice.settle_balance(snap.balance_minor).balance_change_minor
 
 
+def _late_as_rated(snap: BillingSnapshot, plan: Plan) -> list[LateUsage]:
+    """The snapshot's late usage as the worker's close rates it (``late_usage.late_usage_as_rated``): a meter
+    with tiers or packages per period it belongs to, priced at its marginal position after what it billed."""
+    sub = snap.subscription
+    return late_usage_as_rated(snap.late_usage, snap.late_hours, plan, anchor=sub.anchor, interval=sub.interval,
+                               seats=sub.seats, billed_before=snap.billed_before_late)
+
+
 def next_invoice(snap: BillingSnapshot, catalog: Catalog, *, as_of: datetime) -> InvoicePreview | None:
     """The next invoice the worker will issue for `snap` on its own (no command): the close of the open
     period at its end, or the first invoice at the end of a trial; None when there is none (cancelled, or a
@@ -129,7 +138,7 @@ def next_invoice(snap: BillingSnapshot, catalog: Catalog, *, as_of: datetime) ->
         # the worker's end_trial: the trial's usage so far rated against its credits, on the invoice issued then
         ended = end_trial(subscription=sub, plan=plan, usage_totals_by_meter=snap.usage_totals, credits=snap.ledger,
                           coupon=coupon, tax_rate_bps=snap.tax_rate_bps, at=at,
-                          has_payment_method=sub.payment_method_id is not None, late_usage=snap.late_usage)
+                          has_payment_method=sub.payment_method_id is not None, late_usage=_late_as_rated(snap, plan))
         if ended.result is None:
             return None
         _settle(ended.result.invoice, snap)
@@ -143,7 +152,7 @@ def next_invoice(snap: BillingSnapshot, catalog: Catalog, *, as_of: datetime) ->
         subscription=sub, plan=plan, usage_totals_by_meter=snap.usage_totals, credits=snap.ledger, coupon=coupon,
         tax_rate_bps=snap.tax_rate_bps, at=closed.end, invoice_id=invoice_id_for(key),
         next_plan=catalog.plan(sub.pending_plan_id) if sub.pending_plan_id else None,
-        pending_proration_lines=sub.carried_credit_lines(snap.currency), late_usage=snap.late_usage)
+        pending_proration_lines=sub.carried_credit_lines(snap.currency), late_usage=_late_as_rated(snap, plan))
     _settle(result.invoice, snap)
     return InvoicePreview(result.invoice, plan.id, closed.end, estimate=ensure_utc(as_of) < closed.end)
 

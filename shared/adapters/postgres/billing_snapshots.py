@@ -14,13 +14,14 @@ Nothing here writes. The snapshot's usage is what a period close would bill as t
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
 
+from shared.adapters.postgres.billed_usage import billed_usage
 from shared.adapters.postgres.schema.billing import (
     credit_entries,
     credit_grants,
@@ -28,9 +29,9 @@ from shared.adapters.postgres.schema.billing import (
     invoices,
     subscriptions,
 )
-from shared.adapters.postgres.schema.usage import usage_aggregates
+from shared.adapters.postgres.schema.usage import usage_aggregates, usage_events
 from shared.adapters.postgres.usage_reads import usage_since
-from shared.domain.calendar import BillingAnchor, Interval, Period
+from shared.domain.calendar import BillingAnchor, Interval, Period, period_containing
 from shared.domain.catalog import MeterId, PlanId
 from shared.domain.coupons import AppliedCoupon, CouponId
 from shared.domain.ids import CustomerId, SubscriptionId
@@ -137,6 +138,14 @@ class BillingSnapshot:
     usage_totals: dict[MeterId, Decimal]  # usage of the open period so far
     late_usage: list[LateUsage]  # unbilled usage of closed periods, as the close groups it
     balance_minor: int = 0  # the customer's credit balance in `currency` left for the next finalisations
+    # the late usage hour by hour (meter, hour, unbilled quantity) and what the anchored periods it belongs to
+    # billed before it: how the close rates late usage of a meter with a pricing model (tiers, packages)
+    late_hours: list[tuple[str, datetime, Decimal]] = field(default_factory=list)
+    late_billed: dict[tuple[str, Period], Decimal] = field(default_factory=dict)
+
+    def billed_before_late(self, meter: str, period: Period, quantity: Decimal) -> Decimal:
+        """What ``period`` billed of ``meter`` before its late units (``late_usage.late_usage_as_rated``)."""
+        return self.late_billed.get((meter, period), Decimal(0))
 
 
 def _balance_left(conn: sa.Connection, customer_id: str, currency: str) -> int:
@@ -190,6 +199,41 @@ def _late_usage(conn: sa.Connection, subscription_id: str, period_start: datetim
                             for meter, quantity in pending.items() if quantity > 0 and meter in spans)
 
 
+def _late_hours(conn: sa.Connection, sub: Subscription, period_start: datetime
+                ) -> tuple[list[tuple[str, datetime, Decimal]], dict[tuple[str, Period], Decimal]]:
+    """The unbilled hours before ``period_start`` (those of a DRAFT's period excluded, as in ``_late_usage``)
+    per meter, and what each anchored period they belong to billed so far (``billed_usage``, read before any
+    close marks them: the position the close prices them from).
+
+    # NOTE: the hour straddling a period start that is not on the hour holds current usage too: its events
+    # from the period start on are left out, as ``usage_since`` does.
+    """
+    agg = usage_aggregates.c
+    lo = period_start.astimezone(UTC)
+    unbilled = [agg.subscription_id == sub.id, agg.bucket_start < lo, agg.quantity != agg.billed_quantity]
+    for draft in _drafts(conn, sub.id):
+        unbilled.append(sa.not_(sa.and_(agg.bucket_start >= _floor_hour(draft.start), agg.bucket_start < draft.end)))
+    hours: dict[tuple[str, datetime], Decimal] = {
+        (meter, bucket.astimezone(UTC)): Decimal(quantity) for meter, bucket, quantity in conn.execute(
+            sa.select(agg.meter_id, agg.bucket_start, agg.quantity - agg.billed_quantity).where(*unbilled))}
+    straddle = _floor_hour(lo)
+    if straddle != lo:
+        e = usage_events.c
+        for meter, quantity in conn.execute(
+                sa.select(e.meter_id, sa.func.sum(e.quantity))
+                .where(e.subscription_id == sub.id, e.meter_id.is_not(None), e.occurred_at >= lo,
+                       e.occurred_at < straddle + timedelta(hours=1)).group_by(e.meter_id)):
+            if (meter, straddle) in hours:
+                hours[(meter, straddle)] -= Decimal(quantity)
+    late = [(meter, bucket, quantity) for (meter, bucket), quantity in sorted(hours.items()) if quantity]
+    billed: dict[tuple[str, Period], Decimal] = {}
+    for meter, bucket, _ in late:
+        period = period_containing(sub.anchor, sub.interval, bucket)
+        if (meter, period) not in billed:
+            billed[(meter, period)] = billed_usage(conn, sub.id, [meter], period.start, period.end)[meter]
+    return late, billed
+
+
 def _floor_hour(at: datetime) -> datetime:
     return at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
@@ -212,8 +256,10 @@ def load_snapshot(conn: sa.Connection, subscription_id: str, kinds: Mapping[str,
     ledger = ledger_of_rows(subscription_id, row.currency, row.timezone, kinds, grants.get(subscription_id, []),
                             entries.get(subscription_id, []))
     usage = usage_since(conn, subscription_id, sub.current_period.start)
+    late_hours, late_billed = _late_hours(conn, sub, sub.current_period.start) if usage.pending_late else ([], {})
     return BillingSnapshot(
         subscription=sub, currency=row.currency, timezone=row.timezone, tax_rate_bps=row.tax_rate_bps,
         ledger=ledger, usage_totals={MeterId(m): Decimal(q) for m, q in usage.totals.items()},
         late_usage=_late_usage(conn, subscription_id, sub.current_period.start, usage.pending_late),
-        balance_minor=_balance_left(conn, row.customer_id, row.currency))
+        balance_minor=_balance_left(conn, row.customer_id, row.currency), late_hours=late_hours,
+        late_billed=late_billed)

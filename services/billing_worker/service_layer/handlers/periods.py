@@ -16,13 +16,13 @@ from services.billing_worker.service_layer.model import SubscriptionState
 from services.billing_worker.service_layer.unit_of_work import BillingUnitOfWork
 from shared.contracts.envelope import Envelope
 from shared.contracts.messages import ClosePeriod
-from shared.domain.calendar import Period, ensure_utc, period_containing
+from shared.domain.calendar import Period, ensure_utc
 from shared.domain.catalog import MeterId, Plan
 from shared.domain.errors import DomainError
 from shared.domain.ids import invoice_id_for
 from shared.domain.invoice import InvoiceKey, InvoiceReason
 from shared.domain.invoice_grace import finalizes_at
-from shared.domain.late_usage import group_late_usage
+from shared.domain.late_usage import group_late_usage, late_usage_as_rated
 from shared.domain.rating import LateUsage, close_final_period
 from shared.domain.rating import close_period as rate_closed_period
 from shared.domain.subscription import CLOSABLE_STATUSES, Subscription
@@ -161,32 +161,14 @@ def _late_usage(late: Sequence[Any]) -> list[LateUsage]:
 
 def _late_usage_as_rated(uow: BillingUnitOfWork, sub: Subscription, plan: Plan,
                          late: Sequence[Any]) -> list[LateUsage]:
-    """Late usage as the close rates it: per unit meters grouped per meter over the hours it came from
-    (`_late_usage`); meters with a pricing model (tiers, packages, a minimum) per (meter, period it belongs to),
-    with what that period billed before, so rating prices the late units at their marginal position.
+    """Late usage as the close rates it (``late_usage.late_usage_as_rated``, which the edge's preview applies
+    too): what a period billed before its late units is read after this close's own marks, less them."""
+    def billed_before(meter: str, period: Period, quantity: Decimal) -> Decimal:
+        return uow.billed_usage(sub.id, [meter], period.start, period.end)[meter] - quantity
 
-    # NOTE: the period of a late hour is the anchored period containing it (a plan or interval change since may
-    # have cut it differently); the included units that period drew are taken as min(billed, the plan's
-    # included units), what its close drew when nothing else fed the meter's credits.
-    """
-    pricings = {item.meter_id: plan.pricing_for(item.meter_id) for item in late}  # "<meter>/<value>" too
-    priced = {meter for meter, pricing in pricings.items() if pricing is not None and pricing.price is not None}
-    out = _late_usage([item for item in late if item.meter_id not in priced])
-    groups: dict[tuple[str, Period], Decimal] = {}
-    for item in late:
-        if item.meter_id in priced:
-            key = (item.meter_id, period_containing(sub.anchor, sub.interval, item.bucket_start))
-            groups[key] = groups.get(key, Decimal(0)) + Decimal(item.quantity)
-    for (meter, period), quantity in groups.items():
-        if not quantity:
-            continue
-        billed = max(Decimal(0), uow.billed_usage(sub.id, [meter], period.start, period.end)[meter] - quantity)
-        pricing = pricings[meter]
-        included = pricing.included if pricing is not None else None
-        units = included.for_seats(sub.seats) if included is not None else None
-        out.append(LateUsage(MeterId(meter), period, quantity, billed_quantity=billed,
-                             billed_included=min(billed, units) if isinstance(units, Decimal) else Decimal(0)))
-    return sorted(out, key=lambda item: (item.meter_id, item.period.start))
+    return late_usage_as_rated(_late_usage(late), [(i.meter_id, i.bucket_start, Decimal(i.quantity)) for i in late],
+                               plan, anchor=sub.anchor, interval=sub.interval, seats=sub.seats,
+                               billed_before=billed_before)
 
 
 CLOSE_PERIOD = Handler(close_period, prefetch=prefetch_closes, precheck=closable)

@@ -4,7 +4,8 @@ A late unit of a graduated, volume or package price is priced at its marginal po
 billed (``shared.domain.pricing``). The buckets record which of their events were billed: those ingested up to
 ``usage_aggregates.billed_through`` (set by whatever billed the bucket: a close, a late adjustment, usage billed
 onto a draft). Read inside the close's transaction after its own marks, this counts the late units being billed
-now too; the caller subtracts them.
+now too; the caller subtracts them. The edge's preview (``billing_snapshots``) reads it before any mark: what
+the period billed before its late units, as the close will see it.
 """
 
 from __future__ import annotations
