@@ -269,6 +269,8 @@ async def set_plan(org_id: PathId, body: SetPlan, principal: Annotated[Principal
                    container: Annotated[Container, Depends(get_container)]) -> QuotaState:
     """Also creates or changes the org's billing subscription on the plan (`follow_report_plan`)."""
     org = resolve_org(principal, org_id)
+    # NOTE: the subscription and the allotment both take the plan's CURRENT version (as change-plan does), so a
+    # later version of the plan (another limit, another price) never splits what is admitted from what is billed.
     plan_id = container.current_plan_id(quota.admin.plan(body.plan).id)  # an unknown plan: refused first
     known = body.subscription_id or await quota.admin.subscription_of(org)
     catalog = await run_in_threadpool(container.current_catalog, plan_id)
@@ -276,7 +278,7 @@ async def set_plan(org_id: PathId, body: SetPlan, principal: Annotated[Principal
         follow_report_plan, sql_unit_of_work(container.engine), catalog, org, plan_id,
         known, principal=principal, now=await run_in_threadpool(container.clock.now),
         request_id=request.headers.get("x-request-id"))
-    view = await quota.admin.set_plan(org, body.plan, timezone=body.timezone,
+    view = await quota.admin.set_plan(org, plan_id, timezone=body.timezone,
                                       subscription_id=followed.subscription_id or body.subscription_id)
     return QuotaState.of(view)
 

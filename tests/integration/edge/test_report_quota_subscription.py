@@ -154,3 +154,35 @@ async def test_a_report_org_changed_from_basic_to_ultimate_gets_the_ultimate_all
     finally:
         app.state.quota = None
         await close()
+
+
+TEAM = {"id": "reports_team", "name": "Team", "family": "report_quota", "interval": "month", "currency": "USD",
+        "price": "50.00", "meters": {"reports": {"overage": "block"}},
+        "quota": {"meter": "reports", "limit": 300, "window": "calendar_month"}}
+
+
+async def test_the_allotment_and_the_subscription_take_the_same_current_version_of_a_report_plan(
+        app: Any, container: Any, client: httpx.AsyncClient, real_worker: subprocess.Popen[bytes]) -> None:
+    """A report plan made through the catalog API, then a second version (400 reports, USD 60.00): the org's
+    allotment is the current version's, the version its subscription is on (before: 300, the first one's)."""
+    service, close = await build_quota_service(container)
+    app.state.quota = service
+    try:
+        assert (await call(client, "POST", "/v1/plans", TEAM)).status_code == 201
+        definition = {k: v for k, v in TEAM.items() if k != "id"}
+        second = await call(client, "POST", "/v1/plans/reports_team/versions",
+                            {**definition, "price": "60.00", "quota": {**TEAM["quota"], "limit": 400}})  # type: ignore[dict-item]
+        assert second.json()["current_version"] == 2, second.text
+        org = (await onboard(client, payment_method_id="pm_card_visa"))["customer_id"]
+
+        async def put() -> httpx.Response | None:  # the quota's catalog snapshot catches up within seconds
+            answer = await call(client, "PUT", f"/v1/quota/orgs/{org}/plan", {"plan": "reports_team"})
+            return answer if answer.status_code == 200 and answer.json()["plan_id"] == "reports_team@v2" else None
+        team = await until(put, "the second version of reports_team at the quota")
+        assert team.json()["allotment"] == 400, team.text
+        await on_plan(container.engine, org, "reports_team@v2")
+        read = (await call(client, "GET", f"/v1/quota/orgs/{org}")).json()
+        assert (read["plan_name"], read["allotment"]) == ("Team", 400)
+    finally:
+        app.state.quota = None
+        await close()
