@@ -38,6 +38,7 @@ one visibility latency; callers that need a hard limit authorise first.
 from __future__ import annotations
 
 import math
+import uuid
 from collections.abc import Callable, Coroutine
 from datetime import datetime
 from typing import Annotated, Any
@@ -57,7 +58,7 @@ from services.ingest.problems import PROBLEM_JSON, PROBLEM_RESPONSES, Problem, p
 from services.ingest.quota_spend import spend_service_of
 from services.ingest.service_layer.quota_admin import QuotaService, QuotaView
 from services.ingest.service_layer.quota_admission import CreditAnswer
-from services.ingest.service_layer.quota_subscription import follow_report_plan
+from services.ingest.service_layer.quota_subscription import follow_report_plan, grant_top_up
 from services.ingest.service_layer.spend import OrgSpend, SpendAnswer, SpendService
 from services.ingest.service_layer.unit_of_work import sql_unit_of_work
 from services.ingest.time_zones import TimeZoneName
@@ -313,9 +314,17 @@ async def set_alert_thresholds(org_id: PathId, body: SetThresholds,
 @router.post("/orgs/{org_id}/top-ups", response_model=TopUpResult, responses=PROBLEM_RESPONSES,
              summary="Top up the org's reports for the current month (admin only)")
 async def top_up(org_id: PathId, body: TopUp, principal: Annotated[Principal, Depends(require(Scope.ADMIN))],
-                 quota: Annotated[QuotaService, Depends(get_quota)]) -> TopUpResult:
-    view, applied, expires_at = await quota.admin.top_up(resolve_org(principal, org_id), body.reports,
-                                                         top_up_id=body.top_up_id, granted_by=principal.key_id)
+                 quota: Annotated[QuotaService, Depends(get_quota)], request: Request,
+                 container: Annotated[Container, Depends(get_container)]) -> TopUpResult:
+    """Also a unit credit of the org's billing subscription on the ``reports`` meter (`grant_top_up`)."""
+    org = resolve_org(principal, org_id)
+    top_up_id = body.top_up_id or f"topup_{uuid.uuid4().hex}"
+    view, applied, expires_at = await quota.admin.top_up(org, body.reports, top_up_id=top_up_id,
+                                                         granted_by=principal.key_id)
+    await run_in_threadpool(
+        grant_top_up, sql_unit_of_work(container.engine), org, await quota.admin.subscription_of(org), body.reports,
+        top_up_id, expires_at, principal=principal, now=await run_in_threadpool(container.clock.now),
+        request_id=request.headers.get("x-request-id"))
     return TopUpResult(applied=applied, expires_at=expires_at, state=QuotaState.of(view))
 
 

@@ -12,6 +12,12 @@ the quota admits:
   subscribed to the plan;
 - an org that is not a billing customer (a quota-only org) has no invoice: nothing is sent, as before.
 
+A top-up (`POST .../top-ups`) is also a unit credit of that subscription on the ``reports`` meter
+(`credits.grant`, source ``top_up``, expiring at the month's end; its grant id derives from the subscription
+and the top-up id, so a replayed top-up is applied once by the worker too). The admission does NOT read the
+ledger: it decides on the quota store's month row as before (one read per batch, the benchmarked path); the
+grant makes the top-up visible where every other credit of the subscription is (grants, ledger, invoices).
+
 The quota's HTTP answer does not change: the command is committed to the outbox before the quota store is
 changed, so an accepted plan change always reaches the worker; its outcome is the worker's to record
 (`GET /v1/commands/{id}`).
@@ -19,16 +25,19 @@ changed, so an accepted plan change always reaches the worker; its outcome is th
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 
 from services.ingest.auth import Principal
 from services.ingest.service_layer.lifecycle import Accepted, Subscribe, send_command, subscribe
 from services.ingest.service_layer.unit_of_work import UnitOfWorkFactory
-from shared.contracts.messages import ChangePlan
+from shared.contracts.messages import ChangePlan, GrantCredits
 from shared.domain.catalog import Catalog
 
 ENDED = frozenset({"cancelled"})
+REPORT_METER = "reports"
 
 
 @dataclass(frozen=True)
@@ -68,3 +77,30 @@ def follow_report_plan(uow: UnitOfWorkFactory, catalog: Catalog, org_id: str, pl
     accepted = subscribe(uow, catalog, Subscribe(customer_id=org_id, plan_id=plan_id), principal=principal,
                          now=now, request_id=request_id)
     return ReportSubscription(accepted.subscription_id, accepted)
+
+
+def top_up_grant_id(subscription_id: str, top_up_id: str) -> str:
+    """`rq_<32 hex>`: one grant per (subscription, top-up id), whatever the number of retries."""
+    return "rq_" + hashlib.sha256(f"{subscription_id}|{top_up_id}".encode()).hexdigest()[:32]
+
+
+def grant_top_up(uow: UnitOfWorkFactory, org_id: str, subscription_id: str | None, reports: int, top_up_id: str,
+                 expires_at: datetime, *, principal: Principal, now: datetime, request_id: str | None
+                 ) -> Accepted | None:
+    """Send the top-up as ``reports`` unit credits of the org's subscription (None: the org has none)."""
+    if subscription_id is None:
+        return None
+    with uow() as work:
+        if work.owner_of(subscription_id) != org_id:
+            return None
+    grant_id = top_up_grant_id(subscription_id, top_up_id)
+    sid = subscription_id
+
+    def build(customer_id: str) -> GrantCredits:
+        return GrantCredits(subscription_id=sid, customer_id=customer_id, grant_id=grant_id,
+                            meter_id=REPORT_METER, units=Decimal(reports), source="top_up", expires_at=expires_at,
+                            effective_at=now, description=f"report top-up {top_up_id}")
+
+    return send_command(uow, sid, build, "credits.grant", principal=principal, authorize=lambda _customer_id: None,
+                        now=now, request_id=request_id, grant_id=grant_id, meter_id=REPORT_METER,
+                        units=str(reports), source="top_up", top_up_id=top_up_id)

@@ -5,7 +5,9 @@ subprocess running its consumer and scheduler on the edge's schema, topics and s
 customer) to the report plan the first time, and changes that subscription at once to the new plan later: the
 allotment comes from the plan in the catalog (Basic 100 reports, Ultimate 1000) and the next period-close
 invoice bills the Ultimate fee (USD 799.00 a month in advance, example prices of report_plans.yaml).
-A quota-only org (not a billing customer) gets no subscription, as before.
+A top-up (50 reports, sent twice with one id) is 1050 at the quota and ONE unit grant of 50 on the `reports`
+meter of the subscription, expiring at the month's end. A quota-only org (not a billing customer) gets no
+subscription, as before.
 
 Hand-computed: subscribed on Basic at 10 Mar 12:00 (invoice 99.00 for 10 Mar - 10 Apr), changed to Ultimate on
 15 Mar 12:00 with 26 of the period's 31 days left: proration -99.00 x 26/31 = -83.03 and +799.00 x 26/31 =
@@ -130,6 +132,19 @@ async def test_a_report_org_changed_from_basic_to_ultimate_gets_the_ultimate_all
         assert (read["plan_name"], read["allotment"], read["remaining"]) == ("Ultimate", 1000, 1000)
         changed = await on_plan(container.engine, org, "reports_ultimate")  # the same subscription, changed
         assert changed["subscription_id"] == sub["subscription_id"]
+
+        for _ in range(2):  # a top-up replayed with its id: applied once, by the quota and by the ledger
+            topped = await call(client, "POST", f"/v1/quota/orgs/{org}/top-ups", {"reports": 50, "top_up_id": "tu-1"})
+            assert topped.status_code == 200, topped.text
+        assert topped.json()["state"]["allotment"] == 1050
+        grants_url = f"/v1/subscriptions/{sub['subscription_id']}/credit-grants"
+
+        async def top_up_granted() -> list[dict[str, Any]]:
+            grants = (await call(client, "GET", grants_url)).json()
+            return [g for g in grants if g["source"] == "top_up"]
+        [grant] = await until(top_up_granted, "the top-up as a credit grant of the subscription")
+        assert (grant["meter_id"], float(grant["granted_units"])) == ("reports", 50.0)
+        assert datetime.fromisoformat(grant["expires_at"]) == datetime.fromisoformat(topped.json()["expires_at"])
 
         again = await call(client, "PUT", f"/v1/quota/orgs/{org}/plan", {"plan": "reports_ultimate"})
         assert again.status_code == 200, again.text  # nothing to change: no command, one subscription

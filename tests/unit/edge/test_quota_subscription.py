@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from services.ingest.auth import Principal, Scope
-from services.ingest.service_layer.quota_subscription import follow_report_plan
+from services.ingest.service_layer.quota_subscription import follow_report_plan, grant_top_up, top_up_grant_id
 from shared.adapters.catalog_file import load_default_catalog
 
 from .fakes import FakeDatabase
@@ -85,3 +85,28 @@ def test_an_ended_subscription_is_replaced_by_a_new_one() -> None:
 
     assert new.subscription_id not in (None, old)
     assert [e.type for _, _, e in db.state.outbox] == ["subscription.create", "subscription.create"]
+
+
+def test_a_top_up_is_one_unit_grant_on_the_reports_meter_of_the_orgs_subscription_per_top_up_id() -> None:
+    db = _database()
+    sid = _follow(db, "reports_basic", None).subscription_id
+    assert sid is not None
+    month_end = datetime(2026, 4, 1, tzinfo=UTC)
+
+    first = grant_top_up(db, "org_1", sid, 50, "tu-1", month_end, principal=ADMIN, now=NOW, request_id=None)
+    retry = grant_top_up(db, "org_1", sid, 50, "tu-1", month_end, principal=ADMIN, now=NOW, request_id=None)
+
+    assert first is not None and retry is not None
+    grants = [e.payload for _, _, e in db.state.outbox if e.type == "credits.grant"]
+    assert [(g["grant_id"], g["meter_id"], g["units"], g["source"], g["expires_at"]) for g in grants] == [
+        (top_up_grant_id(sid, "tu-1"), "reports", "50", "top_up", "2026-04-01T00:00:00Z")] * 2  # one id: once
+
+
+def test_a_top_up_of_an_org_without_a_subscription_of_its_own_sends_nothing() -> None:
+    db = _database()
+    month_end = datetime(2026, 4, 1, tzinfo=UTC)
+
+    assert grant_top_up(db, "org_1", None, 5, "tu", month_end, principal=ADMIN, now=NOW, request_id=None) is None
+    assert grant_top_up(db, "org_1", "sub_other", 5, "tu", month_end, principal=ADMIN, now=NOW,
+                        request_id=None) is None
+    assert db.state.outbox == []
