@@ -264,6 +264,15 @@ class Catalog:
     def meters_for_event_type(self, event_type: str) -> list[Meter]:
         return [meter for meter in self.meters.values() if meter.event_type == event_type]
 
+    def plan_in(self, plan_id: str, currency: str) -> Plan:
+        """The plan sold as ``plan_id`` priced in ``currency``: the plan itself when it is priced in it, else
+        its price list in that currency (``prices`` in the catalog: the plan "<plan_id>~<currency>"), else
+        the plan itself (``require_sold_in`` then refuses it)."""
+        plan = self.plan(plan_id)
+        if plan.currency == currency:
+            return plan
+        return self.plans.get(PlanId(f"{plan_id}{CURRENCY_SEPARATOR}{currency}"), plan)
+
     def plans_in_family(self, family: str) -> list[Plan]:
         return [plan for plan in self.plans.values() if plan.family == family]
 
@@ -433,7 +442,11 @@ _PLAN_KEYS = {
     "example_prices",
     "description",
     "unused_fee_policy",
+    "prices",
 }
+#: What a plan's ``prices: {<currency>: {...}}`` entry restates in that currency (``price`` required; ``meters``
+#: and ``seat_price`` when the plan has them: amounts are never converted).
+_CURRENCY_PRICE_KEYS = {"price", "seat_price", "meters"}
 _PRICING_KEYS = {"unit_price", "overage", "included", "pricing", "dimensions"}
 _MODEL_KEYS = {"model", "unit_price", "package_size", "package_price", "tiers", "minimum"}
 _TIER_KEYS = {"up_to", "unit_price", "flat_fee"}
@@ -478,6 +491,8 @@ def _parse_catalog(data: object, path: str) -> Catalog:
         if plan.id in plans:
             raise _fail(f"{path}.plans[{index}].id", f"duplicate plan id {plan.id!r}")
         plans[plan.id] = plan
+        for variant in _currency_variants(raw, f"{path}.plans[{plan.id}]", default_currency, meters, plan):
+            plans[variant.id] = variant
 
     coupons: dict[CouponId, Coupon] = {}
     for index, raw in enumerate(_list(document.get("coupons", []), f"{path}.coupons")):
@@ -527,6 +542,41 @@ def _parse_meter(raw: object, path: str) -> Meter:
         value_property=value_property,
         dimension=None if data.get("dimension") is None else _identifier(data["dimension"], f"{path}.dimension"),
     )
+
+
+#: Separates a plan id from the currency of one of its other price lists: "pro~EUR" is "pro" priced in EUR.
+CURRENCY_SEPARATOR = "~"
+
+
+def _currency_variants(raw: object, path: str, default_currency: object, known_meters: Mapping[MeterId, Meter],
+                       base: Plan) -> list[Plan]:
+    """The plan's price lists in other currencies (``prices: {EUR: {price, seat_price?, meters?}}``), each one
+    sellable plan "<id>~<currency>" with the plan's terms and that currency's amounts; the customer's currency
+    picks one (``Catalog.plan_in``).
+
+    # NOTE: each currency restates its amounts (fee, seat price, meter prices): nothing is converted at an
+    # exchange rate, so an invoice is exactly what the price list says.
+    """
+    data = _mapping(raw, path)
+    if data.get("prices") is None:
+        return []
+    variants = []
+    for code, entry in _mapping(data["prices"], f"{path}.prices").items():
+        currency = _currency(code, f"{path}.prices.{code}")
+        where = f"{path}.prices.{currency}"
+        if currency == base.currency:
+            raise _fail(where, f"is the plan's own currency ({base.currency})")
+        prices = _mapping(entry, where)
+        _only_keys(prices, _CURRENCY_PRICE_KEYS, where)
+        _required(prices, "price", where)
+        if base.meters and "meters" not in prices:
+            raise _fail(f"{where}.meters", "is required: restate the plan's meter prices in this currency")
+        if base.seat_price is not None and "seat_price" not in prices:
+            raise _fail(f"{where}.seat_price", "is required: the plan has a seat price")
+        terms = {k: v for k, v in data.items() if k not in _CURRENCY_PRICE_KEYS and k != "prices"}
+        plan = _parse_plan({**terms, **prices, "currency": currency}, where, default_currency, known_meters)
+        variants.append(replace(plan, id=PlanId(f"{base.id}{CURRENCY_SEPARATOR}{currency}")))
+    return variants
 
 
 def _parse_plan(raw: object, path: str, default_currency: object, known_meters: Mapping[MeterId, Meter]) -> Plan:

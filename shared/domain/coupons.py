@@ -30,11 +30,12 @@ PLAN_VERSION_SEPARATOR = "@v"
 
 
 def plan_family(plan_id: str) -> str:
-    """The plan a catalog plan id is a version of: "pro@v2" -> "pro", "pro" -> "pro".
+    """The plan a catalog plan id is a version or a price list of: "pro@v2~EUR" -> "pro", "pro" -> "pro".
 
     A coupon restricted to a plan applies to every version of it (a price change must not silently end a
     customer's discount).
     """
+    plan_id = plan_id.split("~", 1)[0]  # "pro~EUR": the plan priced in another currency (catalog.plan_in)
     base, separator, version = plan_id.rpartition(PLAN_VERSION_SEPARATOR)
     return base if separator and version.isdigit() else plan_id
 

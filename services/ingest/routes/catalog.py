@@ -63,6 +63,9 @@ class PlanDefinition(BaseModel):
     quota: dict[str, Any] | None = None
     description: str | None = Field(default=None, max_length=500)
     unused_fee_policy: Literal["none", "credit", "refund"] | None = None
+    prices: dict[str, dict[str, Any]] | None = Field(
+        default=None, description="the plan's price lists in other currencies, each restating its amounts: "
+                                  "{EUR: {price, seat_price?, meters?}}; the customer's currency picks one")
 
 
 class PlanRequest(PlanDefinition):

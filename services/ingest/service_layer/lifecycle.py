@@ -92,6 +92,7 @@ def subscribe(uow: UnitOfWorkFactory, catalog: Catalog, request: Subscribe, *, p
         customer = work.customer_terms(request.customer_id)
         if customer is None:
             raise UnknownCustomer(f"no customer {request.customer_id!r}", field="customer_id")
+        plan = catalog.plan_in(plan.id, customer.currency)  # the plan's price list in the customer's currency
         try:
             plan.require_sold_in(customer.currency)
         except CurrencyMismatchError as exc:
@@ -99,9 +100,9 @@ def subscribe(uow: UnitOfWorkFactory, catalog: Catalog, request: Subscribe, *, p
         work.route_subscription(subscription_id, request.customer_id, command_id)
         work.audit(principal, "subscription.create", customer_id=request.customer_id,
                    subscription_id=subscription_id, request_id=request_id, command_id=str(command_id),
-                   plan_id=request.plan_id, seats=request.seats)
+                   plan_id=plan.id, seats=request.seats)
         command = CreateSubscription(
-            subscription_id=subscription_id, customer_id=request.customer_id, plan_id=request.plan_id,
+            subscription_id=subscription_id, customer_id=request.customer_id, plan_id=plan.id,
             seats=request.seats, trial_days=request.trial_days, coupon_id=request.coupon_id,
             anchor_day=request.anchor_day,
             payment_method_id=request.payment_method_id or customer.default_payment_method_id,

@@ -34,7 +34,7 @@ from shared.adapters.postgres.schema.catalog import (
     catalog_plans,
     catalog_revision,
 )
-from shared.domain.catalog import Catalog, Plan, PlanId, catalog_document, catalog_entries
+from shared.domain.catalog import CURRENCY_SEPARATOR, Catalog, Plan, PlanId, catalog_document, catalog_entries
 from shared.domain.errors import CatalogError
 
 #: What may change on a meter or a coupon without making it another one.
@@ -170,6 +170,10 @@ def load_stored_catalog(conn: sa.Connection) -> Catalog | None:
     for r in later:
         versioned = PlanId(versioned_plan_id(r.plan_id, int(r.version)))
         plans[versioned] = replace(versions.plan(f"{r.plan_id}.v{r.version}"), id=versioned)
+        for currency in r.document.get("prices") or {}:  # its price lists in other currencies: "<plan>@v<n>~EUR"
+            variant = PlanId(f"{versioned}{CURRENCY_SEPARATOR}{currency}")
+            plans[variant] = replace(versions.plan(f"{r.plan_id}.v{r.version}{CURRENCY_SEPARATOR}"
+                                                   f"{currency}"), id=variant)
     return Catalog(catalog.meters, MappingProxyType(plans), catalog.coupons)
 
 

@@ -18,7 +18,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -292,3 +292,59 @@ async def test_a_bulk_migration_sends_one_command_per_subscription_once(  # type
     await until(scheduled, "both subscriptions scheduled to move to bulk@v2 at their period end")
     same = await call(client, "POST", "/v1/plans/bulk/migrate", {"from_version": 2, "to_version": 2})
     assert (same.status_code, same.json()["errors"][0]["field"]) == (422, "to_version"), same.text
+
+
+async def test_a_plan_priced_in_two_currencies_bills_a_usd_and_a_eur_customer_each_in_theirs(
+        client: httpx.AsyncClient, real_worker: subprocess.Popen[bytes]) -> None:
+    """Plan global: USD 20.00 (0.05 a call) and, its EUR price list, EUR 18.00 (0.04 a call). A USD customer
+    and a EUR customer subscribe to "global": the start invoices charge USD 20.00 and EUR 18.00; 10 calls
+    each in the first period close at USD 0.50 and EUR 0.40."""
+    meter = {"id": "global_calls", "name": "Calls", "unit": "call", "event_type": "global_call",
+             "aggregation": "count"}
+    assert (await call(client, "POST", "/v1/meters", meter)).status_code == 201
+    plan = {"id": "global", "name": "Global", "family": "global", "interval": "month", "currency": "USD",
+            "price": "20.00", "meters": {"global_calls": {"unit_price": "0.05", "overage": "bill"}},
+            "prices": {"EUR": {"price": "18.00", "meters": {"global_calls": {"unit_price": "0.04",
+                                                                             "overage": "bill"}}}}}
+    created = await call(client, "POST", "/v1/plans", plan)
+    assert created.status_code == 201, created.text
+    subscribed = {}
+    for currency in ("USD", "EUR"):
+        cid = (await onboard(client, payment_method_id="pm_card_visa", currency=currency))["customer_id"]
+        sub = await call(client, "POST", "/v1/subscriptions", {"customer_id": cid, "plan_id": "global"})
+        assert sub.status_code == 201, sub.text
+        subscribed[currency] = (cid, sub.json())
+
+    async def lines(cid: str, kind: str) -> list[tuple[str, str, int]]:
+        found = []
+        for invoice in (await call(client, "GET", f"/v1/customers/{cid}/invoices")).json()["data"]:
+            view = (await call(client, "GET", f"/v1/invoices/{invoice['invoice_id']}")).json()
+            found += [(view["currency"], line["kind"], line["amount_minor"]) for line in view.get("lines", [])
+                      if line["kind"] == kind]
+        return found
+
+    for currency, fee in (("USD", 2000), ("EUR", 1800)):
+        cid, sub = subscribed[currency]
+        assert sub["plan_id"] == ("global" if currency == "USD" else "global~EUR")
+        assert await until(lambda cid=cid: lines(cid, "fee"), f"the {currency} start invoice") == [
+            (currency, "fee", fee)]
+
+    now = datetime.fromisoformat((await call(client, "POST", "/v1/clock/advance", {"seconds": 3600})).json()["now"])
+    subscribed_id = {cid: sub["subscription_id"] for cid, sub in subscribed.values()}
+    for cid in subscribed_id:
+        batch = [{"transaction_id": f"tx-{uuid.uuid4().hex[:12]}", "customer_id": cid, "event_type": "global_call",
+                  "timestamp": now.isoformat(), "properties": {}} for _ in range(10)]
+        ingested = await call(client, "POST", "/v1/ingest", batch)
+        assert ingested.status_code == 200 and ingested.json()["accepted"] == 10, ingested.text
+
+        async def counted(cid: str = cid) -> bool:
+            body = (await call(client, "GET", f"/v1/subscriptions/{subscribed_id[cid]}/usage")).json()
+            return any(m["meter_id"] == "global_calls" and int(float(m["quantity"])) == 10
+                       for m in body.get("meters", []))
+        await until(counted, "10 calls materialised")
+    assert (await call(client, "POST", "/v1/clock/advance", {"seconds": 32 * 86_400})).status_code == 200
+    for currency, usage in (("USD", 50), ("EUR", 40)):
+        cid, _ = subscribed[currency]
+        assert await until(lambda cid=cid: lines(cid, "usage"), f"the {currency} close") == [
+            (currency, "usage", usage)]
+    assert real_worker.poll() is None, "the worker exited"

@@ -37,7 +37,7 @@ def create_subscription(uow: BillingUnitOfWork, env: Envelope, p: CreateSubscrip
                         now: datetime) -> dict[str, Any]:
     if p.subscription_id in uow.states:
         raise Refused("already_exists", f"subscription {p.subscription_id} already exists")
-    plan = uow.catalog.plan(p.plan_id)
+    plan = uow.catalog.plan_in(p.plan_id, p.currency)  # the plan's price list in the customer's currency
     try:
         plan.require_sold_in(p.currency)
     except CurrencyMismatchError as mismatch:
@@ -82,7 +82,8 @@ def start_first_invoice(uow: BillingUnitOfWork, env: Envelope, state: Subscripti
 def change_plan(uow: BillingUnitOfWork, env: Envelope, p: ChangePlan, now: datetime) -> dict[str, Any]:
     state = uow.subscription(p.subscription_id)
     sub = state.subscription
-    change = sub.change_plan(new_plan=uow.catalog.plan(p.plan_id), current_plan=uow.catalog.plan(sub.plan_id),
+    current_plan = uow.catalog.plan(sub.plan_id)
+    change = sub.change_plan(new_plan=uow.catalog.plan_in(p.plan_id, current_plan.currency), current_plan=current_plan,
                              at=now, timing=None if p.timing == "auto" else ChangeTiming(p.timing))
     invoice_id = _change_invoice(uow, env, state, change.lines, change.invoice_period, now)
     uow.grant_included(change.grants, state, env, now)
