@@ -58,7 +58,11 @@ from services.ingest.problems import PROBLEM_JSON, PROBLEM_RESPONSES, Problem, p
 from services.ingest.quota_spend import spend_service_of
 from services.ingest.service_layer.quota_admin import QuotaService, QuotaView
 from services.ingest.service_layer.quota_admission import CreditAnswer
-from services.ingest.service_layer.quota_subscription import follow_report_plan, grant_top_up
+from services.ingest.service_layer.quota_subscription import (
+    follow_report_plan,
+    grant_top_up,
+    live_report_subscription,
+)
 from services.ingest.service_layer.spend import OrgSpend, SpendAnswer, SpendService
 from services.ingest.service_layer.unit_of_work import sql_unit_of_work
 from services.ingest.time_zones import TimeZoneName
@@ -273,8 +277,9 @@ async def set_plan(org_id: PathId, body: SetPlan, principal: Annotated[Principal
     # NOTE: the subscription and the allotment both take the plan's CURRENT version (as change-plan does), so a
     # later version of the plan (another limit, another price) never splits what is admitted from what is billed.
     plan_id = container.current_plan_id(quota.admin.plan(body.plan).id)  # an unknown plan: refused first
-    known = body.subscription_id or await quota.admin.subscription_of(org)
     catalog = await run_in_threadpool(container.current_catalog, plan_id)
+    known = (body.subscription_id or await quota.admin.subscription_of(org)
+             or await run_in_threadpool(live_report_subscription, container.engine, catalog, org))
     followed = await run_in_threadpool(
         follow_report_plan, sql_unit_of_work(container.engine), catalog, org, plan_id,
         known, principal=principal, now=await run_in_threadpool(container.clock.now),

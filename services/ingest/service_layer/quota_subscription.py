@@ -5,7 +5,8 @@ use case makes its billing subscription follow, through the ordinary lifecycle c
 `commands.v1` -> the worker, the only writer of subscriptions), so the invoice bills the plan whose allotment
 the quota admits:
 
-- the org's subscription (the one named in the request, else the one the quota store remembers) is changed
+- the org's subscription (the one named in the request, else the one the quota store remembers, else a live
+  one of the org on a report plan in the read model, e.g. made by `POST /v1/subscriptions`) is changed
   to the plan at once (``timing="immediate"``: the allotment changes at once too, so the fee is prorated
   like any immediate upgrade or downgrade); nothing is sent when the read model already shows that plan;
 - an org that is a billing customer without such a subscription (or whose subscription ended) is
@@ -30,13 +31,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
+import sqlalchemy as sa
+
 from services.ingest.auth import Principal
 from services.ingest.service_layer.lifecycle import Accepted, Subscribe, send_command, subscribe
 from services.ingest.service_layer.unit_of_work import UnitOfWorkFactory
+from shared.adapters.postgres.schema.billing import subscriptions
 from shared.contracts.messages import ChangePlan, GrantCredits
 from shared.domain.catalog import Catalog
 
 ENDED = frozenset({"cancelled"})
+REPORT_PLAN_FAMILY = "report_quota"
 REPORT_METER = "reports"
 
 
@@ -78,6 +83,17 @@ def follow_report_plan(uow: UnitOfWorkFactory, catalog: Catalog, org_id: str, pl
                          now=now, request_id=request_id)
     return ReportSubscription(accepted.subscription_id, accepted)
 
+
+def live_report_subscription(engine: sa.Engine, catalog: Catalog, org_id: str) -> str | None:
+    """The org's newest subscription on a report plan that has not ended (None: none in the read model)."""
+    report_plans = [plan_id for plan_id, plan in catalog.plans.items() if plan.family == REPORT_PLAN_FAMILY]
+    with engine.connect() as conn:
+        found = conn.execute(
+            sa.select(subscriptions.c.subscription_id)
+            .where(subscriptions.c.customer_id == org_id, subscriptions.c.plan_id.in_(report_plans),
+                   subscriptions.c.status.not_in(ENDED))
+            .order_by(subscriptions.c.started_at.desc()).limit(1)).scalar_one_or_none()
+    return None if found is None else str(found)
 
 def top_up_grant_id(subscription_id: str, top_up_id: str) -> str:
     """`rq_<32 hex>`: one grant per (subscription, top-up id), whatever the number of retries."""

@@ -201,3 +201,22 @@ async def test_the_allotment_and_the_subscription_take_the_same_current_version_
     finally:
         app.state.quota = None
         await close()
+
+
+async def test_an_org_subscribed_to_a_report_plan_beforehand_has_that_subscription_changed_not_a_second_one(
+        app: Any, container: Any, client: httpx.AsyncClient, real_worker: subprocess.Popen[bytes]) -> None:
+    """`POST /v1/subscriptions` on Lite, then the quota's plan set to Enterprise without naming the subscription:
+    the same subscription goes to Enterprise (500 reports); before: a second subscription on Enterprise."""
+    service, close = await build_quota_service(container)
+    app.state.quota = service
+    try:
+        org = (await onboard(client, payment_method_id="pm_card_visa"))["customer_id"]
+        made = await call(client, "POST", "/v1/subscriptions", {"customer_id": org, "plan_id": "reports_lite"})
+        assert made.status_code == 201, made.text
+        enterprise = await call(client, "PUT", f"/v1/quota/orgs/{org}/plan", {"plan": "Enterprise"})
+        assert (enterprise.status_code, enterprise.json()["allotment"]) == (200, 500), enterprise.text
+        changed = await on_plan(container.engine, org, "reports_enterprise")  # exactly one subscription
+        assert changed["subscription_id"] == made.json()["subscription_id"]
+    finally:
+        app.state.quota = None
+        await close()
