@@ -291,7 +291,8 @@ def migrate_plan(engine: sa.Engine, plan_id: str, from_version: int, to_version:
         source = catalog_store.versioned_plan_id(plan_id, from_version)
         target = catalog_store.versioned_plan_id(plan_id, target_version)
         rows = conn.execute(sa.select(subscriptions.c.subscription_id, subscriptions.c.customer_id)
-                            .where(subscriptions.c.plan_id == source, subscriptions.c.status != "cancelled")
+                            .where(sa.func.split_part(subscriptions.c.plan_id, "~", 1) == source,  # price lists too
+                                   subscriptions.c.status != "cancelled")
                             .order_by(subscriptions.c.subscription_id)).all()
         commands: list[tuple[str, uuid.UUID]] = []
         messages: list[tuple[str, str, Envelope]] = []

@@ -138,7 +138,9 @@ def versioned_plan_id(plan_id: str, version: int) -> str:
 
 
 def base_plan_id(plan_id: str) -> tuple[str, int]:
-    """(plan id, version) of a catalog plan id: "pro@v2" -> ("pro", 2), "pro" -> ("pro", 1)."""
+    """(plan id, version) of a catalog plan id: "pro@v2" -> ("pro", 2), "pro" -> ("pro", 1); a price list in
+    another currency is its plan's: "pro@v2~EUR" -> ("pro", 2)."""
+    plan_id = plan_id.split(CURRENCY_SEPARATOR, 1)[0]
     base, separator, version = plan_id.rpartition(VERSION_SEPARATOR)
     if separator and version.isdigit():
         return base, int(version)

@@ -347,4 +347,19 @@ async def test_a_plan_priced_in_two_currencies_bills_a_usd_and_a_eur_customer_ea
         cid, _ = subscribed[currency]
         assert await until(lambda cid=cid: lines(cid, "usage"), f"the {currency} close") == [
             (currency, "usage", usage)]
+
+    # a second version keeps its price lists; the bulk migration moves both subscriptions, each to its currency's
+    v2 = {k: v for k, v in plan.items() if k != "id"} | {"price": "22.00", "prices": {"EUR": {
+        "price": "19.80", "meters": {"global_calls": {"unit_price": "0.04", "overage": "bill"}}}}}
+    assert (await call(client, "POST", "/v1/plans/global/versions", v2)).status_code == 201
+    sent = await client.post("/v1/plans/global/migrate", json={"from_version": 1}, headers=ADMIN)
+    assert sent.status_code == 202, sent.text
+    assert len(sent.json()["commands"]) == 2
+
+    async def scheduled() -> bool:
+        views = {c: (await call(client, "GET", f"/v1/subscriptions/{s['subscription_id']}")).json()
+                 for c, (_, s) in subscribed.items()}
+        return all(views[c]["pending_plan_id"] == target for c, target in (("USD", "global@v2"),
+                                                                            ("EUR", "global@v2~EUR")))
+    await until(scheduled, "both subscriptions scheduled to global@v2 in their currency")
     assert real_worker.poll() is None, "the worker exited"
