@@ -215,10 +215,11 @@ def build_worker(settings: Settings, *, handlers: Mapping[str, Handler] | None =
         overrides["session.timeout.ms"] = session_timeout_ms
         overrides["heartbeat.interval.ms"] = max(100, session_timeout_ms // 5)
     provider = CatalogProvider(engine, catalog, refresh_seconds=0)
+    alert_hints = AlertHints(provider.current, refresh_seconds=settings.auto_recharge_refresh_s)
     processor = BatchProcessor(bus, live_sql_unit_of_work(provider, materializer),
                                materializer, clock, after_usage=chained(RechargeHints(
                                    provider.current, refresh_seconds=settings.auto_recharge_refresh_s),
-                                   AlertHints(provider.current, refresh_seconds=settings.auto_recharge_refresh_s)))
+                                   alert_hints), after_closes=alert_hints.after_closes)
     consumer = ExactlyOnceConsumer(settings, engine, processor, dlq,
                                    topics=CONSUMED_TOPICS, instance_id=me, consumer_overrides=overrides,
                                    commit_lanes=commit_lanes)

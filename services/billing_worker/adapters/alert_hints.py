@@ -73,6 +73,13 @@ class AlertHints:
         touched = {r.key.decode() for r in records if r.key in configured}
         return fire_alerts(conn, touched, now, catalog_of=self._catalog_of) if touched else 0
 
+    def after_closes(self, conn: sa.Connection, subscription_ids: set[str], now: datetime) -> int:
+        """At a close (once it is written): the credit the close consumed, and the new period re-arms the alerts
+        (a low credit still below its threshold fires again for the new period)."""
+        configured = self._current(conn)
+        touched = {s for s in subscription_ids if s.encode() in configured}
+        return fire_alerts(conn, touched, now, catalog_of=self._catalog_of) if touched else 0
+
     def _current(self, conn: sa.Connection) -> frozenset[bytes]:
         with self._lock:
             if time.monotonic() - self._loaded_at >= self._refresh_seconds:

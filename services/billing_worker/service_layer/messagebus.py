@@ -260,6 +260,10 @@ class _Decoded:
     payload: Any
 
 
+# The commands that close a period (the usage-path hooks cannot see what a close consumed or re-armed).
+CLOSING_TYPES = frozenset({"period.close", "trial.end"})
+
+
 class BatchProcessor:
     """Applies one consumed batch inside the batch transaction: usage in bulk first, then the other messages
     in each key's order, runs of one type through the message bus, under one SAVEPOINT; after a terminal failure,
@@ -270,10 +274,13 @@ class BatchProcessor:
     """
 
     def __init__(self, bus: MessageBus, unit_of_work: UnitOfWorkFactory, materializer: Any, clock: Clock,
-                 after_usage: Callable[[sa.Connection, Sequence[Any], datetime], object] | None = None) -> None:
+                 after_usage: Callable[[sa.Connection, Sequence[Any], datetime], object] | None = None,
+                 after_closes: Callable[[sa.Connection, set[str], datetime], object] | None = None) -> None:
         self._bus = bus
         # Once per batch that applied usage, with the batch's usage records (auto-recharge hints, issue 15).
         self._after_usage = after_usage
+        # Once per batch that closed periods, with their subscriptions, once the closes are written (alerts).
+        self._after_closes = after_closes
         self._unit_of_work = unit_of_work
         self._usage = materializer  # services.billing_worker.adapters.usage.UsageMaterializer
         self._clock = clock
@@ -336,6 +343,9 @@ class BatchProcessor:
                                       extra=kv(error=pg_errors.describe(error)[:300],
                                                error_class=type(error).__name__, messages=len(messages)))
                     self._isolate(uow, messages, now, dead, suspect)
+            closed = {str(m.payload.subscription_id) for m in messages if m.envelope.type in CLOSING_TYPES}
+            if self._after_closes is not None and closed:
+                self._after_closes(conn, closed, now)
         if suspect is not None:
             applicable = len(messages) + (len(batch.usage_prepared.lines) if batch.usage_prepared is not None else 0)
             parked = sum(1 for letter in dead if letter.reason == RetriesExhausted.CODE)

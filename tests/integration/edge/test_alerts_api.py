@@ -26,7 +26,7 @@ from shared.adapters.postgres.schema.core import outbox
 from shared.contracts.webhook_events import public_event
 
 from .conftest import ADMIN, onboard
-from .test_credit_purchases_api import UNIT, call, edge_settings, real_worker, until
+from .test_credit_purchases_api import UNIT, call, edge_settings, pay_on_stripe, real_worker, until
 
 pytestmark = pytest.mark.integration
 __all__ = ["edge_settings", "real_worker"]  # the real worker's fixtures, shared with the credit purchases tests
@@ -108,3 +108,35 @@ async def test_spend_and_low_credit_alerts_fire_once_per_threshold_under_concurr
         assert conn.execute(sa.select(sa.func.count()).select_from(fired_alerts)
                             .where(fired_alerts.c.subscription_id == sid)).scalar() == 3
     assert real_worker.poll() is None, "the worker exited"
+
+
+async def test_the_close_evaluates_the_alerts_of_the_new_period_once(
+        client: httpx.AsyncClient, container: Container, real_worker: Any) -> None:
+    """The first invoice paid (the subscription active). Low credit below 2.50 on inference, no usage: nothing
+    fires in the first period (no usage batch). The close (the billing clock moved 31 days) grants the new
+    period's 2.00 of inference: 2.00 < 2.50 fires credits.balance_low once for the NEW period (the close re-arms
+    the alerts), with 2.00 left. Failed before the close evaluated alerts (timed out)."""
+    customer = await onboard(client, payment_method_id="pm_card_visa")
+    cid = customer["customer_id"]
+    created = await call(client, "POST", "/v1/subscriptions", {"customer_id": cid, "plan_id": "pro"})
+    assert created.status_code == 201, created.text
+    sid = created.json()["subscription_id"]
+    stored = await client.put(f"/v1/subscriptions/{sid}/alerts", json={"low_credit_balance_minor": {"inference": 250}},
+                              headers=ADMIN)
+    assert stored.status_code == 200, stored.text
+    first_end = created.json()["current_period_end"]
+    [first] = (await call(client, "GET", f"/v1/customers/{cid}/invoices")).json()["data"]
+    await pay_on_stripe(client, container.settings.stripe_webhook_secret.get_secret_value(), first)  # active
+    assert alert_events(container, sid) == []
+
+    moved = await call(client, "POST", "/v1/clock/advance", {"seconds": 31 * 86_400 + 60})
+    assert moved.status_code == 200, moved.text
+
+    async def fired() -> list[tuple[str, dict[str, Any]]]:
+        return alert_events(container, sid)
+    [(type_, payload)] = await until(fired, "the low-credit alert at the close")
+    await asyncio.sleep(1)
+    assert len(alert_events(container, sid)) == 1
+    assert (type_, payload["meter_id"], payload["threshold_minor"], payload["remaining_minor"]) == (
+        "credits.balance_low", "inference", 250, 200)
+    assert datetime.fromisoformat(payload["period_start"]) == datetime.fromisoformat(first_end)
