@@ -61,6 +61,7 @@ from services.ingest.service_layer.quota_admission import CreditAnswer
 from services.ingest.service_layer.quota_subscription import (
     follow_report_plan,
     grant_top_up,
+    grant_trial,
     live_report_subscription,
 )
 from services.ingest.service_layer.spend import OrgSpend, SpendAnswer, SpendService
@@ -293,8 +294,19 @@ async def set_plan(org_id: PathId, body: SetPlan, principal: Annotated[Principal
              summary="Start the org's trial")
 async def start_trial(org_id: PathId, body: StartTrial,
                       principal: Annotated[Principal, Depends(require(Scope.ADMIN))],
-                      quota: Annotated[QuotaService, Depends(get_quota)]) -> QuotaState:
-    view = await quota.admin.start_trial(resolve_org(principal, org_id), timezone=body.timezone)
+                      quota: Annotated[QuotaService, Depends(get_quota)], request: Request,
+                      container: Annotated[Container, Depends(get_container)]) -> QuotaState:
+    """Also unit credits of the org's report subscription, if it has one (`grant_trial`)."""
+    org = resolve_org(principal, org_id)
+    view = await quota.admin.start_trial(org, timezone=body.timezone)
+    if view.on_trial and view.trial_ends_at is not None:
+        catalog = await run_in_threadpool(container.current_catalog)
+        sid = (await quota.admin.subscription_of(org)
+               or await run_in_threadpool(live_report_subscription, container.engine, catalog, org))
+        await run_in_threadpool(
+            grant_trial, sql_unit_of_work(container.engine), org, sid, view.trial_reports, view.trial_ends_at,
+            principal=principal, now=await run_in_threadpool(container.clock.now),
+            request_id=request.headers.get("x-request-id"))
     return QuotaState.of(view)
 
 

@@ -30,6 +30,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Literal
 
 import sqlalchemy as sa
 
@@ -104,19 +105,35 @@ def grant_top_up(uow: UnitOfWorkFactory, org_id: str, subscription_id: str | Non
                  expires_at: datetime, *, principal: Principal, now: datetime, request_id: str | None
                  ) -> Accepted | None:
     """Send the top-up as ``reports`` unit credits of the org's subscription (None: the org has none)."""
-    if subscription_id is None:
+    return _grant_reports(uow, org_id, subscription_id, reports, expires_at, "top_up", top_up_id,
+                          f"report top-up {top_up_id}", principal=principal, now=now, request_id=request_id)
+
+
+def grant_trial(uow: UnitOfWorkFactory, org_id: str, subscription_id: str | None, reports: int,
+                ends_at: datetime, *, principal: Principal, now: datetime, request_id: str | None) -> Accepted | None:
+    """Send the org's one trial as ``reports`` unit credits of its subscription, expiring when the trial ends
+    (one grant per subscription: a second trial call grants nothing new)."""
+    # NOTE: "|trial" cannot be a top-up id (those match IDENTIFIER, no "|"), so the two never share a grant id.
+    return _grant_reports(uow, org_id, subscription_id, reports, ends_at, "trial", "|trial", "report trial",
+                          principal=principal, now=now, request_id=request_id)
+
+
+def _grant_reports(uow: UnitOfWorkFactory, org_id: str, subscription_id: str | None, reports: int,
+                   expires_at: datetime, source: Literal["top_up", "trial"], key: str, description: str, *,
+                   principal: Principal, now: datetime, request_id: str | None) -> Accepted | None:
+    if subscription_id is None or reports <= 0:
         return None
     with uow() as work:
         if work.owner_of(subscription_id) != org_id:
             return None
-    grant_id = top_up_grant_id(subscription_id, top_up_id)
+    grant_id = top_up_grant_id(subscription_id, key)
     sid = subscription_id
 
     def build(customer_id: str) -> GrantCredits:
         return GrantCredits(subscription_id=sid, customer_id=customer_id, grant_id=grant_id,
-                            meter_id=REPORT_METER, units=Decimal(reports), source="top_up", expires_at=expires_at,
-                            effective_at=now, description=f"report top-up {top_up_id}")
+                            meter_id=REPORT_METER, units=Decimal(reports), source=source, expires_at=expires_at,
+                            effective_at=now, description=description)
 
     return send_command(uow, sid, build, "credits.grant", principal=principal, authorize=lambda _customer_id: None,
                         now=now, request_id=request_id, grant_id=grant_id, meter_id=REPORT_METER,
-                        units=str(reports), source="top_up", top_up_id=top_up_id)
+                        units=str(reports), source=source, quota_key=key)

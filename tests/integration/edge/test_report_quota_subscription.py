@@ -220,3 +220,30 @@ async def test_an_org_subscribed_to_a_report_plan_beforehand_has_that_subscripti
     finally:
         app.state.quota = None
         await close()
+
+
+async def test_the_trial_of_an_org_subscribed_to_the_trial_plan_is_a_unit_grant_of_that_subscription(
+        app: Any, container: Any, client: httpx.AsyncClient, real_worker: subprocess.Popen[bytes]) -> None:
+    """`POST /v1/subscriptions` on reports_trial (what the demo does), then the quota's trial (called twice):
+    10 reports at the quota and ONE grant of 10 units (source trial) expiring when the trial ends (14 days)."""
+    service, close = await build_quota_service(container)
+    app.state.quota = service
+    try:
+        org = (await onboard(client))["customer_id"]
+        made = await call(client, "POST", "/v1/subscriptions", {"customer_id": org, "plan_id": "reports_trial"})
+        assert made.status_code == 201, made.text
+        for _ in range(2):
+            trial = await call(client, "POST", f"/v1/quota/orgs/{org}/trial", {})
+            assert (trial.status_code, trial.json()["allotment"], trial.json()["on_trial"]) == (200, 10, True)
+        grants_url = f"/v1/subscriptions/{made.json()['subscription_id']}/credit-grants"
+
+        async def trial_granted() -> list[dict[str, Any]]:
+            return [g for g in (await call(client, "GET", grants_url)).json() if g["source"] == "trial"]
+        [grant] = await until(trial_granted, "the trial as a credit grant of the subscription")
+        assert (grant["meter_id"], float(grant["granted_units"])) == ("reports", 10.0)
+        ends = datetime.fromisoformat(trial.json()["trial_ends_at"])
+        assert datetime.fromisoformat(grant["expires_at"]) == ends
+        assert ends - datetime.fromisoformat(trial.json()["trial_started_at"]) == timedelta(days=14)
+    finally:
+        app.state.quota = None
+        await close()

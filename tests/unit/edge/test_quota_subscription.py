@@ -9,7 +9,12 @@ from datetime import UTC, datetime
 import pytest
 
 from services.ingest.auth import Principal, Scope
-from services.ingest.service_layer.quota_subscription import follow_report_plan, grant_top_up, top_up_grant_id
+from services.ingest.service_layer.quota_subscription import (
+    follow_report_plan,
+    grant_top_up,
+    grant_trial,
+    top_up_grant_id,
+)
 from shared.adapters.catalog_file import load_default_catalog
 
 from .fakes import FakeDatabase
@@ -110,3 +115,18 @@ def test_a_top_up_of_an_org_without_a_subscription_of_its_own_sends_nothing() ->
     assert grant_top_up(db, "org_1", "sub_other", 5, "tu", month_end, principal=ADMIN, now=NOW,
                         request_id=None) is None
     assert db.state.outbox == []
+
+
+def test_the_trial_is_one_unit_grant_of_its_own_that_no_top_up_id_can_share() -> None:
+    db = _database()
+    sid = _follow(db, "reports_trial", None).subscription_id
+    assert sid is not None
+    ends = datetime(2026, 3, 24, 12, 0, tzinfo=UTC)
+
+    grant_trial(db, "org_1", sid, 10, ends, principal=ADMIN, now=NOW, request_id=None)
+    grant_top_up(db, "org_1", sid, 5, "trial", ends, principal=ADMIN, now=NOW, request_id=None)
+
+    grants = [e.payload for _, _, e in db.state.outbox if e.type == "credits.grant"]
+    assert [(g["source"], g["units"], g["expires_at"]) for g in grants] == [
+        ("trial", "10", "2026-03-24T12:00:00Z"), ("top_up", "5", "2026-03-24T12:00:00Z")]
+    assert grants[0]["grant_id"] != grants[1]["grant_id"]
