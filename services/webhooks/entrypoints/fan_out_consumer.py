@@ -62,11 +62,13 @@ class FanOutConsumer:
         batch: list[Consumed] = []
         letters: list[DeadLetter] = []
         first: dict[tuple[str, int], int] = {}
+        last: dict[tuple[str, int], int] = {}
         for msg in messages:
             if msg.error() is not None:
                 _log.warning("kafka error", extra=kv(error=str(msg.error())))
                 continue
             first.setdefault((msg.topic(), msg.partition()), msg.offset())
+            last[(msg.topic(), msg.partition())] = msg.offset()
             key = msg.key().decode("utf-8", errors="replace") if msg.key() is not None else None
             try:
                 batch.append(Consumed(Envelope.from_bytes(msg.value()), key))
@@ -79,7 +81,11 @@ class FanOutConsumer:
             self._dead_letters.publish(letters)
             with self._stores() as store:
                 added = fan_out(store, batch, self._clock.now())
-            self._consumer.commit(asynchronous=False)
+            # NOTE: the offsets are named: the consumer config stores none automatically
+            # (`enable.auto.offset.store=false`), so a bare commit() fails with _NO_OFFSET and the batch was
+            # consumed again forever.
+            self._consumer.commit(offsets=[TopicPartition(topic, partition, offset + 1)
+                                           for (topic, partition), offset in last.items()], asynchronous=False)
         except Exception:
             for (topic, partition), offset in first.items():
                 self._consumer.seek(TopicPartition(topic, partition, offset))

@@ -59,8 +59,16 @@ class FakeConsumer:
     def consume(self, num_messages: int, timeout: float) -> list[Msg]:
         return self.batches.pop(0) if self.batches else []
 
-    def commit(self, asynchronous: bool = True) -> None:
+    committed: dict[int, int] = field(default_factory=dict)
+
+    def commit(self, message: Any = None, offsets: Any = None, asynchronous: bool = True) -> None:
+        # NOTE: like librdkafka with `enable.auto.offset.store=false` (the project's consumer config): a commit
+        # naming no offsets commits the stored ones, and none are ever stored, so it fails with _NO_OFFSET.
+        if offsets is None:
+            raise RuntimeError("KafkaError{code=_NO_OFFSET,val=-168,str=\"Commit failed: Local: No offset stored\"}")
         self.commits += 1
+        for tp in offsets:
+            self.committed[tp.partition] = tp.offset
 
     def seek(self, partition: Any) -> None:
         self.seeks.append((partition.partition, partition.offset))
@@ -113,3 +121,14 @@ def test_a_batch_whose_rows_fail_is_sought_back_and_not_committed() -> None:
         fan_out.poll_once()
     assert kafka.commits == 0
     assert sorted(kafka.seeks) == [(0, 10), (2, 7)]
+
+
+def test_the_offsets_committed_are_the_next_ones_after_the_batch_per_partition() -> None:
+    # Before: `commit()` named no offsets, which fails when offsets are not auto-stored (the project's config):
+    # every batch was "consumed again" forever after its rows were written, and later events never fanned out.
+    batch = [Msg(0, 7, b"s", event("s")), Msg(1, 3, b"t", event("t")), Msg(0, 8, b"s", event("s"))]
+    fan_out, kafka, _ = consumer_of([batch], FakeDeliveryStore())
+
+    fan_out.poll_once()
+
+    assert (kafka.commits, kafka.committed, kafka.seeks) == (1, {0: 9, 1: 4}, [])
