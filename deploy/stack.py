@@ -151,6 +151,19 @@ def stop_pid(name: str, pid_file: Path, timeout: float = 20.0) -> None:
 # --------------------------------------------------------------------------- Kafka
 
 
+def kraft_cluster_id() -> str:
+    """A random KRaft cluster id (16 bytes, URL-safe base64) that does not start with '-'.
+
+    # NOTE: kafka-storage parses `-t <id>` with argparse: an id starting with '-' (1 in 64) is read as an option
+    # and the format fails ("argument --cluster-id/-t: expected one argument"): the private brokers' rare
+    # "storage format failed" in CI.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 class Kafka:
     name = "kafka"
 
@@ -247,7 +260,7 @@ class Kafka:
         self.fetch()
         props = self.write_config()
         if not (self.data / "meta.properties").exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            cluster_id = kraft_cluster_id()
             log("kafka: formatting KRaft storage")
             rc = subprocess.call(
                 self.java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)),

@@ -121,13 +121,15 @@ def test_the_bootstrap_is_imported_only_while_nothing_is_stored(engine: sa.Engin
 
 
 def test_billing_catalog_import_twice_changes_nothing_and_export_reads_back(
-        engine: sa.Engine, db_schema: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        engine: sa.Engine, database_url: str, db_schema: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import json
 
     from typer.testing import CliRunner
 
     from services.cli import app
 
+    # the test's own database, whatever the environment says (a stack on other ports, no BILLING_* exported)
+    monkeypatch.setenv("BILLING_DATABASE_URL", database_url)
     monkeypatch.setenv("BILLING_DATABASE_SCHEMA", db_schema)
     monkeypatch.setenv("BILLING_CLOCK", "real")
     runner = CliRunner()
