@@ -15,8 +15,6 @@ kind, meter and threshold: `ON CONFLICT DO NOTHING`) with its billing event in t
 
 from __future__ import annotations
 
-import threading
-import time
 import uuid
 from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
@@ -26,6 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 
+from services.billing_worker.adapters.cached_subscriptions import CachedSubscriptionSet
 from services.billing_worker.adapters.outbox import add_outbox
 from shared.adapters.postgres.schema.alerts import fired_alerts
 from shared.adapters.postgres.usage_reads import grant_balances, usage_since
@@ -61,13 +60,10 @@ class AlertHints:
 
     def __init__(self, catalog_of: Callable[[sa.Connection], Catalog], *, refresh_seconds: float = 5.0) -> None:
         self._catalog_of = catalog_of
-        self._refresh_seconds = refresh_seconds
-        self._configured: frozenset[bytes] = frozenset()
-        self._loaded_at = float("-inf")
-        self._lock = threading.Lock()
+        self._configured = CachedSubscriptionSet(_CONFIGURED, refresh_seconds=refresh_seconds)
 
     def __call__(self, conn: sa.Connection, records: Sequence[Any], now: datetime) -> int:
-        configured = self._current(conn)
+        configured = self._configured.current(conn)
         if not configured:
             return 0
         touched = {r.key.decode() for r in records if r.key in configured}
@@ -76,16 +72,9 @@ class AlertHints:
     def after_closes(self, conn: sa.Connection, subscription_ids: set[str], now: datetime) -> int:
         """At a close (once it is written): the credit the close consumed, and the new period re-arms the alerts
         (a low credit still below its threshold fires again for the new period)."""
-        configured = self._current(conn)
+        configured = self._configured.current(conn)
         touched = {s for s in subscription_ids if s.encode() in configured}
         return fire_alerts(conn, touched, now, catalog_of=self._catalog_of) if touched else 0
-
-    def _current(self, conn: sa.Connection) -> frozenset[bytes]:
-        with self._lock:
-            if time.monotonic() - self._loaded_at >= self._refresh_seconds:
-                self._configured = frozenset(s.encode() for s in conn.execute(_CONFIGURED).scalars())
-                self._loaded_at = time.monotonic()
-            return self._configured
 
 
 def fire_alerts(conn: sa.Connection, subscription_ids: Collection[str], now: datetime, *,

@@ -11,8 +11,6 @@ derived from (subscription, meter, recharges so far, period), so the batches of 
 
 from __future__ import annotations
 
-import threading
-import time
 import uuid
 from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
@@ -21,6 +19,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from services.billing_worker.adapters.cached_subscriptions import CachedSubscriptionSet
 from services.billing_worker.adapters.outbox import add_outbox
 from shared.adapters.postgres.usage_reads import grant_balances, usage_since
 from shared.contracts import topics
@@ -55,24 +54,14 @@ class RechargeHints:
 
     def __init__(self, catalog_of: Callable[[sa.Connection], Catalog], *, refresh_seconds: float = 5.0) -> None:
         self._catalog_of = catalog_of
-        self._refresh_seconds = refresh_seconds
-        self._enabled: frozenset[bytes] = frozenset()
-        self._loaded_at = float("-inf")
-        self._lock = threading.Lock()
+        self._enabled = CachedSubscriptionSet(_ENABLED, refresh_seconds=refresh_seconds)
 
     def __call__(self, conn: sa.Connection, records: Sequence[Any], now: datetime) -> int:
-        enabled = self._current(conn)
+        enabled = self._enabled.current(conn)
         if not enabled:
             return 0
         touched = {r.key.decode() for r in records if r.key in enabled}
         return recharge_hints(conn, touched, now, catalog_of=self._catalog_of) if touched else 0
-
-    def _current(self, conn: sa.Connection) -> frozenset[bytes]:
-        with self._lock:
-            if time.monotonic() - self._loaded_at >= self._refresh_seconds:
-                self._enabled = frozenset(s.encode() for s in conn.execute(_ENABLED).scalars())
-                self._loaded_at = time.monotonic()
-            return self._enabled
 
 
 def recharge_hints(conn: sa.Connection, subscription_ids: Collection[str], now: datetime, *,
