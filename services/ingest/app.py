@@ -29,7 +29,7 @@ from services.ingest.limits import BodyLimitMiddleware
 from services.ingest.metrics import MetricsMiddleware
 from services.ingest.nul import NulGuardMiddleware
 from services.ingest.pan import PanGuardMiddleware
-from services.ingest.problems import OutageMiddleware, install_problem_handlers
+from services.ingest.problems import MetronomeProblemMiddleware, OutageMiddleware, install_problem_handlers
 from services.ingest.quota_wiring import build_quota_service
 from services.ingest.relay import build_relay
 from services.ingest.routes import (
@@ -53,6 +53,7 @@ from services.ingest.routes import (
     webhook_endpoints,
     webhooks,
 )
+from services.ingest.routes import metronome as metronome_routes
 from services.ingest.routes import quota as quota_routes
 from shared.config import Settings
 from shared.observability import configure_logging
@@ -62,6 +63,7 @@ from shared.sdk.events import UsageEvent
 _log = logging.getLogger("services.ingest")
 WEBHOOK_PATH = "/v1/webhooks/stripe"
 INGEST_PATH = "/v1/ingest"
+METRONOME_INGEST_PATH = "/metronome/v1/ingest"
 PURGE_INTERVAL_SECONDS = 3600.0
 
 DESCRIPTION = """\
@@ -117,12 +119,14 @@ def create_app(container: Container) -> FastAPI:
 
     # add_middleware wraps: the last added is the outermost.
     app.add_middleware(IdempotencyMiddleware, store=store, exempt_paths=frozenset({WEBHOOK_PATH}))
-    raw_bodies = frozenset({WEBHOOK_PATH, INGEST_PATH})  # answered per event / verified on the raw bytes
+    # answered per event / verified on the raw bytes
+    raw_bodies = frozenset({WEBHOOK_PATH, INGEST_PATH, METRONOME_INGEST_PATH})
     app.add_middleware(PanGuardMiddleware, exempt_paths=raw_bodies)
     app.add_middleware(NulGuardMiddleware, exempt_paths=raw_bodies)
     app.add_middleware(DepthGuardMiddleware, max_depth=MAX_JSON_DEPTH, exempt_paths=raw_bodies)
     app.add_middleware(BodyLimitMiddleware, max_bytes=container.settings.max_request_bytes)
     app.add_middleware(OutageMiddleware)
+    app.add_middleware(MetronomeProblemMiddleware)  # the SDK's error shape under /metronome
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app
 
@@ -142,7 +146,7 @@ def _route_modules() -> list:  # type: ignore[type-arg]
     # and matching through every other router cost ~30 % of a report-credit request's CPU.
     return [ingest, quota_routes, health, api_keys, customers, subscriptions, reads, documents, notifications,
             webhooks, clock, invoice_lines, previews, drafts, credit_notes, invoices,
-            webhook_endpoints, credits, catalog, alerts]
+            webhook_endpoints, credits, catalog, alerts, metronome_routes]
 
 
 def _document_raw_bodies(app: FastAPI) -> None:

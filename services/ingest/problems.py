@@ -391,3 +391,63 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     for status, title in ((401, "Missing or invalid API key"), (403, "Wrong scope or another organisation"),
                           (409, "Conflict"), (413, "Request too large"), (422, "Validation failed"))
 }
+
+
+# --- the Metronome-compatible surface (`/metronome`, `services.ingest.routes.metronome`) ----------------------
+
+METRONOME_PREFIX = "/metronome"
+
+
+def metronome_problem(body: dict[str, Any], status: int) -> tuple[dict[str, Any], int, dict[str, str]]:
+    """A problem document as the Metronome SDK reads errors: Metronome's `message` beside our fields, the
+    status of the SDK exception that fits, and `x-should-retry` (the SDK retries 409 and 5xx by default: only
+    an outage or a rate limit is worth it; our 409s are refusals).
+
+    # NOTE: Metronome answers an invalid request with 400 (the SDK's BadRequestError): our 422 validation and
+    # refusal answers are 400 here; the body keeps every field of our problem document."""
+    message = body.get("detail") or body.get("title") or "error"
+    shown = 400 if status == 422 else status
+    return {"message": message, **body, "status": shown}, shown, \
+        {"x-should-retry": "true" if shown >= 500 or shown == 429 else "false"}
+
+
+class MetronomeProblemMiddleware:
+    """Rewrites the problem documents answered under `/metronome` with `metronome_problem`, whoever raised
+    them (a route, the authentication dependency, a body guard or the idempotency middleware)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not str(scope.get("path", "")).startswith(METRONOME_PREFIX + "/"):
+            await self.app(scope, receive, send)
+            return
+        start: Message | None = None
+        chunks: list[bytes] = []
+
+        async def rewriting_send(message: Message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                headers = dict(message.get("headers", []))
+                if headers.get(b"content-type", b"").startswith(PROBLEM_JSON.encode()):
+                    start = message
+                    return
+            if start is None or message["type"] != "http.response.body":
+                await send(message)
+                return
+            chunks.append(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            try:
+                body = json.loads(b"".join(chunks))
+            except ValueError:
+                body = {"title": "error"}
+            rewritten, status, extra = metronome_problem(body if isinstance(body, dict) else {}, start["status"])
+            raw = json.dumps(rewritten, ensure_ascii=True, separators=(",", ":")).encode()
+            kept = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+            headers_out = [*kept, (b"content-length", str(len(raw)).encode())]
+            headers_out += [(k.encode(), v.encode()) for k, v in extra.items()]
+            await send({"type": "http.response.start", "status": status, "headers": headers_out})
+            await send({"type": "http.response.body", "body": raw})
+
+        await self.app(scope, receive, rewriting_send)

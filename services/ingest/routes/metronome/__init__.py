@@ -1,0 +1,22 @@
+"""The Metronome-compatible surface, mounted under `/metronome`: the official SDK is used as
+`metronome.Metronome(bearer_token=<an API key of ours>, base_url="http://<edge>/metronome")` and every path
+under the prefix is Metronome's own (`/v1/customers`, `/v1/usage`, ...). The native API keeps `/v1/...`
+with its own shapes.
+
+One module per Metronome resource; each decodes Metronome's request, calls our use cases
+(`services.ingest.service_layer`) and answers Metronome's shape (translations: `services.ingest.metronome`).
+Authentication is the native one (`Authorization: Bearer <api key>`; read scope for GETs and list or query
+POSTs, admin for writes, ingest for `/v1/ingest`); errors are rewritten for the SDK by
+`services.ingest.problems.MetronomeProblemMiddleware`.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from services.ingest.metronome.errors import PREFIX
+from services.ingest.routes.metronome import usage
+
+router = APIRouter(prefix=PREFIX)
+for _resource in (usage,):
+    router.include_router(_resource.router)
