@@ -65,7 +65,23 @@ def build_gateway(settings: Settings, engine: sa.Engine | None = None) -> Paymen
         SimulatedGateway,
     )
 
-    return SimulatedGateway(PostgresProviderRecord(engine) if engine is not None else InMemoryProviderRecord())
+    return SimulatedGateway(PostgresProviderRecord(engine) if engine is not None else InMemoryProviderRecord(),
+                            rate_limit_per_s=settings.simulated_gateway_rate_limit_per_s or None)
+
+
+def build_paced_gateway(settings: Settings, engine: sa.Engine | None = None) -> PaymentGateway:
+    """The gateway of a process that charges (the worker's payment and refund executors): `build_gateway`'s,
+    paced at this process's share of the provider's rate limit, its 429s retried with back-off
+    (`shared.adapters.payments.rate_limit`). Unpaced when BILLING_PAYMENT_RATE_LIMIT_PER_S is 0."""
+    from shared.adapters.payments.rate_limit import RateLimitedGateway, client_bucket
+
+    gateway = build_gateway(settings, engine)
+    if not settings.payment_rate_limit_per_s:
+        return gateway
+    share = settings.payment_rate_limit_per_s / settings.payment_executor_processes
+    calls = getattr(gateway, "calls_for_charge", None)
+    return RateLimitedGateway(gateway, client_bucket(share),
+                              calls_for_charge=calls if callable(calls) else (lambda _request: 2))
 
 
 def build_notifier(settings: Settings) -> Notifier:

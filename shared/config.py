@@ -39,6 +39,17 @@ class Settings(BaseSettings):
     stripe_api_base: str = "http://127.0.0.1:12111"
     stripe_webhook_secret: SecretStr = SecretStr("whsec_local_dev_secret")
     payment_gateway: Literal["stripe", "simulated"] = "simulated"
+    payment_rate_limit_per_s: float = Field(
+        default=100.0, ge=0, description="the provider account's operations per second (Stripe: 100 live, 25 "
+                                         "test mode); a charge is 2 (create + confirm); 0: unpaced")
+    payment_executor_processes: int = Field(
+        default=1, ge=1, description="worker processes charging the same provider account: each paces its "
+                                     "calls at payment_rate_limit_per_s / this")
+    payment_concurrency: int = Field(
+        default=32, ge=1, description="charges the payment executor keeps in flight (threads); enough for the "
+                                      "rate limit at the provider's latency: limit / calls per charge x latency")
+    simulated_gateway_rate_limit_per_s: float = Field(
+        default=0.0, ge=0, description="the simulated provider's own limit (429 beyond it); 0: none")
 
     # --- time
     clock: Literal["real", "simulated"] = "real"
@@ -51,6 +62,14 @@ class Settings(BaseSettings):
         default=1, ge=1, description="edge processes sharing the port (uvicorn workers); one per core on a "
                                      "machine of its own, 1 in a pod scaled by replicas")
     admin_api_key: SecretStr = SecretStr("admin-dev-key-change-me")
+    portal_secret: SecretStr = Field(
+        default=SecretStr("portal-dev-secret-change-me"),
+        description="HMAC key of the customer usage-page links (POST /v1/customers/{id}/portal-links); "
+                    "rotating it revokes every link")
+    console_secret: SecretStr | None = Field(
+        default=None, description="HMAC key of the operator console's session cookies and CSRF tokens; unset: "
+                                  "a random one per process (sessions end with the process)")
+    console_session_seconds: int = Field(default=28_800, ge=60, description="console session lifetime")
     command_wait_seconds: float = 3.0
     max_request_bytes: int = 1_048_576
     max_batch_events: int = 1000

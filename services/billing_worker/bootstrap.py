@@ -53,7 +53,7 @@ from shared.adapters.postgres.engine import make_engine
 from shared.adapters.postgres.errors import describe
 from shared.adapters.postgres.health import DatabaseProbe
 from shared.adapters.retry_policy import is_retryable
-from shared.bootstrap import build_clock, build_gateway
+from shared.bootstrap import build_clock, build_paced_gateway
 from shared.config import Settings
 from shared.contracts import topics
 from shared.contracts.messages import PAYLOADS
@@ -200,8 +200,9 @@ def build_worker(settings: Settings, *, handlers: Mapping[str, Handler] | None =
     bus = message_bus(billing_handlers() if handlers is None else handlers)
     tasks: list[BackgroundTask] = []
     if background:
-        gateway = build_gateway(settings, engine)
-        tasks = [PaymentExecutor(engine, gateway, clock), Scheduler(settings, engine, clock),
+        gateway = build_paced_gateway(settings, engine)
+        executor = PaymentExecutor(engine, gateway, clock, concurrency=settings.payment_concurrency)
+        tasks = [executor, Scheduler(settings, engine, clock),
                  RefundExecutor(engine, gateway, clock)]
     materializer = UsageMaterializer(MeterMap.from_catalog(catalog), clock)
     me = instance_id()

@@ -20,6 +20,12 @@ its lease expires, and the next claim looks it up before anything else. A charge
 because the invoice's PaymentIntent is no longer confirmable is looked up too: paid out of band, it settles
 the attempt as a success instead of a hard decline.
 
+Pace: the gateway the worker passes is paced at the provider's rate limit (`build_paced_gateway`, one token
+bucket shared by the pool's threads, each call counted: a charge is create + confirm) and retries the
+provider's 429s itself; a charge still rate-limited after those retries raises `ProviderRateLimited`, a
+`PaymentGatewayError`: the attempt is released for a later round, never recorded as a decline.
+`concurrency` (BILLING_PAYMENT_CONCURRENCY) must cover the limit at the provider's latency.
+
 Guards: an attempt is only charged while its invoice is open and no other attempt of the invoice is in
 flight, unknown or succeeded; attempts of invoices paid or voided meanwhile are cancelled.
 

@@ -15,6 +15,8 @@ Contract (DESIGN.md rules 3 and 4):
 - `lookup` without a key answers what the provider knows about the invoice's PaymentIntent now (by
   `provider_ref`, else by a search on the invoice id), whoever moved it: the open-invoice reconciliation
   uses it to find payments made out of band (a lost webhook, Stripe's own retry, the hosted page).
+- Any call may raise `ProviderRateLimited` (a `PaymentGatewayError`: nothing was done, send it again later);
+  `rate_limit.RateLimitedGateway` paces the calls and retries those answers.
 """
 
 from __future__ import annotations
@@ -113,6 +115,18 @@ class PaymentGatewayError(InfrastructureError):
     """The gateway could not be used at all (bad credentials, misconfiguration); nothing was charged."""
 
     retryable: ClassVar[bool] = True
+
+
+class ProviderRateLimited(PaymentGatewayError):
+    """The provider refused the request for its rate limit (HTTP 429, Stripe's `rate_limit`): it did nothing,
+    so the same request (same idempotency key) may be sent again after `retry_after_s` (the provider's
+    Retry-After, when it gave one). Never a decline: the card was not asked."""
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None, should_retry: bool = True) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        self.should_retry = should_retry
+        """False when the provider said not to send it again now (Stripe-Should-Retry: false)."""
 
 
 class PaymentGateway(Protocol):

@@ -22,6 +22,13 @@ test scripts a customer simply by saving such a method (or with `script_customer
     pm_sim_decline_then_succeed ...................................... first attempt of an invoice declined
                                                                        (insufficient_funds), later ones succeed
     pm_sim_missing ................................................... no such payment method (hard)
+    pm_sim_rate_limited_once ......................................... the first request of each charge is
+                                                                       refused with a 429 (nothing done),
+                                                                       the same request again succeeds
+
+Like Stripe, it can limit the operations per second (`rate_limit_per_s`, BILLING_SIMULATED_GATEWAY_RATE_LIMIT_PER_S):
+a charge counts as Stripe's create + confirm (2; 1 on an invoice's existing PaymentIntent), a lookup or a refund
+as 1, and a request beyond the limit raises `ProviderRateLimited` with a Retry-After, having done nothing.
 
 Like Stripe, one PaymentIntent per invoice (`intent_ref`) carries every attempt, and once it succeeded it
 cannot be confirmed again (a later charge on it is refused with `payment_intent_unexpected_state`).
@@ -45,10 +52,12 @@ from shared.adapters.payments.port import (
     INTENT_NOT_CONFIRMABLE,
     ChargeOutcome,
     ChargeRequest,
+    ProviderRateLimited,
     RefundOutcome,
     RefundRequest,
     RefundStatus,
 )
+from shared.adapters.payments.rate_limit import TokenBucket
 from shared.adapters.postgres.schema.billing import (
     simulated_gateway_charges,
     simulated_gateway_refunds,
@@ -64,6 +73,7 @@ class Behaviour(StrEnum):
     TIMEOUT_AFTER_SUCCESS = "timeout_after_success"
     SERVER_ERROR = "server_error"
     DECLINE_THEN_SUCCEED = "decline_then_succeed"
+    RATE_LIMITED_ONCE = "rate_limited_once"
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +105,8 @@ def script_of(payment_method_id: str) -> Script:
         return Script(Behaviour.SERVER_ERROR)
     if payment_method_id == "pm_sim_decline_then_succeed":
         return Script(Behaviour.DECLINE_THEN_SUCCEED, "insufficient_funds")
+    if payment_method_id == "pm_sim_rate_limited_once":
+        return Script(Behaviour.RATE_LIMITED_ONCE)
     return Script(Behaviour.SUCCEED)
 
 
@@ -290,14 +302,41 @@ class SimulatedGateway:
 
     name = "simulated"
 
-    def __init__(self, record: ProviderRecord | None = None) -> None:
+    def __init__(self, record: ProviderRecord | None = None, *, rate_limit_per_s: float | None = None) -> None:
         self.record: ProviderRecord = record if record is not None else InMemoryProviderRecord()
+        # NOTE: one second of burst, like a per-second window: callers pacing at the limit never see a 429.
+        self._limiter = TokenBucket(rate_limit_per_s) if rate_limit_per_s else None
+        self._lock = threading.Lock()
+        self._limited_once: set[str] = set()  # keys already refused once (pm_sim_rate_limited_once)
+        self.rate_limited_answers = 0
+
+    @staticmethod
+    def calls_for_charge(request: ChargeRequest) -> int:
+        """As Stripe's adapter: create + confirm, or only confirm on the invoice's existing PaymentIntent."""
+        return 1 if request.provider_ref else 2
+
+    def _admit(self, calls: int, idempotency_key: str | None = None, method: str | None = None) -> None:
+        """The provider's own limiter: refuse (429, nothing done) beyond the limit or when scripted."""
+        scripted = False
+        if method is not None and idempotency_key is not None and \
+                script_of(method).behaviour is Behaviour.RATE_LIMITED_ONCE:
+            with self._lock:
+                scripted = idempotency_key not in self._limited_once
+                self._limited_once.add(idempotency_key)
+        if scripted or (self._limiter is not None and not self._limiter.try_take(calls)):
+            with self._lock:
+                self.rate_limited_answers += 1
+            retry_after = self._limiter.retry_after(calls) if self._limiter is not None and not scripted else 0.05
+            raise ProviderRateLimited("simulated rate limit (HTTP 429): nothing was done",
+                                      retry_after_s=round(retry_after, 3))
 
     def script_customer(self, customer_id: str, payment_method_id: str | None) -> None:
         """Make every charge of `customer_id` behave like `payment_method_id` (None: back to the method)."""
         self.record.script_customer(customer_id, payment_method_id)
 
     def charge(self, request: ChargeRequest) -> ChargeOutcome:
+        method = self.record.script_for_customer(request.customer_id) or request.payment_method_id
+        self._admit(self.calls_for_charge(request), request.idempotency_key, method)
         known = self.record.by_key(request.idempotency_key)
         if known is not None:
             return _outcome(known)
@@ -307,7 +346,6 @@ class SimulatedGateway:
             # Stripe refuses to confirm a PaymentIntent that already succeeded: nothing is taken twice.
             return ChargeOutcome.declined(INTENT_NOT_CONFIRMABLE, hard=True, provider_ref=ref,
                                           message=f"payment intent {ref} has already succeeded")
-        method = self.record.script_for_customer(request.customer_id) or request.payment_method_id
         script = script_of(method)
         if script.behaviour is Behaviour.SERVER_ERROR:
             return ChargeOutcome.unknown("simulated provider error (HTTP 500): nothing was charged", ref)
@@ -329,6 +367,7 @@ class SimulatedGateway:
 
     def lookup(self, *, idempotency_key: str | None = None, invoice_id: str,
                provider_ref: str | None = None) -> ChargeOutcome | None:
+        self._admit(1)
         if idempotency_key is None:
             # The PaymentIntent as it stands now, like Stripe's retrieve (by id) or search (by invoice):
             # returned whatever invoice it belongs to; the caller checks `invoice_id` on the outcome.
@@ -344,6 +383,7 @@ class SimulatedGateway:
     def refund(self, request: RefundRequest) -> RefundOutcome:
         """Like a provider: a refund needs a succeeded payment, never gives back more than it took (over all
         refunds of that payment), and a repeated key answers the first refund."""
+        self._admit(1)
         known = [r for r in self.record.refunds_of(request.payment_ref or "")
                  if r.idempotency_key == request.idempotency_key]
         if known:

@@ -6,7 +6,9 @@ with the saved payment method (idempotency key `<attempt key>:confirm`). Stripe 
 for a repeated key for 24 hours, so a retried request cannot charge twice.
 
 Error mapping: a card error is DECLINED (hard when the decline code says the card can never succeed); a
-timeout, a connection error, a rate limit or a 5xx is UNKNOWN (reconcile with `lookup` before any retry);
+timeout, a connection error or a 5xx is UNKNOWN (reconcile with `lookup` before any retry); a rate limit
+(HTTP 429: Stripe did nothing) raises `ProviderRateLimited` with Stripe's Retry-After and Stripe-Should-Retry,
+for the caller to send the same request again later (`rate_limit.RateLimitedGateway`), never a decline;
 an invalid request (no such payment method, ...) is a hard DECLINED, because retrying the same request
 cannot succeed; bad credentials raise PaymentGatewayError (nothing was charged, retry once fixed).
 """
@@ -24,6 +26,7 @@ from shared.adapters.payments.port import (
     ChargeRequest,
     ChargeStatus,
     PaymentGatewayError,
+    ProviderRateLimited,
     RefundOutcome,
     RefundRequest,
     RefundStatus,
@@ -51,6 +54,12 @@ class StripeGateway:
 
     # ------------------------------------------------------------------------------------------ charge
 
+    @staticmethod
+    def calls_for_charge(request: ChargeRequest) -> int:
+        """The API requests `charge` makes: create + confirm, or only confirm on the invoice's existing
+        PaymentIntent (each counts against Stripe's per-second operations limit)."""
+        return 1 if request.provider_ref else 2
+
     def charge(self, request: ChargeRequest) -> ChargeOutcome:
         intent_id = request.provider_ref
         try:
@@ -69,8 +78,9 @@ class StripeGateway:
             raise PaymentGatewayError(f"stripe refused the credentials: {_message(error)}") from error
         except stripe.PermissionError as error:
             raise PaymentGatewayError(f"stripe refused the request: {_message(error)}") from error
-        except (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError,
-                stripe.IdempotencyError) as error:
+        except stripe.RateLimitError as error:
+            raise _rate_limited(error) from error
+        except (stripe.APIConnectionError, stripe.APIError, stripe.IdempotencyError) as error:
             # NOTE: we cannot know whether Stripe acted on the request: reconcile, never resend blind.
             return ChargeOutcome.unknown(f"{type(error).__name__}: {_message(error)}", provider_ref=intent_id)
         return self._outcome_of(intent, after_confirm=True) or ChargeOutcome.unknown(
@@ -126,6 +136,8 @@ class StripeGateway:
             if error.http_status == 404:
                 return None
             raise PaymentGatewayError(f"stripe lookup refused: {_message(error)}") from error
+        except stripe.RateLimitError as error:
+            raise _rate_limited(error) from error
         except stripe.StripeError as error:
             raise PaymentGatewayError(f"stripe lookup failed: {_message(error)}") from error
         return self._outcome_of(intent, after_confirm=False)
@@ -177,6 +189,8 @@ class StripeGateway:
             raise PaymentGatewayError(f"stripe refused the credentials: {_message(error)}") from error
         except stripe.PermissionError as error:
             raise PaymentGatewayError(f"stripe refused the request: {_message(error)}") from error
+        except stripe.RateLimitError as error:
+            raise _rate_limited(error) from error
         except stripe.StripeError as error:
             return RefundOutcome(RefundStatus.UNKNOWN, message=f"{type(error).__name__}: {_message(error)}")
         status = _get(refund, "status")
@@ -205,6 +219,26 @@ def _money(intent: Any) -> Money | None:
         return Money(int(intent.amount), str(intent.currency).upper())
     except (TypeError, ValueError, AttributeError):
         return None
+
+
+def _rate_limited(error: stripe.RateLimitError) -> ProviderRateLimited:
+    """Stripe's 429 (`rate_limit`, or `lock_timeout` on a busy object): its Retry-After (seconds) and
+    Stripe-Should-Retry headers, when it sent them, tell when and whether to send the request again."""
+    headers: Any = error.headers or {}
+    retry_after: float | None = None
+    should_retry = True
+    try:
+        lowered = {str(k).lower(): str(v) for k, v in dict(headers).items()}
+    except (TypeError, ValueError):
+        lowered = {}
+    try:
+        retry_after = float(lowered["retry-after"]) if "retry-after" in lowered else None
+    except ValueError:
+        retry_after = None
+    if lowered.get("stripe-should-retry") == "false":
+        should_retry = False
+    return ProviderRateLimited(f"stripe rate limit: {_message(error)}", retry_after_s=retry_after,
+                               should_retry=should_retry)
 
 
 def _message(error: stripe.StripeError) -> str:
