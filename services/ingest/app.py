@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from services.ingest import openapi as api_document
 from services.ingest.body_guard import MAX_JSON_DEPTH, DepthGuardMiddleware
 from services.ingest.bootstrap import build_container, build_edge_services
+from services.ingest.console import pages as console_pages
 from services.ingest.container import Container
 from services.ingest.idempotency import IdempotencyMiddleware, IdempotencyStore
 from services.ingest.limits import BodyLimitMiddleware
@@ -30,6 +31,7 @@ from services.ingest.metrics import MetricsMiddleware
 from services.ingest.nul import NulGuardMiddleware
 from services.ingest.pan import PanGuardMiddleware
 from services.ingest.problems import MetronomeProblemMiddleware, OutageMiddleware, install_problem_handlers
+from services.ingest.quota_fast_path import QuotaFastPath
 from services.ingest.quota_wiring import build_quota_service
 from services.ingest.relay import build_relay
 from services.ingest.routes import (
@@ -54,6 +56,7 @@ from services.ingest.routes import (
     webhooks,
 )
 from services.ingest.routes import metronome as metronome_routes
+from services.ingest.routes import portal as portal_routes
 from services.ingest.routes import quota as quota_routes
 from shared.config import Settings
 from shared.observability import configure_logging
@@ -110,6 +113,7 @@ def create_app(container: Container) -> FastAPI:
     app.state.metrics = edge.metrics
     app.state.directory = edge.directory
     app.state.spend = edge.spend
+    app.state.console = edge.console
     install_problem_handlers(app)
 
     for module in _route_modules():
@@ -128,6 +132,10 @@ def create_app(container: Container) -> FastAPI:
     app.add_middleware(OutageMiddleware)
     app.add_middleware(MetronomeProblemMiddleware)  # the SDK's error shape under /metronome
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    # the decision endpoints' common request, answered ahead of all the above (issue 18; hands on the rest)
+    app.add_middleware(QuotaFastPath, state=app.state, exception_handlers=app.exception_handlers,
+                       authenticator=edge.authenticator, metrics=app.state.metrics,
+                       max_body_bytes=container.settings.max_request_bytes)
     return app
 
 
@@ -146,7 +154,7 @@ def _route_modules() -> list:  # type: ignore[type-arg]
     # and matching through every other router cost ~30 % of a report-credit request's CPU.
     return [ingest, quota_routes, health, api_keys, customers, subscriptions, reads, documents, notifications,
             webhooks, clock, invoice_lines, previews, drafts, credit_notes, invoices,
-            webhook_endpoints, credits, catalog, alerts, metronome_routes]
+            webhook_endpoints, credits, catalog, alerts, metronome_routes, console_pages, portal_routes]
 
 
 def _document_raw_bodies(app: FastAPI) -> None:

@@ -195,7 +195,7 @@ _DENIAL_TITLE = {
 
 
 
-def _credit_response(answer: CreditAnswer, now: datetime | None) -> Response:
+def credit_response(answer: CreditAnswer, now: datetime | None) -> Response:
     """200 with the balances, or the problem document of the refusal (``now`` sets 429's Retry-After)."""
     headers = {"Idempotent-Replayed": "true"} if answer.replayed else {}
     if answer.allowed:
@@ -260,7 +260,7 @@ async def use_report_credit(org_id: str, request: Request) -> Response:
     admission = request.app.state.quota.admission
     answer = await admission.use_credit(org, body.user_id, body.enquiry_id)
     user_refused = answer.reason is QuotaDenialReason.USER_LIMIT_REACHED
-    return _credit_response(answer, await admission.now() if user_refused else None)
+    return credit_response(answer, await admission.now() if user_refused else None)
 
 
 router.add_api_route("/orgs/{org_id}/report-credits", use_report_credit, methods=["POST"],
@@ -503,6 +503,11 @@ async def authorise_spend(org_id: PathId, body: Authorise,
                           spend: Annotated[SpendService, Depends(get_spend)]) -> Response:
     answer = await spend.authorise(resolve_org(principal, org_id), body.request_id, body.quantity,
                                    body.properties)
+    return spend_response(answer)
+
+
+def spend_response(answer: SpendAnswer) -> Response:
+    """200 with what is left, or the problem document of the refusal (also the fast path's answer)."""
     headers = {"Idempotent-Replayed": "true"} if answer.replayed else {}
     if answer.allowed:
         return Response(orjson.dumps(_spend_body(answer)), status_code=200, media_type="application/json",
