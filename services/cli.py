@@ -160,16 +160,19 @@ def clock_advance(
 def _print_rows(title: str, sql: str, params: dict[str, object]) -> None:
     import sqlalchemy as sa
 
+    from services.tables import row_cells
     from shared.adapters.postgres.engine import make_engine
 
     engine = make_engine(_settings(), pool_size=1)
     with engine.connect() as conn:
         result = conn.execute(sa.text(sql), params)
-        table = Table(title=title)
-        for col in result.keys():
-            table.add_column(col)
-        for row in result:
-            table.add_row(*[json.dumps(v, default=str) if isinstance(v, dict | list) else str(v) for v in row])
+        columns = list(result.keys())
+        rows = [row_cells(columns, tuple(row)) for row in result]
+    table = Table(title=title)
+    for header in rows[0][0] if rows else columns:
+        table.add_column(header)
+    for _, cells in rows:
+        table.add_row(*cells)
     console.print(table)
 
 

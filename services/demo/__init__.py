@@ -39,18 +39,19 @@ import sqlalchemy as sa
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from services.demo.audit import run_invariants, summarise
 from services.demo.paid_at_provider import pay_on_hosted_page
 from services.demo.population import GOOD_CARD, REPLACEMENT_CARD, DemoCustomer, build_population
 from services.demo.processes import Quiescence, ServiceProcess, free_port, wait_http_ready
 from services.demo.render import render_invoices
+from services.demo.summary_text import summary_rows
 from services.demo.webhook_receiver import WebhookReceiver
 from shared.adapters.kafka.producer import KafkaProducer
 from shared.adapters.postgres.engine import make_engine
 from shared.adapters.postgres.migrate import upgrade
 from shared.config import Settings
-from shared.domain.money import Money
 from shared.sdk.envelopes import usage_message
 from shared.sdk.events import UsageEvent
 
@@ -597,29 +598,11 @@ def report(engine: Any, counters: Counters, timings: dict[str, float], wall_s: f
 
 
 def _print_summary(s: dict[str, Any]) -> None:
-    t = Table(title="Demo summary", show_header=False)
-    t.add_row("customers", json.dumps(s["customers"]))
-    t.add_row("subscriptions", json.dumps(s["subscriptions"]["by_status"]))
-    t.add_row("invoices", f"{s['invoices_total']} {json.dumps(s['invoices_by_status'])}")
-    for cur, r in s["revenue"].items():
-        t.add_row(f"revenue {cur}", ", ".join(f"{k} {Money(v, cur).format()}" for k, v in r.items()))
-    t.add_row("usage events", json.dumps({k: v for k, v in s["usage_events"].items() if k != "by_meter"}))
-    t.add_row("reports", json.dumps(s["reports"]))
-    t.add_row("dunning", json.dumps(s["dunning"]))
-    d = s["dunning"]
-    t.add_row("recovered by reconciliation",
-              f"{d['invoices_recovered_by_reconciliation']} invoices found paid at the provider and settled "
-              f"({d['paid_at_provider_without_webhook']} paid on the hosted page, webhook lost)")
-    t.add_row("catalog and credits", json.dumps(s["catalog_and_credits"]))
-    t.add_row("corrections", json.dumps(s["corrections"]))
-    w = s["webhooks"]
-    t.add_row("webhooks", f"deliveries {json.dumps(w.get('by_status', {}))}; receiver got "
-                          f"{w['receiver']['events_received']} events (signatures checked, "
-                          f"{w['receiver']['bad_signatures']} bad), answered 503 to the first "
-                          f"{w['receiver']['answered_503_while_down']} requests: retried")
-    t.add_row("throughput", json.dumps(s["throughput"]))
-    for name, ok in s["invariants"].items():
-        t.add_row(name, "[green]true[/green]" if ok is True else f"[red]{ok} violations[/red]")
+    t = Table(title="Demo summary", show_header=False, box=None, pad_edge=False)
+    t.add_column(style="bold", no_wrap=True)
+    t.add_column()
+    for label, text in summary_rows(s):
+        t.add_row(Text(label), Text(text))  # plain text: no rich markup in the figures
     console.print(t)
 
 
