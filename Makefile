@@ -21,6 +21,7 @@ system-deps:
 	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v kcat >/dev/null 2>&1 || missing="$$missing kcat"; \
 	command -v wrk >/dev/null 2>&1 || missing="$$missing wrk"; \
+	test -x /usr/bin/chromium || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing from Debian:$$missing"; \
 	  apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; \

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import stripe
 
 from services.ingest.auth import Authenticator
+from services.ingest.console.session import SessionSigner
 from services.ingest.container import Container
 from services.ingest.directory import CustomerDirectory
 from services.ingest.idempotency import IdempotencyStore
@@ -63,6 +64,7 @@ class EdgeServices:
     metrics: EdgeMetrics
     directory: CustomerDirectory  # customer id or alias -> subscription, cached like the keys
     spend: SpendService  # usage tiers; its spend gate caches what it last read for every request
+    console: SessionSigner  # the operator console's session cookies (one secret per process)
 
 
 def build_edge_services(container: Container) -> EdgeServices:
@@ -71,4 +73,7 @@ def build_edge_services(container: Container) -> EdgeServices:
         idempotency=IdempotencyStore(container.engine), metrics=EdgeMetrics(),
         directory=CustomerDirectory(container.engine),
         spend=SpendService(container.engine, container.clock, container.catalog, is_dependency_outage,
-                           current_catalog=container.current_catalog))
+                           current_catalog=container.current_catalog),
+        console=SessionSigner.from_setting(
+            None if container.settings.console_secret is None else container.settings.console_secret.get_secret_value(),
+            container.settings.console_session_seconds))
