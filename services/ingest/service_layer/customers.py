@@ -15,8 +15,8 @@ retry more than 24 h later.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from services.ingest.auth import Principal
@@ -50,6 +50,9 @@ class Onboard:
     aliases: Sequence[str] = ()
     payment_method_id: str | None = None
     invoice_grace_seconds: int | None = None  # None: the issuer's default
+    # an existing payment-provider customer (Metronome's billing_config): recorded, none is created
+    stripe_customer_id: str | None = None
+    custom_fields: Mapping[str, str] = field(default_factory=dict)
 
 
 class PaymentCustomers(Protocol):
@@ -74,6 +77,10 @@ def _write_customer(uow: UnitOfWorkFactory, request: Onboard, principal: Princip
                   "timezone": request.timezone, "tax_rate_bps": request.tax_rate_bps}
         if request.invoice_grace_seconds is not None:
             values["invoice_grace_seconds"] = request.invoice_grace_seconds
+        if request.stripe_customer_id is not None:
+            values["stripe_customer_id"] = request.stripe_customer_id
+        if request.custom_fields:
+            values["custom_fields"] = dict(request.custom_fields)
         created = work.insert_customer(values)
         if not created:
             existing = work.customer_by_external_id(request.external_id)

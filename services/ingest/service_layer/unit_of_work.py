@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, fields
+from datetime import datetime
 from typing import Any, Final, Protocol
 
 import sqlalchemy as sa
@@ -24,7 +25,10 @@ from shared.adapters.postgres.outbox import add_documents_to_outbox, add_to_outb
 from shared.adapters.postgres.schema.billing import subscriptions
 from shared.adapters.postgres.schema.core import command_outcomes, customer_aliases, customers, org_members
 from shared.adapters.postgres.schema.edge import stripe_webhook_events, subscription_routes, unmatched_usage
-from shared.adapters.postgres.subscription_reads import live_subscriptions_of_stripe_customer
+from shared.adapters.postgres.subscription_reads import (
+    live_subscriptions_of_stripe_customer,
+    newest_live_subscription,
+)
 from shared.contracts.envelope import Envelope
 
 
@@ -63,6 +67,10 @@ class CustomerRecord:
     invoice_grace_seconds: int | None = None  # None: the issuer's default (BILLING_INVOICE_GRACE_SECONDS)
     aliases: list[str] = field(default_factory=list)
     members: list[Member] = field(default_factory=list)
+    custom_fields: dict[str, str] = field(default_factory=dict)
+    archived_at: datetime | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
 
 
 _CUSTOMER_FIELDS: Final = frozenset(f.name for f in fields(CustomerRecord)) - {"aliases", "members"}
@@ -134,6 +142,18 @@ class UnitOfWork(Protocol):
         """A customer with its aliases and members."""
 
     def customer_ids(self, after: str | None, limit: int) -> list[str]: ...
+
+    def customer_ids_where(self, after: str | None, limit: int, *, customer_ids: Sequence[str] | None = None,
+                           alias: str | None = None, archived: bool = False) -> list[str]:
+        """Customer ids in order after `after`: archived ones or the others, optionally among `customer_ids`
+        or owning `alias` (the Metronome list's filters)."""
+
+    def replace_aliases(self, customer_id: str, aliases: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+        """Make `aliases` the customer's aliases: returns the aliases it lost, and the owner of each of
+        `aliases` afterwards (another customer's alias is not taken)."""
+
+    def has_live_subscription(self, customer_id: str) -> bool:
+        """Does the customer have a subscription that is not cancelled (`subscription_reads.is_live`)?"""
 
     def claim_stripe_event(self, stripe_event_id: str, event_type: str) -> bool:
         """Record a Stripe event and lock its row until this unit of work ends; True if it was already
@@ -250,7 +270,8 @@ class SqlUnitOfWork:
             {"customer_id": customer_id, "user_id": m.user_id, "email": m.email, "role": m.role} for m in members])
 
     def update_customer(self, customer_id: str, changes: dict[str, Any]) -> None:
-        self.conn.execute(sa.update(customers).where(customers.c.customer_id == customer_id).values(**changes))
+        self.conn.execute(sa.update(customers).where(customers.c.customer_id == customer_id)
+                          .values(**changes, updated_at=sa.func.now()))
 
     def customer(self, customer_id: str) -> CustomerRecord | None:
         row = self.conn.execute(sa.select(customers).where(customers.c.customer_id == customer_id)).one_or_none()
@@ -270,6 +291,30 @@ class SqlUnitOfWork:
         if after is not None:
             query = query.where(customers.c.customer_id > after)
         return list(self.conn.execute(query).scalars().all())
+
+    def customer_ids_where(self, after: str | None, limit: int, *, customer_ids: Sequence[str] | None = None,
+                           alias: str | None = None, archived: bool = False) -> list[str]:
+        query = (sa.select(customers.c.customer_id).order_by(customers.c.customer_id).limit(limit)
+                 .where(customers.c.archived_at.is_not(None) if archived else customers.c.archived_at.is_(None)))
+        if after is not None:
+            query = query.where(customers.c.customer_id > after)
+        if customer_ids is not None:
+            query = query.where(customers.c.customer_id.in_(list(customer_ids)))
+        if alias is not None:
+            query = query.where(customers.c.customer_id.in_(
+                sa.select(customer_aliases.c.customer_id).where(customer_aliases.c.alias == alias)))
+        return list(self.conn.execute(query).scalars().all())
+
+    def replace_aliases(self, customer_id: str, aliases: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+        lost = self.conn.execute(sa.delete(customer_aliases).where(
+            customer_aliases.c.customer_id == customer_id, customer_aliases.c.alias.not_in(list(aliases)))
+            .returning(customer_aliases.c.alias)).scalars().all()
+        owners = self.add_aliases(customer_id, aliases) if aliases else {}
+        return sorted(lost), owners
+
+    def has_live_subscription(self, customer_id: str) -> bool:
+        return self.conn.execute(newest_live_subscription(customer_id, subscriptions.c.subscription_id)
+                                 ).first() is not None
 
     def claim_stripe_event(self, stripe_event_id: str, event_type: str) -> bool:
         self.conn.execute(insert(stripe_webhook_events).values(stripe_event_id=stripe_event_id,

@@ -15,8 +15,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from services.ingest.metronome.errors import PREFIX
-from services.ingest.routes.metronome import usage
+from services.ingest.routes.metronome import contracts, customers, pricing, usage
 
 router = APIRouter(prefix=PREFIX)
-for _resource in (usage,):
+for _resource in (usage, customers, pricing, contracts):
     router.include_router(_resource.router)
