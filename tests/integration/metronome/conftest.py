@@ -45,7 +45,7 @@ def edge_settings(settings):  # type: ignore[no-untyped-def]
     return settings.model_copy(update={"clock": "simulated", "simulated_clock_start": START.isoformat(),
                                        "command_wait_seconds": ANSWER_WAIT_SECONDS,
                                        "admin_api_key": SecretStr(ADMIN_KEY), "database_pool_size": 5,
-                                       "log_level": "WARNING"})
+                                       "log_level": "WARNING", "scheduler_interval_s": 0.2})
 
 
 @pytest.fixture(scope="module")
