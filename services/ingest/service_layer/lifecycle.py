@@ -52,6 +52,7 @@ class Subscribe:
     coupon_id: str | None = None
     anchor_day: int | None = None
     payment_method_id: str | None = None
+    subscription_id: str | None = None  # None: minted here (a caller that stores it beside may mint it first)
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ def subscribe(uow: UnitOfWorkFactory, catalog: Catalog, request: Subscribe, *, p
     except DomainError as exc:
         field = "coupon_id" if request.coupon_id and "coupon" in str(exc) else "plan_id"
         raise UnknownCatalogEntry(str(exc), field=field) from exc
-    subscription_id, command_id = new_subscription_id(), uuid.uuid4()
+    subscription_id, command_id = request.subscription_id or new_subscription_id(), uuid.uuid4()
     with uow() as work:
         customer = work.customer_terms(request.customer_id)
         if customer is None:
