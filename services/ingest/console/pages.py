@@ -9,35 +9,50 @@ The console is a user interface, not an API: its routes are left out of the Open
 
 from __future__ import annotations
 
-from urllib.parse import quote
+import re
+from datetime import UTC, date, datetime, timedelta
+from functools import partial
+from typing import Any
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Depends, Form, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import FileResponse, RedirectResponse, Response
 
-from services.ingest.console import charts
+from services.ingest.console import actions, charts
 from services.ingest.console.session import COOKIE_NAME, ConsoleSession
 from services.ingest.console.web import (
     PREFIX,
     STATIC,
+    ConsoleError,
     ConsoleRoute,
+    badge,
     console_session,
     container_of,
     link,
     money,
     page,
+    principal_of,
     require_csrf,
     signer_of,
     svg,
     when,
 )
-from services.ingest.pagination import decode_cursor, encode_cursor
-from services.ingest.service_layer import console_reads
+from services.ingest.pagination import decode_cursor, decode_int_cursor, encode_cursor
+from services.ingest.problems import ProblemError
+from services.ingest.routes import documents, reads
+from services.ingest.routes import previews as previews_routes
+from services.ingest.routes.documents import DocumentFormat
+from services.ingest.service_layer import console_reads, credit_notes, credits, customer_balance, views
+from services.ingest.views import SubscriptionView
 from shared.domain.money import minor_units
+from shared.errors import BillingError
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False, route_class=ConsoleRoute)
+router.include_router(actions.router)
 STATIC_FILES = {"htmx.min.js": "text/javascript", "htmx.LICENSE.txt": "text/plain", "console.css": "text/css"}
 PAGE_SIZE = 50
+MONTH = re.compile(r"\d{4}-(0[1-9]|1[0-2])")
 
 
 def _safe_next(target: str | None) -> str:
@@ -120,3 +135,163 @@ async def customers(request: Request, q: str | None = Query(None, max_length=200
               c.currency, when(c.created_at)] for c in rows]
     return page(request, "customers.html", session, q=q or "", cells=cells,
                 next_cursor=encode_cursor(nxt) if nxt is not None else None)
+
+
+def _invoice_cells(rows: list[console_reads.InvoiceRow], *, with_customer: bool) -> list[list[object]]:
+    cells: list[list[object]] = []
+    for r in rows:
+        row: list[object] = [link(f"/invoices/{quote(r.invoice_id)}", r.number or r.invoice_id), badge(r.status),
+                             r.kind]
+        if with_customer:
+            row.append(link(f"/customers/{quote(r.customer_id)}", r.customer_id))
+        row += [f"{when(r.period_start)} → {when(r.period_end)}", money(r.total_minor, r.currency),
+                money(r.owed_minor, r.currency) if r.status in ("open", "uncollectible") else "",
+                when(r.issued_at)]
+        cells.append(row)
+    return cells
+
+
+INVOICE_HEADERS = ["Invoice", "Status", "Kind", "Period", "Total", "Owed", "Finalised"]
+
+
+@router.get("/customers/{customer_id}")
+async def customer(request: Request, customer_id: str, session: ConsoleSession = Depends(console_session)) -> Response:
+    container = container_of(request)
+    engine = container.engine
+    detail = await run_in_threadpool(console_reads.customer_detail, engine, customer_id)
+    if detail is None:
+        raise ConsoleError(404, "Unknown customer", f"no customer {customer_id!r}", "not_found")
+    now = await run_in_threadpool(container.clock.now)
+
+    def read() -> tuple[Any, ...]:
+        subs, _ = views.subscriptions_of(engine, customer_id, None, 20)
+        invoices, more = console_reads.invoice_page(engine, customer_id=customer_id, limit=20)
+        payments, _ = views.payments_of(engine, customer_id, None, 50)
+        return (subs, invoices, more, payments, customer_balance.balances_of(engine, customer_id),
+                credits.credits_of_customer(engine, customer_id, now))
+
+    subs, invoices, more, payments, balances, meter_credits = await run_in_threadpool(read)
+    sub_cells = [[link(f"/subscriptions/{quote(s.subscription_id)}", s.subscription_id), s.plan_id, badge(s.status),
+                  s.seats, f"{when(s.current_period_start)} → {when(s.current_period_end)}",
+                  _scheduled_text(s)] for s in subs]
+    payment_cells = [[link(f"/invoices/{quote(p.invoice_id)}", p.invoice_id), p.attempt_no, badge(p.status), p.reason,
+                      money(p.amount_minor, p.currency), p.decline_code or "", when(p.requested_at),
+                      when(p.completed_at)] for p in reversed(payments)]
+    return page(request, "customer.html", session, now=now, c=detail.customer, detail=detail, subs=sub_cells,
+                live=[s for s in subs if s.status != "cancelled"],
+                invoices=_invoice_cells(invoices, with_customer=False), more_invoices=more is not None,
+                payments=payment_cells, balances=balances.balances, meter_credits=meter_credits.meters,
+                invoice_headers=INVOICE_HEADERS)
+
+
+def _scheduled_text(s: SubscriptionView) -> str:
+    parts = []
+    if s.pending_plan_id:
+        parts.append(f"plan → {s.pending_plan_id} at the period end")
+    if s.pending_seats is not None:
+        parts.append(f"seats → {s.pending_seats} at the period end")
+    if s.cancel_at_period_end:
+        parts.append("cancels at the period end")
+    return "; ".join(parts)
+
+
+@router.get("/subscriptions/{subscription_id}")
+async def subscription(request: Request, subscription_id: str,
+                       session: ConsoleSession = Depends(console_session)) -> Response:
+    container = container_of(request)
+    sub = await run_in_threadpool(views.subscription, container.engine, subscription_id)
+    if sub is None:
+        raise ConsoleError(404, "Unknown subscription", f"no subscription {subscription_id!r}", "not_found")
+    principal = principal_of(session)
+    detail = await run_in_threadpool(console_reads.subscription_detail, container.engine, subscription_id,
+                                     sub.current_period_start, sub.current_period_end)
+    usage = upcoming = None
+    unavailable: list[str] = []
+    if sub.status != "cancelled":  # the API's own reads (same code, same answers)
+        try:
+            usage = await reads.usage_so_far(subscription_id, principal, container)
+            upcoming = await previews_routes.upcoming_invoice(subscription_id, principal, container)
+        except (ProblemError, BillingError) as exc:  # shown on the page; the rest of it still answers
+            unavailable.append(str(exc))
+    days = period_days(sub.current_period_start, sub.current_period_end)
+    usage_charts = [(meter, svg(charts.line_chart(
+        [d.strftime("%m-%d") for d in days],
+        [charts.Series(meter, [float(by_day.get(d, 0)) for d in days])],
+        title=f"{meter} per day, current period"))) for meter, by_day in sorted(detail.usage_by_day.items())]
+    return page(request, "subscription.html", session, sub=sub, detail=detail, usage=usage, upcoming=upcoming,
+                usage_charts=usage_charts, scheduled=_scheduled_text(sub), unavailable=unavailable)
+
+
+def period_days(start: datetime, end: datetime) -> list[date]:
+    """The UTC days a period touches, [start, end)."""
+    first, last = start.astimezone(UTC).date(), (end.astimezone(UTC) - timedelta(microseconds=1)).date()
+    return [first + timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+@router.get("/invoices")
+async def invoice_list(request: Request, status: str | None = Query(None), month: str | None = Query(None),
+                       customer: str | None = Query(None), cursor: str | None = None,
+                       session: ConsoleSession = Depends(console_session)) -> Response:
+    status = status or None
+    customer = customer or None
+    month = month or None
+    if status is not None and status not in console_reads.INVOICE_STATUSES:
+        raise ConsoleError(422, "Unknown status", f"status is one of {', '.join(console_reads.INVOICE_STATUSES)}",
+                           "validation")
+    if month is not None and not MONTH.fullmatch(month):
+        raise ConsoleError(422, "Invalid month", "month is YYYY-MM", "validation")
+    container = container_of(request)
+    rows, nxt = await run_in_threadpool(partial(console_reads.invoice_page, container.engine, customer_id=customer,
+                                                status=status, month=month, after=decode_cursor(cursor),
+                                                limit=PAGE_SIZE))
+    query = urlencode({k: v for k, v in (("status", status), ("month", month), ("customer", customer)) if v})
+    return page(request, "invoices.html", session, status=status or "", month=month or "", customer=customer or "",
+                statuses=console_reads.INVOICE_STATUSES, cells=_invoice_cells(rows, with_customer=True),
+                headers=[*INVOICE_HEADERS[:3], "Customer", *INVOICE_HEADERS[3:]],
+                next_cursor=encode_cursor(nxt) if nxt is not None else None, query=query)
+
+
+@router.get("/invoices/{invoice_id}")
+async def invoice(request: Request, invoice_id: str, session: ConsoleSession = Depends(console_session)) -> Response:
+    container = container_of(request)
+    found = await run_in_threadpool(views.invoice, container.engine, invoice_id)
+    if found is None:
+        raise ConsoleError(404, "Unknown invoice", f"no invoice {invoice_id!r}", "not_found")
+    notes = await run_in_threadpool(credit_notes.credit_notes_of_invoice, container.engine, invoice_id)
+    return page(request, "invoice.html", session, inv=found, notes=notes,
+                voidable=found.status in ("draft", "open", "uncollectible"),
+                creditable=found.status in ("open", "paid", "uncollectible"))
+
+
+@router.get("/invoices/{invoice_id}/document")
+async def invoice_document(request: Request, invoice_id: str, format: DocumentFormat = DocumentFormat.PDF,
+                           session: ConsoleSession = Depends(console_session)) -> Response:
+    """The invoice's PDF (or HTML) through the API's own document route, as the logged-in admin key."""
+    return await documents.invoice_document(request, invoice_id, format, principal_of(session),
+                                            container_of(request))
+
+
+@router.get("/dunning")
+async def dunning(request: Request, status: str | None = Query(None), cursor: str | None = None,
+                  session: ConsoleSession = Depends(console_session)) -> Response:
+    container = container_of(request)
+    rows, nxt = await run_in_threadpool(partial(console_reads.dunning_page, container.engine, status=status or None,
+                                                after=decode_cursor(cursor), limit=PAGE_SIZE))
+    cells = [[r["case_id"], badge(r["status"]), link(f"/customers/{quote(r['customer_id'])}", r["customer_id"]),
+              link(f"/invoices/{quote(r['invoice_id'])}", r["invoice_id"]), money(r["amount_minor"], r["currency"]),
+              r["failures"], when(r["opened_at"]), when(r["next_wake_at"]),
+              f"{when(r['closed_at'])} {r['closed_reason'] or ''}".strip()] for r in rows]
+    return page(request, "dunning.html", session, status=status or "", cells=cells,
+                next_cursor=encode_cursor(nxt) if nxt is not None else None)
+
+
+@router.get("/parked-usage")
+async def parked_usage(request: Request, cursor: str | None = None,
+                       session: ConsoleSession = Depends(console_session)) -> Response:
+    container = container_of(request)
+    rows, nxt = await run_in_threadpool(partial(console_reads.parked_usage_page, container.engine,
+                                                after=decode_int_cursor(cursor), limit=PAGE_SIZE))
+    cells = [[r["id"], r["customer_ref"], r["transaction_id"], r["event"].get("event_type", ""),
+              r["event"].get("timestamp", ""), r["submitted_by"], when(r["created_at"])] for r in rows]
+    return page(request, "parked.html", session, cells=cells,
+                next_cursor=encode_cursor(str(nxt)) if nxt is not None else None)

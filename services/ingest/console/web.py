@@ -5,6 +5,7 @@ page saying why (the API answers the same refusals as problem+json).
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Coroutine
 from datetime import date, datetime
 from decimal import Decimal
@@ -30,6 +31,11 @@ from shared.errors import BillingError
 HERE = Path(__file__).resolve().parent
 STATIC = HERE / "static"
 PREFIX = "/console"
+# what `?done=` says after an action (fixed texts: nothing from the URL is shown)
+DONE = {"voided": "The invoice was voided.", "credited": "The credit note was issued.",
+        "cancelled": "The cancellation was applied.", "topped_up": "The credit balance was topped up.",
+        "clock_advanced": "The billing clock was advanced.",
+        "pending": "Sent: the billing worker has not answered yet; reload in a moment."}
 
 
 def money(amount_minor: int | None, currency: str) -> str:
@@ -143,7 +149,9 @@ def require_csrf(request: Request, session: ConsoleSession, token: str | None) -
 def page(request: Request, name: str, session: ConsoleSession | None, *, status_code: int = 200,
          **context: Any) -> Response:
     csrf = signer_of(request).csrf_token(session) if session is not None else ""
-    return templates.TemplateResponse(request, name, {"session": session, "csrf": csrf, **context},
+    done = DONE.get(request.query_params.get("done", ""))
+    return templates.TemplateResponse(request, name, {"session": session, "csrf": csrf, "done": done,
+                                                      "idem": secrets.token_urlsafe(16), **context},
                                       status_code=status_code)
 
 
