@@ -1,9 +1,10 @@
-"""HTML of the customer usage page and of its refusals (Jinja, autoescaped; charts are the console's
-server-side SVG, `services.ingest.console.charts`).
+"""HTML of the customer usage page and of its refusals (Jinja, autoescaped), on the operator console's base
+layout and stylesheet (without its menu) with the console's server-side SVG charts
+(`services.ingest.console.charts`).
 
-The page is self-contained: inline styles and inline SVG, no script, nothing loaded from elsewhere, so it
-is served under a `default-src 'none'` policy and with `Referrer-Policy: no-referrer` (its URL is the
-credential: a link followed from it must not carry it away).
+Nothing is loaded from elsewhere (the console's stylesheet and htmx come from this edge), so the page is
+served under a same-origin policy and with `Referrer-Policy: no-referrer`: its URL is the credential, and
+a link followed from it must not carry it away.
 """
 
 from __future__ import annotations
@@ -14,12 +15,17 @@ from pathlib import Path
 
 import jinja2
 
+from services.ingest.console import charts
 from services.ingest.console.charts import Series, line_chart
 from services.ingest.service_layer.portal import DailyUsage, PortalPage, PortalSubscription
 from shared.domain.money import Money
 
-_ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+# The portal's own templates first, then the console's (its base layout, stylesheet and chart figure).
+CONSOLE_TEMPLATES = Path(charts.__file__).resolve().parent / "templates"
+_ENV = jinja2.Environment(loader=jinja2.ChoiceLoader([jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+                                                      jinja2.FileSystemLoader(CONSOLE_TEMPLATES)]),
                           autoescape=True, trim_blocks=True, lstrip_blocks=True)
+_ENV.globals.update(prefix="/console", session=None)  # the console's layout, without its operator menu
 
 
 def money(amount_minor: int | None, currency: str) -> str:
