@@ -7,10 +7,13 @@ an invoice through a form with a confirmation step (a worker command) and see it
 
 from __future__ import annotations
 
+import uuid
+from datetime import timedelta
+
 import pytest
 from playwright.sync_api import expect
 
-from .conftest import log_in, onboard, subscribe, until
+from .conftest import START, log_in, onboard, subscribe, until
 
 pytestmark = pytest.mark.integration
 
@@ -98,3 +101,58 @@ def test_a_form_without_its_session_csrf_token_is_refused(page, api):
                                                "description": "x"})
     assert response.status == 403 and "csrf_mismatch" in response.text()
     assert api.get(f"/v1/customers/{customer['customer_id']}/balance").json()["balances"] == []
+
+
+UNIT = 500_000  # micro-USD of inference per event
+
+
+def _point_values(chart) -> dict[str, float]:
+    points = chart.locator("circle.point")
+    return {points.nth(i).get_attribute("data-label"): float(points.nth(i).get_attribute("data-value"))
+            for i in range(points.count())}
+
+
+def test_the_clock_form_then_the_subscription_usage_chart_and_the_overview_revenue(page, api, real_worker):
+    """Runs last: it moves the billing clock. Hand-computed: Pro's first invoice is its USD 9.00 fee, paid by
+    card; 2, 3 and 1 events of USD 0.50 on March 10, 11 and 12; the period is March 10 12:00 -> April 10
+    12:00, so the usage chart has a point for each of the 32 UTC days it touches."""
+    customer = onboard(api, name="Usage Co", payment_method_id="pm_card_visa")
+    sid = subscribe(api, customer["customer_id"], "pro")["subscription_id"]
+    until(lambda: any(i["status"] == "paid" for i in
+                      api.get(f"/v1/customers/{customer['customer_id']}/invoices").json()["data"]), "the paid fee")
+
+    log_in(page, then="/console/clock")
+    expect(page.locator("#clock-now")).to_have_text("2026-03-10 12:00 UTC")
+    page.fill("input[name=days]", "2")
+    page.click("form.action button")
+    page.wait_for_url("**/console/clock/advance?days=2&hours=0")
+    expect(page.locator(".confirm p").first).to_contain_text("From 2026-03-10 12:00 to 2026-03-12 12:00 UTC")
+    page.click("#confirm-form button[type=submit]")
+    page.wait_for_url("**/console/clock?done=clock_advanced")
+    expect(page.locator("#clock-now")).to_have_text("2026-03-12 12:00 UTC")
+
+    events = [(START + timedelta(days=day), n) for day, n in ((0, 2), (1, 3), (2, 1))]
+    batch = [{"transaction_id": f"tx-{uuid.uuid4().hex[:12]}", "customer_id": customer["customer_id"],
+              "event_type": "inference", "timestamp": at.isoformat(), "properties": {"cost_usd_micros": UNIT}}
+             for at, n in events for _ in range(n)]
+    assert api.post("/v1/ingest", json=batch).json()["accepted"] == 6
+    until(lambda: any(m["meter_id"] == "inference" and int(float(m["quantity"])) == 6 * UNIT
+                      for m in api.get(f"/v1/subscriptions/{sid}/usage").json()["meters"]), "the usage")
+
+    page.goto(f"/console/subscriptions/{sid}")
+    chart = page.locator("section.usage-chart[data-meter=inference] svg")
+    expect(chart.locator("circle.point")).to_have_count(32)
+    values = _point_values(chart)
+    labels = list(values)
+    assert (labels[0], labels[-1]) == ("03-10", "04-10")
+    assert {label: v for label, v in values.items() if v} == {"03-10": 2 * UNIT, "03-11": 3 * UNIT, "03-12": UNIT}
+
+    page.goto("/console/?currency=USD")
+    bars = page.locator("#revenue svg rect.bar")
+    expect(bars).to_have_count(3)  # one month (2026-03) x invoiced, collected, written off
+    assert [(bars.nth(i).get_attribute("data-series"), bars.nth(i).get_attribute("data-value"))
+            for i in range(3)] == [("invoiced", "9"), ("collected", "9"), ("written off", "0")]
+    usage = _point_values(page.locator("#usage svg"))
+    days = list(usage)
+    assert len(days) == 30 and days[-1] == "03-12"
+    assert (usage["03-10"], usage["03-11"], usage["03-12"]) == (2, 3, 1)
