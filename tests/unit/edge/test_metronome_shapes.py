@@ -95,3 +95,39 @@ def test_what_a_meter_cannot_express_is_not_supported(params: dict[str, object],
     with pytest.raises(MetronomeRefusal) as refused:
         billable_metrics.meter_definition("bm_3", {"name": "m", "event_type_filter": {"in_values": ["e"]}, **params})
     assert (refused.value.code, refused.value.fields[0][0]) == ("not_supported", field)
+
+
+def _hour(day: int, hour: int) -> datetime:
+    return datetime(2026, 3, day, hour, tzinfo=UTC)
+
+
+def test_day_windows_sum_the_hours_of_each_utc_day_and_groups_show_null_for_a_value_without_usage() -> None:
+    from decimal import Decimal
+
+    from services.ingest.metronome import usage
+    from services.ingest.service_layer.metronome_usage import HourTotal
+
+    spans = usage.windows(_hour(1, 0), _hour(3, 0), "DAY")
+    assert spans == [(_hour(1, 0), _hour(2, 0)), (_hour(2, 0), _hour(3, 0))]
+    totals = [HourTotal("c", "tok/a", _hour(1, 1), Decimal(100)), HourTotal("c", "tok/b", _hour(1, 23), Decimal("0.5")),
+              HourTotal("c", "tok/a", _hour(2, 0), Decimal(25)), HourTotal("c", "tok/a", _hour(3, 0), Decimal(7))]
+    rows = usage.list_rows(totals, spans, {"tok": "Tokens"}, {"tok": ("model", ["a", "b"])})
+    assert [(r["start_timestamp"], r["value"], r["groups"]) for r in rows] == [
+        (_hour(1, 0).isoformat(), 100.5, {"a": 100, "b": 0.5}), (_hour(2, 0).isoformat(), 25, {"a": 25, "b": None})]
+    groups = usage.group_rows(totals, spans, "model", None)
+    assert [(r["group_value"], r["value"]) for r in groups] == [("a", 100), ("b", 0.5), ("a", 25)]
+    assert [r["value"] for r in usage.group_rows(totals, usage.windows(_hour(1, 0), _hour(3, 0), "NONE"),
+                                                 None, None)] == [125.5]
+
+
+def test_usage_bounds_are_utc_midnights_in_order_and_only_the_metrics_group_key_groups() -> None:
+    from services.ingest.metronome import usage
+
+    for start, end, field in ((_hour(1, 5), _hour(2, 0), "starting_on"), (_hour(2, 0), _hour(2, 0), "ending_before")):
+        with pytest.raises(MetronomeRefusal) as refused:
+            usage.check_bounds(start, end)
+        assert refused.value.fields[0][0] == field
+    assert usage.group_key_of("model", ["model"], None) == ("model", None)
+    with pytest.raises(MetronomeRefusal) as refused:
+        usage.group_key_of("model", ["model", "region"], None)
+    assert refused.value.code == "not_supported"
