@@ -46,6 +46,7 @@ from services.demo.paid_at_provider import pay_on_hosted_page
 from services.demo.population import GOOD_CARD, REPLACEMENT_CARD, DemoCustomer, build_population
 from services.demo.processes import Quiescence, ServiceProcess, free_port, wait_http_ready
 from services.demo.render import render_invoices
+from services.demo.screens import showcase_customer, take
 from services.demo.summary_text import summary_rows
 from services.demo.webhook_receiver import WebhookReceiver
 from shared.adapters.kafka.producer import KafkaProducer
@@ -444,7 +445,8 @@ def wait_for_deliveries(engine: sa.Engine, timeout_s: float = 180) -> int:
 
 
 async def simulate(settings: Settings, engine: sa.Engine, base_url: str, people: list[DemoCustomer],
-                   quiet: Quiescence, counters: Counters, receiver: WebhookReceiver) -> dict[str, float]:
+                   quiet: Quiescence, counters: Counters, receiver: WebhookReceiver,
+                   screens: dict[str, Any] | None = None) -> dict[str, float]:
     rng = random.Random(7)
     edge = Edge(base_url, counters)
     producer = KafkaProducer(settings, client_id="demo-sdk")
@@ -492,6 +494,9 @@ async def simulate(settings: Settings, engine: sa.Engine, base_url: str, people:
                 day_start += timedelta(days=1)
                 progress.advance(month)
             timings["month_s"] = time.perf_counter() - t0
+            if screens is not None:  # the month's usage is the current period's until the close
+                screens.update(await asyncio.to_thread(
+                    screenshots, settings, engine, base_url, console_pages=False, usage_name="usage-january.png"))
             close = progress.add_task("February: period close + dunning", total=16)
             t0 = time.perf_counter()
             for day in range(16):
@@ -536,13 +541,17 @@ def run_demo(customers: int = 600, keep_stack: bool = False) -> int:
         console.print(f"services up: edge {base_url}, schema {settings.database_schema}, "
                       f"logs in {OUT / 'logs'}")
         quiet = Quiescence(settings, engine, dunning_group=f"{settings.topic_prefix}dunning")
-        timings = asyncio.run(simulate(settings, engine, base_url, people, quiet, counters, receiver))
+        screens: dict[str, Any] = {}
+        timings = asyncio.run(simulate(settings, engine, base_url, people, quiet, counters, receiver, screens))
         quiet.close()
         counters.add("webhook_deliveries_still_pending", wait_for_deliveries(engine))
         for s in services:
             if not s.alive():
                 raise RuntimeError(f"{s.name} died during the demo; see {s.log_path}")
-        code = report(engine, counters, timings, time.perf_counter() - started, receiver.summary())
+        ended = screenshots(settings, engine, base_url, console_pages=True)
+        screens = {**ended, "written": [*screens.get("written", []), *ended.get("written", [])],
+                   "errors": [*screens.get("errors", []), *ended.get("errors", [])]}
+        code = report(engine, counters, timings, time.perf_counter() - started, receiver.summary(), screens)
     finally:
         receiver.stop()
         for s in services:
@@ -553,8 +562,24 @@ def run_demo(customers: int = 600, keep_stack: bool = False) -> int:
     return code
 
 
+def screenshots(settings: Settings, engine: sa.Engine, base_url: str, *, console_pages: bool,
+                usage_name: str = "usage.png") -> dict[str, Any]:
+    """PNGs of the console and a usage page under var/demo/screens/ (`services.demo.screens`); a failure is
+    reported in the summary, never fatal to the billing demo."""
+    try:
+        customer = showcase_customer(engine)
+        if customer is None:
+            return {"errors": ["no customer with metered usage to show"]}
+        written = take(base_url, settings.admin_api_key.get_secret_value(), customer, OUT / "screens",
+                       console=console_pages, usage_name=usage_name)
+        return {"customer_id": customer, "written": [str(p.relative_to(OUT.parent.parent)) for p in written]}
+    except Exception as error:  # reported in the summary: screenshots never fail the billing demo
+        console.print(Text(f"screenshots not taken: {type(error).__name__}: {error}", style="yellow"))
+        return {"errors": [f"{type(error).__name__}: {str(error)[:300]}"]}
+
+
 def report(engine: Any, counters: Counters, timings: dict[str, float], wall_s: float,
-           received: dict[str, Any]) -> int:
+           received: dict[str, Any], screens: dict[str, Any] | None = None) -> int:
     invariants = run_invariants(engine)
     summary = summarise(engine)
     c = counters.c
@@ -584,6 +609,7 @@ def report(engine: Any, counters: Counters, timings: dict[str, float], wall_s: f
     summary["webhooks"] = {**summary.pop("webhook_deliveries", {}), "receiver": received,
                            "still_pending": c["webhook_deliveries_still_pending"]}
     summary["invariants"] = invariants
+    summary["screenshots"] = screens or {}
     n = render_invoices(engine, OUT / "invoices")
     summary["invoices_rendered"] = n
     (OUT / "summary.json").write_text(json.dumps(summary, indent=2, default=str))

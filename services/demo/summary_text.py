@@ -186,6 +186,14 @@ def _invariants(s: Mapping[str, Any]) -> str:
             + ", ".join(f"{words(k)} ({_n(v)} violations)" for k, v in failed.items()))
 
 
+def _screenshots(screens: Mapping[str, Any]) -> str:
+    written = [str(p).rsplit("/", 1)[-1] for p in screens.get("written", [])]
+    text = (f"{len(written)} written under var/demo/screens/ ({', '.join(written)}; customer "
+            f"{screens.get('customer_id')})" if written else "none written")
+    errors = screens.get("errors") or []
+    return text + ("; not taken: " + "; ".join(errors) if errors else "")
+
+
 def summary_rows(s: Mapping[str, Any]) -> Rows:
     """The summary as (label, text) rows, in the order they are printed."""
     revenue: Mapping[str, Mapping[str, int]] = s.get("revenue", {})
@@ -201,4 +209,6 @@ def summary_rows(s: Mapping[str, Any]) -> Rows:
              ("corrections", _corrections(s, currency)), ("webhooks", _webhooks(s)),
              ("commands rejected", _n(s.get("commands_rejected"))), ("http answers", _http(s)),
              ("throughput", _throughput(s)), ("invariants", _invariants(s))]
+    if "screenshots" in s:
+        rows.append(("screenshots", _screenshots(s["screenshots"])))
     return rows
