@@ -156,3 +156,47 @@ def test_the_clock_form_then_the_subscription_usage_chart_and_the_overview_reven
     days = list(usage)
     assert len(days) == 30 and days[-1] == "03-12"
     assert (usage["03-10"], usage["03-11"], usage["03-12"]) == (2, 3, 1)
+
+
+def _confirm(page, url: str, fields: dict[str, str], *, select: dict[str, str] | None = None) -> None:
+    """Open an action's confirmation page, fill it and confirm."""
+    page.goto(url)
+    for name, value in fields.items():
+        page.fill(f"#confirm-form input[name={name}]", value)
+    for name, value in (select or {}).items():
+        page.select_option(f"#confirm-form select[name={name}]", value)
+    page.click("#confirm-form button[type=submit]")
+
+
+def test_credit_note_top_up_cancel_and_a_refusal_through_the_forms(page, api, real_worker):
+    """Hand-computed: Pro's USD 9.00 fee is paid by card; a USD 2.00 credit note on the paid invoice goes
+    entirely to the customer balance (nothing is owed), a USD 5.00 top-up adds to it: USD 7.00. Voiding the
+    paid invoice is refused by the same use case as the API (409, code invoice_not_voidable)."""
+    customer = onboard(api, name="Forms Co", payment_method_id="pm_card_visa")
+    cid = customer["customer_id"]
+    sid = subscribe(api, cid, "pro")["subscription_id"]
+    paid = until(lambda: next((i for i in api.get(f"/v1/customers/{cid}/invoices").json()["data"]
+                               if i["status"] == "paid"), None), "the paid fee")
+    log_in(page, then=f"/console/customers/{cid}")
+
+    _confirm(page, f"/console/invoices/{paid['invoice_id']}/credit-note", {"amount": "2.00", "memo": "goodwill"},
+             select={"reason": "order_change"})
+    page.wait_for_url(f"**/console/invoices/{paid['invoice_id']}?done=credited")
+    expect(page.locator("table.credit-notes tbody tr")).to_have_count(1)
+    assert "USD 2.00" in page.locator("table.credit-notes tbody tr").inner_text()
+
+    _confirm(page, f"/console/customers/{cid}/top-up", {"amount": "5.00", "currency": "USD"})
+    page.wait_for_url(f"**/console/customers/{cid}?done=topped_up")
+    expect(page.locator("table.balances tbody tr td").nth(1)).to_have_text("USD 7.00")
+    balance = api.get(f"/v1/customers/{cid}/balance").json()["balances"]
+    assert [(b["currency"], b["balance_minor"]) for b in balance] == [("USD", 700)]
+
+    _confirm(page, f"/console/subscriptions/{sid}/cancel", {"reason": "moving away"}, select={"when": "period_end"})
+    page.wait_for_url(f"**/console/subscriptions/{sid}?done=cancelled")
+    expect(page.locator("dl.facts")).to_contain_text("cancels at the period end")
+    assert api.get(f"/v1/subscriptions/{sid}").json()["cancel_at_period_end"] is True
+
+    _confirm(page, f"/console/invoices/{paid['invoice_id']}/void", {})
+    expect(page.locator("h1")).to_have_text("Invoice not voidable")
+    expect(page.locator("code.code")).to_have_text("invoice_not_voidable")
+    assert api.get(f"/v1/invoices/{paid['invoice_id']}").json()["status"] == "paid"
