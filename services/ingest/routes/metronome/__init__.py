@@ -15,8 +15,16 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from services.ingest.metronome.errors import PREFIX
-from services.ingest.routes.metronome import billable_metrics, contracts, customers, pricing, usage
+from services.ingest.routes.metronome import (
+    billable_metrics,
+    contracts,
+    credits,
+    customers,
+    invoices,
+    pricing,
+    usage,
+)
 
 router = APIRouter(prefix=PREFIX)
-for _resource in (usage, customers, pricing, contracts, billable_metrics):
+for _resource in (usage, customers, pricing, contracts, credits, billable_metrics, invoices):
     router.include_router(_resource.router)

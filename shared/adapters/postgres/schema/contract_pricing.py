@@ -74,3 +74,17 @@ mx_contracts = sa.Table(
     sa.Column("archived_at", sa.DateTime(timezone=True)),
     sa.UniqueConstraint("customer_id", "uniqueness_key", name="uq_mx_contracts_uniqueness"),
 )
+
+mx_credit_grants = sa.Table(
+    "mx_credit_grants", metadata,
+    sa.Column("grant_id", sa.Text, primary_key=True, comment="credit_grants.grant_id of the grant it names"),
+    sa.Column("customer_id", sa.Text, nullable=False, index=True),
+    sa.Column("product_id", sa.Text, nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text),
+    sa.Column("credit_grant_type", sa.Text),
+    sa.Column("custom_fields", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("uniqueness_key", sa.Text),
+    created_at(),
+    sa.UniqueConstraint("customer_id", "uniqueness_key", name="uq_mx_credit_grants_uniqueness"),
+)
