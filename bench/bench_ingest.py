@@ -49,6 +49,10 @@ import orjson
 import sqlalchemy as sa
 
 REPO = Path(__file__).resolve().parent.parent
+METRICS = ("ingest_http_events_per_s", "ingest_http_batch_p99_ms", "ingest_sdk_events_per_s",
+           "ingest_sdk_emit_events_per_s", "ingest_http_loadgen_cpu_share", "usage_visible_p50_ms",
+           "usage_visible_p99_ms", "usage_visible_offered_events_per_s", "ingest_pipeline_events_per_s",
+           "usage_visible_timeouts")
 ADMIN_KEY = "bench-ingest-admin-key"
 BATCH = 1000
 CUSTOMERS = 1000

@@ -35,6 +35,7 @@ NAIVE_EVENTS = int(os.environ.get("BENCH_MATERIALIZE_NAIVE_EVENTS", "4000"))
 SUBSCRIPTIONS = 2000
 _LOG = REPO / "var" / "bench" / "materialize_worker.log"
 DUPLICATE_RATE = 0.05
+METRICS = ("materialize_events_per_s", "naive_materialize_events_per_s", "worker_peak_rss_mb")
 
 
 def _produce(settings: Any, events: int, seed: int) -> int:
@@ -91,6 +92,7 @@ def _peak_rss_mb(pid: int) -> float:
 def _run_worker(ctx: Any, messages: int) -> tuple[float, float]:
     """Start the worker on a produced backlog; events/s from its first commit to the last, and peak RSS."""
     settings = ctx.settings
+    _LOG.parent.mkdir(parents=True, exist_ok=True)  # a fresh clone has no var/bench yet
     proc = subprocess.Popen([sys.executable, "-m", "services.billing_worker", "--no-relay"], cwd=REPO,
                             env=_env(settings), stdout=subprocess.DEVNULL, stderr=_LOG.open("ab"))
     try:

@@ -170,29 +170,71 @@ def machine() -> dict[str, Any]:
 
 def discover(only: list[str]) -> list[str]:
     names = sorted(p.stem for p in (REPO / "bench").glob("bench_*.py"))
-    return [n for n in names if not only or n.removeprefix("bench_") in only]
+    return [n for n in names if not only or n.removeprefix("bench_") in only or n in only]
+
+
+RAW_METRICS = ("raw_produce_events_per_s", "raw_consume_events_per_s", "raw_pg_copy_rows_per_s")
+
+
+def failed_metrics(names: tuple[str, ...] | list[str], error: str) -> Metrics:
+    """The rows of a benchmark that failed: no value, `failed` set, the error's last line."""
+    reason = (error.strip().splitlines() or ["failed"])[-1][:300]
+    return {name: {"value": None, "unit": "", "baseline": None, "failed": True, "error": reason} for name in names}
+
+
+def measure(name: str, area: Any, ctx: Any, metrics: Metrics, errors: dict[str, str]) -> None:
+    """Run one area (`area(ctx)` -> metrics) into `metrics`; a failure is recorded, never raised, so the other
+    areas still run: its metrics (the module's METRICS, else one row named after the area) are marked failed."""
+    try:
+        metrics |= area(ctx)
+    except Exception:
+        errors[name] = traceback.format_exc()
+        print(f"[bench] {name} FAILED:\n{errors[name]}", file=sys.stderr, flush=True)
+        names = getattr(area, "metrics", None) or [name]
+        metrics |= {k: v for k, v in failed_metrics(names, errors[name]).items() if k not in metrics}
+
+
+def _area(name: str) -> Any:
+    """`bench.<name>.run`, carrying the module's METRICS (what it reports) when it declares them."""
+    try:
+        module = importlib.import_module(f"bench.{name}")
+    except Exception as error:  # an area that cannot even be imported fails alone, like one that raises
+        def broken(ctx: Any, error: Exception = error) -> Metrics:
+            raise error
+        return broken
+
+    def area(ctx: Any) -> Metrics:
+        return dict(module.run(ctx))
+    area.metrics = list(getattr(module, "METRICS", ()))  # type: ignore[attr-defined]
+    return area
+
+
+def raw(ctx: BenchContext) -> Metrics:
+    return raw_kafka(ctx) | raw_pg_copy(ctx)
+
+
+raw.metrics = list(RAW_METRICS)  # type: ignore[attr-defined]
 
 
 def main(argv: list[str]) -> int:
     only = argv[1:]
+    # Every output folder exists before any benchmark opens a file in it (a fresh clone has no var/).
+    OUT.mkdir(parents=True, exist_ok=True)
     endpoints = _endpoints()
     metrics: Metrics = {}
     errors: dict[str, str] = {}
     try:
-        if not only or "raw" in only:
-            ctx = _context(endpoints, "raw")
-            print("[bench] raw baselines ...", flush=True)
-            metrics |= raw_kafka(ctx)
-            metrics |= raw_pg_copy(ctx)
-            ctx.engine.dispose()
-        for name in discover(only):
+        areas: list[tuple[str, Any]] = [("raw", raw)] if not only or "raw" in only else []
+        areas += [(name, _area(name)) for name in discover(only)]
+        for name, area in areas:
             print(f"[bench] {name} ...", flush=True)
-            ctx = _context(endpoints, name.removeprefix("bench_"))
             try:
-                metrics |= importlib.import_module(f"bench.{name}").run(ctx)
+                ctx = _context(endpoints, name.removeprefix("bench_"))
             except Exception:
-                errors[name] = traceback.format_exc()
-                print(f"[bench] {name} FAILED:\n{errors[name]}", file=sys.stderr, flush=True)
+                measure(name, _raising(traceback.format_exc()), None, metrics, errors)
+                continue
+            try:
+                measure(name, area, ctx, metrics, errors)
             finally:
                 ctx.engine.dispose()
     finally:
@@ -208,20 +250,38 @@ def main(argv: list[str]) -> int:
             except Exception as exc:
                 print(f"[bench] clean-up {cleanup.__name__}({name!r}) failed: {exc}", file=sys.stderr, flush=True)
 
+    return report(metrics, errors, OUT, merge=bool(only))
+
+
+def _raising(error: str) -> Any:
+    def area(ctx: Any) -> Metrics:
+        raise RuntimeError(error.strip().splitlines()[-1] if error.strip() else "failed")
+    return area
+
+
+def report(metrics: Metrics, errors: dict[str, str], out: Path, *, merge: bool = False) -> int:
+    """Ratios, `out`/results.json and the table; 1 when any benchmark failed (its rows say FAILED), else 0."""
     for m in metrics.values():
         base = metrics.get(m.get("baseline") or "")
-        m["ratio"] = round(m["value"] / base["value"], 3) if base and base["value"] else None
-    OUT.mkdir(parents=True, exist_ok=True)
-    previous = json.loads((OUT / "results.json").read_text()) if only and (OUT / "results.json").exists() else {}
+        m["ratio"] = round(m["value"] / base["value"], 3) if (
+            base and base.get("value") and m.get("value") is not None) else None
+    out.mkdir(parents=True, exist_ok=True)
+    previous = json.loads((out / "results.json").read_text()) if merge and (out / "results.json").exists() else {}
     merged = {**previous.get("metrics", {}), **metrics}
-    result = {"metrics": merged, "machine": machine(), "at": datetime.now(UTC).isoformat(), "errors": errors}
-    (OUT / "results.json").write_text(json.dumps(result, indent=2))
+    result = {"metrics": merged, "machine": machine(), "at": datetime.now(UTC).isoformat(), "errors": errors,
+              "failed": sorted(errors)}
+    (out / "results.json").write_text(json.dumps(result, indent=2))
     width = max((len(k) for k in merged), default=10)
     print(f"\n{'metric':{width}}  {'value':>14}  unit          baseline / ratio")
     for name, m in merged.items():
+        if m.get("failed"):
+            print(f"{name:{width}}  {'FAILED':>14}  {'':12}  {m.get('error', '')}")
+            continue
         ratio = f"{m.get('baseline')} x{m['ratio']}" if m.get("ratio") is not None else ""
         print(f"{name:{width}}  {m['value']:>14,}  {m['unit']:12}  {ratio}")
-    print(f"\nwritten to {OUT / 'results.json'}")
+    print(f"\nwritten to {out / 'results.json'}")
+    if errors:
+        print(f"[bench] FAILED: {', '.join(sorted(errors))}", file=sys.stderr, flush=True)
     return 1 if errors else 0
 
 

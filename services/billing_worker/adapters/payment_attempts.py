@@ -195,6 +195,36 @@ def record_claimed(conn: sa.Connection, attempt: PaymentAttempt, *, claimant: st
         _values_of(attempt, transition, lease_s))).rowcount)
 
 
+def record_settled(conn: sa.Connection, attempts: Sequence[PaymentAttempt], *, claimant: str) -> set[str]:
+    """Store the final moves (``succeed`` / ``decline``) `claimant` made on attempts it claimed, in ONE
+    statement for the whole round (an UPDATE from a VALUES list), with ``record_claimed``'s compare-and-set on
+    each row's status and claimant. Returns the ids stored; the others were not ours any more. A second
+    success of one invoice violates the one-success index and raises for the whole statement (the caller
+    then stores the round attempt by attempt to single it out)."""
+    if not attempts:
+        return set()
+    transitions = {_last_transition(x) for x in attempts}
+    if not transitions <= {Transition.SUCCEED, Transition.DECLINE}:
+        moves = sorted(t.value for t in transitions)
+        raise ValueError(f"record_settled stores succeed/decline moves only, not {moves}")
+    sources = sources_of(Transition.SUCCEED) | sources_of(Transition.DECLINE)
+    a = payment_attempts.c
+    v = sa.values(sa.column("attempt_id", sa.Text), sa.column("status", sa.Text),
+                  sa.column("provider_ref", sa.Text), sa.column("decline_code", sa.Text),
+                  sa.column("hard_decline", sa.Boolean), sa.column("error_message", sa.Text),
+                  sa.column("completed_at", sa.DateTime(timezone=True)), name="settled").data(
+        [(x.attempt_id, x.status.value, x.provider_ref, x.decline_code, x.hard_decline, x.error_message,
+          x.completed_at) for x in attempts])
+    # NOTE: SUCCEED and DECLINE start from the same statuses in the domain's table (IN_FLIGHT), so one
+    # status condition (their union) serves the whole list.
+    stored = conn.execute(sa.update(payment_attempts).where(
+        a.attempt_id == v.c.attempt_id, a.claimed_by == claimant, a.status.in_([s.value for s in sources]),
+    ).values(status=v.c.status, provider_ref=sa.func.coalesce(v.c.provider_ref, a.provider_ref),
+             decline_code=v.c.decline_code, hard_decline=v.c.hard_decline, error_message=v.c.error_message,
+             completed_at=v.c.completed_at, lease_until=None).returning(a.attempt_id)).scalars().all()
+    return set(stored)
+
+
 def cancel_duplicate_charge(conn: sa.Connection, attempt: PaymentAttempt) -> bool:
     """Store ``PaymentAttempt.cancel_duplicate_charge``: the provider charged an invoice another attempt had
     already paid (the caller audits it for a refund)."""

@@ -60,14 +60,15 @@ from shared.adapters.payments.port import (
     PaymentGatewayError,
 )
 from shared.adapters.postgres.errors import describe
+from shared.adapters.postgres.outbox import add_to_outbox
 from shared.adapters.postgres.schema.billing import billing_audit_log
 from shared.adapters.retry_policy import is_retryable
 from shared.contracts import topics
-from shared.contracts.envelope import new_envelope
+from shared.contracts.envelope import Envelope, new_envelope
 from shared.contracts.messages import PaymentFailed, PaymentSucceeded
 from shared.domain.clock import Clock
 from shared.domain.ids import IDS
-from shared.domain.payment_attempt import AttemptStatus
+from shared.domain.payment_attempt import AttemptStatus, PaymentAttempt
 from shared.observability import kv
 
 log = logging.getLogger("billing_worker.executor")
@@ -251,8 +252,7 @@ class PaymentExecutor:
             # per-attempt savepoints, to single it out.
             try:
                 with conn.begin_nested():
-                    for item in settled:
-                        self._record_one(conn, item, now)
+                    self._record_round(conn, settled, now)
                     recorded_together = True
             except sa.exc.IntegrityError:
                 recorded_together = False
@@ -285,6 +285,38 @@ class PaymentExecutor:
             detail={"invoice_id": item.attempt.invoice_id,
                     "provider_ref": item.outcome.provider_ref if item.outcome else None}))
 
+    def _record_round(self, conn: sa.Connection, settled: list[Settled], now: datetime) -> None:
+        """The round's final outcomes (success, decline) in two statements whatever their number: the attempts'
+        moves in one UPDATE, their `payments.v1` outbox rows in one INSERT; the others one by one. At the
+        provider's rate limit a round settles hundreds of charges: one statement each would be the bottleneck."""
+        final: list[tuple[ClaimedAttempt, PaymentAttempt, ChargeOutcome]] = []
+        for item in settled:
+            outcome = item.outcome
+            if outcome is None or outcome.status is ChargeStatus.UNKNOWN:
+                self._record_one(conn, item, now)
+                continue
+            attempt = item.attempt.as_attempt()
+            self._settle(attempt, outcome, now)
+            final.append((item.attempt, attempt, outcome))
+        ours = attempts.record_settled(conn, [attempt for _, attempt, _ in final], claimant=self._me)
+        messages: list[tuple[str, str, Envelope]] = []
+        for claimed, attempt, outcome in final:
+            if attempt.attempt_id not in ours:
+                log.warning("attempt no longer ours; outcome left to reconciliation",
+                            extra=kv(attempt_id=attempt.attempt_id, outcome=attempt.status.value))
+                continue
+            messages.append((topics.PAYMENTS, claimed.subscription_id,
+                             self._outcome_envelope(claimed, attempt, outcome, now)))
+        add_to_outbox(conn, messages)
+
+    @staticmethod
+    def _settle(attempt: PaymentAttempt, outcome: ChargeOutcome, now: datetime) -> None:
+        if outcome.status is ChargeStatus.SUCCEEDED:
+            attempt.succeed(at=now, provider_ref=outcome.provider_ref, message=outcome.message)
+        else:
+            attempt.decline(at=now, code=outcome.decline_code, hard=outcome.hard_decline,
+                            provider_ref=outcome.provider_ref, message=outcome.message)
+
     def _record_one(self, conn: sa.Connection, item: Settled, now: datetime) -> None:
         claimed, outcome = item.attempt, item.outcome
         attempt = claimed.as_attempt()
@@ -298,15 +330,18 @@ class PaymentExecutor:
             backoff = self._unknown_backoff_s * (2 ** min(claimed.dispatch_count - 1, 6))
             attempts.record_claimed(conn, attempt, claimant=self._me, lease_s=backoff)
             return
-        if outcome.status is ChargeStatus.SUCCEEDED:
-            attempt.succeed(at=now, provider_ref=outcome.provider_ref, message=outcome.message)
-        else:
-            attempt.decline(at=now, code=outcome.decline_code, hard=outcome.hard_decline,
-                            provider_ref=outcome.provider_ref, message=outcome.message)
+        self._settle(attempt, outcome, now)
         if not attempts.record_claimed(conn, attempt, claimant=self._me):
             log.warning("attempt no longer ours; outcome left to reconciliation",
                         extra=kv(attempt_id=claimed.attempt_id, outcome=attempt.status.value))
             return
+        add_outbox(conn, self._outcome_envelope(claimed, attempt, outcome, now), key=claimed.subscription_id,
+                   topic=topics.PAYMENTS)
+
+    @staticmethod
+    def _outcome_envelope(claimed: ClaimedAttempt, attempt: PaymentAttempt, outcome: ChargeOutcome,
+                          now: datetime) -> Envelope:
+        """`payment.succeeded` / `payment.failed` for the worker to apply to the invoice in partition order."""
         payload: PaymentSucceeded | PaymentFailed
         if attempt.status is AttemptStatus.SUCCEEDED:
             payload = PaymentSucceeded(
@@ -323,7 +358,6 @@ class PaymentExecutor:
                 decline_code=outcome.decline_code, hard_decline=outcome.hard_decline,
                 message=(outcome.message or "")[:500] or None, source="executor", failed_at=now)
             type_ = "payment.failed"
-        envelope = new_envelope(type_, payload.model_dump(mode="json"), producer=PRODUCER_NAME, occurred_at=now,
-                                event_id=uuid.uuid5(IDS, f"{claimed.attempt_id}|{type_}"),
-                                correlation_id=claimed.attempt_id)
-        add_outbox(conn, envelope, key=claimed.subscription_id, topic=topics.PAYMENTS)
+        return new_envelope(type_, payload.model_dump(mode="json"), producer=PRODUCER_NAME, occurred_at=now,
+                            event_id=uuid.uuid5(IDS, f"{claimed.attempt_id}|{type_}"),
+                            correlation_id=claimed.attempt_id)

@@ -237,3 +237,40 @@ def attempts_of(engine: sa.Engine, invoice_id: str) -> list[sa.Row]:  # type: ig
     with engine.connect() as conn:
         return list(conn.execute(sa.select(payment_attempts).where(payment_attempts.c.invoice_id == invoice_id)
                                  .order_by(payment_attempts.c.attempt_no)).all())
+
+
+def test_a_round_of_successes_and_declines_is_stored_set_based_each_with_its_own_outcome(
+        billing: Billing, engine) -> None:  # type: ignore[no-untyped-def]
+    paid = [invoice_for(billing, "pm_card_visa") for _ in range(5)]
+    declined = [invoice_for(billing, "pm_card_chargeDeclinedInsufficientFunds") for _ in range(3)]
+    taken_over = invoice_for(billing, "pm_card_visa")
+    ours = executor(engine)
+    claimed = ours.claim(500)
+    settled = [ours.execute(a) for a in claimed]
+    with engine.begin() as conn:  # its lease expired and another executor took it meanwhile
+        conn.execute(sa.update(payment_attempts).where(payment_attempts.c.invoice_id == taken_over[1])
+                     .values(claimed_by="executor-other"))
+    ours._record(settled)
+    for sub, invoice_id in paid:
+        assert (attempt_of(engine, invoice_id).status, outcomes_of(engine, sub)) == ("succeeded", ["payment.succeeded"])
+    for sub, invoice_id in declined:
+        attempt = attempt_of(engine, invoice_id)
+        assert (attempt.status, attempt.decline_code, outcomes_of(engine, sub)) == (
+            "declined", "insufficient_funds", ["payment.failed"])
+    assert (attempt_of(engine, taken_over[1]).status, outcomes_of(engine, taken_over[0])) == ("in_flight", [])
+
+
+def test_a_charge_still_rate_limited_after_the_retries_is_released_for_later_never_declined(
+        billing: Billing, engine) -> None:  # type: ignore[no-untyped-def]
+    from shared.adapters.payments.rate_limit import RateLimitedGateway, TokenBucket
+
+    sub, invoice_id = invoice_for(billing, "pm_card_visa")
+    provider = SimulatedGateway(PostgresProviderRecord(engine), rate_limit_per_s=0.5)  # no token for 4 s
+    provider._limiter.try_take(0.5)  # type: ignore[union-attr]  # the account's budget is spent
+    gateway = RateLimitedGateway(provider, TokenBucket(1000), calls_for_charge=provider.calls_for_charge,
+                                 max_rate_limited_retries=1, sleep=lambda s: None)
+    PaymentExecutor(engine, gateway, ManualClock(JAN_1)).run_once()
+    attempt = attempt_of(engine, invoice_id)
+    assert (attempt.status, attempt.dispatch_count, attempt.decline_code) == ("pending", 0, None)
+    assert "rate limit" in attempt.error_message
+    assert (outcomes_of(engine, sub), charges_of(engine, invoice_id), gateway.rate_limited_answers) == ([], [], 2)
