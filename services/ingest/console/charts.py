@@ -23,10 +23,11 @@ COLOURS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00")
 
 @dataclass(frozen=True)
 class Series:
-    """One named line (or set of bars): a value per x label, in the labels' order."""
+    """One named line (or set of bars): a value per x label, in the labels' order. None: no value there (a
+    day still to come): no point and no bar, and the line stops before it."""
 
     name: str
-    values: Sequence[float]
+    values: Sequence[float | None]
 
 
 def nice_ticks(top: float, count: int = 4) -> list[float]:
@@ -76,9 +77,10 @@ def _chart(kind: str, labels: Sequence[str], series: Sequence[Series], title: st
             raise ValueError(f"series {s.name!r} has {len(s.values)} values for {len(labels)} labels")
     plot_w = WIDTH - MARGIN_LEFT - MARGIN_RIGHT
     plot_h = HEIGHT - MARGIN_TOP - MARGIN_BOTTOM
-    ticks = nice_ticks(max((v for s in series for v in s.values), default=0.0))
+    ticks = nice_ticks(max((v for s in series for v in s.values if v is not None), default=0.0))
     top = ticks[-1]
     slot = plot_w / max(len(labels), 1)
+    points = sum(1 for s in series for v in s.values if v is not None)
 
     def x_of(i: int) -> float:
         return MARGIN_LEFT + slot * (i + 0.5)
@@ -87,7 +89,7 @@ def _chart(kind: str, labels: Sequence[str], series: Sequence[Series], title: st
         return MARGIN_TOP + plot_h * (1 - v / top)
 
     parts = [f'<svg class="chart chart-{kind}" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" '
-             f'role="img" aria-label="{escape(title)}" data-points="{len(labels)}">', f"<title>{escape(title)}</title>"]
+             f'role="img" aria-label="{escape(title)}" data-points="{points}">', f"<title>{escape(title)}</title>"]
     for t in ticks:
         y = y_of(t)
         parts.append(f'<line class="grid" x1="{MARGIN_LEFT}" x2="{WIDTH - MARGIN_RIGHT}" y1="{y:.1f}" y2="{y:.1f}" '
@@ -101,10 +103,11 @@ def _chart(kind: str, labels: Sequence[str], series: Sequence[Series], title: st
     for n, s in enumerate(series):
         colour = COLOURS[n % len(COLOURS)]
         name = escape(s.name)
-        if kind == "line" and len(s.values) > 1:
-            path = " ".join(f"{x_of(i):.1f},{y_of(v):.1f}" for i, v in enumerate(s.values))
+        known = [(i, v) for i, v in enumerate(s.values) if v is not None]
+        if kind == "line" and len(known) > 1:
+            path = " ".join(f"{x_of(i):.1f},{y_of(v):.1f}" for i, v in known)
             parts.append(f'<polyline class="line" fill="none" stroke="{colour}" stroke-width="2" points="{path}"/>')
-        for i, v in enumerate(s.values):
+        for i, v in known:
             tip = f"<title>{name} {escape(labels[i])}: {escape(value_text(v))}</title>"
             data = f'data-series="{name}" data-label="{escape(labels[i])}" data-value="{v:g}"'
             if kind == "line":

@@ -214,9 +214,10 @@ async def subscription(request: Request, subscription_id: str,
         except (ProblemError, BillingError) as exc:  # shown on the page; the rest of it still answers
             unavailable.append(str(exc))
     days = period_days(sub.current_period_start, sub.current_period_end)
-    usage_charts = [(meter, svg(charts.line_chart(
+    today = (await run_in_threadpool(container.clock.now)).astimezone(UTC).date()
+    usage_charts = [(meter, svg(charts.line_chart(  # a point for each day so far; the days to come have none
         [d.strftime("%m-%d") for d in days],
-        [charts.Series(meter, [float(by_day.get(d, 0)) for d in days])],
+        [charts.Series(meter, [float(by_day.get(d, 0)) if d <= today else None for d in days])],
         title=f"{meter} per day, current period"))) for meter, by_day in sorted(detail.usage_by_day.items())]
     return page(request, "subscription.html", session, sub=sub, detail=detail, usage=usage, upcoming=upcoming,
                 usage_charts=usage_charts, scheduled=_scheduled_text(sub), unavailable=unavailable)

@@ -78,3 +78,13 @@ def test_labels_and_names_are_escaped():
 def test_a_series_must_have_a_value_per_label():
     with pytest.raises(ValueError, match="2 values for 3 labels"):
         line_chart(["a", "b", "c"], [Series("s", [1.0, 2.0])], title="t")
+
+
+def test_days_still_to_come_have_no_point_and_the_line_stops_before_them():
+    labels = ["03-10", "03-11", "03-12", "03-13"]
+    root = _parse(line_chart(labels, [Series("s", [1.0, 0.0, 2.0, None])], title="t"))
+    points = _classed(root, "circle", "point")
+    assert [p.get("data-label") for p in points] == ["03-10", "03-11", "03-12"]
+    assert root.get("data-points") == "3"
+    assert len(_classed(root, "polyline", "line")[0].get("points", "").split()) == 3
+    assert [t.text for t in _classed(root, "text", "x-label")] == labels  # the axis still spans the period
