@@ -54,6 +54,10 @@ BURST_ALLOTMENT = 100
 # half the time and batches fall back to the row-locked path: measured slower on a 2-core box (hot org
 # 1,078 vs 973/s within noise, p99 run 497 vs 690 req/s achieved). More processes pay off when orgs are
 # spread over processes (e.g. routed by org) or cores are not shared with PostgreSQL and the generator.
+# CPU per decision: closed loops over the p99 run's 50 orgs, fast path and full stack alternately
+CPU_ROUNDS = 2
+CPU_REQUESTS = 3000
+CPU_CONNECTIONS = 16
 EDGE_WORKERS = int(os.environ.get("BENCH_QUOTA_EDGE_WORKERS", "1"))
 WRK_SCRIPT = """
 local counter = 0
@@ -234,6 +238,11 @@ class _ChildServer:
             except httpx.TransportError:
                 time.sleep(0.1)
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the server process has used so far (Linux /proc)."""
+        fields = Path(f"/proc/{self._process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self._process.send_signal(signal.SIGTERM)
         try:
@@ -256,6 +265,38 @@ def _naive(settings: Any) -> _ChildServer:
     env = {**_settings_env(settings), "BILLING_LOG_LEVEL": "WARNING"}
     return _ChildServer([sys.executable, "-m", "uvicorn", "bench.bench_quota:naive_app", "--factory",
                          "--port", str(port), "--log-level", "warning", "--no-access-log"], env, port)
+
+
+def _constant(settings: Any) -> _ChildServer:
+    port = _free_port()
+    return _ChildServer([sys.executable, "-m", "uvicorn", "bench.bench_quota:constant_app", "--port", str(port),
+                         "--log-level", "warning", "--no-access-log"], {}, port)
+
+
+_CONSTANT_BODY = b'{"allowed":true,"org_remaining":1}'
+_CONSTANT_HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(_CONSTANT_BODY)).encode())]
+
+
+async def constant_app(scope: Any, receive: Any, send: Any) -> None:
+    """The ceiling: a raw ASGI app that reads the request and answers a constant, under the same uvicorn
+    (httptools, uvloop) as the edge. What it costs per request is the server's share, not ours."""
+    if scope["type"] != "http":
+        return
+    more = True
+    while more:
+        more = (await receive()).get("more_body", False)
+    await send({"type": "http.response.start", "status": 200, "headers": _CONSTANT_HEADERS})
+    await send({"type": "http.response.body", "body": _CONSTANT_BODY})
+
+
+def _cpu_per_request(server: _ChildServer, requests: list[bytes], connections: int) -> dict[str, float]:
+    """Closed loop: the server's CPU µs per request and the rate achieved (generator in its own process)."""
+    before = server.cpu_seconds()
+    loaded = generate_load("closed", server.port, requests, connections)
+    used = server.cpu_seconds() - before
+    statuses = loaded["statuses"]
+    return {"cpu_us": used / len(statuses) * 1e6, "per_s": len(statuses) / loaded["elapsed"],
+            "non_2xx": sum(not 200 <= status < 300 for status in statuses)}
 
 
 # --- the naive baseline: read, decide, write (two statements, no lock, no condition) --------------------
@@ -316,12 +357,14 @@ def naive_app() -> Any:
 # --- runs ----------------------------------------------------------------------------------------------
 
 
-def _credit_requests(org_ids: list[str], count: int, users: int, run: str, token: str) -> list[bytes]:
+def _credit_requests(org_ids: list[str], count: int, users: int, run: str, token: str,
+                     query: str = "") -> list[bytes]:
+    """``query`` (e.g. ``?via=stack``) makes the edge's fast path hand the requests to the FastAPI stack."""
     requests = []
     for i in range(count):
         org = org_ids[i % len(org_ids)]
         body = orjson.dumps({"user_id": f"user-{i % users}", "enquiry_id": f"{run}-{i}"})
-        requests.append(_raw_post("127.0.0.1", f"/v1/quota/orgs/{org}/report-credits", body, token))
+        requests.append(_raw_post("127.0.0.1", f"/v1/quota/orgs/{org}/report-credits{query}", body, token))
     return requests
 
 
@@ -352,6 +395,12 @@ def _measure_edge(settings: Any, engine: Any) -> dict[str, float]:
         warm = generate_load("closed", edge.port, _credit_requests(orgs, 2000, 100, f"w{run}", ADMIN_KEY), 32)
         p99 = generate_load("open", edge.port,
                             _credit_requests(orgs, P99_RATE * P99_SECONDS, 100, f"p{run}", ADMIN_KEY), P99_RATE)
+        # CPU per decision, fast path and full FastAPI stack alternately (same server, same orgs)
+        cpu: dict[str, list[dict[str, float]]] = {"fast": [], "stack": []}
+        for round_ in range(CPU_ROUNDS):
+            for via, query in (("fast", ""), ("stack", "?via=stack")):
+                cpu[via].append(_cpu_per_request(edge, _credit_requests(
+                    orgs, CPU_REQUESTS, 100, f"c{via}{round_}{run}", ADMIN_KEY, query), CPU_CONNECTIONS))
 
         hot_org = f"hot-{run}"
         _setup_org(edge.url, hot_org, "Ultimate", top_up=1_000_000)
@@ -374,7 +423,22 @@ def _measure_edge(settings: Any, engine: Any) -> dict[str, float]:
         "hot_per_s": hot["per_s"],
         "hot_errors": hot["errors"],
         "overspend": max(0, overspend),
+        **{f"{via}_{key}": sum(r[key] for r in rounds) / len(rounds)
+           for via, rounds in cpu.items() for key in ("cpu_us", "per_s", "non_2xx")},
     }
+
+
+def _measure_ceiling() -> dict[str, float]:
+    """The constant app under the same closed loop as the CPU runs: the server's own cost per request."""
+    server = _constant(None)
+    try:
+        body = orjson.dumps({"user_id": "user-1", "enquiry_id": "e"})
+        requests = [_raw_post("127.0.0.1", f"/v1/quota/orgs/o{i % P99_ORGS}/report-credits", body, ADMIN_KEY)
+                    for i in range(CPU_REQUESTS)]
+        rounds = [_cpu_per_request(server, requests, CPU_CONNECTIONS) for _ in range(CPU_ROUNDS)]
+    finally:
+        server.stop()
+    return {key: sum(r[key] for r in rounds) / len(rounds) for key in ("cpu_us", "per_s")}
 
 
 def _hot(port: int, org: str, run: str, token: str) -> dict[str, Any]:
@@ -410,7 +474,21 @@ def _measure_naive(settings: Any) -> dict[str, float]:
 def run(ctx: Any) -> dict[str, dict[str, Any]]:
     edge = _measure_edge(ctx.settings, ctx.engine)
     naive = _measure_naive(ctx.settings)
+    ceiling = _measure_ceiling()
     return {
+        "quota_cpu_us_per_decision": {"value": round(edge["fast_cpu_us"]), "unit": "µs edge CPU",
+                                      "baseline": "quota_stack_cpu_us_per_decision"},
+        "quota_stack_cpu_us_per_decision": {"value": round(edge["stack_cpu_us"]), "unit": "µs edge CPU",
+                                            "baseline": None},
+        "quota_ceiling_cpu_us_per_request": {"value": round(ceiling["cpu_us"]), "unit": "µs server CPU",
+                                             "baseline": None},
+        "quota_closed_loop_per_s": {"value": round(edge["fast_per_s"], 1), "unit": "decisions/s",
+                                    "baseline": "quota_stack_closed_loop_per_s"},
+        "quota_stack_closed_loop_per_s": {"value": round(edge["stack_per_s"], 1), "unit": "decisions/s",
+                                          "baseline": None},
+        "quota_ceiling_per_s": {"value": round(ceiling["per_s"], 1), "unit": "requests/s", "baseline": None},
+        "quota_cpu_runs_non_2xx": {"value": edge["fast_non_2xx"] + edge["stack_non_2xx"], "unit": "responses",
+                                   "baseline": None},
         "quota_http_p99_ms": {"value": round(edge["p99_ms"], 2), "unit": "ms", "baseline": None},
         "quota_http_p50_ms": {"value": round(edge["p50_ms"], 2), "unit": "ms", "baseline": None},
         "quota_http_achieved_rate": {"value": round(edge["p99_achieved_rate"], 1), "unit": "req/s",
