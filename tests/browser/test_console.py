@@ -200,3 +200,39 @@ def test_credit_note_top_up_cancel_and_a_refusal_through_the_forms(page, api, re
     expect(page.locator("h1")).to_have_text("Invoice not voidable")
     expect(page.locator("code.code")).to_have_text("invoice_not_voidable")
     assert api.get(f"/v1/invoices/{paid['invoice_id']}").json()["status"] == "paid"
+
+
+def test_written_off_revenue_parked_usage_and_the_lists(page, api, real_worker):
+    """Runs after the others (their invoices: Usage Co's and Forms Co's USD 9.00 fees paid, Void Me's voided).
+    A third fee, declined then marked uncollectible through the API: the overview shows USD 27.00 invoiced,
+    18.00 collected, 9.00 written off in March, nothing open and USD 9.00 uncollectible."""
+    never = onboard(api, name="Never Pays", payment_method_id="pm_card_chargeDeclined")
+    subscribe(api, never["customer_id"], "pro")
+    invoice = _open_invoice(api, never["customer_id"])
+    assert api.post(f"/v1/invoices/{invoice['invoice_id']}/mark-uncollectible", json={}).status_code == 200
+    parked_tx = f"tx-{uuid.uuid4().hex[:12]}"
+    assert api.post("/v1/ingest", json=[{"transaction_id": parked_tx, "customer_id": "not-onboarded-yet",
+                                         "event_type": "inference", "timestamp": START.isoformat(),
+                                         "properties": {"cost_usd_micros": UNIT}}]).status_code == 200
+
+    log_in(page, then="/console/?currency=USD")
+    bars = page.locator("#revenue svg rect.bar")
+    assert [(bars.nth(i).get_attribute("data-series"), bars.nth(i).get_attribute("data-value"))
+            for i in range(bars.count())] == [("invoiced", "27"), ("collected", "18"), ("written off", "9")]
+    expect(page.locator("#open-total")).to_have_text("USD 0.00")
+    expect(page.locator("#uncollectible-total")).to_have_text("USD 9.00")
+
+    page.goto("/console/invoices?status=uncollectible&month=2026-03")
+    rows = page.locator("table.invoices tbody tr")
+    expect(rows).to_have_count(1)
+    assert invoice["number"] in rows.first.inner_text()
+    page.goto("/console/invoices?status=void")
+    expect(page.locator("table.invoices tbody tr")).to_have_count(1)
+    page.goto("/console/invoices?month=2026-02")
+    expect(page.locator("p.empty")).to_have_text("No invoice matches.")
+
+    page.goto("/console/parked-usage")
+    expect(page.locator("table.parked tbody tr")).to_have_count(1)
+    assert parked_tx in page.locator("table.parked tbody tr").inner_text()
+    page.goto("/console/dunning")
+    expect(page.locator("h1")).to_have_text("Dunning cases")
