@@ -264,3 +264,28 @@ def test_what_the_engine_cannot_bill_is_the_sdks_bad_request_with_the_field(
     with pytest.raises(metronome.ConflictError):
         metronome_client.v1.contracts.create(customer_id=cid, rate_card_id=card.rate_card_id, starting_at=START,
                                              uniqueness_key=key)
+
+
+def test_an_amendment_with_an_override_moves_the_contract_to_its_new_price_through_the_worker(
+        metronome_client: metronome.Metronome, native: httpx.Client, card: Card) -> None:
+    cid = customer(native)
+    contract_id = metronome_client.v1.contracts.create(
+        customer_id=cid, rate_card_id=card.rate_card_id, starting_at=START,
+        subscriptions=[{**ADVANCE, "subscription_rate": {"product_id": card.pro, **MONTHLY}}]).data.id
+    [before] = native.get(f"/v1/customers/{cid}/subscriptions").json()["data"]
+    now = datetime.fromisoformat(native.get("/v1/clock").json()["now"])
+
+    amendment = metronome_client.v1.contracts.amend(contract_id=contract_id, customer_id=cid, starting_at=now,
+                                                    overrides=[{"product_id": card.pro, "type": "OVERWRITE",
+                                                                "overwrite_rate": {"rate_type": "FLAT",
+                                                                                   "price": 1200},
+                                                                "starting_at": now}]).data
+    assert amendment.id
+    contract = metronome_client.v1.contracts.retrieve(contract_id=contract_id, customer_id=cid).data
+    [override] = contract.current.overrides
+    assert (override.type, override.overwrite_rate.price) == ("OVERWRITE", 1200)  # type: ignore[union-attr]
+    assert contract.initial.overrides == []
+    [after] = native.get(f"/v1/customers/{cid}/subscriptions").json()["data"]
+    assert after["plan_id"] != before["plan_id"] and after["status"] == "active"
+    plan = native.get(f"/v1/plans/{after['plan_id'].split('@')[0]}").json()
+    assert plan["definition"]["seat_price"] == "12.00"
