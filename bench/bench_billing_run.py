@@ -1,42 +1,53 @@
-"""Billing run benchmark: N subscriptions closed, rated, invoiced and stored by the real worker.
+"""Billing run benchmark: N subscriptions closed, rated, invoiced and stored by real worker processes.
 
 Setup (not timed): N subscriptions on the Pro plan with a coupon and a tax rate are created through the
 billing handlers in batches (their first invoices are marked settled so the executor only charges the run's
-invoices), and one inference usage event per subscription is materialised.
+invoices), and one inference usage event per subscription and month (January and February) is materialised.
 
-Timed (`billing_run_100k_seconds`): the simulated billing clock moves past the period end; the worker's
-scheduler turns it into N `period.close` commands on commands.v1, the exactly-once consumer applies them
-through the handlers (usage closed, credits drawn, coupon, tax, invoice numbered), until N period-close
-invoices are stored. The executor charges them through the simulated gateway meanwhile;
-`billing_run_paid_seconds` is the time until all of them are paid (payments.v1 round trip included).
+Timed, twice on the same subscriptions: the simulated billing clock moves past January's end and worker
+processes (`python -m services.billing_worker`, one) turn it into N `period.close` commands on commands.v1
+(the scheduler of one of them emits them, keyed by subscription, so they spread over the partitions), apply
+them through the handlers (usage closed, credits drawn, coupon, tax, invoice numbered) until N period-close
+invoices are stored; the workers stop, January's invoices are settled, and February is closed the same way by
+two processes, each owning half of the partitions. `billing_run_100k_seconds` is the two-process run. Payments
+are not waited for (`bench/bench_payments.py` measures them): the executor runs meanwhile at its default
+provider rate limit, as in production.
+
+Scaling curve: the same at each size of BILLING_BENCH_BILLING_SIZES (default 10,000, 50,000, 100,000), each on
+a fresh schema: the cost per subscription (`billing_run_<k>k_us_per_subscription_<w>w`) should stay flat.
 
 Baseline (`naive_billing_run_invoices_per_s`): the seed's BillingEngine loop on its own schema, one
 subscription at a time: query it, check whether an invoice exists, insert the invoice, charge it, update the
 invoice, update the subscription, each statement its own transaction.
 
-N defaults to 100,000 (BILLING_BENCH_BILLING_SUBSCRIPTIONS overrides it for a quick run; the 100k figure is
-then scaled linearly and says so in its unit).
+BILLING_BENCH_BILLING_SUBSCRIPTIONS=N (the older knob) runs the curve at N alone; a headline figure measured
+below 100,000 is scaled linearly and says so in its unit. The machine's cores are shared by PostgreSQL, Kafka
+and the worker processes: two processes on two cores do not double the rate.
 """
 
 from __future__ import annotations
 
-import gc
 import os
-import threading
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
 from services.billing_worker.adapters.usage import MeterMap, UsageMaterializer
-from services.billing_worker.bootstrap import billing_handlers, build_worker, message_bus, sql_unit_of_work
+from services.billing_worker.bootstrap import billing_handlers, message_bus, sql_unit_of_work
 from shared.adapters.catalog_file import load_default_catalog
 from shared.adapters.clock import DatabaseClock
 from shared.adapters.payments.port import ChargeRequest
 from shared.adapters.payments.simulated import InMemoryProviderRecord, SimulatedGateway
 from shared.adapters.postgres.schema.billing import invoices, payment_attempts, subscriptions
+from shared.adapters.postgres.schema.core import consumer_offsets
+from shared.contracts import topics
 from shared.contracts.envelope import new_envelope
 from shared.contracts.messages import CreateSubscription
 from shared.domain.ids import derived_id
@@ -44,6 +55,9 @@ from shared.domain.money import Money
 
 JAN_1 = datetime(2026, 1, 1, tzinfo=UTC)
 FEB_1 = datetime(2026, 2, 1, tzinfo=UTC)
+MAR_1 = datetime(2026, 3, 1, tzinfo=UTC)
+REPO = Path(__file__).resolve().parent.parent
+COMMAND_PARTITIONS = 6  # bench.run creates every topic with 6 partitions
 SEED_BATCH = 2_000
 NAIVE_SUBSCRIPTIONS = 3_000
 
@@ -65,59 +79,112 @@ def seed(engine: sa.Engine, n: int) -> None:
         items = [(new_envelope("subscription.create", p.model_dump(mode="json"), producer="bench",
                                occurred_at=JAN_1), p) for p in payloads]
         events = [usage.decode(new_envelope("usage.recorded", {
-            "transaction_id": f"tx-{s}", "customer_id": c, "subscription_id": s, "event_type": "inference",
-            "timestamp": (JAN_1 + timedelta(days=9)).isoformat(), "properties": {"cost_usd_micros": 2_750_000},
-            "received_at": (JAN_1 + timedelta(days=9)).isoformat()}, producer="bench",
-            occurred_at=JAN_1).to_bytes()) for s, c in chunk]
+            "transaction_id": f"tx-{s}-{month:%m}", "customer_id": c, "subscription_id": s,
+            "event_type": "inference", "timestamp": (month + timedelta(days=9)).isoformat(),
+            "properties": {"cost_usd_micros": 2_750_000}, "received_at": (month + timedelta(days=9)).isoformat()},
+            producer="bench", occurred_at=JAN_1).to_bytes()) for s, c in chunk for month in (JAN_1, FEB_1)]
         with engine.begin() as conn:
             bus.handle(unit_of_work(conn), items, JAN_1)
             usage.apply(conn, events)
+    settle(engine, JAN_1)
+
+
+def settle(engine: sa.Engine, at: datetime) -> None:
+    """Mark every invoice paid and every attempt done: the invoices before a run are not what it measures (and
+    the scheduler holds a close back while an earlier invoice's charge is unsettled)."""
     with engine.begin() as conn:
-        # The first invoices are not what this benchmark measures: settle them so the executor charges
-        # only the invoices of the billing run.
-        conn.execute(sa.update(payment_attempts).values(status="cancelled", completed_at=JAN_1))
+        conn.execute(sa.update(payment_attempts).where(payment_attempts.c.completed_at.is_(None))
+                     .values(status="cancelled", completed_at=at))
         conn.execute(sa.update(invoices).where(invoices.c.status == "open")
-                     .values(status="paid", paid_at=JAN_1, amount_paid_minor=invoices.c.amount_due_minor))
+                     .values(status="paid", paid_at=at, amount_paid_minor=invoices.c.amount_due_minor))
 
 
-def _count(engine: sa.Engine, **where: str) -> int:
+def _count(engine: sa.Engine, period_end: datetime) -> int:
     with engine.connect() as conn:
-        query = sa.select(sa.func.count()).select_from(invoices).where(invoices.c.kind == "period_close")
-        for column, value in where.items():
-            query = query.where(invoices.c[column] == value)
-        return int(conn.execute(query).scalar_one())
+        return int(conn.execute(sa.select(sa.func.count()).select_from(invoices).where(
+            invoices.c.kind == "period_close", invoices.c.period_end == period_end)).scalar_one())
 
 
-def billing_run(settings: Any, engine: sa.Engine, n: int) -> dict[str, float]:
-    simulated = settings.model_copy(update={"clock": "simulated", "simulated_clock_start": JAN_1.isoformat(),
-                                            "payment_gateway": "simulated", "scheduler_interval_s": 0.2})
-    worker = build_worker(simulated, session_timeout_ms=10_000)
-    gc.collect()
-    gc.freeze()  # as `python -m services.billing_worker` does once the worker is built (shared/runtime.py)
-    stop = threading.Event()
-    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
-    thread.start()
+def _worker_env(settings: Any) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
+    return env | {
+        "BILLING_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "BILLING_DATABASE_URL": settings.database_url,
+        "BILLING_DATABASE_SCHEMA": settings.database_schema, "BILLING_TOPIC_PREFIX": settings.topic_prefix,
+        "BILLING_CONSUMER_GROUP": settings.consumer_group, "BILLING_CLOCK": "simulated",
+        "BILLING_SIMULATED_CLOCK_START": JAN_1.isoformat(), "BILLING_PAYMENT_GATEWAY": "simulated",
+        "BILLING_SCHEDULER_INTERVAL_S": "0.2", "BILLING_LOG_JSON": "false", "BILLING_LOG_LEVEL": "WARNING",
+        "BILLING_STRIPE_API_BASE": settings.stripe_api_base,
+        # each topic split evenly: each process closes its half of the subscriptions (see README)
+        "BILLING_WORKER_PARTITION_ASSIGNMENT": "range"}
+
+
+def _owners(engine: sa.Engine, group: str, topic: str, since: datetime) -> tuple[int, int]:
+    """(partitions of `topic` claimed since `since`, their distinct owners) in the consumer offsets table."""
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(sa.func.count(), sa.func.count(sa.distinct(consumer_offsets.c.owner))).where(
+            consumer_offsets.c.group_id == group, consumer_offsets.c.topic == topic,
+            consumer_offsets.c.updated_at >= since)).one()
+    return int(row[0]), int(row[1])
+
+
+def _children(pid: int) -> list[int]:
     try:
-        time.sleep(5)  # join the group before the clock moves
+        return [int(c) for t in Path(f"/proc/{pid}/task").iterdir()
+                for c in (t / "children").read_text().split()]
+    except OSError:
+        return []
+
+
+def billing_run(settings: Any, engine: sa.Engine, n: int, *, workers: int, period_end: datetime,
+                logs: Path) -> float:
+    """Seconds from the clock passing `period_end` until the N invoices of that close are stored, with
+    `workers` worker processes sharing the partitions."""
+    env = _worker_env(settings)
+    logs.mkdir(parents=True, exist_ok=True)
+    procs: list[subprocess.Popen[bytes]] = []
+    with engine.connect() as conn:
+        launched = conn.execute(sa.select(sa.func.now())).scalar_one()
+    try:
+        for i in range(workers):
+            command = [sys.executable, "-m", "services.billing_worker", "--session-timeout-ms", "10000"]
+            if os.environ.get("BILLING_BENCH_PROFILE"):  # py-spy (pip install py-spy) samples each worker
+                command = [str(Path(sys.executable).with_name("py-spy")), "record", "-r", "50", "-f", "raw", "-o",
+                           str(logs / f"billing_run_{period_end:%m}_worker_{i}.pyspy.txt"), "--", *command]
+            with (logs / f"billing_run_worker_{i}.log").open("ab") as out:
+                procs.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT))
+        topic = topics.COMMANDS  # stored without the topic prefix
+        joined = time.monotonic() + 120
+        while (owned := _owners(engine, settings.consumer_group, topic, launched))[1] < workers or \
+                owned[0] < COMMAND_PARTITIONS:
+            if time.monotonic() > joined or any(p.poll() is not None for p in procs):
+                raise RuntimeError(f"{workers} workers did not share the partitions (see {logs})")
+            time.sleep(0.2)
+        time.sleep(2)  # the group settled: every process owns its share
         started = time.perf_counter()
-        DatabaseClock(engine, JAN_1).advance(FEB_1 - JAN_1 + timedelta(seconds=1))
-        invoiced = paid = None
+        clock = DatabaseClock(engine, JAN_1)
+        clock.advance(period_end + timedelta(seconds=1) - clock.now())
+        invoiced = None
         deadline = started + max(600.0, n / 20)
-        while time.perf_counter() < deadline and paid is None:
-            time.sleep(0.5)
-            if invoiced is None and _count(engine) >= n:
+        while time.perf_counter() < deadline and invoiced is None:
+            time.sleep(0.2)
+            if _count(engine, period_end) >= n:
                 invoiced = time.perf_counter() - started
-                deadline = time.perf_counter() + max(300.0, n / 50)
-            if invoiced is not None and _count(engine, status="paid") >= n:
-                paid = time.perf_counter() - started
     finally:
-        stop.set()
-        thread.join(120)
-        gc.unfreeze()
-    if invoiced is None or paid is None:
-        raise RuntimeError(f"billing run incomplete: {_count(engine)} of {n} invoices stored, "
-                           f"{_count(engine, status='paid')} paid")
-    return {"invoiced": invoiced, "paid": paid}
+        for p in procs:
+            profiled = _children(p.pid) if os.environ.get("BILLING_BENCH_PROFILE") else []
+            for pid in profiled:  # the worker under py-spy: py-spy writes its samples once it exits
+                os.kill(pid, signal.SIGTERM)
+            if not profiled:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+    if invoiced is None:
+        raise RuntimeError(f"billing run incomplete: {_count(engine, period_end)} of {n} invoices stored")
+    return invoiced
 
 
 def naive_billing_loop(engine: sa.Engine, n: int) -> float:
@@ -156,21 +223,40 @@ def naive_billing_loop(engine: sa.Engine, n: int) -> float:
     return len(due) / elapsed
 
 
+METRICS = ("billing_run_100k_seconds", "billing_run_invoices_per_s_1_worker", "billing_run_invoices_per_s_2_workers",
+           "naive_billing_run_invoices_per_s")
+
+
+def _sizes() -> list[int]:
+    if os.environ.get("BILLING_BENCH_BILLING_SUBSCRIPTIONS"):
+        return [int(os.environ["BILLING_BENCH_BILLING_SUBSCRIPTIONS"])]
+    return sorted(int(v) for v in os.environ.get("BILLING_BENCH_BILLING_SIZES", "10000,50000,100000").split(","))
+
+
 def run(ctx: Any) -> dict[str, dict[str, Any]]:
-    n = int(os.environ.get("BILLING_BENCH_BILLING_SUBSCRIPTIONS", "100000"))
+    sizes = _sizes()
     naive_ctx = ctx.fresh("billing_naive") if hasattr(ctx, "fresh") else ctx
-    naive_rate = naive_billing_loop(naive_ctx.engine, min(n, NAIVE_SUBSCRIPTIONS))
-    seed(ctx.engine, n)
-    run_times = billing_run(ctx.settings, ctx.engine, n)
+    naive_rate = naive_billing_loop(naive_ctx.engine, min(sizes[-1], NAIVE_SUBSCRIPTIONS))
+    out: dict[str, dict[str, Any]] = {
+        "naive_billing_run_invoices_per_s": {"value": round(naive_rate, 1), "unit": "invoices/s", "baseline": None}}
+    logs = REPO / "var" / "bench"
+    seconds: dict[tuple[int, int], float] = {}
+    for n in sizes:
+        here = ctx if n == sizes[0] or not hasattr(ctx, "fresh") else ctx.fresh(f"billing_run_{n // 1000}k")
+        seed(here.engine, n)
+        seconds[(n, 1)] = billing_run(here.settings, here.engine, n, workers=1, period_end=FEB_1, logs=logs)
+        settle(here.engine, FEB_1)
+        seconds[(n, 2)] = billing_run(here.settings, here.engine, n, workers=2, period_end=MAR_1, logs=logs)
+        for w in (1, 2):
+            out[f"billing_run_{n // 1000}k_us_per_subscription_{w}w"] = {
+                "value": round(seconds[(n, w)] / n * 1e6, 1), "unit": f"us/subscription ({w} worker process"
+                f"{'es' if w > 1 else ''})", "baseline": None}
+    n = sizes[-1]
     scale = 100_000 / n
-    unit = "s" if n == 100_000 else f"s (measured on {n:,} subscriptions, scaled linearly)"
-    return {
-        "billing_run_100k_seconds": {"value": round(run_times["invoiced"] * scale, 2), "unit": unit,
-                                     "baseline": None},
-        "billing_run_invoices_per_s": {"value": round(n / run_times["invoiced"], 1), "unit": "invoices/s",
-                                       "baseline": "naive_billing_run_invoices_per_s"},
-        "billing_run_paid_seconds": {"value": round(run_times["paid"] * scale, 2), "unit": unit,
-                                     "baseline": None},
-        "naive_billing_run_invoices_per_s": {"value": round(naive_rate, 1), "unit": "invoices/s",
-                                             "baseline": None},
-    }
+    unit = "s (2 worker processes)" if n == 100_000 else \
+        f"s (2 worker processes; measured on {n:,} subscriptions, scaled linearly)"
+    out["billing_run_100k_seconds"] = {"value": round(seconds[(n, 2)] * scale, 2), "unit": unit, "baseline": None}
+    for w, name in ((1, "billing_run_invoices_per_s_1_worker"), (2, "billing_run_invoices_per_s_2_workers")):
+        out[name] = {"value": round(n / seconds[(n, w)], 1), "unit": f"invoices/s ({n:,} subscriptions)",
+                     "baseline": "naive_billing_run_invoices_per_s"}
+    return out

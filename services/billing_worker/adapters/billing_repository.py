@@ -85,15 +85,8 @@ def bulk_insert(conn: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str
             return list(conn.execute(stmt.returning(table.c[returning])).scalars().all())
         conn.execute(stmt)
         return []
-    columns = list(rows[0])
-    temp = f"_bulk_{table.name}_{uuid.uuid5(IDS, ','.join(columns)).hex[:8]}"
+    temp, columns = copy_to_temp(conn, table, rows)
     column_list = ", ".join(f'"{c}"' for c in columns)
-    conn.execute(sa.text(f"CREATE TEMP TABLE IF NOT EXISTS {temp} ON COMMIT DROP AS "
-                         f"SELECT {column_list} FROM {table.name} WITH NO DATA"))
-    dbapi: Any = conn.connection.dbapi_connection  # psycopg 3: COPY is not in the DB-API
-    with dbapi.cursor() as cur, cur.copy(f"COPY {temp} ({column_list}) FROM STDIN") as copy:
-        for row in rows:
-            copy.write_row([_copy_value(row[c]) for c in columns])
     conflict = ""
     if isinstance(ignore_conflicts_on, str):
         conflict = f"ON CONFLICT ON CONSTRAINT {ignore_conflicts_on} DO NOTHING"
@@ -106,6 +99,22 @@ def bulk_insert(conn: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str
     out = list(result.scalars().all()) if returning else []
     conn.execute(sa.text(f"DELETE FROM {temp}"))  # not TRUNCATE: cheap inside long, savepointed batches
     return out
+
+
+def copy_to_temp(conn: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> tuple[str, list[str]]:
+    """COPY `rows` (all with the same keys) into a temporary table shaped like `table`'s columns; returns its
+    name and columns. The temporary table lives until the transaction ends; the caller empties it after use
+    (``DELETE FROM``) so the next batch of the same transaction starts empty."""
+    columns = list(rows[0])
+    temp = f"_bulk_{table.name}_{uuid.uuid5(IDS, ','.join(columns)).hex[:8]}"
+    column_list = ", ".join(f'"{c}"' for c in columns)
+    conn.execute(sa.text(f"CREATE TEMP TABLE IF NOT EXISTS {temp} ON COMMIT DROP AS "
+                         f"SELECT {column_list} FROM {table.name} WITH NO DATA"))
+    dbapi: Any = conn.connection.dbapi_connection  # psycopg 3: COPY is not in the DB-API
+    with dbapi.cursor() as cur, cur.copy(f"COPY {temp} ({column_list}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row([_copy_value(row[c]) for c in columns])
+    return temp, columns
 
 
 # ----------------------------------------------------------------------------------------- subscriptions
@@ -158,7 +167,14 @@ def save_subscriptions(conn: sa.Connection, states: Sequence[SubscriptionState])
     stored = [_row_of(s) for s in states if s.stored_version is not None]
     if new:
         bulk_insert(conn, subscriptions, new)
-    if stored:
+    if len(stored) >= COPY_THRESHOLD:
+        # a billing run: COPY the new figures and move every row in one UPDATE ... FROM
+        temp, columns = copy_to_temp(conn, subscriptions, stored)
+        assignments = ", ".join(f'"{c}" = t."{c}"' for c in columns if c != "subscription_id")
+        conn.execute(sa.text(f"UPDATE subscriptions s SET {assignments}, updated_at = now() FROM {temp} t "
+                             "WHERE s.subscription_id = t.subscription_id"))
+        conn.execute(sa.text(f"DELETE FROM {temp}"))
+    elif stored:
         columns = [c for c in stored[0] if c != "subscription_id"]
         conn.execute(sa.update(subscriptions)
                      .where(subscriptions.c.subscription_id == sa.bindparam("b_id"))
@@ -457,12 +473,28 @@ def insert_redemptions(conn: sa.Connection, rows: Sequence[tuple[CouponRedemptio
             for r, sub, inv, at in rows])
 
 
+_PERIOD_COLUMNS = ("subscription_id", "period_start", "period_end", "plan_id", "seats", "invoice_id", "closed_at")
+
+
 def record_periods(conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> None:
     """Upsert subscription periods: (subscription_id, period_start, period_end, plan_id, seats[, invoice_id,
     closed_at])."""
     if not rows:
         return
     full = [{"invoice_id": None, "closed_at": None, **r} for r in rows]
+    if len(full) >= COPY_THRESHOLD and len({(r["subscription_id"], r["period_start"]) for r in full}) == len(full):
+        # a billing run (each key once: one INSERT ... ON CONFLICT may not touch a row twice)
+        keyed = [{c: r[c] for c in _PERIOD_COLUMNS} for r in full]
+        temp, columns = copy_to_temp(conn, subscription_periods, keyed)
+        column_list = ", ".join(columns)
+        conn.execute(sa.text(
+            f"INSERT INTO subscription_periods ({column_list}) SELECT {column_list} FROM {temp} "
+            "ON CONFLICT (subscription_id, period_start) DO UPDATE SET "
+            "invoice_id = coalesce(excluded.invoice_id, subscription_periods.invoice_id), "
+            "closed_at = coalesce(excluded.closed_at, subscription_periods.closed_at), "
+            "period_end = excluded.period_end"))
+        conn.execute(sa.text(f"DELETE FROM {temp}"))
+        return
     stmt = insert(subscription_periods)
     conn.execute(stmt.on_conflict_do_update(
         index_elements=["subscription_id", "period_start"],

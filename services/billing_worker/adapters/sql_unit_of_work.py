@@ -126,6 +126,9 @@ class SqlBillingUnitOfWork(BillingUnitOfWork):
     def _apply_balance_entry(self, entry: BalanceEntry) -> bool:
         return customer_balance.apply_entry(self.conn, entry)
 
+    def _apply_balance_entries(self, entries: Sequence[BalanceEntry]) -> None:
+        customer_balance.apply_entries(self.conn, entries)
+
     def credit_purchase(self, purchase_id: str) -> CreditPurchase | None:
         return purchases.purchase(self.conn, purchase_id)
 

@@ -215,6 +215,12 @@ class BillingUnitOfWork(abc.ABC):
     def _apply_balance_entry(self, entry: BalanceEntry) -> bool:
         """Append the entry and move its balance (immediate); False when the entry id was written before."""
 
+    def _apply_balance_entries(self, entries: Sequence[BalanceEntry]) -> None:
+        """`_apply_balance_entry` for many entries (a billing run's draws and credits); adapters write them
+        set-based."""
+        for entry in entries:
+            self._apply_balance_entry(entry)
+
     @abc.abstractmethod
     def grace_usage(self, subscription_id: str, period_start: datetime, period_end: datetime) -> GraceUsage:
         """Usage of a draft's period [period_start, period_end) that arrived after its close and is not
@@ -493,10 +499,11 @@ class BillingUnitOfWork(abc.ABC):
         numbers = self._allocate_invoice_numbers(len(self.issued))
         to_store: list[InvoiceToStore] = []
         available = self.lock_customer_balances([(i.invoice.customer_id, i.invoice.currency) for i in self.issued])
+        entries: list[BalanceEntry] = []
         for item, number in zip(self.issued, numbers, strict=True):
             invoice, state = item.invoice, item.state
             at = item.at or invoice.created_at
-            self.settle_with_balance(invoice, available, at)
+            entries.extend(self.settle_with_balance(invoice, available, at))
             invoice.finalize(number=number, at=at)
             if invoice.status is InvoiceStatus.PAID and invoice.key.reason is InvoiceReason.MANUAL:
                 self.grant_paid_purchase(invoice, state, at, None)  # a purchase the customer balance paid
@@ -514,6 +521,7 @@ class BillingUnitOfWork(abc.ABC):
                            detail={"number": number, "total_minor": invoice.total.amount_minor,
                                    "currency": invoice.currency, "reason": invoice.key.reason.value,
                                    "balance_applied_minor": invoice.balance_applied_minor})
+        self._apply_balance_entries(entries)
         stored_drafts = {item.invoice.id for item in self.issued if item.stored_draft}
         inserted = self._insert_invoices([i for i in to_store if i.invoice.id not in stored_drafts])
         if stored_drafts:
@@ -524,29 +532,32 @@ class BillingUnitOfWork(abc.ABC):
             # while the subscription says otherwise: refuse the batch rather than bill twice.
             raise MessageRejected(f"invoices already exist for {duplicates[:5]}", code="duplicate_invoice")
 
-    def settle_with_balance(self, invoice: Invoice, available: dict[tuple[str, str], int], at: datetime) -> None:
+    def settle_with_balance(self, invoice: Invoice, available: dict[tuple[str, str], int],
+                            at: datetime) -> list[BalanceEntry]:
         """The customer balance's part of finalising a DRAFT invoice; every finalisation goes through it,
         right before `invoice.finalize`. The domain decides (`Invoice.settle_balance`: a negative total is
         credited to the balance and the invoice settles at 0, otherwise it draws what it owes up to what the
-        balance holds and only the rest is charged); this records it: an `invoice_credit` entry (a
-        downgrade's credit, no longer carried on the subscription) or an `invoice_draw` entry. `available`
-        holds the balances `lock_customer_balances` locked for this run (in a stable order), kept current
-        here as entries are written."""
+        balance holds and only the rest is charged); this returns the entries that record it, for the caller
+        to write with the run's others: an `invoice_credit` entry (a downgrade's credit, no longer carried on
+        the subscription) or an `invoice_draw` entry. `available` holds the balances `lock_customer_balances`
+        locked for this run (in a stable order), kept current here as entries are decided."""
         pair = (invoice.customer_id, invoice.currency)
         settled = invoice.settle_balance(available.get(pair, 0))
+        entries: list[BalanceEntry] = []
         if settled.credited_minor:
-            self._apply_balance_entry(BalanceEntry(
+            entries.append(BalanceEntry(
                 entry_id=balance_entry_id(BalanceEntryKind.INVOICE_CREDIT, invoice.id),
                 customer_id=invoice.customer_id, currency=invoice.currency, amount_minor=settled.credited_minor,
                 kind=BalanceEntryKind.INVOICE_CREDIT, occurred_at=at, invoice_id=invoice.id,
                 description="Credit from an invoice whose credits exceeded its charges"))
         if settled.drawn_minor:
-            self._apply_balance_entry(BalanceEntry(
+            entries.append(BalanceEntry(
                 entry_id=balance_entry_id(BalanceEntryKind.INVOICE_DRAW, invoice.id),
                 customer_id=invoice.customer_id, currency=invoice.currency, amount_minor=-settled.drawn_minor,
                 kind=BalanceEntryKind.INVOICE_DRAW, occurred_at=at, invoice_id=invoice.id,
                 description="Applied to the invoice"))
         available[pair] = available.get(pair, 0) + settled.balance_change_minor
+        return entries
 
     def _invoice_events(self, invoice: Invoice, state: SubscriptionState, at: datetime) -> None:
         for event in invoice.pull_events():

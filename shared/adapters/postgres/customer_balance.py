@@ -1,7 +1,7 @@
 """The customer credit balance in PostgreSQL: one writer's SQL, used by the billing worker (finalisation draws,
 invoice credits, voids) and by the edge (manual adjustments), inside the caller's transaction.
 
-How two writers stay correct: `lock_balances` takes the balance rows FOR UPDATE (created at 0 if missing),
+How two writers stay correct: `lock_balances` takes the positive balance rows FOR UPDATE in one statement,
 always in (customer_id, currency) order so two transactions locking several rows cannot deadlock on the
 order; the amount is then decided from the locked figure (the domain's `draw_amount` / `balance_after`) and
 `apply_entry` inserts the entry under its deterministic primary key and, only when it was really inserted,
@@ -24,19 +24,59 @@ Pair = tuple[str, str]  # (customer_id, currency)
 
 
 def lock_balances(conn: sa.Connection, pairs: Iterable[Pair]) -> dict[Pair, int]:
-    """The balances of `pairs`, locked FOR UPDATE until the caller's transaction ends (in a stable order)."""
+    """The balances of `pairs`, the positive ones locked FOR UPDATE until the caller's transaction ends (in a
+    stable order), in one statement; 0 for a pair with no row or nothing in it.
+
+    A balance at 0 is not locked (and a missing row is not created): nothing can be drawn or debited from it,
+    and a concurrent credit only adds, so reading 0 is the same as running before that credit. This keeps a
+    billing run that draws nothing from taking (and creating) one balance row per customer."""
     wanted = sorted(set(pairs))
     if not wanted:
         return {}
-    conn.execute(insert(customer_balances).values(
-        [{"customer_id": c, "currency": cur, "balance_minor": 0} for c, cur in wanted]).on_conflict_do_nothing())
-    out: dict[Pair, int] = {}
-    for customer_id, currency in wanted:  # one row at a time: the lock order is the list's order
-        out[(customer_id, currency)] = int(conn.execute(
-            sa.select(customer_balances.c.balance_minor)
-            .where(customer_balances.c.customer_id == customer_id, customer_balances.c.currency == currency)
-            .with_for_update()).scalar_one())
+    # NOTE: ORDER BY under FOR UPDATE: rows are locked as they leave the sort, so in (customer_id, currency)
+    # order, as the one-row-at-a-time loop did; a row locked meanwhile is re-checked (balance_minor > 0).
+    rows = conn.execute(sa.text(
+        "SELECT b.customer_id, b.currency, b.balance_minor FROM customer_balances b "
+        "JOIN unnest(CAST(:customers AS text[]), CAST(:currencies AS text[])) AS w(customer_id, currency) "
+        "ON b.customer_id = w.customer_id AND b.currency = w.currency "
+        "WHERE b.balance_minor > 0 ORDER BY b.customer_id, b.currency FOR UPDATE OF b"),
+        {"customers": [c for c, _ in wanted], "currencies": [cur for _, cur in wanted]}).all()
+    out: dict[Pair, int] = dict.fromkeys(wanted, 0)
+    out.update({(r.customer_id, r.currency): int(r.balance_minor) for r in rows})
     return out
+
+
+def apply_entries(conn: sa.Connection, entries: Sequence[BalanceEntry]) -> set[str]:
+    """`apply_entry` for many entries in three statements: the entries inserted under their ids, and each
+    balance moved once by the sum of its entries really inserted. Returns the ids really inserted."""
+    if not entries:
+        return set()
+    written = set(conn.execute(insert(customer_balance_entries).values([{
+        "entry_id": e.entry_id, "customer_id": e.customer_id, "currency": e.currency,
+        "amount_minor": e.amount_minor, "kind": e.kind.value, "invoice_id": e.invoice_id,
+        "credit_note_id": e.credit_note_id, "description": e.description, "occurred_at": e.occurred_at}
+        for e in entries]).on_conflict_do_nothing(index_elements=["entry_id"])
+        .returning(customer_balance_entries.c.entry_id)).scalars().all())
+    delta: dict[Pair, int] = {}
+    for e in entries:
+        if e.entry_id in written:
+            delta[(e.customer_id, e.currency)] = delta.get((e.customer_id, e.currency), 0) + e.amount_minor
+    moved = sorted(pair for pair, amount in delta.items() if amount)
+    if moved:
+        conn.execute(insert(customer_balances).values(
+            [{"customer_id": c, "currency": cur, "balance_minor": 0} for c, cur in moved]).on_conflict_do_nothing())
+        pairs = {"customers": [c for c, _ in moved], "currencies": [cur for _, cur in moved]}
+        # the rows locked in (customer_id, currency) order first, so two writers crediting several never deadlock
+        conn.execute(sa.text(
+            "SELECT 1 FROM customer_balances b JOIN unnest(CAST(:customers AS text[]), CAST(:currencies AS text[])) "
+            "AS w(customer_id, currency) ON b.customer_id = w.customer_id AND b.currency = w.currency "
+            "ORDER BY b.customer_id, b.currency FOR UPDATE OF b"), pairs)
+        conn.execute(sa.text(
+            "UPDATE customer_balances b SET balance_minor = b.balance_minor + d.amount, updated_at = now() "
+            "FROM unnest(CAST(:customers AS text[]), CAST(:currencies AS text[]), CAST(:amounts AS bigint[])) "
+            "AS d(customer_id, currency, amount) WHERE b.customer_id = d.customer_id AND b.currency = d.currency"),
+            pairs | {"amounts": [delta[p] for p in moved]})
+    return written
 
 
 def apply_entry(conn: sa.Connection, entry: BalanceEntry) -> bool:

@@ -17,10 +17,11 @@ import pytest
 from services.billing_worker.bootstrap import billing_handlers, message_bus
 from services.billing_worker.service_layer.unit_of_work import BillingUnitOfWork
 from shared.contracts.envelope import Envelope, new_envelope
-from shared.contracts.messages import TYPE_OF, CreateSubscription, Payload, PaymentSucceeded
+from shared.contracts.messages import TYPE_OF, ClosePeriod, CreateSubscription, Payload, PaymentSucceeded
+from shared.domain.calendar import Period
 from shared.domain.customer_balance import InsufficientBalanceError
-from shared.domain.ids import attempt_id_for
-from shared.domain.invoice import InvoiceStatus
+from shared.domain.ids import SubscriptionId, attempt_id_for, invoice_id_for
+from shared.domain.invoice import InvoiceKey, InvoiceReason, InvoiceStatus
 from shared.domain.money import Money
 from shared.domain.payment_attempt import PaymentAttempt
 
@@ -221,3 +222,37 @@ class UnitOfWorkContract:
                                        description="too much", at=JAN_16)
 
         assert uow.lock_customer_balances([(cus, "USD"), (cus, "EUR")]) == {(cus, "USD"): 1_100, (cus, "EUR"): 0}
+
+    def test_a_billing_run_of_250_closes_advances_each_numbers_them_in_order_and_draws_a_shared_balance(
+            self) -> None:
+        # More closes than the adapter's COPY threshold (200): the run's set-based writes, as a billing run does.
+        tag = uuid.uuid4().hex[:8]
+        subs = [(f"sub_{tag}_{i:03d}", f"cus_{tag}_{i:03d}" if i > 1 else f"cus_{tag}_shared") for i in range(250)]
+        creates = [CreateSubscription(subscription_id=s, customer_id=c, plan_id="pro", currency="USD",
+                                      payment_method_id="pm_card_visa", tax_rate_bps=500) for s, c in subs]
+        BUS.handle(self.new_uow(), [(new_envelope("subscription.create", p.model_dump(mode="json"), producer="test",
+                                                  occurred_at=JAN_1), p) for p in creates], JAN_1)
+        shared = f"cus_{tag}_shared"
+        uow = self.started()
+        assert uow.credit_customer_balance(shared, "USD", 1_500, "adjustment", entry_id=f"e-{tag}",
+                                           description="goodwill", at=JAN_16) is True
+        closes = [ClosePeriod(subscription_id=s, customer_id=c, period_end=FEB_1) for s, c in subs]
+        BUS.handle(self.new_uow(), [(new_envelope("period.close", p.model_dump(mode="json"), producer="test",
+                                                  occurred_at=FEB_1), p) for p in closes], FEB_1)
+
+        uow = self.started(FEB_1)
+        numbers = []
+        for sub, _ in subs:
+            assert uow.subscription(sub).subscription.current_period == Period(FEB_1, MAR_1)
+            found = uow.invoice(invoice_id_for(InvoiceKey(SubscriptionId(sub), InvoiceReason.PERIOD_CLOSE,
+                                                          Period(JAN_1, FEB_1))))
+            assert found is not None and found[0].number is not None
+            numbers.append(int(found[0].number.rsplit("-", 1)[1]))
+        # one range for the run, in finalisation (message) order: gapless
+        assert numbers == list(range(numbers[0], numbers[0] + 250))
+        # the next period's fee 900 + 5 % tax = 945 each; the shared 1,500 pays the first, and 555 of the second
+        dues = [uow.invoice(invoice_id_for(InvoiceKey(SubscriptionId(s), InvoiceReason.PERIOD_CLOSE,
+                                                      Period(JAN_1, FEB_1))))[0].amount_due.amount_minor  # type: ignore[index]
+                for s, _ in subs[:3]]
+        assert dues == [0, 390, 945]
+        assert uow.lock_customer_balances([(shared, "USD")]) == {(shared, "USD"): 0}
