@@ -164,6 +164,10 @@ class UnitOfWork(Protocol):
     def live_subscriptions_of_stripe_customer(self, stripe_customer_id: str) -> list[tuple[str, str]]:
         """(subscription_id, customer_id) of every live subscription of a Stripe customer."""
 
+    def adopt_payment_method(self, stripe_customer_id: str, payment_method_id: str) -> None:
+        """Make a payment method attached in Stripe the default of the customer of that Stripe customer when
+        it has none (what its next subscriptions are charged with)."""
+
 
 UnitOfWorkFactory = Callable[[], AbstractContextManager[UnitOfWork]]
 
@@ -330,6 +334,11 @@ class SqlUnitOfWork:
 
     def live_subscriptions_of_stripe_customer(self, stripe_customer_id: str) -> list[tuple[str, str]]:
         return live_subscriptions_of_stripe_customer(self.conn, stripe_customer_id)
+
+    def adopt_payment_method(self, stripe_customer_id: str, payment_method_id: str) -> None:
+        self.conn.execute(sa.update(customers).where(customers.c.stripe_customer_id == stripe_customer_id,
+                                                     customers.c.default_payment_method_id.is_(None))
+                          .values(default_payment_method_id=payment_method_id))
 
 
 def sql_unit_of_work(engine: sa.Engine) -> UnitOfWorkFactory:

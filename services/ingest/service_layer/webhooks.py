@@ -4,7 +4,7 @@
   -> `payment.succeeded` / `payment.failed` on payments.v1, keyed by the subscription id our payment
   executor put in the object's metadata (objects without it are not ours: acknowledged, not translated).
 - `payment_method.attached` -> `payment_method.update` on commands.v1 for each live subscription of the
-  customer.
+  customer; the customer's default payment method when it has none.
 - `customer.deleted` -> `payment.customer_deleted` on payments.v1 for each live subscription of the
   customer (keyed by it): the worker decides what a subscription without a payment customer becomes.
 - Other types are acknowledged and recorded only.
@@ -106,6 +106,11 @@ def receive_stripe_event(uow: UnitOfWorkFactory, event: dict[str, Any]) -> Webho
         if work.claim_stripe_event(event_id, kind):
             return WebhookResult("duplicate")
         produced = translate(event, work.live_subscriptions_of_stripe_customer)
+        obj = (event.get("data") or {}).get("object") or {}
+        if kind == "payment_method.attached" and obj.get("customer") and obj.get("id"):
+            # NOTE: a card added in Stripe before any subscription (a customer onboarded by its Stripe id, as
+            # Metronome's billing_config gives it) becomes the customer's default: its subscriptions charge it.
+            work.adopt_payment_method(str(obj["customer"]), str(obj["id"]))
         at = occurred_at(event)
         for topic, key, payload in produced:
             work.publish(topic, key, new_envelope(

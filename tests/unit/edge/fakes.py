@@ -137,6 +137,12 @@ class FakeUnitOfWork:
                       if self.state.stripe_customers.get(row["customer_id"]) == stripe_customer_id
                       and row["status"] != "cancelled")
 
+    def adopt_payment_method(self, stripe_customer_id: str, payment_method_id: str) -> None:
+        for customer_id, stripe_id in self.state.stripe_customers.items():
+            row = self.state.customer_rows.get(customer_id)
+            if stripe_id == stripe_customer_id and row is not None and row.get("default_payment_method_id") is None:
+                row["default_payment_method_id"] = payment_method_id
+
 
 class FakeDatabase:
     """A `UnitOfWorkFactory`: each unit of work sees the committed state and commits only if its block ends."""

@@ -87,3 +87,18 @@ def test_an_attached_payment_method_updates_each_live_subscription_by_command() 
     [(topic, key, envelope)] = db.state.outbox
     assert (topic, key, envelope.type, envelope.payload["payment_method_id"]) == (
         topics.COMMANDS, "sub_a", "payment_method.update", "pm_new")
+
+
+def test_a_payment_method_attached_before_any_subscription_becomes_the_customers_default_once() -> None:
+    db = FakeDatabase()
+    db.state.stripe_customers = {"cust_1": "cus_1", "cust_2": "cus_2"}
+    db.state.customer_rows = {"cust_1": {"default_payment_method_id": None},
+                              "cust_2": {"default_payment_method_id": "pm_kept"}}
+
+    assert receive_stripe_event(db, _event("payment_method.attached", {"id": "pm_first", "customer": "cus_1"})) \
+        == WebhookResult("ignored", 0)  # no subscription to update
+    receive_stripe_event(db, _event("payment_method.attached", {"id": "pm_second", "customer": "cus_1"}))
+    receive_stripe_event(db, _event("payment_method.attached", {"id": "pm_other", "customer": "cus_2"}))
+
+    assert db.state.customer_rows["cust_1"]["default_payment_method_id"] == "pm_first"
+    assert db.state.customer_rows["cust_2"]["default_payment_method_id"] == "pm_kept"
