@@ -72,6 +72,9 @@ def test_an_operator_opens_an_invoice_pdf_and_voids_the_invoice_through_a_form(p
 
     log_in(page, then=f"/console/customers/{customer['customer_id']}")
     assert "Void Me Inc" in page.locator("h1").inner_text()
+    listed_pdf = page.locator("table.invoices a.pdf").get_attribute("href")
+    assert listed_pdf == f"/console/invoices/{invoice['invoice_id']}/document?format=pdf"
+    expect(page.locator("table.payments tbody tr")).to_have_count(1)  # the declined first attempt
     page.locator("table.invoices a", has_text=invoice["number"]).click()
     page.wait_for_url(f"**/console/invoices/{invoice['invoice_id']}")
     expect(page.locator("#invoice-status")).to_have_text("open")

@@ -32,6 +32,7 @@ from services.ingest.console.web import (
     link,
     money,
     page,
+    pdf_link,
     principal_of,
     require_csrf,
     signer_of,
@@ -147,6 +148,8 @@ def _invoice_cells(rows: list[console_reads.InvoiceRow], *, with_customer: bool)
         row += [f"{when(r.period_start)} → {when(r.period_end)}", money(r.total_minor, r.currency),
                 money(r.owed_minor, r.currency) if r.status in ("open", "uncollectible") else "",
                 when(r.issued_at)]
+        if not with_customer:  # the customer page: each final invoice's PDF at hand
+            row.append(pdf_link(r.invoice_id) if r.number else "")
         cells.append(row)
     return cells
 
@@ -166,7 +169,7 @@ async def customer(request: Request, customer_id: str, session: ConsoleSession =
     def read() -> tuple[Any, ...]:
         subs, _ = views.subscriptions_of(engine, customer_id, None, 20)
         invoices, more = console_reads.invoice_page(engine, customer_id=customer_id, limit=20)
-        payments, _ = views.payments_of(engine, customer_id, None, 50)
+        payments = console_reads.recent_payments(engine, customer_id)
         return (subs, invoices, more, payments, customer_balance.balances_of(engine, customer_id),
                 credits.credits_of_customer(engine, customer_id, now))
 
@@ -176,12 +179,12 @@ async def customer(request: Request, customer_id: str, session: ConsoleSession =
                   _scheduled_text(s)] for s in subs]
     payment_cells = [[link(f"/invoices/{quote(p.invoice_id)}", p.invoice_id), p.attempt_no, badge(p.status), p.reason,
                       money(p.amount_minor, p.currency), p.decline_code or "", when(p.requested_at),
-                      when(p.completed_at)] for p in reversed(payments)]
+                      when(p.completed_at)] for p in payments]
     return page(request, "customer.html", session, now=now, c=detail.customer, detail=detail, subs=sub_cells,
                 live=[s for s in subs if s.status != "cancelled"],
                 invoices=_invoice_cells(invoices, with_customer=False), more_invoices=more is not None,
                 payments=payment_cells, balances=balances.balances, meter_credits=meter_credits.meters,
-                invoice_headers=INVOICE_HEADERS)
+                invoice_headers=[*INVOICE_HEADERS, "Document"])
 
 
 def _scheduled_text(s: SubscriptionView) -> str:

@@ -167,3 +167,10 @@ def link(path: str, text: object) -> Markup:
 
 def badge(value: str) -> Markup:
     return Markup('<span class="status status-{0}">{0}</span>').format(value)
+
+
+def pdf_link(invoice_id: str) -> Markup:
+    """The invoice's PDF, served by the console through the API's document route (a full page load: the
+    browser shows or downloads the PDF, htmx stays out of it)."""
+    return Markup('<a class="pdf" href="{}/invoices/{}/document?format=pdf" hx-boost="false" target="_blank">PDF</a>'
+                  ).format(PREFIX, quote(invoice_id, safe=""))

@@ -15,8 +15,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from services.ingest.views import PaymentAttemptView
 from shared.adapters.postgres.schema.billing import (
     invoices,
+    payment_attempts,
     subscription_history,
     subscription_periods,
 )
@@ -303,3 +305,12 @@ def parked_usage_page(engine: sa.Engine, *, after: int | None,
         rows = [dict(r._mapping) for r in conn.execute(query.order_by(unmatched_usage.c.id).limit(limit + 1))]
     page = rows[:limit]
     return page, page[-1]["id"] if len(rows) > limit and page else None
+
+
+def recent_payments(engine: sa.Engine, customer_id: str, limit: int = 50) -> list[PaymentAttemptView]:
+    """A customer's newest payment attempts first (the API's list pages them oldest first)."""
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(payment_attempts).where(payment_attempts.c.customer_id == customer_id)
+                            .order_by(payment_attempts.c.requested_at.desc(), payment_attempts.c.attempt_id.desc())
+                            .limit(limit))
+        return [PaymentAttemptView.model_validate(r._mapping) for r in rows]
