@@ -45,3 +45,13 @@ def test_the_rows_say_what_the_figures_are() -> None:
 def test_a_failed_invariant_is_named_with_its_violations() -> None:
     failing = {**SUMMARY, "invariants": {**SUMMARY["invariants"], "no_quota_overspend": 3}}
     assert dict(summary_rows(failing))["invariants"] == "14 of 15 true; FAILED: no quota overspend (3 violations)"
+
+
+def test_the_screenshots_row_names_the_files_and_any_failure() -> None:
+    taken = {**SUMMARY, "screenshots": {"customer_id": "cus_1", "errors": [],
+                                        "written": ["var/demo/screens/usage-january.png",
+                                                    "var/demo/screens/overview.png"]}}
+    assert dict(summary_rows(taken))["screenshots"] == \
+        "2 written under var/demo/screens/ (usage-january.png, overview.png; customer cus_1)"
+    failed = {**SUMMARY, "screenshots": {"errors": ["Error: no chromium"]}}
+    assert dict(summary_rows(failed))["screenshots"] == "none written; not taken: Error: no chromium"
