@@ -131,3 +131,27 @@ def test_usage_bounds_are_utc_midnights_in_order_and_only_the_metrics_group_key_
     with pytest.raises(MetronomeRefusal) as refused:
         usage.group_key_of("model", ["model", "region"], None)
     assert refused.value.code == "not_supported"
+
+
+def test_an_invoice_is_stated_in_cents_with_metronomes_statuses_and_unit_prices_in_cents() -> None:
+    from decimal import Decimal
+
+    from services.ingest.metronome import invoices
+    from services.ingest.views import InvoiceLineView, InvoiceView
+
+    start, end = _hour(1, 0), datetime(2026, 4, 1, tzinfo=UTC)
+    line = InvoiceLineView(line_no=1, kind="usage", description="Calls", amount_minor=50, currency="USD",
+                           quantity=Decimal(10), unit_price=Decimal("0.05"), meter_id="bm_1", period_start=start,
+                           period_end=end, proration=False)
+    fee = InvoiceLineView(line_no=2, kind="fee", description="Pro", amount_minor=2000, currency="USD",
+                          quantity=Decimal(1), plan_id="pro", proration=False)
+    invoice = InvoiceView(invoice_id="in_1", subscription_id="sub_1", customer_id="cust_1", kind="period_close",
+                          status="uncollectible", currency="USD", period_start=start, period_end=end,
+                          subtotal_minor=2050, discount_minor=0, credits_applied_minor=0, tax_minor=0,
+                          total_minor=2050, amount_paid_minor=0, lines=[line, fee])
+    shown = invoices.invoice_json(invoice, {"sub_1": "contract-1"})
+    assert (shown["status"], shown["external_invoice"]["external_status"], shown["total"], shown["contract_id"]) == (
+        "FINALIZED", "UNCOLLECTIBLE", 2050, "contract-1")
+    assert [(li["type"], li["total"], li["unit_price"], li["quantity"], li["product_id"])
+            for li in shown["line_items"]] == [("usage", 50, 5, 10, "bm_1"), ("subscription", 2000, None, 1, "pro")]
+    assert invoices.credit_type("EUR") == {"id": "EUR", "name": "EUR (minor units)"}
