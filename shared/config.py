@@ -92,6 +92,11 @@ class Settings(BaseSettings):
     worker_session_timeout_ms: int | None = Field(
         default=None, description="how soon a silent worker loses its partitions (librdkafka default 45 s)")
     worker_relay: bool = Field(default=True, description="run the outbox relay in this worker process")
+    worker_partition_assignment: Literal["cooperative-sticky", "range"] = Field(
+        default="cooperative-sticky",
+        description="how the workers' group shares partitions: cooperative-sticky balances the total count and "
+                    "moves few partitions on a join, but may give one worker every commands.v1 partition; range "
+                    "splits each topic evenly (a billing run's closes shared by every worker), eager rebalances")
     worker_attempts_before_parking: int = Field(
         default=5, ge=1, description="failed attempts of a batch (transient error, database answering) before "
                                      "the message at fault is parked in the DLQ as retries_exhausted")

@@ -128,8 +128,13 @@ class ExactlyOnceConsumer:
         self._instance = instance_id
         self._max_backoff = max_backoff_s
         self._epochs: dict[tuple[str, int], int] = {}  # owned (logical topic, partition) -> epoch
-        self._consumer = Consumer(settings.kafka_consumer_config(
-            self._group, **{"client.id": instance_id, **(consumer_overrides or {})}))
+        config = settings.kafka_consumer_config(self._group, **{
+            "client.id": instance_id, "partition.assignment.strategy": settings.worker_partition_assignment,
+            **(consumer_overrides or {})})
+        # range is an eager protocol: each rebalance hands over whole assignments (assign/unassign), where
+        # cooperative-sticky hands over increments
+        self._eager = config["partition.assignment.strategy"] != "cooperative-sticky"
+        self._consumer = Consumer(config)
         self.stats = ConsumerStats()
         self._closed = False
         self._lane_states = [_Lane() for _ in range(max(1, commit_lanes))]  # pipelined mode only
@@ -451,7 +456,10 @@ class ExactlyOnceConsumer:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._wait_in_flight()
         if not partitions:
-            consumer.incremental_assign([])
+            if self._eager:
+                consumer.assign([])
+            else:
+                consumer.incremental_assign([])
             return
         keys = sorted((self._logical[tp.topic], tp.partition) for tp in partitions)
         claimed = self._claim(keys)
@@ -462,7 +470,10 @@ class ExactlyOnceConsumer:
             assigned.append(TopicPartition(self._settings.topic(topic), partition, offset))
             log.info("partition assigned", extra=kv(topic=topic, partition=partition, epoch=epoch,
                                                     offset=next_offset, instance=self._instance))
-        consumer.incremental_assign(assigned)
+        if self._eager:
+            consumer.assign(assigned)
+        else:
+            consumer.incremental_assign(assigned)
         # A partition paused after being fenced and now assigned again must fetch again.
         consumer.resume(assigned)
 
@@ -492,12 +503,18 @@ class ExactlyOnceConsumer:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._wait_in_flight()
         self._forget(partitions, "revoked")
-        consumer.incremental_unassign(partitions)
+        self._unassign(consumer, partitions)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._wait_in_flight()
         self._forget(partitions, "lost")
-        consumer.incremental_unassign(partitions)
+        self._unassign(consumer, partitions)
+
+    def _unassign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self._eager:
+            consumer.unassign()  # an eager revocation takes the whole assignment
+        else:
+            consumer.incremental_unassign(partitions)
 
     def _forget(self, partitions: list[TopicPartition], why: str) -> None:
         self._purge({(self._logical[tp.topic], tp.partition) for tp in partitions if tp.topic in self._logical})
