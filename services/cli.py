@@ -154,7 +154,8 @@ def clock_advance(
     if resp.status_code >= 400:
         console.print(f"[red]{resp.status_code}[/red] {resp.text}")
         raise typer.Exit(1)
-    console.print(resp.json())
+    answer = resp.json()
+    console.print(f"{answer.get('clock', 'billing')} clock now {answer.get('now')}")
 
 
 def _print_rows(title: str, sql: str, params: dict[str, object]) -> None:

@@ -30,3 +30,19 @@ def test_an_amount_in_minor_units_prints_as_money_of_its_row_currency() -> None:
     assert headers == ["invoice_id", "status", "total", "currency"]
     assert cells == ["inv_1", "paid", "USD 1,234.56", "USD"]
     assert row_cells(["total_minor"], [5]) == (["total_minor"], ["5"])  # no currency: the number as it is
+
+
+def test_clock_advance_prints_the_new_instant_not_a_dictionary(monkeypatch: pytest.MonkeyPatch) -> None:
+    import httpx
+    from typer.testing import CliRunner
+
+    from services.cli import app
+
+    def answer(url: str, **_: object) -> httpx.Response:
+        assert url.endswith("/v1/clock/advance")
+        return httpx.Response(200, json={"clock": "simulated", "now": "2026-01-02T00:00:00+00:00"})
+
+    monkeypatch.setattr(httpx, "post", answer)
+    result = CliRunner().invoke(app, ["clock", "advance", "1d"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == "simulated clock now 2026-01-02T00:00:00+00:00"
