@@ -329,6 +329,7 @@ ANSWERS: Mapping[type[BillingError], Mapping[str, Answer]] = {
         "invalid": Answer(400, "validation", "Invalid request"),
         "customer_has_live_subscription": Answer(409, "customer-has-live-subscription",
                                                  "The customer still has a live subscription"),
+        "already_exists": Answer(409, "already-exists", "Already exists"),
     },
     WebhookRefusal: {
         "unknown_webhook_endpoint": Answer(404, "not-found", "Unknown webhook endpoint"),

@@ -155,3 +155,23 @@ def test_an_invoice_is_stated_in_cents_with_metronomes_statuses_and_unit_prices_
     assert [(li["type"], li["total"], li["unit_price"], li["quantity"], li["product_id"])
             for li in shown["line_items"]] == [("usage", 50, 5, 10, "bm_1"), ("subscription", 2000, None, 1, "pro")]
     assert invoices.credit_type("EUR") == {"id": "EUR", "name": "EUR (minor units)"}
+
+
+def test_a_spend_alert_is_a_threshold_in_cents_and_other_types_or_filters_are_not_supported() -> None:
+    from services.ingest.metronome import alerts
+
+    made = alerts.new_alert({"alert_type": "spend_threshold_reached", "name": "n", "threshold": 1000.0,
+                             "customer_id": "cust_1", "uniqueness_key": "k"})
+    assert (made.threshold_minor, made.currency, made.uniqueness_key) == (1000, "USD", "k")
+    for params, field in (({"alert_type": "invoice_total_reached"}, "alert_type"),
+                          ({"alert_type": "spend_threshold_reached", "customer_id": None}, "customer_id"),
+                          ({"alert_type": "low_credit_balance_reached", "seat_filter": {"seat_group_key": "u"}},
+                           "seat_filter")):
+        with pytest.raises(MetronomeRefusal) as refused:
+            alerts.new_alert({"name": "n", "threshold": 100, "customer_id": "cust_1", **params})
+        assert (refused.value.code, refused.value.fields[0][0]) == ("not_supported", field)
+    with pytest.raises(MetronomeRefusal) as refused:
+        alerts.new_alert({"alert_type": "spend_threshold_reached", "name": "n", "threshold": 10.5,
+                          "customer_id": "cust_1"})
+    assert refused.value.fields[0][0] == "threshold"
+    assert alerts.statuses_of(None) == ["enabled"] and alerts.statuses_of(["ARCHIVED", "DISABLED"]) == ["archived"]

@@ -16,6 +16,7 @@ from fastapi import APIRouter
 
 from services.ingest.metronome.errors import PREFIX
 from services.ingest.routes.metronome import (
+    alerts,
     billable_metrics,
     contracts,
     credits,
@@ -26,5 +27,5 @@ from services.ingest.routes.metronome import (
 )
 
 router = APIRouter(prefix=PREFIX)
-for _resource in (usage, customers, pricing, contracts, credits, billable_metrics, invoices):
+for _resource in (usage, customers, pricing, contracts, credits, billable_metrics, invoices, alerts):
     router.include_router(_resource.router)

@@ -38,3 +38,25 @@ fired_alerts = sa.Table(
     created_at(),
     sa.CheckConstraint(f"kind IN {ALERT_KINDS}", name="kind"),
 )
+
+# Metronome's threshold notifications (issue 16, `/metronome/v1/alerts/*`): each watches one customer's live
+# subscription; the enabled ones of a subscription are what its `subscription_alerts` row holds (rewritten
+# from them, in the same transaction, at every create and archive), so the worker evaluates them as above.
+mx_alerts = sa.Table(
+    "mx_alerts", metadata,
+    sa.Column("alert_id", sa.Text, primary_key=True),
+    sa.Column("customer_id", sa.Text, nullable=False, index=True),
+    sa.Column("subscription_id", sa.Text, nullable=False, index=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("alert_type", sa.Text, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),  # our alert kind: spend | low_credit
+    sa.Column("meter_id", sa.Text, nullable=False, server_default=""),  # '' for a spend alert
+    sa.Column("threshold_minor", sa.BigInteger, nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("uniqueness_key", sa.Text, unique=True),
+    sa.Column("status", sa.Text, nullable=False, server_default="enabled"),
+    created_at(),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.CheckConstraint(f"kind IN {ALERT_KINDS}", name="kind"),
+    sa.CheckConstraint("status IN ('enabled', 'archived')", name="status"),
+)
