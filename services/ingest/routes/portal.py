@@ -16,6 +16,7 @@ are problem+json.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
@@ -107,11 +108,14 @@ async def portal_page(token: str, request: Request, container: Container = Depen
     if isinstance(grant, HTMLResponse):
         return grant
     now = await run_in_threadpool(container.clock.now)
-    page = await run_in_threadpool(portal.load_page, container.engine, grant, now, container.current_catalog)
+    spend: SpendService | None = getattr(request.app.state, "spend", None)
+    # the two reads are independent: the page's (one connection) and the spend gate's balance
+    page, balance = await asyncio.gather(
+        run_in_threadpool(portal.load_page, container.engine, grant, now, container.current_catalog),
+        portal.spend_of(spend, grant.customer_id))
     if page is None:
         return _refused(404, "No such customer", "The customer this link was made for no longer exists.")
-    spend: SpendService | None = getattr(request.app.state, "spend", None)
-    page = portal.with_spend(page, await portal.spend_of(spend, grant.customer_id))
+    page = portal.with_spend(page, balance)
     return HTMLResponse(render_page(page, token), headers=PAGE_HEADERS)
 
 

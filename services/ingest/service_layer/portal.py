@@ -191,8 +191,10 @@ def _invoices(conn: sa.Connection, customer_id: str) -> list[PortalInvoice]:
 
 def load_page(engine: sa.Engine, grant: PortalGrant, now: datetime,
               catalog_for: Callable[[str], Catalog]) -> PortalPage | None:
-    """Everything the page shows but the spend (read by `portal_page`); None when the customer is gone."""
+    """Everything the page shows but the spend (read by `spend_of`), in one connection; None when the
+    customer is gone."""
     customer_id = grant.customer_id
+    shown: list[PortalSubscription] = []
     with engine.connect() as conn:
         row = conn.execute(sa.select(customers.c.customer_id, customers.c.name, customers.c.kind,
                                      customers.c.currency)
@@ -203,18 +205,16 @@ def load_page(engine: sa.Engine, grant: PortalGrant, now: datetime,
                             .where(subscriptions.c.customer_id == customer_id,
                                    subscriptions.c.status != "cancelled")
                             .order_by(subscriptions.c.subscription_id)).all()
+        for subscription_id, seats in subs:
+            reading = views.read_period(conn, subscription_id)
+            catalog = catalog_for(reading.plan_id)
+            plan = catalog.plans.get(PlanId(reading.plan_id))
+            if plan is None:
+                continue  # a plan this edge does not know yet: nothing to price the usage with
+            daily = _daily(conn, subscription_id, reading.period_start, reading.period_end, now)
+            shown.append(PortalSubscription(views.usage_so_far(reading, plan, catalog.meters, now), daily, seats))
         reports = _reports(conn, customer_id, now)
         invoice_rows = _invoices(conn, customer_id)
-    shown: list[PortalSubscription] = []
-    for subscription_id, seats in subs:
-        reading = views.period_reading(engine, subscription_id)
-        plan = catalog_for(reading.plan_id).plans.get(PlanId(reading.plan_id))
-        if plan is None:
-            continue  # a plan this edge does not know yet: nothing to price the usage with
-        with engine.connect() as conn:
-            daily = _daily(conn, subscription_id, reading.period_start, reading.period_end, now)
-        usage = views.usage_so_far(reading, plan, catalog_for(reading.plan_id).meters, now)
-        shown.append(PortalSubscription(usage, daily, seats))
     return PortalPage(customer=PortalCustomer(**row._mapping), as_of=now, expires_at=grant.expires_at,
                       subscriptions=shown, spend=None, reports=reports, invoices=invoice_rows)
 

@@ -149,10 +149,14 @@ class PeriodReading:
 def period_reading(engine: sa.Engine, subscription_id: str) -> PeriodReading:
     """Read in one connection; the subscription must exist (its owner was checked before)."""
     with engine.connect() as conn:
-        sub = conn.execute(sa.select(subscriptions).where(subscriptions.c.subscription_id == subscription_id)
-                           ).one()
-        usage = usage_since(conn, subscription_id, sub.current_period_start)
-        grants = grant_balances(conn, subscription_id, usable_at=sub.current_period_end - LAST_SECOND)
+        return read_period(conn, subscription_id)
+
+
+def read_period(conn: sa.Connection, subscription_id: str) -> PeriodReading:
+    """`period_reading` on the caller's connection."""
+    sub = conn.execute(sa.select(subscriptions).where(subscriptions.c.subscription_id == subscription_id)).one()
+    usage = usage_since(conn, subscription_id, sub.current_period_start)
+    grants = grant_balances(conn, subscription_id, usable_at=sub.current_period_end - LAST_SECOND)
     return PeriodReading(subscription_id=subscription_id, customer_id=sub.customer_id, plan_id=sub.plan_id,
                          status=sub.status, period_start=sub.current_period_start,
                          period_end=sub.current_period_end, usage=usage, grants=grants)
