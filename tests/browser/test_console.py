@@ -37,6 +37,16 @@ def test_the_console_needs_an_admin_key_and_keeps_a_session(page, api):
                    follow_redirects=False).status_code == 303
 
 
+def test_a_session_ends_with_its_admin_key(page, api):
+    created = api.post("/v1/api-keys", json={"name": "operator", "scopes": ["admin"]})
+    assert created.status_code == 201, created.text
+    log_in(page, key=created.json()["token"], then="/console/customers")
+    expect(page.locator("span.who")).to_have_text(created.json()["key_id"])
+    assert api.post(f"/v1/api-keys/{created.json()['key_id']}/revoke").status_code == 200
+    page.goto("/console/customers")
+    assert "/console/login" in page.url
+
+
 def test_an_operator_finds_a_customer_by_email_external_id_or_alias(page, api):
     wanted = onboard(api, name="Findable Ltd", aliases=["findable-alias"])
     onboard(api, name="Someone Else")
