@@ -217,6 +217,7 @@ class Edit:
     add_overrides: Sequence[Mapping[str, Any]] = ()
     remove_override_ids: Sequence[str] = ()
     add_recurring_credits: Sequence[Mapping[str, Any]] = ()
+    end_recurring_credit_ids: Sequence[str] = ()
     end_date_given: bool = False
     ending_before: datetime | None = None
     name: str | None = None
@@ -312,7 +313,12 @@ def _new_terms(current: StoredContract, edit: Edit, now: datetime) -> tuple[Term
         overrides = [o for o in current.terms.overrides if o["id"] not in set(edit.remove_override_ids)]
         overrides += [override_entry(o, str(uuid.uuid4()), f"add_overrides[{i}]", now, o["starting_at"])
                       for i, o in enumerate(edit.add_overrides)]
-        credits = list(current.terms.recurring_credits)
+        known = {c["id"] for c in current.terms.recurring_credits}
+        for index, credit_id in enumerate(edit.end_recurring_credit_ids):
+            if credit_id not in known:
+                raise Invalid(f"update_recurring_credits[{index}].recurring_credit_id",
+                              "not a recurring credit of this contract")
+        credits = [c for c in current.terms.recurring_credits if c["id"] not in set(edit.end_recurring_credit_ids)]
         credits += [recurring_credit_entry(c, str(uuid.uuid4()), f"add_recurring_credits[{i}]")
                     for i, c in enumerate(edit.add_recurring_credits)]
     except (Unsupported, Invalid) as error:

@@ -182,6 +182,11 @@ class SubscriptionUpdate(MetronomeBody):
     proration_rounding: dict[str, Any] | None = None
 
 
+class RecurringCreditUpdate(MetronomeBody):
+    recurring_credit_id: str = Field(min_length=1, max_length=200)
+    ending_before: AwareDatetime
+
+
 class RemoveOverride(BaseModel):
     id: str = Field(min_length=1, max_length=200)
 
@@ -194,6 +199,8 @@ class ContractEdit(MetronomeBody):
     add_overrides: list[OverrideIn] | None = Field(default=None, max_length=50)
     remove_overrides: list[RemoveOverride] | None = Field(default=None, max_length=50)
     add_recurring_credits: list[RecurringCreditIn] | None = Field(default=None, max_length=20)
+    update_recurring_credits: list[RecurringCreditUpdate] | None = Field(
+        default=None, max_length=20, description="ending_before ends a recurring credit with the edit's changes")
     update_contract_end_date: AwareDatetime | None = None
     update_contract_name: str | None = Field(default=None, max_length=200)
     uniqueness_key: str | None = Field(default=None, max_length=128)
@@ -319,6 +326,12 @@ async def _apply(request: Request, principal: Principal, container: Container, u
     await run_in_threadpool(use_cases.record_edit, container.engine, planned, write.at)
 
 
+def _updates(items: list[RecurringCreditUpdate] | None) -> list[RecurringCreditUpdate]:
+    for index, item in enumerate(items or ()):
+        item.refuse_unknown(f"update_recurring_credits[{index}].")
+    return list(items or ())
+
+
 @router.post("/v2/contracts/edit", responses=PROBLEM_RESPONSES,
              summary="Metronome: edit a contract (upgrade or downgrade, seats, overrides, credits, end date)")
 async def edit_contract(body: ContractEdit, request: Request, principal: Principal = Depends(require(Scope.ADMIN)),
@@ -335,6 +348,7 @@ async def edit_contract(body: ContractEdit, request: Request, principal: Princip
         add_overrides=_entries(body.add_overrides, "add_overrides"),
         remove_override_ids=[r.id for r in body.remove_overrides or ()],
         add_recurring_credits=_entries(body.add_recurring_credits, "add_recurring_credits"),
+        end_recurring_credit_ids=[c.recurring_credit_id for c in _updates(body.update_recurring_credits)],
         end_date_given="update_contract_end_date" in body.model_fields_set,
         ending_before=body.update_contract_end_date, name=body.update_contract_name)
     await _apply(request, principal, container, uow, body.customer_id, body.contract_id, change)

@@ -82,6 +82,9 @@ async def create_product(body: ProductCreate, _: Principal = Depends(require(Sco
                          container: Container = Depends(get_container)) -> dict[str, Any]:
     body.refuse_unknown()
     meters = set((await run_in_threadpool(container.current_catalog)).meters)
+    if body.billable_metric_id is not None and body.billable_metric_id not in meters \
+            and container.catalog_provider is not None:  # a metric just created (on another replica too)
+        meters = set((await run_in_threadpool(container.catalog_provider.refresh)).meters)
     created = await run_in_threadpool(use_cases.create_product, container.engine,
                                       body.model_dump(exclude_none=True), meters)
     return _id(created)
