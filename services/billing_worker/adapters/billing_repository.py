@@ -460,17 +460,23 @@ def attach_coupon(conn: sa.Connection, coupon_id: str, subscription_id: str, at:
                                                    attached_at=at).on_conflict_do_nothing())
 
 
+_ROWS_PER_STATEMENT = 5_000  # 7 columns: well under PostgreSQL's 65,535 parameters per statement
+
+
 def insert_redemptions(conn: sa.Connection, rows: Sequence[tuple[CouponRedemption, str, str, datetime]]) -> None:
     """(redemption, subscription id, invoice id, at): counted once per key, whatever the replays. A draft
     re-rated at its finalisation (late usage in its grace) may change the amount of its invoice's redemption:
     the amount is the one on the invoice, the first instant stays."""
-    if rows:
-        stmt = insert(coupon_redemptions)
+    by_key: dict[str, dict[str, Any]] = {}
+    for r, sub, inv, at in rows:  # a key twice in one run: its first instant, its last amount (as row by row)
+        first = by_key.setdefault(r.key, {"redemption_key": r.key, "coupon_id": r.coupon_id, "subscription_id": sub,
+                                          "invoice_id": inv, "currency": r.amount.currency, "redeemed_at": at})
+        first["amount_minor"] = r.amount.amount_minor
+    values = list(by_key.values())
+    for start in range(0, len(values), _ROWS_PER_STATEMENT):  # one multi-row statement per 5,000 redemptions
+        stmt = insert(coupon_redemptions).values(values[start:start + _ROWS_PER_STATEMENT])
         conn.execute(stmt.on_conflict_do_update(index_elements=["redemption_key"],
-                                                set_={"amount_minor": stmt.excluded.amount_minor}), [
-            {"redemption_key": r.key, "coupon_id": r.coupon_id, "subscription_id": sub, "invoice_id": inv,
-             "amount_minor": r.amount.amount_minor, "currency": r.amount.currency, "redeemed_at": at}
-            for r, sub, inv, at in rows])
+                                                set_={"amount_minor": stmt.excluded.amount_minor}))
 
 
 _PERIOD_COLUMNS = ("subscription_id", "period_start", "period_end", "plan_id", "seats", "invoice_id", "closed_at")
