@@ -4,7 +4,8 @@ puts them on tiers, upgrades, adds seats, downgrades, grants and reads credits, 
 usage and reads the invoices of the month. The test plays Stripe's part that stripe-mock cannot: it delivers
 the signed `payment_method.attached` webhook of each card to the edge.
 
-Hand-computed (period 10 Mar 12:00 -> 10 Apr 12:00, 31 days): ana on Pro pays 9.00 at the start; acme on Free
+Hand-computed (period 10 Mar 12:00 -> 10 Apr 12:00, 31 days): ana on Pro pays 9.00 at the start, bigco on
+Enterprise 2 seats x 50.00 x 0.8 = 80.00 with 2 x 5.00 of monthly credit; acme on Free
 upgrades to Team on day 1 (+20.00 x 30/31 = 19.35), takes 5 seats on day 2 (+4 x 20.00 x 29/31 = 74.84), and
 gets a 5.00 grant; at the close acme pays next month's 5 x 20.00 = 100.00 plus storage 150 GB x 0.018 = 2.70,
 its 9.00 of inference drawn from its credits (the 5.00 grant, then 4.00 of the Team credits: 2.00 a seat);
@@ -66,13 +67,17 @@ def test_the_hf_integration_runs_against_the_engine_through_the_sdks(
 
     ana = hf.onboard("user", f"ana-{uuid.uuid4().hex[:6]}", "Ana", "ana@hf.test")
     acme = hf.onboard("org", f"acme-{uuid.uuid4().hex[:6]}", "Acme", "billing@acme.test")
-    for account in (ana, acme):
+    bigco = hf.onboard("org", f"bigco-{uuid.uuid4().hex[:6]}", "BigCo", "ap@bigco.test")
+    for account in (ana, acme, bigco):
         _deliver_card(native, secret, account)
     ana_contract = hf.put_on_tier(ana, catalog, "pro", START)
     acme_contract = hf.put_on_tier(acme, catalog, "free", START)
-    [ana_start] = eventually(lambda: [i for i in _invoices(native, ana.customer_id) if i["status"] == "paid"],
-                             "ana's paid start invoice")
-    assert ana_start["total_minor"] == 900
+    hf.put_on_tier(bigco, catalog, "enterprise", START, seats=2)
+    for account, fee in ((ana, 900), (bigco, 8000)):  # bigco: 2 seats x 50.00 x 0.8 (negotiated)
+        [start] = eventually(lambda account=account: [i for i in _invoices(native, account.customer_id)
+                                                      if i["status"] == "paid"], f"{account.handle}'s paid start")
+        assert start["total_minor"] == fee
+    assert hf.credits_left(bigco) == {"Enterprise monthly inference credit": 1000}  # 5.00 a seat
 
     day1 = _advance(native, days=1)
     hf.change_tier(acme, catalog, acme_contract, "team", day1)
