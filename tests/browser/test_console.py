@@ -62,9 +62,12 @@ def test_an_operator_finds_a_customer_by_email_external_id_or_alias(page, api):
 
 def test_the_overview_charts_usage_per_day_over_thirty_days(page, api):
     log_in(page)
-    chart = page.locator("#usage svg.chart-line")
-    assert chart.locator("circle.point").count() == 30
+    chart = page.locator("#usage svg.chart-line")  # a fragment htmx loads after the page
+    expect(chart.locator("circle.point")).to_have_count(30)
     assert chart.get_attribute("data-points") == "30"
+    page.goto("/console/overview/usage")  # without htmx: a page of its own
+    expect(page.locator("main svg.chart-line circle.point")).to_have_count(30)
+    expect(page.locator("nav")).to_be_visible()
 
 
 def _open_invoice(api, customer_id: str) -> dict:
@@ -165,6 +168,7 @@ def test_the_clock_form_then_the_subscription_usage_chart_and_the_overview_reven
     expect(bars).to_have_count(3)  # one month (2026-03) x invoiced, collected, written off
     assert [(bars.nth(i).get_attribute("data-series"), bars.nth(i).get_attribute("data-value"))
             for i in range(3)] == [("invoiced", "9"), ("collected", "9"), ("written off", "0")]
+    expect(page.locator("#usage svg circle.point")).to_have_count(30)  # loaded by htmx after the page
     usage = _point_values(page.locator("#usage svg"))
     days = list(usage)
     assert len(days) == 30 and days[-1] == "03-12"

@@ -104,7 +104,7 @@ async def overview(request: Request, currency: str | None = None,
                    session: ConsoleSession = Depends(console_session)) -> Response:
     container = container_of(request)
     now = await run_in_threadpool(container.clock.now)
-    data = await run_in_threadpool(console_reads.overview, container.engine, now.date())
+    data = await run_in_threadpool(console_reads.overview, container.engine)
     chosen = next((c for c in data.by_currency if c.currency == currency), None) or \
         (data.by_currency[0] if data.by_currency else None)
     revenue_chart, revenue_rows = None, []
@@ -118,12 +118,22 @@ async def overview(request: Request, currency: str | None = None,
             title=f"Revenue by month ({chosen.currency})"))
         revenue_rows = [[m.month, money(m.invoiced_minor, chosen.currency), money(m.collected_minor, chosen.currency),
                          money(m.written_off_minor, chosen.currency)] for m in reversed(chosen.months)]
-    usage_chart = svg(charts.line_chart(
-        [d.strftime("%m-%d") for d, _ in data.usage_days],
-        [charts.Series("usage events", [float(n) for _, n in data.usage_days])],
-        title=f"Usage events per day, last {len(data.usage_days)} days"))
     return page(request, "overview.html", session, now=now, data=data, chosen=chosen,
-                revenue_chart=revenue_chart, revenue_rows=revenue_rows, usage_chart=usage_chart)
+                revenue_chart=revenue_chart, revenue_rows=revenue_rows)
+
+
+@router.get("/overview/usage")
+async def overview_usage(request: Request, session: ConsoleSession = Depends(console_session)) -> Response:
+    """The overview's usage chart: loaded by htmx after the page (its scan is the overview's one slow read);
+    without htmx, the link opens it as a page of its own."""
+    container = container_of(request)
+    now = await run_in_threadpool(container.clock.now)
+    days = await run_in_threadpool(console_reads.usage_per_day, container.engine, now.astimezone(UTC).date())
+    usage_chart = svg(charts.line_chart(
+        [d.strftime("%m-%d") for d, _ in days], [charts.Series("usage events", [float(n) for _, n in days])],
+        title=f"Usage events per day, last {len(days)} days"))
+    fragment = request.headers.get("hx-request") == "true" and request.headers.get("hx-boosted") != "true"
+    return page(request, "overview_usage.html", session, usage_chart=usage_chart, fragment=fragment)
 
 
 @router.get("/customers")
