@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
+from services import demo
 from services.demo import screenshots
 from services.demo.screens import showcase_customer, take
 
@@ -19,7 +20,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def test_the_demo_screenshots_show_the_console_and_the_busiest_customers_usage_page(
-        api, base_url, engine, real_worker, tmp_path):
+        api, base_url, engine, edge_settings, real_worker, tmp_path, monkeypatch):
     quiet = onboard(api, name="Quiet Customer", payment_method_id="pm_card_visa")
     busy = onboard(api, name="Busy Customer", payment_method_id="pm_card_visa")
     for customer in (quiet, busy):
@@ -39,6 +40,12 @@ def test_the_demo_screenshots_show_the_console_and_the_busiest_customers_usage_p
     for path in written:
         data = path.read_bytes()
         assert data.startswith(PNG) and len(data) > 10_000, path  # a rendered page, not a blank one
+
+    # as the demo calls it at the end of January: the usage page only, under var/demo/screens/
+    monkeypatch.setattr(demo, "OUT", tmp_path / "var" / "demo")
+    january = screenshots(edge_settings, engine, base_url, console_pages=False, usage_name="usage-january.png")
+    assert january == {"customer_id": busy["customer_id"], "written": ["var/demo/screens/usage-january.png"]}
+    assert (tmp_path / "var" / "demo" / "screens" / "usage-january.png").read_bytes().startswith(PNG)
 
 
 def test_a_screenshot_that_cannot_be_taken_is_reported_not_raised(edge_settings, engine):
