@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Coroutine
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -46,8 +46,8 @@ def money(amount_minor: int | None, currency: str) -> str:
 def when(value: datetime | date | None) -> str:
     if value is None:
         return ""
-    if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%d %H:%M") + ("" if value.utcoffset() else " UTC")
+    if isinstance(value, datetime):  # every instant in UTC, whatever the database session's time zone
+        return (value.astimezone(UTC) if value.tzinfo else value).strftime("%Y-%m-%d %H:%M") + " UTC"
     return value.isoformat()
 
 

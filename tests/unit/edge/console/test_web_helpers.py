@@ -1,7 +1,7 @@
 """The console's small pure helpers: amounts typed by an operator, money and date cells, the days a period
 touches, where a login may send the browser next."""
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
@@ -30,6 +30,8 @@ def test_cells_show_money_with_its_currency_and_numbers_with_grouping():
     assert number(Decimal("1500000")) == "1,500,000"
     assert number(Decimal("0.250")) == "0.25"
     assert when(datetime(2026, 3, 10, 12, 0, tzinfo=UTC)) == "2026-03-10 12:00 UTC"
+    paris = timezone(timedelta(hours=1))
+    assert when(datetime(2026, 3, 10, 13, 0, tzinfo=paris)) == "2026-03-10 12:00 UTC"
     assert when(date(2026, 3, 10)) == "2026-03-10" and when(None) == ""
 
 
