@@ -31,6 +31,8 @@ def test_the_console_needs_an_admin_key_and_keeps_a_session(page, api):
     assert "/console/login" in page.url
     log_in(page, then="/console/customers")
     assert page.url.endswith("/console/customers")
+    headers = page.context.request.get("/console/customers").headers
+    assert (headers["x-frame-options"], headers["cache-control"]) == ("DENY", "no-store")
     cookie = next(c for c in page.context.cookies() if c["name"] == "console_session")
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["expires"] > 0
     assert api.get("/console/customers", headers={"Cookie": "console_session=forged.value"},

@@ -31,6 +31,11 @@ from shared.errors import BillingError
 HERE = Path(__file__).resolve().parent
 STATIC = HERE / "static"
 PREFIX = "/console"
+# Console pages hold account data and confirmation buttons: never cached, never framed by another site
+# (a framed "confirm" button is clickjacking), no referrer to other sites.
+PAGE_HEADERS = {"Cache-Control": "no-store", "X-Frame-Options": "DENY",
+                "Content-Security-Policy": "frame-ancestors 'none'", "Referrer-Policy": "same-origin",
+                "X-Content-Type-Options": "nosniff"}
 # what `?done=` says after an action (fixed texts: nothing from the URL is shown)
 DONE = {"voided": "The invoice was voided.", "credited": "The credit note was issued.",
         "cancelled": "The cancellation was applied.", "topped_up": "The credit balance was topped up.",
@@ -107,7 +112,7 @@ class ConsoleRoute(APIRoute):
 
 def _error_page(request: Request, error: ConsoleError) -> Response:
     return templates.TemplateResponse(request, "error.html", {"error": error, "session": None},
-                                      status_code=error.status)
+                                      status_code=error.status, headers=PAGE_HEADERS)
 
 
 def signer_of(request: Request) -> SessionSigner:
@@ -152,7 +157,7 @@ def page(request: Request, name: str, session: ConsoleSession | None, *, status_
     done = DONE.get(request.query_params.get("done", ""))
     return templates.TemplateResponse(request, name, {"session": session, "csrf": csrf, "done": done,
                                                       "idem": secrets.token_urlsafe(16), **context},
-                                      status_code=status_code)
+                                      status_code=status_code, headers=PAGE_HEADERS)
 
 
 def svg(markup: str) -> Markup:
