@@ -133,9 +133,14 @@ def create(engine: sa.Engine, ensure_plan: EnsurePlan, request: ContractRequest,
     """Make a contract: its plan, then the subscription and the contract row in one transaction. Refuses a
     start in the future and an end date (`not_supported`: a contract starts when made; end it with
     updateEndDate), a repeated `uniqueness_key` (`already_exists`), what the terms cannot bill."""
+    # NOTE: billing starts when the contract is made; Metronome's starting_at is on an hour boundary, so the
+    # current hour is that instant. A start in the future or backdated beyond it is refused, never shifted.
     if request.starting_at > now:
         raise ContractRefusal("a contract starts when it is made", code="not_supported",
                               fields=[("starting_at", "not supported: a start in the future")])
+    if request.starting_at < now.replace(minute=0, second=0, microsecond=0):
+        raise ContractRefusal("a contract starts when it is made (in the current hour)", code="not_supported",
+                              fields=[("starting_at", "not supported: a backdated start")])
     if request.ending_before is not None:
         raise ContractRefusal("an end date is set by updateEndDate", code="not_supported",
                               fields=[("ending_before", "not supported: an end date at creation")])

@@ -162,6 +162,12 @@ def test_contracts_list_follows_the_cursor(metronome_client: metronome.Metronome
     assert [c.id for c in metronome_client.v2.contracts.list(customer_id=cid, limit=1)] == made
 
 
+def hour(native: httpx.Client) -> datetime:
+    """The start of the billing clock's current hour (Metronome's starting_at is on an hour boundary)."""
+    now = datetime.fromisoformat(native.get("/v1/clock").json()["now"])
+    return now.replace(minute=0, second=0, microsecond=0)
+
+
 def advance(native: httpx.Client, days: int) -> datetime:
     """Move the module's simulated clock (every test after this one sees it) and return the new now."""
     moved = native.post("/v1/clock/advance", json={"days": days})
@@ -234,9 +240,14 @@ def test_upgrade_seats_and_downgrade_through_v2_edit_are_prorated_by_the_worker(
 def test_what_the_engine_cannot_bill_is_the_sdks_bad_request_with_the_field(
         metronome_client: metronome.Metronome, native: httpx.Client, card: Card) -> None:
     cid = customer(native)
+    now = hour(native)  # the module clock moved on: a contract starts in the current hour
+    with pytest.raises(metronome.BadRequestError) as backdated:
+        metronome_client.v1.contracts.create(customer_id=cid, rate_card_id=card.rate_card_id,
+                                             starting_at=now - timedelta(days=2))
+    assert backdated.value.body["errors"][0]["field"] == "starting_at"  # type: ignore[index]
     with pytest.raises(metronome.BadRequestError) as refused:
         metronome_client.v1.contracts.create(
-            customer_id=cid, rate_card_id=card.rate_card_id, starting_at=START,
+            customer_id=cid, rate_card_id=card.rate_card_id, starting_at=now,
             subscriptions=[{**ADVANCE, "collection_schedule": "ARREARS",
                             "subscription_rate": {"product_id": card.pro, **MONTHLY}}])
     body = refused.value.body
@@ -244,7 +255,7 @@ def test_what_the_engine_cannot_bill_is_the_sdks_bad_request_with_the_field(
     assert body["errors"][0]["field"] == "subscriptions[0].collection_schedule" and body["message"]
 
     with pytest.raises(metronome.BadRequestError) as unknown_field:
-        metronome_client.v1.contracts.create(customer_id=cid, rate_card_id=card.rate_card_id, starting_at=START,
+        metronome_client.v1.contracts.create(customer_id=cid, rate_card_id=card.rate_card_id, starting_at=now,
                                              commits=[{"type": "PREPAID", "product_id": card.pro}])
     assert unknown_field.value.body["errors"][0]["field"] == "commits"  # type: ignore[index]
 
@@ -255,14 +266,14 @@ def test_what_the_engine_cannot_bill_is_the_sdks_bad_request_with_the_field(
     with pytest.raises(metronome.BadRequestError) as percentage:
         metronome_client.v1.contracts.rate_cards.rates.add(
             rate_card_id=card.rate_card_id, product_id=card.inference, entitled=True, rate_type="PERCENTAGE",
-            starting_at=START)
+            starting_at=now)
     assert percentage.value.body["errors"][0]["field"] == "rate.rate_type"  # type: ignore[index]
 
     key = f"once-{uuid.uuid4().hex[:8]}"
-    metronome_client.v1.contracts.create(customer_id=cid, rate_card_id=card.rate_card_id, starting_at=START,
+    metronome_client.v1.contracts.create(customer_id=cid, rate_card_id=card.rate_card_id, starting_at=now,
                                          uniqueness_key=key)
     with pytest.raises(metronome.ConflictError):
-        metronome_client.v1.contracts.create(customer_id=cid, rate_card_id=card.rate_card_id, starting_at=START,
+        metronome_client.v1.contracts.create(customer_id=cid, rate_card_id=card.rate_card_id, starting_at=now,
                                              uniqueness_key=key)
 
 
@@ -270,7 +281,7 @@ def test_an_amendment_with_an_override_moves_the_contract_to_its_new_price_throu
         metronome_client: metronome.Metronome, native: httpx.Client, card: Card) -> None:
     cid = customer(native)
     contract_id = metronome_client.v1.contracts.create(
-        customer_id=cid, rate_card_id=card.rate_card_id, starting_at=START,
+        customer_id=cid, rate_card_id=card.rate_card_id, starting_at=hour(native),
         subscriptions=[{**ADVANCE, "subscription_rate": {"product_id": card.pro, **MONTHLY}}]).data.id
     [before] = native.get(f"/v1/customers/{cid}/subscriptions").json()["data"]
     now = datetime.fromisoformat(native.get("/v1/clock").json()["now"])
