@@ -249,6 +249,9 @@ def test_written_off_revenue_parked_usage_and_the_lists(page, api, real_worker):
     expect(page.locator("table.invoices tbody tr")).to_have_count(1)
     page.goto("/console/invoices?month=2026-02")
     expect(page.locator("p.empty")).to_have_text("No invoice matches.")
+    for forged in ("Zm9v", "bm90LWEtZGF0ZXxpbl8x"):  # "foo", "not-a-date|in_1"
+        assert page.goto(f"/console/invoices?cursor={forged}").status == 422
+        expect(page.locator("code.code")).to_have_text("cursor")
 
     page.goto("/console/parked-usage")
     expect(page.locator("table.parked tbody tr")).to_have_count(1)

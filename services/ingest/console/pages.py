@@ -242,6 +242,20 @@ def period_days(start: datetime, end: datetime) -> list[date]:
     return [first + timedelta(days=i) for i in range((last - first).days + 1)]
 
 
+def _keyset(cursor: str | None) -> str | None:
+    """A list's `instant|id` cursor; a forged or damaged one is refused (422), never a 500."""
+    key = decode_cursor(cursor)
+    if key is not None:
+        instant, sep, ident = key.partition("|")
+        try:
+            datetime.fromisoformat(instant)
+        except ValueError:
+            ident = ""
+        if not sep or not ident:
+            raise ConsoleError(422, "Invalid cursor", "follow the page's own Next link", "cursor")
+    return key
+
+
 @router.get("/invoices")
 async def invoice_list(request: Request, status: str | None = Query(None), month: str | None = Query(None),
                        customer: str | None = Query(None), cursor: str | None = None,
@@ -256,7 +270,7 @@ async def invoice_list(request: Request, status: str | None = Query(None), month
         raise ConsoleError(422, "Invalid month", "month is YYYY-MM", "validation")
     container = container_of(request)
     rows, nxt = await run_in_threadpool(partial(console_reads.invoice_page, container.engine, customer_id=customer,
-                                                status=status, month=month, after=decode_cursor(cursor),
+                                                status=status, month=month, after=_keyset(cursor),
                                                 limit=PAGE_SIZE))
     query = urlencode({k: v for k, v in (("status", status), ("month", month), ("customer", customer)) if v})
     return page(request, "invoices.html", session, status=status or "", month=month or "", customer=customer or "",
@@ -290,7 +304,7 @@ async def dunning(request: Request, status: str | None = Query(None), cursor: st
                   session: ConsoleSession = Depends(console_session)) -> Response:
     container = container_of(request)
     rows, nxt = await run_in_threadpool(partial(console_reads.dunning_page, container.engine, status=status or None,
-                                                after=decode_cursor(cursor), limit=PAGE_SIZE))
+                                                after=_keyset(cursor), limit=PAGE_SIZE))
     cells = [[r["case_id"], badge(r["status"]), link(f"/customers/{quote(r['customer_id'])}", r["customer_id"]),
               link(f"/invoices/{quote(r['invoice_id'])}", r["invoice_id"]), money(r["amount_minor"], r["currency"]),
               r["failures"], when(r["opened_at"]), when(r["next_wake_at"]),
