@@ -255,8 +255,11 @@ def _at_or_now(value: Any, now: datetime) -> datetime:
 
 def _timing(starting_at: datetime, now: datetime, period: tuple[datetime, datetime] | None,
             field_name: str) -> str:
-    if starting_at <= now:
+    if now.replace(minute=0, second=0, microsecond=0) <= starting_at <= now:
         return "immediate"
+    if starting_at <= now:
+        raise ContractRefusal("a change applies now (in the current hour) or at the period end",
+                              code="not_supported", fields=[(field_name, "not supported: a backdated change")])
     if period is not None and starting_at == period[1]:
         return "period_end"
     raise ContractRefusal("a change applies now or at the current period's end", code="not_supported",

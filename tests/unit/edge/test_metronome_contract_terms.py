@@ -22,6 +22,8 @@ from services.ingest.metronome.contract_terms import (
     subscription_entry,
 )
 from services.ingest.metronome.credit_shapes import Entry, GrantFacts, customer_ledger
+from services.ingest.service_layer.metronome_contracts import _timing
+from services.ingest.service_layer.refusals import ContractRefusal
 from shared.domain.catalog import Catalog
 
 AT = datetime(2026, 3, 10, 12, tzinfo=UTC)
@@ -128,3 +130,14 @@ def test_a_customer_ledger_carries_the_balance_before_the_window_and_runs_throug
 
 def _grant(entries: list[Entry]) -> GrantFacts:
     return GrantFacts("g1", "cust", "Launch", 500, 0, 1, AT, None, entries)
+
+
+def test_a_change_applies_in_the_current_hour_or_at_the_period_end_never_backdated() -> None:
+    now, period = AT + timedelta(minutes=20), (AT - timedelta(days=3), AT + timedelta(days=28))
+    assert _timing(AT, now, period, "f") == "immediate"  # Metronome's hour boundary
+    assert _timing(period[1], now, period, "f") == "period_end"
+    for wrong in (AT - timedelta(hours=1), AT + timedelta(days=2)):
+        with pytest.raises(ContractRefusal) as refused:
+            _timing(wrong, now, period, "update_subscriptions[0].ending_before")
+        assert refused.value.fields == [("update_subscriptions[0].ending_before", refused.value.fields[0][1])]
+        assert refused.value.code == "not_supported"
