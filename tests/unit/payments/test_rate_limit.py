@@ -160,3 +160,15 @@ def test_stripe_should_retry_false_on_a_429_is_not_retried_in_place() -> None:
     assert refused.value.should_retry is False
     assert transport.requests == 1 and t.slept == []
     assert StripeGateway.calls_for_charge(request_for()) == 2
+
+
+def test_a_charging_process_paces_its_share_of_the_account_limit_and_zero_means_unpaced() -> None:
+    from shared.bootstrap import build_paced_gateway
+    from shared.config import Settings
+
+    shared_by_two = build_paced_gateway(Settings(payment_rate_limit_per_s=100, payment_executor_processes=2,
+                                                 simulated_gateway_rate_limit_per_s=100))
+    assert isinstance(shared_by_two, RateLimitedGateway) and isinstance(shared_by_two.inner, SimulatedGateway)
+    assert (shared_by_two.bucket.rate_per_s, shared_by_two.bucket.burst) == (50, 5)
+    assert shared_by_two._calls_for_charge(request_for()) == 2
+    assert isinstance(build_paced_gateway(Settings(payment_rate_limit_per_s=0)), SimulatedGateway)
