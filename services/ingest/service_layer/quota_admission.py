@@ -126,7 +126,7 @@ def decide_credits(snapshot: OrgSnapshot, month: Period, at: datetime, batch: Se
         trial_delta=decided.state.trial_used - base.trial_used, user_limit=org.per_user_monthly_limit,
         user_grants=grants, consumptions=consumptions, alerts=alerts,
         usage_topic=topics.USAGE, alert_topic=topics.BILLING_EVENTS, message_key=org.message_key,
-        refused_enquiries=refused)
+        refused_enquiries=refused, month_top_ups=snapshot.month.top_ups if snapshot.month else 0)
     return answers, write
 
 
