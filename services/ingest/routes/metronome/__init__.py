@@ -15,6 +15,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from services.ingest.metronome.errors import PREFIX
+from services.ingest.problems import PROBLEM_RESPONSES
 from services.ingest.routes.metronome import (
     alerts,
     billable_metrics,
@@ -26,6 +27,10 @@ from services.ingest.routes.metronome import (
     usage,
 )
 
-router = APIRouter(prefix=PREFIX)
+# NOTE: Metronome answers an invalid request with 400 (our 422s are 400 here: `problems.metronome_problem`), and
+# its calls name ids in POST bodies (`/v1/customers/archive {id}`): every operation may answer 400 and 404.
+router = APIRouter(prefix=PREFIX, responses={
+    400: PROBLEM_RESPONSES[422] | {"description": "Invalid request (Metronome's 400)"},
+    404: PROBLEM_RESPONSES[422] | {"description": "Unknown id (in the path or the body)"}})
 for _resource in (usage, customers, pricing, contracts, credits, billable_metrics, invoices, alerts):
     router.include_router(_resource.router)
