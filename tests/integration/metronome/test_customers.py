@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 
+import httpx
 import metronome
 import pytest
 
@@ -102,3 +103,14 @@ def test_an_alias_of_another_customer_is_a_conflict(metronome_client: metronome.
     with pytest.raises(metronome.ConflictError) as caught:
         metronome_client.v1.customers.set_ingest_aliases(customer_id=other, ingest_aliases=[f"shared-{tag}"])
     assert isinstance(caught.value.body, dict) and caught.value.body["code"] == "alias_taken"
+
+
+def test_a_customer_still_billed_by_a_live_subscription_is_not_archived(metronome_client: metronome.Metronome,
+                                                                         native: httpx.Client) -> None:
+    cid = _create(metronome_client, external_id=f"live-{_tag()}").data.id
+    subscribed = native.post("/v1/subscriptions", json={"customer_id": cid, "plan_id": "basic_monthly"})
+    assert subscribed.status_code == 201, subscribed.text
+    with pytest.raises(metronome.ConflictError) as caught:
+        metronome_client.v1.customers.archive(id=cid)
+    assert isinstance(caught.value.body, dict) and caught.value.body["code"] == "customer_has_live_subscription"
+    assert metronome_client.v1.customers.retrieve(customer_id=cid).data.archived_at is None
