@@ -1,5 +1,6 @@
 """Metronome's threshold notifications through the official SDK and the REAL worker: spend alerts become the
-subscription's spend thresholds, the worker fires the one the usage crosses (30 calls x 5 cents = 150 cents:
+subscription's spend thresholds, the worker fires the one the usage crosses (a SUM metric at 5 cents a call, 30
+calls then empty batches (0 calls) until the worker has read the new settings: 150 cents:
 the 100-cent alert is in alarm, the 1000-cent one is not), archive and uniqueness keys behave as Metronome's,
 and an alert type the engine cannot evaluate is `not_supported`."""
 
@@ -25,7 +26,8 @@ def watched(edge_url: str, real_worker: Any) -> dict[str, Any]:
                              max_retries=0) as client, \
             httpx.Client(base_url=edge_url, headers={"Authorization": "Bearer test-admin-key"}, timeout=90) as native:
         calls = client.v1.billable_metrics.create(
-            name="Calls", aggregation_type="COUNT", event_type_filter={"in_values": [f"al_call_{tag}"]}).data.id
+            name="Calls", aggregation_type="SUM", aggregation_key="calls",
+            event_type_filter={"in_values": [f"al_call_{tag}"]}).data.id
         plan = native.post("/v1/plans", json={"id": f"al_{tag}", "name": "Alerted", "family": "al", "interval": "month",
                                               "currency": "USD", "price": "0",
                                               "meters": {calls: {"unit_price": "0.05", "overage": "bill"}}})
@@ -54,13 +56,19 @@ def test_spend_alerts_fire_through_the_worker_when_usage_crosses_them(
 
     now = datetime.fromisoformat(native.get("/v1/clock").json()["now"])
     at = max(now - timedelta(minutes=1), watched["start"])
-    metronome_client.v1.usage.ingest(usage=[{"transaction_id": f"tx-{uuid.uuid4().hex}", "customer_id": customer,
-                                             "event_type": f"al_call_{tag}", "timestamp": at.isoformat(),
-                                             "properties": {}} for _ in range(30)])
+
+    def calls(count: int) -> None:
+        metronome_client.v1.usage.ingest(usage=[{"transaction_id": f"tx-{uuid.uuid4().hex}", "customer_id": customer,
+                                                 "event_type": f"al_call_{tag}", "timestamp": at.isoformat(),
+                                                 "properties": {"calls": count}}])
+    calls(30)
 
     def fired() -> dict[str, Any] | None:
         found = {a.alert.id: a for a in metronome_client.v1.customers.alerts.list(customer_id=customer)}
-        return found if found[low].customer_status == "in_alarm" else None
+        if found[low].customer_status == "in_alarm":
+            return found
+        calls(0)  # the worker reads new alert settings within 5 s: a batch that adds nothing evaluates them again
+        return None
     found = eventually(fired, "the 100-cent spend alert in alarm")
     assert found[low].triggered_by == "spend 150 reached 100"
     assert found[high].customer_status == "ok"
@@ -102,3 +110,35 @@ def test_an_alert_the_engine_cannot_evaluate_is_not_supported(metronome_client: 
                                           **fields)
     assert isinstance(caught.value.body, dict)
     assert (caught.value.body["code"], caught.value.body["errors"][0]["field"]) == ("not_supported", field)
+
+
+def test_a_low_credit_alert_watches_the_plans_money_credit_and_fires_below_its_threshold(
+        metronome_client: metronome.Metronome, native: httpx.Client) -> None:
+    """Pro includes USD 2.00 of inference credit; 1,000,000 micro-USD of inference (USD 1.00) leaves 100 cents,
+    below the 150-cent alert."""
+    customer = metronome_client.v1.customers.create(name="Credit Org", external_id=f"cr-{uuid.uuid4().hex[:8]}").data.id
+    subscribed = native.post("/v1/subscriptions", json={"customer_id": customer, "plan_id": "pro",
+                                                        "payment_method_id": "pm_card_visa"})
+    assert subscribed.status_code == 201, subscribed.text
+    alert = metronome_client.v1.alerts.create(alert_type="low_credit_balance_reached", name="credit low",
+                                              threshold=150, customer_id=customer).data.id
+    settings = native.get(f"/v1/subscriptions/{subscribed.json()['subscription_id']}/alerts").json()
+    assert settings["low_credit_balance_minor"] == {"inference": 150}
+
+    now = datetime.fromisoformat(native.get("/v1/clock").json()["now"])
+
+    def inference(micros: int) -> None:
+        metronome_client.v1.usage.ingest(usage=[{"transaction_id": f"tx-{uuid.uuid4().hex}", "customer_id": customer,
+                                                 "event_type": "inference", "timestamp": now.isoformat(),
+                                                 "properties": {"cost_usd_micros": micros}}])
+    inference(1_000_000)
+
+    def in_alarm() -> Any:
+        [found] = metronome_client.v1.customers.alerts.list(customer_id=customer).data
+        if found.customer_status == "in_alarm":
+            return found
+        inference(0)  # see the spend test: an empty batch evaluates the settings the worker has read since
+        return None
+    found = eventually(in_alarm, "the low-credit alert in alarm")
+    assert (found.alert.id, found.alert.type, found.triggered_by) == (
+        alert, "low_credit_balance_reached", "credit left 100 below 150")
