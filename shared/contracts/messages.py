@@ -221,8 +221,11 @@ class RetryPayment(SubscriptionCommand):
     """Dunning decides, the worker acts: charge this open invoice again."""
 
     invoice_id: str
-    attempt_no: int = Field(ge=1)
+    attempt_no: int | None = Field(default=None, ge=1, description="dunning's number for the retry; None (an "
+                                   "operator's retry): the worker gives the invoice's next free number")
     reason: Literal["scheduled", "payment_method_updated", "manual"] = "scheduled"
+    payment_method_id: str | None = Field(default=None, pattern=r"^pm_[A-Za-z0-9_]+$",
+                                          description="an operator's retry: the card to save and charge")
 
 
 class UpdatePaymentMethod(SubscriptionCommand):

@@ -46,7 +46,7 @@ WITH due AS (
     SELECT a.attempt_id
     FROM payment_attempts a
     JOIN invoices i ON i.invoice_id = a.invoice_id
-    WHERE i.status = 'open'
+    WHERE i.status IN ('open', 'uncollectible')
       AND (a.status = '{AttemptStatus.PENDING.value}' AND (a.lease_until IS NULL OR a.lease_until < now())
            OR a.status IN {_sql_in(_RETAKEN)} AND a.lease_until < now())
       AND NOT EXISTS (SELECT 1 FROM payment_attempts b
@@ -170,8 +170,9 @@ def detach_pending_payment_method(conn: sa.Connection, subscription_id: str) -> 
 
 
 def claim_due(conn: sa.Connection, *, limit: int, claimant: str, lease_s: float) -> list[ClaimedAttempt]:
-    """Claim up to `limit` due attempts of open invoices for `claimant` (``PaymentAttempt.claim`` on each,
-    ``FOR UPDATE SKIP LOCKED``: several executors never take the same one), under a lease of `lease_s`."""
+    """Claim up to `limit` due attempts of open (or uncollectible: an operator's retry) invoices for
+    `claimant` (``PaymentAttempt.claim`` on each, ``FOR UPDATE SKIP LOCKED``: several executors never take the
+    same one), under a lease of `lease_s`."""
     rows = conn.execute(_CLAIM, {"limit": limit, "me": claimant, "lease": lease_s}).all()
     return [ClaimedAttempt.of(r) for r in rows]
 
@@ -309,3 +310,10 @@ def attempt_no_of(conn: sa.Connection, attempt_id: str | None) -> int | None:
     value = conn.execute(sa.select(payment_attempts.c.attempt_no)
                          .where(payment_attempts.c.attempt_id == attempt_id)).scalar_one_or_none()
     return int(value) if value is not None else None
+
+
+def numbers_of_invoice(conn: sa.Connection, invoice_id: str) -> dict[int, str]:
+    """The invoice's attempts: attempt number -> status."""
+    a = payment_attempts.c
+    return {int(n): str(s) for n, s in conn.execute(sa.select(a.attempt_no, a.status).where(
+        a.invoice_id == invoice_id)).all()}

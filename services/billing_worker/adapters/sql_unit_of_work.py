@@ -97,6 +97,9 @@ class SqlBillingUnitOfWork(BillingUnitOfWork):
     def attempt_no(self, attempt_id: str | None) -> int | None:
         return attempts.attempt_no_of(self.conn, attempt_id)
 
+    def stored_attempts_of(self, invoice_id: str) -> dict[int, str]:
+        return attempts.numbers_of_invoice(self.conn, invoice_id)
+
     def record_failed_attempt(self, invoice_id: str, decline_code: str | None) -> None:
         repo.record_failed_attempt(self.conn, invoice_id, decline_code)
 

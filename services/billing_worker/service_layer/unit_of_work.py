@@ -172,6 +172,10 @@ class BillingUnitOfWork(abc.ABC):
     def attempt_no(self, attempt_id: str | None) -> int | None: ...
 
     @abc.abstractmethod
+    def stored_attempts_of(self, invoice_id: str) -> dict[int, str]:
+        """The invoice's payment attempts as stored: attempt number -> status."""
+
+    @abc.abstractmethod
     def record_failed_attempt(self, invoice_id: str, decline_code: str | None) -> None:
         """Count a failed charge on the invoice (attempt count, last decline code)."""
 
@@ -432,6 +436,11 @@ class BillingUnitOfWork(abc.ABC):
     def add_attempt(self, attempt: PaymentAttempt) -> None:
         """A payment attempt to write *before* the executor calls the provider."""
         self.attempts.append(attempt)
+
+    def attempts_of(self, invoice_id: str) -> dict[int, str]:
+        """The invoice's attempts, stored or requested in this unit of work: attempt number -> status."""
+        return self.stored_attempts_of(invoice_id) | {
+            a.attempt_no: a.status.value for a in self.attempts if a.invoice_id == invoice_id}
 
     def add_audit(self, **row: Any) -> None:
         self.audit.append({"actor": PRODUCER_NAME, **row})

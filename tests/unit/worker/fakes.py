@@ -197,6 +197,10 @@ class FakeUnitOfWork(BillingUnitOfWork):
         attempt = self.store.attempts.get(attempt_id) if attempt_id else None
         return int(attempt["attempt_no"]) if attempt else None
 
+    def stored_attempts_of(self, invoice_id: str) -> dict[int, str]:
+        return {int(a["attempt_no"]): str(a["status"]) for a in self.store.attempts.values()
+                if a["invoice_id"] == invoice_id}
+
     def record_failed_attempt(self, invoice_id: str, decline_code: str | None) -> None:
         _, row = self.store.invoices[invoice_id]
         row.attempt_count += 1

@@ -25,7 +25,7 @@ from shared.domain.calendar import ensure_utc
 from shared.domain.ids import attempt_id_for, event_uuid
 from shared.domain.invoice import InvoiceStatus
 from shared.domain.money import Money
-from shared.domain.payment_attempt import PaymentAttempt
+from shared.domain.payment_attempt import UNSETTLED, AttemptStatus, PaymentAttempt
 from shared.domain.subscription import SubscriptionStatus
 
 
@@ -40,22 +40,40 @@ def update_payment_method(uow: BillingUnitOfWork, env: Envelope, p: UpdatePaymen
 
 
 def retry_payment(uow: BillingUnitOfWork, env: Envelope, p: RetryPayment, now: datetime) -> dict[str, Any]:
+    """Charge an open (or, an operator's retry, uncollectible) invoice's remaining amount again.
+
+    The worker is the single writer of an invoice's attempts, so it numbers them: an operator's retry (no
+    number) takes the invoice's next free one and is refused while an attempt is unsettled
+    (`payment_in_flight`); dunning's retry whose number an operator's retry took meanwhile gets the next free
+    one instead of being dropped (its attempt id derives from the number)."""
     state = uow.subscription(p.subscription_id)
     found = uow.invoice(p.invoice_id)
     if found is None:
         raise Refused("not_found", f"invoice {p.invoice_id} does not exist")
     invoice, _row = found
-    if invoice.status not in (InvoiceStatus.OPEN, InvoiceStatus.UNCOLLECTIBLE):
-        raise Ignored(f"invoice {invoice.id} is {invoice.status.value}: nothing to collect")
+    manual = p.reason == "manual"
     due = invoice.amount_remaining.amount_minor
-    if due <= 0:
-        raise Ignored(f"invoice {invoice.id} has nothing left to collect")
+    if invoice.status not in (InvoiceStatus.OPEN, InvoiceStatus.UNCOLLECTIBLE) or due <= 0:
+        detail = f"invoice {invoice.id} is {invoice.status.value} with {due} left to collect"
+        if manual:
+            raise Refused("invoice_not_collectible", detail + ": only an open or uncollectible invoice with "
+                          "something left to collect can be charged again")
+        raise Ignored(detail + ": nothing to collect")
+    taken = uow.attempts_of(invoice.id)
+    if manual and any(AttemptStatus(status) in UNSETTLED for status in taken.values()):
+        raise Refused("payment_in_flight", f"invoice {invoice.id} has a payment attempt whose outcome is not in "
+                      "yet: retry once it is settled")
+    attempt_no = p.attempt_no if p.attempt_no is not None and p.attempt_no not in taken else max(taken, default=0) + 1
+    if p.payment_method_id is not None and p.payment_method_id != state.subscription.payment_method_id:
+        update_payment_method(uow, env, UpdatePaymentMethod(
+            subscription_id=state.id, customer_id=state.subscription.customer_id,
+            payment_method_id=p.payment_method_id), now)
     uow.add_attempt(PaymentAttempt.request(
-        attempt_id=attempt_id_for(invoice.id, p.attempt_no), invoice_id=invoice.id, attempt_no=p.attempt_no,
+        attempt_id=attempt_id_for(invoice.id, attempt_no), invoice_id=invoice.id, attempt_no=attempt_no,
         subscription_id=state.id,
         customer_id=state.subscription.customer_id, amount=Money(due, invoice.currency),
         payment_method_id=state.subscription.payment_method_id, requested_at=now, reason=p.reason))
-    return {"invoice_id": invoice.id, "attempt_no": p.attempt_no}
+    return {"invoice_id": invoice.id, "attempt_no": attempt_no, "requested_attempt_no": p.attempt_no}
 
 
 def give_up(uow: BillingUnitOfWork, env: Envelope, p: GiveUpDunning, now: datetime) -> dict[str, Any]:
