@@ -293,6 +293,8 @@ ANSWERS: Mapping[type[BillingError], Mapping[str, Answer]] = {
         "invoice_not_draft": Answer(409, "invoice-not-draft", "Invoice not draft"),
         "invoice_not_creditable": Answer(409, "rejected/invoice_not_creditable", "Invoice not creditable"),
         "unknown_credit_note": Answer(404, "not-found", "Unknown credit note"),
+        "invoice_not_collectible": Answer(409, "rejected/invoice_not_collectible", "Invoice not collectible"),
+        "payment_in_flight": Answer(409, "rejected/payment_in_flight", "A payment attempt is unsettled"),
         "unknown_credit_grant": Answer(404, "not-found", "Unknown credit grant"),
         "invalid_credit_grant": Answer(422, "invalid-credit-grant", "Invalid credit grant"),
         "invalid_alert_settings": Answer(422, "invalid-alert-settings", "Invalid alert settings"),

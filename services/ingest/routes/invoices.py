@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from services.ingest.auth import Principal, Scope, authorize_customer, require
 from services.ingest.container import Container, get_container
-from services.ingest.ids import BodyId, CurrencyCode, PathId
+from services.ingest.ids import BodyId, CurrencyCode, PathId, PaymentMethodId
 from services.ingest.pagination import Page, decode_int_cursor, encode_cursor
 from services.ingest.problems import PROBLEM_RESPONSES
 from services.ingest.routes.subscriptions import COMMAND_RESPONSES, pending_answer, unit_of_work, worker_outcome
@@ -44,6 +44,12 @@ class _Body(BaseModel):
 
 class CorrectionRequest(_Body):
     reason: str | None = Field(default=None, max_length=500)
+
+
+class RetryPaymentRequest(_Body):
+    payment_method_id: PaymentMethodId | None = Field(
+        default=None, description="saved as the subscription's payment method (like a `payment_method.attached` "
+                                  "webhook) before the charge; null: charge the one on file")
 
 
 class ChargeLineRequest(_Body):
@@ -118,6 +124,28 @@ async def mark_uncollectible(invoice_id: PathId, request: Request, body: Correct
                              container: Container = Depends(get_container),
                              uow: UnitOfWorkFactory = Depends(unit_of_work)) -> JSONResponse:
     return await _correct(invoices.mark_uncollectible, invoice_id, body, request, principal, container, uow)
+
+
+@router.post("/v1/invoices/{invoice_id}/retry-payment", response_model=InvoiceView, responses=INVOICE_RESPONSES,
+             summary="Charge an open or uncollectible invoice again (an operator's retry)",
+             description="The worker requests one more payment attempt for what the invoice still owes, numbered "
+                         "after every earlier attempt (dunning's scheduled retries keep their own, later numbers), "
+                         "optionally saving `payment_method_id` first; the answer is the invoice once the attempt "
+                         "is requested (the charge itself follows: see the customer's payments). 409 "
+                         "`/problems/rejected/invoice_not_collectible` (code `invoice_not_collectible`) for a "
+                         "draft, paid or void invoice or one with nothing left to collect; 409 "
+                         "`/problems/rejected/payment_in_flight` (code `payment_in_flight`) while an attempt of the "
+                         "invoice is unsettled.")
+async def retry_payment(invoice_id: PathId, request: Request, body: RetryPaymentRequest | None = None,
+                        principal: Principal = Depends(require(Scope.ADMIN)),
+                        container: Container = Depends(get_container),
+                        uow: UnitOfWorkFactory = Depends(unit_of_work)) -> JSONResponse:
+    now = await run_in_threadpool(container.clock.now)
+    accepted = await run_in_threadpool(partial(
+        invoices.retry_payment, uow, container.engine, invoice_id, body.payment_method_id if body else None,
+        principal=principal, authorize=partial(authorize_customer, principal), now=now,
+        request_id=request.headers.get("x-request-id")))
+    return await _answer_invoice(container, uow, accepted, invoice_id)
 
 
 @router.post("/v1/invoices", status_code=201, response_model=InvoiceView,

@@ -20,8 +20,10 @@ from services.ingest.service_layer import lifecycle, views
 from services.ingest.service_layer.lifecycle import Accepted
 from services.ingest.service_layer.refusals import (
     InvalidCharge,
+    InvoiceNotCollectible,
     NoLongerVoidable,
     NotOpen,
+    PaymentInFlight,
     SubscriptionCancelled,
     UnknownInvoice,
     UnknownSubscription,
@@ -32,10 +34,13 @@ from shared.contracts.messages import (
     CreateOneOffInvoice,
     MarkInvoiceUncollectible,
     OneOffLineRequest,
+    RetryPayment,
     VoidInvoice,
 )
+from shared.domain.payment_attempt import UNSETTLED, AttemptStatus
 
 VOIDABLE = frozenset({"draft", "open", "uncollectible"})
+COLLECTIBLE = frozenset({"open", "uncollectible"})
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,33 @@ def mark_uncollectible(uow: UnitOfWorkFactory, engine: sa.Engine, invoice_id: st
     return lifecycle.send_command(uow, found.subscription_id, build, "invoice.mark_uncollectible",
                                   principal=principal, authorize=authorize, now=now, request_id=request_id,
                                   invoice_id=invoice_id)
+
+
+def retry_payment(uow: UnitOfWorkFactory, engine: sa.Engine, invoice_id: str, payment_method_id: str | None, *,
+                  principal: Principal, authorize: Callable[[str], None], now: datetime,
+                  request_id: str | None) -> Accepted:
+    """Send an operator's `payment.retry` (reason `manual`): the worker charges what the invoice still owes,
+    numbering the attempt itself (dunning's numbers cannot collide with it), after saving `payment_method_id`
+    as the subscription's card when one is given. Refuses an unknown invoice (404), one with nothing to collect
+    (`invoice_not_collectible`: draft, paid, void) and one with an attempt still unsettled
+    (`payment_in_flight`); the worker checks both again in its own transaction and has the last word."""
+    found = current(engine, invoice_id, authorize)
+    statuses = views.attempt_statuses(engine, invoice_id)
+    if found.status not in COLLECTIBLE or AttemptStatus.SUCCEEDED.value in statuses:
+        raise InvoiceNotCollectible(f"invoice {invoice_id} is {found.status}: only an open or uncollectible invoice "
+                                    "not charged yet can be charged again",
+                                    fields=[("invoice_id", "invoice_not_collectible")])
+    if statuses & {s.value for s in UNSETTLED}:
+        raise PaymentInFlight(f"invoice {invoice_id} has a payment attempt whose outcome is not in yet: retry once "
+                              "it is settled", fields=[("invoice_id", "payment_in_flight")])
+
+    def build(customer_id: str) -> RetryPayment:
+        return RetryPayment(subscription_id=found.subscription_id, customer_id=customer_id, invoice_id=invoice_id,
+                            reason="manual", payment_method_id=payment_method_id)
+
+    return lifecycle.send_command(uow, found.subscription_id, build, "payment.retry", principal=principal,
+                                  authorize=authorize, now=now, request_id=request_id, invoice_id=invoice_id,
+                                  payment_method_id=payment_method_id)
 
 
 def create_one_off(uow: UnitOfWorkFactory, engine: sa.Engine, customer_id: str, subscription_id: str,

@@ -53,6 +53,18 @@ class InvoiceNotCreditable(LifecycleRefusal):
     code = "invoice_not_creditable"
 
 
+class InvoiceNotCollectible(LifecycleRefusal):
+    """A payment retry of an invoice with nothing to collect (draft, paid, void, or nothing left owed)."""
+
+    code = "invoice_not_collectible"
+
+
+class PaymentInFlight(LifecycleRefusal):
+    """A payment retry while an attempt of the invoice is unsettled (not sent yet, in flight, outcome unknown)."""
+
+    code = "payment_in_flight"
+
+
 class UnknownCreditNote(LifecycleRefusal):
     code = "unknown_credit_note"
 

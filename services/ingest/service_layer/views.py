@@ -97,6 +97,13 @@ def invoice(engine: sa.Engine, invoice_id: str) -> InvoiceView | None:
         return _with_lines(conn, [row])[0] if row is not None else None
 
 
+def attempt_statuses(engine: sa.Engine, invoice_id: str) -> set[str]:
+    """The statuses of the invoice's payment attempts."""
+    a = payment_attempts.c
+    with engine.connect() as conn:
+        return set(conn.execute(sa.select(a.status).distinct().where(a.invoice_id == invoice_id)).scalars())
+
+
 def payments_of(engine: sa.Engine, customer_id: str, after: str | None,
                 limit: int) -> tuple[list[PaymentAttemptView], str | None]:
     rows, nxt = _page(engine, sa.select(payment_attempts).where(payment_attempts.c.customer_id == customer_id),

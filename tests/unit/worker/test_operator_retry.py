@@ -103,3 +103,14 @@ def test_an_operator_retry_with_a_new_card_saves_it_and_charges_the_uncollectibl
         2, "pm_card_mastercard", 900, "pending")
     assert [e.payload["payment_method_id"] for e in worker.store.events("payment_method.updated")] == [
         "pm_card_mastercard"]
+
+
+def test_an_operator_retry_after_a_successful_charge_not_yet_reported_is_refused(worker: Worker) -> None:
+    sub = worker.subscribe()
+    invoice = first_invoice(worker, sub)
+    worker.store.attempts[attempt_id_for(invoice.id, 1)]["status"] = "succeeded"  # the executor's own record
+
+    refused = worker.send(manual(sub, invoice.id), JAN_1)
+
+    assert worker.outcome(refused) == ("rejected", "invoice_not_collectible")
+    assert len(worker.attempts(invoice.id)) == 1

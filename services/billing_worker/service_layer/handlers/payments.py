@@ -60,6 +60,9 @@ def retry_payment(uow: BillingUnitOfWork, env: Envelope, p: RetryPayment, now: d
                           "something left to collect can be charged again")
         raise Ignored(detail + ": nothing to collect")
     taken = uow.attempts_of(invoice.id)
+    if manual and AttemptStatus.SUCCEEDED.value in taken.values():
+        raise Refused("invoice_not_collectible", f"invoice {invoice.id} was charged successfully: its payment is "
+                      "on its way")
     if manual and any(AttemptStatus(status) in UNSETTLED for status in taken.values()):
         raise Refused("payment_in_flight", f"invoice {invoice.id} has a payment attempt whose outcome is not in "
                       "yet: retry once it is settled")
