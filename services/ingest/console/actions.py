@@ -1,5 +1,5 @@
-"""The console's operator actions: void an invoice, issue a credit note, cancel a subscription, top up a
-customer's credit balance, advance the simulated billing clock.
+"""The console's operator actions: void an invoice, retry its payment, issue a credit note, cancel a
+subscription, top up a customer's credit balance, advance the simulated billing clock.
 
 Each is two steps: a GET shows what will happen and a form (the confirmation), the POST (CSRF-checked) calls
 the API's own route function with the request body the API would get, as the logged-in admin key. So the
@@ -96,6 +96,32 @@ async def void(request: Request, invoice_id: str, csrf: str = Form(""), reason: 
     answer = await invoice_routes.void_invoice(invoice_id, request, body, principal_of(session), container,
                                                unit_of_work(container))
     return _done(f"/invoices/{quote(invoice_id)}", "voided", answer.status_code)
+
+
+@router.get("/invoices/{invoice_id}/retry-payment")
+async def confirm_retry_payment(request: Request, invoice_id: str,
+                                session: ConsoleSession = Depends(console_session)) -> Response:
+    inv = await _invoice(request, invoice_id)
+    return page(request, "confirm.html", session, title=f"Retry the payment of invoice {inv.number or inv.invoice_id}?",
+                explain=f"It is {inv.status}, {Money(inv.total_minor, inv.currency)} ("
+                        f"{Money(inv.amount_paid_minor, inv.currency)} paid). What it still owes is charged again "
+                        "now, as a new payment attempt numbered after every earlier one (dunning's scheduled "
+                        "retries go on with their own). Give the customer's new card to save and charge it, or "
+                        "leave it empty to charge the card on file. Refused while an attempt is still unsettled.",
+                action=f"{PREFIX}/invoices/{quote(invoice_id)}/retry-payment", button="Retry the payment",
+                fields=[{"name": "payment_method_id", "label": "New payment method id (optional, pm_…)"}],
+                back=f"{PREFIX}/invoices/{quote(invoice_id)}")
+
+
+@router.post("/invoices/{invoice_id}/retry-payment")
+async def retry_payment(request: Request, invoice_id: str, csrf: str = Form(""), payment_method_id: str = Form(""),
+                        session: ConsoleSession = Depends(console_session)) -> Response:
+    require_csrf(request, session, csrf)
+    container = container_of(request)
+    body = _body(invoice_routes.RetryPaymentRequest, payment_method_id=payment_method_id.strip() or None)
+    answer = await invoice_routes.retry_payment(invoice_id, request, body, principal_of(session), container,
+                                                unit_of_work(container))
+    return _done(f"/invoices/{quote(invoice_id)}", "retried", answer.status_code)
 
 
 @router.get("/invoices/{invoice_id}/credit-note")

@@ -288,6 +288,7 @@ async def invoice(request: Request, invoice_id: str, session: ConsoleSession = D
     notes = await run_in_threadpool(credit_notes.credit_notes_of_invoice, container.engine, invoice_id)
     return page(request, "invoice.html", session, inv=found, notes=notes,
                 voidable=found.status in ("draft", "open", "uncollectible"),
+                retryable=found.status in ("open", "uncollectible"),
                 creditable=found.status in ("open", "paid", "uncollectible"))
 
 

@@ -6,7 +6,7 @@ page saying why (the API answers the same refusals as problem+json).
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -25,6 +25,7 @@ from services.ingest.console.session import COOKIE_NAME, ConsoleSession, Session
 from services.ingest.container import Container
 from services.ingest.problems import ProblemError, use_case_problem
 from services.ingest.service_layer import console_reads
+from services.tables import cell
 from shared.domain.money import Money
 from shared.errors import BillingError
 
@@ -40,6 +41,7 @@ PAGE_HEADERS = {"Cache-Control": "no-store", "X-Frame-Options": "DENY",
 DONE = {"voided": "The invoice was voided.", "credited": "The credit note was issued.",
         "cancelled": "The cancellation was applied.", "topped_up": "The credit balance was topped up.",
         "clock_advanced": "The billing clock was advanced.",
+        "retried": "The payment retry was requested: the charge follows (see the customer's payments).",
         "pending": "Sent: the billing worker has not answered yet; reload in a moment."}
 
 
@@ -65,8 +67,16 @@ def number(value: int | float | Decimal | None) -> str:
     return f"{value:,}"
 
 
+def details(value: Any) -> str:
+    """An audit entry's details as words (`invoice id in_1, reason sent by mistake`), not JSON; empty values
+    are left out."""
+    if isinstance(value, Mapping):
+        value = {key: item for key, item in value.items() if item not in (None, "", [], {})}
+    return cell(value)
+
+
 templates = Jinja2Templates(directory=str(HERE / "templates"), autoescape=True)
-templates.env.filters.update(money=money, when=when, number=number)
+templates.env.filters.update(money=money, when=when, number=number, details=details)
 templates.env.globals.update(prefix=PREFIX)
 
 
