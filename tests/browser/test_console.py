@@ -197,8 +197,8 @@ def test_an_operator_retries_a_declined_payment_with_the_customers_new_card_thro
     until(lambda: [a["status"] for a in api.get(f"/v1/customers/{cid}/payments").json()["data"]] == ["declined"],
           "the declined first charge")
 
-    log_in(page, then=f"/console/invoices/{invoice['invoice_id']}")
-    page.click("#retry-link")
+    log_in(page, then=f"/console/customers/{cid}")
+    page.click("table.invoices a.retry")  # the customer page's invoice row; the invoice page has #retry-link
     page.wait_for_url(f"**/console/invoices/{invoice['invoice_id']}/retry-payment")
     expect(page.locator("h1")).to_have_text(f"Retry the payment of invoice {invoice['number']}?")
     page.fill("#confirm-form input[name=payment_method_id]", "pm_card_visa")

@@ -35,6 +35,7 @@ from services.ingest.console.web import (
     pdf_link,
     principal_of,
     require_csrf,
+    retry_link,
     signer_of,
     svg,
     when,
@@ -158,8 +159,9 @@ def _invoice_cells(rows: list[console_reads.InvoiceRow], *, with_customer: bool)
         row += [f"{when(r.period_start)} → {when(r.period_end)}", money(r.total_minor, r.currency),
                 money(r.owed_minor, r.currency) if r.status in ("open", "uncollectible") else "",
                 when(r.issued_at)]
-        if not with_customer:  # the customer page: each final invoice's PDF at hand
+        if not with_customer:  # the customer page: each final invoice's PDF at hand, and its payment retry
             row.append(pdf_link(r.invoice_id) if r.number else "")
+            row.append(retry_link(r.invoice_id) if r.status in ("open", "uncollectible") else "")
         cells.append(row)
     return cells
 
@@ -194,7 +196,7 @@ async def customer(request: Request, customer_id: str, session: ConsoleSession =
                 live=[s for s in subs if s.status != "cancelled"],
                 invoices=_invoice_cells(invoices, with_customer=False), more_invoices=more is not None,
                 payments=payment_cells, balances=balances.balances, meter_credits=meter_credits.meters,
-                invoice_headers=[*INVOICE_HEADERS, "Document"])
+                invoice_headers=[*INVOICE_HEADERS, "Document", "Payment"])
 
 
 def _scheduled_text(s: SubscriptionView) -> str:

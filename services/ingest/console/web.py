@@ -184,6 +184,12 @@ def badge(value: str) -> Markup:
     return Markup('<span class="status status-{0}">{0}</span>').format(value)
 
 
+def retry_link(invoice_id: str) -> Markup:
+    """The confirmation page of an operator's payment retry of the invoice."""
+    return Markup('<a class="retry" href="{}/invoices/{}/retry-payment">Retry…</a>').format(
+        PREFIX, quote(invoice_id, safe=""))
+
+
 def pdf_link(invoice_id: str) -> Markup:
     """The invoice's PDF, served by the console through the API's document route (a full page load: the
     browser shows or downloads the PDF, htmx stays out of it)."""
