@@ -19,7 +19,8 @@ from services.ingest.service_layer.quota_admin import QuotaAdmin, QuotaService
 from services.ingest.service_layer.quota_admission import QuotaAdmission
 from services.ingest.service_layer.quota_alerts import AlertNotifications
 from services.ingest.service_layer.quota_commit import BatchCommitter, EventLoopClock
-from services.ingest.service_layer.quota_ports import QuotaStorePort
+from services.ingest.service_layer.quota_group_commit import GroupCommit
+from services.ingest.service_layer.quota_ports import OrgBatchStore, QuotaStorePort
 from shared.adapters.postgres.pool import make_pool
 from shared.adapters.postgres.quota_store import QuotaStore
 from shared.bootstrap import build_notifier
@@ -61,8 +62,10 @@ async def build_quota_service(container: Container, metrics: EdgeMetrics | None 
                      check=drop_if_closed_by_server)
     try:
         await pool.open(wait=True)
-        service = quota_service(QuotaStore(pool), container.clock, container.catalog, AlertNotifications(notifier),
-                                metrics, current_catalog=container.current_catalog)
+        store = QuotaStore(pool)
+        group = GroupCommit(store) if container.settings.quota_group_commit else None
+        service = quota_service(store, container.clock, container.catalog, AlertNotifications(notifier),
+                                metrics, current_catalog=container.current_catalog, batch_store=group)
     except BaseException:
         await pool.close()
         await notifier.aclose()
@@ -70,6 +73,8 @@ async def build_quota_service(container: Container, metrics: EdgeMetrics | None 
 
     async def close() -> None:
         await service.admission.aclose()
+        if group is not None:
+            await group.aclose()
         await notifier.aclose()
         await pool.close()
 
@@ -78,12 +83,14 @@ async def build_quota_service(container: Container, metrics: EdgeMetrics | None 
 
 def quota_service(store: QuotaStorePort, clock: Clock, catalog: Catalog, alerts: AlertNotifications,
                   metrics: EdgeMetrics | None = None, *,
-                  current_catalog: Callable[[], Catalog] | None = None) -> QuotaService:
-    """The report quota's use cases over ``store`` (the unit tests pass an in-memory store)."""
+                  current_catalog: Callable[[], Catalog] | None = None,
+                  batch_store: OrgBatchStore | None = None) -> QuotaService:
+    """The report quota's use cases over ``store`` (the unit tests pass an in-memory store); batches are
+    read and committed through ``batch_store`` when given (the cross-org group commit over ``store``)."""
     metrics = metrics or EdgeMetrics()
     loop_clock = EventLoopClock(clock)
     batch_seconds = metrics.quota_batch_seconds
-    committer = BatchCommitter(store, loop_clock,
+    committer = BatchCommitter(batch_store or store, loop_clock,
                                lambda path, seconds: batch_seconds.labels(path).observe(seconds))
     admission = QuotaAdmission(committer, loop_clock, alerts, catalog.meter(REPORT_METER).event_type,
                                metrics.quota_batch_size.observe)

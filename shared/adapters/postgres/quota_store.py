@@ -303,6 +303,85 @@ SELECT (SELECT coalesce(array_agg(event_id), '{}') FROM alerts) AS alerts_insert
 """
 
 
+# The cross-org group commit: the writes of several orgs (at most one per org) in ONE statement, so one
+# round trip and one commit (one WAL flush) for every batch ready in the same event-loop turn. Each write
+# is `_COMMIT_SQL` for its own org: its own compare-and-set (an org whose version moved writes nothing and
+# gets no version back, the others commit), the same enquiry guard, counters, outbox rows and alerts. The
+# statement is atomic, so a CHECK violation, a duplicate enquiry or a deadlock between two processes'
+# groups aborts it whole; the caller then commits each write alone (`commit_batch`), which isolates it.
+_GROUP_COMMIT_SQL = """
+WITH w AS (
+    SELECT * FROM jsonb_to_recordset(%(writes)s::jsonb)
+           AS w(i int, org_id text, seen_version bigint, trial_delta int, month_start timestamptz,
+                month_end timestamptz, month_plan int, month_top_ups int, granted int, consumed_at timestamptz,
+                user_limit int, user_grants jsonb, consumptions jsonb, refused jsonb, alerts jsonb,
+                usage_topic text, alert_topic text, message_key text)
+), cas AS (
+    UPDATE quota_orgs o
+       SET version = o.version + 1, trial_used = o.trial_used + w.trial_delta, updated_at = now()
+      FROM w
+     WHERE o.org_id = w.org_id AND o.version = w.seen_version
+       AND NOT EXISTS (SELECT 1 FROM quota_consumptions c
+                        WHERE c.org_id = w.org_id
+                          AND c.enquiry_id = ANY(ARRAY(SELECT jsonb_array_elements_text(w.refused))))
+    RETURNING o.org_id, o.version
+), won AS (
+    SELECT w.* FROM w JOIN cas ON cas.org_id = w.org_id
+), batch AS (
+    SELECT won.org_id, won.month_start, won.month_end, won.consumed_at, won.usage_topic, won.message_key, c.*
+      FROM won, jsonb_to_recordset(won.consumptions)
+           AS c(enquiry_id text, user_id text, org_allotment int, org_remaining int, user_limit int,
+                user_remaining int, on_trial bool, event_id uuid, envelope jsonb)
+), month AS (
+    INSERT INTO quota_org_months AS m (org_id, month_start, month_end, plan_monthly_reports, top_ups, used)
+    SELECT won.org_id, won.month_start, won.month_end, won.month_plan, won.month_top_ups, won.granted
+      FROM won WHERE won.granted > 0
+    ON CONFLICT (org_id, month_start) DO UPDATE SET used = m.used + excluded.used
+    RETURNING 1
+), users AS (
+    INSERT INTO quota_user_months AS u (org_id, month_start, user_id, used, limit_at_last_use)
+    SELECT won.org_id, won.month_start, g.key, g.value::int, won.user_limit
+      FROM won, jsonb_each_text(won.user_grants) AS g
+    ON CONFLICT (org_id, month_start, user_id)
+       DO UPDATE SET used = u.used + excluded.used, limit_at_last_use = excluded.limit_at_last_use
+    RETURNING 1
+), admitted AS (
+    INSERT INTO quota_consumptions (org_id, enquiry_id, user_id, month_start, month_end, consumed_at, org_allotment,
+                                    org_remaining, user_limit, user_remaining, on_trial, event_id)
+    SELECT b.org_id, b.enquiry_id, b.user_id, b.month_start, b.month_end, b.consumed_at, b.org_allotment,
+           b.org_remaining, b.user_limit, b.user_remaining, b.on_trial, b.event_id
+      FROM batch b
+    RETURNING 1
+), usage_events AS (
+    INSERT INTO outbox (topic, message_key, event_id, event_type, envelope)
+    SELECT b.usage_topic, b.message_key, b.event_id, 'usage.recorded', b.envelope FROM batch b
+    RETURNING 1
+), alert_batch AS (
+    SELECT won.org_id, won.consumed_at, won.alert_topic, won.message_key, a.*
+      FROM won, jsonb_to_recordset(won.alerts)
+           AS a(period_start timestamptz, kind text, threshold int, user_id text, used int, allotment int,
+                reason text, event_id uuid, envelope jsonb)
+), alerts AS (
+    INSERT INTO quota_alerts (org_id, period_start, kind, threshold_percent, user_id, used, allotment, reason,
+                              event_id, fired_at)
+    SELECT a.org_id, a.period_start, a.kind, a.threshold, a.user_id, a.used, a.allotment, a.reason,
+           a.event_id, a.consumed_at
+      FROM alert_batch a
+    ON CONFLICT (org_id, period_start, kind, threshold_percent, user_id) DO NOTHING
+    RETURNING org_id, event_id, kind
+), alert_events AS (
+    INSERT INTO outbox (topic, message_key, event_id, event_type, envelope)
+    SELECT b.alert_topic, b.message_key, a.event_id, a.kind, b.envelope
+      FROM alerts a JOIN alert_batch b ON b.event_id = a.event_id
+    RETURNING 1
+)
+SELECT w.i, cas.version,
+       (SELECT coalesce(array_agg(a.event_id), '{}') FROM alerts a WHERE a.org_id = w.org_id) AS alerts_inserted
+  FROM w LEFT JOIN cas ON cas.org_id = w.org_id
+ ORDER BY w.i
+"""
+
+
 def _alert_params(alerts: Sequence[NewAlert]) -> dict[str, Any]:
     return {"alerts": _json([{
         "period_start": a.key.period_start, "kind": a.key.kind, "threshold": a.key.threshold_percent,
@@ -325,6 +404,27 @@ def _commit_params(write: BatchWrite) -> dict[str, Any]:
         "usage_topic": write.usage_topic, "alert_topic": write.alert_topic,
         "message_key": write.message_key, "refused": _json(list(write.refused_enquiries)),
         **_alert_params(write.alerts),
+    }
+
+
+def _group_item(i: int, write: BatchWrite) -> dict[str, Any]:
+    """One write of a group commit: ``_commit_params`` with its rows nested instead of as JSON text."""
+    return {
+        "i": i, "org_id": write.org_id, "seen_version": write.seen_version, "trial_delta": write.trial_delta,
+        "month_start": write.month_start, "month_end": write.month_end,
+        "month_plan": write.month_plan_reports, "granted": write.granted, "month_top_ups": write.month_top_ups,
+        "consumed_at": write.consumed_at, "user_limit": write.user_limit, "user_grants": write.user_grants,
+        "consumptions": [{
+            "enquiry_id": c.enquiry_id, "user_id": c.user_id, "org_allotment": c.org_allotment,
+            "org_remaining": c.org_remaining, "user_limit": c.user_limit, "user_remaining": c.user_remaining,
+            "on_trial": c.on_trial, "event_id": c.event_id, "envelope": orjson.Fragment(c.envelope_json),
+        } for c in write.consumptions],
+        "refused": list(write.refused_enquiries),
+        "alerts": [{
+            "period_start": a.key.period_start, "kind": a.key.kind, "threshold": a.key.threshold_percent,
+            "user_id": a.key.user_id, "used": a.used, "allotment": a.allotment, "reason": a.reason,
+            "event_id": a.event_id, "envelope": orjson.Fragment(a.envelope_json)} for a in write.alerts],
+        "usage_topic": write.usage_topic, "alert_topic": write.alert_topic, "message_key": write.message_key,
     }
 
 
@@ -454,6 +554,23 @@ class QuotaStore:
         if row["version"] is None:
             return None, []
         return int(row["version"]), list(row["alerts_inserted"])
+
+    async def commit_group(self, writes: Sequence[BatchWrite]) -> list[tuple[int | None, list[uuid.UUID]]]:
+        """Apply several orgs' writes (at most one per org) in one statement, each only if its org is still
+        at its ``seen_version``: per write, what ``commit_batch`` returns.
+
+        All or nothing on an error: any driver error (a CHECK violation, a duplicate enquiry, a deadlock with
+        another process's group, a lost connection) is raised as it is and nothing was written; the caller
+        commits the writes one by one, which says which write was at fault.
+        """
+        if len({write.org_id for write in writes}) != len(writes):
+            raise ValueError("a group commit holds at most one write per org")
+        params = {"writes": _json([_group_item(i, write) for i, write in enumerate(writes)])}
+        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(_GROUP_COMMIT_SQL, params)
+            rows = await cur.fetchall()
+        return [(None, []) if row["version"] is None else (int(row["version"]), list(row["alerts_inserted"]))
+                for row in rows]
 
     async def record_alerts(self, org_id: str, at: datetime, alerts: Sequence[NewAlert], alert_topic: str,
                             message_key: str) -> list[uuid.UUID]:
