@@ -181,6 +181,11 @@ class DunningHandlers:
                 return Outcome.IGNORED
             if event.attempt_no is not None and event.attempt_no in record.attempt_numbers:
                 return Outcome.IGNORED
+            if event.attempt_no is not None and tx.attempt_reason(event.invoice_id, event.attempt_no) == "manual":
+                # NOTE: an operator's retry is outside the schedule: its failure is neither a failure of the
+                # case nor the outcome of a retry of dunning's in flight (the schedule goes on unchanged). Its
+                # number may be the one dunning's next retry asks for: the worker then gives that the next free.
+                return Outcome.IGNORED
             record = replace(
                 record,
                 case=record.case.record_failure(hard, record.position(now), event.decline_code),

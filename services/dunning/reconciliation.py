@@ -66,6 +66,14 @@ class PaymentAttemptReader:
         ).scalar_one_or_none()
         return at
 
+    def reason_of(self, conn: sa.Connection, invoice_id: str, attempt_no: int) -> str | None:
+        """Why attempt `attempt_no` of the invoice was made (its ``reason``), if written."""
+        a = payment_attempts
+        reason: str | None = conn.execute(
+            sa.select(a.c.reason).where(a.c.invoice_id == invoice_id, a.c.attempt_no == attempt_no)
+        ).scalar_one_or_none()
+        return reason
+
     def needing_lookup(self, conn: sa.Connection, limit: int,
                        after: tuple[datetime, str] | None = None) -> list[sa.Row[Any]]:
         """Unknown outcomes, and in-flight attempts whose executor lease expired (it died mid-call). Oldest

@@ -93,6 +93,9 @@ class PostgresDunningTransaction:
             return None
         return self._attempts.requested_at(self._conn, invoice_id, attempt_no)
 
+    def attempt_reason(self, invoice_id: str, attempt_no: int) -> str | None:
+        return self._attempts.reason_of(self._conn, invoice_id, attempt_no)
+
     def insert_case(self, record: CaseRecord) -> None:
         case = record.case
         self._conn.execute(dunning_cases.insert().values(

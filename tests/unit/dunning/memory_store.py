@@ -33,6 +33,7 @@ class InMemoryDunningStore:
         self.state = _State()
         self.customer_emails = dict(customer_emails or {})
         self.unsettled_attempts: dict[str, int] = {}
+        self.manual_attempts: set[tuple[str, int]] = set()
 
     @contextmanager
     def transaction(self) -> Iterator[InMemoryTransaction]:
@@ -106,6 +107,9 @@ class InMemoryTransaction:
 
     def failure_instant(self, invoice_id: str, attempt_no: int | None) -> datetime | None:
         return None
+
+    def attempt_reason(self, invoice_id: str, attempt_no: int) -> str | None:
+        return "manual" if (invoice_id, attempt_no) in self._store.manual_attempts else None
 
     def _loaded(self, record: CaseRecord) -> CaseRecord:
         completed = tuple(CompletedAction(key, at) for (case_id, key), (_, at) in self._state.actions.items()
