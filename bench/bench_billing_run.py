@@ -40,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from confluent_kafka import ConsumerGroupState
+from confluent_kafka.admin import AdminClient
 
 from services.billing_worker.adapters.usage import MeterMap, UsageMaterializer
 from services.billing_worker.bootstrap import billing_handlers, message_bus, sql_unit_of_work
@@ -119,13 +121,54 @@ def _worker_env(settings: Any, workers: int) -> dict[str, str]:
         "BILLING_WORKER_PARTITION_ASSIGNMENT": "range"}
 
 
-def _owners(engine: sa.Engine, group: str, topic: str, since: datetime) -> tuple[int, int]:
-    """(partitions of `topic` claimed since `since`, their distinct owners) in the consumer offsets table."""
+def _join_timeout() -> float:
+    return float(os.environ.get("BENCH_BILLING_JOIN_TIMEOUT_S", "900"))
+
+
+def _unsettled(admin: Any, engine: sa.Engine, settings: Any, workers: int) -> str | None:
+    """Why the group is not yet ready for the run (None once it is): Kafka reports it stable with `workers`
+    members, each owning part of commands.v1, all of its partitions assigned, and each partition claimed in the
+    consumer offsets table by the member Kafka gave it to (the worker claims in its assignment callback, which
+    runs after the group settles, so the two are checked together)."""
+    try:
+        group = admin.describe_consumer_groups([settings.consumer_group])[settings.consumer_group].result(10)
+    except Exception as error:  # the coordinator not ready yet, or a request timed out on the loaded machine
+        return f"describing the group failed: {error}"
+    if group.state != ConsumerGroupState.STABLE:
+        return f"group {group.state.name.lower()}"
+    if len(group.members) != workers:
+        return f"{len(group.members)} of {workers} members"
+    wanted = settings.topic(topics.COMMANDS)
+    assigned = {tp.partition: m.client_id for m in group.members
+                for tp in (m.assignment.topic_partitions if m.assignment else []) if tp.topic == wanted}
+    if len(assigned) < COMMAND_PARTITIONS or len(set(assigned.values())) != workers:
+        return f"commands.v1 split {sorted(assigned.items())}"
     with engine.connect() as conn:
-        row = conn.execute(sa.select(sa.func.count(), sa.func.count(sa.distinct(consumer_offsets.c.owner))).where(
-            consumer_offsets.c.group_id == group, consumer_offsets.c.topic == topic,
-            consumer_offsets.c.updated_at >= since)).one()
-    return int(row[0]), int(row[1])
+        claimed = dict(conn.execute(sa.select(consumer_offsets.c.partition, consumer_offsets.c.owner).where(
+            consumer_offsets.c.group_id == settings.consumer_group,
+            consumer_offsets.c.topic == topics.COMMANDS)).tuples().all())  # stored without the topic prefix
+    if claimed != assigned:
+        return f"claims {sorted(claimed.items())} behind the assignment {sorted(assigned.items())}"
+    return None
+
+
+def wait_for_group(settings: Any, engine: sa.Engine, workers: int, procs: list[subprocess.Popen[bytes]],
+                   logs: Path) -> float:
+    """Seconds until the worker processes share the partitions (see `_unsettled`). A start on a loaded
+    machine is slow: each process imports and connects, joins, and the range assignment is eager, so every
+    join is a rebalance that waits for each member to come back from its poll loop (a member busy relaying
+    the seed's outbox rows or applying their payment outcomes rejoins late). Hence a generous bound
+    (BENCH_BILLING_JOIN_TIMEOUT_S, default 900 s) instead of the 120 s that failed at load ~24."""
+    admin = AdminClient(settings.kafka_admin_config())
+    started = time.monotonic()
+    while (why := _unsettled(admin, engine, settings, workers)) is not None:
+        if time.monotonic() - started > _join_timeout():
+            raise RuntimeError(f"{workers} workers did not share the partitions within {_join_timeout():.0f} s: "
+                               f"{why} (see {logs})")
+        if any(p.poll() is not None for p in procs):
+            raise RuntimeError(f"a worker process exited before the group settled: {why} (see {logs})")
+        time.sleep(0.5)
+    return time.monotonic() - started
 
 
 def _children(pid: int) -> list[int]:
@@ -143,8 +186,6 @@ def billing_run(settings: Any, engine: sa.Engine, n: int, *, workers: int, perio
     env = _worker_env(settings, workers)
     logs.mkdir(parents=True, exist_ok=True)
     procs: list[subprocess.Popen[bytes]] = []
-    with engine.connect() as conn:
-        launched = conn.execute(sa.select(sa.func.now())).scalar_one()
     try:
         for i in range(workers):
             command = [sys.executable, "-m", "services.billing_worker", "--session-timeout-ms", "10000"]
@@ -153,13 +194,9 @@ def billing_run(settings: Any, engine: sa.Engine, n: int, *, workers: int, perio
                            str(logs / f"billing_run_{period_end:%m}_worker_{i}.pyspy.txt"), "--", *command]
             with (logs / f"billing_run_worker_{i}.log").open("ab") as out:
                 procs.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT))
-        topic = topics.COMMANDS  # stored without the topic prefix
-        joined = time.monotonic() + 120
-        while (owned := _owners(engine, settings.consumer_group, topic, launched))[1] < workers or \
-                owned[0] < COMMAND_PARTITIONS:
-            if time.monotonic() > joined or any(p.poll() is not None for p in procs):
-                raise RuntimeError(f"{workers} workers did not share the partitions (see {logs})")
-            time.sleep(0.2)
+        joined = wait_for_group(settings, engine, workers, procs, logs)
+        print(f"[bench] billing run: {workers} worker process(es) shared the partitions after {joined:.0f} s",
+              flush=True)
         time.sleep(2)  # the group settled: every process owns its share
         started = time.perf_counter()
         clock = DatabaseClock(engine, JAN_1)
