@@ -111,3 +111,18 @@ async def test_a_draft_void_or_unknown_invoice_is_not_retried(
         "/problems/rejected/invoice_not_collectible", "invoice_id")
     assert unknown.status_code == 404, unknown.text
     assert bad_card.status_code == 422, bad_card.text
+
+
+async def test_an_invoice_written_off_as_uncollectible_is_collected_by_an_operator_retry(
+        client: httpx.AsyncClient, container, real_worker: subprocess.Popen[bytes]) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    _, invoice_id = await declined_invoice(client)
+    written_off = await command(client, "POST", f"/v1/invoices/{invoice_id}/mark-uncollectible")
+    assert (written_off.status_code, written_off.json()["status"]) == (200, "uncollectible"), written_off.text
+
+    retried = await command(client, "POST", f"/v1/invoices/{invoice_id}/retry-payment",
+                            {"payment_method_id": "pm_card_visa"})
+
+    assert retried.status_code == 200, retried.text
+    invoice = await paid(client, invoice_id)  # the executor charges attempts of uncollectible invoices too
+    assert invoice["amount_paid_minor"] == 900
+    assert books(container, invoice_id) == [("pm_card_chargeDeclined", False, 900), ("pm_card_visa", True, 900)]
