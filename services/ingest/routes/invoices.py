@@ -1,10 +1,11 @@
 """Invoice corrections, one-off charges and the customer credit balance (issue 14).
 
-`POST /v1/invoices/{id}/void`, `POST /v1/invoices/{id}/mark-uncollectible` and `POST /v1/invoices` (a one-off
-charge) are commands to the worker (the only writer of invoices), answered like lifecycle commands: 200/201 with
-the invoice, 409 with the refusal's code, or 202 with a poll URL. The balance reads and manual adjustments are
-answered by the edge itself (`services.ingest.service_layer.customer_balance` says why). These routes only
-decode, call and encode; the use cases are `services.ingest.service_layer.invoices` and `customer_balance`.
+`POST /v1/invoices/{id}/void`, `POST /v1/invoices/{id}/mark-uncollectible`, `POST /v1/invoices/{id}/retry-payment`
+(an operator's payment retry, issue 19) and `POST /v1/invoices` (a one-off charge) are commands to the worker
+(the only writer of invoices), answered like lifecycle commands: 200/201 with the invoice, 409 with the
+refusal's code, or 202 with a poll URL. The balance reads and manual adjustments are answered by the edge itself
+(`services.ingest.service_layer.customer_balance` says why). These routes only decode, call and encode; the use
+cases are `services.ingest.service_layer.invoices` and `customer_balance`.
 """
 
 from __future__ import annotations
