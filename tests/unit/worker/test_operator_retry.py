@@ -114,3 +114,32 @@ def test_an_operator_retry_after_a_successful_charge_not_yet_reported_is_refused
 
     assert worker.outcome(refused) == ("rejected", "invoice_not_collectible")
     assert len(worker.attempts(invoice.id)) == 1
+
+
+def test_an_operator_retry_is_numbered_apart_from_a_credit_notes_reduction_attempt(worker: Worker) -> None:
+    sub = worker.subscribe()
+    invoice = first_invoice(worker, sub)
+    worker.send(failed(sub, invoice), JAN_1)
+    reduction = dict(worker.store.attempts[attempt_id_for(invoice.id, 1)], attempt_no=1000, status="declined",
+                     attempt_id=attempt_id_for(invoice.id, 1000), reason="credit_note")
+    worker.store.attempts[reduction["attempt_id"]] = reduction  # the first note's reduction attempt, declined
+
+    retry = worker.send(manual(sub, invoice.id), JAN_1 + DAY)
+
+    # 2, not 1001: the invoice's second credit note will ask for 1001
+    assert worker.result(retry)["attempt_no"] == 2
+
+
+def test_dunnings_retry_numbered_after_a_failed_reduction_attempt_takes_a_retry_number(worker: Worker) -> None:
+    sub = worker.subscribe()
+    invoice = first_invoice(worker, sub)
+    worker.send(failed(sub, invoice), JAN_1)
+    reduction = dict(worker.store.attempts[attempt_id_for(invoice.id, 1)], attempt_no=1000, status="declined",
+                     attempt_id=attempt_id_for(invoice.id, 1000), reason="credit_note")
+    worker.store.attempts[reduction["attempt_id"]] = reduction
+
+    # dunning saw attempt 1000 fail and asks for 1001, the number the invoice's second credit note will take
+    retry = worker.send(RetryPayment(subscription_id=sub, customer_id=f"cus_{sub}", invoice_id=invoice.id,
+                                     attempt_no=1001), JAN_1 + DAY)
+
+    assert worker.result(retry)["attempt_no"] == 2

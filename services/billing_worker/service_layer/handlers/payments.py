@@ -9,6 +9,7 @@ from typing import Any
 from services.billing_worker.service_layer.announcements import invoice_event
 from services.billing_worker.service_layer.errors import Ignored, MessageRejected, Refused
 from services.billing_worker.service_layer.handlers import Handler, load_invoices_of
+from services.billing_worker.service_layer.handlers.credit_notes import REDUCTION_ATTEMPTS_FROM
 from services.billing_worker.service_layer.handlers.invoices import write_off
 from services.billing_worker.service_layer.handlers.periods import close_final
 from services.billing_worker.service_layer.unit_of_work import BillingUnitOfWork
@@ -66,7 +67,11 @@ def retry_payment(uow: BillingUnitOfWork, env: Envelope, p: RetryPayment, now: d
     if manual and any(AttemptStatus(status) in UNSETTLED for status in taken.values()):
         raise Refused("payment_in_flight", f"invoice {invoice.id} has a payment attempt whose outcome is not in "
                       "yet: retry once it is settled")
-    attempt_no = p.attempt_no if p.attempt_no is not None and p.attempt_no not in taken else max(taken, default=0) + 1
+    # NOTE: retries (dunning's and operators') are numbered below the credit notes' reduction attempts, whose
+    # numbers (from REDUCTION_ATTEMPTS_FROM) follow the count of the invoice's notes.
+    next_free = max((n for n in taken if n < REDUCTION_ATTEMPTS_FROM), default=0) + 1
+    asked = p.attempt_no
+    attempt_no = asked if asked is not None and asked not in taken and asked < REDUCTION_ATTEMPTS_FROM else next_free
     if p.payment_method_id is not None and p.payment_method_id != state.subscription.payment_method_id:
         update_payment_method(uow, env, UpdatePaymentMethod(
             subscription_id=state.id, customer_id=state.subscription.customer_id,
