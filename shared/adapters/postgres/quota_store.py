@@ -309,6 +309,9 @@ SELECT (SELECT coalesce(array_agg(event_id), '{}') FROM alerts) AS alerts_insert
 # gets no version back, the others commit), the same enquiry guard, counters, outbox rows and alerts. The
 # statement is atomic, so a CHECK violation, a duplicate enquiry or a deadlock between two processes'
 # groups aborts it whole; the caller then commits each write alone (`commit_batch`), which isolates it.
+# NOTE: `locked` takes the orgs' row locks in org id order before any is updated (a row is only updated once
+# `locked` returned it, and it returns them in order): two edge processes whose groups share orgs would
+# otherwise lock them in plan order and could deadlock (PostgreSQL breaks it after deadlock_timeout, 1 s).
 _GROUP_COMMIT_SQL = """
 WITH w AS (
     SELECT * FROM jsonb_to_recordset(%(writes)s::jsonb)
@@ -316,10 +319,12 @@ WITH w AS (
                 month_end timestamptz, month_plan int, month_top_ups int, granted int, consumed_at timestamptz,
                 user_limit int, user_grants jsonb, consumptions jsonb, refused jsonb, alerts jsonb,
                 usage_topic text, alert_topic text, message_key text)
+), locked AS MATERIALIZED (
+    SELECT o.org_id FROM quota_orgs o WHERE o.org_id IN (SELECT org_id FROM w) ORDER BY o.org_id FOR UPDATE
 ), cas AS (
     UPDATE quota_orgs o
        SET version = o.version + 1, trial_used = o.trial_used + w.trial_delta, updated_at = now()
-      FROM w
+      FROM w JOIN locked l ON l.org_id = w.org_id
      WHERE o.org_id = w.org_id AND o.version = w.seen_version
        AND NOT EXISTS (SELECT 1 FROM quota_consumptions c
                         WHERE c.org_id = w.org_id

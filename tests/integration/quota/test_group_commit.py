@@ -110,36 +110,40 @@ async def test_a_group_commit_refuses_two_writes_of_one_org(store: CountingStore
 
 async def test_writes_ready_together_share_one_statement_and_each_gets_its_own_version(
         store: CountingStore, engine: sa.Engine) -> None:
-    orgs = [await _lite_org(store) for _ in range(5)]
+    orgs = [await _lite_org(store) for _ in range(6)]
     group = GroupCommit(store)
     outcomes = await asyncio.gather(*(group.commit_batch(_write(org, version, [f"{org}-e"]))
                                       for org, version in orgs))
-    assert store.groups == [5] and store.singles == 0
+    # the first found nothing in flight and went alone at once; the five behind it shared one statement
+    assert store.groups == [5] and store.singles == 1
     assert [version for version, _alerts in outcomes] == [version + 1 for _org, version in orgs]
     assert all(_used(engine, org) == (1, 1, 1) for org, _version in orgs)
 
 
 async def test_a_second_write_of_one_org_waits_for_the_next_group(store: CountingStore, engine: sa.Engine) -> None:
-    (a, va), (b, vb) = [await _lite_org(store) for _ in range(2)]
+    (x, vx), (a, va), (b, vb) = [await _lite_org(store) for _ in range(3)]
     group = GroupCommit(store)
-    first, other, second = await asyncio.gather(group.commit_batch(_write(a, va, ["a1"])),
-                                                group.commit_batch(_write(b, vb, ["b1"])),
-                                                group.commit_batch(_write(a, va + 1, ["a2"])))
-    # the group held a and b; a's second write (decided on a's next version) went alone afterwards
-    assert store.groups == [2] and store.singles == 1
+    _x, first, other, second = await asyncio.gather(group.commit_batch(_write(x, vx, ["x1"])),
+                                                    group.commit_batch(_write(a, va, ["a1"])),
+                                                    group.commit_batch(_write(b, vb, ["b1"])),
+                                                    group.commit_batch(_write(a, va + 1, ["a2"])))
+    # x went alone; the group behind it held a and b; a's second write (decided on a's next version) went
+    # alone afterwards
+    assert store.groups == [2] and store.singles == 2
     assert (first[0], other[0], second[0]) == (va + 1, vb + 1, va + 2)
     assert _used(engine, a) == (2, 2, 2)
 
 
 async def test_a_write_the_check_backstop_refuses_fails_alone_and_the_rest_of_its_group_commits(
         store: CountingStore, engine: sa.Engine) -> None:
-    (a, va), (b, vb), (c, vc) = [await _lite_org(store, reports=3) for _ in range(3)]
+    (x, vx), (a, va), (b, vb), (c, vc) = [await _lite_org(store, reports=3) for _ in range(4)]
     group = GroupCommit(store)
-    results = await asyncio.gather(
+    _x, *results = await asyncio.gather(
+        group.commit_batch(_write(x, vx, ["x1"], plan=3)),
         group.commit_batch(_write(a, va, ["a1"], plan=3)),
         group.commit_batch(_write(b, vb, ["b1", "b2", "b3", "b4"], plan=3)),  # 4 of 3: the CHECK refuses it
         group.commit_batch(_write(c, vc, ["c1", "c2"], plan=3)), return_exceptions=True)
-    assert store.groups == [3] and store.singles == 3  # the group statement failed whole, then each alone
+    assert store.groups == [3] and store.singles == 1 + 3  # x; the group failed whole, then each alone
     assert results[0] == (va + 1, []) and results[2] == (vc + 1, [])
     assert isinstance(results[1], QuotaStoreError) and results[1].code == "quota_backstop"
     assert _used(engine, a) == (1, 1, 1) and _used(engine, c) == (2, 2, 2)
@@ -148,13 +152,15 @@ async def test_a_write_the_check_backstop_refuses_fails_alone_and_the_rest_of_it
 
 async def test_an_enquiry_admitted_meanwhile_fails_only_its_own_write_in_a_group(
         store: CountingStore, engine: sa.Engine) -> None:
-    (a, va), (b, vb) = [await _lite_org(store) for _ in range(2)]
+    (x, vx), (a, va), (b, vb) = [await _lite_org(store) for _ in range(3)]
     done, _alerts = await store.commit_batch(_write(b, vb, ["b-dup"]))  # "another process" admitted it
     assert done == vb + 1
     group = GroupCommit(store)
-    results = await asyncio.gather(group.commit_batch(_write(a, va, ["a1"])),
-                                   group.commit_batch(_write(b, vb + 1, ["b-dup", "b2"])),
-                                   return_exceptions=True)
+    _x, *results = await asyncio.gather(group.commit_batch(_write(x, vx, ["x1"])),
+                                        group.commit_batch(_write(a, va, ["a1"])),
+                                        group.commit_batch(_write(b, vb + 1, ["b-dup", "b2"])),
+                                        return_exceptions=True)
+    assert store.groups == [2]
     assert results[0] == (va + 1, [])
     assert isinstance(results[1], DuplicateEnquiry)
     assert _used(engine, a) == (1, 1, 1)

@@ -24,7 +24,8 @@ def _write(org_id: str, version: int = 1) -> BatchWrite:
 
 
 class RecordingStore:
-    """Answers version + 1 for every write; ``refuse`` names orgs whose write fails (alone or grouped)."""
+    """Answers version + 1 for every write after one loop turn (its round trip); ``refuse`` names orgs whose
+    write fails (alone or grouped)."""
 
     def __init__(self, refuse: frozenset[str] = frozenset()) -> None:
         self.refuse = refuse
@@ -32,12 +33,14 @@ class RecordingStore:
 
     async def commit_group(self, writes: Sequence[BatchWrite]) -> list[Outcome]:
         self.statements.append([write.org_id for write in writes])
+        await asyncio.sleep(0)  # the round trip: other writes arrive meanwhile
         if any(write.org_id in self.refuse for write in writes):
             raise QuotaStoreError("backstop")
         return [(write.seen_version + 1, []) for write in writes]
 
     async def commit_batch(self, write: BatchWrite) -> Outcome:
         self.statements.append([write.org_id])
+        await asyncio.sleep(0)
         if write.org_id in self.refuse:
             raise QuotaStoreError("backstop")
         return write.seen_version + 1, []
@@ -56,6 +59,18 @@ class RecordingStore:
         raise AssertionError("not used")
 
 
+class GatedStore(RecordingStore):
+    """A lone write's round trip lasts until ``gate`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def commit_batch(self, write: BatchWrite) -> Outcome:
+        await self.gate.wait()
+        return await super().commit_batch(write)
+
+
 async def test_a_lone_write_is_the_plain_single_org_statement() -> None:
     store = RecordingStore()
     sizes: list[int] = []
@@ -66,40 +81,64 @@ async def test_a_lone_write_is_the_plain_single_org_statement() -> None:
 async def test_writes_ready_in_one_turn_share_a_statement_at_most_one_per_org_and_max_group() -> None:
     store = RecordingStore()
     group = GroupCommit(store, max_group=3)
-    writes = [_write("a", 1), _write("b", 1), _write("a", 2), _write("c", 1), _write("d", 1)]
+    writes = [_write("x", 1), _write("a", 1), _write("b", 1), _write("a", 2), _write("c", 1), _write("d", 1)]
     outcomes = await asyncio.gather(*(group.commit_batch(write) for write in writes))
-    assert outcomes == [(2, []), (2, []), (3, []), (2, []), (2, [])]
-    # a's second write and the write past max_group wait for the next group, in arrival order
-    assert store.statements == [["a", "b", "c"], ["a", "d"]]
+    assert outcomes == [(2, []), (2, []), (2, []), (3, []), (2, []), (2, [])]
+    # x finds nothing in flight and goes at once, alone; the others gather behind it; a's second write and
+    # the write past max_group wait for the next group, in arrival order
+    assert store.statements == [["x"], ["a", "b", "c"], ["a", "d"]]
 
 
 async def test_a_failed_group_commits_each_write_alone_and_only_the_faulty_one_fails() -> None:
     store = RecordingStore(refuse=frozenset({"b"}))
     group = GroupCommit(store)
-    results = await asyncio.gather(*(group.commit_batch(_write(org)) for org in "abc"), return_exceptions=True)
-    assert results[0] == (2, []) and results[2] == (2, [])
-    assert isinstance(results[1], QuotaStoreError)
-    assert store.statements == [["a", "b", "c"], ["a"], ["b"], ["c"]]
+    results = await asyncio.gather(*(group.commit_batch(_write(org)) for org in "xabc"), return_exceptions=True)
+    assert results[0] == results[1] == results[3] == (2, [])
+    assert isinstance(results[2], QuotaStoreError)
+    assert store.statements == [["x"], ["a", "b", "c"], ["a"], ["b"], ["c"]]
 
 
 async def test_writes_queued_while_a_group_is_in_flight_form_the_next_group() -> None:
-    store = RecordingStore()
+    store = GatedStore()
     group = GroupCommit(store)
     first = asyncio.ensure_future(group.commit_batch(_write("a")))
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)  # the first group (a alone) is now in flight
+    await asyncio.sleep(0)  # a alone is now in flight, held at the gate
     rest = [asyncio.ensure_future(group.commit_batch(_write(org))) for org in "bc"]
-    await asyncio.gather(first, *rest)
+    await asyncio.sleep(0)
+    store.gate.set()
+    assert await asyncio.gather(first, *rest) == [(2, [])] * 3
     assert store.statements == [["a"], ["b", "c"]]
 
 
 async def test_a_cancelled_caller_does_not_stop_the_others_of_its_group() -> None:
     store = RecordingStore()
     group = GroupCommit(store)
+    first = asyncio.ensure_future(group.commit_batch(_write("x")))
     doomed = asyncio.ensure_future(group.commit_batch(_write("a")))
     kept = asyncio.ensure_future(group.commit_batch(_write("b")))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # x is in flight, a and b are queued
     doomed.cancel()
-    assert await kept == (2, [])
+    assert await kept == (2, []) and await first == (2, [])
     with pytest.raises(asyncio.CancelledError):
         await doomed
+
+
+async def test_an_idle_write_goes_at_once_without_waiting_a_loop_turn() -> None:
+    store = RecordingStore()
+    group = GroupCommit(store)
+    task = asyncio.ensure_future(group.commit_batch(_write("a")))
+    await asyncio.sleep(0)  # one turn: the write's own task has sent it
+    assert store.statements == [["a"]]
+    assert await task == (2, [])
+
+
+async def test_closing_cancels_the_writes_still_queued() -> None:
+    store = RecordingStore()
+    group = GroupCommit(store)
+    first = asyncio.ensure_future(group.commit_batch(_write("x")))
+    queued = asyncio.ensure_future(group.commit_batch(_write("a")))
+    await asyncio.sleep(0)
+    await group.aclose()
+    assert await first == (2, [])
+    with pytest.raises(asyncio.CancelledError):
+        await queued
