@@ -26,6 +26,7 @@ from shared.adapters.postgres.schema.billing import payment_attempts
 from shared.domain.money import Money
 from shared.domain.payment_attempt import (
     HOLDS_ITS_INVOICE,
+    TRANSITIONS,
     AttemptStatus,
     PaymentAttempt,
     Transition,
@@ -293,6 +294,30 @@ def accept_reported_outcome(conn: sa.Connection, attempt_id: str, *, succeeded: 
         decline_code=None if succeeded else decline_code, hard_decline=False if succeeded else hard_decline,
         completed_at=at))
     return bool(done.rowcount)
+
+
+def settled_for_good(transition: Transition, status: str) -> bool:
+    """True when an attempt in `status` can never again be moved by `transition`: neither `status` nor any status
+    reachable from it is among the transition's sources (succeeded and cancelled are final; declined only moves
+    on to succeeded). Such a status read earlier in the transaction is still the attempt's."""
+    seen: set[AttemptStatus] = set()
+    frontier = {AttemptStatus(status)}
+    while frontier:
+        current = frontier.pop()
+        if current in sources_of(transition):
+            return False
+        seen.add(current)
+        frontier |= {m.target for m in TRANSITIONS.values() if current in m.sources} - seen
+    return True
+
+
+def statuses_of(conn: sa.Connection, attempt_ids: Sequence[str]) -> dict[str, str]:
+    """attempt id -> status, for those of `attempt_ids` that exist, in one read."""
+    if not attempt_ids:
+        return {}
+    a = payment_attempts.c
+    return {str(i): str(s) for i, s in conn.execute(sa.select(a.attempt_id, a.status).where(
+        a.attempt_id.in_(sorted(set(attempt_ids))))).all()}
 
 
 def withdraw_pending_of_invoice(conn: sa.Connection, invoice_id: str, at: datetime) -> int:

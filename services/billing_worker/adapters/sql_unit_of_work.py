@@ -33,6 +33,7 @@ from shared.domain.credit_note import CreditNote, EarlierNote
 from shared.domain.credit_purchase import AutoRecharge, CreditPurchase
 from shared.domain.customer_balance import BalanceEntry
 from shared.domain.invoice import Invoice
+from shared.domain.payment_attempt import Transition
 from shared.domain.rating import GraceUsage
 
 # close_usages(conn, [(subscription_id, period_start, period_end), ...]) -> {subscription_id: UsageClose}
@@ -88,8 +89,22 @@ class SqlBillingUnitOfWork(BillingUnitOfWork):
                             at: datetime | None = None) -> None:
         repo.save_invoice_status(self.conn, invoice, provider_ref=provider_ref, at=at)
 
+    def begin(self, at: datetime) -> None:
+        super().begin(at)
+        self._attempt_statuses: dict[str, str] = {}  # read by load_attempt_statuses, for this run
+
+    def load_attempt_statuses(self, attempt_ids: Sequence[str]) -> None:
+        self._attempt_statuses.update(attempts.statuses_of(self.conn, attempt_ids))
+
     def settle_attempt(self, attempt_id: str, status: str, provider_ref: str | None, decline_code: str | None,
                        hard: bool, at: datetime) -> bool:
+        read = self._attempt_statuses.get(attempt_id)
+        transition = Transition.ACCEPT_REPORTED_SUCCESS if status == "succeeded" else \
+            Transition.ACCEPT_REPORTED_FAILURE
+        if read is not None and attempts.settled_for_good(transition, read):
+            # NOTE: the executor's own outcomes land here: it settled the attempt in the transaction that queued
+            # the message, so the compare-and-set below would match nothing; skipped without a round trip.
+            return False
         return attempts.accept_reported_outcome(self.conn, attempt_id, succeeded=status == "succeeded",
                                                 provider_ref=provider_ref, decline_code=decline_code,
                                                 hard_decline=hard, at=at)

@@ -341,6 +341,11 @@ class BillingUnitOfWork(abc.ABC):
     def load_invoices(self, invoice_ids: Sequence[str]) -> None:
         self.invoices.update(self._load_invoices(invoice_ids))
 
+    @abc.abstractmethod
+    def load_attempt_statuses(self, attempt_ids: Sequence[str]) -> None:
+        """A hint before a run of payment outcomes: an adapter whose `settle_attempt` costs a round trip may read
+        these attempts' statuses at once and skip the attempts already settled for good."""
+
     # --- recording
 
     def touch(self, state: SubscriptionState) -> None:

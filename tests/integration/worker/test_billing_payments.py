@@ -18,7 +18,14 @@ from shared.adapters.payments.simulated import PostgresProviderRecord, Simulated
 from shared.adapters.postgres.schema.billing import billing_audit_log, payment_attempts, simulated_gateway_charges
 from shared.adapters.postgres.schema.core import outbox
 from shared.contracts import topics
-from shared.contracts.messages import CreateSubscription, CustomerDeleted, RetryPayment, UpdatePaymentMethod
+from shared.contracts.messages import (
+    CreateSubscription,
+    CustomerDeleted,
+    PaymentFailed,
+    PaymentSucceeded,
+    RetryPayment,
+    UpdatePaymentMethod,
+)
 from tests.integration.worker.billing_support import Billing
 
 pytestmark = pytest.mark.integration
@@ -274,3 +281,66 @@ def test_a_charge_still_rate_limited_after_the_retries_is_released_for_later_nev
     assert (attempt.status, attempt.dispatch_count, attempt.decline_code) == ("pending", 0, None)
     assert "rate limit" in attempt.error_message
     assert (outcomes_of(engine, sub), charges_of(engine, invoice_id), gateway.rate_limited_answers) == ([], [], 2)
+
+
+class Statements:
+    """The SQL statements the engine runs while counting (text, lower-cased)."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        self.seen: list[str] = []
+
+    def _record(self, conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
+        self.seen.append(" ".join(statement.lower().split()))
+
+    def __enter__(self) -> Statements:
+        sa.event.listen(self.engine, "before_cursor_execute", self._record)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        sa.event.remove(self.engine, "before_cursor_execute", self._record)
+
+    def updates_of(self, table: str) -> list[str]:
+        return [s for s in self.seen if s.startswith(f"update {table} ")]
+
+
+def test_the_executors_own_outcomes_are_applied_without_writing_their_settled_attempts_again(
+        billing: Billing, engine) -> None:  # type: ignore[no-untyped-def]
+    paid_sub, paid = invoice_for(billing, "pm_card_visa")
+    declined_sub, declined = invoice_for(billing, "pm_card_chargeDeclinedInsufficientFunds")
+    executor(engine).run_once()
+    ok, ko = attempt_of(engine, paid), attempt_of(engine, declined)
+    assert (ok.status, ko.status) == ("succeeded", "declined")
+
+    with Statements(engine) as statements:
+        billing.send_batch([PaymentSucceeded(
+            subscription_id=paid_sub, invoice_id=paid, attempt_id=ok.attempt_id, provider_ref=ok.provider_ref,
+            amount_minor=ok.amount_minor, currency="USD", source="executor", paid_at=JAN_1)], JAN_1)
+        billing.send_batch([PaymentFailed(
+            subscription_id=declined_sub, invoice_id=declined, attempt_id=ko.attempt_id,
+            amount_minor=ko.amount_minor, currency="USD", decline_code="insufficient_funds", source="executor",
+            failed_at=JAN_1)], JAN_1)
+
+    # each attempt read with its batch, none written again (the executor settled them)
+    assert statements.updates_of("payment_attempts") == []
+    assert [i.status for i in billing.invoices(paid_sub)] == ["paid"]
+    assert billing.subscription(declined_sub).status == "past_due"
+    assert (attempt_of(engine, paid).status, attempt_of(engine, declined).status) == ("succeeded", "declined")
+
+
+def test_a_success_reported_by_a_webhook_on_a_declined_attempt_still_wins_and_pays_the_invoice(
+        billing: Billing, engine) -> None:  # type: ignore[no-untyped-def]
+    sub, invoice_id = invoice_for(billing, "pm_card_chargeDeclinedInsufficientFunds")
+    executor(engine).run_once()
+    declined = attempt_of(engine, invoice_id)
+    assert declined.status == "declined"
+
+    with Statements(engine) as statements:
+        billing.send(PaymentSucceeded(subscription_id=sub, invoice_id=invoice_id, attempt_id=declined.attempt_id,
+                                      provider_ref="pi_from_webhook", amount_minor=declined.amount_minor,
+                                      currency="USD", source="webhook", paid_at=JAN_1), JAN_1)
+
+    assert len(statements.updates_of("payment_attempts")) == 1
+    attempt = attempt_of(engine, invoice_id)
+    assert (attempt.status, attempt.provider_ref) == ("succeeded", "pi_from_webhook")
+    assert [i.status for i in billing.invoices(sub)] == ["paid"]

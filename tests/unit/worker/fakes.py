@@ -176,6 +176,9 @@ class FakeUnitOfWork(BillingUnitOfWork):
             row.provider_ref = provider_ref or row.provider_ref
         self.store.invoices[invoice.id] = (copy.deepcopy(invoice), row)
 
+    def load_attempt_statuses(self, attempt_ids: Sequence[str]) -> None:
+        pass  # settle_attempt reads the in-memory store: nothing to read ahead
+
     def settle_attempt(self, attempt_id: str, status: str, provider_ref: str | None, decline_code: str | None,
                        hard: bool, at: datetime) -> bool:
         attempt = self.store.attempts.get(attempt_id)

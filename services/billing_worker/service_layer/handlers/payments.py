@@ -3,6 +3,7 @@ payment method on file. Payment attempt rows are written *before* the executor c
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -101,6 +102,13 @@ def give_up(uow: BillingUnitOfWork, env: Envelope, p: GiveUpDunning, now: dateti
     return {"invoice_id": invoice.id, "final_invoice_id": final_invoice_id}
 
 
+def load_outcomes_of(uow: BillingUnitOfWork, messages: Sequence[tuple[Envelope, Any]], at: datetime) -> None:
+    """Prefetch for a run of payment outcomes: their invoices, and their attempts' statuses (most outcomes are the
+    executor's, whose attempts it settled already: nothing to write on them)."""
+    load_invoices_of(uow, messages, at)
+    uow.load_attempt_statuses([str(p.attempt_id) for _, p in messages if p.attempt_id])
+
+
 def payment_succeeded(uow: BillingUnitOfWork, env: Envelope, p: PaymentSucceeded, now: datetime) -> None:
     state = uow.subscription(p.subscription_id)
     found = uow.invoice(p.invoice_id)
@@ -174,5 +182,5 @@ def payment_failed(uow: BillingUnitOfWork, env: Envelope, p: PaymentFailed, now:
 UPDATE_PAYMENT_METHOD = Handler(update_payment_method)
 RETRY = Handler(retry_payment, prefetch=load_invoices_of)
 GIVE_UP = Handler(give_up, prefetch=load_invoices_of)
-SUCCEEDED = Handler(payment_succeeded, prefetch=load_invoices_of, answers=False)
-FAILED = Handler(payment_failed, prefetch=load_invoices_of, answers=False)
+SUCCEEDED = Handler(payment_succeeded, prefetch=load_outcomes_of, answers=False)
+FAILED = Handler(payment_failed, prefetch=load_outcomes_of, answers=False)
