@@ -509,6 +509,11 @@ class QuotaStore:
         try:
             async with self._pool.connection() as conn, conn.transaction(), \
                     conn.cursor(row_factory=dict_row) as cur:
+                # NOTE: the lock first, then the read, in two statements: a `FOR UPDATE` that waited for another
+                # writer returns the org's newest row but the month, user and enquiry rows of its own older
+                # snapshot, so a batch was decided on stale counters (a CHECK violation or a replay missed:
+                # a 500; seen with two edges' group commits holding many orgs' locks at once)
+                await cur.execute("SELECT 1 FROM quota_orgs WHERE org_id = %(org_id)s FOR UPDATE", params)
                 await cur.execute(_LOAD_SQL + " FOR UPDATE OF o", params)
                 row = await cur.fetchone()
                 if row is None:

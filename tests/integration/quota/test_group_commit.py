@@ -24,6 +24,7 @@ from shared.adapters.postgres.quota_store import (
     QuotaStore,
     QuotaStoreError,
 )
+from shared.config import Settings
 from shared.domain.calendar import calendar_month
 from tests.integration.quota.conftest import START, EdgeServer, admin, counters, new_org, use_credits
 
@@ -184,3 +185,27 @@ async def test_a_burst_over_many_orgs_at_once_admits_exactly_each_org_s_allotmen
         held = counters(engine, org)
         assert held["months"][0][1] == 20 and held["consumptions"] == 20 and held["usage_events"] == 20
         assert len(held["alerts"]) == len(set(held["alerts"])) == len(held["alert_events"]) > 0
+
+
+async def test_two_edges_bursting_on_the_same_orgs_admit_exactly_each_org_s_allotment(
+        edge: EdgeServer, quota_settings: Settings, engine: sa.Engine) -> None:
+    # 20 orgs on Lite (20 a month), 40 requests each, half through each edge, all 800 at once: both edges'
+    # groups hold the same orgs, so their compare-and-sets collide (and their row locks would cross if a
+    # group did not lock its orgs in org id order). Every org admits exactly 20, nothing fails.
+    orgs = [new_org() for _ in range(20)]
+    for org in orgs:
+        assert (await admin(edge.url, "PUT", f"/v1/quota/orgs/{org}/plan", {"plan": "Lite"})).status_code == 200
+    second = EdgeServer(quota_settings).start()
+    try:
+        bursts = await asyncio.gather(*(
+            use_credits(server.url, org, [(f"u{n % 4}", f"{org}-{n}") for n in range(start, 40, 2)])
+            for org in orgs for server, start in ((edge, 0), (second, 1))))
+    finally:
+        second.stop()
+    for index, org in enumerate(orgs):
+        responses = bursts[2 * index] + bursts[2 * index + 1]
+        statuses = sorted(response.status_code for response in responses)
+        assert statuses == [200] * 20 + [402] * 20, (org, statuses)
+        assert sorted(r.json()["org_remaining"] for r in responses if r.status_code == 200) == list(range(20))
+        held = counters(engine, org)
+        assert held["months"][0][1] == 20 and held["consumptions"] == 20 and held["usage_events"] == 20
