@@ -74,8 +74,8 @@ class Settings(BaseSettings):
     max_request_bytes: int = 1_048_576
     max_batch_events: int = 1000
     quota_group_commit: bool = Field(
-        default=True, description="report-credit batches of every org ready in one event-loop turn are "
-                                  "committed in one statement (false: one statement per org's batch)")
+        default=False, description="report-credit batches of the orgs ready while a write is in flight are "
+                                   "committed in one statement (false: one statement per org's batch)")
 
     # --- worker
     consumer_group: str = "billing-worker"

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 import sqlalchemy as sa
+from pydantic import SecretStr
 
 from services.ingest.service_layer.quota_group_commit import GroupCommit, Outcome
 from shared.adapters.postgres.pool import make_pool
@@ -26,11 +27,19 @@ from shared.adapters.postgres.quota_store import (
 )
 from shared.config import Settings
 from shared.domain.calendar import calendar_month
-from tests.integration.quota.conftest import START, EdgeServer, admin, counters, new_org, use_credits
+from tests.integration.quota.conftest import ADMIN_KEY, START, EdgeServer, admin, counters, new_org, use_credits
 
 pytestmark = pytest.mark.integration
 
 MONTH = calendar_month(START, "UTC")
+
+
+@pytest.fixture(scope="module")
+def quota_settings(settings):  # type: ignore[no-untyped-def]
+    """The package's quota settings with the group commit on (off by default), for this module's edges."""
+    return settings.model_copy(update={"clock": "simulated", "simulated_clock_start": START.isoformat(),
+                                       "admin_api_key": SecretStr(ADMIN_KEY), "database_pool_size": 5,
+                                       "quota_group_commit": True})
 
 
 class CountingStore(QuotaStore):
