@@ -38,7 +38,6 @@ from services.ingest.service_layer.quota_errors import (
 )
 from services.ingest.service_layer.refusals import (
     CatalogRefusal,
-    ContractRefusal,
     LifecycleRefusal,
     LineNotTraceable,
     MetronomeRefusal,
@@ -318,12 +317,6 @@ ANSWERS: Mapping[type[BillingError], Mapping[str, Answer]] = {
         "coupon_archived": Answer(422, "coupon-archived", "Coupon archived"),
         "meter_changed": Answer(409, "meter-changed", "A meter's aggregation cannot change"),
         "coupon_changed": Answer(409, "coupon-changed", "A coupon's discount cannot change"),
-    },
-    ContractRefusal: {
-        "not_found": Answer(404, "not-found", "Not found"),
-        "not_supported": Answer(400, "not-supported", "Not supported"),
-        "invalid": Answer(400, "validation", "Invalid request"),
-        "already_exists": Answer(409, "already-exists", "Already exists"),
     },
     MetronomeRefusal: {
         "not_found": Answer(404, "not-found", "Not found"),

@@ -35,7 +35,7 @@ from services.ingest.metronome.contract_terms import (
 from services.ingest.service_layer import lifecycle
 from services.ingest.service_layer.lifecycle import Accepted
 from services.ingest.service_layer.metronome_pricing import not_found, products_by_id, rate_card_in, rates_of
-from services.ingest.service_layer.refusals import ContractRefusal
+from services.ingest.service_layer.refusals import MetronomeRefusal
 from services.ingest.service_layer.unit_of_work import SqlUnitOfWork, UnitOfWork, UnitOfWorkFactory
 from shared.adapters.postgres.outbox import rows_committed
 from shared.adapters.postgres.schema.billing import subscriptions
@@ -88,11 +88,11 @@ class StoredContract:
     status: str | None = None
 
 
-def _refusal(error: Unsupported | Invalid) -> ContractRefusal:
+def _refusal(error: Unsupported | Invalid) -> MetronomeRefusal:
     if isinstance(error, Unsupported):
-        return ContractRefusal(f"{error.feature} is not supported by this engine", code="not_supported",
+        return MetronomeRefusal(f"{error.feature} is not supported by this engine", code="not_supported",
                                fields=[(error.field, f"not supported: {error.feature}")])
-    return ContractRefusal(f"{error.field}: {error.reason}", fields=[(error.field, error.reason)])
+    return MetronomeRefusal(f"{error.field}: {error.reason}", fields=[(error.field, error.reason)])
 
 
 def _terms_of(request: ContractRequest) -> Terms:
@@ -136,13 +136,13 @@ def create(engine: sa.Engine, ensure_plan: EnsurePlan, request: ContractRequest,
     # NOTE: billing starts when the contract is made; Metronome's starting_at is on an hour boundary, so the
     # current hour is that instant. A start in the future or backdated beyond it is refused, never shifted.
     if request.starting_at > now:
-        raise ContractRefusal("a contract starts when it is made", code="not_supported",
+        raise MetronomeRefusal("a contract starts when it is made", code="not_supported",
                               fields=[("starting_at", "not supported: a start in the future")])
     if request.starting_at < now.replace(minute=0, second=0, microsecond=0):
-        raise ContractRefusal("a contract starts when it is made (in the current hour)", code="not_supported",
+        raise MetronomeRefusal("a contract starts when it is made (in the current hour)", code="not_supported",
                               fields=[("starting_at", "not supported: a backdated start")])
     if request.ending_before is not None:
-        raise ContractRefusal("an end date is set by updateEndDate", code="not_supported",
+        raise MetronomeRefusal("an end date is set by updateEndDate", code="not_supported",
                               fields=[("ending_before", "not supported: an end date at creation")])
     terms = _terms_of(request)
     with engine.connect() as conn:
@@ -163,7 +163,7 @@ def create(engine: sa.Engine, ensure_plan: EnsurePlan, request: ContractRequest,
                                     subscription_id=subscription_id),
                 principal=principal, now=now, request_id=request_id)
     except IntegrityError as error:
-        raise ContractRefusal("a contract with this uniqueness_key exists", code="already_exists",
+        raise MetronomeRefusal("a contract with this uniqueness_key exists", code="already_exists",
                               fields=[("uniqueness_key", "already used")]) from error
     rows_committed()
     return contract_id, accepted
@@ -202,7 +202,7 @@ def contracts_page(engine: sa.Engine, customer_id: str, after: str | None, limit
         .order_by(mx_contracts.c.seq).limit(limit + 1)
     if after is not None:
         if not after.isdigit() or len(after) > 18:
-            raise ContractRefusal("pass back a cursor unchanged", fields=[("cursor", "not a cursor")])
+            raise MetronomeRefusal("pass back a cursor unchanged", fields=[("cursor", "not a cursor")])
         query = query.where(mx_contracts.c.seq > int(after))
     if not include_archived:
         query = query.where(mx_contracts.c.archived_at.is_(None))
@@ -258,11 +258,11 @@ def _timing(starting_at: datetime, now: datetime, period: tuple[datetime, dateti
     if now.replace(minute=0, second=0, microsecond=0) <= starting_at <= now:
         return "immediate"
     if starting_at <= now:
-        raise ContractRefusal("a change applies now (in the current hour) or at the period end",
+        raise MetronomeRefusal("a change applies now (in the current hour) or at the period end",
                               code="not_supported", fields=[(field_name, "not supported: a backdated change")])
     if period is not None and starting_at == period[1]:
         return "period_end"
-    raise ContractRefusal("a change applies now or at the current period's end", code="not_supported",
+    raise MetronomeRefusal("a change applies now or at the current period's end", code="not_supported",
                           fields=[(field_name, "not supported: another instant than now or the period end")])
 
 
@@ -345,7 +345,7 @@ def plan_edit(engine: sa.Engine, ensure_plan: EnsurePlan, customer_id: str, cont
     Nothing to change needs none. The plan of the new terms is made here (before any command names it)."""
     current = contract(engine, customer_id, contract_id)
     if current.status == "cancelled":
-        raise ContractRefusal("the contract has ended", code="not_supported",
+        raise MetronomeRefusal("the contract has ended", code="not_supported",
                               fields=[("contract_id", "not supported: editing an ended contract")])
     terms, timing, quantity = _new_terms(current, change, now)
     with engine.connect() as conn:
@@ -364,7 +364,7 @@ def plan_edit(engine: sa.Engine, ensure_plan: EnsurePlan, customer_id: str, cont
         if steps:
             # NOTE: a plan change and a seat change at one instant would be two prorations of the same
             # window (one invoice each, identified by the window): the worker refuses the second.
-            raise ContractRefusal("a tier change keeps the quantity; change it in another edit",
+            raise MetronomeRefusal("a tier change keeps the quantity; change it in another edit",
                                   code="not_supported", fields=[("add_subscriptions[0].initial_quantity",
                                                                  "not supported: a tier and a quantity change "
                                                                  "in one edit")])

@@ -24,7 +24,7 @@ from services.ingest.metronome.contract_terms import USD_CENTS, Terms
 from services.ingest.service_layer import credits
 from services.ingest.service_layer.lifecycle import Accepted
 from services.ingest.service_layer.metronome_pricing import not_found, not_supported, products_by_id
-from services.ingest.service_layer.refusals import ContractRefusal
+from services.ingest.service_layer.refusals import MetronomeRefusal
 from services.ingest.service_layer.unit_of_work import SqlUnitOfWork, UnitOfWork, sql_unit_of_work
 from shared.adapters.postgres.outbox import rows_committed
 from shared.adapters.postgres.schema.billing import credit_entries, credit_grants, subscriptions
@@ -67,7 +67,7 @@ def create_grant(engine: sa.Engine, catalog: Catalog, request: GrantRequest, *, 
     if request.paid_amount != 0:
         raise not_supported("paid_amount", "a paid grant (buy credit with a credit purchase: it is invoiced)")
     if request.amount <= 0 or request.amount != request.amount.to_integral_value():
-        raise ContractRefusal("a grant is a whole, positive number of cents",
+        raise MetronomeRefusal("a grant is a whole, positive number of cents",
                               fields=[("grant_amount.amount", "whole cents, above 0")])
     if request.priority < 0 or request.priority != request.priority.to_integral_value():
         raise not_supported("priority", "a fractional or negative priority")
@@ -76,12 +76,12 @@ def create_grant(engine: sa.Engine, catalog: Catalog, request: GrantRequest, *, 
     with engine.begin() as conn:
         product = products_by_id(conn).get(request.product_ids[0])
         if product is None or product.type != "USAGE" or product.billable_metric_id is None:
-            raise ContractRefusal("credit applies to a usage product",
+            raise MetronomeRefusal("credit applies to a usage product",
                                   fields=[("product_ids", "not a USAGE product")])
         subscription_id = conn.execute(newest_live_subscription(
             request.customer_id, subscriptions.c.subscription_id)).scalar()
         if subscription_id is None:
-            raise ContractRefusal(f"customer {request.customer_id!r} has no live contract",
+            raise MetronomeRefusal(f"customer {request.customer_id!r} has no live contract",
                                   fields=[("customer_id", "no live contract or subscription")])
         key = request.uniqueness_key or uuid.uuid4().hex  # the grant's id derives from it (here and in `grant`)
         grant_id = credits.new_grant_id(subscription_id, key)
@@ -92,7 +92,7 @@ def create_grant(engine: sa.Engine, catalog: Catalog, request: GrantRequest, *, 
                     name=request.name, reason=request.reason, credit_grant_type=request.credit_grant_type,
                     custom_fields=request.custom_fields or {}, uniqueness_key=request.uniqueness_key))
         except IntegrityError as error:
-            raise ContractRefusal("a credit grant with this uniqueness_key exists", code="already_exists",
+            raise MetronomeRefusal("a credit grant with this uniqueness_key exists", code="already_exists",
                                   fields=[("uniqueness_key", "already used")]) from error
         accepted, _ = credits.grant(
             lambda: _joined(conn), catalog, subscription_id, credits.GrantRequest(
@@ -201,7 +201,7 @@ def grants_page(engine: sa.Engine, customer_ids: Sequence[str] | None, grant_ids
         if after is not None:
             anchor = conn.execute(sa.select(g.granted_at).where(_public_id() == after)).scalar()
             if anchor is None:
-                raise ContractRefusal("pass back a next_page value unchanged", fields=[("next_page", "not a cursor")])
+                raise MetronomeRefusal("pass back a next_page value unchanged", fields=[("next_page", "not a cursor")])
             where = sa.and_(where, sa.tuple_(g.granted_at, _public_id()) > sa.tuple_(sa.literal(anchor),
                                                                                          sa.literal(after)))
         return _grants(conn, where)[:limit + 1]

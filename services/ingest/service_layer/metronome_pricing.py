@@ -24,7 +24,7 @@ from services.ingest.metronome.contract_terms import (
     RateCard,
     RateRow,
 )
-from services.ingest.service_layer.refusals import ContractRefusal
+from services.ingest.service_layer.refusals import MetronomeRefusal
 from shared.adapters.postgres.schema.contract_pricing import mx_products, mx_rate_cards, mx_rates
 
 
@@ -48,12 +48,12 @@ class StoredRateCard:
     seq: int
 
 
-def not_found(what: str, ident: str, field: str) -> ContractRefusal:
-    return ContractRefusal(f"no {what} {ident!r}", code="not_found", fields=[(field, f"unknown {what}")])
+def not_found(what: str, ident: str, field: str) -> MetronomeRefusal:
+    return MetronomeRefusal(f"no {what} {ident!r}", code="not_found", fields=[(field, f"unknown {what}")])
 
 
-def not_supported(field: str, feature: str) -> ContractRefusal:
-    return ContractRefusal(f"{feature} is not supported by this engine", code="not_supported",
+def not_supported(field: str, feature: str) -> MetronomeRefusal:
+    return MetronomeRefusal(f"{feature} is not supported by this engine", code="not_supported",
                            fields=[(field, f"not supported: {feature}")])
 
 
@@ -72,12 +72,12 @@ def create_product(engine: sa.Engine, body: Mapping[str, Any], known_meters: Col
     metric = body.get("billable_metric_id")
     if kind == "USAGE":
         if metric is None:
-            raise ContractRefusal("a USAGE product needs a billable metric",
+            raise MetronomeRefusal("a USAGE product needs a billable metric",
                                   fields=[("billable_metric_id", "required for USAGE")])
         if metric not in known_meters:
             raise not_found("billable metric", metric, "billable_metric_id")
     elif metric is not None:
-        raise ContractRefusal("only a USAGE product has a billable metric",
+        raise MetronomeRefusal("only a USAGE product has a billable metric",
                               fields=[("billable_metric_id", "only for USAGE")])
     product_id = str(uuid.uuid4())
     with engine.begin() as conn:
@@ -131,7 +131,7 @@ def products_by_id(conn: sa.Connection) -> dict[str, Product]:
 
 def _seq(key: str) -> int:
     if not key.isdigit() or len(key) > 18:
-        raise ContractRefusal("pass back a next_page value unchanged", fields=[("next_page", "not a cursor")])
+        raise MetronomeRefusal("pass back a next_page value unchanged", fields=[("next_page", "not a cursor")])
     return int(key)
 
 
@@ -193,7 +193,7 @@ def _rate_document(rate: Mapping[str, Any], product: Product, path: str) -> dict
     if rate.get("is_prorated") is False and product.type != "USAGE":
         raise not_supported(f"{path}.is_prorated", "fees are prorated on changes")
     if product.type == "USAGE" and rate_type == "SUBSCRIPTION":
-        raise ContractRefusal("a SUBSCRIPTION rate is for SUBSCRIPTION products",
+        raise MetronomeRefusal("a SUBSCRIPTION rate is for SUBSCRIPTION products",
                               fields=[(f"{path}.rate_type", "not for USAGE products")])
     if product.type != "USAGE" and rate_type == "TIERED":
         raise not_supported(f"{path}.rate_type", "TIERED rates on recurring fees")
@@ -201,16 +201,16 @@ def _rate_document(rate: Mapping[str, Any], product: Product, path: str) -> dict
     if rate_type == "TIERED":
         tiers = list(rate.get("tiers") or ())
         if not tiers:
-            raise ContractRefusal("a TIERED rate needs tiers", fields=[(f"{path}.tiers", "required")])
+            raise MetronomeRefusal("a TIERED rate needs tiers", fields=[(f"{path}.tiers", "required")])
         document["tiers"] = [{"price": str(Decimal(str(t["price"]))),
                               **({"size": str(Decimal(str(t["size"])))} if t.get("size") is not None else {})}
                              for t in tiers]
     else:
         if rate.get("price") is None:
-            raise ContractRefusal("a rate needs a price", fields=[(f"{path}.price", "required")])
+            raise MetronomeRefusal("a rate needs a price", fields=[(f"{path}.price", "required")])
         price = Decimal(str(rate["price"]))
         if price < 0:
-            raise ContractRefusal("a price is not negative", fields=[(f"{path}.price", "negative")])
+            raise MetronomeRefusal("a price is not negative", fields=[(f"{path}.price", "negative")])
         document["price"] = str(price)
     if rate.get("billing_frequency") is not None:
         document["billing_frequency"] = rate["billing_frequency"]

@@ -216,31 +216,15 @@ class CatalogRefusal(RefusedError):
         self.fields = list(fields)
 
 
-# --- Metronome's contracts, rate cards and credits (`metronome_pricing`, `metronome_contracts`) -----------
-
-
-class ContractRefusal(RefusedError):
-    """A Metronome contract-pricing, contract or credit call refused: ``not_found`` (an unknown id),
-    ``not_supported`` (a Metronome field or value this engine does not bill, with the field), ``invalid``
-    (what Metronome itself refuses: a product not on the rate card), ``already_exists`` (a repeated
-    ``uniqueness_key``)."""
-
-    code = "invalid"
-
-    def __init__(self, detail: str, *, code: str | None = None, fields: Sequence[tuple[str, str]] = ()) -> None:
-        super().__init__(detail, code=code or type(self).code)
-        self.detail = detail
-        self.fields = list(fields)
-
-
-# --- Metronome's customers, billable metrics, usage, invoices and alerts (`metronome_*`) ------------------
+# --- Metronome's surface: every `metronome_*` use case ----------------------------------------------------
 
 
 class MetronomeRefusal(RefusedError):
-    """A Metronome customer, billable-metric, usage, invoice or alert call refused: ``not_found`` (an unknown
-    id), ``not_supported`` (a Metronome field or value this engine cannot honour, with the field),
-    ``invalid`` (what Metronome itself refuses), ``customer_has_live_subscription`` (archiving a customer
-    still billed: end its contracts first)."""
+    """A call of the Metronome surface refused (customers, billable metrics, usage, invoices, alerts, products,
+    rate cards, contracts, credits): ``not_found`` (an unknown id), ``not_supported`` (a Metronome field or
+    value this engine cannot honour, with the field), ``invalid`` (what Metronome itself refuses: a product not
+    on the rate card), ``already_exists`` (a repeated ``uniqueness_key``), ``customer_has_live_subscription``
+    (archiving a customer still billed: end its contracts first)."""
 
     code = "invalid"
 

@@ -23,7 +23,7 @@ from services.ingest.metronome.contract_terms import (
 )
 from services.ingest.metronome.credit_shapes import Entry, GrantFacts, customer_ledger
 from services.ingest.service_layer.metronome_contracts import _timing
-from services.ingest.service_layer.refusals import ContractRefusal
+from services.ingest.service_layer.refusals import MetronomeRefusal
 from shared.domain.catalog import Catalog
 
 AT = datetime(2026, 3, 10, 12, tzinfo=UTC)
@@ -137,7 +137,7 @@ def test_a_change_applies_in_the_current_hour_or_at_the_period_end_never_backdat
     assert _timing(AT, now, period, "f") == "immediate"  # Metronome's hour boundary
     assert _timing(period[1], now, period, "f") == "period_end"
     for wrong in (AT - timedelta(hours=1), AT + timedelta(days=2)):
-        with pytest.raises(ContractRefusal) as refused:
+        with pytest.raises(MetronomeRefusal) as refused:
             _timing(wrong, now, period, "update_subscriptions[0].ending_before")
         assert refused.value.fields == [("update_subscriptions[0].ending_before", refused.value.fields[0][1])]
         assert refused.value.code == "not_supported"

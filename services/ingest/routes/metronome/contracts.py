@@ -26,7 +26,7 @@ from services.ingest.routes.metronome.pricing import IdData, MetronomeBody
 from services.ingest.routes.subscriptions import unit_of_work, worker_outcome
 from services.ingest.service_layer import catalog as catalog_use_cases
 from services.ingest.service_layer import metronome_contracts as use_cases
-from services.ingest.service_layer.refusals import CatalogRefusal, ContractRefusal
+from services.ingest.service_layer.refusals import CatalogRefusal, MetronomeRefusal
 from services.ingest.service_layer.unit_of_work import UnitOfWorkFactory
 from shared.adapters.catalog_file import read_catalog_documents
 from shared.domain.catalog import Catalog
@@ -248,7 +248,7 @@ async def create_contract(body: ContractCreate, request: Request, principal: Pri
                           uow: UnitOfWorkFactory = Depends(unit_of_work)) -> dict[str, Any]:
     body.refuse_unknown()
     if body.rate_card_id is None:
-        raise ContractRefusal("a contract is made on a rate card", code="not_supported",
+        raise MetronomeRefusal("a contract is made on a rate card", code="not_supported",
                                         fields=[("rate_card_id", "not supported: a contract without a rate card "
                                                                  "(packages, aliases)")])
     authorize_customer(principal, body.customer_id)
