@@ -10,18 +10,4 @@ catching the SDK's exception sees both Metronome's field and ours (`type`, `titl
 
 from __future__ import annotations
 
-from services.ingest.problems import FieldError, ProblemError
-
 PREFIX = "/metronome"
-
-
-def not_supported(field: str, feature: str) -> ProblemError:
-    """A clear refusal (400, code `not_supported`) of a Metronome field or feature this engine does not
-    implement: never a silent wrong answer."""
-    return ProblemError(400, "Not supported", f"{feature} is not supported by this engine", slug="not-supported",
-                        errors=[FieldError(field=field, reason=f"not supported: {feature}")])
-
-
-def not_found(what: str, ident: str, field: str = "id") -> ProblemError:
-    return ProblemError(404, f"Unknown {what}", f"no {what} {ident!r}", slug="not-found",
-                        errors=[FieldError(field=field, reason=f"unknown {what}")])

@@ -21,9 +21,10 @@ from sqlalchemy.exc import IntegrityError
 
 from services.ingest.auth import Principal
 from services.ingest.metronome.contract_terms import USD_CENTS, Terms
+from services.ingest.metronome.customers import not_supported
 from services.ingest.service_layer import credits
 from services.ingest.service_layer.lifecycle import Accepted
-from services.ingest.service_layer.metronome_pricing import not_found, not_supported, products_by_id
+from services.ingest.service_layer.metronome_pricing import not_found, products_by_id
 from services.ingest.service_layer.refusals import MetronomeRefusal
 from services.ingest.service_layer.unit_of_work import SqlUnitOfWork, UnitOfWork, sql_unit_of_work
 from shared.adapters.postgres.outbox import rows_committed

@@ -24,6 +24,7 @@ from services.ingest.metronome.contract_terms import (
     RateCard,
     RateRow,
 )
+from services.ingest.metronome.customers import not_supported
 from services.ingest.service_layer.refusals import MetronomeRefusal
 from shared.adapters.postgres.schema.contract_pricing import mx_products, mx_rate_cards, mx_rates
 
@@ -50,11 +51,6 @@ class StoredRateCard:
 
 def not_found(what: str, ident: str, field: str) -> MetronomeRefusal:
     return MetronomeRefusal(f"no {what} {ident!r}", code="not_found", fields=[(field, f"unknown {what}")])
-
-
-def not_supported(field: str, feature: str) -> MetronomeRefusal:
-    return MetronomeRefusal(f"{feature} is not supported by this engine", code="not_supported",
-                           fields=[(field, f"not supported: {feature}")])
 
 
 # --- products -----------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from services.ingest.metronome.credit_shapes import (
     customer_ledger,
     grant_json,
 )
+from services.ingest.metronome.customers import not_supported
 from services.ingest.metronome.pricing_shapes import USD_CREDIT_TYPE
 from services.ingest.problems import PROBLEM_RESPONSES
 from services.ingest.routes.metronome.pricing import IdData, MetronomeBody
@@ -111,7 +112,7 @@ def _product_names(container: Container) -> dict[str, str]:
 
 def _refuse_credit_types(credit_type_ids: list[str] | None, field: str) -> None:
     if credit_type_ids and set(credit_type_ids) != {USD_CREDIT_TYPE["id"]}:
-        raise metronome_pricing.not_supported(field, "credit types other than USD (cents)")
+        raise not_supported(field, "credit types other than USD (cents)")
 
 
 @router.post("/v1/credits/createGrant", response_model=IdData, responses=PROBLEM_RESPONSES,
@@ -122,7 +123,7 @@ async def create_grant(body: CreateGrant, request: Request, principal: Principal
     body.refuse_unknown()
     for key in ("rollover_settings", "invoice_date"):
         if getattr(body, key) is not None:
-            raise metronome_pricing.not_supported(key, key)
+            raise not_supported(key, key)
     authorize_customer(principal, body.customer_id)
     now = await run_in_threadpool(container.clock.now)
     grant = use_cases.GrantRequest(
@@ -165,7 +166,7 @@ async def list_entries(body: ListEntries, next_page: str | None = None,
     body.refuse_unknown()
     _refuse_credit_types(body.credit_type_ids, "credit_type_ids")
     if not body.customer_ids:
-        raise metronome_pricing.not_supported("customer_ids", "the ledger of every customer at once")
+        raise not_supported("customer_ids", "the ledger of every customer at once")
     customer_ids = sorted(set(body.customer_ids))
     after = pages.after_of(next_page)
     remaining = [c for c in customer_ids if after is None or c > after]
@@ -188,7 +189,7 @@ async def void_grant(body: VoidGrant, request: Request, principal: Principal = D
                      uow: UnitOfWorkFactory = Depends(unit_of_work)) -> dict[str, Any]:
     body.refuse_unknown()
     if body.void_credit_purchase_invoice or body.release_uniqueness_key:
-        raise metronome_pricing.not_supported("release_uniqueness_key" if body.release_uniqueness_key
+        raise not_supported("release_uniqueness_key" if body.release_uniqueness_key
                                               else "void_credit_purchase_invoice", "options of a void")
     now = await run_in_threadpool(container.clock.now)
     accepted = await run_in_threadpool(partial(
@@ -204,7 +205,7 @@ async def list_balances(body: Balances, principal: Principal = Depends(require(S
                         container: Container = Depends(get_container)) -> dict[str, Any]:
     body.refuse_unknown()
     if body.access_type == "QUANTITY":
-        raise metronome_pricing.not_supported("access_type", "QUANTITY balances (credits are USD cents)")
+        raise not_supported("access_type", "QUANTITY balances (credits are USD cents)")
     authorize_customer(principal, body.customer_id)
     now = await run_in_threadpool(container.clock.now)
     found = await run_in_threadpool(use_cases.balances_of, container.engine, body.customer_id, now)

@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from services.ingest.auth import Principal, Scope, require
 from services.ingest.container import Container, get_container
 from services.ingest.metronome import pages
+from services.ingest.metronome.customers import not_supported
 from services.ingest.metronome.pricing_shapes import product_json, rate_card_json, rate_json, rate_list_item
 from services.ingest.problems import PROBLEM_RESPONSES
 from services.ingest.service_layer import metronome_pricing as use_cases
@@ -32,7 +33,7 @@ class MetronomeBody(BaseModel):
     def refuse_unknown(self, path: str = "") -> None:
         for key, value in (self.model_extra or {}).items():
             if value not in (None, [], {}):
-                raise use_cases.not_supported(f"{path}{key}", key)
+                raise not_supported(f"{path}{key}", key)
 
 
 class IdBody(BaseModel):
