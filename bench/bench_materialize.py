@@ -2,6 +2,11 @@
 (`python -m services.billing_worker` as a subprocess), against `naive_materialize_events_per_s`: the same
 decoder with one PostgreSQL transaction per event (event insert, aggregate upsert, offset), same run.
 worker_peak_rss_mb is the worker process's peak resident set (VmHWM) over the run.
+`materialize_worker_cpu_us_per_event`: CPU (user + system, every thread) the worker process used per event
+over the same window as the rate; `materialize_pg_cpu_us_per_event`: the CPU of the PostgreSQL backends
+serving the worker's connections over that window, per event. On a shared machine CPU per event is the
+steadier figure: the rate moves with whatever else runs, the CPU an event costs much less.
+BILLING_BENCH_PROFILE=1 runs the worker under py-spy (`-f raw`): var/bench/materialize_worker.pyspy.txt.
 """
 
 from __future__ import annotations
@@ -35,7 +40,9 @@ NAIVE_EVENTS = int(os.environ.get("BENCH_MATERIALIZE_NAIVE_EVENTS", "4000"))
 SUBSCRIPTIONS = 2000
 _LOG = REPO / "var" / "bench" / "materialize_worker.log"
 DUPLICATE_RATE = 0.05
-METRICS = ("materialize_events_per_s", "naive_materialize_events_per_s", "worker_peak_rss_mb")
+_PROFILE = REPO / "var" / "bench" / "materialize_worker.pyspy.txt"
+METRICS = ("materialize_events_per_s", "naive_materialize_events_per_s", "worker_peak_rss_mb",
+           "materialize_worker_cpu_us_per_event", "materialize_pg_cpu_us_per_event")
 
 
 def _produce(settings: Any, events: int, seed: int) -> int:
@@ -89,28 +96,85 @@ def _peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def _run_worker(ctx: Any, messages: int) -> tuple[float, float]:
-    """Start the worker on a produced backlog; events/s from its first commit to the last, and peak RSS."""
+def _cpu_ticks(pid: int) -> int:
+    """User + system CPU of a process (every thread), in clock ticks; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _pg_backends(engine: sa.Engine, pid: int) -> list[int]:
+    """The PostgreSQL backends serving `pid`'s TCP connections to the database (matched on the client port
+    pg_stat_activity shows); empty when that cannot be seen (a Unix socket, another host)."""
+    try:
+        inodes = {os.readlink(f"/proc/{pid}/fd/{fd}")[8:-1] for fd in os.listdir(f"/proc/{pid}/fd")
+                  if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:[")}
+    except OSError:
+        return []
+    db_port = engine.url.port or 5432
+    ports: list[int] = []
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if cols[9] in inodes and int(cols[2].rsplit(":", 1)[1], 16) == db_port:
+                ports.append(int(cols[1].rsplit(":", 1)[1], 16))
+    if not ports:
+        return []
+    with engine.connect() as conn:
+        return [int(p) for p in conn.execute(sa.text(
+            "SELECT pid FROM pg_stat_activity WHERE client_port = ANY(:ports)"), {"ports": ports}).scalars()]
+
+
+def _run_worker(ctx: Any, messages: int) -> dict[str, float]:
+    """Start the worker on a produced backlog; events/s from its first commit to the last, peak RSS, and the
+    CPU per event of the worker and of its PostgreSQL backends over the same window."""
     settings = ctx.settings
     _LOG.parent.mkdir(parents=True, exist_ok=True)  # a fresh clone has no var/bench yet
-    proc = subprocess.Popen([sys.executable, "-m", "services.billing_worker", "--no-relay"], cwd=REPO,
-                            env=_env(settings), stdout=subprocess.DEVNULL, stderr=_LOG.open("ab"))
+    command = [sys.executable, "-m", "services.billing_worker", "--no-relay"]
+    profile = bool(os.environ.get("BILLING_BENCH_PROFILE"))
+    if profile:  # py-spy (a dev dependency) samples the worker; it writes its file once the worker exits
+        command = [str(Path(sys.executable).with_name("py-spy")), "record", "-r", "100", "-f", "raw", "-o",
+                   str(_PROFILE), "--", *command]
+    proc = subprocess.Popen(command, cwd=REPO, env=_env(settings), stdout=subprocess.DEVNULL,
+                            stderr=_LOG.open("ab"))
+    worker = proc.pid
+    hz = os.sysconf("SC_CLK_TCK")
     try:
         deadline = time.monotonic() + 600
         first_at, first_done = None, 0
+        cpu0, pg0 = 0, {}
         while time.monotonic() < deadline:
             done = _committed(ctx.engine, settings.consumer_group)
             now = time.monotonic()
             if first_at is None and done > 0:
                 first_at, first_done = now, done
+                worker = next(iter(_children(proc.pid)), proc.pid) if profile else proc.pid
+                cpu0 = _cpu_ticks(worker)
+                pg0 = {b: _cpu_ticks(b) for b in _pg_backends(ctx.engine, worker)}
             if done >= messages:
                 assert first_at is not None
-                rate = (done - first_done) / max(now - first_at, 1e-3)
-                return rate, _peak_rss_mb(proc.pid)
+                events = max(done - first_done, 1)
+                worker_cpu = (_cpu_ticks(worker) - cpu0) / hz
+                pg_cpu = sum(_cpu_ticks(b) - pg0.get(b, 0) for b in _pg_backends(ctx.engine, worker)) / hz
+                return {"rate": events / max(now - first_at, 1e-3), "rss": _peak_rss_mb(worker),
+                        "worker_us": worker_cpu * 1e6 / events, "pg_us": pg_cpu * 1e6 / events}
             time.sleep(0.05)
         raise RuntimeError("the worker did not catch up within 600 s")
     finally:
-        proc.send_signal(signal.SIGTERM)
+        os.kill(worker, signal.SIGTERM)
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:
@@ -165,10 +229,14 @@ def run(ctx: Any) -> dict[str, dict[str, Any]]:
     naive_rate = _run_naive(naive_ctx, naive_messages)
 
     messages = _produce(ctx.settings, EVENTS, seed=1)
-    rate, rss = _run_worker(ctx, messages)
+    worker = _run_worker(ctx, messages)
     return {
-        "materialize_events_per_s": {"value": round(rate), "unit": "events/s",
+        "materialize_events_per_s": {"value": round(worker["rate"]), "unit": "events/s",
                                      "baseline": "naive_materialize_events_per_s"},
         "naive_materialize_events_per_s": {"value": round(naive_rate), "unit": "events/s", "baseline": None},
-        "worker_peak_rss_mb": {"value": round(rss, 1), "unit": "MB", "baseline": None},
+        "worker_peak_rss_mb": {"value": round(worker["rss"], 1), "unit": "MB", "baseline": None},
+        "materialize_worker_cpu_us_per_event": {"value": round(worker["worker_us"], 1), "unit": "us/event",
+                                                "baseline": None},
+        "materialize_pg_cpu_us_per_event": {"value": round(worker["pg_us"], 1), "unit": "us/event",
+                                            "baseline": None},
     }

@@ -9,35 +9,24 @@ through the public API. Tests here are synchronous (Playwright's sync API cannot
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from pydantic import SecretStr
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.served import served_app, worker_process
+
 CHROMIUM = "/usr/bin/chromium"
 START = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 ADMIN_KEY = "browser-admin-key"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 ANSWER_WAIT_SECONDS = 60.0  # the worker process joins its consumer group first
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -55,18 +44,8 @@ def base_url(edge_settings) -> Iterator[str]:  # type: ignore[no-untyped-def]
     from services.ingest.bootstrap import build_container
 
     container = build_container(edge_settings)
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(container), host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the edge did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=20)
+    with served_app(create_app(container)) as url:
+        yield url
     container.producer.close()
     container.engine.dispose()
 
@@ -75,16 +54,8 @@ def base_url(edge_settings) -> Iterator[str]:  # type: ignore[no-untyped-def]
 def real_worker(edge_settings, base_url) -> Iterator[subprocess.Popen[bytes]]:  # type: ignore[no-untyped-def]
     """The billing worker (consumer, scheduler, payment executor) as a process on the edge's schema and topics
     (the edge's relay publishes the shared outbox, hence `--no-relay`)."""
-    proc = subprocess.Popen([sys.executable, "-m", "services.billing_worker", "--no-relay"], cwd=REPO,
-                            env={**os.environ, **edge_settings.to_env()}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    yield proc
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
+    with worker_process(edge_settings) as proc:
+        yield proc
 
 
 @pytest.fixture(scope="module")

@@ -93,6 +93,12 @@ def decide_credits(snapshot: OrgSnapshot, month: Period, at: datetime, batch: Se
     """Decide a batch of one org on ``snapshot`` (pure): the answer per enquiry id, and what to write."""
     org = snapshot.org
     base = quota_state_of(snapshot, month)
+    # NOTE: reports in other processes' leases are spoken for: this path decides on used + leased (the
+    # CHECK holds used + leased to the allotment), and a refusal for want of them revokes the leases and is
+    # decided again (``QuotaAdmission._admit``), so credits sitting in a lease never cause a refusal.
+    leased = snapshot.month.leased if snapshot.month is not None else 0
+    deciding = base if not leased or base.usage is None else replace(
+        base, usage=replace(base.usage, org_used=base.usage.org_used + leased))
     answers: dict[str, CreditAnswer] = {}
     to_decide: list[CreditRequest] = []
     seen: set[str] = set()
@@ -105,7 +111,7 @@ def decide_credits(snapshot: OrgSnapshot, month: Period, at: datetime, batch: Se
             answers[item.enquiry_id] = _replay(org.org_id, prior)
         else:
             to_decide.append(item)
-    decided = decide_in_order(base, [item.user_id for item in to_decide], at)
+    decided = decide_in_order(deciding, [item.user_id for item in to_decide], at)
     on_trial = base.is_on_trial(at)
     at_text = at.isoformat()
     consumptions: list[NewConsumption] = []
@@ -119,7 +125,10 @@ def decide_credits(snapshot: OrgSnapshot, month: Period, at: datetime, batch: Se
             consumptions.append(_consumption(org, answer, at_text, report_event_type))
         else:
             refused.append(item.enquiry_id)
-    alerts = new_alerts(snapshot, decided.state, at, {item.user_id for item in to_decide})
+    after = decided.state
+    if leased and after.usage is not None:
+        after = replace(after, usage=replace(after.usage, org_used=after.usage.org_used - leased))
+    alerts = new_alerts(snapshot, after, at, {item.user_id for item in to_decide})
     write = BatchWrite(
         org_id=org.org_id, seen_version=org.version, month_start=month.start, month_end=month.end,
         month_plan_reports=org.plan_monthly_reports, consumed_at=at,

@@ -131,7 +131,7 @@ class _Known:
         row = snapshot.month
         granted = len(write.consumptions)
         month_row = MonthRow(month.start, month.end, row.plan_monthly_reports if row else write.month_plan_reports,
-                             row.top_ups if row else 0, (row.used if row else 0) + granted)
+                             row.top_ups if row else 0, (row.used if row else 0) + granted, row.leased if row else 0)
         org = replace(snapshot.org, version=version, trial_used=snapshot.org.trial_used + write.trial_delta)
         alerts = snapshot.alerts_sent | {alert.key for alert in write.alerts}
         return cls(replace(snapshot, org=org, month=month_row, user_used={}, prior={}, alerts_sent=alerts),

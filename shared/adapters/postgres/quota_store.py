@@ -96,6 +96,8 @@ class MonthRow:
     plan_monthly_reports: int | None
     top_ups: int
     used: int
+    # reserved by edge processes' live leases (``quota_lease_store``): spoken for, not used
+    leased: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +192,7 @@ SELECT o.org_id, o.plan_id, o.plan_monthly_reports, o.per_user_monthly_limit, o.
        o.trial_started_at, o.trial_reports, o.trial_days, o.trial_used, o.alert_thresholds,
        o.subscription_id, o.version,
        m.month_start AS m_start, m.month_end AS m_end, m.plan_monthly_reports AS m_plan,
-       m.top_ups AS m_top_ups, m.used AS m_used,
+       m.top_ups AS m_top_ups, m.used AS m_used, m.leased AS m_leased,
        (SELECT coalesce(jsonb_object_agg(u.user_id, u.used), '{}'::jsonb) FROM quota_user_months u
          WHERE u.org_id = o.org_id AND u.month_start = %(month_start)s
            AND u.user_id = ANY(ARRAY(SELECT jsonb_array_elements_text(%(users)s::jsonb))))
@@ -293,6 +295,24 @@ SELECT (SELECT version FROM cas) AS version,
        (SELECT count(*) FROM month) AS months,
        (SELECT coalesce(array_agg(event_id), '{}') FROM alerts) AS alerts_inserted,
        (SELECT count(*) FROM alert_events) AS alert_events
+"""
+
+# Ends an org's open leases (all, or with `{only}` only the expired ones) and gives what they did not consume
+# back to their months. Administrative writes revoke every lease of the org (a holder decides from memory on
+# the configuration it was granted with: its next write is fenced and decided again on the exact path).
+# NOTE: `back` reads `gone`, so the leases are ended (and locked) before any month row is touched.
+REVOKE_LEASES_SQL = """
+WITH gone AS (
+    UPDATE quota_leases SET returned_at = now()
+     WHERE org_id = %(org_id)s AND returned_at IS NULL{only}
+    RETURNING month_start, granted - consumed AS rest
+), back AS (
+    UPDATE quota_org_months m SET leased = m.leased - g.rest
+      FROM (SELECT month_start, sum(rest)::int AS rest FROM gone GROUP BY month_start) g
+     WHERE m.org_id = %(org_id)s AND m.month_start = g.month_start
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM gone) AS leases, (SELECT count(*) FROM back) AS months
 """
 
 # Alerts noticed by a batch that admitted nothing (e.g. every request hit the limit): no counter moves,
@@ -445,7 +465,8 @@ def _load_params(org_id: str, month_start: datetime, users: Sequence[str], enqui
 def _snapshot(row: dict[str, Any]) -> OrgSnapshot:
     month = None
     if row["m_start"] is not None:
-        month = MonthRow(row["m_start"], row["m_end"], row["m_plan"], row["m_top_ups"], row["m_used"])
+        month = MonthRow(row["m_start"], row["m_end"], row["m_plan"], row["m_top_ups"], row["m_used"],
+                         row["m_leased"])
     alerts = frozenset(AlertKey(kind, datetime.fromisoformat(period), threshold, user)
                        for kind, period, threshold, user in row["alerts"])
     prior = {item["enquiry_id"]: _consumption(item) for item in row["prior"]}
@@ -625,6 +646,7 @@ class QuotaStore:
                     "version = version + 1, updated_at = now() WHERE org_id = %(org_id)s RETURNING *",
                     {"org_id": org_id, **changes})
                 row = await cur.fetchone()
+                await cur.execute(REVOKE_LEASES_SQL.format(only=""), {"org_id": org_id})
                 if month is not None:
                     await cur.execute(
                         "INSERT INTO quota_org_months AS m (org_id, month_start, month_end, plan_monthly_reports)"
@@ -660,6 +682,7 @@ class QuotaStore:
                 org = await cur.fetchone()
                 if org is None:
                     raise UnknownOrg(org_id)
+                await cur.execute(REVOKE_LEASES_SQL.format(only=""), {"org_id": org_id})
                 await cur.execute(
                     "INSERT INTO quota_top_ups (top_up_id, org_id, month_start, reports, expires_at, granted_by,"
                     " granted_at) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (top_up_id) DO NOTHING"

@@ -6,21 +6,19 @@ Pro (usage_tiers) includes USD 2.00 of `inference` credit (money) and 1,000 GB-m
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from pydantic import SecretStr
 
+from tests.served import worker_process
+
 from .conftest import ADMIN, ADMIN_KEY, START, onboard
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[3]
 ANSWER_WAIT_SECONDS = 60.0  # the worker subprocess joins its consumer group first
 
 
@@ -33,15 +31,8 @@ def edge_settings(settings):  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def real_worker(edge_settings, container) -> Iterator[subprocess.Popen[bytes]]:  # type: ignore[no-untyped-def]
-    proc = subprocess.Popen([sys.executable, "-m", "services.billing_worker", "--no-relay"], cwd=REPO,
-                            env={**os.environ, **edge_settings.to_env()}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    yield proc
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with worker_process(edge_settings) as proc:
+        yield proc
 
 
 async def command(client: httpx.AsyncClient, method: str, url: str, body: dict[str, Any] | None = None,

@@ -12,25 +12,22 @@ The start invoice (USD 9.00) is listed with its PDF; the other customer's invoic
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import httpx
 import pytest
 from pydantic import SecretStr
 
 from shared.domain.portal_link import sign
+from tests.served import worker_process
 
 from .conftest import ADMIN, ADMIN_KEY, START, bearer, new_key, onboard
 from .test_draft_invoices import UNIT, advance_to, call, ingest, until, usage_seen
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[3]
 SECRET = "portal-secret-of-the-portal-test"
 ANSWER_WAIT_SECONDS = 60.0
 
@@ -45,15 +42,8 @@ def edge_settings(settings):  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def real_worker(edge_settings, container) -> Iterator[subprocess.Popen[bytes]]:  # type: ignore[no-untyped-def]
-    proc = subprocess.Popen([sys.executable, "-m", "services.billing_worker", "--no-relay"], cwd=REPO,
-                            env={**os.environ, **edge_settings.to_env()}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    yield proc
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with worker_process(edge_settings) as proc:
+        yield proc
 
 
 def path_of(url: str) -> str:

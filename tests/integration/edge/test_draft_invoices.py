@@ -20,24 +20,22 @@ Hand-computed (Pro: USD 9.00 a month in advance, inference USD 0.000001 a micro-
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from pydantic import SecretStr
 
+from tests.served import worker_process
+
 from .conftest import ADMIN, ADMIN_KEY, START, onboard
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[3]
 ANSWER_WAIT_SECONDS = 60.0  # the worker subprocess joins its consumer group first
 GRACE = 3600
 UNIT = 500_000  # micro-USD: USD 0.50
@@ -54,15 +52,8 @@ def edge_settings(settings):  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="module")
 def real_worker(edge_settings, container) -> Iterator[subprocess.Popen[bytes]]:  # type: ignore[no-untyped-def]
     """The billing worker (consumer, scheduler, executor) as a process on the edge's schema and topics."""
-    proc = subprocess.Popen([sys.executable, "-m", "services.billing_worker", "--no-relay"], cwd=REPO,
-                            env={**os.environ, **edge_settings.to_env()}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    yield proc
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with worker_process(edge_settings) as proc:
+        yield proc
 
 
 async def call(client: httpx.AsyncClient, method: str, url: str, body: Any = None,

@@ -12,24 +12,18 @@ its area); this module runs on the real clock, so that the SDK's local time chec
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
 import subprocess
-import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-import uvicorn
 from pydantic import SecretStr
 
 from services.ingest.app import create_app
@@ -38,11 +32,11 @@ from shared.adapters.postgres.schema.core import customers
 from shared.contracts import topics
 from shared.sdk.client import HttpUsageClient
 from shared.sdk.envelopes import usage_event_id
+from tests.served import served_app, worker_log, worker_process
 
 from .conftest import ADMIN_KEY, consume
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
@@ -51,45 +45,17 @@ def edge_settings(settings):  # type: ignore[no-untyped-def]
                                        "database_pool_size": 5, "log_level": "WARNING"})
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def edge_url(container) -> Iterator[str]:  # type: ignore[no-untyped-def]
     """The app served by uvicorn on a real socket, in a thread of this process."""
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(container), host="127.0.0.1", port=port, log_config=None,
-                                           access_log=False))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
-
-
-def worker_env(settings: Any) -> dict[str, str]:
-    """BILLING_* for a worker process bound to the same schema, topics and consumer group."""
-    return {**os.environ, **settings.to_env()}
+    with served_app(create_app(container)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def real_worker(edge_settings) -> Iterator[subprocess.Popen[bytes]]:  # type: ignore[no-untyped-def]
-    proc = subprocess.Popen([sys.executable, "-m", "services.billing_worker", "--no-relay"], cwd=REPO,
-                            env=worker_env(edge_settings), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    yield proc
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with worker_process(edge_settings) as proc:
+        yield proc
 
 
 def live_subscription(engine: Any, plan_id: str = "pro") -> tuple[str, str]:
@@ -112,7 +78,7 @@ def wait_for_usage(edge_url: str, sid: str, meter: str, expected: Decimal, worke
     body: dict[str, Any] = {}
     while time.monotonic() < deadline:
         if worker.poll() is not None:
-            raise RuntimeError(f"the worker exited: {worker.stderr.read().decode()[-2000:]}")
+            raise RuntimeError(f"the worker exited: {worker_log(worker)}")
         body = httpx.get(f"{edge_url}/v1/subscriptions/{sid}/usage",
                          headers={"Authorization": f"Bearer {ADMIN_KEY}"}).json()
         got = {m["meter_id"]: Decimal(m["quantity"]) for m in body["meters"]}

@@ -11,24 +11,22 @@ line by line.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from pydantic import SecretStr
 
+from tests.served import worker_process
+
 from .conftest import ADMIN, ADMIN_KEY, START, onboard
 from .test_previews import amounts, assert_issued_as_previewed, command, eventually, invoices
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[3]
 ANSWER_WAIT_SECONDS = 60.0
 
 METER = {"id": "late_calls", "name": "Late calls", "unit": "call", "event_type": "late_call",
@@ -48,15 +46,8 @@ def edge_settings(settings):  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def real_worker(edge_settings, container) -> Iterator[subprocess.Popen[bytes]]:  # type: ignore[no-untyped-def]
-    proc = subprocess.Popen([sys.executable, "-m", "services.billing_worker", "--no-relay"], cwd=REPO,
-                            env={**os.environ, **edge_settings.to_env()}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    yield proc
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with worker_process(edge_settings) as proc:
+        yield proc
 
 
 async def _calls(client: httpx.AsyncClient, customer_id: str, at: datetime, count: int) -> None:

@@ -17,14 +17,11 @@ Hand-computed: subscribed on Basic at 10 Mar 12:00 (invoice 99.00 for 10 Mar - 1
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -34,11 +31,11 @@ from pydantic import SecretStr
 
 from services.ingest.quota_wiring import build_quota_service
 from shared.adapters.postgres.schema.billing import subscriptions
+from tests.served import worker_process
 
 from .conftest import ADMIN, ADMIN_KEY, START, onboard
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[3]
 ANSWER_WAIT_SECONDS = 60.0  # the worker subprocess joins its consumer group first
 
 
@@ -53,15 +50,8 @@ def edge_settings(settings):  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="module")
 def real_worker(edge_settings, container) -> Iterator[subprocess.Popen[bytes]]:  # type: ignore[no-untyped-def]
     """The billing worker (consumer, scheduler, executor) as a process on the edge's schema and topics."""
-    proc = subprocess.Popen([sys.executable, "-m", "services.billing_worker", "--no-relay"], cwd=REPO,
-                            env={**os.environ, **edge_settings.to_env()}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    yield proc
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with worker_process(edge_settings) as proc:
+        yield proc
 
 
 async def call(client: httpx.AsyncClient, method: str, url: str, body: Any = None) -> httpx.Response:

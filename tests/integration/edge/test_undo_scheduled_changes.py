@@ -7,21 +7,19 @@ Before the fix, a change-plan back to the current plan while a downgrade was sch
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from pydantic import SecretStr
 
+from tests.served import worker_process
+
 from .conftest import ADMIN, ADMIN_KEY, START, onboard
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[3]
 ANSWER_WAIT_SECONDS = 60.0  # the worker subprocess joins its consumer group first
 
 
@@ -35,15 +33,8 @@ def edge_settings(settings):  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="module")
 def real_worker(edge_settings, container) -> Iterator[subprocess.Popen[bytes]]:  # type: ignore[no-untyped-def]
     """The billing worker as a process on the edge's schema and topics (the edge's relay publishes commands)."""
-    proc = subprocess.Popen([sys.executable, "-m", "services.billing_worker", "--no-relay"], cwd=REPO,
-                            env={**os.environ, **edge_settings.to_env()}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    yield proc
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with worker_process(edge_settings) as proc:
+        yield proc
 
 
 async def command(client: httpx.AsyncClient, method: str, url: str, body: dict[str, Any] | None = None,

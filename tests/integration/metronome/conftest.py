@@ -10,29 +10,23 @@ Override `edge_settings` in a test module to change a setting (e.g. `catalog_dir
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import metronome
 import pytest
-import uvicorn
 from pydantic import SecretStr
 
 from services.ingest.app import create_app
 from services.ingest.bootstrap import build_container
 from services.ingest.container import Container
+from tests.served import served_app, worker_process
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[3]
 START = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 ADMIN_KEY = "test-admin-key"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -55,43 +49,18 @@ def container(edge_settings) -> Iterator[Container]:  # type: ignore[no-untyped-
     built.engine.dispose()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def edge_url(container: Container) -> Iterator[str]:
     """The app served by uvicorn on a real socket, in a thread of this process (lifespan on)."""
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(container), host="127.0.0.1", port=port, log_config=None,
-                                           access_log=False))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=20)
+    with served_app(create_app(container)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def real_worker(edge_settings) -> Iterator[subprocess.Popen[bytes]]:  # type: ignore[no-untyped-def]
     """The billing worker as a process on the edge's schema and topics (the edge's relay publishes commands)."""
-    proc = subprocess.Popen([sys.executable, "-m", "services.billing_worker", "--no-relay"], cwd=REPO,
-                            env={**os.environ, **edge_settings.to_env()}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    yield proc
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
+    with worker_process(edge_settings) as proc:
+        yield proc
 
 
 @pytest.fixture

@@ -47,10 +47,33 @@ quota_org_months = sa.Table(
     sa.Column("top_ups", sa.Integer, nullable=False, server_default="0"),
     sa.Column("used", sa.Integer, nullable=False, server_default="0"),
     sa.Column("carried_over", sa.Integer, nullable=False, server_default="0"),
-    sa.CheckConstraint("used >= 0 AND top_ups >= 0 AND carried_over >= 0", name="counts"),
+    sa.Column("leased", sa.Integer, nullable=False, server_default="0",
+              comment="reports reserved by edge processes' live leases (quota_leases), not used yet"),
+    sa.CheckConstraint("used >= 0 AND top_ups >= 0 AND carried_over >= 0 AND leased >= 0", name="counts"),
     sa.CheckConstraint("plan_monthly_reports IS NULL "
-                       "OR used <= GREATEST(plan_monthly_reports + top_ups, carried_over)", name="allotment"),
+                       "OR used + leased <= GREATEST(plan_monthly_reports + top_ups, carried_over)", name="allotment"),
 )
+
+# A block of one org's month reserved by one edge process (`holder`), which admits against it from memory.
+# Granted by a compare-and-set on `quota_org_months.leased` (the CHECK above holds used + leased to the
+# allotment); each admission under it moves one report from `leased` to `used` and adds one to `consumed`
+# in the same statement, and only while the lease is live by the DATABASE clock (`expires_at > now()`,
+# `returned_at IS NULL`). Expired or revoked, what was not consumed goes back to the month (`returned_at`).
+quota_leases = sa.Table(
+    "quota_leases", metadata,
+    sa.Column("lease_id", UUID(as_uuid=True), primary_key=True),
+    sa.Column("org_id", sa.Text, nullable=False),
+    sa.Column("month_start", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("holder", sa.Text, nullable=False, comment="host:pid of the edge process"),
+    sa.Column("granted", sa.Integer, nullable=False),
+    sa.Column("consumed", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("granted_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("returned_at", sa.DateTime(timezone=True), comment="expired or revoked: the rest went back"),
+    sa.CheckConstraint("granted > 0 AND consumed >= 0 AND consumed <= granted", name="consumed"),
+)
+sa.Index("ix_quota_leases_open", quota_leases.c.org_id, quota_leases.c.month_start,
+         postgresql_where=quota_leases.c.returned_at.is_(None))
 
 # One row per user and month. `limit_at_last_use` is the per-user limit the last admission was checked
 # against, written by that same admission, so the CHECK holds the limit without a cross-table constraint.
