@@ -9,7 +9,10 @@ billing rule beyond what each test needs (resume of a non-paused subscription is
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -29,10 +32,12 @@ from shared.adapters.postgres.schema.billing import subscriptions
 from shared.adapters.postgres.schema.core import command_outcomes
 from shared.contracts import topics
 from shared.contracts.envelope import Envelope
+from tests.served import worker_process
 
 START = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 ADMIN_KEY = "test-admin-key"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+ANSWER_WAIT_SECONDS = 60.0  # a worker process joins its consumer group first
 
 
 class StandInWorker:
@@ -126,6 +131,14 @@ def app(container):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="module")
+def real_worker(edge_settings, container) -> Iterator[subprocess.Popen[bytes]]:  # type: ignore[no-untyped-def]
+    """The REAL billing worker (consumer, scheduler, payment and refund executors) as a process on the module's
+    schema and topics (its `edge_settings`); the container's relay publishes the shared outbox."""
+    with worker_process(edge_settings) as proc:
+        yield proc
+
+
+@pytest.fixture(scope="module")
 def worker(edge_settings, container) -> Iterator[StandInWorker]:  # type: ignore[no-untyped-def]
     stand_in = StandInWorker(edge_settings, container.engine)
     yield stand_in
@@ -158,6 +171,32 @@ async def new_key(client: httpx.AsyncClient, scopes: list[str], **binding: Any) 
     response = await client.post("/v1/api-keys", json={"name": "test", "scopes": scopes, **binding}, headers=ADMIN)
     assert response.status_code == 201, response.text
     return str(response.json()["token"])
+
+
+async def call(client: httpx.AsyncClient, method: str, url: str, body: Any = None) -> httpx.Response:
+    """An admin request whose command the worker answered (a 202 means it did not within the wait)."""
+    response = await client.request(method, url, json=body, headers=ADMIN)
+    assert response.status_code != 202, f"the worker did not answer {url} in time"
+    return response
+
+
+async def until(probe: Any, what: str, timeout: float = ANSWER_WAIT_SECONDS) -> Any:
+    """Poll `probe()` (async) until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = await probe()
+        if found:
+            return found
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.2)
+
+
+async def advance_to(client: httpx.AsyncClient, instant: datetime) -> None:
+    """Move the simulated billing clock forward to `instant` (never back)."""
+    now = datetime.fromisoformat((await call(client, "GET", "/v1/clock")).json()["now"])
+    if instant > now:
+        moved = await call(client, "POST", "/v1/clock/advance", {"seconds": int((instant - now).total_seconds())})
+        assert moved.status_code == 200, moved.text
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -15,7 +15,6 @@ import asyncio
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -23,9 +22,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from tests.served import worker_process
-
-from .conftest import ADMIN, ADMIN_KEY, START, onboard
+from .conftest import ADMIN, ADMIN_KEY, START, call, onboard
 
 pytestmark = pytest.mark.integration
 WAIT_SECONDS = 60.0  # the worker subprocess joins its consumer group first
@@ -40,18 +37,6 @@ def edge_settings(settings):  # type: ignore[no-untyped-def]
     return settings.model_copy(update={"clock": "simulated", "simulated_clock_start": START.isoformat(),
                                        "command_wait_seconds": WAIT_SECONDS, "admin_api_key": SecretStr(ADMIN_KEY),
                                        "database_pool_size": 5, "scheduler_interval_s": 0.2})
-
-
-@pytest.fixture(scope="module")
-def real_worker(edge_settings, container) -> Iterator[subprocess.Popen[bytes]]:  # type: ignore[no-untyped-def]
-    with worker_process(edge_settings) as proc:
-        yield proc
-
-
-async def call(client: httpx.AsyncClient, method: str, url: str, body: Any = None) -> httpx.Response:
-    response = await client.request(method, url, json=body, headers=ADMIN)
-    assert response.status_code != 202, f"the worker did not answer {url} in {WAIT_SECONDS} s"
-    return response
 
 
 async def until(probe: Any, what: str) -> Any:

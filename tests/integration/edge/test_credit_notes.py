@@ -16,7 +16,6 @@ import hmac
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -27,7 +26,6 @@ from pydantic import SecretStr
 
 from shared.adapters.postgres.schema.billing import customer_balance_entries, customer_balances, invoices
 from shared.domain.ids import attempt_id_for
-from tests.served import worker_process
 
 from .conftest import ADMIN, ADMIN_KEY, START, onboard
 
@@ -40,13 +38,6 @@ def edge_settings(settings):  # type: ignore[no-untyped-def]
     return settings.model_copy(update={"clock": "simulated", "simulated_clock_start": START.isoformat(),
                                        "command_wait_seconds": ANSWER_WAIT_SECONDS, "payment_gateway": "stripe",
                                        "admin_api_key": SecretStr(ADMIN_KEY), "database_pool_size": 5})
-
-
-@pytest.fixture(scope="module")
-def real_worker(edge_settings, container) -> Iterator[subprocess.Popen[bytes]]:  # type: ignore[no-untyped-def]
-    """The billing worker (consumer, scheduler, payment and refund executors) on the edge's schema and topics."""
-    with worker_process(edge_settings) as proc:
-        yield proc
 
 
 async def command(client: httpx.AsyncClient, method: str, url: str, body: dict[str, Any] | None = None,

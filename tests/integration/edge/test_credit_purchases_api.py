@@ -21,7 +21,6 @@ import hmac
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -33,9 +32,8 @@ from pydantic import SecretStr
 from services.ingest.container import Container
 from shared.adapters.postgres.schema.billing import payment_attempts
 from shared.domain.ids import attempt_id_for
-from tests.served import worker_process
 
-from .conftest import ADMIN, ADMIN_KEY, START, onboard
+from .conftest import ADMIN, ADMIN_KEY, START, call, onboard, until
 
 pytestmark = pytest.mark.integration
 ANSWER_WAIT_SECONDS = 60.0  # the worker subprocess joins its consumer group first
@@ -48,29 +46,6 @@ def edge_settings(settings):  # type: ignore[no-untyped-def]
                                        "command_wait_seconds": ANSWER_WAIT_SECONDS, "payment_gateway": "stripe",
                                        "auto_recharge_refresh_s": 0.0, "admin_api_key": SecretStr(ADMIN_KEY),
                                        "database_pool_size": 5})
-
-
-@pytest.fixture(scope="module")
-def real_worker(edge_settings, container) -> Iterator[subprocess.Popen[bytes]]:  # type: ignore[no-untyped-def]
-    """The billing worker (consumer, scheduler, payment executor) on the edge's schema and topics."""
-    with worker_process(edge_settings) as proc:
-        yield proc
-
-
-async def call(client: httpx.AsyncClient, method: str, url: str, body: Any = None) -> httpx.Response:
-    response = await client.request(method, url, json=body, headers=ADMIN)
-    assert response.status_code != 202, f"the worker did not answer {url} in {ANSWER_WAIT_SECONDS} s"
-    return response
-
-
-async def until(probe: Any, what: str, timeout: float = ANSWER_WAIT_SECONDS) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = await probe()
-        if found:
-            return found
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.3)
 
 
 async def pay_on_stripe(client: httpx.AsyncClient, secret: str, invoice: dict[str, Any]) -> None:

@@ -7,14 +7,11 @@ Pro (usage_tiers) includes USD 2.00 of `inference` credit (money) and 1,000 GB-m
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 from pydantic import SecretStr
-
-from tests.served import worker_process
 
 from .conftest import ADMIN, ADMIN_KEY, START, onboard
 
@@ -27,12 +24,6 @@ def edge_settings(settings):  # type: ignore[no-untyped-def]
     return settings.model_copy(update={"clock": "simulated", "simulated_clock_start": START.isoformat(),
                                        "command_wait_seconds": ANSWER_WAIT_SECONDS,
                                        "admin_api_key": SecretStr(ADMIN_KEY), "database_pool_size": 5})
-
-
-@pytest.fixture(scope="module")
-def real_worker(edge_settings, container) -> Iterator[subprocess.Popen[bytes]]:  # type: ignore[no-untyped-def]
-    with worker_process(edge_settings) as proc:
-        yield proc
 
 
 async def command(client: httpx.AsyncClient, method: str, url: str, body: dict[str, Any] | None = None,

@@ -10,14 +10,11 @@ import asyncio
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 from pydantic import SecretStr
-
-from tests.served import worker_process
 
 from .conftest import ADMIN, ADMIN_KEY, START, onboard
 
@@ -30,13 +27,6 @@ def edge_settings(settings):  # type: ignore[no-untyped-def]
     return settings.model_copy(update={"clock": "simulated", "simulated_clock_start": START.isoformat(),
                                        "command_wait_seconds": ANSWER_WAIT_SECONDS,
                                        "admin_api_key": SecretStr(ADMIN_KEY), "database_pool_size": 5})
-
-
-@pytest.fixture(scope="module")
-def real_worker(edge_settings, container) -> Iterator[subprocess.Popen[bytes]]:  # type: ignore[no-untyped-def]
-    """The billing worker (consumer, scheduler, payment executor) on the edge's schema and topics."""
-    with worker_process(edge_settings) as proc:
-        yield proc
 
 
 async def command(client: httpx.AsyncClient, method: str, url: str, body: dict[str, Any] | None = None,

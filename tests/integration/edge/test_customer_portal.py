@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -22,7 +21,6 @@ import pytest
 from pydantic import SecretStr
 
 from shared.domain.portal_link import sign
-from tests.served import worker_process
 
 from .conftest import ADMIN, ADMIN_KEY, START, bearer, new_key, onboard
 from .test_draft_invoices import UNIT, advance_to, call, ingest, until, usage_seen
@@ -38,12 +36,6 @@ def edge_settings(settings):  # type: ignore[no-untyped-def]
                                        "command_wait_seconds": ANSWER_WAIT_SECONDS,
                                        "admin_api_key": SecretStr(ADMIN_KEY), "database_pool_size": 5,
                                        "portal_secret": SecretStr(SECRET), "scheduler_interval_s": 0.2})
-
-
-@pytest.fixture(scope="module")
-def real_worker(edge_settings, container) -> Iterator[subprocess.Popen[bytes]]:  # type: ignore[no-untyped-def]
-    with worker_process(edge_settings) as proc:
-        yield proc
 
 
 def path_of(url: str) -> str:

@@ -19,11 +19,8 @@ Hand-computed (Pro: USD 9.00 a month in advance, inference USD 0.000001 a micro-
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
-import time
 import uuid
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -31,9 +28,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from tests.served import worker_process
-
-from .conftest import ADMIN, ADMIN_KEY, START, onboard
+from .conftest import ADMIN_KEY, START, advance_to, call, onboard, until
 
 pytestmark = pytest.mark.integration
 ANSWER_WAIT_SECONDS = 60.0  # the worker subprocess joins its consumer group first
@@ -47,38 +42,6 @@ def edge_settings(settings):  # type: ignore[no-untyped-def]
                                        "command_wait_seconds": ANSWER_WAIT_SECONDS,
                                        "admin_api_key": SecretStr(ADMIN_KEY), "database_pool_size": 5,
                                        "invoice_grace_seconds": GRACE, "scheduler_interval_s": 0.2})
-
-
-@pytest.fixture(scope="module")
-def real_worker(edge_settings, container) -> Iterator[subprocess.Popen[bytes]]:  # type: ignore[no-untyped-def]
-    """The billing worker (consumer, scheduler, executor) as a process on the edge's schema and topics."""
-    with worker_process(edge_settings) as proc:
-        yield proc
-
-
-async def call(client: httpx.AsyncClient, method: str, url: str, body: Any = None,
-               ) -> httpx.Response:
-    response = await client.request(method, url, json=body, headers=ADMIN)
-    assert response.status_code != 202, f"the worker did not answer {url} in {ANSWER_WAIT_SECONDS} s"
-    return response
-
-
-async def until(probe: Any, what: str, timeout: float = ANSWER_WAIT_SECONDS) -> Any:
-    """Poll `probe()` (async) until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = await probe()
-        if found:
-            return found
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.2)
-
-
-async def advance_to(client: httpx.AsyncClient, instant: datetime) -> None:
-    now = datetime.fromisoformat((await call(client, "GET", "/v1/clock")).json()["now"])
-    if instant > now:
-        moved = await call(client, "POST", "/v1/clock/advance", {"seconds": int((instant - now).total_seconds())})
-        assert moved.status_code == 200, moved.text
 
 
 async def ingest(client: httpx.AsyncClient, customer_id: str, units: int, at: datetime) -> None:

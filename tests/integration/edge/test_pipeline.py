@@ -32,7 +32,7 @@ from shared.adapters.postgres.schema.core import customers
 from shared.contracts import topics
 from shared.sdk.client import HttpUsageClient
 from shared.sdk.envelopes import usage_event_id
-from tests.served import served_app, worker_log, worker_process
+from tests.served import served_app, worker_log
 
 from .conftest import ADMIN_KEY, consume
 
@@ -50,12 +50,6 @@ def edge_url(container) -> Iterator[str]:  # type: ignore[no-untyped-def]
     """The app served by uvicorn on a real socket, in a thread of this process."""
     with served_app(create_app(container)) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def real_worker(edge_settings) -> Iterator[subprocess.Popen[bytes]]:  # type: ignore[no-untyped-def]
-    with worker_process(edge_settings) as proc:
-        yield proc
 
 
 def live_subscription(engine: Any, plan_id: str = "pro") -> tuple[str, str]:

@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import subprocess
 import uuid
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 from pydantic import SecretStr
-
-from tests.served import worker_process
 
 from .conftest import ADMIN, ADMIN_KEY, START, onboard
 from .test_previews import amounts, assert_issued_as_previewed, command, eventually, invoices
@@ -42,12 +39,6 @@ def edge_settings(settings):  # type: ignore[no-untyped-def]
                                        "command_wait_seconds": ANSWER_WAIT_SECONDS,
                                        "admin_api_key": SecretStr(ADMIN_KEY), "database_pool_size": 5,
                                        "scheduler_interval_s": 0.2})
-
-
-@pytest.fixture(scope="module")
-def real_worker(edge_settings, container) -> Iterator[subprocess.Popen[bytes]]:  # type: ignore[no-untyped-def]
-    with worker_process(edge_settings) as proc:
-        yield proc
 
 
 async def _calls(client: httpx.AsyncClient, customer_id: str, at: datetime, count: int) -> None:

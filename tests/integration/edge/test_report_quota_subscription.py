@@ -16,11 +16,8 @@ Hand-computed: subscribed on Basic at 10 Mar 12:00 (invoice 99.00 for 10 Mar - 1
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
-import time
 import uuid
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -31,9 +28,8 @@ from pydantic import SecretStr
 
 from services.ingest.quota_wiring import build_quota_service
 from shared.adapters.postgres.schema.billing import subscriptions
-from tests.served import worker_process
 
-from .conftest import ADMIN, ADMIN_KEY, START, onboard
+from .conftest import ADMIN_KEY, START, advance_to, call, onboard, until
 
 pytestmark = pytest.mark.integration
 ANSWER_WAIT_SECONDS = 60.0  # the worker subprocess joins its consumer group first
@@ -45,36 +41,6 @@ def edge_settings(settings):  # type: ignore[no-untyped-def]
                                        "command_wait_seconds": ANSWER_WAIT_SECONDS,
                                        "admin_api_key": SecretStr(ADMIN_KEY), "database_pool_size": 5,
                                        "scheduler_interval_s": 0.2})
-
-
-@pytest.fixture(scope="module")
-def real_worker(edge_settings, container) -> Iterator[subprocess.Popen[bytes]]:  # type: ignore[no-untyped-def]
-    """The billing worker (consumer, scheduler, executor) as a process on the edge's schema and topics."""
-    with worker_process(edge_settings) as proc:
-        yield proc
-
-
-async def call(client: httpx.AsyncClient, method: str, url: str, body: Any = None) -> httpx.Response:
-    response = await client.request(method, url, json=body, headers=ADMIN)
-    assert response.status_code != 202, f"the worker did not answer {url} in {ANSWER_WAIT_SECONDS} s"
-    return response
-
-
-async def until(probe: Any, what: str, timeout: float = ANSWER_WAIT_SECONDS) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = await probe()
-        if found:
-            return found
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.2)
-
-
-async def advance_to(client: httpx.AsyncClient, instant: datetime) -> None:
-    now = datetime.fromisoformat((await call(client, "GET", "/v1/clock")).json()["now"])
-    if instant > now:
-        moved = await call(client, "POST", "/v1/clock/advance", {"seconds": int((instant - now).total_seconds())})
-        assert moved.status_code == 200, moved.text
 
 
 def subscriptions_of(engine: sa.Engine, customer_id: str) -> list[dict[str, Any]]:

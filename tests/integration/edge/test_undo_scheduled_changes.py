@@ -8,14 +8,11 @@ Before the fix, a change-plan back to the current plan while a downgrade was sch
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 from pydantic import SecretStr
-
-from tests.served import worker_process
 
 from .conftest import ADMIN, ADMIN_KEY, START, onboard
 
@@ -28,13 +25,6 @@ def edge_settings(settings):  # type: ignore[no-untyped-def]
     return settings.model_copy(update={"clock": "simulated", "simulated_clock_start": START.isoformat(),
                                        "command_wait_seconds": ANSWER_WAIT_SECONDS,
                                        "admin_api_key": SecretStr(ADMIN_KEY), "database_pool_size": 5})
-
-
-@pytest.fixture(scope="module")
-def real_worker(edge_settings, container) -> Iterator[subprocess.Popen[bytes]]:  # type: ignore[no-untyped-def]
-    """The billing worker as a process on the edge's schema and topics (the edge's relay publishes commands)."""
-    with worker_process(edge_settings) as proc:
-        yield proc
 
 
 async def command(client: httpx.AsyncClient, method: str, url: str, body: dict[str, Any] | None = None,
