@@ -8,14 +8,16 @@ hits an existing identity is a no-op or an error, never a second row.
 
 from __future__ import annotations
 
+import operator
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, time
 from decimal import Decimal
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
-from psycopg.types.json import Jsonb
+from psycopg.adapt import Buffer, Dumper
 from sqlalchemy.dialects.postgresql import insert
 
 from services.billing_worker.service_layer.model import DEFAULT_ISSUER, InvoiceToStore, LedgerState, SubscriptionState
@@ -56,12 +58,18 @@ DEFAULT_INVOICE_PREFIX = "OLB"
 # ---------------------------------------------------------------------------------------- bulk writes
 
 
-def _copy_value(value: Any) -> Any:
-    if isinstance(value, dict | list):
-        return Jsonb(value)
-    if isinstance(value, uuid.UUID | time):
-        return str(value)
-    return value
+class _JsonText(Dumper):
+    """A dict or list in a text COPY: its JSON (the column is json/jsonb)."""
+
+    def dump(self, obj: Any) -> Buffer | None:
+        return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
+
+
+class _StrText(Dumper):
+    """A UUID or a time in a text COPY: `str()` of it (the form a text column stores, which uuid/time parse)."""
+
+    def dump(self, obj: Any) -> Buffer | None:
+        return str(obj).encode()
 
 
 COPY_THRESHOLD = 200
@@ -111,9 +119,20 @@ def copy_to_temp(conn: sa.Connection, table: sa.Table, rows: Sequence[Mapping[st
     conn.execute(sa.text(f"CREATE TEMP TABLE IF NOT EXISTS {temp} ON COMMIT DROP AS "
                          f"SELECT {column_list} FROM {table.name} WITH NO DATA"))
     dbapi: Any = conn.connection.dbapi_connection  # psycopg 3: COPY is not in the DB-API
-    with dbapi.cursor() as cur, cur.copy(f"COPY {temp} ({column_list}) FROM STDIN") as copy:
-        for row in rows:
-            copy.write_row([_copy_value(row[c]) for c in columns])
+    values = operator.itemgetter(*columns)
+    with dbapi.cursor() as cur:
+        # NOTE: the values go as they are and psycopg picks each one's text form by its type (in C); the types
+        # whose default form is not the column's are re-mapped for this cursor only (a list is JSON here, not
+        # an array; a UUID keeps its dashes), instead of a Python test of every value.
+        for cls, dumper in ((dict, _JsonText), (list, _JsonText), (uuid.UUID, _StrText), (time, _StrText)):
+            cur.adapters.register_dumper(cls, dumper)
+        with cur.copy(f"COPY {temp} ({column_list}) FROM STDIN") as copy:
+            if len(columns) == 1:
+                for row in rows:
+                    copy.write_row((values(row),))
+            else:
+                for row in rows:
+                    copy.write_row(values(row))
     return temp, columns
 
 
@@ -407,6 +426,27 @@ def save_invoice_status(conn: sa.Connection, invoice: Invoice, *, provider_ref: 
     conn.execute(sa.update(invoices).where(invoices.c.invoice_id == invoice.id).values(values))
 
 
+_SAVE_PAID = sa.text("""
+UPDATE invoices AS i
+SET status = 'paid', paid_at = v.paid_at, amount_paid_minor = v.amount_paid_minor,
+    provider_ref = coalesce(v.provider_ref, i.provider_ref), updated_at = now()
+FROM unnest(CAST(:ids AS text[]), CAST(:paid_at AS timestamptz[]), CAST(:amounts AS bigint[]),
+            CAST(:refs AS text[])) AS v(invoice_id, paid_at, amount_paid_minor, provider_ref)
+WHERE i.invoice_id = v.invoice_id
+""")
+
+
+def save_paid_invoices(conn: sa.Connection, paid: Sequence[tuple[Invoice, str | None]]) -> None:
+    """`save_invoice_status` of many invoices just paid, (invoice, provider ref), in one statement whatever
+    their number (the same text each time: prepared once per connection). A provider ref that is None or
+    empty keeps the stored one."""
+    if not paid:
+        return
+    conn.execute(_SAVE_PAID, {"ids": [i.id for i, _ in paid], "paid_at": [i.paid_at for i, _ in paid],
+                              "amounts": [i.amount_paid_minor for i, _ in paid],
+                              "refs": [ref or None for _, ref in paid]})
+
+
 def record_failed_attempt(conn: sa.Connection, invoice_id: str, decline_code: str | None) -> None:
     conn.execute(sa.update(invoices).where(invoices.c.invoice_id == invoice_id).values(
         attempt_count=invoices.c.attempt_count + 1, last_decline_code=decline_code, updated_at=sa.func.now()))
@@ -473,6 +513,16 @@ def insert_redemptions(conn: sa.Connection, rows: Sequence[tuple[CouponRedemptio
                                           "invoice_id": inv, "currency": r.amount.currency, "redeemed_at": at})
         first["amount_minor"] = r.amount.amount_minor
     values = list(by_key.values())
+    if len(values) >= COPY_THRESHOLD:
+        # a billing run: COPY, then one upsert (a multi-row VALUES of thousands of rows costs more to compile
+        # and to send than to write)
+        temp, columns = copy_to_temp(conn, coupon_redemptions, values)
+        column_list = ", ".join(columns)
+        conn.execute(sa.text(
+            f"INSERT INTO coupon_redemptions ({column_list}) SELECT {column_list} FROM {temp} "
+            "ON CONFLICT (redemption_key) DO UPDATE SET amount_minor = excluded.amount_minor"))
+        conn.execute(sa.text(f"DELETE FROM {temp}"))
+        return
     for start in range(0, len(values), _ROWS_PER_STATEMENT):  # one multi-row statement per 5,000 redemptions
         stmt = insert(coupon_redemptions).values(values[start:start + _ROWS_PER_STATEMENT])
         conn.execute(stmt.on_conflict_do_update(index_elements=["redemption_key"],

@@ -33,6 +33,17 @@ def purchase_of_invoice(conn: sa.Connection, invoice_id: str) -> CreditPurchase 
     return _purchase(row) if row is not None else None
 
 
+def purchases_of_invoices(conn: sa.Connection, invoice_ids: Sequence[str]) -> dict[str, CreditPurchase]:
+    """`purchase_of_invoice` for many invoices in one statement (a run of payment outcomes), locked in
+    purchase id order; an invoice that sold no credit is absent."""
+    if not invoice_ids:
+        return {}
+    c = credit_purchases.c
+    rows = conn.execute(sa.select(credit_purchases).where(c.invoice_id == sa.any_(
+        sa.cast(sorted(set(invoice_ids)), ARRAY(sa.Text)))).order_by(c.purchase_id).with_for_update()).all()
+    return {row.invoice_id: _purchase(row) for row in rows}
+
+
 def add(conn: sa.Connection, p: CreditPurchase) -> bool:
     """Insert; False when the id exists or a recharge is already pending for the subscription and meter."""
     inserted = conn.execute(insert(credit_purchases).values(

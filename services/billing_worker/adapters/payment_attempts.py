@@ -39,20 +39,40 @@ def _sql_in(statuses: frozenset[AttemptStatus]) -> str:
 
 
 _RETAKEN = sources_of(Transition.CLAIM) - {AttemptStatus.PENDING}
+# Every attempt a claim may take: the statuses of the partial index ix_payment_attempts_queue (schema/billing.py).
+QUEUED = sources_of(Transition.CLAIM)
 
 # NOTE: a pending attempt carries a lease only after a release (its gateway could not be used): it waits
 # that long. An in-flight or unknown one is taken again only once its lease expired, and then looked up first.
+# NOTE: a claim reads the queue's head first (`_HEAD`: the oldest workable attempts, walked in created_at order on
+# the partial index ix_payment_attempts_queue, at most `window` rows), then locks and moves those rows only: their
+# ids are bound as an array (primary key probes) and the invoice and holder checks are per-row subqueries (index
+# probes), so no plan hashes every open invoice or attempt. One statement over every workable attempt sorted every
+# pending one each round: ~50 ms of PostgreSQL per round with 10,000 attempts queued, growing with the run. The
+# head is a few claims wide, so rows another executor is claiming (locked, skipped) or whose invoice another
+# attempt holds do not starve the claim. Whether a row is still workable is checked again on the locked row.
+def _workable(a: str) -> str:
+    return (f"({a}.status = '{AttemptStatus.PENDING.value}' AND ({a}.lease_until IS NULL OR {a}.lease_until < now())"
+            f"\n           OR {a}.status IN {_sql_in(_RETAKEN)} AND {a}.lease_until < now())")
+
+
+_HEAD = sa.text(f"""
+SELECT a.attempt_id
+FROM payment_attempts a
+WHERE a.status IN {_sql_in(QUEUED)}
+  AND {_workable("a")}
+ORDER BY a.created_at
+LIMIT :window OFFSET :skip
+""")
 _CLAIM = sa.text(f"""
 WITH due AS (
     SELECT a.attempt_id
     FROM payment_attempts a
-    JOIN invoices i ON i.invoice_id = a.invoice_id
-    WHERE i.status IN ('open', 'uncollectible')
-      AND (a.status = '{AttemptStatus.PENDING.value}' AND (a.lease_until IS NULL OR a.lease_until < now())
-           OR a.status IN {_sql_in(_RETAKEN)} AND a.lease_until < now())
-      AND NOT EXISTS (SELECT 1 FROM payment_attempts b
-                      WHERE b.invoice_id = a.invoice_id AND b.attempt_id <> a.attempt_id
-                        AND b.status IN {_sql_in(HOLDS_ITS_INVOICE)})
+    WHERE a.attempt_id = ANY(CAST(:ids AS text[]))
+      AND (SELECT i.status FROM invoices i WHERE i.invoice_id = a.invoice_id) IN ('open', 'uncollectible')
+      AND (SELECT count(*) FROM payment_attempts b
+           WHERE b.invoice_id = a.invoice_id AND b.attempt_id <> a.attempt_id
+             AND b.status IN {_sql_in(HOLDS_ITS_INVOICE)}) = 0
     ORDER BY a.created_at
     LIMIT :limit
     FOR UPDATE OF a SKIP LOCKED
@@ -63,6 +83,7 @@ SET status = '{AttemptStatus.IN_FLIGHT.value}', claimed_by = :me,
     dispatch_count = p.dispatch_count + 1, dispatched_at = coalesce(p.dispatched_at, now())
 FROM due
 WHERE p.attempt_id = due.attempt_id
+  AND {_workable("p")}
 RETURNING p.attempt_id, p.invoice_id, p.attempt_no, p.subscription_id, p.customer_id, p.amount_minor, p.currency,
           p.payment_method_id, p.idempotency_key, p.dispatch_count, p.provider_ref, p.requested_at, p.reason,
           (SELECT c.stripe_customer_id FROM customers c WHERE c.customer_id = p.customer_id) AS provider_customer_id,
@@ -174,8 +195,14 @@ def claim_due(conn: sa.Connection, *, limit: int, claimant: str, lease_s: float)
     """Claim up to `limit` due attempts of open (or uncollectible: an operator's retry) invoices for
     `claimant` (``PaymentAttempt.claim`` on each, ``FOR UPDATE SKIP LOCKED``: several executors never take the
     same one), under a lease of `lease_s`."""
-    rows = conn.execute(_CLAIM, {"limit": limit, "me": claimant, "lease": lease_s}).all()
-    return [ClaimedAttempt.of(r) for r in rows]
+    window, skip = limit * 2 + 50, 0
+    while True:
+        head = list(conn.execute(_HEAD, {"window": window, "skip": skip}).scalars())
+        rows = conn.execute(_CLAIM, {"ids": head, "limit": limit, "me": claimant, "lease": lease_s}).all() \
+            if head else []
+        if rows or len(head) < window:
+            return [ClaimedAttempt.of(r) for r in rows]
+        skip += window  # a whole head none of which could be taken (held, locked): look further down the queue
 
 
 def withdraw_attempts_of_closed_invoices(conn: sa.Connection) -> int:

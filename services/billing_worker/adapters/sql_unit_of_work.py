@@ -6,6 +6,7 @@ set-based statements (COPY for a billing run's thousands of rows); `savepoint()`
 
 from __future__ import annotations
 
+import copy
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -92,6 +93,7 @@ class SqlBillingUnitOfWork(BillingUnitOfWork):
     def begin(self, at: datetime) -> None:
         super().begin(at)
         self._attempt_statuses: dict[str, str] = {}  # read by load_attempt_statuses, for this run
+        self._purchases_of: dict[str, CreditPurchase | None] = {}  # read by load_purchases_of_invoices
 
     def load_attempt_statuses(self, attempt_ids: Sequence[str]) -> None:
         self._attempt_statuses.update(attempts.statuses_of(self.conn, attempt_ids))
@@ -150,7 +152,14 @@ class SqlBillingUnitOfWork(BillingUnitOfWork):
     def credit_purchase(self, purchase_id: str) -> CreditPurchase | None:
         return purchases.purchase(self.conn, purchase_id)
 
+    def load_purchases_of_invoices(self, invoice_ids: Sequence[str]) -> None:
+        found = purchases.purchases_of_invoices(self.conn, invoice_ids)
+        self._purchases_of.update({i: found.get(i) for i in invoice_ids})
+
     def credit_purchase_of_invoice(self, invoice_id: str) -> CreditPurchase | None:
+        if invoice_id in self._purchases_of:  # read (and locked) with the run: a copy, as a read would give
+            read = self._purchases_of[invoice_id]
+            return copy.deepcopy(read) if read is not None else None
         return purchases.purchase_of_invoice(self.conn, invoice_id)
 
     def add_credit_purchase(self, purchase: CreditPurchase) -> bool:
@@ -158,6 +167,8 @@ class SqlBillingUnitOfWork(BillingUnitOfWork):
 
     def save_credit_purchase(self, purchase: CreditPurchase) -> None:
         purchases.save(self.conn, purchase)
+        if purchase.invoice_id in self._purchases_of:
+            self._purchases_of[purchase.invoice_id] = copy.deepcopy(purchase)
 
     def _load_auto_recharges(self, subscription_ids: Sequence[str]) -> dict[str, list[AutoRecharge]]:
         return purchases.enabled_recharges(self.conn, subscription_ids)
@@ -182,6 +193,7 @@ class SqlBillingUnitOfWork(BillingUnitOfWork):
 
     def _write(self) -> None:
         conn = self.conn
+        repo.save_paid_invoices(conn, [(self.invoices[i][0], ref) for i, ref in self.paid_refs.items()])
         repo.save_subscriptions(conn, list(self.touched.values()))
         customer_of = {sid: s.subscription.customer_id for sid, s in self.states.items()}
         grants, entries = repo.ledger_rows(self.ledgers, customer_of, self.now, self.invoice_of_key)

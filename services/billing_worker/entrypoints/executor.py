@@ -40,6 +40,7 @@ import dataclasses
 import logging
 import queue
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -85,7 +86,7 @@ class PaymentExecutor:
 
     def __init__(self, engine: sa.Engine, gateway: PaymentGateway, clock: Clock, *, concurrency: int = 32,
                  claim_batch: int = 500, lease_s: float = 60.0, poll_s: float = 0.2, max_dispatches: int = 5,
-                 unknown_backoff_s: float = 2.0, instance: str | None = None) -> None:
+                 unknown_backoff_s: float = 2.0, instance: str | None = None, withdraw_every_s: float = 5.0) -> None:
         self._engine = engine
         self._gateway = gateway
         self._clock = clock
@@ -95,6 +96,8 @@ class PaymentExecutor:
         self._poll_s = poll_s
         self._max_dispatches = max_dispatches
         self._unknown_backoff_s = unknown_backoff_s
+        self._withdraw_every_s = withdraw_every_s
+        self._withdrawn_at = float("-inf")  # time.monotonic() of the last sweep of attempts of closed invoices
         self._me = instance or f"executor-{uuid.uuid4().hex[:8]}"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -156,7 +159,13 @@ class PaymentExecutor:
         self._record(settled)
         self._unrecorded = []
         free = self._concurrency * 4 - self._in_flight
-        claimed = self.claim(min(free, self._claim_batch)) if free > 0 else []
+        # NOTE: the sweep of attempts whose invoice was paid or voided meanwhile joins every pending attempt with
+        # its invoice (~20 ms of PostgreSQL with 10,000 queued): once every `withdraw_every_s`, not every round.
+        # Until then such an attempt is only left pending: the claim never takes an attempt of a closed invoice.
+        sweep = time.monotonic() - self._withdrawn_at >= self._withdraw_every_s
+        claimed = self.claim(min(free, self._claim_batch), withdraw=sweep) if free > 0 else []
+        if free > 0 and sweep:
+            self._withdrawn_at = time.monotonic()
         for attempt in claimed:
             self._in_flight += 1
             self._pool.submit(self._execute_into_queue, attempt)
@@ -187,9 +196,12 @@ class PaymentExecutor:
 
     # --- the three steps
 
-    def claim(self, limit: int) -> list[ClaimedAttempt]:
+    def claim(self, limit: int, *, withdraw: bool = True) -> list[ClaimedAttempt]:
+        """Claim up to `limit` due attempts; with `withdraw`, first cancel the pending attempts of invoices paid or
+        voided meanwhile."""
         with self._engine.begin() as conn:
-            attempts.withdraw_attempts_of_closed_invoices(conn)
+            if withdraw:
+                attempts.withdraw_attempts_of_closed_invoices(conn)
             return attempts.claim_due(conn, limit=limit, claimant=self._me, lease_s=self._lease_s)
 
     def execute(self, attempt: ClaimedAttempt) -> Settled:

@@ -113,7 +113,7 @@ class BillingUnitOfWork(abc.ABC):
         self.settled_grants: list[tuple[str, datetime]] = []
         self.usage_closes: dict[str, UsageClose] = {}  # prefetched for a billing run, by subscription
         self.invoices: dict[str, tuple[Invoice, Any]] = {}  # loaded, by invoice id (row: amount_paid_minor...)
-        self.paid_refs: dict[str, str | None] = {}  # provider refs of invoices paid in this run
+        self.paid_refs: dict[str, str | None] = {}  # invoices paid in this run (mark_paid): their provider refs
         self._recharges_memo: dict[str, list[AutoRecharge]] = {}  # auto_recharges(), per run
 
     # --- the adapter's side: reads
@@ -345,6 +345,17 @@ class BillingUnitOfWork(abc.ABC):
     def load_attempt_statuses(self, attempt_ids: Sequence[str]) -> None:
         """A hint before a run of payment outcomes: an adapter whose `settle_attempt` costs a round trip may read
         these attempts' statuses at once and skip the attempts already settled for good."""
+
+    @abc.abstractmethod
+    def load_purchases_of_invoices(self, invoice_ids: Sequence[str]) -> None:
+        """A hint before a run of payment outcomes: an adapter whose `credit_purchase_of_invoice` costs a round
+        trip may read (and lock) these invoices' purchases at once, and answer from what it read for the run."""
+
+    def mark_paid(self, invoice: Invoice, provider_ref: str | None) -> None:
+        """The invoice was paid in this run (`Invoice.mark_paid` done): its stored status, paid_at, amount paid and
+        provider ref are written at commit with every other invoice the run paid, in one statement. Until then
+        the stored row still says open: `paid_refs` is what says it was paid (e.g. for `open_invoices_of`)."""
+        self.paid_refs[invoice.id] = provider_ref
 
     # --- recording
 

@@ -19,6 +19,7 @@ from shared.adapters.postgres.schema.billing import billing_audit_log, payment_a
 from shared.adapters.postgres.schema.core import outbox
 from shared.contracts import topics
 from shared.contracts.messages import (
+    ClosePeriod,
     CreateSubscription,
     CustomerDeleted,
     PaymentFailed,
@@ -344,3 +345,67 @@ def test_a_success_reported_by_a_webhook_on_a_declined_attempt_still_wins_and_pa
     attempt = attempt_of(engine, invoice_id)
     assert (attempt.status, attempt.provider_ref) == ("succeeded", "pi_from_webhook")
     assert [i.status for i in billing.invoices(sub)] == ["paid"]
+
+
+def _executor_successes(billing: Billing, engine: sa.Engine, count: int) -> list[PaymentSucceeded]:
+    """`count` new invoices charged by the executor, as the payment.succeeded messages it queued for them."""
+    subs = [invoice_for(billing, "pm_card_visa") for _ in range(count)]
+    executor(engine).run_once()
+    out = []
+    for sub, invoice_id in subs:
+        attempt = attempt_of(engine, invoice_id)
+        out.append(PaymentSucceeded(
+            subscription_id=sub, invoice_id=invoice_id, attempt_id=attempt.attempt_id,
+            provider_ref=attempt.provider_ref, amount_minor=attempt.amount_minor, currency="USD", source="executor",
+            paid_at=JAN_1 + timedelta(hours=1)))
+    return out
+
+
+def test_a_run_of_payment_outcomes_is_applied_in_the_same_statements_whatever_its_size(
+        billing: Billing, engine) -> None:  # type: ignore[no-untyped-def]
+    seen = {}
+    for count in (3, 6):
+        outcomes = _executor_successes(billing, engine, count)
+        with Statements(engine) as statements:
+            billing.send_batch(list(outcomes), JAN_1)
+        seen[count] = statements.seen
+        for p in outcomes:
+            [invoice] = billing.invoices(str(p.subscription_id))
+            assert (invoice.status, invoice.provider_ref, invoice.amount_paid_minor, invoice.paid_at) == (
+                "paid", p.provider_ref, p.amount_minor, JAN_1 + timedelta(hours=1))
+
+    # one UPDATE of invoices and one read of credit purchases per run, none per outcome; subscriptions untouched
+    assert len(seen[3]) == len(seen[6])
+    for statements_of_run in seen.values():
+        assert len([s for s in statements_of_run if s.startswith("update invoices ")]) == 1
+        assert len([s for s in statements_of_run if "from credit_purchases" in s]) == 1
+        assert [s for s in statements_of_run if s.startswith("update subscriptions ")] == []
+
+
+def test_two_open_invoices_paid_in_one_run_reactivate_their_past_due_subscription(
+        billing: Billing, engine) -> None:  # type: ignore[no-untyped-def]
+    sub, first = invoice_for(billing, "pm_card_chargeDeclinedInsufficientFunds")
+    customer = billing.subscription(sub).customer_id
+    executor(engine).run_once()
+    declined = attempt_of(engine, first)
+    billing.send(PaymentFailed(subscription_id=sub, invoice_id=first, attempt_id=declined.attempt_id,
+                               amount_minor=declined.amount_minor, currency="USD", decline_code="insufficient_funds",
+                               source="executor", failed_at=JAN_1), JAN_1)
+    assert billing.subscription(sub).status == "past_due"
+    feb_1 = datetime(2026, 2, 1, tzinfo=UTC)
+    billing.send(ClosePeriod(subscription_id=sub, customer_id=customer, period_end=feb_1), feb_1)
+    second = billing.invoices(sub)[1]
+    assert [i.status for i in billing.invoices(sub)] == ["open", "open"]
+
+    # the card on file was fixed; both are paid (e.g. by webhooks) and applied in one run: the first one's row still
+    # says open while the second is applied (written at commit), yet the subscription is reactivated
+    billing.send_batch([
+        PaymentSucceeded(subscription_id=sub, invoice_id=first, provider_ref="pi_first", amount_minor=900,
+                         currency="USD", source="webhook", paid_at=feb_1),
+        PaymentSucceeded(subscription_id=sub, invoice_id=second.invoice_id, provider_ref="pi_second",
+                         amount_minor=second.amount_due_minor, currency="USD", source="webhook", paid_at=feb_1)],
+        feb_1)
+
+    assert [(i.status, i.provider_ref) for i in billing.invoices(sub)] == [("paid", "pi_first"),
+                                                                          ("paid", "pi_second")]
+    assert billing.subscription(sub).status == "active"

@@ -179,6 +179,9 @@ class FakeUnitOfWork(BillingUnitOfWork):
     def load_attempt_statuses(self, attempt_ids: Sequence[str]) -> None:
         pass  # settle_attempt reads the in-memory store: nothing to read ahead
 
+    def load_purchases_of_invoices(self, invoice_ids: Sequence[str]) -> None:
+        pass  # credit_purchase_of_invoice reads the in-memory store: nothing to read ahead
+
     def settle_attempt(self, attempt_id: str, status: str, provider_ref: str | None, decline_code: str | None,
                        hard: bool, at: datetime) -> bool:
         attempt = self.store.attempts.get(attempt_id)
@@ -347,6 +350,8 @@ class FakeUnitOfWork(BillingUnitOfWork):
 
     def _write(self) -> None:
         store = self.store
+        for invoice_id, provider_ref in self.paid_refs.items():  # mark_paid: written at commit, as by the adapter
+            self.save_invoice_status(self.invoices[invoice_id][0], provider_ref=provider_ref)
         for state in self.touched.values():
             state.stored_version = state.subscription.version
             store.subscriptions[state.id] = copy.deepcopy(state)

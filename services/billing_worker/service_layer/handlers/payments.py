@@ -103,10 +103,12 @@ def give_up(uow: BillingUnitOfWork, env: Envelope, p: GiveUpDunning, now: dateti
 
 
 def load_outcomes_of(uow: BillingUnitOfWork, messages: Sequence[tuple[Envelope, Any]], at: datetime) -> None:
-    """Prefetch for a run of payment outcomes: their invoices, and their attempts' statuses (most outcomes are the
-    executor's, whose attempts it settled already: nothing to write on them)."""
+    """Prefetch for a run of payment outcomes: their invoices, their attempts' statuses (most outcomes are the
+    executor's, whose attempts it settled already: nothing to write on them) and the credit purchases their
+    invoices sold (a paid purchase is granted)."""
     load_invoices_of(uow, messages, at)
     uow.load_attempt_statuses([str(p.attempt_id) for _, p in messages if p.attempt_id])
+    uow.load_purchases_of_invoices(sorted({str(p.invoice_id) for _, p in messages}))
 
 
 def payment_succeeded(uow: BillingUnitOfWork, env: Envelope, p: PaymentSucceeded, now: datetime) -> None:
@@ -140,8 +142,7 @@ def payment_succeeded(uow: BillingUnitOfWork, env: Envelope, p: PaymentSucceeded
     paid_at = ensure_utc(p.paid_at)
     invoice.mark_paid(at=paid_at, payment_reference=p.provider_ref)
     invoice.pull_events()
-    uow.save_invoice_status(invoice, provider_ref=p.provider_ref, at=paid_at)
-    uow.paid_refs[invoice.id] = p.provider_ref
+    uow.mark_paid(invoice, p.provider_ref)  # written at commit with the run's other paid invoices
     uow.emit("invoice.paid", invoice_event(invoice, state), key=state.id,
              event_id=event_uuid(invoice.id, "invoice.paid"), at=paid_at, correlation=env)
     # Prepaid credit sold by this invoice, if any: usable from the worker's billing instant (the provider's paid_at
@@ -149,9 +150,10 @@ def payment_succeeded(uow: BillingUnitOfWork, env: Envelope, p: PaymentSucceeded
     uow.grant_paid_purchase(invoice, state, now, env)
     sub = state.subscription
     if sub.status is SubscriptionStatus.PAST_DUE and not [
-            i for i in uow.open_invoices_of(sub.id) if i != invoice.id]:
+            i for i in uow.open_invoices_of(sub.id) if i != invoice.id and i not in uow.paid_refs]:
         sub.reactivate(at=paid_at)
-    uow.subscription_events(state, env)
+    if sub.pending_events:  # NOTE: a payment that changes nothing on the subscription does not rewrite its row
+        uow.subscription_events(state, env)
 
 
 def payment_failed(uow: BillingUnitOfWork, env: Envelope, p: PaymentFailed, now: datetime) -> None:

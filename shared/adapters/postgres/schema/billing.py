@@ -261,9 +261,12 @@ credit_grants = sa.Table(
     sa.CheckConstraint("expires_at IS NULL OR effective_at < expires_at", name="window"),
 )
 sa.Index("ix_credit_grants_subscription", credit_grants.c.subscription_id, credit_grants.c.meter_id)
-# The scheduler's scan: grants past their expiry that nothing settled yet.
+# The scheduler's scan: grants past their expiry that nothing settled yet. Plan-included grants are left out, as
+# the scan leaves them out (their period's close settles them): at a billing run's instant every subscription's
+# included grant has expired and is not settled yet, and the scan, every scheduler tick, read them all (~100 ms
+# with 10,000 subscriptions), and each close wrote one more index entry per grant.
 sa.Index("ix_credit_grants_unsettled_expiry", credit_grants.c.expires_at,
-         postgresql_where=sa.and_(credit_grants.c.expires_at.is_not(None), credit_grants.c.settled_at.is_(None)))
+         postgresql_where=sa.text("expires_at IS NOT NULL AND settled_at IS NULL AND source <> 'plan_included'"))
 
 # The API's grant id (`cg_...`, stored as `<subscription>|cg_...`): `POST /v1/credit-grants/{id}/void` finds it.
 sa.Index("ix_credit_grants_api_id", sa.func.split_part(credit_grants.c.grant_id, "|", 2))
@@ -437,6 +440,9 @@ payment_attempts = sa.Table(
 sa.Index("uq_payment_attempts_one_success", payment_attempts.c.invoice_id, unique=True,
          postgresql_where=payment_attempts.c.status == "succeeded")
 sa.Index("ix_payment_attempts_workable", payment_attempts.c.status, payment_attempts.c.lease_until,
+         postgresql_where=payment_attempts.c.status.in_(("pending", "in_flight", "unknown")))
+# The executor's queue, oldest first: a claim walks its head instead of sorting every workable attempt.
+sa.Index("ix_payment_attempts_queue", payment_attempts.c.created_at,
          postgresql_where=payment_attempts.c.status.in_(("pending", "in_flight", "unknown")))
 
 # ------------------------------------------------------------------------------------------ credit notes
