@@ -10,12 +10,14 @@ billing rule beyond what each test needs (resume of a non-paused subscription is
 from __future__ import annotations
 
 import asyncio
+import shutil
 import subprocess
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -38,6 +40,7 @@ START = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 ADMIN_KEY = "test-admin-key"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 ANSWER_WAIT_SECONDS = 60.0  # a worker process joins its consumer group first
+CATALOGS = Path(__file__).resolve().parents[3] / "shared" / "catalogs"
 
 
 class StandInWorker:
@@ -112,6 +115,23 @@ def edge_settings(settings):  # type: ignore[no-untyped-def]
                                        "database_pool_size": 5})
 
 
+def real_worker_settings(settings: Any, **more: Any) -> Any:
+    """Settings of a module whose commands the REAL worker (`real_worker`) answers: the simulated clock at
+    START, the admin key, and a command wait long enough for the worker process to join its group first."""
+    return settings.model_copy(update={"clock": "simulated", "simulated_clock_start": START.isoformat(),
+                                       "command_wait_seconds": ANSWER_WAIT_SECONDS,
+                                       "admin_api_key": SecretStr(ADMIN_KEY), "database_pool_size": 5, **more})
+
+
+def catalogs_with(tmp_path_factory: Any, name: str, document: str) -> Path:
+    """A catalog folder holding the shipped documents plus `document` as `name`."""
+    catalogs: Path = tmp_path_factory.mktemp("catalogs")
+    for shipped in CATALOGS.glob("*.yaml"):
+        shutil.copy(shipped, catalogs / shipped.name)
+    (catalogs / name).write_text(document)
+    return catalogs
+
+
 @pytest.fixture(scope="module")
 def container(edge_settings) -> Iterator[Container]:  # type: ignore[no-untyped-def]
     built = build_container(edge_settings)
@@ -173,9 +193,10 @@ async def new_key(client: httpx.AsyncClient, scopes: list[str], **binding: Any) 
     return str(response.json()["token"])
 
 
-async def call(client: httpx.AsyncClient, method: str, url: str, body: Any = None) -> httpx.Response:
+async def call(client: httpx.AsyncClient, method: str, url: str, body: Any = None,
+               headers: dict[str, str] | None = None) -> httpx.Response:
     """An admin request whose command the worker answered (a 202 means it did not within the wait)."""
-    response = await client.request(method, url, json=body, headers=ADMIN)
+    response = await client.request(method, url, json=body, headers={**ADMIN, **(headers or {})})
     assert response.status_code != 202, f"the worker did not answer {url} in time"
     return response
 

@@ -25,11 +25,16 @@ from shared.adapters.postgres.schema.alerts import fired_alerts
 from shared.adapters.postgres.schema.core import outbox
 from shared.contracts.webhook_events import public_event
 
-from .conftest import ADMIN, onboard
-from .test_credit_purchases_api import UNIT, call, edge_settings, pay_on_stripe, real_worker, until
+from .conftest import ADMIN, call, onboard, real_worker_settings, until
+from .test_credit_purchases_api import UNIT, pay_on_stripe
 
 pytestmark = pytest.mark.integration
-__all__ = ["edge_settings", "real_worker"]  # the real worker's fixtures, shared with the credit purchases tests
+
+
+@pytest.fixture(scope="module")
+def edge_settings(settings):  # type: ignore[no-untyped-def]
+    return real_worker_settings(settings, payment_gateway="stripe", auto_recharge_refresh_s=0.0)
+
 
 
 def alert_events(container: Container, sid: str) -> list[tuple[str, dict[str, Any]]]:

@@ -10,27 +10,20 @@ is 9 Apr -> 9 May, 30 days: 31.00 x 20/30 = 20.67.
 
 from __future__ import annotations
 
-import asyncio
-import shutil
 import subprocess
-import time
 from datetime import datetime
 from fractions import Fraction
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import sqlalchemy as sa
-from pydantic import SecretStr
 
 from shared.adapters.postgres.schema.billing import customer_balance_entries
 
-from .conftest import ADMIN, ADMIN_KEY, START, onboard
-from .test_undo_scheduled_changes import ANSWER_WAIT_SECONDS, command, real_worker  # noqa: F401 (fixture)
+from .conftest import ADMIN, call, catalogs_with, onboard, real_worker_settings, until
 
 pytestmark = pytest.mark.integration
-CATALOGS = Path(__file__).resolve().parents[3] / "shared" / "catalogs"
 POLICY_PLANS = "version: 1\ndescription: fee plans with an unused-fee policy (test only)\ncurrency: USD\nplans:\n" + \
     "".join(f"  - {{id: fee31_{p}, name: Fee31 {p}, family: classic, interval: month, price: '31.00', "
             f"unused_fee_policy: {p}}}\n" for p in ("none", "credit", "refund"))
@@ -39,30 +32,15 @@ DAY = 86_400
 
 @pytest.fixture(scope="module")
 def edge_settings(settings, tmp_path_factory):  # type: ignore[no-untyped-def]
-    catalogs = tmp_path_factory.mktemp("catalogs")
-    for document in CATALOGS.glob("*.yaml"):
-        shutil.copy(document, catalogs / document.name)
-    (catalogs / "policy_plans.yaml").write_text(POLICY_PLANS)
-    return settings.model_copy(update={"clock": "simulated", "simulated_clock_start": START.isoformat(),
-                                       "command_wait_seconds": ANSWER_WAIT_SECONDS, "catalog_dir": catalogs,
-                                       "admin_api_key": SecretStr(ADMIN_KEY), "database_pool_size": 5})
-
-
-async def eventually(check: Any, what: str, timeout: float = ANSWER_WAIT_SECONDS) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = await check()
-        if found:
-            return found
-        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
-        await asyncio.sleep(0.3)
+    catalogs = catalogs_with(tmp_path_factory, "policy_plans.yaml", POLICY_PLANS)
+    return real_worker_settings(settings, catalog_dir=catalogs)
 
 
 async def subscribed(client: httpx.AsyncClient, plan: str, payment_method: str, *, paid: bool,
                      ) -> tuple[str, str, dict[str, Any]]:
     customer = await onboard(client, payment_method_id=payment_method)
     cid = customer["customer_id"]
-    created = await command(client, "POST", "/v1/subscriptions", {"customer_id": cid, "plan_id": plan})
+    created = await call(client, "POST", "/v1/subscriptions", {"customer_id": cid, "plan_id": plan})
     assert created.status_code == 201, created.text
 
     async def charged() -> dict[str, Any] | None:
@@ -70,11 +48,11 @@ async def subscribed(client: httpx.AsyncClient, plan: str, payment_method: str, 
         attempts = (await client.get(f"/v1/customers/{cid}/payments", headers=ADMIN)).json()["data"]
         done = invoice["status"] == "paid" if paid else any(a["status"] == "declined" for a in attempts)
         return invoice if done else None
-    fee_invoice = await eventually(charged, "charge outcome")
+    fee_invoice = await until(charged, "charge outcome")
     assert fee_invoice["total_minor"] == 3100
     moved = await client.post("/v1/clock/advance", json={"seconds": 10 * DAY}, headers=ADMIN)
     assert moved.status_code == 200, moved.text
-    cancelled = await command(client, "POST", f"/v1/subscriptions/{created.json()['subscription_id']}/cancel",
+    cancelled = await call(client, "POST", f"/v1/subscriptions/{created.json()['subscription_id']}/cancel",
                               {"at_period_end": False})
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled", cancelled.text
     return cid, fee_invoice["invoice_id"], fee_invoice
@@ -85,7 +63,7 @@ async def notes_of(client: httpx.AsyncClient, customer_id: str) -> list[dict[str
 
 
 async def test_policy_credit_puts_the_unused_21_of_a_paid_31_fee_on_the_balance(
-        client: httpx.AsyncClient, container, real_worker: subprocess.Popen[bytes]) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+        client: httpx.AsyncClient, container, real_worker: subprocess.Popen[bytes]) -> None:  # type: ignore[no-untyped-def]
     cid, fee_invoice_id, _ = await subscribed(client, "fee31_credit", "pm_card_visa", paid=True)
     [note] = await notes_of(client, cid)
     assert (note["invoice_id"], note["reason"], note["total_minor"], note["credited_minor"], note["refunded_minor"],
@@ -98,7 +76,7 @@ async def test_policy_credit_puts_the_unused_21_of_a_paid_31_fee_on_the_balance(
 
 
 async def test_policy_refund_gives_the_unused_21_back_through_the_gateway(
-        client: httpx.AsyncClient, real_worker: subprocess.Popen[bytes]) -> None:  # noqa: F811
+        client: httpx.AsyncClient, real_worker: subprocess.Popen[bytes]) -> None:
     cid, _, _ = await subscribed(client, "fee31_refund", "pm_card_visa", paid=True)
     [note] = await notes_of(client, cid)
     assert (note["total_minor"], note["refunded_minor"], note["credited_minor"]) == (2100, 2100, 0)
@@ -106,18 +84,18 @@ async def test_policy_refund_gives_the_unused_21_back_through_the_gateway(
     async def refunded() -> dict[str, Any] | None:
         [found] = await notes_of(client, cid)
         return found if found["refund_status"] == "succeeded" else None
-    settled = await eventually(refunded, "refund")
+    settled = await until(refunded, "refund")
     assert settled["refund_ref"].startswith("re_sim_")
 
 
 async def test_policy_none_gives_nothing_back(client: httpx.AsyncClient,
-                                              real_worker: subprocess.Popen[bytes]) -> None:  # noqa: F811
+                                              real_worker: subprocess.Popen[bytes]) -> None:
     cid, _, _ = await subscribed(client, "fee31_none", "pm_card_visa", paid=True)
     assert await notes_of(client, cid) == []
 
 
 async def test_an_unpaid_fee_invoice_is_reduced_and_a_second_note_settles_it(
-        client: httpx.AsyncClient, real_worker: subprocess.Popen[bytes]) -> None:  # noqa: F811
+        client: httpx.AsyncClient, real_worker: subprocess.Popen[bytes]) -> None:
     cid, fee_invoice_id, fee_invoice = await subscribed(client, "fee31_credit", "pm_card_chargeDeclined", paid=False)
     start, end = (datetime.fromisoformat(fee_invoice[k]) for k in ("period_start", "period_end"))
     days = (end - start).days
@@ -125,7 +103,7 @@ async def test_an_unpaid_fee_invoice_is_reduced_and_a_second_note_settles_it(
     [note] = await notes_of(client, cid)
     assert (note["total_minor"], note["reduced_minor"], note["credited_minor"]) == (unused, unused, 0)
     # what is left owed (10.33 after the three tests above) is settled by a second credit note: paid, no cash
-    rest = await command(client, "POST", f"/v1/invoices/{fee_invoice_id}/credit-notes",
+    rest = await call(client, "POST", f"/v1/invoices/{fee_invoice_id}/credit-notes",
                          {"amount_minor": 3100 - unused, "reason": "order_change"})
     assert rest.status_code == 201, rest.text
     assert (rest.json()["reduced_minor"], rest.json()["credited_minor"]) == (3100 - unused, 0), rest.text

@@ -20,12 +20,10 @@ from typing import Any
 
 import httpx
 import pytest
-from pydantic import SecretStr
 
-from .conftest import ADMIN, ADMIN_KEY, START, call, onboard
+from .conftest import ADMIN, ANSWER_WAIT_SECONDS, START, call, onboard, real_worker_settings
 
 pytestmark = pytest.mark.integration
-WAIT_SECONDS = 60.0  # the worker subprocess joins its consumer group first
 
 METER = {"id": "api_calls", "name": "API calls", "unit": "call", "event_type": "api_call", "aggregation": "count"}
 PLAN = {"id": "api_starter", "name": "API starter", "family": "api", "interval": "month", "currency": "USD",
@@ -34,13 +32,11 @@ PLAN = {"id": "api_starter", "name": "API starter", "family": "api", "interval":
 
 @pytest.fixture(scope="module")
 def edge_settings(settings):  # type: ignore[no-untyped-def]
-    return settings.model_copy(update={"clock": "simulated", "simulated_clock_start": START.isoformat(),
-                                       "command_wait_seconds": WAIT_SECONDS, "admin_api_key": SecretStr(ADMIN_KEY),
-                                       "database_pool_size": 5, "scheduler_interval_s": 0.2})
+    return real_worker_settings(settings, scheduler_interval_s=0.2)
 
 
 async def until(probe: Any, what: str) -> Any:
-    deadline = time.monotonic() + WAIT_SECONDS
+    deadline = time.monotonic() + ANSWER_WAIT_SECONDS
     while True:
         found = await probe()
         if found:

@@ -10,7 +10,6 @@ PaymentIntent.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import subprocess
@@ -22,39 +21,18 @@ import httpx
 import orjson
 import pytest
 import sqlalchemy as sa
-from pydantic import SecretStr
 
 from shared.adapters.postgres.schema.billing import customer_balance_entries, customer_balances, invoices
 from shared.domain.ids import attempt_id_for
 
-from .conftest import ADMIN, ADMIN_KEY, START, onboard
+from .conftest import ADMIN, call, onboard, real_worker_settings, until
 
 pytestmark = pytest.mark.integration
-ANSWER_WAIT_SECONDS = 60.0  # the worker subprocess joins its consumer group first
 
 
 @pytest.fixture(scope="module")
 def edge_settings(settings):  # type: ignore[no-untyped-def]
-    return settings.model_copy(update={"clock": "simulated", "simulated_clock_start": START.isoformat(),
-                                       "command_wait_seconds": ANSWER_WAIT_SECONDS, "payment_gateway": "stripe",
-                                       "admin_api_key": SecretStr(ADMIN_KEY), "database_pool_size": 5})
-
-
-async def command(client: httpx.AsyncClient, method: str, url: str, body: dict[str, Any] | None = None,
-                  ) -> httpx.Response:
-    response = await client.request(method, url, json=body, headers=ADMIN)
-    assert response.status_code != 202, f"the worker did not answer {url} in {ANSWER_WAIT_SECONDS} s"
-    return response
-
-
-async def eventually(check: Any, what: str, timeout: float = ANSWER_WAIT_SECONDS) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = await check()
-        if found:
-            return found
-        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
-        await asyncio.sleep(0.3)
+    return real_worker_settings(settings, payment_gateway="stripe")
 
 
 async def invoices_of(client: httpx.AsyncClient, customer_id: str) -> list[dict[str, Any]]:
@@ -84,7 +62,7 @@ async def test_a_partial_credit_note_is_refunded_through_stripe_and_another_is_d
         client: httpx.AsyncClient, container, real_worker: subprocess.Popen[bytes]) -> None:  # type: ignore[no-untyped-def]
     customer = await onboard(client, payment_method_id="pm_card_visa", tax_rate_bps=1000)
     cid = customer["customer_id"]
-    created = await command(client, "POST", "/v1/subscriptions", {"customer_id": cid, "plan_id": "pro"})
+    created = await call(client, "POST", "/v1/subscriptions", {"customer_id": cid, "plan_id": "pro"})
     assert created.status_code == 201, created.text
     [first] = await invoices_of(client, cid)
     assert (first["total_minor"], [line["amount_minor"] for line in first["lines"]]) == (990, [900, 90])
@@ -93,12 +71,12 @@ async def test_a_partial_credit_note_is_refunded_through_stripe_and_another_is_d
     async def paid() -> dict[str, Any] | None:
         found = (await client.get(f"/v1/invoices/{first['invoice_id']}", headers=ADMIN)).json()
         return found if found["status"] == "paid" else None
-    paid_invoice = await eventually(paid, "paid invoice")
+    paid_invoice = await until(paid, "paid invoice")
     assert paid_invoice["amount_paid_minor"] == 990
     url = f"/v1/invoices/{first['invoice_id']}/credit-notes"
 
     # 3.00 of the fee, tax 0.90 * 3.00 / 9.00 = 0.30: 3.30, all refunded through Stripe
-    refunded = await command(client, "POST", url, {"lines": [{"line_no": 1, "amount_minor": 300}],
+    refunded = await call(client, "POST", url, {"lines": [{"line_no": 1, "amount_minor": 300}],
                                                    "reason": "product_unsatisfactory", "refund_minor": 330})
     assert refunded.status_code == 201, refunded.text
     note = refunded.json()
@@ -108,21 +86,21 @@ async def test_a_partial_credit_note_is_refunded_through_stripe_and_another_is_d
     async def refund_settled() -> dict[str, Any] | None:
         found = (await client.get(f"/v1/credit-notes/{note['credit_note_id']}", headers=ADMIN)).json()
         return found if found["refund_status"] not in ("pending", "in_flight") else None
-    settled = await eventually(refund_settled, "refund outcome")
+    settled = await until(refund_settled, "refund outcome")
     assert settled["refund_status"] == "succeeded" and settled["refund_ref"].startswith("re_"), settled
 
     # 2.20 on the whole invoice (tax 0.90 * 2.20 / 9.90 = 0.20), a paid invoice: to the customer balance
-    credited = await command(client, "POST", url, {"amount_minor": 220, "reason": "order_change", "memo": "goodwill"})
+    credited = await call(client, "POST", url, {"amount_minor": 220, "reason": "order_change", "memo": "goodwill"})
     assert credited.status_code == 201, credited.text
     assert (credited.json()["number"], credited.json()["tax_minor"], credited.json()["credited_minor"]) == (
         "CN-000002", 20, 220)
 
-    too_much = await command(client, "POST", url, {"amount_minor": 100, "reason": "duplicate", "refund_minor": 661})
-    past_line = await command(client, "POST", url, {"lines": [{"line_no": 1, "amount_minor": 601}],
+    too_much = await call(client, "POST", url, {"amount_minor": 100, "reason": "duplicate", "refund_minor": 661})
+    past_line = await call(client, "POST", url, {"lines": [{"line_no": 1, "amount_minor": 601}],
                                                     "reason": "duplicate"})
-    tax_line = await command(client, "POST", url, {"lines": [{"line_no": 2, "amount_minor": 1}],
+    tax_line = await call(client, "POST", url, {"lines": [{"line_no": 2, "amount_minor": 1}],
                                                    "reason": "duplicate"})
-    past_total = await command(client, "POST", url, {"amount_minor": 441, "reason": "duplicate"})
+    past_total = await call(client, "POST", url, {"amount_minor": 441, "reason": "duplicate"})
     assert [(r.status_code, r.json()["type"]) for r in (too_much, past_line, tax_line, past_total)] == [
         (409, "/problems/rejected/refund_exceeds_paid"), (409, "/problems/rejected/credit_exceeds_line"),
         (409, "/problems/rejected/unknown_line"), (409, "/problems/rejected/credit_exceeds_invoice")]
@@ -144,7 +122,7 @@ async def test_a_partial_credit_note_is_refunded_through_stripe_and_another_is_d
         # NOTE: invoices are listed by id (a hash), not by date: find the close by its kind
         found = [i for i in await invoices_of(client, cid) if i["kind"] == "period_close"]
         return found[0] if found and found[0]["status"] != "draft" else None
-    closing = await eventually(second_invoice, "period close invoice")
+    closing = await until(second_invoice, "period close invoice")
     with container.engine.connect() as conn:
         row = conn.execute(sa.select(invoices.c.total_minor, invoices.c.balance_applied_minor,
                                      invoices.c.amount_due_minor).where(

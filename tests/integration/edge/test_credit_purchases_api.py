@@ -27,25 +27,20 @@ import httpx
 import orjson
 import pytest
 import sqlalchemy as sa
-from pydantic import SecretStr
 
 from services.ingest.container import Container
 from shared.adapters.postgres.schema.billing import payment_attempts
 from shared.domain.ids import attempt_id_for
 
-from .conftest import ADMIN, ADMIN_KEY, START, call, onboard, until
+from .conftest import ADMIN, call, onboard, real_worker_settings, until
 
 pytestmark = pytest.mark.integration
-ANSWER_WAIT_SECONDS = 60.0  # the worker subprocess joins its consumer group first
 UNIT = 500_000  # micro-USD: USD 0.50
 
 
 @pytest.fixture(scope="module")
 def edge_settings(settings):  # type: ignore[no-untyped-def]
-    return settings.model_copy(update={"clock": "simulated", "simulated_clock_start": START.isoformat(),
-                                       "command_wait_seconds": ANSWER_WAIT_SECONDS, "payment_gateway": "stripe",
-                                       "auto_recharge_refresh_s": 0.0, "admin_api_key": SecretStr(ADMIN_KEY),
-                                       "database_pool_size": 5})
+    return real_worker_settings(settings, payment_gateway="stripe", auto_recharge_refresh_s=0.0)
 
 
 async def pay_on_stripe(client: httpx.AsyncClient, secret: str, invoice: dict[str, Any]) -> None:

@@ -11,19 +11,15 @@ from typing import Any
 
 import httpx
 import pytest
-from pydantic import SecretStr
 
-from .conftest import ADMIN, ADMIN_KEY, START, onboard
+from .conftest import ADMIN, ANSWER_WAIT_SECONDS, onboard, real_worker_settings
 
 pytestmark = pytest.mark.integration
-ANSWER_WAIT_SECONDS = 60.0  # the worker subprocess joins its consumer group first
 
 
 @pytest.fixture(scope="module")
 def edge_settings(settings):  # type: ignore[no-untyped-def]
-    return settings.model_copy(update={"clock": "simulated", "simulated_clock_start": START.isoformat(),
-                                       "command_wait_seconds": ANSWER_WAIT_SECONDS,
-                                       "admin_api_key": SecretStr(ADMIN_KEY), "database_pool_size": 5})
+    return real_worker_settings(settings)
 
 
 async def command(client: httpx.AsyncClient, method: str, url: str, body: dict[str, Any] | None = None,

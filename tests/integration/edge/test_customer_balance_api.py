@@ -6,34 +6,21 @@ Pro: USD 9.00 a month in advance. pm_card_visa pays; pm_card_chargeDeclined is d
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
-import time
 import uuid
 from typing import Any
 
 import httpx
 import pytest
-from pydantic import SecretStr
 
-from .conftest import ADMIN, ADMIN_KEY, START, onboard
+from .conftest import ADMIN, call, onboard, real_worker_settings, until
 
 pytestmark = pytest.mark.integration
-ANSWER_WAIT_SECONDS = 60.0  # the worker subprocess joins its consumer group first
 
 
 @pytest.fixture(scope="module")
 def edge_settings(settings):  # type: ignore[no-untyped-def]
-    return settings.model_copy(update={"clock": "simulated", "simulated_clock_start": START.isoformat(),
-                                       "command_wait_seconds": ANSWER_WAIT_SECONDS,
-                                       "admin_api_key": SecretStr(ADMIN_KEY), "database_pool_size": 5})
-
-
-async def command(client: httpx.AsyncClient, method: str, url: str, body: dict[str, Any] | None = None,
-                  headers: dict[str, str] | None = None) -> httpx.Response:
-    response = await client.request(method, url, json=body, headers={**ADMIN, **(headers or {})})
-    assert response.status_code != 202, f"the worker did not answer {url} in {ANSWER_WAIT_SECONDS} s"
-    return response
+    return real_worker_settings(settings)
 
 
 async def get(client: httpx.AsyncClient, url: str, **params: Any) -> Any:
@@ -42,27 +29,17 @@ async def get(client: httpx.AsyncClient, url: str, **params: Any) -> Any:
     return response.json()
 
 
-async def eventually(check: Any, what: str, timeout: float = ANSWER_WAIT_SECONDS) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = await check()
-        if found:
-            return found
-        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
-        await asyncio.sleep(0.3)
-
-
 async def invoice_in(client: httpx.AsyncClient, invoice_id: str, status: str) -> dict[str, Any]:
     async def check() -> dict[str, Any] | None:
         found = await get(client, f"/v1/invoices/{invoice_id}")
         return found if found["status"] == status else None
-    return dict(await eventually(check, f"{status} invoice {invoice_id}"))
+    return dict(await until(check, f"{status} invoice {invoice_id}"))
 
 
 async def test_a_manual_credit_then_one_off_charges_fully_and_partly_covered_by_the_balance(
         client: httpx.AsyncClient, real_worker: subprocess.Popen[bytes]) -> None:
     cid = (await onboard(client, payment_method_id="pm_card_visa"))["customer_id"]
-    created = await command(client, "POST", "/v1/subscriptions", {"customer_id": cid, "plan_id": "pro"})
+    created = await call(client, "POST", "/v1/subscriptions", {"customer_id": cid, "plan_id": "pro"})
     assert created.status_code == 201, created.text
     sid = created.json()["subscription_id"]
     async def held() -> list[tuple[str, int]]:
@@ -75,26 +52,26 @@ async def test_a_manual_credit_then_one_off_charges_fully_and_partly_covered_by_
 
     key = {"Idempotency-Key": f"adj-{uuid.uuid4().hex}"}
     body = {"currency": "USD", "amount_minor": 2_000, "description": "goodwill"}
-    credited = await command(client, "POST", f"/v1/customers/{cid}/balance/adjustments", body, key)
-    replayed = await command(client, "POST", f"/v1/customers/{cid}/balance/adjustments", body, key)
+    credited = await call(client, "POST", f"/v1/customers/{cid}/balance/adjustments", body, key)
+    replayed = await call(client, "POST", f"/v1/customers/{cid}/balance/adjustments", body, key)
     assert credited.status_code == 201, credited.text
     assert (credited.json()["balance"]["balance_minor"], credited.json()["entry"]["kind"]) == (2_000, "adjustment")
     assert replayed.status_code == 201 and replayed.json() == credited.json()
-    overdraw = await command(client, "POST", f"/v1/customers/{cid}/balance/adjustments",
+    overdraw = await call(client, "POST", f"/v1/customers/{cid}/balance/adjustments",
                              {"currency": "USD", "amount_minor": -2_001, "description": "too much"})
     assert overdraw.status_code == 409, overdraw.text
     assert (overdraw.json()["type"], overdraw.json()["errors"][0]["reason"]) == (
         "/problems/insufficient-balance", "insufficient_balance")
 
     # 12.00, all covered by the 20.00 held: paid at finalisation, no attempt
-    covered = await command(client, "POST", "/v1/invoices", {"customer_id": cid, "subscription_id": sid, "lines": [
+    covered = await call(client, "POST", "/v1/invoices", {"customer_id": cid, "subscription_id": sid, "lines": [
         {"description": "Onboarding", "amount_minor": 1_200}]})
     assert covered.status_code == 201, covered.text
     one = covered.json()
     assert (one["kind"], one["status"], one["total_minor"], one["balance_applied_minor"], one["amount_due_minor"]) == (
         "manual", "paid", 1_200, 1_200, 0)
     # 3 x 5.00 = 15.00: the 8.00 left drawn, 7.00 charged through the simulated gateway by the worker's executor
-    partly = await command(client, "POST", "/v1/invoices", {"customer_id": cid, "subscription_id": sid, "lines": [
+    partly = await call(client, "POST", "/v1/invoices", {"customer_id": cid, "subscription_id": sid, "lines": [
         {"description": "Training day", "quantity": 3, "unit_amount_minor": 500}]})
     assert partly.status_code == 201, partly.text
     two = partly.json()
@@ -113,10 +90,10 @@ async def test_a_manual_credit_then_one_off_charges_fully_and_partly_covered_by_
         ("invoice_draw", -800, two["invoice_id"])]
     assert rest["next_cursor"] is None
 
-    refused = await command(client, "POST", "/v1/invoices", {"customer_id": cid, "subscription_id": sid, "lines": [
+    refused = await call(client, "POST", "/v1/invoices", {"customer_id": cid, "subscription_id": sid, "lines": [
         {"description": "Goodwill", "amount_minor": -500}]})
     assert (refused.status_code, refused.json()["type"]) == (422, "/problems/invalid-charge"), refused.text
-    unknown = await command(client, "POST", "/v1/invoices", {"customer_id": cid, "subscription_id": "sub_nope",
+    unknown = await call(client, "POST", "/v1/invoices", {"customer_id": cid, "subscription_id": "sub_nope",
                                                             "lines": [{"description": "x", "amount_minor": 100}]})
     assert unknown.status_code == 404, unknown.text
     assert (await client.get("/v1/customers/cus_nope/balance", headers=ADMIN)).status_code == 404
@@ -126,16 +103,16 @@ async def test_a_manual_credit_then_one_off_charges_fully_and_partly_covered_by_
 async def test_void_and_mark_uncollectible_through_the_api(
         client: httpx.AsyncClient, real_worker: subprocess.Popen[bytes]) -> None:
     cid = (await onboard(client, payment_method_id="pm_card_chargeDeclined"))["customer_id"]
-    credit = await command(client, "POST", f"/v1/customers/{cid}/balance/adjustments",
+    credit = await call(client, "POST", f"/v1/customers/{cid}/balance/adjustments",
                            {"currency": "USD", "amount_minor": 300, "description": "welcome credit"})
     assert credit.status_code == 201, credit.text
-    created = await command(client, "POST", "/v1/subscriptions", {"customer_id": cid, "plan_id": "pro"})
+    created = await call(client, "POST", "/v1/subscriptions", {"customer_id": cid, "plan_id": "pro"})
     sid = created.json()["subscription_id"]
     [first] = (await get(client, f"/v1/customers/{cid}/invoices"))["data"]
     # Pro's 9.00: 3.00 drawn, 6.00 charged and declined: the invoice stays open
     assert (first["status"], first["balance_applied_minor"], first["amount_due_minor"]) == ("open", 300, 600)
 
-    voided = await command(client, "POST", f"/v1/invoices/{first['invoice_id']}/void", {"reason": "mistake"})
+    voided = await call(client, "POST", f"/v1/invoices/{first['invoice_id']}/void", {"reason": "mistake"})
 
     assert voided.status_code == 200, voided.text
     assert (voided.json()["status"], voided.json()["number"]) == ("void", first["number"])
@@ -143,20 +120,20 @@ async def test_void_and_mark_uncollectible_through_the_api(
     entries = (await get(client, f"/v1/customers/{cid}/balance/entries"))["data"]
     assert [(e["kind"], e["amount_minor"]) for e in entries] == [
         ("adjustment", 300), ("invoice_draw", -300), ("void_restore", 300)]
-    again = await command(client, "POST", f"/v1/invoices/{first['invoice_id']}/void")
+    again = await call(client, "POST", f"/v1/invoices/{first['invoice_id']}/void")
     assert (again.status_code, again.json()["type"]) == (409, "/problems/invoice-not-voidable"), again.text
-    not_open = await command(client, "POST", f"/v1/invoices/{first['invoice_id']}/mark-uncollectible")
+    not_open = await call(client, "POST", f"/v1/invoices/{first['invoice_id']}/mark-uncollectible")
     assert (not_open.status_code, not_open.json()["type"]) == (409, "/problems/invoice-not-open"), not_open.text
-    missing = await command(client, "POST", "/v1/invoices/in_nope/void")
+    missing = await call(client, "POST", "/v1/invoices/in_nope/void")
     assert missing.status_code == 404, missing.text
 
-    charge = await command(client, "POST", "/v1/invoices", {"customer_id": cid, "subscription_id": sid, "lines": [
+    charge = await call(client, "POST", "/v1/invoices", {"customer_id": cid, "subscription_id": sid, "lines": [
         {"description": "Support hours", "amount_minor": 1_000}]})
     assert charge.status_code == 201, charge.text
     # 10.00: the 3.00 given back is drawn again, 7.00 charged (declined); the number follows the void one's
     assert (charge.json()["balance_applied_minor"], charge.json()["amount_due_minor"]) == (300, 700)
     assert int(charge.json()["number"].rsplit("-", 1)[1]) > int(first["number"].rsplit("-", 1)[1])
-    written_off = await command(client, "POST", f"/v1/invoices/{charge.json()['invoice_id']}/mark-uncollectible")
+    written_off = await call(client, "POST", f"/v1/invoices/{charge.json()['invoice_id']}/mark-uncollectible")
     assert written_off.status_code == 200, written_off.text
     assert written_off.json()["status"] == "uncollectible"
     assert real_worker.poll() is None, "the worker exited"

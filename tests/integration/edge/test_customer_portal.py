@@ -22,20 +22,16 @@ from pydantic import SecretStr
 
 from shared.domain.portal_link import sign
 
-from .conftest import ADMIN, ADMIN_KEY, START, bearer, new_key, onboard
-from .test_draft_invoices import UNIT, advance_to, call, ingest, until, usage_seen
+from .conftest import ADMIN, advance_to, bearer, call, new_key, onboard, real_worker_settings, until
+from .test_draft_invoices import UNIT, ingest, usage_seen
 
 pytestmark = pytest.mark.integration
 SECRET = "portal-secret-of-the-portal-test"
-ANSWER_WAIT_SECONDS = 60.0
 
 
 @pytest.fixture(scope="module")
 def edge_settings(settings):  # type: ignore[no-untyped-def]
-    return settings.model_copy(update={"clock": "simulated", "simulated_clock_start": START.isoformat(),
-                                       "command_wait_seconds": ANSWER_WAIT_SECONDS,
-                                       "admin_api_key": SecretStr(ADMIN_KEY), "database_pool_size": 5,
-                                       "portal_secret": SecretStr(SECRET), "scheduler_interval_s": 0.2})
+    return real_worker_settings(settings, portal_secret=SecretStr(SECRET), scheduler_interval_s=0.2)
 
 
 def path_of(url: str) -> str:

@@ -26,22 +26,17 @@ from typing import Any
 
 import httpx
 import pytest
-from pydantic import SecretStr
 
-from .conftest import ADMIN_KEY, START, advance_to, call, onboard, until
+from .conftest import advance_to, call, onboard, real_worker_settings, until
 
 pytestmark = pytest.mark.integration
-ANSWER_WAIT_SECONDS = 60.0  # the worker subprocess joins its consumer group first
 GRACE = 3600
 UNIT = 500_000  # micro-USD: USD 0.50
 
 
 @pytest.fixture(scope="module")
 def edge_settings(settings):  # type: ignore[no-untyped-def]
-    return settings.model_copy(update={"clock": "simulated", "simulated_clock_start": START.isoformat(),
-                                       "command_wait_seconds": ANSWER_WAIT_SECONDS,
-                                       "admin_api_key": SecretStr(ADMIN_KEY), "database_pool_size": 5,
-                                       "invoice_grace_seconds": GRACE, "scheduler_interval_s": 0.2})
+    return real_worker_settings(settings, invoice_grace_seconds=GRACE, scheduler_interval_s=0.2)
 
 
 async def ingest(client: httpx.AsyncClient, customer_id: str, units: int, at: datetime) -> None:

@@ -18,24 +18,27 @@ import sqlalchemy as sa
 
 from shared.adapters.postgres.schema.billing import simulated_gateway_charges
 
-from .conftest import ADMIN, onboard
-from .test_cancel_now_unused_fee import eventually
-from .test_undo_scheduled_changes import command, edge_settings, real_worker  # noqa: F401 (fixtures)
+from .conftest import ADMIN, call, onboard, real_worker_settings, until
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def edge_settings(settings):  # type: ignore[no-untyped-def]
+    return real_worker_settings(settings)
 
 
 async def declined_invoice(client: httpx.AsyncClient) -> tuple[str, str]:
     """A Pro subscriber whose card declined the first charge: (customer id, the open invoice's id)."""
     customer = await onboard(client, payment_method_id="pm_card_chargeDeclined")
     cid = customer["customer_id"]
-    created = await command(client, "POST", "/v1/subscriptions", {"customer_id": cid, "plan_id": "pro"})
+    created = await call(client, "POST", "/v1/subscriptions", {"customer_id": cid, "plan_id": "pro"})
     assert created.status_code == 201, created.text
 
     async def declined() -> str | None:
         attempts = (await client.get(f"/v1/customers/{cid}/payments", headers=ADMIN)).json()["data"]
         return str(attempts[0]["invoice_id"]) if [a["status"] for a in attempts] == ["declined"] else None
-    return cid, await eventually(declined, "declined first charge")
+    return cid, await until(declined, "declined first charge")
 
 
 def books(container: Any, invoice_id: str) -> list[tuple[str, bool, int]]:
@@ -50,14 +53,14 @@ async def paid(client: httpx.AsyncClient, invoice_id: str) -> dict[str, Any]:
     async def read() -> dict[str, Any] | None:
         invoice = (await client.get(f"/v1/invoices/{invoice_id}", headers=ADMIN)).json()
         return dict(invoice) if invoice["status"] == "paid" else None
-    return await eventually(read, "paid invoice")
+    return await until(read, "paid invoice")
 
 
 async def test_a_declined_invoice_is_paid_by_an_operator_retry_with_the_customers_new_card(
-        client: httpx.AsyncClient, container, real_worker: subprocess.Popen[bytes]) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+        client: httpx.AsyncClient, container, real_worker: subprocess.Popen[bytes]) -> None:  # type: ignore[no-untyped-def]
     cid, invoice_id = await declined_invoice(client)
 
-    retried = await command(client, "POST", f"/v1/invoices/{invoice_id}/retry-payment",
+    retried = await call(client, "POST", f"/v1/invoices/{invoice_id}/retry-payment",
                             {"payment_method_id": "pm_card_visa"})
 
     assert retried.status_code == 200, retried.text
@@ -71,7 +74,7 @@ async def test_a_declined_invoice_is_paid_by_an_operator_retry_with_the_customer
     [subscription] = (await client.get(f"/v1/customers/{cid}/subscriptions", headers=ADMIN)).json()["data"]
     assert subscription["payment_method_id"] == "pm_card_visa"
 
-    again = await command(client, "POST", f"/v1/invoices/{invoice_id}/retry-payment")
+    again = await call(client, "POST", f"/v1/invoices/{invoice_id}/retry-payment")
     assert again.status_code == 409, again.text
     assert (again.json()["code"], again.json()["errors"][0]["reason"]) == (
         "invoice_not_collectible", "invoice_not_collectible")
@@ -79,11 +82,11 @@ async def test_a_declined_invoice_is_paid_by_an_operator_retry_with_the_customer
 
 
 async def test_a_retry_while_another_is_unsettled_is_refused_and_the_invoice_is_charged_once(
-        client: httpx.AsyncClient, container, real_worker: subprocess.Popen[bytes]) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+        client: httpx.AsyncClient, container, real_worker: subprocess.Popen[bytes]) -> None:  # type: ignore[no-untyped-def]
     _, invoice_id = await declined_invoice(client)
     url = f"/v1/invoices/{invoice_id}/retry-payment"
 
-    answers = await asyncio.gather(*(command(client, "POST", url, {"payment_method_id": "pm_card_visa"})
+    answers = await asyncio.gather(*(call(client, "POST", url, {"payment_method_id": "pm_card_visa"})
                                      for _ in range(2)))
 
     assert sorted(a.status_code for a in answers) == [200, 409], [a.text for a in answers]
@@ -96,14 +99,14 @@ async def test_a_retry_while_another_is_unsettled_is_refused_and_the_invoice_is_
 
 
 async def test_a_draft_void_or_unknown_invoice_is_not_retried(
-        client: httpx.AsyncClient, real_worker: subprocess.Popen[bytes]) -> None:  # noqa: F811
+        client: httpx.AsyncClient, real_worker: subprocess.Popen[bytes]) -> None:
     _, invoice_id = await declined_invoice(client)
-    voided = await command(client, "POST", f"/v1/invoices/{invoice_id}/void")
+    voided = await call(client, "POST", f"/v1/invoices/{invoice_id}/void")
     assert voided.status_code == 200, voided.text
 
-    refused = await command(client, "POST", f"/v1/invoices/{invoice_id}/retry-payment")
-    unknown = await command(client, "POST", "/v1/invoices/in_nope/retry-payment")
-    bad_card = await command(client, "POST", f"/v1/invoices/{invoice_id}/retry-payment",
+    refused = await call(client, "POST", f"/v1/invoices/{invoice_id}/retry-payment")
+    unknown = await call(client, "POST", "/v1/invoices/in_nope/retry-payment")
+    bad_card = await call(client, "POST", f"/v1/invoices/{invoice_id}/retry-payment",
                              {"payment_method_id": "card 4242"})
 
     assert (refused.status_code, refused.json()["code"]) == (409, "invoice_not_collectible"), refused.text
@@ -114,12 +117,12 @@ async def test_a_draft_void_or_unknown_invoice_is_not_retried(
 
 
 async def test_an_invoice_written_off_as_uncollectible_is_collected_by_an_operator_retry(
-        client: httpx.AsyncClient, container, real_worker: subprocess.Popen[bytes]) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+        client: httpx.AsyncClient, container, real_worker: subprocess.Popen[bytes]) -> None:  # type: ignore[no-untyped-def]
     _, invoice_id = await declined_invoice(client)
-    written_off = await command(client, "POST", f"/v1/invoices/{invoice_id}/mark-uncollectible")
+    written_off = await call(client, "POST", f"/v1/invoices/{invoice_id}/mark-uncollectible")
     assert (written_off.status_code, written_off.json()["status"]) == (200, "uncollectible"), written_off.text
 
-    retried = await command(client, "POST", f"/v1/invoices/{invoice_id}/retry-payment",
+    retried = await call(client, "POST", f"/v1/invoices/{invoice_id}/retry-payment",
                             {"payment_method_id": "pm_card_visa"})
 
     assert retried.status_code == 200, retried.text

@@ -18,13 +18,11 @@ from typing import Any
 
 import httpx
 import pytest
-from pydantic import SecretStr
 
-from .conftest import ADMIN, ADMIN_KEY, START, onboard
-from .test_previews import amounts, assert_issued_as_previewed, command, eventually, invoices
+from .conftest import ADMIN, call, onboard, real_worker_settings, until
+from .test_previews import amounts, assert_issued_as_previewed, invoices
 
 pytestmark = pytest.mark.integration
-ANSWER_WAIT_SECONDS = 60.0
 
 METER = {"id": "late_calls", "name": "Late calls", "unit": "call", "event_type": "late_call",
          "aggregation": "count"}
@@ -35,10 +33,7 @@ PLAN = {"id": "late_tiered", "name": "Late tiered", "family": "late", "interval"
 
 @pytest.fixture(scope="module")
 def edge_settings(settings):  # type: ignore[no-untyped-def]
-    return settings.model_copy(update={"clock": "simulated", "simulated_clock_start": START.isoformat(),
-                                       "command_wait_seconds": ANSWER_WAIT_SECONDS,
-                                       "admin_api_key": SecretStr(ADMIN_KEY), "database_pool_size": 5,
-                                       "scheduler_interval_s": 0.2})
+    return real_worker_settings(settings, scheduler_interval_s=0.2)
 
 
 async def _calls(client: httpx.AsyncClient, customer_id: str, at: datetime, count: int) -> None:
@@ -55,10 +50,10 @@ async def _advance(client: httpx.AsyncClient, seconds: int) -> None:
 
 async def test_late_tiered_usage_is_previewed_at_its_marginal_tier_as_the_close_bills_it(
         client: httpx.AsyncClient, real_worker: subprocess.Popen[bytes]) -> None:
-    assert (await command(client, "POST", "/v1/meters", METER)).status_code == 201
-    assert (await command(client, "POST", "/v1/plans", PLAN)).status_code == 201
+    assert (await call(client, "POST", "/v1/meters", METER)).status_code == 201
+    assert (await call(client, "POST", "/v1/plans", PLAN)).status_code == 201
     customer_id = (await onboard(client, payment_method_id="pm_card_visa"))["customer_id"]
-    created = await command(client, "POST", "/v1/subscriptions", {"customer_id": customer_id,
+    created = await call(client, "POST", "/v1/subscriptions", {"customer_id": customer_id,
                                                                   "plan_id": "late_tiered"})
     assert created.status_code == 201, created.text
     sid = created.json()["subscription_id"]
@@ -76,9 +71,9 @@ async def test_late_tiered_usage_is_previewed_at_its_marginal_tier_as_the_close_
     async def closes() -> list[dict[str, Any]]:
         return [i for i in await invoices(client, customer_id) if i["kind"] == "period_close"]
 
-    await eventually(lambda: _usage_is(upcoming, 800), "8 calls on the upcoming invoice")
+    await until(lambda: _usage_is(upcoming, 800), "8 calls on the upcoming invoice")
     await _advance(client, int((end - start).total_seconds()) - 86_400 + 60)  # past the end: the close
-    [first] = await eventually(closes, "the first period close")
+    [first] = await until(closes, "the first period close")
     assert [a for a in amounts(first) if a[0] == "usage"] == [("usage", 800)]
 
     await _advance(client, 2 * 3600)
@@ -90,7 +85,7 @@ async def test_late_tiered_usage_is_previewed_at_its_marginal_tier_as_the_close_
         return preview if ("usage", 300) in amounts(preview) and any(
             kind == "adjustment" for kind, _ in amounts(preview)) else None
 
-    preview = await eventually(previewed, "the late calls and period 2's on the upcoming invoice")
+    preview = await until(previewed, "the late calls and period 2's on the upcoming invoice")
     adjustments = [amount for kind, amount in amounts(preview) if kind == "adjustment"]
     assert adjustments == [200, 100]  # calls 9-10 at 1.00, 11-12 at 0.50 (not 4 x 1.00)
     assert preview["total_minor"] == 300 + 300 + 1000
@@ -102,7 +97,7 @@ async def test_late_tiered_usage_is_previewed_at_its_marginal_tier_as_the_close_
         found = [i for i in await closes() if i["invoice_id"] == preview["invoice_id"]]
         return found[0] if found else None
 
-    issued = await eventually(second, "the second period close")
+    issued = await until(second, "the second period close")
     assert_issued_as_previewed(preview, issued)
     assert real_worker.poll() is None, "the worker exited"
 

@@ -8,9 +8,7 @@ its own subscription's period.
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
-import time
 import uuid
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -18,12 +16,10 @@ from typing import Any
 
 import httpx
 import pytest
-from pydantic import SecretStr
 
-from .conftest import ADMIN, ADMIN_KEY, START, onboard
+from .conftest import ADMIN, call, onboard, real_worker_settings, until
 
 pytestmark = pytest.mark.integration
-ANSWER_WAIT_SECONDS = 60.0  # the worker subprocess joins its consumer group first
 LINE_FIELDS = ("kind", "description", "amount_minor", "quantity", "unit_price", "period_start", "period_end",
                "meter_id", "proration")
 TOTALS = ("invoice_id", "kind", "period_start", "period_end", "currency", "subtotal_minor", "discount_minor",
@@ -32,21 +28,12 @@ TOTALS = ("invoice_id", "kind", "period_start", "period_end", "currency", "subto
 
 @pytest.fixture(scope="module")
 def edge_settings(settings):  # type: ignore[no-untyped-def]
-    return settings.model_copy(update={"clock": "simulated", "simulated_clock_start": START.isoformat(),
-                                       "command_wait_seconds": ANSWER_WAIT_SECONDS,
-                                       "admin_api_key": SecretStr(ADMIN_KEY), "database_pool_size": 5})
-
-
-async def command(client: httpx.AsyncClient, method: str, url: str, body: dict[str, Any] | None = None,
-                  ) -> httpx.Response:
-    response = await client.request(method, url, json=body, headers=ADMIN)
-    assert response.status_code != 202, f"the worker did not answer {url} in {ANSWER_WAIT_SECONDS} s"
-    return response
+    return real_worker_settings(settings)
 
 
 async def subscribe(client: httpx.AsyncClient, plan_id: str, **fields: Any) -> tuple[str, str, dict[str, Any]]:
     customer = await onboard(client, payment_method_id="pm_card_visa", tax_rate_bps=1000)
-    created = await command(client, "POST", "/v1/subscriptions",
+    created = await call(client, "POST", "/v1/subscriptions",
                             {"customer_id": customer["customer_id"], "plan_id": plan_id, **fields})
     assert created.status_code == 201, created.text
     return customer["customer_id"], created.json()["subscription_id"], created.json()
@@ -62,16 +49,6 @@ async def invoices(client: httpx.AsyncClient, customer_id: str) -> list[dict[str
     response = await client.get(f"/v1/customers/{customer_id}/invoices", params={"limit": 100}, headers=ADMIN)
     assert response.status_code == 200, response.text
     return list(response.json()["data"])
-
-
-async def eventually(check: Any, what: str, timeout: float = ANSWER_WAIT_SECONDS) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = await check()
-        if found:
-            return found
-        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
-        await asyncio.sleep(0.2)
 
 
 def _value(key: str, value: Any) -> Any:
@@ -113,7 +90,7 @@ async def test_an_immediate_upgrade_is_issued_as_previewed_at_the_same_instant(
     assert preview["invoice_now"]["total_minor"] == 820
     assert preview["next_invoice"]["plan_id"] == "team"
 
-    changed = await command(client, "POST", f"/v1/subscriptions/{sid}/change-plan", {"plan_id": "team"})
+    changed = await call(client, "POST", f"/v1/subscriptions/{sid}/change-plan", {"plan_id": "team"})
 
     assert changed.status_code == 200 and changed.json()["plan_id"] == "team", changed.text
     [issued] = [i for i in await invoices(client, customer_id) if i["kind"] == "subscription_change"]
@@ -139,7 +116,7 @@ async def test_the_period_close_is_issued_as_the_upcoming_invoice_showed_it(
         body = response.json()
         return body if ("usage", 350) in amounts(body["invoice"]) else None
 
-    upcoming = await eventually(upcoming_with_usage, "usage on the upcoming invoice")
+    upcoming = await until(upcoming_with_usage, "usage on the upcoming invoice")
     preview = upcoming["invoice"]
     assert (preview["kind"], preview["estimate"], datetime.fromisoformat(preview["billed_at"])) == (
         "period_close", True, end)
@@ -156,7 +133,7 @@ async def test_the_period_close_is_issued_as_the_upcoming_invoice_showed_it(
     async def closed() -> list[dict[str, Any]]:
         return [i for i in await invoices(client, customer_id) if i["kind"] == "period_close"]
 
-    [issued] = await eventually(closed, "period close invoice")
+    [issued] = await until(closed, "period close invoice")
     assert_issued_as_previewed(preview, issued)
     assert real_worker.poll() is None, "the worker exited"
 
@@ -178,7 +155,7 @@ async def test_a_seat_change_preview_a_deferred_downgrade_preview_and_refusals(
     credit, charge = round(-4000 * days_left), round(6000 * days_left)  # whole cents here (no half cent)
     assert amounts(seats.json()["invoice_now"])[:2] == [("proration", credit), ("proration", charge)]
     assert amounts(seats.json()["next_invoice"]) == [("fee", 6000), ("tax", 600)]  # 3 seats from the next period
-    changed = await command(client, "POST", f"/v1/subscriptions/{team}/seats", {"seats": 3})
+    changed = await call(client, "POST", f"/v1/subscriptions/{team}/seats", {"seats": 3})
     assert changed.status_code == 200, changed.text
     [issued] = [i for i in await invoices(client, customer_id) if i["kind"] == "subscription_change"]
     assert_issued_as_previewed(seats.json()["invoice_now"], issued)
@@ -190,11 +167,11 @@ async def test_a_seat_change_preview_a_deferred_downgrade_preview_and_refusals(
     assert amounts(body["next_invoice"]) == [("fee", 900), ("tax", 90)]  # Pro's fee from the next period
     # refused as the real command is: 409 with the worker's code; an unknown plan is 422
     assert (same.status_code, same.json()["type"]) == (409, "/problems/rejected/already_on_plan"), same.text
-    real = await command(client, "POST", f"/v1/subscriptions/{team}/change-plan", {"plan_id": "team"})
+    real = await call(client, "POST", f"/v1/subscriptions/{team}/change-plan", {"plan_id": "team"})
     assert (real.status_code, real.json()["type"]) == (409, same.json()["type"])
     assert flat.status_code == 422, flat.text
 
-    cancelled = await command(client, "POST", f"/v1/subscriptions/{team}/cancel", {"at_period_end": False})
+    cancelled = await call(client, "POST", f"/v1/subscriptions/{team}/cancel", {"at_period_end": False})
     assert cancelled.status_code == 200, cancelled.text
     nothing = await client.get(f"/v1/subscriptions/{team}/upcoming-invoice", headers=ADMIN)
     unknown = await client.get("/v1/subscriptions/sub_nope/upcoming-invoice", headers=ADMIN)

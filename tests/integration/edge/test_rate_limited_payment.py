@@ -19,24 +19,27 @@ import sqlalchemy as sa
 from shared.adapters.postgres.schema.billing import payment_attempts, simulated_gateway_charges
 from shared.adapters.postgres.schema.core import outbox
 
-from .conftest import ADMIN, onboard
-from .test_cancel_now_unused_fee import eventually
-from .test_undo_scheduled_changes import command, edge_settings, real_worker  # noqa: F401 (fixtures)
+from .conftest import ADMIN, call, onboard, real_worker_settings, until
 
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture(scope="module")
+def edge_settings(settings):  # type: ignore[no-untyped-def]
+    return real_worker_settings(settings)
+
+
 async def test_a_charge_rate_limited_once_is_sent_again_and_paid_once_without_a_failure(
-        client: httpx.AsyncClient, container, real_worker: subprocess.Popen[bytes]) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+        client: httpx.AsyncClient, container, real_worker: subprocess.Popen[bytes]) -> None:  # type: ignore[no-untyped-def]
     customer = await onboard(client, payment_method_id="pm_sim_rate_limited_once")
     cid = customer["customer_id"]
-    created = await command(client, "POST", "/v1/subscriptions", {"customer_id": cid, "plan_id": "pro"})
+    created = await call(client, "POST", "/v1/subscriptions", {"customer_id": cid, "plan_id": "pro"})
     assert created.status_code == 201, created.text
 
     async def paid() -> dict[str, Any] | None:
         found = (await client.get(f"/v1/customers/{cid}/invoices", headers=ADMIN)).json()["data"]
         return found[0] if found and found[0]["status"] == "paid" else None
-    invoice = await eventually(paid, "paid invoice")
+    invoice = await until(paid, "paid invoice")
     assert (invoice["total_minor"], invoice["amount_paid_minor"]) == (900, 900)
 
     with container.engine.connect() as conn:

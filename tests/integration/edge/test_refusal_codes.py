@@ -8,19 +8,14 @@ The catalog is the default one plus a plan billed in euros (`flat_eur`), so a ch
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-from pathlib import Path
 
 import httpx
 import pytest
-from pydantic import SecretStr
 
-from .conftest import ADMIN_KEY, START, onboard
-from .test_undo_scheduled_changes import ANSWER_WAIT_SECONDS, command, real_worker  # noqa: F401 (fixture)
+from .conftest import call, catalogs_with, onboard, real_worker_settings
 
 pytestmark = pytest.mark.integration
-CATALOGS = Path(__file__).resolve().parents[3] / "shared" / "catalogs"
 EUR_PLANS = """\
 version: 1
 description: A plan billed in euros (test only)
@@ -36,27 +31,22 @@ plans:
 
 @pytest.fixture(scope="module")
 def edge_settings(settings, tmp_path_factory):  # type: ignore[no-untyped-def]
-    catalogs = tmp_path_factory.mktemp("catalogs")
-    for document in CATALOGS.glob("*.yaml"):
-        shutil.copy(document, catalogs / document.name)
-    (catalogs / "eur_plans.yaml").write_text(EUR_PLANS)
-    return settings.model_copy(update={"clock": "simulated", "simulated_clock_start": START.isoformat(),
-                                       "command_wait_seconds": ANSWER_WAIT_SECONDS, "catalog_dir": catalogs,
-                                       "admin_api_key": SecretStr(ADMIN_KEY), "database_pool_size": 5})
+    catalogs = catalogs_with(tmp_path_factory, "eur_plans.yaml", EUR_PLANS)
+    return real_worker_settings(settings, catalog_dir=catalogs)
 
 
 async def test_each_refusal_of_a_change_is_answered_with_its_own_code(
-        client: httpx.AsyncClient, real_worker: subprocess.Popen[bytes]) -> None:  # noqa: F811
+        client: httpx.AsyncClient, real_worker: subprocess.Popen[bytes]) -> None:
     customer = await onboard(client, payment_method_id="pm_card_visa")
-    created = await command(client, "POST", "/v1/subscriptions",
+    created = await call(client, "POST", "/v1/subscriptions",
                             {"customer_id": customer["customer_id"], "plan_id": "pro"})
     assert created.status_code == 201, created.text
     base = f"/v1/subscriptions/{created.json()['subscription_id']}"
 
     answers = {
-        "currency_mismatch": await command(client, "POST", f"{base}/change-plan", {"plan_id": "flat_eur"}),
-        "already_on_plan": await command(client, "POST", f"{base}/change-plan", {"plan_id": "pro"}),
-        "not_sold_per_seat": await command(client, "POST", f"{base}/seats", {"seats": 3}),
+        "currency_mismatch": await call(client, "POST", f"{base}/change-plan", {"plan_id": "flat_eur"}),
+        "already_on_plan": await call(client, "POST", f"{base}/change-plan", {"plan_id": "pro"}),
+        "not_sold_per_seat": await call(client, "POST", f"{base}/seats", {"seats": 3}),
     }
 
     for code, answer in answers.items():

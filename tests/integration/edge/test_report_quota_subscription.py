@@ -24,23 +24,18 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from pydantic import SecretStr
 
 from services.ingest.quota_wiring import build_quota_service
 from shared.adapters.postgres.schema.billing import subscriptions
 
-from .conftest import ADMIN_KEY, START, advance_to, call, onboard, until
+from .conftest import START, advance_to, call, onboard, real_worker_settings, until
 
 pytestmark = pytest.mark.integration
-ANSWER_WAIT_SECONDS = 60.0  # the worker subprocess joins its consumer group first
 
 
 @pytest.fixture(scope="module")
 def edge_settings(settings):  # type: ignore[no-untyped-def]
-    return settings.model_copy(update={"clock": "simulated", "simulated_clock_start": START.isoformat(),
-                                       "command_wait_seconds": ANSWER_WAIT_SECONDS,
-                                       "admin_api_key": SecretStr(ADMIN_KEY), "database_pool_size": 5,
-                                       "scheduler_interval_s": 0.2})
+    return real_worker_settings(settings, scheduler_interval_s=0.2)
 
 
 def subscriptions_of(engine: sa.Engine, customer_id: str) -> list[dict[str, Any]]:

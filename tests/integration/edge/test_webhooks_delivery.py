@@ -15,20 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import subprocess
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import sqlalchemy as sa
-from pydantic import SecretStr
 
 from services.ingest.container import Container
 from services.webhooks.bootstrap import WebhooksService, build_webhooks
@@ -36,11 +32,9 @@ from shared.adapters.postgres.schema.edge import audit_log
 from shared.adapters.postgres.schema.webhooks import webhook_deliveries, webhook_delivery_attempts
 from shared.adapters.webhooks.signing import HEADER, SignatureVerificationError, verify_signature
 
-from .conftest import ADMIN, ADMIN_KEY, START, onboard
-from .test_undo_scheduled_changes import ANSWER_WAIT_SECONDS, command, real_worker  # noqa: F401 (fixture)
+from .conftest import ADMIN, call, catalogs_with, onboard, real_worker_settings, until
 
 pytestmark = pytest.mark.integration
-CATALOGS = Path(__file__).resolve().parents[3] / "shared" / "catalogs"
 FEE_PLAN = ("version: 1\ndescription: a 10.00 monthly fee (test only)\ncurrency: USD\nplans:\n"
             "  - {id: fee10, name: Fee10, family: classic, interval: month, price: '10.00'}\n")
 SUBSCRIBING = ["subscription.created", "invoice.finalized", "invoice.paid"]
@@ -104,13 +98,8 @@ class Receiver:
 
 @pytest.fixture(scope="module")
 def edge_settings(settings, tmp_path_factory):  # type: ignore[no-untyped-def]
-    catalogs = tmp_path_factory.mktemp("catalogs")
-    for document in CATALOGS.glob("*.yaml"):
-        shutil.copy(document, catalogs / document.name)
-    (catalogs / "fee_plan.yaml").write_text(FEE_PLAN)
-    return settings.model_copy(update={"clock": "simulated", "simulated_clock_start": START.isoformat(),
-                                       "command_wait_seconds": ANSWER_WAIT_SECONDS, "catalog_dir": catalogs,
-                                       "admin_api_key": SecretStr(ADMIN_KEY), "database_pool_size": 5})
+    catalogs = catalogs_with(tmp_path_factory, "fee_plan.yaml", FEE_PLAN)
+    return real_worker_settings(settings, catalog_dir=catalogs)
 
 
 @pytest.fixture(scope="module")
@@ -129,16 +118,6 @@ def webhooks(edge_settings, container) -> Iterator[WebhooksService]:  # type: ig
     yield service
     stop.set()
     service.join()
-
-
-async def eventually(check: Any, what: str, timeout: float = ANSWER_WAIT_SECONDS) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = await check()
-        if found:
-            return found
-        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
-        await asyncio.sleep(0.2)
 
 
 async def register(client: httpx.AsyncClient, receiver: Receiver, path: str, events: list[str]) -> dict[str, Any]:
@@ -164,7 +143,7 @@ async def advance(client: httpx.AsyncClient, seconds: int) -> None:
 
 async def test_every_event_of_a_billing_month_reaches_each_endpoint_once_in_order_after_an_outage(
         client: httpx.AsyncClient, container: Container, receiver: Receiver, webhooks: WebhooksService,
-        real_worker: subprocess.Popen[bytes]) -> None:  # noqa: F811
+        real_worker: subprocess.Popen[bytes]) -> None:
     a = await register(client, receiver, "/a", ["*"])
     b = await register(client, receiver, "/b", ["subscription.created", "invoice.finalized", "invoice.paid"])
     c = await register(client, receiver, "/c", ["*"])
@@ -174,35 +153,35 @@ async def test_every_event_of_a_billing_month_reaches_each_endpoint_once_in_orde
     receiver.modes["/a"] = "down"
 
     customer = await onboard(client, payment_method_id="pm_card_visa")
-    created = await command(client, "POST", "/v1/subscriptions",
+    created = await call(client, "POST", "/v1/subscriptions",
                             {"customer_id": customer["customer_id"], "plan_id": "fee10"})
     assert created.status_code == 201, created.text
     sid = created.json()["subscription_id"]
 
     async def b_has(count: int) -> bool:
         return len(receiver.delivered("/b")) >= count
-    await eventually(lambda: b_has(3), "deliveries to B while A is down")  # A's outage holds nothing back
+    await until(lambda: b_has(3), "deliveries to B while A is down")  # A's outage holds nothing back
     assert not receiver.delivered("/a")
 
     # A fails for ~18 minutes of the billing clock: 500 twice, then dropped connections twice
     async def a_tried(count: int) -> bool:
         return attempts_of(container.engine, a["endpoint_id"]) >= count
-    await eventually(lambda: a_tried(1), "a first attempt to A")
+    await until(lambda: a_tried(1), "a first attempt to A")
     for tries, (seconds, mode) in enumerate([(70, "down"), (140, "drop"), (280, "drop"), (560, "drop")], 2):
         receiver.modes["/a"] = mode
         await advance(client, seconds)
-        await eventually(lambda t=tries: a_tried(t), f"attempt {tries} to A")
+        await until(lambda t=tries: a_tried(t), f"attempt {tries} to A")
     assert not receiver.delivered("/a")
     receiver.modes["/a"] = "up"
     await advance(client, 1100)  # past the 8-minute (+-10 %) wait after the fifth failure
 
     async def a_has(count: int) -> bool:
         return len(receiver.delivered("/a")) >= count
-    await eventually(lambda: a_has(3), "A's deliveries after its outage")
+    await until(lambda: a_has(3), "A's deliveries after its outage")
 
     await advance(client, 31 * 86_400)  # the period (10 Mar -> 10 Apr) closes
-    await eventually(lambda: a_has(5), "the period close's events at A")
-    await eventually(lambda: b_has(5), "the period close's events at B")
+    await until(lambda: a_has(5), "the period close's events at A")
+    await until(lambda: b_has(5), "the period close's events at B")
     await asyncio.sleep(1.0)  # nothing more may arrive
 
     for path in ("/a", "/b"):
@@ -222,10 +201,10 @@ async def test_every_event_of_a_billing_month_reaches_each_endpoint_once_in_orde
         (False, 500), (False, 500), (False, None), (False, None), (False, None), (True, 200)]
     # a credit note of 1.00 on the paid first invoice: credit_note.created to A (B did not subscribe to it)
     first_invoice = receiver.delivered("/a")[1]["data"]["invoice_id"]
-    note = await command(client, "POST", f"/v1/invoices/{first_invoice}/credit-notes",
+    note = await call(client, "POST", f"/v1/invoices/{first_invoice}/credit-notes",
                          {"amount_minor": 100, "reason": "order_change"})
     assert note.status_code == 201, note.text
-    await eventually(lambda: a_has(6), "credit_note.created at A")
+    await until(lambda: a_has(6), "credit_note.created at A")
     created_note = receiver.delivered("/a")[5]
     assert (created_note["type"], created_note["data"]["credit_note_id"], created_note["data"]["total_minor"]) == (
         "credit_note.created", note.json()["credit_note_id"], 100)
@@ -249,7 +228,7 @@ async def test_every_event_of_a_billing_month_reaches_each_endpoint_once_in_orde
     assert paid["event_type"] == "invoice.paid"
     again = await client.post(f"/v1/webhook-deliveries/{paid['delivery_id']}/redeliver", headers=ADMIN)
     assert again.status_code == 202, again.text
-    await eventually(lambda: b_has(6), "the redelivery")
+    await until(lambda: b_has(6), "the redelivery")
     redelivered = receiver.delivered("/b")[-1]
     assert redelivered["id"] == paid["event_id"] == receiver.delivered("/b")[-2]["id"]
     assert receiver.bad_signatures == []
