@@ -76,6 +76,12 @@ class Settings(BaseSettings):
     quota_group_commit: bool = Field(
         default=False, description="report-credit batches of the orgs ready while a write is in flight are "
                                    "committed in one statement (false: one statement per org's batch)")
+    quota_leases: bool = Field(
+        default=True, description="report credits of busy orgs are decided from memory under leases (blocks of "
+                                  "the month reserved in PostgreSQL) and written by one pipelined group commit")
+    quota_lease_seconds: float = Field(
+        default=5.0, gt=0.5, le=300, description="life of a report-credit lease by the database clock; a "
+                                                 "crashed edge's unused reports come back after it")
 
     # --- worker
     consumer_group: str = "billing-worker"

@@ -20,8 +20,10 @@ from services.ingest.service_layer.quota_admission import QuotaAdmission
 from services.ingest.service_layer.quota_alerts import AlertNotifications
 from services.ingest.service_layer.quota_commit import BatchCommitter, EventLoopClock
 from services.ingest.service_layer.quota_group_commit import GroupCommit
+from services.ingest.service_layer.quota_leases import LeasedCredits
 from services.ingest.service_layer.quota_ports import OrgBatchStore, QuotaStorePort
 from shared.adapters.postgres.pool import make_pool
+from shared.adapters.postgres.quota_lease_store import LeaseStore
 from shared.adapters.postgres.quota_store import QuotaStore
 from shared.bootstrap import build_notifier
 from shared.domain.catalog import Catalog
@@ -64,8 +66,15 @@ async def build_quota_service(container: Container, metrics: EdgeMetrics | None 
         await pool.open(wait=True)
         store = QuotaStore(pool)
         group = GroupCommit(store) if container.settings.quota_group_commit else None
+        lease_store = LeaseStore(pool)
         service = quota_service(store, container.clock, container.catalog, AlertNotifications(notifier),
-                                metrics, current_catalog=container.current_catalog, batch_store=group)
+                                metrics, current_catalog=container.current_catalog, batch_store=group,
+                                revoke_leases=lease_store.revoke)
+        if container.settings.quota_leases:
+            admission = service.admission
+            admission.leases = LeasedCredits(
+                lease_store, admission.committer, admission.clock, admission.alerts,
+                container.catalog.meter(REPORT_METER).event_type, lease_seconds=container.settings.quota_lease_seconds)
     except BaseException:
         await pool.close()
         await notifier.aclose()
@@ -84,7 +93,8 @@ async def build_quota_service(container: Container, metrics: EdgeMetrics | None 
 def quota_service(store: QuotaStorePort, clock: Clock, catalog: Catalog, alerts: AlertNotifications,
                   metrics: EdgeMetrics | None = None, *,
                   current_catalog: Callable[[], Catalog] | None = None,
-                  batch_store: OrgBatchStore | None = None) -> QuotaService:
+                  batch_store: OrgBatchStore | None = None,
+                  revoke_leases: Callable[[str], Awaitable[int]] | None = None) -> QuotaService:
     """The report quota's use cases over ``store`` (the unit tests pass an in-memory store); batches are
     read and committed through ``batch_store`` when given (the cross-org group commit over ``store``)."""
     metrics = metrics or EdgeMetrics()
@@ -93,5 +103,5 @@ def quota_service(store: QuotaStorePort, clock: Clock, catalog: Catalog, alerts:
     committer = BatchCommitter(batch_store or store, loop_clock,
                                lambda path, seconds: batch_seconds.labels(path).observe(seconds))
     admission = QuotaAdmission(committer, loop_clock, alerts, catalog.meter(REPORT_METER).event_type,
-                               metrics.quota_batch_size.observe)
+                               metrics.quota_batch_size.observe, revoke_leases=revoke_leases)
     return QuotaService(admission, QuotaAdmin(store, loop_clock, catalog, committer, current_catalog))

@@ -17,9 +17,10 @@ consistent part).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Protocol
 
 import orjson
 
@@ -160,17 +161,46 @@ def per_request(answers: dict[str, CreditAnswer], batch: Sequence[CreditRequest]
     return results
 
 
+class LeasePath(Protocol):
+    """Admissions decided from memory under leases (``quota_leases.LeasedCredits``)."""
+
+    async def try_admit(self, org_id: str, user_id: str, enquiry_id: str) -> CreditAnswer | None: ...
+
+    async def aclose(self) -> None: ...
+
+
 class QuotaAdmission:
-    """``use_credit``: admit or refuse one report (see the module docstring)."""
+    """``use_credit``: admit or refuse one report (see the module docstring).
+
+    With ``leases``, a request is first offered to the lease path, which admits it from memory (committed
+    by the pipelined group commit) or declines; declined requests are decided here, exactly. Before this
+    path refuses for want of reports while some sit in leases, it has them revoked (``revoke_leases``) and
+    decides those requests again: credits in a lease never cause a refusal.
+    """
 
     def __init__(self, committer: BatchCommitter, clock: EventLoopClock, alerts: AlertNotifications,
-                 report_event_type: str, observe_batch_size: Callable[[int], None] | None = None) -> None:
+                 report_event_type: str, observe_batch_size: Callable[[int], None] | None = None, *,
+                 revoke_leases: Callable[[str], Awaitable[int]] | None = None) -> None:
         self._committer = committer
         self._clock = clock
         self._alerts = alerts
         self._report_event_type = report_event_type
+        self._revoke_leases = revoke_leases
+        self.leases: LeasePath | None = None
         self._lanes: Lanes[CreditRequest, CreditAnswer] = Lanes(self._admit, max_batch=MAX_BATCH,
                                                                 observe_batch_size=observe_batch_size)
+
+    @property
+    def committer(self) -> BatchCommitter:
+        return self._committer
+
+    @property
+    def clock(self) -> EventLoopClock:
+        return self._clock
+
+    @property
+    def alerts(self) -> AlertNotifications:
+        return self._alerts
 
     async def now(self) -> datetime:
         return await self._clock.now()
@@ -178,13 +208,29 @@ class QuotaAdmission:
     async def use_credit(self, org_id: str, user_id: str, enquiry_id: str) -> CreditAnswer:
         """Admit or refuse one report; an enquiry id admitted before gets the original answer back, and
         ``enquiry_conflict`` when that enquiry was run by another user."""
-        answer = await self._lanes.submit(org_id, CreditRequest(user_id, enquiry_id))
+        leased = await self.leases.try_admit(org_id, user_id, enquiry_id) if self.leases is not None else None
+        answer = leased or await self._lanes.submit(org_id, CreditRequest(user_id, enquiry_id))
         if answer.user_id != user_id:
             raise QuotaRefused(QuotaRefusalCode.ENQUIRY_CONFLICT, f"enquiry {enquiry_id!r} was run by another user",
                                field="enquiry_id")
         return answer
 
     async def _admit(self, org_id: str, batch: Sequence[CreditRequest]) -> list[CreditAnswer]:
+        answers, leased = await self._admit_once(org_id, batch)
+        refused = [item for item, answer in zip(batch, answers, strict=True)
+                   if answer.reason is QuotaDenialReason.ORG_LIMIT_REACHED]
+        if refused and leased and self._revoke_leases is not None:
+            # NOTE: the refusal was for want of reports some of which sit in leases: end them (their holders'
+            # next writes are fenced and decided here) and decide the refused requests again
+            await self._revoke_leases(org_id)
+            self._committer.forget(org_id)
+            again = iter((await self._admit_once(org_id, refused))[0])
+            answers = [next(again) if answer.reason is QuotaDenialReason.ORG_LIMIT_REACHED else answer
+                       for answer in answers]
+        return answers
+
+    async def _admit_once(self, org_id: str, batch: Sequence[CreditRequest]) -> tuple[list[CreditAnswer], bool]:
+        """The batch's answers, and whether reports of the org's month sat in leases when it was decided."""
         users = sorted({item.user_id for item in batch})
         enquiries = sorted({item.enquiry_id for item in batch})
         event_type = self._report_event_type
@@ -195,11 +241,14 @@ class QuotaAdmission:
         try:
             committed = await self._committer.commit(org_id, users, enquiries, decide)
         except OrgNotConfigured as unknown:
-            return no_plan_answers(org_id, batch, unknown.month)
+            return no_plan_answers(org_id, batch, unknown.month), False
         self._alerts.send(committed.write.alerts, committed.inserted_alerts, org_id, committed.at)
-        return per_request(committed.answers, batch)
+        month = committed.snapshot.month
+        return per_request(committed.answers, batch), month is not None and month.leased > 0
 
     async def aclose(self) -> None:
+        if self.leases is not None:
+            await self.leases.aclose()
         await self._lanes.aclose()
         await self._alerts.aclose()
 

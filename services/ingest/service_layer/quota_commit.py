@@ -149,12 +149,24 @@ class BatchCommitter:
         self._timezones: dict[str, str] = {}
         self._known: dict[str, _Known] = {}
         self._contended: dict[str, float] = {}
+        self._forget_listeners: list[Callable[[str], None]] = []
 
     def forget(self, org_id: str, *, timezone: str | None = None) -> None:
         """An administrative write changed the org: decide its next batch on a fresh read."""
         self._known.pop(org_id, None)
         if timezone is not None:
             self._timezones[org_id] = timezone
+        for listener in self._forget_listeners:
+            listener(org_id)
+
+    def on_forget(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(org_id)`` whenever an org's remembered state is dropped (e.g. its leases)."""
+        self._forget_listeners.append(listener)
+
+    def timezone_of(self, org_id: str) -> str | None:
+        """The org's time zone as this process last read it; None before its first batch."""
+        known = self._known.get(org_id)
+        return known.snapshot.org.timezone if known is not None else self._timezones.get(org_id)
 
     async def commit(self, org_id: str, users: Sequence[str], enquiries: Sequence[str],
                      decide: Decide[AnswersT]) -> Committed[AnswersT]:

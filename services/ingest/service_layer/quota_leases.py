@@ -1,0 +1,272 @@
+"""Report credits decided from memory under leases: the path most requests of a busy org take.
+
+An edge process that sees an org's requests reserves a block of the org's month (a *lease*, granted by
+``LeaseStore.grant``: a compare-and-set in PostgreSQL, sized from the org's recent rate, expiring by the
+database clock). While it holds one, ``LeasedCredits.try_admit`` decides a request in memory with the
+domain's ``decide`` (the rule lives only there) on the org's counters as this process knows them, takes one
+report of the lease, and hands the admission to the process's ``PipelinedWriter``: one statement writes the
+admissions of every org decided since the last one (consumption row, ``usage.recorded`` outbox row, counter
+moves, alerts by their unique key). The answer is given only once that statement committed it.
+
+``try_admit`` returns ``None`` whenever it cannot answer that way, and the caller decides on the exact path
+(``QuotaAdmission``'s compare-and-set, which also replays a stored enquiry):
+
+- the org has no live lease with a report left for this month (none granted yet, used up, expired by the
+  local deadline, which is ahead of the database's, or revoked); a grant is then started in the background;
+- the rule would refuse (refusals are only ever given on state read now, by the exact path);
+- the statement did not store the admission: its enquiry was stored before (by any process: the exact path
+  replays the stored answer, and the lease's report goes back to this process, which counts what the
+  database says each lease consumed), the lease was no longer live by the database clock (the fence), or
+  the statement failed (nothing of it was written).
+
+Orgs on trial or with a per-user limit get no lease (``LeaseStore.grant``), so they stay on the exact path:
+a per-user limit would need per-user blocks, a trial is ten reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+
+from services.ingest.service_layer.quota_admission import (
+    CreditAnswer,
+    CreditRequest,
+    _answer,
+    _consumption,
+    quota_state_of,
+)
+from services.ingest.service_layer.quota_alerts import AlertNotifications, new_alerts
+from services.ingest.service_layer.quota_commit import BatchCommitter, EventLoopClock
+from services.ingest.service_layer.quota_pipeline import PipelinedWriter
+from shared.adapters.postgres.quota_lease_store import LeasedAdmission, LeasedAlert, LeaseGrant, LeaseStore
+from shared.adapters.postgres.quota_store import AlertKey, OrgSnapshot
+from shared.contracts import topics
+from shared.domain.calendar import Period, calendar_month
+from shared.domain.quota import MonthlyUsage, OrgQuotaState, decide
+
+_log = logging.getLogger("services.ingest.quota")
+
+# NOTE: a lease is ~1 s of the org's demand (at least MIN_BLOCK), never more than 1/FRACTION of what is
+# free, and none when less than MIN_FREE is free: an org near its limit is decided exactly, so a burst
+# against its last reports (the race tests: 100 left, 1,000 asking) never involves a lease.
+MIN_BLOCK = 16
+FRACTION = 8
+MIN_FREE = 256
+# after a refused grant (no plan, a per-user limit, too little free), the org is not asked about again for
+RETRY_SECONDS = 2.0
+# stop using a lease this share of its life before the database clock ends it (clock drift, a slow statement)
+SAFETY_SHARE = 0.2
+
+
+@dataclass(slots=True)
+class _Lease:
+    lease_id: uuid.UUID
+    month: Period
+    granted: int
+    deadline: float  # time.monotonic() after which this process stops deciding on it
+    consumed: int = 0  # what the database says it consumed
+    pending: int = 0  # decided here, statement not answered yet
+    dead: bool = False
+
+    def left(self) -> int:
+        return self.granted - self.consumed - self.pending
+
+
+@dataclass(slots=True)
+class _Org:
+    """One org as this process knows it under its leases."""
+
+    leases: list[_Lease] = field(default_factory=list)
+    snapshot: OrgSnapshot | None = None
+    state: OrgQuotaState | None = None
+    used: int = 0  # the month's committed count, as last read or written
+    pending: int = 0
+    alerts_sent: set[AlertKey] = field(default_factory=set)
+    granting: bool = False
+    retry_at: float = 0.0
+    window_start: float = 0.0
+    window_count: int = 0
+    rate: int = 0  # requests in the last full second
+
+    def count(self, now: float) -> None:
+        if now - self.window_start >= 1.0:
+            self.rate = self.window_count if now - self.window_start < 2.0 else 0
+            self.window_start, self.window_count = now, 0
+        self.window_count += 1
+
+    def usable(self, month_start: datetime, now: float) -> _Lease | None:
+        for lease in self.leases:
+            if not lease.dead and lease.month.start == month_start and lease.deadline > now and lease.left() > 0:
+                return lease
+        return None
+
+    def wants_more(self, month_start: datetime, now: float, seconds: float) -> bool:
+        left = sum(lease.left() for lease in self.leases
+                   if not lease.dead and lease.month.start == month_start and lease.deadline > now + seconds / 4)
+        return left <= max(1, self.rate // 4)
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    admission: LeasedAdmission
+    alerts: tuple[LeasedAlert, ...]
+
+
+class LeasedCredits:
+    """Decide report credits from memory under leases; see the module docstring."""
+
+    def __init__(self, store: LeaseStore, committer: BatchCommitter, clock: EventLoopClock,
+                 alerts: AlertNotifications, report_event_type: str, *, lease_seconds: float,
+                 holder: str | None = None) -> None:
+        self._store = store
+        self._committer = committer
+        self._clock = clock
+        self._alerts = alerts
+        self._event_type = report_event_type
+        self._seconds = lease_seconds
+        self._holder = holder or f"{socket.gethostname()}:{os.getpid()}"
+        self._orgs: dict[str, _Org] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writer: PipelinedWriter[_Item, bool] = PipelinedWriter(self._flush)
+        committer.on_forget(self.forget)
+
+    def forget(self, org_id: str) -> None:
+        """The org's configuration changed (its leases were revoked): decide on the exact path until a new
+        lease is granted."""
+        org = self._orgs.get(org_id)
+        if org is not None:
+            for lease in org.leases:
+                lease.dead = True
+            org.snapshot = org.state = None
+
+    async def try_admit(self, org_id: str, user_id: str, enquiry_id: str) -> CreditAnswer | None:
+        """The committed answer admitting this request under a lease, or None: decide it on the exact path."""
+        now = time.monotonic()
+        org = self._orgs.get(org_id)
+        if org is None:
+            if len(self._orgs) > 100_000:
+                self._orgs.clear()
+            org = self._orgs[org_id] = _Org(window_start=now)
+        org.count(now)
+        at = await self._clock.now()
+        tz = org.snapshot.org.timezone if org.snapshot is not None else self._committer.timezone_of(org_id)
+        if tz is None:
+            return None  # the exact path reads the org first (its time zone names the month)
+        month = calendar_month(at, tz)
+        if org.wants_more(month.start, now, self._seconds):
+            self._start_grant(org_id, org, month, now)
+        lease = org.usable(month.start, now)
+        if lease is None or org.snapshot is None or org.state is None:
+            return None
+        state = replace(org.state, usage=MonthlyUsage(month=month, org_used=org.used + org.pending,
+                                                      top_ups=org.snapshot.month.top_ups if org.snapshot.month else 0))
+        decision = decide(state, user_id, at)
+        if not decision.allowed:
+            return None
+        answer = _answer(org_id, CreditRequest(user_id, enquiry_id), decision, False)
+        consumption = _consumption(org.snapshot.org, answer, at.isoformat(), self._event_type)
+        after = replace(state, usage=replace(state.usage or MonthlyUsage(month=month),
+                                             org_used=decision.org_used + 1))
+        due = [alert for alert in new_alerts(org.snapshot, after, at, ()) if alert.key not in org.alerts_sent]
+        org.alerts_sent.update(alert.key for alert in due)
+        key = org.snapshot.org.message_key
+        item = _Item(LeasedAdmission(
+            org_id=org_id, lease_id=lease.lease_id, month_start=month.start, month_end=month.end, consumed_at=at,
+            enquiry_id=enquiry_id, user_id=user_id, org_allotment=answer.org_allotment,
+            org_remaining=answer.org_remaining, event_id=consumption.event_id,
+            envelope_json=consumption.envelope_json, message_key=key),
+            tuple(LeasedAlert(org_id, alert, key, at) for alert in due))
+        lease.pending += 1
+        org.pending += 1
+        try:
+            stored = await self._writer.submit(item)
+        except Exception as error:  # nothing of that group was written
+            _log.debug("leased group commit failed (%s); deciding on the exact path", error)
+            stored = False
+        finally:
+            lease.pending -= 1
+            org.pending -= 1
+        if not stored:
+            org.alerts_sent.difference_update(alert.key for alert in due)
+            return None
+        return answer
+
+    def _start_grant(self, org_id: str, org: _Org, month: Period, now: float) -> None:
+        if org.granting or now < org.retry_at:
+            return
+        org.granting = True
+        task = asyncio.ensure_future(self._grant(org_id, org, month))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _grant(self, org_id: str, org: _Org, month: Period) -> None:
+        grant: LeaseGrant | None = None
+        try:
+            grant = await self._store.grant(org_id, month.start, month.end, self._holder,
+                                            wanted=max(MIN_BLOCK, org.rate), fraction=FRACTION, min_free=MIN_FREE,
+                                            seconds=self._seconds)
+        except Exception as error:  # no lease: the exact path decides
+            _log.debug("lease for org %s not granted (%s)", org_id, error)
+        finally:
+            org.granting = False
+        now = time.monotonic()
+        if grant is None or calendar_month(month.start, grant.snapshot.org.timezone) != month:
+            org.retry_at = now + RETRY_SECONDS
+            return
+        snapshot = grant.snapshot
+        org.leases = [lease for lease in org.leases if (not lease.dead and lease.deadline > now and lease.left() > 0)
+                      or lease.pending]
+        org.leases.append(_Lease(grant.lease_id, month, grant.granted,
+                                 now + grant.seconds - max(0.5, self._seconds * SAFETY_SHARE)))
+        org.snapshot = snapshot
+        org.state = quota_state_of(snapshot, month)
+        org.used = max(org.used, snapshot.month.used if snapshot.month else 0)
+        org.alerts_sent = set(snapshot.alerts_sent)
+
+    async def _flush(self, items: Sequence[_Item]) -> list[bool]:
+        seen: set[tuple[str, str]] = set()
+        sending: list[_Item] = []
+        for item in items:
+            key = (item.admission.org_id, item.admission.enquiry_id)
+            if key not in seen:  # a second request for one enquiry is replayed by the exact path
+                seen.add(key)
+                sending.append(item)
+        result = await self._store.commit([item.admission for item in sending],
+                                          [alert for item in sending for alert in item.alerts],
+                                          topics.USAGE, topics.BILLING_EVENTS)
+        leases = {lease.lease_id: lease for item in sending
+                  if (org := self._orgs.get(item.admission.org_id)) is not None for lease in org.leases}
+        for lease_id, consumed in result.consumed.items():
+            if lease_id in leases:
+                leases[lease_id].consumed = max(leases[lease_id].consumed, consumed)
+        for item in sending:
+            lease = leases.get(item.admission.lease_id)
+            if lease is not None and (item.admission.org_id, item.admission.enquiry_id) not in result.admitted \
+                    and item.admission.lease_id not in result.live:
+                lease.dead = True  # fenced: expired or revoked by the database clock
+        for (org_id, month_start), used in result.used.items():
+            org = self._orgs.get(org_id)
+            if org is not None and any(lease.month.start == month_start for lease in org.leases):
+                org.used = max(org.used, used)
+        by_org: dict[str, list[LeasedAlert]] = {}
+        for item in sending:
+            by_org.setdefault(item.admission.org_id, []).extend(item.alerts)
+        for org_id, alerts in by_org.items():
+            if alerts:
+                self._alerts.send([alert.alert for alert in alerts], result.alerts_inserted, org_id,
+                                  alerts[0].fired_at)
+        sent = {id(item) for item in sending}
+        return [id(item) in sent and (item.admission.org_id, item.admission.enquiry_id) in result.admitted
+                for item in items]
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await self._writer.aclose()
