@@ -214,6 +214,12 @@ def _primitive(value: object) -> object:
     return value
 
 
+def event_field(event: DomainEvent, name: str) -> object:
+    """One field of `event_payload(event)` (None when the event has no such field), without building the rest."""
+    value = getattr(event, name, None)
+    return None if value is None else _primitive(value)
+
+
 def event_payload(event: DomainEvent) -> dict[str, object]:
     """The event's fields as JSON-ready primitives (Money as amount_minor + currency, ISO instants)."""
     if not is_dataclass(event):

@@ -9,7 +9,7 @@ from typing import Any
 from services.billing_worker.service_layer.errors import snake_case
 from services.billing_worker.service_layer.model import SubscriptionState
 from shared.contracts.messages import CreditsChanged, InvoiceEvent
-from shared.domain.events import DomainEvent, SubscriptionStarted, event_payload
+from shared.domain.events import DomainEvent, SubscriptionStarted, event_field
 from shared.domain.invoice import Invoice
 from shared.domain.money import Money
 
@@ -35,10 +35,9 @@ def status_change(event: DomainEvent) -> tuple[str | None, str, str] | None:
     """(old status, new status, reason) when `event` changed the subscription's status, else None."""
     if isinstance(event, SubscriptionStarted):
         return None, event.status, "subscription_started"
-    payload = event_payload(event)
-    old, new = payload.get("from_status"), payload.get("to_status")
+    old, new = event_field(event, "from_status"), event_field(event, "to_status")
     if isinstance(new, str) and old != new:
-        reason = payload.get("reason")
+        reason = event_field(event, "reason")
         return (str(old) if old is not None else None, new,
                 str(reason) if isinstance(reason, str) else snake_case(event.name))
     return None
