@@ -14,20 +14,27 @@ import logging
 import threading
 import time
 
-import orjson
 import sqlalchemy as sa
 
-from shared.adapters.kafka.producer import KafkaProducer, OutgoingMessage
+from shared.adapters.kafka.producer import KafkaProducer
 from shared.adapters.postgres.errors import describe
 from shared.adapters.postgres.outbox import ROWS_COMMITTED
-from shared.adapters.postgres.schema.core import outbox
 from shared.adapters.retry_policy import is_retryable
 from shared.observability import kv
 
 log = logging.getLogger("billing_worker.relay")
 
-_LOCK = sa.text("SELECT pg_try_advisory_xact_lock(hashtext(current_schema() || :name))").bindparams(
-    name="/outbox-relay")
+# One statement per round for the lock and the read: the rows are read only when the lock was taken (the
+# scalar subquery runs once, before the scan). The envelope is read as its JSON text and sent as such:
+# decoding it into a dict and encoding it again cost more CPU per row than the rest of the round.
+_ROUND = sa.text("""
+WITH leader AS MATERIALIZED (SELECT pg_try_advisory_xact_lock(hashtext(current_schema() || '/outbox-relay')) AS ok)
+SELECT id, topic, message_key, event_id::text AS event_id, event_type, envelope::text AS value
+  FROM outbox
+ WHERE published_at IS NULL AND (SELECT ok FROM leader)
+ ORDER BY id
+ LIMIT :batch""")
+_MARK = sa.text("UPDATE outbox SET published_at = now() WHERE id = ANY(:ids)")
 
 
 class OutboxRelay:
@@ -41,24 +48,24 @@ class OutboxRelay:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.published = 0
+        self._topics: dict[str, str] = {}
+
+    def _topic(self, logical: str) -> str:
+        physical = self._topics[logical] = self._producer.topic(logical)
+        return physical
 
     def publish_round(self) -> int:
         """Publish up to one batch; returns how many rows were published (0: nothing to do or not leader)."""
         with self._engine.begin() as conn:
-            if not conn.execute(_LOCK).scalar_one():
-                return 0
-            rows = conn.execute(
-                sa.select(outbox.c.id, outbox.c.topic, outbox.c.message_key, outbox.c.event_id,
-                          outbox.c.event_type, outbox.c.envelope)
-                .where(outbox.c.published_at.is_(None)).order_by(outbox.c.id).limit(self._batch)).all()
+            rows = conn.execute(_ROUND, {"batch": self._batch}).all()
             if not rows:
-                return 0
-            self._producer.send_and_wait([
-                OutgoingMessage(r.topic, r.message_key, orjson.dumps(r.envelope),
-                                (("type", r.event_type.encode()), ("event_id", str(r.event_id).encode())))
-                for r in rows])
-            conn.execute(sa.update(outbox).where(outbox.c.id.in_([r.id for r in rows]))
-                         .values(published_at=sa.func.now()))
+                return 0  # nothing to publish, or another relay holds the lock
+            topics = self._topics
+            self._producer.send_rows_and_wait([
+                (topics.get(topic) or self._topic(topic), key, value.encode(),
+                 [("type", event_type.encode()), ("event_id", event_id.encode())])
+                for _id, topic, key, event_id, event_type, value in rows])
+            conn.execute(_MARK, {"ids": [row[0] for row in rows]})
         self.published += len(rows)
         return len(rows)
 

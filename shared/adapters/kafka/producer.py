@@ -50,6 +50,10 @@ class KafkaProducer:
         self._poller: threading.Thread | None = None
         self._closing = threading.Event()
 
+    def topic(self, name: str) -> str:
+        """The physical topic name of a logical one (the settings' prefix applied)."""
+        return self._settings.topic(name)
+
     # ---- synchronous
 
     def send_and_wait(self, messages: Sequence[OutgoingMessage], timeout: float = 30.0) -> list[Delivered]:
@@ -69,6 +73,29 @@ class KafkaProducer:
             raise DeliveryError(f"{len(failures)} of {len(messages)} messages not acknowledged: "
                                 f"{[str(f) for f in failures[:3]]}")
         return [r for r in results if isinstance(r, Delivered)]
+
+    def send_rows_and_wait(self, rows: Sequence[tuple[str, str, bytes, list[tuple[str, str | bytes | None]]]],
+                           timeout: float = 30.0) -> None:
+        """Like ``send_and_wait`` for (physical topic, key, value, headers) rows, without a result per
+        message: one delivery callback counts the failures (the outbox relay's path, per row cost only)."""
+        failures: list[KafkaError] = []
+
+        def report(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None:
+                failures.append(err)
+
+        produce = self._producer.produce
+        for topic, key, value, headers in rows:
+            while True:
+                try:
+                    produce(topic, key=key.encode(), value=value, headers=headers, on_delivery=report)
+                    break
+                except BufferError:
+                    self._producer.poll(0.05)  # local queue full: serve delivery reports to make room
+        remaining = self._producer.flush(timeout)
+        if remaining or failures:
+            raise DeliveryError(f"{len(failures) + remaining} of {len(rows)} messages not acknowledged: "
+                                f"{[str(f) for f in failures[:3]]}")
 
     def _produce(self, m: OutgoingMessage, cb: Callable[[KafkaError | None, Message], None]) -> None:
         while True:

@@ -57,3 +57,25 @@ def test_outbox_rows_are_published_in_order_per_key_with_their_event_id_and_mark
     assert received == written
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).where(outbox.c.published_at.is_(None))).scalar_one() == 0
+
+
+def test_a_relay_that_cannot_take_the_relay_lock_publishes_and_marks_nothing(settings, engine):
+    with engine.begin() as conn:
+        env = new_envelope("invoice.finalized", {"invoice_id": "in_locked"}, producer="test",
+                           occurred_at=datetime(2026, 2, 1, tzinfo=UTC))
+        add_outbox(conn, env, key="sub_locked")
+    relay = OutboxRelay(engine, KafkaProducer(settings, client_id="relay-lock-test"), batch=10)
+    try:
+        with engine.begin() as holder:  # another relay's round in progress holds the schema's relay lock
+            assert holder.execute(sa.text(
+                "SELECT pg_try_advisory_xact_lock(hashtext(current_schema() || '/outbox-relay'))")).scalar_one()
+            assert relay.publish_round() == 0
+            with engine.connect() as conn:
+                assert conn.execute(sa.select(outbox.c.published_at)
+                                    .where(outbox.c.event_id == env.event_id)).scalar_one() is None
+        assert relay.publish_round() >= 1  # the lock released: this relay publishes it
+    finally:
+        relay.stop()
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(outbox.c.published_at)
+                            .where(outbox.c.event_id == env.event_id)).scalar_one() is not None
