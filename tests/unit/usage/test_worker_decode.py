@@ -108,3 +108,27 @@ def test_an_envelope_whose_occurred_at_has_no_utc_equivalent_is_an_envelope_erro
                         "payload": {}})
     with pytest.raises(EnvelopeError, match="no UTC equivalent"):
         Envelope.from_bytes(raw)
+
+
+@pytest.mark.parametrize(("timestamp", "code"), [
+    ("2026-02-04T11:00:01Z", None),  # received_at - 34 days exactly: the oldest accepted
+    ("2026-02-04T11:00:00.999999Z", "timestamp_too_old"),
+    ("2026-02-04T12:00:00.999999+01:00", "timestamp_too_old"),  # the same instant at another offset
+    ("2026-03-10T11:05:01Z", None),  # received_at + 5 minutes exactly: the latest accepted
+    ("2026-03-10T11:05:01.000001Z", "timestamp_in_future"),
+    ("2026-03-10T06:05:01.000001-05:00", "timestamp_in_future"),
+])
+def test_the_event_window_bounds_hold_to_the_microsecond_on_both_decoding_paths(timestamp, code):
+    # received_at is 2026-03-10T11:00:01Z; the fast path compares one difference, the models' path the window.
+    materializer = UsageMaterializer(METERS)
+    fast = [str(e).split(":")[0] for _, e in materializer.prepare([message(timestamp=timestamp)]).refused]
+    careful = message(timestamp=timestamp).replace(b'"schema_version":1', b'"schema_version":1.0')
+    slow = [str(e).split(":")[0] for _, e in materializer.prepare([careful]).refused]
+    assert fast == slow == ([] if code is None else [code])
+
+
+def test_an_invalid_instant_is_refused_every_time_it_comes_even_beside_valid_ones():
+    # The decoder keeps the valid instants it has read; an invalid text must never be taken for one.
+    bad = "2026-02-30T11:00:00Z"
+    values = [message(), message(occurred_at=bad), message(timestamp=bad), message(received_at=bad), message()]
+    assert len(refusals(values * 2)) == 6
