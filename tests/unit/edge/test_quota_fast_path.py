@@ -160,3 +160,21 @@ async def test_a_spend_authorisation_with_an_irregular_body_is_handed_on() -> No
                  b'{"request_id":"r1","quantity":5,"x":1}'):
         assert (await call(fast, body, path=path))[0] == 299
     assert len(stack.bodies) == 5
+
+
+async def test_in_front_of_an_app_that_has_it_as_middleware_a_handed_on_request_is_decided_once() -> None:
+    # ``ahead_of``'s arrangement: the fast path in front of the app and again inside it as its middleware
+    inner, stack, quota = await build()
+    outer = QuotaFastPath(inner, state=inner._state, exception_handlers=inner._handlers,
+                          authenticator=inner._authenticator, metrics=EdgeMetrics(), max_body_bytes=1000)
+    plain = b'{"user_id":"ann","enquiry_id":"e1"}'
+    assert (await call(outer, plain))[0] == 200
+
+    def decided_again(*_: Any) -> None:
+        raise AssertionError("the inner layer looked at a request the outer one handed on")
+
+    inner._principal = decided_again  # type: ignore[method-assign]
+    assert (await call(outer, plain, token="bk_unknown"))[0] == 299  # handed on through the inner layer
+    assert stack.bodies == [plain]
+    replay = await quota.admission.use_credit("acme", "ann", "e1")
+    assert replay.replayed and replay.body()["org_remaining"] == 19  # decided once: one report used
