@@ -224,4 +224,15 @@ def event_payload(event: DomainEvent) -> dict[str, object]:
     """The event's fields as JSON-ready primitives (Money as amount_minor + currency, ISO instants)."""
     if not is_dataclass(event):
         raise TypeError(f"not a domain event: {event!r}")
-    return {item.name: _primitive(getattr(event, item.name)) for item in fields(event)}
+    return {name: _primitive(getattr(event, name)) for name in _field_names(type(event))}
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    """The fields of an event class, in order (`dataclasses.fields` rebuilds them at every call)."""
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(item.name for item in fields(cls))
+    return names
