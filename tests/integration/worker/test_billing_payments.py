@@ -409,3 +409,30 @@ def test_two_open_invoices_paid_in_one_run_reactivate_their_past_due_subscriptio
     assert [(i.status, i.provider_ref) for i in billing.invoices(sub)] == [("paid", "pi_first"),
                                                                           ("paid", "pi_second")]
     assert billing.subscription(sub).status == "active"
+
+
+def test_the_running_executor_sweeps_attempts_of_closed_invoices_once_per_period_not_every_round(
+        billing: Billing, engine) -> None:  # type: ignore[no-untyped-def]
+    _sub, invoice_id = invoice_for(billing, "pm_card_visa")
+    with engine.begin() as conn:  # paid meanwhile where the executor did not see it (e.g. the hosted page)
+        conn.execute(sa.text("UPDATE invoices SET status = 'paid', paid_at = now(), amount_paid_minor = "
+                             "amount_due_minor WHERE invoice_id = :i"), {"i": invoice_id})
+    running = PaymentExecutor(engine, SimulatedGateway(PostgresProviderRecord(engine)), ManualClock(JAN_1),
+                              poll_s=0.02, withdraw_every_s=3600)
+    with Statements(engine) as statements:
+        running.start()
+        try:
+            deadline = time.monotonic() + 30
+            while attempt_of(engine, invoice_id).status != "cancelled" and time.monotonic() < deadline:
+                time.sleep(0.05)
+            rounds_then = len([s for s in statements.seen if "order by a.created_at limit" in s])
+            while len([s for s in statements.seen if "order by a.created_at limit" in s]) < rounds_then + 5 \
+                    and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            running.stop()
+
+    assert attempt_of(engine, invoice_id).status == "cancelled"  # the first round's sweep withdrew it
+    assert charges_of(engine, invoice_id) == []
+    sweeps = [s for s in statements.seen if s.startswith("update payment_attempts a set status = 'cancelled'")]
+    assert len(sweeps) == 1  # five more rounds claimed, none swept again
