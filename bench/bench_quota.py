@@ -17,6 +17,12 @@ Metrics:
   reports admitted beyond the allotment (API answers and PostgreSQL rows, whichever is larger).
 - `naive_quota_*`: the same two runs against a read-then-write implementation (SELECT the counter, decide
   in Python, UPDATE used = used + 1) behind an equally thin HTTP server, measured in the same run.
+- `quota_cpu_us_per_decision` / `spend_cpu_us_per_decision`: the edge process's CPU (user + system, all its
+  threads: relay and producer included) per decision in a closed loop over the p99 run's 50 orgs.
+- `spend_*`: the same runs for spend authorisations (USD 0.001 each) on the same edge: p99 at 1,000
+  requests/s over 50 pro-tier orgs, the hot org, and `spend_overspend` (µUSD authorised beyond the limit,
+  API answers and PostgreSQL rows, whichever is larger) for 2,000 requests against a free-tier org whose
+  USD 0.10 of credits fit exactly 100. The orgs' subscriptions are written as the worker leaves them.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import tempfile
 import time
 import uuid
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +66,13 @@ CPU_ROUNDS = 2
 CPU_REQUESTS = 3000
 CPU_CONNECTIONS = 16
 EDGE_WORKERS = int(os.environ.get("BENCH_QUOTA_EDGE_WORKERS", "1"))
+# Spend authorisations: USD 0.001 of compute each (micro-dollars); orgs on the pro tier (pay as you go,
+# no cap: every authorisation admitted) and the burst's org on the free tier (USD 0.10 of included credits:
+# exactly 100 authorisations fit).
+SPEND_QUANTITY = 1_000
+SPEND_PLAN = "pro"
+SPEND_BURST_PLAN = "free"
+SPEND_BURST_ALLOTMENT = 100
 WRK_SCRIPT = """
 local counter = 0
 local created = 0
@@ -68,8 +82,15 @@ function setup(thread)
 end
 function request()
   counter = counter + 1
-  local body = string.format('{"user_id":"user-%d","enquiry_id":"%s-%d-%d"}', counter % USERS, RUN, tid, counter)
-  return wrk.format("POST", PATH, HEADERS, body)
+  return wrk.format("POST", PATH, HEADERS, BODY(counter, tid))
+end
+"""
+CREDIT_BODY_LUA = """function BODY(counter, tid)
+  return string.format('{"user_id":"user-%d","enquiry_id":"%s-%d-%d"}', counter % USERS, RUN, tid, counter)
+end
+"""
+SPEND_BODY_LUA = """function BODY(counter, tid)
+  return string.format('{"request_id":"%s-%d-%d","quantity":%d}', RUN, tid, counter, QUANTITY)
 end
 """
 
@@ -179,14 +200,17 @@ def generate_load(mode: str, port: int, requests: list[bytes], parameter: int) -
 
 
 def wrk_closed_loop(port: int, org: str, run: str, token: str, seconds: int, connections: int,
-                    users: int) -> dict[str, Any] | None:
-    """Closed-loop credits for one org with `wrk` (None when wrk is not installed): requests/s, errors."""
+                    users: int, *, spend_quantity: int | None = None) -> dict[str, Any] | None:
+    """Closed-loop credits (or, with ``spend_quantity``, spend authorisations of that many micro-dollars)
+    for one org with `wrk` (None when wrk is not installed): requests/s, errors."""
     wrk = shutil.which("wrk")
     if wrk is None:
         return None
-    script = (f'PATH = "/v1/quota/orgs/{org}/report-credits"\nRUN = "{run}"\nUSERS = {users}\n'
+    action = "report-credits" if spend_quantity is None else "spend/authorisations"
+    script = (f'PATH = "/v1/quota/orgs/{org}/{action}"\nRUN = "{run}"\nUSERS = {users}\n'
+              f'QUANTITY = {spend_quantity or 0}\n'
               f'HEADERS = {{["Authorization"] = "Bearer {token}", ["Content-Type"] = "application/json"}}\n'
-              + WRK_SCRIPT)
+              + (CREDIT_BODY_LUA if spend_quantity is None else SPEND_BODY_LUA) + WRK_SCRIPT)
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
         handle.write(script)
     try:
@@ -368,6 +392,75 @@ def _credit_requests(org_ids: list[str], count: int, users: int, run: str, token
     return requests
 
 
+def _spend_requests(org_ids: list[str], count: int, run: str, token: str, quantity: int,
+                    query: str = "") -> list[bytes]:
+    requests = []
+    for i in range(count):
+        org = org_ids[i % len(org_ids)]
+        body = orjson.dumps({"request_id": f"{run}-{i}", "quantity": quantity})
+        requests.append(_raw_post("127.0.0.1", f"/v1/quota/orgs/{org}/spend/authorisations{query}", body, token))
+    return requests
+
+
+def _seed_spend_orgs(engine: Any, orgs: list[str], plan: str) -> None:
+    """Customers with a live usage-tier subscription in its current period, written as the billing worker
+    leaves them in its read model (the edge reads only that): the bench measures the edge, not the worker."""
+    from shared.adapters.postgres.schema.billing import subscriptions
+    from shared.adapters.postgres.schema.core import customers
+
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+    with engine.begin() as conn:
+        conn.execute(customers.insert(), [
+            {"customer_id": org, "external_id": f"ext-{org}", "kind": "org", "name": org,
+             "email": f"{org}@example.test", "currency": "USD"} for org in orgs])
+        conn.execute(subscriptions.insert(), [
+            {"subscription_id": f"sub_{org}", "customer_id": org, "plan_id": plan, "status": "active", "seats": 1,
+             "currency": "USD", "anchor_day": start.day, "anchor_time": start.time(), "started_at": start,
+             "current_period_start": start, "current_period_end": start + timedelta(days=28)} for org in orgs])
+
+
+def _db_reserved(engine: Any, org: str) -> int:
+    import sqlalchemy as sa
+
+    with engine.connect() as conn:
+        return int(conn.execute(sa.text("SELECT coalesce(sum(quantity), 0) FROM spend_reservations"
+                                        " WHERE org_id = :o"), {"o": org}).scalar_one())
+
+
+def _measure_spend(edge: _ChildServer, engine: Any) -> dict[str, float]:
+    """Spend authorisations on the same edge: p99 at a fixed rate over 50 orgs, CPU per decision, the hot
+    org, and the burst against USD 0.10 of included credits (exactly ``SPEND_BURST_ALLOTMENT`` fit)."""
+    run = uuid.uuid4().hex[:6]
+    orgs = [f"sp-{run}-{i}" for i in range(P99_ORGS)]
+    hot_org, burst_org = f"sphot-{run}", f"spburst-{run}"
+    _seed_spend_orgs(engine, [*orgs, hot_org], SPEND_PLAN)
+    _seed_spend_orgs(engine, [burst_org], SPEND_BURST_PLAN)
+    warm = generate_load("closed", edge.port,
+                         _spend_requests(orgs, 2000, f"w{run}", ADMIN_KEY, SPEND_QUANTITY), 32)
+    p99 = generate_load("open", edge.port,
+                        _spend_requests(orgs, P99_RATE * P99_SECONDS, f"p{run}", ADMIN_KEY, SPEND_QUANTITY), P99_RATE)
+    cpu = [_cpu_per_request(edge, _spend_requests(orgs, CPU_REQUESTS, f"c{round_}{run}", ADMIN_KEY, SPEND_QUANTITY),
+                            CPU_CONNECTIONS) for round_ in range(CPU_ROUNDS)]
+    hot = _hot(edge.port, hot_org, run, ADMIN_KEY, SPEND_QUANTITY)
+    burst = generate_load("closed", edge.port, _spend_requests([burst_org], BURST_REQUESTS, f"b{run}", ADMIN_KEY,
+                                                               SPEND_QUANTITY), BURST_CONNECTIONS)
+    admitted = sum(status == 200 for status in burst["statuses"]) * SPEND_QUANTITY
+    limit = SPEND_BURST_ALLOTMENT * SPEND_QUANTITY
+    return {
+        "p99_ms": _percentile(p99["latencies"], 99) * 1000,
+        "p50_ms": _percentile(p99["latencies"], 50) * 1000,
+        "achieved_rate": len(p99["statuses"]) / p99["elapsed"],
+        "errors": sum(not 200 <= s < 300 for s in p99["statuses"]) + sum(not 200 <= s < 300 for s in warm["statuses"]),
+        "cpu_us": sum(r["cpu_us"] for r in cpu) / len(cpu),
+        "closed_per_s": sum(r["per_s"] for r in cpu) / len(cpu),
+        "cpu_non_2xx": sum(r["non_2xx"] for r in cpu),
+        "hot_per_s": hot["per_s"],
+        "hot_errors": hot["errors"],
+        "overspend": max(0, max(admitted, _db_reserved(engine, burst_org)) - limit),
+        "burst_admitted": admitted // SPEND_QUANTITY,
+    }
+
+
 def _setup_org(url: str, org: str, plan: str, top_up: int = 0) -> None:
     headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
     httpx.put(f"{url}/v1/quota/orgs/{org}/plan", json={"plan": plan}, headers=headers, timeout=30
@@ -413,6 +506,7 @@ def _measure_edge(settings: Any, engine: Any) -> dict[str, float]:
                               BURST_CONNECTIONS)
         admitted = sum(status == 200 for status in burst["statuses"])
         overspend = max(admitted, _db_used(engine, burst_org)) - BURST_ALLOTMENT
+        spend = _measure_spend(edge, engine)
     finally:
         edge.stop()
     return {
@@ -425,6 +519,7 @@ def _measure_edge(settings: Any, engine: Any) -> dict[str, float]:
         "overspend": max(0, overspend),
         **{f"{via}_{key}": sum(r[key] for r in rounds) / len(rounds)
            for via, rounds in cpu.items() for key in ("cpu_us", "per_s", "non_2xx")},
+        **{f"spend_{key}": value for key, value in spend.items()},
     }
 
 
@@ -441,14 +536,18 @@ def _measure_ceiling() -> dict[str, float]:
     return {key: sum(r[key] for r in rounds) / len(rounds) for key in ("cpu_us", "per_s")}
 
 
-def _hot(port: int, org: str, run: str, token: str) -> dict[str, Any]:
-    """Hot-org closed loop: wrk when installed (after a 2 s warm-up), else the asyncio client."""
-    if wrk_closed_loop(port, org, f"hw{run}", token, 2, HOT_CONNECTIONS, HOT_USERS) is not None:
-        result = wrk_closed_loop(port, org, f"h{run}", token, HOT_SECONDS, HOT_CONNECTIONS, HOT_USERS)
+def _hot(port: int, org: str, run: str, token: str, spend_quantity: int | None = None) -> dict[str, Any]:
+    """Hot-org closed loop: wrk when installed (after a 2 s warm-up), else the asyncio client. Report
+    credits, or spend authorisations of ``spend_quantity`` micro-dollars."""
+    if wrk_closed_loop(port, org, f"hw{run}", token, 2, HOT_CONNECTIONS, HOT_USERS,
+                       spend_quantity=spend_quantity) is not None:
+        result = wrk_closed_loop(port, org, f"h{run}", token, HOT_SECONDS, HOT_CONNECTIONS, HOT_USERS,
+                                 spend_quantity=spend_quantity)
         assert result is not None
         return {**result, "generator": "wrk"}
-    loaded = generate_load("closed", port, _credit_requests([org], 4000 * HOT_SECONDS, HOT_USERS, f"h{run}", token),
-                           HOT_CONNECTIONS)
+    requests = (_credit_requests([org], 4000 * HOT_SECONDS, HOT_USERS, f"h{run}", token) if spend_quantity is None
+                else _spend_requests([org], 4000 * HOT_SECONDS, f"h{run}", token, spend_quantity))
+    loaded = generate_load("closed", port, requests, HOT_CONNECTIONS)
     return {"per_s": len(loaded["statuses"]) / loaded["elapsed"],
             "errors": sum(status != 200 for status in loaded["statuses"]), "generator": "asyncio"}
 
@@ -501,6 +600,22 @@ def run(ctx: Any) -> dict[str, dict[str, Any]]:
         "naive_quota_decisions_per_s": {"value": round(naive["hot_per_s"], 1), "unit": "decisions/s",
                                         "baseline": None},
         "naive_quota_overspend": {"value": naive["overspend"], "unit": "reports", "baseline": None},
+        "spend_cpu_us_per_decision": {"value": round(edge["spend_cpu_us"]), "unit": "µs edge CPU",
+                                      "baseline": "quota_cpu_us_per_decision"},
+        "spend_closed_loop_per_s": {"value": round(edge["spend_closed_per_s"], 1), "unit": "decisions/s",
+                                    "baseline": None},
+        "spend_http_p99_ms": {"value": round(edge["spend_p99_ms"], 2), "unit": "ms", "baseline": None},
+        "spend_http_p50_ms": {"value": round(edge["spend_p50_ms"], 2), "unit": "ms", "baseline": None},
+        "spend_http_achieved_rate": {"value": round(edge["spend_achieved_rate"], 1), "unit": "req/s",
+                                     "baseline": None},
+        "spend_http_non_2xx": {"value": edge["spend_errors"] + edge["spend_cpu_non_2xx"], "unit": "responses",
+                               "baseline": None},
+        "spend_hot_org_decisions_per_s": {"value": round(edge["spend_hot_per_s"], 1), "unit": "decisions/s",
+                                          "baseline": "quota_hot_org_decisions_per_s"},
+        "spend_hot_org_errors": {"value": edge["spend_hot_errors"], "unit": "responses", "baseline": None},
+        "spend_overspend": {"value": edge["spend_overspend"], "unit": "µUSD", "baseline": None},
+        "spend_burst_admitted": {"value": edge["spend_burst_admitted"], "unit": "authorisations",
+                                 "baseline": None},
     }
 
 
