@@ -53,8 +53,8 @@ from shared.domain.quota import MonthlyUsage, OrgQuotaState, decide
 
 _log = logging.getLogger("services.ingest.quota")
 
-# NOTE: a lease is ~1 s of the org's demand (at least MIN_BLOCK), never more than 1/FRACTION of what is
-# free, and none when less than MIN_FREE is free: an org near its limit is decided exactly, so a burst
+# NOTE: a lease is the org's demand over the lease's life (at least MIN_BLOCK), never more than 1/FRACTION of
+# what is free, and none when less than MIN_FREE is free: an org near its limit is decided exactly, so a burst
 # against its last reports (the race tests: 100 left, 1,000 asking) never involves a lease.
 MIN_BLOCK = 16
 FRACTION = 8
@@ -89,6 +89,7 @@ class _Org:
     used: int = 0  # the month's committed count, as last read or written
     pending: int = 0
     alerts_sent: set[AlertKey] = field(default_factory=set)
+    month: Period | None = None  # the month of the last request (computed again once it has ended)
     granting: bool = False
     retry_at: float = 0.0
     window_start: float = 0.0
@@ -110,13 +111,13 @@ class _Org:
     def wants_more(self, month_start: datetime, now: float, seconds: float) -> bool:
         left = sum(lease.left() for lease in self.leases
                    if not lease.dead and lease.month.start == month_start and lease.deadline > now + seconds / 4)
-        return left <= max(1, self.rate // 4)
+        return left <= max(1, self.rate)  # about a second of demand left: ask for the next block
 
 
 @dataclass(frozen=True, slots=True)
 class _Item:
     admission: LeasedAdmission
-    alerts: tuple[LeasedAlert, ...]
+    state: OrgQuotaState  # the org's state once this admission took effect (what its alerts look at)
 
 
 class LeasedCredits:
@@ -155,11 +156,16 @@ class LeasedCredits:
                 self._orgs.clear()
             org = self._orgs[org_id] = _Org(window_start=now)
         org.count(now)
+        if (org.granting or now < org.retry_at) and not any(
+                not lease.dead and lease.deadline > now and lease.left() > 0 for lease in org.leases):
+            return None  # nothing to decide on and no grant to start: not even the clock is read
         at = await self._clock.now()
-        tz = org.snapshot.org.timezone if org.snapshot is not None else self._committer.timezone_of(org_id)
-        if tz is None:
-            return None  # the exact path reads the org first (its time zone names the month)
-        month = calendar_month(at, tz)
+        month = org.month
+        if month is None or not month.contains(at):
+            tz = org.snapshot.org.timezone if org.snapshot is not None else self._committer.timezone_of(org_id)
+            if tz is None:
+                return None  # the exact path reads the org first (its time zone names the month)
+            month = org.month = calendar_month(at, tz)
         if org.wants_more(month.start, now, self._seconds):
             self._start_grant(org_id, org, month, now)
         lease = org.usable(month.start, now)
@@ -172,17 +178,13 @@ class LeasedCredits:
             return None
         answer = _answer(org_id, CreditRequest(user_id, enquiry_id), decision, False)
         consumption = _consumption(org.snapshot.org, answer, at.isoformat(), self._event_type)
-        after = replace(state, usage=replace(state.usage or MonthlyUsage(month=month),
-                                             org_used=decision.org_used + 1))
-        due = [alert for alert in new_alerts(org.snapshot, after, at, ()) if alert.key not in org.alerts_sent]
-        org.alerts_sent.update(alert.key for alert in due)
-        key = org.snapshot.org.message_key
+        after = replace(state, usage=MonthlyUsage(month=month, org_used=decision.org_used + 1,
+                                                  top_ups=state.usage.top_ups if state.usage else 0))
         item = _Item(LeasedAdmission(
             org_id=org_id, lease_id=lease.lease_id, month_start=month.start, month_end=month.end, consumed_at=at,
             enquiry_id=enquiry_id, user_id=user_id, org_allotment=answer.org_allotment,
             org_remaining=answer.org_remaining, event_id=consumption.event_id,
-            envelope_json=consumption.envelope_json, message_key=key),
-            tuple(LeasedAlert(org_id, alert, key, at) for alert in due))
+            envelope_json=consumption.envelope_json, message_key=org.snapshot.org.message_key), after)
         lease.pending += 1
         org.pending += 1
         try:
@@ -193,10 +195,7 @@ class LeasedCredits:
         finally:
             lease.pending -= 1
             org.pending -= 1
-        if not stored:
-            org.alerts_sent.difference_update(alert.key for alert in due)
-            return None
-        return answer
+        return answer if stored else None
 
     def _start_grant(self, org_id: str, org: _Org, month: Period, now: float) -> None:
         if org.granting or now < org.retry_at:
@@ -210,8 +209,8 @@ class LeasedCredits:
         grant: LeaseGrant | None = None
         try:
             grant = await self._store.grant(org_id, month.start, month.end, self._holder,
-                                            wanted=max(MIN_BLOCK, org.rate), fraction=FRACTION, min_free=MIN_FREE,
-                                            seconds=self._seconds)
+                                            wanted=max(MIN_BLOCK, int(org.rate * self._seconds)), fraction=FRACTION,
+                                            min_free=MIN_FREE, seconds=self._seconds)
         except Exception as error:  # no lease: the exact path decides
             _log.debug("lease for org %s not granted (%s)", org_id, error)
         finally:
@@ -233,14 +232,23 @@ class LeasedCredits:
     async def _flush(self, items: Sequence[_Item]) -> list[bool]:
         seen: set[tuple[str, str]] = set()
         sending: list[_Item] = []
+        last: dict[str, _Item] = {}  # per org, the admission decided last: its state holds the most use
         for item in items:
             key = (item.admission.org_id, item.admission.enquiry_id)
             if key not in seen:  # a second request for one enquiry is replayed by the exact path
                 seen.add(key)
                 sending.append(item)
-        result = await self._store.commit([item.admission for item in sending],
-                                          [alert for item in sending for alert in item.alerts],
-                                          topics.USAGE, topics.BILLING_EVENTS)
+                last[item.admission.org_id] = item
+        alerts = self._alerts_due(last)
+        try:
+            result = await self._store.commit([item.admission for item in sending],
+                                              [alert for due in alerts.values() for alert in due],
+                                              topics.USAGE, topics.BILLING_EVENTS)
+        except Exception:
+            for org_id, due in alerts.items():  # nothing was written: they are still due
+                if (org := self._orgs.get(org_id)) is not None:
+                    org.alerts_sent.difference_update(alert.alert.key for alert in due)
+            raise
         leases = {lease.lease_id: lease for item in sending
                   if (org := self._orgs.get(item.admission.org_id)) is not None for lease in org.leases}
         for lease_id, consumed in result.consumed.items():
@@ -255,16 +263,27 @@ class LeasedCredits:
             org = self._orgs.get(org_id)
             if org is not None and any(lease.month.start == month_start for lease in org.leases):
                 org.used = max(org.used, used)
-        by_org: dict[str, list[LeasedAlert]] = {}
-        for item in sending:
-            by_org.setdefault(item.admission.org_id, []).extend(item.alerts)
-        for org_id, alerts in by_org.items():
-            if alerts:
-                self._alerts.send([alert.alert for alert in alerts], result.alerts_inserted, org_id,
-                                  alerts[0].fired_at)
+        for org_id, due in alerts.items():
+            if due:
+                self._alerts.send([alert.alert for alert in due], result.alerts_inserted, org_id, due[0].fired_at)
         sent = {id(item) for item in sending}
         return [id(item) in sent and (item.admission.org_id, item.admission.enquiry_id) in result.admitted
                 for item in items]
+
+    def _alerts_due(self, last: dict[str, _Item]) -> dict[str, list[LeasedAlert]]:
+        """The alerts each org's latest admission calls for, not sent yet (level-triggered: once per group
+        and org, on the state its last admission leaves; the alerts' unique key keeps each one once)."""
+        due: dict[str, list[LeasedAlert]] = {}
+        for org_id, item in last.items():
+            org = self._orgs.get(org_id)
+            if org is None or org.snapshot is None:
+                continue
+            at = item.admission.consumed_at
+            new = [alert for alert in new_alerts(org.snapshot, item.state, at, ()) if alert.key not in org.alerts_sent]
+            if new:
+                org.alerts_sent.update(alert.key for alert in new)
+                due[org_id] = [LeasedAlert(org_id, alert, item.admission.message_key, at) for alert in new]
+        return due
 
     async def aclose(self) -> None:
         for task in list(self._tasks):
