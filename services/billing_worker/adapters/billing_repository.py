@@ -72,6 +72,23 @@ class _StrText(Dumper):
         return str(obj).encode()
 
 
+class _InstantText(Dumper):
+    """A datetime in a text COPY: `str()` of it, as psycopg writes it, each distinct instant formatted once per
+    COPY (a run's rows repeat a few instants thousands of times, and formatting one costs more than the rest of
+    its row). Keyed with its tzinfo: equal instants in two zones are written each in its own."""
+
+    def __init__(self, cls: type, context: Any = None) -> None:
+        super().__init__(cls, context)
+        self._text: dict[tuple[datetime, Any], bytes] = {}
+
+    def dump(self, obj: datetime) -> Buffer | None:
+        key = (obj, obj.tzinfo)
+        text = self._text.get(key)
+        if text is None:
+            text = self._text[key] = str(obj).encode()
+        return text
+
+
 COPY_THRESHOLD = 200
 
 
@@ -124,7 +141,8 @@ def copy_to_temp(conn: sa.Connection, table: sa.Table, rows: Sequence[Mapping[st
         # NOTE: the values go as they are and psycopg picks each one's text form by its type (in C); the types
         # whose default form is not the column's are re-mapped for this cursor only (a list is JSON here, not
         # an array; a UUID keeps its dashes), instead of a Python test of every value.
-        for cls, dumper in ((dict, _JsonText), (list, _JsonText), (uuid.UUID, _StrText), (time, _StrText)):
+        for cls, dumper in ((dict, _JsonText), (list, _JsonText), (uuid.UUID, _StrText), (time, _StrText),
+                            (datetime, _InstantText)):
             cur.adapters.register_dumper(cls, dumper)
         with cur.copy(f"COPY {temp} ({column_list}) FROM STDIN") as copy:
             if len(columns) == 1:

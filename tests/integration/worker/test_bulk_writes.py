@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
@@ -25,6 +26,7 @@ pytestmark = pytest.mark.integration
 
 JAN_1 = datetime(2026, 1, 1, tzinfo=UTC)
 FEB_1 = datetime(2026, 2, 1, tzinfo=UTC)
+PARIS = ZoneInfo("Europe/Paris")
 CATALOG = load_default_catalog()
 BUS = message_bus(billing_handlers())
 UOW = sql_unit_of_work(CATALOG)
@@ -38,7 +40,9 @@ def _outbox_rows(n: int, tag: str) -> list[dict[str, Any]]:
 
 
 def _audit_rows(n: int, tag: str) -> list[dict[str, Any]]:
-    return [{"occurred_at": JAN_1 + timedelta(microseconds=i), "actor": "test", "action": "a", "entity_type": "e",
+    # instants repeat (every pair shares one) and come in two zones: each stored as the instant it is
+    return [{"occurred_at": (JAN_1 + timedelta(microseconds=i // 2)).astimezone(PARIS if i % 3 else UTC),
+             "actor": "test", "action": "a", "entity_type": "e",
              "entity_id": f"{tag}_{i}", "subscription_id": None, "customer_id": None,
              "command_id": uuid.UUID(int=i), "detail": {"ids": [tag, i]}} for i in range(n)]
 
