@@ -66,6 +66,10 @@ class PipelinedWriter(Generic[ItemT, ResultT]):
                         if not waiting.future.done():
                             waiting.future.set_exception(error)
                     continue
+                except asyncio.CancelledError:  # closing: the group's callers get no answer
+                    for waiting in group:
+                        waiting.future.cancel()
+                    raise
                 for waiting, result in zip(group, results, strict=True):
                     if not waiting.future.done():
                         waiting.future.set_result(result)
@@ -74,8 +78,10 @@ class PipelinedWriter(Generic[ItemT, ResultT]):
 
     async def aclose(self) -> None:
         self._closed = True
-        if self._writer is not None:
-            self._writer.cancel()
         for waiting in self._pending:
             waiting.future.cancel()
         self._pending = []
+        writer = self._writer
+        if writer is not None:
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
