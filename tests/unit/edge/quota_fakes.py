@@ -128,7 +128,7 @@ class FakeQuotaStore:
         key = (write.org_id, write.month_start)
         row = self.months.get(key) or MonthRow(write.month_start, write.month_end, write.month_plan_reports, 0, 0)
         row = replace(row, used=row.used + write.granted)
-        if row.plan_monthly_reports is not None and row.used > row.plan_monthly_reports + row.top_ups:
+        if row.plan_monthly_reports is not None and row.used + row.leased > row.plan_monthly_reports + row.top_ups:
             raise QuotaStoreError("quota backstop refused the write")
         self.months[key] = row
         for user, count in write.user_grants.items():
