@@ -93,9 +93,14 @@ class InvoiceKey:
     period: Period
 
     def __str__(self) -> str:
-        return (
-            f"{self.subscription_id}|{self.reason.value}|{self.period.start.isoformat()}|{self.period.end.isoformat()}"
-        )
+        return _key_text(self)
+
+
+@lru_cache(maxsize=65_536)
+def _key_text(key: InvoiceKey) -> str:
+    """An invoice key's text (the invoice id is derived from it, ledger references start with it): a close
+    asks for it several times and formatting its two instants costs more than looking it up."""
+    return f"{key.subscription_id}|{key.reason.value}|{key.period.start.isoformat()}|{key.period.end.isoformat()}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 from shared.domain.calendar import Period
 from shared.domain.ids import IDS, SubscriptionId, attempt_id_for, derived_id, event_uuid, invoice_id_for
@@ -25,3 +26,15 @@ def test_invoice_and_attempt_ids_keep_their_stored_form() -> None:
     assert invoice_id_for(key) == "in_" + uuid.uuid5(IDS, str(key)).hex[:24]
     assert attempt_id_for("in_abc", 1) == "pa_" + uuid.uuid5(IDS, "in_abc|1").hex[:24]
     assert derived_id("x", "a", 2) == "x_" + uuid.uuid5(IDS, "a|2").hex[:24]
+
+
+def test_an_invoice_keys_text_is_its_parts_with_utc_instants_whatever_zone_built_it() -> None:
+    paris = ZoneInfo("Europe/Paris")
+    start, end = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC)
+    utc_key = InvoiceKey(SubscriptionId("sub_1"), InvoiceReason.PERIOD_CLOSE, Period(start, end))
+    paris_key = InvoiceKey(SubscriptionId("sub_1"), InvoiceReason.PERIOD_CLOSE,
+                           Period(start.astimezone(paris), end.astimezone(paris)))
+    text = "sub_1|period_close|2026-01-01T00:00:00+00:00|2026-02-01T00:00:00+00:00"
+    assert str(paris_key) == str(utc_key) == text
+    assert str(InvoiceKey(SubscriptionId("sub_1"), InvoiceReason.MANUAL, Period(start, end))) == text.replace(
+        "period_close", "manual")
