@@ -24,13 +24,12 @@ Two paths, two guarantees:
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
@@ -38,7 +37,14 @@ import anyio.to_thread
 import sqlalchemy as sa
 
 from services.ingest.service_layer.quota_errors import QuotaRefusalCode, QuotaRefused, SpendContentionError
-from shared.adapters.postgres.spend_store import Authorisation, DuplicateAuthorisation, LiveSubscriptionRow, SpendStore
+from services.ingest.service_layer.quota_lanes import Lanes
+from shared.adapters.postgres.spend_store import (
+    Authorisation,
+    DuplicateAuthorisation,
+    LiveSubscriptionRow,
+    Reservation,
+    SpendStore,
+)
 from shared.contracts import topics
 from shared.contracts.envelope import new_envelope
 from shared.contracts.messages import UsageRecorded
@@ -62,6 +68,11 @@ _log = logging.getLogger("services.ingest.quota.spend")
 SPEND_METER = "inference"
 PRODUCER = "ingest"
 MAX_ATTEMPTS = 20
+MAX_BATCH = 256  # authorisations of one org decided and written together
+# NOTE: how long an authorisation trusts the org's remembered state for what only a read can tell: usage
+# materialised from the Kafka path, grants, the subscription. Reservations and the cap need no such bound:
+# every one of them moves the account's version, which the write compares.
+REMEMBER_SECONDS = 1.0
 # NOTE: how long the /v1/ingest check trusts what it read about an org (its cap, its visible spend). It
 # adds to the visibility latency in the overshoot bound; one second keeps the check off PostgreSQL for
 # nearly every batch of a busy org.
@@ -95,6 +106,15 @@ class OrgSpend:
 
     def summary(self) -> SpendSummary:
         return summarise_spend(self.limits, self.visible_quantity)
+
+
+@dataclass(frozen=True, slots=True)
+class _Ask:
+    """One authorisation request waiting in its org's lane."""
+
+    request_id: str
+    quantity: int
+    properties: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +165,9 @@ class SpendService:
         self._catalog = catalog
         self._current_catalog = current_catalog
         self._repository = SpendStore()
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._lanes: Lanes[_Ask, SpendAnswer] = Lanes(self._authorise_batch, max_batch=MAX_BATCH)
+        self._state: dict[str, tuple[OrgSpend, float]] = {}  # org -> (remembered spend, monotonic expiry)
+        self._accounts: set[str] = set()  # orgs whose account row this process has ensured
         meter = catalog.meter(SPEND_METER)
         self.event_type = meter.event_type
         self.value_property = meter.value_property or "quantity"
@@ -211,6 +233,7 @@ class SpendService:
 
         spend = await run_in_threadpool(write)
         self.gate.forget(org_id)
+        self._forget(org_id)
         return spend
 
     # --- authorise ------------------------------------------------------------------------------------
@@ -220,15 +243,10 @@ class SpendService:
         """Reserve ``quantity`` of the period's spend for ``request_id``, atomically, or refuse it."""
         if quantity <= 0:
             raise QuotaRefused(QuotaRefusalCode.INVALID_QUANTITY, "the quantity must be positive", field="quantity")
-        lock = self._locks.get(org_id)
-        if lock is None:
-            lock = self._locks[org_id] = asyncio.Lock()
-        # NOTE: one authorisation per org at a time in this process (no compare-and-set thrash between
-        # our own requests); other edge processes are serialised by the version check.
-        async with lock:
-            at = await self.now()
-            answer = await run_in_threadpool(self._authorise, org_id, request_id, quantity,
-                                             dict(properties or {}), at)
+        # NOTE: the org's requests that arrive while one of its batches is in flight are decided together
+        # as the next batch, in arrival order, and written by one statement (``_authorise_batch``); other
+        # edge processes are serialised by the account's compare-and-set.
+        answer = await self._lanes.submit(org_id, _Ask(request_id, quantity, dict(properties or {})))
         if answer.allowed and not answer.replayed:
             self.gate.forget(org_id)
         if answer.allowed and answer.quantity != quantity:
@@ -236,31 +254,118 @@ class SpendService:
                                f"request {request_id!r} reserved {answer.quantity}, not {quantity}", field="quantity")
         return answer
 
-    def _authorise(self, org_id: str, request_id: str, quantity: int, properties: dict[str, Any],
-                   at: datetime) -> SpendAnswer:
-        with self._engine.begin() as conn:
-            self._repository.ensure_account(conn, org_id)
+    async def _authorise_batch(self, org_id: str, asks: Sequence[_Ask]) -> list[SpendAnswer]:
+        at = await self.now()
+        return await run_in_threadpool(self._authorise, org_id, asks, at)
+
+    def _authorise(self, org_id: str, asks: Sequence[_Ask], at: datetime) -> list[SpendAnswer]:
+        """Decide ``asks`` in order and commit the admitted ones in one conditional write.
+
+        # NOTE: the org's state is remembered after each read and each successful write (for at most
+        # ``REMEMBER_SECONDS``, and only within its period), so an authorisation usually costs one
+        # statement: the write. Remembered state is trusted only by a write that succeeds (its version
+        # is compared and set): a batch it would refuse in part is decided again on a fresh read, and a
+        # request id already stored (a retry) fails the write and is replayed from the stored answer.
+        """
+        if org_id not in self._accounts:
+            with self._engine.begin() as conn:
+                self._repository.ensure_account(conn, org_id)
+            self._accounts.add(org_id)
+        remembered = self._remembered(org_id, at)
         for _attempt in range(MAX_ATTEMPTS):
-            with self._engine.connect() as conn:
-                prior = self._repository.reservation(conn, org_id, request_id)
-                spend = self.load(conn, org_id, at if prior is None else prior.reserved_at)
-            if prior is not None:
-                return SpendAnswer(org_id, request_id, True, None, prior.quantity,
-                                   Period(prior.period_start, prior.period_end), prior.limit_quantity,
-                                   prior.spent_quantity, summarise_spend(spend.limits, prior.spent_quantity),
-                                   replayed=True)
-            decision = decide_spend(spend.limits, spend.visible_quantity, quantity)
-            if not decision.allowed:
-                return self._answer(spend, request_id, quantity, decision)
-            write = self._authorisation(spend, request_id, quantity, properties, decision, at)
+            prior: dict[str, SpendAnswer] = {}
+            if remembered is None:
+                with self._engine.connect() as conn:
+                    spend = self.load(conn, org_id, at)
+                    prior = self._replays(conn, org_id, asks, spend)
+            else:
+                spend = remembered
+            answers, write = self._decide(spend, asks, prior, at)
+            if remembered is not None and any(not answer.allowed for answer in answers):
+                self._forget(org_id)
+                remembered = None
+                continue
+            if write is None:
+                self._remember(org_id, spend, at)
+                return answers
             try:
                 with self._engine.begin() as conn:
                     committed = self._repository.authorise(conn, write)
             except DuplicateAuthorisation:
+                self._forget(org_id)
+                remembered = None
                 continue
-            if committed:
-                return self._answer(spend, request_id, quantity, decision)
+            if not committed:
+                self._forget(org_id)
+                remembered = None
+                continue
+            added = sum(r.quantity for r in write.reservations)
+            self._remember(org_id, replace(
+                spend, usage=replace(spend.usage, reserved=spend.usage.reserved + added),
+                account_version=spend.account_version + 1), at)
+            return answers
+        self._forget(org_id)
         raise SpendContentionError(f"org {org_id}: the spend state kept changing; retry")
+
+    def _replays(self, conn: sa.Connection, org_id: str, asks: Sequence[_Ask], spend: OrgSpend
+                 ) -> dict[str, SpendAnswer]:
+        """The stored first answers of the batch's request ids that were authorised before."""
+        stored = self._repository.reservations(conn, org_id, [ask.request_id for ask in asks])
+        replays = {}
+        for request_id, row in stored.items():
+            limits = spend.limits if spend.period.contains(row.reserved_at) else \
+                self.load(conn, org_id, row.reserved_at).limits
+            replays[request_id] = SpendAnswer(
+                org_id, request_id, True, None, row.quantity, Period(row.period_start, row.period_end),
+                row.limit_quantity, row.spent_quantity, summarise_spend(limits, row.spent_quantity), replayed=True)
+        return replays
+
+    def _decide(self, spend: OrgSpend, asks: Sequence[_Ask], prior: dict[str, SpendAnswer], at: datetime
+                ) -> tuple[list[SpendAnswer], Authorisation | None]:
+        """Each ask decided on the spend the previous ones left (a request id seen earlier in the batch, or
+        stored before, gets that answer back) and the write of the admitted ones (None: nothing admitted)."""
+        visible = spend.visible_quantity
+        answers: list[SpendAnswer] = []
+        reservations: list[Reservation] = []
+        first = dict(prior)
+        limit: int | None = None
+        for ask in asks:
+            seen = first.get(ask.request_id)
+            if seen is not None:
+                answers.append(seen if seen.replayed else replace(seen, replayed=True))
+                continue
+            decision = decide_spend(spend.limits, visible, ask.quantity)
+            answer = self._answer(spend, ask.request_id, ask.quantity, decision)
+            answers.append(answer)
+            if decision.allowed:
+                first[ask.request_id] = answer
+                visible, limit = decision.used_quantity, decision.limit_quantity
+                reservations.append(self._reservation(spend, ask, decision, at))
+        if not reservations:
+            return answers, None
+        return answers, Authorisation(
+            org_id=spend.org_id, seen_version=spend.account_version, subscription_id=spend.subscription_id,
+            period_start=spend.period.start, period_end=spend.period.end, observed_quantity=spend.usage.observed,
+            limit_quantity=limit, reserved_at=at, usage_topic=topics.USAGE, reservations=tuple(reservations))
+
+    def _remembered(self, org_id: str, at: datetime) -> OrgSpend | None:
+        entry = self._state.get(org_id)
+        if entry is None:
+            return None
+        spend, expires = entry
+        if expires <= time.monotonic() or not spend.period.contains(at):
+            del self._state[org_id]
+            return None
+        return spend
+
+    def _remember(self, org_id: str, spend: OrgSpend, at: datetime) -> None:
+        if len(self._state) > 100_000:
+            self._state.clear()
+        if spend.period.contains(at):
+            self._state[org_id] = (spend, time.monotonic() + REMEMBER_SECONDS)
+
+    def _forget(self, org_id: str) -> None:
+        self._state.pop(org_id, None)
 
     @staticmethod
     def _answer(spend: OrgSpend, request_id: str, quantity: int, decision: SpendDecision) -> SpendAnswer:
@@ -268,21 +373,16 @@ class SpendService:
                            decision.limit_quantity, decision.used_quantity,
                            summarise_spend(spend.limits, decision.used_quantity))
 
-    def _authorisation(self, spend: OrgSpend, request_id: str, quantity: int, properties: dict[str, Any],
-                       decision: SpendDecision, at: datetime) -> Authorisation:
-        event_id = uuid.uuid5(_EVENT_NAMESPACE, f"{spend.org_id}|{request_id}")
+    def _reservation(self, spend: OrgSpend, ask: _Ask, decision: SpendDecision, at: datetime) -> Reservation:
+        event_id = uuid.uuid5(_EVENT_NAMESPACE, f"{spend.org_id}|{ask.request_id}")
         payload = UsageRecorded(
-            transaction_id=request_id, customer_id=spend.org_id, subscription_id=spend.subscription_id,
+            transaction_id=ask.request_id, customer_id=spend.org_id, subscription_id=spend.subscription_id,
             event_type=self.event_type, timestamp=at,
-            properties={**properties, self.value_property: quantity, "authorised": True}, received_at=at)
+            properties={**ask.properties, self.value_property: ask.quantity, "authorised": True}, received_at=at)
         envelope = new_envelope("usage.recorded", payload.model_dump(mode="json"), producer=PRODUCER,
-                                occurred_at=at, correlation_id=request_id, event_id=event_id)
-        return Authorisation(
-            org_id=spend.org_id, seen_version=spend.account_version, request_id=request_id,
-            transaction_id=request_id, subscription_id=spend.subscription_id, period_start=spend.period.start,
-            period_end=spend.period.end, quantity=quantity, observed_quantity=spend.usage.observed,
-            limit_quantity=decision.limit_quantity, spent_quantity=decision.used_quantity, reserved_at=at,
-            event_id=event_id, envelope_json=envelope.model_dump_json(), usage_topic=topics.USAGE)
+                                occurred_at=at, correlation_id=ask.request_id, event_id=event_id)
+        return Reservation(request_id=ask.request_id, quantity=ask.quantity, spent_quantity=decision.used_quantity,
+                           event_id=event_id, envelope_json=envelope.model_dump_json())
 
 
 # --- the Kafka path: POST /v1/ingest --------------------------------------------------------------------

@@ -83,26 +83,34 @@ class ReservationRow:
 
 
 @dataclass(frozen=True, slots=True)
+class Reservation:
+    """One admitted authorisation of a batch: its row and its ``usage.recorded`` outbox event."""
+
+    request_id: str  # also the usage event's transaction id
+    quantity: int
+    spent_quantity: int  # the period's visible spend after this one
+    event_id: uuid.UUID
+    envelope_json: str
+
+
+@dataclass(frozen=True, slots=True)
 class Authorisation:
-    """One authorisation to commit: conditional on the account's version (compare-and-set)."""
+    """The admitted authorisations of one org's batch, committed together and only if the account is
+    still at ``seen_version`` (compare-and-set)."""
 
     org_id: str
     seen_version: int
-    request_id: str
-    transaction_id: str
     subscription_id: str
     period_start: datetime
     period_end: datetime
-    quantity: int
     observed_quantity: int
     limit_quantity: int | None
-    spent_quantity: int
     reserved_at: datetime
-    event_id: uuid.UUID
-    envelope_json: str
     usage_topic: str
+    reservations: tuple[Reservation, ...]
 
 
+# One statement per batch: every write hangs off the compare-and-set, so a moved account writes nothing.
 _AUTHORISE_SQL = sa.text("""
 WITH cas AS (
     UPDATE spend_accounts SET version = version + 1, updated_at = now()
@@ -111,7 +119,7 @@ WITH cas AS (
 ), period AS (
     INSERT INTO spend_periods AS p (org_id, period_start, period_end, reserved_quantity, observed_quantity,
                                     limit_quantity)
-    SELECT :org_id, :period_start, :period_end, :quantity, :observed, :limit FROM cas
+    SELECT :org_id, :period_start, :period_end, :total, :observed, :limit FROM cas
     ON CONFLICT (org_id, period_start) DO UPDATE
        SET reserved_quantity = p.reserved_quantity + excluded.reserved_quantity,
            observed_quantity = GREATEST(p.observed_quantity, excluded.observed_quantity),
@@ -120,12 +128,17 @@ WITH cas AS (
 ), reservation AS (
     INSERT INTO spend_reservations (org_id, request_id, transaction_id, subscription_id, period_start, period_end,
                                     quantity, limit_quantity, spent_quantity, reserved_at, event_id)
-    SELECT :org_id, :request_id, :transaction_id, :subscription_id, :period_start, :period_end, :quantity,
-           :limit, :spent, :reserved_at, :event_id FROM cas
+    SELECT :org_id, r.request_id, r.request_id, :subscription_id, :period_start, :period_end, r.quantity,
+           :limit, r.spent, :reserved_at, r.event_id
+      FROM cas, unnest(CAST(:request_ids AS text[]), CAST(:quantities AS bigint[]), CAST(:spents AS bigint[]),
+                       CAST(:event_ids AS uuid[])) AS r(request_id, quantity, spent, event_id)
     RETURNING 1
 ), usage_event AS (
     INSERT INTO outbox (topic, message_key, event_id, event_type, envelope)
-    SELECT :usage_topic, :subscription_id, :event_id, 'usage.recorded', CAST(:envelope AS jsonb) FROM cas
+    SELECT :usage_topic, :subscription_id, e.event_id, 'usage.recorded', CAST(e.envelope AS jsonb)
+      FROM cas, unnest(CAST(:event_ids AS uuid[]), CAST(:envelopes AS text[]))
+                WITH ORDINALITY AS e(event_id, envelope, n)
+     ORDER BY e.n
     RETURNING 1
 )
 SELECT (SELECT version FROM cas) AS version, (SELECT count(*) FROM period) AS periods,
@@ -202,27 +215,32 @@ class SpendStore:
                           reserved_materialised=int(reserved.materialised), other_credit_minor=max(0, other))
 
     @staticmethod
-    def reservation(conn: sa.Connection, org_id: str, request_id: str) -> ReservationRow | None:
-        row = conn.execute(sa.text(
+    def reservations(conn: sa.Connection, org_id: str, request_ids: Sequence[str]) -> dict[str, ReservationRow]:
+        """The stored authorisations among ``request_ids`` (a batch's retries), by request id."""
+        rows = conn.execute(sa.text(
             "SELECT request_id, transaction_id, period_start, period_end, quantity, limit_quantity, spent_quantity,"
-            " reserved_at FROM spend_reservations WHERE org_id = :o AND request_id = :r"),
-            {"o": org_id, "r": request_id}).one_or_none()
-        return None if row is None else ReservationRow(**row._asdict())
+            " reserved_at FROM spend_reservations WHERE org_id = :o AND request_id = ANY(:r)"),
+            {"o": org_id, "r": list(request_ids)})
+        return {row.request_id: ReservationRow(**row._asdict()) for row in rows}
 
     @staticmethod
     def authorise(conn: sa.Connection, write: Authorisation) -> bool:
-        """Commit ``write`` if the account is still at ``seen_version``; False: nothing written, re-decide.
+        """Commit ``write`` (a batch of one org) if the account is still at ``seen_version``; False: nothing
+        written, re-decide.
 
-        ``DuplicateAuthorisation`` when another writer stored the same request id in the meantime; a CHECK
-        violation (the limit backstop) is ``SpendStoreError``. Either way nothing was written.
+        ``DuplicateAuthorisation`` when one of its request ids is already stored (a retry decided on
+        remembered state, or another writer concurrently); a CHECK violation (the limit backstop) is
+        ``SpendStoreError``. Either way nothing was written.
         """
+        batch = write.reservations
         params = {
-            "org_id": write.org_id, "seen_version": write.seen_version, "request_id": write.request_id,
-            "transaction_id": write.transaction_id, "subscription_id": write.subscription_id,
-            "period_start": write.period_start, "period_end": write.period_end, "quantity": write.quantity,
-            "observed": write.observed_quantity, "limit": write.limit_quantity, "spent": write.spent_quantity,
-            "reserved_at": write.reserved_at, "event_id": write.event_id, "envelope": write.envelope_json,
-            "usage_topic": write.usage_topic,
+            "org_id": write.org_id, "seen_version": write.seen_version, "subscription_id": write.subscription_id,
+            "period_start": write.period_start, "period_end": write.period_end,
+            "total": sum(r.quantity for r in batch), "observed": write.observed_quantity,
+            "limit": write.limit_quantity, "reserved_at": write.reserved_at, "usage_topic": write.usage_topic,
+            "request_ids": [r.request_id for r in batch], "quantities": [r.quantity for r in batch],
+            "spents": [r.spent_quantity for r in batch], "event_ids": [r.event_id for r in batch],
+            "envelopes": [r.envelope_json for r in batch],
         }
         try:
             row = conn.execute(_AUTHORISE_SQL, params).one()

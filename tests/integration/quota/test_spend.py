@@ -255,3 +255,58 @@ async def test_a_plan_created_through_the_catalog_api_is_priced_by_the_spend_gat
     assert first.status_code == 200 and first.json()["remaining_quantity"] == 50_000
     assert rest.status_code == 200 and rest.json()["remaining_quantity"] == 0
     assert over.status_code == 402 and over.json()["reason"] == "included_credits_exhausted"
+
+
+async def test_two_edge_processes_bursting_on_one_org_authorise_exactly_its_credits(
+        edge: EdgeServer, quota_settings: Any, engine: sa.Engine) -> None:
+    org = _org_on(engine, "free")  # USD 0.10 of credits: 100,000 micros, 100 authorisations of 1,000
+    second = EdgeServer(quota_settings).start()
+    try:
+        first_half, second_half = await asyncio.gather(
+            _authorise(edge.url, org, [(f"a-{i}", 1_000) for i in range(150)]),
+            _authorise(second.url, org, [(f"b-{i}", 1_000) for i in range(150)]))
+    finally:
+        second.stop()
+
+    statuses = Counter(r.status_code for r in [*first_half, *second_half])
+    assert statuses == {200: 100, 402: 200}
+    with engine.connect() as conn:
+        reserved = conn.execute(sa.text("SELECT reserved_quantity FROM spend_periods WHERE org_id = :o"),
+                                {"o": org}).scalar_one()
+        rows = conn.execute(sa.text("SELECT count(*), sum(quantity) FROM spend_reservations WHERE org_id = :o"),
+                            {"o": org}).one()
+        events = conn.execute(sa.text("SELECT count(*) FROM outbox WHERE topic = 'usage.v1'"
+                                      " AND envelope->'payload'->>'customer_id' = :o"), {"o": org}).scalar_one()
+    assert (reserved, tuple(rows), events) == (100_000, (100, 100_000), 100)
+
+
+async def test_a_retry_after_the_answer_is_replayed_identically_and_reserves_nothing_more(
+        edge: EdgeServer, engine: sa.Engine) -> None:
+    org = _org_on(engine, "free")
+    first = (await _authorise(edge.url, org, [("once", 30_000)]))[0]
+    again = (await _authorise(edge.url, org, [("once", 30_000)]))[0]  # the edge remembers the org's state
+    other = (await _authorise(edge.url, org, [("next", 10_000)]))[0]
+
+    assert (first.status_code, again.status_code, again.content) == (200, 200, first.content)
+    assert again.headers["idempotent-replayed"] == "true" and "idempotent-replayed" not in first.headers
+    assert other.json()["remaining_quantity"] == 60_000  # 100,000 - 30,000 once - 10,000
+    balance = await _balance(edge, org)
+    assert (balance["used_quantity"], balance["authorised_quantity"]) == (40_000, 40_000)
+
+
+async def test_a_cap_raised_through_another_edge_is_honoured_by_an_edge_that_remembered_the_old_one(
+        edge: EdgeServer, quota_settings: Any, engine: sa.Engine) -> None:
+    org = _org_on(engine, "pro")  # USD 2 included: 2,000,000 micros, plus the cap
+    assert (await admin(edge.url, "PUT", f"/v1/quota/orgs/{org}/spend-cap", {"amount_minor": 0})).status_code == 200
+    second = EdgeServer(quota_settings).start()
+    try:
+        # within the second the edge trusts what it remembers of the org (its cap of 0 among it)
+        assert (await _authorise(edge.url, org, [("within", 1_500_000)]))[0].status_code == 200
+        raised = await admin(second.url, "PUT", f"/v1/quota/orgs/{org}/spend-cap", {"amount_minor": 100})
+        beyond_old_cap = (await _authorise(edge.url, org, [("beyond", 1_000_000)]))[0]
+    finally:
+        second.stop()
+
+    assert raised.status_code == 200
+    assert beyond_old_cap.status_code == 200, beyond_old_cap.text
+    assert beyond_old_cap.json()["remaining_quantity"] == 500_000  # 3,000,000 - 2,500,000
