@@ -195,7 +195,7 @@ def claim_due(conn: sa.Connection, *, limit: int, claimant: str, lease_s: float)
     """Claim up to `limit` due attempts of open (or uncollectible: an operator's retry) invoices for
     `claimant` (``PaymentAttempt.claim`` on each, ``FOR UPDATE SKIP LOCKED``: several executors never take the
     same one), under a lease of `lease_s`."""
-    window, skip = limit * 2 + 50, 0
+    window, skip = limit + 32, 0  # a little wider than the claim: rows another executor is taking are skipped
     while True:
         head = list(conn.execute(_HEAD, {"window": window, "skip": skip}).scalars())
         rows = conn.execute(_CLAIM, {"ids": head, "limit": limit, "me": claimant, "lease": lease_s}).all() \

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
+from services.billing_worker.adapters import payment_attempts as payment_attempts_store
 from services.billing_worker.entrypoints.executor import PaymentExecutor
 from shared.adapters.clock import ManualClock
 from shared.adapters.payments.port import PaymentGatewayError
@@ -436,3 +437,18 @@ def test_the_running_executor_sweeps_attempts_of_closed_invoices_once_per_period
     assert charges_of(engine, invoice_id) == []
     sweeps = [s for s in statements.seen if s.startswith("update payment_attempts a set status = 'cancelled'")]
     assert len(sweeps) == 1  # five more rounds claimed, none swept again
+
+
+def test_a_claim_looks_past_a_queue_head_it_cannot_take(billing: Billing, engine) -> None:  # type: ignore[no-untyped-def]
+    executor(engine).run_once()  # nothing else left pending in this schema
+    held = [invoice_for(billing, "pm_card_visa")[1] for _ in range(40)]  # older than the window of a 1-row claim
+    _sub, due = invoice_for(billing, "pm_card_visa")
+    with engine.begin() as conn:  # paid meanwhile: their pending attempts can never be claimed (not swept yet)
+        conn.execute(sa.text("UPDATE invoices SET status = 'paid', paid_at = now(), amount_paid_minor = "
+                             "amount_due_minor WHERE invoice_id = ANY(:ids)"), {"ids": held})
+
+    with engine.begin() as conn:
+        claimed = payment_attempts_store.claim_due(conn, limit=1, claimant="test", lease_s=60)
+
+    assert [c.invoice_id for c in claimed] == [due]
+    assert {attempt_of(engine, i).status for i in held} == {"pending"}
