@@ -132,7 +132,7 @@ class LeasedCredits:
         self._alerts = alerts
         self._event_type = report_event_type
         self._seconds = lease_seconds
-        self._holder = holder or f"{socket.gethostname()}:{os.getpid()}"
+        self._holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._orgs: dict[str, _Org] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._writer: PipelinedWriter[_Item, bool] = PipelinedWriter(self._flush)
@@ -286,6 +286,13 @@ class LeasedCredits:
         return due
 
     async def aclose(self) -> None:
+        """Stop deciding, and give back what this process's leases did not consume (after a crash instead,
+        it comes back when they expire, or when the exact path revokes them before a refusal)."""
         for task in list(self._tasks):
             task.cancel()
         await self._writer.aclose()
+        self._orgs.clear()
+        try:
+            await self._store.release(self._holder)
+        except Exception as error:  # they expire by themselves
+            _log.warning("could not give back the report-credit leases of %s on shutdown (%s)", self._holder, error)

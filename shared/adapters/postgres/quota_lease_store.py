@@ -177,6 +177,29 @@ SELECT (SELECT coalesce(jsonb_agg(jsonb_build_array(org_id, enquiry_id)), '[]'::
 """
 
 
+# Gives back what a holder's open leases did not consume (the holder shutting down); month rows are locked in (org,
+# month) order first, like the group statement's, so the two cannot deadlock.
+_RELEASE_SQL = """
+WITH gone AS (
+    UPDATE quota_leases SET returned_at = now()
+     WHERE holder = %(holder)s AND returned_at IS NULL
+    RETURNING org_id, month_start, granted - consumed AS rest
+), months AS MATERIALIZED (
+    SELECT m.org_id, m.month_start FROM quota_org_months m
+     WHERE (m.org_id, m.month_start) IN (SELECT org_id, month_start FROM gone)
+     ORDER BY m.org_id, m.month_start FOR UPDATE
+), back AS (
+    UPDATE quota_org_months m SET leased = m.leased - g.rest
+      FROM (SELECT g.org_id, g.month_start, sum(g.rest)::int AS rest FROM gone g
+              JOIN months k ON k.org_id = g.org_id AND k.month_start = g.month_start
+             GROUP BY g.org_id, g.month_start) g
+     WHERE m.org_id = g.org_id AND m.month_start = g.month_start
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM gone) AS leases, (SELECT count(*) FROM back) AS months
+"""
+
+
 class LeaseStore:
     """Leases and their group commit over the quota pool (see the module docstring)."""
 
@@ -279,6 +302,17 @@ class LeaseStore:
                                       {"org_id": org_id})
         except psycopg.OperationalError as error:
             raise DatabaseUnavailableError(str(error)) from error
+        return int(row["leases"])
+
+    async def release(self, holder: str) -> int:
+        """End every open lease of ``holder`` (itself, shutting down) and give their rest back: how many ended."""
+        try:
+            async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+                await cur.execute(_RELEASE_SQL, {"holder": holder})
+                row = await cur.fetchone()
+        except psycopg.OperationalError as error:
+            raise DatabaseUnavailableError(str(error)) from error
+        assert row is not None
         return int(row["leases"])
 
     async def open_leases(self, org_id: str) -> list[dict[str, Any]]:

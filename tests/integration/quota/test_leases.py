@@ -316,3 +316,20 @@ def _open_lease_ids(engine: sa.Engine, org_id: str) -> list[tuple[uuid.UUID]]:
         return [tuple(row) for row in conn.execute(  # type: ignore[misc]
             sa.text("SELECT lease_id FROM quota_leases WHERE org_id = :o AND returned_at IS NULL"), {"o": org_id})]
 
+
+
+async def test_an_edge_shutting_down_gives_back_what_its_leases_did_not_consume(
+        edge: EdgeServer, quota_settings: Settings, engine: sa.Engine) -> None:
+    org = new_org()
+    assert (await admin(edge.url, "PUT", f"/v1/quota/orgs/{org}/plan", {"plan": "Ultimate"})).status_code == 200
+    leaving = EdgeServer(quota_settings).start()
+    await _warm(leaving.url, org, "l")
+    assert _open_lease_ids(engine, org)
+
+    leaving.stop()  # SIGTERM: a graceful shutdown
+
+    assert _open_lease_ids(engine, org) == []
+    with engine.connect() as conn:
+        used, leased = conn.execute(sa.text("SELECT used, leased FROM quota_org_months WHERE org_id = :o"),
+                                    {"o": org}).one()
+    assert (used, leased) == (80, 0)
