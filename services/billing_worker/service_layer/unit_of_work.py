@@ -310,7 +310,8 @@ class BillingUnitOfWork(abc.ABC):
 
     def load(self, ids: Sequence[str]) -> None:
         missing = [i for i in ids if i not in self.states]
-        self.states.update(self._load_subscriptions(missing))
+        if missing:  # a use case asks for subscriptions the run loaded already, several times per close
+            self.states.update(self._load_subscriptions(missing))
 
     def subscription(self, subscription_id: str) -> SubscriptionState:
         self.load([subscription_id])
