@@ -31,18 +31,19 @@ class Container:
     catalog: Catalog  # the YAML bootstrap (served until the catalog is stored in PostgreSQL)
     catalog_provider: CatalogProvider | None = None  # the stored catalog (catalog API, `billing catalog import`)
 
-    def current_catalog(self, plan_id: str | None = None) -> Catalog:
+    def current_catalog(self, plan_id: str | None = None, conn: sa.Connection | None = None) -> Catalog:
         """The catalog now: the provider's snapshot (reloaded at once when it lacks ``plan_id``: a plan just
-        created through the API), else the YAML one.
+        created through the API), else the YAML one. A caller holding a connection passes it (``conn``):
+        the check then takes no second one from the pool.
 
         # NOTE: the snapshot's revision is compared at most every few seconds (one primary-key read), so a
         # caller in the event loop blocks on PostgreSQL that rarely; a miss reloads at once.
         """
         if self.catalog_provider is None:
             return self.catalog
-        catalog = self.catalog_provider.current()
+        catalog = self.catalog_provider.current(conn)
         if plan_id is not None and plan_id not in catalog.plans:
-            catalog = self.catalog_provider.refresh()
+            catalog = self.catalog_provider.refresh(conn)
         return catalog
 
     def current_plan_id(self, plan_id: str) -> str:

@@ -156,7 +156,7 @@ class SpendService:
 
     def __init__(self, engine: sa.Engine, clock: Clock, catalog: Catalog,
                  is_outage: Callable[[BaseException], bool],
-                 current_catalog: Callable[[str | None], Catalog] | None = None) -> None:
+                 current_catalog: Callable[[str | None, sa.Connection | None], Catalog] | None = None) -> None:
         """``is_outage``: whether an error reading PostgreSQL is an outage (the gate then serves what it
         last read) rather than a failure to raise. ``current_catalog``: the catalog now, given the plan id
         wanted (the stored catalog: plans created through the API); ``catalog`` when not given."""
@@ -173,9 +173,14 @@ class SpendService:
         self.value_property = meter.value_property or "quantity"
         self.gate = SpendGate(self, is_outage)
 
-    def catalog_for(self, plan_id: str) -> Catalog:
-        """The catalog that prices ``plan_id`` now (the stored one when wired, reloaded for a new plan)."""
-        return self._catalog if self._current_catalog is None else self._current_catalog(plan_id)
+    def catalog_for(self, plan_id: str, conn: sa.Connection | None = None) -> Catalog:
+        """The catalog that prices ``plan_id`` now (the stored one when wired, reloaded for a new plan), read
+        on ``conn`` when the caller holds one.
+
+        # NOTE: a caller holding a connection must pass it: a second checkout from the pool while every
+        # connection is held by such callers waits for the pool's timeout (it did, under 50 orgs at once).
+        """
+        return self._catalog if self._current_catalog is None else self._current_catalog(plan_id, conn)
 
     # --- reads ----------------------------------------------------------------------------------------
 
@@ -184,7 +189,7 @@ class SpendService:
         subscription = self._repository.live_subscription(conn, org_id)
         if subscription is None:
             raise QuotaRefused(QuotaRefusalCode.NO_SUBSCRIPTION, f"org {org_id!r} has no live subscription")
-        catalog = self.catalog_for(subscription.plan_id)
+        catalog = self.catalog_for(subscription.plan_id, conn)
         plan = catalog.plans.get(subscription.plan_id)  # type: ignore[call-overload]
         pricing = spend_pricing(catalog, subscription.plan_id)
         if plan is None or pricing is None or pricing.unit_price is None:

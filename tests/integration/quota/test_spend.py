@@ -310,3 +310,32 @@ async def test_a_cap_raised_through_another_edge_is_honoured_by_an_edge_that_rem
     assert raised.status_code == 200
     assert beyond_old_cap.status_code == 200, beyond_old_cap.text
     assert beyond_old_cap.json()["remaining_quantity"] == 500_000  # 3,000,000 - 2,500,000
+
+
+async def test_reading_an_org_s_spend_when_the_catalog_is_due_a_refresh_takes_no_second_connection(
+        quota_settings: Any, engine: sa.Engine) -> None:
+    # NOTE: the catalog's revision check used to check out a connection of its own while the spend read
+    # held one: with every pooled connection held by such reads (50 orgs at once), each waited for another
+    # and the pool timed out (503s, minutes-long runs in the bench). One connection in the pool shows it.
+    from services.ingest.container import Container
+    from services.ingest.service_layer.spend import SpendService
+    from shared.adapters.catalog_file import load_default_catalog
+    from shared.adapters.clock import ManualClock
+    from shared.adapters.postgres.catalog_store import CatalogProvider
+
+    org = _org_on(engine, "pro")
+    single = sa.create_engine(quota_settings.database_url, connect_args=quota_settings.sqlalchemy_connect_args,
+                              pool_size=1, max_overflow=0, pool_timeout=3)
+    catalog = load_default_catalog()
+    container = Container(settings=quota_settings, engine=single, producer=None, usage_producer=None,
+                          stripe=None, clock=ManualClock(START), catalog=catalog,
+                          catalog_provider=CatalogProvider(single, catalog, refresh_seconds=0.0))
+    service = SpendService(single, ManualClock(START), catalog, lambda _error: False,
+                           current_catalog=container.current_catalog)
+    try:
+        answer = await service.authorise(org, "one-connection", 1_000)
+        spend = await service.balance(org)
+    finally:
+        single.dispose()
+
+    assert answer.allowed and spend.visible_quantity == 1_000
