@@ -93,9 +93,13 @@ class LeasedCommit:
     alerts_inserted: frozenset[uuid.UUID]
 
 
-# NOTE: `live` locks the group's leases in lease-id order, `months` locks their month rows in (org, month)
-# order before any is updated (`moved` joins it), so two processes' groups cannot deadlock; the fence is
-# `live`: only admissions under a lease live by the database clock at the statement's start are inserted.
+# NOTE: locks are taken in the order every other writer of these rows takes them: the orgs first (`orgs`,
+# FOR SHARE in org-id order: the exact path's compare-and-set, a grant and a revocation lock the org row
+# before its month and user rows, and a group that wrote the month or user rows first deadlocked with them),
+# then the leases (`live`, in lease-id order), then the month rows (`months`, in (org, month) order, before
+# any is updated: `moved` joins it), so no two writers can deadlock; groups of several processes share the
+# org locks. The fence is `live`: only admissions under a lease live by the database clock at the
+# statement's start are inserted.
 # Counters move by what `admitted` really inserted (a duplicate enquiry inserts nothing and moves nothing).
 # Alerts are written only for orgs with an admission in this statement.
 _COMMIT_SQL = """
@@ -104,9 +108,12 @@ WITH c AS (
            AS c(org_id text, lease_id uuid, month_start timestamptz, month_end timestamptz,
                 consumed_at timestamptz, enquiry_id text, user_id text, org_allotment int, org_remaining int,
                 event_id uuid, message_key text, envelope jsonb)
+), orgs AS MATERIALIZED (
+    SELECT o.org_id FROM quota_orgs o WHERE o.org_id IN (SELECT org_id FROM c) ORDER BY o.org_id FOR SHARE
 ), live AS MATERIALIZED (
     SELECT l.lease_id, l.org_id, l.month_start FROM quota_leases l
      WHERE l.lease_id IN (SELECT lease_id FROM c) AND l.returned_at IS NULL AND l.expires_at > now()
+       AND l.org_id IN (SELECT org_id FROM orgs)
      ORDER BY l.lease_id FOR UPDATE
 ), admitted AS (
     INSERT INTO quota_consumptions (org_id, enquiry_id, user_id, month_start, month_end, consumed_at, org_allotment,
@@ -213,10 +220,12 @@ class LeaseStore:
         try:
             async with self._pool.connection() as conn, conn.transaction(), \
                     conn.cursor(row_factory=dict_row) as cur:
-                await cur.execute(REVOKE_LEASES_SQL.format(only=" AND expires_at <= now()"), params)
+                # NOTE: the org's row lock first, then the expired leases and their months: the exact path
+                # locks the org, then its month, so reclaiming first (month, then org) could deadlock with it
                 await cur.execute("SELECT plan_monthly_reports, per_user_monthly_limit FROM quota_orgs"
                                   " WHERE org_id = %(org_id)s FOR UPDATE", params)
                 org = await cur.fetchone()
+                await cur.execute(REVOKE_LEASES_SQL.format(only=" AND expires_at <= now()"), params)
                 if org is None or org["plan_monthly_reports"] is None or org["per_user_monthly_limit"] is not None:
                     return None
                 await cur.execute(

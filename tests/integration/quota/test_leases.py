@@ -191,6 +191,39 @@ async def test_the_check_constraint_holds_used_plus_leased_to_the_allotment(
         conn.execute(sa.text("UPDATE quota_org_months SET used = 264 WHERE org_id = :o"), {"o": org_id})
 
 
+async def test_a_group_statement_waits_for_the_org_lock_before_touching_the_month_row(
+        stores: tuple[QuotaStore, LeaseStore], engine: sa.Engine) -> None:
+    """The exact path locks the org row, then its month and user rows; a group statement that took the month
+    row first deadlocked with it (a 503 for the exact path's batch). The group must queue on the org."""
+    store, leases = stores
+    org_id = await _org(store)
+    grant = await _grant(leases, org_id)
+    assert grant is not None
+    with engine.connect() as exact_path:
+        exact_path.execute(sa.text("SELECT 1 FROM quota_orgs WHERE org_id = :o FOR UPDATE"), {"o": org_id})
+        writing = asyncio.ensure_future(leases.commit([_admission(grant, "queued")], [], "usage.v1",
+                                                      "billing-events.v1"))
+        deadline = asyncio.get_running_loop().time() + 30
+        while True:
+            with engine.connect() as probe:
+                waiting = probe.execute(sa.text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND query LIKE '%%orgs AS MATERIALIZED%%'")).scalar_one()
+            if waiting:
+                break
+            assert not writing.done(), "the group statement did not wait for the org's lock"
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)
+        with engine.connect() as probe:  # the month row is still free for the exact path
+            probe.execute(sa.text("SELECT 1 FROM quota_org_months WHERE org_id = :o FOR UPDATE NOWAIT"),
+                          {"o": org_id})
+            probe.rollback()
+        exact_path.commit()
+    done = await writing
+    assert done.admitted == {(org_id, "queued")}
+    assert _month_row(engine, org_id) == (1, 49)
+
+
 # --- part two: real edge processes -----------------------------------------------------------------------
 
 
