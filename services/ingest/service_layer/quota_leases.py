@@ -95,6 +95,8 @@ class _Org:
     window_start: float = 0.0
     window_count: int = 0
     rate: int = 0  # requests in the last full second
+    used_month: datetime | None = None  # the month `used` counts
+    timezone: str | None = None  # the org's zone as its last grant read it
 
     def count(self, now: float) -> None:
         if now - self.window_start >= 1.0:
@@ -146,6 +148,7 @@ class LeasedCredits:
             for lease in org.leases:
                 lease.dead = True
             org.snapshot = org.state = None
+            org.month = org.timezone = None
 
     async def try_admit(self, org_id: str, user_id: str, enquiry_id: str) -> CreditAnswer | None:
         """The committed answer admitting this request under a lease, or None: decide it on the exact path."""
@@ -162,10 +165,13 @@ class LeasedCredits:
         at = await self._clock.now()
         month = org.month
         if month is None or not month.contains(at):
-            tz = org.snapshot.org.timezone if org.snapshot is not None else self._committer.timezone_of(org_id)
+            tz = org.timezone or self._committer.timezone_of(org_id)
             if tz is None:
                 return None  # the exact path reads the org first (its time zone names the month)
             month = org.month = calendar_month(at, tz)
+            if org.used_month != month.start:
+                org.used, org.used_month, org.alerts_sent = 0, month.start, set()
+                org.snapshot = org.state = None  # the next grant reads the new month
         if org.wants_more(month.start, now, self._seconds):
             self._start_grant(org_id, org, month, now)
         lease = org.usable(month.start, now)
@@ -216,8 +222,15 @@ class LeasedCredits:
         finally:
             org.granting = False
         now = time.monotonic()
+        if grant is not None:
+            org.timezone = grant.snapshot.org.timezone
         if grant is None or calendar_month(month.start, grant.snapshot.org.timezone) != month:
             org.retry_at = now + RETRY_SECONDS
+            if grant is not None:
+                # the zone changed (its leases were revoked): this block is of the old zone's month, unusable,
+                # and goes back when it expires; the next request computes the month in the new zone
+                org.month = None
+                org.retry_at = now
             return
         snapshot = grant.snapshot
         org.leases = [lease for lease in org.leases if (not lease.dead and lease.deadline > now and lease.left() > 0)
@@ -226,6 +239,8 @@ class LeasedCredits:
                                  now + grant.seconds - max(0.5, self._seconds * SAFETY_SHARE)))
         org.snapshot = snapshot
         org.state = quota_state_of(snapshot, month)
+        if org.used_month != month.start:
+            org.used, org.used_month = 0, month.start
         org.used = max(org.used, snapshot.month.used if snapshot.month else 0)
         org.alerts_sent = set(snapshot.alerts_sent)
 
@@ -261,7 +276,7 @@ class LeasedCredits:
                 lease.dead = True  # fenced: expired or revoked by the database clock
         for (org_id, month_start), used in result.used.items():
             org = self._orgs.get(org_id)
-            if org is not None and any(lease.month.start == month_start for lease in org.leases):
+            if org is not None and org.used_month == month_start:
                 org.used = max(org.used, used)
         for org_id, due in alerts.items():
             if due:
