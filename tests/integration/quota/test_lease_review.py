@@ -12,13 +12,14 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
 from pydantic import SecretStr
 
 from services.ingest.service_layer.quota_alerts import event_id
+from shared.adapters.clock import DatabaseClock
 from shared.adapters.postgres.pool import make_pool
 from shared.adapters.postgres.quota_lease_store import LeasedAdmission, LeaseGrant, LeaseStore
 from shared.adapters.postgres.quota_store import REVOKE_LEASES_SQL, QuotaStore
@@ -204,3 +205,69 @@ async def test_a_per_user_limit_set_through_one_edge_binds_another_edge_that_hol
                                      {"o": org}).all())
     assert per_user == {f"user-{i}": 6 for i in range(20)}
     assert counters(engine, org)["consumptions"] == 120
+
+
+async def test_after_a_zone_change_the_busy_org_is_decided_under_leases_of_its_new_month_again(
+        edge: EdgeServer, engine: sa.Engine) -> None:
+    """A zone change revokes the org's leases; the lease path must take leases of the month in the NEW zone
+    (not keep asking for blocks of the old zone's month, which it can never use)."""
+    org = new_org()
+    assert (await admin(edge.url, "PUT", f"/v1/quota/orgs/{org}/plan", {"plan": "Ultimate"})).status_code == 200
+    await _warm(edge.url, org, "utc")
+    response = await admin(edge.url, "PUT", f"/v1/quota/orgs/{org}/plan",
+                           {"plan": "Ultimate", "timezone": "Asia/Tokyo"})
+    assert response.status_code == 200, response.text
+    tokyo = calendar_month(START, "Asia/Tokyo")
+    with engine.connect() as conn:
+        changed_at = conn.execute(sa.text("SELECT now()")).scalar_one()
+
+    for round_no in range(12):  # about 3 s of traffic: longer than the lease path's retry pause
+        assert set(await _burst(edge.url, org, 20, f"tokyo{round_no}")) == {200}
+        await asyncio.sleep(0.25)
+
+    with engine.connect() as conn:
+        by_month = {month: (granted, consumed) for month, granted, consumed in conn.execute(sa.text(
+            "SELECT month_start, sum(granted)::int, sum(consumed)::int FROM quota_leases WHERE org_id = :o"
+            " AND granted_at > :t GROUP BY month_start"), {"o": org, "t": changed_at}).all()}
+    # (granted, consumed) of the leases taken since the change, by the month they reserve
+    assert by_month.get(tokyo.start, (0, 0))[1] > 0, f"leases taken since the change: {by_month}"
+    assert set(by_month) == {tokyo.start}
+
+
+async def test_the_first_leased_admissions_of_a_new_month_count_that_months_use_not_the_last_ones(
+        edge: EdgeServer, billing_clock: DatabaseClock, engine: sa.Engine) -> None:
+    """January ends with 660 of 1,000 used under leases; on February 1st the org has used nothing. Its
+    February answers must say so (org_remaining near 1,000) and no February threshold alert may fire for
+    February's first 90 reports (the threshold is 50 %: 500 reports; "on track" needs 10 %: 100)."""
+    org = new_org()
+    assert (await admin(edge.url, "PUT", f"/v1/quota/orgs/{org}/plan", {"plan": "Ultimate"})).status_code == 200
+    assert (await admin(edge.url, "PUT", f"/v1/quota/orgs/{org}/alert-thresholds",
+                        {"thresholds_percent": [50]})).status_code == 200
+    await _warm(edge.url, org, "jan")
+    responses = await use_credits(edge.url, org, [(f"user-{i % 20}", f"jan-busy-{i}") for i in range(500)])
+    assert {r.status_code for r in responses} == {200}, [r.text for r in responses if r.status_code != 200][:3]
+    await _warm(edge.url, org, "jan-after")  # a lease taken or written after the burst: the edge knows 580+
+    billing_clock.advance(datetime(2026, 2, 1, 0, 0, 1, tzinfo=UTC) - billing_clock.now())
+    february = calendar_month(datetime(2026, 2, 1, 0, 0, 1, tzinfo=UTC), "UTC")
+
+    bodies = []
+    for round_no in range(5):  # 90 reports: under 10 % of the month, so not even "on track" is due
+        responses = await use_credits(edge.url, org, [(f"user-{i}", f"feb{round_no}-{i}") for i in range(18)])
+        assert {r.status_code for r in responses} == {200}, [r.text for r in responses if r.status_code != 200]
+        bodies += [r.json() for r in responses]
+        await asyncio.sleep(0.05)
+
+    with engine.connect() as conn:
+        feb_leases = conn.execute(sa.text("SELECT coalesce(sum(consumed), 0) FROM quota_leases"
+                                          " WHERE org_id = :o AND month_start = :m"),
+                                  {"o": org, "m": february.start}).scalar_one()
+        feb_alerts = conn.execute(sa.text("SELECT kind, threshold_percent, used FROM quota_alerts"
+                                          " WHERE org_id = :o AND period_start = :m"),
+                                  {"o": org, "m": february.start}).all()
+    assert feb_leases > 0, "no February admission was decided under a lease"
+    assert {body["month_start"] for body in bodies} == {february.start.isoformat()}
+    assert feb_alerts == [], f"February alerts after at most 90 of 1,000: {feb_alerts}"
+    low = sorted(body["org_remaining"] for body in bodies)[:3]
+    assert low[0] >= 500, f"February answers claim too little left: {low}"  # February used at most 90
+    state = counters(engine, org)
+    assert [m[1] for m in state["months"]] == [660, 90]

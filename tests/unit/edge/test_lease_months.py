@@ -1,0 +1,146 @@
+"""The report-credit leases at a month boundary and after a zone change (issue 18 review), in memory:
+``LeasedCredits`` over a hand-made lease store that answers like PostgreSQL would (every admission under a live
+lease is stored), so what the lease path decides and writes there can be read exactly."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from services.ingest.service_layer.quota_alerts import AlertNotifications
+from services.ingest.service_layer.quota_leases import LeasedCredits
+from shared.adapters.postgres.quota_lease_store import LeasedAdmission, LeasedAlert, LeasedCommit, LeaseGrant
+from shared.adapters.postgres.quota_store import MonthRow, OrgRow, OrgSnapshot
+from shared.domain.calendar import calendar_month
+
+ORG = "org_review"
+ALLOTMENT = 1000
+
+
+class _Clock:
+    def __init__(self, at: datetime) -> None:
+        self.at = at
+
+    async def now(self) -> datetime:
+        return self.at
+
+
+class _Committer:
+    """What ``LeasedCredits`` asks of the exact path's committer: the org's zone, and forget listeners."""
+
+    def __init__(self) -> None:
+        self.listeners: list = []  # type: ignore[type-arg]
+        self.timezone = "UTC"
+
+    def on_forget(self, listener) -> None:  # type: ignore[no-untyped-def]
+        self.listeners.append(listener)
+
+    def timezone_of(self, org_id: str) -> str | None:
+        return self.timezone
+
+    def forget(self, org_id: str, *, timezone: str | None = None) -> None:
+        self.timezone = timezone or self.timezone
+        for listener in self.listeners:
+            listener(org_id)
+
+
+class _Store:
+    """Grants every lease asked for (a block of 100) on the month's counters held here; stores every
+    admission (PostgreSQL would: the leases are live, the enquiries new)."""
+
+    def __init__(self, timezone: str = "UTC", thresholds: tuple[int, ...] = (80, 100)) -> None:
+        self.timezone = timezone
+        self.thresholds = thresholds
+        self.used: dict[datetime, int] = {}
+        self.grants: list[datetime] = []
+        self.alerts: list[LeasedAlert] = []
+        self.stored: set[str] = set()
+
+    async def grant(self, org_id: str, month_start: datetime, month_end: datetime, holder: str, *, wanted: int,
+                    fraction: int, min_free: int, seconds: float) -> LeaseGrant:
+        self.grants.append(month_start)
+        org = OrgRow(org_id=org_id, plan_id="reports_ultimate", plan_monthly_reports=ALLOTMENT,
+                     per_user_monthly_limit=None, timezone=self.timezone, trial_started_at=None, trial_reports=10,
+                     trial_days=14, trial_used=0, alert_thresholds=self.thresholds, subscription_id=None, version=1)
+        month = MonthRow(month_start, month_end, ALLOTMENT, 0, self.used.get(month_start, 0), 100)
+        snapshot = OrgSnapshot(org, month, {}, {}, frozenset())
+        return LeaseGrant(uuid.uuid4(), org_id, month_start, 100, seconds, snapshot)
+
+    async def commit(self, admissions: Sequence[LeasedAdmission], alerts: Sequence[LeasedAlert],
+                     usage_topic: str, alert_topic: str) -> LeasedCommit:
+        consumed: dict[uuid.UUID, int] = {}
+        new = [a for a in admissions if a.enquiry_id not in self.stored]  # ON CONFLICT DO NOTHING
+        for admission in new:
+            self.stored.add(admission.enquiry_id)
+            self.used[admission.month_start] = self.used.get(admission.month_start, 0) + 1
+            consumed[admission.lease_id] = consumed.get(admission.lease_id, 0) + 1
+        if new:  # alerts are written only for orgs with an admission in the statement
+            self.alerts += alerts
+        return LeasedCommit(
+            admitted=frozenset((a.org_id, a.enquiry_id) for a in new),
+            live=frozenset(a.lease_id for a in admissions), consumed=consumed,
+            used={(a.org_id, a.month_start): self.used[a.month_start] for a in admissions},
+            alerts_inserted=frozenset(alert.alert.event_id for alert in alerts))
+
+
+def _thresholds(store: _Store) -> list[tuple[int, int]]:
+    """(threshold, used) of the threshold alerts written ("on track" is due anyway mid-month at 49 %)."""
+    return [(a.alert.key.threshold_percent, a.alert.used) for a in store.alerts
+            if a.alert.key.kind == "quota.threshold_reached"]
+
+
+async def _settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def _credits(store: _Store, clock: _Clock, committer: _Committer) -> LeasedCredits:
+    return LeasedCredits(store, committer, clock, AlertNotifications(None), "report.run",  # type: ignore[arg-type]
+                         lease_seconds=30.0, holder="review:1")
+
+
+async def test_the_first_leased_answers_of_a_new_month_count_that_months_use_not_the_last_ones() -> None:
+    january = calendar_month(datetime(2026, 1, 31, 23, 0, tzinfo=UTC), "UTC")
+    store = _Store(thresholds=(50,))
+    store.used[january.start] = 600
+    clock = _Clock(datetime(2026, 1, 31, 23, 0, tzinfo=UTC))
+    credits = _credits(store, clock, _Committer())
+    try:
+        assert await credits.try_admit(ORG, "u1", "jan-0") is None  # no lease yet: one is asked for
+        await _settle()
+        jan = await credits.try_admit(ORG, "u1", "jan-1")
+        assert jan is not None and jan.org_remaining == ALLOTMENT - 601
+        store.alerts.clear()  # January's 50 % alert (601 of 1,000) is due
+
+        clock.at = datetime(2026, 2, 1, 0, 0, 1, tzinfo=UTC)
+        assert await credits.try_admit(ORG, "u1", "feb-0") is None  # no February lease yet
+        await _settle()
+        feb = await credits.try_admit(ORG, "u1", "feb-1")
+    finally:
+        await credits.aclose()
+
+    assert feb is not None and feb.month.start == datetime(2026, 2, 1, tzinfo=UTC)
+    assert [alert.alert.key.kind for alert in store.alerts] == []  # 1 of 1,000 used in February
+    assert feb.org_remaining == ALLOTMENT - 1
+
+
+async def test_after_a_zone_change_the_next_lease_is_asked_for_the_month_of_the_new_zone() -> None:
+    at = datetime(2026, 1, 15, 12, tzinfo=UTC)
+    store = _Store()
+    committer = _Committer()
+    credits = _credits(store, _Clock(at), committer)
+    try:
+        assert await credits.try_admit(ORG, "u1", "utc-0") is None
+        await _settle()
+        assert await credits.try_admit(ORG, "u1", "utc-1") is not None  # decided under a UTC-month lease
+        store.timezone = "Asia/Tokyo"  # PUT plan with a new zone: configure revokes, the committer forgets
+        committer.forget(ORG, timezone="Asia/Tokyo")
+
+        await credits.try_admit(ORG, "u1", "tokyo-0")
+        await _settle()
+    finally:
+        await credits.aclose()
+
+    assert store.grants[-1] == calendar_month(at, "Asia/Tokyo").start, [g.isoformat() for g in store.grants]
