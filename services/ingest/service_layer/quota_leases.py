@@ -63,6 +63,10 @@ MIN_FREE = 256
 RETRY_SECONDS = 2.0
 # stop using a lease this share of its life before the database clock ends it (clock drift, a slow statement)
 SAFETY_SHARE = 0.2
+# NOTE: the enquiries this process decided last, per org: a retry of one of them goes to the exact path, which
+# replays its stored answer. Decided again in memory, it would count as use until the statement dropped it
+# (ON CONFLICT), so alerts and the answers of that group would see too much use.
+RECENT_ENQUIRIES = 4096
 
 
 @dataclass(slots=True)
@@ -97,6 +101,12 @@ class _Org:
     rate: int = 0  # requests in the last full second
     used_month: datetime | None = None  # the month `used` counts
     timezone: str | None = None  # the org's zone as its last grant read it
+    recent: dict[str, None] = field(default_factory=dict)  # enquiries decided here, oldest first
+
+    def remember(self, enquiry_id: str) -> None:
+        self.recent[enquiry_id] = None
+        if len(self.recent) > RECENT_ENQUIRIES:
+            del self.recent[next(iter(self.recent))]
 
     def count(self, now: float) -> None:
         if now - self.window_start >= 1.0:
@@ -159,6 +169,8 @@ class LeasedCredits:
                 self._orgs.clear()
             org = self._orgs[org_id] = _Org(window_start=now)
         org.count(now)
+        if enquiry_id in org.recent:
+            return None  # a retry: the exact path replays what was stored
         if (org.granting or now < org.retry_at) and not any(
                 not lease.dead and lease.deadline > now and lease.left() > 0 for lease in org.leases):
             return None  # nothing to decide on and no grant to start: not even the clock is read
@@ -193,6 +205,7 @@ class LeasedCredits:
             envelope_json=consumption.envelope_json, message_key=org.snapshot.org.message_key), after)
         lease.pending += 1
         org.pending += 1
+        org.remember(enquiry_id)
         try:
             stored = await self._writer.submit(item)
         except Exception as error:  # nothing of that group was written
@@ -201,6 +214,8 @@ class LeasedCredits:
         finally:
             lease.pending -= 1
             org.pending -= 1
+        if not stored:
+            org.recent.pop(enquiry_id, None)
         return answer if stored else None
 
     def _start_grant(self, org_id: str, org: _Org, month: Period, now: float) -> None:

@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -151,6 +152,7 @@ async def _warm(url: str, org: str, tag: str) -> None:
         responses = await use_credits(url, org, [(f"user-{i}", f"{tag}{round_no}-{i}") for i in range(20)])
         assert {r.status_code for r in responses} == {200}, [r.text for r in responses if r.status_code != 200]
         await asyncio.sleep(0.05)
+    await asyncio.sleep(1.0)  # a grant the rounds started finishes before the test goes on (a loaded machine)
 
 
 def _open_leases(engine: sa.Engine, org_id: str) -> list[tuple[datetime, str, int, int]]:
@@ -221,17 +223,26 @@ async def test_after_a_zone_change_the_busy_org_is_decided_under_leases_of_its_n
     with engine.connect() as conn:
         changed_at = conn.execute(sa.text("SELECT now()")).scalar_one()
 
-    for round_no in range(12):  # about 3 s of traffic: longer than the lease path's retry pause
-        assert set(await _burst(edge.url, org, 20, f"tokyo{round_no}")) == {200}
-        await asyncio.sleep(0.25)
+    def leases_since_the_change() -> dict[datetime, tuple[int, int]]:
+        with engine.connect() as conn:
+            return {month: (granted, consumed) for month, granted, consumed in conn.execute(sa.text(
+                "SELECT month_start, sum(granted)::int, sum(consumed)::int FROM quota_leases WHERE org_id = :o"
+                " AND granted_at > :t GROUP BY month_start"), {"o": org, "t": changed_at}).all()}
 
-    with engine.connect() as conn:
-        by_month = {month: (granted, consumed) for month, granted, consumed in conn.execute(sa.text(
-            "SELECT month_start, sum(granted)::int, sum(consumed)::int FROM quota_leases WHERE org_id = :o"
-            " AND granted_at > :t GROUP BY month_start"), {"o": org, "t": changed_at}).all()}
+    # traffic until a lease taken since the change has been used (the lease path pauses 2 s after a grant that
+    # found the zone changed; a loaded machine may need more rounds), bounded
+    deadline = time.monotonic() + 90
+    round_no = 0
+    while leases_since_the_change().get(tokyo.start, (0, 0))[1] == 0 and time.monotonic() < deadline:
+        assert set(await _burst(edge.url, org, 20, f"tokyo{round_no}")) == {200}
+        round_no += 1
+        await asyncio.sleep(0.25)
+    by_month = leases_since_the_change()
     # (granted, consumed) of the leases taken since the change, by the month they reserve
     assert by_month.get(tokyo.start, (0, 0))[1] > 0, f"leases taken since the change: {by_month}"
-    assert set(by_month) == {tokyo.start}
+    # a grant already on its way when the zone changed may still reserve a block of the old month (it comes
+    # back at expiry); nothing may be decided under one
+    assert all(consumed == 0 for month, (_granted, consumed) in by_month.items() if month != tokyo.start), by_month
 
 
 async def test_the_first_leased_admissions_of_a_new_month_count_that_months_use_not_the_last_ones(
@@ -250,17 +261,25 @@ async def test_the_first_leased_admissions_of_a_new_month_count_that_months_use_
     billing_clock.advance(datetime(2026, 2, 1, 0, 0, 1, tzinfo=UTC) - billing_clock.now())
     february = calendar_month(datetime(2026, 2, 1, 0, 0, 1, tzinfo=UTC), "UTC")
 
-    bodies = []
-    for round_no in range(5):  # 90 reports: under 10 % of the month, so not even "on track" is due
-        responses = await use_credits(edge.url, org, [(f"user-{i}", f"feb{round_no}-{i}") for i in range(18)])
+    def february_leased() -> int:
+        with engine.connect() as conn:
+            return int(conn.execute(sa.text("SELECT coalesce(sum(consumed), 0) FROM quota_leases"
+                                            " WHERE org_id = :o AND month_start = :m"),
+                                    {"o": org, "m": february.start}).scalar_one())
+
+    bodies: list[dict[str, Any]] = []
+    round_no = 0
+    # at most 90 reports (under 10 % of the month, so not even "on track" is due), in small rounds until some
+    # were decided under a February lease and 36 were sent (a loaded machine may grant late)
+    while len(bodies) < 90 and (len(bodies) < 36 or february_leased() == 0):
+        responses = await use_credits(edge.url, org, [(f"user-{i}", f"feb{round_no}-{i}") for i in range(6)])
         assert {r.status_code for r in responses} == {200}, [r.text for r in responses if r.status_code != 200]
         bodies += [r.json() for r in responses]
-        await asyncio.sleep(0.05)
+        round_no += 1
+        await asyncio.sleep(0.3)
 
+    feb_leases = february_leased()
     with engine.connect() as conn:
-        feb_leases = conn.execute(sa.text("SELECT coalesce(sum(consumed), 0) FROM quota_leases"
-                                          " WHERE org_id = :o AND month_start = :m"),
-                                  {"o": org, "m": february.start}).scalar_one()
         feb_alerts = conn.execute(sa.text("SELECT kind, threshold_percent, used FROM quota_alerts"
                                           " WHERE org_id = :o AND period_start = :m"),
                                   {"o": org, "m": february.start}).all()
@@ -270,4 +289,4 @@ async def test_the_first_leased_admissions_of_a_new_month_count_that_months_use_
     low = sorted(body["org_remaining"] for body in bodies)[:3]
     assert low[0] >= 500, f"February answers claim too little left: {low}"  # February used at most 90
     state = counters(engine, org)
-    assert [m[1] for m in state["months"]] == [660, 90]
+    assert [m[1] for m in state["months"]] == [660, len(bodies)]

@@ -144,3 +144,28 @@ async def test_after_a_zone_change_the_next_lease_is_asked_for_the_month_of_the_
         await credits.aclose()
 
     assert store.grants[-1] == calendar_month(at, "Asia/Tokyo").start, [g.isoformat() for g in store.grants]
+
+
+async def test_retries_of_stored_enquiries_in_a_group_do_not_count_as_use_for_its_alerts() -> None:
+    """491 used, 4 admitted one by one (495); then one group holds a new enquiry and retries of the 4 (a
+    client retrying after a timeout). PostgreSQL stores only the new one: 496 of 1,000, under the 50 %
+    threshold, so no alert may be written (the retries go to the exact path, which replays them)."""
+    at = datetime(2026, 1, 15, 12, tzinfo=UTC)
+    store = _Store(thresholds=(50,))
+    store.used[calendar_month(at, "UTC").start] = 491
+    credits = _credits(store, _Clock(at), _Committer())
+    try:
+        assert await credits.try_admit(ORG, "u1", "warm") is None
+        await _settle()
+        for n in range(4):
+            assert await credits.try_admit(ORG, "u1", f"e{n}") is not None
+        assert _thresholds(store) == []
+
+        answers = await asyncio.gather(credits.try_admit(ORG, "u1", "e-new"),
+                                       *(credits.try_admit(ORG, "u1", f"e{n}") for n in range(4)))
+    finally:
+        await credits.aclose()
+
+    assert answers[0] is not None and answers[1:] == [None] * 4  # the retries are the exact path's
+    assert store.used[calendar_month(at, "UTC").start] == 496
+    assert _thresholds(store) == []
