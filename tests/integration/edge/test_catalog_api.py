@@ -11,9 +11,7 @@ then a migration at the period end: the first close bills 10 x 0.05 = 0.50 and t
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
-import time
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .conftest import ADMIN, ANSWER_WAIT_SECONDS, START, call, onboard, real_worker_settings
+from .conftest import ADMIN, START, call, onboard, real_worker_settings, until
 
 pytestmark = pytest.mark.integration
 
@@ -33,16 +31,6 @@ PLAN = {"id": "api_starter", "name": "API starter", "family": "api", "interval":
 @pytest.fixture(scope="module")
 def edge_settings(settings):  # type: ignore[no-untyped-def]
     return real_worker_settings(settings, scheduler_interval_s=0.2)
-
-
-async def until(probe: Any, what: str) -> Any:
-    deadline = time.monotonic() + ANSWER_WAIT_SECONDS
-    while True:
-        found = await probe()
-        if found:
-            return found
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.2)
 
 
 async def test_a_plan_created_through_the_api_is_subscribed_metered_and_invoiced_at_its_prices(

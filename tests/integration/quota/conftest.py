@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +26,9 @@ import sqlalchemy as sa
 from pydantic import SecretStr
 
 from shared.adapters.clock import DatabaseClock
+from shared.adapters.postgres.pool import make_pool
+from shared.adapters.postgres.quota_lease_store import LeaseStore
+from shared.adapters.postgres.quota_store import QuotaStore
 from tests.conftest import REPO
 
 ADMIN_KEY = "quota-test-admin-key"
@@ -88,6 +91,27 @@ def settings_env(settings: Any) -> dict[str, str]:
 def quota_settings(settings):  # type: ignore[no-untyped-def]
     return settings.model_copy(update={"clock": "simulated", "simulated_clock_start": START.isoformat(),
                                        "admin_api_key": SecretStr(ADMIN_KEY), "database_pool_size": 5})
+
+
+LEASE_SECONDS = 2.0  # a short lease life, so the lease tests can wait for an expiry
+
+
+def leased_settings(settings: Any) -> Any:
+    """The quota tests' settings with leases on (the default) and a short lease life."""
+    return settings.model_copy(update={"clock": "simulated", "simulated_clock_start": START.isoformat(),
+                                       "admin_api_key": SecretStr(ADMIN_KEY), "database_pool_size": 5,
+                                       "quota_leases": True, "quota_lease_seconds": LEASE_SECONDS})
+
+
+@pytest.fixture
+async def stores(quota_settings, billing_clock) -> AsyncIterator[tuple[QuotaStore, LeaseStore]]:  # type: ignore[no-untyped-def]
+    """The exact path's store and the lease store over a small pool of their own (store-level tests)."""
+    pool = make_pool(quota_settings, min_size=1, max_size=4)
+    await pool.open(wait=True)
+    try:
+        yield QuotaStore(pool), LeaseStore(pool)
+    finally:
+        await pool.close()
 
 
 @pytest.fixture(scope="module")

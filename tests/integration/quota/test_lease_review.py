@@ -11,13 +11,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from pydantic import SecretStr
 
 from services.ingest.service_layer.quota_alerts import event_id
 from shared.adapters.clock import DatabaseClock
@@ -26,29 +24,24 @@ from shared.adapters.postgres.quota_lease_store import LeasedAdmission, LeaseGra
 from shared.adapters.postgres.quota_store import REVOKE_LEASES_SQL, QuotaStore
 from shared.config import Settings
 from shared.domain.calendar import calendar_month
-from tests.integration.quota.conftest import ADMIN_KEY, START, EdgeServer, admin, counters, new_org, use_credits
+from tests.integration.quota.conftest import (
+    START,
+    EdgeServer,
+    admin,
+    counters,
+    leased_settings,
+    new_org,
+    use_credits,
+)
 
 pytestmark = pytest.mark.integration
 
 MONTH = calendar_month(START, "UTC")
-LEASE_SECONDS = 2.0
 
 
 @pytest.fixture(scope="module")
 def quota_settings(settings):  # type: ignore[no-untyped-def]
-    return settings.model_copy(update={"clock": "simulated", "simulated_clock_start": START.isoformat(),
-                                       "admin_api_key": SecretStr(ADMIN_KEY), "database_pool_size": 5,
-                                       "quota_leases": True, "quota_lease_seconds": LEASE_SECONDS})
-
-
-@pytest.fixture
-async def leases(quota_settings, billing_clock) -> AsyncIterator[tuple[QuotaStore, LeaseStore]]:  # type: ignore[no-untyped-def]
-    pool = make_pool(quota_settings, min_size=1, max_size=4)
-    await pool.open(wait=True)
-    try:
-        yield QuotaStore(pool), LeaseStore(pool)
-    finally:
-        await pool.close()
+    return leased_settings(settings)
 
 
 async def _org(store: QuotaStore, reports: int = 1000) -> str:
@@ -92,11 +85,11 @@ def _waiting_on_a_lock(engine: sa.Engine, fragment: str) -> int:
 
 
 async def test_a_group_statement_waiting_on_a_revocation_in_flight_writes_nothing_under_the_revoked_lease(
-        leases: tuple[QuotaStore, LeaseStore], engine: sa.Engine) -> None:
+        stores: tuple[QuotaStore, LeaseStore], engine: sa.Engine) -> None:
     """An admin write (plan, limit, top-up) revokes the org's leases in its transaction. A group statement
     that started before it committed and waits on the lease rows must be fenced once it gets them (its
     snapshot still shows the lease live): nothing under the lease is stored, no counter moves."""
-    store, lease_store = leases
+    store, lease_store = stores
     org_id = await _org(store)
     grant = await _grant(lease_store, org_id)
     assert _month_row(engine, org_id) == (0, 50)
@@ -122,10 +115,10 @@ async def test_a_group_statement_waiting_on_a_revocation_in_flight_writes_nothin
 
 
 async def test_a_late_write_under_a_revoked_lease_cannot_spend_another_holders_reservation(
-        leases: tuple[QuotaStore, LeaseStore], engine: sa.Engine) -> None:
+        stores: tuple[QuotaStore, LeaseStore], engine: sa.Engine) -> None:
     """Holder A's lease is revoked (the rest went back) and holder B takes a new one; A's late group must
     not move B's reserved reports to used (leased would no longer match what open leases hold)."""
-    store, lease_store = leases
+    store, lease_store = stores
     org_id = await _org(store)
     first = await _grant(lease_store, org_id, holder="a:1")
     assert await lease_store.revoke(org_id) == 1

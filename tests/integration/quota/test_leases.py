@@ -13,43 +13,35 @@ import asyncio
 import signal
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 
 import pytest
 import sqlalchemy as sa
-from pydantic import SecretStr
 
 from services.ingest.service_layer.quota_alerts import event_id
-from shared.adapters.postgres.pool import make_pool
 from shared.adapters.postgres.quota_lease_store import LeasedAdmission, LeaseGrant, LeaseStore
 from shared.adapters.postgres.quota_store import QuotaStore
 from shared.config import Settings
 from shared.domain.calendar import Period, calendar_month
-from tests.integration.quota.conftest import ADMIN_KEY, START, EdgeServer, admin, counters, new_org, use_credits
+from tests.integration.quota.conftest import (
+    LEASE_SECONDS,
+    START,
+    EdgeServer,
+    admin,
+    counters,
+    leased_settings,
+    new_org,
+    use_credits,
+)
 
 pytestmark = pytest.mark.integration
 
 MONTH = calendar_month(START, "UTC")
 FEBRUARY = calendar_month(MONTH.end, "UTC")
-LEASE_SECONDS = 2.0
 
 
 @pytest.fixture(scope="module")
 def quota_settings(settings):  # type: ignore[no-untyped-def]
-    """Leases on (the default) with a short life, so expiry can be waited for."""
-    return settings.model_copy(update={"clock": "simulated", "simulated_clock_start": START.isoformat(),
-                                       "admin_api_key": SecretStr(ADMIN_KEY), "database_pool_size": 5,
-                                       "quota_leases": True, "quota_lease_seconds": LEASE_SECONDS})
-
-
-@pytest.fixture
-async def stores(quota_settings, billing_clock) -> AsyncIterator[tuple[QuotaStore, LeaseStore]]:  # type: ignore[no-untyped-def]
-    pool = make_pool(quota_settings, min_size=1, max_size=4)
-    await pool.open(wait=True)
-    try:
-        yield QuotaStore(pool), LeaseStore(pool)
-    finally:
-        await pool.close()
+    return leased_settings(settings)
 
 
 async def _org(store: QuotaStore, reports: int = 1000, *, user_limit: int | None = None,
