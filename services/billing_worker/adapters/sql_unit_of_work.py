@@ -191,19 +191,22 @@ class SqlBillingUnitOfWork(BillingUnitOfWork):
     def grace_usage(self, subscription_id: str, period_start: datetime, period_end: datetime) -> GraceUsage:
         return grace_usage(self.conn, subscription_id, period_start, period_end)
 
-    def _write(self) -> None:
+    def _write_state(self) -> None:
         conn = self.conn
         repo.save_paid_invoices(conn, [(self.invoices[i][0], ref) for i, ref in self.paid_refs.items()])
         repo.save_subscriptions(conn, list(self.touched.values()))
         customer_of = {sid: s.subscription.customer_id for sid, s in self.states.items()}
         grants, entries = repo.ledger_rows(self.ledgers, customer_of, self.now, self.invoice_of_key)
         repo.save_ledger_rows(conn, grants, entries, self.settled_grants)
-        repo.insert_redemptions(conn, self.redemptions)
-        attempts.insert_requested(conn, self.attempts)
         repo.record_periods(conn, self.periods)
         repo.append_history(conn, [row for events, command_id in self.history
                                    for row in repo.history_rows(events, command_id)])
+        repo.bulk_insert(conn, command_outcomes, self.outcomes, ignore_conflicts_on=["command_id"])
+
+    def _write_records(self) -> None:
+        conn = self.conn
+        repo.insert_redemptions(conn, self.redemptions)
+        attempts.insert_requested(conn, self.attempts)
         repo.append_audit(conn, self.audit)
         repo.bulk_insert(conn, outbox, [outbox_row(o.envelope, key=o.key, topic=o.topic) for o in self.outgoing],
                          ignore_conflicts_on=["event_id"])
-        repo.bulk_insert(conn, command_outcomes, self.outcomes, ignore_conflicts_on=["command_id"])

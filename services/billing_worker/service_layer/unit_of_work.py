@@ -303,8 +303,14 @@ class BillingUnitOfWork(abc.ABC):
         """Store finalised invoices; returns the ids really inserted (an existing identity is not)."""
 
     @abc.abstractmethod
-    def _write(self) -> None:
-        """Write what the run collected (subscriptions, ledgers, attempts, ..., outbox, outcomes)."""
+    def _write_state(self) -> None:
+        """Write the state the run changed that no invoice number is in and that needs no invoice row of this run:
+        invoices paid, subscriptions, ledgers, periods, history, command outcomes."""
+
+    @abc.abstractmethod
+    def _write_records(self) -> None:
+        """Write the rest of what the run collected, once its invoices are stored: coupon redemptions, payment
+        attempts, audit, outbox."""
 
     # --- loading
 
@@ -498,10 +504,25 @@ class BillingUnitOfWork(abc.ABC):
     # --- commit
 
     def commit(self) -> None:
-        """Finalise the issued invoices, then write everything collected (inside the caller's transaction)."""
+        """Finalise the issued invoices, then write everything collected (inside the caller's transaction).
+
+        The invoice numbers are taken as late as the transaction allows: the counter row stays locked from
+        `_allocate_invoice_numbers` until the caller commits (what keeps them gapless), and every other batch
+        of the issuer waits on it meanwhile. So the customer balances are settled and the state no number is in
+        (subscriptions, ledgers, periods, history, outcomes, balance entries) is written first; only numbering,
+        the invoice rows and what names them (attempts, redemptions, audit, outbox) are written under the lock.
+        A run that finalises a credit purchase (a manual invoice: paying it from the balance grants credits
+        into the ledger) writes its state after numbering, as before."""
+        entries = self._settle_issued()
+        state_first = not any(item.invoice.key.reason is InvoiceReason.MANUAL for item in self.issued)
+        if state_first:
+            self._write_state()
+        self._apply_balance_entries(entries)
         self._finalise()
         self._store_drafts()
-        self._write()
+        if not state_first:
+            self._write_state()
+        self._write_records()
 
     def _store_drafts(self) -> None:
         """Store the invoices issued as drafts (no number, no payment attempt; dunning never sees them) with
@@ -524,17 +545,26 @@ class BillingUnitOfWork(abc.ABC):
             self.emit("invoice.drafted", invoice_event(invoice, item.state, finalizes_at=until), key=item.state.id,
                       event_id=event_uuid(invoice.id, "invoice.drafted"), at=invoice.created_at, correlation=None)
 
+    def _settle_issued(self) -> list[BalanceEntry]:
+        """The customer balances' part of finalising the issued invoices (locked, then decided in finalisation
+        order): the entries to write. Needs no invoice number, so it runs before the numbering."""
+        if not self.issued:
+            return []
+        available = self.lock_customer_balances([(i.invoice.customer_id, i.invoice.currency) for i in self.issued])
+        entries: list[BalanceEntry] = []
+        for item in self.issued:
+            entries.extend(self.settle_with_balance(item.invoice, available, item.at or item.invoice.created_at))
+        return entries
+
     def _finalise(self) -> None:
+        """Number the issued invoices (settled with the balance by `_settle_issued`) and finalise them."""
         if not self.issued:
             return
         numbers = self._allocate_invoice_numbers(len(self.issued))
         to_store: list[InvoiceToStore] = []
-        available = self.lock_customer_balances([(i.invoice.customer_id, i.invoice.currency) for i in self.issued])
-        entries: list[BalanceEntry] = []
         for item, number in zip(self.issued, numbers, strict=True):
             invoice, state = item.invoice, item.state
             at = item.at or invoice.created_at
-            entries.extend(self.settle_with_balance(invoice, available, at))
             invoice.finalize(number=number, at=at)
             if invoice.status is InvoiceStatus.PAID and invoice.key.reason is InvoiceReason.MANUAL:
                 self.grant_paid_purchase(invoice, state, at, None)  # a purchase the customer balance paid
@@ -552,7 +582,6 @@ class BillingUnitOfWork(abc.ABC):
                            detail={"number": number, "total_minor": invoice.total.amount_minor,
                                    "currency": invoice.currency, "reason": invoice.key.reason.value,
                                    "balance_applied_minor": invoice.balance_applied_minor})
-        self._apply_balance_entries(entries)
         stored_drafts = {item.invoice.id for item in self.issued if item.stored_draft}
         inserted = self._insert_invoices([i for i in to_store if i.invoice.id not in stored_drafts])
         if stored_drafts:

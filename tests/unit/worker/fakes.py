@@ -348,7 +348,7 @@ class FakeUnitOfWork(BillingUnitOfWork):
         self.store.usage_closes[(subscription_id, period_end)] = UsageClose(period_end, totals, stored.late)
         return GraceUsage(closed=closed, added=added)
 
-    def _write(self) -> None:
+    def _write_state(self) -> None:
         store = self.store
         for invoice_id, provider_ref in self.paid_refs.items():  # mark_paid: written at commit, as by the adapter
             self.save_invoice_status(self.invoices[invoice_id][0], provider_ref=provider_ref)
@@ -357,21 +357,24 @@ class FakeUnitOfWork(BillingUnitOfWork):
             store.subscriptions[state.id] = copy.deepcopy(state)
         for sub_id, ledger in self.ledgers.items():
             store.ledgers[sub_id] = copy.deepcopy(ledger)
-        for redemption, sub_id, invoice_id, at in self.redemptions:
-            store.redemptions.setdefault(redemption.key, (redemption, sub_id, invoice_id, at))
-        for attempt in self.attempts:
-            store.attempts.setdefault(attempt.attempt_id, _attempt_row(attempt))
         for period in self.periods:
             key = (period["subscription_id"], period["period_start"])
             merged = {**store.periods.get(key, {}), **{k: v for k, v in period.items() if v is not None}}
             store.periods[key] = merged
         for events, _command_id in self.history:
             store.history.extend(events)
+        for outcome in self.outcomes:
+            store.outcomes.setdefault(outcome["command_id"], outcome)
+
+    def _write_records(self) -> None:
+        store = self.store
+        for redemption, sub_id, invoice_id, at in self.redemptions:
+            store.redemptions.setdefault(redemption.key, (redemption, sub_id, invoice_id, at))
+        for attempt in self.attempts:
+            store.attempts.setdefault(attempt.attempt_id, _attempt_row(attempt))
         store.audit.extend(self.audit)
         for outgoing in self.outgoing:
             store.outbox.setdefault(outgoing.envelope.event_id, outgoing)
-        for outcome in self.outcomes:
-            store.outcomes.setdefault(outcome["command_id"], outcome)
         store.commits += 1
 
 
