@@ -104,15 +104,15 @@ class LeasedCommit:
 # Alerts are written only for orgs with an admission in this statement.
 _COMMIT_SQL = """
 WITH c AS (
-    SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb)
+    SELECT * FROM json_to_recordset(%(rows)s::json)
            AS c(org_id text, lease_id uuid, month_start timestamptz, month_end timestamptz,
                 consumed_at timestamptz, enquiry_id text, user_id text, org_allotment int, org_remaining int,
-                event_id uuid, message_key text, envelope jsonb)
+                event_id uuid, message_key text, envelope json)
 ), orgs AS MATERIALIZED (
-    SELECT o.org_id FROM quota_orgs o WHERE o.org_id IN (SELECT org_id FROM c) ORDER BY o.org_id FOR SHARE
+    SELECT o.org_id FROM quota_orgs o WHERE o.org_id = ANY(%(orgs)s::text[]) ORDER BY o.org_id FOR SHARE
 ), live AS MATERIALIZED (
     SELECT l.lease_id, l.org_id, l.month_start FROM quota_leases l
-     WHERE l.lease_id IN (SELECT lease_id FROM c) AND l.returned_at IS NULL AND l.expires_at > now()
+     WHERE l.lease_id = ANY(%(leases)s::uuid[]) AND l.returned_at IS NULL AND l.expires_at > now()
        AND l.org_id IN (SELECT org_id FROM orgs)
      ORDER BY l.lease_id FOR UPDATE
 ), admitted AS (
@@ -184,6 +184,53 @@ SELECT (SELECT coalesce(jsonb_agg(jsonb_build_array(org_id, enquiry_id)), '[]'::
 """
 
 
+# A grant's statements (`LeaseStore.grant` sends them as one query string: one implicit transaction). The org's row lock
+# first, then the expired leases and their months: the exact path locks the org, then its month, so
+# reclaiming first (month, then org) could deadlock with it. Orgs without a plan (trial) or with a per-user
+# limit get nothing. Under the org's row lock the free rest cannot shrink (exact-path writes take the org row
+# first; lease commits move `leased` to `used`, which keeps the sum): read it, then reserve at most
+# 1/fraction of it, and nothing below min_free.
+_GRANT_LOCK_SQL = "SELECT 1 FROM quota_orgs WHERE org_id = %(org_id)s FOR UPDATE"
+_GRANT_MONTH_SQL = """
+INSERT INTO quota_org_months (org_id, month_start, month_end, plan_monthly_reports)
+SELECT org_id, %(month_start)s, %(month_end)s, plan_monthly_reports FROM quota_orgs
+ WHERE org_id = %(org_id)s AND plan_monthly_reports IS NOT NULL AND per_user_monthly_limit IS NULL
+ON CONFLICT DO NOTHING
+"""
+_GRANT_RESERVE_SQL = """
+WITH org AS (
+    SELECT 1 FROM quota_orgs
+     WHERE org_id = %(org_id)s AND plan_monthly_reports IS NOT NULL AND per_user_monthly_limit IS NULL
+), month AS MATERIALIZED (
+    SELECT GREATEST(plan_monthly_reports + top_ups, carried_over) - used - leased AS free
+      FROM quota_org_months WHERE org_id = %(org_id)s AND month_start = %(month_start)s
+       AND plan_monthly_reports IS NOT NULL AND EXISTS (SELECT 1 FROM org)
+       FOR UPDATE
+), block AS (
+    SELECT LEAST(%(wanted)s, free / %(fraction)s)::int AS n FROM month
+     WHERE free >= %(min_free)s AND LEAST(%(wanted)s, free / %(fraction)s) >= 1
+), reserved AS (
+    UPDATE quota_org_months SET leased = leased + (SELECT n FROM block)
+     WHERE org_id = %(org_id)s AND month_start = %(month_start)s AND EXISTS (SELECT 1 FROM block)
+    RETURNING 1
+)
+INSERT INTO quota_leases (lease_id, org_id, month_start, holder, granted, expires_at)
+SELECT %(lease_id)s, %(org_id)s, %(month_start)s, %(holder)s, n, now() + make_interval(secs => %(seconds)s)
+  FROM block WHERE EXISTS (SELECT 1 FROM reserved)
+RETURNING granted, extract(epoch FROM expires_at - clock_timestamp())::float8 AS left
+"""
+# the exact path's remembered state counted the granted reports as free: make it read again
+_GRANT_VERSION_SQL = """
+UPDATE quota_orgs SET version = version + 1
+ WHERE org_id = %(org_id)s AND EXISTS (SELECT 1 FROM quota_leases WHERE lease_id = %(lease_id)s)
+"""
+
+
+_GRANT_SQL = ";\n".join([_GRANT_LOCK_SQL, REVOKE_LEASES_SQL.format(only=" AND expires_at <= now()"), _GRANT_MONTH_SQL,
+                          _GRANT_RESERVE_SQL, _GRANT_VERSION_SQL, _LOAD_SQL])
+_GRANT_RESERVE_RESULT = 3
+
+
 # Gives back what a holder's open leases did not consume (the holder shutting down); month rows are locked in (org,
 # month) order first, like the group statement's, so the two cannot deadlock.
 _RELEASE_SQL = """
@@ -216,53 +263,33 @@ class LeaseStore:
     async def grant(self, org_id: str, month_start: datetime, month_end: datetime, holder: str, *, wanted: int,
                     fraction: int, min_free: int, seconds: float) -> LeaseGrant | None:
         """Reserve a block of the org's month for ``holder``, or None (no lease: decide on the exact path)."""
-        params = {"org_id": org_id, "month_start": month_start}
+        lease_id = uuid.uuid4()
+        params = {"org_id": org_id, "month_start": month_start, "month_end": month_end, "holder": holder,
+                  "lease_id": lease_id, "wanted": wanted, "fraction": fraction, "min_free": min_free,
+                  "seconds": seconds}
         try:
-            async with self._pool.connection() as conn, conn.transaction(), \
-                    conn.cursor(row_factory=dict_row) as cur:
-                # NOTE: the org's row lock first, then the expired leases and their months: the exact path
-                # locks the org, then its month, so reclaiming first (month, then org) could deadlock with it
-                await cur.execute("SELECT plan_monthly_reports, per_user_monthly_limit FROM quota_orgs"
-                                  " WHERE org_id = %(org_id)s FOR UPDATE", params)
-                org = await cur.fetchone()
-                await cur.execute(REVOKE_LEASES_SQL.format(only=" AND expires_at <= now()"), params)
-                if org is None or org["plan_monthly_reports"] is None or org["per_user_monthly_limit"] is not None:
-                    return None
-                await cur.execute(
-                    "INSERT INTO quota_org_months (org_id, month_start, month_end, plan_monthly_reports)"
-                    " VALUES (%(org_id)s, %(month_start)s, %(month_end)s, %(plan)s) ON CONFLICT DO NOTHING",
-                    {**params, "month_end": month_end, "plan": org["plan_monthly_reports"]})
-                # NOTE: under the org's row lock the free rest cannot shrink (exact-path writes take the org
-                # row first; lease commits move `leased` to `used`, which keeps the sum): read, then reserve
-                await cur.execute(
-                    "SELECT GREATEST(plan_monthly_reports + top_ups, carried_over) - used - leased AS free"
-                    "  FROM quota_org_months WHERE org_id = %(org_id)s AND month_start = %(month_start)s"
-                    "   AND plan_monthly_reports IS NOT NULL FOR UPDATE", params)
-                month = await cur.fetchone()
-                free = int(month["free"]) if month is not None else 0
-                block = min(wanted, free // fraction)
-                if free < min_free or block < 1:
-                    return None
-                await cur.execute("UPDATE quota_org_months SET leased = leased + %(n)s"
-                                  " WHERE org_id = %(org_id)s AND month_start = %(month_start)s",
-                                  {**params, "n": block})
-                lease_id = uuid.uuid4()
-                await cur.execute(
-                    "INSERT INTO quota_leases (lease_id, org_id, month_start, holder, granted, expires_at)"
-                    " VALUES (%(lease_id)s, %(org_id)s, %(month_start)s, %(holder)s, %(n)s,"
-                    "         now() + make_interval(secs => %(seconds)s))"
-                    " RETURNING extract(epoch FROM expires_at - clock_timestamp())::float8 AS left",
-                    {**params, "lease_id": lease_id, "holder": holder, "n": block, "seconds": seconds})
-                granted = await cur.fetchone()
-                assert granted is not None
-                # the exact path's remembered state counted these reports as free: make it read again
-                await cur.execute("UPDATE quota_orgs SET version = version + 1 WHERE org_id = %(org_id)s", params)
-                await cur.execute(_LOAD_SQL, _load_params(org_id, month_start, [], []))
-                row = await cur.fetchone()
-                assert row is not None
+            async with self._pool.connection() as conn, \
+                    psycopg.AsyncClientCursor(conn, row_factory=dict_row) as cur:
+                # NOTE: one query string of several statements (client-side binding, the simple protocol):
+                # the server runs them as one transaction without waiting for this process, so the org's row
+                # lock is held for their execution only. Sent one round trip at a time from a busy event loop,
+                # they held it for milliseconds, and every group statement with an admission of that org (so
+                # every org's requests in it) waited that long: measured, the p99's tail.
+                await cur.execute(_GRANT_SQL, {**params, **_load_params(org_id, month_start, [], [])})
+                results: list[list[dict[str, Any]]] = []
+                while True:
+                    results.append(await cur.fetchall() if cur.description is not None else [])
+                    if not cur.nextset():
+                        break
         except psycopg.OperationalError as error:
             raise DatabaseUnavailableError(str(error)) from error
-        return LeaseGrant(lease_id, org_id, month_start, block, float(granted["left"]), _snapshot(row))
+        reserved, loaded = results[_GRANT_RESERVE_RESULT], results[-1]
+        granted = reserved[0] if reserved else None
+        row = loaded[0] if loaded else None
+        if granted is None or row is None:
+            return None
+        return LeaseGrant(lease_id, org_id, month_start, int(granted["granted"]), float(granted["left"]),
+                          _snapshot(row))
 
     async def commit(self, admissions: Sequence[LeasedAdmission], alerts: Sequence[LeasedAlert],
                      usage_topic: str, alert_topic: str) -> LeasedCommit:
@@ -281,8 +308,9 @@ class LeaseStore:
             "threshold": a.alert.key.threshold_percent, "user_id": a.alert.key.user_id, "used": a.alert.used,
             "allotment": a.alert.allotment, "reason": a.alert.reason, "event_id": a.alert.event_id,
             "envelope": orjson.Fragment(a.alert.envelope_json)} for a in alerts]
-        params = {"rows": orjson.dumps(rows).decode(), "alerts": orjson.dumps(alert_rows).decode(),
-                  "usage_topic": usage_topic, "alert_topic": alert_topic}
+        params = {"rows": orjson.dumps(rows).decode(),
+                  "orgs": sorted({a.org_id for a in admissions}), "leases": sorted({a.lease_id for a in admissions}),
+                  "alerts": orjson.dumps(alert_rows).decode(), "usage_topic": usage_topic, "alert_topic": alert_topic}
         try:
             async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
                 await cur.execute(_COMMIT_SQL, params)
