@@ -36,6 +36,7 @@ from typing import Any, Protocol, TypeVar
 import anyio.to_thread
 import sqlalchemy as sa
 
+from services.ingest.service_layer.quota_commit import EventLoopClock
 from services.ingest.service_layer.quota_errors import QuotaRefusalCode, QuotaRefused, SpendContentionError
 from services.ingest.service_layer.quota_lanes import Lanes
 from shared.adapters.postgres.spend_store import (
@@ -162,6 +163,7 @@ class SpendService:
         wanted (the stored catalog: plans created through the API); ``catalog`` when not given."""
         self._engine = engine
         self._clock = clock
+        self._loop_clock = EventLoopClock(clock)
         self._catalog = catalog
         self._current_catalog = current_catalog
         self._repository = SpendStore()
@@ -209,7 +211,9 @@ class SpendService:
                         account.version if account is not None else 0)
 
     async def now(self) -> datetime:
-        return await run_in_threadpool(self._clock.now)
+        # NOTE: the system clock is read in place: a thread hop per batch for it was ~11 % of the edge's
+        # samples at 1,000 authorisations/s (the simulated clock still reads PostgreSQL off the loop)
+        return await self._loop_clock.now()
 
     async def balance(self, org_id: str) -> OrgSpend:
         at = await self.now()
