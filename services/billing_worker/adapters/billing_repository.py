@@ -225,12 +225,13 @@ def save_subscriptions(conn: sa.Connection, states: Sequence[SubscriptionState])
 
 
 def load_ledgers(conn: sa.Connection, states: Sequence[SubscriptionState],
-                 kinds: Mapping[str, bool]) -> dict[str, LedgerState]:
-    """The credit ledger of each subscription, replayed from its stored grants and entries."""
+                 kinds: Mapping[str, bool], *, unsettled_only: bool = False) -> dict[str, LedgerState]:
+    """The credit ledger of each subscription, replayed from its stored grants and entries (with
+    `unsettled_only`, from its grants not settled yet: `billing_snapshots.ledger_rows`)."""
     by_id = {s.id: s for s in states}
     if not by_id:
         return {}
-    grants_of, entries_of = snapshots.ledger_rows(conn, by_id)
+    grants_of, entries_of = snapshots.ledger_rows(conn, by_id, unsettled_only=unsettled_only)
     out: dict[str, LedgerState] = {}
     for sub_id, state in by_id.items():
         rows, entries = grants_of.get(sub_id, []), entries_of.get(sub_id, [])

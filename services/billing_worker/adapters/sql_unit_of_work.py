@@ -56,8 +56,9 @@ class SqlBillingUnitOfWork(BillingUnitOfWork):
     def _load_subscriptions(self, ids: Sequence[str]) -> dict[str, SubscriptionState]:
         return repo.load_subscriptions(self.conn, ids)
 
-    def _load_ledgers(self, states: Sequence[SubscriptionState]) -> dict[str, LedgerState]:
-        return repo.load_ledgers(self.conn, states, self.credit_kinds)
+    def _load_ledgers(self, states: Sequence[SubscriptionState], *,
+                      unsettled_only: bool = False) -> dict[str, LedgerState]:
+        return repo.load_ledgers(self.conn, states, self.credit_kinds, unsettled_only=unsettled_only)
 
     def _load_invoices(self, invoice_ids: Sequence[str]) -> dict[str, tuple[Invoice, Any]]:
         return repo.load_invoices(self.conn, invoice_ids)

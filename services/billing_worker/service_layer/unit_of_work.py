@@ -126,7 +126,10 @@ class BillingUnitOfWork(abc.ABC):
     def _load_subscriptions(self, ids: Sequence[str]) -> dict[str, SubscriptionState]: ...
 
     @abc.abstractmethod
-    def _load_ledgers(self, states: Sequence[SubscriptionState]) -> dict[str, LedgerState]: ...
+    def _load_ledgers(self, states: Sequence[SubscriptionState], *,
+                      unsettled_only: bool = False) -> dict[str, LedgerState]:
+        """The stored ledgers of `states`; with `unsettled_only` an adapter may leave out the grants already
+        settled (expired and written off: they hold nothing) and their entries."""
 
     @abc.abstractmethod
     def _load_invoices(self, invoice_ids: Sequence[str]) -> dict[str, tuple[Invoice, Any]]: ...
@@ -335,9 +338,13 @@ class BillingUnitOfWork(abc.ABC):
                 self.ledgers.update(self._load_ledgers([state]))
         return self.ledgers[state.id]
 
-    def load_ledgers(self, states: Sequence[SubscriptionState]) -> None:
+    def load_ledgers(self, states: Sequence[SubscriptionState], *, unsettled_only: bool = False) -> None:
+        """Load the ledgers of `states` for the run. `unsettled_only`: the run's use case only grants, draws,
+        expires and reads balances (a period close), never reverses a draw, so the grants settled before (expired,
+        written off) and their entries need not be replayed: a subscription's history would otherwise make
+        every close cost more than the one before."""
         wanted = [s for s in states if s.id not in self.ledgers and s.stored_version is not None]
-        self.ledgers.update(self._load_ledgers(wanted))
+        self.ledgers.update(self._load_ledgers(wanted, unsettled_only=unsettled_only))
 
     def invoice(self, invoice_id: str) -> tuple[Invoice, Any] | None:
         """The invoice and its stored row (loaded once per run; the domain object is the live one)."""

@@ -90,20 +90,33 @@ def _entry_of(row: Any, currency_of: Mapping[str, str | None], meter_of: Mapping
                        at=row.occurred_at.astimezone(UTC), reference=row.reference)
 
 
-def ledger_rows(conn: sa.Connection, subscription_ids: Iterable[str]) -> tuple[dict[str, list[Any]],
-                                                                               dict[str, list[Any]]]:
+def ledger_rows(conn: sa.Connection, subscription_ids: Iterable[str], *, unsettled_only: bool = False
+                ) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
     """The stored grant rows and entry rows of each subscription (two queries), in the order the ledger
-    applied them: grants by grant time, entries by write order."""
+    applied them: grants by grant time, entries by write order.
+
+    With `unsettled_only`, only the grants not settled yet and their entries: a settled grant expired and
+    what was left of it was written off (`settled_at`), so it holds nothing and is never drawn from again, and
+    the ledger's balances and draws are the same without it. What needs a settled grant's history (reversing
+    a consumption drawn from it, which forfeits that part) must load the whole ledger."""
     wanted = sorted(set(subscription_ids))
     grants_of: dict[str, list[Any]] = {}
     entries_of: dict[str, list[Any]] = {}
     if not wanted:
         return grants_of, entries_of
-    grants = conn.execute(sa.select(credit_grants).where(credit_grants.c.subscription_id.in_(wanted))
-                          .order_by(credit_grants.c.subscription_id, credit_grants.c.granted_at,
-                                    credit_grants.c.grant_id)).all()
-    entries = conn.execute(sa.select(credit_entries).where(credit_entries.c.subscription_id.in_(wanted))
-                           .order_by(credit_entries.c.seq)).all() if grants else []
+    gc, ec = credit_grants.c, credit_entries.c
+    open_grants = [gc.settled_at.is_(None)] if unsettled_only else []
+    grants = conn.execute(sa.select(credit_grants).where(gc.subscription_id.in_(wanted), *open_grants)
+                          .order_by(gc.subscription_id, gc.granted_at, gc.grant_id)).all()
+    if not grants:
+        entries: Sequence[Any] = []
+    elif unsettled_only:
+        entries = conn.execute(sa.select(credit_entries).join(credit_grants, gc.grant_id == ec.grant_id)
+                               .where(ec.subscription_id.in_(wanted), gc.settled_at.is_(None))
+                               .order_by(ec.seq)).all()
+    else:
+        entries = conn.execute(sa.select(credit_entries).where(ec.subscription_id.in_(wanted))
+                               .order_by(ec.seq)).all()
     for g in grants:
         grants_of.setdefault(g.subscription_id, []).append(g)
     for e in entries:

@@ -114,7 +114,8 @@ class FakeUnitOfWork(BillingUnitOfWork):
     def _load_subscriptions(self, ids: Sequence[str]) -> dict[str, SubscriptionState]:
         return {i: copy.deepcopy(self.store.subscriptions[i]) for i in ids if i in self.store.subscriptions}
 
-    def _load_ledgers(self, states: Sequence[SubscriptionState]) -> dict[str, LedgerState]:
+    def _load_ledgers(self, states: Sequence[SubscriptionState], *,
+                      unsettled_only: bool = False) -> dict[str, LedgerState]:
         # a stored subscription whose ledger never had a grant has an empty one, as replayed by the real adapter
         return {s.id: copy.deepcopy(self.store.ledgers[s.id]) if s.id in self.store.ledgers else
                 LedgerState(CreditLedger.open(s.id, [MeterCredit(m, None if units else s.currency)

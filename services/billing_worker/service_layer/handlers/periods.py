@@ -50,7 +50,7 @@ def closable(uow: BillingUnitOfWork, p: ClosePeriod, now: datetime) -> None:
 def prefetch_closes(uow: BillingUnitOfWork, messages: Sequence[tuple[Envelope, Any]], now: datetime) -> None:
     """The ledgers of the run's subscriptions, and the usage of every applicable close, in a few set-based
     reads (a billing run closes tens of thousands of periods at once)."""
-    uow.load_ledgers(list(uow.states.values()))
+    uow.load_ledgers(list(uow.states.values()), unsettled_only=True)  # a close never reverses a draw
     wanted: dict[str, tuple[str, datetime, datetime]] = {}
     for _, p in messages:
         if p.subscription_id in wanted:
