@@ -22,6 +22,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from services.billing_worker.service_layer.model import DEFAULT_ISSUER, InvoiceToStore, LedgerState, SubscriptionState
 from shared.adapters.postgres import billing_snapshots as snapshots
+from shared.adapters.postgres.rows import plain_rows
 from shared.adapters.postgres.schema.billing import (
     billing_audit_log,
     coupon_attachments,
@@ -190,7 +191,7 @@ def load_subscriptions(conn: sa.Connection, ids: Iterable[str]) -> dict[str, Sub
     wanted = sorted(set(ids))
     if not wanted:
         return {}
-    rows = conn.execute(sa.select(subscriptions).where(subscriptions.c.subscription_id.in_(wanted))).all()
+    rows = plain_rows(conn.execute(sa.select(subscriptions).where(subscriptions.c.subscription_id.in_(wanted))))
     return {row.subscription_id: _state_of(row) for row in rows}
 
 
