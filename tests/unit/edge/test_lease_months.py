@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from services.ingest.service_layer.quota_alerts import AlertNotifications
-from services.ingest.service_layer.quota_leases import LeasedCredits
+from services.ingest.service_layer.quota_leases import GRANTS_IN_FLIGHT, LeasedCredits
 from shared.adapters.postgres.quota_lease_store import LeasedAdmission, LeasedAlert, LeasedCommit, LeaseGrant
 from shared.adapters.postgres.quota_store import MonthRow, OrgRow, OrgSnapshot
 from shared.domain.calendar import calendar_month
@@ -169,3 +169,58 @@ async def test_retries_of_stored_enquiries_in_a_group_do_not_count_as_use_for_it
     assert answers[0] is not None and answers[1:] == [None] * 4  # the retries are the exact path's
     assert store.used[calendar_month(at, "UTC").start] == 496
     assert _thresholds(store) == []
+
+
+class _SlowStore(_Store):
+    """Grants that wait for the test: how many are in flight at once is what the process allows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.in_flight = 0
+        self.most = 0
+
+    async def grant(self, org_id: str, month_start: datetime, month_end: datetime, holder: str, *, wanted: int,
+                    fraction: int, min_free: int, seconds: float) -> LeaseGrant:
+        self.in_flight += 1
+        self.most = max(self.most, self.in_flight)
+        try:
+            await self.gate.wait()
+            return await super().grant(org_id, month_start, month_end, holder, wanted=wanted, fraction=fraction,
+                                       min_free=min_free, seconds=seconds)
+        finally:
+            self.in_flight -= 1
+
+
+async def test_orgs_asking_for_leases_at_once_are_granted_a_few_at_a_time() -> None:
+    """Renewals of leases granted together come due together: 50 grants at once took most of the quota
+    pool's connections, and the group statement (every org's answers) waited for one."""
+    store = _SlowStore()
+    credits = _credits(store, _Clock(datetime(2026, 1, 15, 12, tzinfo=UTC)), _Committer())
+    try:
+        for n in range(50):
+            assert await credits.try_admit(f"org_{n}", "u1", "first") is None  # each org asks for a lease
+        await _settle()
+        assert store.most == GRANTS_IN_FLIGHT
+        store.gate.set()
+        for _ in range(30):
+            await _settle()
+        assert all([await credits.try_admit(f"org_{n}", "u1", f"second-{n}") for n in range(50)])
+    finally:
+        await credits.aclose()
+    assert len(store.grants) == 50
+
+
+async def test_leases_granted_at_the_same_moment_come_due_at_different_moments() -> None:
+    """Without it every org warmed up together asks for its next block in the same second, for good."""
+    store = _Store()
+    credits = _credits(store, _Clock(datetime(2026, 1, 15, 12, tzinfo=UTC)), _Committer())
+    try:
+        for n in range(20):
+            await credits.try_admit(f"org_{n}", "u1", "first")
+        await _settle()
+        deadlines = {lease.deadline for org in credits._orgs.values() for lease in org.leases}
+    finally:
+        await credits.aclose()
+    assert len(deadlines) == 20
+    assert max(deadlines) - min(deadlines) > 30.0 * 0.2 * 0.25  # spread over the jitter, not the loop's turns
