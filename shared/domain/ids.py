@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NewType
 
 if TYPE_CHECKING:
@@ -18,15 +19,20 @@ InvoiceId = NewType("InvoiceId", str)
 IDS = uuid.UUID("6f1c2b0e-9a57-4d8e-b3f1-2c7d5a9e8b41")
 
 
-_IDS_SHA1 = hashlib.sha1(IDS.bytes, usedforsecurity=False)  # UUID version 5 is SHA-1 by definition
+def uuid5_of(namespace: uuid.UUID) -> Callable[[str], uuid.UUID]:
+    """``uuid.uuid5(namespace, name)`` as a function of ``name``, the namespace's part of its SHA-1 hashed once
+    rather than per id (a billing run derives several ids per subscription; the edge one per admission)."""
+    namespace_sha1 = hashlib.sha1(namespace.bytes, usedforsecurity=False)  # UUID version 5 is SHA-1 by definition
+
+    def derive(name: str) -> uuid.UUID:
+        digest = namespace_sha1.copy()
+        digest.update(name.encode())
+        return uuid.UUID(bytes=digest.digest()[:16], version=5)
+
+    return derive
 
 
-def _uuid5(name: str) -> uuid.UUID:
-    """``uuid.uuid5(IDS, name)``: the same id, the namespace's part of its SHA-1 hashed once rather than per id
-    (a billing run derives several ids per subscription)."""
-    digest = _IDS_SHA1.copy()
-    digest.update(name.encode())
-    return uuid.UUID(bytes=digest.digest()[:16], version=5)
+_uuid5 = uuid5_of(IDS)
 
 
 def derived_id(prefix: str, *parts: object) -> str:

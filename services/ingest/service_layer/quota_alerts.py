@@ -21,6 +21,7 @@ from shared.adapters.notify.port import Notification, Notifier
 from shared.adapters.postgres.quota_store import AlertKey, NewAlert, OrgSnapshot
 from shared.contracts.envelope import new_envelope
 from shared.contracts.messages import QuotaAlert
+from shared.domain.ids import uuid5_of
 from shared.domain.quota import OrgQuotaState, alerts_due
 from shared.observability import kv
 
@@ -28,11 +29,12 @@ _log = logging.getLogger("services.ingest.quota")
 
 PRODUCER = "ingest"
 _EVENT_NAMESPACE = uuid.UUID("6f1c5c4e-8a7b-4d0e-9a53-3a2f61e0c7d1")
+_event_uuid = uuid5_of(_EVENT_NAMESPACE)
 
 
 def event_id(*parts: object) -> uuid.UUID:
     """The deterministic event id of a quota event (a retry of the same batch writes the same id)."""
-    return uuid.uuid5(_EVENT_NAMESPACE, "|".join(str(part) for part in parts))
+    return _event_uuid("|".join(str(part) for part in parts))
 
 
 def new_alerts(snapshot: OrgSnapshot, state: OrgQuotaState, at: datetime, users: Iterable[str]) -> list[NewAlert]:

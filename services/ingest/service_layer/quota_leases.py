@@ -139,7 +139,15 @@ class _Org:
 @dataclass(frozen=True, slots=True)
 class _Item:
     admission: LeasedAdmission
-    state: OrgQuotaState  # the org's state once this admission took effect (what its alerts look at)
+    decided_on: OrgQuotaState  # the org's state this admission was decided on
+    org_used: int  # the month's count once it took effect
+
+    def state(self) -> OrgQuotaState:
+        """The org's state once this admission took effect (what its alerts look at). Built only for the
+        last admission of each org in a group: per admission it was ~15 % of the lease path's CPU."""
+        usage = self.decided_on.usage
+        return replace(self.decided_on, usage=MonthlyUsage(
+            month=usage.month, org_used=self.org_used, top_ups=usage.top_ups) if usage else None)
 
 
 class LeasedCredits:
@@ -207,13 +215,12 @@ class LeasedCredits:
             return None
         answer = _answer(org_id, CreditRequest(user_id, enquiry_id), decision, False)
         consumption = _consumption(org.snapshot.org, answer, at.isoformat(), self._event_type)
-        after = replace(state, usage=MonthlyUsage(month=month, org_used=decision.org_used + 1,
-                                                  top_ups=state.usage.top_ups if state.usage else 0))
         item = _Item(LeasedAdmission(
             org_id=org_id, lease_id=lease.lease_id, month_start=month.start, month_end=month.end, consumed_at=at,
             enquiry_id=enquiry_id, user_id=user_id, org_allotment=answer.org_allotment,
             org_remaining=answer.org_remaining, event_id=consumption.event_id,
-            envelope_json=consumption.envelope_json, message_key=org.snapshot.org.message_key), after)
+            envelope_json=consumption.envelope_json, message_key=org.snapshot.org.message_key), state,
+            decision.org_used + 1)
         lease.pending += 1
         org.pending += 1
         org.remember(enquiry_id)
@@ -322,7 +329,8 @@ class LeasedCredits:
             if org is None or org.snapshot is None:
                 continue
             at = item.admission.consumed_at
-            new = [alert for alert in new_alerts(org.snapshot, item.state, at, ()) if alert.key not in org.alerts_sent]
+            new = [alert for alert in new_alerts(org.snapshot, item.state(), at, ())
+                   if alert.key not in org.alerts_sent]
             if new:
                 org.alerts_sent.update(alert.key for alert in new)
                 due[org_id] = [LeasedAlert(org_id, alert, item.admission.message_key, at) for alert in new]

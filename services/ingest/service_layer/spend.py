@@ -52,6 +52,7 @@ from shared.contracts.messages import UsageRecorded
 from shared.domain.calendar import BillingAnchor, Interval, Period, period_containing
 from shared.domain.catalog import Catalog, MeterPricing, OveragePolicy
 from shared.domain.clock import Clock
+from shared.domain.ids import uuid5_of
 from shared.domain.spend import (
     SpendDecision,
     SpendDenialReason,
@@ -80,6 +81,7 @@ REMEMBER_SECONDS = 1.0
 GATE_TTL_SECONDS = 1.0
 OUTAGE_RETRY_SECONDS = 1.0
 _EVENT_NAMESPACE = uuid.UUID("0b3f1f5e-2d8c-4e6a-9c1b-7a5d3e9f2c40")
+_event_uuid = uuid5_of(_EVENT_NAMESPACE)
 T = TypeVar("T")
 
 
@@ -383,7 +385,7 @@ class SpendService:
                            summarise_spend(spend.limits, decision.used_quantity))
 
     def _reservation(self, spend: OrgSpend, ask: _Ask, decision: SpendDecision, at: datetime) -> Reservation:
-        event_id = uuid.uuid5(_EVENT_NAMESPACE, f"{spend.org_id}|{ask.request_id}")
+        event_id = _event_uuid(f"{spend.org_id}|{ask.request_id}")
         payload = UsageRecorded(
             transaction_id=ask.request_id, customer_id=spend.org_id, subscription_id=spend.subscription_id,
             event_type=self.event_type, timestamp=at,
