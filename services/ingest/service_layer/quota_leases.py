@@ -64,8 +64,8 @@ MIN_FREE = 256
 RETRY_SECONDS = 2.0
 # stop using a lease this share of its life before the database clock ends it (clock drift, a slow statement)
 SAFETY_SHARE = 0.2
-# NOTE: and up to this share earlier again, at random: orgs whose leases were granted together (a warm-up)
-# would otherwise all ask for their next block in the same second, and so on for every block after.
+# NOTE: and up to this share of what is left earlier again, at random: orgs whose leases were granted together
+# (a warm-up) would otherwise all ask for their next block in the same second, and so on for every block after.
 JITTER_SHARE = 0.2
 # NOTE: grants in flight at once per process. Leases granted together (an edge's warm-up, a bench) come due
 # together: measured, 50 orgs' renewals landing within a second took most of the quota pool's connections
@@ -73,6 +73,9 @@ JITTER_SHARE = 0.2
 # 5 s leases against 31-33 ms with 60 s ones, back to back). An org waiting for a grant slot still decides on
 # the rest of its lease (renewals start with about a second of demand left).
 GRANTS_IN_FLIGHT = 2
+# a grant holds its slot at most this long (its statements also give up waiting for a row lock after 1 s): two
+# grants stuck behind a long transaction on their orgs' rows must not keep every other org from a lease
+GRANT_TIMEOUT_SECONDS = 3.0
 # NOTE: the enquiries this process decided last, per org: a retry of one of them goes to the exact path, which
 # replays its stored answer. Decided again in memory, it would count as use until the statement dropped it
 # (ON CONFLICT), so alerts and the answers of that group would see too much use.
@@ -247,7 +250,7 @@ class LeasedCredits:
     async def _grant(self, org_id: str, org: _Org, month: Period) -> None:
         grant: LeaseGrant | None = None
         try:
-            async with self._grant_slots:
+            async with self._grant_slots, asyncio.timeout(GRANT_TIMEOUT_SECONDS):
                 grant = await self._store.grant(org_id, month.start, month.end, self._holder,
                                                 wanted=max(MIN_BLOCK, int(org.rate * self._seconds)),
                                                 fraction=FRACTION, min_free=MIN_FREE, seconds=self._seconds)
@@ -269,9 +272,9 @@ class LeasedCredits:
         snapshot = grant.snapshot
         org.leases = [lease for lease in org.leases if (not lease.dead and lease.deadline > now and lease.left() > 0)
                       or lease.pending]
+        life = grant.seconds - max(0.5, self._seconds * SAFETY_SHARE)  # what the safety margin leaves
         org.leases.append(_Lease(grant.lease_id, month, grant.granted,
-                                 now + grant.seconds - max(0.5, self._seconds * SAFETY_SHARE)
-                                 - random.uniform(0.0, self._seconds * JITTER_SHARE)))
+                                 now + life - random.uniform(0.0, max(0.0, life) * JITTER_SHARE)))
         org.snapshot = snapshot
         org.state = quota_state_of(snapshot, month)
         if org.used_month != month.start:

@@ -226,9 +226,13 @@ UPDATE quota_orgs SET version = version + 1
 """
 
 
-_GRANT_SQL = ";\n".join([_GRANT_LOCK_SQL, REVOKE_LEASES_SQL.format(only=" AND expires_at <= now()"), _GRANT_MONTH_SQL,
+# NOTE: a grant waits at most 1 s for a row lock (a long administrative write on the org): its process lets
+# only two grants run at once, and a grant stuck for as long as another transaction holds a row would keep every
+# other org of the process from a lease. SET LOCAL ends with the implicit transaction.
+_GRANT_SQL = ";\n".join(["SET LOCAL lock_timeout = '1s'", _GRANT_LOCK_SQL,
+                          REVOKE_LEASES_SQL.format(only=" AND expires_at <= now()"), _GRANT_MONTH_SQL,
                           _GRANT_RESERVE_SQL, _GRANT_VERSION_SQL, _LOAD_SQL])
-_GRANT_RESERVE_RESULT = 3
+_GRANT_RESERVE_RESULT = 4
 
 
 # Gives back what a holder's open leases did not consume (the holder shutting down); month rows are locked in (org,

@@ -24,6 +24,7 @@ from shared.adapters.postgres.quota_lease_store import LeasedAdmission, LeaseGra
 from shared.adapters.postgres.quota_store import QuotaStore
 from shared.config import Settings
 from shared.domain.calendar import Period, calendar_month
+from shared.errors import DatabaseUnavailableError
 from tests.integration.quota.conftest import (
     LEASE_SECONDS,
     START,
@@ -252,6 +253,29 @@ async def test_a_grant_holds_the_org_lock_only_while_its_statements_run_not_whil
         prober.join()
     assert grant is not None and grant.granted == 50
     assert sum(blocked) < 0.05, f"the org's row was locked for about {sum(blocked):.2f} s"
+
+
+async def test_a_grant_stuck_behind_a_long_transaction_gives_up_after_a_second_and_leaves_nothing(
+        stores: tuple[QuotaStore, LeaseStore], engine: sa.Engine) -> None:
+    """Review: a process lets two grants run at once, so a grant must not wait for as long as another transaction
+    holds its org's rows. It gives up after 1 s (lock_timeout), rolls back what it did, and the pooled
+    connection serves the next grant."""
+    store, leases = stores
+    org_id = await _org(store)
+    expiring = await _grant(leases, org_id, seconds=0.6)
+    assert expiring is not None
+    await asyncio.sleep(1.0)  # expired by the database clock: the next grant reclaims it first
+    with engine.connect() as admin:  # a long write holding the org's month row
+        admin.execute(sa.text("SELECT 1 FROM quota_org_months WHERE org_id = :o FOR UPDATE"), {"o": org_id})
+        started = time.monotonic()
+        with pytest.raises(DatabaseUnavailableError):
+            await asyncio.wait_for(_grant(leases, org_id), 10)  # (it waited as long as the lock was held)
+        waited = time.monotonic() - started
+        admin.rollback()
+    assert 0.9 <= waited < 5.0
+    assert _month_row(engine, org_id) == (0, 50)  # the reclaim of the expired lease was rolled back too
+    again = await _grant(leases, org_id)
+    assert again is not None and again.granted == 50 and _month_row(engine, org_id) == (0, 50)
 
 
 # --- part two: real edge processes -----------------------------------------------------------------------

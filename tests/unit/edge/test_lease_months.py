@@ -5,10 +5,14 @@ lease is stored), so what the lease path decides and writes there can be read ex
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+import pytest
+
+from services.ingest.service_layer import quota_leases
 from services.ingest.service_layer.quota_alerts import AlertNotifications
 from services.ingest.service_layer.quota_leases import GRANTS_IN_FLIGHT, LeasedCredits
 from shared.adapters.postgres.quota_lease_store import LeasedAdmission, LeasedAlert, LeasedCommit, LeaseGrant
@@ -224,3 +228,54 @@ async def test_leases_granted_at_the_same_moment_come_due_at_different_moments()
         await credits.aclose()
     assert len(deadlines) == 20
     assert max(deadlines) - min(deadlines) > 30.0 * 0.2 * 0.25  # spread over the jitter, not the loop's turns
+
+
+async def test_a_short_lease_is_usable_once_granted_whatever_the_jitter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review: with the jitter taken from the whole life, a 0.6 s lease (a valid setting) could get a local
+    deadline before the moment it was granted: reserved in PostgreSQL, never used, and asked for again."""
+    monkeypatch.setattr(random, "uniform", lambda low, high: high)  # the largest jitter
+    store = _Store()
+    credits = LeasedCredits(store, _Committer(), _Clock(datetime(2026, 1, 15, 12, tzinfo=UTC)),  # type: ignore[arg-type]
+                            AlertNotifications(None), "report.run", lease_seconds=0.6, holder="review:1")
+    try:
+        assert await credits.try_admit(ORG, "u1", "e0") is None  # asks for a lease
+        await _settle()
+        answer = await credits.try_admit(ORG, "u1", "e1")
+    finally:
+        await credits.aclose()
+    assert answer is not None
+
+
+class _StuckStore(_Store):
+    """Grants of ``stuck`` orgs never end (waiting on a row another transaction holds)."""
+
+    def __init__(self, stuck: set[str]) -> None:
+        super().__init__()
+        self.stuck = stuck
+
+    async def grant(self, org_id: str, month_start: datetime, month_end: datetime, holder: str, *, wanted: int,
+                    fraction: int, min_free: int, seconds: float) -> LeaseGrant:
+        if org_id in self.stuck:
+            await asyncio.Event().wait()
+        return await super().grant(org_id, month_start, month_end, holder, wanted=wanted, fraction=fraction,
+                                   min_free=min_free, seconds=seconds)
+
+
+async def test_two_stuck_grants_do_not_keep_other_orgs_from_a_lease(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review: the two grant slots had no time limit, so two grants stuck behind long transactions on their
+    orgs' rows kept every other org of the process on the exact path."""
+    monkeypatch.setattr(quota_leases, "GRANT_TIMEOUT_SECONDS", 0.2)
+    monkeypatch.setattr(quota_leases, "RETRY_SECONDS", 0.1)
+    store = _StuckStore({"org_a", "org_b"})
+    credits = _credits(store, _Clock(datetime(2026, 1, 15, 12, tzinfo=UTC)), _Committer())
+    try:
+        await credits.try_admit("org_a", "u1", "a0")
+        await credits.try_admit("org_b", "u1", "b0")
+        await _settle()
+        await credits.try_admit("org_c", "u1", "c0")  # asks for a lease: queued behind the stuck two
+        await asyncio.sleep(0.5)  # the stuck grants time out and give their slots up
+        await _settle()
+        answer = await credits.try_admit("org_c", "u1", "c1")
+    finally:
+        await credits.aclose()
+    assert answer is not None
