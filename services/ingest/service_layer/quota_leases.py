@@ -147,7 +147,8 @@ class _Item:
 
     def state(self) -> OrgQuotaState:
         """The org's state once this admission took effect (what its alerts look at). Built only for the
-        last admission of each org in a group: per admission it was ~15 % of the lease path's CPU."""
+        last admission of each org in a group: built per admission (a dataclass replace, with its validation)
+        it was a visible share of the lease path's profile."""
         usage = self.decided_on.usage
         return replace(self.decided_on, usage=MonthlyUsage(
             month=usage.month, org_used=self.org_used, top_ups=usage.top_ups) if usage else None)
