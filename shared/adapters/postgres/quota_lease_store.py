@@ -184,23 +184,24 @@ SELECT (SELECT coalesce(jsonb_agg(jsonb_build_array(org_id, enquiry_id)), '[]'::
 """
 
 
-# A grant's statements (`LeaseStore.grant` sends them as one query string: one implicit transaction). The org's row lock
-# first, then the expired leases and their months: the exact path locks the org, then its month, so
-# reclaiming first (month, then org) could deadlock with it. Orgs without a plan (trial) or with a per-user
+# A grant's statements (`LeaseStore.grant` sends them as one query string: one implicit transaction). The
+# org's row lock first, then the expired leases and their months: the exact path locks the org, then its month,
+# so reclaiming first (month, then org) could deadlock with it. Orgs without a plan (trial) or with a per-user
 # limit get nothing. Under the org's row lock the free rest cannot shrink (exact-path writes take the org row
 # first; lease commits move `leased` to `used`, which keeps the sum): read it, then reserve at most
 # 1/fraction of it, and nothing below min_free.
 _GRANT_LOCK_SQL = "SELECT 1 FROM quota_orgs WHERE org_id = %(org_id)s FOR UPDATE"
-_GRANT_MONTH_SQL = """
+# the orgs that may hold a lease: on a plan (not a trial), without a per-user limit
+_LEASABLE_ORG = "org_id = %(org_id)s AND plan_monthly_reports IS NOT NULL AND per_user_monthly_limit IS NULL"
+_GRANT_MONTH_SQL = f"""
 INSERT INTO quota_org_months (org_id, month_start, month_end, plan_monthly_reports)
 SELECT org_id, %(month_start)s, %(month_end)s, plan_monthly_reports FROM quota_orgs
- WHERE org_id = %(org_id)s AND plan_monthly_reports IS NOT NULL AND per_user_monthly_limit IS NULL
+ WHERE {_LEASABLE_ORG}
 ON CONFLICT DO NOTHING
 """
-_GRANT_RESERVE_SQL = """
+_GRANT_RESERVE_SQL = f"""
 WITH org AS (
-    SELECT 1 FROM quota_orgs
-     WHERE org_id = %(org_id)s AND plan_monthly_reports IS NOT NULL AND per_user_monthly_limit IS NULL
+    SELECT 1 FROM quota_orgs WHERE {_LEASABLE_ORG}
 ), month AS MATERIALIZED (
     SELECT GREATEST(plan_monthly_reports + top_ups, carried_over) - used - leased AS free
       FROM quota_org_months WHERE org_id = %(org_id)s AND month_start = %(month_start)s
@@ -229,10 +230,12 @@ UPDATE quota_orgs SET version = version + 1
 # NOTE: a grant waits at most 1 s for a row lock (a long administrative write on the org): its process lets
 # only two grants run at once, and a grant stuck for as long as another transaction holds a row would keep every
 # other org of the process from a lease. SET LOCAL ends with the implicit transaction.
-_GRANT_SQL = ";\n".join(["SET LOCAL lock_timeout = '1s'", _GRANT_LOCK_SQL,
-                          REVOKE_LEASES_SQL.format(only=" AND expires_at <= now()"), _GRANT_MONTH_SQL,
-                          _GRANT_RESERVE_SQL, _GRANT_VERSION_SQL, _LOAD_SQL])
-_GRANT_RESERVE_RESULT = 4
+_GRANT_STATEMENTS = ["SET LOCAL lock_timeout = '1s'", _GRANT_LOCK_SQL,
+                     REVOKE_LEASES_SQL.format(only=" AND expires_at <= now()"), _GRANT_MONTH_SQL,
+                     _GRANT_RESERVE_SQL, _GRANT_VERSION_SQL, _LOAD_SQL]
+_GRANT_SQL = ";\n".join(_GRANT_STATEMENTS)
+_GRANT_RESERVE_RESULT = _GRANT_STATEMENTS.index(_GRANT_RESERVE_SQL)
+_GRANT_LOAD_RESULT = _GRANT_STATEMENTS.index(_LOAD_SQL)
 
 
 # Gives back what a holder's open leases did not consume (the holder shutting down); month rows are locked in (org,
@@ -287,7 +290,7 @@ class LeaseStore:
                         break
         except psycopg.OperationalError as error:
             raise DatabaseUnavailableError(str(error)) from error
-        reserved, loaded = results[_GRANT_RESERVE_RESULT], results[-1]
+        reserved, loaded = results[_GRANT_RESERVE_RESULT], results[_GRANT_LOAD_RESULT]
         granted = reserved[0] if reserved else None
         row = loaded[0] if loaded else None
         if granted is None or row is None:
