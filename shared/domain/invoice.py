@@ -202,6 +202,10 @@ class Invoice:
     pre_payment_credit_minor: int = 0  # what credit notes took off while it was owed (Stripe's pre-payment)
     version: int = 0
     pending_events: list[DomainEvent] = field(default_factory=list)
+    # The total of `lines` as last summed, with the tuple it was summed from: the total is asked for many times
+    # per invoice (amount due, finalisation, balance, events, audit) and the lines only change by assigning a
+    # new tuple, so the sum holds while `lines` is the very same tuple.
+    _summed: tuple[tuple[InvoiceLine, ...], Money] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         minor_units(self.currency)
@@ -274,7 +278,12 @@ class Invoice:
     @property
     def total(self) -> Money:
         """The sum of the rounded lines, nothing else."""
-        return sum_money((line.amount for line in self.lines), self.currency)
+        summed = self._summed
+        if summed is not None and summed[0] is self.lines:
+            return summed[1]
+        total = sum_money((line.amount for line in self.lines), self.currency)
+        self._summed = (self.lines, total)
+        return total
 
     @property
     def amount_due(self) -> Money:

@@ -627,10 +627,15 @@ class BillingUnitOfWork(abc.ABC):
         return entries
 
     def _invoice_events(self, invoice: Invoice, state: SubscriptionState, at: datetime) -> None:
+        payload: dict[str, Any] | None = None
         for event in invoice.pull_events():
-            type_ = {"InvoiceFinalized": "invoice.finalized", "InvoicePaid": "invoice.paid"}.get(event.name)
+            type_ = _ANNOUNCED_AT_FINALISATION.get(event.name)
             if type_ is None:
                 continue
-            self.emit(type_, invoice_event(invoice, state), key=state.id,
-                      event_id=event_uuid(invoice.id, type_), at=at, correlation=None)
+            # both events (finalised, and paid when nothing was due) describe the invoice as it is now: one payload
+            payload = payload or invoice_event(invoice, state)
+            self.emit(type_, payload, key=state.id, event_id=event_uuid(invoice.id, type_), at=at, correlation=None)
+
+
+_ANNOUNCED_AT_FINALISATION = {"InvoiceFinalized": "invoice.finalized", "InvoicePaid": "invoice.paid"}
 
