@@ -22,6 +22,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from services.billing_worker.service_layer.model import DEFAULT_ISSUER, InvoiceToStore, LedgerState, SubscriptionState
 from shared.adapters.postgres import billing_snapshots as snapshots
+from shared.adapters.postgres.match import one_of
 from shared.adapters.postgres.rows import plain_rows
 from shared.adapters.postgres.schema.billing import (
     billing_audit_log,
@@ -191,7 +192,7 @@ def load_subscriptions(conn: sa.Connection, ids: Iterable[str]) -> dict[str, Sub
     wanted = sorted(set(ids))
     if not wanted:
         return {}
-    rows = plain_rows(conn.execute(sa.select(subscriptions).where(subscriptions.c.subscription_id.in_(wanted))))
+    rows = plain_rows(conn.execute(sa.select(subscriptions).where(one_of(subscriptions.c.subscription_id, wanted))))
     return {row.subscription_id: _state_of(row) for row in rows}
 
 
@@ -400,12 +401,12 @@ def load_invoices(conn: sa.Connection, invoice_ids: Iterable[str]) -> dict[str, 
     wanted = sorted(set(invoice_ids))
     if not wanted:
         return {}
-    rows = conn.execute(sa.select(invoices).where(invoices.c.invoice_id.in_(wanted))).all()
+    rows = conn.execute(sa.select(invoices).where(one_of(invoices.c.invoice_id, wanted))).all()
     if not rows:
         return {}
     lines_of: dict[str, list[InvoiceLine]] = {}
     found = [row.invoice_id for row in rows]
-    for r in conn.execute(sa.select(invoice_lines).where(invoice_lines.c.invoice_id.in_(found))
+    for r in conn.execute(sa.select(invoice_lines).where(one_of(invoice_lines.c.invoice_id, found))
                           .order_by(invoice_lines.c.invoice_id, invoice_lines.c.line_no)):
         lines_of.setdefault(r.invoice_id, []).append(InvoiceLine(
             kind=LineKind(r.kind), description=r.description, amount=Money(r.amount_minor, r.currency),
@@ -599,7 +600,7 @@ def answered_commands(conn: sa.Connection, command_ids: Sequence[uuid.UUID]) -> 
     if not command_ids:
         return set()
     return set(conn.execute(sa.select(command_outcomes.c.command_id)
-                            .where(command_outcomes.c.command_id.in_(list(command_ids)))).scalars().all())
+                            .where(one_of(command_outcomes.c.command_id, command_ids))).scalars().all())
 
 
 def append_history(conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> None:

@@ -6,8 +6,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import ARRAY, insert
+from sqlalchemy.dialects.postgresql import insert
 
+from shared.adapters.postgres.match import one_of
 from shared.adapters.postgres.schema.billing import auto_recharges, credit_purchases
 from shared.domain.credit_purchase import AutoRecharge, CreditPurchase, PurchaseOrigin, PurchaseStatus
 from shared.domain.money import Money
@@ -39,8 +40,8 @@ def purchases_of_invoices(conn: sa.Connection, invoice_ids: Sequence[str]) -> di
     if not invoice_ids:
         return {}
     c = credit_purchases.c
-    rows = conn.execute(sa.select(credit_purchases).where(c.invoice_id == sa.any_(
-        sa.cast(sorted(set(invoice_ids)), ARRAY(sa.Text)))).order_by(c.purchase_id).with_for_update()).all()
+    rows = conn.execute(sa.select(credit_purchases).where(one_of(c.invoice_id, sorted(set(invoice_ids))))
+                        .order_by(c.purchase_id).with_for_update()).all()
     return {row.invoice_id: _purchase(row) for row in rows}
 
 
@@ -65,8 +66,8 @@ def enabled_recharges(conn: sa.Connection, subscription_ids: Sequence[str]) -> d
         return {}
     a = auto_recharges.c
     out: dict[str, list[AutoRecharge]] = {}
-    for row in conn.execute(sa.select(auto_recharges).where(a.subscription_id == sa.any_(
-            sa.cast(list(subscription_ids), ARRAY(sa.Text))), a.enabled).order_by(a.subscription_id, a.meter_id)):
+    for row in conn.execute(sa.select(auto_recharges).where(one_of(a.subscription_id, subscription_ids), a.enabled)
+                           .order_by(a.subscription_id, a.meter_id)):
         out.setdefault(row.subscription_id, []).append(AutoRecharge(
             meter_id=row.meter_id, threshold=Money(row.threshold_minor, row.currency),
             target=Money(row.target_minor, row.currency)))

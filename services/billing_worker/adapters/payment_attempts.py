@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 
 from services.billing_worker.adapters.billing_repository import bulk_insert
+from shared.adapters.postgres.match import one_of
 from shared.adapters.postgres.schema.billing import payment_attempts
 from shared.domain.money import Money
 from shared.domain.payment_attempt import (
@@ -344,7 +345,7 @@ def statuses_of(conn: sa.Connection, attempt_ids: Sequence[str]) -> dict[str, st
         return {}
     a = payment_attempts.c
     return {str(i): str(s) for i, s in conn.execute(sa.select(a.attempt_id, a.status).where(
-        a.attempt_id.in_(sorted(set(attempt_ids))))).all()}
+        one_of(a.attempt_id, sorted(set(attempt_ids))))).all()}
 
 
 def withdraw_pending_of_invoice(conn: sa.Connection, invoice_id: str, at: datetime) -> int:

@@ -6,9 +6,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import ARRAY
 
 from shared.adapters.documents.model import DEFAULT_ISSUER_NAME, InvoiceDocument, invoice_document
+from shared.adapters.postgres.match import one_of
 from shared.adapters.postgres.schema.billing import invoice_lines, invoices
 from shared.adapters.postgres.schema.core import customers
 
@@ -21,8 +21,7 @@ def _lines_of(conn: sa.Connection, invoice_ids: Sequence[str]) -> dict[str, list
     found: dict[str, list[Mapping[str, Any]]] = {i: [] for i in invoice_ids}
     if invoice_ids:
         # One array parameter (= ANY) rather than one parameter per id: the demo renders thousands at once.
-        wanted = sa.bindparam("invoice_ids", list(invoice_ids), type_=ARRAY(sa.Text))
-        for line in conn.execute(sa.select(invoice_lines).where(invoice_lines.c.invoice_id == sa.any_(wanted))
+        for line in conn.execute(sa.select(invoice_lines).where(one_of(invoice_lines.c.invoice_id, invoice_ids))
                                  .order_by(invoice_lines.c.invoice_id, invoice_lines.c.line_no)).mappings():
             found[line["invoice_id"]].append(dict(line))
     return found

@@ -22,6 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from shared.adapters.postgres.billed_usage import billed_usage
+from shared.adapters.postgres.match import one_of
 from shared.adapters.postgres.rows import plain_rows
 from shared.adapters.postgres.schema.billing import (
     credit_entries,
@@ -107,17 +108,17 @@ def ledger_rows(conn: sa.Connection, subscription_ids: Iterable[str], *, unsettl
         return grants_of, entries_of
     gc, ec = credit_grants.c, credit_entries.c
     open_grants = [gc.settled_at.is_(None)] if unsettled_only else []
-    grants = plain_rows(conn.execute(sa.select(credit_grants).where(gc.subscription_id.in_(wanted), *open_grants)
+    grants = plain_rows(conn.execute(sa.select(credit_grants).where(one_of(gc.subscription_id, wanted), *open_grants)
                                      .order_by(gc.subscription_id, gc.granted_at, gc.grant_id)))
     if not grants:
         entries: Sequence[Any] = []
     elif unsettled_only:
         entries = plain_rows(conn.execute(sa.select(credit_entries)
                                           .join(credit_grants, gc.grant_id == ec.grant_id)
-                                          .where(ec.subscription_id.in_(wanted), gc.settled_at.is_(None))
+                                          .where(one_of(ec.subscription_id, wanted), gc.settled_at.is_(None))
                                           .order_by(ec.seq)))
     else:
-        entries = plain_rows(conn.execute(sa.select(credit_entries).where(ec.subscription_id.in_(wanted))
+        entries = plain_rows(conn.execute(sa.select(credit_entries).where(one_of(ec.subscription_id, wanted))
                                           .order_by(ec.seq)))
     for g in grants:
         grants_of.setdefault(g.subscription_id, []).append(g)
