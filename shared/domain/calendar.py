@@ -43,6 +43,20 @@ def ensure_utc(at: datetime, what: str = "instant") -> datetime:
     return at.astimezone(UTC)
 
 
+def iso_instant(at: datetime) -> str:
+    """``at.isoformat()``. A billing run writes the same few instants (period bounds, grant expiries) into ids,
+    events and outcomes thousands of times, so an aware UTC instant's text is memoised; any other datetime is
+    formatted each time (an instant equal to it in another zone is a different text)."""
+    if type(at) is datetime and at.tzinfo is UTC:
+        return _utc_text(at)
+    return at.isoformat()
+
+
+@lru_cache(maxsize=4096)
+def _utc_text(at: datetime) -> str:
+    return at.isoformat()
+
+
 _ZONES: dict[str, ZoneInfo] = {}
 
 

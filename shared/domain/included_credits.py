@@ -16,7 +16,7 @@ from datetime import datetime
 from decimal import Decimal
 from fractions import Fraction
 
-from shared.domain.calendar import Period, ensure_utc
+from shared.domain.calendar import Period, ensure_utc, iso_instant
 from shared.domain.catalog import CreditAmount, IncludedCredit, MeterId, Plan
 from shared.domain.errors import InvalidValueError
 from shared.domain.ledger import CreditLedger, GrantSource, LedgerEntry
@@ -45,7 +45,7 @@ class IncludedCreditGrant:
 
     @property
     def key(self) -> str:
-        base = f"{self.subscription_id}|{self.meter_id}|{self.effective_at.isoformat()}"
+        base = f"{self.subscription_id}|{self.meter_id}|{iso_instant(self.effective_at)}"
         return f"{base}|{self.occasion}" if self.occasion else base
 
     def grant_into(self, ledger: CreditLedger) -> LedgerEntry:

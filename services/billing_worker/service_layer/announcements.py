@@ -8,6 +8,7 @@ from typing import Any
 
 from services.billing_worker.service_layer.errors import snake_case
 from services.billing_worker.service_layer.model import SubscriptionState
+from shared.domain.calendar import iso_instant
 from shared.domain.events import DomainEvent, SubscriptionStarted, event_field
 from shared.domain.invoice import Invoice
 from shared.domain.money import Money
@@ -49,7 +50,7 @@ def wire_instant(at: datetime | None) -> str | None:
     """An instant as pydantic writes it in a JSON dump: ISO 8601, a zero UTC offset as "Z"."""
     if at is None:
         return None
-    text = at.isoformat()
+    text = iso_instant(at)
     return f"{text[:-6]}Z" if text.endswith("+00:00") else text
 
 
@@ -70,7 +71,7 @@ def status_snapshot(state: SubscriptionState) -> dict[str, Any]:
     sub = state.subscription
     return {"subscription_id": sub.id, "status": sub.status.value, "plan_id": sub.plan_id, "seats": sub.seats,
             "pending_plan_id": sub.pending_plan_id, "pending_seats": sub.pending_seats,
-            "current_period_start": sub.current_period.start.isoformat(),
-            "current_period_end": sub.current_period.end.isoformat(),
+            "current_period_start": iso_instant(sub.current_period.start),
+            "current_period_end": iso_instant(sub.current_period.end),
             "cancel_at_period_end": sub.cancel_at_period_end,
             "trial_end": sub.trial_end.isoformat() if sub.trial_end else None}

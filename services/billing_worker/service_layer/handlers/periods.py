@@ -163,6 +163,9 @@ def _late_usage_as_rated(uow: BillingUnitOfWork, sub: Subscription, plan: Plan,
                          late: Sequence[Any]) -> list[LateUsage]:
     """Late usage as the close rates it (``late_usage.late_usage_as_rated``, which the edge's preview applies
     too): what a period billed before its late units is read after this close's own marks, less them."""
+    if not late:
+        return []  # the common close: nothing arrived after its period was closed
+
     def billed_before(meter: str, period: Period, quantity: Decimal) -> Decimal:
         return uow.billed_usage(sub.id, [meter], period.start, period.end)[meter] - quantity
 
