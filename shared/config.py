@@ -157,11 +157,21 @@ class Settings(BaseSettings):
         return f"{self.topic_prefix}{name}"
 
     @cached_property
-    def sqlalchemy_connect_args(self) -> dict[str, Any]:
-        args: dict[str, Any] = {"connect_timeout": self.database_connect_timeout_s}
+    def database_session_options(self) -> str:
+        """libpq `options` of every session: the schema, and UTC as the session time zone.
+
+        # NOTE: instants come back in the session's zone. A server set to "Etc/UTC" (Debian's default) gives
+        # psycopg a ZoneInfo, and comparing or converting those against the domain's `datetime.UTC` costs
+        # ~330 ns each instead of ~20 (a billing run makes hundreds per close); "UTC" gives `datetime.UTC`
+        # itself. A server in another zone gives the same instants, now in UTC as the domain wants them."""
+        options = "-ctimezone=UTC"
         if self.database_schema:
-            args["options"] = f"-csearch_path={self.database_schema}"
-        return args
+            options += f" -csearch_path={self.database_schema}"
+        return options
+
+    @cached_property
+    def sqlalchemy_connect_args(self) -> dict[str, Any]:
+        return {"connect_timeout": self.database_connect_timeout_s, "options": self.database_session_options}
 
     def kafka_producer_config(self, **overrides: Any) -> dict[str, Any]:
         """Idempotent producer: no duplicates or reordering per partition on retry, acks from all ISRs."""

@@ -22,5 +22,7 @@ def test_every_postgresql_connection_path_bounds_its_connect_wait():
     from shared.adapters.postgres.pool import psycopg_conninfo
 
     settings = Settings(database_schema="s1", database_connect_timeout_s=7)
-    assert settings.sqlalchemy_connect_args == {"connect_timeout": 7, "options": "-csearch_path=s1"}
+    assert settings.sqlalchemy_connect_args == {"connect_timeout": 7,
+                                                "options": "-ctimezone=UTC -csearch_path=s1"}
     assert psycopg_conninfo(settings)[1]["connect_timeout"] == 7
+    assert psycopg_conninfo(settings)[1]["options"] == settings.sqlalchemy_connect_args["options"]

@@ -14,9 +14,8 @@ from shared.config import Settings
 def psycopg_conninfo(settings: Settings) -> tuple[str, dict[str, Any]]:
     """A libpq conninfo and connection kwargs for ``settings.database_url`` (SQLAlchemy URL form)."""
     url = settings.database_url.replace("postgresql+psycopg://", "postgresql://", 1)
-    kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": settings.database_connect_timeout_s}
-    if settings.database_schema:
-        kwargs["options"] = f"-csearch_path={settings.database_schema}"
+    kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": settings.database_connect_timeout_s,
+                              "options": settings.database_session_options}
     return url, kwargs
 
 

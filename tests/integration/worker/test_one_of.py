@@ -1,10 +1,12 @@
-"""`one_of` (issue 17): the batch reads match ids with `= ANY(array)`: the same rows as `IN (...)` for text and
-uuid columns, and a statement whose text does not grow with the number of ids (so psycopg and PostgreSQL
-reuse their parse of it; `IN` gave one placeholder per id)."""
+"""`one_of` and the session time zone (issue 17). The batch reads match ids with `= ANY(array)`: the same rows
+as `IN (...)` for text and uuid columns, and a statement whose text does not grow with the number of ids (so
+psycopg and PostgreSQL reuse their parse of it; `IN` gave one placeholder per id). Instants come back in
+`datetime.UTC`."""
 
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
@@ -39,3 +41,13 @@ def test_the_statement_text_is_the_same_for_any_number_of_ids() -> None:
 
     assert text(["sub_1"]) == text([f"sub_{i}" for i in range(5_000)])
     assert "ANY" in text(["sub_1"])
+
+
+def test_instants_come_back_in_the_domains_utc(engine: sa.Engine) -> None:
+    # Debian's server default "Etc/UTC" made psycopg return ZoneInfo instants, each comparison with the
+    # domain's datetime.UTC ~15x dearer; every session now asks for "UTC", which psycopg maps to datetime.UTC.
+    with engine.connect() as conn:
+        at = conn.execute(sa.text("SELECT timestamptz '2026-02-01 00:00:00+00'")).scalar_one()
+        zone = conn.execute(sa.text("SHOW timezone")).scalar_one()
+    assert zone == "UTC"
+    assert at == datetime(2026, 2, 1, tzinfo=UTC) and at.tzinfo is UTC
