@@ -225,33 +225,40 @@ def record_claimed(conn: sa.Connection, attempt: PaymentAttempt, *, claimant: st
         _values_of(attempt, transition, lease_s))).rowcount)
 
 
+# NOTE: SUCCEED and DECLINE start from the same statuses in the domain's table (IN_FLIGHT), so one status
+# condition (their union) serves the whole list. The round's rows go as arrays: the statement's text is the same
+# for every round, so it is compiled once and psycopg prepares it (a VALUES list rendered the rows as literals and
+# was compiled anew each round, ~40 % of the executor's CPU in a billing run).
+_RECORD_SETTLED = sa.text(f"""
+UPDATE payment_attempts a
+SET status = v.status, provider_ref = COALESCE(v.provider_ref, a.provider_ref), decline_code = v.decline_code,
+    hard_decline = v.hard_decline, error_message = v.error_message, completed_at = v.completed_at,
+    lease_until = NULL
+FROM unnest(CAST(:ids AS text[]), CAST(:statuses AS text[]), CAST(:refs AS text[]), CAST(:codes AS text[]),
+            CAST(:hard AS boolean[]), CAST(:errors AS text[]), CAST(:completed AS timestamptz[]))
+     AS v(attempt_id, status, provider_ref, decline_code, hard_decline, error_message, completed_at)
+WHERE a.attempt_id = v.attempt_id AND a.claimed_by = :claimant
+  AND a.status IN {_sql_in(sources_of(Transition.SUCCEED) | sources_of(Transition.DECLINE))}
+RETURNING a.attempt_id""")
+
+
 def record_settled(conn: sa.Connection, attempts: Sequence[PaymentAttempt], *, claimant: str) -> set[str]:
     """Store the final moves (``succeed`` / ``decline``) `claimant` made on attempts it claimed, in ONE
-    statement for the whole round (an UPDATE from a VALUES list), with ``record_claimed``'s compare-and-set on
-    each row's status and claimant. Returns the ids stored; the others were not ours any more. A second
-    success of one invoice violates the one-success index and raises for the whole statement (the caller
-    then stores the round attempt by attempt to single it out)."""
+    statement for the whole round (an UPDATE from the round's values as arrays), with ``record_claimed``'s
+    compare-and-set on each row's status and claimant. Returns the ids stored; the others were not ours any
+    more. A second success of one invoice violates the one-success index and raises for the whole statement
+    (the caller then stores the round attempt by attempt to single it out)."""
     if not attempts:
         return set()
     transitions = {_last_transition(x) for x in attempts}
     if not transitions <= {Transition.SUCCEED, Transition.DECLINE}:
         moves = sorted(t.value for t in transitions)
         raise ValueError(f"record_settled stores succeed/decline moves only, not {moves}")
-    sources = sources_of(Transition.SUCCEED) | sources_of(Transition.DECLINE)
-    a = payment_attempts.c
-    v = sa.values(sa.column("attempt_id", sa.Text), sa.column("status", sa.Text),
-                  sa.column("provider_ref", sa.Text), sa.column("decline_code", sa.Text),
-                  sa.column("hard_decline", sa.Boolean), sa.column("error_message", sa.Text),
-                  sa.column("completed_at", sa.DateTime(timezone=True)), name="settled").data(
-        [(x.attempt_id, x.status.value, x.provider_ref, x.decline_code, x.hard_decline, x.error_message,
-          x.completed_at) for x in attempts])
-    # NOTE: SUCCEED and DECLINE start from the same statuses in the domain's table (IN_FLIGHT), so one
-    # status condition (their union) serves the whole list.
-    stored = conn.execute(sa.update(payment_attempts).where(
-        a.attempt_id == v.c.attempt_id, a.claimed_by == claimant, a.status.in_([s.value for s in sources]),
-    ).values(status=v.c.status, provider_ref=sa.func.coalesce(v.c.provider_ref, a.provider_ref),
-             decline_code=v.c.decline_code, hard_decline=v.c.hard_decline, error_message=v.c.error_message,
-             completed_at=v.c.completed_at, lease_until=None).returning(a.attempt_id)).scalars().all()
+    stored = conn.execute(_RECORD_SETTLED, {
+        "claimant": claimant, "ids": [x.attempt_id for x in attempts], "statuses": [x.status.value for x in attempts],
+        "refs": [x.provider_ref for x in attempts], "codes": [x.decline_code for x in attempts],
+        "hard": [x.hard_decline for x in attempts], "errors": [x.error_message for x in attempts],
+        "completed": [x.completed_at for x in attempts]}).scalars().all()
     return set(stored)
 
 

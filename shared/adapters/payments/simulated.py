@@ -128,8 +128,19 @@ class ProviderCharge:
 
 class ProviderRecord(Protocol):
     def record(self, charge: ProviderCharge) -> ProviderCharge:
-        """Store `charge` unless its key is known; return what is stored for the key (first wins)."""
-        ...
+        values = {
+            "idempotency_key": charge.idempotency_key, "invoice_id": charge.invoice_id,
+            "customer_id": charge.customer_id, "payment_method_id": charge.payment_method_id,
+            "provider_ref": charge.provider_ref, "succeeded": charge.succeeded,
+            "amount_minor": charge.amount_minor, "currency": charge.currency,
+            "decline_code": charge.decline_code, "hard_decline": charge.hard_decline,
+        }
+        with self._engine.begin() as conn:
+            row = conn.execute(_RECORD_CHARGE, values).one_or_none()
+            if row is None:  # a concurrent charge of this key committed after this statement's snapshot
+                row = conn.execute(sa.select(self._t).where(self._t.c.idempotency_key == charge.idempotency_key)
+                                   ).one()
+        return _charge_of(row)
 
     def by_key(self, idempotency_key: str) -> ProviderCharge | None: ...
 
@@ -215,6 +226,24 @@ class InMemoryProviderRecord:
     def charges(self) -> list[ProviderCharge]:
         with self._lock:
             return list(self._by_key.values())
+
+
+# The charge stored, or the one stored before under its key (an idempotent replay), in one statement of a
+# constant text: a billing run records hundreds of charges a second, and this stand-in for the provider runs on
+# our own CPU (a SQLAlchemy insert built, compiled and followed by a select per charge was ~9 % of a worker's).
+_RECORD_CHARGE = sa.text("""
+WITH inserted AS (
+    INSERT INTO simulated_gateway_charges (idempotency_key, invoice_id, customer_id, payment_method_id,
+                                           provider_ref, succeeded, amount_minor, currency, decline_code,
+                                           hard_decline)
+    VALUES (:idempotency_key, :invoice_id, :customer_id, :payment_method_id, :provider_ref, :succeeded,
+            :amount_minor, :currency, :decline_code, :hard_decline)
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING *)
+SELECT * FROM inserted
+UNION ALL
+SELECT * FROM simulated_gateway_charges WHERE idempotency_key = :idempotency_key
+""")
 
 
 class PostgresProviderRecord:
