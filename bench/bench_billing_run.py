@@ -217,9 +217,10 @@ def billing_run(settings: Any, engine: sa.Engine, n: int, *, workers: int, perio
     try:
         for i in range(workers):
             command = [sys.executable, "-m", "services.billing_worker", "--session-timeout-ms", "10000"]
-            if os.environ.get("BILLING_BENCH_PROFILE"):  # py-spy (pip install py-spy) samples each worker
-                command = [str(Path(sys.executable).with_name("py-spy")), "record", "-r", "50", "-f", "raw", "-o",
-                           str(logs / f"billing_run_{period_end:%m}_worker_{i}.pyspy.txt"), "--", *command]
+            if os.environ.get("BILLING_BENCH_PROFILE"):  # py-spy (pip install py-spy) samples each worker's
+                # thread holding the GIL (its Python CPU, whichever thread: batches, payments, relay, scheduler)
+                command = [str(Path(sys.executable).with_name("py-spy")), "record", "-r", "50", "--gil", "-f", "raw",
+                           "-o", str(logs / f"billing_run_{workers}w_worker_{i}.pyspy.txt"), "--", *command]
             with (logs / f"billing_run_worker_{i}.log").open("ab") as out:
                 procs.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT))
         joined = wait_for_group(settings, engine, workers, procs, logs)
