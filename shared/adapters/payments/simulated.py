@@ -128,19 +128,8 @@ class ProviderCharge:
 
 class ProviderRecord(Protocol):
     def record(self, charge: ProviderCharge) -> ProviderCharge:
-        values = {
-            "idempotency_key": charge.idempotency_key, "invoice_id": charge.invoice_id,
-            "customer_id": charge.customer_id, "payment_method_id": charge.payment_method_id,
-            "provider_ref": charge.provider_ref, "succeeded": charge.succeeded,
-            "amount_minor": charge.amount_minor, "currency": charge.currency,
-            "decline_code": charge.decline_code, "hard_decline": charge.hard_decline,
-        }
-        with self._engine.begin() as conn:
-            row = conn.execute(_RECORD_CHARGE, values).one_or_none()
-            if row is None:  # a concurrent charge of this key committed after this statement's snapshot
-                row = conn.execute(sa.select(self._t).where(self._t.c.idempotency_key == charge.idempotency_key)
-                                   ).one()
-        return _charge_of(row)
+        """Store `charge` unless its key is known; return what is stored for the key (first wins)."""
+        ...
 
     def by_key(self, idempotency_key: str) -> ProviderCharge | None: ...
 
@@ -279,10 +268,10 @@ class PostgresProviderRecord:
             "decline_code": charge.decline_code, "hard_decline": charge.hard_decline,
         }
         with self._engine.begin() as conn:
-            conn.execute(insert(self._t).values(**values).on_conflict_do_nothing(
-                index_elements=["idempotency_key"]))
-            row = conn.execute(sa.select(self._t).where(self._t.c.idempotency_key == charge.idempotency_key)
-                               ).one()
+            row = conn.execute(_RECORD_CHARGE, values).one_or_none()
+            if row is None:  # a concurrent charge of this key committed after this statement's snapshot
+                row = conn.execute(sa.select(self._t).where(self._t.c.idempotency_key == charge.idempotency_key)
+                                   ).one()
         return _charge_of(row)
 
     def by_key(self, idempotency_key: str) -> ProviderCharge | None:
