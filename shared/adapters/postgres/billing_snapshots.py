@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 import sqlalchemy as sa
@@ -127,11 +128,17 @@ def ledger_rows(conn: sa.Connection, subscription_ids: Iterable[str], *, unsettl
     return grants_of, entries_of
 
 
+@lru_cache(maxsize=64)
+def _meter_credits(currency: str, kinds: tuple[tuple[str, bool], ...]) -> tuple[MeterCredit, ...]:
+    # Made once per currency and catalog (frozen values): a billing run opens a ledger per subscription.
+    return tuple(MeterCredit(m, None if is_units else currency) for m, is_units in kinds)
+
+
 def ledger_of_rows(subscription_id: str, currency: str, timezone: str, kinds: Mapping[str, bool],
                    grants: Sequence[Any], entries: Sequence[Any]) -> CreditLedger:
     """The credit ledger replayed from its stored rows. ``kinds``: meter -> True when its credits are units
     (``shared.domain.catalog.credit_kinds``)."""
-    meters = [MeterCredit(m, None if is_units else currency) for m, is_units in kinds.items()]
+    meters = _meter_credits(currency, tuple(kinds.items()))
     currency_of = {g.grant_id: g.currency for g in grants}
     meter_of = {g.grant_id: g.meter_id for g in grants}
     stored = [_entry_of(e, currency_of, meter_of) for e in entries]
