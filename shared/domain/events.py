@@ -14,7 +14,7 @@ from datetime import datetime
 from decimal import Decimal
 from enum import Enum
 
-from shared.domain.calendar import Period, ensure_utc
+from shared.domain.calendar import Period, ensure_utc, iso_instant
 from shared.domain.errors import InvalidValueError
 from shared.domain.ids import CustomerId, InvoiceId, SubscriptionId
 from shared.domain.money import Money
@@ -196,13 +196,20 @@ class InvoiceMarkedUncollectible(DomainEvent):
     reason: str
 
 
+# Most fields of an event are ids, versions, counts and flags: already JSON-ready (an id is a plain str at runtime;
+# a StrEnum is not `str` itself, so it still goes through the checks below).
+_PLAIN: frozenset[type] = frozenset({str, int, bool, type(None)})
+
+
 def _primitive(value: object) -> object:
+    if type(value) in _PLAIN:
+        return value
     if isinstance(value, Money):
         return {"amount_minor": value.amount_minor, "currency": value.currency}
     if isinstance(value, Period):
-        return {"start": value.start.isoformat(), "end": value.end.isoformat()}
+        return {"start": iso_instant(value.start), "end": iso_instant(value.end)}
     if isinstance(value, datetime):
-        return value.isoformat()
+        return iso_instant(value)
     if isinstance(value, Enum):
         return value.value
     if isinstance(value, Decimal):
