@@ -581,7 +581,9 @@ def _rate_closed_usage(
         usage_kind=LineKind.USAGE,
         label="Usage",
         reference_prefix=invoice_key,
-        minimum_share=_minimum_share(subscription, billed) if minimums else Fraction(1),
+        # the share is only read by a price with a minimum: most closes have none to compute it for
+        minimum_share=(_minimum_share(subscription, billed) if minimums and any(_has_minimum(plan, m) for m in totals)
+                       else Fraction(1)),
     )
     late = [(item.meter_id, item.period, item.quantity) for item in late_usage]
     late_lines, late_consumptions, late_unbilled = _rate_usage(
