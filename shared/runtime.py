@@ -25,3 +25,17 @@ def freeze_startup_heap() -> int:
     gc.collect()
     gc.freeze()
     return gc.get_freeze_count()
+
+
+# Generation thresholds for a process that works in large batches (the billing worker): the first generation is
+# collected after 100,000 net allocations instead of 700, and older generations less often. A billing run's
+# batch keeps every subscription's ledger, invoice and events alive until it commits; with the default
+# thresholds the collector walked them again and again, a sixth to a third of a close's CPU (in-process A/B on
+# 10,000 closes: 1.57 -> 1.00 and 1.16 -> 0.80 ms per close). Not for the edge: a bigger first generation means
+# longer single pauses, which a request's latency would feel.
+BATCH_COLLECTOR_THRESHOLDS = (100_000, 50, 100)
+
+
+def collect_for_batches() -> None:
+    """Collect cyclic garbage less often (`BATCH_COLLECTOR_THRESHOLDS`): throughput over pause length."""
+    gc.set_threshold(*BATCH_COLLECTOR_THRESHOLDS)

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     from services.billing_worker.bootstrap import build_worker_when_reachable
     from shared.config import Settings
     from shared.observability import configure_logging
-    from shared.runtime import freeze_startup_heap
+    from shared.runtime import collect_for_batches, freeze_startup_heap
 
     parser = argparse.ArgumentParser(prog="python -m services.billing_worker")
     parser.add_argument("--member-id", default=None)
@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     if worker is None:  # stopped while waiting for the database
         return
     freeze_startup_heap()
+    collect_for_batches()
     worker.run(stop)
 
 
