@@ -139,6 +139,10 @@ class ProviderRecord(Protocol):
 
     def script_for_customer(self, customer_id: str) -> str | None: ...
 
+    def before_charge(self, customer_id: str, idempotency_key: str) -> tuple[str | None, ProviderCharge | None]:
+        """`script_for_customer` and `by_key` at once: what a charge reads before deciding."""
+        ...
+
     def script_customer(self, customer_id: str, payment_method_id: str | None) -> None: ...
 
     def record_refund(self, refund: ProviderRefund) -> ProviderRefund:
@@ -205,6 +209,10 @@ class InMemoryProviderRecord:
         with self._lock:
             return self._scripts.get(customer_id)
 
+    def before_charge(self, customer_id: str, idempotency_key: str) -> tuple[str | None, ProviderCharge | None]:
+        with self._lock:
+            return self._scripts.get(customer_id), self._by_key.get(idempotency_key)
+
     def script_customer(self, customer_id: str, payment_method_id: str | None) -> None:
         with self._lock:
             if payment_method_id is None:
@@ -232,6 +240,15 @@ WITH inserted AS (
 SELECT * FROM inserted
 UNION ALL
 SELECT * FROM simulated_gateway_charges WHERE idempotency_key = :idempotency_key
+""")
+
+
+# The customer's script (if any) and the charge already stored under the key (if any): one row, always.
+_BEFORE_CHARGE = sa.text("""
+SELECT (SELECT s.payment_method_id FROM simulated_gateway_scripts s WHERE s.customer_id = :customer_id) AS script,
+       c.*
+FROM (SELECT 1) AS one
+LEFT JOIN simulated_gateway_charges c ON c.idempotency_key = :idempotency_key
 """)
 
 
@@ -297,6 +314,12 @@ class PostgresProviderRecord:
             return conn.execute(sa.select(s.c.payment_method_id).where(s.c.customer_id == customer_id)
                                 ).scalar_one_or_none()
 
+    def before_charge(self, customer_id: str, idempotency_key: str) -> tuple[str | None, ProviderCharge | None]:
+        # One statement on one connection (a charge read the script and the key on a connection each).
+        with self._engine.connect() as conn:
+            row = conn.execute(_BEFORE_CHARGE, {"customer_id": customer_id, "idempotency_key": idempotency_key}).one()
+        return row.script, (_charge_of(row) if row.idempotency_key is not None else None)
+
     def script_customer(self, customer_id: str, payment_method_id: str | None) -> None:
         s = simulated_gateway_scripts
         with self._engine.begin() as conn:
@@ -353,9 +376,9 @@ class SimulatedGateway:
         self.record.script_customer(customer_id, payment_method_id)
 
     def charge(self, request: ChargeRequest) -> ChargeOutcome:
-        method = self.record.script_for_customer(request.customer_id) or request.payment_method_id
+        scripted_method, known = self.record.before_charge(request.customer_id, request.idempotency_key)
+        method = scripted_method or request.payment_method_id
         self._admit(self.calls_for_charge(request), request.idempotency_key, method)
-        known = self.record.by_key(request.idempotency_key)
         if known is not None:
             return _outcome(known)
         ref = request.provider_ref or intent_ref(request.invoice_id)
