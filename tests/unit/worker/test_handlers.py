@@ -471,3 +471,24 @@ def test_every_message_type_the_worker_consumes_has_a_handler_in_the_bootstrap_t
     assert set(billing_handlers()) == consumed
     with pytest.raises(ValueError, match=r"subscription\.cancle"):
         message_bus({"subscription.cancle": billing_handlers()["subscription.cancel"]})
+
+
+def test_a_signup_counts_a_coupons_redemptions_only_when_the_coupon_has_a_limit(
+        worker: Worker, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Counting reads every attachment of the coupon: for an unlimited one it decided nothing and made each
+    # signup dearer than the one before.
+    counted: list[str] = []
+    real = FakeUnitOfWork.coupon_times_redeemed
+
+    def spy(self: FakeUnitOfWork, coupon_id: str) -> int:
+        counted.append(coupon_id)
+        return real(self, coupon_id)
+
+    monkeypatch.setattr(FakeUnitOfWork, "coupon_times_redeemed", spy)
+    unlimited, limited = "FIVE_OFF", "WELCOME20"  # any plan; WELCOME20 has max_redemptions
+    assert CATALOG.coupon(unlimited).max_redemptions is None and CATALOG.coupon(limited).max_redemptions
+    worker.subscribe("sub_unlimited", coupon_id=unlimited)
+    worker.subscribe("sub_limited", coupon_id=limited)
+    assert counted == [limited]
+    assert {worker.store.subscriptions[s].subscription.coupon.coupon_id  # type: ignore[union-attr]
+            for s in ("sub_unlimited", "sub_limited")} == {unlimited, limited}
