@@ -49,8 +49,7 @@ def create_subscription(uow: BillingUnitOfWork, env: Envelope, p: CreateSubscrip
     # Counted only when a limit can refuse the redemption: the count is a read of every attachment of the
     # coupon, so for an unlimited coupon each signup cost more than the one before (0.55 ms on average over
     # a benchmark's first 10,000 signups with one coupon) and decided nothing.
-    limited = coupon is not None and coupon.max_redemptions is not None
-    times = uow.coupon_times_redeemed(coupon.id) if limited and coupon else 0
+    times = uow.coupon_times_redeemed(coupon.id) if coupon is not None and coupon.max_redemptions is not None else 0
     anchor = (BillingAnchor(day=p.anchor_day, time_of_day=time(0, 0), tz=p.timezone,
                             month=at.astimezone(zone(p.timezone)).month) if p.anchor_day else None)
     sub = Subscription.start(subscription_id=SubscriptionId(p.subscription_id),
