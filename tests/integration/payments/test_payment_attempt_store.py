@@ -160,3 +160,36 @@ def test_an_attempt_written_twice_is_written_once(billing: Billing, engine) -> N
         assert store.attempt_no_of(conn, None) is None
     stored = row(engine, attempt_id_for(invoice_id, 2))
     assert (stored.status, stored.idempotency_key, stored.reason) == ("pending", stored.attempt_id, "retry")
+
+
+def _plan_nodes(node: dict) -> list[dict]:  # type: ignore[type-arg]
+    return [node, *(n for child in node.get("Plans", ()) for n in _plan_nodes(child))]
+
+
+def test_a_claim_moves_the_claimed_rows_by_primary_key_whatever_the_queue(billing: Billing, engine) -> None:  # type: ignore[no-untyped-def]
+    # The UPDATE re-checked "still workable" itself, so with the queue's statistics taken while it was nearly
+    # empty (as before a month's close) its planner walked every queued attempt through the queue index and
+    # matched the claimed ids against them: ~15 ms a round with 10,000 queued. The check is now in the locking
+    # SELECT (re-evaluated on a changed row's newest version) and the UPDATE joins the claimed ids by key.
+    invoice_ids = [new_invoice(billing) for _ in range(3)]
+    ids = [attempt_id_for(i, 1) for i in invoice_ids]
+    with engine.connect() as conn, conn.begin() as transaction:
+        # statistics of a settled queue, then 2,000 attempts queued behind them (rolled back below)
+        conn.execute(sa.text("UPDATE payment_attempts SET status = 'cancelled' WHERE attempt_id = ANY(:ids)"),
+                     {"ids": ids})
+        conn.execute(sa.text("ANALYZE payment_attempts"))
+        conn.execute(sa.text(
+            "INSERT INTO payment_attempts (attempt_id, invoice_id, attempt_no, subscription_id, customer_id, "
+            "amount_minor, currency, payment_method_id, idempotency_key, status, requested_at) "
+            "SELECT a.attempt_id || '_' || n, a.invoice_id, n, a.subscription_id, a.customer_id, a.amount_minor, "
+            "a.currency, a.payment_method_id, a.idempotency_key || '_' || n, 'pending', a.requested_at "
+            "FROM payment_attempts a, generate_series(2, 2001) AS n WHERE a.attempt_id = :first"), {"first": ids[0]})
+        [plan] = conn.execute(sa.text("EXPLAIN (FORMAT JSON) " + str(store._CLAIM)),
+                              {"ids": [f"{ids[0]}_{n}" for n in range(2, 40)], "limit": 10, "me": "explain",
+                               "lease": 60}).scalar_one()
+        transaction.rollback()
+    # how the UPDATE reaches the rows it moves (`p`), bitmap index scans under it included
+    moved = [m for n in _plan_nodes(plan["Plan"]) if n.get("Alias") == "p" and n["Node Type"] != "ModifyTable"
+             for m in _plan_nodes(n)]
+    assert moved and all(n.get("Index Name") != "ix_payment_attempts_queue" for n in moved), moved
+    assert [a.attempt_id for a in claim(engine, invoice_ids[0], "executor-a")] == [ids[0]]
