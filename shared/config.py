@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     worker_batch_max: int = 5000
     worker_batch_timeout_s: float = 0.05
     scheduler_interval_s: float = 1.0
+    scheduler_full_sweep_s: float = Field(
+        default=10.0, gt=0, description="wall-clock seconds between two sweeps of every due period end; the ticks "
+                                        "between them look only at period ends that fell due since the last sweep")
     # how stale the worker's set of subscriptions with an enabled auto-recharge may be (usage-path hints)
     auto_recharge_refresh_s: float = Field(default=5.0, ge=0)
     period_close_grace_s: float = Field(default=0.0, ge=0)
