@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from functools import lru_cache
 from types import MappingProxyType
 from typing import Final
 
@@ -217,6 +218,19 @@ def decide(state: OrgQuotaState, user_id: str, at: datetime) -> QuotaDecision:
                   instant)
 
 
+def decide_on_count(state: OrgQuotaState, user_id: str, at: datetime, org_used: int) -> QuotaDecision:
+    """``decide`` with the month's org count given apart from ``state``: ``org_used`` replaces the count of
+    the month containing ``at`` (its top-ups and user counts are the state's, or zeros once that month has
+    turned).
+
+    For a caller that counts admissions as it makes them (an edge process deciding from memory under a
+    lease): building a new state per request only to carry the count cost more than the decision.
+    """
+    instant = ensure_utc(at)
+    usage = state.month_usage(instant)
+    return _check(state, usage.month, org_used, usage.top_ups, state.trial_used, usage.used_by(user_id), instant)
+
+
 def _check(state: OrgQuotaState, month: Period, org_used: int, top_ups: int, trial_used: int, user_used: int,
            instant: datetime) -> QuotaDecision:
     """``decide`` on counters given apart from ``state`` (a batch carries them from request to request)."""
@@ -373,6 +387,9 @@ class ForecastRule:
         _require_count(self.min_reports, "minimum reports")
 
 
+_DEFAULT_FORECAST_RULE = ForecastRule()
+
+
 @dataclass(frozen=True, slots=True)
 class LimitForecast:
     """``projected_exhaustion_at`` is when the month-to-date rate reaches the allotment (``None`` when
@@ -383,6 +400,7 @@ class LimitForecast:
     projected_exhaustion_at: datetime | None
 
 
+@lru_cache(maxsize=4096)
 def _latest_offset_microseconds(start: datetime) -> int:
     """Microseconds from ``start`` to the last instant ``datetime`` can represent."""
     return (datetime.max.replace(tzinfo=UTC) - start) // _ONE_MICROSECOND
@@ -401,7 +419,7 @@ def forecast_limit(
     (``used / elapsed >= allotment / month length``), it has not hit the limit yet, and the rule's
     minimum use is met. Exact integer arithmetic on microseconds; no float.
     """
-    rule = rule or ForecastRule()
+    rule = rule or _DEFAULT_FORECAST_RULE
     _require_count(used, "used")
     _require_count(allotment, "allotment")
     instant = ensure_utc(at)

@@ -50,7 +50,7 @@ from shared.adapters.postgres.quota_lease_store import LeasedAdmission, LeasedAl
 from shared.adapters.postgres.quota_store import AlertKey, OrgSnapshot
 from shared.contracts import topics
 from shared.domain.calendar import Period, calendar_month
-from shared.domain.quota import MonthlyUsage, OrgQuotaState, decide
+from shared.domain.quota import MonthlyUsage, OrgQuotaState, decide_on_count
 
 _log = logging.getLogger("services.ingest.quota")
 
@@ -212,9 +212,8 @@ class LeasedCredits:
         lease = org.usable(month.start, now)
         if lease is None or org.snapshot is None or org.state is None:
             return None
-        state = replace(org.state, usage=MonthlyUsage(month=month, org_used=org.used + org.pending,
-                                                      top_ups=org.snapshot.month.top_ups if org.snapshot.month else 0))
-        decision = decide(state, user_id, at)
+        state = org.state  # the month's counters as granted; the count is this process's (committed + pending)
+        decision = decide_on_count(state, user_id, at, org.used + org.pending)
         if not decision.allowed:
             return None
         answer = _answer(org_id, CreditRequest(user_id, enquiry_id), decision, False)

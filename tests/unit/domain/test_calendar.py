@@ -76,6 +76,21 @@ def test_calendar_month_runs_from_local_midnight_on_the_first():
     assert calendar_month(utc(2024, 2, 10)) == Period(utc(2024, 2, 1), utc(2024, 3, 1))
 
 
+def test_calendar_month_asked_in_turn_across_zones_and_month_ends_is_always_the_containing_one():
+    # the last month per zone is remembered: every answer must still be the month that contains the instant
+    instants = [utc(2024, 3, 31, 21, 59), utc(2024, 3, 31, 22), utc(2024, 3, 31, 23, 59), utc(2024, 4, 1),
+                utc(2024, 2, 29, 23), utc(2024, 4, 30, 22), utc(2024, 3, 15)]
+    zones = ["Europe/Berlin", "UTC", "America/New_York", "Europe/Berlin"]
+    for _ in range(2):
+        for at in instants:
+            for tz in zones:
+                month = calendar_month(at, tz)
+                assert month.contains(at)
+                assert month == period_containing(BillingAnchor(day=1, tz=tz), Interval.MONTH, at)
+    with pytest.raises(NaiveDatetimeError):
+        calendar_month(datetime(2024, 3, 15), "UTC")
+
+
 def test_trial_window_counts_calendar_days_in_the_customer_zone():
     window = trial_window(utc(2024, 3, 1, 17), 14, "America/New_York")
     assert window.start == utc(2024, 3, 1, 17)

@@ -19,6 +19,7 @@ from shared.domain.quota import (
     consume,
     crossed_thresholds,
     decide,
+    decide_on_count,
     effective_allotment,
     forecast_limit,
     remaining,
@@ -77,6 +78,26 @@ def test_org_without_plan_or_trial_is_refused_with_no_plan() -> None:
     decision = decide(OrgQuotaState(plan_monthly_reports=None), "u1", MARCH_10)
 
     assert decision.reason is QuotaDenialReason.NO_PLAN
+
+
+@pytest.mark.parametrize("count", [0, 1, 99, 100, 101, 130])
+def test_decide_on_a_count_given_apart_is_decide_on_the_state_holding_that_count(count: int) -> None:
+    state = basic_plan(usage=MonthlyUsage(month=MARCH, org_used=7, top_ups=20))
+    holding = replace(state, usage=MonthlyUsage(month=MARCH, org_used=count, top_ups=20))
+
+    assert decide_on_count(state, "u1", MARCH_10, count) == decide(holding, "u1", MARCH_10)
+    assert decide_on_count(state, "u1", MARCH_10, count).allowed is (count < 120)
+
+
+def test_decide_on_a_count_after_the_month_turned_sees_the_new_month_without_last_months_top_ups() -> None:
+    state = basic_plan(usage=MonthlyUsage(month=MARCH, org_used=7, top_ups=20))
+    april_1 = MARCH.end
+
+    decision = decide_on_count(state, "u1", april_1, 3)
+
+    assert decision == decide(replace(state, usage=MonthlyUsage(month=calendar_month(april_1), org_used=3)),
+                              "u1", april_1)
+    assert decision.org_allotment == 100
 
 
 def test_new_calendar_month_starts_from_zero_without_any_reset_job() -> None:
