@@ -30,7 +30,7 @@ from services.ingest.service_layer.quota_errors import QuotaRefusalCode, QuotaRe
 from services.ingest.service_layer.quota_lanes import Lanes
 from shared.adapters.postgres.quota_store import BatchWrite, ConsumptionRow, NewConsumption, OrgRow, OrgSnapshot
 from shared.contracts import topics
-from shared.domain.calendar import Period
+from shared.domain.calendar import Period, iso_instant
 from shared.domain.quota import (
     MonthlyUsage,
     OrgQuotaState,
@@ -71,7 +71,7 @@ class CreditAnswer:
         return {
             "org_id": self.org_id, "enquiry_id": self.enquiry_id, "user_id": self.user_id,
             "allowed": self.allowed, "reason": self.reason.value if self.reason else None,
-            "month_start": self.month.start.isoformat(), "month_end": self.month.end.isoformat(),
+            "month_start": iso_instant(self.month.start), "month_end": iso_instant(self.month.end),
             "org_allotment": self.org_allotment, "org_remaining": self.org_remaining,
             "user_limit": self.user_limit, "user_remaining": self.user_remaining, "on_trial": self.on_trial,
         }
