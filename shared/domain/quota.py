@@ -467,8 +467,9 @@ class AlertDue:
 
 
 def alerts_due(state: OrgQuotaState, at: datetime, users: Iterable[str],
-               thresholds_percent: tuple[int, ...] = ()) -> list[AlertDue]:
+               thresholds_percent: tuple[int, ...] = (), *, org_used: int | None = None) -> list[AlertDue]:
     """Every alert the state calls for at ``at`` (level-triggered: the caller drops those already sent).
+    ``org_used``, when given, is the month's org count kept apart from ``state`` (as for ``decide_on_count``).
 
     An org on a plan: each threshold (percent of the month's allotment; ``DEFAULT_ALERT_THRESHOLDS_PERCENT``
     when none is configured) reached, the allotment used up, and on track to use it up before the month
@@ -480,7 +481,7 @@ def alerts_due(state: OrgQuotaState, at: datetime, users: Iterable[str],
     month = usage.month
     if state.plan_monthly_reports is not None:
         allotment = effective_allotment(state.plan_monthly_reports, usage.top_ups)
-        used = usage.org_used
+        used = usage.org_used if org_used is None else org_used
         for threshold in crossed_thresholds(0, used, allotment, thresholds_percent or DEFAULT_ALERT_THRESHOLDS_PERCENT):
             wanted.append(AlertDue(QuotaAlertKind.THRESHOLD_REACHED, month.start, used, allotment,
                                    f"{threshold}% of the monthly allotment used", threshold_percent=threshold))

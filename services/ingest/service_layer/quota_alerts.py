@@ -37,11 +37,13 @@ def event_id(*parts: object) -> uuid.UUID:
     return _event_uuid("|".join(str(part) for part in parts))
 
 
-def new_alerts(snapshot: OrgSnapshot, state: OrgQuotaState, at: datetime, users: Iterable[str]) -> list[NewAlert]:
-    """The alerts the state left by a batch calls for and that were not sent yet, with their events."""
+def new_alerts(snapshot: OrgSnapshot, state: OrgQuotaState, at: datetime, users: Iterable[str], *,
+               org_used: int | None = None) -> list[NewAlert]:
+    """The alerts the state left by a batch calls for and that were not sent yet, with their events
+    (``org_used``: the month's org count when kept apart from ``state``, see ``alerts_due``)."""
     org = snapshot.org
     alerts = []
-    for due in alerts_due(state, at, users, org.alert_thresholds):
+    for due in alerts_due(state, at, users, org.alert_thresholds, org_used=org_used):
         key = AlertKey(due.kind.value, due.period_start, due.threshold_percent, due.user_id)
         if key in snapshot.alerts_sent:
             continue

@@ -33,7 +33,7 @@ import socket
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from services.ingest.service_layer.quota_admission import (
@@ -50,7 +50,7 @@ from shared.adapters.postgres.quota_lease_store import LeasedAdmission, LeasedAl
 from shared.adapters.postgres.quota_store import AlertKey, OrgSnapshot
 from shared.contracts import topics
 from shared.domain.calendar import Period, calendar_month
-from shared.domain.quota import MonthlyUsage, OrgQuotaState, decide_on_count
+from shared.domain.quota import OrgQuotaState, decide_on_count
 
 _log = logging.getLogger("services.ingest.quota")
 
@@ -142,16 +142,11 @@ class _Org:
 @dataclass(frozen=True, slots=True)
 class _Item:
     admission: LeasedAdmission
-    decided_on: OrgQuotaState  # the org's state this admission was decided on
-    org_used: int  # the month's count once it took effect
-
-    def state(self) -> OrgQuotaState:
-        """The org's state once this admission took effect (what its alerts look at). Built only for the
-        last admission of each org in a group: built per admission (a dataclass replace, with its validation)
-        it was a visible share of the lease path's profile."""
-        usage = self.decided_on.usage
-        return replace(self.decided_on, usage=MonthlyUsage(
-            month=usage.month, org_used=self.org_used, top_ups=usage.top_ups) if usage else None)
+    decided_on: OrgQuotaState  # the org's state this admission was decided on (as granted: its count apart)
+    # the month's count once it took effect: what the alerts of the org's last admission in a group look at,
+    # given to the domain apart from the state (a state built per admission, or per group and org, to carry
+    # it was a visible share of the lease path's profile)
+    org_used: int
 
 
 class LeasedCredits:
@@ -332,7 +327,7 @@ class LeasedCredits:
             if org is None or org.snapshot is None:
                 continue
             at = item.admission.consumed_at
-            new = [alert for alert in new_alerts(org.snapshot, item.state(), at, ())
+            new = [alert for alert in new_alerts(org.snapshot, item.decided_on, at, (), org_used=item.org_used)
                    if alert.key not in org.alerts_sent]
             if new:
                 org.alerts_sent.update(alert.key for alert in new)

@@ -95,3 +95,13 @@ def test_only_the_users_at_their_limit_are_alerted_in_name_order() -> None:
                     usage=MonthlyUsage(MARCH, org_used=5, user_used={"cy": 2, "ann": 2, "bob": 1}))
     due = alerts_due(state, MARCH_10.replace(day=28), ["cy", "bob", "ann"])
     assert [(a.user_id, a.used, a.allotment) for a in due] == [("ann", 2, 2), ("cy", 2, 2)]
+
+
+@given(count=st.integers(0, 130), day=st.integers(1, 31), top_ups=st.integers(0, 30))
+def test_alerts_on_a_count_given_apart_are_the_alerts_of_the_state_holding_that_count(
+        count: int, day: int, top_ups: int) -> None:
+    granted = OrgQuotaState(plan_monthly_reports=100, usage=MonthlyUsage(MARCH, org_used=3, top_ups=top_ups))
+    holding = replace(granted, usage=MonthlyUsage(MARCH, org_used=count, top_ups=top_ups))
+    at = MARCH_10.replace(day=day)
+
+    assert alerts_due(granted, at, [], (50, 90), org_used=count) == alerts_due(holding, at, [], (50, 90))
