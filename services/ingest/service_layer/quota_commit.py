@@ -163,6 +163,16 @@ class BatchCommitter:
         """Call ``listener(org_id)`` whenever an org's remembered state is dropped (e.g. its leases)."""
         self._forget_listeners.append(listener)
 
+    def remember(self, org_id: str, snapshot: OrgSnapshot, month: Period) -> None:
+        """``snapshot`` (of ``month``) was read under the org's row lock by another writer of this process (a
+        lease grant, which moves the version): remember it unless what is remembered is newer, so that this
+        process's next batch of the org does not lose its compare-and-set to this process's own grant."""
+        known = self._known.get(org_id)
+        if known is not None and known.snapshot.org.version >= snapshot.org.version:
+            return
+        self._known[org_id] = _Known(replace(snapshot, user_used={}, prior={}), month.start,
+                                     dict(snapshot.user_used))
+
     def timezone_of(self, org_id: str) -> str | None:
         """The org's time zone as this process last read it; None before its first batch."""
         known = self._known.get(org_id)

@@ -265,6 +265,10 @@ class LeasedCredits:
                 org.retry_at = now
             return
         snapshot = grant.snapshot
+        # NOTE: the grant moved the org's version: without this, the exact path's next batch of the org (one
+        # that finds no lease left, say) lost its compare-and-set to our own grant and took the org for
+        # contended, deciding it under the row lock for the next 2 s
+        self._committer.remember(org_id, snapshot, month)
         org.leases = [lease for lease in org.leases if (not lease.dead and lease.deadline > now and lease.left() > 0)
                       or lease.pending]
         life = grant.seconds - max(0.5, self._seconds * SAFETY_SHARE)  # what the safety margin leaves

@@ -44,6 +44,9 @@ class _Committer:
     def timezone_of(self, org_id: str) -> str | None:
         return self.timezone
 
+    def remember(self, org_id: str, snapshot: OrgSnapshot, month: object) -> None:
+        pass  # the exact path's remembered state: not used here
+
     def forget(self, org_id: str, *, timezone: str | None = None) -> None:
         self.timezone = timezone or self.timezone
         for listener in self.listeners:

@@ -4,16 +4,21 @@ for when deciding, are not "used" for alerts, and never cause a refusal (they ar
 from __future__ import annotations
 
 import asyncio
+import uuid
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
 
 from services.ingest.quota_wiring import quota_service
+from services.ingest.service_layer import quota_leases
 from services.ingest.service_layer.quota_admission import CreditRequest, decide_credits
 from services.ingest.service_layer.quota_alerts import AlertNotifications
+from services.ingest.service_layer.quota_leases import LeasedCredits
 from shared.adapters.catalog_file import load_default_catalog
 from shared.adapters.clock import ManualClock
+from shared.adapters.postgres.quota_lease_store import LeasedAdmission, LeasedAlert, LeasedCommit, LeaseGrant
 from shared.adapters.postgres.quota_store import MonthRow, OrgRow, OrgSnapshot
 from shared.domain.calendar import calendar_month
 from shared.domain.quota import QuotaDenialReason
@@ -87,3 +92,67 @@ async def test_no_revocation_when_no_report_sits_in_a_lease() -> None:
     answers = await asyncio.gather(*(quota.admission.use_credit("acme", f"u{i}", f"e{i}") for i in range(21)))
 
     assert [a.allowed for a in answers].count(True) == 20 and revoked == []
+
+
+class _LeasesOverTheFakeStore:
+    """``LeaseStore`` on ``FakeQuotaStore``'s rows as PostgreSQL keeps them: a grant reserves ``block`` reports
+    (``leased``) and moves the org's version; a group commit moves its admissions from ``leased`` to ``used``
+    and leaves the version alone."""
+
+    def __init__(self, store: FakeQuotaStore, block: int) -> None:
+        self.store, self.block, self.grants, self.asked = store, block, 0, 0
+
+    async def grant(self, org_id: str, month_start: datetime, month_end: datetime, holder: str, *, wanted: int,
+                    fraction: int, min_free: int, seconds: float) -> LeaseGrant | None:
+        self.asked += 1
+        if self.asked % 2:
+            return None  # every other ask is refused: the exact path decides until the next grant lands
+        self.grants += 1
+        key = (org_id, month_start)
+        self.store.months[key] = replace(self.store.months[key], leased=self.store.months[key].leased + self.block)
+        self.store.write_elsewhere(org_id)  # the grant's version move
+        snapshot = self.store._snapshot(org_id, month_start, [], [])
+        return LeaseGrant(uuid.uuid4(), org_id, month_start, self.block, seconds, snapshot)
+
+    async def commit(self, admissions: Sequence[LeasedAdmission], alerts: Sequence[LeasedAlert], usage_topic: str,
+                     alert_topic: str) -> LeasedCommit:
+        used: dict[tuple[str, datetime], int] = {}
+        for a in admissions:
+            key = (a.org_id, a.month_start)
+            row = self.store.months[key]
+            self.store.months[key] = replace(row, used=row.used + 1, leased=row.leased - 1)
+            used[key] = row.used + 1
+        return LeasedCommit(frozenset((a.org_id, a.enquiry_id) for a in admissions),
+                            frozenset(a.lease_id for a in admissions),
+                            {a.lease_id: sum(1 for b in admissions if b.lease_id == a.lease_id) for a in admissions},
+                            used, frozenset())
+
+    async def release(self, holder: str) -> int:
+        return 0
+
+
+async def test_the_exact_path_after_a_lease_grant_of_its_own_process_writes_without_taking_the_row_lock(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # found in review: a grant moves the org's version, so the exact path's remembered state lost its
+    # compare-and-set to its own process's grant and the org was decided under its row lock for 2 s
+    store, notifier = FakeQuotaStore(), FakeNotifier()
+    quota = quota_service(store, ManualClock(NOW), load_default_catalog(), AlertNotifications(notifier))
+    await quota.admin.set_plan("acme", "Ultimate")
+    admission = quota.admission
+    leases = _LeasesOverTheFakeStore(store, block=1)
+    admission.leases = LeasedCredits(leases, admission.committer, admission.clock,  # type: ignore[arg-type]
+                                     admission.alerts, "report.run", lease_seconds=60)
+
+    monkeypatch.setattr(quota_leases, "RETRY_SECONDS", 0.0)  # a refused grant is asked again at once
+    # blocks of one report and every other grant refused: grants, leased admissions and exact-path batches
+    # (the block used up, no grant landed) alternate
+    answers = []
+    for i in range(12):
+        answers.append(await admission.use_credit("acme", "ann", f"e{i}"))
+        await asyncio.sleep(0)
+
+    assert all(answer.allowed for answer in answers)
+    assert "decide_locked" not in store.calls  # before the fix: after each grant, a lost compare-and-set and this
+    assert leases.grants >= 3 and store.calls.count("commit_batch") >= 3
+    assert store.months[("acme", MONTH.start)].used == 12
+    await admission.aclose()
