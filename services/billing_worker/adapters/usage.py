@@ -40,6 +40,7 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
+from shared.adapters.postgres.arrays import instant_array, number_array, text_array
 from shared.adapters.postgres.schema.usage import (
     usage_aggregates,
     usage_events,
@@ -721,15 +722,17 @@ def close_usages(conn: sa.Connection, requests: Sequence[tuple[str, datetime, da
         return {}
     out: dict[str, UsageClose] = {}
     subs = sorted(spans)
-    for row in conn.execute(_STORED_CLOSES, {"subs": subs, "his": [spans[s][1] for s in subs]}):
+    for row in conn.execute(_STORED_CLOSES, {"subs": text_array(subs),
+                                             "his": instant_array(spans[s][1] for s in subs)}):
         out[row.subscription_id] = _from_stored(row)
     todo = [s for s in subs if s not in out]
     if not todo:
         return out
     # Serialises closes of one subscription and records the watermark.
-    conn.execute(_RAISE_WATERMARKS, {"subs": todo, "his": [spans[s][1] for s in todo]})
+    conn.execute(_RAISE_WATERMARKS, {"subs": text_array(todo), "his": instant_array(spans[s][1] for s in todo)})
     locked: dict[str, list[Any]] = {}
-    for r in conn.execute(_LOCK_BUCKETS, {"subs": todo, "hbs": [_floor_hour(spans[s][1]) for s in todo]}):
+    for r in conn.execute(_LOCK_BUCKETS, {"subs": text_array(todo),
+                                          "hbs": instant_array(_floor_hour(spans[s][1]) for s in todo)}):
         locked.setdefault(r.subscription_id, []).append(r)
     edges = _edge_sums(conn, {s: spans[s] for s in todo})
 
@@ -747,12 +750,16 @@ def close_usages(conn: sa.Connection, requests: Sequence[tuple[str, datetime, da
                                       "ingested_through": _iso(a.ingested_through)}
                                      for a in result.late]).decode()))
     if updates:
-        conn.execute(_MARK_BILLED, {"subs": [u[0] for u in updates], "meters": [u[1] for u in updates],
-                                    "buckets": [u[2] for u in updates], "qs": [u[3] for u in updates],
-                                    "ns": [u[4] for u in updates], "ts": [u[5] for u in updates]})
-    conn.execute(_STORE_CLOSES, {"subs": [r[0] for r in stored], "los": [r[1] for r in stored],
-                                 "his": [r[2] for r in stored], "totals": [r[3] for r in stored],
-                                 "lates": [r[4] for r in stored]})
+        conn.execute(_MARK_BILLED, {"subs": text_array(u[0] for u in updates),
+                                    "meters": text_array(u[1] for u in updates),
+                                    "buckets": instant_array(u[2] for u in updates),
+                                    "qs": number_array(u[3] for u in updates),
+                                    "ns": number_array(u[4] for u in updates),
+                                    "ts": instant_array(u[5] for u in updates)})
+    conn.execute(_STORE_CLOSES, {"subs": text_array(r[0] for r in stored),
+                                 "los": instant_array(r[1] for r in stored),
+                                 "his": instant_array(r[2] for r in stored),
+                                 "totals": text_array(r[3] for r in stored), "lates": text_array(r[4] for r in stored)})
     return out
 
 
@@ -768,8 +775,10 @@ def _edge_sums(conn: sa.Connection, spans: Mapping[str, tuple[datetime, datetime
             ranges.append((sub, "regular_in_hi_bucket", max(lo, hi_bucket), hi))
     if not ranges:
         return {}
-    found = conn.execute(_EDGE_SUMS, {"keys": list(range(len(ranges))), "subs": [r[0] for r in ranges],
-                                      "los": [r[2] for r in ranges], "his": [r[3] for r in ranges]}).all()
+    found = conn.execute(_EDGE_SUMS, {"keys": number_array(range(len(ranges))),
+                                      "subs": text_array(r[0] for r in ranges),
+                                      "los": instant_array(r[2] for r in ranges),
+                                      "his": instant_array(r[3] for r in ranges)}).all()
     out: dict[str, _Edges] = {}
     for sub, _, _, _ in ranges:
         out.setdefault(sub, _Edges())
