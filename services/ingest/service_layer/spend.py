@@ -30,10 +30,11 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 import anyio.to_thread
+import orjson
 import sqlalchemy as sa
 
 from services.ingest.service_layer.quota_commit import EventLoopClock
@@ -47,8 +48,6 @@ from shared.adapters.postgres.spend_store import (
     SpendStore,
 )
 from shared.contracts import topics
-from shared.contracts.envelope import new_envelope
-from shared.contracts.messages import UsageRecorded
 from shared.domain.calendar import BillingAnchor, Interval, Period, period_containing
 from shared.domain.catalog import Catalog, MeterPricing, OveragePolicy
 from shared.domain.clock import Clock
@@ -386,14 +385,30 @@ class SpendService:
 
     def _reservation(self, spend: OrgSpend, ask: _Ask, decision: SpendDecision, at: datetime) -> Reservation:
         event_id = _event_uuid(f"{spend.org_id}|{ask.request_id}")
-        payload = UsageRecorded(
-            transaction_id=ask.request_id, customer_id=spend.org_id, subscription_id=spend.subscription_id,
-            event_type=self.event_type, timestamp=at,
-            properties={**ask.properties, self.value_property: ask.quantity, "authorised": True}, received_at=at)
-        envelope = new_envelope("usage.recorded", payload.model_dump(mode="json"), producer=PRODUCER,
-                                occurred_at=at, correlation_id=ask.request_id, event_id=event_id)
+        envelope_json = usage_envelope_json(
+            event_id, ask.request_id, spend.org_id, spend.subscription_id, self.event_type,
+            {**ask.properties, self.value_property: ask.quantity, "authorised": True}, at)
         return Reservation(request_id=ask.request_id, quantity=ask.quantity, spent_quantity=decision.used_quantity,
-                           event_id=event_id, envelope_json=envelope.model_dump_json())
+                           event_id=event_id, envelope_json=envelope_json)
+
+
+def usage_envelope_json(event_id: uuid.UUID, request_id: str, org_id: str, subscription_id: str, event_type: str,
+                        properties: Mapping[str, Any], at: datetime) -> str:
+    """An authorisation's ``usage.recorded`` event (``at``: an aware UTC instant, the billing clock's).
+
+    # NOTE: byte for byte what ``new_envelope`` with a ``UsageRecorded`` payload dumps (a unit test holds it
+    # to that, so consumers see the same event), written straight with orjson: the two pydantic models cost
+    # ~50 µs per authorisation (micro-benchmark), the largest share of deciding one outside the database.
+    # Their field checks are the edge's own input rules, applied before (request id, quantity, properties).
+    """
+    instant = at.astimezone(UTC)
+    return orjson.dumps({
+        "event_id": str(event_id), "type": "usage.recorded", "schema_version": 1, "occurred_at": instant,
+        "producer": PRODUCER, "correlation_id": request_id,
+        "payload": {"transaction_id": request_id, "customer_id": org_id, "subscription_id": subscription_id,
+                    "event_type": event_type, "timestamp": instant, "properties": properties,
+                    "received_at": instant},
+    }, option=orjson.OPT_UTC_Z).decode()
 
 
 # --- the Kafka path: POST /v1/ingest --------------------------------------------------------------------
