@@ -284,6 +284,7 @@ class Scheduler:
         return True
 
     def _release(self) -> None:
+        self._position = self._swept_through = None  # whoever leads next starts with a full sweep
         if self._lock_conn is not None:
             try:
                 self._lock_conn.execute(sa.select(sa.func.pg_advisory_unlock(self._key)))

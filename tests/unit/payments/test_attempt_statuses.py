@@ -18,7 +18,8 @@ def test_the_domain_statuses_are_the_tables() -> None:
 
 def test_a_claim_retakes_in_flight_and_unknown_attempts_and_waits_for_any_holder_of_the_invoice() -> None:
     head, claim = (" ".join(str(statement).split()) for statement in (store._HEAD, store._CLAIM))
-    for text, alias in ((head, "a"), (claim, "p")):  # the head it reads, and the locked row it moves
+    # the head it reads, and the row it locks (PostgreSQL re-checks it on the row's newest version)
+    for text, alias in ((head, "a"), (claim, "a")):
         assert f"{alias}.status = 'pending' AND ({alias}.lease_until IS NULL OR {alias}.lease_until < now())" in text
         assert f"OR {alias}.status IN ('in_flight', 'unknown') AND {alias}.lease_until < now()" in text
     assert "AND b.status IN ('in_flight', 'succeeded', 'unknown')" in claim
