@@ -22,7 +22,8 @@ import sqlalchemy as sa
 from services.billing_worker.adapters.alert_hints import AlertHints, chained
 from services.billing_worker.adapters.recharge_hints import RechargeHints
 from services.billing_worker.adapters.sql_unit_of_work import SqlBillingUnitOfWork
-from services.billing_worker.adapters.usage import MeterMap, UsageMaterializer, close_usages
+from services.billing_worker.adapters.usage import MeterMap, UsageMaterializer
+from services.billing_worker.adapters.usage_close import close_usages
 from services.billing_worker.entrypoints.consumer import ExactlyOnceConsumer
 from services.billing_worker.entrypoints.executor import PaymentExecutor
 from services.billing_worker.entrypoints.health import HealthServer

@@ -24,7 +24,7 @@ from decimal import Decimal, localcontext
 
 import sqlalchemy as sa
 
-from services.billing_worker.adapters.usage import _EXACT_SUMS, BUCKET, _event_sums, _floor_hour
+from services.billing_worker.adapters.usage_close import _EXACT_SUMS, BUCKET, _event_sums, _floor_hour
 from shared.adapters.postgres.schema.usage import usage_aggregates, usage_closes, usage_watermarks
 from shared.domain.catalog import MeterId
 from shared.domain.rating import GraceUsage

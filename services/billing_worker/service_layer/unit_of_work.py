@@ -52,7 +52,7 @@ PRODUCER_NAME = "billing-worker"
 
 
 class UsageClose(Protocol):
-    """What closing a period's usage answers (services.billing_worker.adapters.usage.UsageClose)."""
+    """What closing a period's usage answers (services.billing_worker.adapters.usage_close.UsageClose)."""
 
     @property
     def period_end(self) -> datetime: ...

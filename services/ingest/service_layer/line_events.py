@@ -5,7 +5,7 @@ that were stored when the period was closed; events of that period stored later 
 close as its late-usage adjustment line. Which close billed which event is recorded per hour bucket, not
 per event (the billing run stays set-based): a close sets the bucket's `billed_through` to the newest
 `ingested_at` it billed, and a late bill records the bucket's previous and new `billed_through` in
-`usage_closes.late` (`services/billing_worker/adapters/usage.py`). So:
+`usage_closes.late` (`services/billing_worker/adapters/usage_close.py`). So:
 
 - usage line of the close ending at `hi`, period [lo, hi): the meter's events with lo <= occurred_at < hi,
   ingested_at <= the bucket's billed_through, and not inside a late range a later close billed;

@@ -2,7 +2,7 @@
 
 The billing worker is the only writer of these tables; services never import each other, so the edge's
 read lives here. The period arithmetic is the one the worker's period close applies
-(services/billing_worker/adapters/usage.py documents it): usage is bucketed by the UTC hour of the *event*
+(services/billing_worker/adapters/usage_close.py documents it): usage is bucketed by the UTC hour of the *event*
 timestamp, a period's usage is every event with a timestamp from the period start on, and unbilled usage
 from before the period start is late usage, billed as an adjustment at the next close. When the period
 does not start on the hour, the hour that straddles its start is split with the event rows.

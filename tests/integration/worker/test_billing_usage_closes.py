@@ -15,9 +15,8 @@ from services.billing_worker.adapters.usage import (
     MeterRule,
     UsageItem,
     UsageMaterializer,
-    close_usage,
-    close_usages,
 )
+from services.billing_worker.adapters.usage_close import close_usage, close_usages
 
 pytestmark = pytest.mark.integration
 

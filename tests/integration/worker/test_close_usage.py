@@ -13,9 +13,8 @@ from services.billing_worker.adapters.usage import (
     MeterRule,
     UsageItem,
     UsageMaterializer,
-    close_usage,
-    usage_so_far,
 )
+from services.billing_worker.adapters.usage_close import close_usage, usage_so_far
 
 pytestmark = pytest.mark.integration
 

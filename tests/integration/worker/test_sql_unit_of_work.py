@@ -11,7 +11,8 @@ import pytest
 import sqlalchemy as sa
 
 from services.billing_worker.adapters.sql_unit_of_work import SqlBillingUnitOfWork
-from services.billing_worker.adapters.usage import MeterMap, UsageMaterializer, close_usages
+from services.billing_worker.adapters.usage import MeterMap, UsageMaterializer
+from services.billing_worker.adapters.usage_close import close_usages
 from services.billing_worker.service_layer.unit_of_work import BillingUnitOfWork
 from shared.adapters.catalog_file import load_default_catalog
 from tests.integration.worker.harness import usage_envelope

@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 import sqlalchemy as sa
 
-from services.billing_worker.adapters.usage import usage_so_far
+from services.billing_worker.adapters.usage_close import usage_so_far
 from services.billing_worker.bootstrap import build_worker
 from tests.integration.worker.harness import UsageLedger, drain, materialised
 

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from services.billing_worker.adapters.usage import close_usage
+from services.billing_worker.adapters.usage_close import close_usage
 from services.billing_worker.bootstrap import build_worker
 from shared.adapters.kafka.producer import KafkaProducer, OutgoingMessage
 from shared.contracts import topics

@@ -1,7 +1,8 @@
 """Tables of the usage area: deduplicated events, hourly aggregates, and what each period close billed.
 
-Written only by the billing worker that owns the subscription's partition (services/billing_worker/adapters/usage.py
-documents the late-event policy); read by the edge for "usage so far".
+Written only by the billing worker that owns the subscription's partition
+(services/billing_worker/adapters/usage_close.py documents the late-event policy); read by the edge for "usage so
+far".
 """
 
 import sqlalchemy as sa
