@@ -1,4 +1,5 @@
-"""Period-close usage totals, and the edge's read of the same hourly buckets (``usage`` writes them).
+"""Period-close usage totals over the hourly buckets ``usage`` writes (the edge reads them with
+``shared.adapters.postgres.usage_reads``, by the same policy).
 
 Period close (``close_usage``; ``close_usages`` for a whole billing run in a few statements), called by the
 period-close handler in its transaction:
@@ -29,7 +30,7 @@ import orjson
 import sqlalchemy as sa
 
 from shared.adapters.postgres.arrays import instant_array, number_array, text_array
-from shared.adapters.postgres.schema.usage import usage_aggregates, usage_events
+from shared.adapters.postgres.schema.usage import usage_events
 
 BUCKET = timedelta(hours=1)
 # NOTE: sums and differences of bucket quantities are computed exactly: Decimal's default context keeps 28
@@ -281,58 +282,3 @@ def _from_stored(row: Any) -> UsageClose:
 
 def _instant(text: str | None) -> datetime | None:
     return None if text is None else datetime.fromisoformat(text)
-
-
-# ----------------------------------------------------------------------------------------------- read
-
-
-@dataclass(frozen=True)
-class UsageSoFar:
-    """Usage of a subscription's current period per meter, and late usage waiting for the next close."""
-
-    subscription_id: str
-    period_start: datetime
-    totals: Mapping[str, Decimal]
-    pending_late: Mapping[str, Decimal] = field(default_factory=dict)
-
-
-def usage_so_far(conn: sa.Connection, subscription_id: str, period_start: datetime) -> UsageSoFar:
-    """For the edge: per-meter usage with timestamp >= period_start (the current period's start), and
-    unbilled usage from before it (billed as late adjustments at the next close)."""
-    lo = period_start.astimezone(UTC)
-    lo_bucket = _floor_hour(lo)
-    agg = usage_aggregates.c
-    full_from = lo_bucket if lo == lo_bucket else lo_bucket + BUCKET
-    rows = conn.execute(
-        sa.select(agg.meter_id, sa.func.sum(agg.quantity))
-        .where(agg.subscription_id == subscription_id, agg.bucket_start >= full_from)
-        .group_by(agg.meter_id)).all()
-    totals = {m: Decimal(q) for m, q in rows}
-    pending = {m: Decimal(q) for m, q in conn.execute(
-        sa.select(agg.meter_id, sa.func.sum(agg.quantity - agg.billed_quantity))
-        .where(agg.subscription_id == subscription_id, agg.bucket_start < lo_bucket,
-               agg.quantity != agg.billed_quantity)
-        .group_by(agg.meter_id)).all()}
-    if lo != lo_bucket:
-        # The hour that straddles period_start: its events from period_start on are current usage; the
-        # rest of its unbilled quantity is late usage of the previous period.
-        current_in_edge = _event_sums(conn, subscription_id, lo, full_from)
-        unbilled_in_edge: dict[str, Decimal] = {m: Decimal(q) for m, q in conn.execute(
-            sa.select(agg.meter_id, agg.quantity - agg.billed_quantity)
-            .where(agg.subscription_id == subscription_id, agg.bucket_start == lo_bucket)).all()}
-        for m in set(current_in_edge) | set(unbilled_in_edge):
-            current = current_in_edge.get(m, Decimal(0))
-            totals[m] = totals.get(m, Decimal(0)) + current
-            pending[m] = pending.get(m, Decimal(0)) + Decimal(unbilled_in_edge.get(m, 0)) - current
-    return UsageSoFar(subscription_id, lo, {m: q for m, q in totals.items() if q},
-                      {m: q for m, q in pending.items() if q})
-
-
-def trace_events(conn: sa.Connection, subscription_id: str, meter_id: str, start: datetime,
-                 end: datetime) -> Iterable[Any]:
-    """The event rows behind an invoice line: one meter of one subscription, timestamps in [start, end)."""
-    e = usage_events.c
-    return conn.execute(sa.select(e.customer_id, e.transaction_id, e.quantity, e.occurred_at, e.ingested_at)
-                        .where(e.subscription_id == subscription_id, e.meter_id == meter_id,
-                               e.occurred_at >= start, e.occurred_at < end)
-                        .order_by(e.occurred_at)).all()

@@ -14,7 +14,8 @@ from services.billing_worker.adapters.usage import (
     UsageItem,
     UsageMaterializer,
 )
-from services.billing_worker.adapters.usage_close import close_usage, usage_so_far
+from services.billing_worker.adapters.usage_close import close_usage
+from shared.adapters.postgres.usage_reads import usage_since
 
 pytestmark = pytest.mark.integration
 
@@ -67,7 +68,7 @@ def test_an_event_for_a_closed_period_becomes_an_adjustment_of_the_next_close_ne
                     event(sub, "late-edge-hour", END - timedelta(minutes=1), 11),
                     event(sub, "current", END + timedelta(minutes=1), 13)])
     with engine.connect() as conn:
-        seen = usage_so_far(conn, sub, END)
+        seen = usage_since(conn, sub, END)
     assert seen.totals == {"inference": Decimal(13)}
     assert seen.pending_late == {"inference": Decimal(18)}
 

@@ -8,8 +8,8 @@ from decimal import Decimal
 import pytest
 import sqlalchemy as sa
 
-from services.billing_worker.adapters.usage_close import usage_so_far
 from services.billing_worker.bootstrap import build_worker
+from shared.adapters.postgres.usage_reads import usage_since
 from tests.integration.worker.harness import UsageLedger, drain, materialised
 
 pytestmark = pytest.mark.integration
@@ -44,7 +44,7 @@ def test_the_read_api_returns_usage_so_far_per_meter(first_run, engine):
     ledger, _ = first_run
     sub = ledger.sub(3)
     with engine.connect() as conn:
-        seen = usage_so_far(conn, sub, datetime(2026, 1, 1, tzinfo=UTC))
+        seen = usage_since(conn, sub, datetime(2026, 1, 1, tzinfo=UTC))
     assert seen.totals == {"inference": Decimal(ledger.expected_quantity[sub])}
     assert seen.pending_late == {}
 
