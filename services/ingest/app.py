@@ -92,7 +92,7 @@ def create_app(container: Container) -> FastAPI:
         try:
             if getattr(app.state, "quota", None) is None:  # unless a test installed one
                 # opened with the app: its async pool belongs to the event loop that serves the requests
-                app.state.quota, close_quota = await build_quota_service(container, edge.metrics)
+                app.state.quota, close_quota = await build_quota_service(container, edge.metrics, edge.spend)
             yield
         finally:
             if close_quota is not None:

@@ -1,7 +1,8 @@
 """Builds the report-quota use cases from the edge's container (called by the quota router's lifespan).
 
 The quota hot path uses its own async psycopg pool: a decision is one read and one conditional write per
-batch, and an async driver keeps those off the thread pool the rest of the edge uses. Connections the
+batch, and an async driver keeps those off the thread pool the rest of the edge uses. Spend authorisations
+write through it too. Connections the
 server ended (a PostgreSQL restart) are dropped at checkout, so the pool recovers with the server.
 """
 
@@ -22,9 +23,11 @@ from services.ingest.service_layer.quota_commit import BatchCommitter, EventLoop
 from services.ingest.service_layer.quota_group_commit import GroupCommit
 from services.ingest.service_layer.quota_leases import LeasedCredits
 from services.ingest.service_layer.quota_ports import OrgBatchStore, QuotaStorePort
+from services.ingest.service_layer.spend import SpendService
 from shared.adapters.postgres.pool import make_pool
 from shared.adapters.postgres.quota_lease_store import LeaseStore
 from shared.adapters.postgres.quota_store import QuotaStore
+from shared.adapters.postgres.spend_store import SpendWrites
 from shared.bootstrap import build_notifier
 from shared.domain.catalog import Catalog
 from shared.domain.clock import Clock
@@ -52,9 +55,11 @@ async def drop_if_closed_by_server(conn: psycopg.AsyncConnection[Any]) -> None:
     raise psycopg.OperationalError("the server ended this idle connection")
 
 
-async def build_quota_service(container: Container, metrics: EdgeMetrics | None = None
+async def build_quota_service(container: Container, metrics: EdgeMetrics | None = None,
+                              spend: SpendService | None = None
                               ) -> tuple[QuotaService, Callable[[], Awaitable[None]]]:
-    """The opened quota use cases and the coroutine function that closes them (metrics recorded on ``metrics``).
+    """The opened quota use cases and the coroutine function that closes them (metrics recorded on ``metrics``);
+    ``spend``'s authorisation writes go through the same pool until then (``SpendService.write_through``).
 
     Nothing stays open when building fails half-way: an exception after the pool opened closes it again
     (a lifespan that fails never runs its shutdown, so the caller could not).
@@ -75,12 +80,16 @@ async def build_quota_service(container: Container, metrics: EdgeMetrics | None 
             admission.leases = LeasedCredits(
                 lease_store, admission.committer, admission.clock, admission.alerts,
                 container.catalog.meter(REPORT_METER).event_type, lease_seconds=container.settings.quota_lease_seconds)
+        if spend is not None:
+            spend.write_through(SpendWrites(pool))
     except BaseException:
         await pool.close()
         await notifier.aclose()
         raise
 
     async def close() -> None:
+        if spend is not None:
+            spend.write_through(None)
         await service.admission.aclose()
         if group is not None:
             await group.aclose()

@@ -90,6 +90,12 @@ async def run_in_threadpool(func: Callable[..., T], *args: Any) -> T:
     return await anyio.to_thread.run_sync(functools.partial(func, *args))
 
 
+class SpendWriter(Protocol):
+    """Commits an authorisation batch (``SpendStore.authorise``'s statement) from the event loop."""
+
+    async def authorise(self, write: Authorisation) -> bool: ...
+
+
 @dataclass(frozen=True, slots=True)
 class OrgSpend:
     """One consistent look at an org's spend in its current period."""
@@ -171,6 +177,7 @@ class SpendService:
         self._lanes: Lanes[_Ask, SpendAnswer] = Lanes(self._authorise_batch, max_batch=MAX_BATCH)
         self._state: dict[str, tuple[OrgSpend, float]] = {}  # org -> (remembered spend, monotonic expiry)
         self._accounts: set[str] = set()  # orgs whose account row this process has ensured
+        self._writes: SpendWriter | None = None
         meter = catalog.meter(SPEND_METER)
         self.event_type = meter.event_type
         self.value_property = meter.value_property or "quantity"
@@ -264,11 +271,12 @@ class SpendService:
                                f"request {request_id!r} reserved {answer.quantity}, not {quantity}", field="quantity")
         return answer
 
-    async def _authorise_batch(self, org_id: str, asks: Sequence[_Ask]) -> list[SpendAnswer]:
-        at = await self.now()
-        return await run_in_threadpool(self._authorise, org_id, asks, at)
+    def write_through(self, writes: SpendWriter | None) -> None:
+        """Send authorisation writes through ``writes`` (the served edge's async pool, from its lifespan) on the
+        event loop; None: through the engine in a worker thread (what a service without a served edge uses)."""
+        self._writes = writes
 
-    def _authorise(self, org_id: str, asks: Sequence[_Ask], at: datetime) -> list[SpendAnswer]:
+    async def _authorise_batch(self, org_id: str, asks: Sequence[_Ask]) -> list[SpendAnswer]:
         """Decide ``asks`` in order and commit the admitted ones in one conditional write.
 
         # NOTE: the org's state is remembered after each read and each successful write (for at most
@@ -276,18 +284,19 @@ class SpendService:
         # statement: the write. Remembered state is trusted only by a write that succeeds (its version
         # is compared and set): a batch it would refuse in part is decided again on a fresh read, and a
         # request id already stored (a retry) fails the write and is replayed from the stored answer.
+        # Reads go to a worker thread (sync SQLAlchemy, rare: once per org and second); the write, once per
+        # batch, is sent from the event loop when the edge gave an async writer: a thread hop and a
+        # SQLAlchemy transaction per batch were most of an authorisation's CPU with one or two per batch.
         """
+        at = await self.now()
         if org_id not in self._accounts:
-            with self._engine.begin() as conn:
-                self._repository.ensure_account(conn, org_id)
+            await run_in_threadpool(self._ensure_account, org_id)
             self._accounts.add(org_id)
         remembered = self._remembered(org_id, at)
         for _attempt in range(MAX_ATTEMPTS):
             prior: dict[str, SpendAnswer] = {}
             if remembered is None:
-                with self._engine.connect() as conn:
-                    spend = self.load(conn, org_id, at)
-                    prior = self._replays(conn, org_id, asks, spend)
+                spend, prior = await run_in_threadpool(self._read_batch, org_id, asks, at)
             else:
                 spend = remembered
             answers, write = self._decide(spend, asks, prior, at)
@@ -299,12 +308,9 @@ class SpendService:
                 self._remember(org_id, spend, at)
                 return answers
             try:
-                with self._engine.begin() as conn:
-                    committed = self._repository.authorise(conn, write)
+                committed = await self._write(write)
             except DuplicateAuthorisation:
-                self._forget(org_id)
-                remembered = None
-                continue
+                committed = False
             if not committed:
                 self._forget(org_id)
                 remembered = None
@@ -316,6 +322,27 @@ class SpendService:
             return answers
         self._forget(org_id)
         raise SpendContentionError(f"org {org_id}: the spend state kept changing; retry")
+
+    def _ensure_account(self, org_id: str) -> None:
+        with self._engine.begin() as conn:
+            self._repository.ensure_account(conn, org_id)
+
+    def _read_batch(self, org_id: str, asks: Sequence[_Ask], at: datetime
+                    ) -> tuple[OrgSpend, dict[str, SpendAnswer]]:
+        """The org's spend now and the stored answers of the batch's retries, on one connection."""
+        with self._engine.connect() as conn:
+            spend = self.load(conn, org_id, at)
+            return spend, self._replays(conn, org_id, asks, spend)
+
+    async def _write(self, write: Authorisation) -> bool:
+        if self._writes is not None:
+            return await self._writes.authorise(write)
+
+        def commit() -> bool:
+            with self._engine.begin() as conn:
+                return self._repository.authorise(conn, write)
+
+        return await run_in_threadpool(commit)
 
     def _replays(self, conn: sa.Connection, org_id: str, asks: Sequence[_Ask], spend: OrgSpend
                  ) -> dict[str, SpendAnswer]:

@@ -1,6 +1,8 @@
 """The usage-tier spend store: spend caps, authorisations and the worker's usage (sync SQLAlchemy: the
 worker's read helpers it reuses are sync). The edge's spend use cases run it in worker threads
-(``services.ingest.service_layer.spend``); the visible-spend rule is the domain's ``SpendUsage``."""
+(``services.ingest.service_layer.spend``), except the authorisation write, which the served edge sends from its
+event loop on the async quota pool (``SpendWrites``, the same statement); the visible-spend rule is the
+domain's ``SpendUsage``."""
 
 from __future__ import annotations
 
@@ -13,7 +15,9 @@ from typing import Any
 
 import psycopg
 import sqlalchemy as sa
+from psycopg_pool import AsyncConnectionPool
 
+from shared.adapters.postgres.arrays import number_array, text_array
 from shared.adapters.postgres.schema.billing import subscriptions
 from shared.adapters.postgres.subscription_reads import newest_live_subscription
 from shared.adapters.postgres.usage_reads import grant_balances, usage_since
@@ -111,15 +115,18 @@ class Authorisation:
 
 
 # One statement per batch: every write hangs off the compare-and-set, so a moved account writes nothing.
-_AUTHORISE_SQL = sa.text("""
+# NOTE: written in psycopg's own placeholders (not SQLAlchemy's), so that the edge's event loop sends it on the
+# async pool (`SpendWrites`) and a worker thread through the engine (`SpendStore.authorise`, by
+# `exec_driver_sql`) with the same text; arrays go as literals (`arrays`), cheaper than psycopg's list dumping.
+_AUTHORISE_SQL = """
 WITH cas AS (
     UPDATE spend_accounts SET version = version + 1, updated_at = now()
-     WHERE org_id = :org_id AND version = :seen_version
+     WHERE org_id = %(org_id)s AND version = %(seen_version)s
     RETURNING version
 ), period AS (
     INSERT INTO spend_periods AS p (org_id, period_start, period_end, reserved_quantity, observed_quantity,
                                     limit_quantity)
-    SELECT :org_id, :period_start, :period_end, :total, :observed, :limit FROM cas
+    SELECT %(org_id)s, %(period_start)s, %(period_end)s, %(total)s, %(observed)s, %(limit)s FROM cas
     ON CONFLICT (org_id, period_start) DO UPDATE
        SET reserved_quantity = p.reserved_quantity + excluded.reserved_quantity,
            observed_quantity = GREATEST(p.observed_quantity, excluded.observed_quantity),
@@ -128,22 +135,46 @@ WITH cas AS (
 ), reservation AS (
     INSERT INTO spend_reservations (org_id, request_id, transaction_id, subscription_id, period_start, period_end,
                                     quantity, limit_quantity, spent_quantity, reserved_at, event_id)
-    SELECT :org_id, r.request_id, r.request_id, :subscription_id, :period_start, :period_end, r.quantity,
-           :limit, r.spent, :reserved_at, r.event_id
-      FROM cas, unnest(CAST(:request_ids AS text[]), CAST(:quantities AS bigint[]), CAST(:spents AS bigint[]),
-                       CAST(:event_ids AS uuid[])) AS r(request_id, quantity, spent, event_id)
+    SELECT %(org_id)s, r.request_id, r.request_id, %(subscription_id)s, %(period_start)s, %(period_end)s,
+           r.quantity, %(limit)s, r.spent, %(reserved_at)s, r.event_id
+      FROM cas, unnest(%(request_ids)s::text[], %(quantities)s::bigint[], %(spents)s::bigint[],
+                       %(event_ids)s::uuid[]) AS r(request_id, quantity, spent, event_id)
     RETURNING 1
 ), usage_event AS (
     INSERT INTO outbox (topic, message_key, event_id, event_type, envelope)
-    SELECT :usage_topic, :subscription_id, e.event_id, 'usage.recorded', CAST(e.envelope AS jsonb)
-      FROM cas, unnest(CAST(:event_ids AS uuid[]), CAST(:envelopes AS text[]))
+    SELECT %(usage_topic)s, %(subscription_id)s, e.event_id, 'usage.recorded', CAST(e.envelope AS jsonb)
+      FROM cas, unnest(%(event_ids)s::uuid[], %(envelopes)s::text[])
                 WITH ORDINALITY AS e(event_id, envelope, n)
      ORDER BY e.n
     RETURNING 1
 )
 SELECT (SELECT version FROM cas) AS version, (SELECT count(*) FROM period) AS periods,
        (SELECT count(*) FROM reservation) AS reservations, (SELECT count(*) FROM usage_event) AS events
-""")
+"""
+
+
+def _authorise_params(write: Authorisation) -> dict[str, Any]:
+    batch = write.reservations
+    return {
+        "org_id": write.org_id, "seen_version": write.seen_version, "subscription_id": write.subscription_id,
+        "period_start": write.period_start, "period_end": write.period_end,
+        "total": sum(r.quantity for r in batch), "observed": write.observed_quantity,
+        "limit": write.limit_quantity, "reserved_at": write.reserved_at, "usage_topic": write.usage_topic,
+        "request_ids": text_array(r.request_id for r in batch), "quantities": number_array(r.quantity for r in batch),
+        "spents": number_array(r.spent_quantity for r in batch),
+        "event_ids": text_array(str(r.event_id) for r in batch),
+        "envelopes": text_array(r.envelope_json for r in batch),
+    }
+
+
+def _refused(error: psycopg.errors.IntegrityError | psycopg.OperationalError) -> Exception:
+    """What a failed authorisation write means to the caller (nothing of it was written either way)."""
+    if isinstance(error, psycopg.errors.UniqueViolation):
+        return DuplicateAuthorisation(str(error))
+    if isinstance(error, psycopg.errors.IntegrityError):
+        return SpendStoreError(f"spend backstop refused the write: {error}")
+    return DatabaseUnavailableError(str(error))
+
 
 _RESERVED_SQL = sa.text("""
 SELECT coalesce(sum(r.quantity), 0) AS reserved,
@@ -226,28 +257,33 @@ class SpendStore:
     @staticmethod
     def authorise(conn: sa.Connection, write: Authorisation) -> bool:
         """Commit ``write`` (a batch of one org) if the account is still at ``seen_version``; False: nothing
-        written, re-decide.
+        written, re-decide. What ``SpendWrites.authorise`` does, on a connection of the sync engine.
 
         ``DuplicateAuthorisation`` when one of its request ids is already stored (a retry decided on
         remembered state, or another writer concurrently); a CHECK violation (the limit backstop) is
         ``SpendStoreError``. Either way nothing was written.
         """
-        batch = write.reservations
-        params = {
-            "org_id": write.org_id, "seen_version": write.seen_version, "subscription_id": write.subscription_id,
-            "period_start": write.period_start, "period_end": write.period_end,
-            "total": sum(r.quantity for r in batch), "observed": write.observed_quantity,
-            "limit": write.limit_quantity, "reserved_at": write.reserved_at, "usage_topic": write.usage_topic,
-            "request_ids": [r.request_id for r in batch], "quantities": [r.quantity for r in batch],
-            "spents": [r.spent_quantity for r in batch], "event_ids": [r.event_id for r in batch],
-            "envelopes": [r.envelope_json for r in batch],
-        }
         try:
-            row = conn.execute(_AUTHORISE_SQL, params).one()
-        except sa.exc.IntegrityError as error:
-            if isinstance(error.orig, psycopg.errors.UniqueViolation):
-                raise DuplicateAuthorisation(str(error.orig)) from error
-            raise SpendStoreError(f"spend backstop refused the write: {error.orig}") from error
-        except sa.exc.OperationalError as error:
-            raise DatabaseUnavailableError(str(error.orig)) from error
+            row = conn.exec_driver_sql(_AUTHORISE_SQL, _authorise_params(write)).one()
+        except (sa.exc.IntegrityError, sa.exc.OperationalError) as error:
+            raise _refused(error.orig) from error  # type: ignore[arg-type]
         return row.version is not None
+
+
+class SpendWrites:
+    """The authorisation write on the edge's async psycopg pool (the quota pool): sent from the event loop as
+    one statement in its own implicit transaction, so a batch costs one round trip and no worker thread."""
+
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self._pool = pool
+
+    async def authorise(self, write: Authorisation) -> bool:
+        """``SpendStore.authorise`` on the pool: True once committed, False when the account moved on."""
+        try:
+            async with self._pool.connection() as conn, conn.cursor() as cur:
+                await cur.execute(_AUTHORISE_SQL, _authorise_params(write))
+                row = await cur.fetchone()
+        except (psycopg.errors.IntegrityError, psycopg.OperationalError) as error:
+            raise _refused(error) from error
+        assert row is not None
+        return row[0] is not None
