@@ -12,6 +12,8 @@ the figures are a lower bound for a machine where they are not; compare ratios w
 Metrics:
 - `quota_http_p99_ms`: open loop at 1,000 requests/s spread over 50 orgs; latency counted from each
   request's scheduled send time (so queueing behind a slow response is included, no coordinated omission).
+  It starts once the edge's relay has published the events of the runs before it (the spend runs likewise,
+  after the hot org's tens of thousands): otherwise it measured the relay draining that backlog.
 - `quota_hot_org_decisions_per_s`: closed loop, 64 connections, one org, 1,000 users, everything admitted.
 - `quota_overspend`: 2,000 requests through 200 connections against an org with 100 reports left;
   reports admitted beyond the allotment (API answers and PostgreSQL rows, whichever is larger).
@@ -427,9 +429,25 @@ def _db_reserved(engine: Any, org: str) -> int:
                                         " WHERE org_id = :o"), {"o": org}).scalar_one())
 
 
+def _relayed(engine: Any, timeout_s: float = 120.0) -> None:
+    """Wait until the edge's relay has published every outbox row: a run measured while it still publishes
+    the previous run's tens of thousands of events (the hot org's) measures that backlog, not the run."""
+    import sqlalchemy as sa
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with engine.connect() as conn:
+            if not conn.execute(sa.text("SELECT EXISTS (SELECT 1 FROM outbox WHERE published_at IS NULL)")).scalar():
+                return
+        time.sleep(0.5)
+    raise RuntimeError(f"the edge's relay did not publish its outbox within {timeout_s:.0f} s")
+
+
 def _measure_spend(edge: _ChildServer, engine: Any) -> dict[str, float]:
     """Spend authorisations on the same edge: p99 at a fixed rate over 50 orgs, CPU per decision, the hot
-    org, and the burst against USD 0.10 of included credits (exactly ``SPEND_BURST_ALLOTMENT`` fit)."""
+    org, and the burst against USD 0.10 of included credits (exactly ``SPEND_BURST_ALLOTMENT`` fit). Starts
+    once the report-credit runs' events are published."""
+    _relayed(engine)
     run = uuid.uuid4().hex[:6]
     orgs = [f"sp-{run}-{i}" for i in range(P99_ORGS)]
     hot_org, burst_org = f"sphot-{run}", f"spburst-{run}"
@@ -437,6 +455,7 @@ def _measure_spend(edge: _ChildServer, engine: Any) -> dict[str, float]:
     _seed_spend_orgs(engine, [burst_org], SPEND_BURST_PLAN)
     warm = generate_load("closed", edge.port,
                          _spend_requests(orgs, 2000, f"w{run}", ADMIN_KEY, SPEND_QUANTITY), 32)
+    _relayed(engine)
     p99 = generate_load("open", edge.port,
                         _spend_requests(orgs, P99_RATE * P99_SECONDS, f"p{run}", ADMIN_KEY, SPEND_QUANTITY), P99_RATE)
     cpu = [_cpu_per_request(edge, _spend_requests(orgs, CPU_REQUESTS, f"c{round_}{run}", ADMIN_KEY, SPEND_QUANTITY),
@@ -486,6 +505,7 @@ def _measure_edge(settings: Any, engine: Any) -> dict[str, float]:
         for org in orgs:
             _setup_org(edge.url, org, "Ultimate", top_up=10_000)
         warm = generate_load("closed", edge.port, _credit_requests(orgs, 2000, 100, f"w{run}", ADMIN_KEY), 32)
+        _relayed(engine)
         p99 = generate_load("open", edge.port,
                             _credit_requests(orgs, P99_RATE * P99_SECONDS, 100, f"p{run}", ADMIN_KEY), P99_RATE)
         # CPU per decision, fast path and full FastAPI stack alternately (same server, same orgs)
