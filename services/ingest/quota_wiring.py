@@ -79,7 +79,8 @@ async def build_quota_service(container: Container, metrics: EdgeMetrics | None 
             admission = service.admission
             admission.leases = LeasedCredits(
                 lease_store, admission.committer, admission.clock, admission.alerts,
-                container.catalog.meter(REPORT_METER).event_type, lease_seconds=container.settings.quota_lease_seconds)
+                container.catalog.meter(REPORT_METER).event_type, lease_seconds=container.settings.quota_lease_seconds,
+                min_rate=container.settings.quota_lease_min_rate)
         if spend is not None:
             spend.write_through(SpendWrites(pool))
     except BaseException:

@@ -80,6 +80,13 @@ GRANT_TIMEOUT_SECONDS = 3.0
 # replays its stored answer. Decided again in memory, it would count as use until the statement dropped it
 # (ON CONFLICT), so alerts and the answers of that group would see too much use.
 RECENT_ENQUIRIES = 4096
+# MIN_RATE_NOTE: leases only for an org this process sees at `min_rate` requests/s or more (the setting
+# BILLING_QUOTA_LEASE_MIN_RATE). Every leased admission of the process waits for the one group statement in
+# flight and then for its own; the exact path writes each org's batch by itself, at once. Measured with
+# `bench_quota` (one edge, 1,000 requests/s over 50 orgs, back to back): leases on p50 2.8-2.9 ms, p99
+# 10.0-12.3 ms; leases off p50 1.1-1.4 ms, p99 5.8-7.5 ms, the hot org no slower (8,808 and 8,951 against
+# 6,644-8,428/s). Leases pay where an org is hot: one process decides it in memory, and several processes
+# share it without losing compare-and-sets to each other.
 
 
 @dataclass(slots=True)
@@ -154,8 +161,11 @@ class LeasedCredits:
 
     def __init__(self, store: LeaseStore, committer: BatchCommitter, clock: EventLoopClock,
                  alerts: AlertNotifications, report_event_type: str, *, lease_seconds: float,
-                 holder: str | None = None) -> None:
+                 min_rate: float = 0.0, holder: str | None = None) -> None:
+        """``min_rate``: requests per second (the last full second's, in this process) an org must reach before
+        this process asks for its leases; see `MIN_RATE_NOTE`."""
         self._store = store
+        self._min_rate = min_rate
         self._committer = committer
         self._clock = clock
         self._alerts = alerts
@@ -189,9 +199,11 @@ class LeasedCredits:
         org.count(now)
         if enquiry_id in org.recent:
             return None  # a retry: the exact path replays what was stored
-        if (org.granting or now < org.retry_at) and not any(
+        if (org.granting or now < org.retry_at or org.rate < self._min_rate) and not any(
                 not lease.dead and lease.deadline > now and lease.left() > 0 for lease in org.leases):
-            return None  # nothing to decide on and no grant to start: not even the clock is read
+            # nothing to decide on and no grant to start (one in flight, refused lately, or the org not busy
+            # enough here for a lease to pay: MIN_RATE_NOTE): not even the clock is read
+            return None
         at = await self._clock.now()
         month = org.month
         if month is None or not month.contains(at):
@@ -202,7 +214,7 @@ class LeasedCredits:
             if org.used_month != month.start:
                 org.used, org.used_month, org.alerts_sent = 0, month.start, set()
                 org.snapshot = org.state = None  # the next grant reads the new month
-        if org.wants_more(month.start, now, self._seconds):
+        if org.rate >= self._min_rate and org.wants_more(month.start, now, self._seconds):
             self._start_grant(org_id, org, month, now)
         lease = org.usable(month.start, now)
         if lease is None or org.snapshot is None or org.state is None:

@@ -100,7 +100,8 @@ def leased_settings(settings: Any) -> Any:
     """The quota tests' settings with leases on (the default) and a short lease life."""
     return settings.model_copy(update={"clock": "simulated", "simulated_clock_start": START.isoformat(),
                                        "admin_api_key": SecretStr(ADMIN_KEY), "database_pool_size": 5,
-                                       "quota_leases": True, "quota_lease_seconds": LEASE_SECONDS})
+                                       "quota_leases": True, "quota_lease_seconds": LEASE_SECONDS,
+                                       "quota_lease_min_rate": 0.0})
 
 
 @pytest.fixture

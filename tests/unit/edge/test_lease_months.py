@@ -282,3 +282,30 @@ async def test_two_stuck_grants_do_not_keep_other_orgs_from_a_lease(monkeypatch:
     finally:
         await credits.aclose()
     assert answer is not None
+
+
+async def test_an_org_is_leased_only_once_this_process_sees_it_at_the_minimum_rate(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Below `min_rate` requests in the last full second the exact path decides (it answers sooner: no wait for
+    the process's group statement); from it on, the process asks for a lease and decides in memory."""
+    now = [1000.0]
+    monkeypatch.setattr(quota_leases.time, "monotonic", lambda: now[0])
+    store = _Store()
+    credits = LeasedCredits(store, _Committer(), _Clock(datetime(2026, 1, 15, 12, tzinfo=UTC)),  # type: ignore[arg-type]
+                            AlertNotifications(None), "report.run", lease_seconds=30.0, min_rate=50, holder="rate:1")
+    try:
+        for i in range(49):  # the first second: 49 requests
+            assert await credits.try_admit(ORG, "u1", f"slow-{i}") is None
+        now[0] += 1.0
+        for i in range(60):  # the next: 49 in the last full second, so still the exact path; 60 in this one
+            assert await credits.try_admit(ORG, "u1", f"busier-{i}") is None
+        await _settle()
+        assert store.grants == []
+
+        now[0] += 1.0
+        assert await credits.try_admit(ORG, "u1", "hot-0") is None  # 60 in the last second: a lease is asked for
+        await _settle()
+        assert len(store.grants) == 1
+        admitted = await credits.try_admit(ORG, "u1", "hot-1")
+        assert admitted is not None and admitted.allowed
+    finally:
+        await credits.aclose()
