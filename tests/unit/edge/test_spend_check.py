@@ -67,3 +67,58 @@ async def test_the_services_clock_is_read_on_the_event_loop_when_it_is_the_syste
     service = SpendService(None, SystemClock(), load_default_catalog(), is_outage=lambda _error: False)  # type: ignore[arg-type]
 
     assert (await service.now()).tzinfo is not None
+
+
+async def test_an_org_busy_without_pause_still_reads_its_spend_again_every_remember_seconds(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """What only a read can tell (usage materialised from the Kafka path, grants, the subscription) is trusted
+    for at most ``REMEMBER_SECONDS`` after it was read. A successful write used to start that second again, so
+    an org authorising at least once a second never read again and decided on usage of any age."""
+    from datetime import UTC, datetime, timedelta
+    from decimal import Decimal
+    from itertools import pairwise
+    from types import SimpleNamespace
+
+    from services.ingest.service_layer import spend as spend_module
+    from services.ingest.service_layer.spend import (
+        REMEMBER_JITTER,
+        REMEMBER_SECONDS,
+        OrgSpend,
+        SpendService,
+        spend_pricing,
+    )
+    from shared.adapters.catalog_file import load_default_catalog
+    from shared.adapters.clock import ManualClock
+    from shared.domain.calendar import Period
+    from shared.domain.spend import SpendLimits, SpendUsage
+
+    now = [100.0]
+    monkeypatch.setattr(spend_module, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    monkeypatch.setattr(spend_module, "random", SimpleNamespace(uniform=lambda low, high: high))  # the shortest trust
+    at = datetime(2026, 3, 10, tzinfo=UTC)
+    catalog = load_default_catalog()
+    state = OrgSpend("acme", "sub_acme", "pro", Period(at - timedelta(days=9), at + timedelta(days=22)),
+                     SpendLimits.of(spend_pricing(catalog, "pro"), "USD", seats=1),  # type: ignore[arg-type]
+                     SpendUsage(materialised=Decimal(0), reserved=0, reserved_materialised=0, other_credit_minor=0), 0)
+    reads: list[float] = []
+
+    def read(org_id: str, asks: Any, at: datetime) -> Any:
+        reads.append(now[0])
+        return state, {}
+
+    class Writes:
+        async def authorise(self, write: Any) -> bool:
+            return True
+
+    service = SpendService(None, ManualClock(at), catalog, is_outage=lambda _error: False)  # type: ignore[arg-type]
+    monkeypatch.setattr(service, "_read_batch", read)
+    monkeypatch.setattr(service, "_ensure_account", lambda org_id: None)
+    service.write_through(Writes())
+    step = REMEMBER_SECONDS / 10
+    for i in range(25):  # an authorisation every tenth of REMEMBER_SECONDS for 2.5 of them, each written
+        now[0] = 100.0 + i * step
+        assert (await service.authorise("acme", f"r{i}", 1_000)).allowed
+
+    shortest = REMEMBER_SECONDS * (1 - REMEMBER_JITTER)
+    assert reads == [100.0, 100.0 + shortest, 100.0 + 2 * shortest, 100.0 + 3 * shortest]
+    assert all(shortest - 1e-9 <= later - earlier < shortest + step for earlier, later in pairwise(reads))
