@@ -284,13 +284,13 @@ class SpendService:
     async def _authorise_batch(self, org_id: str, asks: Sequence[_Ask]) -> list[SpendAnswer]:
         """Decide ``asks`` in order and commit the admitted ones in one conditional write.
 
-        # NOTE: the org's state is remembered after each read and each successful write (for at most
-        # ``REMEMBER_SECONDS``, and only within its period), so an authorisation usually costs one
-        # statement: the write. Remembered state is trusted only by a write that succeeds (its version
+        # NOTE: the org's state is remembered after each read and each successful write (until
+        # ``REMEMBER_SECONDS`` after the read, and only within its period), so an authorisation usually costs
+        # one statement: the write. Remembered state is trusted only by a write that succeeds (its version
         # is compared and set): a batch it would refuse in part is decided again on a fresh read, and a
         # request id already stored (a retry) fails the write and is replayed from the stored answer.
-        # Reads go to a worker thread (sync SQLAlchemy, rare: once per org and second); the write, once per
-        # batch, is sent from the event loop when the edge gave an async writer: a thread hop and a
+        # Reads go to a worker thread (sync SQLAlchemy; once per org and REMEMBER_SECONDS); the write, once
+        # per batch, is sent from the event loop when the edge gave an async writer: a thread hop and a
         # SQLAlchemy transaction per batch were most of an authorisation's CPU with one or two per batch.
         """
         at = await self.now()
