@@ -28,7 +28,7 @@ import sqlalchemy as sa
 
 from shared.adapters.payments.port import ChargeOutcome, ChargeStatus, PaymentGateway, PaymentGatewayError
 from shared.adapters.postgres.outbox import add_to_outbox
-from shared.adapters.postgres.schema.billing import invoices, payment_attempts
+from shared.adapters.postgres.schema.billing import attempt_status_by_key, invoices, payment_attempts
 from shared.adapters.postgres.schema.dunning import dunning_cases
 from shared.contracts import topics
 from shared.contracts.envelope import new_envelope
@@ -54,7 +54,7 @@ class PaymentAttemptReader:
         """Attempts of the invoice not final yet: requested, in flight or unknown."""
         count: int = conn.execute(
             sa.select(sa.func.count()).select_from(payment_attempts)
-            .where(payment_attempts.c.invoice_id == invoice_id, payment_attempts.c.status.in_(UNSETTLED))
+            .where(payment_attempts.c.invoice_id == invoice_id, attempt_status_by_key(UNSETTLED))
         ).scalar_one()
         return count
 

@@ -195,6 +195,8 @@ class SqlBillingUnitOfWork(BillingUnitOfWork):
     def _write_state(self) -> None:
         conn = self.conn
         repo.save_paid_invoices(conn, [(self.invoices[i][0], ref) for i, ref in self.paid_refs.items()])
+        # a paid invoice's attempts not sent yet (a retry queued before a webhook said paid) are withdrawn with it
+        attempts.withdraw_pending_of_invoices(conn, list(self.paid_refs), self.now)
         repo.save_subscriptions(conn, list(self.touched.values()))
         customer_of = {sid: s.subscription.customer_id for sid, s in self.states.items()}
         grants, entries = repo.ledger_rows(self.ledgers, customer_of, self.now, self.invoice_of_key)

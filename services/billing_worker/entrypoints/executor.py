@@ -159,9 +159,9 @@ class PaymentExecutor:
         self._record(settled)
         self._unrecorded = []
         free = self._concurrency * 4 - self._in_flight
-        # NOTE: the sweep of attempts whose invoice was paid or voided meanwhile joins every pending attempt with
-        # its invoice (~20 ms of PostgreSQL with 10,000 queued): once every `withdraw_every_s`, not every round.
-        # Until then such an attempt is only left pending: the claim never takes an attempt of a closed invoice.
+        # NOTE: the withdrawal of head attempts whose invoice was paid or voided otherwise than by its own handlers
+        # (which withdraw them themselves) runs once every `withdraw_every_s`, not every round. Until then such an
+        # attempt is only left pending: the claim never takes an attempt of a closed invoice.
         sweep = time.monotonic() - self._withdrawn_at >= self._withdraw_every_s
         claimed = self.claim(min(free, self._claim_batch), withdraw=sweep) if free > 0 else []
         if free > 0 and sweep:
@@ -197,12 +197,11 @@ class PaymentExecutor:
     # --- the three steps
 
     def claim(self, limit: int, *, withdraw: bool = True) -> list[ClaimedAttempt]:
-        """Claim up to `limit` due attempts; with `withdraw`, first cancel the pending attempts of invoices paid or
-        voided meanwhile."""
+        """Claim up to `limit` due attempts; with `withdraw`, first cancel the pending attempts of paid or voided
+        invoices among the queue's head."""
         with self._engine.begin() as conn:
-            if withdraw:
-                attempts.withdraw_attempts_of_closed_invoices(conn)
-            return attempts.claim_due(conn, limit=limit, claimant=self._me, lease_s=self._lease_s)
+            return attempts.claim_due(conn, limit=limit, claimant=self._me, lease_s=self._lease_s,
+                                      withdraw=withdraw)
 
     def execute(self, attempt: ClaimedAttempt) -> Settled:
         """Charge one attempt, looking it up first when it may already have reached the provider."""

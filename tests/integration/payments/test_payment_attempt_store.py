@@ -132,9 +132,27 @@ def test_pending_attempts_are_withdrawn_when_their_invoice_no_longer_needs_them(
         assert store.withdraw_pending_of_invoice(conn, given_up, JAN_1) == 1
         assert store.withdraw_pending_of_invoice(conn, given_up, JAN_1) == 0
         conn.execute(sa.update(invoices).where(invoices.c.invoice_id == paid).values(status="paid", paid_at=JAN_1))
-        assert store.withdraw_attempts_of_closed_invoices(conn) >= 1
+        claimed = store.claim_due(conn, limit=10_000, claimant="executor-a", lease_s=60, withdraw=True)
+    assert paid not in {a.invoice_id for a in claimed}
     assert row(engine, attempt_id_for(given_up, 1)).status == "cancelled"
     assert row(engine, attempt_id_for(paid, 1)).status == "cancelled"
+
+
+def test_a_claim_without_the_sweep_passes_an_attempt_of_a_paid_invoice_by(billing: Billing, engine) -> None:  # type: ignore[no-untyped-def]
+    paid = new_invoice(billing)
+    with engine.begin() as conn:
+        conn.execute(sa.update(invoices).where(invoices.c.invoice_id == paid).values(status="paid", paid_at=JAN_1))
+    assert claim(engine, paid, "executor-a") == []
+    assert row(engine, attempt_id_for(paid, 1)).status == "pending"
+
+
+def test_the_attempts_of_several_invoices_are_withdrawn_in_one_statement(billing: Billing, engine) -> None:  # type: ignore[no-untyped-def]
+    first, second, untouched = new_invoice(billing), new_invoice(billing), new_invoice(billing)
+    with engine.begin() as conn:
+        assert store.withdraw_pending_of_invoices(conn, [first, second], JAN_1) == 2
+        assert store.withdraw_pending_of_invoices(conn, [], JAN_1) == 0
+    assert [row(engine, attempt_id_for(i, 1)).status for i in (first, second, untouched)] == [
+        "cancelled", "cancelled", "pending"]
 
 
 def test_only_attempts_not_sent_yet_lose_a_payment_method(billing: Billing, engine) -> None:  # type: ignore[no-untyped-def]
@@ -193,3 +211,57 @@ def test_a_claim_moves_the_claimed_rows_by_primary_key_whatever_the_queue(billin
              for m in _plan_nodes(n)]
     assert moved and all(n.get("Index Name") != "ix_payment_attempts_queue" for n in moved), moved
     assert [a.attempt_id for a in claim(engine, invoice_ids[0], "executor-a")] == [ids[0]]
+
+
+QUEUE_INDEXES = ("ix_payment_attempts_queue", "ix_payment_attempts_workable")
+
+
+def queue_index_scans(engine: sa.Engine) -> int:
+    """How many scans PostgreSQL counted on the queue's partial indexes, this backend's counts flushed first."""
+    with engine.connect() as conn:
+        conn.execute(sa.text("SELECT pg_stat_force_next_flush()"))
+        conn.commit()  # the flush happens at the end of a transaction
+        conn.execute(sa.text("SELECT pg_stat_clear_snapshot()"))
+        return int(conn.execute(sa.text(
+            "SELECT coalesce(sum(idx_scan), 0) FROM pg_stat_user_indexes "
+            "WHERE schemaname = current_schema() AND indexrelname = ANY(:names)"), {"names": list(QUEUE_INDEXES)}
+        ).scalar_one())
+
+
+def test_statements_by_key_probe_their_key_even_with_statistics_taken_before_the_queue_filled(
+        billing: Billing, engine) -> None:  # type: ignore[no-untyped-def]
+    """A month-end run queues attempts faster than autoanalyze sees them: the planner then costs the queue's
+    partial indexes at one row. Statements that find attempts by id or invoice must still probe that key, not walk
+    the queue (they did: 5.6 ms for one attempt's update with 50,000 queued)."""
+    queued, other = new_invoice(billing), new_invoice(billing)
+    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE payment_attempts SET (autovacuum_enabled = false)"))
+        conn.execute(sa.text(
+            "INSERT INTO payment_attempts (attempt_id, invoice_id, attempt_no, subscription_id, customer_id, "
+            "amount_minor, currency, idempotency_key, status, requested_at) "
+            "SELECT :i || '_settled_' || n, :i, n, 'sub_x', 'cus_x', 100, 'USD', :i || '_settled_' || n, "
+            "'declined', now() FROM generate_series(2, 3001) n"), {"i": queued})
+    with engine.begin() as conn:
+        conn.execute(sa.text("ANALYZE payment_attempts"))  # statistics of a table with nothing queued
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO payment_attempts (attempt_id, invoice_id, attempt_no, subscription_id, customer_id, "
+            "amount_minor, currency, idempotency_key, status, requested_at) "
+            "SELECT :i || '_queued_' || n, :i, n, 'sub_x', 'cus_x', 100, 'USD', :i || '_queued_' || n, "
+            "'pending', now() FROM generate_series(3002, 6001) n"), {"i": queued})
+    try:
+        before = queue_index_scans(engine)
+        with engine.begin() as conn:
+            [claimed] = store.claim_due(conn, limit=1, claimant="executor-a", lease_s=60)  # reads the head: 1 scan
+            attempt = claimed.as_attempt()
+            attempt.succeed(at=JAN_1, provider_ref="pi_1")
+            assert store.record_settled(conn, [attempt], claimant="executor-a") == {attempt.attempt_id}
+            assert store.accept_reported_outcome(conn, f"{queued}_queued_3002", succeeded=False, provider_ref=None,
+                                                 decline_code="card_declined", at=JAN_1)
+            assert store.withdraw_pending_of_invoices(conn, [other], JAN_1) == 1
+        assert queue_index_scans(engine) - before == 1
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text("ALTER TABLE payment_attempts RESET (autovacuum_enabled)"))
+            conn.execute(sa.text("DELETE FROM payment_attempts WHERE invoice_id = :i AND attempt_no > 1"),
+                         {"i": queued})

@@ -64,6 +64,13 @@ def outcomes_of(engine: sa.Engine, sub: str) -> list[str]:
             outbox.c.topic == "payments.v1", outbox.c.message_key == sub).order_by(outbox.c.id)).scalars().all())
 
 
+def attempt_writes(statements: Statements) -> list[str]:
+    """The statements that wrote attempts, but for the withdrawal of paid invoices' attempts not sent yet (one per
+    run of outcomes, matching pending attempts only)."""
+    return [u for u in statements.updates_of("payment_attempts")
+            if "payment_attempts.status in" not in u or "invoice_id = any" not in u]
+
+
 def charges_of(engine: sa.Engine, invoice_id: str) -> list[bool]:
     with engine.connect() as conn:
         return list(conn.execute(sa.select(simulated_gateway_charges.c.succeeded).where(
@@ -323,8 +330,9 @@ def test_the_executors_own_outcomes_are_applied_without_writing_their_settled_at
             amount_minor=ko.amount_minor, currency="USD", decline_code="insufficient_funds", source="executor",
             failed_at=JAN_1)], JAN_1)
 
-    # each attempt read with its batch, none written again (the executor settled them)
-    assert statements.updates_of("payment_attempts") == []
+    # each attempt read with its batch, none written again (the executor settled them); the paid invoice's
+    # attempts not sent yet are withdrawn (one statement that matches pending attempts only)
+    assert attempt_writes(statements) == []
     assert [i.status for i in billing.invoices(paid_sub)] == ["paid"]
     assert billing.subscription(declined_sub).status == "past_due"
     assert (attempt_of(engine, paid).status, attempt_of(engine, declined).status) == ("succeeded", "declined")
@@ -342,9 +350,28 @@ def test_a_success_reported_by_a_webhook_on_a_declined_attempt_still_wins_and_pa
                                       provider_ref="pi_from_webhook", amount_minor=declined.amount_minor,
                                       currency="USD", source="webhook", paid_at=JAN_1), JAN_1)
 
-    assert len(statements.updates_of("payment_attempts")) == 1
+    assert len(attempt_writes(statements)) == 1
     attempt = attempt_of(engine, invoice_id)
     assert (attempt.status, attempt.provider_ref) == ("succeeded", "pi_from_webhook")
+    assert [i.status for i in billing.invoices(sub)] == ["paid"]
+
+
+def test_an_invoice_paid_by_a_webhook_withdraws_its_retry_not_sent_yet_in_the_same_transaction(
+        billing: Billing, engine) -> None:  # type: ignore[no-untyped-def]
+    sub, invoice_id = invoice_for(billing, "pm_card_chargeDeclinedInsufficientFunds")
+    executor(engine).run_once()
+    declined = attempt_of(engine, invoice_id)
+    billing.send(RetryPayment(subscription_id=sub, customer_id="cus_" + sub.removeprefix("sub_"),
+                              invoice_id=invoice_id, attempt_no=2), JAN_1 + timedelta(days=3))
+
+    billing.send(PaymentSucceeded(subscription_id=sub, invoice_id=invoice_id, attempt_id=declined.attempt_id,
+                                  provider_ref="pi_from_webhook", amount_minor=declined.amount_minor,
+                                  currency="USD", source="webhook", paid_at=JAN_1), JAN_1 + timedelta(days=3))
+
+    with engine.connect() as conn:  # no executor ran: the paid invoice's own commit withdrew the retry
+        statuses = conn.execute(sa.select(payment_attempts.c.status).where(
+            payment_attempts.c.invoice_id == invoice_id).order_by(payment_attempts.c.attempt_no)).scalars().all()
+    assert statuses == ["succeeded", "cancelled"]
     assert [i.status for i in billing.invoices(sub)] == ["paid"]
 
 

@@ -16,6 +16,7 @@ columns are also the edge's read model, so their names are plain (`subscriptions
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import sqlalchemy as sa
@@ -444,6 +445,23 @@ sa.Index("ix_payment_attempts_workable", payment_attempts.c.status, payment_atte
 # The executor's queue, oldest first: a claim walks its head instead of sorting every workable attempt.
 sa.Index("ix_payment_attempts_queue", payment_attempts.c.created_at,
          postgresql_where=payment_attempts.c.status.in_(("pending", "in_flight", "unknown")))
+
+# NOTE: a statement that finds attempts by a key (attempt id, invoice id) states a status condition through these:
+# `(status IN (...)) IS TRUE` means the same for the NOT NULL column but is not read as implying the partial
+# indexes above. Otherwise, with statistics taken while nothing was queued (every month-end run: the queue fills
+# faster than autoanalyze, and not at all once the table is large), the planner costed those indexes at one row
+# and walked the whole queue, filtering on the key: 5.6 ms for one attempt's update with 50,000 queued, and the
+# executor's claim and round of outcomes were PostgreSQL's two costliest statements in a 50k billing run (13.7
+# and 9.6 ms a call). A statement that selects by status alone (the queue's head) keeps the plain form.
+def attempt_status_by_key_sql(condition: str) -> str:
+    """`condition` (SQL text over an attempt's status) in the form that leaves the queue's indexes alone."""
+    return f"({condition}) IS TRUE"
+
+
+def attempt_status_by_key(statuses: Iterable[str]) -> sa.ColumnElement[bool]:
+    """`status IN statuses` in the form that leaves the queue's indexes alone."""
+    return payment_attempts.c.status.in_(sorted(statuses)).is_(sa.true())
+
 
 # ------------------------------------------------------------------------------------------ credit notes
 
