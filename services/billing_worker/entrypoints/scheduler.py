@@ -270,6 +270,9 @@ class Scheduler:
         if self._lock_conn is not None:
             try:
                 self._lock_conn.execute(sa.text("SELECT 1"))
+                # the check's transaction ends here: the lock is the session's, and a session left idle in a
+                # transaction while this instance leads (hours) is what idle_in_transaction_session_timeout ends
+                self._lock_conn.commit()
                 return True
             except sa.exc.SQLAlchemyError:
                 self._release()

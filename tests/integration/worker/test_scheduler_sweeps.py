@@ -109,3 +109,18 @@ def test_closes_held_back_do_not_hide_the_others(settings: Settings, engine: sa.
         assert set(subs) & closes_emitted(engine) == {subs[2]}
     finally:
         scheduler.stop()
+
+
+def test_the_leader_keeps_its_lock_on_a_session_that_is_not_left_in_a_transaction(settings: Settings,
+                                                                                   engine: sa.Engine) -> None:
+    scheduler = Scheduler(settings, engine, DatabaseClock(engine, JAN_1))
+    try:
+        assert scheduler.acquire() and scheduler.acquire()  # the second checks the session it leads on
+        assert scheduler._lock_conn is not None
+        lock_pid = scheduler._lock_conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+        assert scheduler.acquire()
+        with engine.connect() as conn:
+            state = conn.execute(sa.text("SELECT state FROM pg_stat_activity WHERE pid = :p"), {"p": lock_pid}).scalar()
+        assert state == "idle"  # not "idle in transaction" (which a timeout on the role would end)
+    finally:
+        scheduler.stop()
