@@ -52,7 +52,6 @@ def _status_in(statuses: frozenset[AttemptStatus]) -> sa.ColumnElement[bool]:
     return attempt_status_by_key(s.value for s in statuses)
 
 
-
 _RETAKEN = sources_of(Transition.CLAIM) - {AttemptStatus.PENDING}
 # Every attempt a claim may take: the statuses of the partial index ix_payment_attempts_queue (schema/billing.py).
 QUEUED = sources_of(Transition.CLAIM)

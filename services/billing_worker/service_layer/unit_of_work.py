@@ -367,8 +367,9 @@ class BillingUnitOfWork(abc.ABC):
 
     def mark_paid(self, invoice: Invoice, provider_ref: str | None) -> None:
         """The invoice was paid in this run (`Invoice.mark_paid` done): its stored status, paid_at, amount paid and
-        provider ref are written at commit with every other invoice the run paid, in one statement. Until then
-        the stored row still says open: `paid_refs` is what says it was paid (e.g. for `open_invoices_of`)."""
+        provider ref are written at commit with every other invoice the run paid, in one statement, and its
+        attempts not sent yet are withdrawn with it (a paid invoice needs no charge). Until then the stored row
+        still says open: `paid_refs` is what says it was paid (e.g. for `open_invoices_of`)."""
         self.paid_refs[invoice.id] = provider_ref
 
     # --- recording
