@@ -228,6 +228,17 @@ def queue_index_scans(engine: sa.Engine) -> int:
         ).scalar_one())
 
 
+def add_attempts(engine: sa.Engine, invoice_id: str, numbers: range, status: str) -> None:
+    """Attempts `numbers` of the invoice written straight in `status` (their ids name the status)."""
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO payment_attempts (attempt_id, invoice_id, attempt_no, subscription_id, customer_id, "
+            "amount_minor, currency, idempotency_key, status, requested_at) "
+            "SELECT :i || '_' || :s || '_' || n, :i, n, 'sub_x', 'cus_x', 100, 'USD', :i || '_' || :s || '_' || n, "
+            ":s, now() FROM generate_series(CAST(:first AS int), CAST(:last AS int)) n"),
+            {"i": invoice_id, "s": status, "first": numbers.start, "last": numbers.stop - 1})
+
+
 def test_statements_by_key_probe_their_key_even_with_statistics_taken_before_the_queue_filled(
         billing: Billing, engine) -> None:  # type: ignore[no-untyped-def]
     """A month-end run queues attempts faster than autoanalyze sees them: the planner then costs the queue's
@@ -236,19 +247,10 @@ def test_statements_by_key_probe_their_key_even_with_statistics_taken_before_the
     queued, other = new_invoice(billing), new_invoice(billing)
     with engine.begin() as conn:
         conn.execute(sa.text("ALTER TABLE payment_attempts SET (autovacuum_enabled = false)"))
-        conn.execute(sa.text(
-            "INSERT INTO payment_attempts (attempt_id, invoice_id, attempt_no, subscription_id, customer_id, "
-            "amount_minor, currency, idempotency_key, status, requested_at) "
-            "SELECT :i || '_settled_' || n, :i, n, 'sub_x', 'cus_x', 100, 'USD', :i || '_settled_' || n, "
-            "'declined', now() FROM generate_series(2, 3001) n"), {"i": queued})
+    add_attempts(engine, queued, range(2, 3002), "declined")
     with engine.begin() as conn:
         conn.execute(sa.text("ANALYZE payment_attempts"))  # statistics of a table with nothing queued
-    with engine.begin() as conn:
-        conn.execute(sa.text(
-            "INSERT INTO payment_attempts (attempt_id, invoice_id, attempt_no, subscription_id, customer_id, "
-            "amount_minor, currency, idempotency_key, status, requested_at) "
-            "SELECT :i || '_queued_' || n, :i, n, 'sub_x', 'cus_x', 100, 'USD', :i || '_queued_' || n, "
-            "'pending', now() FROM generate_series(3002, 6001) n"), {"i": queued})
+    add_attempts(engine, queued, range(3002, 6002), "pending")
     try:
         before = queue_index_scans(engine)
         with engine.begin() as conn:
@@ -256,7 +258,7 @@ def test_statements_by_key_probe_their_key_even_with_statistics_taken_before_the
             attempt = claimed.as_attempt()
             attempt.succeed(at=JAN_1, provider_ref="pi_1")
             assert store.record_settled(conn, [attempt], claimant="executor-a") == {attempt.attempt_id}
-            assert store.accept_reported_outcome(conn, f"{queued}_queued_3002", succeeded=False, provider_ref=None,
+            assert store.accept_reported_outcome(conn, f"{queued}_pending_3002", succeeded=False, provider_ref=None,
                                                  decline_code="card_declined", at=JAN_1)
             assert store.withdraw_pending_of_invoices(conn, [other], JAN_1) == 1
         assert queue_index_scans(engine) - before == 1
