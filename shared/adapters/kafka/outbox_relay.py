@@ -2,10 +2,12 @@
 
 One round: take the relay lock (a transaction-scoped advisory lock per database schema, so only one
 instance publishes at a time and per-key order holds across instances), read up to `batch` unpublished
-rows in id order, send them all with the idempotent producer, wait for every acknowledgement, then mark
-them published in the same transaction. A crash between the acknowledgement and the commit publishes
-those rows again: consumers dedupe on the envelope's event_id. If any send fails, nothing is marked and
-the round is retried, so a later row of a key is never marked while an earlier one is missing.
+rows in id order from the ranges its cursor names (`outbox_cursor`: above the highest id it published, and
+the gaps below it that a running transaction may still fill, instead of from the bottom every round), send
+them all with the idempotent producer, wait for every acknowledgement, then mark them published in the same
+transaction. A crash between the acknowledgement and the commit publishes those rows again: consumers dedupe
+on the envelope's event_id. If any send fails, nothing is marked and the round is retried, so a later row of
+a key is never marked while an earlier one is missing.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 
 import sqlalchemy as sa
 
+from shared.adapters.kafka.outbox_cursor import OutboxCursor
 from shared.adapters.kafka.producer import KafkaProducer
 from shared.adapters.postgres.errors import describe
 from shared.adapters.postgres.outbox import ROWS_COMMITTED
@@ -24,16 +27,25 @@ from shared.observability import kv
 
 log = logging.getLogger("billing_worker.relay")
 
-# One statement per round for the lock and the read: the rows are read only when the lock was taken (the
-# scalar subquery runs once, before the scan). The envelope is read as its JSON text and sent as such:
-# decoding it into a dict and encoding it again cost more CPU per row than the rest of the round.
+# One statement per round for the lock, the snapshot's bounds and the read: the rows are read only when the
+# lock was taken (a one-time filter, before any scan), and one row comes back even when none is found, for the
+# snapshot's xmin and xmax (`outbox_cursor`). The ranges are read in id order, each through the unpublished
+# index. The envelope is read as its JSON text and sent as such: decoding it into a dict and encoding it again
+# cost more CPU per row than the rest of the round.
 _ROUND = sa.text("""
-WITH leader AS MATERIALIZED (SELECT pg_try_advisory_xact_lock(hashtext(current_schema() || '/outbox-relay')) AS ok)
-SELECT id, topic, message_key, event_id::text AS event_id, event_type, envelope::text AS value
-  FROM outbox
- WHERE published_at IS NULL AND (SELECT ok FROM leader)
- ORDER BY id
- LIMIT :batch""")
+WITH leader AS MATERIALIZED (
+  SELECT pg_try_advisory_xact_lock(hashtext(current_schema() || '/outbox-relay')) AS ok,
+         pg_snapshot_xmin(pg_current_snapshot())::text AS xmin, pg_snapshot_xmax(pg_current_snapshot())::text AS xmax)
+SELECT l.ok, l.xmin, l.xmax, r.id, r.topic, r.message_key, r.event_id, r.event_type, r.value
+  FROM leader l
+  LEFT JOIN LATERAL (
+    SELECT o.* FROM unnest(CAST(:los AS bigint[]), CAST(:his AS bigint[])) AS g(lo, hi)
+     CROSS JOIN LATERAL (
+       SELECT id, topic, message_key, event_id::text AS event_id, event_type, envelope::text AS value
+         FROM outbox WHERE published_at IS NULL AND id BETWEEN g.lo AND g.hi ORDER BY id LIMIT :batch) o
+     WHERE l.ok
+     ORDER BY o.id LIMIT :batch) r ON true
+ ORDER BY r.id""")
 _MARK = sa.text("UPDATE outbox SET published_at = now() WHERE id = ANY(:ids)")
 
 
@@ -49,6 +61,7 @@ class OutboxRelay:
         self._thread: threading.Thread | None = None
         self.published = 0
         self._topics: dict[str, str] = {}
+        self._cursor = OutboxCursor()
 
     def _topic(self, logical: str) -> str:
         physical = self._topics[logical] = self._producer.topic(logical)
@@ -56,16 +69,23 @@ class OutboxRelay:
 
     def publish_round(self) -> int:
         """Publish up to one batch; returns how many rows were published (0: nothing to do or not leader)."""
+        los, his = self._cursor.ranges()
         with self._engine.begin() as conn:
-            rows = conn.execute(_ROUND, {"batch": self._batch}).all()
-            if not rows:
-                return 0  # nothing to publish, or another relay holds the lock
-            topics = self._topics
-            self._producer.send_rows_and_wait([
-                (topics.get(topic) or self._topic(topic), key, value.encode(),
-                 [("type", event_type.encode()), ("event_id", event_id.encode())])
-                for _id, topic, key, event_id, event_type, value in rows])
-            conn.execute(_MARK, {"ids": [row[0] for row in rows]})
+            result = conn.execute(_ROUND, {"batch": self._batch, "los": los, "his": his}).all()
+            leader, xmin, xmax = result[0][:3]
+            rows = [row[3:] for row in result if row[3] is not None]
+            if not leader:
+                return 0  # another relay holds the lock
+            if rows:
+                topics = self._topics
+                self._producer.send_rows_and_wait([
+                    (topics.get(topic) or self._topic(topic), key, value.encode(),
+                     [("type", event_type.encode()), ("event_id", event_id.encode())])
+                    for _id, topic, key, event_id, event_type, value in rows])
+                conn.execute(_MARK, {"ids": [row[0] for row in rows]})
+        # only once the marks are committed: a round that failed leaves the cursor where it was
+        self._cursor.published([row[0] for row in rows], complete=len(rows) < self._batch,
+                               xmin=int(xmin), xmax=int(xmax))
         self.published += len(rows)
         return len(rows)
 
