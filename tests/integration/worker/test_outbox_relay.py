@@ -13,6 +13,7 @@ from confluent_kafka import Consumer
 from services.billing_worker.adapters.outbox import add_outbox
 from shared.adapters.kafka.outbox_relay import OutboxRelay
 from shared.adapters.kafka.producer import KafkaProducer
+from shared.adapters.postgres.engine import make_engine
 from shared.adapters.postgres.outbox import add_to_outbox
 from shared.adapters.postgres.schema.core import outbox
 from shared.contracts import topics
@@ -95,12 +96,18 @@ def _drain(relay: OutboxRelay) -> int:
     return published
 
 
-def _unpublished_index_reads(engine: sa.Engine) -> int:
-    """Index entries the scans of the outbox's unpublished index returned so far (this backend's counts flushed
-    first: the relay's rounds ran on the same pooled connection)."""
+def _unpublished_index_reads(engine: sa.Engine, relay_engine: sa.Engine) -> int:
+    """Index entries the scans of the outbox's unpublished index returned so far, the relay's included: its
+    one pooled connection is closed first, and a backend flushes its counts as it exits."""
+    with relay_engine.connect() as conn:
+        pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+    relay_engine.dispose()
     with engine.connect() as conn:
-        conn.execute(sa.text("SELECT pg_stat_force_next_flush()"))
-        conn.commit()
+        deadline = time.monotonic() + 10
+        while conn.execute(sa.text("SELECT count(*) FROM pg_stat_activity WHERE pid = :p"), {"p": pid}).scalar_one():
+            assert time.monotonic() < deadline, "the relay's backend did not exit"
+            conn.rollback()
+            time.sleep(0.02)
         conn.execute(sa.text("SELECT pg_stat_clear_snapshot()"))
         return int(conn.execute(sa.text(
             "SELECT idx_tup_read FROM pg_stat_user_indexes WHERE schemaname = current_schema() "
@@ -112,7 +119,8 @@ def test_a_round_reads_on_from_what_it_published_not_through_rows_published_behi
     """A published row keeps its entry in the unpublished index until no transaction older than its mark runs.
     Read from the bottom, each round walked them all (a billing run's batches last seconds: 3-98 ms a round
     that found 0-6 rows, 549-5,015 index pages)."""
-    relay = OutboxRelay(engine, KafkaProducer(settings, client_id="relay-cursor-test"), batch=2000)
+    relay_engine = make_engine(settings, pool_size=1)  # one backend, whose counts are flushed as it exits
+    relay = OutboxRelay(relay_engine, KafkaProducer(settings, client_id="relay-cursor-test"), batch=2000)
     try:
         _drain(relay)
         _drain(relay)  # a second pass: the first one's gap below its rows is forgotten
@@ -123,13 +131,14 @@ def test_a_round_reads_on_from_what_it_published_not_through_rows_published_behi
             assert _drain(relay) == 3000
             with engine.begin() as conn:
                 add_to_outbox(conn, _envelopes(1, "next"))
-            before = _unpublished_index_reads(engine)
+            before = _unpublished_index_reads(engine, relay_engine)
             assert relay.publish_round() == 1
-            read = _unpublished_index_reads(engine) - before
+            read = _unpublished_index_reads(engine, relay_engine) - before
             old.rollback()
     finally:
         relay.stop()
-    assert read < 10, read  # 3,001 before the cursor
+        relay_engine.dispose()
+    assert 1 <= read < 10, read  # 3,302 before the cursor
 
 
 def test_a_row_committed_after_rows_with_higher_ids_were_published_is_published_next(settings, engine):
