@@ -5,11 +5,12 @@ Why not simply from the bottom of the unpublished index every round: a row marke
 entry in that partial index until vacuum removes it, and neither vacuum nor the index's own clean-up may
 remove it while any transaction older than the mark runs. A billing run's batch transactions last seconds,
 so each round read from the bottom walked the tens of thousands of rows published in those seconds (measured
-in a 50k run: 549-5,015 index pages, 3-98 ms, for a round that found 0-6 rows; 3.9 s of PostgreSQL in 622
-rounds).
+in a 50k run: 549-5,015 index pages, 3-98 ms, for a round that found 0-6 rows).
 
-The rules, from how ids are given (the identity sequence hands them out as rows are inserted, so a
-transaction that inserts after a round's snapshot gets higher ids than every row that round saw):
+The rules, from how ids are given (the identity sequence hands them out as rows are inserted, one at a time:
+its default cache of 1, so a transaction that inserts after a round's snapshot gets higher ids than every row
+that round saw; with a larger cache a session's ids can be older than its transaction, and its rows would wait
+for the read from the bottom below):
 - A round reads the ranges ``ranges()``: each gap, and everything above ``after``.
 - Ids between the old ``after`` and the highest id a round returned that it did not return are a gap: rows
   of transactions running at that snapshot (or rolled back, or published by another relay). The gap is tagged

@@ -107,3 +107,12 @@ def test_what_is_remembered_serves_only_its_own_period() -> None:
 
 def test_remembered_defaults_to_no_writes() -> None:
     assert Remembered(Look(0, 0), 1.0).writes == []
+
+
+def test_a_write_whose_version_a_newer_read_already_holds_changes_nothing() -> None:
+    mem = memory([0.0])
+    decided_on = read(mem, Look(reserved=100, account_version=3))
+    mem.read("acme", Look(reserved=110, account_version=4, observed=7), AT, trusted_until=9)  # after the commit
+    mem.wrote("acme", decided_on, 10, AT)
+    entry = mem.get("acme", AT)
+    assert entry is not None and (entry.spend, entry.trusted_until) == (Look(110, 4, observed=7), 9)
