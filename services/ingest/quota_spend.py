@@ -14,7 +14,8 @@ from fastapi import Request
 
 from services.ingest.directory import Route
 from services.ingest.problems import FieldError
-from services.ingest.service_layer.spend import SpendCheck, SpendService
+from services.ingest.service_layer.spend import SpendService
+from services.ingest.service_layer.spend_gate import SpendCheck
 
 
 def spend_service_of(request: Request) -> SpendService:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from services.ingest.service_layer.spend import SpendCheck, _GateState
+from services.ingest.service_layer.spend_gate import SpendCheck, _GateState
 from shared.domain.spend import SpendDenialReason
 
 pytestmark = pytest.mark.unit

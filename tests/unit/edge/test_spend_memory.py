@@ -77,14 +77,20 @@ def test_a_newer_read_replaces_what_is_remembered() -> None:
     assert entry is not None and entry.spend.observed == 7 and entry.trusted_until == 8
 
 
-def test_a_write_in_flight_while_a_read_came_in_advances_the_read() -> None:
+@pytest.mark.parametrize(("read_during_the_write", "remembered"), [
+    # read at the version the write was decided on: the write advances that newer read
+    (Look(reserved=100, account_version=3, observed=7), Look(reserved=110, account_version=4, observed=7)),
+    # read after the write committed: the read already holds it, the write changes nothing
+    (Look(reserved=110, account_version=4, observed=7), Look(reserved=110, account_version=4, observed=7)),
+])
+def test_a_write_in_flight_while_a_read_came_in_keeps_the_newer_read(read_during_the_write: Look,
+                                                                     remembered: Look) -> None:
     mem = memory([0.0])
     decided_on = read(mem, Look(reserved=100, account_version=3))
-    mem.read("acme", Look(reserved=100, account_version=3, observed=7), AT, trusted_until=9)  # during the write
+    mem.read("acme", read_during_the_write, AT, trusted_until=9)
     mem.wrote("acme", decided_on, 10, AT)
     entry = mem.get("acme", AT)
-    assert entry is not None
-    assert (entry.spend, entry.trusted_until) == (Look(reserved=110, account_version=4, observed=7), 9)
+    assert entry is not None and (entry.spend, entry.trusted_until) == (remembered, 9)
 
 
 def test_an_entry_is_due_for_a_read_ahead_once_less_than_ahead_s_of_trust_is_left_and_gone_at_expiry() -> None:
@@ -107,12 +113,3 @@ def test_what_is_remembered_serves_only_its_own_period() -> None:
 
 def test_remembered_defaults_to_no_writes() -> None:
     assert Remembered(Look(0, 0), 1.0).writes == []
-
-
-def test_a_write_whose_version_a_newer_read_already_holds_changes_nothing() -> None:
-    mem = memory([0.0])
-    decided_on = read(mem, Look(reserved=100, account_version=3))
-    mem.read("acme", Look(reserved=110, account_version=4, observed=7), AT, trusted_until=9)  # after the commit
-    mem.wrote("acme", decided_on, 10, AT)
-    entry = mem.get("acme", AT)
-    assert entry is not None and (entry.spend, entry.trusted_until) == (Look(110, 4, observed=7), 9)
