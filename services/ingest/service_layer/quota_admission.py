@@ -7,7 +7,7 @@ consistent part).
    answer back (replayed), a second request for an enquiry in the batch shares its decision, and the rest
    are decided in arrival order by the domain (``shared.domain.quota.decide_in_order``: the rules and the
    counter increments live only there). It returns the answers and the ``BatchWrite``: counters, one row and
-   one ``usage.recorded`` outbox event per admission, new alerts (``quota_alerts``).
+   one ``usage.recorded`` event per admission (in one outbox bundle), new alerts (``quota_alerts``).
 3. ``BatchCommitter`` (``quota_commit``) makes it stick: remembered state, one compare-and-set statement,
    re-decided on a fresh read when the org moved; CHECK constraints are the backstop.
 4. Denials are not stored: a denied enquiry may be retried after a top-up. The month is the calendar month

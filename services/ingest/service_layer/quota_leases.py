@@ -5,8 +5,8 @@ An edge process that sees an org's requests reserves a block of the org's month 
 database clock). While it holds one, ``LeasedCredits.try_admit`` decides a request in memory with the
 domain's ``decide`` (the rule lives only there) on the org's counters as this process knows them, takes one
 report of the lease, and hands the admission to the process's ``PipelinedWriter``: one statement writes the
-admissions of every org decided since the last one (consumption row, ``usage.recorded`` outbox row, counter
-moves, alerts by their unique key). The answer is given only once that statement committed it.
+admissions of every org decided since the last one (consumption row, ``usage.recorded`` event in the org's
+outbox bundle, counter moves, alerts by their unique key). The answer is given only once that statement committed it.
 
 ``try_admit`` returns ``None`` whenever it cannot answer that way, and the caller decides on the exact path
 (``QuotaAdmission``'s compare-and-set, which also replays a stored enquiry):

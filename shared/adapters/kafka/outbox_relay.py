@@ -22,6 +22,7 @@ from shared.adapters.kafka.outbox_cursor import OutboxCursor
 from shared.adapters.kafka.producer import KafkaProducer
 from shared.adapters.postgres.errors import describe
 from shared.adapters.postgres.outbox import ROWS_COMMITTED
+from shared.adapters.postgres.schema.core import outbox_messages_sql
 from shared.adapters.retry_policy import is_retryable
 from shared.observability import kv
 
@@ -29,23 +30,29 @@ log = logging.getLogger("billing_worker.relay")
 
 # One statement per round for the lock, the snapshot's bounds and the read: the rows are read only when the
 # lock was taken (a one-time filter, before any scan), and one row comes back even when none is found, for the
-# snapshot's xmin and xmax (`outbox_cursor`). The ranges are read in id order, each through the unpublished
-# index. The envelope is read as its JSON text and sent as such: decoding it into a dict and encoding it again
-# cost more CPU per row than the rest of the round.
+# snapshot's xmin and xmax (`outbox_cursor`), first. The ranges are read in id order, each through the
+# unpublished index; `batch` counts rows, and a bundle's messages follow each other in its place. The envelope
+# is read as its JSON text and sent as such: decoding it into a dict and encoding it again cost more CPU per
+# row than the rest of the round.
 _ROUND = sa.text("""
 WITH leader AS MATERIALIZED (
   SELECT pg_try_advisory_xact_lock(hashtext(current_schema() || '/outbox-relay')) AS ok,
-         pg_snapshot_xmin(pg_current_snapshot())::text AS xmin, pg_snapshot_xmax(pg_current_snapshot())::text AS xmax)
-SELECT l.ok, l.xmin, l.xmax, r.id, r.topic, r.message_key, r.event_id, r.event_type, r.value
+         pg_snapshot_xmin(pg_current_snapshot())::text AS xmin, pg_snapshot_xmax(pg_current_snapshot())::text AS xmax
+), picked AS MATERIALIZED (
+  SELECT r.* FROM leader l
+   CROSS JOIN unnest(CAST(:los AS bigint[]), CAST(:his AS bigint[])) AS g(lo, hi)
+   CROSS JOIN LATERAL (
+     SELECT * FROM outbox WHERE published_at IS NULL AND id BETWEEN g.lo AND g.hi ORDER BY id LIMIT :batch) r
+   WHERE l.ok
+   ORDER BY r.id LIMIT :batch
+)
+SELECT l.ok, l.xmin, l.xmax, NULL::bigint AS id, NULL::bigint AS part, NULL AS topic, NULL AS message_key,
+       NULL AS event_id, NULL AS event_type, NULL AS value
   FROM leader l
-  LEFT JOIN LATERAL (
-    SELECT o.* FROM unnest(CAST(:los AS bigint[]), CAST(:his AS bigint[])) AS g(lo, hi)
-     CROSS JOIN LATERAL (
-       SELECT id, topic, message_key, event_id::text AS event_id, event_type, envelope::text AS value
-         FROM outbox WHERE published_at IS NULL AND id BETWEEN g.lo AND g.hi ORDER BY id LIMIT :batch) o
-     WHERE l.ok
-     ORDER BY o.id LIMIT :batch) r ON true
- ORDER BY r.id""")
+UNION ALL
+SELECT NULL, NULL, NULL, m.id, m.part, m.topic, m.message_key, m.event_id, m.event_type, m.envelope::text
+  FROM (""" + outbox_messages_sql("picked") + """) m
+ ORDER BY id NULLS FIRST, part""")
 _MARK = sa.text("UPDATE outbox SET published_at = now() WHERE id = ANY(:ids)")
 
 
@@ -73,7 +80,8 @@ class OutboxRelay:
         with self._engine.begin() as conn:
             result = conn.execute(_ROUND, {"batch": self._batch, "los": los, "his": his}).all()
             leader, xmin, xmax = result[0][:3]
-            rows = [row[3:] for row in result if row[3] is not None]
+            rows = [row[3:] for row in result[1:]]
+            ids = list(dict.fromkeys(row[0] for row in rows))  # a bundle's messages share their row's id
             if not leader:
                 return 0  # another relay holds the lock
             if rows:
@@ -81,13 +89,12 @@ class OutboxRelay:
                 self._producer.send_rows_and_wait([
                     (topics.get(topic) or self._topic(topic), key, value.encode(),
                      [("type", event_type.encode()), ("event_id", event_id.encode())])
-                    for _id, topic, key, event_id, event_type, value in rows])
-                conn.execute(_MARK, {"ids": [row[0] for row in rows]})
+                    for _id, _part, topic, key, event_id, event_type, value in rows])
+                conn.execute(_MARK, {"ids": ids})
         # only once the marks are committed: a round that failed leaves the cursor where it was
-        self._cursor.published([row[0] for row in rows], complete=len(rows) < self._batch,
-                               xmin=int(xmin), xmax=int(xmax))
+        self._cursor.published(ids, complete=len(ids) < self._batch, xmin=int(xmin), xmax=int(xmax))
         self.published += len(rows)
-        return len(rows)
+        return len(ids)
 
     def run(self) -> None:
         """Publish until stopped. A failed round is retried with capped backoff, never the end of the loop: a

@@ -1,4 +1,5 @@
-"""Writing to the transactional outbox: one row per message, in the caller's transaction.
+"""Writing to the transactional outbox: one row per message (or one bundle of messages), in the caller's
+transaction.
 
 A message that must reach Kafka together with PostgreSQL rows is written here, in the same transaction as
 those rows; the relay (`shared.adapters.kafka.outbox_relay`) publishes it in id order once the transaction
@@ -51,3 +52,20 @@ def add_documents_to_outbox(conn: sa.Connection, messages: Iterable[tuple[str, s
              "envelope": document} for topic, key, event_id, event_type, document in messages]
     if rows:
         conn.execute(insert(outbox).on_conflict_do_nothing(index_elements=["event_id"]), rows)
+
+
+def bundle_insert_sql(*, source: str, topic: str, key: str, event_type: str, event_id: str, envelope: str,
+                      order: str) -> str:
+    """SQL (an ``INSERT ... SELECT``, to end a CTE or a statement) writing the messages of ``source`` as one
+    outbox bundle per (topic, key, event type): ``envelope`` the JSON array of their envelopes in ``order``,
+    ``event_id`` the first one's (so the bundle is unique where its first message is). A group of one message
+    is written as a plain row (a bundle would only cost the relay a parse). The relay sends each element as its
+    own message, in order (``schema.core.outbox_messages_sql``); the arguments are SQL expressions over
+    ``source``."""
+    return (f"INSERT INTO outbox (topic, message_key, event_id, event_type, envelope, bundled)\n"
+            f"    SELECT {topic}, {key}, (array_agg({event_id} ORDER BY {order}))[1], {event_type},\n"
+            f"           CASE WHEN count(*) > 1 THEN json_agg({envelope} ORDER BY {order})\n"
+            f"                ELSE CAST((array_agg({envelope}))[1] AS json) END,\n"
+            f"           count(*) > 1\n"
+            f"      FROM {source}\n"
+            f"     GROUP BY 1, 2, 4")  # topic, key, event type: by position, as they may be constants

@@ -9,10 +9,11 @@ pipelined group commit of the admissions it decided against them (async psycopg,
   reclaimed first (what they did not consume goes back to their month).
 - ``commit`` writes the admissions of many orgs in ONE statement: per admission its consumption row
   (``ON CONFLICT (org, enquiry) DO NOTHING``: an enquiry stored before, by any process, is not admitted
-  again), its ``usage.recorded`` outbox row, and per org the month and user counters and new alerts. An
-  admission is written only if its lease is live at the statement's start by the database clock (the fence:
-  a late write of a process whose lease expired or was revoked writes nothing). The caller learns which
-  admissions were stored; every other one must be decided again on the exact path.
+  again), its ``usage.recorded`` event (in one outbox bundle per org and group), and per org the month and
+  user counters and new alerts. An admission is written only if its lease is live at the statement's start
+  by the database clock (the fence: a late write of a process whose lease expired or was revoked writes
+  nothing). The caller learns which admissions were stored; every other one must be decided again on the
+  exact path.
 - ``revoke`` ends every open lease of an org (and gives their rest back): the exact path does it before
   refusing for want of reports that sit in leases, administrative writes do it in their transaction.
 """
@@ -31,6 +32,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from shared.adapters.postgres.outbox import bundle_insert_sql
 from shared.adapters.postgres.quota_store import (
     _LOAD_SQL,
     REVOKE_LEASES_SQL,
@@ -108,7 +110,7 @@ WITH c AS (
     SELECT * FROM json_to_recordset(%(rows)s::json)
            AS c(org_id text, lease_id uuid, month_start timestamptz, month_end timestamptz,
                 consumed_at timestamptz, enquiry_id text, user_id text, org_allotment int, org_remaining int,
-                event_id uuid, message_key text, envelope json)
+                event_id uuid, message_key text, envelope json, n int)
 ), orgs AS MATERIALIZED (
     SELECT o.org_id FROM quota_orgs o WHERE o.org_id = ANY(%(orgs)s::text[]) ORDER BY o.org_id FOR SHARE
 ), live AS MATERIALIZED (
@@ -150,9 +152,9 @@ WITH c AS (
        DO UPDATE SET used = u.used + excluded.used, limit_at_last_use = NULL
     RETURNING 1
 ), usage_events AS (
-    INSERT INTO outbox (topic, message_key, event_id, event_type, envelope)
-    SELECT %(usage_topic)s, c.message_key, c.event_id, 'usage.recorded', c.envelope
-      FROM admitted a JOIN c ON c.event_id = a.event_id
+    """ + bundle_insert_sql(source="admitted a JOIN c ON c.event_id = a.event_id", topic="%(usage_topic)s",
+                            key="c.message_key", event_type="'usage.recorded'", event_id="c.event_id",
+                            envelope="c.envelope", order="c.n") + """
     RETURNING 1
 ), alert_batch AS (
     SELECT a.* FROM jsonb_to_recordset(%(alerts)s::jsonb)
@@ -338,7 +340,8 @@ class LeaseStore:
             "org_id": a.org_id, "lease_id": a.lease_id, "month_start": a.month_start, "month_end": a.month_end,
             "consumed_at": a.consumed_at, "enquiry_id": a.enquiry_id, "user_id": a.user_id,
             "org_allotment": a.org_allotment, "org_remaining": a.org_remaining, "event_id": a.event_id,
-            "message_key": a.message_key, "envelope": orjson.Fragment(a.envelope_json)} for a in admissions]
+            "message_key": a.message_key, "envelope": orjson.Fragment(a.envelope_json), "n": n}
+            for n, a in enumerate(admissions)]
         alert_rows = [{
             "org_id": a.org_id, "message_key": a.message_key, "fired_at": a.fired_at,
             "period_start": a.alert.key.period_start, "kind": a.alert.key.kind,

@@ -36,6 +36,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from shared.adapters.postgres.outbox import bundle_insert_sql
 from shared.errors import DatabaseUnavailableError, RefusedError
 
 
@@ -260,9 +261,11 @@ WITH cas AS (
                           AND c.enquiry_id = ANY(ARRAY(SELECT jsonb_array_elements_text(%(refused)s::jsonb))))
     RETURNING version
 ), batch AS (
-    SELECT c.* FROM jsonb_to_recordset(%(consumptions)s::jsonb)
-           AS c(enquiry_id text, user_id text, org_allotment int, org_remaining int, user_limit int,
-                user_remaining int, on_trial bool, event_id uuid, envelope jsonb), cas
+    SELECT c.* FROM ROWS FROM (jsonb_to_recordset(%(consumptions)s::jsonb)
+           AS (enquiry_id text, user_id text, org_allotment int, org_remaining int, user_limit int,
+               user_remaining int, on_trial bool, event_id uuid, envelope jsonb)) WITH ORDINALITY
+           AS c(enquiry_id, user_id, org_allotment, org_remaining, user_limit, user_remaining, on_trial,
+                event_id, envelope, n), cas
 ), month AS (
     INSERT INTO quota_org_months AS m (org_id, month_start, month_end, plan_monthly_reports, top_ups, used)
     SELECT %(org_id)s, %(month_start)s, %(month_end)s, %(month_plan)s, %(month_top_ups)s, %(granted)s FROM cas
@@ -284,8 +287,9 @@ WITH cas AS (
       FROM batch b
     RETURNING event_id
 ), usage_events AS (
-    INSERT INTO outbox (topic, message_key, event_id, event_type, envelope)
-    SELECT %(usage_topic)s, %(message_key)s, b.event_id, 'usage.recorded', b.envelope FROM batch b
+    """ + bundle_insert_sql(source="batch b", topic="%(usage_topic)s", key="%(message_key)s",
+                            event_type="'usage.recorded'", event_id="b.event_id", envelope="b.envelope",
+                            order="b.n") + """
     RETURNING 1
 ),""" + _ALERT_WRITES.format(gate=", cas") + """
 SELECT (SELECT version FROM cas) AS version,
@@ -354,9 +358,11 @@ WITH w AS (
     SELECT w.* FROM w JOIN cas ON cas.org_id = w.org_id
 ), batch AS (
     SELECT won.org_id, won.month_start, won.month_end, won.consumed_at, won.usage_topic, won.message_key, c.*
-      FROM won, jsonb_to_recordset(won.consumptions)
-           AS c(enquiry_id text, user_id text, org_allotment int, org_remaining int, user_limit int,
-                user_remaining int, on_trial bool, event_id uuid, envelope jsonb)
+      FROM won, ROWS FROM (jsonb_to_recordset(won.consumptions)
+           AS (enquiry_id text, user_id text, org_allotment int, org_remaining int, user_limit int,
+               user_remaining int, on_trial bool, event_id uuid, envelope jsonb)) WITH ORDINALITY
+           AS c(enquiry_id, user_id, org_allotment, org_remaining, user_limit, user_remaining, on_trial,
+                event_id, envelope, n)
 ), month AS (
     INSERT INTO quota_org_months AS m (org_id, month_start, month_end, plan_monthly_reports, top_ups, used)
     SELECT won.org_id, won.month_start, won.month_end, won.month_plan, won.month_top_ups, won.granted
@@ -378,8 +384,9 @@ WITH w AS (
       FROM batch b
     RETURNING 1
 ), usage_events AS (
-    INSERT INTO outbox (topic, message_key, event_id, event_type, envelope)
-    SELECT b.usage_topic, b.message_key, b.event_id, 'usage.recorded', b.envelope FROM batch b
+    """ + bundle_insert_sql(source="batch b", topic="b.usage_topic", key="b.message_key",
+                            event_type="'usage.recorded'", event_id="b.event_id", envelope="b.envelope",
+                            order="b.n") + """
     RETURNING 1
 ), alert_batch AS (
     SELECT won.org_id, won.consumed_at, won.alert_topic, won.message_key, a.*

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from psycopg_pool import AsyncConnectionPool
 
 from shared.adapters.postgres.arrays import number_array, text_array
+from shared.adapters.postgres.outbox import bundle_insert_sql
 from shared.adapters.postgres.schema.billing import subscriptions
 from shared.adapters.postgres.subscription_reads import newest_live_subscription
 from shared.adapters.postgres.usage_reads import grant_balances, usage_since
@@ -88,7 +89,8 @@ class ReservationRow:
 
 @dataclass(frozen=True, slots=True)
 class Reservation:
-    """One admitted authorisation of a batch: its row and its ``usage.recorded`` outbox event."""
+    """One admitted authorisation of a batch: its row and its ``usage.recorded`` event (the batch's events go
+    in one outbox bundle)."""
 
     request_id: str  # also the usage event's transaction id
     quantity: int
@@ -141,11 +143,10 @@ WITH cas AS (
                        %(event_ids)s::uuid[]) AS r(request_id, quantity, spent, event_id)
     RETURNING 1
 ), usage_event AS (
-    INSERT INTO outbox (topic, message_key, event_id, event_type, envelope)
-    SELECT %(usage_topic)s, %(subscription_id)s, e.event_id, 'usage.recorded', CAST(e.envelope AS jsonb)
-      FROM cas, unnest(%(event_ids)s::uuid[], %(envelopes)s::text[])
-                WITH ORDINALITY AS e(event_id, envelope, n)
-     ORDER BY e.n
+    """ + bundle_insert_sql(
+        source="cas, unnest(%(event_ids)s::uuid[], %(envelopes)s::text[]) WITH ORDINALITY AS e(event_id, envelope, n)",
+        topic="%(usage_topic)s", key="%(subscription_id)s", event_type="'usage.recorded'", event_id="e.event_id",
+        envelope="CAST(e.envelope AS json)", order="e.n") + """
     RETURNING 1
 )
 SELECT (SELECT version FROM cas) AS version, (SELECT count(*) FROM period) AS periods,

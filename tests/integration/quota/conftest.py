@@ -175,7 +175,7 @@ def counters(engine: sa.Engine, org_id: str) -> dict[str, Any]:
                                       " WHERE org_id = :o ORDER BY month_start"), {"o": org_id}).all()
         consumptions = conn.execute(sa.text("SELECT count(*) FROM quota_consumptions WHERE org_id = :o"),
                                     {"o": org_id}).scalar_one()
-        usage_events = conn.execute(sa.text("SELECT count(*) FROM outbox WHERE topic = 'usage.v1'"
+        usage_events = conn.execute(sa.text("SELECT count(*) FROM outbox_messages WHERE topic = 'usage.v1'"
                                             " AND envelope->'payload'->>'customer_id' = :o"), {"o": org_id}
                                     ).scalar_one()
         alerts = conn.execute(sa.text("SELECT kind, threshold_percent, user_id FROM quota_alerts WHERE org_id = :o"

@@ -76,7 +76,7 @@ async def test_fifty_concurrent_retries_of_one_enquiry_consume_once_and_get_iden
     assert [m[1] for m in state["months"]] == [1]
     assert state["consumptions"] == 1 and state["usage_events"] == 1
     with engine.connect() as conn:
-        stored = conn.execute(sa.text("SELECT envelope FROM outbox WHERE topic = 'usage.v1'"
+        stored = conn.execute(sa.text("SELECT envelope FROM outbox_messages WHERE topic = 'usage.v1'"
                                       " AND envelope->'payload'->>'customer_id' = :o"), {"o": org}).scalar_one()
     envelope = Envelope.model_validate(stored)
     usage = parse_payload(envelope)

@@ -157,7 +157,7 @@ async def test_two_hundred_concurrent_authorisations_admit_exactly_what_the_cap_
     with engine.connect() as conn:
         reserved = conn.execute(sa.text("SELECT reserved_quantity, observed_quantity, limit_quantity"
                                         " FROM spend_periods WHERE org_id = :o"), {"o": org}).one()
-        events = conn.execute(sa.text("SELECT count(*) FROM outbox WHERE topic = 'usage.v1'"
+        events = conn.execute(sa.text("SELECT count(*) FROM outbox_messages WHERE topic = 'usage.v1'"
                                       " AND envelope->'payload'->>'customer_id' = :o"), {"o": org}).scalar_one()
     assert tuple(reserved) == (100_000, 2_900_000, 3_000_000)
     assert events == 5
@@ -181,7 +181,7 @@ async def test_an_authorisation_is_counted_once_after_the_worker_materialised_it
     org = _org_on(engine, "free")
     assert (await _authorise(edge.url, org, [("seen-twice", 30_000)]))[0].status_code == 200
     with engine.connect() as conn:
-        envelope = conn.execute(sa.text("SELECT envelope FROM outbox WHERE topic = 'usage.v1'"
+        envelope = conn.execute(sa.text("SELECT envelope FROM outbox_messages WHERE topic = 'usage.v1'"
                                         " AND envelope->'payload'->>'customer_id' = :o"), {"o": org}).scalar_one()
     payload = envelope["payload"]
     assert (payload["transaction_id"], payload["properties"]["cost_usd_micros"]) == ("seen-twice", 30_000)
@@ -275,7 +275,7 @@ async def test_two_edge_processes_bursting_on_one_org_authorise_exactly_its_cred
                                 {"o": org}).scalar_one()
         rows = conn.execute(sa.text("SELECT count(*), sum(quantity) FROM spend_reservations WHERE org_id = :o"),
                             {"o": org}).one()
-        events = conn.execute(sa.text("SELECT count(*) FROM outbox WHERE topic = 'usage.v1'"
+        events = conn.execute(sa.text("SELECT count(*) FROM outbox_messages WHERE topic = 'usage.v1'"
                                       " AND envelope->'payload'->>'customer_id' = :o"), {"o": org}).scalar_one()
     assert (reserved, tuple(rows), events) == (100_000, (100, 100_000), 100)
 

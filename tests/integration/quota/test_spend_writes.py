@@ -73,7 +73,8 @@ def _stored(engine: sa.Engine, org_id: str) -> tuple[int, int, list[tuple[str, i
                                         " WHERE org_id = :o"), {"o": org_id}).scalar_one()
         rows = conn.execute(sa.text("SELECT request_id, spent_quantity FROM spend_reservations WHERE org_id = :o"
                                     " ORDER BY request_id"), {"o": org_id}).all()
-        envelopes = conn.execute(sa.text("SELECT envelope::text FROM outbox WHERE message_key = :k ORDER BY id"),
+        envelopes = conn.execute(sa.text("SELECT envelope::text FROM outbox_messages WHERE message_key = :k"
+                                         " ORDER BY id, part"),
                                  {"k": f"sub_{org_id}"}).scalars().all()
     return int(version), int(reserved), [(r, int(s)) for r, s in rows], list(envelopes)
 

@@ -14,7 +14,7 @@ from services.billing_worker.adapters.outbox import add_outbox
 from shared.adapters.kafka.outbox_relay import OutboxRelay
 from shared.adapters.kafka.producer import KafkaProducer
 from shared.adapters.postgres.engine import make_engine
-from shared.adapters.postgres.outbox import add_to_outbox
+from shared.adapters.postgres.outbox import add_to_outbox, bundle_insert_sql
 from shared.adapters.postgres.schema.core import outbox
 from shared.contracts import topics
 from shared.contracts.envelope import Envelope, new_envelope
@@ -57,6 +57,63 @@ def test_outbox_rows_are_published_in_order_per_key_with_their_event_id_and_mark
     assert published == 300
     assert [len(v) for v in received.values()] == [len(v) for v in written.values()]
     assert received == written
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).where(outbox.c.published_at.is_(None))).scalar_one() == 0
+
+
+def _write_bundle(conn: sa.Connection, key: str, envelopes: list[Envelope]) -> None:
+    conn.execute(sa.text(bundle_insert_sql(
+        source="unnest(CAST(:ids AS uuid[]), CAST(:envs AS text[])) WITH ORDINALITY AS b(event_id, envelope, n)",
+        topic=":topic", key=":key", event_type="'usage.recorded'", event_id="b.event_id",
+        envelope="CAST(b.envelope AS json)", order="b.n")),
+        {"ids": [e.event_id for e in envelopes], "envs": [e.model_dump_json() for e in envelopes],
+         "topic": topics.USAGE, "key": key})
+
+
+def test_a_bundle_is_sent_as_its_messages_in_order_between_the_rows_around_it(settings, engine):
+    def usage(n: int) -> Envelope:
+        return new_envelope("usage.recorded", {"transaction_id": f"t{n}"}, producer="test",
+                            occurred_at=datetime(2026, 2, 1, tzinfo=UTC))
+
+    written: list[Envelope] = []
+    with engine.begin() as conn:
+        # a plain row, a bundle of three, a group of one (written plain), a bundle of three
+        for part, size in enumerate((1, 3, 1, 3)):
+            batch = [usage(len(written) + i) for i in range(size)]
+            if part:
+                _write_bundle(conn, "org_bundle", batch)
+            else:
+                add_to_outbox(conn, [(topics.USAGE, "org_bundle", batch[0])])
+            written += batch
+        bundled = conn.execute(sa.select(outbox.c.bundled).where(outbox.c.message_key == "org_bundle")
+                               .order_by(outbox.c.id)).scalars().all()
+        listed = conn.execute(sa.text("SELECT event_id FROM outbox_messages WHERE message_key = 'org_bundle'"
+                                      " ORDER BY id, part")).scalars().all()
+    assert bundled == [False, True, False, True]
+    assert listed == [e.event_id for e in written]
+
+    relay = OutboxRelay(engine, KafkaProducer(settings, client_id="relay-bundle-test"), batch=2)
+    rounds = []
+    while (sent := relay.publish_round()) > 0:
+        rounds.append(sent)
+    relay.stop()
+    assert rounds == [2, 2]  # rows, not messages: a bundle is never split across rounds
+    assert relay.published == 8
+
+    consumer = Consumer(settings.kafka_consumer_config(f"relay-{uuid.uuid4().hex}"))
+    consumer.subscribe([settings.topic(topics.USAGE)])
+    received: list[tuple[bytes, dict[str, bytes], Envelope]] = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(received) < len(written):
+            msg = consumer.poll(0.5)
+            if msg is not None and msg.error() is None and msg.key() == b"org_bundle":
+                received.append((msg.key(), dict(msg.headers()), Envelope.from_bytes(msg.value())))
+    finally:
+        consumer.close()
+    assert [env for _, _, env in received] == written
+    assert [headers for _, headers, _ in received] == [
+        {"type": b"usage.recorded", "event_id": str(e.event_id).encode()} for e in written]
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).where(outbox.c.published_at.is_(None))).scalar_one() == 0
 
