@@ -569,7 +569,9 @@ def _measure_edge(settings: Any, engine: Any) -> dict[str, float]:
 
         hot_org = f"hot-{run}"
         _setup_org(edge.url, hot_org, "Ultimate", top_up=1_000_000)
+        _relayed(engine)  # each hot run without the backlog of the runs before it
         hot = _hot(edge.port, hot_org, run, ADMIN_KEY, server=edge)
+        _relayed(engine)
         hot_wide = _hot(edge.port, hot_org, f"w{run}", ADMIN_KEY, connections=HOT_WIDE_CONNECTIONS)
 
         burst_org = f"burst-{run}"
