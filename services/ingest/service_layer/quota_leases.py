@@ -6,7 +6,8 @@ database clock). While it holds one, ``LeasedCredits.try_admit`` decides a reque
 domain's ``decide`` (the rule lives only there) on the org's counters as this process knows them, takes one
 report of the lease, and hands the admission to the process's ``PipelinedWriter``: one statement writes the
 admissions of every org decided since the last one (consumption row, ``usage.recorded`` event in the org's
-outbox bundle, counter moves, alerts by their unique key). The answer is given only once that statement committed it.
+outbox bundle, counter moves, alerts by their unique key). The answer is given only once that statement
+committed it.
 
 ``try_admit`` returns ``None`` whenever it cannot answer that way, and the caller decides on the exact path
 (``QuotaAdmission``'s compare-and-set, which also replays a stored enquiry):

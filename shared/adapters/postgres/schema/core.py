@@ -31,6 +31,7 @@ outbox = sa.Table(
 )
 sa.Index("ix_outbox_unpublished", outbox.c.id, postgresql_where=outbox.c.published_at.is_(None))
 
+
 def outbox_messages_sql(rows: str) -> str:
     """SQL of the messages of the outbox rows ``rows`` (a table or CTE with outbox's columns), one per result
     row: id, part (0 for a plain row, 1.. in a bundle, in order), topic, message_key, event_id (text),
