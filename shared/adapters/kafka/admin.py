@@ -7,6 +7,7 @@ uuid prefix and fewer partitions) and the benchmarks.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,27 @@ def create_topics(bootstrap: str, prefix: str = "", partitions: int | None = Non
                for name, t in wanted.items() if name not in existing]
     if missing:
         _settle(admin.create_topics(missing, operation_timeout=30), "create", tolerated="TOPIC_ALREADY_EXISTS")
+        _until_listed(admin, [topic.topic for topic in missing])
     return list(wanted)
+
+
+def _until_listed(admin: AdminClient, names: list[str], timeout_s: float = 30.0) -> None:
+    """Wait until the broker's metadata lists every topic in ``names``.
+
+    # NOTE: the controller acknowledges a creation before every broker's metadata has it. A process started at
+    # once (the demo's dunning service) saw no topic, took an empty assignment and never asked again; on a
+    # loaded machine the gap lasted seconds (the demo failed twice in a row while a test suite ran).
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        listed = admin.list_topics(timeout=10).topics
+        absent = [name for name in names if name not in listed or listed[name].error is not None]
+        if not absent:
+            return
+        if time.monotonic() > deadline:
+            raise InfrastructureError(f"topics created but not listed by the broker after {timeout_s:.0f} s: "
+                                      f"{absent[:5]}")
+        time.sleep(0.2)
 
 
 def delete_topics(bootstrap: str, prefix: str) -> list[str]:
