@@ -30,6 +30,7 @@ import sqlalchemy as sa
 from confluent_kafka import Consumer, TopicPartition
 from sqlalchemy.dialects.postgresql import insert
 
+from bench.process_cpu import cpu_seconds
 from services.billing_worker.adapters.usage import MeterMap, decode_usage
 from shared.adapters.catalog_file import load_default_catalog
 from shared.adapters.kafka.producer import KafkaProducer, OutgoingMessage
@@ -99,15 +100,6 @@ def _peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def _cpu_ticks(pid: int) -> int:
-    """User + system CPU of a process (every thread), in clock ticks; 0 once it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0
-    return int(fields[11]) + int(fields[12])
-
-
 def _children(pid: int) -> list[int]:
     try:
         return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
@@ -154,26 +146,25 @@ def _run_worker(ctx: Any, messages: int) -> tuple[float, float, float, float | N
     proc = subprocess.Popen(command, cwd=REPO, env=_env(settings), stdout=subprocess.DEVNULL,
                             stderr=_LOG.open("ab"))
     worker = proc.pid
-    hz = os.sysconf("SC_CLK_TCK")
     try:
         deadline = time.monotonic() + 600
         first_at, first_done = None, 0
-        cpu0, pg0 = 0, {}
+        cpu0, pg0 = 0.0, {}
         while time.monotonic() < deadline:
             done = _committed(ctx.engine, settings.consumer_group)
             now = time.monotonic()
             if first_at is None and done > 0:
                 first_at, first_done = now, done
                 worker = next(iter(_children(proc.pid)), proc.pid) if profile else proc.pid
-                cpu0 = _cpu_ticks(worker)
-                pg0 = {b: _cpu_ticks(b) for b in _pg_backends(ctx.engine, worker)}
+                cpu0 = cpu_seconds(worker)
+                pg0 = {b: cpu_seconds(b) for b in _pg_backends(ctx.engine, worker)}
             if done >= messages:
                 assert first_at is not None
                 events = max(done - first_done, 1)
-                worker_cpu = (_cpu_ticks(worker) - cpu0) / hz
+                worker_cpu = cpu_seconds(worker) - cpu0
                 # PostgreSQL elsewhere (another host, a container, a Unix socket): its CPU is not seen here
                 backends = [b for b in _pg_backends(ctx.engine, worker) if Path(f"/proc/{b}/stat").exists()]
-                pg_cpu = sum(_cpu_ticks(b) - pg0.get(b, 0) for b in backends) / hz if backends else None
+                pg_cpu = sum(cpu_seconds(b) - pg0.get(b, 0.0) for b in backends) if backends else None
                 return (events / max(now - first_at, 1e-3), _peak_rss_mb(worker), worker_cpu * 1e6 / events,
                         None if pg_cpu is None else pg_cpu * 1e6 / events)
             time.sleep(0.05)

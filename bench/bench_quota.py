@@ -53,6 +53,8 @@ from typing import Any
 import httpx
 import orjson
 
+from bench.process_cpu import cpu_seconds, postgres_cpu_seconds
+
 REPO = Path(__file__).resolve().parent.parent
 ADMIN_KEY = "bench-quota-admin-key"
 P99_RATE = 1000
@@ -242,30 +244,6 @@ def _percentile(values: list[float], percent: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * percent / 100))]
 
 
-def _cpu_of(pid: int | str) -> float:
-    """CPU seconds (user + system) process ``pid`` has used so far (Linux /proc; 0 once it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _postgres_cpu_seconds() -> float | None:
-    """CPU seconds used so far by the PostgreSQL processes this machine runs (None: none visible, e.g. a
-    database on another host)."""
-    pids = [entry.name for entry in Path("/proc").iterdir()
-            if entry.name.isdigit() and _comm(entry) == "postgres"]
-    return sum(_cpu_of(pid) for pid in pids) if pids else None
-
-
-def _comm(entry: Path) -> str:
-    try:
-        return (entry / "comm").read_text().strip()
-    except OSError:
-        return ""
-
-
 class _HotCpu:
     """CPU of the edge process, PostgreSQL and the load generator (this process's children) over a hot-org
     run, per decision."""
@@ -273,13 +251,13 @@ class _HotCpu:
     def __init__(self, server: _ChildServer) -> None:
         self._server = server
         self._edge = server.cpu_seconds()
-        self._postgres = _postgres_cpu_seconds()
+        self._postgres = postgres_cpu_seconds()
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         self._generator = children.ru_utime + children.ru_stime
 
     def per_decision_us(self, decisions: float) -> dict[str, float]:
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
-        postgres = _postgres_cpu_seconds()
+        postgres = postgres_cpu_seconds()
         used = {"edge": self._server.cpu_seconds() - self._edge,
                 "generator": children.ru_utime + children.ru_stime - self._generator}
         if postgres is not None and self._postgres is not None:
@@ -319,7 +297,7 @@ class _ChildServer:
 
     def cpu_seconds(self) -> float:
         """CPU time (user + system) the server process has used so far (Linux /proc)."""
-        return _cpu_of(self._process.pid)
+        return cpu_seconds(self._process.pid)
 
     def stop(self) -> None:
         self._process.send_signal(signal.SIGTERM)

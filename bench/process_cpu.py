@@ -1,0 +1,31 @@
+"""CPU time of processes on this machine, read from Linux /proc (the benchmarks' CPU-per-unit figures)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int | str) -> float:
+    """User + system CPU a process has used so far (every thread), in seconds; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICKS_PER_SECOND
+
+
+def postgres_cpu_seconds() -> float | None:
+    """CPU seconds used so far by every PostgreSQL process of this machine (None: none visible, e.g. a
+    database on another host)."""
+    pids = [entry.name for entry in Path("/proc").iterdir() if entry.name.isdigit() and _command(entry) == "postgres"]
+    return sum(cpu_seconds(pid) for pid in pids) if pids else None
+
+
+def _command(entry: Path) -> str:
+    try:
+        return (entry / "comm").read_text().strip()
+    except OSError:
+        return ""
