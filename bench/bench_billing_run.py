@@ -47,6 +47,7 @@ import sqlalchemy as sa
 from confluent_kafka import ConsumerGroupState
 from confluent_kafka.admin import AdminClient
 
+from bench.process_cpu import child_pids
 from services.billing_worker.adapters.usage import MeterMap, UsageMaterializer
 from services.billing_worker.bootstrap import billing_handlers, message_bus, sql_unit_of_work
 from shared.adapters.catalog_file import load_default_catalog
@@ -212,14 +213,6 @@ def wait_for_group(settings: Any, engine: sa.Engine, workers: int, procs: list[s
     return time.monotonic() - started
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(c) for t in Path(f"/proc/{pid}/task").iterdir()
-                for c in (t / "children").read_text().split()]
-    except OSError:
-        return []
-
-
 def billing_run(settings: Any, engine: sa.Engine, n: int, *, workers: int, period_end: datetime,
                 logs: Path) -> float:
     """Seconds from the clock passing `period_end` until the N invoices of that close are stored, with
@@ -257,7 +250,7 @@ def billing_run(settings: Any, engine: sa.Engine, n: int, *, workers: int, perio
                     invoiced = time.perf_counter() - started
     finally:
         for p in procs:
-            profiled = _children(p.pid) if os.environ.get("BILLING_BENCH_PROFILE") else []
+            profiled = child_pids(p.pid) if os.environ.get("BILLING_BENCH_PROFILE") else []
             for pid in profiled:  # the worker under py-spy: py-spy writes its samples once it exits
                 os.kill(pid, signal.SIGTERM)
             if not profiled:

@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from confluent_kafka import Consumer, TopicPartition
 from sqlalchemy.dialects.postgresql import insert
 
-from bench.process_cpu import cpu_seconds
+from bench.process_cpu import child_pids, cpu_seconds
 from services.billing_worker.adapters.usage import MeterMap, decode_usage
 from shared.adapters.catalog_file import load_default_catalog
 from shared.adapters.kafka.producer import KafkaProducer, OutgoingMessage
@@ -100,13 +100,6 @@ def _peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
-    except OSError:
-        return []
-
-
 def _pg_backends(engine: sa.Engine, pid: int) -> list[int]:
     """The PostgreSQL backends serving `pid`'s TCP connections to the database (matched on the client port
     pg_stat_activity shows); empty when that cannot be seen (a Unix socket, another host)."""
@@ -155,7 +148,7 @@ def _run_worker(ctx: Any, messages: int) -> tuple[float, float, float, float | N
             now = time.monotonic()
             if first_at is None and done > 0:
                 first_at, first_done = now, done
-                worker = next(iter(_children(proc.pid)), proc.pid) if profile else proc.pid
+                worker = next(iter(child_pids(proc.pid)), proc.pid) if profile else proc.pid
                 cpu0 = cpu_seconds(worker)
                 pg0 = {b: cpu_seconds(b) for b in _pg_backends(ctx.engine, worker)}
             if done >= messages:

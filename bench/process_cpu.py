@@ -1,4 +1,5 @@
-"""CPU time of processes on this machine, read from Linux /proc (the benchmarks' CPU-per-unit figures)."""
+"""Processes on this machine as Linux /proc shows them: their CPU time (the benchmarks' CPU-per-unit figures)
+and their children (a py-spy-wrapped worker's real pid)."""
 
 from __future__ import annotations
 
@@ -29,3 +30,11 @@ def _command(entry: Path) -> str:
         return (entry / "comm").read_text().strip()
     except OSError:
         return ""
+
+
+def child_pids(pid: int) -> list[int]:
+    """The pids of a process's children (none once it is gone)."""
+    try:
+        return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
+    except OSError:
+        return []
