@@ -5,9 +5,9 @@ instance publishes at a time and per-key order holds across instances), read up 
 rows (those with an `outbox_pending` row) in id order from the ranges its cursor names (`outbox_cursor`:
 above the highest id it published, and the gaps below it that a running transaction may still fill, instead
 of from the bottom every round), send them all with the idempotent producer, wait for every acknowledgement,
-then delete their pending rows in the same transaction. A crash between the acknowledgement and the commit publishes those rows again: consumers dedupe
-on the envelope's event_id. If any send fails, nothing is marked and the round is retried, so a later row of
-a key is never marked while an earlier one is missing.
+then delete their pending rows in the same transaction. A crash between the acknowledgement and the commit
+publishes those rows again: consumers dedupe on the envelope's event_id. If any send fails, nothing is marked
+published and the round is retried, so a later row of a key is never marked while an earlier one is missing.
 """
 
 from __future__ import annotations
