@@ -118,8 +118,6 @@ def copy_seed(engine: sa.Engine, source: str, target: str) -> None:
         conn.execute(sa.text("TRUNCATE " + ", ".join(f'"{target}"."{t.name}"' for t in tables)))
         for t in tables:
             names = ", ".join(f'"{c.name}"' for c in t.columns if c.computed is None)
-            if t.name == "outbox_pending":  # the copied outbox rows' trigger wrote one for each: keep the source's
-                conn.execute(sa.text(f'DELETE FROM "{target}"."{t.name}"'))
             conn.execute(sa.text(f'INSERT INTO "{target}"."{t.name}" ({names}) OVERRIDING SYSTEM VALUE '
                                  f'SELECT {names} FROM "{source}"."{t.name}"'))
             for c in t.columns:

@@ -39,7 +39,7 @@ from shared.adapters.catalog_file import load_default_catalog
 from shared.adapters.payments.rate_limit import RateLimitedGateway, client_bucket
 from shared.adapters.payments.simulated import InMemoryProviderRecord, SimulatedGateway
 from shared.adapters.postgres.schema.billing import invoices, payment_attempts
-from shared.adapters.postgres.schema.core import outbox, outbox_pending
+from shared.adapters.postgres.schema.core import outbox
 from shared.bootstrap import build_clock
 from shared.contracts.envelope import new_envelope
 from shared.contracts.messages import CreateSubscription
@@ -84,7 +84,7 @@ def _paid(engine: sa.Engine) -> int:
 
 def _relayed(engine: sa.Engine) -> int:
     return _scalar(engine, sa.select(sa.func.count()).select_from(outbox).where(
-        outbox.c.event_type == "payment.succeeded", outbox.c.id.not_in(sa.select(outbox_pending.c.id))))
+        outbox.c.event_type == "payment.succeeded", outbox.c.published_at.is_not(None)))
 
 
 def pay(settings: Any, engine: sa.Engine, n: int, limit: float) -> dict[str, Any]:

@@ -102,9 +102,8 @@ SELECT s.subscription_id, s.customer_id, s.due_at,
                OFFSET 0)
        OR EXISTS (SELECT 1 FROM dunning_cases d WHERE d.subscription_id = s.subscription_id
                   AND d.status = 'open' AND d.next_wake_at <= s.due_at + :grace OFFSET 0)
-       OR s.subscription_id IN (SELECT o.message_key FROM outbox_pending p JOIN outbox o ON o.id = p.id
-                                WHERE o.topic = :commands_topic
-                                  AND o.event_type IN ('payment.retry', 'dunning.give_up'))
+       OR s.subscription_id IN (SELECT o.message_key FROM outbox o WHERE o.published_at IS NULL
+                                AND o.topic = :commands_topic AND o.event_type IN ('payment.retry', 'dunning.give_up'))
        AS held
 FROM candidates s
 ORDER BY s.due_at, s.subscription_id

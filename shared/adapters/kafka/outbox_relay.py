@@ -2,12 +2,12 @@
 
 One round: take the relay lock (a transaction-scoped advisory lock per database schema, so only one
 instance publishes at a time and per-key order holds across instances), read up to `batch` unpublished
-rows (those with an `outbox_pending` row) in id order from the ranges its cursor names (`outbox_cursor`:
-above the highest id it published, and the gaps below it that a running transaction may still fill, instead
-of from the bottom every round), send them all with the idempotent producer, wait for every acknowledgement,
-then delete their pending rows in the same transaction. A crash between the acknowledgement and the commit
-publishes those rows again: consumers dedupe on the envelope's event_id. If any send fails, nothing is marked
-published and the round is retried, so a later row of a key is never marked while an earlier one is missing.
+rows in id order from the ranges its cursor names (`outbox_cursor`: above the highest id it published, and
+the gaps below it that a running transaction may still fill, instead of from the bottom every round), send
+them all with the idempotent producer, wait for every acknowledgement, then mark them published in the same
+transaction. A crash between the acknowledgement and the commit publishes those rows again: consumers dedupe
+on the envelope's event_id. If any send fails, nothing is marked and the round is retried, so a later row of
+a key is never marked while an earlier one is missing.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ log = logging.getLogger("billing_worker.relay")
 # One statement per round for the lock, the snapshot's bounds and the read: the rows are read only when the
 # lock was taken (a one-time filter, before any scan), and one row comes back even when none is found, for the
 # snapshot's xmin and xmax (`outbox_cursor`), first. The ranges are read in id order, each through the
-# pending rows' key; `batch` counts rows, and a bundle's messages follow each other in its place. The envelope
+# unpublished index; `batch` counts rows, and a bundle's messages follow each other in its place. The envelope
 # is read as its JSON text and sent as such: decoding it into a dict and encoding it again cost more CPU per
 # row than the rest of the round.
 _ROUND = sa.text("""
@@ -39,13 +39,12 @@ WITH leader AS MATERIALIZED (
   SELECT pg_try_advisory_xact_lock(hashtext(current_schema() || '/outbox-relay')) AS ok,
          pg_snapshot_xmin(pg_current_snapshot())::text AS xmin, pg_snapshot_xmax(pg_current_snapshot())::text AS xmax
 ), picked AS MATERIALIZED (
-  SELECT o.* FROM leader l
+  SELECT r.* FROM leader l
    CROSS JOIN unnest(CAST(:los AS bigint[]), CAST(:his AS bigint[])) AS g(lo, hi)
    CROSS JOIN LATERAL (
-     SELECT p.id FROM outbox_pending p WHERE p.id BETWEEN g.lo AND g.hi ORDER BY p.id LIMIT :batch) r
-   JOIN outbox o ON o.id = r.id
+     SELECT * FROM outbox WHERE published_at IS NULL AND id BETWEEN g.lo AND g.hi ORDER BY id LIMIT :batch) r
    WHERE l.ok
-   ORDER BY o.id LIMIT :batch
+   ORDER BY r.id LIMIT :batch
 )
 SELECT l.ok, l.xmin, l.xmax, NULL::bigint AS id, NULL::bigint AS part, NULL AS topic, NULL AS message_key,
        NULL AS event_id, NULL AS event_type, NULL AS value
@@ -54,7 +53,7 @@ UNION ALL
 SELECT NULL, NULL, NULL, m.id, m.part, m.topic, m.message_key, m.event_id, m.event_type, m.envelope::text
   FROM (""" + outbox_messages_sql("picked") + """) m
  ORDER BY id NULLS FIRST, part""")
-_MARK = sa.text("DELETE FROM outbox_pending WHERE id = ANY(:ids)")
+_MARK = sa.text("UPDATE outbox SET published_at = now() WHERE id = ANY(:ids)")
 
 
 class OutboxRelay:

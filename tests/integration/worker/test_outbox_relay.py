@@ -1,4 +1,4 @@
-"""The outbox relay publishes unpublished rows in id order per key and deletes their pending rows."""
+"""The outbox relay publishes unpublished rows in id order per key and marks them published."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from shared.adapters.kafka.outbox_relay import OutboxRelay
 from shared.adapters.kafka.producer import KafkaProducer
 from shared.adapters.postgres.engine import make_engine
 from shared.adapters.postgres.outbox import add_to_outbox, bundle_insert_sql
-from shared.adapters.postgres.schema.core import outbox, outbox_pending
+from shared.adapters.postgres.schema.core import outbox
 from shared.contracts import topics
 from shared.contracts.envelope import Envelope, new_envelope
 
@@ -58,7 +58,7 @@ def test_outbox_rows_are_published_in_order_per_key_with_their_event_id_and_mark
     assert [len(v) for v in received.values()] == [len(v) for v in written.values()]
     assert received == written
     with engine.connect() as conn:
-        assert conn.execute(sa.select(sa.func.count()).select_from(outbox_pending)).scalar_one() == 0
+        assert conn.execute(sa.select(sa.func.count()).where(outbox.c.published_at.is_(None))).scalar_one() == 0
 
 
 def _write_bundle(conn: sa.Connection, key: str, envelopes: list[Envelope]) -> None:
@@ -115,7 +115,7 @@ def test_a_bundle_is_sent_as_its_messages_in_order_between_the_rows_around_it(se
     assert [headers for _, headers, _ in received] == [
         {"type": b"usage.recorded", "event_id": str(e.event_id).encode()} for e in written]
     with engine.connect() as conn:
-        assert conn.execute(sa.select(sa.func.count()).select_from(outbox_pending)).scalar_one() == 0
+        assert conn.execute(sa.select(sa.func.count()).where(outbox.c.published_at.is_(None))).scalar_one() == 0
 
 
 def test_a_relay_that_cannot_take_the_relay_lock_publishes_and_marks_nothing(settings, engine):
@@ -130,17 +130,14 @@ def test_a_relay_that_cannot_take_the_relay_lock_publishes_and_marks_nothing(set
                 "SELECT pg_try_advisory_xact_lock(hashtext(current_schema() || '/outbox-relay'))")).scalar_one()
             assert relay.publish_round() == 0
             with engine.connect() as conn:
-                assert _pending(conn, env)
+                assert conn.execute(sa.select(outbox.c.published_at)
+                                    .where(outbox.c.event_id == env.event_id)).scalar_one() is None
         assert relay.publish_round() >= 1  # the lock released: this relay publishes it
     finally:
         relay.stop()
     with engine.connect() as conn:
-        assert not _pending(conn, env)
-
-
-def _pending(conn: sa.Connection, env: Envelope) -> bool:
-    return bool(conn.execute(sa.select(sa.func.count()).select_from(outbox_pending.join(
-        outbox, outbox.c.id == outbox_pending.c.id)).where(outbox.c.event_id == env.event_id)).scalar_one())
+        assert conn.execute(sa.select(outbox.c.published_at)
+                            .where(outbox.c.event_id == env.event_id)).scalar_one() is not None
 
 
 def _envelopes(n: int, tag: str) -> list[tuple[str, str, Envelope]]:
@@ -171,7 +168,7 @@ def _unpublished_index_reads(engine: sa.Engine, relay_engine: sa.Engine) -> int:
         conn.execute(sa.text("SELECT pg_stat_clear_snapshot()"))
         return int(conn.execute(sa.text(
             "SELECT idx_tup_read FROM pg_stat_user_indexes WHERE schemaname = current_schema() "
-            "AND indexrelname = 'pk_outbox_pending'")).scalar_one())
+            "AND indexrelname = 'ix_outbox_unpublished'")).scalar_one())
 
 
 def test_a_round_reads_on_from_what_it_published_not_through_rows_published_behind_a_long_transaction(
@@ -217,8 +214,8 @@ def test_a_row_committed_after_rows_with_higher_ids_were_published_is_published_
             # committed: their ids are below every row published so far
             assert _drain(relay) == 3
         with engine.connect() as conn:
-            assert conn.execute(sa.select(sa.func.count()).select_from(outbox_pending.join(
-                outbox, outbox.c.id == outbox_pending.c.id)).where(
+            assert conn.execute(sa.select(sa.func.count()).where(
+                outbox.c.published_at.is_(None),
                 outbox.c.event_id.in_([e.event_id for _, _, e in late_rows]))).scalar_one() == 0
     finally:
         relay.stop()
