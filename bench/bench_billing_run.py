@@ -56,7 +56,7 @@ from shared.adapters.payments.port import ChargeRequest
 from shared.adapters.payments.simulated import InMemoryProviderRecord, SimulatedGateway
 from shared.adapters.postgres.schema import metadata
 from shared.adapters.postgres.schema.billing import invoice_number_sequences, invoices, payment_attempts, subscriptions
-from shared.adapters.postgres.schema.core import consumer_offsets
+from shared.adapters.postgres.schema.core import consumer_offsets, outbox
 from shared.contracts import topics
 from shared.contracts.envelope import new_envelope
 from shared.contracts.messages import CreateSubscription
@@ -101,8 +101,11 @@ def seed(engine: sa.Engine, n: int, *, first: int = 0) -> None:
 
 def settle(engine: sa.Engine, at: datetime) -> None:
     """Mark every invoice paid and every attempt done: the invoices before a run are not what it measures (and
-    the scheduler holds a close back while an earlier invoice's charge is unsettled)."""
+    the scheduler holds a close back while an earlier invoice's charge is unsettled). Every event written so
+    far is marked published, as a month's events are long before its close: otherwise the workers' relays
+    publish the seed's (four per subscription) as the run starts, when they may still be at it."""
     with engine.begin() as conn:
+        conn.execute(sa.update(outbox).where(outbox.c.published_at.is_(None)).values(published_at=at))
         conn.execute(sa.update(payment_attempts).where(payment_attempts.c.completed_at.is_(None))
                      .values(status="cancelled", completed_at=at))
         conn.execute(sa.update(invoices).where(invoices.c.status == "open")

@@ -103,7 +103,10 @@ quota_consumptions = sa.Table(
     sa.Column("user_limit", sa.Integer),
     sa.Column("user_remaining", sa.Integer),
     sa.Column("on_trial", sa.Boolean, nullable=False),
-    sa.Column("event_id", UUID(as_uuid=True), nullable=False, unique=True),
+    # NOTE: not unique of its own: the id is a uuid5 of (org_id, enquiry_id) (the edge's quota_admission), which
+    # the key already keeps unique, and nothing looks a row up by it; its index was a random-uuid insert per
+    # admission, on the hot path.
+    sa.Column("event_id", UUID(as_uuid=True), nullable=False, comment="its usage.recorded event's id"),
     created_at(),
 )
 
@@ -193,7 +196,8 @@ spend_reservations = sa.Table(
     sa.Column("limit_quantity", sa.BigInteger),
     sa.Column("spent_quantity", sa.BigInteger, nullable=False, comment="visible spend after this one"),
     sa.Column("reserved_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("event_id", UUID(as_uuid=True), nullable=False, unique=True),
+    # NOTE: derived from (org_id, request_id), unique by the key; no index of its own (see quota_consumptions)
+    sa.Column("event_id", UUID(as_uuid=True), nullable=False, comment="its usage.recorded event's id"),
     created_at(),
     sa.CheckConstraint("quantity > 0", name="quantity"),
     sa.CheckConstraint("limit_quantity IS NULL OR spent_quantity <= limit_quantity", name="limit"),
