@@ -24,6 +24,7 @@ from typing import Any
 
 import uvicorn
 
+from services.ingest.http_protocol import OneWriteHttpToolsProtocol
 from tests.outage_support import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -63,10 +64,11 @@ def worker_log(proc: subprocess.Popen[bytes], tail: int = 2000) -> str:
 
 @contextmanager
 def served_app(app: Any, *, start_seconds: float = 30.0) -> Iterator[str]:
-    """`app` served by uvicorn on a free port of 127.0.0.1, in a daemon thread, lifespan on."""
+    """`app` served by uvicorn on a free port of 127.0.0.1, in a daemon thread, lifespan on, with the edge's
+    HTTP protocol (`services/ingest/http_protocol.py`)."""
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False,
-                                           lifespan="on"))
+                                           lifespan="on", http=OneWriteHttpToolsProtocol))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + start_seconds

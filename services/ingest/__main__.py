@@ -10,7 +10,8 @@ HorizontalPodAutoscaler adds pods instead.
 What is served is the app behind the decision endpoints' fast path (`quota_fast_path.ahead_of`: the
 report-credit and spend-authorisation requests it answers skip FastAPI's own layers), on uvloop and
 httptools, named explicitly so that a missing one fails at start instead of silently serving on the slower
-pure-Python loop and parser.
+pure-Python loop and parser; the httptools protocol is `http_protocol`'s, which sends each response's head
+and body in one write.
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ import uvicorn
 
 from services.ingest.app import app_from_environment, create_app
 from services.ingest.bootstrap import build_container
+from services.ingest.http_protocol import OneWriteHttpToolsProtocol
 from services.ingest.quota_fast_path import ahead_of
 from shared.config import Settings
 from shared.observability import configure_logging
 from shared.runtime import freeze_startup_heap
 
-SERVER_OPTIONS: dict[str, Any] = {"loop": "uvloop", "http": "httptools", "log_config": None, "access_log": False}
+SERVER_OPTIONS: dict[str, Any] = {"loop": "uvloop", "http": OneWriteHttpToolsProtocol, "log_config": None,
+                                  "access_log": False}
 
 
 def frozen_after_startup(app: Any) -> Any:
