@@ -188,24 +188,33 @@ class BatchWrite:
 
 # --- SQL ------------------------------------------------------------------------------------------------
 
+# NOTE: rows of an org are looked up by a list of keys (the enquiries of a batch, its users) one key at a time:
+# the list unnested, each key probed through a LATERAL subquery with LIMIT 1 (which the planner cannot flatten),
+# so every probe is a primary-key lookup on (org, key). Written as `key = ANY(<list>)`, a prepared statement's
+# generic plan, costed on the average org, read the org's rows by org alone and filtered them by the list: every
+# exact-path write of a big org among many small ones read all of that org's consumptions, ever (20,000 of
+# them per write in the regression test, growing with each admission). `spend_store` reads reservations so too.
+
 _LOAD_SQL = """
 SELECT o.org_id, o.plan_id, o.plan_monthly_reports, o.per_user_monthly_limit, o.timezone,
        o.trial_started_at, o.trial_reports, o.trial_days, o.trial_used, o.alert_thresholds,
        o.subscription_id, o.version,
        m.month_start AS m_start, m.month_end AS m_end, m.plan_monthly_reports AS m_plan,
        m.top_ups AS m_top_ups, m.used AS m_used, m.leased AS m_leased,
-       (SELECT coalesce(jsonb_object_agg(u.user_id, u.used), '{}'::jsonb) FROM quota_user_months u
-         WHERE u.org_id = o.org_id AND u.month_start = %(month_start)s
-           AND u.user_id = ANY(ARRAY(SELECT jsonb_array_elements_text(%(users)s::jsonb))))
+       (SELECT coalesce(jsonb_object_agg(u.user_id, u.used), '{}'::jsonb)
+          FROM (SELECT DISTINCT user_id FROM jsonb_array_elements_text(%(users)s::jsonb) AS w(user_id)) AS w
+         CROSS JOIN LATERAL (SELECT x.user_id, x.used FROM quota_user_months x
+                              WHERE x.org_id = o.org_id AND x.month_start = %(month_start)s
+                                AND x.user_id = w.user_id LIMIT 1) AS u)
          AS user_used,
        (SELECT coalesce(jsonb_agg(jsonb_build_object(
                  'enquiry_id', c.enquiry_id, 'user_id', c.user_id, 'month_start', c.month_start,
                  'month_end', c.month_end, 'consumed_at', c.consumed_at, 'org_allotment', c.org_allotment,
                  'org_remaining', c.org_remaining, 'user_limit', c.user_limit,
                  'user_remaining', c.user_remaining, 'on_trial', c.on_trial)), '[]'::jsonb)
-          FROM quota_consumptions c
-         WHERE c.org_id = o.org_id
-           AND c.enquiry_id = ANY(ARRAY(SELECT jsonb_array_elements_text(%(enquiries)s::jsonb))))
+          FROM (SELECT DISTINCT enquiry_id FROM jsonb_array_elements_text(%(enquiries)s::jsonb) AS w(enquiry_id)) AS w
+         CROSS JOIN LATERAL (SELECT * FROM quota_consumptions x
+                              WHERE x.org_id = o.org_id AND x.enquiry_id = w.enquiry_id LIMIT 1) AS c)
          AS prior,
        (SELECT coalesce(jsonb_agg(jsonb_build_array(a.kind, a.period_start, a.threshold_percent, a.user_id)),
                         '[]'::jsonb)
@@ -256,9 +265,10 @@ WITH cas AS (
     UPDATE quota_orgs
        SET version = version + 1, trial_used = trial_used + %(trial_delta)s, updated_at = now()
      WHERE org_id = %(org_id)s AND version = %(seen_version)s
-       AND NOT EXISTS (SELECT 1 FROM quota_consumptions c
-                        WHERE c.org_id = %(org_id)s
-                          AND c.enquiry_id = ANY(ARRAY(SELECT jsonb_array_elements_text(%(refused)s::jsonb))))
+       AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements_text(%(refused)s::jsonb) AS r(enquiry_id)
+                        CROSS JOIN LATERAL (SELECT 1 FROM quota_consumptions c
+                                             WHERE c.org_id = %(org_id)s AND c.enquiry_id = r.enquiry_id
+                                             LIMIT 1) AS hit)
     RETURNING version
 ), batch AS (
     SELECT c.* FROM ROWS FROM (jsonb_to_recordset(%(consumptions)s::jsonb)
@@ -350,9 +360,10 @@ WITH w AS (
        SET version = o.version + 1, trial_used = o.trial_used + w.trial_delta, updated_at = now()
       FROM w JOIN locked l ON l.org_id = w.org_id
      WHERE o.org_id = w.org_id AND o.version = w.seen_version
-       AND NOT EXISTS (SELECT 1 FROM quota_consumptions c
-                        WHERE c.org_id = w.org_id
-                          AND c.enquiry_id = ANY(ARRAY(SELECT jsonb_array_elements_text(w.refused))))
+       AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements_text(w.refused) AS r(enquiry_id)
+                        CROSS JOIN LATERAL (SELECT 1 FROM quota_consumptions c
+                                             WHERE c.org_id = w.org_id AND c.enquiry_id = r.enquiry_id
+                                             LIMIT 1) AS hit)
     RETURNING o.org_id, o.version
 ), won AS (
     SELECT w.* FROM w JOIN cas ON cas.org_id = w.org_id

@@ -25,6 +25,16 @@ from shared.adapters.postgres.usage_reads import grant_balances, usage_since
 from shared.domain.spend import SpendUsage
 from shared.errors import DatabaseUnavailableError, RefusedError
 
+# A batch's stored authorisations: one primary-key probe per request id (see quota_store's NOTE on looking an
+# org's rows up by a list of keys).
+_RESERVATIONS_SQL = """
+SELECT s.request_id, s.transaction_id, s.period_start, s.period_end, s.quantity, s.limit_quantity,
+       s.spent_quantity, s.reserved_at
+  FROM unnest(CAST(:r AS text[])) AS q(request_id)
+ CROSS JOIN LATERAL (SELECT * FROM spend_reservations x WHERE x.org_id = :o AND x.request_id = q.request_id
+                      LIMIT 1) AS s
+"""
+
 
 class SpendStoreError(RefusedError):
     """Family: the spend store refused a write for a reason the caller must handle; a refusal under the
@@ -249,10 +259,7 @@ class SpendStore:
     @staticmethod
     def reservations(conn: sa.Connection, org_id: str, request_ids: Sequence[str]) -> dict[str, ReservationRow]:
         """The stored authorisations among ``request_ids`` (a batch's retries), by request id."""
-        rows = conn.execute(sa.text(
-            "SELECT request_id, transaction_id, period_start, period_end, quantity, limit_quantity, spent_quantity,"
-            " reserved_at FROM spend_reservations WHERE org_id = :o AND request_id = ANY(:r)"),
-            {"o": org_id, "r": list(request_ids)})
+        rows = conn.execute(sa.text(_RESERVATIONS_SQL), {"o": org_id, "r": list(request_ids)})
         return {row.request_id: ReservationRow(**row._asdict()) for row in rows}
 
     @staticmethod
