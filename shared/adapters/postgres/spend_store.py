@@ -25,16 +25,6 @@ from shared.adapters.postgres.usage_reads import grant_balances, usage_since
 from shared.domain.spend import SpendUsage
 from shared.errors import DatabaseUnavailableError, RefusedError
 
-# A batch's stored authorisations: one primary-key probe per request id (see quota_store's NOTE on looking an
-# org's rows up by a list of keys).
-_RESERVATIONS_SQL = """
-SELECT s.request_id, s.transaction_id, s.period_start, s.period_end, s.quantity, s.limit_quantity,
-       s.spent_quantity, s.reserved_at
-  FROM unnest(CAST(:r AS text[])) AS q(request_id)
- CROSS JOIN LATERAL (SELECT * FROM spend_reservations x WHERE x.org_id = :o AND x.request_id = q.request_id
-                      LIMIT 1) AS s
-"""
-
 
 class SpendStoreError(RefusedError):
     """Family: the spend store refused a write for a reason the caller must handle; a refusal under the
@@ -194,6 +184,17 @@ SELECT coalesce(sum(r.quantity), 0) AS reserved,
   LEFT JOIN usage_events e ON e.customer_id = r.org_id AND e.transaction_id = r.transaction_id
  WHERE r.org_id = :org_id AND r.period_start = :period_start
 """)
+
+
+# A batch's stored authorisations: one primary-key probe per request id (see quota_store's NOTE on looking an
+# org's rows up by a list of keys).
+_RESERVATIONS_SQL = """
+SELECT s.request_id, s.transaction_id, s.period_start, s.period_end, s.quantity, s.limit_quantity,
+       s.spent_quantity, s.reserved_at
+  FROM unnest(CAST(:r AS text[])) AS q(request_id)
+ CROSS JOIN LATERAL (SELECT * FROM spend_reservations x WHERE x.org_id = :o AND x.request_id = q.request_id
+                      LIMIT 1) AS s
+"""
 
 
 class SpendStore:

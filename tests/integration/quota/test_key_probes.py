@@ -38,7 +38,7 @@ SMALL_ORGS = 20_000
 PROBED = 3  # keys in each looked-up list: one stored, two not
 
 
-# Each table's rows for org `o`, key number `i` (one statement per table, over generate_series).
+# Each table's rows: `{org}` is the org's SQL expression (of `i` for one org per row), `:n` the number of rows.
 _ROWS = {
     "quota_consumptions": """
         INSERT INTO quota_consumptions (org_id, enquiry_id, user_id, month_start, month_end, consumed_at,
