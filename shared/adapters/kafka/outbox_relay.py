@@ -31,9 +31,9 @@ log = logging.getLogger("billing_worker.relay")
 # One statement per round for the lock, the snapshot's bounds and the read: the rows are read only when the
 # lock was taken (a one-time filter, before any scan), and one row comes back even when none is found, for the
 # snapshot's xmin and xmax (`outbox_cursor`), first. The ranges are read in id order, each through the
-# primary key (every row in the table is unpublished); `batch` counts rows, and a bundle's messages follow each other in its place. The envelope
-# is read as its JSON text and sent as such: decoding it into a dict and encoding it again cost more CPU per
-# row than the rest of the round.
+# primary key (every row in the table is unpublished); `batch` counts rows, and a bundle's messages follow
+# each other in its place. The envelope is read as its JSON text and sent as such: decoding it into a dict and
+# encoding it again cost more CPU per row than the rest of the round.
 _ROUND = sa.text("""
 WITH leader AS MATERIALIZED (
   SELECT pg_try_advisory_xact_lock(hashtext(current_schema() || '/outbox-relay')) AS ok,
