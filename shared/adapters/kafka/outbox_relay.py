@@ -53,6 +53,11 @@ UNION ALL
 SELECT NULL, NULL, NULL, m.id, m.part, m.topic, m.message_key, m.event_id, m.event_type, m.envelope::text
   FROM (""" + outbox_messages_sql("picked") + """) m
  ORDER BY id NULLS FIRST, part""")
+# The read wants the first `batch` rows of each range in id order, which an index scan gives as it goes. With
+# the table's statistics behind (ids above the last analyze look rare), PostgreSQL chose a bitmap scan of the
+# whole range, deleted and in-flight rows included, and sorted it: 80,000 index entries and 11,000 heap pages
+# for 2,000 rows, 10 ms a round in a 50k billing run against 6 ms with this setting (auto_explain).
+_ORDERED_SCANS = sa.text("SET LOCAL enable_bitmapscan = off")
 _DELETE_PUBLISHED = sa.text("DELETE FROM outbox WHERE id = ANY(:ids)")
 
 
@@ -78,6 +83,7 @@ class OutboxRelay:
         """Publish up to one batch; returns how many rows were published (0: nothing to do or not leader)."""
         los, his = self._cursor.ranges()
         with self._engine.begin() as conn:
+            conn.execute(_ORDERED_SCANS)
             result = conn.execute(_ROUND, {"batch": self._batch, "los": los, "his": his}).all()
             leader, xmin, xmax = result[0][:3]
             rows = [row[3:] for row in result[1:]]

@@ -9,10 +9,11 @@ from .base import created_at, metadata
 # id order per key and deletes them in the transaction that read them. event_id is the consumers' dedupe key.
 # NOTE: the outbox is a queue, not a log (Kafka is the log): a published row is deleted, not marked. The mark
 # (an UPDATE of published_at, in the predicate of a partial index) rewrote the whole row, its ~1 KB envelope
-# included, with new index entries, never HOT; a delete writes a few bytes of WAL. 50k billing run, back to
-# back: PostgreSQL CPU -8 %, the run -6 %. And the table stays the size of what is in flight instead of
+# included, with new index entries, never HOT: in a 50k billing run 3.5 s of PostgreSQL and 167 MB of WAL,
+# against 0.3-0.5 s and 9-21 MB for the delete. And the table stays the size of what is in flight instead of
 # growing by four rows per close forever. The price: a row's event_id keeps a re-emission out only until it
-# is published (consumers dedupe on event_id anyway, as any at-least-once relay requires).
+# is published (consumers dedupe on event_id anyway, as any at-least-once relay requires), and what was
+# published is read from Kafka, not from here.
 outbox = sa.Table(
     "outbox", metadata,
     sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
