@@ -102,10 +102,10 @@ def seed(engine: sa.Engine, n: int, *, first: int = 0) -> None:
 def settle(engine: sa.Engine, at: datetime) -> None:
     """Mark every invoice paid and every attempt done: the invoices before a run are not what it measures (and
     the scheduler holds a close back while an earlier invoice's charge is unsettled). Every event written so
-    far is taken out of the outbox as if published, as a month's events are long before its close: otherwise the
-    workers' relays publish the seed's (four per subscription) as the run starts, when they may still be at it."""
+    far is marked published, as a month's events are long before its close: otherwise the workers' relays
+    publish the seed's (four per subscription) as the run starts, when they may still be at it."""
     with engine.begin() as conn:
-        conn.execute(sa.delete(outbox))
+        conn.execute(sa.update(outbox).where(outbox.c.published_at.is_(None)).values(published_at=at))
         conn.execute(sa.update(payment_attempts).where(payment_attempts.c.completed_at.is_(None))
                      .values(status="cancelled", completed_at=at))
         conn.execute(sa.update(invoices).where(invoices.c.status == "open")

@@ -467,7 +467,7 @@ def _relayed(engine: Any, timeout_s: float = 120.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with engine.connect() as conn:
-            if not conn.execute(sa.text("SELECT EXISTS (SELECT 1 FROM outbox)")).scalar():
+            if not conn.execute(sa.text("SELECT EXISTS (SELECT 1 FROM outbox WHERE published_at IS NULL)")).scalar():
                 return
         time.sleep(0.5)
     raise RuntimeError(f"the edge's relay did not publish its outbox within {timeout_s:.0f} s")

@@ -106,7 +106,7 @@ class Quiescence:
                 "SELECT topic, partition, coalesce(next_offset, 0) FROM consumer_offsets WHERE group_id = :g"),
                 {"g": self._settings.consumer_group})}
             out["outbox"] = int(conn.execute(sa.text(
-                "SELECT count(*) FROM outbox")).scalar_one())
+                "SELECT count(*) FROM outbox WHERE published_at IS NULL")).scalar_one())
             out["payments_in_flight"] = int(conn.execute(sa.text(
                 "SELECT count(*) FROM payment_attempts WHERE status IN ('pending', 'in_flight', 'unknown')"))
                 .scalar_one())

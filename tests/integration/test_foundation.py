@@ -52,6 +52,7 @@ def test_the_outbox_table_created_by_the_migrations_stores_and_returns_an_envelo
     with engine.connect() as conn:
         row = conn.execute(sa.select(outbox).where(outbox.c.event_id == env.event_id)).one()
     assert Envelope.model_validate(row.envelope) == env
+    assert row.published_at is None
 
 
 def test_the_outbox_refuses_a_second_row_with_the_same_event_id(engine):

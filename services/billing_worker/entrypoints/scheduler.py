@@ -35,7 +35,7 @@ import sqlalchemy as sa
 from shared.adapters.kafka.producer import KafkaProducer, OutgoingMessage
 from shared.adapters.postgres.errors import is_database_error, is_transient
 from shared.adapters.postgres.match import one_of
-from shared.adapters.postgres.schema.core import DUNNING_COMMAND_TYPES, customers
+from shared.adapters.postgres.schema.core import customers
 from shared.config import Settings
 from shared.contracts import topics
 from shared.contracts.envelope import new_envelope
@@ -80,7 +80,6 @@ DUNNING_PICKUP = timedelta(seconds=60)
 # for the page: planned as joins, with statistics taken before a month's close (no open invoice, nothing
 # scheduled), the checks became nested loops over every open invoice and every unpublished outbox row for each
 # due subscription, 10-44 s per sweep in a 100k benchmark run while the close made those sets grow.
-_DUNNING_COMMANDS = "(" + ", ".join(f"'{kind}'" for kind in DUNNING_COMMAND_TYPES) + ")"  # its index's predicate
 _DUE_PERIOD_ENDS = sa.text("""
 WITH candidates AS MATERIALIZED (
     SELECT s.subscription_id, s.customer_id, s.current_period_end AS due_at
@@ -103,8 +102,8 @@ SELECT s.subscription_id, s.customer_id, s.due_at,
                OFFSET 0)
        OR EXISTS (SELECT 1 FROM dunning_cases d WHERE d.subscription_id = s.subscription_id
                   AND d.status = 'open' AND d.next_wake_at <= s.due_at + :grace OFFSET 0)
-       OR s.subscription_id IN (SELECT o.message_key FROM outbox o
-                                WHERE o.topic = :commands_topic AND o.event_type IN """ + _DUNNING_COMMANDS + """)
+       OR s.subscription_id IN (SELECT o.message_key FROM outbox o WHERE o.published_at IS NULL
+                                AND o.topic = :commands_topic AND o.event_type IN ('payment.retry', 'dunning.give_up'))
        AS held
 FROM candidates s
 ORDER BY s.due_at, s.subscription_id

@@ -1,13 +1,13 @@
 """Outbox relay: publishes the outbox rows the worker's transactions wrote, in id order, at least once.
 
 One round: take the relay lock (a transaction-scoped advisory lock per database schema, so only one
-instance publishes at a time and per-key order holds across instances), read up to `batch` rows in id order
-from the ranges its cursor names (`outbox_cursor`: above the highest id it published, and the gaps below it
-that a running transaction may still fill, instead of from the bottom every round), send them all with the
-idempotent producer, wait for every acknowledgement, then delete them in the same transaction. A crash
-between the acknowledgement and the commit publishes those rows again: consumers dedupe on the envelope's
-event_id. If any send fails, nothing is deleted and the round is retried, so a later row of a key is never
-gone while an earlier one is missing.
+instance publishes at a time and per-key order holds across instances), read up to `batch` unpublished
+rows in id order from the ranges its cursor names (`outbox_cursor`: above the highest id it published, and
+the gaps below it that a running transaction may still fill, instead of from the bottom every round), send
+them all with the idempotent producer, wait for every acknowledgement, then mark them published in the same
+transaction. A crash between the acknowledgement and the commit publishes those rows again: consumers dedupe
+on the envelope's event_id. If any send fails, nothing is marked and the round is retried, so a later row of
+a key is never marked while an earlier one is missing.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ log = logging.getLogger("billing_worker.relay")
 # One statement per round for the lock, the snapshot's bounds and the read: the rows are read only when the
 # lock was taken (a one-time filter, before any scan), and one row comes back even when none is found, for the
 # snapshot's xmin and xmax (`outbox_cursor`), first. The ranges are read in id order, each through the
-# primary key (every row in the table is unpublished); `batch` counts rows, and a bundle's messages follow
-# each other in its place. The envelope is read as its JSON text and sent as such: decoding it into a dict and
-# encoding it again cost more CPU per row than the rest of the round.
+# unpublished index; `batch` counts rows, and a bundle's messages follow each other in its place. The envelope
+# is read as its JSON text and sent as such: decoding it into a dict and encoding it again cost more CPU per
+# row than the rest of the round.
 _ROUND = sa.text("""
 WITH leader AS MATERIALIZED (
   SELECT pg_try_advisory_xact_lock(hashtext(current_schema() || '/outbox-relay')) AS ok,
@@ -42,7 +42,7 @@ WITH leader AS MATERIALIZED (
   SELECT r.* FROM leader l
    CROSS JOIN unnest(CAST(:los AS bigint[]), CAST(:his AS bigint[])) AS g(lo, hi)
    CROSS JOIN LATERAL (
-     SELECT * FROM outbox WHERE id BETWEEN g.lo AND g.hi ORDER BY id LIMIT :batch) r
+     SELECT * FROM outbox WHERE published_at IS NULL AND id BETWEEN g.lo AND g.hi ORDER BY id LIMIT :batch) r
    WHERE l.ok
    ORDER BY r.id LIMIT :batch
 )
@@ -53,12 +53,7 @@ UNION ALL
 SELECT NULL, NULL, NULL, m.id, m.part, m.topic, m.message_key, m.event_id, m.event_type, m.envelope::text
   FROM (""" + outbox_messages_sql("picked") + """) m
  ORDER BY id NULLS FIRST, part""")
-# The read wants the first `batch` rows of each range in id order, which an index scan gives as it goes. With
-# the table's statistics behind (ids above the last analyze look rare), PostgreSQL chose a bitmap scan of the
-# whole range, deleted and in-flight rows included, and sorted it: 80,000 index entries and 11,000 heap pages
-# for 2,000 rows, 10 ms a round in a 50k billing run against 6 ms with this setting (auto_explain).
-_ORDERED_SCANS = sa.text("SET LOCAL enable_bitmapscan = off")
-_DELETE_PUBLISHED = sa.text("DELETE FROM outbox WHERE id = ANY(:ids)")
+_MARK = sa.text("UPDATE outbox SET published_at = now() WHERE id = ANY(:ids)")
 
 
 class OutboxRelay:
@@ -83,7 +78,6 @@ class OutboxRelay:
         """Publish up to one batch; returns how many rows were published (0: nothing to do or not leader)."""
         los, his = self._cursor.ranges()
         with self._engine.begin() as conn:
-            conn.execute(_ORDERED_SCANS)
             result = conn.execute(_ROUND, {"batch": self._batch, "los": los, "his": his}).all()
             leader, xmin, xmax = result[0][:3]
             rows = [row[3:] for row in result[1:]]
@@ -96,8 +90,8 @@ class OutboxRelay:
                     (topics.get(topic) or self._topic(topic), key, value.encode(),
                      [("type", event_type.encode()), ("event_id", event_id.encode())])
                     for _id, _part, topic, key, event_id, event_type, value in rows])
-                conn.execute(_DELETE_PUBLISHED, {"ids": ids})
-        # only once the deletes are committed: a round that failed leaves the cursor where it was
+                conn.execute(_MARK, {"ids": ids})
+        # only once the marks are committed: a round that failed leaves the cursor where it was
         self._cursor.published(ids, complete=len(ids) < self._batch, xmin=int(xmin), xmax=int(xmax))
         self.published += len(rows)
         return len(ids)

@@ -1,4 +1,4 @@
-"""The outbox relay publishes the outbox's rows in id order per key and deletes them."""
+"""The outbox relay publishes unpublished rows in id order per key and marks them published."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from shared.contracts.envelope import Envelope, new_envelope
 pytestmark = pytest.mark.integration
 
 
-def test_outbox_rows_are_published_in_order_per_key_with_their_event_id_and_deleted(settings, engine):
+def test_outbox_rows_are_published_in_order_per_key_with_their_event_id_and_marked_published(settings, engine):
     written: dict[str, list[str]] = {"sub_a": [], "sub_b": []}
     with engine.begin() as conn:
         for n in range(300):
@@ -58,7 +58,7 @@ def test_outbox_rows_are_published_in_order_per_key_with_their_event_id_and_dele
     assert [len(v) for v in received.values()] == [len(v) for v in written.values()]
     assert received == written
     with engine.connect() as conn:
-        assert conn.execute(sa.select(sa.func.count()).select_from(outbox)).scalar_one() == 0
+        assert conn.execute(sa.select(sa.func.count()).where(outbox.c.published_at.is_(None))).scalar_one() == 0
 
 
 def _write_bundle(conn: sa.Connection, key: str, envelopes: list[Envelope]) -> None:
@@ -115,10 +115,10 @@ def test_a_bundle_is_sent_as_its_messages_in_order_between_the_rows_around_it(se
     assert [headers for _, headers, _ in received] == [
         {"type": b"usage.recorded", "event_id": str(e.event_id).encode()} for e in written]
     with engine.connect() as conn:
-        assert conn.execute(sa.select(sa.func.count()).select_from(outbox)).scalar_one() == 0
+        assert conn.execute(sa.select(sa.func.count()).where(outbox.c.published_at.is_(None))).scalar_one() == 0
 
 
-def test_a_relay_that_cannot_take_the_relay_lock_publishes_and_deletes_nothing(settings, engine):
+def test_a_relay_that_cannot_take_the_relay_lock_publishes_and_marks_nothing(settings, engine):
     with engine.begin() as conn:
         env = new_envelope("invoice.finalized", {"invoice_id": "in_locked"}, producer="test",
                            occurred_at=datetime(2026, 2, 1, tzinfo=UTC))
@@ -130,14 +130,14 @@ def test_a_relay_that_cannot_take_the_relay_lock_publishes_and_deletes_nothing(s
                 "SELECT pg_try_advisory_xact_lock(hashtext(current_schema() || '/outbox-relay'))")).scalar_one()
             assert relay.publish_round() == 0
             with engine.connect() as conn:
-                assert conn.execute(sa.select(sa.func.count()).select_from(outbox)
-                                    .where(outbox.c.event_id == env.event_id)).scalar_one() == 1
+                assert conn.execute(sa.select(outbox.c.published_at)
+                                    .where(outbox.c.event_id == env.event_id)).scalar_one() is None
         assert relay.publish_round() >= 1  # the lock released: this relay publishes it
     finally:
         relay.stop()
     with engine.connect() as conn:
-        assert conn.execute(sa.select(sa.func.count()).select_from(outbox)
-                            .where(outbox.c.event_id == env.event_id)).scalar_one() == 0
+        assert conn.execute(sa.select(outbox.c.published_at)
+                            .where(outbox.c.event_id == env.event_id)).scalar_one() is not None
 
 
 def _envelopes(n: int, tag: str) -> list[tuple[str, str, Envelope]]:
@@ -153,8 +153,8 @@ def _drain(relay: OutboxRelay) -> int:
     return published
 
 
-def _outbox_index_reads(engine: sa.Engine, relay_engine: sa.Engine) -> int:
-    """Index entries the scans of the outbox's primary key returned so far, the relay's included: its
+def _unpublished_index_reads(engine: sa.Engine, relay_engine: sa.Engine) -> int:
+    """Index entries the scans of the outbox's unpublished index returned so far, the relay's included: its
     one pooled connection is closed first, and a backend flushes its counts as it exits."""
     with relay_engine.connect() as conn:
         pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
@@ -168,13 +168,12 @@ def _outbox_index_reads(engine: sa.Engine, relay_engine: sa.Engine) -> int:
         conn.execute(sa.text("SELECT pg_stat_clear_snapshot()"))
         return int(conn.execute(sa.text(
             "SELECT idx_tup_read FROM pg_stat_user_indexes WHERE schemaname = current_schema() "
-            "AND indexrelname = 'pk_outbox'")).scalar_one())
+            "AND indexrelname = 'ix_outbox_unpublished'")).scalar_one())
 
 
 def test_a_round_reads_on_from_what_it_published_not_through_rows_published_behind_a_long_transaction(
         settings, engine):  # type: ignore[no-untyped-def]
-    """A published (deleted) row keeps its entry in the primary key until no transaction older than its delete
-    runs.
+    """A published row keeps its entry in the unpublished index until no transaction older than its mark runs.
     Read from the bottom, each round walked them all (a billing run's batches last seconds: 3-98 ms a round
     that found 0-6 rows, 549-5,015 index pages)."""
     relay_engine = make_engine(settings, pool_size=1)  # one backend, whose counts are flushed as it exits
@@ -189,9 +188,9 @@ def test_a_round_reads_on_from_what_it_published_not_through_rows_published_behi
             assert _drain(relay) == 3000
             with engine.begin() as conn:
                 add_to_outbox(conn, _envelopes(1, "next"))
-            before = _outbox_index_reads(engine, relay_engine)
+            before = _unpublished_index_reads(engine, relay_engine)
             assert relay.publish_round() == 1
-            read = _outbox_index_reads(engine, relay_engine) - before
+            read = _unpublished_index_reads(engine, relay_engine) - before
             old.rollback()
     finally:
         relay.stop()
@@ -215,7 +214,8 @@ def test_a_row_committed_after_rows_with_higher_ids_were_published_is_published_
             # committed: their ids are below every row published so far
             assert _drain(relay) == 3
         with engine.connect() as conn:
-            assert conn.execute(sa.select(sa.func.count()).select_from(outbox).where(
+            assert conn.execute(sa.select(sa.func.count()).where(
+                outbox.c.published_at.is_(None),
                 outbox.c.event_id.in_([e.event_id for _, _, e in late_rows]))).scalar_one() == 0
     finally:
         relay.stop()
