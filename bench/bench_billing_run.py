@@ -47,7 +47,7 @@ import sqlalchemy as sa
 from confluent_kafka import ConsumerGroupState
 from confluent_kafka.admin import AdminClient
 
-from bench.process_cpu import child_pids
+from bench.process_cpu import child_pids, cpu_seconds, kafka_cpu_seconds, postgres_cpu_seconds
 from services.billing_worker.adapters.usage import MeterMap, UsageMaterializer
 from services.billing_worker.bootstrap import billing_handlers, message_bus, sql_unit_of_work
 from shared.adapters.catalog_file import load_default_catalog
@@ -216,10 +216,29 @@ def wait_for_group(settings: Any, engine: sa.Engine, workers: int, procs: list[s
     return time.monotonic() - started
 
 
+class _RunCpu:
+    """CPU seconds used by the worker processes, PostgreSQL and Kafka (those running on this machine) from
+    `__init__` to `used()`: what the run cost the machine, whichever process spent it."""
+
+    def __init__(self, workers: list[int]) -> None:
+        self._workers = workers
+        self._start = self._now()
+
+    def _now(self) -> dict[str, float | None]:
+        return {"worker": sum(cpu_seconds(pid) for pid in self._workers), "postgres": postgres_cpu_seconds(),
+                "kafka": kafka_cpu_seconds()}
+
+    def used(self) -> dict[str, float]:
+        end = self._now()
+        return {part: end[part] - start for part, start in self._start.items()  # type: ignore[operator]
+                if start is not None and end[part] is not None}
+
+
 def billing_run(settings: Any, engine: sa.Engine, n: int, *, workers: int, period_end: datetime,
-                logs: Path) -> float:
+                logs: Path) -> tuple[float, dict[str, float]]:
     """Seconds from the clock passing `period_end` until the N invoices of that close are stored, with
-    `workers` worker processes sharing the partitions."""
+    `workers` worker processes sharing the partitions, and the CPU seconds each kind of process used meanwhile
+    (`_RunCpu`)."""
     env = _worker_env(settings, workers)
     logs.mkdir(parents=True, exist_ok=True)
     procs: list[subprocess.Popen[bytes]] = []
@@ -237,10 +256,12 @@ def billing_run(settings: Any, engine: sa.Engine, n: int, *, workers: int, perio
               flush=True)
         time.sleep(2)  # the group settled: every process owns its share
         numbered_before = _numbered(engine)
+        profiling = bool(os.environ.get("BILLING_BENCH_PROFILE"))  # py-spy's child is the worker
+        cpu = _RunCpu([pid for p in procs for pid in (child_pids(p.pid) if profiling else [p.pid])])
         started = time.perf_counter()
         clock = DatabaseClock(engine, JAN_1)
         clock.advance(period_end + timedelta(seconds=1) - clock.now())
-        invoiced = None
+        invoiced, used = None, {}
         deadline = started + max(600.0, n / 20)
         counted_at = started
         while time.perf_counter() < deadline and invoiced is None:
@@ -251,6 +272,7 @@ def billing_run(settings: Any, engine: sa.Engine, n: int, *, workers: int, perio
                 counted_at = time.perf_counter()
                 if _count(engine, period_end) >= n:
                     invoiced = time.perf_counter() - started
+                    used = cpu.used()
     finally:
         for p in procs:
             profiled = child_pids(p.pid) if os.environ.get("BILLING_BENCH_PROFILE") else []
@@ -266,7 +288,7 @@ def billing_run(settings: Any, engine: sa.Engine, n: int, *, workers: int, perio
                 p.wait()
     if invoiced is None:
         raise RuntimeError(f"billing run incomplete: {_count(engine, period_end)} of {n} invoices stored")
-    return invoiced
+    return invoiced, used
 
 
 def naive_billing_loop(engine: sa.Engine, n: int) -> float:
@@ -323,6 +345,7 @@ def run(ctx: Any) -> dict[str, dict[str, Any]]:
         "naive_billing_run_invoices_per_s": {"value": round(naive_rate, 1), "unit": "invoices/s", "baseline": None}}
     logs = REPO / "var" / "bench"
     seconds: dict[tuple[int, int], float] = {}
+    cpu: dict[tuple[int, int], dict[str, float]] = {}
     # the curve with two processes at every size, and one process at the curve's middle size (1 against 2
     # processes on the same subscriptions; at 100,000 the one-process run alone would take ~12 minutes here)
     single = sizes[len(sizes) // 2]
@@ -345,9 +368,10 @@ def run(ctx: Any) -> dict[str, dict[str, Any]]:
         copy_seed(ctx.engine, ctx.settings.database_schema, here.settings.database_schema)
         print(f"[bench] billing run: {n:,} seeded subscriptions copied in {time.perf_counter() - began:.0f} s",
               flush=True)
-        seconds[(n, w)] = billing_run(here.settings, here.engine, n, workers=w, period_end=FEB_1, logs=logs)
-        print(f"[bench] billing run: {n:,} subscriptions, {w} worker process(es): {seconds[(n, w)]:.1f} s",
-              flush=True)
+        seconds[(n, w)], cpu[(n, w)] = billing_run(here.settings, here.engine, n, workers=w, period_end=FEB_1,
+                                                   logs=logs)
+        print(f"[bench] billing run: {n:,} subscriptions, {w} worker process(es): {seconds[(n, w)]:.1f} s; CPU "
+              + ", ".join(f"{part} {s:.1f} s" for part, s in cpu[(n, w)].items()), flush=True)
         here.engine.dispose()
     for n, w in runs:
         out[f"billing_run_{n // 1000}k_us_per_subscription_{w}w"] = {
@@ -361,4 +385,17 @@ def run(ctx: Any) -> dict[str, dict[str, Any]]:
     for w, name in ((1, "billing_run_invoices_per_s_1_worker"), (2, "billing_run_invoices_per_s_2_workers")):
         out[name] = {"value": round(single / seconds[(single, w)], 1), "unit": f"invoices/s ({single:,} subscriptions)",
                      "baseline": "naive_billing_run_invoices_per_s"}
-    return out
+    return out | _cpu_metrics(cpu[(n, 2)], n)
+
+
+def _cpu_metrics(used: dict[str, float], n: int) -> dict[str, dict[str, Any]]:
+    """The largest two-process run's CPU per subscription by kind of process, and the 100k run this machine's
+    cores would allow at that total cost if they did nothing else: the floor the measured run is held above."""
+    metrics = {f"billing_run_{part}_cpu_us_per_subscription": {
+        "value": round(seconds / n * 1e6, 1), "unit": f"µs {part} CPU ({n:,} subscriptions, 2 worker processes)",
+        "baseline": None} for part, seconds in used.items()}
+    if {"postgres", "kafka"} <= used.keys():
+        metrics["billing_run_100k_cpu_bound_seconds"] = {
+            "value": round(sum(used.values()) / n * 100_000 / (os.cpu_count() or 1), 1),
+            "unit": "s (CPU per subscription x 100,000 / cores)", "baseline": None}
+    return metrics

@@ -21,8 +21,19 @@ def cpu_seconds(pid: int | str) -> float:
 def postgres_cpu_seconds() -> float | None:
     """CPU seconds used so far by every PostgreSQL process of this machine (None: none visible, e.g. a
     database on another host)."""
-    pids = [entry.name for entry in Path("/proc").iterdir() if entry.name.isdigit() and _command(entry) == "postgres"]
+    pids = [entry.name for entry in _processes() if _command(entry) == "postgres"]
     return sum(cpu_seconds(pid) for pid in pids) if pids else None
+
+
+def kafka_cpu_seconds() -> float | None:
+    """CPU seconds used so far by the Kafka brokers of this machine (a JVM running `kafka.Kafka`, as the local
+    stack starts it; None: none visible, e.g. brokers in containers or on other hosts)."""
+    pids = [entry.name for entry in _processes() if _command(entry) == "java" and b"kafka.Kafka" in _argv(entry)]
+    return sum(cpu_seconds(pid) for pid in pids) if pids else None
+
+
+def _processes() -> list[Path]:
+    return [entry for entry in Path("/proc").iterdir() if entry.name.isdigit()]
 
 
 def _command(entry: Path) -> str:
@@ -30,6 +41,13 @@ def _command(entry: Path) -> str:
         return (entry / "comm").read_text().strip()
     except OSError:
         return ""
+
+
+def _argv(entry: Path) -> list[bytes]:
+    try:
+        return (entry / "cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return []
 
 
 def child_pids(pid: int) -> list[int]:
