@@ -9,20 +9,23 @@ from pathlib import Path
 TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int | str) -> float:
-    """User + system CPU a process has used so far (every thread), in seconds; 0 once it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
+def cpu_seconds(pid: int | str, *, reaped_children: bool = False) -> float:
+    """User + system CPU a process has used so far (every thread), in seconds; 0 once it is gone. With
+    `reaped_children`, also what its children that exited and were waited for had used."""
+    fields = _stat(pid)
+    if not fields:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICKS_PER_SECOND
+    ticks = int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if reaped_children else 0)
+    return ticks / TICKS_PER_SECOND
 
 
 def postgres_cpu_seconds() -> float | None:
     """CPU seconds used so far by every PostgreSQL process of this machine (None: none visible, e.g. a
-    database on another host)."""
-    pids = [entry.name for entry in _processes() if _command(entry) == "postgres"]
-    return sum(cpu_seconds(pid) for pid in pids) if pids else None
+    database on another host), including backends and autovacuum workers that have exited since: the
+    postmaster reaps them, so their time is in its children's count. Without it a pool that closes its
+    overflow connections, or a vacuum that ends, took its CPU out of the measured window."""
+    pids = {entry.name for entry in _processes() if _command(entry) == "postgres"}
+    return sum(cpu_seconds(pid, reaped_children=_parent(pid) not in pids) for pid in pids) if pids else None
 
 
 def kafka_cpu_seconds() -> float | None:
@@ -30,6 +33,20 @@ def kafka_cpu_seconds() -> float | None:
     stack starts it; None: none visible, e.g. brokers in containers or on other hosts)."""
     pids = [entry.name for entry in _processes() if _command(entry) == "java" and b"kafka.Kafka" in _argv(entry)]
     return sum(cpu_seconds(pid) for pid in pids) if pids else None
+
+
+def _stat(pid: int | str) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command (state, ppid, ...; [11] utime, [12] stime, [13] cutime,
+    [14] cstime); none once the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def _parent(pid: int | str) -> str:
+    fields = _stat(pid)
+    return fields[1] if fields else ""
 
 
 def _processes() -> list[Path]:
