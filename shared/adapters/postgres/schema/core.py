@@ -57,6 +57,16 @@ _OUTBOX_MESSAGES_VIEW = sa.DDL(  # type: ignore[no-untyped-call]
     "CREATE VIEW outbox_messages AS SELECT id, part, topic, message_key, event_id::uuid AS event_id, event_type, "
     f"envelope, created_at, published_at FROM ({outbox_messages_sql('outbox')}) m")
 sa.event.listen(outbox, "after_create", _OUTBOX_MESSAGES_VIEW)
+
+# NOTE: an envelope larger than ~2 kB (a bundle: a hot org's group of ~30 usage events is ~17 kB) is compressed
+# before it is stored. With PostgreSQL's default, pglz, that was the group statement's largest single cost
+# (perf); lz4 compresses it several times faster and decompresses it faster for the relay, for ~8 % more bytes.
+# Hot-org probe, three alternating pairs: the group statement's execution time -12 %, PostgreSQL's CPU -9 %.
+# A server built without lz4 keeps pglz.
+_OUTBOX_LZ4 = sa.DDL(  # type: ignore[no-untyped-call]
+    "DO $$ BEGIN ALTER TABLE outbox ALTER COLUMN envelope SET COMPRESSION lz4; "
+    "EXCEPTION WHEN feature_not_supported THEN NULL; END $$")
+sa.event.listen(outbox, "after_create", _OUTBOX_LZ4)
 sa.event.listen(outbox, "before_drop", sa.DDL("DROP VIEW IF EXISTS outbox_messages"))  # type: ignore[no-untyped-call]
 
 # The billing clock. One row per clock id ('default' for the environment); a simulated clock is advanced
