@@ -230,8 +230,8 @@ class _RunCpu:
 
     def used(self) -> dict[str, float]:
         end = self._now()
-        return {part: end[part] - start for part, start in self._start.items()  # type: ignore[operator]
-                if start is not None and end[part] is not None}
+        return {part: finish - start for part, start in self._start.items()
+                if start is not None and (finish := end[part]) is not None}
 
 
 def billing_run(settings: Any, engine: sa.Engine, n: int, *, workers: int, period_end: datetime,

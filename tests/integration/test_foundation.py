@@ -83,8 +83,8 @@ def test_a_customer_is_created_through_the_stripe_sdk_against_stripe_mock(stripe
 
 
 def test_the_outbox_compresses_large_envelopes_with_lz4(engine):
-    """A hot org's bundle of usage events (~17 kB) is compressed as it is stored: pglz, the default, was the
-    group statement's largest single cost."""
+    """A hot org's bundle of usage events (~17 kB) is compressed as it is stored: with pglz, the default, that
+    was 5.6 % of PostgreSQL's samples in the hot-org probe."""
     with engine.connect() as conn:
         method = conn.execute(sa.text(
             "SELECT attcompression FROM pg_attribute WHERE attrelid = 'outbox'::regclass AND attname = 'envelope'"
