@@ -60,9 +60,9 @@ sa.event.listen(outbox, "after_create", _OUTBOX_MESSAGES_VIEW)
 
 # NOTE: an envelope larger than ~2 kB (a bundle: a hot org's group of ~30 usage events is ~17 kB) is compressed
 # before it is stored. With PostgreSQL's default, pglz, that was 5.6 % of PostgreSQL's samples in the hot-org
-# probe (perf), second only to the JSON lexer; lz4 compresses it several times faster and decompresses it faster for the relay, for ~8 % more bytes.
-# Hot-org probe, three alternating pairs: the group statement's execution time -12 %, PostgreSQL's CPU -9 %.
-# A server built without lz4 keeps pglz.
+# probe (perf), second only to the JSON lexer; lz4 compresses it several times faster and decompresses it
+# faster for the relay, for ~8 % more bytes. Hot-org probe, three alternating pairs: the group statement's
+# execution time -12 %, PostgreSQL's CPU -9 %. A server built without lz4 keeps pglz.
 _OUTBOX_LZ4 = sa.DDL(  # type: ignore[no-untyped-call]
     "DO $$ BEGIN ALTER TABLE outbox ALTER COLUMN envelope SET COMPRESSION lz4; "
     "EXCEPTION WHEN feature_not_supported THEN NULL; END $$")
