@@ -90,3 +90,18 @@ def test_the_outbox_compresses_large_envelopes_with_lz4(engine):
             "SELECT attcompression FROM pg_attribute WHERE attrelid = 'outbox'::regclass AND attname = 'envelope'"
         )).scalar_one()
     assert method == "l"
+
+
+def test_the_billing_workers_sessions_sort_a_runs_bundles_in_memory(settings):
+    """The worker's engine asks for WORK_MEM_MB per sort (a run's bundles spilled to disk at the default)."""
+    from services.billing_worker.bootstrap import WORK_MEM_MB
+    from shared.adapters.postgres.engine import make_engine
+
+    worker_engine = make_engine(settings, work_mem_mb=WORK_MEM_MB, pool_size=1)
+    try:
+        with worker_engine.connect() as conn:
+            assert conn.execute(sa.text("SHOW work_mem")).scalar_one() == f"{WORK_MEM_MB}MB"
+            assert conn.execute(sa.text("SHOW timezone")).scalar_one() == "UTC"  # the other options kept
+            assert conn.execute(sa.text("SELECT current_schema()")).scalar_one() == settings.database_schema
+    finally:
+        worker_engine.dispose()

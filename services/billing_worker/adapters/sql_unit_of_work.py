@@ -21,12 +21,12 @@ from services.billing_worker.adapters import credit_notes
 from services.billing_worker.adapters import credit_purchases as purchases
 from services.billing_worker.adapters import payment_attempts as attempts
 from services.billing_worker.adapters.grace_usage import grace_usage
-from services.billing_worker.adapters.outbox import outbox_row
+from services.billing_worker.adapters.outbox import add_unit_of_work_outbox
 from services.billing_worker.service_layer.model import InvoiceToStore, LedgerState, SubscriptionState
 from services.billing_worker.service_layer.unit_of_work import BillingUnitOfWork, UsageClose
 from shared.adapters.postgres import customer_balance
 from shared.adapters.postgres.billed_usage import billed_usage
-from shared.adapters.postgres.schema.core import command_outcomes, outbox
+from shared.adapters.postgres.schema.core import command_outcomes
 from shared.adapters.postgres.usage_reads import usage_since
 from shared.domain.catalog import Catalog
 from shared.domain.coupons import CouponId
@@ -211,5 +211,4 @@ class SqlBillingUnitOfWork(BillingUnitOfWork):
         repo.insert_redemptions(conn, self.redemptions)
         attempts.insert_requested(conn, self.attempts)
         repo.append_audit(conn, self.audit)
-        repo.bulk_insert(conn, outbox, [outbox_row(o.envelope, key=o.key, topic=o.topic) for o in self.outgoing],
-                         ignore_conflicts_on=["event_id"])
+        add_unit_of_work_outbox(conn, [(o.topic, o.key, o.envelope) for o in self.outgoing])

@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 
-from shared.adapters.postgres.schema.core import outbox
+from shared.adapters.postgres.schema.core import MIXED_BUNDLE, outbox
 from shared.contracts.envelope import Envelope
 
 # Set after a transaction of this process committed outbox rows (`rows_committed`): the relay of the same
@@ -55,17 +55,24 @@ def add_documents_to_outbox(conn: sa.Connection, messages: Iterable[tuple[str, s
 
 
 def bundle_insert_sql(*, source: str, topic: str, key: str, event_type: str, event_id: str, envelope: str,
-                      order: str) -> str:
+                      order: str, mixed_types: bool = False) -> str:
     """SQL (an ``INSERT ... SELECT``, to end a CTE or a statement) writing the messages of ``source`` as one
     outbox bundle per (topic, key, event type): ``envelope`` the JSON array of their envelopes in ``order``,
     ``event_id`` the first one's (so the bundle is unique where its first message is). A group of one message
     is written as a plain row (a bundle would only cost the relay a parse). The relay sends each element as its
     own message, in order (``schema.core.outbox_messages_sql``); the arguments are SQL expressions over
-    ``source``."""
+    ``source``. With ``mixed_types`` the bundles are per (topic, key): a bundle of several event types is
+    stored with the type ``MIXED_BUNDLE``, and each element is sent with its envelope's own ``type``."""
+    if mixed_types:
+        chosen_type = (f"CASE WHEN count(*) > 1 THEN '{MIXED_BUNDLE}' "
+                       f"ELSE (array_agg({event_type}))[1] END")
+        group_by = "1, 2"
+    else:
+        chosen_type, group_by = event_type, "1, 2, 4"  # topic, key, event type: by position (may be constants)
     return (f"INSERT INTO outbox (topic, message_key, event_id, event_type, envelope, bundled)\n"
-            f"    SELECT {topic}, {key}, (array_agg({event_id} ORDER BY {order}))[1], {event_type},\n"
+            f"    SELECT {topic}, {key}, (array_agg({event_id} ORDER BY {order}))[1], {chosen_type},\n"
             f"           CASE WHEN count(*) > 1 THEN json_agg({envelope} ORDER BY {order})\n"
             f"                ELSE CAST((array_agg({envelope}))[1] AS json) END,\n"
             f"           count(*) > 1\n"
             f"      FROM {source}\n"
-            f"     GROUP BY 1, 2, 4")  # topic, key, event type: by position, as they may be constants
+            f"     GROUP BY {group_by}")

@@ -10,12 +10,13 @@ import pytest
 import sqlalchemy as sa
 from confluent_kafka import Consumer
 
-from services.billing_worker.adapters.outbox import add_outbox
+from services.billing_worker.adapters.billing_repository import COPY_THRESHOLD
+from services.billing_worker.adapters.outbox import add_outbox, add_unit_of_work_outbox
 from shared.adapters.kafka.outbox_relay import OutboxRelay
 from shared.adapters.kafka.producer import KafkaProducer
 from shared.adapters.postgres.engine import make_engine
 from shared.adapters.postgres.outbox import add_to_outbox, bundle_insert_sql
-from shared.adapters.postgres.schema.core import outbox
+from shared.adapters.postgres.schema.core import MIXED_BUNDLE, outbox
 from shared.contracts import topics
 from shared.contracts.envelope import Envelope, new_envelope
 
@@ -219,3 +220,50 @@ def test_a_row_committed_after_rows_with_higher_ids_were_published_is_published_
                 outbox.c.event_id.in_([e.event_id for _, _, e in late_rows]))).scalar_one() == 0
     finally:
         relay.stop()
+
+
+def test_a_runs_messages_are_one_bundle_per_key_each_sent_with_its_own_type_in_order(settings, engine):
+    """A billing run's unit of work writes each subscription's messages of the batch (a close's credits and
+    invoice events) as one outbox row; the relay sends every message as itself. A message whose event id is
+    already a row (a replay) is dropped on its own, without the new messages bundled with it."""
+    at = datetime(2026, 2, 1, tzinfo=UTC)
+    tag = uuid.uuid4().hex[:8]
+    keys = [f"sub_{tag}_{i}" for i in range(COPY_THRESHOLD // 2)]
+    written: dict[str, list[Envelope]] = {key: [] for key in keys}
+    messages = []
+    for type_ in ("credits.granted", "credits.expired", "invoice.finalized"):
+        for key in keys:
+            env = new_envelope(type_, {"subscription_id": key}, producer="test", occurred_at=at)
+            messages.append((topics.BILLING_EVENTS, key, env))
+            written[key].append(env)
+    replayed = messages[len(keys)]  # the first key's credits.expired, already published before this batch
+    with engine.begin() as conn:
+        add_to_outbox(conn, [replayed])
+        conn.execute(sa.update(outbox).values(published_at=sa.func.now()))
+    written[keys[0]].remove(replayed[2])
+    with engine.begin() as conn:
+        add_unit_of_work_outbox(conn, messages)
+        rows = conn.execute(sa.select(outbox.c.message_key, outbox.c.event_type, outbox.c.bundled)
+                            .where(outbox.c.published_at.is_(None))).all()
+    assert sorted(rows) == sorted((key, MIXED_BUNDLE, True) for key in keys)
+
+    relay = OutboxRelay(engine, KafkaProducer(settings, client_id="relay-run-test"))
+    while relay.publish_round() > 0:
+        pass
+    relay.stop()
+    assert relay.published == 3 * len(keys) - 1
+
+    consumer = Consumer(settings.kafka_consumer_config(f"relay-{uuid.uuid4().hex}"))
+    consumer.subscribe([settings.topic(topics.BILLING_EVENTS)])
+    received: dict[str, list[tuple[bytes, Envelope]]] = {key: [] for key in keys}
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and sum(map(len, received.values())) < relay.published:
+            msg = consumer.poll(0.5)
+            if msg is not None and msg.error() is None and msg.key().decode() in received:
+                env = Envelope.from_bytes(msg.value())
+                received[msg.key().decode()].append((dict(msg.headers())["type"], env))
+    finally:
+        consumer.close()
+    assert {key: [env for _, env in got] for key, got in received.items()} == written
+    assert all(header == env.type.encode() for got in received.values() for header, env in got)
