@@ -44,8 +44,12 @@ def add_unit_of_work_outbox(conn: sa.Connection, messages: Sequence[tuple[str, s
         return
     conn.execute(sa.text(f"CREATE TEMP TABLE IF NOT EXISTS {_RUN_TABLE} (n int, topic text, message_key text, "
                          "event_id uuid, event_type text, envelope json) ON COMMIT DROP"))
+    first_of: dict[object, int] = {}  # the first of several messages with one event id, as ON CONFLICT kept it
+    for n, (_, _, envelope) in enumerate(messages):
+        first_of.setdefault(envelope.event_id, n)
     copy_rows(conn, _RUN_TABLE, _RUN_COLUMNS, [
         {"n": n, "topic": topic, "message_key": key, "event_id": envelope.event_id, "event_type": envelope.type,
-         "envelope": envelope.model_dump(mode="json")} for n, (topic, key, envelope) in enumerate(messages)])
+         "envelope": envelope.model_dump(mode="json")}
+        for n, (topic, key, envelope) in enumerate(messages) if first_of[envelope.event_id] == n])
     conn.execute(_BUNDLE_RUN)
     conn.execute(sa.text(f"DELETE FROM {_RUN_TABLE}"))  # not TRUNCATE: cheap inside long, savepointed batches

@@ -225,7 +225,8 @@ def test_a_row_committed_after_rows_with_higher_ids_were_published_is_published_
 def test_a_runs_messages_are_one_bundle_per_key_each_sent_with_its_own_type_in_order(settings, engine):
     """A billing run's unit of work writes each subscription's messages of the batch (a close's credits and
     invoice events) as one outbox row; the relay sends every message as itself. A message whose event id is
-    already a row (a replay) is dropped on its own, without the new messages bundled with it."""
+    already a row (a replay) is dropped on its own, without the new messages bundled with it, and one the batch
+    holds twice is sent once."""
     at = datetime(2026, 2, 1, tzinfo=UTC)
     tag = uuid.uuid4().hex[:8]
     keys = [f"sub_{tag}_{i}" for i in range(COPY_THRESHOLD // 2)]
@@ -241,8 +242,9 @@ def test_a_runs_messages_are_one_bundle_per_key_each_sent_with_its_own_type_in_o
         add_to_outbox(conn, [replayed])
         conn.execute(sa.update(outbox).values(published_at=sa.func.now()))
     written[keys[0]].remove(replayed[2])
+    twice = messages[-1]  # the last key's invoice.finalized, emitted twice by the batch: sent once
     with engine.begin() as conn:
-        add_unit_of_work_outbox(conn, messages)
+        add_unit_of_work_outbox(conn, [*messages, twice])
         rows = conn.execute(sa.select(outbox.c.message_key, outbox.c.event_type, outbox.c.bundled)
                             .where(outbox.c.published_at.is_(None))).all()
     assert sorted(rows) == sorted((key, MIXED_BUNDLE, True) for key in keys)
