@@ -23,8 +23,9 @@ Metrics:
   reports admitted beyond the allotment (API answers and PostgreSQL rows, whichever is larger).
 - `naive_quota_*`: the same two runs against a read-then-write implementation (SELECT the counter, decide
   in Python, UPDATE used = used + 1) behind an equally thin HTTP server, measured in the same run.
-- `quota_cpu_us_per_decision` / `spend_cpu_us_per_decision`: the edge process's CPU (user + system, all its
-  threads: relay and producer included) per decision in a closed loop over the p99 run's 50 orgs.
+- `quota_cpu_us_per_decision` / `spend_cpu_us_per_decision`: the edge's CPU (user + system, all its threads:
+  relay and producer included; with BENCH_QUOTA_EDGE_WORKERS > 1 its worker processes too) per decision in a
+  closed loop over the p99 run's 50 orgs.
 - `spend_*`: the same runs for spend authorisations (USD 0.001 each) on the same edge: p99 at 1,000
   requests/s over 50 pro-tier orgs, the hot org, and `spend_overspend` (µUSD authorised beyond the limit,
   API answers and PostgreSQL rows, whichever is larger) for 2,000 requests against a free-tier org whose
@@ -53,7 +54,7 @@ from typing import Any
 import httpx
 import orjson
 
-from bench.process_cpu import cpu_seconds, postgres_cpu_seconds
+from bench.process_cpu import postgres_cpu_seconds, tree_cpu_seconds
 
 REPO = Path(__file__).resolve().parent.parent
 ADMIN_KEY = "bench-quota-admin-key"
@@ -296,8 +297,9 @@ class _ChildServer:
                 time.sleep(0.1)
 
     def cpu_seconds(self) -> float:
-        """CPU time (user + system) the server process has used so far (Linux /proc)."""
-        return cpu_seconds(self._process.pid)
+        """CPU time (user + system) the server has used so far (Linux /proc): its process and, with several
+        edge workers (`BENCH_QUOTA_EDGE_WORKERS`), the worker processes uvicorn runs it in."""
+        return tree_cpu_seconds(self._process.pid)
 
     def stop(self) -> None:
         self._process.send_signal(signal.SIGTERM)

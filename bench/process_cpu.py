@@ -19,6 +19,12 @@ def cpu_seconds(pid: int | str, *, reaped_children: bool = False) -> float:
     return ticks / TICKS_PER_SECOND
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds used so far by a process, its descendants alive now and the ones it reaped: a server that
+    runs its work in child processes (uvicorn with several workers) is measured whole."""
+    return cpu_seconds(pid, reaped_children=True) + sum(tree_cpu_seconds(child) for child in child_pids(pid))
+
+
 def postgres_cpu_seconds() -> float | None:
     """CPU seconds used so far by every PostgreSQL process of this machine (None: none visible, e.g. a
     database on another host), including backends and autovacuum workers that have exited since: the
