@@ -3,6 +3,7 @@ caller's transaction, published by the relay (shared.adapters.kafka.outbox_relay
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 
 import sqlalchemy as sa
@@ -42,14 +43,13 @@ def add_unit_of_work_outbox(conn: sa.Connection, messages: Sequence[tuple[str, s
         bulk_insert(conn, outbox, [outbox_row(envelope, key=key, topic=topic) for topic, key, envelope in messages],
                     ignore_conflicts_on=["event_id"])
         return
-    conn.execute(sa.text(f"CREATE TEMP TABLE IF NOT EXISTS {_RUN_TABLE} (n int, topic text, message_key text, "
-                         "event_id uuid, event_type text, envelope json) ON COMMIT DROP"))
-    first_of: dict[object, int] = {}  # the first of several messages with one event id, as ON CONFLICT kept it
+    conn.execute(sa.text(f"CREATE TEMP TABLE IF NOT EXISTS {_RUN_TABLE} ON COMMIT DROP AS "
+                         f"SELECT 0 AS n, {', '.join(_RUN_COLUMNS[1:])} FROM outbox WITH NO DATA"))
+    first_of: dict[uuid.UUID, int] = {}  # the first of several messages with one event id, as ON CONFLICT kept it
     for n, (_, _, envelope) in enumerate(messages):
         first_of.setdefault(envelope.event_id, n)
     copy_rows(conn, _RUN_TABLE, _RUN_COLUMNS, [
-        {"n": n, "topic": topic, "message_key": key, "event_id": envelope.event_id, "event_type": envelope.type,
-         "envelope": envelope.model_dump(mode="json")}
+        {"n": n, **outbox_row(envelope, key=key, topic=topic)}
         for n, (topic, key, envelope) in enumerate(messages) if first_of[envelope.event_id] == n])
     conn.execute(_BUNDLE_RUN)
     conn.execute(sa.text(f"DELETE FROM {_RUN_TABLE}"))  # not TRUNCATE: cheap inside long, savepointed batches
