@@ -30,10 +30,28 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out, default=str).decode()
 
 
+class TextFormatter(logging.Formatter):
+    """One line of text for `log_json=False`, ending with the record's fields as ``key=value``.
+
+    # NOTE: the plain `logging.Formatter` dropped every `extra=` field, so a text log said "batch failed,
+    # retrying" without the error, topic or offset that the JSON line carries.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        fields = " ".join(f"{k}={v}" for k, v in record.__dict__.items() if k not in _RESERVED)
+        if not fields:
+            return line
+        head, newline, rest = line.partition("\n")  # an exception's traceback stays below the line
+        return f"{head} {fields}{newline}{rest}"
+
+
 def configure_logging(level: str = "INFO", json: bool = True) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if json else logging.Formatter(
-        "%(asctime)s %(levelname)s %(name)s %(message)s"))
+    handler.setFormatter(JsonFormatter() if json else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
