@@ -16,6 +16,11 @@ import orjson
 _RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The fields a record was given with `extra=` (everything that is not a standard LogRecord attribute)."""
+    return {k: v for k, v in record.__dict__.items() if k not in _RESERVED}
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
@@ -24,7 +29,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        out.update({k: v for k, v in record.__dict__.items() if k not in _RESERVED})
+        out.update(_fields(record))
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(out, default=str).decode()
@@ -40,13 +45,11 @@ class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
 
-    def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        fields = " ".join(f"{k}={v}" for k, v in record.__dict__.items() if k not in _RESERVED)
-        if not fields:
-            return line
-        head, newline, rest = line.partition("\n")  # an exception's traceback stays below the line
-        return f"{head} {fields}{newline}{rest}"
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        # the line before any traceback, which `format` appends below it
+        fields = " ".join(f"{k}={v}" for k, v in _fields(record).items())
+        line = super().formatMessage(record)
+        return f"{line} {fields}" if fields else line
 
 
 def configure_logging(level: str = "INFO", json: bool = True) -> None:
