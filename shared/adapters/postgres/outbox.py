@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 
@@ -58,21 +59,55 @@ def bundle_insert_sql(*, source: str, topic: str, key: str, event_type: str, eve
                       order: str, mixed_types: bool = False) -> str:
     """SQL (an ``INSERT ... SELECT``, to end a CTE or a statement) writing the messages of ``source`` as one
     outbox bundle per (topic, key, event type): ``envelope`` the JSON array of their envelopes in ``order``,
-    ``event_id`` the first one's (so the bundle is unique where its first message is). A group of one message
-    is written as a plain row (a bundle would only cost the relay a parse). The relay sends each element as its
-    own message, in order (``schema.core.outbox_messages_sql``); the arguments are SQL expressions over
-    ``source``. With ``mixed_types`` the bundles are per (topic, key): a bundle of several event types is
-    stored with the type ``MIXED_BUNDLE``, and each element is sent with its envelope's own ``type``."""
+    ``event_id`` the first one's (so the bundle is unique where its first message is), and the elements'
+    lengths, event ids and (``mixed_types``) types, which the relay cuts the array by (`bundle_messages`). A
+    group of one message is written as a plain row (a bundle would only cost the relay a parse). The relay
+    sends each element as its own message, in order; the arguments are SQL expressions over ``source`` (the
+    envelope's of type json). With ``mixed_types`` the bundles are per (topic, key): a bundle of several event
+    types is stored with the type ``MIXED_BUNDLE``, and each element is sent with its own type."""
     if mixed_types:
         chosen_type = (f"CASE WHEN count(*) > 1 THEN '{MIXED_BUNDLE}' "
                        f"ELSE (array_agg({event_type}))[1] END")
+        types = f"CASE WHEN count(*) > 1 THEN array_agg({event_type} ORDER BY {order}) END"
         group_by = "1, 2"
     else:
-        chosen_type, group_by = event_type, "1, 2, 4"  # topic, key, event type: by position (may be constants)
-    return (f"INSERT INTO outbox (topic, message_key, event_id, event_type, envelope, bundled)\n"
+        chosen_type, types, group_by = event_type, "NULL", "1, 2, 4"  # topic, key, type: by position
+    return (f"INSERT INTO outbox (topic, message_key, event_id, event_type, envelope, bundled,\n"
+            f"                    part_lengths, part_event_ids, part_types)\n"
             f"    SELECT {topic}, {key}, (array_agg({event_id} ORDER BY {order}))[1], {chosen_type},\n"
             f"           CASE WHEN count(*) > 1 THEN json_agg({envelope} ORDER BY {order})\n"
             f"                ELSE CAST((array_agg({envelope}))[1] AS json) END,\n"
-            f"           count(*) > 1\n"
+            f"           count(*) > 1,\n"
+            f"           CASE WHEN count(*) > 1\n"
+            f"                THEN array_agg(length(CAST({envelope} AS text)) ORDER BY {order}) END,\n"
+            f"           CASE WHEN count(*) > 1 THEN array_agg(CAST({event_id} AS uuid) ORDER BY {order}) END,\n"
+            f"           {types}\n"
             f"      FROM {source}\n"
             f"     GROUP BY {group_by}")
+
+
+# json_agg writes an array as "[" + the elements' own text joined by ", " + "]" (PostgreSQL's json_agg_transfn).
+_SEPARATOR = ", "
+
+
+def bundle_messages(text: str, lengths: Sequence[int] | None, event_ids: Sequence[str] | None,
+                    types: Sequence[str] | None, event_type: str) -> list[tuple[str, str, str]]:
+    """The (event_id, event_type, envelope text) of each message of a bundle whose stored envelope is ``text``,
+    cut by its elements' lengths: each element's text exactly as stored, without parsing it. A bundle whose
+    lengths are missing or do not cut ``text`` at its separators is parsed instead (its elements are then sent
+    as orjson writes them: the same JSON)."""
+    if lengths is not None and event_ids is not None and len(lengths) == len(event_ids) and text[:1] == "[" \
+            and (types is not None or event_type != MIXED_BUNDLE):
+        messages, start = [], 1
+        for n, length in enumerate(lengths):
+            end = start + length
+            if text[end:end + 2] != _SEPARATOR and end != len(text) - 1:
+                break
+            messages.append((event_ids[n], types[n] if types is not None else event_type, text[start:end]))
+            start = end + 2
+        else:
+            if start == len(text) + 1 and text[-1] == "]":
+                return messages
+    elements = orjson.loads(text)
+    return [(str(e["event_id"]), str(e["type"]) if event_type == MIXED_BUNDLE else event_type,
+             orjson.dumps(e).decode()) for e in elements]

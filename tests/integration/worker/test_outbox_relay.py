@@ -14,8 +14,9 @@ from services.billing_worker.adapters.billing_repository import COPY_THRESHOLD
 from services.billing_worker.adapters.outbox import add_outbox, add_unit_of_work_outbox
 from shared.adapters.kafka.outbox_relay import OutboxRelay
 from shared.adapters.kafka.producer import KafkaProducer
+from shared.adapters.postgres import outbox as outbox_module
 from shared.adapters.postgres.engine import make_engine
-from shared.adapters.postgres.outbox import add_to_outbox, bundle_insert_sql
+from shared.adapters.postgres.outbox import add_to_outbox, bundle_insert_sql, bundle_messages
 from shared.adapters.postgres.schema.core import MIXED_BUNDLE, outbox
 from shared.contracts import topics
 from shared.contracts.envelope import Envelope, new_envelope
@@ -117,6 +118,35 @@ def test_a_bundle_is_sent_as_its_messages_in_order_between_the_rows_around_it(se
         {"type": b"usage.recorded", "event_id": str(e.event_id).encode()} for e in written]
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).where(outbox.c.published_at.is_(None))).scalar_one() == 0
+
+
+def test_a_bundle_cut_by_its_lengths_is_the_view_of_its_messages_text_for_text(engine, monkeypatch):
+    """The lengths PostgreSQL wrote with a bundle cut json_agg's text exactly (characters outside ASCII, ", "
+    and brackets inside strings), for plain and mixed bundles: the relay sends what the view lists, unparsed."""
+    tag = uuid.uuid4().hex[:8]
+    odd = {"note": "Zoë – 東京, [a], {b}", "quote": 'say "hi", then: ]'}
+    usage = [new_envelope("usage.recorded", {"transaction_id": f"t{n}", **odd}, producer="test",
+                          occurred_at=datetime(2026, 2, 1, tzinfo=UTC)) for n in range(3)]
+    run = [(topics.BILLING_EVENTS, f"sub_{tag}_{i % 2}",
+            new_envelope(("credits.granted", "invoice.finalized")[i % 3 % 2], {"i": i, **odd}, producer="test",
+                         occurred_at=datetime(2026, 2, 1, tzinfo=UTC)))
+           for i in range(COPY_THRESHOLD)]
+    with engine.begin() as conn:
+        _write_bundle(conn, f"org_{tag}", usage)
+        add_unit_of_work_outbox(conn, run)
+        keys = [f"org_{tag}", f"sub_{tag}_0", f"sub_{tag}_1"]
+        stored = conn.execute(sa.text(
+            "SELECT id, envelope::text, part_lengths, part_event_ids::text[], part_types, event_type FROM outbox"
+            " WHERE message_key = ANY(:keys) AND bundled ORDER BY id"), {"keys": keys}).all()
+        listed = conn.execute(sa.text(
+            "SELECT id, event_id::text, event_type, envelope::text FROM outbox_messages"
+            " WHERE message_key = ANY(:keys) ORDER BY id, part"), {"keys": keys}).all()
+    assert len(stored) == 3 and all(row.part_lengths for row in stored)
+    monkeypatch.setattr(outbox_module, "orjson", None)  # cut, never parsed
+    cut = [(id_, *message) for id_, text, lengths, ids, types, event_type in stored
+           for message in bundle_messages(text, lengths, ids, types, event_type)]
+    assert cut == [tuple(row) for row in listed]
+    assert len(cut) == 3 + COPY_THRESHOLD
 
 
 def test_a_relay_that_cannot_take_the_relay_lock_publishes_and_marks_nothing(settings, engine):
