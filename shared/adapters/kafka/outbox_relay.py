@@ -106,7 +106,7 @@ class OutboxRelay:
                 out.append((physical, key, value.encode(), [("type", event_type.encode()),
                                                             ("event_id", event_id.encode())]))
                 continue
-            for part_id, part_type, part in bundle_messages(value, lengths, event_ids, types, event_type):
+            for part_id, part_type, part in bundle_messages(value, lengths, event_ids, types, event_type, event_id):
                 out.append((physical, key, part.encode(), [("type", part_type.encode()),
                                                            ("event_id", part_id.encode())]))
         return out

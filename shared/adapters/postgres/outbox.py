@@ -9,12 +9,12 @@ when Kafka is down at that instant.
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 
@@ -91,15 +91,17 @@ _SEPARATOR = ", "
 
 
 def bundle_messages(text: str, lengths: Sequence[int] | None, event_ids: Sequence[str] | None,
-                    types: Sequence[str] | None, event_type: str) -> list[tuple[str, str, str]]:
-    """The (event_id, event_type, envelope text) of each message of a bundle whose stored envelope is ``text``,
-    cut by its elements' lengths: each element's text exactly as stored, without parsing it. A bundle whose
-    lengths are missing or do not cut ``text`` at its separators is parsed instead (its elements are then sent
-    as orjson writes them: the same JSON)."""
-    if lengths is not None and event_ids is not None and len(lengths) == len(event_ids) and text[:1] == "[" \
-            and (types is not None or event_type != MIXED_BUNDLE):
+                    types: Sequence[str] | None, event_type: str, event_id: str) -> list[tuple[str, str, str]]:
+    """The (event_id, event_type, envelope text) of each message of a bundle row (its stored envelope ``text``,
+    part columns, ``event_type`` and ``event_id``), cut by its elements' lengths: each element's text exactly as
+    stored, without parsing it. A bundle whose part columns are missing or do not agree, or whose lengths do not
+    cut ``text`` at its separators, is parsed instead (its elements are then sent re-encoded: the same JSON), as
+    the ``outbox_messages`` view reads it: an element without an event_id or type gets the row's."""
+    parts = len(lengths) if lengths is not None else -1
+    if parts > 0 and event_ids is not None and len(event_ids) == parts and text[:1] == "[" \
+            and (len(types) == parts if types is not None else event_type != MIXED_BUNDLE):
         messages, start = [], 1
-        for n, length in enumerate(lengths):
+        for n, length in enumerate(lengths or ()):
             end = start + length
             if text[end:end + 2] != _SEPARATOR and end != len(text) - 1:
                 break
@@ -108,6 +110,8 @@ def bundle_messages(text: str, lengths: Sequence[int] | None, event_ids: Sequenc
         else:
             if start == len(text) + 1 and text[-1] == "]":
                 return messages
-    elements = orjson.loads(text)
-    return [(str(e["event_id"]), str(e["type"]) if event_type == MIXED_BUNDLE else event_type,
-             orjson.dumps(e).decode()) for e in elements]
+    # json, not orjson: a stored envelope may hold an integer orjson refuses (beyond 64 bits)
+    elements = json.loads(text)
+    return [(str(e.get("event_id") or event_id),
+             str(e.get("type") or event_type) if event_type == MIXED_BUNDLE else event_type,
+             json.dumps(e, ensure_ascii=False, separators=(",", ":"))) for e in elements]

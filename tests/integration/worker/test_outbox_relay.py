@@ -136,15 +136,16 @@ def test_a_bundle_cut_by_its_lengths_is_the_view_of_its_messages_text_for_text(e
         add_unit_of_work_outbox(conn, run)
         keys = [f"org_{tag}", f"sub_{tag}_0", f"sub_{tag}_1"]
         stored = conn.execute(sa.text(
-            "SELECT id, envelope::text, part_lengths, part_event_ids::text[], part_types, event_type FROM outbox"
+            "SELECT id, envelope::text, part_lengths, part_event_ids::text[], part_types, event_type, event_id::text"
+            " FROM outbox"
             " WHERE message_key = ANY(:keys) AND bundled ORDER BY id"), {"keys": keys}).all()
         listed = conn.execute(sa.text(
             "SELECT id, event_id::text, event_type, envelope::text FROM outbox_messages"
             " WHERE message_key = ANY(:keys) ORDER BY id, part"), {"keys": keys}).all()
     assert len(stored) == 3 and all(row.part_lengths for row in stored)
-    monkeypatch.setattr(outbox_module, "orjson", None)  # cut, never parsed
-    cut = [(id_, *message) for id_, text, lengths, ids, types, event_type in stored
-           for message in bundle_messages(text, lengths, ids, types, event_type)]
+    monkeypatch.setattr(outbox_module, "json", None)  # cut, never parsed
+    cut = [(id_, *message) for id_, text, lengths, ids, types, event_type, event_id in stored
+           for message in bundle_messages(text, lengths, ids, types, event_type, event_id)]
     assert cut == [tuple(row) for row in listed]
     assert len(cut) == 3 + COPY_THRESHOLD
 
