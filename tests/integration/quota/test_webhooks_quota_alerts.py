@@ -4,8 +4,9 @@ billing-events.v1, and the webhooks service (in this process) fans it out and de
 REST answers are the ones they always were (200 while credits last, then 402).
 
 Lite is 20 reports a month with the default thresholds: 21 enquiries at once on 15 January give 20 x 200 and
-1 x 402, and the alerts of that state: two thresholds reached (80 % and 100 %) and the limit reached. (The
-internal quota.on_track_to_exceed is published as quota.on_track_to_limit: tests/unit/webhooks.)
+1 x 402, and the alerts of that state: two thresholds reached (80 % and 100 %) and the limit reached, plus
+on track to the limit when a batch of the burst ended half-way (the internal quota.on_track_to_exceed is
+published as quota.on_track_to_limit: tests/unit/webhooks).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from tests.integration.quota.conftest import EdgeServer, admin, counters, new_or
 
 pytestmark = pytest.mark.integration
 QUOTA_EVENTS = ["quota.threshold_reached", "quota.limit_reached", "quota.on_track_to_limit"]
+ON_TRACK = "quota.on_track_to_exceed"
+WEBHOOK_TYPE = {ON_TRACK: "quota.on_track_to_limit"}  # the internal event's public name
 
 
 @pytest.fixture(scope="module")
@@ -60,13 +63,19 @@ async def test_quota_alerts_are_delivered_to_webhook_endpoints_once_each(
     assert Counter(r.status_code for r in answers) == {200: 20, 402: 1}  # the quota answers, unchanged
 
     published = counters(engine, org)["alert_events"]  # the outbox rows, written with the consumption
-    assert published == ["quota.threshold_reached", "quota.threshold_reached", "quota.limit_reached"]
+    # The end state's alerts, and at most one more: on track to the limit, when the burst was decided in several
+    # batches and one of them ended with 10 to 19 reports used (half of Lite's 20 by mid-month). How the 21
+    # requests fall into batches follows their arrival, so that alert is there in about one run in twenty.
+    assert [kind for kind in published if kind != ON_TRACK] == [
+        "quota.threshold_reached", "quota.threshold_reached", "quota.limit_reached"]
+    assert published.count(ON_TRACK) <= 1
     deadline = time.monotonic() + 60
     while len(receiver.delivered("/quota")) < len(published):
         assert time.monotonic() < deadline, f"delivered {receiver.delivered('/quota')} of {published}"
         await asyncio.sleep(0.2)
     await asyncio.sleep(1.0)  # nothing more may arrive
     got = receiver.delivered("/quota")
-    assert [r["type"] for r in got] == published  # in order: one org is one ordering key
+    # in order: one org is one ordering key
+    assert [r["type"] for r in got] == [WEBHOOK_TYPE.get(kind, kind) for kind in published]
     assert len({r["id"] for r in got}) == len(got)
     assert receiver.bad_signatures == []
