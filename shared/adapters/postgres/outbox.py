@@ -97,21 +97,27 @@ def bundle_messages(text: str, lengths: Sequence[int] | None, event_ids: Sequenc
     stored, without parsing it. A bundle whose part columns are missing or do not agree, or whose lengths do not
     cut ``text`` at its separators, is parsed instead (its elements are then sent re-encoded: the same JSON), as
     the ``outbox_messages`` view reads it: an element without an event_id or type gets the row's."""
-    parts = len(lengths) if lengths is not None else -1
-    if parts > 0 and event_ids is not None and len(event_ids) == parts and text[:1] == "[" \
-            and (len(types) == parts if types is not None else event_type != MIXED_BUNDLE):
-        messages, start = [], 1
-        for n, length in enumerate(lengths or ()):
-            end = start + length
-            if text[end:end + 2] != _SEPARATOR and end != len(text) - 1:
-                break
-            messages.append((event_ids[n], types[n] if types is not None else event_type, text[start:end]))
-            start = end + 2
-        else:
-            if start == len(text) + 1 and text[-1] == "]":
-                return messages
+    cut = _cut(text, lengths, event_ids, types, event_type)
+    if cut is not None:
+        return cut
     # json, not orjson: a stored envelope may hold an integer orjson refuses (beyond 64 bits)
-    elements = json.loads(text)
     return [(str(e.get("event_id") or event_id),
              str(e.get("type") or event_type) if event_type == MIXED_BUNDLE else event_type,
-             json.dumps(e, ensure_ascii=False, separators=(",", ":"))) for e in elements]
+             json.dumps(e, ensure_ascii=False, separators=(",", ":"))) for e in json.loads(text)]
+
+
+def _cut(text: str, lengths: Sequence[int] | None, event_ids: Sequence[str] | None, types: Sequence[str] | None,
+         event_type: str) -> list[tuple[str, str, str]] | None:
+    """`bundle_messages` by the part columns, or None when they do not fit ``text``."""
+    if not lengths or event_ids is None or len(event_ids) != len(lengths) or text[:1] != "[":
+        return None
+    if (types is None and event_type == MIXED_BUNDLE) or (types is not None and len(types) != len(lengths)):
+        return None
+    messages, start = [], 1
+    for n, length in enumerate(lengths):
+        end = start + length
+        if text[end:end + 2] != _SEPARATOR and end != len(text) - 1:
+            return None
+        messages.append((event_ids[n], types[n] if types is not None else event_type, text[start:end]))
+        start = end + 2
+    return messages if start == len(text) + 1 and text[-1] == "]" else None

@@ -23,13 +23,13 @@ import sqlalchemy as sa
 
 from services.webhooks.bootstrap import WebhooksService, build_webhooks
 from shared.config import Settings
+from shared.contracts.webhook_events import public_event
 from tests.integration.edge.test_webhooks_delivery import Receiver
 from tests.integration.quota.conftest import EdgeServer, admin, counters, new_org, use_credits
 
 pytestmark = pytest.mark.integration
 QUOTA_EVENTS = ["quota.threshold_reached", "quota.limit_reached", "quota.on_track_to_limit"]
 ON_TRACK = "quota.on_track_to_exceed"
-WEBHOOK_TYPE = {ON_TRACK: "quota.on_track_to_limit"}  # the internal event's public name
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +76,6 @@ async def test_quota_alerts_are_delivered_to_webhook_endpoints_once_each(
     await asyncio.sleep(1.0)  # nothing more may arrive
     got = receiver.delivered("/quota")
     # in order: one org is one ordering key
-    assert [r["type"] for r in got] == [WEBHOOK_TYPE.get(kind, kind) for kind in published]
+    assert [r["type"] for r in got] == [public_event(kind, {}) for kind in published]
     assert len({r["id"] for r in got}) == len(got)
     assert receiver.bad_signatures == []
