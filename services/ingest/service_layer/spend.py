@@ -219,8 +219,8 @@ class SpendService:
 
     # --- reads ----------------------------------------------------------------------------------------
 
-    def load(self, conn: sa.Connection, org_id: str, at: datetime) -> OrgSpend:
-        """The org's spend now, on ``conn`` (run in a worker thread)."""
+    def load(self, conn: sa.Connection, org_id: str, at: datetime, *, settle: bool = False) -> OrgSpend:
+        """The org's spend now, on ``conn`` (run in a worker thread); ``settle``: see ``SpendStore.usage``."""
         subscription = self._repository.live_subscription(conn, org_id)
         if subscription is None:
             raise QuotaRefused(QuotaRefusalCode.NO_SUBSCRIPTION, f"org {org_id!r} has no live subscription")
@@ -235,7 +235,7 @@ class SpendService:
         # reservations look larger (safe) and moves the version, so a decision on this look cannot commit.
         account = self._repository.account(conn, org_id)
         usage = self._repository.usage(conn, org_id, subscription.subscription_id, SPEND_METER, period.start,
-                                       period.end)
+                                       period.end, settle=settle)
         limits = SpendLimits.of(
             pricing, plan.currency, seats=subscription.seats, other_credit_minor=usage.other_credit_minor,
             cap_minor=account.monthly_cap_minor if account is not None else None,
@@ -385,9 +385,13 @@ class SpendService:
 
     def _read_batch(self, org_id: str, asks: Sequence[_Ask], at: datetime
                     ) -> tuple[OrgSpend, dict[str, SpendAnswer]]:
-        """The org's spend now and the stored answers of the batch's retries, on one connection."""
-        with self._engine.connect() as conn:
-            spend = self.load(conn, org_id, at)
+        """The org's spend now and the stored answers of the batch's retries, on one connection.
+
+        # NOTE: the authorisations' own reads (a batch's, the read ahead) are the ones that move the org's count
+        # of materialised authorisations on, so they commit; they hold no other lock while it waits.
+        """
+        with self._engine.begin() as conn:
+            spend = self.load(conn, org_id, at, settle=True)
             return spend, self._replays(conn, org_id, asks, spend) if asks else {}
 
     async def _write(self, write: Authorisation) -> bool:

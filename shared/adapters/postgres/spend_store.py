@@ -177,12 +177,42 @@ def _refused(error: psycopg.errors.IntegrityError | psycopg.OperationalError) ->
     return DatabaseUnavailableError(str(error))
 
 
+# What the org authorised in the period, and how much of it the worker has materialised: what
+# `spend_materialised` counted up to its reservation number, plus the reservations after it whose usage event
+# is in `usage_events`. One statement, so the counters, the reservations and the events are one snapshot. It
+# also says how far the count can move: up to the first reservation after it whose event has not arrived (the
+# reservations after that one are counted again by the next read). Reservations get their numbers in commit
+# order within an org (schema NOTE on `spend_reservations.seq`), so none can appear below a number read here.
 _RESERVED_SQL = sa.text("""
-SELECT coalesce(sum(r.quantity), 0) AS reserved,
-       coalesce(sum(r.quantity) FILTER (WHERE e.transaction_id IS NOT NULL), 0) AS materialised
-  FROM spend_reservations r
-  LEFT JOIN usage_events e ON e.customer_id = r.org_id AND e.transaction_id = r.transaction_id
- WHERE r.org_id = :org_id AND r.period_start = :period_start
+WITH settled AS (
+    SELECT through_seq, quantity FROM spend_materialised WHERE org_id = :org_id AND period_start = :period_start
+), tail AS (
+    SELECT r.seq, r.quantity, e.found IS NOT NULL AS materialised
+      FROM spend_reservations r
+      LEFT JOIN LATERAL (SELECT true AS found FROM usage_events x
+                          WHERE x.customer_id = r.org_id AND x.transaction_id = r.transaction_id LIMIT 1) e ON true
+     WHERE r.period_start = :period_start AND r.org_id = :org_id
+       AND r.seq > coalesce((SELECT through_seq FROM settled), 0)
+), prefix AS (
+    SELECT seq, quantity FROM tail
+     WHERE seq < coalesce((SELECT min(seq) FROM tail WHERE NOT materialised), 9223372036854775807)
+)
+SELECT coalesce((SELECT reserved_quantity FROM spend_periods
+                  WHERE org_id = :org_id AND period_start = :period_start), 0) AS reserved,
+       coalesce((SELECT quantity FROM settled), 0)
+           + coalesce((SELECT sum(quantity) FROM tail WHERE materialised), 0) AS materialised,
+       coalesce((SELECT through_seq FROM settled), 0) AS settled_seq,
+       (SELECT max(seq) FROM prefix) AS settle_seq,
+       coalesce((SELECT quantity FROM settled), 0) + coalesce((SELECT sum(quantity) FROM prefix), 0)
+           AS settle_quantity
+""")
+
+# Moves the count on, only from where this read found it: a read that lost the race to another changes nothing.
+_SETTLE_SQL = sa.text("""
+INSERT INTO spend_materialised AS m (org_id, period_start, through_seq, quantity)
+VALUES (:org_id, :period_start, :through_seq, :quantity)
+ON CONFLICT (org_id, period_start) DO UPDATE SET through_seq = excluded.through_seq, quantity = excluded.quantity
+ WHERE m.through_seq = :seen_seq
 """)
 
 
@@ -246,11 +276,19 @@ class SpendStore:
 
     @staticmethod
     def usage(conn: sa.Connection, org_id: str, subscription_id: str, meter_id: str, period_start: datetime,
-              period_end: datetime) -> SpendUsage:
+              period_end: datetime, *, settle: bool = False) -> SpendUsage:
         """The meter's usage of the period (worker's aggregates + this edge's authorisations) and the money
-        left on grants other than the plan's included credit (promotional, refunds, paid top-ups)."""
+        left on grants other than the plan's included credit (promotional, refunds, paid top-ups).
+
+        ``settle``: also move the org's count of materialised authorisations on (``_SETTLE_SQL``), in the
+        caller's transaction, which must commit for it to count and should hold no other row lock (the upsert
+        waits for another read settling the same org)."""
         period = usage_since(conn, subscription_id, period_start)
         reserved = conn.execute(_RESERVED_SQL, {"org_id": org_id, "period_start": period_start}).one()
+        if settle and reserved.settle_seq is not None:
+            conn.execute(_SETTLE_SQL, {"org_id": org_id, "period_start": period_start,
+                                       "through_seq": reserved.settle_seq, "quantity": reserved.settle_quantity,
+                                       "seen_seq": reserved.settled_seq})
         other = sum(g.remaining_minor or 0 for g in grant_balances(
             conn, subscription_id, usable_at=period_end - timedelta(seconds=1))
             if g.meter_id == meter_id and g.source != "plan_included" and g.remaining_minor is not None)

@@ -9,12 +9,9 @@ force_generic_plan` against a big org among many small ones, and its plan's read
 
 from __future__ import annotations
 
-import re
 import uuid
 from datetime import UTC, datetime
-from typing import Any
 
-import psycopg
 import pytest
 import sqlalchemy as sa
 
@@ -29,6 +26,7 @@ from shared.adapters.postgres.quota_store import (
     _load_params,
 )
 from shared.adapters.postgres.spend_store import _RESERVATIONS_SQL
+from tests.integration.quota.plans import generic_plan, rows_read
 
 pytestmark = pytest.mark.integration
 
@@ -76,48 +74,6 @@ def big_org(engine: sa.Engine) -> str:
     return big
 
 
-def _generic_plan(engine: sa.Engine, sql: str, params: dict[str, Any]) -> dict[str, Any]:
-    """EXPLAIN ANALYZE of `sql` (`%(name)s` or `:name` placeholders) on its generic plan, prepared with the
-    parameter types psycopg gives it in service (read from a first execution, in a savepoint rolled back), in a
-    transaction that is rolled back; the connection is closed after."""
-    names: list[str] = []
-
-    def number(match: re.Match[str]) -> str:
-        name = match.group(1) or match.group(2)
-        if name not in names:
-            names.append(name)
-        return f"%({name})s"
-
-    query = re.sub(r"%\((\w+)\)s|(?<![:\w]):(\w+)", number, sql)
-    with engine.connect() as conn:
-        cursor = conn.connection.dbapi_connection.cursor()
-        cursor.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-        cursor.execute("SAVEPOINT prepared")
-        cursor.execute(query, params, prepare=True)
-        cursor.execute("SELECT statement, parameter_types::text[] FROM pg_prepared_statements"
-                       " ORDER BY prepare_time DESC LIMIT 1")
-        statement, types = cursor.fetchone()
-        cursor.execute("ROLLBACK TO SAVEPOINT prepared")  # what it wrote; its prepared statement goes too
-        assert len(types) == len(names)  # $n numbered by first appearance, as `names`
-        cursor.execute(f"PREPARE probe ({', '.join(types)}) AS {statement}")
-        arguments = ", ".join(f"%s::{type_}" for type_ in types)
-        literal = psycopg.ClientCursor(conn.connection.dbapi_connection)  # a utility statement's arguments
-        literal.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE probe({arguments})",
-                        [params[name] for name in names])
-        plan = literal.fetchone()[0][0]["Plan"]
-        conn.invalidate()  # and the prepared statement with it
-    return plan
-
-
-def _rows_read(plan: dict[str, Any], table: str) -> int:
-    """Rows the plan's scans of `table` produced or filtered away (each loop counted)."""
-    read = 0
-    if plan.get("Relation Name") == table:
-        read += (plan["Actual Rows"] + plan.get("Rows Removed by Filter", 0)
-                 + plan.get("Rows Removed by Index Recheck", 0)) * plan["Actual Loops"]
-    return read + sum(_rows_read(child, table) for child in plan.get("Plans", []))
-
-
 def _keys(prefix: str, *, stored: bool = True) -> list[str]:
     """PROBED keys: the first stored (unless not `stored`), the others not."""
     return [f"{prefix}1" if stored else f"{prefix}missing-c", f"{prefix}missing-a", f"{prefix}missing-b"]
@@ -132,29 +88,29 @@ def _write(org_id: str, refused: list[str]) -> BatchWrite:
 
 def test_an_exact_path_write_probes_each_refused_enquiry_of_a_big_org(engine: sa.Engine, big_org: str) -> None:
     # refused enquiries are, nearly always, not stored: nothing stops the scan early
-    plan = _generic_plan(engine, _COMMIT_SQL, _commit_params(_write(big_org, _keys("enq-", stored=False))))
+    plan = generic_plan(engine, _COMMIT_SQL, _commit_params(_write(big_org, _keys("enq-", stored=False))))
 
-    assert _rows_read(plan, "quota_consumptions") <= PROBED
+    assert rows_read(plan, "quota_consumptions") <= PROBED
 
 
 def test_a_grouped_write_probes_each_refused_enquiry_of_a_big_org(engine: sa.Engine, big_org: str) -> None:
     params = {"writes": _json([_group_item(0, _write(big_org, _keys("enq-", stored=False)))])}
-    plan = _generic_plan(engine, _GROUP_COMMIT_SQL, params)
+    plan = generic_plan(engine, _GROUP_COMMIT_SQL, params)
 
-    assert _rows_read(plan, "quota_consumptions") <= PROBED
+    assert rows_read(plan, "quota_consumptions") <= PROBED
 
 
 def test_reading_a_batch_probes_each_enquiry_and_user_of_a_big_org(engine: sa.Engine, big_org: str) -> None:
-    plan = _generic_plan(engine, _LOAD_SQL, _load_params(big_org, MONTH, _keys("user-"), _keys("enq-")))
+    plan = generic_plan(engine, _LOAD_SQL, _load_params(big_org, MONTH, _keys("user-"), _keys("enq-")))
 
-    assert _rows_read(plan, "quota_consumptions") <= PROBED
-    assert _rows_read(plan, "quota_user_months") <= PROBED
+    assert rows_read(plan, "quota_consumptions") <= PROBED
+    assert rows_read(plan, "quota_user_months") <= PROBED
 
 
 def test_reading_a_batch_of_spend_authorisations_probes_each_request_of_a_big_org(
         engine: sa.Engine, big_org: str) -> None:
-    plan = _generic_plan(engine, _RESERVATIONS_SQL, {"o": big_org, "r": _keys("req-")})
+    plan = generic_plan(engine, _RESERVATIONS_SQL, {"o": big_org, "r": _keys("req-")})
 
-    assert _rows_read(plan, "spend_reservations") <= PROBED
+    assert rows_read(plan, "spend_reservations") <= PROBED
 
 

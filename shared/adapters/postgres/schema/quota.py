@@ -198,11 +198,32 @@ spend_reservations = sa.Table(
     sa.Column("reserved_at", sa.DateTime(timezone=True), nullable=False),
     # NOTE: derived from (org_id, request_id), unique by the key; no index of its own (see quota_consumptions)
     sa.Column("event_id", UUID(as_uuid=True), nullable=False, comment="its usage.recorded event's id"),
+    # NOTE: taken while the write holds the org's account row (its compare-and-set), so an org's reservations
+    # get increasing numbers in the order they commit; `spend_materialised` counts them up to a number. The
+    # sequence must not be cached per session (a cached block would hand an org's later write a lower number).
+    sa.Column("seq", sa.BigInteger, sa.Identity(), nullable=False, comment="commit order within the org"),
     created_at(),
     sa.CheckConstraint("quantity > 0", name="quantity"),
     sa.CheckConstraint("limit_quantity IS NULL OR spent_quantity <= limit_quantity", name="limit"),
 )
-# NOTE: period first: the period's sum looks rows up by org and period (equality on both), and an index that
-# led with the org alone let a generic plan, costed on the average org, read a big org's reservations by org
-# and filter them by request id instead of probing the key (see quota_store's NOTE on lists of keys).
-sa.Index("ix_spend_reservations_period", spend_reservations.c.period_start, spend_reservations.c.org_id)
+# NOTE: period first: a read looks rows up by org and period (equality on both) and reads those after a number
+# (`spend_materialised`), and an index that led with the org alone let a generic plan, costed on the average
+# org, read a big org's reservations by org and filter them by request id instead of probing the key (see
+# quota_store's NOTE on lists of keys).
+sa.Index("ix_spend_reservations_period", spend_reservations.c.period_start, spend_reservations.c.org_id,
+         spend_reservations.c.seq)
+
+# How much of an org's authorised spend in a period the worker has materialised, counted up to a reservation
+# number: every reservation of the (org, period) numbered up to `through_seq` has its usage event in
+# `usage_events`, and together they reserved `quantity`. A read counts only the reservations after it (those
+# whose events may still be on their way) and moves it on (`SpendStore.usage`), so reading an org's spend does
+# not get slower as its month's authorisations pile up. Written by reads only, never by the authorisation
+# write, so the two never wait for each other.
+spend_materialised = sa.Table(
+    "spend_materialised", metadata,
+    sa.Column("org_id", sa.Text, primary_key=True),
+    sa.Column("period_start", sa.DateTime(timezone=True), primary_key=True),
+    sa.Column("through_seq", sa.BigInteger, nullable=False),
+    sa.Column("quantity", sa.BigInteger, nullable=False),
+    sa.CheckConstraint("through_seq >= 0 AND quantity >= 0", name="counts"),
+)
