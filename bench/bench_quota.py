@@ -30,6 +30,11 @@ Metrics:
   requests/s over 50 pro-tier orgs, the hot org, and `spend_overspend` (µUSD authorised beyond the limit,
   API answers and PostgreSQL rows, whichever is larger) for 2,000 requests against a free-tier org whose
   USD 0.10 of credits fit exactly 100. The orgs' subscriptions are written as the worker leaves them.
+- `spend_read_ms`: one read of an org's authorised and materialised spend (`SpendStore.usage`, what the
+  edge's authorisations read every few seconds per busy org) once it has 100,000 authorisations this period,
+  its count of materialised ones caught up to the 50 still in flight, among a million other usage events;
+  `spend_read_full_sum_ms` the read it replaced (every reservation summed), `spend_read_first_ms` the first
+  read, which counts from zero.
 """
 
 from __future__ import annotations
@@ -613,6 +618,70 @@ def _hot(port: int, org: str, run: str, token: str, spend_quantity: int | None =
             "errors": sum(status != 200 for status in loaded["statuses"]), "generator": "asyncio", "cpu_us": {}}
 
 
+SPEND_READ_AUTHORISED = 100_000
+SPEND_READ_IN_FLIGHT = 50  # the org's newest authorisations whose usage events the worker has not stored yet
+SPEND_READ_OTHER_EVENTS = 1_000_000
+SPEND_READ_ROUNDS = 20
+# The read of an org's authorised and materialised spend as it was before `spend_materialised`: every reservation
+# of the period summed, each one's usage event looked up. Kept here as the baseline of `spend_read_ms`.
+_FULL_SUM_SQL = """
+SELECT coalesce(sum(r.quantity), 0), coalesce(sum(r.quantity) FILTER (WHERE e.transaction_id IS NOT NULL), 0)
+  FROM spend_reservations r
+  LEFT JOIN usage_events e ON e.customer_id = r.org_id AND e.transaction_id = r.transaction_id
+ WHERE r.org_id = :org AND r.period_start = :start
+"""
+
+
+def _measure_spend_read(engine: Any) -> dict[str, float]:
+    """One org's spend read (`SpendStore.usage`, as the edge's authorisations read it) once it has authorised
+    SPEND_READ_AUTHORISED times this period, all but the last SPEND_READ_IN_FLIGHT materialised, among
+    SPEND_READ_OTHER_EVENTS other usage events; against the full sum it replaced. Rows written straight in SQL."""
+    import sqlalchemy as sa
+
+    from shared.adapters.postgres.spend_store import SpendStore
+
+    org, start = f"spread-{uuid.uuid4().hex[:6]}", datetime(2026, 3, 1, tzinfo=UTC)
+    end = start + timedelta(days=31)
+    rows = {"org": org, "start": start, "end": end, "n": SPEND_READ_AUTHORISED,
+            "stored": SPEND_READ_AUTHORISED - SPEND_READ_IN_FLIGHT, "others": SPEND_READ_OTHER_EVENTS}
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO spend_accounts (org_id) VALUES (:org)"), rows)
+        conn.execute(sa.text("INSERT INTO spend_periods (org_id, period_start, period_end, reserved_quantity)"
+                             " VALUES (:org, :start, :end, :n)"), rows)
+        conn.execute(sa.text(
+            "INSERT INTO spend_reservations (org_id, request_id, transaction_id, subscription_id, period_start,"
+            " period_end, quantity, spent_quantity, reserved_at, event_id)"
+            " SELECT :org, 'r' || i, 'r' || i, 'sub', :start, :end, 1, i, :start, gen_random_uuid()"
+            "   FROM generate_series(1, CAST(:n AS int)) i"), rows)
+        conn.execute(sa.text(
+            "INSERT INTO usage_events (customer_id, transaction_id, subscription_id, event_type, meter_id, quantity,"
+            " occurred_at, received_at)"
+            " SELECT :org, 'r' || i, 'sub', 'inference', 'inference', 1, :start, :start"
+            "   FROM generate_series(1, CAST(:stored AS int)) i"
+            " UNION ALL SELECT 'other-' || (i % 5000), 't' || i, 'sub', 'inference', 'inference', 1, :start, :start"
+            "   FROM generate_series(1, CAST(:others AS int)) i"), rows)
+    with engine.connect() as conn:
+        conn.execute(sa.text("ANALYZE spend_reservations, usage_events, spend_periods"))
+        conn.commit()
+
+    def read() -> None:
+        with engine.begin() as conn:
+            SpendStore.usage(conn, org, "sub", "inference", start, end, settle=True)
+
+    def full_sum() -> None:
+        with engine.connect() as conn:
+            conn.execute(sa.text(_FULL_SUM_SQL), rows).one()
+
+    timed: dict[str, float] = {}
+    for name, step in (("first", read), ("settled", read), ("full_sum", full_sum)):
+        rounds = 1 if name == "first" else SPEND_READ_ROUNDS
+        started = time.perf_counter()
+        for _ in range(rounds):
+            step()
+        timed[name] = (time.perf_counter() - started) / rounds * 1000
+    return timed
+
+
 def _measure_naive(settings: Any) -> dict[str, float]:
     naive = _naive(settings)
     try:
@@ -646,6 +715,7 @@ def _hot_cpu_metrics(cpu_us: dict[str, float]) -> dict[str, dict[str, Any]]:
 
 def run(ctx: Any) -> dict[str, dict[str, Any]]:
     edge = _measure_edge(ctx.settings, ctx.engine)
+    spend_read = _measure_spend_read(ctx.engine)
     naive = _measure_naive(ctx.settings)
     ceiling = _measure_ceiling()
     return {
@@ -693,6 +763,12 @@ def run(ctx: Any) -> dict[str, dict[str, Any]]:
         "spend_overspend": {"value": edge["spend_overspend"], "unit": "µUSD", "baseline": None},
         "spend_burst_admitted": {"value": edge["spend_burst_admitted"], "unit": "authorisations",
                                  "baseline": None},
+        "spend_read_ms": {"value": round(spend_read["settled"], 2), "unit": "ms per read at 100k authorised",
+                          "baseline": "spend_read_full_sum_ms"},
+        "spend_read_full_sum_ms": {"value": round(spend_read["full_sum"], 2), "unit": "ms per read at 100k",
+                                   "baseline": None},
+        "spend_read_first_ms": {"value": round(spend_read["first"], 2), "unit": "ms, count from zero",
+                                "baseline": None},
     }
 
 

@@ -177,34 +177,37 @@ def _refused(error: psycopg.errors.IntegrityError | psycopg.OperationalError) ->
     return DatabaseUnavailableError(str(error))
 
 
-# What the org authorised in the period, and how much of it the worker has materialised: what
-# `spend_materialised` counted up to its reservation number, plus the reservations after it whose usage event
-# is in `usage_events`. One statement, so the counters, the reservations and the events are one snapshot. It
-# also says how far the count can move: up to the first reservation after it whose event has not arrived (the
-# reservations after that one are counted again by the next read). Reservations get their numbers in commit
-# order within an org (schema NOTE on `spend_reservations.seq`), so none can appear below a number read here.
+# Where an org's count of materialised authorisations stands for a period (none yet: 0 and 0).
+_SETTLED_SQL = sa.text("""
+SELECT coalesce(max(through_seq), 0) AS through_seq, coalesce(max(quantity), 0) AS quantity
+  FROM spend_materialised WHERE org_id = :org_id AND period_start = :period_start
+""")
+
+# What the org authorised in the period, and how much of it the worker has materialised: the count read above
+# plus the reservations after its number whose usage event is in `usage_events` (one key probe each). One
+# statement, so the reserved total, the reservations and the events are one snapshot. It also says how far
+# the count can move: up to the first reservation after it whose event has not arrived (the reservations after
+# that one are counted again by the next read). Reservations get their numbers in commit order within an org
+# (schema NOTE on `spend_reservations.seq`), so none can appear below a number read here, and a count another
+# read moved on meanwhile is still true: the number is given, not read here, so that the plan knows how few
+# rows lie after it (read in the statement, it was costed as a third of the org's rows: a sequential scan).
 _RESERVED_SQL = sa.text("""
-WITH settled AS (
-    SELECT through_seq, quantity FROM spend_materialised WHERE org_id = :org_id AND period_start = :period_start
-), tail AS (
+WITH tail AS (
     SELECT r.seq, r.quantity, e.found IS NOT NULL AS materialised
       FROM spend_reservations r
       LEFT JOIN LATERAL (SELECT true AS found FROM usage_events x
                           WHERE x.customer_id = r.org_id AND x.transaction_id = r.transaction_id LIMIT 1) e ON true
-     WHERE r.period_start = :period_start AND r.org_id = :org_id
-       AND r.seq > coalesce((SELECT through_seq FROM settled), 0)
+     WHERE r.period_start = :period_start AND r.org_id = :org_id AND r.seq > CAST(:through_seq AS bigint)
 ), prefix AS (
     SELECT seq, quantity FROM tail
      WHERE seq < coalesce((SELECT min(seq) FROM tail WHERE NOT materialised), 9223372036854775807)
 )
 SELECT coalesce((SELECT reserved_quantity FROM spend_periods
                   WHERE org_id = :org_id AND period_start = :period_start), 0) AS reserved,
-       coalesce((SELECT quantity FROM settled), 0)
-           + coalesce((SELECT sum(quantity) FROM tail WHERE materialised), 0) AS materialised,
-       coalesce((SELECT through_seq FROM settled), 0) AS settled_seq,
+       CAST(:settled_quantity AS bigint) + coalesce((SELECT sum(quantity) FROM tail WHERE materialised), 0)
+           AS materialised,
        (SELECT max(seq) FROM prefix) AS settle_seq,
-       coalesce((SELECT quantity FROM settled), 0) + coalesce((SELECT sum(quantity) FROM prefix), 0)
-           AS settle_quantity
+       CAST(:settled_quantity AS bigint) + coalesce((SELECT sum(quantity) FROM prefix), 0) AS settle_quantity
 """)
 
 # Moves the count on, only from where this read found it: a read that lost the race to another changes nothing.
@@ -284,11 +287,13 @@ class SpendStore:
         caller's transaction, which must commit for it to count and should hold no other row lock (the upsert
         waits for another read settling the same org)."""
         period = usage_since(conn, subscription_id, period_start)
-        reserved = conn.execute(_RESERVED_SQL, {"org_id": org_id, "period_start": period_start}).one()
+        key = {"org_id": org_id, "period_start": period_start}
+        settled = conn.execute(_SETTLED_SQL, key).one()
+        reserved = conn.execute(_RESERVED_SQL, {**key, "through_seq": settled.through_seq,
+                                                "settled_quantity": settled.quantity}).one()
         if settle and reserved.settle_seq is not None:
-            conn.execute(_SETTLE_SQL, {"org_id": org_id, "period_start": period_start,
-                                       "through_seq": reserved.settle_seq, "quantity": reserved.settle_quantity,
-                                       "seen_seq": reserved.settled_seq})
+            conn.execute(_SETTLE_SQL, {**key, "through_seq": reserved.settle_seq,
+                                       "quantity": reserved.settle_quantity, "seen_seq": settled.through_seq})
         other = sum(g.remaining_minor or 0 for g in grant_balances(
             conn, subscription_id, usable_at=period_end - timedelta(seconds=1))
             if g.meter_id == meter_id and g.source != "plan_included" and g.remaining_minor is not None)
