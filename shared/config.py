@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     quota_lease_seconds: float = Field(
         default=5.0, gt=0.5, le=300, description="life of a report-credit lease by the database clock; a "
                                                  "crashed edge's unused reports come back after it")
+    spend_keep_warm_seconds: float = Field(
+        default=60.0, ge=0, description="spend authorisations: orgs authorised within this many seconds are read "
+                                        "ahead even when idle, so that many orgs coming back together do not all "
+                                        "read on the request path (0: only busy orgs are read ahead)")
     quota_lease_min_rate: float = Field(
         default=1000.0, ge=0, description="report credits per second one edge process must see for an org before "
                                           "it asks for that org's leases; below it the exact path decides")

@@ -8,6 +8,7 @@ server ended (a PostgreSQL restart) are dropped at checkout, so the pool recover
 
 from __future__ import annotations
 
+import asyncio
 import select
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -83,12 +84,17 @@ async def build_quota_service(container: Container, metrics: EdgeMetrics | None 
                 min_rate=container.settings.quota_lease_min_rate)
         if spend is not None:
             spend.write_through(SpendWrites(pool))
+        warm = (asyncio.ensure_future(spend.keep_warm(container.settings.spend_keep_warm_seconds))
+                if spend is not None and container.settings.spend_keep_warm_seconds > 0 else None)
     except BaseException:
         await pool.close()
         await notifier.aclose()
         raise
 
     async def close() -> None:
+        if warm is not None:
+            warm.cancel()
+            await asyncio.gather(warm, return_exceptions=True)
         if spend is not None:
             spend.write_through(None)
         await service.admission.aclose()

@@ -85,6 +85,17 @@ REMEMBER_JITTER = 0.2
 # so that a busy org's batches do not wait for one.
 REFRESH_AHEAD_SECONDS = 1.0
 READ_AHEAD_SLOTS = 1
+# NOTE: an org that pauses for longer than its memory is trusted (a job that runs every 10 s, say) reads again on
+# its next request, on the request path; when many orgs come back together their reads land at once in worker
+# threads and contend for the GIL with the event loop: 50 orgs back at 1,000 authorisations/s after a 6 s pause
+# kept the first ~0.25 s of requests waiting 150-260 ms (p99 187-225 ms over the 6 s). So while the served edge
+# runs `keep_warm`, orgs authorised within its `seconds` (`BILLING_SPEND_KEEP_WARM_SECONDS`) are read ahead even
+# when idle, the most recently used first, at most KEEP_WARM_READS_PER_S, and among the KEEP_WARM_ORGS most
+# recently used only. The price is paid by the other requests of the process: each read is ~2-3 ms of
+# worker-thread CPU that contends with the event loop (docs/architecture.md, "Idle orgs kept warm").
+KEEP_WARM_READS_PER_S = 20
+KEEP_WARM_ORGS = 2_000
+KEEP_WARM_TICK_SECONDS = 0.25
 _EVENT_NAMESPACE = uuid.UUID("0b3f1f5e-2d8c-4e6a-9c1b-7a5d3e9f2c40")
 _event_uuid = uuid5_of(_EVENT_NAMESPACE)
 T = TypeVar("T")
@@ -192,6 +203,7 @@ class SpendService:
             _with_reserved, remember_s=REMEMBER_SECONDS, jitter=REMEMBER_JITTER, ahead_s=REFRESH_AHEAD_SECONDS,
             clock=lambda: time.monotonic(), uniform=lambda low, high: random.uniform(low, high))
         self._refreshing: dict[str, asyncio.Future[None]] = {}  # org -> its read ahead in flight
+        self._used: dict[str, float] = {}  # org -> when it last authorised (monotonic), the least recent first
         self._read_ahead_slots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
         self._accounts: set[str] = set()  # orgs whose account row this process has ensured
         self._writes: SpendWriter | None = None
@@ -288,6 +300,8 @@ class SpendService:
         # NOTE: the org's requests that arrive while one of its batches is in flight are decided together
         # as the next batch, in arrival order, and written by one statement (``_authorise_batch``); other
         # edge processes are serialised by the account's compare-and-set.
+        self._used.pop(org_id, None)
+        self._used[org_id] = time.monotonic()
         answer = await self._lanes.submit(org_id, _Ask(request_id, quantity, dict(properties or {})))
         if answer.allowed and not answer.replayed:
             self.gate.forget(org_id)
@@ -351,17 +365,41 @@ class SpendService:
         self._memory.forget(org_id)
         raise SpendContentionError(f"org {org_id}: the spend state kept changing; retry")
 
-    def _read_ahead(self, org_id: str) -> None:
-        """Read the org's spend again in the background when what is remembered is about to expire."""
+    def _read_ahead(self, org_id: str) -> bool:
+        """Read the org's spend again in the background when what is remembered is about to expire (or has,
+        unused since); whether a read started."""
         loop = asyncio.get_running_loop()
         running = self._refreshing.get(org_id)
         if running is not None and not running.done() and running.get_loop() is loop:
-            return
+            return False
         if not self._memory.due(org_id):
-            return
+            return False
         if self._read_ahead_slots is None or self._read_ahead_slots[0] is not loop:
             self._read_ahead_slots = (loop, asyncio.Semaphore(READ_AHEAD_SLOTS))
         self._refreshing[org_id] = asyncio.ensure_future(self._refresh(org_id, self._read_ahead_slots[1]))
+        return True
+
+    async def keep_warm(self, seconds: float) -> None:
+        """Read ahead the orgs authorised within the last ``seconds``, idle or not (see KEEP_WARM_READS_PER_S),
+        until cancelled: the served edge runs it as a task for as long as it serves."""
+        per_tick = max(1, round(KEEP_WARM_READS_PER_S * KEEP_WARM_TICK_SECONDS))
+        while True:
+            await asyncio.sleep(KEEP_WARM_TICK_SECONDS)
+            self.warm_up(per_tick, seconds)
+
+    def warm_up(self, reads: int, seconds: float) -> int:
+        """One round of `keep_warm`: start up to ``reads`` reads ahead, for the most recently used orgs first;
+        how many started. Orgs unused for ``seconds`` are forgotten."""
+        horizon = time.monotonic() - seconds
+        used = self._used
+        while used and next(iter(used.values())) < horizon:  # least recent first: drop the old from the front
+            del used[next(iter(used))]
+        started = 0
+        for looked, org_id in enumerate(reversed(used)):
+            if started >= reads or looked >= KEEP_WARM_ORGS:
+                break
+            started += self._read_ahead(org_id)
+        return started
 
     async def _refresh(self, org_id: str, slots: asyncio.Semaphore) -> None:
         # NOTE: one read ahead at a time per process: orgs first read together come due together, and their

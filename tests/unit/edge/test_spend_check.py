@@ -162,3 +162,56 @@ async def test_batches_of_a_busy_org_do_not_wait_for_its_reads_after_the_first(
     org.reads_may_finish.set()
     assert answer.allowed and answer.spent_quantity == 3_000  # each authorisation counted once
     assert org.reads == [100.0, 100.0 + shortest - 0.5]
+
+
+async def _reads_ahead_finished(service: Any) -> None:
+    while any(not task.done() for task in getattr(service, "_refreshing", {}).values()):
+        await asyncio.sleep(0.01)
+
+
+async def test_an_org_back_from_a_pause_does_not_wait_for_a_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An org idle for longer than its memory is trusted used to read again on its next request, on the request
+    path: with 50 orgs coming back together, 150-260 ms for the first quarter of a second of requests."""
+    from services.ingest.service_layer.spend import REMEMBER_SECONDS
+
+    org = busy_org(monkeypatch)
+    assert (await org.service.authorise("acme", "r0", 1_000)).allowed
+    org.now[0] = 100.0 + REMEMBER_SECONDS + 2  # idle past what the first read was trusted for
+
+    assert org.service.warm_up(4, 60.0) == 1  # a round of `keep_warm`
+    await _reads_ahead_finished(org.service)
+    org.reads_may_finish.clear()  # from here a read hangs until released
+    answer = await asyncio.wait_for(org.service.authorise("acme", "r1", 1_000), 1)
+    org.reads_may_finish.set()
+
+    assert answer.allowed
+    assert org.reads == [100.0, 100.0 + REMEMBER_SECONDS + 2]  # the second, ahead of the request
+
+
+async def test_orgs_are_kept_warm_most_recent_first_and_forgotten_once_long_unused(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.ingest.service_layer.spend import REMEMBER_SECONDS
+
+    keep_warm_seconds = 60.0
+
+    org = busy_org(monkeypatch)
+    read = org.service._read_batch
+    orgs_read: list[str] = []
+    monkeypatch.setattr(org.service, "_read_batch",
+                        lambda org_id, asks, at: (orgs_read.append(org_id), read(org_id, asks, at))[1])
+    for i, org_id in enumerate(("a", "b", "c")):
+        org.now[0] = 100.0 + i / 10
+        assert (await org.service.authorise(org_id, f"r-{org_id}", 1_000)).allowed
+    orgs_read.clear()
+
+    org.now[0] = 100.0 + REMEMBER_SECONDS + 1
+    assert org.service.warm_up(2, keep_warm_seconds) == 2
+    await _reads_ahead_finished(org.service)
+    assert orgs_read == ["c", "b"]
+    assert org.service.warm_up(2, keep_warm_seconds) == 1  # c and b are fresh again; a is next
+    await _reads_ahead_finished(org.service)
+    assert orgs_read == ["c", "b", "a"]
+
+    org.now[0] = 100.2 + keep_warm_seconds + 1
+    assert org.service.warm_up(5, keep_warm_seconds) == 0
+    assert orgs_read == ["c", "b", "a"]
