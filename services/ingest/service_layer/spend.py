@@ -43,7 +43,7 @@ from services.ingest.service_layer.quota_commit import EventLoopClock
 from services.ingest.service_layer.quota_errors import QuotaRefusalCode, QuotaRefused, SpendContentionError
 from services.ingest.service_layer.quota_lanes import Lanes
 from services.ingest.service_layer.spend_gate import SpendGate
-from services.ingest.service_layer.spend_memory import Remembered, SpendMemory
+from services.ingest.service_layer.spend_memory import MAX_ORGS, Remembered, SpendMemory
 from shared.adapters.postgres.spend_store import (
     Authorisation,
     DuplicateAuthorisation,
@@ -300,8 +300,11 @@ class SpendService:
         # NOTE: the org's requests that arrive while one of its batches is in flight are decided together
         # as the next batch, in arrival order, and written by one statement (``_authorise_batch``); other
         # edge processes are serialised by the account's compare-and-set.
-        self._used.pop(org_id, None)
-        self._used[org_id] = time.monotonic()
+        used = self._used
+        used.pop(org_id, None)
+        used[org_id] = time.monotonic()
+        if len(used) > MAX_ORGS:  # a service nobody keeps warm (no served edge) still forgets
+            del used[next(iter(used))]
         answer = await self._lanes.submit(org_id, _Ask(request_id, quantity, dict(properties or {})))
         if answer.allowed and not answer.replayed:
             self.gate.forget(org_id)
@@ -385,7 +388,10 @@ class SpendService:
         per_tick = max(1, round(KEEP_WARM_READS_PER_S * KEEP_WARM_TICK_SECONDS))
         while True:
             await asyncio.sleep(KEEP_WARM_TICK_SECONDS)
-            self.warm_up(per_tick, seconds)
+            try:
+                self.warm_up(per_tick, seconds)
+            except Exception:  # a round that failed must not end the keeping
+                _log.exception("spend keep-warm round failed")
 
     def warm_up(self, reads: int, seconds: float) -> int:
         """One round of `keep_warm`: start up to ``reads`` reads ahead, for the most recently used orgs first;
