@@ -20,7 +20,6 @@ pipelined group commit of the admissions it decided against them (async psycopg,
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from shared.adapters.postgres.quota_store import (
     _load_params,
     _snapshot,
 )
+from shared.adapters.postgres.raw_statement import RawStatement
 from shared.errors import DatabaseUnavailableError
 
 
@@ -187,33 +187,7 @@ SELECT (SELECT coalesce(jsonb_agg(jsonb_build_array(org_id, enquiry_id)), '[]'::
 """
 
 
-class _RawStatement:
-    """A statement written with ``%(name)s`` placeholders, turned once into PostgreSQL's ``$n`` form and run
-    through a raw cursor.
-
-    # NOTE: psycopg caches the conversion of a query's placeholders only for texts up to 4,096 bytes; the
-    # group statement is longer, so it was scanned again on every call (~50 of ~72 µs of the conversion,
-    # measured), once per group: with 1,000 requests/s over 50 orgs a group holds a handful of admissions.
-    """
-
-    def __init__(self, sql: str) -> None:
-        names: list[str] = []
-
-        def number(match: re.Match[str]) -> str:
-            if match.group(1) not in names:
-                names.append(match.group(1))
-            return f"${names.index(match.group(1)) + 1}"
-
-        self.sql = re.sub(r"%\((\w+)\)s", number, sql)
-        if "%" in self.sql:
-            raise ValueError("only %(name)s placeholders are supported")
-        self._names = tuple(names)
-
-    def args(self, params: dict[str, Any]) -> list[Any]:
-        return [params[name] for name in self._names]
-
-
-_COMMIT = _RawStatement(_COMMIT_SQL)
+_COMMIT = RawStatement(_COMMIT_SQL)
 
 
 # A grant's statements (`LeaseStore.grant` sends them as one query string: one implicit transaction). The

@@ -37,6 +37,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from shared.adapters.postgres.outbox import bundle_insert_sql
+from shared.adapters.postgres.raw_statement import RawStatement
 from shared.errors import DatabaseUnavailableError, RefusedError
 
 
@@ -432,6 +433,11 @@ def _alert_params(alerts: Sequence[NewAlert]) -> dict[str, Any]:
         "event_id": a.event_id, "envelope": orjson.Fragment(a.envelope_json)} for a in alerts])}
 
 
+# Both longer than psycopg's conversion cache (`raw_statement`).
+_COMMIT = RawStatement(_COMMIT_SQL)
+_GROUP_COMMIT = RawStatement(_GROUP_COMMIT_SQL)
+
+
 def _commit_params(write: BatchWrite) -> dict[str, Any]:
     return {
         "org_id": write.org_id, "seen_version": write.seen_version, "trial_delta": write.trial_delta,
@@ -561,8 +567,9 @@ class QuotaStore:
                 write = decide(snapshot)
                 version, inserted = snapshot.org.version, []
                 if write.consumptions:
-                    await cur.execute(_COMMIT_SQL, _commit_params(write))
-                    done = await cur.fetchone()
+                    async with psycopg.AsyncRawCursor(conn, row_factory=dict_row) as raw:
+                        await raw.execute(_COMMIT.sql, _COMMIT.args(_commit_params(write)))
+                        done = await raw.fetchone()
                     assert done is not None
                     assert done["version"] is not None  # the row lock is ours: the version cannot move
                     version, inserted = int(done["version"]), list(done["alerts_inserted"])
@@ -588,10 +595,10 @@ class QuotaStore:
         ``DuplicateEnquiry`` when another writer admitted one of the enquiries in the meantime (nothing
         was written); a CHECK violation is raised as ``QuotaStoreError`` (nothing was written either).
         """
-        params = _commit_params(write)
+        args = _COMMIT.args(_commit_params(write))
         try:
-            async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-                await cur.execute(_COMMIT_SQL, params)
+            async with self._pool.connection() as conn, psycopg.AsyncRawCursor(conn, row_factory=dict_row) as cur:
+                await cur.execute(_COMMIT.sql, args)
                 row = await cur.fetchone()
         except psycopg.errors.UniqueViolation as error:
             raise DuplicateEnquiry(str(error)) from error
@@ -614,9 +621,9 @@ class QuotaStore:
         """
         if len({write.org_id for write in writes}) != len(writes):
             raise ValueError("a group commit holds at most one write per org")
-        params = {"writes": _json([_group_item(i, write) for i, write in enumerate(writes)])}
-        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(_GROUP_COMMIT_SQL, params)
+        args = _GROUP_COMMIT.args({"writes": _json([_group_item(i, write) for i, write in enumerate(writes)])})
+        async with self._pool.connection() as conn, psycopg.AsyncRawCursor(conn, row_factory=dict_row) as cur:
+            await cur.execute(_GROUP_COMMIT.sql, args)
             rows = await cur.fetchall()
         return [(None, []) if row["version"] is None else (int(row["version"]), list(row["alerts_inserted"]))
                 for row in rows]
