@@ -74,8 +74,8 @@ class Settings(BaseSettings):
     max_request_bytes: int = 1_048_576
     max_batch_events: int = 1000
     quota_group_commit: bool = Field(
-        default=False, description="report-credit batches of the orgs ready while a write is in flight are "
-                                   "committed in one statement (false: one statement per org's batch)")
+        default=True, description="report-credit batches of the orgs ready while a write is in flight are "
+                                  "committed in one statement (false: one statement per org's batch)")
     quota_leases: bool = Field(
         default=True, description="report credits of busy orgs are decided from memory under leases (blocks of "
                                   "the month reserved in PostgreSQL) and written by one pipelined group commit")

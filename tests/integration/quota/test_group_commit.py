@@ -36,7 +36,7 @@ MONTH = calendar_month(START, "UTC")
 
 @pytest.fixture(scope="module")
 def quota_settings(settings):  # type: ignore[no-untyped-def]
-    """The package's quota settings with the group commit on (off by default), for this module's edges."""
+    """The package's quota settings with the group commit on (the default, said here since this module tests it)."""
     return settings.model_copy(update={"clock": "simulated", "simulated_clock_start": START.isoformat(),
                                        "admin_api_key": SecretStr(ADMIN_KEY), "database_pool_size": 5,
                                        "quota_group_commit": True})
