@@ -43,7 +43,7 @@ from services.ingest.service_layer.quota_commit import EventLoopClock
 from services.ingest.service_layer.quota_errors import QuotaRefusalCode, QuotaRefused, SpendContentionError
 from services.ingest.service_layer.quota_lanes import Lanes
 from services.ingest.service_layer.spend_gate import SpendGate
-from services.ingest.service_layer.spend_memory import MAX_ORGS, Remembered, SpendMemory
+from services.ingest.service_layer.spend_memory import RecentOrgs, Remembered, SpendMemory
 from shared.adapters.postgres.spend_store import (
     Authorisation,
     DuplicateAuthorisation,
@@ -203,7 +203,7 @@ class SpendService:
             _with_reserved, remember_s=REMEMBER_SECONDS, jitter=REMEMBER_JITTER, ahead_s=REFRESH_AHEAD_SECONDS,
             clock=lambda: time.monotonic(), uniform=lambda low, high: random.uniform(low, high))
         self._refreshing: dict[str, asyncio.Future[None]] = {}  # org -> its read ahead in flight
-        self._used: dict[str, float] = {}  # org -> when it last authorised (monotonic), the least recent first
+        self._used = RecentOrgs(clock=lambda: time.monotonic())  # what `keep_warm` reads ahead
         self._read_ahead_slots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
         self._accounts: set[str] = set()  # orgs whose account row this process has ensured
         self._writes: SpendWriter | None = None
@@ -300,11 +300,7 @@ class SpendService:
         # NOTE: the org's requests that arrive while one of its batches is in flight are decided together
         # as the next batch, in arrival order, and written by one statement (``_authorise_batch``); other
         # edge processes are serialised by the account's compare-and-set.
-        used = self._used
-        used.pop(org_id, None)
-        used[org_id] = time.monotonic()
-        if len(used) > MAX_ORGS:  # a service nobody keeps warm (no served edge) still forgets
-            del used[next(iter(used))]
+        self._used.used(org_id)
         answer = await self._lanes.submit(org_id, _Ask(request_id, quantity, dict(properties or {})))
         if answer.allowed and not answer.replayed:
             self.gate.forget(org_id)
@@ -396,13 +392,9 @@ class SpendService:
     def warm_up(self, reads: int, seconds: float) -> int:
         """One round of `keep_warm`: start up to ``reads`` reads ahead, for the most recently used orgs first;
         how many started. Orgs unused for ``seconds`` are forgotten."""
-        horizon = time.monotonic() - seconds
-        used = self._used
-        while used and next(iter(used.values())) < horizon:  # least recent first: drop the old from the front
-            del used[next(iter(used))]
         started = 0
-        for looked, org_id in enumerate(reversed(used)):
-            if started >= reads or looked >= KEEP_WARM_ORGS:
+        for org_id in self._used.most_recent(seconds, KEEP_WARM_ORGS):
+            if started >= reads:
                 break
             started += self._read_ahead(org_id)
         return started

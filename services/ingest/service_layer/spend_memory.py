@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import islice
 from typing import Generic, Protocol, TypeVar
 
 from shared.domain.calendar import Period
@@ -120,3 +121,28 @@ class SpendMemory(Generic[S]):
         if len(self._entries) > MAX_ORGS:
             self._entries.clear()
         self._entries[org_id] = entry
+
+
+class RecentOrgs:
+    """The orgs this process authorised for, each with when it last did (``clock``), least recent first; at most
+    ``MAX_ORGS``, the least recent forgotten first. What the keeping warm of idle orgs reads from."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._used: dict[str, float] = {}  # insertion order is recency: a use moves the org to the end
+
+    def used(self, org_id: str) -> None:
+        used = self._used
+        used.pop(org_id, None)
+        used[org_id] = self._clock()
+        if len(used) > MAX_ORGS:
+            del used[next(iter(used))]
+
+    def most_recent(self, within_s: float, limit: int) -> list[str]:
+        """Up to ``limit`` orgs used within the last ``within_s``, the most recent first; the others used
+        before that are forgotten."""
+        horizon = self._clock() - within_s
+        used = self._used
+        while used and next(iter(used.values())) < horizon:
+            del used[next(iter(used))]
+        return list(islice(reversed(used), limit))
